@@ -1,0 +1,234 @@
+"""Benchmark: exact GF(p) matmul (codedml.codes._gfp.matmul_mod) vs float64 BLAS vs galois.
+
+Measures, side by side in one run, the median wall time of
+
+* float64 numpy matmul (BLAS) of two n x n matrices - the yardstick;
+* ``matmul_mod`` for a prime near 2**21 (one exact float64 GEMM), for
+  p = 2**31 - 1 and for the largest prime below it (three limb GEMMs);
+* ``galois``' matmul for the same primes.  galois is very slow for primes near
+  2**31 (about 190 s at n = 1024 on a 2-core machine), so by default it runs
+  there only at a reduced size (``--galois-large-size``, 256), together with
+  float64 BLAS and ``matmul_mod`` at that size so the ratios stay like for
+  like; ``--galois-large-full`` runs it at full size, ``--skip-galois-large``
+  skips it.
+
+Every galois result is also compared with ``matmul_mod``'s (exactness check).
+Writes a JSON file (timings plus machine information) and a PNG bar chart.
+Thread counts are left at their defaults and recorded, not forced.
+
+Usage::
+
+    python benchmarks/gfp_matmul.py [--size 1024] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from codedml.codes._gfp import MAX_PRIME, matmul_mod  # noqa: E402
+
+P21 = 2097143  # largest prime below 2**21
+P31 = MAX_PRIME  # 2**31 - 1
+P31B = 2147483629  # largest prime below 2**31 - 1
+
+
+def median_time(fn, repeats: int, warmup: bool = True) -> tuple[float, list[float]]:
+    """Median wall time of ``fn()`` over ``repeats`` runs (after one warm-up)."""
+    if warmup:
+        fn()  # warm-up: caches, BLAS thread pool start
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def machine_info() -> dict:
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "numpy": np.__version__,
+        "env_threads": {
+            k: os.environ.get(k)
+            for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+        },
+    }
+    try:
+        import galois
+
+        info["galois"] = galois.__version__
+    except ImportError:  # pragma: no cover - galois is optional here
+        info["galois"] = None
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["blas"] = [
+            {k: d.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer",
+                                   "architecture")}
+            for d in threadpool_info()
+            if d.get("user_api") == "blas"
+        ]
+    except ImportError:
+        info["blas"] = "threadpoolctl not installed; BLAS threads unknown"
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=1024, help="matrix size n (n x n @ n x n)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per case (median reported)")
+    ap.add_argument("--out", default="benchmarks/results/gfp_matmul.json")
+    ap.add_argument("--plot", default="benchmarks/results/gfp_matmul.png")
+    ap.add_argument("--galois-large-size", type=int, default=256,
+                    help="size for galois at primes near 2**31 (default 256; it is very slow)")
+    ap.add_argument("--galois-large-full", action="store_true",
+                    help="run galois near 2**31 at the full --size (minutes)")
+    ap.add_argument("--skip-galois-large", action="store_true",
+                    help="do not run galois for primes near 2**31 at all")
+    ap.add_argument("--skip-galois", action="store_true", help="do not run galois at all")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    n = args.size
+    small = n if args.galois_large_full else min(args.galois_large_size, n)
+    rng = np.random.default_rng(args.seed)
+    rows: list[dict] = []
+
+    def record(case: str, impl: str, p: int | None, size: int, fn, repeats: int,
+               warmup: bool = True) -> dict:
+        med, times = median_time(fn, repeats, warmup)
+        row = {"case": case, "impl": impl, "p": p, "size": size, "median_s": med, "times_s": times}
+        rows.append(row)
+        print(f"  {case:<34s} n={size:<5d} {med:10.4f} s", flush=True)
+        return row
+
+    print(f"GF(p) matmul benchmark, n={n}, repeats={args.repeats}")
+
+    sizes = sorted({n, small})
+    for size in sizes:
+        x = rng.standard_normal((size, size))
+        y = rng.standard_normal((size, size))
+        record("float64 BLAS", "numpy", None, size, lambda: x @ y, args.repeats)
+
+    operands: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+    for p in (P21, P31, P31B):
+        for size in sizes:
+            a = rng.integers(0, p, (size, size), dtype=np.int64)
+            b = rng.integers(0, p, (size, size), dtype=np.int64)
+            operands[(p, size)] = (a, b)
+            if size == n or p != P21:
+                record(f"matmul_mod p={p}", "codedml", p, size,
+                       lambda a=a, b=b, p=p: matmul_mod(a, b, p), args.repeats)
+
+    galois_checks = {}
+    if not args.skip_galois:
+        import galois
+
+        for p in (P21, P31, P31B):
+            large = p > 2**30
+            if large and args.skip_galois_large:
+                continue
+            size = small if large else n
+            GF = galois.GF(p)
+            a, b = operands[(p, size)]
+            ga, gb = GF(a), GF(b)
+            tiny = GF(a[:8, :8])
+            tiny @ tiny  # warm-up on a tiny product: JIT compilation, not a full run
+            # The large-prime case at full size takes minutes per product:
+            # time it once (the warm-up run is reused for the exactness check).
+            reps = 1 if (large and size > 512) else args.repeats
+            note = "" if size == n else " (reduced size)"
+            last: dict[str, object] = {}
+
+            def run_galois(ga=ga, gb=gb, last=last):
+                last["c"] = ga @ gb
+
+            record(f"galois p={p}{note}", "galois", p, size, run_galois, reps, warmup=False)
+            ok = bool(np.array_equal(np.asarray(last["c"], dtype=np.int64), matmul_mod(a, b, p)))
+            galois_checks[str(p)] = ok
+            if not ok:
+                print(f"  MISMATCH between galois and matmul_mod for p={p}", file=sys.stderr)
+
+    # Ratios to float64 BLAS at the same size.
+    blas = {r["size"]: r["median_s"] for r in rows if r["impl"] == "numpy"}
+    for r in rows:
+        r["ratio_to_blas"] = r["median_s"] / blas[r["size"]]
+
+    print()
+    header = f"{'case':<42s} {'n':>5s} {'median [s]':>11s} {'x float64 BLAS':>15s}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        label = r["case"]
+        if r["size"] != n:
+            label += f" @n={r['size']}"
+        print(f"{label:<42s} {r['size']:>5d} {r['median_s']:>11.4f} {r['ratio_to_blas']:>15.2f}")
+    if galois_checks:
+        print("\ngalois == matmul_mod (exact):", galois_checks)
+    if small != n and not args.skip_galois and not args.skip_galois_large:
+        print(f"note: galois for p near 2**31 ran at n={small} only (it is O(n^3) scalar "
+              f"code, ~190 s at n=1024 on 2 cores); compare it with the n={small} rows. "
+              f"Use --galois-large-full for the full size.")
+
+    result = {
+        "benchmark": "gfp_matmul",
+        "size": n,
+        "reduced_size_for_galois_large": small,
+        "repeats": args.repeats,
+        "primes": {"near_2^21": P21, "2^31-1": P31, "below_2^31-1": P31B},
+        "machine": machine_info(),
+        "rows": rows,
+        "galois_matches_matmul_mod": galois_checks,
+        "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {out}")
+
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(10, 5))
+        labels = [r["case"] + (f"\n(n={r['size']})" if r["size"] != n else "") for r in rows]
+        colors = {"numpy": "tab:gray", "codedml": "tab:blue", "galois": "tab:orange"}
+        bars = ax.bar(range(len(rows)), [r["median_s"] for r in rows],
+                      color=[colors[r["impl"]] for r in rows])
+        for bar, r in zip(bars, rows):
+            ax.annotate(f"{r['median_s']:.3g} s\n{r['ratio_to_blas']:.1f}x",
+                        (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=7)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel("median wall time [s] (log)")
+        ax.set_title(f"Exact GF(p) matmul, n={n} (ratios vs float64 BLAS at the same n); "
+                     f"{os.cpu_count()} CPUs")
+        fig.tight_layout()
+        plot = Path(args.plot)
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(plot, dpi=120)
+        print(f"wrote {plot}")
+    return 0 if all(galois_checks.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

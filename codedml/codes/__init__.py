@@ -1,0 +1,28 @@
+"""Codes for coded computing: pure array math (numpy; galois lazily for GF(p)).
+
+No MPI, no torch, no I/O and no clocks here. A code is an immutable value object with
+``workers``, ``recovery_threshold``, ``field``, ``encode(A, B)`` (one :class:`Task` per worker,
+each computing ``task.a @ task.b``) and ``decode(results, errors=...)``.
+"""
+
+from ._base import DecodeInfo, Encoding, LinearCode, Task
+from .gradient import GradientCode
+from .numerics import condition_number, worst_case_condition
+from .polydot import CONSTRUCTIONS, MatDotCode, MDSCode, PolyDotCode, PolynomialCode
+from .replication import ReplicationCode
+
+__all__ = [
+    "LinearCode",
+    "Task",
+    "Encoding",
+    "DecodeInfo",
+    "MDSCode",
+    "PolynomialCode",
+    "MatDotCode",
+    "PolyDotCode",
+    "ReplicationCode",
+    "GradientCode",
+    "CONSTRUCTIONS",
+    "condition_number",
+    "worst_case_condition",
+]

@@ -1,0 +1,87 @@
+"""Argument checks shared by the codes: every message names the argument, the range and the value."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigurationError
+
+
+def check_int(name: str, value: Any, low: int, high: int | None = None, *, what: str = "") -> int:
+    """Return ``value`` as an int in ``[low, high]`` or raise :class:`ConfigurationError`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigurationError(f"`{name}` must be an integer, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        rng = f"between {low} and {what or high}" if high is not None else f"at least {low}"
+        raise ConfigurationError(f"`{name}` must be {rng}, got {value}")
+    return value
+
+
+def real_matrix(name: str, x: Any, *, allow_vector: bool = False) -> np.ndarray:
+    """Validate a real input operand: 2-D (or 1-D if allowed), finite, float32/float64.
+
+    Integer and boolean arrays are converted to float64 (exact below 2**53). NaN and Inf are
+    rejected: coded decoding treats non-finite results as corrupt, so a non-finite input would
+    make every worker look faulty.
+    """
+    arr = np.asarray(x)
+    dims = (1, 2) if allow_vector else (2,)
+    if arr.ndim not in dims:
+        want = "1-D or 2-D" if allow_vector else "2-D"
+        raise ConfigurationError(f"`{name}` must be a {want} array, got shape {arr.shape}")
+    if np.iscomplexobj(arr):
+        raise ConfigurationError(f"`{name}` must be real for the real field, got dtype {arr.dtype}")
+    if arr.dtype.kind in "biu":
+        arr = arr.astype(np.float64)
+    elif arr.dtype.kind != "f":
+        raise ConfigurationError(f"`{name}` must be a numeric array, got dtype {arr.dtype}")
+    elif arr.dtype not in (np.float32, np.float64):
+        arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
+        raise ConfigurationError(
+            f"`{name}` contains NaN or Inf; codedml rejects non-finite inputs because a "
+            "non-finite result is how a corrupt worker is recognised")
+    return arr
+
+
+def residues(name: str, x: Any, p: int, *, allow_vector: bool = False, ndims: tuple[int, ...] | None = None) -> np.ndarray:
+    """Validate an operand of GF(p): integer entries in ``[0, p)``; returned as int64."""
+    arr = np.asarray(x)
+    dims = ndims or ((1, 2) if allow_vector else (2,))
+    if arr.ndim not in dims:
+        raise ConfigurationError(f"`{name}` must have {' or '.join(f'{d}-D' for d in dims)} shape, got {arr.shape}")
+    if arr.dtype.kind not in "iu":
+        raise ConfigurationError(
+            f"`{name}` must hold integers for the field GF({p}), got dtype {arr.dtype}; "
+            "quantise real data first")
+    arr = arr.astype(np.int64, copy=False) if arr.dtype != np.uint64 else _u64(name, arr, p)
+    if arr.size and (arr.min() < 0 or arr.max() >= p):
+        bad = arr.min() if arr.min() < 0 else arr.max()
+        raise ConfigurationError(f"`{name}` entries must be between 0 and {p - 1} for GF({p}), got {bad}")
+    return arr
+
+
+def _u64(name: str, arr: np.ndarray, p: int) -> np.ndarray:
+    if arr.size and arr.max() >= p:
+        raise ConfigurationError(f"`{name}` entries must be between 0 and {p - 1} for GF({p}), got {arr.max()}")
+    return arr.astype(np.int64)
+
+
+def check_field(field: Any, workers: int) -> int | None:
+    """``None``/``"real"`` selects the reals; an int selects GF(p) and must be a usable prime."""
+    from ._gfp import MAX_PRIME, is_prime
+
+    if field is None or (isinstance(field, str) and field == "real"):
+        return None
+    p = check_int("field", field, 2, MAX_PRIME, what=f"2**31-1={MAX_PRIME} (or None for the reals)")
+    if not is_prime(p):
+        raise ConfigurationError(f"`field` must be a prime, got {p}, which is not prime")
+    if p <= workers:
+        raise ConfigurationError(
+            f"`field` must be a prime larger than workers={workers} (each worker needs its own "
+            f"nonzero evaluation point), got {p}")
+    return p

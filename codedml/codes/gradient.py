@@ -1,0 +1,264 @@
+"""Gradient codes (Tandon, Lei, Dimakis, Karampatziakis 2017).
+
+The data are split into ``n`` partitions (one per worker); worker ``w`` holds the ``s + 1``
+partitions in its support and sends ``sum_j B[w, j] g_j``, a fixed combination of its partial
+gradients. The coefficient matrix ``B`` is built so that the all-ones vector lies in the span
+of *any* ``n - s`` of its rows: from any ``n - s`` results the master finds ``a`` with
+``a^T B_S = 1^T`` and recovers the exact full gradient ``sum_j g_j = a^T results``.
+
+Schemes
+-------
+``"fractional_repetition"``: requires ``(s + 1) | n``; workers form groups of ``s + 1`` that
+all hold the same ``s + 1`` partitions and send their plain sum (coefficients 1).
+
+``"cyclic"``: worker ``w`` holds partitions ``w, w+1, ..., w+s (mod n)``; the coefficients are
+Tandon et al.'s Algorithm 2: a random ``s x n`` matrix ``H`` with ``H 1 = 0`` and rows of ``B``
+in the null space of ``H`` with that cyclic support (seeded, so the code is reproducible).
+
+The same code computes ``C = A @ B`` by splitting the *inner* dimension into ``n`` partitions
+(``C = sum_j A_j B_j``): worker ``w``'s task is ``[c_wj A_j ...] @ [B_j; ...]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigurationError, CorruptResultError
+from . import _gfp
+from ._base import LinearCode
+from ._validate import check_field, check_int, real_matrix, residues
+
+__all__ = ["GradientCode", "SCHEMES"]
+
+SCHEMES = ("fractional_repetition", "cyclic")
+
+
+class GradientCode(LinearCode):
+    """Gradient code: the full gradient sum from any ``workers - stragglers`` results.
+
+    Parameters
+    ----------
+    workers : int
+        ``n`` workers, and ``n`` data partitions.
+    stragglers : int
+        ``s``, the number of results that may be missing (``0 <= s < n``).
+    scheme : {"fractional_repetition", "cyclic"}
+    field : None or int
+        Reals or GF(p).
+    seed : int
+        Seed of the random matrix of the cyclic scheme.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from codedml.codes import GradientCode
+    >>> code = GradientCode(4, 1, "cyclic")
+    >>> grads = np.arange(12.).reshape(4, 3)      # one partial gradient per partition
+    >>> msgs = {w: code.combine(w, {j: grads[j] for j in code.partitions(w)}) for w in (0, 1, 3)}
+    >>> bool(np.allclose(code.decode(msgs), grads.sum(axis=0)))
+    True
+    """
+
+    def __init__(self, workers: int, stragglers: int, scheme: str = "cyclic", *,
+                 field: int | None = None, seed: int = 0) -> None:
+        n = check_int("workers", workers, 1)
+        s = check_int("stragglers", stragglers, 0, n - 1, what=f"workers-1={n - 1}")
+        if scheme not in SCHEMES:
+            raise ConfigurationError(f"`scheme` must be one of {SCHEMES}, got {scheme!r}")
+        if scheme == "fractional_repetition" and n % (s + 1):
+            raise ConfigurationError(
+                f"fractional repetition needs stragglers+1={s + 1} to divide workers={n}")
+        self.workers, self.stragglers, self.scheme = n, s, scheme
+        self.field = check_field(field, n)
+        self.seed = int(seed)
+        self.recovery_threshold = n - s
+        self.coefficients = self._build()
+
+    def __repr__(self) -> str:
+        f = f", field={self.field}" if self.field is not None else ""
+        return (f"GradientCode(workers={self.workers}, stragglers={self.stragglers}, "
+                f"scheme={self.scheme!r}{f})")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GradientCode) and (
+            self.workers, self.stragglers, self.scheme, self.field, self.seed) == (
+            other.workers, other.stragglers, other.scheme, other.field, other.seed)
+
+    def __hash__(self) -> int:
+        return hash(("gradient", self.workers, self.stragglers, self.scheme, self.field, self.seed))
+
+    # ---------------------------------------------------------------- construction
+    def partitions(self, worker: int) -> tuple[int, ...]:
+        """The data partitions ``worker`` holds (and must compute partial gradients for)."""
+        w = check_int("worker", worker, 0, self.workers - 1)
+        return tuple(int(j) for j in np.flatnonzero(self._support[w]))
+
+    def _build(self) -> np.ndarray:
+        n, s = self.workers, self.stragglers
+        support = np.zeros((n, n), dtype=bool)
+        if self.scheme == "fractional_repetition":
+            for w in range(n):
+                g = w // (s + 1)
+                support[w, g * (s + 1):(g + 1) * (s + 1)] = True
+            self._support = support
+            B = support.astype(np.int64 if self.field is not None else np.float64)
+            return B
+        for w in range(n):
+            support[w, [(w + t) % n for t in range(s + 1)]] = True
+        self._support = support
+        rng = np.random.default_rng(self.seed)
+        for _attempt in range(100):
+            B = self._cyclic(rng)
+            if B is not None:
+                return B
+        raise ConfigurationError(  # pragma: no cover - probability ~ (n/p)^100
+            f"could not build a cyclic gradient code for workers={n}, stragglers={s} "
+            f"over field={self.field}")
+
+    def _cyclic(self, rng: np.random.Generator) -> np.ndarray | None:
+        """Tandon et al. Algorithm 2: rows of B in null(H) with cyclic support, B[w, w] = 1."""
+        n, s, p = self.workers, self.stragglers, self.field
+        if s == 0:
+            return np.eye(n, dtype=np.int64 if p is not None else np.float64)
+        if p is None:
+            H = rng.standard_normal((s, n))
+            H[:, -1] = -H[:, :-1].sum(axis=1)
+            B = np.zeros((n, n))
+        else:
+            H = rng.integers(0, p, size=(s, n), dtype=np.int64)
+            H[:, -1] = (-H[:, :-1].sum(axis=1)) % p
+            B = np.zeros((n, n), dtype=np.int64)
+        for w in range(n):
+            others = [(w + t) % n for t in range(1, s + 1)]
+            B[w, w] = 1
+            try:
+                if p is None:
+                    B[w, others] = np.linalg.solve(H[:, others], -H[:, w])
+                else:
+                    B[w, others] = _gfp.solve_mod(H[:, others], (-H[:, w]) % p, p)
+            except (np.linalg.LinAlgError, ValueError):
+                return None
+        if p is not None:  # every (n - s)-subset must span the all-ones vector: check generically
+            if _gfp.rank_mod(B, p) != n - s:
+                return None
+        return B
+
+    # ---------------------------------------------------------------- gradient use
+    def combine(self, worker: int, partials: Mapping[int, Any]) -> np.ndarray:
+        """The message worker ``worker`` sends: ``sum_j B[worker, j] * partials[j]``."""
+        parts = self.partitions(worker)
+        missing = [j for j in parts if j not in partials]
+        if missing:
+            raise ConfigurationError(
+                f"`partials` for worker {worker} must hold partitions {parts}, missing {missing}")
+        coef = self.coefficients[worker]
+        if self.field is None:
+            return sum(coef[j] * np.asarray(partials[j], dtype=np.float64) for j in parts)
+        acc = 0
+        for j in parts:
+            g = residues(f"partials[{j}]", partials[j], self.field, ndims=(0, 1, 2, 3))
+            acc = (acc + int(coef[j]) * g) % self.field
+        return np.asarray(acc, dtype=np.int64)
+
+    def decoding_vector(self, workers: Any) -> np.ndarray:
+        """``a`` with ``a^T B_S = 1^T`` for the sorted worker set ``S`` (least norm over the reals)."""
+        rows = np.array(sorted({check_int("workers", w, 0, self.workers - 1) for w in workers}))
+        Bs = self.coefficients[rows]
+        ones = np.ones(self.workers, dtype=Bs.dtype)
+        if self.field is None:
+            a, *_ = np.linalg.lstsq(Bs.T, ones, rcond=None)
+            if not np.allclose(Bs.T @ a, ones, atol=1e-8):
+                raise ConfigurationError(f"workers {rows.tolist()} cannot recover the gradient sum")
+            return a
+        return _solve_ones(Bs, self.field)
+
+    # ---------------------------------------------------------------- A @ B interface
+    def _encode(self, A: Any, B: Any, precision: str = "auto"):
+        if self.field is not None:
+            A = residues("A", A, self.field)
+            B = residues("B", B, self.field, allow_vector=True)
+        else:
+            A = real_matrix("A", A)
+            B = real_matrix("B", B, allow_vector=True)
+        if A.shape[1] != B.shape[0]:
+            raise ConfigurationError(
+                f"`A` and `B` must have matching inner dimensions, got A {A.shape} and B {B.shape}")
+        n = self.workers
+        N = A.shape[1]
+        nb = -(-N // n)
+        Ap = np.zeros((A.shape[0], nb * n), dtype=A.dtype)
+        Ap[:, :N] = A
+        Bp = np.zeros((nb * n,) + B.shape[1:], dtype=B.dtype)
+        Bp[:N] = B
+        pairs = []
+        for w in range(n):
+            parts = self.partitions(w)
+            coef = self.coefficients[w]
+            if self.field is None:
+                a = np.hstack([coef[j] * Ap[:, j * nb:(j + 1) * nb] for j in parts]).astype(A.dtype)
+            else:
+                a = np.hstack([(int(coef[j]) * Ap[:, j * nb:(j + 1) * nb]) % self.field for j in parts])
+            b = np.concatenate([Bp[j * nb:(j + 1) * nb] for j in parts])
+            pairs.append((a, b))
+        shape = (A.shape[0],) + B.shape[1:]
+        dtype = np.result_type(A.dtype, B.dtype) if self.field is None else np.dtype(np.int64)
+        if self.field is None and precision != "auto":
+            dtype = np.dtype(precision)
+        if self.field is None:
+            pairs = [(a.astype(dtype, copy=False), b.astype(dtype, copy=False)) for a, b in pairs]
+        return pairs, shape, nb * (self.stragglers + 1), dtype
+
+    def _families(self, rows: np.ndarray) -> list[np.ndarray]:
+        return [self.coefficients[np.asarray(rows)]]
+
+    def _unpack(self, result: np.ndarray) -> list[np.ndarray]:
+        return [result]
+
+    def _decodable(self, rows: np.ndarray) -> bool:
+        return len(rows) >= self.recovery_threshold
+
+    def _solve_exact(self, keep, E, Ms, rows):
+        p = self.field
+        Bk = Ms[0][keep] % p
+        flat = E[0][keep].reshape(len(keep), -1)
+        Y = flat[:, :4] if flat.shape[1] else flat
+        if _gfp.rank_mod(np.hstack([Bk, Y]), p) != _gfp.rank_mod(Bk, p):
+            raise CorruptResultError(
+                f"results from workers {[int(r) for r in rows[keep]]} are inconsistent",
+                suspects=[])
+        a = _solve_ones(Bk, p)
+        total = _gfp.matmul_mod(a[None, :], flat, p)[0]
+        return [total.reshape((1,) + E[0].shape[1:])]
+
+    def _assemble(self, X: list[np.ndarray], shape: tuple[int, ...] | None) -> np.ndarray:
+        C = X[0].sum(axis=0)
+        if self.field is not None:
+            C = C.astype(np.int64) % self.field
+        if shape is not None and C.ndim:
+            C = C[tuple(slice(0, s) for s in shape)]
+        return np.ascontiguousarray(C)
+
+
+def _basis_cols(M: np.ndarray, p: int) -> list[int]:
+    chosen: list[int] = []
+    for j in range(M.shape[1]):
+        if _gfp.rank_mod(M[:, chosen + [j]], p) > len(chosen):
+            chosen.append(j)
+    return chosen
+
+
+def _solve_ones(Bs: np.ndarray, p: int) -> np.ndarray:
+    """Exact ``a`` with ``Bs^T a = 1 (mod p)``: solve on independent rows/columns, then check."""
+    r = Bs.shape[0]
+    rows = _basis_cols(Bs.T, p)            # independent rows of Bs
+    Bsub = Bs[rows]                          # (rank x n)
+    cols = _basis_cols(Bsub, p)              # independent columns of that
+    a_sub = _gfp.solve_mod(Bsub[:, cols].T, np.ones(len(cols), dtype=np.int64), p)
+    a = np.zeros(r, dtype=np.int64)
+    a[rows] = a_sub
+    if (_gfp.matmul_mod(Bs.T, a, p) != 1).any():
+        raise ConfigurationError("these workers cannot recover the gradient sum")
+    return a

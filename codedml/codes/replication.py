@@ -1,0 +1,110 @@
+"""Replication baseline (replication 1 = uncoded) with the common code interface.
+
+``A`` is split into ``k`` row blocks; worker ``w`` computes block ``w mod k`` times ``B``, so
+block ``j`` has ``r_j = |{w : w mod k = j}|`` replicas. The recovery threshold (the number of
+results that *guarantees* every block is present, whatever the arrival order) is
+``n - min_j r_j + 1``; decoding succeeds earlier whenever every block happens to be covered.
+With ``2e + 1`` replicas of each block present, ``e`` corrupt results are outvoted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigurationError
+from ._base import LinearCode
+from ._validate import check_field, check_int, real_matrix, residues
+
+__all__ = ["ReplicationCode"]
+
+
+class ReplicationCode(LinearCode):
+    """Each of ``k`` row blocks of ``A`` is computed by ``about n/k`` workers.
+
+    Parameters
+    ----------
+    workers : int
+        Number of workers ``n``.
+    k : int
+        Number of row blocks, ``1 <= k <= n``; ``k = n`` is the uncoded baseline.
+    field : None or int
+        Reals (default) or GF(p).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from codedml.codes import ReplicationCode
+    >>> code = ReplicationCode(6, 3)          # every block twice
+    >>> code.recovery_threshold
+    5
+    >>> A, x = np.arange(12.).reshape(6, 2), np.ones(2)
+    >>> tasks = code.encode(A, x)
+    >>> bool(np.allclose(code.decode({w: tasks[w].compute() for w in (0, 1, 5)}), A @ x))
+    True
+    """
+
+    def __init__(self, workers: int, k: int, *, field: int | None = None) -> None:
+        n = check_int("workers", workers, 1)
+        self.workers = n
+        self.k = check_int("k", k, 1, n, what=f"workers={n}")
+        self.field = check_field(field, n)
+        self.replicas = np.bincount(np.arange(n) % self.k, minlength=self.k)
+        self.recovery_threshold = int(n - self.replicas.min() + 1)
+
+    def __repr__(self) -> str:
+        f = f", field={self.field}" if self.field is not None else ""
+        return f"ReplicationCode(workers={self.workers}, k={self.k}{f})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ReplicationCode) and (self.workers, self.k, self.field) == (
+            other.workers, other.k, other.field)
+
+    def __hash__(self) -> int:
+        return hash(("replication", self.workers, self.k, self.field))
+
+    def block_of(self, worker: int) -> int:
+        """The row block of ``A`` that ``worker`` computes."""
+        return check_int("worker", worker, 0, self.workers - 1) % self.k
+
+    def _encode(self, A: Any, B: Any, precision: str = "auto"):
+        if self.field is not None:
+            A = residues("A", A, self.field)
+            B = residues("B", B, self.field, allow_vector=True)
+        else:
+            A = real_matrix("A", A)
+            B = real_matrix("B", B, allow_vector=True)
+        if A.shape[1] != B.shape[0]:
+            raise ConfigurationError(
+                f"`A` and `B` must have matching inner dimensions, got A {A.shape} and B {B.shape}")
+        M = A.shape[0]
+        rb = -(-M // self.k)
+        Ap = np.zeros((rb * self.k, A.shape[1]), dtype=A.dtype)
+        Ap[:M] = A
+        blocks = Ap.reshape(self.k, rb, -1)
+        shape = (M,) + B.shape[1:]
+        pairs = [(blocks[w % self.k], B) for w in range(self.workers)]
+        dtype = np.result_type(A.dtype, B.dtype) if self.field is None else np.dtype(np.int64)
+        if self.field is None and precision != "auto":
+            dtype = np.dtype(precision)
+        if self.field is None:
+            pairs = [(a.astype(dtype, copy=False), b.astype(dtype, copy=False)) for a, b in pairs]
+        return pairs, shape, A.shape[1], dtype
+
+    def _decodable(self, rows: np.ndarray) -> bool:
+        return len(set((np.asarray(rows) % self.k).tolist())) == self.k
+
+    def _families(self, rows: np.ndarray) -> list[np.ndarray]:
+        M = np.zeros((len(rows), self.k))
+        M[np.arange(len(rows)), np.asarray(rows) % self.k] = 1.0
+        return [M.astype(np.int64) if self.field is not None else M]
+
+    def _unpack(self, result: np.ndarray) -> list[np.ndarray]:
+        return [result]
+
+    def _assemble(self, X: list[np.ndarray], shape: tuple[int, ...] | None) -> np.ndarray:
+        C = X[0].reshape((-1,) + X[0].shape[2:])
+        if shape is not None:
+            C = C[tuple(slice(0, s) for s in shape)]
+        return np.ascontiguousarray(C.astype(np.int64) if self.field is not None else C)
