@@ -63,6 +63,8 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "numpy": np.__version__,
+        # Other processes competing for the CPUs distort timings; keep a trace.
+        "loadavg_1_5_15min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "env_threads": {
             k: os.environ.get(k)
             for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -112,12 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     def record(case: str, impl: str, p: int | None, size: int, fn, repeats: int,
                warmup: bool = True) -> dict:
         med, times = median_time(fn, repeats, warmup)
-        row = {"case": case, "impl": impl, "p": p, "size": size, "median_s": med, "times_s": times}
+        row = {"case": case, "impl": impl, "p": p, "size": size, "median_s": med,
+               "min_s": min(times), "times_s": times}
         rows.append(row)
         print(f"  {case:<34s} n={size:<5d} {med:10.4f} s", flush=True)
         return row
 
-    print(f"GF(p) matmul benchmark, n={n}, repeats={args.repeats}")
+    info_start = machine_info()
+    print(f"GF(p) matmul benchmark, n={n}, repeats={args.repeats}, "
+          f"load average at start {info_start['loadavg_1_5_15min']}")
 
     sizes = sorted({n, small})
     for size in sizes:
@@ -178,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         if r["size"] != n:
             label += f" @n={r['size']}"
         print(f"{label:<42s} {r['size']:>5d} {r['median_s']:>11.4f} {r['ratio_to_blas']:>15.2f}")
+    print(f"load average at end: {os.getloadavg() if hasattr(os, 'getloadavg') else 'n/a'}")
     if galois_checks:
         print("\ngalois == matmul_mod (exact):", galois_checks)
     if small != n and not args.skip_galois and not args.skip_galois_large:
@@ -187,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "benchmark": "gfp_matmul",
+        "machine_at_start": info_start,
         "size": n,
         "reduced_size_for_galois_large": small,
         "repeats": args.repeats,

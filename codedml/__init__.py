@@ -12,6 +12,15 @@ from .errors import (CodedMLError, ConfigurationError, CorruptResultError,
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # The runtime is imported on first use, so ``import codedml`` stays light (no mpi4py).
+    if name in ("MPICluster", "LocalCluster"):
+        from . import runtime
+
+        return getattr(runtime, name)
+    raise AttributeError(f"module 'codedml' has no attribute {name!r}")
+
 __all__ = [
     "__version__",
     "CodedMLError",
@@ -19,4 +28,6 @@ __all__ = [
     "CorruptResultError",
     "NotEnoughResultsError",
     "WorkerFailure",
+    "MPICluster",
+    "LocalCluster",
 ]

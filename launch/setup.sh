@@ -13,8 +13,14 @@ fi
 stamp="$venv/.codedml-setup"
 want="$(cat "$root/setup.cfg" "$root/launch/setup.sh" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0"
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$root[all]"
+  log="$venv/setup.log"
+  echo "codedml set-up: installing into $venv (log: $log)" >&2
+  if ! { "$venv/bin/python" -m pip install --disable-pip-version-check "torch==2.13.0" &&
+         "$venv/bin/python" -m pip install --disable-pip-version-check -e "$root[all]"; } >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "codedml set-up FAILED (full log: $log)" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi
 echo "$venv/bin/python"

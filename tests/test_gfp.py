@@ -164,6 +164,9 @@ def test_matmul_worst_case_entries(p, fill):
     sizes = {1, 7, 1000, 9000}
     if 1 <= true_chunk <= 10000:
         sizes |= {true_chunk, true_chunk + 1, 2 * true_chunk + 3, 4 * true_chunk + 1}
+    f32_limit = 2**24 // (p - 1) ** 2  # float32 single-GEMM path up to here
+    if 1 <= f32_limit <= 10000:
+        sizes |= {f32_limit, f32_limit + 1, 2 * f32_limit - 1}
     for n in sorted(sizes):
         a = np.full((2, n), v, dtype=np.int64)
         b = np.full((n, 3), v, dtype=np.int64)
@@ -264,11 +267,15 @@ def test_matmul_empty_and_dtypes():
     np.testing.assert_array_equal(out, np.zeros((3, 2), dtype=np.int64))
     a = np.arange(6, dtype=np.uint8).reshape(2, 3)
     np.testing.assert_array_equal(matmul_mod(a, a.T, p), ref_matmul(a.astype(np.int64), a.T.astype(np.int64), p))
-    # Non-contiguous inputs.
-    big = np.arange(200, dtype=np.int64).reshape(10, 20) % p
-    np.testing.assert_array_equal(
-        matmul_mod(big[:, ::2], big.T[::2, ::3], p), ref_matmul(big[:, ::2], big.T[::2, ::3], p)
-    )
+    # Non-contiguous and Fortran-ordered inputs, on both paths.
+    for q in (257, MAX_PRIME):
+        big = np.random.default_rng(q).integers(0, q, (10, 20), dtype=np.int64)
+        x, y = big[:, ::2], big.T[::2, ::3]
+        for method in methods_for(q):
+            np.testing.assert_array_equal(matmul_mod(x, y, q, method=method), ref_matmul(x, y, q))
+            np.testing.assert_array_equal(
+                matmul_mod(np.asfortranarray(big), big.T, q, method=method), ref_matmul(big, big.T, q)
+            )
 
 
 def test_matmul_rejects_bad_input():

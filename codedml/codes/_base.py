@@ -337,7 +337,8 @@ class LinearCode(abc.ABC):
             res = np.zeros(len(cands))
             for M, y in zip(Ms, Y):
                 res = np.maximum(res, _residuals(M, y, W, keeps, d))
-            ok = np.flatnonzero(res <= 1.0)
+            ok = [j for j in np.flatnonzero(res <= 1.0) if self._decodable(rows[keeps[j]])]
+            ok = np.array(ok, dtype=int)
             if len(ok) == 0:
                 continue
             best = ok[np.argmin(res[ok])]
@@ -367,8 +368,11 @@ class LinearCode(abc.ABC):
             rtol = 64.0 * eps * math.sqrt(max(inner, 1))
         if not rtol > 0:
             raise ConfigurationError(f"`rtol` must be positive, got {rtol}")
-        tau = rtol * np.maximum(scale, np.finfo(np.float64).tiny)
-        return tau
+        tau = rtol * np.asarray(scale, dtype=np.float64)
+        # A worker whose operands are all zero (split padding, zero blocks) computes an exact 0:
+        # give it a tenth of the typical tolerance instead of 0, which would overflow 1/tau and
+        # make the weighted consistency check ill-conditioned.
+        return np.maximum(tau, max(0.1 * float(np.median(tau)), 1e-250))
 
     # ----------------------------------------------------------------- GF(p)
     def _locate_exact(self, rows, E, Ms, errors):
@@ -467,12 +471,20 @@ def _project_mod(E: np.ndarray, rng: np.random.Generator, p: int, k: int = 2) ->
 
 
 def _residuals(M: np.ndarray, y: np.ndarray, W: np.ndarray, keeps: np.ndarray, d: int) -> np.ndarray:
-    """Per candidate: weighted residual of y outside range(M[keep]), relative to sqrt(len(keep))."""
-    Mk = M[keeps] * W[keeps][..., None]
+    """Per candidate: weighted residual of y outside range(M[keep]), relative to sqrt(len(keep)).
+
+    The rank-``d`` basis of ``range(M[keep])`` is found unweighted (well scaled, so the rank
+    decision is sharp), then weighted and re-orthonormalised: ``range(W M) = W range(M)``.
+    """
+    U0, S, _ = np.linalg.svd(M[keeps], full_matrices=False)
+    U0 = U0[..., :d]
+    # Each candidate's own rank: a set that drops every copy of some block spans less, and a
+    # spurious basis direction must not absorb an inconsistency.
+    rank = (S[..., :d] > S[..., :1] * 1e-10).sum(axis=-1)
+    U0 = U0 * (np.arange(d)[None, None, :] < rank[:, None, None])
+    Q, _ = np.linalg.qr(U0 * W[keeps][..., None])
     Yk = y[keeps] * W[keeps][..., None]
-    U, s, _ = np.linalg.svd(Mk, full_matrices=False)
-    U = U[..., :d]  # rank d: the code's number of unknowns
-    res = Yk - U @ (np.conj(np.swapaxes(U, -1, -2)) @ Yk)
+    res = Yk - Q @ (np.conj(np.swapaxes(Q, -1, -2)) @ Yk)
     return np.linalg.norm(res, axis=(1, 2)) / math.sqrt(keeps.shape[1] * y.shape[1])
 
 
@@ -498,11 +510,12 @@ def _lstsq(M: np.ndarray, E: np.ndarray) -> np.ndarray:
 
     Square systems use LU with partial pivoting (measured 2x more accurate than the SVD-based
     least squares on the worst n=30, k=25 subset); with results to spare, least squares over
-    all of them, which averages the workers' rounding noise.
+    all of them, which averages the workers' rounding noise (and rank-deficient systems, e.g.
+    gradient codes, get the least-norm solution, whose image is all that decoding needs).
     """
     flat = E.reshape(E.shape[0], -1)
     wide = np.result_type(M.dtype, flat.dtype, np.float64)
-    if M.shape[0] == M.shape[1]:
+    if M.shape[0] == M.shape[1] and np.linalg.matrix_rank(M) == M.shape[1]:
         X = np.linalg.solve(M.astype(wide), flat.astype(wide))
     else:
         X = np.linalg.lstsq(M.astype(wide), flat.astype(wide), rcond=None)[0]

@@ -218,7 +218,19 @@ class GradientCode(LinearCode):
         return [result]
 
     def _decodable(self, rows: np.ndarray) -> bool:
-        return len(rows) >= self.recovery_threshold
+        """Whether the all-ones vector lies in the span of the rows' coefficients: always for
+        ``n - s`` rows; for fewer, e.g. one worker of every fractional-repetition group."""
+        rows = np.asarray(rows)
+        if len(rows) >= self.recovery_threshold:
+            return True
+        if len(rows) == 0:
+            return False
+        Bs = self.coefficients[rows]
+        if self.field is None:
+            a, *_ = np.linalg.lstsq(Bs.T, np.ones(self.workers), rcond=None)
+            return bool(np.allclose(Bs.T @ a, 1.0, atol=1e-9))
+        return _gfp.rank_mod(np.vstack([Bs, np.ones((1, self.workers), dtype=np.int64)]), self.field) \
+            == _gfp.rank_mod(Bs, self.field)
 
     def _solve_exact(self, keep, E, Ms, rows):
         p = self.field

@@ -1,0 +1,149 @@
+"""Failure models from a TOML table or command-line flags.
+
+TOML (the ``[faults]`` table of a run config)::
+
+    [faults]
+    seed = 1
+    stragglers = { model = "shifted_exponential", shift = 0.0, scale = 0.05 }
+    soft_errors = [ { kind = "exponent", prob = 0.05 }, { kind = "nan", prob = 0.01 } ]
+    fail_silent = { ranks = [3], start = 2 }
+    die = { ranks = [5], at = 4 }
+
+Straggler models: ``fixed`` (ranks, delay), ``shifted_exponential`` (shift, scale, ranks),
+``pareto`` (scale, alpha, ranks), ``bursty`` (p_slow, p_recover, delay). Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import ConfigurationError
+from .models import (Bursty, Compose, Die, FailSilent, FaultModel, FixedStragglers, NoFaults,
+                     Pareto, ShiftedExponential, SoftErrors)
+
+__all__ = ["faults_from_config", "faults_from_flags", "add_fault_flags"]
+
+_STRAGGLERS = {
+    "fixed": (FixedStragglers, {"ranks", "delay", "start"}),
+    "shifted_exponential": (ShiftedExponential, {"shift", "scale", "ranks"}),
+    "pareto": (Pareto, {"scale", "alpha", "ranks"}),
+    "bursty": (Bursty, {"p_slow", "p_recover", "delay", "seed"}),
+}
+_TOP = {"seed", "stragglers", "soft_errors", "fail_silent", "die"}
+
+
+def _check_keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigurationError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)}")
+
+
+def _as_list(x: Any) -> list[Mapping[str, Any]]:
+    if x is None:
+        return []
+    return list(x) if isinstance(x, list) else [x]
+
+
+def faults_from_config(table: Mapping[str, Any]) -> tuple[FaultModel, int]:
+    """Build ``(model, seed)`` from a ``[faults]`` table (see the module docstring)."""
+    _check_keys("[faults]", table, _TOP)
+    models: list[FaultModel] = []
+    for s in _as_list(table.get("stragglers")):
+        s = dict(s)
+        name = s.pop("model", None)
+        if name not in _STRAGGLERS:
+            raise ConfigurationError(
+                f"[faults] stragglers `model` must be one of {sorted(_STRAGGLERS)}, got {name!r}")
+        cls, allowed = _STRAGGLERS[name]
+        _check_keys(f"[faults] stragglers ({name})", s, allowed)
+        if "ranks" in s and cls is not FixedStragglers:
+            s["ranks"] = frozenset(s["ranks"])
+        models.append(cls(**s))
+    for e in _as_list(table.get("soft_errors")):
+        _check_keys("[faults] soft_errors", e, {"kind", "prob", "value", "ranks"})
+        e = dict(e)
+        if "ranks" in e:
+            e["ranks"] = frozenset(e["ranks"])
+        models.append(SoftErrors(**e))
+    for f in _as_list(table.get("fail_silent")):
+        _check_keys("[faults] fail_silent", f, {"ranks", "start"})
+        models.append(FailSilent(**f))
+    for d in _as_list(table.get("die")):
+        _check_keys("[faults] die", d, {"ranks", "at"})
+        models.append(Die(**d))
+    seed = table.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigurationError(f"[faults] `seed` must be an integer, got {seed!r}")
+    if not models:
+        return NoFaults(), seed
+    return (models[0] if len(models) == 1 else Compose(tuple(models))), seed
+
+
+def add_fault_flags(ap: argparse.ArgumentParser) -> None:
+    """Add ``--stragglers``, ``--soft-errors``, ``--fail-silent``, ``--die``, ``--fault-seed``."""
+    g = ap.add_argument_group("failure injection")
+    g.add_argument("--stragglers", metavar="MODEL[:k=v,...]",
+                   help="e.g. fixed:ranks=1+2,delay=0.5 | shifted_exponential:scale=0.05 | "
+                        "pareto:scale=0.01,alpha=2 | bursty:p_slow=0.1,delay=0.3 | none")
+    g.add_argument("--soft-errors", metavar="KIND:PROB", action="append",
+                   help="e.g. exponent:0.05 (kinds: mantissa exponent sign gross nan inf scale); repeatable")
+    g.add_argument("--fail-silent", metavar="RANK[+RANK]@JOB", help="ranks that stop answering from JOB on")
+    g.add_argument("--die", metavar="RANK[+RANK]@JOB", help="ranks that SIGKILL themselves at JOB (Open MPI ULFM)")
+    g.add_argument("--fault-seed", type=int, default=None, help="seed of every failure model")
+
+
+def _parse_value(v: str) -> Any:
+    if "+" in v or v.isdigit():
+        return [int(x) for x in v.split("+")] if "+" in v else int(v)
+    try:
+        return float(v)
+    except ValueError:
+        return v
+
+
+def _ranks_at(flag: str, text: str) -> tuple[list[int], int]:
+    try:
+        ranks, _, job = text.partition("@")
+        return [int(r) for r in ranks.split("+")], int(job or 0)
+    except ValueError as exc:
+        raise ConfigurationError(f"`{flag}` must look like 1+3@2 (ranks @ job), got {text!r}") from exc
+
+
+def faults_from_flags(ns: argparse.Namespace, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Merge the failure flags over a ``[faults]`` table (flags win); returns the new table."""
+    table: dict[str, Any] = dict(base or {})
+    if ns.stragglers:
+        if ns.stragglers == "none":
+            table.pop("stragglers", None)
+        else:
+            name, _, args = ns.stragglers.partition(":")
+            entry: dict[str, Any] = {"model": name}
+            for kv in filter(None, args.split(",")):
+                k, sep, v = kv.partition("=")
+                if not sep:
+                    raise ConfigurationError(f"`--stragglers` arguments must be key=value, got {kv!r}")
+                val = _parse_value(v)
+                entry[k] = [val] if k == "ranks" and isinstance(val, int) else val
+            table["stragglers"] = entry
+    if ns.soft_errors:
+        errs = []
+        for item in ns.soft_errors:
+            if item == "none":
+                continue
+            kind, _, prob = item.partition(":")
+            try:
+                errs.append({"kind": kind, "prob": float(prob or 1.0)})
+            except ValueError as exc:
+                raise ConfigurationError(f"`--soft-errors` must look like exponent:0.05, got {item!r}") from exc
+        table["soft_errors"] = errs
+    if ns.fail_silent:
+        r, j = _ranks_at("--fail-silent", ns.fail_silent)
+        table["fail_silent"] = {"ranks": r, "start": j}
+    if ns.die:
+        r, j = _ranks_at("--die", ns.die)
+        table["die"] = {"ranks": r, "at": j}
+    if ns.fault_seed is not None:
+        table["seed"] = ns.fault_seed
+    return table

@@ -1,0 +1,327 @@
+"""The failure models. Each is a frozen dataclass; calling it returns a :class:`Fault`."""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigurationError
+
+__all__ = [
+    "Fault", "Corruption", "FaultModel", "NoFaults", "FixedStragglers", "ShiftedExponential",
+    "Pareto", "Bursty", "FailSilent", "Die", "SoftErrors", "Schedule", "Compose", "corrupt",
+    "fault_for", "CORRUPTION_KINDS",
+]
+
+#: Soft-error classes: a flipped bit in the mantissa / exponent / sign of one entry, one gross
+#: value, NaN, +Inf, or the whole result scaled by an adversarial factor.
+CORRUPTION_KINDS = ("mantissa", "exponent", "sign", "gross", "nan", "inf", "scale")
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """How to corrupt one result: ``kind`` from :data:`CORRUPTION_KINDS`; ``value`` is the
+    gross value or scale factor."""
+
+    kind: str
+    value: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in CORRUPTION_KINDS:
+            raise ConfigurationError(f"corruption `kind` must be one of {CORRUPTION_KINDS}, got {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What happens to one worker on one job.
+
+    ``delay`` seconds are added before the result is sent; ``crash`` is ``None``, ``"silent"``
+    (the worker stops returning results from this job on) or ``"die"`` (the process kills
+    itself with SIGKILL); ``corruptions`` are applied to the result in order.
+    """
+
+    delay: float = 0.0
+    crash: str | None = None
+    corruptions: tuple[Corruption, ...] = ()
+
+    def __add__(self, other: "Fault") -> "Fault":
+        crash = self.crash or other.crash
+        if self.crash == "die" or other.crash == "die":
+            crash = "die"
+        return Fault(self.delay + other.delay, crash, self.corruptions + other.corruptions)
+
+    @property
+    def is_clean(self) -> bool:
+        return self.delay == 0 and self.crash is None and not self.corruptions
+
+
+NO_FAULT = Fault()
+
+
+class FaultModel:
+    """Base of the models: ``model(rank, job, rng) -> Fault``; ``a + b`` composes."""
+
+    def __call__(self, rank: int, job: int, rng: np.random.Generator) -> Fault:  # pragma: no cover
+        raise NotImplementedError
+
+    def __add__(self, other: "FaultModel") -> "Compose":
+        left = self.models if isinstance(self, Compose) else (self,)
+        right = other.models if isinstance(other, Compose) else (other,)
+        return Compose(left + right)
+
+
+def _ranks(name: str, ranks: Iterable[int] | None) -> frozenset[int] | None:
+    if ranks is None:
+        return None
+    out = frozenset(int(r) for r in ranks)
+    if any(r < 0 for r in out):
+        raise ConfigurationError(f"`{name}` must hold worker ranks >= 0, got {sorted(out)}")
+    return out
+
+
+def _positive(name: str, value: float, *, allow_zero: bool = True) -> float:
+    v = float(value)
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        rng = "at least 0" if allow_zero else "greater than 0"
+        raise ConfigurationError(f"`{name}` must be {rng}, got {value}")
+    return v
+
+
+def _prob(name: str, value: float) -> float:
+    v = float(value)
+    if not 0.0 <= v <= 1.0:
+        raise ConfigurationError(f"`{name}` must be between 0 and 1, got {value}")
+    return v
+
+
+@dataclass(frozen=True)
+class NoFaults(FaultModel):
+    """No delay, no crash, no corruption."""
+
+    def __call__(self, rank: int, job: int, rng: np.random.Generator) -> Fault:
+        return NO_FAULT
+
+
+@dataclass(frozen=True)
+class FixedStragglers(FaultModel):
+    """The given ranks are slow by ``delay`` seconds on every job (from job ``start`` on)."""
+
+    ranks: frozenset[int]
+    delay: float
+    start: int = 0
+
+    def __init__(self, ranks: Iterable[int], delay: float, start: int = 0) -> None:
+        object.__setattr__(self, "ranks", _ranks("ranks", ranks))
+        object.__setattr__(self, "delay", _positive("delay", delay))
+        object.__setattr__(self, "start", int(start))
+
+    def __call__(self, rank: int, job: int, rng: np.random.Generator) -> Fault:
+        return Fault(self.delay) if rank in self.ranks and job >= self.start else NO_FAULT
+
+
+@dataclass(frozen=True)
+class ShiftedExponential(FaultModel):
+    """Delay ``shift + Exp(mean=scale)`` seconds per (rank, job) (Lee et al. 2018's model)."""
+
+    shift: float = 0.0
+    scale: float = 0.1
+    ranks: frozenset[int] | None = None
+
+    def __post_init__(self) -> None:
+        _positive("shift", self.shift)
+        _positive("scale", self.scale, allow_zero=False)
+        object.__setattr__(self, "ranks", _ranks("ranks", self.ranks))
+
+    def __call__(self, rank: int, job: int, rng: np.random.Generator) -> Fault:
+        if self.ranks is not None and rank not in self.ranks:
+            return NO_FAULT
+        return Fault(self.shift + float(rng.exponential(self.scale)))
+
+
+@dataclass(frozen=True)
+class Pareto(FaultModel):
+    """Heavy-tailed delay: ``scale * (Pareto(alpha) + 1)`` seconds (minimum ``scale``)."""
+
+    scale: float = 0.01
+    alpha: float = 2.0
+    ranks: frozenset[int] | None = None
+
+    def __post_init__(self) -> None:
+        _positive("scale", self.scale, allow_zero=False)
+        _positive("alpha", self.alpha, allow_zero=False)
+        object.__setattr__(self, "ranks", _ranks("ranks", self.ranks))
+
+    def __call__(self, rank: int, job: int, rng: np.random.Generator) -> Fault:
+        if self.ranks is not None and rank not in self.ranks:
+            return NO_FAULT
+        return Fault(self.scale * (float(rng.pareto(self.alpha)) + 1.0))
+
+
+@dataclass(frozen=True)
+class Bursty(FaultModel):
+    """Two-state (Gilbert-Elliott) straggling: a worker turns slow with probability ``p_slow``
+    per job, recovers with ``p_recover``, and is delayed ``delay`` seconds while slow.
+
+    The state of (rank, job) depends on the rank's history; it is recomputed from a generator
+    seeded by (seed, rank) alone, so it is the same whatever order jobs are asked about.
+    """
+
+    p_slow: float = 0.1
+    p_recover: float = 0.5
+    delay: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _prob("p_slow", self.p_slow)
+        _prob("p_recover", self.p_recover)
+        _positive("delay", self.delay)
+
+    def slow(self, rank: int, job: int) -> bool:
+        """Whether ``rank`` is in the slow state at ``job``."""
+        u = np.random.default_rng([self.seed, rank, 0xB0]).random(job + 1)
+        state = False
+        for t in range(job + 1):
+            state = (u[t] >= self.p_recover) if state else (u[t] < self.p_slow)
+        return bool(state)
+
+    def __call__(self, rank: int, job: int, rng: np.random.Generator) -> Fault:
+        return Fault(self.delay) if self.slow(rank, job) else NO_FAULT
+
+
+@dataclass(frozen=True)
+class FailSilent(FaultModel):
+    """The given ranks stop returning results from job ``start`` on (they keep reading input)."""
+
+    ranks: frozenset[int]
+    start: int = 0
+
+    def __init__(self, ranks: Iterable[int], start: int = 0) -> None:
+        object.__setattr__(self, "ranks", _ranks("ranks", ranks))
+        object.__setattr__(self, "start", int(start))
+
+    def __call__(self, rank: int, job: int, rng: np.random.Generator) -> Fault:
+        return Fault(crash="silent") if rank in self.ranks and job >= self.start else NO_FAULT
+
+
+@dataclass(frozen=True)
+class Die(FaultModel):
+    """Real process death: the given ranks SIGKILL themselves at job ``at``.
+
+    Survivable only under Open MPI's ULFM (``mpiexec --with-ft ulfm``); under MPICH a death by
+    signal ends the whole job. In :class:`~codedml.LocalCluster` the worker thread stops.
+    """
+
+    ranks: frozenset[int]
+    at: int = 0
+
+    def __init__(self, ranks: Iterable[int], at: int = 0) -> None:
+        object.__setattr__(self, "ranks", _ranks("ranks", ranks))
+        object.__setattr__(self, "at", int(at))
+
+    def __call__(self, rank: int, job: int, rng: np.random.Generator) -> Fault:
+        return Fault(crash="die") if rank in self.ranks and job >= self.at else NO_FAULT
+
+
+@dataclass(frozen=True)
+class SoftErrors(FaultModel):
+    """Each worker result is corrupted with probability ``prob`` by a ``kind`` soft error.
+
+    ``kind`` is one of :data:`CORRUPTION_KINDS`; ``value`` is the gross value (``"gross"``) or
+    the factor (``"scale"``; an adversarial scaling of the whole result).
+    """
+
+    kind: str = "exponent"
+    prob: float = 0.05
+    value: float = 1e6
+    ranks: frozenset[int] | None = None
+
+    def __post_init__(self) -> None:
+        Corruption(self.kind, self.value)
+        _prob("prob", self.prob)
+        object.__setattr__(self, "ranks", _ranks("ranks", self.ranks))
+
+    def __call__(self, rank: int, job: int, rng: np.random.Generator) -> Fault:
+        if self.ranks is not None and rank not in self.ranks:
+            return NO_FAULT
+        if rng.random() < self.prob:
+            return Fault(corruptions=(Corruption(self.kind, self.value),))
+        return NO_FAULT
+
+
+@dataclass(frozen=True)
+class Schedule(FaultModel):
+    """A deterministic schedule ``{job: {rank: Fault}}`` for tests."""
+
+    table: Mapping[int, Mapping[int, Fault]] = field(default_factory=dict)
+
+    def __call__(self, rank: int, job: int, rng: np.random.Generator) -> Fault:
+        return self.table.get(job, {}).get(rank, NO_FAULT)
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+@dataclass(frozen=True)
+class Compose(FaultModel):
+    """Several models at once: delays add, corruptions accumulate, any crash wins ("die" first)."""
+
+    models: tuple[FaultModel, ...]
+
+    def __call__(self, rank: int, job: int, rng: np.random.Generator) -> Fault:
+        out = NO_FAULT
+        for i, m in enumerate(self.models):
+            out = out + m(rank, job, np.random.default_rng([int(rng.integers(2**32)), i]))
+        return out
+
+
+def fault_for(model: FaultModel | None, seed: int, rank: int, job: int) -> Fault:
+    """The fault of ``rank`` on ``job``: the model called with a generator seeded by (seed, rank, job)."""
+    if model is None:
+        return NO_FAULT
+    return model(rank, job, np.random.default_rng([int(seed) & 0xFFFFFFFF, int(rank), int(job)]))
+
+
+def corrupt(result: np.ndarray, corruption: Corruption, rng: np.random.Generator,
+            field: int | None = None) -> np.ndarray:
+    """A copy of ``result`` with one soft error of ``corruption.kind`` applied.
+
+    Bit flips pick one entry and a bit of the chosen class: float64 mantissa bits 26-51 (the
+    upper half: flips below it are within rounding noise), exponent 52-62, sign 63; float32
+    11-22, 23-30, 31. Complex results flip a bit of one real or imaginary part. Over GF(p)
+    (integer results) every kind adds a random nonzero residue to one entry.
+    """
+    out = np.array(result, copy=True)
+    flat = out.reshape(-1)
+    if flat.size == 0:
+        return out
+    i = int(rng.integers(flat.size))
+    kind = corruption.kind
+    if out.dtype.kind in "iu":
+        p = field or (2**31 - 1)
+        flat[i] = (int(flat[i]) + 1 + int(rng.integers(p - 1))) % p
+        return out
+    if kind == "scale":
+        return out * (corruption.value or -1.0)
+    if kind == "gross":
+        flat[i] = corruption.value or 1e6
+    elif kind == "nan":
+        flat[i] = np.nan
+    elif kind == "inf":
+        flat[i] = np.inf
+    else:
+        real = flat.view(np.float64 if out.dtype in (np.float64, np.complex128) else np.float32)
+        j = int(rng.integers(real.size))
+        wide = real.dtype == np.float64
+        lo, hi = {"mantissa": (0, 52 if wide else 23), "exponent": (52, 63) if wide else (23, 31),
+                  "sign": (63, 64) if wide else (31, 32)}[kind]
+        if kind == "mantissa":  # the upper half of the mantissa: a change far above rounding
+            lo = (hi // 2)
+        bit = int(rng.integers(lo, hi))
+        ints = real.view(np.uint64 if wide else np.uint32)
+        ints[j] ^= (np.uint64(1) << np.uint64(bit)) if wide else (np.uint32(1) << np.uint32(bit))
+    return out

@@ -1,0 +1,421 @@
+"""Master-side logic shared by :class:`MPICluster` and :class:`LocalCluster`.
+
+A transport implements ``_send(worker, ctrl, arrays)`` (non-blocking) and
+``_poll(timeout) -> list[Arrival]``; everything else lives here: job bookkeeping, collecting
+the first results that suffice, decoding (retrying with more results when the ones at hand
+are inconsistent), the per-worker report, resident operands and their linear updates.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..codes import Encoding, LinearCode, MDSCode, ReplicationCode, Task
+from ..codes._validate import check_int
+from ..errors import (ConfigurationError, CorruptResultError, NotEnoughResultsError,
+                      WorkerFailure)
+
+__all__ = ["Arrival", "ClusterBase", "Job", "JobReport", "ResidentHandle", "WorkerStatus"]
+
+
+@dataclass
+class Arrival:
+    """One message from a worker: a result, an error (``kind="error"``) or a death notice."""
+
+    worker: int
+    job: int
+    kind: str  # "result" | "error" | "dead"
+    payload: Any = None
+    scale: float = 0.0
+    elapsed: float = 0.0
+
+
+@dataclass
+class WorkerStatus:
+    """One worker's part in one job.
+
+    ``status`` is ``"used"`` (its result went into the decode), ``"late"`` (arrived after the
+    decode: a straggler that was not waited for), ``"missing"`` (never arrived), ``"crashed"``
+    (its process died), ``"corrupt"`` (located as faulty and excluded), ``"spare"`` (arrived
+    in time but was not needed) or ``"error"`` (raised an exception).
+    """
+
+    worker: int
+    rank: int
+    status: str
+    latency: float | None = None
+
+
+@dataclass
+class JobReport:
+    """What happened in one job: per-worker status and latency, the decode and its timing."""
+
+    job: int
+    code: str
+    needed: int
+    errors: int
+    workers: list[WorkerStatus]
+    faulty: tuple[int, ...] = ()
+    condition: float = float("nan")
+    wall: float = float("nan")
+    decode: float = float("nan")
+    encode: float = float("nan")
+
+    def count(self, status: str) -> int:
+        return sum(1 for w in self.workers if w.status == status)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"job": self.job, "code": self.code, "needed": self.needed, "errors": self.errors,
+                "faulty": list(self.faulty), "condition": self.condition, "wall_s": self.wall,
+                "decode_s": self.decode, "encode_s": self.encode,
+                "workers": [w.__dict__ for w in self.workers]}
+
+
+@dataclass(frozen=True)
+class ResidentHandle:
+    """An operand stored encoded on the workers by ``cluster.put``."""
+
+    id: int
+    code: LinearCode
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    norms: tuple[float, ...] = field(repr=False, default=())
+
+
+class Job:
+    """A submitted product. ``result(timeout)`` waits for and returns C; ``done()`` polls."""
+
+    def __init__(self, cluster: "ClusterBase", jid: int, code: LinearCode, encoding: Encoding,
+                 errors: int, timeout: float | None, rows: Sequence[int], t0: float) -> None:
+        self.cluster, self.id, self.code, self.encoding = cluster, jid, code, encoding
+        self.errors, self.timeout = errors, timeout
+        self.needed = min(code.workers, code.recovery_threshold + 2 * errors)
+        self.sent_to = list(rows)
+        self.t0 = t0
+        self.arrived: dict[int, np.ndarray] = {}
+        self.latency: dict[int, float] = {}
+        self.failed: dict[int, str] = {}
+        self.errors_seen: dict[int, WorkerFailure] = {}
+        self.value: np.ndarray | None = None
+        self.exception: BaseException | None = None
+        self.info: Any = None
+        self.t_decode = float("nan")
+        self.t_done = float("nan")
+        self.late: set[int] = set()
+        self.encode_time = float("nan")
+
+    # ------------------------------------------------------------------ public
+    def done(self) -> bool:
+        """Whether the result (or its failure) is known; makes progress without blocking."""
+        if self.value is None and self.exception is None:
+            self.cluster._progress(0.0)
+            self._try()
+        return self.value is not None or self.exception is not None
+
+    def result(self, timeout: float | None = None) -> np.ndarray:
+        """Wait for the decoded product; raises what the decode raised, or on timeout a
+        :class:`NotEnoughResultsError` naming the workers that did not answer."""
+        limit = timeout if timeout is not None else self.timeout
+        deadline = None if limit is None else self.t0 + limit
+        while self.value is None and self.exception is None:
+            self._try()
+            if self.value is not None or self.exception is not None:
+                break
+            now = time.perf_counter()
+            if deadline is not None and now >= deadline:
+                self._fail_timeout(limit)
+                break
+            wait = 0.05 if deadline is None else min(0.05, deadline - now)
+            self.cluster._progress(wait)
+        if self.exception is not None:
+            raise self.exception
+        return self.value  # type: ignore[return-value]
+
+    @property
+    def report(self) -> JobReport:
+        """Per-worker status and latency (updated as late results drain)."""
+        faulty = set(self.info.faulty) if self.info is not None else set()
+        used = set(self.info.used) if self.info is not None else set()
+        rows = []
+        for w in range(self.code.workers):
+            if w in self.failed:
+                st = self.failed[w]
+            elif w in faulty:
+                st = "corrupt"
+            elif w in used:
+                st = "used"
+            elif w in self.late:
+                st = "late"
+            elif w in self.arrived:
+                st = "spare"
+            else:
+                st = "missing"
+            rows.append(WorkerStatus(w, self.cluster._rank_of(w), st, self.latency.get(w)))
+        cond = self.info.condition if self.info is not None else float("nan")
+        return JobReport(self.id, repr(self.code), self.needed, self.errors, rows,
+                         tuple(sorted(faulty)), cond, self.t_done - self.t0, self.t_decode,
+                         self.encode_time)
+
+    # ------------------------------------------------------------------ internals
+    def _accept(self, a: Arrival, now: float) -> None:
+        w = a.worker
+        if a.kind == "dead":
+            self.failed[w] = "crashed"
+            return
+        self.latency[w] = now - self.t0
+        if a.kind == "error":
+            self.failed[w] = "error"
+            self.errors_seen[w] = a.payload
+            return
+        if self.value is not None or self.exception is not None:
+            self.late.add(w)
+            return
+        # The noise scale comes from the root's own encoding, never from the worker's message.
+        self.arrived[w] = a.payload
+
+    def _outstanding(self) -> list[int]:
+        return [w for w in self.sent_to if w not in self.arrived and w not in self.failed]
+
+    def _try(self) -> None:
+        if self.value is not None or self.exception is not None:
+            return
+        have = len(self.arrived)
+        pending = self._outstanding()
+        if have < self.needed and pending:
+            return
+        if have == 0 or not self.code._decodable(np.array(sorted(self.arrived))):
+            if not pending:
+                self._fail_all()
+            return
+        t = time.perf_counter()
+        # With more results in than planned for, correct as many errors as they allow.
+        budget = max(self.errors, (have - self.code.recovery_threshold) // 2)
+        try:
+            C, info = self.code.decode(self.arrived, errors=budget, encoding=self.encoding,
+                                       return_info=True)
+        except (CorruptResultError, NotEnoughResultsError) as exc:
+            if pending:  # wait for one more result, then try again
+                self.needed = have + 1
+                return
+            self.exception = exc
+            self.t_done = time.perf_counter()
+            return
+        self.t_decode = time.perf_counter() - t
+        self.value, self.info = C, info
+        self.t_done = time.perf_counter()
+
+    def _fail_all(self) -> None:
+        crashed = sorted(self.cluster._rank_of(w) for w, s in self.failed.items() if s == "crashed")
+        if self.errors_seen:
+            first = next(iter(self.errors_seen.values()))
+            self.exception = first
+        else:
+            self.exception = NotEnoughResultsError(
+                f"job {self.id}: only {len(self.arrived)} of {self.code.workers} workers answered "
+                f"and {self.needed} results are needed; crashed ranks: {crashed}",
+                received=len(self.arrived), needed=self.needed)
+        self.t_done = time.perf_counter()
+
+    def _fail_timeout(self, limit: float | None) -> None:
+        silent = sorted(self.cluster._rank_of(w) for w in self._outstanding())
+        crashed = sorted(self.cluster._rank_of(w) for w, s in self.failed.items() if s == "crashed")
+        self.exception = NotEnoughResultsError(
+            f"job {self.id}: timed out after {limit} s with {len(self.arrived)} results, "
+            f"{self.code.recovery_threshold + 2 * self.errors} needed; no answer from ranks "
+            f"{silent}, crashed ranks {crashed}", received=len(self.arrived),
+            needed=self.code.recovery_threshold + 2 * self.errors)
+        self.t_done = time.perf_counter()
+
+
+class ClusterBase:
+    """The master's API, common to MPI and in-process clusters."""
+
+    workers: int
+
+    def __init__(self, workers: int, timeout: float | None) -> None:
+        self.workers = workers
+        self.default_timeout = timeout
+        self._next_job = 0
+        self._next_handle = 0
+        self._jobs: dict[int, Job] = {}
+        self._dead: set[int] = set()
+        self.history: list[JobReport] = []
+        self._closed = False
+
+    # ------------------------------------------------------------------ transport hooks
+    def _send(self, worker: int, ctrl: dict[str, Any], arrays: list[np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def _poll(self, timeout: float) -> list[Arrival]:
+        raise NotImplementedError
+
+    def _rank_of(self, worker: int) -> int:
+        return worker
+
+    # ------------------------------------------------------------------ public API
+    def submit(self, A: Any, B: Any, *, code: LinearCode | None = None, errors: int = 0,
+               timeout: float | None = None, precision: str = "auto") -> Job:
+        """Start ``A @ B`` under ``code`` (or with a resident handle ``A``); returns a :class:`Job`."""
+        self._check_open()
+        errors = check_int("errors", errors, 0, self.workers)
+        t0 = time.perf_counter()
+        if isinstance(A, ResidentHandle):
+            h = A
+            if code is not None and code != h.code:
+                raise ConfigurationError("`code` must be left out (or equal the handle's code) for a resident operand")
+            code = h.code
+            enc, per_worker = self._encode_resident(h, B)
+            ctrl = {"op": "matmul", "handle": h.id}
+        else:
+            if code is None:
+                raise ConfigurationError("`code` is required, e.g. code=MDSCode(workers, k)")
+            self._check_code(code)
+            enc = code.encode(A, B, precision=precision)
+            per_worker = [[_np(t.a), _np(t.b)] for t in enc]
+            ctrl = {"op": "matmul", "handle": None}
+        t_enc = time.perf_counter() - t0
+        jid = self._next_job
+        self._next_job += 1
+        job = Job(self, jid, code, enc, errors, timeout if timeout is not None else self.default_timeout,
+                  [w for w in range(self.workers) if w not in self._dead], t0)
+        job.encode_time = t_enc
+        for w in range(self.workers):
+            if w in self._dead:
+                job.failed[w] = "crashed"
+                continue
+            self._send(w, dict(ctrl, job=jid, field=code.field), per_worker[w])
+        self._jobs[jid] = job
+        return job
+
+    def matmul(self, A: Any, B: Any, *, code: LinearCode | None = None, errors: int = 0,
+               timeout: float | None = None, precision: str = "auto") -> np.ndarray:
+        """``A @ B`` decoded from the first results that suffice (see :meth:`submit`)."""
+        job = self.submit(A, B, code=code, errors=errors, timeout=timeout, precision=precision)
+        try:
+            return job.result()
+        finally:
+            self.history.append(job.report)
+
+    def put(self, A: Any, *, code: LinearCode) -> ResidentHandle:
+        """Store ``A`` encoded on the workers once; ``matmul(handle, x)`` then sends only ``x``.
+
+        Needs a code that leaves B unencoded: :class:`MDSCode` (or a PolyDot code with one
+        inner and one column block) or :class:`ReplicationCode`.
+        """
+        self._check_open()
+        self._check_code(code)
+        if not (isinstance(code, (MDSCode, ReplicationCode)) or
+                (getattr(code, "m", None) == 1 and getattr(code, "q", None) == 1)):
+            raise ConfigurationError(
+                f"`code` must leave B unencoded for a resident operand (MDSCode or "
+                f"ReplicationCode), got {code!r}")
+        A = np.asarray(A)
+        enc = code.encode(A, np.zeros(A.shape[1] if A.ndim == 2 else 1, dtype=A.dtype))
+        hid = self._next_handle
+        self._next_handle += 1
+        norms = tuple(float(np.linalg.norm(_np(t.a).ravel())) for t in enc)
+        for w in range(self.workers):
+            if w not in self._dead:
+                self._send(w, {"op": "put", "handle": hid, "field": code.field}, [_np(enc[w].a)])
+        return ResidentHandle(hid, code, tuple(A.shape), enc.dtype, norms)
+
+    def update(self, handle: ResidentHandle, U: Any, V: Any) -> ResidentHandle:
+        """In place ``A <- A + U V^T`` on the encoded blocks, without re-encoding.
+
+        Encoding is linear in A and the split is by rows, so the encoded update of worker w is
+        ``enc(U)_w V^T``: only ``enc(U)_w`` (rows/k x r) and ``V`` (cols x r) travel.
+        Returns the handle with updated norm bounds (use the returned one).
+        """
+        self._check_open()
+        U = np.asarray(U)
+        V = np.asarray(V)
+        if U.ndim != 2 or V.ndim != 2 or U.shape[1] != V.shape[1] or U.shape[0] != handle.shape[0] \
+                or V.shape[0] != handle.shape[1]:
+            raise ConfigurationError(
+                f"`U` and `V` must be ({handle.shape[0]}, r) and ({handle.shape[1]}, r), "
+                f"got {U.shape} and {V.shape}")
+        code = handle.code
+        encU = code.encode(U, np.zeros(U.shape[1], dtype=U.dtype))
+        norms = []
+        for w in range(self.workers):
+            u = _np(encU[w].a)
+            vv = np.ascontiguousarray(V.astype(u.dtype)) if code.field is None else V
+            norms.append(handle.norms[w] + float(np.linalg.norm(u)) * float(np.linalg.norm(V)))
+            if w not in self._dead:
+                self._send(w, {"op": "update", "handle": handle.id, "field": code.field}, [u, vv])
+        return ResidentHandle(handle.id, code, handle.shape, handle.dtype, tuple(norms))
+
+    def drop(self, handle: ResidentHandle) -> None:
+        """Free a resident operand on the workers."""
+        for w in range(self.workers):
+            if w not in self._dead:
+                self._send(w, {"op": "drop", "handle": handle.id, "field": None}, [])
+
+    def drain(self, timeout: float = 0.0) -> None:
+        """Receive whatever has arrived (late results are recorded in their job's report)."""
+        self._progress(timeout)
+
+    # ------------------------------------------------------------------ internals
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConfigurationError("the cluster is closed")
+
+    def _check_code(self, code: LinearCode) -> None:
+        if not isinstance(code, LinearCode):
+            raise ConfigurationError(f"`code` must be a codedml code, got {type(code).__name__}")
+        if code.workers != self.workers:
+            raise ConfigurationError(
+                f"`code` must have workers={self.workers} (the cluster's worker count), got "
+                f"{code.workers}")
+
+    def _encode_resident(self, h: ResidentHandle, B: Any) -> tuple[Encoding, list[list[np.ndarray]]]:
+        B = np.asarray(B)
+        if B.shape[0] != h.shape[1]:
+            raise ConfigurationError(
+                f"`B` must have {h.shape[1]} rows to multiply the resident {h.shape} operand, got {B.shape}")
+        if h.code.field is not None:
+            from ..codes._validate import residues
+
+            B = residues("B", B, h.code.field, allow_vector=True)
+        else:
+            from ..codes._validate import real_matrix
+
+            B = real_matrix("B", B, allow_vector=True).astype(h.dtype, copy=False)
+        tasks = [Task(w, None, None) for w in range(self.workers)]
+        enc = Encoding.__new__(Encoding)
+        enc.code, enc._tasks = h.code, tasks
+        enc.shape = (h.shape[0],) + B.shape[1:]
+        enc.inner, enc.dtype = h.shape[1], np.dtype(h.dtype)
+        nb = float(np.linalg.norm(B.ravel()))
+        enc.scales = None if h.code.field is not None else np.array([n * nb for n in h.norms])
+        return enc, [[B] for _ in range(self.workers)]
+
+    def _progress(self, timeout: float) -> None:
+        now = time.perf_counter()
+        for a in self._poll(timeout):
+            if a.kind == "dead":
+                self._dead.add(a.worker)
+                for job in self._jobs.values():
+                    if job.value is None and job.exception is None:
+                        job._accept(a, now)
+                continue
+            job = self._jobs.get(a.job)
+            if job is not None:
+                job._accept(a, time.perf_counter())
+        # Forget finished jobs once every worker has answered or died (bounded bookkeeping).
+        for jid in [j for j, job in self._jobs.items()
+                    if (job.value is not None or job.exception is not None) and not job._outstanding()]:
+            del self._jobs[jid]
+
+
+def _np(x: Any) -> np.ndarray:
+    """Plain ndarray view (galois FieldArrays become their int64 residues)."""
+    if x is None:
+        return x
+    return np.ascontiguousarray(np.asarray(x.view(np.ndarray)) if hasattr(x, "view") and type(x) is not np.ndarray else x)

@@ -1,0 +1,427 @@
+"""Bad input gets a clear error: the argument's name, the valid range and the value received.
+
+Every error raised on purpose is a :class:`codedml.errors.CodedMLError`; a bad argument is a
+:class:`ConfigurationError`, which is also a ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import numpy as np
+import pytest
+
+from codedml import errors as errors_module
+from codedml.codes import (
+    GradientCode,
+    MatDotCode,
+    MDSCode,
+    PolyDotCode,
+    PolynomialCode,
+    ReplicationCode,
+    condition_number,
+    worst_case_condition,
+)
+from codedml.errors import (
+    CodedMLError,
+    ConfigurationError,
+    CorruptResultError,
+    NotEnoughResultsError,
+    WorkerFailure,
+)
+
+MAXP = 2**31 - 1
+
+
+def esc(text: str) -> str:
+    return re.escape(text)
+
+
+# --------------------------------------------------------------------------- hierarchy
+def test_error_hierarchy():
+    assert issubclass(ConfigurationError, CodedMLError)
+    assert issubclass(ConfigurationError, ValueError)
+    for cls in (NotEnoughResultsError, CorruptResultError, WorkerFailure):
+        assert issubclass(cls, CodedMLError)
+    assert issubclass(CodedMLError, Exception)
+    for name in errors_module.__all__:
+        cls = getattr(errors_module, name)
+        assert issubclass(cls, CodedMLError)
+        assert cls.__doc__ and cls.__doc__.strip(), f"{name} has no docstring"
+
+
+# --------------------------------------------------------------------------- code parameters
+def test_k_larger_than_workers():
+    with pytest.raises(ConfigurationError, match=esc("`k` must be between 1 and workers=6, got 7")):
+        MDSCode(6, 7)
+    with pytest.raises(ConfigurationError, match=esc("`k` must be between 1 and workers=6, got 7")):
+        ReplicationCode(6, 7)
+    with pytest.raises(ConfigurationError, match=esc("`k` must be between 1 and workers=6, got 0")):
+        MDSCode(6, 0)
+
+
+@pytest.mark.parametrize("make, value", [
+    (lambda: PolyDotCode(6, 2, 2, 2), 9),
+    (lambda: MatDotCode(6, 4), 7),
+    (lambda: PolynomialCode(6, 3, 3), 9),
+])
+def test_threshold_larger_than_workers(make, value):
+    with pytest.raises(ConfigurationError) as info:
+        make()
+    msg = str(info.value)
+    assert "recovery threshold" in msg and "workers=6" in msg and f"= {value} " in msg, msg
+
+
+@pytest.mark.parametrize("make", [
+    lambda w: MDSCode(w, 1), lambda w: PolyDotCode(w), lambda w: MatDotCode(w, 1),
+    lambda w: PolynomialCode(w, 1, 1), lambda w: ReplicationCode(w, 1), lambda w: GradientCode(w, 0),
+], ids=["MDS", "PolyDot", "MatDot", "Polynomial", "Replication", "Gradient"])
+@pytest.mark.parametrize("workers, text", [
+    (0, "`workers` must be at least 1, got 0"),
+    (-3, "`workers` must be at least 1, got -3"),
+    (2.5, "`workers` must be an integer, got 2.5 (float)"),
+    (6.0, "`workers` must be an integer, got 6.0 (float)"),
+    (True, "`workers` must be an integer, got True (bool)"),
+    ("6", "`workers` must be an integer, got '6' (str)"),
+    (None, "`workers` must be an integer, got None"),
+])
+def test_bad_workers(make, workers, text):
+    with pytest.raises(ConfigurationError, match=esc(text)):
+        make(workers)
+
+
+def test_numpy_integer_workers_accepted():
+    assert MDSCode(np.int64(6), np.int32(3)).workers == 6
+
+
+@pytest.mark.parametrize("kwargs, text", [
+    (dict(row_blocks=0), "`row_blocks` must be at least 1, got 0"),
+    (dict(inner_blocks=1.5), "`inner_blocks` must be an integer, got 1.5 (float)"),
+    (dict(col_blocks=-1), "`col_blocks` must be at least 1, got -1"),
+])
+def test_bad_block_counts(kwargs, text):
+    with pytest.raises(ConfigurationError, match=esc(text)):
+        PolyDotCode(6, **kwargs)
+
+
+def test_bad_stragglers():
+    with pytest.raises(ConfigurationError, match=esc("`stragglers` must be between 0 and workers-1=5, got 6")):
+        GradientCode(6, 6)
+    with pytest.raises(ConfigurationError, match=esc("`stragglers` must be between 0 and workers-1=5, got -1")):
+        GradientCode(6, -1)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: MDSCode(6, 3, construction="random"),
+    lambda: PolyDotCode(6, 1, 2, 1, construction="Circle"),
+    lambda: MatDotCode(6, 2, construction=None),
+])
+def test_unknown_construction(make):
+    with pytest.raises(ConfigurationError, match=r"`construction` must be one of \('circle', "
+                                                 r"'equispaced', 'chebyshev'\), got"):
+        make()
+
+
+def test_unknown_scheme():
+    with pytest.raises(ConfigurationError,
+                       match=esc("`scheme` must be one of ('fractional_repetition', 'cyclic'), got 'cyclical'")):
+        GradientCode(6, 1, "cyclical")
+
+
+def test_fractional_repetition_needs_divisor():
+    with pytest.raises(ConfigurationError, match=esc("stragglers+1=4 to divide workers=6")):
+        GradientCode(6, 3, "fractional_repetition")
+    GradientCode(6, 2, "fractional_repetition")  # 3 divides 6: fine
+
+
+# --------------------------------------------------------------------------- fields
+@pytest.mark.parametrize("make", [
+    lambda f: MDSCode(6, 3, field=f), lambda f: ReplicationCode(6, 2, field=f),
+    lambda f: GradientCode(6, 1, field=f), lambda f: MatDotCode(6, 2, field=f),
+], ids=["MDS", "Replication", "Gradient", "MatDot"])
+@pytest.mark.parametrize("field, text", [
+    (100, "`field` must be a prime, got 100, which is not prime"),
+    (91, "`field` must be a prime, got 91, which is not prime"),
+    (2**31 - 3, f"`field` must be a prime, got {2**31 - 3}, which is not prime"),
+    (5, "`field` must be a prime larger than workers=6"),
+    (2, "`field` must be a prime larger than workers=6"),
+    (2147483659, f"`field` must be between 2 and 2**31-1={MAXP} (or None for the reals), got 2147483659"),
+    (2**61 - 1, f"`field` must be between 2 and 2**31-1={MAXP} (or None for the reals), got {2**61 - 1}"),
+    (1, f"`field` must be between 2 and 2**31-1={MAXP}"),
+    (-7, f"`field` must be between 2 and 2**31-1={MAXP}"),
+    (7.0, "`field` must be an integer, got 7.0 (float)"),
+    (True, "`field` must be an integer, got True (bool)"),
+    ("7", "`field` must be an integer, got '7' (str)"),
+])
+def test_bad_field(make, field, text):
+    with pytest.raises(ConfigurationError, match=esc(text)) as info:
+        make(field)
+    if text.startswith("`field` must be a prime larger"):
+        assert f"got {field}" in str(info.value)
+
+
+def test_field_boundaries_accepted():
+    assert MDSCode(6, 3, field=7).field == 7         # smallest prime > workers
+    assert MDSCode(6, 3, field=MAXP).field == MAXP   # largest supported prime
+    with pytest.raises(ConfigurationError, match="larger than workers=7"):
+        MDSCode(7, 3, field=7)
+
+
+# --------------------------------------------------------------------------- encode inputs
+REAL = MDSCode(6, 3)
+
+
+@pytest.mark.parametrize("code", [MDSCode(6, 3), MatDotCode(6, 2), ReplicationCode(6, 3),
+                                  GradientCode(6, 1)], ids=["MDS", "MatDot", "Replication", "Gradient"])
+def test_mismatched_shapes(code):
+    with pytest.raises(ConfigurationError,
+                       match=esc("`A` and `B` must have matching inner dimensions, got A (6, 4) and B (5, 2)")):
+        code.encode(np.ones((6, 4)), np.ones((5, 2)))
+
+
+def test_vector_b_with_column_blocks():
+    with pytest.raises(ConfigurationError, match=esc("`B` is a vector, which cannot be split into col_blocks=2")):
+        PolynomialCode(6, 2, 2).encode(np.ones((6, 4)), np.ones(4))
+    REAL.encode(np.ones((6, 4)), np.ones(4))  # a vector is fine with one column block
+
+
+@pytest.mark.parametrize("code", [MDSCode(6, 3), ReplicationCode(6, 3), GradientCode(6, 1),
+                                  MDSCode(6, 3, field=7)], ids=["MDS", "Replication", "Gradient", "GF7"])
+def test_three_dimensional_input(code):
+    dt = np.int64 if code.field else np.float64
+    with pytest.raises(ConfigurationError, match=r"`A` must .*2-D.*got.*\(2, 6, 4\)"):
+        code.encode(np.ones((2, 6, 4), dtype=dt), np.ones((4, 2), dtype=dt))
+    with pytest.raises(ConfigurationError, match=r"`B` must .*got.*\(4, 2, 2\)"):
+        code.encode(np.ones((6, 4), dtype=dt), np.ones((4, 2, 2), dtype=dt))
+    with pytest.raises(ConfigurationError, match=r"`A` must .*2-D.*got.*\(4,\)"):
+        code.encode(np.ones(4, dtype=dt), np.ones((4, 2), dtype=dt))
+
+
+def test_complex_input_for_real_field():
+    with pytest.raises(ConfigurationError, match=esc("`A` must be real for the real field, got dtype complex128")):
+        REAL.encode(np.ones((6, 4)) * 1j, np.ones((4, 2)))
+    with pytest.raises(ConfigurationError, match=esc("`B` must be real for the real field, got dtype complex64")):
+        REAL.encode(np.ones((6, 4)), np.ones((4, 2), dtype=np.complex64))
+
+
+@pytest.mark.parametrize("which, value", [("A", np.nan), ("A", np.inf), ("B", -np.inf), ("B", np.nan)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_nonfinite_input(which, value, dtype):
+    A, B = np.ones((6, 4), dtype=dtype), np.ones((4, 2), dtype=dtype)
+    (A if which == "A" else B)[1, 1] = value
+    for code in (REAL, ReplicationCode(6, 3), GradientCode(6, 1)):
+        with pytest.raises(ConfigurationError, match=f"`{which}` contains NaN or Inf"):
+            code.encode(A, B)
+
+
+def test_non_numeric_input():
+    with pytest.raises(ConfigurationError, match=r"`A` must be a numeric array, got dtype"):
+        REAL.encode(np.array([["a", "b"]]), np.ones((2, 2)))
+    with pytest.raises(ConfigurationError, match=r"`A` must be a numeric array, got dtype object"):
+        REAL.encode(np.array([[None, None]]), np.ones((2, 2)))
+
+
+@pytest.mark.parametrize("precision", ["float16", "double", None, "FLOAT32", 32])
+def test_bad_precision(precision):
+    with pytest.raises(ConfigurationError,
+                       match=esc("`precision` must be one of 'auto', 'float32', 'float64', got ")):
+        REAL.encode(np.ones((6, 4)), np.ones((4, 2)), precision=precision)
+
+
+GF = MDSCode(6, 3, field=101)
+
+
+def test_gf_non_integer_input():
+    with pytest.raises(ConfigurationError, match=esc("`A` must hold integers for the field GF(101), got dtype float64")):
+        GF.encode(np.ones((6, 4)), np.ones((4, 2), dtype=np.int64))
+    with pytest.raises(ConfigurationError, match=esc("`B` must hold integers for the field GF(101), got dtype bool")):
+        GF.encode(np.ones((6, 4), dtype=np.int64), np.ones((4, 2), dtype=bool))
+
+
+@pytest.mark.parametrize("value, dtype", [(-1, np.int64), (101, np.int64), (2**40, np.int64),
+                                          (101, np.uint8), (2**63, np.uint64)])
+def test_gf_input_out_of_range(value, dtype):
+    B = np.ones((4, 2), dtype=dtype)
+    B[0, 1] = value
+    with pytest.raises(ConfigurationError,
+                       match=esc(f"`B` entries must be between 0 and 100 for GF(101), got {value}")):
+        GF.encode(np.ones((6, 4), dtype=np.int64), B)
+
+
+# --------------------------------------------------------------------------- decode inputs
+@pytest.fixture(scope="module")
+def real_results():
+    enc = REAL.encode(np.arange(24.0).reshape(6, 4), np.ones((4, 2)))
+    return enc, {t.worker: t.compute() for t in enc}
+
+
+@pytest.mark.parametrize("code", [MDSCode(6, 3), MatDotCode(6, 2), PolynomialCode(6, 2, 2),
+                                  GradientCode(6, 2), MDSCode(6, 3, field=101)],
+                         ids=["MDS", "MatDot", "Polynomial", "Gradient", "GF101"])
+def test_fewer_results_than_needed(code):
+    dt = np.int64 if code.field else np.float64
+    enc = code.encode(np.ones((6, 4), dtype=dt), np.ones((4, 2), dtype=dt))
+    k = code.recovery_threshold
+    results = {t.worker: t.compute() for t in enc if t.worker < k - 1}
+    with pytest.raises(NotEnoughResultsError) as info:
+        code.decode(results, encoding=enc)
+    err = info.value
+    assert err.received == k - 1 and err.needed == k
+    assert f"{k - 1} results arrived" in str(err) and f"{k} are needed" in str(err)
+    with pytest.raises(NotEnoughResultsError, match="0 results arrived") as info:
+        code.decode({}, encoding=enc)
+    assert info.value.received == 0 and info.value.needed == k
+
+
+def test_replication_missing_block_is_not_enough():
+    code = ReplicationCode(6, 3)
+    enc = code.encode(np.ones((6, 4)), np.ones((4, 2)))
+    # workers 0 and 3 both hold block 0, worker 1 block 1: block 2 is missing
+    with pytest.raises(NotEnoughResultsError) as info:
+        code.decode({w: enc[w].compute() for w in (0, 1, 3)}, encoding=enc)
+    assert info.value.received == 3
+
+
+class PairMapping(Mapping):
+    """A Mapping that keeps keys distinct by type (dict would merge 1 and np.int64(1))."""
+
+    def __init__(self, pairs):
+        self._pairs = list(pairs)
+
+    def __getitem__(self, key):
+        for k, v in self._pairs:
+            if k is key:
+                return v
+        raise KeyError(key)
+
+    def __iter__(self):
+        return iter(k for k, _ in self._pairs)
+
+    def __len__(self):
+        return len(self._pairs)
+
+
+def test_duplicate_worker_index(real_results):
+    enc, res = real_results
+    one = np.int64(1)
+    results = PairMapping([(1, res[1]), (one, res[1]), (2, res[2]), (3, res[3])])
+    with pytest.raises(ConfigurationError, match=esc("`results` has worker index 1 more than once")):
+        REAL.decode(results, encoding=enc)
+
+
+@pytest.mark.parametrize("key, text", [
+    (-1, "`results key (worker index)` must be between 0 and 5, got -1"),
+    (6, "`results key (worker index)` must be between 0 and 5, got 6"),
+    (np.int64(6), "`results key (worker index)` must be between 0 and 5, got 6"),
+    ("1", "`results key (worker index)` must be an integer, got '1' (str)"),
+    (1.0, "`results key (worker index)` must be an integer, got 1.0 (float)"),
+    (True, "`results key (worker index)` must be an integer, got True (bool)"),
+])
+def test_bad_worker_index(real_results, key, text):
+    enc, res = real_results
+    with pytest.raises(ConfigurationError, match=esc(text)):
+        REAL.decode({key: res[0], 2: res[2], 3: res[3], 4: res[4]}, encoding=enc)
+
+
+def test_results_with_different_shapes(real_results):
+    enc, res = real_results
+    with pytest.raises(ConfigurationError,
+                       match=esc("`results` must all have one shape, worker 1 gave (2, 2) and worker 2 gave (2, 1)")):
+        REAL.decode({1: res[1], 2: res[2][:, :1], 3: res[3]}, encoding=enc)
+
+
+@pytest.mark.parametrize("results", [lambda r: [r[0], r[1], r[2]], lambda r: (r[0], r[1], r[2]),
+                                     lambda r: r[0], lambda r: None],
+                         ids=["list", "tuple", "array", "None"])
+def test_results_not_a_mapping(real_results, results):
+    enc, res = real_results
+    with pytest.raises(ConfigurationError, match="`results` must map worker index to that worker's product, got"):
+        REAL.decode(results(res), encoding=enc)
+
+
+def test_results_not_numeric(real_results):
+    enc, res = real_results
+    with pytest.raises(ConfigurationError, match="`results`"):
+        REAL.decode({w: np.full(res[w].shape, "x") for w in range(4)}, encoding=enc)
+
+
+@pytest.mark.parametrize("errors, text", [
+    (-1, "`errors` must be between 0 and 6, got -1"),
+    (7, "`errors` must be between 0 and 6, got 7"),
+    (1.5, "`errors` must be an integer, got 1.5 (float)"),
+    (True, "`errors` must be an integer, got True (bool)"),
+])
+def test_bad_errors(real_results, errors, text):
+    enc, res = real_results
+    with pytest.raises(ConfigurationError, match=esc(text)):
+        REAL.decode(res, errors=errors, encoding=enc)
+
+
+@pytest.mark.parametrize("rtol", [0, -1.0, float("nan")])
+def test_bad_rtol(real_results, rtol):
+    enc, res = real_results
+    with pytest.raises(ConfigurationError, match=esc("`rtol` must be positive, got")):
+        REAL.decode(res, rtol=rtol, encoding=enc)
+
+
+@pytest.fixture(scope="module")
+def gf_results():
+    enc = GF.encode(np.arange(24).reshape(6, 4) % 101, np.ones((4, 2), dtype=np.int64))
+    return enc, {t.worker: t.compute() for t in enc}
+
+
+def test_gf_non_integer_results(gf_results):
+    """Non-integer results over GF(p): a CodedMLError naming `results` (or erased as corrupt)."""
+    enc, res = gf_results
+    bad = {w: res[w] + 0.5 for w in range(4)}
+    with pytest.raises(CodedMLError):
+        GF.decode(bad, encoding=enc)
+    one_bad = {w: res[w] for w in range(6)}
+    one_bad[2] = res[2] + 0.5
+    try:
+        C, faulty = GF.decode(one_bad, errors=1, encoding=enc, return_faulty=True)
+    except ConfigurationError as exc:
+        assert "results" in str(exc)
+    else:
+        assert faulty == (2,)
+
+
+def test_gf_integral_float_results(gf_results):
+    """Float results that hold exact residues: decoded exactly, or refused with a clear error."""
+    enc, res = gf_results
+    ref = GF.decode({w: res[w] for w in range(3)}, encoding=enc)
+    try:
+        C = GF.decode({w: res[w].astype(np.float64) for w in range(4)}, encoding=enc)
+    except ConfigurationError as exc:
+        assert "results" in str(exc)
+    else:
+        assert np.array_equal(C, ref)
+
+
+# --------------------------------------------------------------------------- numerics helpers
+def test_worst_case_condition_bad_max_subsets():
+    with pytest.raises(ConfigurationError, match=esc("`max_subsets` must be at least 1, got 0")):
+        worst_case_condition(REAL, max_subsets=0)
+
+
+def test_condition_number_bad_worker():
+    with pytest.raises(ConfigurationError, match=esc("`workers` must be between 0 and 5, got 6")):
+        condition_number(REAL, [0, 6])
+
+
+# --------------------------------------------------------------------------- catch-all
+@pytest.mark.parametrize("call", [
+    lambda: MDSCode(6, 7),
+    lambda: GradientCode(6, 3, "fractional_repetition"),
+    lambda: MDSCode(6, 3, field=100),
+    lambda: REAL.encode(np.ones((6, 4)), np.ones((5, 2))),
+    lambda: REAL.encode(np.full((6, 4), np.nan), np.ones((4, 2))),
+    lambda: REAL.decode({0: np.ones((2, 2))}),
+    lambda: REAL.decode([np.ones((2, 2))]),
+    lambda: REAL.decode({0: np.ones((2, 2))}, errors=-1),
+    lambda: GF.encode(np.full((6, 4), 101), np.ones((4, 2), dtype=np.int64)),
+])
+def test_every_error_is_a_codedml_error(call):
+    with pytest.raises(CodedMLError):
+        call()

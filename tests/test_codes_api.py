@@ -1,0 +1,457 @@
+"""The public API of codedml.codes: reprs, equality, tasks and encodings, precision, GF(p)
+operands, the gradient-code interface, pinned exception types and messages, and the
+layering rule (``import codedml.codes`` imports neither torch, mpi4py nor galois)."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import textwrap
+from functools import lru_cache
+
+import galois
+import numpy as np
+import pytest
+
+import codedml
+from codedml.codes import (CONSTRUCTIONS, DecodeInfo, Encoding, GradientCode, MatDotCode,
+                           MDSCode, PolyDotCode, PolynomialCode, ReplicationCode, Task)
+from codedml.errors import (CodedMLError, ConfigurationError, CorruptResultError,
+                            NotEnoughResultsError)
+
+P = 65521
+
+
+@lru_cache(maxsize=None)
+def gf(p: int):
+    return galois.GF(p)
+
+
+def rel_err(out, want):
+    return np.linalg.norm(np.asarray(out, dtype=np.float64) - want) / np.linalg.norm(want)
+
+
+# --------------------------------------------------------------------------- repr, eq, hash
+REPRS = [
+    (lambda: MDSCode(6, 4), "MDSCode(workers=6, k=4, construction='circle')"),
+    (lambda: MDSCode(6, 4, construction="chebyshev"), "MDSCode(workers=6, k=4, construction='chebyshev')"),
+    (lambda: MDSCode(6, 4, field=P), "MDSCode(workers=6, k=4, field=65521)"),
+    (lambda: PolynomialCode(6, 2, 3), "PolynomialCode(workers=6, row_blocks=2, col_blocks=3, construction='circle')"),
+    (lambda: PolynomialCode(6, 2, 3, field=P), "PolynomialCode(workers=6, row_blocks=2, col_blocks=3, field=65521)"),
+    (lambda: MatDotCode(5, 2, construction="equispaced"), "MatDotCode(workers=5, inner_blocks=2, construction='equispaced')"),
+    (lambda: MatDotCode(5, 3, field=2097143), "MatDotCode(workers=5, inner_blocks=3, field=2097143)"),
+    (lambda: PolyDotCode(8, 2, 2, 1), "PolyDotCode(workers=8, row_blocks=2, inner_blocks=2, col_blocks=1, construction='circle')"),
+    (lambda: PolyDotCode(8, 1, 2, 2, field=P), "PolyDotCode(workers=8, row_blocks=1, inner_blocks=2, col_blocks=2, field=65521)"),
+    (lambda: ReplicationCode(6, 3), "ReplicationCode(workers=6, k=3)"),
+    (lambda: ReplicationCode(6, 3, field=P), "ReplicationCode(workers=6, k=3, field=65521)"),
+    (lambda: GradientCode(4, 1, "cyclic"), "GradientCode(workers=4, stragglers=1, scheme='cyclic')"),
+    (lambda: GradientCode(6, 2, "fractional_repetition", field=P),
+     "GradientCode(workers=6, stragglers=2, scheme='fractional_repetition', field=65521)"),
+]
+
+
+@pytest.mark.parametrize("factory,text", REPRS, ids=[t for _, t in REPRS])
+def test_repr_is_pinned(factory, text):
+    assert repr(factory()) == text
+
+
+@pytest.mark.parametrize("factory,text", REPRS, ids=[t for _, t in REPRS])
+def test_equal_codes_are_equal_and_hash_equal(factory, text):
+    a, b = factory(), factory()
+    assert a is not b
+    assert a == b and not (a != b)
+    assert hash(a) == hash(b)
+    assert len({a, b}) == 1
+    assert a != object()
+
+
+@pytest.mark.parametrize("a,b", [
+    (MDSCode(6, 4), MDSCode(6, 3)),
+    (MDSCode(6, 4), MDSCode(7, 4)),
+    (MDSCode(6, 4), MDSCode(6, 4, construction="equispaced")),
+    (MDSCode(6, 4), MDSCode(6, 4, field=P)),
+    (MDSCode(6, 4, field=P), MDSCode(6, 4, field=2097143)),
+    (PolynomialCode(6, 2, 3), PolynomialCode(6, 3, 2)),
+    (MatDotCode(6, 2), MatDotCode(6, 3)),
+    (PolyDotCode(8, 2, 2, 1), PolyDotCode(8, 1, 2, 2)),
+    (ReplicationCode(6, 3), ReplicationCode(6, 2)),
+    (ReplicationCode(6, 3), ReplicationCode(6, 3, field=P)),
+    (GradientCode(6, 2, "cyclic"), GradientCode(6, 2, "fractional_repetition")),
+    (GradientCode(6, 2, "cyclic"), GradientCode(6, 2, "cyclic", seed=1)),
+    (GradientCode(6, 2, "cyclic"), GradientCode(6, 1, "cyclic")),
+    (ReplicationCode(6, 6), MDSCode(6, 6)),
+    (GradientCode(6, 0, "cyclic"), ReplicationCode(6, 6)),
+], ids=repr)
+def test_different_codes_are_unequal(a, b):
+    assert a != b and b != a
+    assert len({a, b}) == 2
+
+
+def test_recovery_thresholds():
+    assert MDSCode(6, 4).recovery_threshold == 4
+    assert PolynomialCode(7, 2, 3).recovery_threshold == 6
+    assert MatDotCode(7, 3).recovery_threshold == 5
+    assert PolyDotCode(9, 2, 2, 2).recovery_threshold == 9
+    assert ReplicationCode(6, 3).recovery_threshold == 5   # every block twice
+    assert ReplicationCode(7, 3).recovery_threshold == 6   # replicas 3, 2, 2
+    assert ReplicationCode(5, 5).recovery_threshold == 5   # uncoded
+    assert GradientCode(6, 2, "cyclic").recovery_threshold == 4
+    assert CONSTRUCTIONS == ("circle", "equispaced", "chebyshev")
+
+
+# --------------------------------------------------------------------------- tasks, encodings
+def test_task_repr_and_encoding():
+    code = MDSCode(6, 4)
+    A, x = np.arange(15.0).reshape(5, 3), np.ones(3)
+    tasks = code.encode(A, x)
+    assert isinstance(tasks, Encoding)
+    assert len(tasks) == 6
+    assert [t.worker for t in tasks] == list(range(6))
+    assert all(isinstance(t, Task) for t in tasks)
+    assert tasks[2].worker == 2
+    assert tasks.shape == (5,)
+    # A's 5 rows padded to 2 row blocks * 4 = 8 rows: each worker holds 2 real rows
+    assert repr(tasks[0]) == "Task(worker=0, a=(2, 3) float64, b=(3,) float64)"
+    assert repr(tasks) == ("Encoding(MDSCode(workers=6, k=4, construction='circle'), 6 tasks, "
+                           "product shape (5,))")
+    assert tasks.scales.shape == (6,) and (tasks.scales > 0).all()
+
+
+def test_task_repr_complex_and_exact():
+    A, B = np.ones((5, 3)), np.ones((3, 2))
+    t = MatDotCode(6, 2).encode(A, B)
+    assert repr(t[0]) == "Task(worker=0, a=(5, 1) complex128, b=(1, 2) complex128)"
+    t = MatDotCode(6, 2, field=P).encode(A.astype(int), B.astype(int))
+    assert repr(t[0]) == "Task(worker=0, a=(5, 2) int64, b=(2, 2) int64)"
+    assert t.scales is None
+
+
+@pytest.mark.parametrize("code", [MDSCode(6, 4), PolynomialCode(7, 2, 2), MatDotCode(6, 2),
+                                  PolyDotCode(8, 2, 2, 1), ReplicationCode(5, 2),
+                                  GradientCode(5, 1, "cyclic"),
+                                  MDSCode(6, 3, construction="chebyshev")], ids=repr)
+def test_encoding_length_and_compute(code):
+    rng = np.random.default_rng(0)
+    A, B = rng.standard_normal((9, 7)), rng.standard_normal((7, 4))
+    tasks = code.encode(A, B)
+    assert len(tasks) == code.workers == len(list(tasks))
+    assert tasks.shape == (9, 4)
+    for t in tasks:
+        np.testing.assert_array_equal(t.compute(), t.a @ t.b)
+    out = code.decode({t.worker: t.compute() for t in tasks}, encoding=tasks)
+    assert rel_err(out, A @ B) < 1e-12
+    # shape= instead of encoding= also removes the split padding
+    sub = {t.worker: t.compute() for t in tasks[: code.recovery_threshold]}
+    if isinstance(code, ReplicationCode):
+        sub = {t.worker: t.compute() for t in tasks}
+    assert code.decode(sub, shape=(9, 4)).shape == (9, 4)
+
+
+def test_decode_info():
+    code = MDSCode(6, 4)
+    rng = np.random.default_rng(1)
+    A, B = rng.standard_normal((8, 3)), rng.standard_normal((3, 2))
+    tasks = code.encode(A, B)
+    res = {t.worker: t.compute() for t in tasks}
+    res[4] = res[4] + 100.0
+    out, info = code.decode(res, errors=1, encoding=tasks, return_info=True)
+    assert isinstance(info, DecodeInfo)
+    assert info.faulty == (4,)
+    assert info.used == (0, 1, 2, 3, 5)
+    assert info.checked is True
+    assert 1.0 <= info.condition < 10.0
+    assert rel_err(out, A @ B) < 1e-12
+    _, info = code.decode({w: res[w] for w in (0, 1, 2, 3)}, encoding=tasks, return_info=True)
+    assert info.checked is False and info.faulty == ()
+
+
+# --------------------------------------------------------------------------- precision
+FLOAT32_CODES = [MDSCode(6, 4), PolynomialCode(7, 2, 2), MatDotCode(6, 2), PolyDotCode(8, 2, 2, 1),
+                 MDSCode(6, 4, construction="chebyshev"), ReplicationCode(6, 3),
+                 GradientCode(6, 2, "cyclic"), GradientCode(6, 2, "fractional_repetition")]
+
+
+@pytest.mark.parametrize("code", FLOAT32_CODES, ids=repr)
+def test_float32_inputs_decode_within_1e_4(code):
+    rng = np.random.default_rng(2)
+    A = rng.standard_normal((20, 16)).astype(np.float32)
+    B = rng.standard_normal((16, 6)).astype(np.float32)
+    tasks = code.encode(A, B)
+    n, k = code.workers, code.recovery_threshold
+    want = A.astype(np.float64) @ B.astype(np.float64)
+    for S in itertools.combinations(range(n), k):
+        if isinstance(code, ReplicationCode) and {w % code.k for w in S} != set(range(code.k)):
+            continue
+        out = code.decode({w: tasks[w].compute() for w in S}, encoding=tasks)
+        assert rel_err(out, want) < 1e-4
+
+
+def test_float32_inputs_get_float32_operands_on_well_conditioned_codes():
+    A = np.ones((8, 4), dtype=np.float32)
+    B = np.ones((4, 2), dtype=np.float32)
+    assert MDSCode(6, 4).encode(A, B)[0].a.dtype == np.float32
+    assert MatDotCode(6, 2).encode(A, B)[0].a.dtype == np.complex64
+    assert ReplicationCode(4, 2).encode(A, B)[0].a.dtype == np.float32
+    assert MDSCode(6, 4).encode(A.astype(np.float64), B)[0].a.dtype == np.float64
+
+
+@pytest.mark.parametrize("code", FLOAT32_CODES, ids=repr)
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+@pytest.mark.parametrize("input_dtype", [np.float32, np.float64])
+def test_precision_keyword_sets_operand_dtype(code, precision, input_dtype):
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((8, 6)).astype(input_dtype)
+    B = rng.standard_normal((6, 3)).astype(input_dtype)
+    tasks = code.encode(A, B, precision=precision)
+    complex_tasks = isinstance(code, PolyDotCode) and code.construction == "circle" and code.m > 1
+    want = np.dtype(precision)
+    if complex_tasks:
+        want = np.dtype(np.complex64 if precision == "float32" else np.complex128)
+    for t in tasks:
+        assert t.a.dtype == want and t.b.dtype == want
+        assert t.compute().dtype == want
+    assert tasks.dtype == want
+    out = code.decode({t.worker: t.compute() for t in tasks}, encoding=tasks) \
+        if not isinstance(code, GradientCode) else \
+        code.decode({t.worker: t.compute() for t in tasks[: code.recovery_threshold]}, encoding=tasks)
+    assert rel_err(out, A.astype(np.float64) @ B.astype(np.float64)) < (1e-4 if precision == "float32" else 1e-6)
+
+
+def test_bad_precision_is_a_configuration_error():
+    with pytest.raises(ConfigurationError, match="`precision` must be one of 'auto', 'float32', 'float64', got 'half'"):
+        MDSCode(6, 4).encode(np.ones((4, 3)), np.ones(3), precision="half")
+
+
+# --------------------------------------------------------------------------- GF(p) operands
+GF_CODES = [MDSCode(6, 4, field=P), PolynomialCode(7, 2, 2, field=P), MatDotCode(6, 2, field=P),
+            PolyDotCode(8, 2, 2, 1, field=P), ReplicationCode(5, 2, field=P),
+            GradientCode(5, 1, "cyclic", field=P), GradientCode(6, 1, "fractional_repetition", field=P)]
+
+
+@pytest.mark.parametrize("code", GF_CODES, ids=repr)
+def test_gf_tasks_are_field_arrays_and_match_compute(code):
+    rng = np.random.default_rng(4)
+    A, B = rng.integers(0, P, size=(9, 7)), rng.integers(0, P, size=(7, 3))
+    tasks = code.encode(A, B)
+    GF = gf(P)
+    for t in tasks:
+        assert isinstance(t.a, galois.FieldArray) and isinstance(t.b, galois.FieldArray)
+        assert type(t.a).order == P and type(t.b).order == P
+        prod = t.a @ t.b
+        assert isinstance(prod, GF)
+        np.testing.assert_array_equal(prod.view(np.ndarray), t.compute())
+        assert t.compute().dtype == np.int64
+    want = (GF(A) @ GF(B)).view(np.ndarray)
+    # FieldArray results are accepted as they are
+    out = code.decode({t.worker: t.a @ t.b for t in tasks}, encoding=tasks)
+    assert out.dtype == np.int64
+    np.testing.assert_array_equal(out, want)
+
+
+def test_gf_inputs_are_validated():
+    code = MDSCode(6, 4, field=P)
+    with pytest.raises(ConfigurationError, match=r"must hold integers for the field GF\(65521\)"):
+        code.encode(np.ones((4, 3)), np.ones(3, dtype=int))
+    with pytest.raises(ConfigurationError, match=r"`A` entries must be between 0 and 65520 for GF\(65521\), got 65521"):
+        code.encode(np.full((4, 3), P), np.ones(3, dtype=int))
+    with pytest.raises(ConfigurationError, match="got -1"):
+        code.encode(np.ones((4, 3), dtype=int), -np.ones(3, dtype=int))
+
+
+# --------------------------------------------------------------------------- gradient codes
+@pytest.mark.parametrize("n,s", [(6, 0), (6, 1), (6, 2), (6, 5), (4, 1), (1, 0)])
+def test_fractional_repetition_partitions_are_groups(n, s):
+    code = GradientCode(n, s, "fractional_repetition")
+    for w in range(n):
+        g = w // (s + 1)
+        assert code.partitions(w) == tuple(range(g * (s + 1), (g + 1) * (s + 1)))
+        np.testing.assert_array_equal(code.coefficients[w],
+                                      [1.0 if j in code.partitions(w) else 0.0 for j in range(n)])
+
+
+@pytest.mark.parametrize("field", [None, P])
+@pytest.mark.parametrize("n,s", [(5, 0), (5, 1), (5, 2), (6, 3), (7, 6), (2, 1)])
+def test_cyclic_partitions_are_cyclic_supports(n, s, field):
+    code = GradientCode(n, s, "cyclic", field=field)
+    for w in range(n):
+        assert code.partitions(w) == tuple(sorted({(w + t) % n for t in range(s + 1)}))
+        assert code.coefficients[w, w] == 1
+        off = [j for j in range(n) if j not in code.partitions(w)]
+        assert (code.coefficients[w, off] == 0).all()
+    if field is not None:
+        assert code.coefficients.dtype == np.int64
+        assert ((code.coefficients >= 0) & (code.coefficients < field)).all()
+
+
+def test_partitions_rejects_bad_worker():
+    code = GradientCode(4, 1, "cyclic")
+    with pytest.raises(ConfigurationError, match="`worker` must be between 0 and 3, got 4"):
+        code.partitions(4)
+
+
+GRADIENT_API = [(n, s, scheme, field) for field in (None, P)
+                for n, s, scheme in ((4, 1, "cyclic"), (5, 2, "cyclic"), (6, 3, "cyclic"),
+                                     (6, 1, "fractional_repetition"), (6, 2, "fractional_repetition"),
+                                     (3, 0, "cyclic"), (3, 2, "cyclic"))]
+
+
+@pytest.mark.parametrize("n,s,scheme,field", GRADIENT_API,
+                         ids=[f"{n}-{s}-{sc}-{f}" for n, s, sc, f in GRADIENT_API])
+def test_combine_and_decode_give_exact_gradient_sum(n, s, scheme, field):
+    code = GradientCode(n, s, scheme, field=field)
+    rng = np.random.default_rng(5)
+    if field is None:
+        grads = rng.standard_normal((n, 3, 2))
+        want = grads.sum(axis=0)
+    else:
+        grads = rng.integers(0, field, size=(n, 3, 2))
+        want = gf(field)(grads).sum(axis=0).view(np.ndarray)
+    for S in itertools.combinations(range(n), n - s):
+        msgs = {w: code.combine(w, {j: grads[j] for j in code.partitions(w)}) for w in S}
+        out = code.decode(msgs)
+        if field is None:
+            assert rel_err(out, want) < 1e-10
+        else:
+            np.testing.assert_array_equal(out, want)
+
+
+def test_combine_requires_every_held_partition():
+    code = GradientCode(4, 1, "cyclic")
+    with pytest.raises(ConfigurationError, match=r"must hold partitions \(0, 1\), missing \[1\]"):
+        code.combine(0, {0: np.ones(3)})
+
+
+@pytest.mark.parametrize("n,s,scheme,field", GRADIENT_API,
+                         ids=[f"{n}-{s}-{sc}-{f}" for n, s, sc, f in GRADIENT_API])
+def test_decoding_vector_solves_a_B_S_equals_ones(n, s, scheme, field):
+    code = GradientCode(n, s, scheme, field=field)
+    for r in range(n - s, n + 1):
+        for S in itertools.combinations(range(n), r):
+            a = code.decoding_vector(S)
+            assert a.shape == (r,)
+            Bs = code.coefficients[list(S)]
+            if field is None:
+                np.testing.assert_allclose(a @ Bs, np.ones(n), atol=1e-10)
+            else:
+                GF = gf(field)
+                np.testing.assert_array_equal((GF(a % field) @ GF(Bs % field)).view(np.ndarray),
+                                              np.ones(n, dtype=np.int64))
+
+
+@pytest.mark.parametrize("field", [None, P])
+def test_decoding_vector_from_too_few_workers_is_an_error(field):
+    code = GradientCode(6, 2, "fractional_repetition", field=field)
+    with pytest.raises(ConfigurationError):
+        code.decoding_vector([0, 1, 2])        # group 1 (partitions 3..5) missing
+
+
+# --------------------------------------------------------------------------- exceptions
+def test_exception_hierarchy():
+    assert issubclass(ConfigurationError, ValueError)
+    for exc in (ConfigurationError, NotEnoughResultsError, CorruptResultError):
+        assert issubclass(exc, CodedMLError)
+    assert codedml.ConfigurationError is ConfigurationError
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: MDSCode(6, 7), "`k` must be between 1 and workers=6, got 7"),
+    (lambda: MDSCode(6, 2.0), "`k` must be an integer, got 2.0 (float)"),
+    (lambda: MDSCode(0, 1), "`workers` must be at least 1, got 0"),
+    (lambda: PolyDotCode(6, 2, 2, 2), "recovery threshold row_blocks*inner_blocks*col_blocks + "
+                                      "inner_blocks - 1 = 2*2*2 + 2 - 1 = 9 must be at most workers=6"),
+    (lambda: MDSCode(6, 4, field=65520), "`field` must be a prime, got 65520, which is not prime"),
+    (lambda: MDSCode(6, 4, field=5), "`field` must be a prime larger than workers=6"),
+    (lambda: MDSCode(6, 4, construction="foo"),
+     "`construction` must be one of ('circle', 'equispaced', 'chebyshev'), got 'foo'"),
+    (lambda: GradientCode(5, 1, "fractional_repetition"),
+     "fractional repetition needs stragglers+1=2 to divide workers=5"),
+    (lambda: GradientCode(5, 1, "x"), "`scheme` must be one of ('fractional_repetition', 'cyclic'), got 'x'"),
+    (lambda: GradientCode(5, 5, "cyclic"), "`stragglers` must be between 0 and workers-1=4, got 5"),
+    (lambda: ReplicationCode(3, 4), "`k` must be between 1 and workers=3, got 4"),
+    (lambda: MDSCode(6, 4).encode(np.ones((4, 3)), np.ones(4)),
+     "`A` and `B` must have matching inner dimensions, got A (4, 3) and B (4,)"),
+    (lambda: MDSCode(6, 4).encode(np.full((4, 3), np.nan), np.ones(3)), "`A` contains NaN or Inf"),
+    (lambda: PolynomialCode(6, 2, 2).encode(np.ones((4, 3)), np.ones(3)), "col_blocks=2"),
+    (lambda: MDSCode(6, 4).decode({7: np.ones(2)}),
+     "`results key (worker index)` must be between 0 and 5, got 7"),
+    (lambda: MDSCode(6, 4).decode([np.ones(2)]), "`results` must map worker index"),
+    (lambda: MDSCode(6, 4).decode({0: np.ones(2), 1: np.ones(3)}), "`results` must all have one shape"),
+    (lambda: MDSCode(6, 4).decode({0: np.ones(2)}, errors=-1), "`errors` must be between 0 and 6, got -1"),
+])
+def test_configuration_errors_are_pinned(make, message):
+    with pytest.raises(ConfigurationError) as exc:
+        make()
+    assert message in str(exc.value)
+
+
+def test_not_enough_results_error_is_pinned():
+    code = MDSCode(6, 4)
+    tasks = code.encode(np.ones((8, 3)), np.ones(3))
+    with pytest.raises(NotEnoughResultsError) as exc:
+        code.decode({w: tasks[w].compute() for w in (0, 5, 3)}, encoding=tasks)
+    assert str(exc.value) == "3 results arrived, 4 are needed to decode MDSCode with workers=6"
+    assert (exc.value.received, exc.value.needed) == (3, 4)
+    with pytest.raises(NotEnoughResultsError):
+        code.decode({})
+    rep = ReplicationCode(4, 2)
+    tasks = rep.encode(np.ones((4, 3)), np.ones(3))
+    with pytest.raises(NotEnoughResultsError) as exc:
+        rep.decode({0: tasks[0].compute(), 2: tasks[2].compute()})   # block 1 missing
+    assert (exc.value.received, exc.value.needed) == (2, 3)
+
+
+@pytest.mark.parametrize("field", [None, P])
+def test_corrupt_result_error_beyond_the_codes_power(field):
+    code = MDSCode(6, 4, field=field)
+    rng = np.random.default_rng(6)
+    if field is None:
+        A, B = rng.standard_normal((8, 3)), rng.standard_normal((3, 2))
+    else:
+        A, B = rng.integers(0, P, size=(8, 3)), rng.integers(0, P, size=(3, 2))
+    tasks = code.encode(A, B)
+    res = {t.worker: t.compute() for t in tasks}
+    for w in (1, 4):   # two errors, 2 spare results: detected, not corrected
+        res[w] = res[w] + 100 if field is None else (res[w] + 100) % P
+    for errors in (0, 1, 2):
+        with pytest.raises(CorruptResultError) as exc:
+            code.decode(res, errors=errors, encoding=tasks)
+        assert isinstance(exc.value.suspects, tuple)
+
+
+def test_non_finite_results_are_erased_and_reported():
+    code = MDSCode(6, 4)
+    rng = np.random.default_rng(7)
+    A, B = rng.standard_normal((8, 3)), rng.standard_normal((3, 2))
+    tasks = code.encode(A, B)
+    res = {t.worker: t.compute() for t in tasks}
+    res[2] = np.full_like(res[2], np.nan)
+    res[5] = np.full_like(res[5], np.inf)
+    out, faulty = code.decode(res, encoding=tasks, return_faulty=True)
+    assert faulty == (2, 5)
+    assert rel_err(out, A @ B) < 1e-12
+    res[0] = np.full_like(res[0], np.nan)
+    with pytest.raises(CorruptResultError) as exc:
+        code.decode(res, encoding=tasks)
+    assert exc.value.suspects == (0, 2, 5)
+
+
+# --------------------------------------------------------------------------- layering
+def test_import_codes_is_light():
+    """``import codedml, codedml.codes`` pulls in neither torch, mpi4py nor galois."""
+    code = textwrap.dedent("""
+        import sys
+        import codedml, codedml.codes
+        heavy = [m for m in ('torch', 'mpi4py', 'galois', 'cupy') if m in sys.modules]
+        assert not heavy, heavy
+        import numpy as np
+        codedml.codes.MDSCode(4, 2).encode(np.ones((4, 2)), np.ones(2))   # reals: still light
+        assert 'galois' not in sys.modules
+        codedml.codes.MDSCode(4, 2, field=65521).encode(np.ones((4, 2), int), np.ones(2, int))
+        assert 'galois' in sys.modules                                    # loaded lazily
+        assert 'torch' not in sys.modules and 'mpi4py' not in sys.modules
+        print('ok')
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
