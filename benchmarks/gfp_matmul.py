@@ -91,7 +91,9 @@ def machine_info() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--size", type=int, default=1024, help="matrix size n (n x n @ n x n)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per case (median reported)")
     ap.add_argument("--out", default="benchmarks/results/gfp_matmul.json")
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "rows": rows,
         "galois_matches_matmul_mod": galois_checks,
-        "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
+        "argv": argv if argv is not None else sys.argv[1:],
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -218,7 +218,14 @@ def cmd_demo(argv: list[str]) -> int:
     return EXIT_OK if ok else EXIT_WRONG
 
 
-COMMANDS = {"demo": cmd_demo}
+def cmd_run(argv: list[str]) -> int:
+    """Coded matrix products under mpiexec (or --local N) with injected failures."""
+    from .run import cmd_run as run
+
+    return run(argv)
+
+
+COMMANDS = {"run": cmd_run, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,7 @@
 #!/usr/bin/env bash
-# The main job: set up (first run only) and run a coded computation with stragglers and soft
-# errors injected, printing what was tolerated. Extra arguments go to `python -m codedml demo`.
+# The main job: set up (first run only), then a coded matrix-product experiment under mpiexec
+# with 8 ranks (1 master, 7 workers), two straggling ranks and exponent bit flips injected,
+# printing what was tolerated. Extra arguments go to `python -m codedml run`.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-python="$(bash "$root/launch/setup.sh" | tail -n 1)"
-source "$root/launch/env.sh"
-cd "$root"
-exec "$python" -m codedml demo "$@"
+exec bash "$root/launch/mpirun.sh" "${CODEDML_RANKS:-8}" "$@"

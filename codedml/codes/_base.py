@@ -263,7 +263,8 @@ class LinearCode(abc.ABC):
         E = [np.stack([ev[f] for ev in evals]) for f in range(nfam)]
         Ms = self._families(rows)
         if self.field is None:
-            keep, faulty, checked = self._locate_real(rows, raw, E, Ms, errors, encoding, rtol)
+            with np.errstate(over="ignore", invalid="ignore"):  # corrupt values may be huge
+                keep, faulty, checked = self._locate_real(rows, raw, E, Ms, errors, encoding, rtol)
             X = [_lstsq(M[keep], Ef[keep]) for M, Ef in zip(Ms, E)]
             cond = max(float(np.linalg.cond(M[keep])) for M in Ms)
         else:

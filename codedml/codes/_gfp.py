@@ -17,16 +17,18 @@ Python integers.
 
 Fast matrix products
 --------------------
-Integer matmul in numpy does not use BLAS and is roughly two orders of
-magnitude slower than float64 GEMM.  :func:`matmul_mod` therefore runs the
-products in float64 BLAS, which is *exact* as long as every partial sum is an
-integer below ``2**53`` (each such integer is representable, so no rounding
-ever happens, whatever order or FMA use the BLAS picks).  The inner dimension
-is cut into chunks short enough for that bound, each chunk's result is
-converted to ``int64`` and accumulated, and the sum is reduced mod ``p``.
+Integer matmul in numpy does not use BLAS and is far slower than float64
+GEMM (and int64 sums of products of residues near ``2**31`` would overflow
+anyway).  :func:`matmul_mod` therefore runs the products in float64 BLAS,
+which is *exact* as long as every partial sum is a non-negative integer at
+most ``2**53`` (each such integer is representable, so no rounding ever
+happens, whatever order or FMA use the BLAS picks).  The inner dimension is
+cut into chunks short enough for that bound, each chunk's result is converted
+to ``int64`` and accumulated, and the sum is reduced mod ``p``.
 
-* For small primes (``(p-1)**2 * chunk < 2**53``, e.g. ``p < 2**21`` gives
-  chunks of 2048 terms) one float64 GEMM per chunk suffices.
+* For small primes (``(p-1)**2 * chunk <= 2**53``, e.g. ``p < 2**21`` gives
+  chunks of 2048 terms) one float64 GEMM per chunk suffices (float32, twice as
+  fast, when the whole sum stays within ``2**24``).
 * For larger primes each operand is split into a 16-bit low and a (at most)
   15-bit high limb, ``a = a1 * 2**s + a0``; the limb products are small, and the
   three limb GEMMs of Karatsuba's identity

@@ -209,6 +209,9 @@ class Job:
         self.t_decode = time.perf_counter() - t
         self.value, self.info = C, info
         self.t_done = time.perf_counter()
+        self.arrived = dict.fromkeys(self.arrived)  # keep who arrived, free the payloads
+        for w in self._outstanding():  # stragglers may skip it; those that answer are "late"
+            self.cluster._cancel(w, self.id)
 
     def _fail_all(self) -> None:
         crashed = sorted(self.cluster._rank_of(w) for w, s in self.failed.items() if s == "crashed")
@@ -237,6 +240,8 @@ class ClusterBase:
     """The master's API, common to MPI and in-process clusters."""
 
     workers: int
+    #: Finished jobs still waiting for some workers' late results that are remembered.
+    MAX_FINISHED = 64
 
     def __init__(self, workers: int, timeout: float | None) -> None:
         self.workers = workers
@@ -254,6 +259,9 @@ class ClusterBase:
 
     def _poll(self, timeout: float) -> list[Arrival]:
         raise NotImplementedError
+
+    def _cancel(self, worker: int, job: int) -> None:
+        """Tell ``worker`` that ``job`` is decoded (it may skip it); optional for a transport."""
 
     def _rank_of(self, worker: int) -> int:
         return worker
@@ -358,8 +366,12 @@ class ClusterBase:
                 self._send(w, {"op": "drop", "handle": handle.id, "field": None}, [])
 
     def drain(self, timeout: float = 0.0) -> None:
-        """Receive whatever has arrived (late results are recorded in their job's report)."""
-        self._progress(timeout)
+        """Receive what arrives during ``timeout`` seconds (at least one poll): late results
+        are recorded in their job's report, crashed workers are noticed."""
+        end = time.perf_counter() + timeout
+        self._progress(0.0)
+        while time.perf_counter() < end:
+            self._progress(min(0.05, end - time.perf_counter()))
 
     # ------------------------------------------------------------------ internals
     def _check_open(self) -> None:
@@ -401,16 +413,21 @@ class ClusterBase:
         for a in self._poll(timeout):
             if a.kind == "dead":
                 self._dead.add(a.worker)
-                for job in self._jobs.values():
-                    if job.value is None and job.exception is None:
+                for job in self._jobs.values():  # every job still waiting on that worker
+                    if a.worker in job._outstanding():
                         job._accept(a, now)
                 continue
             job = self._jobs.get(a.job)
             if job is not None:
                 job._accept(a, time.perf_counter())
-        # Forget finished jobs once every worker has answered or died (bounded bookkeeping).
-        for jid in [j for j, job in self._jobs.items()
-                    if (job.value is not None or job.exception is not None) and not job._outstanding()]:
+        # Forget finished jobs once every worker has answered or died, and beyond the newest
+        # MAX_FINISHED even if some never answer (a fail-silent worker): bounded bookkeeping.
+        finished = [j for j, job in self._jobs.items() if job.value is not None or job.exception is not None]
+        for jid in finished:
+            if not self._jobs[jid]._outstanding():
+                del self._jobs[jid]
+        finished = [j for j in finished if j in self._jobs]
+        for jid in finished[:max(0, len(finished) - self.MAX_FINISHED)]:
             del self._jobs[jid]
 
 

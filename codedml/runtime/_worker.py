@@ -22,9 +22,13 @@ from ..faults import FaultModel, corrupt, fault_for
 
 @dataclass
 class WorkerState:
-    """What one worker holds: its index, backend, resident operands and failure model."""
+    """What one worker holds: its MPI rank, backend, resident operands and failure model.
 
-    index: int
+    Failure models are asked about the worker's *rank* (with the root at rank 0, worker w is
+    rank w + 1, also in :class:`LocalCluster`).
+    """
+
+    rank: int
     backend: Backend
     faults: FaultModel | None = None
     seed: int = 0
@@ -68,7 +72,7 @@ class WorkerState:
 
     def inject(self, job: int, result: np.ndarray, field_p: int | None, die: Any = None) -> np.ndarray | None:
         """Apply this job's fault: delay, crash or corruption. ``None`` means: send nothing."""
-        fault = fault_for(self.faults, self.seed, self.index, job)
+        fault = fault_for(self.faults, self.seed, self.rank, job)
         if fault.crash == "die":
             (die or _die)()
             return None
@@ -79,7 +83,7 @@ class WorkerState:
         if fault.delay > 0:
             time.sleep(fault.delay)
         if fault.corruptions:
-            rng = np.random.default_rng([self.seed & 0xFFFFFFFF, self.index, job, 0xC0])
+            rng = np.random.default_rng([self.seed & 0xFFFFFFFF, self.rank, job, 0xC0])
             for c in fault.corruptions:
                 result = corrupt(result, c, rng, field_p)
         return result

@@ -41,7 +41,8 @@ class LocalCluster(ClusterBase):
     backend : str or Backend
         ``"numpy"`` (default), ``"torch"`` or ``"cuda"``.
     faults : FaultModel, optional
-        Failure model applied to every worker (seeded per (worker, job) with ``seed``).
+        Failure model applied to every worker (seeded per (rank, job) with ``seed``); worker
+        ``w`` is rank ``w + 1``, as under MPI with the root at rank 0.
     seed : int
         Seed of the failure model.
     timeout : float, optional
@@ -65,8 +66,9 @@ class LocalCluster(ClusterBase):
         super().__init__(n, timeout)
         self.backend = get_backend(backend)
         self._out: queue.Queue[Arrival] = queue.Queue()
+        self._cancelled: list[set[int]] = [set() for _ in range(n)]
         self._inboxes = [queue.Queue() for _ in range(n)]
-        self._states = [WorkerState(w, self.backend, faults, seed) for w in range(n)]
+        self._states = [WorkerState(w + 1, self.backend, faults, seed) for w in range(n)]
         self._threads = [threading.Thread(target=self._serve, args=(w,), daemon=True,
                                           name=f"codedml-worker-{w}") for w in range(n)]
         for t in self._threads:
@@ -89,6 +91,9 @@ class LocalCluster(ClusterBase):
         for t in self._threads:
             t.join(max(0.0, end - time.perf_counter()))
 
+    def _rank_of(self, worker: int) -> int:
+        return worker + 1  # as under MPI with the root at rank 0
+
     def outstanding(self) -> dict[str, int]:
         """Queued requests and unread arrivals (bounded in a healthy run)."""
         return {"inbox": sum(b.qsize() for b in self._inboxes), "arrivals": self._out.qsize(),
@@ -97,6 +102,9 @@ class LocalCluster(ClusterBase):
     # ------------------------------------------------------------------ transport
     def _send(self, worker: int, ctrl: dict[str, Any], arrays: list[np.ndarray]) -> None:
         self._inboxes[worker].put((ctrl, arrays))
+
+    def _cancel(self, worker: int, job: int) -> None:
+        self._cancelled[worker].add(job)
 
     def _poll(self, timeout: float) -> list[Arrival]:
         out = []
@@ -121,12 +129,18 @@ class LocalCluster(ClusterBase):
                 return
             ctrl, arrays = item
             job = ctrl.get("job", -1)
+            if ctrl["op"] == "matmul" and job in self._cancelled[w]:
+                self._cancelled[w].discard(job)
+                continue
             t = time.perf_counter()
             try:
                 result, scale = state.handle(ctrl, arrays)
                 if result is None:
                     continue
                 result = state.inject(job, result, ctrl.get("field"), die=die)
+                if job in self._cancelled[w]:  # decoded meanwhile: nobody waits for it
+                    self._cancelled[w].discard(job)
+                    continue
             except _Died:
                 self._out.put(Arrival(w, job, "dead"))
                 return

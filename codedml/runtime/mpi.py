@@ -10,7 +10,10 @@ Protocol (tags on a private duplicate of the communicator passed in):
 ``HDR`` (worker -> root, 8 float64)
     ``[job, kind, ndim, shape0, shape1, dtype, elapsed, scale]`` announcing a reply;
 ``RES`` (worker -> root, buffer)
-    the reply's array (a product, or a pickled :class:`WorkerFailure` as bytes).
+    the reply's array (a product, or a pickled :class:`WorkerFailure` as bytes);
+``CANCEL`` (root -> worker, one int64)
+    a job that has been decoded: a worker that has not started it skips it, so a straggler
+    does not work through a backlog of jobs nobody waits for.
 
 The root keeps exactly one posted ``Irecv`` for the next header of every worker and polls them
 with ``Test``; when a header arrives it receives the payload at once into a fresh buffer and
@@ -45,7 +48,7 @@ from ._worker import WorkerState
 
 __all__ = ["MPICluster"]
 
-TAG_CTRL, TAG_TASK, TAG_HDR, TAG_RES = 101, 102, 103, 104
+TAG_CTRL, TAG_TASK, TAG_HDR, TAG_RES, TAG_CANCEL = 101, 102, 103, 104, 105
 KIND_RESULT, KIND_ERROR, KIND_BYE = 0, 1, 2
 _DTYPES = [np.dtype(t) for t in (np.float64, np.float32, np.complex128, np.complex64, np.int64, np.uint8)]
 _CODE = {dt: i for i, dt in enumerate(_DTYPES)}
@@ -166,6 +169,18 @@ class MPICluster(ClusterBase):
                 return
             raise
 
+    def _cancel(self, worker: int, job: int) -> None:
+        if worker in self._dead or worker in self._bye:
+            return
+        buf = np.array([job], dtype=np.int64)
+        try:
+            self._outgoing.append((self.comm.Isend(buf, dest=self._ranks[worker], tag=TAG_CANCEL), buf))
+        except Exception as exc:
+            if _proc_failed(exc):
+                self._mark_dead(worker)
+                return
+            raise
+
     def _prune_outgoing(self) -> None:
         keep = []
         for req, buf in self._outgoing:
@@ -259,11 +274,18 @@ class MPICluster(ClusterBase):
     def serve(self) -> None:
         """Worker loop: receive a request, run it, send the reply; until the root says close."""
         backend = get_backend(self._backend_spec)
-        index = self._ranks.index(self.rank)
-        state = WorkerState(index, backend, self._faults, self._seed)
+        state = WorkerState(self.rank, backend, self._faults, self._seed)
         host = socket.gethostname()
         pending: list[tuple[Any, Any]] = []
         comm, root = self.comm, self.root
+        cancelled: set[int] = set()
+        cbuf = np.empty(1, dtype=np.int64)
+
+        def read_cancels() -> None:
+            while comm.Iprobe(source=root, tag=TAG_CANCEL):
+                comm.Recv(cbuf, source=root, tag=TAG_CANCEL)
+                cancelled.add(int(cbuf[0]))
+
         while True:
             ctrl = comm.recv(source=root, tag=TAG_CTRL)
             arrays = []
@@ -272,11 +294,16 @@ class MPICluster(ClusterBase):
                 comm.Recv(buf, source=root, tag=TAG_TASK)
                 arrays.append(buf)
             op, job = ctrl["op"], int(ctrl.get("job", -1))
+            read_cancels()
+            if op == "matmul" and job in cancelled:
+                cancelled.discard(job)
+                continue
             if op == "close":
                 bye = np.array([job, KIND_BYE, 0, 0, 0, 0, 0, 0], dtype=np.float64)
                 pending.append((comm.Isend(bye, dest=root, tag=TAG_HDR), bye))
                 for req, _ in pending:
                     req.Wait()
+                read_cancels()
                 return
             t = time.perf_counter()
             try:
@@ -284,7 +311,9 @@ class MPICluster(ClusterBase):
                 if result is None:
                     continue
                 result = state.inject(job, result, ctrl.get("field"))
-                if result is None:
+                read_cancels()
+                if result is None or job in cancelled:  # silent, or decoded meanwhile
+                    cancelled.discard(job)
                     continue
                 result = np.ascontiguousarray(result)
                 if result.dtype not in _CODE:

