@@ -4,7 +4,8 @@ For square ``size x size`` float64 matrices ``A`` and ``B`` (default sizes 512, 
 ``--quick``: 512 only) this script times, in one process with one BLAS, interleaved within
 each repeat so that drift hits every case alike:
 
-* ``uncoded``: ``A @ B`` itself (``A @ x`` for the matrix-vector case) - the yardstick;
+* ``uncoded``: ``A @ B`` itself (``A @ x`` for the matrix-vector case) - the yardstick, timed
+  right before every case in every repeat, so its median pools many samples;
 * ``encode``: ``code.encode(A, B)`` (splitting, padding, the generator combinations, the
   per-worker noise scales);
 * ``worker``: each worker's ``task.compute()``, timed one by one; reported as the slowest
@@ -44,8 +45,8 @@ the BLAS build and the load average before and after each size are recorded in t
 
 Usage::
 
-    python benchmarks/cost.py            # sizes 512 1024 2048, ~2-4 min on 2 cores
-    python benchmarks/cost.py --quick    # size 512, a few seconds
+    python benchmarks/cost.py            # sizes 512 1024 2048, ~6-8 min on 2 shared cores
+    python benchmarks/cost.py --quick    # size 512, ~20 s
 """
 
 from __future__ import annotations
@@ -77,10 +78,22 @@ from codedml.codes import (  # noqa: E402
 )
 
 
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def machine_info() -> dict:
     info = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "numpy": np.__version__,
@@ -149,13 +162,14 @@ def run_size(size: int, repeats: int, rng: np.random.Generator, case_list: list[
                         "worker_max": [], "worker_sum": [], "err": None, "flops": None}
            for c in case_list}
     for rep in range(repeats + 1):  # rep 0 is the warm-up, discarded
-        for vec in (False, True):
-            dt, _ = timed(lambda: A @ (x if vec else B))
-            if rep:
-                t_unc[vec].append(dt)
         for c in case_list:
             code, vec = c["code"], c["vector"]
             rhs = x if vec else B
+            # The yardstick is timed right before every case: on a shared machine this gives
+            # the denominator many samples spread over the whole run (its median is stable).
+            dt, _ = timed(lambda: A @ rhs)
+            if rep:
+                t_unc[vec].append(dt)
             d_enc, enc = timed(lambda: code.encode(A, rhs))
             res, tw = {}, []
             for t in enc:
@@ -192,6 +206,7 @@ def run_size(size: int, repeats: int, rng: np.random.Generator, case_list: list[
             "size": size, "case": c["label"], "code": repr(code), "vector": vec,
             "workers": code.workers, "recovery_threshold": code.recovery_threshold,
             "uncoded_median_s": u,
+            "uncoded_spread_max_over_min": max(t_unc[vec]) / min(t_unc[vec]),
             "encode_median_s": med(r["encode"]), "decode_k_median_s": med(r["decode_k"]),
             "decode_n_median_s": med(r["decode_n"]),
             "worker_max_median_s": med(r["worker_max"]), "worker_sum_median_s": med(r["worker_sum"]),
@@ -268,10 +283,11 @@ def plot(rows: list[dict], path: Path, sizes: list[int], note: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="size 512 only, 3 repeats")
+    ap.add_argument("--quick", action="store_true", help="size 512 only, 5 repeats")
     ap.add_argument("--sizes", type=int, nargs="+", default=None, help="square sizes (default 512 1024 2048)")
     ap.add_argument("--repeats", type=int, default=None,
-                    help="timed repeats (default 5; 3 at sizes >= 2048; --quick 3)")
+                    help="timed repeats (default 11 below size 1024, 7 below 2048, else 3; "
+                         "--quick 5)")
     ap.add_argument("--threads", type=int, default=1,
                     help="BLAS threads, set at run time via threadpoolctl (default 1, see the "
                          "module docstring; 0 = leave as is)")
@@ -283,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     def repeats_for(size: int) -> int:
         if args.repeats:
             return args.repeats
-        return 3 if (args.quick or size >= 2048) else 5
+        if args.quick:
+            return 5
+        return 11 if size < 1024 else 7 if size < 2048 else 3
 
     limit = contextlib.nullcontext()
     if args.threads:
@@ -322,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     print("err = relative Frobenius error of the decode from k results. mat-vec rows: vs A @ x,")
     print("a memory-bound product, so its encode ratio (a one-off cost over all of A) is huge.")
     print(table(rows))
+    for size in sizes:
+        spread = max(r["uncoded_spread_max_over_min"] for r in rows if r["size"] == size and not r["vector"])
+        print(f"noise: size {size}, uncoded A@B slowest/fastest repeat = {spread:.2f}; "
+              f"load average {load[size]['before'][0]:.1f} -> {load[size]['after'][0]:.1f}")
     print(f"total time {elapsed:.1f} s")
 
     result = {

@@ -39,9 +39,9 @@ class RunConfig:
     """The ``[run]`` table."""
 
     code: str = "auto"
-    rows: int = 2000
-    inner: int = 1000
-    cols: int = 500
+    rows: int = 1200
+    inner: int = 800
+    cols: int = 400
     jobs: int = 20
     errors: int = 1
     timeout: float = 60.0
@@ -105,9 +105,10 @@ def make_code(spec: str, workers: int, field: int | None = None):
     if extra:
         raise ConfigurationError(f"`code` {name} takes {sorted(allowed[name])}, got {extra}")
     f = field or None
-    if name == "auto":  # tolerate 4 missing results, or 2 corrupt ones
+    if name == "auto":  # threshold n - 4: tolerates 4 missing results, or 2 corrupt ones
         k = max(1, n - 4)
-        return PolynomialCode(n, 2, k // 2, field=f) if k >= 2 else MDSCode(n, 1, field=f)
+        p = max(d for d in range(1, int(math.isqrt(k)) + 1) if k % d == 0)
+        return PolynomialCode(n, p, k // p, field=f)
     if name == "uncoded":
         return ReplicationCode(n, n, field=f)
     if name == "replication":
