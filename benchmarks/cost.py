@@ -273,9 +273,10 @@ def plot(rows: list[dict], path: Path, sizes: list[int], note: str) -> None:
         ax.set_ylabel("time / uncoded A@B (log)")
         ax.set_title(f"size {size}: ratios to the uncoded product, medians, same run", fontsize=10)
         ax.grid(True, axis="y", which="major", alpha=0.3)
-    axes[0, 0].legend(fontsize=7, ncol=3, loc="upper left")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, ncol=6, loc="lower center")
     fig.suptitle("codedml codes: cost relative to the uncoded product" + note, fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -294,7 +295,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/cost.json")
     ap.add_argument("--plot", default="benchmarks/results/cost.png")
+    ap.add_argument("--replot", action="store_true",
+                    help="measure nothing: redraw --plot and reprint the table from the --out JSON")
     args = ap.parse_args(argv)
+    if args.replot:
+        old = json.loads(Path(args.out).read_text())
+        print(table(old["rows"]))
+        plot(old["rows"], Path(args.plot), old["parameters"]["sizes"],
+             f" ({old['machine']['cpu_count']} CPUs{', quick' if old['parameters']['quick'] else ''})")
+        print(f"wrote {args.plot}")
+        return 0
     sizes = args.sizes or ([512] if args.quick else [512, 1024, 2048])
     def repeats_for(size: int) -> int:
         if args.repeats:

@@ -34,7 +34,7 @@ After each job the master drains until the straggling workers have finished thei
 the spare workers their product), so a straggler of one job does not delay the next.
 
 The machine has 2 cores and 9 ranks share them, so absolute times mean little (see GUIDE
-section 5): the injected delay ``D`` (default 0.75 s) is chosen to dominate a worker's product
+section 5): the injected delay ``D`` (default 1.0 s) is chosen to dominate a worker's product
 (a few ms to tens of ms), and results are reported as ratios to ``uncoded`` without stragglers
 measured in the same run (ratio of medians over repeats).
 
@@ -89,8 +89,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller matrices, 3 repeats, shorter delay")
     ap.add_argument("--repeats", type=int, default=None, help="repeats per configuration (default 15; quick 3)")
-    ap.add_argument("--size", type=int, default=None, help="A and B are size x size (default 768; quick 384)")
-    ap.add_argument("--delay", type=float, default=None, help="straggler delay in s (default 0.75; quick 0.5)")
+    ap.add_argument("--size", type=int, default=None, help="A and B are size x size (default 512; quick 384)")
+    ap.add_argument("--delay", type=float, default=None, help="straggler delay in s (default 1.0; quick 0.5)")
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--timeout", type=float, default=30.0, help="per-job timeout in s")
     ap.add_argument("--out", type=Path, default=RESULTS / "runtime_latency.json",
@@ -101,9 +101,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if args.repeats is None:
         args.repeats = 3 if args.quick else 15
     if args.size is None:
-        args.size = 384 if args.quick else 768
+        args.size = 384 if args.quick else 512
     if args.delay is None:
-        args.delay = 0.5 if args.quick else 0.75
+        args.delay = 0.5 if args.quick else 1.0
     if args.summary is None:
         args.summary = args.out.parent / "SUMMARY_runtime.md"
     return args
@@ -143,7 +143,7 @@ def machine_info() -> dict:
         "cpus": os.cpu_count(),
         "numpy": np.__version__,
         "mpi4py": mpi4py.__version__,
-        "mpi_library": MPI.Get_library_version().strip().splitlines()[0],
+        "mpi_library": MPI.Get_library_version().replace("\x00", "").strip().splitlines()[0].strip(),
         "mpi_version": "%d.%d" % MPI.Get_version(),
         "mpi_ranks": MPI.COMM_WORLD.Get_size(),
         "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -182,11 +182,14 @@ def run_master(cluster: MPICluster, args, codes, jobs, A, B, C_ref) -> tuple[lis
             print(f"[runtime_latency] job {j['id']} ({j['code']}, {j['stragglers']} stragglers) failed: {exc}",
                   file=sys.stderr, flush=True)
         e2e = t1 - t0
-        # Let the stragglers sleep off their delay (and spare workers finish) before the next job.
-        c = ff_wall.get(j["code"], e2e)
-        until = t1 + 0.05 + 2 * c
+        # Let the stragglers sleep off their delay (and spare workers finish) before the next job:
+        # a straggler starts its delay once its product is done, about when the results used
+        # arrived (the last used result's latency); a cancelled straggler sends nothing.
+        lat = [w.latency for w in job.report.workers if w.status == "used" and w.latency is not None]
+        t_prod = max(lat) if lat else e2e
+        until = t1 + 0.05 + 0.5 * t_prod
         if j["ranks"]:
-            until = max(until, t0 + args.delay + 3 * c + 0.1)
+            until = max(until, t0 + t_prod + args.delay + 0.15)
         cluster.drain(max(0.0, until - time.perf_counter()))
         rep = job.report
         status = {str(rk): rep.workers[rk - 1].status for rk in j["ranks"]}
@@ -220,6 +223,7 @@ def summarise(codes, configs, records, delay: float) -> dict:
             "median_wall_s": float(np.nanmedian(wall)),
             "median_decode_s": float(np.nanmedian(dec)),
             "median_encode_s": float(np.nanmedian([r["encode_s"] for r in rs])),
+            "median_results_used": float(np.median([r["used"] for r in rs])),
             "median_decode_share": float(np.nanmedian(share)) if np.isfinite(share).any() else float("nan"),
             "failures": int(sum(not r["ok"] for r in rs)),
             "max_rel_error": float(np.nanmax([r["rel_error"] for r in rs])) if rs else float("nan"),
@@ -247,8 +251,8 @@ def summarise(codes, configs, records, delay: float) -> dict:
 
 def table(summary: dict, delay: float) -> str:
     hdr = ("| code | thr | tol | stragglers | median e2e (ms) | ratio vs uncoded/0 | vs uncoded, same stragglers "
-           "| decode share | stragglers skipped | failures |")
-    lines = [hdr, "|" + "---|" * 10]
+           "| results used | decode share | stragglers skipped (late / not sent) | failures |")
+    lines = [hdr, "|" + "---|" * 11]
     for name, s in summary.items():
         for lvl in LEVELS:
             row = s["levels"][lvl]
@@ -258,12 +262,13 @@ def table(summary: dict, delay: float) -> str:
                 label = {"0": "0", "1": "1", "tolerable": f"tol={row['stragglers']}"}[lvl]
             st = row["straggler_status"]
             tot = sum(st.values())
-            skipped = f"{st.get('missing', 0) + st.get('late', 0)}/{tot}" if tot else "-"
+            skipped = (f"{st.get('missing', 0) + st.get('late', 0)}/{tot} "
+                       f"({st.get('late', 0)} / {st.get('missing', 0)})") if tot else "-"
             vs = row["ratio_vs_uncoded_same_stragglers"]
             lines.append(
                 f"| {name} | {s['recovery_threshold']} | {s['tolerates']} | {label} | "
                 f"{1e3 * row['median_e2e_s']:.1f} | {row['ratio_vs_uncoded0']:.2f} | "
-                f"{'-' if vs is None else f'{vs:.2f}'} | {100 * row['median_decode_share']:.1f}% | "
+                f"{'-' if vs is None else f'{vs:.2f}'} | {row['median_results_used']:g} | {100 * row['median_decode_share']:.1f}% | "
                 f"{skipped} | {row['failures']}/{row['repeats']} |")
     return "\n".join(lines)
 
@@ -341,7 +346,8 @@ def main() -> int:
             "seed": args.seed, "timeout_s": args.timeout, "quick": args.quick, "tolerance": TOL,
             "dtype": "float64", "machine": info,
             "wall_time_s": t_total, "measure_time_s": extra["run_s"],
-            "warmup_e2e_s": extra["warmup_wall_s"]}
+            "warmup_e2e_s": extra["warmup_wall_s"],
+            "loadavg_end": os.getloadavg() if hasattr(os, "getloadavg") else None}
     tab = table(summary, args.delay)
     fails = sum(not r["ok"] for r in records)
     print()
@@ -365,12 +371,16 @@ def main() -> int:
         f"total {t_total:.0f} s).",
         "",
         f"Machine: {m['platform']}, {m['cpus']} CPUs ({n + 1} ranks oversubscribed), {m['mpi_library']}, "
-        f"numpy {m['numpy']}, mpi4py {m['mpi4py']}, {m['date_utc']}. Absolute times are not meaningful "
+        f"numpy {m['numpy']}, mpi4py {m['mpi4py']}, {m['date_utc']}; load average at start / end "
+        f"{m.get('loadavg', ('?',))[0]:.1f} / {meta['loadavg_end'][0]:.1f} (the machine is shared). Absolute times are not meaningful "
         "here (2 shared cores); the ratios are to `uncoded` without stragglers in the same run.",
         "",
         "`thr` = recovery threshold, `tol` = stragglers tolerated (n - thr; replication: replicas - 1). "
-        "`decode share` = `report.decode / report.wall` (median). `stragglers skipped` = straggling "
-        "workers the job did not wait for (status `missing` or `late`). `failures` = jobs that raised "
+        "`decode share` = `report.decode / report.wall` (median). `results used` = worker results "
+        "that went into the decode (median; more than `thr` when several arrive in one poll, and the "
+        "runtime then also corrects errors). `stragglers skipped` = straggling workers the job did not "
+        "wait for: `late` (the straggler still sent its result after the decode) / not sent (`missing`: "
+        "it honoured the cancel). `failures` = jobs that raised "
         f"or whose relative error vs `A @ B` was >= {TOL:g}.",
         "",
         tab,

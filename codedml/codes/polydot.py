@@ -266,7 +266,7 @@ class PolyDotCode(LinearCode):
         blocks = Ap.reshape(p, 2, h, -1)
         ZA = blocks[:, 0] + 1j * blocks[:, 1]                      # (p, h, N)
         GA = self._powers(np.arange(p))                            # exponent i (m = 1)
-        a = np.einsum("wi,ihn->whn", GA, ZA)
+        a = (GA @ ZA.reshape(p, -1)).reshape((self.workers,) + ZA.shape[1:])
         ta = np.concatenate([a.real, a.imag], axis=1).astype(dtype)  # (n, rb, N)
         if q == 1:
             tb = Bp.astype(dtype)
@@ -276,7 +276,7 @@ class PolyDotCode(LinearCode):
         bblocks = Bp.reshape(Bp.shape[0], q, 2, hb)
         ZB = bblocks[:, :, 0] + 1j * bblocks[:, :, 1]              # (N, q, hb)
         GB = self._powers(p * np.arange(q))
-        b = np.einsum("wl,nlh->wnh", GB, ZB)
+        b = (GB @ ZB.transpose(1, 0, 2).reshape(q, -1)).reshape(self.workers, ZB.shape[0], ZB.shape[2])
         tb = np.concatenate([b.real, b.imag], axis=2).astype(dtype)  # (n, N, cb)
         return [(ta[w], tb[w]) for w in range(self.workers)], Ap.shape[1]
 
@@ -287,7 +287,7 @@ class PolyDotCode(LinearCode):
         rb, nb = Ap.shape[0] // p, Ap.shape[1] // (2 * m)
         Ablk = Ap.reshape(p, rb, m, 2, nb)
         ZA = (Ablk[:, :, :, 0] + 1j * Ablk[:, :, :, 1]).transpose(0, 2, 1, 3)   # (p, m, rb, nb)
-        a = np.einsum("we,erc->wrc", self._powers(self._exp_a()), ZA.reshape(p * m, rb, nb))
+        a = (self._powers(self._exp_a()) @ ZA.reshape(p * m, rb * nb)).reshape(self.workers, rb, nb)
         cdt = np.complex64 if dtype == np.float32 else np.complex128
         if Bp.ndim == 1:
             Bblk = Bp.reshape(m, 2, nb)
@@ -297,7 +297,7 @@ class PolyDotCode(LinearCode):
             cb = Bp.shape[1] // q
             Bblk = Bp.reshape(m, 2, nb, q, cb)
             ZB = (Bblk[:, 0] - 1j * Bblk[:, 1]).transpose(0, 2, 1, 3)           # (m, q, nb, cb)
-            b = np.einsum("we,erc->wrc", self._powers(self._exp_b()), ZB.reshape(m * q, nb, cb))
+            b = (self._powers(self._exp_b()) @ ZB.reshape(m * q, nb * cb)).reshape(self.workers, nb, cb)
         a, b = a.astype(cdt), b.astype(cdt)
         return [(a[w], b[w]) for w in range(self.workers)], nb
 
@@ -315,6 +315,11 @@ class PolyDotCode(LinearCode):
             V = (cA[:, :, None] * np.conj(cB)[:, None, :]).reshape(len(rows), -1)
             return [U, V]
         return [self._powers(np.arange(self.recovery_threshold), rows)]
+
+    def _wanted_unknowns(self) -> list[np.ndarray | None]:
+        if self._packed and self.m == 1:
+            return [None, None] if self.q > 1 else [None]
+        return [self._wanted().ravel()]  # only the coefficients that carry C (MatDot: 1 of 2m-1)
 
     def _unpack(self, R: np.ndarray) -> list[np.ndarray]:
         if not (self._packed and self.m == 1):
@@ -346,11 +351,12 @@ class PolyDotCode(LinearCode):
                 blk = np.concatenate([top, bot], axis=2)             # (p, q, rb, cb)
                 C = blk.transpose(0, 2, 1, 3).reshape(p * blk.shape[2], q * blk.shape[3])
         else:
-            W = self._wanted()
             Xs = X[0]
             if self.field is None and np.iscomplexobj(Xs):
                 Xs = Xs.real
-            blk = Xs[W.ravel()].reshape((p, q) + Xs.shape[1:])
+            if Xs.shape[0] != p * q:  # GF(p) solves every unknown; the reals only the wanted
+                Xs = Xs[self._wanted().ravel()]
+            blk = Xs.reshape((p, q) + Xs.shape[1:])
             if blk.ndim == 3:                                        # vector B: (p, 1, rb)
                 C = blk[:, 0].reshape(-1)
             else:

@@ -95,6 +95,11 @@ class ReplicationCode(LinearCode):
     def _decodable(self, rows: np.ndarray) -> bool:
         return len(set((np.asarray(rows) % self.k).tolist())) == self.k
 
+    def _solve_real(self, M: np.ndarray, E: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+        """Each block is one of its (consistent) copies: no solve needed."""
+        first = {int(np.flatnonzero(M[i])[0]): i for i in range(M.shape[0] - 1, -1, -1)}
+        return np.stack([E[first[j]] for j in range(self.k)])
+
     def _families(self, rows: np.ndarray) -> list[np.ndarray]:
         M = np.zeros((len(rows), self.k))
         M[np.arange(len(rows)), np.asarray(rows) % self.k] = 1.0

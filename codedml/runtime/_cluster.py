@@ -109,6 +109,7 @@ class Job:
         self.t_done = float("nan")
         self.late: set[int] = set()
         self.encode_time = float("nan")
+        self._retrying = False
 
     # ------------------------------------------------------------------ public
     def done(self) -> bool:
@@ -187,21 +188,24 @@ class Job:
             return
         have = len(self.arrived)
         pending = self._outstanding()
-        if have < self.needed and pending:
+        early = (self.errors == 0 and not self._retrying and have >= 1 and
+                 self.code._decodable(np.array(sorted(self.arrived))))  # e.g. replication covered
+        if have < self.needed and pending and not early:
             return
         if have == 0 or not self.code._decodable(np.array(sorted(self.arrived))):
             if not pending:
                 self._fail_all()
             return
         t = time.perf_counter()
-        # With more results in than planned for, correct as many errors as they allow.
-        budget = max(self.errors, (have - self.code.recovery_threshold) // 2)
+        # After an inconsistency, correct as many errors as the results in allow.
+        budget = max(self.errors, (have - self.code.recovery_threshold) // 2) if self._retrying else self.errors
         try:
             C, info = self.code.decode(self.arrived, errors=budget, encoding=self.encoding,
                                        return_info=True)
         except (CorruptResultError, NotEnoughResultsError) as exc:
             if pending:  # wait for one more result, then try again
                 self.needed = have + 1
+                self._retrying = True
                 return
             self.exception = exc
             self.t_done = time.perf_counter()

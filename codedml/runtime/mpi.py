@@ -280,11 +280,14 @@ class MPICluster(ClusterBase):
         comm, root = self.comm, self.root
         cancelled: set[int] = set()
         cbuf = np.empty(1, dtype=np.int64)
+        # A posted receive, tested: a bare Iprobe did not see a cancel already sent (Open MPI 5
+        # made no progress in it), so stragglers never skipped decoded jobs.
+        creq = [comm.Irecv(cbuf, source=root, tag=TAG_CANCEL)]
 
         def read_cancels() -> None:
-            while comm.Iprobe(source=root, tag=TAG_CANCEL):
-                comm.Recv(cbuf, source=root, tag=TAG_CANCEL)
+            while creq[0].Test():
                 cancelled.add(int(cbuf[0]))
+                creq[0] = comm.Irecv(cbuf, source=root, tag=TAG_CANCEL)
 
         while True:
             ctrl = comm.recv(source=root, tag=TAG_CTRL)
@@ -304,6 +307,8 @@ class MPICluster(ClusterBase):
                 for req, _ in pending:
                     req.Wait()
                 read_cancels()
+                creq[0].Cancel()  # a 1-int receive: nothing can be stuck behind it
+                creq[0].Wait()
                 return
             t = time.perf_counter()
             try:

@@ -1,0 +1,558 @@
+"""The in-process runtime (LocalCluster): workers are threads, worker ``w`` is rank ``w + 1``
+for the failure models. Correct products for every code, stragglers not waited for, silent and
+dying workers, located soft errors, clear failures within the timeout, worker exceptions
+reaching the master, several jobs in flight, resident operands, backends, and a soak."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from codedml import (ConfigurationError, CorruptResultError, LocalCluster, NotEnoughResultsError,
+                     WorkerFailure)
+from codedml.backends import NumpyBackend, available_backends
+from codedml.codes import (GradientCode, MatDotCode, MDSCode, PolyDotCode, PolynomialCode,
+                           ReplicationCode)
+from codedml.codes._gfp import matmul_mod
+from codedml.faults import (Corruption, Die, FailSilent, Fault, FixedStragglers, Schedule,
+                            ShiftedExponential, SoftErrors, fault_for)
+
+P = 2097143
+N = 6
+
+
+def _codes(field=None):
+    return {
+        "mds": MDSCode(N, 3, field=field),
+        "polynomial": PolynomialCode(N, 2, 2, field=field),
+        "matdot": MatDotCode(N, 2, field=field),
+        "polydot": PolyDotCode(N, 2, 2, 1, field=field),
+        "replication": ReplicationCode(N, 3, field=field),
+        "gradient_cyclic": GradientCode(N, 2, "cyclic", field=field),
+        "gradient_fr": GradientCode(N, 2, "fractional_repetition", field=field),
+    }
+
+
+CODE_NAMES = sorted(_codes())
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    return {"A": rng.standard_normal((40, 30)), "B": rng.standard_normal((30, 20)),
+            "x": rng.standard_normal(30),
+            "Ai": rng.integers(0, P, (40, 30)), "Bi": rng.integers(0, P, (30, 20)),
+            "xi": rng.integers(0, P, 30)}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with LocalCluster(N, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def torch_cluster():
+    pytest.importorskip("torch")
+    with LocalCluster(N, backend="torch", timeout=30) as c:
+        yield c
+
+
+def _close_fast(c: LocalCluster) -> None:
+    # Stragglers may still be sleeping; the threads are daemons, don't wait for them.
+    c.close(timeout=0.1)
+
+
+def _statuses(job) -> dict[int, str]:
+    return {w.rank: w.status for w in job.report.workers}
+
+
+# --------------------------------------------------------------------------- correctness
+@pytest.mark.parametrize("name", CODE_NAMES)
+def test_matmul_real_correct(cluster, data, name):
+    A, B = data["A"], data["B"]
+    code = _codes()[name]
+    C = cluster.matmul(A, B, code=code)
+    assert C.shape == (40, 20)
+    np.testing.assert_allclose(C, A @ B, rtol=1e-10, atol=1e-10)
+    rep = cluster.history[-1]
+    assert [w.rank for w in rep.workers] == list(range(1, N + 1))
+    assert rep.count("used") >= code.recovery_threshold
+
+
+@pytest.mark.parametrize("name", CODE_NAMES)
+def test_matmul_gfp_exact(cluster, data, name):
+    Ai, Bi = data["Ai"], data["Bi"]
+    C = cluster.matmul(Ai, Bi, code=_codes(P)[name])
+    assert np.array_equal(np.asarray(C, dtype=np.int64), matmul_mod(Ai, Bi, P))
+
+
+def test_matmul_vector(cluster, data):
+    A, x = data["A"], data["x"]
+    C = cluster.matmul(A, x, code=MDSCode(N, 3))
+    assert C.shape == (40,)
+    np.testing.assert_allclose(C, A @ x, rtol=1e-10, atol=1e-10)
+
+
+def test_code_with_wrong_worker_count(cluster, data):
+    with pytest.raises(ConfigurationError, match=r"workers=6.*got 5"):
+        cluster.matmul(data["A"], data["B"], code=MDSCode(5, 3))
+    with pytest.raises(ConfigurationError, match="code"):
+        cluster.matmul(data["A"], data["B"], code="mds")
+    with pytest.raises(ConfigurationError, match="code"):
+        cluster.submit(data["A"], data["B"])
+    with pytest.raises(ConfigurationError, match="workers"):
+        LocalCluster(0)
+
+
+def test_closed_cluster_refuses_work(data):
+    c = LocalCluster(2)
+    c.close()
+    with pytest.raises(ConfigurationError, match="closed"):
+        c.matmul(data["A"], data["B"], code=MDSCode(2, 1))
+
+
+# --------------------------------------------------------------------------- stragglers
+def test_stragglers_are_not_waited_for(data):
+    A, B = data["A"], data["B"]
+    c = LocalCluster(N, faults=FixedStragglers([1, 2], 2.0), timeout=20)
+    try:
+        t = time.perf_counter()
+        job = c.submit(A, B, code=MDSCode(N, 3))
+        C = job.result()
+        elapsed = time.perf_counter() - t
+        np.testing.assert_allclose(C, A @ B, rtol=1e-10, atol=1e-10)
+        assert elapsed < 1.5, f"waited {elapsed:.2f} s for a 2 s straggler"
+        st = _statuses(job)
+        assert st[1] in ("late", "missing") and st[2] in ("late", "missing")
+        assert sum(st[r] == "used" for r in range(3, N + 1)) >= 3
+        assert all(st[r] in ("used", "spare", "late", "missing") for r in range(3, N + 1))
+        rep = job.report
+        assert rep.workers[0].latency is None and rep.workers[1].latency is None
+        assert rep.wall < 1.5
+    finally:
+        _close_fast(c)
+
+
+def test_fail_silent_worker(data):
+    A, B = data["A"], data["B"]
+    c = LocalCluster(N, faults=FailSilent([3], start=1), timeout=20)
+    try:
+        jobs = []
+        for _ in range(4):
+            job = c.submit(A, B, code=MDSCode(N, 4))
+            np.testing.assert_allclose(job.result(), A @ B, rtol=1e-10, atol=1e-10)
+            jobs.append(job)
+        c.drain(0.1)
+        assert _statuses(jobs[0])[3] != "error"
+        for job in jobs[1:]:
+            assert _statuses(job)[3] == "missing"
+    finally:
+        _close_fast(c)
+
+
+def test_die_ends_the_worker_thread_and_later_jobs_succeed(data):
+    A, B = data["A"], data["B"]
+    # On job 1 every other rank is slow, so rank 2 runs job 1 (and dies) before it is decoded.
+    slow = Schedule({1: {r: Fault(delay=0.3) for r in (1, 3, 4, 5, 6)}})
+    before = set(threading.enumerate())
+    c = LocalCluster(N, faults=Die([2], at=1) + slow, timeout=20)
+    mine = set(threading.enumerate()) - before
+    try:
+        assert len(mine) == N
+        job0 = c.submit(A, B, code=MDSCode(N, 3))
+        np.testing.assert_allclose(job0.result(), A @ B, rtol=1e-10, atol=1e-10)
+        assert all(t.is_alive() for t in mine)
+        job1 = c.submit(A, B, code=MDSCode(N, 3))
+        np.testing.assert_allclose(job1.result(), A @ B, rtol=1e-10, atol=1e-10)
+        c.drain(0.2)
+        assert _statuses(job1)[2] == "crashed"
+        assert job1.report.count("crashed") == 1
+        dead = [t for t in mine if not t.is_alive()]
+        assert len(dead) == 1, "exactly the worker of rank 2 must have stopped"
+        for _ in range(3):
+            job = c.submit(A, B, code=MDSCode(N, 3))
+            np.testing.assert_allclose(job.result(), A @ B, rtol=1e-10, atol=1e-10)
+            assert _statuses(job)[2] == "crashed"
+            assert job.report.count("crashed") == 1
+    finally:
+        _close_fast(c)
+
+
+def test_a_death_does_not_rewrite_finished_jobs(data):
+    """Rank 2 is merely slow on job 0 (not waited for) and dies on job 1: job 0's report must
+    keep saying it was not waited for, not that it crashed during job 0."""
+    A, B = data["A"], data["B"]
+    faults = Die([2], at=1) + Schedule({0: {2: Fault(delay=0.2)},
+                                        1: {r: Fault(delay=0.3) for r in (1, 3, 4, 5, 6)}})
+    c = LocalCluster(N, faults=faults, timeout=20)
+    try:
+        job0 = c.submit(A, B, code=MDSCode(N, 3))
+        np.testing.assert_allclose(job0.result(), A @ B, rtol=1e-10, atol=1e-10)
+        assert _statuses(job0)[2] in ("late", "missing")
+        job1 = c.submit(A, B, code=MDSCode(N, 3))
+        np.testing.assert_allclose(job1.result(), A @ B, rtol=1e-10, atol=1e-10)
+        c.drain(0.2)
+        assert _statuses(job1)[2] == "crashed"
+        assert _statuses(job0)[2] in ("late", "missing"), (
+            f"job 0 (decoded while rank 2 was alive) now reports rank 2 as {_statuses(job0)[2]!r}")
+    finally:
+        _close_fast(c)
+
+
+def test_soft_errors_are_located(data):
+    A, B = data["A"], data["B"]
+    slow = {5: Fault(delay=1.0), 6: Fault(delay=1.0)}  # the first 4 results are ranks 1-4
+    table = {
+        0: {2: Fault(corruptions=(Corruption("exponent"),)), **slow},
+        1: {4: Fault(corruptions=(Corruption("gross", 1e3),)), **slow},
+        2: {1: Fault(corruptions=(Corruption("nan"),)), **slow},
+        3: {3: Fault(corruptions=(Corruption("sign"),)), **slow},
+        4: {2: Fault(corruptions=(Corruption("scale", -3.0),)), **slow},
+    }
+    c = LocalCluster(N, faults=Schedule(table), timeout=20)
+    try:
+        for j, faults in table.items():
+            bad_rank = next(r for r, f in faults.items() if f.corruptions)
+            job = c.submit(A, B, code=MDSCode(N, 2), errors=1)
+            assert job.id == j
+            np.testing.assert_allclose(job.result(), A @ B, rtol=1e-10, atol=1e-10)
+            rep = job.report
+            assert rep.faulty == (bad_rank - 1,)
+            assert _statuses(job)[bad_rank] == "corrupt"
+            assert rep.count("corrupt") == 1
+    finally:
+        _close_fast(c)
+
+
+# --------------------------------------------------------------------------- clear failures
+def test_too_many_silent_workers_time_out_naming_the_ranks(data):
+    A, B = data["A"], data["B"]
+    c = LocalCluster(N, faults=FailSilent([2, 4, 6]), timeout=30)
+    try:
+        t = time.perf_counter()
+        with pytest.raises(NotEnoughResultsError, match=r"\[2, 4, 6\]") as ei:
+            c.matmul(A, B, code=MDSCode(N, 4), timeout=1.0)
+        elapsed = time.perf_counter() - t
+        assert 0.9 <= elapsed < 3.0
+        assert ei.value.received == 3 and ei.value.needed == 4
+        assert c.history[-1].count("missing") == 3
+    finally:
+        _close_fast(c)
+
+
+def test_too_many_dead_workers_fail_at_once_naming_the_ranks(data):
+    A, B = data["A"], data["B"]
+    c = LocalCluster(N, faults=Die([1, 3, 5]), timeout=30)
+    try:
+        t = time.perf_counter()
+        with pytest.raises(NotEnoughResultsError, match=r"\[1, 3, 5\]"):
+            c.matmul(A, B, code=MDSCode(N, 4), timeout=10.0)
+        assert time.perf_counter() - t < 5.0  # known at once, not at the timeout
+        # and again for a job submitted after the deaths
+        with pytest.raises(NotEnoughResultsError, match=r"\[1, 3, 5\]"):
+            c.matmul(A, B, code=MDSCode(N, 4), timeout=10.0)
+        # a code that tolerates them still works
+        np.testing.assert_allclose(c.matmul(A, B, code=MDSCode(N, 3)), A @ B, rtol=1e-10, atol=1e-10)
+    finally:
+        _close_fast(c)
+
+
+def test_dropped_resident_handle_raises_worker_failure(data):
+    A, B = data["A"], data["B"]
+    with LocalCluster(N, timeout=20) as c:
+        h = c.put(A, code=MDSCode(N, 3))
+        np.testing.assert_allclose(c.matmul(h, B), A @ B, rtol=1e-10, atol=1e-10)
+        c.drop(h)
+        job = c.submit(h, B)
+        with pytest.raises(WorkerFailure) as ei:
+            job.result()
+        exc = ei.value
+        assert exc.job == job.id
+        assert exc.host == "localhost"
+        assert exc.rank is not None
+        assert "KeyError" in str(exc) and "KeyError" in exc.remote_traceback
+        c.drain(0.1)
+        assert job.report.count("error") == N
+        # the cluster still works afterwards
+        np.testing.assert_allclose(c.matmul(A, B, code=MDSCode(N, 3)), A @ B, rtol=1e-10, atol=1e-10)
+
+
+class _FailOnce(NumpyBackend):
+    """A backend whose first product raises (in whichever worker gets there first)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.failed = False
+
+    def matmul(self, a, b):
+        with self.lock:
+            first, self.failed = not self.failed, True
+        if first:
+            raise RuntimeError("boom")
+        return super().matmul(a, b)
+
+
+def test_backend_exception_reaches_master_with_rank_and_job(data):
+    A, B = data["A"], data["B"]
+    with LocalCluster(4, backend=_FailOnce(), timeout=20) as c:
+        job = c.submit(A, B, code=MDSCode(4, 4))  # every result is needed
+        with pytest.raises(WorkerFailure, match="RuntimeError: boom") as ei:
+            job.result()
+        exc = ei.value
+        errored = [w for w in job.report.workers if w.status == "error"]
+        assert len(errored) == 1
+        assert exc.job == job.id == 0
+        # worker w is rank w + 1 in a LocalCluster: the failure names the same rank as the report
+        assert exc.rank == errored[0].rank, (
+            f"WorkerFailure says rank={exc.rank}, the report says worker {errored[0].worker} "
+            f"is rank {errored[0].rank}")
+        assert "boom" in exc.remote_traceback
+
+
+def test_worker_exception_within_redundancy_is_tolerated(data):
+    A, B = data["A"], data["B"]
+    with LocalCluster(4, backend=_FailOnce(), timeout=20) as c:
+        job = c.submit(A, B, code=MDSCode(4, 2))
+        np.testing.assert_allclose(job.result(), A @ B, rtol=1e-10, atol=1e-10)
+        c.drain(0.2)
+        assert job.report.count("error") == 1
+
+
+# --------------------------------------------------------------------------- several jobs
+def test_several_jobs_in_flight_results_in_any_order(data):
+    A = data["A"]
+    rng = np.random.default_rng(3)
+    Bs = [rng.standard_normal((30, 7 + i)) for i in range(6)]
+    c = LocalCluster(N, faults=ShiftedExponential(0.0, 0.02), seed=4, timeout=30)
+    try:
+        jobs = [c.submit(A, B, code=PolynomialCode(N, 2, 2)) for B in Bs]
+        assert len({j.id for j in jobs}) == 6
+        for i in [4, 0, 5, 2, 1, 3]:
+            np.testing.assert_allclose(jobs[i].result(), A @ Bs[i], rtol=1e-10, atol=1e-10)
+        # every job is done and stays done
+        assert all(j.done() for j in jobs)
+        np.testing.assert_allclose(jobs[2].result(), A @ Bs[2], rtol=1e-10, atol=1e-10)
+    finally:
+        _close_fast(c)
+
+
+def test_done_polling(data):
+    A, B = data["A"], data["B"]
+    c = LocalCluster(N, faults=FixedStragglers(range(1, N + 1), 0.3), timeout=30)
+    try:
+        t = time.perf_counter()
+        job = c.submit(A, B, code=MDSCode(N, 3))
+        assert job.done() is False  # every worker is delayed 0.3 s
+        polls = 0
+        while not job.done():
+            polls += 1
+            assert time.perf_counter() - t < 10, "done() never became True"
+            time.sleep(0.01)
+        assert polls > 0
+        assert time.perf_counter() - t >= 0.29
+        np.testing.assert_allclose(job.result(timeout=0), A @ B, rtol=1e-10, atol=1e-10)
+    finally:
+        _close_fast(c)
+
+
+# --------------------------------------------------------------------------- resident operands
+@pytest.mark.parametrize("code", [MDSCode(N, 3), ReplicationCode(N, 3), PolyDotCode(N, 3, 1, 1)],
+                         ids=repr)
+def test_resident_put_matmul_update_drop_real(cluster, data, code):
+    rng = np.random.default_rng(1)
+    A, B, x = data["A"], data["B"], data["x"]
+    h = cluster.put(A, code=code)
+    assert h.shape == (40, 30)
+    np.testing.assert_allclose(cluster.matmul(h, B), A @ B, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(cluster.matmul(h, x), A @ x, rtol=1e-10, atol=1e-10)
+    dense = A.copy()
+    for r in (1, 3):
+        U, V = rng.standard_normal((40, r)), rng.standard_normal((30, r))
+        h = cluster.update(h, U, V)
+        dense += U @ V.T
+        np.testing.assert_allclose(cluster.matmul(h, B), dense @ B, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(cluster.matmul(h, x), dense @ x, rtol=1e-9, atol=1e-9)
+    cluster.drop(h)
+
+
+@pytest.mark.parametrize("code", [MDSCode(N, 3, field=P), ReplicationCode(N, 2, field=P)], ids=repr)
+def test_resident_put_matmul_update_gfp_exact(cluster, data, code):
+    rng = np.random.default_rng(2)
+    Ai, Bi, xi = data["Ai"], data["Bi"], data["xi"]
+    h = cluster.put(Ai, code=code)
+    assert np.array_equal(cluster.matmul(h, Bi), matmul_mod(Ai, Bi, P))
+    assert np.array_equal(cluster.matmul(h, xi), matmul_mod(Ai, xi[:, None], P)[:, 0])
+    dense = Ai.copy()
+    for r in (1, 2):
+        U, V = rng.integers(0, P, (40, r)), rng.integers(0, P, (30, r))
+        h = cluster.update(h, U, V)
+        dense = (dense + matmul_mod(U, np.ascontiguousarray(V.T), P)) % P
+        assert np.array_equal(cluster.matmul(h, Bi), matmul_mod(dense, Bi, P))
+    cluster.drop(h)
+
+
+def test_resident_bad_shapes_and_codes(cluster, data):
+    A, B = data["A"], data["B"]
+    h = cluster.put(A, code=MDSCode(N, 3))
+    U, V = np.ones((40, 2)), np.ones((30, 2))
+    for bad_u, bad_v in [(U[:5], V), (U, V[:5]), (U[:, :1], V), (U[:, 0], V), (U, V[:, 0])]:
+        with pytest.raises(ConfigurationError, match="`U`"):
+            cluster.update(h, bad_u, bad_v)
+    with pytest.raises(ConfigurationError, match="`B`"):
+        cluster.matmul(h, B[:5])
+    with pytest.raises(ConfigurationError, match="code"):
+        cluster.put(A, code=PolynomialCode(N, 2, 2))
+    with pytest.raises(ConfigurationError, match="code"):
+        cluster.matmul(h, B, code=MDSCode(N, 2))
+    # the handle still works after the refused requests
+    np.testing.assert_allclose(cluster.matmul(h, B), A @ B, rtol=1e-10, atol=1e-10)
+    cluster.drop(h)
+
+
+# --------------------------------------------------------------------------- backends
+def test_available_backends():
+    names = available_backends()
+    assert "numpy" in names and "torch" in names
+
+
+@pytest.mark.parametrize("name", ["mds", "polynomial", "matdot", "polydot", "gradient_cyclic"])
+def test_torch_backend_matches_numpy(cluster, torch_cluster, data, name):
+    A, B = data["A"], data["B"]
+    code = _codes()[name]
+    Cn = cluster.matmul(A, B, code=code)
+    Ct = torch_cluster.matmul(A, B, code=code)
+    assert isinstance(Ct, np.ndarray) and Ct.dtype == Cn.dtype and Ct.shape == Cn.shape
+    np.testing.assert_allclose(Ct, Cn, rtol=1e-12, atol=1e-12)
+    Ci = torch_cluster.matmul(data["Ai"], data["Bi"], code=_codes(P)[name])
+    assert np.array_equal(Ci, cluster.matmul(data["Ai"], data["Bi"], code=_codes(P)[name]))
+
+
+def test_torch_backend_resident_update_matches_numpy(cluster, torch_cluster, data):
+    rng = np.random.default_rng(4)
+    A, B = data["A"], data["B"]
+    U, V = rng.standard_normal((40, 2)), rng.standard_normal((30, 2))
+    out = []
+    for c in (cluster, torch_cluster):
+        h = c.update(c.put(A, code=MDSCode(N, 3)), U, V)
+        out.append(c.matmul(h, B))
+        c.drop(h)
+    np.testing.assert_allclose(out[1], out[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out[1], (A + U @ V.T) @ B, rtol=1e-9, atol=1e-9)
+
+
+def test_torch_backend_with_faults(data):
+    pytest.importorskip("torch")
+    A, B = data["A"], data["B"]
+    model = Schedule({0: {3: Fault(corruptions=(Corruption("exponent"),)),
+                          5: Fault(delay=1.0), 6: Fault(delay=1.0)}})
+    c = LocalCluster(N, backend="torch", faults=model, timeout=20)
+    try:
+        job = c.submit(A, B, code=MDSCode(N, 2), errors=1)
+        np.testing.assert_allclose(job.result(), A @ B, rtol=1e-10, atol=1e-10)
+        assert job.report.faulty == (2,)
+    finally:
+        _close_fast(c)
+
+
+def test_cuda_backend_matches_numpy(cluster, data):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    assert "cuda" in available_backends()
+    A, B = data["A"], data["B"]
+    with LocalCluster(N, backend="cuda", timeout=60) as g:
+        for name in ("mds", "polynomial", "matdot"):
+            code = _codes()[name]
+            np.testing.assert_allclose(g.matmul(A, B, code=code), cluster.matmul(A, B, code=code),
+                                       rtol=1e-10, atol=1e-10)
+        h = g.put(A, code=MDSCode(N, 3))
+        U, V = np.ones((40, 1)), np.ones((30, 1))
+        h = g.update(h, U, V)
+        np.testing.assert_allclose(g.matmul(h, B), (A + U @ V.T) @ B, rtol=1e-9, atol=1e-9)
+        assert np.array_equal(g.matmul(data["Ai"], data["Bi"], code=MDSCode(N, 3, field=P)),
+                              matmul_mod(data["Ai"], data["Bi"], P))
+
+
+# --------------------------------------------------------------------------- soak
+SOAK_JOBS = 300
+
+
+@pytest.fixture(scope="module")
+def soak():
+    """~300 jobs with stragglers and soft errors, through submit()/result() (no history)."""
+    rng = np.random.default_rng(7)
+    A, B = rng.standard_normal((200, 100)), rng.standard_normal((100, 50))
+    ref = A @ B
+    model = FixedStragglers([1], 0.01) + SoftErrors("exponent", 0.05)
+    seed = 5
+    code = MDSCode(N, 2)
+    c = LocalCluster(N, faults=model, seed=seed, timeout=30)
+    out = {"outstanding": [], "wrong": [], "located": 0, "corrupt_jobs": 0, "failed_ok": 0}
+    try:
+        def one(j):
+            bad = {r for r in range(1, N + 1) if fault_for(model, seed, r, j).corruptions}
+            job = c.submit(A, B, code=code, errors=1)
+            assert job.id == j
+            try:
+                C = job.result()
+            except CorruptResultError:
+                # only when more results are corrupt than 6 results can correct
+                if len(bad) <= 2:
+                    out["wrong"].append((j, "CorruptResultError", sorted(bad)))
+                else:
+                    out["failed_ok"] += 1
+                return
+            if not np.allclose(C, ref, rtol=1e-9, atol=1e-9):
+                out["wrong"].append((j, "wrong product", sorted(bad)))
+            located = {w + 1 for w in job.report.faulty}
+            if not located <= bad:
+                out["wrong"].append((j, f"located {sorted(located)} but corrupt {sorted(bad)}"))
+            out["located"] += len(located)
+            out["corrupt_jobs"] += bool(bad)
+
+        for j in range(3):  # warm-up (imports, first allocations)
+            one(j)
+        gc.collect()
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        t = time.perf_counter()
+        for j in range(3, SOAK_JOBS):
+            one(j)
+            out["outstanding"].append(c.outstanding())
+        out["seconds"] = time.perf_counter() - t
+        gc.collect()
+        out["growth"] = tracemalloc.get_traced_memory()[0] - base
+        tracemalloc.stop()
+        out["encoding_bytes"] = sum(t.a.nbytes + t.b.nbytes for t in code.encode(A, B))
+    finally:
+        if tracemalloc.is_tracing():
+            tracemalloc.stop()
+        _close_fast(c)
+    return out
+
+
+def test_soak_results_correct_and_corruptions_located(soak):
+    assert soak["wrong"] == []
+    assert soak["corrupt_jobs"] > 20 and soak["located"] > 10
+
+
+def test_soak_outstanding_stays_bounded(soak):
+    o = soak["outstanding"]
+    assert max(x["jobs"] for x in o) <= LocalCluster.MAX_FINISHED + 2
+    assert max(x["inbox"] for x in o) <= 2 * N
+    assert max(x["arrivals"] for x in o) <= 2 * N
+    assert max(x["jobs"] for x in o[-50:]) <= max(x["jobs"] for x in o[100:150]) + 1  # flat, not growing
+
+
+def test_soak_memory_growth_small(soak):
+    # Finished jobs keep only bookkeeping: 300 jobs must not hold on to many jobs' worth of
+    # encoded operands (one job's encoding is ~0.7 MB here).
+    assert soak["growth"] < 8 * soak["encoding_bytes"], (
+        f"memory grew by {soak['growth'] / 1e6:.1f} MB over {SOAK_JOBS} jobs "
+        f"(one job's encoded operands: {soak['encoding_bytes'] / 1e6:.2f} MB)")
