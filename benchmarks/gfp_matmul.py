@@ -6,8 +6,8 @@ Measures, side by side in one run, the median wall time of
 * ``matmul_mod`` for a prime near 2**21 (one exact float64 GEMM), for
   p = 2**31 - 1 and for the largest prime below it (three limb GEMMs);
 * ``galois``' matmul for the same primes.  galois is very slow for primes near
-  2**31 (about 190 s at n = 1024 on a 2-core machine), so by default it runs
-  there only at a reduced size (``--galois-large-size``, 256), together with
+  2**31 (an O(n^3) scalar loop: minutes at n = 1024 on a 2-core machine), so
+  by default it runs there only at a reduced size (``--galois-large-size``, 256), together with
   float64 BLAS and ``matmul_mod`` at that size so the ratios stay like for
   like; ``--galois-large-full`` runs it at full size, ``--skip-galois-large``
   skips it.
@@ -42,18 +42,6 @@ from codedml.codes._gfp import MAX_PRIME, matmul_mod  # noqa: E402
 P21 = 2097143  # largest prime below 2**21
 P31 = MAX_PRIME  # 2**31 - 1
 P31B = 2147483629  # largest prime below 2**31 - 1
-
-
-def median_time(fn, repeats: int, warmup: bool = True) -> tuple[float, list[float]]:
-    """Median wall time of ``fn()`` over ``repeats`` runs (after one warm-up)."""
-    if warmup:
-        fn()  # warm-up: caches, BLAS thread pool start
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
 
 
 def machine_info() -> dict:
@@ -111,26 +99,27 @@ def main(argv: list[str] | None = None) -> int:
     n = args.size
     small = n if args.galois_large_full else min(args.galois_large_size, n)
     rng = np.random.default_rng(args.seed)
-    rows: list[dict] = []
-
-    def record(case: str, impl: str, p: int | None, size: int, fn, repeats: int,
-               warmup: bool = True) -> dict:
-        med, times = median_time(fn, repeats, warmup)
-        row = {"case": case, "impl": impl, "p": p, "size": size, "median_s": med,
-               "min_s": min(times), "times_s": times}
-        rows.append(row)
-        print(f"  {case:<34s} n={size:<5d} {med:10.4f} s", flush=True)
-        return row
-
     info_start = machine_info()
     print(f"GF(p) matmul benchmark, n={n}, repeats={args.repeats}, "
           f"load average at start {info_start['loadavg_1_5_15min']}")
+
+    # Each case: (label, impl, p, size, fn, repeats).  Cases are timed in
+    # interleaved rounds (every case once per round) rather than one after the
+    # other, so that load from other processes hits all cases alike and the
+    # ratios stay meaningful on a shared machine.
+    cases: list[tuple] = []
+
+    def reps_for(size: int) -> int:
+        # Millisecond-scale cases at the reduced size are cheap and noisy:
+        # give them more runs.
+        return args.repeats if size == n else 5 * args.repeats
 
     sizes = sorted({n, small})
     for size in sizes:
         x = rng.standard_normal((size, size))
         y = rng.standard_normal((size, size))
-        record("float64 BLAS", "numpy", None, size, lambda: x @ y, args.repeats)
+        cases.append(("float64 BLAS", "numpy", None, size, lambda x=x, y=y: x @ y,
+                      reps_for(size)))
 
     operands: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
     for p in (P21, P31, P31B):
@@ -139,10 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             b = rng.integers(0, p, (size, size), dtype=np.int64)
             operands[(p, size)] = (a, b)
             if size == n or p != P21:
-                record(f"matmul_mod p={p}", "codedml", p, size,
-                       lambda a=a, b=b, p=p: matmul_mod(a, b, p), args.repeats)
+                cases.append((f"matmul_mod p={p}", "codedml", p, size,
+                              lambda a=a, b=b, p=p: matmul_mod(a, b, p), reps_for(size)))
 
-    galois_checks = {}
+    galois_results: dict[tuple[int, int], object] = {}
     if not args.skip_galois:
         import galois
 
@@ -156,42 +145,78 @@ def main(argv: list[str] | None = None) -> int:
             ga, gb = GF(a), GF(b)
             tiny = GF(a[:8, :8])
             tiny @ tiny  # warm-up on a tiny product: JIT compilation, not a full run
-            # The large-prime case at full size takes minutes per product:
-            # time it once (the warm-up run is reused for the exactness check).
+            # At full size the large-prime case takes minutes per product:
+            # time it once.
             reps = 1 if (large and size > 512) else args.repeats
             note = "" if size == n else " (reduced size)"
-            last: dict[str, object] = {}
 
-            def run_galois(ga=ga, gb=gb, last=last):
-                last["c"] = ga @ gb
+            def run_galois(ga=ga, gb=gb, key=(p, size)):
+                galois_results[key] = ga @ gb  # kept for the exactness check
 
-            record(f"galois p={p}{note}", "galois", p, size, run_galois, reps, warmup=False)
-            ok = bool(np.array_equal(np.asarray(last["c"], dtype=np.int64), matmul_mod(a, b, p)))
-            galois_checks[str(p)] = ok
-            if not ok:
-                print(f"  MISMATCH between galois and matmul_mod for p={p}", file=sys.stderr)
+            cases.append((f"galois p={p}{note}", "galois", p, size, run_galois, reps))
+
+    # Warm-up (caches, BLAS threads), except for galois, warmed up above on a
+    # tiny product so that a slow full-size run is not paid twice.
+    for _label, impl, _p, _size, fn, _reps in cases:
+        if impl != "galois":
+            fn()
+    times: list[list[float]] = [[] for _ in cases]
+    # galois' compiled kernels leave worker threads spinning for a while after
+    # each call, which steals the cores from the BLAS cases right after it (on
+    # 2 cores this inflated small float64 GEMMs 20x): time galois last.
+    for group in ("numpy/codedml", "galois"):
+        idx = [i for i, c in enumerate(cases) if (c[1] == "galois") == (group == "galois")]
+        if not idx:
+            continue
+        for rnd in range(max(cases[i][5] for i in idx)):
+            for i in idx:
+                if rnd < cases[i][5]:
+                    t0 = time.perf_counter()
+                    cases[i][4]()
+                    times[i].append(time.perf_counter() - t0)
+            if rnd < args.repeats:
+                print(f"  {group}: round {rnd + 1}/{args.repeats} done", flush=True)
+
+    rows: list[dict] = []
+    for (label, impl, p, size, _fn, _reps), ts in zip(cases, times):
+        rows.append({"case": label, "impl": impl, "p": p, "size": size,
+                     "median_s": statistics.median(ts), "min_s": min(ts), "times_s": ts})
+
+    galois_checks = {}
+    for (p, size), c in galois_results.items():
+        a, b = operands[(p, size)]
+        ok = bool(np.array_equal(np.asarray(c, dtype=np.int64), matmul_mod(a, b, p)))
+        galois_checks[str(p)] = ok
+        if not ok:
+            print(f"  MISMATCH between galois and matmul_mod for p={p}", file=sys.stderr)
 
     # Ratios to float64 BLAS at the same size.
-    blas = {r["size"]: r["median_s"] for r in rows if r["impl"] == "numpy"}
+    blas = {r["size"]: r for r in rows if r["impl"] == "numpy"}
     for r in rows:
-        r["ratio_to_blas"] = r["median_s"] / blas[r["size"]]
+        r["ratio_to_blas"] = r["median_s"] / blas[r["size"]]["median_s"]
+        r["ratio_to_blas_min"] = r["min_s"] / blas[r["size"]]["min_s"]
 
     print()
-    header = f"{'case':<42s} {'n':>5s} {'median [s]':>11s} {'x float64 BLAS':>15s}"
+    header = (f"{'case':<42s} {'n':>5s} {'median [s]':>11s} {'x float64 BLAS':>15s}"
+              f" {'min [s]':>9s} {'x BLAS (min)':>13s}")
     print(header)
     print("-" * len(header))
     for r in rows:
         label = r["case"]
         if r["size"] != n:
             label += f" @n={r['size']}"
-        print(f"{label:<42s} {r['size']:>5d} {r['median_s']:>11.4f} {r['ratio_to_blas']:>15.2f}")
+        print(f"{label:<42s} {r['size']:>5d} {r['median_s']:>11.4f} {r['ratio_to_blas']:>15.2f}"
+              f" {r['min_s']:>9.4f} {r['ratio_to_blas_min']:>13.2f}")
     print(f"load average at end: {os.getloadavg() if hasattr(os, 'getloadavg') else 'n/a'}")
     if galois_checks:
         print("\ngalois == matmul_mod (exact):", galois_checks)
     if small != n and not args.skip_galois and not args.skip_galois_large:
-        print(f"note: galois for p near 2**31 ran at n={small} only (it is O(n^3) scalar "
-              f"code, ~190 s at n=1024 on 2 cores); compare it with the n={small} rows. "
-              f"Use --galois-large-full for the full size.")
+        g = [r for r in rows if r["impl"] == "galois" and r["size"] == small]
+        extrap = max(r["median_s"] for r in g) * (n / small) ** 3 if g else float("nan")
+        print(f"note: galois for p near 2**31 ran at n={small} only: it falls back to an "
+              f"O(n^3) scalar loop there, so n={n} would take ~{extrap:.0f} s by cubic "
+              f"extrapolation. Compare it with the n={small} rows; --galois-large-full runs "
+              f"it at full size.")
 
     result = {
         "benchmark": "gfp_matmul",
@@ -200,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "reduced_size_for_galois_large": small,
         "repeats": args.repeats,
         "primes": {"near_2^21": P21, "2^31-1": P31, "below_2^31-1": P31B},
-        "machine": machine_info(),
+        "machine_at_end": machine_info(),
         "rows": rows,
         "galois_matches_matmul_mod": galois_checks,
         "argv": argv if argv is not None else sys.argv[1:],

@@ -1,5 +1,8 @@
 """``python -m codedml run``: the coded matrix-product experiment (the main job).
 
+Exit codes: 0 every product verified, 1 a product was wrong, 2 bad configuration, 3 a job
+could not be decoded (more faults than the code tolerates).
+
 Run under mpiexec (``launch/mpirun.sh 8``): rank 0 is the master, the other ranks are
 workers. Without mpiexec, ``--local N`` runs the same experiment on N worker threads.
 
@@ -233,6 +236,7 @@ def _run_root(cluster: Any, cfg: RunConfig, model: Any, fseed: int) -> int:
     print(f"  failure model (seed {fseed}): {model!r}")
     tol = 1e-9
     jobs, errs, failures = [], [], []
+    undecodable = False
     t0 = time.perf_counter()
     last = None
     for j in range(cfg.jobs):
@@ -247,6 +251,7 @@ def _run_root(cluster: Any, cfg: RunConfig, model: Any, fseed: int) -> int:
         except CodedMLError as exc:
             failures.append({"job": j, "error": f"{type(exc).__name__}: {exc}"})
             errs.append(float("inf"))
+            undecodable = True
         last = job.report
         jobs.append(job)
         _progress(j + 1, cfg.jobs, t0, last)
@@ -286,4 +291,4 @@ def _run_root(cluster: Any, cfg: RunConfig, model: Any, fseed: int) -> int:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.out).write_text(json.dumps(report, indent=1, default=str))
         print(f"  report: {cfg.out}")
-    return 0 if ok else 1
+    return 0 if ok else (3 if undecodable else 1)

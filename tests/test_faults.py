@@ -200,8 +200,8 @@ def test_soft_error_frequency(prob):
     m = SoftErrors("exponent", prob)
     hits = np.array([bool(fault_for(m, 13, r, j).corruptions) for r in RANKS for j in range(800)])
     assert abs(hits.mean() - prob) <= max(0.1 * prob, 0.015)
-    assert SoftErrors("nan", 0.0) and not any(
-        fault_for(SoftErrors("nan", 0.0), 1, r, j).corruptions for r in RANKS for j in range(50))
+    assert not any(fault_for(SoftErrors("nan", 0.0), 1, r, j).corruptions
+                   for r in RANKS for j in range(50))
     assert all(fault_for(SoftErrors("nan", 1.0), 1, r, j).corruptions for r in RANKS for j in range(50))
 
 

@@ -54,7 +54,7 @@ def ref_matmul(a: np.ndarray, b: np.ndarray, p: int) -> np.ndarray:
 
 def methods_for(p: int) -> list[str]:
     ms = ["auto", "limbs"]
-    if (p - 1) ** 2 <= 2**53:
+    if (p - 1) ** 2 <= 2**52:
         ms.append("direct")
     return ms
 
@@ -152,18 +152,23 @@ def test_matmul_vector_b(p):
         np.testing.assert_array_equal(out, expected)
 
 
-@pytest.mark.parametrize("p", PRIMES + [2**23 - 15, 2**26 - 5])
+# 1610612741 ~ 1.5 * 2**30 has 2**32 mod p ~ 2**30, the worst case for the
+# limb recombination's overflow margin (for 2**31 - 1 that constant is 2).
+@pytest.mark.parametrize("p", PRIMES + [2**23 - 15, 2**26 - 5, 1610612741])
 @pytest.mark.parametrize("fill", [1, 2])
 def test_matmul_worst_case_entries(p, fill):
-    # Entries p-1 maximise every partial sum, so the 2**53 bound is tight;
+    # Entries p-1 maximise every partial sum, so the chunk bound is tight;
     # entries p-2 give odd products, whose sums above 2**53 would be rounded
-    # (caught) if a chunk were too long.  The sizes straddle the true chunk
-    # length computed here from 2**53, independently of the module.
+    # (and above 2**52 mangled by the in-place int conversion) if a chunk were
+    # too long.  The sizes straddle the chunk lengths for sums of 2**52 (what
+    # the module uses) and 2**53 (the float64 limit), computed here
+    # independently of the module.
     v = p - fill if p - fill >= 1 else p - 1
-    true_chunk = 2**53 // (p - 1) ** 2 if (p - 1) ** 2 <= 2**53 else 0
     sizes = {1, 7, 1000, 9000}
-    if 1 <= true_chunk <= 10000:
-        sizes |= {true_chunk, true_chunk + 1, 2 * true_chunk + 3, 4 * true_chunk + 1}
+    for limit in (2**52, 2**53):
+        true_chunk = limit // (p - 1) ** 2
+        if 1 <= true_chunk <= 10000:
+            sizes |= {true_chunk, true_chunk + 1, 2 * true_chunk + 3, 4 * true_chunk + 1}
     f32_limit = 2**24 // (p - 1) ** 2  # float32 single-GEMM path up to here
     if 1 <= f32_limit <= 10000:
         sizes |= {f32_limit, f32_limit + 1, 2 * f32_limit - 1}
@@ -178,12 +183,13 @@ def test_matmul_worst_case_entries(p, fill):
 
 
 def test_matmul_accumulator_does_not_overflow():
-    # p = 2**26 - 5 allows only 2 inner terms per exact GEMM, each chunk sum
-    # just below 2**53; 1050 chunks would exceed 2**63 in int64 unless the
-    # accumulator is reduced along the way.
-    p = 2**26 - 5
+    # p = 47453111 (largest prime with (p-1)**2 <= 2**51) allows only 2 inner
+    # terms per exact GEMM, each chunk sum just below 2**52; 2100 chunks would
+    # exceed 2**63 in int64 unless the accumulator is reduced along the way.
+    p = 47453111
     assert _gfp._direct_chunk(p) == 2
-    n = 2100
+    assert 2100 * 2 * (p - 1) ** 2 > 2**63
+    n = 4200
     a = np.full((1, n), p - 1, dtype=np.int64)
     b = np.full((n, 2), p - 1, dtype=np.int64)
     expected = np.full((1, 2), (p - 1) ** 2 * n % p, dtype=np.int64)
@@ -192,7 +198,7 @@ def test_matmul_accumulator_does_not_overflow():
 
 @pytest.mark.parametrize("p", [MAX_PRIME, P_NEAR_2_31])
 def test_matmul_limb_chunking_long_vector(p):
-    # The limb path's exact chunk is ~9e5 inner terms near 2**31; an inner
+    # The limb path's exact chunk is ~4.6e5 inner terms near 2**31; an inner
     # dimension of 4e6 with odd limb products would be rounded if the limb
     # GEMMs were not chunked.
     n = 4_000_001  # odd, so the exact limb sums (> 2**53 unchunked) are odd
@@ -231,16 +237,16 @@ def test_matmul_multi_chunk_and_accumulator_reduction(monkeypatch_module, p, n, 
     b = rng.integers(0, p, (n, 3), dtype=np.int64)
     expected = ref_matmul(a, b, p)
     bits = (p - 1).bit_length()
-    s = (bits + 1) // 2
+    s = 16 if bits > 16 else (bits + 1) // 2  # the module's limb split
     limb_max = min((1 << s) - 1, p - 1) + ((p - 1) >> s)
-    # Per method, a bound a few products wide; never above the true 2**53.
+    # Per method, a bound a few products wide; never above the module's 2**52.
     bounds = {"limbs": 4 * limb_max**2}
-    if (p - 1) ** 2 <= 2**51:
+    if (p - 1) ** 2 <= 2**50:
         bounds["direct"] = bounds["auto"] = 4 * (p - 1) ** 2
     else:
         bounds["auto"] = bounds["limbs"]
     for method, bound in bounds.items():
-        assert bound <= 2**53
+        assert bound <= 2**52
         with monkeypatch_module.context() as mp:
             mp.setattr(_gfp, "_EXACT_FLOAT", bound, raising=True)
             mp.setattr(_gfp, "_ACC_CHUNKS", 2, raising=True)

@@ -82,7 +82,11 @@ def test_matmul_real_correct(cluster, data, name):
     np.testing.assert_allclose(C, A @ B, rtol=1e-10, atol=1e-10)
     rep = cluster.history[-1]
     assert [w.rank for w in rep.workers] == list(range(1, N + 1))
-    assert rep.count("used") >= code.recovery_threshold
+    assert rep.count("corrupt") == rep.count("error") == rep.count("crashed") == 0
+    if isinstance(code, PolyDotCode):  # any k results are needed and enough
+        assert rep.count("used") >= code.recovery_threshold
+    else:  # replication / gradient codes decode from any covering subset
+        assert rep.count("used") >= 1
 
 
 @pytest.mark.parametrize("name", CODE_NAMES)

@@ -250,10 +250,10 @@ class LinearCode(abc.ABC):
         shape : sequence of int, optional
             The product's shape, when ``encoding`` is not at hand.
         rtol : float, optional
-            Real field only: a random unit projection of worker w's result may deviate by
-            ``rtol * ||a_w|| * ||b_w|| / sqrt(entries)`` (its operands' Frobenius norms) before
-            it counts as corrupt. Default ``64 * eps`` of the operand dtype: 64 sqrt(inner)
-            times the typical rounding noise of the projection.
+            Real field only: a random unit projection of worker w's result may deviate from
+            consistency by ``rtol * sqrt(inner)`` times its expected magnitude over
+            ``sqrt(entries)`` before it counts as corrupt (see ``_noise_scale``). Default
+            ``16 * eps`` of the operand dtype: about 16x the rounding noise.
         return_faulty : bool
             Return ``(C, faulty)`` with the sorted tuple of workers found corrupt.
         return_info : bool
@@ -279,6 +279,8 @@ class LinearCode(abc.ABC):
             cond = max(float(np.linalg.cond(M[keep])) for M in Ms)
         else:
             keep, faulty, checked, X = self._locate_exact(rows, E, Ms, errors)
+            X = [x if w is None or x.shape[0] == len(w) and x.shape[0] != M.shape[1] else x[w]
+                 for x, w, M in zip(X, self._wanted_unknowns(), Ms)]
             cond = 1.0
         out_shape = tuple(shape) if shape is not None else (encoding.shape if encoding is not None else None)
         C = self._assemble(X, out_shape)
@@ -327,7 +329,7 @@ class LinearCode(abc.ABC):
         r = len(rows)
         rng = np.random.default_rng(0x5EED)  # reproducible decodes
         # Random projections: two per family reduce each result to a few numbers per worker.
-        Y = [_project(Ef, rng, 2) for Ef in E]
+        Y = [_project(Ef, rng, 4) for Ef in E]
         finite = np.all([np.isfinite(y).all(axis=1) for y in Y], axis=0)
         erased = [i for i in range(r) if not finite[i]]
         tau = self._noise_scale(rows, raw, encoding, rtol)
@@ -372,26 +374,38 @@ class LinearCode(abc.ABC):
             f"correcting {spare // 2} and detecting {spare})", suspects=[])
 
     def _noise_scale(self, rows, raw, encoding, rtol):
+        """Per worker, the size a random unit projection of its rounding noise may reach.
+
+        Rounding noise of a product is about ``eps * sqrt(inner)`` times the product's own
+        magnitude, whether its terms cancel (random signs: ``||a b|| ~ ||a|| ||b|| /
+        sqrt(inner)``) or add up (positive data: ``||a b|| ~ ||a|| ||b||``). The expected
+        magnitude of worker w's product is ``rho * ||a_w|| * ||b_w||`` with ``rho`` the median
+        over workers of ``||R_v|| / (||a_v|| ||b_v||)`` (robust to a minority of corrupt
+        results); a random unit projection of noise spread over the result is that divided by
+        ``sqrt(entries)``. The tolerance is ``rtol`` (default ``16 eps``) times ``sqrt(inner)``
+        times that.
+        """
+        norms = np.array([_fro(r) if np.isfinite(r).all() else np.nan for r in raw])
         if encoding is not None and encoding.scales is not None:
-            scale = encoding.scales[rows]
+            scale = np.asarray(encoding.scales[rows], dtype=np.float64)
             dt, inner = encoding.dtype, encoding.inner
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = norms / scale
+            ratio = ratio[np.isfinite(ratio) & (scale > 0)]
+            lo = 1.0 / math.sqrt(max(inner, 1))
+            rho = float(np.clip(np.median(ratio), lo, 1.0)) if ratio.size else 1.0
+            expected = rho * scale
         else:
-            norms = np.array([_fro(r) if np.isfinite(r).all() else np.nan for r in raw])
             med = np.nanmedian(norms) if np.isfinite(norms).any() else 1.0
-            scale = np.full(len(rows), med)
+            expected = np.full(len(rows), med)
             dt, inner = raw[0].dtype if raw[0].dtype.kind in "fc" else np.dtype(np.float64), 1024
         eps = float(np.finfo(dt).eps)
         if rtol is None:
-            rtol = 64.0 * eps
-        # Rounding noise of a product with these operands is about eps*||a||*||b||/sqrt(inner)
-        # in Frobenius norm, and a random unit projection of it about that divided by
-        # sqrt(entries): tau allows 64 * sqrt(inner) times that, for non-random data whose
-        # rounding errors add up linearly rather than as a random walk.
-        entries = max(1, int(np.prod(raw[0].shape)))
-        scale = np.asarray(scale, dtype=np.float64) / math.sqrt(entries)
+            rtol = 16.0 * eps
         if not rtol > 0:
             raise ConfigurationError(f"`rtol` must be positive, got {rtol}")
-        tau = rtol * np.asarray(scale, dtype=np.float64)
+        entries = max(1, int(np.prod(raw[0].shape)))
+        tau = rtol * math.sqrt(max(inner, 1)) * np.asarray(expected, dtype=np.float64) / math.sqrt(entries)
         # A worker whose operands are all zero (split padding, zero blocks) computes an exact 0:
         # give it a tenth of the typical tolerance instead of 0, which would overflow 1/tau and
         # make the weighted consistency check ill-conditioned.
@@ -495,7 +509,7 @@ def _project_mod(E: np.ndarray, rng: np.random.Generator, p: int, k: int = 2) ->
 
 
 def _residuals(M: np.ndarray, y: np.ndarray, W: np.ndarray, keeps: np.ndarray, d: int) -> np.ndarray:
-    """Per candidate: weighted residual of y outside range(M[keep]), relative to sqrt(len(keep)).
+    """Per candidate: largest weighted residual entry of y outside range(M[keep]).
 
     The rank-``d`` basis of ``range(M[keep])`` is found unweighted (well scaled, so the rank
     decision is sharp), then weighted and re-orthonormalised: ``range(W M) = W range(M)``.
@@ -509,7 +523,11 @@ def _residuals(M: np.ndarray, y: np.ndarray, W: np.ndarray, keeps: np.ndarray, d
     Q, _ = np.linalg.qr(U0 * W[keeps][..., None])
     Yk = y[keeps] * W[keeps][..., None]
     res = Yk - Q @ (np.conj(np.swapaxes(Q, -1, -2)) @ Yk)
-    return np.linalg.norm(res, axis=(1, 2)) / math.sqrt(keeps.shape[1] * y.shape[1])
+    # The largest weighted residual entry: a single corrupt result is not diluted by the
+    # others (tau already allows 64x the typical rounding noise). A gross value kept in a
+    # candidate leaves float64 rounding of its own size in the fit: allow for that too.
+    floor = 1.0 + 1e3 * np.finfo(np.float64).eps * np.abs(Yk).max(axis=(1, 2))
+    return np.abs(res).max(axis=(1, 2)) / floor
 
 
 def _equivalent(Ms, Y, W, keeps, good, best) -> bool:

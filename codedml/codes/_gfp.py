@@ -23,11 +23,12 @@ anyway).  :func:`matmul_mod` therefore runs the products in float64 BLAS,
 which is *exact* as long as every partial sum is a non-negative integer at
 most ``2**53`` (each such integer is representable, so no rounding ever
 happens, whatever order or FMA use the BLAS picks).  The inner dimension is
-cut into chunks short enough for that bound, each chunk's result is converted
-to ``int64`` and accumulated, and the sum is reduced mod ``p``.
+cut into chunks short enough for partial sums of at most ``2**52`` (one bit of
+slack buys an in-place float-to-int conversion), each chunk's result is
+converted to ``int64`` and accumulated, and the sum is reduced mod ``p``.
 
-* For small primes (``(p-1)**2 * chunk <= 2**53``, e.g. ``p < 2**21`` gives
-  chunks of 2048 terms) one float64 GEMM per chunk suffices (float32, twice as
+* For small primes (``(p-1)**2 * chunk <= 2**52``, e.g. ``p < 2**21`` gives
+  chunks of 1024 terms) one float64 GEMM per chunk suffices (float32, twice as
   fast, when the whole sum stays within ``2**24``).
 * For larger primes each operand is split into a 16-bit low and a (at most)
   15-bit high limb, ``a = a1 * 2**s + a0``; the limb products are small, and the
@@ -65,14 +66,19 @@ MAX_PRIME: int = 2**31 - 1
 
 # Every integer of magnitude <= 2**53 is exactly representable in float64, so
 # a float64 GEMM whose partial sums are non-negative integers <= 2**53 is exact.
-_EXACT_FLOAT = 2**53
+# We stop at 2**52, one bit short, so that results can be turned into int64 in
+# place with the 2**52 bit trick (_float_to_int64_inplace); it halves chunk
+# lengths, which costs nothing measurable.
+_EXACT_FLOAT = 2**52
+_MAGIC_FLOAT = float(2**52)
+_MAGIC_BITS = np.int64(0x4330000000000000)  # bit pattern of the float 2**52
 
 # Same bound for float32 (24-bit significand), used for tiny primes.
 _EXACT_FLOAT32 = 2**24
 
-# Chunk results are < 2**53 each; an int64 accumulator can take 1023 of them
-# (1023 * 2**53 < 2**63) before it must be reduced mod p.
-_ACC_CHUNKS = 1023
+# Chunk results are <= 2**52 each; an int64 accumulator can take 2047 of them
+# (2047 * 2**52 < 2**63) before it must be reduced mod p.
+_ACC_CHUNKS = 2047
 
 # Below this chunk length (inner terms per exact float64 GEMM) the direct path
 # spends too much time in many thin GEMMs and int64 conversions; the limb path
@@ -176,6 +182,22 @@ def _direct_chunk(p: int) -> int:
     return _EXACT_FLOAT // (p - 1) ** 2
 
 
+def _float_to_int64_inplace(x: NDArray[np.float64]) -> IntArray:
+    """Reinterpret float64 integers in ``[0, 2**52]`` as int64, in place.
+
+    Adding ``2**52`` puts ``v`` in ``[2**52, 2**53]``, where float64 spacing is
+    1, so the sum is exact and its bit pattern is ``0x4330000000000000 + v``.
+    Subtracting that constant from the int64 view recovers ``v``.  Two in-place
+    passes instead of ``astype``, which would allocate (and page-fault) a new
+    array: measurable next to a GEMM, since fresh allocations cost ~20% of the
+    limb path on a 2-core box.
+    """
+    x += _MAGIC_FLOAT
+    xi = x.view(np.int64)
+    xi -= _MAGIC_BITS
+    return xi
+
+
 def _gemm_exact_direct(a: IntArray, b: IntArray, p: int, chunk: int) -> IntArray:
     """Exact ``a @ b mod p`` with one float64 GEMM per inner-dimension chunk (float32 if tiny)."""
     n = a.shape[1]
@@ -188,22 +210,22 @@ def _gemm_exact_direct(a: IntArray, b: IntArray, p: int, chunk: int) -> IntArray
     af = a.astype(np.float64)
     bf = b.astype(np.float64)
     if n <= chunk:
-        # Common case (p < 2**21 and n <= 2048): a single exact GEMM.
-        out = (af @ bf).astype(np.int64)
+        # Common case (p < 2**21 and n <= 1024): a single exact GEMM.
+        out = _float_to_int64_inplace(af @ bf)
         out %= p
         return out
     acc = np.zeros((a.shape[0], b.shape[1]), dtype=np.int64)
     for i, start in enumerate(range(0, n, chunk), start=1):
         stop = min(start + chunk, n)
-        acc += (af[:, start:stop] @ bf[start:stop]).astype(np.int64)
+        acc += _float_to_int64_inplace(af[:, start:stop] @ bf[start:stop])
         if i % _ACC_CHUNKS == 0:
             acc %= p  # keep the accumulator below 2**63
     acc %= p
     return acc
 
 
-def _split_limbs(x: IntArray, s: int) -> tuple[NDArray[np.float64], ...]:
-    """Split residues ``x < 2**32`` into float64 limbs ``x & (2**s - 1)``, ``x >> s`` and their sum.
+def _split_limbs(x: IntArray, s: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Split residues ``x < 2**32`` into float64 limbs ``x & (2**s - 1)`` and ``x >> s``.
 
     For ``s == 16`` on a little-endian machine the limbs are the first two
     16-bit words of each int64, so each limb is converted in one strided pass
@@ -217,7 +239,7 @@ def _split_limbs(x: IntArray, s: int) -> tuple[NDArray[np.float64], ...]:
     else:
         lo = (x & ((1 << s) - 1)).astype(np.float64)
         hi = (x >> s).astype(np.float64)
-    return lo, hi, lo + hi
+    return lo, hi
 
 
 def _gemm_exact_limbs(a: IntArray, b: IntArray, p: int) -> IntArray:
@@ -231,8 +253,8 @@ def _gemm_exact_limbs(a: IntArray, b: IntArray, p: int) -> IntArray:
     and the middle term is ``(a0 + a1)(b0 + b1) - a0 b0 - a1 b1``.  With
     ``s = 16`` the low limb is below ``2**16`` and the high one below
     ``2**15`` for ``p <= 2**31 - 1``, so limb sums are below ``1.5 * 2**16``
-    and a chunk of about ``2**53 / 2**33.2 = 9 * 10**5`` inner terms is exact:
-    for all practical sizes the three GEMMs are single calls.
+    and a chunk of about ``2**52 / 2**33.2 = 4.6 * 10**5`` inner terms is
+    exact: for all practical sizes the three GEMMs are single calls.
     """
     bits = (p - 1).bit_length()
     # A 16-bit low limb lets the split read 16-bit words straight out of the
@@ -245,47 +267,58 @@ def _gemm_exact_limbs(a: IntArray, b: IntArray, p: int) -> IntArray:
     # The largest product of any of the three GEMMs is (lo_max + hi_max)**2.
     chunk = max(1, _EXACT_FLOAT // (lo_max + hi_max) ** 2)
 
-    a0, a1, asum = _split_limbs(a, s)
-    b0, b1, bsum = _split_limbs(b, s)
-
+    a0, a1 = _split_limbs(a, s)
+    b0, b1 = _split_limbs(b, s)
     n = a.shape[1]
 
-    def limb_products(start: int, stop: int) -> tuple[IntArray, IntArray, IntArray]:
-        lo = a0[:, start:stop] @ b0[start:stop]
-        hi = a1[:, start:stop] @ b1[start:stop]
-        mid = asum[:, start:stop] @ bsum[start:stop]
-        # Exact: all three are integers < 2**53 and mid >= lo + hi entrywise.
+    if n <= chunk:
+        # Usual case (chunk is ~4.6e5 near p = 2**31): one call per limb
+        # product and no accumulators.  a0 and b0 are overwritten by the limb
+        # sums once a0 @ b0 is done, which saves two fresh arrays.
+        lo = a0 @ b0
+        hi = a1 @ b1
+        a0 += a1
+        b0 += b1
+        mid = a0 @ b0
+        del a0, a1, b0, b1
+        # Exact: all three are integers <= 2**52 and mid >= lo + hi entrywise.
         mid -= lo
         mid -= hi
-        return lo.astype(np.int64), mid.astype(np.int64), hi.astype(np.int64)
-
-    if n <= chunk:
-        # Usual case (chunk is ~2**19 near p = 2**31): one call per limb
-        # product, no accumulators; the sums are < 2**53.
-        acc_lo, acc_mid, acc_hi = limb_products(0, n)
+        acc_lo = _float_to_int64_inplace(lo)
+        acc_mid = _float_to_int64_inplace(mid)
+        acc_hi = _float_to_int64_inplace(hi)
     else:
-        acc_lo, acc_mid, acc_hi = limb_products(0, chunk)
-        for i, start in enumerate(range(chunk, n, chunk), start=2):
-            lo, mid, hi = limb_products(start, min(start + chunk, n))
-            acc_lo += lo
-            acc_mid += mid
-            acc_hi += hi
+        asum = a0 + a1
+        bsum = b0 + b1
+        shape = (a.shape[0], b.shape[1])
+        acc_lo = np.zeros(shape, dtype=np.int64)
+        acc_mid = np.zeros(shape, dtype=np.int64)
+        acc_hi = np.zeros(shape, dtype=np.int64)
+        for i, start in enumerate(range(0, n, chunk), start=1):
+            stop = min(start + chunk, n)
+            lo = a0[:, start:stop] @ b0[start:stop]
+            hi = a1[:, start:stop] @ b1[start:stop]
+            mid = asum[:, start:stop] @ bsum[start:stop]
+            mid -= lo
+            mid -= hi
+            acc_lo += _float_to_int64_inplace(lo)
+            acc_mid += _float_to_int64_inplace(mid)
+            acc_hi += _float_to_int64_inplace(hi)
             if i % _ACC_CHUNKS == 0:
                 acc_lo %= p  # keep the accumulators below 2**63
                 acc_mid %= p
                 acc_hi %= p
-        acc_lo %= p  # below 2**53 now, as in the single-chunk case
-        acc_hi %= p
+        acc_lo %= p  # below 2**52 now, as in the single-chunk case
 
     # Recombine mod p: result = hi * 2**(2s) + mid * 2**s + lo.  With
-    # c1 = 2**s mod p and c2 = 2**(2s) mod p (both < p < 2**31) and every
-    # factor reduced below p first, each product is < 2**62, and the final sum
-    # (< 2**62 + 2**53 + 2**31) still fits int64: four reductions in all.
+    # c1 = 2**s mod p <= 2**16 and c2 = 2**(2s) mod p < 2**31, reducing hi
+    # and mid first gives hi * c2 < 2**62 and mid * c1 < 2**47; with
+    # lo <= 2**52 the sum is < 2**62 + 2**47 + 2**53 < 2**63, so three int64
+    # reductions suffice (they are the main cost after the GEMMs).
     c1 = pow(2, s, p)
     c2 = pow(2, 2 * s, p)
     acc_hi %= p
     acc_hi *= c2
-    acc_hi %= p
     acc_mid %= p
     acc_mid *= c1
     acc_mid += acc_lo
@@ -307,8 +340,8 @@ def matmul_mod(a: ArrayLike, b: ArrayLike, p: int, *, method: str = "auto") -> I
         Modulus, ``2 <= p <= MAX_PRIME``.  Primality is not required here.
     method : {"auto", "direct", "limbs"}, optional
         ``"direct"`` multiplies residues in float64 over chunks of
-        ``floor(2**53 / (p-1)**2)`` inner terms (only possible when
-        ``(p-1)**2 <= 2**53``); ``"limbs"`` splits operands into two limbs and
+        ``floor(2**52 / (p-1)**2)`` inner terms (only possible when
+        ``(p-1)**2 <= 2**52``, i.e. ``p <= 2**26 + 1``); ``"limbs"`` splits operands into two limbs and
         does three float64 GEMMs (Karatsuba).  ``"auto"`` (default) takes the
         direct path when its chunks are long enough to be efficient (the whole
         inner dimension, or at least 128 terms), else the limb path.  Both give
@@ -330,10 +363,13 @@ def matmul_mod(a: ArrayLike, b: ArrayLike, p: int, *, method: str = "auto") -> I
     Notes
     -----
     Exactness does not depend on the BLAS: each GEMM's partial sums are
-    non-negative integers at most ``2**53``, all exactly representable, so no
+    non-negative integers at most ``2**52``, all exactly representable, so no
     summation order or FMA can round.  Cost: one float64 GEMM for
-    ``p < 2**21`` and inner dimension ``<= 2048``; about three GEMMs plus
-    O(size) limb splitting and reductions for primes near ``2**31``.
+    ``p < 2**21`` and inner dimension ``<= 1024`` (float32 when
+    ``N (p-1)**2 <= 2**24``); about three GEMMs plus O(size) limb splitting
+    and reductions for primes near ``2**31``.  On a 2-core AVX-512 machine at
+    ``1024 x 1024``: about 1.4x the float64 GEMM time for ``p`` near
+    ``2**21`` and 4-5x near ``2**31`` (``benchmarks/gfp_matmul.py``).
     """
     p = _check_modulus(p)
     a = _as_residues(a, p, "a")
@@ -354,7 +390,7 @@ def matmul_mod(a: ArrayLike, b: ArrayLike, p: int, *, method: str = "auto") -> I
         use_direct = direct_chunk >= min(n, _MIN_DIRECT_CHUNK) and direct_chunk >= 1
     elif method == "direct":
         if direct_chunk < 1:
-            raise ValueError(f"direct method impossible for p={p}: (p-1)**2 > 2**53")
+            raise ValueError(f"direct method impossible for p={p}: (p-1)**2 > 2**52")
         use_direct = True
     elif method == "limbs":
         use_direct = False

@@ -351,11 +351,9 @@ class PolyDotCode(LinearCode):
                 blk = np.concatenate([top, bot], axis=2)             # (p, q, rb, cb)
                 C = blk.transpose(0, 2, 1, 3).reshape(p * blk.shape[2], q * blk.shape[3])
         else:
-            Xs = X[0]
+            Xs = X[0]  # the wanted coefficients, in the order of self._wanted().ravel()
             if self.field is None and np.iscomplexobj(Xs):
                 Xs = Xs.real
-            if Xs.shape[0] != p * q:  # GF(p) solves every unknown; the reals only the wanted
-                Xs = Xs[self._wanted().ravel()]
             blk = Xs.reshape((p, q) + Xs.shape[1:])
             if blk.ndim == 3:                                        # vector B: (p, 1, rb)
                 C = blk[:, 0].reshape(-1)

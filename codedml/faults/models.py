@@ -78,7 +78,10 @@ class FaultModel:
 def _ranks(name: str, ranks: Iterable[int] | None) -> frozenset[int] | None:
     if ranks is None:
         return None
-    out = frozenset(int(r) for r in ranks)
+    try:
+        out = frozenset(int(r) for r in ranks)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"`{name}` must be a list of worker ranks, got {ranks!r}") from exc
     if any(r < 0 for r in out):
         raise ConfigurationError(f"`{name}` must hold worker ranks >= 0, got {sorted(out)}")
     return out
@@ -181,16 +184,20 @@ class Bursty(FaultModel):
         _prob("p_recover", self.p_recover)
         _positive("delay", self.delay)
 
-    def slow(self, rank: int, job: int) -> bool:
+    def slow(self, rank: int, job: int, experiment_seed: int = 0) -> bool:
         """Whether ``rank`` is in the slow state at ``job``."""
-        u = np.random.default_rng([self.seed, rank, 0xB0]).random(job + 1)
+        u = np.random.default_rng([self.seed, experiment_seed, rank, 0xB0]).random(job + 1)
         state = False
         for t in range(job + 1):
             state = (u[t] >= self.p_recover) if state else (u[t] < self.p_slow)
         return bool(state)
 
     def __call__(self, rank: int, job: int, rng: np.random.Generator) -> Fault:
-        return Fault(self.delay) if self.slow(rank, job) else NO_FAULT
+        # The chain depends on the rank's history, not on this job's generator alone: take the
+        # experiment seed from the generator's seed sequence (fault_for seeds it (seed, rank, job)).
+        ent = rng.bit_generator.seed_seq.entropy  # type: ignore[attr-defined]
+        seed = int(ent[0]) if isinstance(ent, (list, tuple)) and ent else 0
+        return Fault(self.delay) if self.slow(rank, job, seed) else NO_FAULT
 
 
 @dataclass(frozen=True)
@@ -274,8 +281,10 @@ class Compose(FaultModel):
 
     def __call__(self, rank: int, job: int, rng: np.random.Generator) -> Fault:
         out = NO_FAULT
-        for i, m in enumerate(self.models):
-            out = out + m(rank, job, np.random.default_rng([int(rng.integers(2**32)), i]))
+        ent = rng.bit_generator.seed_seq.entropy  # type: ignore[attr-defined]
+        base = list(ent) if isinstance(ent, (list, tuple)) else [int(ent)]
+        for i, m in enumerate(self.models):  # one independent stream per model, same seed first
+            out = out + m(rank, job, np.random.default_rng(base + [0xC0, i]))
         return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -207,14 +208,21 @@ class Job:
                 self.needed = have + 1
                 self._retrying = True
                 return
-            self.exception = exc
-            self.t_done = time.perf_counter()
+            # Without the traceback: its frames hold the stacked results of the decode.
+            self.exception = exc.with_traceback(None)
+            self._finish()
             return
         self.t_decode = time.perf_counter() - t
         self.value, self.info = C, info
+        self._finish()
+
+    def _finish(self) -> None:
+        """Terminal state: keep the bookkeeping, free the operands and payloads (late results
+        need no decoding), and tell stragglers they may skip the job."""
         self.t_done = time.perf_counter()
-        self.arrived = dict.fromkeys(self.arrived)  # keep who arrived, free the payloads
-        for w in self._outstanding():  # stragglers may skip it; those that answer are "late"
+        self.encoding = None
+        self.arrived = dict.fromkeys(self.arrived)
+        for w in self._outstanding():
             self.cluster._cancel(w, self.id)
 
     def _fail_all(self) -> None:
@@ -227,7 +235,7 @@ class Job:
                 f"job {self.id}: only {len(self.arrived)} of {self.code.workers} workers answered "
                 f"and {self.needed} results are needed; crashed ranks: {crashed}",
                 received=len(self.arrived), needed=self.needed)
-        self.t_done = time.perf_counter()
+        self._finish()
 
     def _fail_timeout(self, limit: float | None) -> None:
         silent = sorted(self.cluster._rank_of(w) for w in self._outstanding())
@@ -237,7 +245,7 @@ class Job:
             f"{self.code.recovery_threshold + 2 * self.errors} needed; no answer from ranks "
             f"{silent}, crashed ranks {crashed}", received=len(self.arrived),
             needed=self.code.recovery_threshold + 2 * self.errors)
-        self.t_done = time.perf_counter()
+        self._finish()
 
 
 class ClusterBase:
@@ -246,6 +254,8 @@ class ClusterBase:
     workers: int
     #: Finished jobs still waiting for some workers' late results that are remembered.
     MAX_FINISHED = 64
+    #: Reports of ``matmul`` calls kept in ``history`` (the newest).
+    MAX_HISTORY = 1000
 
     def __init__(self, workers: int, timeout: float | None) -> None:
         self.workers = workers
@@ -254,7 +264,8 @@ class ClusterBase:
         self._next_handle = 0
         self._jobs: dict[int, Job] = {}
         self._dead: set[int] = set()
-        self.history: list[JobReport] = []
+        self._last_answer: dict[int, int] = {}
+        self.history: deque[JobReport] = deque(maxlen=self.MAX_HISTORY)
         self._closed = False
 
     # ------------------------------------------------------------------ transport hooks
@@ -417,10 +428,15 @@ class ClusterBase:
         for a in self._poll(timeout):
             if a.kind == "dead":
                 self._dead.add(a.worker)
-                for job in self._jobs.values():  # every job still waiting on that worker
-                    if a.worker in job._outstanding():
+                # The jobs it died in: from the job of the notice when the transport knows it
+                # (LocalCluster), else those after the last job it answered (MPI).
+                since = a.job if a.job >= 0 else self._last_answer.get(a.worker, -1) + 1
+                for jid, job in self._jobs.items():
+                    if jid >= since and a.worker in job._outstanding():
                         job._accept(a, now)
                 continue
+            if a.kind in ("result", "error"):
+                self._last_answer[a.worker] = max(a.job, self._last_answer.get(a.worker, -1))
             job = self._jobs.get(a.job)
             if job is not None:
                 job._accept(a, time.perf_counter())

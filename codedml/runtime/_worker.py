@@ -40,7 +40,7 @@ class WorkerState:
         op = ctrl["op"]
         p = ctrl.get("field")
         if op == "put":
-            a = arrays[0]
+            a = np.array(arrays[0], copy=True)  # this worker's own copy: updates happen in place
             self.resident[ctrl["handle"]] = a if p is not None else self.backend.to_device(a)
             return None, 0.0
         if op == "drop":

@@ -67,6 +67,7 @@ class LocalCluster(ClusterBase):
         self.backend = get_backend(backend)
         self._out: queue.Queue[Arrival] = queue.Queue()
         self._cancelled: list[set[int]] = [set() for _ in range(n)]
+        self._cancel_lock = threading.Lock()
         self._inboxes = [queue.Queue() for _ in range(n)]
         self._states = [WorkerState(w + 1, self.backend, faults, seed) for w in range(n)]
         self._threads = [threading.Thread(target=self._serve, args=(w,), daemon=True,
@@ -104,7 +105,8 @@ class LocalCluster(ClusterBase):
         self._inboxes[worker].put((ctrl, arrays))
 
     def _cancel(self, worker: int, job: int) -> None:
-        self._cancelled[worker].add(job)
+        with self._cancel_lock:
+            self._cancelled[worker].add(job)
 
     def _poll(self, timeout: float) -> list[Arrival]:
         out = []
@@ -129,23 +131,27 @@ class LocalCluster(ClusterBase):
                 return
             ctrl, arrays = item
             job = ctrl.get("job", -1)
-            if ctrl["op"] == "matmul" and job in self._cancelled[w]:
-                self._cancelled[w].discard(job)
-                continue
+            if ctrl["op"] == "matmul":
+                with self._cancel_lock:  # jobs arrive in order: older cancels are moot
+                    skip = job in self._cancelled[w]
+                    self._cancelled[w] = {j for j in self._cancelled[w] if j > job}
+                if skip:
+                    continue
             t = time.perf_counter()
             try:
                 result, scale = state.handle(ctrl, arrays)
                 if result is None:
                     continue
                 result = state.inject(job, result, ctrl.get("field"), die=die)
-                if job in self._cancelled[w]:  # decoded meanwhile: nobody waits for it
-                    self._cancelled[w].discard(job)
+                with self._cancel_lock:
+                    skip = job in self._cancelled[w]
+                if skip:  # decoded meanwhile: nobody waits for it
                     continue
             except _Died:
                 self._out.put(Arrival(w, job, "dead"))
                 return
             except Exception as exc:  # reaches the master with where it happened
-                err = WorkerFailure(f"worker {w} raised {type(exc).__name__}: {exc}", rank=w,
+                err = WorkerFailure(f"worker {w} raised {type(exc).__name__}: {exc}", rank=w + 1,
                                     host="localhost", job=job,
                                     remote_traceback=traceback.format_exc())
                 self._out.put(Arrival(w, job, "error", err))
