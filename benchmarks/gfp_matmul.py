@@ -44,10 +44,21 @@ P31 = MAX_PRIME  # 2**31 - 1
 P31B = 2147483629  # largest prime below 2**31 - 1
 
 
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def machine_info() -> dict:
     info = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "numpy": np.__version__,
@@ -251,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                         (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         ha="center", va="bottom", fontsize=7)
         ax.set_yscale("log")
+        ax.set_ylim(top=max(r["median_s"] for r in rows) * 4)  # room for the labels
         ax.set_xticks(range(len(rows)))
         ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
         ax.set_ylabel("median wall time [s] (log)")

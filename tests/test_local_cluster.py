@@ -548,7 +548,8 @@ def test_soak_results_correct_and_corruptions_located(soak):
 
 def test_soak_outstanding_stays_bounded(soak):
     o = soak["outstanding"]
-    assert max(x["jobs"] for x in o) <= LocalCluster.MAX_FINISHED + 2
+    # unfinished jobs plus finished ones still held by the caller (none here: tracked weakly)
+    assert max(x["jobs"] for x in o) <= 4
     assert max(x["inbox"] for x in o) <= 2 * N
     assert max(x["arrivals"] for x in o) <= 2 * N
     assert max(x["jobs"] for x in o[-50:]) <= max(x["jobs"] for x in o[100:150]) + 1  # flat, not growing

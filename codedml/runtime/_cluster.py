@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -252,8 +253,6 @@ class ClusterBase:
     """The master's API, common to MPI and in-process clusters."""
 
     workers: int
-    #: Finished jobs still waiting for some workers' late results that are remembered.
-    MAX_FINISHED = 64
     #: Reports of ``matmul`` calls kept in ``history`` (the newest).
     MAX_HISTORY = 1000
 
@@ -263,6 +262,9 @@ class ClusterBase:
         self._next_job = 0
         self._next_handle = 0
         self._jobs: dict[int, Job] = {}
+        # Finished jobs are tracked weakly: late results update the report of a job someone
+        # still holds, and a job nobody holds (with its product) is freed at once.
+        self._finished: weakref.WeakValueDictionary[int, Job] = weakref.WeakValueDictionary()
         self._dead: set[int] = set()
         self._last_answer: dict[int, int] = {}
         self.history: deque[JobReport] = deque(maxlen=self.MAX_HISTORY)
@@ -431,24 +433,20 @@ class ClusterBase:
                 # The jobs it died in: from the job of the notice when the transport knows it
                 # (LocalCluster), else those after the last job it answered (MPI).
                 since = a.job if a.job >= 0 else self._last_answer.get(a.worker, -1) + 1
-                for jid, job in self._jobs.items():
+                for jid, job in list(self._jobs.items()) + list(self._finished.items()):
                     if jid >= since and a.worker in job._outstanding():
                         job._accept(a, now)
                 continue
             if a.kind in ("result", "error"):
                 self._last_answer[a.worker] = max(a.job, self._last_answer.get(a.worker, -1))
-            job = self._jobs.get(a.job)
+            job = self._jobs.get(a.job) or self._finished.get(a.job)
             if job is not None:
                 job._accept(a, time.perf_counter())
-        # Forget finished jobs once every worker has answered or died, and beyond the newest
-        # MAX_FINISHED even if some never answer (a fail-silent worker): bounded bookkeeping.
-        finished = [j for j, job in self._jobs.items() if job.value is not None or job.exception is not None]
-        for jid in finished:
-            if not self._jobs[jid]._outstanding():
-                del self._jobs[jid]
-        finished = [j for j in finished if j in self._jobs]
-        for jid in finished[:max(0, len(finished) - self.MAX_FINISHED)]:
-            del self._jobs[jid]
+        # Finished jobs move to the weak table (bounded by what the caller keeps).
+        for jid in [j for j, job in self._jobs.items() if job.value is not None or job.exception is not None]:
+            job = self._jobs.pop(jid)
+            if job._outstanding():
+                self._finished[jid] = job
 
 
 def _np(x: Any) -> np.ndarray:

@@ -98,7 +98,7 @@ class LocalCluster(ClusterBase):
     def outstanding(self) -> dict[str, int]:
         """Queued requests and unread arrivals (bounded in a healthy run)."""
         return {"inbox": sum(b.qsize() for b in self._inboxes), "arrivals": self._out.qsize(),
-                "jobs": len(self._jobs)}
+                "jobs": len(self._jobs) + len(self._finished)}
 
     # ------------------------------------------------------------------ transport
     def _send(self, worker: int, ctrl: dict[str, Any], arrays: list[np.ndarray]) -> None:

@@ -267,7 +267,7 @@ class MPICluster(ClusterBase):
         outgoing messages (bounded in a healthy run), and jobs still tracked."""
         self._prune_outgoing()
         return {"header_receives": len(self._hdr), "outgoing": len(self._outgoing),
-                "jobs": len(self._jobs)}
+                "jobs": len(self._jobs) + len(self._finished)}
 
     def close(self, timeout: float = 60.0) -> None:
         """Tell every live worker to stop, drain what is in flight, and release the workers.
