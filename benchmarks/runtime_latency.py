@@ -377,8 +377,8 @@ def main() -> int:
         "",
         "`thr` = recovery threshold, `tol` = stragglers tolerated (n - thr; replication: replicas - 1). "
         "`decode share` = `report.decode / report.wall` (median). `results used` = worker results "
-        "that went into the decode (median; more than `thr` when several arrive in one poll, and the "
-        "runtime then also corrects errors). `stragglers skipped` = straggling workers the job did not "
+        "that went into the decode (median; more than `thr` when several arrive in one poll; all of "
+        "them are used: least squares averages their rounding). `stragglers skipped` = straggling workers the job did not "
         "wait for: `late` (the straggler still sent its result after the decode) / not sent (`missing`: "
         "it honoured the cancel). `failures` = jobs that raised "
         f"or whose relative error vs `A @ B` was >= {TOL:g}.",

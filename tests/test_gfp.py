@@ -211,7 +211,7 @@ def test_matmul_limb_chunking_long_vector(p):
 
 @pytest.mark.parametrize("p", [P_NEAR_2_21, MAX_PRIME, P_NEAR_2_31])
 def test_matmul_long_inner_dimension_python_int_reference(p):
-    # n = 5000 > 2048 forces several exact chunks on the direct path for p ~ 2**21.
+    # n = 5000 > 1024 forces several exact chunks on the direct path for p ~ 2**21.
     rng = np.random.default_rng(7)
     a = rng.integers(0, p, (3, 5000), dtype=np.int64)
     b = rng.integers(0, p, (5000, 4), dtype=np.int64)

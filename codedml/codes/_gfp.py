@@ -313,7 +313,7 @@ def _gemm_exact_limbs(a: IntArray, b: IntArray, p: int) -> IntArray:
     # Recombine mod p: result = hi * 2**(2s) + mid * 2**s + lo.  With
     # c1 = 2**s mod p <= 2**16 and c2 = 2**(2s) mod p < 2**31, reducing hi
     # and mid first gives hi * c2 < 2**62 and mid * c1 < 2**47; with
-    # lo <= 2**52 the sum is < 2**62 + 2**47 + 2**53 < 2**63, so three int64
+    # lo <= 2**52 the sum is < 2**62 + 2**47 + 2**52 < 2**63, so three int64
     # reductions suffice (they are the main cost after the GEMMs).
     c1 = pow(2, s, p)
     c2 = pow(2, 2 * s, p)
