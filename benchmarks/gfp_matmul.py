@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+import _machine  # noqa: E402  (benchmarks/_machine.py, next to this script)
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -44,48 +46,14 @@ P31 = MAX_PRIME  # 2**31 - 1
 P31B = 2147483629  # largest prime below 2**31 - 1
 
 
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
 def machine_info() -> dict:
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_model": _cpu_model(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "numpy": np.__version__,
-        # Other processes competing for the CPUs distort timings; keep a trace.
-        "loadavg_1_5_15min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "env_threads": {
-            k: os.environ.get(k)
-            for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-        },
-    }
+    info = _machine.machine_info()
     try:
         import galois
 
         info["galois"] = galois.__version__
     except ImportError:  # pragma: no cover - galois is optional here
         info["galois"] = None
-    try:
-        from threadpoolctl import threadpool_info
-
-        info["blas"] = [
-            {k: d.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer",
-                                   "architecture")}
-            for d in threadpool_info()
-            if d.get("user_api") == "blas"
-        ]
-    except ImportError:
-        info["blas"] = "threadpoolctl not installed; BLAS threads unknown"
     return info
 
 

@@ -55,6 +55,8 @@ from pathlib import Path
 
 import numpy as np
 
+import _machine  # noqa: E402  (benchmarks/_machine.py, next to this script)
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -73,45 +75,7 @@ HEADLINE = ((31, 2), (30, 5))
 
 
 # --------------------------------------------------------------------------- machine
-def _cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def machine_info() -> dict:
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_model": _cpu_model(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "numpy": np.__version__,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "env_threads": {k: os.environ.get(k)
-                        for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
-    }
-    try:
-        from threadpoolctl import threadpool_info
-
-        info["blas"] = [
-            {k: d.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer",
-                                   "architecture", "filepath")}
-            for d in threadpool_info() if d.get("user_api") == "blas"
-        ]
-    except ImportError:
-        info["blas"] = "threadpoolctl not installed; BLAS threads unknown"
-    try:
-        cfg = np.show_config(mode="dicts")  # numpy >= 1.25
-        info["numpy_blas"] = cfg.get("Build Dependencies", {}).get("blas")
-    except Exception as exc:  # noqa: BLE001 - informational only
-        info["numpy_blas"] = f"unavailable: {exc}"
-    return info
+machine_info = _machine.machine_info
 
 
 # --------------------------------------------------------------------------- codes

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
 from codedml import errors as errors_module
 from codedml.codes import (
@@ -35,12 +34,6 @@ from codedml.errors import (
 MAXP = 2**31 - 1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    """These tests multiply and factor small matrices: one BLAS thread is faster, and on a
-    loaded machine (parallel test sessions) OpenBLAS's spinning threads make them 3-15x slower."""
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
 
 
 def esc(text: str) -> str:

@@ -19,7 +19,6 @@ import math
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
 from codedml.codes import (
     GradientCode,
@@ -36,12 +35,6 @@ F64_BOUND = 1e-12
 F32_BOUND = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    """These tests multiply and factor small matrices: one BLAS thread is faster, and on a
-    loaded machine (parallel test sessions) OpenBLAS's spinning threads make them 3-15x slower."""
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
 
 # --------------------------------------------------------------------------- worst-case cache
 # Exhaustive enumeration at n = 30, threshold 25 examines 142506 subsets (~6 s per decoding

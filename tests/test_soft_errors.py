@@ -13,7 +13,6 @@ import itertools
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,12 +30,6 @@ F64_TOL = 1e-10
 F32_TOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    """These tests multiply and factor small matrices: one BLAS thread is faster, and on a
-    loaded machine (parallel test sessions) OpenBLAS's spinning threads make them 3-15x slower."""
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
 
 
 # --------------------------------------------------------------------------- helpers

@@ -1,0 +1,53 @@
+"""What machine a benchmark ran on: recorded in every benchmark's JSON."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+
+import numpy as np
+
+
+def cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def machine_info() -> dict:
+    """Platform, CPU, Python/numpy versions, date, load average (other processes distort
+    timings on a shared machine), thread settings and the BLAS libraries in use."""
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "numpy": np.__version__,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "loadavg_1_5_15min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "env_threads": {k: os.environ.get(k)
+                        for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
+    }
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["blas"] = [
+            {k: d.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer",
+                                   "architecture", "filepath")}
+            for d in threadpool_info() if d.get("user_api") == "blas"
+        ]
+    except ImportError:
+        info["blas"] = "threadpoolctl not installed; BLAS threads unknown"
+    try:
+        cfg = np.show_config(mode="dicts")  # numpy >= 1.25
+        info["numpy_blas"] = cfg.get("Build Dependencies", {}).get("blas")
+    except Exception as exc:  # noqa: BLE001 - informational only
+        info["numpy_blas"] = f"unavailable: {exc}"
+    return info
