@@ -269,7 +269,10 @@ class LinearCode(abc.ABC):
                 received=len(rows), needed=needed)
         evals = [self._unpack(r) for r in raw]
         nfam = len(evals[0])
-        E = [np.stack([ev[f] for ev in evals]) for f in range(nfam)]
+        if self.field is None:  # rows kept apart: no copy into one stacked array
+            E = [_Rows([ev[f] for ev in evals]) for f in range(nfam)]
+        else:
+            E = [np.stack([ev[f] for ev in evals]) for f in range(nfam)]
         Ms = self._families(rows)
         if self.field is None:
             with np.errstate(over="ignore", invalid="ignore"):  # corrupt values may be huge
@@ -488,8 +491,58 @@ class LinearCode(abc.ABC):
 
 
 # --------------------------------------------------------------------------- helpers
-def _project(E: np.ndarray, rng: np.random.Generator, k: int) -> np.ndarray:
+class _Rows:
+    """The per-worker evaluation arrays of one family, kept apart (stacking them copies every
+    result once more: 144 MB for nine complex 1024 x 1024 results)."""
+
+    def __init__(self, arrays: list[np.ndarray]) -> None:
+        self.arrays = list(arrays)
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.arrays),) + self.arrays[0].shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.arrays[0].dtype
+
+    def __getitem__(self, idx: Any) -> Any:
+        if isinstance(idx, (int, np.integer)):
+            return self.arrays[int(idx)]
+        return _Rows([self.arrays[int(i)] for i in np.asarray(idx).ravel()])
+
+    def stack(self) -> np.ndarray:
+        return np.stack(self.arrays)
+
+    def weighted(self, coef: np.ndarray) -> np.ndarray:
+        """``coef @ rows`` for few rows of ``coef``, accumulated in place (one pass per row)."""
+        dt = np.result_type(coef.dtype, self.dtype, np.float64)
+        out = np.zeros((coef.shape[0],) + self.arrays[0].shape, dtype=dt)
+        for j in range(coef.shape[0]):
+            for i, a in enumerate(self.arrays):
+                if coef[j, i] != 0:
+                    out[j] += coef[j, i] * a
+        return out
+
+
+def _project(E: Any, rng: np.random.Generator, k: int) -> np.ndarray:
     """Reduce each worker's evaluation block to ``k`` numbers by random Gaussian projections."""
+    if isinstance(E, _Rows):
+        shape = E.arrays[0].shape
+        x = shape[0] if shape else 1                     # 0-d results (a scalar gradient)
+        y = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        u = rng.standard_normal((k, x))
+        v = rng.standard_normal((k, y))
+        u /= np.linalg.norm(u, axis=1, keepdims=True)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        out = np.empty((len(E), k), dtype=np.result_type(E.dtype, np.float64))
+        with np.errstate(invalid="ignore", over="ignore"):
+            for i, a in enumerate(E.arrays):
+                out[i] = ((u @ a.reshape(x, y)) * v).sum(axis=1)
+        return out
     r = E.shape[0]
     flat = E.reshape(r, E.shape[1], -1) if E.ndim > 2 else E.reshape(r, -1, 1)
     u = rng.standard_normal((k, flat.shape[1]))
@@ -564,32 +617,41 @@ def _lstsq(M: np.ndarray, E: np.ndarray, rows: np.ndarray | None = None) -> np.n
     uses all of them, which averages the workers' rounding noise. Rank-deficient systems
     (gradient codes) get the least-norm solution from the SVD, whose image is all decoding needs.
     """
-    flat = E.reshape(E.shape[0], -1)
-    wide = np.result_type(M.dtype, flat.dtype, np.float64)
-    Mw, Ew = M.astype(wide), flat.astype(wide, copy=False)
+    block = E.shape[1:]
+    wide = np.result_type(M.dtype, E.dtype, np.float64)
+    Mw = M.astype(wide)
     d = M.shape[1]
     want = np.arange(d) if rows is None else np.asarray(rows)
+
+    def data() -> np.ndarray:  # the results as one (r, entries) array
+        stacked = E.stack() if isinstance(E, _Rows) else E
+        return stacked.reshape(stacked.shape[0], -1).astype(wide, copy=False)
+
     U_, S, Vh = np.linalg.svd(Mw, full_matrices=False)
     rank = int((S > S[0] * max(M.shape) * np.finfo(np.float64).eps).sum()) if S.size else 0
     if rank < d:
-        X = np.conj(Vh[:rank].T) @ ((np.conj(U_[:, :rank].T) @ Ew) / S[:rank, None])
-        X = X[want]
+        X = (np.conj(Vh[:rank].T) @ ((np.conj(U_[:, :rank].T) @ data()) / S[:rank, None]))[want]
     else:
         if M.shape[0] == d:
             Q, R = None, Mw
         else:
             Q, R = np.linalg.qr(Mw)
         if S[0] / S[-1] <= FAST_DECODE_MAX_CONDITION:
-            # rows `want` of R^{-1}: LU-solve R^H Y = I[:, want], then one product with the data
+            # rows `want` of R^{-1}: LU-solve R^H Y = I[:, want]; then (Y Q^H) on the data
             Y = np.conj(np.linalg.solve(np.conj(R.T), np.eye(d, dtype=wide)[:, want]).T)
-            X = Y @ (Ew if Q is None else np.conj(Q.T) @ Ew)
+            coef = Y if Q is None else Y @ np.conj(Q.T)
+            if isinstance(E, _Rows) and coef.shape[0] <= 2:
+                X = E.weighted(coef).reshape(coef.shape[0], -1)
+            else:
+                X = coef @ data()
         else:
+            Ew = data()
             rhs = Ew if Q is None else np.conj(Q.T) @ Ew
             X = np.empty((d, rhs.shape[1]), dtype=wide)
-            for s in range(0, rhs.shape[1], 4096):
-                X[:, s:s + 4096] = np.linalg.solve(R, rhs[:, s:s + 4096])
+            for s0 in range(0, rhs.shape[1], 4096):
+                X[:, s0:s0 + 4096] = np.linalg.solve(R, rhs[:, s0:s0 + 4096])
             X = X[want]
-    return X.reshape((len(want),) + E.shape[1:])
+    return X.reshape((len(want),) + block)
 
 
 def _independent_rows(M: np.ndarray, p: int) -> list[int]:
