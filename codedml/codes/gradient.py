@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import ConfigurationError, CorruptResultError
 from . import _gfp
-from ._base import LinearCode
+from ._base import LinearCode, _independent_rows
 from ._validate import check_field, check_int, real_matrix, residues
 
 __all__ = ["GradientCode", "SCHEMES"]
@@ -315,20 +315,12 @@ def _estimate_worst(B: np.ndarray, n: int, s: int, rng: np.random.Generator) -> 
     return float(np.max(sv[:, 0] / sv[:, n - s - 1]))
 
 
-def _basis_cols(M: np.ndarray, p: int) -> list[int]:
-    chosen: list[int] = []
-    for j in range(M.shape[1]):
-        if _gfp.rank_mod(M[:, chosen + [j]], p) > len(chosen):
-            chosen.append(j)
-    return chosen
-
-
 def _solve_ones(Bs: np.ndarray, p: int) -> np.ndarray:
     """Exact ``a`` with ``Bs^T a = 1 (mod p)``: solve on independent rows/columns, then check."""
     r = Bs.shape[0]
-    rows = _basis_cols(Bs.T, p)            # independent rows of Bs
+    rows = _independent_rows(Bs, p)          # independent rows of Bs
     Bsub = Bs[rows]                          # (rank x n)
-    cols = _basis_cols(Bsub, p)              # independent columns of that
+    cols = _independent_rows(Bsub.T, p)      # independent columns of that
     a_sub = _gfp.solve_mod(Bsub[:, cols].T, np.ones(len(cols), dtype=np.int64), p)
     a = np.zeros(r, dtype=np.int64)
     a[rows] = a_sub

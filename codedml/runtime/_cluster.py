@@ -34,7 +34,6 @@ class Arrival:
     job: int
     kind: str  # "result" | "error" | "dead"
     payload: Any = None
-    scale: float = 0.0
     elapsed: float = 0.0
 
 

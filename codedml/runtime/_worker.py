@@ -35,17 +35,20 @@ class WorkerState:
     resident: dict[int, Any] = field(default_factory=dict)
     silent: bool = False
 
-    def handle(self, ctrl: dict[str, Any], arrays: list[np.ndarray]) -> tuple[np.ndarray | None, float]:
-        """Run one request; returns (result or None, noise scale ||a||*||b||)."""
+    def handle(self, ctrl: dict[str, Any], arrays: list[np.ndarray]) -> np.ndarray | None:
+        """Run one request; returns its result (``None`` for requests without one).
+
+        The master judges rounding noise from its own encoding's norms, so the worker sends
+        no noise scale (a corrupt worker could not be trusted to report one anyway)."""
         op = ctrl["op"]
         p = ctrl.get("field")
         if op == "put":
             a = np.array(arrays[0], copy=True)  # this worker's own copy: updates happen in place
             self.resident[ctrl["handle"]] = a if p is not None else self.backend.to_device(a)
-            return None, 0.0
+            return None
         if op == "drop":
             self.resident.pop(ctrl["handle"], None)
-            return None, 0.0
+            return None
         if op == "update":  # resident A += U V^T, applied to the encoded block in place
             u, v = arrays
             a = self.resident[ctrl["handle"]]
@@ -54,7 +57,7 @@ class WorkerState:
             else:
                 self.backend.add_(a, self.backend.matmul(self.backend.to_device(u),
                                                          self.backend.to_device(np.ascontiguousarray(v.T))))
-            return None, 0.0
+            return None
         if op == "matmul":
             if ctrl.get("handle") is not None:
                 a, b = self.resident[ctrl["handle"]], arrays[0]
@@ -62,12 +65,8 @@ class WorkerState:
                 a, b = arrays
             if p is not None:
                 a_np = a if isinstance(a, np.ndarray) else self.backend.to_numpy(a)
-                out = _gfp.matmul_mod(a_np, b, p)
-                return out, 0.0
-            prod = self.backend.matmul(a, b)
-            out = self.backend.to_numpy(prod)
-            scale = _norm(self.backend, a) * float(np.linalg.norm(b.ravel()))
-            return np.ascontiguousarray(out), scale
+                return _gfp.matmul_mod(a_np, b, p)
+            return np.ascontiguousarray(self.backend.to_numpy(self.backend.matmul(a, b)))
         raise ValueError(f"unknown request op {op!r}")
 
     def inject(self, job: int, result: np.ndarray, field_p: int | None, die: Any = None) -> np.ndarray | None:
@@ -88,11 +87,6 @@ class WorkerState:
                 result = corrupt(result, c, rng, field_p)
         return result
 
-
-def _norm(backend: Backend, a: Any) -> float:
-    if isinstance(a, np.ndarray):
-        return float(np.linalg.norm(a.ravel()))
-    return float(backend.torch.linalg.vector_norm(a).item())  # type: ignore[attr-defined]
 
 
 def _die() -> None:  # pragma: no cover - the process is gone

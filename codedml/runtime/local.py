@@ -139,7 +139,7 @@ class LocalCluster(ClusterBase):
                     continue
             t = time.perf_counter()
             try:
-                result, scale = state.handle(ctrl, arrays)
+                result = state.handle(ctrl, arrays)
                 if result is None:
                     continue
                 result = state.inject(job, result, ctrl.get("field"), die=die)
@@ -157,4 +157,4 @@ class LocalCluster(ClusterBase):
                 self._out.put(Arrival(w, job, "error", err))
                 continue
             if result is not None:
-                self._out.put(Arrival(w, job, "result", result, scale, time.perf_counter() - t))
+                self._out.put(Arrival(w, job, "result", result, elapsed=time.perf_counter() - t))

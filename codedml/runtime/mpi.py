@@ -8,7 +8,8 @@ Protocol (tags on a private duplicate of the communicator passed in):
 ``TASK`` (root -> worker, buffers)
     the request's arrays, sent with ``Isend`` from numpy buffers (no pickling on the data path);
 ``HDR`` (worker -> root, 8 float64)
-    ``[job, kind, ndim, shape0, shape1, dtype, elapsed, scale]`` announcing a reply;
+    ``[job, kind, ndim, shape0, shape1, dtype, elapsed, 0]`` announcing a reply (the last slot
+    is reserved);
 ``RES`` (worker -> root, buffer)
     the reply's array (a product, or a pickled :class:`WorkerFailure` as bytes);
 ``CANCEL`` (root -> worker, one int64)
@@ -260,7 +261,7 @@ class MPICluster(ClusterBase):
         self._post_header(w)
         if kind == KIND_ERROR:
             return Arrival(w, job, "error", pickle.loads(buf.tobytes()))
-        return Arrival(w, job, "result", buf, float(hdr[7]), float(hdr[6]))
+        return Arrival(w, job, "result", buf, elapsed=float(hdr[6]))
 
     def outstanding(self) -> dict[str, int]:
         """Pending MPI requests on the root: one header receive per live worker plus unsent
@@ -351,7 +352,7 @@ class MPICluster(ClusterBase):
                 return
             t = time.perf_counter()
             try:
-                result, scale = state.handle(ctrl, arrays)
+                result = state.handle(ctrl, arrays)
                 if result is None:
                     continue
                 result = state.inject(job, result, ctrl.get("field"))
@@ -367,10 +368,10 @@ class MPICluster(ClusterBase):
                 err = WorkerFailure(f"worker rank {self.rank} raised {type(exc).__name__}: {exc}",
                                     rank=self.rank, host=host, job=job,
                                     remote_traceback=traceback.format_exc())
-                result, scale, kind = np.frombuffer(pickle.dumps(err), dtype=np.uint8).copy(), 0.0, KIND_ERROR
+                result, kind = np.frombuffer(pickle.dumps(err), dtype=np.uint8).copy(), KIND_ERROR
             shape = list(result.shape) + [0] * (2 - result.ndim)
             hdr = np.array([job, kind, result.ndim, shape[0], shape[1], _CODE[result.dtype],
-                            time.perf_counter() - t, scale], dtype=np.float64)
+                            time.perf_counter() - t, 0.0], dtype=np.float64)
             pending.append((comm.Isend(hdr, dest=root, tag=TAG_HDR), hdr))
             pending.append((comm.Isend(result, dest=root, tag=TAG_RES), result))
             pending = [(r, b) for r, b in pending if not r.Test()]
