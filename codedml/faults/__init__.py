@@ -11,7 +11,7 @@ is sent (:func:`apply_fault` in the runtime).
 
 from .models import (Bursty, Compose, Corruption, Die, FailSilent, Fault, FaultModel,
                      FixedStragglers, NoFaults, Pareto, Schedule, ShiftedExponential,
-                     SoftErrors, corrupt, fault_for)
+                     SoftErrors, StorageErrors, corrupt, fault_for)
 from .config import faults_from_config, faults_from_flags, add_fault_flags
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "FailSilent",
     "Die",
     "SoftErrors",
+    "StorageErrors",
     "Schedule",
     "Compose",
     "corrupt",

@@ -14,7 +14,8 @@ from ..errors import ConfigurationError
 
 __all__ = [
     "Fault", "Corruption", "FaultModel", "NoFaults", "FixedStragglers", "ShiftedExponential",
-    "Pareto", "Bursty", "FailSilent", "Die", "SoftErrors", "Schedule", "Compose", "corrupt",
+    "Pareto", "Bursty", "FailSilent", "Die", "SoftErrors", "StorageErrors", "Schedule", "Compose",
+    "corrupt",
     "fault_for", "CORRUPTION_KINDS",
 ]
 
@@ -42,22 +43,26 @@ class Fault:
 
     ``delay`` seconds are added before the result is sent; ``crash`` is ``None``, ``"silent"``
     (the worker stops returning results from this job on) or ``"die"`` (the process kills
-    itself with SIGKILL); ``corruptions`` are applied to the result in order.
+    itself with SIGKILL); ``corruptions`` are applied to the result in order. ``storage``
+    corruptions hit the worker's *stored* (resident) operand instead, when it is updated; the
+    worker draws them per (rank, update number), not per job.
     """
 
     delay: float = 0.0
     crash: str | None = None
     corruptions: tuple[Corruption, ...] = ()
+    storage: tuple[Corruption, ...] = ()
 
     def __add__(self, other: "Fault") -> "Fault":
         crash = self.crash or other.crash
         if self.crash == "die" or other.crash == "die":
             crash = "die"
-        return Fault(self.delay + other.delay, crash, self.corruptions + other.corruptions)
+        return Fault(self.delay + other.delay, crash, self.corruptions + other.corruptions,
+                     self.storage + other.storage)
 
     @property
     def is_clean(self) -> bool:
-        return self.delay == 0 and self.crash is None and not self.corruptions
+        return self.delay == 0 and self.crash is None and not self.corruptions and not self.storage
 
 
 NO_FAULT = Fault()
@@ -257,6 +262,34 @@ class SoftErrors(FaultModel):
             return NO_FAULT
         if rng.random() < self.prob:
             return Fault(corruptions=(Corruption(self.kind, self.value),))
+        return NO_FAULT
+
+
+@dataclass(frozen=True)
+class StorageErrors(FaultModel):
+    """Each update of a worker's stored operand corrupts it with probability ``prob``.
+
+    Models a soft error in memory that holds an encoded weight: after a resident update
+    (``cluster.update`` / ``cluster.sgd_step``) one entry of the worker's stored block gets a
+    ``kind`` error (:data:`CORRUPTION_KINDS`) and stays corrupt until a scrub repairs it. Drawn
+    per (rank, update number), so it reproduces.
+    """
+
+    kind: str = "exponent"
+    prob: float = 0.01
+    value: float = 1e6
+    ranks: frozenset[int] | None = None
+
+    def __post_init__(self) -> None:
+        Corruption(self.kind, self.value)
+        _prob("prob", self.prob)
+        object.__setattr__(self, "ranks", _ranks("ranks", self.ranks))
+
+    def __call__(self, rank: int, job: int, rng: np.random.Generator) -> Fault:
+        if self.ranks is not None and rank not in self.ranks:
+            return NO_FAULT
+        if rng.random() < self.prob:
+            return Fault(storage=(Corruption(self.kind, self.value),))
         return NO_FAULT
 
 

@@ -19,11 +19,13 @@ from typing import Any
 import numpy as np
 
 from ..codes import Encoding, LinearCode, MDSCode, ReplicationCode, Task
+from ..codes.resident import encode_left
 from ..codes._validate import check_int
 from ..errors import (ConfigurationError, CorruptResultError, NotEnoughResultsError,
                       WorkerFailure)
 
-__all__ = ["Arrival", "ClusterBase", "Job", "JobReport", "ResidentHandle", "WorkerStatus"]
+__all__ = ["Arrival", "Call", "ClusterBase", "Job", "JobReport", "ResidentHandle", "ScrubReport",
+           "WorkerStatus"]
 
 
 @dataclass
@@ -93,10 +95,14 @@ class Job:
     """A submitted product. ``result(timeout)`` waits for and returns C; ``done()`` polls."""
 
     def __init__(self, cluster: "ClusterBase", jid: int, code: LinearCode, encoding: Encoding,
-                 errors: int, timeout: float | None, rows: Sequence[int], t0: float) -> None:
+                 errors: int, timeout: float | None, rows: Sequence[int], t0: float,
+                 wait_all: bool = False) -> None:
         self.cluster, self.id, self.code, self.encoding = cluster, jid, code, encoding
         self.errors, self.timeout = errors, timeout
+        self.wait_all = wait_all
         self.needed = min(code.workers, code.recovery_threshold + 2 * errors)
+        if wait_all:  # every live worker is heard (a scrub checks them all), or the timeout
+            self.needed = code.workers
         self.sent_to = list(rows)
         self.t0 = t0
         self.arrived: dict[int, np.ndarray] = {}
@@ -189,7 +195,7 @@ class Job:
             return
         have = len(self.arrived)
         pending = self._outstanding()
-        early = (self.errors == 0 and not self._retrying and have >= 1 and
+        early = (self.errors == 0 and not self._retrying and have >= 1 and not self.wait_all and
                  self.code._decodable(np.array(sorted(self.arrived))))  # e.g. replication covered
         if have < self.needed and pending and not early:
             return
@@ -237,7 +243,15 @@ class Job:
                 received=len(self.arrived), needed=self.needed)
         self._finish()
 
+    def _terminal(self) -> bool:
+        return self.value is not None or self.exception is not None
+
     def _fail_timeout(self, limit: float | None) -> None:
+        if self.wait_all and self.code._decodable(np.array(sorted(self.arrived))):
+            self.needed = len(self.arrived)  # decode what arrived; the silent ones stay "missing"
+            self._try()
+            if self._terminal():
+                return
         silent = sorted(self.cluster._rank_of(w) for w in self._outstanding())
         crashed = sorted(self.cluster._rank_of(w) for w, s in self.failed.items() if s == "crashed")
         self.exception = NotEnoughResultsError(
@@ -246,6 +260,97 @@ class Job:
             f"{silent}, crashed ranks {crashed}", received=len(self.arrived),
             needed=self.code.recovery_threshold + 2 * self.errors)
         self._finish()
+
+
+class Call:
+    """A request to a registered worker handler (``cluster.call``): raw results, no decoding.
+
+    ``results`` maps worker index to the array its handler returned, in arrival order;
+    ``wait(count)`` blocks until ``count`` results are in; ``cancel()`` tells the workers that
+    have not answered that they may skip the request. Faults are injected at the workers as for
+    products: a straggler's result is late, a fail-silent or crashed worker's never comes.
+    """
+
+    def __init__(self, cluster: "ClusterBase", jid: int, name: str, rows: Sequence[int],
+                 timeout: float | None, t0: float) -> None:
+        self.cluster, self.id, self.name, self.timeout, self.t0 = cluster, jid, name, timeout, t0
+        self.sent_to = list(rows)
+        self.results: dict[int, np.ndarray] = {}
+        self.latency: dict[int, float] = {}
+        self.failed: dict[int, str] = {}
+        self.errors_seen: dict[int, WorkerFailure] = {}
+        self.cancelled = False
+
+    def _accept(self, a: Arrival, now: float) -> None:
+        w = a.worker
+        if a.kind == "dead":
+            self.failed[w] = "crashed"
+            return
+        self.latency[w] = now - self.t0
+        if a.kind == "error":
+            self.failed[w] = "error"
+            self.errors_seen[w] = a.payload
+            return
+        self.results[w] = a.payload
+
+    def _outstanding(self) -> list[int]:
+        return [w for w in self.sent_to if w not in self.results and w not in self.failed]
+
+    def _terminal(self) -> bool:
+        return self.cancelled or not self._outstanding()
+
+    def done(self, count: int | None = None) -> bool:
+        """Whether ``count`` results (default: every worker asked) are in, or no more can come."""
+        self.cluster._progress(0.0)
+        need = len(self.sent_to) if count is None else count
+        return len(self.results) >= need or not self._outstanding()
+
+    def wait(self, count: int | None = None, timeout: float | None = None) -> dict[int, np.ndarray]:
+        """Wait for ``count`` results (default: every worker asked) and return all that arrived.
+
+        Raises the first worker's :class:`WorkerFailure` if a handler raised and ``count`` can
+        no longer be reached, or :class:`NotEnoughResultsError` (naming the silent and crashed
+        ranks) on timeout or when too many workers crashed.
+        """
+        need = len(self.sent_to) if count is None else check_int("count", count, 0, len(self.sent_to))
+        limit = timeout if timeout is not None else self.timeout
+        deadline = None if limit is None else time.perf_counter() + limit
+        while len(self.results) < need:
+            if not self._outstanding():
+                if self.errors_seen:
+                    raise next(iter(self.errors_seen.values()))
+                self._raise(f"only {len(self.results)} of {len(self.sent_to)} workers answered "
+                            f"and {need} results are needed", need)
+            now = time.perf_counter()
+            if deadline is not None and now >= deadline:
+                self._raise(f"timed out after {limit} s with {len(self.results)} results, {need} "
+                            f"needed", need)
+            self.cluster._progress(0.05 if deadline is None else min(0.05, deadline - now))
+        return dict(self.results)
+
+    def cancel(self) -> None:
+        """Tell the workers that have not answered that they may skip this request."""
+        self.cancelled = True
+        for w in self._outstanding():
+            self.cluster._cancel(w, self.id)
+
+    def _raise(self, what: str, need: int) -> None:
+        silent = sorted(self.cluster._rank_of(w) for w in self._outstanding())
+        crashed = sorted(self.cluster._rank_of(w) for w, s in self.failed.items() if s == "crashed")
+        raise NotEnoughResultsError(f"call {self.name!r} (job {self.id}): {what}; no answer from "
+                                    f"ranks {silent}, crashed ranks {crashed}",
+                                    received=len(self.results), needed=need)
+
+
+@dataclass
+class ScrubReport:
+    """What a scrub of a stored operand found: workers checked, located corrupt and repaired."""
+
+    checked: tuple[int, ...]
+    faulty: tuple[int, ...]
+    repaired: tuple[int, ...]
+    missing: tuple[int, ...]
+    handle: "ResidentHandle"
 
 
 class ClusterBase:
@@ -260,6 +365,7 @@ class ClusterBase:
         self.default_timeout = timeout
         self._next_job = 0
         self._next_handle = 0
+        self._next_update = 0
         self._jobs: dict[int, Job] = {}
         # Finished jobs are tracked weakly: late results update the report of a job someone
         # still holds, and a job nobody holds (with its product) is freed at once.
@@ -303,11 +409,16 @@ class ClusterBase:
             enc = code.encode(A, B, precision=precision)
             per_worker = [[_np(t.a), _np(t.b)] for t in enc]
             ctrl = {"op": "matmul", "handle": None}
+        return self._start(code, enc, ctrl, per_worker, errors, timeout, t0)
+
+    def _start(self, code: LinearCode, enc: Encoding, ctrl: dict[str, Any],
+               per_worker: list[list[np.ndarray]], errors: int, timeout: float | None, t0: float,
+               wait_all: bool = False) -> Job:
         t_enc = time.perf_counter() - t0
         jid = self._next_job
         self._next_job += 1
         job = Job(self, jid, code, enc, errors, timeout if timeout is not None else self.default_timeout,
-                  [w for w in range(self.workers) if w not in self._dead], t0)
+                  [w for w in range(self.workers) if w not in self._dead], t0, wait_all)
         job.encode_time = t_enc
         for w in range(self.workers):
             if w in self._dead:
@@ -325,6 +436,198 @@ class ClusterBase:
             return job.result()
         finally:
             self.history.append(job.report)
+
+    def submit_left(self, L: Any, handle: ResidentHandle, *, errors: int = 0,
+                    timeout: float | None = None) -> Job:
+        """Start ``L @ A`` for a resident ``A`` stored with an :class:`MDSCode`; see :meth:`matmul_left`."""
+        self._check_open()
+        errors = check_int("errors", errors, 0, self.workers)
+        if not isinstance(handle, ResidentHandle):
+            raise ConfigurationError(f"`handle` must be a ResidentHandle from cluster.put, got {type(handle).__name__}")
+        if not isinstance(handle.code, MDSCode) or len(handle.shape) != 2:
+            raise ConfigurationError(
+                f"a product from the left needs a 2-D operand stored with an MDSCode, got "
+                f"{handle.code!r} for shape {handle.shape}")
+        L = np.asarray(L)
+        if L.ndim != 2 or L.shape[1] != handle.shape[0]:
+            raise ConfigurationError(
+                f"`L` must be 2-D with {handle.shape[0]} columns to multiply the resident "
+                f"{handle.shape} operand from the left, got shape {L.shape}")
+        t0 = time.perf_counter()
+        code, enc = encode_left(handle.code, L, handle.shape[1], dtype=handle.dtype, norms=handle.norms)
+        per_worker = [[_np(t.a)] for t in enc]
+        return self._start(code, enc, {"op": "matmul_left", "handle": handle.id}, per_worker,
+                           errors, timeout, t0)
+
+    def matmul_left(self, L: Any, handle: ResidentHandle, *, errors: int = 0,
+                    timeout: float | None = None) -> np.ndarray:
+        """``L @ A`` for a resident ``A`` (stored by :meth:`put` with an :class:`MDSCode`).
+
+        The inner dimension is split MatDot-style against the *same* stored blocks that serve
+        ``A @ x`` (see :mod:`codedml.codes.resident`): recovery threshold ``2k - 1``, twice the
+        forward product's flops per worker, ``errors`` corrupt results corrected from
+        ``2k - 1 + 2 errors`` results.
+        """
+        job = self.submit_left(L, handle, errors=errors, timeout=timeout)
+        try:
+            return job.result()
+        finally:
+            self.history.append(job.report)
+
+    def fetch(self, handle: ResidentHandle, *, errors: int = 0, timeout: float | None = None,
+              wait_all: bool = False, return_job: bool = False) -> Any:
+        """Decode a resident operand from its stored blocks (locating up to ``errors`` corrupt
+        blocks, which need ``k + 2 errors`` answers); ``return_job`` gives ``(A, job)``."""
+        self._check_open()
+        errors = check_int("errors", errors, 0, self.workers)
+        t0 = time.perf_counter()
+        enc = self._resident_encoding(handle, (handle.shape[1],) if len(handle.shape) == 2 else (1,),
+                                      math.sqrt(handle.shape[1]) if len(handle.shape) == 2 else 1.0)
+        enc.shape = tuple(handle.shape)
+        job = self._start(handle.code, enc, {"op": "fetch", "handle": handle.id},
+                          [[] for _ in range(self.workers)], errors, timeout, t0, wait_all)
+        try:
+            A = job.result()
+        finally:
+            self.history.append(job.report)
+        return (A, job) if return_job else A
+
+    def scrub(self, handle: ResidentHandle, *, timeout: float | None = None,
+              seed: int | None = None) -> ScrubReport:
+        """Check every stored block of ``handle`` and repair the corrupt ones from the others.
+
+        Detect: every live worker multiplies its block by one shared random vector ``r`` (a
+        product of the size of ``x``, not of the block) and the root decodes ``A r`` with the
+        largest error budget the answers allow, locating the inconsistent blocks. Repair (only
+        when some are found): decode ``A`` from the good blocks (:meth:`fetch`), re-encode it
+        and store the located workers' blocks anew. Workers that did not answer within
+        ``timeout`` are reported as ``missing`` (unchecked). Returns a :class:`ScrubReport`
+        whose ``handle`` (with fresh norm bounds) replaces the one passed in.
+        """
+        self._check_open()
+        live = [w for w in range(self.workers) if w not in self._dead]
+        k = handle.code.recovery_threshold
+        budget = max(0, (len(live) - k) // 2)
+        rng = np.random.default_rng(seed)
+        cols = handle.shape[1] if len(handle.shape) == 2 else 1
+        if handle.code.field is not None:
+            r = rng.integers(0, handle.code.field, size=cols, dtype=np.int64)
+        else:
+            r = rng.standard_normal(cols).astype(handle.dtype)
+        t0 = time.perf_counter()
+        enc, per_worker = self._encode_resident(handle, r)
+        job = self._start(handle.code, enc, {"op": "matmul", "handle": handle.id}, per_worker,
+                          budget, timeout, t0, wait_all=True)
+        try:
+            job.result()
+        finally:
+            self.history.append(job.report)
+        rep = job.report
+        faulty = tuple(w.worker for w in rep.workers if w.status == "corrupt")
+        missing = tuple(w.worker for w in rep.workers if w.status in ("missing", "crashed"))
+        checked = tuple(w.worker for w in rep.workers if w.status in ("used", "corrupt"))
+        if not faulty:
+            return ScrubReport(checked, (), (), missing, handle)
+        A, fjob = self.fetch(handle, errors=budget, timeout=timeout, wait_all=True, return_job=True)
+        bad = sorted(set(faulty) | set(fjob.report.faulty))
+        enc = handle.code.encode(A, np.zeros(A.shape[1] if A.ndim == 2 else 1, dtype=A.dtype))
+        norms = list(handle.norms)
+        for w in bad:
+            block = _np(enc[w].a)
+            norms[w] = float(np.linalg.norm(block.ravel())) if handle.code.field is None else 0.0
+            if w not in self._dead:
+                self._send(w, {"op": "put", "handle": handle.id, "field": handle.code.field}, [block])
+        new = ResidentHandle(handle.id, handle.code, handle.shape, handle.dtype, tuple(norms))
+        return ScrubReport(checked, faulty, tuple(bad), missing, new)
+
+    def sgd_step(self, handle: ResidentHandle, U: Any, V: Any, *, lr: float, momentum: float = 0.0,
+                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
+                 buffer: ResidentHandle | None = None) -> tuple[ResidentHandle, ResidentHandle | None]:
+        """One SGD step on a resident weight ``W`` whose gradient is ``U V^T``, at the workers.
+
+        The rule of :class:`torch.optim.SGD`: ``g = U V^T + wd W``; ``buf = g`` on the first step,
+        then ``mu buf + (1 - dampening) g``; ``d = g + mu buf`` (Nesterov) or ``buf``;
+        ``W <- W - lr d``. Every step is linear, so worker ``w`` applies it to its encoded block
+        with ``enc(U)_w`` and ``V`` and the blocks stay the encoding of the updated weights,
+        never re-encoded. The momentum buffer is itself stored encoded (``buffer``; pass
+        ``None`` on the first step and the returned handle afterwards).
+        Returns ``(weight handle, buffer handle)`` with updated norm bounds.
+        """
+        self._check_open()
+        if handle.code.field is not None:
+            raise ConfigurationError("`sgd_step` needs a real-valued resident operand, got one over "
+                                     f"GF({handle.code.field})")
+        lr = _nonneg("lr", lr)
+        momentum = _nonneg("momentum", momentum)
+        dampening = _nonneg("dampening", dampening)
+        weight_decay = _nonneg("weight_decay", weight_decay)
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ConfigurationError(
+                f"`nesterov` needs momentum > 0 and dampening = 0, got momentum={momentum}, "
+                f"dampening={dampening}")
+        encU, V = self._encode_update(handle, U, V)
+        nv = float(np.linalg.norm(V))
+        first = buffer is None
+        if momentum and first:
+            buffer = ResidentHandle(self._next_handle, handle.code, handle.shape, handle.dtype,
+                                    tuple(0.0 for _ in range(self.workers)))
+            self._next_handle += 1
+        seq = self._next_update
+        self._next_update += 1
+        ctrl = {"op": "sgd", "handle": handle.id, "field": None, "lr": lr, "momentum": momentum,
+                "dampening": dampening, "weight_decay": weight_decay, "nesterov": bool(nesterov),
+                "buffer": buffer.id if momentum else None, "first": first, "seq": seq}
+        wn, bn = list(handle.norms), list(buffer.norms) if momentum else []
+        for w in range(self.workers):
+            u = encU[w]
+            g = float(np.linalg.norm(u)) * nv + weight_decay * wn[w]
+            if momentum:
+                bn[w] = g if first else momentum * bn[w] + (1 - dampening) * g
+                d = g + momentum * bn[w] if nesterov else bn[w]
+            else:
+                d = g
+            wn[w] += lr * d
+            if w not in self._dead:
+                self._send(w, ctrl, [u, V])
+        new = ResidentHandle(handle.id, handle.code, handle.shape, handle.dtype, tuple(wn))
+        buf = (ResidentHandle(buffer.id, handle.code, handle.shape, handle.dtype, tuple(bn))
+               if momentum else None)
+        return new, buf
+
+    def call(self, name: str, *arrays: Any, params: dict[str, Any] | None = None,
+             per_worker: Sequence[Sequence[Any]] | None = None, workers: Sequence[int] | None = None,
+             timeout: float | None = None) -> Call:
+        """Run the handler registered as ``name`` (``handlers=`` of the cluster) on workers.
+
+        Each worker calls ``handler(ctx, *arrays, **params)`` with its :class:`WorkerContext`
+        and replies with the array it returns; ``per_worker[w]`` replaces ``arrays`` for
+        worker ``w``. Returns a :class:`Call` that collects the raw results (no decoding).
+        """
+        self._check_open()
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"`name` must be a handler name, got {name!r}")
+        rows = list(range(self.workers)) if workers is None else [
+            check_int("workers[i]", w, 0, self.workers - 1) for w in workers]
+        if per_worker is not None and len(per_worker) != self.workers:
+            raise ConfigurationError(
+                f"`per_worker` must have one entry per worker ({self.workers}), got {len(per_worker)}")
+        jid = self._next_job
+        self._next_job += 1
+        call = Call(self, jid, name, [w for w in rows if w not in self._dead],
+                    timeout if timeout is not None else self.default_timeout, time.perf_counter())
+        ctrl = {"op": "call", "name": name, "params": dict(params or {}), "job": jid, "field": None}
+        for w in rows:
+            if w in self._dead:
+                call.failed[w] = "crashed"
+                continue
+            arrs = per_worker[w] if per_worker is not None else arrays
+            self._send(w, ctrl, [np.ascontiguousarray(np.asarray(a)) for a in arrs])
+        self._jobs[jid] = call  # type: ignore[assignment]
+        return call
+
+    def progress(self, timeout: float = 0.0) -> None:
+        """Receive what arrives within ``timeout`` seconds (one poll at least) and route it."""
+        self._progress(timeout)
 
     def put(self, A: Any, *, code: LinearCode) -> ResidentHandle:
         """Store ``A`` encoded on the workers once; ``matmul(handle, x)`` then sends only ``x``.
@@ -357,6 +660,20 @@ class ClusterBase:
         Returns the handle with updated norm bounds (use the returned one).
         """
         self._check_open()
+        encU, V = self._encode_update(handle, U, V)
+        seq = self._next_update
+        self._next_update += 1
+        norms = []
+        for w in range(self.workers):
+            u = encU[w]
+            norms.append(handle.norms[w] + float(np.linalg.norm(u)) * float(np.linalg.norm(V)))
+            if w not in self._dead:
+                self._send(w, {"op": "update", "handle": handle.id, "field": handle.code.field,
+                               "seq": seq}, [u, V])
+        return ResidentHandle(handle.id, handle.code, handle.shape, handle.dtype, tuple(norms))
+
+    def _encode_update(self, handle: ResidentHandle, U: Any, V: Any) -> tuple[list[np.ndarray], np.ndarray]:
+        self._check_open()
         U = np.asarray(U)
         V = np.asarray(V)
         if U.ndim != 2 or V.ndim != 2 or U.shape[1] != V.shape[1] or U.shape[0] != handle.shape[0] \
@@ -366,14 +683,11 @@ class ClusterBase:
                 f"got {U.shape} and {V.shape}")
         code = handle.code
         encU = code.encode(U, np.zeros(U.shape[1], dtype=U.dtype))
-        norms = []
-        for w in range(self.workers):
-            u = _np(encU[w].a)
-            vv = np.ascontiguousarray(V.astype(u.dtype)) if code.field is None else V
-            norms.append(handle.norms[w] + float(np.linalg.norm(u)) * float(np.linalg.norm(V)))
-            if w not in self._dead:
-                self._send(w, {"op": "update", "handle": handle.id, "field": code.field}, [u, vv])
-        return ResidentHandle(handle.id, code, handle.shape, handle.dtype, tuple(norms))
+        out = [_np(t.a) for t in encU]
+        if code.field is None:
+            out = [np.ascontiguousarray(u.astype(handle.dtype, copy=False)) for u in out]
+            V = np.ascontiguousarray(V.astype(handle.dtype))
+        return out, V
 
     def drop(self, handle: ResidentHandle) -> None:
         """Free a resident operand on the workers."""
@@ -415,14 +729,18 @@ class ClusterBase:
             from ..codes._validate import real_matrix
 
             B = real_matrix("B", B, allow_vector=True).astype(h.dtype, copy=False)
+        enc = self._resident_encoding(h, B.shape[1:], float(np.linalg.norm(B.ravel())))
+        return enc, [[B] for _ in range(self.workers)]
+
+    def _resident_encoding(self, h: ResidentHandle, cols: tuple[int, ...], bnorm: float) -> Encoding:
+        """The record a decode of ``stored block @ B`` needs: shape, noise scales, dtype."""
         tasks = [Task(w, None, None) for w in range(self.workers)]
         enc = Encoding.__new__(Encoding)
         enc.code, enc._tasks = h.code, tasks
-        enc.shape = (h.shape[0],) + B.shape[1:]
+        enc.shape = (h.shape[0],) + tuple(cols)
         enc.inner, enc.dtype = h.shape[1], np.dtype(h.dtype)
-        nb = float(np.linalg.norm(B.ravel()))
-        enc.scales = None if h.code.field is not None else np.array([n * nb for n in h.norms])
-        return enc, [[B] for _ in range(self.workers)]
+        enc.scales = None if h.code.field is not None else np.array([n * bnorm for n in h.norms])
+        return enc
 
     def _progress(self, timeout: float) -> None:
         now = time.perf_counter()
@@ -442,10 +760,20 @@ class ClusterBase:
             if job is not None:
                 job._accept(a, time.perf_counter())
         # Finished jobs move to the weak table (bounded by what the caller keeps).
-        for jid in [j for j, job in self._jobs.items() if job.value is not None or job.exception is not None]:
+        for jid in [j for j, job in self._jobs.items() if job._terminal()]:
             job = self._jobs.pop(jid)
             if job._outstanding():
                 self._finished[jid] = job
+
+
+def _nonneg(name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"`{name}` must be a number >= 0, got {value!r}") from exc
+    if not (math.isfinite(v) and v >= 0):
+        raise ConfigurationError(f"`{name}` must be a finite number >= 0, got {value!r}")
+    return v
 
 
 def _np(x: Any) -> np.ndarray:

@@ -1,8 +1,11 @@
 """Worker-side logic shared by the MPI and in-process runtimes: one request in, one result out.
 
-``WorkerState.handle(ctrl, arrays)`` runs a request (``matmul``, ``put``, ``update``, ``drop``)
-and returns the product (or ``None``); :func:`inject` is the single hook point where a
-failure model's fault is applied to a result before it is sent.
+``WorkerState.handle(ctrl, arrays)`` runs a request and returns its result (or ``None`` for
+requests without a reply): ``matmul`` (``a @ b``, or stored block ``@ b``), ``matmul_left``
+(``l @`` stored block), ``fetch`` (the stored block itself), ``call`` (a registered handler),
+and the replyless ``put``, ``update``, ``sgd``, ``drop``. :meth:`WorkerState.inject` is the
+single hook point where a failure model's fault is applied to a result before it is sent;
+storage faults hit a stored block when it is updated.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +22,23 @@ import numpy as np
 from ..backends import Backend
 from ..codes import _gfp
 from ..faults import FaultModel, corrupt, fault_for
+
+#: Requests that send a reply (and may be skipped once the root has decoded their job).
+REPLY_OPS = frozenset({"matmul", "matmul_left", "fetch", "call"})
+
+#: Salt of the storage-fault stream: drawn per (rank, update number), apart from job faults.
+_STORAGE_SALT = 0x5707A6E
+
+
+@dataclass
+class WorkerContext:
+    """What a registered handler sees: its rank, worker index, backend and a private ``store``
+    (a dict that persists across calls: a data shard, a model replica, ...)."""
+
+    rank: int
+    worker: int
+    backend: Backend
+    store: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -34,6 +55,13 @@ class WorkerState:
     seed: int = 0
     resident: dict[int, Any] = field(default_factory=dict)
     silent: bool = False
+    handlers: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+    context: WorkerContext | None = None
+
+    def _ctx(self) -> WorkerContext:
+        if self.context is None:
+            self.context = WorkerContext(self.rank, self.rank - 1, self.backend)
+        return self.context
 
     def handle(self, ctrl: dict[str, Any], arrays: list[np.ndarray]) -> np.ndarray | None:
         """Run one request; returns its result (``None`` for requests without one).
@@ -51,12 +79,12 @@ class WorkerState:
             return None
         if op == "update":  # resident A += U V^T, applied to the encoded block in place
             u, v = arrays
-            a = self.resident[ctrl["handle"]]
-            if p is not None:
-                self.resident[ctrl["handle"]] = (a + _gfp.matmul_mod(u, v.T.copy(), p)) % p
-            else:
-                self.backend.add_(a, self.backend.matmul(self.backend.to_device(u),
-                                                         self.backend.to_device(np.ascontiguousarray(v.T))))
+            self._add_outer(ctrl["handle"], u, v, 1.0, p)
+            self._storage_faults(ctrl, ctrl["handle"], p)
+            return None
+        if op == "sgd":
+            self._sgd(ctrl, arrays, p)
+            self._storage_faults(ctrl, ctrl["handle"], p)
             return None
         if op == "matmul":
             if ctrl.get("handle") is not None:
@@ -67,7 +95,75 @@ class WorkerState:
                 a_np = a if isinstance(a, np.ndarray) else self.backend.to_numpy(a)
                 return _gfp.matmul_mod(a_np, b, p)
             return np.ascontiguousarray(self.backend.to_numpy(self.backend.matmul(a, b)))
+        if op == "matmul_left":  # l @ stored block: the inner dimension is the stored rows
+            a, l = self.resident[ctrl["handle"]], arrays[0]
+            if p is not None:
+                return _gfp.matmul_mod(l, a, p)
+            return np.ascontiguousarray(self.backend.to_numpy(self.backend.matmul(self.backend.to_device(l), a)))
+        if op == "fetch":
+            a = self.resident[ctrl["handle"]]
+            return np.array(a if isinstance(a, np.ndarray) else self.backend.to_numpy(a), copy=True)
+        if op == "call":
+            name = ctrl["name"]
+            if name not in self.handlers:
+                raise KeyError(f"no handler {name!r} registered on this worker "
+                               f"(registered: {sorted(self.handlers)})")
+            out = self.handlers[name](self._ctx(), *arrays, **ctrl.get("params", {}))
+            return np.zeros(0) if out is None else np.asarray(out)
         raise ValueError(f"unknown request op {op!r}")
+
+    def _add_outer(self, hid: int, u: np.ndarray, v: np.ndarray, alpha: float, p: int | None) -> None:
+        """Stored block ``+= alpha * u v^T`` in place."""
+        a = self.resident[hid]
+        if p is not None:
+            self.resident[hid] = (a + _gfp.matmul_mod(u, v.T.copy(), p)) % p
+            return
+        delta = self.backend.matmul(self.backend.to_device(u), self.backend.to_device(np.ascontiguousarray(v.T)))
+        self.backend.add_(a, delta if alpha == 1.0 else delta * alpha)
+
+    def _sgd(self, ctrl: dict[str, Any], arrays: list[np.ndarray], p: int | None) -> None:
+        """SGD with momentum and weight decay on the encoded block (torch.optim.SGD's rule).
+
+        ``g = u v^T + wd W``; ``buf = g`` on the first step, else ``mu buf + (1 - damp) g``;
+        ``d = g + mu buf`` (Nesterov) or ``buf``; ``W -= lr d``. Every step is linear in W,
+        buf and the encoded gradient, so the blocks stay a codeword of the encoded weights.
+        """
+        if p is not None:
+            raise ValueError("sgd needs a real-valued resident operand")
+        u, v = arrays
+        hid, lr = ctrl["handle"], float(ctrl["lr"])
+        mu, damp, wd = float(ctrl["momentum"]), float(ctrl["dampening"]), float(ctrl["weight_decay"])
+        bk = self.backend
+        W = self.resident[hid]
+        g = bk.matmul(bk.to_device(u), bk.to_device(np.ascontiguousarray(v.T)))
+        if wd:
+            g = g + wd * W
+        if mu:
+            bid = ctrl["buffer"]
+            if ctrl.get("first"):
+                buf = g.copy() if isinstance(g, np.ndarray) else g.clone()
+                self.resident[bid] = buf
+            else:
+                buf = self.resident[bid]
+                buf *= mu
+                bk.add_(buf, g if damp == 0 else (1.0 - damp) * g)
+            g = g + mu * buf if ctrl.get("nesterov") else buf
+        bk.add_(W, -lr * g)
+
+    def _storage_faults(self, ctrl: dict[str, Any], hid: int, p: int | None) -> None:
+        """Storage soft errors of this update (a :class:`~codedml.faults.StorageErrors` model)."""
+        seq = ctrl.get("seq")
+        if self.faults is None or seq is None:
+            return
+        fault = fault_for(self.faults, self.seed ^ _STORAGE_SALT, self.rank, int(seq))
+        if not fault.storage:
+            return
+        a = self.resident[hid]
+        a_np = a if isinstance(a, np.ndarray) else self.backend.to_numpy(a)
+        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, self.rank, int(seq), 0x5707])
+        for c in fault.storage:
+            a_np = corrupt(a_np, c, rng, p)
+        self.resident[hid] = a_np if p is not None else self.backend.to_device(np.ascontiguousarray(a_np))
 
     def inject(self, job: int, result: np.ndarray, field_p: int | None, die: Any = None) -> np.ndarray | None:
         """Apply this job's fault: delay, crash or corruption. ``None`` means: send nothing."""

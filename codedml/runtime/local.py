@@ -22,7 +22,7 @@ from ..codes._validate import check_int
 from ..errors import WorkerFailure
 from ..faults import FaultModel
 from ._cluster import Arrival, ClusterBase
-from ._worker import WorkerState
+from ._worker import REPLY_OPS, WorkerContext, WorkerState
 
 __all__ = ["LocalCluster"]
 
@@ -47,6 +47,9 @@ class LocalCluster(ClusterBase):
         Seed of the failure model.
     timeout : float, optional
         Default per-job timeout in seconds.
+    handlers : mapping str -> callable, optional
+        Worker-side functions for :meth:`call`: ``handler(ctx, *arrays, **params)`` returns an
+        array; ``ctx`` is the worker's :class:`~codedml.runtime.WorkerContext`.
 
     Examples
     --------
@@ -61,7 +64,8 @@ class LocalCluster(ClusterBase):
 
     def __init__(self, workers: int, *, backend: str | Backend = "numpy",
                  faults: FaultModel | None = None, seed: int = 0,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None,
+                 handlers: dict[str, Any] | None = None) -> None:
         n = check_int("workers", workers, 1)
         super().__init__(n, timeout)
         self.backend = get_backend(backend)
@@ -69,7 +73,9 @@ class LocalCluster(ClusterBase):
         self._cancelled: list[set[int]] = [set() for _ in range(n)]
         self._cancel_lock = threading.Lock()
         self._inboxes = [queue.Queue() for _ in range(n)]
-        self._states = [WorkerState(w + 1, self.backend, faults, seed) for w in range(n)]
+        self._states = [WorkerState(w + 1, self.backend, faults, seed, handlers=dict(handlers or {}),
+                                    context=WorkerContext(w + 1, w, self.backend))
+                        for w in range(n)]
         self._threads = [threading.Thread(target=self._serve, args=(w,), daemon=True,
                                           name=f"codedml-worker-{w}") for w in range(n)]
         for t in self._threads:
@@ -131,7 +137,7 @@ class LocalCluster(ClusterBase):
                 return
             ctrl, arrays = item
             job = ctrl.get("job", -1)
-            if ctrl["op"] == "matmul":
+            if ctrl["op"] in REPLY_OPS:
                 with self._cancel_lock:  # jobs arrive in order: older cancels are moot
                     skip = job in self._cancelled[w]
                     self._cancelled[w] = {j for j in self._cancelled[w] if j > job}

@@ -3,8 +3,9 @@
 Protocol (tags on a private duplicate of the communicator passed in):
 
 ``CTRL`` (root -> worker, pickled dict, small)
-    a request: ``matmul`` / ``put`` / ``update`` / ``drop`` / ``close``, the job id and the
-    shapes and dtypes of the arrays that follow;
+    a request: ``matmul`` / ``matmul_left`` / ``fetch`` / ``call`` (with a reply) or ``put`` /
+    ``update`` / ``sgd`` / ``drop`` / ``close``, the job id and the shapes and dtypes of the
+    arrays that follow;
 ``TASK`` (root -> worker, buffers)
     the request's arrays, sent with ``Isend`` from numpy buffers (no pickling on the data path);
 ``HDR`` (worker -> root, 8 float64)
@@ -45,7 +46,7 @@ from ..backends import Backend, get_backend, set_threads
 from ..errors import ConfigurationError, WorkerFailure
 from ..faults import FaultModel
 from ._cluster import Arrival, ClusterBase
-from ._worker import WorkerState
+from ._worker import REPLY_OPS, WorkerContext, WorkerState
 
 __all__ = ["MPICluster"]
 
@@ -119,11 +120,14 @@ class MPICluster(ClusterBase):
         Default per-job timeout in seconds.
     threads : int or None
         BLAS/torch threads per rank (default 1; ``None`` leaves the setting alone).
+    handlers : mapping str -> callable, optional
+        Worker-side functions for :meth:`call` (pass the same mapping on every rank):
+        ``handler(ctx, *arrays, **params)`` returns an array.
     """
 
     def __init__(self, comm: Any, root: int = 0, *, backend: str | Backend = "numpy",
                  faults: FaultModel | None = None, seed: int = 0, timeout: float | None = None,
-                 threads: int | None = 1) -> None:
+                 threads: int | None = 1, handlers: dict[str, Any] | None = None) -> None:
         from mpi4py import MPI
 
         size = comm.Get_size()
@@ -141,6 +145,7 @@ class MPICluster(ClusterBase):
         set_threads(threads)
         self._backend_spec = backend
         self._faults, self._seed = faults, int(seed)
+        self._handlers = dict(handlers or {})
         self._outgoing: list[tuple[Any, Any]] = []
         self._hdr: dict[int, tuple[Any, np.ndarray]] = {}
         self._notices: list[Arrival] = []
@@ -301,7 +306,8 @@ class MPICluster(ClusterBase):
     def serve(self) -> None:
         """Worker loop: receive a request, run it, send the reply; until the root says close."""
         backend = get_backend(self._backend_spec)
-        state = WorkerState(self.rank, backend, self._faults, self._seed)
+        state = WorkerState(self.rank, backend, self._faults, self._seed, handlers=self._handlers,
+                            context=WorkerContext(self.rank, self._ranks.index(self.rank), backend))
         host = socket.gethostname()
         pending: list[tuple[Any, Any]] = []
         comm, root = self.comm, self.root
@@ -334,7 +340,7 @@ class MPICluster(ClusterBase):
                 arrays.append(buf)
             op, job = ctrl["op"], int(ctrl.get("job", -1))
             read_cancels()
-            if op == "matmul":
+            if op in REPLY_OPS:
                 skip = job in cancelled
                 cancelled.difference_update([j for j in cancelled if j <= job])  # in order: moot
                 if skip:

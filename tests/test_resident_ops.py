@@ -1,0 +1,252 @@
+"""Runtime operations on resident (stored, encoded) operands and worker handlers.
+
+``L @ W`` against the same stored blocks as ``W @ x`` (MatDot-style, threshold 2k - 1),
+SGD with momentum and weight decay applied in the coded domain (torch.optim.SGD's rule),
+decoding the stored operand, scrubbing stored blocks corrupted by storage soft errors, and
+``call`` of registered worker handlers with raw (undecoded) results.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from codedml import ConfigurationError, LocalCluster, NotEnoughResultsError, WorkerFailure
+from codedml.codes import MDSCode, _gfp
+from codedml.codes.resident import LeftProductCode, encode_left
+from codedml.faults import (Corruption, Fault, FixedStragglers, Schedule, SoftErrors,
+                            StorageErrors)
+
+P = 65537
+TOL = 1e-12
+
+
+def _stored(code, W):
+    enc = code.encode(W, np.zeros(W.shape[1], dtype=W.dtype))
+    return [np.asarray(t.a.view(np.ndarray)) if code.field is not None else t.a for t in enc]
+
+
+def _left_results(code, W, L):
+    blocks = _stored(code, W)
+    dec, enc = encode_left(code, L, W.shape[1], norms=[np.linalg.norm(b) for b in blocks])
+    if code.field is not None:
+        res = {w: _gfp.matmul_mod(enc[w].a, blocks[w], code.field) for w in range(code.workers)}
+    else:
+        res = {w: enc[w].a @ blocks[w] for w in range(code.workers)}
+    return dec, enc, res
+
+
+# ------------------------------------------------------------------ L @ W, pure math
+@pytest.mark.parametrize("n, k", [(3, 2), (5, 3), (7, 3), (8, 4), (9, 2)])
+@pytest.mark.parametrize("construction", ["circle", "equispaced", "gf"])
+def test_left_product_decodes_from_every_threshold_subset(n, k, construction):
+    rng = np.random.default_rng(n * 10 + k)
+    M, N, B = 13, 5, 3
+    if construction == "gf":
+        code = MDSCode(n, k, field=P)
+        W, L = rng.integers(0, P, (M, N)), rng.integers(0, P, (B, M))
+        ref = _gfp.matmul_mod(L, W, P)
+    else:
+        code = MDSCode(n, k, construction=construction)
+        W, L = rng.standard_normal((M, N)), rng.standard_normal((B, M))
+        ref = L @ W
+    dec, enc, res = _left_results(code, W, L)
+    assert dec.recovery_threshold == 2 * k - 1
+    tol = 0 if construction == "gf" else (1e-12 if construction == "circle" else 1e-9)
+    for S in itertools.combinations(range(n), 2 * k - 1):
+        C = dec.decode({w: res[w] for w in S}, encoding=enc)
+        assert C.shape == ref.shape
+        err = np.linalg.norm(C - ref) / np.linalg.norm(ref)
+        assert err <= tol, (S, err)
+
+
+@pytest.mark.parametrize("field", [None, P])
+def test_left_product_locates_every_single_corrupt_result(field):
+    n, k = 7, 2  # threshold 3, 4 spare: two errors corrected
+    rng = np.random.default_rng(3)
+    code = MDSCode(n, k, field=field)
+    if field:
+        W, L = rng.integers(0, P, (8, 4)), rng.integers(0, P, (2, 8))
+        ref = _gfp.matmul_mod(L, W, P)
+    else:
+        W, L = rng.standard_normal((8, 4)), rng.standard_normal((2, 8))
+        ref = L @ W
+    dec, enc, res = _left_results(code, W, L)
+    for bad in itertools.combinations(range(n), 2):
+        r = dict(res)
+        for w in bad:
+            r[w] = (r[w] + 1) % P if field else r[w] + 3.0
+        C, faulty = dec.decode(r, errors=2, encoding=enc, return_faulty=True)
+        assert faulty == bad
+        assert np.allclose(C, ref, rtol=0, atol=1e-12 * np.abs(ref).max()) if not field else (C == ref).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(3, 12), data=st.data())
+def test_left_product_property(n, data):
+    k = data.draw(st.integers(1, (n + 1) // 2))
+    M = data.draw(st.integers(1, 17))
+    N = data.draw(st.integers(1, 6))
+    B = data.draw(st.integers(1, 4))
+    seed = data.draw(st.integers(0, 2**31))
+    rng = np.random.default_rng(seed)
+    code = MDSCode(n, k)
+    W, L = rng.standard_normal((M, N)), rng.standard_normal((B, M))
+    dec, enc, res = _left_results(code, W, L)
+    S = sorted(rng.choice(n, 2 * k - 1, replace=False).tolist())
+    C = dec.decode({w: res[w] for w in S}, encoding=enc)
+    assert np.linalg.norm(C - L @ W) <= TOL * max(np.linalg.norm(L) * np.linalg.norm(W), 1e-300)
+
+
+def test_left_product_needs_two_k_minus_one_workers():
+    with pytest.raises(ConfigurationError, match=r"2k - 1 <= workers: k=3 gives threshold 5 > workers=4"):
+        LeftProductCode(MDSCode(4, 3))
+
+
+# ------------------------------------------------------------------ runtime ops
+@pytest.fixture
+def W():
+    return np.random.default_rng(7).standard_normal((10, 6))
+
+
+def test_matmul_left_on_local_cluster_skips_stragglers_and_corrects_errors(W):
+    L = np.random.default_rng(8).standard_normal((4, 10))
+    faults = FixedStragglers({2}, 2.0) + Schedule({1: {4: Fault(corruptions=(Corruption("exponent"),))}})
+    with LocalCluster(8, faults=faults, timeout=30) as c:
+        h = c.put(W, code=MDSCode(8, 3))          # job 0: the forward product below
+        assert np.allclose(c.matmul(h, np.eye(6)), W, rtol=0, atol=1e-13)
+        t = time.perf_counter()
+        C = c.matmul_left(L, h, errors=1)          # job 1: rank 4 corrupt, rank 2 slow
+        took = time.perf_counter() - t
+        rep = c.history[-1]
+    assert np.linalg.norm(C - L @ W) <= TOL * np.linalg.norm(L) * np.linalg.norm(W)
+    assert rep.faulty == (3,) and rep.needed == 7
+    assert took < 1.5, "the 2 s straggler was waited for"
+
+
+def test_matmul_left_bad_input(W):
+    with LocalCluster(4) as c:
+        h = c.put(W, code=MDSCode(4, 2))
+        with pytest.raises(ConfigurationError, match=r"`L` must be 2-D with 10 columns .* got shape \(3, 9\)"):
+            c.matmul_left(np.ones((3, 9)), h)
+        with pytest.raises(ConfigurationError, match="threshold 5 > workers=4"):
+            c.matmul_left(np.ones((3, 10)), c.put(W, code=MDSCode(4, 3)))
+
+
+@pytest.mark.parametrize("opts", [
+    dict(lr=0.1),
+    dict(lr=0.05, momentum=0.9),
+    dict(lr=0.05, momentum=0.9, weight_decay=0.01),
+    dict(lr=0.05, momentum=0.5, dampening=0.3, weight_decay=0.1),
+    dict(lr=0.02, momentum=0.9, nesterov=True, weight_decay=1e-3),
+])
+def test_sgd_step_matches_torch_sgd(W, opts):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    Wt = torch.tensor(W, requires_grad=True)
+    opt = torch.optim.SGD([Wt], **opts)
+    buf = None
+    with LocalCluster(7) as c:
+        h = c.put(W, code=MDSCode(7, 3))
+        for _ in range(6):
+            U, V = rng.standard_normal((10, 3)), rng.standard_normal((6, 3))
+            opt.zero_grad()
+            Wt.grad = torch.tensor(U @ V.T)
+            opt.step()
+            h, buf = c.sgd_step(h, U, V, buffer=buf, **opts)
+        got = c.fetch(h, errors=2)
+        assert (buf is None) == (opts.get("momentum", 0) == 0)
+    ref = Wt.detach().numpy()
+    assert np.linalg.norm(got - ref) <= 1e-12 * np.linalg.norm(ref)
+    assert all(n >= 0 for n in h.norms)
+
+
+def test_sgd_step_bad_input(W):
+    with LocalCluster(4) as c:
+        h = c.put(W, code=MDSCode(4, 2))
+        with pytest.raises(ConfigurationError, match="`lr` must be a finite number >= 0, got -1"):
+            c.sgd_step(h, np.ones((10, 1)), np.ones((6, 1)), lr=-1)
+        with pytest.raises(ConfigurationError, match="`nesterov` needs momentum > 0"):
+            c.sgd_step(h, np.ones((10, 1)), np.ones((6, 1)), lr=0.1, nesterov=True)
+        with pytest.raises(ConfigurationError, match=r"`U` and `V` must be \(10, r\) and \(6, r\)"):
+            c.sgd_step(h, np.ones((9, 1)), np.ones((6, 1)), lr=0.1)
+
+
+@pytest.mark.parametrize("kind", ["exponent", "sign", "gross", "nan"])
+def test_scrub_locates_and_repairs_a_corrupted_stored_block(W, kind):
+    faults = StorageErrors(kind=kind, prob=1.0, ranks={4})
+    with LocalCluster(8, faults=faults, timeout=30) as c:
+        h = c.put(W, code=MDSCode(8, 3))
+        h = c.update(h, np.ones((10, 1)), np.ones((6, 1)))     # rank 4's block is hit here
+        before = c.scrub(h)
+        assert before.faulty == (3,) and before.repaired == (3,)
+        assert before.checked == tuple(range(8))
+        after = c.scrub(before.handle)
+        assert after.faulty == () and after.repaired == ()
+        # Every threshold subset that includes the repaired worker decodes correctly.
+        got = c.fetch(after.handle)
+        ref = W + 1.0
+        assert np.linalg.norm(got - ref) <= TOL * np.linalg.norm(ref)
+        assert np.allclose(c.matmul(after.handle, np.eye(6), errors=2), ref, rtol=0, atol=1e-12)
+        assert c.history[-1].faulty == ()
+
+
+def test_scrub_reports_missing_workers_and_finds_nothing_when_clean(W):
+    with LocalCluster(6, faults=FixedStragglers({3}, 3.0), timeout=30) as c:
+        h = c.put(W, code=MDSCode(6, 2))
+        rep = c.scrub(h, timeout=0.5)
+        assert rep.faulty == () and rep.missing == (2,)
+        assert 2 not in rep.checked and len(rep.checked) == 5
+
+
+def test_gf_resident_fetch_and_left_product():
+    rng = np.random.default_rng(2)
+    W, L = rng.integers(0, P, (9, 4)), rng.integers(0, P, (3, 9))
+    with LocalCluster(6, faults=SoftErrors(prob=1.0, ranks={2}), timeout=30) as c:
+        h = c.put(W, code=MDSCode(6, 2, field=P))
+        assert (c.fetch(h, errors=1) == W).all()
+        assert (c.matmul_left(L, h, errors=1) == _gfp.matmul_mod(L, W, P)).all()
+        assert c.history[-1].faulty == (1,)
+
+
+# ------------------------------------------------------------------ handlers
+def _scaled(ctx, x, scale=1.0):
+    ctx.store["calls"] = ctx.store.get("calls", 0) + 1
+    return x * scale + ctx.worker
+
+
+def _boom(ctx, x):
+    raise RuntimeError(f"bad shard on worker {ctx.worker}")
+
+
+def test_call_returns_raw_results_from_the_first_workers():
+    with LocalCluster(4, handlers={"f": _scaled}, faults=FixedStragglers({2}, 2.0), timeout=10) as c:
+        call = c.call("f", np.ones(3), params={"scale": 2.0})
+        t = time.perf_counter()
+        got = call.wait(3)
+        assert time.perf_counter() - t < 1.5
+        assert sorted(got) == [0, 2, 3]
+        for w, r in got.items():
+            assert np.array_equal(r, np.full(3, 2.0 + w))
+        call.cancel()
+        per = c.call("f", per_worker=[[np.full(2, float(w))] for w in range(4)], workers=[0, 3])
+        assert {w: r.tolist() for w, r in per.wait().items()} == {0: [0.0, 0.0], 3: [6.0, 6.0]}
+
+
+def test_call_handler_errors_and_missing_handlers_reach_the_root():
+    with LocalCluster(3, handlers={"boom": _boom}, timeout=10) as c:
+        with pytest.raises(WorkerFailure, match="bad shard on worker") as exc:
+            c.call("boom", np.ones(1)).wait()
+        assert exc.value.rank in (1, 2, 3) and "RuntimeError" in exc.value.remote_traceback
+        with pytest.raises(WorkerFailure, match="no handler 'nope' registered"):
+            c.call("nope").wait()
+
+
+def test_call_wait_times_out_naming_the_silent_ranks():
+    with LocalCluster(3, handlers={"f": _scaled}, faults=FixedStragglers({3}, 3.0)) as c:
+        with pytest.raises(NotEnoughResultsError, match=r"no answer from ranks \[3\]"):
+            c.call("f", np.ones(1)).wait(timeout=0.5)
