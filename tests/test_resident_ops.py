@@ -250,3 +250,16 @@ def test_call_wait_times_out_naming_the_silent_ranks():
     with LocalCluster(3, handlers={"f": _scaled}, faults=FixedStragglers({3}, 3.0)) as c:
         with pytest.raises(NotEnoughResultsError, match=r"no answer from ranks \[3\]"):
             c.call("f", np.ones(1)).wait(timeout=0.5)
+
+
+@pytest.mark.parametrize("n, k", [(4, 4), (6, 3), (5, 2)])
+def test_left_product_with_replication_and_uncoded_storage(W, n, k):
+    from codedml.codes import ReplicationCode
+
+    L = np.random.default_rng(5).standard_normal((3, 10))
+    with LocalCluster(n, timeout=30) as c:
+        h = c.put(W, code=ReplicationCode(n, k))
+        C = c.matmul_left(L, h)
+        assert np.linalg.norm(C - L @ W) <= TOL * np.linalg.norm(L) * np.linalg.norm(W)
+        h, _ = c.sgd_step(h, np.ones((10, 1)), np.ones((6, 1)), lr=0.5)
+        assert np.allclose(c.fetch(h), W - 0.5, rtol=0, atol=1e-13)

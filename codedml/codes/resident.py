@@ -18,6 +18,11 @@ W_i''`` the two row halves of ``W_i``; see :mod:`codedml.codes.polydot`).
 
 One stored encoding thus serves both products (the forward and backward products of a linear
 layer), at the price of the higher threshold on the left; ``n >= 2k - 1`` is required.
+
+For ``W`` stored with :class:`~codedml.codes.ReplicationCode` ``(n, k)`` (``k = n``: uncoded
+model parallelism) worker ``w`` holds the plain block ``W_(w mod k)``, computes
+``L_(w mod k) @ W_(w mod k)`` and the root sums one copy of each block's product
+(:class:`LeftReplicationCode`): no redundancy beyond the replicas.
 """
 
 from __future__ import annotations
@@ -28,11 +33,12 @@ import numpy as np
 
 from ..errors import ConfigurationError
 from . import _gfp
-from ._base import Encoding, Task
+from ._base import Encoding, LinearCode, Task
 from ._validate import real_matrix, residues
 from .polydot import MatDotCode, MDSCode, _ceil_to
+from .replication import ReplicationCode
 
-__all__ = ["LeftProductCode", "encode_left"]
+__all__ = ["LeftProductCode", "LeftReplicationCode", "encode_left"]
 
 
 class LeftProductCode(MatDotCode):
@@ -70,8 +76,37 @@ class LeftProductCode(MatDotCode):
         return [R]
 
 
-def encode_left(stored: MDSCode, L: Any, N: int, *, dtype: Any = np.float64,
-                norms: Any = None) -> tuple[LeftProductCode, Encoding]:
+class LeftReplicationCode(ReplicationCode):
+    """The decoder of ``L @ W`` for ``W`` stored with ``ReplicationCode(n, k)``: the sum of one
+    (consistent) copy of each block's product ``L_j W_j``."""
+
+    def __init__(self, stored: ReplicationCode) -> None:
+        super().__init__(stored.workers, stored.k, field=stored.field)
+        self.stored = stored
+
+    def __repr__(self) -> str:
+        return f"LeftReplicationCode(stored={self.stored!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LeftReplicationCode) and self.stored == other.stored
+
+    def __hash__(self) -> int:
+        return hash(("left", self.stored))
+
+    def _assemble(self, X: list[np.ndarray], shape: tuple[int, ...] | None) -> np.ndarray:
+        if self.field is not None:
+            C = np.zeros(X[0].shape[1:], dtype=np.int64)
+            for blk in X[0]:
+                C = (C + np.asarray(blk, dtype=np.int64)) % self.field
+        else:
+            C = X[0].sum(axis=0)
+        if shape is not None:
+            C = C[tuple(slice(0, s) for s in shape)]
+        return np.ascontiguousarray(C)
+
+
+def encode_left(stored: MDSCode | ReplicationCode, L: Any, N: int, *, dtype: Any = np.float64,
+                norms: Any = None) -> tuple[LinearCode, Encoding]:
     """Per-worker left operands for ``L @ W`` with ``W`` (``M x N``) stored under ``stored``.
 
     Parameters
@@ -93,11 +128,16 @@ def encode_left(stored: MDSCode, L: Any, N: int, *, dtype: Any = np.float64,
         The decoder and the encoding, whose task ``w`` has ``a`` = worker ``w``'s left operand
         and ``b = None`` (the worker multiplies ``a`` by its stored block).
     """
-    code = LeftProductCode(stored)
-    k, n, p = stored.p, stored.workers, stored.field
+    p = stored.field
     L = residues("L", L, p) if p is not None else real_matrix("L", L)
     if L.ndim != 2:
         raise ConfigurationError(f"`L` must be a 2-D array, got shape {L.shape}")
+    if isinstance(stored, ReplicationCode):
+        return _encode_left_replicated(stored, L, N, dtype, norms)
+    if not isinstance(stored, MDSCode):
+        raise ConfigurationError(f"`stored` must be an MDSCode or a ReplicationCode, got {stored!r}")
+    code = LeftProductCode(stored)
+    k, n = stored.p, stored.workers
     B, M = L.shape
     packed = stored.field is None and stored.construction == "circle"
     Mp = _ceil_to(M, k * (2 if packed else 1))
@@ -124,14 +164,32 @@ def encode_left(stored: MDSCode, L: Any, N: int, *, dtype: Any = np.float64,
         lt = (G.real @ blocks).reshape(n, B, rb)
         out_dtype = np.dtype(dtype)
         ops = [lt[w].astype(out_dtype) for w in range(n)]
-    tasks = [Task(w, ops[w], None, p) for w in range(n)]
+    return code, _record(code, ops, (B, N), rb, out_dtype, norms)
+
+
+def _encode_left_replicated(stored: ReplicationCode, L: np.ndarray, N: int, dtype: Any,
+                            norms: Any) -> tuple[LeftReplicationCode, Encoding]:
+    code = LeftReplicationCode(stored)
+    k, n, p = stored.k, stored.workers, stored.field
+    B, M = L.shape
+    rb = -(-M // k)                                   # ReplicationCode's row split
+    Lp = np.zeros((B, rb * k), dtype=np.int64 if p is not None else np.float64)
+    Lp[:, :M] = L
+    out_dtype = np.dtype(np.int64) if p is not None else np.dtype(dtype)
+    ops = [np.ascontiguousarray(Lp[:, (w % k) * rb:(w % k + 1) * rb]).astype(out_dtype) for w in range(n)]
+    return code, _record(code, ops, (B, N), rb, out_dtype, norms)
+
+
+def _record(code: LinearCode, ops: list[np.ndarray], shape: tuple[int, int], inner: int,
+            dtype: np.dtype, norms: Any) -> Encoding:
+    n = code.workers
     enc = Encoding.__new__(Encoding)
-    enc.code, enc._tasks = code, tasks
-    enc.shape = (B, N)
-    enc.inner, enc.dtype = rb, out_dtype
-    if p is None:
+    enc.code, enc._tasks = code, [Task(w, ops[w], None, code.field) for w in range(n)]
+    enc.shape = shape
+    enc.inner, enc.dtype = inner, dtype
+    if code.field is None:
         stored_norms = np.ones(n) if norms is None else np.asarray(norms, dtype=np.float64)
         enc.scales = np.array([float(np.linalg.norm(o)) for o in ops]) * stored_norms
     else:
         enc.scales = None
-    return code, enc
+    return enc

@@ -272,7 +272,8 @@ class StorageErrors(FaultModel):
     Models a soft error in memory that holds an encoded weight: after a resident update
     (``cluster.update`` / ``cluster.sgd_step``) one entry of the worker's stored block gets a
     ``kind`` error (:data:`CORRUPTION_KINDS`) and stays corrupt until a scrub repairs it. Drawn
-    per (rank, update number), so it reproduces.
+    per (rank, update number, stored block), so it reproduces; an SGD step also hits the
+    momentum buffer it updates.
     """
 
     kind: str = "exponent"

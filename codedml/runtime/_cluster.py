@@ -117,6 +117,7 @@ class Job:
         self.late: set[int] = set()
         self.encode_time = float("nan")
         self._retrying = False
+        self._timed_out = False
 
     # ------------------------------------------------------------------ public
     def done(self) -> bool:
@@ -188,6 +189,8 @@ class Job:
         self.arrived[w] = a.payload
 
     def _outstanding(self) -> list[int]:
+        if self._timed_out:
+            return []
         return [w for w in self.sent_to if w not in self.arrived and w not in self.failed]
 
     def _try(self) -> None:
@@ -228,8 +231,9 @@ class Job:
         self.t_done = time.perf_counter()
         self.encoding = None
         self.arrived = dict.fromkeys(self.arrived)
-        for w in self._outstanding():
-            self.cluster._cancel(w, self.id)
+        for w in self.sent_to:
+            if w not in self.arrived and w not in self.failed:  # also after a timeout
+                self.cluster._cancel(w, self.id)
 
     def _fail_all(self) -> None:
         crashed = sorted(self.cluster._rank_of(w) for w, s in self.failed.items() if s == "crashed")
@@ -248,7 +252,9 @@ class Job:
 
     def _fail_timeout(self, limit: float | None) -> None:
         if self.wait_all and self.code._decodable(np.array(sorted(self.arrived))):
-            self.needed = len(self.arrived)  # decode what arrived; the silent ones stay "missing"
+            # Decode what arrived; the silent ones stay "missing" (and count as late if they come).
+            self._timed_out = True
+            self.needed = len(self.arrived)
             self._try()
             if self._terminal():
                 return
@@ -444,9 +450,10 @@ class ClusterBase:
         errors = check_int("errors", errors, 0, self.workers)
         if not isinstance(handle, ResidentHandle):
             raise ConfigurationError(f"`handle` must be a ResidentHandle from cluster.put, got {type(handle).__name__}")
-        if not isinstance(handle.code, MDSCode) or len(handle.shape) != 2:
+        if not isinstance(handle.code, (MDSCode, ReplicationCode)) or len(handle.shape) != 2:
             raise ConfigurationError(
-                f"a product from the left needs a 2-D operand stored with an MDSCode, got "
+                f"a product from the left needs a 2-D operand stored with an MDSCode or a "
+                f"ReplicationCode, got "
                 f"{handle.code!r} for shape {handle.shape}")
         L = np.asarray(L)
         if L.ndim != 2 or L.shape[1] != handle.shape[0]:
@@ -461,12 +468,13 @@ class ClusterBase:
 
     def matmul_left(self, L: Any, handle: ResidentHandle, *, errors: int = 0,
                     timeout: float | None = None) -> np.ndarray:
-        """``L @ A`` for a resident ``A`` (stored by :meth:`put` with an :class:`MDSCode`).
+        """``L @ A`` for a resident ``A`` (stored by :meth:`put`).
 
-        The inner dimension is split MatDot-style against the *same* stored blocks that serve
-        ``A @ x`` (see :mod:`codedml.codes.resident`): recovery threshold ``2k - 1``, twice the
-        forward product's flops per worker, ``errors`` corrupt results corrected from
-        ``2k - 1 + 2 errors`` results.
+        With an :class:`MDSCode` the inner dimension is split MatDot-style against the *same*
+        stored blocks that serve ``A @ x`` (see :mod:`codedml.codes.resident`): recovery
+        threshold ``2k - 1``, twice the forward product's flops per worker, ``errors`` corrupt
+        results corrected from ``2k - 1 + 2 errors`` results. With a :class:`ReplicationCode`
+        each worker multiplies its plain block and the root sums one copy per block.
         """
         job = self.submit_left(L, handle, errors=errors, timeout=timeout)
         try:
@@ -493,7 +501,7 @@ class ClusterBase:
         return (A, job) if return_job else A
 
     def scrub(self, handle: ResidentHandle, *, timeout: float | None = None,
-              seed: int | None = None) -> ScrubReport:
+              seed: int | None = None, retries: int = 2) -> ScrubReport:
         """Check every stored block of ``handle`` and repair the corrupt ones from the others.
 
         Detect: every live worker multiplies its block by one shared random vector ``r`` (a
@@ -502,13 +510,25 @@ class ClusterBase:
         when some are found): decode ``A`` from the good blocks (:meth:`fetch`), re-encode it
         and store the located workers' blocks anew. Workers that did not answer within
         ``timeout`` are reported as ``missing`` (unchecked). Returns a :class:`ScrubReport`
-        whose ``handle`` (with fresh norm bounds) replaces the one passed in.
+        whose ``handle`` (with fresh norm bounds) replaces the one passed in. A check whose
+        answers are inconsistent beyond the error budget (transient result errors on top of
+        storage errors) is repeated with a fresh probe, at most ``retries`` times.
         """
+        rng = np.random.default_rng(seed)
+        for attempt in range(retries + 1):
+            try:
+                return self._scrub_once(handle, timeout, rng)
+            except CorruptResultError:
+                if attempt == retries:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _scrub_once(self, handle: ResidentHandle, timeout: float | None,
+                    rng: np.random.Generator) -> ScrubReport:
         self._check_open()
         live = [w for w in range(self.workers) if w not in self._dead]
         k = handle.code.recovery_threshold
         budget = max(0, (len(live) - k) // 2)
-        rng = np.random.default_rng(seed)
         cols = handle.shape[1] if len(handle.shape) == 2 else 1
         if handle.code.field is not None:
             r = rng.integers(0, handle.code.field, size=cols, dtype=np.int64)

@@ -85,6 +85,8 @@ class WorkerState:
         if op == "sgd":
             self._sgd(ctrl, arrays, p)
             self._storage_faults(ctrl, ctrl["handle"], p)
+            if ctrl.get("buffer") is not None:  # the momentum buffer is stored memory too
+                self._storage_faults(ctrl, ctrl["buffer"], p, block=1)
             return None
         if op == "matmul":
             if ctrl.get("handle") is not None:
@@ -150,17 +152,18 @@ class WorkerState:
             g = g + mu * buf if ctrl.get("nesterov") else buf
         bk.add_(W, -lr * g)
 
-    def _storage_faults(self, ctrl: dict[str, Any], hid: int, p: int | None) -> None:
-        """Storage soft errors of this update (a :class:`~codedml.faults.StorageErrors` model)."""
+    def _storage_faults(self, ctrl: dict[str, Any], hid: int, p: int | None, block: int = 0) -> None:
+        """Storage soft errors of this update (a :class:`~codedml.faults.StorageErrors` model),
+        drawn per (rank, update number, stored block: 0 the operand, 1 its momentum buffer)."""
         seq = ctrl.get("seq")
         if self.faults is None or seq is None:
             return
-        fault = fault_for(self.faults, self.seed ^ _STORAGE_SALT, self.rank, int(seq))
+        fault = fault_for(self.faults, self.seed ^ _STORAGE_SALT, self.rank, 2 * int(seq) + block)
         if not fault.storage:
             return
         a = self.resident[hid]
         a_np = a if isinstance(a, np.ndarray) else self.backend.to_numpy(a)
-        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, self.rank, int(seq), 0x5707])
+        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, self.rank, int(seq), 0x5707, block])
         for c in fault.storage:
             a_np = corrupt(a_np, c, rng, p)
         self.resident[hid] = a_np if p is not None else self.backend.to_device(np.ascontiguousarray(a_np))

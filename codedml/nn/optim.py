@@ -1,0 +1,103 @@
+"""CodedSGD: torch's SGD for ordinary parameters, applied in the coded domain for coded layers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigurationError
+from .linear import CodedLinear
+
+__all__ = ["CodedSGD"]
+
+
+class CodedSGD(torch.optim.SGD):
+    """SGD with momentum and weight decay for a model containing :class:`CodedLinear` layers.
+
+    Ordinary parameters (biases, uncoded layers) are updated by :class:`torch.optim.SGD` itself.
+    Every coded layer's weight is updated *at the workers*, on its encoded blocks: the rule is
+    linear in the weight, the momentum buffer and the gradient ``dW = dY^T X``, so worker ``w``
+    applies it to its own block with ``enc(dY^T)_w`` and ``X`` (only those travel) and its own
+    encoded momentum buffer, and the blocks remain the encoding of the updated weight (CodeNet,
+    Dutta et al. 2018). The result equals torch's SGD on the uncoded weight up to rounding.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model; its coded layers are found among its modules, its ordinary parameters are
+        ``model.parameters()``.
+    lr, momentum, dampening, weight_decay, nesterov
+        As for :class:`torch.optim.SGD` (the hyper-parameters of the first parameter group
+        apply to the coded layers, so learning-rate schedulers work).
+    scrub_every : int, optional
+        Scrub every coded layer's stored blocks after every ``scrub_every`` steps (see
+        :meth:`CodedLinear.scrub`).
+    scrub_timeout : float, optional
+        How long a scrub waits for every worker to answer (default: the layers' timeout). A
+        scrub checks *every* block, so it waits for stragglers up to this; a worker that has
+        not answered by then stays unchecked until the next scrub.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from codedml import LocalCluster
+    >>> from codedml.nn import CodedLinear, CodedSGD
+    >>> with LocalCluster(5) as cluster:
+    ...     model = torch.nn.Sequential(CodedLinear(4, 3, cluster=cluster), torch.nn.ReLU())
+    ...     opt = CodedSGD(model, lr=0.1, momentum=0.9)
+    ...     model(torch.randn(8, 4)).sum().backward()
+    ...     opt.step()
+    ...     opt.zero_grad()
+    """
+
+    def __init__(self, model: nn.Module, lr: float = 1e-3, momentum: float = 0.0,
+                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
+                 *, scrub_every: int | None = None, scrub_timeout: float | None = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise ConfigurationError(
+                f"`model` must be an nn.Module (CodedSGD finds its coded layers), got {type(model).__name__}")
+        if scrub_every is not None and (not isinstance(scrub_every, int) or scrub_every < 1):
+            raise ConfigurationError(f"`scrub_every` must be a positive integer or None, got {scrub_every!r}")
+        self.layers = [m for m in model.modules() if isinstance(m, CodedLinear)]
+        params: Iterable[Any] = list(model.parameters())
+        if not params:
+            # torch's optimizer needs a parameter group to hold the hyper-parameters (and for
+            # schedulers); a model of bias-free coded layers has none, so hold an empty one.
+            self._holder = nn.Parameter(torch.zeros(0))
+            params = [self._holder]
+        super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
+                         weight_decay=weight_decay, nesterov=nesterov)
+        self.scrub_every = scrub_every
+        self.scrub_timeout = scrub_timeout
+        self.steps = 0
+        self.scrub_reports: list[Any] = []
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        super().step()
+        g = self.param_groups[0]
+        for layer in self.layers:
+            layer.coded_step(lr=g["lr"], momentum=g["momentum"], dampening=g["dampening"],
+                             weight_decay=g["weight_decay"], nesterov=g["nesterov"])
+        self.steps += 1
+        if self.scrub_every and self.steps % self.scrub_every == 0:
+            self.scrub()
+        return loss
+
+    def scrub(self) -> list[Any]:
+        """Scrub every coded layer now; returns (and keeps) the reports."""
+        reports = [r for layer in self.layers for r in layer.scrub(self.scrub_timeout)]
+        self.scrub_reports.extend(reports)
+        return reports
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none)
+        for layer in self.layers:
+            layer._pending.clear()

