@@ -102,6 +102,7 @@ class TrainResult:
     test_accuracy: list[float] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
     error: str | None = None
+    steps: int = 0
 
     @property
     def final_accuracy(self) -> float:
@@ -110,7 +111,7 @@ class TrainResult:
     def as_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "epochs": self.epochs, "wall_s": self.wall, "loss": self.loss,
                 "test_accuracy": self.test_accuracy, "final_accuracy": self.final_accuracy,
-                "stats": self.stats, "error": self.error}
+                "stats": self.stats, "error": self.error, "steps": self.steps}
 
 
 def train_mlp(model: nn.Sequential, data: DigitsData, *, epochs: int = 10, batch: int = 64,
@@ -142,6 +143,7 @@ def train_mlp(model: nn.Sequential, data: DigitsData, *, epochs: int = 10, batch
                 loss = loss_fn(model(data.X_train[idx]), data.y_train[idx])
                 loss.backward()
                 opt.step()
+                res.steps += 1
                 total += float(loss.detach()) * len(idx)
                 count += len(idx)
                 if progress:

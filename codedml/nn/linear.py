@@ -123,7 +123,9 @@ class CodedLinear(nn.Module):
         more soft errors in one product than the code corrects are detected, never passed on.
         The second and later retries first scrub the layer's stored blocks.
     dtype : torch.dtype, optional
-        float32 or float64 (default: torch's default dtype).
+        float32 or float64 (default: torch's default dtype): the dtype of the layer's inputs,
+        outputs and bias. The encoded weight is stored and multiplied in float64 on the workers
+        either way (in-place updates of float32 blocks drift apart; see docs/layers.md).
 
     The weight is initialised like :class:`torch.nn.Linear` (same random stream), so a
     ``CodedLinear`` and an ``nn.Linear`` built after the same ``torch.manual_seed`` start equal.
@@ -172,9 +174,15 @@ class CodedLinear(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
         else:
             self.register_parameter("bias", None)
-        self._handle = cluster.put(w.numpy(), code=code)
+        # Stored in float64 whatever the layer's dtype: each worker updates its block in place
+        # with its own rounding, so blocks drift apart by ~sqrt(steps) * eps; in float32 that
+        # passed the locator's noise threshold within a few hundred steps (read as corruption),
+        # in float64 it stays ~1e-14 after 1e6 steps.
+        self._handle = cluster.put(w.double().numpy(), code=code)
         self._buffer = None          # encoded momentum buffer (CodedSGD), a ResidentHandle
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []   # (dY, X) since the last step
+        self._last_faulty: set[int] = set()
+        self._scrub_due = False
         self.stats = {"forward": 0, "backward": 0, "corrected": 0, "skipped": 0, "retried": 0,
                       "scrubs": 0, "repaired": 0, "updates": 0}
 
@@ -254,7 +262,7 @@ class CodedLinear(nn.Module):
 
     def set_weight(self, W: Any) -> None:
         """Replace the weight: encode ``W`` and store it on the workers anew (momentum kept)."""
-        W = torch.as_tensor(W).detach().to(self._dtype).cpu().numpy()
+        W = torch.as_tensor(W).detach().to(torch.float64).cpu().numpy()
         if W.shape != (self.out_features, self.in_features):
             raise ConfigurationError(
                 f"`W` must have shape ({self.out_features}, {self.in_features}), got {W.shape}")
@@ -277,6 +285,13 @@ class CodedLinear(nn.Module):
         rep = self.cluster.history[-1]
         self.stats["corrected"] += len(rep.faulty)
         self.stats["skipped"] += sum(1 for w in rep.workers if w.status in ("missing", "late"))
+        # A worker located corrupt in two products in a row most likely holds a corrupt stored
+        # block (transient errors are independent per job): scrub after this step's update,
+        # before a second stored error in the same interval makes the products uncorrectable.
+        faulty = set(rep.faulty)
+        if faulty & self._last_faulty:
+            self._scrub_due = True
+        self._last_faulty = faulty
 
     def _coded(self, run: Any) -> np.ndarray:
         """Run one coded product; when it was detectably corrupt beyond the code's power,
@@ -334,6 +349,8 @@ class CodedLinear(nn.Module):
             weight_decay=weight_decay, nesterov=nesterov, buffer=self._buffer)
         self._pending.clear()
         self.stats["updates"] += 1
+        if self._scrub_due:
+            self.scrub()
         return True
 
     def scrub(self, timeout: float | None = None) -> list[Any]:
@@ -350,6 +367,8 @@ class CodedLinear(nn.Module):
             reports.append(brep)
         self.stats["scrubs"] += 1
         self.stats["repaired"] += sum(len(r.repaired) for r in reports)
+        self._scrub_due = False
+        self._last_faulty = set()
         return reports
 
 

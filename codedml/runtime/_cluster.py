@@ -551,10 +551,12 @@ class ClusterBase:
         A, fjob = self.fetch(handle, errors=budget, timeout=timeout, wait_all=True, return_job=True)
         bad = sorted(set(faulty) | set(fjob.report.faulty))
         enc = handle.code.encode(A, np.zeros(A.shape[1] if A.ndim == 2 else 1, dtype=A.dtype))
-        norms = list(handle.norms)
+        # Every block's norm anew (not only the repaired ones): the decoder's noise model
+        # compares workers, and exact norms beside loose update bounds made the repaired
+        # blocks look too large for their scale -- falsely corrupt.
+        norms = [float(np.linalg.norm(_np(t.a).ravel())) if handle.code.field is None else 0.0 for t in enc]
         for w in bad:
             block = _np(enc[w].a)
-            norms[w] = float(np.linalg.norm(block.ravel())) if handle.code.field is None else 0.0
             if w not in self._dead:
                 self._send(w, {"op": "put", "handle": handle.id, "field": handle.code.field}, [block])
         new = ResidentHandle(handle.id, handle.code, handle.shape, handle.dtype, tuple(norms))
