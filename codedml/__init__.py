@@ -3,12 +3,13 @@
 Encode work with error-correcting codes so the exact result can be decoded from any
 large-enough subset of workers, and corrupt results can be located and excluded.
 
-Subpackages: :mod:`codedml.codes` (pure array math). ``import codedml`` imports neither
+Subpackages: :mod:`codedml.codes` (pure array math), :mod:`codedml.train` (data-parallel SGD,
+imported on first use). ``import codedml`` imports neither
 torch nor mpi4py.
 """
 
 from .errors import (CodedMLError, ConfigurationError, CorruptResultError,
-                     NotEnoughResultsError, WorkerFailure)
+                     NotEnoughResultsError, TrainingError, WorkerFailure)
 
 __version__ = "0.1.0"
 
@@ -19,6 +20,10 @@ def __getattr__(name: str):
         from . import runtime
 
         return getattr(runtime, name)
+    if name == "train":  # data-parallel training imports torch: only when asked for
+        import importlib
+
+        return importlib.import_module(".train", __name__)
     raise AttributeError(f"module 'codedml' has no attribute {name!r}")
 
 __all__ = [
@@ -28,6 +33,7 @@ __all__ = [
     "CorruptResultError",
     "NotEnoughResultsError",
     "WorkerFailure",
+    "TrainingError",
     "MPICluster",
     "LocalCluster",
 ]

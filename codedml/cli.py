@@ -1,7 +1,8 @@
 """``python -m codedml <subcommand>``: one function per subcommand.
 
-Exit codes: 0 success (result verified), 1 the result failed verification, 2 bad usage or
-configuration, 3 the run could not decode (too many faults for the code).
+Exit codes: 0 success (result verified; training finished), 1 the result failed verification
+(training diverged), 2 bad usage or configuration, 3 the run could not decode (too many faults
+for the code; training stopped by faults its policy does not tolerate).
 """
 
 from __future__ import annotations
@@ -225,7 +226,14 @@ def cmd_run(argv: list[str]) -> int:
     return run(argv)
 
 
-COMMANDS = {"run": cmd_run, "demo": cmd_demo}
+def cmd_train(argv: list[str]) -> int:
+    """Data-parallel SGD policies under mpiexec (or --local N) with injected failures."""
+    from .train.cli import cmd_train as train
+
+    return train(argv)
+
+
+COMMANDS = {"run": cmd_run, "demo": cmd_demo, "train": cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ __all__ = [
     "NotEnoughResultsError",
     "CorruptResultError",
     "WorkerFailure",
+    "TrainingError",
 ]
 
 
@@ -55,3 +56,13 @@ class WorkerFailure(CodedMLError):
         self.host = host
         self.job = job
         self.remote_traceback = remote_traceback
+
+
+class TrainingError(CodedMLError):
+    """Raised by ``codedml.train`` when a policy cannot continue (e.g. a crashed worker under
+    fully synchronous training); names the step and the policy."""
+
+    def __init__(self, message: str, *, step: int | None = None, policy: str | None = None) -> None:
+        super().__init__(f"step {step}: {message}" if step is not None else message)
+        self.step = step
+        self.policy = policy

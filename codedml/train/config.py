@@ -1,0 +1,143 @@
+"""The configuration of a training run: one frozen dataclass, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ..errors import ConfigurationError
+
+__all__ = ["TrainConfig", "POLICIES"]
+
+#: Policy names (see :mod:`codedml.train.policies`).
+POLICIES = ("sync", "ksync", "kbatch_sync", "async", "kasync", "kbatch_async", "gradient_coding")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train (``[train]`` table of a TOML config, ``--flags``, ``CODEDML_TRAIN_*``).
+
+    Attributes
+    ----------
+    policy : str
+        One of :data:`POLICIES`.
+    k : int
+        K of the K-policies (0: ``workers - 1``, at least 1). K-sync / K-async need
+        ``1 <= k <= workers``; the K-batch policies accept any ``k >= 1``.
+    steps : int
+        Optimizer updates to run (the root's model version after the run).
+    max_time : float
+        Stop after this many seconds of training (0: no limit).
+    lr, momentum : float
+        torch.optim.SGD's learning rate and momentum at the root.
+    batch : int
+        Mini-batch size per gradient (per partition under gradient coding); 0 = whole shard.
+    staleness_lr : str
+        ``"inverse"``: a gradient of staleness ``tau`` is weighted ``1 / (1 + tau)``;
+        ``"none"``: weight 1. Only the asynchronous policies have stale gradients.
+    scheme, gc_stragglers, gc_errors : str, int, int
+        Gradient code ``GradientCode(n, s, scheme)`` and how many corrupt messages to locate
+        per step (waits for ``n - s + 2 e`` messages).
+    qsgd : int
+        QSGD levels ``s`` on the worker-to-root path (0: full precision).
+    suspect : str
+        What to do with a gradient flagged as corrupt (non-finite, or norm above ``outlier``
+        times the median of recent accepted norms) outside gradient coding: ``"drop"`` or
+        ``"keep"``; it is reported either way.
+    outlier : float
+        The norm-outlier factor (> 1).
+    timeout : float
+        Seconds without the results a step needs before training stops with an error.
+    eval_every : int
+        Evaluate the full training loss and test accuracy every this many steps (and at the end).
+    checkpoint, checkpoint_every, resume : str, int, str
+        Checkpoint path, interval in steps (0: none), and a checkpoint to resume from.
+    seed, data_seed : int
+        Mini-batch / quantisation randomness; data partitioning.
+    """
+
+    policy: str = "sync"
+    k: int = 0
+    steps: int = 100
+    max_time: float = 0.0
+    lr: float = 0.5
+    momentum: float = 0.0
+    batch: int = 32
+    staleness_lr: str = "inverse"
+    scheme: str = "cyclic"
+    gc_stragglers: int = 1
+    gc_errors: int = 0
+    qsgd: int = 0
+    suspect: str = "drop"
+    outlier: float = 10.0
+    timeout: float = 30.0
+    eval_every: int = 1
+    checkpoint: str = ""
+    checkpoint_every: int = 0
+    resume: str = ""
+    seed: int = 0
+    data_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # types first: a TOML string where a number belongs is named
+            v = getattr(self, f.name)
+            want = {"int": int, "float": (int, float), "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            if isinstance(v, bool) or not isinstance(v, want):
+                raise ConfigurationError(f"`{f.name}` must be {f.type}, got {v!r}")
+        if self.policy not in POLICIES:
+            raise ConfigurationError(f"`policy` must be one of {POLICIES}, got {self.policy!r}")
+        _at_least("k", self.k, 0)
+        _at_least("steps", self.steps, 1)
+        _at_least("max_time", self.max_time, 0)
+        if not self.lr > 0:
+            raise ConfigurationError(f"`lr` must be greater than 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigurationError(f"`momentum` must be in [0, 1), got {self.momentum}")
+        _at_least("batch", self.batch, 0)
+        if self.staleness_lr not in ("inverse", "none"):
+            raise ConfigurationError(f"`staleness_lr` must be 'inverse' or 'none', got {self.staleness_lr!r}")
+        if self.scheme not in ("cyclic", "fractional_repetition"):
+            raise ConfigurationError(
+                f"`scheme` must be 'cyclic' or 'fractional_repetition', got {self.scheme!r}")
+        _at_least("gc_stragglers", self.gc_stragglers, 0)
+        _at_least("gc_errors", self.gc_errors, 0)
+        if not 0 <= self.qsgd <= 2**15:
+            raise ConfigurationError(f"`qsgd` must be between 0 and 32768 levels, got {self.qsgd}")
+        if self.suspect not in ("drop", "keep"):
+            raise ConfigurationError(f"`suspect` must be 'drop' or 'keep', got {self.suspect!r}")
+        if not self.outlier > 1:
+            raise ConfigurationError(f"`outlier` must be greater than 1, got {self.outlier}")
+        if not self.timeout > 0:
+            raise ConfigurationError(f"`timeout` must be greater than 0, got {self.timeout}")
+        _at_least("eval_every", self.eval_every, 1)
+        _at_least("checkpoint_every", self.checkpoint_every, 0)
+        if self.checkpoint_every and not self.checkpoint:
+            raise ConfigurationError("`checkpoint_every` needs a `checkpoint` path, got none")
+
+    def check_workers(self, n: int) -> "TrainConfig":
+        """Validate the settings that depend on the worker count ``n``."""
+        if self.policy in ("ksync", "kasync") and self.k > n:
+            raise ConfigurationError(f"`k` must be between 1 and workers={n} for {self.policy}, got {self.k}")
+        if self.policy == "gradient_coding":
+            s, e = self.gc_stragglers, self.gc_errors
+            if s > n - 1:
+                raise ConfigurationError(f"`gc_stragglers` must be between 0 and workers-1={n - 1}, got {s}")
+            if self.scheme == "fractional_repetition" and n % (s + 1):
+                raise ConfigurationError(
+                    f"`gc_stragglers` + 1 = {s + 1} must divide workers={n} for fractional repetition")
+            if n - s + 2 * e > n:
+                raise ConfigurationError(
+                    f"`gc_errors` must be at most gc_stragglers/2 = {s // 2} (n - s + 2e results "
+                    f"of n={n}), got {e}")
+            if self.qsgd:
+                raise ConfigurationError("`qsgd` must be 0 under gradient coding (the decode "
+                                         "needs the exact combinations), got %d" % self.qsgd)
+        return self
+
+    def k_for(self, n: int) -> int:
+        return self.k or max(1, n - 1)
+
+
+def _at_least(name: str, v: Any, low: float) -> None:
+    if v < low:
+        raise ConfigurationError(f"`{name}` must be at least {low}, got {v}")
