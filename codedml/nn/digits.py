@@ -96,7 +96,7 @@ class TrainResult:
     """Per-epoch curves and the final numbers of one training run."""
 
     kind: str
-    epochs: list[int] = field(default_factory=list)
+    epochs: list[float] = field(default_factory=list)
     wall: list[float] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
     test_accuracy: list[float] = field(default_factory=list)
@@ -116,10 +116,11 @@ class TrainResult:
 
 def train_mlp(model: nn.Sequential, data: DigitsData, *, epochs: int = 10, batch: int = 64,
               lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 1e-4, seed: int = 0,
-              scrub_every: int | None = None, progress: bool = False, kind: str = "") -> TrainResult:
+              scrub_every: int | None = None, progress: bool = False, kind: str = "",
+              eval_every: int | None = None) -> TrainResult:
     """Train with SGD (``CodedSGD`` when the model has coded layers), shuffled mini-batches
-    drawn with ``seed``; evaluate test accuracy after every epoch (through the model itself, so
-    a coded model's evaluation runs on the cluster too). A run whose products fail beyond what
+    drawn with ``seed``; evaluate test accuracy after every epoch, or every ``eval_every``
+    steps (through the model itself, so a coded model's evaluation runs on the cluster too). A run whose products fail beyond what
     the layers tolerate stops with the error recorded (``result.error``)."""
     coded = any(isinstance(m, CodedLinear) for m in model.modules())
     opt: torch.optim.Optimizer
@@ -146,6 +147,11 @@ def train_mlp(model: nn.Sequential, data: DigitsData, *, epochs: int = 10, batch
                 res.steps += 1
                 total += float(loss.detach()) * len(idx)
                 count += len(idx)
+                if eval_every and res.steps % eval_every == 0 and s + 1 < steps:
+                    res.epochs.append(epoch - 1 + (s + 1) / steps)
+                    res.loss.append(total / count)
+                    res.test_accuracy.append(_accuracy(model, data.X_test, data.y_test))
+                    res.wall.append(time.perf_counter() - t0)
                 if progress:
                     done = (epoch - 1) * steps + s + 1
                     sys.stdout.write(f"\r  {kind or 'train'}: epoch {epoch}/{epochs} step "
