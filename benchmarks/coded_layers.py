@@ -149,6 +149,8 @@ def main() -> int:
     for c in out["curves"]:
         st = c["stats"] or {}
         acc = f"{100 * c['final_accuracy']:.1f}%" if c["test_accuracy"] else "-"
+        if c["error"]:
+            acc = f"stopped at step {c['steps']}"
         wall = f"{c['wall_s'][-1]:.1f}" if c["wall_s"] else "-"
         note = (c["error"] or "")[:70]
         print(f"{c['kind']:10s} {str(c['faults']):7s} {acc:>9s} {wall:>8s} {st.get('corrected', '-'):>9} "

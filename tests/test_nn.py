@@ -78,8 +78,8 @@ def test_gradcheck_module_and_functional_under_soft_errors():
         x = torch.randn(3, 5, dtype=F64, requires_grad=True)
         # Which workers answer first decides the decode's rounding: repeated backward passes
         # agree to ~1e-15, not bitwise (nondet_tol).
-        assert torch.autograd.gradcheck(lambda x, b: _CodedLinearFn.apply(x, b, layer), (x, layer.bias),
-                                        nondet_tol=1e-12)
+        assert torch.autograd.gradcheck(lambda x, b: _CodedLinearFn.apply(x, b, layer._grad_anchor, layer),
+                                        (x, layer.bias), nondet_tol=1e-12)
         W = torch.randn(4, 5, dtype=F64, requires_grad=True)
         b = torch.randn(4, dtype=F64, requires_grad=True)
         assert torch.autograd.gradcheck(lambda x, W, b: coded_linear(x, W, b, cluster=c, errors=1),
@@ -91,7 +91,9 @@ def test_extra_repr_and_sequential(cluster):
     layer = CodedLinear(4, 3, cluster=cluster, dtype=F64)
     assert repr(layer) == ("CodedLinear(in_features=4, out_features=3, bias=True, "
                            "code=MDSCode(workers=7, k=3, construction='circle'), errors=0)")
-    assert [n for n, _ in layer.named_parameters()] == ["bias"]
+    # the resident weight is no torch parameter; an empty anchor stands in for it in autograd
+    assert [(n, p.numel()) for n, p in layer.named_parameters()] == [("_grad_anchor", 0), ("bias", 3)]
+    assert list(layer.state_dict()) == ["weight", "bias"]
     nobias = CodedLinear(4, 3, bias=False, cluster=cluster, dtype=F64)
     x = torch.randn(2, 4, dtype=F64)
     assert torch.allclose(nobias(x), x @ nobias.weight.T, rtol=0, atol=1e-14)
@@ -111,6 +113,59 @@ def test_training_follows_torch_sgd(cluster, opts):
             m(x).square().mean().backward()
             o.step()
     assert _max_diff(coded, ref) <= 1e-12
+
+
+def test_bias_free_layers_train_and_model_zero_grad_discards_pending(cluster):
+    torch.manual_seed(4)
+    coded = torch.nn.Sequential(CodedLinear(8, 6, bias=False, cluster=cluster, dtype=F64), torch.nn.Tanh(),
+                                CodedLinear(6, 3, bias=False, cluster=cluster, dtype=F64))
+    torch.manual_seed(4)
+    ref = torch.nn.Sequential(torch.nn.Linear(8, 6, bias=False, dtype=F64), torch.nn.Tanh(),
+                              torch.nn.Linear(6, 3, bias=False, dtype=F64))
+    oc, orf = CodedSGD(coded, lr=0.1, momentum=0.9), torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    g = torch.Generator().manual_seed(2)
+    for step in range(4):
+        x = torch.randn(5, 8, generator=g, dtype=F64)          # needs no gradient itself
+        for m, o in ((coded, oc), (ref, orf)):
+            m(x * 3).sum().backward()                          # discarded by model.zero_grad()
+            m.zero_grad()
+            m(x).square().sum().backward()
+            o.step()
+            m.zero_grad()
+    assert _max_diff(coded, ref) <= 1e-12
+    assert coded[0].stats["updates"] == 4
+
+
+def test_weight_grad_matches_finite_differences(cluster):
+    layer = CodedLinear(5, 4, cluster=cluster, dtype=F64)
+    x = torch.randn(3, 5, dtype=F64)
+    def loss():
+        with torch.no_grad():
+            return float(layer(x).pow(3).sum())
+    layer(x).pow(3).sum().backward()
+    dW = layer.weight_grad()
+    W = layer.weight
+    eps = 1e-6
+    for i, j in [(0, 0), (1, 3), (3, 4), (2, 1)]:
+        Wp, Wm = W.clone(), W.clone()
+        Wp[i, j] += eps
+        Wm[i, j] -= eps
+        layer.set_weight(Wp)
+        lp = loss()
+        layer.set_weight(Wm)
+        lm = loss()
+        assert abs((lp - lm) / (2 * eps) - float(dW[i, j])) <= 1e-6 * max(1.0, abs(float(dW[i, j])))
+    layer.set_weight(W)
+
+
+def test_default_code_keeps_a_spare_for_the_backward_product():
+    assert [default_code(n, e).recovery_threshold for n, e in [(7, 0), (8, 0), (8, 1), (5, 1), (3, 1), (2, 0)]] == \
+        [3, 4, 3, 1, 1, 1]
+    for n in range(2, 13):
+        for e in range((n - 1) // 2 + 1):
+            k = default_code(n, e).recovery_threshold
+            assert 2 * k - 1 + 2 * e <= n
+            assert 2 * k - 1 + 2 * e <= n - 1 or k == 1
 
 
 def test_training_under_stragglers_soft_errors_and_storage_errors():
@@ -214,13 +269,17 @@ def test_bad_input(cluster):
         CodedLinear(4, 8, cluster=cluster, code=MDSCode(7, 4), errors=1)
     with pytest.raises(ConfigurationError, match="`errors` must be at most 3 for 7 workers"):
         default_code(7, errors=4)
+    with pytest.raises(ConfigurationError, match="`model` has no parameters"):
+        CodedSGD(torch.nn.ReLU(), lr=0.1)
     with pytest.raises(ConfigurationError, match="`in_features` must be"):
         CodedLinear(0, 3, cluster=cluster)
     with pytest.raises(ConfigurationError, match="`dtype` must be torch.float32 or torch.float64"):
         CodedLinear(4, 3, cluster=cluster, dtype=torch.int64)
-    layer = CodedLinear(4, 3, cluster=cluster)
+    layer = CodedLinear(4, 3, cluster=cluster, dtype=torch.float32)
     with pytest.raises(ConfigurationError, match=r"last dimension in_features=4, got shape \(2, 5\)"):
         layer(torch.randn(2, 5))
+    with pytest.raises(ConfigurationError, match="input dtype must be the layer's dtype torch.float32"):
+        layer(torch.randn(2, 4, dtype=F64))
     with pytest.raises(ConfigurationError, match="`model` must be an nn.Module"):
         CodedSGD([layer.bias], lr=0.1)
     with pytest.raises(ConfigurationError, match="`scrub_every` must be a positive integer"):

@@ -263,3 +263,15 @@ def test_left_product_with_replication_and_uncoded_storage(W, n, k):
         assert np.linalg.norm(C - L @ W) <= TOL * np.linalg.norm(L) * np.linalg.norm(W)
         h, _ = c.sgd_step(h, np.ones((10, 1)), np.ones((6, 1)), lr=0.5)
         assert np.allclose(c.fetch(h), W - 0.5, rtol=0, atol=1e-13)
+
+
+def test_update_with_a_non_finite_factor_is_refused_before_touching_the_blocks(W):
+    with LocalCluster(4) as c:
+        h = c.put(W, code=MDSCode(4, 2))
+        U = np.ones((10, 1))
+        U[3, 0] = np.nan
+        with pytest.raises(ConfigurationError, match=r"`U` \(a factor of the update U V\^T\) contains NaN or Inf"):
+            c.sgd_step(h, U, np.ones((6, 1)), lr=0.1)
+        with pytest.raises(ConfigurationError, match=r"`V` .* contains NaN or Inf"):
+            c.update(h, np.ones((10, 1)), np.full((6, 1), np.inf))
+        assert np.allclose(c.fetch(h), W, rtol=0, atol=1e-13)

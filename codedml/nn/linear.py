@@ -25,6 +25,7 @@ encoding keeps a single source of truth, which is what makes the scrub meaningfu
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -39,13 +40,16 @@ __all__ = ["CodedLinear", "coded_linear", "default_code"]
 
 
 def default_code(workers: int, errors: int = 0, out_features: int | None = None) -> MDSCode:
-    """The largest ``k`` with ``2k - 1 + 2 errors <= workers``: ``MDSCode(workers, k)``.
+    """``MDSCode(workers, k)`` with the largest ``k`` such that ``2k - 1 + 2 errors <= workers - 1``.
 
-    Both the forward (threshold ``k``) and the backward product (threshold ``2k - 1``) then
-    tolerate ``errors`` corrupt results, and the backward product ``workers - 2k + 1 - 2 errors``
-    stragglers on top.
+    The forward product (threshold ``k``) then tolerates ``errors`` corrupt results and
+    ``workers - k - 2 errors`` stragglers, and the backward product (threshold ``2k - 1``)
+    ``errors`` corrupt results and at least one straggler. Where no such ``k`` exists, ``k = 1``
+    (the backward product then waits for every worker).
     """
-    k = (workers - 2 * errors + 1) // 2
+    k = (workers - 2 * errors) // 2
+    if k < 1 and 1 + 2 * errors <= workers:
+        k = 1
     if out_features is not None:
         k = min(k, out_features)
     if k < 1:
@@ -68,10 +72,16 @@ def _check_cluster(cluster: Any) -> None:
 
 
 class _CodedLinearFn(torch.autograd.Function):
-    """``y = x W^T + b`` with ``W`` resident on the workers; backward ``dx = dy W`` coded too."""
+    """``y = x W^T + b`` with ``W`` resident on the workers; backward ``dx = dy W`` coded too.
+
+    ``anchor`` is the layer's empty ``_grad_anchor`` parameter: it makes the output require a
+    gradient (so backward runs and ``dW`` is collected) even for a bias-free layer whose input
+    needs none, and its ``.grad`` tells whether ``zero_grad()`` ran since the last backward.
+    """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, bias: torch.Tensor | None, layer: "CodedLinear") -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, bias: torch.Tensor | None, anchor: torch.Tensor,
+                layer: "CodedLinear") -> torch.Tensor:
         X = x.detach().cpu().numpy()
         y = torch.from_numpy(np.ascontiguousarray(layer._forward_product(X).T)).to(x.dtype).to(x.device)
         if bias is not None:
@@ -93,8 +103,11 @@ class _CodedLinearFn(torch.autograd.Function):
             else:
                 gx = torch.from_numpy(layer._backward_product(G)).to(gy.dtype).to(gy.device)
         gb = gy.sum(0) if ctx.has_bias and ctx.needs_input_grad[1] else None
+        if layer._grad_anchor.grad is None:  # zero_grad() since the last backward: start anew
+            layer._pending.clear()
         layer._stash(G, x.detach().cpu().numpy())
-        return gx, gb, None
+        ga = torch.zeros_like(layer._grad_anchor) if ctx.needs_input_grad[2] else None
+        return gx, gb, ga, None
 
 
 class CodedLinear(nn.Module):
@@ -168,6 +181,9 @@ class CodedLinear(nn.Module):
         self._dtype = dtype
         w = torch.empty(self.out_features, self.in_features, dtype=dtype)
         nn.init.kaiming_uniform_(w, a=math.sqrt(5))  # torch.nn.Linear's initialisation
+        # An empty parameter standing in for the resident weight in autograd (see _CodedLinearFn);
+        # kept out of the state_dict, so the keys are nn.Linear's.
+        self._grad_anchor = nn.Parameter(torch.zeros(0, dtype=dtype))
         if bias:
             self.bias = nn.Parameter(torch.empty(self.out_features, dtype=dtype))
             bound = 1 / math.sqrt(self.in_features)
@@ -210,8 +226,11 @@ class CodedLinear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise ConfigurationError(
                 f"input must have last dimension in_features={self.in_features}, got shape {tuple(x.shape)}")
+        if x.dtype != self._dtype:
+            raise ConfigurationError(
+                f"input dtype must be the layer's dtype {self._dtype} (as for nn.Linear), got {x.dtype}")
         lead = x.shape[:-1]
-        y = _CodedLinearFn.apply(x.reshape(-1, self.in_features), self.bias, self)
+        y = _CodedLinearFn.apply(x.reshape(-1, self.in_features), self.bias, self._grad_anchor, self)
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
@@ -228,6 +247,8 @@ class CodedLinear(nn.Module):
     def weight_grad(self) -> torch.Tensor | None:
         """``dW = sum dY^T X`` over the backward passes since the last step, computed at the root
         (``None`` when there were none)."""
+        if self._grad_anchor.grad is None:  # zeroed since: nothing pending
+            self._pending.clear()
         if not self._pending:
             return None
         U, V = self._gradient_factors()
@@ -240,12 +261,15 @@ class CodedLinear(nn.Module):
     def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
         destination[prefix + "weight"] = self.weight      # decoded; first, as in nn.Linear
         super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination.pop(prefix + "_grad_anchor", None)
 
     def _load_from_state_dict(self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool,
                               missing_keys: list[str], unexpected_keys: list[str],
                               error_msgs: list[str]) -> None:
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+        if prefix + "_grad_anchor" in missing_keys:
+            missing_keys.remove(prefix + "_grad_anchor")
         key = prefix + "weight"
         if key in unexpected_keys:
             unexpected_keys.remove(key)
@@ -327,6 +351,12 @@ class CodedLinear(nn.Module):
 
     def _stash(self, G: np.ndarray, X: np.ndarray) -> None:
         self._pending.append((G, X))
+        if len(self._pending) == 100:
+            warnings.warn(
+                "CodedLinear: 100 backward passes accumulated without a coded step. Its weight "
+                "is resident on the workers and is trained only by codedml.nn.CodedSGD (torch "
+                "optimizers see only the bias); call CodedSGD.step() or zero_grad().",
+                RuntimeWarning, stacklevel=2)
 
     def _gradient_factors(self) -> tuple[np.ndarray, np.ndarray]:
         """``dW = U V^T`` with ``U = [dY_1^T ...]`` (``out x r``) and ``V = [X_1^T ...]``."""
@@ -341,6 +371,8 @@ class CodedLinear(nn.Module):
         Uses the gradients of the backward passes since the last step; returns ``False`` (and
         changes nothing) when there were none, as torch's SGD skips parameters without grad.
         """
+        if self._grad_anchor.grad is None:  # model.zero_grad() since the last backward
+            self._pending.clear()
         if not self._pending:
             return False
         U, V = self._gradient_factors()

@@ -64,10 +64,7 @@ class CodedSGD(torch.optim.SGD):
         self.layers = [m for m in model.modules() if isinstance(m, CodedLinear)]
         params: Iterable[Any] = list(model.parameters())
         if not params:
-            # torch's optimizer needs a parameter group to hold the hyper-parameters (and for
-            # schedulers); a model of bias-free coded layers has none, so hold an empty one.
-            self._holder = nn.Parameter(torch.zeros(0))
-            params = [self._holder]
+            raise ConfigurationError("`model` has no parameters (and no coded layers) to train")
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
                          weight_decay=weight_decay, nesterov=nesterov)
         self.scrub_every = scrub_every

@@ -703,6 +703,13 @@ class ClusterBase:
             raise ConfigurationError(
                 f"`U` and `V` must be ({handle.shape[0]}, r) and ({handle.shape[1]}, r), "
                 f"got {U.shape} and {V.shape}")
+        if handle.code.field is None:
+            for name, X in (("U", U), ("V", V)):
+                if X.dtype.kind in "fc" and not np.isfinite(X).all():
+                    raise ConfigurationError(
+                        f"`{name}` (a factor of the update U V^T) contains NaN or Inf: the update "
+                        f"(e.g. a gradient) is not finite, and applying it would corrupt every "
+                        f"stored block")
         code = handle.code
         encU = code.encode(U, np.zeros(U.shape[1], dtype=U.dtype))
         out = [_np(t.a) for t in encU]
