@@ -266,32 +266,22 @@ class SoftErrors(FaultModel):
 
 
 @dataclass(frozen=True)
-class StorageErrors(FaultModel):
+class StorageErrors(SoftErrors):
     """Each update of a worker's stored operand corrupts it with probability ``prob``.
 
     Models a soft error in memory that holds an encoded weight: after a resident update
     (``cluster.update`` / ``cluster.sgd_step``) one entry of the worker's stored block gets a
     ``kind`` error (:data:`CORRUPTION_KINDS`) and stays corrupt until a scrub repairs it. Drawn
     per (rank, update number, stored block), so it reproduces; an SGD step also hits the
-    momentum buffer it updates.
+    momentum buffer it updates. Same parameters as :class:`SoftErrors` (default ``prob``
+    0.01); it corrupts stored blocks, never results.
     """
 
-    kind: str = "exponent"
     prob: float = 0.01
-    value: float = 1e6
-    ranks: frozenset[int] | None = None
-
-    def __post_init__(self) -> None:
-        Corruption(self.kind, self.value)
-        _prob("prob", self.prob)
-        object.__setattr__(self, "ranks", _ranks("ranks", self.ranks))
 
     def __call__(self, rank: int, job: int, rng: np.random.Generator) -> Fault:
-        if self.ranks is not None and rank not in self.ranks:
-            return NO_FAULT
-        if rng.random() < self.prob:
-            return Fault(storage=(Corruption(self.kind, self.value),))
-        return NO_FAULT
+        hit = super().__call__(rank, job, rng)
+        return Fault(storage=hit.corruptions) if hit.corruptions else NO_FAULT
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,20 @@ class ResidentHandle:
     norms: tuple[float, ...] = field(repr=False, default=())
 
 
+def _record_arrival(req: Any, a: Arrival, now: float) -> bool:
+    """Book a death, an error or a latency on a Job or Call; ``True`` when ``a`` is a result."""
+    w = a.worker
+    if a.kind == "dead":
+        req.failed[w] = "crashed"
+        return False
+    req.latency[w] = now - req.t0
+    if a.kind == "error":
+        req.failed[w] = "error"
+        req.errors_seen[w] = a.payload
+        return False
+    return True
+
+
 class Job:
     """A submitted product. ``result(timeout)`` waits for and returns C; ``done()`` polls."""
 
@@ -173,15 +187,9 @@ class Job:
 
     # ------------------------------------------------------------------ internals
     def _accept(self, a: Arrival, now: float) -> None:
+        if not _record_arrival(self, a, now):
+            return
         w = a.worker
-        if a.kind == "dead":
-            self.failed[w] = "crashed"
-            return
-        self.latency[w] = now - self.t0
-        if a.kind == "error":
-            self.failed[w] = "error"
-            self.errors_seen[w] = a.payload
-            return
         if self.value is not None or self.exception is not None:
             self.late.add(w)
             return
@@ -288,16 +296,8 @@ class Call:
         self.cancelled = False
 
     def _accept(self, a: Arrival, now: float) -> None:
-        w = a.worker
-        if a.kind == "dead":
-            self.failed[w] = "crashed"
-            return
-        self.latency[w] = now - self.t0
-        if a.kind == "error":
-            self.failed[w] = "error"
-            self.errors_seen[w] = a.payload
-            return
-        self.results[w] = a.payload
+        if _record_arrival(self, a, now):
+            self.results[a.worker] = a.payload
 
     def _outstanding(self) -> list[int]:
         return [w for w in self.sent_to if w not in self.results and w not in self.failed]
