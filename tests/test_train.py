@@ -103,6 +103,49 @@ def test_a_dead_worker_is_reported_and_tolerated():
         train(TASK, TrainConfig(policy="sync", steps=10, timeout=5), local=3, faults=Die([2], at=3))
 
 
+@pytest.mark.parametrize("policy,k", [("async", 0), ("kbatch_async", 2)])
+def test_a_lone_async_worker_is_never_stale(policy, k):
+    # The finisher that completes an update pulls the parameters after it: with one worker
+    # nothing else moves them, so every gradient is fresh (was [0, 1, 1, ...] for async).
+    res = train(TASK, TrainConfig(policy=policy, k=k, steps=12, eval_every=12), local=1)
+    assert [s for m in res.metrics for s in m["staleness"]] == [0] * 12 * max(k, 1)
+
+
+def test_async_staleness_is_about_n_minus_one():
+    n = 4
+    res = train(TASK, TrainConfig(policy="async", steps=80, eval_every=80), local=n,
+                faults=FixedStragglers(range(1, n + 1), 0.01))  # equal speeds, root not the bottleneck
+    tau = [s for m in res.metrics[2 * n:] for s in m["staleness"]]  # past the start-up
+    assert n - 1.5 <= np.mean(tau) <= n - 0.5, np.mean(tau)
+
+
+def test_staleness_weights_scale_the_step_and_are_not_renormalised():
+    with LocalCluster(1, handlers=handlers(TASK)) as c:
+        eng = Engine(c, TASK, TrainConfig(policy="async", lr=0.5))
+        w0 = eng.flat()
+        g, h = np.random.default_rng(0).standard_normal((2, eng.d))
+        eng.apply([(0.5, g), (0.25, h)])
+        # (1/m) sum lambda_i g_i with m = 2, not divided by sum lambda_i = 0.75
+        assert np.allclose(eng.flat(), w0 - 0.5 * (0.5 * g + 0.25 * h) / 2, atol=1e-6)
+        eng.apply([(1 / 3, g)])  # async: one gradient of staleness 2 makes a third of a step
+        assert np.allclose(eng.flat(), w0 - 0.5 * (0.5 * g + 0.25 * h) / 2 - 0.5 * g / 3, atol=1e-6)
+
+
+def test_sync_on_a_cluster_with_a_known_dead_worker_names_it():
+    # A reused cluster whose worker rank 2 died in an earlier run: sync must say so, not fail
+    # on the runtime's "`count` must be ..." check.
+    with LocalCluster(3, handlers=handlers(TASK), faults=Die([2], at=1), timeout=10) as c:
+        first = Engine(c, TASK, TrainConfig(policy="ksync", k=2, steps=5, eval_every=5)).run()
+        assert first.crashed == [2] and 1 in c._dead
+        with pytest.raises(TrainingError) as exc:
+            Engine(c, TASK, TrainConfig(policy="sync", steps=5, timeout=5)).run()
+        msg = str(exc.value)
+        assert "policy 'sync' waits for every worker; ranks [2] crashed" in msg, msg
+        assert "ksync" in msg and "gradient_coding" in msg and "count" not in msg
+        again = Engine(c, TASK, TrainConfig(policy="async", steps=5, eval_every=5)).run()
+        assert again.crashed == [2] and all(2 not in m["workers"] for m in again.metrics)
+
+
 def test_soft_errors_are_located_under_gradient_coding():
     bad = Fault(corruptions=(Corruption("gross", 1e3),))
     faults = Schedule({2: {3: bad}, 4: {1: bad}, 5: {4: Fault(corruptions=(Corruption("exponent"),))}})
@@ -153,15 +196,22 @@ def test_checkpoint_resume_reproduces_the_uninterrupted_run(tmp_path):
     ref_params = torch.nn.utils.parameters_to_vector(digits_task("logreg").model().parameters())
     ck = str(tmp_path / "ck.pt")
     # The first run "dies" after step 7; its last checkpoint is step 6 (interval 3).
+    jl = tmp_path / "m.jsonl"
     first = train(TASK, TrainConfig(policy="sync", steps=7, momentum=0.9, lr=0.1, eval_every=5,
-                                    checkpoint=ck, checkpoint_every=3), local=3)
+                                    checkpoint=ck, checkpoint_every=3), local=3, metrics=jl)
     assert first.steps == 7 and not Path(ck + ".tmp").exists()
+    with jl.open("a") as f:
+        f.write('{"step": 8, "wa')  # the crash tore the last line
     task = digits_task("logreg")
     with LocalCluster(3, handlers=handlers(task)) as c:
         eng = Engine(c, task, TrainConfig(policy="sync", steps=10, momentum=0.9, lr=0.1,
-                                          eval_every=5, resume=ck))
+                                          eval_every=5, resume=ck), metrics=jl)
         res = eng.run()
     assert res.steps == 4 and [m["step"] for m in res.metrics] == [7, 8, 9, 10]  # lost step 7 only
+    # the metrics file lists every step once: step 7 of the first run was cut on resume
+    lines = [json.loads(l) for l in jl.read_text().splitlines()]
+    assert [m["step"] for m in lines] == list(range(1, 11))
+    assert lines[6] == res.metrics[0] and not Path(str(jl) + ".tmp").exists()
     assert res.loss == ref.loss and res.metrics[-1]["batch_loss"] == ref.metrics[-1]["batch_loss"]
     with LocalCluster(3, handlers=handlers(TASK)) as c:
         eng2 = Engine(c, TASK, cfg)
@@ -171,6 +221,17 @@ def test_checkpoint_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert not torch.equal(ref_params, torch.nn.utils.parameters_to_vector(eng.model.parameters()))
     with pytest.raises(ConfigurationError, match="written by policy 'sync'"):
         train(TASK, TrainConfig(policy="ksync", steps=10, resume=ck), local=3)
+
+
+def test_a_resumed_run_uses_a_worker_that_had_crashed(tmp_path):
+    # Dead workers are not restored: the resumed run's cluster has fresh workers.
+    ck = str(tmp_path / "ck.pt")
+    first = train(TASK, TrainConfig(policy="ksync", k=2, steps=6, checkpoint=ck, checkpoint_every=3),
+                  local=3, faults=Die([2], at=1))
+    assert first.crashed == [2]
+    res = train(TASK, TrainConfig(policy="ksync", k=3, steps=9, resume=ck), local=3)
+    assert res.steps == 3 and res.crashed == []
+    assert all(sorted(m["workers"]) == [1, 2, 3] for m in res.metrics)
 
 
 @pytest.mark.parametrize("kw,match", [

@@ -33,8 +33,11 @@ class TrainConfig:
     batch : int
         Mini-batch size per gradient (per partition under gradient coding); 0 = whole shard.
     staleness_lr : str
-        ``"inverse"``: a gradient of staleness ``tau`` is weighted ``1 / (1 + tau)``;
-        ``"none"``: weight 1. Only the asynchronous policies have stale gradients.
+        ``"inverse"``: a gradient of staleness ``tau`` is multiplied by ``1 / (1 + tau)``
+        before the update averages its ``m`` gradients (divided by ``m``, not by the sum of
+        the weights): a learning rate ``lr / (1 + tau)`` for that gradient, so stale gradients
+        make smaller steps. ``"none"``: weight 1. Only the asynchronous policies have stale
+        gradients.
     scheme, gc_stragglers, gc_errors : str, int, int
         Gradient code ``GradientCode(n, s, scheme)`` and how many corrupt messages to locate
         per step (waits for ``n - s + 2 e`` messages).

@@ -27,20 +27,26 @@ Asynchronous family (one request in flight per worker; a gradient computed at ve
 ``v'`` and applied at version ``v`` has staleness ``tau = v - v'``):
 
 ``async``
-    apply every gradient as it lands and hand that worker the current parameters (K = 1).
+    apply every gradient as it lands; that worker then pulls the parameters *after* its own
+    update (K = 1), so with one worker every gradient is fresh and with ``n`` workers the
+    staleness is about ``n - 1``.
 ``kasync``
     wait for ``K`` gradients (necessarily from ``K`` different workers), average and apply;
     only those ``K`` workers get the new parameters, the others keep computing on older ones
     (K-async SGD).
 ``kbatch_async``
-    wait for ``K`` gradients from any workers; every worker that finishes gets the current
-    parameters at once, so one worker may contribute several (K-batch-async SGD).
+    wait for ``K`` gradients from any workers, so one worker may contribute several
+    (K-batch-async SGD). A worker that finishes before the ``K``-th gradient is in gets the
+    current (pre-update) parameters at once and keeps computing; the worker whose gradient
+    completes the batch pulls the parameters after the update, as under ``async``.
 
-The staleness-aware learning rate (``staleness_lr="inverse"``) weights a gradient of
-staleness ``tau`` by ``1 / (1 + tau)`` in the average (Zhang et al. 2016's rule ``lr / tau``,
-shifted so a fresh gradient has weight 1). Dutta et al. 2018 propose instead
-``lr_j = min(C / ||w_j - w_tau(j)||^2, lr_max)``; it needs the parameters of every version
-still in flight and is not implemented.
+The staleness-aware learning rate (``staleness_lr="inverse"``) multiplies a gradient of
+staleness ``tau`` by ``1 / (1 + tau)`` before the update averages over the ``m`` gradients it
+uses (it divides by ``m``, not by the sum of the weights): a per-gradient learning rate
+``lr / (1 + tau)``, Zhang et al. 2016's rule ``lr / tau`` shifted so a fresh gradient keeps
+the full rate. Stale gradients therefore make a *smaller step*; they are not renormalised.
+Dutta et al. 2018 propose instead ``lr_j = min(C / ||w_j - w_tau(j)||^2, lr_max)``; it needs
+the parameters of every version still in flight and is not implemented.
 """
 
 from __future__ import annotations
@@ -104,6 +110,14 @@ class PolicyState:
 def sync(eng: "Engine", st: PolicyState) -> StepOutcome:
     """All ``n`` gradients of the step; any missing worker is a :class:`TrainingError`."""
     call = eng.send(st, None)
+    if len(call.sent_to) < eng.n:  # workers the cluster already knows dead were not asked
+        call.cancel()
+        gone = [w for w in range(eng.n) if w not in call.sent_to]
+        st.dead.update(gone)
+        raise eng.error(
+            f"policy 'sync' waits for every worker; ranks {[w + 1 for w in gone]} crashed; use "
+            f"ksync, kbatch_sync, async, kasync, kbatch_async or gradient_coding to go on "
+            f"without them")
     try:
         call.wait(eng.n, timeout=eng.cfg.timeout)
     except NotEnoughResultsError as exc:
@@ -200,6 +214,13 @@ def gradient_coding(eng: "Engine", st: PolicyState) -> StepOutcome:
 
 # ------------------------------------------------------------------ asynchronous family
 def _async_k(eng: "Engine", st: PolicyState, K: int, reissue_at_once: bool) -> StepOutcome:
+    """Gather ``K`` gradients from the requests in flight.
+
+    A finisher that is to start from the parameters after this update is left in
+    ``st.inflight`` with ``call=None`` and version ``v + 1``; the next call sends it those
+    parameters (the engine applies the update in between). With ``reissue_at_once`` the
+    finishers before the ``K``-th are sent the current parameters (version ``v``) at once.
+    """
     for w in range(eng.n):  # workers without a request (first step, after a resume) get one
         if w not in st.dead and w not in st.inflight:
             st.inflight[w] = Request(None, w, st.version)
@@ -217,17 +238,21 @@ def _async_k(eng: "Engine", st: PolicyState, K: int, reissue_at_once: bool) -> S
                 break
             req = st.inflight.pop(w)
             got.append(eng.contribution(w, raw, req.version))
-            finished.append(w)
-            if reissue_at_once:  # K-batch-async: the current (pre-update) parameters at once
+            if reissue_at_once and len(got) < K:
+                # K-batch-async, before the K-th gradient: the current (pre-update) parameters
                 st.inflight[w] = Request(eng.send(st, [w]), w, st.version)
-    if not reissue_at_once:  # K-async: the K finishers get the parameters after this update
-        for w in finished:
-            st.inflight[w] = Request(None, w, st.version + 1)
+            else:
+                finished.append(w)
+    # K-async: the K finishers; K-batch-async (and async, K = 1): the finisher that completed
+    # the batch. They get the parameters after this update, sent when the next one starts.
+    for w in finished:
+        st.inflight[w] = Request(None, w, st.version + 1)
     return StepOutcome(got)
 
 
 def async_(eng: "Engine", st: PolicyState) -> StepOutcome:
-    """Every gradient is an update (K-batch-async with K = 1)."""
+    """Every gradient is an update; its worker restarts from the updated parameters
+    (K-batch-async with K = 1)."""
     return _async_k(eng, st, 1, True)
 
 
@@ -237,7 +262,8 @@ def kasync(eng: "Engine", st: PolicyState) -> StepOutcome:
 
 
 def kbatch_async(eng: "Engine", st: PolicyState) -> StepOutcome:
-    """K gradients from any workers; every finisher restarts at once."""
+    """K gradients from any workers; a finisher before the K-th restarts at once from the
+    current parameters, the one completing the batch from the updated parameters."""
     return _async_k(eng, st, eng.k, True)
 
 

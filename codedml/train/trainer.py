@@ -7,7 +7,9 @@ One update per step: the policy (:mod:`codedml.train.policies`) gathers contribu
            \\lambda(\\tau) = 1 / (1 + \\tau) \\text{ (asynchronous policies, staleness\\_lr="inverse")},
 
 as the gradient of ``torch.optim.SGD`` (learning rate, momentum) and steps. ``m`` is the number
-of accepted contributions.
+of accepted contributions. The sum is divided by ``m``, not by ``sum_i lambda(tau_i)``: the
+weights are a staleness-dependent learning rate (``lr lambda(tau_i) / m`` per gradient), so
+stale gradients make a smaller step; they are not renormalised to an average.
 
 Checkpoints (``torch.save``, written to ``path.tmp`` then ``os.replace``: a crash mid-write
 leaves the previous checkpoint intact) hold ``format``, ``policy``, ``step``, ``model`` and
@@ -16,6 +18,10 @@ counters, recent gradient norms, bits sent) and the python / numpy / torch rando
 run resumed from the checkpoint of step ``t`` continues at step ``t + 1``; under the
 synchronous policies without delays it reproduces the uninterrupted run exactly. Requests in
 flight (asynchronous policies) are not saved: after a resume every worker gets a fresh one.
+Crashed workers are not saved either: a resumed run starts from the cluster it is given,
+whose workers are new processes, and treats as dead only those that cluster reports dead.
+A JSON-lines metrics file named by path is cut back to the checkpoint's step on resume
+(rewritten atomically) and then appended to, so no step appears twice.
 """
 
 from __future__ import annotations
@@ -244,8 +250,7 @@ class Engine:
         state = {"format": CHECKPOINT_FORMAT, "policy": self.cfg.policy, "step": self.st.version,
                  "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                  "wall": self.wall, "engine": {"sub": dict(self._sub), "norms": list(self._norms),
-                                              "bits_total": self.bits_total, "gradients": self.gradients,
-                                              "dead": sorted(self.st.dead)},
+                                              "bits_total": self.bits_total, "gradients": self.gradients},
                  "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
                          "torch": torch.get_rng_state()},
                  "config": asdict(self.cfg)}
@@ -287,15 +292,20 @@ class Engine:
         stale_weighted = cfg.policy in ASYNC and cfg.staleness_lr == "inverse"
         sink: IO[str] | None = None
         own = False
+        # Workers this cluster already knows dead (a reused cluster): not asked, not waited for.
+        known_dead = {int(w) for w in getattr(self.cluster, "_dead", ())}
+        st.dead.update(known_dead)
         if isinstance(self._metrics_path, (str, os.PathLike)) and str(self._metrics_path):
             Path(self._metrics_path).parent.mkdir(parents=True, exist_ok=True)
+            if cfg.resume:
+                _truncate_metrics(self._metrics_path, st.version)
             sink, own = open(self._metrics_path, "a" if cfg.resume else "w"), True
         elif self._metrics_path is not None and hasattr(self._metrics_path, "write"):
             sink = self._metrics_path  # type: ignore[assignment]
         metrics: list[dict[str, Any]] = []
         suspects: list[dict[str, Any]] = []
         corrected: list[dict[str, Any]] = []
-        crashed: list[int] = []
+        crashed: list[int] = [_rank(w) for w in known_dead]
         loss = acc = float("nan")
         start = st.version
         self._t0 = time.perf_counter()
@@ -370,6 +380,26 @@ def _bar(step: int, total: int, wall: float, loss: float, rec: dict[str, Any]) -
     elif step == total or step % max(1, total // 20) == 0:
         sys.stderr.write(line + "\n")
     sys.stderr.flush()
+
+
+def _truncate_metrics(path: str | os.PathLike, step: int) -> None:
+    """Keep the JSON lines of ``path`` with ``step <= step`` (the checkpoint's): the steps a
+    crashed run made after its last checkpoint are redone by the resumed run. A torn last line
+    is dropped. The file is rewritten to ``path.tmp`` and ``os.replace``d onto ``path``."""
+    p = Path(path)
+    if not p.exists():
+        return
+    keep = []
+    for line in p.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+            keep.append(line + "\n")
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text("".join(keep))
+    os.replace(tmp, p)
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:
