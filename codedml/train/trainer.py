@@ -38,7 +38,7 @@ from typing import Any, IO
 
 import numpy as np
 
-from ..errors import ConfigurationError, TrainingError, WorkerFailure
+from ..errors import ConfigurationError, TrainingError
 from .config import TrainConfig
 from .policies import ASYNC, POLICY_FUNCTIONS, Contribution, PolicyState, Request
 from .task import HANDLER, Task, handlers, partition_indices
