@@ -161,6 +161,24 @@ def test_default_code_keeps_a_spare_for_the_backward_product():
             assert 2 * k - 1 + 2 * e <= n - 1 or k == 1
 
 
+def test_training_on_the_torch_backend_under_faults():
+    """Workers multiplying and updating with torch (the CPU twin of the CUDA backend)."""
+    faults = SoftErrors("exponent", 0.03) + StorageErrors("sign", 0.05)
+    with LocalCluster(7, backend="torch", faults=faults, seed=3, timeout=30) as c:
+        coded, ref = _pair(c, errors=1)
+        oc = CodedSGD(coded, lr=0.1, momentum=0.9, weight_decay=1e-3, scrub_every=2)
+        orf = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+        g = torch.Generator().manual_seed(5)
+        for _ in range(10):
+            x = torch.randn(5, 8, generator=g, dtype=F64)
+            for m, o in ((coded, oc), (ref, orf)):
+                o.zero_grad()
+                m(x).square().sum().backward()
+                o.step()
+        assert _max_diff(coded, ref) <= 1e-12
+        assert coded[2].stats["corrected"] > 0 and coded[0].stats["repaired"] + coded[2].stats["repaired"] > 0
+
+
 def test_training_under_stragglers_soft_errors_and_storage_errors():
     faults = (FixedStragglers({2}, 0.5) + SoftErrors("exponent", 0.03) +
               StorageErrors("exponent", 0.02))
