@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ._config import add_dataclass_flags, resolve
 from .errors import CodedMLError, ConfigurationError
 
 DEFAULT_FAULTS = {
@@ -53,15 +54,6 @@ class RunConfig:
     seed: int = 0
     out: str = "out/run.json"
     local: int = 0
-
-
-def _coerce(name: str, kind: type, raw: Any, where: str) -> Any:
-    try:
-        if kind is bool:
-            return raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes")
-        return kind(raw)
-    except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"{where} `{name}` must be {kind.__name__}, got {raw!r}") from exc
 
 
 def load_config(path: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -168,23 +160,13 @@ def cmd_run(argv: list[str]) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m codedml run", description=cmd_run.__doc__)
     ap.add_argument("--config", help="TOML file with [run] and [faults] tables")
-    for f in fields(RunConfig):
-        kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-        ap.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None)
+    add_dataclass_flags(ap, RunConfig)
     add_fault_flags(ap)
     ns = ap.parse_args(argv)
     run_table, fault_table = load_config(ns.config)
-    values: dict[str, Any] = {}
-    for f in fields(RunConfig):
-        kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-        env = os.environ.get("CODEDML_" + f.name.upper())
-        if getattr(ns, f.name) is not None:
-            values[f.name] = getattr(ns, f.name)
-        elif env is not None:
-            values[f.name] = _coerce(f.name, kind, env, "CODEDML_" + f.name.upper())
-        elif f.name in run_table:
-            values[f.name] = _coerce(f.name, kind, run_table[f.name], "[run]")
-    cfg = RunConfig(**values)
+    # flag > CODEDML_<KEY> > [run] > default; other CODEDML_* variables (CODEDML_RANKS, the
+    # launcher's CODEDML_VENV, the train command's CODEDML_TRAIN_*) are tolerated here.
+    cfg = resolve(RunConfig, ns, "CODEDML_", run_table, strict_env=False)
     model, fseed = faults_from_config(faults_from_flags(ns, fault_table))
     for name, low in (("rows", 1), ("inner", 1), ("cols", 1), ("jobs", 1), ("errors", 0)):
         if getattr(cfg, name) < low:
