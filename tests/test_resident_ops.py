@@ -210,7 +210,9 @@ def test_gf_resident_fetch_and_left_product():
         h = c.put(W, code=MDSCode(6, 2, field=P))
         assert (c.fetch(h, errors=1) == W).all()
         assert (c.matmul_left(L, h, errors=1) == _gfp.matmul_mod(L, W, P)).all()
-        assert c.history[-1].faulty == (1,)
+        # 5 of 6 results suffice: the corrupt worker was located, or was the one not waited for
+        assert c.history[-1].workers[1].status in ("corrupt", "late", "missing")
+        assert c.history[-1].faulty in ((), (1,))
 
 
 # ------------------------------------------------------------------ handlers
