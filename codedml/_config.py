@@ -16,7 +16,20 @@ from typing import Any
 
 from .errors import ConfigurationError
 
-__all__ = ["resolve", "add_dataclass_flags", "check_table", "field_kind"]
+__all__ = ["resolve", "add_dataclass_flags", "check_table", "field_kind", "load_toml"]
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    """The TOML file at ``path`` (``--config``); a missing or malformed file names itself."""
+    import tomllib
+    from pathlib import Path
+
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise ConfigurationError(f"`--config` file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"`--config` {path} is not valid TOML: {exc}") from exc
 
 
 def field_kind(f: Any) -> type:

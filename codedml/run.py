@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ._config import add_dataclass_flags, resolve
+from ._config import add_dataclass_flags, load_toml, resolve
 from .errors import CodedMLError, ConfigurationError
 
 DEFAULT_FAULTS = {
@@ -60,14 +60,7 @@ def load_config(path: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """``([run] table, [faults] table)`` from a TOML file; unknown tables are an error."""
     if not path:
         return {}, dict(DEFAULT_FAULTS)
-    import tomllib
-
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError as exc:
-        raise ConfigurationError(f"`--config` file not found: {path}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigurationError(f"`--config` {path} is not valid TOML: {exc}") from exc
+    data = load_toml(path)
     unknown = sorted(set(data) - {"run", "faults"})
     if unknown:
         raise ConfigurationError(f"unknown table(s) {unknown} in {path}; allowed: ['run', 'faults']")

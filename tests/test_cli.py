@@ -8,12 +8,13 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from _mpirun import run_process
 
 SMALL = ["--rows", "200", "--inner", "100", "--cols", "50"]
 MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent))
@@ -29,15 +30,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _run(cmd: list[str], cwd: Path, timeout: float = 90, **env: str) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen(cmd, cwd=cwd, env=_env(**env), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{' '.join(cmd)} hung past {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    return run_process(cmd, env=_env(**env), cwd=cwd, timeout=timeout)
 
 
 def codedml(*args: str, cwd: Path, timeout: float = 90, **env: str) -> subprocess.CompletedProcess:

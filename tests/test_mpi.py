@@ -8,19 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from _mpirun import MPIEXEC, needs_mpiexec, open_mpi
-from _mpirun import run_mpi as _run
+from _mpirun import MPIEXEC, needs_mpiexec, open_mpi, scenario_runner
 
 pytest.importorskip("mpi4py")
 
 HERE = Path(__file__).parent
 SCRIPT = HERE / "mpi_scenarios.py"
 pytestmark = needs_mpiexec
-_open_mpi = open_mpi
-
-
-def run_mpi(scenario: str, np_: int, timeout: float = 120, ft: bool = False) -> tuple[dict, subprocess.CompletedProcess]:
-    return _run(SCRIPT, np_, scenario, timeout=timeout, ft=ft)
+run_mpi = scenario_runner(SCRIPT)
 
 
 def _all_exited(done: subprocess.CompletedProcess, np_: int, dead: int = 0) -> None:
@@ -48,7 +43,7 @@ def test_fail_silent_worker_costs_only_its_share(np_):
     assert all(j["status"][last] == "missing" for j in res["jobs"][1:])
 
 
-@pytest.mark.skipif(MPIEXEC is not None and not _open_mpi(), reason="real crashes survive only under Open MPI ULFM")
+@pytest.mark.skipif(MPIEXEC is not None and not open_mpi(), reason="real crashes survive only under Open MPI ULFM")
 def test_real_crash_survives_under_ulfm():
     res, done = run_mpi("die", 5, ft=True)
     assert done.returncode == 0, done.stderr[-2000:]

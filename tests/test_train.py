@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
+from _mpirun import run_process  # noqa: E402
 from codedml import LocalCluster  # noqa: E402
 from codedml.errors import ConfigurationError, TrainingError  # noqa: E402
 from codedml.faults import (Corruption, Die, FailSilent, Fault, FixedStragglers,  # noqa: E402
@@ -259,16 +259,7 @@ def test_bad_config_for_the_worker_count():
 def _codedml(*args: str, cwd: Path, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
     e = {k: v for k, v in os.environ.items() if not k.startswith(("CODEDML_", "OMPI_", "PMIX_"))}
     e.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **env)
-    proc = subprocess.Popen([sys.executable, "-m", "codedml", "train", *args], cwd=cwd, env=e,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"train {args} hung\n{out}\n{err}")
-    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+    return run_process([sys.executable, "-m", "codedml", "train", *args], env=e, cwd=cwd, timeout=timeout)
 
 
 def test_cli_end_to_end_with_precedence_and_json_lines(tmp_path):

@@ -4,13 +4,11 @@ fully synchronous training stops with a clear error."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from _mpirun import MPIEXEC, needs_mpiexec, open_mpi
-from _mpirun import run_mpi as _run
+from _mpirun import MPIEXEC, needs_mpiexec, open_mpi, scenario_runner
 
 pytest.importorskip("mpi4py")
 pytest.importorskip("torch")
@@ -19,14 +17,10 @@ pytest.importorskip("sklearn")
 HERE = Path(__file__).parent
 SCRIPT = HERE / "train_mpi_scenarios.py"
 pytestmark = needs_mpiexec
-_open_mpi = open_mpi
+run_mpi = scenario_runner(SCRIPT)
 
 
-def run_mpi(scenario: str, np_: int, timeout: float = 120, ft: bool = False) -> tuple[dict, subprocess.CompletedProcess]:
-    return _run(SCRIPT, np_, scenario, timeout=timeout, ft=ft)
-
-
-@pytest.mark.skipif(MPIEXEC is not None and not _open_mpi(), reason="real crashes survive only under Open MPI ULFM")
+@pytest.mark.skipif(MPIEXEC is not None and not open_mpi(), reason="real crashes survive only under Open MPI ULFM")
 def test_kasync_survives_a_real_crash_under_ulfm():
     res, done = run_mpi("kasync_die", 5, ft=True)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -147,8 +147,9 @@ def train_mlp(model: nn.Sequential, data: DigitsData, *, epochs: int = 10, batch
                 res.steps += 1
                 total += float(loss.detach()) * len(idx)
                 count += len(idx)
-                if eval_every and res.steps % eval_every == 0 and s + 1 < steps:
-                    res.epochs.append(epoch - 1 + (s + 1) / steps)
+                last = s + 1 == steps  # every epoch ends with an evaluation
+                if last or (eval_every and res.steps % eval_every == 0):
+                    res.epochs.append(epoch if last else epoch - 1 + (s + 1) / steps)
                     res.loss.append(total / count)
                     res.test_accuracy.append(_accuracy(model, data.X_test, data.y_test))
                     res.wall.append(time.perf_counter() - t0)
@@ -157,10 +158,6 @@ def train_mlp(model: nn.Sequential, data: DigitsData, *, epochs: int = 10, batch
                     sys.stdout.write(f"\r  {kind or 'train'}: epoch {epoch}/{epochs} step "
                                      f"{done}/{epochs * steps} loss {total / count:.4f}")
                     sys.stdout.flush()
-            res.epochs.append(epoch)
-            res.loss.append(total / count)
-            res.test_accuracy.append(_accuracy(model, data.X_test, data.y_test))
-            res.wall.append(time.perf_counter() - t0)
     except Exception as exc:  # a run the faults defeat is a result, recorded with its cause
         res.error = f"{type(exc).__name__}: {exc}"
     if progress:

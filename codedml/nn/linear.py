@@ -35,6 +35,7 @@ from torch import nn
 from ..codes import MatDotCode, MDSCode, ReplicationCode
 from ..codes._validate import check_int
 from ..errors import ConfigurationError, CorruptResultError
+from ..runtime._cluster import retry_on_corrupt
 
 __all__ = ["CodedLinear", "coded_linear", "default_code"]
 
@@ -103,8 +104,6 @@ class _CodedLinearFn(torch.autograd.Function):
             else:
                 gx = torch.from_numpy(layer._backward_product(G)).to(gy.dtype).to(gy.device)
         gb = gy.sum(0) if ctx.has_bias and ctx.needs_input_grad[1] else None
-        if layer._grad_anchor.grad is None:  # zero_grad() since the last backward: start anew
-            layer._pending.clear()
         layer._stash(G, x.detach().cpu().numpy())
         ga = torch.zeros_like(layer._grad_anchor) if ctx.needs_input_grad[2] else None
         return gx, gb, ga, None
@@ -240,16 +239,14 @@ class CodedLinear(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         """The current weight, decoded from the stored blocks (a detached copy)."""
-        W = self.cluster.fetch(self._handle, errors=self._budget(self.code.recovery_threshold),
+        W = self.cluster.fetch(self._handle, errors=self.errors,
                                timeout=self.timeout)
         return torch.from_numpy(np.ascontiguousarray(W)).to(self._dtype)
 
     def weight_grad(self) -> torch.Tensor | None:
         """``dW = sum dY^T X`` over the backward passes since the last step, computed at the root
         (``None`` when there were none)."""
-        if self._grad_anchor.grad is None:  # zeroed since: nothing pending
-            self._pending.clear()
-        if not self._pending:
+        if not self._current_pending():
             return None
         U, V = self._gradient_factors()
         return torch.from_numpy(U @ V.T).to(self._dtype)
@@ -302,9 +299,6 @@ class CodedLinear(nn.Module):
         self._handle = self._buffer = None
 
     # ------------------------------------------------------------------ coded operations
-    def _budget(self, threshold: int) -> int:
-        return self.errors
-
     def _note(self) -> None:
         rep = self.cluster.history[-1]
         self.stats["corrected"] += len(rep.faulty)
@@ -322,19 +316,21 @@ class CodedLinear(nn.Module):
         recompute it (a fresh job) -- at once the first time (transient errors), after a scrub
         of the stored blocks the next times (stored blocks corrupted since the last scrub add
         up with transient errors) -- at most ``retries`` times."""
-        for attempt in range(self.retries + 1):
+        def noted() -> np.ndarray:
             try:
-                out = run()
-                self._note()
-                return out
+                return run()
             except CorruptResultError:
                 self._note()
-                if attempt == self.retries:
-                    raise
-                self.stats["retried"] += 1
-                if attempt >= 1:
-                    self.scrub()
-        raise AssertionError("unreachable")  # pragma: no cover
+                raise
+
+        def before_retry(attempt: int) -> None:
+            self.stats["retried"] += 1
+            if attempt >= 1:
+                self.scrub()
+
+        out = retry_on_corrupt(noted, self.retries, before_retry)
+        self._note()
+        return out
 
     def _forward_product(self, X: np.ndarray) -> np.ndarray:
         """``W X^T`` (``out x B``), decoded from the first ``k + 2 errors`` workers."""
@@ -349,8 +345,15 @@ class CodedLinear(nn.Module):
         return self._coded(lambda: self.cluster.matmul_left(G, self._handle, errors=self.errors,
                                                             timeout=self.timeout))
 
+    def _current_pending(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The ``(dY, X)`` pairs collected since the last ``zero_grad()``: any ``zero_grad()``
+        (the model's too, which never calls this layer's) resets the anchor's grad to None."""
+        if self._grad_anchor.grad is None:
+            self._pending.clear()
+        return self._pending
+
     def _stash(self, G: np.ndarray, X: np.ndarray) -> None:
-        self._pending.append((G, X))
+        self._current_pending().append((G, X))
         if len(self._pending) == 100:
             warnings.warn(
                 "CodedLinear: 100 backward passes accumulated without a coded step. Its weight "
@@ -371,9 +374,7 @@ class CodedLinear(nn.Module):
         Uses the gradients of the backward passes since the last step; returns ``False`` (and
         changes nothing) when there were none, as torch's SGD skips parameters without grad.
         """
-        if self._grad_anchor.grad is None:  # model.zero_grad() since the last backward
-            self._pending.clear()
-        if not self._pending:
+        if not self._current_pending():
             return False
         U, V = self._gradient_factors()
         self._handle, self._buffer = self.cluster.sgd_step(
@@ -404,23 +405,13 @@ class CodedLinear(nn.Module):
         return reports
 
 
-def _retrying(run: Any, retries: int) -> np.ndarray:
-    for attempt in range(retries + 1):
-        try:
-            return run()
-        except CorruptResultError:
-            if attempt == retries:
-                raise
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
 class _FunctionalFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None,
                 cluster: Any, code: MDSCode, errors: int, retries: int) -> torch.Tensor:
         X, Wn = x.detach().cpu().numpy(), W.detach().cpu().numpy()
         Xt = np.ascontiguousarray(X.T)
-        Yt = _retrying(lambda: cluster.matmul(Wn, Xt, code=code, errors=errors), retries)
+        Yt = retry_on_corrupt(lambda: cluster.matmul(Wn, Xt, code=code, errors=errors), retries)
         y = torch.from_numpy(np.ascontiguousarray(Yt.T)).to(x.dtype)
         if bias is not None:
             y = y + bias
@@ -441,7 +432,7 @@ class _FunctionalFn(torch.autograd.Function):
             k = ctx.code.recovery_threshold
             back = MatDotCode(ctx.code.workers, k)
             Wn = W.detach().cpu().numpy()
-            gx = torch.from_numpy(_retrying(lambda: ctx.cluster.matmul(G, Wn, code=back, errors=ctx.errors),
+            gx = torch.from_numpy(retry_on_corrupt(lambda: ctx.cluster.matmul(G, Wn, code=back, errors=ctx.errors),
                                             ctx.retries)).to(gy.dtype)
         if ctx.needs_input_grad[1]:
             gW = gy.T @ x

@@ -12,7 +12,7 @@ import math
 import time
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +89,22 @@ class ResidentHandle:
     shape: tuple[int, ...]
     dtype: np.dtype
     norms: tuple[float, ...] = field(repr=False, default=())
+
+
+def retry_on_corrupt(run: Callable[[], Any], retries: int,
+                     before_retry: Callable[[int], None] | None = None) -> Any:
+    """``run()``, run again (after ``before_retry(attempt)``) while it raises
+    :class:`CorruptResultError` -- results detectably inconsistent beyond the error budget,
+    which a fresh job with fresh results may not be -- at most ``retries`` more times."""
+    for attempt in range(retries + 1):
+        try:
+            return run()
+        except CorruptResultError:
+            if attempt == retries:
+                raise
+            if before_retry is not None:
+                before_retry(attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _record_arrival(req: Any, a: Arrival, now: float) -> bool:
@@ -437,11 +453,8 @@ class ClusterBase:
     def matmul(self, A: Any, B: Any, *, code: LinearCode | None = None, errors: int = 0,
                timeout: float | None = None, precision: str = "auto") -> np.ndarray:
         """``A @ B`` decoded from the first results that suffice (see :meth:`submit`)."""
-        job = self.submit(A, B, code=code, errors=errors, timeout=timeout, precision=precision)
-        try:
-            return job.result()
-        finally:
-            self.history.append(job.report)
+        return self._wait(self.submit(A, B, code=code, errors=errors, timeout=timeout,
+                                      precision=precision))
 
     def submit_left(self, L: Any, handle: ResidentHandle, *, errors: int = 0,
                     timeout: float | None = None) -> Job:
@@ -476,11 +489,7 @@ class ClusterBase:
         results corrected from ``2k - 1 + 2 errors`` results. With a :class:`ReplicationCode`
         each worker multiplies its plain block and the root sums one copy per block.
         """
-        job = self.submit_left(L, handle, errors=errors, timeout=timeout)
-        try:
-            return job.result()
-        finally:
-            self.history.append(job.report)
+        return self._wait(self.submit_left(L, handle, errors=errors, timeout=timeout))
 
     def fetch(self, handle: ResidentHandle, *, errors: int = 0, timeout: float | None = None,
               wait_all: bool = False, return_job: bool = False) -> Any:
@@ -489,15 +498,11 @@ class ClusterBase:
         self._check_open()
         errors = check_int("errors", errors, 0, self.workers)
         t0 = time.perf_counter()
-        enc = self._resident_encoding(handle, (handle.shape[1],) if len(handle.shape) == 2 else (1,),
-                                      math.sqrt(handle.shape[1]) if len(handle.shape) == 2 else 1.0)
-        enc.shape = tuple(handle.shape)
+        # the stored block itself, as if multiplied by the identity: shape and noise scale
+        enc = self._resident_encoding(handle, (handle.shape[1],), math.sqrt(handle.shape[1]))
         job = self._start(handle.code, enc, {"op": "fetch", "handle": handle.id},
                           [[] for _ in range(self.workers)], errors, timeout, t0, wait_all)
-        try:
-            A = job.result()
-        finally:
-            self.history.append(job.report)
+        A = self._wait(job)
         return (A, job) if return_job else A
 
     def scrub(self, handle: ResidentHandle, *, timeout: float | None = None,
@@ -515,13 +520,7 @@ class ClusterBase:
         storage errors) is repeated with a fresh probe, at most ``retries`` times.
         """
         rng = np.random.default_rng(seed)
-        for attempt in range(retries + 1):
-            try:
-                return self._scrub_once(handle, timeout, rng)
-            except CorruptResultError:
-                if attempt == retries:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        return retry_on_corrupt(lambda: self._scrub_once(handle, timeout, rng), retries)
 
     def _scrub_once(self, handle: ResidentHandle, timeout: float | None,
                     rng: np.random.Generator) -> ScrubReport:
@@ -529,7 +528,7 @@ class ClusterBase:
         live = [w for w in range(self.workers) if w not in self._dead]
         k = handle.code.recovery_threshold
         budget = max(0, (len(live) - k) // 2)
-        cols = handle.shape[1] if len(handle.shape) == 2 else 1
+        cols = handle.shape[1]  # resident operands are 2-D (put's encode accepts nothing else)
         if handle.code.field is not None:
             r = rng.integers(0, handle.code.field, size=cols, dtype=np.int64)
         else:
@@ -538,10 +537,7 @@ class ClusterBase:
         enc, per_worker = self._encode_resident(handle, r)
         job = self._start(handle.code, enc, {"op": "matmul", "handle": handle.id}, per_worker,
                           budget, timeout, t0, wait_all=True)
-        try:
-            job.result()
-        finally:
-            self.history.append(job.report)
+        self._wait(job)
         rep = job.report
         faulty = tuple(w.worker for w in rep.workers if w.status == "corrupt")
         missing = tuple(w.worker for w in rep.workers if w.status in ("missing", "crashed"))
@@ -550,7 +546,7 @@ class ClusterBase:
             return ScrubReport(checked, (), (), missing, handle)
         A, fjob = self.fetch(handle, errors=budget, timeout=timeout, wait_all=True, return_job=True)
         bad = sorted(set(faulty) | set(fjob.report.faulty))
-        enc = handle.code.encode(A, np.zeros(A.shape[1] if A.ndim == 2 else 1, dtype=A.dtype))
+        enc = handle.code.encode(A, np.zeros(A.shape[1], dtype=A.dtype))
         # Every block's norm anew (not only the repaired ones): the decoder's noise model
         # compares workers, and exact norms beside loose update bounds made the repaired
         # blocks look too large for their scale -- falsely corrupt.
@@ -651,6 +647,13 @@ class ClusterBase:
         """Receive what arrives within ``timeout`` seconds (one poll at least) and route it."""
         self._progress(timeout)
 
+    def _wait(self, job: Job) -> np.ndarray:
+        """``job.result()``, its report kept in ``history`` whether it succeeded or not."""
+        try:
+            return job.result()
+        finally:
+            self.history.append(job.report)
+
     def put(self, A: Any, *, code: LinearCode) -> ResidentHandle:
         """Store ``A`` encoded on the workers once; ``matmul(handle, x)`` then sends only ``x``.
 
@@ -685,17 +688,17 @@ class ClusterBase:
         encU, V = self._encode_update(handle, U, V)
         seq = self._next_update
         self._next_update += 1
+        nv = float(np.linalg.norm(V))
         norms = []
         for w in range(self.workers):
             u = encU[w]
-            norms.append(handle.norms[w] + float(np.linalg.norm(u)) * float(np.linalg.norm(V)))
+            norms.append(handle.norms[w] + float(np.linalg.norm(u)) * nv)
             if w not in self._dead:
                 self._send(w, {"op": "update", "handle": handle.id, "field": handle.code.field,
                                "seq": seq}, [u, V])
         return ResidentHandle(handle.id, handle.code, handle.shape, handle.dtype, tuple(norms))
 
     def _encode_update(self, handle: ResidentHandle, U: Any, V: Any) -> tuple[list[np.ndarray], np.ndarray]:
-        self._check_open()
         U = np.asarray(U)
         V = np.asarray(V)
         if U.ndim != 2 or V.ndim != 2 or U.shape[1] != V.shape[1] or U.shape[0] != handle.shape[0] \

@@ -79,7 +79,7 @@ class WorkerState:
             return None
         if op == "update":  # resident A += U V^T, applied to the encoded block in place
             u, v = arrays
-            self._add_outer(ctrl["handle"], u, v, 1.0, p)
+            self._add_outer(ctrl["handle"], u, v, p)
             self._storage_faults(ctrl, ctrl["handle"], p)
             return None
         if op == "sgd":
@@ -114,14 +114,14 @@ class WorkerState:
             return np.zeros(0) if out is None else np.asarray(out)
         raise ValueError(f"unknown request op {op!r}")
 
-    def _add_outer(self, hid: int, u: np.ndarray, v: np.ndarray, alpha: float, p: int | None) -> None:
-        """Stored block ``+= alpha * u v^T`` in place."""
+    def _add_outer(self, hid: int, u: np.ndarray, v: np.ndarray, p: int | None) -> None:
+        """Stored block ``+= u v^T`` in place."""
         a = self.resident[hid]
         if p is not None:
             self.resident[hid] = (a + _gfp.matmul_mod(u, v.T.copy(), p)) % p
             return
         delta = self.backend.matmul(self.backend.to_device(u), self.backend.to_device(np.ascontiguousarray(v.T)))
-        self.backend.add_(a, delta if alpha == 1.0 else delta * alpha)
+        self.backend.add_(a, delta)
 
     def _sgd(self, ctrl: dict[str, Any], arrays: list[np.ndarray], p: int | None) -> None:
         """SGD with momentum and weight decay on the encoded block (torch.optim.SGD's rule).

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .._config import add_dataclass_flags, check_table, resolve
+from .._config import add_dataclass_flags, check_table, load_toml, resolve
 from ..errors import ConfigurationError, TrainingError
 from .config import POLICIES, TrainConfig
 
@@ -91,14 +91,7 @@ def load_train_config(path: str | None) -> tuple[dict[str, Any], dict[str, Any]]
     """``([train] table, [faults] table)`` of a TOML file; unknown tables/keys are errors."""
     if not path:
         return {}, {}
-    import tomllib
-
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError as exc:
-        raise ConfigurationError(f"`--config` file not found: {path}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigurationError(f"`--config` {path} is not valid TOML: {exc}") from exc
+    data = load_toml(path)
     check_table(path, data, {"train", "faults"})
     table = data.get("train", {})
     check_table(f"[train] of {path}", table,
