@@ -28,6 +28,10 @@ Codes (``n`` about 10, two results to spare where the code has a threshold):
 MDS(10, 8) matrix-vector and matrix-matrix, Polynomial(10, 4x2), MatDot(11, m=5),
 PolyDot(11, 2x2x2), replication(10 workers, 5 blocks: every block twice), gradient code
 (10 workers, 2 stragglers, cyclic), and the plain split into 8 blocks without redundancy.
+Plus MDS(30, 25), the accuracy corner (worst-case condition number 8.0e3), twice: with
+``precision="auto"``, which gives it compensated worker products (three GEMMs each, see
+``codedml/codes/_eft.py``), and with ``precision="float64"`` (one plain GEMM each), so the
+cost of compensation reads off side by side.
 
 Threading: BLAS is limited to ONE thread by default (at run time with threadpoolctl, the
 same effect as ``OPENBLAS_NUM_THREADS=1`` but confined to the timed region), for two reasons:
@@ -96,6 +100,11 @@ def cases() -> list[dict]:
         {"label": "Replication 2x", "code": ReplicationCode(10, 5), "vector": False},
         {"label": "Gradient cyclic s=2", "code": GradientCode(10, 2, "cyclic"), "vector": False},
         {"label": "Split k=8 (no redund.)", "code": ReplicationCode(8, 8), "vector": False},
+        # n = 30, 5 redundant (cond 8.0e3): "auto" gives compensated worker products (3 GEMMs);
+        # the same code with one plain float64 GEMM per worker beside it
+        {"label": "MDS (30,25) compensated", "code": MDSCode(30, 25), "vector": False},
+        {"label": "MDS (30,25) plain f64", "code": MDSCode(30, 25), "vector": False,
+         "precision": "float64"},
     ]
 
 
@@ -106,12 +115,14 @@ def timed(fn):
 
 
 def flop_ratio(enc, M: int, N: int, K: int) -> float:
-    """Largest worker's multiply-adds over the uncoded product's (complex GEMM = 4 real)."""
+    """Largest worker's multiply-adds over the uncoded product's (complex GEMM = 4 real; a
+    compensated product = 3 GEMMs)."""
     worst = 0.0
     for t in enc:
         a, b = np.asarray(t.a), np.asarray(t.b)
         cols = b.shape[1] if b.ndim == 2 else 1
         f = a.shape[0] * a.shape[1] * cols * (4 if np.iscomplexobj(a) or np.iscomplexobj(b) else 1)
+        f *= 3 if t.compensated else 1
         worst = max(worst, f)
     return worst / (M * N * K)
 
@@ -134,7 +145,7 @@ def run_size(size: int, repeats: int, rng: np.random.Generator, case_list: list[
             dt, _ = timed(lambda: A @ rhs)
             if rep:
                 t_unc[vec].append(dt)
-            d_enc, enc = timed(lambda: code.encode(A, rhs))
+            d_enc, enc = timed(lambda: code.encode(A, rhs, precision=c.get("precision", "auto")))
             res, tw = {}, []
             for t in enc:
                 dt, res[t.worker] = timed(t.compute)
@@ -169,7 +180,7 @@ def run_size(size: int, repeats: int, rng: np.random.Generator, case_list: list[
         row = {
             "size": size, "case": c["label"], "code": repr(code), "vector": vec,
             "workers": code.workers, "recovery_threshold": code.recovery_threshold,
-            "uncoded_median_s": u,
+            "precision": c.get("precision", "auto"), "uncoded_median_s": u,
             "uncoded_spread_max_over_min": max(t_unc[vec]) / min(t_unc[vec]),
             "encode_median_s": med(r["encode"]), "decode_k_median_s": med(r["decode_k"]),
             "decode_n_median_s": med(r["decode_n"]),
@@ -196,13 +207,13 @@ def run_size(size: int, repeats: int, rng: np.random.Generator, case_list: list[
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"{'size':>5s} {'case':<23s} {'n':>3s} {'k':>3s} {'encode':>7s} {'worker':>7s} "
+    head = (f"{'size':>5s} {'case':<25s} {'n':>3s} {'k':>3s} {'encode':>7s} {'worker':>7s} "
             f"{'flops/w':>7s} {'sum w':>6s} {'dec k':>7s} {'dec n':>7s} {'e2e':>6s} "
             f"{'dec %':>6s} {'err':>7s}")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['size']:>5d} {r['case']:<23s} {r['workers']:>3d} {r['recovery_threshold']:>3d} "
+            f"{r['size']:>5d} {r['case']:<25s} {r['workers']:>3d} {r['recovery_threshold']:>3d} "
             f"{r['encode_ratio']:>7.3f} {r['worker_ratio']:>7.3f} {r['flops_per_worker_ratio']:>7.3f} "
             f"{r['worker_sum_ratio']:>6.2f} {r['decode_k_ratio']:>7.3f} {r['decode_n_ratio']:>7.3f} "
             f"{r['e2e_ideal_ratio']:>6.2f} {100 * r['decode_share_of_e2e']:>5.1f}% "

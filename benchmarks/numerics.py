@@ -18,6 +18,14 @@ For each code family (MDS, polynomial, MatDot, PolyDot), each construction over 
   - float32 inputs with ``precision="float32"`` forced, to show why ``auto`` switches:
     float32 worker arithmetic costs about ``eps32 * cond`` of decoded accuracy.
 
+A second table sweeps the *inner dimension* at the hardest corner, n = 30 and r = 5 (worst-case
+condition number 8.0e3), for the four families on the circle: the decoded error on the worst
+subset with one plain float64 GEMM per worker (``precision="float64"``) beside the default
+``precision="auto"``, which gives these codes compensated worker products (three GEMMs, about
+one rounding of the result; ``codedml/codes/_eft.py``). Plain products' rounding grows with the
+inner dimension and the decode amplifies it; compensated ones stay flat (``--inner``; A is
+192 x inner, B inner x 144).
+
 Code parameters for a given ``n`` and ``r`` (``k = n - r``):
 
 * MDS: ``MDSCode(n, k)`` (A in ``k`` row blocks, B a matrix);
@@ -164,6 +172,71 @@ def measure(code, family: str, construction: str, n: int, r: int, args, rng) -> 
     row["f32_auto"] = decode_error(code, S, A32, B32, "auto")
     row["f32_forced"] = decode_error(code, S, A32, B32, "float32")
     return row
+
+
+def inner_sweep(inners: list[int], seed: int) -> list[dict]:
+    """Plain vs compensated worker products at n = 30, r = 5, per family and inner dimension."""
+    out = []
+    for fam in FAMILIES:
+        code = make_code(fam, 30, 5, "circle")
+        if code is None:
+            continue
+        wc = worst_case_condition(code, max_subsets=code.workers)  # cyclic runs: the worst here
+        for inner in inners:
+            rng = np.random.default_rng([seed, inner])
+            A, B = rng.standard_normal((192, inner)), rng.standard_normal((inner, 144))
+            row = {"family": fam, "code": repr(code), "inner": inner, "cond": wc.value,
+                   "worst_subset": list(wc.worst_subset)}
+            for prec in ("float64", "auto"):
+                t0 = time.perf_counter()
+                row[prec] = decode_error(code, list(wc.worst_subset), A, B, prec)
+                row[prec]["compensated"] = code.encode(A[:1], B[:, :1], precision=prec).compensated
+                row[prec]["seconds"] = time.perf_counter() - t0
+            out.append(row)
+    return out
+
+
+def inner_table(rows: list[dict]) -> str:
+    head = f"{'family':<10s} {'inner':>6s} {'plain f64':>10s} {'auto':>10s} {'auto uses':>12s} {'plain/auto':>10s}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        p, a = r["float64"]["error"], r["auto"]["error"]
+        ratio = "-" if not (p and a) else f"{p / a:.2f}"
+        uses = "compensated" if r["auto"]["compensated"] else "plain"
+        lines.append(f"{r['family']:<10s} {r['inner']:>6d} {fmt(p, '.2e'):>10s} {fmt(a, '.2e'):>10s} "
+                     f"{uses:>12s} {ratio:>10s}")
+    return "\n".join(lines)
+
+
+def plot_inner(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = {"MDS": "tab:blue", "polynomial": "tab:green", "MatDot": "tab:purple", "PolyDot": "tab:brown"}
+    for fam in FAMILIES:
+        sel = sorted((r for r in rows if r["family"] == fam), key=lambda r: r["inner"])
+        if not sel:
+            continue
+        xs = [r["inner"] for r in sel]
+        ax.plot(xs, [r["float64"]["error"] for r in sel], ls="--", marker="o", ms=3.5,
+                color=colors[fam], label=f"{fam}, plain float64 workers")
+        ax.plot(xs, [r["auto"]["error"] for r in sel], ls="-", marker="s", ms=3.5,
+                color=colors[fam], label=f"{fam}, auto (compensated)")
+    ax.axhline(1e-12, color="gray", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("inner dimension")
+    ax.set_ylabel("decoded rel. error, worst subset")
+    ax.set_title("n = 30, threshold 25 (cond 8.0e3): worker rounding vs inner dimension", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(True, which="major", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 # --------------------------------------------------------------------------- output
@@ -320,9 +393,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--table", choices=("summary", "all"), default="summary",
                     help="print every row, or per family only n nearest 8, 16, 24 and the largest n")
+    ap.add_argument("--inner", type=int, nargs="*", default=None,
+                    help="inner dimensions of the n = 30, r = 5 sweep (default 120 360 720 1440 "
+                         "2880; --quick 120 720; none: skip)")
     ap.add_argument("--out", default="benchmarks/results/numerics.json")
     ap.add_argument("--plot", default="benchmarks/results/numerics.png")
     args = ap.parse_args(argv)
+    if args.inner is None:
+        args.inner = [120, 720] if args.quick else [120, 360, 720, 1440, 2880]
     if args.size is None:
         args.size = 60 if args.quick else 120
 
@@ -345,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
             done = [x for x in rows if x["n"] == n and x["r"] == r]
             print(f"  r={r} n={n:>2d}: {len(done)} codes, worst-case search "
                   f"{sum(x['cond_seconds'] for x in done):6.1f} s", flush=True)
+    sweep = inner_sweep(args.inner, args.seed) if args.inner else []
     elapsed = time.perf_counter() - t_start
 
     # ---- tables
@@ -371,6 +450,10 @@ def main(argv: list[str] | None = None) -> int:
     A32 = g.standard_normal((args.size, args.size)).astype(np.float32)
     B32 = g.standard_normal((args.size, args.size)).astype(np.float32)
     f32_floor = rel_err(A32 @ B32, A32.astype(np.float64) @ B32.astype(np.float64))
+    if sweep:
+        print("\nInner-dimension sweep, n = 30, k = 25, worst subset: plain float64 worker products "
+              "vs precision='auto'")
+        print(inner_table(sweep))
     print(f"\nreference: uncoded float32 product error {f32_floor:.1e}; "
           f"FLOAT32_MAX_CONDITION = {FLOAT32_MAX_CONDITION:g}")
     print(f"total time {elapsed:.1f} s")
@@ -392,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         "elapsed_s": elapsed,
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
         "rows": rows,
+        "inner_sweep": sweep,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -401,6 +485,10 @@ def main(argv: list[str] | None = None) -> int:
         plot(rows, Path(args.plot), args.redundancy,
              f"  ({args.size}x{args.size} inputs{', quick' if args.quick else ''})")
         print(f"wrote {args.plot}")
+        if sweep:
+            inner_png = Path(args.plot).with_name(Path(args.plot).stem + "_inner.png")
+            plot_inner(sweep, inner_png)
+            print(f"wrote {inner_png}")
     return 0
 
 

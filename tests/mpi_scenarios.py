@@ -107,6 +107,22 @@ with MPICluster(comm, faults=faults, seed=7, timeout=30) as cluster:
             h = cluster.update(h, U, V)
             e2 = rel(cluster.matmul(h, x), (A + U @ V.T) @ x)
             emit(err=[e1, e2])
+        elif name == "compensated":
+            # Workers compute what the root asked: the decode from the results they sent equals,
+            # bit for bit, the decode from Task.compute() (compensated) on the same workers.
+            code = MDSCode(n, max(1, n - 2))
+            out = {}
+            for prec in ("compensated", "float64"):
+                job = cluster.submit(A, B, code=code, precision=prec)
+                C = job.result()
+                used = [w.worker for w in job.report.workers if w.status == "used"]
+                enc = code.encode(A, B, precision=prec)
+                ref = code.decode({w: enc[w].compute() for w in used}, encoding=enc)
+                out[prec] = {"same": bool(np.array_equal(C, ref)), "err": rel(C, A @ B),
+                             "flag": enc.compensated}
+            h = cluster.put(A, code=code)
+            out["resident_flag"] = h.compensated
+            emit(**out)
         elif name == "soak":
             tracemalloc.start()
             code = MDSCode(n, max(1, n - 2))

@@ -227,7 +227,7 @@ def test_non_numeric_input():
 @pytest.mark.parametrize("precision", ["float16", "double", None, "FLOAT32", 32])
 def test_bad_precision(precision):
     with pytest.raises(ConfigurationError,
-                       match=esc("`precision` must be one of 'auto', 'float32', 'float64', got ")):
+                       match=esc("`precision` must be one of 'auto', 'float32', 'float64', 'compensated', got ")):
         REAL.encode(np.ones((6, 4)), np.ones((4, 2)), precision=precision)
 
 

@@ -219,7 +219,7 @@ def test_precision_keyword_sets_operand_dtype(code, precision, input_dtype):
 
 
 def test_bad_precision_is_a_configuration_error():
-    with pytest.raises(ConfigurationError, match="`precision` must be one of 'auto', 'float32', 'float64', got 'half'"):
+    with pytest.raises(ConfigurationError, match="`precision` must be one of 'auto', 'float32', 'float64', 'compensated', got 'half'"):
         MDSCode(6, 4).encode(np.ones((4, 3)), np.ones(3), precision="half")
 
 

@@ -464,6 +464,46 @@ def test_torch_backend_with_faults(data):
         _close_fast(c)
 
 
+# --------------------------------------------------------------------------- compensated products
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_compensated_products_at_the_hard_corner(backend):
+    """MDS(30, 25) with the worst erasure (5 adjacent workers silent; cond 8.0e3): the root
+    asks for compensated products (precision="auto", float64), the workers compute them --
+    with numpy bit for bit what ``Task.compute`` gives -- and the decode meets 1e-12 for fresh
+    and resident operands; products from the left against MDS(30, 13) (threshold 25) too."""
+    if backend == "torch":
+        pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    A, B = rng.standard_normal((192, 720)), rng.standard_normal((720, 144))
+    L = rng.standard_normal((40, 192))
+    code = MDSCode(30, 25)
+    with LocalCluster(30, backend=backend, faults=FailSilent([1, 2, 3, 4, 5]), timeout=60) as c:
+        job = c.submit(A, B, code=code)
+        C = job.result()
+        used = [w.worker for w in job.report.workers if w.status == "used"]
+        assert used == list(range(5, 30))
+        enc = code.encode(A, B)
+        assert enc.compensated
+        if backend == "numpy":
+            assert np.array_equal(C, code.decode({w: enc[w].compute() for w in used}, encoding=enc))
+        assert np.linalg.norm(C - A @ B) / np.linalg.norm(A @ B) <= 1e-12
+        plain = c.matmul(A, B, code=code, precision="float64")
+        assert not np.array_equal(plain, C)
+
+        h = c.put(A, code=code)
+        assert h.compensated
+        Cr = c.matmul(h, B)
+        assert np.linalg.norm(Cr - A @ B) / np.linalg.norm(A @ B) <= 1e-12
+
+        h13 = c.put(A, code=MDSCode(30, 13))
+        assert not h13.compensated            # 17 erasures possible: cond 2.1e6, beyond help
+        from codedml.codes.resident import encode_left
+        assert encode_left(MDSCode(30, 13), L, 720)[1].compensated   # left threshold 25: 8.0e3
+        assert not encode_left(MDSCode(30, 13), L, 720, input_dtype=np.float32)[1].compensated
+        Cl = c.matmul_left(L, h13)
+        assert np.linalg.norm(Cl - L @ A) / np.linalg.norm(L @ A) <= 1e-12
+
+
 def test_cuda_backend_matches_numpy(cluster, data):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():

@@ -91,6 +91,16 @@ def test_resident_operand_and_in_place_update():
     assert max(res["err"]) < 1e-12
 
 
+@pytest.mark.parametrize("np_", [4, 8])
+def test_workers_compute_compensated_products_when_asked(np_):
+    res, done = run_mpi("compensated", np_)
+    assert done.returncode == 0, done.stderr
+    assert res["compensated"] == {"same": True, "err": res["compensated"]["err"], "flag": True}
+    assert res["float64"]["same"] and not res["float64"]["flag"]
+    assert res["compensated"]["err"] < 1e-13
+    assert res["resident_flag"] is False  # a small code: auto leaves plain products
+
+
 def test_soak_no_growth():
     res, done = run_mpi("soak", 5, timeout=300)
     assert done.returncode == 0, done.stderr

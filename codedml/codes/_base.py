@@ -33,6 +33,7 @@ import numpy as np
 
 from ..errors import ConfigurationError, CorruptResultError, NotEnoughResultsError
 from . import _gfp
+from ._eft import _residual, _Split, compensated_matmul
 from ._validate import check_int
 
 __all__ = ["Task", "Encoding", "DecodeInfo", "LinearCode"]
@@ -44,6 +45,25 @@ MAX_CANDIDATES = 200_000
 #: ``precision="auto"``: measured decoded error of float32 workers is about 4.5e-8 * cond
 #: (n=30, k=25: cond 8.0e3, error 3.6e-4), so 1000 keeps it below 1e-4 with a 2x margin.
 FLOAT32_MAX_CONDITION = 1000.0
+
+#: Above this worst-case condition number, float64 inputs get *compensated* worker products
+#: under ``precision="auto"`` (:func:`~codedml.codes._eft.compensated_matmul`, 3 GEMMs): the
+#: decode amplifies the workers' own float64 rounding, which grows with the inner dimension,
+#: by up to the condition number. Measured on the worst subset of MDS(30, 25) (cond 8.0e3):
+#: plain products 7.0e-13 at inner dimension 180 and 1.37e-12 at 720, i.e. up to 1.7e-16 *
+#: cond; compensated 2.6e-13 at every inner dimension up to 4096. 2500 keeps plain products
+#: below 4.3e-13, a 2x margin under the 1e-12 the codes promise.
+COMPENSATE_MIN_CONDITION = 2500.0
+
+#: ... and up to this one. Compensated products leave the rounding of the encoded operands,
+#: measured at 0.13-0.15 * cond * eps on worst subsets (cond 2.7e4 to 1.7e6; plain float64:
+#: 0.7-1.0 * cond * eps), which alone passes 1e-12 above about 3e4: there compensation buys a
+#: constant factor (about 5x) for 3x the worker flops, not the promise, so ``"auto"`` leaves
+#: it off (``precision="compensated"`` asks for it).
+COMPENSATE_MAX_CONDITION = 3e4
+
+#: The ``precision=`` values of :meth:`LinearCode.encode`.
+PRECISIONS = ("auto", "float32", "float64", "compensated")
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,18 +78,22 @@ class Task:
     a: Any
     b: Any
     field: int | None = None
+    compensated: bool = False
+    """Real field: compute ``a @ b`` compensated (about one rounding of the result; see
+    :func:`~codedml.codes._eft.compensated_matmul`) rather than by one float64 GEMM."""
 
     def compute(self) -> np.ndarray:
-        """The worker's product ``a @ b`` (exact mod p over GF(p))."""
+        """The worker's product ``a @ b`` (exact mod p over GF(p); compensated when asked)."""
         if self.field is None:
-            return self.a @ self.b
+            return compensated_matmul(self.a, self.b) if self.compensated else self.a @ self.b
         a = np.asarray(self.a.view(np.ndarray), dtype=np.int64)
         b = np.asarray(self.b.view(np.ndarray), dtype=np.int64)
         return _gfp.matmul_mod(a, b, self.field)
 
     def __repr__(self) -> str:
+        extra = ", compensated" if self.compensated else ""
         return (f"Task(worker={self.worker}, a={_shape(self.a)} {_dtype(self.a)}, "
-                f"b={_shape(self.b)} {_dtype(self.b)})")
+                f"b={_shape(self.b)} {_dtype(self.b)}{extra})")
 
 
 def _shape(x: Any) -> tuple[int, ...]:
@@ -93,15 +117,18 @@ class Encoding(Sequence[Task]):
         The inner dimension of each worker's product.
     dtype : numpy dtype
         The dtype of the worker operands.
+    compensated : bool
+        Whether the workers compute compensated products (see :attr:`Task.compensated`).
     """
 
     def __init__(self, code: LinearCode, tasks: list[Task], shape: tuple[int, ...],
-                 inner: int, dtype: np.dtype) -> None:
+                 inner: int, dtype: np.dtype, compensated: bool = False) -> None:
         self.code = code
         self._tasks = tasks
         self.shape = tuple(shape)
         self.inner = int(inner)
         self.dtype = np.dtype(dtype)
+        self.compensated = bool(compensated)
         self.scales = np.array([_fro(t.a) * _fro(t.b) for t in tasks]) if code.field is None else None
 
     def __len__(self) -> int:
@@ -115,6 +142,12 @@ class Encoding(Sequence[Task]):
 
     def __repr__(self) -> str:
         return f"Encoding({self.code!r}, {len(self)} tasks, product shape {self.shape})"
+
+
+def _input_dtype(A: Any, B: Any) -> np.dtype:
+    """The precision the inputs arrived in: float32 (or narrower) or float64 (integers too)."""
+    dt = np.result_type(*(np.asarray(X).dtype for X in (A, B)))
+    return np.dtype(np.float32) if dt in (np.float16, np.float32) else np.dtype(np.float64)
 
 
 def _fro(x: Any) -> float:
@@ -164,9 +197,24 @@ class LinearCode(abc.ABC):
         """Real dtype of worker operands for inputs of ``input_dtype`` (see ``encode``)."""
         if precision == "float32":
             return np.dtype(np.float32)
-        if precision == "float64" or np.dtype(input_dtype) == np.float64:
+        if precision in ("float64", "compensated") or np.dtype(input_dtype) == np.float64:
             return np.dtype(np.float64)
         return np.dtype(np.float32 if self.condition_bound() <= FLOAT32_MAX_CONDITION else np.float64)
+
+    def _compensates(self, input_dtype: np.dtype, operand_dtype: np.dtype, precision: str) -> bool:
+        """Whether workers should compute compensated products (see ``encode``)."""
+        if self.field is not None or np.dtype(operand_dtype) not in (np.float64, np.complex128):
+            return False
+        if precision == "compensated":
+            return True
+        return (precision == "auto" and np.dtype(input_dtype) not in (np.float32, np.float16)
+                and self._amplifies_worker_rounding()
+                and COMPENSATE_MIN_CONDITION < self.condition_bound() <= COMPENSATE_MAX_CONDITION)
+
+    def _amplifies_worker_rounding(self) -> bool:
+        """Whether the decode amplifies the workers' rounding by up to the condition number
+        (codes that solve for their coefficient blocks; not those that only add results)."""
+        return False
 
     def condition_bound(self) -> float:
         """Worst-case condition number of decoding from ``recovery_threshold`` results.
@@ -207,23 +255,32 @@ class LinearCode(abc.ABC):
         A, B : arrays
             ``A`` is 2-D; ``B`` is 2-D or a vector. Real field: float32/float64 (integers are
             converted to float64; NaN/Inf rejected). GF(p): integers in ``[0, p)``.
-        precision : {"auto", "float32", "float64"}
-            Real field only: the dtype of the worker operands. Encoding always runs in float64
-            and decoding in float64/complex128. ``"auto"`` keeps float64 inputs in float64 and
-            gives float32 inputs float32 operands unless the code's worst-case condition
-            number exceeds :data:`FLOAT32_MAX_CONDITION`, where float32 worker arithmetic
-            would push the decoded relative error past 1e-4; those workers compute in float64.
+        precision : {"auto", "float32", "float64", "compensated"}
+            Real field only: the worker arithmetic. Encoding always runs in float64 and
+            decoding in float64/complex128. ``"float32"``/``"float64"``: operands of that
+            dtype, one GEMM per worker. ``"compensated"``: float64 operands and a compensated
+            product (:attr:`Task.compensated`; three GEMMs, about one rounding of the result).
+            ``"auto"`` gives float32 inputs float32 operands unless the code's worst-case
+            condition number exceeds :data:`FLOAT32_MAX_CONDITION`, where float32 worker
+            arithmetic would push the decoded relative error past 1e-4 (those workers compute
+            in float64); it gives float64 inputs float64 operands, with compensated products
+            for the polynomial-family codes whose worst-case condition number lies between
+            :data:`COMPENSATE_MIN_CONDITION` and :data:`COMPENSATE_MAX_CONDITION`: there the
+            decode would amplify the workers' own rounding past 1e-12 (the float64 promise)
+            at large inner dimensions, and compensation keeps it below (n = 30 with 5
+            redundant workers, cond 8.0e3: 2.6e-13 instead of up to 1.4e-12).
         """
-        if precision not in ("auto", "float32", "float64"):
+        if precision not in PRECISIONS:
             raise ConfigurationError(
-                f"`precision` must be one of 'auto', 'float32', 'float64', got {precision!r}")
+                f"`precision` must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
         pairs, shape, inner, dtype = self._encode(A, B, precision)
         if self.field is None:
-            tasks = [Task(w, a, b) for w, (a, b) in enumerate(pairs)]
-        else:
-            from ._field import field_array
-            tasks = [Task(w, field_array(a, self.field), field_array(b, self.field), self.field)
-                     for w, (a, b) in enumerate(pairs)]
+            comp = self._compensates(_input_dtype(A, B), dtype, precision)
+            tasks = [Task(w, a, b, None, comp) for w, (a, b) in enumerate(pairs)]
+            return Encoding(self, tasks, shape, inner, dtype, comp)
+        from ._field import field_array
+        tasks = [Task(w, field_array(a, self.field), field_array(b, self.field), self.field)
+                 for w, (a, b) in enumerate(pairs)]
         return Encoding(self, tasks, shape, inner, dtype)
 
     def decode(self, results: Mapping[int, Any], errors: int = 0, *,
@@ -267,7 +324,8 @@ class LinearCode(abc.ABC):
                 f"{len(rows)} results arrived, {needed} are needed to decode "
                 f"{type(self).__name__} with workers={self.workers}",
                 received=len(rows), needed=needed)
-        evals = [self._unpack(r) for r in raw]
+        with np.errstate(over="ignore", invalid="ignore"):  # a corrupt result may be Inf
+            evals = [self._unpack(r) for r in raw]
         nfam = len(evals[0])
         if self.field is None:  # rows kept apart: no copy into one stacked array
             E = [_Rows([ev[f] for ev in evals]) for f in range(nfam)]
@@ -600,11 +658,11 @@ def _equivalent(Ms, Y, W, keeps, good, best) -> bool:
     return True
 
 
-#: Up to this condition number, decoding applies LU-solved rows of the decoding map with one
-#: BLAS product (error ~cond*eps, below 1e-13 here). Above it, the same product is followed
-#: by one step of iterative refinement against a residual formed to ~20 bits beyond float64
-#: (:func:`_residual`): at cond 8e3 (n = 30, k = 25) the float64 solve alone, even LU against
-#: the data, added as much error as the workers' own rounding (1.0e-12 in all, 7.0e-13 refined).
+#: Up to this condition number, the float64 solve's own error (~cond*eps, below 1e-13 here)
+#: is left as it is. Above it, one step of iterative refinement follows, against a residual
+#: formed to ~20 bits beyond float64 (:func:`~codedml.codes._eft._residual`): at cond 8e3
+#: (n = 30, k = 25) the solve alone added as much error as the workers' rounding (with
+#: compensated worker products: 8.0e-13 unrefined, 2.6e-13 refined).
 FAST_DECODE_MAX_CONDITION = 1e3
 
 
@@ -612,15 +670,17 @@ def _lstsq(M: np.ndarray, E: np.ndarray, rows: np.ndarray | None = None) -> np.n
     """Solve ``M X = E`` in float64/complex128 and return ``X`` (or only ``X[rows]``).
 
     ``M`` is small (results x unknowns); ``E`` has one column per entry of a result block.
-    Full column rank: with ``Q R = M`` (QR; ``Q = I`` for a square ``M``), rows of ``R^{-1}``
-    are LU-solved (``R^H Y = I``) and applied to ``Q^H E`` with one GEMM. Well-conditioned
-    systems need only the rows for the unknowns wanted (MatDot needs 1 of its 2m-1).
-    Ill-conditioned ones (above :data:`FAST_DECODE_MAX_CONDITION`) apply all rows, then refine
-    the wanted unknowns once, ``X += R^{-1} Q^H (E - M X)``, with the residual evaluated by
-    error-free splitting (:func:`_residual`), in cache-sized column chunks: the decode then adds
-    about ``eps`` instead of ``cond * eps``. With results to spare, QR uses all of them, which
-    averages the workers' rounding noise. Rank-deficient systems (gradient codes) get the
-    least-norm solution from the SVD, whose image is all decoding needs.
+    Full column rank: ``M = Q R`` (Householder QR, also for a square ``M``), and ``X = R^{-1}
+    (Q^H E)`` by a triangular solve against the data (BLAS ``trsm``); no inverse is formed.
+    With results to spare, QR uses all of them (least squares), which averages the workers'
+    rounding noise. Ill-conditioned systems (above :data:`FAST_DECODE_MAX_CONDITION`) are
+    refined once, ``X += R^{-1} Q^H (E - M X)``, with the residual evaluated by error-free
+    splitting in cache-sized column chunks: the solve then adds about ``eps`` instead of ``cond
+    * eps``. A well-conditioned system of which only a few unknowns are wanted (MatDot needs 1
+    of its 2m-1) solves the adjoint system ``R^H y_j = e_j`` for each wanted unknown's decoding
+    vector ``y_j^H Q^H`` instead and applies it to the results: a solve of the small system,
+    not of all ``2m - 1`` blocks. Rank-deficient systems (gradient codes) get the least-norm
+    solution from the SVD, whose image is all decoding needs.
     """
     block = E.shape[1:]
     wide = np.result_type(M.dtype, E.dtype, np.float64)
@@ -637,103 +697,41 @@ def _lstsq(M: np.ndarray, E: np.ndarray, rows: np.ndarray | None = None) -> np.n
     if rank < d:
         X = (np.conj(Vh[:rank].T) @ ((np.conj(U_[:, :rank].T) @ data()) / S[:rank, None]))[want]
         return X.reshape((len(want),) + block)
-    if M.shape[0] == d:
-        Q, R = None, Mw
-    else:
-        Q, R = np.linalg.qr(Mw)
+    Q, R = np.linalg.qr(Mw)
+    Qh = np.conj(Q.T)
     refine = S[0] / S[-1] > FAST_DECODE_MAX_CONDITION
-    # rows of R^{-1} (all of them when refining): LU-solve R^H Y = I[:, rows]; then Y Q^H
-    need = np.arange(d) if refine else want
-    Y = np.conj(np.linalg.solve(np.conj(R.T), np.eye(d, dtype=wide)[:, need]).T)
-    coef = Y if Q is None else Y @ np.conj(Q.T)
-    if not refine:
+    if not refine and len(want) < d:
+        # decoding vectors of the wanted unknowns: R^H Y = I[:, want], coefficients Y^H Q^H
+        Y = np.linalg.solve(np.conj(R.T), np.eye(d, dtype=wide)[:, want])
+        coef = np.conj(Y.T) @ Qh
         if isinstance(E, _Rows) and coef.shape[0] <= 2:
             X = E.weighted(coef).reshape(coef.shape[0], -1)
         else:
             X = coef @ data()
         return X.reshape((len(want),) + block)
     Ew = data()
-    X = np.empty((len(want), Ew.shape[1]), dtype=wide)
-    Ms = _Split(Mw)
-    cw = coef[want]
-    for s0 in range(0, Ew.shape[1], 4096):
-        Ec = Ew[:, s0:s0 + 4096]
-        Xc = coef @ Ec
-        r = _residual(Ms, Xc, Ec)
-        Xc = Xc[want]
-        if np.isfinite(r).all():
-            Xc += cw @ r
-        X[:, s0:s0 + 4096] = Xc
+    X = _solve_upper(R, Qh @ Ew)
+    if refine:
+        Ms = _Split(Mw)
+        for s0 in range(0, Ew.shape[1], 4096):
+            r = _residual(Ms, X[:, s0:s0 + 4096], Ew[:, s0:s0 + 4096])
+            if np.isfinite(r).all():
+                X[:, s0:s0 + 4096] += _solve_upper(R, Qh @ r)
+    X = X if np.array_equal(want, np.arange(d)) else X[want]
     return X.reshape((len(want),) + block)
 
 
-def _round_to(x: np.ndarray, unit: Any) -> np.ndarray:
-    """``x`` rounded to the nearest multiple of ``unit`` (powers of two; a scalar or one per
-    column of ``x``): ``(x + sigma) - sigma`` with ``sigma = 1.5 * 2^52 * unit``, exact as long
-    as ``|x| <= 2^50 unit``."""
-    cplx = np.iscomplexobj(x)
-    unit = np.broadcast_to(np.asarray(unit, dtype=np.float64), x.shape[-1:])
-    if cplx:
-        x = np.ascontiguousarray(x, dtype=np.complex128).view(np.float64)
-        unit = np.repeat(unit, 2)
-    sigma = 1.5 * 2.0 ** 52 * unit
-    y = x + sigma
-    y -= sigma
-    return y.view(np.complex128) if cplx else y
+def _solve_upper(R: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """``R^{-1} B`` for an upper-triangular ``R`` (d x d) and a C-ordered ``B`` (d x entries),
+    overwriting ``B``: BLAS ``trsm`` from the right on ``B^T`` (``X^T R^T = B^T``), whose
+    column-major layout is ``B``'s own, so nothing is transposed or copied."""
+    from scipy.linalg import blas
 
-
-def _unit(peak: Any, bits: int) -> np.ndarray:
-    """``2^(ceil(log2 peak) - bits)``: the grid that leaves ``bits`` bits of ``peak``."""
-    peak = np.asarray(peak, dtype=np.float64)
-    ok = np.isfinite(peak) & (peak > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        e = np.ceil(np.log2(np.where(ok, peak, 1.0)))
-    return np.exp2(e - bits)
-
-
-def _column_peak(x: np.ndarray) -> np.ndarray:
-    """Per column of a 2-D ``x``, the largest magnitude of a real or imaginary part."""
-    if np.iscomplexobj(x):
-        f = np.ascontiguousarray(x, dtype=np.complex128).view(np.float64)
-        return np.abs(f).max(axis=0).reshape(-1, 2).max(axis=1)
-    return np.abs(x).max(axis=0)
-
-
-class _Split:
-    """A small matrix ``M`` as ``M1 + M2`` with ``M1`` on one grid of ``bits`` bits, exactly.
-
-    ``bits`` is chosen so that products of two such slices are exact and the sum of the
-    ``terms`` real products behind one entry of ``M1 @ X1`` (2 per column of a complex ``M``)
-    stays below 2^53: ``2 bits + ceil(log2 terms) <= 53`` (23 bits for 25 complex unknowns).
-    """
-
-    def __init__(self, M: np.ndarray) -> None:
-        terms = max(1, M.shape[1] * (2 if np.iscomplexobj(M) else 1))
-        self.bits = (53 - math.ceil(math.log2(terms))) // 2
-        peak = float(_column_peak(M).max()) if M.size else 0.0
-        self.M = M
-        self.M1 = _round_to(M, _unit(peak, self.bits))
-        self.M2 = M - self.M1                            # exact
-
-
-def _residual(M: _Split, X: np.ndarray, E: np.ndarray) -> np.ndarray:
-    """``E - M X`` with an error of about ``2^-20 eps |M| |X|`` instead of ``eps |M| |X|``.
-
-    Error-free splitting (one level of Ozaki et al.'s scheme): ``M1`` and ``X1`` keep the
-    leading ``M.bits`` bits of ``M`` (one grid for the whole matrix) and of each column of
-    ``X``, so every entry of ``M1 X1`` is a sum of integers on one grid per column, which BLAS
-    forms exactly in any order (see :class:`_Split`). ``E - M1 X1`` then loses nothing that
-    matters, and the rest, ``M X2 + M2 X1`` with ``X2 = X - X1`` (exact), is ``2^-bits``
-    smaller, so its float64 rounding is too. Three small GEMMs; no extended-precision type.
-    """
-    X1 = _round_to(X, _unit(_column_peak(X), M.bits))
-    X2 = X - X1
-    r = M.M1 @ X1
-    np.subtract(E, r, out=r)
-    rest = M.M @ X2
-    rest += M.M2 @ X1
-    r -= rest
-    return r
+    B = np.ascontiguousarray(B, dtype=np.result_type(R.dtype, B.dtype))
+    trsm = blas.ztrsm if np.iscomplexobj(B) else blas.dtrsm
+    Xt = trsm(1.0, np.asfortranarray(R, dtype=B.dtype), B.T, side=1, lower=0, trans_a=1,
+              diag=0, overwrite_b=1)
+    return Xt.T
 
 
 def _independent_rows(M: np.ndarray, p: int) -> list[int]:

@@ -31,7 +31,8 @@ import numpy as np
 
 from ..errors import ConfigurationError, CorruptResultError
 from . import _gfp
-from ._base import LinearCode, _independent_rows, _residual, _Split
+from ._base import LinearCode, _independent_rows
+from ._eft import _residual, _Split
 from ._validate import check_field, check_int, real_matrix, residues
 
 __all__ = ["GradientCode", "SCHEMES"]
@@ -338,7 +339,7 @@ def _ones_combination(Bs: np.ndarray) -> np.ndarray:
 
     The float64 least-squares solution leaves a residual of about ``cond * eps``; it enters
     the decoded sum directly (``a^T results = 1^T g - (residual)^T g``), so one refinement
-    step with the residual formed to ~20 extra bits (:func:`._base._residual`) removes it.
+    step with the residual formed to ~20 extra bits (:func:`._eft._residual`) removes it.
     """
     n = Bs.shape[1]
     ones = np.ones((n, 1))

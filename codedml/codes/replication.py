@@ -87,7 +87,7 @@ class ReplicationCode(LinearCode):
         pairs = [(blocks[w % self.k], B) for w in range(self.workers)]
         dtype = np.result_type(A.dtype, B.dtype) if self.field is None else np.dtype(np.int64)
         if self.field is None and precision != "auto":
-            dtype = np.dtype(precision)
+            dtype = np.dtype(np.float64 if precision == "compensated" else precision)
         if self.field is None:
             pairs = [(a.astype(dtype, copy=False), b.astype(dtype, copy=False)) for a, b in pairs]
         return pairs, shape, A.shape[1], dtype

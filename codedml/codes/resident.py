@@ -106,7 +106,7 @@ class LeftReplicationCode(ReplicationCode):
 
 
 def encode_left(stored: MDSCode | ReplicationCode, L: Any, N: int, *, dtype: Any = np.float64,
-                norms: Any = None) -> tuple[LinearCode, Encoding]:
+                norms: Any = None, input_dtype: Any = np.float64) -> tuple[LinearCode, Encoding]:
     """Per-worker left operands for ``L @ W`` with ``W`` (``M x N``) stored under ``stored``.
 
     Parameters
@@ -121,6 +121,10 @@ def encode_left(stored: MDSCode | ReplicationCode, L: Any, N: int, *, dtype: Any
         The stored blocks' dtype (real field): the left operands get the same.
     norms : sequence of float, optional
         Frobenius norms (or bounds) of the stored blocks, for the decoder's noise model.
+    input_dtype : dtype
+        The dtype the stored operand arrived in: float64 operands of a left product whose
+        worst case needs it get compensated worker products (as ``precision="auto"`` in
+        :meth:`~codedml.codes.LinearCode.encode`).
 
     Returns
     -------
@@ -133,7 +137,7 @@ def encode_left(stored: MDSCode | ReplicationCode, L: Any, N: int, *, dtype: Any
     if L.ndim != 2:
         raise ConfigurationError(f"`L` must be a 2-D array, got shape {L.shape}")
     if isinstance(stored, ReplicationCode):
-        return _encode_left_replicated(stored, L, N, dtype, norms)
+        return _encode_left_replicated(stored, L, N, dtype, norms, input_dtype)
     if not isinstance(stored, MDSCode):
         raise ConfigurationError(f"`stored` must be an MDSCode or a ReplicationCode, got {stored!r}")
     code = LeftProductCode(stored)
@@ -164,11 +168,11 @@ def encode_left(stored: MDSCode | ReplicationCode, L: Any, N: int, *, dtype: Any
         lt = (G.real @ blocks).reshape(n, B, rb)
         out_dtype = np.dtype(dtype)
         ops = [lt[w].astype(out_dtype) for w in range(n)]
-    return code, _record(code, ops, (B, N), rb, out_dtype, norms)
+    return code, _record(code, ops, (B, N), rb, out_dtype, norms, input_dtype)
 
 
 def _encode_left_replicated(stored: ReplicationCode, L: np.ndarray, N: int, dtype: Any,
-                            norms: Any) -> tuple[LeftReplicationCode, Encoding]:
+                            norms: Any, input_dtype: Any) -> tuple[LeftReplicationCode, Encoding]:
     code = LeftReplicationCode(stored)
     k, n, p = stored.k, stored.workers, stored.field
     B, M = L.shape
@@ -177,14 +181,15 @@ def _encode_left_replicated(stored: ReplicationCode, L: np.ndarray, N: int, dtyp
     Lp[:, :M] = L
     out_dtype = np.dtype(np.int64) if p is not None else np.dtype(dtype)
     ops = [np.ascontiguousarray(Lp[:, (w % k) * rb:(w % k + 1) * rb]).astype(out_dtype) for w in range(n)]
-    return code, _record(code, ops, (B, N), rb, out_dtype, norms)
+    return code, _record(code, ops, (B, N), rb, out_dtype, norms, input_dtype)
 
 
 def _record(code: LinearCode, ops: list[np.ndarray], shape: tuple[int, int], inner: int,
-            dtype: np.dtype, norms: Any) -> Encoding:
+            dtype: np.dtype, norms: Any, input_dtype: Any) -> Encoding:
     n = code.workers
     enc = Encoding.__new__(Encoding)
-    enc.code, enc._tasks = code, [Task(w, ops[w], None, code.field) for w in range(n)]
+    enc.compensated = code._compensates(np.dtype(input_dtype), dtype, "auto")
+    enc.code, enc._tasks = code, [Task(w, ops[w], None, code.field, enc.compensated) for w in range(n)]
     enc.shape = shape
     enc.inner, enc.dtype = inner, dtype
     if code.field is None:

@@ -13,13 +13,14 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from ..codes import Encoding, LinearCode, MDSCode, ReplicationCode, Task
 from ..codes.resident import encode_left
+from ..codes._base import _input_dtype
 from ..codes._validate import check_int
 from ..errors import (ConfigurationError, CorruptResultError, NotEnoughResultsError,
                       WorkerFailure)
@@ -89,6 +90,11 @@ class ResidentHandle:
     shape: tuple[int, ...]
     dtype: np.dtype
     norms: tuple[float, ...] = field(repr=False, default=())
+    compensated: bool = field(repr=False, default=False)
+    """Whether products against the stored blocks are compensated (``precision="auto"`` at
+    :meth:`ClusterBase.put`: float64 inputs under a code whose worst case needs it)."""
+    input_dtype: np.dtype = field(repr=False, default=np.dtype(np.float64))
+    """The dtype ``A`` arrived in at :meth:`ClusterBase.put` (decides compensation from the left)."""
 
 
 def retry_on_corrupt(run: Callable[[], Any], retries: int,
@@ -423,14 +429,14 @@ class ClusterBase:
                 raise ConfigurationError("`code` must be left out (or equal the handle's code) for a resident operand")
             code = h.code
             enc, per_worker = self._encode_resident(h, B)
-            ctrl = {"op": "matmul", "handle": h.id}
+            ctrl = {"op": "matmul", "handle": h.id, "compensated": h.compensated}
         else:
             if code is None:
                 raise ConfigurationError("`code` is required, e.g. code=MDSCode(workers, k)")
             self._check_code(code)
             enc = code.encode(A, B, precision=precision)
             per_worker = [[_np(t.a), _np(t.b)] for t in enc]
-            ctrl = {"op": "matmul", "handle": None}
+            ctrl = {"op": "matmul", "handle": None, "compensated": enc.compensated}
         return self._start(code, enc, ctrl, per_worker, errors, timeout, t0)
 
     def _start(self, code: LinearCode, enc: Encoding, ctrl: dict[str, Any],
@@ -474,10 +480,11 @@ class ClusterBase:
                 f"`L` must be 2-D with {handle.shape[0]} columns to multiply the resident "
                 f"{handle.shape} operand from the left, got shape {L.shape}")
         t0 = time.perf_counter()
-        code, enc = encode_left(handle.code, L, handle.shape[1], dtype=handle.dtype, norms=handle.norms)
+        code, enc = encode_left(handle.code, L, handle.shape[1], dtype=handle.dtype, norms=handle.norms,
+                                input_dtype=handle.input_dtype)
         per_worker = [[_np(t.a)] for t in enc]
-        return self._start(code, enc, {"op": "matmul_left", "handle": handle.id}, per_worker,
-                           errors, timeout, t0)
+        return self._start(code, enc, {"op": "matmul_left", "handle": handle.id,
+                                       "compensated": enc.compensated}, per_worker, errors, timeout, t0)
 
     def matmul_left(self, L: Any, handle: ResidentHandle, *, errors: int = 0,
                     timeout: float | None = None) -> np.ndarray:
@@ -535,8 +542,9 @@ class ClusterBase:
             r = rng.standard_normal(cols).astype(handle.dtype)
         t0 = time.perf_counter()
         enc, per_worker = self._encode_resident(handle, r)
-        job = self._start(handle.code, enc, {"op": "matmul", "handle": handle.id}, per_worker,
-                          budget, timeout, t0, wait_all=True)
+        job = self._start(handle.code, enc, {"op": "matmul", "handle": handle.id,
+                                             "compensated": handle.compensated},
+                          per_worker, budget, timeout, t0, wait_all=True)
         self._wait(job)
         rep = job.report
         faulty = tuple(w.worker for w in rep.workers if w.status == "corrupt")
@@ -555,7 +563,7 @@ class ClusterBase:
             block = _np(enc[w].a)
             if w not in self._dead:
                 self._send(w, {"op": "put", "handle": handle.id, "field": handle.code.field}, [block])
-        new = ResidentHandle(handle.id, handle.code, handle.shape, handle.dtype, tuple(norms))
+        new = replace(handle, norms=tuple(norms))
         return ScrubReport(checked, faulty, tuple(bad), missing, new)
 
     def sgd_step(self, handle: ResidentHandle, U: Any, V: Any, *, lr: float, momentum: float = 0.0,
@@ -587,8 +595,7 @@ class ClusterBase:
         nv = float(np.linalg.norm(V))
         first = buffer is None
         if momentum and first:
-            buffer = ResidentHandle(self._next_handle, handle.code, handle.shape, handle.dtype,
-                                    tuple(0.0 for _ in range(self.workers)))
+            buffer = replace(handle, id=self._next_handle, norms=tuple(0.0 for _ in range(self.workers)))
             self._next_handle += 1
         seq = self._next_update
         self._next_update += 1
@@ -607,9 +614,8 @@ class ClusterBase:
             wn[w] += lr * d
             if w not in self._dead:
                 self._send(w, ctrl, [u, V])
-        new = ResidentHandle(handle.id, handle.code, handle.shape, handle.dtype, tuple(wn))
-        buf = (ResidentHandle(buffer.id, handle.code, handle.shape, handle.dtype, tuple(bn))
-               if momentum else None)
+        new = replace(handle, norms=tuple(wn))
+        buf = replace(buffer, norms=tuple(bn)) if momentum else None
         return new, buf
 
     def call(self, name: str, *arrays: Any, params: dict[str, Any] | None = None,
@@ -675,7 +681,8 @@ class ClusterBase:
         for w in range(self.workers):
             if w not in self._dead:
                 self._send(w, {"op": "put", "handle": hid, "field": code.field}, [_np(enc[w].a)])
-        return ResidentHandle(hid, code, tuple(A.shape), enc.dtype, norms)
+        return ResidentHandle(hid, code, tuple(A.shape), enc.dtype, norms, enc.compensated,
+                              _input_dtype(A, A))
 
     def update(self, handle: ResidentHandle, U: Any, V: Any) -> ResidentHandle:
         """In place ``A <- A + U V^T`` on the encoded blocks, without re-encoding.
@@ -696,7 +703,7 @@ class ClusterBase:
             if w not in self._dead:
                 self._send(w, {"op": "update", "handle": handle.id, "field": handle.code.field,
                                "seq": seq}, [u, V])
-        return ResidentHandle(handle.id, handle.code, handle.shape, handle.dtype, tuple(norms))
+        return replace(handle, norms=tuple(norms))
 
     def _encode_update(self, handle: ResidentHandle, U: Any, V: Any) -> tuple[list[np.ndarray], np.ndarray]:
         U = np.asarray(U)
@@ -772,6 +779,7 @@ class ClusterBase:
         enc.shape = (h.shape[0],) + tuple(cols)
         enc.inner, enc.dtype = h.shape[1], np.dtype(h.dtype)
         enc.scales = None if h.code.field is not None else np.array([n * bnorm for n in h.norms])
+        enc.compensated = h.compensated
         return enc
 
     def _progress(self, timeout: float) -> None:

@@ -96,12 +96,12 @@ class WorkerState:
             if p is not None:
                 a_np = a if isinstance(a, np.ndarray) else self.backend.to_numpy(a)
                 return _gfp.matmul_mod(a_np, b, p)
-            return np.ascontiguousarray(self.backend.to_numpy(self.backend.matmul(a, b)))
+            return np.ascontiguousarray(self.backend.to_numpy(self._matmul(ctrl)(a, b)))
         if op == "matmul_left":  # l @ stored block: the inner dimension is the stored rows
             a, l = self.resident[ctrl["handle"]], arrays[0]
             if p is not None:
                 return _gfp.matmul_mod(l, a, p)
-            return np.ascontiguousarray(self.backend.to_numpy(self.backend.matmul(self.backend.to_device(l), a)))
+            return np.ascontiguousarray(self.backend.to_numpy(self._matmul(ctrl)(self.backend.to_device(l), a)))
         if op == "fetch":
             a = self.resident[ctrl["handle"]]
             return np.array(a if isinstance(a, np.ndarray) else self.backend.to_numpy(a), copy=True)
@@ -113,6 +113,11 @@ class WorkerState:
             out = self.handlers[name](self._ctx(), *arrays, **ctrl.get("params", {}))
             return np.zeros(0) if out is None else np.asarray(out)
         raise ValueError(f"unknown request op {op!r}")
+
+    def _matmul(self, ctrl: dict[str, Any]) -> Callable[[Any, Any], Any]:
+        """The backend's product for this request: compensated when the root asks for it (a
+        code whose decode would amplify plain float64 rounding past its accuracy promise)."""
+        return self.backend.matmul_compensated if ctrl.get("compensated") else self.backend.matmul
 
     def _add_outer(self, hid: int, u: np.ndarray, v: np.ndarray, p: int | None) -> None:
         """Stored block ``+= u v^T`` in place."""
