@@ -57,11 +57,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as _dt
 import json
-import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -152,8 +149,8 @@ def run_size(size: int, repeats: int, rng: np.random.Generator, case_list: list[
                 tw.append(dt)
             n, k = code.workers, code.recovery_threshold
             sub = {w: res[w] for w in range(n - k, n)}  # the first n - k workers straggle
-            d_dk, C_k = timed(lambda: code.decode(sub, encoding=enc))
-            d_dn, C_n = timed(lambda: code.decode(res, encoding=enc))
+            d_dk, C_k = timed(lambda sub=sub, enc=enc: code.decode(sub, encoding=enc))
+            d_dn, C_n = timed(lambda res=res, enc=enc: code.decode(res, encoding=enc))
             r = rec[c["label"]]
             if rep:
                 r["encode"].append(d_enc)

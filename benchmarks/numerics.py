@@ -51,11 +51,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import math
-import os
-import platform
 import sys
 import time
 import warnings

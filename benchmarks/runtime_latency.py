@@ -158,7 +158,6 @@ def machine_info() -> dict:
 
 
 def run_master(cluster: MPICluster, args, codes, jobs, A, B, C_ref) -> tuple[list[dict], dict]:
-    n = cluster.workers
     code_of = dict(codes)
     ff_wall: dict[str, float] = {}
     records = []
