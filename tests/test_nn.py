@@ -8,6 +8,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -159,6 +160,23 @@ def test_default_code_keeps_a_spare_for_the_backward_product():
             k = default_code(n, e).recovery_threshold
             assert 2 * k - 1 + 2 * e <= n
             assert 2 * k - 1 + 2 * e <= n - 1 or k == 1
+
+
+def test_compensated_products_for_float64_layers_only():
+    """At 20 workers the default code's forward worst case (cond 9.6e3) is where float64
+    inputs get compensated worker products: a float64 layer uses them (its output meets the
+    float64 accuracy promise), a float32 layer -- whose weight is stored in float64 all the
+    same -- does not pay 3x for digits its output drops."""
+    with LocalCluster(20, timeout=60) as c:
+        l64 = CodedLinear(12, 40, cluster=c, dtype=F64)
+        l32 = CodedLinear(12, 40, cluster=c, dtype=torch.float32)
+        assert l64._handle.compensated and not l32._handle.compensated
+        assert l32._handle.dtype == np.float64
+        x = torch.randn(5, 12, dtype=F64)
+        ref = (x @ l64.weight.T + l64.bias).detach()
+        assert float((l64(x) - ref).detach().abs().max()) <= 1e-12 * float(ref.abs().max())
+        l64.set_weight(torch.ones(40, 12, dtype=F64))
+        assert l64._handle.compensated
 
 
 def test_training_on_the_torch_backend_under_faults():

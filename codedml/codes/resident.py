@@ -106,7 +106,8 @@ class LeftReplicationCode(ReplicationCode):
 
 
 def encode_left(stored: MDSCode | ReplicationCode, L: Any, N: int, *, dtype: Any = np.float64,
-                norms: Any = None, input_dtype: Any = np.float64) -> tuple[LinearCode, Encoding]:
+                norms: Any = None, input_dtype: Any = np.float64,
+                precision: str = "auto") -> tuple[LinearCode, Encoding]:
     """Per-worker left operands for ``L @ W`` with ``W`` (``M x N``) stored under ``stored``.
 
     Parameters
@@ -122,9 +123,11 @@ def encode_left(stored: MDSCode | ReplicationCode, L: Any, N: int, *, dtype: Any
     norms : sequence of float, optional
         Frobenius norms (or bounds) of the stored blocks, for the decoder's noise model.
     input_dtype : dtype
-        The dtype the stored operand arrived in: float64 operands of a left product whose
-        worst case needs it get compensated worker products (as ``precision="auto"`` in
-        :meth:`~codedml.codes.LinearCode.encode`).
+        The dtype the stored operand arrived in.
+    precision : str
+        The stored operand's ``precision`` (see :meth:`~codedml.codes.LinearCode.encode`):
+        under ``"auto"``, float64 operands of a left product whose worst case needs it get
+        compensated worker products; ``"compensated"`` always, otherwise never.
 
     Returns
     -------
@@ -137,7 +140,7 @@ def encode_left(stored: MDSCode | ReplicationCode, L: Any, N: int, *, dtype: Any
     if L.ndim != 2:
         raise ConfigurationError(f"`L` must be a 2-D array, got shape {L.shape}")
     if isinstance(stored, ReplicationCode):
-        return _encode_left_replicated(stored, L, N, dtype, norms, input_dtype)
+        return _encode_left_replicated(stored, L, N, dtype, norms, (input_dtype, precision))
     if not isinstance(stored, MDSCode):
         raise ConfigurationError(f"`stored` must be an MDSCode or a ReplicationCode, got {stored!r}")
     code = LeftProductCode(stored)
@@ -168,11 +171,11 @@ def encode_left(stored: MDSCode | ReplicationCode, L: Any, N: int, *, dtype: Any
         lt = (G.real @ blocks).reshape(n, B, rb)
         out_dtype = np.dtype(dtype)
         ops = [lt[w].astype(out_dtype) for w in range(n)]
-    return code, _record(code, ops, (B, N), rb, out_dtype, norms, input_dtype)
+    return code, _record(code, ops, (B, N), rb, out_dtype, norms, (input_dtype, precision))
 
 
 def _encode_left_replicated(stored: ReplicationCode, L: np.ndarray, N: int, dtype: Any,
-                            norms: Any, input_dtype: Any) -> tuple[LeftReplicationCode, Encoding]:
+                            norms: Any, prec: tuple[Any, str]) -> tuple[LeftReplicationCode, Encoding]:
     code = LeftReplicationCode(stored)
     k, n, p = stored.k, stored.workers, stored.field
     B, M = L.shape
@@ -181,14 +184,15 @@ def _encode_left_replicated(stored: ReplicationCode, L: np.ndarray, N: int, dtyp
     Lp[:, :M] = L
     out_dtype = np.dtype(np.int64) if p is not None else np.dtype(dtype)
     ops = [np.ascontiguousarray(Lp[:, (w % k) * rb:(w % k + 1) * rb]).astype(out_dtype) for w in range(n)]
-    return code, _record(code, ops, (B, N), rb, out_dtype, norms, input_dtype)
+    return code, _record(code, ops, (B, N), rb, out_dtype, norms, prec)
 
 
 def _record(code: LinearCode, ops: list[np.ndarray], shape: tuple[int, int], inner: int,
-            dtype: np.dtype, norms: Any, input_dtype: Any) -> Encoding:
+            dtype: np.dtype, norms: Any, prec: tuple[Any, str]) -> Encoding:
+    """The Encoding of a left product; ``prec`` is the stored operand's (input dtype, precision)."""
     n = code.workers
     enc = Encoding.__new__(Encoding)
-    enc.compensated = code._compensates(np.dtype(input_dtype), dtype, "auto")
+    enc.compensated = code._compensates(np.dtype(prec[0]), dtype, prec[1])
     enc.code, enc._tasks = code, [Task(w, ops[w], None, code.field, enc.compensated) for w in range(n)]
     enc.shape = shape
     enc.inner, enc.dtype = inner, dtype

@@ -193,7 +193,10 @@ class CodedLinear(nn.Module):
         # with its own rounding, so blocks drift apart by ~sqrt(steps) * eps; in float32 that
         # passed the locator's noise threshold within a few hundred steps (read as corruption),
         # in float64 it stays ~1e-14 after 1e6 steps.
-        self._handle = cluster.put(w.double().numpy(), code=code)
+        # Compensated worker products (codes whose worst case would amplify float64 rounding
+        # past 1e-12) serve float64 layers; a float32 layer's output cannot use them.
+        self._precision = "auto" if dtype == torch.float64 else "float64"
+        self._handle = cluster.put(w.double().numpy(), code=code, precision=self._precision)
         self._buffer = None          # encoded momentum buffer (CodedSGD), a ResidentHandle
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []   # (dY, X) since the last step
         self._last_faulty: set[int] = set()
@@ -288,7 +291,7 @@ class CodedLinear(nn.Module):
             raise ConfigurationError(
                 f"`W` must have shape ({self.out_features}, {self.in_features}), got {W.shape}")
         old = self._handle
-        self._handle = self.cluster.put(np.ascontiguousarray(W), code=self.code)
+        self._handle = self.cluster.put(np.ascontiguousarray(W), code=self.code, precision=self._precision)
         self.cluster.drop(old)
 
     def release(self) -> None:

@@ -95,6 +95,8 @@ class ResidentHandle:
     :meth:`ClusterBase.put`: float64 inputs under a code whose worst case needs it)."""
     input_dtype: np.dtype = field(repr=False, default=np.dtype(np.float64))
     """The dtype ``A`` arrived in at :meth:`ClusterBase.put` (decides compensation from the left)."""
+    precision: str = field(repr=False, default="auto")
+    """The ``precision`` given to :meth:`ClusterBase.put`."""
 
 
 def retry_on_corrupt(run: Callable[[], Any], retries: int,
@@ -481,7 +483,7 @@ class ClusterBase:
                 f"{handle.shape} operand from the left, got shape {L.shape}")
         t0 = time.perf_counter()
         code, enc = encode_left(handle.code, L, handle.shape[1], dtype=handle.dtype, norms=handle.norms,
-                                input_dtype=handle.input_dtype)
+                                input_dtype=handle.input_dtype, precision=handle.precision)
         per_worker = [[_np(t.a)] for t in enc]
         return self._start(code, enc, {"op": "matmul_left", "handle": handle.id,
                                        "compensated": enc.compensated}, per_worker, errors, timeout, t0)
@@ -660,11 +662,13 @@ class ClusterBase:
         finally:
             self.history.append(job.report)
 
-    def put(self, A: Any, *, code: LinearCode) -> ResidentHandle:
+    def put(self, A: Any, *, code: LinearCode, precision: str = "auto") -> ResidentHandle:
         """Store ``A`` encoded on the workers once; ``matmul(handle, x)`` then sends only ``x``.
 
         Needs a code that leaves B unencoded: :class:`MDSCode` (or a PolyDot code with one
-        inner and one column block) or :class:`ReplicationCode`.
+        inner and one column block) or :class:`ReplicationCode`. ``precision`` is that of
+        :meth:`~codedml.codes.LinearCode.encode`; it holds for every later product against the
+        stored blocks (from the left too, decided there for the left product's own code).
         """
         self._check_open()
         self._check_code(code)
@@ -674,7 +678,8 @@ class ClusterBase:
                 f"`code` must leave B unencoded for a resident operand (MDSCode or "
                 f"ReplicationCode), got {code!r}")
         A = np.asarray(A)
-        enc = code.encode(A, np.zeros(A.shape[1] if A.ndim == 2 else 1, dtype=A.dtype))
+        enc = code.encode(A, np.zeros(A.shape[1] if A.ndim == 2 else 1, dtype=A.dtype),
+                          precision=precision)
         hid = self._next_handle
         self._next_handle += 1
         norms = tuple(float(np.linalg.norm(_np(t.a).ravel())) for t in enc)
@@ -682,7 +687,7 @@ class ClusterBase:
             if w not in self._dead:
                 self._send(w, {"op": "put", "handle": hid, "field": code.field}, [_np(enc[w].a)])
         return ResidentHandle(hid, code, tuple(A.shape), enc.dtype, norms, enc.compensated,
-                              _input_dtype(A, A))
+                              _input_dtype(A, A), precision)
 
     def update(self, handle: ResidentHandle, U: Any, V: Any) -> ResidentHandle:
         """In place ``A <- A + U V^T`` on the encoded blocks, without re-encoding.
