@@ -1,7 +1,8 @@
 """Compensated worker products (codedml/codes/_eft.py) against exact rational arithmetic.
 
-The property that matters: ``compensated_matmul(a, b)`` is within about one rounding of the
-exact product, entry by entry, whatever the inner dimension, row scales or signs; its head
+The property that matters: ``compensated_matmul(a, b)`` is within one rounding of the exact
+product plus ``2^-bits`` of a plain GEMM's error bound, entry by entry, whatever the inner
+dimension, row scales or signs; its head
 product ``a1 @ b1`` is exact in float64; the worker runs it when the root asks; and torch runs
 the same arithmetic.
 """
@@ -124,6 +125,20 @@ def test_compensated_matmul_property(rows, inner, cols, cplx, vector, seed, scal
 def test_compensated_matmul_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match=r"matching b, got \(2, 3\) and \(4,\)"):
         compensated_matmul(np.ones((2, 3)), np.ones(4))
+    with pytest.raises(ValueError, match=r"matching b, got \(2, 3\) and \(\)"):
+        compensated_matmul(np.ones((2, 3)), np.float64(2.0))
+
+
+def test_huge_rows_stay_finite():
+    """Rows near the top of the float64 range would overflow the rounding constant of their
+    grid; the grid is capped there, and the product is as good as a plain one."""
+    a, b = np.array([[1e305, 1.0], [3.0, -2.0]]), np.array([[1e-300], [1.0]])
+    r = compensated_matmul(a, b)
+    assert np.isfinite(r).all()
+    np.testing.assert_allclose(r, a @ b, rtol=4 * EPS)
+    if "torch" in available_backends():
+        bk = get_backend("torch")
+        np.testing.assert_allclose(bk.to_numpy(bk.matmul_compensated(a, b)), a @ b, rtol=4 * EPS)
 
 
 @pytest.mark.skipif("torch" not in available_backends(), reason="torch is not installed")

@@ -195,6 +195,25 @@ def test_scrub_locates_and_repairs_a_corrupted_stored_block(W, kind):
         assert c.history[-1].faulty == ()
 
 
+@pytest.mark.parametrize("dtype, precision", [(np.float32, "auto"), (np.float64, "float32"),
+                                              (np.float64, "compensated")])
+def test_scrub_repairs_blocks_in_the_stored_dtype(W, dtype, precision):
+    """A repaired block has the dtype of the others, whatever dtype the decode of the stored
+    operand came back in (float32 blocks stay float32), and the handle keeps its precision."""
+    faults = StorageErrors(kind="exponent", prob=1.0, ranks={4})
+    with LocalCluster(8, faults=faults, timeout=30) as c:
+        h = c.put(W.astype(dtype), code=MDSCode(8, 3), precision=precision)
+        assert h.dtype == (np.float64 if precision == "compensated" else np.float32)
+        assert h.compensated == (precision == "compensated")
+        h = c.update(h, np.ones((10, 1)), np.ones((6, 1)))
+        rep = c.scrub(h)
+        assert rep.repaired == (3,)
+        assert rep.handle.precision == precision and rep.handle.compensated == h.compensated
+        assert c.scrub(rep.handle).faulty == ()   # a round trip: the repair's put has landed
+        blocks = [c._states[w].resident[h.id] for w in range(8)]
+        assert [b.dtype for b in blocks] == [np.dtype(h.dtype)] * 8
+
+
 def test_scrub_reports_missing_workers_and_finds_nothing_when_clean(W):
     with LocalCluster(6, faults=FixedStragglers({3}, 3.0), timeout=30) as c:
         h = c.put(W, code=MDSCode(6, 2))

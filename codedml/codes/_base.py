@@ -79,7 +79,8 @@ class Task:
     b: Any
     field: int | None = None
     compensated: bool = False
-    """Real field: compute ``a @ b`` compensated (about one rounding of the result; see
+    """Real field: compute ``a @ b`` compensated (one rounding of the result plus ``2^-bits``
+    of a plain GEMM's error; see
     :func:`~codedml.codes._eft.compensated_matmul`) rather than by one float64 GEMM."""
 
     def compute(self) -> np.ndarray:
@@ -142,6 +143,18 @@ class Encoding(Sequence[Task]):
 
     def __repr__(self) -> str:
         return f"Encoding({self.code!r}, {len(self)} tasks, product shape {self.shape})"
+
+
+#: condition_bound() per code value (bounded; oldest dropped first).
+_COND_CACHE: dict[Any, float] = {}
+
+
+def _cache_key(code: Any) -> Any:
+    try:
+        hash(code)
+    except TypeError:
+        return None
+    return (type(code), code)
 
 
 def _input_dtype(A: Any, B: Any) -> np.dtype:
@@ -219,14 +232,23 @@ class LinearCode(abc.ABC):
     def condition_bound(self) -> float:
         """Worst-case condition number of decoding from ``recovery_threshold`` results.
 
-        Cached; computed from the erasure patterns that are worst for the code (see
-        :func:`codedml.codes.worst_case_condition`; exact enumeration when it is cheap).
+        Computed from the erasure patterns that are worst for the code (see
+        :func:`codedml.codes.worst_case_condition`; exact enumeration when it is cheap) and
+        cached per code *value* (codes are immutable; equal codes share it), since each
+        product from the left builds its decoder anew.
         """
         cached = self.__dict__.get("_cond_bound")
         if cached is None:
-            from .numerics import worst_case_condition
+            key = _cache_key(self)
+            cached = _COND_CACHE.get(key) if key is not None else None
+            if cached is None:
+                from .numerics import worst_case_condition
 
-            cached = worst_case_condition(self, max_subsets=5000).value
+                cached = worst_case_condition(self, max_subsets=5000).value
+                if key is not None:
+                    if len(_COND_CACHE) >= 256:
+                        _COND_CACHE.pop(next(iter(_COND_CACHE)))
+                    _COND_CACHE[key] = cached
             self.__dict__["_cond_bound"] = cached
         return cached
 
@@ -259,7 +281,8 @@ class LinearCode(abc.ABC):
             Real field only: the worker arithmetic. Encoding always runs in float64 and
             decoding in float64/complex128. ``"float32"``/``"float64"``: operands of that
             dtype, one GEMM per worker. ``"compensated"``: float64 operands and a compensated
-            product (:attr:`Task.compensated`; three GEMMs, about one rounding of the result).
+            product (:attr:`Task.compensated`; three GEMMs, ``2^-bits`` of a plain GEMM's error
+            plus one rounding of the result).
             ``"auto"`` gives float32 inputs float32 operands unless the code's worst-case
             condition number exceeds :data:`FLOAT32_MAX_CONDITION`, where float32 worker
             arithmetic would push the decoded relative error past 1e-4 (those workers compute

@@ -556,7 +556,9 @@ class ClusterBase:
             return ScrubReport(checked, (), (), missing, handle)
         A, fjob = self.fetch(handle, errors=budget, timeout=timeout, wait_all=True, return_job=True)
         bad = sorted(set(faulty) | set(fjob.report.faulty))
-        enc = handle.code.encode(A, np.zeros(A.shape[1], dtype=A.dtype))
+        # the repaired blocks get the stored blocks' dtype, whatever dtype the decode returned
+        block_precision = "float32" if np.dtype(handle.dtype) == np.float32 else "float64"
+        enc = handle.code.encode(A, np.zeros(A.shape[1], dtype=A.dtype), precision=block_precision)
         # Every block's norm anew (not only the repaired ones): the decoder's noise model
         # compares workers, and exact norms beside loose update bounds made the repaired
         # blocks look too large for their scale -- falsely corrupt.

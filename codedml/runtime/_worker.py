@@ -116,8 +116,16 @@ class WorkerState:
 
     def _matmul(self, ctrl: dict[str, Any]) -> Callable[[Any, Any], Any]:
         """The backend's product for this request: compensated when the root asks for it (a
-        code whose decode would amplify plain float64 rounding past its accuracy promise)."""
-        return self.backend.matmul_compensated if ctrl.get("compensated") else self.backend.matmul
+        code whose decode would amplify plain float64 rounding past its accuracy promise).
+        Overflow stays quiet: a stored block hit by a soft error may hold huge values, and the
+        root, not the worker's stderr, deals with the product."""
+        mm = self.backend.matmul_compensated if ctrl.get("compensated") else self.backend.matmul
+
+        def product(a: Any, b: Any) -> Any:
+            with np.errstate(over="ignore", invalid="ignore"):
+                return mm(a, b)
+
+        return product
 
     def _add_outer(self, hid: int, u: np.ndarray, v: np.ndarray, p: int | None) -> None:
         """Stored block ``+= u v^T`` in place."""
