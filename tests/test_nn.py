@@ -47,6 +47,18 @@ def _max_diff(a, b):
     return max(float((sa[k] - sb[k]).abs().max()) for k in sb)
 
 
+def _lockstep(coded, oc, ref, orf, *, steps, batch, seed, reduce):
+    """Train the coded model and its reference on the same batches, step for step, on the
+    loss ``mean`` or ``sum`` of the squared outputs."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(batch, 8, generator=g, dtype=F64)
+        for m, o in ((coded, oc), (ref, orf)):
+            o.zero_grad()
+            getattr(m(x).square(), reduce)().backward()
+            o.step()
+
+
 # ------------------------------------------------------------------ a torch layer
 @pytest.mark.parametrize("dtype, tol", [(F64, 1e-13), (torch.float32, 1e-5)])
 def test_forward_and_backward_match_nn_linear(cluster, dtype, tol):
@@ -99,13 +111,7 @@ def test_extra_repr_and_sequential(cluster):
 def test_training_follows_torch_sgd(cluster, opts):
     coded, ref = _pair(cluster)
     oc, orf = CodedSGD(coded, **opts), torch.optim.SGD(ref.parameters(), **opts)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(10):
-        x = torch.randn(6, 8, generator=g, dtype=F64)
-        for m, o in ((coded, oc), (ref, orf)):
-            o.zero_grad()
-            m(x).square().mean().backward()
-            o.step()
+    _lockstep(coded, oc, ref, orf, steps=10, batch=6, seed=0, reduce="mean")
     assert _max_diff(coded, ref) <= 1e-12
 
 
@@ -186,13 +192,7 @@ def test_training_on_the_torch_backend_under_faults():
         coded, ref = _pair(c, errors=1)
         oc = CodedSGD(coded, lr=0.1, momentum=0.9, weight_decay=1e-3, scrub_every=2)
         orf = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
-        g = torch.Generator().manual_seed(5)
-        for _ in range(10):
-            x = torch.randn(5, 8, generator=g, dtype=F64)
-            for m, o in ((coded, oc), (ref, orf)):
-                o.zero_grad()
-                m(x).square().sum().backward()
-                o.step()
+        _lockstep(coded, oc, ref, orf, steps=10, batch=5, seed=5, reduce="sum")
         assert _max_diff(coded, ref) <= 1e-12
         assert coded[2].stats["corrected"] > 0 and coded[0].stats["repaired"] + coded[2].stats["repaired"] > 0
 
@@ -205,13 +205,7 @@ def test_training_under_stragglers_soft_errors_and_storage_errors():
         # A scrub checks every worker: it waits for the straggler at most scrub_timeout.
         oc = CodedSGD(coded, lr=0.05, momentum=0.9, weight_decay=1e-3, scrub_every=2, scrub_timeout=0.1)
         orf = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
-        g = torch.Generator().manual_seed(1)
-        for _ in range(12):
-            x = torch.randn(6, 8, generator=g, dtype=F64)
-            for m, o in ((coded, oc), (ref, orf)):
-                o.zero_grad()
-                m(x).square().mean().backward()
-                o.step()
+        _lockstep(coded, oc, ref, orf, steps=12, batch=6, seed=1, reduce="mean")
         stats = {k: coded[0].stats[k] + coded[2].stats[k] for k in coded[0].stats}
         assert _max_diff(coded, ref) <= 1e-11
         products = [r for r in c.history if "scrub" not in r.code]

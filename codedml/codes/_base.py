@@ -242,15 +242,20 @@ class LinearCode(abc.ABC):
             key = _cache_key(self)
             cached = _COND_CACHE.get(key) if key is not None else None
             if cached is None:
-                from .numerics import worst_case_condition
-
-                cached = worst_case_condition(self, max_subsets=5000).value
+                cached = self._worst_condition()
                 if key is not None:
                     if len(_COND_CACHE) >= 256:
                         _COND_CACHE.pop(next(iter(_COND_CACHE)))
                     _COND_CACHE[key] = cached
             self.__dict__["_cond_bound"] = cached
         return cached
+
+    def _worst_condition(self) -> float:
+        """What :meth:`condition_bound` caches: the worst case over cyclic-run erasures and
+        5000 sampled subsets (exact enumeration when there are fewer)."""
+        from .numerics import worst_case_condition
+
+        return worst_case_condition(self, max_subsets=5000).value
 
     def _solve_real(self, M: np.ndarray, E: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
         """Solve one family's system over the reals (see :func:`_lstsq`)."""

@@ -146,28 +146,19 @@ class PolyDotCode(LinearCode):
     def _amplifies_worker_rounding(self) -> bool:
         return True
 
-    def condition_bound(self) -> float:
-        """Worst-case condition number of decoding from ``recovery_threshold`` results.
-
-        On the circle, the worst erasure pattern is a run of consecutive workers (it leaves
+    def _worst_condition(self) -> float:
+        """On the circle, the worst erasure pattern is a run of consecutive workers (it leaves
         the widest gap on the circle; ``tests/test_numerics.py`` checks this against exact
         enumeration for every code with n <= 14 and at n = 30, 31), and every run gives the
         same value: shifting the erased run by ``t`` multiplies each decoding matrix by a
-        diagonal of roots of unity. So one subset, the first ``recovery_threshold`` workers'
-        complement of a leading run, gives the bound in one SVD per family. Other
-        constructions sample (see :meth:`LinearCode.condition_bound`).
+        diagonal of roots of unity. So one subset, the workers left when the leading run
+        ``0 .. n - k - 1`` is erased, gives the bound in one SVD per family. Other
+        constructions sample (see :meth:`LinearCode._worst_condition`).
         """
-        cached = self.__dict__.get("_cond_bound")
-        if cached is None:
-            if self.field is not None:
-                cached = 1.0
-            elif self.construction == "circle":
-                rows = np.arange(self.workers - self.recovery_threshold, self.workers)
-                cached = max(float(np.linalg.cond(M)) for M in self._families(rows))
-            else:
-                cached = super().condition_bound()
-            self.__dict__["_cond_bound"] = cached
-        return cached
+        if self.field is None and self.construction == "circle":
+            rows = np.arange(self.workers - self.recovery_threshold, self.workers)
+            return max(float(np.linalg.cond(M)) for M in self._families(rows))
+        return super()._worst_condition()   # GF(p): 1.0 (worst_case_condition says so)
 
     # ------------------------------------------------------------------ exponents
     def _exp_a(self) -> np.ndarray:

@@ -41,7 +41,19 @@ from .replication import ReplicationCode
 __all__ = ["LeftProductCode", "LeftReplicationCode", "encode_left"]
 
 
-class LeftProductCode(MatDotCode):
+class _Left:
+    """A decoder of ``L @ W`` is known by the code ``W`` is stored with (``self.stored``)."""
+
+    stored: LinearCode
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.stored == other.stored  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(("left", self.stored))
+
+
+class LeftProductCode(_Left, MatDotCode):
     """The decoder of ``L @ W`` for ``W`` stored with ``MDSCode(n, k)``: MatDot ``(n, k)``.
 
     On the circle a worker returns the real ``[Re P; Im P]`` of its complex product ``P``
@@ -63,12 +75,6 @@ class LeftProductCode(MatDotCode):
     def _params(self) -> str:
         return f"stored={self.stored!r}"
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, LeftProductCode) and self.stored == other.stored
-
-    def __hash__(self) -> int:
-        return hash(("left", self.stored))
-
     def _unpack(self, R: np.ndarray) -> list[np.ndarray]:
         if self._packed and not np.iscomplexobj(R):
             h = R.shape[0] // 2
@@ -76,7 +82,7 @@ class LeftProductCode(MatDotCode):
         return [R]
 
 
-class LeftReplicationCode(ReplicationCode):
+class LeftReplicationCode(_Left, ReplicationCode):
     """The decoder of ``L @ W`` for ``W`` stored with ``ReplicationCode(n, k)``: the sum of one
     (consistent) copy of each block's product ``L_j W_j``."""
 
@@ -86,12 +92,6 @@ class LeftReplicationCode(ReplicationCode):
 
     def __repr__(self) -> str:
         return f"LeftReplicationCode(stored={self.stored!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, LeftReplicationCode) and self.stored == other.stored
-
-    def __hash__(self) -> int:
-        return hash(("left", self.stored))
 
     def _assemble(self, X: list[np.ndarray], shape: tuple[int, ...] | None) -> np.ndarray:
         if self.field is not None:

@@ -90,13 +90,17 @@ class ResidentHandle:
     shape: tuple[int, ...]
     dtype: np.dtype
     norms: tuple[float, ...] = field(repr=False, default=())
-    compensated: bool = field(repr=False, default=False)
-    """Whether products against the stored blocks are compensated (``precision="auto"`` at
-    :meth:`ClusterBase.put`: float64 inputs under a code whose worst case needs it)."""
     input_dtype: np.dtype = field(repr=False, default=np.dtype(np.float64))
-    """The dtype ``A`` arrived in at :meth:`ClusterBase.put` (decides compensation from the left)."""
+    """The dtype ``A`` arrived in at :meth:`ClusterBase.put`."""
     precision: str = field(repr=False, default="auto")
     """The ``precision`` given to :meth:`ClusterBase.put`."""
+
+    @property
+    def compensated(self) -> bool:
+        """Whether products against the stored blocks are compensated: what ``put``'s encode
+        decided from the code, ``precision`` and the input dtype (see
+        :meth:`~codedml.codes.LinearCode.encode`)."""
+        return self.code._compensates(self.input_dtype, self.dtype, self.precision)
 
 
 def retry_on_corrupt(run: Callable[[], Any], retries: int,
@@ -688,8 +692,7 @@ class ClusterBase:
         for w in range(self.workers):
             if w not in self._dead:
                 self._send(w, {"op": "put", "handle": hid, "field": code.field}, [_np(enc[w].a)])
-        return ResidentHandle(hid, code, tuple(A.shape), enc.dtype, norms, enc.compensated,
-                              _input_dtype(A, A), precision)
+        return ResidentHandle(hid, code, tuple(A.shape), enc.dtype, norms, _input_dtype(A, A), precision)
 
     def update(self, handle: ResidentHandle, U: Any, V: Any) -> ResidentHandle:
         """In place ``A <- A + U V^T`` on the encoded blocks, without re-encoding.
