@@ -123,14 +123,21 @@ class Encoding(Sequence[Task]):
     """
 
     def __init__(self, code: LinearCode, tasks: list[Task], shape: tuple[int, ...],
-                 inner: int, dtype: np.dtype, compensated: bool = False) -> None:
+                 inner: int, dtype: np.dtype, compensated: bool = False,
+                 scales: np.ndarray | None = None) -> None:
         self.code = code
         self._tasks = tasks
         self.shape = tuple(shape)
         self.inner = int(inner)
         self.dtype = np.dtype(dtype)
         self.compensated = bool(compensated)
-        self.scales = np.array([_fro(t.a) * _fro(t.b) for t in tasks]) if code.field is None else None
+        # ``scales`` given: products against operands the root does not hold (resident blocks)
+        if code.field is not None:
+            self.scales = None
+        elif scales is not None:
+            self.scales = np.asarray(scales, dtype=np.float64)
+        else:
+            self.scales = np.array([_fro(t.a) * _fro(t.b) for t in tasks])
 
     def __len__(self) -> int:
         return len(self._tasks)

@@ -191,14 +191,10 @@ def _record(code: LinearCode, ops: list[np.ndarray], shape: tuple[int, int], inn
             dtype: np.dtype, norms: Any, prec: tuple[Any, str]) -> Encoding:
     """The Encoding of a left product; ``prec`` is the stored operand's (input dtype, precision)."""
     n = code.workers
-    enc = Encoding.__new__(Encoding)
-    enc.compensated = code._compensates(np.dtype(prec[0]), dtype, prec[1])
-    enc.code, enc._tasks = code, [Task(w, ops[w], None, code.field, enc.compensated) for w in range(n)]
-    enc.shape = shape
-    enc.inner, enc.dtype = inner, dtype
+    comp = code._compensates(np.dtype(prec[0]), dtype, prec[1])
+    tasks = [Task(w, ops[w], None, code.field, comp) for w in range(n)]
+    scales = None
     if code.field is None:
         stored_norms = np.ones(n) if norms is None else np.asarray(norms, dtype=np.float64)
-        enc.scales = np.array([float(np.linalg.norm(o)) for o in ops]) * stored_norms
-    else:
-        enc.scales = None
-    return enc
+        scales = np.array([float(np.linalg.norm(o)) for o in ops]) * stored_norms
+    return Encoding(code, tasks, shape, inner, dtype, comp, scales=scales)

@@ -784,13 +784,8 @@ class ClusterBase:
     def _resident_encoding(self, h: ResidentHandle, cols: tuple[int, ...], bnorm: float) -> Encoding:
         """The record a decode of ``stored block @ B`` needs: shape, noise scales, dtype."""
         tasks = [Task(w, None, None) for w in range(self.workers)]
-        enc = Encoding.__new__(Encoding)
-        enc.code, enc._tasks = h.code, tasks
-        enc.shape = (h.shape[0],) + tuple(cols)
-        enc.inner, enc.dtype = h.shape[1], np.dtype(h.dtype)
-        enc.scales = None if h.code.field is not None else np.array([n * bnorm for n in h.norms])
-        enc.compensated = h.compensated
-        return enc
+        return Encoding(h.code, tasks, (h.shape[0],) + tuple(cols), h.shape[1], h.dtype,
+                        h.compensated, scales=np.array([n * bnorm for n in h.norms]))
 
     def _progress(self, timeout: float) -> None:
         now = time.perf_counter()
