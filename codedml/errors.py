@@ -12,9 +12,15 @@ from collections.abc import Iterable
 __all__ = [
     "CodedMLError",
     "ConfigurationError",
+    "FaultError",
     "NotEnoughResultsError",
+    "DeadlineError",
     "CorruptResultError",
     "WorkerFailure",
+    "UpdateFailedError",
+    "NonFiniteUpdateError",
+    "ProtocolError",
+    "ClusterClosedError",
     "TrainingError",
 ]
 
@@ -27,7 +33,14 @@ class ConfigurationError(CodedMLError, ValueError):
     """Raised for a bad argument or configuration: wrong range, shape, type or field."""
 
 
-class NotEnoughResultsError(CodedMLError):
+class FaultError(CodedMLError):
+    """Root of the errors that are a fault's consequence (not a bad argument): too few or too
+    many corrupt results, a failed worker, a missed deadline, a non-finite update. The
+    command-line tools exit with status 3 for these, and 2 only for a
+    :class:`ConfigurationError`."""
+
+
+class NotEnoughResultsError(FaultError):
     """Raised by ``decode`` when the results given cannot determine the product."""
 
     def __init__(self, message: str, *, received: int, needed: int) -> None:
@@ -36,7 +49,12 @@ class NotEnoughResultsError(CodedMLError):
         self.needed = needed
 
 
-class CorruptResultError(CodedMLError):
+class DeadlineError(NotEnoughResultsError, TimeoutError):
+    """Raised by the runtime when a request's deadline (counted from its submission) passes
+    before enough answers arrived; the message names the silent and the crashed ranks."""
+
+
+class CorruptResultError(FaultError):
     """Raised by ``decode`` when results are inconsistent beyond the code's power to correct."""
 
     def __init__(self, message: str, *, suspects: Iterable[int] = ()) -> None:
@@ -44,21 +62,45 @@ class CorruptResultError(CodedMLError):
         self.suspects = tuple(sorted(suspects))
 
 
-class WorkerFailure(CodedMLError):
-    """Raised by the runtime when a worker fails; carries where it happened."""
+class WorkerFailure(FaultError):
+    """Raised by the runtime when a worker fails; carries where it happened (rank, host, job,
+    operation), the remote exception's type name and its traceback text."""
 
     def __init__(self, message: str, *, rank: int | None = None, host: str | None = None,
-                 job: int | None = None, remote_traceback: str | None = None) -> None:
-        where = ", ".join(f"{k}={v}" for k, v in (("rank", rank), ("host", host), ("job", job))
-                          if v is not None)
+                 job: int | None = None, remote_traceback: str | None = None,
+                 op: str | None = None, exc_type: str | None = None) -> None:
+        where = ", ".join(f"{k}={v}" for k, v in (("rank", rank), ("host", host), ("job", job),
+                                                   ("op", op)) if v is not None)
         super().__init__(f"{message} ({where})" if where else message)
         self.rank = rank
         self.host = host
         self.job = job
+        self.op = op
+        self.exc_type = exc_type
         self.remote_traceback = remote_traceback
 
 
-class TrainingError(CodedMLError):
+class UpdateFailedError(WorkerFailure):
+    """Raised by the runtime (on the acknowledgement future of ``put`` / ``update`` /
+    ``sgd_step`` / ``drop``) when a worker could not apply the operation: its stored block is
+    marked stale and excluded from products until a scrub repairs it."""
+
+
+class NonFiniteUpdateError(FaultError, ValueError):
+    """Raised by ``update`` / ``sgd_step`` and the coded layers when an update's factors (a
+    gradient) hold NaN or Inf: a fault upstream, refused before any stored block is touched."""
+
+
+class ProtocolError(CodedMLError):
+    """Raised by the runtime's transport when a message fails validation on receipt (unknown
+    operation or kind, a shape or dtype out of range, a payload of the wrong size)."""
+
+
+class ClusterClosedError(CodedMLError, RuntimeError):
+    """Raised by a cluster's methods after ``close()``."""
+
+
+class TrainingError(FaultError):
     """Raised by ``codedml.train`` when a policy cannot continue (e.g. a crashed worker under
     fully synchronous training); names the step and the policy."""
 
