@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import subprocess
+from pathlib import Path
 
 import numpy as np
 
@@ -20,10 +22,25 @@ def cpu_model() -> str | None:
     return None
 
 
+def commit() -> dict:
+    """The commit measured: ``git rev-parse HEAD`` of this checkout, and whether the work tree
+    had uncommitted changes to tracked files (then the figures are of HEAD plus those)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip() != ""
+    except (OSError, subprocess.CalledProcessError) as exc:
+        return {"commit": None, "dirty": None, "why": str(exc)}
+    return {"commit": head, "dirty": dirty}
+
+
 def machine_info() -> dict:
     """Platform, CPU, Python/numpy versions, date, load average (other processes distort
     timings on a shared machine), thread settings and the BLAS libraries in use."""
     info = {
+        **commit(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_model": cpu_model(),

@@ -231,7 +231,7 @@ def _run_root(cluster: Any, cfg: RunConfig, model: Any, fseed: int) -> int:
     cluster.drain(0.5)  # record late results that are still coming in
     reports = [job.report for job in jobs]
     total = time.perf_counter() - t0
-    rows = straggler_report(reports, n, cluster._rank_of)
+    rows = straggler_report(reports, n, cluster.rank_of)
     print(f"\n  {'rank':>4} {'min':>7} {'median':>7} {'max':>7} {'used':>5} {'late':>5} "
           f"{'crash':>5} {'corrupt':>7}")
     for r in rows:

@@ -78,7 +78,7 @@ with MPICluster(comm, faults=faults, seed=7, timeout=30) as cluster:
             for j in range(3):
                 job = cluster.submit(A, B, code=code, errors=1)
                 C = job.result()
-                out.append({"job": j, "err": rel(C, A @ B), "faulty": [cluster._rank_of(w) for w in job.report.faulty]})
+                out.append({"job": j, "err": rel(C, A @ B), "faulty": [cluster.rank_of(w) for w in job.report.faulty]})
             emit(jobs=out)
         elif name == "too_many":
             t = time.perf_counter()

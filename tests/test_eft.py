@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from codedml.backends import NumpyBackend, available_backends, get_backend
 from codedml.codes._eft import _column_peak, _round_to, _unit, compensated_matmul, split_bits
 from codedml.runtime._worker import WorkerState
+from codedml.runtime.protocol import Op, Request
 
 EPS = np.finfo(np.float64).eps
 
@@ -160,9 +161,8 @@ def test_worker_computes_compensated_only_when_asked():
     rng = np.random.default_rng(4)
     a, b = rng.standard_normal((6, 900)), rng.standard_normal((900, 5))
     state = WorkerState(1, NumpyBackend())
-    ctrl = {"op": "matmul", "handle": None, "field": None}
-    comp = state.handle(dict(ctrl, compensated=True), [a, b])
-    plain = state.handle(dict(ctrl, compensated=False), [a, b])
+    comp = state.handle(Request(Op.MATMUL, 0, None, None, True), [a, b])
+    plain = state.handle(Request(Op.MATMUL, 1, None, None, False), [a, b])
     assert np.array_equal(comp, compensated_matmul(a, b))
     assert np.array_equal(plain, a @ b)
     assert not np.array_equal(comp, plain)

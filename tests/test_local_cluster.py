@@ -13,6 +13,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from codedml.errors import ClusterClosedError
 from codedml import (ConfigurationError, CorruptResultError, LocalCluster, NotEnoughResultsError,
                      WorkerFailure)
 from codedml.backends import NumpyBackend, available_backends
@@ -117,7 +118,7 @@ def test_code_with_wrong_worker_count(cluster, data):
 def test_closed_cluster_refuses_work(data):
     c = LocalCluster(2)
     c.close()
-    with pytest.raises(ConfigurationError, match="closed"):
+    with pytest.raises(ClusterClosedError, match="closed"):
         c.matmul(data["A"], data["B"], code=MDSCode(2, 1))
 
 
@@ -267,12 +268,26 @@ def test_too_many_dead_workers_fail_at_once_naming_the_ranks(data):
         _close_fast(c)
 
 
-def test_dropped_resident_handle_raises_worker_failure(data):
+def test_dropped_resident_handle_is_refused_by_name(data):
+    with LocalCluster(N, timeout=20) as c:
+        h = c.put(data["A"], code=MDSCode(N, 3))
+        c.drop(h).result()
+        with pytest.raises(ConfigurationError, match=r"resident operand 0\) is no longer stored: it was dropped"):
+            c.submit(h, data["B"])
+        with pytest.raises(ConfigurationError, match="no longer stored"):
+            c.update(h, np.ones((h.shape[0], 1)), np.ones((h.shape[1], 1)))
+    with LocalCluster(N, timeout=20) as other:
+        with pytest.raises(ConfigurationError, match="stored by another cluster"):
+            other.matmul(h, data["B"])
+
+
+def test_worker_exception_reaches_the_caller_named(data):
     A, B = data["A"], data["B"]
     with LocalCluster(N, timeout=20) as c:
         h = c.put(A, code=MDSCode(N, 3))
         np.testing.assert_allclose(c.matmul(h, B), A @ B, rtol=1e-10, atol=1e-10)
-        c.drop(h)
+        for state in c._states:  # the workers lose the block behind the root's back
+            state.resident.pop(h.id)
         job = c.submit(h, B)
         with pytest.raises(WorkerFailure) as ei:
             job.result()

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from codedml import ConfigurationError, LocalCluster, NotEnoughResultsError, WorkerFailure
+from codedml.errors import NonFiniteUpdateError
 from codedml.codes import MDSCode, _gfp
 from codedml.codes.resident import LeftProductCode, encode_left
 from codedml.faults import (Corruption, Fault, FixedStragglers, Schedule, SoftErrors,
@@ -291,8 +292,8 @@ def test_update_with_a_non_finite_factor_is_refused_before_touching_the_blocks(W
         h = c.put(W, code=MDSCode(4, 2))
         U = np.ones((10, 1))
         U[3, 0] = np.nan
-        with pytest.raises(ConfigurationError, match=r"`U` \(a factor of the update U V\^T\) contains NaN or Inf"):
+        with pytest.raises(NonFiniteUpdateError, match=r"`U` \(a factor of the update U V\^T\) contains NaN or Inf"):
             c.sgd_step(h, U, np.ones((6, 1)), lr=0.1)
-        with pytest.raises(ConfigurationError, match=r"`V` .* contains NaN or Inf"):
+        with pytest.raises(NonFiniteUpdateError, match=r"`V` .* contains NaN or Inf"):
             c.update(h, np.ones((10, 1)), np.full((6, 1), np.inf))
         assert np.allclose(c.fetch(h), W, rtol=0, atol=1e-13)

@@ -136,7 +136,7 @@ def test_sync_on_a_cluster_with_a_known_dead_worker_names_it():
     # on the runtime's "`count` must be ..." check.
     with LocalCluster(3, handlers=handlers(TASK), faults=Die([2], at=1), timeout=10) as c:
         first = Engine(c, TASK, TrainConfig(policy="ksync", k=2, steps=5, eval_every=5)).run()
-        assert first.crashed == [2] and 1 in c._dead
+        assert first.crashed == [2] and 1 in c.dead_workers
         with pytest.raises(TrainingError) as exc:
             Engine(c, TASK, TrainConfig(policy="sync", steps=5, timeout=5)).run()
         msg = str(exc.value)

@@ -35,7 +35,7 @@ from torch import nn
 from ..codes import MatDotCode, MDSCode, ReplicationCode
 from ..codes._validate import check_int
 from ..errors import ConfigurationError, CorruptResultError
-from ..runtime._cluster import retry_on_corrupt
+from ..runtime import retry_on_corrupt
 
 __all__ = ["CodedLinear", "coded_linear", "default_code"]
 

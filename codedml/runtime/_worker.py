@@ -1,18 +1,20 @@
-"""Worker-side logic shared by the MPI and in-process runtimes: one request in, one result out.
+"""Worker-side logic shared by the MPI and in-process runtimes: one request in, one reply out.
 
-``WorkerState.handle(ctrl, arrays)`` runs a request and returns its result (or ``None`` for
-requests without a reply): ``matmul`` (``a @ b``, or stored block ``@ b``), ``matmul_left``
-(``l @`` stored block), ``fetch`` (the stored block itself), ``call`` (a registered handler),
-and the replyless ``put``, ``update``, ``sgd``, ``drop``. :meth:`WorkerState.inject` is the
-single hook point where a failure model's fault is applied to a result before it is sent;
-storage faults hit a stored block when it is updated.
+``WorkerState.handle(request, arrays)`` runs a :class:`~codedml.runtime.protocol.Request` and
+returns its result array, or ``None`` for the acknowledged operations (``put``, ``update``,
+``sgd``, ``drop``): the transport then sends an acknowledgement, or an error reply when this
+raised. Every request gets exactly one reply. :meth:`WorkerState.inject` is the single hook
+point where a failure model's fault is applied to a result before it is sent; storage faults
+hit a stored block when it is updated. A fail-silent worker sends no reply of any kind.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,9 +24,9 @@ import numpy as np
 from ..backends import Backend
 from ..codes import _gfp
 from ..faults import FaultModel, corrupt, fault_for
+from .protocol import ACK_OPS, REPLY_OPS, Op, RemoteError, Request
 
-#: Requests that send a reply (and may be skipped once the root has decoded their job).
-REPLY_OPS = frozenset({"matmul", "matmul_left", "fetch", "call"})
+__all__ = ["WorkerContext", "WorkerState", "REPLY_OPS", "ACK_OPS", "remote_error"]
 
 #: Salt of the storage-fault stream: drawn per (rank, update number), apart from job faults.
 _STORAGE_SALT = 0x5707A6E
@@ -63,63 +65,78 @@ class WorkerState:
             self.context = WorkerContext(self.rank, self.rank - 1, self.backend)
         return self.context
 
-    def handle(self, ctrl: dict[str, Any], arrays: list[np.ndarray]) -> np.ndarray | None:
-        """Run one request; returns its result (``None`` for requests without one).
+    def handle(self, req: Request, arrays: list[np.ndarray]) -> np.ndarray | None:
+        """Run one request; returns its result, or ``None`` for an acknowledged operation.
 
         The master judges rounding noise from its own encoding's norms, so the worker sends
         no noise scale (a corrupt worker could not be trusted to report one anyway)."""
-        op = ctrl["op"]
-        p = ctrl.get("field")
-        if op == "put":
+        op, p, hid = req.op, req.field, req.handle
+        want = {Op.PUT: 1, Op.UPDATE: 2, Op.SGD: 2, Op.DROP: 0, Op.FETCH: 0, Op.MATMUL_LEFT: 1}.get(op)
+        if want is not None and len(arrays) != want:
+            raise ValueError(f"{op.name} takes {want} arrays, got {len(arrays)}")
+        if op is not Op.CALL and op is not Op.MATMUL and hid is None:
+            raise ValueError(f"{op.name} needs a resident handle")
+        if op is Op.PUT:
             a = np.array(arrays[0], copy=True)  # this worker's own copy: updates happen in place
-            self.resident[ctrl["handle"]] = a if p is not None else self.backend.to_device(a)
+            self.resident[hid] = a if p is not None else self.backend.to_device(a)
             return None
-        if op == "drop":
-            self.resident.pop(ctrl["handle"], None)
+        if op is Op.DROP:
+            self.resident.pop(hid, None)
             return None
-        if op == "update":  # resident A += U V^T, applied to the encoded block in place
+        if op is Op.UPDATE:  # resident A += U V^T, applied to the encoded block in place
             u, v = arrays
-            self._add_outer(ctrl["handle"], u, v, p)
-            self._storage_faults(ctrl, ctrl["handle"], p)
+            self._add_outer(self._stored(hid), hid, u, v, p)
+            self._storage_faults(req, hid, p)
             return None
-        if op == "sgd":
-            self._sgd(ctrl, arrays, p)
-            self._storage_faults(ctrl, ctrl["handle"], p)
-            if ctrl.get("buffer") is not None:  # the momentum buffer is stored memory too
-                self._storage_faults(ctrl, ctrl["buffer"], p, block=1)
+        if op is Op.SGD:
+            self._sgd(req, arrays, p)
+            self._storage_faults(req, hid, p)
+            if req.params.get("buffer") is not None:  # the momentum buffer is stored memory too
+                self._storage_faults(req, req.params["buffer"], p, block=1)
             return None
-        if op == "matmul":
-            if ctrl.get("handle") is not None:
-                a, b = self.resident[ctrl["handle"]], arrays[0]
+        if op is Op.MATMUL:
+            if hid is not None:
+                if len(arrays) != 1:
+                    raise ValueError(f"a product with a stored block takes 1 array, got {len(arrays)}")
+                a, b = self._stored(hid), arrays[0]
             else:
+                if len(arrays) != 2:
+                    raise ValueError(f"a product takes 2 arrays, got {len(arrays)}")
                 a, b = arrays
             if p is not None:
                 a_np = a if isinstance(a, np.ndarray) else self.backend.to_numpy(a)
                 return _gfp.matmul_mod(a_np, b, p)
-            return np.ascontiguousarray(self.backend.to_numpy(self._matmul(ctrl)(a, b)))
-        if op == "matmul_left":  # l @ stored block: the inner dimension is the stored rows
-            a, l = self.resident[ctrl["handle"]], arrays[0]
+            return np.ascontiguousarray(self.backend.to_numpy(self._matmul(req)(a, b)))
+        if op is Op.MATMUL_LEFT:  # l @ stored block: the inner dimension is the stored rows
+            a, l = self._stored(hid), arrays[0]
             if p is not None:
                 return _gfp.matmul_mod(l, a, p)
-            return np.ascontiguousarray(self.backend.to_numpy(self._matmul(ctrl)(self.backend.to_device(l), a)))
-        if op == "fetch":
-            a = self.resident[ctrl["handle"]]
+            return np.ascontiguousarray(self.backend.to_numpy(self._matmul(req)(self.backend.to_device(l), a)))
+        if op is Op.FETCH:
+            a = self._stored(hid)
             return np.array(a if isinstance(a, np.ndarray) else self.backend.to_numpy(a), copy=True)
-        if op == "call":
-            name = ctrl["name"]
+        if op is Op.CALL:
+            name = req.params["name"]
             if name not in self.handlers:
                 raise KeyError(f"no handler {name!r} registered on this worker "
                                f"(registered: {sorted(self.handlers)})")
-            out = self.handlers[name](self._ctx(), *arrays, **ctrl.get("params", {}))
+            out = self.handlers[name](self._ctx(), *arrays, **req.params.get("params", {}))
             return np.zeros(0) if out is None else np.asarray(out)
-        raise ValueError(f"unknown request op {op!r}")
+        raise ValueError(f"operation {op.name} is not served by a worker's handle()")
 
-    def _matmul(self, ctrl: dict[str, Any]) -> Callable[[Any, Any], Any]:
+    def _stored(self, hid: int) -> Any:
+        try:
+            return self.resident[hid]
+        except KeyError:
+            raise KeyError(f"no resident operand {hid} on rank {self.rank} (stored: "
+                           f"{sorted(self.resident)})") from None
+
+    def _matmul(self, req: Request) -> Callable[[Any, Any], Any]:
         """The backend's product for this request: compensated when the root asks for it (a
         code whose decode would amplify plain float64 rounding past its accuracy promise).
         Overflow stays quiet: a stored block hit by a soft error may hold huge values, and the
         root, not the worker's stderr, deals with the product."""
-        mm = self.backend.matmul_compensated if ctrl.get("compensated") else self.backend.matmul
+        mm = self.backend.matmul_compensated if req.compensated else self.backend.matmul
 
         def product(a: Any, b: Any) -> Any:
             with np.errstate(over="ignore", invalid="ignore"):
@@ -127,16 +144,15 @@ class WorkerState:
 
         return product
 
-    def _add_outer(self, hid: int, u: np.ndarray, v: np.ndarray, p: int | None) -> None:
-        """Stored block ``+= u v^T`` in place."""
-        a = self.resident[hid]
+    def _add_outer(self, a: Any, hid: int, u: np.ndarray, v: np.ndarray, p: int | None) -> None:
+        """Stored block ``a`` (``resident[hid]``) ``+= u v^T`` in place."""
         if p is not None:
             self.resident[hid] = (a + _gfp.matmul_mod(u, v.T.copy(), p)) % p
             return
         delta = self.backend.matmul(self.backend.to_device(u), self.backend.to_device(np.ascontiguousarray(v.T)))
         self.backend.add_(a, delta)
 
-    def _sgd(self, ctrl: dict[str, Any], arrays: list[np.ndarray], p: int | None) -> None:
+    def _sgd(self, req: Request, arrays: list[np.ndarray], p: int | None) -> None:
         """SGD with momentum and weight decay on the encoded block (torch.optim.SGD's rule).
 
         ``g = u v^T + wd W``; ``buf = g`` on the first step, else ``mu buf + (1 - damp) g``;
@@ -146,29 +162,30 @@ class WorkerState:
         if p is not None:
             raise ValueError("sgd needs a real-valued resident operand")
         u, v = arrays
-        hid, lr = ctrl["handle"], float(ctrl["lr"])
-        mu, damp, wd = float(ctrl["momentum"]), float(ctrl["dampening"]), float(ctrl["weight_decay"])
+        prm = req.params
+        hid, lr = req.handle, float(prm["lr"])
+        mu, damp, wd = float(prm["momentum"]), float(prm["dampening"]), float(prm["weight_decay"])
         bk = self.backend
-        W = self.resident[hid]
+        W = self._stored(hid)
         g = bk.matmul(bk.to_device(u), bk.to_device(np.ascontiguousarray(v.T)))
         if wd:
             g = g + wd * W
         if mu:
-            bid = ctrl["buffer"]
-            if ctrl.get("first"):
+            bid = prm["buffer"]
+            if prm.get("first"):
                 buf = g.copy() if isinstance(g, np.ndarray) else g.clone()
                 self.resident[bid] = buf
             else:
-                buf = self.resident[bid]
+                buf = self._stored(bid)
                 buf *= mu
                 bk.add_(buf, g if damp == 0 else (1.0 - damp) * g)
-            g = g + mu * buf if ctrl.get("nesterov") else buf
+            g = g + mu * buf if prm.get("nesterov") else buf
         bk.add_(W, -lr * g)
 
-    def _storage_faults(self, ctrl: dict[str, Any], hid: int, p: int | None, block: int = 0) -> None:
+    def _storage_faults(self, req: Request, hid: int, p: int | None, block: int = 0) -> None:
         """Storage soft errors of this update (a :class:`~codedml.faults.StorageErrors` model),
         drawn per (rank, update number, stored block: 0 the operand, 1 its momentum buffer)."""
-        seq = ctrl.get("seq")
+        seq = req.params.get("seq")
         if self.faults is None or seq is None:
             return
         fault = fault_for(self.faults, self.seed ^ _STORAGE_SALT, self.rank, 2 * int(seq) + block)
@@ -199,6 +216,16 @@ class WorkerState:
                 result = corrupt(result, c, rng, field_p)
         return result
 
+    def acks(self) -> bool:
+        """Whether this worker still answers (a fail-silent worker sends no reply at all)."""
+        return not self.silent
+
+
+def remote_error(exc: BaseException, rank: int, job: int, op: Any, host: str | None = None) -> RemoteError:
+    """A worker's exception as the plain record that travels to the root."""
+    name = op.name.lower() if isinstance(op, Op) else str(op)
+    return RemoteError(int(rank), host or socket.gethostname(), int(job), name,
+                       type(exc).__name__, str(exc), traceback.format_exc())
 
 
 def _die() -> None:  # pragma: no cover - the process is gone

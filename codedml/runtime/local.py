@@ -12,17 +12,17 @@ from __future__ import annotations
 import queue
 import threading
 import time
-import traceback
 from typing import Any
 
 import numpy as np
 
 from ..backends import Backend, get_backend
 from ..codes._validate import check_int
-from ..errors import WorkerFailure
 from ..faults import FaultModel
-from ._cluster import Arrival, ClusterBase
-from ._worker import REPLY_OPS, WorkerContext, WorkerState
+from ._cluster import ClusterBase
+from ._worker import WorkerContext, WorkerState, remote_error
+from .futures import Arrival, check_wait
+from .protocol import ACK_OPS, REPLY_OPS, Request
 
 __all__ = ["LocalCluster"]
 
@@ -46,7 +46,8 @@ class LocalCluster(ClusterBase):
     seed : int
         Seed of the failure model.
     timeout : float, optional
-        Default per-job timeout in seconds.
+        Default deadline of every request, in seconds from its submission (a finite number
+        > 0; ``None``: :data:`~codedml.runtime.DEFAULT_TIMEOUT`, 60 s).
     handlers : mapping str -> callable, optional
         Worker-side functions for :meth:`call`: ``handler(ctx, *arrays, **params)`` returns an
         array; ``ctx`` is the worker's :class:`~codedml.runtime.WorkerContext`.
@@ -70,6 +71,7 @@ class LocalCluster(ClusterBase):
         super().__init__(n, timeout)
         self.backend = get_backend(backend)
         self._out: queue.Queue[Arrival] = queue.Queue()
+        self._arrived = threading.Event()
         self._cancelled: list[set[int]] = [set() for _ in range(n)]
         self._cancel_lock = threading.Lock()
         self._inboxes = [queue.Queue() for _ in range(n)]
@@ -88,41 +90,49 @@ class LocalCluster(ClusterBase):
         self.close()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop the workers (after their current request) and join them."""
-        if self._closed:
-            return
-        self._closed = True
+        """Settle every pending request (:class:`~codedml.errors.ClusterClosedError`), stop
+        the workers after their current request and join them (at most ``timeout`` s)."""
+        timeout = check_wait("timeout", timeout) or 0.0
+        with self._lock:
+            if self._closed:
+                return
+            self._pump()
+            self._settle_all("the cluster was closed before it settled")
+            self._closed = True
+        self._stop_progress()
         for box in self._inboxes:
             box.put(None)
         end = time.perf_counter() + timeout
         for t in self._threads:
             t.join(max(0.0, end - time.perf_counter()))
 
-    def _rank_of(self, worker: int) -> int:
-        return worker + 1  # as under MPI with the root at rank 0
-
-    def outstanding(self) -> dict[str, int]:
-        """Queued requests and unread arrivals (bounded in a healthy run)."""
-        return {"inbox": sum(b.qsize() for b in self._inboxes), "arrivals": self._out.qsize(),
-                "jobs": len(self._jobs) + len(self._finished)}
+    def _transport_counts(self) -> dict[str, int]:
+        return {"inbox": sum(b.qsize() for b in self._inboxes), "arrivals": self._out.qsize()}
 
     # ------------------------------------------------------------------ transport
-    def _send(self, worker: int, ctrl: dict[str, Any], arrays: list[np.ndarray]) -> None:
-        self._inboxes[worker].put((ctrl, arrays))
+    def _send(self, worker: int, req: Request, arrays: list[np.ndarray]) -> None:
+        self._inboxes[worker].put((req, arrays))
 
     def _cancel(self, worker: int, job: int) -> None:
         with self._cancel_lock:
             self._cancelled[worker].add(job)
 
-    def _poll(self, timeout: float) -> list[Arrival]:
+    def _poll(self) -> list[Arrival]:
         out = []
         try:
-            out.append(self._out.get(timeout=timeout) if timeout > 0 else self._out.get_nowait())
             while True:
                 out.append(self._out.get_nowait())
         except queue.Empty:
             pass
         return out
+
+    def _idle(self, timeout: float) -> None:
+        self._arrived.wait(timeout)
+        self._arrived.clear()
+
+    def _reply(self, a: Arrival) -> None:
+        self._out.put(a)
+        self._arrived.set()
 
     # ------------------------------------------------------------------ worker threads
     def _serve(self, w: int) -> None:
@@ -135,9 +145,9 @@ class LocalCluster(ClusterBase):
             item = self._inboxes[w].get()
             if item is None:
                 return
-            ctrl, arrays = item
-            job = ctrl.get("job", -1)
-            if ctrl["op"] in REPLY_OPS:
+            req, arrays = item
+            job, ack = req.job, req.op in ACK_OPS
+            if req.op in REPLY_OPS:
                 with self._cancel_lock:  # jobs arrive in order: older cancels are moot
                     skip = job in self._cancelled[w]
                     self._cancelled[w] = {j for j in self._cancelled[w] if j > job}
@@ -145,22 +155,22 @@ class LocalCluster(ClusterBase):
                     continue
             t = time.perf_counter()
             try:
-                result = state.handle(ctrl, arrays)
-                if result is None:
+                result = state.handle(req, arrays)
+                if ack:
+                    if state.acks():
+                        self._reply(Arrival(w, job, "ack", ack=True))
                     continue
-                result = state.inject(job, result, ctrl.get("field"), die=die)
+                result = state.inject(job, result, req.field, die=die)
                 with self._cancel_lock:
                     skip = job in self._cancelled[w]
-                if skip:  # decoded meanwhile: nobody waits for it
+                if skip or result is None:  # decoded meanwhile (nobody waits), or silent
                     continue
             except _Died:
-                self._out.put(Arrival(w, job, "dead"))
+                self._reply(Arrival(w, job if not ack else -1, "dead"))
                 return
             except Exception as exc:  # reaches the master with where it happened
-                err = WorkerFailure(f"worker {w} raised {type(exc).__name__}: {exc}", rank=w + 1,
-                                    host="localhost", job=job,
-                                    remote_traceback=traceback.format_exc())
-                self._out.put(Arrival(w, job, "error", err))
+                if state.acks():
+                    err = remote_error(exc, w + 1, job, req.op, host="localhost").exception()
+                    self._reply(Arrival(w, job, "error", err, ack=ack))
                 continue
-            if result is not None:
-                self._out.put(Arrival(w, job, "result", result, elapsed=time.perf_counter() - t))
+            self._reply(Arrival(w, job, "result", result, elapsed=time.perf_counter() - t))

@@ -1,59 +1,68 @@
 """The MPI master/worker runtime (mpi4py).
 
-Protocol (tags on a private duplicate of the communicator passed in):
+Messages are the typed records of :mod:`codedml.runtime.protocol`, sent on a private
+duplicate of the communicator passed in, with these tags:
 
-``CTRL`` (root -> worker, pickled dict, small)
-    a request: ``matmul`` / ``matmul_left`` / ``fetch`` / ``call`` (with a reply) or ``put`` /
-    ``update`` / ``sgd`` / ``drop`` / ``close``, the job id and the shapes and dtypes of the
-    arrays that follow;
+``CTRL`` (root -> worker, uint8)
+    a :class:`~codedml.runtime.protocol.Request` as JSON bytes (operation, request id, handle,
+    field, parameters, and the shape and dtype of every array that follows);
 ``TASK`` (root -> worker, buffers)
-    the request's arrays, sent with ``Isend`` from numpy buffers (no pickling on the data path);
-``HDR`` (worker -> root, 8 float64)
-    ``[job, kind, ndim, shape0, shape1, dtype, elapsed, 0]`` announcing a reply (the last slot
-    is reserved);
+    the request's arrays, sent with ``Isend`` from numpy buffers;
+``HDR`` (worker -> root, int64)
+    a :class:`~codedml.runtime.protocol.ReplyHeader`: magic, request id, kind (result,
+    acknowledgement, error, bye), operation, dtype, the full n-dimensional shape, elapsed time
+    and byte count, validated on receipt;
 ``RES`` (worker -> root, buffer)
-    the reply's array (a product, or a pickled :class:`WorkerFailure` as bytes);
+    the reply's array, or a :class:`~codedml.runtime.protocol.RemoteError` as JSON bytes;
 ``CANCEL`` (root -> worker, one int64)
-    a job that has been decoded: a worker that has not started it skips it, so a straggler
+    a request that has settled: a worker that has not started it skips it, so a straggler
     does not work through a backlog of jobs nobody waits for.
+
+Nothing is pickled. Every request gets exactly one reply; a header that fails validation
+marks its worker failed (its stream can no longer be trusted) and is recorded in
+``protocol_errors``.
 
 The root keeps exactly one posted ``Irecv`` for the next header of every worker and polls them
 with ``Test``; when a header arrives it receives the payload at once into a fresh buffer and
 re-posts the header receive. Nothing is ever cancelled: cancelling the receive that matches a
 straggler's large (rendezvous) send leaves that worker stuck in its send forever. Late results
-of old jobs arrive like any other, are recognised by the job id in their header, recorded in
-their job's report and discarded. Workers send with ``Isend`` and go straight back to reading
-requests, so a result the root has not drained yet never blocks a worker.
+of old jobs arrive like any other, are recognised by the id in their header, recorded in their
+job's report and discarded. Workers send with ``Isend`` and go straight back to reading
+requests, so a result the root has not drained yet never blocks a worker. On the root, the
+caller's thread and the progress thread use MPI only under the cluster's lock
+(``MPI_THREAD_SERIALIZED`` suffices).
 
 Crashes: the communicator's error handler is ``ERRORS_RETURN``. Under Open MPI with ULFM
 (``mpiexec --with-ft ulfm``) a SIGKILLed worker makes its pending requests fail with
-``MPI_ERR_PROC_FAILED``; the root marks it crashed, the job goes on with the other workers, and
-the program exits 0. Under MPICH a death by signal ends the whole job (only a clean non-zero
-exit survives, with ``-disable-auto-cleanup`` and ``MPIR_CVAR_NO_COLLECTIVE_FINALIZE=1``).
+``MPI_ERR_PROC_FAILED``; the root marks it crashed and the job goes on with the other
+workers. After a death every process skips ``MPI_Finalize`` (it hung in Open MPI 5.0.11) and
+exits with the program's own status (:mod:`codedml.runtime._exit`). Under MPICH a death by
+signal ends the whole job (only a clean non-zero exit survives, with ``-disable-auto-cleanup``
+and ``MPIR_CVAR_NO_COLLECTIVE_FINALIZE=1``).
 """
 
 from __future__ import annotations
 
-import pickle
 import socket
 import time
-import traceback
+from collections import deque
 from typing import Any
 
 import numpy as np
 
 from ..backends import Backend, get_backend, set_threads
-from ..errors import ConfigurationError, WorkerFailure
+from ..errors import ConfigurationError, ProtocolError
 from ..faults import FaultModel
-from ._cluster import Arrival, ClusterBase
-from ._worker import REPLY_OPS, WorkerContext, WorkerState
+from ._cluster import ClusterBase
+from ._exit import skip_finalize_at_exit
+from ._worker import WorkerContext, WorkerState, remote_error
+from .futures import Arrival, check_wait
+from .protocol import (ACK_OPS, HEADER_LEN, REPLY_OPS, Kind, Op, RemoteError, ReplyHeader,
+                       Request)
 
 __all__ = ["MPICluster"]
 
 TAG_CTRL, TAG_TASK, TAG_HDR, TAG_RES, TAG_CANCEL = 101, 102, 103, 104, 105
-KIND_RESULT, KIND_ERROR, KIND_BYE = 0, 1, 2
-_DTYPES = [np.dtype(t) for t in (np.float64, np.float32, np.complex128, np.complex64, np.int64, np.uint8)]
-_CODE = {dt: i for i, dt in enumerate(_DTYPES)}
 
 
 def _proc_failed(exc: Exception) -> bool:
@@ -66,29 +75,6 @@ def _proc_failed(exc: Exception) -> bool:
     failed = {getattr(MPI, n) for n in ("ERR_PROC_FAILED", "ERR_PROC_FAILED_PENDING", "ERR_REVOKED")
               if hasattr(MPI, n)}
     return cls in failed
-
-
-def _skip_finalize_at_exit() -> None:
-    """After a rank has died, end this process at interpreter exit without MPI_Finalize.
-
-    With Open MPI 5.0.11's ULFM, MPI_Finalize after a rank died hung in 1 of 4-8 runs here,
-    every survivor waiting in ``ompi_mpi_finalize``. An ``atexit`` hook runs after the
-    program's own cleanup and before mpi4py's low-level finalize: it flushes the standard
-    streams and ends the process with status 0, which ULFM's mpiexec accepts.
-    """
-    import atexit
-    import os
-    import sys
-
-    def _exit() -> None:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:  # pragma: no cover
-                pass
-        os._exit(0)
-
-    atexit.register(_exit)
 
 
 class MPICluster(ClusterBase):
@@ -134,14 +120,19 @@ class MPICluster(ClusterBase):
         if size < 2:
             raise ConfigurationError(
                 f"MPICluster needs at least 2 ranks (a root and a worker), got a communicator of size {size}")
-        if not 0 <= int(root) < size:
-            raise ConfigurationError(f"`root` must be between 0 and {size - 1}, got {root}")
+        if isinstance(root, bool) or not isinstance(root, (int, np.integer)) or not 0 <= int(root) < size:
+            raise ConfigurationError(f"`root` must be an int between 0 and {size - 1}, got {root!r}")
+        if MPI.Query_thread() < MPI.THREAD_SERIALIZED:
+            raise ConfigurationError(
+                "MPICluster needs MPI initialised with at least MPI_THREAD_SERIALIZED (the root's "
+                "progress thread uses MPI under a lock); mpi4py requests MPI_THREAD_MULTIPLE "
+                "unless mpi4py.rc.thread_level was lowered")
         self.root = int(root)
+        self._ranks = [r for r in range(size) if r != self.root]
+        super().__init__(len(self._ranks), timeout)
         self.comm = comm.Dup()
         self.comm.Set_errhandler(MPI.ERRORS_RETURN)
         self.rank = self.comm.Get_rank()
-        self._ranks = [r for r in range(size) if r != self.root]
-        super().__init__(len(self._ranks), timeout)
         set_threads(threads)
         self._backend_spec = backend
         self._faults, self._seed = faults, int(seed)
@@ -150,6 +141,9 @@ class MPICluster(ClusterBase):
         self._hdr: dict[int, tuple[Any, np.ndarray]] = {}
         self._notices: list[Arrival] = []
         self._bye: set[int] = set()
+        self._pause = 1e-4
+        #: Replies that failed validation (newest last): (worker, message).
+        self.protocol_errors: deque[tuple[int, str]] = deque(maxlen=100)
 
     # ------------------------------------------------------------------ roles
     @property
@@ -158,8 +152,9 @@ class MPICluster(ClusterBase):
 
     def __enter__(self) -> "MPICluster | None":
         if self.is_root:
-            for w in range(self.workers):
-                self._post_header(w)
+            with self._lock:
+                for w in range(self.workers):
+                    self._post_header(w)
             return self
         self.serve()
         return None
@@ -168,28 +163,28 @@ class MPICluster(ClusterBase):
         if self.is_root:
             self.close()
 
-    def _rank_of(self, worker: int) -> int:
+    def rank_of(self, worker: int) -> int:
+        """The communicator rank of worker index ``worker``."""
         return self._ranks[worker]
 
     # ------------------------------------------------------------------ root side
     def _post_header(self, w: int) -> None:
-        buf = np.empty(8, dtype=np.float64)
+        buf = np.empty(HEADER_LEN, dtype=np.int64)
         self._hdr[w] = (self.comm.Irecv(buf, source=self._ranks[w], tag=TAG_HDR), buf)
 
     def _mark_dead(self, w: int) -> None:
         if w not in self._dead:
-            self._dead.add(w)
             self._notices.append(Arrival(w, -1, "dead"))
         self._hdr.pop(w, None)
 
-    def _send(self, worker: int, ctrl: dict[str, Any], arrays: list[np.ndarray]) -> None:
+    def _send(self, worker: int, req: Request, arrays: list[np.ndarray]) -> None:
         if worker in self._dead:
             return
         arrays = [np.ascontiguousarray(a) for a in arrays]
-        ctrl = dict(ctrl, shapes=[(a.shape, a.dtype.str) for a in arrays])
+        ctrl = req.with_arrays(arrays).to_bytes()
         dest = self._ranks[worker]
         try:
-            self._outgoing.append((self.comm.isend(ctrl, dest=dest, tag=TAG_CTRL), None))
+            self._outgoing.append((self.comm.Isend(ctrl, dest=dest, tag=TAG_CTRL), ctrl))
             for a in arrays:
                 self._outgoing.append((self.comm.Isend(a, dest=dest, tag=TAG_TASK), a))
         except Exception as exc:
@@ -221,90 +216,115 @@ class MPICluster(ClusterBase):
                     raise
         self._outgoing = keep
 
-    def _poll(self, timeout: float) -> list[Arrival]:
-        end = time.perf_counter() + max(0.0, timeout)
-        pause = 2e-4
-        while True:
-            out, self._notices = self._notices, []
-            self._prune_outgoing()
-            for w in list(self._hdr):
-                req, buf = self._hdr[w]
-                try:
-                    ready = req.Test()
-                except Exception as exc:
-                    if _proc_failed(exc):
-                        self._mark_dead(w)
-                        out.append(Arrival(w, -1, "dead"))
-                        continue
-                    raise
-                if ready:
-                    a = self._receive(w, buf)
-                    if a is not None:
-                        out.append(a)
-            out.extend(self._notices)
-            self._notices = []
-            if out or time.perf_counter() >= end:
-                return out
-            time.sleep(pause)  # poll with short sleeps: ranks share 2 cores when oversubscribed
-            pause = min(pause * 2, 5e-3)
+    def _poll(self) -> list[Arrival]:
+        out, self._notices = self._notices, []
+        self._prune_outgoing()
+        for w in list(self._hdr):
+            req, buf = self._hdr[w]
+            try:
+                ready = req.Test()
+            except Exception as exc:
+                if _proc_failed(exc):
+                    self._mark_dead(w)
+                    continue
+                raise
+            if ready:
+                a = self._receive(w, buf)
+                if a is not None:
+                    out.append(a)
+        out.extend(self._notices)
+        self._notices = []
+        self._pause = 1e-4 if out else min(self._pause * 2, 2e-3)
+        return out
+
+    def _idle(self, timeout: float) -> None:
+        # poll with short sleeps: ranks share cores when oversubscribed
+        time.sleep(min(timeout, self._pause))
 
     def _receive(self, w: int, hdr: np.ndarray) -> Arrival | None:
-        job, kind, ndim = int(hdr[0]), int(hdr[1]), int(hdr[2])
-        if kind == KIND_BYE:
+        try:
+            h = ReplyHeader.from_array(hdr.copy())
+        except ProtocolError as exc:
+            self.protocol_errors.append((w, str(exc)))
+            self._mark_dead(w)  # its stream cannot be trusted any more
+            return None
+        if h.kind is Kind.BYE:
             self._bye.add(w)
             self._hdr.pop(w, None)
             return None
-        shape = tuple(int(s) for s in hdr[3:3 + ndim])
-        buf = np.empty(shape, dtype=_DTYPES[int(hdr[5])])
-        try:
-            self.comm.Recv(buf, source=self._ranks[w], tag=TAG_RES)
-        except Exception as exc:
-            if _proc_failed(exc):
-                self._mark_dead(w)
-                return Arrival(w, job, "dead")
-            raise
+        payload = None
+        if h.carries_payload:
+            payload = h.empty()
+            try:
+                self.comm.Recv(payload, source=self._ranks[w], tag=TAG_RES)
+            except Exception as exc:
+                if _proc_failed(exc):
+                    self._mark_dead(w)
+                    return None
+                raise
         self._post_header(w)
-        if kind == KIND_ERROR:
-            return Arrival(w, job, "error", pickle.loads(buf.tobytes()))
-        return Arrival(w, job, "result", buf, elapsed=float(hdr[6]))
+        ack = h.op in {int(o) for o in ACK_OPS}
+        if h.kind is Kind.ACK:
+            return Arrival(w, h.job, "ack", ack=True)
+        if h.kind is Kind.ERROR:
+            try:
+                err = RemoteError.from_bytes(payload)
+            except ProtocolError as exc:
+                self.protocol_errors.append((w, str(exc)))
+                self._mark_dead(w)
+                return None
+            if h.job < 0:  # a request the worker could not read: its stream is broken
+                self.protocol_errors.append((w, err.message))
+                self._mark_dead(w)
+                return None
+            return Arrival(w, h.job, "error", err.exception(), ack=ack)
+        return Arrival(w, h.job, "result", payload, elapsed=h.elapsed_ns * 1e-9)
 
-    def outstanding(self) -> dict[str, int]:
-        """Pending MPI requests on the root: one header receive per live worker plus unsent
-        outgoing messages (bounded in a healthy run), and jobs still tracked."""
+    def _transport_counts(self) -> dict[str, int]:
         self._prune_outgoing()
-        return {"header_receives": len(self._hdr), "outgoing": len(self._outgoing),
-                "jobs": len(self._jobs) + len(self._finished)}
+        return {"header_receives": len(self._hdr), "outgoing": len(self._outgoing)}
 
     def close(self, timeout: float = 60.0) -> None:
-        """Tell every live worker to stop, drain what is in flight, and release the workers.
+        """Settle every pending request, tell every live worker to stop, drain what is in
+        flight, and release the workers.
 
         Waits at most ``timeout`` seconds for workers to say goodbye (a straggler finishing its
-        delay); never blocks on a dead or silent rank beyond that.
+        delay); never blocks on a dead or silent rank beyond that. After a death, every process
+        skips ``MPI_Finalize`` and exits with its program's own status.
         """
+        timeout = check_wait("timeout", timeout) or 0.0
         if self._closed or not self.is_root:
             return
-        self._progress(0.0)
-        for w in range(self.workers):
-            self._send(w, {"op": "close", "failures": bool(self._dead)}, [])
-        self._closed = True
-        end = time.perf_counter() + timeout
-        live = lambda: [w for w in range(self.workers) if w not in self._dead and w not in self._bye]
-        while live() and time.perf_counter() < end:
-            self._progress(min(0.05, max(0.0, end - time.perf_counter())))
-        for w in live():  # hung past the timeout: cancel the small header receive and move on
-            req, _ = self._hdr.pop(w, (None, None))
-            if req is not None:
-                req.Cancel()
-        deadline = time.perf_counter() + 5.0
-        while self._outgoing and time.perf_counter() < deadline:
-            self._prune_outgoing()
-            time.sleep(1e-3)
-        if self._dead:
-            _skip_finalize_at_exit()
+        with self._lock:
+            self._pump()
+            self._settle_all("the cluster was closed before it settled")
+            self._closed = True
+        self._stop_progress()
+        with self._lock:
+            close = Request(Op.CLOSE, -1, params={"failures": bool(self._dead)})
+            for w in range(self.workers):
+                self._send(w, close, [])
+            end = time.perf_counter() + timeout
+            live = lambda: [w for w in range(self.workers) if w not in self._dead and w not in self._bye]
+            while live() and time.perf_counter() < end:
+                self._pump()
+                time.sleep(min(0.005, max(0.0, end - time.perf_counter())))
+            for w in live():  # hung past the timeout: cancel the small header receive and move on
+                req, _ = self._hdr.pop(w, (None, None))
+                if req is not None:
+                    req.Cancel()
+            deadline = time.perf_counter() + 5.0
+            while self._outgoing and time.perf_counter() < deadline:
+                self._prune_outgoing()
+                time.sleep(1e-3)
+            if self._dead:
+                skip_finalize_at_exit()
 
     # ------------------------------------------------------------------ worker side
     def serve(self) -> None:
-        """Worker loop: receive a request, run it, send the reply; until the root says close."""
+        """Worker loop: receive a request, run it, send its one reply; until the root says close."""
+        from mpi4py import MPI
+
         backend = get_backend(self._backend_spec)
         state = WorkerState(self.rank, backend, self._faults, self._seed, handlers=self._handlers,
                             context=WorkerContext(self.rank, self._ranks.index(self.rank), backend))
@@ -313,6 +333,7 @@ class MPICluster(ClusterBase):
         comm, root = self.comm, self.root
         cancelled: set[int] = set()
         cbuf = np.empty(1, dtype=np.int64)
+        status = MPI.Status()
         # A posted receive, tested: a bare Iprobe did not see a cancel already sent (Open MPI 5
         # made no progress in it), so stragglers never skipped decoded jobs.
         creq = [comm.Irecv(cbuf, source=root, tag=TAG_CANCEL)]
@@ -322,62 +343,73 @@ class MPICluster(ClusterBase):
                 cancelled.add(int(cbuf[0]))
                 creq[0] = comm.Irecv(cbuf, source=root, tag=TAG_CANCEL)
 
+        def reply(h: ReplyHeader, payload: np.ndarray | None) -> None:
+            hdr = h.to_array()
+            pending.append((comm.Isend(hdr, dest=root, tag=TAG_HDR), hdr))
+            if payload is not None:
+                pending.append((comm.Isend(payload, dest=root, tag=TAG_RES), payload))
+
+        def reply_error(exc: BaseException, job: int, op: Op | None) -> None:
+            err = remote_error(exc, self.rank, job, op if op is not None else "unreadable request",
+                               host).to_bytes()
+            reply(ReplyHeader.for_bytes(job, Kind.ERROR, int(op) if op is not None else 0, err), err)
+
         while True:
             # Wait with short sleeps, not in a blocking receive: Open MPI spins in MPI_Recv, and
             # with ranks oversubscribed on few cores idle workers then starve the root (its
             # decodes ran 4x slower under mpiexec than alone).
             pause = 5e-5
-            while not comm.Iprobe(source=root, tag=TAG_CTRL):
+            while not comm.Iprobe(source=root, tag=TAG_CTRL, status=status):
                 read_cancels()
                 pending = [(r, b) for r, b in pending if not r.Test()]
                 time.sleep(pause)
                 pause = min(pause * 2, 1e-3)
-            ctrl = comm.recv(source=root, tag=TAG_CTRL)
+            raw = np.empty(status.Get_count(MPI.BYTE), dtype=np.uint8)
+            comm.Recv(raw, source=root, tag=TAG_CTRL)
+            try:
+                req = Request.from_bytes(raw)
+            except ProtocolError as exc:  # the root validates what it sends: a broken stream
+                reply_error(exc, -1, None)
+                continue
             arrays = []
-            for shape, dt in ctrl.get("shapes", []):
-                buf = np.empty(shape, dtype=np.dtype(dt))
+            for shape, code in req.arrays:
+                from .protocol import DTYPES
+
+                buf = np.empty(shape, dtype=DTYPES[code])
                 comm.Recv(buf, source=root, tag=TAG_TASK)
                 arrays.append(buf)
-            op, job = ctrl["op"], int(ctrl.get("job", -1))
+            op, job = req.op, req.job
             read_cancels()
             if op in REPLY_OPS:
                 skip = job in cancelled
                 cancelled.difference_update([j for j in cancelled if j <= job])  # in order: moot
                 if skip:
                     continue
-            if op == "close":
-                if ctrl.get("failures"):
-                    _skip_finalize_at_exit()
-                bye = np.array([job, KIND_BYE, 0, 0, 0, 0, 0, 0], dtype=np.float64)
-                pending.append((comm.Isend(bye, dest=root, tag=TAG_HDR), bye))
-                for req, _ in pending:
-                    req.Wait()
+            if op is Op.CLOSE:
+                if req.params.get("failures"):
+                    skip_finalize_at_exit()
+                reply(ReplyHeader(job, Kind.BYE, int(Op.CLOSE)), None)
+                for r, _ in pending:
+                    r.Wait()
                 read_cancels()
                 creq[0].Cancel()  # a 1-int receive: nothing can be stuck behind it
                 creq[0].Wait()
                 return
             t = time.perf_counter()
             try:
-                result = state.handle(ctrl, arrays)
-                if result is None:
+                result = state.handle(req, arrays)
+                if op in ACK_OPS:
+                    if state.acks():
+                        reply(ReplyHeader(job, Kind.ACK, int(op)), None)
                     continue
-                result = state.inject(job, result, ctrl.get("field"))
+                result = state.inject(job, result, req.field)
                 read_cancels()
                 if result is None or job in cancelled:  # silent, or decoded meanwhile
                     cancelled.discard(job)
                     continue
                 result = np.ascontiguousarray(result)
-                if result.dtype not in _CODE:
-                    result = result.astype(np.float64)
-                kind = KIND_RESULT
+                reply(ReplyHeader.for_array(job, int(op), result, time.perf_counter() - t), result)
             except Exception as exc:
-                err = WorkerFailure(f"worker rank {self.rank} raised {type(exc).__name__}: {exc}",
-                                    rank=self.rank, host=host, job=job,
-                                    remote_traceback=traceback.format_exc())
-                result, kind = np.frombuffer(pickle.dumps(err), dtype=np.uint8).copy(), KIND_ERROR
-            shape = list(result.shape) + [0] * (2 - result.ndim)
-            hdr = np.array([job, kind, result.ndim, shape[0], shape[1], _CODE[result.dtype],
-                            time.perf_counter() - t, 0.0], dtype=np.float64)
-            pending.append((comm.Isend(hdr, dest=root, tag=TAG_HDR), hdr))
-            pending.append((comm.Isend(result, dest=root, tag=TAG_RES), result))
+                if state.acks():
+                    reply_error(exc, job, op)
             pending = [(r, b) for r, b in pending if not r.Test()]

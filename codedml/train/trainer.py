@@ -154,7 +154,7 @@ class Engine:
                     out.append((w, r.call.results[w]))
                     if not keep:
                         del reqs[w]
-                elif w in r.call.failed or w in self.cluster._dead:
+                elif w in r.call.failed or w in self.cluster.dead_workers:
                     if r.call.failed.get(w) == "error":
                         exc = r.call.errors_seen[w]
                         raise self.error(f"worker rank {_rank(w)} raised: {exc}") from exc

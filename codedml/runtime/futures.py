@@ -1,0 +1,518 @@
+"""The root's requests as :class:`concurrent.futures.Future` objects.
+
+Three kinds, one life cycle:
+
+- :class:`Job`: a coded product (or a fetch of a stored operand); its result is the decoded
+  array.
+- :class:`Call`: a registered handler on some workers; its result is the dict of raw results.
+- :class:`Ack`: the acknowledgements of ``put`` / ``update`` / ``sgd_step`` / ``drop``; its
+  result is an :class:`AckReport`, or an :class:`~codedml.errors.UpdateFailedError` when a
+  worker could not apply the operation.
+
+A request is *pending* until it *settles*, exactly once, with a result or an exception, and
+settling happens in a ``finally``: whatever goes wrong (a decode error of any type, the
+deadline, a cancel, the cluster closing), the request becomes terminal, tells the workers that
+have not answered that they may skip it, and frees its encoded operands and payloads. What
+remains of a settled request is its result and its report. Every request has a finite
+deadline counted from its submission; the cluster's progress thread settles a request whose
+deadline has passed even when nobody waits for it, so ``concurrent.futures.wait``,
+``as_completed`` and ``add_done_callback`` work on these objects. Callbacks run in the thread
+that settles the request (usually the progress thread) and must not block on other requests.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..codes import Encoding, LinearCode
+from ..codes._validate import check_int
+from ..errors import (ConfigurationError, CorruptResultError, DeadlineError,
+                      NotEnoughResultsError, WorkerFailure)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._cluster import ClusterBase
+
+__all__ = ["Arrival", "WorkerStatus", "JobReport", "AckReport", "Job", "Call", "Ack",
+           "check_deadline", "check_wait"]
+
+
+def _decodable(code: LinearCode, rows: Any) -> bool:  # MERGE-SHIM: code.decodable once merged
+    f = getattr(code, "decodable", None)
+    return f(rows) if f is not None else code._decodable(np.array(sorted(rows), dtype=int))
+
+
+def check_deadline(name: str, value: Any) -> float:
+    """A deadline in seconds: a finite number > 0 (NaN, inf, zero and negatives refused)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"`{name}` must be a finite number of seconds > 0, got {value!r}") from exc
+    if isinstance(value, bool) or not (math.isfinite(v) and v > 0):
+        raise ConfigurationError(f"`{name}` must be a finite number of seconds > 0, got {value!r}")
+    return v
+
+
+def check_wait(name: str, value: Any) -> float | None:
+    """How long to wait: ``None`` (until the request's own deadline) or a finite number >= 0."""
+    if value is None:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"`{name}` must be None or a finite number of seconds >= 0, "
+                                 f"got {value!r}") from exc
+    if isinstance(value, bool) or not (math.isfinite(v) and v >= 0):
+        raise ConfigurationError(f"`{name}` must be None or a finite number of seconds >= 0, "
+                                 f"got {value!r}")
+    return v
+
+
+@dataclass
+class Arrival:
+    """One message from a worker, as the transport hands it to the root: a result, an
+    acknowledgement, an error (``payload`` a :class:`~codedml.errors.WorkerFailure`) or a
+    death notice. ``ack`` tells the acknowledgement table from the product table."""
+
+    worker: int
+    job: int
+    kind: str  # "result" | "ack" | "error" | "dead"
+    payload: Any = None
+    elapsed: float = 0.0
+    ack: bool = False
+
+
+@dataclass
+class WorkerStatus:
+    """One worker's part in one request.
+
+    ``status`` is ``"used"`` (its result went into the decode), ``"late"`` (arrived after the
+    decode: a straggler that was not waited for), ``"missing"`` (never arrived), ``"crashed"``
+    (its process died), ``"corrupt"`` (located as faulty and excluded), ``"spare"`` (arrived
+    in time but was not needed), ``"error"`` (raised an exception) or ``"stale"`` (its stored
+    block missed an update that failed there, so it was not asked).
+    """
+
+    worker: int
+    rank: int
+    status: str
+    latency: float | None = None
+
+
+@dataclass
+class JobReport:
+    """What happened in one job: per-worker status and latency, the decode and its timing."""
+
+    job: int
+    code: str
+    needed: int
+    errors: int
+    workers: list[WorkerStatus]
+    faulty: tuple[int, ...] = ()
+    condition: float = float("nan")
+    wall: float = float("nan")
+    decode: float = float("nan")
+    encode: float = float("nan")
+    outcome: str = "pending"
+    """``"ok"``, ``"failed"`` (a named error), ``"cancelled"`` or ``"pending"``."""
+
+    def count(self, status: str) -> int:
+        return sum(1 for w in self.workers if w.status == status)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"job": self.job, "code": self.code, "needed": self.needed, "errors": self.errors,
+                "faulty": list(self.faulty), "condition": self.condition, "wall_s": self.wall,
+                "decode_s": self.decode, "encode_s": self.encode, "outcome": self.outcome,
+                "workers": [w.__dict__ for w in self.workers]}
+
+
+@dataclass(frozen=True)
+class AckReport:
+    """Who acknowledged an operation on stored blocks: ``acked`` applied it; ``silent`` did not
+    answer before the deadline; ``crashed`` died; ``stale`` were not asked (their block is
+    already stale)."""
+
+    op: str
+    acked: tuple[int, ...]
+    silent: tuple[int, ...]
+    crashed: tuple[int, ...]
+    stale: tuple[int, ...] = ()
+
+
+class _Request(Future):
+    """Bookkeeping common to the three kinds; every method runs under the cluster's lock."""
+
+    what = "request"
+
+    def __init__(self, cluster: "ClusterBase", rid: int, sent_to: Sequence[int], timeout: float,
+                 t0: float) -> None:
+        super().__init__()
+        self.cluster, self.id, self.t0 = cluster, rid, t0
+        self.timeout = timeout
+        self.deadline = t0 + timeout
+        self.sent_to = list(sent_to)
+        self.latency: dict[int, float] = {}
+        self.failed: dict[int, str] = {}
+        self.errors_seen: dict[int, WorkerFailure] = {}
+        self.late: set[int] = set()
+        self.t_done = float("nan")
+        self.settled = False  # terminal inside the cluster (the Future may settle a moment later)
+
+    # -------------------------------------------------------------- overridden by the kinds
+    def _answered(self) -> set[int]:
+        raise NotImplementedError
+
+    def _on_result(self, w: int, payload: Any) -> None:
+        raise NotImplementedError
+
+    def _expire(self) -> None:
+        """The deadline passed: settle with what can be said."""
+        raise NotImplementedError
+
+    def _free(self) -> None:
+        """Drop operands and payloads once settled."""
+
+    # -------------------------------------------------------------- common
+    def _outstanding(self) -> list[int]:
+        answered = self._answered()
+        return [w for w in self.sent_to if w not in answered and w not in self.failed]
+
+    def _accept(self, a: Arrival, now: float) -> None:
+        """Book a death, an error, an acknowledgement or a result."""
+        w = a.worker
+        if a.kind == "dead":
+            if w in self._outstanding():
+                self.failed[w] = "crashed"
+            self._progress()
+            return
+        self.latency.setdefault(w, now - self.t0)
+        if a.kind == "error":
+            self.failed[w] = "error"
+            self.errors_seen[w] = a.payload
+        elif self.settled:
+            self.late.add(w)
+            return
+        else:
+            self._on_result(w, a.payload)
+        self._progress()
+
+    def _progress(self) -> None:
+        """Settle if what arrived decides the request (under the lock)."""
+
+    def _settle(self, value: Any = None, exc: BaseException | None = None) -> None:
+        """The one way to a terminal state: free, cancel the rest, then set the Future."""
+        if self.settled:
+            return
+        self.settled = True
+        self.t_done = time.perf_counter()
+        try:
+            self._free()
+            for w in self._outstanding():
+                self.cluster._cancel_at(w, self)
+        finally:
+            self.cluster._retire(self)
+            if self.cancelled():
+                return
+            if exc is not None:
+                self.set_exception(exc.with_traceback(None))
+            else:
+                self.set_result(value)
+
+    def _ranks(self, workers: Any) -> list[int]:
+        return sorted(self.cluster.rank_of(w) for w in workers)
+
+    def _deadline_error(self, what: str, received: int, needed: int) -> DeadlineError:
+        crashed = [w for w, s in self.failed.items() if s == "crashed"]
+        silent = set(self._outstanding()) | {w for w, s in self.failed.items() if s == "missing"}
+        return DeadlineError(
+            f"{what}: deadline of {self.timeout:g} s (from submission) passed with {received} "
+            f"answers, {needed} needed; no answer from ranks {self._ranks(silent)}, "
+            f"crashed ranks {self._ranks(crashed)}", received=received, needed=needed)
+
+    # -------------------------------------------------------------- Future API
+    def cancel(self) -> bool:
+        """Cancel a pending request: it settles as cancelled, its workers may skip it, and its
+        operands are freed. ``False`` when it has already settled."""
+        with self.cluster._lock:
+            if self.settled:
+                return False
+            if not Future.cancel(self):  # pragma: no cover - pending Futures always cancel
+                return False
+            self._settle()
+            return True
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The result, waiting at most ``timeout`` seconds (``None``: until the request settles,
+        which its deadline bounds); raises what the request settled with, or
+        :class:`TimeoutError` if ``timeout`` passes first (the request goes on)."""
+        timeout = check_wait("timeout", timeout)
+        self.cluster._ensure_progress()
+        return super().result(self._bounded(timeout))
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        timeout = check_wait("timeout", timeout)
+        self.cluster._ensure_progress()
+        return super().exception(self._bounded(timeout))
+
+    def _bounded(self, timeout: float | None) -> float:
+        # The progress thread settles every request by its deadline; the slack only covers a
+        # decode in progress at that moment. Past it, TimeoutError rather than a hang.
+        bound = max(0.0, self.deadline - time.perf_counter()) + self.cluster.SETTLE_SLACK
+        return bound if timeout is None else min(timeout, bound)
+
+
+class Job(_Request):
+    """A submitted product (or fetch). ``result(timeout)`` gives the decoded array; ``report``
+    tells what each worker did. A :class:`concurrent.futures.Future`."""
+
+    what = "job"
+
+    def __init__(self, cluster: "ClusterBase", jid: int, code: LinearCode, encoding: Encoding,
+                 errors: int, timeout: float, rows: Sequence[int], t0: float,
+                 wait_all: bool = False, handle: int | None = None) -> None:
+        super().__init__(cluster, jid, rows, timeout, t0)
+        self.code, self.encoding, self.errors = code, encoding, errors
+        self.handle = handle
+        self.wait_all = wait_all
+        self.needed = min(code.workers, code.recovery_threshold + 2 * errors)
+        if wait_all:  # every live worker is heard (a scrub checks them all), or the deadline
+            self.needed = code.workers
+        self.arrived: dict[int, Any] = {}
+        self.info: Any = None
+        self.t_decode = float("nan")
+        self.encode_time = float("nan")
+        self._retrying = False
+        self._timed_out = False
+
+    def _answered(self) -> set[int]:
+        return set(self.arrived)
+
+    def _on_result(self, w: int, payload: Any) -> None:
+        # The noise scale comes from the root's own encoding, never from the worker's message.
+        self.arrived[w] = payload
+
+    def _free(self) -> None:
+        self.encoding = None
+        self.arrived = dict.fromkeys(self.arrived)
+
+    def _outstanding(self) -> list[int]:
+        if self._timed_out:
+            return []
+        return super()._outstanding()
+
+    def _progress(self) -> None:
+        if self.settled:
+            return
+        try:
+            self._try()
+        except BaseException as exc:  # any error settles the job: nothing half-alive
+            self._settle(exc=exc)
+
+    def _try(self) -> None:
+        have = len(self.arrived)
+        pending = self._outstanding()
+        rows = sorted(self.arrived)
+        decodable = have > 0 and _decodable(self.code, rows)
+        early = (self.errors == 0 and not self._retrying and decodable and not self.wait_all)
+        if have < self.needed and pending and not early:
+            return
+        if not decodable:
+            if not pending:
+                self._fail_all()
+            return
+        t = time.perf_counter()
+        # Use the full correction power of the results at hand (issue 10: 7 results with 2
+        # corrupt and errors=1 must decode when they all arrived before the first attempt).
+        budget = max(self.errors, (have - self.code.recovery_threshold) // 2)
+        try:
+            C, info = self.code.decode(self.arrived, errors=budget, encoding=self.encoding,
+                                       return_info=True)
+        except (CorruptResultError, NotEnoughResultsError) as exc:
+            if pending:  # wait for one more result, then try again with a larger budget
+                self.needed = have + 1
+                self._retrying = True
+                return
+            raise exc.with_traceback(None) from None
+        self.t_decode = time.perf_counter() - t
+        self.info = info
+        self._settle(C)
+
+    def _fail_all(self) -> None:
+        crashed = [w for w, s in self.failed.items() if s == "crashed"]
+        if self.errors_seen:
+            raise next(iter(self.errors_seen.values()))
+        raise NotEnoughResultsError(
+            f"job {self.id}: only {len(self.arrived)} of {self.code.workers} workers answered "
+            f"and {self.needed} results are needed; crashed ranks {self._ranks(crashed)}, "
+            f"stale ranks {self._ranks(w for w, s in self.failed.items() if s == 'stale')}",
+            received=len(self.arrived), needed=self.needed)
+
+    def _expire(self) -> None:
+        if self.settled:
+            return
+        try:
+            if self.wait_all and self.arrived and _decodable(self.code, sorted(self.arrived)):
+                # Decode what arrived; the silent ones stay "missing" (late if they come).
+                self._timed_out = True
+                self.needed = len(self.arrived)
+                self._try()
+                if self.settled:
+                    return
+            raise self._deadline_error(f"job {self.id}", len(self.arrived),
+                                       self.code.recovery_threshold + 2 * self.errors)
+        except BaseException as exc:
+            self._settle(exc=exc)
+
+    @property
+    def report(self) -> JobReport:
+        """Per-worker status and latency (updated as late results drain)."""
+        faulty = set(self.info.faulty) if self.info is not None else set()
+        used = set(self.info.used) if self.info is not None else set()
+        rows = []
+        for w in range(self.code.workers):
+            if w in self.failed:
+                st = self.failed[w]
+            elif w in faulty:
+                st = "corrupt"
+            elif w in used:
+                st = "used"
+            elif w in self.late:
+                st = "late"
+            elif w in self.arrived:
+                st = "spare"
+            else:
+                st = "missing"
+            rows.append(WorkerStatus(w, self.cluster.rank_of(w), st, self.latency.get(w)))
+        cond = self.info.condition if self.info is not None else float("nan")
+        outcome = ("pending" if not self.done() else "cancelled" if self.cancelled()
+                   else "failed" if Future.exception(self, 0) is not None else "ok")
+        return JobReport(self.id, repr(self.code), self.needed, self.errors, rows,
+                         tuple(sorted(faulty)), cond, self.t_done - self.t0, self.t_decode,
+                         self.encode_time, outcome)
+
+
+class Call(_Request):
+    """A request to a registered worker handler (``cluster.call``): raw results, no decoding.
+
+    ``results`` maps worker index to the array its handler returned, in arrival order, and
+    grows as answers come; ``wait(count)`` blocks until ``count`` results are in; ``cancel()``
+    tells the workers that have not answered that they may skip the request. As a Future it
+    settles with ``dict(results)`` once every worker asked has answered or failed, or with a
+    :class:`~codedml.errors.DeadlineError` at its deadline. Faults are injected at the workers
+    as for products: a straggler's result is late, a fail-silent or crashed worker's never
+    comes.
+    """
+
+    what = "call"
+
+    def __init__(self, cluster: "ClusterBase", jid: int, name: str, rows: Sequence[int],
+                 timeout: float, t0: float) -> None:
+        super().__init__(cluster, jid, rows, timeout, t0)
+        self.name = name
+        self.results: dict[int, np.ndarray] = {}
+
+    def _answered(self) -> set[int]:
+        return set(self.results)
+
+    def _on_result(self, w: int, payload: Any) -> None:
+        self.results[w] = payload
+
+    def _progress(self) -> None:
+        if not self.settled and not self._outstanding():
+            self._settle(dict(self.results))
+
+    def _expire(self) -> None:
+        if self.settled:
+            return
+        for w in self._outstanding():
+            self.failed[w] = "missing"
+        self._settle(exc=self._deadline_error(f"call {self.name!r} (job {self.id})",
+                                              len(self.results), len(self.sent_to)))
+
+    def wait(self, count: int | None = None, timeout: float | None = None) -> dict[int, np.ndarray]:
+        """Wait for ``count`` results (default: every worker asked) and return all that arrived.
+
+        Raises the first worker's :class:`~codedml.errors.WorkerFailure` if a handler raised
+        and ``count`` can no longer be reached, :class:`~codedml.errors.NotEnoughResultsError`
+        (naming the silent and crashed ranks) when too many workers crashed, and
+        :class:`~codedml.errors.DeadlineError` at the deadline or after ``timeout`` seconds.
+        """
+        need = len(self.sent_to) if count is None else check_int("count", count, 0, len(self.sent_to))
+        timeout = check_wait("timeout", timeout)
+        end = self.deadline if timeout is None else min(self.deadline, time.perf_counter() + timeout)
+        cl = self.cluster
+        cl._ensure_progress()
+        with cl._changed:
+            while len(self.results) < need:
+                if not self._outstanding() or (self.settled and self.cancelled()):
+                    if self.errors_seen:
+                        raise next(iter(self.errors_seen.values()))
+                    crashed = [w for w, s in self.failed.items() if s == "crashed"]
+                    if len(crashed) + len(self.results) >= len(self.sent_to) or not self.failed:
+                        raise NotEnoughResultsError(
+                            f"call {self.name!r} (job {self.id}): only {len(self.results)} of "
+                            f"{len(self.sent_to)} workers answered and {need} results are needed;"
+                            f" crashed ranks {self._ranks(crashed)}",
+                            received=len(self.results), needed=need)
+                    raise self._deadline_error(f"call {self.name!r} (job {self.id})",
+                                               len(self.results), need)
+                now = time.perf_counter()
+                if now >= end:
+                    raise self._deadline_error(f"call {self.name!r} (job {self.id})",
+                                               len(self.results), need)
+                cl._changed.wait(min(0.05, end - now))
+            return dict(self.results)
+
+
+class Ack(_Request):
+    """The acknowledgements of one ``put`` / ``update`` / ``sgd_step`` / ``drop``.
+
+    Settles with an :class:`AckReport` when every worker asked has acknowledged, failed or
+    died, or at its deadline (the silent ones listed). A worker that raised makes it settle
+    with :class:`~codedml.errors.UpdateFailedError` naming the rank, the operation and the
+    remote exception; that worker's stored block is marked stale at once, so no later
+    product uses it until a scrub stores it anew.
+    """
+
+    what = "ack"
+
+    def __init__(self, cluster: "ClusterBase", aid: int, op: str, handles: Sequence[int],
+                 rows: Sequence[int], timeout: float, t0: float, stale: Sequence[int] = ()) -> None:
+        super().__init__(cluster, aid, rows, timeout, t0)
+        self.op, self.handles = op, tuple(handles)
+        self.acked: list[int] = []
+        self.stale = tuple(stale)
+
+    def _answered(self) -> set[int]:
+        return set(self.acked)
+
+    def _on_result(self, w: int, payload: Any) -> None:
+        self.acked.append(w)
+
+    def _accept(self, a: Arrival, now: float) -> None:
+        if a.kind == "error":  # the blocks it touches are in an unknown state there
+            for h in self.handles:
+                self.cluster._mark_stale(h, a.worker)
+        super()._accept(a, now)
+
+    def _progress(self) -> None:
+        if not self.settled and not self._outstanding():
+            self._finish()
+
+    def _expire(self) -> None:
+        if not self.settled:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self.errors_seen:
+            self._settle(exc=next(iter(self.errors_seen.values())))
+            return
+        crashed = tuple(sorted(w for w, s in self.failed.items() if s == "crashed"))
+        self._settle(AckReport(self.op, tuple(sorted(self.acked)),
+                               tuple(sorted(self._outstanding())), crashed, self.stale))
