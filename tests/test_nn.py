@@ -233,6 +233,33 @@ def test_scrub_repairs_weight_and_momentum_blocks():
         assert _max_diff(coded, ref) <= 1e-12
 
 
+def test_a_step_a_worker_failed_to_apply_is_booked_and_repaired_never_a_soft_error():
+    with LocalCluster(6, timeout=30) as c:
+        coded, ref = _pair(c, errors=1)
+        oc, orf = CodedSGD(coded, lr=0.1, momentum=0.9), torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+        layer = next(m for m in coded.modules() if isinstance(m, CodedLinear))
+        x = torch.randn(4, 8, dtype=F64)
+
+        def step():
+            for m, o in ((coded, oc), (ref, orf)):
+                o.zero_grad()
+                m(x).sum().backward()
+                o.step()
+
+        step()
+        c._states[1].resident.pop(layer._handle.id)  # worker 1 loses its block: the next step fails there
+        step()
+        layer._handle.ack.exception()  # wait for the acknowledgements
+        assert 1 in c.stale_workers(layer._handle)
+        y = coded(x)  # books the failure; worker 1's block is not used
+        assert layer.stats["update_failures"] == 1 and layer._scrub_due
+        assert layer.stats["corrected"] == 0  # never "located" as a soft error
+        step()  # the due scrub rebuilds the stale block from the others
+        assert not c.stale_workers(layer._handle)
+        assert _max_diff(coded, ref) <= 1e-12
+        del y
+
+
 def test_uncorrectable_product_is_retried_then_raised():
     two = Fault(corruptions=(Corruption("gross", 1e3),))
     # puts take no job id: job 0 is the first forward product

@@ -202,7 +202,7 @@ class CodedLinear(nn.Module):
         self._last_faulty: set[int] = set()
         self._scrub_due = False
         self.stats = {"forward": 0, "backward": 0, "corrected": 0, "skipped": 0, "retried": 0,
-                      "scrubs": 0, "repaired": 0, "updates": 0}
+                      "scrubs": 0, "repaired": 0, "updates": 0, "update_failures": 0}
 
     def _check_code(self, code: Any, n: int) -> None:
         if not isinstance(code, (MDSCode, ReplicationCode)) or (
@@ -314,11 +314,37 @@ class CodedLinear(nn.Module):
             self._scrub_due = True
         self._last_faulty = faulty
 
+    def _check_updates(self) -> None:
+        """Book the previous coded step's acknowledgements once they settled (without waiting).
+
+        A worker that failed to apply a step has its stored block marked stale by the runtime
+        (no product uses it); the failure is counted and a scrub rebuilds the block. When the
+        stale and crashed workers leave too few for this layer's products, the step's
+        :class:`~codedml.errors.UpdateFailedError` is raised to the caller: the weight can no
+        longer be trusted to hold every step."""
+        for h in (self._handle, self._buffer):
+            ack = getattr(h, "ack", None)
+            if ack is None or not ack.done() or getattr(ack, "_booked", False):
+                continue
+            ack._booked = True
+            exc = None if ack.cancelled() else ack.exception(0)
+            if exc is None:
+                continue
+            self.stats["update_failures"] += 1
+            self._scrub_due = True
+            bad = set(self.cluster.stale_workers(h)) | set(self.cluster.dead_workers)
+            k = self.code.recovery_threshold
+            need = (2 * k - 1 if isinstance(self.code, MDSCode) else k) + 2 * self.errors
+            if self.code.workers - len(bad) < need:
+                raise exc
+
     def _coded(self, run: Any) -> np.ndarray:
         """Run one coded product; when it was detectably corrupt beyond the code's power,
         recompute it (a fresh job) -- at once the first time (transient errors), after a scrub
         of the stored blocks the next times (stored blocks corrupted since the last scrub add
         up with transient errors) -- at most ``retries`` times."""
+        self._check_updates()
+
         def noted() -> np.ndarray:
             try:
                 return run()
@@ -379,6 +405,7 @@ class CodedLinear(nn.Module):
         """
         if not self._current_pending():
             return False
+        self._check_updates()
         U, V = self._gradient_factors()
         self._handle, self._buffer = self.cluster.sgd_step(
             self._handle, U, V, lr=lr, momentum=momentum, dampening=dampening,

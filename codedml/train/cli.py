@@ -157,7 +157,7 @@ def cmd_train(argv: list[str]) -> int:
         res = train(task, cfg, local=job.local, comm=comm, faults=faults, fault_seed=fseed,
                     metrics=job.metrics or None, progress=job.progress)
     except TrainingError as exc:
-        print(f"training stopped: {exc}", file=sys.stderr)
+        print(f"training stopped: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_STOPPED
     if res is None:  # an MPI worker rank
         return EXIT_OK
