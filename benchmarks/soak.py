@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
               f"rank 4 dies at job {args.die_at}", flush=True)
         counts: Counter = Counter()
         samples = []
+        failures: list[dict] = []
         inflight: deque = deque()
         worst = 0.0
         t0 = time.perf_counter()
@@ -128,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             except CodedMLError as exc:  # DeadlineError included: named, in time
                 counts[f"error:{type(exc).__name__}"] += 1
                 counts["failed"] += 1
+                if len(failures) < 20:
+                    failures.append({"job": j, "error": type(exc).__name__, "message": str(exc)[:400]})
                 return
             except TimeoutError:  # not settled by its deadline plus the slack: a hang
                 counts["hung"] += 1
@@ -177,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                "rss_slope_mb_per_1000_jobs": 1000 * slope,
                "rss_growth_after_warmup_mb": growth, "rss_fit_growth_after_warmup_mb": fit_growth,
                "worst_rel_error": worst, "dead_ranks": dead, "counts": dict(counts),
+               "failures": failures,
                "target": "growth < 5 MB after warm-up, 0 wrong, 0 hung", "ok": ok}
     print(f"\n{'jobs':>8} {'jobs/s':>7} {'RSS start':>9} {'RSS end':>8} {'slope MB/1k':>11} "
           f"{'growth MB':>9} {'wrong':>5} {'hung':>4} {'failed':>6}")
@@ -187,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{counts['not_waited_for']} late/missing results not waited for, "
           f"{counts['crashed_results']} results of crashed ranks {dead}; worst relative error "
           f"{worst:.1e}; verdict {'OK' if ok else 'FAILED'}")
+    for f in failures:
+        print(f"  job {f['job']}: {f['error']}: {f['message']}")
     doc = {"benchmark": "soak", "summary": summary, "samples": samples,
            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
            "workers": n, "code": repr(code), "faults": repr(faults), "machine": info}

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_state_machine_as_test(Machine, settings=cfg)
     except Exception as exc:  # noqa: BLE001 - recorded, then the exit status says it
-        failure = f"{type(exc).__name__}: {exc}"
+        failure = " | ".join(_describe(exc))
     wall = time.perf_counter() - t0
     stats = dict(sorted(rm.STATS.items()))
     steps = stats.get("steps", 0)
@@ -96,6 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     if steps < args.min_steps:
         print(f"only {steps} steps ran, {args.min_steps} required", file=sys.stderr)
     return 0 if ok else 1
+
+
+def _describe(exc: BaseException) -> list[str]:
+    """Every exception inside (hypothesis wraps a failure that did not replay, e.g. a timing
+    violation, in a FlakyFailure group): the original assertion message is what matters."""
+    out = [f"{type(exc).__name__}: {exc}"]
+    if exc.__context__ is not None and not isinstance(exc, BaseExceptionGroup):
+        out.append(f"(while handling {type(exc.__context__).__name__}: {exc.__context__})")
+    for sub in getattr(exc, "exceptions", ()):
+        out += _describe(sub)
+    return out
 
 
 def plot(doc: dict, path: Path) -> None:
