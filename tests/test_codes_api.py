@@ -455,3 +455,42 @@ def test_import_codes_is_light():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+# --------------------------------------------------------------------------- decodable / compensates
+def test_decodable_is_public_and_validates():
+    rep = ReplicationCode(6, 3)                    # worker w computes block w mod 3
+    assert rep.decodable([0, 1, 5]) is True
+    assert rep.decodable({0, 3, 4}) is False       # block 2 missing
+    assert rep.decodable(iter([2, 1, 0])) is True  # any iterable, any order
+    assert rep.decodable({0: None, 1: None, 2: None}) is True   # a results dict, by its keys
+    mds = MDSCode(6, 4)
+    assert mds.decodable(np.array([0, 2, 3, 5])) is True
+    assert mds.decodable([0, 2, 3]) is False
+    assert mds.decodable([]) is False
+    fr = GradientCode(4, 1, "fractional_repetition")   # groups {0, 1}, {2, 3}
+    assert fr.decodable([0, 2]) is True and fr.decodable([0, 1]) is False
+    assert GradientCode(5, 1, "cyclic", field=P).decodable(range(4)) is True
+    for bad, message in [([0, 6], "`workers` must be between 0 and 5, got 6"),
+                         ([0, -1], "`workers` must be between 0 and 5, got -1"),
+                         ([0, 1.5], "`workers` must be an integer"),
+                         ([True], "`workers` must be an integer"),
+                         ([1, 1, 2, 3], "`workers` has worker index 1 more than once"),
+                         ("0123", "`workers` must be an iterable of worker indices"),
+                         (3, "`workers` must be an iterable of worker indices")]:
+        with pytest.raises(ConfigurationError) as exc:
+            mds.decodable(bad)
+        assert message in str(exc.value)
+
+
+def test_compensates_is_public_and_agrees_with_encode():
+    A, B = np.ones((8, 3)), np.ones((3, 2))
+    for code in (MDSCode(6, 4), ReplicationCode(4, 2), GradientCode(5, 1)):
+        for prec in ("auto", "float64", "compensated"):
+            enc = code.encode(A, B, precision=prec)
+            assert code.compensates(np.float64, enc.dtype, prec) is enc.compensated
+    assert MDSCode(6, 4).compensates(np.float64, np.float64, "compensated") is True
+    assert MDSCode(6, 4).compensates(np.float32, np.float32, "compensated") is False
+    assert MDSCode(6, 4, field=P).compensates(np.float64, np.int64, "compensated") is False
+    with pytest.raises(ConfigurationError, match="`precision` must be one of"):
+        MDSCode(6, 4).compensates(np.float64, np.float64, "double")

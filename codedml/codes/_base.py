@@ -25,7 +25,7 @@ from __future__ import annotations
 import abc
 import itertools
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field as dc_field
 from typing import Any
 
@@ -221,8 +221,35 @@ class LinearCode(abc.ABC):
             return np.dtype(np.float64)
         return np.dtype(np.float32 if self.condition_bound() <= FLOAT32_MAX_CONDITION else np.float64)
 
-    def _compensates(self, input_dtype: np.dtype, operand_dtype: np.dtype, precision: str) -> bool:
-        """Whether workers should compute compensated products (see ``encode``)."""
+    def compensates(self, input_dtype: Any, operand_dtype: Any, precision: str) -> bool:
+        """Whether workers compute compensated products for this code.
+
+        What :meth:`encode` decides for inputs of ``input_dtype`` encoded into worker operands
+        of ``operand_dtype`` under ``precision`` (see :meth:`encode`): never over GF(p) or for
+        float32 operands; always for ``precision="compensated"``; under ``"auto"`` for float64
+        inputs when the decode amplifies the workers' rounding and the worst-case condition
+        number lies between :data:`COMPENSATE_MIN_CONDITION` and
+        :data:`COMPENSATE_MAX_CONDITION`. The runtime asks the same question for products
+        against stored operands, so both sides agree.
+
+        Parameters
+        ----------
+        input_dtype, operand_dtype : dtype-like
+            The dtype the inputs arrived in and the dtype of the worker operands.
+        precision : {"auto", "float32", "float64", "compensated"}
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from codedml.codes import MDSCode
+        >>> MDSCode(5, 3).compensates(np.float64, np.float64, "compensated")
+        True
+        >>> MDSCode(5, 3).compensates(np.float32, np.float32, "auto")
+        False
+        """
+        if precision not in PRECISIONS:
+            raise ConfigurationError(
+                f"`precision` must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
         if self.field is not None or np.dtype(operand_dtype) not in (np.float64, np.complex128):
             return False
         if precision == "compensated":
@@ -272,8 +299,49 @@ class LinearCode(abc.ABC):
         """Per family, the unknowns ``_assemble`` reads (``None``: all of them)."""
         return [None] * len(self._families(np.arange(min(1, self.workers))))
 
-    def _decodable(self, rows: np.ndarray) -> bool:
-        """Whether results from ``rows`` determine the product (default: enough of them)."""
+    def decodable(self, workers: Iterable[Any]) -> bool:
+        """Whether results from ``workers`` (worker indices) determine the product.
+
+        Always true for ``recovery_threshold`` or more distinct workers; some codes decode from
+        fewer when the right ones answered (a replication code once every block has a copy, a
+        gradient code once the all-ones vector lies in the span of their coefficients). Says
+        nothing about corrupt results: correcting ``e`` of them needs ``2e`` results more.
+
+        Parameters
+        ----------
+        workers : iterable of int
+            Distinct worker indices in ``[0, workers)``, in any order; a mapping counts by its
+            keys, so ``code.decodable(results)`` asks about the results at hand.
+
+        Raises
+        ------
+        ConfigurationError
+            An index that is not an integer, out of range or given twice.
+
+        Examples
+        --------
+        >>> from codedml.codes import ReplicationCode
+        >>> code = ReplicationCode(6, 3)          # worker w computes block w mod 3
+        >>> code.decodable([0, 1, 5]), code.decodable({0, 3, 4})
+        (True, False)
+        """
+        return self._recovers(self._check_workers(workers))
+
+    def _check_workers(self, workers: Iterable[Any]) -> np.ndarray:
+        """``workers`` as a sorted int array of distinct indices in range (else ConfigurationError)."""
+        if isinstance(workers, (str, bytes)) or not isinstance(workers, Iterable):
+            raise ConfigurationError(
+                f"`workers` must be an iterable of worker indices, got {type(workers).__name__}")
+        seen: set[int] = set()
+        for x in workers:
+            w = check_int("workers", x, 0, self.workers - 1)
+            if w in seen:
+                raise ConfigurationError(f"`workers` has worker index {w} more than once")
+            seen.add(w)
+        return np.array(sorted(seen), dtype=int)
+
+    def _recovers(self, rows: np.ndarray) -> bool:
+        """:meth:`decodable` on validated, sorted indices (default: enough of them)."""
         return len(rows) >= self.recovery_threshold
 
     def _gf_points(self) -> np.ndarray | None:
@@ -310,7 +378,7 @@ class LinearCode(abc.ABC):
                 f"`precision` must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
         pairs, shape, inner, dtype = self._encode(A, B, precision)
         if self.field is None:
-            comp = self._compensates(_input_dtype(A, B), dtype, precision)
+            comp = self.compensates(_input_dtype(A, B), dtype, precision)
             tasks = [Task(w, a, b, None, comp) for w, (a, b) in enumerate(pairs)]
             return Encoding(self, tasks, shape, inner, dtype, comp)
         from ._field import field_array
@@ -353,7 +421,7 @@ class LinearCode(abc.ABC):
         """
         errors = check_int("errors", errors, 0, self.workers)
         rows, raw = self._check_results(results)
-        if not self._decodable(rows):
+        if not self._recovers(rows):
             needed = self.recovery_threshold
             raise NotEnoughResultsError(
                 f"{len(rows)} results arrived, {needed} are needed to decode "
@@ -430,7 +498,7 @@ class LinearCode(abc.ABC):
         erased = [i for i in range(r) if not finite[i]]
         tau = self._noise_scale(rows, raw, encoding, rtol)
         good = [i for i in range(r) if finite[i]]
-        if not self._decodable(rows[good]):
+        if not self._recovers(rows[good]):
             raise CorruptResultError(
                 f"{len(erased)} results are non-finite (workers {[int(rows[i]) for i in erased]}); "
                 f"the remaining {len(good)} cannot determine the product",
@@ -452,7 +520,7 @@ class LinearCode(abc.ABC):
             res = np.zeros(len(cands))
             for M, y in zip(Ms, Y):
                 res = np.maximum(res, _residuals(M, y, W, keeps, d))
-            ok = [j for j in np.flatnonzero(res <= 1.0) if self._decodable(rows[keeps[j]])]
+            ok = [j for j in np.flatnonzero(res <= 1.0) if self._recovers(rows[keeps[j]])]
             ok = np.array(ok, dtype=int)
             if len(ok) == 0:
                 continue
@@ -515,7 +583,7 @@ class LinearCode(abc.ABC):
         inrange = np.array([all(((ev[i] >= 0) & (ev[i] < p)).all() for ev in E) for i in range(r)])
         erased = [i for i in range(r) if not inrange[i]]
         good = [i for i in range(r) if inrange[i]]
-        if not self._decodable(rows[good]):
+        if not self._recovers(rows[good]):
             raise CorruptResultError(
                 f"results of workers {[int(rows[i]) for i in erased]} are outside [0, {p}); the "
                 f"remaining {len(good)} cannot determine the product",

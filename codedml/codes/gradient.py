@@ -240,7 +240,7 @@ class GradientCode(LinearCode):
     def _unpack(self, result: np.ndarray) -> list[np.ndarray]:
         return [result]
 
-    def _decodable(self, rows: np.ndarray) -> bool:
+    def _recovers(self, rows: np.ndarray) -> bool:
         """Whether the all-ones vector lies in the span of the rows' coefficients: always for
         ``n - s`` rows; for fewer, e.g. one worker of every fractional-repetition group."""
         rows = np.asarray(rows)
