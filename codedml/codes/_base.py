@@ -399,7 +399,10 @@ class LinearCode(abc.ABC):
         errors : int
             How many corrupt results to locate and exclude. ``e`` errors are corrected whenever
             at least ``recovery_threshold + 2e`` results are given; with fewer, as many as the
-            spare results allow are corrected and the rest detected. Results beyond what is
+            spare results allow are corrected and the rest detected. Never more than ``e``
+            are corrected, however many results are given: the caller chooses the budget
+            (the runtime asks for ``max(e, (r - k) // 2)`` with ``r`` results, the full
+            correction power of what arrived). Results beyond what is
             needed are always used to check consistency, also with ``errors=0``: an
             inconsistency that cannot be corrected raises :class:`CorruptResultError`.
             Non-finite results (NaN, Inf) and, over GF(p), out-of-range results are always
