@@ -494,3 +494,47 @@ def test_compensates_is_public_and_agrees_with_encode():
     assert MDSCode(6, 4, field=P).compensates(np.float64, np.int64, "compensated") is False
     with pytest.raises(ConfigurationError, match="`precision` must be one of"):
         MDSCode(6, 4).compensates(np.float64, np.float64, "double")
+
+
+# --------------------------------------------------------------------------- padded layouts
+@pytest.mark.parametrize("field", [None, P])
+def test_padded_decode_without_encoding_is_refused_by_name(field):
+    code = MDSCode(8, 5, field=field)       # circle: rows padded to a multiple of 10
+    rng = np.random.default_rng(9)
+    if field is None:
+        A, B = rng.standard_normal((96, 6)), rng.standard_normal((6, 4))
+        want = A @ B
+    else:
+        A, B = rng.integers(0, P, (96, 6)), rng.integers(0, P, (6, 4))
+        want = np.asarray((gf(P)(A) @ gf(P)(B)).view(np.ndarray), dtype=np.int64)
+    tasks = code.encode(A, B)
+    assert tasks.shape == (96, 4) and tasks.padded_shape == (100, 4)
+    res = {t.worker: t.compute() for t in tasks}
+    with pytest.raises(ConfigurationError) as exc:
+        code.decode(res)
+    msg = str(exc.value)
+    assert "`encoding=`" in msg and "`shape=`" in msg and "(100, 4)" in msg
+    for out in (code.decode(res, encoding=tasks), code.decode(res, shape=(96, 4))):
+        assert out.shape == (96, 4)
+        if field is None:
+            assert rel_err(out, want) < 1e-12
+        else:
+            np.testing.assert_array_equal(out, want)
+    # unpadded: no encoding= needed
+    tasks = code.encode(A[:90], B)
+    assert tasks.padded_shape == tasks.shape == (90, 4)
+    assert code.decode({t.worker: t.compute() for t in tasks}).shape == (90, 4)
+
+
+def test_decode_shape_must_fit_the_padded_layout():
+    code = ReplicationCode(4, 3)           # rows padded to a multiple of 3
+    tasks = code.encode(np.ones((7, 2)), np.ones((2, 3)))
+    res = {t.worker: t.compute() for t in tasks}
+    assert code.decode(res, shape=(7, 3)).shape == (7, 3)
+    for shape, message in [((7,), "`shape` must have 2 entries"),
+                           ((10, 3), "must be between 7 and 9, got 10"),
+                           ((6, 3), "must be between 7 and 9, got 6"),
+                           ((7, 2), "must be between 3 and 3, got 2"),
+                           (7, "`shape` must be a sequence of ints")]:
+        with pytest.raises(ConfigurationError, match=message.replace("(", r"\(")):
+            code.decode(res, shape=shape)

@@ -139,6 +139,12 @@ class Encoding(Sequence[Task]):
         else:
             self.scales = np.array([_fro(t.a) * _fro(t.b) for t in tasks])
 
+    @property
+    def padded_shape(self) -> tuple[int, ...]:
+        """The product's shape after the split's zero padding (what ``decode`` assembles
+        before ``encoding=`` or ``shape=`` cuts it to :attr:`shape`)."""
+        return self.code.padded_shape(self.shape)
+
     def __len__(self) -> int:
         return len(self._tasks)
 
@@ -344,6 +350,20 @@ class LinearCode(abc.ABC):
         """:meth:`decodable` on validated, sorted indices (default: enough of them)."""
         return len(rows) >= self.recovery_threshold
 
+    def _output_multiples(self, ndim: int) -> tuple[int, ...]:
+        """Per axis of the decoded product, the multiple the split pads it to (1: no padding).
+
+        ``encode`` zero-pads ``A``'s rows (and ``B``'s columns) to these multiples; the
+        decoded array then has the padded shape until ``encoding=`` or ``shape=`` cuts it."""
+        return (1,) * ndim
+
+    def padded_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """The shape the decoded product has before padding is removed, for a product of
+        ``shape`` (``A``'s rows and ``B``'s columns rounded up to the split's multiples)."""
+        shape = tuple(int(x) for x in shape)
+        mults = self._output_multiples(len(shape))
+        return tuple(max(m, -(-x // m) * m) if m > 1 else x for x, m in zip(shape, mults))
+
     def _gf_points(self) -> np.ndarray | None:
         """Evaluation points when the code is a Reed-Solomon code over GF(p) (enables Berlekamp-Welch)."""
         return None
@@ -449,8 +469,13 @@ class LinearCode(abc.ABC):
             X = [x if w is None or x.shape[0] == len(w) and x.shape[0] != M.shape[1] else x[w]
                  for x, w, M in zip(X, self._wanted_unknowns(), Ms)]
             cond = 1.0
-        out_shape = tuple(shape) if shape is not None else (encoding.shape if encoding is not None else None)
-        C = self._assemble(X, out_shape)
+        if shape is not None:
+            C = self._cut(self._assemble(X, None), shape)
+        elif encoding is not None:
+            C = self._assemble(X, encoding.shape)
+        else:
+            C = self._assemble(X, None)
+            self._refuse_if_padded(C, raw[0].dtype, cond)
         info = DecodeInfo(tuple(int(rows[i]) for i in faulty), tuple(int(rows[i]) for i in keep),
                           cond, checked)
         if return_info:
@@ -458,6 +483,51 @@ class LinearCode(abc.ABC):
         if return_faulty:
             return C, info.faulty
         return C
+
+    def _cut(self, C: np.ndarray, shape: Any) -> np.ndarray:
+        """``C`` (padded) cut to the product's ``shape``, which must fit the padded layout."""
+        try:
+            want = tuple(shape)
+        except TypeError as exc:
+            raise ConfigurationError(
+                f"`shape` must be a sequence of ints (the product's shape), got {shape!r}") from exc
+        if len(want) != C.ndim:
+            raise ConfigurationError(
+                f"`shape` must have {C.ndim} entries for this product (decoded padded shape "
+                f"{C.shape}), got {want}")
+        want = tuple(check_int("shape", x, 0) for x in want)
+        for ax, (x, have, m) in enumerate(zip(want, C.shape, self._output_multiples(C.ndim))):
+            lo = max(0, have - m + 1)
+            if not lo <= x <= have:
+                raise ConfigurationError(
+                    f"`shape`={want} does not fit the decoded product: axis {ax} has {have} "
+                    f"entries (padded to a multiple of {m}), so it must be between {lo} and "
+                    f"{have}, got {x}")
+        return np.ascontiguousarray(C[tuple(slice(0, x) for x in want)])
+
+    def _refuse_if_padded(self, C: np.ndarray, dtype: np.dtype, cond: float) -> None:
+        """Without ``encoding=``/``shape=`` the decode cannot know the product's shape: refuse
+        when the split may have padded it, i.e. when the last row (column) along a padded axis
+        is zero, as zero padding of ``A`` (``B``) leaves it, within the decode's rounding.
+        A product whose genuine last row is that small is refused too (the same remedy)."""
+        mults = self._output_multiples(C.ndim)
+        if C.size == 0 or all(m == 1 for m in mults):
+            return
+        if self.field is None:
+            eps = float(np.finfo(dtype).eps) if np.dtype(dtype).kind in "fc" else float(np.finfo(np.float64).eps)
+            big = float(np.max(np.abs(C)))
+            # Decoded padding measured at up to 2.3 * eps * cond * max|C| (float32 and float64
+            # workers, inner dimension up to 3000, every construction): a 100x margin.
+            tol = min(0.1, 256.0 * eps * max(float(cond), 1.0)) * big
+        else:
+            tol = 0.0
+        for ax, m in enumerate(mults):
+            if m > 1 and not float(np.max(np.abs(np.take(C, -1, axis=ax)))) > tol:
+                raise ConfigurationError(
+                    f"decode cannot tell the product's shape: {type(self).__name__} pads axis "
+                    f"{ax} to a multiple of {m}, and the decoded array, of padded shape "
+                    f"{C.shape}, ends there in zeros as that padding leaves it; pass "
+                    "`encoding=` (what encode returned) or `shape=` (the product's true shape)")
 
     # ----------------------------------------------------------------- validation
     def _check_results(self, results: Mapping[int, Any]) -> tuple[np.ndarray, list[np.ndarray]]:

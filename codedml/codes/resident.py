@@ -52,6 +52,9 @@ class _Left:
     def __hash__(self) -> int:
         return hash(("left", self.stored))
 
+    def _output_multiples(self, ndim: int) -> tuple[int, ...]:
+        return (1,) * ndim  # L @ W: rows of L and columns of W, neither split
+
 
 class LeftProductCode(_Left, MatDotCode):
     """The decoder of ``L @ W`` for ``W`` stored with ``MDSCode(n, k)``: MatDot ``(n, k)``.
