@@ -458,7 +458,7 @@ def test_import_codes_is_light():
 
 
 # --------------------------------------------------------------------------- decodable / compensates
-def test_decodable_is_public_and_validates():
+def test_public_decodability_check_validates_workers():
     rep = ReplicationCode(6, 3)                    # worker w computes block w mod 3
     assert rep.decodable([0, 1, 5]) is True
     assert rep.decodable({0, 3, 4}) is False       # block 2 missing
@@ -483,7 +483,7 @@ def test_decodable_is_public_and_validates():
         assert message in str(exc.value)
 
 
-def test_compensates_is_public_and_agrees_with_encode():
+def test_public_compensation_check_agrees_with_encode():
     A, B = np.ones((8, 3)), np.ones((3, 2))
     for code in (MDSCode(6, 4), ReplicationCode(4, 2), GradientCode(5, 1)):
         for prec in ("auto", "float64", "compensated"):
