@@ -455,3 +455,86 @@ def test_import_codes_is_light():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+# --------------------------------------------------------------------------- decodable / compensates
+def test_public_decodability_check_validates_workers():
+    rep = ReplicationCode(6, 3)                    # worker w computes block w mod 3
+    assert rep.decodable([0, 1, 5]) is True
+    assert rep.decodable({0, 3, 4}) is False       # block 2 missing
+    assert rep.decodable(iter([2, 1, 0])) is True  # any iterable, any order
+    assert rep.decodable({0: None, 1: None, 2: None}) is True   # a results dict, by its keys
+    mds = MDSCode(6, 4)
+    assert mds.decodable(np.array([0, 2, 3, 5])) is True
+    assert mds.decodable([0, 2, 3]) is False
+    assert mds.decodable([]) is False
+    fr = GradientCode(4, 1, "fractional_repetition")   # groups {0, 1}, {2, 3}
+    assert fr.decodable([0, 2]) is True and fr.decodable([0, 1]) is False
+    assert GradientCode(5, 1, "cyclic", field=P).decodable(range(4)) is True
+    for bad, message in [([0, 6], "`workers` must be between 0 and 5, got 6"),
+                         ([0, -1], "`workers` must be between 0 and 5, got -1"),
+                         ([0, 1.5], "`workers` must be an integer"),
+                         ([True], "`workers` must be an integer"),
+                         ([1, 1, 2, 3], "`workers` has worker index 1 more than once"),
+                         ("0123", "`workers` must be an iterable of worker indices"),
+                         (3, "`workers` must be an iterable of worker indices")]:
+        with pytest.raises(ConfigurationError) as exc:
+            mds.decodable(bad)
+        assert message in str(exc.value)
+
+
+def test_public_compensation_check_agrees_with_encode():
+    A, B = np.ones((8, 3)), np.ones((3, 2))
+    for code in (MDSCode(6, 4), ReplicationCode(4, 2), GradientCode(5, 1)):
+        for prec in ("auto", "float64", "compensated"):
+            enc = code.encode(A, B, precision=prec)
+            assert code.compensates(np.float64, enc.dtype, prec) is enc.compensated
+    assert MDSCode(6, 4).compensates(np.float64, np.float64, "compensated") is True
+    assert MDSCode(6, 4).compensates(np.float32, np.float32, "compensated") is False
+    assert MDSCode(6, 4, field=P).compensates(np.float64, np.int64, "compensated") is False
+    with pytest.raises(ConfigurationError, match="`precision` must be one of"):
+        MDSCode(6, 4).compensates(np.float64, np.float64, "double")
+
+
+# --------------------------------------------------------------------------- padded layouts
+@pytest.mark.parametrize("field", [None, P])
+def test_padded_decode_without_encoding_is_refused_by_name(field):
+    code = MDSCode(8, 5, field=field)       # circle: rows padded to a multiple of 10
+    rng = np.random.default_rng(9)
+    if field is None:
+        A, B = rng.standard_normal((96, 6)), rng.standard_normal((6, 4))
+        want = A @ B
+    else:
+        A, B = rng.integers(0, P, (96, 6)), rng.integers(0, P, (6, 4))
+        want = np.asarray((gf(P)(A) @ gf(P)(B)).view(np.ndarray), dtype=np.int64)
+    tasks = code.encode(A, B)
+    assert tasks.shape == (96, 4) and tasks.padded_shape == (100, 4)
+    res = {t.worker: t.compute() for t in tasks}
+    with pytest.raises(ConfigurationError) as exc:
+        code.decode(res)
+    msg = str(exc.value)
+    assert "`encoding=`" in msg and "`shape=`" in msg and "(100, 4)" in msg
+    for out in (code.decode(res, encoding=tasks), code.decode(res, shape=(96, 4))):
+        assert out.shape == (96, 4)
+        if field is None:
+            assert rel_err(out, want) < 1e-12
+        else:
+            np.testing.assert_array_equal(out, want)
+    # unpadded: no encoding= needed
+    tasks = code.encode(A[:90], B)
+    assert tasks.padded_shape == tasks.shape == (90, 4)
+    assert code.decode({t.worker: t.compute() for t in tasks}).shape == (90, 4)
+
+
+def test_decode_shape_must_fit_the_padded_layout():
+    code = ReplicationCode(4, 3)           # rows padded to a multiple of 3
+    tasks = code.encode(np.ones((7, 2)), np.ones((2, 3)))
+    res = {t.worker: t.compute() for t in tasks}
+    assert code.decode(res, shape=(7, 3)).shape == (7, 3)
+    for shape, message in [((7,), "`shape` must have 2 entries"),
+                           ((10, 3), "must be between 7 and 9, got 10"),
+                           ((6, 3), "must be between 7 and 9, got 6"),
+                           ((7, 2), "must be between 3 and 3, got 2"),
+                           (7, "`shape` must be a sequence of ints")]:
+        with pytest.raises(ConfigurationError, match=message.replace("(", r"\(")):
+            code.decode(res, shape=shape)

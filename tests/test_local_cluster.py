@@ -235,6 +235,47 @@ def test_soft_errors_are_located(data):
         _close_fast(c)
 
 
+@pytest.mark.parametrize("field", [None, P])
+def test_decode_uses_the_full_correction_power_of_what_arrived(data, field):
+    """Issue 10: 7 workers, MDS k=3, errors=1, two results corrupt (ranks 2 and 5, every job).
+    errors=1 asks for k + 2 = 5 results; two corrupt among the first 5 are detected, not
+    corrected, so the job waits for more, and with all 7 at hand it corrects both
+    (budget (7 - 3) // 2 = 2), whatever order they arrive in. No stragglers."""
+    A, B = (data["A"], data["B"]) if field is None else (data["Ai"], data["Bi"])
+    want = A @ B if field is None else matmul_mod(A, B, P)
+    bad = SoftErrors(kind="gross", prob=1.0, value=1e3, ranks=[2, 5])
+    c = LocalCluster(7, faults=bad, timeout=20)
+    try:
+        for _ in range(3):
+            job = c.submit(A, B, code=MDSCode(7, 3, field=field), errors=1)
+            out = job.result()
+            if field is None:
+                np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-10)
+            else:
+                np.testing.assert_array_equal(out, want)
+            # located where they were among the results decoded (threads: any arrival order)
+            assert set(job.report.faulty) <= {1, 4}
+    finally:
+        _close_fast(c)
+
+
+def test_all_results_at_hand_before_the_first_decode_are_used_in_full(data):
+    """The same with every result in hand before the first decode (a fetch with wait_all=True
+    decodes once, from all 7): errors=1 with two corrupt results still decodes, because the
+    decode corrects as many as the 7 results allow, not only the 1 asked for."""
+    W = data["A"][:21]
+    c = LocalCluster(7, faults=SoftErrors(kind="gross", prob=1.0, value=1e3, ranks=[2, 5]),
+                     timeout=20)
+    try:
+        h = c.put(W, code=MDSCode(7, 3))                  # results corrupt, not stored blocks
+        out, job = c.fetch(h, errors=1, wait_all=True, return_job=True)
+        np.testing.assert_allclose(out, W, rtol=1e-10, atol=1e-10)
+        assert len(job.info.used) == 5
+        assert job.report.faulty == (1, 4)
+    finally:
+        _close_fast(c)
+
+
 # --------------------------------------------------------------------------- clear failures
 def test_too_many_silent_workers_time_out_naming_the_ranks(data):
     A, B = data["A"], data["B"]

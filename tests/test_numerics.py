@@ -230,7 +230,7 @@ def test_compensation_is_what_fixes_the_corner():
     assert max(plain) >= 1.5 * max(comp), (plain, comp)
 
 
-def test_precision_auto_compensates_only_where_needed():
+def test_precision_auto_compensation_only_where_needed():
     A, B = np.ones((30, 30)), np.ones((30, 8))
     assert MDSCode(30, 25).condition_bound() > COMPENSATE_MIN_CONDITION
     assert MDSCode(30, 25).encode(A, B).compensated                          # float64, cond 8e3

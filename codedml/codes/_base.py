@@ -25,7 +25,7 @@ from __future__ import annotations
 import abc
 import itertools
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field as dc_field
 from typing import Any
 
@@ -139,6 +139,12 @@ class Encoding(Sequence[Task]):
         else:
             self.scales = np.array([_fro(t.a) * _fro(t.b) for t in tasks])
 
+    @property
+    def padded_shape(self) -> tuple[int, ...]:
+        """The product's shape after the split's zero padding (what ``decode`` assembles
+        before ``encoding=`` or ``shape=`` cuts it to :attr:`shape`)."""
+        return self.code.padded_shape(self.shape)
+
     def __len__(self) -> int:
         return len(self._tasks)
 
@@ -221,8 +227,35 @@ class LinearCode(abc.ABC):
             return np.dtype(np.float64)
         return np.dtype(np.float32 if self.condition_bound() <= FLOAT32_MAX_CONDITION else np.float64)
 
-    def _compensates(self, input_dtype: np.dtype, operand_dtype: np.dtype, precision: str) -> bool:
-        """Whether workers should compute compensated products (see ``encode``)."""
+    def compensates(self, input_dtype: Any, operand_dtype: Any, precision: str) -> bool:
+        """Whether workers compute compensated products for this code.
+
+        What :meth:`encode` decides for inputs of ``input_dtype`` encoded into worker operands
+        of ``operand_dtype`` under ``precision`` (see :meth:`encode`): never over GF(p) or for
+        float32 operands; always for ``precision="compensated"``; under ``"auto"`` for float64
+        inputs when the decode amplifies the workers' rounding and the worst-case condition
+        number lies between :data:`COMPENSATE_MIN_CONDITION` and
+        :data:`COMPENSATE_MAX_CONDITION`. The runtime asks the same question for products
+        against stored operands, so both sides agree.
+
+        Parameters
+        ----------
+        input_dtype, operand_dtype : dtype-like
+            The dtype the inputs arrived in and the dtype of the worker operands.
+        precision : {"auto", "float32", "float64", "compensated"}
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from codedml.codes import MDSCode
+        >>> MDSCode(5, 3).compensates(np.float64, np.float64, "compensated")
+        True
+        >>> MDSCode(5, 3).compensates(np.float32, np.float32, "auto")
+        False
+        """
+        if precision not in PRECISIONS:
+            raise ConfigurationError(
+                f"`precision` must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
         if self.field is not None or np.dtype(operand_dtype) not in (np.float64, np.complex128):
             return False
         if precision == "compensated":
@@ -272,9 +305,64 @@ class LinearCode(abc.ABC):
         """Per family, the unknowns ``_assemble`` reads (``None``: all of them)."""
         return [None] * len(self._families(np.arange(min(1, self.workers))))
 
-    def _decodable(self, rows: np.ndarray) -> bool:
-        """Whether results from ``rows`` determine the product (default: enough of them)."""
+    def decodable(self, workers: Iterable[Any]) -> bool:
+        """Whether results from ``workers`` (worker indices) determine the product.
+
+        Always true for ``recovery_threshold`` or more distinct workers; some codes decode from
+        fewer when the right ones answered (a replication code once every block has a copy, a
+        gradient code once the all-ones vector lies in the span of their coefficients). Says
+        nothing about corrupt results: correcting ``e`` of them needs ``2e`` results more.
+
+        Parameters
+        ----------
+        workers : iterable of int
+            Distinct worker indices in ``[0, workers)``, in any order; a mapping counts by its
+            keys, so ``code.decodable(results)`` asks about the results at hand.
+
+        Raises
+        ------
+        ConfigurationError
+            An index that is not an integer, out of range or given twice.
+
+        Examples
+        --------
+        >>> from codedml.codes import ReplicationCode
+        >>> code = ReplicationCode(6, 3)          # worker w computes block w mod 3
+        >>> code.decodable([0, 1, 5]), code.decodable({0, 3, 4})
+        (True, False)
+        """
+        return self._recovers(self._check_workers(workers))
+
+    def _check_workers(self, workers: Iterable[Any]) -> np.ndarray:
+        """``workers`` as a sorted int array of distinct indices in range (else ConfigurationError)."""
+        if isinstance(workers, (str, bytes)) or not isinstance(workers, Iterable):
+            raise ConfigurationError(
+                f"`workers` must be an iterable of worker indices, got {type(workers).__name__}")
+        seen: set[int] = set()
+        for x in workers:
+            w = check_int("workers", x, 0, self.workers - 1)
+            if w in seen:
+                raise ConfigurationError(f"`workers` has worker index {w} more than once")
+            seen.add(w)
+        return np.array(sorted(seen), dtype=int)
+
+    def _recovers(self, rows: np.ndarray) -> bool:
+        """:meth:`decodable` on validated, sorted indices (default: enough of them)."""
         return len(rows) >= self.recovery_threshold
+
+    def _output_multiples(self, ndim: int) -> tuple[int, ...]:
+        """Per axis of the decoded product, the multiple the split pads it to (1: no padding).
+
+        ``encode`` zero-pads ``A``'s rows (and ``B``'s columns) to these multiples; the
+        decoded array then has the padded shape until ``encoding=`` or ``shape=`` cuts it."""
+        return (1,) * ndim
+
+    def padded_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """The shape the decoded product has before padding is removed, for a product of
+        ``shape`` (``A``'s rows and ``B``'s columns rounded up to the split's multiples)."""
+        shape = tuple(int(x) for x in shape)
+        mults = self._output_multiples(len(shape))
+        return tuple(max(m, -(-x // m) * m) if m > 1 else x for x, m in zip(shape, mults))
 
     def _gf_points(self) -> np.ndarray | None:
         """Evaluation points when the code is a Reed-Solomon code over GF(p) (enables Berlekamp-Welch)."""
@@ -310,7 +398,7 @@ class LinearCode(abc.ABC):
                 f"`precision` must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
         pairs, shape, inner, dtype = self._encode(A, B, precision)
         if self.field is None:
-            comp = self._compensates(_input_dtype(A, B), dtype, precision)
+            comp = self.compensates(_input_dtype(A, B), dtype, precision)
             tasks = [Task(w, a, b, None, comp) for w, (a, b) in enumerate(pairs)]
             return Encoding(self, tasks, shape, inner, dtype, comp)
         from ._field import field_array
@@ -331,7 +419,10 @@ class LinearCode(abc.ABC):
         errors : int
             How many corrupt results to locate and exclude. ``e`` errors are corrected whenever
             at least ``recovery_threshold + 2e`` results are given; with fewer, as many as the
-            spare results allow are corrected and the rest detected. Results beyond what is
+            spare results allow are corrected and the rest detected. Never more than ``e``
+            are corrected, however many results are given: the caller chooses the budget
+            (the runtime asks for ``max(e, (r - k) // 2)`` with ``r`` results, the full
+            correction power of what arrived). Results beyond what is
             needed are always used to check consistency, also with ``errors=0``: an
             inconsistency that cannot be corrected raises :class:`CorruptResultError`.
             Non-finite results (NaN, Inf) and, over GF(p), out-of-range results are always
@@ -353,7 +444,7 @@ class LinearCode(abc.ABC):
         """
         errors = check_int("errors", errors, 0, self.workers)
         rows, raw = self._check_results(results)
-        if not self._decodable(rows):
+        if not self._recovers(rows):
             needed = self.recovery_threshold
             raise NotEnoughResultsError(
                 f"{len(rows)} results arrived, {needed} are needed to decode "
@@ -378,8 +469,13 @@ class LinearCode(abc.ABC):
             X = [x if w is None or x.shape[0] == len(w) and x.shape[0] != M.shape[1] else x[w]
                  for x, w, M in zip(X, self._wanted_unknowns(), Ms)]
             cond = 1.0
-        out_shape = tuple(shape) if shape is not None else (encoding.shape if encoding is not None else None)
-        C = self._assemble(X, out_shape)
+        if shape is not None:
+            C = self._cut(self._assemble(X, None), shape)
+        elif encoding is not None:
+            C = self._assemble(X, encoding.shape)
+        else:
+            C = self._assemble(X, None)
+            self._refuse_if_padded(C, raw[0].dtype, cond)
         info = DecodeInfo(tuple(int(rows[i]) for i in faulty), tuple(int(rows[i]) for i in keep),
                           cond, checked)
         if return_info:
@@ -387,6 +483,51 @@ class LinearCode(abc.ABC):
         if return_faulty:
             return C, info.faulty
         return C
+
+    def _cut(self, C: np.ndarray, shape: Any) -> np.ndarray:
+        """``C`` (padded) cut to the product's ``shape``, which must fit the padded layout."""
+        try:
+            want = tuple(shape)
+        except TypeError as exc:
+            raise ConfigurationError(
+                f"`shape` must be a sequence of ints (the product's shape), got {shape!r}") from exc
+        if len(want) != C.ndim:
+            raise ConfigurationError(
+                f"`shape` must have {C.ndim} entries for this product (decoded padded shape "
+                f"{C.shape}), got {want}")
+        want = tuple(check_int("shape", x, 0) for x in want)
+        for ax, (x, have, m) in enumerate(zip(want, C.shape, self._output_multiples(C.ndim))):
+            lo = max(0, have - m + 1)
+            if not lo <= x <= have:
+                raise ConfigurationError(
+                    f"`shape`={want} does not fit the decoded product: axis {ax} has {have} "
+                    f"entries (padded to a multiple of {m}), so it must be between {lo} and "
+                    f"{have}, got {x}")
+        return np.ascontiguousarray(C[tuple(slice(0, x) for x in want)])
+
+    def _refuse_if_padded(self, C: np.ndarray, dtype: np.dtype, cond: float) -> None:
+        """Without ``encoding=``/``shape=`` the decode cannot know the product's shape: refuse
+        when the split may have padded it, i.e. when the last row (column) along a padded axis
+        is zero, as zero padding of ``A`` (``B``) leaves it, within the decode's rounding.
+        A product whose genuine last row is that small is refused too (the same remedy)."""
+        mults = self._output_multiples(C.ndim)
+        if C.size == 0 or all(m == 1 for m in mults):
+            return
+        if self.field is None:
+            eps = float(np.finfo(dtype).eps) if np.dtype(dtype).kind in "fc" else float(np.finfo(np.float64).eps)
+            big = float(np.max(np.abs(C)))
+            # Decoded padding measured at up to 2.3 * eps * cond * max|C| (float32 and float64
+            # workers, inner dimension up to 3000, every construction): a 100x margin.
+            tol = min(0.1, 256.0 * eps * max(float(cond), 1.0)) * big
+        else:
+            tol = 0.0
+        for ax, m in enumerate(mults):
+            if m > 1 and not float(np.max(np.abs(np.take(C, -1, axis=ax)))) > tol:
+                raise ConfigurationError(
+                    f"decode cannot tell the product's shape: {type(self).__name__} pads axis "
+                    f"{ax} to a multiple of {m}, and the decoded array, of padded shape "
+                    f"{C.shape}, ends there in zeros as that padding leaves it; pass "
+                    "`encoding=` (what encode returned) or `shape=` (the product's true shape)")
 
     # ----------------------------------------------------------------- validation
     def _check_results(self, results: Mapping[int, Any]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -430,7 +571,7 @@ class LinearCode(abc.ABC):
         erased = [i for i in range(r) if not finite[i]]
         tau = self._noise_scale(rows, raw, encoding, rtol)
         good = [i for i in range(r) if finite[i]]
-        if not self._decodable(rows[good]):
+        if not self._recovers(rows[good]):
             raise CorruptResultError(
                 f"{len(erased)} results are non-finite (workers {[int(rows[i]) for i in erased]}); "
                 f"the remaining {len(good)} cannot determine the product",
@@ -452,7 +593,7 @@ class LinearCode(abc.ABC):
             res = np.zeros(len(cands))
             for M, y in zip(Ms, Y):
                 res = np.maximum(res, _residuals(M, y, W, keeps, d))
-            ok = [j for j in np.flatnonzero(res <= 1.0) if self._decodable(rows[keeps[j]])]
+            ok = [j for j in np.flatnonzero(res <= 1.0) if self._recovers(rows[keeps[j]])]
             ok = np.array(ok, dtype=int)
             if len(ok) == 0:
                 continue
@@ -515,7 +656,7 @@ class LinearCode(abc.ABC):
         inrange = np.array([all(((ev[i] >= 0) & (ev[i] < p)).all() for ev in E) for i in range(r)])
         erased = [i for i in range(r) if not inrange[i]]
         good = [i for i in range(r) if inrange[i]]
-        if not self._decodable(rows[good]):
+        if not self._recovers(rows[good]):
             raise CorruptResultError(
                 f"results of workers {[int(rows[i]) for i in erased]} are outside [0, {p}); the "
                 f"remaining {len(good)} cannot determine the product",

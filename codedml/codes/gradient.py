@@ -240,7 +240,7 @@ class GradientCode(LinearCode):
     def _unpack(self, result: np.ndarray) -> list[np.ndarray]:
         return [result]
 
-    def _decodable(self, rows: np.ndarray) -> bool:
+    def _recovers(self, rows: np.ndarray) -> bool:
         """Whether the all-ones vector lies in the span of the rows' coefficients: always for
         ``n - s`` rows; for fewer, e.g. one worker of every fractional-repetition group."""
         rows = np.asarray(rows)
@@ -256,14 +256,27 @@ class GradientCode(LinearCode):
             == _gfp.rank_mod(Bs, self.field)
 
     def _solve_exact(self, keep, E, Ms, rows):
+        """The sum ``a^T results`` (``a^T B_S = 1^T``), after an exact check of every entry.
+
+        The kept results are consistent when each is the combination of partial gradients its
+        coefficients say: ``H @ results = 0 (mod p)`` for every ``h`` in a basis ``H`` of the
+        left null space of their coefficients. All entries are checked (one small exact matmul,
+        ``(r - rank) x r`` by the results), so a single corrupt entry anywhere is found
+        whenever the kept results have a spare one to check it against; a projection of a few
+        entries (or a random one) could let it through.
+        """
         p = self.field
         Bk = Ms[0][keep] % p
         flat = E[0][keep].reshape(len(keep), -1)
-        Y = flat[:, :4] if flat.shape[1] else flat
-        if _gfp.rank_mod(np.hstack([Bk, Y]), p) != _gfp.rank_mod(Bk, p):
-            raise CorruptResultError(
-                f"results from workers {[int(r) for r in rows[keep]]} are inconsistent",
-                suspects=[])
+        H = _gfp.nullspace_mod(Bk.T, p)                 # rows h with h^T Bk = 0
+        if H.shape[0] and flat.shape[1]:
+            bad = _gfp.matmul_mod(H, flat, p).any(axis=0)
+            if bad.any():
+                raise CorruptResultError(
+                    f"results from workers {[int(r) for r in rows[keep]]} are inconsistent "
+                    f"({int(bad.sum())} of {flat.shape[1]} entries, first at flat index "
+                    f"{int(np.flatnonzero(bad)[0])}) beyond what was corrected",
+                    suspects=[])
         a = _solve_ones(Bk, p)
         total = _gfp.matmul_mod(a[None, :], flat, p)[0]
         return [total.reshape((1,) + E[0].shape[1:])]

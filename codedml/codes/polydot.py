@@ -319,6 +319,13 @@ class PolyDotCode(LinearCode):
         return [(a[w], b[w]) for w in range(self.workers)], nb
 
     # ------------------------------------------------------------------ decode hooks
+    def _output_multiples(self, ndim: int) -> tuple[int, ...]:
+        """Rows padded to p (p * 2 where row halves are packed: m = 1 on the circle), columns
+        to q (q * 2 where column halves are packed: also q > 1); see :meth:`_split`."""
+        pack = self._packed and self.m == 1
+        rows = self.p * (2 if pack else 1)
+        return (rows,) if ndim == 1 else (rows, self.q * (2 if pack and self.q > 1 else 1))
+
     def _families(self, rows: np.ndarray) -> list[np.ndarray]:
         if self._packed and self.m == 1:
             # Built from the very coefficients the encoder multiplied: a_w = sum_i Z_Ai cA[w,i],

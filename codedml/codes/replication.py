@@ -92,7 +92,10 @@ class ReplicationCode(LinearCode):
             pairs = [(a.astype(dtype, copy=False), b.astype(dtype, copy=False)) for a, b in pairs]
         return pairs, shape, A.shape[1], dtype
 
-    def _decodable(self, rows: np.ndarray) -> bool:
+    def _output_multiples(self, ndim: int) -> tuple[int, ...]:
+        return (self.k,) + (1,) * (ndim - 1)
+
+    def _recovers(self, rows: np.ndarray) -> bool:
         return len(set((np.asarray(rows) % self.k).tolist())) == self.k
 
     def _solve_real(self, M: np.ndarray, E: np.ndarray, rows: np.ndarray | None) -> np.ndarray:

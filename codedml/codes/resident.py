@@ -52,6 +52,9 @@ class _Left:
     def __hash__(self) -> int:
         return hash(("left", self.stored))
 
+    def _output_multiples(self, ndim: int) -> tuple[int, ...]:
+        return (1,) * ndim  # L @ W: rows of L and columns of W, neither split
+
 
 class LeftProductCode(_Left, MatDotCode):
     """The decoder of ``L @ W`` for ``W`` stored with ``MDSCode(n, k)``: MatDot ``(n, k)``.
@@ -191,7 +194,7 @@ def _record(code: LinearCode, ops: list[np.ndarray], shape: tuple[int, int], inn
             dtype: np.dtype, norms: Any, prec: tuple[Any, str]) -> Encoding:
     """The Encoding of a left product; ``prec`` is the stored operand's (input dtype, precision)."""
     n = code.workers
-    comp = code._compensates(np.dtype(prec[0]), dtype, prec[1])
+    comp = code.compensates(np.dtype(prec[0]), dtype, prec[1])
     tasks = [Task(w, ops[w], None, code.field, comp) for w in range(n)]
     scales = None
     if code.field is None:

@@ -67,8 +67,7 @@ class ResidentHandle:
         """Whether products against the stored blocks are compensated: what ``put``'s encode
         decided from the code, ``precision`` and the input dtype (see
         :meth:`~codedml.codes.LinearCode.compensates`)."""
-        f = getattr(self.code, 'compensates', None) or self.code._compensates  # MERGE-SHIM
-        return f(self.input_dtype, self.dtype, self.precision)
+        return self.code.compensates(self.input_dtype, self.dtype, self.precision)
 
 
 @dataclass

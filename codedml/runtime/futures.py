@@ -43,11 +43,6 @@ __all__ = ["Arrival", "WorkerStatus", "JobReport", "AckReport", "Job", "Call", "
            "check_deadline", "check_wait"]
 
 
-def _decodable(code: LinearCode, rows: Any) -> bool:  # MERGE-SHIM: code.decodable once merged
-    f = getattr(code, "decodable", None)
-    return f(rows) if f is not None else code._decodable(np.array(sorted(rows), dtype=int))
-
-
 def check_deadline(name: str, value: Any) -> float:
     """A deadline in seconds: a finite number > 0 (NaN, inf, zero and negatives refused)."""
     try:
@@ -318,7 +313,7 @@ class Job(_Request):
         have = len(self.arrived)
         pending = self._outstanding()
         rows = sorted(self.arrived)
-        decodable = have > 0 and _decodable(self.code, rows)
+        decodable = have > 0 and self.code.decodable(rows)
         early = (self.errors == 0 and not self._retrying and decodable and not self.wait_all)
         if have < self.needed and pending and not early:
             return
@@ -357,7 +352,7 @@ class Job(_Request):
         if self.settled:
             return
         try:
-            if self.wait_all and self.arrived and _decodable(self.code, sorted(self.arrived)):
+            if self.wait_all and self.arrived and self.code.decodable(self.arrived):
                 # Decode what arrived; the silent ones stay "missing" (late if they come).
                 self._timed_out = True
                 self.needed = len(self.arrived)

@@ -183,7 +183,7 @@ def gradient_coding(eng: "Engine", st: PolicyState) -> StepOutcome:
     need = min(eng.n, code.recovery_threshold + 2 * e)
     results: dict[int, np.ndarray] = {}
     while True:
-        early = (e == 0 and results and code._decodable(np.array(sorted(results))))
+        early = (e == 0 and results and code.decodable(results))
         if len(results) >= need or early:
             try:
                 total, info = code.decode(results, errors=e, return_info=True)
