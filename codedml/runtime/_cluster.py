@@ -18,6 +18,7 @@ Three layers, bottom up:
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import weakref
@@ -78,6 +79,8 @@ class ClusterBase:
     MAX_HISTORY = 1000
     #: Seconds a waiter allows past a deadline for the progress thread to settle the request.
     SETTLE_SLACK = 5.0
+    #: Whether a waiting caller pumps arrivals itself (see :meth:`_wait_step`).
+    _caller_progress = False
 
     def __init__(self, workers: int, timeout: float | None) -> None:
         from ._resident import ResidentService
@@ -101,6 +104,7 @@ class ClusterBase:
         self._thread: threading.Thread | None = None
         self._thread_error: BaseException | None = None
         self._wake = threading.Event()
+        self._drivers = 0  # callers waiting that pump arrivals themselves
         self.resident = ResidentService(self)
 
     # ------------------------------------------------------------------ transport hooks
@@ -417,20 +421,52 @@ class ClusterBase:
                     busy = bool(self._pending or self._acks)
                     nearest = min((r.deadline for t in (self._pending, self._acks)
                                    for r in t.values()), default=None)
+                    driven = self._drivers > 0
                 if got:
                     continue
-                if not busy:
-                    self._wake.wait(0.25)
+                if not busy or driven:
+                    # Nothing pending, or a waiting caller pumps (and expires deadlines) itself:
+                    # keep out of its way, but look again now and then.
+                    self._wake.wait(0.25 if not busy else 0.01)
                     self._wake.clear()
                     continue
                 wait = 0.02 if nearest is None else max(0.0, min(0.02, nearest - time.perf_counter()))
                 self._idle(wait)
         except BaseException as exc:  # pragma: no cover - a bug: fail every request, named
-            self._thread_error = exc
-            with self._lock:
-                for table in (self._pending, self._acks):
-                    for r in list(table.values()):
-                        r._settle(exc=FaultError(f"the cluster's progress thread failed: {exc!r}"))
+            self._fail_all(exc)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        """The request core itself failed (a bug or a broken transport): every pending
+        request settles with a named :class:`FaultError`, and so does every later one."""
+        self._thread_error = exc
+        with self._lock:
+            for table in (self._pending, self._acks):
+                for r in list(table.values()):
+                    r._settle(exc=FaultError(f"the cluster's progress thread failed: {exc!r}"))
+
+    def _wait_step(self, timeout: float) -> None:
+        """One step of a caller's wait, called holding the lock: with a transport that asks
+        for it (``_caller_progress``, MPI) the caller pumps arrivals itself, so a reply is
+        routed without a hand-over between threads; then it waits for a change, at most
+        ``timeout`` seconds (the transport's polling pause when the caller pumps)."""
+        if self._caller_progress:
+            try:
+                if self._pump():
+                    return
+            except BaseException as exc:
+                self._fail_all(exc)
+                raise FaultError(f"the cluster's progress failed: {exc!r}") from exc
+            pause = self._poll_pause()
+            if pause <= 0.0:  # a reply is due any moment: let others run, then poll again
+                self._changed.wait(0)
+                os.sched_yield()
+                return
+            timeout = min(timeout, pause)
+        self._changed.wait(timeout)
+
+    def _poll_pause(self) -> float:
+        """How long a caller pumping by itself waits between polls (seconds)."""
+        return 1e-3
 
     def _stop_progress(self) -> None:
         self._wake.set()

@@ -247,13 +247,32 @@ class _Request(Future):
         which its deadline bounds); raises what the request settled with, or
         :class:`TimeoutError` if ``timeout`` passes first (the request goes on)."""
         timeout = check_wait("timeout", timeout)
-        self.cluster._ensure_progress()
-        return super().result(self._bounded(timeout))
+        return super().result(self._await(timeout))
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         timeout = check_wait("timeout", timeout)
-        self.cluster._ensure_progress()
-        return super().exception(self._bounded(timeout))
+        return super().exception(self._await(timeout))
+
+    def _await(self, timeout: float | None) -> float:
+        """Wait (pumping arrivals where the transport wants callers to) until the request is
+        done or ``timeout`` passes; returns what is left of the bounded wait."""
+        cl = self.cluster
+        cl._ensure_progress()
+        bound = self._bounded(timeout)
+        if not cl._caller_progress or self.done():
+            return bound
+        end = time.perf_counter() + bound
+        with cl._changed:
+            cl._drivers += 1
+            try:
+                while not self.done():
+                    left = end - time.perf_counter()
+                    if left <= 0:
+                        break
+                    cl._wait_step(min(left, 0.05))
+            finally:
+                cl._drivers -= 1
+        return max(0.0, end - time.perf_counter())
 
     def _bounded(self, timeout: float | None) -> float:
         # The progress thread settles every request by its deadline; the slack only covers a
@@ -444,25 +463,29 @@ class Call(_Request):
         cl = self.cluster
         cl._ensure_progress()
         with cl._changed:
-            while len(self.results) < need:
-                if not self._outstanding() or (self.settled and self.cancelled()):
-                    if self.errors_seen:
-                        raise next(iter(self.errors_seen.values()))
-                    crashed = [w for w, s in self.failed.items() if s == "crashed"]
-                    if len(crashed) + len(self.results) >= len(self.sent_to) or not self.failed:
-                        raise NotEnoughResultsError(
-                            f"call {self.name!r} (job {self.id}): only {len(self.results)} of "
-                            f"{len(self.sent_to)} workers answered and {need} results are needed;"
-                            f" crashed ranks {self._ranks(crashed)}",
-                            received=len(self.results), needed=need)
-                    raise self._deadline_error(f"call {self.name!r} (job {self.id})",
-                                               len(self.results), need)
-                now = time.perf_counter()
-                if now >= end:
-                    raise self._deadline_error(f"call {self.name!r} (job {self.id})",
-                                               len(self.results), need)
-                cl._changed.wait(min(0.05, end - now))
-            return dict(self.results)
+            cl._drivers += 1
+            try:
+                while len(self.results) < need:
+                    if not self._outstanding() or (self.settled and self.cancelled()):
+                        if self.errors_seen:
+                            raise next(iter(self.errors_seen.values()))
+                        crashed = [w for w, s in self.failed.items() if s == "crashed"]
+                        if len(crashed) + len(self.results) >= len(self.sent_to) or not self.failed:
+                            raise NotEnoughResultsError(
+                                f"call {self.name!r} (job {self.id}): only {len(self.results)} of "
+                                f"{len(self.sent_to)} workers answered and {need} results are needed;"
+                                f" crashed ranks {self._ranks(crashed)}",
+                                received=len(self.results), needed=need)
+                        raise self._deadline_error(f"call {self.name!r} (job {self.id})",
+                                                   len(self.results), need)
+                    now = time.perf_counter()
+                    if now >= end:
+                        raise self._deadline_error(f"call {self.name!r} (job {self.id})",
+                                                   len(self.results), need)
+                    cl._wait_step(min(0.05, end - now))
+                return dict(self.results)
+            finally:
+                cl._drivers -= 1
 
 
 class Ack(_Request):

@@ -43,6 +43,7 @@ and ``MPIR_CVAR_NO_COLLECTIVE_FINALIZE=1``).
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections import deque
@@ -75,6 +76,16 @@ def _proc_failed(exc: Exception) -> bool:
     failed = {getattr(MPI, n) for n in ("ERR_PROC_FAILED", "ERR_PROC_FAILED_PENDING", "ERR_REVOKED")
               if hasattr(MPI, n)}
     return cls in failed
+
+
+#: Polling (both sides): for ``_SPIN`` seconds after a request was sent or a reply arrived
+#: the root, and after a request was served the worker, poll without sleeping (yielding the
+#: core between polls: replies and the next request of a busy root come within that time);
+#: then they sleep between polls, from ``_MIN_PAUSE`` growing to ``_MAX_PAUSE``, so idle
+#: ranks leave shared cores to the busy ones.
+_MIN_PAUSE = 2e-5
+_MAX_PAUSE = 1e-3
+_SPIN = 2e-3
 
 
 class MPICluster(ClusterBase):
@@ -142,6 +153,9 @@ class MPICluster(ClusterBase):
         self._notices: list[Arrival] = []
         self._bye: set[int] = set()
         self._pause = 1e-4
+        self._hot_until = 0.0
+        self._ctrl_memo: tuple[Any, Any, np.ndarray] | None = None
+        self._MPI = MPI
         #: Replies that failed validation (newest last): (worker, message).
         self.protocol_errors: deque[tuple[int, str]] = deque(maxlen=100)
 
@@ -181,7 +195,14 @@ class MPICluster(ClusterBase):
         if worker in self._dead:
             return
         arrays = [np.ascontiguousarray(a) for a in arrays]
-        ctrl = req.with_arrays(arrays).to_bytes()
+        meta = tuple((a.shape, a.dtype.str) for a in arrays)
+        memo = self._ctrl_memo
+        if memo is not None and memo[0] is req and memo[1] == meta:
+            ctrl = memo[2]  # the same request to the next worker: encoded once (sends only read it)
+        else:
+            ctrl = req.with_arrays(arrays).to_bytes()
+            self._ctrl_memo = (req, meta, ctrl)
+        self._hot_until = time.perf_counter() + _SPIN  # a reply is due: poll without sleeping
         dest = self._ranks[worker]
         try:
             self._outgoing.append((self.comm.Isend(ctrl, dest=dest, tag=TAG_CTRL), ctrl))
@@ -206,6 +227,17 @@ class MPICluster(ClusterBase):
             raise
 
     def _prune_outgoing(self) -> None:
+        if not self._outgoing:
+            return
+        try:  # one call for all (completed requests become null, the rest stay active)
+            done = self._MPI.Request.Testsome([r for r, _ in self._outgoing])
+        except self._MPI.Exception:
+            pass  # a failed process among them (MPI_ERR_IN_STATUS): test one by one below
+        else:
+            if done:
+                gone = set(done)
+                self._outgoing = [x for i, x in enumerate(self._outgoing) if i not in gone]
+            return
         keep = []
         for req, buf in self._outgoing:
             try:
@@ -219,7 +251,16 @@ class MPICluster(ClusterBase):
     def _poll(self) -> list[Arrival]:
         out, self._notices = self._notices, []
         self._prune_outgoing()
-        for w in list(self._hdr):
+        ws = list(self._hdr)
+        if ws:
+            try:  # one call tests every posted header receive
+                done = self._MPI.Request.Testsome([self._hdr[w][0] for w in ws])
+            except self._MPI.Exception:
+                # a failed process among them (MPI_ERR_IN_STATUS): test one by one below,
+                # which names the dead and raises any other error
+                done = range(len(ws))
+            ws = [ws[i] for i in (done or ())]
+        for w in ws:
             req, buf = self._hdr[w]
             try:
                 ready = req.Test()
@@ -234,12 +275,23 @@ class MPICluster(ClusterBase):
                     out.append(a)
         out.extend(self._notices)
         self._notices = []
-        self._pause = 1e-4 if out else min(self._pause * 2, 2e-3)
+        if out:
+            self._hot_until = time.perf_counter() + _SPIN
+        self._pause = 0.0 if time.perf_counter() < self._hot_until else \
+            min(max(self._pause * 1.5, _MIN_PAUSE), _MAX_PAUSE)
         return out
+
+    _caller_progress = True
+
+    def _poll_pause(self) -> float:
+        return self._pause
 
     def _idle(self, timeout: float) -> None:
         # poll with short sleeps: ranks share cores when oversubscribed
-        time.sleep(min(timeout, self._pause))
+        if self._pause <= 0.0:
+            os.sched_yield()
+        else:
+            time.sleep(min(timeout, self._pause))
 
     def _receive(self, w: int, hdr: np.ndarray) -> Arrival | None:
         try:
@@ -358,10 +410,23 @@ class MPICluster(ClusterBase):
             # Wait with short sleeps, not in a blocking receive: Open MPI spins in MPI_Recv, and
             # with ranks oversubscribed on few cores idle workers then starve the root (its
             # decodes ran 4x slower under mpiexec than alone).
+            # For _SPIN seconds after a request the worker only probes and yields (the next
+            # request of a busy root comes soon); cancels and finished sends are looked at
+            # every millisecond then, and at every poll once it sleeps.
             pause = 5e-5
+            now = time.perf_counter()
+            spin_until, chores = now + _SPIN, now
             while not comm.Iprobe(source=root, tag=TAG_CTRL, status=status):
-                read_cancels()
-                pending = [(r, b) for r, b in pending if not r.Test()]
+                now = time.perf_counter()
+                spinning = now < spin_until
+                if not spinning or now >= chores:
+                    read_cancels()
+                    if pending:
+                        pending = [(r, b) for r, b in pending if not r.Test()]
+                    chores = now + 1e-3
+                if spinning:
+                    os.sched_yield()
+                    continue
                 time.sleep(pause)
                 pause = min(pause * 2, 1e-3)
             raw = np.empty(status.Get_count(MPI.BYTE), dtype=np.uint8)

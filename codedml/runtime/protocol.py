@@ -220,6 +220,10 @@ def _check_shape(shape: tuple[int, ...], code: int) -> None:
                             f"{MAX_BYTES} bytes")
 
 
+#: The op codes a reply may carry (0: a request that could not be read).
+_REPLY_OPS = frozenset({0} | {o.value for o in Op})
+
+
 @dataclass(frozen=True)
 class ReplyHeader:
     """The fixed-size header of a reply: which request, what kind, and what follows."""
@@ -258,7 +262,8 @@ class ReplyHeader:
         h = np.asarray(h)
         if h.shape != (HEADER_LEN,) or h.dtype != np.int64:
             raise ProtocolError(f"a reply header is {HEADER_LEN} int64, got {h.shape} {h.dtype}")
-        magic, job, kind, op, code, ndim = (int(x) for x in h[:6])
+        v = h.tolist()
+        magic, job, kind, op, code, ndim = v[:6]
         if magic != _MAGIC:
             raise ProtocolError(f"reply header magic must be {_MAGIC:#x}, got {magic:#x}")
         try:
@@ -267,16 +272,16 @@ class ReplyHeader:
             raise ProtocolError(f"reply kind must be one of {[k.value for k in Kind]}, got {kind}") from exc
         if job < -1:
             raise ProtocolError(f"reply job id must be >= -1, got {job}")
-        if kind_ is not Kind.BYE and op not in {0} | {o.value for o in Op}:
+        if kind_ is not Kind.BYE and op not in _REPLY_OPS:
             raise ProtocolError(f"reply op must be 0 (a request that could not be read) or one "
                                 f"of {[o.value for o in Op]}, got {op}")
         if not 0 <= ndim <= MAX_NDIM:
             raise ProtocolError(f"reply ndim must be between 0 and {MAX_NDIM}, got {ndim}")
-        shape = tuple(int(s) for s in h[6:6 + ndim])
+        shape = tuple(v[6:6 + ndim])
         _check_shape(shape, code)
-        if any(int(s) != 0 for s in h[6 + ndim:6 + MAX_NDIM]):
+        if any(v[6 + ndim:6 + MAX_NDIM]):
             raise ProtocolError("reply header dimensions past ndim must be 0")
-        nbytes = int(h[7 + MAX_NDIM])
+        nbytes = v[7 + MAX_NDIM]
         want = math.prod(shape) * DTYPES[code].itemsize
         if kind_ in (Kind.RESULT, Kind.ERROR) and nbytes != want:
             raise ProtocolError(f"reply announces {nbytes} bytes for shape {shape} of "
@@ -285,7 +290,7 @@ class ReplyHeader:
             raise ProtocolError(f"an {kind_.name} reply carries no bytes, header says {nbytes}")
         if kind_ is Kind.ERROR and DTYPES[code] != np.uint8:
             raise ProtocolError(f"an error reply carries uint8 JSON, header says {DTYPES[code]}")
-        return cls(job, kind_, op, code, shape, int(h[6 + MAX_NDIM]), nbytes)
+        return cls(job, kind_, op, code, shape, v[6 + MAX_NDIM], nbytes)
 
     @property
     def carries_payload(self) -> bool:

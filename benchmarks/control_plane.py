@@ -1,0 +1,192 @@
+"""Control-plane overhead: codedml's requests with empty work against bare mpi4py, one run.
+
+One ``mpiexec`` job; rank 0 is the root, the others workers (6 workers intended)::
+
+    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 \\
+    mpiexec --oversubscribe -n 7 python benchmarks/control_plane.py [--repeats 300] [--quick]
+
+Measured side by side, each the median over ``--repeats`` rounds, on the same ranks:
+
+* ``bare``: the root ``Isend``s a small float64 array to every worker and ``Irecv``s one back
+  from each (``Waitall``); workers echo. The floor any master/worker runtime pays.
+* ``call``: ``cluster.call`` of a registered handler that echoes its input (the typed
+  request, the reply header, the future and the progress thread; no decode).
+* ``job``: ``cluster.submit`` of a tiny product (4x4 @ 4x4, ``MDSCode(n, n - 2)``): the same
+  plus encode and decode.
+* ``train step``: ``codedml.train.fit`` under the ``sync`` policy with a gradient handler that
+  returns zeros at once (the digits logistic regression's 650 parameters): request, gather,
+  the root's SGD step and bookkeeping per step, with no gradient computed.
+
+Ratios are to ``bare`` with the same payload. Targets (issue 11): a request at most 3x the
+bare round trip, a training step at most 2 ms at 6 workers. With more ranks than cores the
+absolute times include scheduling; the ratios compare like with like. Writes
+``benchmarks/results/control_plane.json`` and ``.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from _machine import machine_info  # noqa: E402
+
+TAG = 77
+
+
+def bare_rounds(comm, repeats: int, size: int) -> list[float]:
+    """Root side of the bare round trip; workers run :func:`bare_serve`."""
+    from mpi4py import MPI
+
+    n = comm.Get_size() - 1
+    out = np.zeros(size)
+    back = [np.empty(size) for _ in range(n)]
+    times = []
+    for r in range(repeats + 1):
+        out[0] = r
+        t = time.perf_counter()
+        reqs = [comm.Isend(out, dest=w, tag=TAG) for w in range(1, n + 1)]
+        reqs += [comm.Irecv(back[w - 1], source=w, tag=TAG) for w in range(1, n + 1)]
+        MPI.Request.Waitall(reqs)
+        if r:  # the first round warms the connections
+            times.append(time.perf_counter() - t)
+    out[0] = -1.0
+    MPI.Request.Waitall([comm.Isend(out, dest=w, tag=TAG) for w in range(1, n + 1)])
+    return times
+
+
+def bare_serve(comm, size: int) -> None:
+    buf = np.empty(size)
+    while True:
+        comm.Recv(buf, source=0, tag=TAG)
+        if buf[0] < 0:
+            return
+        comm.Send(buf, dest=0, tag=TAG)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=200, help="training steps (default 200)")
+    ap.add_argument("--quick", action="store_true", help="50 repeats, 50 steps")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "control_plane.json")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.repeats, args.steps = 50, 50
+    from mpi4py import MPI
+
+    from codedml import MPICluster
+    from codedml.codes import MDSCode
+    from codedml.train import TrainConfig, digits_task, fit
+    from codedml.train.task import HANDLER
+
+    world = MPI.COMM_WORLD
+    n = world.Get_size() - 1
+    if n < 2:
+        print("run under mpiexec with at least 3 ranks", file=sys.stderr)
+        return 2
+    task = digits_task("logreg")
+    nparams = sum(p.numel() for p in task.model().parameters())  # task.model: a constructor
+    sizes = {"tiny (8 doubles)": 8, f"gradient ({nparams + 1} doubles)": nparams + 1}
+
+    bare: dict[str, list[float]] = {}
+    comm = world.Dup()
+    for label, size in sizes.items():
+        if world.Get_rank() == 0:
+            bare[label] = bare_rounds(comm, args.repeats, size)
+        else:
+            bare_serve(comm, size)
+    comm.Free()
+
+    def echo(ctx, x, **_):
+        return x
+
+    def zero_grad(ctx, flat, **_):
+        return np.zeros(nparams + 1)
+
+    rows: list[dict] = []
+    with MPICluster(world, handlers={"echo": echo, HANDLER: zero_grad}, timeout=60) as cluster:
+        if cluster is None:
+            return 0
+        info = machine_info()
+
+        def timed(label: str, what: str, size: int | None, fn) -> None:
+            fn()  # warm
+            ts = []
+            for _ in range(args.repeats):
+                t = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t)
+            rows.append({"request": what, "payload": label, "median_s": float(np.median(ts)),
+                         "p90_s": float(np.percentile(ts, 90)), "repeats": len(ts)})
+
+        for label, size in sizes.items():
+            x = np.zeros(size)
+            timed(label, "call (echo handler)", size, lambda: cluster.call("echo", x).result())
+        code = MDSCode(n, max(1, n - 2))
+        A = np.ones((4, 4))
+        timed("tiny (8 doubles)", f"job ({code!r}, 4x4 @ 4x4)", None,
+              lambda: cluster.submit(A, A, code=code).result())
+
+        cfg = TrainConfig(policy="sync", steps=args.steps, eval_every=args.steps, batch=16)
+        t = time.perf_counter()
+        res = fit(cluster, task, cfg)
+        wall = time.perf_counter() - t
+        step = res.wall / max(1, res.steps)
+        rows.append({"request": "train step (sync, zero-work gradients)",
+                     "payload": f"gradient ({nparams + 1} doubles)", "median_s": step,
+                     "p90_s": None, "repeats": res.steps, "fit_wall_s": wall})
+
+    bare_med = {k: float(np.median(v)) for k, v in bare.items()}
+    for r in rows:
+        r["bare_median_s"] = bare_med[r["payload"]]
+        r["ratio_to_bare"] = r["median_s"] / r["bare_median_s"]
+    print(f"\ncontrol plane, {n} workers (MPI ranks), medians of {args.repeats} rounds\n")
+    print(f"{'request':<58} {'payload':<24} {'median ms':>9} {'bare ms':>8} {'ratio':>6}")
+    for k, v in bare_med.items():
+        print(f"{'bare mpi4py Isend/Irecv round trip':<58} {k:<24} {1e3 * v:>9.3f} {1e3 * v:>8.3f} "
+              f"{1.0:>6.2f}")
+    for r in rows:
+        print(f"{r['request'][:58]:<58} {r['payload']:<24} {1e3 * r['median_s']:>9.3f} "
+              f"{1e3 * r['bare_median_s']:>8.3f} {r['ratio_to_bare']:>6.2f}")
+    doc = {"benchmark": "control_plane", "workers": n, "repeats": args.repeats,
+           "bare_median_s": bare_med, "rows": rows,
+           "targets": {"request_ratio_to_bare": 3.0, "train_step_s_at_6_workers": 0.002},
+           "machine": info, "argv": sys.argv[1:]}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=1))
+    plot(doc, args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    return 0
+
+
+def plot(doc: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"bare\n{k}" for k in doc["bare_median_s"]] + \
+        [f"{r['request'][:28]}\n{r['payload']}" for r in doc["rows"]]
+    vals = [1e3 * v for v in doc["bare_median_s"].values()] + [1e3 * r["median_s"] for r in doc["rows"]]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    ax.barh(labels, vals, color="tab:blue")
+    ax.set_xlabel("median ms per request / step")
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set_title(f"control plane, {doc['workers']} workers "
+                 f"(commit {str(doc['machine'].get('commit'))[:8]})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
