@@ -577,6 +577,16 @@ def train_policies(doc: dict[str, Any]) -> str:
         stale = [cell[(m, p)]["staleness_mean"] for m in models if (m, p) in cell]
         out.append(f"| {label.get(p, p)} | " + " | ".join(cells)
                    + f" | {statistics.median(stale):.2f} |")
+    runs = {(r["model"], r["policy"]): r["runs"] for r in doc.get("runs", [])}
+    diffs = []
+    for m in models:
+        for s_run, d_run in zip(runs.get((m, "sync"), []), runs.get((m, "ddp_gloo"), [])):
+            diffs += [abs(a[1] - b[1]) for a, b in zip(s_run["curve"], d_run["curve"])]
+    if diffs:
+        out += ["", f"Same iterates: over the steps both made, repeat by repeat, `sync`'s and DDP's "
+                    f"training losses differ by at most {_e(max(diffs))} ({len(diffs)} steps compared); "
+                    f"their losses at the budget differ because they fit different numbers of steps "
+                    f"into it."]
     return "\n".join(out)
 
 
