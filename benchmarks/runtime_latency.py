@@ -39,8 +39,9 @@ section 5): the injected delay ``D`` (default 1.0 s) is chosen to dominate a wor
 measured in the same run (ratio of medians over repeats).
 
 Outputs: a table on stdout, ``benchmarks/results/runtime_latency.json`` (with machine info)
-and ``benchmarks/results/runtime_latency.png``; ``SUMMARY_runtime.md`` with the headline table.
-"""
+and ``benchmarks/results/runtime_latency.png``. ``benchmarks/results/SUMMARY_runtime.md`` and
+README's table are rendered from the JSON by ``benchmarks/render_readme.py`` (``--summary PATH``
+also writes this script's own markdown summary, e.g. for a run with ``--out`` elsewhere)."""
 
 from __future__ import annotations
 
