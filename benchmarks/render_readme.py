@@ -546,8 +546,9 @@ def train_policies(doc: dict[str, Any]) -> str:
     if doc.get("machine_ddp"):
         src += f"; DDP baseline in its own job, {_commit({'machine': doc['machine_ddp']})}"
     elif "ddp_gloo" in pols:
-        src += ("; DDP baseline run by an older script: inside the policies' mpiexec job, with the "
-                "first repeat's fault seed in every repeat")
+        src += ("; written by an older script, which recorded the load after the runs and ran the "
+                "DDP baseline inside the policies' mpiexec job with the first repeat's fault seed "
+                "in every repeat")
     else:
         src += "; *DDP baseline not run yet* (`python benchmarks/train_policies.py --ddp-baseline`)"
     seeds = sorted({run.get("fault_seed") for r in doc.get("runs", []) for run in r["runs"]},

@@ -183,6 +183,10 @@ def main():
     faults = ShiftedExponential(a.shift, a.scale)
     models = a.models.split(",")
     runs = {}
+    if comm.Get_rank() == 0:
+        from _machine import machine_info
+
+        info = machine_info()  # before the runs: the load average then is other processes'
     for model in models:
         task = _task(model)
         for rep in range(a.repeats):
@@ -200,9 +204,7 @@ def main():
                           flush=True)
     if comm.Get_rank() != 0:
         return
-    from _machine import machine_info
-
-    write(a, n, models, runs, {"machine": machine_info()})
+    write(a, n, models, runs, {"machine": info})
     print("now run the DDP baseline in its own job: python benchmarks/train_policies.py "
           f"--ddp-baseline --out {a.out}")
 
