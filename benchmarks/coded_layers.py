@@ -143,6 +143,7 @@ def main() -> int:
 
     # ---------------------------------------------------------------- report
     out["machine"] = machine_info()
+    out["args"] = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))}
     print("\nTraining the digits MLP (test accuracy after the last epoch)")
     print(f"{'model':10s} {'faults':7s} {'accuracy':>9s} {'wall s':>8s} {'corrected':>9s} "
           f"{'skipped':>8s} {'retried':>8s} {'repaired':>8s}  note")

@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "benchmark": "gfp_matmul",
-        "machine_at_start": info_start,
+        "machine": info_start,  # at the start; the renderer reads "machine"
         "size": n,
         "reduced_size_for_galois_large": small,
         "repeats": args.repeats,

@@ -1,27 +1,36 @@
-"""Render the README's measured blocks from the benchmarks' JSON, never by hand.
+"""Render the README's and the summaries' measured tables from the benchmarks' JSON, never by hand.
 
-A block sits between ``<!-- render:NAME -->`` and ``<!-- /render:NAME -->`` in README.md; its
-text is made here from ``benchmarks/results/*.json`` and names the commit each figure measured::
+A block sits between ``<!-- render:NAME -->`` and ``<!-- /render:NAME -->`` in README.md,
+``benchmarks/results/SUMMARY_codes.md`` or ``benchmarks/results/SUMMARY_runtime.md``; its text is
+made here from ``benchmarks/results/*.json`` and names the script that measured it and the commit
+it measured (``commit not recorded`` for JSON written before the scripts recorded one). A JSON
+file that is missing renders as an explicit *not measured yet* line, and one written by an older
+version of its script, without a field a table needs, as a line saying so: never a crash::
 
-    python benchmarks/render_readme.py           # rewrite the blocks in README.md
-    python benchmarks/render_readme.py --check   # exit 1 when README.md is out of date
+    python benchmarks/render_readme.py           # rewrite the blocks
+    python benchmarks/render_readme.py --check   # exit 1 when a document is out of date
 
 ``tests/test_readme.py`` runs the check, so a re-run benchmark whose JSON was committed without
-re-rendering the README fails CI.
+re-rendering fails CI. ``--results DIR`` and ``--root DIR`` point at other copies (the test
+renders from a modified copy to show that a changed figure is caught).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
+import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 RESULTS = HERE / "results"
-README = HERE.parent / "README.md"
+README = ROOT / "README.md"
 
 
 def _load(name: str) -> dict[str, Any] | None:
@@ -29,112 +38,636 @@ def _load(name: str) -> dict[str, Any] | None:
     return json.loads(p.read_text()) if p.exists() else None
 
 
+def _machine(doc: dict[str, Any]) -> dict[str, Any]:
+    return (doc.get("machine") or doc.get("meta", {}).get("machine")
+            or doc.get("machine_at_start") or {})
+
+
 def _commit(doc: dict[str, Any]) -> str:
-    m = doc.get("machine") or doc.get("meta", {}).get("machine") or {}
-    c = m.get("commit")
+    c = _machine(doc).get("commit")
     if not c:
         return "commit not recorded"
-    return f"commit {c[:8]}{' + uncommitted changes' if m.get('dirty') else ''}"
+    return f"commit {c[:8]}{' + uncommitted changes' if _machine(doc).get('dirty') else ''}"
 
 
-def _missing(name: str) -> str:
-    return f"*`benchmarks/{name}.py` has not written `benchmarks/results/{name}.json` yet.*"
+def _source(script: str, doc: dict[str, Any], json_name: str | None = None) -> str:
+    """``(`benchmarks/X.py`, commit abcdef12, run 2026-11-22)``: who measured a table, on what."""
+    m = _machine(doc)
+    date = m.get("date") or m.get("date_utc")
+    out = f"`benchmarks/{script}.py`"
+    if json_name and json_name != script:
+        out += f" -> `{json_name}.json`"
+    out += f", {_commit(doc)}"
+    if date:
+        out += f", run {str(date)[:10]}"
+    load = m.get("loadavg_1_5_15min") or m.get("loadavg")
+    if load:
+        out += f", 1-min load {load[0]:.1f}"
+    return out
+
+
+def _missing(name: str, script: str | None = None) -> str:
+    script = script or name
+    return (f"*Not measured yet: `benchmarks/{script}.py` has not written "
+            f"`benchmarks/results/{name}.json`.*")
+
+
+def _stale(name: str, script: str, exc: Exception) -> str:
+    return (f"*`benchmarks/results/{name}.json` was written by an older `benchmarks/{script}.py` "
+            f"and lacks what this table needs ({type(exc).__name__}: {exc}); rerun the script.*")
+
+
+def _from(name: str, script: str | None = None) -> Callable[[Callable[[dict[str, Any]], str]], Callable[[], str]]:
+    """Decorate ``make(doc) -> text`` into a block that loads ``name.json`` and never crashes on a
+    missing or older JSON."""
+    script = script or name
+
+    def wrap(make: Callable[[dict[str, Any]], str]) -> Callable[[], str]:
+        def block() -> str:
+            doc = _load(name)
+            if doc is None:
+                return _missing(name, script) + "\n"
+            try:
+                return make(doc).rstrip() + "\n"
+            except (KeyError, IndexError, TypeError, ValueError, ZeroDivisionError) as exc:
+                return _stale(name, script, exc) + "\n"
+        block.sources = (name,)  # type: ignore[attr-defined]
+        block.__name__ = make.__name__
+        return block
+    return wrap
+
+
+def _e(x: float | None, digits: int = 1) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.{digits}e}"
+
+
+def _bold_if(text: str, cond: bool) -> str:
+    return f"**{text}**" if cond else text
+
+
+# ------------------------------------------------------------------ Reliability (README)
+@_from("soak")
+def _soak(soak: dict[str, Any]) -> str:
+    s, c = soak["summary"], soak["summary"]["counts"]
+    failed = c.get("failed", 0) + c.get("deadline", 0)
+    out = [
+        f"**Soak** (`benchmarks/soak.py`, {_commit(soak)}): {s['jobs']:,} jobs of "
+        f"{soak['settings']['size']}x{soak['settings']['size']} under `mpiexec --with-ft ulfm`, "
+        f"{soak['workers']} workers, `{soak['code']}` with `errors=1`, "
+        f"{soak['settings']['window']} jobs in flight; faults `{soak['faults']}`.",
+        "",
+        "| jobs/s | root RSS start -> end (MB) | slope after warm-up (MB / 1000 jobs) "
+        "| growth after warm-up (MB) | wrong products | hangs | named failures |",
+        "|---|---|---|---|---|---|---|",
+        f"| {s['jobs_per_s']:.0f} | {s['rss_start_mb']:.1f} -> {s['rss_end_mb']:.1f} "
+        f"| {s['rss_slope_mb_per_1000_jobs']:.4f} | {s['rss_fit_growth_after_warmup_mb']:.2f} "
+        f"| {c.get('wrong', 0)} | {c.get('hung', 0) + c.get('past_deadline', 0)} | {failed} |",
+        "",
+        f"Faults survived: {c.get('corrupt_located', 0):,} corrupt results located and "
+        f"excluded, {c.get('not_waited_for', 0):,} late or missing results (stragglers and "
+        f"the silent rank) not waited for, {c.get('crashed_results', 0):,} results lost to "
+        f"SIGKILLed rank(s) {s['dead_ranks']}; worst relative error "
+        f"{s['worst_rel_error']:.1e}. Target: growth under 5 MB after warm-up, 0 wrong, "
+        f"0 hangs: **{'met' if s['ok'] else 'NOT met'}**.",
+    ]
+    for f in s.get("failures", [])[:5]:
+        out.append(f"- named failure, job {f['job']}: `{f['error']}: {f['message'][:240]}`")
+    return "\n".join(out)
+
+
+@_from("stateful")
+def _stateful(st: dict[str, Any]) -> str:
+    errs = ", ".join(f"{k} {v}" for k, v in sorted(st["named_errors"].items(),
+                                                  key=lambda kv: -kv[1])) or "none"
+    return (
+        f"**State machine** (`benchmarks/stateful.py`, {_commit(st)}): {st['steps']:,} steps "
+        f"in {st['runs']} hypothesis runs of `tests/runtime_machine.py` on `LocalCluster` "
+        f"(numpy and torch backends; fault configurations "
+        f"{', '.join(f'`{k}`' for k in st['configs'])}); {st['products_ok']:,} products "
+        f"checked correct (rtol {st['rtol']:g}), {st['acks_ok']:,} acknowledgements; "
+        f"invariant violations: **{'none' if st['ok'] else st['failure']}**. Named errors "
+        f"the beyond-tolerance runs ended in: {errs}.")
+
+
+@_from("bad_inputs")
+def _bad_inputs(bad: dict[str, Any]) -> str:
+    t = bad["totals"]
+    return "\n".join([
+        f"**Bad inputs** (`benchmarks/bad_inputs.py`, {_commit(bad)}): {t['tried']} "
+        f"malformed inputs over every flag of `run` and `train` and every public "
+        f"constructor.",
+        "",
+        "| tried | clear error (names argument, range, value) | accepted, as documented "
+        "| traceback | hang |",
+        "|---|---|---|---|---|",
+        f"| {t['tried']} | {t['clear_error']} | {t['accepted']} | {t['traceback']} "
+        f"| {t['hang']} |",
+    ])
 
 
 def reliability() -> str:
-    out: list[str] = []
-    soak = _load("soak")
-    if soak is None:
-        out.append(_missing("soak"))
+    return "\n".join([_soak(), _stateful(), _bad_inputs()])
+
+
+reliability.sources = ("soak", "stateful", "bad_inputs")  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------ numerics.json
+ACCURACY_N_MAX = {2: 31, 5: 30}  # the issue's range: n <= 31 with 2 spares, n <= 30 with 5
+
+
+def _code_label(r: dict[str, Any]) -> str:
+    return f"{r['family']} ({r['row_blocks']}, {r['inner_blocks']}, {r['col_blocks']})"
+
+
+@_from("numerics")
+def accuracy(doc: dict[str, Any]) -> str:
+    rows = doc["rows"]
+    by = {(r["family"], r["r"], r["n"], r["construction"]): r for r in rows}
+    fams = doc["parameters"]["families"]
+    out = [
+        f"Source: {_source('numerics', doc)}. Worst subset of exactly k = n - r results "
+        f"(exhaustive over all C(n, k) subsets; `*` marks a sampled lower bound); "
+        f"A and B {doc['parameters']['size']}x{doc['parameters']['size']} standard normal; error "
+        f"`||C_hat - C||_F / ||C||_F` against the float64 product. For each family and r, the "
+        f"largest n measured up to {ACCURACY_N_MAX.get(2)} (r = 2) or {ACCURACY_N_MAX.get(5)} "
+        f"(r = 5). Uncoded float32 product: {_e(doc['uncoded_float32_error'])}.",
+        "",
+        "| code (p, m, q) | n | k | worst cond: circle / equispaced / Chebyshev "
+        "| float64 error: circle / equispaced / Chebyshev "
+        "| float32 inputs, circle: auto (operands) / forced float32 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r_ in doc["parameters"]["redundancy"]:
+        for fam in fams:
+            ns = [n for (f, rr, n, c) in by if f == fam and rr == r_ and c == "circle"
+                  and n <= ACCURACY_N_MAX.get(r_, 10**9)]
+            if not ns:
+                continue
+            n = max(ns)
+            cells = [by.get((fam, r_, n, c)) for c in ("circle", "equispaced", "chebyshev")]
+            circ = cells[0]
+
+            def cond(x: dict[str, Any] | None) -> str:
+                return "-" if x is None else _e(x["cond"]) + ("" if x["exact"] else "*")
+
+            def f64(x: dict[str, Any] | None) -> str:
+                return "-" if x is None else _e(x["f64"]["error"])
+
+            dt = circ["f32_auto"]["operand_dtype"]
+            out.append(
+                f"| {_code_label(circ)} | {n} | {circ['k']} "
+                f"| **{cond(circ)}** / {cond(cells[1])} / {cond(cells[2])} "
+                f"| **{f64(circ)}** / {f64(cells[1])} / {f64(cells[2])} "
+                f"| {_e(circ['f32_auto']['error'])} ({dt}) / {_e(circ['f32_forced']['error'])} |")
+    return "\n".join(out)
+
+
+@_from("numerics")
+def inner(doc: dict[str, Any]) -> str:
+    sweep = doc["inner_sweep"]
+    dims = sorted({r["inner"] for r in sweep})
+    fams = list(dict.fromkeys(r["family"] for r in sweep))
+    cell = {(r["family"], r["inner"]): r for r in sweep}
+    first = sweep[0]
+    out = [
+        f"Source: {_source('numerics', doc)}; worst subset of `{first['code']}` and its "
+        f"families' counterparts (cond {_e(first['cond'])}); A is 192 x inner, B inner x 144; "
+        f"bold: above the 1e-12 target.",
+        "",
+        "| family, worker products | " + " | ".join(str(d) for d in dims) + " |",
+        "|---|" + "---|" * len(dims),
+    ]
+    for fam in fams:
+        for key, label in (("float64", "plain float64"), ("auto", "auto (compensated)")):
+            vals = []
+            for d in dims:
+                r = cell.get((fam, d))
+                if r is None:
+                    vals.append("-")
+                    continue
+                e = r[key]["error"]
+                vals.append(_bold_if(_e(e, 2 if e > 1e-12 else 1), e > 1e-12))
+            out.append(f"| {fam}, {label} | " + " | ".join(vals) + " |")
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------ cost.json
+def _cost(doc: dict[str, Any], size: int) -> str:
+    rows = [r for r in doc["rows"] if r["size"] == size]
+    if not rows:
+        return (f"*`benchmarks/results/cost.json` has no rows at size {size} (sizes "
+                f"{doc['parameters']['sizes']}); rerun `benchmarks/cost.py`.*")
+    reps = doc["parameters"]["repeats"]
+    load = doc.get("load_average_1_5_15min", {}).get(str(size))
+    out = [
+        f"Source: {_source('cost', doc)}; size {size}, median of {reps.get(str(size), '?')} "
+        f"repeats, ratios to the uncoded `A @ B` (`A @ x` for mat-vec) timed in the same run; BLAS "
+        f"threads {doc['parameters']['threads']}"
+        + (f"; 1-min load {load['before'][0]:.1f} before, {load['after'][0]:.1f} after" if load else "")
+        + ". *slowest worker* (its flops as a share of the uncoded product's); *decode, k results*: "
+        "from the first k that arrived.",
+        "",
+        "| code | n | k | encode | slowest worker (flops) | decode, k results | decode, all n "
+        "| ideal end-to-end | decode share | worst rel. error (k / n) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['case']} | {r['workers']} | {r['recovery_threshold']} | {r['encode_ratio']:.2f} "
+            f"| {r['worker_ratio']:.2f} ({r['flops_per_worker_ratio']:.3f}) | {r['decode_k_ratio']:.2f} "
+            f"| {r['decode_n_ratio']:.2f} | {r['e2e_ideal_ratio']:.2f} "
+            f"| {100 * r['decode_share_of_e2e']:.0f}% "
+            f"| {_e(r['rel_error']['decode_k'])} / {_e(r['rel_error']['decode_n'])} |")
+    return "\n".join(out)
+
+
+@_from("cost")
+def cost(doc: dict[str, Any]) -> str:
+    return _cost(doc, 1024)
+
+
+@_from("cost")
+def cost_2048(doc: dict[str, Any]) -> str:
+    return _cost(doc, 2048)
+
+
+# ------------------------------------------------------------------ gfp_matmul.json
+@_from("gfp_matmul")
+def gfp_matmul(doc: dict[str, Any]) -> str:
+    out = [
+        f"Source: {_source('gfp_matmul', doc)}; {doc['size']}x{doc['size']} unless stated, "
+        f"median of {doc['repeats']} repeats, ratio to float64 BLAS at the same size in the same "
+        f"run (BLAS threads {[b.get('num_threads') for b in _machine(doc).get('blas', []) if isinstance(b, dict)]}).",
+        "",
+        "| implementation | p | size | time relative to float64 BLAS | matches galois |",
+        "|---|---|---|---|---|",
+    ]
+    checks = doc.get("galois_matches_matmul_mod", {})
+    for r in doc["rows"]:
+        if r["impl"] == "numpy":
+            continue
+        p = r["p"]
+        ok = checks.get(str(p)) if r["impl"] == "codedml" else None
+        out.append(f"| {r['case']} | {p} | {r['size']} | {r['ratio_to_blas']:.{0 if r['ratio_to_blas'] > 100 else 2}f}x "
+                   f"| {'-' if ok is None else ('yes' if ok else '**no**')} |")
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------ cuda_backend.json
+@_from("cuda_backend")
+def cuda_backend(doc: dict[str, Any]) -> str:
+    m = _machine(doc)
+    out = [
+        f"Source: {_source('cuda_backend', doc)} on {m.get('gpu', 'an unnamed GPU')} "
+        f"(torch {m.get('torch', '?')}); the worker's share is 1/{doc['args']['k']} of A's rows.",
+        "",
+        "| size | dtype | backend TFLOP/s | `torch.matmul` TFLOP/s | time / torch.matmul | rel. error |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in doc["rows"]:
+        out.append(f"| {r['size']} | {r['dtype']} | {r['backend_tflops']:.2f} | {r['torch_tflops']:.2f} "
+                   f"| {r['ratio']:.2f} | {_e(r['rel_error'])} |")
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------ runtime_latency.json
+@_from("runtime_latency")
+def runtime_latency(doc: dict[str, Any]) -> str:
+    meta, summ, jobs = doc["meta"], doc["summary"], doc["jobs"]
+    out = [
+        f"Source: {_source('runtime_latency', doc)}; one `mpiexec -n {meta['workers'] + 1}` job, "
+        f"{meta['workers']} workers, {meta['size']}x{meta['size']}, each straggler delayed "
+        f"{meta['delay_s']} s, median of {meta['repeats']} repeats; latency relative to uncoded "
+        f"without stragglers (`tolerated`: the number in brackets).",
+        "",
+        "| code (threshold) | 0 stragglers | 1 straggler | as many as tolerated |",
+        "|---|---|---|---|",
+    ]
+    for name, s in summ.items():
+        lv = s["levels"]
+        tol = lv["tolerable"]
+        tcell = "-" if s["tolerates"] == 0 else f"{tol['ratio_vs_uncoded0']:.2f} ({tol['stragglers']})"
+        out.append(f"| {name} ({s['recovery_threshold']}) | {lv['0']['ratio_vs_uncoded0']:.2f} "
+                   f"| {lv['1']['ratio_vs_uncoded0']:.2f} | {tcell} |")
+    coded = [lv for name, s in summ.items() if s["tolerates"] > 0 for lv in s["levels"].values()]
+    fails = sum(not j["ok"] for j in jobs)
+    late = sum(lv["straggler_status"].get("late", 0) for s in summ.values() for lv in s["levels"].values())
+    waited = [lv["ratio_vs_uncoded_same_stragglers"] for s in summ.values() if s["tolerates"] > 0
+              for k, lv in s["levels"].items() if k == "1"]
+    shares = [lv["median_decode_share"] for lv in coded]
+    out += [
+        "",
+        f"- Jobs that failed or decoded wrong (relative error >= {meta['tolerance']:g}): {fails} of "
+        f"{len(jobs)}; max relative error {_e(max(j['rel_error'] for j in jobs))}.",
+        f"- With 1 straggler the coded jobs took {min(waited):.2f}-{max(waited):.2f}x the uncoded "
+        f"job with the same straggler, which waits out the delay.",
+        f"- Stragglers that still sent a result after the decode (a cancel that came too late): {late}.",
+        f"- Decode share of a coded job's wall time (median per configuration): "
+        f"{100 * min(shares):.0f}-{100 * max(shares):.0f}%.",
+    ]
+    return "\n".join(out)
+
+
+@_from("runtime_latency")
+def runtime_summary(doc: dict[str, Any]) -> str:
+    meta, summ, jobs = doc["meta"], doc["summary"], doc["jobs"]
+    m = _machine(doc)
+    out = [
+        f"Source: {_source('runtime_latency', doc)}: `mpiexec --oversubscribe -n {meta['workers'] + 1} "
+        f"python benchmarks/runtime_latency.py{' --quick' if meta['quick'] else ''} --repeats "
+        f"{meta['repeats']}` ({meta['workers']} workers + root, A and B {meta['size']}x{meta['size']} "
+        f"{meta['dtype']}, each straggler delayed {meta['delay_s']} s, straggling ranks drawn at random "
+        f"per job, median of {meta['repeats']} repeats, total {meta['wall_time_s']:.0f} s).",
+        "",
+        f"Machine: {m.get('platform')}, {m.get('cpus') or m.get('cpu_count')} CPUs "
+        f"({meta['workers'] + 1} ranks oversubscribed), {m.get('mpi_library', 'MPI library not recorded')}, "
+        f"numpy {m.get('numpy')}, mpi4py {m.get('mpi4py')}; 1-min load average at start / end "
+        f"{(m.get('loadavg') or m.get('loadavg_1_5_15min') or [float('nan')])[0]:.1f} / "
+        f"{(meta.get('loadavg_end') or [float('nan')])[0]:.1f} (the machine is shared). Absolute "
+        "times are not meaningful here; the ratios are to `uncoded` without stragglers in the same run.",
+        "",
+        "`thr` = recovery threshold, `tol` = stragglers tolerated (n - thr; replication: replicas - 1). "
+        "`decode share` = `report.decode / report.wall` (median). `results used` = worker results "
+        "that went into the decode (median). `stragglers skipped` = straggling workers the job did "
+        "not wait for: `late` (the straggler still sent its result after the decode) / not sent "
+        f"(`missing`: it honoured the cancel). `failures` = jobs that raised or whose relative error "
+        f"vs `A @ B` was >= {meta['tolerance']:g}.",
+        "",
+        "| code | thr | tol | stragglers | median e2e (ms) | ratio vs uncoded/0 | vs uncoded, same stragglers "
+        "| results used | decode share | stragglers skipped (late / not sent) | failures |",
+        "|" + "---|" * 11,
+    ]
+    for name, s in summ.items():
+        for lvl in ("0", "1", "tolerable"):
+            row = s["levels"][lvl]
+            if lvl == "tolerable" and row["stragglers"] in (0, 1):
+                label = f"tol={row['stragglers']} (same as {row['stragglers']})"
+            else:
+                label = {"0": "0", "1": "1", "tolerable": f"tol={row['stragglers']}"}[lvl]
+            st = row["straggler_status"]
+            tot = sum(st.values())
+            skipped = (f"{st.get('missing', 0) + st.get('late', 0)}/{tot} "
+                       f"({st.get('late', 0)} / {st.get('missing', 0)})") if tot else "-"
+            vs = row["ratio_vs_uncoded_same_stragglers"]
+            out.append(
+                f"| {name} | {s['recovery_threshold']} | {s['tolerates']} | {label} | "
+                f"{1e3 * row['median_e2e_s']:.1f} | {row['ratio_vs_uncoded0']:.2f} | "
+                f"{'-' if vs is None else f'{vs:.2f}'} | {row['median_results_used']:g} | "
+                f"{100 * row['median_decode_share']:.1f}% | {skipped} | {row['failures']}/{row['repeats']} |")
+    out += [
+        "",
+        f"uncoded without stragglers: {1e3 * summ['uncoded']['levels']['0']['median_e2e_s']:.1f} ms "
+        f"(median). Max relative error over all {len(jobs)} jobs: "
+        f"{_e(max(j['rel_error'] for j in jobs))}; failures: {sum(not j['ok'] for j in jobs)}.",
+    ]
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------ control_plane*.json
+def _control(doc: dict[str, Any], name: str) -> str:
+    t = doc["targets"]
+    out = [
+        f"Source: {_source('control_plane', doc, name)}; {doc['workers']} workers "
+        f"({doc['workers'] + 1} ranks on {_machine(doc).get('cpu_count', '?')} cores), medians of "
+        f"{doc['repeats']} requests; bare round trip: mpi4py `Isend`/`Irecv` to the same workers "
+        f"in the same run ("
+        + ", ".join(f"{k}: {1e3 * v:.3f} ms" for k, v in doc["bare_median_s"].items()) + ").",
+        "",
+        "| request | payload | median (ms) | p90 (ms) | / bare round trip |",
+        "|---|---|---|---|---|",
+    ]
+    for r in doc["rows"]:
+        p90 = "-" if r.get("p90_s") is None else f"{1e3 * r['p90_s']:.2f}"
+        ratio = f"{r['ratio_to_bare']:.1f}"
+        if r["request"].startswith("call"):
+            ratio = _bold_if(ratio, r["ratio_to_bare"] > t["request_ratio_to_bare"])
+        out.append(f"| {r['request']} | {r['payload']} | {1e3 * r['median_s']:.2f} | {p90} | {ratio} |")
+    step = [r for r in doc["rows"] if r["request"].startswith("train step")]
+    calls = [r["ratio_to_bare"] for r in doc["rows"] if r["request"].startswith("call")]
+    verdict = []
+    if calls:
+        verdict.append(f"a call at most {t['request_ratio_to_bare']:g}x the bare round trip: "
+                       f"{'met' if max(calls) <= t['request_ratio_to_bare'] else 'NOT met'} "
+                       f"({min(calls):.0f}-{max(calls):.0f}x)")
+    if step and doc["workers"] == 6:
+        s = step[0]["median_s"]
+        verdict.append(f"a training step at most {1e3 * t['train_step_s_at_6_workers']:g} ms at 6 "
+                       f"workers: {'met' if s <= t['train_step_s_at_6_workers'] else 'NOT met'} "
+                       f"({1e3 * s:.2f} ms)")
+    if verdict:
+        out += ["", "Targets: " + "; ".join(verdict) + "."]
+    return "\n".join(out)
+
+
+@_from("control_plane")
+def control_plane(doc: dict[str, Any]) -> str:
+    return _control(doc, "control_plane")
+
+
+@_from("control_plane_2workers", "control_plane")
+def control_plane_2workers(doc: dict[str, Any]) -> str:
+    return _control(doc, "control_plane_2workers")
+
+
+# ------------------------------------------------------------------ coded_layers.json
+_LAYER = {"plain": "`nn.Linear` (reference)", "coded": "coded", "uncoded": "uncoded"}
+
+
+@_from("coded_layers")
+def coded_layers(doc: dict[str, Any]) -> str:
+    out = [
+        f"Source: {_source('coded_layers', doc)}; {doc['workers']} workers, {doc['epochs']} epochs.",
+        "",
+        "| model | faults | final test accuracy | wall s | corrected | stragglers skipped "
+        "| recomputed | blocks repaired |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in doc["curves"]:
+        st = c["stats"] or {}
+        name = _LAYER.get(c["kind"], c["kind"])
+        wall = c["wall_s"][-1] if c["wall_s"] else float("nan")
+        if c["error"]:
+            acc = f"**stopped at step {c['steps']}** ({c['error'][:160].replace('`', '')})"
+            cells = ["-"] * 4
+        else:
+            acc = _bold_if(f"{100 * c['final_accuracy']:.1f}%", bool(c["faults"]))
+            cells = ["-"] * 4 if c["kind"] == "plain" else [
+                str(st.get("corrected", 0)), str(st.get("skipped", 0)), str(st.get("retried", 0)),
+                str(st.get("repaired", 0))]
+        out.append(f"| {name} | {'yes' if c['faults'] else 'no'} | {acc} | {wall:.1f} | "
+                   + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+@_from("coded_layers")
+def coded_layers_step(doc: dict[str, Any]) -> str:
+    st = doc["step_time"]
+    dims = {(r["dim"], r["batch"]) for r in st}
+    strag = sorted({r["straggler_s"] for r in st})
+    reps = (doc.get("args") or {}).get("repeats")
+    out = [
+        f"Source: {_source('coded_layers', doc)}; one layer of "
+        + ", ".join(f"{d}x{d} with batch {b}" for d, b in sorted(dims))
+        + f"; medians of {reps if reps else 'an unrecorded number of'} steps (forward, backward, "
+        "SGD update) as a ratio to `nn.Linear` at the root without a straggler; a straggler "
+        "delays every result of one worker.",
+        "",
+        "| layer | " + " | ".join("no straggler" if s == 0 else f"one {s:g} s straggler" for s in strag) + " |",
+        "|---|" + "---|" * len(strag),
+    ]
+    names = {"plain": "`nn.Linear` at the root", "uncoded": "uncoded model parallel",
+             "coded": "CodedLinear"}
+    for kind in dict.fromkeys(r["kind"] for r in st):
+        cells = []
+        for s in strag:
+            r = next((r for r in st if r["kind"] == kind and r["straggler_s"] == s), None)
+            if r is None:
+                cells.append("-")
+            elif "ratio_to_plain" in r:
+                cells.append(f"{r['ratio_to_plain']:.2f}")
+            else:
+                base = next(x for x in st if x["kind"] == "plain" and x["straggler_s"] == 0)
+                cells.append(f"{r['median_step_s'] / base['median_step_s']:.2f}")
+        out.append(f"| {names.get(kind, kind)} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------ train_policies.json
+@_from("train_policies")
+def train_policies(doc: dict[str, Any]) -> str:
+    a, table = doc["args"], doc["table"]
+    models = list(dict.fromkeys(r["model"] for r in table))
+    pols = list(dict.fromkeys(r["policy"] for r in table))
+    cell = {(r["model"], r["policy"]): r for r in table}
+    src = f"Source: {_source('train_policies', doc)}"
+    if doc.get("machine_ddp"):
+        src += f"; DDP baseline in its own job, {_commit({'machine': doc['machine_ddp']})}"
+    elif "ddp_gloo" in pols:
+        src += ("; written by an older script, which recorded the load after the runs and ran the "
+                "DDP baseline inside the policies' mpiexec job with the first repeat's fault seed "
+                "in every repeat")
     else:
-        s, c = soak["summary"], soak["summary"]["counts"]
-        failed = c.get("failed", 0) + c.get("deadline", 0)
-        out += [
-            f"**Soak** (`benchmarks/soak.py`, {_commit(soak)}): {s['jobs']:,} jobs of "
-            f"{soak['settings']['size']}x{soak['settings']['size']} under `mpiexec --with-ft ulfm`, "
-            f"{soak['workers']} workers, `{soak['code']}` with `errors=1`, "
-            f"{soak['settings']['window']} jobs in flight; faults `{soak['faults']}`.",
-            "",
-            "| jobs/s | root RSS start -> end (MB) | slope after warm-up (MB / 1000 jobs) "
-            "| growth after warm-up (MB) | wrong products | hangs | named failures |",
-            "|---|---|---|---|---|---|---|",
-            f"| {s['jobs_per_s']:.0f} | {s['rss_start_mb']:.1f} -> {s['rss_end_mb']:.1f} "
-            f"| {s['rss_slope_mb_per_1000_jobs']:.4f} | {s['rss_fit_growth_after_warmup_mb']:.2f} "
-            f"| {c.get('wrong', 0)} | {c.get('hung', 0) + c.get('past_deadline', 0)} | {failed} |",
-            "",
-            f"Faults survived: {c.get('corrupt_located', 0):,} corrupt results located and "
-            f"excluded, {c.get('not_waited_for', 0):,} late or missing results (stragglers and "
-            f"the silent rank) not waited for, {c.get('crashed_results', 0):,} results lost to "
-            f"SIGKILLed rank(s) {s['dead_ranks']}; worst relative error "
-            f"{s['worst_rel_error']:.1e}. Target: growth under 5 MB after warm-up, 0 wrong, "
-            f"0 hangs: **{'met' if s['ok'] else 'NOT met'}**.",
-        ]
-        for f in s.get("failures", [])[:5]:
-            out.append(f"- named failure, job {f['job']}: `{f['error']}: {f['message'][:240]}`")
-    out.append("")
-    st = _load("stateful")
-    if st is None:
-        out.append(_missing("stateful"))
-    else:
-        errs = ", ".join(f"{k} {v}" for k, v in sorted(st["named_errors"].items(),
-                                                      key=lambda kv: -kv[1])) or "none"
-        out += [
-            f"**State machine** (`benchmarks/stateful.py`, {_commit(st)}): {st['steps']:,} steps "
-            f"in {st['runs']} hypothesis runs of `tests/runtime_machine.py` on `LocalCluster` "
-            f"(numpy and torch backends; fault configurations "
-            f"{', '.join(f'`{k}`' for k in st['configs'])}); {st['products_ok']:,} products "
-            f"checked correct (rtol {st['rtol']:g}), {st['acks_ok']:,} acknowledgements; "
-            f"invariant violations: **{'none' if st['ok'] else st['failure']}**. Named errors "
-            f"the beyond-tolerance runs ended in: {errs}.",
-        ]
-    out.append("")
-    bad = _load("bad_inputs")
-    if bad is None:
-        out.append(_missing("bad_inputs"))
-    else:
-        t = bad["totals"]
-        out += [
-            f"**Bad inputs** (`benchmarks/bad_inputs.py`, {_commit(bad)}): {t['tried']} "
-            f"malformed inputs over every flag of `run` and `train` and every public "
-            f"constructor.",
-            "",
-            "| tried | clear error (names argument, range, value) | accepted, as documented "
-            "| traceback | hang |",
-            "|---|---|---|---|---|",
-            f"| {t['tried']} | {t['clear_error']} | {t['accepted']} | {t['traceback']} "
-            f"| {t['hang']} |",
-        ]
-    return "\n".join(out).rstrip() + "\n"
+        src += "; *DDP baseline not run yet* (`python benchmarks/train_policies.py --ddp-baseline`)"
+    seeds = sorted({run.get("fault_seed") for r in doc.get("runs", []) for run in r["runs"]},
+                   key=lambda x: (x is None, x))
+    out = [
+        src + f". {doc['workers']} workers, {a['budget']:g} s per run, medians over "
+        f"{a['repeats']} repeat(s); fault seeds per repeat: "
+        + (", ".join(str(s) for s in seeds) if seeds and None not in seeds else "not recorded")
+        + f"; target: the loss `sync` reaches at half its budget.",
+        "",
+        "| policy | " + " | ".join(f"{m}: time to target / sync | {m}: loss at {a['budget']:g} s "
+                                   f"| {m}: updates" for m in models) + " | mean staleness |",
+        "|---|" + "---|---|---|" * len(models) + "---|",
+    ]
+    label = {"ddp_gloo": "DDP (gloo)"}
+    for p in pols:
+        cells = []
+        for m in models:
+            r = cell.get((m, p))
+            if r is None:
+                cells += ["-", "-", "-"]
+                continue
+            t = f"{r['ratio_to_sync']:.2f}"
+            if p == "sync":
+                t += f" ({r['time_to_target_s']:.1f} s)"
+            cells += [t, f"{r['final_loss']:.3f}", str(r["steps"])]
+        stale = [cell[(m, p)]["staleness_mean"] for m in models if (m, p) in cell]
+        out.append(f"| {label.get(p, p)} | " + " | ".join(cells)
+                   + f" | {statistics.median(stale):.2f} |")
+    runs = {(r["model"], r["policy"]): r["runs"] for r in doc.get("runs", [])}
+    diffs = []
+    for m in models:
+        for s_run, d_run in zip(runs.get((m, "sync"), []), runs.get((m, "ddp_gloo"), [])):
+            diffs += [abs(a[1] - b[1]) for a, b in zip(s_run["curve"], d_run["curve"])]
+    if diffs:
+        out += ["", f"Same iterates: over the steps both made, repeat by repeat, `sync`'s and DDP's "
+                    f"training losses differ by at most {_e(max(diffs))} ({len(diffs)} steps compared); "
+                    f"their losses at the budget differ because they fit different numbers of steps "
+                    f"into it."]
+    return "\n".join(out)
 
 
-BLOCKS: dict[str, Callable[[], str]] = {"reliability": reliability}
+# ------------------------------------------------------------------ registry
+@dataclass(frozen=True)
+class Doc:
+    """A document with rendered blocks, relative to the repository root."""
+
+    path: str
+    blocks: tuple[str, ...]
 
 
-def render(text: str) -> str:
-    for name, make in BLOCKS.items():
+BLOCKS: dict[str, Callable[[], str]] = {
+    "reliability": reliability,
+    "accuracy": accuracy,
+    "inner": inner,
+    "cost": cost,
+    "cost_2048": cost_2048,
+    "gfp_matmul": gfp_matmul,
+    "cuda_backend": cuda_backend,
+    "runtime_latency": runtime_latency,
+    "runtime_summary": runtime_summary,
+    "control_plane": control_plane,
+    "control_plane_2workers": control_plane_2workers,
+    "coded_layers": coded_layers,
+    "coded_layers_step": coded_layers_step,
+    "train_policies": train_policies,
+}
+
+DOCS: tuple[Doc, ...] = (
+    Doc("README.md", ("accuracy", "inner", "cost", "gfp_matmul", "cuda_backend", "runtime_latency",
+                      "control_plane", "control_plane_2workers", "reliability", "coded_layers",
+                      "coded_layers_step", "train_policies")),
+    Doc("benchmarks/results/SUMMARY_codes.md", ("accuracy", "inner", "cost_2048")),
+    Doc("benchmarks/results/SUMMARY_runtime.md", ("runtime_summary",)),
+)
+
+
+def sources(name: str) -> tuple[str, ...]:
+    """The JSON files (names without ``.json``) block ``name`` is rendered from."""
+    return getattr(BLOCKS[name], "sources", ())
+
+
+def render(text: str, names: tuple[str, ...] = tuple(BLOCKS), where: str = "README.md") -> str:
+    for name in names:
         pat = re.compile(rf"(<!-- render:{name} -->\n).*?(<!-- /render:{name} -->)", re.S)
         if not pat.search(text):
-            raise SystemExit(f"README.md has no <!-- render:{name} --> block")
-        body = make()
+            raise SystemExit(f"{where} has no <!-- render:{name} --> block")
+        body = BLOCKS[name]()
         text = pat.sub(lambda m: m.group(1) + body + m.group(2), text)
+    stray = set(re.findall(r"<!-- render:(\w+) -->", text)) - set(names)
+    if stray:
+        raise SystemExit(f"{where} has blocks no renderer owns: {sorted(stray)}")
     return text
 
 
 def main(argv: list[str] | None = None) -> int:
+    global RESULTS
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--check", action="store_true", help="exit 1 if README.md is out of date")
+    ap.add_argument("--check", action="store_true", help="exit 1 if a document is out of date")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="the JSON directory")
+    ap.add_argument("--root", type=Path, default=ROOT, help="where README.md and benchmarks/results/*.md are")
     args = ap.parse_args(argv)
-    old = README.read_text()
-    new = render(old)
-    if args.check:
-        if new != old:
-            print("README.md is out of date with benchmarks/results: run "
-                  "python benchmarks/render_readme.py", file=sys.stderr)
-            return 1
-        return 0
-    if new != old:
-        README.write_text(new)
-        print("README.md re-rendered")
+    RESULTS = args.results
+    stale = []
+    for doc in DOCS:
+        path = args.root / doc.path
+        old = path.read_text()
+        new = render(old, doc.blocks, doc.path)
+        if new == old:
+            continue
+        if args.check:
+            stale.append(doc.path)
+        else:
+            path.write_text(new)
+            print(f"{doc.path} re-rendered")
+    if stale:
+        print(f"out of date with benchmarks/results: {', '.join(stale)}; run "
+              "python benchmarks/render_readme.py", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -39,16 +39,15 @@ section 5): the injected delay ``D`` (default 1.0 s) is chosen to dominate a wor
 measured in the same run (ratio of medians over repeats).
 
 Outputs: a table on stdout, ``benchmarks/results/runtime_latency.json`` (with machine info)
-and ``benchmarks/results/runtime_latency.png``; ``SUMMARY_runtime.md`` with the headline table.
-"""
+and ``benchmarks/results/runtime_latency.png``. ``benchmarks/results/SUMMARY_runtime.md`` and
+README's table are rendered from the JSON by ``benchmarks/render_readme.py`` (``--summary PATH``
+also writes this script's own markdown summary, e.g. for a run with ``--out`` elsewhere)."""
 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
-import platform
 import sys
 import time
 import traceback
@@ -96,7 +95,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=RESULTS / "runtime_latency.json",
                     help="JSON path; the PNG goes next to it with the .png suffix")
     ap.add_argument("--summary", type=Path, default=None,
-                    help="markdown summary (default: SUMMARY_runtime.md next to the JSON)")
+                    help="also write a markdown summary here (benchmarks/results/SUMMARY_runtime.md "
+                         "is rendered from the JSON by benchmarks/render_readme.py instead)")
     args = ap.parse_args(argv)
     if args.repeats is None:
         args.repeats = 3 if args.quick else 15
@@ -104,8 +104,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
         args.size = 384 if args.quick else 512
     if args.delay is None:
         args.delay = 0.5 if args.quick else 1.0
-    if args.summary is None:
-        args.summary = args.out.parent / "SUMMARY_runtime.md"
     return args
 
 
@@ -133,27 +131,23 @@ def plan(n: int, repeats: int, seed: int, delay: float):
 
 
 def machine_info() -> dict:
+    """benchmarks/_machine.py's record (commit, dirty flag, BLAS and its threads, load average)
+    plus the MPI library; ``cpus``, ``date_utc`` and ``loadavg`` kept under this script's older
+    key names for the summary."""
     import mpi4py
 
-    info = {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "processor": platform.processor(),
-        "python": sys.version.split()[0],
+    import _machine
+
+    info = _machine.machine_info()
+    info.update({
         "cpus": os.cpu_count(),
-        "numpy": np.__version__,
         "mpi4py": mpi4py.__version__,
         "mpi_library": MPI.Get_library_version().replace("\x00", "").strip().splitlines()[0].strip(),
         "mpi_version": "%d.%d" % MPI.Get_version(),
         "mpi_ranks": MPI.COMM_WORLD.Get_size(),
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
-    }
-    try:
-        info["loadavg"] = os.getloadavg()
-    except OSError:
-        pass
+        "date_utc": info["date"],
+        "loadavg": info["loadavg_1_5_15min"],
+    })
     return info
 
 
@@ -391,8 +385,11 @@ def main() -> int:
         f"Data: `{args.out.name}`; plot: `{png.name}`.",
         "",
     ]
-    args.summary.write_text("\n".join(md))
-    print(f"wrote {args.out}, {png}, {args.summary}")
+    if args.summary is not None:
+        args.summary.write_text("\n".join(md))
+        print(f"wrote {args.summary}")
+    print(f"wrote {args.out}, {png}; render README.md and SUMMARY_runtime.md from it with "
+          "python benchmarks/render_readme.py")
     return 0
 
 

@@ -2,9 +2,17 @@
 stragglers on scikit-learn's digits (logistic regression and a small MLP), with torch DDP
 (gloo) under the same injected delays side by side.
 
-Run in ONE ``mpiexec`` job (rank 0 the root, the others workers)::
+Two jobs, one after the other: the policies in one ``mpiexec`` job (rank 0 the root, the others
+workers), then the DDP baseline in its own job, which reads the first job's JSON, runs DDP with
+the same settings and the same per-repeat fault seeds, and rewrites the JSON, table and plot::
 
     bash launch/mpirun.sh 7 benchmarks/train_policies.py [--budget 10] [--repeats 1]
+    python benchmarks/train_policies.py --ddp-baseline
+
+A smoke run of a few seconds (writes elsewhere)::
+
+    bash launch/mpirun.sh 4 benchmarks/train_policies.py --budget 0.5 --repeats 2 --models logreg --out /tmp/tp.json
+    python benchmarks/train_policies.py --ddp-baseline --out /tmp/tp.json
 
 Setting (Dutta, Wang, Joshi, AISTATS 2018): every gradient request to worker rank ``r`` that is
 the runtime's job ``j`` is delayed by ``shift + Exp(scale)`` seconds drawn from
@@ -14,12 +22,13 @@ oversubscription matters little. Every policy trains for the same wall-clock bud
 same learning rate, mini-batch size and data partitioning; K = n/2 for the K-policies,
 ``s = 2`` for the cyclic gradient code.
 
-DDP baseline: ``torch.multiprocessing.spawn`` of ``n`` processes (gloo on 127.0.0.1), launched
-by the root after the MPI runs in a subprocess with the MPI environment stripped. DDP rank
-``w`` holds partition ``w``, draws the same mini-batches as codedml's worker ``w`` and sleeps
-``fault_for(model, seed, w + 1, step).delay`` before its gradient: the delays codedml's ``sync``
-sees (one job per step), so DDP is fully synchronous SGD with an allreduce instead of a
-parameter server.
+DDP baseline: ``torch.multiprocessing.spawn`` of ``n`` processes (gloo on 127.0.0.1), in a job
+of its own (``--ddp-baseline``, after the ``mpiexec`` job has ended, so no idle MPI rank shares
+the cores with it). DDP rank ``w`` holds partition ``w``, draws the same mini-batches as
+codedml's worker ``w`` and sleeps ``fault_for(model, seed, w + 1, step).delay`` before its
+gradient, with ``seed = fault_seed(args, repeat)``, the seed the policies of that repeat used:
+the delays codedml's ``sync`` sees in the same repeat (one job per step), so DDP is fully
+synchronous SGD with an allreduce instead of a parameter server.
 
 Target loss: the loss ``sync`` reaches at half its budget (first evaluation at or below it);
 time to target is reported per policy as a ratio to ``sync`` (same run). Outputs: a table on
@@ -56,10 +65,19 @@ def _args(argv=None):
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--models", default="logreg,mlp")
     ap.add_argument("--fault-seed", type=int, default=11)
+    ap.add_argument("--out", type=Path, default=RESULTS / "train_policies.json",
+                    help="JSON path (the PNG goes next to it)")
+    ap.add_argument("--ddp-baseline", action="store_true",
+                    help="run the DDP baseline (its own job, no mpiexec) against --out's policy runs")
     ap.add_argument("--ddp", type=int, default=0, help="(internal) run the DDP baseline with this many ranks")
     ap.add_argument("--ddp-model", default="logreg")
     ap.add_argument("--ddp-out", default="")
     return ap.parse_args(argv)
+
+
+def fault_seed(a, rep: int) -> int:
+    """The fault seed of repeat ``rep``: every policy and the DDP baseline of that repeat use it."""
+    return a.fault_seed + rep
 
 
 def _task(model):
@@ -127,12 +145,12 @@ def run_ddp(a):
     mp.spawn(_ddp_rank, args=(a.ddp, port, a, a.ddp_out), nprocs=a.ddp, join=True)
 
 
-def ddp_subprocess(n, model, a):
-    out = RESULTS / f".ddp_{model}.json"
+def ddp_subprocess(n, model, a, seed):
+    out = a.out.parent / f".ddp_{model}.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PRTE_", "OPAL_"))}
     cmd = [sys.executable, __file__, "--ddp", str(n), "--ddp-model", model, "--ddp-out", str(out),
            "--budget", str(a.budget), "--shift", str(a.shift), "--scale", str(a.scale),
-           "--lr", str(a.lr), "--batch", str(a.batch), "--fault-seed", str(a.fault_seed)]
+           "--lr", str(a.lr), "--batch", str(a.batch), "--fault-seed", str(seed)]
     subprocess.run(cmd, env=env, check=True, timeout=a.budget * 6 + 120)
     res = json.loads(out.read_text())
     out.unlink()
@@ -152,6 +170,9 @@ def main():
     if a.ddp:
         run_ddp(a)
         return
+    if a.ddp_baseline:
+        ddp_baseline(a)
+        return
     from mpi4py import MPI
 
     from codedml.faults import ShiftedExponential
@@ -162,32 +183,57 @@ def main():
     faults = ShiftedExponential(a.shift, a.scale)
     models = a.models.split(",")
     runs = {}
+    if comm.Get_rank() == 0:
+        from _machine import machine_info
+
+        info = machine_info()  # before the runs: the load average then is other processes'
     for model in models:
         task = _task(model)
         for rep in range(a.repeats):
             for policy in POLICY_ORDER:
                 res = train(task, _cfg(policy, n, a), comm=comm, faults=faults,
-                            fault_seed=a.fault_seed + rep)
+                            fault_seed=fault_seed(a, rep))
                 if res is not None:
                     curve = [(m["wall"], m["loss"]) for m in res.metrics if m["loss"] is not None]
                     runs.setdefault((model, policy), []).append(
-                        {"steps": res.steps, "gradients": res.gradients, "curve": curve,
+                        {"fault_seed": fault_seed(a, rep), "steps": res.steps,
+                         "gradients": res.gradients, "curve": curve,
                          "final_loss": res.loss, "accuracy": res.accuracy,
                          "staleness_mean": float(np.mean([s for m in res.metrics for s in m["staleness"]] or [0]))})
                     print(f"  {model:6s} {policy:16s} rep {rep}: {res.steps:5d} steps, loss {res.loss:.4f}",
                           flush=True)
     if comm.Get_rank() != 0:
         return
+    write(a, n, models, runs, {"machine": info})
+    print("now run the DDP baseline in its own job: python benchmarks/train_policies.py "
+          f"--ddp-baseline --out {a.out}")
+
+
+def ddp_baseline(a):
+    """The DDP baseline, in its own job: the policies' settings and per-repeat fault seeds are
+    read from their JSON (not from this command line), so the comparison is like for like."""
     from _machine import machine_info
 
+    doc = json.loads(a.out.read_text())
+    pa = argparse.Namespace(**{**doc["args"], "out": a.out})
+    n, models = doc["workers"], pa.models.split(",")
+    runs = {(r["model"], r["policy"]): r["runs"] for r in doc["runs"] if r["policy"] != "ddp_gloo"}
+    info = machine_info()
     for model in models:
-        for rep in range(a.repeats):
-            r = ddp_subprocess(n, model, a)
+        for rep in range(pa.repeats):
+            seed = fault_seed(pa, rep)
+            r = ddp_subprocess(n, model, pa, seed)
             runs.setdefault((model, "ddp_gloo"), []).append(
-                {"steps": r["steps"], "gradients": r["steps"] * n, "curve": r["curve"],
-                 "final_loss": r["curve"][-1][1], "accuracy": None, "staleness_mean": 0.0})
+                {"fault_seed": seed, "steps": r["steps"], "gradients": r["steps"] * n,
+                 "curve": r["curve"], "final_loss": r["curve"][-1][1], "accuracy": None,
+                 "staleness_mean": 0.0})
             print(f"  {model:6s} ddp_gloo         rep {rep}: {r['steps']:5d} steps, loss {r['curve'][-1][1]:.4f}",
                   flush=True)
+    write(pa, n, models, runs, {"machine": doc["machine"], "machine_ddp": info})
+
+
+def write(a, n, models, runs, machines):
+    policies = POLICY_ORDER + (["ddp_gloo"] if any(p == "ddp_gloo" for _, p in runs) else [])
     table = []
     for model in models:
         # Target: the loss sync reaches at half its budget (median over repeats).
@@ -195,7 +241,7 @@ def main():
                      for run in runs[(model, "sync")]]
         target = float(np.median(sync_half))
         t_sync = float(np.median([time_to(r["curve"], target) for r in runs[(model, "sync")]]))
-        for policy in POLICY_ORDER + ["ddp_gloo"]:
+        for policy in policies:
             rs = runs[(model, policy)]
             t = float(np.median([time_to(r["curve"], target) for r in rs]))
             table.append({"model": model, "policy": policy, "target_loss": target,
@@ -213,10 +259,12 @@ def main():
               f"{r['ratio_to_sync']:6.2f} {r['final_loss']:7.4f} {r['steps']:6d} {r['gradients']:6d} "
               f"{r['staleness_mean']:6.2f}")
     RESULTS.mkdir(exist_ok=True)
-    out = {"benchmark": "train_policies", "workers": n, "args": vars(a), "machine": machine_info(),
-           "table": table,
+    out = {"benchmark": "train_policies", "workers": n,
+           "args": {k: v for k, v in vars(a).items() if k not in ("out", "ddp_baseline")},
+           **machines, "table": table,
            "runs": [{"model": m, "policy": p, "runs": rs} for (m, p), rs in runs.items()]}
-    (RESULTS / "train_policies.json").write_text(json.dumps(out, indent=1, default=str))
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(out, indent=1, default=str))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -224,7 +272,7 @@ def main():
 
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
     for ax, model in zip(axes[0], models):
-        for policy in POLICY_ORDER + ["ddp_gloo"]:
+        for policy in policies:
             c = runs[(model, policy)][0]["curve"]
             ax.plot([t for t, _ in c], [l for _, l in c], label=policy,
                     ls="--" if policy == "ddp_gloo" else "-", lw=1.2)
@@ -236,8 +284,8 @@ def main():
         ax.set_title(f"digits {model}, {n} workers, shifted-exp delays")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / "train_policies.png", dpi=110)
-    print(f"wrote {RESULTS / 'train_policies.json'} and .png")
+    fig.savefig(a.out.with_suffix(".png"), dpi=110)
+    print(f"wrote {a.out} and .png")
 
 
 if __name__ == "__main__":
