@@ -107,9 +107,9 @@ def _make(where: str, cls: type, kwargs: Mapping[str, Any]) -> FaultModel:
 
 
 #: The flag (or table) that sets the ranks of each model, for messages.
-_RANK_SOURCE = {"Die": "--die", "FailSilent": "--fail-silent", "FixedStragglers": "--stragglers ranks",
-                "ShiftedExponential": "--stragglers ranks", "Pareto": "--stragglers ranks",
-                "SoftErrors": "[faults] soft_errors ranks", "StorageErrors": "StorageErrors ranks"}
+_RANK_SOURCE = {"Die": "--die", "FailSilent": "--fail-silent", "FixedStragglers": "--stragglers",
+                "ShiftedExponential": "--stragglers", "Pareto": "--stragglers",
+                "SoftErrors": "[faults] soft_errors", "StorageErrors": "StorageErrors"}
 
 
 def check_fault_ranks(model: FaultModel, workers: int) -> None:
@@ -127,9 +127,9 @@ def check_fault_ranks(model: FaultModel, workers: int) -> None:
             ranks = {int(r) for row in m.table.values() for r in row}
         bad = sorted(r for r in ranks if not 1 <= r <= workers)
         if bad:
-            src = _RANK_SOURCE.get(type(m).__name__, f"{type(m).__name__} ranks")
+            src = _RANK_SOURCE.get(type(m).__name__, type(m).__name__)
             raise ConfigurationError(
-                f"`{src}` must be between 1 and workers={workers} (rank 0 is the root), got {bad[0]}")
+                f"`{src}` ranks must be between 1 and workers={workers} (rank 0 is the root), got {bad[0]}")
 
 
 def add_fault_flags(ap: argparse.ArgumentParser) -> None:
