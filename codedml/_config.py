@@ -16,7 +16,15 @@ from typing import Any
 
 from .errors import ConfigurationError
 
-__all__ = ["resolve", "add_dataclass_flags", "check_table", "field_kind", "load_toml"]
+__all__ = ["resolve", "add_dataclass_flags", "check_table", "field_kind", "load_toml",
+           "check_int", "check_seconds", "check_finite", "mem_available", "check_memory",
+           "on_root_then_everywhere", "MAX_SEED", "MAX_LOCAL"]
+
+#: Seeds are between 0 and this (numpy's generators refuse negative seeds).
+MAX_SEED = 2**63 - 1
+#: The most worker threads ``--local`` starts (each is a thread with its own encoded blocks;
+#: beyond this a real-valued code is useless anyway, see docs/codes.md).
+MAX_LOCAL = 256
 
 
 def load_toml(path: str) -> dict[str, Any]:
@@ -30,6 +38,93 @@ def load_toml(path: str) -> dict[str, Any]:
         raise ConfigurationError(f"`--config` file not found: {path}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"`--config` {path} is not valid TOML: {exc}") from exc
+
+
+def check_int(name: str, value: Any, low: int, high: int | None = None, *, why: str = "") -> int:
+    """``value`` as an int in ``[low, high]``; else a ConfigurationError naming ``name``, the
+    range and the value."""
+    rng = f"between {low} and {high}" if high is not None else f"at least {low}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(f"`{name}` must be an integer {rng}{why}, got {value!r}")
+    if value < low or (high is not None and value > high):
+        raise ConfigurationError(f"`{name}` must be {rng}{why}, got {value}")
+    return value
+
+
+def check_finite(name: str, value: Any, low: float = 0.0, *, strict: bool = False,
+                 unit: str = "") -> float:
+    """A finite number ``>= low`` (``> low`` when ``strict``): NaN, inf and out-of-range
+    values are refused by name."""
+    import math
+
+    rel = "greater than" if strict else "at least"
+    what = f"a finite number{unit} {rel} {low:g}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"`{name}` must be {what}, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v < low or (strict and v == low):
+        raise ConfigurationError(f"`{name}` must be {what}, got {value}")
+    return v
+
+
+def check_seconds(name: str, value: Any) -> float:
+    """A timeout: finite and greater than 0 (NaN, inf, 0 and negative refused by name)."""
+    return check_finite(name, value, 0.0, strict=True, unit=" of seconds")
+
+
+def mem_available() -> int | None:
+    """Bytes of memory available to a new allocation (``MemAvailable`` in /proc/meminfo), or
+    None where that file does not exist (then no memory check is made)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1024 or unit == "PB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} PB"  # pragma: no cover
+
+
+def check_memory(what: str, need: int) -> None:
+    """Refuse a run whose estimate ``need`` (bytes) exceeds the available memory, naming
+    ``what`` (the arguments and values that set the size) and both figures."""
+    avail = mem_available()
+    if avail is not None and need > avail:
+        raise ConfigurationError(
+            f"{what} needs about {_bytes(need)} of memory, more than the {_bytes(avail)} "
+            f"available (MemAvailable in /proc/meminfo); choose smaller sizes")
+
+
+def on_root_then_everywhere(comm: Any, check: Any) -> None:
+    """Run ``check()`` (a function that raises ConfigurationError) on rank 0 only and raise the
+    same error on every rank, so all ranks of an MPI job agree on a configuration verdict
+    (files and /proc/meminfo are read once, by the root). The message travels as UTF-8 bytes
+    (no pickle). With ``comm`` None, just ``check()``."""
+    if comm is None:
+        check()
+        return
+    import numpy as np
+
+    msg = b""
+    if comm.Get_rank() == 0:
+        try:
+            check()
+        except ConfigurationError as exc:
+            msg = str(exc).encode("utf-8") or b"configuration error"
+    n = np.array([len(msg)], dtype=np.int64)
+    comm.Bcast(n, root=0)
+    if n[0]:
+        buf = bytearray(msg) if comm.Get_rank() == 0 else bytearray(int(n[0]))
+        comm.Bcast(buf, root=0)
+        raise ConfigurationError(bytes(buf).decode("utf-8", "replace"))
 
 
 def field_kind(f: Any) -> type:

@@ -101,6 +101,41 @@ def _corrupt(result: np.ndarray, kind: str, rng: np.random.Generator, field: int
     return out
 
 
+def check_demo_config(cfg: DemoConfig) -> Any:
+    """Check every value of ``demo`` before any work; returns the code it runs."""
+    from ._config import MAX_LOCAL, MAX_SEED, check_finite, check_int, check_memory
+    from ._io import check_writable
+
+    if cfg.code not in CODES:
+        raise ConfigurationError(f"`--code` must be one of {CODES}, got {cfg.code!r}")
+    check_int("--workers", cfg.workers, 1, MAX_LOCAL)
+    check_int("--size", cfg.size, 1)
+    check_int("--stragglers", cfg.stragglers, 0, cfg.workers)
+    check_int("--corrupt", cfg.corrupt, 0, cfg.workers)
+    check_finite("--delay", cfg.delay, 0.0, unit=" of seconds")
+    check_int("--seed", cfg.seed, 0, MAX_SEED)
+    if cfg.field is not None:
+        check_int("--field", cfg.field, 2, why=" (a prime)")
+    if cfg.stragglers + cfg.corrupt > cfg.workers:
+        raise ConfigurationError(
+            f"`--stragglers` + `--corrupt` must be at most workers={cfg.workers}, got "
+            f"{cfg.stragglers} + {cfg.corrupt} = {cfg.stragglers + cfg.corrupt}")
+    code = _make_code(cfg)
+    need = code.recovery_threshold + 2 * cfg.corrupt
+    if need > code.workers:
+        raise ConfigurationError(
+            f"`--corrupt` must be at most {max(0, (code.workers - code.recovery_threshold) // 2)} "
+            f"for {code!r} (recovery threshold {code.recovery_threshold} + 2 x corrupt results "
+            f"must not exceed workers={code.workers}), got {cfg.corrupt}")
+    if cfg.out:
+        check_writable("--out", cfg.out)
+    a, b = cfg.size * cfg.size, cfg.size * max(1, cfg.size // 2)
+    c = cfg.size * max(1, cfg.size // 2)
+    r = code.workers / max(1, code.recovery_threshold)
+    check_memory(f"`--size` {cfg.size} with {code!r}", int(8 * ((2 + r) * (a + b + c) + 2 * c)))
+    return code
+
+
 def cmd_demo(argv: list[str]) -> int:
     """Coded matrix product in-process with injected stragglers and soft errors."""
     defaults = DemoConfig(**_from_env(DemoConfig, "CODEDML_DEMO_"))
@@ -115,12 +150,9 @@ def cmd_demo(argv: list[str]) -> int:
     ap.add_argument("--seed", type=int, default=defaults.seed)
     ap.add_argument("--out", default=defaults.out, help="JSON report path")
     cfg = DemoConfig(**vars(ap.parse_args(argv)))
-    code = _make_code(cfg)
+    code = check_demo_config(cfg)
     rng = np.random.default_rng(cfg.seed)
     n = code.workers
-    if cfg.stragglers + cfg.corrupt > n:
-        raise ConfigurationError(
-            f"`stragglers` + `corrupt` must be at most workers={n}, got {cfg.stragglers + cfg.corrupt}")
     if cfg.field is None:
         A = rng.standard_normal((cfg.size, cfg.size))
         B = rng.standard_normal((cfg.size, max(1, cfg.size // 2)))
@@ -213,8 +245,9 @@ def cmd_demo(argv: list[str]) -> int:
               "condition": info.condition, "relative_error": err, "correct": ok,
               "time_s": {"encode": t_enc, "collect": t_collect, "decode": t_dec, "total": t_total}}
     if cfg.out:
-        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.out).write_text(json.dumps(report, indent=2))
+        from ._io import atomic_write_json
+
+        atomic_write_json(cfg.out, report, indent=2)
         print(f"  report: {cfg.out}")
     return EXIT_OK if ok else EXIT_WRONG
 
@@ -246,8 +279,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[argv[0]](argv[1:])
     except ConfigurationError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        if _is_root():  # every MPI rank reaches the same verdict; one says it
+            print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except CodedMLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_UNDECODABLE
+
+
+def _is_root() -> bool:
+    """Whether this process is rank 0 of MPI_COMM_WORLD (True without MPI)."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is None:
+        return True
+    try:
+        return mpi.Is_initialized() and not mpi.Is_finalized() and mpi.COMM_WORLD.Get_rank() == 0 \
+            or not mpi.Is_initialized()
+    except Exception:  # noqa: BLE001 - a message is never worth a crash
+        return True

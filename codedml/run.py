@@ -147,9 +147,60 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
+def check_run_config(cfg: RunConfig) -> None:
+    """The checks that need neither the worker count nor the file system: every value's type
+    and range, named with its flag."""
+    from ._config import MAX_LOCAL, MAX_SEED, check_int, check_seconds
+    from .backends import _REGISTRY
+
+    for name in ("rows", "inner", "cols", "jobs"):
+        check_int(f"--{name}", getattr(cfg, name), 1)
+    check_int("--errors", cfg.errors, 0)
+    check_seconds("--timeout", cfg.timeout)
+    check_int("--seed", cfg.seed, 0, MAX_SEED)
+    check_int("--local", cfg.local, 0, MAX_LOCAL, why=" (0: run under mpiexec)")
+    check_int("--field", cfg.field, 0, why=" (0: real arithmetic; else a prime)")
+    if cfg.backend not in _REGISTRY:
+        raise ConfigurationError(f"`--backend` must be one of {sorted(_REGISTRY)}, got {cfg.backend!r}")
+    if cfg.local and cfg.backend not in available_backends_here():
+        raise ConfigurationError(f"`--backend` must be one of {available_backends_here()} (those "
+                                 f"usable on this machine), got {cfg.backend!r}")
+
+
+def available_backends_here() -> list[str]:
+    from .backends import available_backends
+
+    return available_backends()
+
+
+def run_memory_bytes(cfg: RunConfig, code: Any) -> int:
+    """A generous estimate of the root's peak memory: A, B, the reference product and the
+    decoded one, the same again for temporaries, and the encoded operands and results, which
+    grow with the redundancy ``workers / recovery threshold``."""
+    a, b, c = cfg.rows * cfg.inner, cfg.inner * cfg.cols, cfg.rows * cfg.cols
+    redundancy = code.workers / max(1, code.recovery_threshold)
+    return int(8 * ((2 + redundancy) * (a + b + c) + 2 * c))
+
+
+def resolve_errors(cfg: RunConfig, code: Any, explicit: bool) -> int:
+    """The errors to correct per job: ``cfg.errors`` when set explicitly (refused above the
+    code's power, naming the maximum), else the default 1 capped to what the code can do."""
+    from ._config import check_int
+
+    n, k = code.workers, code.recovery_threshold
+    emax = max(0, (n - k) // 2)
+    if not explicit:
+        return min(cfg.errors, emax)
+    return check_int("--errors", cfg.errors, 0, emax,
+                     why=f" for {code!r} (workers={n}, recovery threshold {k}: at most "
+                         f"(workers - threshold) // 2)")
+
+
 def cmd_run(argv: list[str]) -> int:
     """Coded matrix products under mpiexec (or --local N) with injected failures."""
-    from .faults import add_fault_flags, faults_from_config, faults_from_flags
+    from ._config import check_memory, on_root_then_everywhere
+    from ._io import check_writable
+    from .faults import add_fault_flags, check_fault_ranks, faults_from_config, faults_from_flags
 
     ap = argparse.ArgumentParser(prog="python -m codedml run", description=cmd_run.__doc__)
     ap.add_argument("--config", help="TOML file with [run] and [faults] tables")
@@ -160,10 +211,36 @@ def cmd_run(argv: list[str]) -> int:
     # flag > CODEDML_<KEY> > [run] > default; other CODEDML_* variables (CODEDML_RANKS, the
     # launcher's CODEDML_VENV, the train command's CODEDML_TRAIN_*) are tolerated here.
     cfg = resolve(RunConfig, ns, "CODEDML_", run_table, strict_env=False)
-    model, fseed = faults_from_config(faults_from_flags(ns, fault_table))
-    for name, low in (("rows", 1), ("inner", 1), ("cols", 1), ("jobs", 1), ("errors", 0)):
-        if getattr(cfg, name) < low:
-            raise ConfigurationError(f"`{name}` must be at least {low}, got {getattr(cfg, name)}")
+    explicit_errors = ns.errors is not None or "CODEDML_ERRORS" in os.environ or "errors" in run_table
+    # Every value is checked before any work starts (issue 10, point 7).
+    check_run_config(cfg)
+    table = faults_from_flags(ns, fault_table)
+    comm = None
+    if cfg.local:
+        n = cfg.local
+    else:
+        from mpi4py import MPI
+
+        comm = MPI.COMM_WORLD
+        if comm.Get_size() < 2:
+            raise ConfigurationError(
+                "`run` needs at least 2 MPI ranks: start it with launch/mpirun.sh N "
+                "(mpiexec -n N python -m codedml run) or pass --local N for worker threads")
+        n = comm.Get_size() - 1
+    if table.get("stragglers") is DEFAULT_FAULTS["stragglers"]:  # the default names ranks 1, 2
+        table["stragglers"] = {**DEFAULT_FAULTS["stragglers"],
+                               "ranks": [r for r in DEFAULT_FAULTS["stragglers"]["ranks"] if r <= n]}
+    model, fseed = faults_from_config(table)
+    check_fault_ranks(model, n)
+    code = make_code(cfg.code, n, cfg.field or None)
+    errors = resolve_errors(cfg, code, explicit_errors)
+
+    def root_checks() -> None:
+        check_writable("--out", cfg.out)
+        check_memory(f"`--rows` x `--inner` x `--cols` = {cfg.rows} x {cfg.inner} x {cfg.cols} "
+                     f"with {code!r}", run_memory_bytes(cfg, code))
+
+    on_root_then_everywhere(comm, root_checks)
 
     if cfg.local:
         from .runtime import LocalCluster
@@ -171,27 +248,19 @@ def cmd_run(argv: list[str]) -> int:
         cluster_cm = LocalCluster(cfg.local, backend=cfg.backend, faults=model, seed=fseed,
                                   timeout=cfg.timeout)
     else:
-        from mpi4py import MPI
-
         from .runtime import MPICluster
 
-        if MPI.COMM_WORLD.Get_size() < 2:
-            raise ConfigurationError(
-                "`run` needs at least 2 MPI ranks: start it with launch/mpirun.sh N "
-                "(mpiexec -n N python -m codedml run) or pass --local N for worker threads")
-        cluster_cm = MPICluster(MPI.COMM_WORLD, backend=cfg.backend, faults=model, seed=fseed,
+        cluster_cm = MPICluster(comm, backend=cfg.backend, faults=model, seed=fseed,
                                 timeout=cfg.timeout)
     with cluster_cm as cluster:
         if cluster is None:
             return 0
-        return _run_root(cluster, cfg, model, fseed)
+        return _run_root(cluster, cfg, model, fseed, code, errors)
     return 0  # pragma: no cover
 
 
-def _run_root(cluster: Any, cfg: RunConfig, model: Any, fseed: int) -> int:
+def _run_root(cluster: Any, cfg: RunConfig, model: Any, fseed: int, code: Any, errors: int) -> int:
     n = cluster.workers
-    code = make_code(cfg.code, n, cfg.field or None)
-    errors = min(cfg.errors, max(0, (n - code.recovery_threshold) // 2))
     rng = np.random.default_rng(cfg.seed)
     if cfg.field:
         A = rng.integers(0, cfg.field, (cfg.rows, cfg.inner))
@@ -261,7 +330,8 @@ def _run_root(cluster: Any, cfg: RunConfig, model: Any, fseed: int) -> int:
               "machine": {"platform": platform.platform(), "python": platform.python_version(),
                           "cpus": os.cpu_count()}}
     if cfg.out:
-        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.out).write_text(json.dumps(report, indent=1, default=str))
+        from ._io import atomic_write_json
+
+        atomic_write_json(cfg.out, report, indent=1, default=str)
         print(f"  report: {cfg.out}")
     return 0 if ok else (3 if undecodable else 1)

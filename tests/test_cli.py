@@ -131,10 +131,14 @@ def test_environment_is_honoured_and_flags_beat_it(tmp_path):
     # the environment beats the TOML file
     cfg = tmp_path / "run.toml"
     cfg.write_text(CONFIG.format(out=out.as_posix()))
-    p = codedml("run", "--config", str(cfg), cwd=tmp_path, CODEDML_JOBS="1", CODEDML_LOCAL="4")
+    p = codedml("run", "--config", str(cfg), cwd=tmp_path, CODEDML_JOBS="1", CODEDML_LOCAL="5")
     assert p.returncode == 0, p.stdout + p.stderr
     rep = _report(out)
-    assert len(rep["relative_errors"]) == 1 and rep["workers"] == 4
+    assert len(rep["relative_errors"]) == 1 and rep["workers"] == 5
+    # with 4 workers the file's straggler rank 5 names no worker: refused before any work
+    p = codedml("run", "--config", str(cfg), cwd=tmp_path, CODEDML_JOBS="1", CODEDML_LOCAL="4")
+    assert p.returncode == 2 and "`--stragglers` ranks must be between 1 and workers=4" in p.stderr
+    assert "got 5" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_bad_environment_value(tmp_path):

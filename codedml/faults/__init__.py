@@ -12,7 +12,7 @@ is sent (:func:`apply_fault` in the runtime).
 from .models import (Bursty, Compose, Corruption, Die, FailSilent, Fault, FaultModel,
                      FixedStragglers, NoFaults, Pareto, Schedule, ShiftedExponential,
                      SoftErrors, StorageErrors, corrupt, fault_for)
-from .config import faults_from_config, faults_from_flags, add_fault_flags
+from .config import add_fault_flags, check_fault_ranks, faults_from_config, faults_from_flags
 
 __all__ = [
     "Fault",
@@ -34,4 +34,5 @@ __all__ = [
     "faults_from_config",
     "faults_from_flags",
     "add_fault_flags",
+    "check_fault_ranks",
 ]

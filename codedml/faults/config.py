@@ -23,7 +23,10 @@ from ..errors import ConfigurationError
 from .models import (Bursty, Compose, Die, FailSilent, FaultModel, FixedStragglers, NoFaults,
                      Pareto, ShiftedExponential, SoftErrors)
 
-__all__ = ["faults_from_config", "faults_from_flags", "add_fault_flags"]
+__all__ = ["faults_from_config", "faults_from_flags", "add_fault_flags", "check_fault_ranks"]
+
+#: The largest fault seed (``fault_for`` seeds with the low 32 bits).
+MAX_SEED = 2**32 - 1
 
 _STRAGGLERS = {
     "fixed": (FixedStragglers, {"ranks", "delay", "start"}),
@@ -58,27 +61,75 @@ def faults_from_config(table: Mapping[str, Any]) -> tuple[FaultModel, int]:
                 f"[faults] stragglers `model` must be one of {sorted(_STRAGGLERS)}, got {name!r}")
         cls, allowed = _STRAGGLERS[name]
         _check_keys(f"[faults] stragglers ({name})", s, allowed)
-        if "ranks" in s and cls is not FixedStragglers:
-            s["ranks"] = frozenset(s["ranks"])
-        models.append(cls(**s))
+        if "ranks" in s and cls is not FixedStragglers and isinstance(s["ranks"], list):
+            s["ranks"] = tuple(s["ranks"])
+        models.append(_make(f"[faults] stragglers ({name}) / --stragglers {name}", cls, s))
     for e in _as_list(table.get("soft_errors")):
         _check_keys("[faults] soft_errors", e, {"kind", "prob", "value", "ranks"})
         e = dict(e)
-        if "ranks" in e:
-            e["ranks"] = frozenset(e["ranks"])
-        models.append(SoftErrors(**e))
+        if isinstance(e.get("ranks"), list):
+            e["ranks"] = tuple(e["ranks"])
+        models.append(_make("[faults] soft_errors / --soft-errors", SoftErrors, e))
     for f in _as_list(table.get("fail_silent")):
         _check_keys("[faults] fail_silent", f, {"ranks", "start"})
-        models.append(FailSilent(**f))
+        models.append(_make("[faults] fail_silent / --fail-silent", FailSilent, f))
     for d in _as_list(table.get("die")):
         _check_keys("[faults] die", d, {"ranks", "at"})
-        models.append(Die(**d))
+        models.append(_make("[faults] die / --die", Die, d))
     seed = table.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigurationError(f"[faults] `seed` must be an integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigurationError(
+            f"`--fault-seed` ([faults] seed) must be an integer between 0 and {MAX_SEED}, got {seed!r}")
     if not models:
         return NoFaults(), seed
     return (models[0] if len(models) == 1 else Compose(tuple(models))), seed
+
+
+def _make(where: str, cls: type, kwargs: Mapping[str, Any]) -> FaultModel:
+    """``cls(**kwargs)``; a missing or mistyped key is a ConfigurationError naming ``where``."""
+    import inspect
+
+    if not isinstance(kwargs, Mapping):
+        raise ConfigurationError(f"{where} must be a table of keys, got {kwargs!r}")
+    params = inspect.signature(cls).parameters
+    required = [n for n, p in params.items() if p.default is inspect.Parameter.empty]
+    missing = [n for n in required if n not in kwargs]
+    if missing:
+        raise ConfigurationError(
+            f"{where} needs {', '.join(f'`{m}`' for m in missing)} (keys: {sorted(params)}), "
+            f"got {dict(kwargs)!r}")
+    try:
+        return cls(**kwargs)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{where}: {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{where}: bad value in {dict(kwargs)!r}: {exc}") from exc
+
+
+#: The flag (or table) that sets the ranks of each model, for messages.
+_RANK_SOURCE = {"Die": "--die", "FailSilent": "--fail-silent", "FixedStragglers": "--stragglers",
+                "ShiftedExponential": "--stragglers", "Pareto": "--stragglers",
+                "SoftErrors": "[faults] soft_errors", "StorageErrors": "StorageErrors"}
+
+
+def check_fault_ranks(model: FaultModel, workers: int) -> None:
+    """Every rank a failure model names must be a worker: between 1 and ``workers`` (rank 0
+    is the root). Raises :class:`ConfigurationError` naming the flag, the range and the rank."""
+    from .models import Compose, Schedule
+
+    parts = model.models if isinstance(model, Compose) else (model,)
+    for m in parts:
+        if isinstance(m, Compose):
+            check_fault_ranks(m, workers)
+            continue
+        ranks = set(getattr(m, "ranks", None) or ())
+        if isinstance(m, Schedule):
+            ranks = {int(r) for row in m.table.values() for r in row}
+        bad = sorted(r for r in ranks if not 1 <= r <= workers)
+        if bad:
+            src = _RANK_SOURCE.get(type(m).__name__, type(m).__name__)
+            raise ConfigurationError(
+                f"`{src}` ranks must be between 1 and workers={workers} (rank 0 is the root), got {bad[0]}")
 
 
 def add_fault_flags(ap: argparse.ArgumentParser) -> None:
@@ -106,9 +157,16 @@ def _parse_value(v: str) -> Any:
 def _ranks_at(flag: str, text: str) -> tuple[list[int], int]:
     try:
         ranks, _, job = text.partition("@")
-        return [int(r) for r in ranks.split("+")], int(job or 0)
+        out, at = [int(r) for r in ranks.split("+")], int(job or 0)
     except ValueError as exc:
         raise ConfigurationError(f"`{flag}` must look like 1+3@2 (ranks @ job), got {text!r}") from exc
+    bad = [r for r in out if r < 1]
+    if bad:
+        raise ConfigurationError(
+            f"`{flag}` ranks must be at least 1 (rank 0 is the root), got {bad[0]} in {text!r}")
+    if at < 0:
+        raise ConfigurationError(f"`{flag}` job must be at least 0, got {at} in {text!r}")
+    return out, at
 
 
 def faults_from_flags(ns: argparse.Namespace, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -135,7 +193,7 @@ def faults_from_flags(ns: argparse.Namespace, base: Mapping[str, Any] | None = N
             kind, _, prob = item.partition(":")
             try:
                 errs.append({"kind": kind, "prob": float(prob or 1.0)})
-            except ValueError as exc:
+            except ValueError as exc:  # a range error is SoftErrors' to name
                 raise ConfigurationError(f"`--soft-errors` must look like exponent:0.05, got {item!r}") from exc
         table["soft_errors"] = errs
     if ns.fail_silent:

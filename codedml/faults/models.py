@@ -33,6 +33,7 @@ class Corruption:
     def __post_init__(self) -> None:
         if self.kind not in CORRUPTION_KINDS:
             raise ConfigurationError(f"corruption `kind` must be one of {CORRUPTION_KINDS}, got {self.kind!r}")
+        _number("value", self.value)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,16 @@ class Fault:
     crash: str | None = None
     corruptions: tuple[Corruption, ...] = ()
     storage: tuple[Corruption, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.delay != 0.0:
+            _positive("delay", self.delay)
+        if self.crash not in (None, "silent", "die"):
+            raise ConfigurationError(f"`crash` must be None, 'silent' or 'die', got {self.crash!r}")
+        for name in ("corruptions", "storage"):
+            v = getattr(self, name)
+            if not isinstance(v, tuple) or not all(isinstance(c, Corruption) for c in v):
+                raise ConfigurationError(f"`{name}` must be a tuple of Corruption, got {v!r}")
 
     def __add__(self, other: "Fault") -> "Fault":
         crash = self.crash or other.crash
@@ -79,30 +90,59 @@ class FaultModel:
 
 
 def _ranks(name: str, ranks: Iterable[int] | None) -> frozenset[int] | None:
+    """Worker ranks: integers >= 1 (rank 0 is the root, which runs no worker)."""
     if ranks is None:
         return None
-    try:
-        out = frozenset(int(r) for r in ranks)
-    except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"`{name}` must be a list of worker ranks, got {ranks!r}") from exc
-    if any(r < 0 for r in out):
-        raise ConfigurationError(f"`{name}` must hold worker ranks >= 0, got {sorted(out)}")
-    return out
+    if isinstance(ranks, (str, bytes)) or not isinstance(ranks, Iterable):
+        raise ConfigurationError(f"`{name}` must be a list of worker ranks (>= 1), got {ranks!r}")
+    out = []
+    for r in ranks:
+        if isinstance(r, bool) or not isinstance(r, (int, np.integer)):
+            raise ConfigurationError(
+                f"`{name}` must hold integer worker ranks (>= 1), got {r!r} in {ranks!r}")
+        out.append(int(r))
+    bad = sorted(r for r in out if r < 1)
+    if bad:
+        raise ConfigurationError(
+            f"`{name}` must hold worker ranks of at least 1 (rank 0 is the root), got {bad[0]}")
+    return frozenset(out)
+
+
+def _job(name: str, value: int) -> int:
+    """A job index: an integer >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ConfigurationError(f"`{name}` must be an integer job index of at least 0, got {value!r}")
+    if value < 0:
+        raise ConfigurationError(f"`{name}` must be a job index of at least 0, got {value}")
+    return int(value)
+
+
+def _number(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ConfigurationError(f"`{name}` must be a number, got {value!r}")
+    return float(value)
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = True) -> float:
-    v = float(value)
+    """A finite number >= 0 (or > 0)."""
+    v = _number(name, value)
     if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        rng = "at least 0" if allow_zero else "greater than 0"
+        rng = "a finite number of at least 0" if allow_zero else "a finite number greater than 0"
         raise ConfigurationError(f"`{name}` must be {rng}, got {value}")
     return v
 
 
 def _prob(name: str, value: float) -> float:
-    v = float(value)
+    v = _number(name, value)
     if not 0.0 <= v <= 1.0:
-        raise ConfigurationError(f"`{name}` must be between 0 and 1, got {value}")
+        raise ConfigurationError(f"`{name}` must be a probability between 0 and 1, got {value}")
     return v
+
+
+def _seed(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ConfigurationError(f"`{name}` must be an integer of at least 0, got {value!r}")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -124,7 +164,7 @@ class FixedStragglers(FaultModel):
     def __init__(self, ranks: Iterable[int], delay: float, start: int = 0) -> None:
         object.__setattr__(self, "ranks", _ranks("ranks", ranks))
         object.__setattr__(self, "delay", _positive("delay", delay))
-        object.__setattr__(self, "start", int(start))
+        object.__setattr__(self, "start", _job("start", start))
 
     def __call__(self, rank: int, job: int, rng: np.random.Generator) -> Fault:
         return Fault(self.delay) if rank in self.ranks and job >= self.start else NO_FAULT
@@ -186,6 +226,7 @@ class Bursty(FaultModel):
         _prob("p_slow", self.p_slow)
         _prob("p_recover", self.p_recover)
         _positive("delay", self.delay)
+        _seed("seed", self.seed)
 
     def slow(self, rank: int, job: int, experiment_seed: int = 0) -> bool:
         """Whether ``rank`` is in the slow state at ``job``."""
@@ -212,7 +253,7 @@ class FailSilent(FaultModel):
 
     def __init__(self, ranks: Iterable[int], start: int = 0) -> None:
         object.__setattr__(self, "ranks", _ranks("ranks", ranks))
-        object.__setattr__(self, "start", int(start))
+        object.__setattr__(self, "start", _job("start", start))
 
     def __call__(self, rank: int, job: int, rng: np.random.Generator) -> Fault:
         return Fault(crash="silent") if rank in self.ranks and job >= self.start else NO_FAULT
@@ -231,7 +272,7 @@ class Die(FaultModel):
 
     def __init__(self, ranks: Iterable[int], at: int = 0) -> None:
         object.__setattr__(self, "ranks", _ranks("ranks", ranks))
-        object.__setattr__(self, "at", int(at))
+        object.__setattr__(self, "at", _job("at", at))
 
     def __call__(self, rank: int, job: int, rng: np.random.Generator) -> Fault:
         return Fault(crash="die") if rank in self.ranks and job >= self.at else NO_FAULT
@@ -253,6 +294,9 @@ class SoftErrors(FaultModel):
     def __post_init__(self) -> None:
         Corruption(self.kind, self.value)
         _prob("prob", self.prob)
+        v = _number("value", self.value)
+        if not math.isfinite(v):
+            raise ConfigurationError(f"`value` must be a finite number, got {self.value}")
         object.__setattr__(self, "ranks", _ranks("ranks", self.ranks))
 
     def __call__(self, rank: int, job: int, rng: np.random.Generator) -> Fault:
@@ -288,6 +332,18 @@ class Schedule(FaultModel):
 
     table: Mapping[int, Mapping[int, Fault]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.table, Mapping):
+            raise ConfigurationError(f"`table` must be a mapping {{job: {{rank: Fault}}}}, got {self.table!r}")
+        for job, row in self.table.items():
+            _job("table job", job)
+            if not isinstance(row, Mapping):
+                raise ConfigurationError(f"`table[{job}]` must be a mapping {{rank: Fault}}, got {row!r}")
+            _ranks(f"table[{job}] ranks", list(row))
+            for rank, f in row.items():
+                if not isinstance(f, Fault):
+                    raise ConfigurationError(f"`table[{job}][{rank}]` must be a Fault, got {f!r}")
+
     def __call__(self, rank: int, job: int, rng: np.random.Generator) -> Fault:
         return self.table.get(job, {}).get(rank, NO_FAULT)
 
@@ -300,6 +356,10 @@ class Compose(FaultModel):
     """Several models at once: delays add, corruptions accumulate, any crash wins ("die" first)."""
 
     models: tuple[FaultModel, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.models, tuple) or not all(isinstance(m, FaultModel) for m in self.models):
+            raise ConfigurationError(f"`models` must be a tuple of FaultModel, got {self.models!r}")
 
     def __call__(self, rank: int, job: int, rng: np.random.Generator) -> Fault:
         out = NO_FAULT

@@ -81,10 +81,18 @@ class TrainJob:
             raise ConfigurationError(f"`model` must be 'logreg' or 'mlp', got {self.model!r}")
         if self.dtype not in ("float32", "float64"):
             raise ConfigurationError(f"`dtype` must be 'float32' or 'float64', got {self.dtype!r}")
-        if self.hidden < 1:
-            raise ConfigurationError(f"`hidden` must be at least 1, got {self.hidden}")
-        if self.local < 0:
-            raise ConfigurationError(f"`local` must be at least 0, got {self.local}")
+        from .._config import MAX_LOCAL, check_int
+
+        check_int("hidden", self.hidden, 1)
+        check_int("local", self.local, 0, MAX_LOCAL, why=" (0: run under mpiexec)")
+
+
+def train_memory_bytes(job: TrainJob, workers: int) -> int:
+    """A generous estimate of the memory of a run: the model's parameters (digits: 64 inputs,
+    10 classes) held as the root's weights, gradients, momentum and float64 flat copies, and
+    once more per worker (replicas, gradients, messages)."""
+    d = 64 * 10 + 10 if job.model == "logreg" else 64 * job.hidden + job.hidden + 10 * job.hidden + 10
+    return int(8 * d * (8 + 4 * workers))
 
 
 def load_train_config(path: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -113,15 +121,19 @@ def _plot(metrics: list[dict[str, Any]], path: str, title: str) -> None:
     ax.set_title(title)
     ax.set_yscale("log")
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    from .._io import atomic_save
+
+    atomic_save(path, lambda f: fig.savefig(f, dpi=100, format="png"))
     plt.close(fig)
 
 
 def cmd_train(argv: list[str]) -> int:
     """Data-parallel SGD (sync, K-sync, K-batch-sync, async, K-async, K-batch-async,
     gradient coding) under mpiexec or --local N, with injected failures."""
-    from ..faults import add_fault_flags, faults_from_config, faults_from_flags
+    from .._config import check_memory, on_root_then_everywhere
+    from .._io import check_writable
+    from ..faults import add_fault_flags, check_fault_ranks, faults_from_config, faults_from_flags
+    from .trainer import check_checkpoint, load_checkpoint
 
     ap = argparse.ArgumentParser(prog="python -m codedml train", description=cmd_train.__doc__)
     ap.add_argument("--config", help="TOML file with [train] and [faults] tables")
@@ -138,14 +150,11 @@ def cmd_train(argv: list[str]) -> int:
                                                    if k in {f.name for f in fields(TrainJob)}},
                   env_known=known)
     faults, fseed = faults_from_config(faults_from_flags(ns, fault_table))
-
-    from .task import digits_task
-
-    task = digits_task(job.model, hidden=job.hidden, seed=cfg.seed, dtype=job.dtype)
-    from .trainer import train
-
+    # Every value is checked before any work starts (issue 10, points 6 and 7).
     comm = None
-    if not job.local:
+    if job.local:
+        n = job.local
+    else:
         from mpi4py import MPI
 
         comm = MPI.COMM_WORLD
@@ -153,6 +162,28 @@ def cmd_train(argv: list[str]) -> int:
             raise ConfigurationError(
                 "`train` needs at least 2 MPI ranks: start it with launch/mpirun.sh N train "
                 "(mpiexec -n N python -m codedml train) or pass --local N for worker threads")
+        n = comm.Get_size() - 1
+    check_fault_ranks(faults, n)
+    cfg.check_workers(n)
+    if cfg.policy in ("ksync", "kasync") and not 1 <= cfg.k_for(n) <= n:
+        raise ConfigurationError(f"`k` must be between 1 and workers={n}, got {cfg.k_for(n)}")
+    check_memory(f"`--model` {job.model} with `--hidden` {job.hidden} and {n} workers",
+                 train_memory_bytes(job, n))
+
+    from .task import digits_task
+
+    task = digits_task(job.model, hidden=job.hidden, seed=cfg.seed, dtype=job.dtype)
+
+    def root_checks() -> None:
+        for flag, path in (("--out", job.out), ("--metrics", job.metrics), ("--plot", job.plot),
+                           ("--checkpoint", cfg.checkpoint)):
+            if path:
+                check_writable(flag, path)
+        if cfg.resume:
+            check_checkpoint(load_checkpoint(cfg.resume), cfg.resume, task, cfg)
+
+    on_root_then_everywhere(comm, root_checks)
+    from .trainer import train
     try:
         res = train(task, cfg, local=job.local, comm=comm, faults=faults, fault_seed=fseed,
                     metrics=job.metrics or None, progress=job.progress)
@@ -174,8 +205,9 @@ def cmd_train(argv: list[str]) -> int:
         print(f"  crashed ranks (tolerated): {res.crashed}")
     report = {"job": asdict(job), "faults": repr(faults), "fault_seed": fseed, **res.as_dict()}
     if job.out:
-        Path(job.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(job.out).write_text(json.dumps(report, indent=1, default=str))
+        from .._io import atomic_write_json
+
+        atomic_write_json(job.out, report, indent=1, default=str)
         print(f"  report: {job.out}; per-step metrics: {job.metrics}")
     if job.plot:
         _plot(res.metrics, job.plot, f"{task.name} {cfg.policy}")

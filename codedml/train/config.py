@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -87,6 +88,12 @@ class TrainConfig:
             want = {"int": int, "float": (int, float), "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
             if isinstance(v, bool) or not isinstance(v, want):
                 raise ConfigurationError(f"`{f.name}` must be {f.type}, got {v!r}")
+        for name, rng in (("max_time", "at least 0 (0: no limit)"), ("lr", "greater than 0"),
+                          ("momentum", "in [0, 1)"), ("outlier", "greater than 1"),
+                          ("timeout", "of seconds greater than 0")):  # NaN and inf by name
+            v = float(getattr(self, name))
+            if not math.isfinite(v):
+                raise ConfigurationError(f"`{name}` must be a finite number {rng}, got {v}")
         if self.policy not in POLICIES:
             raise ConfigurationError(f"`policy` must be one of {POLICIES}, got {self.policy!r}")
         _at_least("k", self.k, 0)
@@ -111,9 +118,14 @@ class TrainConfig:
         if not self.outlier > 1:
             raise ConfigurationError(f"`outlier` must be greater than 1, got {self.outlier}")
         if not self.timeout > 0:
-            raise ConfigurationError(f"`timeout` must be greater than 0, got {self.timeout}")
+            raise ConfigurationError(
+                f"`timeout` must be a finite number of seconds greater than 0, got {self.timeout}")
         _at_least("eval_every", self.eval_every, 1)
         _at_least("checkpoint_every", self.checkpoint_every, 0)
+        for name in ("seed", "data_seed"):  # numpy's generators refuse negative seeds
+            if not 0 <= getattr(self, name) <= 2**63 - 1:
+                raise ConfigurationError(
+                    f"`{name}` must be between 0 and {2**63 - 1}, got {getattr(self, name)}")
         if self.checkpoint_every and not self.checkpoint:
             raise ConfigurationError("`checkpoint_every` needs a `checkpoint` path, got none")
 

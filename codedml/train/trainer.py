@@ -11,10 +11,14 @@ of accepted contributions. The sum is divided by ``m``, not by ``sum_i lambda(ta
 weights are a staleness-dependent learning rate (``lr lambda(tau_i) / m`` per gradient), so
 stale gradients make a smaller step; they are not renormalised to an average.
 
-Checkpoints (``torch.save``, written to ``path.tmp`` then ``os.replace``: a crash mid-write
-leaves the previous checkpoint intact) hold ``format``, ``policy``, ``step``, ``model`` and
+Checkpoints (``torch.save`` through :func:`codedml._io.atomic_save`: a temporary file in the
+same directory, fsync, ``os.replace``, fsync of the directory, so a crash mid-write leaves the
+previous checkpoint intact) hold ``format``, ``task``, ``policy``, ``step``, ``model`` and
 ``optimizer`` state dicts, ``wall`` (training seconds so far), the engine's state (mini-batch
-counters, recent gradient norms, bits sent) and the python / numpy / torch random states. A
+counters, recent gradient norms, bits sent) and the python / numpy / torch random states as
+plain lists and tensors, so they load with ``torch.load(..., weights_only=True)``; a corrupt,
+truncated, foreign, other-version or other-model file is refused by name
+(:func:`load_checkpoint`, :func:`check_checkpoint`). A
 run resumed from the checkpoint of step ``t`` continues at step ``t + 1``; under the
 synchronous policies without delays it reproduces the uninterrupted run exactly. Requests in
 flight (asynchronous policies) are not saved: after a resume every worker gets a fresh one.
@@ -32,6 +36,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, IO
@@ -43,9 +48,12 @@ from .config import TrainConfig
 from .policies import ASYNC, POLICY_FUNCTIONS, Contribution, PolicyState, Request
 from .task import HANDLER, Task, handlers, partition_indices
 
-__all__ = ["Engine", "TrainResult", "fit", "train", "load_checkpoint", "CHECKPOINT_FORMAT"]
+__all__ = ["Engine", "TrainResult", "fit", "train", "load_checkpoint", "check_checkpoint",
+           "CHECKPOINT_FORMAT"]
 
-CHECKPOINT_FORMAT = "codedml.train/1"
+#: Checkpoint format name/version; other versions are refused by name. Version 2: loads
+#: with ``weights_only=True`` (random states as lists and tensors, no pickled objects).
+CHECKPOINT_FORMAT = "codedml.train/2"
 
 
 @dataclass
@@ -245,39 +253,36 @@ class Engine:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path: str) -> None:
+        """Write the checkpoint (see :func:`load_checkpoint` for its contents) atomically."""
         import torch
 
-        state = {"format": CHECKPOINT_FORMAT, "policy": self.cfg.policy, "step": self.st.version,
-                 "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                 "wall": self.wall, "engine": {"sub": dict(self._sub), "norms": list(self._norms),
-                                              "bits_total": self.bits_total, "gradients": self.gradients},
-                 "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                         "torch": torch.get_rng_state()},
-                 "config": asdict(self.cfg)}
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, p)
+        from .._io import atomic_save
+
+        state = {"format": CHECKPOINT_FORMAT, "task": self.task.name, "policy": self.cfg.policy,
+                 "step": self.st.version, "model": self.model.state_dict(),
+                 "optimizer": self.opt.state_dict(), "wall": float(self.wall),
+                 "engine": {"sub": {int(k): [int(x) for x in v] for k, v in self._sub.items()},
+                            "norms": [float(x) for x in self._norms],
+                            "bits_total": int(self.bits_total), "gradients": int(self.gradients)},
+                 "rng": rng_state(), "config": asdict(self.cfg)}
+        atomic_save(path, lambda f: torch.save(state, f))
 
     def restore(self, path: str) -> None:
-        import torch
-
         ck = load_checkpoint(path)
-        if ck["policy"] != self.cfg.policy:
-            raise ConfigurationError(f"`resume` checkpoint {path} was written by policy "
-                                     f"{ck['policy']!r}, this run is {self.cfg.policy!r}")
+        check_checkpoint(ck, path, self.task, self.cfg, self.model)
         self.model.load_state_dict(ck["model"])
-        self.opt.load_state_dict(ck["optimizer"])
+        try:
+            self.opt.load_state_dict(ck["optimizer"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise ConfigurationError(f"`resume` checkpoint {path}: its optimizer state does not "
+                                     f"fit this model ({exc})") from exc
         self.st.version = int(ck["step"])
         self.wall_offset = float(ck["wall"])
         e = ck["engine"]
-        self._sub = {int(k): tuple(v) for k, v in e["sub"].items()}
-        self._norms = list(e["norms"])
+        self._sub = {int(k): (int(v[0]), int(v[1])) for k, v in e["sub"].items()}
+        self._norms = [float(x) for x in e["norms"]]
         self.bits_total, self.gradients = int(e["bits_total"]), int(e["gradients"])
-        random.setstate(ck["rng"]["python"])
-        np.random.set_state(ck["rng"]["numpy"])
-        torch.set_rng_state(ck["rng"]["torch"])
+        set_rng_state(ck["rng"])
 
     # ------------------------------------------------------------------ the loop
     @property
@@ -350,6 +355,8 @@ class Engine:
                     sink.write(json.dumps(rec) + "\n")
                     sink.flush()
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                    if own and sink is not None:  # the metrics up to the checkpoint are durable
+                        os.fsync(sink.fileno())
                     self.save(cfg.checkpoint)
                 if self._progress:
                     _bar(step, cfg.steps, self.wall, loss, rec)
@@ -358,6 +365,8 @@ class Engine:
                 if r.call is not None:
                     r.call.cancel()
             if own and sink is not None:
+                sink.flush()
+                os.fsync(sink.fileno())
                 sink.close()
         if self._progress:
             sys.stderr.write("\n")
@@ -385,7 +394,11 @@ def _bar(step: int, total: int, wall: float, loss: float, rec: dict[str, Any]) -
 def _truncate_metrics(path: str | os.PathLike, step: int) -> None:
     """Keep the JSON lines of ``path`` with ``step <= step`` (the checkpoint's): the steps a
     crashed run made after its last checkpoint are redone by the resumed run. A torn last line
-    is dropped. The file is rewritten to ``path.tmp`` and ``os.replace``d onto ``path``."""
+    is dropped. The file is rewritten atomically (:func:`codedml._io.atomic_write_text`).
+
+    The metrics file itself is a stream: one line appended and flushed per step (rewriting it
+    whole each step would cost O(steps^2)), fsync-ed with every checkpoint and at the end; a
+    reader, and this function, drop a torn last line."""
     p = Path(path)
     if not p.exists():
         return
@@ -397,22 +410,137 @@ def _truncate_metrics(path: str | os.PathLike, step: int) -> None:
             continue
         if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
             keep.append(line + "\n")
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text("".join(keep))
-    os.replace(tmp, p)
+    from .._io import atomic_write_text
+
+    atomic_write_text(p, "".join(keep))
+
+
+def rng_state() -> dict[str, Any]:
+    """The python, numpy and torch global random states as plain lists and tensors (what a
+    ``torch.load(..., weights_only=True)`` may read back)."""
+    import torch
+
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": {"version": int(version), "state": [int(x) for x in mt],
+                       "gauss_next": None if gauss is None else float(gauss)},
+            "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                      "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "torch": torch.get_rng_state()}
+
+
+def set_rng_state(rng: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned (validated by :func:`check_checkpoint`)."""
+    import torch
+
+    py = rng["python"]
+    random.setstate((int(py["version"]), tuple(int(x) for x in py["state"]),
+                     None if py["gauss_next"] is None else float(py["gauss_next"])))
+    nu = rng["numpy"]
+    np.random.set_state((str(nu["name"]), np.asarray(nu["keys"].numpy(), dtype=np.uint32),
+                         int(nu["pos"]), int(nu["has_gauss"]), float(nu["cached_gaussian"])))
+    torch.set_rng_state(rng["torch"])
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:
-    """A checkpoint written by :class:`Engine` (a file you trust: it holds pickled RNG states)."""
+    """A checkpoint written by :class:`Engine`, read with ``torch.load(..., weights_only=True)``
+    (no code runs while loading: a pickle that would call anything is refused).
+
+    Contents (format :data:`CHECKPOINT_FORMAT`): ``format``, ``task`` (its name), ``policy``,
+    ``step``, ``model`` and ``optimizer`` state dicts, ``wall`` (training seconds so far),
+    ``engine`` (mini-batch counters, recent gradient norms, bits sent, gradients received),
+    ``rng`` (python / numpy / torch random states as lists and tensors) and ``config``.
+
+    Raises :class:`~codedml.errors.ConfigurationError` (exit status 2 from the command line)
+    naming the path when the file is missing, unreadable, corrupt or truncated, not a torch
+    file, a pickle that would run code, or a checkpoint of another format version.
+    """
     import torch
 
+    p = Path(path)
+    if not p.exists():
+        raise ConfigurationError(f"`resume` checkpoint not found: {path}")
+    if p.is_dir():
+        raise ConfigurationError(f"`resume` must be a checkpoint file, got a directory: {path}")
     try:
-        ck = torch.load(path, weights_only=False)
-    except FileNotFoundError as exc:
-        raise ConfigurationError(f"`resume` checkpoint not found: {path}") from exc
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigurationError(f"`resume` {path} is not a {CHECKPOINT_FORMAT} checkpoint")
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
+            warnings.simplefilter("ignore")
+            ck = torch.load(p, weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - every way a file can fail to load is named
+        text = str(exc)
+        lines = [ln.strip() for ln in text.splitlines() if "unsupported" in ln.lower()]
+        detail = (lines[0] if lines else (text.strip().splitlines() or [type(exc).__name__])[0])[:200]
+        why = ("a pickle that would call code, refused unrun (weights_only=True)"
+               if "global" in text.lower() else "corrupt, truncated or not a torch checkpoint")
+        raise ConfigurationError(f"`resume` {path} is not a readable {CHECKPOINT_FORMAT} "
+                                 f"checkpoint: {why} ({type(exc).__name__}: {detail})") from exc
+    fmt = ck.get("format") if isinstance(ck, dict) else None
+    if not isinstance(fmt, str) or not fmt.startswith("codedml.train/"):
+        raise ConfigurationError(f"`resume` {path} is not a codedml training checkpoint "
+                                 f"(expected format {CHECKPOINT_FORMAT!r})")
+    if fmt != CHECKPOINT_FORMAT:
+        raise ConfigurationError(
+            f"`resume` {path} has checkpoint format {fmt!r}; this version of codedml reads only "
+            f"{CHECKPOINT_FORMAT!r} (start the run afresh)")
+    _check_schema(ck, path)
     return ck
+
+
+def _check_schema(ck: dict[str, Any], path: str) -> None:
+    """Every field of a checkpoint present with the right type (a crafted or damaged file is
+    named here instead of failing later inside torch or random)."""
+    import torch
+
+    def need(cond: bool, what: str) -> None:
+        if not cond:
+            raise ConfigurationError(f"`resume` {path} is a damaged checkpoint: {what}")
+
+    for key, kind in (("task", str), ("policy", str), ("step", int), ("model", dict),
+                      ("optimizer", dict), ("wall", float), ("engine", dict), ("rng", dict),
+                      ("config", dict)):
+        need(key in ck and isinstance(ck[key], kind) and not isinstance(ck[key], bool),
+             f"`{key}` missing or not {kind.__name__}")
+    need(ck["step"] >= 0, f"`step` must be at least 0, got {ck['step']}")
+    need(all(isinstance(v, torch.Tensor) for v in ck["model"].values()), "`model` holds non-tensors")
+    e = ck["engine"]
+    need(isinstance(e.get("sub"), dict) and all(isinstance(v, list) and len(v) == 2
+                                                for v in e["sub"].values()), "`engine.sub`")
+    need(isinstance(e.get("norms"), list), "`engine.norms`")
+    need(isinstance(e.get("bits_total"), int) and isinstance(e.get("gradients"), int),
+         "`engine.bits_total` / `engine.gradients`")
+    r = ck["rng"]
+    py, nu, to = r.get("python"), r.get("numpy"), r.get("torch")
+    need(isinstance(py, dict) and isinstance(py.get("state"), list) and len(py["state"]) == 625
+         and isinstance(py.get("version"), int), "`rng.python`")
+    need(isinstance(nu, dict) and isinstance(nu.get("keys"), torch.Tensor)
+         and tuple(nu["keys"].shape) == (624,) and nu.get("name") == "MT19937"
+         and isinstance(nu.get("pos"), int) and 0 <= nu["pos"] <= 624, "`rng.numpy`")
+    need(isinstance(to, torch.Tensor) and to.dtype == torch.uint8, "`rng.torch`")
+
+
+def check_checkpoint(ck: dict[str, Any], path: str, task: Task, cfg: TrainConfig,
+                     model: Any | None = None) -> None:
+    """Refuse, by name, a checkpoint of another model: another task, policy, or parameter
+    names / shapes / dtypes than ``task``'s model (``model``, else a fresh root model)."""
+    if ck["task"] != task.name:
+        raise ConfigurationError(f"`resume` checkpoint {path} was written for task "
+                                 f"{ck['task']!r}, this run is {task.name!r}")
+    if ck["policy"] != cfg.policy:
+        raise ConfigurationError(f"`resume` checkpoint {path} was written by policy "
+                                 f"{ck['policy']!r}, this run is {cfg.policy!r}")
+    want = (model if model is not None else task.root_model()).state_dict()
+    have = ck["model"]
+    if set(want) != set(have):
+        raise ConfigurationError(
+            f"`resume` checkpoint {path} holds another model: parameters {sorted(have)}, "
+            f"this run's model has {sorted(want)}")
+    for name, t in want.items():
+        h = have[name]
+        if tuple(h.shape) != tuple(t.shape) or h.dtype != t.dtype:
+            raise ConfigurationError(
+                f"`resume` checkpoint {path} holds another model: parameter {name!r} is "
+                f"{tuple(h.shape)} {h.dtype}, this run's is {tuple(t.shape)} {t.dtype} "
+                f"(check --model, --hidden, --dtype)")
 
 
 def fit(cluster: Any, task: Task, cfg: TrainConfig, *,
