@@ -301,6 +301,12 @@ class LinearCode(abc.ABC):
         """Solve one family's system over the reals (see :func:`_lstsq`)."""
         return _lstsq(M, E, rows)
 
+    def _solve_family(self, M: np.ndarray, E: Any, want: np.ndarray | None,
+                      workers: np.ndarray) -> np.ndarray:
+        """Solve one family from the kept results of ``workers`` (systematic codes use the
+        worker indices to skip the solve for data blocks that arrived as they are)."""
+        return self._solve_real(M, E, want)
+
     def _wanted_unknowns(self) -> list[np.ndarray | None]:
         """Per family, the unknowns ``_assemble`` reads (``None``: all of them)."""
         return [None] * len(self._families(np.arange(min(1, self.workers))))
@@ -462,7 +468,8 @@ class LinearCode(abc.ABC):
             with np.errstate(over="ignore", invalid="ignore"):  # corrupt values may be huge
                 keep, faulty, checked = self._locate_real(rows, raw, E, Ms, errors, encoding, rtol)
             wanted = self._wanted_unknowns()
-            X = [self._solve_real(M[keep], Ef[keep], wanted[f]) for f, (M, Ef) in enumerate(zip(Ms, E))]
+            X = [self._solve_family(M[keep], Ef[keep], wanted[f], rows[keep])
+                 for f, (M, Ef) in enumerate(zip(Ms, E))]
             cond = max(float(np.linalg.cond(M[keep])) for M in Ms)
         else:
             keep, faulty, checked, X = self._locate_exact(rows, E, Ms, errors)
@@ -842,7 +849,8 @@ def _equivalent(Ms, Y, W, keeps, good, best) -> bool:
 FAST_DECODE_MAX_CONDITION = 1e3
 
 
-def _lstsq(M: np.ndarray, E: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+def _lstsq(M: np.ndarray, E: np.ndarray, rows: np.ndarray | None = None,
+           functional: np.ndarray | None = None) -> np.ndarray:
     """Solve ``M X = E`` in float64/complex128 and return ``X`` (or only ``X[rows]``).
 
     ``M`` is small (results x unknowns); ``E`` has one column per entry of a result block.
@@ -864,12 +872,18 @@ def _lstsq(M: np.ndarray, E: np.ndarray, rows: np.ndarray | None = None) -> np.n
 
     Rank-deficient systems (gradient codes) get the least-norm solution from the SVD, whose
     image is all decoding needs.
+
+    ``functional`` (d x w), instead of ``rows``: return ``functional^T X`` (systematic MatDot
+    wants the sum of the product polynomial's values at its systematic points), by the same
+    decoding vectors with ``M^H y_j = conj(functional[:, j])``.
     """
     block = E.shape[1:]
     wide = np.result_type(M.dtype, E.dtype, np.float64)
     Mw = M.astype(wide)
     d = M.shape[1]
     want = np.arange(d) if rows is None else np.asarray(rows)
+    if functional is not None:
+        want = np.arange(functional.shape[1])
 
     def data() -> np.ndarray:  # the results as one (r, entries) array
         stacked = E.stack() if isinstance(E, _Rows) else E
@@ -878,17 +892,19 @@ def _lstsq(M: np.ndarray, E: np.ndarray, rows: np.ndarray | None = None) -> np.n
     U_, S, Vh = np.linalg.svd(Mw, full_matrices=False)
     rank = int((S > S[0] * max(M.shape) * np.finfo(np.float64).eps).sum()) if S.size else 0
     if rank < d:
-        X = (np.conj(Vh[:rank].T) @ ((np.conj(U_[:, :rank].T) @ data()) / S[:rank, None]))[want]
+        X = np.conj(Vh[:rank].T) @ ((np.conj(U_[:, :rank].T) @ data()) / S[:rank, None])
+        X = functional.T @ X if functional is not None else X[want]
         return X.reshape((len(want),) + block)
     Q, R = np.linalg.qr(Mw)
     Qh = np.conj(Q.T)
     refine = S[0] / S[-1] > FAST_DECODE_MAX_CONDITION
-    if len(want) < d:
+    if functional is not None or len(want) < d:
         # Decoding vectors of the wanted unknowns: y_j = Q R^{-H} e_j solves M^H y_j = e_j
         # (least norm, in range(M)), and X_j = y_j^H E. Ill-conditioned: y_j refined once
         # against M^H itself with an error-free residual (a d x r system: negligible cost).
         Rh = np.conj(R.T)
-        I_w = np.eye(d, dtype=wide)[:, want]
+        I_w = (np.conj(functional).astype(wide) if functional is not None
+               else np.eye(d, dtype=wide)[:, want])
         Y = Q @ np.linalg.solve(Rh, I_w)
         if refine:
             Y += Q @ np.linalg.solve(Rh, _residual(_Split(np.conj(Mw.T)), Y, I_w))

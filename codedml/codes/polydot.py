@@ -91,7 +91,7 @@ class PolyDotCode(LinearCode):
 
     def __init__(self, workers: int, row_blocks: int = 1, inner_blocks: int = 1,
                  col_blocks: int = 1, *, field: int | None = None,
-                 construction: str = "circle") -> None:
+                 construction: str = "circle", systematic: bool = False) -> None:
         n = check_int("workers", workers, 1)
         p = check_int("row_blocks", row_blocks, 1)
         m = check_int("inner_blocks", inner_blocks, 1)
@@ -108,7 +108,13 @@ class PolyDotCode(LinearCode):
         self.recovery_threshold = k
         self.field = check_field(field, n)
         self.construction = "exact" if self.field is not None else construction
+        if not isinstance(systematic, (bool, np.bool_)):
+            raise ConfigurationError(f"`systematic` must be True or False, got {systematic!r}")
+        self.systematic = bool(systematic)
+        if self.systematic and not (q == 1 and (m == 1 or p == 1)):
+            raise ConfigurationError(_NO_SYSTEMATIC.format(p=p, m=m, q=q))
         self._points = self._make_points()
+        self._order = self._point_order()
 
     # ------------------------------------------------------------------ identity
     def _params(self) -> str:
@@ -116,15 +122,20 @@ class PolyDotCode(LinearCode):
 
     def __repr__(self) -> str:
         extra = f"field={self.field}" if self.field is not None else f"construction={self.construction!r}"
+        if self.systematic:
+            extra += ", systematic=True"
         return f"{type(self).__name__}(workers={self.workers}, {self._params()}, {extra})"
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, PolyDotCode) and
-                (self.workers, self.p, self.m, self.q, self.field, self.construction) ==
-                (other.workers, other.p, other.m, other.q, other.field, other.construction))
+                (self.workers, self.p, self.m, self.q, self.field, self.construction,
+                 self.systematic) ==
+                (other.workers, other.p, other.m, other.q, other.field, other.construction,
+                 other.systematic))
 
     def __hash__(self) -> int:
-        return hash((self.workers, self.p, self.m, self.q, self.field, self.construction))
+        return hash((self.workers, self.p, self.m, self.q, self.field, self.construction,
+                     self.systematic))
 
     @property
     def _packed(self) -> bool:
@@ -140,8 +151,51 @@ class PolyDotCode(LinearCode):
             return np.linspace(-1.0, 1.0, n) if n > 1 else np.zeros(1)
         return np.cos((2 * np.arange(n) + 1) * np.pi / (2 * n))
 
+    def _point_order(self) -> np.ndarray:
+        """Point index of each worker: the identity, except for systematic codes over the
+        reals, whose systematic workers ``0 .. s-1`` get ``s`` evenly spread points (s = k for
+        MDS-type codes, m for MatDot) when they are the fewer, else the parity workers do: a
+        spread set keeps ``V_S`` and the Lagrange basis on it well conditioned."""
+        n = self.workers
+        s = self._n_systematic()
+        if not self.systematic or self.field is not None or s in (0, n):
+            return np.arange(n)
+        few = min(s, n - s)
+        spread = sorted({int(math.floor(i * n / few)) for i in range(few)})
+        rest = [i for i in range(n) if i not in set(spread)]
+        return np.array(spread + rest if s <= n - s else rest + spread)
+
+    def _n_systematic(self) -> int:
+        """How many workers hold plain data: k = p (MDS-type) or m (MatDot); 0 if not systematic."""
+        if not getattr(self, "systematic", False):
+            return 0
+        return self.p if self.m == 1 else self.m
+
     def _gf_points(self) -> np.ndarray | None:
-        return self._points if self.field is not None else None
+        return self._points[self._order] if self.field is not None else None
+
+    def _generator(self) -> np.ndarray:
+        """Systematic codes: per worker, the coefficients of the data blocks in its encoded
+        operand, ``G = V V_S^{-1}`` (n x s) for the Vandermonde ``V`` of exponents ``0 .. s-1``
+        at the workers' points and its rows ``V_S`` at the ``s`` systematic workers: the
+        Lagrange basis on the systematic points, so ``G_S = I`` exactly (set, not computed).
+        MDS-type codes encode A with it (a worker's result is ``G[w] @ [A_i b]``); systematic
+        MatDot encodes both A and B with it (Dutta et al.: ``p_A(x) = sum_i A_i L_i(x)``)."""
+        G = self.__dict__.get("_G")
+        if G is None:
+            s = self._n_systematic()
+            V = self._powers(np.arange(s))
+            if self.field is not None:
+                G = _gfp.solve_mod(V[:s].T % self.field, V.T % self.field, self.field).T.copy()
+                G[:s] = np.eye(s, dtype=np.int64)
+            else:
+                G = np.linalg.solve(V[:s].T, V.T).T
+                if self.construction != "circle":
+                    G = G.real
+                G[:s] = np.eye(s)
+            G = np.ascontiguousarray(G)
+            self.__dict__["_G"] = G
+        return G
 
     def _amplifies_worker_rounding(self) -> bool:
         return True
@@ -155,9 +209,14 @@ class PolyDotCode(LinearCode):
         ``0 .. n - k - 1`` is erased, gives the bound in one SVD per family. Other
         constructions sample (see :meth:`LinearCode._worst_condition`).
         """
-        if self.field is None and self.construction == "circle":
-            rows = np.arange(self.workers - self.recovery_threshold, self.workers)
+        if self.field is None and self.construction == "circle" and not (self.systematic and self.m == 1):
+            # the run of points n - k .. n - 1 (worker order may be permuted: systematic MatDot
+            # has monomial families at the same point set, so the same bound)
+            pts = np.arange(self.workers - self.recovery_threshold, self.workers)
+            rows = np.sort(np.argsort(self._order)[pts])
             return max(float(np.linalg.cond(M)) for M in self._families(rows))
+        if self.field is None and self.systematic:
+            return _systematic_worst(self)
         return super()._worst_condition()   # GF(p): 1.0 (worst_case_condition says so)
 
     # ------------------------------------------------------------------ exponents
@@ -184,7 +243,7 @@ class PolyDotCode(LinearCode):
         many ulps at large exponents, and the decoder must see the coefficients the encoder used.
         """
         e = np.asarray(exps).ravel()
-        w = np.arange(self.workers) if rows is None else np.asarray(rows)
+        w = self._order if rows is None else self._order[np.asarray(rows, dtype=int)]
         if self.field is not None:
             return np.array([[pow(int(self._points[v]), int(t), self.field) for t in e] for v in w],
                             dtype=np.int64).reshape(len(w), len(e))
@@ -246,18 +305,36 @@ class PolyDotCode(LinearCode):
         p, m, q = self.p, self.m, self.q
         rb, nb = Ap.shape[0] // p, Ap.shape[1] // m
         Ab = Ap.reshape(p, rb, m, nb).transpose(0, 2, 1, 3).reshape(p * m, rb * nb)
-        GA = self._powers(self._exp_a())
-        a = (GA @ Ab).reshape(self.workers, rb, nb)
+        mul = lambda G, D: G @ D  # noqa: E731
+        a = self._coded(self._powers(self._exp_a()), Ab, mul, (rb, nb), dtype)
         if Bp.ndim == 1:
             Bb = Bp.reshape(m, nb)
-            b = (self._powers(self._exp_b()) @ Bb)
+            shape_b: tuple[int, ...] = (nb,)
         else:
             cb = Bp.shape[1] // q
             Bb = Bp.reshape(m, nb, q, cb).transpose(0, 2, 1, 3).reshape(m * q, nb * cb)
-            b = (self._powers(self._exp_b()) @ Bb).reshape(self.workers, nb, cb)
-        a = a.astype(dtype)
-        b = b.astype(dtype)
-        return [(a[w], b[w]) for w in range(self.workers)], nb
+            shape_b = (nb, cb)
+        b = self._coded(self._powers(self._exp_b()), Bb, mul, shape_b, dtype, side="b")
+        return list(zip(a, b)), nb
+
+    def _coded(self, G: np.ndarray, D: np.ndarray, mul: Any, shape: tuple[int, ...],
+               dtype: Any, side: str = "a") -> list[np.ndarray]:
+        """Per worker, ``(G @ D)[w]`` reshaped to ``shape`` in ``dtype``. Systematic codes
+        replace ``G`` by :meth:`_generator` on the side(s) it encodes and compute only the
+        parity rows: the systematic workers' operands are the data blocks themselves (views
+        where the dtype matches). An MDS-type code leaves B as it is (one block: ``G`` is a
+        column of ones), so every worker shares it."""
+        n = self.workers
+        s = self._n_systematic()
+        if s and (side == "a" or self.m > 1):
+            par = mul(self._generator()[s:], D)
+            return ([D[w].reshape(shape).astype(dtype, copy=False) for w in range(s)] +
+                    [par[w].reshape(shape).astype(dtype, copy=False) for w in range(n - s)])
+        if D.shape[0] == 1 and side == "b" and self.m == 1 and self.q == 1:
+            shared = D[0].reshape(shape).astype(dtype, copy=False)
+            return [shared] * n
+        X = mul(G, D)
+        return [X[w].reshape(shape).astype(dtype, copy=False) for w in range(n)]
 
     def _encode_exact(self, A, B):
         P = self.field
@@ -265,14 +342,15 @@ class PolyDotCode(LinearCode):
         p, m, q = self.p, self.m, self.q
         rb, nb = Ap.shape[0] // p, Ap.shape[1] // m
         Ab = Ap.reshape(p, rb, m, nb).transpose(0, 2, 1, 3).reshape(p * m, rb * nb)
-        a = _gfp.matmul_mod(self._powers(self._exp_a()), Ab, P).reshape(self.workers, rb, nb)
+        mul = lambda G, D: _gfp.matmul_mod(G, D, P)  # noqa: E731
+        a = self._coded(self._powers(self._exp_a()), Ab, mul, (rb, nb), np.int64)
         if Bp.ndim == 1:
-            b = _gfp.matmul_mod(self._powers(self._exp_b()), Bp.reshape(m, nb), P)
+            b = self._coded(self._powers(self._exp_b()), Bp.reshape(m, nb), mul, (nb,), np.int64, "b")
         else:
             cb = Bp.shape[1] // q
             Bb = Bp.reshape(m, nb, q, cb).transpose(0, 2, 1, 3).reshape(m * q, nb * cb)
-            b = _gfp.matmul_mod(self._powers(self._exp_b()), Bb, P).reshape(self.workers, nb, cb)
-        return [(a[w], b[w]) for w in range(self.workers)], nb, np.dtype(np.int64)
+            b = self._coded(self._powers(self._exp_b()), Bb, mul, (nb, cb), np.int64, "b")
+        return list(zip(a, b)), nb, np.dtype(np.int64)
 
     def _encode_outer(self, A, B, dtype):
         """m = 1 on the circle: pack row halves of A blocks (and column halves of B blocks)."""
@@ -281,6 +359,15 @@ class PolyDotCode(LinearCode):
         rb = Ap.shape[0] // p
         h = rb // 2
         blocks = Ap.reshape(p, 2, h, -1)
+        if self.systematic:  # q == 1: the data blocks [A_i'; A_i''] are [Re Z_i; Im Z_i]
+            Zp = blocks[:, 0] + 1j * blocks[:, 1]
+            par = (self._generator()[p:] @ Zp.reshape(p, -1)).reshape((-1,) + Zp.shape[1:])
+            tpar = np.concatenate([par.real, par.imag], axis=1).astype(dtype)
+            data = Ap.reshape(p, rb, -1)
+            ta_l = ([data[w].astype(dtype, copy=False) for w in range(p)] +
+                    [tpar[w] for w in range(self.workers - p)])
+            tb = Bp.astype(dtype, copy=False)
+            return [(t, tb) for t in ta_l], Ap.shape[1]
         ZA = blocks[:, 0] + 1j * blocks[:, 1]                      # (p, h, N)
         GA = self._powers(np.arange(p))                            # exponent i (m = 1)
         a = (GA @ ZA.reshape(p, -1)).reshape((self.workers,) + ZA.shape[1:])
@@ -304,19 +391,20 @@ class PolyDotCode(LinearCode):
         rb, nb = Ap.shape[0] // p, Ap.shape[1] // (2 * m)
         Ablk = Ap.reshape(p, rb, m, 2, nb)
         ZA = (Ablk[:, :, :, 0] + 1j * Ablk[:, :, :, 1]).transpose(0, 2, 1, 3)   # (p, m, rb, nb)
-        a = (self._powers(self._exp_a()) @ ZA.reshape(p * m, rb * nb)).reshape(self.workers, rb, nb)
         cdt = np.complex64 if dtype == np.float32 else np.complex128
+        mul = lambda G, D: G @ D  # noqa: E731
+        a = self._coded(self._powers(self._exp_a()), ZA.reshape(p * m, rb * nb), mul, (rb, nb), cdt)
         if Bp.ndim == 1:
             Bblk = Bp.reshape(m, 2, nb)
             ZB = Bblk[:, 0] - 1j * Bblk[:, 1]                                   # (m, nb)
-            b = self._powers(self._exp_b()) @ ZB
+            b = self._coded(self._powers(self._exp_b()), ZB, mul, (nb,), cdt, "b")
         else:
             cb = Bp.shape[1] // q
             Bblk = Bp.reshape(m, 2, nb, q, cb)
             ZB = (Bblk[:, 0] - 1j * Bblk[:, 1]).transpose(0, 2, 1, 3)           # (m, q, nb, cb)
-            b = (self._powers(self._exp_b()) @ ZB.reshape(m * q, nb * cb)).reshape(self.workers, nb, cb)
-        a, b = a.astype(cdt), b.astype(cdt)
-        return [(a[w], b[w]) for w in range(self.workers)], nb
+            b = self._coded(self._powers(self._exp_b()), ZB.reshape(m * q, nb * cb), mul,
+                            (nb, cb), cdt, "b")
+        return list(zip(a, b)), nb
 
     # ------------------------------------------------------------------ decode hooks
     def _output_multiples(self, ndim: int) -> tuple[int, ...]:
@@ -327,6 +415,10 @@ class PolyDotCode(LinearCode):
         return (rows,) if ndim == 1 else (rows, self.q * (2 if pack and self.q > 1 else 1))
 
     def _families(self, rows: np.ndarray) -> list[np.ndarray]:
+        if self.systematic and self.m == 1:
+            # unknowns: the k data blocks (complex Z_i when packed); worker w's result is
+            # G[w] @ [Z_i b]: unit rows for the systematic workers
+            return [self._generator()[np.asarray(rows, dtype=int)]]
         if self._packed and self.m == 1:
             # Built from the very coefficients the encoder multiplied: a_w = sum_i Z_Ai cA[w,i],
             # b_w = sum_l Z_Bl cB[w,l], so a_w b_w has coefficient cA[w,i] cB[w,l] on Z_Ai Z_Bl
@@ -340,7 +432,107 @@ class PolyDotCode(LinearCode):
             return [U, V]
         return [self._powers(np.arange(self.recovery_threshold), rows)]
 
+    def _recovers(self, rows: np.ndarray) -> bool:
+        # systematic MatDot: the m systematic workers' products sum to C on their own
+        if self.systematic and self.m > 1 and np.isin(np.arange(self.m), rows).all():
+            return True
+        return len(rows) >= self.recovery_threshold
+
+    def _sum_functional(self) -> np.ndarray:
+        """Systematic MatDot: ``c`` with ``c^T coef = sum_i p_C(alpha_i) = C`` for the
+        monomial coefficients ``coef`` of the product polynomial (``c_t = sum_i alpha_i^t``)."""
+        return self._powers(np.arange(self.recovery_threshold), np.arange(self.m)).sum(axis=0)
+
+    def _solve_family(self, M: np.ndarray, E: Any, want: np.ndarray | None,
+                      workers: np.ndarray) -> np.ndarray:
+        """Systematic codes: assembly when every systematic result is kept; otherwise a solve
+        for the missing data blocks only (MDS-type: ``P_miss X_miss = R_par - P_present
+        X_present`` from the parity results, about s/k of a full decode for s missing) or one
+        decoding vector for the sum (MatDot: as costly as the plain MatDot decode)."""
+        if not self.systematic:
+            return self._solve_real(M, E, want)
+        from ._base import _lstsq
+
+        s = self._n_systematic()
+        workers = np.asarray(workers)
+        sys_pos = np.flatnonzero(workers < s)
+        if self.m > 1:
+            if len(sys_pos) == s:  # assembly: the sum of the m systematic products
+                out = np.array(E[int(sys_pos[0])], dtype=np.result_type(E.dtype, np.float64))
+                for i in sys_pos[1:]:
+                    out += E[int(i)]
+                return out[None]
+            return _lstsq(M, E, functional=self._sum_functional()[:, None])
+        block = E.shape[1:]
+        dt = np.result_type(M.dtype, E.dtype, np.float64)
+        X = np.empty((s,) + block, dtype=dt)
+        present = workers[sys_pos]
+        for i, w in zip(sys_pos, present):
+            X[int(w)] = E[int(i)]
+        missing = np.setdiff1d(np.arange(s), present)
+        if len(missing):
+            par = np.flatnonzero(workers >= s)
+            Mp = M[par]
+            rhs = E[par].stack().reshape(len(par), -1).astype(dt, copy=True)
+            if len(present):
+                rhs -= Mp[:, present] @ X[present].reshape(len(present), -1)
+            X[missing] = _lstsq(Mp[:, missing], rhs).reshape((len(missing),) + block)
+        return X
+
+    def _solve_exact(self, keep: np.ndarray, E: list[np.ndarray], Ms: list[np.ndarray],
+                     rows: np.ndarray) -> list[np.ndarray]:
+        """GF(p) counterpart of :meth:`_solve_family`; every spare kept result is still
+        checked exactly against the solution."""
+        if not self.systematic:
+            return super()._solve_exact(keep, E, Ms, rows)
+        from ..errors import CorruptResultError
+        from ._base import _independent_rows
+
+        P = self.field
+        s = self._n_systematic()
+        Ef = E[0]
+        block = Ef.shape[1:]
+        workers = rows[keep]
+        sys_pos = np.flatnonzero(workers < s)
+        if self.m > 1:
+            if len(sys_pos) == s and len(keep) < self.recovery_threshold + 1:
+                out = np.zeros(Ef[0].reshape(-1).shape, dtype=np.int64)
+                for i in sys_pos:
+                    out = (out + Ef[keep[i]].reshape(-1)) % P
+                return [out.reshape((1,) + block)]
+            coef = super()._solve_exact(keep, E, Ms, rows)[0]
+            c = (self._sum_functional() % P).reshape(1, -1)
+            return [_gfp.matmul_mod(c, coef.reshape(coef.shape[0], -1), P).reshape((1,) + block)]
+        M = Ms[0] % P
+        X = np.zeros((s, int(np.prod(block, dtype=np.int64))), dtype=np.int64)
+        present = workers[sys_pos]
+        X[present] = Ef[keep[sys_pos]].reshape(len(sys_pos), X.shape[1])
+        missing = np.setdiff1d(np.arange(s), present)
+        par = np.flatnonzero(workers >= s)
+        used: list[int] = []
+        if len(missing):
+            Mp = M[keep[par]]
+            rhs = Ef[keep[par]].reshape(len(par), -1) % P
+            if len(present):
+                rhs = (rhs - _gfp.matmul_mod(Mp[:, present], X[present], P)) % P
+            A = Mp[:, missing]
+            base = _independent_rows(A, P)
+            X[missing] = _gfp.solve_mod(A[base], rhs[base], P)
+            used = [int(par[j]) for j in base]
+        spare = [int(j) for j in par if int(j) not in set(used)]
+        if spare:
+            pred = _gfp.matmul_mod(M[keep[spare]], X, P)
+            actual = Ef[keep[spare]].reshape(len(spare), -1)
+            wrong = [int(workers[spare[j]]) for j in np.flatnonzero((pred != actual).any(axis=1))]
+            if wrong:
+                raise CorruptResultError(
+                    f"results are inconsistent beyond what was corrected (suspects: workers {wrong})",
+                    suspects=wrong)
+        return [X.reshape((s,) + block)]
+
     def _wanted_unknowns(self) -> list[np.ndarray | None]:
+        if self.systematic and self.m > 1:
+            return [np.zeros(1, dtype=int)]  # the one sum, solved directly
         if self._packed and self.m == 1:
             return [None, None] if self.q > 1 else [None]
         return [self._wanted().ravel()]  # only the coefficients that carry C (MatDot: 1 of 2m-1)
@@ -409,10 +601,11 @@ class MDSCode(PolyDotCode):
     """
 
     def __init__(self, workers: int, k: int, *, field: int | None = None,
-                 construction: str = "circle") -> None:
+                 construction: str = "circle", systematic: bool = False) -> None:
         n = check_int("workers", workers, 1)
         k = check_int("k", k, 1, n, what=f"workers={n}")
-        super().__init__(n, k, 1, 1, field=field, construction=construction)
+        super().__init__(n, k, 1, 1, field=field, construction=construction,
+                         systematic=systematic)
 
     def _params(self) -> str:
         return f"k={self.p}"
@@ -425,8 +618,10 @@ class PolynomialCode(PolyDotCode):
     """
 
     def __init__(self, workers: int, row_blocks: int, col_blocks: int, *,
-                 field: int | None = None, construction: str = "circle") -> None:
-        super().__init__(workers, row_blocks, 1, col_blocks, field=field, construction=construction)
+                 field: int | None = None, construction: str = "circle",
+                 systematic: bool = False) -> None:
+        super().__init__(workers, row_blocks, 1, col_blocks, field=field,
+                         construction=construction, systematic=systematic)
 
     def _params(self) -> str:
         return f"row_blocks={self.p}, col_blocks={self.q}"
@@ -439,11 +634,45 @@ class MatDotCode(PolyDotCode):
     """
 
     def __init__(self, workers: int, inner_blocks: int, *, field: int | None = None,
-                 construction: str = "circle") -> None:
-        super().__init__(workers, 1, inner_blocks, 1, field=field, construction=construction)
+                 construction: str = "circle", systematic: bool = False) -> None:
+        super().__init__(workers, 1, inner_blocks, 1, field=field, construction=construction,
+                         systematic=systematic)
 
     def _params(self) -> str:
         return f"inner_blocks={self.m}"
+
+
+_NO_SYSTEMATIC = (
+    "`systematic=True` needs an MDS-type code (inner_blocks=1, col_blocks=1) or MatDot "
+    "(row_blocks=1, col_blocks=1), got row_blocks={p}, inner_blocks={m}, col_blocks={q}. "
+    "With col_blocks > 1 a worker's product a_w b_w has rank-one coefficients alpha_w (x) beta_w "
+    "on the blocks A_i B_l, so a systematic worker must hold one plain A_i and one plain B_l and "
+    "each parity row must make every square minor against the missing unit rows nonsingular; "
+    "the polynomial code's parity rows x^(i + p l) on the circle do not (n=16, p=q=2: two "
+    "opposite points and the missing blocks C_00, C_01 give equal rows), and no construction "
+    "with that guarantee and bounded conditioning is built. PolyDot with inner_blocks > 1 and "
+    "row_blocks*col_blocks > 1 has no known systematic form (Dutta et al. give it for MatDot only)")
+
+
+def _systematic_worst(code: PolyDotCode) -> float:
+    """Worst condition number of a real systematic MDS-type code: every k-subset when there
+    are at most 5000, else the erasures of each cyclic run of adjacent *points* (worker
+    order is permuted) plus random subsets up to 5000 (a sampled lower bound)."""
+    import itertools
+
+    from .numerics import _conds
+
+    n, k = code.workers, code.recovery_threshold
+    if math.comb(n, k) <= 5000:
+        subsets = np.array(list(itertools.combinations(range(n), k)), dtype=int)
+    else:
+        worker_of = np.argsort(code._order)
+        runs = [sorted(set(range(n)) - {int(worker_of[(a + t) % n]) for t in range(n - k)})
+                for a in range(n)]
+        rng = np.random.default_rng(0)
+        rand = [np.sort(rng.choice(n, k, replace=False)) for _ in range(5000 - n)]
+        subsets = np.array(runs + [list(r) for r in rand], dtype=int)
+    return float(_conds(code, subsets, k).max())
 
 
 def _ceil_to(x: int, d: int) -> int:
