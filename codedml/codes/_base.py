@@ -34,6 +34,7 @@ import numpy as np
 from ..errors import ConfigurationError, CorruptResultError, NotEnoughResultsError
 from . import _gfp
 from ._eft import _residual, _Split, compensated_matmul
+from ._field import residues_of
 from ._validate import check_int
 
 __all__ = ["Task", "Encoding", "DecodeInfo", "LinearCode"]
@@ -70,8 +71,10 @@ PRECISIONS = ("auto", "float32", "float64", "compensated")
 class Task:
     """One worker's share of a coded product: the worker computes ``task.a @ task.b``.
 
-    Over GF(p) the operands are galois ``FieldArray`` s, so ``a @ b`` is the exact product in the
-    field; :meth:`compute` does the same product much faster (BLAS on exact chunks).
+    Over GF(p) the operands are ``int64`` residues in ``[0, p)`` (:class:`~codedml.codes.Residues`, plain
+    ndarrays whose ``a @ b`` is the exact product mod ``p``, BLAS on exact chunks, as
+    :meth:`compute`); galois is not imported for them. :meth:`as_galois` gives them as galois
+    ``FieldArray`` s (importing galois and building ``GF(p)`` on first use: about 1.5 s).
     """
 
     worker: int
@@ -90,6 +93,18 @@ class Task:
         a = np.asarray(self.a.view(np.ndarray), dtype=np.int64)
         b = np.asarray(self.b.view(np.ndarray), dtype=np.int64)
         return _gfp.matmul_mod(a, b, self.field)
+
+    def as_galois(self) -> tuple[Any, Any]:
+        """``(a, b)`` as galois ``FieldArray`` s of ``GF(p)`` (GF(p) tasks only; no copy).
+
+        Imports galois and builds the field class on first use (cached per prime).
+        """
+        if self.field is None:
+            raise ConfigurationError(
+                "`as_galois` needs a task over GF(p); this task is real (field=None)")
+        from ._field import field_array
+
+        return field_array(self.a, self.field), field_array(self.b, self.field)
 
     def __repr__(self) -> str:
         extra = ", compensated" if self.compensated else ""
@@ -401,8 +416,8 @@ class LinearCode(abc.ABC):
             comp = self.compensates(_input_dtype(A, B), dtype, precision)
             tasks = [Task(w, a, b, None, comp) for w, (a, b) in enumerate(pairs)]
             return Encoding(self, tasks, shape, inner, dtype, comp)
-        from ._field import field_array
-        tasks = [Task(w, field_array(a, self.field), field_array(b, self.field), self.field)
+        # int64 residues whose ``@`` is exact mod p: no galois (see _field.py)
+        tasks = [Task(w, residues_of(a, self.field), residues_of(b, self.field), self.field)
                  for w, (a, b) in enumerate(pairs)]
         return Encoding(self, tasks, shape, inner, dtype)
 
