@@ -576,3 +576,31 @@ def test_decode_shape_must_fit_the_padded_layout():
                            (7, "`shape` must be a sequence of ints")]:
         with pytest.raises(ConfigurationError, match=message.replace("(", r"\(")):
             code.decode(res, shape=shape)
+
+
+# --------------------------------------------------------------------------- decoder cache
+def test_gf_decoders_cached_per_subset_and_bounded(monkeypatch):
+    """Exact decoders are cached per (code, family, subset): a repeated subset reuses the
+    inverse, another subset gets its own, results stay exact, and the LRU stays bounded."""
+    from codedml.codes import _base
+
+    monkeypatch.setattr(_base, "DECODER_CACHE_SIZE", 3)
+    monkeypatch.setattr(_base, "_DECODERS", _base.OrderedDict())
+    code = PolynomialCode(7, 2, 2, field=P)
+    rng = np.random.default_rng(7)
+    A, B = rng.integers(0, P, size=(6, 5)), rng.integers(0, P, size=(5, 4))
+    want = (gf(P)(A) @ gf(P)(B)).view(np.ndarray)
+    tasks = code.encode(A, B)
+    calls = []
+    real_inv = _base._gfp.inv_mod
+    monkeypatch.setattr(_base._gfp, "inv_mod", lambda *a: calls.append(1) or real_inv(*a))
+    subsets = list(itertools.combinations(range(7), 4))[:5]
+    for S in subsets + subsets[-1:]:
+        out = code.decode({w: tasks[w].compute() for w in S}, encoding=tasks)
+        np.testing.assert_array_equal(out, want)
+    assert len(calls) == 5                         # the repeated last subset hit the cache
+    assert len(_base._DECODERS) == 3               # bounded
+    keys = [k[2] for k in _base._DECODERS]
+    assert keys[-1] == subsets[-1]
+    with pytest.raises(ValueError):                # cached inverses are read-only
+        next(iter(_base._DECODERS.values()))[1][0, 0] = 1

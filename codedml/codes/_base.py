@@ -25,6 +25,7 @@ from __future__ import annotations
 import abc
 import itertools
 import math
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field as dc_field
 from typing import Any
@@ -172,6 +173,11 @@ class Encoding(Sequence[Task]):
     def __repr__(self) -> str:
         return f"Encoding({self.code!r}, {len(self)} tasks, product shape {self.shape})"
 
+
+#: Exact decoders (basis rows, inverse mod p) per (code value, family, worker subset), least
+#: recently used dropped first beyond :data:`DECODER_CACHE_SIZE` entries.
+_DECODERS: OrderedDict[Any, tuple[list[int], np.ndarray]] = OrderedDict()
+DECODER_CACHE_SIZE = 256
 
 #: condition_bound() per code value (bounded; oldest dropped first).
 _COND_CACHE: dict[Any, float] = {}
@@ -705,10 +711,12 @@ class LinearCode(abc.ABC):
         """Solve exactly from a basis of the kept rows; every other kept row must agree."""
         p = self.field
         X = []
-        for M, Ef in zip(Ms, E):
+        for f, (M, Ef) in enumerate(zip(Ms, E)):
             Mk = M[keep] % p
-            base = _independent_rows(Mk, p)
-            sol = _gfp.solve_mod(Mk[base], Ef[keep[base]].reshape(len(base), -1), p)
+            base, inv = self._exact_decoder(f, Mk, tuple(int(w) for w in rows[keep]))
+            # inv = (Mk[base])^-1 mod p, cached per subset: one exact BLAS product instead of
+            # a Gauss-Jordan elimination over every entry of the results
+            sol = _gfp.matmul_mod(inv, Ef[keep[base]].reshape(len(base), -1), p)
             spare = [j for j in range(len(keep)) if j not in set(base)]
             if spare:
                 pred = _gfp.matmul_mod(Mk[spare], sol, p)
@@ -720,6 +728,27 @@ class LinearCode(abc.ABC):
                         suspects=wrong)
             X.append(sol.reshape((sol.shape[0],) + Ef.shape[1:]))
         return X
+
+    def _exact_decoder(self, family: int, Mk: np.ndarray, workers: tuple[int, ...]):
+        """Rows of ``Mk`` (the kept workers' evaluation matrix mod p) forming a basis, and the
+        inverse of that basis mod p: cached per (code, family, workers) in a bounded LRU
+        (:data:`DECODER_CACHE_SIZE`), since a code sees the same few subsets job after job."""
+        key = _cache_key(self)
+        if key is not None:
+            key = (key, family, workers)
+            hit = _DECODERS.get(key)
+            if hit is not None:
+                _DECODERS.move_to_end(key)
+                return hit
+        base = _independent_rows(Mk, self.field)
+        inv = _gfp.inv_mod(Mk[base], self.field)
+        inv.setflags(write=False)
+        entry = (base, inv)
+        if key is not None:
+            _DECODERS[key] = entry
+            if len(_DECODERS) > DECODER_CACHE_SIZE:
+                _DECODERS.popitem(last=False)
+        return entry
 
     def _search_exact(self, good, Ms, Y, d, fmax, p, rows):
         """Smallest set of rows whose removal leaves consistent results (exact rank test)."""

@@ -266,6 +266,8 @@ class PolyDotCode(LinearCode):
         rb, nb = Ap.shape[0] // p, Ap.shape[1] // m
         Ab = Ap.reshape(p, rb, m, nb).transpose(0, 2, 1, 3).reshape(p * m, rb * nb)
         a = _gfp.matmul_mod(self._powers(self._exp_a()), Ab, P).reshape(self.workers, rb, nb)
+        if m == 1 and q == 1:   # B is not split: every worker's b is B itself (x^0 = 1)
+            return [(a[w], Bp) for w in range(self.workers)], nb, np.dtype(np.int64)
         if Bp.ndim == 1:
             b = _gfp.matmul_mod(self._powers(self._exp_b()), Bp.reshape(m, nb), P)
         else:
