@@ -16,7 +16,8 @@ import pytest
 
 import codedml
 from codedml.codes import (CONSTRUCTIONS, DecodeInfo, Encoding, GradientCode, MatDotCode,
-                           MDSCode, PolyDotCode, PolynomialCode, ReplicationCode, Task)
+                           MDSCode, PolyDotCode, PolynomialCode, ReplicationCode, Residues,
+                           Task)
 from codedml.errors import (CodedMLError, ConfigurationError, CorruptResultError,
                             NotEnoughResultsError)
 
@@ -230,23 +231,52 @@ GF_CODES = [MDSCode(6, 4, field=P), PolynomialCode(7, 2, 2, field=P), MatDotCode
 
 
 @pytest.mark.parametrize("code", GF_CODES, ids=repr)
-def test_gf_tasks_are_field_arrays_and_match_compute(code):
+def test_gf_tasks_are_int64_residues_and_match_compute(code):
+    """GF(p) operands are int64 residues whose ``@`` is exact mod p (no galois needed);
+    ``as_galois`` gives galois FieldArrays whose product is the same."""
     rng = np.random.default_rng(4)
     A, B = rng.integers(0, P, size=(9, 7)), rng.integers(0, P, size=(7, 3))
     tasks = code.encode(A, B)
     GF = gf(P)
     for t in tasks:
-        assert isinstance(t.a, galois.FieldArray) and isinstance(t.b, galois.FieldArray)
-        assert type(t.a).order == P and type(t.b).order == P
+        for x in (t.a, t.b):
+            assert isinstance(x, Residues) and x.modulus == P
+            assert not isinstance(x, galois.FieldArray)
+            assert x.dtype == np.int64 and x.min() >= 0 and x.max() < P
+            assert type(np.asarray(x)) is np.ndarray
         prod = t.a @ t.b
-        assert isinstance(prod, GF)
-        np.testing.assert_array_equal(prod.view(np.ndarray), t.compute())
+        assert isinstance(prod, Residues) and prod.modulus == P
+        np.testing.assert_array_equal(prod, t.compute())
         assert t.compute().dtype == np.int64
+        ga, gb = t.as_galois()
+        assert isinstance(ga, GF) and isinstance(gb, GF)
+        np.testing.assert_array_equal((ga @ gb).view(np.ndarray), t.compute())
     want = (GF(A) @ GF(B)).view(np.ndarray)
-    # FieldArray results are accepted as they are
+    # Residues and galois FieldArray results are both accepted as they are
     out = code.decode({t.worker: t.a @ t.b for t in tasks}, encoding=tasks)
     assert out.dtype == np.int64
     np.testing.assert_array_equal(out, want)
+    out = code.decode({t.worker: np.matmul(*t.as_galois()) for t in tasks}, encoding=tasks)
+    np.testing.assert_array_equal(out, want)
+
+
+def test_residues_arithmetic_other_than_matmul_is_plain_int64():
+    """Only ``@`` between residues of one field is field arithmetic; the rest is plain int64
+    (nothing silently reduced), and a pickle keeps the modulus."""
+    import pickle
+
+    a = codedml.codes._field.residues_of(np.array([[P - 1, 2]]), P)
+    b = codedml.codes._field.residues_of(np.array([[P - 1], [3]]), P)
+    assert (a @ b).tolist() == [[(1 + 6) % P]]
+    s = a + a
+    assert type(s) is np.ndarray and s.tolist() == [[2 * P - 2, 4]]
+    other = codedml.codes._field.residues_of(np.array([[P - 1], [3]]), 65537)
+    assert type(a @ other) is np.ndarray                       # different fields: plain int64
+    assert (a @ other).tolist() == [[(P - 1) ** 2 + 6]]
+    back = pickle.loads(pickle.dumps(a))
+    assert isinstance(back, Residues) and back.modulus == P and (back @ b).tolist() == [[7]]
+    with pytest.raises(ConfigurationError, match="needs a task over GF"):
+        MDSCode(4, 2).encode(np.ones((4, 2)), np.ones(2))[0].as_galois()
 
 
 def test_gf_inputs_are_validated():
@@ -438,7 +468,9 @@ def test_non_finite_results_are_erased_and_reported():
 
 # --------------------------------------------------------------------------- layering
 def test_import_codes_is_light():
-    """``import codedml, codedml.codes`` pulls in neither torch, mpi4py nor galois."""
+    """``import codedml, codedml.codes`` pulls in neither torch, mpi4py nor galois, and
+    neither do real or GF(p) encodes, worker products and decodes; galois comes in only with
+    ``Task.as_galois``."""
     code = textwrap.dedent("""
         import sys
         import codedml, codedml.codes
@@ -447,8 +479,14 @@ def test_import_codes_is_light():
         import numpy as np
         codedml.codes.MDSCode(4, 2).encode(np.ones((4, 2)), np.ones(2))   # reals: still light
         assert 'galois' not in sys.modules
-        codedml.codes.MDSCode(4, 2, field=65521).encode(np.ones((4, 2), int), np.ones(2, int))
-        assert 'galois' in sys.modules                                    # loaded lazily
+        code = codedml.codes.MDSCode(4, 2, field=65521)
+        tasks = code.encode(np.ones((4, 2), int), np.ones(2, int))
+        res = {t.worker: t.a @ t.b for t in tasks}
+        res[0] = tasks[0].compute()
+        assert code.decode(res, encoding=tasks).tolist() == [2, 2, 2, 2]
+        assert 'galois' not in sys.modules                                # GF(p) without galois
+        tasks[0].as_galois()
+        assert 'galois' in sys.modules                                    # only when asked for
         assert 'torch' not in sys.modules and 'mpi4py' not in sys.modules
         print('ok')
     """)
@@ -538,3 +576,31 @@ def test_decode_shape_must_fit_the_padded_layout():
                            (7, "`shape` must be a sequence of ints")]:
         with pytest.raises(ConfigurationError, match=message.replace("(", r"\(")):
             code.decode(res, shape=shape)
+
+
+# --------------------------------------------------------------------------- decoder cache
+def test_gf_decoders_cached_per_subset_and_bounded(monkeypatch):
+    """Exact decoders are cached per (code, family, subset): a repeated subset reuses the
+    inverse, another subset gets its own, results stay exact, and the LRU stays bounded."""
+    from codedml.codes import _base
+
+    monkeypatch.setattr(_base, "DECODER_CACHE_SIZE", 3)
+    monkeypatch.setattr(_base, "_DECODERS", _base.OrderedDict())
+    code = PolynomialCode(7, 2, 2, field=P)
+    rng = np.random.default_rng(7)
+    A, B = rng.integers(0, P, size=(6, 5)), rng.integers(0, P, size=(5, 4))
+    want = (gf(P)(A) @ gf(P)(B)).view(np.ndarray)
+    tasks = code.encode(A, B)
+    calls = []
+    real_inv = _base._gfp.inv_mod
+    monkeypatch.setattr(_base._gfp, "inv_mod", lambda *a: calls.append(1) or real_inv(*a))
+    subsets = list(itertools.combinations(range(7), 4))[:5]
+    for S in subsets + subsets[-1:]:
+        out = code.decode({w: tasks[w].compute() for w in S}, encoding=tasks)
+        np.testing.assert_array_equal(out, want)
+    assert len(calls) == 5                         # the repeated last subset hit the cache
+    assert len(_base._DECODERS) == 3               # bounded
+    keys = [k[2] for k in _base._DECODERS]
+    assert keys[-1] == subsets[-1]
+    with pytest.raises(ValueError):                # cached inverses are read-only
+        next(iter(_base._DECODERS.values()))[1][0, 0] = 1

@@ -1,4 +1,4 @@
-"""Codes for coded computing: pure array math (numpy; galois lazily for GF(p)).
+"""Codes for coded computing: pure array math (numpy only; galois only when asked for).
 
 No MPI, no torch, no I/O and no clocks here. A code is an immutable value object with
 ``workers``, ``recovery_threshold``, ``field``, ``encode(A, B)`` (one :class:`Task` per worker,
@@ -6,6 +6,7 @@ each computing ``task.a @ task.b``) and ``decode(results, errors=...)``.
 """
 
 from ._base import DecodeInfo, Encoding, LinearCode, Task
+from ._field import Residues
 from .gradient import GradientCode
 from .numerics import condition_number, worst_case_condition
 from .polydot import CONSTRUCTIONS, MatDotCode, MDSCode, PolyDotCode, PolynomialCode
@@ -16,6 +17,7 @@ __all__ = [
     "Task",
     "Encoding",
     "DecodeInfo",
+    "Residues",
     "MDSCode",
     "PolynomialCode",
     "MatDotCode",

@@ -25,6 +25,7 @@ from __future__ import annotations
 import abc
 import itertools
 import math
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field as dc_field
 from typing import Any
@@ -34,6 +35,7 @@ import numpy as np
 from ..errors import ConfigurationError, CorruptResultError, NotEnoughResultsError
 from . import _gfp
 from ._eft import _residual, _Split, compensated_matmul
+from ._field import residues_of
 from ._validate import check_int
 
 __all__ = ["Task", "Encoding", "DecodeInfo", "LinearCode"]
@@ -70,8 +72,10 @@ PRECISIONS = ("auto", "float32", "float64", "compensated")
 class Task:
     """One worker's share of a coded product: the worker computes ``task.a @ task.b``.
 
-    Over GF(p) the operands are galois ``FieldArray`` s, so ``a @ b`` is the exact product in the
-    field; :meth:`compute` does the same product much faster (BLAS on exact chunks).
+    Over GF(p) the operands are ``int64`` residues in ``[0, p)`` (:class:`~codedml.codes.Residues`, plain
+    ndarrays whose ``a @ b`` is the exact product mod ``p``, BLAS on exact chunks, as
+    :meth:`compute`); galois is not imported for them. :meth:`as_galois` gives them as galois
+    ``FieldArray`` s (importing galois and building ``GF(p)`` on first use: about 1.5 s).
     """
 
     worker: int
@@ -90,6 +94,18 @@ class Task:
         a = np.asarray(self.a.view(np.ndarray), dtype=np.int64)
         b = np.asarray(self.b.view(np.ndarray), dtype=np.int64)
         return _gfp.matmul_mod(a, b, self.field)
+
+    def as_galois(self) -> tuple[Any, Any]:
+        """``(a, b)`` as galois ``FieldArray`` s of ``GF(p)`` (GF(p) tasks only; no copy).
+
+        Imports galois and builds the field class on first use (cached per prime).
+        """
+        if self.field is None:
+            raise ConfigurationError(
+                "`as_galois` needs a task over GF(p); this task is real (field=None)")
+        from ._field import field_array
+
+        return field_array(self.a, self.field), field_array(self.b, self.field)
 
     def __repr__(self) -> str:
         extra = ", compensated" if self.compensated else ""
@@ -157,6 +173,11 @@ class Encoding(Sequence[Task]):
     def __repr__(self) -> str:
         return f"Encoding({self.code!r}, {len(self)} tasks, product shape {self.shape})"
 
+
+#: Exact decoders (basis rows, inverse mod p) per (code value, family, worker subset), least
+#: recently used dropped first beyond :data:`DECODER_CACHE_SIZE` entries.
+_DECODERS: OrderedDict[Any, tuple[list[int], np.ndarray]] = OrderedDict()
+DECODER_CACHE_SIZE = 256
 
 #: condition_bound() per code value (bounded; oldest dropped first).
 _COND_CACHE: dict[Any, float] = {}
@@ -407,8 +428,8 @@ class LinearCode(abc.ABC):
             comp = self.compensates(_input_dtype(A, B), dtype, precision)
             tasks = [Task(w, a, b, None, comp) for w, (a, b) in enumerate(pairs)]
             return Encoding(self, tasks, shape, inner, dtype, comp)
-        from ._field import field_array
-        tasks = [Task(w, field_array(a, self.field), field_array(b, self.field), self.field)
+        # int64 residues whose ``@`` is exact mod p: no galois (see _field.py)
+        tasks = [Task(w, residues_of(a, self.field), residues_of(b, self.field), self.field)
                  for w, (a, b) in enumerate(pairs)]
         return Encoding(self, tasks, shape, inner, dtype)
 
@@ -697,10 +718,12 @@ class LinearCode(abc.ABC):
         """Solve exactly from a basis of the kept rows; every other kept row must agree."""
         p = self.field
         X = []
-        for M, Ef in zip(Ms, E):
+        for f, (M, Ef) in enumerate(zip(Ms, E)):
             Mk = M[keep] % p
-            base = _independent_rows(Mk, p)
-            sol = _gfp.solve_mod(Mk[base], Ef[keep[base]].reshape(len(base), -1), p)
+            base, inv = self._exact_decoder(f, Mk, tuple(int(w) for w in rows[keep]))
+            # inv = (Mk[base])^-1 mod p, cached per subset: one exact BLAS product instead of
+            # a Gauss-Jordan elimination over every entry of the results
+            sol = _gfp.matmul_mod(inv, Ef[keep[base]].reshape(len(base), -1), p)
             spare = [j for j in range(len(keep)) if j not in set(base)]
             if spare:
                 pred = _gfp.matmul_mod(Mk[spare], sol, p)
@@ -712,6 +735,27 @@ class LinearCode(abc.ABC):
                         suspects=wrong)
             X.append(sol.reshape((sol.shape[0],) + Ef.shape[1:]))
         return X
+
+    def _exact_decoder(self, family: int, Mk: np.ndarray, workers: tuple[int, ...]):
+        """Rows of ``Mk`` (the kept workers' evaluation matrix mod p) forming a basis, and the
+        inverse of that basis mod p: cached per (code, family, workers) in a bounded LRU
+        (:data:`DECODER_CACHE_SIZE`), since a code sees the same few subsets job after job."""
+        key = _cache_key(self)
+        if key is not None:
+            key = (key, family, workers)
+            hit = _DECODERS.get(key)
+            if hit is not None:
+                _DECODERS.move_to_end(key)
+                return hit
+        base = _independent_rows(Mk, self.field)
+        inv = _gfp.inv_mod(Mk[base], self.field)
+        inv.setflags(write=False)
+        entry = (base, inv)
+        if key is not None:
+            _DECODERS[key] = entry
+            if len(_DECODERS) > DECODER_CACHE_SIZE:
+                _DECODERS.popitem(last=False)
+        return entry
 
     def _search_exact(self, good, Ms, Y, d, fmax, p, rows):
         """Smallest set of rows whose removal leaves consistent results (exact rank test)."""
