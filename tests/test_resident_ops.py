@@ -297,3 +297,21 @@ def test_update_with_a_non_finite_factor_is_refused_before_touching_the_blocks(W
         with pytest.raises(NonFiniteUpdateError, match=r"`V` .* contains NaN or Inf"):
             c.update(h, np.ones((10, 1)), np.full((6, 1), np.inf))
         assert np.allclose(c.fetch(h), W, rtol=0, atol=1e-13)
+
+
+def test_left_product_refuses_a_systematic_resident_operand():
+    """encode_left assumes plain evaluation points; a systematic stored operand would decode
+    to a wrong L @ A, so it is refused by name before any work."""
+    import numpy as np
+    import pytest
+
+    from codedml import LocalCluster
+    from codedml.codes import MDSCode
+    from codedml.errors import ConfigurationError
+
+    A = np.random.default_rng(0).standard_normal((12, 5))
+    with LocalCluster(6) as cl:
+        h = cl.put(A, code=MDSCode(6, 3, systematic=True))
+        np.testing.assert_allclose(cl.matmul(h, np.eye(5)), A, rtol=1e-12, atol=1e-12)
+        with pytest.raises(ConfigurationError, match="systematic"):
+            cl.submit_left(np.ones((2, 12)), h)
