@@ -14,7 +14,7 @@ __all__ = [
     "Fault", "Corruption", "FaultModel", "NoFaults", "FixedStragglers", "ShiftedExponential",
     "Pareto", "Bursty", "FailSilent", "Die", "SoftErrors", "StorageErrors", "Schedule", "Compose",
     "corrupt",
-    "fault_for", "CORRUPTION_KINDS",
+    "fault_for", "check_model_arg", "CORRUPTION_KINDS",
 ]
 
 #: Soft-error classes: a flipped bit in the mantissa / exponent / sign of one entry, one gross
@@ -368,6 +368,17 @@ class Compose(FaultModel):
         for i, m in enumerate(self.models):  # one independent stream per model, same seed first
             out = out + m(rank, job, np.random.default_rng(base + [0xC0, i]))
         return out
+
+
+def check_model_arg(faults: object, seed: object) -> None:
+    """The ``faults`` and ``seed`` arguments of a cluster: a failure model (any callable
+    ``model(rank, job, rng) -> Fault``) or None, and an integer seed (used modulo 2**32)."""
+    if faults is not None and not callable(faults):
+        raise ConfigurationError(
+            f"`faults` must be a FaultModel (a callable model(rank, job, rng) -> Fault) or None, "
+            f"got {faults!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ConfigurationError(f"`seed` must be an integer, got {seed!r}")
 
 
 def fault_for(model: FaultModel | None, seed: int, rank: int, job: int) -> Fault:

@@ -175,6 +175,10 @@ class CodedLinear(nn.Module):
             code = default_code(n, self.errors, self.out_features)
         self._check_code(code, n)
         self.code = code
+        if timeout is not None:  # NaN, inf, 0 and negative refused by name, as the runtime does
+            from ..runtime.futures import check_deadline
+
+            timeout = check_deadline("timeout", timeout)
         self.timeout = timeout
         self.retries = check_int("retries", retries, 0)
         self._dtype = dtype

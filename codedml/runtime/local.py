@@ -67,7 +67,10 @@ class LocalCluster(ClusterBase):
                  faults: FaultModel | None = None, seed: int = 0,
                  timeout: float | None = None,
                  handlers: dict[str, Any] | None = None) -> None:
+        from ..faults.models import check_model_arg
+
         n = check_int("workers", workers, 1)
+        check_model_arg(faults, seed)
         super().__init__(n, timeout)
         self.backend = get_backend(backend)
         self._out: queue.Queue[Arrival] = queue.Queue()

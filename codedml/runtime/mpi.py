@@ -138,6 +138,9 @@ class MPICluster(ClusterBase):
                 "MPICluster needs MPI initialised with at least MPI_THREAD_SERIALIZED (the root's "
                 "progress thread uses MPI under a lock); mpi4py requests MPI_THREAD_MULTIPLE "
                 "unless mpi4py.rc.thread_level was lowered")
+        from ..faults.models import check_model_arg
+
+        check_model_arg(faults, seed)
         self.root = int(root)
         self._ranks = [r for r in range(size) if r != self.root]
         super().__init__(len(self._ranks), timeout)
