@@ -327,6 +327,10 @@ def test_worker_exception_reaches_the_caller_named(data):
     with LocalCluster(N, timeout=20) as c:
         h = c.put(A, code=MDSCode(N, 3))
         np.testing.assert_allclose(c.matmul(h, B), A @ B, rtol=1e-10, atol=1e-10)
+        # every worker has stored it (a worker not needed for the matmul may still be behind)
+        end = time.monotonic() + 10
+        while not all(h.id in st.resident for st in c._states) and time.monotonic() < end:
+            time.sleep(0.01)
         for state in c._states:  # the workers lose the block behind the root's back
             state.resident.pop(h.id)
         job = c.submit(h, B)
