@@ -371,6 +371,34 @@ def runtime_latency(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def latency_table(summ: dict[str, Any]) -> list[str]:
+    """The end-to-end latency table (header and one row per code and straggler level) from
+    ``runtime_latency.json``'s ``summary``; ``runtime_latency.py`` prints the same."""
+    out = [
+        "| code | thr | tol | stragglers | median e2e (ms) | ratio vs uncoded/0 | vs uncoded, same stragglers "
+        "| results used | decode share | stragglers skipped (late / not sent) | failures |",
+        "|" + "---|" * 11,
+    ]
+    for name, s in summ.items():
+        for lvl in ("0", "1", "tolerable"):
+            row = s["levels"][lvl]
+            if lvl == "tolerable" and row["stragglers"] in (0, 1):
+                label = f"tol={row['stragglers']} (same as {row['stragglers']})"
+            else:
+                label = {"0": "0", "1": "1", "tolerable": f"tol={row['stragglers']}"}[lvl]
+            st = row["straggler_status"]
+            tot = sum(st.values())
+            skipped = (f"{st.get('missing', 0) + st.get('late', 0)}/{tot} "
+                       f"({st.get('late', 0)} / {st.get('missing', 0)})") if tot else "-"
+            vs = row["ratio_vs_uncoded_same_stragglers"]
+            out.append(
+                f"| {name} | {s['recovery_threshold']} | {s['tolerates']} | {label} | "
+                f"{1e3 * row['median_e2e_s']:.1f} | {row['ratio_vs_uncoded0']:.2f} | "
+                f"{'-' if vs is None else f'{vs:.2f}'} | {row['median_results_used']:g} | "
+                f"{100 * row['median_decode_share']:.1f}% | {skipped} | {row['failures']}/{row['repeats']} |")
+    return out
+
+
 @_from("runtime_latency")
 def runtime_summary(doc: dict[str, Any]) -> str:
     meta, summ, jobs = doc["meta"], doc["summary"], doc["jobs"]
@@ -396,27 +424,8 @@ def runtime_summary(doc: dict[str, Any]) -> str:
         f"(`missing`: it honoured the cancel). `failures` = jobs that raised or whose relative error "
         f"vs `A @ B` was >= {meta['tolerance']:g}.",
         "",
-        "| code | thr | tol | stragglers | median e2e (ms) | ratio vs uncoded/0 | vs uncoded, same stragglers "
-        "| results used | decode share | stragglers skipped (late / not sent) | failures |",
-        "|" + "---|" * 11,
     ]
-    for name, s in summ.items():
-        for lvl in ("0", "1", "tolerable"):
-            row = s["levels"][lvl]
-            if lvl == "tolerable" and row["stragglers"] in (0, 1):
-                label = f"tol={row['stragglers']} (same as {row['stragglers']})"
-            else:
-                label = {"0": "0", "1": "1", "tolerable": f"tol={row['stragglers']}"}[lvl]
-            st = row["straggler_status"]
-            tot = sum(st.values())
-            skipped = (f"{st.get('missing', 0) + st.get('late', 0)}/{tot} "
-                       f"({st.get('late', 0)} / {st.get('missing', 0)})") if tot else "-"
-            vs = row["ratio_vs_uncoded_same_stragglers"]
-            out.append(
-                f"| {name} | {s['recovery_threshold']} | {s['tolerates']} | {label} | "
-                f"{1e3 * row['median_e2e_s']:.1f} | {row['ratio_vs_uncoded0']:.2f} | "
-                f"{'-' if vs is None else f'{vs:.2f}'} | {row['median_results_used']:g} | "
-                f"{100 * row['median_decode_share']:.1f}% | {skipped} | {row['failures']}/{row['repeats']} |")
+    out += latency_table(summ)
     out += [
         "",
         f"uncoded without stragglers: {1e3 * summ['uncoded']['levels']['0']['median_e2e_s']:.1f} ms "

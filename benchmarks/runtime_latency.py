@@ -243,27 +243,10 @@ def summarise(codes, configs, records, delay: float) -> dict:
 
 
 def table(summary: dict, delay: float) -> str:
-    hdr = ("| code | thr | tol | stragglers | median e2e (ms) | ratio vs uncoded/0 | vs uncoded, same stragglers "
-           "| results used | decode share | stragglers skipped (late / not sent) | failures |")
-    lines = [hdr, "|" + "---|" * 11]
-    for name, s in summary.items():
-        for lvl in LEVELS:
-            row = s["levels"][lvl]
-            if lvl == "tolerable" and row["stragglers"] in (0, 1):
-                label = f"tol={row['stragglers']} (same as {row['stragglers']})"
-            else:
-                label = {"0": "0", "1": "1", "tolerable": f"tol={row['stragglers']}"}[lvl]
-            st = row["straggler_status"]
-            tot = sum(st.values())
-            skipped = (f"{st.get('missing', 0) + st.get('late', 0)}/{tot} "
-                       f"({st.get('late', 0)} / {st.get('missing', 0)})") if tot else "-"
-            vs = row["ratio_vs_uncoded_same_stragglers"]
-            lines.append(
-                f"| {name} | {s['recovery_threshold']} | {s['tolerates']} | {label} | "
-                f"{1e3 * row['median_e2e_s']:.1f} | {row['ratio_vs_uncoded0']:.2f} | "
-                f"{'-' if vs is None else f'{vs:.2f}'} | {row['median_results_used']:g} | {100 * row['median_decode_share']:.1f}% | "
-                f"{skipped} | {row['failures']}/{row['repeats']} |")
-    return "\n".join(lines)
+    """The latency table, as the README and ``SUMMARY_runtime.md`` render it from the JSON."""
+    from render_readme import latency_table
+
+    return "\n".join(latency_table(summary))
 
 
 def plot(summary: dict, path: Path, meta: dict) -> None:
