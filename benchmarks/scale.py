@@ -49,7 +49,6 @@ def child(jobs: int, out: Path) -> int:
 
     from codedml import MPICluster
     from codedml.codes import MDSCode
-    from codedml.runtime.mpi import MPICluster as _Cls
 
     from codedml.codes._base import LinearCode
 
@@ -66,8 +65,8 @@ def child(jobs: int, out: Path) -> int:
                 spent[name] += time.thread_time() - t
         return wrapper
 
-    _Cls._send = timed("send", _Cls._send)
-    _Cls._receive = timed("receive", _Cls._receive)
+    MPICluster._send = timed("send", MPICluster._send)
+    MPICluster._receive = timed("receive", MPICluster._receive)
     LinearCode.encode = timed("encode", LinearCode.encode)
     LinearCode.decode = timed("decode", LinearCode.decode)
 

@@ -72,6 +72,23 @@ def check_seconds(name: str, value: Any) -> float:
     return check_finite(name, value, 0.0, strict=True, unit=" of seconds")
 
 
+def world(local: int, command: str) -> tuple[Any, int]:
+    """``(comm, workers)`` for a CLI command: ``local`` worker threads when it is set (no
+    communicator), else ``MPI.COMM_WORLD`` with every rank but the root a worker; fewer than
+    2 ranks is a ConfigurationError saying how to start ``command``."""
+    if local:
+        return None, local
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    if comm.Get_size() < 2:
+        sub = "" if command == "run" else f" {command}"
+        raise ConfigurationError(
+            f"`{command}` needs at least 2 MPI ranks: start it with launch/mpirun.sh N{sub} "
+            f"(mpiexec -n N python -m codedml {command}) or pass --local N for worker threads")
+    return comm, comm.Get_size() - 1
+
+
 def mem_available() -> int | None:
     """Bytes of memory available to a new allocation (``MemAvailable`` in /proc/meminfo), or
     None where that file does not exist (then no memory check is made)."""

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ._config import add_dataclass_flags, load_toml, resolve
+from ._config import add_dataclass_flags, load_toml, resolve, world
 from .errors import CodedMLError, ConfigurationError
 
 DEFAULT_FAULTS = {
@@ -215,18 +215,7 @@ def cmd_run(argv: list[str]) -> int:
     # Every value is checked before any work starts (issue 10, point 7).
     check_run_config(cfg)
     table = faults_from_flags(ns, fault_table)
-    comm = None
-    if cfg.local:
-        n = cfg.local
-    else:
-        from mpi4py import MPI
-
-        comm = MPI.COMM_WORLD
-        if comm.Get_size() < 2:
-            raise ConfigurationError(
-                "`run` needs at least 2 MPI ranks: start it with launch/mpirun.sh N "
-                "(mpiexec -n N python -m codedml run) or pass --local N for worker threads")
-        n = comm.Get_size() - 1
+    comm, n = world(cfg.local, "run")
     if table.get("stragglers") is DEFAULT_FAULTS["stragglers"]:  # the default names ranks 1, 2
         table["stragglers"] = {**DEFAULT_FAULTS["stragglers"],
                                "ranks": [r for r in DEFAULT_FAULTS["stragglers"]["ranks"] if r <= n]}

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .._config import add_dataclass_flags, check_table, load_toml, resolve
+from .._config import add_dataclass_flags, check_table, load_toml, resolve, world
 from ..errors import ConfigurationError, TrainingError
 from .config import POLICIES, TrainConfig
 
@@ -151,18 +151,7 @@ def cmd_train(argv: list[str]) -> int:
                   env_known=known)
     faults, fseed = faults_from_config(faults_from_flags(ns, fault_table))
     # Every value is checked before any work starts (issue 10, points 6 and 7).
-    comm = None
-    if job.local:
-        n = job.local
-    else:
-        from mpi4py import MPI
-
-        comm = MPI.COMM_WORLD
-        if comm.Get_size() < 2:
-            raise ConfigurationError(
-                "`train` needs at least 2 MPI ranks: start it with launch/mpirun.sh N train "
-                "(mpiexec -n N python -m codedml train) or pass --local N for worker threads")
-        n = comm.Get_size() - 1
+    comm, n = world(job.local, "train")
     check_fault_ranks(faults, n)
     cfg.check_workers(n)
     if cfg.policy in ("ksync", "kasync") and not 1 <= cfg.k_for(n) <= n:
