@@ -169,7 +169,8 @@ def _as_residues(x: ArrayLike, p: int, name: str) -> IntArray:
         # Check before casting: large uint64 values would wrap to negatives.
         raise ValueError(f"{name} has entries outside [0, {p})")
     arr = arr.astype(np.int64, copy=False)
-    if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= p):
+    # One reduction instead of min() and max(): a negative int64 reads as >= 2**63 unsigned.
+    if arr.size and int(arr.view(np.uint64).max()) >= p:
         raise ValueError(f"{name} has entries outside [0, {p})")
     return arr
 
@@ -198,6 +199,39 @@ def _float_to_int64_inplace(x: NDArray[np.float64]) -> IntArray:
     return xi
 
 
+def _mod_inplace(x: IntArray, p: int, q: IntArray | None = None) -> IntArray:
+    """``x %= p`` for non-negative int64 ``x``, as ``x -= (x // p) * p``.
+
+    numpy divides int64 by a scalar with libdivide (a multiply and a shift), but ``%`` does
+    not: measured 0.6 ms against 2.7 ms per million entries, so three cheap passes beat one
+    ``%``. ``q`` is an optional scratch array of ``x``'s shape.
+    """
+    if q is None:
+        q = np.empty_like(x)
+    np.floor_divide(x, p, out=q)
+    q *= p
+    x -= q
+    return x
+
+
+def _block_rows(cols: int) -> int:
+    """Rows per block of the element-wise post-processing: about 1 MB of float64 per array,
+    so the few passes after a GEMM run in cache instead of streaming the whole product from
+    memory each time."""
+    return max(1, (1 << 17) // max(cols, 1))
+
+
+def _reduce_float_inplace(c: NDArray[np.float64], p: int) -> IntArray:
+    """``c mod p`` for float64 integers in ``[0, 2**52]``, in place, as int64 (row blocks)."""
+    ci = c.view(np.int64)
+    rows = _block_rows(c.shape[1])
+    q = np.empty((min(rows, c.shape[0]), c.shape[1]), dtype=np.int64)
+    for i in range(0, c.shape[0], rows):
+        xi = _float_to_int64_inplace(c[i:i + rows])
+        _mod_inplace(xi, p, q[:xi.shape[0]])
+    return ci
+
+
 def _gemm_exact_direct(a: IntArray, b: IntArray, p: int, chunk: int) -> IntArray:
     """Exact ``a @ b mod p`` with one float64 GEMM per inner-dimension chunk (float32 if tiny)."""
     n = a.shape[1]
@@ -211,17 +245,16 @@ def _gemm_exact_direct(a: IntArray, b: IntArray, p: int, chunk: int) -> IntArray
     bf = b.astype(np.float64)
     if n <= chunk:
         # Common case (p < 2**21 and n <= 1024): a single exact GEMM.
-        out = _float_to_int64_inplace(af @ bf)
-        out %= p
-        return out
+        c = af @ bf
+        del af, bf
+        return _reduce_float_inplace(c, p)
     acc = np.zeros((a.shape[0], b.shape[1]), dtype=np.int64)
     for i, start in enumerate(range(0, n, chunk), start=1):
         stop = min(start + chunk, n)
         acc += _float_to_int64_inplace(af[:, start:stop] @ bf[start:stop])
         if i % _ACC_CHUNKS == 0:
-            acc %= p  # keep the accumulator below 2**63
-    acc %= p
-    return acc
+            _mod_inplace(acc, p)  # keep the accumulator below 2**63
+    return _mod_inplace(acc, p)
 
 
 def _split_limbs(x: IntArray, s: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -282,11 +315,7 @@ def _gemm_exact_limbs(a: IntArray, b: IntArray, p: int) -> IntArray:
         mid = a0 @ b0
         del a0, a1, b0, b1
         # Exact: all three are integers <= 2**52 and mid >= lo + hi entrywise.
-        mid -= lo
-        mid -= hi
-        acc_lo = _float_to_int64_inplace(lo)
-        acc_mid = _float_to_int64_inplace(mid)
-        acc_hi = _float_to_int64_inplace(hi)
+        return _combine_limbs(lo, mid, hi, p, s, hi_max * hi_max * n)
     else:
         asum = a0 + a1
         bsum = b0 + b1
@@ -308,7 +337,7 @@ def _gemm_exact_limbs(a: IntArray, b: IntArray, p: int) -> IntArray:
                 acc_lo %= p  # keep the accumulators below 2**63
                 acc_mid %= p
                 acc_hi %= p
-        acc_lo %= p  # below 2**52 now, as in the single-chunk case
+        _mod_inplace(acc_lo, p)  # below 2**52 now, as in the single-chunk case
 
     # Recombine mod p: result = hi * 2**(2s) + mid * 2**s + lo.  With
     # c1 = 2**s mod p <= 2**16 and c2 = 2**(2s) mod p < 2**31, reducing hi
@@ -317,14 +346,56 @@ def _gemm_exact_limbs(a: IntArray, b: IntArray, p: int) -> IntArray:
     # reductions suffice (they are the main cost after the GEMMs).
     c1 = pow(2, s, p)
     c2 = pow(2, 2 * s, p)
-    acc_hi %= p
+    q = np.empty_like(acc_mid)
+    _mod_inplace(acc_hi, p, q)
     acc_hi *= c2
-    acc_mid %= p
+    _mod_inplace(acc_mid, p, q)
     acc_mid *= c1
     acc_mid += acc_lo
     acc_mid += acc_hi
-    acc_mid %= p
-    return acc_mid
+    return _mod_inplace(acc_mid, p, q)
+
+
+def _combine_limbs(lo: NDArray[np.float64], mid: NDArray[np.float64], hi: NDArray[np.float64],
+                   p: int, s: int, hi_bound: int) -> IntArray:
+    """``(hi * 2**(2s) + (mid - lo - hi) * 2**s + lo) mod p`` as int64, from the three
+    single-chunk limb GEMMs (float64 integers <= 2**52, ``mid >= lo + hi``; ``hi <= hi_bound``).
+
+    Row blocks of about 1 MB, so the dozen element-wise passes run in cache, not from memory.
+    With ``c1 = 2**s mod p <= 2**16`` and ``c2 = 2**(2s) mod p``: the middle term reduced mod
+    p times ``c1`` is below ``2**47``; ``hi * c2`` stays below ``2**62`` without reducing
+    ``hi`` first when ``c2`` is small (``p`` near ``2**31``: ``2**32 mod (2**31 - 1) = 2``),
+    else after it; the sum with ``lo <= 2**52`` is below ``2**63``, so one reduction ends it.
+    Every step is exact int64 arithmetic; reductions are :func:`_mod_inplace`.
+    """
+    c1 = pow(2, s, p)
+    c2 = pow(2, 2 * s, p)
+    reduce_hi = c2 * hi_bound >= 2**61
+    shape = lo.shape
+    out = np.empty(shape, dtype=np.int64)
+    rows = _block_rows(shape[1])
+    k = min(rows, shape[0])
+    L = np.empty((k, shape[1]), dtype=np.int64)
+    M = np.empty_like(L)
+    q = np.empty_like(L)
+    for i in range(0, shape[0], rows):
+        lb, mb, hb = lo[i:i + rows], mid[i:i + rows], hi[i:i + rows]
+        r = lb.shape[0]
+        mb -= lb                                  # exact: integers below 2**53
+        mb -= hb
+        H, Mi, Li, qi = out[i:i + rows], M[:r], L[:r], q[:r]
+        np.copyto(H, hb, casting="unsafe")        # exact integers: the cast is exact
+        np.copyto(Mi, mb, casting="unsafe")
+        np.copyto(Li, lb, casting="unsafe")
+        _mod_inplace(Mi, p, qi)
+        Mi *= c1
+        if reduce_hi:
+            _mod_inplace(H, p, qi)
+        H *= c2
+        H += Mi
+        H += Li
+        _mod_inplace(H, p, qi)
+    return out
 
 
 def matmul_mod(a: ArrayLike, b: ArrayLike, p: int, *, method: str = "auto") -> IntArray:
