@@ -931,6 +931,8 @@ class _Factors:
             self.cond = float(S[0] / S[-1]) if S.size else 1.0
         if self.rank < d:
             self.U, self.Vh = U[:, :self.rank], Vh[:self.rank]
+            for x in (self.Mw, self.S, self.U, self.Vh):
+                x.setflags(write=False)
             return
         Q, R = np.linalg.qr(self.Mw)
         self.Q, self.Qh = Q, np.ascontiguousarray(np.conj(Q.T))
@@ -939,6 +941,8 @@ class _Factors:
         self.refine = bool(S[0] / S[-1] > FAST_DECODE_MAX_CONDITION)
         self._split: _Split | None = None
         self._coefs: dict[bytes, np.ndarray] = {}
+        for x in (self.Mw, self.S, self.Q, self.Qh, self.R, self.Rinv):
+            x.setflags(write=False)  # shared by every decode from this subset
 
     def split(self) -> _Split:
         if self._split is None:
