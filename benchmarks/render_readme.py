@@ -316,6 +316,35 @@ def gfp_matmul(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+# ------------------------------------------------------------------ cold_start.json
+@_from("cold_start")
+def cold_start(doc: dict[str, Any]) -> str:
+    out = [
+        f"Source: {_source('cold_start', doc)}; {doc['size']}x{doc['size']} operands, medians over "
+        f"{doc['repeats']} fresh processes per case ({doc['warm']} warm products each). *first - warm*: "
+        f"the first product in a fresh process (code constructed, encoded, computed, decoded) minus a "
+        f"warm one, target <= {doc['target_s']} s; *import*: `import codedml` (and `LocalCluster` for "
+        "`cluster`) after numpy.",
+        "",
+        "| code | path | import (s) | first - warm (s) | import + first - warm (s) | target met "
+        "| heavy modules imported |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["rows"]:
+        out.append(f"| {r['code']} | {r['path']} | {r['import_s']:.3f} | {r['cold_minus_warm_s']:.3f} "
+                   f"| {r['import_plus_cold_minus_warm_s']:.3f} "
+                   f"| {'yes' if r['cold_minus_warm_s'] <= doc['target_s'] else '**no**'} "
+                   f"| {', '.join(r['heavy_imported']) or 'none'} |")
+    names = list(doc["decode"][0]["median_s"]) if doc["decode"] else []
+    out += ["", "Repeat decodes in one process, time relative to the decode from k results with the "
+            "factorization cached (medians, interleaved):", "",
+            "| code | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for r in doc["decode"]:
+        out.append(f"| {r['code']} (n={r['workers']}, k={r['k']}) | "
+                   + " | ".join(f"{r['ratio_to_cached_k'][n]:.2f}" for n in names) + " |")
+    return "\n".join(out)
+
+
 # ------------------------------------------------------------------ cuda_backend.json
 @_from("cuda_backend")
 def cuda_backend(doc: dict[str, Any]) -> str:
@@ -616,6 +645,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "cost": cost,
     "cost_2048": cost_2048,
     "gfp_matmul": gfp_matmul,
+    "cold_start": cold_start,
     "cuda_backend": cuda_backend,
     "runtime_latency": runtime_latency,
     "runtime_summary": runtime_summary,
@@ -627,7 +657,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
 }
 
 DOCS: tuple[Doc, ...] = (
-    Doc("README.md", ("accuracy", "inner", "cost", "gfp_matmul", "cuda_backend", "runtime_latency",
+    Doc("README.md", ("accuracy", "inner", "cost", "gfp_matmul", "cold_start", "cuda_backend", "runtime_latency",
                       "control_plane", "control_plane_2workers", "reliability", "coded_layers",
                       "coded_layers_step", "train_policies")),
     Doc("benchmarks/results/SUMMARY_codes.md", ("accuracy", "inner", "cost_2048")),
