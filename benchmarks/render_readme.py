@@ -302,8 +302,9 @@ def gfp_matmul(doc: dict[str, Any]) -> str:
         f"median of {doc['repeats']} repeats, ratio to float64 BLAS at the same size in the same "
         f"run (BLAS threads {[b.get('num_threads') for b in _machine(doc).get('blas', []) if isinstance(b, dict)]}).",
         "",
-        "| implementation | p | size | time relative to float64 BLAS | matches galois |",
-        "|---|---|---|---|---|",
+        "| implementation | p | size | time relative to float64 BLAS | throughput relative to "
+        "float64 BLAS (target) | matches galois |",
+        "|---|---|---|---|---|---|",
     ]
     checks = doc.get("galois_matches_matmul_mod", {})
     for r in doc["rows"]:
@@ -311,7 +312,11 @@ def gfp_matmul(doc: dict[str, Any]) -> str:
             continue
         p = r["p"]
         ok = checks.get(str(p)) if r["impl"] == "codedml" else None
+        tput = 1.0 / r["ratio_to_blas"]
+        tgt = r.get("target_throughput_ratio") if r["size"] == doc["size"] else None
+        tgt_s = "" if tgt is None else f" ({'>=' if tput >= tgt else '**below**'} {tgt})"
         out.append(f"| {r['case']} | {p} | {r['size']} | {r['ratio_to_blas']:.{0 if r['ratio_to_blas'] > 100 else 2}f}x "
+                   f"| {tput:.{4 if tput < 0.01 else 2}f}{tgt_s} "
                    f"| {'-' if ok is None else ('yes' if ok else '**no**')} |")
     return "\n".join(out)
 

@@ -136,7 +136,7 @@ def _residues(rng: np.random.Generator, p: int, shape: tuple[int, int], extreme:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(p=st.sampled_from(LIMB_PRIMES + DIRECT_PRIMES), m=st.integers(1, 300),
        n=st.integers(1, 70), k=st.integers(1, 9), extreme=st.sampled_from([0.0, 0.5, 1.0]),
-       method=st.sampled_from(["auto", "limbs", "direct"]), seed=st.integers(0, 2**32 - 1))
+       method=st.sampled_from(["auto", "limbs", "direct", "centered"]), seed=st.integers(0, 2**32 - 1))
 def test_matmul_mod_matches_python_ints(p, m, n, k, extreme, method, seed):
     if method == "direct" and (p - 1) ** 2 > 2**52:
         method = "limbs"
@@ -147,6 +147,22 @@ def test_matmul_mod_matches_python_ints(p, m, n, k, extreme, method, seed):
     got = matmul_mod(a, b, p, method=method)
     assert got.dtype == np.int64
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("p", [MAX_PRIME, 2147483629, 1610612741, 8388593])
+@pytest.mark.parametrize("lo", [0, 1])
+def test_matmul_mod_centered_extremes_across_inner_chunks(p, lo):
+    # the centered path's extremes: +h and -h = (p+1)/2 (its largest |products|), with an inner
+    # dimension that straddles its chunk length
+    h = (p - 1) // 2
+    chunk = _gfp._centered_plan(p)[1]
+    for n in sorted({1, 3, min(chunk, 3000), min(chunk + 1, 3001), min(2 * chunk + 7, 3003)}):
+        a = np.full((5, n), h + lo, dtype=np.int64)      # -h when lo = 1
+        b = np.full((n, 4), h, dtype=np.int64)
+        want = ((h + lo) * h * n) % p
+        for method in ("auto", "centered"):
+            np.testing.assert_array_equal(matmul_mod(a, b, p, method=method),
+                                          np.full((5, 4), want), err_msg=f"n={n} {method}")
 
 
 @pytest.mark.parametrize("p", [MAX_PRIME, 2147483629, 2097143])

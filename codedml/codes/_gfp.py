@@ -30,7 +30,11 @@ converted to ``int64`` and accumulated, and the sum is reduced mod ``p``.
 * For small primes (``(p-1)**2 * chunk <= 2**52``, e.g. ``p < 2**21`` gives
   chunks of 1024 terms) one float64 GEMM per chunk suffices (float32, twice as
   fast, when the whole sum stays within ``2**24``).
-* For larger primes each operand is split into a 16-bit low and a (at most)
+* For larger primes (default): residues centered to ``|x| <= (p-1)/2`` and
+  only ``a`` split in two limbs, one GEMM per inner chunk of the stacked limbs
+  (:func:`_gemm_exact_centered`): about two float64 GEMMs plus an int64
+  accumulation of the chunk results.
+* ``method="limbs"``: each operand is split into a 16-bit low and a (at most)
   15-bit high limb, ``a = a1 * 2**s + a0``; the limb products are small, and the
   three limb GEMMs of Karatsuba's identity
   ``a0 b1 + a1 b0 = (a0 + a1)(b0 + b1) - a0 b0 - a1 b1`` are recombined mod
@@ -439,6 +443,69 @@ def _combine_limbs(lo: NDArray[np.float64], mid: NDArray[np.float64], hi: NDArra
     return out
 
 
+def _centered_plan(p: int) -> tuple[int, int]:
+    """``(s, chunk)`` of the centered path: limb base ``2**s`` and inner terms per exact GEMM."""
+    h = (p - 1) // 2
+    s = max(1, ((h.bit_length() + 1) // 2))
+    top = (h + (1 << (s - 1))) >> s           # largest |high limb| after round-to-nearest
+    limb = max(1 << (s - 1), top)
+    return s, max(1, (1 << 53) // (limb * max(h, 1)))
+
+
+def _gemm_exact_centered(a: IntArray, b: IntArray, p: int) -> IntArray:
+    """Exact ``a @ b mod p`` for large ``p`` in two GEMM-equivalents instead of three.
+
+    Residues are centered, ``|x| <= h = (p - 1) / 2 < 2**30``, and only ``a`` is split, with
+    round-to-nearest, into ``a = a1 * 2**s + a0`` (``s = 15`` near ``2**31``: ``|a0| <= 2**14``,
+    ``|a1| <= 2**15``). Every term of ``[a0; a1] @ b`` is then at most ``L h`` with ``L =
+    2**15``, so sums of ``chunk = 2**53 // (L h)`` terms (256 for ``2**31 - 1``) are exact in
+    float64 in any order (every partial sum is an integer of magnitude at most ``2**53``). The
+    two limbs are stacked into one ``2M x K`` operand, so each inner chunk is one GEMM; chunk
+    results are accumulated in int64 (at most ``2**53`` each), and
+    ``((acc1 mod p) * 2**s + acc0) mod p`` ends it with floor-division reductions, which give
+    ``[0, p)`` for negative values too. The flops are those of two float64 GEMMs; three for
+    the Karatsuba limb path (:func:`_gemm_exact_limbs`), whose sums need no chunking.
+    """
+    M, K = a.shape
+    N = b.shape[1]
+    h = (p - 1) // 2
+    s, chunk = _centered_plan(p)
+    # b centered, float64
+    bf = _scratch("cb", b.shape)
+    np.copyto(bf, b, casting="unsafe")
+    np.subtract(bf, p, out=bf, where=bf > h)
+    # a centered and split: rows [0, M) hold a0, rows [M, 2M) hold a1
+    A = _scratch("ca", (2 * M, K))
+    a0, a1 = A[:M], A[M:]
+    np.copyto(a0, a, casting="unsafe")
+    np.subtract(a0, p, out=a0, where=a0 > h)
+    np.multiply(a0, 2.0 ** -s, out=a1)      # exact: a power of two
+    np.rint(a1, out=a1)
+    a0 -= a1 * 2.0 ** s                     # exact: |a0| <= 2**(s-1)
+    acc0 = np.empty((M, N), dtype=np.int64)      # the result, in the end
+    acc1 = _scratch("c1", (M, N), np.int64)
+    S = _scratch("cs", (2 * M, N))
+    T = _scratch("ct", (M, N), np.int64)
+    for i, start in enumerate(range(0, K, chunk)):
+        stop = min(start + chunk, K)
+        np.matmul(A[:, start:stop], bf[start:stop], out=S)
+        if i == 0:
+            np.copyto(acc0, S[:M], casting="unsafe")   # exact integers
+            np.copyto(acc1, S[M:], casting="unsafe")
+        else:
+            np.copyto(T, S[:M], casting="unsafe")
+            acc0 += T
+            np.copyto(T, S[M:], casting="unsafe")
+            acc1 += T
+            if i % 1000 == 999:                    # keep |acc| below 2**63
+                _mod_inplace(acc0, p, T)
+                _mod_inplace(acc1, p, T)
+    _mod_inplace(acc1, p, T)
+    acc1 *= 1 << s                                # < 2**31 * 2**15
+    acc0 += acc1                                  # |.| < 1000 * 2**53 + 2**46 < 2**63
+    return _mod_inplace(acc0, p, T)
+
+
 def matmul_mod(a: ArrayLike, b: ArrayLike, p: int, *, method: str = "auto") -> IntArray:
     """Exact matrix product ``(a @ b) mod p`` using float64 BLAS.
 
@@ -450,13 +517,16 @@ def matmul_mod(a: ArrayLike, b: ArrayLike, p: int, *, method: str = "auto") -> I
         Right operand, entries in ``[0, p)``.
     p : int
         Modulus, ``2 <= p <= MAX_PRIME``.  Primality is not required here.
-    method : {"auto", "direct", "limbs"}, optional
+    method : {"auto", "direct", "limbs", "centered"}, optional
         ``"direct"`` multiplies residues in float64 over chunks of
         ``floor(2**52 / (p-1)**2)`` inner terms (only possible when
         ``(p-1)**2 <= 2**52``, i.e. ``p <= 2**26 + 1``); ``"limbs"`` splits operands into two limbs and
-        does three float64 GEMMs (Karatsuba).  ``"auto"`` (default) takes the
+        does three float64 GEMMs (Karatsuba); ``"centered"`` centers the residues and
+        splits ``a`` only, two GEMMs' flops over exact inner chunks
+        (:func:`_gemm_exact_centered`).  ``"auto"`` (default) takes the
         direct path when its chunks are long enough to be efficient (the whole
-        inner dimension, or at least 128 terms), else the limb path.  Both give
+        inner dimension, or at least 128 terms), else the centered path when its
+        chunks are (at least 256 terms), else the limb path.  All give
         identical, exact results; the option exists for testing and tuning.
 
     Returns
@@ -475,13 +545,14 @@ def matmul_mod(a: ArrayLike, b: ArrayLike, p: int, *, method: str = "auto") -> I
     Notes
     -----
     Exactness does not depend on the BLAS: each GEMM's partial sums are
-    non-negative integers at most ``2**52``, all exactly representable, so no
+    integers of magnitude at most ``2**53``, all exactly representable, so no
     summation order or FMA can round.  Cost: one float64 GEMM for
     ``p < 2**21`` and inner dimension ``<= 1024`` (float32 when
-    ``N (p-1)**2 <= 2**24``); about three GEMMs plus O(size) limb splitting
-    and reductions for primes near ``2**31``.  On a 2-core AVX-512 machine at
-    ``1024 x 1024``: about 1.4x the float64 GEMM time for ``p`` near
-    ``2**21`` and 4-5x near ``2**31`` (``benchmarks/gfp_matmul.py``).
+    ``N (p-1)**2 <= 2**24``); about two GEMMs plus an int64 accumulation
+    of their inner chunks for primes near ``2**31`` (three GEMMs with
+    ``method="limbs"``).  Measured at ``1024 x 1024`` with one BLAS thread
+    (CPU time, loaded 2-core AVX-512 box): 0.83x float64 BLAS throughput for
+    ``p`` near ``2**21`` and 0.29x for ``2**31 - 1`` (``benchmarks/gfp_matmul.py``).
     """
     p = _check_modulus(p)
     a = _as_residues(a, p, "a")
@@ -504,17 +575,19 @@ def matmul_mod(a: ArrayLike, b: ArrayLike, p: int, *, method: str = "auto") -> I
         if direct_chunk < 1:
             raise ValueError(f"direct method impossible for p={p}: (p-1)**2 > 2**52")
         use_direct = True
-    elif method == "limbs":
+    elif method in ("limbs", "centered"):
         use_direct = False
     else:
-        raise ValueError(f"unknown method {method!r}; use 'auto', 'direct' or 'limbs'")
+        raise ValueError(f"unknown method {method!r}; use 'auto', 'direct', 'limbs' or 'centered'")
 
     if n == 0:
         out = np.zeros((a.shape[0], b.shape[1]), dtype=np.int64)
     elif use_direct:
         out = _gemm_exact_direct(a, b, p, direct_chunk)
     else:
-        out = _gemm_exact_limbs(a, b, p)
+        centered = method == "centered" or (
+            method == "auto" and _centered_plan(p)[1] >= min(n, _MIN_DIRECT_CHUNK * 2))
+        out = _gemm_exact_centered(a, b, p) if centered else _gemm_exact_limbs(a, b, p)
     return out[:, 0] if vector else out
 
 
