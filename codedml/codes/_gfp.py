@@ -482,28 +482,34 @@ def _gemm_exact_centered(a: IntArray, b: IntArray, p: int) -> IntArray:
     np.multiply(a0, 2.0 ** -s, out=a1)      # exact: a power of two
     np.rint(a1, out=a1)
     a0 -= a1 * 2.0 ** s                     # exact: |a0| <= 2**(s-1)
-    acc0 = np.empty((M, N), dtype=np.int64)      # the result, in the end
-    acc1 = _scratch("c1", (M, N), np.int64)
+    acc = np.empty((2 * M, N), dtype=np.int64)
     S = _scratch("cs", (2 * M, N))
-    T = _scratch("ct", (M, N), np.int64)
+    rows = _block_rows(N)
+    T = np.empty((min(rows, 2 * M), N), dtype=np.int64)   # in cache: one row block
     for i, start in enumerate(range(0, K, chunk)):
         stop = min(start + chunk, K)
         np.matmul(A[:, start:stop], bf[start:stop], out=S)
         if i == 0:
-            np.copyto(acc0, S[:M], casting="unsafe")   # exact integers
-            np.copyto(acc1, S[M:], casting="unsafe")
-        else:
-            np.copyto(T, S[:M], casting="unsafe")
-            acc0 += T
-            np.copyto(T, S[M:], casting="unsafe")
-            acc1 += T
-            if i % 1000 == 999:                    # keep |acc| below 2**63
-                _mod_inplace(acc0, p, T)
-                _mod_inplace(acc1, p, T)
-    _mod_inplace(acc1, p, T)
-    acc1 *= 1 << s                                # < 2**31 * 2**15
-    acc0 += acc1                                  # |.| < 1000 * 2**53 + 2**46 < 2**63
-    return _mod_inplace(acc0, p, T)
+            np.copyto(acc, S, casting="unsafe")   # exact integers
+            continue
+        for r0 in range(0, 2 * M, rows):          # row blocks: the int copy stays in cache
+            blk = acc[r0:r0 + rows]
+            t = T[:blk.shape[0]]
+            np.copyto(t, S[r0:r0 + rows], casting="unsafe")
+            blk += t
+            if i % 1000 == 999:                   # keep |acc| below 2**63
+                _mod_inplace(blk, p, np.empty_like(blk))
+    out = np.empty((M, N), dtype=np.int64)
+    for r0 in range(0, M, rows):                  # ((acc1 mod p) 2**s + acc0) mod p, blocked
+        r1 = min(r0 + rows, M)
+        lo, hi = acc[r0:r1], acc[M + r0:M + r1]
+        t = T[:lo.shape[0]]
+        _mod_inplace(hi, p, t)
+        hi *= 1 << s                              # < 2**31 * 2**15
+        o = out[r0:r1]
+        np.add(lo, hi, out=o)                     # |.| < 1000 * 2**53 + 2**46 < 2**63
+        _mod_inplace(o, p, t)
+    return out
 
 
 def matmul_mod(a: ArrayLike, b: ArrayLike, p: int, *, method: str = "auto") -> IntArray:
