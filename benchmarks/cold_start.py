@@ -13,7 +13,7 @@ and reports which of galois, torch, mpi4py, scipy it had imported by then. Each 
 ``--repeats`` fresh processes; the table shows medians over them of ``first - warm`` (the cold
 cost, target <= 0.3 s) and of ``import + first - warm``.
 
-**Repeat decodes** (in this process, interleaved): the decode from the same subset of workers
+**Repeat decodes** (in this process, interleaved, CPU time of the process): the decode from the same subset of workers
 with the factorization cache cleared before each decode (what every decode paid before the
 cache) against the cache kept, and the decode from exactly ``k`` results (nothing to check)
 against the decode from all ``n`` (the spare results checked for soft errors), as ratios
@@ -145,9 +145,9 @@ def decode_section(size: int, repeats: int) -> list[dict]:
         t: dict[str, list[float]] = {name: [] for name in cases}
         for _ in range(repeats):
             for name, fn in cases.items():
-                t0 = time.perf_counter()
+                t0 = time.process_time()  # CPU time: a loaded machine's preemptions excluded
                 fn()
-                t[name].append(time.perf_counter() - t0)
+                t[name].append(time.process_time() - t0)
         med = {name: statistics.median(v) for name, v in t.items()}
         base = med["k results, cached"]
         rows.append({"code": label, "workers": code.workers, "k": k,

@@ -23,7 +23,7 @@ p = 2**31 - 1, printed as met or not.
 
 Usage::
 
-    python benchmarks/gfp_matmul.py [--size 1024] [--repeats 3]   # ~1 min with galois
+    python benchmarks/gfp_matmul.py [--size 1024] [--repeats 7]   # ~1 min with galois
     python benchmarks/gfp_matmul.py --quick                        # size 512, no galois: ~10 s
 """
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--size", type=int, default=1024, help="matrix size n (n x n @ n x n)")
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs per case (median reported)")
+    ap.add_argument("--repeats", type=int, default=7, help="timed runs per case (median reported)")
     ap.add_argument("--out", default="benchmarks/results/gfp_matmul.json")
     ap.add_argument("--plot", default="benchmarks/results/gfp_matmul.png")
     ap.add_argument("--galois-large-size", type=int, default=256,

@@ -342,7 +342,7 @@ def cold_start(doc: dict[str, Any]) -> str:
                    f"| {', '.join(r['heavy_imported']) or 'none'} |")
     names = list(doc["decode"][0]["median_s"]) if doc["decode"] else []
     out += ["", "Repeat decodes in one process, time relative to the decode from k results with the "
-            "factorization cached (medians, interleaved):", "",
+            "factorization cached (medians of CPU time, interleaved):", "",
             "| code | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for r in doc["decode"]:
         out.append(f"| {r['code']} (n={r['workers']}, k={r['k']}) | "
