@@ -79,7 +79,7 @@ def test_data_range_rounds_outward_to_float32():
 
 
 # ------------------------------------------------------------------ the refinement quantizer
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(v=hnp.arrays(np.float64, st.integers(1, 40), elements=st.floats(-1e3, 1e3, width=32)),
        R=st.integers(1, 6), seed=st.integers(0, 2**32 - 1))
 def test_refinement_quantizer_qsgd_is_unbiased_within_its_variance_bound(v, R, seed):
