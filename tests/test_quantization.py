@@ -19,7 +19,7 @@ from hypothesis.extra import numpy as hnp
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
-from _mpirun import run_process  # noqa: E402
+from _mpirun import MPIEXEC, needs_mpiexec, open_mpi, run_mpi, run_process  # noqa: E402
 from codedml import LocalCluster  # noqa: E402
 from codedml.errors import ConfigurationError  # noqa: E402
 from codedml.train import Engine, TrainConfig, digits_task, handlers, train  # noqa: E402
@@ -343,3 +343,17 @@ def test_cli_quadratic_and_data_quantization_from_toml_flags_and_env(tmp_path):
     bad = _codedml("--local", "2", "--model", "quadratic", "--quad-rank", "0", cwd=tmp_path)
     assert bad.returncode == 2 and "`quad_rank` must be between 1 and 20" in bad.stderr
     assert not (tmp_path / "out/train.jsonl").read_text() == ""  # no bad run touched the outputs
+
+
+# ------------------------------------------------------------------ under mpiexec
+@needs_mpiexec
+@pytest.mark.skipif(MPIEXEC is not None and not open_mpi(), reason="real crashes survive only under Open MPI ULFM")
+def test_data_quantization_under_mpi_survives_a_crash():
+    pytest.importorskip("mpi4py")
+    res, done = run_mpi(Path(__file__).parent / "quant_mpi.py", 4, ft=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert res["steps"] == 30 and res["crashed"] == [2] and res["loss"] < 2.0, res
+    # K-async, K = 2: two messages of ceil(0.5 * 32) = 16 samples each per update
+    assert res["samples"] == [32] * 30
+    assert res["bits"] == res["gradients"] * dq.message_bits(16, 64, 3, class_bits=4, refine_bits=2,
+                                                             params=D_LOGREG)
