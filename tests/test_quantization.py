@@ -357,3 +357,14 @@ def test_data_quantization_under_mpi_survives_a_crash():
     assert res["samples"] == [32] * 30
     assert res["bits"] == res["gradients"] * dq.message_bits(16, 64, 3, class_bits=4, refine_bits=2,
                                                              params=D_LOGREG)
+
+
+def test_a_worker_that_selects_nothing_sends_the_header_only():
+    task = DIGITS
+    st_ = _worker_state(task, task.X[:5], task.y[:5])
+    msg = dq.worker_message(task, st_, 0, np.random.default_rng(0),
+                            _params(data_bits=4, refine_bits=2, importance="loss:1e9"))
+    assert 8 * (msg.size - 8) == dq.HEADER_BITS == dq.message_bits(0, 64, 4, class_bits=4, refine_bits=2, params=D_LOGREG)
+    model = task.root_model()
+    loss, g, m = dq.root_gradient(task, model, list(model.parameters()), msg, 4, 2)
+    assert m == 0 and not g.any() and g.shape == (D_LOGREG,) and loss > 0

@@ -119,7 +119,8 @@ class Importance:
         if self.kind == "loss":
             return np.flatnonzero(losses > self.value)
         if self.kind == "norm":
-            assert norms is not None
+            if norms is None:
+                raise ConfigurationError("importance rule 'norm' needs the samples' gradient norms")
             return np.flatnonzero(np.asarray(norms, dtype=np.float64) > self.value)
         keep = min(len(losses), math.ceil(self.value * len(losses)))
         order = np.argsort(-losses, kind="stable")  # largest loss first, ties by index
@@ -229,16 +230,16 @@ def message_bits(m: int, d: int, data_bits: int, *, class_bits: int = 0, target_
 
 def _bits(levels: np.ndarray, bits: int) -> np.ndarray:
     """``(m, k)`` integers -> ``(m, k * bits)`` bits, each integer LSB first."""
-    m = levels.shape[0]
-    return ((levels[:, :, None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(m, -1)
+    m, k = levels.shape
+    return ((levels[:, :, None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(m, k * bits)
 
 
 def _ints(bitmat: np.ndarray, bits: int) -> np.ndarray:
     """Inverse of :func:`_bits`: ``(m, k * bits)`` bits -> ``(m, k)`` int64."""
-    m = bitmat.shape[0]
+    m, kb = bitmat.shape
     if bits == 0:
         return np.zeros((m, 0), dtype=np.int64)
-    return (bitmat.reshape(m, -1, bits).astype(np.int64) << np.arange(bits)).sum(axis=2)
+    return (bitmat.reshape(m, kb // bits, bits).astype(np.int64) << np.arange(bits)).sum(axis=2)
 
 
 # ---------------------------------------------------------------------------------- gradients
@@ -385,8 +386,9 @@ def root_gradient(task: Any, model: Any, params: list[Any], msg: np.ndarray, dat
 def run(task: Any, *, data_bits: int, refine_bits: int = 0, importance: str = "",
         policy: str = "sync", workers: int = 4, steps: int = 100, lr: float = 0.5,
         batch: int = 32, faults: Any = None, fault_seed: int = 0,
-        target_loss: float | None = None, **config: Any) -> dict[str, Any]:
-    """Train ``task`` with data quantization on ``workers`` local worker threads and report.
+        target_loss: float | None = None, comm: Any = None, **config: Any) -> dict[str, Any] | None:
+    """Train ``task`` with data quantization on ``workers`` local worker threads (or over the
+    MPI communicator ``comm``: call on every rank; workers get ``None``) and report.
 
     ``data_bits = 0`` trains with float gradients instead (the baseline); any other
     :class:`~codedml.train.TrainConfig` field (``qsgd``, ``k``, ``seed``, ``eval_every``, a
@@ -407,8 +409,10 @@ def run(task: Any, *, data_bits: int, refine_bits: int = 0, importance: str = ""
 
     cfg = TrainConfig(policy=policy, steps=steps, lr=lr, batch=batch, data_bits=data_bits,
                       refine_bits=refine_bits, importance=importance, **config)
-    res = train(task, cfg, local=workers, faults=faults, fault_seed=fault_seed)
-    assert res is not None
+    res = train(task, cfg, local=0 if comm is not None else workers, comm=comm, faults=faults,
+                fault_seed=fault_seed)
+    if res is None:  # an MPI worker rank
+        return None
     curve, bits = [], 0
     hit: dict[str, Any] = {"rounds_to_target": None, "bits_to_target": None, "wall_to_target": None}
     for rec in res.metrics:
