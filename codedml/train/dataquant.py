@@ -102,7 +102,6 @@ MAX_DATA_BITS = 32
 MAX_REFINE_BITS = 15
 #: ``m``, ``b`` (uint32) and ``lo``, ``hi`` (float32).
 HEADER_BITS = 128
-_LOSS_BYTES = 8
 
 
 # ---------------------------------------------------------------------------------- rules
@@ -125,9 +124,6 @@ class Importance:
         keep = min(len(losses), math.ceil(self.value * len(losses)))
         order = np.argsort(-losses, kind="stable")  # largest loss first, ties by index
         return np.sort(order[:keep])
-
-    def __str__(self) -> str:
-        return f"{self.kind}:{self.value:g}"
 
 
 def parse_importance(rule: str) -> Importance | None:
