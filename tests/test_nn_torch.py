@@ -357,3 +357,80 @@ def test_autograd_grad_does_not_leak_into_the_coded_step(cluster):
             o.step()
     assert _max_diff(coded, ref) <= 1e-12
     assert np.isfinite(coded[0]._weight64()).all()
+
+
+def test_a_penalty_on_the_weight_in_the_loss_reaches_the_coded_step(cluster):
+    """weight.grad = the layer's own dW + a penalty's gradient: CodedSGD must not send the
+    layer's factors alone (it sends weight.grad)."""
+    coded, ref = _pair(cluster)
+    oc, orf = CodedSGD(coded, lr=0.1, momentum=0.5), torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.5)
+    g = torch.Generator().manual_seed(4)
+    for _ in range(3):
+        x = torch.randn(4, 8, generator=g, dtype=F64)
+        for m, o in ((coded, oc), (ref, orf)):
+            o.zero_grad()
+            (m(x).square().sum() + 0.3 * m[0].weight.square().sum()).backward()
+            o.step()
+    assert _max_diff(coded, ref) <= 1e-12
+    assert coded[0]._pending is None   # the factors were dropped; weight.grad was sent
+
+
+def test_layer_used_twice_in_one_forward_keeps_its_factors(cluster):
+    torch.manual_seed(0)
+    layer = CodedLinear(6, 6, cluster=cluster, dtype=F64)
+    ref = torch.nn.Linear(6, 6, dtype=F64)
+    ref.load_state_dict(layer.state_dict())
+    oc, orf = CodedSGD(layer, lr=0.1), torch.optim.SGD(ref.parameters(), lr=0.1)
+    x = torch.randn(2, 6, dtype=F64)
+    for m, o in ((layer, oc), (ref, orf)):
+        o.zero_grad()
+        m(torch.tanh(m(x))).square().sum().backward()
+        o.step()
+    assert layer._pending is not None and len(layer._pending) == 2
+    assert _max_diff(layer, ref) <= 1e-12
+
+
+def test_assigning_a_new_weight_parameter_stores_it(cluster):
+    layer = CodedLinear(4, 3, cluster=cluster, dtype=F64)
+    layer.weight = torch.nn.Parameter(torch.ones(3, 4, dtype=F64))
+    x = torch.randn(2, 4, dtype=F64)
+    assert torch.allclose(layer(x), x @ torch.ones(4, 3, dtype=F64) + layer.bias, rtol=0, atol=1e-13)
+    assert torch.allclose(_stored(layer), torch.ones(3, 4, dtype=F64), rtol=0, atol=1e-14)
+    layer.weight = torch.nn.Parameter(torch.ones(2, 4, dtype=F64))
+    with pytest.raises(ConfigurationError, match=r"`weight` must have shape \(3, 4\), got \(2, 4\)"):
+        layer(x)
+
+
+def test_in_place_edit_of_a_stale_mirror_is_refused(cluster):
+    layer = CodedLinear(4, 3, cluster=cluster, dtype=F64)
+    opt = CodedSGD(layer, lr=0.1)
+    w = layer.weight                 # a reference kept across a coded step
+    layer(torch.randn(2, 4, dtype=F64)).sum().backward()
+    opt.step()
+    with torch.no_grad():
+        w.mul_(2)                    # edits the pre-step values the mirror still holds
+    with pytest.raises(StaleWeightError, match="modified in place at the root while a CodedSGD step"):
+        layer(torch.randn(2, 4, dtype=F64))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_device_moves_to_cuda_and_back(cluster):
+    torch.manual_seed(0)
+    layer = CodedLinear(8, 5, cluster=cluster, dtype=F64)
+    ref = torch.nn.Linear(8, 5, dtype=F64)
+    ref.load_state_dict(layer.state_dict())
+    layer.cuda()
+    ref.cuda()
+    assert layer.weight.device.type == "cuda" and layer.bias.device.type == "cuda"
+    x = torch.randn(3, 8, dtype=F64, device="cuda", requires_grad=True)
+    y = layer(x)
+    assert y.device.type == "cuda"
+    assert float((y - ref(x)).abs().max()) <= 1e-13
+    y.sum().backward()
+    assert layer.weight.grad.device.type == "cuda"
+    opt = torch.optim.Adam(layer.parameters(), lr=0.1)
+    opt.step()
+    assert torch.allclose(layer.weight.detach().cpu(), _stored(layer), rtol=0, atol=1e-13)
+    assert layer.state_dict()["weight"].device.type == "cuda"
+    layer.cpu()
+    assert layer(x.detach().cpu()).device.type == "cpu"

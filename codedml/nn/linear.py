@@ -127,8 +127,8 @@ class _CodedLinearFn(torch.autograd.Function):
             else:
                 gx = torch.from_numpy(layer._backward_product(G)).to(dtype=gy.dtype, device=gy.device)
         if ctx.needs_input_grad[1]:
-            layer._stash(G, _to_numpy(x))
             gw = gy.T @ x
+            layer._stash(G, _to_numpy(x), gw)
         gb = gy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return gx, gw, gb, None
 
@@ -235,6 +235,8 @@ class CodedLinear(nn.Module):
         self._pending: list[tuple[np.ndarray, np.ndarray]] | None = []
         self._incoming: list[tuple[np.ndarray, np.ndarray]] = []  # this backward pass's factors
         self._incoming_task: int | None = None
+        self._incoming_dw: list[torch.Tensor] = []   # this backward pass's dW (see _arriving)
+        self._incoming_ok = True
         self._incoming_base: list[tuple[np.ndarray, np.ndarray]] | None = []
         self._grad_token: Any = None      # weight.grad as the last accumulation left it
         self._weight_version = 0          # bumped whenever the stored weight changes
@@ -376,6 +378,12 @@ class CodedLinear(nn.Module):
             if layer is not None and layer._parameters.get("weight") is param:
                 layer._accumulated(param)
 
+        def arriving(grad: torch.Tensor) -> None:
+            layer = ref()
+            if layer is not None and layer._parameters.get("weight") is p:
+                layer._arriving(grad)
+
+        p.register_hook(arriving)
         p.register_post_accumulate_grad_hook(accumulated)
 
     def _version_token(self) -> tuple[int, int]:
@@ -426,9 +434,9 @@ class CodedLinear(nn.Module):
                 raise ConfigurationError(
                     f"`weight` must have shape ({self.out_features}, {self.in_features}), got {tuple(p.shape)}")
             self._check_dtype("weight.dtype", p.dtype)
-            self._adopt(p)
-        if self._w64 is None:
-            self._refresh()  # raises: modified while stale
+            self._adopt(p)   # a new parameter assigned: it defines the weight
+        elif self._w64 is None:
+            self._refresh()  # raises: modified in place while the stored weight moved on
         self._store(p.detach().to(torch.float64).cpu().numpy().copy(), mirror=False)
         self.stats["reencodes"] += 1
 
@@ -484,6 +492,8 @@ class CodedLinear(nn.Module):
                 new.__dict__[k] = v
             elif k in ("_handle", "_buffer", "_grad_token", "_incoming_task"):
                 new.__dict__[k] = None
+            elif k == "_incoming_dw":
+                new.__dict__[k] = []
             else:
                 new.__dict__[k] = copy.deepcopy(v, memo)
         new._handle = self.cluster.put(W, code=self.code, precision=self._precision)
@@ -616,7 +626,7 @@ class CodedLinear(nn.Module):
             return g is None and t is None
         return t[0]() is g and t[1] == g._version
 
-    def _stash(self, G: np.ndarray, X: np.ndarray) -> None:
+    def _stash(self, G: np.ndarray, X: np.ndarray, dW: torch.Tensor) -> None:
         """Keep the factors ``(dY, X)`` of this backward pass's ``dW``; they join the pending
         ones when autograd accumulates ``dW`` into ``weight.grad`` (:meth:`_accumulated`).
 
@@ -625,12 +635,16 @@ class CodedLinear(nn.Module):
         ``zero_grad()``: the model's, an optimizer's, the layer's) -- none; changed otherwise
         (clipped, assigned) -- the factors no longer describe it, and a coded step sends
         ``weight.grad`` itself. A backward pass that never accumulates (``torch.autograd.grad``)
-        leaves them out."""
+        leaves them out; one in which ``weight`` also receives a gradient from elsewhere (a
+        penalty on the weight in the loss, a tied weight) makes the factors incomplete, and
+        :meth:`_arriving` drops them."""
         task = torch._C._current_graph_task_id()
         if self._incoming_task != task:
             g = self._parameters["weight"].grad
             self._incoming_task = task
             self._incoming = []
+            self._incoming_dw = []
+            self._incoming_ok = True
             if self._grad_matches(g):
                 self._incoming_base = self._pending
             elif g is None or not bool(g.any()):
@@ -638,17 +652,35 @@ class CodedLinear(nn.Module):
             else:
                 self._incoming_base = None
         self._incoming.append((G, X))
+        self._incoming_dw.append(dW)
+
+    def _arriving(self, grad: torch.Tensor) -> None:
+        """The total gradient reaching ``weight`` in this backward pass, before accumulation:
+        the factors describe it only if it is the sum of this layer's own ``dW`` s."""
+        if self._incoming_task != torch._C._current_graph_task_id() or not self._incoming_dw:
+            return
+        ours = self._incoming_dw
+        if len(ours) == 1 and grad is ours[0]:
+            return
+        total = ours[0].detach().clone()
+        for d in ours[1:]:
+            total += d
+        # a contribution below the arithmetic's rounding of the sum is harmless by definition
+        tol = 64 * torch.finfo(grad.dtype).eps * float(total.abs().max() + grad.abs().max())
+        self._incoming_ok = bool(float((grad.detach() - total).abs().max()) <= tol)
 
     def _accumulated(self, p: torch.Tensor) -> None:
         """After autograd accumulated into ``weight.grad``: commit this pass's factors."""
-        if self._incoming_task == torch._C._current_graph_task_id() and self._incoming:
+        self._incoming_dw = []
+        if (self._incoming_task == torch._C._current_graph_task_id() and self._incoming
+                and self._incoming_ok):
             base = self._incoming_base
             pending = None if base is None else base + self._incoming
             # factors wider than the weight cost more than weight.grad itself
             if pending is not None and sum(G.shape[0] for G, _ in pending) > min(self.out_features, self.in_features):
                 pending = None
             self._pending = pending
-        else:  # weight.grad received a gradient this layer did not compute (e.g. a tied weight)
+        else:  # weight.grad received a gradient this layer did not compute (a penalty, a tied weight)
             self._pending = None
         self._incoming, self._incoming_task = [], None
         self._grad_token = self._grad_state(p.grad)
