@@ -372,5 +372,7 @@ def test_coded_mlp_trains_under_mpiexec(np_):
     assert done.returncode == 0, done.stderr[-3000:]
     assert res["workers"] == np_ - 1 and res["keys"]
     assert res["max_param_diff"] <= 1e-11, res
+    assert res["resume_diff"] <= 1e-11 and res["adam_diff"] <= 1e-11, res
+    assert res["reencodes"] == 3, res
     assert res["stats"]["corrected"] > 0 and res["stats"]["repaired"] > 0, res
     assert len([l for l in done.stdout.splitlines() if l.endswith(" exit")]) == np_
