@@ -28,7 +28,7 @@ coded layer trained by ``CodedSGD`` (the fully coded step: only ``enc(dY^T)_w`` 
 the workers update their blocks and momentum) against torch optimizers stepping the root-side
 weight (``torch.optim.SGD`` with momentum, ``torch.optim.Adam``), whose change reaches the workers
 as a re-encode of the whole weight; ``nn.Linear`` with Adam at the root for reference. Ratios to
-``CodedSGD`` measured in the same run, fault-free.
+``CodedSGD`` measured in the same run, fault-free; written to ``coded_layers_optimizers.{json,png}``.
 
 The machine has 2 cores shared by 9 ranks: absolute times mean little, ratios measured in the
 same run do (GUIDE section 5). Outputs: a table on stdout, ``benchmarks/results/
@@ -94,7 +94,8 @@ def main() -> int:
     ap.add_argument("--parts", default="curves,step,optimizers",
                     help="comma-separated parts to run: curves, step, optimizers")
     ap.add_argument("--out", type=Path, default=RESULTS / "coded_layers.json",
-                    help="the JSON to write (the PNG beside it); the README renders the default")
+                    help="the JSON of parts 1-2 (PNG beside it; part 3 writes STEM_optimizers.json "
+                         "and .png beside it); the README renders the default")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     if not parts <= {"curves", "step", "optimizers"}:
@@ -212,48 +213,63 @@ def main() -> int:
             r["ratio_to_coded_sgd"] = r["median_step_s"] / coded_sgd
             print(f"{r['optimizer']:12s} {r['median_step_s'] * 1e3:9.1f} {r['ratio_to_coded_sgd']:7.2f} "
                   f"{r.get('reencodes', '-'):>10}")
+    # Part 3 has its own JSON (and PNG) beside the main one, so each can be rerun alone.
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1))
+    opt_out = args.out.with_name(args.out.stem + "_optimizers.json")
+    rows = out.pop("optimizer_step")
+    if out["curves"] or out["step_time"]:
+        args.out.write_text(json.dumps(out, indent=1))
+    if rows:
+        opt_out.write_text(json.dumps({"workers": n, "optimizer_step": rows, "machine": out["machine"],
+                                       "args": out["args"]}, indent=1))
+    out["optimizer_step"] = rows
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(17, 4.5))
-        for c in out["curves"]:
-            if not c["wall_s"]:
-                continue
-            style = "-" if c["faults"] else "--"
-            label = f"{c['kind']} {'with faults' if c['faults'] else 'fault-free'}"
-            if c["error"]:
-                label += " (stopped)"
-            a1.plot(c["wall_s"], [100 * a for a in c["test_accuracy"]], style, marker="o", label=label)
-        a1.set_xlabel("wall-clock (s)")
-        a1.set_ylabel("test accuracy (%)")
-        a1.set_title(f"digits MLP, {n} workers")
-        a1.legend(fontsize=8)
-        kinds = ["plain", "uncoded", "coded"]
-        for i, s in enumerate(sorted({r["straggler_s"] for r in out["step_time"]})):
-            vals = [next(r["median_step_s"] for r in out["step_time"] if r["kind"] == k and r["straggler_s"] == s)
-                    for k in kinds]
-            a2.bar([j + 0.4 * i for j in range(3)], [v * 1e3 for v in vals], width=0.4,
-                   label=f"straggler {s:.2f} s")
-        a2.set_xticks([j + 0.2 for j in range(3)], ["nn.Linear", "uncoded MP", "CodedLinear"])
-        a2.set_ylabel("median step time (ms)")
-        a2.set_title(f"{dim}x{dim} layer, batch {args.batch}")
-        a2.legend(fontsize=8)
+        if out["curves"] or out["step_time"]:
+            fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+            for c in out["curves"]:
+                if not c["wall_s"]:
+                    continue
+                style = "-" if c["faults"] else "--"
+                label = f"{c['kind']} {'with faults' if c['faults'] else 'fault-free'}"
+                if c["error"]:
+                    label += " (stopped)"
+                a1.plot(c["wall_s"], [100 * a for a in c["test_accuracy"]], style, marker="o", label=label)
+            a1.set_xlabel("wall-clock (s)")
+            a1.set_ylabel("test accuracy (%)")
+            a1.set_title(f"digits MLP, {n} workers")
+            a1.legend(fontsize=8)
+            kinds = ["plain", "uncoded", "coded"]
+            for i, s in enumerate(sorted({r["straggler_s"] for r in out["step_time"]})):
+                vals = [next(r["median_step_s"] for r in out["step_time"] if r["kind"] == k and r["straggler_s"] == s)
+                        for k in kinds]
+                a2.bar([j + 0.4 * i for j in range(3)], [v * 1e3 for v in vals], width=0.4,
+                       label=f"straggler {s:.2f} s")
+            a2.set_xticks([j + 0.2 for j in range(3)], ["nn.Linear", "uncoded MP", "CodedLinear"])
+            a2.set_ylabel("median step time (ms)")
+            a2.set_title(f"{dim}x{dim} layer, batch {args.batch}")
+            a2.legend(fontsize=8)
+            fig.tight_layout()
+            fig.savefig(args.out.with_suffix(".png"), dpi=110)
         if out["optimizer_step"]:
             rows = out["optimizer_step"]
+            fig, a3 = plt.subplots(figsize=(6.5, 4))
             a3.bar(range(len(rows)), [r["ratio_to_coded_sgd"] for r in rows])
             a3.set_xticks(range(len(rows)), [r["optimizer"] for r in rows])
             a3.axhline(1.0, color="grey", lw=0.8)
             a3.set_ylabel("step time / CodedSGD step time")
             a3.set_title(f"any optimizer: {dim}x{dim} coded layer, batch {args.batch}")
-        fig.tight_layout()
-        fig.savefig(args.out.with_suffix(".png"), dpi=110)
+            fig.tight_layout()
+            fig.savefig(opt_out.with_suffix(".png"), dpi=110)
     except ImportError:  # pragma: no cover
         print("matplotlib not installed: no plot")
-    print(f"\nwrote {args.out} and {args.out.with_suffix('.png').name}")
+    if out["curves"] or out["step_time"]:
+        print(f"\nwrote {args.out} and {args.out.with_suffix('.png').name}")
+    if rows:
+        print(f"wrote {opt_out} and {opt_out.with_suffix('.png').name}")
     return 0
 
 
