@@ -434,3 +434,25 @@ def test_device_moves_to_cuda_and_back(cluster):
     assert layer.state_dict()["weight"].device.type == "cuda"
     layer.cpu()
     assert layer(x.detach().cpu()).device.type == "cpu"
+
+
+def test_dtype_move_with_overwritten_parameters_keeps_training(cluster):
+    """Under torch.__future__.set_overwrite_module_params_on_conversion(True) a move makes new
+    parameter objects: the layer follows the new one (its gradient and the coded step)."""
+    coded, ref = _pair(cluster, dtype=torch.float32)
+    torch.__future__.set_overwrite_module_params_on_conversion(True)
+    try:
+        coded.double()
+        ref.double()
+    finally:
+        torch.__future__.set_overwrite_module_params_on_conversion(False)
+    oc, orf = CodedSGD(coded, lr=0.1, momentum=0.9), torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    g = torch.Generator().manual_seed(6)
+    for _ in range(3):
+        x = torch.randn(4, 8, generator=g, dtype=F64)
+        for m, o in ((coded, oc), (ref, orf)):
+            o.zero_grad()
+            m(x).square().sum().backward()
+            o.step()
+    assert _max_diff(coded, ref) <= 1e-12
+    assert coded[0]._pending  # the factors followed the new parameter's gradient

@@ -471,7 +471,12 @@ class CodedLinear(nn.Module):
             self._check_dtype("dtype", probe.dtype)
         W = self._weight64()
         super()._apply(fn, recurse)
-        self._dtype = self._parameters["weight"].dtype
+        w = self._parameters["weight"]
+        if getattr(w, "_codedml_layer", lambda: None)() is not self:
+            # a new parameter object (torch.__future__.set_overwrite_module_params_on_conversion)
+            self._adopt(w)
+            self._grad_token = self._grad_state(w.grad)
+        self._dtype = w.dtype
         precision = self._precision_for(self._dtype)
         if precision != self._precision:
             self._precision = precision
