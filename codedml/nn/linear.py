@@ -159,14 +159,20 @@ class CodedLinear(nn.Module):
         more soft errors in one product than the code corrects are detected, never passed on.
         The second and later retries first scrub the layer's stored blocks.
     dtype : torch.dtype, optional
-        float32 or float64 (default: torch's default dtype): the dtype of the layer's inputs,
-        outputs and bias. The encoded weight is stored and multiplied in float64 on the workers
-        either way (in-place updates of float32 blocks drift apart; see docs/layers.md).
+        float16, bfloat16, float32 or float64 (default: torch's default dtype): the dtype of the
+        layer's inputs, outputs, ``weight`` mirror and bias. The encoded weight is stored and
+        multiplied in float64 on the workers whatever the dtype (in-place updates of float32
+        blocks drift apart; see docs/layers.md).
+    device : torch.device, optional
+        Where the ``weight`` mirror and the bias live (outputs follow the input's device).
 
     The weight is initialised like :class:`torch.nn.Linear` (same random stream), so a
     ``CodedLinear`` and an ``nn.Linear`` built after the same ``torch.manual_seed`` start equal.
-    ``weight`` decodes the current weight from the workers; ``weight_grad()`` gives ``dW`` at
-    the root; the weight is trained with :class:`~codedml.nn.CodedSGD`.
+    ``weight`` is a root-side ``nn.Parameter`` mirroring the stored weight (decoded again when
+    read after coded steps); it receives ``dW`` as its ``.grad``. :class:`~codedml.nn.CodedSGD`
+    steps the stored blocks at the workers (the fast path); any other ``torch.optim``
+    optimizer steps the mirror, which is then re-encoded onto the workers. ``state_dict``
+    holds the weight in float64; ``copy.deepcopy`` stores a copy anew on the same cluster.
 
     Examples
     --------

@@ -23,6 +23,12 @@ class CodedSGD(torch.optim.SGD):
     applies it to its own block with ``enc(dY^T)_w`` and ``X`` (only those travel) and its own
     encoded momentum buffer, and the blocks remain the encoding of the updated weight (CodeNet,
     Dutta et al. 2018). The result equals torch's SGD on the uncoded weight up to rounding.
+    When the stashed factors no longer describe ``weight.grad`` (clipped, zeroed without a new
+    backward pass, a penalty on the weight in the loss), ``weight.grad`` itself is sent.
+    ``state_dict()`` carries the encoded momentum buffers (decoded, float64) under ``"coded"``,
+    so a resumed run continues with its momentum. Any other ``torch.optim`` optimizer trains
+    coded layers too, through the root-side ``weight`` and a re-encode per step (slower; see
+    docs/layers.md).
 
     Parameters
     ----------
