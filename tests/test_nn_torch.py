@@ -411,6 +411,19 @@ def test_in_place_edit_of_a_stale_mirror_is_refused(cluster):
         w.mul_(2)                    # edits the pre-step values the mirror still holds
     with pytest.raises(StaleWeightError, match="modified in place at the root while a CodedSGD step"):
         layer(torch.randn(2, 4, dtype=F64))
+    layer.set_weight(torch.ones(3, 4))  # choosing the weight resolves it
+    x = torch.randn(2, 4, dtype=F64)
+    assert torch.allclose(layer(x), x @ torch.ones(4, 3, dtype=F64) + layer.bias, rtol=0, atol=1e-13)
+    assert torch.equal(layer.weight.detach(), torch.ones(3, 4, dtype=F64))
+
+
+def test_state_dict_keep_vars_pushes_a_root_edit_first(cluster):
+    layer = CodedLinear(4, 3, cluster=cluster, dtype=F64)
+    with torch.no_grad():
+        layer.weight.fill_(0.5)
+    sd = layer.state_dict(keep_vars=True)
+    assert sd["weight"] is layer.weight
+    assert torch.allclose(_stored(layer), torch.full((3, 4), 0.5, dtype=F64), rtol=0, atol=1e-15)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")

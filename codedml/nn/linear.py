@@ -324,8 +324,8 @@ class CodedLinear(nn.Module):
         if not keep_vars:  # the stored weight in float64, exactly (a float32 layer too)
             w = self._parameters["weight"]
             destination[prefix + "weight"] = torch.from_numpy(self._weight64().copy()).to(w.device)
-        else:
-            self._refresh()
+        else:  # the parameter itself, holding the current weight
+            self._weight64()
 
     def _load_from_state_dict(self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool,
                               missing_keys: list[str], unexpected_keys: list[str],
@@ -422,12 +422,13 @@ class CodedLinear(nn.Module):
                 raise StaleWeightError(
                     "CodedLinear: `weight` was modified in place at the root while a CodedSGD step "
                     "had moved the stored weight on, so neither can be kept; read `layer.weight` "
-                    "(which refreshes it) before modifying it")
+                    "(which refreshes it) before modifying it, or choose the weight with "
+                    "layer.set_weight(W)")
             W = self.cluster.fetch(self._handle, errors=self.errors, timeout=self.timeout)
             self._w64 = np.array(W, dtype=np.float64, order="C")
             with torch.no_grad():
                 p.data.copy_(torch.from_numpy(self._w64))  # .data: not a change of the weight
-        self._root_token = self._token(p)
+            self._root_token = self._token(p)
 
     def _push(self) -> None:
         """Send a root-side change of the mirror (an optimizer step, an in-place edit, a new
