@@ -249,6 +249,9 @@ def test_a_step_a_worker_failed_to_apply_is_booked_and_repaired_never_a_soft_err
                 o.step()
 
         step()
+        # wait until every worker applied the first step: a worker still behind would fail
+        # *that* step, and the due scrub would repair it within the second
+        layer._handle.ack.exception()
         c._states[1].resident.pop(layer._handle.id)  # worker 1 loses its block: the next step fails there
         step()
         layer._handle.ack.exception()  # wait for the acknowledgements
