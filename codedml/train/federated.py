@@ -155,10 +155,16 @@ def _gather(eng: "Engine", st: PolicyState, clients: list[int], arrays: list[np.
             cl.progress(min(0.01, max(1e-4, (soft if got else hard) - now)))
     finally:
         call.cancel()
+    silent = [w for w in clients if w not in got and w not in st.dead]
+    if not got and silent:  # the call's own deadline (timeout) passed with no reply
+        raise eng.error(
+            f"policy {cfg.policy!r}: no client reported within timeout={cfg.timeout} s; "
+            f"waited on ranks {sorted(_rank(w) for w in silent)} (crashed ranks "
+            f"{sorted(_rank(w) for w in st.dead)})")
     if not got:
         raise eng.error(f"policy {cfg.policy!r}: no live client left to report (crashed ranks "
                         f"{sorted(_rank(w) for w in st.dead)})")
-    dropped = [w for w in waiting if w not in st.dead]
+    dropped = silent
     return got, dropped
 
 
