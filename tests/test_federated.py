@@ -284,3 +284,56 @@ def test_the_norm_staleness_rule_is_min_c_over_squared_distance_and_lr():
     res = train(_task(), TrainConfig(policy="async", steps=30, lr=0.2, batch=10,
                                      staleness_lr="norm:0.05", eval_every=30), local=3)
     assert res.loss < F_0
+
+
+# ------------------------------------------------------------------ python -m codedml train
+def _codedml(*args, cwd, timeout=180, **env):
+    import os
+    import subprocess
+    import sys
+
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("CODEDML_", "OMPI_", "PMIX_"))}
+    e.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **env)
+    return subprocess.run([sys.executable, "-m", "codedml", "train", *args], env=e, cwd=cwd,
+                          timeout=timeout, capture_output=True, text=True)
+
+
+def test_cli_runs_a_federated_policy_on_dirichlet_shards(tmp_path):
+    import json
+
+    (tmp_path / "c.toml").write_text('[train]\npolicy = "fedavg"\nfraction = 0.5\nlocal = 4\n'
+                                     'partition = "dirichlet:0.5"\n')
+    p = _codedml("--config", "c.toml", "--steps", "4", "--local-epochs", "2", "--no-progress",
+                 cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = [json.loads(ln) for ln in (tmp_path / "out/train.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 3, 4]
+    assert all(len(m["workers"]) == 2 and m["dropped"] == [] for m in lines)
+    rep = json.loads((tmp_path / "out/train.json").read_text())
+    assert rep["config"]["partition"] == "dirichlet:0.5" and rep["config"]["local_epochs"] == 2
+    assert rep["bits_sent"] == 4 * 2 * 650 * 32  # 4 rounds x 2 clients x d=650 float32
+
+
+@pytest.mark.parametrize("args,env,match", [
+    (["--policy", "fedavg", "--partition", "dirichlet:-1"], {},
+     "`partition` dirichlet:ALPHA needs a finite ALPHA greater than 0, got '-1'"),
+    (["--policy", "fedavg", "--fraction", "2"], {}, "`fraction` must be in (0, 1], got 2.0"),
+    (["--policy", "kasync", "--staleness-lr", "norm:x"], {},
+     "`staleness_lr` norm:C needs a finite C greater than 0, got 'x'"),
+    (["--policy", "adasync", "--k", "9"], {}, "`k` must be between 1 and workers=3"),
+    (["--policy", "dane"], {"CODEDML_TRAIN_DANE_MU": "-0.5"}, "`dane_mu` must be at least 0, got -0.5"),
+    (["--policy", "fsvrg", "--qsgd", "4"], {}, "`qsgd` must be 0 under fsvrg"),
+])
+def test_cli_refuses_bad_federated_options_before_any_work(tmp_path, args, env, match):
+    p = _codedml("--local", "3", "--steps", "2", "--no-progress", *args, cwd=tmp_path, **env)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert match in p.stderr
+    assert not (tmp_path / "out").exists()  # nothing was trained or written
+
+
+def test_help_lists_the_new_options(tmp_path):
+    p = _codedml("--help", cwd=tmp_path)
+    for flag in ("--partition", "--fraction", "--local-epochs", "--local-steps", "--dane-eta",
+                 "--dane-mu", "--round-deadline", "--adasync-every", "norm:C", "fedavg", "fsvrg",
+                 "dane", "adasync"):
+        assert flag in p.stdout, flag
