@@ -115,8 +115,9 @@ def _count(eng: "Engine", raw: np.ndarray) -> int:
 
 
 def _gather(eng: "Engine", st: PolicyState, clients: list[int], arrays: list[np.ndarray],
-            params: dict[str, Any]) -> tuple[dict[int, np.ndarray], list[int]]:
-    """One phase of a round: ask ``clients``, collect until all reported or the deadline.
+            params: dict[str, Any], deadline: float | None = None) -> tuple[dict[int, np.ndarray], list[int]]:
+    """One phase of a round: ask ``clients``, collect until all reported or the deadline
+    (``deadline`` seconds, default ``round_deadline``; 0: until ``timeout``).
 
     Returns ``(replies, dropped)``. Crashed clients join ``st.dead``; a handler's exception
     stops training (it is a bug, not a fault); no reply at all within ``timeout`` raises."""
@@ -125,7 +126,7 @@ def _gather(eng: "Engine", st: PolicyState, clients: list[int], arrays: list[np.
     cfg, cl = eng.cfg, eng.cluster
     call = cl.call(FED_HANDLER, *arrays, params=params, workers=clients, timeout=cfg.timeout)
     t0 = time.perf_counter()
-    soft = t0 + (cfg.round_deadline or cfg.timeout)
+    soft = t0 + ((cfg.round_deadline if deadline is None else deadline) or cfg.timeout)
     hard = t0 + cfg.timeout
     waiting, got = list(clients), {}
     try:
@@ -229,7 +230,8 @@ def coordinate_counts(eng: "Engine", st: PolicyState) -> dict[str, Any]:
     fs = eng.extra_state
     if "fsvrg_phi" in fs:
         return fs
-    replies, _ = _gather(eng, st, _live(eng, st), [eng.flat()], _params(eng, "stats"))
+    # once, before the first round: every live client, up to `timeout` (no round deadline)
+    replies, _ = _gather(eng, st, _live(eng, st), [eng.flat()], _params(eng, "stats"), deadline=0)
     counts, total, omega = np.zeros(eng.d), 0.0, np.zeros(eng.d)
     for w in sorted(replies):
         raw = np.asarray(replies[w], dtype=np.float64)
