@@ -5,8 +5,8 @@ seeded stragglers.
 One command, one process (``LocalCluster`` worker threads; the injected delays dominate a
 worker's compute)::
 
-    python benchmarks/communication.py            # the full run (~8 min on 2 cores)
-    python benchmarks/communication.py --quick    # a smoke run (~1 min), writes elsewhere
+    python benchmarks/communication.py            # the full run (~5 min on 2 cores)
+    python benchmarks/communication.py --quick    # a smoke run (~30 s), writes to /tmp
 
 For every task (digits logistic regression and MLP) and partition (``iid``,
 ``dirichlet:0.3``), every method trains for the same number of communication rounds (a round

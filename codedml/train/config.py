@@ -41,8 +41,9 @@ class TrainConfig:
         ``"inverse"``: a gradient of staleness ``tau`` is multiplied by ``1 / (1 + tau)``
         before the update averages its ``m`` gradients (divided by ``m``, not by the sum of
         the weights): a learning rate ``lr / (1 + tau)`` for that gradient, so stale gradients
-        make smaller steps. ``"none"``: weight 1. Only the asynchronous policies have stale
-        gradients.
+        make smaller steps. ``"none"``: weight 1. ``"norm:C"``: Dutta et al.'s rate
+        ``min(C / ||w_j - w_tau(j)||^2, lr)`` for a gradient computed at ``w_tau(j)`` and
+        applied to ``w_j``. Only the asynchronous policies have stale gradients.
     scheme, gc_stragglers, gc_errors : str, int, int
         Gradient code ``GradientCode(n, s, scheme)`` and how many corrupt messages to locate
         per step (waits for ``n - s + 2 e`` messages).

@@ -372,7 +372,7 @@ class Engine:
                     "crashed": [_rank(w) for w in st.crashed_now], "loss": None, "accuracy": None}
                 if cfg.policy in FEDERATED or cfg.policy == "adasync":
                     rec["dropped"] = [_rank(w) for w in out.dropped]
-                    rec["k"] = self.extra_state.get("k", len(out.contributions))
+                    rec["k"] = self.k if cfg.policy == "adasync" else len(out.contributions)
                 last = st.version >= cfg.steps or (cfg.max_time and self.wall >= cfg.max_time)
                 if step % cfg.eval_every == 0 or last:
                     loss, acc = self.evaluate()
