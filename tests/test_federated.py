@@ -193,13 +193,13 @@ def test_fsvrg_scalings_follow_the_coordinate_frequencies():
 # ------------------------------------------------------------------ deadlines and crashes
 @pytest.mark.parametrize("policy", ["fedavg", "fsvrg", "dane"])
 def test_a_client_late_for_the_deadline_is_dropped_and_training_goes_on(policy):
-    cfg = TrainConfig(policy=policy, steps=4, eval_every=4, round_deadline=0.3, timeout=20,
+    cfg = TrainConfig(policy=policy, steps=4, eval_every=4, round_deadline=0.5, timeout=20,
                       **{k: v for k, v in CASES[policy].items() if k != "fraction"})
-    res = train(_task(), cfg, local=4, faults=FixedStragglers([2], 1.5))
-    assert res.steps == 4 and math.isfinite(res.loss) and res.loss < F_0
-    for m in res.metrics:
+    res = train(_task(), cfg, local=4, faults=FixedStragglers([2], 2.0))
+    assert res.steps == 4 and math.isfinite(res.loss) and res.loss < F_0 and not res.crashed
+    for m in res.metrics:  # rank 2's late replies belong to cancelled jobs: never used
         assert 2 not in m["workers"] and 2 in m["dropped"]
-        assert sorted(m["workers"]) == [1, 3, 4]
+    assert {r for m in res.metrics for r in m["workers"]} == {1, 3, 4}
 
 
 @pytest.mark.parametrize("policy", ["fedavg", "fsvrg", "dane", "adasync"])
