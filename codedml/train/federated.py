@@ -64,7 +64,8 @@ crashed client is excluded from later rounds; training goes on while one client 
     the race", IEEE JSAIT 2021)
     K-sync SGD whose ``K`` grows as the error floor is reached. K-sync's error floor falls as
     ``1/K`` while its time per step grows with ``E[X_{K:n}]``, and the bound's best ``K`` for
-    a current loss ``F`` grows as ``sqrt(F_0 / F)``; the rule implemented: start at
+    a current loss ``F`` grows as ``sqrt(F_0 / F)`` (AdaComm's square-root form, Wang and
+    Joshi 2019; the paper's exact constants were not checked); the rule implemented: start at
     ``K_0 = k`` (default 1); every ``adasync_every`` steps set
     ``K <- min(n_live, max(K, ceil(K_0 sqrt(F_0 / F))))``, with ``F_0`` the mean mini-batch
     loss of the first step and ``F`` the mean mini-batch loss of the last ``adasync_every``
@@ -84,7 +85,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .policies import Contribution, PolicyState, Request, StepOutcome, ksync
+from .policies import Contribution, PolicyState, StepOutcome, ksync
 
 if TYPE_CHECKING:  # pragma: no cover
     from .task import Task
