@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 from codedml import LocalCluster  # noqa: E402
 from codedml.errors import ConfigurationError, TrainingError  # noqa: E402
-from codedml.faults import Die, FixedStragglers  # noqa: E402
+from codedml.faults import Die, FailSilent, FixedStragglers  # noqa: E402
 from codedml.train import Engine, Task, TrainConfig, fit, handlers, train  # noqa: E402
 from codedml.train.federated import staleness_norm_weight  # noqa: E402
 from codedml.train.partition import label_histogram, parse_partition, split  # noqa: E402
@@ -200,6 +200,16 @@ def test_a_client_late_for_the_deadline_is_dropped_and_training_goes_on(policy):
     for m in res.metrics:  # rank 2's late replies belong to cancelled jobs: never used
         assert 2 not in m["workers"] and 2 in m["dropped"]
     assert {r for m in res.metrics for r in m["workers"]} == {1, 3, 4}
+
+
+def test_a_fail_silent_client_is_dropped_at_each_deadline():
+    res = train(_task(), TrainConfig(policy="dane", steps=3, eval_every=3, round_deadline=0.3,
+                                     timeout=20, batch=0, local_steps=5), local=3,
+                faults=FailSilent([3], start=2))
+    assert res.steps == 3 and not res.crashed and res.loss < F_0
+    late = [m for m in res.metrics if 3 in m["dropped"]]
+    assert late and all(3 not in m["workers"] for m in late)
+    assert res.metrics[-1]["dropped"] == [3]
 
 
 @pytest.mark.parametrize("policy", ["fedavg", "fsvrg", "dane", "adasync"])
