@@ -1,15 +1,15 @@
-"""Benchmark: communication to reach a target loss, side by side, for gradient compression and
-federated optimisation, on IID and non-IID (Dirichlet label skew) shards, under the same
+"""Benchmark: communication to reach a target loss, side by side, for gradient compression, data
+quantization and federated optimisation, on IID and non-IID (Dirichlet label skew) shards, under the same
 seeded stragglers.
 
 One command, one process (``LocalCluster`` worker threads; the injected delays dominate a
 worker's compute)::
 
-    python benchmarks/communication.py            # the full run (~5 min on 2 cores)
+    python benchmarks/communication.py            # the full run (~6 min on 2 cores)
     python benchmarks/communication.py --quick    # a smoke run (~30 s), writes to /tmp
 
-For every task (digits logistic regression and MLP) and partition (``iid``,
-``dirichlet:0.3``), every method trains for the same number of communication rounds (a round
+For every task (digits logistic regression and MLP: partitions ``iid`` and ``dirichlet:0.3``;
+the quadratic network of :mod:`codedml.train.quadratic`, a regression: ``iid`` only), every method trains for the same number of communication rounds (a round
 is one model version at the root: a step of ``sync``, a round of FedAvg / FSVRG / DANE) with
 the same shards, the same per-(rank, job) ``ShiftedExponential`` delays (fault seed
 ``--fault-seed``), and the same initial model. Reported per method: worker-to-root bits to
@@ -24,7 +24,10 @@ loss, final accuracy); a task is a function ``args -> Task`` with the partitions
 Adding a row (e.g. data quantization) or a task (e.g. the quadratic model) is a few lines.
 
 Bits: what reaches the root from the workers (see docs/train.md): float32 gradients ``32 d``
-per worker per step for ``sync``; QSGD with ``b`` bits per coordinate (one sign bit and
+per worker per step for ``sync``; data quantization (Hanna et al. 2020; ``sync`` with
+``data_bits = 4``, optionally ``refine_bits = 2`` and the importance rule ``loss:0.2``): the
+quantized samples, labels, header and refinement, exactly as counted by
+``codedml.train.dataquant``; QSGD with ``b`` bits per coordinate (one sign bit and
 ``b - 1`` bits of level, ``s = 2^(b-1) - 1`` levels) plus a 32-bit norm; FedAvg one float32
 model per selected client per round; FSVRG and DANE two ``d``-vectors per client per round
 (the gradient for the global-gradient phase and the local model), FSVRG's frequency counts
@@ -58,20 +61,20 @@ def _args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a smoke run: few rounds, logreg only")
     ap.add_argument("--workers", type=int, default=6)
-    ap.add_argument("--rounds", type=int, default=80, help="communication rounds per method")
+    ap.add_argument("--rounds", type=int, default=60, help="communication rounds per method")
     ap.add_argument("--shift", type=float, default=0.01)
     ap.add_argument("--scale", type=float, default=0.02)
     ap.add_argument("--deadline", type=float, default=0.06,
                     help="federated round deadline in seconds (0: wait for every client)")
     ap.add_argument("--alpha", type=float, default=0.3, help="Dirichlet concentration of the non-IID shards")
-    ap.add_argument("--tasks", default="logreg,mlp")
+    ap.add_argument("--tasks", default="logreg,mlp,quadratic")
     ap.add_argument("--methods", default="", help="comma-separated subset of the methods (default all)")
     ap.add_argument("--fault-seed", type=int, default=5)
     ap.add_argument("--out", type=Path, default=None, help="JSON path (the PNG goes next to it)")
     a = ap.parse_args(argv)
     if a.quick:
         a.rounds = min(a.rounds, 12)
-        a.tasks = "logreg" if a.tasks == "logreg,mlp" else a.tasks
+        a.tasks = "logreg" if a.tasks == "logreg,mlp,quadratic" else a.tasks
         a.workers = min(a.workers, 4)
     if a.out is None:
         a.out = (Path("/tmp/communication_quick.json") if a.quick else RESULTS / "communication.json")
@@ -111,10 +114,13 @@ def _run(task, cfg, a) -> Outcome:
 
 
 def _cfg(a, partition, **kw):
+    """The run's TrainConfig; ``lr`` is scaled by the task's ``lr_scale``."""
     from codedml.train import TrainConfig
 
     base = dict(steps=a.rounds, eval_every=1, timeout=60, partition=partition, seed=0)
-    return TrainConfig(**{**base, **kw})
+    kw = {**base, **kw}
+    kw["lr"] = kw.get("lr", 0.5) * getattr(a, "lr_scale", 1.0)
+    return TrainConfig(**kw)
 
 
 # ------------------------------------------------------------------ methods
@@ -169,11 +175,35 @@ def _dane(task, partition, a):
                            dane_mu=0.1, round_deadline=a.deadline), a)
 
 
+@method("data4", "data quantization 4 bits")
+def _data4(task, partition, a):
+    return _run(task, _cfg(a, partition, policy="sync", lr=0.5, batch=16, data_bits=4), a)
+
+
+@method("data4_r2", "data quantization 4 bits + refinement 2 bits")
+def _data4_r2(task, partition, a):
+    return _run(task, _cfg(a, partition, policy="sync", lr=0.5, batch=16, data_bits=4,
+                           refine_bits=2), a)
+
+
+@method("data4_loss", "data quantization 4 bits + importance loss:0.2")
+def _data4_loss(task, partition, a):
+    return _run(task, _cfg(a, partition, policy="sync", lr=0.5, batch=16, data_bits=4,
+                           importance="loss:0.2"), a)
+
+
+@method("data4_r2_loss", "data quantization 4 bits + refinement 2 + importance loss:0.2")
+def _data4_r2_loss(task, partition, a):
+    return _run(task, _cfg(a, partition, policy="sync", lr=0.5, batch=16, data_bits=4,
+                           refine_bits=2, importance="loss:0.2"), a)
+
+
 # ------------------------------------------------------------------ tasks
 @dataclass(frozen=True)
 class TaskSpec:
     build: Callable[[argparse.Namespace], object]
     partitions: tuple[str, ...] = ("iid", "noniid")  # "noniid": Dirichlet(--alpha) label skew
+    lr_scale: float = 1.0  # every method's learning rate is multiplied by this
 
 
 def _digits(model):
@@ -184,9 +214,17 @@ def _digits(model):
     return build
 
 
+def _quadratic(a):
+    from codedml.train import quadratic_task
+
+    return quadratic_task(dim=10, rank=2, samples=1000, seed=0)
+
+
 TASKS: dict[str, TaskSpec] = {
     "logreg": TaskSpec(_digits("logreg")),
     "mlp": TaskSpec(_digits("mlp")),
+    # regression: no labels to skew, so IID only; lr 0.5 diverges there (docs/train.md), 0.05 does not
+    "quadratic": TaskSpec(_quadratic, ("iid",), lr_scale=0.1),
 }
 
 
@@ -211,13 +249,14 @@ def main(argv=None):
     for tname in a.tasks.split(","):
         spec = TASKS[tname]
         task = spec.build(a)
+        a.lr_scale = spec.lr_scale
         for pname in spec.partitions:
             partition = _partition(a, pname)
             outs = {}
             for m in names:
                 t = time.perf_counter()
                 outs[m] = METHODS[m][1](task, partition, a)
-                print(f"  {tname:7s} {pname:6s} {m:8s}: loss {outs[m].final_loss:.4f}, acc "
+                print(f"  {tname:9s} {pname:6s} {m:13s}: loss {outs[m].final_loss:.4f}, acc "
                       f"{outs[m].accuracy:.3f}, {outs[m].bits[-1] / 8e6:.2f} MB in "
                       f"{time.perf_counter() - t:.1f} s", flush=True)
             half = max(1, a.rounds // 2)
@@ -241,7 +280,7 @@ def main(argv=None):
     elapsed = time.perf_counter() - t0
     _table(rows, a)
     doc = {"benchmark": "communication", "machine": info, "elapsed_s": elapsed,
-           "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
+           "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k != "lr_scale"},
            "methods": {m: METHODS[m][0] for m in names}, "table": rows, "curves": curves}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(doc, indent=1, default=lambda x: None))
@@ -252,17 +291,17 @@ def main(argv=None):
 def _fmt(x: float, kind: str) -> str:
     if math.isinf(x):
         return "inf"
-    return {"bits": f"{x / 8e3:.0f} kB", "ratio": f"{x:.3f}", "r": f"{x:.0f}", "s": f"{x:.2f}"}[kind]
+    return {"bits": f"{x / 8e3:.1f} kB", "ratio": f"{x:.3f}", "r": f"{x:.0f}", "s": f"{x:.2f}"}[kind]
 
 
 def _table(rows, a):
     print(f"\n{a.workers} workers, {a.rounds} rounds per method, delays ShiftedExponential("
           f"shift={a.shift}, scale={a.scale}) per (rank, job), fault seed {a.fault_seed}; "
           f"federated deadline {a.deadline} s; non-IID = dirichlet:{a.alpha:g}")
-    print(f"{'task':7s} {'part':6s} {'method':8s} {'target':>7s} {'to target':>10s} {'/sync':>7s} "
+    print(f"{'task':9s} {'part':6s} {'method':13s} {'target':>7s} {'to target':>10s} {'/sync':>7s} "
           f"{'rounds':>6s} {'/sync':>6s} {'wall s':>7s} {'/sync':>6s} {'loss':>7s} {'acc':>6s}")
     for r in rows:
-        print(f"{r['task']:7s} {r['partition']:6s} {r['method']:8s} {r['target_loss']:7.4f} "
+        print(f"{r['task']:9s} {r['partition']:6s} {r['method']:13s} {r['target_loss']:7.4f} "
               f"{_fmt(r['bits_to_target'], 'bits'):>10s} {_fmt(r['bits_ratio_to_sync'], 'ratio'):>7s} "
               f"{_fmt(r['rounds_to_target'], 'r'):>6s} {_fmt(r['rounds_ratio_to_sync'], 'ratio'):>6s} "
               f"{_fmt(r['wall_to_target_s'], 's'):>7s} {_fmt(r['wall_ratio_to_sync'], 'ratio'):>6s} "
@@ -287,7 +326,7 @@ def _plot(curves, rows, a):
         ax.set_yscale("log")
         ax.set_xlabel("worker-to-root MB (cumulative)")
         ax.set_ylabel("training loss")
-        ax.set_title(f"digits {t}, {p}")
+        ax.set_title(f"{t}, {p}")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(a.out.with_suffix(".png"), dpi=100)

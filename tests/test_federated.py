@@ -112,6 +112,7 @@ def test_bad_partition_is_named(spec, match):
     ({"staleness_lr": "norm:-2"}, r"`staleness_lr` norm:C needs a finite C greater than 0, got '-2'"),
     ({"staleness_lr": "dutta"}, r"`staleness_lr` must be 'inverse', 'none' or 'norm:C' \(C > 0\), got 'dutta'"),
     ({"policy": "fedavg", "qsgd": 4}, r"`qsgd` must be 0 under fedavg"),
+    ({"policy": "dane", "data_bits": 4}, r"`data_bits` must be 0 under dane"),
 ])
 def test_bad_federated_config_names_the_argument(kw, match):
     with pytest.raises(ConfigurationError, match=match):

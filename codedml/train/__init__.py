@@ -6,7 +6,9 @@ answer gradient requests (a registered handler, :func:`handlers`). Policies: ``s
 and ``gradient_coding`` (Tandon et al. 2017); ``adasync`` (K-sync with K growing) and the
 federated ``fedavg``, ``fsvrg`` and ``dane`` over IID or Dirichlet label-skewed shards
 (:mod:`codedml.train.federated`, :mod:`codedml.train.partition`); optional QSGD compression
-(Alistarh et al. 2017); crash tolerance, soft-error screening, checkpoints. See docs/train.md.
+(Alistarh et al. 2017) or data quantization (Hanna et al. 2020, :mod:`codedml.train.dataquant`);
+a quadratic network task (:func:`quadratic_task`); crash tolerance, soft-error screening,
+checkpoints. See docs/train.md.
 
 Examples
 --------
@@ -27,3 +29,8 @@ __all__ = ["POLICIES", "FEDERATED", "FED_HANDLER", "POLICY_FUNCTIONS", "TrainCon
            "digits_task", "make_model", "partition_indices", "handlers", "HANDLER", "Engine",
            "TrainResult", "fit", "train", "load_checkpoint", "CHECKPOINT_FORMAT", "TrainingError",
            "qsgd_encode", "qsgd_decode", "qsgd_bits"]
+
+# Data quantization (Hanna et al. 2020) and the quadratic-network task (issue 13).
+from .quadratic import quadratic_task  # noqa: E402
+
+__all__ += ["quadratic_task"]
