@@ -13,7 +13,8 @@ and reports which of galois, torch, mpi4py, scipy it had imported by then. Each 
 ``--repeats`` fresh processes; the table shows medians over them of ``first - warm`` (the cold
 cost, target <= 0.3 s) and of ``import + first - warm``.
 
-**Repeat decodes** (in this process, interleaved, CPU time of the process): the decode from the same subset of workers
+**Repeat decodes** (in this process, interleaved, CPU time of the process; at 64 x 64, where
+the small factorizations weigh, and at the benchmark size): the decode from the same subset of workers
 with the factorization cache cleared before each decode (what every decode paid before the
 cache) against the cache kept, and the decode from exactly ``k`` results (nothing to check)
 against the decode from all ``n`` (the spare results checked for soft errors), as ratios
@@ -150,7 +151,7 @@ def decode_section(size: int, repeats: int) -> list[dict]:
                 t[name].append(time.process_time() - t0)
         med = {name: statistics.median(v) for name, v in t.items()}
         base = med["k results, cached"]
-        rows.append({"code": label, "workers": code.workers, "k": k,
+        rows.append({"code": label, "size": size, "workers": code.workers, "k": k,
                      "median_s": med, "ratio_to_cached_k": {n: v / base for n, v in med.items()}})
     return rows
 
@@ -206,10 +207,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['cold_minus_warm_s']:11.3f} {r['import_plus_cold_minus_warm_s']:8.3f} {'yes' if ok else 'NO':>7s}  "
               f"{', '.join(r['heavy_imported']) or '-'}")
 
-    dec = decode_section(size, max(5, 3 * repeats))
-    print("\nrepeat decodes (median s; ratio to 'k results, cached')")
+    dec = [r for s in sorted({64, size}) for r in decode_section(s, max(5, 3 * repeats) * (4 if s <= 128 else 1))]
+    print("\nrepeat decodes (median CPU s; ratio to 'k results, cached')")
     for r in dec:
-        print(f"  {r['code']} (n={r['workers']}, k={r['k']}):")
+        print(f"  {r['code']} at {r['size']} (n={r['workers']}, k={r['k']}):")
         for name, v in r["median_s"].items():
             print(f"    {name:<40s} {v * 1e3:8.3f} ms  {r['ratio_to_cached_k'][name]:6.2f}x")
 

@@ -348,9 +348,9 @@ def cold_start(doc: dict[str, Any]) -> str:
     names = list(doc["decode"][0]["median_s"]) if doc["decode"] else []
     out += ["", "Repeat decodes in one process, time relative to the decode from k results with the "
             "factorization cached (medians of CPU time, interleaved):", "",
-            "| code | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+            "| code | size | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for r in doc["decode"]:
-        out.append(f"| {r['code']} (n={r['workers']}, k={r['k']}) | "
+        out.append(f"| {r['code']} (n={r['workers']}, k={r['k']}) | {r.get('size', doc['size'])} | "
                    + " | ".join(f"{r['ratio_to_cached_k'][n]:.2f}" for n in names) + " |")
     return "\n".join(out)
 
