@@ -553,9 +553,9 @@ def coded_cnn(doc: dict[str, Any]) -> str:
     out = [
         f"Source: {_source('coded_cnn', doc)}; {doc['workers']} workers, {doc['epochs']} epochs{quick}.",
         "",
-        "| model | optimizer | faults | final test accuracy | step time / torch | corrected "
-        "| stragglers skipped | recomputed | blocks repaired |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | optimizer | faults | final test accuracy | last epoch's train loss | step time / torch "
+        "| corrected | stragglers skipped | recomputed | blocks repaired |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["runs"]:
         st = r["stats"] or {}
@@ -570,8 +570,9 @@ def coded_cnn(doc: dict[str, Any]) -> str:
             str(st.get("repaired", 0))]
         if r["kind"] == "plain":   # its own ratio is 1: show its median step instead
             ratio_s = f"1 ({1e3 * r['median_step_s']:.2f} ms)"
+        loss = f"{r['loss'][-1]:.3g}" if r["loss"] else "-"
         out.append(f"| {names.get(r['kind'], r['kind'])} | {r['optimizer']} | {'yes' if r['faults'] else 'no'} "
-                   f"| {acc} | {ratio_s} | " + " | ".join(cells) + " |")
+                   f"| {acc} | {loss} | {ratio_s} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
