@@ -200,6 +200,12 @@ class CodedConv2d(CodedLinear):
                 f"got {tuple(W.shape)}")
         super().set_weight(W.reshape(self.out_features, self.in_features))
 
+    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        key = prefix + "weight"      # nn.Conv2d's 4-d kernel, whatever shape CodedLinear saved
+        if key in destination and tuple(destination[key].shape) != self.kernel_shape:
+            destination[key] = destination[key].reshape(self.kernel_shape)
+
     def _load_from_state_dict(self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool,
                               missing_keys: list[str], unexpected_keys: list[str],
                               error_msgs: list[str]) -> None:

@@ -87,18 +87,18 @@ def _coded(m: nn.Module, cluster: Any, **kw: Any) -> CodedLinear:
 
 
 def _plain(m: CodedLinear) -> nn.Module:
-    dtype = m.bias.dtype if m.bias is not None else m._grad_anchor.dtype
+    W = m.weight                         # decoded from the workers now
     has_bias = m.bias is not None
     new: nn.Module
     with torch.random.fork_rng(devices=[]):   # as in _coded: the caller's random state is kept
         if isinstance(m, CodedConv2d):
             new = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride,
                             padding=m.padding, dilation=m.dilation, bias=has_bias,
-                            padding_mode=m.padding_mode, dtype=dtype)
+                            padding_mode=m.padding_mode, dtype=W.dtype)
         else:
-            new = nn.Linear(m.in_features, m.out_features, bias=has_bias, dtype=dtype)
+            new = nn.Linear(m.in_features, m.out_features, bias=has_bias, dtype=W.dtype)
     with torch.no_grad():
-        new.weight.copy_(m.weight)
+        new.weight.copy_(W.reshape(new.weight.shape))
         if has_bias:
             new.bias.copy_(m.bias)
     if has_bias:
