@@ -481,6 +481,38 @@ def control_plane_2workers(doc: dict[str, Any]) -> str:
     return _control(doc, "control_plane_2workers")
 
 
+# ------------------------------------------------------------------ coded_cnn.json
+@_from("coded_cnn")
+def coded_cnn(doc: dict[str, Any]) -> str:
+    names = {"plain": "torch layers (reference)", "coded": "coded (`convert`, errors=1)",
+             "uncoded": "uncoded MP (`ReplicationCode`)"}
+    quick = " (**`--quick` profile**: a smoke run, not the measurement)" if doc.get("quick") else ""
+    out = [
+        f"Source: {_source('coded_cnn', doc)}; {doc['workers']} workers, {doc['epochs']} epochs{quick}.",
+        "",
+        "| model | optimizer | faults | final test accuracy | last epoch's train loss | step time / torch "
+        "| corrected | stragglers skipped | recomputed | blocks repaired |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["runs"]:
+        st = r["stats"] or {}
+        ratio = r.get("step_ratio_to_plain")
+        ratio_s = f"{ratio:.1f}" if ratio else "-"
+        if r["error"]:
+            acc = f"**stopped at step {r['steps']}** ({r['error'][:120].replace('`', '')})"
+        else:
+            acc = _bold_if(f"{100 * r['final_accuracy']:.1f}%", bool(r["faults"]))
+        cells = ["-"] * 4 if r["kind"] == "plain" else [
+            str(st.get("corrected", 0)), str(st.get("skipped", 0)), str(st.get("retried", 0)),
+            str(st.get("repaired", 0))]
+        if r["kind"] == "plain":   # its own ratio is 1: show its median step instead
+            ratio_s = f"1 ({1e3 * r['median_step_s']:.2f} ms)"
+        loss = f"{r['loss'][-1]:.3g}" if r["loss"] else "-"
+        out.append(f"| {names.get(r['kind'], r['kind'])} | {r['optimizer']} | {'yes' if r['faults'] else 'no'} "
+                   f"| {acc} | {loss} | {ratio_s} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 # ------------------------------------------------------------------ coded_layers.json
 _LAYER = {"plain": "`nn.Linear` (reference)", "coded": "coded", "uncoded": "uncoded"}
 
@@ -541,38 +573,6 @@ def coded_layers_step(doc: dict[str, Any]) -> str:
                 base = next(x for x in st if x["kind"] == "plain" and x["straggler_s"] == 0)
                 cells.append(f"{r['median_step_s'] / base['median_step_s']:.2f}")
         out.append(f"| {names.get(kind, kind)} | " + " | ".join(cells) + " |")
-    return "\n".join(out)
-
-
-# ------------------------------------------------------------------ coded_cnn.json
-@_from("coded_cnn")
-def coded_cnn(doc: dict[str, Any]) -> str:
-    names = {"plain": "torch layers (reference)", "coded": "coded (`convert`, errors=1)",
-             "uncoded": "uncoded MP (`ReplicationCode`)"}
-    quick = " (**`--quick` profile**: a smoke run, not the measurement)" if doc.get("quick") else ""
-    out = [
-        f"Source: {_source('coded_cnn', doc)}; {doc['workers']} workers, {doc['epochs']} epochs{quick}.",
-        "",
-        "| model | optimizer | faults | final test accuracy | last epoch's train loss | step time / torch "
-        "| corrected | stragglers skipped | recomputed | blocks repaired |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in doc["runs"]:
-        st = r["stats"] or {}
-        ratio = r.get("step_ratio_to_plain")
-        ratio_s = f"{ratio:.1f}" if ratio else "-"
-        if r["error"]:
-            acc = f"**stopped at step {r['steps']}** ({r['error'][:120].replace('`', '')})"
-        else:
-            acc = _bold_if(f"{100 * r['final_accuracy']:.1f}%", bool(r["faults"]))
-        cells = ["-"] * 4 if r["kind"] == "plain" else [
-            str(st.get("corrected", 0)), str(st.get("skipped", 0)), str(st.get("retried", 0)),
-            str(st.get("repaired", 0))]
-        if r["kind"] == "plain":   # its own ratio is 1: show its median step instead
-            ratio_s = f"1 ({1e3 * r['median_step_s']:.2f} ms)"
-        loss = f"{r['loss'][-1]:.3g}" if r["loss"] else "-"
-        out.append(f"| {names.get(r['kind'], r['kind'])} | {r['optimizer']} | {'yes' if r['faults'] else 'no'} "
-                   f"| {acc} | {loss} | {ratio_s} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
@@ -655,14 +655,14 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "control_plane_2workers": control_plane_2workers,
     "coded_layers": coded_layers,
     "coded_layers_step": coded_layers_step,
-    "coded_cnn": coded_cnn,
     "train_policies": train_policies,
+    "coded_cnn": coded_cnn,
 }
 
 DOCS: tuple[Doc, ...] = (
-    Doc("README.md", ("accuracy", "inner", "cost", "gfp_matmul", "cuda_backend", "runtime_latency",
+    Doc("README.md", ("coded_cnn", "accuracy", "inner", "cost", "gfp_matmul", "cuda_backend", "runtime_latency",
                       "control_plane", "control_plane_2workers", "reliability", "coded_layers",
-                      "coded_layers_step", "coded_cnn", "train_policies")),
+                      "coded_layers_step", "train_policies")),
     Doc("benchmarks/results/SUMMARY_codes.md", ("accuracy", "inner", "cost_2048")),
     Doc("benchmarks/results/SUMMARY_runtime.md", ("runtime_summary",)),
 )
