@@ -1,4 +1,4 @@
-"""Benchmark: a small CNN on digits made coded by codedml.nn.convert(), against uncoded model parallelism and plain torch.
+"""Benchmark: a digits CNN made coded by codedml.nn.convert(), against uncoded model parallelism and torch.
 
 Runs in ONE ``mpiexec`` job (rank 0 the root, 8 workers expected)::
 

@@ -44,7 +44,8 @@ def _why_unsupported(m: nn.Module, shared: set[int]) -> str | None:
     """Why the layer ``m`` cannot be converted, or ``None``."""
     kind = type(m).__name__
     if type(m) not in (nn.Linear, nn.Conv2d):
-        return f"{kind} is a subclass of {'nn.Linear' if isinstance(m, nn.Linear) else 'nn.Conv2d'} (only exact types are converted)"
+        base = "nn.Linear" if isinstance(m, nn.Linear) else "nn.Conv2d"
+        return f"{kind} is a subclass of {base} (only exact types are converted)"
     if isinstance(m, nn.Conv2d) and m.groups != 1:
         return f"groups={m.groups}; CodedConv2d supports groups=1"
     w = m.weight
