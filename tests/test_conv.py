@@ -356,3 +356,31 @@ def test_converted_cnn_trains_under_mpiexec():
     assert res["max_param_diff"] <= 1e-11 and res["unconverted_diff"] <= 1e-11, res
     assert res["stats"]["corrected"] > 0 and res["stats"]["repaired"] > 0, res
     assert len([ln for ln in done.stdout.splitlines() if ln.endswith(" exit")]) == np_
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(convs=st.lists(st.tuples(st.integers(1, 4), st.integers(1, 3), st.integers(1, 2), st.integers(0, 1),
+                                st.booleans()), min_size=1, max_size=3),
+       hidden=st.integers(1, 6), dtype=st.sampled_from([F64, torch.float32]), seed=st.integers(0, 2**16))
+def test_convert_keeps_outputs_of_drawn_cnns(cluster, convs, hidden, dtype, seed):
+    """Drawn stacks of convolutions (channels, kernel, stride, padding, bias) and two linear
+    layers: the converted model's outputs equal the original's (float64 1e-12, float32 1e-5,
+    relative), its layers keep their dtype, and unconvert gives the same weights back."""
+    torch.manual_seed(seed)
+    layers, c, size = [], 1, 7
+    for out, k, s, p, b in convs:
+        if size + 2 * p < k:
+            continue
+        layers += [nn.Conv2d(c, out, k, stride=s, padding=p, bias=b, dtype=dtype), nn.Tanh()]
+        c, size = out, (size + 2 * p - k) // s + 1
+    model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * size * size, hidden, dtype=dtype), nn.ReLU(),
+                          nn.Linear(hidden, 3, dtype=dtype))
+    x = torch.randn(2, 1, 7, 7, dtype=dtype)
+    coded = convert(model, cluster, errors=1)
+    assert all(m.bias is None or m.bias.dtype == dtype for m in coded.modules() if isinstance(m, CodedLinear))
+    ref = model(x).detach()
+    tol = 1e-12 if dtype == F64 else 1e-5
+    assert float((coded(x).detach() - ref).abs().max()) <= tol * max(1.0, float(ref.abs().max()))
+    back = unconvert(coded, release=True)
+    assert _max_diff(back, model) <= (1e-14 if dtype == F64 else 1e-6)
+    assert all(p.dtype == dtype for p in back.parameters())
