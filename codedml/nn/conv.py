@@ -3,7 +3,7 @@
 Mathematics. A convolution is a matrix product after im2col (Chellapilla, Puri, Simard 2006):
 ``unfold`` turns the (padded) input ``x`` (``N x C x H x W``) into the matrix ``X`` of its
 receptive fields, one row per output position (``N*L x C*kh*kw``, ``L = oh*ow``), and with the
-kernel matrix ``K = weight.reshape(out, C*kh*kw)``
+kernel matrix ``K`` (``nn.Conv2d``'s ``weight`` reshaped to ``out x C*kh*kw``)
 
 * forward ``Y = X K^T + b`` (``N*L x out``), reshaped to ``N x out x oh x ow``;
 * input gradient ``dX = dY K`` (``N*L x C*kh*kw``), then ``fold`` (the adjoint of ``unfold``)
@@ -52,7 +52,8 @@ class CodedConv2d(CodedLinear):
     ``y = conv2d(x, weight) + b`` computed as the im2col product ``unfold(x)^T K^T`` (see the
     module docstring): forward and input-gradient products run coded on the cluster (thresholds
     ``k`` and ``2k - 1``, ``errors`` corrupt results corrected in each, stragglers beyond them
-    not waited for), the kernel is trained in the coded domain by :class:`~codedml.nn.CodedSGD`.
+    not waited for); the kernel is trained in the coded domain by :class:`~codedml.nn.CodedSGD`
+    or, as ``CodedLinear``'s weight is, by any torch optimizer.
 
     Parameters
     ----------
@@ -62,15 +63,17 @@ class CodedConv2d(CodedLinear):
     groups : int
         Must be 1: a grouped convolution is a block-diagonal kernel matrix, which this layer
         does not store (refused with a :class:`~codedml.ConfigurationError`).
-    cluster, code, errors, timeout, retries, dtype
+    cluster, code, errors, timeout, retries, dtype, device
         As for :class:`~codedml.nn.CodedLinear`, whose ``in_features`` is ``C*kh*kw`` and
         ``out_features`` is ``out_channels`` here (so the default code is
         ``default_code(n, errors, out_channels)``).
 
     Initialised like :class:`torch.nn.Conv2d` (same random stream, same fan-in), so both start
-    equal after the same ``torch.manual_seed``. ``weight`` decodes the kernel
-    (``out x C x kh x kw``), ``weight_grad()`` gives ``dK`` in that shape, and the
-    ``state_dict`` has ``nn.Conv2d``'s keys and shapes.
+    equal after the same ``torch.manual_seed``. ``weight`` is ``CodedLinear``'s root-side mirror
+    parameter, here the kernel *matrix* ``K`` (``out x C*kh*kw``): torch optimizers train it
+    and ``weight.grad`` is ``dK`` in that shape. ``kernel`` gives the kernel as
+    ``nn.Conv2d`` holds it (``out x C x kh x kw``), ``set_weight`` takes either shape, and the
+    ``state_dict`` has ``nn.Conv2d``'s keys and shapes (states load both ways).
 
     Examples
     --------
@@ -80,7 +83,7 @@ class CodedConv2d(CodedLinear):
     >>> with LocalCluster(5) as cluster:
     ...     conv = CodedConv2d(2, 3, 3, padding=1, cluster=cluster, dtype=torch.float64)
     ...     x = torch.randn(4, 2, 6, 6, dtype=torch.float64)
-    ...     ref = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
+    ...     ref = torch.nn.functional.conv2d(x, conv.kernel, conv.bias, padding=1)
     ...     ok = torch.allclose(conv(x), ref)
     >>> ok
     True
@@ -91,7 +94,7 @@ class CodedConv2d(CodedLinear):
                  padding_mode: str = "zeros", *, cluster: Any,
                  code: MDSCode | ReplicationCode | None = None, errors: int = 0,
                  timeout: float | None = None, retries: int = 2,
-                 dtype: torch.dtype | None = None) -> None:
+                 dtype: torch.dtype | None = None, device: Any = None) -> None:
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigurationError(f"`{name}` must be an integer >= 1, got {v!r}")
@@ -117,7 +120,7 @@ class CodedConv2d(CodedLinear):
         else:
             pad = _pair("padding", padding, 0)
         super().__init__(in_channels * kh * kw, out_channels, bias, cluster=cluster, code=code,
-                         errors=errors, timeout=timeout, retries=retries, dtype=dtype)
+                         errors=errors, timeout=timeout, retries=retries, dtype=dtype, device=device)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = (kh, kw)
         self.stride, self.dilation = stride, dilation
@@ -179,15 +182,10 @@ class CodedConv2d(CodedLinear):
         return s + f", code={self.code!r}, errors={self.errors}"
 
     @property
-    def weight(self) -> torch.Tensor:
-        """The current kernel (``out x C x kh x kw``), decoded from the stored blocks (a copy)."""
-        return super().weight.reshape(self.kernel_shape)
-
-    def weight_grad(self) -> torch.Tensor | None:
-        """``dK`` (``out x C x kh x kw``) summed over the backward passes since the last step,
-        computed at the root from the factors (``None`` when there were none)."""
-        g = super().weight_grad()
-        return None if g is None else g.reshape(self.kernel_shape)
+    def kernel(self) -> torch.Tensor:
+        """The current kernel as ``nn.Conv2d`` holds it (``out x C x kh x kw``): a copy of
+        ``weight`` (the kernel matrix, decoded from the stored blocks) reshaped."""
+        return self.weight.detach().clone().reshape(self.kernel_shape)
 
     def set_weight(self, W: Any) -> None:
         """Replace the kernel: ``W`` of shape ``(out, C, kh, kw)`` (or its im2col matrix
@@ -201,8 +199,8 @@ class CodedConv2d(CodedLinear):
 
     def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        key = prefix + "weight"      # nn.Conv2d's 4-d kernel, whatever shape CodedLinear saved
-        if key in destination and tuple(destination[key].shape) != self.kernel_shape:
+        key = prefix + "weight"      # nn.Conv2d's 4-d kernel (keep_vars: the parameter itself)
+        if not keep_vars and key in destination and tuple(destination[key].shape) != self.kernel_shape:
             destination[key] = destination[key].reshape(self.kernel_shape)
 
     def _load_from_state_dict(self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool,

@@ -11,8 +11,8 @@ a :class:`~codedml.ConfigurationError` naming the module's path (or left as they
 ``skip_unsupported=True``):
 
 * ``groups != 1`` (a block-diagonal kernel matrix; not stored coded);
-* a dtype other than float32/float64, or parameters off the CPU (the weight moves to the
-  workers and the layer's products run there; the input and output stay where they are);
+* parameters off the CPU (the weight moves to the workers and the layer's products run
+  there; the input and output stay where they are);
 * a frozen weight (``requires_grad=False``): a coded layer's weight is trained by ``CodedSGD``;
 * a weight shared with another module (tied weights): two coded copies would train apart;
 * modules with hooks (they would be lost with the module) and *subclasses* of ``nn.Linear``
@@ -49,8 +49,6 @@ def _why_unsupported(m: nn.Module, shared: set[int]) -> str | None:
     if isinstance(m, nn.Conv2d) and m.groups != 1:
         return f"groups={m.groups}; CodedConv2d supports groups=1"
     w = m.weight
-    if w.dtype not in (torch.float32, torch.float64):
-        return f"weight dtype {w.dtype}; coded layers are float32 or float64"
     if any(p.device.type != "cpu" for p in m.parameters()):
         return f"parameters on {w.device}; convert a model on the CPU"
     if not w.requires_grad:
@@ -147,8 +145,10 @@ def convert(model: nn.Module, cluster: Any, *, code: MDSCode | ReplicationCode |
     errors, timeout, retries
         As for :class:`~codedml.nn.CodedLinear`, for every converted layer.
     skip_unsupported : bool
-        Leave layers that cannot be converted (see the module docstring: ``groups > 1``, other
-        dtypes, frozen or tied weights, hooks, subclasses) as they are, instead of raising.
+        Leave layers that cannot be converted (see the module docstring: ``groups > 1``,
+        parameters off the CPU, frozen or tied weights, hooks, subclasses) as they are, instead
+        of raising. A bad ``code``, ``errors``, ``timeout`` or ``retries`` is raised regardless
+        (with the path of the first layer it failed on).
     inplace : bool
         Replace the layers inside ``model`` itself; by default a converted deep copy is
         returned and ``model`` is unchanged.
@@ -203,7 +203,10 @@ def convert(model: nn.Module, cluster: Any, *, code: MDSCode | ReplicationCode |
             raise ConfigurationError(
                 f"cannot convert {paths[0] or 'the model'} ({type(m).__name__}): {why}; "
                 f"pass skip_unsupported=True to leave it unconverted")
-        new = _coded(m, cluster, code=code, errors=errors, timeout=timeout, retries=retries)
+        try:
+            new = _coded(m, cluster, code=code, errors=errors, timeout=timeout, retries=retries)
+        except ConfigurationError as exc:   # a bad code/errors/timeout, or a dtype refused
+            raise ConfigurationError(f"cannot convert {paths[0] or 'the model'} ({type(m).__name__}): {exc}") from exc
         for p in paths:
             swaps[p] = new
     return _swap(model, swaps, inplace)
