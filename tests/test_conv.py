@@ -103,6 +103,23 @@ def test_unbatched_input_and_float32(cluster):
     assert float((y - ref(x)).detach().abs().max()) <= 1e-5
 
 
+def test_dtype_moves_and_deepcopy_like_nn_conv2d(cluster):
+    import copy
+
+    coded, ref = _pair(cluster, 2, 3, 3, padding=1, stride=2, seed=7, dtype=torch.float32)
+    coded.double()
+    ref.double()
+    x = torch.randn(2, 2, 6, 5, dtype=F64)
+    assert coded.weight.dtype == coded.bias.dtype == F64
+    assert float((coded(x) - ref(x)).detach().abs().max()) <= 1e-13
+    twin = copy.deepcopy(coded)                 # an independent layer on the same cluster
+    assert isinstance(twin, CodedConv2d) and twin.kernel_shape == coded.kernel_shape
+    assert float((twin(x) - ref(x)).detach().abs().max()) <= 1e-13
+    twin.set_weight(torch.zeros(3, 2, 3, 3))
+    assert float((coded(x) - ref(x)).detach().abs().max()) <= 1e-13   # the original is unchanged
+    assert float((twin(x) - twin.bias.view(1, 3, 1, 1)).detach().abs().max()) == 0
+
+
 def test_gradcheck_float64_also_under_soft_errors():
     faults = SoftErrors("exponent", 0.03) + SoftErrors("nan", 0.01)
     with LocalCluster(7, faults=faults, seed=4, timeout=30) as c:
