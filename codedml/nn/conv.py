@@ -49,7 +49,7 @@ def _pair(name: str, value: Any, low: int) -> tuple[int, int]:
 class CodedConv2d(CodedLinear):
     """A 2-d convolution whose kernel ``K`` (``out x C*kh*kw``) lives encoded on the workers.
 
-    ``y = conv2d(x, weight) + b`` computed as the im2col product ``unfold(x)^T K^T`` (see the
+    ``y = conv2d(x, kernel) + b`` computed as the im2col product ``unfold(x)^T K^T`` (see the
     module docstring): forward and input-gradient products run coded on the cluster (thresholds
     ``k`` and ``2k - 1``, ``errors`` corrupt results corrected in each, stragglers beyond them
     not waited for); the kernel is trained in the coded domain by :class:`~codedml.nn.CodedSGD`
@@ -137,7 +137,7 @@ class CodedConv2d(CodedLinear):
 
     @property
     def kernel_shape(self) -> tuple[int, int, int, int]:
-        """``(out_channels, in_channels, kh, kw)``: ``weight``'s shape, as in ``nn.Conv2d``."""
+        """``(out_channels, in_channels, kh, kw)``: ``nn.Conv2d``'s weight shape (``kernel``'s)."""
         return (self.out_channels, self.in_channels, *self.kernel_size)
 
     # ------------------------------------------------------------------ torch API

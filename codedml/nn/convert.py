@@ -13,7 +13,8 @@ a :class:`~codedml.ConfigurationError` naming the module's path (or left as they
 * ``groups != 1`` (a block-diagonal kernel matrix; not stored coded);
 * parameters off the CPU (the weight moves to the workers and the layer's products run
   there; the input and output stay where they are);
-* a frozen weight (``requires_grad=False``): a coded layer's weight is trained by ``CodedSGD``;
+* a frozen weight (``requires_grad=False``): not carried over to a coded layer, whose
+  weight ``CodedSGD`` would train;
 * a weight shared with another module (tied weights): two coded copies would train apart;
 * modules with hooks (they would be lost with the module) and *subclasses* of ``nn.Linear``
   / ``nn.Conv2d`` (their ``forward`` may differ; their owner may read ``.weight`` directly,
@@ -52,7 +53,8 @@ def _why_unsupported(m: nn.Module, shared: set[int]) -> str | None:
     if any(p.device.type != "cpu" for p in m.parameters()):
         return f"parameters on {w.device}; convert a model on the CPU"
     if not w.requires_grad:
-        return "the weight is frozen (requires_grad=False); a coded layer's weight is trained by CodedSGD"
+        return ("the weight is frozen (requires_grad=False), which a coded layer does not carry "
+                "over (CodedSGD would train it)")
     if id(w) in shared:
         return "the weight is shared with another module (tied weights)"
     hooks = [h for h in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
