@@ -395,3 +395,31 @@ def test_padding_blocks_of_zeros_are_not_read_as_corruption(rows):
                             return_info=True)
     assert info.faulty == () and info.checked
     check_product(out, A, B, None)
+
+
+# --------------------------------------------------------------------------- left products
+@pytest.mark.parametrize("field", FIELDS, ids=FIELD_IDS)
+@pytest.mark.parametrize("construction", CONSTRUCTIONS)
+def test_left_product_against_a_systematic_stored_operand(field, construction):
+    """``L @ W`` for ``W`` stored with a systematic MDS code: every (2k-1)-subset decodes,
+    and the k systematic workers alone (their products sum to L W)."""
+    import itertools
+
+    from codedml.codes.resident import encode_left
+
+    if field is not None and construction != "circle":
+        return
+    kw = {"field": field} if field else {"construction": construction}
+    stored = MDSCode(7, 3, systematic=True, **kw)
+    rng = np.random.default_rng(3)
+    if field is None:
+        W, L = rng.standard_normal((10, 4)), rng.standard_normal((3, 10))
+    else:
+        W, L = rng.integers(0, field, (10, 4)), rng.integers(0, field, (3, 10))
+    blocks = stored.encode(W, np.eye(4, dtype=W.dtype))           # a_w in task.a
+    code, enc = encode_left(stored, L, 4, dtype=blocks.dtype)
+    assert code.systematic and code.recovery_threshold == 5
+    prods = {w: (enc[w].a @ blocks[w].a) % field if field else enc[w].a @ blocks[w].a
+             for w in range(7)}
+    for S in itertools.chain(itertools.combinations(range(7), 5), [(0, 1, 2)]):
+        check_product(code.decode({w: prods[w] for w in S}, encoding=enc), L, W, field)
