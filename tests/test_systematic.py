@@ -369,8 +369,10 @@ def test_identity_repr_and_refusals():
     a, b = MDSCode(6, 3, systematic=True), MDSCode(6, 3, systematic=False)
     assert a != b and hash(a) != hash(b) and a == MDSCode(6, 3, systematic=True)
     assert repr(a) == "MDSCode(workers=6, k=3, construction='circle', systematic=True)"
-    assert "systematic" not in repr(b)
-    with pytest.raises(ConfigurationError, match=r"`systematic` must be True or False, got 'yes'"):
+    assert repr(b) == "MDSCode(workers=6, k=3, construction='circle', systematic=False)"
+    assert repr(PolyDotCode(9, 2, 2, 1)) == (
+        "PolyDotCode(workers=9, row_blocks=2, inner_blocks=2, col_blocks=1, construction='circle')")
+    with pytest.raises(ConfigurationError, match=r"`systematic` must be True, False or None .*got 'yes'"):
         MDSCode(6, 3, systematic="yes")
     with pytest.raises(ConfigurationError, match=r"systematic=True.*col_blocks=2"):
         PolynomialCode(8, 2, 2, systematic=True)
@@ -423,3 +425,29 @@ def test_left_product_against_a_systematic_stored_operand(field, construction):
              for w in range(7)}
     for S in itertools.chain(itertools.combinations(range(7), 5), [(0, 1, 2)]):
         check_product(code.decode({w: prods[w] for w in S}, encoding=enc), L, W, field)
+
+
+# --------------------------------------------------------------------------- the default
+def test_default_is_systematic_where_it_stays_accurate():
+    """systematic=None (the default): systematic over GF(p) and on the circle while the
+    systematic worst case stays within COMPENSATE_MAX_CONDITION; plain otherwise, and for the
+    naive real constructions and the codes without a systematic form."""
+    from codedml.codes.numerics import worst_case_condition
+
+    assert MDSCode(6, 3).systematic and MatDotCode(7, 3).systematic
+    assert MDSCode(6, 3, field=P16).systematic and MatDotCode(7, 3, field=P16).systematic
+    assert PolynomialCode(8, 4, 1).systematic
+    assert not PolynomialCode(8, 2, 3).systematic and not PolyDotCode(9, 2, 2, 1).systematic
+    assert not MDSCode(8, 4, construction="chebyshev").systematic
+    assert not MDSCode(8, 4, construction="equispaced").systematic
+    assert MDSCode(31, 26).systematic                    # bound 2.6e4
+    assert not MDSCode(40, 35).systematic                # bound 8.4e4 > 3e4: plain (3.0e4)
+    assert not MatDotCode(31, 13).systematic             # plain worst case 3.2e4 already
+    for n, k in ((9, 6), (12, 7), (16, 14)):
+        code = MDSCode(n, k)
+        exact = worst_case_condition(code, max_subsets=10**6)
+        assert exact.exact
+        # the default's criterion is an upper bound of the exhaustive worst case, and tight
+        assert exact.value <= code.systematic_condition_bound() * (1 + 1e-9)
+        assert code.systematic_condition_bound() <= 1.6 * exact.value
+        assert code.condition_bound() == code.systematic_condition_bound()
