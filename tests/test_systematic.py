@@ -451,3 +451,31 @@ def test_default_is_systematic_where_it_stays_accurate():
         assert exact.value <= code.systematic_condition_bound() * (1 + 1e-9)
         assert code.systematic_condition_bound() <= 1.6 * exact.value
         assert code.condition_bound() == code.systematic_condition_bound()
+
+
+@pytest.mark.parametrize("field", [None, P16], ids=["real", "GF65521"])
+def test_exactly_the_systematic_results_take_the_stacking_path(field):
+    """k systematic results, nothing to spare: stacked as they are (no unpacking, no
+    projection), the same product and info as the general path would give; a non-finite or
+    out-of-range one, or a bad argument, is still refused by the general path's rules."""
+    code = MDSCode(6, 4, field=field)
+    rng = np.random.default_rng(2)
+    A = rng.standard_normal((10, 5)) if field is None else rng.integers(0, field, (10, 5))
+    B = rng.standard_normal(5) if field is None else rng.integers(0, field, 5)
+    tasks = code.encode(A, B)
+    res = {w: tasks[w].compute() for w in range(4)}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(base, "_project", _no_solve)      # the general path would project
+        out, info = code.decode(res, encoding=tasks, return_info=True)
+    check_product(out, A, B, field)
+    assert info == base.DecodeInfo((), (0, 1, 2, 3), 1.0, False)
+    assert out.dtype == (np.float64 if field is None else np.int64)
+    np.testing.assert_array_equal(code.decode(res, shape=(10,)), out)
+    with pytest.raises(ConfigurationError, match="encoding="):
+        code.decode(res)                               # 10 rows padded to 16 (or 12): refused
+    with pytest.raises(ConfigurationError, match="`errors` must be"):
+        code.decode(res, errors=-1)
+    bad = dict(res)
+    bad[2] = np.full_like(res[2], np.nan) if field is None else np.full_like(res[2], -1)
+    with pytest.raises(CorruptResultError):
+        code.decode(bad, encoding=tasks)

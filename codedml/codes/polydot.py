@@ -590,6 +590,56 @@ class PolyDotCode(LinearCode):
                     suspects=wrong)
         return [X.reshape((s,) + block)]
 
+    def decode(self, results, errors: int = 0, *, encoding=None, shape=None, rtol=None,
+               return_faulty: bool = False, return_info: bool = False):
+        """See :meth:`LinearCode.decode`. A systematic MDS-type code given exactly its ``k``
+        systematic results (the fault-free case: nothing to check them against) stacks them
+        as they are: one copy, no unpacking, no projections; bitwise what the general path
+        assembles. Anything else (a spare or a parity result, a non-finite or out-of-range
+        value, a bad argument) takes the general path."""
+        fast = self._systematic_fast_path(results, errors)
+        if fast is None:
+            return super().decode(results, errors, encoding=encoding, shape=shape, rtol=rtol,
+                                  return_faulty=return_faulty, return_info=return_info)
+        rows, C = fast
+        if shape is not None:
+            C = self._cut(C, shape)
+        elif encoding is not None:
+            C = np.ascontiguousarray(C[tuple(slice(0, x) for x in encoding.shape)])
+        else:
+            self._refuse_if_padded(C, C.dtype, 1.0)
+        from ._base import DecodeInfo
+
+        info = DecodeInfo((), tuple(int(w) for w in rows), 1.0, False)
+        if return_info:
+            return C, info
+        if return_faulty:
+            return C, info.faulty
+        return C
+
+    def _systematic_fast_path(self, results: Any, errors: Any):
+        """``(rows, stacked C)`` when ``results`` are exactly the systematic ones, else None."""
+        if not (self.systematic and self.m == 1 and self.q == 1):
+            return None
+        try:
+            keys = sorted(int(w) for w in results) if hasattr(results, "keys") else None
+        except (TypeError, ValueError):
+            return None
+        if keys != list(range(self.p)):
+            return None
+        try:
+            check_int("errors", errors, 0, self.workers)
+            rows, raw = self._check_results(results)
+        except ConfigurationError:
+            return None
+        for r in raw:
+            ok = (np.isfinite(r).all() if self.field is None
+                  else bool(((r >= 0) & (r < self.field)).all()))
+            if not ok:
+                return None
+        dt = np.int64 if self.field is not None else np.float64
+        return rows, np.concatenate([np.asarray(r, dtype=dt) for r in raw], axis=0)
+
     def _wanted_unknowns(self) -> list[np.ndarray | None]:
         if self.systematic and self.m > 1:
             return [np.zeros(1, dtype=int)]  # the one sum, solved directly
