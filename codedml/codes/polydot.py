@@ -58,6 +58,14 @@ __all__ = ["PolyDotCode", "MDSCode", "PolynomialCode", "MatDotCode", "CONSTRUCTI
 
 CONSTRUCTIONS = ("circle", "equispaced", "chebyshev")
 
+#: Systematic MatDot is the default on the circle up to this worst-case condition number (MDS-
+#: type codes: up to ``COMPENSATE_MAX_CONDITION``). It decodes ``C = sum_i p_C(alpha_i)`` with
+#: one decoding vector that sums m Lagrange-weighted ones, a little less accurate than plain
+#: MatDot's single coefficient: on the worst subset at n = 30, threshold 25 (cond 8.0e3) 1.04e-12
+#: against 7.3e-13, past the 1e-12 promise; at n = 24, threshold 19 (cond 2.9e3) 4.2e-13 against
+#: 3.4e-13. 5000 keeps it near 6.5e-13 (errors measured at about 1.3e-16 x cond).
+SYSTEMATIC_MATDOT_MAX_CONDITION = 5000.0
+
 
 class PolyDotCode(LinearCode):
     """Generalized PolyDot / entangled polynomial code for ``C = A @ B``.
@@ -82,9 +90,11 @@ class PolyDotCode(LinearCode):
         (default): systematic wherever the form exists and stays within the accuracy
         promise, i.e. over GF(p), and on the circle when the systematic code's worst-case
         condition number (:meth:`systematic_condition_bound`) is at most
-        ``COMPENSATE_MAX_CONDITION`` (3e4), up to which ``precision="auto"`` keeps float64
-        decodes within 1e-12 (measured: ``benchmarks/systematic.py``); otherwise plain. The
-        naive real constructions stay plain (baselines).
+        ``COMPENSATE_MAX_CONDITION`` (3e4) for MDS-type codes, up to which
+        ``precision="auto"`` keeps float64 decodes within 1e-12, and
+        :data:`SYSTEMATIC_MATDOT_MAX_CONDITION` (5000) for MatDot (measured:
+        ``benchmarks/systematic.py``, ``docs/codes.md``); otherwise plain. The naive real
+        constructions stay plain (baselines).
 
     Examples
     --------
@@ -126,9 +136,10 @@ class PolyDotCode(LinearCode):
         if systematic and not self._has_systematic_form():
             raise ConfigurationError(_NO_SYSTEMATIC.format(p=p, m=m, q=q))
         if systematic is None:
+            limit = COMPENSATE_MAX_CONDITION if m == 1 else SYSTEMATIC_MATDOT_MAX_CONDITION
             systematic = self._has_systematic_form() and (
                 self.field is not None or (self.construction == "circle" and
-                                           self.systematic_condition_bound() <= COMPENSATE_MAX_CONDITION))
+                                           self.systematic_condition_bound() <= limit))
         self.systematic = bool(systematic)
         self._points = self._make_points()
         self._order = self._point_order()
