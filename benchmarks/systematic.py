@@ -31,8 +31,8 @@ BLAS runs on one thread in the timed regions (threadpoolctl), as in ``benchmarks
 
 Usage::
 
-    python benchmarks/systematic.py            # full run: about 6-10 min on 2 shared cores
-    python benchmarks/systematic.py --quick    # n = 16 only, small matrices: about 20 s
+    python benchmarks/systematic.py            # full run: about 3-6 min on a quiet 2-core machine
+    python benchmarks/systematic.py --quick    # n = 16 only, small matrices: about 5 s
 
 Writes ``benchmarks/results/systematic.json`` and ``systematic.png``; the README table is
 rendered from the JSON by ``benchmarks/render_readme.py``.
