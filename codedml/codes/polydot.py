@@ -603,25 +603,28 @@ class PolyDotCode(LinearCode):
 
     def decode(self, results, errors: int = 0, *, encoding=None, shape=None, rtol=None,
                return_faulty: bool = False, return_info: bool = False):
-        """See :meth:`LinearCode.decode`. A systematic MDS-type code given exactly its ``k``
-        systematic results (the fault-free case: nothing to check them against) stacks them
-        as they are: one copy, no unpacking, no projections; bitwise what the general path
-        assembles. Anything else (a spare or a parity result, a non-finite or out-of-range
-        value, a bad argument) takes the general path."""
+        """See :meth:`LinearCode.decode`. A systematic MDS-type code given exactly ``k``
+        results (nothing to spare, so nothing to check them against: the general path would
+        only erase non-finite ones) decodes in place: the systematic results are copied into
+        ``C`` as they are, and the ``s`` missing blocks are solved for from the ``s`` parity
+        results (``P_miss X_miss = R_par - P_present X_present``, BLAS on the packed real and
+        imaginary halves); no unpacking, no projections. Every systematic result there: one
+        copy, bitwise what the general path assembles. Anything else (a spare result, a
+        non-finite or out-of-range value, a bad argument) takes the general path."""
         fast = self._systematic_fast_path(results, errors)
         if fast is None:
             return super().decode(results, errors, encoding=encoding, shape=shape, rtol=rtol,
                                   return_faulty=return_faulty, return_info=return_info)
-        rows, C = fast
+        rows, C, cond = fast
         if shape is not None:
             C = self._cut(C, shape)
         elif encoding is not None:
             C = np.ascontiguousarray(C[tuple(slice(0, x) for x in encoding.shape)])
         else:
-            self._refuse_if_padded(C, C.dtype, 1.0)
+            self._refuse_if_padded(C, C.dtype, cond)
         from ._base import DecodeInfo
 
-        info = DecodeInfo((), tuple(int(w) for w in rows), 1.0, False)
+        info = DecodeInfo((), tuple(int(w) for w in rows), cond, False)
         if return_info:
             return C, info
         if return_faulty:
@@ -629,14 +632,16 @@ class PolyDotCode(LinearCode):
         return C
 
     def _systematic_fast_path(self, results: Any, errors: Any):
-        """``(rows, stacked C)`` when ``results`` are exactly the systematic ones, else None."""
+        """``(rows, C, cond)`` for exactly ``k`` finite (in-range) results of a systematic
+        MDS-type code, else None (the general path)."""
         if not (self.systematic and self.m == 1 and self.q == 1):
             return None
+        k, P = self.p, self.field
         try:
             keys = sorted(int(w) for w in results) if hasattr(results, "keys") else None
         except (TypeError, ValueError):
             return None
-        if keys != list(range(self.p)):
+        if keys is None or len(keys) != k or len(set(keys)) != k:
             return None
         try:
             check_int("errors", errors, 0, self.workers)
@@ -644,12 +649,45 @@ class PolyDotCode(LinearCode):
         except ConfigurationError:
             return None
         for r in raw:
-            ok = (np.isfinite(r).all() if self.field is None
-                  else bool(((r >= 0) & (r < self.field)).all()))
+            ok = np.isfinite(r).all() if P is None else bool(((r >= 0) & (r < P)).all())
             if not ok:
                 return None
-        dt = np.int64 if self.field is not None else np.float64
-        return rows, np.concatenate([np.asarray(r, dtype=dt) for r in raw], axis=0)
+        dt = np.int64 if P is not None else np.float64
+        rb = raw[0].shape[0]
+        C = np.empty((k * rb,) + raw[0].shape[1:], dtype=dt)
+        Cb = C.reshape(k, -1)                                  # block i: rows i*rb .. (i+1)*rb
+        present = [int(w) for w in rows if w < k]
+        par = [j for j, w in enumerate(rows) if w >= k]
+        for j, w in enumerate(rows):
+            if w < k:
+                Cb[w] = np.asarray(raw[j], dtype=dt).reshape(-1)
+        if not par:
+            return rows, C, 1.0
+        missing = sorted(set(range(k)) - set(present))
+        G = self._generator()
+        Gp = G[np.asarray(rows)[par]]                          # s x k, parity rows
+        Cb[missing] = 0                                        # so Gp @ Cb sums the present
+        Rp = np.stack([np.asarray(raw[j], dtype=dt).reshape(-1) for j in par])
+        if P is not None:
+            rhs = (Rp - _gfp.matmul_mod(Gp % P, Cb, P)) % P
+            Cb[missing] = _gfp.solve_mod(Gp[:, missing] % P, rhs, P)
+            return rows, C, 1.0
+        from ._base import _lstsq
+
+        cond = float(np.linalg.cond(G[np.asarray(rows)]))
+        if not self._packed:
+            rhs = Rp - Gp.real @ Cb
+            Cb[missing] = _lstsq(Gp[:, missing].real, rhs).real
+            return rows, C, cond
+        # packed: a result is [Re y; Im y] with y = sum_i G[w, i] z_i, z_i = top_i + 1j bot_i
+        h = Cb.shape[1] // 2
+        top, bot = Cb[:, :h], Cb[:, h:]                        # row-strided views, no copy
+        Gr, Gi = Gp.real.copy(), Gp.imag.copy()
+        rhs = (Rp[:, :h] - Gr @ top + Gi @ bot) + 1j * (Rp[:, h:] - Gi @ top - Gr @ bot)
+        X = _lstsq(Gp[:, missing], rhs)
+        Cb[missing, :h] = X.real
+        Cb[missing, h:] = X.imag
+        return rows, C, cond
 
     def _wanted_unknowns(self) -> list[np.ndarray | None]:
         if self.systematic and self.m > 1:
