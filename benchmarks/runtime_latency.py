@@ -23,7 +23,11 @@ Codes, side by side, each with 0 stragglers, 1 straggler and as many as it toler
 * ``PolyDot``      ``PolyDotCode(n, 2, 2, 1)``      threshold 5, tolerates n - 5
 
 Targets (issue 11): the systematic codes at most 1.15x uncoded without stragglers when no
-worker straggles, and at most 1.25x with as many stragglers as they tolerate.
+worker straggles, and at most 1.25x with as many stragglers as they tolerate. Only the
+MDS-type code can meet them: a MatDot worker multiplies full-size operands split along the
+inner dimension (1/m of the product's flops, complex: 2/m; the uncoded worker 1/n) and
+returns a full-size result, so at n = 8, m = 3 its slowest-worker term alone is about 5x the
+uncoded one's and its decode reads 2m - 1 full-size results, systematic or not.
 
 Per-component model for ``n`` dedicated nodes, from this run's measurements (printed as a
 second table and stored per code under ``summary[code]["model"]``):
