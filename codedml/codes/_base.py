@@ -672,9 +672,14 @@ class LinearCode(abc.ABC):
         entries = max(1, int(np.prod(raw[0].shape)))
         tau = rtol * math.sqrt(max(inner, 1)) * np.asarray(expected, dtype=np.float64) / math.sqrt(entries)
         # A worker whose operands are all zero (split padding, zero blocks) computes an exact 0:
-        # give it a tenth of the typical tolerance instead of 0, which would overflow 1/tau and
-        # make the weighted consistency check ill-conditioned.
-        return np.maximum(tau, max(0.1 * float(np.median(tau)), 1e-250))
+        # give it a tenth of the typical tolerance of the *nonzero* workers instead of 0, which
+        # would overflow 1/tau and make the weighted consistency check ill-conditioned. (A
+        # systematic code's data workers are zero wherever a whole block is padding, often a
+        # majority for small A: a median over all workers was then 0, weights of 1e250 swamped
+        # the others in the QR of the weighted basis and consistent results read as corrupt.)
+        nonzero = tau[tau > 0]
+        typical = float(np.median(nonzero)) if nonzero.size else 0.0
+        return np.maximum(tau, max(0.1 * typical, 1e-250))
 
     # ----------------------------------------------------------------- GF(p)
     def _locate_exact(self, rows, E, Ms, errors):

@@ -51,12 +51,20 @@ import numpy as np
 
 from ..errors import ConfigurationError
 from . import _gfp
-from ._base import LinearCode
+from ._base import COMPENSATE_MAX_CONDITION, LinearCode
 from ._validate import check_field, check_int, real_matrix, residues
 
 __all__ = ["PolyDotCode", "MDSCode", "PolynomialCode", "MatDotCode", "CONSTRUCTIONS"]
 
 CONSTRUCTIONS = ("circle", "equispaced", "chebyshev")
+
+#: Systematic MatDot is the default on the circle up to this worst-case condition number (MDS-
+#: type codes: up to ``COMPENSATE_MAX_CONDITION``). It decodes ``C = sum_i p_C(alpha_i)`` with
+#: one decoding vector that sums m Lagrange-weighted ones, a little less accurate than plain
+#: MatDot's single coefficient: on the worst subset at n = 30, threshold 25 (cond 8.0e3) 1.04e-12
+#: against 7.3e-13, past the 1e-12 promise; at n = 24, threshold 19 (cond 2.9e3) 4.2e-13 against
+#: 3.4e-13. 5000 keeps it near 6.5e-13 (errors measured at about 1.3e-16 x cond).
+SYSTEMATIC_MATDOT_MAX_CONDITION = 5000.0
 
 
 class PolyDotCode(LinearCode):
@@ -74,6 +82,19 @@ class PolyDotCode(LinearCode):
         for exact arithmetic in GF(p) (integer inputs in ``[0, p)``).
     construction : {"circle", "equispaced", "chebyshev"}
         Evaluation points over the reals (see the module docstring); ignored over GF(p).
+    systematic : bool or None
+        ``True``: workers ``0 .. s-1`` hold the plain data blocks (``s = row_blocks`` for
+        MDS-type codes, ``inner_blocks`` for MatDot), so a fault-free job's decode is
+        assembly; only MDS-type codes (``inner_blocks = col_blocks = 1``) and MatDot
+        (``row_blocks = col_blocks = 1``) have this form (see ``docs/codes.md``). ``None``
+        (default): systematic wherever the form exists and stays within the accuracy
+        promise, i.e. over GF(p), and on the circle when the systematic code's worst-case
+        condition number (:meth:`systematic_condition_bound`) is at most
+        ``COMPENSATE_MAX_CONDITION`` (3e4) for MDS-type codes, up to which
+        ``precision="auto"`` keeps float64 decodes within 1e-12, and
+        :data:`SYSTEMATIC_MATDOT_MAX_CONDITION` (5000) for MatDot (measured:
+        ``benchmarks/systematic.py``, ``docs/codes.md``); otherwise plain. The naive real
+        constructions stay plain (baselines).
 
     Examples
     --------
@@ -91,7 +112,7 @@ class PolyDotCode(LinearCode):
 
     def __init__(self, workers: int, row_blocks: int = 1, inner_blocks: int = 1,
                  col_blocks: int = 1, *, field: int | None = None,
-                 construction: str = "circle", systematic: bool = False) -> None:
+                 construction: str = "circle", systematic: bool | None = None) -> None:
         n = check_int("workers", workers, 1)
         p = check_int("row_blocks", row_blocks, 1)
         m = check_int("inner_blocks", inner_blocks, 1)
@@ -108,13 +129,66 @@ class PolyDotCode(LinearCode):
         self.recovery_threshold = k
         self.field = check_field(field, n)
         self.construction = "exact" if self.field is not None else construction
-        if not isinstance(systematic, (bool, np.bool_)):
-            raise ConfigurationError(f"`systematic` must be True or False, got {systematic!r}")
-        self.systematic = bool(systematic)
-        if self.systematic and not (q == 1 and (m == 1 or p == 1)):
+        if systematic is not None and not isinstance(systematic, (bool, np.bool_)):
+            raise ConfigurationError(
+                f"`systematic` must be True, False or None (the default: systematic where it "
+                f"stays accurate), got {systematic!r}")
+        if systematic and not self._has_systematic_form():
             raise ConfigurationError(_NO_SYSTEMATIC.format(p=p, m=m, q=q))
+        if systematic is None:
+            limit = COMPENSATE_MAX_CONDITION if m == 1 else SYSTEMATIC_MATDOT_MAX_CONDITION
+            systematic = self._has_systematic_form() and (
+                self.field is not None or (self.construction == "circle" and
+                                           self.systematic_condition_bound() <= limit))
+        self.systematic = bool(systematic)
         self._points = self._make_points()
         self._order = self._point_order()
+
+    def _has_systematic_form(self) -> bool:
+        """MDS-type (m = q = 1) and MatDot (p = q = 1) codes; see ``_NO_SYSTEMATIC``."""
+        return self.q == 1 and (self.m == 1 or self.p == 1)
+
+    def systematic_condition_bound(self) -> float:
+        """Worst-case condition number of this code's *systematic* form over the reals (the
+        code need not be systematic; ``inf`` where no systematic form exists, 1.0 over GF(p)).
+
+        MDS-type codes decode with ``G_T = V_T V_S^{-1}`` for the results ``T`` that arrived
+        and the systematic points ``S``, so ``cond(G_T) <= cond(V_T) cond(V_S)``: the plain
+        code's worst case times ``cond(V_S)``. On the circle the plain worst case is exact (a
+        run of erasures) and the product is at most 1.6x the exhaustive worst case for every
+        k at n <= 16 (the most at k near n/2) and equal to it at n = 31, k = 29 and 26
+        (9.3e3 x 2.81 = 2.6e4; ``benchmarks/systematic.py``). Two SVDs, so cheap enough for
+        the constructor's default; :meth:`condition_bound` of a systematic circle code is
+        this bound (conservative: float32 operands switch to float64 and compensation starts
+        at most that much earlier).
+        Other constructions: the exhaustive or sampled worst case of the systematic code.
+        Systematic MatDot decodes the product polynomial's monomial coefficients from any
+        ``2m - 1`` results, exactly as plain MatDot: the same bound.
+
+        Examples
+        --------
+        >>> from codedml.codes import MDSCode
+        >>> code = MDSCode(8, 4, systematic=False)   # systematic points 0, 2, 4, 6: cond(V_S) = 1
+        >>> round(code.systematic_condition_bound() / code.condition_bound(), 6)
+        1.0
+        """
+        if self.field is not None:
+            return 1.0
+        if not self._has_systematic_form():
+            return math.inf
+        if getattr(self, "systematic", None) is True and self.construction != "circle":
+            return self.condition_bound()
+        twin_kw = {"construction": self.construction}
+        plain = PolyDotCode(self.workers, self.p, self.m, self.q, systematic=False, **twin_kw)
+        if self.m > 1 or self.p in (0, self.workers):
+            return plain.condition_bound()
+        if self.construction != "circle":
+            return PolyDotCode(self.workers, self.p, self.m, self.q, systematic=True,
+                               **twin_kw).condition_bound()
+        order = _spread_order(self.workers, self.p)
+        n = self.workers
+        VS = np.exp(2j * np.pi * ((order[:self.p, None] * np.arange(self.p)[None, :]) % n) / n)
+        return plain.condition_bound() * float(np.linalg.cond(VS))
 
     # ------------------------------------------------------------------ identity
     def _params(self) -> str:
@@ -122,8 +196,8 @@ class PolyDotCode(LinearCode):
 
     def __repr__(self) -> str:
         extra = f"field={self.field}" if self.field is not None else f"construction={self.construction!r}"
-        if self.systematic:
-            extra += ", systematic=True"
+        if self._has_systematic_form():  # explicit both ways: the default depends on n, k
+            extra += f", systematic={self.systematic}"
         return f"{type(self).__name__}(workers={self.workers}, {self._params()}, {extra})"
 
     def __eq__(self, other: object) -> bool:
@@ -156,14 +230,9 @@ class PolyDotCode(LinearCode):
         reals, whose systematic workers ``0 .. s-1`` get ``s`` evenly spread points (s = k for
         MDS-type codes, m for MatDot) when they are the fewer, else the parity workers do: a
         spread set keeps ``V_S`` and the Lagrange basis on it well conditioned."""
-        n = self.workers
-        s = self._n_systematic()
-        if not self.systematic or self.field is not None or s in (0, n):
-            return np.arange(n)
-        few = min(s, n - s)
-        spread = sorted({int(math.floor(i * n / few)) for i in range(few)})
-        rest = [i for i in range(n) if i not in set(spread)]
-        return np.array(spread + rest if s <= n - s else rest + spread)
+        if not self.systematic or self.field is not None:
+            return np.arange(self.workers)
+        return _spread_order(self.workers, self._n_systematic())
 
     def _n_systematic(self) -> int:
         """How many workers hold plain data: k = p (MDS-type) or m (MatDot); 0 if not systematic."""
@@ -215,6 +284,8 @@ class PolyDotCode(LinearCode):
             pts = np.arange(self.workers - self.recovery_threshold, self.workers)
             rows = np.sort(np.argsort(self._order)[pts])
             return max(float(np.linalg.cond(M)) for M in self._families(rows))
+        if self.field is None and self.systematic and self.construction == "circle":
+            return self.systematic_condition_bound()   # an upper bound, see there
         if self.field is None and self.systematic:
             return _systematic_worst(self)
         return super()._worst_condition()   # GF(p): 1.0 (worst_case_condition says so)
@@ -530,6 +601,94 @@ class PolyDotCode(LinearCode):
                     suspects=wrong)
         return [X.reshape((s,) + block)]
 
+    def decode(self, results, errors: int = 0, *, encoding=None, shape=None, rtol=None,
+               return_faulty: bool = False, return_info: bool = False):
+        """See :meth:`LinearCode.decode`. A systematic MDS-type code given exactly ``k``
+        results (nothing to spare, so nothing to check them against: the general path would
+        only erase non-finite ones) decodes in place: the systematic results are copied into
+        ``C`` as they are, and the ``s`` missing blocks are solved for from the ``s`` parity
+        results (``P_miss X_miss = R_par - P_present X_present``, BLAS on the packed real and
+        imaginary halves); no unpacking, no projections. Every systematic result there: one
+        copy, bitwise what the general path assembles. Anything else (a spare result, a
+        non-finite or out-of-range value, a bad argument) takes the general path."""
+        fast = self._systematic_fast_path(results, errors)
+        if fast is None:
+            return super().decode(results, errors, encoding=encoding, shape=shape, rtol=rtol,
+                                  return_faulty=return_faulty, return_info=return_info)
+        rows, C, cond = fast
+        if shape is not None:
+            C = self._cut(C, shape)
+        elif encoding is not None:
+            C = np.ascontiguousarray(C[tuple(slice(0, x) for x in encoding.shape)])
+        else:
+            self._refuse_if_padded(C, C.dtype, cond)
+        from ._base import DecodeInfo
+
+        info = DecodeInfo((), tuple(int(w) for w in rows), cond, False)
+        if return_info:
+            return C, info
+        if return_faulty:
+            return C, info.faulty
+        return C
+
+    def _systematic_fast_path(self, results: Any, errors: Any):
+        """``(rows, C, cond)`` for exactly ``k`` finite (in-range) results of a systematic
+        MDS-type code, else None (the general path)."""
+        if not (self.systematic and self.m == 1 and self.q == 1):
+            return None
+        k, P = self.p, self.field
+        try:
+            keys = sorted(int(w) for w in results) if hasattr(results, "keys") else None
+        except (TypeError, ValueError):
+            return None
+        if keys is None or len(keys) != k or len(set(keys)) != k:
+            return None
+        try:
+            check_int("errors", errors, 0, self.workers)
+            rows, raw = self._check_results(results)
+        except ConfigurationError:
+            return None
+        for r in raw:
+            ok = np.isfinite(r).all() if P is None else bool(((r >= 0) & (r < P)).all())
+            if not ok:
+                return None
+        dt = np.int64 if P is not None else np.float64
+        rb = raw[0].shape[0]
+        C = np.empty((k * rb,) + raw[0].shape[1:], dtype=dt)
+        Cb = C.reshape(k, -1)                                  # block i: rows i*rb .. (i+1)*rb
+        present = [int(w) for w in rows if w < k]
+        par = [j for j, w in enumerate(rows) if w >= k]
+        for j, w in enumerate(rows):
+            if w < k:
+                Cb[w] = np.asarray(raw[j], dtype=dt).reshape(-1)
+        if not par:
+            return rows, C, 1.0
+        missing = sorted(set(range(k)) - set(present))
+        G = self._generator()
+        Gp = G[np.asarray(rows)[par]]                          # s x k, parity rows
+        Cb[missing] = 0                                        # so Gp @ Cb sums the present
+        Rp = np.stack([np.asarray(raw[j], dtype=dt).reshape(-1) for j in par])
+        if P is not None:
+            rhs = (Rp - _gfp.matmul_mod(Gp % P, Cb, P)) % P
+            Cb[missing] = _gfp.solve_mod(Gp[:, missing] % P, rhs, P)
+            return rows, C, 1.0
+        from ._base import _lstsq
+
+        cond = float(np.linalg.cond(G[np.asarray(rows)]))
+        if not self._packed:
+            rhs = Rp - Gp.real @ Cb
+            Cb[missing] = _lstsq(Gp[:, missing].real, rhs).real
+            return rows, C, cond
+        # packed: a result is [Re y; Im y] with y = sum_i G[w, i] z_i, z_i = top_i + 1j bot_i
+        h = Cb.shape[1] // 2
+        top, bot = Cb[:, :h], Cb[:, h:]                        # row-strided views, no copy
+        Gr, Gi = Gp.real.copy(), Gp.imag.copy()
+        rhs = (Rp[:, :h] - Gr @ top + Gi @ bot) + 1j * (Rp[:, h:] - Gi @ top - Gr @ bot)
+        X = _lstsq(Gp[:, missing], rhs)
+        Cb[missing, :h] = X.real
+        Cb[missing, h:] = X.imag
+        return rows, C, cond
+
     def _wanted_unknowns(self) -> list[np.ndarray | None]:
         if self.systematic and self.m > 1:
             return [np.zeros(1, dtype=int)]  # the one sum, solved directly
@@ -601,7 +760,7 @@ class MDSCode(PolyDotCode):
     """
 
     def __init__(self, workers: int, k: int, *, field: int | None = None,
-                 construction: str = "circle", systematic: bool = False) -> None:
+                 construction: str = "circle", systematic: bool | None = None) -> None:
         n = check_int("workers", workers, 1)
         k = check_int("k", k, 1, n, what=f"workers={n}")
         super().__init__(n, k, 1, 1, field=field, construction=construction,
@@ -619,7 +778,7 @@ class PolynomialCode(PolyDotCode):
 
     def __init__(self, workers: int, row_blocks: int, col_blocks: int, *,
                  field: int | None = None, construction: str = "circle",
-                 systematic: bool = False) -> None:
+                 systematic: bool | None = None) -> None:
         super().__init__(workers, row_blocks, 1, col_blocks, field=field,
                          construction=construction, systematic=systematic)
 
@@ -634,7 +793,7 @@ class MatDotCode(PolyDotCode):
     """
 
     def __init__(self, workers: int, inner_blocks: int, *, field: int | None = None,
-                 construction: str = "circle", systematic: bool = False) -> None:
+                 construction: str = "circle", systematic: bool | None = None) -> None:
         super().__init__(workers, 1, inner_blocks, 1, field=field, construction=construction,
                          systematic=systematic)
 
@@ -652,6 +811,19 @@ _NO_SYSTEMATIC = (
     "opposite points and the missing blocks C_00, C_01 give equal rows), and no construction "
     "with that guarantee and bounded conditioning is built. PolyDot with inner_blocks > 1 and "
     "row_blocks*col_blocks > 1 has no known systematic form (Dutta et al. give it for MatDot only)")
+
+
+def _spread_order(n: int, s: int) -> np.ndarray:
+    """Point index of each worker of a systematic code over the reals: the ``s`` systematic
+    workers ``0 .. s-1`` get ``s`` evenly spread points when they are the fewer, else the
+    parity workers do (a spread set keeps ``V_S`` and the Lagrange basis on it well
+    conditioned)."""
+    if s in (0, n):
+        return np.arange(n)
+    few = min(s, n - s)
+    spread = sorted({int(math.floor(i * n / few)) for i in range(few)})
+    rest = [i for i in range(n) if i not in set(spread)]
+    return np.array(spread + rest if s <= n - s else rest + spread)
 
 
 def _systematic_worst(code: PolyDotCode) -> float:
