@@ -153,7 +153,15 @@ class Encoding(Sequence[Task]):
         elif scales is not None:
             self.scales = np.asarray(scales, dtype=np.float64)
         else:
-            self.scales = np.array([_fro(t.a) * _fro(t.b) for t in tasks])
+            # one norm per distinct operand: tasks that share B (MDS-type codes) read it once
+            norms: dict[int, float] = {}
+
+            def fro(x: Any) -> float:
+                if id(x) not in norms:
+                    norms[id(x)] = _fro(x)
+                return norms[id(x)]
+
+            self.scales = np.array([fro(t.a) * fro(t.b) for t in tasks])
 
     @property
     def padded_shape(self) -> tuple[int, ...]:

@@ -202,29 +202,36 @@ class GradientCode(LinearCode):
         if A.shape[1] != B.shape[0]:
             raise ConfigurationError(
                 f"`A` and `B` must have matching inner dimensions, got A {A.shape} and B {B.shape}")
-        n = self.workers
-        N = A.shape[1]
+        n, P = self.workers, self.field
+        M, N = A.shape
         nb = -(-N // n)
-        Ap = np.zeros((A.shape[0], nb * n), dtype=A.dtype)
-        Ap[:, :N] = A
-        Bp = np.zeros((nb * n,) + B.shape[1:], dtype=B.dtype)
-        Bp[:N] = B
+        s1 = self.stragglers + 1
+        dtype = (self._operand_dtype(np.result_type(A.dtype, B.dtype), precision)
+                 if P is None else np.dtype(np.int64))
+        # Each task written once, straight from A's and B's partitions (views): worker w's
+        # a holds coef[w, j] * A_j side by side for its partitions j, its b the B_j stacked.
+        # Real: the products run in float64 (a float64 scalar) and are rounded once into
+        # float32 operands; zero columns/rows where a partition runs past the padding.
         pairs = []
         for w in range(n):
             parts = self.partitions(w)
             coef = self.coefficients[w]
-            if self.field is None:  # in float64; cast once below (float32 inputs lose nothing here)
-                a = np.hstack([coef[j] * Ap[:, j * nb:(j + 1) * nb].astype(np.float64) for j in parts])
-            else:
-                a = np.hstack([(int(coef[j]) * Ap[:, j * nb:(j + 1) * nb]) % self.field for j in parts])
-            b = np.concatenate([Bp[j * nb:(j + 1) * nb] for j in parts])
+            a = np.empty((M, s1 * nb), dtype=dtype)
+            b = np.empty((s1 * nb,) + B.shape[1:], dtype=dtype)
+            for t, j in enumerate(parts):
+                lo, hi = min(j * nb, N), min((j + 1) * nb, N)
+                da, db = a[:, t * nb:t * nb + hi - lo], b[t * nb:t * nb + hi - lo]
+                if P is None:
+                    np.multiply(A[:, lo:hi], np.float64(coef[j]), out=da, casting="unsafe")
+                else:
+                    np.multiply(A[:, lo:hi], int(coef[j]), out=da)
+                    np.remainder(da, P, out=da)
+                np.copyto(db, B[lo:hi], casting="unsafe")
+                a[:, t * nb + hi - lo:(t + 1) * nb] = 0
+                b[t * nb + hi - lo:(t + 1) * nb] = 0
             pairs.append((a, b))
         shape = (A.shape[0],) + B.shape[1:]
-        dtype = (self._operand_dtype(np.result_type(A.dtype, B.dtype), precision)
-                 if self.field is None else np.dtype(np.int64))
-        if self.field is None:
-            pairs = [(a.astype(dtype, copy=False), b.astype(dtype, copy=False)) for a, b in pairs]
-        return pairs, shape, nb * (self.stragglers + 1), dtype
+        return pairs, shape, nb * s1, dtype
 
     def _families(self, rows: np.ndarray) -> list[np.ndarray]:
         return [self.coefficients[np.asarray(rows)]]
