@@ -206,7 +206,10 @@ def _input_dtype(A: Any, B: Any) -> np.dtype:
 
 
 def _fro(x: Any) -> float:
-    return float(np.linalg.norm(np.asarray(x).ravel()))
+    v = np.asarray(x).ravel()
+    if np.iscomplexobj(v):  # one contiguous dot over (re, im) pairs, not two strided ones
+        v = np.ascontiguousarray(v).view(v.real.dtype)
+    return float(np.linalg.norm(v))
 
 
 @dataclass(frozen=True)
@@ -292,6 +295,10 @@ class LinearCode(abc.ABC):
         return (precision == "auto" and np.dtype(input_dtype) not in (np.float32, np.float16)
                 and self._amplifies_worker_rounding()
                 and COMPENSATE_MIN_CONDITION < self.condition_bound() <= COMPENSATE_MAX_CONDITION)
+
+    #: Whether ``_encode`` leaves the NaN/Inf check of real inputs to :meth:`encode`, which
+    #: makes it on the tasks' norms (codes whose every input entry enters some task).
+    _finite_from_norms = False
 
     def _amplifies_worker_rounding(self) -> bool:
         """Whether the decode amplifies the workers' rounding by up to the condition number
@@ -435,7 +442,14 @@ class LinearCode(abc.ABC):
         if self.field is None:
             comp = self.compensates(_input_dtype(A, B), dtype, precision)
             tasks = [Task(w, a, b, None, comp) for w, (a, b) in enumerate(pairs)]
-            return Encoding(self, tasks, shape, inner, dtype, comp)
+            enc = Encoding(self, tasks, shape, inner, dtype, comp)
+            if self._finite_from_norms and not np.isfinite(enc.scales).all():
+                # a NaN/Inf input reaches some task's norm; a finite one whose norm
+                # overflowed passes this exact check, as it passed before encoding
+                from ._validate import check_finite
+                check_finite("A", np.asarray(A))
+                check_finite("B", np.asarray(B))
+            return enc
         # int64 residues whose ``@`` is exact mod p: no galois (see _field.py)
         tasks = [Task(w, residues_of(a, self.field), residues_of(b, self.field), self.field)
                  for w, (a, b) in enumerate(pairs)]

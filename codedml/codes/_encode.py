@@ -33,7 +33,7 @@ from numpy.lib.stride_tricks import as_strided
 #: Bytes of one chunk of gathered blocks (and of the GEMM's temporary output): well inside a
 #: core's L2 (2 MiB on the machine measured), large enough that the GEMM runs at full speed
 #: and the per-chunk Python overhead (a few microseconds) stays below a few percent.
-CHUNK_BYTES = 1 << 19
+CHUNK_BYTES = 1 << 20
 
 Block = Union[np.ndarray, tuple]
 """A real 2-D view ``(r, c)`` with ``r <= R``, ``c <= C`` (the rest of the block is zero),
@@ -137,11 +137,22 @@ def combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, *, l
     flat = _flat(out, lead, n_out)
     if R == 0 or C == 0 or n_out == 0:
         return out
-    step = max(1, CHUNK_BYTES // max(1, max(k, n_out) * C * cdt.itemsize))
+    if nsys and flat is not None:
+        # systematic outputs: each block copied once, whole; then the parity rows alone
+        for o in range(nsys):
+            _copy_block(blocks[o], flat[o])
+        if nsys < n_out:
+            combine(G, blocks, flat[nsys:])
+        return out
+    step = max(1, CHUNK_BYTES // max(1, max(k, n_out - nsys) * C * cdt.itemsize))
     ends = sorted({min(_rows(b), R) for b in blocks} | {R, 0})
     bounds = []
     for a, b in zip(ends[:-1], ends[1:]):
+        if _whole(G, blocks, out, flat, nsys, a, b, C, cdt):
+            continue      # one GEMM from the blocks where they lie into the tasks: done
         bounds += [(s, min(b, s + step)) for s in range(a, b, step)]
+    if not bounds:
+        return out
     buf_full = np.empty((k, step * C), dtype=cdt)
     tmp_full = np.empty((max(n_out - nsys, 1), step * C), dtype=cdt)
     for r0, r1 in bounds:
@@ -189,6 +200,25 @@ def combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, *, l
     return out
 
 
+def _whole(G, blocks, out, flat, nsys, r0, r1, C, cdt) -> bool:
+    """Rows ``r0:r1`` in one GEMM when no gathering and no temporary is needed: real float64
+    blocks at one stride in memory, every one whole in these rows, the parity tasks a float64
+    matrix at one stride, no systematic outputs. Returns whether it did."""
+    if nsys or G is None or flat is None or out.dtype != cdt or cdt != np.float64:
+        return False
+    live = [i for i, b in enumerate(blocks) if _rows(b) > r0]
+    if not live or live != list(range(live[0], live[-1] + 1)):
+        return False
+    if any(_rows(blocks[i]) < r1 for i in live):
+        return False
+    D = _direct(blocks, live, r0, r1, C)
+    dst = _matrix(flat, 1, r0, r1) if D is not None else None
+    if dst is None:
+        return False
+    np.matmul(G[:, live[0]:live[-1] + 1], D, out=dst)
+    return True
+
+
 def _flat(out: np.ndarray, lead: int, n_out: int) -> np.ndarray | None:
     """``out`` with its ``lead`` output axes merged into one, as a view; None if that would copy."""
     if lead == 1:
@@ -209,6 +239,19 @@ def _store(dst: np.ndarray, src: np.ndarray) -> None:
     """``dst[...] = src``, rounding once into ``dst``'s dtype (real part of a complex source only
     where ``dst`` is real: never the case in the codes, which pack real pairs explicitly)."""
     np.copyto(dst, src, casting="unsafe")
+
+
+def _copy_block(b: Block, dst: np.ndarray) -> None:
+    """Block ``b`` into ``dst`` (R x C, the task's dtype), zero where padding cuts it short."""
+    re, im, sign = _parts(b)
+    if np.iscomplexobj(dst):
+        _fill(dst.real, re, 0, dst.shape[0], dst.shape[1], 1.0)
+        if im is None:
+            dst.imag[...] = 0
+        else:
+            _fill(dst.imag, im, 0, dst.shape[0], dst.shape[1], sign)
+    else:
+        _fill(dst, re, 0, dst.shape[0], dst.shape[1], 1.0)
 
 
 def _gather(b: Block, dst: np.ndarray, r0: int, r1: int) -> None:

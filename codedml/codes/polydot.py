@@ -202,6 +202,10 @@ class PolyDotCode(LinearCode):
     def _amplifies_worker_rounding(self) -> bool:
         return True
 
+    #: Real inputs are checked for NaN/Inf through the tasks' norms (see LinearCode.encode):
+    #: every entry of A and B enters some task with a nonzero coefficient.
+    _finite_from_norms = True
+
     def _worst_condition(self) -> float:
         """On the circle, the worst erasure pattern is a run of consecutive workers (it leaves
         the widest gap on the circle; ``tests/test_numerics.py`` checks this against exact
@@ -260,8 +264,10 @@ class PolyDotCode(LinearCode):
             A = residues("A", A, self.field)
             B = residues("B", B, self.field, allow_vector=True)
         else:
-            A = real_matrix("A", A)
-            B = real_matrix("B", B, allow_vector=True)
+            # finiteness: checked after the encode, on the tasks' norms (LinearCode.encode),
+            # which saves a pass over A and B
+            A = real_matrix("A", A, finite=False)
+            B = real_matrix("B", B, allow_vector=True, finite=False)
         if A.shape[1] != B.shape[0]:
             raise ConfigurationError(
                 f"`A` and `B` must have matching inner dimensions, got A {A.shape} and B {B.shape}")
