@@ -16,9 +16,16 @@ alike:
   generator, unpack, cast. For gradient codes, whose tasks are scaled partitions side by side
   rather than combinations, it is the same broadcast-multiply-and-stack written plainly.
 
-It prints ``encode / copy bound`` and ``encode / tensordot`` per case (medians over the
-repeats; the target is at most 1.5 and at most 1.0) and checks each encode against the
-reference (largest difference relative to the largest entry; 0 over GF(p)).
+* ``flop bound``: the generator products' multiply-adds (:func:`macs`; a complex one counts
+  4, systematic codes compute parity rows only) at the float64 GEMM rate measured in the same
+  repeat (a 34 x 30 generator against 2^16 columns). Where it exceeds the copy bound the
+  encode is compute-bound: no kernel can reach the copy bound there (MDS(17, 15)
+  non-systematic does 2 x 2 x 15 real multiply-adds per task entry).
+
+It prints ``encode / copy bound``, ``encode / max(copy bound, flop bound)`` and ``encode /
+tensordot`` per case (medians over the repeats; the targets are at most 1.5 for the first
+and at most 1.0 for the last) and checks each encode against the reference (largest
+difference relative to the largest entry; 0 over GF(p)).
 
 The codes (8-17 workers): MDS(17, 15) and MDS(8, 6) plain and systematic, Polynomial(17,
 4x4), MatDot(17, m=8) plain and systematic, PolyDot(17, 2x2x3), the cyclic gradient code
@@ -30,6 +37,7 @@ Usage::
 
     python benchmarks/encode.py            # sizes 1024 2048 4096, 5 repeats: ~12-15 min on 2 shared cores
     python benchmarks/encode.py --quick    # size 512, 2 repeats: ~30 s
+    python benchmarks/encode.py --quick --clock cpu   # CPU time: for a machine others load
 
 Writes ``benchmarks/results/encode.json`` and ``encode.png``; the README table is rendered from
 the JSON by ``benchmarks/render_readme.py``.
@@ -98,6 +106,43 @@ def _operands(enc) -> list[np.ndarray]:
     return out
 
 
+def macs(code, size: int) -> int | None:
+    """Real multiply-adds of the generator products in ``code.encode`` of two ``size x size``
+    matrices (a complex one counts 4; systematic codes compute parity rows only): what no
+    encode can do faster than BLAS runs them. None over GF(p); 0 for gradient codes (they
+    scale and place partitions; no products)."""
+    if code.field is not None:
+        return None
+    if isinstance(code, GradientCode):
+        return 0
+    p, m, q, n = code.p, code.m, code.q, code.workers
+    M = N = K = size
+    s = code._n_systematic()
+    up = lambda x, d: -(-x // d) * d  # noqa: E731
+    if code.construction == "circle" and m == 1:
+        h = up(M, 2 * p) // (2 * p)
+        total = 2 * (n - s) * 2 * p * h * N
+        if q > 1:
+            hb = up(K, 2 * q) // (2 * q)
+            total += 2 * n * 2 * q * N * hb
+        return total
+    cplx = 4 if code.construction == "circle" else 1
+    inner = 2 * m if code.construction == "circle" else m
+    rb, nb, cb = up(M, p) // p, up(N, inner) // inner, up(K, q) // q
+    total = (n - s) * p * m * cplx * rb * nb
+    if not (m == 1 and q == 1):
+        total += (n - (s if m > 1 else 0)) * m * q * cplx * nb * cb
+    return total
+
+
+def gemm_rate(rng: np.random.Generator) -> float:
+    """Float64 GEMM rate (flop/s) at an encode's shape: a 34 x 30 generator against 2^16 columns."""
+    G, D = rng.standard_normal((34, 30)), rng.standard_normal((30, 1 << 16))
+    out = np.empty((34, 1 << 16))
+    t, _ = timed(lambda: np.matmul(G, D, out=out))
+    return 2 * 34 * 30 * (1 << 16) / t
+
+
 def _rel_diff(enc, ref) -> float:
     worst = 0.0
     for t, (a, b) in zip(enc, ref):
@@ -111,10 +156,16 @@ def _rel_diff(enc, ref) -> float:
     return worst
 
 
+#: The clock: ``time.perf_counter`` (wall, default) or ``time.process_time`` (``--clock cpu``:
+#: this process's CPU time, which other processes on a loaded machine inflate far less; with
+#: one BLAS thread it is the encode's own cost).
+CLOCK = time.perf_counter
+
+
 def timed(fn):
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     out = fn()
-    return time.perf_counter() - t0, out
+    return CLOCK() - t0, out
 
 
 def run_size(size: int, repeats: int, rng: np.random.Generator, case_list: list[dict]) -> list[dict]:
@@ -148,7 +199,11 @@ def run_size(size: int, repeats: int, rng: np.random.Generator, case_list: list[
             del ref
             nb = max(r["bytes_in"], r["bytes_out"]) // 8
             t_cp, _ = timed(lambda: np.copyto(dst[:nb], src[:nb]))
+            rate = gemm_rate(rng)
             if rep:
+                mac = macs(c["code"], size)
+                r.setdefault("flop", []).append(None if mac is None else 2 * mac / rate)
+                r.setdefault("rate", []).append(rate / 1e9)
                 r["encode"].append(t_enc)
                 r["tensordot"].append(t_ref)
                 # a copy of nb float64 reads and writes 8 nb bytes each
@@ -158,6 +213,8 @@ def run_size(size: int, repeats: int, rng: np.random.Generator, case_list: list[
     for c in case_list:
         r = rec[c["label"] + c["dtype"]]
         enc, cp, ref = (statistics.median(r[k]) for k in ("encode", "copy", "tensordot"))
+        fl = None if r["flop"][0] is None else statistics.median(r["flop"])
+        bound = max(cp, fl or 0.0)
         rows.append({
             "case": c["label"], "dtype": c["dtype"], "operand_dtype": r["operand_dtype"],
             "systematic": bool(getattr(c["code"], "systematic", False)),
@@ -166,21 +223,26 @@ def run_size(size: int, repeats: int, rng: np.random.Generator, case_list: list[
             "bytes_in": r["bytes_in"], "bytes_out": r["bytes_out"],
             "encode_s": enc, "copy_bound_s": cp, "tensordot_s": ref,
             "copy_bandwidth_GBps": statistics.median(r["bw"]),
+            "flop_bound_s": fl, "gemm_GFLOPs": statistics.median(r["rate"]),
+            "multiply_adds": macs(c["code"], size),
             "encode_over_copy": enc / cp, "encode_over_tensordot": enc / ref,
+            "encode_over_bound": enc / bound,
             "max_rel_diff_vs_reference": r["diff"],
-            "samples": {k: r[k] for k in ("encode", "copy", "tensordot")},
+            "samples": {k: r[k] for k in ("encode", "copy", "tensordot", "flop")},
         })
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
     print(f"{'case':34s} {'dtype':8s} {'size':>5s} {'encode ms':>10s} {'copy-bound ms':>14s} "
-          f"{'tensordot ms':>13s} {'enc/copy':>9s} {'enc/tdot':>9s} {'rel.diff':>9s}")
+          f"{'flop-bound ms':>14s} {'tensordot ms':>13s} {'enc/copy':>9s} {'enc/bound':>10s} "
+          f"{'enc/tdot':>9s} {'rel.diff':>9s}")
     for r in rows:
+        fl = "-" if r["flop_bound_s"] is None else f"{1e3 * r['flop_bound_s']:.2f}"
         print(f"{r['case']:34s} {r['dtype']:8s} {r['size']:5d} {1e3 * r['encode_s']:10.2f} "
-              f"{1e3 * r['copy_bound_s']:14.2f} {1e3 * r['tensordot_s']:13.2f} "
-              f"{r['encode_over_copy']:9.2f} {r['encode_over_tensordot']:9.2f} "
-              f"{r['max_rel_diff_vs_reference']:9.1e}")
+              f"{1e3 * r['copy_bound_s']:14.2f} {fl:>14s} {1e3 * r['tensordot_s']:13.2f} "
+              f"{r['encode_over_copy']:9.2f} {r['encode_over_bound']:10.2f} "
+              f"{r['encode_over_tensordot']:9.2f} {r['max_rel_diff_vs_reference']:9.1e}")
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -214,8 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=None)
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1, help="BLAS threads (0: leave as is)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall: perf_counter; cpu: process_time (robust on a loaded machine)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     sizes = args.sizes or ([512] if args.quick else [1024, 2048, 4096])
     repeats = args.repeats or (2 if args.quick else 5)
     limit = contextlib.nullcontext()
@@ -237,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = {
         "machine": _machine.machine_info(),
         "parameters": {"sizes": sizes, "repeats": repeats, "threads": args.threads,
-                       "quick": args.quick, "prime": PRIME},
+                       "quick": args.quick, "prime": PRIME, "clock": args.clock},
         "load_average_1_5_15min": load,
         "rows": rows,
     }

@@ -236,8 +236,10 @@ class LinearCode(abc.ABC):
 
     # ----------------------------------------------------------------- hooks
     @abc.abstractmethod
-    def _encode(self, A: Any, B: Any, precision: str) -> tuple[list[tuple[Any, Any]], tuple[int, ...], int, np.dtype]:
-        """Per-worker operand pairs, product shape, worker inner dimension, operand dtype."""
+    def _encode(self, A: Any, B: Any, precision: str) -> tuple[Any, ...]:
+        """Per-worker operand pairs, product shape, worker inner dimension, operand dtype, and
+        optionally (a fifth item) the per-worker scales ``||a_w||_F ||b_w||_F`` when the hook
+        knows them cheaper than a pass over the tasks (else :class:`Encoding` computes them)."""
 
     @abc.abstractmethod
     def _families(self, rows: np.ndarray) -> list[np.ndarray]:
@@ -438,11 +440,13 @@ class LinearCode(abc.ABC):
         if precision not in PRECISIONS:
             raise ConfigurationError(
                 f"`precision` must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
-        pairs, shape, inner, dtype = self._encode(A, B, precision)
+        out = self._encode(A, B, precision)
+        pairs, shape, inner, dtype = out[:4]
+        scales = out[4] if len(out) > 4 else None   # a hook may know them without a pass
         if self.field is None:
             comp = self.compensates(_input_dtype(A, B), dtype, precision)
             tasks = [Task(w, a, b, None, comp) for w, (a, b) in enumerate(pairs)]
-            enc = Encoding(self, tasks, shape, inner, dtype, comp)
+            enc = Encoding(self, tasks, shape, inner, dtype, comp, scales)
             if self._finite_from_norms and not np.isfinite(enc.scales).all():
                 # a NaN/Inf input reaches some task's norm; a finite one whose norm
                 # overflowed passes this exact check, as it passed before encoding
