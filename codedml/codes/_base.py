@@ -161,7 +161,8 @@ class Encoding(Sequence[Task]):
                     norms[id(x)] = _fro(x)
                 return norms[id(x)]
 
-            self.scales = np.array([fro(t.a) * fro(t.b) for t in tasks])
+            with np.errstate(over="ignore", invalid="ignore"):  # huge or non-finite inputs
+                self.scales = np.array([fro(t.a) * fro(t.b) for t in tasks])
 
     @property
     def padded_shape(self) -> tuple[int, ...]:

@@ -125,6 +125,12 @@ def combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, *, l
     lead : the number of leading axes of ``out`` that index the outputs
     nsys : how many leading outputs are the blocks themselves (systematic codes)
     """
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf inputs: refused after, by name
+        return _combine(G, blocks, out, lead, nsys)
+
+
+def _combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, lead: int,
+             nsys: int) -> np.ndarray:
     R, C = out.shape[lead:]
     lead_shape = out.shape[:lead]
     n_out = int(np.prod(lead_shape))
@@ -142,7 +148,7 @@ def combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, *, l
         for o in range(nsys):
             _copy_block(blocks[o], flat[o])
         if nsys < n_out:
-            combine(G, blocks, flat[nsys:])
+            _combine(G, blocks, flat[nsys:], 1, 0)
         return out
     step = max(1, CHUNK_BYTES // max(1, max(k, n_out - nsys) * C * cdt.itemsize))
     ends = sorted({min(_rows(b), R) for b in blocks} | {R, 0})
