@@ -111,7 +111,7 @@ def _direct(blocks: Sequence[Block], idx: list[int], r0: int, r1: int, C: int) -
 
 
 def combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, *, lead: int = 1,
-            nsys: int = 0) -> np.ndarray:
+            nsys: int = 0, sq: np.ndarray | None = None) -> np.ndarray:
     """Write ``out[o] = blocks[o]`` for ``o < nsys`` and ``out[o] = sum_i G[o - nsys, i]
     blocks[i]`` for the rest, chunk by chunk (see the module docstring).
 
@@ -124,13 +124,16 @@ def combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, *, l
         once into it)
     lead : the number of leading axes of ``out`` that index the outputs
     nsys : how many leading outputs are the blocks themselves (systematic codes)
+    sq : optional float64 array of ``n_out`` entries; each output's sum of squared magnitudes
+        is added to it, taken on each chunk while it is in cache (the decoder's noise scales
+        need the tasks' norms; a separate pass would read every task once more)
     """
     with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf inputs: refused after, by name
-        return _combine(G, blocks, out, lead, nsys)
+        return _combine(G, blocks, out, lead, nsys, sq)
 
 
 def _combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, lead: int,
-             nsys: int) -> np.ndarray:
+             nsys: int, sq: np.ndarray | None = None) -> np.ndarray:
     R, C = out.shape[lead:]
     lead_shape = out.shape[:lead]
     n_out = int(np.prod(lead_shape))
@@ -146,15 +149,17 @@ def _combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, lea
     if nsys and flat is not None:
         # systematic outputs: each block copied once, whole; then the parity rows alone
         for o in range(nsys):
-            _copy_block(blocks[o], flat[o])
+            s = _copy_block(blocks[o], flat[o])
+            if sq is not None:
+                sq[o] += s
         if nsys < n_out:
-            _combine(G, blocks, flat[nsys:], 1, 0)
+            _combine(G, blocks, flat[nsys:], 1, 0, None if sq is None else sq[nsys:])
         return out
     step = max(1, CHUNK_BYTES // max(1, max(k, n_out - nsys) * C * cdt.itemsize))
     ends = sorted({min(_rows(b), R) for b in blocks} | {R, 0})
     bounds = []
     for a, b in zip(ends[:-1], ends[1:]):
-        if _whole(G, blocks, out, flat, nsys, a, b, C, cdt):
+        if _whole(G, blocks, out, flat, nsys, a, b, C, cdt, sq):
             continue      # one GEMM from the blocks where they lie into the tasks: done
         bounds += [(s, min(b, s + step)) for s in range(a, b, step)]
     if not bounds:
@@ -176,6 +181,8 @@ def _combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, lea
             dst = _out_block(out, flat, lead_shape, o)[r0:r1]
             if o in live:
                 _store(dst, D[live.index(o)].reshape(rc, C))
+                if sq is not None:
+                    sq[o] += _rowsq(D[live.index(o)][None])[0]
             else:
                 dst[...] = 0
         if nsys >= n_out:
@@ -193,9 +200,13 @@ def _combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, lea
                 direct = _matrix(out, lead, r0, r1)
         if direct is not None:
             np.matmul(Gl, D, out=direct)
+            if sq is not None:
+                sq[nsys:] += _rowsq(direct)
             continue
         tmp = tmp_full[:, :rc * C]
         np.matmul(Gl, D, out=tmp)
+        if sq is not None:
+            sq[nsys:] += _rowsq(tmp)
         if flat is not None:
             _store(flat[nsys:, r0:r1], tmp.reshape(n_out - nsys, rc, C))
         elif nsys == 0:
@@ -206,10 +217,12 @@ def _combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, lea
     return out
 
 
-def _whole(G, blocks, out, flat, nsys, r0, r1, C, cdt) -> bool:
-    """Rows ``r0:r1`` in one GEMM when no gathering and no temporary is needed: real float64
-    blocks at one stride in memory, every one whole in these rows, the parity tasks a float64
-    matrix at one stride, no systematic outputs. Returns whether it did."""
+def _whole(G, blocks, out, flat, nsys, r0, r1, C, cdt, sq=None) -> bool:
+    """Rows ``r0:r1`` by GEMMs straight from the blocks into the tasks when no gathering and no
+    temporary is needed: real float64 blocks at one stride in memory, every one whole in these
+    rows, the parity tasks a float64 matrix at one stride, no systematic outputs. One GEMM, or
+    one per cache-sized chunk when ``sq`` asks for the outputs' norms (taken while the chunk
+    is in cache). Returns whether it did."""
     if nsys or G is None or flat is None or out.dtype != cdt or cdt != np.float64:
         return False
     live = [i for i, b in enumerate(blocks) if _rows(b) > r0]
@@ -221,8 +234,46 @@ def _whole(G, blocks, out, flat, nsys, r0, r1, C, cdt) -> bool:
     dst = _matrix(flat, 1, r0, r1) if D is not None else None
     if dst is None:
         return False
-    np.matmul(G[:, live[0]:live[-1] + 1], D, out=dst)
+    Gl = G[:, live[0]:live[-1] + 1]
+    if sq is None:
+        np.matmul(Gl, D, out=dst)
+        return True
+    step = max(1, CHUNK_BYTES // (max(flat.shape[0], len(live)) * C * 8))
+    for s0 in range(r0, r1, step):
+        s1 = min(r1, s0 + step)
+        d = _matrix(flat, 1, s0, s1)
+        np.matmul(Gl, D[:, (s0 - r0) * C:(s1 - r0) * C], out=d)
+        sq += _rowsq(d)
     return True
+
+
+def _rowsq(X: np.ndarray) -> np.ndarray:
+    """Per row of a 2-D real or complex ``X`` (unit inner stride), the sum of squared
+    magnitudes in float64."""
+    if np.iscomplexobj(X):
+        X = X.view(X.real.dtype)
+    return np.einsum("ij,ij->i", X, X, dtype=np.float64)
+
+
+def copy_rows(src: np.ndarray, dst: np.ndarray) -> float:
+    """``dst[:len(src)] = src`` (cast), zero below, by cache-sized row chunks; returns the sum
+    of squares of what was written, taken on each chunk while it is in cache."""
+    total = 0.0
+    rows = dst.shape[0]
+    width = int(np.prod(dst.shape[1:], dtype=np.int64)) if dst.ndim > 1 else 1
+    step = max(1, CHUNK_BYTES // max(1, width * dst.itemsize))
+    with np.errstate(invalid="ignore", over="ignore"):
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            d = dst[r0:r1]
+            n = max(0, min(src.shape[0], r1) - r0)
+            if n:
+                np.copyto(d[:n], src[r0:r0 + n], casting="unsafe")
+            if n < r1 - r0:
+                d[n:] = 0
+            v = d.reshape(-1)
+            total += float(np.dot(v, v))
+    return total
 
 
 def _flat(out: np.ndarray, lead: int, n_out: int) -> np.ndarray | None:
@@ -247,17 +298,29 @@ def _store(dst: np.ndarray, src: np.ndarray) -> None:
     np.copyto(dst, src, casting="unsafe")
 
 
-def _copy_block(b: Block, dst: np.ndarray) -> None:
-    """Block ``b`` into ``dst`` (R x C, the task's dtype), zero where padding cuts it short."""
+def _copy_block(b: Block, dst: np.ndarray) -> float:
+    """Block ``b`` into ``dst`` (R x C, C-ordered, the task's dtype), zero where padding cuts it
+    short, by cache-sized row chunks; returns the sum of squared magnitudes written."""
     re, im, sign = _parts(b)
-    if np.iscomplexobj(dst):
-        _fill(dst.real, re, 0, dst.shape[0], dst.shape[1], 1.0)
-        if im is None:
-            dst.imag[...] = 0
+    R, C = dst.shape
+    step = max(1, CHUNK_BYTES // max(1, C * dst.itemsize))
+    total = 0.0
+    for r0 in range(0, R, step):
+        r1 = min(R, r0 + step)
+        d = dst[r0:r1]
+        if np.iscomplexobj(dst):
+            _fill(d.real, re, r0, r1, C, 1.0)
+            if im is None:
+                d.imag[...] = 0
+            else:
+                _fill(d.imag, im, r0, r1, C, sign)
         else:
-            _fill(dst.imag, im, 0, dst.shape[0], dst.shape[1], sign)
-    else:
-        _fill(dst, re, 0, dst.shape[0], dst.shape[1], 1.0)
+            _fill(d, re, r0, r1, C, 1.0)
+        v = d.reshape(-1)
+        if np.iscomplexobj(v):
+            v = v.view(v.real.dtype)
+        total += float(np.dot(v, v))
+    return total
 
 
 def _gather(b: Block, dst: np.ndarray, r0: int, r1: int) -> None:

@@ -283,13 +283,16 @@ class PolyDotCode(LinearCode):
         dtype = self._operand_dtype(np.result_type(A.dtype, B.dtype), precision)
         # The kernels read A and B where they lie (views; no float64 or padded copies) and
         # write each task once (see codedml/codes/_encode.py).
+        # The tasks' norms (the decoder's noise scales) are taken on each chunk as it is
+        # written, while it is in cache.
         if self.construction != "circle":
-            pairs, inner = self._encode_plain(A, B, dtype)
+            pairs, inner, sa, sb = self._encode_plain(A, B, dtype)
         elif self.m == 1:
-            pairs, inner = self._encode_outer(A, B, dtype)
+            pairs, inner, sa, sb = self._encode_outer(A, B, dtype)
         else:
-            pairs, inner = self._encode_inner(A, B, dtype)
-        return pairs, shape, inner, pairs[0][0].dtype
+            pairs, inner, sa, sb = self._encode_inner(A, B, dtype)
+        scales = np.sqrt(sa) * np.sqrt(sb)
+        return pairs, shape, inner, pairs[0][0].dtype, scales
 
     def _split(self, A: np.ndarray, B: np.ndarray, row_mult: int, inner_mult: int, col_mult: int):
         """Zero-pad A's rows to a multiple of p*row_mult, the inner dimension to m*inner_mult and
@@ -317,21 +320,21 @@ class PolyDotCode(LinearCode):
         a = np.empty((n, rb, nb), dtype=dtype)
         s = self._n_systematic()
         GA = (self._generator() if s else self._powers(self._exp_a())).real
-        _encode.combine(GA[s:] if s else GA, _grid(A, p, m, rb, nb), a, nsys=s)
-        b = self._encode_b_side(B, nb, dtype, real=True)
-        return list(zip(a, b)), nb
+        sa = np.zeros(n)
+        _encode.combine(GA[s:] if s else GA, _grid(A, p, m, rb, nb), a, nsys=s, sq=sa)
+        b, sb = self._encode_b_side(B, nb, dtype, real=True)
+        return list(zip(a, b)), nb, sa, sb
 
     def _encode_b_side(self, B, nb, dtype, real):
         """B's tasks for the unpacked layout (plain construction, or m > 1 on the circle, where
         pairs of inner blocks are packed as ``B_2j - i B_2j+1``): per worker ``(nb, cb)`` (or
-        ``(nb,)`` for a vector B); one shared copy of B when B is not encoded (m = q = 1)."""
+        ``(nb,)`` for a vector B); one shared copy of B when B is not encoded (m = q = 1).
+        Also returns the tasks' sums of squares (one per worker, or one shared)."""
         m, q, n = self.m, self.q, self.workers
         s = self._n_systematic() if m > 1 else 0
         if m == 1 and q == 1:
             tb = np.empty((nb,) + B.shape[1:], dtype=dtype)
-            tb[B.shape[0]:] = 0
-            np.copyto(tb[:B.shape[0]], B, casting="unsafe")
-            return [tb] * n
+            return [tb] * n, _encode.copy_rows(B, tb)
         vec = B.ndim == 1
         B2 = B[:, None] if vec else B
         K = B2.shape[1]
@@ -343,8 +346,9 @@ class PolyDotCode(LinearCode):
             blocks = _packed_rows(B2, m, q, nb, cb)
             G = self._generator() if s else self._powers(self._exp_b())
         out = np.empty((n, nb, cb), dtype=dtype)
-        _encode.combine(G[s:] if s else G, blocks, out, nsys=s)
-        return [t[:, 0] for t in out] if vec else list(out)
+        sb = np.zeros(n)
+        _encode.combine(G[s:] if s else G, blocks, out, nsys=s, sq=sb)
+        return ([t[:, 0] for t in out] if vec else list(out)), sb
 
     def _coded(self, G: np.ndarray, D: np.ndarray, mul: Any, shape: tuple[int, ...],
                dtype: Any, side: str = "a") -> list[np.ndarray]:
@@ -395,24 +399,26 @@ class PolyDotCode(LinearCode):
         h = _ceil_to(M, 2 * p) // (2 * p)
         ta = np.empty((n, 2 * h, N), dtype=dtype)
         halves = [A[r * h:min((r + 1) * h, M)] for r in range(2 * p)]
+        sa = np.zeros(2 * n)
         if self.systematic:
             G = real_form(self._generator()[p:])
-            _encode.combine(G, halves, ta.reshape(2 * n, h, N), nsys=2 * p)
+            _encode.combine(G, halves, ta.reshape(2 * n, h, N), nsys=2 * p, sq=sa)
         else:
             G = real_form(self._powers(np.arange(p)))          # exponent i (m = 1)
-            _encode.combine(G, halves, ta.reshape(2 * n, h, N))
+            _encode.combine(G, halves, ta.reshape(2 * n, h, N), sq=sa)
+        sa = sa.reshape(n, 2).sum(axis=1)
         if B.ndim == 1 or q == 1:
             tb = np.empty(B.shape, dtype=dtype)
-            np.copyto(tb, B, casting="unsafe")
-            return [(ta[w], tb) for w in range(n)], N
+            return [(ta[w], tb) for w in range(n)], N, sa, _encode.copy_rows(B, tb)
         K = B.shape[1]
         hb = _ceil_to(K, 2 * q) // (2 * q)
         tb = np.empty((n, N, 2 * hb), dtype=dtype)
         halves_b = [B[:, r * hb:min((r + 1) * hb, K)] for r in range(2 * q)]
         # output (w, c) is tb[w, :, c*hb:(c+1)*hb]: lead axes (n, 2) of a strided view
         view = tb.reshape(n, N, 2, hb).transpose(0, 2, 1, 3)
-        _encode.combine(real_form(self._powers(p * np.arange(q))), halves_b, view, lead=2)
-        return [(ta[w], tb[w]) for w in range(n)], N
+        sb = np.zeros(2 * n)
+        _encode.combine(real_form(self._powers(p * np.arange(q))), halves_b, view, lead=2, sq=sb)
+        return [(ta[w], tb[w]) for w in range(n)], N, sa, sb.reshape(n, 2).sum(axis=1)
 
     def _encode_inner(self, A, B, dtype):
         """m > 1 on the circle: pack inner-dimension pairs ``A_i,2j + i A_i,2j+1``; complex tasks."""
@@ -424,9 +430,10 @@ class PolyDotCode(LinearCode):
         s = self._n_systematic()
         GA = self._generator() if s else self._powers(self._exp_a())
         blocks = [(re, im, 1.0) for re, im in _pairs(_grid(A, p, 2 * m, rb, nb))]
-        _encode.combine(GA[s:] if s else GA, blocks, a, nsys=s)
-        b = self._encode_b_side(B, nb, cdt, real=False)
-        return list(zip(a, b)), nb
+        sa = np.zeros(n)
+        _encode.combine(GA[s:] if s else GA, blocks, a, nsys=s, sq=sa)
+        b, sb = self._encode_b_side(B, nb, cdt, real=False)
+        return list(zip(a, b)), nb, sa, sb
 
     # ------------------------------------------------------------------ decode hooks
     def _output_multiples(self, ndim: int) -> tuple[int, ...]:
