@@ -25,7 +25,7 @@ values, rounded once to the operand dtype), so the tasks equal
 
 from __future__ import annotations
 
-from typing import Any, Sequence, Union
+from typing import Sequence, Union
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided

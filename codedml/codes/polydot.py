@@ -352,7 +352,8 @@ class PolyDotCode(LinearCode):
 
     def _coded(self, G: np.ndarray, D: np.ndarray, mul: Any, shape: tuple[int, ...],
                dtype: Any, side: str = "a") -> list[np.ndarray]:
-        """Per worker, ``(G @ D)[w]`` reshaped to ``shape`` in ``dtype``. Systematic codes
+        """GF(p) encode (the real paths use :func:`~codedml.codes._encode.combine`): per worker,
+        ``(G @ D)[w]`` reshaped to ``shape`` in ``dtype``. Systematic codes
         replace ``G`` by :meth:`_generator` on the side(s) it encodes and compute only the
         parity rows: the systematic workers' operands are the data blocks themselves (views
         where the dtype matches). An MDS-type code leaves B as it is (one block: ``G`` is a
