@@ -21,7 +21,9 @@ from codedml.codes._encode import combine, real_form
 from codedml.codes._reference import reference_encode
 from codedml.errors import ConfigurationError
 
-PRIMES = (65537, 131_071)  # 2^16 + 1 and 2^17 - 1
+#: 2^16 + 1 and 2^17 - 1 take the float64 kernel (k (p-1)^2 < 2^53); 67108859 (just below
+#: 2^26) the stacked matmul_mod path
+PRIMES = (65537, 131_071, 67_108_859)
 
 
 def _check(code, A, B, precision="auto"):

@@ -25,7 +25,7 @@ values, rounded once to the operand dtype), so the tasks equal
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -111,7 +111,7 @@ def _direct(blocks: Sequence[Block], idx: list[int], r0: int, r1: int, C: int) -
 
 
 def combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, *, lead: int = 1,
-            nsys: int = 0, sq: np.ndarray | None = None) -> np.ndarray:
+            nsys: int = 0, sq: np.ndarray | None = None, post: Any = None) -> np.ndarray:
     """Write ``out[o] = blocks[o]`` for ``o < nsys`` and ``out[o] = sum_i G[o - nsys, i]
     blocks[i]`` for the rest, chunk by chunk (see the module docstring).
 
@@ -127,13 +127,15 @@ def combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, *, l
     sq : optional float64 array of ``n_out`` entries; each output's sum of squared magnitudes
         is added to it, taken on each chunk while it is in cache (the decoder's noise scales
         need the tasks' norms; a separate pass would read every task once more)
+    post : optional function of each chunk of products (float64, may be overwritten) returning
+        what to store (GF(p): the exact integer products reduced mod p, as int64)
     """
     with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf inputs: refused after, by name
-        return _combine(G, blocks, out, lead, nsys, sq)
+        return _combine(G, blocks, out, lead, nsys, sq, post)
 
 
 def _combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, lead: int,
-             nsys: int, sq: np.ndarray | None = None) -> np.ndarray:
+             nsys: int, sq: np.ndarray | None = None, post: Any = None) -> np.ndarray:
     R, C = out.shape[lead:]
     lead_shape = out.shape[:lead]
     n_out = int(np.prod(lead_shape))
@@ -149,11 +151,11 @@ def _combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, lea
     if nsys and flat is not None:
         # systematic outputs: each block copied once, whole; then the parity rows alone
         for o in range(nsys):
-            s = _copy_block(blocks[o], flat[o])
+            s = _copy_block(blocks[o], flat[o], norm=sq is not None)
             if sq is not None:
                 sq[o] += s
         if nsys < n_out:
-            _combine(G, blocks, flat[nsys:], 1, 0, None if sq is None else sq[nsys:])
+            _combine(G, blocks, flat[nsys:], 1, 0, None if sq is None else sq[nsys:], post)
         return out
     step = max(1, CHUNK_BYTES // max(1, max(k, n_out - nsys) * C * cdt.itemsize))
     ends = sorted({min(_rows(b), R) for b in blocks} | {R, 0})
@@ -193,7 +195,7 @@ def _combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, lea
             continue
         Gl = G[:, live[0]:live[-1] + 1] if live == list(range(live[0], live[-1] + 1)) else G[:, live]
         direct = None
-        if out.dtype == cdt:
+        if out.dtype == cdt and post is None:
             if flat is not None:
                 direct = _matrix(flat[nsys:], 1, r0, r1)
             elif nsys == 0:
@@ -207,6 +209,8 @@ def _combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, lea
         np.matmul(Gl, D, out=tmp)
         if sq is not None:
             sq[nsys:] += _rowsq(tmp)
+        if post is not None:
+            tmp = post(tmp)
         if flat is not None:
             _store(flat[nsys:, r0:r1], tmp.reshape(n_out - nsys, rc, C))
         elif nsys == 0:
@@ -255,9 +259,10 @@ def _rowsq(X: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", X, X, dtype=np.float64)
 
 
-def copy_rows(src: np.ndarray, dst: np.ndarray) -> float:
+def copy_rows(src: np.ndarray, dst: np.ndarray, norm: bool = True) -> float:
     """``dst[:len(src)] = src`` (cast), zero below, by cache-sized row chunks; returns the sum
-    of squares of what was written, taken on each chunk while it is in cache."""
+    of squares of what was written, taken on each chunk while it is in cache (0.0 when
+    ``norm`` is false)."""
     total = 0.0
     rows = dst.shape[0]
     width = int(np.prod(dst.shape[1:], dtype=np.int64)) if dst.ndim > 1 else 1
@@ -271,8 +276,9 @@ def copy_rows(src: np.ndarray, dst: np.ndarray) -> float:
                 np.copyto(d[:n], src[r0:r0 + n], casting="unsafe")
             if n < r1 - r0:
                 d[n:] = 0
-            v = d.reshape(-1)
-            total += float(np.dot(v, v))
+            if norm:
+                v = d.reshape(-1)
+                total += float(np.dot(v, v))
     return total
 
 
@@ -298,9 +304,10 @@ def _store(dst: np.ndarray, src: np.ndarray) -> None:
     np.copyto(dst, src, casting="unsafe")
 
 
-def _copy_block(b: Block, dst: np.ndarray) -> float:
+def _copy_block(b: Block, dst: np.ndarray, norm: bool = True) -> float:
     """Block ``b`` into ``dst`` (R x C, C-ordered, the task's dtype), zero where padding cuts it
-    short, by cache-sized row chunks; returns the sum of squared magnitudes written."""
+    short, by cache-sized row chunks; returns the sum of squared magnitudes written (0.0 when
+    ``norm`` is false)."""
     re, im, sign = _parts(b)
     R, C = dst.shape
     step = max(1, CHUNK_BYTES // max(1, C * dst.itemsize))
@@ -316,10 +323,11 @@ def _copy_block(b: Block, dst: np.ndarray) -> float:
                 _fill(d.imag, im, r0, r1, C, sign)
         else:
             _fill(d, re, r0, r1, C, 1.0)
-        v = d.reshape(-1)
-        if np.iscomplexobj(v):
-            v = v.view(v.real.dtype)
-        total += float(np.dot(v, v))
+        if norm:
+            v = d.reshape(-1)
+            if np.iscomplexobj(v):
+                v = v.view(v.real.dtype)
+            total += float(np.dot(v, v))
     return total
 
 

@@ -371,6 +371,41 @@ class PolyDotCode(LinearCode):
         return [X[w].reshape(shape).astype(dtype, copy=False) for w in range(n)]
 
     def _encode_exact(self, A, B):
+        """GF(p): the same kernel as the reals where float64 GEMMs are exact (every product
+        and partial sum of ``k`` terms at most ``2^52``: ``k (p - 1)^2 <= 2^52``), each chunk
+        turned into int64 in place and reduced mod p in cache; else
+        :func:`~codedml.codes._gfp.matmul_mod` on stacked blocks."""
+        P = self.field
+        p, m, q, n = self.p, self.m, self.q, self.workers
+        if max(p * m, m * q) * (P - 1) ** 2 <= 2 ** 52:
+            M, N = A.shape
+            rb, nb = _ceil_to(M, p) // p, _ceil_to(N, m) // m
+            s = self._n_systematic()
+
+            def reduce(t: np.ndarray) -> np.ndarray:
+                ti = _gfp._float_to_int64_inplace(t)
+                ti %= P
+                return ti
+
+            GA = (self._generator() if s else self._powers(self._exp_a())) % P
+            a = np.empty((n, rb, nb), dtype=np.int64)
+            _encode.combine(GA[s:] if s else GA, _grid(A, p, m, rb, nb), a, nsys=s, post=reduce)
+            if m == 1 and q == 1:
+                tb = np.empty((nb,) + B.shape[1:], dtype=np.int64)
+                _encode.copy_rows(B, tb, norm=False)
+                return [(a[w], tb) for w in range(n)], nb, np.dtype(np.int64)
+            sb = self._n_systematic() if m > 1 else 0
+            vec = B.ndim == 1
+            B2 = B[:, None] if vec else B
+            cb = _ceil_to(B2.shape[1], q) // q
+            GB = (self._generator() if sb else self._powers(self._exp_b())) % P
+            b = np.empty((n, nb, cb), dtype=np.int64)
+            _encode.combine(GB[sb:] if sb else GB, _grid(B2, m, q, nb, cb), b, nsys=sb, post=reduce)
+            bl = [t[:, 0] for t in b] if vec else list(b)
+            return list(zip(a, bl)), nb, np.dtype(np.int64)
+        return self._encode_exact_stacked(A, B)
+
+    def _encode_exact_stacked(self, A, B):
         P = self.field
         Ap, Bp = self._split(A, B, 1, 1, 1)
         p, m, q = self.p, self.m, self.q
