@@ -35,7 +35,7 @@ are ``size x size``.
 
 Usage::
 
-    python benchmarks/encode.py            # sizes 1024 2048 4096, 5 repeats: ~12-15 min on 2 shared cores
+    python benchmarks/encode.py            # sizes 1024 2048 4096, 3 repeats: ~15-25 min, ~6 GB of memory
     python benchmarks/encode.py --quick    # size 512, 2 repeats: ~30 s
     python benchmarks/encode.py --quick --clock cpu   # CPU time: for a machine others load
 
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     sizes = args.sizes or ([512] if args.quick else [1024, 2048, 4096])
-    repeats = args.repeats or (2 if args.quick else 5)
+    repeats = args.repeats or (2 if args.quick else 3)
     limit = contextlib.nullcontext()
     if args.threads:
         from threadpoolctl import threadpool_limits
