@@ -35,7 +35,7 @@ are ``size x size``.
 
 Usage::
 
-    python benchmarks/encode.py            # sizes 1024 2048 4096, 3 repeats: ~15-25 min, ~6 GB of memory
+    python benchmarks/encode.py            # sizes 1024 2048 4096, 3 repeats: ~8-15 min, peak ~8 GB
     python benchmarks/encode.py --quick    # size 512, 2 repeats: ~30 s
     python benchmarks/encode.py --quick --clock cpu   # CPU time: for a machine others load
 
