@@ -13,8 +13,8 @@ overhead over that copy bound. :func:`combine` therefore
 * runs one BLAS GEMM per chunk, the generator against the chunk's blocks viewed as one 2-D
   matrix. Where the blocks are float64 rows at a constant stride in memory (a C-ordered ``A``
   split by rows: MDS and polynomial codes), the GEMM reads them where they lie; where the
-  tasks' chunk is such a matrix of the compute dtype, it writes them there (with neither,
-  and no norms asked for, the whole range is one GEMM);
+  tasks' chunk is such a matrix of the compute dtype, it writes them there (where both hold
+  and no norms are asked for, the whole range is one GEMM);
 * for systematic codes computes only the parity rows; the systematic tasks receive the data
   blocks by one copy (tasks never alias the caller's arrays: a worker may update its stored
   block in place);
