@@ -29,7 +29,10 @@ def commit() -> dict:
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                               text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        # Benchmark outputs and rendered documents are not the code being measured: a run that
+        # follows another one's JSON/PNG (or a re-rendered README) still measures a clean tree.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)benchmarks/results", ":(exclude)*.md"], cwd=root,
                                capture_output=True, text=True, check=True).stdout.strip() != ""
     except (OSError, subprocess.CalledProcessError) as exc:
         return {"commit": None, "dirty": None, "why": str(exc)}
