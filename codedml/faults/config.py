@@ -20,13 +20,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigurationError
-from .models import (Bursty, Compose, Die, FailSilent, FaultModel, FixedStragglers, NoFaults,
+from .models import (MAX_FAULT_SEED, Bursty, Compose, Die, FailSilent, FaultModel, FixedStragglers, NoFaults,
                      Pareto, ShiftedExponential, SoftErrors)
 
 __all__ = ["faults_from_config", "faults_from_flags", "add_fault_flags", "check_fault_ranks"]
 
-#: The largest fault seed (``fault_for`` seeds with the low 32 bits).
-MAX_SEED = 2**32 - 1
+#: The largest fault seed (the clusters' ``seed`` accepts the same range).
+MAX_SEED = MAX_FAULT_SEED
 
 _STRAGGLERS = {
     "fixed": (FixedStragglers, {"ranks", "delay", "start"}),

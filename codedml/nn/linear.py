@@ -61,7 +61,7 @@ def default_code(workers: int, errors: int = 0, out_features: int | None = None)
 
 
 def _check_cluster(cluster: Any) -> None:
-    from ..runtime._cluster import ClusterBase
+    from ..runtime import ClusterBase
 
     if cluster is None:
         raise ConfigurationError(
