@@ -38,6 +38,13 @@ DEFAULT_FAULTS = {
 }
 
 
+#: ``CODEDML_*`` variables that are not ``run`` settings but are read elsewhere: the launcher's
+#: ``CODEDML_RANKS`` and ``CODEDML_VENV`` (launch/mpirun.sh).
+ENV_OTHERS = ("RANKS", "VENV")
+#: Prefixes (after ``CODEDML_``) of the other commands' and benchmarks' variables.
+ENV_FOREIGN_PREFIXES = ("TRAIN_", "DEMO_", "STATEFUL_", "SOAK_", "BENCH_")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """The ``[run]`` table."""
@@ -66,10 +73,15 @@ def load_config(path: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
         raise ConfigurationError(f"unknown table(s) {unknown} in {path}; allowed: ['run', 'faults']")
     run = data.get("run", {})
     known = {f.name for f in fields(RunConfig)}
+    if not isinstance(run, dict):
+        raise ConfigurationError(f"[run] of {path} must be a table of keys, got {run!r}")
     bad = sorted(set(run) - known)
     if bad:
         raise ConfigurationError(f"unknown key(s) {bad} in [run] of {path}; allowed: {sorted(known)}")
-    return run, data.get("faults", dict(DEFAULT_FAULTS))
+    faults = data.get("faults", dict(DEFAULT_FAULTS))
+    if not isinstance(faults, dict):
+        raise ConfigurationError(f"[faults] of {path} must be a table of keys, got {faults!r}")
+    return run, faults
 
 
 def make_code(spec: str, workers: int, field: int | None = None):
@@ -208,9 +220,10 @@ def cmd_run(argv: list[str]) -> int:
     add_fault_flags(ap)
     ns = ap.parse_args(argv)
     run_table, fault_table = load_config(ns.config)
-    # flag > CODEDML_<KEY> > [run] > default; other CODEDML_* variables (CODEDML_RANKS, the
-    # launcher's CODEDML_VENV, the train command's CODEDML_TRAIN_*) are tolerated here.
-    cfg = resolve(RunConfig, ns, "CODEDML_", run_table, strict_env=False)
+    # flag > CODEDML_<KEY> > [run] > default. An unknown CODEDML_* variable (a typo such as
+    # CODEDML_JOSB) is an error; those other consumers read are tolerated (docs/cli.md).
+    cfg = resolve(RunConfig, ns, "CODEDML_", run_table, env_known=ENV_OTHERS,
+                  env_foreign=ENV_FOREIGN_PREFIXES)
     explicit_errors = ns.errors is not None or "CODEDML_ERRORS" in os.environ or "errors" in run_table
     # Every value is checked before any work starts (issue 10, point 7).
     check_run_config(cfg)

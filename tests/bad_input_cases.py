@@ -89,6 +89,7 @@ def api(id: str, call: Callable[[], Any], *, must: tuple[str, ...] = (), reason:
 # ================================================================== command lines
 RUN = ("run", "--local", "3", "--jobs", "1", "--rows", "24", "--inner", "12", "--cols", "8",
        "--stragglers", "none", "--soft-errors", "none", "--out", "{tmp}/run.json")
+RUN_NF = RUN[:-6] + RUN[-2:]                 # without --stragglers none --soft-errors none
 TRAIN = ("train", "--local", "2", "--steps", "2", "--eval-every", "2", "--no-progress",
          "--out", "{tmp}/t.json", "--metrics", "{tmp}/t.jsonl")
 DEMO = ("demo", "--workers", "6", "--size", "24", "--delay", "0.01", "--out", "{tmp}/d.json")
@@ -141,7 +142,7 @@ cli("run --code mds:k=0", RUN, "--code", "mds:k=0", must=("`k`", "between 1 and 
 cli("run --code mds:k=4", RUN, "--code", "mds:k=4", must=("`k`", "between 1 and workers=3", "got 4"))
 cli("run --code polynomial:p=2,q=2", RUN, "--code", "polynomial:p=2,q=2",
     must=("recovery threshold", "workers=3", "4"))
-cli("run --code matdot:m=-1", RUN, "--code", "matdot:m=-1", must=("`m`", "at least 1", "got -1"))
+cli("run --code matdot:m=-1", RUN, "--code", "matdot:m=-1", must=("`inner_blocks`", "at least 1", "got -1"))
 cli("run --code polydot:p=0", RUN, "--code", "polydot:p=0", must=("`row_blocks`", "at least 1", "got 0"))
 cli("run --code uncoded", RUN, "--code", "uncoded", reason="documented spec: k = workers, no redundancy")
 # ------------------------------------------------------------------ run: output, config, environment
@@ -165,19 +166,21 @@ cli("run --config seed bool", RUN, "--config", "{tmp}/c.toml", files={"c.toml": 
     must=("`seed`", "int", "True"))
 cli("run --config run not a table", RUN, "--config", "{tmp}/c.toml", files={"c.toml": "run = 3\n"},
     must=("[run]", "table", "3"))
-cli("run --config faults seed -1", RUN, "--config", "{tmp}/c.toml",
+cli("run --config faults seed -1", RUN_NF, "--config", "{tmp}/c.toml",
     files={"c.toml": "[faults]\nseed = -1\n"}, must=("`--fault-seed`", f"between 0 and {FAULT_SEED}", "-1"))
-cli("run --config faults unknown", RUN, "--config", "{tmp}/c.toml",
+cli("run --config faults unknown", RUN_NF, "--config", "{tmp}/c.toml",
     files={"c.toml": "[faults]\nflakiness = 0.5\n"}, must=("unknown key(s) ['flakiness']", "[faults]"))
-cli("run --config faults model", RUN, "--config", "{tmp}/c.toml",
+cli("run --config faults model", RUN_NF, "--config", "{tmp}/c.toml",
     files={"c.toml": '[faults]\nstragglers = { model = "lazy" }\n'}, must=("`model`", "'fixed'", "'lazy'"))
-cli("run --config faults prob", RUN, "--config", "{tmp}/c.toml",
+cli("run --config faults prob", RUN_NF, "--config", "{tmp}/c.toml",
     files={"c.toml": '[faults]\nsoft_errors = { kind = "nan", prob = 2 }\n'},
     must=("`prob`", "between 0 and 1", "got 2"))
-cli("run --config faults die rank 0", RUN, "--config", "{tmp}/c.toml",
+cli("run --config faults die rank 0", RUN_NF, "--config", "{tmp}/c.toml",
     files={"c.toml": "[faults]\ndie = { ranks = [0], at = 1 }\n"}, must=("`ranks`", "at least 1", "got 0"))
-cli("run --config faults fail_silent string", RUN, "--config", "{tmp}/c.toml",
-    files={"c.toml": '[faults]\nfail_silent = "3"\n'}, must=("fail_silent", "table", "'3'"))
+cli("run --config faults fail_silent string", RUN_NF, "--config", "{tmp}/c.toml",
+    files={"c.toml": '[faults]\nfail_silent = "3"\n'}, must=("[faults] fail_silent", "table", "'3'"))
+cli("run --config faults not a table", RUN_NF, "--config", "{tmp}/c.toml",
+    files={"c.toml": 'faults = 3\n'}, must=("[faults]", "table", "3"))
 cli("run env CODEDML_JOBS=many", RUN[:3] + RUN[5:], env={"CODEDML_JOBS": "many"},
     must=("CODEDML_JOBS", "int", "'many'"), subprocess=True)
 cli("run env CODEDML_TIMEOUT=nan", RUN, env={"CODEDML_TIMEOUT": "nan"},
@@ -221,8 +224,8 @@ cli("run --soft-errors prob nan", RUN, "--soft-errors", "exponent:nan", must=("`
 cli("run --soft-errors prob x", RUN, "--soft-errors", "exponent:x",
     must=("`--soft-errors`", "exponent:0.05", "'exponent:x'"))
 cli("run --soft-errors kind", RUN, "--soft-errors", "cosmic:0.1", must=("`kind`", "'exponent'", "'cosmic'"))
-cli("run --soft-errors kind only", RUN, "--soft-errors", "nan",
-    reason="KIND alone means probability 1: every result corrupt (docs/cli.md)")
+cli("run --soft-errors prob 0", RUN, "--soft-errors", "exponent:0",
+    reason="probability 0: a soft-error model that never fires")
 cli("run --fail-silent 0@0", RUN, "--fail-silent", "0@0",
     must=("`--fail-silent` ranks", "at least 1 (rank 0 is the root)", "got 0"))
 cli("run --fail-silent 1@-5", RUN, "--fail-silent", "1@-5", must=("`--fail-silent` job", "at least 0", "got -5"))
@@ -230,7 +233,7 @@ cli("run --fail-silent 99@0", RUN, "--fail-silent", "99@0",
     must=("`--fail-silent` ranks", "between 1 and workers=3", "got 99"), subprocess=True)
 cli("run --fail-silent x@1", RUN, "--fail-silent", "x@1", must=("`--fail-silent`", "1+3@2", "'x@1'"))
 cli("run --fail-silent 1@x", RUN, "--fail-silent", "1@x", must=("`--fail-silent`", "1+3@2", "'1@x'"))
-cli("run --fail-silent 1", RUN, "--fail-silent", "3",
+cli("run --fail-silent 3", RUN, "--fail-silent", "3", "--errors", "0",
     reason="RANK without @JOB means from job 0 (docs/cli.md)")
 cli("run --die 99@0", RUN, "--die", "99@0", must=("`--die` ranks", "between 1 and workers=3", "got 99"))
 cli("run --die 0@1", RUN, "--die", "0@1", must=("`--die` ranks", "at least 1", "got 0"))
@@ -307,13 +310,17 @@ cli("train --resume toml", T, "--resume", "{tmp}/ck.toml", files={"ck.toml": '[t
 cli("train --resume empty", T, "--resume", "{tmp}/ck.pt", files={"ck.pt": b""},
     must=("`resume`", "ck.pt", "not a torch checkpoint"))
 cli("train --resume pickle", T, "--resume", "{tmp}/ck.pt", files={"ck.pt": "evil_pickle"},
+    must=("`resume`", "ck.pt", "not a torch checkpoint"))
+cli("train --resume pickle protocol 2", T, "--resume", "{tmp}/ck.pt", files={"ck.pt": "evil_pickle_p2"},
     must=("`resume`", "ck.pt", "pickle that would call code", "weights_only=True"))
+cli("train --resume other hidden", T, "--model", "mlp", "--hidden", "16", "--resume", "{tmp}/ck.pt",
+    files={"ck.pt": "mlp_checkpoint"}, must=("`resume`", "another model", "(32, 64)", "(16, 64)", "--hidden"))
 cli("train --resume torch pickle", T, "--resume", "{tmp}/ck.pt", files={"ck.pt": "evil_torch_save"},
     must=("`resume`", "ck.pt", "pickle that would call code", "weights_only=True"), subprocess=True)
 cli("train --resume tensor", T, "--resume", "{tmp}/ck.pt", files={"ck.pt": "tensor_file"},
     must=("`resume`", "ck.pt", "not a codedml training checkpoint", "codedml.train/"))
-cli("train --resume other model", T, "--model", "mlp", "--resume", "{tmp}/ck.pt",
-    files={"ck.pt": "logreg_checkpoint"}, must=("`resume`", "ck.pt", "another model", "fc"))
+cli("train --resume other task", T, "--model", "mlp", "--resume", "{tmp}/ck.pt",
+    files={"ck.pt": "logreg_checkpoint"}, must=("`resume`", "ck.pt", "task 'digits-logreg'", "'digits-mlp'"))
 cli("train --resume other dtype", T, "--dtype", "float64", "--resume", "{tmp}/ck.pt",
     files={"ck.pt": "logreg_checkpoint"}, must=("`resume`", "another model", "torch.float32", "torch.float64"))
 cli("train --resume other policy", T, "--policy", "ksync", "--resume", "{tmp}/ck.pt",
@@ -673,13 +680,13 @@ def _evil_class(marker: Path) -> Any:
     return Evil()
 
 
-def _checkpoint(tmp: Path) -> bytes:
-    """A real logreg / sync checkpoint, written by the trainer once per directory."""
-    ck = tmp / "_real_checkpoint.pt"
+def _checkpoint(tmp: Path, model: str = "logreg") -> bytes:
+    """A real ``model`` / sync checkpoint, written by the trainer once per directory."""
+    ck = tmp / f"_real_{model}_checkpoint.pt"
     if not ck.exists():
         from codedml.train import TrainConfig, digits_task, train
 
-        train(digits_task("logreg"), TrainConfig(policy="sync", steps=1, eval_every=1,
+        train(digits_task(model), TrainConfig(policy="sync", steps=1, eval_every=1,
                                                  checkpoint=str(ck), checkpoint_every=1), local=2)
     return ck.read_bytes()
 
@@ -713,6 +720,8 @@ FILE_MAKERS: dict[str, Callable[[Path], bytes]] = {
     "corrupt_checkpoint": lambda tmp: bytes(range(256)) * 8,
     "truncated_checkpoint": lambda tmp: _checkpoint(tmp)[: len(_checkpoint(tmp)) // 2],
     "evil_pickle": lambda tmp: pickle.dumps({"format": "codedml.train/2", "x": _evil_class(tmp / MARKER)}),
+    "evil_pickle_p2": lambda tmp: pickle.dumps({"x": _evil_class(tmp / MARKER)}, protocol=2),
+    "mlp_checkpoint": lambda tmp: _checkpoint(tmp, "mlp"),
     "evil_torch_save": lambda tmp: _torch_bytes({"format": "codedml.train/2", "x": _evil_class(tmp / MARKER)}),
     "tensor_file": lambda tmp: _torch_bytes({"w": __import__("torch").zeros(3)}),
     "logreg_checkpoint": _checkpoint,

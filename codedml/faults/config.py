@@ -43,17 +43,25 @@ def _check_keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None
         raise ConfigurationError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)}")
 
 
-def _as_list(x: Any) -> list[Mapping[str, Any]]:
+def _as_list(x: Any, where: str) -> list[Mapping[str, Any]]:
+    """A table or a list of tables (an array of TOML tables); anything else is named."""
     if x is None:
         return []
-    return list(x) if isinstance(x, list) else [x]
+    items = list(x) if isinstance(x, list) else [x]
+    for item in items:
+        if not isinstance(item, Mapping):
+            raise ConfigurationError(
+                f"[faults] {where} must be a table of keys (or a list of tables), got {item!r}")
+    return items
 
 
 def faults_from_config(table: Mapping[str, Any]) -> tuple[FaultModel, int]:
     """Build ``(model, seed)`` from a ``[faults]`` table (see the module docstring)."""
+    if not isinstance(table, Mapping):
+        raise ConfigurationError(f"[faults] must be a table of keys, got {table!r}")
     _check_keys("[faults]", table, _TOP)
     models: list[FaultModel] = []
-    for s in _as_list(table.get("stragglers")):
+    for s in _as_list(table.get("stragglers"), "stragglers"):
         s = dict(s)
         name = s.pop("model", None)
         if name not in _STRAGGLERS:
@@ -64,16 +72,16 @@ def faults_from_config(table: Mapping[str, Any]) -> tuple[FaultModel, int]:
         if "ranks" in s and cls is not FixedStragglers and isinstance(s["ranks"], list):
             s["ranks"] = tuple(s["ranks"])
         models.append(_make(f"[faults] stragglers ({name}) / --stragglers {name}", cls, s))
-    for e in _as_list(table.get("soft_errors")):
+    for e in _as_list(table.get("soft_errors"), "soft_errors"):
         _check_keys("[faults] soft_errors", e, {"kind", "prob", "value", "ranks"})
         e = dict(e)
         if isinstance(e.get("ranks"), list):
             e["ranks"] = tuple(e["ranks"])
         models.append(_make("[faults] soft_errors / --soft-errors", SoftErrors, e))
-    for f in _as_list(table.get("fail_silent")):
+    for f in _as_list(table.get("fail_silent"), "fail_silent"):
         _check_keys("[faults] fail_silent", f, {"ranks", "start"})
         models.append(_make("[faults] fail_silent / --fail-silent", FailSilent, f))
-    for d in _as_list(table.get("die")):
+    for d in _as_list(table.get("die"), "die"):
         _check_keys("[faults] die", d, {"ranks", "at"})
         models.append(_make("[faults] die / --die", Die, d))
     seed = table.get("seed", 0)

@@ -104,7 +104,10 @@ def load_train_config(path: str | None) -> tuple[dict[str, Any], dict[str, Any]]
     table = data.get("train", {})
     check_table(f"[train] of {path}", table,
                 {f.name for f in fields(TrainConfig)} | {f.name for f in fields(TrainJob)})
-    return table, data.get("faults", {})
+    faults = data.get("faults", {})
+    if not isinstance(faults, dict):
+        raise ConfigurationError(f"[faults] of {path} must be a table of keys, got {faults!r}")
+    return table, faults
 
 
 def _plot(metrics: list[dict[str, Any]], path: str, title: str) -> None:
