@@ -473,6 +473,8 @@ api("MDSCode(np.int64(6), np.int32(3))", lambda: _codes().MDSCode(np.int64(6), n
     reason="numpy integers are integers (docs/codes.md)")
 api("MDSCode(6, 3, field=7)", lambda: _codes().MDSCode(6, 3, field=7),
     reason="the smallest prime above the worker count")
+api("MDSCode(7, 3, field=7)", lambda: _codes().MDSCode(7, 3, field=7),
+    must=("`field`", "a prime larger than workers=7", "got 7"))
 api(f"MDSCode(6, 3, field={MAXP})", lambda: _codes().MDSCode(6, 3, field=MAXP),
     reason="the largest supported prime, 2**31-1")
 # ------------------------------------------------------------------ fault models
