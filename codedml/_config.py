@@ -33,9 +33,16 @@ def load_toml(path: str) -> dict[str, Any]:
     from pathlib import Path
 
     try:
-        return tomllib.loads(Path(path).read_text())
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigurationError(f"`--config` file not found: {path}") from exc
+    except IsADirectoryError as exc:
+        raise ConfigurationError(f"`--config` must be a TOML file, got a directory: {path}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(f"`--config` {path} is not valid TOML: not UTF-8 text ({exc.reason} "
+                                 f"at byte {exc.start})") from exc
+    except OSError as exc:
+        raise ConfigurationError(f"`--config` {path} cannot be read: {exc.strerror or exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"`--config` {path} is not valid TOML: {exc}") from exc
 

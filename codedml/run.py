@@ -95,6 +95,9 @@ def make_code(spec: str, workers: int, field: int | None = None):
         k, sep, v = kv.partition("=")
         if not sep or not v.strip().lstrip("-").isdigit():
             raise ConfigurationError(f"`code` arguments must be key=integer, got {kv!r} in {spec!r}")
+        if k.strip() in kw:
+            raise ConfigurationError(f"`code` arguments must name each key once, got {k.strip()!r} "
+                                     f"twice in {spec!r}")
         kw[k.strip()] = int(v)
     n = workers
     allowed = {"auto": set(), "uncoded": set(), "replication": {"k"}, "mds": {"k"},

@@ -144,6 +144,9 @@ cli("run --code polynomial:p=2,q=2", RUN, "--code", "polynomial:p=2,q=2",
     must=("recovery threshold", "workers=3", "4"))
 cli("run --code matdot:m=-1", RUN, "--code", "matdot:m=-1", must=("`inner_blocks`", "at least 1", "got -1"))
 cli("run --code polydot:p=0", RUN, "--code", "polydot:p=0", must=("`row_blocks`", "at least 1", "got 0"))
+cli("run --code mds:k=2,k=3", RUN, "--code", "mds:k=2,k=3", must=("`code`", "each key once", "'k' twice"))
+cli("run --code auto:k=2", RUN, "--code", "auto:k=2", must=("`code`", "auto takes []", "['k']"))
+cli("run --code ''", RUN, "--code", "", must=("`code`", "'mds'", "got ''"))
 cli("run --code uncoded", RUN, "--code", "uncoded", reason="documented spec: k = workers, no redundancy")
 # ------------------------------------------------------------------ run: output, config, environment
 cli("run --out dir", RUN, "--out", "{tmp}", must=("`--out`", "file path", "directory"))
@@ -154,6 +157,9 @@ cli("run --config missing", RUN, "--config", "{tmp}/nope.toml",
     must=("`--config`", "not found", "nope.toml"))
 cli("run --config broken", RUN, "--config", "{tmp}/c.toml", files={"c.toml": "[run\njobs = \n"},
     must=("`--config`", "not valid TOML", "c.toml"))
+cli("run --config directory", RUN, "--config", "{tmp}", must=("`--config`", "TOML file", "directory"))
+cli("run --config binary", RUN, "--config", "{tmp}/c.toml", files={"c.toml": b"\xff\xfe\x00bin"},
+    must=("`--config`", "not valid TOML", "not UTF-8", "c.toml"))
 cli("run --config unknown table", RUN, "--config", "{tmp}/c.toml", files={"c.toml": "[extra]\nx = 1\n"},
     must=("unknown table(s) ['extra']", "allowed: ['run', 'faults']"))
 cli("run --config unknown key", RUN, "--config", "{tmp}/c.toml", files={"c.toml": "[run]\nrwos = 3\n"},
@@ -238,6 +244,25 @@ cli("run --fail-silent 3", RUN, "--fail-silent", "3", "--errors", "0",
 cli("run --die 99@0", RUN, "--die", "99@0", must=("`--die` ranks", "between 1 and workers=3", "got 99"))
 cli("run --die 0@1", RUN, "--die", "0@1", must=("`--die` ranks", "at least 1", "got 0"))
 cli("run --die 1@-1", RUN, "--die", "1@-1", must=("`--die` job", "at least 0", "got -1"))
+cli("run --die 1@", RUN, "--die", "1@", must=("`--die`", "1+3@2", "'1@'"))
+cli("run --die ''", RUN, "--die", "", must=("`--die`", "1+3@2", "''"))
+cli("run --fail-silent ''", RUN, "--fail-silent", "", must=("`--fail-silent`", "1+3@2", "''"))
+cli("run --stragglers ''", RUN, "--stragglers", "", must=("`model`", "'fixed'", "got ''"))
+cli("run --soft-errors ''", RUN, "--soft-errors", "", must=("`kind`", "'exponent'", "got ''"))
+cli("run --stragglers start -1", RUN, "--stragglers", "fixed:ranks=1,delay=0.1,start=-1",
+    must=("`start`", "at least 0", "got -1"))
+cli("run --stragglers start 1.5", RUN, "--stragglers", "fixed:ranks=1,delay=0.1,start=1.5",
+    must=("`start`", "integer job index", "1.5"))
+cli("run --stragglers pareto rank 9", RUN, "--stragglers", "pareto:ranks=1+9",
+    must=("`--stragglers` ranks", "between 1 and workers=3", "got 9"))
+cli("run --stragglers bursty seed -1", RUN, "--stragglers", "bursty:seed=-1", must=("`seed`", "at least 0", "-1"))
+cli("run --row 24", RUN, "--row", "30",
+    reason="argparse takes an unambiguous prefix of a long flag (--row for --rows); docs/cli.md")
+cli("run --rows twice", RUN, "--rows", "30", "--rows", "20",
+    reason="a flag given twice: the last value wins (argparse); docs/cli.md")
+cli("run --backend torch", RUN, "--backend", "torch", reason="a registered backend usable here (torch installed)")
+cli("run --field with torch", RUN, "--field", "101", "--backend", "torch",
+    reason="GF(p) products on the torch backend are exact (int64 / float64 chunks)")
 cli("run --die 1+x@1", RUN, "--die", "1+x@1", must=("`--die`", "1+3@2", "'1+x@1'"))
 cli("run --die after the last job", RUN, "--die", "3@50",
     reason="a job index past the run: the fault never fires (a schedule need not fit the run)")
@@ -293,6 +318,13 @@ cli("train --eval-every 0", T, "--eval-every", "0", must=("`eval_every`", "at le
 cli("train --checkpoint-every -1", T, "--checkpoint-every", "-1", must=("`checkpoint_every`", "at least 0", "got -1"))
 cli("train --checkpoint-every without path", T, "--checkpoint-every", "2",
     must=("`checkpoint_every`", "needs a `checkpoint` path", "none"))
+cli("train --checkpoint directory", T, "--checkpoint", "{tmp}", "--checkpoint-every", "1",
+    must=("`--checkpoint`", "file path", "directory"))
+cli("train --metrics ''", T, "--metrics", "", reason="an empty --metrics writes no per-step file (docs/cli.md)")
+cli("train --out ''", T, "--out", "", reason="an empty --out writes no summary (docs/cli.md)")
+cli("train --config directory", T, "--config", "{tmp}", must=("`--config`", "TOML file", "directory"))
+cli("train --local 1 gradient_coding", T, "--policy", "gradient_coding", "--local", "1",
+    must=("`gc_stragglers`", "between 0 and workers-1=0", "got 1"))
 cli("train --checkpoint unwritable", T, "--checkpoint", NOT_A_DIR, "--checkpoint-every", "1",
     files=FILE_TXT, must=("`--checkpoint`", "writable directory", "file.txt/out.json"))
 cli("train --seed -1", T, "--seed", "-1", must=("`seed`", f"between 0 and {MAX_SEED}", "got -1"))
@@ -397,6 +429,11 @@ cli("demo env size", D[:3] + D[5:], env={"CODEDML_DEMO_SIZE": "big"}, must=("COD
 cli("demo env typo", D, env={"CODEDML_DEMO_SIEZ": "3"},
     must=("unknown environment setting CODEDML_DEMO_SIEZ", "CODEDML_DEMO_SIZE"))
 cli("demo --bogus", D, "--bogus", must=("unrecognized arguments", "--bogus"))
+cli("demo --field 2**61-1", D, "--field", str(2**61 - 1), must=("`field`", f"between 2 and 2**31-1={MAXP}", str(2**61 - 1)))
+cli("demo polydot too few workers", D, "--code", "polydot", "--workers", "3", "--stragglers", "0", "--corrupt", "0",
+    must=("recovery threshold", "= 5", "at most workers=3"))
+cli("demo --corrupt 3 replication", D, "--code", "replication", "--corrupt", "3", "--stragglers", "0",
+    must=("`--corrupt`", "at most 2", "got 3"))
 cli("demo no faults", D, "--stragglers", "0", "--corrupt", "0", "--delay", "0",
     reason="a fault-free demo: the code decodes from the first results")
 cli("demo --field 7", D, "--field", "7", reason="the smallest prime above 6 workers: exact GF(7)")

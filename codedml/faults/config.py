@@ -154,17 +154,26 @@ def add_fault_flags(ap: argparse.ArgumentParser) -> None:
 
 
 def _parse_value(v: str) -> Any:
-    if "+" in v or v.isdigit():
-        return [int(x) for x in v.split("+")] if "+" in v else int(v)
-    try:
-        return float(v)
-    except ValueError:
-        return v
+    """``1+2`` a list of ints, ``-3`` / ``4`` an int, ``0.5`` / ``nan`` a float, else the text
+    (which the model then refuses by name)."""
+    if "+" in v.strip("+-"):
+        try:
+            return [int(x) for x in v.split("+")]
+        except ValueError:
+            return v
+    for kind in (int, float):
+        try:
+            return kind(v)
+        except ValueError:
+            pass
+    return v
 
 
 def _ranks_at(flag: str, text: str) -> tuple[list[int], int]:
     try:
-        ranks, _, job = text.partition("@")
+        ranks, at_sign, job = text.partition("@")
+        if at_sign and not job.strip():  # "1@": a job index was meant but is missing
+            raise ValueError("no job after @")
         out, at = [int(r) for r in ranks.split("+")], int(job or 0)
     except ValueError as exc:
         raise ConfigurationError(f"`{flag}` must look like 1+3@2 (ranks @ job), got {text!r}") from exc
@@ -180,7 +189,7 @@ def _ranks_at(flag: str, text: str) -> tuple[list[int], int]:
 def faults_from_flags(ns: argparse.Namespace, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Merge the failure flags over a ``[faults]`` table (flags win); returns the new table."""
     table: dict[str, Any] = dict(base or {})
-    if ns.stragglers:
+    if ns.stragglers is not None:  # "" is refused by the model check, not read as "none"
         if ns.stragglers == "none":
             table.pop("stragglers", None)
         else:
@@ -204,10 +213,10 @@ def faults_from_flags(ns: argparse.Namespace, base: Mapping[str, Any] | None = N
             except ValueError as exc:  # a range error is SoftErrors' to name
                 raise ConfigurationError(f"`--soft-errors` must look like exponent:0.05, got {item!r}") from exc
         table["soft_errors"] = errs
-    if ns.fail_silent:
+    if ns.fail_silent is not None:  # an empty value is refused, not read as "no fault"
         r, j = _ranks_at("--fail-silent", ns.fail_silent)
         table["fail_silent"] = {"ranks": r, "start": j}
-    if ns.die:
+    if ns.die is not None:
         r, j = _ranks_at("--die", ns.die)
         table["die"] = {"ranks": r, "at": j}
     if ns.fault_seed is not None:
