@@ -166,7 +166,7 @@ def check_run_config(cfg: RunConfig) -> None:
     """The checks that need neither the worker count nor the file system: every value's type
     and range, named with its flag."""
     from ._config import MAX_LOCAL, MAX_SEED, check_int, check_seconds
-    from .backends import _REGISTRY
+    from .backends import registered_backends
 
     for name in ("rows", "inner", "cols", "jobs"):
         check_int(f"--{name}", getattr(cfg, name), 1)
@@ -175,8 +175,8 @@ def check_run_config(cfg: RunConfig) -> None:
     check_int("--seed", cfg.seed, 0, MAX_SEED)
     check_int("--local", cfg.local, 0, MAX_LOCAL, why=" (0: run under mpiexec)")
     check_int("--field", cfg.field, 0, why=" (0: real arithmetic; else a prime)")
-    if cfg.backend not in _REGISTRY:
-        raise ConfigurationError(f"`--backend` must be one of {sorted(_REGISTRY)}, got {cfg.backend!r}")
+    if cfg.backend not in registered_backends():
+        raise ConfigurationError(f"`--backend` must be one of {registered_backends()}, got {cfg.backend!r}")
     if cfg.local and cfg.backend not in available_backends_here():
         raise ConfigurationError(f"`--backend` must be one of {available_backends_here()} (those "
                                  f"usable on this machine), got {cfg.backend!r}")

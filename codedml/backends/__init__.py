@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import ConfigurationError
 
 __all__ = ["Backend", "NumpyBackend", "TorchBackend", "get_backend", "available_backends",
-           "register_backend", "set_threads"]
+           "registered_backends", "register_backend", "set_threads"]
 
 
 class Backend:
@@ -163,6 +163,11 @@ def get_backend(name: str | Backend = "numpy") -> Backend:
         return _REGISTRY[name]()
     except ImportError as exc:
         raise ConfigurationError(f"backend {name!r} needs a package that is not installed: {exc}") from exc
+
+
+def registered_backends() -> list[str]:
+    """Names ``get_backend`` knows (usable here or not; see :func:`available_backends`)."""
+    return sorted(_REGISTRY)
 
 
 def available_backends() -> list[str]:

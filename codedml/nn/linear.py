@@ -326,11 +326,15 @@ class CodedLinear(nn.Module):
         stale and crashed workers leave too few for this layer's products, the step's
         :class:`~codedml.errors.UpdateFailedError` is raised to the caller: the weight can no
         longer be trusted to hold every step."""
+        # The layer's own record of the acks it booked (the weight's and the buffer's; one SGD
+        # step's ack may serve both), not an attribute set on the runtime's future.
+        # Only the handles' current acks are ever looked at, so the last four booked suffice.
+        booked = self.__dict__.setdefault("_booked_acks", [])
         for h in (self._handle, self._buffer):
             ack = getattr(h, "ack", None)
-            if ack is None or not ack.done() or getattr(ack, "_booked", False):
+            if ack is None or not ack.done() or any(a is ack for a in booked):
                 continue
-            ack._booked = True
+            booked[:] = [*booked[-3:], ack]
             exc = None if ack.cancelled() else ack.exception(0)
             if exc is None:
                 continue
