@@ -157,6 +157,11 @@ def field_kind(f: Any) -> type:
 
 
 def _coerce(name: str, kind: type, raw: Any, where: str) -> Any:
+    if where == "TOML" and ((kind is str and not isinstance(raw, str))
+                            or (kind is bool and not isinstance(raw, bool))):
+        # TOML values are typed: `out = 5` or `progress = "yes"` is a mistake, not a coercion
+        what = "a string" if kind is str else "a boolean (true/false)"
+        raise ConfigurationError(f"{where} `{name}` must be {what}, got {raw!r}")
     if kind is bool:
         if isinstance(raw, bool):
             return raw

@@ -170,6 +170,16 @@ cli("run --config seed float", RUN, "--config", "{tmp}/c.toml", files={"c.toml":
     must=("`seed`", "int", "1.5"))
 cli("run --config seed bool", RUN, "--config", "{tmp}/c.toml", files={"c.toml": "[run]\nseed = true\n"},
     must=("`seed`", "int", "True"))
+cli("run --config out number", RUN[:-2], "--config", "{tmp}/c.toml", files={"c.toml": "[run]\nout = 5\n"},
+    must=("`out`", "a string", "got 5"))
+cli("run --config code number", RUN, "--config", "{tmp}/c.toml", files={"c.toml": "[run]\ncode = 4\n"},
+    must=("`code`", "a string", "got 4"))
+cli("run --config timeout string", RUN, "--config", "{tmp}/c.toml", files={"c.toml": '[run]\ntimeout = "60"\n'},
+    must=("`timeout`", "float", "'60'"))
+cli("run --config errors too many", RUN, "--config", "{tmp}/c.toml", files={"c.toml": "[run]\nerrors = 5\n"},
+    must=("`--errors`", "between 0 and", "got 5"))
+cli("run --config timeout int", RUN, "--config", "{tmp}/c.toml", files={"c.toml": "[run]\ntimeout = 30\n"},
+    reason="a TOML integer where a float belongs is that float (30 -> 30.0)")
 cli("run --config run not a table", RUN, "--config", "{tmp}/c.toml", files={"c.toml": "run = 3\n"},
     must=("[run]", "table", "3"))
 cli("run --config faults seed -1", RUN_NF, "--config", "{tmp}/c.toml",
@@ -390,6 +400,12 @@ cli("train --config unknown table", T, "--config", "{tmp}/c.toml", files={"c.tom
     must=("unknown key(s) ['run']", "allowed"))
 cli("train --config steps string", T[:3] + T[5:], "--config", "{tmp}/c.toml",
     files={"c.toml": '[train]\nsteps = "5"\n'}, must=("`steps`", "int", "'5'"))
+cli("train --config progress string", T[:7] + T[8:], "--config", "{tmp}/c.toml",
+    files={"c.toml": '[train]\nprogress = "yes"\n'}, must=("`progress`", "a boolean", "'yes'"))
+cli("train --config policy number", T, "--config", "{tmp}/c.toml", files={"c.toml": "[train]\npolicy = 1\n"},
+    must=("`policy`", "a string", "got 1"))
+cli("train --config faults not a table", T, "--config", "{tmp}/c.toml", files={"c.toml": "faults = [1, 2]\n"},
+    must=("[faults]", "table", "[1, 2]"))
 cli("train --config train not a table", T, "--config", "{tmp}/c.toml", files={"c.toml": "train = 5\n"},
     must=("[train]", "table", "5"))
 cli("train --bogus", T, "--bogus", must=("unrecognized arguments", "--bogus"))
