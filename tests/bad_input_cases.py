@@ -724,6 +724,49 @@ api("TrainJob(local=-1)", lambda: _tj(local=-1), must=("`local`", "between 0 and
 api("TrainConfig(max_time=0)", lambda: _tc(max_time=0.0), reason="0 means no time limit")
 
 
+# ------------------------------------------------------------------ backends, tasks, layer codes
+def _backends():
+    import codedml.backends as b
+
+    return b
+
+
+def _digits(*args: Any, **kw: Any) -> Any:
+    from codedml.train import digits_task
+
+    return digits_task(*args, **kw)
+
+
+def _default_code(*args: Any, **kw: Any) -> Any:
+    from codedml.nn import default_code
+
+    return default_code(*args, **kw)
+
+
+api("TorchBackend('quantum')", lambda: _backends().TorchBackend("quantum"),
+    must=("`device`", "'cpu' or 'cuda:0'", "'quantum'"))
+api("TorchBackend(5)", lambda: _backends().TorchBackend(5), must=("`device`", "'cpu' or 'cuda:0'", "got 5"))
+api("get_backend('gpu')", lambda: _backends().get_backend("gpu"), must=("`backend`", "'numpy'", "'gpu'"))
+api("register_backend(5, f)", lambda: _backends().register_backend(5, lambda: None),
+    must=("`name`", "non-empty string", "got 5"))
+api("register_backend('x', 1)", lambda: _backends().register_backend("x", 1),
+    must=("`factory`", "callable", "got 1"))
+api("digits_task('cnn')", lambda: _digits("cnn"), must=("`model`", "'logreg' or 'mlp'", "'cnn'"))
+api("digits_task(hidden=0)", lambda: _digits("mlp", hidden=0), must=("`hidden`", "at least 1", "got 0"))
+api("digits_task(seed=-1)", lambda: _digits(seed=-1), must=("`seed`", f"between 0 and {MAX_SEED}", "got -1"))
+api("digits_task(dtype='float16')", lambda: _digits(dtype="float16"),
+    must=("`dtype`", "'float32' or 'float64'", "'float16'"))
+api("digits_task(test_fraction=1.5)", lambda: _digits(test_fraction=1.5),
+    must=("`test_fraction`", "between 0 and 1", "1.5"))
+api("digits_task(test_fraction=0)", lambda: _digits(test_fraction=0),
+    must=("`test_fraction`", "between 0 and 1", "got 0"))
+api("default_code(0)", lambda: _default_code(0), must=("`workers`", "at least 1", "got 0"))
+api("default_code(5, errors=-1)", lambda: _default_code(5, errors=-1), must=("`errors`", "at least 0", "got -1"))
+api("default_code(5, errors=3)", lambda: _default_code(5, errors=3), must=("`errors`", "at most 2", "got 3"))
+api("default_code(5, out_features=0)", lambda: _default_code(5, out_features=0),
+    must=("`out_features`", "at least 1", "got 0"))
+
+
 # ================================================================== files the CLI cases read
 def _evil_class(marker: Path) -> Any:
     class Evil:

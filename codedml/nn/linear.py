@@ -48,6 +48,10 @@ def default_code(workers: int, errors: int = 0, out_features: int | None = None)
     ``errors`` corrupt results and at least one straggler. Where no such ``k`` exists, ``k = 1``
     (the backward product then waits for every worker).
     """
+    workers = check_int("workers", workers, 1)
+    errors = check_int("errors", errors, 0)
+    if out_features is not None:
+        out_features = check_int("out_features", out_features, 1)
     k = (workers - 2 * errors) // 2
     if k < 1 and 1 + 2 * errors <= workers:
         k = 1
