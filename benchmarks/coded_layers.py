@@ -23,6 +23,13 @@ Part 2, per-step time (forward + backward + SGD update of one ``D x D`` layer on
 ``B``; medians over repeats): CodedLinear vs uncoded model parallelism vs ``nn.Linear`` at the
 root, fault-free and with one straggling worker (``--straggle`` s on every result).
 
+Part 3, any torch optimizer (``--parts optimizers``): the per-step time of the same ``D x D``
+coded layer trained by ``CodedSGD`` (the fully coded step: only ``enc(dY^T)_w`` and ``X`` travel,
+the workers update their blocks and momentum) against torch optimizers stepping the root-side
+weight (``torch.optim.SGD`` with momentum, ``torch.optim.Adam``), whose change reaches the workers
+as a re-encode of the whole weight; ``nn.Linear`` with Adam at the root for reference. Ratios to
+``CodedSGD`` measured in the same run, fault-free; written to ``coded_layers_optimizers.{json,png}``.
+
 The machine has 2 cores shared by 9 ranks: absolute times mean little, ratios measured in the
 same run do (GUIDE section 5). Outputs: a table on stdout, ``benchmarks/results/
 coded_layers.json`` and ``coded_layers.png``.
@@ -84,7 +91,15 @@ def main() -> int:
     ap.add_argument("--dim", type=int, default=None, help="layer size D in part 2")
     ap.add_argument("--batch", type=int, default=256, help="batch B in part 2")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--parts", default="curves,step,optimizers",
+                    help="comma-separated parts to run: curves, step, optimizers")
+    ap.add_argument("--out", type=Path, default=RESULTS / "coded_layers.json",
+                    help="the JSON of parts 1-2 (PNG beside it; part 3 writes STEM_optimizers.json "
+                         "and .png beside it); the README renders the default")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
+    if not parts <= {"curves", "step", "optimizers"}:
+        ap.error(f"--parts must name curves, step, optimizers, got {args.parts!r}")
     epochs = args.epochs or (3 if args.quick else 8)
     dim = args.dim or (512 if args.quick else 1536)
     comm = MPI.COMM_WORLD
@@ -92,17 +107,17 @@ def main() -> int:
     root = comm.Get_rank() == 0
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", RuntimeWarning)  # overflow in the uncoded faulty runs
-    out: dict = {"workers": n, "epochs": epochs, "curves": [], "step_time": [],
+    out: dict = {"workers": n, "epochs": epochs, "curves": [], "step_time": [], "optimizer_step": [],
                  "faults": {"soft_errors": "exponent bit flip, p=0.01 per worker result",
                             "storage_errors": "exponent bit flip, p=0.002 per stored-block update",
                             "stragglers": f"shifted exponential, shift 0, mean {args.delay} s per result"}}
     data = load_digits_split() if root else None
 
     # ---------------------------------------------------------------- part 1: curves
-    if root:
+    if root and "curves" in parts:
         res = train_mlp(build_mlp("plain"), data, epochs=epochs, kind="plain", eval_every=EVAL_EVERY)
         out["curves"].append(dict(res.as_dict(), faults=False))
-    for faulty in (False, True):
+    for faulty in ((False, True) if "curves" in parts else ()):
         with MPICluster(comm, faults=training_faults(args.delay) if faulty else None, seed=1,
                         timeout=120) as cluster:
             if cluster is None:
@@ -117,7 +132,7 @@ def main() -> int:
                         m.release()
 
     # ---------------------------------------------------------------- part 2: step time
-    for straggle in (0.0, args.straggle):
+    for straggle in ((0.0, args.straggle) if "step" in parts else ()):
         faults = FixedStragglers([1], straggle) if straggle else None
         with MPICluster(comm, faults=faults, seed=2, timeout=300) as cluster:
             if cluster is None:
@@ -138,12 +153,38 @@ def main() -> int:
                 print(f"  step time {kind:8s} straggler {straggle:.2f} s: {t * 1e3:8.1f} ms", flush=True)
                 if isinstance(layer, CodedLinear):
                     layer.release()
+    # ---------------------------------------------------------------- part 3: any optimizer
+    if "optimizers" in parts:
+        with MPICluster(comm, seed=3, timeout=300) as cluster:
+            if cluster is not None:
+                x = torch.randn(args.batch, dim)
+                for kind in ("CodedSGD", "SGD", "Adam", "plain Adam"):
+                    torch.manual_seed(0)
+                    if kind == "plain Adam":
+                        layer = torch.nn.Linear(dim, dim)
+                    else:
+                        layer = CodedLinear(dim, dim, cluster=cluster, errors=0)
+                    if kind == "CodedSGD":
+                        opt = CodedSGD(layer, lr=1e-3, momentum=0.9)
+                    elif kind == "SGD":
+                        opt = torch.optim.SGD(layer.parameters(), lr=1e-3, momentum=0.9)
+                    else:
+                        opt = torch.optim.Adam(layer.parameters(), lr=1e-3)
+                    t = step_time(layer, opt, x, args.repeats)
+                    row = {"optimizer": kind, "dim": dim, "batch": args.batch, "median_step_s": t}
+                    if isinstance(layer, CodedLinear):
+                        row["reencodes"] = layer.stats["reencodes"]
+                        row["coded_updates"] = layer.stats["updates"]
+                        layer.release()
+                    out["optimizer_step"].append(row)
+                    print(f"  step time {kind:10s}: {t * 1e3:8.1f} ms", flush=True)
     if not root:
         return 0
 
     # ---------------------------------------------------------------- report
     out["machine"] = machine_info()
-    out["args"] = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))}
+    out["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                   if isinstance(v, (int, float, str, bool, type(None), Path))}
     print("\nTraining the digits MLP (test accuracy after the last epoch)")
     print(f"{'model':10s} {'faults':7s} {'accuracy':>9s} {'wall s':>8s} {'corrected':>9s} "
           f"{'skipped':>8s} {'retried':>8s} {'repaired':>8s}  note")
@@ -157,46 +198,78 @@ def main() -> int:
         print(f"{c['kind']:10s} {str(c['faults']):7s} {acc:>9s} {wall:>8s} {st.get('corrected', '-'):>9} "
               f"{st.get('skipped', '-'):>8} {st.get('retried', '-'):>8} {st.get('repaired', '-'):>8}  {note}")
     base = {r["straggler_s"]: r["median_step_s"] for r in out["step_time"] if r["kind"] == "plain"}
-    print(f"\nPer-step time, {dim}x{dim} layer, batch {args.batch} (ratio to nn.Linear at the root, fault-free)")
-    print(f"{'layer':10s} {'straggler':>9s} {'step ms':>9s} {'ratio':>7s}")
+    if out["step_time"]:
+        print(f"\nPer-step time, {dim}x{dim} layer, batch {args.batch} (ratio to nn.Linear at the root, fault-free)")
+        print(f"{'layer':10s} {'straggler':>9s} {'step ms':>9s} {'ratio':>7s}")
     for r in out["step_time"]:
         r["ratio_to_plain"] = r["median_step_s"] / base[0.0]
         print(f"{r['kind']:10s} {r['straggler_s']:9.2f} {r['median_step_s'] * 1e3:9.1f} {r['ratio_to_plain']:7.2f}")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "coded_layers.json").write_text(json.dumps(out, indent=1))
+    if out["optimizer_step"]:
+        coded_sgd = next(r["median_step_s"] for r in out["optimizer_step"] if r["optimizer"] == "CodedSGD")
+        print(f"\nPer-step time by optimizer, {dim}x{dim} coded layer, batch {args.batch} "
+              "(ratio to CodedSGD's coded step)")
+        print(f"{'optimizer':12s} {'step ms':>9s} {'ratio':>7s} {'re-encodes':>10s}")
+        for r in out["optimizer_step"]:
+            r["ratio_to_coded_sgd"] = r["median_step_s"] / coded_sgd
+            print(f"{r['optimizer']:12s} {r['median_step_s'] * 1e3:9.1f} {r['ratio_to_coded_sgd']:7.2f} "
+                  f"{r.get('reencodes', '-'):>10}")
+    # Part 3 has its own JSON (and PNG) beside the main one, so each can be rerun alone.
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    opt_out = args.out.with_name(args.out.stem + "_optimizers.json")
+    rows = out.pop("optimizer_step")
+    if out["curves"] or out["step_time"]:
+        args.out.write_text(json.dumps(out, indent=1))
+    if rows:
+        opt_out.write_text(json.dumps({"workers": n, "optimizer_step": rows, "machine": out["machine"],
+                                       "args": out["args"]}, indent=1))
+    out["optimizer_step"] = rows
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
-        for c in out["curves"]:
-            if not c["wall_s"]:
-                continue
-            style = "-" if c["faults"] else "--"
-            label = f"{c['kind']} {'with faults' if c['faults'] else 'fault-free'}"
-            if c["error"]:
-                label += " (stopped)"
-            a1.plot(c["wall_s"], [100 * a for a in c["test_accuracy"]], style, marker="o", label=label)
-        a1.set_xlabel("wall-clock (s)")
-        a1.set_ylabel("test accuracy (%)")
-        a1.set_title(f"digits MLP, {n} workers")
-        a1.legend(fontsize=8)
-        kinds = ["plain", "uncoded", "coded"]
-        for i, s in enumerate(sorted({r["straggler_s"] for r in out["step_time"]})):
-            vals = [next(r["median_step_s"] for r in out["step_time"] if r["kind"] == k and r["straggler_s"] == s)
-                    for k in kinds]
-            a2.bar([j + 0.4 * i for j in range(3)], [v * 1e3 for v in vals], width=0.4,
-                   label=f"straggler {s:.2f} s")
-        a2.set_xticks([j + 0.2 for j in range(3)], ["nn.Linear", "uncoded MP", "CodedLinear"])
-        a2.set_ylabel("median step time (ms)")
-        a2.set_title(f"{dim}x{dim} layer, batch {args.batch}")
-        a2.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(RESULTS / "coded_layers.png", dpi=110)
+        if out["curves"] or out["step_time"]:
+            fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+            for c in out["curves"]:
+                if not c["wall_s"]:
+                    continue
+                style = "-" if c["faults"] else "--"
+                label = f"{c['kind']} {'with faults' if c['faults'] else 'fault-free'}"
+                if c["error"]:
+                    label += " (stopped)"
+                a1.plot(c["wall_s"], [100 * a for a in c["test_accuracy"]], style, marker="o", label=label)
+            a1.set_xlabel("wall-clock (s)")
+            a1.set_ylabel("test accuracy (%)")
+            a1.set_title(f"digits MLP, {n} workers")
+            a1.legend(fontsize=8)
+            kinds = ["plain", "uncoded", "coded"]
+            for i, s in enumerate(sorted({r["straggler_s"] for r in out["step_time"]})):
+                vals = [next(r["median_step_s"] for r in out["step_time"] if r["kind"] == k and r["straggler_s"] == s)
+                        for k in kinds]
+                a2.bar([j + 0.4 * i for j in range(3)], [v * 1e3 for v in vals], width=0.4,
+                       label=f"straggler {s:.2f} s")
+            a2.set_xticks([j + 0.2 for j in range(3)], ["nn.Linear", "uncoded MP", "CodedLinear"])
+            a2.set_ylabel("median step time (ms)")
+            a2.set_title(f"{dim}x{dim} layer, batch {args.batch}")
+            a2.legend(fontsize=8)
+            fig.tight_layout()
+            fig.savefig(args.out.with_suffix(".png"), dpi=110)
+        if out["optimizer_step"]:
+            rows = out["optimizer_step"]
+            fig, a3 = plt.subplots(figsize=(6.5, 4))
+            a3.bar(range(len(rows)), [r["ratio_to_coded_sgd"] for r in rows])
+            a3.set_xticks(range(len(rows)), [r["optimizer"] for r in rows])
+            a3.axhline(1.0, color="grey", lw=0.8)
+            a3.set_ylabel("step time / CodedSGD step time")
+            a3.set_title(f"any optimizer: {dim}x{dim} coded layer, batch {args.batch}")
+            fig.tight_layout()
+            fig.savefig(opt_out.with_suffix(".png"), dpi=110)
     except ImportError:  # pragma: no cover
         print("matplotlib not installed: no plot")
-    print(f"\nwrote {RESULTS / 'coded_layers.json'} and coded_layers.png")
+    if out["curves"] or out["step_time"]:
+        print(f"\nwrote {args.out} and {args.out.with_suffix('.png').name}")
+    if rows:
+        print(f"wrote {opt_out} and {opt_out.with_suffix('.png').name}")
     return 0
 
 

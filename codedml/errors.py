@@ -22,6 +22,7 @@ __all__ = [
     "ProtocolError",
     "ClusterClosedError",
     "TrainingError",
+    "StaleWeightError",
 ]
 
 
@@ -108,3 +109,11 @@ class TrainingError(FaultError):
         super().__init__(f"step {step}: {message}" if step is not None else message)
         self.step = step
         self.policy = policy
+
+
+class StaleWeightError(CodedMLError, RuntimeError):
+    """Raised by a coded layer's backward pass when its weight changed after the forward pass
+    that is being differentiated (``set_weight``, an optimizer step, ``load_state_dict``), as
+    torch raises for a saved tensor modified in place; and by a coded layer whose root-side
+    weight was modified in place while the stored weight had moved on (a ``CodedSGD`` step it
+    had not read back)."""

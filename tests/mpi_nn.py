@@ -2,9 +2,11 @@
 
 The root trains a small CodedLinear MLP with CodedSGD over MPICluster under injected soft
 errors, storage errors and a straggler, trains the same MLP built from nn.Linear with
-torch.optim.SGD on the same batches, and prints one RESULT: JSON line comparing them.
+torch.optim.SGD on the same batches, resumes a deep copy from CodedSGD's state_dict and steps
+both with torch.optim.Adam, and prints one RESULT: JSON line comparing them.
 """
 
+import copy
 import json
 import sys
 
@@ -46,7 +48,30 @@ with MPICluster(comm, faults=faults, seed=11, timeout=60) as cluster:
         diff = max(float((sd_c[k] - sd_r[k]).abs().max()) for k in sd_r)
         stats = {k: sum(m.stats[k] for m in coded if isinstance(m, CodedLinear))
                  for k in ("forward", "backward", "corrected", "skipped", "retried", "repaired")}
+        # resume from CodedSGD's state (momentum buffers included) into a deep copy, then a
+        # torch optimizer (Adam: re-encode after every step) on both models
+        twin = copy.deepcopy(coded)
+        ot = CodedSGD(twin, lr=0.05, momentum=0.9, weight_decay=1e-3, scrub_every=1)
+        ot.load_state_dict(oc.state_dict())
+        x, y = torch.randn(16, 12, generator=g, dtype=dt), torch.randint(0, 4, (16,), generator=g)
+        for model, opt in ((twin, ot), (ref, orf)):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        sd_t, sd_r = twin.state_dict(), ref.state_dict()
+        resume_diff = max(float((sd_t[k] - sd_r[k]).abs().max()) for k in sd_r)
+        adams = torch.optim.Adam(twin.parameters(), lr=1e-2), torch.optim.Adam(ref.parameters(), lr=1e-2)
+        for _ in range(3):
+            x, y = torch.randn(16, 12, generator=g, dtype=dt), torch.randint(0, 4, (16,), generator=g)
+            for model, opt in zip((twin, ref), adams):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+        sd_t, sd_r = twin.state_dict(), ref.state_dict()
+        adam_diff = max(float((sd_t[k] - sd_r[k]).abs().max()) for k in sd_r)
         print("RESULT:" + json.dumps({"workers": n, "max_param_diff": diff, "stats": stats,
-                                      "keys": sorted(sd_c) == sorted(sd_r)}), flush=True)
+                                      "keys": sorted(sd_c) == sorted(sd_r),
+                                      "resume_diff": resume_diff, "adam_diff": adam_diff,
+                                      "reencodes": twin[0].stats["reencodes"]}), flush=True)
 print(f"rank {comm.Get_rank()} exit", flush=True)
 sys.stdout.flush()

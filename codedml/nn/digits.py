@@ -117,14 +117,18 @@ class TrainResult:
 def train_mlp(model: nn.Sequential, data: DigitsData, *, epochs: int = 10, batch: int = 64,
               lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 1e-4, seed: int = 0,
               scrub_every: int | None = None, progress: bool = False, kind: str = "",
-              eval_every: int | None = None) -> TrainResult:
+              eval_every: int | None = None, optimizer: Any = None) -> TrainResult:
     """Train with SGD (``CodedSGD`` when the model has coded layers), shuffled mini-batches
     drawn with ``seed``; evaluate test accuracy after every epoch, or every ``eval_every``
     steps (through the model itself, so a coded model's evaluation runs on the cluster too). A run whose products fail beyond what
-    the layers tolerate stops with the error recorded (``result.error``)."""
+    the layers tolerate stops with the error recorded (``result.error``). ``optimizer``, a
+    callable ``model -> torch.optim.Optimizer``, replaces the default SGD (any torch optimizer
+    trains coded layers too: see docs/layers.md)."""
     coded = any(isinstance(m, CodedLinear) for m in model.modules())
     opt: torch.optim.Optimizer
-    if coded:
+    if optimizer is not None:
+        opt = optimizer(model)
+    elif coded:
         opt = CodedSGD(model, lr=lr, momentum=momentum, weight_decay=weight_decay, scrub_every=scrub_every)
     else:
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)

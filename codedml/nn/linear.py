@@ -24,17 +24,19 @@ encoding keeps a single source of truth, which is what makes the scrub meaningfu
 
 from __future__ import annotations
 
+import copy
 import math
-import warnings
+import weakref
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from ..codes import MatDotCode, MDSCode, ReplicationCode
 from ..codes._validate import check_int
-from ..errors import ConfigurationError, CorruptResultError
+from ..errors import ConfigurationError, CorruptResultError, StaleWeightError
 from ..runtime import retry_on_corrupt
 
 __all__ = ["CodedLinear", "coded_linear", "default_code"]
@@ -76,41 +78,63 @@ def _check_cluster(cluster: Any) -> None:
             f"`cluster` must be a LocalCluster or MPICluster, got {type(cluster).__name__}")
 
 
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    """``t`` as a numpy array at the root: float32/float64 as they are, half and bfloat16 (which
+    numpy lacks or multiplies slowly) widened to float64 -- the stored blocks are float64."""
+    t = t.detach()
+    if t.dtype not in (torch.float32, torch.float64):
+        t = t.to(torch.float64)
+    return t.cpu().numpy()
+
+
 class _CodedLinearFn(torch.autograd.Function):
     """``y = x W^T + b`` with ``W`` resident on the workers; backward ``dx = dy W`` coded too.
 
-    ``anchor`` is the layer's empty ``_grad_anchor`` parameter: it makes the output require a
-    gradient (so backward runs and ``dW`` is collected) even for a bias-free layer whose input
-    needs none, and its ``.grad`` tells whether ``zero_grad()`` ran since the last backward.
+    ``weight`` is the layer's root-side mirror parameter: the products never read it (they run
+    against the stored blocks), but it is an input so that the output requires a gradient even
+    for a bias-free layer whose input needs none, and so that ``dW = dy^T x`` (computed at the
+    root) accumulates into ``weight.grad`` as for :class:`torch.nn.Linear`. The factors
+    ``(dy, x)`` are stashed too, for :class:`~codedml.nn.CodedSGD`'s coded step.
+
+    The forward pass records the layer's weight version; backward raises
+    :class:`~codedml.errors.StaleWeightError` when the weight changed in between. Double
+    backward is not supported (``once_differentiable``).
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, bias: torch.Tensor | None, anchor: torch.Tensor,
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 layer: "CodedLinear") -> torch.Tensor:
-        X = x.detach().cpu().numpy()
-        y = torch.from_numpy(np.ascontiguousarray(layer._forward_product(X).T)).to(x.dtype).to(x.device)
+        y = torch.from_numpy(np.ascontiguousarray(layer._forward_product(_to_numpy(x)).T))
+        y = y.to(dtype=x.dtype, device=x.device)
         if bias is not None:
             y = y + bias
         ctx.layer = layer
         ctx.has_bias = bias is not None
+        ctx.version = layer._version_token()
         ctx.save_for_backward(x)
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, gy: torch.Tensor):  # type: ignore[override]
-        (x,) = ctx.saved_tensors
         layer: CodedLinear = ctx.layer
-        G = gy.detach().cpu().numpy()
-        gx = None
+        layer._check_version(ctx.version)
+        (x,) = ctx.saved_tensors
+        G = _to_numpy(gy)
+        gx = gw = None
         if ctx.needs_input_grad[0]:
             if not G.any():  # dY = 0: dX = 0 exactly, no product to run
                 gx = torch.zeros_like(x)
             else:
-                gx = torch.from_numpy(layer._backward_product(G)).to(gy.dtype).to(gy.device)
-        gb = gy.sum(0) if ctx.has_bias and ctx.needs_input_grad[1] else None
-        layer._stash(G, x.detach().cpu().numpy())
-        ga = torch.zeros_like(layer._grad_anchor) if ctx.needs_input_grad[2] else None
-        return gx, gb, ga, None
+                gx = torch.from_numpy(layer._backward_product(G)).to(dtype=gy.dtype, device=gy.device)
+        if ctx.needs_input_grad[1]:
+            gw = gy.T @ x
+            layer._stash(G, _to_numpy(x), gw)
+        gb = gy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, gw, gb, None
 
 
 class CodedLinear(nn.Module):
@@ -139,14 +163,20 @@ class CodedLinear(nn.Module):
         more soft errors in one product than the code corrects are detected, never passed on.
         The second and later retries first scrub the layer's stored blocks.
     dtype : torch.dtype, optional
-        float32 or float64 (default: torch's default dtype): the dtype of the layer's inputs,
-        outputs and bias. The encoded weight is stored and multiplied in float64 on the workers
-        either way (in-place updates of float32 blocks drift apart; see docs/layers.md).
+        float16, bfloat16, float32 or float64 (default: torch's default dtype): the dtype of the
+        layer's inputs, outputs, ``weight`` mirror and bias. The encoded weight is stored and
+        multiplied in float64 on the workers whatever the dtype (in-place updates of float32
+        blocks drift apart; see docs/layers.md).
+    device : torch.device, optional
+        Where the ``weight`` mirror and the bias live (outputs follow the input's device).
 
     The weight is initialised like :class:`torch.nn.Linear` (same random stream), so a
     ``CodedLinear`` and an ``nn.Linear`` built after the same ``torch.manual_seed`` start equal.
-    ``weight`` decodes the current weight from the workers; ``weight_grad()`` gives ``dW`` at
-    the root; the weight is trained with :class:`~codedml.nn.CodedSGD`.
+    ``weight`` is a root-side ``nn.Parameter`` mirroring the stored weight (decoded again when
+    read after coded steps); it receives ``dW`` as its ``.grad``. :class:`~codedml.nn.CodedSGD`
+    steps the stored blocks at the workers (the fast path); any other ``torch.optim``
+    optimizer steps the mirror, which is then re-encoded onto the workers. ``state_dict``
+    holds the weight in float64; ``copy.deepcopy`` stores a copy anew on the same cluster.
 
     Examples
     --------
@@ -164,7 +194,7 @@ class CodedLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, cluster: Any,
                  code: MDSCode | ReplicationCode | None = None, errors: int = 0,
                  timeout: float | None = None, retries: int = 2,
-                 dtype: torch.dtype | None = None) -> None:
+                 dtype: torch.dtype | None = None, device: Any = None) -> None:
         super().__init__()
         self.in_features = check_int("in_features", in_features, 1)
         self.out_features = check_int("out_features", out_features, 1)
@@ -173,8 +203,7 @@ class CodedLinear(nn.Module):
         n = cluster.workers
         self.errors = check_int("errors", errors, 0, n)
         dtype = dtype if dtype is not None else torch.get_default_dtype()
-        if dtype not in (torch.float32, torch.float64):
-            raise ConfigurationError(f"`dtype` must be torch.float32 or torch.float64, got {dtype}")
+        self._check_dtype("dtype", dtype)
         if code is None:
             code = default_code(n, self.errors, self.out_features)
         self._check_code(code, n)
@@ -186,13 +215,13 @@ class CodedLinear(nn.Module):
         self.timeout = timeout
         self.retries = check_int("retries", retries, 0)
         self._dtype = dtype
-        w = torch.empty(self.out_features, self.in_features, dtype=dtype)
-        nn.init.kaiming_uniform_(w, a=math.sqrt(5))  # torch.nn.Linear's initialisation
-        # An empty parameter standing in for the resident weight in autograd (see _CodedLinearFn);
-        # kept out of the state_dict, so the keys are nn.Linear's.
-        self._grad_anchor = nn.Parameter(torch.zeros(0, dtype=dtype))
+        # The root-side mirror of the stored weight (see "Behaving like a torch layer" in
+        # docs/layers.md): a real parameter, so optimizers, zero_grad and hooks see it; it
+        # receives dW as its .grad; the products never read it.
+        self.weight = nn.Parameter(torch.empty(self.out_features, self.in_features, dtype=dtype, device=device))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # torch.nn.Linear's initialisation
         if bias:
-            self.bias = nn.Parameter(torch.empty(self.out_features, dtype=dtype))
+            self.bias = nn.Parameter(torch.empty(self.out_features, dtype=dtype, device=device))
             bound = 1 / math.sqrt(self.in_features)
             nn.init.uniform_(self.bias, -bound, bound)
         else:
@@ -203,14 +232,43 @@ class CodedLinear(nn.Module):
         # in float64 it stays ~1e-14 after 1e6 steps.
         # Compensated worker products (codes whose worst case would amplify float64 rounding
         # past 1e-12) serve float64 layers; a float32 layer's output cannot use them.
-        self._precision = "auto" if dtype == torch.float64 else "float64"
-        self._handle = cluster.put(w.double().numpy(), code=code, precision=self._precision)
+        self._precision = self._precision_for(dtype)
+        # _w64: the stored weight in float64 at the root, exact (what was encoded), or None
+        # while coded steps have moved the stored weight on (decoded again when read).
+        self._w64: np.ndarray | None = self.weight.detach().to(torch.float64).cpu().numpy().copy()
+        self._handle = cluster.put(self._w64, code=code, precision=self._precision)
         self._buffer = None          # encoded momentum buffer (CodedSGD), a ResidentHandle
-        self._pending: list[tuple[np.ndarray, np.ndarray]] = []   # (dY, X) since the last step
+        self._b64: np.ndarray | None = None   # its exact float64 value when known (loaded)
+        # (dY, X) factors of weight.grad since it was last reset, or None when weight.grad was
+        # changed in a way the factors do not describe (clipping, assignment): then CodedSGD
+        # sends weight.grad itself.
+        self._pending: list[tuple[np.ndarray, np.ndarray]] | None = []
+        self._incoming: list[tuple[np.ndarray, np.ndarray]] = []  # this backward pass's factors
+        self._incoming_task: int | None = None
+        self._incoming_dw: list[torch.Tensor] = []   # this backward pass's dW (see _arriving)
+        self._incoming_ok = True
+        self._incoming_base: list[tuple[np.ndarray, np.ndarray]] | None = []
+        self._grad_token: Any = None      # weight.grad as the last accumulation left it
+        self._weight_version = 0          # bumped whenever the stored weight changes
+        self._adopt(self.weight)
+        self._root_token = self._token(self.weight)
         self._last_faulty: set[int] = set()
         self._scrub_due = False
         self.stats = {"forward": 0, "backward": 0, "corrected": 0, "skipped": 0, "retried": 0,
-                      "scrubs": 0, "repaired": 0, "updates": 0, "update_failures": 0}
+                      "scrubs": 0, "repaired": 0, "updates": 0, "update_failures": 0,
+                      "reencodes": 0}
+
+    @staticmethod
+    def _check_dtype(name: str, dtype: Any) -> None:
+        if dtype not in _FLOAT_DTYPES:
+            raise ConfigurationError(
+                f"`{name}` must be one of torch.float16, torch.bfloat16, torch.float32, "
+                f"torch.float64 for a CodedLinear (the stored blocks are float64 on every backend; "
+                f"the workers cannot multiply {dtype}), got {dtype}")
+
+    @staticmethod
+    def _precision_for(dtype: torch.dtype) -> str:
+        return "auto" if dtype == torch.float64 else "float64"
 
     def _check_code(self, code: Any, n: int) -> None:
         if not isinstance(code, (MDSCode, ReplicationCode)) or (
@@ -239,45 +297,53 @@ class CodedLinear(nn.Module):
         if x.dtype != self._dtype:
             raise ConfigurationError(
                 f"input dtype must be the layer's dtype {self._dtype} (as for nn.Linear), got {x.dtype}")
+        self._push()  # an optimizer step or in-place change of `weight` reaches the workers
         lead = x.shape[:-1]
-        y = _CodedLinearFn.apply(x.reshape(-1, self.in_features), self.bias, self._grad_anchor, self)
+        y = _CodedLinearFn.apply(x.reshape(-1, self.in_features), self._parameters["weight"],
+                                 self.bias, self)
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, code={self.code!r}, errors={self.errors}")
 
-    @property
-    def weight(self) -> torch.Tensor:
-        """The current weight, decoded from the stored blocks (a detached copy)."""
-        W = self.cluster.fetch(self._handle, errors=self.errors,
-                               timeout=self.timeout)
-        return torch.from_numpy(np.ascontiguousarray(W)).to(self._dtype)
+    def __getattr__(self, name: str) -> Any:
+        # `layer.weight` reads the current weight: after coded steps the mirror is refreshed
+        # (decoded from the stored blocks) before it is handed out.
+        if name == "weight" and self.__dict__.get("_w64", 0) is None:
+            self._refresh()
+        return super().__getattr__(name)
 
     def weight_grad(self) -> torch.Tensor | None:
-        """``dW = sum dY^T X`` over the backward passes since the last step, computed at the root
-        (``None`` when there were none)."""
-        if not self._current_pending():
-            return None
-        U, V = self._gradient_factors()
-        return torch.from_numpy(U @ V.T).to(self._dtype)
+        """``dW = sum dY^T X`` over the backward passes since the gradient was last reset:
+        ``weight.grad`` (``None`` when there were none)."""
+        return self._parameters["weight"].grad
 
     def zero_grad(self, set_to_none: bool = True) -> None:  # type: ignore[override]
         super().zero_grad(set_to_none)
-        self._pending.clear()
+        self._pending = []
 
     def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
-        destination[prefix + "weight"] = self.weight      # decoded; first, as in nn.Linear
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        destination.pop(prefix + "_grad_anchor", None)
+        if not keep_vars:  # the stored weight in float64, exactly (a float32 layer too)
+            w = self._parameters["weight"]
+            destination[prefix + "weight"] = torch.from_numpy(self._weight64().copy()).to(w.device)
+        else:  # the parameter itself, holding the current weight
+            self._weight64()
 
     def _load_from_state_dict(self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool,
                               missing_keys: list[str], unexpected_keys: list[str],
                               error_msgs: list[str]) -> None:
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-        if prefix + "_grad_anchor" in missing_keys:
-            missing_keys.remove(prefix + "_grad_anchor")
+        params = self._parameters
+        w = params.pop("weight")  # loaded here, not by nn.Module's copy into the mirror
+        try:
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                          unexpected_keys, error_msgs)
+        finally:
+            rest = dict(params)
+            params.clear()
+            params["weight"] = w
+            params.update(rest)
         key = prefix + "weight"
         if key in unexpected_keys:
             unexpected_keys.remove(key)
@@ -298,9 +364,7 @@ class CodedLinear(nn.Module):
         if W.shape != (self.out_features, self.in_features):
             raise ConfigurationError(
                 f"`W` must have shape ({self.out_features}, {self.in_features}), got {W.shape}")
-        old = self._handle
-        self._handle = self.cluster.put(np.ascontiguousarray(W), code=self.code, precision=self._precision)
-        self.cluster.drop(old)
+        self._store(np.array(W, dtype=np.float64, order="C"))
 
     def release(self) -> None:
         """Free the stored weight and momentum on the workers (the layer is unusable after)."""
@@ -308,6 +372,190 @@ class CodedLinear(nn.Module):
             if h is not None:
                 self.cluster.drop(h)
         self._handle = self._buffer = None
+
+    # ------------------------------------------------------------------ the root-side mirror
+    @staticmethod
+    def _token(p: torch.Tensor) -> tuple[Any, ...]:
+        return (p._version, p.data_ptr(), p.dtype, p.device)
+
+    def _adopt(self, p: nn.Parameter) -> None:
+        """Tag ``p`` as this layer's mirror (for the optimizer hooks) and follow its ``.grad``."""
+        ref = weakref.ref(self)
+        p._codedml_layer = ref  # type: ignore[attr-defined]
+
+        def accumulated(param: torch.Tensor) -> None:
+            layer = ref()
+            if layer is not None and layer._parameters.get("weight") is param:
+                layer._accumulated(param)
+
+        def arriving(grad: torch.Tensor) -> None:
+            layer = ref()
+            if layer is not None and layer._parameters.get("weight") is p:
+                layer._arriving(grad)
+
+        p.register_hook(arriving)
+        p.register_post_accumulate_grad_hook(accumulated)
+
+    def _version_token(self) -> tuple[int, int]:
+        return (self._weight_version, self._parameters["weight"]._version)
+
+    def _check_version(self, saved: tuple[int, int]) -> None:
+        now = self._version_token()
+        if now != saved:
+            what = ("the stored weight was replaced or stepped (set_weight, load_state_dict, a "
+                    "CodedSGD step)" if now[0] != saved[0] else
+                    "`weight` was modified in place (an optimizer step?)")
+            raise StaleWeightError(
+                f"CodedLinear: the weight needed for gradient computation changed after the forward "
+                f"pass: {what}; weight version {saved} at forward, {now} at backward. Run "
+                f"backward before changing the weight (as torch requires for nn.Linear)")
+
+    def _weight64(self) -> np.ndarray:
+        """The stored weight in float64 at the root (root-side changes pushed first)."""
+        self._push()
+        if self._w64 is None:
+            self._refresh()
+        assert self._w64 is not None
+        return self._w64
+
+    def _refresh(self) -> None:
+        """Decode the stored weight into the mirror after coded steps moved it on."""
+        p = self._parameters["weight"]
+        if self._w64 is None:
+            if self._token(p) != self._root_token:
+                raise StaleWeightError(
+                    "CodedLinear: `weight` was modified in place at the root while a CodedSGD step "
+                    "had moved the stored weight on, so neither can be kept; read `layer.weight` "
+                    "(which refreshes it) before modifying it, or choose the weight with "
+                    "layer.set_weight(W)")
+            W = self.cluster.fetch(self._handle, errors=self.errors, timeout=self.timeout)
+            self._w64 = np.array(W, dtype=np.float64, order="C")
+            with torch.no_grad():
+                p.data.copy_(torch.from_numpy(self._w64))  # .data: not a change of the weight
+            self._root_token = self._token(p)
+
+    def _push(self) -> None:
+        """Send a root-side change of the mirror (an optimizer step, an in-place edit, a new
+        parameter assigned) to the workers: re-encode it and store it anew."""
+        p = self._parameters.get("weight")
+        if p is None or self._token(p) == self._root_token:
+            return
+        if getattr(p, "_codedml_layer", lambda: None)() is not self:
+            if tuple(p.shape) != (self.out_features, self.in_features):
+                raise ConfigurationError(
+                    f"`weight` must have shape ({self.out_features}, {self.in_features}), got {tuple(p.shape)}")
+            self._check_dtype("weight.dtype", p.dtype)
+            self._adopt(p)   # a new parameter assigned: it defines the weight
+        elif self._w64 is None:
+            self._refresh()  # raises: modified in place while the stored weight moved on
+        self._store(p.detach().to(torch.float64).cpu().numpy().copy(), mirror=False)
+        self.stats["reencodes"] += 1
+
+    def _store(self, W: np.ndarray, mirror: bool = True) -> None:
+        """Encode ``W`` (float64) and store it anew; ``mirror``: copy it into ``weight`` too."""
+        self._check_updates()
+        old = self._handle
+        self._handle = self.cluster.put(W, code=self.code, precision=self._precision)
+        self.cluster.drop(old)
+        self._w64 = W
+        p = self._parameters["weight"]
+        if mirror:
+            with torch.no_grad():
+                p.copy_(torch.from_numpy(W))  # bumps its version: a forward before it is stale
+        self._weight_version += 1
+        self._root_token = self._token(p)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "CodedLinear":
+        # dtype and device moves (.double(), .float(), .half(), .to(...)): the mirror and the
+        # bias move as nn.Linear's parameters; the stored blocks stay float64 and are re-encoded
+        # when the move changes the worker products' precision (compensated for float64 only).
+        if "_handle" not in self.__dict__:  # during __init__
+            return super()._apply(fn, recurse)
+        w = self._parameters["weight"]
+        probe = fn(torch.empty(0, dtype=w.dtype, device=w.device))
+        if probe.dtype != w.dtype:
+            if not probe.dtype.is_floating_point:
+                raise ConfigurationError(
+                    f"CodedLinear cannot move to dtype {probe.dtype}: backend "
+                    f"{getattr(self.cluster, 'backend_name', type(self.cluster).__name__)} workers "
+                    f"multiply float64 blocks, and the layer supports float16, bfloat16, float32, float64")
+            self._check_dtype("dtype", probe.dtype)
+        W = self._weight64()
+        super()._apply(fn, recurse)
+        w = self._parameters["weight"]
+        if getattr(w, "_codedml_layer", lambda: None)() is not self:
+            # a new parameter object (torch.__future__.set_overwrite_module_params_on_conversion)
+            self._adopt(w)
+            self._grad_token = self._grad_state(w.grad)
+        self._dtype = w.dtype
+        precision = self._precision_for(self._dtype)
+        if precision != self._precision:
+            self._precision = precision
+            self._store(W, mirror=False)
+        self._root_token = self._token(self._parameters["weight"])
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "CodedLinear":
+        """An independent layer on the same cluster: its weight (and momentum buffer) stored
+        anew as new operands; gradients, factors and statistics copied."""
+        W = self._weight64()
+        B = self.momentum_buffer()
+        cls = type(self)
+        new = cls.__new__(cls)
+        memo[id(self)] = new
+        for k, v in self.__dict__.items():
+            if k in ("cluster", "code"):
+                new.__dict__[k] = v
+            elif k in ("_handle", "_buffer", "_grad_token", "_incoming_task"):
+                new.__dict__[k] = None
+            elif k == "_incoming_dw":
+                new.__dict__[k] = []
+            else:
+                new.__dict__[k] = copy.deepcopy(v, memo)
+        new._handle = self.cluster.put(W, code=self.code, precision=self._precision)
+        new._w64 = W.copy()
+        if B is not None:
+            new.set_momentum_buffer(B)
+        p = new._parameters["weight"]
+        new._adopt(p)
+        new._grad_token = new._grad_state(p.grad)
+        new._root_token = new._token(p)
+        return new
+
+    def __getstate__(self) -> Any:
+        raise TypeError(
+            "CodedLinear cannot be pickled: its weight lives on the cluster's workers (a live "
+            "handle); save layer.state_dict() (the decoded float64 weight) instead, or use "
+            "copy.deepcopy for a copy on the same cluster")
+
+    # ------------------------------------------------------------------ momentum (CodedSGD)
+    def momentum_buffer(self) -> np.ndarray | None:
+        """The stored momentum buffer decoded at the root (float64), ``None`` before the first
+        coded step with momentum."""
+        if self._buffer is None:
+            return None
+        if self._b64 is None:
+            B = self.cluster.fetch(self._buffer, errors=self.errors, timeout=self.timeout)
+            self._b64 = np.array(B, dtype=np.float64, order="C")
+        return self._b64
+
+    def set_momentum_buffer(self, B: Any) -> None:
+        """Store ``B`` as the encoded momentum buffer (``None`` forgets it: the next step starts
+        the buffer anew, as torch's SGD does without state)."""
+        old = self._buffer
+        if B is None:
+            self._buffer = self._b64 = None
+        else:
+            B = torch.as_tensor(B).detach().to(torch.float64).cpu().numpy()
+            if B.shape != (self.out_features, self.in_features):
+                raise ConfigurationError(
+                    f"`momentum_buffer` must have shape ({self.out_features}, {self.in_features}), "
+                    f"got {B.shape}")
+            B = np.array(B, dtype=np.float64, order="C")
+            self._buffer = self.cluster.put(B, code=self.code, precision=self._precision)
+            self._b64 = B
+        if old is not None:
+            self.cluster.drop(old)
 
     # ------------------------------------------------------------------ coded operations
     def _note(self) -> None:
@@ -386,43 +634,116 @@ class CodedLinear(nn.Module):
         return self._coded(lambda: self.cluster.matmul_left(G, self._handle, errors=self.errors,
                                                             timeout=self.timeout))
 
-    def _current_pending(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """The ``(dY, X)`` pairs collected since the last ``zero_grad()``: any ``zero_grad()``
-        (the model's too, which never calls this layer's) resets the anchor's grad to None."""
-        if self._grad_anchor.grad is None:
-            self._pending.clear()
-        return self._pending
+    @staticmethod
+    def _grad_state(g: torch.Tensor | None) -> Any:
+        return None if g is None else (weakref.ref(g), g._version)
 
-    def _stash(self, G: np.ndarray, X: np.ndarray) -> None:
-        self._current_pending().append((G, X))
-        if len(self._pending) == 100:
-            warnings.warn(
-                "CodedLinear: 100 backward passes accumulated without a coded step. Its weight "
-                "is resident on the workers and is trained only by codedml.nn.CodedSGD (torch "
-                "optimizers see only the bias); call CodedSGD.step() or zero_grad().",
-                RuntimeWarning, stacklevel=2)
+    def _grad_matches(self, g: torch.Tensor | None) -> bool:
+        """Whether ``weight.grad`` is as the last accumulation left it (not reset, scaled, or
+        replaced since)."""
+        t = self._grad_token
+        if g is None or t is None:
+            return g is None and t is None
+        return t[0]() is g and t[1] == g._version
 
-    def _gradient_factors(self) -> tuple[np.ndarray, np.ndarray]:
-        """``dW = U V^T`` with ``U = [dY_1^T ...]`` (``out x r``) and ``V = [X_1^T ...]``."""
-        U = np.concatenate([G.T for G, _ in self._pending], axis=1).astype(np.float64)
-        V = np.concatenate([X.T for _, X in self._pending], axis=1).astype(np.float64)
-        return U, V
+    def _stash(self, G: np.ndarray, X: np.ndarray, dW: torch.Tensor) -> None:
+        """Keep the factors ``(dY, X)`` of this backward pass's ``dW``; they join the pending
+        ones when autograd accumulates ``dW`` into ``weight.grad`` (:meth:`_accumulated`).
+
+        Which pending factors they join is decided from ``weight.grad`` before this backward
+        pass: as the last accumulation left it -- the pending factors; ``None`` or zero (any
+        ``zero_grad()``: the model's, an optimizer's, the layer's) -- none; changed otherwise
+        (clipped, assigned) -- the factors no longer describe it, and a coded step sends
+        ``weight.grad`` itself. A backward pass that never accumulates (``torch.autograd.grad``)
+        leaves them out; one in which ``weight`` also receives a gradient from elsewhere (a
+        penalty on the weight in the loss, a tied weight) makes the factors incomplete, and
+        :meth:`_arriving` drops them."""
+        task = torch._C._current_graph_task_id()
+        if self._incoming_task != task:
+            g = self._parameters["weight"].grad
+            self._incoming_task = task
+            self._incoming = []
+            self._incoming_dw = []
+            self._incoming_ok = True
+            if self._grad_matches(g):
+                self._incoming_base = self._pending
+            elif g is None or not bool(g.any()):
+                self._incoming_base = []
+            else:
+                self._incoming_base = None
+        self._incoming.append((G, X))
+        self._incoming_dw.append(dW)
+
+    def _arriving(self, grad: torch.Tensor) -> None:
+        """The total gradient reaching ``weight`` in this backward pass, before accumulation:
+        the factors describe it only if it is the sum of this layer's own ``dW`` s."""
+        if self._incoming_task != torch._C._current_graph_task_id() or not self._incoming_dw:
+            return
+        ours = self._incoming_dw
+        if len(ours) == 1 and grad is ours[0]:
+            return
+        total = ours[0].detach().clone()
+        for d in ours[1:]:
+            total += d
+        # a contribution below the arithmetic's rounding of the sum is harmless by definition
+        tol = 64 * torch.finfo(grad.dtype).eps * float(total.abs().max() + grad.abs().max())
+        self._incoming_ok = bool(float((grad.detach() - total).abs().max()) <= tol)
+
+    def _accumulated(self, p: torch.Tensor) -> None:
+        """After autograd accumulated into ``weight.grad``: commit this pass's factors."""
+        self._incoming_dw = []
+        if (self._incoming_task == torch._C._current_graph_task_id() and self._incoming
+                and self._incoming_ok):
+            base = self._incoming_base
+            pending = None if base is None else base + self._incoming
+            # factors wider than the weight cost more than weight.grad itself
+            if pending is not None and sum(G.shape[0] for G, _ in pending) > min(self.out_features, self.in_features):
+                pending = None
+            self._pending = pending
+        else:  # weight.grad received a gradient this layer did not compute (a penalty, a tied weight)
+            self._pending = None
+        self._incoming, self._incoming_task = [], None
+        self._grad_token = self._grad_state(p.grad)
+
+    def _gradient_factors(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``dW = U V^T``: ``U = [dY_1^T ...]`` (``out x r``) and ``V = [X_1^T ...]`` from the
+        stashed factors when they describe ``weight.grad``; else from ``weight.grad`` itself
+        (``U = dW``, ``V = I`` or ``U = I``, ``V = dW^T``, the narrower); ``None`` when
+        ``weight.grad`` is ``None``."""
+        g = self._parameters["weight"].grad
+        if g is None:
+            return None
+        if self._pending and self._grad_matches(g):
+            U = np.concatenate([G.T for G, _ in self._pending], axis=1).astype(np.float64)
+            V = np.concatenate([X.T for _, X in self._pending], axis=1).astype(np.float64)
+            return U, V
+        D = g.detach().to(torch.float64).cpu().numpy()
+        if not D.any():  # zeroed (zero_grad(set_to_none=False)): a zero gradient, rank 1
+            return np.zeros((self.out_features, 1)), np.zeros((self.in_features, 1))
+        if self.out_features <= self.in_features:
+            return np.eye(self.out_features), np.ascontiguousarray(D.T)
+        return np.ascontiguousarray(D), np.eye(self.in_features)
 
     def coded_step(self, *, lr: float, momentum: float = 0.0, dampening: float = 0.0,
                    weight_decay: float = 0.0, nesterov: bool = False) -> bool:
         """Apply one SGD step to the stored weight at the workers (see ``cluster.sgd_step``).
 
-        Uses the gradients of the backward passes since the last step; returns ``False`` (and
-        changes nothing) when there were none, as torch's SGD skips parameters without grad.
+        Uses ``weight.grad`` -- sent as the stashed factors ``(dY, X)`` of the backward passes
+        that made it when they still describe it; returns ``False`` (and changes nothing) when
+        ``weight.grad`` is ``None``, as torch's SGD skips parameters without grad. The mirror
+        ``weight`` is decoded again only when read.
         """
-        if not self._current_pending():
+        self._push()
+        factors = self._gradient_factors()
+        if factors is None:
             return False
         self._check_updates()
-        U, V = self._gradient_factors()
+        U, V = factors
         self._handle, self._buffer = self.cluster.sgd_step(
             self._handle, U, V, lr=lr, momentum=momentum, dampening=dampening,
             weight_decay=weight_decay, nesterov=nesterov, buffer=self._buffer)
-        self._pending.clear()
+        self._w64 = self._b64 = None
+        self._weight_version += 1
         self.stats["updates"] += 1
         if self._scrub_due:
             self.scrub()
@@ -501,3 +822,41 @@ def coded_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         raise ConfigurationError(
             f"`x` (B, in) and `weight` (out, in) must agree, got {tuple(x.shape)} and {tuple(weight.shape)}")
     return _FunctionalFn.apply(x, weight, bias, cluster, code, errors, check_int("retries", retries, 0))
+
+
+# ---------------------------------------------------------------------- any torch optimizer
+def _coded_layers_of(optimizer: torch.optim.Optimizer) -> list[CodedLinear]:
+    layers = []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            ref = getattr(p, "_codedml_layer", None)
+            layer = ref() if ref is not None else None
+            if layer is not None and layer._parameters.get("weight") is p:
+                layers.append(layer)
+    return layers
+
+
+def _before_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """Any torch optimizer but CodedSGD steps the mirror ``weight`` at the root: make sure it
+    holds the stored weight (decoded after coded steps) before the step reads it."""
+    if getattr(optimizer, "_codedml_coded_step", False):
+        return
+    for layer in _coded_layers_of(optimizer):
+        layer._weight64()
+
+
+def _after_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """... and send the stepped weight to the workers (re-encoded, stored anew) at once."""
+    if getattr(optimizer, "_codedml_coded_step", False):
+        return
+    for layer in _coded_layers_of(optimizer):
+        layer._push()
+
+
+# Global hooks (torch.optim.optimizer.register_optimizer_step_{pre,post}_hook): they run for
+# every optimizer instance, including those created before a coded layer existed.
+from torch.optim.optimizer import (register_optimizer_step_post_hook,  # noqa: E402
+                                   register_optimizer_step_pre_hook)
+
+register_optimizer_step_pre_hook(_before_optimizer_step)
+register_optimizer_step_post_hook(_after_optimizer_step)

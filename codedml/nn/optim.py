@@ -23,6 +23,12 @@ class CodedSGD(torch.optim.SGD):
     applies it to its own block with ``enc(dY^T)_w`` and ``X`` (only those travel) and its own
     encoded momentum buffer, and the blocks remain the encoding of the updated weight (CodeNet,
     Dutta et al. 2018). The result equals torch's SGD on the uncoded weight up to rounding.
+    When the stashed factors no longer describe ``weight.grad`` (clipped, zeroed without a new
+    backward pass, a penalty on the weight in the loss), ``weight.grad`` itself is sent.
+    ``state_dict()`` carries the encoded momentum buffers (decoded, float64) under ``"coded"``,
+    so a resumed run continues with its momentum. Any other ``torch.optim`` optimizer trains
+    coded layers too, through the root-side ``weight`` and a re-encode per step (slower; see
+    docs/layers.md).
 
     Parameters
     ----------
@@ -30,8 +36,8 @@ class CodedSGD(torch.optim.SGD):
         The model; its coded layers are found among its modules, its ordinary parameters are
         ``model.parameters()``.
     lr, momentum, dampening, weight_decay, nesterov
-        As for :class:`torch.optim.SGD` (the hyper-parameters of the first parameter group
-        apply to the coded layers, so learning-rate schedulers work).
+        As for :class:`torch.optim.SGD` (the hyper-parameters of the parameter group holding a
+        coded layer's ``weight`` apply to it, so learning-rate schedulers work).
     scrub_every : int, optional
         Scrub every coded layer's stored blocks after every ``scrub_every`` steps (see
         :meth:`CodedLinear.scrub`).
@@ -52,6 +58,8 @@ class CodedSGD(torch.optim.SGD):
     ...     opt.step()
     ...     opt.zero_grad()
     """
+
+    _codedml_coded_step = True  # the global optimizer hooks of codedml.nn.linear leave it alone
 
     def __init__(self, model: nn.Module, lr: float = 1e-3, momentum: float = 0.0,
                  dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
@@ -83,9 +91,18 @@ class CodedSGD(torch.optim.SGD):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        super().step()
-        g = self.param_groups[0]
+        # torch's SGD steps the ordinary parameters; the coded weights' mirrors are hidden from
+        # it (their grads set aside) and stepped at the workers instead.
+        hidden = [(layer._parameters["weight"], layer._parameters["weight"].grad) for layer in self.layers]
+        for p, _ in hidden:
+            p.grad = None
+        try:
+            super().step()
+        finally:
+            for p, g in hidden:
+                p.grad = g
         for layer in self.layers:
+            g = self._group_of(layer)
             layer.coded_step(lr=g["lr"], momentum=g["momentum"], dampening=g["dampening"],
                              weight_decay=g["weight_decay"], nesterov=g["nesterov"])
         self.steps += 1
@@ -93,16 +110,51 @@ class CodedSGD(torch.optim.SGD):
             self.scrub()
         return loss
 
+    def _group_of(self, layer: CodedLinear) -> dict[str, Any]:
+        """The parameter group holding the layer's weight (its hyper-parameters apply)."""
+        w = layer._parameters["weight"]
+        for g in self.param_groups:
+            if any(p is w for p in g["params"]):
+                return g
+        return self.param_groups[0]
+
     def scrub(self) -> list[Any]:
         """Scrub every coded layer now; returns (and keeps) the reports."""
         reports = [r for layer in self.layers for r in layer.scrub(self.scrub_timeout)]
         self.scrub_reports.extend(reports)
         return reports
 
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        """torch's SGD state (ordinary parameters) plus, under ``"coded"``, every coded layer's
+        momentum buffer decoded from its stored blocks (float64, exactly as loaded when it was)
+        and the step count: all a resume needs."""
+        sd = super().state_dict()
+        bufs = [layer.momentum_buffer() for layer in self.layers]
+        sd["coded"] = {"steps": self.steps,
+                       "momentum_buffers": [None if b is None else torch.from_numpy(b.copy()) for b in bufs]}
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        state_dict = dict(state_dict)
+        coded = state_dict.pop("coded", None)
+        if coded is None:
+            raise ConfigurationError(
+                "`state_dict` has no 'coded' entry (the coded layers' momentum buffers): it was "
+                "not saved by CodedSGD.state_dict()")
+        bufs = coded["momentum_buffers"]
+        if len(bufs) != len(self.layers):
+            raise ConfigurationError(
+                f"`state_dict` holds momentum buffers for {len(bufs)} coded layers, this optimizer "
+                f"has {len(self.layers)}")
+        super().load_state_dict(state_dict)
+        for layer, b in zip(self.layers, bufs):
+            layer.set_momentum_buffer(b)
+        self.steps = int(coded["steps"])
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none)
         for layer in self.layers:
-            layer._pending.clear()
+            layer._pending = []
 
 
 def _check_hyper(lr: Any, momentum: Any, dampening: Any, weight_decay: Any, nesterov: Any) -> None:

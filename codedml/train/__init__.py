@@ -4,7 +4,8 @@ The root holds the model and the optimizer; workers hold data shards and a model
 answer gradient requests (a registered handler, :func:`handlers`). Policies: ``sync``,
 ``ksync``, ``kbatch_sync``, ``async``, ``kasync``, ``kbatch_async`` (Dutta, Wang, Joshi 2018)
 and ``gradient_coding`` (Tandon et al. 2017); optional QSGD compression (Alistarh et al.
-2017); crash tolerance, soft-error screening, checkpoints. See docs/train.md.
+2017) or data quantization (Hanna et al. 2020, :mod:`codedml.train.dataquant`); a quadratic
+network task (:func:`quadratic_task`); crash tolerance, soft-error screening, checkpoints. See docs/train.md.
 
 Examples
 --------
@@ -25,3 +26,8 @@ __all__ = ["POLICIES", "POLICY_FUNCTIONS", "TrainConfig", "PolicyState", "StepOu
            "digits_task", "make_model", "partition_indices", "handlers", "HANDLER", "Engine",
            "TrainResult", "fit", "train", "load_checkpoint", "CHECKPOINT_FORMAT", "TrainingError",
            "qsgd_encode", "qsgd_decode", "qsgd_bits"]
+
+# Data quantization (Hanna et al. 2020) and the quadratic-network task (issue 13).
+from .quadratic import quadratic_task  # noqa: E402
+
+__all__ += ["quadratic_task"]

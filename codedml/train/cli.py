@@ -43,6 +43,14 @@ HELP = {
     "gc_stragglers": "s of the gradient code: the full gradient from any workers - s",
     "gc_errors": "corrupt gradient-code messages to locate per step",
     "qsgd": "QSGD levels s on the worker-to-root path (0: full precision)",
+    "data_bits": "data quantization: workers send their mini-batch's samples with B bits per "
+                 "coordinate (stochastic, unbiased) and the root computes the gradient "
+                 "(1..32; 0: off, send gradients)",
+    "refine_bits": "with --data-bits: also send the gradient correction at the true samples "
+                   "with QSGD at R level bits, 2^R-1 levels (1..15; 0: none)",
+    "importance": "with --data-bits: send only the samples a rule selects: loss:THRESH, "
+                  "norm:THRESH (per-sample loss or gradient norm above THRESH) or "
+                  "budget:FRACTION (that fraction of the mini-batch, largest losses first)",
     "suspect": "drop or keep a gradient flagged corrupt outside gradient coding (reported either way)",
     "outlier": "a gradient norm above this times the median of recent ones is flagged (> 1)",
     "timeout": "seconds without the results a step needs before training stops",
@@ -52,7 +60,11 @@ HELP = {
     "resume": "checkpoint to resume from",
     "seed": "seed of mini-batches and quantisation",
     "data_seed": "seed of the data partitioning",
-    "model": "logreg or mlp (on scikit-learn's digits)",
+    "model": "logreg or mlp (on scikit-learn's digits), or quadratic (y = sum_j (w_j.x)^2, a "
+             "planted teacher on synthetic Gaussian data; try --lr 0.02)",
+    "quad_dim": "quadratic model: input dimension d",
+    "quad_rank": "quadratic model: rank r of the teacher (and units of the student)",
+    "quad_samples": "quadratic model: synthetic samples (80%% train, 20%% test)",
     "hidden": "hidden units of the mlp",
     "dtype": "float32 or float64",
     "local": "run with N worker threads in this process instead of under mpiexec",
@@ -69,6 +81,9 @@ class TrainJob:
 
     model: str = "logreg"
     hidden: int = 32
+    quad_dim: int = 20
+    quad_rank: int = 2
+    quad_samples: int = 2000
     dtype: str = "float32"
     local: int = 0
     out: str = "out/train.json"
@@ -77,20 +92,26 @@ class TrainJob:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.model not in ("logreg", "mlp"):
-            raise ConfigurationError(f"`model` must be 'logreg' or 'mlp', got {self.model!r}")
+        if self.model not in ("logreg", "mlp", "quadratic"):
+            raise ConfigurationError(f"`model` must be 'logreg', 'mlp' or 'quadratic', got {self.model!r}")
         if self.dtype not in ("float32", "float64"):
             raise ConfigurationError(f"`dtype` must be 'float32' or 'float64', got {self.dtype!r}")
         from .._config import MAX_LOCAL, check_int
 
         check_int("hidden", self.hidden, 1)
         check_int("local", self.local, 0, MAX_LOCAL, why=" (0: run under mpiexec)")
+        check_int("quad_dim", self.quad_dim, 1, 100_000)
+        check_int("quad_rank", self.quad_rank, 1, self.quad_dim, why=f" (quad_dim={self.quad_dim})")
+        check_int("quad_samples", self.quad_samples, 2, 10_000_000)
 
 
 def train_memory_bytes(job: TrainJob, workers: int) -> int:
     """A generous estimate of the memory of a run: the model's parameters (digits: 64 inputs,
     10 classes) held as the root's weights, gradients, momentum and float64 flat copies, and
     once more per worker (replicas, gradients, messages)."""
+    if job.model == "quadratic":  # the student, plus the synthetic data on every rank
+        d = job.quad_rank * job.quad_dim
+        return int(8 * d * (8 + 4 * workers) + 8 * job.quad_samples * (job.quad_dim + 1) * (1 + workers))
     d = 64 * 10 + 10 if job.model == "logreg" else 64 * job.hidden + job.hidden + 10 * job.hidden + 10
     return int(8 * d * (8 + 4 * workers))
 
@@ -164,7 +185,13 @@ def cmd_train(argv: list[str]) -> int:
 
     from .task import digits_task
 
-    task = digits_task(job.model, hidden=job.hidden, seed=cfg.seed, dtype=job.dtype)
+    if job.model == "quadratic":
+        from .quadratic import quadratic_task
+
+        task = quadratic_task(job.quad_dim, job.quad_rank, job.quad_samples, seed=cfg.seed,
+                              dtype=job.dtype)
+    else:
+        task = digits_task(job.model, hidden=job.hidden, seed=cfg.seed, dtype=job.dtype)
 
     def root_checks() -> None:
         for flag, path in (("--out", job.out), ("--metrics", job.metrics), ("--plot", job.plot),
@@ -186,8 +213,10 @@ def cmd_train(argv: list[str]) -> int:
         return EXIT_OK
     print(f"codedml train: {task.name}, policy {cfg.policy}, {res.workers} workers "
           f"({'threads' if job.local else 'MPI ranks'}), faults {faults!r}")
-    print(f"  {res.steps} steps in {res.wall:.2f} s: loss {res.loss:.4f}, test accuracy "
-          f"{res.accuracy:.3f}; {res.gradients} gradients received, {res.bits_sent} bits "
+    acc = (f"loss {res.loss:.4f}, test accuracy {res.accuracy:.3f}" if math.isfinite(res.accuracy)
+           else f"loss {res.loss:.3e} (regression)")
+    print(f"  {res.steps} steps in {res.wall:.2f} s: {acc}; "
+          f"{res.gradients} {'messages' if cfg.data_bits else 'gradients'} received, {res.bits_sent} bits "
           f"({res.bits_sent / max(1, res.bits_full_precision):.3f} of full precision)")
     if res.suspects:
         print(f"  suspect gradients ({cfg.suspect}): {res.suspects[:5]}")

@@ -44,6 +44,13 @@ class TrainConfig:
         per step (waits for ``n - s + 2 e`` messages).
     qsgd : int
         QSGD levels ``s`` on the worker-to-root path (0: full precision).
+    data_bits, refine_bits, importance : int, int, str
+        Data quantization (Hanna et al. 2020, :mod:`codedml.train.dataquant`): workers send
+        their mini-batch's samples stochastically quantized to ``data_bits`` bits per
+        coordinate (0: off, send gradients) and the root computes the gradient; optionally the
+        gradient correction at the true samples with QSGD at ``refine_bits`` level bits
+        (``2^R - 1`` levels; 0: none), and only the samples an ``importance`` rule selects
+        (``"loss:T"``, ``"norm:T"``, ``"budget:F"``; ``""``: all).
     suspect : str
         What to do with a gradient flagged as corrupt (non-finite, or norm above ``outlier``
         times the median of recent accepted norms) outside gradient coding: ``"drop"`` or
@@ -72,6 +79,9 @@ class TrainConfig:
     gc_stragglers: int = 1
     gc_errors: int = 0
     qsgd: int = 0
+    data_bits: int = 0
+    refine_bits: int = 0
+    importance: str = ""
     suspect: str = "drop"
     outlier: float = 10.0
     timeout: float = 30.0
@@ -113,6 +123,7 @@ class TrainConfig:
         _at_least("gc_errors", self.gc_errors, 0)
         if not 0 <= self.qsgd <= 2**15:
             raise ConfigurationError(f"`qsgd` must be between 0 and 32768 levels, got {self.qsgd}")
+        self._check_data_quantization()
         if self.suspect not in ("drop", "keep"):
             raise ConfigurationError(f"`suspect` must be 'drop' or 'keep', got {self.suspect!r}")
         if not self.outlier > 1:
@@ -128,6 +139,33 @@ class TrainConfig:
                     f"`{name}` must be between 0 and {2**63 - 1}, got {getattr(self, name)}")
         if self.checkpoint_every and not self.checkpoint:
             raise ConfigurationError("`checkpoint_every` needs a `checkpoint` path, got none")
+
+    def _check_data_quantization(self) -> None:
+        from .dataquant import MAX_DATA_BITS, MAX_REFINE_BITS, parse_importance
+
+        if not 0 <= self.data_bits <= MAX_DATA_BITS:
+            raise ConfigurationError(f"`data_bits` (--data-bits) must be between 0 (off) and "
+                                     f"{MAX_DATA_BITS}, got {self.data_bits}")
+        if not 0 <= self.refine_bits <= MAX_REFINE_BITS:
+            raise ConfigurationError(f"`refine_bits` (--refine-bits) must be between 0 (off) and "
+                                     f"{MAX_REFINE_BITS}, got {self.refine_bits}")
+        parse_importance(self.importance)
+        if not self.data_bits:
+            for name in ("refine_bits", "importance"):
+                if getattr(self, name):
+                    raise ConfigurationError(
+                        f"`{name}` (--{name.replace('_', '-')}) needs data quantization "
+                        f"(`data_bits` between 1 and {MAX_DATA_BITS}), got "
+                        f"{name}={getattr(self, name)!r} with data_bits=0")
+            return
+        if self.qsgd:
+            raise ConfigurationError(
+                f"`qsgd` must be 0 with data quantization (data_bits={self.data_bits}: workers "
+                f"send samples, not gradients; use `refine_bits`), got {self.qsgd}")
+        if self.policy == "gradient_coding":
+            raise ConfigurationError(
+                f"`data_bits` must be 0 under gradient coding (the decode needs the exact "
+                f"gradient combinations), got {self.data_bits}")
 
     def check_workers(self, n: int) -> "TrainConfig":
         """Validate the settings that depend on the worker count ``n``."""

@@ -14,6 +14,8 @@ The worker's reply (:func:`grad_handler`):
 * plain: ``[L, g]`` in the model's dtype, ``L`` the mini-batch mean loss and ``g`` the
   gradient of that mean;
 * QSGD: ``uint8``: 8 bytes of ``L`` (float64), then :func:`codedml.train.qsgd.encode` of ``g``;
+* data quantization (``data_bits > 0``): ``uint8``, the quantized samples of the mini-batch,
+  see :func:`codedml.train.dataquant.worker_message`;
 * gradient code: float64 ``sum_j B[w, j] [L_j, g_j]`` over the worker's partitions, where
   ``L_j`` and ``g_j`` are the *summed* loss and gradient over partition ``j``'s mini-batch. The
   mini-batch of partition ``j`` at step ``t`` is drawn with a generator seeded by
@@ -226,6 +228,10 @@ def grad_handler(task: Task, ctx: Any, flat: np.ndarray, **params: Any) -> np.nd
             msg = c * part if msg is None else msg + c * part
         return msg
     rng = np.random.default_rng([seed & 0xFFFFFFFF, ctx.worker, step, sub])
+    if params.get("data_bits"):  # data quantization: quantized samples, not a gradient
+        from .dataquant import worker_message
+
+        return worker_message(task, st, ctx.worker, rng, params)
     loss, g, _ = _partial(task, st, ctx.worker, rng, batch, "mean")
     if params["qsgd"]:
         from .qsgd import encode

@@ -112,7 +112,10 @@ class Engine:
             gc_s = cfg.gc_stragglers
         self.gc_samples = sum(min(cfg.batch, len(p)) if cfg.batch else len(p) for p in parts)
         self.base = {"nparts": self.n, "data_seed": cfg.data_seed, "seed": cfg.seed,
-                     "batch": cfg.batch, "qsgd": cfg.qsgd, "gc_s": gc_s, "gc_scheme": cfg.scheme}
+                     "batch": cfg.batch, "qsgd": cfg.qsgd, "gc_s": gc_s, "gc_scheme": cfg.scheme,
+                     "data_bits": cfg.data_bits, "refine_bits": cfg.refine_bits,
+                     "importance": cfg.importance}
+        self.samples_step = 0  # samples received this step under data quantization
         self._sub: dict[int, tuple[int, int]] = {}
         self._norms: list[float] = []
         self.bits_total = 0
@@ -200,7 +203,13 @@ class Engine:
     def contribution(self, w: int, raw: np.ndarray, version: int) -> Contribution:
         bits = self.bits_in(w, raw)
         raw = np.asarray(raw)
-        if raw.dtype == np.uint8:
+        if self.cfg.data_bits:  # quantized samples: the root computes the gradient
+            from .dataquant import root_gradient
+
+            loss, g, m = root_gradient(self.task, self.model, self.params, raw,
+                                       self.cfg.data_bits, self.cfg.refine_bits)
+            self.samples_step += m
+        elif raw.dtype == np.uint8:
             from .qsgd import decode
 
             loss = float(np.frombuffer(raw[:8].tobytes(), dtype=np.float64)[0])
@@ -316,7 +325,7 @@ class Engine:
         self._t0 = time.perf_counter()
         try:
             while st.version < cfg.steps and not (cfg.max_time and self.wall >= cfg.max_time):
-                self.bits_step = 0
+                self.bits_step = self.samples_step = 0
                 st.crashed_now = []
                 out = policy(self, st)
                 step = st.version + 1
@@ -346,6 +355,8 @@ class Engine:
                     "workers": ranks, "staleness": stale, "bits": self.bits_step,
                     "suspect": [_rank(w) for w in flagged], "corrected": [_rank(w) for w in out.corrected],
                     "crashed": [_rank(w) for w in st.crashed_now], "loss": None, "accuracy": None}
+                if cfg.data_bits:
+                    rec["samples"] = self.samples_step
                 last = st.version >= cfg.steps or (cfg.max_time and self.wall >= cfg.max_time)
                 if step % cfg.eval_every == 0 or last:
                     loss, acc = self.evaluate()
