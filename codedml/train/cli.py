@@ -180,8 +180,9 @@ def cmd_train(argv: list[str]) -> int:
     cfg.check_workers(n)
     if cfg.policy in ("ksync", "kasync") and not 1 <= cfg.k_for(n) <= n:
         raise ConfigurationError(f"`k` must be between 1 and workers={n}, got {cfg.k_for(n)}")
-    check_memory(f"`--model` {job.model} with `--hidden` {job.hidden} and {n} workers",
-                 train_memory_bytes(job, n))
+    sizes = (f"`--quad-dim` {job.quad_dim}, `--quad-rank` {job.quad_rank}, `--quad-samples` "
+             f"{job.quad_samples}" if job.model == "quadratic" else f"`--hidden` {job.hidden}")
+    check_memory(f"`--model` {job.model} with {sizes} and {n} workers", train_memory_bytes(job, n))
 
     from .task import digits_task
 
