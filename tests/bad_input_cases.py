@@ -406,6 +406,8 @@ cli("train --hidden huge", T, "--model", "mlp", "--hidden", "10000000000",
     must=("`--hidden` 10000000000", "memory", "available"))
 cli("train --hidden with logreg", T, "--hidden", "7",
     reason="--hidden sizes the mlp only; logreg has no hidden layer and ignores it")
+cli("train --quad-dim with logreg", T, "--quad-dim", "5",
+    reason="the --quad-* flags size only the quadratic model; logreg ignores them")
 cli("train --dtype float16", T, "--dtype", "float16", must=("`dtype`", "'float32' or 'float64'", "'float16'"))
 cli("train --local -1", T, "--local", "-1", must=("`local`", "between 0 and 256", "got -1"))
 cli("train --local 300", T, "--local", "300", must=("`local`", "between 0 and 256", "got 300"))
