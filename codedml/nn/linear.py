@@ -580,13 +580,14 @@ class CodedLinear(nn.Module):
         longer be trusted to hold every step."""
         # The layer's own record of the acks it booked (the weight's and the buffer's; one SGD
         # step's ack may serve both), not an attribute set on the runtime's future.
-        # Only the handles' current acks are ever looked at, so the last four booked suffice.
+        # Only the handles' current acks are ever looked at, so the last four booked suffice;
+        # held as weak references (a deepcopy of the layer copies them as they are).
         booked = self.__dict__.setdefault("_booked_acks", [])
         for h in (self._handle, self._buffer):
             ack = getattr(h, "ack", None)
-            if ack is None or not ack.done() or any(a is ack for a in booked):
+            if ack is None or not ack.done() or any(r() is ack for r in booked):
                 continue
-            booked[:] = [*booked[-3:], ack]
+            booked[:] = [*booked[-3:], weakref.ref(ack)]
             exc = None if ack.cancelled() else ack.exception(0)
             if exc is None:
                 continue
