@@ -26,6 +26,11 @@ one rounding of the result; ``codedml/codes/_eft.py``). Plain products' rounding
 inner dimension and the decode amplifies it; compensated ones stay flat (``--inner``; A is
 192 x inner, B inner x 144).
 
+Every code here is the *plain* (non-systematic) form, ``systematic=False``, so the
+constructions compare like with like; ``MDSCode`` and ``MatDotCode`` are systematic by default
+on the circle where that stays accurate, and ``benchmarks/systematic.py`` measures those forms
+side by side with these.
+
 Code parameters for a given ``n`` and ``r`` (``k = n - r``):
 
 * MDS: ``MDSCode(n, k)`` (A in ``k`` row blocks, B a matrix);
@@ -95,18 +100,18 @@ def make_code(family: str, n: int, r: int, construction: str):
     if k < 1:
         return None
     if family == "MDS":
-        return MDSCode(n, k, construction=construction)
+        return MDSCode(n, k, construction=construction, systematic=False)
     if family == "polynomial":
         if k < 4:
             return None
         p = _small_divisor(k)
         if p < 2:
             return None
-        return PolynomialCode(n, p, k // p, construction=construction)
+        return PolynomialCode(n, p, k // p, construction=construction)  # q > 1: plain
     if family == "MatDot":
         if k % 2 == 0 or k < 3:
             return None
-        return MatDotCode(n, (k + 1) // 2, construction=construction)
+        return MatDotCode(n, (k + 1) // 2, construction=construction, systematic=False)
     if family == "PolyDot":
         if k % 2 == 0 or (k - 1) // 2 < 2:
             return None

@@ -313,6 +313,36 @@ def cost_2048(doc: dict[str, Any]) -> str:
     return _cost(doc, 2048)
 
 
+# ------------------------------------------------------------------ encode.json
+@_from("encode")
+def encode(doc: dict[str, Any]) -> str:
+    par = doc["parameters"]
+    size = max(par["sizes"])
+    rows = [r for r in doc["rows"] if r["size"] == size]
+    clock = "CPU time (`--clock cpu`)" if par.get("clock") == "cpu" else "wall time"
+    out = [
+        f"Source: {_source('encode', doc)}; A and B {size}x{size}, median of {par['repeats']} "
+        f"repeats{' (`--quick`)' if par.get('quick') else ''}, {clock}, BLAS threads "
+        f"{par['threads']}. *copy bound*: reading A and B once and writing every task once at "
+        "the copy bandwidth measured in the same run; *flop bound*: the generator products' "
+        "multiply-adds at the float64 GEMM rate measured in the same run (- over GF(p)); "
+        "*tensordot*: the plain encode (`codedml/codes/_reference.py`). Targets: at most 1.5x "
+        "the copy bound, at most 1.0x tensordot.",
+        "",
+        "| code | n | k | inputs | operands | encode / copy bound | encode / max(copy, flop bound) "
+        "| encode / tensordot | max rel. diff to tensordot |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        copy = _bold_if(f"{r['encode_over_copy']:.2f}", r["encode_over_copy"] > 1.5)
+        tdot = _bold_if(f"{r['encode_over_tensordot']:.2f}", r["encode_over_tensordot"] > 1.0)
+        out.append(
+            f"| {r['case']} | {r['workers']} | {r['recovery_threshold']} | {r['dtype']} "
+            f"| {r['operand_dtype']} | {copy} | {r['encode_over_bound']:.2f} | {tdot} "
+            f"| {_e(r['max_rel_diff_vs_reference'])} |")
+    return "\n".join(out)
+
+
 # ------------------------------------------------------------------ gfp_matmul.json
 @_from("gfp_matmul")
 def gfp_matmul(doc: dict[str, Any]) -> str:
@@ -352,6 +382,65 @@ def cuda_backend(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+# ------------------------------------------------------------------ systematic.json
+def _systematic_rows(doc: dict[str, Any], constructions: tuple[str, ...]) -> list[str]:
+    out = [
+        "| family | construction | n | spare | threshold | subsets examined | worst cond plain "
+        "| worst cond systematic | float64 error plain / systematic | float32 error plain / "
+        "systematic | systematic within targets |",
+        "|" + "---|" * 11,
+    ]
+    for r in doc["rows"]:
+        if r["construction"] not in constructions:
+            continue
+        p, q = r["plain"], r["systematic"]
+        sub = ("all " if q["how"] == "exact" else "sampled ") + f"{q['subsets_examined']:,}"
+        out.append(
+            f"| {r['family']} | {r['construction']} | {r['n']} | {r['r']} | {r['k']} | {sub} "
+            f"| {p['cond']:.2e} | {q['cond']:.2e} | {_e(p['f64']['error'])} / {_e(q['f64']['error'])} "
+            f"| {_e(p['f32']['error'])} / {_e(q['f32']['error'])} "
+            f"| {'yes' if r['systematic_within_targets'] else '**no**'} |")
+    return out
+
+
+def _systematic_head(doc: dict[str, Any]) -> str:
+    p = doc["parameters"]
+    return (f"Source: {_source('systematic', doc)}: `{doc['command']}`. Worst case over the "
+            f"subsets of the recovery threshold's size (`all`: exhaustive, up to "
+            f"{p['exact_limit']:,} subsets; `sampled`: adversarial candidates plus "
+            f"{p['samples']:,} random ones, a lower bound); errors are `||C_hat - C||_F / "
+            f"||C||_F` decoded on that worst subset with `precision=\"auto\"`, A "
+            f"{p['size']}x{p['size']}; targets {p['targets']['float64']:g} (float64) and "
+            f"{p['targets']['float32']:g} (float32).")
+
+
+@_from("systematic")
+def systematic(doc: dict[str, Any]) -> str:
+    t = doc["timings"]
+    out = [_systematic_head(doc), ""] + _systematic_rows(doc, ("circle",))
+    if t:
+        out += [
+            "",
+            f"Time ratios (circle, {t[0]['size']}x{t[0]['size']}, one BLAS thread, median of "
+            f"{t[0]['repeats']}): the systematic code's decode with 0, 1 and s (every spare) "
+            "systematic results missing, over the plain code's decode from k results; the "
+            "systematic encode over the plain encode.",
+            "",
+            "| family | n | spare | threshold | decode, 0 missing | 1 missing | s missing (s) | encode |",
+            "|" + "---|" * 8,
+        ]
+        out += [f"| {x['family']} | {x['n']} | {x['r']} | {x['k']} | {x['decode_0_ratio']:.3f} "
+                f"| {x['decode_1_ratio']:.3f} | {x['decode_s_ratio']:.3f} ({x['missing_s']}) "
+                f"| {x['encode_ratio']:.2f} |" for x in t]
+    return "\n".join(out)
+
+
+@_from("systematic")
+def systematic_all(doc: dict[str, Any]) -> str:
+    return "\n".join([_systematic_head(doc), ""] +
+                     _systematic_rows(doc, ("circle", "equispaced", "chebyshev")))
+
+
 # ------------------------------------------------------------------ runtime_latency.json
 @_from("runtime_latency")
 def runtime_latency(doc: dict[str, Any]) -> str:
@@ -387,6 +476,13 @@ def runtime_latency(doc: dict[str, Any]) -> str:
         f"- Decode share of a coded job's wall time (median per configuration): "
         f"{100 * min(shares):.0f}-{100 * max(shares):.0f}%.",
     ]
+    out += latency_targets(summ)
+    models = {name: s["model"] for name, s in summ.items() if "model" in s}
+    if models:
+        dom = {name: m["fault_free"]["dominant"] for name, m in models.items()}
+        out.append(f"- Per-component model for {meta['workers']} dedicated nodes (see "
+                   "`benchmarks/results/SUMMARY_runtime.md`): the dominant term, fault-free: "
+                   + ", ".join(f"{name} {d}" for name, d in dom.items()) + ".")
     return "\n".join(out)
 
 
@@ -418,6 +514,59 @@ def latency_table(summ: dict[str, Any]) -> list[str]:
     return out
 
 
+_SYSTEMATIC_LATENCY = ("MDS sys", "MatDot sys")
+_LATENCY_TARGETS = {"0": 1.15, "tolerable": 1.25}
+
+
+def latency_model_table(summ: dict[str, Any]) -> list[str]:
+    """The per-component model for n dedicated nodes (``runtime_latency.py``'s docstring):
+    per code, fault-free and with as many stragglers as tolerated; one line saying it is not
+    there for JSON written before the script measured it."""
+    if not any("model" in s for s in summ.values()):
+        return ["*Per-component model: not in this JSON (written before `runtime_latency.py` "
+                "measured it); rerun the script.*"]
+    out = [
+        "| code | stragglers | encode (ms) | slowest worker (ms) | decode (ms) | control plane (ms) "
+        "| model (ms) | model vs uncoded | dominant | measured e2e (ms) | rest (ms) |",
+        "|" + "---|" * 11,
+    ]
+    for name, s in summ.items():
+        for lvl, m in s["model"].items():
+            if lvl == "tolerable" and s["tolerates"] == 0:
+                continue
+            t = m["terms_s"]
+            label = "0" if lvl == "fault_free" else f"tol={s['tolerates']}"
+            out.append(
+                f"| {name} | {label} | {1e3 * t['encode']:.2f} | {1e3 * t['slowest worker']:.2f} "
+                f"| {1e3 * t['decode']:.2f} | {1e3 * t['control plane']:.2f} | {1e3 * m['total_s']:.2f} "
+                f"| {m['ratio_vs_uncoded0']:.2f} | {m['dominant']} | {1e3 * m['measured_e2e_s']:.1f} "
+                f"| {1e3 * m['rest_s']:.1f} |")
+    return out
+
+
+def latency_targets(summ: dict[str, Any]) -> list[str]:
+    """Issue 11's targets for the systematic codes, measured and modelled (one line each)."""
+    out = []
+    for name in _SYSTEMATIC_LATENCY:
+        s = summ.get(name)
+        if s is None:
+            out.append(f"- `{name}`: not in this JSON (written before the systematic codes were "
+                       "measured); rerun `runtime_latency.py`.")
+            continue
+        cells = []
+        for lvl, key, what in (("0", "fault_free", "fault-free"), ("tolerable", "tolerable",
+                                                                     f"{s['tolerates']} stragglers")):
+            meas = s["levels"][lvl]["ratio_vs_uncoded0"]
+            target = _LATENCY_TARGETS[lvl]
+            cell = f"{what} {meas:.2f}x measured (target {target}: {'met' if meas <= target else 'NOT met'})"
+            if "model" in s:
+                mod = s["model"][key]["ratio_vs_uncoded0"]
+                cell += f", {mod:.2f}x modelled ({'met' if mod <= target else 'NOT met'})"
+            cells.append(cell)
+        out.append(f"- `{name}` ({s['code']}): " + "; ".join(cells) + ".")
+    return out
+
+
 @_from("runtime_latency")
 def runtime_summary(doc: dict[str, Any]) -> str:
     meta, summ, jobs = doc["meta"], doc["summary"], doc["jobs"]
@@ -445,6 +594,13 @@ def runtime_summary(doc: dict[str, Any]) -> str:
         "",
     ]
     out += latency_table(summ)
+    out += ["", "Per-component model for n dedicated nodes, from the same run: encode and decode "
+            "as the runtime timed them (median), the slowest worker's product timed alone on the "
+            "root, the control plane as the median latency of empty jobs of the same code; `rest` "
+            "= measured minus model (operand transfer and the contention of the oversubscribed "
+            "ranks).", ""]
+    out += latency_model_table(summ)
+    out += ["", "Targets for the systematic codes (issue 11):", ""] + latency_targets(summ)
     out += [
         "",
         f"uncoded without stragglers: {1e3 * summ['uncoded']['levels']['0']['median_e2e_s']:.1f} ms "
@@ -498,6 +654,43 @@ def control_plane(doc: dict[str, Any]) -> str:
 @_from("control_plane_2workers", "control_plane")
 def control_plane_2workers(doc: dict[str, Any]) -> str:
     return _control(doc, "control_plane_2workers")
+
+
+# ------------------------------------------------------------------ coded_cnn.json
+@_from("coded_cnn")
+def coded_cnn(doc: dict[str, Any]) -> str:
+    names = {"plain": "torch layers (reference)", "coded": "coded (`convert`, errors=1)",
+             "uncoded": "uncoded MP (`ReplicationCode`)"}
+    quick = " (**`--quick` profile**: a smoke run, not the measurement)" if doc.get("quick") else ""
+    out: list[str] = [
+        f"Source: {_source('coded_cnn', doc)}; {doc['workers']} workers, {doc['epochs']} epochs{quick}.",
+        "",
+    ]
+    not_run = doc.get("optimizers_not_run") or {}
+    if not_run:
+        out += ["Not run: " + "; ".join(f"{o} ({why})" for o, why in not_run.items()) + ".", ""]
+    out += [
+        "| model | optimizer | faults | final test accuracy | last epoch's train loss | step time / torch "
+        "| corrected | stragglers skipped | recomputed | blocks repaired |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["runs"]:
+        st = r["stats"] or {}
+        ratio = r.get("step_ratio_to_plain")
+        ratio_s = f"{ratio:.1f}" if ratio else "-"
+        if r["error"]:
+            acc = f"**stopped at step {r['steps']}** ({r['error'][:120].replace('`', '')})"
+        else:
+            acc = _bold_if(f"{100 * r['final_accuracy']:.1f}%", bool(r["faults"]))
+        cells = ["-"] * 4 if r["kind"] == "plain" else [
+            str(st.get("corrected", 0)), str(st.get("skipped", 0)), str(st.get("retried", 0)),
+            str(st.get("repaired", 0))]
+        if r["kind"] == "plain":   # its own ratio is 1: show its median step instead
+            ratio_s = f"1 ({1e3 * r['median_step_s']:.2f} ms)"
+        loss = f"{r['loss'][-1]:.3g}" if r["loss"] else "-"
+        out.append(f"| {names.get(r['kind'], r['kind'])} | {r['optimizer']} | {'yes' if r['faults'] else 'no'} "
+                   f"| {acc} | {loss} | {ratio_s} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
 # ------------------------------------------------------------------ coded_layers.json
@@ -642,6 +835,71 @@ def train_policies(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+# ------------------------------------------------------------------ communication.json
+def _ratio(x: float) -> str:
+    return "not reached" if x is None or math.isinf(x) or math.isnan(x) else f"{x:.3f}"
+
+
+@_from("communication")
+def communication(doc: dict[str, Any]) -> str:
+    a, table = doc["args"], doc["table"]
+    methods = list(dict.fromkeys(r["method"] for r in table))
+    cases = list(dict.fromkeys((r["task"], r["partition"]) for r in table))
+    cell = {(r["task"], r["partition"], r["method"]): r for r in table}
+    label = {r["method"]: r["label"] for r in table}
+    spec = {r["partition"]: r["partition_spec"] for r in table}
+    out = [
+        f"Source: {_source('communication', doc)}. {a['workers']} workers (threads), {a['rounds']} "
+        f"rounds per method, delays `{a['shift']:g} + Exp({a['scale']:g})` s per (rank, job), fault "
+        f"seed {a['fault_seed']}, federated deadline {a['deadline']:g} s; non-IID = "
+        f"`{spec.get('noniid', 'dirichlet')}`. Target: the loss `sync` float32 reaches at half its "
+        f"rounds. Bits are worker-to-root; *bits / sync* and *bits / best QSGD* are ratios of bits "
+        f"to the target in the same run (below 0.1 would be 10x less communication).",
+        "",
+        "| task | shards | method | target loss | bits to target | bits / sync | bits / best QSGD "
+        "| rounds to target | wall to target (s) | final loss | test accuracy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for t, p in cases:
+        qs = [cell[(t, p, m)]["bits_to_target"] for m in methods
+              if m.startswith("qsgd") and (t, p, m) in cell]
+        best_q = min(qs) if qs else math.inf
+        for m in methods:
+            r = cell.get((t, p, m))
+            if r is None:
+                continue
+            bq = r["bits_to_target"] / best_q if best_q not in (0, math.inf) else math.inf
+            bits, rounds, wall = r["bits_to_target"], r["rounds_to_target"], r["wall_to_target_s"]
+            out.append(
+                f"| {t} | {p} | {label[m]} | {r['target_loss']:.3f} | "
+                + ("not reached" if math.isinf(bits) else f"{bits / 8e3:.1f} kB")
+                + f" | {_ratio(r['bits_ratio_to_sync'])} | {_ratio(bq)} | "
+                + ("-" if math.isinf(rounds) else f"{rounds:.0f}") + " | "
+                + ("-" if math.isinf(wall) else f"{wall:.2f}")
+                + f" | {r['final_loss']:.3f} | {r['accuracy']:.3f} |")
+        fin = [(cell[(t, p, m)]["bits_to_target"], m) for m in methods if (t, p, m) in cell]
+        reach = sorted(x for x in fin if not math.isinf(x[0]))
+        if reach and qs and not math.isinf(best_q):
+            b, m = reach[0]
+            tenx = [label[mm] for bb, mm in reach if bb <= 0.1 * best_q]
+            note = (f"- {t}, {p}: fewest bits to the target: {label[m]} "
+                    f"({b / best_q:.2f}x the best QSGD row). At least 10x fewer bits than "
+                    f"the best QSGD row: {', '.join(tenx) if tenx else 'none'}.")
+            dq = sorted(x for x in reach if x[1].startswith("data"))
+            if dq:
+                r = dq[0][0] / best_q
+                note += (f" Best data-quantization row: {label[dq[0][1]]}, {r:.2f}x the best "
+                         f"QSGD row's bits: the paper's ~10x claim "
+                         f"{'holds' if r <= 0.1 else 'does not hold'} here.")
+            elif any(mm.startswith("data") for mm in methods):
+                note += " No data-quantization row reached the target."
+            notes.append(note)
+    if notes:
+        out += ["", "What these rows show:"] + notes
+    return "\n".join(out)
+
+
 # ------------------------------------------------------------------ registry
 @dataclass(frozen=True)
 class Doc:
@@ -657,8 +915,11 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "inner": inner,
     "cost": cost,
     "cost_2048": cost_2048,
+    "encode": encode,
     "gfp_matmul": gfp_matmul,
     "cuda_backend": cuda_backend,
+    "systematic": systematic,
+    "systematic_all": systematic_all,
     "runtime_latency": runtime_latency,
     "runtime_summary": runtime_summary,
     "control_plane": control_plane,
@@ -667,13 +928,16 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "coded_layers_step": coded_layers_step,
     "coded_layers_optimizers": coded_layers_optimizers,
     "train_policies": train_policies,
+    "communication": communication,
+    "coded_cnn": coded_cnn,
 }
 
 DOCS: tuple[Doc, ...] = (
-    Doc("README.md", ("accuracy", "inner", "cost", "gfp_matmul", "cuda_backend", "runtime_latency",
-                      "control_plane", "control_plane_2workers", "reliability", "coded_layers",
-                      "coded_layers_step", "coded_layers_optimizers", "train_policies")),
-    Doc("benchmarks/results/SUMMARY_codes.md", ("accuracy", "inner", "cost_2048")),
+    Doc("README.md", ("coded_cnn", "accuracy", "inner", "systematic", "cost", "encode", "gfp_matmul",
+                      "cuda_backend", "runtime_latency", "control_plane", "control_plane_2workers",
+                      "reliability", "coded_layers", "coded_layers_step", "coded_layers_optimizers",
+                      "train_policies", "communication")),
+    Doc("benchmarks/results/SUMMARY_codes.md", ("accuracy", "inner", "systematic_all", "cost_2048")),
     Doc("benchmarks/results/SUMMARY_runtime.md", ("runtime_summary",)),
 )
 

@@ -7,14 +7,45 @@ expected)::
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \\
     mpiexec --oversubscribe -n 9 python benchmarks/runtime_latency.py [--quick] [--repeats R]
 
+(full: 330 measured jobs, most of them waiting out a 1 s straggler delay, plus 240 empty
+jobs: about 5-6 min; ``--quick``: about 40 s)
+
 Codes, side by side, each with 0 stragglers, 1 straggler and as many as it tolerates:
 
 * ``uncoded``      ``ReplicationCode(n, n)``        tolerates 0
 * ``replication``  ``ReplicationCode(n, n // 2)``   every block twice, tolerates replicas - 1 = 1
-* ``MDS``          ``MDSCode(n, n - 2)``            tolerates 2
-* ``polynomial``   ``PolynomialCode(n, 2, 3)``      threshold 6, tolerates n - 6
-* ``MatDot``       ``MatDotCode(n, 3)``             threshold 5, tolerates n - 5
+* ``MDS``          ``MDSCode(n, n - 2, systematic=False)``   tolerates 2
+* ``MDS sys``      ``MDSCode(n, n - 2, systematic=True)``    tolerates 2 (the default code)
+* ``polynomial``   ``PolynomialCode(n, 2, 3)``      threshold 6, tolerates n - 6 (no
+  systematic form with col_blocks > 1; ``PolynomialCode(n, k, 1)`` is ``MDS sys``)
+* ``MatDot``       ``MatDotCode(n, 3, systematic=False)``    threshold 5, tolerates n - 5
+* ``MatDot sys``   ``MatDotCode(n, 3, systematic=True)``     (the default code)
 * ``PolyDot``      ``PolyDotCode(n, 2, 2, 1)``      threshold 5, tolerates n - 5
+
+Targets (issue 11): the systematic codes at most 1.15x uncoded without stragglers when no
+worker straggles, and at most 1.25x with as many stragglers as they tolerate. Only the
+MDS-type code can meet them: a MatDot worker multiplies full-size operands split along the
+inner dimension (1/m of the product's flops, complex: 2/m; the uncoded worker 1/n) and
+returns a full-size result, so at n = 8, m = 3 its slowest-worker term alone is about 5x the
+uncoded one's and its decode reads 2m - 1 full-size results, systematic or not.
+
+Per-component model for ``n`` dedicated nodes, from this run's measurements (printed as a
+second table and stored per code under ``summary[code]["model"]``):
+
+* ``encode``: median ``report.encode`` of the code's fault-free jobs (the root's encode);
+* ``slowest worker``: the largest per-worker product time ``task.compute()``, timed on the
+  root after the workers have exited (one process on the machine: what a dedicated node
+  takes; median of 3 per worker);
+* ``decode``: median ``report.decode`` of the fault-free jobs (and, for the straggler
+  model, of the jobs with as many stragglers as tolerated);
+* ``control plane``: median end-to-end latency of *empty* jobs of the same code in the same
+  run (A of 2k x 2, B of 2 x 2: messages, headers, bookkeeping and waking the ranks, with
+  negligible compute), ``--empty-repeats`` of them after the measured jobs.
+
+``model = encode + slowest worker + decode + control plane``, as a ratio to the uncoded
+code's model; the term that dominates is named. Operand transfer beyond what an empty job
+moves is not in the model: the measured ``e2e - model`` (``rest``) is that plus the
+contention of the oversubscribed ranks.
 
 For a code with recovery threshold ``k`` the "tolerable" number is ``n - k`` (for replication
 that is ``n - (n - min replicas + 1) = replicas - 1``, what it guarantees whatever the ranks).
@@ -73,11 +104,19 @@ def make_codes(n: int) -> list[tuple[str, object]]:
     return [
         ("uncoded", ReplicationCode(n, n)),
         ("replication", ReplicationCode(n, n // 2)),
-        ("MDS", MDSCode(n, n - 2)),
+        ("MDS", MDSCode(n, n - 2, systematic=False)),
+        ("MDS sys", MDSCode(n, n - 2, systematic=True)),
         ("polynomial", PolynomialCode(n, 2, 3)),
-        ("MatDot", MatDotCode(n, 3)),
+        ("MatDot", MatDotCode(n, 3, systematic=False)),
+        ("MatDot sys", MatDotCode(n, 3, systematic=True)),
         ("PolyDot", PolyDotCode(n, 2, 2, 1)),
     ]
+
+
+#: issue 11's end-to-end targets for the systematic codes (ratio to uncoded without stragglers)
+TARGETS = {"fault_free": 1.15, "tolerable": 1.25}
+SYSTEMATIC = ("MDS sys", "MatDot sys")
+TERMS = ("encode", "slowest worker", "decode", "control plane")
 
 
 def tolerable(code) -> int:
@@ -90,6 +129,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=None, help="repeats per configuration (default 15; quick 3)")
     ap.add_argument("--size", type=int, default=None, help="A and B are size x size (default 512; quick 384)")
     ap.add_argument("--delay", type=float, default=None, help="straggler delay in s (default 1.0; quick 0.5)")
+    ap.add_argument("--empty-repeats", type=int, default=None,
+                    help="empty jobs per code for the control-plane term (default 30; quick 10)")
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--timeout", type=float, default=30.0, help="per-job timeout in s")
     ap.add_argument("--out", type=Path, default=RESULTS / "runtime_latency.json",
@@ -104,6 +145,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         args.size = 384 if args.quick else 512
     if args.delay is None:
         args.delay = 0.5 if args.quick else 1.0
+    if args.empty_repeats is None:
+        args.empty_repeats = 10 if args.quick else 30
     return args
 
 
@@ -193,6 +236,61 @@ def run_master(cluster: MPICluster, args, codes, jobs, A, B, C_ref) -> tuple[lis
                             straggler_status=status,
                             used=rep.count("used"), late=rep.count("late"), missing=rep.count("missing")))
     return records, {"run_s": time.perf_counter() - t_run, "warmup_wall_s": ff_wall}
+
+
+def empty_jobs(cluster: MPICluster, codes, repeats: int, timeout: float) -> dict[str, float]:
+    """Median end-to-end latency of fault-free empty jobs per code (the control-plane term):
+    A of 2k x 2 and B of 2 x 2, so encode, compute and decode are negligible. Run after the
+    planned jobs: their ids lie past the Schedule's, so no delay is injected."""
+    rng = np.random.default_rng(7)
+    out = {}
+    for name, code in codes:
+        A = rng.standard_normal((2 * code.recovery_threshold * 2, 2))
+        B = rng.standard_normal((2, 2))
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            cluster.submit(A, B, code=code, timeout=timeout).result()
+            ts.append(time.perf_counter() - t0)
+            cluster.drain(0.002)
+        out[name] = float(np.median(ts))
+    return out
+
+
+def worker_compute(codes, A, B) -> dict[str, dict]:
+    """Per code: each worker's ``task.compute()`` timed alone on the root (median of 3), after
+    the workers have exited: what a dedicated node takes for its share."""
+    out = {}
+    for name, code in codes:
+        enc = code.encode(A, B)
+        times = []
+        for t in enc:
+            ts = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                t.compute()
+                ts.append(time.perf_counter() - t0)
+            times.append(float(np.median(ts)))
+        out[name] = {"slowest_s": max(times), "median_s": float(np.median(times)), "per_worker_s": times}
+    return out
+
+
+def model(summary: dict, compute: dict, control: dict) -> None:
+    """Add ``summary[name]["model"]``: the per-component model for dedicated nodes (see the
+    module docstring), fault-free and with as many stragglers as tolerated."""
+    def terms(name: str, level: str) -> dict:
+        lv = summary[name]["levels"][level]
+        t = {"encode": lv["median_encode_s"], "slowest worker": compute[name]["slowest_s"],
+             "decode": lv["median_decode_s"], "control plane": control[name]}
+        total = sum(t.values())
+        return {"terms_s": t, "total_s": total, "dominant": max(t, key=t.get),
+                "measured_e2e_s": lv["median_e2e_s"], "rest_s": lv["median_e2e_s"] - total}
+    for name in summary:
+        summary[name]["model"] = {"fault_free": terms(name, "0"), "tolerable": terms(name, "tolerable")}
+    base = summary["uncoded"]["model"]["fault_free"]["total_s"]
+    for name in summary:
+        for m in summary[name]["model"].values():
+            m["ratio_vs_uncoded0"] = m["total_s"] / base
 
 
 def summarise(codes, configs, records, delay: float) -> dict:
@@ -313,6 +411,7 @@ def main() -> int:
               flush=True)
         try:
             records, extra = run_master(cluster, args, codes, jobs, A, B, C_ref)
+            extra["empty_e2e_s"] = empty_jobs(cluster, codes, args.empty_repeats, args.timeout)
         except Exception:
             traceback.print_exc()
             raise
@@ -324,10 +423,19 @@ def main() -> int:
             "wall_time_s": t_total, "measure_time_s": extra["run_s"],
             "warmup_e2e_s": extra["warmup_wall_s"],
             "loadavg_end": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    compute = worker_compute(codes, A, B)
+    model(summary, compute, extra["empty_e2e_s"])
+    meta["empty_repeats"] = args.empty_repeats
+    meta["worker_compute"] = compute
     tab = table(summary, args.delay)
     fails = sum(not r["ok"] for r in records)
+    from render_readme import latency_model_table, latency_targets
+
     print()
     print(tab)
+    print("\nPer-component model for n dedicated nodes (this run's measurements; see the docstring):")
+    print("\n".join(latency_model_table(summary)))
+    print("\n".join(latency_targets(summary)))
     print(f"\nuncoded/0 median e2e {1e3 * summary['uncoded']['levels']['0']['median_e2e_s']:.1f} ms; "
           f"jobs {len(records)}, failed or inaccurate (rel. error >= {TOL:g}): {fails}; "
           f"max rel. error {max(r['rel_error'] for r in records):.2e}; total {t_total:.1f} s")

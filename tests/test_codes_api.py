@@ -35,13 +35,13 @@ def rel_err(out, want):
 
 # --------------------------------------------------------------------------- repr, eq, hash
 REPRS = [
-    (lambda: MDSCode(6, 4), "MDSCode(workers=6, k=4, construction='circle')"),
-    (lambda: MDSCode(6, 4, construction="chebyshev"), "MDSCode(workers=6, k=4, construction='chebyshev')"),
-    (lambda: MDSCode(6, 4, field=P), "MDSCode(workers=6, k=4, field=65521)"),
+    (lambda: MDSCode(6, 4), "MDSCode(workers=6, k=4, construction='circle', systematic=True)"),
+    (lambda: MDSCode(6, 4, construction="chebyshev"), "MDSCode(workers=6, k=4, construction='chebyshev', systematic=False)"),
+    (lambda: MDSCode(6, 4, field=P), "MDSCode(workers=6, k=4, field=65521, systematic=True)"),
     (lambda: PolynomialCode(6, 2, 3), "PolynomialCode(workers=6, row_blocks=2, col_blocks=3, construction='circle')"),
     (lambda: PolynomialCode(6, 2, 3, field=P), "PolynomialCode(workers=6, row_blocks=2, col_blocks=3, field=65521)"),
-    (lambda: MatDotCode(5, 2, construction="equispaced"), "MatDotCode(workers=5, inner_blocks=2, construction='equispaced')"),
-    (lambda: MatDotCode(5, 3, field=2097143), "MatDotCode(workers=5, inner_blocks=3, field=2097143)"),
+    (lambda: MatDotCode(5, 2, construction="equispaced"), "MatDotCode(workers=5, inner_blocks=2, construction='equispaced', systematic=False)"),
+    (lambda: MatDotCode(5, 3, field=2097143), "MatDotCode(workers=5, inner_blocks=3, field=2097143, systematic=True)"),
     (lambda: PolyDotCode(8, 2, 2, 1), "PolyDotCode(workers=8, row_blocks=2, inner_blocks=2, col_blocks=1, construction='circle')"),
     (lambda: PolyDotCode(8, 1, 2, 2, field=P), "PolyDotCode(workers=8, row_blocks=1, inner_blocks=2, col_blocks=2, field=65521)"),
     (lambda: ReplicationCode(6, 3), "ReplicationCode(workers=6, k=3)"),
@@ -114,9 +114,10 @@ def test_task_repr_and_encoding():
     assert tasks.shape == (5,)
     # A's 5 rows padded to 2 row blocks * 4 = 8 rows: each worker holds 2 real rows
     assert repr(tasks[0]) == "Task(worker=0, a=(2, 3) float64, b=(3,) float64)"
-    assert repr(tasks) == ("Encoding(MDSCode(workers=6, k=4, construction='circle'), 6 tasks, "
+    assert repr(tasks) == ("Encoding(MDSCode(workers=6, k=4, construction='circle', systematic=True), 6 tasks, "
                            "product shape (5,))")
-    assert tasks.scales.shape == (6,) and (tasks.scales > 0).all()
+    # systematic: worker 3 holds rows 6-7, all padding, so its scale is 0; the others hold data
+    assert tasks.scales.shape == (6,) and list(np.flatnonzero(tasks.scales == 0)) == [3]
 
 
 def test_task_repr_complex_and_exact():
@@ -433,7 +434,13 @@ def test_not_enough_results_error_is_pinned():
 
 @pytest.mark.parametrize("field", [None, P])
 def test_corrupt_result_error_beyond_the_codes_power(field):
-    code = MDSCode(6, 4, field=field)
+    # Two errors among n - k = 2 spare results: errors=0 detects them whatever the code;
+    # errors >= 1 corrects at most one, and whether two are detected or *miscorrected*
+    # depends on the pattern (bounded-distance decoding). Workers 1 and 4 of the plain code
+    # are detected; the systematic code's point order maps them to points 2 and 0, on which
+    # x^3 + 1 (a codeword: degree 3 < k, values 2, 0, 2, 0, 2, 0) makes equal corruptions
+    # there look like one at point 4 (test_systematic_two_errors_are_detected_with_errors_0).
+    code = MDSCode(6, 4, field=field, systematic=False)
     rng = np.random.default_rng(6)
     if field is None:
         A, B = rng.standard_normal((8, 3)), rng.standard_normal((3, 2))
@@ -447,6 +454,23 @@ def test_corrupt_result_error_beyond_the_codes_power(field):
         with pytest.raises(CorruptResultError) as exc:
             code.decode(res, errors=errors, encoding=tasks)
         assert isinstance(exc.value.suspects, tuple)
+
+
+@pytest.mark.parametrize("field", [None, P], ids=["real", "GF"])
+def test_systematic_two_errors_are_detected_with_errors_0(field):
+    code = MDSCode(6, 4, field=field, systematic=True)
+    rng = np.random.default_rng(6)
+    if field is None:
+        A, B = rng.standard_normal((8, 3)), rng.standard_normal((3, 2))
+    else:
+        A, B = rng.integers(0, P, size=(8, 3)), rng.integers(0, P, size=(3, 2))
+    tasks = code.encode(A, B)
+    for pair in ((1, 4), (0, 5), (2, 3)):
+        res = {t.worker: t.compute() for t in tasks}
+        for w in pair:
+            res[w] = res[w] + 100 if field is None else (res[w] + 100) % P
+        with pytest.raises(CorruptResultError):
+            code.decode(res, errors=0, encoding=tasks)
 
 
 def test_non_finite_results_are_erased_and_reported():

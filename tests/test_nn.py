@@ -98,7 +98,7 @@ def test_gradcheck_module_and_functional_under_soft_errors():
 def test_extra_repr_and_sequential(cluster):
     layer = CodedLinear(4, 3, cluster=cluster, dtype=F64)
     assert repr(layer) == ("CodedLinear(in_features=4, out_features=3, bias=True, "
-                           "code=MDSCode(workers=7, k=3, construction='circle'), errors=0)")
+                           "code=MDSCode(workers=7, k=3, construction='circle', systematic=True), errors=0)")
     # the weight is a root-side mirror parameter, as nn.Linear's; nothing internal is exposed
     assert [(n, tuple(p.shape)) for n, p in layer.named_parameters()] == [("weight", (3, 4)), ("bias", (3,))]
     assert list(layer.state_dict()) == ["weight", "bias"]

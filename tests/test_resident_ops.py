@@ -299,19 +299,20 @@ def test_update_with_a_non_finite_factor_is_refused_before_touching_the_blocks(W
         assert np.allclose(c.fetch(h), W, rtol=0, atol=1e-13)
 
 
-def test_left_product_refuses_a_systematic_resident_operand():
-    """encode_left assumes plain evaluation points; a systematic stored operand would decode
-    to a wrong L @ A, so it is refused by name before any work."""
+def test_left_product_of_a_systematic_resident_operand():
+    """An operand stored with a systematic MDS code serves products from both sides: from the
+    left as systematic MatDot on the same Lagrange weights (the systematic workers' products
+    sum to L @ A); any 2k - 1 results decode, and the k systematic ones alone do."""
     import numpy as np
-    import pytest
 
     from codedml import LocalCluster
     from codedml.codes import MDSCode
-    from codedml.errors import ConfigurationError
 
-    A = np.random.default_rng(0).standard_normal((12, 5))
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((12, 5))
+    L = rng.standard_normal((2, 12))
     with LocalCluster(6) as cl:
         h = cl.put(A, code=MDSCode(6, 3, systematic=True))
         np.testing.assert_allclose(cl.matmul(h, np.eye(5)), A, rtol=1e-12, atol=1e-12)
-        with pytest.raises(ConfigurationError, match="systematic"):
-            cl.submit_left(np.ones((2, 12)), h)
+        out = cl.submit_left(L, h).result()
+        np.testing.assert_allclose(out, L @ A, rtol=0, atol=1e-12 * np.abs(L @ A).max())

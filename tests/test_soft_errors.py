@@ -108,14 +108,25 @@ F64_KINDS = bit_kinds(range(40, 52), range(52, 63), 63) + OTHER_KINDS
 F32_KINDS = bit_kinds((11, 14, 17, 20, 22), (23, 26, 28, 30), 31) + OTHER_KINDS
 
 REAL_CODES = [
-    MDSCode(10, 5),
+    MDSCode(10, 5),                     # systematic by default
+    MDSCode(10, 5, systematic=False),
     PolynomialCode(10, 2, 2),           # two decoding families (q > 1)
-    MatDotCode(10, 3),                  # complex worker results
+    MatDotCode(10, 3),                  # complex worker results; systematic by default
+    MatDotCode(10, 3, systematic=False),
     PolyDotCode(10, 2, 2, 1),
     GradientCode(10, 4, "cyclic"),
     GradientCode(10, 4, "fractional_repetition"),
 ]
-F32_CODES = [MDSCode(10, 5), PolynomialCode(10, 2, 2), MatDotCode(10, 3)]
+F32_CODES = [MDSCode(10, 5), MDSCode(10, 5, systematic=False), PolynomialCode(10, 2, 2),
+             MatDotCode(10, 3), MatDotCode(10, 3, systematic=False)]
+
+
+def _f32_sure_bit(code) -> int:
+    """Lowest mantissa bit whose single-entry flip is always located in float32. Systematic
+    MatDot: 18 (measured: flips of bits 15-17 in a systematic worker's result, one summand
+    A_i B_i, about a third of a parity result's norm, can pass; the decoded error is then
+    6e-8); every other code: 15."""
+    return 18 if isinstance(code, MatDotCode) and code.systematic else 15
 
 
 def _cid(c):
@@ -172,12 +183,19 @@ F32_BORDER = [(i, k) for i, k in F32_KINDS if k[0] == "bit" and k[1] < 15]
 @pytest.mark.parametrize("kind", [k for _, k in F32_SURE], ids=[i for i, _ in F32_SURE])
 @pytest.mark.parametrize("code", F32_CODES, ids=_cid)
 def test_float32_corruption_is_located(code, kind):
+    if kind[0] == "bit" and kind[1] < _f32_sure_bit(code):
+        _check_located_or_harmless(code, kind)
+        return
     _check_located(code, np.float32, kind, F32_TOL, 2, repeats=3)
 
 
 @pytest.mark.parametrize("kind", [k for _, k in F32_BORDER], ids=[i for i, _ in F32_BORDER])
 @pytest.mark.parametrize("code", F32_CODES, ids=_cid)
 def test_float32_borderline_flips_are_located_or_harmless(code, kind):
+    _check_located_or_harmless(code, kind)
+
+
+def _check_located_or_harmless(code, kind):
     enc, ref, results = problem(code, np.float32)
     rows = list(range(code.recovery_threshold + 2))
     for w in rows:

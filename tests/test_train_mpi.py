@@ -29,6 +29,15 @@ def test_kasync_survives_a_real_crash_under_ulfm():
     assert res["wall"] < 40 * 1.5 / 2  # the 1.5 s straggler (rank 1) was not waited for each step
 
 
+@pytest.mark.skipif(MPIEXEC is not None and not open_mpi(), reason="real crashes survive only under Open MPI ULFM")
+def test_fsvrg_drops_a_late_client_and_survives_a_real_crash_under_ulfm():
+    res, done = run_mpi("fsvrg_die", 5, ft=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert res["steps"] == 8 and res["crashed"] == [2], res
+    assert 1 in res["dropped"] and 1 not in res["workers"], res  # late for every deadline
+    assert res["loss"] < 2.0
+
+
 def test_gradient_coding_survives_a_fail_silent_rank_and_sync_stops():
     res, done = run_mpi("gc_silent", 4)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -23,6 +23,10 @@ elif name == "gc_silent":  # rank n stops answering from job 2 on
 elif name == "sync_silent":
     faults = FailSilent([n], start=2)
     cfg = TrainConfig(policy="sync", steps=30, timeout=2)
+elif name == "fsvrg_die":  # a federated run: rank 2 SIGKILLs itself (ULFM), rank 1 misses deadlines
+    faults = Die([2], at=5) + FixedStragglers([1], 1.0)
+    cfg = TrainConfig(policy="fsvrg", batch=8, lr=1.0, steps=8, eval_every=8, timeout=20,
+                      round_deadline=0.3, partition="dirichlet:0.5")
 else:
     raise SystemExit(f"unknown scenario {name}")
 try:
@@ -32,5 +36,6 @@ except TrainingError as exc:
     sys.exit(0)
 if res is not None:
     print("RESULT:" + json.dumps({"steps": res.steps, "loss": res.loss, "crashed": res.crashed,
-                                  "wall": res.wall, "workers": sorted({r for m in res.metrics for r in m["workers"]})}),
+                                  "wall": res.wall, "workers": sorted({r for m in res.metrics for r in m["workers"]}),
+                                  "dropped": sorted({r for m in res.metrics for r in m.get("dropped", [])})}),
           flush=True)

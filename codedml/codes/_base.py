@@ -153,7 +153,16 @@ class Encoding(Sequence[Task]):
         elif scales is not None:
             self.scales = np.asarray(scales, dtype=np.float64)
         else:
-            self.scales = np.array([_fro(t.a) * _fro(t.b) for t in tasks])
+            # one norm per distinct operand: tasks that share B (MDS-type codes) read it once
+            norms: dict[int, float] = {}
+
+            def fro(x: Any) -> float:
+                if id(x) not in norms:
+                    norms[id(x)] = _fro(x)
+                return norms[id(x)]
+
+            with np.errstate(over="ignore", invalid="ignore"):  # huge or non-finite inputs
+                self.scales = np.array([fro(t.a) * fro(t.b) for t in tasks])
 
     @property
     def padded_shape(self) -> tuple[int, ...]:
@@ -198,7 +207,10 @@ def _input_dtype(A: Any, B: Any) -> np.dtype:
 
 
 def _fro(x: Any) -> float:
-    return float(np.linalg.norm(np.asarray(x).ravel()))
+    v = np.asarray(x).ravel()
+    if np.iscomplexobj(v):  # one contiguous dot over (re, im) pairs, not two strided ones
+        v = np.ascontiguousarray(v).view(v.real.dtype)
+    return float(np.linalg.norm(v))
 
 
 @dataclass(frozen=True)
@@ -225,8 +237,10 @@ class LinearCode(abc.ABC):
 
     # ----------------------------------------------------------------- hooks
     @abc.abstractmethod
-    def _encode(self, A: Any, B: Any, precision: str) -> tuple[list[tuple[Any, Any]], tuple[int, ...], int, np.dtype]:
-        """Per-worker operand pairs, product shape, worker inner dimension, operand dtype."""
+    def _encode(self, A: Any, B: Any, precision: str) -> tuple[Any, ...]:
+        """Per-worker operand pairs, product shape, worker inner dimension, operand dtype, and
+        optionally (a fifth item) the per-worker scales ``||a_w||_F ||b_w||_F`` when the hook
+        knows them cheaper than a pass over the tasks (else :class:`Encoding` computes them)."""
 
     @abc.abstractmethod
     def _families(self, rows: np.ndarray) -> list[np.ndarray]:
@@ -284,6 +298,10 @@ class LinearCode(abc.ABC):
         return (precision == "auto" and np.dtype(input_dtype) not in (np.float32, np.float16)
                 and self._amplifies_worker_rounding()
                 and COMPENSATE_MIN_CONDITION < self.condition_bound() <= COMPENSATE_MAX_CONDITION)
+
+    #: Whether ``_encode`` leaves the NaN/Inf check of real inputs to :meth:`encode`, which
+    #: makes it on the tasks' norms (codes whose every input entry enters some task).
+    _finite_from_norms = False
 
     def _amplifies_worker_rounding(self) -> bool:
         """Whether the decode amplifies the workers' rounding by up to the condition number
@@ -423,11 +441,20 @@ class LinearCode(abc.ABC):
         if precision not in PRECISIONS:
             raise ConfigurationError(
                 f"`precision` must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
-        pairs, shape, inner, dtype = self._encode(A, B, precision)
+        out = self._encode(A, B, precision)
+        pairs, shape, inner, dtype = out[:4]
+        scales = out[4] if len(out) > 4 else None   # a hook may know them without a pass
         if self.field is None:
             comp = self.compensates(_input_dtype(A, B), dtype, precision)
             tasks = [Task(w, a, b, None, comp) for w, (a, b) in enumerate(pairs)]
-            return Encoding(self, tasks, shape, inner, dtype, comp)
+            enc = Encoding(self, tasks, shape, inner, dtype, comp, scales)
+            if self._finite_from_norms and not np.isfinite(enc.scales).all():
+                # a NaN/Inf input reaches some task's norm; a finite one whose norm
+                # overflowed passes this exact check, as it passed before encoding
+                from ._validate import check_finite
+                check_finite("A", np.asarray(A))
+                check_finite("B", np.asarray(B))
+            return enc
         # int64 residues whose ``@`` is exact mod p: no galois (see _field.py)
         tasks = [Task(w, residues_of(a, self.field), residues_of(b, self.field), self.field)
                  for w, (a, b) in enumerate(pairs)]
@@ -672,9 +699,14 @@ class LinearCode(abc.ABC):
         entries = max(1, int(np.prod(raw[0].shape)))
         tau = rtol * math.sqrt(max(inner, 1)) * np.asarray(expected, dtype=np.float64) / math.sqrt(entries)
         # A worker whose operands are all zero (split padding, zero blocks) computes an exact 0:
-        # give it a tenth of the typical tolerance instead of 0, which would overflow 1/tau and
-        # make the weighted consistency check ill-conditioned.
-        return np.maximum(tau, max(0.1 * float(np.median(tau)), 1e-250))
+        # give it a tenth of the typical tolerance of the *nonzero* workers instead of 0, which
+        # would overflow 1/tau and make the weighted consistency check ill-conditioned. (A
+        # systematic code's data workers are zero wherever a whole block is padding, often a
+        # majority for small A: a median over all workers was then 0, weights of 1e250 swamped
+        # the others in the QR of the weighted basis and consistent results read as corrupt.)
+        nonzero = tau[tau > 0]
+        typical = float(np.median(nonzero)) if nonzero.size else 0.0
+        return np.maximum(tau, max(0.1 * typical, 1e-250))
 
     # ----------------------------------------------------------------- GF(p)
     def _locate_exact(self, rows, E, Ms, errors):

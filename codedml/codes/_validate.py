@@ -21,12 +21,14 @@ def check_int(name: str, value: Any, low: int, high: int | None = None, *, what:
     return value
 
 
-def real_matrix(name: str, x: Any, *, allow_vector: bool = False) -> np.ndarray:
+def real_matrix(name: str, x: Any, *, allow_vector: bool = False, finite: bool = True) -> np.ndarray:
     """Validate a real input operand: 2-D (or 1-D if allowed), finite, float32/float64.
 
     Integer and boolean arrays are converted to float64 (exact below 2**53). NaN and Inf are
     rejected: coded decoding treats non-finite results as corrupt, so a non-finite input would
-    make every worker look faulty.
+    make every worker look faulty. ``finite=False`` leaves that check to the caller (the
+    polynomial-family encode checks its tasks' norms instead, which every input entry reaches,
+    and calls :func:`check_finite` on the inputs only when a norm is not finite).
     """
     arr = np.asarray(x)
     dims = (1, 2) if allow_vector else (2,)
@@ -41,11 +43,17 @@ def real_matrix(name: str, x: Any, *, allow_vector: bool = False) -> np.ndarray:
         raise ConfigurationError(f"`{name}` must be a numeric array, got dtype {arr.dtype}")
     elif arr.dtype not in (np.float32, np.float64):
         arr = arr.astype(np.float64)
+    if finite:
+        check_finite(name, arr)
+    return arr
+
+
+def check_finite(name: str, arr: np.ndarray) -> None:
+    """Raise :class:`ConfigurationError` naming ``name`` if ``arr`` holds a NaN or an Inf."""
     if not np.isfinite(arr).all():
         raise ConfigurationError(
             f"`{name}` contains NaN or Inf; codedml rejects non-finite inputs because a "
             "non-finite result is how a corrupt worker is recognised")
-    return arr
 
 
 def residues(name: str, x: Any, p: int, *, allow_vector: bool = False, ndims: tuple[int, ...] | None = None) -> np.ndarray:

@@ -197,34 +197,59 @@ class GradientCode(LinearCode):
             A = residues("A", A, self.field)
             B = residues("B", B, self.field, allow_vector=True)
         else:
-            A = real_matrix("A", A)
-            B = real_matrix("B", B, allow_vector=True)
+            # finiteness: checked through the partitions' norms below (LinearCode.encode)
+            A = real_matrix("A", A, finite=False)
+            B = real_matrix("B", B, allow_vector=True, finite=False)
         if A.shape[1] != B.shape[0]:
             raise ConfigurationError(
                 f"`A` and `B` must have matching inner dimensions, got A {A.shape} and B {B.shape}")
-        n = self.workers
-        N = A.shape[1]
+        n, P = self.workers, self.field
+        M, N = A.shape
         nb = -(-N // n)
-        Ap = np.zeros((A.shape[0], nb * n), dtype=A.dtype)
-        Ap[:, :N] = A
-        Bp = np.zeros((nb * n,) + B.shape[1:], dtype=B.dtype)
-        Bp[:N] = B
+        s1 = self.stragglers + 1
+        dtype = (self._operand_dtype(np.result_type(A.dtype, B.dtype), precision)
+                 if P is None else np.dtype(np.int64))
+        # Each task written once, straight from A's and B's partitions (views): worker w's
+        # a holds coef[w, j] * A_j side by side for its partitions j, its b the B_j stacked.
+        # Real: the products run in float64 (a float64 scalar) and are rounded once into
+        # float32 operands; zero columns/rows where a partition runs past the padding.
+        # one allocation per side (large enough for huge pages: far fewer page faults than
+        # n separate task arrays, measured 2x on the whole encode at 1024)
+        a_all = np.empty((n, M, s1 * nb), dtype=dtype)
+        b_all = np.empty((n, s1 * nb) + B.shape[1:], dtype=dtype)
         pairs = []
         for w in range(n):
             parts = self.partitions(w)
             coef = self.coefficients[w]
-            if self.field is None:  # in float64; cast once below (float32 inputs lose nothing here)
-                a = np.hstack([coef[j] * Ap[:, j * nb:(j + 1) * nb].astype(np.float64) for j in parts])
-            else:
-                a = np.hstack([(int(coef[j]) * Ap[:, j * nb:(j + 1) * nb]) % self.field for j in parts])
-            b = np.concatenate([Bp[j * nb:(j + 1) * nb] for j in parts])
+            a, b = a_all[w], b_all[w]
+            for t, j in enumerate(parts):
+                lo, hi = min(j * nb, N), min((j + 1) * nb, N)
+                da, db = a[:, t * nb:t * nb + hi - lo], b[t * nb:t * nb + hi - lo]
+                if P is None:
+                    np.multiply(A[:, lo:hi], np.float64(coef[j]), out=da, casting="unsafe")
+                else:
+                    np.multiply(A[:, lo:hi], int(coef[j]), out=da)
+                    np.remainder(da, P, out=da)
+                np.copyto(db, B[lo:hi], casting="unsafe")
+                a[:, t * nb + hi - lo:(t + 1) * nb] = 0
+                b[t * nb + hi - lo:(t + 1) * nb] = 0
             pairs.append((a, b))
         shape = (A.shape[0],) + B.shape[1:]
-        dtype = (self._operand_dtype(np.result_type(A.dtype, B.dtype), precision)
-                 if self.field is None else np.dtype(np.int64))
-        if self.field is None:
-            pairs = [(a.astype(dtype, copy=False), b.astype(dtype, copy=False)) for a, b in pairs]
-        return pairs, shape, nb * (self.stragglers + 1), dtype
+        if P is not None:
+            return pairs, shape, nb * s1, dtype
+        # Scales ||a_w|| ||b_w|| from one pass over A and B, not one over the (s+1)x larger
+        # tasks: ||a_w||^2 = sum_j coef_wj^2 ||A_j||^2 and ||b_w||^2 = sum_j ||B_j||^2 over
+        # its partitions j (equal to the tasks' own norms up to their rounding). A NaN or Inf
+        # input makes a scale non-finite, which sends LinearCode.encode to the exact check.
+        sa = _partition_squares(A, n, nb)
+        sb = _partition_squares(B.reshape(B.shape[0], -1).T, n, nb)
+        C2 = np.where(self._support, self.coefficients, 0.0) ** 2
+        with np.errstate(invalid="ignore", over="ignore"):
+            scales = np.sqrt(C2 @ sa) * np.sqrt(self._support.astype(np.float64) @ sb)
+        return pairs, shape, nb * s1, dtype, scales
+
+    #: Real inputs are checked for NaN/Inf through the partitions' norms (LinearCode.encode).
+    _finite_from_norms = True
 
     def _families(self, rows: np.ndarray) -> list[np.ndarray]:
         return [self.coefficients[np.asarray(rows)]]
@@ -288,6 +313,16 @@ class GradientCode(LinearCode):
         if shape is not None and C.ndim:
             C = C[tuple(slice(0, s) for s in shape)]
         return np.ascontiguousarray(C)
+
+
+def _partition_squares(X: np.ndarray, n: int, nb: int) -> np.ndarray:
+    """Per partition j (columns ``j nb .. (j+1) nb`` of ``X``), the sum of squares of its entries
+    in float64, from one pass over ``X`` (a partition past the padding sums to 0)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        cols = np.einsum("ij,ij->j", X, X, dtype=np.float64) if X.size else np.zeros(X.shape[1])
+    out = np.zeros(n * nb)
+    out[:cols.shape[0]] = cols
+    return out.reshape(n, nb).sum(axis=1)
 
 
 def _cyclic_dft(n: int, s: int) -> np.ndarray | None:

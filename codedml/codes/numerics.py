@@ -43,7 +43,7 @@ def condition_number(code: LinearCode, workers: Iterable[int]) -> float:
     Examples
     --------
     >>> from codedml.codes import MDSCode, condition_number
-    >>> round(condition_number(MDSCode(4, 2), [0, 2]), 6)   # opposite points on the circle
+    >>> round(condition_number(MDSCode(4, 2, systematic=False), [0, 2]), 6)  # opposite points
     1.0
     """
     rows = np.array(sorted({check_int("workers", w, 0, code.workers - 1) for w in workers}))

@@ -51,12 +51,22 @@ import numpy as np
 
 from ..errors import ConfigurationError
 from . import _gfp
-from ._base import LinearCode
+from . import _encode
+from ._base import COMPENSATE_MAX_CONDITION, LinearCode
+from ._encode import real_form
 from ._validate import check_field, check_int, real_matrix, residues
 
 __all__ = ["PolyDotCode", "MDSCode", "PolynomialCode", "MatDotCode", "CONSTRUCTIONS"]
 
 CONSTRUCTIONS = ("circle", "equispaced", "chebyshev")
+
+#: Systematic MatDot is the default on the circle up to this worst-case condition number (MDS-
+#: type codes: up to ``COMPENSATE_MAX_CONDITION``). It decodes ``C = sum_i p_C(alpha_i)`` with
+#: one decoding vector that sums m Lagrange-weighted ones, a little less accurate than plain
+#: MatDot's single coefficient: on the worst subset at n = 30, threshold 25 (cond 8.0e3) 1.04e-12
+#: against 7.3e-13, past the 1e-12 promise; at n = 24, threshold 19 (cond 2.9e3) 4.2e-13 against
+#: 3.4e-13. 5000 keeps it near 6.5e-13 (errors measured at about 1.3e-16 x cond).
+SYSTEMATIC_MATDOT_MAX_CONDITION = 5000.0
 
 
 class PolyDotCode(LinearCode):
@@ -74,6 +84,19 @@ class PolyDotCode(LinearCode):
         for exact arithmetic in GF(p) (integer inputs in ``[0, p)``).
     construction : {"circle", "equispaced", "chebyshev"}
         Evaluation points over the reals (see the module docstring); ignored over GF(p).
+    systematic : bool or None
+        ``True``: workers ``0 .. s-1`` hold the plain data blocks (``s = row_blocks`` for
+        MDS-type codes, ``inner_blocks`` for MatDot), so a fault-free job's decode is
+        assembly; only MDS-type codes (``inner_blocks = col_blocks = 1``) and MatDot
+        (``row_blocks = col_blocks = 1``) have this form (see ``docs/codes.md``). ``None``
+        (default): systematic wherever the form exists and stays within the accuracy
+        promise, i.e. over GF(p), and on the circle when the systematic code's worst-case
+        condition number (:meth:`systematic_condition_bound`) is at most
+        ``COMPENSATE_MAX_CONDITION`` (3e4) for MDS-type codes, up to which
+        ``precision="auto"`` keeps float64 decodes within 1e-12, and
+        :data:`SYSTEMATIC_MATDOT_MAX_CONDITION` (5000) for MatDot (measured:
+        ``benchmarks/systematic.py``, ``docs/codes.md``); otherwise plain. The naive real
+        constructions stay plain (baselines).
 
     Examples
     --------
@@ -91,7 +114,7 @@ class PolyDotCode(LinearCode):
 
     def __init__(self, workers: int, row_blocks: int = 1, inner_blocks: int = 1,
                  col_blocks: int = 1, *, field: int | None = None,
-                 construction: str = "circle", systematic: bool = False) -> None:
+                 construction: str = "circle", systematic: bool | None = None) -> None:
         n = check_int("workers", workers, 1)
         p = check_int("row_blocks", row_blocks, 1)
         m = check_int("inner_blocks", inner_blocks, 1)
@@ -108,13 +131,66 @@ class PolyDotCode(LinearCode):
         self.recovery_threshold = k
         self.field = check_field(field, n)
         self.construction = "exact" if self.field is not None else construction
-        if not isinstance(systematic, (bool, np.bool_)):
-            raise ConfigurationError(f"`systematic` must be True or False, got {systematic!r}")
-        self.systematic = bool(systematic)
-        if self.systematic and not (q == 1 and (m == 1 or p == 1)):
+        if systematic is not None and not isinstance(systematic, (bool, np.bool_)):
+            raise ConfigurationError(
+                f"`systematic` must be True, False or None (the default: systematic where it "
+                f"stays accurate), got {systematic!r}")
+        if systematic and not self._has_systematic_form():
             raise ConfigurationError(_NO_SYSTEMATIC.format(p=p, m=m, q=q))
+        if systematic is None:
+            limit = COMPENSATE_MAX_CONDITION if m == 1 else SYSTEMATIC_MATDOT_MAX_CONDITION
+            systematic = self._has_systematic_form() and (
+                self.field is not None or (self.construction == "circle" and
+                                           self.systematic_condition_bound() <= limit))
+        self.systematic = bool(systematic)
         self._points = self._make_points()
         self._order = self._point_order()
+
+    def _has_systematic_form(self) -> bool:
+        """MDS-type (m = q = 1) and MatDot (p = q = 1) codes; see ``_NO_SYSTEMATIC``."""
+        return self.q == 1 and (self.m == 1 or self.p == 1)
+
+    def systematic_condition_bound(self) -> float:
+        """Worst-case condition number of this code's *systematic* form over the reals (the
+        code need not be systematic; ``inf`` where no systematic form exists, 1.0 over GF(p)).
+
+        MDS-type codes decode with ``G_T = V_T V_S^{-1}`` for the results ``T`` that arrived
+        and the systematic points ``S``, so ``cond(G_T) <= cond(V_T) cond(V_S)``: the plain
+        code's worst case times ``cond(V_S)``. On the circle the plain worst case is exact (a
+        run of erasures) and the product is at most 1.6x the exhaustive worst case for every
+        k at n <= 16 (the most at k near n/2) and equal to it at n = 31, k = 29 and 26
+        (9.3e3 x 2.81 = 2.6e4; ``benchmarks/systematic.py``). Two SVDs, so cheap enough for
+        the constructor's default; :meth:`condition_bound` of a systematic circle code is
+        this bound (conservative: float32 operands switch to float64 and compensation starts
+        at most that much earlier).
+        Other constructions: the exhaustive or sampled worst case of the systematic code.
+        Systematic MatDot decodes the product polynomial's monomial coefficients from any
+        ``2m - 1`` results, exactly as plain MatDot: the same bound.
+
+        Examples
+        --------
+        >>> from codedml.codes import MDSCode
+        >>> code = MDSCode(8, 4, systematic=False)   # systematic points 0, 2, 4, 6: cond(V_S) = 1
+        >>> round(code.systematic_condition_bound() / code.condition_bound(), 6)
+        1.0
+        """
+        if self.field is not None:
+            return 1.0
+        if not self._has_systematic_form():
+            return math.inf
+        if getattr(self, "systematic", None) is True and self.construction != "circle":
+            return self.condition_bound()
+        twin_kw = {"construction": self.construction}
+        plain = PolyDotCode(self.workers, self.p, self.m, self.q, systematic=False, **twin_kw)
+        if self.m > 1 or self.p in (0, self.workers):
+            return plain.condition_bound()
+        if self.construction != "circle":
+            return PolyDotCode(self.workers, self.p, self.m, self.q, systematic=True,
+                               **twin_kw).condition_bound()
+        order = _spread_order(self.workers, self.p)
+        n = self.workers
+        VS = np.exp(2j * np.pi * ((order[:self.p, None] * np.arange(self.p)[None, :]) % n) / n)
+        return plain.condition_bound() * float(np.linalg.cond(VS))
 
     # ------------------------------------------------------------------ identity
     def _params(self) -> str:
@@ -122,8 +198,8 @@ class PolyDotCode(LinearCode):
 
     def __repr__(self) -> str:
         extra = f"field={self.field}" if self.field is not None else f"construction={self.construction!r}"
-        if self.systematic:
-            extra += ", systematic=True"
+        if self._has_systematic_form():  # explicit both ways: the default depends on n, k
+            extra += f", systematic={self.systematic}"
         return f"{type(self).__name__}(workers={self.workers}, {self._params()}, {extra})"
 
     def __eq__(self, other: object) -> bool:
@@ -156,14 +232,9 @@ class PolyDotCode(LinearCode):
         reals, whose systematic workers ``0 .. s-1`` get ``s`` evenly spread points (s = k for
         MDS-type codes, m for MatDot) when they are the fewer, else the parity workers do: a
         spread set keeps ``V_S`` and the Lagrange basis on it well conditioned."""
-        n = self.workers
-        s = self._n_systematic()
-        if not self.systematic or self.field is not None or s in (0, n):
-            return np.arange(n)
-        few = min(s, n - s)
-        spread = sorted({int(math.floor(i * n / few)) for i in range(few)})
-        rest = [i for i in range(n) if i not in set(spread)]
-        return np.array(spread + rest if s <= n - s else rest + spread)
+        if not self.systematic or self.field is not None:
+            return np.arange(self.workers)
+        return _spread_order(self.workers, self._n_systematic())
 
     def _n_systematic(self) -> int:
         """How many workers hold plain data: k = p (MDS-type) or m (MatDot); 0 if not systematic."""
@@ -200,6 +271,10 @@ class PolyDotCode(LinearCode):
     def _amplifies_worker_rounding(self) -> bool:
         return True
 
+    #: Real inputs are checked for NaN/Inf through the tasks' norms (see LinearCode.encode):
+    #: every entry of A and B enters some task with a nonzero coefficient.
+    _finite_from_norms = True
+
     def _worst_condition(self) -> float:
         """On the circle, the worst erasure pattern is a run of consecutive workers (it leaves
         the widest gap on the circle; ``tests/test_numerics.py`` checks this against exact
@@ -215,6 +290,8 @@ class PolyDotCode(LinearCode):
             pts = np.arange(self.workers - self.recovery_threshold, self.workers)
             rows = np.sort(np.argsort(self._order)[pts])
             return max(float(np.linalg.cond(M)) for M in self._families(rows))
+        if self.field is None and self.systematic and self.construction == "circle":
+            return self.systematic_condition_bound()   # an upper bound, see there
         if self.field is None and self.systematic:
             return _systematic_worst(self)
         return super()._worst_condition()   # GF(p): 1.0 (worst_case_condition says so)
@@ -258,8 +335,10 @@ class PolyDotCode(LinearCode):
             A = residues("A", A, self.field)
             B = residues("B", B, self.field, allow_vector=True)
         else:
-            A = real_matrix("A", A)
-            B = real_matrix("B", B, allow_vector=True)
+            # finiteness: checked after the encode, on the tasks' norms (LinearCode.encode),
+            # which saves a pass over A and B
+            A = real_matrix("A", A, finite=False)
+            B = real_matrix("B", B, allow_vector=True, finite=False)
         if A.shape[1] != B.shape[0]:
             raise ConfigurationError(
                 f"`A` and `B` must have matching inner dimensions, got A {A.shape} and B {B.shape}")
@@ -273,13 +352,18 @@ class PolyDotCode(LinearCode):
             pairs, inner, dt = self._encode_exact(A, B)
             return pairs, shape, inner, dt
         dtype = self._operand_dtype(np.result_type(A.dtype, B.dtype), precision)
+        # The kernels read A and B where they lie (views; no float64 or padded copies) and
+        # write each task once (see codedml/codes/_encode.py).
+        # The tasks' norms (the decoder's noise scales) are taken on each chunk as it is
+        # written, while it is in cache.
         if self.construction != "circle":
-            pairs, inner = self._encode_plain(A.astype(np.float64), B.astype(np.float64), dtype)
+            pairs, inner, sa, sb = self._encode_plain(A, B, dtype)
         elif self.m == 1:
-            pairs, inner = self._encode_outer(A.astype(np.float64), B.astype(np.float64), dtype)
+            pairs, inner, sa, sb = self._encode_outer(A, B, dtype)
         else:
-            pairs, inner = self._encode_inner(A.astype(np.float64), B.astype(np.float64), dtype)
-        return pairs, shape, inner, pairs[0][0].dtype
+            pairs, inner, sa, sb = self._encode_inner(A, B, dtype)
+        scales = np.sqrt(sa) * np.sqrt(sb)
+        return pairs, shape, inner, pairs[0][0].dtype, scales
 
     def _split(self, A: np.ndarray, B: np.ndarray, row_mult: int, inner_mult: int, col_mult: int):
         """Zero-pad A's rows to a multiple of p*row_mult, the inner dimension to m*inner_mult and
@@ -300,26 +384,47 @@ class PolyDotCode(LinearCode):
         return Ap, Bp
 
     def _encode_plain(self, A, B, dtype):
-        """Real or exact PolyDot without packing: blocks combined with real powers x_w^e."""
-        Ap, Bp = self._split(A, B, 1, 1, 1)
-        p, m, q = self.p, self.m, self.q
-        rb, nb = Ap.shape[0] // p, Ap.shape[1] // m
-        Ab = Ap.reshape(p, rb, m, nb).transpose(0, 2, 1, 3).reshape(p * m, rb * nb)
-        mul = lambda G, D: G @ D  # noqa: E731
-        a = self._coded(self._powers(self._exp_a()), Ab, mul, (rb, nb), dtype)
-        if Bp.ndim == 1:
-            Bb = Bp.reshape(m, nb)
-            shape_b: tuple[int, ...] = (nb,)
+        """Real PolyDot without packing: blocks combined with real powers x_w^e."""
+        p, m, q, n = self.p, self.m, self.q, self.workers
+        M, N = A.shape
+        rb, nb = _ceil_to(M, p) // p, _ceil_to(N, m) // m
+        a = np.empty((n, rb, nb), dtype=dtype)
+        s = self._n_systematic()
+        GA = (self._generator() if s else self._powers(self._exp_a())).real
+        sa = np.zeros(n)
+        _encode.combine(GA[s:] if s else GA, _grid(A, p, m, rb, nb), a, nsys=s, sq=sa)
+        b, sb = self._encode_b_side(B, nb, dtype, real=True)
+        return list(zip(a, b)), nb, sa, sb
+
+    def _encode_b_side(self, B, nb, dtype, real):
+        """B's tasks for the unpacked layout (plain construction, or m > 1 on the circle, where
+        pairs of inner blocks are packed as ``B_2j - i B_2j+1``): per worker ``(nb, cb)`` (or
+        ``(nb,)`` for a vector B); one shared copy of B when B is not encoded (m = q = 1).
+        Also returns the tasks' sums of squares (one per worker, or one shared)."""
+        m, q, n = self.m, self.q, self.workers
+        s = self._n_systematic() if m > 1 else 0
+        if m == 1 and q == 1:
+            tb = np.empty((nb,) + B.shape[1:], dtype=dtype)
+            return [tb] * n, _encode.copy_rows(B, tb)
+        vec = B.ndim == 1
+        B2 = B[:, None] if vec else B
+        K = B2.shape[1]
+        cb = _ceil_to(K, q) // q
+        if real:
+            blocks = _grid(B2, m, q, nb, cb)
+            G = (self._generator() if s else self._powers(self._exp_b())).real
         else:
-            cb = Bp.shape[1] // q
-            Bb = Bp.reshape(m, nb, q, cb).transpose(0, 2, 1, 3).reshape(m * q, nb * cb)
-            shape_b = (nb, cb)
-        b = self._coded(self._powers(self._exp_b()), Bb, mul, shape_b, dtype, side="b")
-        return list(zip(a, b)), nb
+            blocks = _packed_rows(B2, m, q, nb, cb)
+            G = self._generator() if s else self._powers(self._exp_b())
+        out = np.empty((n, nb, cb), dtype=dtype)
+        sb = np.zeros(n)
+        _encode.combine(G[s:] if s else G, blocks, out, nsys=s, sq=sb)
+        return ([t[:, 0] for t in out] if vec else list(out)), sb
 
     def _coded(self, G: np.ndarray, D: np.ndarray, mul: Any, shape: tuple[int, ...],
                dtype: Any, side: str = "a") -> list[np.ndarray]:
-        """Per worker, ``(G @ D)[w]`` reshaped to ``shape`` in ``dtype``. Systematic codes
+        """GF(p) encode (the real paths use :func:`~codedml.codes._encode.combine`): per worker,
+        ``(G @ D)[w]`` reshaped to ``shape`` in ``dtype``. Systematic codes
         replace ``G`` by :meth:`_generator` on the side(s) it encodes and compute only the
         parity rows: the systematic workers' operands are the data blocks themselves (views
         where the dtype matches). An MDS-type code leaves B as it is (one block: ``G`` is a
@@ -337,6 +442,45 @@ class PolyDotCode(LinearCode):
         return [X[w].reshape(shape).astype(dtype, copy=False) for w in range(n)]
 
     def _encode_exact(self, A, B):
+        """GF(p): the same kernel as the reals where float64 GEMMs are exact (every product
+        and partial sum of ``k`` terms at most ``2^52``: ``k (p - 1)^2 <= 2^52``), each chunk
+        turned into int64 in place and reduced mod p in cache; else
+        :func:`~codedml.codes._gfp.matmul_mod` on stacked blocks."""
+        P = self.field
+        p, m, q, n = self.p, self.m, self.q, self.workers
+        if max(p * m, m * q) * (P - 1) ** 2 <= 2 ** 52:
+            M, N = A.shape
+            rb, nb = _ceil_to(M, p) // p, _ceil_to(N, m) // m
+            s = self._n_systematic()
+
+            def reduce(t: np.ndarray) -> np.ndarray:
+                ti = _gfp._float_to_int64_inplace(t)
+                # x - (x // P) P: numpy divides int64 by a scalar with libdivide, about 4x
+                # faster than its `%` (measured 0.10 against 0.39 ms on 17 x 8192)
+                q = ti // P
+                q *= P
+                ti -= q
+                return ti
+
+            GA = (self._generator() if s else self._powers(self._exp_a())) % P
+            a = np.empty((n, rb, nb), dtype=np.int64)
+            _encode.combine(GA[s:] if s else GA, _grid(A, p, m, rb, nb), a, nsys=s, post=reduce)
+            if m == 1 and q == 1:
+                tb = np.empty((nb,) + B.shape[1:], dtype=np.int64)
+                _encode.copy_rows(B, tb, norm=False)
+                return [(a[w], tb) for w in range(n)], nb, np.dtype(np.int64)
+            sb = self._n_systematic() if m > 1 else 0
+            vec = B.ndim == 1
+            B2 = B[:, None] if vec else B
+            cb = _ceil_to(B2.shape[1], q) // q
+            GB = (self._generator() if sb else self._powers(self._exp_b())) % P
+            b = np.empty((n, nb, cb), dtype=np.int64)
+            _encode.combine(GB[sb:] if sb else GB, _grid(B2, m, q, nb, cb), b, nsys=sb, post=reduce)
+            bl = [t[:, 0] for t in b] if vec else list(b)
+            return list(zip(a, bl)), nb, np.dtype(np.int64)
+        return self._encode_exact_stacked(A, B)
+
+    def _encode_exact_stacked(self, A, B):
         P = self.field
         Ap, Bp = self._split(A, B, 1, 1, 1)
         p, m, q = self.p, self.m, self.q
@@ -353,58 +497,54 @@ class PolyDotCode(LinearCode):
         return list(zip(a, b)), nb, np.dtype(np.int64)
 
     def _encode_outer(self, A, B, dtype):
-        """m = 1 on the circle: pack row halves of A blocks (and column halves of B blocks)."""
-        p, q = self.p, self.q
-        Ap, Bp = self._split(A, B, 2, 1, 2 if B.ndim == 2 and q > 1 else 1)
-        rb = Ap.shape[0] // p
-        h = rb // 2
-        blocks = Ap.reshape(p, 2, h, -1)
-        if self.systematic:  # q == 1: the data blocks [A_i'; A_i''] are [Re Z_i; Im Z_i]
-            Zp = blocks[:, 0] + 1j * blocks[:, 1]
-            par = (self._generator()[p:] @ Zp.reshape(p, -1)).reshape((-1,) + Zp.shape[1:])
-            tpar = np.concatenate([par.real, par.imag], axis=1).astype(dtype)
-            data = Ap.reshape(p, rb, -1)
-            ta_l = ([data[w].astype(dtype, copy=False) for w in range(p)] +
-                    [tpar[w] for w in range(self.workers - p)])
-            tb = Bp.astype(dtype, copy=False)
-            return [(t, tb) for t in ta_l], Ap.shape[1]
-        ZA = blocks[:, 0] + 1j * blocks[:, 1]                      # (p, h, N)
-        GA = self._powers(np.arange(p))                            # exponent i (m = 1)
-        a = (GA @ ZA.reshape(p, -1)).reshape((self.workers,) + ZA.shape[1:])
-        ta = np.concatenate([a.real, a.imag], axis=1).astype(dtype)  # (n, rb, N)
-        if q == 1:
-            tb = Bp.astype(dtype)
-            return [(ta[w], tb) for w in range(self.workers)], Ap.shape[1]
-        cb = Bp.shape[1] // q
-        hb = cb // 2
-        bblocks = Bp.reshape(Bp.shape[0], q, 2, hb)
-        ZB = bblocks[:, :, 0] + 1j * bblocks[:, :, 1]              # (N, q, hb)
-        GB = self._powers(p * np.arange(q))
-        b = (GB @ ZB.transpose(1, 0, 2).reshape(q, -1)).reshape(self.workers, ZB.shape[0], ZB.shape[2])
-        tb = np.concatenate([b.real, b.imag], axis=2).astype(dtype)  # (n, N, cb)
-        return [(ta[w], tb[w]) for w in range(self.workers)], Ap.shape[1]
+        """m = 1 on the circle: pack row halves of A blocks (and column halves of B blocks).
+
+        In real form: the ``2p`` half-blocks of A (rows ``r h .. (r+1) h``, ``h = rows / 2p``,
+        in order ``Re Z_0, Im Z_0, Re Z_1, ...``) against :func:`~._encode.real_form` of the
+        complex generator give ``[Re a_w; Im a_w]``, the tasks' own layout: a C-ordered float64
+        A is read in place and the float64 tasks are written by the GEMM itself. Systematic:
+        the first ``p`` tasks are A's blocks, copied once; only the parity rows are computed.
+        """
+        p, q, n = self.p, self.q, self.workers
+        M, N = A.shape
+        h = _ceil_to(M, 2 * p) // (2 * p)
+        ta = np.empty((n, 2 * h, N), dtype=dtype)
+        halves = [A[r * h:min((r + 1) * h, M)] for r in range(2 * p)]
+        sa = np.zeros(2 * n)
+        if self.systematic:
+            G = real_form(self._generator()[p:])
+            _encode.combine(G, halves, ta.reshape(2 * n, h, N), nsys=2 * p, sq=sa)
+        else:
+            G = real_form(self._powers(np.arange(p)))          # exponent i (m = 1)
+            _encode.combine(G, halves, ta.reshape(2 * n, h, N), sq=sa)
+        sa = sa.reshape(n, 2).sum(axis=1)
+        if B.ndim == 1 or q == 1:
+            tb = np.empty(B.shape, dtype=dtype)
+            return [(ta[w], tb) for w in range(n)], N, sa, _encode.copy_rows(B, tb)
+        K = B.shape[1]
+        hb = _ceil_to(K, 2 * q) // (2 * q)
+        tb = np.empty((n, N, 2 * hb), dtype=dtype)
+        halves_b = [B[:, r * hb:min((r + 1) * hb, K)] for r in range(2 * q)]
+        # output (w, c) is tb[w, :, c*hb:(c+1)*hb]: lead axes (n, 2) of a strided view
+        view = tb.reshape(n, N, 2, hb).transpose(0, 2, 1, 3)
+        sb = np.zeros(2 * n)
+        _encode.combine(real_form(self._powers(p * np.arange(q))), halves_b, view, lead=2, sq=sb)
+        return [(ta[w], tb[w]) for w in range(n)], N, sa, sb.reshape(n, 2).sum(axis=1)
 
     def _encode_inner(self, A, B, dtype):
-        """m > 1 on the circle: pack inner-dimension pairs; complex tasks."""
-        p, m, q = self.p, self.m, self.q
-        Ap, Bp = self._split(A, B, 1, 2, 1)
-        rb, nb = Ap.shape[0] // p, Ap.shape[1] // (2 * m)
-        Ablk = Ap.reshape(p, rb, m, 2, nb)
-        ZA = (Ablk[:, :, :, 0] + 1j * Ablk[:, :, :, 1]).transpose(0, 2, 1, 3)   # (p, m, rb, nb)
-        cdt = np.complex64 if dtype == np.float32 else np.complex128
-        mul = lambda G, D: G @ D  # noqa: E731
-        a = self._coded(self._powers(self._exp_a()), ZA.reshape(p * m, rb * nb), mul, (rb, nb), cdt)
-        if Bp.ndim == 1:
-            Bblk = Bp.reshape(m, 2, nb)
-            ZB = Bblk[:, 0] - 1j * Bblk[:, 1]                                   # (m, nb)
-            b = self._coded(self._powers(self._exp_b()), ZB, mul, (nb,), cdt, "b")
-        else:
-            cb = Bp.shape[1] // q
-            Bblk = Bp.reshape(m, 2, nb, q, cb)
-            ZB = (Bblk[:, 0] - 1j * Bblk[:, 1]).transpose(0, 2, 1, 3)           # (m, q, nb, cb)
-            b = self._coded(self._powers(self._exp_b()), ZB.reshape(m * q, nb * cb), mul,
-                            (nb, cb), cdt, "b")
-        return list(zip(a, b)), nb
+        """m > 1 on the circle: pack inner-dimension pairs ``A_i,2j + i A_i,2j+1``; complex tasks."""
+        p, m, n = self.p, self.m, self.workers
+        M, N = A.shape
+        rb, nb = _ceil_to(M, p) // p, _ceil_to(N, 2 * m) // (2 * m)
+        cdt = np.dtype(np.complex64 if dtype == np.float32 else np.complex128)
+        a = np.empty((n, rb, nb), dtype=cdt)
+        s = self._n_systematic()
+        GA = self._generator() if s else self._powers(self._exp_a())
+        blocks = [(re, im, 1.0) for re, im in _pairs(_grid(A, p, 2 * m, rb, nb))]
+        sa = np.zeros(n)
+        _encode.combine(GA[s:] if s else GA, blocks, a, nsys=s, sq=sa)
+        b, sb = self._encode_b_side(B, nb, cdt, real=False)
+        return list(zip(a, b)), nb, sa, sb
 
     # ------------------------------------------------------------------ decode hooks
     def _output_multiples(self, ndim: int) -> tuple[int, ...]:
@@ -530,6 +670,94 @@ class PolyDotCode(LinearCode):
                     suspects=wrong)
         return [X.reshape((s,) + block)]
 
+    def decode(self, results, errors: int = 0, *, encoding=None, shape=None, rtol=None,
+               return_faulty: bool = False, return_info: bool = False):
+        """See :meth:`LinearCode.decode`. A systematic MDS-type code given exactly ``k``
+        results (nothing to spare, so nothing to check them against: the general path would
+        only erase non-finite ones) decodes in place: the systematic results are copied into
+        ``C`` as they are, and the ``s`` missing blocks are solved for from the ``s`` parity
+        results (``P_miss X_miss = R_par - P_present X_present``, BLAS on the packed real and
+        imaginary halves); no unpacking, no projections. Every systematic result there: one
+        copy, bitwise what the general path assembles. Anything else (a spare result, a
+        non-finite or out-of-range value, a bad argument) takes the general path."""
+        fast = self._systematic_fast_path(results, errors)
+        if fast is None:
+            return super().decode(results, errors, encoding=encoding, shape=shape, rtol=rtol,
+                                  return_faulty=return_faulty, return_info=return_info)
+        rows, C, cond = fast
+        if shape is not None:
+            C = self._cut(C, shape)
+        elif encoding is not None:
+            C = np.ascontiguousarray(C[tuple(slice(0, x) for x in encoding.shape)])
+        else:
+            self._refuse_if_padded(C, C.dtype, cond)
+        from ._base import DecodeInfo
+
+        info = DecodeInfo((), tuple(int(w) for w in rows), cond, False)
+        if return_info:
+            return C, info
+        if return_faulty:
+            return C, info.faulty
+        return C
+
+    def _systematic_fast_path(self, results: Any, errors: Any):
+        """``(rows, C, cond)`` for exactly ``k`` finite (in-range) results of a systematic
+        MDS-type code, else None (the general path)."""
+        if not (self.systematic and self.m == 1 and self.q == 1):
+            return None
+        k, P = self.p, self.field
+        try:
+            keys = sorted(int(w) for w in results) if hasattr(results, "keys") else None
+        except (TypeError, ValueError):
+            return None
+        if keys is None or len(keys) != k or len(set(keys)) != k:
+            return None
+        try:
+            check_int("errors", errors, 0, self.workers)
+            rows, raw = self._check_results(results)
+        except ConfigurationError:
+            return None
+        for r in raw:
+            ok = np.isfinite(r).all() if P is None else bool(((r >= 0) & (r < P)).all())
+            if not ok:
+                return None
+        dt = np.int64 if P is not None else np.float64
+        rb = raw[0].shape[0]
+        C = np.empty((k * rb,) + raw[0].shape[1:], dtype=dt)
+        Cb = C.reshape(k, -1)                                  # block i: rows i*rb .. (i+1)*rb
+        present = [int(w) for w in rows if w < k]
+        par = [j for j, w in enumerate(rows) if w >= k]
+        for j, w in enumerate(rows):
+            if w < k:
+                Cb[w] = np.asarray(raw[j], dtype=dt).reshape(-1)
+        if not par:
+            return rows, C, 1.0
+        missing = sorted(set(range(k)) - set(present))
+        G = self._generator()
+        Gp = G[np.asarray(rows)[par]]                          # s x k, parity rows
+        Cb[missing] = 0                                        # so Gp @ Cb sums the present
+        Rp = np.stack([np.asarray(raw[j], dtype=dt).reshape(-1) for j in par])
+        if P is not None:
+            rhs = (Rp - _gfp.matmul_mod(Gp % P, Cb, P)) % P
+            Cb[missing] = _gfp.solve_mod(Gp[:, missing] % P, rhs, P)
+            return rows, C, 1.0
+        from ._base import _lstsq
+
+        cond = float(np.linalg.cond(G[np.asarray(rows)]))
+        if not self._packed:
+            rhs = Rp - Gp.real @ Cb
+            Cb[missing] = _lstsq(Gp[:, missing].real, rhs).real
+            return rows, C, cond
+        # packed: a result is [Re y; Im y] with y = sum_i G[w, i] z_i, z_i = top_i + 1j bot_i
+        h = Cb.shape[1] // 2
+        top, bot = Cb[:, :h], Cb[:, h:]                        # row-strided views, no copy
+        Gr, Gi = Gp.real.copy(), Gp.imag.copy()
+        rhs = (Rp[:, :h] - Gr @ top + Gi @ bot) + 1j * (Rp[:, h:] - Gi @ top - Gr @ bot)
+        X = _lstsq(Gp[:, missing], rhs)
+        Cb[missing, :h] = X.real
+        Cb[missing, h:] = X.imag
+        return rows, C, cond
+
     def _wanted_unknowns(self) -> list[np.ndarray | None]:
         if self.systematic and self.m > 1:
             return [np.zeros(1, dtype=int)]  # the one sum, solved directly
@@ -601,7 +829,7 @@ class MDSCode(PolyDotCode):
     """
 
     def __init__(self, workers: int, k: int, *, field: int | None = None,
-                 construction: str = "circle", systematic: bool = False) -> None:
+                 construction: str = "circle", systematic: bool | None = None) -> None:
         n = check_int("workers", workers, 1)
         k = check_int("k", k, 1, n, what=f"workers={n}")
         super().__init__(n, k, 1, 1, field=field, construction=construction,
@@ -619,7 +847,7 @@ class PolynomialCode(PolyDotCode):
 
     def __init__(self, workers: int, row_blocks: int, col_blocks: int, *,
                  field: int | None = None, construction: str = "circle",
-                 systematic: bool = False) -> None:
+                 systematic: bool | None = None) -> None:
         super().__init__(workers, row_blocks, 1, col_blocks, field=field,
                          construction=construction, systematic=systematic)
 
@@ -634,7 +862,7 @@ class MatDotCode(PolyDotCode):
     """
 
     def __init__(self, workers: int, inner_blocks: int, *, field: int | None = None,
-                 construction: str = "circle", systematic: bool = False) -> None:
+                 construction: str = "circle", systematic: bool | None = None) -> None:
         super().__init__(workers, 1, inner_blocks, 1, field=field, construction=construction,
                          systematic=systematic)
 
@@ -652,6 +880,19 @@ _NO_SYSTEMATIC = (
     "opposite points and the missing blocks C_00, C_01 give equal rows), and no construction "
     "with that guarantee and bounded conditioning is built. PolyDot with inner_blocks > 1 and "
     "row_blocks*col_blocks > 1 has no known systematic form (Dutta et al. give it for MatDot only)")
+
+
+def _spread_order(n: int, s: int) -> np.ndarray:
+    """Point index of each worker of a systematic code over the reals: the ``s`` systematic
+    workers ``0 .. s-1`` get ``s`` evenly spread points when they are the fewer, else the
+    parity workers do (a spread set keeps ``V_S`` and the Lagrange basis on it well
+    conditioned)."""
+    if s in (0, n):
+        return np.arange(n)
+    few = min(s, n - s)
+    spread = sorted({int(math.floor(i * n / few)) for i in range(few)})
+    rest = [i for i in range(n) if i not in set(spread)]
+    return np.array(spread + rest if s <= n - s else rest + spread)
 
 
 def _systematic_worst(code: PolyDotCode) -> float:
@@ -673,6 +914,25 @@ def _systematic_worst(code: PolyDotCode) -> float:
         rand = [np.sort(rng.choice(n, k, replace=False)) for _ in range(5000 - n)]
         subsets = np.array(runs + [list(r) for r in rand], dtype=int)
     return float(_conds(code, subsets, k).max())
+
+
+def _grid(X: np.ndarray, rows: int, cols: int, rb: int, cb: int) -> list[np.ndarray]:
+    """The ``rows x cols`` grid of ``rb x cb`` blocks of ``X`` zero-padded, as views of ``X`` in
+    row-major block order (a block cut short by the padding is a smaller view, possibly empty)."""
+    R, C = X.shape
+    return [X[i * rb:min((i + 1) * rb, R), j * cb:min((j + 1) * cb, C)]
+            for i in range(rows) for j in range(cols)]
+
+
+def _pairs(grid: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Consecutive blocks of a grid whose column count is even, as (real, imaginary) pairs."""
+    return list(zip(grid[0::2], grid[1::2]))
+
+
+def _packed_rows(B: np.ndarray, m: int, q: int, nb: int, cb: int) -> list[tuple]:
+    """B's inner pairs packed ``B_2j,l - i B_2j+1,l`` for the m x q block grid, in order (j, l)."""
+    g = _grid(B, 2 * m, q, nb, cb)                     # rows 2j, 2j+1 of block row j
+    return [(g[(2 * j) * q + l], g[(2 * j + 1) * q + l], -1.0) for j in range(m) for l in range(q)]
 
 
 def _ceil_to(x: int, d: int) -> int:

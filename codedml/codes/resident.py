@@ -11,7 +11,13 @@ W_i''`` the two row halves of ``W_i``; see :mod:`codedml.codes.polydot`).
   blocks of ``L`` that meet ``W_i``), the worker computes ``Lt_w @ a_w``, and the coefficient of
   ``x^(k-1)`` in that degree-``2k-2`` matrix polynomial is ``sum_i L_i W_i = L W``. Recovery
   threshold ``2k - 1``, decoded by :class:`~codedml.codes.MatDotCode` ``(n, k)`` on the same
-  points. On the circle ``Lt_w = sum_i conj(E_i) x_w^(k-1-i)`` with ``E_i = L_i' + 1j L_i''``,
+  points. Stored with ``systematic=True`` (``a_w = sum_i W_i l_i(x_w)``, ``l_i`` the Lagrange
+  basis on the systematic points ``alpha_i``), the root sends ``Lt_w = sum_i L_i l_i(x_w)``
+  instead: ``Lt_w @ a_w`` evaluates ``p_L(x) p_W(x)``, of degree ``2k - 2``, whose values at
+  the ``alpha_i`` are ``L_i W_i``, so the systematic workers' products sum to ``L W`` and any
+  ``2k - 1`` products determine it: systematic MatDot (Dutta et al. 2019), decoded by
+  ``MatDotCode(n, k, systematic=True)`` on the same points. On the circle ``Lt_w = sum_i
+  conj(E_i) x_w^(k-1-i)`` (or ``l_i(x_w)``) with ``E_i = L_i' + 1j L_i''``,
   since ``Re(conj(E_i) Z_i) = L_i' W_i' + L_i'' W_i'' = L_i W_i``; the complex product is sent as
   the real ``[[Re Lt, -Im Lt], [Im Lt, Re Lt]]`` so the worker multiplies real matrices against
   its real stored block: twice the flops of the forward product, the cost MatDot documents.
@@ -72,7 +78,8 @@ class LeftProductCode(_Left, MatDotCode):
                 f"a product from the left needs 2k - 1 <= workers: k={k} gives threshold "
                 f"{2 * k - 1} > workers={stored.workers}; use k <= {(stored.workers + 1) // 2}")
         construction = stored.construction if stored.field is None else "circle"
-        super().__init__(stored.workers, k, field=stored.field, construction=construction)
+        super().__init__(stored.workers, k, field=stored.field, construction=construction,
+                         systematic=stored.systematic)
         self.stored = stored
 
     def _params(self) -> str:
@@ -154,8 +161,12 @@ def encode_left(stored: MDSCode | ReplicationCode, L: Any, N: int, *, dtype: Any
     Lp = np.zeros((B, Mp), dtype=np.int64 if p is not None else np.float64)
     Lp[:, :M] = L
     rb = Mp // k
-    exps = k - 1 - np.arange(k)
-    G = stored._powers(exps)                                        # (n, k): x_w^(k-1-i)
+    if stored.systematic:
+        # W_i's Lagrange weights l_i(x_w) on L_i too (systematic MatDot, Dutta et al.): the
+        # worker's product is p_L(x_w) p_W(x_w), whose values at the systematic points sum to L W
+        G = stored._generator()                                     # (n, k): l_i(x_w)
+    else:
+        G = stored._powers(k - 1 - np.arange(k))                    # (n, k): x_w^(k-1-i)
     if p is not None:
         blocks = Lp.reshape(B, k, rb).transpose(1, 0, 2).reshape(k, B * rb)
         lt = _gfp.matmul_mod(G, blocks, p).reshape(n, B, rb)

@@ -364,12 +364,6 @@ class ResidentService:
                 raise ConfigurationError(
                     f"`L` must be 2-D with {handle.shape[0]} columns to multiply the resident "
                     f"{handle.shape} operand from the left, got shape {L.shape}")
-            if getattr(handle.code, "systematic", False):
-                # encode_left assumes the stored blocks are evaluations x_w^i of A's block
-                # polynomial; a systematic code stores V V_S^-1 combinations instead.
-                raise ConfigurationError(
-                    f"a product from the left is not supported for an operand stored with a "
-                    f"systematic code ({handle.code!r}); store it with systematic=False")
             t0 = time.perf_counter()
             code, enc = encode_left(handle.code, L, handle.shape[1], dtype=handle.dtype,
                                     norms=handle.norms, input_dtype=handle.input_dtype,

@@ -32,13 +32,22 @@ EXIT_OK, EXIT_DIVERGED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 #: ``--help`` text of every flag (the fields of TrainConfig and TrainJob).
 HELP = {
     "policy": "one of " + ", ".join(POLICIES) + " (default sync)",
-    "k": "K of the K-policies (0: workers - 1)",
+    "k": "K of the K-policies (0: workers - 1); adasync's K_0 (0: 1)",
     "steps": "optimizer updates to run (default 100)",
     "max_time": "stop after this many seconds of training (0: no limit)",
     "lr": "learning rate of torch.optim.SGD at the root (default 0.5)",
     "momentum": "momentum of torch.optim.SGD at the root (default 0)",
     "batch": "mini-batch per gradient, per partition under gradient coding (0: whole shard)",
-    "staleness_lr": "inverse (a gradient of staleness tau steps lr/(1+tau)) or none",
+    "staleness_lr": "inverse (a gradient of staleness tau steps lr/(1+tau)), none, or norm:C "
+                    "(Dutta et al.: rate min(C/||w_j - w_tau(j)||^2, lr))",
+    "partition": "iid or dirichlet:ALPHA (label skew, ALPHA > 0; small ALPHA: few classes per worker)",
+    "fraction": "fedavg: client fraction C in (0, 1] per round",
+    "local_epochs": "fedavg: local epochs E per round (mini-batch --batch, 0: whole shard)",
+    "local_steps": "dane: local gradient steps on the subproblem per round",
+    "dane_eta": "dane: eta of the global-gradient correction (> 0)",
+    "dane_mu": "dane: mu of the proximal term (>= 0)",
+    "round_deadline": "federated: seconds a round waits before dropping clients (0: wait for all)",
+    "adasync_every": "adasync: steps between two updates of K",
     "scheme": "gradient code: cyclic or fractional_repetition",
     "gc_stragglers": "s of the gradient code: the full gradient from any workers - s",
     "gc_errors": "corrupt gradient-code messages to locate per step",
@@ -153,7 +162,8 @@ def _plot(metrics: list[dict[str, Any]], path: str, title: str) -> None:
 
 def cmd_train(argv: list[str]) -> int:
     """Data-parallel SGD (sync, K-sync, K-batch-sync, async, K-async, K-batch-async,
-    gradient coding) under mpiexec or --local N, with injected failures."""
+    gradient coding, AdaSync) and federated optimisation (FedAvg, FSVRG, DANE) over IID or
+    Dirichlet label-skewed shards, under mpiexec or --local N, with injected failures."""
     from .._config import check_memory, on_root_then_everywhere
     from .._io import check_writable
     from ..faults import add_fault_flags, check_fault_ranks, faults_from_config, faults_from_flags
@@ -178,7 +188,7 @@ def cmd_train(argv: list[str]) -> int:
     comm, n = world(job.local, "train")
     check_fault_ranks(faults, n)
     cfg.check_workers(n)
-    if cfg.policy in ("ksync", "kasync") and not 1 <= cfg.k_for(n) <= n:
+    if cfg.policy in ("ksync", "kasync", "adasync") and not 1 <= cfg.k_for(n) <= n:
         raise ConfigurationError(f"`k` must be between 1 and workers={n}, got {cfg.k_for(n)}")
     sizes = (f"`--quad-dim` {job.quad_dim}, `--quad-rank` {job.quad_rank}, `--quad-samples` "
              f"{job.quad_samples}" if job.model == "quadratic" else f"`--hidden` {job.hidden}")

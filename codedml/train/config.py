@@ -8,10 +8,14 @@ from typing import Any
 
 from ..errors import ConfigurationError
 
-__all__ = ["TrainConfig", "POLICIES"]
+__all__ = ["TrainConfig", "POLICIES", "FEDERATED", "staleness_norm_c"]
 
 #: Policy names (see :mod:`codedml.train.policies`).
-POLICIES = ("sync", "ksync", "kbatch_sync", "async", "kasync", "kbatch_async", "gradient_coding")
+POLICIES = ("sync", "ksync", "kbatch_sync", "async", "kasync", "kbatch_async", "gradient_coding",
+            "adasync", "fedavg", "fsvrg", "dane")
+
+#: Federated policies (:mod:`codedml.train.federated`): a step is a round of local work.
+FEDERATED = ("fedavg", "fsvrg", "dane")
 
 
 @dataclass(frozen=True)
@@ -37,8 +41,9 @@ class TrainConfig:
         ``"inverse"``: a gradient of staleness ``tau`` is multiplied by ``1 / (1 + tau)``
         before the update averages its ``m`` gradients (divided by ``m``, not by the sum of
         the weights): a learning rate ``lr / (1 + tau)`` for that gradient, so stale gradients
-        make smaller steps. ``"none"``: weight 1. Only the asynchronous policies have stale
-        gradients.
+        make smaller steps. ``"none"``: weight 1. ``"norm:C"``: Dutta et al.'s rate
+        ``min(C / ||w_j - w_tau(j)||^2, lr)`` for a gradient computed at ``w_tau(j)`` and
+        applied to ``w_j``. Only the asynchronous policies have stale gradients.
     scheme, gc_stragglers, gc_errors : str, int, int
         Gradient code ``GradientCode(n, s, scheme)`` and how many corrupt messages to locate
         per step (waits for ``n - s + 2 e`` messages).
@@ -65,6 +70,22 @@ class TrainConfig:
         Checkpoint path, interval in steps (0: none), and a checkpoint to resume from.
     seed, data_seed : int
         Mini-batch / quantisation randomness; data partitioning.
+    partition : str
+        ``"iid"`` or ``"dirichlet:ALPHA"`` label skew (:mod:`codedml.train.partition`), for
+        every policy.
+    fraction : float
+        FedAvg's client fraction ``C`` in (0, 1]: ``max(1, round(C n))`` clients per round.
+    local_epochs : int
+        FedAvg's ``E``: local passes over the shard per round (mini-batch ``batch``, 0: full).
+    local_steps : int
+        DANE's local gradient steps on its subproblem per round.
+    dane_eta, dane_mu : float
+        DANE's ``eta`` (> 0) and ``mu`` (>= 0).
+    round_deadline : float
+        Seconds a federated round (each of its phases) waits for its clients; those that have
+        not reported by then are dropped from the round (0: wait for all, up to ``timeout``).
+    adasync_every : int
+        AdaSync: steps between two updates of K.
     """
 
     policy: str = "sync"
@@ -91,6 +112,14 @@ class TrainConfig:
     resume: str = ""
     seed: int = 0
     data_seed: int = 0
+    partition: str = "iid"
+    fraction: float = 1.0
+    local_epochs: int = 1
+    local_steps: int = 10
+    dane_eta: float = 1.0
+    dane_mu: float = 0.0
+    round_deadline: float = 0.0
+    adasync_every: int = 20
 
     def __post_init__(self) -> None:
         for f in fields(self):  # types first: a TOML string where a number belongs is named
@@ -100,7 +129,9 @@ class TrainConfig:
                 raise ConfigurationError(f"`{f.name}` must be {f.type}, got {v!r}")
         for name, rng in (("max_time", "at least 0 (0: no limit)"), ("lr", "greater than 0"),
                           ("momentum", "in [0, 1)"), ("outlier", "greater than 1"),
-                          ("timeout", "of seconds greater than 0")):  # NaN and inf by name
+                          ("timeout", "of seconds greater than 0"), ("fraction", "in (0, 1]"),
+                          ("dane_eta", "greater than 0"), ("dane_mu", "at least 0"),
+                          ("round_deadline", "of seconds at least 0 (0: wait for all)")):  # NaN and inf by name
             v = float(getattr(self, name))
             if not math.isfinite(v):
                 raise ConfigurationError(f"`{name}` must be a finite number {rng}, got {v}")
@@ -114,8 +145,22 @@ class TrainConfig:
         if not 0 <= self.momentum < 1:
             raise ConfigurationError(f"`momentum` must be in [0, 1), got {self.momentum}")
         _at_least("batch", self.batch, 0)
-        if self.staleness_lr not in ("inverse", "none"):
-            raise ConfigurationError(f"`staleness_lr` must be 'inverse' or 'none', got {self.staleness_lr!r}")
+        staleness_norm_c(self.staleness_lr)  # validates
+        from .partition import parse_partition
+
+        parse_partition(self.partition)
+        if not 0 < self.fraction <= 1:
+            raise ConfigurationError(f"`fraction` must be in (0, 1], got {self.fraction}")
+        _at_least("local_epochs", self.local_epochs, 1)
+        _at_least("local_steps", self.local_steps, 1)
+        if not self.dane_eta > 0:
+            raise ConfigurationError(f"`dane_eta` must be greater than 0, got {self.dane_eta}")
+        _at_least("dane_mu", self.dane_mu, 0)
+        _at_least("round_deadline", self.round_deadline, 0)
+        _at_least("adasync_every", self.adasync_every, 1)
+        if self.policy in FEDERATED and self.qsgd:
+            raise ConfigurationError(f"`qsgd` must be 0 under {self.policy} (clients send "
+                                     f"models, not gradients), got {self.qsgd}")
         if self.scheme not in ("cyclic", "fractional_repetition"):
             raise ConfigurationError(
                 f"`scheme` must be 'cyclic' or 'fractional_repetition', got {self.scheme!r}")
@@ -166,10 +211,14 @@ class TrainConfig:
             raise ConfigurationError(
                 f"`data_bits` must be 0 under gradient coding (the decode needs the exact "
                 f"gradient combinations), got {self.data_bits}")
+        if self.policy in FEDERATED:
+            raise ConfigurationError(
+                f"`data_bits` must be 0 under {self.policy} (clients send models, not "
+                f"samples), got {self.data_bits}")
 
     def check_workers(self, n: int) -> "TrainConfig":
         """Validate the settings that depend on the worker count ``n``."""
-        if self.policy in ("ksync", "kasync") and self.k > n:
+        if self.policy in ("ksync", "kasync", "adasync") and self.k > n:
             raise ConfigurationError(f"`k` must be between 1 and workers={n} for {self.policy}, got {self.k}")
         if self.policy == "gradient_coding":
             s, e = self.gc_stragglers, self.gc_errors
@@ -188,7 +237,27 @@ class TrainConfig:
         return self
 
     def k_for(self, n: int) -> int:
+        if self.policy == "adasync":  # K_0: AdaSync starts small and grows
+            return self.k or 1
         return self.k or max(1, n - 1)
+
+
+def staleness_norm_c(rule: str) -> float | None:
+    """``C`` of ``staleness_lr = "norm:C"`` (Dutta et al.'s ``min(C / ||w_j - w_tau(j)||^2,
+    lr)``), ``None`` for ``"inverse"`` and ``"none"``; anything else is refused by name."""
+    if rule in ("inverse", "none"):
+        return None
+    kind, sep, arg = str(rule).partition(":")
+    if kind == "norm" and sep:
+        try:
+            c = float(arg)
+        except ValueError:
+            c = float("nan")
+        if math.isfinite(c) and c > 0:
+            return c
+        raise ConfigurationError(f"`staleness_lr` norm:C needs a finite C greater than 0, got {arg!r}")
+    raise ConfigurationError(
+        f"`staleness_lr` must be 'inverse', 'none' or 'norm:C' (C > 0), got {rule!r}")
 
 
 def _at_least(name: str, v: Any, low: float) -> None:

@@ -45,8 +45,12 @@ staleness ``tau`` by ``1 / (1 + tau)`` before the update averages over the ``m``
 uses (it divides by ``m``, not by the sum of the weights): a per-gradient learning rate
 ``lr / (1 + tau)``, Zhang et al. 2016's rule ``lr / tau`` shifted so a fresh gradient keeps
 the full rate. Stale gradients therefore make a *smaller step*; they are not renormalised.
-Dutta et al. 2018 propose instead ``lr_j = min(C / ||w_j - w_tau(j)||^2, lr_max)``; it needs
-the parameters of every version still in flight and is not implemented.
+Dutta et al. 2018 propose instead ``lr_j = min(C / ||w_j - w_tau(j)||^2, lr_max)``
+(``staleness_lr="norm:C"``, ``lr_max = lr``): the engine keeps the parameters of every
+version still in flight for it.
+
+``adasync`` (K-sync whose K grows) and the federated policies ``fedavg``, ``fsvrg`` and
+``dane`` are in :mod:`codedml.train.federated`.
 """
 
 from __future__ import annotations
@@ -85,6 +89,7 @@ class Contribution:
     loss: float
     version: int
     bits: int = 0
+    weight: float = 1.0  # relative weight in a federated average (the client's sample count)
 
 
 @dataclass
@@ -94,6 +99,7 @@ class StepOutcome:
     contributions: list[Contribution]
     corrected: tuple[int, ...] = ()   # workers located as corrupt by a gradient code's decode
     used: tuple[int, ...] = ()        # workers whose messages went into a gradient-code decode
+    dropped: tuple[int, ...] = ()     # federated: clients asked that missed the round's deadline
 
 
 @dataclass
@@ -267,9 +273,20 @@ def kbatch_async(eng: "Engine", st: PolicyState) -> StepOutcome:
     return _async_k(eng, st, eng.k, True)
 
 
+def _federated(name: str) -> Callable[["Engine", PolicyState], StepOutcome]:
+    def run(eng: "Engine", st: PolicyState) -> StepOutcome:
+        from . import federated  # adasync, fedavg, fsvrg, dane live in codedml/train/federated.py
+
+        return getattr(federated, name)(eng, st)
+    run.__name__ = name
+    return run
+
+
 POLICY_FUNCTIONS: dict[str, Callable[["Engine", PolicyState], StepOutcome]] = {
     "sync": sync, "ksync": ksync, "kbatch_sync": kbatch_sync, "async": async_, "kasync": kasync,
-    "kbatch_async": kbatch_async, "gradient_coding": gradient_coding}
+    "kbatch_async": kbatch_async, "gradient_coding": gradient_coding,
+    "adasync": _federated("adasync"), "fedavg": _federated("fedavg"),
+    "fsvrg": _federated("fsvrg"), "dane": _federated("dane")}
 
 #: Policies whose in-flight requests outlive an update (stale gradients possible).
 ASYNC = frozenset({"async", "kasync", "kbatch_async"})

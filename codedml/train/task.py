@@ -39,6 +39,8 @@ __all__ = ["Task", "digits_task", "make_model", "partition_indices", "grad_handl
 
 #: The name the gradient handler is registered under.
 HANDLER = "codedml.train.grad"
+#: The name the federated clients' handler is registered under (codedml.train.federated).
+FED_HANDLER = "codedml.train.fed"
 
 
 @dataclass
@@ -147,21 +149,31 @@ def digits_task(model: str = "logreg", *, hidden: int = 32, seed: int = 0,
                 name=f"digits-{model}")
 
 
-def partition_indices(n_samples: int, parts: int, data_seed: int) -> list[np.ndarray]:
-    """The ``parts`` partitions of the seeded permutation of ``range(n_samples)``."""
-    perm = np.random.default_rng([int(data_seed), 0xDA7A]).permutation(n_samples)
-    return np.array_split(perm, parts)
+def partition_indices(n_samples: int, parts: int, data_seed: int, partition: str = "iid",
+                      y: np.ndarray | None = None) -> list[np.ndarray]:
+    """The ``parts`` partitions of ``range(n_samples)``: under ``"iid"`` the seeded permutation
+    cut in nearly equal parts; under ``"dirichlet:ALPHA"`` label skew of the labels ``y``
+    (:func:`codedml.train.partition.split`)."""
+    if partition == "iid":
+        perm = np.random.default_rng([int(data_seed), 0xDA7A]).permutation(n_samples)
+        return np.array_split(perm, parts)
+    from .partition import split
+
+    if y is None or len(y) != n_samples:
+        raise ConfigurationError(f"`partition` {partition!r} needs the {n_samples} labels `y`")
+    return split(y, parts, partition, data_seed)
 
 
 def _state(ctx: Any, task: Task, params: dict[str, Any]) -> dict[str, Any]:
     """The worker's replica and shard, built on first use (and rebuilt if the layout changes)."""
     import torch
 
-    key = (params["nparts"], params["gc_s"], params["gc_scheme"], params["data_seed"])
+    part = params.get("partition", "iid")
+    key = (params["nparts"], params["gc_s"], params["gc_scheme"], params["data_seed"], part)
     st = ctx.store.get(HANDLER)
     if st is not None and st["key"] == key:
         return st
-    parts = partition_indices(len(task.X), params["nparts"], params["data_seed"])
+    parts = partition_indices(len(task.X), params["nparts"], params["data_seed"], part, task.y)
     if params["gc_s"] is not None:
         from ..codes import GradientCode
 
@@ -243,5 +255,10 @@ def grad_handler(task: Task, ctx: Any, flat: np.ndarray, **params: Any) -> np.nd
 
 
 def handlers(task: Task) -> dict[str, Callable[..., np.ndarray]]:
-    """``{HANDLER: fn}`` to pass as ``handlers=`` to a cluster on every rank."""
-    return {HANDLER: lambda ctx, flat, **p: grad_handler(task, ctx, flat, **p)}
+    """``{HANDLER: fn, FED_HANDLER: fn}`` to pass as ``handlers=`` to a cluster on every rank."""
+    def fed(ctx: Any, *arrays: np.ndarray, **p: Any) -> np.ndarray:
+        from .federated import fed_handler  # the clients' side of fedavg, fsvrg and dane
+
+        return fed_handler(task, ctx, *arrays, **p)
+
+    return {HANDLER: lambda ctx, flat, **p: grad_handler(task, ctx, flat, **p), FED_HANDLER: fed}

@@ -44,7 +44,7 @@ from typing import Any, IO
 import numpy as np
 
 from ..errors import ConfigurationError, TrainingError
-from .config import TrainConfig
+from .config import FEDERATED, TrainConfig, staleness_norm_c
 from .policies import ASYNC, POLICY_FUNCTIONS, Contribution, PolicyState, Request
 from .task import HANDLER, Task, handlers, partition_indices
 
@@ -94,7 +94,7 @@ class Engine:
         self.n = cluster.workers
         self.cfg = cfg.check_workers(self.n)
         self.k = cfg.k_for(self.n)
-        if cfg.policy in ("ksync", "kasync") and not 1 <= self.k <= self.n:
+        if cfg.policy in ("ksync", "kasync", "adasync") and not 1 <= self.k <= self.n:
             raise ConfigurationError(f"`k` must be between 1 and workers={self.n}, got {self.k}")
         self.model = task.root_model()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -104,7 +104,7 @@ class Engine:
         self.opt = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum)
         self.code = None
         gc_s = None
-        parts = partition_indices(len(task.X), self.n, cfg.data_seed)
+        parts = partition_indices(len(task.X), self.n, cfg.data_seed, cfg.partition, task.y)
         if cfg.policy == "gradient_coding":
             from ..codes import GradientCode
 
@@ -114,8 +114,14 @@ class Engine:
         self.base = {"nparts": self.n, "data_seed": cfg.data_seed, "seed": cfg.seed,
                      "batch": cfg.batch, "qsgd": cfg.qsgd, "gc_s": gc_s, "gc_scheme": cfg.scheme,
                      "data_bits": cfg.data_bits, "refine_bits": cfg.refine_bits,
-                     "importance": cfg.importance}
+                     "importance": cfg.importance, "partition": cfg.partition}
         self.samples_step = 0  # samples received this step under data quantization
+        self.parts = parts
+        #: Policy state that a checkpoint keeps (plain numbers and lists; adasync, fsvrg).
+        self.extra_state: dict[str, Any] = {}
+        # staleness_lr="norm:C": the parameters of every version still in flight (Dutta et al.)
+        self._norm_c = staleness_norm_c(cfg.staleness_lr) if cfg.policy in ASYNC else None
+        self._versions: dict[int, np.ndarray] = {}
         self._sub: dict[int, tuple[int, int]] = {}
         self._norms: list[float] = []
         self.bits_total = 0
@@ -143,7 +149,10 @@ class Engine:
         for w in targets:
             self._sub[w] = (st.version, sub + 1)
         params = dict(self.base, step=st.version, sub=sub)
-        return self.cluster.call(HANDLER, self.flat(), params=params, workers=workers,
+        flat = self.flat()
+        if self._norm_c is not None:
+            self._versions[st.version] = flat
+        return self.cluster.call(HANDLER, flat, params=params, workers=workers,
                                  timeout=self.cfg.timeout)
 
     def error(self, msg: str) -> TrainingError:
@@ -272,7 +281,8 @@ class Engine:
                  "optimizer": self.opt.state_dict(), "wall": float(self.wall),
                  "engine": {"sub": {int(k): [int(x) for x in v] for k, v in self._sub.items()},
                             "norms": [float(x) for x in self._norms],
-                            "bits_total": int(self.bits_total), "gradients": int(self.gradients)},
+                            "bits_total": int(self.bits_total), "gradients": int(self.gradients),
+                            "extra": dict(self.extra_state)},
                  "rng": rng_state(), "config": asdict(self.cfg)}
         atomic_save(path, lambda f: torch.save(state, f))
 
@@ -291,6 +301,7 @@ class Engine:
         self._sub = {int(k): (int(v[0]), int(v[1])) for k, v in e["sub"].items()}
         self._norms = [float(x) for x in e["norms"]]
         self.bits_total, self.gradients = int(e["bits_total"]), int(e["gradients"])
+        self.extra_state = dict(e.get("extra", {}))
         set_rng_state(ck["rng"])
 
     # ------------------------------------------------------------------ the loop
@@ -337,9 +348,21 @@ class Engine:
                         if cfg.suspect == "drop":
                             continue
                     stale.append(tau)
-                    accepted.append(((1.0 / (1 + tau)) if stale_weighted else 1.0, c.grad))
+                    wt = (1.0 / (1 + tau)) if stale_weighted else 1.0
+                    if self._norm_c is not None:  # lr_j = min(C / ||w_j - w_tau(j)||^2, lr)
+                        from .federated import staleness_norm_weight
+
+                        wt = staleness_norm_weight(self, c.version)
+                    accepted.append((wt * c.weight, c.grad))
+                if accepted and cfg.policy in FEDERATED:
+                    # the average of the accepted clients weighted by their sample counts
+                    tot = sum(wt for wt, _ in accepted)
+                    accepted = [(len(accepted) * wt / tot, g) for wt, g in accepted]
                 if accepted:
                     self.apply(accepted)
+                if self._norm_c is not None:  # keep only the versions still in flight
+                    live = {r.version for r in st.inflight.values() if r.call is not None}
+                    self._versions = {v: p for v, p in self._versions.items() if v in live}
                 st.version = step
                 ranks = ([_rank(w) for w in out.used] if self.code is not None
                          else [_rank(c.worker) for c in out.contributions])
@@ -355,6 +378,9 @@ class Engine:
                     "workers": ranks, "staleness": stale, "bits": self.bits_step,
                     "suspect": [_rank(w) for w in flagged], "corrected": [_rank(w) for w in out.corrected],
                     "crashed": [_rank(w) for w in st.crashed_now], "loss": None, "accuracy": None}
+                if cfg.policy in FEDERATED or cfg.policy == "adasync":
+                    rec["dropped"] = [_rank(w) for w in out.dropped]
+                    rec["k"] = self.k if cfg.policy == "adasync" else len(out.contributions)
                 if cfg.data_bits:
                     rec["samples"] = self.samples_step
                 last = st.version >= cfg.steps or (cfg.max_time and self.wall >= cfg.max_time)

@@ -1,0 +1,317 @@
+"""Benchmark: each code's encode against the copy bound and against a plain tensordot encode.
+
+For every case (code, operand dtype, size) this script times, in one process with one BLAS
+thread, interleaved within each repeat so that drift on a shared machine hits every column
+alike:
+
+* ``encode``: ``code.encode(A, B)`` (validation, the split, the generator combinations, the
+  per-worker noise scales: everything a job pays before it sends);
+* ``copy bound``: the time to read ``A`` and ``B`` once and write every task once (a task
+  shared by several workers, like an MDS code's B, counts once), from the copy bandwidth
+  measured in the same repeat: ``np.copyto`` of a float64 buffer as large as the tasks into a
+  preallocated one (it reads and writes that many bytes), scaled to ``bytes(A) + bytes(B) +
+  bytes(tasks)``;
+* ``tensordot``: the plain encode, :func:`codedml.codes._reference.reference_encode`: pad,
+  stack (and complex-pack) the blocks, ``np.tensordot(G, blocks, 1)`` with the code's
+  generator, unpack, cast. For gradient codes, whose tasks are scaled partitions side by side
+  rather than combinations, it is the same broadcast-multiply-and-stack written plainly.
+
+* ``flop bound``: the generator products' multiply-adds (:func:`macs`; a complex one counts
+  4, systematic codes compute parity rows only) at the float64 GEMM rate measured in the same
+  repeat (a 34 x 30 generator against 2^16 columns). Where it exceeds the copy bound the
+  encode is compute-bound: no kernel can reach the copy bound there (MDS(17, 15)
+  non-systematic does 2 x 2 x 15 real multiply-adds per task entry).
+
+It prints ``encode / copy bound``, ``encode / max(copy bound, flop bound)`` and ``encode /
+tensordot`` per case (medians over the repeats; the targets are at most 1.5 for the first
+and at most 1.0 for the last) and checks each encode against the reference (largest
+difference relative to the largest entry; 0 over GF(p)).
+
+The codes (8-17 workers): MDS(17, 15) and MDS(8, 6) plain and systematic, Polynomial(17,
+4x4), MatDot(17, m=8) plain and systematic, PolyDot(17, 2x2x3), the cyclic gradient code
+(16 workers, 2 stragglers), each for float64 and float32 inputs (``precision="auto"``), and
+over GF(65537) MDS(17, 15) plain and systematic and Polynomial(17, 4x4). ``A`` and ``B``
+are ``size x size``.
+
+Usage::
+
+    python benchmarks/encode.py            # sizes 1024 2048 4096, 3 repeats: ~8-15 min, peak ~8 GB
+    python benchmarks/encode.py --quick    # size 512, 2 repeats: ~30 s
+    python benchmarks/encode.py --quick --clock cpu   # CPU time: for a machine others load
+
+Writes ``benchmarks/results/encode.json`` and ``encode.png``; the README table is rendered from
+the JSON by ``benchmarks/render_readme.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import _machine  # noqa: E402  (benchmarks/_machine.py, next to this script)
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from codedml.codes import (  # noqa: E402
+    GradientCode,
+    MatDotCode,
+    MDSCode,
+    PolyDotCode,
+    PolynomialCode,
+)
+from codedml.codes._reference import reference_encode  # noqa: E402
+
+PRIME = 65537
+
+
+def cases() -> list[dict]:
+    real = [
+        ("MDS (17,15)", MDSCode(17, 15)),
+        ("MDS (17,15) sys", MDSCode(17, 15, systematic=True)),
+        ("MDS (8,6)", MDSCode(8, 6)),
+        ("MDS (8,6) sys", MDSCode(8, 6, systematic=True)),
+        ("Polynomial (17) 4x4", PolynomialCode(17, 4, 4)),
+        ("MatDot (17) m=8", MatDotCode(17, 8)),
+        ("MatDot (17) m=8 sys", MatDotCode(17, 8, systematic=True)),
+        ("PolyDot (17) 2x2x3", PolyDotCode(17, 2, 2, 3)),
+        ("Gradient (16) s=2", GradientCode(16, 2)),
+    ]
+    out = [{"label": lab, "code": c, "dtype": dt} for dt in ("float64", "float32") for lab, c in real]
+    out += [{"label": lab, "code": c, "dtype": "int64"} for lab, c in (
+        (f"MDS (17,15) GF({PRIME})", MDSCode(17, 15, field=PRIME)),
+        (f"MDS (17,15) sys GF({PRIME})", MDSCode(17, 15, field=PRIME, systematic=True)),
+        (f"Polynomial (17) 4x4 GF({PRIME})", PolynomialCode(17, 4, 4, field=PRIME)),
+    )]
+    return out
+
+
+def _operands(enc) -> list[np.ndarray]:
+    """The distinct task arrays (a shared B once)."""
+    seen, out = set(), []
+    for t in enc:
+        for x in (t.a, t.b):
+            x = np.asarray(x)
+            key = (x.__array_interface__["data"][0], x.nbytes)
+            if key not in seen:
+                seen.add(key)
+                out.append(x)
+    return out
+
+
+def macs(code, size: int) -> int | None:
+    """Real multiply-adds of the generator products in ``code.encode`` of two ``size x size``
+    matrices (a complex one counts 4; systematic codes compute parity rows only): what no
+    encode can do faster than BLAS runs them. None over GF(p); 0 for gradient codes (they
+    scale and place partitions; no products)."""
+    if code.field is not None:
+        return None
+    if isinstance(code, GradientCode):
+        return 0
+    p, m, q, n = code.p, code.m, code.q, code.workers
+    M = N = K = size
+    s = code._n_systematic()
+    up = lambda x, d: -(-x // d) * d  # noqa: E731
+    if code.construction == "circle" and m == 1:
+        h = up(M, 2 * p) // (2 * p)
+        total = 2 * (n - s) * 2 * p * h * N
+        if q > 1:
+            hb = up(K, 2 * q) // (2 * q)
+            total += 2 * n * 2 * q * N * hb
+        return total
+    cplx = 4 if code.construction == "circle" else 1
+    inner = 2 * m if code.construction == "circle" else m
+    rb, nb, cb = up(M, p) // p, up(N, inner) // inner, up(K, q) // q
+    total = (n - s) * p * m * cplx * rb * nb
+    if not (m == 1 and q == 1):
+        total += (n - (s if m > 1 else 0)) * m * q * cplx * nb * cb
+    return total
+
+
+def gemm_rate(rng: np.random.Generator) -> float:
+    """Float64 GEMM rate (flop/s) at an encode's shape: a 34 x 30 generator against 2^16 columns."""
+    G, D = rng.standard_normal((34, 30)), rng.standard_normal((30, 1 << 16))
+    out = np.empty((34, 1 << 16))
+    t, _ = timed(lambda: np.matmul(G, D, out=out))
+    return 2 * 34 * 30 * (1 << 16) / t
+
+
+def _rel_diff(enc, ref) -> float:
+    worst = 0.0
+    for t, (a, b) in zip(enc, ref):
+        for x, y in ((t.a, a), (t.b, b)):
+            x, y = np.asarray(x), np.asarray(y)
+            if x.shape != y.shape or x.dtype != y.dtype:
+                return float("inf")
+            scale = float(np.abs(y).max()) if y.size else 0.0
+            d = float(np.abs(x.astype(np.complex128) - y).max()) if y.size else 0.0
+            worst = max(worst, d / scale if scale else d)
+    return worst
+
+
+#: The clock: ``time.perf_counter`` (wall, default) or ``time.process_time`` (``--clock cpu``:
+#: this process's CPU time, which other processes on a loaded machine inflate far less; with
+#: one BLAS thread it is the encode's own cost).
+CLOCK = time.perf_counter
+
+
+def timed(fn):
+    t0 = CLOCK()
+    out = fn()
+    return CLOCK() - t0, out
+
+
+def run_size(size: int, repeats: int, rng: np.random.Generator, case_list: list[dict]) -> list[dict]:
+    data = {}
+    for dt in ("float64", "float32"):
+        data[dt] = (rng.standard_normal((size, size)).astype(dt), rng.standard_normal((size, size)).astype(dt))
+    data["int64"] = (rng.integers(0, PRIME, (size, size)), rng.integers(0, PRIME, (size, size)))
+    rec = {c["label"] + c["dtype"]: {"encode": [], "copy": [], "tensordot": [], "bytes_in": 0,
+                                    "bytes_out": 0, "diff": None} for c in case_list}
+    src = dst = None
+    for rep in range(repeats + 1):  # rep 0: warm-up (condition bounds, generators), discarded
+        for c in case_list:
+            r = rec[c["label"] + c["dtype"]]
+            A, B = data[c["dtype"]]
+            t_enc, enc = timed(lambda: c["code"].encode(A, B))
+            if rep == 0:
+                ops = _operands(enc)
+                r["bytes_in"] = A.nbytes + B.nbytes
+                r["bytes_out"] = sum(x.nbytes for x in ops)
+                r["workers"] = c["code"].workers
+                r["recovery_threshold"] = c["code"].recovery_threshold
+                r["operand_dtype"] = str(enc.dtype)
+                need = max(r["bytes_out"], r["bytes_in"]) // 8 + 1
+                if src is None or src.size < need:
+                    src = rng.standard_normal(need)
+                    dst = np.empty_like(src)
+            del enc
+            t_ref, ref = timed(lambda: reference_encode(c["code"], A, B))
+            if rep == 0:
+                r["diff"] = _rel_diff(c["code"].encode(A, B), ref)
+            del ref
+            nb = max(r["bytes_in"], r["bytes_out"]) // 8
+            t_cp, _ = timed(lambda: np.copyto(dst[:nb], src[:nb]))
+            rate = gemm_rate(rng)
+            if rep:
+                mac = macs(c["code"], size)
+                r.setdefault("flop", []).append(None if mac is None else 2 * mac / rate)
+                r.setdefault("rate", []).append(rate / 1e9)
+                r["encode"].append(t_enc)
+                r["tensordot"].append(t_ref)
+                # a copy of nb float64 reads and writes 8 nb bytes each
+                r["copy"].append(t_cp * (r["bytes_in"] + r["bytes_out"]) / (2 * 8 * nb))
+                r["bw"] = r.get("bw", []) + [2 * 8 * nb / t_cp / 1e9]
+    rows = []
+    for c in case_list:
+        r = rec[c["label"] + c["dtype"]]
+        enc, cp, ref = (statistics.median(r[k]) for k in ("encode", "copy", "tensordot"))
+        fl = None if r["flop"][0] is None else statistics.median(r["flop"])
+        bound = max(cp, fl or 0.0)
+        rows.append({
+            "case": c["label"], "dtype": c["dtype"], "operand_dtype": r["operand_dtype"],
+            "systematic": bool(getattr(c["code"], "systematic", False)),
+            "field": c["code"].field, "size": size, "workers": r["workers"],
+            "recovery_threshold": r["recovery_threshold"],
+            "bytes_in": r["bytes_in"], "bytes_out": r["bytes_out"],
+            "encode_s": enc, "copy_bound_s": cp, "tensordot_s": ref,
+            "copy_bandwidth_GBps": statistics.median(r["bw"]),
+            "flop_bound_s": fl, "gemm_GFLOPs": statistics.median(r["rate"]),
+            "multiply_adds": macs(c["code"], size),
+            "encode_over_copy": enc / cp, "encode_over_tensordot": enc / ref,
+            "encode_over_bound": enc / bound,
+            "max_rel_diff_vs_reference": r["diff"],
+            "samples": {k: r[k] for k in ("encode", "copy", "tensordot", "flop")},
+        })
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'case':34s} {'dtype':8s} {'size':>5s} {'encode ms':>10s} {'copy-bound ms':>14s} "
+          f"{'flop-bound ms':>14s} {'tensordot ms':>13s} {'enc/copy':>9s} {'enc/bound':>10s} "
+          f"{'enc/tdot':>9s} {'rel.diff':>9s}")
+    for r in rows:
+        fl = "-" if r["flop_bound_s"] is None else f"{1e3 * r['flop_bound_s']:.2f}"
+        print(f"{r['case']:34s} {r['dtype']:8s} {r['size']:5d} {1e3 * r['encode_s']:10.2f} "
+              f"{1e3 * r['copy_bound_s']:14.2f} {fl:>14s} {1e3 * r['tensordot_s']:13.2f} "
+              f"{r['encode_over_copy']:9.2f} {r['encode_over_bound']:10.2f} "
+              f"{r['encode_over_tensordot']:9.2f} {r['max_rel_diff_vs_reference']:9.1e}")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = max(r["size"] for r in rows)
+    sel = [r for r in rows if r["size"] == size]
+    labels = [f"{r['case']} {r['dtype'] if r['field'] is None else ''}".strip() for r in sel]
+    x = np.arange(len(sel))
+    fig, ax = plt.subplots(figsize=(max(8, 0.55 * len(sel)), 5))
+    ax.bar(x - 0.2, [r["encode_over_copy"] for r in sel], 0.4, label="encode / copy bound")
+    ax.bar(x + 0.2, [r["encode_over_tensordot"] for r in sel], 0.4, label="encode / plain tensordot")
+    ax.axhline(1.5, color="C0", ls="--", lw=1, label="target 1.5x copy bound")
+    ax.axhline(1.0, color="C1", ls=":", lw=1, label="target 1.0x tensordot")
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("time ratio (median)")
+    ax.set_title(f"codedml encode at {size}x{size}, one BLAS thread")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="size 512, 2 repeats (~30 s)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=None)
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1, help="BLAS threads (0: leave as is)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall: perf_counter; cpu: process_time (robust on a loaded machine)")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    args = ap.parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    sizes = args.sizes or ([512] if args.quick else [1024, 2048, 4096])
+    repeats = args.repeats or (2 if args.quick else 3)
+    limit = contextlib.nullcontext()
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+
+        limit = threadpool_limits(args.threads, user_api="blas")
+    rng = np.random.default_rng(0)
+    case_list = cases()
+    rows, load = [], {}
+    with limit:
+        for size in sizes:
+            before = list(np.round(np.array(__import__("os").getloadavg()), 2))
+            rows += run_size(size, repeats, rng, case_list)
+            load[str(size)] = {"before": before,
+                               "after": list(np.round(np.array(__import__("os").getloadavg()), 2))}
+            print_table([r for r in rows if r["size"] == size])
+    args.out.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "machine": _machine.machine_info(),
+        "parameters": {"sizes": sizes, "repeats": repeats, "threads": args.threads,
+                       "quick": args.quick, "prime": PRIME, "clock": args.clock},
+        "load_average_1_5_15min": load,
+        "rows": rows,
+    }
+    (args.out / "encode.json").write_text(json.dumps(doc, indent=1, default=float) + "\n")
+    plot(rows, args.out / "encode.png")
+    print(f"wrote {args.out / 'encode.json'} and encode.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

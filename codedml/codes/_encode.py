@@ -1,0 +1,365 @@
+"""The encode kernel: ``out[o] = sum_i G[o, i] * block_i``, written once into preallocated tasks.
+
+An encode reads the data blocks once and writes every task once; everything else it does is
+overhead over that copy bound. :func:`combine` therefore
+
+* takes the data blocks as *views* of the caller's arrays (no padded copy: a block cut short by
+  the split's zero padding is a smaller view, the missing part reads as zero; an empty block is
+  dropped from the product);
+* walks the block rows in cache-sized chunks (:data:`CHUNK_BYTES`), so that any gathering
+  (complex packing of two real sub-blocks, float32 to float64, strided or non-contiguous
+  blocks) and any temporary (a float64 product cast to float32 operands, a product written to
+  a layout BLAS cannot address) stay in cache;
+* runs one BLAS GEMM per chunk, the generator against the chunk's blocks viewed as one 2-D
+  matrix. Where the blocks are float64 rows at a constant stride in memory (a C-ordered ``A``
+  split by rows: MDS and polynomial codes), the GEMM reads them where they lie; where the
+  tasks' chunk is such a matrix of the compute dtype, it writes them there (where both hold
+  and no norms are asked for, the whole range is one GEMM);
+* for systematic codes computes only the parity rows; the systematic tasks receive the data
+  blocks by one copy (tasks never alias the caller's arrays: a worker may update its stored
+  block in place);
+* takes each output's sum of squares on the chunk it just wrote (``sq=``: the decoder's
+  noise scales need the tasks' norms, and a separate pass would read every task again) and
+  applies ``post=`` to each chunk of products before storing it (GF(p): exact integer
+  products reduced mod p).
+
+Arithmetic stays that of the plain encode (float64 / complex128 products of the float64
+values, rounded once to the operand dtype), so the tasks equal
+:func:`codedml.codes._reference.reference_encode` up to the summation order inside BLAS.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence, Union
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+#: Bytes of one chunk of gathered blocks (and of the GEMM's temporary output): well inside a
+#: core's L2 (2 MiB on the machine measured), large enough that the GEMM runs at full speed
+#: and the per-chunk Python overhead (a few microseconds) stays below a few percent.
+CHUNK_BYTES = 1 << 20
+
+Block = Union[np.ndarray, tuple]
+"""A real 2-D view ``(r, c)`` with ``r <= R``, ``c <= C`` (the rest of the block is zero),
+or ``(re, im, sign)``: the complex block ``re + sign * 1j * im`` (two such views)."""
+
+
+def real_form(G: np.ndarray) -> np.ndarray:
+    """The real ``2n x 2k`` matrix of a complex ``n x k`` generator acting on real/imaginary
+    halves stored one after the other: ``[Re a_w; Im a_w] = sum_i [[Re g, -Im g], [Im g,
+    Re g]] [Re z_i; Im z_i]``."""
+    n, k = G.shape
+    out = np.empty((n, 2, k, 2))
+    out[:, 0, :, 0] = G.real
+    out[:, 0, :, 1] = -G.imag
+    out[:, 1, :, 0] = G.imag
+    out[:, 1, :, 1] = G.real
+    return out.reshape(2 * n, 2 * k)
+
+
+def _parts(b: Block) -> tuple[np.ndarray, np.ndarray | None, float]:
+    if isinstance(b, tuple):
+        return b[0], b[1], float(b[2])
+    return b, None, 1.0
+
+
+def _rows(b: Block) -> int:
+    re, im, _ = _parts(b)
+    return max(re.shape[0], 0 if im is None else im.shape[0]) if re.shape[1] or (im is not None and im.shape[1]) else 0
+
+
+def _merge_lead(x: np.ndarray, lead: int) -> int | None:
+    """The stride of ``x``'s first ``lead`` axes merged into one, or None if they do not merge."""
+    s = x.strides[lead - 1]
+    for ax in range(lead - 2, -1, -1):
+        if x.strides[ax] != x.strides[ax + 1] * x.shape[ax + 1] and x.shape[ax] > 1:
+            return None
+        s = x.strides[ax] if x.shape[ax] > 1 else s
+    return s
+
+
+def _matrix(x: np.ndarray, lead: int, r0: int, r1: int) -> np.ndarray | None:
+    """Rows ``r0:r1`` of every block of ``x`` (``lead`` block axes, then ``(R, C)``) as one 2-D
+    matrix (blocks x (r1 - r0) * C) without a copy, or None where the layout does not allow it."""
+    R, C = x.shape[lead:]
+    item = x.itemsize
+    if x.strides[-1] != item or (r1 - r0 > 1 and x.strides[-2] != C * item):
+        return None
+    nb = int(np.prod(x.shape[:lead]))
+    s0 = _merge_lead(x, lead) if nb > 1 else item
+    if s0 is None:
+        return None
+    base = x[(0,) * lead + (slice(r0, r1),)]
+    return as_strided(base, shape=(nb, (r1 - r0) * C), strides=(s0, item), writeable=True)
+
+
+def _direct(blocks: Sequence[Block], idx: list[int], r0: int, r1: int, C: int) -> np.ndarray | None:
+    """The blocks ``idx`` (whole in rows ``r0:r1``) as one float64 2-D view when they are
+    C-ordered float64 rows at one stride in memory; else None."""
+    views = []
+    for i in idx:
+        b = blocks[i]
+        if isinstance(b, tuple) or b.dtype != np.float64 or b.shape[1] != C:
+            return None
+        v = b[r0:r1]
+        if v.strides[-1] != 8 or (r1 - r0 > 1 and v.strides[0] != 8 * C):
+            return None
+        views.append(v)
+    if not views:
+        return None
+    ptr = [v.__array_interface__["data"][0] for v in views]
+    step = ptr[1] - ptr[0] if len(ptr) > 1 else 8 * C * (r1 - r0)
+    if any(ptr[j + 1] - ptr[j] != step for j in range(len(ptr) - 1)) or step <= 0:
+        return None
+    return as_strided(views[0], shape=(len(views), (r1 - r0) * C), strides=(step, 8))
+
+
+def combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, *, lead: int = 1,
+            nsys: int = 0, sq: np.ndarray | None = None, post: Any = None) -> np.ndarray:
+    """Write ``out[o] = blocks[o]`` for ``o < nsys`` and ``out[o] = sum_i G[o - nsys, i]
+    blocks[i]`` for the rest, chunk by chunk (see the module docstring).
+
+    Parameters
+    ----------
+    G : (n_out - nsys, k) float64 or complex128, or None when ``nsys`` covers every output
+    blocks : k blocks, each a 2-D view or ``(re, im, sign)`` (see :data:`Block`)
+    out : array of shape ``lead_shape + (R, C)``, ``prod(lead_shape) = n_out``; real or
+        complex, any float dtype (the products run in float64 / complex128 and are rounded
+        once into it)
+    lead : the number of leading axes of ``out`` that index the outputs
+    nsys : how many leading outputs are the blocks themselves (systematic codes)
+    sq : optional float64 array of ``n_out`` entries; each output's sum of squared magnitudes
+        is added to it, taken on each chunk while it is in cache (the decoder's noise scales
+        need the tasks' norms; a separate pass would read every task once more)
+    post : optional function of each chunk of products (float64, may be overwritten) returning
+        what to store (GF(p): the exact integer products reduced mod p, as int64)
+    """
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf inputs: refused after, by name
+        return _combine(G, blocks, out, lead, nsys, sq, post)
+
+
+def _combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, lead: int,
+             nsys: int, sq: np.ndarray | None = None, post: Any = None) -> np.ndarray:
+    R, C = out.shape[lead:]
+    lead_shape = out.shape[:lead]
+    n_out = int(np.prod(lead_shape))
+    k = len(blocks)
+    cplx = (np.iscomplexobj(out) or (G is not None and np.iscomplexobj(G))
+            or any(isinstance(b, tuple) for b in blocks))
+    cdt = np.dtype(np.complex128 if cplx else np.float64)
+    if G is not None:
+        G = np.ascontiguousarray(G, dtype=cdt)
+    flat = _flat(out, lead, n_out)
+    if R == 0 or C == 0 or n_out == 0:
+        return out
+    if nsys and flat is not None:
+        # systematic outputs: each block copied once, whole; then the parity rows alone
+        for o in range(nsys):
+            s = _copy_block(blocks[o], flat[o], norm=sq is not None)
+            if sq is not None:
+                sq[o] += s
+        if nsys < n_out:
+            _combine(G, blocks, flat[nsys:], 1, 0, None if sq is None else sq[nsys:], post)
+        return out
+    step = max(1, CHUNK_BYTES // max(1, max(k, n_out - nsys) * C * cdt.itemsize))
+    ends = sorted({min(_rows(b), R) for b in blocks} | {R, 0})
+    bounds = []
+    for a, b in zip(ends[:-1], ends[1:]):
+        if _whole(G, blocks, out, flat, nsys, a, b, C, cdt, sq):
+            continue      # one GEMM from the blocks where they lie into the tasks: done
+        bounds += [(s, min(b, s + step)) for s in range(a, b, step)]
+    if not bounds:
+        return out
+    buf_full = np.empty((k, step * C), dtype=cdt)
+    tmp_full = np.empty((max(n_out - nsys, 1), step * C), dtype=cdt)
+    for r0, r1 in bounds:
+        rc = r1 - r0
+        live = [i for i, b in enumerate(blocks) if _rows(b) > r0]
+        # the live blocks of this chunk as one (len(live), rc * C) matrix: a view if possible
+        D = None
+        if live and not cplx and live == list(range(live[0], live[-1] + 1)):
+            D = _direct(blocks, live, r0, r1, C)
+        if D is None and live:
+            D = buf_full[:len(live), :rc * C]
+            for j, i in enumerate(live):
+                _gather(blocks[i], D[j].reshape(rc, C), r0, r1)
+        for o in range(nsys):  # systematic outputs: the blocks themselves, one copy
+            dst = _out_block(out, flat, lead_shape, o)[r0:r1]
+            if o in live:
+                _store(dst, D[live.index(o)].reshape(rc, C))
+                if sq is not None:
+                    sq[o] += _rowsq(D[live.index(o)][None])[0]
+            else:
+                dst[...] = 0
+        if nsys >= n_out:
+            continue
+        if not live:
+            for o in range(nsys, n_out):
+                _out_block(out, flat, lead_shape, o)[r0:r1] = 0
+            continue
+        Gl = G[:, live[0]:live[-1] + 1] if live == list(range(live[0], live[-1] + 1)) else G[:, live]
+        direct = None
+        if out.dtype == cdt and post is None:
+            if flat is not None:
+                direct = _matrix(flat[nsys:], 1, r0, r1)
+            elif nsys == 0:
+                direct = _matrix(out, lead, r0, r1)
+        if direct is not None:
+            np.matmul(Gl, D, out=direct)
+            if sq is not None:
+                sq[nsys:] += _rowsq(direct)
+            continue
+        tmp = tmp_full[:, :rc * C]
+        np.matmul(Gl, D, out=tmp)
+        if sq is not None:
+            sq[nsys:] += _rowsq(tmp)
+        if post is not None:
+            tmp = post(tmp)
+        if flat is not None:
+            _store(flat[nsys:, r0:r1], tmp.reshape(n_out - nsys, rc, C))
+        elif nsys == 0:
+            _store(out[..., r0:r1, :], tmp.reshape(lead_shape + (rc, C)))
+        else:
+            for o in range(nsys, n_out):
+                _store(_out_block(out, None, lead_shape, o)[r0:r1], tmp[o - nsys].reshape(rc, C))
+    return out
+
+
+def _whole(G, blocks, out, flat, nsys, r0, r1, C, cdt, sq=None) -> bool:
+    """Rows ``r0:r1`` by GEMMs straight from the blocks into the tasks when no gathering and no
+    temporary is needed: real float64 blocks at one stride in memory, every one whole in these
+    rows, the parity tasks a float64 matrix at one stride, no systematic outputs. One GEMM, or
+    one per cache-sized chunk when ``sq`` asks for the outputs' norms (taken while the chunk
+    is in cache). Returns whether it did."""
+    if nsys or G is None or flat is None or out.dtype != cdt or cdt != np.float64:
+        return False
+    live = [i for i, b in enumerate(blocks) if _rows(b) > r0]
+    if not live or live != list(range(live[0], live[-1] + 1)):
+        return False
+    if any(_rows(blocks[i]) < r1 for i in live):
+        return False
+    D = _direct(blocks, live, r0, r1, C)
+    dst = _matrix(flat, 1, r0, r1) if D is not None else None
+    if dst is None:
+        return False
+    Gl = G[:, live[0]:live[-1] + 1]
+    if sq is None:
+        np.matmul(Gl, D, out=dst)
+        return True
+    step = max(1, CHUNK_BYTES // (max(flat.shape[0], len(live)) * C * 8))
+    for s0 in range(r0, r1, step):
+        s1 = min(r1, s0 + step)
+        d = _matrix(flat, 1, s0, s1)
+        np.matmul(Gl, D[:, (s0 - r0) * C:(s1 - r0) * C], out=d)
+        sq += _rowsq(d)
+    return True
+
+
+def _rowsq(X: np.ndarray) -> np.ndarray:
+    """Per row of a 2-D real or complex ``X`` (unit inner stride), the sum of squared
+    magnitudes in float64."""
+    if np.iscomplexobj(X):
+        X = X.view(X.real.dtype)
+    return np.einsum("ij,ij->i", X, X, dtype=np.float64)
+
+
+def copy_rows(src: np.ndarray, dst: np.ndarray, norm: bool = True) -> float:
+    """``dst[:len(src)] = src`` (cast), zero below, by cache-sized row chunks; returns the sum
+    of squares of what was written, taken on each chunk while it is in cache (0.0 when
+    ``norm`` is false)."""
+    total = 0.0
+    rows = dst.shape[0]
+    width = int(np.prod(dst.shape[1:], dtype=np.int64)) if dst.ndim > 1 else 1
+    step = max(1, CHUNK_BYTES // max(1, width * dst.itemsize))
+    with np.errstate(invalid="ignore", over="ignore"):
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            d = dst[r0:r1]
+            n = max(0, min(src.shape[0], r1) - r0)
+            if n:
+                np.copyto(d[:n], src[r0:r0 + n], casting="unsafe")
+            if n < r1 - r0:
+                d[n:] = 0
+            if norm:
+                v = d.reshape(-1)
+                total += float(np.dot(v, v))
+    return total
+
+
+def _flat(out: np.ndarray, lead: int, n_out: int) -> np.ndarray | None:
+    """``out`` with its ``lead`` output axes merged into one, as a view; None if that would copy."""
+    if lead == 1:
+        return out
+    try:
+        return np.reshape(out, (n_out,) + out.shape[lead:], copy=False)
+    except ValueError:
+        return None
+
+
+def _out_block(out: np.ndarray, flat: np.ndarray | None, lead_shape: tuple[int, ...], o: int) -> np.ndarray:
+    if flat is not None:
+        return flat[o]
+    return out[np.unravel_index(o, lead_shape)]
+
+
+def _store(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst[...] = src``, rounding once into ``dst``'s dtype (real part of a complex source only
+    where ``dst`` is real: never the case in the codes, which pack real pairs explicitly)."""
+    np.copyto(dst, src, casting="unsafe")
+
+
+def _copy_block(b: Block, dst: np.ndarray, norm: bool = True) -> float:
+    """Block ``b`` into ``dst`` (R x C, C-ordered, the task's dtype), zero where padding cuts it
+    short, by cache-sized row chunks; returns the sum of squared magnitudes written (0.0 when
+    ``norm`` is false)."""
+    re, im, sign = _parts(b)
+    R, C = dst.shape
+    step = max(1, CHUNK_BYTES // max(1, C * dst.itemsize))
+    total = 0.0
+    for r0 in range(0, R, step):
+        r1 = min(R, r0 + step)
+        d = dst[r0:r1]
+        if np.iscomplexobj(dst):
+            _fill(d.real, re, r0, r1, C, 1.0)
+            if im is None:
+                d.imag[...] = 0
+            else:
+                _fill(d.imag, im, r0, r1, C, sign)
+        else:
+            _fill(d, re, r0, r1, C, 1.0)
+        if norm:
+            v = d.reshape(-1)
+            if np.iscomplexobj(v):
+                v = v.view(v.real.dtype)
+            total += float(np.dot(v, v))
+    return total
+
+
+def _gather(b: Block, dst: np.ndarray, r0: int, r1: int) -> None:
+    """Rows ``r0:r1`` of block ``b`` into ``dst`` (rc x C, compute dtype), zero where the block
+    is cut short by padding."""
+    re, im, sign = _parts(b)
+    C = dst.shape[1]
+    if np.iscomplexobj(dst):
+        _fill(dst.real, re, r0, r1, C, 1.0)
+        if im is None:
+            dst.imag[...] = 0
+        else:
+            _fill(dst.imag, im, r0, r1, C, sign)
+    else:
+        _fill(dst, re, r0, r1, C, 1.0)
+
+
+def _fill(dst: np.ndarray, src: np.ndarray, r0: int, r1: int, C: int, sign: float) -> None:
+    rows = max(0, min(src.shape[0], r1) - r0)
+    cols = src.shape[1]
+    if rows:
+        if sign == 1.0:
+            np.copyto(dst[:rows, :cols], src[r0:r0 + rows], casting="unsafe")
+        else:
+            np.negative(src[r0:r0 + rows], out=dst[:rows, :cols], casting="unsafe")
+        if cols < C:
+            dst[:rows, cols:] = 0
+    if rows < dst.shape[0]:
+        dst[rows:] = 0

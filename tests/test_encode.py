@@ -1,0 +1,199 @@
+"""The encode kernels against the straightforward reference encode (generator @ stacked blocks).
+
+``code.encode`` writes every task once from views of A and B (``codedml/codes/_encode.py``);
+:func:`codedml.codes._reference.reference_encode` pads, stacks and contracts with
+``np.tensordot``. They must agree for every code: exactly over GF(p), exactly for the data
+blocks a systematic code hands out, and otherwise within the summation-order rounding of a
+float64 product (``k`` terms: ``4 k eps`` relative to the largest entry) or one float32
+rounding of the same float64 value (a float32 task may differ by one ulp where the float64
+values straddle a rounding boundary).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from codedml.codes import GradientCode, MatDotCode, MDSCode, PolyDotCode, PolynomialCode
+from codedml.codes._encode import combine, real_form
+from codedml.codes._reference import reference_encode
+from codedml.errors import ConfigurationError
+
+#: 2^16 + 1 and 2^17 - 1 take the float64 kernel (k (p-1)^2 < 2^53); 67108859 (just below
+#: 2^26) the stacked matmul_mod path
+PRIMES = (65537, 131_071, 67_108_859)
+
+
+def _check(code, A, B, precision="auto"):
+    enc = code.encode(A, B, precision=precision)
+    ref = reference_encode(code, A, B, precision)
+    assert len(enc) == len(ref) == code.workers
+    k = max(getattr(code, "recovery_threshold", 1), 1)
+    for t, (a, b) in zip(enc, ref):
+        for got, want in ((np.asarray(t.a), a), (np.asarray(t.b), b)):
+            assert got.shape == want.shape, (code, got.shape, want.shape)
+            assert got.dtype == want.dtype, (code, got.dtype, want.dtype)
+            if code.field is not None:
+                np.testing.assert_array_equal(got, want)
+                continue
+            scale = float(np.abs(want).max()) if want.size else 0.0
+            if got.dtype in (np.float32, np.complex64):
+                tol = 2.0 ** -22 * scale       # one float32 rounding per part, at most
+            else:
+                size = max(scale, float(np.abs(A).max(initial=0)), float(np.abs(B).max(initial=0)))
+                tol = 16 * k * np.finfo(np.float64).eps * size
+            assert float(np.abs(got.astype(np.complex128) - want).max(initial=0.0)) <= tol, code
+    return enc
+
+
+def _real_inputs(rng, M, N, K, dtype, vec):
+    A = rng.standard_normal((M, N)).astype(dtype)
+    B = rng.standard_normal((N,) if vec else (N, K)).astype(dtype)
+    return A, B
+
+
+
+def _codes(n, draw_kind, k_frac):
+    """A code of each family at n workers."""
+    k = max(1, min(n, int(round(k_frac * n))))
+    m = max(1, (k + 1) // 2)
+    return {
+        "mds": MDSCode(n, k),
+        "mds_sys": MDSCode(n, k, systematic=True),
+        "mds_equi": MDSCode(n, min(k, 6), construction="equispaced"),
+        "poly": PolynomialCode(n, max(1, k // 2), 2) if n >= 2 else MDSCode(n, 1),
+        "matdot": MatDotCode(n, m),
+        "matdot_sys": MatDotCode(n, m, systematic=True),
+        "matdot_cheb": MatDotCode(n, min(m, 3), construction="chebyshev"),
+        "polydot": PolyDotCode(n, 2, 2, 1) if n >= 5 else MDSCode(n, 1),
+        "gradient": GradientCode(n, min(n - 1, 2)),
+        "gradient_fr": GradientCode(n, 1, "fractional_repetition") if n % 2 == 0 else GradientCode(n, 0),
+    }[draw_kind]
+
+
+KINDS = ("mds", "mds_sys", "mds_equi", "poly", "matdot", "matdot_sys", "matdot_cheb", "polydot",
+         "gradient", "gradient_fr")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(KINDS), n=st.integers(2, 17), k_frac=st.floats(0.3, 1.0),
+       M=st.integers(1, 40), N=st.integers(1, 40), K=st.integers(1, 12),
+       dtype=st.sampled_from([np.float64, np.float32]), vec=st.booleans(),
+       order=st.sampled_from(["C", "F", "strided"]), seed=st.integers(0, 2 ** 16))
+def test_real_encode_equals_reference(kind, n, k_frac, M, N, K, dtype, vec, order, seed):
+    code = _codes(n, kind, k_frac)
+    if vec and getattr(code, "q", 1) > 1:
+        vec = False
+    rng = np.random.default_rng(seed)
+    A, B = _real_inputs(rng, M, N, K, dtype, vec)
+    if order == "F":                       # non-C-ordered inputs: the gather path
+        A = np.asfortranarray(A)
+    elif order == "strided":
+        A = np.ascontiguousarray(np.repeat(A, 2, axis=1))[:, ::2]
+    _check(code, A, B)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(("mds", "mds_sys", "poly", "matdot", "matdot_sys", "polydot", "gradient")),
+       n=st.integers(2, 12), k_frac=st.floats(0.3, 1.0), M=st.integers(1, 30),
+       N=st.integers(1, 30), K=st.integers(1, 8), p=st.sampled_from(PRIMES), vec=st.booleans(),
+       seed=st.integers(0, 2 ** 16))
+def test_gfp_encode_equals_reference_exactly(kind, n, k_frac, M, N, K, p, vec, seed):
+    base = _codes(n, kind, k_frac)
+    kw = {"field": p}
+    if isinstance(base, GradientCode):
+        code = GradientCode(n, base.stragglers, base.scheme, **kw)
+    elif isinstance(base, PolyDotCode):
+        code = PolyDotCode(n, base.p, base.m, base.q, systematic=base.systematic, **kw)
+    if vec and getattr(code, "q", 1) > 1:
+        vec = False
+    rng = np.random.default_rng(seed)
+    A = rng.integers(0, p, (M, N))
+    B = rng.integers(0, p, (N,) if vec else (N, K))
+    _check(code, A, B)
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64", "compensated"])
+def test_precision_choices_encode_as_reference(precision):
+    rng = np.random.default_rng(3)
+    A, B = _real_inputs(rng, 37, 29, 11, np.float64, False)
+    for code in (MDSCode(9, 7), MatDotCode(9, 4, systematic=True), PolynomialCode(9, 2, 3),
+                 GradientCode(8, 2)):
+        _check(code, A, B, precision)
+
+
+def test_systematic_tasks_are_the_data_blocks_exactly():
+    """Systematic workers get A's blocks (copies, not views of the caller's array)."""
+    rng = np.random.default_rng(5)
+    A, B = _real_inputs(rng, 60, 20, 7, np.float64, False)
+    enc = MDSCode(8, 5, systematic=True).encode(A, B)
+    for w in range(5):
+        np.testing.assert_array_equal(np.asarray(enc[w].a), A[12 * w:12 * (w + 1)])
+        assert not np.shares_memory(np.asarray(enc[w].a), A)
+    A, B = _real_inputs(rng, 60, 24, 7, np.float64, False)
+    enc = MatDotCode(7, 3, systematic=True).encode(A, B)
+    # inner pairs packed: task j is A_2j + i A_2j+1 (A's columns split in 6 blocks of 4)
+    for j in range(3):
+        want = A[:, 8 * j:8 * j + 4] + 1j * A[:, 8 * j + 4:8 * j + 8]
+        np.testing.assert_array_equal(np.asarray(enc[j].a), want)
+
+
+def test_tasks_never_alias_the_inputs():
+    rng = np.random.default_rng(6)
+    A, B = _real_inputs(rng, 30, 30, 30, np.float64, False)
+    for code in (MDSCode(6, 3), MDSCode(6, 3, systematic=True), PolynomialCode(9, 2, 2),
+                 MatDotCode(7, 3), GradientCode(6, 2)):
+        for t in code.encode(A, B):
+            assert not np.shares_memory(np.asarray(t.a), A)
+            assert not np.shares_memory(np.asarray(t.b), B)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", ["A", "B"])
+def test_non_finite_inputs_still_rejected_by_name(bad, where):
+    """The NaN/Inf check now runs on the tasks' norms; the error still names the input."""
+    rng = np.random.default_rng(7)
+    for code in (MDSCode(6, 4), MDSCode(6, 4, systematic=True), PolynomialCode(9, 2, 2),
+                 MatDotCode(7, 3), MDSCode(6, 4, construction="equispaced"), GradientCode(6, 2)):
+        A, B = _real_inputs(rng, 12, 10, 8, np.float64, False)
+        (A if where == "A" else B)[3, 4] = bad
+        with pytest.raises(ConfigurationError, match=f"`{where}` contains NaN or Inf"):
+            code.encode(A, B)
+
+
+def test_huge_finite_inputs_pass_as_before():
+    """Entries whose squares overflow make a norm infinite; the exact check lets them through."""
+    A = np.full((8, 6), 1e200)
+    B = np.ones((6, 3))
+    enc = MDSCode(5, 2).encode(A, B)
+    assert not np.isfinite(enc.scales).all()
+
+
+def test_combine_writes_float32_tasks_rounded_once_and_pads_with_zeros():
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((10, 7))
+    blocks = [X[:4], X[4:8], X[8:]]            # the last block is cut short by padding
+    G = rng.standard_normal((5, 3))
+    out = np.empty((5, 4, 7), dtype=np.float32)
+    combine(G, blocks, out)
+    D = np.zeros((3, 4, 7))
+    D[0], D[1], D[2, :2] = X[:4], X[4:8], X[8:]
+    np.testing.assert_array_equal(out, np.tensordot(G, D, 1).astype(np.float32))
+
+
+def test_real_form_matches_complex_product():
+    rng = np.random.default_rng(9)
+    G = rng.standard_normal((4, 3)) + 1j * rng.standard_normal((4, 3))
+    Z = rng.standard_normal((3, 5)) + 1j * rng.standard_normal((3, 5))
+    stacked = np.stack([Z.real, Z.imag], axis=1).reshape(6, 5)
+    got = (real_form(G) @ stacked).reshape(4, 2, 5)
+    want = G @ Z
+    np.testing.assert_allclose(got[:, 0] + 1j * got[:, 1], want, rtol=0, atol=1e-14)
+
+
+def test_reference_refuses_primes_that_would_overflow():
+    with pytest.raises(ConfigurationError, match="field"):
+        reference_encode(MDSCode(5, 3, field=2_147_483_647), np.ones((6, 2), dtype=np.int64),
+                         np.ones((2, 2), dtype=np.int64))

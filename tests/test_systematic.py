@@ -1,0 +1,484 @@
+"""Systematic codes (``systematic=True``): MDS, polynomial codes with ``col_blocks=1`` and
+MatDot, over the reals (every construction) and GF(p).
+
+Properties checked (hypothesis, random n, thresholds, unaligned shapes, vector B):
+
+* decode from any recovery-threshold subset (and any larger one) equals ``A @ B``: within
+  ``1e-10 * ||A||_F ||B||_F`` for float64 inputs (``1e-4`` for float32), exactly over GF(p);
+  systematic MatDot also from its ``m`` systematic workers alone;
+* when every systematic worker answers, decode is pure assembly: no solver runs (the real
+  solver ``_lstsq`` and the GF(p) solvers are patched to fail) and the decoded product is
+  bit for bit the systematic workers' results (MDS-type: stacked; MatDot: summed);
+* with ``s`` systematic blocks missing, exactly one solve runs and it has ``s`` unknowns;
+  the present blocks are copied unchanged;
+* encode: the systematic workers' operands are the (padded) data blocks themselves;
+* soft errors: ``e`` corrupt results among ``k + 2e`` are located (systematic and parity
+  workers alike) and the product is still right;
+* the same API as the non-systematic code: shapes, padding refusal, dtypes, repr, equality;
+  PolyDot and ``col_blocks > 1`` refuse ``systematic=True`` by name.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import codedml.codes._base as base
+import codedml.codes._gfp as gfp
+from codedml.codes import CONSTRUCTIONS, MatDotCode, MDSCode, PolyDotCode, PolynomialCode
+from codedml.errors import ConfigurationError, CorruptResultError
+
+P16 = 65521
+P21 = 2097143
+FIELDS = [None, P16, P21]
+FIELD_IDS = ["real", "GF65521", "GF2097143"]
+#: float64 inputs: decoded error relative to ||A||_F ||B||_F (n <= 10 here: worst-case
+#: condition numbers below 1e4 even for the equispaced baseline, so 1e-10 has a wide margin)
+REAL_TOL = 1e-10
+F32_TOL = 1e-4
+
+PROPS = settings(max_examples=25, deadline=None, derandomize=True,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+# --------------------------------------------------------------------------- strategies
+@st.composite
+def systematic_codes(draw, field=None, kinds=("MDS", "Polynomial", "MatDot"), max_workers=10):
+    kind = draw(st.sampled_from(kinds))
+    n = draw(st.integers(1, max_workers))
+    kw = {"field": field} if field is not None else {"construction": draw(st.sampled_from(CONSTRUCTIONS))}
+    if kind == "MDS":
+        return MDSCode(n, draw(st.integers(1, n)), systematic=True, **kw)
+    if kind == "Polynomial":
+        return PolynomialCode(n, draw(st.integers(1, n)), 1, systematic=True, **kw)
+    return MatDotCode(n, draw(st.integers(1, (n + 1) // 2)), systematic=True, **kw)
+
+
+@st.composite
+def operands(draw, field, lo=1, hi=11, f32=True):
+    M = draw(st.integers(lo, hi))
+    N = draw(st.integers(lo, hi))
+    bshape = (N,) if draw(st.booleans()) else (N, draw(st.integers(1, 7)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if field is None:
+        A = 10.0 ** draw(st.integers(-3, 3)) * rng.standard_normal((M, N))
+        B = rng.standard_normal(bshape)
+        if f32 and draw(st.booleans()):
+            A, B = A.astype(np.float32), B.astype(np.float32)
+        return A, B
+    return rng.integers(0, field, size=(M, N)), rng.integers(0, field, size=bshape)
+
+
+def n_sys(code) -> int:
+    """The systematic workers are 0 .. s-1: s = k (MDS-type) or m (MatDot)."""
+    return code.m if code.m > 1 else code.p
+
+
+def check_product(out, A, B, field):
+    if field is None:
+        C = A.astype(np.float64) @ B.astype(np.float64)
+        assert out.shape == C.shape
+        tol = F32_TOL if np.result_type(A.dtype, B.dtype) == np.float32 else REAL_TOL
+        scale = max(np.linalg.norm(A.astype(np.float64)) * np.linalg.norm(B.astype(np.float64)),
+                    np.finfo(float).tiny)
+        err = np.linalg.norm(out - C) / scale
+        assert err < tol, f"error {err:.3e} relative to ||A|| ||B||"
+    else:
+        C = (A.astype(object) @ B.astype(object)) % field
+        assert out.shape == C.shape
+        np.testing.assert_array_equal(out, C.astype(np.int64))
+
+
+def padded(X, rows, cols=None):
+    """X zero-padded to ``rows`` rows (and ``cols`` columns)."""
+    X = np.asarray(X)
+    out = np.zeros((rows,) + ((cols,) if cols is not None else X.shape[1:]), dtype=X.dtype)
+    out[tuple(slice(0, s) for s in X.shape)] = X
+    return out
+
+
+def _no_solve(*args, **kwargs):
+    raise AssertionError("a solver ran although every systematic result was there")
+
+
+# --------------------------------------------------------------------------- decode
+@pytest.mark.parametrize("field", FIELDS, ids=FIELD_IDS)
+@PROPS
+@given(data=st.data())
+def test_any_threshold_subset_decodes(field, data):
+    code = data.draw(systematic_codes(field), label="code")
+    A, B = data.draw(operands(field), label="operands")
+    tasks = code.encode(A, B)
+    n, k = code.workers, code.recovery_threshold
+    S = data.draw(st.sets(st.integers(0, n - 1), min_size=k, max_size=n), label="received")
+    out, info = code.decode({w: tasks[w].compute() for w in S}, encoding=tasks, return_info=True)
+    assert info.faulty == ()
+    check_product(out, A, B, field)
+
+
+@pytest.mark.parametrize("field", FIELDS, ids=FIELD_IDS)
+@PROPS
+@given(data=st.data())
+def test_every_systematic_result_means_assembly_without_a_solve(field, data):
+    code = data.draw(systematic_codes(field), label="code")
+    A, B = data.draw(operands(field), label="operands")
+    tasks = code.encode(A, B)
+    n, s = code.workers, n_sys(code)
+    # GF(p) MatDot with 2m or more results checks the spare ones exactly, which needs the
+    # product polynomial (a solve); the reals check spares on random projections instead
+    most = n - s if field is None or code.m == 1 else min(n - s, code.m - 1)
+    extra = (data.draw(st.sets(st.integers(s, n - 1), max_size=most), label="parity results")
+             if most > 0 else set())
+    # MatDot: the m systematic products alone suffice (fewer than 2m - 1)
+    if code.m == 1:
+        extra |= set(range(s, max(s, code.recovery_threshold)))
+    S = set(range(s)) | extra
+    assert code.decodable(S)
+    results = {w: tasks[w].compute() for w in S}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(base, "_lstsq", _no_solve)
+        mp.setattr(gfp, "solve_mod", _no_solve)
+        mp.setattr(gfp, "inv_mod", _no_solve)
+        mp.setattr(type(code), "_solve_real", _no_solve)
+        out = code.decode(results, encoding=tasks)
+    check_product(out, A, B, field)
+    # bit for bit what the systematic workers returned: assembly, not arithmetic
+    C = tasks.shape
+    if code.m == 1:
+        stacked = np.concatenate([np.asarray(results[w]) for w in range(s)], axis=0)
+        np.testing.assert_array_equal(out, stacked[tuple(slice(0, x) for x in C)])
+    elif field is None:
+        total = np.array(results[0], dtype=np.result_type(results[0].dtype, np.float64))
+        for w in range(1, s):
+            total += results[w]
+        np.testing.assert_array_equal(out, total.real[tuple(slice(0, x) for x in C)])
+    else:
+        total = np.zeros_like(np.asarray(results[0], dtype=np.int64))
+        for w in range(s):
+            total = (total + np.asarray(results[w], dtype=np.int64)) % field
+        np.testing.assert_array_equal(out, total[tuple(slice(0, x) for x in C)])
+
+
+@pytest.mark.parametrize("field", FIELDS, ids=FIELD_IDS)
+@PROPS
+@given(data=st.data())
+def test_missing_systematic_blocks_are_the_only_unknowns(field, data):
+    """MDS-type codes: with the systematic blocks ``miss`` absent, one solve runs and its
+    system has exactly ``len(miss)`` unknowns; the present blocks pass through unchanged."""
+    code = data.draw(systematic_codes(field, kinds=("MDS", "Polynomial")), label="code")
+    n, s = code.workers, code.p
+    if s == n:  # no parity worker: nothing can be missing
+        return
+    A, B = data.draw(operands(field), label="operands")
+    tasks = code.encode(A, B)
+    miss = data.draw(st.sets(st.integers(0, s - 1), min_size=1, max_size=min(s, n - s)),
+                     label="missing systematic")
+    par = data.draw(st.sets(st.integers(s, n - 1), min_size=len(miss), max_size=n - s),
+                    label="parity results")
+    S = (set(range(s)) - miss) | par
+    results = {w: tasks[w].compute() for w in S}
+    calls = []
+    if field is None:
+        real = base._lstsq
+
+        def spy(M, E, *args, **kwargs):
+            calls.append(M.shape)
+            return real(M, E, *args, **kwargs)
+        target = (base, "_lstsq", spy)
+    else:
+        real = gfp.solve_mod
+
+        def spy(a, b, p):
+            calls.append(np.shape(a))
+            return real(a, b, p)
+        target = (gfp, "solve_mod", spy)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(*target)
+        out = code.decode(results, encoding=tasks)
+    check_product(out, A, B, field)
+    assert len(calls) == 1, calls
+    assert calls[0][1] == len(miss)
+    if field is not None:
+        assert calls[0] == (len(miss), len(miss))
+    else:
+        assert calls[0][0] == len(par)
+    # the present blocks pass through unchanged (the padded product, rows of rb per block)
+    full = code.decode(results, shape=code.padded_shape(tasks.shape))
+    for w in set(range(s)) - miss:
+        rb = np.shape(results[w])[0]
+        np.testing.assert_array_equal(full[w * rb:(w + 1) * rb], results[w])
+
+
+# --------------------------------------------------------------------------- encode
+@pytest.mark.parametrize("field", FIELDS, ids=FIELD_IDS)
+@PROPS
+@given(data=st.data())
+def test_systematic_tasks_are_the_data_blocks(field, data):
+    code = data.draw(systematic_codes(field), label="code")
+    A, B = data.draw(operands(field), label="operands")
+    tasks = code.encode(A, B)
+    assert len(tasks) == code.workers
+    dt = tasks[0].a.dtype if field is None else np.int64
+    packed = field is None and code.construction == "circle"
+    M, N = A.shape
+    if code.m == 1:
+        k = code.p
+        Ap = padded(A, -(-M // (k * (2 if packed else 1))) * k * (2 if packed else 1))
+        rb = Ap.shape[0] // k
+        for w in range(k):
+            np.testing.assert_array_equal(np.asarray(tasks[w].a), Ap[w * rb:(w + 1) * rb].astype(dt))
+        for w in range(code.workers):  # B is shared, unencoded
+            np.testing.assert_array_equal(np.asarray(tasks[w].b), np.asarray(B).astype(tasks[w].b.dtype))
+        return
+    m = code.m
+    mult = m * (2 if packed else 1)
+    Np = -(-N // mult) * mult
+    Ap = padded(A.T, Np).T
+    Bp = padded(B, Np)
+    nb = Np // mult
+    for w in range(m):
+        a, b = np.asarray(tasks[w].a), np.asarray(tasks[w].b)
+        if packed:
+            lo = 2 * w * nb
+            np.testing.assert_array_equal(a.real, Ap[:, lo:lo + nb].astype(a.real.dtype))
+            np.testing.assert_array_equal(a.imag, Ap[:, lo + nb:lo + 2 * nb].astype(a.real.dtype))
+            np.testing.assert_array_equal(b.real, Bp[lo:lo + nb].astype(b.real.dtype))
+            np.testing.assert_array_equal(-b.imag, Bp[lo + nb:lo + 2 * nb].astype(b.real.dtype))
+        else:
+            np.testing.assert_array_equal(a, Ap[:, w * nb:(w + 1) * nb].astype(dt))
+            np.testing.assert_array_equal(b, Bp[w * nb:(w + 1) * nb].astype(dt))
+
+
+@pytest.mark.parametrize("construction", CONSTRUCTIONS)
+def test_parity_rows_are_the_lagrange_combinations(construction):
+    """A parity worker holds sum_i G[w, i] A_i with G = V V_S^{-1}: checked against an
+    independent evaluation of the Lagrange basis on the systematic points."""
+    code = MDSCode(7, 3, systematic=True, construction=construction)
+    G = code._generator()
+    np.testing.assert_array_equal(G[:3], np.eye(3))
+    x = (code._points[code._order] if construction != "circle"
+         else np.exp(2j * np.pi * code._order / 7))
+    for w in range(3, 7):
+        for i in range(3):
+            Li = np.prod([(x[w] - x[j]) / (x[i] - x[j]) for j in range(3) if j != i])
+            assert abs(G[w, i] - (Li.real if construction != "circle" else Li)) < 1e-12
+
+
+# --------------------------------------------------------------------------- soft errors
+@pytest.mark.parametrize("field", FIELDS, ids=FIELD_IDS)
+@PROPS
+@given(data=st.data())
+def test_soft_errors_are_located(field, data):
+    code = data.draw(systematic_codes(field, max_workers=11).filter(
+        lambda c: c.workers - c.recovery_threshold >= 2), label="code")
+    A, B = data.draw(operands(field, f32=False), label="operands")
+    tasks = code.encode(A, B)
+    n, k = code.workers, code.recovery_threshold
+    e = data.draw(st.integers(1, (n - k) // 2), label="errors")
+    S = sorted(data.draw(st.sets(st.integers(0, n - 1), min_size=k + 2 * e, max_size=n),
+                         label="received"))
+    bad = set(data.draw(st.sets(st.sampled_from(S), min_size=1, max_size=e), label="corrupt"))
+    rng = np.random.default_rng(len(S))
+    results = {}
+    for w in S:
+        r = np.array(tasks[w].compute())
+        if w in bad:
+            if field is None:
+                r = r + 1e3 * (1.0 + np.abs(r))
+            else:
+                r = (r.astype(np.int64) + rng.integers(1, field, size=r.shape)) % field
+        results[w] = r
+    out, faulty = code.decode(results, errors=e, encoding=tasks, return_faulty=True)
+    assert set(faulty) == bad
+    check_product(out, A, B, field)
+
+
+@pytest.mark.parametrize("field", [None, P16], ids=["real", "GF65521"])
+def test_corruption_beyond_the_budget_raises(field):
+    """Every systematic worker plus one parity worker answer, one systematic result is wrong:
+    with errors=0 the spare parity result exposes it instead of a silently wrong assembly."""
+    code = MDSCode(6, 3, systematic=True, field=field)
+    rng = np.random.default_rng(1)
+    if field is None:
+        A, B = rng.standard_normal((6, 4)), rng.standard_normal((4, 3))
+    else:
+        A, B = rng.integers(0, field, (6, 4)), rng.integers(0, field, (4, 3))
+    tasks = code.encode(A, B)
+    results = {w: np.array(tasks[w].compute()) for w in (0, 1, 2, 4)}
+    results[1] = results[1] + 1 if field is not None else results[1] * 2.0
+    if field is not None:
+        results[1] %= field
+    with pytest.raises(CorruptResultError):
+        code.decode(results, encoding=tasks)
+
+
+# --------------------------------------------------------------------------- same API
+@pytest.mark.parametrize("field", FIELDS, ids=FIELD_IDS)
+@PROPS
+@given(data=st.data())
+def test_same_api_as_the_plain_code(field, data):
+    code = data.draw(systematic_codes(field), label="code")
+    plain = type(code)(code.workers, **_args(code), systematic=False,
+                       **({"field": field} if field else {"construction": code.construction}))
+    A, B = data.draw(operands(field), label="operands")
+    ts, tp = code.encode(A, B), plain.encode(A, B)
+    assert ts.shape == tp.shape and ts.inner == tp.inner
+    # the operand dtype follows the same rule (float32 workers only below the condition bound)
+    for enc, c in ((ts, code), (tp, plain)):
+        f32 = (field is None and np.result_type(A.dtype, B.dtype) == np.float32
+               and c.condition_bound() <= base.FLOAT32_MAX_CONDITION)
+        assert enc.dtype == (np.float32 if f32 else np.float64 if field is None else np.int64)
+    assert code.padded_shape(ts.shape) == plain.padded_shape(tp.shape)
+    assert [t.a.shape for t in ts] == [t.a.shape for t in tp]
+    assert [np.shape(t.b) for t in ts] == [np.shape(t.b) for t in tp]
+    assert [t.compute().shape for t in ts] == [t.compute().shape for t in tp]
+    n, k = code.workers, code.recovery_threshold
+    S = data.draw(st.sets(st.integers(0, n - 1), min_size=k, max_size=n), label="received")
+    out_s = code.decode({w: ts[w].compute() for w in S}, encoding=ts)
+    out_p = plain.decode({w: tp[w].compute() for w in S}, encoding=tp)
+    assert out_s.shape == out_p.shape and out_s.dtype == out_p.dtype
+    if field is None:
+        scale = np.linalg.norm(A.astype(float)) * np.linalg.norm(B.astype(float))
+        tol = F32_TOL if np.result_type(A.dtype, B.dtype) == np.float32 else REAL_TOL
+        assert np.linalg.norm(out_s - out_p) <= 2 * tol * max(scale, np.finfo(float).tiny)
+    else:
+        np.testing.assert_array_equal(out_s, out_p)
+
+
+def _args(code):
+    if isinstance(code, MDSCode):
+        return {"k": code.p}
+    if isinstance(code, PolynomialCode):
+        return {"row_blocks": code.p, "col_blocks": code.q}
+    return {"inner_blocks": code.m}
+
+
+def test_padding_is_refused_without_a_shape_as_for_the_plain_code():
+    code = MDSCode(5, 3, systematic=True)
+    A, B = np.ones((7, 4)), np.ones(4)                         # 7 rows padded to 12
+    tasks = code.encode(A, B)
+    results = {w: tasks[w].compute() for w in range(3)}
+    with pytest.raises(ConfigurationError, match="encoding="):
+        code.decode(results)
+    np.testing.assert_array_equal(code.decode(results, shape=(7,)), A @ B)
+
+
+def test_identity_repr_and_refusals():
+    a, b = MDSCode(6, 3, systematic=True), MDSCode(6, 3, systematic=False)
+    assert a != b and hash(a) != hash(b) and a == MDSCode(6, 3, systematic=True)
+    assert repr(a) == "MDSCode(workers=6, k=3, construction='circle', systematic=True)"
+    assert repr(b) == "MDSCode(workers=6, k=3, construction='circle', systematic=False)"
+    assert repr(PolyDotCode(9, 2, 2, 1)) == (
+        "PolyDotCode(workers=9, row_blocks=2, inner_blocks=2, col_blocks=1, construction='circle')")
+    with pytest.raises(ConfigurationError, match=r"`systematic` must be True, False or None .*got 'yes'"):
+        MDSCode(6, 3, systematic="yes")
+    with pytest.raises(ConfigurationError, match=r"systematic=True.*col_blocks=2"):
+        PolynomialCode(8, 2, 2, systematic=True)
+    with pytest.raises(ConfigurationError, match=r"systematic=True.*row_blocks=2, inner_blocks=2"):
+        PolyDotCode(9, 2, 2, 1, systematic=True)
+    # MatDot from its m systematic workers alone; MDS needs k whatever they are
+    assert MatDotCode(7, 3, systematic=True).decodable([0, 1, 2])
+    assert not MatDotCode(7, 3, systematic=False).decodable([0, 1, 2])
+    assert not MDSCode(7, 3, systematic=True).decodable([0, 1])
+
+
+@pytest.mark.parametrize("rows", [1, 3, 5])
+def test_padding_blocks_of_zeros_are_not_read_as_corruption(rows):
+    """A small A leaves most systematic workers with all-zero blocks (split padding) and
+    exactly-zero results; the spare parity result must still read as consistent (their
+    tolerance once collapsed to 1e-250, and the weighted check flagged consistent results)."""
+    code = MDSCode(5, 4, systematic=True)
+    rng = np.random.default_rng(rows)
+    A, B = rng.standard_normal((rows, 3)), rng.standard_normal((3, 2))
+    tasks = code.encode(A, B)
+    out, info = code.decode({w: tasks[w].compute() for w in range(5)}, encoding=tasks,
+                            return_info=True)
+    assert info.faulty == () and info.checked
+    check_product(out, A, B, None)
+
+
+# --------------------------------------------------------------------------- left products
+@pytest.mark.parametrize("field", FIELDS, ids=FIELD_IDS)
+@pytest.mark.parametrize("construction", CONSTRUCTIONS)
+def test_left_product_against_a_systematic_stored_operand(field, construction):
+    """``L @ W`` for ``W`` stored with a systematic MDS code: every (2k-1)-subset decodes,
+    and the k systematic workers alone (their products sum to L W)."""
+    import itertools
+
+    from codedml.codes.resident import encode_left
+
+    if field is not None and construction != "circle":
+        return
+    kw = {"field": field} if field else {"construction": construction}
+    stored = MDSCode(7, 3, systematic=True, **kw)
+    rng = np.random.default_rng(3)
+    if field is None:
+        W, L = rng.standard_normal((10, 4)), rng.standard_normal((3, 10))
+    else:
+        W, L = rng.integers(0, field, (10, 4)), rng.integers(0, field, (3, 10))
+    blocks = stored.encode(W, np.eye(4, dtype=W.dtype))           # a_w in task.a
+    code, enc = encode_left(stored, L, 4, dtype=blocks.dtype)
+    assert code.systematic and code.recovery_threshold == 5
+    prods = {w: (enc[w].a @ blocks[w].a) % field if field else enc[w].a @ blocks[w].a
+             for w in range(7)}
+    for S in itertools.chain(itertools.combinations(range(7), 5), [(0, 1, 2)]):
+        check_product(code.decode({w: prods[w] for w in S}, encoding=enc), L, W, field)
+
+
+# --------------------------------------------------------------------------- the default
+def test_default_is_systematic_where_it_stays_accurate():
+    """systematic=None (the default): systematic over GF(p) and on the circle while the
+    systematic worst case stays within COMPENSATE_MAX_CONDITION; plain otherwise, and for the
+    naive real constructions and the codes without a systematic form."""
+    from codedml.codes.numerics import worst_case_condition
+
+    assert MDSCode(6, 3).systematic and MatDotCode(7, 3).systematic
+    assert MDSCode(6, 3, field=P16).systematic and MatDotCode(7, 3, field=P16).systematic
+    assert PolynomialCode(8, 4, 1).systematic
+    assert not PolynomialCode(8, 2, 3).systematic and not PolyDotCode(9, 2, 2, 1).systematic
+    assert not MDSCode(8, 4, construction="chebyshev").systematic
+    assert not MDSCode(8, 4, construction="equispaced").systematic
+    assert MDSCode(31, 26).systematic                    # bound 2.6e4
+    assert not MDSCode(40, 35).systematic                # bound 8.4e4 > 3e4: plain (3.0e4)
+    assert not MatDotCode(31, 13).systematic             # plain worst case 3.2e4 already
+    # MatDot: up to SYSTEMATIC_MATDOT_MAX_CONDITION = 5000 (its worst-subset error at 8.0e3
+    # measured 1.04e-12, past the promise)
+    assert MatDotCode(24, 10).systematic and not MatDotCode(30, 13).systematic
+    for n, k in ((9, 6), (12, 7), (16, 14)):
+        code = MDSCode(n, k)
+        exact = worst_case_condition(code, max_subsets=10**6)
+        assert exact.exact
+        # the default's criterion is an upper bound of the exhaustive worst case, and tight
+        assert exact.value <= code.systematic_condition_bound() * (1 + 1e-9)
+        assert code.systematic_condition_bound() <= 1.6 * exact.value
+        assert code.condition_bound() == code.systematic_condition_bound()
+
+
+@pytest.mark.parametrize("field", [None, P16], ids=["real", "GF65521"])
+def test_exactly_the_systematic_results_take_the_stacking_path(field):
+    """k systematic results, nothing to spare: stacked as they are (no unpacking, no
+    projection), the same product and info as the general path would give; a non-finite or
+    out-of-range one, or a bad argument, is still refused by the general path's rules."""
+    code = MDSCode(6, 4, field=field)
+    rng = np.random.default_rng(2)
+    A = rng.standard_normal((10, 5)) if field is None else rng.integers(0, field, (10, 5))
+    B = rng.standard_normal(5) if field is None else rng.integers(0, field, 5)
+    tasks = code.encode(A, B)
+    res = {w: tasks[w].compute() for w in range(4)}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(base, "_project", _no_solve)      # the general path would project
+        out, info = code.decode(res, encoding=tasks, return_info=True)
+    check_product(out, A, B, field)
+    assert info == base.DecodeInfo((), (0, 1, 2, 3), 1.0, False)
+    assert out.dtype == (np.float64 if field is None else np.int64)
+    np.testing.assert_array_equal(code.decode(res, shape=(10,)), out)
+    with pytest.raises(ConfigurationError, match="encoding="):
+        code.decode(res)                               # 10 rows padded to 16 (or 12): refused
+    with pytest.raises(ConfigurationError, match="`errors` must be"):
+        code.decode(res, errors=-1)
+    bad = dict(res)
+    bad[2] = np.full_like(res[2], np.nan) if field is None else np.full_like(res[2], -1)
+    with pytest.raises(CorruptResultError):
+        code.decode(bad, encoding=tasks)
