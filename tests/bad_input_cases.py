@@ -712,6 +712,26 @@ api("CodedLinear(code of 4 workers)", lambda: _layer(3, 3, code=_codes().MDSCode
     must=("`code`", "workers=5", "4"))
 
 
+def _conv(*args: Any, **kw: Any) -> Any:
+    from codedml.nn import CodedConv2d
+    from codedml.runtime import LocalCluster
+
+    with LocalCluster(5) as c:
+        return CodedConv2d(*args, cluster=c, **kw)
+
+
+api("CodedConv2d(in_channels=0)", lambda: _conv(0, 2, 3), must=("`in_channels`", "integer >= 1", "got 0"))
+api("CodedConv2d(out_channels=1.5)", lambda: _conv(1, 1.5, 3), must=("`out_channels`", "integer >= 1", "1.5"))
+api("CodedConv2d(groups=2)", lambda: _conv(2, 2, 3, groups=2), must=("`groups`", "must be 1", "got 2"))
+api("CodedConv2d(padding_mode='mirror')", lambda: _conv(1, 2, 3, padding_mode="mirror"),
+    must=("`padding_mode`", "'zeros'", "'mirror'"))
+api("CodedConv2d(padding='full')", lambda: _conv(1, 2, 3, padding="full"),
+    must=("`padding`", "'same', 'valid', an integer >= 0", "'full'"))
+api("CodedConv2d(padding='same', stride=2)", lambda: _conv(1, 2, 3, padding="same", stride=2),
+    must=("`padding`='same'", "stride 1", "stride=(2, 2)"))
+api("CodedConv2d(timeout=nan)", lambda: _conv(1, 2, 3, timeout=math.nan), must=("`timeout`", "seconds > 0", "nan"))
+
+
 def _sgd(**kw: Any) -> Any:
     from codedml.nn import CodedSGD
 

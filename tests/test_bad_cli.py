@@ -62,7 +62,7 @@ def test_the_table_is_large_and_covers_every_flag():
                     "GradientCode", "FixedStragglers", "ShiftedExponential", "Pareto", "Bursty",
                     "FailSilent", "Die", "SoftErrors", "StorageErrors", "Schedule", "Compose", "Fault",
                     "Corruption", "LocalCluster", "MPICluster", "CodedLinear", "CodedSGD",
-                    "TrainConfig", "TrainJob", "TorchBackend", "digits_task", "default_code"}
+                    "TrainConfig", "TrainJob", "TorchBackend", "digits_task", "default_code", "CodedConv2d"}
     called = {c.id.split("(")[0] for c in API if c.outcome == "clear_error"}
     assert constructors <= called, f"no bad-input case for {sorted(constructors - called)}"
 
