@@ -205,7 +205,7 @@ def test_training_under_stragglers_soft_errors_and_storage_errors():
               StorageErrors("exponent", 0.3, ranks={5}))
     with LocalCluster(8, faults=faults, seed=5, timeout=30) as c:
         coded, ref = _pair(c, 2, 5, 3, padding=1, stride=(1, 2), errors=1, seed=6)
-        oc = CodedSGD(coded, lr=0.05, momentum=0.9, weight_decay=1e-3, scrub_every=1, scrub_timeout=0.1)
+        oc = CodedSGD(coded, lr=0.05, momentum=0.9, weight_decay=1e-3, scrub_every=1, scrub_timeout=2.0)
         orf = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
         _lockstep(coded, oc, ref, orf, steps=12, shape=(3, 2, 5, 6), seed=1)
         assert _max_diff(coded, ref) <= 1e-11
@@ -235,7 +235,7 @@ def test_repr_parameters_and_bad_input(cluster):
                        padding_mode="circular", cluster=cluster, dtype=F64)
     assert repr(conv) == ("CodedConv2d(2, 3, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), "
                           "dilation=(2, 2), bias=False, padding_mode=circular, "
-                          "code=MDSCode(workers=7, k=3, construction='circle'), errors=0)")
+                          "code=MDSCode(workers=7, k=3, construction='circle', systematic=True), errors=0)")
     sd = conv.state_dict()
     assert list(sd) == ["weight"] and sd["weight"].shape == (3, 2, 3, 3)   # nn.Conv2d's
     assert [(n, tuple(p.shape)) for n, p in conv.named_parameters()] == [("weight", (3, 18))]

@@ -25,6 +25,8 @@ from __future__ import annotations
 import abc
 import itertools
 import math
+import statistics
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field as dc_field
@@ -518,7 +520,7 @@ class LinearCode(abc.ABC):
             wanted = self._wanted_unknowns()
             X = [self._solve_family(M[keep], Ef[keep], wanted[f], rows[keep])
                  for f, (M, Ef) in enumerate(zip(Ms, E))]
-            cond = max(float(np.linalg.cond(M[keep])) for M in Ms)
+            cond = max(_factors(M[keep]).cond for M in Ms)  # cached per subset
         else:
             keep, faulty, checked, X = self._locate_exact(rows, E, Ms, errors)
             X = [x if w is None or x.shape[0] == len(w) and x.shape[0] != M.shape[1] else x[w]
@@ -624,14 +626,16 @@ class LinearCode(abc.ABC):
         Y = [_project(Ef, rng, 4) for Ef in E]
         finite = np.all([np.isfinite(y).all(axis=1) for y in Y], axis=0)
         erased = [i for i in range(r) if not finite[i]]
-        tau = self._noise_scale(rows, raw, encoding, rtol)
         good = [i for i in range(r) if finite[i]]
         if not self._recovers(rows[good]):
             raise CorruptResultError(
                 f"{len(erased)} results are non-finite (workers {[int(rows[i]) for i in erased]}); "
                 f"the remaining {len(good)} cannot determine the product",
                 suspects=[int(rows[i]) for i in erased])
-        d = max(np.linalg.matrix_rank(M) for M in Ms)
+        d = max(_factors(M).rank for M in Ms)  # the SVD is cached per subset
+        if len(good) <= d:  # nothing left over to check against: no noise scale needed
+            return np.array(good, dtype=int), erased, False
+        tau = self._noise_scale(rows, raw, encoding, rtol)
         budget = max(0, errors - len(erased))
         fmax = min(budget, (len(good) - d) // 2)
         total = sum(math.comb(len(good), f) for f in range(fmax + 1))
@@ -677,7 +681,9 @@ class LinearCode(abc.ABC):
         ``sqrt(entries)``. The tolerance is ``rtol`` (default ``16 eps``) times ``sqrt(inner)``
         times that.
         """
-        norms = np.array([_fro(r) if np.isfinite(r).all() else np.nan for r in raw])
+        # one pass per result: a norm is finite exactly when every entry is (or it overflowed,
+        # which only a corrupt result does; either way it does not count)
+        norms = _norms(raw)
         if encoding is not None and encoding.scales is not None:
             scale = np.asarray(encoding.scales[rows], dtype=np.float64)
             dt, inner = encoding.dtype, encoding.inner
@@ -685,7 +691,8 @@ class LinearCode(abc.ABC):
                 ratio = norms / scale
             ratio = ratio[np.isfinite(ratio) & (scale > 0)]
             lo = 1.0 / math.sqrt(max(inner, 1))
-            rho = float(np.clip(np.median(ratio), lo, 1.0)) if ratio.size else 1.0
+            # statistics.median: the same value as np.median, without its overhead on ~10 numbers
+            rho = float(np.clip(statistics.median(ratio.tolist()), lo, 1.0)) if ratio.size else 1.0
             expected = rho * scale
         else:
             med = np.nanmedian(norms) if np.isfinite(norms).any() else 1.0
@@ -705,7 +712,8 @@ class LinearCode(abc.ABC):
         # majority for small A: a median over all workers was then 0, weights of 1e250 swamped
         # the others in the QR of the weighted basis and consistent results read as corrupt.)
         nonzero = tau[tau > 0]
-        typical = float(np.median(nonzero)) if nonzero.size else 0.0
+        # statistics.median: the same value as np.median, without its overhead on ~10 numbers
+        typical = float(statistics.median(nonzero.tolist())) if nonzero.size else 0.0
         return np.maximum(tau, max(0.1 * typical, 1e-250))
 
     # ----------------------------------------------------------------- GF(p)
@@ -845,8 +853,31 @@ class _Rows:
         return out
 
 
+#: Up to this many entries in all results together, per-result loops (projections, norms)
+#: run on one stacked copy instead: for small jobs the loops' per-call overhead (tens of us
+#: per result) outweighs the copy, for larger ones the copy costs more than it saves.
+_SMALL_STACK = 1 << 15
+
+
+def _norms(raw: list[np.ndarray]) -> np.ndarray:
+    """Frobenius norm of each result (NaN where it is not finite), in one pass over each."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if sum(r.size for r in raw) <= _SMALL_STACK and raw[0].dtype.kind in "fc":
+            S = np.stack(raw).reshape(len(raw), -1)
+            if S.dtype.kind == "c":
+                S = S.view(S.real.dtype)  # |z|^2 = re^2 + im^2: the real view's sum of squares
+            S = S.astype(np.float64, copy=False)
+            norms = np.sqrt(np.einsum("ij,ij->i", S, S))
+        else:
+            norms = np.array([_fro(r) for r in raw])
+    norms[~np.isfinite(norms)] = np.nan
+    return norms
+
+
 def _project(E: Any, rng: np.random.Generator, k: int) -> np.ndarray:
     """Reduce each worker's evaluation block to ``k`` numbers by random Gaussian projections."""
+    if isinstance(E, _Rows) and len(E) * E.arrays[0].size <= _SMALL_STACK:
+        E = E.stack()  # small results: one batched product beats a Python loop over them
     if isinstance(E, _Rows):
         shape = E.arrays[0].shape
         x = shape[0] if shape else 1                     # 0-d results (a scalar gradient)
@@ -884,12 +915,18 @@ def _residuals(M: np.ndarray, y: np.ndarray, W: np.ndarray, keeps: np.ndarray, d
     The rank-``d`` basis of ``range(M[keep])`` is found unweighted (well scaled, so the rank
     decision is sharp), then weighted and re-orthonormalised: ``range(W M) = W range(M)``.
     """
-    U0, S, _ = np.linalg.svd(M[keeps], full_matrices=False)
-    U0 = U0[..., :d]
-    # Each candidate's own rank: a set that drops every copy of some block spans less, and a
-    # spurious basis direction must not absorb an inconsistency.
-    rank = (S[..., :d] > S[..., :1] * 1e-10).sum(axis=-1)
-    U0 = U0 * (np.arange(d)[None, None, :] < rank[:, None, None])
+    F = _factors(M[keeps[0]]) if len(keeps) == 1 and M.shape[1] == d else None
+    if F is not None and F.rank == d and F.S[d - 1] > F.S[0] * 1e-10:
+        # one candidate (all results: the check when nothing is wrong) of full rank: the cached
+        # Q of its QR spans range(M[keep]) as the SVD's U0 would
+        U0 = F.Q[None]
+    else:
+        U0, S, _ = np.linalg.svd(M[keeps], full_matrices=False)
+        U0 = U0[..., :d]
+        # Each candidate's own rank: a set that drops every copy of some block spans less, and
+        # a spurious basis direction must not absorb an inconsistency.
+        rank = (S[..., :d] > S[..., :1] * 1e-10).sum(axis=-1)
+        U0 = U0 * (np.arange(d)[None, None, :] < rank[:, None, None])
     Q, _ = np.linalg.qr(U0 * W[keeps][..., None])
     Yk = y[keeps] * W[keeps][..., None]
     res = Yk - Q @ (np.conj(np.swapaxes(Q, -1, -2)) @ Yk)
@@ -925,6 +962,88 @@ def _equivalent(Ms, Y, W, keeps, good, best) -> bool:
 FAST_DECODE_MAX_CONDITION = 1e3
 
 
+#: Real decoders: the factorization :func:`_lstsq` needs for one evaluation matrix ``M`` (the
+#: kept workers' rows of a family: a function of the code and the subset of workers), kept per
+#: matrix value in a bounded LRU of :data:`FACTOR_CACHE_SIZE` entries, least recently used
+#: dropped first. A training loop decodes from the same few subsets step after step; each
+#: repeat then skips the SVD, the QR and the triangular inverse (and, for codes that want only
+#: some unknowns, the decoding vectors). Keyed by the matrix's bytes rather than by (code,
+#: subset), so every caller that builds a sub-system (systematic decodes solve for missing
+#: blocks only) is covered, and equal codes share entries.
+_FACTORS: OrderedDict[Any, "_Factors"] = OrderedDict()
+FACTOR_CACHE_SIZE = 256
+_FACTORS_LOCK = threading.Lock()
+
+
+class _Factors:
+    """What decoding from one evaluation matrix ``M`` (results x unknowns) needs, computed
+    once: singular values (rank, condition number), and for full column rank ``M = Q R`` with
+    ``R^{-1}`` (upper triangular, by back substitution: applied as a GEMM it is as accurate as
+    a triangular solve against the data, measured on worst subsets up to cond 8e3, and needs no
+    scipy); the SVD factors where ``M`` is rank deficient; decoding vectors per wanted set."""
+
+    def __init__(self, M: np.ndarray) -> None:
+        wide = np.result_type(M.dtype, np.float64)
+        self.Mw = M.astype(wide)
+        U, S, Vh = np.linalg.svd(self.Mw, full_matrices=False)
+        self.S = S
+        d = M.shape[1]
+        self.rank = int((S > S[0] * max(M.shape) * np.finfo(np.float64).eps).sum()) if S.size else 0
+        with np.errstate(divide="ignore"):
+            self.cond = float(S[0] / S[-1]) if S.size else 1.0
+        if self.rank < d:
+            self.U, self.Vh = U[:, :self.rank], Vh[:self.rank]
+            for x in (self.Mw, self.S, self.U, self.Vh):
+                x.setflags(write=False)
+            return
+        Q, R = np.linalg.qr(self.Mw)
+        self.Q, self.Qh = Q, np.ascontiguousarray(np.conj(Q.T))
+        self.R = R
+        self.Rinv = np.linalg.solve(R, np.eye(d, dtype=wide))
+        self.refine = bool(S[0] / S[-1] > FAST_DECODE_MAX_CONDITION)
+        self._split: _Split | None = None
+        self._coefs: dict[bytes, np.ndarray] = {}
+        for x in (self.Mw, self.S, self.Q, self.Qh, self.R, self.Rinv):
+            x.setflags(write=False)  # shared by every decode from this subset
+
+    def split(self) -> _Split:
+        if self._split is None:
+            self._split = _Split(self.Mw)
+        return self._split
+
+    def coef(self, I_w: np.ndarray) -> np.ndarray:
+        """Rows ``y_j^H`` of the decoding vectors with ``M^H y_j = I_w[:, j]`` (least norm)."""
+        key = I_w.tobytes() + str(I_w.shape).encode()
+        hit = self._coefs.get(key)
+        if hit is None:
+            Rh = np.conj(self.R.T)
+            Y = self.Q @ np.linalg.solve(Rh, I_w)
+            if self.refine:
+                Y += self.Q @ np.linalg.solve(Rh, _residual(_Split(np.conj(self.Mw.T)), Y, I_w))
+            hit = np.conj(Y.T)
+            hit.setflags(write=False)
+            if len(self._coefs) < 64:
+                self._coefs[key] = hit
+        return hit
+
+
+def _factors(M: np.ndarray) -> _Factors:
+    """The cached :class:`_Factors` of ``M`` (see :data:`FACTOR_CACHE_SIZE`)."""
+    M = np.ascontiguousarray(M)
+    key = (M.dtype.str, M.shape, M.tobytes())
+    with _FACTORS_LOCK:
+        hit = _FACTORS.get(key)
+        if hit is not None:
+            _FACTORS.move_to_end(key)
+            return hit
+    hit = _Factors(M)
+    with _FACTORS_LOCK:
+        _FACTORS[key] = hit
+        while len(_FACTORS) > FACTOR_CACHE_SIZE:
+            _FACTORS.popitem(last=False)
+    return hit
+
+
 def _lstsq(M: np.ndarray, E: np.ndarray, rows: np.ndarray | None = None,
            functional: np.ndarray | None = None) -> np.ndarray:
     """Solve ``M X = E`` in float64/complex128 and return ``X`` (or only ``X[rows]``).
@@ -932,12 +1051,16 @@ def _lstsq(M: np.ndarray, E: np.ndarray, rows: np.ndarray | None = None,
     ``M`` is small (results x unknowns); ``E`` has one column per entry of a result block.
     Full column rank: ``M = Q R`` (Householder QR, also for a square ``M``). With results to
     spare, QR uses all of them (least squares), which averages the workers' rounding noise.
+    The factors of ``M`` are cached per matrix (:func:`_factors`, :data:`FACTOR_CACHE_SIZE`).
 
-    * Every unknown wanted (MDS, polynomial codes): ``X = R^{-1} (Q^H E)`` by a triangular
-      solve against the data (BLAS ``trsm``); no inverse is formed. Ill-conditioned systems
-      (above :data:`FAST_DECODE_MAX_CONDITION`) are refined once, ``X += R^{-1} Q^H (E - M
-      X)``, with the residual evaluated by error-free splitting in cache-sized column chunks:
-      the solve then adds about ``eps`` instead of ``cond * eps``.
+    * Every unknown wanted (MDS, polynomial codes): ``X = R^{-1} (Q^H E)``, two GEMMs against
+      the data with the triangular inverse computed once per matrix by back substitution (as
+      accurate as a triangular solve against the data, measured on the worst subsets: the
+      inverse of a triangular matrix is computed to high relative accuracy; folding ``R^{-1}
+      Q^H`` into one matrix was up to 3x less accurate at cond 8e3, so it is not done).
+      Ill-conditioned systems (above :data:`FAST_DECODE_MAX_CONDITION`) are refined once,
+      ``X += R^{-1} Q^H (E - M X)``, with the residual evaluated by error-free splitting in
+      cache-sized column chunks: the solve then adds about ``eps`` instead of ``cond * eps``.
     * Some unknowns wanted (MatDot needs 1 of its 2m-1): the decoding vector of each wanted
       unknown, ``y_j = Q R^{-H} e_j``, solves the small adjoint system ``M^H y_j = e_j``
       (least norm), and ``X_j = y_j^H E`` is one weighted sum of the results. Above
@@ -954,8 +1077,8 @@ def _lstsq(M: np.ndarray, E: np.ndarray, rows: np.ndarray | None = None,
     decoding vectors with ``M^H y_j = conj(functional[:, j])``.
     """
     block = E.shape[1:]
-    wide = np.result_type(M.dtype, E.dtype, np.float64)
-    Mw = M.astype(wide)
+    F = _factors(M)
+    wide = F.Mw.dtype
     d = M.shape[1]
     want = np.arange(d) if rows is None else np.asarray(rows)
     if functional is not None:
@@ -965,26 +1088,17 @@ def _lstsq(M: np.ndarray, E: np.ndarray, rows: np.ndarray | None = None,
         stacked = E.stack() if isinstance(E, _Rows) else E
         return stacked.reshape(stacked.shape[0], -1).astype(wide, copy=False)
 
-    U_, S, Vh = np.linalg.svd(Mw, full_matrices=False)
-    rank = int((S > S[0] * max(M.shape) * np.finfo(np.float64).eps).sum()) if S.size else 0
-    if rank < d:
-        X = np.conj(Vh[:rank].T) @ ((np.conj(U_[:, :rank].T) @ data()) / S[:rank, None])
+    if F.rank < d:
+        X = np.conj(F.Vh.T) @ ((np.conj(F.U.T) @ data()) / F.S[:F.rank, None])
         X = functional.T @ X if functional is not None else X[want]
         return X.reshape((len(want),) + block)
-    Q, R = np.linalg.qr(Mw)
-    Qh = np.conj(Q.T)
-    refine = S[0] / S[-1] > FAST_DECODE_MAX_CONDITION
     if functional is not None or len(want) < d:
         # Decoding vectors of the wanted unknowns: y_j = Q R^{-H} e_j solves M^H y_j = e_j
         # (least norm, in range(M)), and X_j = y_j^H E. Ill-conditioned: y_j refined once
         # against M^H itself with an error-free residual (a d x r system: negligible cost).
-        Rh = np.conj(R.T)
         I_w = (np.conj(functional).astype(wide) if functional is not None
                else np.eye(d, dtype=wide)[:, want])
-        Y = Q @ np.linalg.solve(Rh, I_w)
-        if refine:
-            Y += Q @ np.linalg.solve(Rh, _residual(_Split(np.conj(Mw.T)), Y, I_w))
-        coef = np.conj(Y.T)
+        coef = F.coef(np.ascontiguousarray(I_w))
         if isinstance(E, _Rows) and coef.shape[0] <= 2:
             X = E.weighted(coef).reshape(coef.shape[0], -1)
         else:
@@ -992,33 +1106,20 @@ def _lstsq(M: np.ndarray, E: np.ndarray, rows: np.ndarray | None = None,
         return X.reshape((len(want),) + block)
     Ew = data()
     every = np.array_equal(want, np.arange(d))  # else a permutation (fancy indexing copies)
-    if not refine:
-        X = _solve_upper(R, Qh @ Ew)
+    if not F.refine:
+        X = F.Rinv @ (F.Qh @ Ew)
         return (X if every else X[want]).reshape((len(want),) + block)
     # Refined, in cache-sized column chunks: solve, residual, correction.
-    Ms = _Split(Mw)
+    Ms = F.split()
     X = np.empty((d, Ew.shape[1]), dtype=wide)
     for s0 in range(0, Ew.shape[1], 4096):
         Ec = Ew[:, s0:s0 + 4096]
-        Xc = _solve_upper(R, Qh @ Ec)
+        Xc = F.Rinv @ (F.Qh @ Ec)
         r = _residual(Ms, Xc, Ec)
         if np.isfinite(r).all():
-            Xc += _solve_upper(R, Qh @ r)
+            Xc += F.Rinv @ (F.Qh @ r)
         X[:, s0:s0 + 4096] = Xc
     return (X if every else X[want]).reshape((len(want),) + block)
-
-
-def _solve_upper(R: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """``R^{-1} B`` for an upper-triangular ``R`` (d x d) and a C-ordered ``B`` (d x entries),
-    overwriting ``B``: BLAS ``trsm`` from the right on ``B^T`` (``X^T R^T = B^T``), whose
-    column-major layout is ``B``'s own, so nothing is transposed or copied."""
-    from scipy.linalg import blas
-
-    B = np.ascontiguousarray(B, dtype=np.result_type(R.dtype, B.dtype))
-    trsm = blas.ztrsm if np.iscomplexobj(B) else blas.dtrsm
-    Xt = trsm(1.0, np.asfortranarray(R, dtype=B.dtype), B.T, side=1, lower=0, trans_a=1,
-              diag=0, overwrite_b=1)
-    return Xt.T
 
 
 def _independent_rows(M: np.ndarray, p: int) -> list[int]:
