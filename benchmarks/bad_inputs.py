@@ -152,7 +152,11 @@ def main(argv: list[str] | None = None) -> int:
                                          "parallel": args.parallel, "only": args.only},
            "wall_s": wall, "totals": total, "by_surface": by_surface, "cases": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1) + "\n")
+    # one line per case: a readable file and a small diff when a case changes
+    head = json.dumps({k: v for k, v in doc.items() if k != "cases"}, indent=1)[:-2]
+    body = ",\n".join("  " + json.dumps(r) for r in rows)
+    out.write_text(f'{head},\n "cases": [\n{body}\n ]\n}}\n')
+    json.loads(out.read_text())  # the hand-joined document must parse
     plot(by_surface, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0 if not bad else 1
