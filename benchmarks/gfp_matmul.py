@@ -44,7 +44,7 @@ import _machine  # noqa: E402  (benchmarks/_machine.py, next to this script)
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from codedml.codes._gfp import MAX_PRIME, matmul_mod  # noqa: E402
+from codedml.codes import MAX_PRIME, matmul_mod  # noqa: E402
 
 P21 = 2097143  # largest prime below 2**21
 P31 = MAX_PRIME  # 2**31 - 1

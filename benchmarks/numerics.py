@@ -77,7 +77,7 @@ from codedml.codes import (  # noqa: E402
     PolynomialCode,
     worst_case_condition,
 )
-from codedml.codes._base import FLOAT32_MAX_CONDITION  # noqa: E402
+from codedml.codes import FLOAT32_MAX_CONDITION  # noqa: E402
 
 FAMILIES = ("MDS", "polynomial", "MatDot", "PolyDot")
 CONSTRUCTIONS = ("circle", "equispaced", "chebyshev")

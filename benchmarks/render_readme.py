@@ -154,17 +154,36 @@ def _stateful(st: dict[str, Any]) -> str:
 @_from("bad_inputs")
 def _bad_inputs(bad: dict[str, Any]) -> str:
     t = bad["totals"]
-    return "\n".join([
+    rows = [*bad.get("by_surface", {}).items(), ("all", t)]
+    out = [
         f"**Bad inputs** (`benchmarks/bad_inputs.py`, {_commit(bad)}): {t['tried']} "
-        f"malformed inputs over every flag of `run` and `train` and every public "
-        f"constructor.",
+        f"malformed or odd inputs over every flag of `run`, `train` and `demo` and every public "
+        f"constructor (the table `tests/bad_input_cases.py`; odd inputs accepted on purpose are "
+        f"listed in [docs/cli.md](docs/cli.md)), each a real subprocess or call with a "
+        f"{bad.get('settings', {}).get('timeout_s', 120):g} s timeout.",
         "",
-        "| tried | clear error (names argument, range, value) | accepted, as documented "
-        "| traceback | hang |",
-        "|---|---|---|---|---|",
-        f"| {t['tried']} | {t['clear_error']} | {t['accepted']} | {t['traceback']} "
-        f"| {t['hang']} |",
-    ])
+        "| surface | tried | clear error (names argument, range, value) | accepted, as documented "
+        "| traceback | hang | as the table expects | median s per case |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    cases = bad.get("cases", [])
+
+    def median_s(name: str) -> str:
+        surf = {"no subcommand": "frobnicate"}.get(name, name)
+        secs = [c["seconds"] for c in cases if name == "all" or c["surface"] == surf]
+        return f"{statistics.median(secs):.2f}" if secs else "-"
+
+    for name, s in rows:
+        out.append(f"| {name} | {s['tried']} | {s['clear_error']} | {s['accepted']} "
+                   f"| {s['traceback']} | {s['hang']} "
+                   f"| {_bold_if(str(s.get('as_expected', '-')), s.get('unexpected', 0) > 0)} "
+                   f"| {median_s(name)} |")
+    odd = t.get("unclear_error", 0) + t.get("other_exit", 0)
+    if odd:
+        out.append("")
+        out.append(f"{odd} case(s) ended otherwise (status 2 without the expected words, or "
+                   f"another exit status): see `benchmarks/results/bad_inputs.json`.")
+    return "\n".join(out)
 
 
 def reliability() -> str:

@@ -50,7 +50,7 @@ def child(jobs: int, out: Path) -> int:
     from codedml import MPICluster
     from codedml.codes import MDSCode
 
-    from codedml.codes._base import LinearCode
+    from codedml.codes import LinearCode
 
     # CPU time of the thread doing the work (time.thread_time): 65 ranks share 2 cores, and a
     # wall-clock timer around a few microseconds of work mostly measures preemption.

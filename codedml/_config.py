@@ -33,9 +33,16 @@ def load_toml(path: str) -> dict[str, Any]:
     from pathlib import Path
 
     try:
-        return tomllib.loads(Path(path).read_text())
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigurationError(f"`--config` file not found: {path}") from exc
+    except IsADirectoryError as exc:
+        raise ConfigurationError(f"`--config` must be a TOML file, got a directory: {path}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(f"`--config` {path} is not valid TOML: not UTF-8 text ({exc.reason} "
+                                 f"at byte {exc.start})") from exc
+    except OSError as exc:
+        raise ConfigurationError(f"`--config` {path} cannot be read: {exc.strerror or exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"`--config` {path} is not valid TOML: {exc}") from exc
 
@@ -150,6 +157,11 @@ def field_kind(f: Any) -> type:
 
 
 def _coerce(name: str, kind: type, raw: Any, where: str) -> Any:
+    if where == "TOML" and ((kind is str and not isinstance(raw, str))
+                            or (kind is bool and not isinstance(raw, bool))):
+        # TOML values are typed: `out = 5` or `progress = "yes"` is a mistake, not a coercion
+        what = "a string" if kind is str else "a boolean (true/false)"
+        raise ConfigurationError(f"{where} `{name}` must be {what}, got {raw!r}")
     if kind is bool:
         if isinstance(raw, bool):
             return raw
@@ -159,6 +171,9 @@ def _coerce(name: str, kind: type, raw: Any, where: str) -> Any:
             return False
         raise ConfigurationError(f"{where} `{name}` must be a boolean (true/false), got {raw!r}")
     if kind in (int, float) and isinstance(raw, bool):
+        raise ConfigurationError(f"{where} `{name}` must be {kind.__name__}, got {raw!r}")
+    if where == "TOML" and kind in (int, float) and not isinstance(raw, (int, float)):
+        # TOML values are typed: a string where a number belongs is a mistake, not a number
         raise ConfigurationError(f"{where} `{name}` must be {kind.__name__}, got {raw!r}")
     if kind is int and isinstance(raw, float):
         raise ConfigurationError(f"{where} `{name}` must be int, got {raw!r}")
@@ -181,6 +196,9 @@ def add_dataclass_flags(ap: argparse.ArgumentParser, cls: type, help: Mapping[st
 
 
 def check_table(where: str, table: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    """``table`` must be a TOML table (a mapping) whose keys are all in ``allowed``."""
+    if not isinstance(table, Mapping):
+        raise ConfigurationError(f"{where} must be a table of keys, got {table!r}")
     unknown = sorted(set(table) - set(allowed))
     if unknown:
         raise ConfigurationError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)}")
@@ -188,15 +206,17 @@ def check_table(where: str, table: Mapping[str, Any], allowed: Iterable[str]) ->
 
 def resolve(cls: type, ns: argparse.Namespace | None, env_prefix: str,
             table: Mapping[str, Any] | None = None, *, strict_env: bool = True,
-            env_known: Iterable[str] = ()) -> Any:
+            env_known: Iterable[str] = (), env_foreign: tuple[str, ...] = ()) -> Any:
     """``cls(**values)`` with each value from the flag, else ``{env_prefix}{FIELD}``, else the
     TOML ``table``, else the dataclass default. ``env_known`` are names (after the prefix) that
-    other consumers read and ``strict_env`` must tolerate."""
+    other consumers read and ``strict_env`` must tolerate, ``env_foreign`` prefixes (after
+    ``env_prefix``) of variables that belong to other consumers (``TRAIN_`` for ``run``)."""
     names = {f.name for f in fields(cls)}
     if strict_env:
         allowed = {n.upper() for n in names} | {k.upper() for k in env_known}
         for key in os.environ:
-            if key.startswith(env_prefix) and key[len(env_prefix):] not in allowed:
+            rest = key[len(env_prefix):]
+            if key.startswith(env_prefix) and rest not in allowed and not rest.startswith(env_foreign):
                 raise ConfigurationError(
                     f"unknown environment setting {key}; known: "
                     f"{', '.join(sorted(env_prefix + k for k in allowed))}")

@@ -209,7 +209,7 @@ def cmd_demo(argv: list[str]) -> int:
         ok = err <= 1e-9
         verdict = f"relative error {err:.2e} (tolerance 1e-9)"
     else:
-        from .codes._gfp import matmul_mod
+        from .codes import matmul_mod
 
         ok = bool((C == matmul_mod(A, B, cfg.field)).all())
         err = 0.0 if ok else 1.0

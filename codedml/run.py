@@ -38,6 +38,13 @@ DEFAULT_FAULTS = {
 }
 
 
+#: ``CODEDML_*`` variables that are not ``run`` settings but are read elsewhere: the launcher's
+#: ``CODEDML_RANKS`` and ``CODEDML_VENV`` (launch/mpirun.sh).
+ENV_OTHERS = ("RANKS", "VENV")
+#: Prefixes (after ``CODEDML_``) of the other commands' and benchmarks' variables.
+ENV_FOREIGN_PREFIXES = ("TRAIN_", "DEMO_", "STATEFUL_", "SOAK_", "BENCH_")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """The ``[run]`` table."""
@@ -66,10 +73,15 @@ def load_config(path: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
         raise ConfigurationError(f"unknown table(s) {unknown} in {path}; allowed: ['run', 'faults']")
     run = data.get("run", {})
     known = {f.name for f in fields(RunConfig)}
+    if not isinstance(run, dict):
+        raise ConfigurationError(f"[run] of {path} must be a table of keys, got {run!r}")
     bad = sorted(set(run) - known)
     if bad:
         raise ConfigurationError(f"unknown key(s) {bad} in [run] of {path}; allowed: {sorted(known)}")
-    return run, data.get("faults", dict(DEFAULT_FAULTS))
+    faults = data.get("faults", dict(DEFAULT_FAULTS))
+    if not isinstance(faults, dict):
+        raise ConfigurationError(f"[faults] of {path} must be a table of keys, got {faults!r}")
+    return run, faults
 
 
 def make_code(spec: str, workers: int, field: int | None = None):
@@ -83,6 +95,9 @@ def make_code(spec: str, workers: int, field: int | None = None):
         k, sep, v = kv.partition("=")
         if not sep or not v.strip().lstrip("-").isdigit():
             raise ConfigurationError(f"`code` arguments must be key=integer, got {kv!r} in {spec!r}")
+        if k.strip() in kw:
+            raise ConfigurationError(f"`code` arguments must name each key once, got {k.strip()!r} "
+                                     f"twice in {spec!r}")
         kw[k.strip()] = int(v)
     n = workers
     allowed = {"auto": set(), "uncoded": set(), "replication": {"k"}, "mds": {"k"},
@@ -151,7 +166,7 @@ def check_run_config(cfg: RunConfig) -> None:
     """The checks that need neither the worker count nor the file system: every value's type
     and range, named with its flag."""
     from ._config import MAX_LOCAL, MAX_SEED, check_int, check_seconds
-    from .backends import _REGISTRY
+    from .backends import registered_backends
 
     for name in ("rows", "inner", "cols", "jobs"):
         check_int(f"--{name}", getattr(cfg, name), 1)
@@ -160,9 +175,10 @@ def check_run_config(cfg: RunConfig) -> None:
     check_int("--seed", cfg.seed, 0, MAX_SEED)
     check_int("--local", cfg.local, 0, MAX_LOCAL, why=" (0: run under mpiexec)")
     check_int("--field", cfg.field, 0, why=" (0: real arithmetic; else a prime)")
-    if cfg.backend not in _REGISTRY:
-        raise ConfigurationError(f"`--backend` must be one of {sorted(_REGISTRY)}, got {cfg.backend!r}")
-    if cfg.local and cfg.backend not in available_backends_here():
+    if cfg.backend not in registered_backends():
+        raise ConfigurationError(f"`--backend` must be one of {registered_backends()}, got {cfg.backend!r}")
+    # numpy is always usable; asking about the others imports torch (~2 s), so only for them
+    if cfg.local and cfg.backend != "numpy" and cfg.backend not in available_backends_here():
         raise ConfigurationError(f"`--backend` must be one of {available_backends_here()} (those "
                                  f"usable on this machine), got {cfg.backend!r}")
 
@@ -208,9 +224,10 @@ def cmd_run(argv: list[str]) -> int:
     add_fault_flags(ap)
     ns = ap.parse_args(argv)
     run_table, fault_table = load_config(ns.config)
-    # flag > CODEDML_<KEY> > [run] > default; other CODEDML_* variables (CODEDML_RANKS, the
-    # launcher's CODEDML_VENV, the train command's CODEDML_TRAIN_*) are tolerated here.
-    cfg = resolve(RunConfig, ns, "CODEDML_", run_table, strict_env=False)
+    # flag > CODEDML_<KEY> > [run] > default. An unknown CODEDML_* variable (a typo such as
+    # CODEDML_JOSB) is an error; those other consumers read are tolerated (docs/cli.md).
+    cfg = resolve(RunConfig, ns, "CODEDML_", run_table, env_known=ENV_OTHERS,
+                  env_foreign=ENV_FOREIGN_PREFIXES)
     explicit_errors = ns.errors is not None or "CODEDML_ERRORS" in os.environ or "errors" in run_table
     # Every value is checked before any work starts (issue 10, point 7).
     check_run_config(cfg)
@@ -254,7 +271,7 @@ def _run_root(cluster: Any, cfg: RunConfig, model: Any, fseed: int, code: Any, e
     if cfg.field:
         A = rng.integers(0, cfg.field, (cfg.rows, cfg.inner))
         B = rng.integers(0, cfg.field, (cfg.inner, cfg.cols))
-        from .codes._gfp import matmul_mod
+        from .codes import matmul_mod
 
         ref = matmul_mod(A, B, cfg.field)
     else:

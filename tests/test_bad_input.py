@@ -1,4 +1,5 @@
-"""Bad input gets a clear error: the argument's name, the valid range and the value received.
+"""Bad input to encode / decode gets a clear error: the argument's name, the valid range and
+the value received (the constructors' bad arguments are in tests/bad_input_cases.py).
 
 Every error raised on purpose is a :class:`codedml.errors.CodedMLError`; a bad argument is a
 :class:`ConfigurationError`, which is also a ``ValueError``.
@@ -17,7 +18,6 @@ from codedml.codes import (
     GradientCode,
     MatDotCode,
     MDSCode,
-    PolyDotCode,
     PolynomialCode,
     ReplicationCode,
     condition_number,
@@ -31,7 +31,6 @@ from codedml.errors import (
     WorkerFailure,
 )
 
-MAXP = 2**31 - 1
 
 
 
@@ -53,121 +52,9 @@ def test_error_hierarchy():
         assert cls.__doc__ and cls.__doc__.strip(), f"{name} has no docstring"
 
 
-# --------------------------------------------------------------------------- code parameters
-def test_k_larger_than_workers():
-    with pytest.raises(ConfigurationError, match=esc("`k` must be between 1 and workers=6, got 7")):
-        MDSCode(6, 7)
-    with pytest.raises(ConfigurationError, match=esc("`k` must be between 1 and workers=6, got 7")):
-        ReplicationCode(6, 7)
-    with pytest.raises(ConfigurationError, match=esc("`k` must be between 1 and workers=6, got 0")):
-        MDSCode(6, 0)
-
-
-@pytest.mark.parametrize("make, value", [
-    (lambda: PolyDotCode(6, 2, 2, 2), 9),
-    (lambda: MatDotCode(6, 4), 7),
-    (lambda: PolynomialCode(6, 3, 3), 9),
-])
-def test_threshold_larger_than_workers(make, value):
-    with pytest.raises(ConfigurationError) as info:
-        make()
-    msg = str(info.value)
-    assert "recovery threshold" in msg and "workers=6" in msg and f"= {value} " in msg, msg
-
-
-@pytest.mark.parametrize("make", [
-    lambda w: MDSCode(w, 1), lambda w: PolyDotCode(w), lambda w: MatDotCode(w, 1),
-    lambda w: PolynomialCode(w, 1, 1), lambda w: ReplicationCode(w, 1), lambda w: GradientCode(w, 0),
-], ids=["MDS", "PolyDot", "MatDot", "Polynomial", "Replication", "Gradient"])
-@pytest.mark.parametrize("workers, text", [
-    (0, "`workers` must be at least 1, got 0"),
-    (-3, "`workers` must be at least 1, got -3"),
-    (2.5, "`workers` must be an integer, got 2.5 (float)"),
-    (6.0, "`workers` must be an integer, got 6.0 (float)"),
-    (True, "`workers` must be an integer, got True (bool)"),
-    ("6", "`workers` must be an integer, got '6' (str)"),
-    (None, "`workers` must be an integer, got None"),
-])
-def test_bad_workers(make, workers, text):
-    with pytest.raises(ConfigurationError, match=esc(text)):
-        make(workers)
-
-
-def test_numpy_integer_workers_accepted():
-    assert MDSCode(np.int64(6), np.int32(3)).workers == 6
-
-
-@pytest.mark.parametrize("kwargs, text", [
-    (dict(row_blocks=0), "`row_blocks` must be at least 1, got 0"),
-    (dict(inner_blocks=1.5), "`inner_blocks` must be an integer, got 1.5 (float)"),
-    (dict(col_blocks=-1), "`col_blocks` must be at least 1, got -1"),
-])
-def test_bad_block_counts(kwargs, text):
-    with pytest.raises(ConfigurationError, match=esc(text)):
-        PolyDotCode(6, **kwargs)
-
-
-def test_bad_stragglers():
-    with pytest.raises(ConfigurationError, match=esc("`stragglers` must be between 0 and workers-1=5, got 6")):
-        GradientCode(6, 6)
-    with pytest.raises(ConfigurationError, match=esc("`stragglers` must be between 0 and workers-1=5, got -1")):
-        GradientCode(6, -1)
-
-
-@pytest.mark.parametrize("make", [
-    lambda: MDSCode(6, 3, construction="random"),
-    lambda: PolyDotCode(6, 1, 2, 1, construction="Circle"),
-    lambda: MatDotCode(6, 2, construction=None),
-])
-def test_unknown_construction(make):
-    with pytest.raises(ConfigurationError, match=r"`construction` must be one of \('circle', "
-                                                 r"'equispaced', 'chebyshev'\), got"):
-        make()
-
-
-def test_unknown_scheme():
-    with pytest.raises(ConfigurationError,
-                       match=esc("`scheme` must be one of ('fractional_repetition', 'cyclic'), got 'cyclical'")):
-        GradientCode(6, 1, "cyclical")
-
-
-def test_fractional_repetition_needs_divisor():
-    with pytest.raises(ConfigurationError, match=esc("stragglers+1=4 to divide workers=6")):
-        GradientCode(6, 3, "fractional_repetition")
-    GradientCode(6, 2, "fractional_repetition")  # 3 divides 6: fine
-
-
-# --------------------------------------------------------------------------- fields
-@pytest.mark.parametrize("make", [
-    lambda f: MDSCode(6, 3, field=f), lambda f: ReplicationCode(6, 2, field=f),
-    lambda f: GradientCode(6, 1, field=f), lambda f: MatDotCode(6, 2, field=f),
-], ids=["MDS", "Replication", "Gradient", "MatDot"])
-@pytest.mark.parametrize("field, text", [
-    (100, "`field` must be a prime, got 100, which is not prime"),
-    (91, "`field` must be a prime, got 91, which is not prime"),
-    (2**31 - 3, f"`field` must be a prime, got {2**31 - 3}, which is not prime"),
-    (5, "`field` must be a prime larger than workers=6"),
-    (2, "`field` must be a prime larger than workers=6"),
-    (2147483659, f"`field` must be between 2 and 2**31-1={MAXP} (or None for the reals), got 2147483659"),
-    (2**61 - 1, f"`field` must be between 2 and 2**31-1={MAXP} (or None for the reals), got {2**61 - 1}"),
-    (1, f"`field` must be between 2 and 2**31-1={MAXP}"),
-    (-7, f"`field` must be between 2 and 2**31-1={MAXP}"),
-    (7.0, "`field` must be an integer, got 7.0 (float)"),
-    (True, "`field` must be an integer, got True (bool)"),
-    ("7", "`field` must be an integer, got '7' (str)"),
-])
-def test_bad_field(make, field, text):
-    with pytest.raises(ConfigurationError, match=esc(text)) as info:
-        make(field)
-    if text.startswith("`field` must be a prime larger"):
-        assert f"got {field}" in str(info.value)
-
-
-def test_field_boundaries_accepted():
-    assert MDSCode(6, 3, field=7).field == 7         # smallest prime > workers
-    assert MDSCode(6, 3, field=MAXP).field == MAXP   # largest supported prime
-    with pytest.raises(ConfigurationError, match="larger than workers=7"):
-        MDSCode(7, 3, field=7)
+# --------------------------------------------------------------------------- constructors
+# The constructors' bad arguments (workers, k, block counts, stragglers, construction, scheme,
+# field) are rows of tests/bad_input_cases.py, checked by tests/test_bad_cli.py.
 
 
 # --------------------------------------------------------------------------- encode inputs

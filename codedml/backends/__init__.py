@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import ConfigurationError
 
 __all__ = ["Backend", "NumpyBackend", "TorchBackend", "get_backend", "available_backends",
-           "register_backend", "set_threads"]
+           "registered_backends", "register_backend", "set_threads"]
 
 
 class Backend:
@@ -70,6 +70,9 @@ class TorchBackend(Backend):
         import torch
 
         self.torch = torch
+        if not isinstance(device, str):
+            raise ConfigurationError(
+                f"`device` must be a torch device string such as 'cpu' or 'cuda:0', got {device!r}")
         if device.startswith("cuda"):
             if not torch.cuda.is_available():
                 raise ConfigurationError("backend 'cuda' needs a CUDA GPU, and torch sees none")
@@ -77,7 +80,11 @@ class TorchBackend(Backend):
                 local = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK",
                                            os.environ.get("MPI_LOCALRANKID", "0")))
                 device = f"cuda:{local % torch.cuda.device_count()}"
-        self.device = torch.device(device)
+        try:
+            self.device = torch.device(device)
+        except RuntimeError as exc:
+            raise ConfigurationError(
+                f"`device` must be a torch device string such as 'cpu' or 'cuda:0', got {device!r}") from exc
         self.name = "cuda" if self.device.type == "cuda" else "torch"
 
     def to_device(self, x: np.ndarray) -> Any:
@@ -149,7 +156,12 @@ _REGISTRY: dict[str, Callable[[], Backend]] = {
 
 
 def register_backend(name: str, factory: Callable[[], Backend]) -> None:
-    """Make ``factory`` available as ``get_backend(name)``."""
+    """Make ``factory`` (a callable returning a :class:`Backend`) available as
+    ``get_backend(name)``."""
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"`name` must be a non-empty string, got {name!r}")
+    if not callable(factory):
+        raise ConfigurationError(f"`factory` must be a callable returning a Backend, got {factory!r}")
     _REGISTRY[name] = factory
 
 
@@ -163,6 +175,11 @@ def get_backend(name: str | Backend = "numpy") -> Backend:
         return _REGISTRY[name]()
     except ImportError as exc:
         raise ConfigurationError(f"backend {name!r} needs a package that is not installed: {exc}") from exc
+
+
+def registered_backends() -> list[str]:
+    """Names ``get_backend`` knows (usable here or not; see :func:`available_backends`)."""
+    return sorted(_REGISTRY)
 
 
 def available_backends() -> list[str]:

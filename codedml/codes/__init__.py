@@ -5,8 +5,9 @@ No MPI, no torch, no I/O and no clocks here. A code is an immutable value object
 each computing ``task.a @ task.b``) and ``decode(results, errors=...)``.
 """
 
-from ._base import DecodeInfo, Encoding, LinearCode, Task
+from ._base import FLOAT32_MAX_CONDITION, DecodeInfo, Encoding, LinearCode, Task
 from ._field import Residues
+from ._gfp import MAX_PRIME, matmul_mod
 from .gradient import GradientCode
 from .numerics import condition_number, worst_case_condition
 from .polydot import CONSTRUCTIONS, MatDotCode, MDSCode, PolyDotCode, PolynomialCode
@@ -27,4 +28,7 @@ __all__ = [
     "CONSTRUCTIONS",
     "condition_number",
     "worst_case_condition",
+    "matmul_mod",
+    "MAX_PRIME",
+    "FLOAT32_MAX_CONDITION",
 ]

@@ -20,13 +20,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigurationError
-from .models import (Bursty, Compose, Die, FailSilent, FaultModel, FixedStragglers, NoFaults,
+from .models import (MAX_FAULT_SEED, Bursty, Compose, Die, FailSilent, FaultModel, FixedStragglers, NoFaults,
                      Pareto, ShiftedExponential, SoftErrors)
 
 __all__ = ["faults_from_config", "faults_from_flags", "add_fault_flags", "check_fault_ranks"]
 
-#: The largest fault seed (``fault_for`` seeds with the low 32 bits).
-MAX_SEED = 2**32 - 1
+#: The largest fault seed (the clusters' ``seed`` accepts the same range).
+MAX_SEED = MAX_FAULT_SEED
 
 _STRAGGLERS = {
     "fixed": (FixedStragglers, {"ranks", "delay", "start"}),
@@ -43,17 +43,25 @@ def _check_keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None
         raise ConfigurationError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)}")
 
 
-def _as_list(x: Any) -> list[Mapping[str, Any]]:
+def _as_list(x: Any, where: str) -> list[Mapping[str, Any]]:
+    """A table or a list of tables (an array of TOML tables); anything else is named."""
     if x is None:
         return []
-    return list(x) if isinstance(x, list) else [x]
+    items = list(x) if isinstance(x, list) else [x]
+    for item in items:
+        if not isinstance(item, Mapping):
+            raise ConfigurationError(
+                f"[faults] {where} must be a table of keys (or a list of tables), got {item!r}")
+    return items
 
 
 def faults_from_config(table: Mapping[str, Any]) -> tuple[FaultModel, int]:
     """Build ``(model, seed)`` from a ``[faults]`` table (see the module docstring)."""
+    if not isinstance(table, Mapping):
+        raise ConfigurationError(f"[faults] must be a table of keys, got {table!r}")
     _check_keys("[faults]", table, _TOP)
     models: list[FaultModel] = []
-    for s in _as_list(table.get("stragglers")):
+    for s in _as_list(table.get("stragglers"), "stragglers"):
         s = dict(s)
         name = s.pop("model", None)
         if name not in _STRAGGLERS:
@@ -64,16 +72,16 @@ def faults_from_config(table: Mapping[str, Any]) -> tuple[FaultModel, int]:
         if "ranks" in s and cls is not FixedStragglers and isinstance(s["ranks"], list):
             s["ranks"] = tuple(s["ranks"])
         models.append(_make(f"[faults] stragglers ({name}) / --stragglers {name}", cls, s))
-    for e in _as_list(table.get("soft_errors")):
+    for e in _as_list(table.get("soft_errors"), "soft_errors"):
         _check_keys("[faults] soft_errors", e, {"kind", "prob", "value", "ranks"})
         e = dict(e)
         if isinstance(e.get("ranks"), list):
             e["ranks"] = tuple(e["ranks"])
         models.append(_make("[faults] soft_errors / --soft-errors", SoftErrors, e))
-    for f in _as_list(table.get("fail_silent")):
+    for f in _as_list(table.get("fail_silent"), "fail_silent"):
         _check_keys("[faults] fail_silent", f, {"ranks", "start"})
         models.append(_make("[faults] fail_silent / --fail-silent", FailSilent, f))
-    for d in _as_list(table.get("die")):
+    for d in _as_list(table.get("die"), "die"):
         _check_keys("[faults] die", d, {"ranks", "at"})
         models.append(_make("[faults] die / --die", Die, d))
     seed = table.get("seed", 0)
@@ -146,17 +154,26 @@ def add_fault_flags(ap: argparse.ArgumentParser) -> None:
 
 
 def _parse_value(v: str) -> Any:
-    if "+" in v or v.isdigit():
-        return [int(x) for x in v.split("+")] if "+" in v else int(v)
-    try:
-        return float(v)
-    except ValueError:
-        return v
+    """``1+2`` a list of ints, ``-3`` / ``4`` an int, ``0.5`` / ``nan`` a float, else the text
+    (which the model then refuses by name)."""
+    if "+" in v.strip("+-"):
+        try:
+            return [int(x) for x in v.split("+")]
+        except ValueError:
+            return v
+    for kind in (int, float):
+        try:
+            return kind(v)
+        except ValueError:
+            pass
+    return v
 
 
 def _ranks_at(flag: str, text: str) -> tuple[list[int], int]:
     try:
-        ranks, _, job = text.partition("@")
+        ranks, at_sign, job = text.partition("@")
+        if at_sign and not job.strip():  # "1@": a job index was meant but is missing
+            raise ValueError("no job after @")
         out, at = [int(r) for r in ranks.split("+")], int(job or 0)
     except ValueError as exc:
         raise ConfigurationError(f"`{flag}` must look like 1+3@2 (ranks @ job), got {text!r}") from exc
@@ -172,7 +189,7 @@ def _ranks_at(flag: str, text: str) -> tuple[list[int], int]:
 def faults_from_flags(ns: argparse.Namespace, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Merge the failure flags over a ``[faults]`` table (flags win); returns the new table."""
     table: dict[str, Any] = dict(base or {})
-    if ns.stragglers:
+    if ns.stragglers is not None:  # "" is refused by the model check, not read as "none"
         if ns.stragglers == "none":
             table.pop("stragglers", None)
         else:
@@ -196,10 +213,10 @@ def faults_from_flags(ns: argparse.Namespace, base: Mapping[str, Any] | None = N
             except ValueError as exc:  # a range error is SoftErrors' to name
                 raise ConfigurationError(f"`--soft-errors` must look like exponent:0.05, got {item!r}") from exc
         table["soft_errors"] = errs
-    if ns.fail_silent:
+    if ns.fail_silent is not None:  # an empty value is refused, not read as "no fault"
         r, j = _ranks_at("--fail-silent", ns.fail_silent)
         table["fail_silent"] = {"ranks": r, "start": j}
-    if ns.die:
+    if ns.die is not None:
         r, j = _ranks_at("--die", ns.die)
         table["die"] = {"ranks": r, "at": j}
     if ns.fault_seed is not None:

@@ -14,11 +14,15 @@ __all__ = [
     "Fault", "Corruption", "FaultModel", "NoFaults", "FixedStragglers", "ShiftedExponential",
     "Pareto", "Bursty", "FailSilent", "Die", "SoftErrors", "StorageErrors", "Schedule", "Compose",
     "corrupt",
-    "fault_for", "check_model_arg", "CORRUPTION_KINDS",
+    "fault_for", "check_model_arg", "CORRUPTION_KINDS", "MAX_FAULT_SEED",
 ]
 
 #: Soft-error classes: a flipped bit in the mantissa / exponent / sign of one entry, one gross
 #: value, NaN, +Inf, or the whole result scaled by an adversarial factor.
+#: The largest seed of a failure model run (``fault_for`` seeds its generators with it):
+#: ``LocalCluster(seed=...)``, ``MPICluster(seed=...)``, ``--fault-seed`` and ``[faults] seed``.
+MAX_FAULT_SEED = 2**32 - 1
+
 CORRUPTION_KINDS = ("mantissa", "exponent", "sign", "gross", "nan", "inf", "scale")
 
 
@@ -372,13 +376,17 @@ class Compose(FaultModel):
 
 def check_model_arg(faults: object, seed: object) -> None:
     """The ``faults`` and ``seed`` arguments of a cluster: a failure model (any callable
-    ``model(rank, job, rng) -> Fault``) or None, and an integer seed (used modulo 2**32)."""
+    ``model(rank, job, rng) -> Fault``) or None, and an integer seed between 0 and
+    :data:`MAX_FAULT_SEED` (2**32 - 1), the range ``--fault-seed`` and ``[faults] seed`` accept:
+    a negative or wider seed is refused by name rather than silently reduced modulo 2**32."""
     if faults is not None and not callable(faults):
         raise ConfigurationError(
             f"`faults` must be a FaultModel (a callable model(rank, job, rng) -> Fault) or None, "
             f"got {faults!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ConfigurationError(f"`seed` must be an integer, got {seed!r}")
+        raise ConfigurationError(f"`seed` must be an integer between 0 and {MAX_FAULT_SEED}, got {seed!r}")
+    if not 0 <= int(seed) <= MAX_FAULT_SEED:  # the same range as --fault-seed / [faults] seed
+        raise ConfigurationError(f"`seed` must be an integer between 0 and {MAX_FAULT_SEED}, got {seed}")
 
 
 def fault_for(model: FaultModel | None, seed: int, rank: int, job: int) -> Fault:

@@ -50,6 +50,10 @@ def default_code(workers: int, errors: int = 0, out_features: int | None = None)
     ``errors`` corrupt results and at least one straggler. Where no such ``k`` exists, ``k = 1``
     (the backward product then waits for every worker).
     """
+    workers = check_int("workers", workers, 1)
+    errors = check_int("errors", errors, 0)
+    if out_features is not None:
+        out_features = check_int("out_features", out_features, 1)
     k = (workers - 2 * errors) // 2
     if k < 1 and 1 + 2 * errors <= workers:
         k = 1
@@ -63,7 +67,7 @@ def default_code(workers: int, errors: int = 0, out_features: int | None = None)
 
 
 def _check_cluster(cluster: Any) -> None:
-    from ..runtime._cluster import ClusterBase
+    from ..runtime import ClusterBase
 
     if cluster is None:
         raise ConfigurationError(
@@ -574,11 +578,16 @@ class CodedLinear(nn.Module):
         stale and crashed workers leave too few for this layer's products, the step's
         :class:`~codedml.errors.UpdateFailedError` is raised to the caller: the weight can no
         longer be trusted to hold every step."""
+        # The layer's own record of the acks it booked (the weight's and the buffer's; one SGD
+        # step's ack may serve both), not an attribute set on the runtime's future.
+        # Only the handles' current acks are ever looked at, so the last four booked suffice;
+        # held as weak references (a deepcopy of the layer copies them as they are).
+        booked = self.__dict__.setdefault("_booked_acks", [])
         for h in (self._handle, self._buffer):
             ack = getattr(h, "ack", None)
-            if ack is None or not ack.done() or getattr(ack, "_booked", False):
+            if ack is None or not ack.done() or any(r() is ack for r in booked):
                 continue
-            ack._booked = True
+            booked[:] = [*booked[-3:], weakref.ref(ack)]
             exc = None if ack.cancelled() else ack.exception(0)
             if exc is None:
                 continue

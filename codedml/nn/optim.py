@@ -69,6 +69,11 @@ class CodedSGD(torch.optim.SGD):
                 f"`model` must be an nn.Module (CodedSGD finds its coded layers), got {type(model).__name__}")
         if scrub_every is not None and (not isinstance(scrub_every, int) or scrub_every < 1):
             raise ConfigurationError(f"`scrub_every` must be a positive integer or None, got {scrub_every!r}")
+        _check_hyper(lr, momentum, dampening, weight_decay, nesterov)
+        if scrub_timeout is not None:  # NaN, inf, 0 and negatives refused, as the runtime does
+            from ..runtime.futures import check_deadline
+
+            scrub_timeout = check_deadline("scrub_timeout", scrub_timeout)
         self.layers = [m for m in model.modules() if isinstance(m, CodedLinear)]
         params: Iterable[Any] = list(model.parameters())
         if not params:
@@ -150,3 +155,21 @@ class CodedSGD(torch.optim.SGD):
         super().zero_grad(set_to_none)
         for layer in self.layers:
             layer._pending = []
+
+
+def _check_hyper(lr: Any, momentum: Any, dampening: Any, weight_decay: Any, nesterov: Any) -> None:
+    """The SGD hyper-parameters, refused by name with their range (torch.optim.SGD lets NaN
+    through and names neither the argument nor the range of the others)."""
+    import math
+
+    for name, v, positive in (("lr", lr, True), ("momentum", momentum, False),
+                              ("dampening", dampening, False), ("weight_decay", weight_decay, False)):
+        rng = "a finite number greater than 0" if positive else "a finite number at least 0"
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigurationError(f"`{name}` must be {rng}, got {v!r}")
+        if not math.isfinite(v) or v < 0 or (positive and v == 0):
+            raise ConfigurationError(f"`{name}` must be {rng}, got {v}")
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise ConfigurationError(
+            f"`nesterov` needs a momentum greater than 0 and dampening 0, got momentum={momentum}, "
+            f"dampening={dampening}")

@@ -34,7 +34,24 @@ from ..errors import (ClusterClosedError, ConfigurationError, CorruptResultError
 from .futures import (Ack, Arrival, Call, Job, JobReport, _Request, check_deadline, check_wait)
 from .protocol import Op, Request
 
-__all__ = ["ClusterBase", "retry_on_corrupt", "DEFAULT_TIMEOUT"]
+__all__ = ["ClusterBase", "retry_on_corrupt", "check_handlers", "DEFAULT_TIMEOUT"]
+
+
+def check_handlers(handlers: Any) -> dict[str, Any]:
+    """The ``handlers`` argument of a cluster: None or a mapping of ``call`` names (str) to
+    callables ``fn(context, *arrays, **kwargs)``; anything else is refused by name."""
+    from collections.abc import Mapping
+
+    if handlers is None:
+        return {}
+    if not isinstance(handlers, Mapping):
+        raise ConfigurationError(
+            f"`handlers` must be a mapping of names to callables (or None), got {handlers!r}")
+    for k, fn in handlers.items():
+        if not isinstance(k, str) or not callable(fn):
+            raise ConfigurationError(
+                f"`handlers` must map str names to callables, got {k!r}: {fn!r}")
+    return dict(handlers)
 
 #: The deadline of every request unless a cluster or a call sets another (seconds).
 DEFAULT_TIMEOUT = 60.0

@@ -44,7 +44,10 @@ __all__ = ["Arrival", "WorkerStatus", "JobReport", "AckReport", "Job", "Call", "
 
 
 def check_deadline(name: str, value: Any) -> float:
-    """A deadline in seconds: a finite number > 0 (NaN, inf, zero and negatives refused)."""
+    """A deadline in seconds: a finite number > 0 (NaN, inf, zero, negatives and non-numbers
+    such as the string ``"1"`` refused)."""
+    if isinstance(value, (str, bytes)):
+        raise ConfigurationError(f"`{name}` must be a finite number of seconds > 0, got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError) as exc:

@@ -68,9 +68,11 @@ class LocalCluster(ClusterBase):
                  timeout: float | None = None,
                  handlers: dict[str, Any] | None = None) -> None:
         from ..faults.models import check_model_arg
+        from ._cluster import check_handlers
 
         n = check_int("workers", workers, 1)
         check_model_arg(faults, seed)
+        handlers = check_handlers(handlers)
         super().__init__(n, timeout)
         self.backend = get_backend(backend)
         self._out: queue.Queue[Arrival] = queue.Queue()

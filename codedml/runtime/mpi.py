@@ -127,6 +127,9 @@ class MPICluster(ClusterBase):
                  threads: int | None = 1, handlers: dict[str, Any] | None = None) -> None:
         from mpi4py import MPI
 
+        if not callable(getattr(comm, "Get_size", None)):
+            raise ConfigurationError(
+                f"`comm` must be an MPI communicator (e.g. MPI.COMM_WORLD), got {comm!r}")
         size = comm.Get_size()
         if size < 2:
             raise ConfigurationError(
@@ -141,6 +144,9 @@ class MPICluster(ClusterBase):
         from ..faults.models import check_model_arg
 
         check_model_arg(faults, seed)
+        from ._cluster import check_handlers
+
+        handlers = check_handlers(handlers)
         self.root = int(root)
         self._ranks = [r for r in range(size) if r != self.root]
         super().__init__(len(self._ranks), timeout)

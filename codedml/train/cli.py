@@ -134,7 +134,10 @@ def load_train_config(path: str | None) -> tuple[dict[str, Any], dict[str, Any]]
     table = data.get("train", {})
     check_table(f"[train] of {path}", table,
                 {f.name for f in fields(TrainConfig)} | {f.name for f in fields(TrainJob)})
-    return table, data.get("faults", {})
+    faults = data.get("faults", {})
+    if not isinstance(faults, dict):
+        raise ConfigurationError(f"[faults] of {path} must be a table of keys, got {faults!r}")
+    return table, faults
 
 
 def _plot(metrics: list[dict[str, Any]], path: str, title: str) -> None:
@@ -187,8 +190,9 @@ def cmd_train(argv: list[str]) -> int:
     cfg.check_workers(n)
     if cfg.policy in ("ksync", "kasync", "adasync") and not 1 <= cfg.k_for(n) <= n:
         raise ConfigurationError(f"`k` must be between 1 and workers={n}, got {cfg.k_for(n)}")
-    check_memory(f"`--model` {job.model} with `--hidden` {job.hidden} and {n} workers",
-                 train_memory_bytes(job, n))
+    sizes = (f"`--quad-dim` {job.quad_dim}, `--quad-rank` {job.quad_rank}, `--quad-samples` "
+             f"{job.quad_samples}" if job.model == "quadratic" else f"`--hidden` {job.hidden}")
+    check_memory(f"`--model` {job.model} with {sizes} and {n} workers", train_memory_bytes(job, n))
 
     from .task import digits_task
 

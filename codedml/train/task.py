@@ -121,7 +121,23 @@ def digits_task(model: str = "logreg", *, hidden: int = 32, seed: int = 0,
                 dtype: str = "float32", test_fraction: float = 0.2) -> Task:
     """scikit-learn's digits (1797 8x8 images, 10 classes; shipped with the package), pixels
     scaled to [0, 1], a seeded train/test split, and a seeded ``make_model``."""
+    import math
+
     from sklearn.datasets import load_digits
+
+    from .._config import MAX_SEED, check_int
+
+    # Every argument checked here, not when the model is first built (on a worker).
+    if model not in ("logreg", "mlp"):
+        raise ConfigurationError(f"`model` must be 'logreg' or 'mlp', got {model!r}")
+    check_int("hidden", hidden, 1)
+    check_int("seed", seed, 0, MAX_SEED)
+    if dtype not in ("float32", "float64"):
+        raise ConfigurationError(f"`dtype` must be 'float32' or 'float64', got {dtype!r}")
+    if (isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float))
+            or not (math.isfinite(test_fraction) and 0 < test_fraction < 1)):
+        raise ConfigurationError(f"`test_fraction` must be a number between 0 and 1 (exclusive), "
+                                 f"got {test_fraction!r}")
 
     X, y = load_digits(return_X_y=True)
     X = (X / 16.0).astype(dtype)

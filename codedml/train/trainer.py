@@ -318,7 +318,7 @@ class Engine:
         sink: IO[str] | None = None
         own = False
         # Workers this cluster already knows dead (a reused cluster): not asked, not waited for.
-        known_dead = {int(w) for w in getattr(self.cluster, "_dead", ())}
+        known_dead = {int(w) for w in self.cluster.dead_workers}
         st.dead.update(known_dead)
         if isinstance(self._metrics_path, (str, os.PathLike)) and str(self._metrics_path):
             Path(self._metrics_path).parent.mkdir(parents=True, exist_ok=True)
