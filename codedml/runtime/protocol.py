@@ -267,8 +267,11 @@ class Request:
                                     f"{str(params)[:200]!r}")
         if not flags & 2 and handle != -1 or not flags & 4 and field != -1:
             raise ProtocolError("request handle/field present without its flag")
-        return cls(op, job, handle if flags & 2 else None, field if flags & 4 else None,
-                   bool(flags & 1), params, tuple(arrays))
+        try:
+            return cls(op, job, handle if flags & 2 else None, field if flags & 4 else None,
+                       bool(flags & 1), params, tuple(arrays))
+        except ConfigurationError as exc:  # e.g. a non-finite parameter: a defect on receipt
+            raise ProtocolError(f"request parameters cannot travel: {exc}") from exc
 
 
 def _check_shape(shape: tuple[int, ...], code: int) -> None:
