@@ -40,7 +40,7 @@ __all__ = ["ClusterBase", "retry_on_corrupt", "DEFAULT_TIMEOUT"]
 DEFAULT_TIMEOUT = 60.0
 #: While a caller drives progress, the progress thread looks again after this many seconds
 #: (for requests nobody waits for).
-_DRIVEN_LOOK = 0.005
+_DRIVEN_LOOK = 0.01
 
 
 def retry_on_corrupt(run: Callable[[], Any], retries: int,
