@@ -2,9 +2,11 @@
 base tree and the runtime of this tree, interleaved in blocks on the same ranks.
 
 The base tree's ``codedml`` package is imported under another name (the package uses only
-relative imports), e.g. main's::
+relative imports). Take the base at the branch point, not a main that has moved on (other
+branches' encode and decode changes would then show up in the job times)::
 
-    mkdir -p /tmp/ab && cp -r /work/main/codedml /tmp/ab/codedml_base
+    mkdir -p /tmp/ab && git archive $(git merge-base HEAD main) codedml | tar -x -C /tmp/ab
+    mv /tmp/ab/codedml /tmp/ab/codedml_base
     mpiexec --oversubscribe -n 3 python benchmarks/control_plane_ab.py --base /tmp/ab
 
 Blocks of ``--block`` rounds of each variant alternate ``--blocks`` times, so slow phases of a
