@@ -10,7 +10,9 @@ branches' encode and decode changes would then show up in the job times)::
     mpiexec --oversubscribe -n 3 python benchmarks/control_plane_ab.py --base /tmp/ab
 
 Blocks of ``--block`` rounds of each variant alternate ``--blocks`` times, so slow phases of a
-shared machine hit every variant alike; the table gives medians and ratios to ``bare``.
+shared machine hit every variant alike; the table gives medians and ratios to ``bare``
+(``--steps``: also the mean training step of a ``sync`` fit per block, with zero-work gradients;
+its row is the median over blocks).
 Writes ``benchmarks/results/control_plane_ab[_<n>workers].json``; no plot (the table is the
 result).
 """
@@ -46,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="name=package pairs, comma-separated (default: %(default)s)")
     ap.add_argument("--blocks", type=int, default=6)
     ap.add_argument("--block", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=0,
+                    help="also time a sync training step with zero-work gradients (the digits "
+                         "logistic regression, as control_plane.py), this many steps per block")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     sys.path.insert(0, str(args.base))
@@ -75,10 +80,23 @@ def main(argv: list[str] | None = None) -> int:
         comm.Free()
         for name, pkg in variants.items():
             code = importlib.import_module(f"{pkg}.codes").MDSCode(n, max(1, n - 2))
-            with importlib.import_module(f"{pkg}.runtime").MPICluster(world, handlers={"echo": echo}, timeout=60) as cl:
+            handlers = {"echo": echo}
+            if args.steps:
+                train = importlib.import_module(f"{pkg}.train")
+                task = train.digits_task("logreg")
+                nparams = sum(p.numel() for p in task.model().parameters())
+                handlers[importlib.import_module(f"{pkg}.train.task").HANDLER] = \
+                    lambda ctx, flat, **_: np.zeros(nparams + 1)
+            with importlib.import_module(f"{pkg}.runtime").MPICluster(
+                    world, handlers=handlers, timeout=60) as cl:
                 if cl is not None:
                     timed(f"call {name}", lambda: cl.call("echo", x).result())
                     timed(f"job {name}", lambda: cl.submit(A, A, code=code).result())
+                    if args.steps:
+                        cfg = train.TrainConfig(policy="sync", steps=args.steps,
+                                                eval_every=args.steps, batch=16)
+                        res = train.fit(cl, task, cfg)
+                        times.setdefault(f"step {name}", []).append(res.wall / max(1, res.steps))
     if not root:
         return 0
     bare = float(np.median(times["bare"]))
@@ -92,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{1e6 * r['p90_s']:>8.1f} {r['ratio_to_bare']:>14.2f}")
     first = next(iter(variants))
     for name in list(variants)[1:]:
-        for what in ("call", "job"):
+        for what in ("call", "job") + (("step",) if args.steps else ()):
             print(f"{what}: {name} / {first} = "
                   f"{rows[f'{what} {name}']['median_s'] / rows[f'{what} {first}']['median_s']:.2f}")
     out = args.out or HERE / "results" / (
