@@ -123,6 +123,43 @@ with MPICluster(comm, faults=faults, seed=7, timeout=30) as cluster:
             h = cluster.put(A, code=code)
             out["resident_flag"] = h.compensated
             emit(**out)
+        elif name == "unwaited":
+            # Requests nobody calls result() on: the progress thread must route their replies,
+            # whether it was parked (nothing pending) or a caller was driving progress.
+            import concurrent.futures as cf
+            import threading
+
+            out = {"alone": [], "callback": [], "beside_driver": [], "errors": []}
+            for j in range(3):
+                t = time.perf_counter()
+                job = cluster.submit(A, B + j, code=code)
+                done, _ = cf.wait([job], timeout=10)
+                out["alone"].append(time.perf_counter() - t if done else None)
+                out["errors"].append(rel(job.result(), A @ (B + j)))
+                time.sleep(0.3)  # the progress thread parks again
+            ev = threading.Event()
+            t = time.perf_counter()
+            job = cluster.submit(A, B, code=code)
+            job.add_done_callback(lambda f: ev.set())
+            out["callback"].append(time.perf_counter() - t if ev.wait(10) else None)
+            stop = threading.Event()
+
+            def drive():  # a caller that pumps progress itself, without pause
+                while not stop.is_set():
+                    cluster.matmul(A, B, code=code)
+
+            th = threading.Thread(target=drive)
+            th.start()
+            for j in range(10):
+                time.sleep(0.01)
+                t = time.perf_counter()
+                job = cluster.submit(A, B - j, code=code)
+                done, _ = cf.wait([job], timeout=10)
+                out["beside_driver"].append(time.perf_counter() - t if done else None)
+                out["errors"].append(rel(job.result(), A @ (B - j)))
+            stop.set()
+            th.join()
+            emit(**out, outstanding=cluster.outstanding())
         elif name == "soak":
             tracemalloc.start()
             code = MDSCode(n, max(1, n - 2))

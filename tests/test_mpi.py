@@ -101,6 +101,18 @@ def test_workers_compute_compensated_products_when_asked(np_):
     assert res["resident_flag"] is False  # a small code: auto leaves plain products
 
 
+def test_requests_nobody_waits_for_settle():
+    """Futures settled by the progress thread alone (concurrent.futures.wait, callbacks),
+    also while another thread drives progress: each within seconds, far before the 30 s
+    deadline, with the right product."""
+    res, done = run_mpi("unwaited", 3)
+    assert done.returncode == 0, done.stderr
+    for key in ("alone", "callback", "beside_driver"):
+        assert res[key] and all(t is not None and t < 5.0 for t in res[key]), (key, res[key])
+    assert max(res["errors"]) < 1e-10
+    assert res["outstanding"]["jobs"] == 0
+
+
 def test_soak_no_growth():
     res, done = run_mpi("soak", 5, timeout=300)
     assert done.returncode == 0, done.stderr

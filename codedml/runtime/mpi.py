@@ -4,8 +4,9 @@ Messages are the typed records of :mod:`codedml.runtime.protocol`, sent on a pri
 duplicate of the communicator passed in, with these tags:
 
 ``CTRL`` (root -> worker, uint8)
-    a :class:`~codedml.runtime.protocol.Request` as JSON bytes (operation, request id, handle,
-    field, parameters, and the shape and dtype of every array that follows);
+    a :class:`~codedml.runtime.protocol.Request`: a fixed binary header (operation, request
+    id, handle, field), the shape and dtype of every array that follows, and the op's
+    parameters as JSON where it has any;
 ``TASK`` (root -> worker, buffers)
     the request's arrays, sent with ``Isend`` from numpy buffers;
 ``HDR`` (worker -> root, int64)
@@ -58,12 +59,13 @@ from ._cluster import ClusterBase
 from ._exit import skip_finalize_at_exit
 from ._worker import WorkerContext, WorkerState, remote_error
 from .futures import Arrival, check_wait
-from .protocol import (ACK_OPS, HEADER_LEN, REPLY_OPS, Kind, Op, RemoteError, ReplyHeader,
+from .protocol import (ACK_OPS, DTYPES, HEADER_LEN, REPLY_OPS, Kind, Op, RemoteError, ReplyHeader,
                        Request)
 
 __all__ = ["MPICluster"]
 
 TAG_CTRL, TAG_TASK, TAG_HDR, TAG_RES, TAG_CANCEL = 101, 102, 103, 104, 105
+_ACK_CODES = frozenset(int(o) for o in ACK_OPS)
 
 
 def _proc_failed(exc: Exception) -> bool:
@@ -86,6 +88,10 @@ def _proc_failed(exc: Exception) -> bool:
 _MIN_PAUSE = 2e-5
 _MAX_PAUSE = 1e-3
 _SPIN = 2e-3
+#: A worker looks for cancels again before replying only when serving took longer than this
+#: (seconds): the root cancels a request it no longer needs, which a quick one gives it no
+#: time to do (the cancels are read before the next request in any case).
+_LONG = 1e-3
 
 
 class MPICluster(ClusterBase):
@@ -159,6 +165,7 @@ class MPICluster(ClusterBase):
         self._handlers = dict(handlers or {})
         self._outgoing: list[tuple[Any, Any]] = []
         self._hdr: dict[int, tuple[Any, np.ndarray]] = {}
+        self._hdr_bufs: dict[int, np.ndarray] = {}
         self._notices: list[Arrival] = []
         self._bye: set[int] = set()
         self._pause = 1e-4
@@ -192,7 +199,11 @@ class MPICluster(ClusterBase):
 
     # ------------------------------------------------------------------ root side
     def _post_header(self, w: int) -> None:
-        buf = np.empty(HEADER_LEN, dtype=np.int64)
+        # One header buffer per worker for the cluster's life: a header is parsed (into
+        # Python ints) before its receive is posted again.
+        buf = self._hdr_bufs.get(w)
+        if buf is None:
+            buf = self._hdr_bufs[w] = np.empty(HEADER_LEN, dtype=np.int64)
         self._hdr[w] = (self.comm.Irecv(buf, source=self._ranks[w], tag=TAG_HDR), buf)
 
     def _mark_dead(self, w: int) -> None:
@@ -267,19 +278,19 @@ class MPICluster(ClusterBase):
             except self._MPI.Exception:
                 # a failed process among them (MPI_ERR_IN_STATUS): test one by one below,
                 # which names the dead and raises any other error
-                done = range(len(ws))
-            ws = [ws[i] for i in (done or ())]
-        for w in ws:
-            req, buf = self._hdr[w]
-            try:
-                ready = req.Test()
-            except Exception as exc:
-                if _proc_failed(exc):
-                    self._mark_dead(w)
-                    continue
-                raise
-            if ready:
-                a = self._receive(w, buf)
+                ready = []
+                for w in ws:
+                    try:
+                        if self._hdr[w][0].Test():
+                            ready.append(w)
+                    except Exception as exc:
+                        if not _proc_failed(exc):
+                            raise
+                        self._mark_dead(w)
+            else:  # the completed receives (now null requests) are ready: no second test
+                ready = [ws[i] for i in done] if done else ()
+            for w in ready:
+                a = self._receive(w, self._hdr[w][1])
                 if a is not None:
                     out.append(a)
         out.extend(self._notices)
@@ -304,7 +315,7 @@ class MPICluster(ClusterBase):
 
     def _receive(self, w: int, hdr: np.ndarray) -> Arrival | None:
         try:
-            h = ReplyHeader.from_array(hdr.copy())
+            h = ReplyHeader.from_array(hdr)  # parsed into Python values: the buffer is free
         except ProtocolError as exc:
             self.protocol_errors.append((w, str(exc)))
             self._mark_dead(w)  # its stream cannot be trusted any more
@@ -324,7 +335,7 @@ class MPICluster(ClusterBase):
                     return None
                 raise
         self._post_header(w)
-        ack = h.op in {int(o) for o in ACK_OPS}
+        ack = h.op in _ACK_CODES
         if h.kind is Kind.ACK:
             return Arrival(w, h.job, "ack", ack=True)
         if h.kind is Kind.ERROR:
@@ -447,8 +458,6 @@ class MPICluster(ClusterBase):
                 continue
             arrays = []
             for shape, code in req.arrays:
-                from .protocol import DTYPES
-
                 buf = np.empty(shape, dtype=DTYPES[code])
                 comm.Recv(buf, source=root, tag=TAG_TASK)
                 arrays.append(buf)
@@ -477,7 +486,8 @@ class MPICluster(ClusterBase):
                         reply(ReplyHeader(job, Kind.ACK, int(op)), None)
                     continue
                 result = state.inject(job, result, req.field)
-                read_cancels()
+                if time.perf_counter() - t > _LONG:  # a cancel may have come meanwhile
+                    read_cancels()
                 if result is None or job in cancelled:  # silent, or decoded meanwhile
                     cancelled.discard(job)
                     continue

@@ -1,0 +1,145 @@
+"""The wire protocol: binary requests and reply headers round-trip, and every defect is a
+ProtocolError on receipt (never a crash, never a silently wrong request)."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from codedml.errors import ConfigurationError, ProtocolError
+from codedml.runtime.protocol import (HEADER_LEN, MAX_NDIM, Kind, Op, ReplyHeader, Request,
+                                      _REQ_HEAD, _REQ_MAGIC)
+
+SGD = {"seq": 3, "lr": 0.1, "momentum": 0.9, "dampening": 0.0, "weight_decay": 1e-4,
+       "nesterov": False, "buffer": 7, "first": True}
+
+
+@pytest.mark.parametrize("req,arrays", [
+    (Request(Op.MATMUL, 0), [np.zeros((3, 4)), np.zeros((4, 2))]),
+    (Request(Op.MATMUL, 9, 4, 2**31 - 1, True), [np.zeros((4, 2), np.int64)]),
+    (Request(Op.FETCH, 2**62, 0), []),
+    (Request(Op.SGD, 5, 1, None, False, SGD), [np.zeros(3, np.float32), np.zeros(())]),
+    (Request(Op.CALL, 1, params={"name": "échο", "params": {"a": [1, 2.5, None], "b": {"c": True}}}),
+     [np.zeros((1,) * MAX_NDIM, np.complex64)]),
+    (Request(Op.CLOSE, -1, params={"failures": True}), []),
+])
+def test_request_round_trip(req: Request, arrays: list[np.ndarray]) -> None:
+    r = req.with_arrays(arrays)
+    back = Request.from_bytes(r.to_bytes())
+    assert back == r
+    assert back.arrays == tuple((a.shape, back.arrays[i][1]) for i, a in enumerate(arrays))
+    assert type(back.op) is Op
+
+
+def _raw(req: Request) -> bytearray:
+    return bytearray(req.to_bytes().tobytes())
+
+
+def _parse(raw: bytes | bytearray) -> Request:
+    return Request.from_bytes(np.frombuffer(bytes(raw), dtype=np.uint8))
+
+
+def test_request_defects_are_protocol_errors() -> None:
+    good = Request(Op.MATMUL, 4, None, None, False).with_arrays([np.zeros((2, 3)), np.zeros((3, 1))])
+    raw = _raw(good)
+    assert _parse(raw) == good
+    with pytest.raises(ProtocolError, match="at least"):
+        _parse(raw[:10])
+    with pytest.raises(ProtocolError, match="magic"):
+        _parse(b"\0\0\0\0" + raw[4:])
+    with pytest.raises(ProtocolError, match="length"):
+        _parse(raw + b"x")
+    with pytest.raises(ProtocolError, match="truncated"):
+        _parse(raw[:-3])
+    bad_op = bytearray(raw)
+    bad_op[4] = 99
+    with pytest.raises(ProtocolError, match="unknown operation"):
+        _parse(bad_op)
+    bad_flags = bytearray(raw)
+    bad_flags[5] = 8
+    with pytest.raises(ProtocolError, match="flags"):
+        _parse(bad_flags)
+    bad_code = bytearray(raw)
+    bad_code[_REQ_HEAD.size] = 200
+    with pytest.raises(ProtocolError, match="dtype code"):
+        _parse(bad_code)
+    bad_ndim = bytearray(raw)
+    bad_ndim[_REQ_HEAD.size + 1] = MAX_NDIM + 1
+    with pytest.raises(ProtocolError, match="dimensions"):
+        _parse(bad_ndim)
+    neg = bytearray(raw)
+    neg[_REQ_HEAD.size + 2:_REQ_HEAD.size + 10] = struct.pack("<q", -5)
+    with pytest.raises(ProtocolError, match=">= 0"):
+        _parse(neg)
+    with pytest.raises(ProtocolError, match="flat byte buffer"):
+        Request.from_bytes(np.zeros((2, 40), np.uint8))
+
+
+def _with_params(op: Op, params: bytes, handle: int = -1, flags: int = 0) -> bytes:
+    return _REQ_HEAD.pack(_REQ_MAGIC, int(op), flags, 0, 1, handle, -1, len(params)) + params
+
+
+def test_request_parameters_are_typed_on_receipt() -> None:
+    ok = _parse(_with_params(Op.CLOSE, b'{"failures":false}'))
+    assert ok.params == {"failures": False}
+    with pytest.raises(ProtocolError, match="malformed request parameters"):
+        _parse(_with_params(Op.CLOSE, b'{"failures":'))
+    with pytest.raises(ProtocolError, match="non-empty JSON object"):
+        _parse(_with_params(Op.CLOSE, b"[1]"))
+    with pytest.raises(ProtocolError, match="takes parameters"):
+        _parse(_with_params(Op.CLOSE, b'{"evil":1}'))
+    with pytest.raises(ProtocolError, match="must be bool"):
+        _parse(_with_params(Op.CLOSE, b'{"failures":1}'))
+    with pytest.raises(ProtocolError, match="must be int"):
+        _parse(_with_params(Op.UPDATE, json.dumps({"seq": "1"}).encode(), handle=3, flags=2))
+    with pytest.raises(ProtocolError, match="without its flag"):
+        _parse(_with_params(Op.CLOSE, b'{"failures":false}', handle=3))
+    with pytest.raises(ProtocolError, match="finite"):
+        _parse(_with_params(Op.CALL, b'{"name":"f","params":{"x":NaN}}'))
+
+
+def test_request_fields_validated_when_built() -> None:
+    with pytest.raises(ProtocolError, match="unknown operation"):
+        Request(42, 0)
+    with pytest.raises(ProtocolError, match="unknown operation"):
+        Request([1], 0)  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError, match="`job`"):
+        Request(Op.MATMUL, -2)
+    with pytest.raises(ProtocolError, match="`job`"):
+        Request(Op.MATMUL, 2**63)
+    with pytest.raises(ProtocolError, match="`handle`"):
+        Request(Op.FETCH, 0, 1.5)  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError, match="`compensated`"):
+        Request(Op.MATMUL, 0, compensated=1)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="finite"):
+        Request(Op.CALL, 0, params={"name": "f", "params": {"x": float("inf")}})
+    with pytest.raises(ProtocolError, match="at most"):
+        Request(Op.CALL, 0, params={"name": "f", "params": {}}).with_arrays([np.zeros(1)] * 17)
+
+
+def test_reply_header_round_trip_and_defects() -> None:
+    x = np.zeros((2, 3, 4), np.float32)
+    h = ReplyHeader.for_array(11, int(Op.CALL), x, 2.5e-6)
+    a = h.to_array()
+    assert a.shape == (HEADER_LEN,) and a.dtype == np.int64
+    assert ReplyHeader.from_array(a) == h
+    assert ReplyHeader.from_array(ReplyHeader(3, Kind.ACK, int(Op.PUT)).to_array()).kind is Kind.ACK
+    for i, v, msg in [(0, 1, "magic"), (2, 9, "kind"), (1, -2, "job id"), (3, 77, "reply op"),
+                      (5, MAX_NDIM + 1, "ndim"), (4, 99, "dtype code"),
+                      (6 + 3, 1, "past ndim"), (HEADER_LEN - 1, 5, "announces")]:
+        bad = a.copy()
+        bad[i] = v
+        with pytest.raises(ProtocolError, match=msg):
+            ReplyHeader.from_array(bad)
+    with pytest.raises(ProtocolError, match="int64"):
+        ReplyHeader.from_array(a.astype(np.int32))
+    ack = ReplyHeader(3, Kind.ACK, int(Op.PUT)).to_array()
+    ack[HEADER_LEN - 1] = 8
+    with pytest.raises(ProtocolError, match="carries no bytes"):
+        ReplyHeader.from_array(ack)
+    err = ReplyHeader(3, Kind.ERROR, int(Op.CALL), 0, (4,), 0, 32).to_array()
+    with pytest.raises(ProtocolError, match="uint8"):
+        ReplyHeader.from_array(err)
