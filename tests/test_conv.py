@@ -57,8 +57,9 @@ def _compare(coded, ref, x, tol):
     yr.backward(g)
     assert float((xc.grad - xr.grad).abs().max()) <= tol * scale(xr.grad)
     dK = coded.weight_grad()
-    assert dK.shape == (coded.out_channels, coded.in_features)   # the kernel matrix's gradient
-    assert float((dK.reshape(ref.weight.shape) - ref.weight.grad).abs().max()) <= tol * scale(ref.weight.grad)
+    assert coded.weight.shape == ref.weight.shape                 # nn.Conv2d's 4-d kernel
+    assert dK is coded.weight.grad and dK.shape == ref.weight.grad.shape
+    assert float((dK - ref.weight.grad).abs().max()) <= tol * scale(ref.weight.grad)
     if ref.bias is not None:
         assert float((coded.bias.grad - ref.bias.grad).abs().max()) <= tol * scale(ref.bias.grad)
 
@@ -141,7 +142,8 @@ def test_weight_grad_matches_finite_differences(cluster):
         with torch.no_grad():
             return float(conv(x).pow(3).sum())
     conv(x).pow(3).sum().backward()
-    dK = conv.weight_grad().reshape(conv.kernel_shape)
+    dK = conv.weight_grad()
+    assert dK.shape == conv.kernel_shape == conv.weight.shape == (3, 2, 3, 3)
     K = conv.state_dict()["weight"]   # the decoded kernel, out x C x kh x kw
     assert K.shape == (3, 2, 3, 3)
     eps = 1e-6
@@ -235,11 +237,13 @@ def test_repr_parameters_and_bad_input(cluster):
                        padding_mode="circular", cluster=cluster, dtype=F64)
     assert repr(conv) == ("CodedConv2d(2, 3, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), "
                           "dilation=(2, 2), bias=False, padding_mode=circular, "
-                          "code=MDSCode(workers=7, k=3, construction='circle'), errors=0)")
+                          "code=MDSCode(workers=7, k=3, construction='circle', systematic=True), errors=0)")
     sd = conv.state_dict()
     assert list(sd) == ["weight"] and sd["weight"].shape == (3, 2, 3, 3)   # nn.Conv2d's
-    assert [(n, tuple(p.shape)) for n, p in conv.named_parameters()] == [("weight", (3, 18))]
-    assert torch.equal(conv.kernel, sd["weight"])
+    assert [(n, tuple(p.shape)) for n, p in conv.named_parameters()] == [("weight", (3, 2, 3, 3))]
+    assert torch.equal(conv.weight.detach(), sd["weight"]) and torch.equal(conv.kernel, sd["weight"])
+    kept = conv.state_dict(keep_vars=True)["weight"]      # the parameter itself, 4-d as nn.Conv2d's
+    assert kept is conv.weight and kept.shape == (3, 2, 3, 3)
     with pytest.raises(ConfigurationError, match=r"`groups` must be 1 for CodedConv2d .* got 2"):
         CodedConv2d(2, 4, 3, groups=2, cluster=cluster)
     with pytest.raises(ConfigurationError, match=r"`padding_mode` must be one of .* got 'mirror'"):
@@ -261,8 +265,12 @@ def test_repr_parameters_and_bad_input(cluster):
         conv(torch.randn(1, 2, 2, 5))
     with pytest.raises(ConfigurationError, match="input dtype must be the layer's dtype torch.float32"):
         conv(torch.randn(1, 2, 5, 5, dtype=F64))
-    with pytest.raises(ConfigurationError, match=r"`W` must have shape \(3, 2, 3, 3\)"):
+    with pytest.raises(ConfigurationError, match=r"`W` must have shape \(3, 2, 3, 3\) \(or the kernel "
+                                                 r"matrix's \(3, 18\)\), got \(3, 2, 3, 2\)"):
         conv.set_weight(torch.zeros(3, 2, 3, 2))
+    with pytest.raises(ConfigurationError, match=r"`weight` must have shape \(3, 2, 3, 3\), got \(3, 18\)"):
+        conv.weight = nn.Parameter(torch.zeros(3, 18))    # a new parameter must be the 4-d kernel
+        conv(torch.randn(1, 2, 5, 5))
 
 
 # ------------------------------------------------------------------ convert / unconvert
