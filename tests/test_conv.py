@@ -112,9 +112,11 @@ def test_dtype_moves_and_deepcopy_like_nn_conv2d(cluster):
     ref.double()
     x = torch.randn(2, 2, 6, 5, dtype=F64)
     assert coded.weight.dtype == coded.bias.dtype == F64
+    assert coded.weight.shape == ref.weight.shape == (3, 2, 3, 3)
     assert float((coded(x) - ref(x)).detach().abs().max()) <= 1e-13
     twin = copy.deepcopy(coded)                 # an independent layer on the same cluster
     assert isinstance(twin, CodedConv2d) and twin.kernel_shape == coded.kernel_shape
+    assert twin.weight.shape == ref.weight.shape and twin.weight is not coded.weight
     assert float((twin(x) - ref(x)).detach().abs().max()) <= 1e-13
     twin.set_weight(torch.zeros(3, 2, 3, 3))
     assert float((coded(x) - ref(x)).detach().abs().max()) <= 1e-13   # the original is unchanged
@@ -195,6 +197,116 @@ def test_a_converted_cnn_trains_with_torch_optimizers_like_the_original(cluster,
     oc, orf = make_opt(coded.parameters()), make_opt(ref.parameters())
     _lockstep(coded, oc, ref, orf, steps=5, shape=(4, 1, 6, 6), seed=2)
     assert _max_diff(coded, ref) <= 1e-12   # the state_dict holds the stored (decoded) weights
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-3),
+    lambda ps: torch.optim.Adam(ps, lr=1e-2),
+    lambda ps: torch.optim.AdamW(ps, lr=1e-2),
+    lambda ps: torch.optim.RMSprop(ps, lr=1e-3, momentum=0.5),
+    lambda ps: torch.optim.Adagrad(ps, lr=0.05)], ids=["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"])
+def test_torch_optimizers_step_the_4d_weight_like_nn_conv2d(cluster, make_opt):
+    coded, ref = _pair(cluster, 2, 3, (3, 2), stride=(2, 1), padding=1, seed=8)
+    oc, orf = make_opt(coded.parameters()), make_opt(ref.parameters())
+    W0 = coded.weight.detach().clone()
+    _lockstep(coded, oc, ref, orf, steps=4, shape=(2, 2, 5, 6), seed=4)
+    assert coded.weight.shape == ref.weight.shape == (3, 2, 3, 2)
+    assert float((coded.weight.detach() - W0).abs().max()) > 1e-3       # the optimizer moved it
+    assert coded.stats["reencodes"] == 4                                  # and it reached the workers
+    assert _max_diff(coded, ref) <= 1e-12
+    # the optimizer's state has the parameter's shape, as for nn.Conv2d
+    sc, sr = oc.state[coded.weight], orf.state[ref.weight]
+    assert sorted(sc) == sorted(sr)
+    assert all(sc[k].shape == sr[k].shape for k in sr if torch.is_tensor(sr[k]) and sr[k].ndim)
+    # the products use the stepped weight: outputs equal nn.Conv2d's after training
+    x = torch.randn(2, 2, 5, 6, dtype=F64)
+    assert float((coded(x) - ref(x)).detach().abs().max()) <= 1e-12
+
+
+def test_coded_sgd_momentum_state_is_4d_and_resumes(cluster):
+    coded, ref = _pair(cluster, 1, 3, 3, padding=1, seed=12)
+    opts = dict(lr=0.05, momentum=0.9, weight_decay=1e-3)
+    oc, orf = CodedSGD(coded, **opts), torch.optim.SGD(ref.parameters(), **opts)
+    _lockstep(coded, oc, ref, orf, steps=3, shape=(2, 1, 5, 5), seed=6)
+    sd = oc.state_dict()
+    (buf,) = sd["coded"]["momentum_buffers"]
+    ref_buf = orf.state[ref.weight]["momentum_buffer"]
+    assert buf.shape == ref_buf.shape == (3, 1, 3, 3)
+    assert float((buf - ref_buf).abs().max()) <= 1e-12
+    # resume: a fresh layer and optimizer from the two state_dicts continue like torch's SGD
+    again, _ = _pair(cluster, 1, 3, 3, padding=1, seed=99)
+    again.load_state_dict(coded.state_dict())
+    oa = CodedSGD(again, **opts)
+    oa.load_state_dict(sd)
+    _lockstep(again, oa, ref, orf, steps=3, shape=(2, 1, 5, 5), seed=7)
+    assert _max_diff(again, ref) <= 1e-12
+    with pytest.raises(ConfigurationError, match=r"`momentum_buffer` must have shape \(3, 1, 3, 3\) or "
+                                                 r"\(3, 9\), got \(3, 1, 3\)"):
+        again.set_momentum_buffer(torch.zeros(3, 1, 3))
+
+
+class _WrittenForConv2d(nn.Module):
+    """A model written against nn.Conv2d's API: it reads ``conv.weight.shape[1]`` to reshape
+    its input, re-initialises its kernels with ``nn.init`` on ``m.weight``, and puts a penalty
+    on the kernels' norms into the loss (a gradient reaching ``weight`` from outside the
+    convolution)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1, dtype=F64)
+        self.conv2 = nn.Conv2d(4, 3, 2, stride=2, dtype=F64)
+        self.head = nn.Linear(3 * 2 * 2, 2, dtype=F64)
+
+    def reset_parameters(self, seed):
+        torch.manual_seed(seed)
+        for m in (self.conv, self.conv2):
+            nn.init.kaiming_uniform_(m.weight, a=0.1)       # in place on the 4-d parameter
+            fan_in = m.weight.shape[1] * m.weight.shape[2] * m.weight.shape[3]
+            nn.init.uniform_(m.bias, -fan_in ** -0.5, fan_in ** -0.5)
+
+    def forward(self, flat):
+        x = flat.reshape(flat.shape[0], self.conv.weight.shape[1], 4, 4)
+        h = torch.tanh(self.conv2(torch.tanh(self.conv(x))))
+        return self.head(h.flatten(1))
+
+    def penalty(self):
+        return sum(m.weight.flatten(1).norm(dim=1).sum() for m in (self.conv, self.conv2))
+
+
+@pytest.mark.parametrize("optimizer", ["CodedSGD", "Adam"])
+def test_a_model_written_for_nn_conv2d_works_after_convert(cluster, optimizer):
+    torch.manual_seed(0)
+    ref = _WrittenForConv2d()
+    coded = convert(ref, cluster, errors=1)
+    assert isinstance(coded.conv, CodedConv2d) and isinstance(coded.conv2, CodedConv2d)
+    for c, r in ((coded.conv, ref.conv), (coded.conv2, ref.conv2)):
+        assert c.weight.shape == r.weight.shape and c.weight.shape[1] == r.in_channels
+    # nn.init on the coded layers' weight, as the model's own code does it
+    coded.reset_parameters(5)
+    ref.reset_parameters(5)
+    assert _max_diff(coded, ref) <= 1e-14
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 32, dtype=F64, generator=g)
+    assert float((coded(x) - ref(x)).detach().abs().max()) <= 1e-12
+    if optimizer == "CodedSGD":
+        oc = CodedSGD(coded, lr=0.05, momentum=0.9)
+        orf = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
+    else:
+        oc, orf = torch.optim.Adam(coded.parameters(), lr=1e-2), torch.optim.Adam(ref.parameters(), lr=1e-2)
+    for step in range(4):
+        x, y = torch.randn(3, 32, dtype=F64, generator=g), torch.randint(0, 2, (3,), generator=g)
+        for m, o in ((coded, oc), (ref, orf)):
+            o.zero_grad()
+            loss = nn.functional.cross_entropy(m(x), y) + 1e-2 * m.penalty()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+            o.step()
+        if step == 1:   # re-initialise mid-run (after coded steps moved the stored weight on)
+            coded.reset_parameters(6)
+            ref.reset_parameters(6)
+    assert _max_diff(coded, ref) <= 1e-12
+    back = unconvert(coded)
+    assert type(back.conv) is nn.Conv2d and _max_diff(back, ref) <= 1e-12
 
 
 def test_training_under_stragglers_soft_errors_and_storage_errors():
