@@ -70,10 +70,13 @@ class CodedConv2d(CodedLinear):
 
     Initialised like :class:`torch.nn.Conv2d` (same random stream, same fan-in), so both start
     equal after the same ``torch.manual_seed``. ``weight`` is ``CodedLinear``'s root-side mirror
-    parameter, here the kernel *matrix* ``K`` (``out x C*kh*kw``): torch optimizers train it
-    and ``weight.grad`` is ``dK`` in that shape. ``kernel`` gives the kernel as
-    ``nn.Conv2d`` holds it (``out x C x kh x kw``), ``set_weight`` takes either shape, and the
-    ``state_dict`` has ``nn.Conv2d``'s keys and shapes (states load both ways).
+    parameter in ``nn.Conv2d``'s shape, the 4-d kernel ``out x C x kh x kw`` (through
+    ``CodedLinear``'s weight-shape hook ``_weight_shape``): ``weight.grad`` is ``dK`` in that
+    shape, every torch optimizer trains it, ``nn.init`` functions and other code written for
+    ``nn.Conv2d.weight`` work on it, and the ``state_dict`` has ``nn.Conv2d``'s keys and shapes
+    (states load both ways). The stored blocks, the coded products and :class:`~codedml.nn.CodedSGD`'s
+    coded step work on the kernel matrix ``K = weight.reshape(out, C*kh*kw)``. ``set_weight``
+    takes the 4-d kernel or, as a convenience, ``K``.
 
     Examples
     --------
@@ -83,10 +86,11 @@ class CodedConv2d(CodedLinear):
     >>> with LocalCluster(5) as cluster:
     ...     conv = CodedConv2d(2, 3, 3, padding=1, cluster=cluster, dtype=torch.float64)
     ...     x = torch.randn(4, 2, 6, 6, dtype=torch.float64)
-    ...     ref = torch.nn.functional.conv2d(x, conv.kernel, conv.bias, padding=1)
+    ...     ref = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
     ...     ok = torch.allclose(conv(x), ref)
-    >>> ok
-    True
+    ...     shape = tuple(conv.weight.shape)
+    >>> ok, shape
+    (True, (3, 2, 3, 3))
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
