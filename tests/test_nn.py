@@ -195,14 +195,17 @@ def test_compensated_products_for_float64_layers_only():
 # stops with CorruptResultError, as it must (test_faults_beyond_the_power_raise_...). Confining
 # every corruption, transient and stored, to one worker keeps each product at one corrupt result
 # (errors=1 corrects it) and each scrub at one corrupt block per operand, for any seed and any
-# timing; the rank is parametrised over a systematic and a parity worker.
-@pytest.mark.parametrize("rank", [1, 5], ids=["systematic-worker", "parity-worker"])
+# timing; the rank is parametrised over a systematic and a parity worker. (A product reads the
+# first k + 2 errors answers only; the corrupt worker is one of the first ranks, which usually
+# answer first, so that its corruptions are read and corrected, not merely skipped.)
+@pytest.mark.parametrize("rank", [1, 3], ids=["systematic-worker", "parity-worker"])
 def test_training_on_the_torch_backend_under_faults(rank):
     """Workers multiplying and updating with torch (the CPU twin of the CUDA backend)."""
-    faults = SoftErrors("exponent", 0.1, ranks={rank}) + StorageErrors("sign", 0.3, ranks={rank})
+    faults = SoftErrors("exponent", 0.5, ranks={rank}) + StorageErrors("sign", 0.3, ranks={rank})
     with LocalCluster(7, backend="torch", faults=faults, seed=3, timeout=30) as c:
         coded, ref = _pair(c, errors=1)
-        assert coded[0].code.recovery_threshold == 2 and (rank - 1 < 2) == (rank == 1)
+        k = coded[0].code.recovery_threshold
+        assert k == 2 and (rank - 1 < k) == (rank == 1)   # workers 0, 1 hold the systematic blocks
         oc = CodedSGD(coded, lr=0.1, momentum=0.9, weight_decay=1e-3, scrub_every=2)
         orf = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
         _lockstep(coded, oc, ref, orf, steps=10, batch=5, seed=5, reduce="sum")
@@ -217,7 +220,7 @@ def test_training_under_stragglers_soft_errors_and_storage_errors():
     # errors=1 corrects in every product and every scrub, whatever the seed and the timing (see
     # above; spread over all workers at 0.03 / 0.02, fault seeds 26 and 29 of 0-30 put three
     # corrupt blocks into one operand between two scrubs, beyond the scrub's (7 - 3) // 2 = 2).
-    faults = (FixedStragglers({2}, 0.5) + SoftErrors("exponent", 0.1, ranks={6}) +
+    faults = (FixedStragglers({2}, 0.5) + SoftErrors("exponent", 0.3, ranks={6}) +
               StorageErrors("exponent", 0.2, ranks={6}))
     with LocalCluster(8, faults=faults, seed=2, timeout=30) as c:
         coded, ref = _pair(c, errors=1)
