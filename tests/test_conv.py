@@ -57,8 +57,9 @@ def _compare(coded, ref, x, tol):
     yr.backward(g)
     assert float((xc.grad - xr.grad).abs().max()) <= tol * scale(xr.grad)
     dK = coded.weight_grad()
-    assert dK.shape == (coded.out_channels, coded.in_features)   # the kernel matrix's gradient
-    assert float((dK.reshape(ref.weight.shape) - ref.weight.grad).abs().max()) <= tol * scale(ref.weight.grad)
+    assert coded.weight.shape == ref.weight.shape                 # nn.Conv2d's 4-d kernel
+    assert dK is coded.weight.grad and dK.shape == ref.weight.grad.shape
+    assert float((dK - ref.weight.grad).abs().max()) <= tol * scale(ref.weight.grad)
     if ref.bias is not None:
         assert float((coded.bias.grad - ref.bias.grad).abs().max()) <= tol * scale(ref.bias.grad)
 
@@ -111,9 +112,11 @@ def test_dtype_moves_and_deepcopy_like_nn_conv2d(cluster):
     ref.double()
     x = torch.randn(2, 2, 6, 5, dtype=F64)
     assert coded.weight.dtype == coded.bias.dtype == F64
+    assert coded.weight.shape == ref.weight.shape == (3, 2, 3, 3)
     assert float((coded(x) - ref(x)).detach().abs().max()) <= 1e-13
     twin = copy.deepcopy(coded)                 # an independent layer on the same cluster
     assert isinstance(twin, CodedConv2d) and twin.kernel_shape == coded.kernel_shape
+    assert twin.weight.shape == ref.weight.shape and twin.weight is not coded.weight
     assert float((twin(x) - ref(x)).detach().abs().max()) <= 1e-13
     twin.set_weight(torch.zeros(3, 2, 3, 3))
     assert float((coded(x) - ref(x)).detach().abs().max()) <= 1e-13   # the original is unchanged
@@ -141,7 +144,8 @@ def test_weight_grad_matches_finite_differences(cluster):
         with torch.no_grad():
             return float(conv(x).pow(3).sum())
     conv(x).pow(3).sum().backward()
-    dK = conv.weight_grad().reshape(conv.kernel_shape)
+    dK = conv.weight_grad()
+    assert dK.shape == conv.kernel_shape == conv.weight.shape == (3, 2, 3, 3)
     K = conv.state_dict()["weight"]   # the decoded kernel, out x C x kh x kw
     assert K.shape == (3, 2, 3, 3)
     eps = 1e-6
@@ -195,6 +199,116 @@ def test_a_converted_cnn_trains_with_torch_optimizers_like_the_original(cluster,
     assert _max_diff(coded, ref) <= 1e-12   # the state_dict holds the stored (decoded) weights
 
 
+@pytest.mark.parametrize("make_opt", [
+    lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-3),
+    lambda ps: torch.optim.Adam(ps, lr=1e-2),
+    lambda ps: torch.optim.AdamW(ps, lr=1e-2),
+    lambda ps: torch.optim.RMSprop(ps, lr=1e-3, momentum=0.5),
+    lambda ps: torch.optim.Adagrad(ps, lr=0.05)], ids=["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"])
+def test_torch_optimizers_step_the_4d_weight_like_nn_conv2d(cluster, make_opt):
+    coded, ref = _pair(cluster, 2, 3, (3, 2), stride=(2, 1), padding=1, seed=8)
+    oc, orf = make_opt(coded.parameters()), make_opt(ref.parameters())
+    W0 = coded.weight.detach().clone()
+    _lockstep(coded, oc, ref, orf, steps=4, shape=(2, 2, 5, 6), seed=4)
+    assert coded.weight.shape == ref.weight.shape == (3, 2, 3, 2)
+    assert float((coded.weight.detach() - W0).abs().max()) > 1e-3       # the optimizer moved it
+    assert coded.stats["reencodes"] == 4                                  # and it reached the workers
+    assert _max_diff(coded, ref) <= 1e-12
+    # the optimizer's state has the parameter's shape, as for nn.Conv2d
+    sc, sr = oc.state[coded.weight], orf.state[ref.weight]
+    assert sorted(sc) == sorted(sr)
+    assert all(sc[k].shape == sr[k].shape for k in sr if torch.is_tensor(sr[k]) and sr[k].ndim)
+    # the products use the stepped weight: outputs equal nn.Conv2d's after training
+    x = torch.randn(2, 2, 5, 6, dtype=F64)
+    assert float((coded(x) - ref(x)).detach().abs().max()) <= 1e-12
+
+
+def test_coded_sgd_momentum_state_is_4d_and_resumes(cluster):
+    coded, ref = _pair(cluster, 1, 3, 3, padding=1, seed=12)
+    opts = dict(lr=0.05, momentum=0.9, weight_decay=1e-3)
+    oc, orf = CodedSGD(coded, **opts), torch.optim.SGD(ref.parameters(), **opts)
+    _lockstep(coded, oc, ref, orf, steps=3, shape=(2, 1, 5, 5), seed=6)
+    sd = oc.state_dict()
+    (buf,) = sd["coded"]["momentum_buffers"]
+    ref_buf = orf.state[ref.weight]["momentum_buffer"]
+    assert buf.shape == ref_buf.shape == (3, 1, 3, 3)
+    assert float((buf - ref_buf).abs().max()) <= 1e-12
+    # resume: a fresh layer and optimizer from the two state_dicts continue like torch's SGD
+    again, _ = _pair(cluster, 1, 3, 3, padding=1, seed=99)
+    again.load_state_dict(coded.state_dict())
+    oa = CodedSGD(again, **opts)
+    oa.load_state_dict(sd)
+    _lockstep(again, oa, ref, orf, steps=3, shape=(2, 1, 5, 5), seed=7)
+    assert _max_diff(again, ref) <= 1e-12
+    with pytest.raises(ConfigurationError, match=r"`momentum_buffer` must have shape \(3, 1, 3, 3\) or "
+                                                 r"\(3, 9\), got \(3, 1, 3\)"):
+        again.set_momentum_buffer(torch.zeros(3, 1, 3))
+
+
+class _WrittenForConv2d(nn.Module):
+    """A model written against nn.Conv2d's API: it reads ``conv.weight.shape[1]`` to reshape
+    its input, re-initialises its kernels with ``nn.init`` on ``m.weight``, and puts a penalty
+    on the kernels' norms into the loss (a gradient reaching ``weight`` from outside the
+    convolution)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1, dtype=F64)
+        self.conv2 = nn.Conv2d(4, 3, 2, stride=2, dtype=F64)
+        self.head = nn.Linear(3 * 2 * 2, 2, dtype=F64)
+
+    def reset_parameters(self, seed):
+        torch.manual_seed(seed)
+        for m in (self.conv, self.conv2):
+            nn.init.kaiming_uniform_(m.weight, a=0.1)       # in place on the 4-d parameter
+            fan_in = m.weight.shape[1] * m.weight.shape[2] * m.weight.shape[3]
+            nn.init.uniform_(m.bias, -fan_in ** -0.5, fan_in ** -0.5)
+
+    def forward(self, flat):
+        x = flat.reshape(flat.shape[0], self.conv.weight.shape[1], 4, 4)
+        h = torch.tanh(self.conv2(torch.tanh(self.conv(x))))
+        return self.head(h.flatten(1))
+
+    def penalty(self):
+        return sum(m.weight.flatten(1).norm(dim=1).sum() for m in (self.conv, self.conv2))
+
+
+@pytest.mark.parametrize("optimizer", ["CodedSGD", "Adam"])
+def test_a_model_written_for_nn_conv2d_works_after_convert(cluster, optimizer):
+    torch.manual_seed(0)
+    ref = _WrittenForConv2d()
+    coded = convert(ref, cluster, errors=1)
+    assert isinstance(coded.conv, CodedConv2d) and isinstance(coded.conv2, CodedConv2d)
+    for c, r in ((coded.conv, ref.conv), (coded.conv2, ref.conv2)):
+        assert c.weight.shape == r.weight.shape and c.weight.shape[1] == r.in_channels
+    # nn.init on the coded layers' weight, as the model's own code does it
+    coded.reset_parameters(5)
+    ref.reset_parameters(5)
+    assert _max_diff(coded, ref) <= 1e-14
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 32, dtype=F64, generator=g)
+    assert float((coded(x) - ref(x)).detach().abs().max()) <= 1e-12
+    if optimizer == "CodedSGD":
+        oc = CodedSGD(coded, lr=0.05, momentum=0.9)
+        orf = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
+    else:
+        oc, orf = torch.optim.Adam(coded.parameters(), lr=1e-2), torch.optim.Adam(ref.parameters(), lr=1e-2)
+    for step in range(4):
+        x, y = torch.randn(3, 32, dtype=F64, generator=g), torch.randint(0, 2, (3,), generator=g)
+        for m, o in ((coded, oc), (ref, orf)):
+            o.zero_grad()
+            loss = nn.functional.cross_entropy(m(x), y) + 1e-2 * m.penalty()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+            o.step()
+        if step == 1:   # re-initialise mid-run (after coded steps moved the stored weight on)
+            coded.reset_parameters(6)
+            ref.reset_parameters(6)
+    assert _max_diff(coded, ref) <= 1e-12
+    back = unconvert(coded)
+    assert type(back.conv) is nn.Conv2d and _max_diff(back, ref) <= 1e-12
+
+
 def test_training_under_stragglers_soft_errors_and_storage_errors():
     # One straggler (rank 2) and every corruption on one other worker (rank 5): within what
     # errors=1 corrects in every product and every scrub, whatever the timing. (Spread over all
@@ -238,8 +352,10 @@ def test_repr_parameters_and_bad_input(cluster):
                           "code=MDSCode(workers=7, k=3, construction='circle', systematic=True), errors=0)")
     sd = conv.state_dict()
     assert list(sd) == ["weight"] and sd["weight"].shape == (3, 2, 3, 3)   # nn.Conv2d's
-    assert [(n, tuple(p.shape)) for n, p in conv.named_parameters()] == [("weight", (3, 18))]
-    assert torch.equal(conv.kernel, sd["weight"])
+    assert [(n, tuple(p.shape)) for n, p in conv.named_parameters()] == [("weight", (3, 2, 3, 3))]
+    assert torch.equal(conv.weight.detach(), sd["weight"]) and torch.equal(conv.kernel, sd["weight"])
+    kept = conv.state_dict(keep_vars=True)["weight"]      # the parameter itself, 4-d as nn.Conv2d's
+    assert kept is conv.weight and kept.shape == (3, 2, 3, 3)
     with pytest.raises(ConfigurationError, match=r"`groups` must be 1 for CodedConv2d .* got 2"):
         CodedConv2d(2, 4, 3, groups=2, cluster=cluster)
     with pytest.raises(ConfigurationError, match=r"`padding_mode` must be one of .* got 'mirror'"):
@@ -261,8 +377,12 @@ def test_repr_parameters_and_bad_input(cluster):
         conv(torch.randn(1, 2, 2, 5))
     with pytest.raises(ConfigurationError, match="input dtype must be the layer's dtype torch.float32"):
         conv(torch.randn(1, 2, 5, 5, dtype=F64))
-    with pytest.raises(ConfigurationError, match=r"`W` must have shape \(3, 2, 3, 3\)"):
+    with pytest.raises(ConfigurationError, match=r"`W` must have shape \(3, 2, 3, 3\) \(or the kernel "
+                                                 r"matrix's \(3, 18\)\), got \(3, 2, 3, 2\)"):
         conv.set_weight(torch.zeros(3, 2, 3, 2))
+    with pytest.raises(ConfigurationError, match=r"`weight` must have shape \(3, 2, 3, 3\), got \(3, 18\)"):
+        conv.weight = nn.Parameter(torch.zeros(3, 18))    # a new parameter must be the 4-d kernel
+        conv(torch.randn(1, 2, 5, 5))
 
 
 # ------------------------------------------------------------------ convert / unconvert

@@ -70,10 +70,13 @@ class CodedConv2d(CodedLinear):
 
     Initialised like :class:`torch.nn.Conv2d` (same random stream, same fan-in), so both start
     equal after the same ``torch.manual_seed``. ``weight`` is ``CodedLinear``'s root-side mirror
-    parameter, here the kernel *matrix* ``K`` (``out x C*kh*kw``): torch optimizers train it
-    and ``weight.grad`` is ``dK`` in that shape. ``kernel`` gives the kernel as
-    ``nn.Conv2d`` holds it (``out x C x kh x kw``), ``set_weight`` takes either shape, and the
-    ``state_dict`` has ``nn.Conv2d``'s keys and shapes (states load both ways).
+    parameter in ``nn.Conv2d``'s shape, the 4-d kernel ``out x C x kh x kw`` (through
+    ``CodedLinear``'s weight-shape hook ``_weight_shape``): ``weight.grad`` is ``dK`` in that
+    shape, every torch optimizer trains it, ``nn.init`` functions and other code written for
+    ``nn.Conv2d.weight`` work on it, and the ``state_dict`` has ``nn.Conv2d``'s keys and shapes
+    (states load both ways). The stored blocks, the coded products and :class:`~codedml.nn.CodedSGD`'s
+    coded step work on the kernel matrix ``K = weight.reshape(out, C*kh*kw)``. ``set_weight``
+    takes the 4-d kernel or, as a convenience, ``K``.
 
     Examples
     --------
@@ -83,10 +86,11 @@ class CodedConv2d(CodedLinear):
     >>> with LocalCluster(5) as cluster:
     ...     conv = CodedConv2d(2, 3, 3, padding=1, cluster=cluster, dtype=torch.float64)
     ...     x = torch.randn(4, 2, 6, 6, dtype=torch.float64)
-    ...     ref = torch.nn.functional.conv2d(x, conv.kernel, conv.bias, padding=1)
+    ...     ref = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
     ...     ok = torch.allclose(conv(x), ref)
-    >>> ok
-    True
+    ...     shape = tuple(conv.weight.shape)
+    >>> ok, shape
+    (True, (3, 2, 3, 3))
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
@@ -119,10 +123,11 @@ class CodedConv2d(CodedLinear):
                 pad = (0, 0)
         else:
             pad = _pair("padding", padding, 0)
-        super().__init__(in_channels * kh * kw, out_channels, bias, cluster=cluster, code=code,
-                         errors=errors, timeout=timeout, retries=retries, dtype=dtype, device=device)
+        # Set before CodedLinear.__init__, which creates `weight` in _weight_shape() (the 4-d kernel)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = (kh, kw)
+        super().__init__(in_channels * kh * kw, out_channels, bias, cluster=cluster, code=code,
+                         errors=errors, timeout=timeout, retries=retries, dtype=dtype, device=device)
         self.stride, self.dilation = stride, dilation
         self.padding = padding if isinstance(padding, str) else pad
         self.groups = 1
@@ -137,8 +142,13 @@ class CodedConv2d(CodedLinear):
 
     @property
     def kernel_shape(self) -> tuple[int, int, int, int]:
-        """``(out_channels, in_channels, kh, kw)``: ``nn.Conv2d``'s weight shape (``kernel``'s)."""
+        """``(out_channels, in_channels, kh, kw)``: ``weight``'s shape, as ``nn.Conv2d``'s."""
         return (self.out_channels, self.in_channels, *self.kernel_size)
+
+    def _weight_shape(self) -> tuple[int, ...]:
+        # CodedLinear's weight-shape hook: the parameter is nn.Conv2d's 4-d kernel; the stored
+        # blocks, products and coded update use its im2col matrix (out, C*kh*kw).
+        return self.kernel_shape
 
     # ------------------------------------------------------------------ torch API
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -183,44 +193,17 @@ class CodedConv2d(CodedLinear):
 
     @property
     def kernel(self) -> torch.Tensor:
-        """The current kernel as ``nn.Conv2d`` holds it (``out x C x kh x kw``): a copy of
-        ``weight`` (the kernel matrix, decoded from the stored blocks) reshaped."""
-        return self.weight.detach().clone().reshape(self.kernel_shape)
+        """A copy of ``weight`` (``out x C x kh x kw``), detached: the name this layer gave its
+        4-d kernel while ``weight`` was the kernel matrix, kept for code written then."""
+        return self.weight.detach().clone()
 
     def set_weight(self, W: Any) -> None:
-        """Replace the kernel: ``W`` of shape ``(out, C, kh, kw)`` (or its im2col matrix
-        ``(out, C*kh*kw)``) is encoded and stored on the workers anew (momentum kept)."""
+        """Replace the kernel: ``W`` of shape ``(out, C, kh, kw)`` (as ``nn.Conv2d.weight``) or,
+        as a convenience, its im2col matrix ``(out, C*kh*kw)``, is encoded and stored on the
+        workers anew (momentum kept)."""
         W = torch.as_tensor(W).detach()
         if tuple(W.shape) not in (self.kernel_shape, (self.out_features, self.in_features)):
             raise ConfigurationError(
-                f"`W` must have shape {self.kernel_shape} (or {(self.out_features, self.in_features)}), "
-                f"got {tuple(W.shape)}")
-        super().set_weight(W.reshape(self.out_features, self.in_features))
-
-    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        key = prefix + "weight"      # nn.Conv2d's 4-d kernel (keep_vars: the parameter itself)
-        if not keep_vars and key in destination and tuple(destination[key].shape) != self.kernel_shape:
-            destination[key] = destination[key].reshape(self.kernel_shape)
-
-    def _load_from_state_dict(self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool,
-                              missing_keys: list[str], unexpected_keys: list[str],
-                              error_msgs: list[str]) -> None:
-        # nn.Conv2d's 4-d 'weight' is checked here and handed to CodedLinear as its im2col matrix
-        # (in a shallow copy: the caller's dict is not changed).
-        key = prefix + "weight"
-        drop = False
-        if key in state_dict:
-            W = torch.as_tensor(state_dict[key])
-            state_dict = dict(state_dict)
-            if tuple(W.shape) == self.kernel_shape:
-                state_dict[key] = W.reshape(self.out_features, self.in_features)
-            else:
-                error_msgs.append(f"size mismatch for {key}: copying a param with shape {tuple(W.shape)}, "
-                                  f"the shape in current model is {self.kernel_shape}.")
-                del state_dict[key]
-                drop = True
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-        if drop and key in missing_keys:   # reported above as a size mismatch, not as missing
-            missing_keys.remove(key)
+                f"`W` must have shape {self.kernel_shape} (or the kernel matrix's "
+                f"{(self.out_features, self.in_features)}), got {tuple(W.shape)}")
+        super().set_weight(W.reshape(self.kernel_shape))

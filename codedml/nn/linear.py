@@ -113,6 +113,7 @@ class _CodedLinearFn(torch.autograd.Function):
             y = y + bias
         ctx.layer = layer
         ctx.has_bias = bias is not None
+        ctx.weight_shape = weight.shape
         ctx.version = layer._version_token()
         ctx.save_for_backward(x)
         return y
@@ -131,7 +132,9 @@ class _CodedLinearFn(torch.autograd.Function):
             else:
                 gx = torch.from_numpy(layer._backward_product(G)).to(dtype=gy.dtype, device=gy.device)
         if ctx.needs_input_grad[1]:
-            gw = gy.T @ x
+            # dW = dY^T X is the weight matrix's gradient; the parameter may hold the weight in
+            # another shape (CodedConv2d: nn.Conv2d's 4-d kernel), so it is reshaped to it
+            gw = (gy.T @ x).reshape(ctx.weight_shape)
             layer._stash(G, _to_numpy(x), gw)
         gb = gy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return gx, gw, gb, None
@@ -218,8 +221,11 @@ class CodedLinear(nn.Module):
         # The root-side mirror of the stored weight (see "Behaving like a torch layer" in
         # docs/layers.md): a real parameter, so optimizers, zero_grad and hooks see it; it
         # receives dW as its .grad; the products never read it.
-        self.weight = nn.Parameter(torch.empty(self.out_features, self.in_features, dtype=dtype, device=device))
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # torch.nn.Linear's initialisation
+        # Its shape is _weight_shape(): (out, in) here, nn.Conv2d's 4-d kernel for CodedConv2d
+        # (whose fan-in, in*kh*kw, is this matrix's `in`). Internally the weight is the matrix
+        # (out, in) (_as_matrix, _w64, the stored blocks, the gradient factors).
+        self.weight = nn.Parameter(torch.empty(self._weight_shape(), dtype=dtype, device=device))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # torch.nn.Linear's (and Conv2d's)
         if bias:
             self.bias = nn.Parameter(torch.empty(self.out_features, dtype=dtype, device=device))
             bound = 1 / math.sqrt(self.in_features)
@@ -235,7 +241,7 @@ class CodedLinear(nn.Module):
         self._precision = self._precision_for(dtype)
         # _w64: the stored weight in float64 at the root, exact (what was encoded), or None
         # while coded steps have moved the stored weight on (decoded again when read).
-        self._w64: np.ndarray | None = self.weight.detach().to(torch.float64).cpu().numpy().copy()
+        self._w64: np.ndarray | None = self._as_matrix(self.weight)
         self._handle = cluster.put(self._w64, code=code, precision=self._precision)
         self._buffer = None          # encoded momentum buffer (CodedSGD), a ResidentHandle
         self._b64: np.ndarray | None = None   # its exact float64 value when known (loaded)
@@ -265,6 +271,20 @@ class CodedLinear(nn.Module):
                 f"`{name}` must be one of torch.float16, torch.bfloat16, torch.float32, "
                 f"torch.float64 for a CodedLinear (the stored blocks are float64 on every backend; "
                 f"the workers cannot multiply {dtype}), got {dtype}")
+
+    def _weight_shape(self) -> tuple[int, ...]:
+        """The shape of the ``weight`` parameter: ``(out_features, in_features)``. The weight-shape
+        hook: a subclass whose torch counterpart holds its weight in another shape (CodedConv2d:
+        ``(out, C, kh, kw)``) returns that shape, and everything that touches the parameter, its
+        ``.grad``, the ``state_dict``, ``set_weight`` and the momentum buffers uses it; the stored
+        blocks, the products and the coded update work on the matrix ``(out_features,
+        in_features)`` (:meth:`_as_matrix`), the parameter reshaped."""
+        return (self.out_features, self.in_features)
+
+    def _as_matrix(self, t: Any) -> np.ndarray:
+        """``t`` (the weight's shape or the matrix's) as a float64 C-ordered ``out x in`` copy."""
+        t = torch.as_tensor(t).detach().to(torch.float64).cpu()
+        return np.array(t.reshape(self.out_features, self.in_features).numpy(), dtype=np.float64, order="C")
 
     @staticmethod
     def _precision_for(dtype: torch.dtype) -> str:
@@ -327,7 +347,8 @@ class CodedLinear(nn.Module):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         if not keep_vars:  # the stored weight in float64, exactly (a float32 layer too)
             w = self._parameters["weight"]
-            destination[prefix + "weight"] = torch.from_numpy(self._weight64().copy()).to(w.device)
+            destination[prefix + "weight"] = torch.from_numpy(
+                self._weight64().copy()).reshape(self._weight_shape()).to(w.device)
         else:  # the parameter itself, holding the current weight
             self._weight64()
 
@@ -352,19 +373,19 @@ class CodedLinear(nn.Module):
                 missing_keys.append(key)
             return
         W = torch.as_tensor(state_dict[key])
-        if tuple(W.shape) != (self.out_features, self.in_features):
+        if tuple(W.shape) != self._weight_shape():
             error_msgs.append(f"size mismatch for {key}: copying a param with shape {tuple(W.shape)}, "
-                              f"the shape in current model is {(self.out_features, self.in_features)}.")
+                              f"the shape in current model is {self._weight_shape()}.")
             return
         self.set_weight(W)
 
     def set_weight(self, W: Any) -> None:
         """Replace the weight: encode ``W`` and store it on the workers anew (momentum kept)."""
-        W = torch.as_tensor(W).detach().to(torch.float64).cpu().numpy()
-        if W.shape != (self.out_features, self.in_features):
+        W = torch.as_tensor(W).detach()
+        if tuple(W.shape) != self._weight_shape():
             raise ConfigurationError(
-                f"`W` must have shape ({self.out_features}, {self.in_features}), got {W.shape}")
-        self._store(np.array(W, dtype=np.float64, order="C"))
+                f"`W` must have shape {self._weight_shape()}, got {tuple(W.shape)}")
+        self._store(self._as_matrix(W))
 
     def release(self) -> None:
         """Free the stored weight and momentum on the workers (the layer is unusable after)."""
@@ -431,7 +452,7 @@ class CodedLinear(nn.Module):
             W = self.cluster.fetch(self._handle, errors=self.errors, timeout=self.timeout)
             self._w64 = np.array(W, dtype=np.float64, order="C")
             with torch.no_grad():
-                p.data.copy_(torch.from_numpy(self._w64))  # .data: not a change of the weight
+                p.data.copy_(torch.from_numpy(self._w64).reshape(p.shape))  # .data: not a change
             self._root_token = self._token(p)
 
     def _push(self) -> None:
@@ -441,14 +462,14 @@ class CodedLinear(nn.Module):
         if p is None or self._token(p) == self._root_token:
             return
         if getattr(p, "_codedml_layer", lambda: None)() is not self:
-            if tuple(p.shape) != (self.out_features, self.in_features):
+            if tuple(p.shape) != self._weight_shape():
                 raise ConfigurationError(
-                    f"`weight` must have shape ({self.out_features}, {self.in_features}), got {tuple(p.shape)}")
+                    f"`weight` must have shape {self._weight_shape()}, got {tuple(p.shape)}")
             self._check_dtype("weight.dtype", p.dtype)
             self._adopt(p)   # a new parameter assigned: it defines the weight
         elif self._w64 is None:
             self._refresh()  # raises: modified in place while the stored weight moved on
-        self._store(p.detach().to(torch.float64).cpu().numpy().copy(), mirror=False)
+        self._store(self._as_matrix(p), mirror=False)
         self.stats["reencodes"] += 1
 
     def _store(self, W: np.ndarray, mirror: bool = True) -> None:
@@ -461,7 +482,7 @@ class CodedLinear(nn.Module):
         p = self._parameters["weight"]
         if mirror:
             with torch.no_grad():
-                p.copy_(torch.from_numpy(W))  # bumps its version: a forward before it is stale
+                p.copy_(torch.from_numpy(W).reshape(p.shape))  # bumps its version: a forward before it is stale
         self._weight_version += 1
         self._root_token = self._token(p)
 
@@ -530,8 +551,8 @@ class CodedLinear(nn.Module):
 
     # ------------------------------------------------------------------ momentum (CodedSGD)
     def momentum_buffer(self) -> np.ndarray | None:
-        """The stored momentum buffer decoded at the root (float64), ``None`` before the first
-        coded step with momentum."""
+        """The stored momentum buffer decoded at the root (float64, as the matrix
+        ``(out_features, in_features)``), ``None`` before the first coded step with momentum."""
         if self._buffer is None:
             return None
         if self._b64 is None:
@@ -541,17 +562,20 @@ class CodedLinear(nn.Module):
 
     def set_momentum_buffer(self, B: Any) -> None:
         """Store ``B`` as the encoded momentum buffer (``None`` forgets it: the next step starts
-        the buffer anew, as torch's SGD does without state)."""
+        the buffer anew, as torch's SGD does without state). ``B`` has the weight's shape, or the
+        matrix's ``(out_features, in_features)`` (what :meth:`momentum_buffer` returns)."""
         old = self._buffer
         if B is None:
             self._buffer = self._b64 = None
         else:
-            B = torch.as_tensor(B).detach().to(torch.float64).cpu().numpy()
-            if B.shape != (self.out_features, self.in_features):
+            B = torch.as_tensor(B).detach()
+            shapes = {self._weight_shape(), (self.out_features, self.in_features)}
+            if tuple(B.shape) not in shapes:
                 raise ConfigurationError(
-                    f"`momentum_buffer` must have shape ({self.out_features}, {self.in_features}), "
-                    f"got {B.shape}")
-            B = np.array(B, dtype=np.float64, order="C")
+                    f"`momentum_buffer` must have shape "
+                    f"{' or '.join(str(s) for s in sorted(shapes, key=len, reverse=True))}, "
+                    f"got {tuple(B.shape)}")
+            B = self._as_matrix(B)
             self._buffer = self.cluster.put(B, code=self.code, precision=self._precision)
             self._b64 = B
         if old is not None:
@@ -718,7 +742,7 @@ class CodedLinear(nn.Module):
             U = np.concatenate([G.T for G, _ in self._pending], axis=1).astype(np.float64)
             V = np.concatenate([X.T for _, X in self._pending], axis=1).astype(np.float64)
             return U, V
-        D = g.detach().to(torch.float64).cpu().numpy()
+        D = self._as_matrix(g)
         if not D.any():  # zeroed (zero_grad(set_to_none=False)): a zero gradient, rank 1
             return np.zeros((self.out_features, 1)), np.zeros((self.in_features, 1))
         if self.out_features <= self.in_features:

@@ -126,12 +126,15 @@ class CodedSGD(torch.optim.SGD):
 
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
         """torch's SGD state (ordinary parameters) plus, under ``"coded"``, every coded layer's
-        momentum buffer decoded from its stored blocks (float64, exactly as loaded when it was)
-        and the step count: all a resume needs."""
+        momentum buffer decoded from its stored blocks (float64, exactly as loaded when it was,
+        in the shape of the layer's ``weight``) and the step count: all a resume needs."""
         sd = super().state_dict()
-        bufs = [layer.momentum_buffer() for layer in self.layers]
+        # each buffer in its weight's shape, as torch's SGD keeps momentum (a CodedConv2d's 4-d)
+        bufs = [(layer, layer.momentum_buffer()) for layer in self.layers]
         sd["coded"] = {"steps": self.steps,
-                       "momentum_buffers": [None if b is None else torch.from_numpy(b.copy()) for b in bufs]}
+                       "momentum_buffers": [None if b is None else
+                                            torch.from_numpy(b.copy()).reshape(layer._weight_shape())
+                                            for layer, b in bufs]}
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
