@@ -292,6 +292,24 @@ def test_too_many_silent_workers_time_out_naming_the_ranks(data):
         _close_fast(c)
 
 
+def test_deadline_after_an_undecodable_set_of_answers_says_why(data):
+    """Enough answers in number, too many of them corrupt, and a silent worker that might still
+    bring the one more result a retry needs: the job waits until its deadline, then the named
+    error says the answers at hand did not decode (not only "5 answers, 4 needed")."""
+    A, B = data["A"], data["B"]
+    faults = SoftErrors(kind="gross", prob=1.0, value=1e3, ranks=[1, 2, 3]) + FailSilent([6])
+    c = LocalCluster(N, faults=faults, timeout=30)
+    try:
+        t = time.perf_counter()
+        with pytest.raises(NotEnoughResultsError, match=r"did not decode.*CorruptResultError") as ei:
+            c.matmul(A, B, code=MDSCode(N, 2), errors=1, timeout=1.0)
+        assert 0.9 <= time.perf_counter() - t < 3.0
+        assert ei.value.received == 5 and ei.value.needed == 6
+        assert "[6]" in str(ei.value)
+    finally:
+        _close_fast(c)
+
+
 def test_too_many_dead_workers_fail_at_once_naming_the_ranks(data):
     A, B = data["A"], data["B"]
     c = LocalCluster(N, faults=Die([1, 3, 5]), timeout=30)

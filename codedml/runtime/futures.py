@@ -305,6 +305,7 @@ class Job(_Request):
         self.t_decode = float("nan")
         self.encode_time = float("nan")
         self._retrying = False
+        self._last_decode: str | None = None  # why the last decode attempt failed, for the deadline error
         self._timed_out = False
 
     def _answered(self) -> set[int]:
@@ -352,6 +353,7 @@ class Job(_Request):
                                        return_info=True)
         except (CorruptResultError, NotEnoughResultsError) as exc:
             if pending:  # wait for one more result, then try again with a larger budget
+                self._last_decode = f"{type(exc).__name__}: {exc}"
                 self.needed = have + 1
                 self._retrying = True
                 return
@@ -381,8 +383,15 @@ class Job(_Request):
                 self._try()
                 if self.settled:
                     return
-            raise self._deadline_error(f"job {self.id}", len(self.arrived),
+            err = self._deadline_error(f"job {self.id}", len(self.arrived),
                                        self.code.recovery_threshold + 2 * self.errors)
+            if self._last_decode is not None:
+                # the answers were enough in number but held more corrupt results than they
+                # correct: say so, or "6 answers, 4 needed" reads as a contradiction
+                err = DeadlineError(f"{err}; the answers at hand did not decode, waiting for "
+                                    f"one more: {self._last_decode}", received=err.received,
+                                    needed=len(self.arrived) + 1)
+            raise err
         except BaseException as exc:
             self._settle(exc=exc)
 
