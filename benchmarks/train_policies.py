@@ -151,8 +151,20 @@ def ddp_subprocess(n, model, a, seed):
     cmd = [sys.executable, __file__, "--ddp", str(n), "--ddp-model", model, "--ddp-out", str(out),
            "--budget", str(a.budget), "--shift", str(a.shift), "--scale", str(a.scale),
            "--lr", str(a.lr), "--batch", str(a.batch), "--fault-seed", str(seed)]
-    subprocess.run(cmd, env=env, check=True, timeout=a.budget * 6 + 120)
+    # gloo's worker processes were seen to abort once ("terminate called without an active
+    # exception", SIGABRT) in an otherwise good run: a failed repeat is run again, once, from
+    # the start (same seed), and the retry is recorded in the JSON
+    for attempt in range(2):
+        out.unlink(missing_ok=True)
+        r = subprocess.run(cmd, env=env, timeout=a.budget * 6 + 120)
+        if r.returncode == 0:
+            break
+        print(f"  {model} ddp_gloo: the DDP job exited with status {r.returncode}"
+              + ("; running this repeat again" if attempt == 0 else ""), flush=True)
+    else:
+        raise RuntimeError(f"the DDP baseline ({model}, fault seed {seed}) failed twice")
     res = json.loads(out.read_text())
+    res["retries"] = attempt
     out.unlink()
     return res
 
@@ -226,7 +238,7 @@ def ddp_baseline(a):
             runs.setdefault((model, "ddp_gloo"), []).append(
                 {"fault_seed": seed, "steps": r["steps"], "gradients": r["steps"] * n,
                  "curve": r["curve"], "final_loss": r["curve"][-1][1], "accuracy": None,
-                 "staleness_mean": 0.0})
+                 "staleness_mean": 0.0, "retries": r["retries"]})
             print(f"  {model:6s} ddp_gloo         rep {rep}: {r['steps']:5d} steps, loss {r['curve'][-1][1]:.4f}",
                   flush=True)
     write(pa, n, models, runs, {"machine": doc["machine"], "machine_ddp": info})
