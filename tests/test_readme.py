@@ -193,7 +193,7 @@ def test_ddp_baseline_uses_each_repeats_fault_seed_in_its_own_job(tmp_path, monk
 
     def fake(n, model, a, seed):
         seen.append((n, model, seed, a.fault_seed))
-        return {"steps": 3, "curve": curve}
+        return {"steps": 3, "curve": curve, "retries": len(seen) - 1}
 
     monkeypatch.setattr(tp, "ddp_subprocess", fake)
     tp.ddp_baseline(argparse.Namespace(out=out))
@@ -201,8 +201,41 @@ def test_ddp_baseline_uses_each_repeats_fault_seed_in_its_own_job(tmp_path, monk
     doc = json.loads(out.read_text())
     ddp = next(r for r in doc["runs"] if r["policy"] == "ddp_gloo")
     assert [r["fault_seed"] for r in ddp["runs"]] == [11, 12]
+    assert [r["retries"] for r in ddp["runs"]] == [0, 1]
     assert "machine_ddp" in doc and doc["machine"] == {"commit": "abc"}
     assert any(r["policy"] == "ddp_gloo" for r in doc["table"])
+
+
+def _fake_ddp_job(outcomes, calls):
+    """A stand-in for subprocess.run of the DDP job: each call pops an exit status; on 0 it
+    writes the result file the job writes."""
+    def run(cmd, env=None, timeout=None):
+        calls.append(cmd)
+        status = outcomes.pop(0)
+        if status == 0:
+            out = Path(cmd[cmd.index("--ddp-out") + 1])
+            out.write_text(json.dumps({"steps": 5, "curve": [[1.0, 0.5]]}))
+        return subprocess.CompletedProcess(cmd, status)
+    return run
+
+
+def test_a_ddp_repeat_that_aborts_runs_again_once_and_then_fails_by_name(tmp_path, monkeypatch):
+    """gloo aborted once in an otherwise good run: the repeat is run again from the start (same
+    command, so the same seed), the retry is counted; two failures raise, naming the seed."""
+    import train_policies as tp
+
+    a = argparse.Namespace(out=tmp_path / "tp.json", budget=1.0, shift=0.02, scale=0.05, lr=0.5,
+                           batch=16)
+    calls: list = []
+    monkeypatch.setattr(tp.subprocess, "run", _fake_ddp_job([-6, 0], calls))
+    res = tp.ddp_subprocess(6, "logreg", a, 12)
+    assert res["retries"] == 1 and res["steps"] == 5 and len(calls) == 2 and calls[0] == calls[1]
+    assert not (tmp_path / ".ddp_logreg.json").exists()
+    calls.clear()
+    monkeypatch.setattr(tp.subprocess, "run", _fake_ddp_job([-6, 1], calls))
+    with pytest.raises(RuntimeError, match="fault seed 12.*failed twice"):
+        tp.ddp_subprocess(6, "logreg", a, 12)
+    assert len(calls) == 2
 
 
 def test_cuda_block_renders_a_run_in_the_format_cuda_backend_writes(tmp_path, monkeypatch):
