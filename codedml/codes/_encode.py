@@ -313,21 +313,13 @@ def _copy_block(b: Block, dst: np.ndarray, norm: bool = True) -> float:
     """Block ``b`` into ``dst`` (R x C, C-ordered, the task's dtype), zero where padding cuts it
     short, by cache-sized row chunks; returns the sum of squared magnitudes written (0.0 when
     ``norm`` is false)."""
-    re, im, sign = _parts(b)
     R, C = dst.shape
     step = max(1, CHUNK_BYTES // max(1, C * dst.itemsize))
     total = 0.0
     for r0 in range(0, R, step):
         r1 = min(R, r0 + step)
         d = dst[r0:r1]
-        if np.iscomplexobj(dst):
-            _fill(d.real, re, r0, r1, C, 1.0)
-            if im is None:
-                d.imag[...] = 0
-            else:
-                _fill(d.imag, im, r0, r1, C, sign)
-        else:
-            _fill(d, re, r0, r1, C, 1.0)
+        _gather(b, d, r0, r1)
         if norm:
             v = d.reshape(-1)
             if np.iscomplexobj(v):
