@@ -28,11 +28,9 @@ steps and after each epoch), the last epoch's mean training loss, the median per
 faults corrected / stragglers skipped / products recomputed / stored blocks repaired.
 
 Optimizers: ``OPTIMIZERS`` maps a name to ``make(model, coded) -> optimizer``; ``--optimizers``
-picks some (default: every one this version of codedml supports). ``adam`` is
-``torch.optim.Adam(lr 1e-3)`` for all three models. It needs torch optimizers to train a coded
-layer's weight (issue 12, point 2: the weight a parameter of the layer). Where the weight is
-not a parameter, a torch optimizer would silently leave it untouched, so Adam is not run: the
-JSON and the README say so. Another optimizer is one more entry.
+picks some (default: all). ``adam`` is ``torch.optim.Adam(lr 1e-3)`` for all three models: a
+coded layer's weight is a parameter that torch optimizers step (issue 12, point 2). Another
+optimizer is one more entry.
 
 The machine has 2 cores shared by 9 ranks: absolute times mean little, ratios measured in the
 same run do (GUIDE section 5). Outputs: a table on stdout, ``benchmarks/results/coded_cnn.json``
@@ -93,15 +91,7 @@ def _adam(model: nn.Module, coded: bool) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=1e-3)
 
 
-def torch_optimizers_train_coded_layers() -> bool:
-    """Whether a coded layer's weight is a parameter a torch optimizer steps (issue 12 point
-    2). Where ``weight`` is a read-only property decoding the stored blocks, torch optimizers
-    see only the bias and never change the coded weight."""
-    return not isinstance(getattr(CodedLinear, "weight", None), property)
-
-
 OPTIMIZERS: dict[str, Callable[[nn.Module, bool], torch.optim.Optimizer]] = {"sgd": _sgd, "adam": _adam}
-NEEDS_TORCH_OPTIMIZERS = {"adam"}   # coded runs need torch optimizers to train coded weights
 
 
 def _accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
@@ -165,23 +155,15 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--delay", type=float, default=0.01, help="mean straggler delay per result (s)")
     ap.add_argument("--optimizers", default=None,
-                    help=f"comma-separated, from {sorted(OPTIMIZERS)} (default: every one supported)")
+                    help=f"comma-separated, from {sorted(OPTIMIZERS)} (default: all)")
     args = ap.parse_args()
-    skipped: dict[str, str] = {}
-    if not torch_optimizers_train_coded_layers():
-        why = ("torch optimizers do not train a coded layer's weight in this version (it is no "
-               "parameter of the layer; issue 12 point 2)")
-        skipped = {o: why for o in NEEDS_TORCH_OPTIMIZERS}
     if args.optimizers is None:
-        opts = [o for o in OPTIMIZERS if o not in skipped]
+        opts = list(OPTIMIZERS)
     else:
         opts = [o.strip() for o in args.optimizers.split(",") if o.strip()]
         bad = [o for o in opts if o not in OPTIMIZERS]
         if bad or not opts:
             ap.error(f"--optimizers must name some of {sorted(OPTIMIZERS)}, got {args.optimizers!r}")
-        refused = [o for o in opts if o in skipped]
-        if refused:
-            ap.error(f"--optimizers {','.join(refused)}: {skipped[refused[0]]}")
     epochs = args.epochs or (2 if args.quick else 8)
     comm = MPI.COMM_WORLD
     n = comm.Get_size() - 1
@@ -196,7 +178,6 @@ def main() -> int:
                    "stragglers": f"shifted exponential, shift 0, mean {args.delay} s per result",
                    "seed": 1},
         "optimizers": opts,
-        "optimizers_not_run": {o: w for o, w in skipped.items() if o not in opts},
         "runs": []}
     if root:
         out["machine"] = machine_info()   # before the runs: the load then is other processes'

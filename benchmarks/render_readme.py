@@ -705,9 +705,6 @@ def coded_cnn(doc: dict[str, Any]) -> str:
         f"Source: {_source('coded_cnn', doc)}; {doc['workers']} workers, {doc['epochs']} epochs{quick}.",
         "",
     ]
-    not_run = doc.get("optimizers_not_run") or {}
-    if not_run:
-        out += ["Not run: " + "; ".join(f"{o} ({why})" for o, why in not_run.items()) + ".", ""]
     out += [
         "| model | optimizer | faults | final test accuracy | last epoch's train loss | step time / torch "
         "| corrected | stragglers skipped | recomputed | blocks repaired |",
