@@ -74,6 +74,16 @@ def check_finite(name: str, value: Any, low: float = 0.0, *, strict: bool = Fals
     return v
 
 
+def spec_number(text: str) -> float:
+    """The number after ``KIND:`` in a ``KIND:VALUE`` option (``dirichlet:0.3``, ``norm:2``,
+    ``loss:0.2``); NaN when it is no number, so one finite-and-range check refuses both by
+    name."""
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
+
+
 def check_seconds(name: str, value: Any) -> float:
     """A timeout: finite and greater than 0 (NaN, inf, 0 and negative refused by name)."""
     return check_finite(name, value, 0.0, strict=True, unit=" of seconds")

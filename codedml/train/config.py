@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ..errors import ConfigurationError
+from .._config import spec_number
 
 __all__ = ["TrainConfig", "POLICIES", "FEDERATED", "staleness_norm_c"]
 
@@ -249,10 +250,7 @@ def staleness_norm_c(rule: str) -> float | None:
         return None
     kind, sep, arg = str(rule).partition(":")
     if kind == "norm" and sep:
-        try:
-            c = float(arg)
-        except ValueError:
-            c = float("nan")
+        c = spec_number(arg)
         if math.isfinite(c) and c > 0:
             return c
         raise ConfigurationError(f"`staleness_lr` norm:C needs a finite C greater than 0, got {arg!r}")

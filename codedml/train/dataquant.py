@@ -91,6 +91,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigurationError
+from .._config import spec_number
 
 __all__ = ["Importance", "parse_importance", "data_range", "quantize", "dequantize",
            "label_bits", "message_bits", "worker_message", "decode_message", "root_gradient",
@@ -141,10 +142,7 @@ def parse_importance(rule: str) -> Importance | None:
         raise ConfigurationError(
             f"`importance` (--importance) must be '' (off), 'loss:THRESH', 'norm:THRESH' or "
             f"'budget:FRACTION', got {rule!r}")
-    try:
-        v = float(val)
-    except ValueError:
-        v = float("nan")
+    v = spec_number(val)
     if kind == "budget" and not (math.isfinite(v) and 0 < v <= 1):
         raise ConfigurationError(
             f"`importance` (--importance) budget:FRACTION needs 0 < FRACTION <= 1, got {val!r}")

@@ -34,6 +34,7 @@ import math
 import numpy as np
 
 from ..errors import ConfigurationError
+from .._config import spec_number
 
 __all__ = ["parse_partition", "split", "label_histogram"]
 
@@ -50,10 +51,7 @@ def parse_partition(spec: str) -> tuple[str, float]:
         return "iid", 0.0
     kind, sep, arg = spec.partition(":")
     if kind == "dirichlet" and sep:
-        try:
-            alpha = float(arg)
-        except ValueError:
-            alpha = float("nan")
+        alpha = spec_number(arg)
         if math.isfinite(alpha) and alpha > 0:
             return "dirichlet", alpha
         raise ConfigurationError(
