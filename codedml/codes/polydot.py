@@ -741,9 +741,9 @@ class PolyDotCode(LinearCode):
             rhs = (Rp - _gfp.matmul_mod(Gp % P, Cb, P)) % P
             Cb[missing] = _gfp.solve_mod(Gp[:, missing] % P, rhs, P)
             return rows, C, 1.0
-        from ._base import _lstsq
+        from ._base import _factors, _lstsq
 
-        cond = float(np.linalg.cond(G[np.asarray(rows)]))
+        cond = _factors(G[np.asarray(rows)]).cond  # cached per subset, as the general path's
         if not self._packed:
             rhs = Rp - Gp.real @ Cb
             Cb[missing] = _lstsq(Gp[:, missing].real, rhs).real
