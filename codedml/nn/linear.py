@@ -403,6 +403,7 @@ class CodedLinear(nn.Module):
         """Tag ``p`` as this layer's mirror (for the optimizer hooks) and follow its ``.grad``."""
         ref = weakref.ref(self)
         p._codedml_layer = ref  # type: ignore[attr-defined]
+        _ADOPTED.add(self)
 
         def accumulated(param: torch.Tensor) -> None:
             layer = ref()
@@ -850,6 +851,12 @@ def coded_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 
 # ---------------------------------------------------------------------- any torch optimizer
+#: Layers whose mirror weight carries the tag the optimizer hooks look for. While it is empty
+#: (no coded layer alive in the process) the hooks return at once, so importing codedml.nn
+#: costs other models' optimizer steps nothing.
+_ADOPTED: "weakref.WeakSet[CodedLinear]" = weakref.WeakSet()
+
+
 def _coded_layers_of(optimizer: torch.optim.Optimizer) -> list[CodedLinear]:
     layers = []
     for group in optimizer.param_groups:
@@ -864,17 +871,17 @@ def _coded_layers_of(optimizer: torch.optim.Optimizer) -> list[CodedLinear]:
 def _before_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
     """Any torch optimizer but CodedSGD steps the mirror ``weight`` at the root: make sure it
     holds the stored weight (decoded after coded steps) before the step reads it."""
-    if getattr(optimizer, "_codedml_coded_step", False):
+    if not _ADOPTED or getattr(optimizer, "_codedml_coded_step", False):
         return
-    for layer in _coded_layers_of(optimizer):
+    layers = _coded_layers_of(optimizer)
+    optimizer.__dict__["_codedml_stepping"] = layers  # found once, for the post-step hook too
+    for layer in layers:
         layer._weight64()
 
 
 def _after_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
     """... and send the stepped weight to the workers (re-encoded, stored anew) at once."""
-    if getattr(optimizer, "_codedml_coded_step", False):
-        return
-    for layer in _coded_layers_of(optimizer):
+    for layer in optimizer.__dict__.pop("_codedml_stepping", None) or ():
         layer._push()
 
 
