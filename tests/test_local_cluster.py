@@ -682,3 +682,38 @@ def test_soak_memory_growth_small(soak):
     assert soak["growth"] < 8 * soak["encoding_bytes"], (
         f"memory grew by {soak['growth'] / 1e6:.1f} MB over {SOAK_JOBS} jobs "
         f"(one job's encoded operands: {soak['encoding_bytes'] / 1e6:.2f} MB)")
+
+
+def _staggered(delays: dict[int, float]):
+    """Every job: worker w sleeps delays[w] seconds before answering (rank = worker + 1)."""
+    return Schedule({j: {w + 1: Fault(delay=d) for w, d in delays.items()} for j in range(4)})
+
+
+@pytest.mark.parametrize("grace", [1.0, 0.0])
+def test_a_systematic_job_waits_one_gap_for_its_data_worker_then_decodes_without_it(grace):
+    """MDS(6, 4) systematic: data workers 0..3, parity 4, 5. Worker 0 straggles (1.5 s), the
+    others answer 0.1 s apart and parity worker 5 only after 1 s. The job is decodable at the
+    4th arrival (about 0.3 s) without worker 0: with the default grace it waits about one
+    arrival gap (0.1 s) for worker 0 and then decodes at the grace's end, woken by the
+    cluster with no further arrival (a missed wake-up would wait for worker 5 at 1 s); with
+    ``systematic_grace = 0`` it decodes at once. Either way the product is right."""
+    code = MDSCode(6, 4, systematic=True)
+    rng = np.random.default_rng(5)
+    A, B = rng.standard_normal((8, 6)), rng.standard_normal((6, 5))
+    faults = _staggered({0: 1.5, 1: 0.0, 2: 0.1, 3: 0.2, 4: 0.3, 5: 1.0})
+    with LocalCluster(6, faults=faults, timeout=20) as c:
+        c.systematic_grace = grace
+        t0 = time.perf_counter()
+        job = c.submit(A, B, code=code)
+        C = job.result()
+        took = time.perf_counter() - t0
+        rep = job.report
+        np.testing.assert_allclose(C, A @ B, rtol=1e-10, atol=1e-12)
+        assert rep.workers[0].status == "missing" and rep.workers[5].status == "missing"
+        assert took < 0.9, f"decoded after {took:.2f} s: the grace's end did not wake the job"
+        if grace:
+            assert 0.04 < rep.systematic_wait < 0.3, rep.systematic_wait
+            assert rep.as_dict()["systematic_wait_s"] == rep.systematic_wait
+        else:
+            assert rep.systematic_wait == 0.0
+        c.drain(0.0)

@@ -352,6 +352,23 @@ class LinearCode(abc.ABC):
         """Per family, the unknowns ``_assemble`` reads (``None``: all of them)."""
         return [None] * len(self._families(np.arange(min(1, self.workers))))
 
+    @property
+    def systematic_workers(self) -> tuple[int, ...]:
+        """The workers whose results are plain data (a systematic code's data workers):
+        with all of them among the results, decode is assembly, no solve. The runtime waits
+        briefly for them when a decodable set has arrived without them (docs/runtime.md,
+        "Waiting for systematic results"). Empty for codes without such workers.
+
+        Examples
+        --------
+        >>> from codedml.codes import MDSCode
+        >>> MDSCode(8, 6, systematic=True).systematic_workers
+        (0, 1, 2, 3, 4, 5)
+        >>> MDSCode(8, 6, systematic=False).systematic_workers
+        ()
+        """
+        return ()
+
     def decodable(self, workers: Iterable[Any]) -> bool:
         """Whether results from ``workers`` (worker indices) determine the product.
 
@@ -874,8 +891,37 @@ def _norms(raw: list[np.ndarray]) -> np.ndarray:
     return norms
 
 
+class _Packed:
+    """Complex evaluations ``top_w + 1j * bot_w`` kept as the workers' packed real results
+    ``[top_w; bot_w]`` (a circle code's real form): :func:`_project` projects the halves, so
+    the check needs no complex copy of any result."""
+
+    def __init__(self, arrays: list[np.ndarray]) -> None:
+        self.arrays = list(arrays)
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+
 def _project(E: Any, rng: np.random.Generator, k: int) -> np.ndarray:
     """Reduce each worker's evaluation block to ``k`` numbers by random Gaussian projections."""
+    if isinstance(E, _Packed):
+        # the same draws as for the unpacked complex blocks (h, ...): u over the h rows, v
+        # over the rest; u (top + 1j bot) v = u top v + 1j u bot v
+        shape = E.arrays[0].shape
+        h = shape[0] // 2
+        y = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        u = rng.standard_normal((k, h))
+        v = rng.standard_normal((k, y))
+        u /= np.linalg.norm(u, axis=1, keepdims=True)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        out = np.empty((len(E), k), dtype=np.complex128)
+        with np.errstate(invalid="ignore", over="ignore"):
+            for i, a in enumerate(E.arrays):
+                a2 = a.reshape(2 * h, y)
+                out[i].real = ((u @ a2[:h]) * v).sum(axis=1)
+                out[i].imag = ((u @ a2[h:]) * v).sum(axis=1)
+        return out
     if isinstance(E, _Rows) and len(E) * E.arrays[0].size <= _SMALL_STACK:
         E = E.stack()  # small results: one batched product beats a Python loop over them
     if isinstance(E, _Rows):

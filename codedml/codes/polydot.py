@@ -242,6 +242,13 @@ class PolyDotCode(LinearCode):
             return 0
         return self.p if self.m == 1 else self.m
 
+    @property
+    def systematic_workers(self) -> tuple[int, ...]:
+        """See :attr:`LinearCode.systematic_workers`: workers ``0 .. s-1`` of a systematic
+        code (``s = k`` for MDS-type codes, ``m`` for MatDot, whose ``m`` plain products
+        sum to ``C``)."""
+        return tuple(range(self._n_systematic()))
+
     def _gf_points(self) -> np.ndarray | None:
         return self._points[self._order] if self.field is not None else None
 
@@ -672,19 +679,21 @@ class PolyDotCode(LinearCode):
 
     def decode(self, results, errors: int = 0, *, encoding=None, shape=None, rtol=None,
                return_faulty: bool = False, return_info: bool = False):
-        """See :meth:`LinearCode.decode`. A systematic MDS-type code given exactly ``k``
-        results (nothing to spare, so nothing to check them against: the general path would
-        only erase non-finite ones) decodes in place: the systematic results are copied into
-        ``C`` as they are, and the ``s`` missing blocks are solved for from the ``s`` parity
-        results (``P_miss X_miss = R_par - P_present X_present``, BLAS on the packed real and
-        imaginary halves); no unpacking, no projections. Every systematic result there: one
-        copy, bitwise what the general path assembles. Anything else (a spare result, a
-        non-finite or out-of-range value, a bad argument) takes the general path."""
-        fast = self._systematic_fast_path(results, errors)
+        """See :meth:`LinearCode.decode`. A systematic MDS-type code over the reals decodes
+        in place from its packed results: with spare results, the general path's consistency
+        check (random projections, taken on the packed real and imaginary halves, so no
+        complex copy of any result) picks the results to keep and locates corrupt ones; the
+        kept systematic results are copied into ``C`` as they are, and the ``s`` missing
+        blocks are solved for from the kept parity results (``P_miss X_miss = R_par -
+        P_present X_present``, BLAS on the packed halves). Every systematic result kept: one
+        copy, bitwise what the general path assembles. Over GF(p) the same holds for exactly
+        ``k`` results. Anything else (spare results over GF(p), a non-finite or out-of-range
+        value, a bad argument) takes the general path."""
+        fast = self._systematic_fast_path(results, errors, encoding, rtol)
         if fast is None:
             return super().decode(results, errors, encoding=encoding, shape=shape, rtol=rtol,
                                   return_faulty=return_faulty, return_info=return_info)
-        rows, C, cond = fast
+        rows, C, cond, faulty, checked = fast
         if shape is not None:
             C = self._cut(C, shape)
         elif encoding is not None:
@@ -693,16 +702,17 @@ class PolyDotCode(LinearCode):
             self._refuse_if_padded(C, C.dtype, cond)
         from ._base import DecodeInfo
 
-        info = DecodeInfo((), tuple(int(w) for w in rows), cond, False)
+        info = DecodeInfo(tuple(faulty), tuple(int(w) for w in rows), cond, checked)
         if return_info:
             return C, info
         if return_faulty:
             return C, info.faulty
         return C
 
-    def _systematic_fast_path(self, results: Any, errors: Any):
-        """``(rows, C, cond)`` for exactly ``k`` finite (in-range) results of a systematic
-        MDS-type code, else None (the general path)."""
+    def _systematic_fast_path(self, results: Any, errors: Any, encoding: Any = None,
+                              rtol: Any = None):
+        """``(rows, C, cond, faulty, checked)`` for finite (in-range) results of a systematic
+        MDS-type code (over GF(p): exactly ``k`` of them), else None (the general path)."""
         if not (self.systematic and self.m == 1 and self.q == 1):
             return None
         k, P = self.p, self.field
@@ -710,10 +720,12 @@ class PolyDotCode(LinearCode):
             keys = sorted(int(w) for w in results) if hasattr(results, "keys") else None
         except (TypeError, ValueError):
             return None
-        if keys is None or len(keys) != k or len(set(keys)) != k:
+        if keys is None or len(keys) < k or len(set(keys)) != len(keys):
+            return None
+        if P is not None and len(keys) != k:
             return None
         try:
-            check_int("errors", errors, 0, self.workers)
+            errors = check_int("errors", errors, 0, self.workers)
             rows, raw = self._check_results(results)
         except ConfigurationError:
             return None
@@ -721,6 +733,24 @@ class PolyDotCode(LinearCode):
             ok = np.isfinite(r).all() if P is None else bool(((r >= 0) & (r < P)).all())
             if not ok:
                 return None
+        faulty: list[int] = []
+        checked = False
+        if len(rows) > k:
+            # spare results: the general path's check on projections of the packed halves
+            from ._base import _Packed, _Rows
+
+            E = [_Packed(raw)] if self._packed else [_Rows(raw)]
+            with np.errstate(over="ignore", invalid="ignore"):
+                keep, bad, checked = self._locate_real(rows, raw, E, self._families(rows),
+                                                       errors, encoding, rtol)
+            faulty = [int(rows[i]) for i in bad]
+            rows, raw = rows[keep], [raw[int(i)] for i in keep]
+        C, cond = self._systematic_assemble(rows, raw)
+        return rows, C, cond, faulty, checked
+
+    def _systematic_assemble(self, rows: np.ndarray, raw: list[np.ndarray]):
+        """``(C, cond)`` from consistent results ``raw`` of workers ``rows`` (fast path)."""
+        k, P = self.p, self.field
         dt = np.int64 if P is not None else np.float64
         rb = raw[0].shape[0]
         C = np.empty((k * rb,) + raw[0].shape[1:], dtype=dt)
@@ -730,9 +760,13 @@ class PolyDotCode(LinearCode):
         for j, w in enumerate(rows):
             if w < k:
                 Cb[w] = np.asarray(raw[j], dtype=dt).reshape(-1)
-        if not par:
-            return rows, C, 1.0
         missing = sorted(set(range(k)) - set(present))
+        if not par:
+            return C, 1.0
+        if not missing:  # every systematic result kept; the parity ones only checked them
+            from ._base import _factors
+
+            return C, (1.0 if P is not None else _factors(self._generator()[np.asarray(rows)]).cond)
         G = self._generator()
         Gp = G[np.asarray(rows)[par]]                          # s x k, parity rows
         Cb[missing] = 0                                        # so Gp @ Cb sums the present
@@ -740,14 +774,14 @@ class PolyDotCode(LinearCode):
         if P is not None:
             rhs = (Rp - _gfp.matmul_mod(Gp % P, Cb, P)) % P
             Cb[missing] = _gfp.solve_mod(Gp[:, missing] % P, rhs, P)
-            return rows, C, 1.0
+            return C, 1.0
         from ._base import _factors, _lstsq
 
         cond = _factors(G[np.asarray(rows)]).cond  # cached per subset, as the general path's
         if not self._packed:
             rhs = Rp - Gp.real @ Cb
             Cb[missing] = _lstsq(Gp[:, missing].real, rhs).real
-            return rows, C, cond
+            return C, cond
         # packed: a result is [Re y; Im y] with y = sum_i G[w, i] z_i, z_i = top_i + 1j bot_i
         h = Cb.shape[1] // 2
         top, bot = Cb[:, :h], Cb[:, h:]                        # row-strided views, no copy
@@ -756,7 +790,7 @@ class PolyDotCode(LinearCode):
         X = _lstsq(Gp[:, missing], rhs)
         Cb[missing, :h] = X.real
         Cb[missing, h:] = X.imag
-        return rows, C, cond
+        return C, cond
 
     def _wanted_unknowns(self) -> list[np.ndarray | None]:
         if self.systematic and self.m > 1:

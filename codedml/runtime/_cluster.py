@@ -22,7 +22,7 @@ import os
 import threading
 import time
 import weakref
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -85,6 +85,16 @@ def _np(x: Any) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x.view(np.ndarray)) if hasattr(x, "view") and type(x) is not np.ndarray else x)
 
 
+def _code_key(code: Any) -> Any:
+    """A dict key for a code: the code (equal codes share their statistics), or its id where
+    a user's code class is not hashable."""
+    try:
+        hash(code)
+    except TypeError:
+        return ("id", id(code))
+    return code
+
+
 class ClusterBase:
     """The master's API, common to MPI and in-process clusters.
 
@@ -99,6 +109,13 @@ class ClusterBase:
     MAX_HISTORY = 1000
     #: Seconds a waiter allows past a deadline for the progress thread to settle the request.
     SETTLE_SLACK = 5.0
+
+    #: How long a job of a systematic code waits for its outstanding data workers once a
+    #: decodable set arrived without them, in mean arrival gaps per missing result (see
+    #: ``Job._hold_for_systematic``; 0 decodes at once). Settable per cluster.
+    systematic_grace = 1.0
+    #: Codes whose measured solve time is kept (least recently used dropped beyond this).
+    _SOLVE_COSTS = 64
     #: Whether a waiting caller pumps arrivals itself (see :meth:`_wait_step`).
     _caller_progress = False
 
@@ -368,6 +385,9 @@ class ClusterBase:
         for table in (self._pending, self._acks):
             for r in [r for r in table.values() if now >= r.deadline]:
                 r._expire()
+        for r in [r for r in self._pending.values() if r.wake_at is not None and now >= r.wake_at]:
+            r.wake_at = None
+            r._progress()
         if arrivals:
             self._changed.notify_all()
         return len(arrivals)
@@ -404,6 +424,19 @@ class ClusterBase:
                 r._progress()
             return
         r._accept(a, now)
+
+    def _note_solve(self, code: Any, seconds: float) -> None:
+        """Keep a running average of how long a decode that solved (not just assembled) took
+        for ``code``: the cap on a job's wait for systematic results."""
+        costs = self.__dict__.setdefault("_solve_costs", OrderedDict())
+        key = _code_key(code)
+        old = costs.pop(key, None)
+        costs[key] = seconds if old is None else 0.8 * old + 0.2 * seconds
+        while len(costs) > self._SOLVE_COSTS:
+            costs.popitem(last=False)
+
+    def _solve_cost(self, code: Any) -> float | None:
+        return self.__dict__.get("_solve_costs", {}).get(_code_key(code))
 
     def _retire(self, r: _Request) -> None:
         """A request settled: out of the pending tables; kept weakly while workers owe it."""
@@ -445,7 +478,8 @@ class ClusterBase:
                 with self._lock:
                     got = self._pump()
                     busy = bool(self._pending or self._acks)
-                    nearest = min((r.deadline for t in (self._pending, self._acks)
+                    nearest = min((min(r.deadline, r.wake_at) if r.wake_at is not None
+                                   else r.deadline for t in (self._pending, self._acks)
                                    for r in t.values()), default=None)
                     driven = self._drivers > 0
                     # Parked (set under the lock, so a request registered after this sees it

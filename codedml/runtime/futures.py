@@ -118,6 +118,8 @@ class JobReport:
     decode: float = float("nan")
     encode: float = float("nan")
     outcome: str = "pending"
+    systematic_wait: float = 0.0
+    """Seconds the job waited for outstanding systematic results before decoding."""
     """``"ok"``, ``"failed"`` (a named error), ``"cancelled"`` or ``"pending"``."""
 
     def count(self, status: str) -> int:
@@ -127,6 +129,7 @@ class JobReport:
         return {"job": self.job, "code": self.code, "needed": self.needed, "errors": self.errors,
                 "faulty": list(self.faulty), "condition": self.condition, "wall_s": self.wall,
                 "decode_s": self.decode, "encode_s": self.encode, "outcome": self.outcome,
+                "systematic_wait_s": self.systematic_wait,
                 "workers": [w.__dict__ for w in self.workers]}
 
 
@@ -161,6 +164,7 @@ class _Request(Future):
         self.late: set[int] = set()
         self.t_done = float("nan")
         self.settled = False  # terminal inside the cluster (the Future may settle a moment later)
+        self.wake_at: float | None = None  # when the cluster must call _progress again
 
     # -------------------------------------------------------------- overridden by the kinds
     def _answered(self) -> set[int]:
@@ -307,6 +311,11 @@ class Job(_Request):
         self._retrying = False
         self._last_decode: str | None = None  # why the last decode attempt failed, for the deadline error
         self._timed_out = False
+        # Waiting for systematic results (see _hold_for_systematic): the workers whose results
+        # make the decode an assembly, and the end of the grace once one is granted.
+        self._sys = frozenset(getattr(code, "systematic_workers", ()))
+        self._grace_end: float | None = None
+        self.t_grace = 0.0
 
     def _answered(self) -> set[int]:
         return set(self.arrived)
@@ -344,7 +353,11 @@ class Job(_Request):
             if not pending:
                 self._fail_all()
             return
+        if pending and self._hold_for_systematic(pending):
+            return
         t = time.perf_counter()
+        if self._grace_end is not None:
+            self.t_grace = max(0.0, min(t, self._grace_end) - self._grace_start)
         # Use the full correction power of the results at hand (issue 10: 7 results with 2
         # corrupt and errors=1 must decode when they all arrived before the first attempt).
         budget = max(self.errors, (have - self.code.recovery_threshold) // 2)
@@ -360,7 +373,46 @@ class Job(_Request):
             raise exc.with_traceback(None) from None
         self.t_decode = time.perf_counter() - t
         self.info = info
+        if self._sys and not self._sys.issubset(info.used):
+            self.cluster._note_solve(self.code, self.t_decode)
         self._settle(C)
+
+    def _hold_for_systematic(self, pending: list[int]) -> bool:
+        """Whether to wait a little longer for outstanding systematic results before decoding.
+
+        A systematic code decodes by assembly once its data workers have all answered, and
+        by a solve for the missing data blocks otherwise. When a decodable set has arrived
+        without some of them, the job waits for those still pending up to
+        ``cluster.systematic_grace`` times the mean gap between the arrivals so far, per
+        missing result, and never longer than a solve of this code has taken on this cluster
+        (when one was measured) nor past the deadline. On equal workers the missing results
+        come within about a gap each; a straggler costs at most the grace (one gap per
+        missing result), after which the job decodes as it would have. Granted once per job;
+        ``systematic_grace = 0`` turns it off."""
+        if not self._sys or self.wait_all or self._retrying:
+            return False
+        waiting = [w for w in pending if w in self._sys]
+        if not waiting:
+            return False
+        now = time.perf_counter()
+        if self._grace_end is None:
+            self._grace_start = now
+            self._grace_end = now  # granted once: a refusal below stands
+            lat = sorted(self.latency[w] for w in self.arrived if w in self.latency)
+            factor = float(getattr(self.cluster, "systematic_grace", 0.0))
+            if len(lat) < 2 or not factor > 0:
+                return False
+            grace = factor * (lat[-1] - lat[0]) / (len(lat) - 1) * len(waiting)
+            cap = self.cluster._solve_cost(self.code)
+            if cap is not None:
+                grace = min(grace, cap)
+            grace = min(grace, self.deadline - now)
+            if not grace > 0:
+                return False
+            self._grace_end = now + grace
+            self.wake_at = self._grace_end
+            return True
+        return now < self._grace_end
 
     def _fail_all(self) -> None:
         crashed = [w for w, s in self.failed.items() if s == "crashed"]
@@ -420,7 +472,7 @@ class Job(_Request):
                    else "failed" if Future.exception(self, 0) is not None else "ok")
         return JobReport(self.id, repr(self.code), self.needed, self.errors, rows,
                          tuple(sorted(faulty)), cond, self.t_done - self.t0, self.t_decode,
-                         self.encode_time, outcome)
+                         self.encode_time, outcome, self.t_grace)
 
 
 class Call(_Request):
