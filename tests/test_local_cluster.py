@@ -717,3 +717,14 @@ def test_a_systematic_job_waits_one_gap_for_its_data_worker_then_decodes_without
         else:
             assert rep.systematic_wait == 0.0
         c.drain(0.0)
+
+
+@pytest.mark.parametrize("bad", [-1, -0.5, float("nan"), float("inf"), "1", None, True])
+def test_systematic_grace_is_checked_when_set(bad):
+    with LocalCluster(2) as c:
+        assert c.systematic_grace == 1.0
+        with pytest.raises(ConfigurationError, match=r"`systematic_grace` must be a finite number >= 0.*got"):
+            c.systematic_grace = bad
+        assert c.systematic_grace == 1.0
+        c.systematic_grace = 0
+        assert c.systematic_grace == 0.0

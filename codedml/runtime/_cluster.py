@@ -18,6 +18,7 @@ Three layers, bottom up:
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -110,10 +111,8 @@ class ClusterBase:
     #: Seconds a waiter allows past a deadline for the progress thread to settle the request.
     SETTLE_SLACK = 5.0
 
-    #: How long a job of a systematic code waits for its outstanding data workers once a
-    #: decodable set arrived without them, in mean arrival gaps per missing result (see
-    #: ``Job._hold_for_systematic``; 0 decodes at once). Settable per cluster.
-    systematic_grace = 1.0
+    #: The default of :attr:`systematic_grace`.
+    SYSTEMATIC_GRACE = 1.0
     #: Codes whose measured solve time is kept (least recently used dropped beyond this).
     _SOLVE_COSTS = 64
     #: Whether a waiting caller pumps arrivals itself (see :meth:`_wait_step`).
@@ -124,6 +123,7 @@ class ClusterBase:
 
         self.workers = workers
         self.default_timeout = DEFAULT_TIMEOUT if timeout is None else check_deadline("timeout", timeout)
+        self._systematic_grace = self.SYSTEMATIC_GRACE
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)  # notified on every arrival
         self._next_job = 0
@@ -424,6 +424,23 @@ class ClusterBase:
                 r._progress()
             return
         r._accept(a, now)
+
+    @property
+    def systematic_grace(self) -> float:
+        """How long a job of a systematic code waits for its outstanding data workers once
+        a decodable set arrived without them, in mean arrival gaps per missing result
+        (docs/runtime.md, "Waiting for systematic results"); 0 decodes at once. A finite
+        number >= 0; default :data:`SYSTEMATIC_GRACE`."""
+        return self._systematic_grace
+
+    @systematic_grace.setter
+    def systematic_grace(self, value: Any) -> None:
+        ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+        if not ok or not math.isfinite(float(value)) or float(value) < 0:
+            raise ConfigurationError(
+                f"`systematic_grace` must be a finite number >= 0 (arrival gaps to wait per "
+                f"missing systematic result; 0 turns the wait off), got {value!r}")
+        self._systematic_grace = float(value)
 
     def _note_solve(self, code: Any, seconds: float) -> None:
         """Keep a running average of how long a decode that solved (not just assembled) took

@@ -399,7 +399,7 @@ class Job(_Request):
             self._grace_start = now
             self._grace_end = now  # granted once: a refusal below stands
             lat = sorted(self.latency[w] for w in self.arrived if w in self.latency)
-            factor = float(getattr(self.cluster, "systematic_grace", 0.0))
+            factor = self.cluster.systematic_grace
             if len(lat) < 2 or not factor > 0:
                 return False
             grace = factor * (lat[-1] - lat[0]) / (len(lat) - 1) * len(waiting)
