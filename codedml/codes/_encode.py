@@ -153,6 +153,8 @@ def _combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, lea
     flat = _flat(out, lead, n_out)
     if R == 0 or C == 0 or n_out == 0:
         return out
+    if nsys and flat is not None and nsys == k and _systematic(G, blocks, flat, nsys, sq, post, cdt):
+        return out
     if nsys and flat is not None:
         # systematic outputs: each block copied once, whole; then the parity rows alone
         for o in range(nsys):
@@ -224,6 +226,72 @@ def _combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, lea
             for o in range(nsys, n_out):
                 _store(_out_block(out, None, lead_shape, o)[r0:r1], tmp[o - nsys].reshape(rc, C))
     return out
+
+
+def _systematic(G, blocks, flat, nsys, sq, post, cdt) -> bool:
+    """Systematic outputs and parity rows in one pass over the blocks: per cache-sized row
+    chunk, the blocks' rows are copied into the systematic tasks (one copy when the blocks lie
+    at one stride in memory), and the parity GEMM reads them from there (or from the float64
+    gather buffer where the tasks are of another dtype) while they are in cache; the blocks are
+    read from memory once. Needs the tasks C-ordered (``flat`` a stack of (R, C) matrices).
+    Returns whether it did (False: a layout it does not handle; nothing written)."""
+    n_out, R, C = flat.shape
+    item = flat.itemsize
+    if flat.strides[-1] != item or (R > 1 and flat.strides[-2] != C * item):
+        return False
+    if n_out > 1 and flat.strides[0] <= 0:
+        return False
+    par = n_out - nsys
+    same = flat.dtype == cdt and post is None   # tasks hold the compute dtype's values
+    step = max(1, CHUNK_BYTES // max(1, max(nsys, par) * C * cdt.itemsize))
+    # the tasks as two 2-D matrices (outputs x R*C) at the tasks' stride: chunks are column
+    # slices of these (views, no per-chunk setup)
+    S_all = as_strided(flat, shape=(nsys, R * C), strides=(flat.strides[0], item), writeable=True)
+    P_all = (as_strided(flat[nsys:], shape=(par, R * C), strides=(flat.strides[0], item), writeable=True)
+             if par else None)
+    Gc = None if G is None or not par else np.ascontiguousarray(G, dtype=cdt)
+    buf = None if same else np.empty((nsys, step * C), dtype=cdt)
+    tmp = None if same or not par else np.empty((par, step * C), dtype=cdt)
+    ends = sorted({min(_rows(b), R) for b in blocks} | {R, 0})
+    for a, b in zip(ends[:-1], ends[1:]):
+        # blocks that reach past row a are whole in rows a:b; the rest are zero there. Where
+        # the former are consecutive and lie at one stride in memory (a C-ordered A split by
+        # rows), each chunk is one copy from A and the rest one fill.
+        live = [i for i, blk in enumerate(blocks) if _rows(blk) > a]
+        span = live == list(range(live[0], live[-1] + 1)) if live else False
+        D_all = _direct(blocks, live, a, b, C) if span else None
+        for r0 in range(a, b, step):
+            r1 = min(b, r0 + step)
+            c0, c1 = r0 * C, r1 * C
+            dst = S_all[:, c0:c1] if same else buf[:, :c1 - c0]
+            if D_all is not None:
+                np.copyto(dst[live[0]:live[-1] + 1], D_all[:, c0 - a * C:c1 - a * C], casting="unsafe")
+                dst[:live[0]] = 0
+                dst[live[-1] + 1:] = 0
+            else:
+                for o in range(nsys):
+                    _gather(blocks[o], dst[o].reshape(r1 - r0, C), r0, r1)
+            src = dst
+            if not same:
+                _store(S_all[:, c0:c1], src)
+            if sq is not None:
+                sq[:nsys] += _rowsq(src)
+            if not par:
+                continue
+            P = P_all[:, c0:c1]
+            if same:
+                np.matmul(Gc, src, out=P)
+                if sq is not None:
+                    sq[nsys:] += _rowsq(P)
+                continue
+            t = tmp[:, :c1 - c0]
+            np.matmul(Gc, src, out=t)
+            if sq is not None:
+                sq[nsys:] += _rowsq(t)
+            if post is not None:
+                t = post(t)
+            _store(P, t)
+    return True
 
 
 def _whole(G, blocks, out, flat, nsys, r0, r1, C, cdt, sq=None) -> bool:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigurationError, CorruptResultError
-from . import _gfp
+from . import _gfp, _pool
 from ._base import LinearCode, _independent_rows
 from ._eft import _residual, _Split
 from ._validate import check_field, check_int, real_matrix, residues
@@ -215,8 +215,8 @@ class GradientCode(LinearCode):
         # float32 operands; zero columns/rows where a partition runs past the padding.
         # one allocation per side (large enough for huge pages: far fewer page faults than
         # n separate task arrays, measured 2x on the whole encode at 1024)
-        a_all = np.empty((n, M, s1 * nb), dtype=dtype)
-        b_all = np.empty((n, s1 * nb) + B.shape[1:], dtype=dtype)
+        a_all = _pool.empty((n, M, s1 * nb), dtype=dtype)
+        b_all = _pool.empty((n, s1 * nb) + B.shape[1:], dtype=dtype)
         pairs = []
         for w in range(n):
             parts = self.partitions(w)
