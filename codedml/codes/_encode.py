@@ -94,25 +94,29 @@ def _matrix(x: np.ndarray, lead: int, r0: int, r1: int) -> np.ndarray | None:
     return as_strided(base, shape=(nb, (r1 - r0) * C), strides=(s0, item), writeable=True)
 
 
-def _direct(blocks: Sequence[Block], idx: list[int], r0: int, r1: int, C: int) -> np.ndarray | None:
-    """The blocks ``idx`` (whole in rows ``r0:r1``) as one float64 2-D view when they are
-    C-ordered float64 rows at one stride in memory; else None."""
+def _direct(blocks: Sequence[Block], idx: list[int], r0: int, r1: int, C: int,
+            dtype: Any = np.float64) -> np.ndarray | None:
+    """The blocks ``idx`` (whole in rows ``r0:r1``) as one 2-D view when they are C-ordered
+    rows of ``dtype`` (None: any one real dtype) at one stride in memory; else None."""
     views = []
     for i in idx:
         b = blocks[i]
-        if isinstance(b, tuple) or b.dtype != np.float64 or b.shape[1] != C:
+        if isinstance(b, tuple) or b.shape[1] != C or b.dtype.kind not in "fiu":
+            return None
+        if b.dtype != (views[0].dtype if views else (b.dtype if dtype is None else dtype)):
             return None
         v = b[r0:r1]
-        if v.strides[-1] != 8 or (r1 - r0 > 1 and v.strides[0] != 8 * C):
+        if v.strides[-1] != v.itemsize or (r1 - r0 > 1 and v.strides[0] != v.itemsize * C):
             return None
         views.append(v)
     if not views:
         return None
+    item = views[0].itemsize
     ptr = [v.__array_interface__["data"][0] for v in views]
-    step = ptr[1] - ptr[0] if len(ptr) > 1 else 8 * C * (r1 - r0)
+    step = ptr[1] - ptr[0] if len(ptr) > 1 else item * C * (r1 - r0)
     if any(ptr[j + 1] - ptr[j] != step for j in range(len(ptr) - 1)) or step <= 0:
         return None
-    return as_strided(views[0], shape=(len(views), (r1 - r0) * C), strides=(step, 8))
+    return as_strided(views[0], shape=(len(views), (r1 - r0) * C), strides=(step, item))
 
 
 def combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, *, lead: int = 1,
@@ -259,7 +263,7 @@ def _systematic(G, blocks, flat, nsys, sq, post, cdt) -> bool:
         # rows), each chunk is one copy from A and the rest one fill.
         live = [i for i, blk in enumerate(blocks) if _rows(blk) > a]
         span = live == list(range(live[0], live[-1] + 1)) if live else False
-        D_all = _direct(blocks, live, a, b, C) if span else None
+        D_all = _direct(blocks, live, a, b, C, dtype=None) if span else None
         for r0 in range(a, b, step):
             r1 = min(b, r0 + step)
             c0, c1 = r0 * C, r1 * C
