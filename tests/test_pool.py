@@ -244,3 +244,23 @@ def test_property_live_arrays_disjoint_and_pool_bounded(pool, shapes, keep, limi
         del x
         gc.collect()
         assert pool.free_bytes <= limit
+
+
+def test_public_pool_is_the_encoders_and_limit_zero_turns_reuse_off():
+    import codedml.codes as cc
+
+    p = cc.task_pool()
+    assert isinstance(p, cc.TaskPool) and p is _pool._POOL
+    old = p.limit
+    try:
+        p.limit = 0
+        A = np.ones((1024, 256))                   # tasks of 2 MB: above MIN_BYTES
+        enc = MDSCode(6, 4).encode(A, np.ones((256, 8)))
+        base = np.asarray(enc[0].a).base
+        assert not isinstance(base, _pool._Lease)
+        p.limit = old
+        del enc
+        enc = MDSCode(6, 4).encode(A, np.ones((256, 8)))
+        assert isinstance(np.asarray(enc[0].a).base.base, _pool._Lease)
+    finally:
+        p.limit = old
