@@ -15,8 +15,6 @@ overhead over that copy bound. :func:`combine` therefore
   split by rows: MDS and polynomial codes), the GEMM reads them where they lie; where the
   tasks' chunk is such a matrix of the compute dtype, it writes them there (where both hold
   and no norms are asked for, the whole range is one GEMM);
-* gathers a chunk of equally laid-out blocks at one step in memory (column halves of B,
-  inner pairs packed as complex blocks) by one strided copy, not one per block;
 * for systematic codes computes only the parity rows, in the same pass: per chunk the data
   blocks' rows are copied into the systematic tasks (tasks never alias the caller's arrays: a
   worker may update its stored block in place) and the parity GEMM reads them from there
@@ -126,55 +124,6 @@ def _direct(blocks: Sequence[Block], idx: list[int], r0: int, r1: int, C: int,
     return as_strided(views[0], shape=(len(views), (r1 - r0) * C), strides=(step, item))
 
 
-def _stack(arrs: Sequence[np.ndarray], r0: int, r1: int, C: int) -> np.ndarray | None:
-    """Rows ``r0:r1`` of equally laid out real 2-D views (each ``C`` columns wide and whole in
-    these rows) whose data lie at one step in memory, as one ``(len, r1 - r0, C)`` view; else
-    None. (Column blocks of one matrix, inner pairs of a block row: one copy gathers them.)"""
-    if not arrs:
-        return None
-    a0 = arrs[0]
-    for a in arrs:
-        if (not isinstance(a, np.ndarray) or a.ndim != 2 or a.shape[1] != C or a.shape[0] < r1
-                or a.dtype != a0.dtype or a.strides != a0.strides or a.dtype.kind not in "fiu"):
-            return None
-    ptr = [a.__array_interface__["data"][0] for a in arrs]
-    step = ptr[1] - ptr[0] if len(ptr) > 1 else 0
-    if any(ptr[j + 1] - ptr[j] != step for j in range(len(ptr) - 1)):
-        return None
-    return as_strided(a0[r0:r1], shape=(len(arrs), r1 - r0, C), strides=(step,) + a0.strides)
-
-
-def _gather_all(blocks: Sequence[Block], idx: Sequence[int], dst: np.ndarray, r0: int, r1: int,
-                C: int) -> None:
-    """Rows ``r0:r1`` of the blocks ``idx`` (whole in these rows) into ``dst`` (len(idx) x
-    (r1 - r0) * C, compute dtype): one copy (two for complex pairs) where the blocks lie at one
-    step in memory, else block by block."""
-    rc = r1 - r0
-    d3 = np.reshape(dst, (len(idx), rc, C), copy=False)     # a view: writes land in dst
-    parts = [_parts(blocks[i]) for i in idx]
-    if all(im is None for _, im, _ in parts):
-        V = _stack([re for re, _, _ in parts], r0, r1, C)
-        if V is not None:
-            if np.iscomplexobj(d3):
-                np.copyto(d3.real, V, casting="unsafe")
-                d3.imag[...] = 0
-            else:
-                np.copyto(d3, V, casting="unsafe")
-            return
-    elif np.iscomplexobj(d3) and all(im is not None and sg == parts[0][2] for _, im, sg in parts):
-        V = _stack([re for re, _, _ in parts], r0, r1, C)
-        W = _stack([im for _, im, _ in parts], r0, r1, C)
-        if V is not None and W is not None:
-            np.copyto(d3.real, V, casting="unsafe")
-            if parts[0][2] == 1.0:
-                np.copyto(d3.imag, W, casting="unsafe")
-            else:
-                np.negative(W, out=d3.imag, casting="unsafe")
-            return
-    for j, i in enumerate(idx):
-        _gather(blocks[i], d3[j], r0, r1)
-
-
 def combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, *, lead: int = 1,
             nsys: int = 0, sq: np.ndarray | None = None, post: Any = None) -> np.ndarray:
     """Write ``out[o] = blocks[o]`` for ``o < nsys`` and ``out[o] = sum_i G[o - nsys, i]
@@ -244,7 +193,8 @@ def _combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, lea
             D = _direct(blocks, live, r0, r1, C)
         if D is None and live:
             D = buf_full[:len(live), :rc * C]
-            _gather_all(blocks, live, D, r0, r1, C)
+            for j, i in enumerate(live):
+                _gather(blocks[i], D[j].reshape(rc, C), r0, r1)
         for o in range(nsys):  # systematic outputs: the blocks themselves, one copy
             dst = _out_block(out, flat, lead_shape, o)[r0:r1]
             if o in live:
@@ -325,10 +275,6 @@ def _systematic(G, blocks, flat, nsys, sq, post, cdt) -> bool:
             dst = S_all[:, c0:c1] if same else buf[:, :c1 - c0]
             if D_all is not None:
                 np.copyto(dst[live[0]:live[-1] + 1], D_all[:, c0 - a * C:c1 - a * C], casting="unsafe")
-                dst[:live[0]] = 0
-                dst[live[-1] + 1:] = 0
-            elif span:
-                _gather_all(blocks, live, dst[live[0]:live[-1] + 1], r0, r1, C)
                 dst[:live[0]] = 0
                 dst[live[-1] + 1:] = 0
             else:
