@@ -338,6 +338,10 @@ def _rowsq(X: np.ndarray) -> np.ndarray:
     magnitudes in float64."""
     if np.iscomplexobj(X):
         X = X.view(X.real.dtype)
+    if X.dtype == np.float64 and X.shape[1]:
+        # one BLAS dot per row (a stack of 1 x L by L x 1 products): about 2x einsum's speed
+        # on a chunk in cache
+        return np.matmul(X[:, None, :], X[:, :, None]).reshape(X.shape[0])
     return np.einsum("ij,ij->i", X, X, dtype=np.float64)
 
 
