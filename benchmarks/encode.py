@@ -39,7 +39,8 @@ The codes (8-17 workers): MDS(17, 15) and MDS(8, 6) plain and systematic, Polyno
 4x4), MatDot(17, m=8) plain and systematic, PolyDot(17, 2x2x3), the cyclic gradient code
 (16 workers, 2 stragglers), each for float64 and float32 inputs (``precision="auto"``), and
 over GF(65537) MDS(17, 15) plain and systematic and Polynomial(17, 4x4). ``A`` and ``B``
-are ``size x size``.
+are ``size x size``. "Plain" is ``systematic=False``: MDS and MatDot codes are systematic by
+default, so the systematic rows are what a job gets without asking.
 
 Usage::
 
@@ -83,19 +84,21 @@ PRIME = 65537
 
 def cases() -> list[dict]:
     real = [
-        ("MDS (17,15)", MDSCode(17, 15)),
+        # the plain rows ask for the non-systematic form: MDS and MatDot codes are
+        # systematic by default
+        ("MDS (17,15)", MDSCode(17, 15, systematic=False)),
         ("MDS (17,15) sys", MDSCode(17, 15, systematic=True)),
-        ("MDS (8,6)", MDSCode(8, 6)),
+        ("MDS (8,6)", MDSCode(8, 6, systematic=False)),
         ("MDS (8,6) sys", MDSCode(8, 6, systematic=True)),
         ("Polynomial (17) 4x4", PolynomialCode(17, 4, 4)),
-        ("MatDot (17) m=8", MatDotCode(17, 8)),
+        ("MatDot (17) m=8", MatDotCode(17, 8, systematic=False)),
         ("MatDot (17) m=8 sys", MatDotCode(17, 8, systematic=True)),
         ("PolyDot (17) 2x2x3", PolyDotCode(17, 2, 2, 3)),
         ("Gradient (16) s=2", GradientCode(16, 2)),
     ]
     out = [{"label": lab, "code": c, "dtype": dt} for dt in ("float64", "float32") for lab, c in real]
     out += [{"label": lab, "code": c, "dtype": "int64"} for lab, c in (
-        (f"MDS (17,15) GF({PRIME})", MDSCode(17, 15, field=PRIME)),
+        (f"MDS (17,15) GF({PRIME})", MDSCode(17, 15, field=PRIME, systematic=False)),
         (f"MDS (17,15) sys GF({PRIME})", MDSCode(17, 15, field=PRIME, systematic=True)),
         (f"Polynomial (17) 4x4 GF({PRIME})", PolynomialCode(17, 4, 4, field=PRIME)),
     )]
