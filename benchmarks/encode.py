@@ -5,7 +5,15 @@ thread, interleaved within each repeat so that drift on a shared machine hits ev
 alike:
 
 * ``encode``: ``code.encode(A, B)`` (validation, the split, the generator combinations, the
-  per-worker noise scales: everything a job pays before it sends);
+  per-worker noise scales: everything a job pays before it sends) in the steady state of a
+  job that encodes again and again: right after the previous encoding of the same case was
+  dropped, so its tasks land in that encoding's memory, reused through the task pool
+  (``codedml/codes/_pool.py``; the JSON's ``reused`` says whether every repeat's tasks did:
+  no fresh allocation of pooled size). The pool's limit is raised to hold one case's tasks
+  (the largest, Polynomial(17, 4x4) at 4096, needs 1.1 GB; the default keeps 1 GiB);
+* ``cold encode``: the same encode into fresh memory (the pool emptied first), as a job's
+  first encode: it also pays the kernel's zeroing of every new page on first touch, which the
+  copy bound, measured into warm memory, does not;
 * ``copy bound``: the time to read ``A`` and ``B`` once and write every task once (a task
   shared by several workers, like an MDS code's B, counts once), from the copy bandwidth
   measured in the same repeat: ``np.copyto`` of a float64 buffer as large as the tasks into a
@@ -22,8 +30,8 @@ alike:
   encode is compute-bound: no kernel can reach the copy bound there (MDS(17, 15)
   non-systematic does 2 x 2 x 15 real multiply-adds per task entry).
 
-It prints ``encode / copy bound``, ``encode / max(copy bound, flop bound)`` and ``encode /
-tensordot`` per case (medians over the repeats; the targets are at most 1.5 for the first
+It prints ``encode / copy bound``, ``encode / max(copy bound, flop bound)``, ``encode /
+tensordot`` and ``cold encode / copy bound`` per case (medians over the repeats; the targets are at most 1.5 for the first
 and at most 1.0 for the last) and checks each encode against the reference (largest
 difference relative to the largest entry; 0 over GF(p)).
 
@@ -31,7 +39,8 @@ The codes (8-17 workers): MDS(17, 15) and MDS(8, 6) plain and systematic, Polyno
 4x4), MatDot(17, m=8) plain and systematic, PolyDot(17, 2x2x3), the cyclic gradient code
 (16 workers, 2 stragglers), each for float64 and float32 inputs (``precision="auto"``), and
 over GF(65537) MDS(17, 15) plain and systematic and Polynomial(17, 4x4). ``A`` and ``B``
-are ``size x size``.
+are ``size x size``. "Plain" is ``systematic=False``: MDS and MatDot codes are systematic by
+default, so the systematic rows are what a job gets without asking.
 
 Usage::
 
@@ -67,6 +76,7 @@ from codedml.codes import (  # noqa: E402
     PolyDotCode,
     PolynomialCode,
 )
+from codedml.codes._pool import task_pool  # noqa: E402
 from codedml.codes._reference import reference_encode  # noqa: E402
 
 PRIME = 65537
@@ -74,19 +84,21 @@ PRIME = 65537
 
 def cases() -> list[dict]:
     real = [
-        ("MDS (17,15)", MDSCode(17, 15)),
+        # the plain rows ask for the non-systematic form: MDS and MatDot codes are
+        # systematic by default
+        ("MDS (17,15)", MDSCode(17, 15, systematic=False)),
         ("MDS (17,15) sys", MDSCode(17, 15, systematic=True)),
-        ("MDS (8,6)", MDSCode(8, 6)),
+        ("MDS (8,6)", MDSCode(8, 6, systematic=False)),
         ("MDS (8,6) sys", MDSCode(8, 6, systematic=True)),
         ("Polynomial (17) 4x4", PolynomialCode(17, 4, 4)),
-        ("MatDot (17) m=8", MatDotCode(17, 8)),
+        ("MatDot (17) m=8", MatDotCode(17, 8, systematic=False)),
         ("MatDot (17) m=8 sys", MatDotCode(17, 8, systematic=True)),
         ("PolyDot (17) 2x2x3", PolyDotCode(17, 2, 2, 3)),
         ("Gradient (16) s=2", GradientCode(16, 2)),
     ]
     out = [{"label": lab, "code": c, "dtype": dt} for dt in ("float64", "float32") for lab, c in real]
     out += [{"label": lab, "code": c, "dtype": "int64"} for lab, c in (
-        (f"MDS (17,15) GF({PRIME})", MDSCode(17, 15, field=PRIME)),
+        (f"MDS (17,15) GF({PRIME})", MDSCode(17, 15, field=PRIME, systematic=False)),
         (f"MDS (17,15) sys GF({PRIME})", MDSCode(17, 15, field=PRIME, systematic=True)),
         (f"Polynomial (17) 4x4 GF({PRIME})", PolynomialCode(17, 4, 4, field=PRIME)),
     )]
@@ -173,14 +185,24 @@ def run_size(size: int, repeats: int, rng: np.random.Generator, case_list: list[
     for dt in ("float64", "float32"):
         data[dt] = (rng.standard_normal((size, size)).astype(dt), rng.standard_normal((size, size)).astype(dt))
     data["int64"] = (rng.integers(0, PRIME, (size, size)), rng.integers(0, PRIME, (size, size)))
-    rec = {c["label"] + c["dtype"]: {"encode": [], "copy": [], "tensordot": [], "bytes_in": 0,
-                                    "bytes_out": 0, "diff": None} for c in case_list}
+    rec = {c["label"] + c["dtype"]: {"encode": [], "cold": [], "reused": [], "copy": [],
+                                    "tensordot": [], "bytes_in": 0, "bytes_out": 0, "diff": None}
+           for c in case_list}
     src = dst = None
+    pool = task_pool()
     for rep in range(repeats + 1):  # rep 0: warm-up (condition bounds, generators), discarded
         for c in case_list:
             r = rec[c["label"] + c["dtype"]]
             A, B = data[c["dtype"]]
-            t_enc, enc = timed(lambda: c["code"].encode(A, B))
+            pool.clear()      # cold: every task in fresh memory
+            t_cold, enc = timed(lambda: c["code"].encode(A, B))
+            if rep == 0:
+                # room for one case's tasks (the pool keeps them between the two encodes)
+                pool.limit = max(pool.limit, 2 * sum(x.nbytes for x in _operands(enc)))
+            del enc           # its memory returns to the pool ...
+            hits, misses = pool.hits, pool.misses
+            t_enc, enc = timed(lambda: c["code"].encode(A, B))   # ... and is reused here
+            reused = pool.misses == misses and pool.hits > hits
             if rep == 0:
                 ops = _operands(enc)
                 r["bytes_in"] = A.nbytes + B.nbytes
@@ -205,6 +227,8 @@ def run_size(size: int, repeats: int, rng: np.random.Generator, case_list: list[
                 r.setdefault("flop", []).append(None if mac is None else 2 * mac / rate)
                 r.setdefault("rate", []).append(rate / 1e9)
                 r["encode"].append(t_enc)
+                r["cold"].append(t_cold)
+                r["reused"].append(reused)
                 r["tensordot"].append(t_ref)
                 # a copy of nb float64 reads and writes 8 nb bytes each
                 r["copy"].append(t_cp * (r["bytes_in"] + r["bytes_out"]) / (2 * 8 * nb))
@@ -212,7 +236,7 @@ def run_size(size: int, repeats: int, rng: np.random.Generator, case_list: list[
     rows = []
     for c in case_list:
         r = rec[c["label"] + c["dtype"]]
-        enc, cp, ref = (statistics.median(r[k]) for k in ("encode", "copy", "tensordot"))
+        enc, cold, cp, ref = (statistics.median(r[k]) for k in ("encode", "cold", "copy", "tensordot"))
         fl = None if r["flop"][0] is None else statistics.median(r["flop"])
         bound = max(cp, fl or 0.0)
         rows.append({
@@ -221,14 +245,15 @@ def run_size(size: int, repeats: int, rng: np.random.Generator, case_list: list[
             "field": c["code"].field, "size": size, "workers": r["workers"],
             "recovery_threshold": r["recovery_threshold"],
             "bytes_in": r["bytes_in"], "bytes_out": r["bytes_out"],
-            "encode_s": enc, "copy_bound_s": cp, "tensordot_s": ref,
+            "encode_s": enc, "encode_cold_s": cold, "reused": all(r["reused"]),
+            "copy_bound_s": cp, "tensordot_s": ref,
             "copy_bandwidth_GBps": statistics.median(r["bw"]),
             "flop_bound_s": fl, "gemm_GFLOPs": statistics.median(r["rate"]),
             "multiply_adds": macs(c["code"], size),
             "encode_over_copy": enc / cp, "encode_over_tensordot": enc / ref,
-            "encode_over_bound": enc / bound,
+            "encode_over_bound": enc / bound, "cold_encode_over_copy": cold / cp,
             "max_rel_diff_vs_reference": r["diff"],
-            "samples": {k: r[k] for k in ("encode", "copy", "tensordot", "flop")},
+            "samples": {k: r[k] for k in ("encode", "cold", "copy", "tensordot", "flop")},
         })
     return rows
 
@@ -236,13 +261,16 @@ def run_size(size: int, repeats: int, rng: np.random.Generator, case_list: list[
 def print_table(rows: list[dict]) -> None:
     print(f"{'case':34s} {'dtype':8s} {'size':>5s} {'encode ms':>10s} {'copy-bound ms':>14s} "
           f"{'flop-bound ms':>14s} {'tensordot ms':>13s} {'enc/copy':>9s} {'enc/bound':>10s} "
-          f"{'enc/tdot':>9s} {'rel.diff':>9s}")
+          f"{'enc/tdot':>9s} {'cold/copy':>10s} {'rel.diff':>9s}")
     for r in rows:
         fl = "-" if r["flop_bound_s"] is None else f"{1e3 * r['flop_bound_s']:.2f}"
         print(f"{r['case']:34s} {r['dtype']:8s} {r['size']:5d} {1e3 * r['encode_s']:10.2f} "
               f"{1e3 * r['copy_bound_s']:14.2f} {fl:>14s} {1e3 * r['tensordot_s']:13.2f} "
               f"{r['encode_over_copy']:9.2f} {r['encode_over_bound']:10.2f} "
-              f"{r['encode_over_tensordot']:9.2f} {r['max_rel_diff_vs_reference']:9.1e}")
+              f"{r['encode_over_tensordot']:9.2f} {r['cold_encode_over_copy']:10.2f}"
+              f"{'' if r['reused'] else '*'} {r['max_rel_diff_vs_reference']:9.1e}")
+    if not all(r["reused"] for r in rows):
+        print("*: some repeat's tasks did not land in reused memory (encode is then not the steady state)")
 
 
 def plot(rows: list[dict], path: Path) -> None:

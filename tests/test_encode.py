@@ -115,6 +115,48 @@ def test_gfp_encode_equals_reference_exactly(kind, n, k_frac, M, N, K, p, vec, s
     _check(code, A, B)
 
 
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(KINDS), n=st.integers(2, 17), k_frac=st.floats(0.3, 1.0),
+       M=st.integers(1, 40), N=st.integers(1, 40), K=st.integers(1, 12),
+       dtype=st.sampled_from([np.float64, np.float32]), vec=st.booleans(),
+       precision=st.sampled_from(["auto", "float32", "float64"]),
+       field=st.sampled_from([None, 65537]), chunk=st.integers(1, 3000),
+       seed=st.integers(0, 2 ** 16))
+def test_encode_in_small_chunks_equals_reference(kind, n, k_frac, M, N, K, dtype, vec, precision,
+                                                 field, chunk, seed):
+    """Chunks of a few rows (every chunk boundary, padding segment and the systematic and
+    gradient passes' per-chunk norms exercised at small sizes): the reference tasks, and noise
+    scales equal to the tasks' own norms."""
+    from codedml.codes import _encode
+
+    code = _codes(n, kind, k_frac)
+    if field is not None:
+        if isinstance(code, GradientCode):
+            code = GradientCode(n, code.stragglers, code.scheme, field=field)
+        elif code.construction == "circle":
+            code = PolyDotCode(n, code.p, code.m, code.q, systematic=code.systematic, field=field)
+        else:
+            return                     # GF(p) codes take circle points
+        precision = "auto"
+    if vec and getattr(code, "q", 1) > 1:
+        vec = False
+    rng = np.random.default_rng(seed)
+    if field is None:
+        A, B = _real_inputs(rng, M, N, K, dtype, vec)
+    else:
+        A, B = rng.integers(0, field, (M, N)), rng.integers(0, field, (N,) if vec else (N, K))
+    old = _encode.CHUNK_BYTES
+    _encode.CHUNK_BYTES = chunk
+    try:
+        enc = _check(code, A, B, precision)
+    finally:
+        _encode.CHUNK_BYTES = old
+    if field is None:
+        own = np.array([np.linalg.norm(np.asarray(t.a, dtype=np.complex128))
+                        * np.linalg.norm(np.asarray(t.b, dtype=np.complex128)) for t in enc])
+        np.testing.assert_allclose(enc.scales, own, rtol=1e-6, atol=1e-300)
+
+
 @pytest.mark.parametrize("precision", ["float32", "float64", "compensated"])
 def test_precision_choices_encode_as_reference(precision):
     rng = np.random.default_rng(3)

@@ -8,6 +8,7 @@ each computing ``task.a @ task.b``) and ``decode(results, errors=...)``.
 from ._base import FLOAT32_MAX_CONDITION, DecodeInfo, Encoding, LinearCode, Task
 from ._field import Residues
 from ._gfp import MAX_PRIME, matmul_mod
+from ._pool import TaskPool, task_pool
 from .gradient import GradientCode
 from .numerics import condition_number, worst_case_condition
 from .polydot import CONSTRUCTIONS, MatDotCode, MDSCode, PolyDotCode, PolynomialCode
@@ -31,4 +32,6 @@ __all__ = [
     "matmul_mod",
     "MAX_PRIME",
     "FLOAT32_MAX_CONDITION",
+    "TaskPool",
+    "task_pool",
 ]

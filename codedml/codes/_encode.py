@@ -15,13 +15,18 @@ overhead over that copy bound. :func:`combine` therefore
   split by rows: MDS and polynomial codes), the GEMM reads them where they lie; where the
   tasks' chunk is such a matrix of the compute dtype, it writes them there (where both hold
   and no norms are asked for, the whole range is one GEMM);
-* for systematic codes computes only the parity rows; the systematic tasks receive the data
-  blocks by one copy (tasks never alias the caller's arrays: a worker may update its stored
-  block in place);
+* for systematic codes computes only the parity rows, in the same pass: per chunk the data
+  blocks' rows are copied into the systematic tasks (tasks never alias the caller's arrays: a
+  worker may update its stored block in place) and the parity GEMM reads them from there
+  while they are in cache (:func:`_systematic`), so the blocks are read from memory once;
 * takes each output's sum of squares on the chunk it just wrote (``sq=``: the decoder's
   noise scales need the tasks' norms, and a separate pass would read every task again) and
   applies ``post=`` to each chunk of products before storing it (GF(p): exact integer
   products reduced mod p).
+
+The callers allocate the tasks through :func:`codedml.codes._pool.empty`, which reuses the
+memory of earlier tasks once nothing reaches them (no first-touch page faults in the steady
+state of a job that encodes repeatedly).
 
 Arithmetic stays that of the plain encode (float64 / complex128 products of the float64
 values, rounded once to the operand dtype), so the tasks equal
@@ -94,25 +99,29 @@ def _matrix(x: np.ndarray, lead: int, r0: int, r1: int) -> np.ndarray | None:
     return as_strided(base, shape=(nb, (r1 - r0) * C), strides=(s0, item), writeable=True)
 
 
-def _direct(blocks: Sequence[Block], idx: list[int], r0: int, r1: int, C: int) -> np.ndarray | None:
-    """The blocks ``idx`` (whole in rows ``r0:r1``) as one float64 2-D view when they are
-    C-ordered float64 rows at one stride in memory; else None."""
+def _direct(blocks: Sequence[Block], idx: list[int], r0: int, r1: int, C: int,
+            dtype: Any = np.float64) -> np.ndarray | None:
+    """The blocks ``idx`` (whole in rows ``r0:r1``) as one 2-D view when they are C-ordered
+    rows of ``dtype`` (None: any one real dtype) at one stride in memory; else None."""
     views = []
     for i in idx:
         b = blocks[i]
-        if isinstance(b, tuple) or b.dtype != np.float64 or b.shape[1] != C:
+        if isinstance(b, tuple) or b.shape[1] != C or b.dtype.kind not in "fiu":
+            return None
+        if b.dtype != (views[0].dtype if views else (b.dtype if dtype is None else dtype)):
             return None
         v = b[r0:r1]
-        if v.strides[-1] != 8 or (r1 - r0 > 1 and v.strides[0] != 8 * C):
+        if v.strides[-1] != v.itemsize or (r1 - r0 > 1 and v.strides[0] != v.itemsize * C):
             return None
         views.append(v)
     if not views:
         return None
+    item = views[0].itemsize
     ptr = [v.__array_interface__["data"][0] for v in views]
-    step = ptr[1] - ptr[0] if len(ptr) > 1 else 8 * C * (r1 - r0)
+    step = ptr[1] - ptr[0] if len(ptr) > 1 else item * C * (r1 - r0)
     if any(ptr[j + 1] - ptr[j] != step for j in range(len(ptr) - 1)) or step <= 0:
         return None
-    return as_strided(views[0], shape=(len(views), (r1 - r0) * C), strides=(step, 8))
+    return as_strided(views[0], shape=(len(views), (r1 - r0) * C), strides=(step, item))
 
 
 def combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, *, lead: int = 1,
@@ -152,6 +161,8 @@ def _combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, lea
         G = np.ascontiguousarray(G, dtype=cdt)
     flat = _flat(out, lead, n_out)
     if R == 0 or C == 0 or n_out == 0:
+        return out
+    if nsys and flat is not None and nsys == k and _systematic(G, blocks, flat, nsys, sq, post, cdt):
         return out
     if nsys and flat is not None:
         # systematic outputs: each block copied once, whole; then the parity rows alone
@@ -226,6 +237,72 @@ def _combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, lea
     return out
 
 
+def _systematic(G, blocks, flat, nsys, sq, post, cdt) -> bool:
+    """Systematic outputs and parity rows in one pass over the blocks: per cache-sized row
+    chunk, the blocks' rows are copied into the systematic tasks (one copy when the blocks lie
+    at one stride in memory), and the parity GEMM reads them from there (or from the float64
+    gather buffer where the tasks are of another dtype) while they are in cache; the blocks are
+    read from memory once. Needs the tasks C-ordered (``flat`` a stack of (R, C) matrices).
+    Returns whether it did (False: a layout it does not handle; nothing written)."""
+    n_out, R, C = flat.shape
+    item = flat.itemsize
+    if flat.strides[-1] != item or (R > 1 and flat.strides[-2] != C * item):
+        return False
+    if n_out > 1 and flat.strides[0] <= 0:
+        return False
+    par = n_out - nsys
+    same = flat.dtype == cdt and post is None   # tasks hold the compute dtype's values
+    step = max(1, CHUNK_BYTES // max(1, max(nsys, par) * C * cdt.itemsize))
+    # the tasks as two 2-D matrices (outputs x R*C) at the tasks' stride: chunks are column
+    # slices of these (views, no per-chunk setup)
+    S_all = as_strided(flat, shape=(nsys, R * C), strides=(flat.strides[0], item), writeable=True)
+    P_all = (as_strided(flat[nsys:], shape=(par, R * C), strides=(flat.strides[0], item), writeable=True)
+             if par else None)
+    Gc = None if G is None or not par else np.ascontiguousarray(G, dtype=cdt)
+    buf = None if same else np.empty((nsys, step * C), dtype=cdt)
+    tmp = None if same or not par else np.empty((par, step * C), dtype=cdt)
+    ends = sorted({min(_rows(b), R) for b in blocks} | {R, 0})
+    for a, b in zip(ends[:-1], ends[1:]):
+        # blocks that reach past row a are whole in rows a:b; the rest are zero there. Where
+        # the former are consecutive and lie at one stride in memory (a C-ordered A split by
+        # rows), each chunk is one copy from A and the rest one fill.
+        live = [i for i, blk in enumerate(blocks) if _rows(blk) > a]
+        span = live == list(range(live[0], live[-1] + 1)) if live else False
+        D_all = _direct(blocks, live, a, b, C, dtype=None) if span else None
+        for r0 in range(a, b, step):
+            r1 = min(b, r0 + step)
+            c0, c1 = r0 * C, r1 * C
+            dst = S_all[:, c0:c1] if same else buf[:, :c1 - c0]
+            if D_all is not None:
+                np.copyto(dst[live[0]:live[-1] + 1], D_all[:, c0 - a * C:c1 - a * C], casting="unsafe")
+                dst[:live[0]] = 0
+                dst[live[-1] + 1:] = 0
+            else:
+                for o in range(nsys):
+                    _gather(blocks[o], dst[o].reshape(r1 - r0, C), r0, r1)
+            src = dst
+            if not same:
+                _store(S_all[:, c0:c1], src)
+            if sq is not None:
+                sq[:nsys] += _rowsq(src)
+            if not par:
+                continue
+            P = P_all[:, c0:c1]
+            if same:
+                np.matmul(Gc, src, out=P)
+                if sq is not None:
+                    sq[nsys:] += _rowsq(P)
+                continue
+            t = tmp[:, :c1 - c0]
+            np.matmul(Gc, src, out=t)
+            if sq is not None:
+                sq[nsys:] += _rowsq(t)
+            if post is not None:
+                t = post(t)
+            _store(P, t)
+    return True
+
+
 def _whole(G, blocks, out, flat, nsys, r0, r1, C, cdt, sq=None) -> bool:
     """Rows ``r0:r1`` by GEMMs straight from the blocks into the tasks when no gathering and no
     temporary is needed: real float64 blocks at one stride in memory, every one whole in these
@@ -261,6 +338,10 @@ def _rowsq(X: np.ndarray) -> np.ndarray:
     magnitudes in float64."""
     if np.iscomplexobj(X):
         X = X.view(X.real.dtype)
+    if X.dtype == np.float64 and X.shape[1]:
+        # one BLAS dot per row (a stack of 1 x L by L x 1 products): about 2x einsum's speed
+        # on a chunk in cache
+        return np.matmul(X[:, None, :], X[:, :, None]).reshape(X.shape[0])
     return np.einsum("ij,ij->i", X, X, dtype=np.float64)
 
 

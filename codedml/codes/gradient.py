@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigurationError, CorruptResultError
-from . import _gfp
+from . import _gfp, _pool
 from ._base import LinearCode, _independent_rows
 from ._eft import _residual, _Split
 from ._validate import check_field, check_int, real_matrix, residues
@@ -211,38 +211,23 @@ class GradientCode(LinearCode):
                  if P is None else np.dtype(np.int64))
         # Each task written once, straight from A's and B's partitions (views): worker w's
         # a holds coef[w, j] * A_j side by side for its partitions j, its b the B_j stacked.
-        # Real: the products run in float64 (a float64 scalar) and are rounded once into
+        # Real: the products run in float64 (float64 coefficients) and are rounded once into
         # float32 operands; zero columns/rows where a partition runs past the padding.
-        # one allocation per side (large enough for huge pages: far fewer page faults than
-        # n separate task arrays, measured 2x on the whole encode at 1024)
-        a_all = np.empty((n, M, s1 * nb), dtype=dtype)
-        b_all = np.empty((n, s1 * nb) + B.shape[1:], dtype=dtype)
-        pairs = []
-        for w in range(n):
-            parts = self.partitions(w)
-            coef = self.coefficients[w]
-            a, b = a_all[w], b_all[w]
-            for t, j in enumerate(parts):
-                lo, hi = min(j * nb, N), min((j + 1) * nb, N)
-                da, db = a[:, t * nb:t * nb + hi - lo], b[t * nb:t * nb + hi - lo]
-                if P is None:
-                    np.multiply(A[:, lo:hi], np.float64(coef[j]), out=da, casting="unsafe")
-                else:
-                    np.multiply(A[:, lo:hi], int(coef[j]), out=da)
-                    np.remainder(da, P, out=da)
-                np.copyto(db, B[lo:hi], casting="unsafe")
-                a[:, t * nb + hi - lo:(t + 1) * nb] = 0
-                b[t * nb + hi - lo:(t + 1) * nb] = 0
-            pairs.append((a, b))
+        # One allocation per side (reused memory from the task pool, codes/_pool.py).
+        a_all = _pool.empty((n, M, s1 * nb), dtype=dtype)
+        b_all = _pool.empty((n, s1 * nb) + B.shape[1:], dtype=dtype)
+        sq = _write_tasks(A, B, a_all, b_all, [self.partitions(w) for w in range(n)],
+                          self.coefficients, nb, P)
+        pairs = [(a_all[w], b_all[w]) for w in range(n)]
         shape = (A.shape[0],) + B.shape[1:]
         if P is not None:
             return pairs, shape, nb * s1, dtype
-        # Scales ||a_w|| ||b_w|| from one pass over A and B, not one over the (s+1)x larger
-        # tasks: ||a_w||^2 = sum_j coef_wj^2 ||A_j||^2 and ||b_w||^2 = sum_j ||B_j||^2 over
-        # its partitions j (equal to the tasks' own norms up to their rounding). A NaN or Inf
-        # input makes a scale non-finite, which sends LinearCode.encode to the exact check.
-        sa = _partition_squares(A, n, nb)
-        sb = _partition_squares(B.reshape(B.shape[0], -1).T, n, nb)
+        # Scales ||a_w|| ||b_w|| from the partitions' norms, taken while each chunk of A and B
+        # was in cache (not from the (s+1)x larger tasks): ||a_w||^2 = sum_j coef_wj^2 ||A_j||^2
+        # and ||b_w||^2 = sum_j ||B_j||^2 over its partitions j (equal to the tasks' own norms
+        # up to their rounding). A NaN or Inf input makes a scale non-finite, which sends
+        # LinearCode.encode to the exact check.
+        sa, sb = sq
         C2 = np.where(self._support, self.coefficients, 0.0) ** 2
         with np.errstate(invalid="ignore", over="ignore"):
             scales = np.sqrt(C2 @ sa) * np.sqrt(self._support.astype(np.float64) @ sb)
@@ -315,14 +300,85 @@ class GradientCode(LinearCode):
         return np.ascontiguousarray(C)
 
 
-def _partition_squares(X: np.ndarray, n: int, nb: int) -> np.ndarray:
-    """Per partition j (columns ``j nb .. (j+1) nb`` of ``X``), the sum of squares of its entries
-    in float64, from one pass over ``X`` (a partition past the padding sums to 0)."""
+def _runs(parts: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    """Consecutive partitions of a worker as ``(first, stop, slot)`` runs: partitions
+    ``first .. stop - 1`` sit side by side in the task from slot ``slot`` on."""
+    runs: list[tuple[int, int, int]] = []
+    for t, j in enumerate(parts):
+        if runs and runs[-1][1] == j:
+            runs[-1] = (runs[-1][0], j + 1, runs[-1][2])
+        else:
+            runs.append((j, j + 1, t))
+    return runs
+
+
+def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndarray,
+                 parts: list[tuple[int, ...]], coef: np.ndarray, nb: int,
+                 P: int | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Every worker's ``a`` (its partitions of A's columns, scaled, side by side) and ``b``
+    (its partitions of B's rows, stacked), reading A and B from memory once: A by chunks of
+    whole rows and B by chunks of a partition's rows, each chunk written into every task that
+    holds it while it is in cache (one operation per run of consecutive partitions), and its
+    partitions' sums of squares taken there. Returns them (float64, one per partition; None
+    over GF(p))."""
+    from ._encode import CHUNK_BYTES
+
+    n = len(parts)
+    M, N = A.shape
+    runs = [_runs(p) for p in parts]
+    real = P is None
+    colsq = np.zeros(n * nb) if real else None
+    # per worker and run: the columns of A it reads, and their coefficients (float64 for the
+    # reals: products in float64, rounded once into the task's dtype)
+    plan = []
+    for w in range(n):
+        for j0, j1, t in runs[w]:
+            lo, hi = min(j0 * nb, N), min(j1 * nb, N)
+            if real:
+                c = np.repeat(np.asarray(coef[w][j0:j1], dtype=np.float64), nb)[:hi - lo]
+            else:
+                c = np.repeat(np.asarray(coef[w][j0:j1], dtype=np.int64), nb)[:hi - lo]
+            plan.append((w, lo, hi, t * nb, (t + j1 - j0) * nb, c))
+    step = max(1, CHUNK_BYTES // max(1, N * A.itemsize))
     with np.errstate(invalid="ignore", over="ignore"):
-        cols = np.einsum("ij,ij->j", X, X, dtype=np.float64) if X.size else np.zeros(X.shape[1])
-    out = np.zeros(n * nb)
-    out[:cols.shape[0]] = cols
-    return out.reshape(n, nb).sum(axis=1)
+        for w, lo, hi, c0, c1, _ in plan:         # columns past the padding: zero
+            if c0 + hi - lo < c1:
+                a_all[w][:, c0 + hi - lo:c1] = 0
+        for r0 in range(0, M, step):
+            r1 = min(M, r0 + step)
+            X = A[r0:r1]
+            for w, lo, hi, c0, _, c in plan:
+                if hi > lo:
+                    d = a_all[w, r0:r1, c0:c0 + hi - lo]
+                    np.multiply(X[:, lo:hi], c, out=d, casting="unsafe")
+                    if not real:
+                        np.remainder(d, P, out=d)
+            if real and X.size:
+                colsq[:N] += np.einsum("ij,ij->j", X, X, dtype=np.float64)
+        # B: per partition, the workers (and slots) that hold it
+        holders: list[list[tuple[int, int]]] = [[] for _ in range(n)]
+        for w in range(n):
+            for t, j in enumerate(parts[w]):
+                holders[j].append((w, t))
+        rowsq = np.zeros(n) if real else None
+        width = int(np.prod(B.shape[1:], dtype=np.int64))
+        bstep = max(1, CHUNK_BYTES // max(1, width * B.itemsize))
+        for j in range(n):
+            lo, hi = min(j * nb, N), min((j + 1) * nb, N)
+            for w, t in holders[j]:               # rows past the padding: zero
+                b_all[w, t * nb + hi - lo:(t + 1) * nb] = 0
+            for r0 in range(lo, hi, bstep):
+                r1 = min(hi, r0 + bstep)
+                Y = B[r0:r1]
+                for w, t in holders[j]:
+                    np.copyto(b_all[w, t * nb + r0 - lo:t * nb + r1 - lo], Y, casting="unsafe")
+                if real:
+                    v = Y.reshape(-1)
+                    rowsq[j] += float(np.dot(v, v)) if v.dtype == np.float64 else \
+                        float(np.einsum("i,i->", v, v, dtype=np.float64))
+    if not real:
+        return None
+    return colsq.reshape(n, nb).sum(axis=1), rowsq
 
 
 def _cyclic_dft(n: int, s: int) -> np.ndarray | None:

@@ -1,0 +1,199 @@
+"""Reused memory for encoded tasks: :func:`empty`, backed by :class:`TaskPool`.
+
+Why: an encode writes every task once, and a task array freshly obtained from the allocator
+is fresh pages (large allocations are ``mmap`` ed and handed back to the system when freed),
+so the kernel zeroes each page on first touch: a second write pass that the copy bound does
+not pay (measured at 2048 x 2048: more system time than user time in the encode benchmark).
+A job that encodes again and again (training: one encode per step) can write its tasks into
+the memory of a previous encoding's tasks once those are gone: already mapped, no faults.
+
+Safety: memory is handed out again only when **no array can reach it any more**. Each pooled
+array is made by numpy from a small exporter object (:class:`_Lease`, through
+``__array_interface__``), which numpy keeps as the array's ``base``; every view, reshape,
+slice, ``memoryview``, ``np.frombuffer`` of a memoryview or ``torch.from_numpy`` of the array
+keeps the array, hence the exporter, alive (numpy collapses a view's base chain only through
+ndarrays, and stops at the exporter). A ``weakref.finalize`` on the exporter puts the
+backing memory back into the pool when the exporter dies, which Python does only once the
+last reference to it, direct or through any view, is gone. What escapes this is what numpy's
+own memory management cannot see either: a raw address (``arr.ctypes.data``) kept past the
+array's life.
+
+Bounds: the pool keeps at most :attr:`TaskPool.limit` bytes of *free* memory (memory in use
+by live tasks belongs to them, as with ``np.empty``); beyond that the least recently
+returned buffers are dropped (to the allocator, hence the system). Allocations under
+:data:`MIN_BYTES` bypass the pool (the allocator reuses small blocks without page faults).
+
+Threads: the runtime encodes under its own lock, but a finalizer runs wherever the last
+reference dies (any thread, or inside the garbage collector while this thread holds the
+pool's lock). A finalizer therefore only appends to a deque (atomic, never blocks) and takes
+the lock only if it is free at once; whoever takes the lock next moves returned buffers into
+the free list and evicts beyond the limit.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import weakref
+from typing import Any
+
+import numpy as np
+
+#: Requests smaller than this (bytes) get a plain ``np.empty``.
+MIN_BYTES = 1 << 20
+
+#: Default bound on the free memory the pool keeps (bytes).
+DEFAULT_LIMIT = 1 << 30
+
+#: Alignment of a pooled array's data (bytes): a cache line, as numpy's own allocations.
+_ALIGN = 64
+
+#: Backing buffers are sized in these steps, so that requests that differ slightly (another
+#: padding) share them.
+_GRAIN = 1 << 16
+
+#: A free buffer serves a request when it is at most this factor larger (memory not wasted on
+#: a small task sitting in a large buffer while the large request allocates anew).
+_FIT = 1.25
+
+
+class _Lease:
+    """The exporter numpy keeps as a pooled array's ``base``: while it lives, its backing
+    buffer is in use; when it dies, a finalizer returns the buffer to the pool."""
+
+    __slots__ = ("__array_interface__", "_backing", "__weakref__")
+
+    def __init__(self, backing: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        ptr = backing.__array_interface__["data"][0]
+        off = (-ptr) % _ALIGN
+        self._backing = backing          # the memory stays valid at least as long as this
+        self.__array_interface__ = {
+            "data": (ptr + off, False), "shape": shape, "typestr": dtype.str,
+            "descr": dtype.descr, "version": 3}
+
+
+class TaskPool:
+    """Free task buffers, reused by :func:`empty` once no array reaches them (module docstring).
+
+    Parameters
+    ----------
+    limit : bytes of free memory kept at most (0: keep none, every request allocates anew)
+    """
+
+    def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
+        self._lock = threading.Lock()
+        self._free: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._free_bytes = 0
+        self._returned: collections.deque[np.ndarray] = collections.deque()
+        self._limit = int(limit)
+        self.hits = 0
+        """Requests served from returned memory."""
+        self.misses = 0
+        """Requests of at least :data:`MIN_BYTES` that allocated fresh memory."""
+        self.evicted = 0
+        """Buffers dropped to keep the free memory within :attr:`limit`."""
+
+    @property
+    def limit(self) -> int:
+        """Bytes of free memory the pool keeps at most; setting it evicts down to it."""
+        return self._limit
+
+    @limit.setter
+    def limit(self, value: int) -> None:
+        value = int(value)
+        if value < 0:
+            raise ValueError(f"`limit` must be at least 0 bytes, got {value}")
+        with self._lock:
+            self._limit = value
+            self._settle()
+
+    @property
+    def free_bytes(self) -> int:
+        """Bytes of returned memory held for reuse (after moving in what finalizers returned)."""
+        with self._lock:
+            self._settle()
+            return self._free_bytes
+
+    def clear(self) -> None:
+        """Drop every free buffer (live arrays keep theirs; they come back when they die)."""
+        with self._lock:
+            self._settle()
+            self.evicted += len(self._free)
+            self._free.clear()
+            self._free_bytes = 0
+
+    def empty(self, shape: Any, dtype: Any) -> np.ndarray:
+        """An uninitialised C-ordered array, like ``np.empty(shape, dtype)``, in reused memory
+        where a returned buffer fits."""
+        dtype = np.dtype(dtype)
+        shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if nbytes < MIN_BYTES or self._limit <= 0 or dtype.hasobject:
+            return np.empty(shape, dtype)
+        need = -(-(nbytes + _ALIGN) // _GRAIN) * _GRAIN
+        with self._lock:
+            self._settle()
+            backing = self._take(need)
+            if backing is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+        if backing is None:
+            backing = np.empty(need, np.uint8)
+        lease = _Lease(backing, shape, dtype)
+        fin = weakref.finalize(lease, self._give_back, backing)
+        fin.atexit = False
+        return np.asarray(lease)
+
+    # ------------------------------------------------------------------ internals
+    def _take(self, need: int) -> np.ndarray | None:
+        """The smallest free buffer of at least ``need`` bytes and at most ``_FIT`` times it,
+        removed from the free list; None if there is none. Lock held."""
+        best = None
+        for key, buf in self._free.items():
+            if need <= buf.nbytes <= need * _FIT and (best is None or buf.nbytes < self._free[best].nbytes):
+                best = key
+        if best is None:
+            return None
+        buf = self._free.pop(best)
+        self._free_bytes -= buf.nbytes
+        return buf
+
+    def _settle(self) -> None:
+        """Move the buffers finalizers returned into the free list (most recent last) and
+        drop the least recently returned beyond the limit. Lock held."""
+        while True:
+            try:
+                buf = self._returned.popleft()
+            except IndexError:
+                break
+            self._free[id(buf)] = buf
+            self._free_bytes += buf.nbytes
+        while self._free_bytes > self._limit and self._free:
+            _, buf = self._free.popitem(last=False)
+            self._free_bytes -= buf.nbytes
+            self.evicted += 1
+
+    def _give_back(self, backing: np.ndarray) -> None:
+        """Finalizer of a lease: any thread, possibly inside the garbage collector while the
+        lock is held by this very thread, so it never waits for the lock."""
+        self._returned.append(backing)
+        if self._lock.acquire(blocking=False):
+            try:
+                self._settle()
+            finally:
+                self._lock.release()
+
+
+_POOL = TaskPool()
+
+
+def task_pool() -> TaskPool:
+    """The process's pool of task memory (set ``task_pool().limit = 0`` to turn reuse off)."""
+    return _POOL
+
+
+def empty(shape: Any, dtype: Any) -> np.ndarray:
+    """``np.empty(shape, dtype)`` for task arrays, in reused memory where possible
+    (:class:`TaskPool`)."""
+    return _POOL.empty(shape, dtype)
