@@ -10,7 +10,7 @@ alike:
   dropped, so its tasks land in that encoding's memory, reused through the task pool
   (``codedml/codes/_pool.py``; the JSON's ``reused`` says whether every repeat's tasks did:
   no fresh allocation of pooled size). The pool's limit is raised to hold one case's tasks
-  (the largest, Polynomial(17, 4x4) at 4096, needs 1.1 GB; the default keeps 1 GiB);
+  (the largest, Polynomial(17, 4x4) at 4096, needs 1.1 GB; the default keeps 256 MiB);
 * ``cold encode``: the same encode into fresh memory (the pool emptied first), as a job's
   first encode: it also pays the kernel's zeroing of every new page on first touch, which the
   copy bound, measured into warm memory, does not;

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from codedml.codes import GradientCode, MatDotCode, MDSCode, PolyDotCode, PolynomialCode
 from codedml.codes import _pool
 from codedml.codes._reference import reference_encode
+from codedml.errors import ConfigurationError
 
 
 @pytest.fixture
@@ -154,8 +155,9 @@ def test_pool_stays_within_its_limit(pool):
     assert pool.free_bytes == 0
     x = pool.empty((10, 1000), np.float64)     # limit 0: plain np.empty, nothing kept
     assert x.flags.owndata
-    with pytest.raises(ValueError, match="limit"):
-        pool.limit = -1
+    for bad in (-1, 1.5, "1", None, True):
+        with pytest.raises(ConfigurationError, match=r"`limit` must be an integer number of bytes >= 0.*got"):
+            pool.limit = bad
 
 
 def test_pool_reuses_best_fit_only(pool):

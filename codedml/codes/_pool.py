@@ -42,8 +42,9 @@ import numpy as np
 #: Requests smaller than this (bytes) get a plain ``np.empty``.
 MIN_BYTES = 1 << 20
 
-#: Default bound on the free memory the pool keeps (bytes).
-DEFAULT_LIMIT = 1 << 30
+#: Default bound on the free memory the pool keeps (bytes): a few encodings' tasks at 2048
+#: (MDS(17, 15) float64 tasks take 36 MB there); ``benchmarks/encode.py`` raises it for 4096.
+DEFAULT_LIMIT = 256 << 20
 
 #: Alignment of a pooled array's data (bytes): a cache line, as numpy's own allocations.
 _ALIGN = 64
@@ -100,9 +101,12 @@ class TaskPool:
 
     @limit.setter
     def limit(self, value: int) -> None:
+        from ..errors import ConfigurationError
+
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ConfigurationError(
+                f"`limit` must be an integer number of bytes >= 0 (0 turns reuse off), got {value!r}")
         value = int(value)
-        if value < 0:
-            raise ValueError(f"`limit` must be at least 0 bytes, got {value}")
         with self._lock:
             self._limit = value
             self._settle()
