@@ -430,10 +430,17 @@ class ResidentService:
 
     def _probe(self, handle: ResidentHandle, skip: Any, timeout: float | None,
                rng: np.random.Generator) -> Any:
+        """The report of :meth:`_start_probe`'s job once it settled (raises its error)."""
+        job = self._start_probe(handle, skip, timeout, rng)
+        self.core._wait(job)
+        return job.report
+
+    def _start_probe(self, handle: ResidentHandle, skip: Any, timeout: float | None,
+                     rng: np.random.Generator) -> Job:
         """One check of the blocks not in ``skip``: every such live worker multiplies its block
         by one fresh random vector, the root decodes with the largest error budget the answers
-        allow; the job's report (raises :class:`~codedml.errors.CorruptResultError` when the
-        answers hold more corrupt ones than that budget)."""
+        allow (the job raises :class:`~codedml.errors.CorruptResultError` when the answers hold
+        more corrupt ones than that budget)."""
         core = self.core
         with core._lock:
             core._check_open()
@@ -448,12 +455,10 @@ class ResidentService:
             t0 = time.perf_counter()
             enc, per_worker = self._encode_b(handle, r)
             req = Request(Op.MATMUL, 0, handle.id, handle.code.field, handle.compensated)
-            job = core._start(handle.code, enc, req, per_worker, budget, timeout, t0,
-                              wait_all=True, handle=handle.id, skip=set(skip))
-        core._wait(job)
-        return job.report
+            return core._start(handle.code, enc, req, per_worker, budget, timeout, t0,
+                               wait_all=True, handle=handle.id, skip=set(skip))
 
-    def _search(self, handle: ResidentHandle, live: list[int], stale: list[int],
+    def _search(self, handle: ResidentHandle, live: list[int], left_out: set[int],
                 timeout: float | None, rng: np.random.Generator,
                 exc: Exception) -> tuple[tuple[int, ...], Any, Any, Any] | None:
         """Locate one corrupt block more than a probe of all ``live`` blocks can.
@@ -467,29 +472,40 @@ class ResidentService:
         the full blocks: a code of distance ``>= 3`` on those blocks detects any one or two
         corrupt ones among them deterministically, so a wrong candidate is rejected unless
         three or more corruptions happen to form a codeword (a coincidence of measure zero for
-        corruptions independent of the random probe). Suspects named by the failed probe are
-        left out first. Returns ``(bad, probe report, A, fetch job)`` or ``None`` (no candidate
-        verified: the caller raises the original error)."""
+        corruptions independent of the random probe). When the failed probe held ``t`` stored
+        corruptions and a transient error, a good left-out block can join a verified candidate;
+        storing it anew is harmless. Suspects named by the failed probe are left out first. ``live`` are the blocks that answered the failed probe, ``left_out`` the
+        others (stale, silent); a worker silent in a probe of the search ends it, so the search
+        waits for a straggler's deadline at most once. Returns ``(bad, probe report, A, fetch
+        job)`` or ``None`` (no candidate verified: the caller raises the original error)."""
         k = handle.code.recovery_threshold
         m = len(live)
         t = (m - k) // 2
         if handle.code.field is not None or t < 1 or m - t - 1 < k + 2 or (m - 1 - k) // 2 < t:
             return None
         suspects = [w for w in getattr(exc, "suspects", ()) if w in live]
+
+        def heard(rep: Any, skip: set[int]) -> bool:
+            return not any(r.status in ("missing", "crashed") for r in rep.workers if r.worker not in skip)
+
         for w in suspects + [w for w in live if w not in suspects]:
             try:
-                rep = self._probe(handle, set(stale) | {w}, timeout, rng)
+                rep = self._probe(handle, left_out | {w}, timeout, rng)
             except CorruptResultError:
                 continue
+            if not heard(rep, left_out | {w}):
+                return None
             located = set(rep.faulty)
             if len(located) != t:   # not t + 1 corrupt with w among them: another w
                 continue
             bad = located | {w}
             try:
-                ver = self._probe(handle, set(stale) | bad, timeout, rng)
+                ver = self._probe(handle, left_out | bad, timeout, rng)
+                if not heard(ver, left_out | bad):
+                    return None
                 if ver.faulty:
                     continue
-                A, fjob = self._fetch(handle, 0, timeout, True, bad)
+                A, fjob = self._fetch(handle, 0, timeout, True, left_out | bad)
             except CorruptResultError:
                 continue
             if fjob.report.faulty:
@@ -508,20 +524,23 @@ class ResidentService:
             k = handle.code.recovery_threshold
             budget = max(0, (len(live) - k) // 2)
         searched = False
+        job = self._start_probe(handle, set(stale), timeout, rng)
         try:
-            rep = self._probe(handle, set(stale), timeout, rng)
+            core._wait(job)
+            rep = job.report
         except CorruptResultError as exc:
-            found = self._search(handle, live, stale, timeout, rng, exc)
+            answered = [w.worker for w in job.report.workers
+                        if w.worker in live and w.status in ("used", "corrupt", "spare", "late")]
+            found = self._search(handle, answered, set(range(core.workers)) - set(answered),
+                                 timeout, rng, exc)
             if found is None:
                 raise
             bad_found, rep, A, fjob = found
             searched = True
         if searched:
             faulty = bad_found
-            checked = tuple(sorted(set(faulty) | {w.worker for w in rep.workers
-                                                  if w.status in ("used", "corrupt", "spare")}))
-            missing = tuple(w.worker for w in rep.workers
-                            if w.status in ("missing", "crashed") and w.worker not in faulty)
+            checked = tuple(sorted(answered))
+            missing = tuple(sorted(set(live) - set(answered)))
         else:
             faulty = tuple(w.worker for w in rep.workers if w.status == "corrupt")
             missing = tuple(w.worker for w in rep.workers if w.status in ("missing", "crashed"))
