@@ -522,7 +522,6 @@ class ResidentService:
             stale = sorted(core._stale.get(handle.id, ()))
             live = [w for w in range(core.workers) if w not in core._dead and w not in stale]
             k = handle.code.recovery_threshold
-            budget = max(0, (len(live) - k) // 2)
         searched = False
         job = self._start_probe(handle, set(stale), timeout, rng)
         try:
@@ -547,7 +546,11 @@ class ResidentService:
             checked = tuple(w.worker for w in rep.workers if w.status in ("used", "corrupt"))
             if not faulty and not stale:
                 return ScrubReport(checked, (), (), missing, handle)
-            A, fjob = self._fetch(handle, budget, timeout, True, ())
+            # The located blocks are left out of the fetch (erased, not corrected again): each
+            # costs the fetch one spare answer instead of two, so it can still locate a
+            # corrupt block the probe's projection did not show.
+            left = len(live) - len(faulty)
+            A, fjob = self._fetch(handle, max(0, (left - k) // 2), timeout, True, set(faulty))
         bad = sorted(set(faulty) | set(fjob.report.faulty) | set(stale))
         # the repaired blocks get the stored blocks' dtype, whatever dtype the decode returned
         block_precision = "float32" if np.dtype(handle.dtype) == np.float32 else "float64"
