@@ -164,7 +164,9 @@ class CodedLinear(nn.Module):
         How many times a product is recomputed (a fresh job) when its results are detectably
         inconsistent beyond what ``errors`` corrects (:class:`~codedml.CorruptResultError`):
         more soft errors in one product than the code corrects are detected, never passed on.
-        The second and later retries first scrub the layer's stored blocks.
+        The second and later retries first scrub the layer's stored blocks. ``stats["healed"]``
+        counts the products that succeeded on a retry; one that never does raises the error
+        naming every failed attempt.
     dtype : torch.dtype, optional
         float16, bfloat16, float32 or float64 (default: torch's default dtype): the dtype of the
         layer's inputs, outputs, ``weight`` mirror and bias. The encoded weight is stored and

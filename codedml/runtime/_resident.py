@@ -414,13 +414,16 @@ class ResidentService:
         Detect: every live worker multiplies its block by one shared random vector ``r`` (a
         product of the size of ``x``, not of the block) and the root decodes ``A r`` with the
         largest error budget the answers allow, locating the inconsistent blocks. Repair (only
-        when some are found, or some blocks are stale): decode ``A`` from the good blocks
-        (:meth:`fetch`), re-encode it and store those workers' blocks anew. Workers that did
-        not answer within ``timeout`` are reported as ``missing`` (unchecked). Returns a
-        :class:`ScrubReport` whose ``handle`` (with fresh norm bounds) replaces the one passed
-        in. A check whose answers are inconsistent beyond the error budget (transient result
-        errors on top of storage errors) is repeated with a fresh probe, at most ``retries``
-        times.
+        when some are found, or some blocks are stale): decode ``A`` from the other blocks
+        (a fetch that leaves the located ones out), re-encode it and store those workers'
+        blocks anew. Workers that did not answer within ``timeout`` are reported as
+        ``missing`` (unchecked). Returns a :class:`ScrubReport` whose ``handle`` (with fresh
+        norm bounds) replaces the one passed in. Answers inconsistent beyond the error budget
+        are searched for one corrupt block more, leaving blocks out in turn
+        (:meth:`_search`; ``ScrubReport.searched``); failing that (transient result errors on
+        top of storage errors, or more corrupt blocks), the check is repeated with a fresh
+        probe, at most ``retries`` times, and then raises
+        :class:`~codedml.errors.CorruptResultError`.
         """
         from ._cluster import retry_on_corrupt
 
@@ -474,9 +477,10 @@ class ResidentService:
         three or more corruptions happen to form a codeword (a coincidence of measure zero for
         corruptions independent of the random probe). When the failed probe held ``t`` stored
         corruptions and a transient error, a good left-out block can join a verified candidate;
-        storing it anew is harmless. Suspects named by the failed probe are left out first. ``live`` are the blocks that answered the failed probe, ``left_out`` the
-        others (stale, silent); a worker silent in a probe of the search ends it, so the search
-        waits for a straggler's deadline at most once. Returns ``(bad, probe report, A, fetch
+        storing it anew is harmless. Suspects named by the failed probe are left out first.
+        ``live`` are the blocks that answered the failed probe, ``left_out`` the others (stale,
+        silent); a worker silent in a probe of the search ends it, so the search waits for a
+        straggler's deadline at most once. Returns ``(bad, probe report, A, fetch
         job)`` or ``None`` (no candidate verified: the caller raises the original error)."""
         k = handle.code.recovery_threshold
         m = len(live)
