@@ -68,7 +68,8 @@ from codedml.runtime.mpi import MPICluster  # noqa: E402
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 EVAL_EVERY = 7
-STATS = ("forward", "backward", "corrected", "skipped", "retried", "scrubs", "repaired")
+STATS = ("forward", "backward", "corrected", "skipped", "retried", "healed", "scrubs", "repaired",
+         "searched")
 
 
 def build_cnn(seed: int = 0) -> nn.Sequential:

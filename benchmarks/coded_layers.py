@@ -187,7 +187,7 @@ def main() -> int:
                    if isinstance(v, (int, float, str, bool, type(None), Path))}
     print("\nTraining the digits MLP (test accuracy after the last epoch)")
     print(f"{'model':10s} {'faults':7s} {'accuracy':>9s} {'wall s':>8s} {'corrected':>9s} "
-          f"{'skipped':>8s} {'retried':>8s} {'repaired':>8s}  note")
+          f"{'skipped':>8s} {'retried':>8s} {'healed':>7s} {'repaired':>8s} {'searched':>8s}  note")
     for c in out["curves"]:
         st = c["stats"] or {}
         acc = f"{100 * c['final_accuracy']:.1f}%" if c["test_accuracy"] else "-"
@@ -196,7 +196,8 @@ def main() -> int:
         wall = f"{c['wall_s'][-1]:.1f}" if c["wall_s"] else "-"
         note = (c["error"] or "")[:70]
         print(f"{c['kind']:10s} {str(c['faults']):7s} {acc:>9s} {wall:>8s} {st.get('corrected', '-'):>9} "
-              f"{st.get('skipped', '-'):>8} {st.get('retried', '-'):>8} {st.get('repaired', '-'):>8}  {note}")
+              f"{st.get('skipped', '-'):>8} {st.get('retried', '-'):>8} {st.get('healed', '-'):>7} "
+              f"{st.get('repaired', '-'):>8} {st.get('searched', '-'):>8}  {note}")
     base = {r["straggler_s"]: r["median_step_s"] for r in out["step_time"] if r["kind"] == "plain"}
     if out["step_time"]:
         print(f"\nPer-step time, {dim}x{dim} layer, batch {args.batch} (ratio to nn.Linear at the root, fault-free)")

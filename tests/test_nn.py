@@ -246,12 +246,13 @@ def test_training_under_stragglers_soft_errors_and_storage_errors():
 
 
 def test_faults_beyond_the_power_raise_a_named_error_never_pass():
-    """Three corrupt stored blocks of one operand: beyond what a scrub locates with k = 2 on 7
-    workers ((7 - 2) // 2 = 2). The scrub, which reads every block, raises CorruptResultError
-    naming the workers and the budget. A product reads only the first k + 2 errors results (and
-    more when they disagree): it returns the right output when the first ones are clean and
-    otherwise raises CorruptResultError after its retries; it never passes a wrong one on."""
-    faults = StorageErrors("gross", 1.0, ranks={2, 4, 6})   # every update hits workers 1, 3, 5
+    """Four corrupt stored blocks of one operand: beyond what a scrub locates with k = 2 on 7
+    workers ((7 - 2) // 2 = 2 by one probe, one more by leaving blocks out in turn). The
+    scrub, which reads every block, raises CorruptResultError naming the workers and the
+    budget. A product reads only the first k + 2 errors results (and more when they
+    disagree): it returns the right output when the first ones are clean and otherwise raises
+    CorruptResultError after its retries; it never passes a wrong one on."""
+    faults = StorageErrors("gross", 1.0, ranks={1, 3, 5, 7})   # every update hits workers 0, 2, 4, 6
     x = torch.randn(4, 8, dtype=F64)
     with LocalCluster(7, faults=faults, timeout=30) as c:
         coded, ref = _pair(c, errors=1)
@@ -260,7 +261,7 @@ def test_faults_beyond_the_power_raise_a_named_error_never_pass():
         for m, o in ((coded, oc), (ref, orf)):
             o.zero_grad()
             m(x).sum().backward()            # before any update: clean
-            o.step()                         # the coded update corrupts three blocks of every operand
+            o.step()                         # the coded update corrupts four blocks of every operand
         with pytest.raises(CorruptResultError, match=r"results from workers \[0, 1, 2, 3, 4, 5, 6\] are "
                                                      r"inconsistent: more than 2 of them are corrupt"):
             oc.scrub()
@@ -270,20 +271,94 @@ def test_faults_beyond_the_power_raise_a_named_error_never_pass():
             except CorruptResultError as exc:
                 assert "inconsistent: more than" in str(exc)
                 assert coded[0].stats["retried"] + coded[2].stats["retried"] > 0
+                assert "attempt 1: " in str(exc) and "attempt 2: " in str(exc)   # every failure named
             else:
                 assert float((y - ref(x)).detach().abs().max()) <= 1e-12
-    # Two corrupt blocks of each operand are within the scrub's power (and a product's
-    # detection): the same run with two hit workers repairs them and ends equal to torch's SGD.
-    with LocalCluster(7, faults=StorageErrors("gross", 1.0, ranks={2, 4}), timeout=30) as c:
-        coded, ref = _pair(c, errors=1)
-        oc, orf = CodedSGD(coded, lr=0.1, momentum=0.9), torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
-        for m, o in ((coded, oc), (ref, orf)):
-            o.zero_grad()
-            m(x).sum().backward()
-            o.step()
-        reports = oc.scrub()
-        assert [r.repaired for r in reports] == [(1, 3)] * 4
-        assert _max_diff(coded, ref) <= 1e-12
+        assert coded[0].stats["healed"] == coded[2].stats["healed"] == 0
+    # Two corrupt blocks of each operand are within one probe's power (and a product's
+    # detection), three within the scrub's search (one block left out in turn, the other two
+    # located, the four outside agreeing): the same run repairs them and ends equal to torch's SGD.
+    for ranks, bad in (({2, 4}, (1, 3)), ({2, 4, 6}, (1, 3, 5))):
+        with LocalCluster(7, faults=StorageErrors("gross", 1.0, ranks=ranks), timeout=30) as c:
+            coded, ref = _pair(c, errors=1)
+            oc, orf = CodedSGD(coded, lr=0.1, momentum=0.9), torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+            for m, o in ((coded, oc), (ref, orf)):
+                o.zero_grad()
+                m(x).sum().backward()
+                o.step()
+            reports = oc.scrub()
+            assert [r.repaired for r in reports] == [bad] * 4
+            assert [r.searched for r in reports] == [len(bad) == 3] * 4
+            assert coded[0].stats["searched"] == (2 if len(bad) == 3 else 0)
+            assert _max_diff(coded, ref) <= 1e-12
+
+
+def _poke(cluster, layer, workers, scale=1e3):
+    """Corrupt ``layer``'s stored weight blocks on ``workers`` in place (one entry each), as a
+    soft error in the workers' memory would, after every queued operation reached them."""
+    layer._handle.ack.exception()
+    for w in workers:
+        block = cluster._states[w].resident[layer._handle.id]
+        block.reshape(-1)[w % block.size] += scale * (1 + np.abs(block).max())
+
+
+def test_a_product_beyond_the_power_heals_after_a_scrub_and_is_counted():
+    """Three corrupt stored blocks of the weight, 8 workers, k = 3, errors = 1: the backward
+    product (threshold 2k - 1 = 5) holds three corrupt results of eight, two more than the
+    eight correct and one more than a probe of all blocks locates. The product fails, fails
+    again at once (the corruption is stored, not transient), the layer scrubs -- the scrub
+    locates the three by leaving blocks out in turn and rebuilds them -- and the third attempt
+    returns nn.Linear's input gradient to 1e-12 (float64); the heal is counted once. Without
+    the scrub's search the scrub itself raised, and without the retry the product did."""
+    x = torch.randn(5, 8, dtype=F64, requires_grad=True)
+    xr = x.detach().clone().requires_grad_(True)
+    with LocalCluster(8, timeout=30) as c:
+        torch.manual_seed(2)
+        layer = CodedLinear(8, 6, cluster=c, dtype=F64, errors=1)
+        torch.manual_seed(2)
+        ref = torch.nn.Linear(8, 6, dtype=F64)
+        assert layer.code.recovery_threshold == 3
+        y = layer(x)                         # clean
+        _poke(c, layer, (1, 4, 6))
+        y.square().sum().backward()
+        ref(xr).square().sum().backward()
+        assert float((x.grad - xr.grad).abs().max()) <= 1e-12
+        assert layer.stats["retried"] == 2 and layer.stats["healed"] == 1
+        assert layer.stats["searched"] == 1 and layer.stats["repaired"] == 3
+        assert float((layer(x) - ref(x)).detach().abs().max()) <= 1e-12   # reads the repaired blocks
+        assert layer.stats["healed"] == 1 and layer.stats["retried"] == 2
+    # A transient excess (one stored and two transient corrupt results in one backward job)
+    # heals at the first retry, without a scrub, and is counted too.
+    two = Fault(corruptions=(Corruption("gross", 1e3),))
+    with LocalCluster(8, faults=Schedule({1: {2: two, 5: two}}), timeout=30) as c:  # job 1: backward
+        torch.manual_seed(2)
+        layer = CodedLinear(8, 6, cluster=c, dtype=F64, errors=1)
+        x.grad = None
+        y = layer(x)
+        _poke(c, layer, (0,))
+        y.square().sum().backward()
+        assert float((x.grad - xr.grad).abs().max()) <= 1e-12
+        assert layer.stats["retried"] == 1 and layer.stats["healed"] == 1 and layer.stats["scrubs"] == 0
+
+
+def test_a_persistent_excess_still_raises_the_named_error_with_every_attempt():
+    """Four corrupt stored blocks of eight at k = 3: beyond the scrub's search too. The product
+    fails twice, the scrub raises, and the layer raises CorruptResultError naming both product
+    failures and the scrub's; nothing is counted as healed."""
+    x = torch.randn(5, 8, dtype=F64, requires_grad=True)
+    with LocalCluster(8, timeout=30) as c:
+        layer = CodedLinear(8, 6, cluster=c, dtype=F64, errors=1)
+        y = layer(x)
+        _poke(c, layer, (0, 2, 5, 7))
+        with pytest.raises(CorruptResultError) as info:
+            y.sum().backward()
+        msg = str(info.value)
+        assert msg.startswith("results from workers [0, 1, 2, 3, 4, 5, 6, 7] are inconsistent: more than 2")
+        assert "attempt 1: results from workers [0, 1, 2, 3, 4, 5, 6, 7] are inconsistent: more than 1" in msg
+        assert "backward product: the scrub of its stored blocks before attempt 3 failed" in msg
+        assert "attempt 1: results from workers" in msg and "attempt 2: results from workers" in msg
+        assert isinstance(info.value.__cause__, CorruptResultError)
+        assert layer.stats["retried"] == 2 and layer.stats["healed"] == 0 and layer.stats["searched"] == 0
 
 
 @pytest.mark.parametrize("seed", range(8))

@@ -168,5 +168,6 @@ def train_mlp(model: nn.Sequential, data: DigitsData, *, epochs: int = 10, batch
         sys.stdout.write("\n")
     if coded:
         res.stats = {k: sum(m.stats[k] for m in model.modules() if isinstance(m, CodedLinear))
-                     for k in ("forward", "backward", "corrected", "skipped", "retried", "scrubs", "repaired")}
+                     for k in ("forward", "backward", "corrected", "skipped", "retried", "healed", "scrubs",
+                               "repaired", "searched")}
     return res

@@ -164,7 +164,9 @@ class CodedLinear(nn.Module):
         How many times a product is recomputed (a fresh job) when its results are detectably
         inconsistent beyond what ``errors`` corrects (:class:`~codedml.CorruptResultError`):
         more soft errors in one product than the code corrects are detected, never passed on.
-        The second and later retries first scrub the layer's stored blocks.
+        The second and later retries first scrub the layer's stored blocks. ``stats["healed"]``
+        counts the products that succeeded on a retry; one that never does raises the error
+        naming every failed attempt.
     dtype : torch.dtype, optional
         float16, bfloat16, float32 or float64 (default: torch's default dtype): the dtype of the
         layer's inputs, outputs, ``weight`` mirror and bias. The encoded weight is stored and
@@ -262,7 +264,7 @@ class CodedLinear(nn.Module):
         self._scrub_due = False
         self.stats = {"forward": 0, "backward": 0, "corrected": 0, "skipped": 0, "retried": 0,
                       "scrubs": 0, "repaired": 0, "updates": 0, "update_failures": 0,
-                      "reencodes": 0}
+                      "reencodes": 0, "healed": 0, "searched": 0}
 
     @staticmethod
     def _check_dtype(name: str, dtype: Any) -> None:
@@ -624,18 +626,24 @@ class CodedLinear(nn.Module):
             if self.code.workers - len(bad) < need:
                 raise exc
 
-    def _coded(self, run: Any) -> np.ndarray:
+    def _coded(self, run: Any, what: str = "forward") -> np.ndarray:
         """Run one coded product; when it was detectably corrupt beyond the code's power,
         recompute it (a fresh job) -- at once the first time (transient errors), after a scrub
         of the stored blocks the next times (stored blocks corrupted since the last scrub add
-        up with transient errors) -- at most ``retries`` times."""
+        up with transient errors) -- at most ``retries`` times.
+
+        A product that succeeds after failing is counted in ``stats["healed"]``. One that
+        fails every time (or whose scrub fails) raises :class:`~codedml.errors.CorruptResultError`
+        naming every failed attempt, chained to the last."""
         self._check_updates()
+        failures: list[CorruptResultError] = []
 
         def noted() -> np.ndarray:
             try:
                 return run()
-            except CorruptResultError:
+            except CorruptResultError as exc:
                 self._note()
+                failures.append(exc)
                 raise
 
         def before_retry(attempt: int) -> None:
@@ -643,7 +651,23 @@ class CodedLinear(nn.Module):
             if attempt >= 1:
                 self.scrub()
 
-        out = retry_on_corrupt(noted, self.retries, before_retry)
+        try:
+            out = retry_on_corrupt(noted, self.retries, before_retry)
+        except CorruptResultError as exc:
+            if not failures or (len(failures) == 1 and failures[0] is exc):
+                raise
+            if failures[-1] is not exc:
+                where = f"the scrub of its stored blocks before attempt {len(failures) + 1} failed"
+            else:
+                where = f"all {len(failures)} attempts failed"
+                if len(failures) >= 3:
+                    where += " (the stored blocks were scrubbed before attempt 3)"
+            tried = "; ".join(f"attempt {i + 1}: {m}" for i, m in enumerate(failures))
+            raise CorruptResultError(
+                f"{exc} [{type(self).__name__} {what} product: {where}; {tried}]",
+                suspects=getattr(exc, "suspects", ())) from exc
+        if failures:
+            self.stats["healed"] += 1
         self._note()
         return out
 
@@ -658,7 +682,7 @@ class CodedLinear(nn.Module):
         """``dY W`` (``B x in``), decoded from the first ``2k - 1 + 2 errors`` workers."""
         self.stats["backward"] += 1
         return self._coded(lambda: self.cluster.matmul_left(G, self._handle, errors=self.errors,
-                                                            timeout=self.timeout))
+                                                            timeout=self.timeout), "backward")
 
     @staticmethod
     def _grad_state(g: torch.Tensor | None) -> Any:
@@ -789,6 +813,7 @@ class CodedLinear(nn.Module):
             reports.append(brep)
         self.stats["scrubs"] += 1
         self.stats["repaired"] += sum(len(r.repaired) for r in reports)
+        self.stats["searched"] += sum(bool(getattr(r, "searched", False)) for r in reports)
         self._scrub_due = False
         self._last_faulty = set()
         return reports

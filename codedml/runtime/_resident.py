@@ -31,7 +31,7 @@ from ..codes import Encoding, LinearCode, MDSCode, ReplicationCode, Task
 from ..codes._base import _input_dtype
 from ..codes._validate import check_int
 from ..codes.resident import encode_left
-from ..errors import ConfigurationError, NonFiniteUpdateError
+from ..errors import ConfigurationError, CorruptResultError, NonFiniteUpdateError
 from .futures import Ack, Job
 from .protocol import Op, Request
 
@@ -81,6 +81,9 @@ class ScrubReport:
     missing: tuple[int, ...]
     handle: ResidentHandle
     stale: tuple[int, ...] = ()
+    #: Whether the probe of every block held more corrupt ones than it locates and they were
+    #: located by leaving blocks out in turn (see ``ResidentService._search``).
+    searched: bool = False
 
 
 def _nonneg(name: str, value: Any) -> float:
@@ -384,15 +387,24 @@ class ResidentService:
             handle = self._handle(handle)
             errors = check_int("errors", errors, 0, core.workers)
             core._check_errors(handle.code, errors)
+        A, job = self._fetch(handle, errors, timeout, wait_all, ())
+        return (A, job) if return_job else A
+
+    def _fetch(self, handle: ResidentHandle, errors: int, timeout: float | None, wait_all: bool,
+               skip: Any) -> tuple[Any, Job]:
+        """:meth:`fetch` leaving out the stale blocks and those in ``skip`` too."""
+        core = self.core
+        with core._lock:
+            core._check_open()
             timeout = core._deadline(timeout)
             t0 = time.perf_counter()
             # the stored block itself, as if multiplied by the identity: shape and noise scale
             enc = self._resident_encoding(handle, (handle.shape[1],), math.sqrt(handle.shape[1]))
+            left_out = set(core._stale.get(handle.id, ())) | set(skip)
             job = core._start(handle.code, enc, Request(Op.FETCH, 0, handle.id, handle.code.field),
                               [[] for _ in range(core.workers)], errors, timeout, t0, wait_all,
-                              handle=handle.id, skip=core._stale.get(handle.id, ()))
-        A = core._wait(job)
-        return (A, job) if return_job else A
+                              handle=handle.id, skip=left_out)
+        return core._wait(job), job
 
     # ------------------------------------------------------------------ scrub
     def scrub(self, handle: ResidentHandle, *, timeout: float | None = None,
@@ -402,19 +414,108 @@ class ResidentService:
         Detect: every live worker multiplies its block by one shared random vector ``r`` (a
         product of the size of ``x``, not of the block) and the root decodes ``A r`` with the
         largest error budget the answers allow, locating the inconsistent blocks. Repair (only
-        when some are found, or some blocks are stale): decode ``A`` from the good blocks
-        (:meth:`fetch`), re-encode it and store those workers' blocks anew. Workers that did
-        not answer within ``timeout`` are reported as ``missing`` (unchecked). Returns a
-        :class:`ScrubReport` whose ``handle`` (with fresh norm bounds) replaces the one passed
-        in. A check whose answers are inconsistent beyond the error budget (transient result
-        errors on top of storage errors) is repeated with a fresh probe, at most ``retries``
-        times.
+        when some are found, or some blocks are stale): decode ``A`` from the other blocks
+        (a fetch that leaves the located ones out), re-encode it and store those workers'
+        blocks anew. Workers that did not answer within ``timeout`` are reported as
+        ``missing`` (unchecked). Returns a :class:`ScrubReport` whose ``handle`` (with fresh
+        norm bounds) replaces the one passed in. Answers inconsistent beyond the error budget
+        are searched for one corrupt block more, leaving blocks out in turn
+        (:meth:`_search`; ``ScrubReport.searched``); failing that (transient result errors on
+        top of storage errors, or more corrupt blocks), the check is repeated with a fresh
+        probe, at most ``retries`` times, and then raises
+        :class:`~codedml.errors.CorruptResultError`.
         """
         from ._cluster import retry_on_corrupt
 
         handle = self._handle(handle)
         rng = np.random.default_rng(seed)
         return retry_on_corrupt(lambda: self._scrub_once(handle, timeout, rng), retries)
+
+    def _probe(self, handle: ResidentHandle, skip: Any, timeout: float | None,
+               rng: np.random.Generator) -> Any:
+        """The report of :meth:`_start_probe`'s job once it settled (raises its error)."""
+        job = self._start_probe(handle, skip, timeout, rng)
+        self.core._wait(job)
+        return job.report
+
+    def _start_probe(self, handle: ResidentHandle, skip: Any, timeout: float | None,
+                     rng: np.random.Generator) -> Job:
+        """One check of the blocks not in ``skip``: every such live worker multiplies its block
+        by one fresh random vector, the root decodes with the largest error budget the answers
+        allow (the job raises :class:`~codedml.errors.CorruptResultError` when the answers hold
+        more corrupt ones than that budget)."""
+        core = self.core
+        with core._lock:
+            core._check_open()
+            timeout = core._deadline(timeout)
+            live = [w for w in range(core.workers) if w not in core._dead and w not in skip]
+            budget = max(0, (len(live) - handle.code.recovery_threshold) // 2)
+            cols = handle.shape[1]
+            if handle.code.field is not None:
+                r = rng.integers(0, handle.code.field, size=cols, dtype=np.int64)
+            else:
+                r = rng.standard_normal(cols).astype(handle.dtype)
+            t0 = time.perf_counter()
+            enc, per_worker = self._encode_b(handle, r)
+            req = Request(Op.MATMUL, 0, handle.id, handle.code.field, handle.compensated)
+            return core._start(handle.code, enc, req, per_worker, budget, timeout, t0,
+                               wait_all=True, handle=handle.id, skip=set(skip))
+
+    def _search(self, handle: ResidentHandle, live: list[int], left_out: set[int],
+                timeout: float | None, rng: np.random.Generator,
+                exc: Exception) -> tuple[tuple[int, ...], Any, Any, Any] | None:
+        """Locate one corrupt block more than a probe of all ``live`` blocks can.
+
+        Stored corruption persists, so the blocks can be asked again with one of them left
+        out: with ``t + 1`` corrupt blocks among ``m`` live ones (``t = (m - k) // 2``, what a
+        probe of all locates), leaving out a corrupt one leaves ``t`` among ``m - 1``, which a
+        probe of those locates (when ``m - 1 - k >= 2t``). The candidate (the left-out block and
+        the ``t`` located) is accepted only when the ``m - t - 1`` blocks outside it -- at least
+        ``k + 2``, two spare -- agree with each other, both in a fresh probe and in the fetch of
+        the full blocks: a code of distance ``>= 3`` on those blocks detects any one or two
+        corrupt ones among them deterministically, so a wrong candidate is rejected unless
+        three or more corruptions happen to form a codeword (a coincidence of measure zero for
+        corruptions independent of the random probe). When the failed probe held ``t`` stored
+        corruptions and a transient error, a good left-out block can join a verified candidate;
+        storing it anew is harmless. Suspects named by the failed probe are left out first.
+        ``live`` are the blocks that answered the failed probe, ``left_out`` the others (stale,
+        silent); a worker silent in a probe of the search ends it, so the search waits for a
+        straggler's deadline at most once. Returns ``(bad, probe report, A, fetch
+        job)`` or ``None`` (no candidate verified: the caller raises the original error)."""
+        k = handle.code.recovery_threshold
+        m = len(live)
+        t = (m - k) // 2
+        if handle.code.field is not None or t < 1 or m - t - 1 < k + 2 or (m - 1 - k) // 2 < t:
+            return None
+        suspects = [w for w in getattr(exc, "suspects", ()) if w in live]
+
+        def heard(rep: Any, skip: set[int]) -> bool:
+            return not any(r.status in ("missing", "crashed") for r in rep.workers if r.worker not in skip)
+
+        for w in suspects + [w for w in live if w not in suspects]:
+            try:
+                rep = self._probe(handle, left_out | {w}, timeout, rng)
+            except CorruptResultError:
+                continue
+            if not heard(rep, left_out | {w}):
+                return None
+            located = set(rep.faulty)
+            if len(located) != t:   # not t + 1 corrupt with w among them: another w
+                continue
+            bad = located | {w}
+            try:
+                ver = self._probe(handle, left_out | bad, timeout, rng)
+                if not heard(ver, left_out | bad):
+                    return None
+                if ver.faulty:
+                    continue
+                A, fjob = self._fetch(handle, 0, timeout, True, left_out | bad)
+            except CorruptResultError:
+                continue
+            if fjob.report.faulty:
+                continue
+            return tuple(sorted(bad)), ver, A, fjob
+        return None
 
     def _scrub_once(self, handle: ResidentHandle, timeout: float | None,
                     rng: np.random.Generator) -> ScrubReport:
@@ -425,25 +526,35 @@ class ResidentService:
             stale = sorted(core._stale.get(handle.id, ()))
             live = [w for w in range(core.workers) if w not in core._dead and w not in stale]
             k = handle.code.recovery_threshold
-            budget = max(0, (len(live) - k) // 2)
-            cols = handle.shape[1]
-            if handle.code.field is not None:
-                r = rng.integers(0, handle.code.field, size=cols, dtype=np.int64)
-            else:
-                r = rng.standard_normal(cols).astype(handle.dtype)
-            t0 = time.perf_counter()
-            enc, per_worker = self._encode_b(handle, r)
-            req = Request(Op.MATMUL, 0, handle.id, handle.code.field, handle.compensated)
-            job = core._start(handle.code, enc, req, per_worker, budget, timeout, t0,
-                              wait_all=True, handle=handle.id, skip=stale)
-        core._wait(job)
-        rep = job.report
-        faulty = tuple(w.worker for w in rep.workers if w.status == "corrupt")
-        missing = tuple(w.worker for w in rep.workers if w.status in ("missing", "crashed"))
-        checked = tuple(w.worker for w in rep.workers if w.status in ("used", "corrupt"))
-        if not faulty and not stale:
-            return ScrubReport(checked, (), (), missing, handle)
-        A, fjob = self.fetch(handle, errors=budget, timeout=timeout, wait_all=True, return_job=True)
+        searched = False
+        job = self._start_probe(handle, set(stale), timeout, rng)
+        try:
+            core._wait(job)
+            rep = job.report
+        except CorruptResultError as exc:
+            answered = [w.worker for w in job.report.workers
+                        if w.worker in live and w.status in ("used", "corrupt", "spare", "late")]
+            found = self._search(handle, answered, set(range(core.workers)) - set(answered),
+                                 timeout, rng, exc)
+            if found is None:
+                raise
+            bad_found, rep, A, fjob = found
+            searched = True
+        if searched:
+            faulty = bad_found
+            checked = tuple(sorted(answered))
+            missing = tuple(sorted(set(live) - set(answered)))
+        else:
+            faulty = tuple(w.worker for w in rep.workers if w.status == "corrupt")
+            missing = tuple(w.worker for w in rep.workers if w.status in ("missing", "crashed"))
+            checked = tuple(w.worker for w in rep.workers if w.status in ("used", "corrupt"))
+            if not faulty and not stale:
+                return ScrubReport(checked, (), (), missing, handle)
+            # The located blocks are left out of the fetch (erased, not corrected again): each
+            # costs the fetch one spare answer instead of two, so it can still locate a
+            # corrupt block the probe's projection did not show.
+            left = len(live) - len(faulty)
+            A, fjob = self._fetch(handle, max(0, (left - k) // 2), timeout, True, set(faulty))
         bad = sorted(set(faulty) | set(fjob.report.faulty) | set(stale))
         # the repaired blocks get the stored blocks' dtype, whatever dtype the decode returned
         block_precision = "float32" if np.dtype(handle.dtype) == np.float32 else "float64"
@@ -462,4 +573,4 @@ class ResidentService:
             ack = self._acked(Op.PUT, (handle.id,), Request(Op.PUT, 0, handle.id, handle.code.field),
                               [[_np(enc[w].a)] for w in range(core.workers)], timeout, rows=rows)
         new = replace(handle, norms=tuple(norms), ack=ack)
-        return ScrubReport(checked, faulty, tuple(bad), missing, new, tuple(stale))
+        return ScrubReport(checked, tuple(faulty), tuple(bad), missing, new, tuple(stale), searched)
