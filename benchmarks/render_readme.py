@@ -730,8 +730,9 @@ def coded_cnn(doc: dict[str, Any]) -> str:
     ]
     out += [
         "| model | optimizer | faults | final test accuracy | last epoch's train loss | step time / torch "
-        "| corrected | stragglers skipped | recomputed | blocks repaired |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| corrected | stragglers skipped | recomputed | healed by a retry | blocks repaired "
+        "| scrubs that searched |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["runs"]:
         st = r["stats"] or {}
@@ -741,9 +742,9 @@ def coded_cnn(doc: dict[str, Any]) -> str:
             acc = f"**stopped at step {r['steps']}** ({r['error'][:120].replace('`', '')})"
         else:
             acc = _bold_if(f"{100 * r['final_accuracy']:.1f}%", bool(r["faults"]))
-        cells = ["-"] * 4 if r["kind"] == "plain" else [
+        cells = ["-"] * 6 if r["kind"] == "plain" else [
             str(st.get("corrected", 0)), str(st.get("skipped", 0)), str(st.get("retried", 0)),
-            str(st.get("repaired", 0))]
+            str(st.get("healed", "-")), str(st.get("repaired", 0)), str(st.get("searched", "-"))]
         if r["kind"] == "plain":   # its own ratio is 1: show its median step instead
             ratio_s = f"1 ({1e3 * r['median_step_s']:.2f} ms)"
         loss = f"{r['loss'][-1]:.3g}" if r["loss"] else "-"
@@ -762,8 +763,8 @@ def coded_layers(doc: dict[str, Any]) -> str:
         f"Source: {_source('coded_layers', doc)}; {doc['workers']} workers, {doc['epochs']} epochs.",
         "",
         "| model | faults | final test accuracy | wall s | corrected | stragglers skipped "
-        "| recomputed | blocks repaired |",
-        "|---|---|---|---|---|---|---|---|",
+        "| recomputed | healed by a retry | blocks repaired | scrubs that searched |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in doc["curves"]:
         st = c["stats"] or {}
@@ -771,12 +772,12 @@ def coded_layers(doc: dict[str, Any]) -> str:
         wall = c["wall_s"][-1] if c["wall_s"] else float("nan")
         if c["error"]:
             acc = f"**stopped at step {c['steps']}** ({c['error'][:160].replace('`', '')})"
-            cells = ["-"] * 4
+            cells = ["-"] * 6
         else:
             acc = _bold_if(f"{100 * c['final_accuracy']:.1f}%", bool(c["faults"]))
-            cells = ["-"] * 4 if c["kind"] == "plain" else [
+            cells = ["-"] * 6 if c["kind"] == "plain" else [
                 str(st.get("corrected", 0)), str(st.get("skipped", 0)), str(st.get("retried", 0)),
-                str(st.get("repaired", 0))]
+                str(st.get("healed", "-")), str(st.get("repaired", 0)), str(st.get("searched", "-"))]
         out.append(f"| {name} | {'yes' if c['faults'] else 'no'} | {acc} | {wall:.1f} | "
                    + " | ".join(cells) + " |")
     return "\n".join(out)
