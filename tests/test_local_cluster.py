@@ -693,7 +693,7 @@ def _staggered(delays: dict[int, float]):
 def test_a_systematic_job_waits_one_gap_for_its_data_worker_then_decodes_without_it(grace):
     """MDS(6, 4) systematic: data workers 0..3, parity 4, 5. Worker 0 straggles (1.5 s), the
     others answer 0.1 s apart and parity worker 5 only after 1 s. The job is decodable at the
-    4th arrival (about 0.3 s) without worker 0: with the default grace it waits about one
+    4th arrival (about 0.3 s) without worker 0: with ``systematic_grace = 1`` it waits about one
     arrival gap (0.1 s) for worker 0 and then decodes at the grace's end, woken by the
     cluster with no further arrival (a missed wake-up would wait for worker 5 at 1 s); with
     ``systematic_grace = 0`` it decodes at once. Either way the product is right."""
@@ -722,9 +722,9 @@ def test_a_systematic_job_waits_one_gap_for_its_data_worker_then_decodes_without
 @pytest.mark.parametrize("bad", [-1, -0.5, float("nan"), float("inf"), "1", None, True])
 def test_systematic_grace_is_checked_when_set(bad):
     with LocalCluster(2) as c:
-        assert c.systematic_grace == 1.0
+        assert c.systematic_grace == 0.0            # off by default (docs/runtime.md)
         with pytest.raises(ConfigurationError, match=r"`systematic_grace` must be a finite number >= 0.*got"):
             c.systematic_grace = bad
-        assert c.systematic_grace == 1.0
-        c.systematic_grace = 0
         assert c.systematic_grace == 0.0
+        c.systematic_grace = 2
+        assert c.systematic_grace == 2.0

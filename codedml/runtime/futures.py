@@ -388,7 +388,7 @@ class Job(_Request):
         (when one was measured) nor past the deadline. On equal workers the missing results
         come within about a gap each; a straggler costs at most the grace (one gap per
         missing result), after which the job decodes as it would have. Granted once per job;
-        ``systematic_grace = 0`` turns it off."""
+        ``systematic_grace = 0`` (the default) turns it off."""
         if not self._sys or self.wait_all or self._retrying:
             return False
         waiting = [w for w in pending if w in self._sys]
