@@ -139,6 +139,7 @@ class ClusterBase:
         self._finished: weakref.WeakValueDictionary[int, _Request] = weakref.WeakValueDictionary()
         self._dead: set[int] = set()
         self._stale: dict[int, set[int]] = {}
+        self._wakes: list[_Request] = []  # requests with a wake_at (see _wake_at)
         self._last_answer: dict[int, int] = {}
         self.history: deque[JobReport] = deque(maxlen=self.MAX_HISTORY)
         self._closed = False
@@ -389,9 +390,13 @@ class ClusterBase:
         for table in (self._pending, self._acks):
             for r in [r for r in table.values() if now >= r.deadline]:
                 r._expire()
-        for r in [r for r in self._pending.values() if r.wake_at is not None and now >= r.wake_at]:
-            r.wake_at = None
-            r._progress()
+        if self._wakes:  # requests that asked to be looked at again (a systematic wait)
+            due = [r for r in self._wakes if r.wake_at is None or now >= r.wake_at]
+            for r in due:
+                self._wakes.remove(r)
+                if r.wake_at is not None and not r.settled:
+                    r.wake_at = None
+                    r._progress()
         if arrivals:
             self._changed.notify_all()
         return len(arrivals)
@@ -446,6 +451,13 @@ class ClusterBase:
                 f"missing systematic result; 0 turns the wait off), got {value!r}")
         self._systematic_grace = float(value)
 
+    def _wake_at(self, r: _Request, when: float) -> None:
+        """Call ``r._progress()`` again at ``when`` (perf_counter seconds) unless it settled
+        first (under the lock)."""
+        r.wake_at = when
+        if r not in self._wakes:
+            self._wakes.append(r)
+
     def _note_solve(self, code: Any, seconds: float) -> None:
         """Keep a running average of how long a decode that solved (not just assembled) took
         for ``code``: the cap on a job's wait for systematic results."""
@@ -499,9 +511,12 @@ class ClusterBase:
                 with self._lock:
                     got = self._pump()
                     busy = bool(self._pending or self._acks)
-                    nearest = min((min(r.deadline, r.wake_at) if r.wake_at is not None
-                                   else r.deadline for t in (self._pending, self._acks)
+                    nearest = min((r.deadline for t in (self._pending, self._acks)
                                    for r in t.values()), default=None)
+                    wake = min((r.wake_at for r in self._wakes if r.wake_at is not None),
+                               default=None)
+                    if wake is not None:
+                        nearest = wake if nearest is None else min(nearest, wake)
                     driven = self._drivers > 0
                     # Parked (set under the lock, so a request registered after this sees it
                     # and wakes the thread): nothing is pending.

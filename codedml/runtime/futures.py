@@ -410,7 +410,7 @@ class Job(_Request):
             if not grace > 0:
                 return False
             self._grace_end = now + grace
-            self.wake_at = self._grace_end
+            self.cluster._wake_at(self, self._grace_end)
             return True
         return now < self._grace_end
 
