@@ -118,9 +118,10 @@ class JobReport:
     decode: float = float("nan")
     encode: float = float("nan")
     outcome: str = "pending"
-    systematic_wait: float = 0.0
-    """Seconds the job waited for outstanding systematic results before decoding."""
     """``"ok"``, ``"failed"`` (a named error), ``"cancelled"`` or ``"pending"``."""
+    systematic_wait: float = 0.0
+    """Seconds the job waited for outstanding systematic results before decoding
+    (``cluster.systematic_grace``; 0 when it is off, the default)."""
 
     def count(self, status: str) -> int:
         return sum(1 for w in self.workers if w.status == status)
@@ -391,6 +392,9 @@ class Job(_Request):
         ``systematic_grace = 0`` (the default) turns it off."""
         if not self._sys or self.wait_all or self._retrying:
             return False
+        factor = self.cluster.systematic_grace
+        if self._grace_end is None and not factor > 0:
+            return False
         waiting = [w for w in pending if w in self._sys]
         if not waiting:
             return False
@@ -399,8 +403,7 @@ class Job(_Request):
             self._grace_start = now
             self._grace_end = now  # granted once: a refusal below stands
             lat = sorted(self.latency[w] for w in self.arrived if w in self.latency)
-            factor = self.cluster.systematic_grace
-            if len(lat) < 2 or not factor > 0:
+            if len(lat) < 2:
                 return False
             grace = factor * (lat[-1] - lat[0]) / (len(lat) - 1) * len(waiting)
             cap = self.cluster._solve_cost(self.code)
