@@ -728,3 +728,23 @@ def test_systematic_grace_is_checked_when_set(bad):
         assert c.systematic_grace == 0.0
         c.systematic_grace = 2
         assert c.systematic_grace == 2.0
+
+
+def test_a_systematic_wait_never_turns_a_decodable_job_into_a_deadline_error():
+    """A grace far longer than the deadline allows (``systematic_grace = 100``, deadline
+    0.6 s, the data worker 1.5 s late): the wait is cut to half the time left and a job still
+    waiting at its deadline decodes what it has; it never raises DeadlineError with enough
+    answers in hand, and leaves no pending wake-up behind."""
+    code = MDSCode(6, 4, systematic=True)
+    rng = np.random.default_rng(6)
+    A, B = rng.standard_normal((8, 6)), rng.standard_normal((6, 5))
+    faults = _staggered({0: 1.5, 1: 0.0, 2: 0.1, 3: 0.2, 4: 0.3, 5: 0.4})
+    with LocalCluster(6, faults=faults, timeout=0.6) as c:
+        c.systematic_grace = 100
+        job = c.submit(A, B, code=code)
+        C = job.result()
+        np.testing.assert_allclose(C, A @ B, rtol=1e-10, atol=1e-12)
+        assert job.report.workers[0].status == "missing"
+        assert 0 < job.report.systematic_wait < 0.6
+        assert job.t_done <= job.deadline + 0.05
+        assert c._wakes == []

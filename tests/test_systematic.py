@@ -563,3 +563,23 @@ def test_spare_results_are_checked_without_unpacking_or_a_solve():
     np.testing.assert_array_equal(out, assembly)
     with pytest.raises(CorruptResultError, match="inconsistent"):
         code.decode({w: bad[w] for w in (0, 1, 2, 3, 4, 5, 7)}, encoding=tasks)
+
+
+@pytest.mark.parametrize("construction", CONSTRUCTIONS)
+@pytest.mark.parametrize("have", [(0, 1, 3), (0, 1, 3, 4)])
+def test_float32_results_with_a_solved_block_still_refuse_a_padded_shape(construction, have):
+    """float32 results, a data block solved from parity, no ``encoding=``/``shape=``: the
+    padding rows hold float32 rounding, far above float64's; the refusal must judge them at
+    the results' precision (it judged them at float64's and returned the padded product)."""
+    code = MDSCode(6, 3, systematic=True, construction=construction)
+    rng = np.random.default_rng(4)
+    A = rng.standard_normal((7, 5)).astype(np.float32)
+    B = rng.standard_normal((5, 3)).astype(np.float32)
+    tasks = code.encode(A, B)
+    res = {w: tasks[w].compute() for w in have}
+    with pytest.raises(ConfigurationError, match="encoding="):
+        code.decode(res)
+    with pytest.raises(ConfigurationError, match="encoding="):
+        base.LinearCode.decode(code, res)
+    out = code.decode(res, encoding=tasks)
+    check_product(out, A, B, None)

@@ -20,7 +20,9 @@ array's life.
 
 Bounds: the pool keeps at most :attr:`TaskPool.limit` bytes of *free* memory (memory in use
 by live tasks belongs to them, as with ``np.empty``); beyond that the least recently
-returned buffers are dropped (to the allocator, hence the system). Allocations under
+returned buffers are dropped (to the allocator, hence the system). A buffer returned by a
+finalizer that could not take the lock waits in a queue until the pool's next call, so
+between calls the free memory can exceed the limit by what died meanwhile. Allocations under
 :data:`MIN_BYTES` bypass the pool (the allocator reuses small blocks without page faults).
 
 Threads: the runtime encodes under its own lock, but a finalizer runs wherever the last

@@ -693,13 +693,15 @@ class PolyDotCode(LinearCode):
         if fast is None:
             return super().decode(results, errors, encoding=encoding, shape=shape, rtol=rtol,
                                   return_faulty=return_faulty, return_info=return_info)
-        rows, C, cond, faulty, checked = fast
+        rows, C, cond, faulty, checked, rdtype = fast
         if shape is not None:
             C = self._cut(C, shape)
         elif encoding is not None:
             C = np.ascontiguousarray(C[tuple(slice(0, x) for x in encoding.shape)])
         else:
-            self._refuse_if_padded(C, C.dtype, cond)
+            # the results' dtype, not C's float64: float32 rounding left in solved padding rows
+            # must not pass for data (the general path passes raw[0].dtype too)
+            self._refuse_if_padded(C, rdtype, cond)
         from ._base import DecodeInfo
 
         info = DecodeInfo(tuple(faulty), tuple(int(w) for w in rows), cond, checked)
@@ -711,7 +713,7 @@ class PolyDotCode(LinearCode):
 
     def _systematic_fast_path(self, results: Any, errors: Any, encoding: Any = None,
                               rtol: Any = None):
-        """``(rows, C, cond, faulty, checked)`` for finite (in-range) results of a systematic
+        """``(rows, C, cond, faulty, checked, result dtype)`` for finite (in-range) results of a systematic
         MDS-type code (over GF(p): exactly ``k`` of them), else None (the general path)."""
         if not (self.systematic and self.m == 1 and self.q == 1):
             return None
@@ -746,7 +748,7 @@ class PolyDotCode(LinearCode):
             faulty = [int(rows[i]) for i in bad]
             rows, raw = rows[keep], [raw[int(i)] for i in keep]
         C, cond = self._systematic_assemble(rows, raw)
-        return rows, C, cond, faulty, checked
+        return rows, C, cond, faulty, checked, raw[0].dtype
 
     def _systematic_assemble(self, rows: np.ndarray, raw: list[np.ndarray]):
         """``(C, cond)`` from consistent results ``raw`` of workers ``rows`` (fast path)."""

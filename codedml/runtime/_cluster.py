@@ -477,6 +477,10 @@ class ClusterBase:
             self._acks.pop(r.id, None)
             return
         self._pending.pop(r.id, None)
+        if r.wake_at is not None:  # settled before its wake-up: nothing to look at again
+            r.wake_at = None
+            if r in self._wakes:
+                self._wakes.remove(r)
         if r._outstanding():
             self._finished[r.id] = r
         self._changed.notify_all()

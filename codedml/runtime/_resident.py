@@ -480,7 +480,8 @@ class ResidentService:
         storing it anew is harmless. Suspects named by the failed probe are left out first.
         ``live`` are the blocks that answered the failed probe, ``left_out`` the others (stale,
         silent); a worker silent in a probe of the search ends it, so the search waits for a
-        straggler's deadline at most once. Returns ``(bad, probe report, A, fetch
+        silent worker's deadline at most once (every probe and fetch has the scrub's full
+        ``timeout``, so a slow worker that always answers can stretch the search). Returns ``(bad, probe report, A, fetch
         job)`` or ``None`` (no candidate verified: the caller raises the original error)."""
         k = handle.code.recovery_threshold
         m = len(live)

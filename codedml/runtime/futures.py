@@ -386,7 +386,8 @@ class Job(_Request):
         without some of them, the job waits for those still pending up to
         ``cluster.systematic_grace`` times the mean gap between the arrivals so far, per
         missing result, and never longer than a solve of this code has taken on this cluster
-        (when one was measured) nor past the deadline. On equal workers the missing results
+        (when one was measured) nor than half the time left to the deadline (a job still
+        waiting at its deadline decodes what it has, see :meth:`_expire`). On equal workers the missing results
         come within about a gap each; a straggler costs at most the grace (one gap per
         missing result), after which the job decodes as it would have. Granted once per job;
         ``systematic_grace = 0`` (the default) turns it off."""
@@ -409,7 +410,9 @@ class Job(_Request):
             cap = self.cluster._solve_cost(self.code)
             if cap is not None:
                 grace = min(grace, cap)
-            grace = min(grace, self.deadline - now)
+            # never near the deadline: half of what is left at most, and _expire decodes a
+            # job still waiting (a wake-up and the deadline may fall in one pump)
+            grace = min(grace, 0.5 * (self.deadline - now))
             if not grace > 0:
                 return False
             self._grace_end = now + grace
@@ -431,6 +434,13 @@ class Job(_Request):
         if self.settled:
             return
         try:
+            if (not self.wait_all and self._grace_end is not None and self.arrived
+                    and self.code.decodable(self.arrived)):
+                # waiting for systematic results when the deadline came: decode what is there
+                self._grace_end = min(self._grace_end, time.perf_counter())
+                self._try()
+                if self.settled:
+                    return
             if self.wait_all and self.arrived and self.code.decodable(self.arrived):
                 # Decode what arrived; the silent ones stay "missing" (late if they come).
                 self._timed_out = True
