@@ -274,7 +274,11 @@ def test_faults_beyond_the_power_raise_a_named_error_never_pass():
                 assert "attempt 1: " in str(exc) and "attempt 2: " in str(exc)   # every failure named
             else:
                 assert float((y - ref(x)).detach().abs().max()) <= 1e-12
-        assert coded[0].stats["healed"] == coded[2].stats["healed"] == 0
+        # a retry may read a luckier set (the first k + 2 answers with at most one of the
+        # four corrupt blocks among them) and then succeeds, rightly: counted as healed,
+        # and only ever after a retry; what never happens is a wrong output (above)
+        for layer in (coded[0], coded[2]):
+            assert layer.stats["healed"] <= layer.stats["retried"]
     # Two corrupt blocks of each operand are within one probe's power (and a product's
     # detection), three within the scrub's search (one block left out in turn, the other two
     # located, the four outside agreeing): the same run repairs them and ends equal to torch's SGD.
