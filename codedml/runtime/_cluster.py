@@ -139,7 +139,8 @@ class ClusterBase:
         self._finished: weakref.WeakValueDictionary[int, _Request] = weakref.WeakValueDictionary()
         self._dead: set[int] = set()
         self._stale: dict[int, set[int]] = {}
-        self._wakes: list[_Request] = []  # requests with a wake_at (see _wake_at)
+        self._wakes: list[_Request] = []  # exactly the requests whose wake_at is set
+        self._solve_costs: OrderedDict[Any, float] = OrderedDict()  # see _note_solve
         self._last_answer: dict[int, int] = {}
         self.history: deque[JobReport] = deque(maxlen=self.MAX_HISTORY)
         self._closed = False
@@ -391,12 +392,10 @@ class ClusterBase:
             for r in [r for r in table.values() if now >= r.deadline]:
                 r._expire()
         if self._wakes:  # requests that asked to be looked at again (a systematic wait)
-            due = [r for r in self._wakes if r.wake_at is None or now >= r.wake_at]
-            for r in due:
+            for r in [r for r in self._wakes if now >= r.wake_at]:
                 self._wakes.remove(r)
-                if r.wake_at is not None and not r.settled:
-                    r.wake_at = None
-                    r._progress()
+                r.wake_at = None
+                r._progress()
         if arrivals:
             self._changed.notify_all()
         return len(arrivals)
@@ -454,14 +453,14 @@ class ClusterBase:
     def _wake_at(self, r: _Request, when: float) -> None:
         """Call ``r._progress()`` again at ``when`` (perf_counter seconds) unless it settled
         first (under the lock)."""
-        r.wake_at = when
-        if r not in self._wakes:
+        if r.wake_at is None:
             self._wakes.append(r)
+        r.wake_at = when
 
     def _note_solve(self, code: Any, seconds: float) -> None:
         """Keep a running average of how long a decode that solved (not just assembled) took
         for ``code``: the cap on a job's wait for systematic results."""
-        costs = self.__dict__.setdefault("_solve_costs", OrderedDict())
+        costs = self._solve_costs
         key = _code_key(code)
         old = costs.pop(key, None)
         costs[key] = seconds if old is None else 0.8 * old + 0.2 * seconds
@@ -469,7 +468,7 @@ class ClusterBase:
             costs.popitem(last=False)
 
     def _solve_cost(self, code: Any) -> float | None:
-        return self.__dict__.get("_solve_costs", {}).get(_code_key(code))
+        return self._solve_costs.get(_code_key(code))
 
     def _retire(self, r: _Request) -> None:
         """A request settled: out of the pending tables; kept weakly while workers owe it."""
@@ -479,8 +478,7 @@ class ClusterBase:
         self._pending.pop(r.id, None)
         if r.wake_at is not None:  # settled before its wake-up: nothing to look at again
             r.wake_at = None
-            if r in self._wakes:
-                self._wakes.remove(r)
+            self._wakes.remove(r)
         if r._outstanding():
             self._finished[r.id] = r
         self._changed.notify_all()
@@ -517,8 +515,7 @@ class ClusterBase:
                     busy = bool(self._pending or self._acks)
                     nearest = min((r.deadline for t in (self._pending, self._acks)
                                    for r in t.values()), default=None)
-                    wake = min((r.wake_at for r in self._wakes if r.wake_at is not None),
-                               default=None)
+                    wake = min((r.wake_at for r in self._wakes), default=None)
                     if wake is not None:
                         nearest = wake if nearest is None else min(nearest, wake)
                     driven = self._drivers > 0
