@@ -903,6 +903,16 @@ class _Packed:
         return len(self.arrays)
 
 
+def _unit_draws(rng: np.random.Generator, k: int, x: int, y: int) -> tuple[np.ndarray, np.ndarray]:
+    """``k`` random unit vectors over the rows (``x``) and ``k`` over the rest (``y``) of a
+    result, drawn in that order (every projection path draws the same numbers)."""
+    u = rng.standard_normal((k, x))
+    v = rng.standard_normal((k, y))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return u, v
+
+
 def _project(E: Any, rng: np.random.Generator, k: int) -> np.ndarray:
     """Reduce each worker's evaluation block to ``k`` numbers by random Gaussian projections."""
     if isinstance(E, _Packed):
@@ -911,10 +921,7 @@ def _project(E: Any, rng: np.random.Generator, k: int) -> np.ndarray:
         shape = E.arrays[0].shape
         h = shape[0] // 2
         y = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-        u = rng.standard_normal((k, h))
-        v = rng.standard_normal((k, y))
-        u /= np.linalg.norm(u, axis=1, keepdims=True)
-        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        u, v = _unit_draws(rng, k, h, y)
         out = np.empty((len(E), k), dtype=np.complex128)
         with np.errstate(invalid="ignore", over="ignore"):
             for i, a in enumerate(E.arrays):
@@ -928,10 +935,7 @@ def _project(E: Any, rng: np.random.Generator, k: int) -> np.ndarray:
         shape = E.arrays[0].shape
         x = shape[0] if shape else 1                     # 0-d results (a scalar gradient)
         y = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-        u = rng.standard_normal((k, x))
-        v = rng.standard_normal((k, y))
-        u /= np.linalg.norm(u, axis=1, keepdims=True)
-        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        u, v = _unit_draws(rng, k, x, y)
         out = np.empty((len(E), k), dtype=np.result_type(E.dtype, np.float64))
         with np.errstate(invalid="ignore", over="ignore"):
             for i, a in enumerate(E.arrays):
@@ -939,10 +943,7 @@ def _project(E: Any, rng: np.random.Generator, k: int) -> np.ndarray:
         return out
     r = E.shape[0]
     flat = E.reshape(r, E.shape[1], -1) if E.ndim > 2 else E.reshape(r, -1, 1)
-    u = rng.standard_normal((k, flat.shape[1]))
-    v = rng.standard_normal((k, flat.shape[2]))
-    u /= np.linalg.norm(u, axis=1, keepdims=True)
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    u, v = _unit_draws(rng, k, flat.shape[1], flat.shape[2])
     with np.errstate(invalid="ignore", over="ignore"):
         t = np.matmul(u, flat)                    # (r, k, y): BLAS, not einsum
         return (t * v[None]).sum(axis=2)

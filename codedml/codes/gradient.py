@@ -321,7 +321,7 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
     holds it while it is in cache (one operation per run of consecutive partitions), and its
     partitions' sums of squares taken there. Returns them (float64, one per partition; None
     over GF(p))."""
-    from ._encode import CHUNK_BYTES
+    from ._encode import CHUNK_BYTES, _rowsq
 
     n = len(parts)
     M, N = A.shape
@@ -334,10 +334,8 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
     for w in range(n):
         for j0, j1, t in runs[w]:
             lo, hi = min(j0 * nb, N), min(j1 * nb, N)
-            if real:
-                c = np.repeat(np.asarray(coef[w][j0:j1], dtype=np.float64), nb)[:hi - lo]
-            else:
-                c = np.repeat(np.asarray(coef[w][j0:j1], dtype=np.int64), nb)[:hi - lo]
+            c = np.repeat(np.asarray(coef[w][j0:j1], dtype=np.float64 if real else np.int64),
+                          nb)[:hi - lo]
             plan.append((w, lo, hi, t * nb, (t + j1 - j0) * nb, c))
     step = max(1, CHUNK_BYTES // max(1, N * A.itemsize))
     with np.errstate(invalid="ignore", over="ignore"):
@@ -373,9 +371,7 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
                 for w, t in holders[j]:
                     np.copyto(b_all[w, t * nb + r0 - lo:t * nb + r1 - lo], Y, casting="unsafe")
                 if real:
-                    v = Y.reshape(-1)
-                    rowsq[j] += float(np.dot(v, v)) if v.dtype == np.float64 else \
-                        float(np.einsum("i,i->", v, v, dtype=np.float64))
+                    rowsq[j] += float(_rowsq(Y.reshape(1, -1))[0])
     if not real:
         return None
     return colsq.reshape(n, nb).sum(axis=1), rowsq

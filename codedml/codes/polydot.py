@@ -765,21 +765,20 @@ class PolyDotCode(LinearCode):
         missing = sorted(set(range(k)) - set(present))
         if not par:
             return C, 1.0
-        if not missing:  # every systematic result kept; the parity ones only checked them
-            from ._base import _factors
+        from ._base import _factors, _lstsq
 
-            return C, (1.0 if P is not None else _factors(self._generator()[np.asarray(rows)]).cond)
         G = self._generator()
+        # cached per subset, as the general path's
+        cond = 1.0 if P is not None else _factors(G[np.asarray(rows)]).cond
+        if not missing:  # every systematic result kept; the parity ones only checked them
+            return C, cond
         Gp = G[np.asarray(rows)[par]]                          # s x k, parity rows
         Cb[missing] = 0                                        # so Gp @ Cb sums the present
         Rp = np.stack([np.asarray(raw[j], dtype=dt).reshape(-1) for j in par])
         if P is not None:
             rhs = (Rp - _gfp.matmul_mod(Gp % P, Cb, P)) % P
             Cb[missing] = _gfp.solve_mod(Gp[:, missing] % P, rhs, P)
-            return C, 1.0
-        from ._base import _factors, _lstsq
-
-        cond = _factors(G[np.asarray(rows)]).cond  # cached per subset, as the general path's
+            return C, cond
         if not self._packed:
             rhs = Rp - Gp.real @ Cb
             Cb[missing] = _lstsq(Gp[:, missing].real, rhs).real
