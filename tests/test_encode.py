@@ -239,3 +239,25 @@ def test_reference_refuses_primes_that_would_overflow():
     with pytest.raises(ConfigurationError, match="field"):
         reference_encode(MDSCode(5, 3, field=2_147_483_647), np.ones((6, 2), dtype=np.int64),
                          np.ones((2, 2), dtype=np.int64))
+
+
+def _cache_dir(root, sizes):
+    for i, (level, size) in enumerate(sizes):
+        d = root / f"index{i}"
+        d.mkdir()
+        (d / "level").write_text(f"{level}\n")
+        (d / "size").write_text(f"{size}\n")
+    return str(root)
+
+
+@pytest.mark.parametrize("sizes, expected", [
+    ([(1, "48K"), (2, "1024K"), (3, "32768K")], 4 << 20),     # 32 MiB L3: capped at 4 MiB
+    ([(1, "32K"), (2, "512K"), (3, "16M")], 2 << 20),         # an eighth of 16 MiB
+    ([(1, "32K"), (2, "256K"), (3, "6144K")], 1 << 20),       # floor of 1 MiB
+    ([(1, "32K"), (2, "bogus"), (3, "")], 1 << 20),           # unreadable sizes: the default
+    ([], 1 << 20),                                             # no sysfs: the default
+])
+def test_chunk_size_follows_the_last_level_cache(tmp_path, sizes, expected):
+    from codedml.codes import _encode
+
+    assert _encode._chunk_bytes(root=_cache_dir(tmp_path, sizes)) == expected

@@ -142,10 +142,11 @@ def _gradient(code: Any, A: Any, B: Any, precision: str) -> list[tuple[np.ndarra
     for w in range(n):
         parts = list(code.partitions(w))
         coef = code.coefficients[w, parts]
+        a = Ab[parts].transpose(1, 0, 2).reshape(A.shape[0], -1)
+        c = coef.reshape((-1,) + (1,) * B.ndim)
         if P is None:
-            a = (coef[:, None, None] * Ab[parts]).transpose(1, 0, 2).reshape(A.shape[0], -1)
+            b = (c * Bb[parts].astype(np.float64)).reshape((-1,) + B.shape[1:])
         else:
-            a = ((coef[:, None, None] * Ab[parts]) % P).transpose(1, 0, 2).reshape(A.shape[0], -1)
-        b = Bb[parts].reshape((-1,) + B.shape[1:])
+            b = ((c * Bb[parts].astype(np.int64)) % P).reshape((-1,) + B.shape[1:])
         pairs.append((a.astype(dtype), b.astype(dtype)))
     return pairs
