@@ -100,6 +100,8 @@ def _parts(b: Block) -> tuple[np.ndarray, np.ndarray | None, float]:
 
 
 def _rows(b: Block) -> int:
+    if not isinstance(b, tuple):        # a real view: its rows, unless it has no columns
+        return b.shape[0] if b.shape[1] else 0
     re, im, _ = _parts(b)
     return max(re.shape[0], 0 if im is None else im.shape[0]) if re.shape[1] or (im is not None and im.shape[1]) else 0
 
@@ -204,7 +206,8 @@ def _combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, lea
             _combine(G, blocks, flat[nsys:], 1, 0, None if sq is None else sq[nsys:], post)
         return out
     step = max(1, CHUNK_BYTES // max(1, max(k, n_out - nsys) * C * cdt.itemsize))
-    ends = sorted({min(_rows(b), R) for b in blocks} | {R, 0})
+    nrows = [_rows(b) for b in blocks]
+    ends = sorted({min(r, R) for r in nrows} | {R, 0})
     bounds = []
     for a, b in zip(ends[:-1], ends[1:]):
         if _whole(G, blocks, out, flat, nsys, a, b, C, cdt, sq):
@@ -216,7 +219,7 @@ def _combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, lea
     tmp_full = np.empty((max(n_out - nsys, 1), step * C), dtype=cdt)
     for r0, r1 in bounds:
         rc = r1 - r0
-        live = [i for i, b in enumerate(blocks) if _rows(b) > r0]
+        live = [i for i, r in enumerate(nrows) if r > r0]
         # the live blocks of this chunk as one (len(live), rc * C) matrix: a view if possible
         D = None
         if live and not cplx and live == list(range(live[0], live[-1] + 1)):
@@ -291,12 +294,13 @@ def _systematic(G, blocks, flat, nsys, sq, post, cdt) -> bool:
     Gc = None if G is None or not par else np.ascontiguousarray(G, dtype=cdt)
     buf = None if same else np.empty((nsys, step * C), dtype=cdt)
     tmp = None if same or not par else np.empty((par, step * C), dtype=cdt)
-    ends = sorted({min(_rows(b), R) for b in blocks} | {R, 0})
+    nrows = [_rows(b) for b in blocks]
+    ends = sorted({min(r, R) for r in nrows} | {R, 0})
     for a, b in zip(ends[:-1], ends[1:]):
         # blocks that reach past row a are whole in rows a:b; the rest are zero there. Where
         # the former are consecutive and lie at one stride in memory (a C-ordered A split by
         # rows), each chunk is one copy from A and the rest one fill.
-        live = [i for i, blk in enumerate(blocks) if _rows(blk) > a]
+        live = [i for i, r in enumerate(nrows) if r > a]
         span = live == list(range(live[0], live[-1] + 1)) if live else False
         D_all = _direct(blocks, live, a, b, C, dtype=None) if span else None
         for r0 in range(a, b, step):
