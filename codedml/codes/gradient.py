@@ -374,11 +374,28 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
             for r0 in range(lo, hi, bstep):
                 r1 = min(hi, r0 + bstep)
                 Y = B[r0:r1]
+                Y64 = None
                 for w, t, c in holders[j]:
                     d = b_all[w, t * nb + r0 - lo:t * nb + r1 - lo]
                     if real:
-                        # the product in float64, rounded once into the task's dtype
-                        np.multiply(Y, c, out=d, casting="unsafe")
+                        # the product in float64, rounded once into the task's dtype. Where
+                        # B already has that dtype and c is exact in it (1 on the diagonal,
+                        # every fractional-repetition coefficient), the product in that
+                        # dtype is the same correctly rounded value (a float32 product is
+                        # exact in float64): no float64 pass. Otherwise B's chunk is cast
+                        # to float64 once for all its holders (numpy's buffered mixed-type
+                        # multiply measured 1.5x slower).
+                        if Y.dtype == d.dtype and d.dtype.type(c) == c:
+                            if c == 1:
+                                np.copyto(d, Y)
+                            else:
+                                np.multiply(Y, d.dtype.type(c), out=d)
+                        elif Y.dtype == np.float64:
+                            np.multiply(Y, c, out=d, casting="unsafe")
+                        else:
+                            if Y64 is None:
+                                Y64 = Y.astype(np.float64)
+                            np.multiply(Y64, c, out=d, casting="unsafe")
                     else:
                         np.multiply(Y, c, out=d)
                         np.remainder(d, P, out=d)
