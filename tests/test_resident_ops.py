@@ -223,6 +223,28 @@ def test_scrub_reports_missing_workers_and_finds_nothing_when_clean(W):
         assert 2 not in rep.checked and len(rep.checked) == 5
 
 
+def _corrupt_stored(cluster, handle, workers):
+    """Corrupt ``handle``'s stored blocks on ``workers`` in place (one entry each), as a soft
+    error in a worker's memory would, after the put reached them."""
+    handle.ack.exception()
+    for w in workers:
+        block = cluster._states[w].resident[handle.id]
+        block.reshape(-1)[w % block.size] += 1e3 * (1 + np.abs(block).max())
+
+
+def test_scrub_search_locates_and_repairs_three_corrupt_blocks(W):
+    """Three corrupt stored blocks of eight at k = 3: one more than a probe locates
+    ((8 - 3) // 2 = 2); the scrub's search leaves blocks out in turn, locates the three and
+    repairs them, and the repaired operand reads back exactly and scrubs clean."""
+    with LocalCluster(8, timeout=30) as c:
+        h = c.put(W, code=MDSCode(8, 3))
+        _corrupt_stored(c, h, (1, 4, 6))
+        rep = c.scrub(h)
+        assert rep.searched and rep.faulty == (1, 4, 6) and rep.repaired == (1, 4, 6)
+        assert c.scrub(rep.handle).faulty == ()
+        assert np.allclose(c.fetch(rep.handle), W, rtol=0, atol=TOL * np.abs(W).max())
+
+
 def test_gf_resident_fetch_and_left_product():
     rng = np.random.default_rng(2)
     W, L = rng.integers(0, P, (9, 4)), rng.integers(0, P, (3, 9))
