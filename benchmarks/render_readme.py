@@ -416,6 +416,36 @@ def cold_start(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+# ------------------------------------------------------------------ scale.json
+@_from("scale")
+def scale(doc: dict[str, Any]) -> str:
+    A, B = doc["sizes"]["A"], doc["sizes"]["B"]
+    out = [
+        f"Source: {_source('scale', doc)}; one `mpiexec --oversubscribe -n N+1` job per worker "
+        f"count N, medians of {doc['jobs']} requests each; the root's CPU time per request "
+        "(`time.thread_time` inside the code's encode, the transport's send of each task and "
+        "receive of each reply, and the code's decode: waiting and preemption by the other "
+        f"ranks left out). *job*: `submit` of {A[0]}x{A[1]} @ {B[0]}x{B[1]} with "
+        f"`{doc['code']}`; *call*: a handler returning 64 doubles (control plane only). Fit "
+        "`time = a + b N` and the log-log exponent `d log time / d log N`; issue 11 asks for "
+        "at most linear growth (exponent <= 1.1).",
+        "",
+        "| workers | job (ms) | encode | send | receive | decode | call (ms) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in doc["points"]:
+        j, c = p["rows"]["job"], p["rows"]["call"]
+        out.append(f"| {p['workers']} | {1e3 * j['median_s']:.3f} | {1e3 * j['encode_median_s']:.3f} "
+                   f"| {1e3 * j['send_median_s']:.3f} | {1e3 * j['receive_median_s']:.3f} "
+                   f"| {1e3 * j['decode_median_s']:.3f} | {1e3 * c['median_s']:.3f} |")
+    out += ["", "| request | per worker (us) | intercept (ms) | log-log exponent | at most linear |",
+            "|---|---|---|---|---|"]
+    for what, f in doc["fits"].items():
+        out.append(f"| {what} | {1e6 * f['slope_s_per_worker']:.1f} | {1e3 * f['intercept_s']:.3f} "
+                   f"| {f['loglog_exponent']:.2f} | {'yes' if f['at_most_linear'] else '**no**'} |")
+    return "\n".join(out)
+
+
 # ------------------------------------------------------------------ cuda_backend.json
 @_from("cuda_backend")
 def cuda_backend(doc: dict[str, Any]) -> str:
@@ -980,6 +1010,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "encode": encode,
     "gfp_matmul": gfp_matmul,
     "cold_start": cold_start,
+    "scale": scale,
     "cuda_backend": cuda_backend,
     "systematic": systematic,
     "systematic_all": systematic_all,
@@ -998,7 +1029,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
 DOCS: tuple[Doc, ...] = (
     Doc("README.md", ("coded_cnn", "accuracy", "inner", "systematic", "cost", "encode", "gfp_matmul",
                       "cold_start", "cuda_backend", "runtime_latency", "control_plane",
-                      "control_plane_2workers", "reliability", "coded_layers", "coded_layers_step",
+                      "control_plane_2workers", "scale", "reliability", "coded_layers", "coded_layers_step",
                       "coded_layers_optimizers", "train_policies", "communication")),
     Doc("benchmarks/results/SUMMARY_codes.md", ("accuracy", "inner", "systematic_all", "cost_2048")),
     Doc("benchmarks/results/SUMMARY_runtime.md", ("runtime_summary",)),

@@ -50,8 +50,6 @@ def child(jobs: int, out: Path) -> int:
     from codedml import MPICluster
     from codedml.codes import MDSCode
 
-    from codedml.codes import LinearCode
-
     # CPU time of the thread doing the work (time.thread_time): 65 ranks share 2 cores, and a
     # wall-clock timer around a few microseconds of work mostly measures preemption.
     spent = {"encode": 0.0, "send": 0.0, "receive": 0.0, "decode": 0.0}
@@ -67,8 +65,11 @@ def child(jobs: int, out: Path) -> int:
 
     MPICluster._send = timed("send", MPICluster._send)
     MPICluster._receive = timed("receive", MPICluster._receive)
-    LinearCode.encode = timed("encode", LinearCode.encode)
-    LinearCode.decode = timed("decode", LinearCode.decode)
+    # on the class the jobs use, wrapping what it resolves to (MDSCode's decode is
+    # PolyDotCode's, not LinearCode's: a wrapper on LinearCode.decode never ran, and the
+    # decode column read 0 before this)
+    MDSCode.encode = timed("encode", MDSCode.encode)
+    MDSCode.decode = timed("decode", MDSCode.decode)
 
     def reply64(ctx, x, **_):
         return np.zeros(64)
@@ -98,6 +99,9 @@ def child(jobs: int, out: Path) -> int:
                     cl.call("r64", np.zeros(8)).wait()
                 if i >= 5:  # warm-up
                     per.append(dict(spent))
+            if what == "job" and not any(p["encode"] > 0 and p["decode"] > 0 for p in per):
+                raise AssertionError("the encode or decode timer never ran: the job's figure "
+                                     "would leave that work out")
             tot = [sum(p.values()) for p in per]
             rows[what] = {"median_s": float(np.median(tot)),
                           **{f"{k}_median_s": float(np.median([p[k] for p in per])) for k in per[0]}}
