@@ -417,6 +417,38 @@ def test_in_place_edit_of_a_stale_mirror_is_refused(cluster):
     assert torch.equal(layer.weight.detach(), torch.ones(3, 4, dtype=F64))
 
 
+def test_edits_through_data_reach_the_workers(cluster):
+    """A change written through ``weight.data`` (clipping, an initialisation) bypasses the
+    version counter, as torch means it to; the layer compares the mirror's values with what
+    it stored, so the next forward still uses the edited weight, exactly as nn.Linear does."""
+    coded, ref = _pair(cluster)
+    x = torch.randn(5, 8, dtype=F64)
+    assert float((coded(x) - ref(x)).detach().abs().max()) <= 1e-12
+    for m in (coded, ref):
+        m[0].weight.data.mul_(-2.0)                       # through the attribute
+        for p in m[2].parameters():                       # through parameters(), as clipping code does
+            p.data.clamp_(-0.1, 0.1)
+    assert float((coded(x) - ref(x)).detach().abs().max()) <= 1e-12
+    assert torch.allclose(_stored(coded[0]), ref[0].weight.detach(), rtol=0, atol=1e-14)
+    assert coded[0].stats["reencodes"] == 1 and coded[2].stats["reencodes"] == 1
+    coded(x)                                              # nothing changed since: no re-encode
+    assert coded[0].stats["reencodes"] == 1
+
+
+def test_data_edit_of_a_stale_mirror_is_refused(cluster):
+    """After a CodedSGD step the mirror holds the pre-step weight until it is read; an edit of
+    it through ``.data`` (reached through ``parameters()``, which does not refresh it) cannot be
+    combined with the step, so it is refused by name, not dropped at the next refresh."""
+    layer = CodedLinear(4, 3, cluster=cluster, dtype=F64)
+    opt = CodedSGD(layer, lr=0.1)
+    layer(torch.randn(2, 4, dtype=F64)).sum().backward()
+    opt.step()
+    for p in layer.parameters():
+        p.data.zero_()
+    with pytest.raises(StaleWeightError, match="modified in place at the root while a CodedSGD step"):
+        layer(torch.randn(2, 4, dtype=F64))
+
+
 def test_state_dict_keep_vars_pushes_a_root_edit_first(cluster):
     layer = CodedLinear(4, 3, cluster=cluster, dtype=F64)
     with torch.no_grad():

@@ -259,7 +259,7 @@ class CodedLinear(nn.Module):
         self._grad_token: Any = None      # weight.grad as the last accumulation left it
         self._weight_version = 0          # bumped whenever the stored weight changes
         self._adopt(self.weight)
-        self._root_token = self._token(self.weight)
+        self._mark_root(self.weight)
         self._last_faulty: set[int] = set()
         self._scrub_due = False
         self.stats = {"forward": 0, "backward": 0, "corrected": 0, "skipped": 0, "retried": 0,
@@ -401,6 +401,21 @@ class CodedLinear(nn.Module):
     def _token(p: torch.Tensor) -> tuple[Any, ...]:
         return (p._version, p.data_ptr(), p.dtype, p.device)
 
+    def _mark_root(self, p: torch.Tensor) -> None:
+        """Record the mirror ``p`` as what the workers' blocks hold: its version token and a
+        copy of its values. The copy catches what the token cannot: a change made through
+        ``p.data`` (torch does not count it in ``p._version``), such as weight clipping or an
+        initialisation written into ``.data``."""
+        self._root_token = self._token(p)
+        self._root_copy = p.detach().clone()
+
+    def _unchanged(self, p: torch.Tensor) -> bool:
+        """Whether the mirror still equals what was recorded by :meth:`_mark_root` (same
+        version token and the same values, compared exactly: a NaN counts as a change)."""
+        ref = self.__dict__.get("_root_copy")
+        return (self._token(p) == self._root_token and ref is not None
+                and ref.shape == p.shape and torch.equal(p.detach(), ref))
+
     def _adopt(self, p: nn.Parameter) -> None:
         """Tag ``p`` as this layer's mirror (for the optimizer hooks) and follow its ``.grad``."""
         ref = weakref.ref(self)
@@ -446,7 +461,7 @@ class CodedLinear(nn.Module):
         """Decode the stored weight into the mirror after coded steps moved it on."""
         p = self._parameters["weight"]
         if self._w64 is None:
-            if self._token(p) != self._root_token:
+            if not self._unchanged(p):
                 raise StaleWeightError(
                     "CodedLinear: `weight` was modified in place at the root while a CodedSGD step "
                     "had moved the stored weight on, so neither can be kept; read `layer.weight` "
@@ -456,13 +471,13 @@ class CodedLinear(nn.Module):
             self._w64 = np.array(W, dtype=np.float64, order="C")
             with torch.no_grad():
                 p.data.copy_(torch.from_numpy(self._w64).reshape(p.shape))  # .data: not a change
-            self._root_token = self._token(p)
+            self._mark_root(p)
 
     def _push(self) -> None:
         """Send a root-side change of the mirror (an optimizer step, an in-place edit, a new
         parameter assigned) to the workers: re-encode it and store it anew."""
         p = self._parameters.get("weight")
-        if p is None or self._token(p) == self._root_token:
+        if p is None or self._unchanged(p):
             return
         if getattr(p, "_codedml_layer", lambda: None)() is not self:
             if tuple(p.shape) != self._weight_shape():
@@ -487,7 +502,7 @@ class CodedLinear(nn.Module):
             with torch.no_grad():
                 p.copy_(torch.from_numpy(W).reshape(p.shape))  # bumps its version: a forward before it is stale
         self._weight_version += 1
-        self._root_token = self._token(p)
+        self._mark_root(p)
 
     def _apply(self, fn: Any, recurse: bool = True) -> "CodedLinear":
         # dtype and device moves (.double(), .float(), .half(), .to(...)): the mirror and the
@@ -516,7 +531,7 @@ class CodedLinear(nn.Module):
         if precision != self._precision:
             self._precision = precision
             self._store(W, mirror=False)
-        self._root_token = self._token(self._parameters["weight"])
+        self._mark_root(self._parameters["weight"])
         return self
 
     def __deepcopy__(self, memo: dict[int, Any]) -> "CodedLinear":
@@ -543,7 +558,7 @@ class CodedLinear(nn.Module):
         p = new._parameters["weight"]
         new._adopt(p)
         new._grad_token = new._grad_state(p.grad)
-        new._root_token = new._token(p)
+        new._mark_root(p)
         return new
 
     def __getstate__(self) -> Any:
