@@ -261,3 +261,16 @@ def test_chunk_size_follows_the_last_level_cache(tmp_path, sizes, expected):
     from codedml.codes import _encode
 
     assert _encode._chunk_bytes(root=_cache_dir(tmp_path, sizes)) == expected
+
+
+@pytest.mark.parametrize("field", [None, 65537])
+def test_gradient_code_with_an_empty_inner_dimension(field):
+    """A (3, 0) @ B (0, 2) is the zero matrix: every task is empty and the product decodes
+    to zeros (the partition width is 0 here, not a divisor)."""
+    from codedml.codes import GradientCode
+
+    code = GradientCode(4, 1, field=field)
+    dt = np.float64 if field is None else np.int64
+    enc = code.encode(np.ones((3, 0), dtype=dt), np.ones((0, 2), dtype=dt))
+    got = code.decode({w: enc[w].compute() for w in range(3)}, encoding=enc)
+    assert got.shape == (3, 2) and not np.asarray(got).any()

@@ -435,6 +435,16 @@ def test_edits_through_data_reach_the_workers(cluster):
     assert coded[0].stats["reencodes"] == 1
 
 
+def test_data_edit_between_forward_and_backward_is_refused(cluster):
+    """The workers hold the forward's weight; nn.Linear's backward would read values edited
+    through ``.data`` in between. Like an in-place edit there, it is refused by name."""
+    layer = CodedLinear(4, 3, cluster=cluster, dtype=F64)
+    y = layer(torch.randn(2, 4, dtype=F64, requires_grad=True))
+    layer.weight.data.mul_(2)
+    with pytest.raises(StaleWeightError, match="modified through `.data`"):
+        y.sum().backward()
+
+
 def test_data_edit_of_a_stale_mirror_is_refused(cluster):
     """After a CodedSGD step the mirror holds the pre-step weight until it is read; an edit of
     it through ``.data`` (reached through ``parameters()``, which does not refresh it) cannot be

@@ -212,8 +212,9 @@ class GradientCode(LinearCode):
         # Each task written once, straight from A's and B's partitions (views): worker w's
         # a holds the A_j side by side for its partitions j, its b the coef[w, j] * B_j
         # stacked (a_w @ b_w = sum_j coef[w, j] A_j B_j either way; see _write_tasks).
-        # Real: the products run in float64 (float64 coefficients) and are rounded once into
-        # float32 operands; zero columns/rows where a partition runs past the padding.
+        # Real: each coefficient times B is the float64 product rounded once into the task's
+        # dtype (computed in float32 where that gives the same value: see _write_tasks);
+        # zero columns/rows where a partition runs past the padding.
         # One allocation per side (reused memory from the task pool, codes/_pool.py).
         a_all = _pool.empty((n, M, s1 * nb), dtype=dtype)
         b_all = _pool.empty((n, s1 * nb) + B.shape[1:], dtype=dtype)
@@ -320,7 +321,7 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
     partitions of B's rows, each scaled by the worker's coefficient for it, stacked), reading A
     and B from memory once: A by chunks of whole rows and B by chunks of a partition's rows,
     each chunk written into every task that holds it while it is in cache (one copy per run of
-    consecutive partitions of A; one scalar multiply per partition of B), and its partitions'
+    consecutive partitions of A; one scalar multiply per worker holding a partition of B), and its partitions'
     sums of squares taken there. The coefficients sit on B's side because a scalar times
     contiguous rows runs at copy speed, where A's side would need a per-column broadcast over
     short strided rows (measured 1.9x a plain copy of the same segments). Returns the sums of
@@ -338,7 +339,7 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
             lo, hi = min(j0 * nb, N), min(j1 * nb, N)
             plan.append((w, lo, hi, t * nb, (t + j1 - j0) * nb))
     step = max(1, CHUNK_BYTES // max(1, N * A.itemsize))
-    full = N // nb          # partitions whole in A's columns (the next one, if any, is short)
+    full = N // nb if nb else 0   # partitions whole in A's columns (the next one, if any, short)
     with np.errstate(invalid="ignore", over="ignore"):
         for w, lo, hi, c0, c1 in plan:            # columns past the padding: zero
             if c0 + hi - lo < c1:

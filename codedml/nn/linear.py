@@ -123,6 +123,16 @@ class _CodedLinearFn(torch.autograd.Function):
     def backward(ctx: Any, gy: torch.Tensor):  # type: ignore[override]
         layer: CodedLinear = ctx.layer
         layer._check_version(ctx.version)
+        w = layer._parameters.get("weight")
+        if w is not None and layer._token(w) == layer._root_token and not layer._unchanged(w):
+            # the version counter agrees but the values do not: an edit through `.data`
+            # between this forward and its backward (nn.Linear's backward would read the
+            # edited values; the workers hold the forward's)
+            raise StaleWeightError(
+                "CodedLinear: the weight needed for gradient computation changed after the "
+                "forward pass: `weight` was modified through `.data`, which the version "
+                "counter does not see. Run backward before changing the weight (as torch "
+                "requires for nn.Linear)")
         (x,) = ctx.saved_tensors
         G = _to_numpy(gy)
         gx = gw = None
