@@ -303,24 +303,19 @@ def _systematic(G, blocks, flat, nsys, sq, post, cdt) -> bool:
         live = [i for i, r in enumerate(nrows) if r > a]
         span = live == list(range(live[0], live[-1] + 1)) if live else False
         D_all = _direct(blocks, live, a, b, C, dtype=None) if span else None
+        # where the tasks hold the blocks' own dtype (float32 tasks of float32 blocks,
+        # computed in float64), the systematic tasks are a plain copy of the blocks and the
+        # float64 buffer is a cast of them: no round trip through float64 for the copy
+        raw = D_all is not None and not same and D_all.dtype == flat.dtype
         for r0 in range(a, b, step):
             r1 = min(b, r0 + step)
             c0, c1 = r0 * C, r1 * C
             dst = S_all[:, c0:c1] if same else buf[:, :c1 - c0]
-            # where the tasks hold the blocks' own dtype (float32 tasks of float32 blocks,
-            # computed in float64), the systematic tasks are a plain copy of the blocks and the
-            # float64 buffer is a cast of them: no round trip through float64 for the copy
-            raw = D_all is not None and not same and D_all.dtype == flat.dtype
             if D_all is not None:
                 Dc = D_all[:, c0 - a * C:c1 - a * C]
-                np.copyto(dst[live[0]:live[-1] + 1], Dc, casting="unsafe")
-                dst[:live[0]] = 0
-                dst[live[-1] + 1:] = 0
+                _place(dst, Dc, live[0], live[-1] + 1)
                 if raw:
-                    S = S_all[:, c0:c1]
-                    np.copyto(S[live[0]:live[-1] + 1], Dc)
-                    S[:live[0]] = 0
-                    S[live[-1] + 1:] = 0
+                    _place(S_all[:, c0:c1], Dc, live[0], live[-1] + 1)
             else:
                 for o in range(nsys):
                     _gather(blocks[o], dst[o].reshape(r1 - r0, C), r0, r1)
@@ -345,6 +340,13 @@ def _systematic(G, blocks, flat, nsys, sq, post, cdt) -> bool:
                 t = post(t)
             _store(P, t)
     return True
+
+
+def _place(dst: np.ndarray, D: np.ndarray, lo: int, hi: int) -> None:
+    """``dst[lo:hi] = D`` (cast), every other row of ``dst`` zero."""
+    np.copyto(dst[lo:hi], D, casting="unsafe")
+    dst[:lo] = 0
+    dst[hi:] = 0
 
 
 def _whole(G, blocks, out, flat, nsys, r0, r1, C, cdt, sq=None) -> bool:

@@ -332,7 +332,7 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
     M, N = A.shape
     runs = [_runs(p) for p in parts]
     real = P is None
-    colsq = np.zeros(n) if real else None
+    sq_a = np.zeros(n) if real else None   # per partition of A's columns
     plan = []   # per worker and run of partitions: the columns of A it copies, and where to
     for w in range(n):
         for j0, j1, t in runs[w]:
@@ -353,19 +353,18 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
             if real and X.size:
                 # the partitions' sums of squares: one BLAS dot per row of every partition
                 # (X's rows as (rows x partitions) segments of nb), summed over the rows
-                if full:
-                    seg = X[:, :full * nb].reshape(-1, nb) if X.flags.c_contiguous else \
-                        np.ascontiguousarray(X[:, :full * nb]).reshape(-1, nb)
-                    colsq[:full] += _rowsq(seg).reshape(r1 - r0, full).sum(axis=0)
+                if full:   # (a view where X's rows are contiguous, else reshape copies)
+                    seg = X[:, :full * nb].reshape(-1, nb)
+                    sq_a[:full] += _rowsq(seg).reshape(r1 - r0, full).sum(axis=0)
                 if full * nb < N:
-                    colsq[full] += float(_rowsq(np.ascontiguousarray(X[:, full * nb:])).sum())
+                    sq_a[full] += float(_rowsq(np.ascontiguousarray(X[:, full * nb:])).sum())
         # B: per partition, the workers (and slots) that hold it, and their coefficients
         holders: list[list[tuple[int, int, Any]]] = [[] for _ in range(n)]
         for w in range(n):
             for t, j in enumerate(parts[w]):
                 c = coef[w][j]
                 holders[j].append((w, t, np.float64(c) if real else int(c)))
-        rowsq = np.zeros(n) if real else None
+        sq_b = np.zeros(n) if real else None   # per partition of B's rows
         width = int(np.prod(B.shape[1:], dtype=np.int64))
         bstep = max(1, CHUNK_BYTES // max(1, width * B.itemsize))
         for j in range(n):
@@ -401,10 +400,10 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
                         np.multiply(Y, c, out=d)
                         np.remainder(d, P, out=d)
                 if real:
-                    rowsq[j] += float(_rowsq(Y.reshape(1, -1))[0])
+                    sq_b[j] += float(_rowsq(Y.reshape(1, -1))[0])
     if not real:
         return None
-    return colsq, rowsq
+    return sq_a, sq_b
 
 
 def _cyclic_dft(n: int, s: int) -> np.ndarray | None:

@@ -124,7 +124,7 @@ class _CodedLinearFn(torch.autograd.Function):
         layer: CodedLinear = ctx.layer
         layer._check_version(ctx.version)
         w = layer._parameters.get("weight")
-        if w is not None and layer._token(w) == layer._root_token and not layer._unchanged(w):
+        if w is not None and layer._token(w) == layer._root_token and not layer._same_values(w):
             # the version counter agrees but the values do not: an edit through `.data`
             # between this forward and its backward (nn.Linear's backward would read the
             # edited values; the workers hold the forward's)
@@ -419,12 +419,16 @@ class CodedLinear(nn.Module):
         self._root_token = self._token(p)
         self._root_copy = p.detach().clone()
 
-    def _unchanged(self, p: torch.Tensor) -> bool:
-        """Whether the mirror still equals what was recorded by :meth:`_mark_root` (same
-        version token and the same values, compared exactly: a NaN counts as a change)."""
+    def _same_values(self, p: torch.Tensor) -> bool:
+        """Whether the mirror holds exactly the values recorded by :meth:`_mark_root` (a NaN
+        counts as a change)."""
         ref = self.__dict__.get("_root_copy")
-        return (self._token(p) == self._root_token and ref is not None
-                and ref.shape == p.shape and torch.equal(p.detach(), ref))
+        return ref is not None and ref.shape == p.shape and torch.equal(p.detach(), ref)
+
+    def _unchanged(self, p: torch.Tensor) -> bool:
+        """Whether the mirror is still what :meth:`_mark_root` recorded: the same version
+        token and the same values."""
+        return self._token(p) == self._root_token and self._same_values(p)
 
     def _adopt(self, p: nn.Parameter) -> None:
         """Tag ``p`` as this layer's mirror (for the optimizer hooks) and follow its ``.grad``."""
@@ -555,7 +559,7 @@ class CodedLinear(nn.Module):
         for k, v in self.__dict__.items():
             if k in ("cluster", "code"):
                 new.__dict__[k] = v
-            elif k in ("_handle", "_buffer", "_grad_token", "_incoming_task"):
+            elif k in ("_handle", "_buffer", "_grad_token", "_incoming_task", "_root_copy"):
                 new.__dict__[k] = None
             elif k == "_incoming_dw":
                 new.__dict__[k] = []
