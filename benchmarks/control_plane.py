@@ -9,6 +9,11 @@ Measured side by side, each the median over ``--repeats`` rounds, on the same ra
 
 * ``bare``: the root ``Isend``s a small float64 array to every worker and ``Irecv``s one back
   from each (``Waitall``); workers echo. The floor any master/worker runtime pays.
+* ``python floor``: the least a request path written in Python does (:func:`floor_rounds`):
+  a ``struct`` header and the payload each way, the root polling ``Testsome`` and yielding
+  the core, workers spinning on ``Iprobe``; none of codedml's checks, futures, deadlines or
+  fault handling. What a request costs in Python before any of those: the ratio to bare
+  that no Python runtime with a request header gets under on these ranks.
 * ``call``: ``cluster.call`` of a registered handler that echoes its input (the typed
   request, the reply header, the future and the progress thread; no decode).
 * ``job``: ``cluster.submit`` of a tiny product (4x4 @ 4x4, ``MDSCode(n, n - 2)``): the same
@@ -27,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import struct
 import sys
 import time
 from pathlib import Path
@@ -40,6 +47,7 @@ sys.path.insert(0, str(HERE.parent))
 from _machine import machine_info  # noqa: E402
 
 TAG = 77
+FLOOR_ROW = "python floor (struct header + payload each way, no checks)"
 
 
 def bare_rounds(comm, repeats: int, size: int) -> list[float]:
@@ -72,6 +80,73 @@ def bare_serve(comm, size: int) -> None:
         comm.Send(buf, dest=0, tag=TAG)
 
 
+_FLOOR_HEAD = struct.Struct("<iiqq")  # op, job, count, spare: what any request header carries
+
+
+def floor_rounds(comm, repeats: int, size: int) -> list[float]:
+    """Root side of the Python floor: the least a request path written in Python does, with
+    none of codedml's checks, futures, deadlines or fault handling. Per worker a 24-byte
+    ``struct`` header and the payload go out (two ``Isend``), a header receive is posted; the
+    root polls ``Testsome`` (yielding the core between polls, as ranks share cores), parses
+    each reply header and receives its payload. Workers run :func:`floor_serve`."""
+    from mpi4py import MPI
+
+    n = comm.Get_size() - 1
+    x = np.zeros(size)
+    hbufs = [np.empty(_FLOOR_HEAD.size, dtype=np.uint8) for _ in range(n)]
+    times = []
+    for r in range(repeats + 1):
+        t = time.perf_counter()
+        hdr = np.frombuffer(_FLOOR_HEAD.pack(1, r, size, 0), dtype=np.uint8)
+        out = []
+        for w in range(1, n + 1):
+            out.append(comm.Isend(hdr, dest=w, tag=TAG + 1))
+            out.append(comm.Isend(x, dest=w, tag=TAG + 2))
+        reqs = [comm.Irecv(hbufs[w - 1], source=w, tag=TAG + 3) for w in range(1, n + 1)]
+        left = set(range(n))
+        while left:
+            done = MPI.Request.Testsome(reqs)
+            if not done:
+                os.sched_yield()
+                continue
+            for i in done:
+                _, _, count, _ = _FLOOR_HEAD.unpack(hbufs[i].tobytes())
+                comm.Recv(np.empty(count), source=i + 1, tag=TAG + 4)
+                left.discard(i)
+        MPI.Request.Waitall(out)
+        if r:
+            times.append(time.perf_counter() - t)
+    stop = np.frombuffer(_FLOOR_HEAD.pack(0, -1, 0, 0), dtype=np.uint8)
+    MPI.Request.Waitall([comm.Isend(stop, dest=w, tag=TAG + 1) for w in range(1, n + 1)])
+    return times
+
+
+def floor_serve(comm) -> None:
+    """Worker side of the Python floor: spin on ``Iprobe`` (yielding the core), receive the
+    header and payload, call an echo handler through a dict, reply header + payload."""
+    from mpi4py import MPI
+
+    handlers = {"echo": lambda a: a}
+    status = MPI.Status()
+    hb = np.empty(_FLOOR_HEAD.size, dtype=np.uint8)
+    pending: list = []
+    while True:
+        while not comm.Iprobe(source=0, tag=TAG + 1, status=status):
+            os.sched_yield()
+        comm.Recv(hb, source=0, tag=TAG + 1)
+        op, job, count, _ = _FLOOR_HEAD.unpack(hb.tobytes())
+        if op == 0:
+            MPI.Request.Waitall([q for q, _ in pending])
+            return
+        x = np.empty(count)
+        comm.Recv(x, source=0, tag=TAG + 2)
+        y = np.ascontiguousarray(handlers["echo"](x))
+        rh = np.frombuffer(_FLOOR_HEAD.pack(1, job, y.size, 0), dtype=np.uint8)
+        pending = [(q, b) for q, b in pending if not q.Test()]
+        pending.append((comm.Isend(rh, dest=0, tag=TAG + 3), rh))
+        pending.append((comm.Isend(y, dest=0, tag=TAG + 4), y))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=300)
@@ -98,12 +173,15 @@ def main(argv: list[str] | None = None) -> int:
     sizes = {"tiny (8 doubles)": 8, f"gradient ({nparams + 1} doubles)": nparams + 1}
 
     bare: dict[str, list[float]] = {}
+    floor: dict[str, list[float]] = {}
     comm = world.Dup()
     for label, size in sizes.items():
         if world.Get_rank() == 0:
             bare[label] = bare_rounds(comm, args.repeats, size)
+            floor[label] = floor_rounds(comm, args.repeats, size)
         else:
             bare_serve(comm, size)
+            floor_serve(comm)
     comm.Free()
 
     def echo(ctx, x, **_):
@@ -112,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     def zero_grad(ctx, flat, **_):
         return np.zeros(nparams + 1)
 
-    rows: list[dict] = []
+    rows: list[dict] = [
+        {"request": FLOOR_ROW, "payload": label, "median_s": float(np.median(ts)),
+         "p90_s": float(np.percentile(ts, 90)), "repeats": len(ts)} for label, ts in floor.items()]
     with MPICluster(world, handlers={"echo": echo, HANDLER: zero_grad}, timeout=60) as cluster:
         if cluster is None:
             return 0

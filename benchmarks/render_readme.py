@@ -737,6 +737,16 @@ def _control(doc: dict[str, Any], name: str) -> str:
                        f"({1e3 * s:.2f} ms)")
     if verdict:
         out += ["", "Targets: " + "; ".join(verdict) + "."]
+    floor = {r["payload"]: r["median_s"] for r in doc["rows"] if r["request"].startswith("python floor")}
+    if floor:
+        fr = [v / doc["bare_median_s"][k] for k, v in floor.items()]
+        over = [r["median_s"] / floor[r["payload"]] for r in doc["rows"]
+                if r["request"].startswith("call") and r["payload"] in floor]
+        out += ["", f"The Python floor (a `struct` header and the payload each way, no checks, "
+                    f"no futures, no deadlines: `floor_rounds` in the script) costs "
+                    f"{min(fr):.1f}-{max(fr):.1f}x the bare round trip in the same run"
+                    + (f"; a `call` costs {min(over):.1f}-{max(over):.1f}x the floor" if over else "")
+                    + "."]
     return "\n".join(out)
 
 

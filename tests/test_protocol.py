@@ -143,3 +143,83 @@ def test_reply_header_round_trip_and_defects() -> None:
     err = ReplyHeader(3, Kind.ERROR, int(Op.CALL), 0, (4,), 0, 32).to_array()
     with pytest.raises(ProtocolError, match="uint8"):
         ReplyHeader.from_array(err)
+
+
+def _check_json_reference(name, value, depth=0):
+    """The plain recursive form of the parameter check (every element visited, every name
+    spelled out), kept here to pin the fast one to it."""
+    import math
+
+    if depth > 8:
+        raise ConfigurationError(f"`{name}` is nested too deeply to travel (more than 8 levels)")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigurationError(f"`{name}` must be finite to travel, got {value!r}")
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        raise ConfigurationError(f"`{name}` must be a plain Python number, got numpy "
+                                 f"{type(value).__name__} {value!r}")
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_json_reference(f"{name}[{i}]", v, depth + 1)
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ConfigurationError(f"`{name}` keys must be strings, got {k!r}")
+            _check_json_reference(f"{name}[{k!r}]", v, depth + 1)
+        return
+    raise ConfigurationError(f"`{name}` must be plain data (str, int, float, bool, None, list, "
+                             f"dict) to travel, got {type(value).__name__}")
+
+
+class _Float(float):
+    pass
+
+
+def _outcome(fn, value):
+    try:
+        fn("params", value)
+    except ConfigurationError as exc:
+        return str(exc)
+    return None
+
+
+def test_call_parameter_check_matches_the_plain_recursive_check() -> None:
+    """The parameter check's fast paths (exact scalar types skipped, names built only for an
+    error) accept and refuse exactly what the plain recursive check does, with the same
+    message: finite floats, numpy scalars, non-str keys, foreign types, nesting past 8."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from codedml.runtime.protocol import _check_json
+
+    leaves = st.one_of(
+        st.none(), st.booleans(), st.integers(), st.text(max_size=3),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.floats(allow_nan=True, allow_infinity=True).map(_Float),
+        st.sampled_from([np.int64(3), np.float64(2.5), np.float64("nan"), np.bool_(True),
+                         np.float32(1.0), {1, 2}, b"x", 1j]))
+    tree = st.recursive(
+        leaves,
+        lambda kids: st.one_of(
+            st.lists(kids, max_size=4), st.tuples(kids, kids),
+            st.dictionaries(st.one_of(st.text(max_size=2), st.integers(0, 3)), kids, max_size=4)),
+        max_leaves=30)
+
+    def nested(depth, leaf):
+        for _ in range(depth):
+            leaf = [leaf]
+        return leaf
+
+    for depth in range(6, 12):  # the nesting limit, at and around its edge
+        for leaf in (1, 2.5, float("nan"), [], {"x": 1}, {"x": None}):
+            v = nested(depth, leaf)
+            assert _outcome(_check_json, v) == _outcome(_check_json_reference, v), (depth, leaf)
+
+    @settings(max_examples=400, deadline=None)
+    @given(tree)
+    def same(value):
+        assert _outcome(_check_json, value) == _outcome(_check_json_reference, value)
+
+    same()

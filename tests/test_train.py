@@ -297,3 +297,20 @@ def test_import_codedml_train_is_lazy_and_light():
             "t = codedml.train; t.TrainConfig(policy='ksync'); assert 'torch' not in sys.modules; "
             "t.digits_task(); assert 'torch' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_screen_median_is_numpys() -> None:
+    """The outlier screen's median of recent gradient norms is np.median's value, bit for bit,
+    for odd and even counts (the mean of the two middle values)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from codedml.train.trainer import _median
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.floats(0, 1e300, allow_nan=False), min_size=1, max_size=60))
+    def same(xs):
+        assert _median(xs) == float(np.median(xs))
+
+    same()
+    assert _median([3.0, 1.0, 2.0, 10.0]) == 2.5

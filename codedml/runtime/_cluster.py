@@ -311,9 +311,12 @@ class ClusterBase:
             for w in rows:
                 if w in self._dead:
                     call.failed[w] = "crashed"
-            per = [[np.ascontiguousarray(np.asarray(a)) for a in
-                    (per_worker[w] if per_worker is not None else arrays)] for w in range(self.workers)]
-            self._register(call, req, per)
+            if per_worker is not None:
+                per = [[np.ascontiguousarray(np.asarray(a)) for a in per_worker[w]]
+                       for w in range(self.workers)]
+                self._register(call, req, per)
+            else:  # the same arrays to every worker: converted once
+                self._register(call, req, None, [np.ascontiguousarray(np.asarray(a)) for a in arrays])
             call._progress()
             return call
 

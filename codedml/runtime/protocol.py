@@ -121,10 +121,21 @@ def dtype_code(dt: Any) -> int:
 
 
 def _check_json(name: str, value: Any, depth: int = 0) -> None:
-    """Plain JSON data only: scalars (finite floats), lists and str-keyed dicts."""
+    """Plain JSON data only: scalars (finite floats), lists and str-keyed dicts.
+
+    Every request of ``call`` checks its parameters, so the common case is kept cheap: the
+    exact scalar types return at once, and an element's name (``params['step']``) is only
+    spelled out for the error that names it."""
     if depth > 8:
         raise ConfigurationError(f"`{name}` is nested too deeply to travel (more than 8 levels)")
-    if isinstance(value, float) and not math.isfinite(value):
+    t = type(value)
+    if t is str or t is int or t is bool or value is None:
+        return
+    if t is float:
+        if not math.isfinite(value):
+            raise ConfigurationError(f"`{name}` must be finite to travel, got {value!r}")
+        return
+    if isinstance(value, float) and not math.isfinite(value):  # a float subclass
         raise ConfigurationError(f"`{name}` must be finite to travel, got {value!r}")
     if isinstance(value, (np.integer, np.floating, np.bool_)):
         raise ConfigurationError(f"`{name}` must be a plain Python number, got numpy "
@@ -133,16 +144,22 @@ def _check_json(name: str, value: Any, depth: int = 0) -> None:
         return
     if isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
-            _check_json(f"{name}[{i}]", v, depth + 1)
+            if depth >= 8 or type(v) not in _PLAIN:
+                _check_json(f"{name}[{i}]", v, depth + 1)
         return
     if isinstance(value, dict):
         for k, v in value.items():
             if not isinstance(k, str):
                 raise ConfigurationError(f"`{name}` keys must be strings, got {k!r}")
-            _check_json(f"{name}[{k!r}]", v, depth + 1)
+            if depth >= 8 or type(v) not in _PLAIN:
+                _check_json(f"{name}[{k!r}]", v, depth + 1)
         return
     raise ConfigurationError(f"`{name}` must be plain data (str, int, float, bool, None, list, "
                              f"dict) to travel, got {type(value).__name__}")
+
+
+#: Element types that need no check at all (a float may be NaN or Inf, so it is not here).
+_PLAIN = frozenset({str, int, bool, type(None)})
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,15 @@ __all__ = ["Engine", "TrainResult", "fit", "train", "load_checkpoint", "check_ch
 CHECKPOINT_FORMAT = "codedml.train/2"
 
 
+def _median(xs: list[float]) -> float:
+    """The median of a short list of floats, as ``np.median`` gives it (the mean of the two
+    middle values for an even count), without numpy's per-call overhead: ``screen`` takes
+    one per gradient, and ``np.median`` of 50 floats measured 25-75 us against 3 us here."""
+    s = sorted(xs)
+    h = len(s) // 2
+    return s[h] if len(s) % 2 else (s[h - 1] + s[h]) / 2
+
+
 @dataclass
 class TrainResult:
     """Summary and per-step metrics of a run (the root's view)."""
@@ -236,7 +245,7 @@ class Engine:
         if not (math.isfinite(norm) and math.isfinite(c.loss)):
             return True
         recent = self._norms[-50:]
-        if len(recent) >= 5 and norm > self.cfg.outlier * float(np.median(recent)):
+        if len(recent) >= 5 and norm > self.cfg.outlier * _median(recent):
             return True
         self._norms.append(norm)
         del self._norms[:-50]
