@@ -256,8 +256,10 @@ def _cache_dir(root, sizes):
     ([(1, "32K"), (2, "256K"), (3, "6144K")], 1 << 20),       # floor of 1 MiB
     ([(1, "32K"), (2, "bogus"), (3, "")], 1 << 20),           # unreadable sizes: the default
     ([], 1 << 20),                                             # no sysfs: the default
+    ([(1, "48K"), (2, "2048K"), (3, "107520K")], 1 << 20),    # a 2 MiB L2: half of it
+    ([(1, "48K"), (2, "4M"), (3, "8M")], 2 << 20),            # a 4 MiB L2: half of it
 ])
-def test_chunk_size_follows_the_last_level_cache(tmp_path, sizes, expected):
+def test_chunk_size_follows_the_caches(tmp_path, sizes, expected):
     from codedml.codes import _encode
 
     assert _encode._chunk_bytes(root=_cache_dir(tmp_path, sizes)) == expected

@@ -41,15 +41,21 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 def _chunk_bytes(default: int = 1 << 20, root: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
-    """An eighth of the last-level cache that CPU 0 shares (Linux sysfs), between 1 and 4 MiB;
-    ``default`` where sysfs does not say. One chunk of blocks, its copies and the GEMM's output
-    then stay in that cache together. Measured side by side on a 32 MiB L3 (benchmarks/
-    encode.py's cases, 1024 and 2048): 4 MiB chunks encoded 0.6-0.9x the time of 1 MiB
-    chunks for the dense codes and MDS float64, and 1.0x for the gradient code; 16 MiB was
-    slower again."""
+    """Bytes of one chunk, from CPU 0's caches as Linux sysfs lists them; ``default`` where
+    sysfs does not say.
+
+    * A private L2 of at least 2 MiB: half of it. Measured on an Intel Xeon (2 MiB L2, 105 MiB
+      L3), chunks of 1 MiB encoded in 0.90x the time of 4 MiB chunks (geometric mean over
+      ``benchmarks/encode.py``'s 21 cases at 1024 and 2048; systematic MDS 0.74-0.83x, the
+      dense MatDot case up to 1.25x), 512 KiB 0.92x, 256 KiB 1.03x: there a chunk that
+      leaves L2 runs at the L3's lower bandwidth.
+    * Otherwise an eighth of the last-level cache, between 1 and 4 MiB: one chunk of blocks,
+      its copies and the GEMM's output stay in that cache together. Measured side by side on
+      an AMD EPYC (32 MiB L3): 4 MiB chunks encoded 0.6-0.9x the time of 1 MiB chunks for
+      the dense codes and MDS float64, and 1.0x for the gradient code; 16 MiB was slower."""
     import glob
 
-    best = 0
+    best = l2 = 0
     for d in glob.glob(f"{root}/index*"):
         try:
             with open(f"{d}/level") as f:
@@ -63,16 +69,21 @@ def _chunk_bytes(default: int = 1 << 20, root: str = "/sys/devices/system/cpu/cp
             size = int(text.rstrip("KMG")) * mult
         except ValueError:
             continue
+        if level == 2:
+            l2 = max(l2, size)
         if level >= 2 and size > best:
             best = size
+    if l2 >= 2 << 20:
+        return l2 // 2
     if not best:
         return default
     return int(min(4 << 20, max(1 << 20, best // 8)))
 
 
-#: Bytes of one chunk of gathered blocks (and of the GEMM's temporary output): an eighth of the
-#: last-level cache (:func:`_chunk_bytes`), large enough that the GEMM runs at full speed and
-#: the per-chunk Python overhead (a few microseconds) stays below a few percent.
+#: Bytes of one chunk of gathered blocks (and of the GEMM's temporary output): half a large
+#: private L2 or an eighth of the last-level cache (:func:`_chunk_bytes`), large enough that
+#: the GEMM runs at full speed and the per-chunk Python overhead (a few microseconds) stays
+#: below a few percent.
 CHUNK_BYTES = _chunk_bytes()
 
 Block = Union[np.ndarray, tuple]
