@@ -51,7 +51,8 @@ def _commit(doc: dict[str, Any]) -> str:
 
 
 def _source(script: str, doc: dict[str, Any], json_name: str | None = None) -> str:
-    """``(`benchmarks/X.py`, commit abcdef12, run 2026-11-22)``: who measured a table, on what."""
+    """``(`benchmarks/X.py`, commit abcdef12, run 2026-11-22 on <CPU model>, 1-min load x)``:
+    who measured a table, on what."""
     m = _machine(doc)
     date = m.get("date") or m.get("date_utc")
     out = f"`benchmarks/{script}.py`"
@@ -60,6 +61,9 @@ def _source(script: str, doc: dict[str, Any], json_name: str | None = None) -> s
     out += f", {_commit(doc)}"
     if date:
         out += f", run {str(date)[:10]}"
+    cpu = m.get("cpu_model")
+    if cpu:  # results from different machines sit side by side in one document
+        out += f" on {cpu}"
     load = m.get("loadavg_1_5_15min") or m.get("loadavg")
     if load:
         out += f", 1-min load {load[0]:.1f}"
