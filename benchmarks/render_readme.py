@@ -307,9 +307,42 @@ def _cost(doc: dict[str, Any], size: int) -> str:
     return "\n".join(out)
 
 
+def _cost_ranges(doc: dict[str, Any]) -> str:
+    """Ranges over every size of the run for the README's prose under the cost table."""
+    by = {}
+    for r in doc["rows"]:
+        by.setdefault(r["case"], {})[r["size"]] = r
+    sizes = sorted({r["size"] for r in doc["rows"]})
+    parts = []
+
+    def span(vals: list[float], fmt: str = ".2f") -> str:
+        return f"{min(vals):{fmt}}-{max(vals):{fmt}}x"
+
+    md = by.get("MatDot m=5", {})
+    if md:
+        noisy = max(md, key=lambda z: md[z]["uncoded_spread_max_over_min"])
+        spread = md[noisy]["uncoded_spread_max_over_min"]
+        parts.append(f"MatDot's decode from k results took {span([r['decode_k_ratio'] for r in md.values()], '.1f')} "
+                     f"the uncoded product (the noisiest size, {noisy}: the uncoded product's slowest "
+                     f"and fastest repeats differ by {spread:.2f}x)")
+    comp, plain = by.get("MDS (30,25) compensated", {}), by.get("MDS (30,25) plain f64", {})
+    both = [z for z in comp if z in plain]
+    if both:
+        parts.append("a compensated worker took "
+                     + span([comp[z]["worker_ratio"] / plain[z]["worker_ratio"] for z in both], ".1f")
+                     + " the time of a plain one")
+    poly = by.get("Polynomial 4x2", {})
+    if poly:
+        parts.append(f"the polynomial code's encode {span([r['encode_ratio'] for r in poly.values()])}")
+    if not parts:
+        return ""
+    return (f"Across sizes {', '.join(str(z) for z in sizes)} in this run: " + "; ".join(parts) + ".")
+
+
 @_from("cost")
 def cost(doc: dict[str, Any]) -> str:
-    return _cost(doc, 1024)
+    ranges = _cost_ranges(doc)
+    return _cost(doc, 1024) + (f"\n\n{ranges}" if ranges else "")
 
 
 @_from("cost")
