@@ -35,6 +35,7 @@ values, rounded once to the operand dtype), so the tasks equal
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence, Union
 
 import numpy as np
@@ -134,7 +135,7 @@ def _matrix(x: np.ndarray, lead: int, r0: int, r1: int) -> np.ndarray | None:
     item = x.itemsize
     if x.strides[-1] != item or (r1 - r0 > 1 and x.strides[-2] != C * item):
         return None
-    nb = int(np.prod(x.shape[:lead]))
+    nb = math.prod(x.shape[:lead])
     s0 = _merge_lead(x, lead) if nb > 1 else item
     if s0 is None:
         return None
@@ -195,7 +196,7 @@ def _combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, lea
              nsys: int, sq: np.ndarray | None = None, post: Any = None) -> np.ndarray:
     R, C = out.shape[lead:]
     lead_shape = out.shape[:lead]
-    n_out = int(np.prod(lead_shape))
+    n_out = math.prod(lead_shape)
     k = len(blocks)
     cplx = (np.iscomplexobj(out) or (G is not None and np.iscomplexobj(G))
             or any(isinstance(b, tuple) for b in blocks))
@@ -408,7 +409,7 @@ def copy_rows(src: np.ndarray, dst: np.ndarray, norm: bool = True) -> float:
     ``norm`` is false)."""
     total = 0.0
     rows = dst.shape[0]
-    width = int(np.prod(dst.shape[1:], dtype=np.int64)) if dst.ndim > 1 else 1
+    width = math.prod(dst.shape[1:]) if dst.ndim > 1 else 1
     step = max(1, CHUNK_BYTES // max(1, width * dst.itemsize))
     with np.errstate(invalid="ignore", over="ignore"):
         for r0 in range(0, rows, step):

@@ -35,6 +35,7 @@ the free list and evicts beyond the limit.
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import weakref
 from typing import Any
@@ -133,7 +134,7 @@ class TaskPool:
         where a returned buffer fits."""
         dtype = np.dtype(dtype)
         shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize
         if nbytes < MIN_BYTES or self._limit <= 0 or dtype.hasobject:
             return np.empty(shape, dtype)
         need = -(-(nbytes + _ALIGN) // _GRAIN) * _GRAIN
