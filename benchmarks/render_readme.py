@@ -341,7 +341,10 @@ def _cost_ranges(doc: dict[str, Any]) -> str:
 
 @_from("cost")
 def cost(doc: dict[str, Any]) -> str:
-    ranges = _cost_ranges(doc)
+    try:  # a JSON without what the prose line needs still renders its table
+        ranges = _cost_ranges(doc)
+    except (KeyError, ZeroDivisionError, TypeError):
+        ranges = ""
     return _cost(doc, 1024) + (f"\n\n{ranges}" if ranges else "")
 
 

@@ -242,11 +242,14 @@ def test_reference_refuses_primes_that_would_overflow():
 
 
 def _cache_dir(root, sizes):
-    for i, (level, size) in enumerate(sizes):
+    for i, entry in enumerate(sizes):
+        level, size = entry[:2]
         d = root / f"index{i}"
         d.mkdir()
         (d / "level").write_text(f"{level}\n")
         (d / "size").write_text(f"{size}\n")
+        if len(entry) > 2:
+            (d / "type").write_text(f"{entry[2]}\n")
     return str(root)
 
 
@@ -258,6 +261,9 @@ def _cache_dir(root, sizes):
     ([], 1 << 20),                                             # no sysfs: the default
     ([(1, "48K"), (2, "2048K"), (3, "107520K")], 1 << 20),    # a 2 MiB L2: half of it
     ([(1, "48K"), (2, "4M"), (3, "8M")], 2 << 20),            # a 4 MiB L2: half of it
+    ([(2, "32M")], 4 << 20),                                   # a huge L2: capped at 4 MiB
+    ([(1, "32K", "Data"), (2, "2048K", "Instruction"), (2, "512K", "Data"), (3, "32M", "Unified")],
+     4 << 20),                                                 # an instruction L2 does not count
 ])
 def test_chunk_size_follows_the_caches(tmp_path, sizes, expected):
     from codedml.codes import _encode

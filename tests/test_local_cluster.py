@@ -748,3 +748,23 @@ def test_a_systematic_wait_never_turns_a_decodable_job_into_a_deadline_error():
         assert 0 < job.report.systematic_wait < 0.6
         assert job.t_done <= job.deadline + 0.5   # the progress thread's latency, under load
         assert c._wakes == []
+
+
+@pytest.mark.parametrize("x", [[1.0, 2.0, 3.0], np.array([1.0, 2.0, 3.0]),
+                               np.arange(6.0)[::2] + 1.0])
+def test_call_handlers_own_their_inputs(x):
+    """A handler that works on its input in place sees only its own copy, as an MPI worker owns
+    the buffer it received: every worker answers input + 1, and the caller's array is
+    untouched (a list, a contiguous array, a strided view)."""
+    before = np.array(x, copy=True)
+
+    def inc(ctx, a, **_):
+        a += 1.0
+        return a
+
+    with LocalCluster(3, handlers={"inc": inc}) as cluster:
+        got = cluster.call("inc", x).result()
+    assert sorted(got) == [0, 1, 2]
+    for w in range(3):
+        np.testing.assert_array_equal(got[w], before + 1.0)
+    np.testing.assert_array_equal(np.asarray(x), before)

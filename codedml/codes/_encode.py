@@ -45,7 +45,8 @@ def _chunk_bytes(default: int = 1 << 20, root: str = "/sys/devices/system/cpu/cp
     """Bytes of one chunk, from CPU 0's caches as Linux sysfs lists them; ``default`` where
     sysfs does not say.
 
-    * A private L2 of at least 2 MiB: half of it. Measured on an Intel Xeon (2 MiB L2, 105 MiB
+    * An L2 (data or unified; instruction caches are skipped) of at least 2 MiB: half of it,
+      at most 4 MiB. Measured on an Intel Xeon (2 MiB L2, 105 MiB
       L3), chunks of 1 MiB encoded in 0.90x the time of 4 MiB chunks (geometric mean over
       ``benchmarks/encode.py``'s 21 cases at 1024 and 2048; systematic MDS 0.74-0.83x, the
       dense MatDot case up to 1.25x), 512 KiB 0.92x, 256 KiB 1.03x: there a chunk that
@@ -65,6 +66,12 @@ def _chunk_bytes(default: int = 1 << 20, root: str = "/sys/devices/system/cpu/cp
                 text = f.read().strip().upper()
         except (OSError, ValueError):
             continue
+        try:
+            with open(f"{d}/type") as f:
+                if f.read().strip().lower() == "instruction":
+                    continue
+        except OSError:
+            pass  # no type: count it
         mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
         try:
             size = int(text.rstrip("KMG")) * mult
@@ -75,7 +82,7 @@ def _chunk_bytes(default: int = 1 << 20, root: str = "/sys/devices/system/cpu/cp
         if level >= 2 and size > best:
             best = size
     if l2 >= 2 << 20:
-        return l2 // 2
+        return int(min(4 << 20, l2 // 2))
     if not best:
         return default
     return int(min(4 << 20, max(1 << 20, best // 8)))

@@ -22,7 +22,7 @@ from ..faults import FaultModel
 from ._cluster import ClusterBase
 from ._worker import WorkerContext, WorkerState, remote_error
 from .futures import Arrival, check_wait
-from .protocol import ACK_OPS, REPLY_OPS, Request
+from .protocol import ACK_OPS, REPLY_OPS, Op, Request
 
 __all__ = ["LocalCluster"]
 
@@ -158,6 +158,11 @@ class LocalCluster(ClusterBase):
                     self._cancelled[w] = {j for j in self._cancelled[w] if j > job}
                 if skip:
                     continue
+            if req.op is Op.CALL:
+                # a handler owns its inputs, as an MPI worker owns the buffers it received:
+                # one that works in place must not reach the caller's array or another
+                # worker's (the cluster passes one converted array to every worker)
+                arrays = [np.array(a, copy=True) for a in arrays]
             t = time.perf_counter()
             try:
                 result = state.handle(req, arrays)
