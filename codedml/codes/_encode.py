@@ -46,8 +46,8 @@ def _chunk_bytes(default: int = 1 << 20, root: str = "/sys/devices/system/cpu/cp
     sysfs does not say.
 
     * An L2 (data or unified; instruction caches are skipped) of at least 2 MiB: half of it,
-      at most 4 MiB. Measured on an Intel Xeon (2 MiB L2, 105 MiB
-      L3), chunks of 1 MiB encoded in 0.90x the time of 4 MiB chunks (geometric mean over
+      at most 4 MiB. Measured on an Intel Xeon (2 MiB L2, 105 MiB L3), chunks of 1 MiB
+      encoded in 0.90x the time of 4 MiB chunks (geometric mean over
       ``benchmarks/encode.py``'s 21 cases at 1024 and 2048; systematic MDS 0.74-0.83x, the
       dense MatDot case up to 1.25x), 512 KiB 0.92x, 256 KiB 1.03x: there a chunk that
       leaves L2 runs at the L3's lower bandwidth.
@@ -89,7 +89,7 @@ def _chunk_bytes(default: int = 1 << 20, root: str = "/sys/devices/system/cpu/cp
 
 
 #: Bytes of one chunk of gathered blocks (and of the GEMM's temporary output): half a large
-#: private L2 or an eighth of the last-level cache (:func:`_chunk_bytes`), large enough that
+#: L2 or an eighth of the last-level cache (:func:`_chunk_bytes`), large enough that
 #: the GEMM runs at full speed and the per-chunk Python overhead (a few microseconds) stays
 #: below a few percent.
 CHUNK_BYTES = _chunk_bytes()

@@ -24,6 +24,7 @@ The same code computes ``C = A @ B`` by splitting the *inner* dimension into ``n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -321,10 +322,10 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
     partitions of B's rows, each scaled by the worker's coefficient for it, stacked), reading A
     and B from memory once: A by chunks of whole rows and B by chunks of a partition's rows,
     each chunk written into every task that holds it while it is in cache (one copy per run of
-    consecutive partitions of A; one scalar multiply per worker holding a partition of B), and its partitions'
-    sums of squares taken there. The coefficients sit on B's side because a scalar times
-    contiguous rows runs at copy speed, where A's side would need a per-column broadcast over
-    short strided rows (measured 1.9x a plain copy of the same segments). Returns the sums of
+    consecutive partitions of A; one scalar multiply per worker holding a partition of B), and
+    its partitions' sums of squares taken there. The coefficients sit on B's side because a
+    scalar times contiguous rows runs at copy speed, where A's side would need a per-column
+    broadcast over short strided rows (measured 1.9x a plain copy of the same segments). Returns the sums of
     squares (float64, one per partition; None over GF(p))."""
     from ._encode import CHUNK_BYTES, _rowsq
 
@@ -365,7 +366,7 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
                 c = coef[w][j]
                 holders[j].append((w, t, np.float64(c) if real else int(c)))
         sq_b = np.zeros(n) if real else None   # per partition of B's rows
-        width = int(np.prod(B.shape[1:], dtype=np.int64))
+        width = math.prod(B.shape[1:])
         bstep = max(1, CHUNK_BYTES // max(1, width * B.itemsize))
         for j in range(n):
             lo, hi = min(j * nb, N), min((j + 1) * nb, N)

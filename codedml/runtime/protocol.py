@@ -131,12 +131,11 @@ def _check_json(name: str, value: Any, depth: int = 0) -> None:
     t = type(value)
     if t is str or t is int or t is bool or value is None:
         return
-    if t is float:
+    if isinstance(value, float):  # float itself or a subclass (np.float64 is one)
         if not math.isfinite(value):
             raise ConfigurationError(f"`{name}` must be finite to travel, got {value!r}")
-        return
-    if isinstance(value, float) and not math.isfinite(value):  # a float subclass
-        raise ConfigurationError(f"`{name}` must be finite to travel, got {value!r}")
+        if t is float:
+            return
     if isinstance(value, (np.integer, np.floating, np.bool_)):
         raise ConfigurationError(f"`{name}` must be a plain Python number, got numpy "
                                  f"{type(value).__name__} {value!r}")
