@@ -24,6 +24,11 @@ alike:
   generator, unpack, cast. For gradient codes, whose tasks are scaled partitions side by side
   rather than combinations, it is the same broadcast-multiply-and-stack written plainly.
 
+* ``numpy loop``: the same encode with the compiled copy loop (``codedml/codes/_kernels.c``:
+  copies fused with their sums of squares, non-temporal stores for large tasks) switched off,
+  numpy's chunked copies and BLAS dots instead, as where the extension was not built; also
+  into reused memory. Real cases only (GF(p) tasks are int64, which that loop does not copy).
+  The JSON's ``parameters.kernels`` says which loop ``encode`` ran;
 * ``flop bound``: the generator products' multiply-adds (:func:`macs`; a complex one counts
   4, systematic codes compute parity rows only) at the float64 GEMM rate measured in the same
   repeat (a 34 x 30 generator against 2^16 columns). Where it exceeds the copy bound the
@@ -76,6 +81,7 @@ from codedml.codes import (  # noqa: E402
     PolyDotCode,
     PolynomialCode,
 )
+from codedml.codes import _encode  # noqa: E402
 from codedml.codes._pool import task_pool  # noqa: E402
 from codedml.codes._reference import reference_encode  # noqa: E402
 
@@ -215,6 +221,16 @@ def run_size(size: int, repeats: int, rng: np.random.Generator, case_list: list[
                     src = rng.standard_normal(need)
                     dst = np.empty_like(src)
             del enc
+            t_np = None
+            if _encode._K is not None and c["dtype"] != "int64":
+                # the same encode with numpy's copies instead of the compiled loop, also into
+                # the memory just released (GF(p) tasks are int64: that loop does not apply)
+                saved, _encode._K = _encode._K, None
+                try:
+                    t_np, enc_np = timed(lambda: c["code"].encode(A, B))
+                finally:
+                    _encode._K = saved
+                del enc_np
             t_ref, ref = timed(lambda: reference_encode(c["code"], A, B))
             if rep == 0:
                 r["diff"] = _rel_diff(c["code"].encode(A, B), ref)
@@ -227,6 +243,7 @@ def run_size(size: int, repeats: int, rng: np.random.Generator, case_list: list[
                 r.setdefault("flop", []).append(None if mac is None else 2 * mac / rate)
                 r.setdefault("rate", []).append(rate / 1e9)
                 r["encode"].append(t_enc)
+                r.setdefault("numpy_loop", []).append(t_np)
                 r["cold"].append(t_cold)
                 r["reused"].append(reused)
                 r["tensordot"].append(t_ref)
@@ -239,6 +256,7 @@ def run_size(size: int, repeats: int, rng: np.random.Generator, case_list: list[
         enc, cold, cp, ref = (statistics.median(r[k]) for k in ("encode", "cold", "copy", "tensordot"))
         fl = None if r["flop"][0] is None else statistics.median(r["flop"])
         bound = max(cp, fl or 0.0)
+        npl = None if r["numpy_loop"][0] is None else statistics.median(r["numpy_loop"])
         rows.append({
             "case": c["label"], "dtype": c["dtype"], "operand_dtype": r["operand_dtype"],
             "systematic": bool(getattr(c["code"], "systematic", False)),
@@ -253,7 +271,9 @@ def run_size(size: int, repeats: int, rng: np.random.Generator, case_list: list[
             "encode_over_copy": enc / cp, "encode_over_tensordot": enc / ref,
             "encode_over_bound": enc / bound, "cold_encode_over_copy": cold / cp,
             "max_rel_diff_vs_reference": r["diff"],
-            "samples": {k: r[k] for k in ("encode", "cold", "copy", "tensordot", "flop")},
+            "encode_numpy_loop_s": npl,
+            "compiled_over_numpy_loop": None if npl is None else enc / npl,
+            "samples": {k: r[k] for k in ("encode", "cold", "copy", "tensordot", "flop", "numpy_loop")},
         })
     return rows
 
@@ -261,14 +281,15 @@ def run_size(size: int, repeats: int, rng: np.random.Generator, case_list: list[
 def print_table(rows: list[dict]) -> None:
     print(f"{'case':34s} {'dtype':8s} {'size':>5s} {'encode ms':>10s} {'copy-bound ms':>14s} "
           f"{'flop-bound ms':>14s} {'tensordot ms':>13s} {'enc/copy':>9s} {'enc/bound':>10s} "
-          f"{'enc/tdot':>9s} {'cold/copy':>10s} {'rel.diff':>9s}")
+          f"{'enc/tdot':>9s} {'cold/copy':>10s} {'rel.diff':>9s} {'C/numpy':>8s}")
     for r in rows:
         fl = "-" if r["flop_bound_s"] is None else f"{1e3 * r['flop_bound_s']:.2f}"
         print(f"{r['case']:34s} {r['dtype']:8s} {r['size']:5d} {1e3 * r['encode_s']:10.2f} "
               f"{1e3 * r['copy_bound_s']:14.2f} {fl:>14s} {1e3 * r['tensordot_s']:13.2f} "
               f"{r['encode_over_copy']:9.2f} {r['encode_over_bound']:10.2f} "
               f"{r['encode_over_tensordot']:9.2f} {r['cold_encode_over_copy']:10.2f}"
-              f"{'' if r['reused'] else '*'} {r['max_rel_diff_vs_reference']:9.1e}")
+              f"{'' if r['reused'] else '*'} {r['max_rel_diff_vs_reference']:9.1e} "
+              f"{'-' if r['compiled_over_numpy_loop'] is None else format(r['compiled_over_numpy_loop'], '.2f'):>8s}")
     if not all(r["reused"] for r in rows):
         print("*: some repeat's tasks did not land in reused memory (encode is then not the steady state)")
 
@@ -331,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     doc = {
         "machine": _machine.machine_info(),
         "parameters": {"sizes": sizes, "repeats": repeats, "threads": args.threads,
-                       "quick": args.quick, "prime": PRIME, "clock": args.clock},
+                       "quick": args.quick, "prime": PRIME, "clock": args.clock,
+                       "kernels": _encode.kernels()},
         "load_average_1_5_15min": load,
         "rows": rows,
     }

@@ -375,10 +375,15 @@ def encode(doc: dict[str, Any]) -> str:
         "",
     ]
     cold = any("cold_encode_over_copy" in r for r in rows)
+    loop = any(r.get("compiled_over_numpy_loop") is not None for r in rows)
+    if loop:
+        out[0] += (" *numpy loop*: the same encode with the compiled copy loop "
+                   "(`codedml/codes/_kernels.c`) switched off, as where it was not built.")
     if cold:
         out += ["| code | n | k | inputs | operands | encode / copy bound | encode / max(copy, flop bound) "
-                "| first encode / copy bound | reused | encode / tensordot | max rel. diff to tensordot |",
-                "|---|---|---|---|---|---|---|---|---|---|---|"]
+                "| first encode / copy bound | reused | encode / tensordot | max rel. diff to tensordot |"
+                + (" encode / numpy loop |" if loop else ""),
+                "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if loop else "")]
     else:
         out += ["| code | n | k | inputs | operands | encode / copy bound | encode / max(copy, flop bound) "
                 "| encode / tensordot | max rel. diff to tensordot |",
@@ -391,7 +396,9 @@ def encode(doc: dict[str, Any]) -> str:
         out.append(
             f"| {r['case']} | {r['workers']} | {r['recovery_threshold']} | {r['dtype']} "
             f"| {r['operand_dtype']} | {copy} | {r['encode_over_bound']:.2f}{extra} | {tdot} "
-            f"| {_e(r['max_rel_diff_vs_reference'])} |")
+            f"| {_e(r['max_rel_diff_vs_reference'])} |"
+            + ((" - |" if r.get("compiled_over_numpy_loop") is None
+                else f" {r['compiled_over_numpy_loop']:.2f} |") if loop and cold else ""))
     return "\n".join(out)
 
 

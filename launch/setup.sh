@@ -11,7 +11,7 @@ if [ ! -x "$venv/bin/python" ]; then
   "$py" -m venv "$venv"
 fi
 stamp="$venv/.codedml-setup"
-want="$(cat "$root/setup.cfg" "$root/launch/setup.sh" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$root/setup.cfg" "$root/setup.py" "$root/codedml/codes/_kernels.c" "$root/launch/setup.sh" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   log="$venv/setup.log"
   echo "codedml set-up: installing into $venv (log: $log)" >&2

@@ -121,13 +121,17 @@ def test_gfp_encode_equals_reference_exactly(kind, n, k_frac, M, N, K, p, vec, s
        dtype=st.sampled_from([np.float64, np.float32]), vec=st.booleans(),
        precision=st.sampled_from(["auto", "float32", "float64"]),
        field=st.sampled_from([None, 65537]), chunk=st.integers(1, 3000),
-       seed=st.integers(0, 2 ** 16))
+       loop=st.sampled_from(["compiled", "streamed", "numpy"]), seed=st.integers(0, 2 ** 16))
 def test_encode_in_small_chunks_equals_reference(kind, n, k_frac, M, N, K, dtype, vec, precision,
-                                                 field, chunk, seed):
+                                                 field, chunk, loop, seed):
     """Chunks of a few rows (every chunk boundary, padding segment and the systematic and
-    gradient passes' per-chunk norms exercised at small sizes): the reference tasks, and noise
-    scales equal to the tasks' own norms."""
+    gradient passes' per-chunk norms exercised at small sizes), with each copy loop: the
+    compiled one writing through the cache, the compiled one streaming (as it does for large
+    tasks), numpy's: the reference tasks, and noise scales equal to the tasks' own norms."""
     from codedml.codes import _encode
+
+    if loop != "numpy" and _encode._K is None:
+        pytest.skip("codedml.codes._kernels was not built (no C compiler at install)")
 
     code = _codes(n, kind, k_frac)
     if field is not None:
@@ -145,12 +149,15 @@ def test_encode_in_small_chunks_equals_reference(kind, n, k_frac, M, N, K, dtype
         A, B = _real_inputs(rng, M, N, K, dtype, vec)
     else:
         A, B = rng.integers(0, field, (M, N)), rng.integers(0, field, (N,) if vec else (N, K))
-    old = _encode.CHUNK_BYTES
+    old = _encode.CHUNK_BYTES, _encode.STREAM_BYTES, _encode._K
     _encode.CHUNK_BYTES = chunk
+    _encode.STREAM_BYTES = 0 if loop == "streamed" else 1 << 62
+    if loop == "numpy":
+        _encode._K = None
     try:
         enc = _check(code, A, B, precision)
     finally:
-        _encode.CHUNK_BYTES = old
+        _encode.CHUNK_BYTES, _encode.STREAM_BYTES, _encode._K = old
     if field is None:
         own = np.array([np.linalg.norm(np.asarray(t.a, dtype=np.complex128))
                         * np.linalg.norm(np.asarray(t.b, dtype=np.complex128)) for t in enc])

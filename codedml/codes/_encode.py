@@ -41,6 +41,11 @@ from typing import Any, Sequence, Union
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+try:  # the one compiled loop (codedml/codes/_kernels.c), built where a C compiler was found
+    from . import _kernels as _K
+except ImportError:  # pragma: no cover - exercised by the fresh-clone check without gcc
+    _K = None
+
 def _chunk_bytes(default: int = 1 << 20, root: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
     """Bytes of one chunk, from CPU 0's caches as Linux sysfs lists them; ``default`` where
     sysfs does not say.
@@ -93,6 +98,19 @@ def _chunk_bytes(default: int = 1 << 20, root: str = "/sys/devices/system/cpu/cp
 #: the GEMM runs at full speed and the per-chunk Python overhead (a few microseconds) stays
 #: below a few percent.
 CHUNK_BYTES = _chunk_bytes()
+
+#: Destinations of at least this many bytes are written with non-temporal stores by the
+#: compiled copy (:data:`_K`): past the caches, an ordinary store first reads the line it
+#: writes (read for ownership), which a streamed one does not. Smaller ones stay in cache.
+STREAM_BYTES = 2 << 20
+
+
+def kernels() -> str:
+    """Which copy loop the encode runs: ``"compiled"`` (``codedml.codes._kernels``, fused copy
+    and sum of squares, non-temporal stores for large tasks) or ``"numpy"`` (chunked
+    ``np.copyto`` and BLAS dots; where the extension was not built)."""
+    return "numpy" if _K is None else "compiled"
+
 
 Block = Union[np.ndarray, tuple]
 """A real 2-D view ``(r, c)`` with ``r <= R``, ``c <= C`` (the rest of the block is zero),
@@ -326,9 +344,36 @@ def _systematic(G, blocks, flat, nsys, sq, post, cdt) -> bool:
         # computed in float64), the systematic tasks are a plain copy of the blocks and the
         # float64 buffer is a cast of them: no round trip through float64 for the copy
         raw = D_all is not None and not same and D_all.dtype == flat.dtype
+        # compiled: the blocks' rows copied into the systematic tasks with their sums of
+        # squares in the same loop (streamed past the cache when the tasks are large), the
+        # parity GEMM reading the blocks' rows that loop just brought into cache
+        fused = (_K is not None and D_all is not None and D_all.dtype == flat.dtype
+                 and flat.dtype in (np.float64, np.float32) and (same or raw))
+        stream = fused and S_all.nbytes >= STREAM_BYTES
         for r0 in range(a, b, step):
             r1 = min(b, r0 + step)
             c0, c1 = r0 * C, r1 * C
+            if fused:
+                lo, hi = live[0], live[-1] + 1
+                Dc = D_all[:, c0 - a * C:c1 - a * C]
+                S = S_all[:, c0:c1]
+                _K.copy_sq(S[lo:hi], Dc, None if sq is None else sq[lo:hi], stream)
+                S[:lo] = 0
+                S[hi:] = 0
+                if not par:
+                    continue
+                P = P_all[:, c0:c1]
+                src = Dc
+                if not same:           # float32 blocks: the float64 operands, from cache
+                    src = buf[lo:hi, :c1 - c0]
+                    np.copyto(src, Dc, casting="unsafe")
+                t = P if same else tmp[:, :c1 - c0]
+                np.matmul(Gc[:, lo:hi], src, out=t)
+                if sq is not None:
+                    sq[nsys:] += _rowsq(t)
+                if not same:
+                    _store(P, t)
+                continue
             dst = S_all[:, c0:c1] if same else buf[:, :c1 - c0]
             if D_all is not None:
                 Dc = D_all[:, c0 - a * C:c1 - a * C]
@@ -410,10 +455,37 @@ def _rowsq(X: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", X, X, dtype=np.float64)
 
 
+def fast_copy(dst: np.ndarray, src: np.ndarray, stream: bool, scale: float = 1.0) -> float | None:
+    """``dst[...] = scale * src`` by the compiled loop (:data:`_K`; each product in float64,
+    rounded once into ``dst``'s dtype, as numpy's float64 product cast to it), returning the
+    sum of squares of ``src``'s values; None, with nothing written, where that loop is not
+    built or does not apply (``dst`` and ``src`` of different dtypes, not float32/float64,
+    not 1-D/2-D of one shape, or rows not contiguous): the caller then copies with numpy."""
+    if (_K is None or dst.dtype != src.dtype or dst.dtype not in (np.float64, np.float32)
+            or dst.shape != src.shape or dst.ndim not in (1, 2)):
+        return None
+    item = dst.itemsize
+    if dst.shape[-1] > 1 and (dst.strides[-1] != item or src.strides[-1] != item):
+        return None
+    return _K.copy_sq(dst, src, None, stream, scale)
+
+
 def copy_rows(src: np.ndarray, dst: np.ndarray, norm: bool = True) -> float:
     """``dst[:len(src)] = src`` (cast), zero below, by cache-sized row chunks; returns the sum
     of squares of what was written, taken on each chunk while it is in cache (0.0 when
     ``norm`` is false)."""
+    if (_K is not None and src.dtype == dst.dtype and dst.dtype in (np.float64, np.float32)
+            and src.shape[1:] == dst.shape[1:] and dst.flags.c_contiguous):
+        n = min(src.shape[0], dst.shape[0])
+        try:   # rows as one 2-D matrix (a vector: one row), no copy
+            s2 = src[:n] if src.ndim == 1 else np.reshape(src[:n], (n, -1), copy=False)
+        except ValueError:
+            s2 = None
+        if s2 is not None:
+            d2 = dst[:n] if dst.ndim == 1 else dst[:n].reshape(n, -1)
+            total = _K.copy_sq(d2, s2, None, dst.nbytes >= STREAM_BYTES)
+            dst[n:] = 0
+            return total if norm else 0.0
     total = 0.0
     rows = dst.shape[0]
     width = math.prod(dst.shape[1:]) if dst.ndim > 1 else 1

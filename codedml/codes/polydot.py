@@ -369,7 +369,8 @@ class PolyDotCode(LinearCode):
             pairs, inner, sa, sb = self._encode_outer(A, B, dtype)
         else:
             pairs, inner, sa, sb = self._encode_inner(A, B, dtype)
-        scales = np.sqrt(sa) * np.sqrt(sb)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf inputs: refused by name
+            scales = np.sqrt(sa) * np.sqrt(sb)
         return pairs, shape, inner, pairs[0][0].dtype, scales
 
     def _split(self, A: np.ndarray, B: np.ndarray, row_mult: int, inner_mult: int, col_mult: int):

@@ -1,0 +1,307 @@
+/* codedml.codes._kernels: the encode's one compiled loop, optional.
+
+   copy_sq(dst, src, sq=None, stream=False, scale=1.0) -> float
+
+   Writes ``scale * src`` (the 2-D, or 1-D: one row, array ``src``) into ``dst`` of the same
+   shape and the same element type (float64 'd' or float32 'f'; each row contiguous, rows at
+   any stride), each product formed in double and rounded once into ``dst``'s type (exactly
+   numpy's ``np.multiply(src.astype(float64), scale)`` cast to ``dst``; with ``scale`` 1 a
+   plain copy), and returns the sum of squares of the values of ``src``, accumulated in double
+   precision while they are in registers; with ``sq`` (a writable 1-D float64 array, one entry
+   per row) each row's sum of squares is also added to its entry. A NaN or Inf anywhere in
+   ``src`` makes the sum NaN or Inf.
+
+   With ``stream`` true the stores are non-temporal (x86-64: MOVNTPD/MOVNTPS, then SFENCE):
+   they go to memory without first reading the destination's cache lines (the read for
+   ownership that every ordinary store into memory not in cache pays). That is how a large
+   memcpy reaches the copy bound; numpy's copies of cache-sized chunks cannot. Use it for
+   destinations nobody reads soon (tasks about to be sent): streamed lines are not left in
+   the cache. Elsewhere (no SSE2) the flag is ignored.
+
+   The GIL is released during the loop. Written against the stable buffer protocol; no
+   numpy headers are needed. codedml/codes/_encode.py falls back to numpy where this
+   module was not built (see docs/codes.md, "The encode kernel"). */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#define CODEDML_SSE2 1
+#else
+#define CODEDML_SSE2 0
+#endif
+
+#if CODEDML_SSE2
+/* a streamed store needs its destination 16-byte aligned (the callers' head loops see to it) */
+static inline void store_pd(double *p, __m128d v, int stream)
+{
+    if (stream)
+        _mm_stream_pd(p, v);
+    else
+        _mm_storeu_pd(p, v);
+}
+
+static inline void store_ps(float *p, __m128 v, int stream)
+{
+    if (stream)
+        _mm_stream_ps(p, v);
+    else
+        _mm_storeu_ps(p, v);
+}
+#endif
+
+static double row_d(const double *s, double *d, Py_ssize_t n, int stream, double c)
+{
+    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+    Py_ssize_t i = 0;
+#if CODEDML_SSE2
+    {
+        /* streamed: a scalar head up to a 16-byte boundary of the destination */
+        while (stream && i < n && (((uintptr_t)(d + i)) & 15)) {
+            double v = s[i];
+            d[i] = v * c;
+            a0 += v * v;
+            i++;
+        }
+        __m128d cc = _mm_set1_pd(c);
+        __m128d x0 = _mm_setzero_pd(), x1 = _mm_setzero_pd();
+        __m128d x2 = _mm_setzero_pd(), x3 = _mm_setzero_pd();
+        for (; i + 8 <= n; i += 8) {
+            __m128d v0 = _mm_loadu_pd(s + i), v1 = _mm_loadu_pd(s + i + 2);
+            __m128d v2 = _mm_loadu_pd(s + i + 4), v3 = _mm_loadu_pd(s + i + 6);
+            store_pd(d + i, _mm_mul_pd(v0, cc), stream);
+            store_pd(d + i + 2, _mm_mul_pd(v1, cc), stream);
+            store_pd(d + i + 4, _mm_mul_pd(v2, cc), stream);
+            store_pd(d + i + 6, _mm_mul_pd(v3, cc), stream);
+            x0 = _mm_add_pd(x0, _mm_mul_pd(v0, v0));
+            x1 = _mm_add_pd(x1, _mm_mul_pd(v1, v1));
+            x2 = _mm_add_pd(x2, _mm_mul_pd(v2, v2));
+            x3 = _mm_add_pd(x3, _mm_mul_pd(v3, v3));
+        }
+        double t[2];
+        _mm_storeu_pd(t, _mm_add_pd(_mm_add_pd(x0, x1), _mm_add_pd(x2, x3)));
+        a1 += t[0];
+        a2 += t[1];
+    }
+#else
+    (void)stream;
+#endif
+    for (; i + 4 <= n; i += 4) {
+        double v0 = s[i], v1 = s[i + 1], v2 = s[i + 2], v3 = s[i + 3];
+        d[i] = v0 * c;
+        d[i + 1] = v1 * c;
+        d[i + 2] = v2 * c;
+        d[i + 3] = v3 * c;
+        a0 += v0 * v0;
+        a1 += v1 * v1;
+        a2 += v2 * v2;
+        a3 += v3 * v3;
+    }
+    for (; i < n; i++) {
+        double v = s[i];
+        d[i] = v * c;
+        a0 += v * v;
+    }
+    return (a0 + a1) + (a2 + a3);
+}
+
+/* float32: each product formed in double (exact for float inputs, since c is a double the
+   rounding is once, into float: numpy's float64 product cast to float32) */
+static double row_f(const float *s, float *d, Py_ssize_t n, int stream, double c)
+{
+    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+    Py_ssize_t i = 0;
+#if CODEDML_SSE2
+    {
+        while (stream && i < n && (((uintptr_t)(d + i)) & 15)) {
+            double v = s[i];
+            d[i] = (float)(v * c);
+            a0 += v * v;
+            i++;
+        }
+        __m128d cc = _mm_set1_pd(c);
+        const int one = c == 1.0;
+        __m128d x0 = _mm_setzero_pd(), x1 = _mm_setzero_pd();
+        __m128d x2 = _mm_setzero_pd(), x3 = _mm_setzero_pd();
+        for (; i + 8 <= n; i += 8) {
+            __m128 v0 = _mm_loadu_ps(s + i), v1 = _mm_loadu_ps(s + i + 4);
+            /* in double: the low and high pairs of each quadruple */
+            __m128d l0 = _mm_cvtps_pd(v0), h0 = _mm_cvtps_pd(_mm_movehl_ps(v0, v0));
+            __m128d l1 = _mm_cvtps_pd(v1), h1 = _mm_cvtps_pd(_mm_movehl_ps(v1, v1));
+            if (one) {          /* a plain copy: the values as loaded */
+                store_ps(d + i, v0, stream);
+                store_ps(d + i + 4, v1, stream);
+            } else {
+                store_ps(d + i, _mm_movelh_ps(_mm_cvtpd_ps(_mm_mul_pd(l0, cc)),
+                                              _mm_cvtpd_ps(_mm_mul_pd(h0, cc))), stream);
+                store_ps(d + i + 4, _mm_movelh_ps(_mm_cvtpd_ps(_mm_mul_pd(l1, cc)),
+                                                  _mm_cvtpd_ps(_mm_mul_pd(h1, cc))), stream);
+            }
+            x0 = _mm_add_pd(x0, _mm_mul_pd(l0, l0));
+            x1 = _mm_add_pd(x1, _mm_mul_pd(h0, h0));
+            x2 = _mm_add_pd(x2, _mm_mul_pd(l1, l1));
+            x3 = _mm_add_pd(x3, _mm_mul_pd(h1, h1));
+        }
+        double t[2];
+        _mm_storeu_pd(t, _mm_add_pd(_mm_add_pd(x0, x1), _mm_add_pd(x2, x3)));
+        a1 += t[0];
+        a2 += t[1];
+    }
+#else
+    (void)stream;
+#endif
+    for (; i + 4 <= n; i += 4) {
+        double v0 = s[i], v1 = s[i + 1], v2 = s[i + 2], v3 = s[i + 3];
+        d[i] = (float)(v0 * c);
+        d[i + 1] = (float)(v1 * c);
+        d[i + 2] = (float)(v2 * c);
+        d[i + 3] = (float)(v3 * c);
+        a0 += v0 * v0;
+        a1 += v1 * v1;
+        a2 += v2 * v2;
+        a3 += v3 * v3;
+    }
+    for (; i < n; i++) {
+        double v = s[i];
+        d[i] = (float)(v * c);
+        a0 += v * v;
+    }
+    return (a0 + a1) + (a2 + a3);
+}
+
+/* rows and row stride (in bytes) of a 1-D or 2-D buffer whose last axis is contiguous */
+static int layout(Py_buffer *b, const char *name, Py_ssize_t *rows, Py_ssize_t *cols,
+                  Py_ssize_t *stride)
+{
+    if (b->ndim == 1) {
+        if (b->strides[0] != b->itemsize && b->shape[0] > 1) {
+            PyErr_Format(PyExc_ValueError, "copy_sq: `%s` must be contiguous", name);
+            return -1;
+        }
+        *rows = 1;
+        *cols = b->shape[0];
+        *stride = 0;
+        return 0;
+    }
+    if (b->ndim != 2) {
+        PyErr_Format(PyExc_ValueError, "copy_sq: `%s` must be 1-D or 2-D, got %d-D", name,
+                     b->ndim);
+        return -1;
+    }
+    if (b->strides[1] != b->itemsize && b->shape[1] > 1) {
+        PyErr_Format(PyExc_ValueError, "copy_sq: the rows of `%s` must be contiguous", name);
+        return -1;
+    }
+    *rows = b->shape[0];
+    *cols = b->shape[1];
+    *stride = b->strides[0];
+    return 0;
+}
+
+static char kind(Py_buffer *b)
+{
+    const char *f = b->format ? b->format : "B";
+    if (*f == '<' || *f == '=' || *f == '@')
+        f++;
+    if ((f[0] == 'd' || f[0] == 'f') && f[1] == '\0')
+        return f[0];
+    return 0;
+}
+
+static PyObject *copy_sq(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"dst", "src", "sq", "stream", "scale", NULL};
+    PyObject *odst, *osrc, *osq = Py_None;
+    int stream = 0;
+    double c = 1.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|Opd:copy_sq", names, &odst, &osrc, &osq,
+                                     &stream, &c))
+        return NULL;
+    Py_buffer d, s, q;
+    int have_q = osq != Py_None;
+    if (PyObject_GetBuffer(odst, &d, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(osrc, &s, PyBUF_STRIDES | PyBUF_FORMAT) < 0) {
+        PyBuffer_Release(&d);
+        return NULL;
+    }
+    if (have_q && PyObject_GetBuffer(osq, &q, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&d);
+        PyBuffer_Release(&s);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t dr, dc, ds, sr, sc, ss;
+    char kd = kind(&d), ks = kind(&s);
+    if (!kd || kd != ks) {
+        PyErr_SetString(PyExc_TypeError,
+                        "copy_sq: `dst` and `src` must both be float64 or both float32");
+        goto done;
+    }
+    if (layout(&d, "dst", &dr, &dc, &ds) < 0 || layout(&s, "src", &sr, &sc, &ss) < 0)
+        goto done;
+    if (dr != sr || dc != sc) {
+        PyErr_Format(PyExc_ValueError, "copy_sq: `dst` is %zd x %zd but `src` is %zd x %zd",
+                     dr, dc, sr, sc);
+        goto done;
+    }
+    if (have_q && (q.ndim != 1 || kind(&q) != 'd' || q.shape[0] != dr)) {
+        PyErr_Format(PyExc_ValueError,
+                     "copy_sq: `sq` must be a 1-D float64 array of %zd entries (one per row)", dr);
+        goto done;
+    }
+    {
+        double total = 0.0;
+        char *pd = (char *)d.buf, *ps = (char *)s.buf;
+        char *pq = have_q ? (char *)q.buf : NULL;
+        Py_ssize_t qs = have_q ? q.strides[0] : 0;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t r = 0; r < dr; r++) {
+            double v = kd == 'd'
+                ? row_d((const double *)(ps + r * ss), (double *)(pd + r * ds), dc, stream, c)
+                : row_f((const float *)(ps + r * ss), (float *)(pd + r * ds), dc, stream, c);
+            total += v;
+            if (pq)
+                *(double *)(pq + r * qs) += v;
+        }
+#if CODEDML_SSE2
+        if (stream)
+            _mm_sfence();
+#endif
+        Py_END_ALLOW_THREADS
+        result = PyFloat_FromDouble(total);
+    }
+done:
+    if (have_q)
+        PyBuffer_Release(&q);
+    PyBuffer_Release(&s);
+    PyBuffer_Release(&d);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"copy_sq", (PyCFunction)(void (*)(void))copy_sq, METH_VARARGS | METH_KEYWORDS,
+     "copy_sq(dst, src, sq=None, stream=False, scale=1.0) -> float\n\n"
+     "Write scale * src into dst (same shape, both float64 or both float32, rows\n"
+     "contiguous; products in double, rounded once) and return the sum of squares of src's\n"
+     "values; sq (float64, one entry per row) gets each row's sum added. stream:\n"
+     "non-temporal stores (x86-64)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_kernels", "The encode's compiled copy-with-norms loop.", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__kernels(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (m && PyModule_AddIntConstant(m, "STREAMS", CODEDML_SSE2) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

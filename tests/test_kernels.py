@@ -1,0 +1,121 @@
+"""The encode's compiled loop, ``codedml.codes._kernels.copy_sq`` (codedml/codes/_kernels.c).
+
+It writes ``scale * src`` into ``dst`` and returns the sum of squares of ``src``: the values
+must be exactly numpy's (the float64 product rounded once into the destination's dtype),
+streamed or not, for any row stride and any alignment; the sum within the rounding of a
+float64 sum of that many squares; NaN/Inf must reach the sum (the encode's finiteness check
+relies on it); bad arguments must be refused by name. Where the module was not built (no C
+compiler at install) these tests skip, except that ``CODEDML_REQUIRE_KERNELS=1`` (set by
+``.ci/run``, so CI runs them) turns a missing module into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from codedml.codes import _encode
+
+K = _encode._K
+
+
+def test_kernels_built_where_required():
+    if os.environ.get("CODEDML_REQUIRE_KERNELS") == "1":
+        assert K is not None, "codedml.codes._kernels was not built: see setup.py and launch/setup.sh"
+        assert _encode.kernels() == "compiled"
+    else:
+        assert _encode.kernels() == ("numpy" if K is None else "compiled")
+
+
+needs_kernels = pytest.mark.skipif(K is None, reason="codedml.codes._kernels not built (no C compiler at install)")
+
+
+@needs_kernels
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.integers(0, 9), cols=st.integers(0, 70), dtype=st.sampled_from([np.float64, np.float32]),
+       scale=st.sampled_from([1.0, -1.0, 0.5, 1 / 3, 3.0, 1e-30, 2.0 ** 60]),
+       stream=st.booleans(), src_pad=st.integers(0, 5), dst_pad=st.integers(0, 5),
+       src_off=st.integers(0, 3), dst_off=st.integers(0, 3), with_sq=st.booleans(),
+       one_d=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_copy_sq_is_numpys_product_and_its_sum_of_squares(rows, cols, dtype, scale, stream, src_pad,
+                                                          dst_pad, src_off, dst_off, with_sq, one_d,
+                                                          seed):
+    rng = np.random.default_rng(seed)
+    one_d = one_d and rows > 0
+    # rows at any stride, starting at any element offset (every alignment of the streamed
+    # stores' head loop)
+    big_src = (rng.standard_normal((rows, cols + src_pad + src_off)) * 1e3).astype(dtype)
+    big_dst = np.full((rows, cols + dst_pad + dst_off), 7, dtype=dtype)
+    src = big_src[:, src_off:src_off + cols]
+    dst = big_dst[:, dst_off:dst_off + cols]
+    if one_d:
+        src, dst = src[:1].reshape(-1), dst[:1].reshape(-1)
+    sq = np.full(1 if one_d else rows, 0.25) if with_sq else None
+    before = big_dst.copy()
+    total = K.copy_sq(dst, src, sq, stream, scale)
+    want = (src.astype(np.float64) * scale).astype(dtype)
+    np.testing.assert_array_equal(dst, want)
+    # nothing outside dst was written
+    mask = np.ones(big_dst.shape, bool)
+    if one_d:
+        mask[0, dst_off:dst_off + cols] = False
+    else:
+        mask[:, dst_off:dst_off + cols] = False
+    np.testing.assert_array_equal(big_dst[mask], before[mask])
+    s64 = src.astype(np.float64)
+    per_row = (s64 ** 2).sum(axis=-1) if not one_d else np.array([(s64 ** 2).sum()])
+    tol = 4 * max(cols, 1) * np.finfo(np.float64).eps
+    assert abs(total - per_row.sum()) <= tol * max(per_row.sum(), 1e-300)
+    if with_sq:
+        np.testing.assert_allclose(sq, 0.25 + per_row, rtol=tol, atol=1e-300)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [0, 5, 17, 99])
+def test_copy_sq_sum_is_not_finite_when_src_is_not(dtype, stream, bad, where):
+    src = np.ones((2, 50), dtype=dtype)
+    src.reshape(-1)[where] = bad
+    total = K.copy_sq(np.empty_like(src), src, None, stream)
+    assert not np.isfinite(total)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dst, src, sq, match", [
+    (np.empty(3, np.int64), np.empty(3, np.int64), None, "must both be float64 or both float32"),
+    (np.empty(3), np.empty(3, np.float32), None, "must both be float64 or both float32"),
+    (np.empty(3), np.empty(4), None, r"`dst` is 1 x 3 but `src` is 1 x 4"),
+    (np.empty((3, 4)), np.empty((4, 3)), None, r"`dst` is 3 x 4 but `src` is 4 x 3"),
+    (np.empty((3, 8))[:, ::2], np.empty((3, 4)), None, "rows of `dst` must be contiguous"),
+    (np.empty((3, 4)), np.empty((3, 8))[:, ::2], None, "rows of `src` must be contiguous"),
+    (np.empty((2, 2, 2)), np.empty((2, 2, 2)), None, "1-D or 2-D, got 3-D"),
+    (np.empty((3, 4)), np.empty((3, 4)), np.empty(2), "one per row"),
+    (np.empty((3, 4)), np.empty((3, 4)), np.empty(3, np.float32), "1-D float64"),
+])
+def test_copy_sq_refuses_bad_arguments_by_name(dst, src, sq, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        K.copy_sq(dst, src, sq)
+
+
+@needs_kernels
+def test_copy_sq_refuses_a_read_only_destination():
+    dst = np.empty(4)
+    dst.flags.writeable = False
+    with pytest.raises((BufferError, ValueError)):
+        K.copy_sq(dst, np.ones(4))
+    assert _encode.fast_copy(np.empty((2, 3), np.int64), np.empty((2, 3), np.int64), False) is None
+
+
+def test_fast_copy_declines_what_it_does_not_handle():
+    """None (the caller copies with numpy) where the loop does not apply: mixed dtypes,
+    integers, strided rows, shapes that differ."""
+    a = np.ones((4, 6))
+    for dst, src in ((np.empty((4, 6), np.float32), a), (np.empty((4, 6), np.int64), a.astype(np.int64)),
+                     (np.empty((4, 12))[:, ::2], a), (np.empty((4, 5)), a[:, :5].copy()[:, ::1][:3])):
+        assert _encode.fast_copy(dst, src, False) is None
