@@ -5,7 +5,7 @@ must be exactly numpy's (the float64 product rounded once into the destination's
 streamed or not, for any row stride and any alignment; the sum within the rounding of a
 float64 sum of that many squares; NaN/Inf must reach the sum (the encode's finiteness check
 relies on it); bad arguments must be refused by name. Where the module was not built (no C
-compiler at install) these tests skip, except that ``CODEDML_REQUIRE_KERNELS=1`` (set by
+compiler at install) these tests skip, except that ``REQUIRE_CODEDML_KERNELS=1`` (set by
 ``.ci/run``, so CI runs them) turns a missing module into a failure.
 """
 
@@ -24,7 +24,7 @@ K = _encode._K
 
 
 def test_kernels_built_where_required():
-    if os.environ.get("CODEDML_REQUIRE_KERNELS") == "1":
+    if os.environ.get("REQUIRE_CODEDML_KERNELS") == "1":
         assert K is not None, "codedml.codes._kernels was not built: see setup.py and launch/setup.sh"
         assert _encode.kernels() == "compiled"
     else:
