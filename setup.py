@@ -2,7 +2,7 @@
 
 Everything else is in setup.cfg. The extension is ``optional``: where no C compiler is found
 the install goes on without it and codedml runs its numpy encode (``codedml.codes._encode``
-says which it uses: ``KERNELS``)."""
+says which it uses: ``kernels()``)."""
 
 from setuptools import Extension, setup
 

@@ -44,7 +44,12 @@ class DemoConfig:
 
 
 def _from_env(cls: type, prefix: str) -> dict[str, Any]:
-    """Values from ``PREFIX_<FIELD>`` environment variables; unknown ones are an error."""
+    """Values from ``PREFIX_<FIELD>`` environment variables; unknown ones are an error. Each
+    is converted as ``run`` and ``train`` convert theirs (``codedml._config``: the variable,
+    the field, the type it must be and the value in the message); an optional integer
+    (``field``) also takes ``none``, ``real`` or nothing for None."""
+    from ._config import _coerce, field_kind
+
     known = {f.name.upper(): f for f in fields(cls)}
     out: dict[str, Any] = {}
     for key, raw in os.environ.items():
@@ -55,18 +60,12 @@ def _from_env(cls: type, prefix: str) -> dict[str, Any]:
             raise ConfigurationError(
                 f"unknown environment setting {key}; known: {', '.join(prefix + k for k in known)}")
         f = known[name]
-        kind = f.type if isinstance(f.type, str) else f.type.__name__
-        try:
-            if "int" in kind and raw.lower() not in ("", "none", "real"):
-                out[f.name] = int(raw)
-            elif "float" in kind:
-                out[f.name] = float(raw)
-            elif "None" in kind:
-                out[f.name] = None
-            else:
-                out[f.name] = raw
-        except ValueError as exc:
-            raise ConfigurationError(f"{key} must be a number, got {raw!r}") from exc
+        kind = (f.type if isinstance(f.type, str) else str(f.type)).replace(" ", "")
+        if kind in ("int|None", "Optional[int]"):
+            out[f.name] = (None if raw.strip().lower() in ("", "none", "real")
+                           else _coerce(f.name, int, raw, key))
+        else:
+            out[f.name] = _coerce(f.name, field_kind(f), raw, key)
     return out
 
 

@@ -485,7 +485,13 @@ cli("demo --field 5", D, "--field", "5", must=("`field`", "prime larger than wor
 cli("demo --seed -1", D, "--seed", "-1", must=("`--seed`", f"between 0 and {MAX_SEED}", "got -1"))
 cli("demo --out unwritable", D, "--out", NOT_A_DIR, files=FILE_TXT,
     must=("`--out`", "writable directory", "file.txt/out.json"))
-cli("demo env size", D[:3] + D[5:], env={"CODEDML_DEMO_SIZE": "big"}, must=("CODEDML_DEMO_SIZE", "number", "'big'"))
+cli("demo env size", D[:3] + D[5:], env={"CODEDML_DEMO_SIZE": "big"}, must=("CODEDML_DEMO_SIZE", "`size` must be int", "'big'"))
+cli("demo env workers 2.5", D[:1] + D[3:], env={"CODEDML_DEMO_WORKERS": "2.5"},
+    must=("CODEDML_DEMO_WORKERS", "`workers` must be int", "'2.5'"))
+cli("demo env delay", D[:5] + D[7:], env={"CODEDML_DEMO_DELAY": "soon"},
+    must=("CODEDML_DEMO_DELAY", "`delay` must be float", "'soon'"))
+cli("demo env field x", D, env={"CODEDML_DEMO_FIELD": "x"}, must=("CODEDML_DEMO_FIELD", "`field` must be int", "'x'"))
+cli("demo env field none", D, env={"CODEDML_DEMO_FIELD": "none"}, reason="none: real arithmetic, as without it")
 cli("demo env typo", D, env={"CODEDML_DEMO_SIEZ": "3"},
     must=("unknown environment setting CODEDML_DEMO_SIEZ", "CODEDML_DEMO_SIZE"))
 cli("demo --bogus", D, "--bogus", must=("unrecognized arguments", "--bogus"))

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from codedml.codes import GradientCode, MatDotCode, MDSCode, PolyDotCode, PolynomialCode
+from codedml.codes import _encode
 from codedml.codes._encode import combine, real_form
 from codedml.codes._reference import reference_encode
 from codedml.errors import ConfigurationError
@@ -73,6 +74,10 @@ def _codes(n, draw_kind, k_frac):
     }[draw_kind]
 
 
+# the copy loops this install has: numpy's always, the compiled one (through the cache, and
+# streamed as for large tasks) where codedml.codes._kernels was built (CI requires it)
+LOOPS = ["numpy"] + (["compiled", "streamed"] if _encode._K is not None else [])
+
 KINDS = ("mds", "mds_sys", "mds_equi", "poly", "matdot", "matdot_sys", "matdot_cheb", "polydot",
          "gradient", "gradient_fr")
 
@@ -81,8 +86,9 @@ KINDS = ("mds", "mds_sys", "mds_equi", "poly", "matdot", "matdot_sys", "matdot_c
 @given(kind=st.sampled_from(KINDS), n=st.integers(2, 17), k_frac=st.floats(0.3, 1.0),
        M=st.integers(1, 40), N=st.integers(1, 40), K=st.integers(1, 12),
        dtype=st.sampled_from([np.float64, np.float32]), vec=st.booleans(),
-       order=st.sampled_from(["C", "F", "strided"]), seed=st.integers(0, 2 ** 16))
-def test_real_encode_equals_reference(kind, n, k_frac, M, N, K, dtype, vec, order, seed):
+       order=st.sampled_from(["C", "F", "strided"]), b_order=st.sampled_from(["C", "F", "strided"]),
+       seed=st.integers(0, 2 ** 16))
+def test_real_encode_equals_reference(kind, n, k_frac, M, N, K, dtype, vec, order, b_order, seed):
     code = _codes(n, kind, k_frac)
     if vec and getattr(code, "q", 1) > 1:
         vec = False
@@ -92,6 +98,10 @@ def test_real_encode_equals_reference(kind, n, k_frac, M, N, K, dtype, vec, orde
         A = np.asfortranarray(A)
     elif order == "strided":
         A = np.ascontiguousarray(np.repeat(A, 2, axis=1))[:, ::2]
+    if b_order == "F":                     # B's copies (MDS) and partitions (gradient)
+        B = np.asfortranarray(B)
+    elif b_order == "strided":             # columns (a vector: elements) every other one
+        B = np.repeat(B, 2, axis=-1)[..., ::2]
     _check(code, A, B)
 
 
@@ -121,18 +131,13 @@ def test_gfp_encode_equals_reference_exactly(kind, n, k_frac, M, N, K, p, vec, s
        dtype=st.sampled_from([np.float64, np.float32]), vec=st.booleans(),
        precision=st.sampled_from(["auto", "float32", "float64"]),
        field=st.sampled_from([None, 65537]), chunk=st.integers(1, 3000),
-       loop=st.sampled_from(["compiled", "streamed", "numpy"]), seed=st.integers(0, 2 ** 16))
+       loop=st.sampled_from(LOOPS), seed=st.integers(0, 2 ** 16))
 def test_encode_in_small_chunks_equals_reference(kind, n, k_frac, M, N, K, dtype, vec, precision,
                                                  field, chunk, loop, seed):
     """Chunks of a few rows (every chunk boundary, padding segment and the systematic and
     gradient passes' per-chunk norms exercised at small sizes), with each copy loop: the
     compiled one writing through the cache, the compiled one streaming (as it does for large
     tasks), numpy's: the reference tasks, and noise scales equal to the tasks' own norms."""
-    from codedml.codes import _encode
-
-    if loop != "numpy" and _encode._K is None:
-        pytest.skip("codedml.codes._kernels was not built (no C compiler at install)")
-
     code = _codes(n, kind, k_frac)
     if field is not None:
         if isinstance(code, GradientCode):
@@ -289,3 +294,27 @@ def test_gradient_code_with_an_empty_inner_dimension(field):
     enc = code.encode(np.ones((3, 0), dtype=dt), np.ones((0, 2), dtype=dt))
     got = code.decode({w: enc[w].compute() for w in range(3)}, encoding=enc)
     assert got.shape == (3, 2) and not np.asarray(got).any()
+
+
+@pytest.mark.parametrize("old_numpy", [False, True])
+def test_view_as_is_a_view_or_none(monkeypatch, old_numpy):
+    """``_encode.view_as``: the reshape as a view of the same memory, or None where it would
+    copy; the same answers on numpy before 2.1 (no ``copy=`` keyword: TypeError), simulated."""
+    if old_numpy:
+        real = np.reshape
+
+        def reshape(a, shape, **kw):
+            if kw:
+                raise TypeError("reshape() got an unexpected keyword argument 'copy'")
+            return real(a, shape)
+
+        monkeypatch.setattr(_encode.np, "reshape", reshape)
+    X = np.arange(24.0).reshape(2, 3, 4)
+    v = _encode.view_as(X, (2, -1))
+    assert v is not None and v.shape == (2, 12) and np.shares_memory(v, X)
+    v[0, 0] = -1.0
+    assert X[0, 0, 0] == -1.0
+    assert _encode.view_as(X.transpose(0, 2, 1), (2, -1)) is None   # needs a copy
+    assert _encode.view_as(X[:, :, :2], (2, -1)) is None            # rows with gaps
+    w = _encode.view_as(X[:, :, ::2], (2, -1))                       # one stride: a view
+    assert w is not None and np.shares_memory(w, X) and w.strides == (96, 16)

@@ -347,8 +347,9 @@ def _systematic(G, blocks, flat, nsys, sq, post, cdt) -> bool:
         # compiled: the blocks' rows copied into the systematic tasks with their sums of
         # squares in the same loop (streamed past the cache when the tasks are large), the
         # parity GEMM reading the blocks' rows that loop just brought into cache
-        fused = (_K is not None and D_all is not None and D_all.dtype == flat.dtype
-                 and flat.dtype in (np.float64, np.float32) and (same or raw))
+        fused = (_K is not None and post is None and D_all is not None
+                 and D_all.dtype == flat.dtype and flat.dtype in (np.float64, np.float32)
+                 and (same or raw))
         stream = fused and S_all.nbytes >= STREAM_BYTES
         for r0 in range(a, b, step):
             r1 = min(b, r0 + step)
@@ -457,7 +458,7 @@ def _rowsq(X: np.ndarray) -> np.ndarray:
 
 def fast_copy(dst: np.ndarray, src: np.ndarray, stream: bool, scale: float = 1.0) -> float | None:
     """``dst[...] = scale * src`` by the compiled loop (:data:`_K`; each product in float64,
-    rounded once into ``dst``'s dtype, as numpy's float64 product cast to it), returning the
+    then cast to ``dst``'s dtype, as numpy's float64 product cast to it), returning the
     sum of squares of ``src``'s values; None, with nothing written, where that loop is not
     built or does not apply (``dst`` and ``src`` of different dtypes, not float32/float64,
     not 1-D/2-D of one shape, or rows not contiguous): the caller then copies with numpy."""
@@ -470,20 +471,32 @@ def fast_copy(dst: np.ndarray, src: np.ndarray, stream: bool, scale: float = 1.0
     return _K.copy_sq(dst, src, None, stream, scale)
 
 
+def view_as(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """``x`` reshaped to ``shape`` as a view of the same memory; None where that needs a copy.
+    (``np.reshape(copy=False)`` where numpy has it, 2.1 on; before, a reshape that turned
+    out to copy is discarded.)"""
+    try:
+        return np.reshape(x, shape, copy=False)
+    except ValueError:
+        return None
+    except TypeError:   # numpy before 2.1: no copy= keyword
+        r = np.reshape(x, shape)
+        return r if np.shares_memory(r, x) else None
+
+
 def copy_rows(src: np.ndarray, dst: np.ndarray, norm: bool = True) -> float:
     """``dst[:len(src)] = src`` (cast), zero below, by cache-sized row chunks; returns the sum
     of squares of what was written, taken on each chunk while it is in cache (0.0 when
     ``norm`` is false)."""
-    if (_K is not None and src.dtype == dst.dtype and dst.dtype in (np.float64, np.float32)
-            and src.shape[1:] == dst.shape[1:] and dst.flags.c_contiguous):
+    if (_K is not None and src.dtype == dst.dtype and src.shape[1:] == dst.shape[1:]
+            and dst.flags.c_contiguous and src.ndim >= 1):
         n = min(src.shape[0], dst.shape[0])
-        try:   # rows as one 2-D matrix (a vector: one row), no copy
-            s2 = src[:n] if src.ndim == 1 else np.reshape(src[:n], (n, -1), copy=False)
-        except ValueError:
-            s2 = None
-        if s2 is not None:
-            d2 = dst[:n] if dst.ndim == 1 else dst[:n].reshape(n, -1)
-            total = _K.copy_sq(d2, s2, None, dst.nbytes >= STREAM_BYTES)
+        # rows as one 2-D matrix (a vector: one row), no copy; fast_copy declines (None,
+        # nothing written) a dtype or a layout it does not take, e.g. columns not contiguous
+        s2 = src[:n] if src.ndim == 1 else view_as(src[:n], (n, -1))
+        d2 = dst[:n] if dst.ndim == 1 else dst[:n].reshape(n, -1)
+        total = None if s2 is None else fast_copy(d2, s2, dst.nbytes >= STREAM_BYTES)
+        if total is not None:
             dst[n:] = 0
             return total if norm else 0.0
     total = 0.0
@@ -509,10 +522,7 @@ def _flat(out: np.ndarray, lead: int, n_out: int) -> np.ndarray | None:
     """``out`` with its ``lead`` output axes merged into one, as a view; None if that would copy."""
     if lead == 1:
         return out
-    try:
-        return np.reshape(out, (n_out,) + out.shape[lead:], copy=False)
-    except ValueError:
-        return None
+    return view_as(out, (n_out,) + out.shape[lead:])
 
 
 def _out_block(out: np.ndarray, flat: np.ndarray | None, lead_shape: tuple[int, ...], o: int) -> np.ndarray:

@@ -4,7 +4,7 @@
 
    Writes ``scale * src`` (the 2-D, or 1-D: one row, array ``src``) into ``dst`` of the same
    shape and the same element type (float64 'd' or float32 'f'; each row contiguous, rows at
-   any stride), each product formed in double and rounded once into ``dst``'s type (exactly
+   any stride), each product formed in double, then cast to ``dst``'s type (exactly
    numpy's ``np.multiply(src.astype(float64), scale)`` cast to ``dst``; with ``scale`` 1 a
    plain copy), and returns the sum of squares of the values of ``src``, accumulated in double
    precision while they are in registers; with ``sq`` (a writable 1-D float64 array, one entry
@@ -286,7 +286,7 @@ static PyMethodDef methods[] = {
     {"copy_sq", (PyCFunction)(void (*)(void))copy_sq, METH_VARARGS | METH_KEYWORDS,
      "copy_sq(dst, src, sq=None, stream=False, scale=1.0) -> float\n\n"
      "Write scale * src into dst (same shape, both float64 or both float32, rows\n"
-     "contiguous; products in double, rounded once) and return the sum of squares of src's\n"
+     "contiguous; products in double, cast to dst's type) and return the sum of squares of src's\n"
      "values; sq (float64, one entry per row) gets each row's sum added. stream:\n"
      "non-temporal stores (x86-64)."},
     {NULL, NULL, 0, NULL},

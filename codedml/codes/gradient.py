@@ -327,7 +327,7 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
     scalar times contiguous rows runs at copy speed, where A's side would need a per-column
     broadcast over short strided rows (measured 1.9x a plain copy of the same segments). Returns the sums of
     squares (float64, one per partition; None over GF(p))."""
-    from ._encode import CHUNK_BYTES, STREAM_BYTES, _rowsq, fast_copy
+    from ._encode import CHUNK_BYTES, STREAM_BYTES, _rowsq, fast_copy, view_as
 
     n = len(parts)
     M, N = A.shape
@@ -382,12 +382,8 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
             for r0 in range(lo, hi, bstep):
                 r1 = min(hi, r0 + bstep)
                 Y = B[r0:r1]
-                Y2 = Y if Y.ndim < 3 else None    # rows as one 2-D matrix (a vector: one row)
-                if Y.ndim >= 3:
-                    try:
-                        Y2 = np.reshape(Y, (r1 - r0, -1), copy=False)
-                    except ValueError:
-                        pass
+                # rows as one 2-D matrix (a vector: one row), where that is a view
+                Y2 = Y if Y.ndim < 3 else view_as(Y, (r1 - r0, -1))
                 Y64 = None
                 sq_y = None    # Y's sum of squares, from the first compiled copy
                 for w, t, c in holders[j]:
