@@ -42,25 +42,42 @@ needs_kernels = pytest.mark.skipif(K is None, reason="codedml.codes._kernels not
        scale=st.sampled_from([1.0, -1.0, 0.5, 1 / 3, 3.0, 1e-30, 2.0 ** 60]),
        stream=st.booleans(), src_pad=st.integers(0, 5), dst_pad=st.integers(0, 5),
        src_off=st.integers(0, 3), dst_off=st.integers(0, 3), with_sq=st.booleans(),
-       one_d=st.booleans(), seed=st.integers(0, 2 ** 16))
+       one_d=st.booleans(), mode=st.sampled_from(["same", "narrow", "wide"]),
+       wide_off=st.integers(0, 3), seed=st.integers(0, 2 ** 16))
 def test_copy_sq_is_numpys_product_and_its_sum_of_squares(rows, cols, dtype, scale, stream, src_pad,
                                                           dst_pad, src_off, dst_off, with_sq, one_d,
-                                                          seed):
+                                                          mode, wide_off, seed):
+    """``mode``: ``dst`` and ``src`` of one dtype; float64 ``src`` into float32 ``dst``
+    (``narrow``: the encode's float32 parity tasks from their float64 products); float32 with
+    the values also widened into a float64 ``wide`` (the parity GEMM's operand)."""
     rng = np.random.default_rng(seed)
     one_d = one_d and rows > 0
+    sdt, ddt = {"same": (dtype, dtype), "narrow": (np.float64, np.float32),
+                "wide": (np.float32, np.float32)}[mode]
     # rows at any stride, starting at any element offset (every alignment of the streamed
     # stores' head loop)
-    big_src = (rng.standard_normal((rows, cols + src_pad + src_off)) * 1e3).astype(dtype)
-    big_dst = np.full((rows, cols + dst_pad + dst_off), 7, dtype=dtype)
+    big_src = (rng.standard_normal((rows, cols + src_pad + src_off)) * 1e3).astype(sdt)
+    big_dst = np.full((rows, cols + dst_pad + dst_off), 7, dtype=ddt)
     src = big_src[:, src_off:src_off + cols]
     dst = big_dst[:, dst_off:dst_off + cols]
+    big_wide = np.full((rows, cols + 2 + wide_off), 5.0)
+    wide = big_wide[:, wide_off:wide_off + cols] if mode == "wide" else None
     if one_d:
         src, dst = src[:1].reshape(-1), dst[:1].reshape(-1)
+        wide = None if wide is None else wide[:1].reshape(-1)
     sq = np.full(1 if one_d else rows, 0.25) if with_sq else None
-    before = big_dst.copy()
-    total = K.copy_sq(dst, src, sq, stream, scale)
-    want = (src.astype(np.float64) * scale).astype(dtype)
+    before, wide_before = big_dst.copy(), big_wide.copy()
+    total = K.copy_sq(dst, src, sq, stream, scale, wide)
+    want = (src.astype(np.float64) * scale).astype(ddt)
     np.testing.assert_array_equal(dst, want)
+    if wide is not None:   # src's values, exactly, and nothing else of big_wide
+        np.testing.assert_array_equal(wide, src.astype(np.float64))
+        wmask = np.ones(big_wide.shape, bool)
+        if one_d:
+            wmask[0, wide_off:wide_off + cols] = False
+        else:
+            wmask[:, wide_off:wide_off + cols] = False
+        np.testing.assert_array_equal(big_wide[wmask], wide_before[wmask])
     # nothing outside dst was written
     mask = np.ones(big_dst.shape, bool)
     if one_d:
@@ -86,12 +103,22 @@ def test_copy_sq_sum_is_not_finite_when_src_is_not(dtype, stream, bad, where):
     src.reshape(-1)[where] = bad
     total = K.copy_sq(np.empty_like(src), src, None, stream)
     assert not np.isfinite(total)
+    if dtype == np.float64:   # into float32 (the parity tasks' cast): the sum is of src
+        assert not np.isfinite(K.copy_sq(np.empty(src.shape, np.float32), src, None, stream))
+    else:                     # with the widened copy
+        wide = np.empty(src.shape)
+        assert not np.isfinite(K.copy_sq(np.empty_like(src), src, None, stream, 1.0, wide))
+        np.testing.assert_array_equal(wide, src.astype(np.float64))
+
+
+BOTH = "must both be float64, both float32, or `dst` float32 and `src` float64"
 
 
 @needs_kernels
 @pytest.mark.parametrize("dst, src, sq, match", [
-    (np.empty(3, np.int64), np.empty(3, np.int64), None, "must both be float64 or both float32"),
-    (np.empty(3), np.empty(3, np.float32), None, "must both be float64 or both float32"),
+    (np.empty(3, np.int64), np.empty(3, np.int64), None, BOTH),
+    (np.empty(3), np.empty(3, np.float32), None, BOTH),
+    (np.empty(3, np.float32), np.empty(3, np.int64), None, BOTH),
     (np.empty(3), np.empty(4), None, r"`dst` is 1 x 3 but `src` is 1 x 4"),
     (np.empty((3, 4)), np.empty((4, 3)), None, r"`dst` is 3 x 4 but `src` is 4 x 3"),
     (np.empty((3, 8))[:, ::2], np.empty((3, 4)), None, "rows of `dst` must be contiguous"),
@@ -103,6 +130,24 @@ def test_copy_sq_sum_is_not_finite_when_src_is_not(dtype, stream, bad, where):
 def test_copy_sq_refuses_bad_arguments_by_name(dst, src, sq, match):
     with pytest.raises((ValueError, TypeError), match=match):
         K.copy_sq(dst, src, sq)
+
+
+F32 = np.float32
+
+
+@needs_kernels
+@pytest.mark.parametrize("dst, src, wide, match", [
+    (np.empty((2, 3), F32), np.empty((2, 3), F32), np.empty((2, 3), F32), "`wide`.*must be float64"),
+    (np.empty((2, 3)), np.empty((2, 3)), np.empty((2, 3)), "with `dst` and `src` float32"),
+    (np.empty((2, 3), F32), np.empty((2, 3)), np.empty((2, 3)), "with `dst` and `src` float32"),
+    (np.empty((2, 3), F32), np.empty((2, 3), F32), np.empty((3, 2)), r"`wide` is 3 x 2 but `src` is 2 x 3"),
+    (np.empty((2, 3), F32), np.empty((2, 3), F32), np.empty((2, 6))[:, ::2], "rows of `wide` must be contiguous"),
+])
+def test_copy_sq_refuses_a_bad_wide_by_name(dst, src, wide, match):
+    dst_before = dst.copy()
+    with pytest.raises((ValueError, TypeError), match=match):
+        K.copy_sq(dst, src, None, False, 1.0, wide)
+    np.testing.assert_array_equal(dst, dst_before)   # refused before anything was written
 
 
 @needs_kernels

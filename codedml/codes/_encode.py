@@ -358,22 +358,23 @@ def _systematic(G, blocks, flat, nsys, sq, post, cdt) -> bool:
                 lo, hi = live[0], live[-1] + 1
                 Dc = D_all[:, c0 - a * C:c1 - a * C]
                 S = S_all[:, c0:c1]
-                _K.copy_sq(S[lo:hi], Dc, None if sq is None else sq[lo:hi], stream)
+                # float32 blocks: the same loop also widens them into the float64 buffer,
+                # the GEMM's operand (written through the cache, read from it at once)
+                wide = None if same or not par else buf[lo:hi, :c1 - c0]
+                _K.copy_sq(S[lo:hi], Dc, None if sq is None else sq[lo:hi], stream, 1.0, wide)
                 S[:lo] = 0
                 S[hi:] = 0
                 if not par:
                     continue
                 P = P_all[:, c0:c1]
-                src = Dc
-                if not same:           # float32 blocks: the float64 operands, from cache
-                    src = buf[lo:hi, :c1 - c0]
-                    np.copyto(src, Dc, casting="unsafe")
                 t = P if same else tmp[:, :c1 - c0]
-                np.matmul(Gc[:, lo:hi], src, out=t)
-                if sq is not None:
-                    sq[nsys:] += _rowsq(t)
-                if not same:
-                    _store(P, t)
+                np.matmul(Gc[:, lo:hi], Dc if same else wide, out=t)
+                if same:
+                    if sq is not None:
+                        sq[nsys:] += _rowsq(t)
+                else:                  # the float64 products cast into the float32 tasks,
+                    # with their sums of squares, in one loop
+                    _K.copy_sq(P, t, None if sq is None else sq[nsys:], stream)
                 continue
             dst = S_all[:, c0:c1] if same else buf[:, :c1 - c0]
             if D_all is not None:

@@ -1,15 +1,17 @@
 /* codedml.codes._kernels: the encode's one compiled loop, optional.
 
-   copy_sq(dst, src, sq=None, stream=False, scale=1.0) -> float
+   copy_sq(dst, src, sq=None, stream=False, scale=1.0, wide=None) -> float
 
    Writes ``scale * src`` (the 2-D, or 1-D: one row, array ``src``) into ``dst`` of the same
-   shape and the same element type (float64 'd' or float32 'f'; each row contiguous, rows at
-   any stride), each product formed in double, then cast to ``dst``'s type (exactly
-   numpy's ``np.multiply(src.astype(float64), scale)`` cast to ``dst``; with ``scale`` 1 a
-   plain copy), and returns the sum of squares of the values of ``src``, accumulated in double
+   shape and the same element type (float64 'd' or float32 'f'), or float64 ``src`` into
+   float32 ``dst`` (each row contiguous, rows at any stride), each product formed in double,
+   then cast to ``dst``'s type (exactly numpy's ``np.multiply(src.astype(float64), scale)``
+   cast to ``dst``; with ``scale`` 1 a plain copy), and returns the sum of squares of the values of ``src``, accumulated in double
    precision while they are in registers; with ``sq`` (a writable 1-D float64 array, one entry
    per row) each row's sum of squares is also added to its entry. A NaN or Inf anywhere in
-   ``src`` makes the sum NaN or Inf.
+   ``src`` makes the sum NaN or Inf. With ``wide`` (a float64 array of ``src``'s shape, for
+   float32 ``dst`` and ``src``) the values of ``src`` widened to double are written there too,
+   in the same loop: the float64 operand of a GEMM, from the one read of ``src``.
 
    With ``stream`` true the stores are non-temporal (x86-64: MOVNTPD/MOVNTPS, then SFENCE):
    they go to memory without first reading the destination's cache lines (the read for
@@ -108,9 +110,10 @@ static double row_d(const double *s, double *d, Py_ssize_t n, int stream, double
     return (a0 + a1) + (a2 + a3);
 }
 
-/* float32: each product formed in double (exact for float inputs, since c is a double the
-   rounding is once, into float: numpy's float64 product cast to float32) */
-static double row_f(const float *s, float *d, Py_ssize_t n, int stream, double c)
+/* float32: each product formed in double, then cast to float (numpy's float64 product cast
+   to float32: with c 1 the values as they are). With ``w``, the values widened to double are
+   also stored there (ordinary stores: a buffer read soon, from cache) */
+static double row_f(const float *s, float *d, double *w, Py_ssize_t n, int stream, double c)
 {
     double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
     Py_ssize_t i = 0;
@@ -119,6 +122,8 @@ static double row_f(const float *s, float *d, Py_ssize_t n, int stream, double c
         while (stream && i < n && (((uintptr_t)(d + i)) & 15)) {
             double v = s[i];
             d[i] = (float)(v * c);
+            if (w)
+                w[i] = v;
             a0 += v * v;
             i++;
         }
@@ -131,6 +136,12 @@ static double row_f(const float *s, float *d, Py_ssize_t n, int stream, double c
             /* in double: the low and high pairs of each quadruple */
             __m128d l0 = _mm_cvtps_pd(v0), h0 = _mm_cvtps_pd(_mm_movehl_ps(v0, v0));
             __m128d l1 = _mm_cvtps_pd(v1), h1 = _mm_cvtps_pd(_mm_movehl_ps(v1, v1));
+            if (w) {            /* the values widened, ordinary stores (read soon, from cache) */
+                _mm_storeu_pd(w + i, l0);
+                _mm_storeu_pd(w + i + 2, h0);
+                _mm_storeu_pd(w + i + 4, l1);
+                _mm_storeu_pd(w + i + 6, h1);
+            }
             if (one) {          /* a plain copy: the values as loaded */
                 store_ps(d + i, v0, stream);
                 store_ps(d + i + 4, v1, stream);
@@ -144,6 +155,70 @@ static double row_f(const float *s, float *d, Py_ssize_t n, int stream, double c
             x1 = _mm_add_pd(x1, _mm_mul_pd(h0, h0));
             x2 = _mm_add_pd(x2, _mm_mul_pd(l1, l1));
             x3 = _mm_add_pd(x3, _mm_mul_pd(h1, h1));
+        }
+        double t[2];
+        _mm_storeu_pd(t, _mm_add_pd(_mm_add_pd(x0, x1), _mm_add_pd(x2, x3)));
+        a1 += t[0];
+        a2 += t[1];
+    }
+#else
+    (void)stream;
+#endif
+    for (; i + 4 <= n; i += 4) {
+        double v0 = s[i], v1 = s[i + 1], v2 = s[i + 2], v3 = s[i + 3];
+        d[i] = (float)(v0 * c);
+        d[i + 1] = (float)(v1 * c);
+        d[i + 2] = (float)(v2 * c);
+        d[i + 3] = (float)(v3 * c);
+        if (w) {
+            w[i] = v0;
+            w[i + 1] = v1;
+            w[i + 2] = v2;
+            w[i + 3] = v3;
+        }
+        a0 += v0 * v0;
+        a1 += v1 * v1;
+        a2 += v2 * v2;
+        a3 += v3 * v3;
+    }
+    for (; i < n; i++) {
+        double v = s[i];
+        d[i] = (float)(v * c);
+        if (w)
+            w[i] = v;
+        a0 += v * v;
+    }
+    return (a0 + a1) + (a2 + a3);
+}
+
+/* float64 into float32: each product formed in double, then cast (numpy's float64 product
+   cast to float32); the sum of squares is of the float64 values */
+static double row_df(const double *s, float *d, Py_ssize_t n, int stream, double c)
+{
+    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+    Py_ssize_t i = 0;
+#if CODEDML_SSE2
+    {
+        while (stream && i < n && (((uintptr_t)(d + i)) & 15)) {
+            double v = s[i];
+            d[i] = (float)(v * c);
+            a0 += v * v;
+            i++;
+        }
+        __m128d cc = _mm_set1_pd(c);
+        __m128d x0 = _mm_setzero_pd(), x1 = _mm_setzero_pd();
+        __m128d x2 = _mm_setzero_pd(), x3 = _mm_setzero_pd();
+        for (; i + 8 <= n; i += 8) {
+            __m128d v0 = _mm_loadu_pd(s + i), v1 = _mm_loadu_pd(s + i + 2);
+            __m128d v2 = _mm_loadu_pd(s + i + 4), v3 = _mm_loadu_pd(s + i + 6);
+            store_ps(d + i, _mm_movelh_ps(_mm_cvtpd_ps(_mm_mul_pd(v0, cc)),
+                                          _mm_cvtpd_ps(_mm_mul_pd(v1, cc))), stream);
+            store_ps(d + i + 4, _mm_movelh_ps(_mm_cvtpd_ps(_mm_mul_pd(v2, cc)),
+                                              _mm_cvtpd_ps(_mm_mul_pd(v3, cc))), stream);
+            x0 = _mm_add_pd(x0, _mm_mul_pd(v0, v0));
+            x1 = _mm_add_pd(x1, _mm_mul_pd(v1, v1));
+            x2 = _mm_add_pd(x2, _mm_mul_pd(v2, v2));
+            x3 = _mm_add_pd(x3, _mm_mul_pd(v3, v3));
         }
         double t[2];
         _mm_storeu_pd(t, _mm_add_pd(_mm_add_pd(x0, x1), _mm_add_pd(x2, x3)));
@@ -213,15 +288,15 @@ static char kind(Py_buffer *b)
 
 static PyObject *copy_sq(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *names[] = {"dst", "src", "sq", "stream", "scale", NULL};
-    PyObject *odst, *osrc, *osq = Py_None;
+    static char *names[] = {"dst", "src", "sq", "stream", "scale", "wide", NULL};
+    PyObject *odst, *osrc, *osq = Py_None, *owide = Py_None;
     int stream = 0;
     double c = 1.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|Opd:copy_sq", names, &odst, &osrc, &osq,
-                                     &stream, &c))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OpdO:copy_sq", names, &odst, &osrc, &osq,
+                                     &stream, &c, &owide))
         return NULL;
-    Py_buffer d, s, q;
-    int have_q = osq != Py_None;
+    Py_buffer d, s, q, wb;
+    int have_q = osq != Py_None, have_w = owide != Py_None;
     if (PyObject_GetBuffer(odst, &d, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0)
         return NULL;
     if (PyObject_GetBuffer(osrc, &s, PyBUF_STRIDES | PyBUF_FORMAT) < 0) {
@@ -233,12 +308,20 @@ static PyObject *copy_sq(PyObject *self, PyObject *args, PyObject *kwargs)
         PyBuffer_Release(&s);
         return NULL;
     }
+    if (have_w && PyObject_GetBuffer(owide, &wb, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
+        if (have_q)
+            PyBuffer_Release(&q);
+        PyBuffer_Release(&d);
+        PyBuffer_Release(&s);
+        return NULL;
+    }
     PyObject *result = NULL;
-    Py_ssize_t dr, dc, ds, sr, sc, ss;
+    Py_ssize_t dr, dc, ds, sr, sc, ss, wr = 0, wc = 0, ws = 0;
     char kd = kind(&d), ks = kind(&s);
-    if (!kd || kd != ks) {
+    if (!kd || !ks || (kd != ks && !(kd == 'f' && ks == 'd'))) {
         PyErr_SetString(PyExc_TypeError,
-                        "copy_sq: `dst` and `src` must both be float64 or both float32");
+                        "copy_sq: `dst` and `src` must both be float64, both float32, or "
+                        "`dst` float32 and `src` float64");
         goto done;
     }
     if (layout(&d, "dst", &dr, &dc, &ds) < 0 || layout(&s, "src", &sr, &sc, &ss) < 0)
@@ -247,6 +330,21 @@ static PyObject *copy_sq(PyObject *self, PyObject *args, PyObject *kwargs)
         PyErr_Format(PyExc_ValueError, "copy_sq: `dst` is %zd x %zd but `src` is %zd x %zd",
                      dr, dc, sr, sc);
         goto done;
+    }
+    if (have_w) {
+        if (ks != 'f' || kd != 'f' || kind(&wb) != 'd') {
+            PyErr_SetString(PyExc_TypeError,
+                            "copy_sq: `wide` (the values widened) must be float64, with `dst` "
+                            "and `src` float32");
+            goto done;
+        }
+        if (layout(&wb, "wide", &wr, &wc, &ws) < 0)
+            goto done;
+        if (wr != sr || wc != sc) {
+            PyErr_Format(PyExc_ValueError,
+                         "copy_sq: `wide` is %zd x %zd but `src` is %zd x %zd", wr, wc, sr, sc);
+            goto done;
+        }
     }
     if (have_q && (q.ndim != 1 || kind(&q) != 'd' || q.shape[0] != dr)) {
         PyErr_Format(PyExc_ValueError,
@@ -257,12 +355,16 @@ static PyObject *copy_sq(PyObject *self, PyObject *args, PyObject *kwargs)
         double total = 0.0;
         char *pd = (char *)d.buf, *ps = (char *)s.buf;
         char *pq = have_q ? (char *)q.buf : NULL;
+        char *pw = have_w ? (char *)wb.buf : NULL;
         Py_ssize_t qs = have_q ? q.strides[0] : 0;
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t r = 0; r < dr; r++) {
             double v = kd == 'd'
                 ? row_d((const double *)(ps + r * ss), (double *)(pd + r * ds), dc, stream, c)
-                : row_f((const float *)(ps + r * ss), (float *)(pd + r * ds), dc, stream, c);
+                : ks == 'd'
+                ? row_df((const double *)(ps + r * ss), (float *)(pd + r * ds), dc, stream, c)
+                : row_f((const float *)(ps + r * ss), (float *)(pd + r * ds),
+                        pw ? (double *)(pw + r * ws) : NULL, dc, stream, c);
             total += v;
             if (pq)
                 *(double *)(pq + r * qs) += v;
@@ -275,6 +377,8 @@ static PyObject *copy_sq(PyObject *self, PyObject *args, PyObject *kwargs)
         result = PyFloat_FromDouble(total);
     }
 done:
+    if (have_w)
+        PyBuffer_Release(&wb);
     if (have_q)
         PyBuffer_Release(&q);
     PyBuffer_Release(&s);
@@ -284,11 +388,12 @@ done:
 
 static PyMethodDef methods[] = {
     {"copy_sq", (PyCFunction)(void (*)(void))copy_sq, METH_VARARGS | METH_KEYWORDS,
-     "copy_sq(dst, src, sq=None, stream=False, scale=1.0) -> float\n\n"
-     "Write scale * src into dst (same shape, both float64 or both float32, rows\n"
-     "contiguous; products in double, cast to dst's type) and return the sum of squares of src's\n"
-     "values; sq (float64, one entry per row) gets each row's sum added. stream:\n"
-     "non-temporal stores (x86-64)."},
+     "copy_sq(dst, src, sq=None, stream=False, scale=1.0, wide=None) -> float\n\n"
+     "Write scale * src into dst (same shape; both float64, both float32, or float64\n"
+     "into float32; rows contiguous; products in double, cast to dst's type) and return\n"
+     "the sum of squares of src's values; sq (float64, one entry per row) gets each row's\n"
+     "sum added. stream: non-temporal stores (x86-64). wide (float64, src's shape; float32\n"
+     "src): also gets src's values in double."},
     {NULL, NULL, 0, NULL},
 };
 
