@@ -283,17 +283,30 @@ def test_chunk_size_follows_the_caches(tmp_path, sizes, expected):
     assert _encode._chunk_bytes(root=_cache_dir(tmp_path, sizes)) == expected
 
 
+@pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("field", [None, 65537])
-def test_gradient_code_with_an_empty_inner_dimension(field):
-    """A (3, 0) @ B (0, 2) is the zero matrix: every task is empty and the product decodes
-    to zeros (the partition width is 0 here, not a divisor)."""
-    from codedml.codes import GradientCode
-
-    code = GradientCode(4, 1, field=field)
+@pytest.mark.parametrize("kind", ["gradient", "mds", "mds_sys", "matdot", "polydot"])
+@pytest.mark.parametrize("shape", [((3, 0), (0, 2)), ((0, 4), (4, 2)), ((3, 0), (0,))])
+def test_empty_operands_encode_and_decode_to_zeros(kind, field, loop, shape, monkeypatch):
+    """An empty inner dimension (A (3, 0) @ B (0, 2): the zero matrix; every task is empty,
+    the partition width 0, not a divisor) or no rows of A: every code encodes, with each copy
+    loop, and decodes to the zero product of the right shape."""
+    (am, an), bshape = shape
+    code = {"gradient": GradientCode(4, 1, field=field), "mds": MDSCode(4, 2, field=field),
+            "mds_sys": MDSCode(4, 2, systematic=True, field=field),
+            "matdot": MatDotCode(4, 2, field=field), "polydot": PolyDotCode(5, 2, 2, 1, field=field)}[kind]
+    if len(bshape) == 1 and getattr(code, "q", 1) > 1:
+        pytest.skip("PolyDot with q > 1 multiplies matrices, not vectors")
+    if loop == "numpy":
+        monkeypatch.setattr(_encode, "_K", None)
+    elif loop == "streamed":
+        monkeypatch.setattr(_encode, "STREAM_BYTES", 0)
     dt = np.float64 if field is None else np.int64
-    enc = code.encode(np.ones((3, 0), dtype=dt), np.ones((0, 2), dtype=dt))
-    got = code.decode({w: enc[w].compute() for w in range(3)}, encoding=enc)
-    assert got.shape == (3, 2) and not np.asarray(got).any()
+    enc = code.encode(np.ones((am, an), dtype=dt), np.ones(bshape, dtype=dt))
+    k = code.recovery_threshold
+    got = code.decode({w: enc[w].compute() for w in range(k)}, encoding=enc)
+    want_shape = (am,) + bshape[1:]
+    assert np.asarray(got).shape == want_shape and not np.asarray(got).any()
 
 
 @pytest.mark.parametrize("old_numpy", [False, True])

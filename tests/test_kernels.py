@@ -43,10 +43,10 @@ needs_kernels = pytest.mark.skipif(K is None, reason="codedml.codes._kernels not
        stream=st.booleans(), src_pad=st.integers(0, 5), dst_pad=st.integers(0, 5),
        src_off=st.integers(0, 3), dst_off=st.integers(0, 3), with_sq=st.booleans(),
        one_d=st.booleans(), mode=st.sampled_from(["same", "narrow", "wide"]),
-       wide_off=st.integers(0, 3), seed=st.integers(0, 2 ** 16))
+       wide_off=st.integers(0, 3), flip=st.booleans(), seed=st.integers(0, 2 ** 16))
 def test_copy_sq_is_numpys_product_and_its_sum_of_squares(rows, cols, dtype, scale, stream, src_pad,
                                                           dst_pad, src_off, dst_off, with_sq, one_d,
-                                                          mode, wide_off, seed):
+                                                          mode, wide_off, flip, seed):
     """``mode``: ``dst`` and ``src`` of one dtype; float64 ``src`` into float32 ``dst``
     (``narrow``: the encode's float32 parity tasks from their float64 products); float32 with
     the values also widened into a float64 ``wide`` (the parity GEMM's operand)."""
@@ -59,6 +59,8 @@ def test_copy_sq_is_numpys_product_and_its_sum_of_squares(rows, cols, dtype, sca
     big_src = (rng.standard_normal((rows, cols + src_pad + src_off)) * 1e3).astype(sdt)
     big_dst = np.full((rows, cols + dst_pad + dst_off), 7, dtype=ddt)
     src = big_src[:, src_off:src_off + cols]
+    if flip:                  # rows at a negative stride
+        src = src[::-1]
     dst = big_dst[:, dst_off:dst_off + cols]
     big_wide = np.full((rows, cols + 2 + wide_off), 5.0)
     wide = big_wide[:, wide_off:wide_off + cols] if mode == "wide" else None
@@ -97,18 +99,52 @@ def test_copy_sq_is_numpys_product_and_its_sum_of_squares(rows, cols, dtype, sca
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-@pytest.mark.parametrize("where", [0, 5, 17, 99])
-def test_copy_sq_sum_is_not_finite_when_src_is_not(dtype, stream, bad, where):
-    src = np.ones((2, 50), dtype=dtype)
-    src.reshape(-1)[where] = bad
-    total = K.copy_sq(np.empty_like(src), src, None, stream)
+@pytest.mark.parametrize("cols", [12, 50, 53])
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+@pytest.mark.parametrize("off", [0, 1, 3])
+def test_copy_sq_sum_is_not_finite_when_src_is_not(dtype, stream, bad, cols, where, off):
+    """Wherever the bad value lies: in the streamed stores' head loop (``off``: the
+    destination off its 16-byte boundary), the SIMD body, the 4-wide or the scalar tail."""
+    src = np.ones((2, cols), dtype=dtype)
+    i = {"first": 0, "middle": cols + cols // 2, "last": 2 * cols - 1}[where]
+    src.reshape(-1)[i] = bad
+    dst = np.empty((2, cols + off), dtype=dtype)[:, off:]
+    total = K.copy_sq(dst, src, None, stream)
     assert not np.isfinite(total)
+    np.testing.assert_array_equal(dst, src)
     if dtype == np.float64:   # into float32 (the parity tasks' cast): the sum is of src
-        assert not np.isfinite(K.copy_sq(np.empty(src.shape, np.float32), src, None, stream))
+        d32 = np.empty((2, cols + off), np.float32)[:, off:]
+        assert not np.isfinite(K.copy_sq(d32, src, None, stream))
     else:                     # with the widened copy
         wide = np.empty(src.shape)
-        assert not np.isfinite(K.copy_sq(np.empty_like(src), src, None, stream, 1.0, wide))
+        assert not np.isfinite(K.copy_sq(dst, src, None, stream, 1.0, wide))
         np.testing.assert_array_equal(wide, src.astype(np.float64))
+
+
+@needs_kernels
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_copy_sq_handles_buffers_misaligned_below_an_element(stream, dtype):
+    """numpy allows arrays at any byte offset: a destination 4 bytes off (never at a 16-byte
+    boundary) takes the scalar loop to its end, streamed or not, with numpy's values."""
+    item = np.dtype(dtype).itemsize
+    n = 37
+    raw = bytearray(n * item + 5)
+    dst = np.frombuffer(raw, dtype=dtype, count=n, offset=3 if item == 4 else 4)
+    assert not dst.flags.aligned or item == 4
+    src = np.arange(n, dtype=dtype) - 5.5
+    total = K.copy_sq(dst, src, None, stream, -2.0)
+    np.testing.assert_array_equal(dst, src * dtype(-2.0))
+    assert total == pytest.approx(float((src.astype(np.float64) ** 2).sum()), rel=1e-12)
+
+
+@needs_kernels
+def test_copy_sq_narrowing_overflows_to_inf_as_numpy_does():
+    src = np.array([[1e39, -1e39, 3.0, 1e-50, 3.4e38]])
+    dst = np.empty(src.shape, np.float32)
+    K.copy_sq(dst, src)
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(dst, src.astype(np.float32))
 
 
 BOTH = "must both be float64, both float32, or `dst` float32 and `src` float64"
@@ -126,6 +162,8 @@ BOTH = "must both be float64, both float32, or `dst` float32 and `src` float64"
     (np.empty((2, 2, 2)), np.empty((2, 2, 2)), None, "1-D or 2-D, got 3-D"),
     (np.empty((3, 4)), np.empty((3, 4)), np.empty(2), "one per row"),
     (np.empty((3, 4)), np.empty((3, 4)), np.empty(3, np.float32), "1-D float64"),
+    (np.empty(3, ">f8"), np.empty(3, ">f8"), None, BOTH),         # not this host's byte order
+    (np.empty(3, ">f4"), np.empty(3, ">f8"), None, BOTH),
 ])
 def test_copy_sq_refuses_bad_arguments_by_name(dst, src, sq, match):
     with pytest.raises((ValueError, TypeError), match=match):
@@ -164,5 +202,9 @@ def test_fast_copy_declines_what_it_does_not_handle():
     integers, strided rows, shapes that differ."""
     a = np.ones((4, 6))
     for dst, src in ((np.empty((4, 6), np.float32), a), (np.empty((4, 6), np.int64), a.astype(np.int64)),
-                     (np.empty((4, 12))[:, ::2], a), (np.empty((4, 5)), a[:, :5].copy()[:, ::1][:3])):
+                     (np.empty((4, 12))[:, ::2], a), (np.empty((4, 5)), a[:, :5].copy()[:, ::1][:3]),
+                     (np.empty((4, 6)), np.asfortranarray(a)), (np.empty((4, 6)), np.ones((4, 12))[:, ::2]),
+                     (np.empty(6), np.ones(12)[::2]), (np.empty((4, 6), ">f8"), a.astype(">f8"))):
+        before = dst.copy()
         assert _encode.fast_copy(dst, src, False) is None
+        np.testing.assert_array_equal(dst, before)   # declined: nothing written

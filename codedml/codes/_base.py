@@ -942,7 +942,9 @@ def _project(E: Any, rng: np.random.Generator, k: int) -> np.ndarray:
                 out[i] = ((u @ a.reshape(x, y)) * v).sum(axis=1)
         return out
     r = E.shape[0]
-    flat = E.reshape(r, E.shape[1], -1) if E.ndim > 2 else E.reshape(r, -1, 1)
+    # explicit widths: numpy cannot infer -1 beside a 0 (empty results: A with no rows)
+    flat = (E.reshape(r, E.shape[1], math.prod(E.shape[2:])) if E.ndim > 2
+            else E.reshape(r, math.prod(E.shape[1:]), 1))
     u, v = _unit_draws(rng, k, flat.shape[1], flat.shape[2])
     with np.errstate(invalid="ignore", over="ignore"):
         t = np.matmul(u, flat)                    # (r, k, y): BLAS, not einsum
@@ -951,7 +953,7 @@ def _project(E: Any, rng: np.random.Generator, k: int) -> np.ndarray:
 
 def _project_mod(E: np.ndarray, rng: np.random.Generator, p: int, k: int = 2) -> np.ndarray:
     r = E.shape[0]
-    flat = E.reshape(r, -1)
+    flat = E.reshape(r, math.prod(E.shape[1:]))
     v = rng.integers(0, p, size=(flat.shape[1], k), dtype=np.int64)
     return _gfp.matmul_mod(flat, v, p)
 
@@ -1133,7 +1135,7 @@ def _lstsq(M: np.ndarray, E: np.ndarray, rows: np.ndarray | None = None,
 
     def data() -> np.ndarray:  # the results as one (r, entries) array
         stacked = E.stack() if isinstance(E, _Rows) else E
-        return stacked.reshape(stacked.shape[0], -1).astype(wide, copy=False)
+        return stacked.reshape(stacked.shape[0], math.prod(stacked.shape[1:])).astype(wide, copy=False)
 
     if F.rank < d:
         X = np.conj(F.Vh.T) @ ((np.conj(F.U.T) @ data()) / F.S[:F.rank, None])
@@ -1147,7 +1149,8 @@ def _lstsq(M: np.ndarray, E: np.ndarray, rows: np.ndarray | None = None,
                else np.eye(d, dtype=wide)[:, want])
         coef = F.coef(np.ascontiguousarray(I_w))
         if isinstance(E, _Rows) and coef.shape[0] <= 2:
-            X = E.weighted(coef).reshape(coef.shape[0], -1)
+            X = E.weighted(coef)
+            X = X.reshape(coef.shape[0], math.prod(X.shape[1:]))
         else:
             X = coef @ data()
         return X.reshape((len(want),) + block)

@@ -347,7 +347,7 @@ def _systematic(G, blocks, flat, nsys, sq, post, cdt) -> bool:
         # compiled: the blocks' rows copied into the systematic tasks with their sums of
         # squares in the same loop (streamed past the cache when the tasks are large), the
         # parity GEMM reading the blocks' rows that loop just brought into cache
-        fused = (_K is not None and post is None and D_all is not None
+        fused = (_K is not None and post is None and cdt == np.float64 and D_all is not None
                  and D_all.dtype == flat.dtype and flat.dtype in (np.float64, np.float32)
                  and (same or raw))
         stream = fused and S_all.nbytes >= STREAM_BYTES
@@ -481,8 +481,12 @@ def view_as(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
     except ValueError:
         return None
     except TypeError:   # numpy before 2.1: no copy= keyword
-        r = np.reshape(x, shape)
-        return r if np.shares_memory(r, x) else None
+        try:
+            r = np.reshape(x, shape)
+        except ValueError:
+            return None
+        # a reshape that copied returns a fresh buffer: any overlap means a view
+        return r if np.may_share_memory(r, x) else None
 
 
 def copy_rows(src: np.ndarray, dst: np.ndarray, norm: bool = True) -> float:
@@ -493,9 +497,11 @@ def copy_rows(src: np.ndarray, dst: np.ndarray, norm: bool = True) -> float:
             and dst.flags.c_contiguous and src.ndim >= 1):
         n = min(src.shape[0], dst.shape[0])
         # rows as one 2-D matrix (a vector: one row), no copy; fast_copy declines (None,
-        # nothing written) a dtype or a layout it does not take, e.g. columns not contiguous
-        s2 = src[:n] if src.ndim == 1 else view_as(src[:n], (n, -1))
-        d2 = dst[:n] if dst.ndim == 1 else dst[:n].reshape(n, -1)
+        # nothing written) a dtype or a layout it does not take, e.g. columns not contiguous.
+        # The width is explicit: numpy cannot infer -1 beside a 0 (no rows, or empty rows)
+        w = math.prod(dst.shape[1:])
+        s2 = src[:n] if src.ndim == 1 else view_as(src[:n], (n, w))
+        d2 = dst[:n] if dst.ndim == 1 else dst[:n].reshape(n, w)
         total = None if s2 is None else fast_copy(d2, s2, dst.nbytes >= STREAM_BYTES)
         if total is not None:
             dst[n:] = 0

@@ -11,7 +11,9 @@
    per row) each row's sum of squares is also added to its entry. A NaN or Inf anywhere in
    ``src`` makes the sum NaN or Inf. With ``wide`` (a float64 array of ``src``'s shape, for
    float32 ``dst`` and ``src``) the values of ``src`` widened to double are written there too,
-   in the same loop: the float64 operand of a GEMM, from the one read of ``src``.
+   in the same loop: the float64 operand of a GEMM, from the one read of ``src``. ``dst``
+   and ``wide`` must not overlap ``src`` (the callers' never do; nothing checks it). A 1-D
+   array is one row: it pairs with a 1-D or a one-row 2-D array of as many columns.
 
    With ``stream`` true the stores are non-temporal (x86-64: MOVNTPD/MOVNTPS, then SFENCE):
    they go to memory without first reading the destination's cache lines (the read for
@@ -276,10 +278,16 @@ static int layout(Py_buffer *b, const char *name, Py_ssize_t *rows, Py_ssize_t *
     return 0;
 }
 
+/* 'd' or 'f' for a native float64 or float32 buffer, else 0: a byte-order prefix is taken
+   only where it names this host's order ('=' and '@' always) */
 static char kind(Py_buffer *b)
 {
     const char *f = b->format ? b->format : "B";
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    if (*f == '>' || *f == '!' || *f == '=' || *f == '@')
+#else
     if (*f == '<' || *f == '=' || *f == '@')
+#endif
         f++;
     if ((f[0] == 'd' || f[0] == 'f') && f[1] == '\0')
         return f[0];

@@ -248,7 +248,7 @@ class GradientCode(LinearCode):
         coef = _ones_combination(M)[None, :]
         if hasattr(E, "weighted"):
             return E.weighted(coef)
-        return (coef @ E.reshape(E.shape[0], -1)).reshape((1,) + E.shape[1:])
+        return (coef @ E.reshape(E.shape[0], math.prod(E.shape[1:]))).reshape((1,) + E.shape[1:])
 
     def _unpack(self, result: np.ndarray) -> list[np.ndarray]:
         return [result]
