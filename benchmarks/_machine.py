@@ -39,11 +39,30 @@ def commit() -> dict:
     return {"commit": head, "dirty": dirty}
 
 
+def measured_source() -> dict:
+    """Where ``codedml`` is imported from, and which copy loop its encode runs. A benchmark
+    that imported another checkout's codedml (an editable install points at one checkout;
+    a run from a second worktree must put its own first on ``sys.path``) would record this
+    checkout's commit for another's code: that is refused here, by name."""
+    import codedml
+    from codedml.codes import _encode
+
+    root = Path(__file__).resolve().parent.parent
+    pkg = Path(codedml.__file__).resolve().parent
+    if pkg != root / "codedml":
+        raise SystemExit(f"benchmarks/_machine.py: codedml was imported from {pkg}, not from "
+                         f"{root / 'codedml'}, the checkout whose commit this run records; put "
+                         f"{root} first on sys.path (PYTHONPATH)")
+    return {"codedml_from": str(pkg), "encode_kernels": _encode.kernels()}
+
+
 def machine_info() -> dict:
     """Platform, CPU, Python/numpy versions, date, load average (other processes distort
-    timings on a shared machine), thread settings and the BLAS libraries in use."""
+    timings on a shared machine), thread settings and the BLAS libraries in use; the commit
+    measured and where codedml was imported from (:func:`measured_source`)."""
     info = {
         **commit(),
+        **measured_source(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_model": cpu_model(),

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # this checkout's codedml
+
 import _machine  # noqa: E402  (benchmarks/_machine.py)
 
 

@@ -88,6 +88,9 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# this checkout's codedml, not whichever one an editable install points at (a benchmark run
+# from a second worktree must measure that worktree's commit, which its JSON records)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402

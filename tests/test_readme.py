@@ -249,3 +249,19 @@ def test_cuda_block_renders_a_run_in_the_format_cuda_backend_writes(tmp_path, mo
     body = rr.BLOCKS["cuda_backend"]()
     assert "commit feedface" in body and "H200" in body
     assert _data_rows(body) == ["| 2048 | float32 | 2.10 | 2.30 | 1.11 | 3.0e-07 |"]
+
+
+def test_a_benchmark_refuses_another_checkouts_codedml(monkeypatch):
+    """A benchmark's JSON records this checkout's commit, so it must measure this checkout's
+    codedml: where another one was imported (an editable install points at one checkout, a
+    run from a second worktree), ``_machine.machine_info`` refuses, naming both paths."""
+    import _machine
+
+    import codedml
+
+    here = _machine.measured_source()
+    assert Path(here["codedml_from"]) == Path(_machine.__file__).resolve().parent.parent / "codedml"
+    assert here["encode_kernels"] in ("compiled", "numpy")
+    monkeypatch.setattr(codedml, "__file__", "/elsewhere/checkout/codedml/__init__.py")
+    with pytest.raises(SystemExit, match=r"imported from /elsewhere/checkout/codedml, not from .*codedml, the checkout"):
+        _machine.machine_info()
