@@ -31,6 +31,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))   # this checkout's codedml
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from _machine import machine_info  # noqa: E402

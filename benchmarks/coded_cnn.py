@@ -57,6 +57,7 @@ from mpi4py import MPI  # noqa: E402
 from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # this checkout's codedml
 from _machine import machine_info  # noqa: E402
 from coded_layers import training_faults  # noqa: E402  (the same faults as the MLP benchmark)
 

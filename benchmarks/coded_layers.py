@@ -53,6 +53,7 @@ import torch  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # this checkout's codedml
 from _machine import machine_info  # noqa: E402
 
 from codedml.codes import ReplicationCode  # noqa: E402

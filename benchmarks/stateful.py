@@ -23,6 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))   # this checkout's codedml
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from hypothesis import HealthCheck, settings  # noqa: E402

@@ -43,13 +43,15 @@ needs_kernels = pytest.mark.skipif(K is None, reason="codedml.codes._kernels not
        stream=st.booleans(), src_pad=st.integers(0, 5), dst_pad=st.integers(0, 5),
        src_off=st.integers(0, 3), dst_off=st.integers(0, 3), with_sq=st.booleans(),
        one_d=st.booleans(), mode=st.sampled_from(["same", "narrow", "wide"]),
-       wide_off=st.integers(0, 3), flip=st.booleans(), seed=st.integers(0, 2 ** 16))
+       wide_off=st.integers(0, 3), flip=st.booleans(), part=st.sampled_from([0, 0, 1, 3, 8, 64]),
+       seed=st.integers(0, 2 ** 16))
 def test_copy_sq_is_numpys_product_and_its_sum_of_squares(rows, cols, dtype, scale, stream, src_pad,
                                                           dst_pad, src_off, dst_off, with_sq, one_d,
-                                                          mode, wide_off, flip, seed):
+                                                          mode, wide_off, flip, part, seed):
     """``mode``: ``dst`` and ``src`` of one dtype; float64 ``src`` into float32 ``dst``
     (``narrow``: the encode's float32 parity tasks from their float64 products); float32 with
-    the values also widened into a float64 ``wide`` (the parity GEMM's operand)."""
+    the values also widened into a float64 ``wide`` (the parity GEMM's operand). ``part``:
+    ``sq`` per block of that many columns (the gradient code's partition norms)."""
     rng = np.random.default_rng(seed)
     one_d = one_d and rows > 0
     sdt, ddt = {"same": (dtype, dtype), "narrow": (np.float64, np.float32),
@@ -67,9 +69,11 @@ def test_copy_sq_is_numpys_product_and_its_sum_of_squares(rows, cols, dtype, sca
     if one_d:
         src, dst = src[:1].reshape(-1), dst[:1].reshape(-1)
         wide = None if wide is None else wide[:1].reshape(-1)
-    sq = np.full(1 if one_d else rows, 0.25) if with_sq else None
+    with_sq = with_sq or part > 0
+    nblk = -(-cols // part) if part else 0
+    sq = np.full(nblk if part else (1 if one_d else rows), 0.25) if with_sq else None
     before, wide_before = big_dst.copy(), big_wide.copy()
-    total = K.copy_sq(dst, src, sq, stream, scale, wide)
+    total = K.copy_sq(dst, src, sq, stream, scale, wide, part)
     want = (src.astype(np.float64) * scale).astype(ddt)
     np.testing.assert_array_equal(dst, want)
     if wide is not None:   # src's values, exactly, and nothing else of big_wide
@@ -91,7 +95,11 @@ def test_copy_sq_is_numpys_product_and_its_sum_of_squares(rows, cols, dtype, sca
     per_row = (s64 ** 2).sum(axis=-1) if not one_d else np.array([(s64 ** 2).sum()])
     tol = 4 * max(cols, 1) * np.finfo(np.float64).eps
     assert abs(total - per_row.sum()) <= tol * max(per_row.sum(), 1e-300)
-    if with_sq:
+    if with_sq and part:
+        s2 = (s64 ** 2).reshape(-1, cols) if cols else np.zeros((max(rows, 1), 0))
+        per_block = np.array([s2[:, b * part:(b + 1) * part].sum() for b in range(nblk)])
+        np.testing.assert_allclose(sq, 0.25 + per_block, rtol=tol, atol=1e-300)
+    elif with_sq:
         np.testing.assert_allclose(sq, 0.25 + per_row, rtol=tol, atol=1e-300)
 
 
@@ -168,6 +176,20 @@ BOTH = "must both be float64, both float32, or `dst` float32 and `src` float64"
 def test_copy_sq_refuses_bad_arguments_by_name(dst, src, sq, match):
     with pytest.raises((ValueError, TypeError), match=match):
         K.copy_sq(dst, src, sq)
+
+
+@needs_kernels
+@pytest.mark.parametrize("sq, part, match", [
+    (np.zeros(2), -1, r"`part` .* must be 0, or positive with `sq` given; got -1"),
+    (None, 4, r"got 4 without `sq`"),
+    (np.zeros(2), 4, r"3 entries \(one per block of `part` columns\)"),   # 10 columns: 3 blocks
+    (np.zeros(4), 4, r"3 entries"),
+])
+def test_copy_sq_refuses_a_bad_part_by_name(sq, part, match):
+    dst = np.full((2, 10), 7.0)
+    with pytest.raises(ValueError, match=match):
+        K.copy_sq(dst, np.ones((2, 10)), sq, False, 1.0, None, part)
+    assert (dst == 7.0).all()
 
 
 F32 = np.float32

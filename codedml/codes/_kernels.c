@@ -1,6 +1,6 @@
 /* codedml.codes._kernels: the encode's one compiled loop, optional.
 
-   copy_sq(dst, src, sq=None, stream=False, scale=1.0, wide=None) -> float
+   copy_sq(dst, src, sq=None, stream=False, scale=1.0, wide=None, part=0) -> float
 
    Writes ``scale * src`` (the 2-D, or 1-D: one row, array ``src``) into ``dst`` of the same
    shape and the same element type (float64 'd' or float32 'f'), or float64 ``src`` into
@@ -11,7 +11,10 @@
    per row) each row's sum of squares is also added to its entry. A NaN or Inf anywhere in
    ``src`` makes the sum NaN or Inf. With ``wide`` (a float64 array of ``src``'s shape, for
    float32 ``dst`` and ``src``) the values of ``src`` widened to double are written there too,
-   in the same loop: the float64 operand of a GEMM, from the one read of ``src``. ``dst``
+   in the same loop: the float64 operand of a GEMM, from the one read of ``src``. With
+   ``part`` > 0, ``sq`` has one entry per block of ``part`` columns instead (the last block
+   may be short) and gets each block's sum of squares over all rows: the norms of column
+   partitions (the gradient code's partitions of A) from the copy itself. ``dst``
    and ``wide`` must not overlap ``src`` (the callers' never do; nothing checks it). A 1-D
    array is one row: it pairs with a 1-D or a one-row 2-D array of as many columns.
 
@@ -249,6 +252,17 @@ static double row_df(const double *s, float *d, Py_ssize_t n, int stream, double
     return (a0 + a1) + (a2 + a3);
 }
 
+/* one row (or one column block of it) of any accepted pair of element types */
+static inline double row_any(char kd, char ks, const char *s, char *d, char *w, Py_ssize_t n,
+                             int stream, double c)
+{
+    if (kd == 'd')
+        return row_d((const double *)s, (double *)d, n, stream, c);
+    if (ks == 'd')
+        return row_df((const double *)s, (float *)d, n, stream, c);
+    return row_f((const float *)s, (float *)d, (double *)w, n, stream, c);
+}
+
 /* rows and row stride (in bytes) of a 1-D or 2-D buffer whose last axis is contiguous */
 static int layout(Py_buffer *b, const char *name, Py_ssize_t *rows, Py_ssize_t *cols,
                   Py_ssize_t *stride)
@@ -296,13 +310,20 @@ static char kind(Py_buffer *b)
 
 static PyObject *copy_sq(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *names[] = {"dst", "src", "sq", "stream", "scale", "wide", NULL};
+    static char *names[] = {"dst", "src", "sq", "stream", "scale", "wide", "part", NULL};
     PyObject *odst, *osrc, *osq = Py_None, *owide = Py_None;
     int stream = 0;
     double c = 1.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OpdO:copy_sq", names, &odst, &osrc, &osq,
-                                     &stream, &c, &owide))
+    Py_ssize_t part = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OpdOn:copy_sq", names, &odst, &osrc, &osq,
+                                     &stream, &c, &owide, &part))
         return NULL;
+    if (part < 0 || (part > 0 && osq == Py_None)) {
+        PyErr_Format(PyExc_ValueError,
+                     "copy_sq: `part` (columns per block of `sq`) must be 0, or positive with "
+                     "`sq` given; got %zd%s", part, osq == Py_None ? " without `sq`" : "");
+        return NULL;
+    }
     Py_buffer d, s, q, wb;
     int have_q = osq != Py_None, have_w = owide != Py_None;
     if (PyObject_GetBuffer(odst, &d, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0)
@@ -354,9 +375,11 @@ static PyObject *copy_sq(PyObject *self, PyObject *args, PyObject *kwargs)
             goto done;
         }
     }
-    if (have_q && (q.ndim != 1 || kind(&q) != 'd' || q.shape[0] != dr)) {
+    Py_ssize_t nq = part > 0 ? (dc + part - 1) / part : dr;
+    if (have_q && (q.ndim != 1 || kind(&q) != 'd' || q.shape[0] != nq)) {
         PyErr_Format(PyExc_ValueError,
-                     "copy_sq: `sq` must be a 1-D float64 array of %zd entries (one per row)", dr);
+                     "copy_sq: `sq` must be a 1-D float64 array of %zd entries (%s)", nq,
+                     part > 0 ? "one per block of `part` columns" : "one per row");
         goto done;
     }
     {
@@ -366,13 +389,22 @@ static PyObject *copy_sq(PyObject *self, PyObject *args, PyObject *kwargs)
         char *pw = have_w ? (char *)wb.buf : NULL;
         Py_ssize_t qs = have_q ? q.strides[0] : 0;
         Py_BEGIN_ALLOW_THREADS
+        const Py_ssize_t si = s.itemsize, di = d.itemsize;
         for (Py_ssize_t r = 0; r < dr; r++) {
-            double v = kd == 'd'
-                ? row_d((const double *)(ps + r * ss), (double *)(pd + r * ds), dc, stream, c)
-                : ks == 'd'
-                ? row_df((const double *)(ps + r * ss), (float *)(pd + r * ds), dc, stream, c)
-                : row_f((const float *)(ps + r * ss), (float *)(pd + r * ds),
-                        pw ? (double *)(pw + r * ws) : NULL, dc, stream, c);
+            const char *rs = ps + r * ss;
+            char *rd = pd + r * ds, *rw = pw ? pw + r * ws : NULL;
+            if (part > 0) {   /* the row by blocks of `part` columns, each block's sum apart */
+                for (Py_ssize_t b = 0, c0 = 0; c0 < dc; b++, c0 += part) {
+                    Py_ssize_t m = dc - c0 < part ? dc - c0 : part;
+                    double v = row_any(kd, ks, rs + c0 * si, rd + c0 * di,
+                                       rw ? rw + c0 * (Py_ssize_t)sizeof(double) : NULL, m,
+                                       stream, c);
+                    total += v;
+                    *(double *)(pq + b * qs) += v;
+                }
+                continue;
+            }
+            double v = row_any(kd, ks, rs, rd, rw, dc, stream, c);
             total += v;
             if (pq)
                 *(double *)(pq + r * qs) += v;
@@ -396,12 +428,13 @@ done:
 
 static PyMethodDef methods[] = {
     {"copy_sq", (PyCFunction)(void (*)(void))copy_sq, METH_VARARGS | METH_KEYWORDS,
-     "copy_sq(dst, src, sq=None, stream=False, scale=1.0, wide=None) -> float\n\n"
+     "copy_sq(dst, src, sq=None, stream=False, scale=1.0, wide=None, part=0) -> float\n\n"
      "Write scale * src into dst (same shape; both float64, both float32, or float64\n"
      "into float32; rows contiguous; products in double, cast to dst's type) and return\n"
      "the sum of squares of src's values; sq (float64, one entry per row) gets each row's\n"
      "sum added. stream: non-temporal stores (x86-64). wide (float64, src's shape; float32\n"
-     "src): also gets src's values in double."},
+     "src): also gets src's values in double. part > 0: sq has one entry per block of\n"
+     "part columns, summed over the rows."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -327,7 +327,7 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
     scalar times contiguous rows runs at copy speed, where A's side would need a per-column
     broadcast over short strided rows (measured 1.9x a plain copy of the same segments). Returns the sums of
     squares (float64, one per partition; None over GF(p))."""
-    from ._encode import CHUNK_BYTES, STREAM_BYTES, _rowsq, fast_copy, view_as
+    from ._encode import _K, CHUNK_BYTES, STREAM_BYTES, _rowsq, fast_copy, view_as
 
     n = len(parts)
     M, N = A.shape
@@ -341,6 +341,21 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
             plan.append((w, lo, hi, t * nb, (t + j1 - j0) * nb))
     step = max(1, CHUNK_BYTES // max(1, N * A.itemsize))
     full = N // nb if nb else 0   # partitions whole in A's columns (the next one, if any, short)
+    # Compiled (codes/_kernels.c): each partition's sum of squares comes from one of the
+    # copies of it, the first run that holds it (its "owner"), block by block of nb columns
+    # in the copy's own loop: no second pass over A. Where A's rows are not contiguous or
+    # its dtype is not the tasks', numpy copies and BLAS dots as below.
+    fused = (real and _K is not None and nb > 0 and A.dtype == a_all.dtype
+             and A.dtype in (np.float64, np.float32) and (N <= 1 or A.strides[1] == A.itemsize))
+    owner: dict[int, int] = {}              # partition -> index of its owning run in plan
+    blocks: dict[int, np.ndarray] = {}      # owning run -> its partitions' sums (blocks of nb)
+    if fused:
+        for i, (w, lo, hi, c0, c1) in enumerate(plan):
+            for j in range(lo // nb, (hi + nb - 1) // nb) if hi > lo else ():
+                owner.setdefault(j, i)
+        for i in set(owner.values()):
+            lo, hi = plan[i][1], plan[i][2]
+            blocks[i] = np.zeros((hi - lo + nb - 1) // nb)
     with np.errstate(invalid="ignore", over="ignore"):
         for w, lo, hi, c0, c1 in plan:            # columns past the padding: zero
             if c0 + hi - lo < c1:
@@ -352,12 +367,14 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
         for r0 in range(0, M, step):
             r1 = min(M, r0 + step)
             X = A[r0:r1]
-            for w, lo, hi, c0, _ in plan:
+            for i, (w, lo, hi, c0, _) in enumerate(plan):
                 if hi > lo:
                     d = a_all[w, r0:r1, c0:c0 + hi - lo]
-                    if not real or fast_copy(d, X[:, lo:hi], stream_a) is None:
+                    if i in blocks:
+                        _K.copy_sq(d, X[:, lo:hi], blocks[i], stream_a, 1.0, None, nb)
+                    elif not real or fast_copy(d, X[:, lo:hi], stream_a) is None:
                         np.copyto(d, X[:, lo:hi], casting="unsafe")
-            if real and X.size:
+            if real and X.size and not fused:
                 # the partitions' sums of squares: one BLAS dot per row of every partition
                 # (X's rows as (rows x partitions) segments of nb), summed over the rows
                 if full:   # (a view where X's rows are contiguous, else reshape copies)
@@ -365,6 +382,8 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
                     sq_a[:full] += _rowsq(seg).reshape(r1 - r0, full).sum(axis=0)
                 if full * nb < N:
                     sq_a[full] += float(_rowsq(np.ascontiguousarray(X[:, full * nb:])).sum())
+        for j, i in owner.items():
+            sq_a[j] = blocks[i][j - plan[i][1] // nb]
         # B: per partition, the workers (and slots) that hold it, and their coefficients
         holders: list[list[tuple[int, int, Any]]] = [[] for _ in range(n)]
         for w in range(n):
