@@ -331,3 +331,35 @@ def test_view_as_is_a_view_or_none(monkeypatch, old_numpy):
     assert _encode.view_as(X[:, :, :2], (2, -1)) is None            # rows with gaps
     w = _encode.view_as(X[:, :, ::2], (2, -1))                       # one stride: a view
     assert w is not None and np.shares_memory(w, X) and w.strides == (96, 16)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("scheme", ["cyclic", "fractional_repetition"])
+@pytest.mark.parametrize("n, s, N", [(6, 2, 37), (6, 1, 36), (8, 3, 5), (4, 1, 1)])
+@pytest.mark.parametrize("layout", ["C", "rows reversed", "columns every other"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_gradient_partition_norms_equal_numpys(loop, scheme, n, s, N, layout, dtype, monkeypatch):
+    """The gradient code's per-partition sums of squares of A (from the compiled copies of
+    each partition's first holder, or numpy's dots): exactly the partitions' own, for both
+    schemes, N not a multiple of n, N < n, and A's rows reversed or columns strided."""
+    from codedml.codes import gradient
+
+    if scheme == "fractional_repetition" and n % (s + 1):
+        pytest.skip("fractional repetition needs (s + 1) | n")
+    if loop == "numpy":
+        monkeypatch.setattr(_encode, "_K", None)
+    elif loop == "streamed":
+        monkeypatch.setattr(_encode, "STREAM_BYTES", 0)
+    code = GradientCode(n, s, scheme)
+    rng = np.random.default_rng(n * 100 + N)
+    A = rng.standard_normal((9, 2 * N)).astype(dtype)
+    A = {"C": A[:, :N], "rows reversed": np.ascontiguousarray(A[:, :N])[::-1],
+         "columns every other": A[:, ::2]}[layout]
+    B = rng.standard_normal((N, 3)).astype(dtype)
+    nb = -(-N // n)
+    parts = [code.partitions(w) for w in range(n)]
+    a_all = np.empty((n, A.shape[0], (s + 1) * nb), dtype=dtype)
+    b_all = np.empty((n, (s + 1) * nb, 3), dtype=dtype)
+    got = gradient._write_tasks(A, B, a_all, b_all, parts, code.coefficients, nb, None)[0]
+    want = np.array([float((A[:, j * nb:(j + 1) * nb].astype(np.float64) ** 2).sum()) for j in range(n)])
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)

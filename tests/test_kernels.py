@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -184,6 +185,7 @@ def test_copy_sq_refuses_bad_arguments_by_name(dst, src, sq, match):
     (None, 4, r"got 4 without `sq`"),
     (np.zeros(2), 4, r"3 entries \(one per block of `part` columns\)"),   # 10 columns: 3 blocks
     (np.zeros(4), 4, r"3 entries"),
+    (np.zeros(0), sys.maxsize, r"1 entries"),    # one block: no overflow in the rounding up
 ])
 def test_copy_sq_refuses_a_bad_part_by_name(sq, part, match):
     dst = np.full((2, 10), 7.0)

@@ -375,7 +375,8 @@ static PyObject *copy_sq(PyObject *self, PyObject *args, PyObject *kwargs)
             goto done;
         }
     }
-    Py_ssize_t nq = part > 0 ? (dc + part - 1) / part : dr;
+    /* blocks of `part` columns, rounded up (written so that no huge `part` can overflow) */
+    Py_ssize_t nq = part > 0 ? (dc == 0 ? 0 : (dc - 1) / part + 1) : dr;
     if (have_q && (q.ndim != 1 || kind(&q) != 'd' || q.shape[0] != nq)) {
         PyErr_Format(PyExc_ValueError,
                      "copy_sq: `sq` must be a 1-D float64 array of %zd entries (%s)", nq,
