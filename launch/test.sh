@@ -5,4 +5,5 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="$(bash "$root/launch/setup.sh" | tail -n 1)"
 source "$root/launch/env.sh"
 cd "$root"
-exec "$python" -m pytest -q "$@"
+# --durations: the slowest tests named at the end of every run (the suite must stay under 20 min)
+exec "$python" -m pytest -q --durations=25 "$@"
