@@ -37,6 +37,14 @@ def test_kernels_built_where_required():
 needs_kernels = pytest.mark.skipif(K is None, reason="codedml.codes._kernels not built (no C compiler at install)")
 
 
+def _unchanged_outside(big: np.ndarray, before: np.ndarray, off: int, cols: int, one_d: bool) -> None:
+    """Nothing of ``big`` outside the window the call wrote (columns ``off:off + cols`` of
+    every row, or of row 0 for a 1-D view) differs from ``before``."""
+    mask = np.ones(big.shape, bool)
+    mask[:1 if one_d else None, off:off + cols] = False
+    np.testing.assert_array_equal(big[mask], before[mask])
+
+
 @needs_kernels
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=st.integers(0, 9), cols=st.integers(0, 70), dtype=st.sampled_from([np.float64, np.float32]),
@@ -79,19 +87,8 @@ def test_copy_sq_is_numpys_product_and_its_sum_of_squares(rows, cols, dtype, sca
     np.testing.assert_array_equal(dst, want)
     if wide is not None:   # src's values, exactly, and nothing else of big_wide
         np.testing.assert_array_equal(wide, src.astype(np.float64))
-        wmask = np.ones(big_wide.shape, bool)
-        if one_d:
-            wmask[0, wide_off:wide_off + cols] = False
-        else:
-            wmask[:, wide_off:wide_off + cols] = False
-        np.testing.assert_array_equal(big_wide[wmask], wide_before[wmask])
-    # nothing outside dst was written
-    mask = np.ones(big_dst.shape, bool)
-    if one_d:
-        mask[0, dst_off:dst_off + cols] = False
-    else:
-        mask[:, dst_off:dst_off + cols] = False
-    np.testing.assert_array_equal(big_dst[mask], before[mask])
+        _unchanged_outside(big_wide, wide_before, wide_off, cols, one_d)
+    _unchanged_outside(big_dst, before, dst_off, cols, one_d)
     s64 = src.astype(np.float64)
     per_row = (s64 ** 2).sum(axis=-1) if not one_d else np.array([(s64 ** 2).sum()])
     tol = 4 * max(cols, 1) * np.finfo(np.float64).eps
