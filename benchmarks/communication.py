@@ -118,7 +118,8 @@ def _cfg(a, partition, **kw):
     """The run's TrainConfig; ``lr`` is scaled by the task's ``lr_scale``."""
     from codedml.train import TrainConfig
 
-    base = dict(steps=a.rounds, eval_every=1, timeout=60, partition=partition, seed=0)
+    base = dict(steps=a.rounds, eval_every=1, timeout=60, partition=partition, seed=0,
+                keep_metrics=a.rounds)  # the curves use every round's record
     kw = {**base, **kw}
     kw["lr"] = kw.get("lr", 0.5) * getattr(a, "lr_scale", 1.0)
     return TrainConfig(**kw)

@@ -368,6 +368,7 @@ for v in ("0", "-1", "nan", "inf"):
         subprocess=v == "0")
 cli("train --eval-every 0", T, "--eval-every", "0", must=("`eval_every`", "at least 1", "got 0"))
 cli("train --checkpoint-every -1", T, "--checkpoint-every", "-1", must=("`checkpoint_every`", "at least 0", "got -1"))
+cli("train --keep-metrics -1", T, "--keep-metrics", "-1", must=("`keep_metrics`", "at least 0", "got -1"))
 cli("train --checkpoint-every without path", T, "--checkpoint-every", "2",
     must=("`checkpoint_every`", "needs a `checkpoint` path", "none"))
 cli("train --checkpoint directory", T, "--checkpoint", "{tmp}", "--checkpoint-every", "1",

@@ -167,6 +167,31 @@ def test_soft_errors_are_reported_under_other_policies():
     assert kept.suspects[0]["action"] == "keep" and math.isnan(kept.loss)
 
 
+def test_in_memory_metrics_are_bounded_and_the_file_keeps_every_step(tmp_path):
+    """A long run's per-step records, suspects and corrections stay within ``keep_metrics``
+    (the latest ones, the rest counted in ``dropped``); the metrics file keeps every step, and
+    the cap changes nothing in the training itself."""
+    nan = Fault(corruptions=(Corruption("nan"),))
+    faults = Schedule({j: {2: nan} for j in range(0, 30, 3)})  # steps 1, 4, ..., 28 flagged
+    jl = tmp_path / "m.jsonl"
+    cfg = dict(policy="sync", steps=30, eval_every=7)
+    ref = train(TASK, TrainConfig(**cfg), local=3, faults=faults)
+    assert len(ref.metrics) == 30 and len(ref.suspects) == 10
+    assert ref.dropped == {"metrics": 0, "suspects": 0, "corrected": 0}
+    res = train(TASK, TrainConfig(**cfg, keep_metrics=4), local=3, faults=faults, metrics=jl)
+    assert [m["step"] for m in res.metrics] == [27, 28, 29, 30]
+    assert [m["batch_loss"] for m in res.metrics] == [m["batch_loss"] for m in ref.metrics[-4:]]
+    assert [s["step"] for s in res.suspects] == [19, 22, 25, 28]
+    assert res.dropped == {"metrics": 26, "suspects": 6, "corrected": 0}
+    assert [json.loads(l)["step"] for l in jl.read_text().splitlines()] == list(range(1, 31))
+    assert res.loss == ref.loss and res.steps == 30
+    none = train(TASK, TrainConfig(**cfg, keep_metrics=0), local=3, faults=faults)
+    assert none.metrics == [] and none.suspects == [] and none.loss == ref.loss
+    assert none.dropped == {"metrics": 30, "suspects": 10, "corrected": 0}
+    with pytest.raises(ConfigurationError, match=r"`keep_metrics` must be at least 0, got -1"):
+        TrainConfig(keep_metrics=-1)
+
+
 def test_qsgd_is_unbiased_and_counts_its_bits():
     rng = np.random.default_rng(0)
     v = rng.standard_normal(50)

@@ -64,6 +64,8 @@ HELP = {
     "outlier": "a gradient norm above this times the median of recent ones is flagged (> 1)",
     "timeout": "seconds without the results a step needs before training stops",
     "eval_every": "evaluate training loss and test accuracy every this many steps",
+    "keep_metrics": "per-step records the run's report keeps in memory, the latest ones "
+                    "(--metrics keeps every one)",
     "checkpoint": "checkpoint path (written atomically)",
     "checkpoint_every": "checkpoint interval in steps (0: none)",
     "resume": "checkpoint to resume from",

@@ -87,6 +87,11 @@ class TrainConfig:
         not reported by then are dropped from the round (0: wait for all, up to ``timeout``).
     adasync_every : int
         AdaSync: steps between two updates of K.
+    keep_metrics : int
+        How many of the latest per-step records :attr:`TrainResult.metrics` (and of the latest
+        ``suspects`` / ``corrected`` entries) the root keeps in memory, so a long run's memory
+        stays bounded; older ones are dropped and counted in :attr:`TrainResult.dropped`. The
+        ``metrics`` file, when given, keeps every record. 0 keeps none in memory.
     """
 
     policy: str = "sync"
@@ -121,6 +126,7 @@ class TrainConfig:
     dane_mu: float = 0.0
     round_deadline: float = 0.0
     adasync_every: int = 20
+    keep_metrics: int = 10000
 
     def __post_init__(self) -> None:
         for f in fields(self):  # types first: a TOML string where a number belongs is named
@@ -179,6 +185,7 @@ class TrainConfig:
                 f"`timeout` must be a finite number of seconds greater than 0, got {self.timeout}")
         _at_least("eval_every", self.eval_every, 1)
         _at_least("checkpoint_every", self.checkpoint_every, 0)
+        _at_least("keep_metrics", self.keep_metrics, 0)
         for name in ("seed", "data_seed"):  # numpy's generators refuse negative seeds
             if not 0 <= getattr(self, name) <= 2**63 - 1:
                 raise ConfigurationError(

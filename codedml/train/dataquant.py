@@ -401,6 +401,11 @@ def run(task: Any, *, data_bits: int, refine_bits: int = 0, importance: str = ""
     from .config import TrainConfig
     from .trainer import train
 
+    # The report sums over every step's record: keep them all in memory (bounded by ``steps``).
+    config = {"keep_metrics": steps, **config}
+    if isinstance(config["keep_metrics"], int) and 0 <= config["keep_metrics"] < steps:
+        raise ConfigurationError(f"`keep_metrics` must be at least steps={steps} here (the report "
+                                 f"covers every step), got {config['keep_metrics']}")
     cfg = TrainConfig(policy=policy, steps=steps, lr=lr, batch=batch, data_bits=data_bits,
                       refine_bits=refine_bits, importance=importance, **config)
     res = train(task, cfg, local=0 if comm is not None else workers, comm=comm, faults=faults,

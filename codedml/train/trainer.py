@@ -37,6 +37,7 @@ import random
 import sys
 import time
 import warnings
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, IO
@@ -83,6 +84,9 @@ class TrainResult:
     crashed: list[int]
     metrics: list[dict[str, Any]] = field(repr=False)
     config: dict[str, Any] = field(repr=False, default_factory=dict)
+    #: Records left out of ``metrics``, ``suspects`` and ``corrected`` (the oldest ones) to
+    #: keep the root's memory bounded: ``TrainConfig.keep_metrics``.
+    dropped: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -336,9 +340,13 @@ class Engine:
             sink, own = open(self._metrics_path, "a" if cfg.resume else "w"), True
         elif self._metrics_path is not None and hasattr(self._metrics_path, "write"):
             sink = self._metrics_path  # type: ignore[assignment]
-        metrics: list[dict[str, Any]] = []
-        suspects: list[dict[str, Any]] = []
-        corrected: list[dict[str, Any]] = []
+        # Bounded: the latest ``keep_metrics`` of each; the metrics file keeps every record.
+        keep = cfg.keep_metrics
+        metrics: deque[dict[str, Any]] = deque(maxlen=keep)
+        suspects: deque[dict[str, Any]] = deque(maxlen=keep)
+        corrected: deque[dict[str, Any]] = deque(maxlen=keep)
+        counts = {"metrics": 0, "suspects": 0, "corrected": 0}
+        evaluated = False  # whether the last step's record has the loss
         crashed: list[int] = [_rank(w) for w in known_dead]
         loss = acc = float("nan")
         start = st.version
@@ -378,8 +386,10 @@ class Engine:
                 if flagged:
                     suspects.append({"step": step, "ranks": [_rank(w) for w in flagged],
                                      "action": cfg.suspect})
+                    counts["suspects"] += 1
                 if out.corrected:
                     corrected.append({"step": step, "ranks": [_rank(w) for w in out.corrected]})
+                    counts["corrected"] += 1
                 crashed += [_rank(w) for w in st.crashed_now]
                 rec: dict[str, Any] = {
                     "step": step, "wall": round(self.wall, 6),
@@ -393,10 +403,12 @@ class Engine:
                 if cfg.data_bits:
                     rec["samples"] = self.samples_step
                 last = st.version >= cfg.steps or (cfg.max_time and self.wall >= cfg.max_time)
-                if step % cfg.eval_every == 0 or last:
+                evaluated = bool(step % cfg.eval_every == 0 or last)
+                if evaluated:
                     loss, acc = self.evaluate()
                     rec["loss"], rec["accuracy"] = loss, acc
                 metrics.append(rec)
+                counts["metrics"] += 1
                 if sink is not None:
                     sink.write(json.dumps(rec) + "\n")
                     sink.flush()
@@ -416,11 +428,13 @@ class Engine:
                 sink.close()
         if self._progress:
             sys.stderr.write("\n")
-        if not metrics or metrics[-1]["loss"] is None:
+        if not evaluated:
             loss, acc = self.evaluate()
+        kept = {"metrics": len(metrics), "suspects": len(suspects), "corrected": len(corrected)}
         return TrainResult(cfg.policy, self.n, st.version - start, self.wall, loss, acc,
                            self.bits_total, self.gradients * self.d * self.itembits, self.gradients,
-                           suspects, corrected, sorted(set(crashed)), metrics, asdict(cfg))
+                           list(suspects), list(corrected), sorted(set(crashed)), list(metrics),
+                           asdict(cfg), {k: counts[k] - kept[k] for k in counts})
 
 
 def _bar(step: int, total: int, wall: float, loss: float, rec: dict[str, Any]) -> None:
