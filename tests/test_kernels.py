@@ -218,6 +218,50 @@ def test_copy_sq_refuses_a_read_only_destination():
     assert _encode.fast_copy(np.empty((2, 3), np.int64), np.empty((2, 3), np.int64), False) is None
 
 
+@needs_kernels
+def test_copy_sq_refuses_overlapping_buffers_by_name():
+    """Any two of dst, src, sq and wide whose memory spans overlap (an aliased or shifted
+    view, rows interleaved with another's) are refused before anything is written; adjacent,
+    disjoint views of one array are not."""
+    big = np.arange(64, dtype=np.float64)
+    f = np.arange(64, dtype=np.float32)
+    w = np.zeros(64)
+    shared = np.zeros(32)              # float64 holding float32 src rows in its middle
+    cases = [
+        (big[:16].reshape(2, 8), big[:16].reshape(2, 8), None, None, "`dst` and `src`"),
+        (big[4:20].reshape(2, 8), big[:16].reshape(2, 8), None, None, "`dst` and `src`"),
+        (big.reshape(8, 8)[::-1][:2], big[44:60].reshape(2, 8), None, None, "`dst` and `src`"),
+        (big.reshape(8, 8)[::2], big.reshape(8, 8)[1::2], None, None, "`dst` and `src`"),
+        (np.empty((2, 8)), big[:16].reshape(2, 8), big[15:17], None, "`src` and `sq`"),
+        (big[:16].reshape(2, 8), np.ones((2, 8)), big[10:12], None, "`dst` and `sq`"),
+        (f[:16].reshape(2, 8), f[32:48].reshape(2, 8), None, w[:16].reshape(2, 8), None),
+        (f[:16].reshape(2, 8), f[32:48].reshape(2, 8), w[:2], w[:16].reshape(2, 8), "`sq` and `wide`"),
+        (np.empty((2, 8), np.float32), shared[4:12].view(np.float32).reshape(2, 8), None,
+         shared[:16].reshape(2, 8), "`src` and `wide`"),
+        (shared[:8].view(np.float32).reshape(2, 8), f[:16].reshape(2, 8), None,
+         shared[4:20].reshape(2, 8), "`dst` and `wide`"),
+    ]
+    for dst, src, sq, wide, match in cases:
+        if match is None:
+            continue
+        before = (dst.copy(), None if sq is None else sq.copy(), None if wide is None else wide.copy())
+        with pytest.raises(ValueError, match=f"{match} overlap in memory"):
+            K.copy_sq(dst, src, sq, False, 1.0, wide)
+        np.testing.assert_array_equal(dst, before[0])
+        if sq is not None:
+            np.testing.assert_array_equal(sq, before[1])
+    # adjacent halves of one array, and a 1-D sq right after dst: disjoint, copied
+    a = np.arange(32, dtype=np.float64)
+    sq = a[16:18]
+    K.copy_sq(a[:8].reshape(2, 4), a[8:16].reshape(2, 4), sq)
+    np.testing.assert_array_equal(a[:8], np.arange(8, 16))
+    np.testing.assert_array_equal(sq, [16 + 8**2 + 9**2 + 10**2 + 11**2,
+                                       17 + 12**2 + 13**2 + 14**2 + 15**2])
+    fw = np.zeros(40)
+    K.copy_sq(f[:16].reshape(2, 8), f[32:48].reshape(2, 8), fw[:2], False, 1.0, fw[8:24].reshape(2, 8))
+    np.testing.assert_array_equal(fw[8:24], np.arange(32, 48))
+
+
 def test_fast_copy_declines_what_it_does_not_handle():
     """None (the caller copies with numpy) where the loop does not apply: mixed dtypes,
     integers, strided rows, shapes that differ."""

@@ -14,9 +14,9 @@
    in the same loop: the float64 operand of a GEMM, from the one read of ``src``. With
    ``part`` > 0, ``sq`` has one entry per block of ``part`` columns instead (the last block
    may be short) and gets each block's sum of squares over all rows: the norms of column
-   partitions (the gradient code's partitions of A) from the copy itself. ``dst``
-   and ``wide`` must not overlap ``src`` (the callers' never do; nothing checks it). A 1-D
-   array is one row: it pairs with a 1-D or a one-row 2-D array of as many columns.
+   partitions (the gradient code's partitions of A) from the copy itself. ``dst``,
+   ``sq`` and ``wide`` must not overlap each other or ``src``: a call where the spans of
+   their memory do is refused (ValueError naming the two). A 1-D array is one row: it pairs with a 1-D or a one-row 2-D array of as many columns.
 
    With ``stream`` true the stores are non-temporal (x86-64: MOVNTPD/MOVNTPS, then SFENCE):
    they go to memory without first reading the destination's cache lines (the read for
@@ -42,7 +42,7 @@
 #endif
 
 #if CODEDML_SSE2
-/* a streamed store needs its destination 16-byte aligned (the callers' head loops see to it) */
+/* a streamed store needs its destination 16-byte aligned (the row loops' scalar heads see to it) */
 static inline void store_pd(double *p, __m128d v, int stream)
 {
     if (stream)
@@ -60,19 +60,70 @@ static inline void store_ps(float *p, __m128 v, int stream)
 }
 #endif
 
+/* The scalar part every row loop shares, one function per pair of element types: elements
+   [i, n) of ``s`` scaled by ``c`` in double and cast into ``d`` (with ``w``, also widened
+   into it), four at a time then one by one, their squares added to ``a``. The row loops run
+   it for the head up to a 16-byte boundary of a streamed destination (at most three
+   elements, or the whole row when the destination is not aligned to its element size) and
+   for the tail after their SSE2 loop; without SSE2 for the whole row. */
+#define CODEDML_SCALAR(NAME, ST, DT)                                                         \
+    static inline void NAME(const ST *s, DT *d, double *w, Py_ssize_t i, Py_ssize_t n,       \
+                            double c, double a[4])                                           \
+    {                                                                                        \
+        for (; i + 4 <= n; i += 4) {                                                         \
+            double v0 = s[i], v1 = s[i + 1], v2 = s[i + 2], v3 = s[i + 3];                   \
+            d[i] = (DT)(v0 * c);                                                             \
+            d[i + 1] = (DT)(v1 * c);                                                         \
+            d[i + 2] = (DT)(v2 * c);                                                         \
+            d[i + 3] = (DT)(v3 * c);                                                         \
+            if (w) {                                                                         \
+                w[i] = v0;                                                                   \
+                w[i + 1] = v1;                                                               \
+                w[i + 2] = v2;                                                               \
+                w[i + 3] = v3;                                                               \
+            }                                                                                \
+            a[0] += v0 * v0;                                                                 \
+            a[1] += v1 * v1;                                                                 \
+            a[2] += v2 * v2;                                                                 \
+            a[3] += v3 * v3;                                                                 \
+        }                                                                                    \
+        for (; i < n; i++) {                                                                 \
+            double v = s[i];                                                                 \
+            d[i] = (DT)(v * c);                                                              \
+            if (w)                                                                           \
+                w[i] = v;                                                                    \
+            a[0] += v * v;                                                                   \
+        }                                                                                    \
+    }
+
+CODEDML_SCALAR(scalar_d, double, double)
+CODEDML_SCALAR(scalar_f, float, float)
+CODEDML_SCALAR(scalar_df, double, float)
+
+#if CODEDML_SSE2
+/* Elements before a 16-byte boundary of ``d`` (element size ``size``), which a streamed row
+   writes one by one: all ``n`` when ``d`` is not even aligned to its element size (it never
+   reaches a boundary, so the row is written by scalar stores); none without streaming. */
+static inline Py_ssize_t head(const void *d, size_t size, Py_ssize_t n, int stream)
+{
+    uintptr_t p = (uintptr_t)d;
+    if (!stream || !(p & 15))
+        return 0;
+    if (p % size)
+        return n;
+    Py_ssize_t h = (Py_ssize_t)(((16 - (p & 15)) & 15) / size);
+    return h < n ? h : n;
+}
+#endif
+
 static double row_d(const double *s, double *d, Py_ssize_t n, int stream, double c)
 {
-    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+    double a[4] = {0.0, 0.0, 0.0, 0.0};
     Py_ssize_t i = 0;
 #if CODEDML_SSE2
     {
-        /* streamed: a scalar head up to a 16-byte boundary of the destination */
-        while (stream && i < n && (((uintptr_t)(d + i)) & 15)) {
-            double v = s[i];
-            d[i] = v * c;
-            a0 += v * v;
-            i++;
-        }
+        i = head(d, sizeof(double), n, stream);
+        scalar_d(s, d, NULL, 0, i, c, a);
         __m128d cc = _mm_set1_pd(c);
         __m128d x0 = _mm_setzero_pd(), x1 = _mm_setzero_pd();
         __m128d x2 = _mm_setzero_pd(), x3 = _mm_setzero_pd();
@@ -90,29 +141,14 @@ static double row_d(const double *s, double *d, Py_ssize_t n, int stream, double
         }
         double t[2];
         _mm_storeu_pd(t, _mm_add_pd(_mm_add_pd(x0, x1), _mm_add_pd(x2, x3)));
-        a1 += t[0];
-        a2 += t[1];
+        a[1] += t[0];
+        a[2] += t[1];
     }
 #else
     (void)stream;
 #endif
-    for (; i + 4 <= n; i += 4) {
-        double v0 = s[i], v1 = s[i + 1], v2 = s[i + 2], v3 = s[i + 3];
-        d[i] = v0 * c;
-        d[i + 1] = v1 * c;
-        d[i + 2] = v2 * c;
-        d[i + 3] = v3 * c;
-        a0 += v0 * v0;
-        a1 += v1 * v1;
-        a2 += v2 * v2;
-        a3 += v3 * v3;
-    }
-    for (; i < n; i++) {
-        double v = s[i];
-        d[i] = v * c;
-        a0 += v * v;
-    }
-    return (a0 + a1) + (a2 + a3);
+    scalar_d(s, d, NULL, i, n, c, a);
+    return (a[0] + a[1]) + (a[2] + a[3]);
 }
 
 /* float32: each product formed in double, then cast to float (numpy's float64 product cast
@@ -120,18 +156,12 @@ static double row_d(const double *s, double *d, Py_ssize_t n, int stream, double
    also stored there (ordinary stores: a buffer read soon, from cache) */
 static double row_f(const float *s, float *d, double *w, Py_ssize_t n, int stream, double c)
 {
-    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+    double a[4] = {0.0, 0.0, 0.0, 0.0};
     Py_ssize_t i = 0;
 #if CODEDML_SSE2
     {
-        while (stream && i < n && (((uintptr_t)(d + i)) & 15)) {
-            double v = s[i];
-            d[i] = (float)(v * c);
-            if (w)
-                w[i] = v;
-            a0 += v * v;
-            i++;
-        }
+        i = head(d, sizeof(float), n, stream);
+        scalar_f(s, d, w, 0, i, c, a);
         __m128d cc = _mm_set1_pd(c);
         const int one = c == 1.0;
         __m128d x0 = _mm_setzero_pd(), x1 = _mm_setzero_pd();
@@ -163,53 +193,26 @@ static double row_f(const float *s, float *d, double *w, Py_ssize_t n, int strea
         }
         double t[2];
         _mm_storeu_pd(t, _mm_add_pd(_mm_add_pd(x0, x1), _mm_add_pd(x2, x3)));
-        a1 += t[0];
-        a2 += t[1];
+        a[1] += t[0];
+        a[2] += t[1];
     }
 #else
     (void)stream;
 #endif
-    for (; i + 4 <= n; i += 4) {
-        double v0 = s[i], v1 = s[i + 1], v2 = s[i + 2], v3 = s[i + 3];
-        d[i] = (float)(v0 * c);
-        d[i + 1] = (float)(v1 * c);
-        d[i + 2] = (float)(v2 * c);
-        d[i + 3] = (float)(v3 * c);
-        if (w) {
-            w[i] = v0;
-            w[i + 1] = v1;
-            w[i + 2] = v2;
-            w[i + 3] = v3;
-        }
-        a0 += v0 * v0;
-        a1 += v1 * v1;
-        a2 += v2 * v2;
-        a3 += v3 * v3;
-    }
-    for (; i < n; i++) {
-        double v = s[i];
-        d[i] = (float)(v * c);
-        if (w)
-            w[i] = v;
-        a0 += v * v;
-    }
-    return (a0 + a1) + (a2 + a3);
+    scalar_f(s, d, w, i, n, c, a);
+    return (a[0] + a[1]) + (a[2] + a[3]);
 }
 
 /* float64 into float32: each product formed in double, then cast (numpy's float64 product
    cast to float32); the sum of squares is of the float64 values */
 static double row_df(const double *s, float *d, Py_ssize_t n, int stream, double c)
 {
-    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+    double a[4] = {0.0, 0.0, 0.0, 0.0};
     Py_ssize_t i = 0;
 #if CODEDML_SSE2
     {
-        while (stream && i < n && (((uintptr_t)(d + i)) & 15)) {
-            double v = s[i];
-            d[i] = (float)(v * c);
-            a0 += v * v;
-            i++;
-        }
+        i = head(d, sizeof(float), n, stream);
+        scalar_df(s, d, NULL, 0, i, c, a);
         __m128d cc = _mm_set1_pd(c);
         __m128d x0 = _mm_setzero_pd(), x1 = _mm_setzero_pd();
         __m128d x2 = _mm_setzero_pd(), x3 = _mm_setzero_pd();
@@ -227,29 +230,14 @@ static double row_df(const double *s, float *d, Py_ssize_t n, int stream, double
         }
         double t[2];
         _mm_storeu_pd(t, _mm_add_pd(_mm_add_pd(x0, x1), _mm_add_pd(x2, x3)));
-        a1 += t[0];
-        a2 += t[1];
+        a[1] += t[0];
+        a[2] += t[1];
     }
 #else
     (void)stream;
 #endif
-    for (; i + 4 <= n; i += 4) {
-        double v0 = s[i], v1 = s[i + 1], v2 = s[i + 2], v3 = s[i + 3];
-        d[i] = (float)(v0 * c);
-        d[i + 1] = (float)(v1 * c);
-        d[i + 2] = (float)(v2 * c);
-        d[i + 3] = (float)(v3 * c);
-        a0 += v0 * v0;
-        a1 += v1 * v1;
-        a2 += v2 * v2;
-        a3 += v3 * v3;
-    }
-    for (; i < n; i++) {
-        double v = s[i];
-        d[i] = (float)(v * c);
-        a0 += v * v;
-    }
-    return (a0 + a1) + (a2 + a3);
+    scalar_df(s, d, NULL, i, n, c, a);
+    return (a[0] + a[1]) + (a[2] + a[3]);
 }
 
 /* one row (or one column block of it) of any accepted pair of element types */
@@ -290,6 +278,26 @@ static int layout(Py_buffer *b, const char *name, Py_ssize_t *rows, Py_ssize_t *
     *cols = b->shape[1];
     *stride = b->strides[0];
     return 0;
+}
+
+/* the bytes a 1-D or 2-D buffer of ``rows`` x ``cols`` items (rows ``stride`` bytes apart,
+   either sign) spans, as [*lo, *hi); empty for no items */
+static void extent(const void *buf, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t stride,
+                   Py_ssize_t item, uintptr_t *lo, uintptr_t *hi)
+{
+    uintptr_t p = (uintptr_t)buf;
+    if (rows <= 0 || cols <= 0) {
+        *lo = *hi = p;
+        return;
+    }
+    Py_ssize_t span = (rows - 1) * stride;
+    *lo = span < 0 ? p - (uintptr_t)(-span) : p;
+    *hi = (span > 0 ? p + (uintptr_t)span : p) + (uintptr_t)(cols * item);
+}
+
+static int overlap(uintptr_t alo, uintptr_t ahi, uintptr_t blo, uintptr_t bhi)
+{
+    return alo < ahi && blo < bhi && alo < bhi && blo < ahi;
 }
 
 /* 'd' or 'f' for a native float64 or float32 buffer, else 0: a byte-order prefix is taken
@@ -382,6 +390,29 @@ static PyObject *copy_sq(PyObject *self, PyObject *args, PyObject *kwargs)
                      "copy_sq: `sq` must be a 1-D float64 array of %zd entries (%s)", nq,
                      part > 0 ? "one per block of `part` columns" : "one per row");
         goto done;
+    }
+    {
+        /* nothing written may overlap what is read or written elsewhere in the loop (the
+           bounds of each buffer's span, as np.may_share_memory: interleaved rows count) */
+        uintptr_t lo[4], hi[4];
+        extent(d.buf, dr, dc, ds, d.itemsize, &lo[0], &hi[0]);
+        extent(s.buf, sr, sc, ss, s.itemsize, &lo[1], &hi[1]);
+        if (have_q)
+            extent(q.buf, q.shape[0], 1, q.strides[0], q.itemsize, &lo[2], &hi[2]);
+        else
+            lo[2] = hi[2] = 0;
+        if (have_w)
+            extent(wb.buf, wr, wc, ws, wb.itemsize, &lo[3], &hi[3]);
+        else
+            lo[3] = hi[3] = 0;
+        static const char *what[4] = {"dst", "src", "sq", "wide"};
+        for (int a = 0; a < 4; a++)
+            for (int b = a + 1; b < 4; b++)
+                if (overlap(lo[a], hi[a], lo[b], hi[b])) {
+                    PyErr_Format(PyExc_ValueError, "copy_sq: `%s` and `%s` overlap in memory",
+                                 what[a], what[b]);
+                    goto done;
+                }
     }
     {
         double total = 0.0;
