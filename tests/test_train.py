@@ -291,7 +291,7 @@ def test_cli_end_to_end_with_precedence_and_json_lines(tmp_path):
     (tmp_path / "c.toml").write_text('[train]\npolicy = "kasync"\nk = 2\nsteps = 5\nlocal = 3\n'
                                      '[faults]\nstragglers = { model = "fixed", ranks = [1], delay = 0.05 }\n')
     p = _codedml("--config", "c.toml", "--steps", "12", "--plot", "p.png", "--no-progress",
-                 cwd=tmp_path, CODEDML_TRAIN_STEPS="9", CODEDML_TRAIN_K="1")
+                 "--keep-metrics", "4", cwd=tmp_path, CODEDML_TRAIN_STEPS="9", CODEDML_TRAIN_K="1")
     assert p.returncode == 0, p.stdout + p.stderr
     lines = [json.loads(l) for l in (tmp_path / "out/train.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == list(range(1, 13))            # flag beats env and TOML
@@ -299,7 +299,18 @@ def test_cli_end_to_end_with_precedence_and_json_lines(tmp_path):
     assert {"loss", "accuracy", "wall", "staleness", "workers", "bits", "suspect"} <= set(lines[0])
     rep = json.loads((tmp_path / "out/train.json").read_text())
     assert rep["policy"] == "kasync" and rep["steps"] == 12 and "FixedStragglers" in rep["faults"]
+    # the report keeps the latest --keep-metrics records; the metrics file (and the plot) all
+    assert [m["step"] for m in rep["metrics"]] == [9, 10, 11, 12] and rep["dropped"]["metrics"] == 8
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_the_plot_reads_every_evaluated_step():
+    from codedml.train.cli import _loss_points
+
+    recs = [{"step": 1, "wall": 0.5, "loss": 2.0}, {"step": 2, "wall": 0.7, "loss": None},
+            {"step": 3, "wall": 0.9, "loss": 1.5}]
+    assert _loss_points(recs) == [(0.5, 2.0), (0.9, 1.5)]
+    assert _loss_points(json.dumps(r) + "\n" for r in recs) == [(0.5, 2.0), (0.9, 1.5)]
 
 
 @pytest.mark.parametrize("args,env,code,match", [

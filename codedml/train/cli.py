@@ -142,13 +142,24 @@ def load_train_config(path: str | None) -> tuple[dict[str, Any], dict[str, Any]]
     return table, faults
 
 
-def _plot(metrics: list[dict[str, Any]], path: str, title: str) -> None:
+def _loss_points(metrics: Any) -> list[tuple[float, float]]:
+    """(wall, loss) of every evaluated step among ``metrics`` records (an iterable of dicts,
+    or of JSON lines as the metrics file holds them)."""
+    pts = []
+    for m in metrics:
+        if isinstance(m, str):
+            m = json.loads(m)
+        if m["loss"] is not None:
+            pts.append((float(m["wall"]), float(m["loss"])))
+    return pts
+
+
+def _plot(pts: list[tuple[float, float]], path: str, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = [(m["wall"], m["loss"]) for m in metrics if m["loss"] is not None]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([p[0] for p in pts], [p[1] for p in pts])
     ax.set_xlabel("wall clock (s)")
@@ -244,6 +255,14 @@ def cmd_train(argv: list[str]) -> int:
         atomic_write_json(job.out, report, indent=1, default=str)
         print(f"  report: {job.out}; per-step metrics: {job.metrics}")
     if job.plot:
-        _plot(res.metrics, job.plot, f"{task.name} {cfg.policy}")
+        title = f"{task.name} {cfg.policy}"
+        if job.metrics:  # every step's record (the in-memory ones are the latest keep_metrics)
+            with open(job.metrics) as f:
+                pts = _loss_points(f)
+        else:
+            pts = _loss_points(res.metrics)
+            if res.dropped.get("metrics"):
+                title += f" (the latest {len(res.metrics)} steps: --keep-metrics)"
+        _plot(pts, job.plot, title)
         print(f"  plot: {job.plot}")
     return EXIT_OK if math.isfinite(res.loss) else EXIT_DIVERGED
