@@ -273,3 +273,70 @@ def test_fast_copy_declines_what_it_does_not_handle():
         before = dst.copy()
         assert _encode.fast_copy(dst, src, False) is None
         np.testing.assert_array_equal(dst, before)   # declined: nothing written
+
+
+# ------------------------------------------------------------------ GF(p): copy_i64, mod_store
+@needs_kernels
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.integers(0, 4), cols=st.integers(0, 37), off=st.integers(0, 3), stream=st.booleans(),
+       p=st.sampled_from([2, 3, 65537, 2097143, 2**31 - 1]), wide=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_mod_store_and_copy_i64_are_numpys(rows, cols, off, stream, p, wide, seed):
+    """mod_store writes exactly ``x.astype(int64) % p`` for float64 integers in [0, 2**52),
+    the extremes included, at any alignment of dst (streamed or not), nothing outside dst;
+    copy_i64 copies int64 exactly and widens it into ``wide`` as numpy's cast does."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 2**52, (rows, cols)).astype(np.float64)
+    if x.size:
+        flat = x.reshape(-1)
+        flat[rng.integers(0, x.size, 3)] = [0, 2.0**52 - 1, float(p - 1)]
+    big = np.full(rows * cols + off + 4, -7, dtype=np.int64)
+    dst = big[off:off + rows * cols].reshape(rows, cols)
+    assert K.mod_store(dst, x, p, stream) is None
+    np.testing.assert_array_equal(dst, x.astype(np.int64) % p)
+    assert (big[:off] == -7).all() and (big[off + rows * cols:] == -7).all()
+    a = rng.integers(-2**62, 2**62, (rows, cols))
+    d2 = np.full((rows, cols + 3), -7, dtype=np.int64)[:, 1:cols + 1]
+    w = np.zeros((rows, cols)) if wide else None
+    K.copy_i64(d2, a, w, stream)
+    np.testing.assert_array_equal(d2, a)
+    if wide:
+        np.testing.assert_array_equal(w, a.astype(np.float64))
+
+
+@needs_kernels
+@pytest.mark.parametrize("bad", [0.5, -1.0, 2.0**52, np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [0, 1, 6])
+def test_mod_store_refuses_what_is_not_an_exact_product(bad, where):
+    x = np.zeros((3, 7))
+    x[2, where] = bad
+    with pytest.raises(ValueError, match=r"`src` row 2 holds a value that is not an integer in \[0, 2\*\*52\)"):
+        K.mod_store(np.empty((3, 7), np.int64), x, 65537)
+
+
+@needs_kernels
+@pytest.mark.parametrize("call,match", [
+    (lambda: K.mod_store(np.empty(4, np.int64), np.zeros(4), 1), r"`p` must be between 2 and 2\*\*31-1, got 1"),
+    (lambda: K.mod_store(np.empty(4, np.int64), np.zeros(4), 2**31), r"`p` must be between 2 and 2\*\*31-1"),
+    (lambda: K.mod_store(np.empty(4, np.int32), np.zeros(4), 7), r"`dst` must be int64 and `src` float64"),
+    (lambda: K.mod_store(np.empty(4, np.int64), np.zeros(4, np.float32), 7), r"`dst` must be int64"),
+    (lambda: K.mod_store(np.empty(4, np.int64), np.zeros(5), 7), r"`src` is 1 x 5 but `dst` is 1 x 4"),
+    (lambda: K.copy_i64(np.empty(4), np.zeros(4, np.int64)), r"`dst` and `src` must be int64"),
+    (lambda: K.copy_i64(np.empty(4, np.int64), np.zeros(4, np.int64), np.empty(4, np.float32)), r"`wide` float64"),
+    (lambda: K.copy_i64(np.empty((2, 4), np.int64), np.zeros((2, 4), np.int64), np.empty((2, 3))),
+     r"`wide` is 2 x 3 but `dst` is 2 x 4"),
+])
+def test_gfp_loops_refuse_bad_arguments_by_name(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call()
+
+
+@needs_kernels
+def test_gfp_loops_refuse_overlap():
+    a = np.arange(32, dtype=np.int64)
+    with pytest.raises(ValueError, match="`dst` and `src` overlap in memory"):
+        K.copy_i64(a[2:18].reshape(2, 8), a[:16].reshape(2, 8))
+    w = np.zeros(32)
+    with pytest.raises(ValueError, match="`src` and `wide` overlap in memory"):
+        K.copy_i64(np.empty((2, 8), np.int64), w[:16].view(np.int64).reshape(2, 8), w[8:24].reshape(2, 8))
+    with pytest.raises(ValueError, match="`dst` and `src` overlap in memory"):
+        K.mod_store(w[:8].view(np.int64), w[4:12], 7)

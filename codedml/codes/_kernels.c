@@ -1,6 +1,9 @@
-/* codedml.codes._kernels: the encode's one compiled loop, optional.
+/* codedml.codes._kernels: the encode's compiled loops, optional.
 
    copy_sq(dst, src, sq=None, stream=False, scale=1.0, wide=None, part=0) -> float
+   copy_i64(dst, src, wide=None, stream=False), mod_store(dst, src, p, stream=False): the
+   GF(p) encode's copy of int64 residues (widened for its GEMM in the same loop) and its
+   reduction of the GEMM's exact products into int64 residues (see their comments below).
 
    Writes ``scale * src`` (the 2-D, or 1-D: one row, array ``src``) into ``dst`` of the same
    shape and the same element type (float64 'd' or float32 'f'), or float64 ``src`` into
@@ -458,6 +461,254 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------------ GF(p): int64 residues */
+
+/* 1 for a native int64 buffer ('q', or 'l' where long is 64 bits), else 0 */
+static int is_i64(Py_buffer *b)
+{
+    const char *f = b->format ? b->format : "B";
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    if (*f == '>' || *f == '!' || *f == '=' || *f == '@')
+#else
+    if (*f == '<' || *f == '=' || *f == '@')
+#endif
+        f++;
+    return b->itemsize == 8 && f[1] == '\0' && (f[0] == 'q' || (f[0] == 'l' && sizeof(long) == 8));
+}
+
+#if defined(__x86_64__) && CODEDML_SSE2
+#define CODEDML_STORE_I64(p, v, stream)                                                    \
+    do {                                                                                    \
+        if (stream)                                                                         \
+            _mm_stream_si64((long long *)(p), (long long)(v));                              \
+        else                                                                                \
+            *(p) = (v);                                                                     \
+    } while (0)
+#else
+#define CODEDML_STORE_I64(p, v, stream) (*(p) = (v))
+#endif
+
+/* The buffers of one call: dst written, src read, wide (optional) written; all 2-D or 1-D
+   with contiguous rows, of one shape, not overlapping. Returns 0, or -1 with an exception. */
+static int same_rows(const char *fn, Py_buffer *d, Py_buffer *s, Py_buffer *w,
+                     Py_ssize_t *rows, Py_ssize_t *cols, Py_ssize_t st[3])
+{
+    Py_ssize_t r[3], c[3];
+    if (layout(d, "dst", &r[0], &c[0], &st[0]) < 0 || layout(s, "src", &r[1], &c[1], &st[1]) < 0
+        || (w && layout(w, "wide", &r[2], &c[2], &st[2]) < 0))
+        return -1;
+    for (int i = 1; i < (w ? 3 : 2); i++)
+        if (r[i] != r[0] || c[i] != c[0]) {
+            PyErr_Format(PyExc_ValueError, "%s: `%s` is %zd x %zd but `dst` is %zd x %zd", fn,
+                         i == 1 ? "src" : "wide", r[i], c[i], r[0], c[0]);
+            return -1;
+        }
+    uintptr_t lo[3], hi[3];
+    Py_buffer *b[3] = {d, s, w};
+    static const char *what[3] = {"dst", "src", "wide"};
+    for (int i = 0; i < (w ? 3 : 2); i++)
+        extent(b[i]->buf, r[0], c[0], st[i], b[i]->itemsize, &lo[i], &hi[i]);
+    for (int i = 0; i < (w ? 3 : 2); i++)
+        for (int j = i + 1; j < (w ? 3 : 2); j++)
+            if (overlap(lo[i], hi[i], lo[j], hi[j])) {
+                PyErr_Format(PyExc_ValueError, "%s: `%s` and `%s` overlap in memory", fn,
+                             what[i], what[j]);
+                return -1;
+            }
+    *rows = r[0];
+    *cols = c[0];
+    return 0;
+}
+
+/* copy_i64(dst, src, wide=None, stream=False): int64 ``src`` copied into int64 ``dst`` and,
+   with ``wide`` (float64), converted to double there in the same loop: the systematic tasks
+   of a GF(p) code and the float64 operand of its parity GEMM from one read of the residues
+   (exact: residues are below 2**31). */
+static PyObject *copy_i64(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    (void)self;
+    static char *names[] = {"dst", "src", "wide", "stream", NULL};
+    PyObject *odst, *osrc, *owide = Py_None;
+    int stream = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|Op:copy_i64", names, &odst, &osrc, &owide,
+                                     &stream))
+        return NULL;
+    Py_buffer d, s, w;
+    int have_w = owide != Py_None;
+    if (PyObject_GetBuffer(odst, &d, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(osrc, &s, PyBUF_STRIDES | PyBUF_FORMAT) < 0) {
+        PyBuffer_Release(&d);
+        return NULL;
+    }
+    if (have_w && PyObject_GetBuffer(owide, &w, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&s);
+        PyBuffer_Release(&d);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t rows, cols, st[3] = {0, 0, 0};
+    if (!is_i64(&d) || !is_i64(&s) || (have_w && kind(&w) != 'd')) {
+        PyErr_SetString(PyExc_TypeError,
+                        "copy_i64: `dst` and `src` must be int64, `wide` float64");
+        goto done;
+    }
+    if (same_rows("copy_i64", &d, &s, have_w ? &w : NULL, &rows, &cols, st) < 0)
+        goto done;
+    {
+        char *pd = (char *)d.buf, *pw = have_w ? (char *)w.buf : NULL;
+        const char *ps = (const char *)s.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t r = 0; r < rows; r++) {
+            const int64_t *x = (const int64_t *)(ps + r * st[1]);
+            int64_t *y = (int64_t *)(pd + r * st[0]);
+            double *z = pw ? (double *)(pw + r * st[2]) : NULL;
+            if (z)
+                for (Py_ssize_t i = 0; i < cols; i++) {
+                    int64_t v = x[i];
+                    CODEDML_STORE_I64(y + i, v, stream);
+                    z[i] = (double)v;
+                }
+            else
+                for (Py_ssize_t i = 0; i < cols; i++)
+                    CODEDML_STORE_I64(y + i, x[i], stream);
+        }
+#if CODEDML_SSE2
+        if (stream)
+            _mm_sfence();
+#endif
+        Py_END_ALLOW_THREADS
+        Py_INCREF(Py_None);
+        result = Py_None;
+    }
+done:
+    if (have_w)
+        PyBuffer_Release(&w);
+    PyBuffer_Release(&s);
+    PyBuffer_Release(&d);
+    return result;
+}
+
+/* mod_store(dst, src, p, stream=False): float64 ``src`` holding integers in [0, 2**52) (the
+   exact products of a GF(p) encode's GEMM) written into int64 ``dst`` reduced mod ``p``, in
+   one loop, all in double arithmetic, exact at these magnitudes: with T = 2**52, x + T - T
+   == x tells an integer; q = (x / p + T) - T is the quotient rounded to nearest (x / p from
+   a multiply by 1 / p, within half a unit), r = x - q p is an exact integer in [-p, p],
+   corrected once into [0, p), and r + T read as bits, less T's, is r as int64. Two values
+   per SSE2 operation. A value of ``src`` outside [0, 2**52) or not an integer (it cannot be
+   an exact product) raises ValueError after the loop, naming the first row it was found in
+   (``dst`` then holds garbage there). */
+static inline int64_t mod_one(double v, double inv, double pd, int *bad)
+{
+    const double T = 4503599627370496.0;
+    int good = (v >= 0.0) & (v < T);
+    double x = good ? v : 0.0;
+    *bad |= !good | ((x + T) - T != x);
+    double q = (x * inv + T) - T;
+    double r = x - q * pd;
+    r += r < 0.0 ? pd : 0.0;
+    r -= r >= pd ? pd : 0.0;
+    return (int64_t)r;
+}
+
+static void mod_row(const double *x, int64_t *y, Py_ssize_t n, double inv, double pd,
+                    int stream, int *bad)
+{
+    Py_ssize_t i = 0;
+#if CODEDML_SSE2
+    i = head(y, sizeof(int64_t), n, stream);
+    for (Py_ssize_t j = 0; j < i; j++)
+        y[j] = mod_one(x[j], inv, pd, bad);
+    const __m128d T = _mm_set1_pd(4503599627370496.0), vinv = _mm_set1_pd(inv);
+    const __m128d vp = _mm_set1_pd(pd), zero = _mm_setzero_pd();
+    const __m128i tbits = _mm_set1_epi64x(0x4330000000000000LL);
+    __m128d ok = _mm_castsi128_pd(_mm_set1_epi32(-1));
+    for (; i + 2 <= n; i += 2) {
+        __m128d v = _mm_loadu_pd(x + i);
+        __m128d good = _mm_and_pd(_mm_cmpge_pd(v, zero), _mm_cmplt_pd(v, T)); /* NaN: no */
+        v = _mm_and_pd(v, good);
+        good = _mm_and_pd(good, _mm_cmpeq_pd(_mm_sub_pd(_mm_add_pd(v, T), T), v));
+        ok = _mm_and_pd(ok, good);
+        __m128d q = _mm_sub_pd(_mm_add_pd(_mm_mul_pd(v, vinv), T), T);
+        __m128d r = _mm_sub_pd(v, _mm_mul_pd(q, vp));
+        r = _mm_add_pd(r, _mm_and_pd(_mm_cmplt_pd(r, zero), vp));
+        r = _mm_sub_pd(r, _mm_and_pd(_mm_cmpge_pd(r, vp), vp));
+        __m128i ri = _mm_sub_epi64(_mm_castpd_si128(_mm_add_pd(r, T)), tbits);
+        if (stream)
+            _mm_stream_si128((__m128i *)(y + i), ri);
+        else
+            _mm_storeu_si128((__m128i *)(y + i), ri);
+    }
+    *bad |= _mm_movemask_pd(ok) != 3;
+#else
+    (void)stream;
+#endif
+    for (; i < n; i++)
+        y[i] = mod_one(x[i], inv, pd, bad);
+}
+
+static PyObject *mod_store(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    (void)self;
+    static char *names[] = {"dst", "src", "p", "stream", NULL};
+    PyObject *odst, *osrc;
+    long long p;
+    int stream = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOL|p:mod_store", names, &odst, &osrc, &p,
+                                     &stream))
+        return NULL;
+    if (p < 2 || p > 2147483647LL) {
+        PyErr_Format(PyExc_ValueError, "mod_store: `p` must be between 2 and 2**31-1, got %lld", p);
+        return NULL;
+    }
+    Py_buffer d, s;
+    if (PyObject_GetBuffer(odst, &d, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(osrc, &s, PyBUF_STRIDES | PyBUF_FORMAT) < 0) {
+        PyBuffer_Release(&d);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t rows, cols, st[3] = {0, 0, 0};
+    if (!is_i64(&d) || kind(&s) != 'd') {
+        PyErr_SetString(PyExc_TypeError, "mod_store: `dst` must be int64 and `src` float64");
+        goto done;
+    }
+    if (same_rows("mod_store", &d, &s, NULL, &rows, &cols, st) < 0)
+        goto done;
+    {
+        char *pdst = (char *)d.buf;
+        const char *ps = (const char *)s.buf;
+        const double inv = 1.0 / (double)p, pd = (double)p;
+        Py_ssize_t bad = -1;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t r = 0; r < rows; r++) {
+            int b = 0;
+            mod_row((const double *)(ps + r * st[1]), (int64_t *)(pdst + r * st[0]), cols, inv,
+                    pd, stream, &b);
+            if (b && bad < 0)
+                bad = r;
+        }
+#if CODEDML_SSE2
+        if (stream)
+            _mm_sfence();
+#endif
+        Py_END_ALLOW_THREADS
+        if (bad >= 0)
+            PyErr_Format(PyExc_ValueError,
+                         "mod_store: `src` row %zd holds a value that is not an integer in "
+                         "[0, 2**52) (not an exact GF(p) product)", bad);
+        else {
+            Py_INCREF(Py_None);
+            result = Py_None;
+        }
+    }
+done:
+    PyBuffer_Release(&s);
+    PyBuffer_Release(&d);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"copy_sq", (PyCFunction)(void (*)(void))copy_sq, METH_VARARGS | METH_KEYWORDS,
      "copy_sq(dst, src, sq=None, stream=False, scale=1.0, wide=None, part=0) -> float\n\n"
@@ -467,6 +718,14 @@ static PyMethodDef methods[] = {
      "sum added. stream: non-temporal stores (x86-64). wide (float64, src's shape; float32\n"
      "src): also gets src's values in double. part > 0: sq has one entry per block of\n"
      "part columns, summed over the rows."},
+    {"copy_i64", (PyCFunction)(void (*)(void))copy_i64, METH_VARARGS | METH_KEYWORDS,
+     "copy_i64(dst, src, wide=None, stream=False) -> None\n\n"
+     "Copy int64 src into int64 dst (same shape, rows contiguous) and, with wide\n"
+     "(float64), the values converted to double into it, in one loop."},
+    {"mod_store", (PyCFunction)(void (*)(void))mod_store, METH_VARARGS | METH_KEYWORDS,
+     "mod_store(dst, src, p, stream=False) -> None\n\n"
+     "Write float64 src (integers in [0, 2**52)) into int64 dst reduced mod p, in one loop;\n"
+     "ValueError naming the row when a value is not such an integer."},
     {NULL, NULL, 0, NULL},
 };
 
