@@ -169,6 +169,51 @@ def test_encode_in_small_chunks_equals_reference(kind, n, k_frac, M, N, K, dtype
         np.testing.assert_allclose(enc.scales, own, rtol=1e-6, atol=1e-300)
 
 
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(("mds", "mds_sys", "poly", "matdot", "matdot_sys", "polydot")),
+       n=st.integers(2, 12), k_frac=st.floats(0.3, 1.0), M=st.integers(1, 30), N=st.integers(1, 30),
+       K=st.integers(1, 8), vec=st.booleans(), which=st.sampled_from("AB"),
+       value=st.sampled_from([-1, "p", 2**40, -2**62]), order=st.sampled_from(["C", "F", "strided"]),
+       chunk=st.integers(1, 3000), loop=st.sampled_from(LOOPS), p=st.sampled_from([65537, 67_108_859]),
+       data=st.data())
+def test_gfp_encode_refuses_an_entry_out_of_the_field_by_name(kind, n, k_frac, M, N, K, vec, which, value,
+                                                              order, chunk, loop, p, data):
+    """The GF(p) encodes check the operands' range in the copies they make (the compiled
+    systematic pass and the copy of B) or, on every other path, before any product: one
+    entry out of [0, p) anywhere in A or B, in any layout, chunking and copy loop, is
+    refused by the operand's name and the value, and never reaches the reduction of the
+    products (whose own check would raise another error)."""
+    base = _codes(n, kind, k_frac)
+    if isinstance(base, PolyDotCode):
+        code = PolyDotCode(n, base.p, base.m, base.q, systematic=base.systematic, field=p)
+    else:
+        return
+    if vec and code.q > 1:
+        vec = False
+    value = p if value == "p" else value
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    A = rng.integers(0, p, (M, N))
+    B = rng.integers(0, p, (N,) if vec else (N, K))
+    X = A if which == "A" else B
+    X.reshape(-1)[data.draw(st.integers(0, X.size - 1))] = value
+    if order == "F":
+        A, B = np.asfortranarray(A), np.asfortranarray(B)
+    elif order == "strided":
+        A = np.repeat(A, 2, axis=1)[:, ::2]
+        B = np.repeat(B, 2, axis=-1)[..., ::2]
+    old = _encode.CHUNK_BYTES, _encode.STREAM_BYTES, _encode._K
+    _encode.CHUNK_BYTES = chunk
+    _encode.STREAM_BYTES = 0 if loop == "streamed" else 1 << 62
+    if loop == "numpy":
+        _encode._K = None
+    try:
+        with pytest.raises(ConfigurationError,
+                           match=rf"`{which}` entries must be between 0 and {p - 1} for GF\({p}\), got {value}"):
+            code.encode(A, B)
+    finally:
+        _encode.CHUNK_BYTES, _encode.STREAM_BYTES, _encode._K = old
+
+
 @pytest.mark.parametrize("precision", ["float32", "float64", "compensated"])
 def test_precision_choices_encode_as_reference(precision):
     rng = np.random.default_rng(3)

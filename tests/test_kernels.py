@@ -283,7 +283,8 @@ def test_fast_copy_declines_what_it_does_not_handle():
 def test_mod_store_and_copy_i64_are_numpys(rows, cols, off, stream, p, wide, seed):
     """mod_store writes exactly ``x.astype(int64) % p`` for float64 integers in [0, 2**52),
     the extremes included, at any alignment of dst (streamed or not), nothing outside dst;
-    copy_i64 copies int64 exactly and widens it into ``wide`` as numpy's cast does."""
+    copy_i64 copies int64 exactly, widens it into ``wide`` as numpy's cast does and returns
+    its largest value read as unsigned (a negative one is 2**63 or more)."""
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 2**52, (rows, cols)).astype(np.float64)
     if x.size:
@@ -297,7 +298,8 @@ def test_mod_store_and_copy_i64_are_numpys(rows, cols, off, stream, p, wide, see
     a = rng.integers(-2**62, 2**62, (rows, cols))
     d2 = np.full((rows, cols + 3), -7, dtype=np.int64)[:, 1:cols + 1]
     w = np.zeros((rows, cols)) if wide else None
-    K.copy_i64(d2, a, w, stream)
+    umax = K.copy_i64(d2, a, w, stream)   # the range check of GF(p) operands
+    assert umax == (int(a.view(np.uint64).max()) if a.size else 0)
     np.testing.assert_array_equal(d2, a)
     if wide:
         np.testing.assert_array_equal(w, a.astype(np.float64))

@@ -119,15 +119,37 @@ or ``(re, im, sign)``: the complex block ``re + sign * 1j * im`` (two such views
 
 class ModP:
     """``post=`` of the GF(p) encodes: a chunk of float64 GEMM products, exact integers in
-    ``[0, 2**52]``, reduced mod ``p`` into int64. Called, it does so with numpy (in place, as
+    ``[0, 2**52)``, reduced mod ``p`` into int64. Called, it does so with numpy (in place, as
     ``x - (x // p) p``: numpy divides int64 by a scalar with libdivide, about 4x faster than
     its ``%``); :func:`combine` instead hands the chunk to the compiled ``mod_store``, which
-    writes the residues straight into the tasks in one loop, where that module was built."""
+    writes the residues straight into the tasks in one loop, where that module was built.
 
-    __slots__ = ("p",)
+    With ``source`` (the operand ``name`` whose blocks are encoded, range not yet checked),
+    it also owns that operand's range check (:func:`~codedml.codes._validate.in_field`):
+    the compiled systematic pass checks each chunk in the copy it makes (``copy_i64``
+    returns the chunk's unsigned maximum) before any product of it is formed, and marks the
+    operand checked once every entry went through it; any other path runs the whole check
+    first (:meth:`check`). :attr:`checked` tells the caller whether it was done."""
 
-    def __init__(self, p: int) -> None:
+    __slots__ = ("p", "name", "source", "checked", "scanned")
+
+    def __init__(self, p: int, name: str = "", source: np.ndarray | None = None) -> None:
         self.p = int(p)
+        self.name, self.source = name, source
+        self.checked = source is None
+        self.scanned = 0          # entries of source range-checked by the compiled copy
+
+    def check(self, umax: int | None = None) -> None:
+        """The range check of the whole source (``umax``: a chunk's unsigned maximum, which
+        raises through the whole check, with its message, when a value is out of range)."""
+        if self.checked:
+            return
+        from ._validate import in_field
+
+        if umax is not None and umax < self.p:
+            return
+        in_field(self.name, self.source, self.p)
+        self.checked = True
 
     def __call__(self, t: np.ndarray) -> np.ndarray:
         from ._gfp import _float_to_int64_inplace
@@ -137,6 +159,29 @@ class ModP:
         q *= self.p
         ti -= q
         return ti
+
+
+def copy_residues(src: np.ndarray, dst: np.ndarray, p: int, name: str) -> None:
+    """``dst[:len(src)] = src`` for int64 residues, zero below, with the range check of
+    ``src`` (:func:`~codedml.codes._validate.in_field`, raising by ``name``) from the copy
+    itself where the compiled loop takes the layout, else before the copy."""
+    from ._validate import in_field
+
+    if (_K is not None and src.dtype == dst.dtype == np.int64 and src.shape[1:] == dst.shape[1:]
+            and dst.flags.c_contiguous and src.ndim in (1, 2)):
+        n = min(src.shape[0], dst.shape[0])
+        w = math.prod(dst.shape[1:])
+        s2 = src[:n] if src.ndim == 1 else view_as(src[:n], (n, w))
+        d2 = dst[:n] if dst.ndim == 1 else dst[:n].reshape(n, w)
+        if s2 is not None and (s2.ndim == 1 or s2.strides[1] == 8 or w <= 1) \
+                and (s2.ndim == 2 or s2.strides[0] == 8 or n <= 1):
+            umax = _K.copy_i64(d2, s2, None, dst.nbytes >= STREAM_BYTES)
+            dst[n:] = 0
+            if n == src.shape[0]:
+                in_field(name, src, p, umax)
+                return
+    in_field(name, src, p)
+    copy_rows(src, dst, norm=False)
 
 
 def _mod_store(post: Any, dst: np.ndarray | None, t: np.ndarray, stream: bool = False) -> bool:
@@ -263,9 +308,13 @@ def _combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, lea
         G = np.ascontiguousarray(G, dtype=cdt)
     flat = _flat(out, lead, n_out)
     if R == 0 or C == 0 or n_out == 0:
+        if isinstance(post, ModP):
+            post.check()
         return out
     if nsys and flat is not None and nsys == k and _systematic(G, blocks, flat, nsys, sq, post, cdt):
         return out
+    if isinstance(post, ModP):
+        post.check()   # no product of an unchecked operand: this path does not check as it copies
     if nsys and flat is not None:
         # systematic outputs: each block copied once, whole; then the parity rows alone
         for o in range(nsys):
@@ -391,6 +440,8 @@ def _systematic(G, blocks, flat, nsys, sq, post, cdt) -> bool:
         gfp = (_K is not None and isinstance(post, ModP) and sq is None and cdt == np.float64
                and D_all is not None and D_all.dtype == np.int64 and flat.dtype == np.int64)
         stream = (fused or gfp) and S_all.nbytes >= STREAM_BYTES
+        if isinstance(post, ModP) and not gfp:
+            post.check()   # this segment's copies do not check: the whole operand first
         for r0 in range(a, b, step):
             r1 = min(b, r0 + step)
             c0, c1 = r0 * C, r1 * C
@@ -398,7 +449,9 @@ def _systematic(G, blocks, flat, nsys, sq, post, cdt) -> bool:
                 lo, hi = live[0], live[-1] + 1
                 S = S_all[:, c0:c1]
                 wide = buf[lo:hi, :c1 - c0] if par else None
-                _K.copy_i64(S[lo:hi], D_all[:, c0 - a * C:c1 - a * C], wide, stream)
+                Dc = D_all[:, c0 - a * C:c1 - a * C]
+                post.check(_K.copy_i64(S[lo:hi], Dc, wide, stream))  # raises before a product
+                post.scanned += Dc.size
                 S[:lo] = 0
                 S[hi:] = 0
                 if par:
@@ -457,6 +510,8 @@ def _systematic(G, blocks, flat, nsys, sq, post, cdt) -> bool:
             if post is not None:
                 t = post(t)
             _store(P, t)
+    if isinstance(post, ModP) and post.source is not None and post.scanned == post.source.size:
+        post.checked = True   # every entry went through a checked copy (the blocks tile it)
     return True
 
 

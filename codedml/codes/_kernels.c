@@ -1,9 +1,10 @@
 /* codedml.codes._kernels: the encode's compiled loops, optional.
 
    copy_sq(dst, src, sq=None, stream=False, scale=1.0, wide=None, part=0) -> float
-   copy_i64(dst, src, wide=None, stream=False), mod_store(dst, src, p, stream=False): the
-   GF(p) encode's copy of int64 residues (widened for its GEMM in the same loop) and its
-   reduction of the GEMM's exact products into int64 residues (see their comments below).
+   copy_i64(dst, src, wide=None, stream=False) -> int, mod_store(dst, src, p, stream=False):
+   the GF(p) encode's copy of int64 residues (widened for its GEMM and range-checked in the
+   same loop) and its reduction of the GEMM's exact products into int64 residues (see their
+   comments below).
 
    Writes ``scale * src`` (the 2-D, or 1-D: one row, array ``src``) into ``dst`` of the same
    shape and the same element type (float64 'd' or float32 'f'), or float64 ``src`` into
@@ -520,10 +521,12 @@ static int same_rows(const char *fn, Py_buffer *d, Py_buffer *s, Py_buffer *w,
     return 0;
 }
 
-/* copy_i64(dst, src, wide=None, stream=False): int64 ``src`` copied into int64 ``dst`` and,
-   with ``wide`` (float64), converted to double there in the same loop: the systematic tasks
-   of a GF(p) code and the float64 operand of its parity GEMM from one read of the residues
-   (exact: residues are below 2**31). */
+/* copy_i64(dst, src, wide=None, stream=False) -> int: int64 ``src`` copied into int64 ``dst``
+   and, with ``wide`` (float64), converted to double there in the same loop: the systematic
+   tasks of a GF(p) code and the float64 operand of its parity GEMM from one read of the
+   residues. Returns the largest value of ``src`` read as unsigned (0 when empty): every value
+   is a residue of GF(p), in [0, p), exactly when that is below p (a negative one reads as
+   2**63 or more), so the copy is also the operand's range check. */
 static PyObject *copy_i64(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     (void)self;
@@ -558,28 +561,38 @@ static PyObject *copy_i64(PyObject *self, PyObject *args, PyObject *kwargs)
     {
         char *pd = (char *)d.buf, *pw = have_w ? (char *)w.buf : NULL;
         const char *ps = (const char *)s.buf;
+        uint64_t m0 = 0, m1 = 0;   /* two maxima: no one compare waits on the last */
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t r = 0; r < rows; r++) {
             const int64_t *x = (const int64_t *)(ps + r * st[1]);
             int64_t *y = (int64_t *)(pd + r * st[0]);
             double *z = pw ? (double *)(pw + r * st[2]) : NULL;
-            if (z)
-                for (Py_ssize_t i = 0; i < cols; i++) {
-                    int64_t v = x[i];
-                    CODEDML_STORE_I64(y + i, v, stream);
-                    z[i] = (double)v;
+            Py_ssize_t i = 0;
+            for (; i + 2 <= cols; i += 2) {
+                int64_t v0 = x[i], v1 = x[i + 1];
+                CODEDML_STORE_I64(y + i, v0, stream);
+                CODEDML_STORE_I64(y + i + 1, v1, stream);
+                if (z) {
+                    z[i] = (double)v0;
+                    z[i + 1] = (double)v1;
                 }
-            else
-                for (Py_ssize_t i = 0; i < cols; i++)
-                    CODEDML_STORE_I64(y + i, x[i], stream);
+                m0 = (uint64_t)v0 > m0 ? (uint64_t)v0 : m0;
+                m1 = (uint64_t)v1 > m1 ? (uint64_t)v1 : m1;
+            }
+            for (; i < cols; i++) {
+                int64_t v = x[i];
+                CODEDML_STORE_I64(y + i, v, stream);
+                if (z)
+                    z[i] = (double)v;
+                m0 = (uint64_t)v > m0 ? (uint64_t)v : m0;
+            }
         }
 #if CODEDML_SSE2
         if (stream)
             _mm_sfence();
 #endif
         Py_END_ALLOW_THREADS
-        Py_INCREF(Py_None);
-        result = Py_None;
+        result = PyLong_FromUnsignedLongLong((unsigned long long)(m0 > m1 ? m0 : m1));
     }
 done:
     if (have_w)
@@ -719,9 +732,10 @@ static PyMethodDef methods[] = {
      "src): also gets src's values in double. part > 0: sq has one entry per block of\n"
      "part columns, summed over the rows."},
     {"copy_i64", (PyCFunction)(void (*)(void))copy_i64, METH_VARARGS | METH_KEYWORDS,
-     "copy_i64(dst, src, wide=None, stream=False) -> None\n\n"
+     "copy_i64(dst, src, wide=None, stream=False) -> int\n\n"
      "Copy int64 src into int64 dst (same shape, rows contiguous) and, with wide\n"
-     "(float64), the values converted to double into it, in one loop."},
+     "(float64), the values converted to double into it, in one loop; returns the largest\n"
+     "value of src read as unsigned (0 when empty)."},
     {"mod_store", (PyCFunction)(void (*)(void))mod_store, METH_VARARGS | METH_KEYWORDS,
      "mod_store(dst, src, p, stream=False) -> None\n\n"
      "Write float64 src (integers in [0, 2**52)) into int64 dst reduced mod p, in one loop;\n"

@@ -56,8 +56,13 @@ def check_finite(name: str, arr: np.ndarray) -> None:
             "non-finite result is how a corrupt worker is recognised")
 
 
-def residues(name: str, x: Any, p: int, *, allow_vector: bool = False, ndims: tuple[int, ...] | None = None) -> np.ndarray:
-    """Validate an operand of GF(p): integer entries in ``[0, p)``; returned as int64."""
+def residues(name: str, x: Any, p: int, *, allow_vector: bool = False, ndims: tuple[int, ...] | None = None,
+             check_range: bool = True) -> np.ndarray:
+    """Validate an operand of GF(p): integer entries in ``[0, p)``; returned as int64.
+
+    ``check_range=False`` leaves the range to the caller (the GF(p) encodes check it in the
+    copy they make anyway, :class:`codedml.codes._encode.ModP`, and by :func:`in_field`
+    where they do not): the shape and the integer dtype are checked here in any case."""
     arr = np.asarray(x)
     dims = ndims or ((1, 2) if allow_vector else (2,))
     if arr.ndim not in dims:
@@ -67,12 +72,21 @@ def residues(name: str, x: Any, p: int, *, allow_vector: bool = False, ndims: tu
             f"`{name}` must hold integers for the field GF({p}), got dtype {arr.dtype}; "
             "quantise real data first")
     arr = arr.astype(np.int64, copy=False) if arr.dtype != np.uint64 else _u64(name, arr, p)
-    # One reduction instead of min() and max() (as _gfp._as_residues): a negative int64
-    # reads as >= 2**63 unsigned. Two passes were 14 of a 48 ms GF(65537) encode at 2048.
-    if arr.size and int(arr.view(np.uint64).max()) >= p:
+    if check_range:
+        in_field(name, arr, p)
+    return arr
+
+
+def in_field(name: str, arr: np.ndarray, p: int, umax: int | None = None) -> None:
+    """Raise :class:`ConfigurationError` naming ``name`` unless every entry of the int64
+    array ``arr`` is in ``[0, p)``. ``umax``, the largest entry read as unsigned (a negative
+    int64 reads as 2**63 or more), when a copy already found it; else one reduction finds it
+    (as _gfp._as_residues: min and max were two passes, 14 of a 48 ms GF(65537) encode)."""
+    if umax is None:
+        umax = int(arr.view(np.uint64).max()) if arr.size else 0
+    if umax >= p:
         bad = arr.min() if arr.min() < 0 else arr.max()
         raise ConfigurationError(f"`{name}` entries must be between 0 and {p - 1} for GF({p}), got {bad}")
-    return arr
 
 
 def _u64(name: str, arr: np.ndarray, p: int) -> np.ndarray:

@@ -54,7 +54,7 @@ from . import _gfp
 from . import _encode, _pool
 from ._base import COMPENSATE_MAX_CONDITION, LinearCode
 from ._encode import real_form
-from ._validate import check_field, check_int, real_matrix, residues
+from ._validate import check_field, check_int, in_field, real_matrix, residues
 
 __all__ = ["PolyDotCode", "MDSCode", "PolynomialCode", "MatDotCode", "CONSTRUCTIONS"]
 
@@ -339,8 +339,9 @@ class PolyDotCode(LinearCode):
     # ------------------------------------------------------------------ encode
     def _encode(self, A: Any, B: Any, precision: str = "auto"):
         if self.field is not None:
-            A = residues("A", A, self.field)
-            B = residues("B", B, self.field, allow_vector=True)
+            # the range of the entries: checked by _encode_exact, in its copies where it can
+            A = residues("A", A, self.field, check_range=False)
+            B = residues("B", B, self.field, allow_vector=True, check_range=False)
         else:
             # finiteness: checked after the encode, on the tasks' norms (LinearCode.encode),
             # which saves a pass over A and B
@@ -460,14 +461,16 @@ class PolyDotCode(LinearCode):
             M, N = A.shape
             rb, nb = _ceil_to(M, p) // p, _ceil_to(N, m) // m
             s = self._n_systematic()
-
-            reduce = _encode.ModP(P)  # compiled into the tasks where built, else numpy
+            # the products reduced into the tasks (compiled where built, else numpy); each
+            # ModP also owns its operand's range check, made in the copy where it can be
+            reduce = _encode.ModP(P, "A", A)
             GA = (self._generator() if s else self._powers(self._exp_a())) % P
             a = _pool.empty((n, rb, nb), dtype=np.int64)
             _encode.combine(GA[s:] if s else GA, _grid(A, p, m, rb, nb), a, nsys=s, post=reduce)
+            reduce.check()   # a no-op where the copies covered A
             if m == 1 and q == 1:
                 tb = _pool.empty((nb,) + B.shape[1:], dtype=np.int64)
-                _encode.copy_rows(B, tb, norm=False)
+                _encode.copy_residues(B, tb, P, "B")
                 return [(a[w], tb) for w in range(n)], nb, np.dtype(np.int64)
             sb = self._n_systematic() if m > 1 else 0
             vec = B.ndim == 1
@@ -475,13 +478,17 @@ class PolyDotCode(LinearCode):
             cb = _ceil_to(B2.shape[1], q) // q
             GB = (self._generator() if sb else self._powers(self._exp_b())) % P
             b = _pool.empty((n, nb, cb), dtype=np.int64)
+            reduce = _encode.ModP(P, "B", B2)
             _encode.combine(GB[sb:] if sb else GB, _grid(B2, m, q, nb, cb), b, nsys=sb, post=reduce)
+            reduce.check()
             bl = [t[:, 0] for t in b] if vec else list(b)
             return list(zip(a, bl)), nb, np.dtype(np.int64)
         return self._encode_exact_stacked(A, B)
 
     def _encode_exact_stacked(self, A, B):
         P = self.field
+        in_field("A", A, P)
+        in_field("B", B, P)
         Ap, Bp = self._split(A, B, 1, 1, 1)
         p, m, q = self.p, self.m, self.q
         rb, nb = Ap.shape[0] // p, Ap.shape[1] // m
