@@ -11,6 +11,8 @@ values straddle a rounding boundary).
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -77,6 +79,20 @@ def _codes(n, draw_kind, k_frac):
 # the copy loops this install has: numpy's always, the compiled one (through the cache, and
 # streamed as for large tasks) where codedml.codes._kernels was built (CI requires it)
 LOOPS = ["numpy"] + (["compiled", "streamed"] if _encode._K is not None else [])
+
+@contextlib.contextmanager
+def _encode_loop(loop: str, chunk: int):
+    """Encode with ``loop`` (one of :data:`LOOPS`) in chunks of ``chunk`` bytes, restored after."""
+    old = _encode.CHUNK_BYTES, _encode.STREAM_BYTES, _encode._K
+    _encode.CHUNK_BYTES = chunk
+    _encode.STREAM_BYTES = 0 if loop == "streamed" else 1 << 62
+    if loop == "numpy":
+        _encode._K = None
+    try:
+        yield
+    finally:
+        _encode.CHUNK_BYTES, _encode.STREAM_BYTES, _encode._K = old
+
 
 KINDS = ("mds", "mds_sys", "mds_equi", "poly", "matdot", "matdot_sys", "matdot_cheb", "polydot",
          "gradient", "gradient_fr")
@@ -154,15 +170,8 @@ def test_encode_in_small_chunks_equals_reference(kind, n, k_frac, M, N, K, dtype
         A, B = _real_inputs(rng, M, N, K, dtype, vec)
     else:
         A, B = rng.integers(0, field, (M, N)), rng.integers(0, field, (N,) if vec else (N, K))
-    old = _encode.CHUNK_BYTES, _encode.STREAM_BYTES, _encode._K
-    _encode.CHUNK_BYTES = chunk
-    _encode.STREAM_BYTES = 0 if loop == "streamed" else 1 << 62
-    if loop == "numpy":
-        _encode._K = None
-    try:
+    with _encode_loop(loop, chunk):
         enc = _check(code, A, B, precision)
-    finally:
-        _encode.CHUNK_BYTES, _encode.STREAM_BYTES, _encode._K = old
     if field is None:
         own = np.array([np.linalg.norm(np.asarray(t.a, dtype=np.complex128))
                         * np.linalg.norm(np.asarray(t.b, dtype=np.complex128)) for t in enc])
@@ -201,17 +210,9 @@ def test_gfp_encode_refuses_an_entry_out_of_the_field_by_name(kind, n, k_frac, M
     elif order == "strided":
         A = np.repeat(A, 2, axis=1)[:, ::2]
         B = np.repeat(B, 2, axis=-1)[..., ::2]
-    old = _encode.CHUNK_BYTES, _encode.STREAM_BYTES, _encode._K
-    _encode.CHUNK_BYTES = chunk
-    _encode.STREAM_BYTES = 0 if loop == "streamed" else 1 << 62
-    if loop == "numpy":
-        _encode._K = None
-    try:
-        with pytest.raises(ConfigurationError,
-                           match=rf"`{which}` entries must be between 0 and {p - 1} for GF\({p}\), got {value}"):
-            code.encode(A, B)
-    finally:
-        _encode.CHUNK_BYTES, _encode.STREAM_BYTES, _encode._K = old
+    with _encode_loop(loop, chunk), pytest.raises(
+            ConfigurationError, match=rf"`{which}` entries must be between 0 and {p - 1} for GF\({p}\), got {value}"):
+        code.encode(A, B)
 
 
 @pytest.mark.parametrize("precision", ["float32", "float64", "compensated"])

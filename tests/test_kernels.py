@@ -323,6 +323,8 @@ def test_mod_store_refuses_what_is_not_an_exact_product(bad, where):
     (lambda: K.mod_store(np.empty(4, np.int64), np.zeros(4, np.float32), 7), r"`dst` must be int64"),
     (lambda: K.mod_store(np.empty(4, np.int64), np.zeros(5), 7), r"`src` is 1 x 5 but `dst` is 1 x 4"),
     (lambda: K.copy_i64(np.empty(4), np.zeros(4, np.int64)), r"`dst` and `src` must be int64"),
+    (lambda: K.copy_i64(np.empty(4, ">i8" if sys.byteorder == "little" else "<i8"), np.zeros(4, np.int64)),
+     r"`dst` and `src` must be int64"),      # the other byte order: not this host's int64
     (lambda: K.copy_i64(np.empty(4, np.int64), np.zeros(4, np.int64), np.empty(4, np.float32)), r"`wide` float64"),
     (lambda: K.copy_i64(np.empty((2, 4), np.int64), np.zeros((2, 4), np.int64), np.empty((2, 3))),
      r"`wide` is 2 x 3 but `dst` is 2 x 4"),

@@ -304,9 +304,9 @@ static int overlap(uintptr_t alo, uintptr_t ahi, uintptr_t blo, uintptr_t bhi)
     return alo < ahi && blo < bhi && alo < bhi && blo < ahi;
 }
 
-/* 'd' or 'f' for a native float64 or float32 buffer, else 0: a byte-order prefix is taken
-   only where it names this host's order ('=' and '@' always) */
-static char kind(Py_buffer *b)
+/* The one-character struct format of a buffer in this host's byte order, else 0: a
+   byte-order prefix is taken only where it names this host's order ('=' and '@' always) */
+static char native(Py_buffer *b)
 {
     const char *f = b->format ? b->format : "B";
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
@@ -315,9 +315,40 @@ static char kind(Py_buffer *b)
     if (*f == '<' || *f == '=' || *f == '@')
 #endif
         f++;
-    if ((f[0] == 'd' || f[0] == 'f') && f[1] == '\0')
-        return f[0];
+    return f[0] && f[1] == '\0' ? f[0] : 0;
+}
+
+/* 'd' or 'f' for a native float64 or float32 buffer, else 0 */
+static char kind(Py_buffer *b)
+{
+    char f = native(b);
+    return f == 'd' || f == 'f' ? f : 0;
+}
+
+/* The buffers of a call: ``mode[i]`` 'w' (written), 'r' (read) or 'o' (written, optional:
+   Py_None leaves it out, have[i] 0). On failure the ones already taken are released and -1
+   returned with the exception set; else release them with release_buffers. */
+static int get_buffers(int n, PyObject *const *o, Py_buffer *const *b, const char *mode, int *have)
+{
+    for (int i = 0; i < n; i++) {
+        have[i] = !(mode[i] == 'o' && o[i] == Py_None);
+        int flags = PyBUF_STRIDES | PyBUF_FORMAT | (mode[i] == 'r' ? 0 : PyBUF_WRITABLE);
+        if (have[i] && PyObject_GetBuffer(o[i], b[i], flags) < 0) {
+            have[i] = 0;
+            while (--i >= 0)
+                if (have[i])
+                    PyBuffer_Release(b[i]);
+            return -1;
+        }
+    }
     return 0;
+}
+
+static void release_buffers(int n, Py_buffer *const *b, const int *have)
+{
+    for (int i = n - 1; i >= 0; i--)
+        if (have[i])
+            PyBuffer_Release(b[i]);
 }
 
 static PyObject *copy_sq(PyObject *self, PyObject *args, PyObject *kwargs)
@@ -337,25 +368,12 @@ static PyObject *copy_sq(PyObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     Py_buffer d, s, q, wb;
-    int have_q = osq != Py_None, have_w = owide != Py_None;
-    if (PyObject_GetBuffer(odst, &d, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0)
+    PyObject *const objs[4] = {odst, osrc, osq, owide};
+    Py_buffer *const bufs[4] = {&d, &s, &q, &wb};
+    int have[4];
+    if (get_buffers(4, objs, bufs, "wroo", have) < 0)
         return NULL;
-    if (PyObject_GetBuffer(osrc, &s, PyBUF_STRIDES | PyBUF_FORMAT) < 0) {
-        PyBuffer_Release(&d);
-        return NULL;
-    }
-    if (have_q && PyObject_GetBuffer(osq, &q, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
-        PyBuffer_Release(&d);
-        PyBuffer_Release(&s);
-        return NULL;
-    }
-    if (have_w && PyObject_GetBuffer(owide, &wb, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
-        if (have_q)
-            PyBuffer_Release(&q);
-        PyBuffer_Release(&d);
-        PyBuffer_Release(&s);
-        return NULL;
-    }
+    const int have_q = have[2], have_w = have[3];
     PyObject *result = NULL;
     Py_ssize_t dr, dc, ds, sr, sc, ss, wr = 0, wc = 0, ws = 0;
     char kd = kind(&d), ks = kind(&s);
@@ -453,12 +471,7 @@ static PyObject *copy_sq(PyObject *self, PyObject *args, PyObject *kwargs)
         result = PyFloat_FromDouble(total);
     }
 done:
-    if (have_w)
-        PyBuffer_Release(&wb);
-    if (have_q)
-        PyBuffer_Release(&q);
-    PyBuffer_Release(&s);
-    PyBuffer_Release(&d);
+    release_buffers(4, bufs, have);
     return result;
 }
 
@@ -467,14 +480,8 @@ done:
 /* 1 for a native int64 buffer ('q', or 'l' where long is 64 bits), else 0 */
 static int is_i64(Py_buffer *b)
 {
-    const char *f = b->format ? b->format : "B";
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    if (*f == '>' || *f == '!' || *f == '=' || *f == '@')
-#else
-    if (*f == '<' || *f == '=' || *f == '@')
-#endif
-        f++;
-    return b->itemsize == 8 && f[1] == '\0' && (f[0] == 'q' || (f[0] == 'l' && sizeof(long) == 8));
+    char f = native(b);
+    return b->itemsize == 8 && (f == 'q' || (f == 'l' && sizeof(long) == 8));
 }
 
 #if defined(__x86_64__) && CODEDML_SSE2
@@ -537,18 +544,12 @@ static PyObject *copy_i64(PyObject *self, PyObject *args, PyObject *kwargs)
                                      &stream))
         return NULL;
     Py_buffer d, s, w;
-    int have_w = owide != Py_None;
-    if (PyObject_GetBuffer(odst, &d, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0)
+    PyObject *const objs[3] = {odst, osrc, owide};
+    Py_buffer *const bufs[3] = {&d, &s, &w};
+    int have[3];
+    if (get_buffers(3, objs, bufs, "wro", have) < 0)
         return NULL;
-    if (PyObject_GetBuffer(osrc, &s, PyBUF_STRIDES | PyBUF_FORMAT) < 0) {
-        PyBuffer_Release(&d);
-        return NULL;
-    }
-    if (have_w && PyObject_GetBuffer(owide, &w, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
-        PyBuffer_Release(&s);
-        PyBuffer_Release(&d);
-        return NULL;
-    }
+    const int have_w = have[2];
     PyObject *result = NULL;
     Py_ssize_t rows, cols, st[3] = {0, 0, 0};
     if (!is_i64(&d) || !is_i64(&s) || (have_w && kind(&w) != 'd')) {
@@ -595,10 +596,7 @@ static PyObject *copy_i64(PyObject *self, PyObject *args, PyObject *kwargs)
         result = PyLong_FromUnsignedLongLong((unsigned long long)(m0 > m1 ? m0 : m1));
     }
 done:
-    if (have_w)
-        PyBuffer_Release(&w);
-    PyBuffer_Release(&s);
-    PyBuffer_Release(&d);
+    release_buffers(3, bufs, have);
     return result;
 }
 
@@ -675,12 +673,11 @@ static PyObject *mod_store(PyObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     Py_buffer d, s;
-    if (PyObject_GetBuffer(odst, &d, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0)
+    PyObject *const objs[2] = {odst, osrc};
+    Py_buffer *const bufs[2] = {&d, &s};
+    int have[2];
+    if (get_buffers(2, objs, bufs, "wr", have) < 0)
         return NULL;
-    if (PyObject_GetBuffer(osrc, &s, PyBUF_STRIDES | PyBUF_FORMAT) < 0) {
-        PyBuffer_Release(&d);
-        return NULL;
-    }
     PyObject *result = NULL;
     Py_ssize_t rows, cols, st[3] = {0, 0, 0};
     if (!is_i64(&d) || kind(&s) != 'd') {
@@ -717,8 +714,7 @@ static PyObject *mod_store(PyObject *self, PyObject *args, PyObject *kwargs)
         }
     }
 done:
-    PyBuffer_Release(&s);
-    PyBuffer_Release(&d);
+    release_buffers(2, bufs, have);
     return result;
 }
 
