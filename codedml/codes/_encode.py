@@ -41,7 +41,9 @@ from typing import Any, Sequence, Union
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-try:  # the one compiled loop (codedml/codes/_kernels.c), built where a C compiler was found
+# the compiled loops (codedml/codes/_kernels.c: copy_sq, copy_i64, mod_store), built where a C
+# compiler was found
+try:
     from . import _kernels as _K
 except ImportError:  # pragma: no cover - exercised by the fresh-clone check without gcc
     _K = None
@@ -106,9 +108,10 @@ STREAM_BYTES = 2 << 20
 
 
 def kernels() -> str:
-    """Which copy loop the encode runs: ``"compiled"`` (``codedml.codes._kernels``, fused copy
-    and sum of squares, non-temporal stores for large tasks) or ``"numpy"`` (chunked
-    ``np.copyto`` and BLAS dots; where the extension was not built)."""
+    """Which copy loops the encode runs: ``"compiled"`` (``codedml.codes._kernels``: copies
+    fused with their sums of squares, or with the GF(p) range check and reduction,
+    non-temporal stores for large tasks) or ``"numpy"`` (chunked ``np.copyto``, BLAS dots and
+    numpy's integer ops; where the extension was not built)."""
     return "numpy" if _K is None else "compiled"
 
 
