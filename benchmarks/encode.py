@@ -24,11 +24,11 @@ alike:
   generator, unpack, cast. For gradient codes, whose tasks are scaled partitions side by side
   rather than combinations, it is the same broadcast-multiply-and-stack written plainly.
 
-* ``numpy loop``: the same encode with the compiled copy loop (``codedml/codes/_kernels.c``:
-  copies fused with their sums of squares, non-temporal stores for large tasks) switched off,
-  numpy's chunked copies and BLAS dots instead, as where the extension was not built; also
-  into reused memory. Real cases only (GF(p) tasks are int64, which that loop does not copy).
-  The JSON's ``parameters.kernels`` says which loop ``encode`` ran;
+* ``numpy loop``: the same encode with the compiled loops (``codedml/codes/_kernels.c``:
+  copies fused with their sums of squares, or over GF(p) with the range check and the
+  reduction mod p; non-temporal stores for large tasks) switched off, numpy's chunked copies,
+  BLAS dots and integer ops instead, as where the extension was not built; also into reused
+  memory. The JSON's ``parameters.kernels`` says which loops ``encode`` ran;
 * ``flop bound``: the generator products' multiply-adds (:func:`macs`; a complex one counts
   4, systematic codes compute parity rows only) at the float64 GEMM rate measured in the same
   repeat (a 34 x 30 generator against 2^16 columns). Where it exceeds the copy bound the
@@ -222,9 +222,9 @@ def run_size(size: int, repeats: int, rng: np.random.Generator, case_list: list[
                     dst = np.empty_like(src)
             del enc
             t_np = None
-            if _encode._K is not None and c["dtype"] != "int64":
-                # the same encode with numpy's copies instead of the compiled loop, also into
-                # the memory just released (GF(p) tasks are int64: that loop does not apply)
+            if _encode._K is not None:
+                # the same encode with numpy's copies (and, over GF(p), numpy's reduction and
+                # range check) instead of the compiled loops, also into the memory just released
                 saved, _encode._K = _encode._K, None
                 try:
                     t_np, enc_np = timed(lambda: c["code"].encode(A, B))

@@ -377,8 +377,8 @@ def encode(doc: dict[str, Any]) -> str:
     cold = any("cold_encode_over_copy" in r for r in rows)
     loop = any(r.get("compiled_over_numpy_loop") is not None for r in rows)
     if loop:
-        out[0] += (" *numpy loop*: the same encode with the compiled copy loop "
-                   "(`codedml/codes/_kernels.c`) switched off, as where it was not built.")
+        out[0] += (" *numpy loop*: the same encode with the compiled loops "
+                   "(`codedml/codes/_kernels.c`) switched off, as where they were not built.")
     if cold:
         out += ["| code | n | k | inputs | operands | encode / copy bound | encode / max(copy, flop bound) "
                 "| first encode / copy bound | reused | encode / tensordot | max rel. diff to tensordot |"
