@@ -122,10 +122,10 @@ or ``(re, im, sign)``: the complex block ``re + sign * 1j * im`` (two such views
 
 class ModP:
     """``post=`` of the GF(p) encodes: a chunk of float64 GEMM products, exact integers in
-    ``[0, 2**52)``, reduced mod ``p`` into int64. Called, it does so with numpy (in place, as
-    ``x - (x // p) p``: numpy divides int64 by a scalar with libdivide, about 4x faster than
-    its ``%``); :func:`combine` instead hands the chunk to the compiled ``mod_store``, which
-    writes the residues straight into the tasks in one loop, where that module was built.
+    ``[0, 2**52)``, reduced mod ``p`` into int64. Called, it does so with numpy, in place
+    (:func:`~codedml.codes._gfp._reduce_float_inplace`); :func:`combine` instead hands the
+    chunk to the compiled ``mod_store``, which writes the residues straight into the tasks
+    in one loop, where that module was built.
 
     With ``source`` (the operand ``name`` whose blocks are encoded, range not yet checked),
     it also owns that operand's range check (:func:`~codedml.codes._validate.in_field`):
@@ -155,13 +155,9 @@ class ModP:
         self.checked = True
 
     def __call__(self, t: np.ndarray) -> np.ndarray:
-        from ._gfp import _float_to_int64_inplace
+        from ._gfp import _reduce_float_inplace
 
-        ti = _float_to_int64_inplace(t)
-        q = ti // self.p
-        q *= self.p
-        ti -= q
-        return ti
+        return _reduce_float_inplace(t, self.p)
 
 
 def copy_residues(src: np.ndarray, dst: np.ndarray, p: int, name: str) -> None:
@@ -170,19 +166,13 @@ def copy_residues(src: np.ndarray, dst: np.ndarray, p: int, name: str) -> None:
     itself where the compiled loop takes the layout, else before the copy."""
     from ._validate import in_field
 
-    if (_K is not None and src.dtype == dst.dtype == np.int64 and src.shape[1:] == dst.shape[1:]
-            and dst.flags.c_contiguous and src.ndim in (1, 2)):
-        n = min(src.shape[0], dst.shape[0])
-        w = math.prod(dst.shape[1:])
-        s2 = src[:n] if src.ndim == 1 else view_as(src[:n], (n, w))
-        d2 = dst[:n] if dst.ndim == 1 else dst[:n].reshape(n, w)
-        if s2 is not None and (s2.ndim == 1 or s2.strides[1] == 8 or w <= 1) \
-                and (s2.ndim == 2 or s2.strides[0] == 8 or n <= 1):
-            umax = _K.copy_i64(d2, s2, None, dst.nbytes >= STREAM_BYTES)
-            dst[n:] = 0
-            if n == src.shape[0]:
-                in_field(name, src, p, umax)
-                return
+    rows = _rows_2d(src, dst) if src.dtype == np.int64 and src.ndim in (1, 2) else None
+    if rows is not None and rows[0] == src.shape[0] and _rows_contiguous(rows[1], rows[2]):
+        n, s2, d2 = rows
+        umax = _K.copy_i64(d2, s2, None, dst.nbytes >= STREAM_BYTES)
+        dst[n:] = 0
+        in_field(name, src, p, umax)
+        return
     in_field(name, src, p)
     copy_rows(src, dst, norm=False)
 
@@ -448,11 +438,12 @@ def _systematic(G, blocks, flat, nsys, sq, post, cdt) -> bool:
         for r0 in range(a, b, step):
             r1 = min(b, r0 + step)
             c0, c1 = r0 * C, r1 * C
-            if gfp:
+            if gfp or fused:   # the live blocks' rows of this chunk, and their tasks
                 lo, hi = live[0], live[-1] + 1
-                S = S_all[:, c0:c1]
-                wide = buf[lo:hi, :c1 - c0] if par else None
                 Dc = D_all[:, c0 - a * C:c1 - a * C]
+                S = S_all[:, c0:c1]
+            if gfp:
+                wide = buf[lo:hi, :c1 - c0] if par else None
                 post.check(_K.copy_i64(S[lo:hi], Dc, wide, stream))  # raises before a product
                 post.scanned += Dc.size
                 S[:lo] = 0
@@ -463,9 +454,6 @@ def _systematic(G, blocks, flat, nsys, sq, post, cdt) -> bool:
                     _K.mod_store(P_all[:, c0:c1], t, post.p, stream)
                 continue
             if fused:
-                lo, hi = live[0], live[-1] + 1
-                Dc = D_all[:, c0 - a * C:c1 - a * C]
-                S = S_all[:, c0:c1]
                 # float32 blocks: the same loop also widens them into the float64 buffer,
                 # the GEMM's operand (written through the cache, read from it at once)
                 wide = None if same or not par else buf[lo:hi, :c1 - c0]
@@ -574,12 +562,30 @@ def fast_copy(dst: np.ndarray, src: np.ndarray, stream: bool, scale: float = 1.0
     built or does not apply (``dst`` and ``src`` of different dtypes, not float32/float64,
     not 1-D/2-D of one shape, or rows not contiguous): the caller then copies with numpy."""
     if (_K is None or dst.dtype != src.dtype or dst.dtype not in (np.float64, np.float32)
-            or dst.shape != src.shape or dst.ndim not in (1, 2)):
-        return None
-    item = dst.itemsize
-    if dst.shape[-1] > 1 and (dst.strides[-1] != item or src.strides[-1] != item):
+            or dst.shape != src.shape or dst.ndim not in (1, 2) or not _rows_contiguous(dst, src)):
         return None
     return _K.copy_sq(dst, src, None, stream, scale)
+
+
+def _rows_contiguous(*xs: np.ndarray) -> bool:
+    """Whether each array's last axis is contiguous (or has at most one entry): the layout
+    the compiled loops take, rows at any stride."""
+    return all(x.shape[-1] <= 1 or x.strides[-1] == x.itemsize for x in xs)
+
+
+def _rows_2d(src: np.ndarray, dst: np.ndarray) -> tuple[int, np.ndarray, np.ndarray] | None:
+    """For a compiled copy of ``src`` into the first rows of C-ordered ``dst`` of the same
+    dtype and row shape: ``(n, src2, dst2)``, the ``n`` rows both have as 2-D views (a vector:
+    one row), no copy; None where the module is not built or no such view exists. The width
+    is explicit: numpy cannot infer -1 beside a 0 (no rows, or empty rows)."""
+    if (_K is None or src.dtype != dst.dtype or src.shape[1:] != dst.shape[1:]
+            or not dst.flags.c_contiguous or src.ndim < 1):
+        return None
+    n = min(src.shape[0], dst.shape[0])
+    w = math.prod(dst.shape[1:])
+    s2 = src[:n] if src.ndim == 1 else view_as(src[:n], (n, w))
+    d2 = dst[:n] if dst.ndim == 1 else dst[:n].reshape(n, w)
+    return None if s2 is None else (n, s2, d2)
 
 
 def view_as(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -603,16 +609,12 @@ def copy_rows(src: np.ndarray, dst: np.ndarray, norm: bool = True) -> float:
     """``dst[:len(src)] = src`` (cast), zero below, by cache-sized row chunks; returns the sum
     of squares of what was written, taken on each chunk while it is in cache (0.0 when
     ``norm`` is false)."""
-    if (_K is not None and src.dtype == dst.dtype and src.shape[1:] == dst.shape[1:]
-            and dst.flags.c_contiguous and src.ndim >= 1):
-        n = min(src.shape[0], dst.shape[0])
-        # rows as one 2-D matrix (a vector: one row), no copy; fast_copy declines (None,
-        # nothing written) a dtype or a layout it does not take, e.g. columns not contiguous.
-        # The width is explicit: numpy cannot infer -1 beside a 0 (no rows, or empty rows)
-        w = math.prod(dst.shape[1:])
-        s2 = src[:n] if src.ndim == 1 else view_as(src[:n], (n, w))
-        d2 = dst[:n] if dst.ndim == 1 else dst[:n].reshape(n, w)
-        total = None if s2 is None else fast_copy(d2, s2, dst.nbytes >= STREAM_BYTES)
+    rows = _rows_2d(src, dst)
+    if rows is not None:
+        # fast_copy declines (None, nothing written) a dtype or a layout it does not take,
+        # e.g. columns not contiguous
+        n, s2, d2 = rows
+        total = fast_copy(d2, s2, dst.nbytes >= STREAM_BYTES)
         if total is not None:
             dst[n:] = 0
             return total if norm else 0.0

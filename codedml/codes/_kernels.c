@@ -20,7 +20,8 @@
    may be short) and gets each block's sum of squares over all rows: the norms of column
    partitions (the gradient code's partitions of A) from the copy itself. ``dst``,
    ``sq`` and ``wide`` must not overlap each other or ``src``: a call where the spans of
-   their memory do is refused (ValueError naming the two). A 1-D array is one row: it pairs with a 1-D or a one-row 2-D array of as many columns.
+   their memory do is refused (ValueError naming the two). A 1-D array is one row: it pairs
+   with a 1-D or a one-row 2-D array of as many columns.
 
    With ``stream`` true the stores are non-temporal (x86-64: MOVNTPD/MOVNTPS, then SFENCE):
    they go to memory without first reading the destination's cache lines (the read for
@@ -299,9 +300,19 @@ static void extent(const void *buf, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t
     *hi = (span > 0 ? p + (uintptr_t)span : p) + (uintptr_t)(cols * item);
 }
 
-static int overlap(uintptr_t alo, uintptr_t ahi, uintptr_t blo, uintptr_t bhi)
+/* 0 when no two of the ``n`` spans [lo[i], hi[i]) overlap (an empty one overlaps nothing);
+   else -1 with ValueError naming the first two that do (``what``), for function ``fn`` */
+static int disjoint(const char *fn, int n, const uintptr_t *lo, const uintptr_t *hi,
+                    const char *const *what)
 {
-    return alo < ahi && blo < bhi && alo < bhi && blo < ahi;
+    for (int a = 0; a < n; a++)
+        for (int b = a + 1; b < n; b++)
+            if (lo[a] < hi[a] && lo[b] < hi[b] && lo[a] < hi[b] && lo[b] < hi[a]) {
+                PyErr_Format(PyExc_ValueError, "%s: `%s` and `%s` overlap in memory", fn,
+                             what[a], what[b]);
+                return -1;
+            }
+    return 0;
 }
 
 /* The one-character struct format of a buffer in this host's byte order, else 0: a
@@ -427,14 +438,9 @@ static PyObject *copy_sq(PyObject *self, PyObject *args, PyObject *kwargs)
             extent(wb.buf, wr, wc, ws, wb.itemsize, &lo[3], &hi[3]);
         else
             lo[3] = hi[3] = 0;
-        static const char *what[4] = {"dst", "src", "sq", "wide"};
-        for (int a = 0; a < 4; a++)
-            for (int b = a + 1; b < 4; b++)
-                if (overlap(lo[a], hi[a], lo[b], hi[b])) {
-                    PyErr_Format(PyExc_ValueError, "copy_sq: `%s` and `%s` overlap in memory",
-                                 what[a], what[b]);
-                    goto done;
-                }
+        static const char *const what[4] = {"dst", "src", "sq", "wide"};
+        if (disjoint("copy_sq", 4, lo, hi, what) < 0)
+            goto done;
     }
     {
         double total = 0.0;
@@ -513,16 +519,11 @@ static int same_rows(const char *fn, Py_buffer *d, Py_buffer *s, Py_buffer *w,
         }
     uintptr_t lo[3], hi[3];
     Py_buffer *b[3] = {d, s, w};
-    static const char *what[3] = {"dst", "src", "wide"};
+    static const char *const what[3] = {"dst", "src", "wide"};
     for (int i = 0; i < (w ? 3 : 2); i++)
         extent(b[i]->buf, r[0], c[0], st[i], b[i]->itemsize, &lo[i], &hi[i]);
-    for (int i = 0; i < (w ? 3 : 2); i++)
-        for (int j = i + 1; j < (w ? 3 : 2); j++)
-            if (overlap(lo[i], hi[i], lo[j], hi[j])) {
-                PyErr_Format(PyExc_ValueError, "%s: `%s` and `%s` overlap in memory", fn,
-                             what[i], what[j]);
-                return -1;
-            }
+    if (disjoint(fn, w ? 3 : 2, lo, hi, what) < 0)
+        return -1;
     *rows = r[0];
     *cols = c[0];
     return 0;
