@@ -53,14 +53,16 @@ def _unchanged_outside(big: np.ndarray, before: np.ndarray, off: int, cols: int,
        src_off=st.integers(0, 3), dst_off=st.integers(0, 3), with_sq=st.booleans(),
        one_d=st.booleans(), mode=st.sampled_from(["same", "narrow", "wide"]),
        wide_off=st.integers(0, 3), flip=st.booleans(), part=st.sampled_from([0, 0, 1, 3, 8, 64]),
-       seed=st.integers(0, 2 ** 16))
+       squares=st.booleans(), seed=st.integers(0, 2 ** 16))
 def test_copy_sq_is_numpys_product_and_its_sum_of_squares(rows, cols, dtype, scale, stream, src_pad,
                                                           dst_pad, src_off, dst_off, with_sq, one_d,
-                                                          mode, wide_off, flip, part, seed):
+                                                          mode, wide_off, flip, part, squares, seed):
     """``mode``: ``dst`` and ``src`` of one dtype; float64 ``src`` into float32 ``dst``
     (``narrow``: the encode's float32 parity tasks from their float64 products); float32 with
     the values also widened into a float64 ``wide`` (the parity GEMM's operand). ``part``:
-    ``sq`` per block of that many columns (the gradient code's partition norms)."""
+    ``sq`` per block of that many columns (the gradient code's partition norms). Without
+    ``squares`` (and so without ``sq``) the loop forms no sum: the same values written, None
+    returned."""
     rng = np.random.default_rng(seed)
     one_d = one_d and rows > 0
     sdt, ddt = {"same": (dtype, dtype), "narrow": (np.float64, np.float32),
@@ -82,9 +84,12 @@ def test_copy_sq_is_numpys_product_and_its_sum_of_squares(rows, cols, dtype, sca
     nblk = -(-cols // part) if part else 0
     sq = np.full(nblk if part else (1 if one_d else rows), 0.25) if with_sq else None
     before, wide_before = big_dst.copy(), big_wide.copy()
-    total = K.copy_sq(dst, src, sq, stream, scale, wide, part)
+    squares = squares or with_sq
+    total = K.copy_sq(dst, src, sq, stream, scale, wide, part, squares)
     want = (src.astype(np.float64) * scale).astype(ddt)
     np.testing.assert_array_equal(dst, want)
+    if not squares:
+        assert total is None
     if wide is not None:   # src's values, exactly, and nothing else of big_wide
         np.testing.assert_array_equal(wide, src.astype(np.float64))
         _unchanged_outside(big_wide, wide_before, wide_off, cols, one_d)
@@ -92,6 +97,8 @@ def test_copy_sq_is_numpys_product_and_its_sum_of_squares(rows, cols, dtype, sca
     s64 = src.astype(np.float64)
     per_row = (s64 ** 2).sum(axis=-1) if not one_d else np.array([(s64 ** 2).sum()])
     tol = 4 * max(cols, 1) * np.finfo(np.float64).eps
+    if not squares:
+        return
     assert abs(total - per_row.sum()) <= tol * max(per_row.sum(), 1e-300)
     if with_sq and part:
         s2 = (s64 ** 2).reshape(-1, cols) if cols else np.zeros((max(rows, 1), 0))
@@ -188,6 +195,14 @@ def test_copy_sq_refuses_a_bad_part_by_name(sq, part, match):
     dst = np.full((2, 10), 7.0)
     with pytest.raises(ValueError, match=match):
         K.copy_sq(dst, np.ones((2, 10)), sq, False, 1.0, None, part)
+    assert (dst == 7.0).all()
+
+
+@needs_kernels
+def test_copy_sq_refuses_sq_without_squares():
+    dst = np.full((2, 10), 7.0)
+    with pytest.raises(ValueError, match=r"`sq` \(the rows' sums of squares\) needs `squares` true"):
+        K.copy_sq(dst, np.ones((2, 10)), np.zeros(2), False, 1.0, squares=False)
     assert (dst == 7.0).all()
 
 

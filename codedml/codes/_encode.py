@@ -555,15 +555,21 @@ def _rowsq(X: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", X, X, dtype=np.float64)
 
 
-def fast_copy(dst: np.ndarray, src: np.ndarray, stream: bool, scale: float = 1.0) -> float | None:
+def fast_copy(dst: np.ndarray, src: np.ndarray, stream: bool, scale: float = 1.0,
+              squares: bool = True) -> float | None:
     """``dst[...] = scale * src`` by the compiled loop (:data:`_K`; each product in float64,
     then cast to ``dst``'s dtype, as numpy's float64 product cast to it), returning the
-    sum of squares of ``src``'s values; None, with nothing written, where that loop is not
-    built or does not apply (``dst`` and ``src`` of different dtypes, not float32/float64,
-    not 1-D/2-D of one shape, or rows not contiguous): the caller then copies with numpy."""
+    sum of squares of ``src``'s values (0.0 with ``squares`` false: the loop then does not
+    form it, for a copy whose sum nobody reads); None, with nothing written, where that loop
+    is not built or does not apply (``dst`` and ``src`` of different dtypes, not
+    float32/float64, not 1-D/2-D of one shape, or rows not contiguous): the caller then
+    copies with numpy."""
     if (_K is None or dst.dtype != src.dtype or dst.dtype not in (np.float64, np.float32)
             or dst.shape != src.shape or dst.ndim not in (1, 2) or not _rows_contiguous(dst, src)):
         return None
+    if not squares:
+        _K.copy_sq(dst, src, None, stream, scale, squares=False)
+        return 0.0
     return _K.copy_sq(dst, src, None, stream, scale)
 
 
@@ -614,7 +620,7 @@ def copy_rows(src: np.ndarray, dst: np.ndarray, norm: bool = True) -> float:
         # fast_copy declines (None, nothing written) a dtype or a layout it does not take,
         # e.g. columns not contiguous
         n, s2, d2 = rows
-        total = fast_copy(d2, s2, dst.nbytes >= STREAM_BYTES)
+        total = fast_copy(d2, s2, dst.nbytes >= STREAM_BYTES, squares=norm)
         if total is not None:
             dst[n:] = 0
             return total if norm else 0.0

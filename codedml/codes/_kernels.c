@@ -1,6 +1,7 @@
 /* codedml.codes._kernels: the encode's compiled loops, optional.
 
-   copy_sq(dst, src, sq=None, stream=False, scale=1.0, wide=None, part=0) -> float
+   copy_sq(dst, src, sq=None, stream=False, scale=1.0, wide=None, part=0, squares=True)
+       -> float or None
    copy_i64(dst, src, wide=None, stream=False) -> int, mod_store(dst, src, p, stream=False):
    the GF(p) encode's copy of int64 residues (widened for its GEMM and range-checked in the
    same loop) and its reduction of the GEMM's exact products into int64 residues (see their
@@ -18,7 +19,9 @@
    in the same loop: the float64 operand of a GEMM, from the one read of ``src``. With
    ``part`` > 0, ``sq`` has one entry per block of ``part`` columns instead (the last block
    may be short) and gets each block's sum of squares over all rows: the norms of column
-   partitions (the gradient code's partitions of A) from the copy itself. ``dst``,
+   partitions (the gradient code's partitions of A) from the copy itself. With ``squares``
+   false the sum is not formed (for a copy whose sum nobody reads: a source's second and later
+   copies) and None is returned; ``sq`` then must not be given. ``dst``,
    ``sq`` and ``wide`` must not overlap each other or ``src``: a call where the spans of
    their memory do is refused (ValueError naming the two). A 1-D array is one row: it pairs
    with a 1-D or a one-row 2-D array of as many columns.
@@ -121,7 +124,57 @@ static inline Py_ssize_t head(const void *d, size_t size, Py_ssize_t n, int stre
 }
 #endif
 
-static double row_d(const double *s, double *d, Py_ssize_t n, int stream, double c)
+#if CODEDML_SSE2
+/* Without the sum of squares (a copy whose sum nobody reads: the second and later copies of
+   one source): ``d = c * s`` from element ``i`` on, eight at a time; returns where it
+   stopped (the caller's scalar loop does the tail). float32 with ``c`` 1 is a plain copy of
+   the values as loaded; otherwise each product is formed in double and cast, as in the loops
+   with squares. */
+static Py_ssize_t plain_d(const double *s, double *d, Py_ssize_t i, Py_ssize_t n, int stream,
+                          double c)
+{
+    __m128d cc = _mm_set1_pd(c);
+    const int one = c == 1.0;
+    for (; i + 8 <= n; i += 8) {
+        __m128d v0 = _mm_loadu_pd(s + i), v1 = _mm_loadu_pd(s + i + 2);
+        __m128d v2 = _mm_loadu_pd(s + i + 4), v3 = _mm_loadu_pd(s + i + 6);
+        if (!one) {
+            v0 = _mm_mul_pd(v0, cc);
+            v1 = _mm_mul_pd(v1, cc);
+            v2 = _mm_mul_pd(v2, cc);
+            v3 = _mm_mul_pd(v3, cc);
+        }
+        store_pd(d + i, v0, stream);
+        store_pd(d + i + 2, v1, stream);
+        store_pd(d + i + 4, v2, stream);
+        store_pd(d + i + 6, v3, stream);
+    }
+    return i;
+}
+
+static Py_ssize_t plain_f(const float *s, float *d, Py_ssize_t i, Py_ssize_t n, int stream,
+                          double c)
+{
+    if (c == 1.0) {
+        for (; i + 8 <= n; i += 8) {
+            store_ps(d + i, _mm_loadu_ps(s + i), stream);
+            store_ps(d + i + 4, _mm_loadu_ps(s + i + 4), stream);
+        }
+        return i;
+    }
+    __m128d cc = _mm_set1_pd(c);
+    for (; i + 4 <= n; i += 4) {
+        __m128 v = _mm_loadu_ps(s + i);
+        __m128d l = _mm_mul_pd(_mm_cvtps_pd(v), cc);
+        __m128d h = _mm_mul_pd(_mm_cvtps_pd(_mm_movehl_ps(v, v)), cc);
+        store_ps(d + i, _mm_movelh_ps(_mm_cvtpd_ps(l), _mm_cvtpd_ps(h)), stream);
+    }
+    return i;
+}
+#endif
+
+static double row_d(const double *s, double *d, Py_ssize_t n, int stream, double c,
+                    int squares)
 {
     double a[4] = {0.0, 0.0, 0.0, 0.0};
     Py_ssize_t i = 0;
@@ -129,6 +182,10 @@ static double row_d(const double *s, double *d, Py_ssize_t n, int stream, double
     {
         i = head(d, sizeof(double), n, stream);
         scalar_d(s, d, NULL, 0, i, c, a);
+        if (!squares) {
+            scalar_d(s, d, NULL, plain_d(s, d, i, n, stream, c), n, c, a);
+            return 0.0;
+        }
         __m128d cc = _mm_set1_pd(c);
         __m128d x0 = _mm_setzero_pd(), x1 = _mm_setzero_pd();
         __m128d x2 = _mm_setzero_pd(), x3 = _mm_setzero_pd();
@@ -153,13 +210,16 @@ static double row_d(const double *s, double *d, Py_ssize_t n, int stream, double
     (void)stream;
 #endif
     scalar_d(s, d, NULL, i, n, c, a);
+    if (!squares)
+        return 0.0;
     return (a[0] + a[1]) + (a[2] + a[3]);
 }
 
 /* float32: each product formed in double, then cast to float (numpy's float64 product cast
    to float32: with c 1 the values as they are). With ``w``, the values widened to double are
    also stored there (ordinary stores: a buffer read soon, from cache) */
-static double row_f(const float *s, float *d, double *w, Py_ssize_t n, int stream, double c)
+static double row_f(const float *s, float *d, double *w, Py_ssize_t n, int stream, double c,
+                    int squares)
 {
     double a[4] = {0.0, 0.0, 0.0, 0.0};
     Py_ssize_t i = 0;
@@ -167,6 +227,10 @@ static double row_f(const float *s, float *d, double *w, Py_ssize_t n, int strea
     {
         i = head(d, sizeof(float), n, stream);
         scalar_f(s, d, w, 0, i, c, a);
+        if (!squares && !w) {
+            scalar_f(s, d, NULL, plain_f(s, d, i, n, stream, c), n, c, a);
+            return 0.0;
+        }
         __m128d cc = _mm_set1_pd(c);
         const int one = c == 1.0;
         __m128d x0 = _mm_setzero_pd(), x1 = _mm_setzero_pd();
@@ -205,6 +269,8 @@ static double row_f(const float *s, float *d, double *w, Py_ssize_t n, int strea
     (void)stream;
 #endif
     scalar_f(s, d, w, i, n, c, a);
+    if (!squares)
+        return 0.0;
     return (a[0] + a[1]) + (a[2] + a[3]);
 }
 
@@ -247,13 +313,13 @@ static double row_df(const double *s, float *d, Py_ssize_t n, int stream, double
 
 /* one row (or one column block of it) of any accepted pair of element types */
 static inline double row_any(char kd, char ks, const char *s, char *d, char *w, Py_ssize_t n,
-                             int stream, double c)
+                             int stream, double c, int squares)
 {
     if (kd == 'd')
-        return row_d((const double *)s, (double *)d, n, stream, c);
-    if (ks == 'd')
+        return row_d((const double *)s, (double *)d, n, stream, c, squares);
+    if (ks == 'd')   /* the products' conversion dominates: squares or not, one loop */
         return row_df((const double *)s, (float *)d, n, stream, c);
-    return row_f((const float *)s, (float *)d, (double *)w, n, stream, c);
+    return row_f((const float *)s, (float *)d, (double *)w, n, stream, c, squares);
 }
 
 /* rows and row stride (in bytes) of a 1-D or 2-D buffer whose last axis is contiguous */
@@ -364,14 +430,20 @@ static void release_buffers(int n, Py_buffer *const *b, const int *have)
 
 static PyObject *copy_sq(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *names[] = {"dst", "src", "sq", "stream", "scale", "wide", "part", NULL};
+    static char *names[] = {"dst", "src", "sq", "stream", "scale", "wide", "part", "squares",
+                            NULL};
     PyObject *odst, *osrc, *osq = Py_None, *owide = Py_None;
-    int stream = 0;
+    int stream = 0, squares = 1;
     double c = 1.0;
     Py_ssize_t part = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OpdOn:copy_sq", names, &odst, &osrc, &osq,
-                                     &stream, &c, &owide, &part))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OpdOnp:copy_sq", names, &odst, &osrc, &osq,
+                                     &stream, &c, &owide, &part, &squares))
         return NULL;
+    if (!squares && osq != Py_None) {
+        PyErr_SetString(PyExc_ValueError,
+                        "copy_sq: `sq` (the rows' sums of squares) needs `squares` true");
+        return NULL;
+    }
     if (part < 0 || (part > 0 && osq == Py_None)) {
         PyErr_Format(PyExc_ValueError,
                      "copy_sq: `part` (columns per block of `sq`) must be 0, or positive with "
@@ -458,13 +530,13 @@ static PyObject *copy_sq(PyObject *self, PyObject *args, PyObject *kwargs)
                     Py_ssize_t m = dc - c0 < part ? dc - c0 : part;
                     double v = row_any(kd, ks, rs + c0 * si, rd + c0 * di,
                                        rw ? rw + c0 * (Py_ssize_t)sizeof(double) : NULL, m,
-                                       stream, c);
+                                       stream, c, squares);
                     total += v;
                     *(double *)(pq + b * qs) += v;
                 }
                 continue;
             }
-            double v = row_any(kd, ks, rs, rd, rw, dc, stream, c);
+            double v = row_any(kd, ks, rs, rd, rw, dc, stream, c, squares);
             total += v;
             if (pq)
                 *(double *)(pq + r * qs) += v;
@@ -474,7 +546,7 @@ static PyObject *copy_sq(PyObject *self, PyObject *args, PyObject *kwargs)
             _mm_sfence();
 #endif
         Py_END_ALLOW_THREADS
-        result = PyFloat_FromDouble(total);
+        result = squares ? PyFloat_FromDouble(total) : Py_NewRef(Py_None);
     }
 done:
     release_buffers(4, bufs, have);

@@ -372,7 +372,7 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
                     d = a_all[w, r0:r1, c0:c0 + hi - lo]
                     if i in blocks:
                         _K.copy_sq(d, X[:, lo:hi], blocks[i], stream_a, 1.0, None, nb)
-                    elif not real or fast_copy(d, X[:, lo:hi], stream_a) is None:
+                    elif not real or fast_copy(d, X[:, lo:hi], stream_a, squares=False) is None:
                         np.copyto(d, X[:, lo:hi], casting="unsafe")
             if real and X.size and not fused:
                 # the partitions' sums of squares: one BLAS dot per row of every partition
@@ -408,7 +408,8 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
                 for w, t, c in holders[j]:
                     d = b_all[w, t * nb + r0 - lo:t * nb + r1 - lo]
                     if real and Y2 is not None:
-                        got = fast_copy(d.reshape(Y2.shape), Y2, stream_b, float(c))
+                        got = fast_copy(d.reshape(Y2.shape), Y2, stream_b, float(c),
+                                        squares=sq_y is None)
                         if got is not None:
                             sq_y = got if sq_y is None else sq_y
                             continue
