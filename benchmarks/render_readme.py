@@ -376,20 +376,34 @@ def encode(doc: dict[str, Any]) -> str:
     ]
     cold = any("cold_encode_over_copy" in r for r in rows)
     loop = any(r.get("compiled_over_numpy_loop") is not None for r in rows)
+    move = all("encode_over_move" in r for r in rows)
+    if move:   # the target judged against the measured move bound (benchmarks/encode.py)
+        out[0] = out[0].replace(
+            "Targets: at most 1.5x the copy bound",
+            "*move bound*: reading A and B once and writing every task once, timed directly in "
+            "the same run (a copy of the smaller byte count, then the rest of the writes "
+            "streamed, or the rest of the reads): the copy bound charges a byte read as much as "
+            "a byte written, which an encode that writes 3x what it reads cannot reach here. "
+            "Targets: at most 1.5x the move bound")
     if loop:
         out[0] += (" *numpy loop*: the same encode with the compiled loops "
                    "(`codedml/codes/_kernels.c`) switched off, as where they were not built.")
+    head = ("| code | n | k | inputs | operands | encode / copy bound | "
+            + ("encode / move bound | encode / max(move, flop bound) " if move
+               else "encode / max(copy, flop bound) "))
+    rule = "|---|---|---|---|---|---|---|" + ("---|" if move else "")
     if cold:
-        out += ["| code | n | k | inputs | operands | encode / copy bound | encode / max(copy, flop bound) "
-                "| first encode / copy bound | reused | encode / tensordot | max rel. diff to tensordot |"
+        out += [head + "| first encode / copy bound | reused | encode / tensordot | max rel. diff to tensordot |"
                 + (" encode / numpy loop |" if loop else ""),
-                "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if loop else "")]
+                rule + "---|---|---|---|" + ("---|" if loop else "")]
     else:
-        out += ["| code | n | k | inputs | operands | encode / copy bound | encode / max(copy, flop bound) "
-                "| encode / tensordot | max rel. diff to tensordot |",
-                "|---|---|---|---|---|---|---|---|---|"]
+        out += [head + "| encode / tensordot | max rel. diff to tensordot |", rule + "---|---|"]
     for r in rows:
-        copy = _bold_if(f"{r['encode_over_copy']:.2f}", r["encode_over_copy"] > 1.5)
+        if move:
+            copy = (f"{r['encode_over_copy']:.2f} | "
+                    + _bold_if(f"{r['encode_over_move']:.2f}", r["encode_over_move"] > 1.5))
+        else:
+            copy = _bold_if(f"{r['encode_over_copy']:.2f}", r["encode_over_copy"] > 1.5)
         tdot = _bold_if(f"{r['encode_over_tensordot']:.2f}", r["encode_over_tensordot"] > 1.0)
         extra = (f" | {r['cold_encode_over_copy']:.2f} | {'yes' if r.get('reused') else 'no'}"
                  if cold else "")
