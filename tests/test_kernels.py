@@ -292,14 +292,19 @@ def test_fast_copy_declines_what_it_does_not_handle():
 
 # ------------------------------------------------------------------ GF(p): copy_i64, mod_store
 @needs_kernels
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=st.integers(0, 4), cols=st.integers(0, 37), off=st.integers(0, 3), stream=st.booleans(),
-       p=st.sampled_from([2, 3, 65537, 2097143, 2**31 - 1]), wide=st.booleans(), seed=st.integers(0, 2**32 - 1))
-def test_mod_store_and_copy_i64_are_numpys(rows, cols, off, stream, p, wide, seed):
+       p=st.sampled_from([2, 3, 65537, 2097143, 2**31 - 1]), wide=st.booleans(),
+       spread=st.sampled_from(["field", "below 2**52", "any"]),
+       odd=st.sampled_from([None, -1, 2**52 - 1, 2**52, 2**63 - 1, -2**63]),
+       seed=st.integers(0, 2**32 - 1))
+def test_mod_store_and_copy_i64_are_numpys(rows, cols, off, stream, p, wide, spread, odd, seed):
     """mod_store writes exactly ``x.astype(int64) % p`` for float64 integers in [0, 2**52),
     the extremes included, at any alignment of dst (streamed or not), nothing outside dst;
     copy_i64 copies int64 exactly, widens it into ``wide`` as numpy's cast does and returns
-    its largest value read as unsigned (a negative one is 2**63 or more)."""
+    its largest value read as unsigned (a negative one is 2**63 or more): residues of the
+    field (its SIMD conversion), values below 2**52, any int64 (the exact fallback), and one
+    ``odd`` value anywhere among residues (a row sent back to the exact loop)."""
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 2**52, (rows, cols)).astype(np.float64)
     if x.size:
@@ -310,7 +315,10 @@ def test_mod_store_and_copy_i64_are_numpys(rows, cols, off, stream, p, wide, see
     assert K.mod_store(dst, x, p, stream) is None
     np.testing.assert_array_equal(dst, x.astype(np.int64) % p)
     assert (big[:off] == -7).all() and (big[off + rows * cols:] == -7).all()
-    a = rng.integers(-2**62, 2**62, (rows, cols))
+    lo, hi = {"field": (0, p), "below 2**52": (0, 2**52), "any": (-2**63, 2**63 - 1)}[spread]
+    a = rng.integers(lo, hi, (rows, cols), dtype=np.int64, endpoint=spread == "any")
+    if odd is not None and a.size:
+        a.reshape(-1)[rng.integers(0, a.size)] = odd
     d2 = np.full((rows, cols + 3), -7, dtype=np.int64)[:, 1:cols + 1]
     w = np.zeros((rows, cols)) if wide else None
     umax = K.copy_i64(d2, a, w, stream)   # the range check of GF(p) operands

@@ -601,6 +601,77 @@ static int same_rows(const char *fn, Py_buffer *d, Py_buffer *s, Py_buffer *w,
     return 0;
 }
 
+/* One row of copy_i64: ``x`` into ``y`` and, with ``z``, as doubles into ``z``; returns the
+   row's largest value read as unsigned. SSE2: two values per operation, converted exactly by
+   the bits of 2**52 + v less 2**52 (for v in [0, 2**52), every residue the GEMM path takes);
+   a value outside that range (the bits above 52 are watched in the same loop) sends the row's
+   conversion and maximum to the exact scalar loop again, so every value converts as a cast
+   would. The maximum of those doubles is the maximum of the values (integers below 2**52). */
+static inline void i64_scalar(const int64_t *x, int64_t *y, double *z, Py_ssize_t i,
+                              Py_ssize_t n, int stream, uint64_t *m)
+{
+    (void)stream;
+    for (; i < n; i++) {
+        int64_t v = x[i];
+        CODEDML_STORE_I64(y + i, v, stream);
+        if (z)
+            z[i] = (double)v;
+        *m = (uint64_t)v > *m ? (uint64_t)v : *m;
+    }
+}
+
+static uint64_t i64_row(const int64_t *x, int64_t *y, double *z, Py_ssize_t n, int stream)
+{
+    uint64_t m = 0;
+    Py_ssize_t i = 0;
+#if CODEDML_SSE2 && defined(__x86_64__)
+    i = head(y, sizeof(int64_t), n, stream);
+    i64_scalar(x, y, z, 0, i, stream, &m);
+    const Py_ssize_t start = i;
+    const __m128i high = _mm_set1_epi64x((long long)0xFFF0000000000000ULL);
+    const __m128i bits = _mm_set1_epi64x(0x4330000000000000LL);   /* 2**52 as a double */
+    const __m128d two52 = _mm_set1_pd(4503599627370496.0);
+    __m128i big = _mm_setzero_si128();
+    __m128d mx = _mm_setzero_pd();
+    for (; i + 4 <= n; i += 4) {
+        __m128i v0 = _mm_loadu_si128((const __m128i *)(x + i));
+        __m128i v1 = _mm_loadu_si128((const __m128i *)(x + i + 2));
+        if (stream) {
+            _mm_stream_si128((__m128i *)(y + i), v0);
+            _mm_stream_si128((__m128i *)(y + i + 2), v1);
+        } else {
+            _mm_storeu_si128((__m128i *)(y + i), v0);
+            _mm_storeu_si128((__m128i *)(y + i + 2), v1);
+        }
+        big = _mm_or_si128(big, _mm_or_si128(_mm_and_si128(v0, high), _mm_and_si128(v1, high)));
+        __m128d d0 = _mm_sub_pd(_mm_castsi128_pd(_mm_or_si128(v0, bits)), two52);
+        __m128d d1 = _mm_sub_pd(_mm_castsi128_pd(_mm_or_si128(v1, bits)), two52);
+        if (z) {
+            _mm_storeu_pd(z + i, d0);
+            _mm_storeu_pd(z + i + 2, d1);
+        }
+        mx = _mm_max_pd(mx, _mm_max_pd(d0, d1));
+    }
+    int64_t b[2];
+    _mm_storeu_si128((__m128i *)b, big);
+    if (b[0] | b[1]) {   /* a value outside [0, 2**52): convert and compare exactly */
+        for (Py_ssize_t j = start; j < i; j++) {
+            int64_t v = x[j];
+            if (z)
+                z[j] = (double)v;
+            m = (uint64_t)v > m ? (uint64_t)v : m;
+        }
+    } else if (i > start) {
+        double t[2];
+        _mm_storeu_pd(t, mx);
+        uint64_t top = (uint64_t)(t[0] > t[1] ? t[0] : t[1]);
+        m = top > m ? top : m;
+    }
+#endif
+    i64_scalar(x, y, z, i, n, stream, &m);
+    return m;
+}
+
 /* copy_i64(dst, src, wide=None, stream=False) -> int: int64 ``src`` copied into int64 ``dst``
    and, with ``wide`` (float64), converted to double there in the same loop: the systematic
    tasks of a GF(p) code and the float64 operand of its parity GEMM from one read of the
@@ -635,38 +706,19 @@ static PyObject *copy_i64(PyObject *self, PyObject *args, PyObject *kwargs)
     {
         char *pd = (char *)d.buf, *pw = have_w ? (char *)w.buf : NULL;
         const char *ps = (const char *)s.buf;
-        uint64_t m0 = 0, m1 = 0;   /* two maxima: no one compare waits on the last */
+        uint64_t m = 0;
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t r = 0; r < rows; r++) {
-            const int64_t *x = (const int64_t *)(ps + r * st[1]);
-            int64_t *y = (int64_t *)(pd + r * st[0]);
-            double *z = pw ? (double *)(pw + r * st[2]) : NULL;
-            Py_ssize_t i = 0;
-            for (; i + 2 <= cols; i += 2) {
-                int64_t v0 = x[i], v1 = x[i + 1];
-                CODEDML_STORE_I64(y + i, v0, stream);
-                CODEDML_STORE_I64(y + i + 1, v1, stream);
-                if (z) {
-                    z[i] = (double)v0;
-                    z[i + 1] = (double)v1;
-                }
-                m0 = (uint64_t)v0 > m0 ? (uint64_t)v0 : m0;
-                m1 = (uint64_t)v1 > m1 ? (uint64_t)v1 : m1;
-            }
-            for (; i < cols; i++) {
-                int64_t v = x[i];
-                CODEDML_STORE_I64(y + i, v, stream);
-                if (z)
-                    z[i] = (double)v;
-                m0 = (uint64_t)v > m0 ? (uint64_t)v : m0;
-            }
+            uint64_t v = i64_row((const int64_t *)(ps + r * st[1]), (int64_t *)(pd + r * st[0]),
+                                 pw ? (double *)(pw + r * st[2]) : NULL, cols, stream);
+            m = v > m ? v : m;
         }
 #if CODEDML_SSE2
         if (stream)
             _mm_sfence();
 #endif
         Py_END_ALLOW_THREADS
-        result = PyLong_FromUnsignedLongLong((unsigned long long)(m0 > m1 ? m0 : m1));
+        result = PyLong_FromUnsignedLongLong((unsigned long long)m);
     }
 done:
     release_buffers(3, bufs, have);
