@@ -388,10 +388,18 @@ def encode(doc: dict[str, Any]) -> str:
     if loop:
         out[0] += (" *numpy loop*: the same encode with the compiled loops "
                    "(`codedml/codes/_kernels.c`) switched off, as where they were not built.")
+    sizes = sorted(par["sizes"])
+    spread = move and len(sizes) > 1   # the move ratio at every size of the run, as a range
+    span_of: dict[tuple[str, str], str] = {}
+    if spread:
+        for key in {(r["case"], r["dtype"]) for r in rows}:
+            v = [r["encode_over_move"] for r in doc["rows"] if (r["case"], r["dtype"]) == key]
+            span_of[key] = _bold_if(f"{min(v):.2f}-{max(v):.2f}", max(v) > 1.5)
     head = ("| code | n | k | inputs | operands | encode / copy bound | "
-            + ("encode / move bound | encode / max(move, flop bound) " if move
-               else "encode / max(copy, flop bound) "))
-    rule = "|---|---|---|---|---|---|---|" + ("---|" if move else "")
+            + ("encode / move bound | " if move else "")
+            + (f"same, {sizes[0]}-{sizes[-1]} | " if spread else "")
+            + ("encode / max(move, flop bound) " if move else "encode / max(copy, flop bound) "))
+    rule = "|---|---|---|---|---|---|---|" + ("---|" if move else "") + ("---|" if spread else "")
     if cold:
         out += [head + "| first encode / copy bound | reused | encode / tensordot | max rel. diff to tensordot |"
                 + (" encode / numpy loop |" if loop else ""),
@@ -401,7 +409,8 @@ def encode(doc: dict[str, Any]) -> str:
     for r in rows:
         if move:
             copy = (f"{r['encode_over_copy']:.2f} | "
-                    + _bold_if(f"{r['encode_over_move']:.2f}", r["encode_over_move"] > 1.5))
+                    + _bold_if(f"{r['encode_over_move']:.2f}", r["encode_over_move"] > 1.5)
+                    + (f" | {span_of[(r['case'], r['dtype'])]}" if spread else ""))
         else:
             copy = _bold_if(f"{r['encode_over_copy']:.2f}", r["encode_over_copy"] > 1.5)
         tdot = _bold_if(f"{r['encode_over_tensordot']:.2f}", r["encode_over_tensordot"] > 1.0)
