@@ -195,7 +195,9 @@ def move_time(src: np.ndarray, dst: np.ndarray, piece: np.ndarray, bytes_in: int
     (``np.copyto``) of the smaller of the two, then the rest of the writes streamed from
     ``piece`` (a cache-sized source: non-temporal stores by the compiled loop, as the encode's
     own large tasks are written; numpy's fill without it) or the rest of the reads (a sum).
-    The copy bound assumes a byte read costs what a byte written does; on this machine the
+    Without the compiled loop the writes are numpy's fill, through the cache (a read for
+    ownership per line): a more lenient bound, which the JSON's ``parameters.move_writes``
+    says. The copy bound assumes a byte read costs what a byte written does; on this machine the
     reads of a copy overlap its writes, so an encode that writes 3x what it reads (the
     gradient codes) cannot reach it: this bound times what such an encode must do."""
     m = min(bytes_in, bytes_out) // 8
@@ -207,10 +209,16 @@ def move_time(src: np.ndarray, dst: np.ndarray, piece: np.ndarray, bytes_in: int
         rest = dst[m:m + w]
         if _encode._K is None:
             rest.fill(1.0)
-        else:
-            for o in range(0, w, piece.size):
-                q = min(piece.size, w - o)
-                _encode._K.copy_sq(rest[o:o + q], piece[:q], None, True, 1.0, squares=False)
+        else:   # one call: the piece repeated as the rows of a stride-0 view, then the rest
+            L = piece.size
+            rows = w // L
+            if rows:
+                rep = np.lib.stride_tricks.as_strided(piece, (rows, L), (0, piece.itemsize))
+                _encode._K.copy_sq(rest[:rows * L].reshape(rows, L), rep, None, True, 1.0,
+                                   squares=False)
+            if w > rows * L:
+                _encode._K.copy_sq(rest[rows * L:], piece[:w - rows * L], None, True, 1.0,
+                                   squares=False)
     if rd:
         np.add.reduce(src[m:m + rd])
     return CLOCK() - t0
@@ -398,7 +406,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": _machine.machine_info(),
         "parameters": {"sizes": sizes, "repeats": repeats, "threads": args.threads,
                        "quick": args.quick, "prime": PRIME, "clock": args.clock,
-                       "kernels": _encode.kernels()},
+                       "kernels": _encode.kernels(),
+                       "move_writes": ("numpy fill (through the cache)" if _encode._K is None
+                                       else "compiled streamed stores")},
         "load_average_1_5_15min": load,
         "rows": rows,
     }

@@ -152,6 +152,45 @@ def test_copy_sq_handles_buffers_misaligned_below_an_element(stream, dtype):
 
 
 @needs_kernels
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("scale", [1.0, 0.5, -1 / 3])
+@pytest.mark.parametrize("off", [0, 1, 2, 3])
+@pytest.mark.parametrize("cols", [0, 1, 2, 3, 7, 8, 9, 17, 40])
+def test_copy_sq_without_squares_writes_numpys_values(dtype, stream, scale, off, cols):
+    """The loops without the sum (``squares=False``: plain copies, scaled copies) at every
+    offset of the destination from a 16-byte boundary and every length around the SIMD
+    widths: numpy's values, None returned, nothing outside the destination written."""
+    src = (np.arange(2 * cols, dtype=np.float64).reshape(2, cols) * 1.37 - 5).astype(dtype)
+    big = np.full((2, cols + off + 2), 7, dtype=dtype)
+    dst = big[:, off:off + cols]
+    before = big.copy()
+    assert K.copy_sq(dst, src, None, stream, scale, squares=False) is None
+    np.testing.assert_array_equal(dst, (src.astype(np.float64) * scale).astype(dtype))
+    _unchanged_outside(big, before, off, cols, False)
+
+
+@needs_kernels
+@pytest.mark.parametrize("stream", [False, True])
+def test_loops_handle_destinations_misaligned_below_an_element(stream):
+    """copy_sq without squares and copy_i64 into buffers 4 bytes off an element boundary (never
+    at a 16-byte boundary): the scalar loops to the end, with numpy's values."""
+    n = 37
+    raw = bytearray(n * 8 + 5)
+    d = np.frombuffer(raw, dtype=np.float64, count=n, offset=4)
+    src = np.arange(n, dtype=np.float64) - 5.5
+    assert K.copy_sq(d, src, None, stream, 3.0, squares=False) is None
+    np.testing.assert_array_equal(d, src * 3.0)
+    raw = bytearray(n * 8 + 5)
+    d64 = np.frombuffer(raw, dtype=np.int64, count=n, offset=4)
+    a = np.arange(n, dtype=np.int64) * 1000003
+    wide = np.empty(n)
+    assert K.copy_i64(d64, a, wide, stream) == int(a.max())
+    np.testing.assert_array_equal(d64, a)
+    np.testing.assert_array_equal(wide, a.astype(np.float64))
+
+
+@needs_kernels
 def test_copy_sq_narrowing_overflows_to_inf_as_numpy_does():
     src = np.array([[1e39, -1e39, 3.0, 1e-50, 3.4e38]])
     dst = np.empty(src.shape, np.float32)

@@ -92,6 +92,10 @@ _SPIN = 2e-3
 #: (seconds): the root cancels a request it no longer needs, which a quick one gives it no
 #: time to do (the cancels are read before the next request in any case).
 _LONG = 1e-3
+#: A worker that found a request after polling for it looks at the cancels first only when
+#: its last look is older than this (seconds): it polls them every millisecond while it
+#: spins, so an older look means it was off its core meanwhile.
+_STALE = 2e-3
 
 
 class MPICluster(ClusterBase):
@@ -410,7 +414,10 @@ class MPICluster(ClusterBase):
         # made no progress in it), so stragglers never skipped decoded jobs.
         creq = [comm.Irecv(cbuf, source=root, tag=TAG_CANCEL)]
 
+        last_look = [0.0]   # when read_cancels last ran (perf_counter seconds)
+
         def read_cancels() -> None:
+            last_look[0] = time.perf_counter()
             while creq[0].Test():
                 cancelled.add(int(cbuf[0]))
                 creq[0] = comm.Irecv(cbuf, source=root, tag=TAG_CANCEL)
@@ -465,14 +472,14 @@ class MPICluster(ClusterBase):
                 arrays.append(buf)
             op, job = req.op, req.job
             # A request that was already waiting (a backlog: a straggler's) may have been
-            # cancelled meanwhile: look. One that came while this worker polled for it (and
-            # looked at the cancels within the last millisecond) was just sent, so the others
-            # have hardly begun it; skipping a cancel only costs the work, never a wrong
-            # answer (a late result is discarded by its id). An idle look is not free here:
-            # Open MPI yields the core in a test that finds nothing when ranks are
-            # oversubscribed; calls measured 10-13% faster without it (6 workers, A/B in one
-            # job, three runs).
-            if not waited:
+            # cancelled meanwhile: look; so does one found long after the last look (this
+            # rank was off its core: _STALE). One that came while this worker polled for it
+            # and had looked just before was just sent, so the others have hardly begun it;
+            # skipping a cancel only costs the work, never a wrong answer (a late result is
+            # discarded by its id). An idle look is not free here: Open MPI yields the core
+            # in a test that finds nothing when ranks are oversubscribed; calls measured
+            # 10-13% faster without it (6 workers, A/B in one job, three runs).
+            if not waited or time.perf_counter() - last_look[0] > _STALE:
                 read_cancels()
             if op in REPLY_OPS:
                 skip = job in cancelled
