@@ -33,7 +33,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from codedml import LocalCluster
 from codedml.codes import MDSCode
 from codedml.errors import (ClusterClosedError, CodedMLError, ConfigurationError,
-                            CorruptResultError, FaultError)
+                            CorruptResultError, DeadlineError, FaultError)
 from codedml.faults import Die, FailSilent, ShiftedExponential, SoftErrors, StorageErrors
 
 #: The tolerance every returned float64 product is held to (relative Frobenius error).
@@ -145,6 +145,7 @@ class RuntimeMachine(RuleBasedStateMachine):
         self.steps = 0
         self.key = 0
         self.next_close = 20
+        self.stalls: list[tuple[float, float]] = []   # the harness's own gc.collect() pauses
 
     # ------------------------------------------------------------------ set-up
     @initialize(name=st.sampled_from(CONFIGS), n=st.integers(5, 6),
@@ -179,6 +180,20 @@ class RuntimeMachine(RuleBasedStateMachine):
         c = self.cfg
         return (c.within and errors >= c.min_errors
                 and code.recovery_threshold + 2 * errors <= code.workers - c.down)
+
+    def _stalled(self, exc: BaseException, t0: float, timeout: float) -> bool:
+        """Whether a DeadlineError may be the harness's doing: a full ``gc.collect()`` of its
+        own (the invariant's, holding the GIL, so no worker thread runs: 0.3-0.5 s in a long
+        pytest process) overlapped the request's window for at least a fifth of its timeout.
+        Such a failure is still a named error; it is not counted against the runtime."""
+        if not isinstance(exc, DeadlineError):
+            return False
+        end = t0 + timeout
+        lost = sum(max(0.0, min(b, end) - max(a, t0)) for a, b in self.stalls)
+        if lost >= 0.2 * timeout:
+            _count("deadline:harness_gc")
+            return True
+        return False
 
     def _failed(self, exc: BaseException, strict: bool, what: str) -> None:
         """A failure must be a named error, and none at all when the faults are tolerated."""
@@ -239,7 +254,9 @@ class RuntimeMachine(RuleBasedStateMachine):
             C = pj.job.result()
         except Exception as exc:  # noqa: BLE001 - judged by _failed
             _on_time(pj.job, called, pj.t0 + pj.timeout, "result()")
-            self._failed(exc, pj.strict and pj.cluster is self.cluster, "result()")
+            strict = (pj.strict and pj.cluster is self.cluster
+                      and not self._stalled(exc, pj.t0, pj.timeout))
+            self._failed(exc, strict, "result()")
             return
         _on_time(pj.job, called, pj.t0 + pj.timeout, "result()")
         err = _rel(C, pj.ref)
@@ -469,7 +486,9 @@ class RuntimeMachine(RuleBasedStateMachine):
                 assert j.encoding is None, "a settled job still holds its encoding"
                 assert all(v is None for v in j.arrived.values()), "a settled job holds payloads"
         if self.steps % 10 == 0:
+            t = time.perf_counter()
             gc.collect()
+            self.stalls = [w for w in self.stalls if w[1] > t - 5.0] + [(t, time.perf_counter())]
             held = self.cluster.outstanding()["held"]
             mine = sum(1 for pj in self.jobs.values() if pj.cluster is self.cluster)
             assert held <= mine + 2 * len(self.stored) + 4, (held, mine)
