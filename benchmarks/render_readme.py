@@ -152,7 +152,10 @@ def _stateful(st: dict[str, Any]) -> str:
         f"{', '.join(f'`{k}`' for k in st['configs'])}); {st['products_ok']:,} products "
         f"checked correct (rtol {st['rtol']:g}), {st['acks_ok']:,} acknowledgements; "
         f"invariant violations: **{'none' if st['ok'] else st['failure']}**. Named errors "
-        f"the beyond-tolerance runs ended in: {errs}.")
+        f"the beyond-tolerance runs ended in: {errs}."
+        + (f" Deadline errors of tolerated jobs whose window the harness's own `gc.collect()` "
+           f"covered (not counted against the runtime): {st['harness_gc_deadlines']}."
+           if "harness_gc_deadlines" in st else ""))
 
 
 @_from("bad_inputs")

@@ -82,13 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'fault configuration':<20} {'runs':>5}")
     for k, v in configs.items():
         print(f"{k:<20} {v:>5}")
-    print(f"\nnamed errors (beyond tolerance or closed): {errors or 'none'}")
+    print(f"\nnamed errors (beyond tolerance or closed): {errors or 'none'}; deadline errors "
+          f"within tolerance excused as the harness's own gc pause: "
+          f"{stats.get('deadline:harness_gc', 0)}")
     print(f"steps {steps} in {stats.get('runs', 0)} runs, {wall:.0f} s; products checked correct "
           f"{stats.get('products_ok', 0)}; invariant violations: {failure or 0}")
     doc = {"benchmark": "stateful", "ok": ok, "failure": failure, "steps": steps,
            "runs": stats.get("runs", 0), "wall_s": wall, "rtol": rm.RTOL, "slack_s": rm.SLACK,
            "products_ok": stats.get("products_ok", 0), "acks_ok": stats.get("acks_ok", 0),
            "rules": rules, "configs": configs, "named_errors": errors,
+           "harness_gc_deadlines": stats.get("deadline:harness_gc", 0),
            "settings": {"examples": args.examples, "steps": args.steps}, "machine": info}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1))
