@@ -194,10 +194,9 @@ def move_time(src: np.ndarray, dst: np.ndarray, piece: np.ndarray, bytes_in: int
     """Seconds to read ``bytes_in`` and write ``bytes_out`` once each, measured: a copy
     (``np.copyto``) of the smaller of the two, then the rest of the writes streamed from
     ``piece`` (a cache-sized source: non-temporal stores by the compiled loop, as the encode's
-    own large tasks are written; numpy's fill without it) or the rest of the reads (a sum).
-    Without the compiled loop the writes are numpy's fill, through the cache (a read for
-    ownership per line): a more lenient bound, which the JSON's ``parameters.move_writes``
-    says. The copy bound assumes a byte read costs what a byte written does; on this machine the
+    own large tasks are written) or the rest of the reads (a sum). Without the compiled loop
+    the writes are numpy's fill, through the cache (a read for ownership per line): a more
+    lenient bound, which the JSON's ``parameters.move_writes`` says. The copy bound assumes a byte read costs what a byte written does; on this machine the
     reads of a copy overlap its writes, so an encode that writes 3x what it reads (the
     gradient codes) cannot reach it: this bound times what such an encode must do."""
     m = min(bytes_in, bytes_out) // 8
