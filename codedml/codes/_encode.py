@@ -304,6 +304,14 @@ def _combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, lea
         if isinstance(post, ModP):
             post.check()
         return out
+    if post is None and LINCOMB_SYS and _lincomb_ok():
+        # systematic outputs as identity rows of one generator: a row with one coefficient
+        # costs the kernel one term, and every task is written in the same pass
+        Gf = G if not nsys else np.vstack([np.eye(nsys, k, dtype=cdt)] + ([] if G is None else [G]))
+        if _compiled(Gf, blocks, out, lead, flat, sq):
+            return out
+    elif not nsys and post is None and _compiled(G, blocks, out, lead, flat, sq):
+        return out
     if nsys and flat is not None and nsys == k and _systematic(G, blocks, flat, nsys, sq, post, cdt):
         return out
     if isinstance(post, ModP):
@@ -503,6 +511,67 @@ def _systematic(G, blocks, flat, nsys, sq, post, cdt) -> bool:
             _store(P, t)
     if isinstance(post, ModP) and post.source is not None and post.scanned == post.source.size:
         post.checked = True   # every entry went through a checked copy (the blocks tile it)
+    return True
+
+
+#: Whether :func:`_compiled` may run the generator products (the compiled ``lincomb``, where
+#: the CPU has AVX2 and FMA); False sends them to BLAS, as where it is not built.
+LINCOMB = True
+LINCOMB_SYS = True
+
+
+def _lincomb_ok() -> bool:
+    return LINCOMB and _K is not None and bool(getattr(_K, "SIMD", 0))
+
+
+def _compiled(G, blocks, out, lead, flat, sq) -> bool:
+    """Every output by the compiled ``lincomb`` (codedml/codes/_kernels.c): per row and tile
+    of columns, the blocks' values in L1, the generator's products in registers (AVX2/FMA),
+    each task written once, streamed when large, with its sum of squares. A block cut short
+    by padding reads as zero there; a complex block ``(re, im, sign)`` is its two real views
+    against the generator's real form (complex tasks: interleaved real and imaginary parts
+    from rows ``2o`` and ``2o + 1``). Returns whether it did (False: no AVX2/FMA, or a dtype
+    or layout it does not take; nothing written)."""
+    if G is None or not _lincomb_ok():
+        return False
+    R, C = out.shape[lead:]
+    cplx = np.iscomplexobj(out)
+    rdt = out.real.dtype if cplx else out.dtype
+    if rdt not in (np.float64, np.float32) or (np.iscomplexobj(G) and not cplx):
+        return False
+    srcs, cols = [], []
+    for j, b in enumerate(blocks):
+        re, im, sign = _parts(b)
+        for imag, v in ((False, re), (True, im)):
+            if v is None:
+                continue
+            if (v.ndim != 2 or v.dtype not in (np.float64, np.float32)
+                    or (v.shape[1] > 1 and v.strides[1] != v.itemsize)):
+                return False
+            if v.shape[0] and v.shape[1]:
+                srcs.append(v)
+                cols.append((j, imag, sign))
+    if cplx:
+        Gr = np.zeros((2 * G.shape[0], len(srcs)))
+        for c, (j, imag, sign) in enumerate(cols):
+            g = G[:, j]
+            gr, gi = g.real, (g.imag if np.iscomplexobj(g) else 0.0)
+            if imag:         # (gr + i gi) (i s v) = -s gi v + i s gr v
+                Gr[0::2, c], Gr[1::2, c] = -sign * gi, sign * gr
+            else:
+                Gr[0::2, c], Gr[1::2, c] = gr, gi
+    else:
+        if any(imag for _, imag, _ in cols):
+            return False     # complex blocks into real tasks: never the case in the codes
+        Gr = np.ascontiguousarray(G[:, [j for j, _, _ in cols]], dtype=np.float64)
+    views = flat if flat is not None else [out[i] for i in np.ndindex(out.shape[:lead])]
+    if any(v.shape[-1] > 1 and v.strides[-1] != v.itemsize for v in views):
+        return False
+    dsts = [v.view(rdt) for v in views] if cplx else list(views)
+    acc = sq if sq is None or (sq.dtype == np.float64 and sq.flags.c_contiguous) else np.zeros(len(dsts))
+    _K.lincomb(Gr, srcs, dsts, acc, out.nbytes >= STREAM_BYTES, cplx)
+    if acc is not sq:
+        sq += acc
     return True
 
 

@@ -843,6 +843,846 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------------ linear combinations */
+
+/* lincomb(G, srcs, dsts, sq=None, stream=False, pairs=False, simd=True) -> None
+
+   The encode's generator products without BLAS: output row ``o`` is ``sum_j G[o, j] *
+   srcs[j]`` (``G`` a C-ordered float64 m x k matrix), every product and sum in double,
+   rounded once into the destination (float64 or float32). ``srcs`` is a sequence of k
+   float64 or float32 arrays (1-D: one row; 2-D with contiguous rows at any stride) of at
+   most the outputs' rows and columns: what lies beyond a source's extent reads as zero (a
+   block cut short by the split's padding), and a source with nothing in a tile is skipped.
+   ``dsts`` is a sequence of arrays of one shape (R x C; 1-D: one row) and one dtype, rows
+   contiguous. Either may instead be one 2-D array whose rows are the sources (or the
+   outputs): chunks of matrices, without a view per row. With ``pairs`` the outputs are
+   complex, as float arrays of interleaved real and imaginary parts (``z.view(float)``, 2C
+   columns): output ``o`` takes G's rows 2o (real part) and 2o + 1 (imaginary part).
+   ``sq`` (float64, one entry per output) gets each output's sum of squared magnitudes of
+   the double values (before rounding) added. ``stream``: non-temporal stores where a row
+   is 16-byte aligned.
+
+   Walk: per row of the outputs, per tile of W columns (the k sources' tile, widened to
+   double, about 32 KiB: in L1), two output rows at a time, 16 columns at a time in
+   registers (AVX2 with FMA where the CPU has both and ``simd`` is true, else plain C),
+   then stored (SSE2, streamed where asked) with the sums of squares. Each source is read
+   from memory once and each output written once: where a BLAS GEMM with k of a few to a
+   few tens runs far below its peak and writes through the cache, this runs at the FMA
+   units' rate or the memory's. The GIL is released during the loop. Destinations must not
+   overlap each other, a source or ``sq`` (ValueError naming the two). */
+
+typedef struct {
+    const char *p;
+    Py_ssize_t rows, cols, stride;   /* stride in bytes */
+    char k;                          /* 'd' or 'f' */
+} LcSrc;
+
+typedef struct {
+    char *p;
+    Py_ssize_t stride;
+} LcDst;
+
+#define LC_TILE_BYTES 32768
+#define LC_GROUP 16                  /* columns per register block */
+
+static int lc_simd_ok = 0;           /* 2: AVX-512F, 1: AVX2 and FMA, 0: neither (at import) */
+
+/* Source ``s``'s row ``r``, columns [c0, c0 + w), widened into ``t``, zero up to ``wp``;
+   returns how many of its values lie there (0: nothing written, the tile is all zero) */
+static Py_ssize_t lc_load(const LcSrc *s, Py_ssize_t r, Py_ssize_t c0, Py_ssize_t w,
+                          Py_ssize_t wp, double *t)
+{
+    if (r >= s->rows || c0 >= s->cols)
+        return 0;
+    Py_ssize_t n = s->cols - c0 < w ? s->cols - c0 : w;
+    const char *row = s->p + r * s->stride;
+    if (s->k == 'd') {
+        memcpy(t, (const double *)row + c0, (size_t)n * sizeof(double));
+    } else {
+        const float *f = (const float *)row + c0;
+        for (Py_ssize_t i = 0; i < n; i++)
+            t[i] = f[i];
+    }
+    if (n < wp)
+        memset(t + n, 0, (size_t)(wp - n) * sizeof(double));
+    return n;
+}
+
+/* output rows of one tile in plain C: y[r] = sum_j g[r][j] x_j for r < nr (at most 4) */
+static void lc_rows_c(const double *const *g, int nr, const int *live, int nl,
+                      const double *const *xp, Py_ssize_t wp, double *const *y)
+{
+    for (int r = 0; r < nr; r++) {
+        double *restrict yr = y[r];
+        for (Py_ssize_t c = 0; c < wp; c++)
+            yr[c] = 0.0;
+        for (int q = 0; q < nl; q++) {
+            const double a = g[r][live[q]];
+            const double *restrict x = xp[live[q]];
+            for (Py_ssize_t c = 0; c < wp; c++)
+                yr[c] += a * x[c];
+        }
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define CODEDML_AVX2 1
+/* The same in registers, written straight into the destinations: NR rows x 2 vectors of
+   columns per step (AVX-512: 16 columns, AVX2: 8), 2 NR accumulators, each source's two
+   vectors loaded once for all NR rows, the sources in order (one fused multiply-add per
+   term); then per row its squares (NR more accumulators), the rounding into float32 or the
+   interleaving of a complex output's rows (``pairs``: rows h, h + 1 into ``dst[h / 2]``),
+   and the stores, streamed with ``st`` (every destination 64-byte aligned at the tile). A
+   step past the last column ``w`` goes through a buffer, its valid part copied. ``dst[h]``
+   points at the tile's first column of row h's destination; ``sq[h]`` gets row h's sum. */
+#define LC_A512 __attribute__((target("avx512f")))
+#define LC_A2 __attribute__((target("avx2,fma")))
+#define LC_INLINE static inline __attribute__((always_inline))
+
+LC_INLINE LC_A512 void lc512_put(char kd, char *base, Py_ssize_t c, __m512d a, __m512d b,
+                                 Py_ssize_t left, int st)
+{
+    if (kd == 'd') {
+        double *p = (double *)base + c;
+        if (left >= 16 && st) {
+            _mm512_stream_pd(p, a);
+            _mm512_stream_pd(p + 8, b);
+        } else if (left >= 16) {
+            _mm512_storeu_pd(p, a);
+            _mm512_storeu_pd(p + 8, b);
+        } else {
+            double t[16];
+            _mm512_storeu_pd(t, a);
+            _mm512_storeu_pd(t + 8, b);
+            memcpy(p, t, (size_t)left * sizeof(double));
+        }
+        return;
+    }
+    float *p = (float *)base + c;
+    const __m256 fa = _mm512_cvtpd_ps(a), fb = _mm512_cvtpd_ps(b);
+    if (left >= 16 && st) {
+        _mm256_stream_ps(p, fa);
+        _mm256_stream_ps(p + 8, fb);
+    } else if (left >= 16) {
+        _mm256_storeu_ps(p, fa);
+        _mm256_storeu_ps(p + 8, fb);
+    } else {
+        float t[16];
+        _mm256_storeu_ps(t, fa);
+        _mm256_storeu_ps(t + 8, fb);
+        memcpy(p, t, (size_t)left * sizeof(float));
+    }
+}
+
+/* 16 complex values: real parts ra (0-7), rb (8-15), imaginary ia, ib, interleaved */
+LC_INLINE LC_A512 void lc512_put_pair(char kd, char *base, Py_ssize_t c, __m512d ra, __m512d rb,
+                                      __m512d ia, __m512d ib, Py_ssize_t left, int st)
+{
+    if (kd == 'd') {
+        const __m512i lo = _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0);
+        const __m512i hi = _mm512_set_epi64(15, 7, 14, 6, 13, 5, 12, 4);
+        __m512d v[4] = {_mm512_permutex2var_pd(ra, lo, ia), _mm512_permutex2var_pd(ra, hi, ia),
+                        _mm512_permutex2var_pd(rb, lo, ib), _mm512_permutex2var_pd(rb, hi, ib)};
+        double *p = (double *)base + 2 * c;
+        if (left >= 16) {
+            #pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) {
+                if (st)
+                    _mm512_stream_pd(p + 8 * i, v[i]);
+                else
+                    _mm512_storeu_pd(p + 8 * i, v[i]);
+            }
+        } else {
+            double t[32];
+            #pragma GCC unroll 4
+            for (int i = 0; i < 4; i++)
+                _mm512_storeu_pd(t + 8 * i, v[i]);
+            memcpy(p, t, (size_t)left * 2 * sizeof(double));
+        }
+        return;
+    }
+    const __m512i idx = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    __m512 v[2] = {
+        _mm512_permutex2var_ps(_mm512_castps256_ps512(_mm512_cvtpd_ps(ra)), idx,
+                               _mm512_castps256_ps512(_mm512_cvtpd_ps(ia))),
+        _mm512_permutex2var_ps(_mm512_castps256_ps512(_mm512_cvtpd_ps(rb)), idx,
+                               _mm512_castps256_ps512(_mm512_cvtpd_ps(ib)))};
+    float *p = (float *)base + 2 * c;
+    if (left >= 16) {
+        #pragma GCC unroll 4
+        for (int i = 0; i < 2; i++) {
+            if (st)
+                _mm512_stream_ps(p + 16 * i, v[i]);
+            else
+                _mm512_storeu_ps(p + 16 * i, v[i]);
+        }
+    } else {
+        float t[32];
+        _mm512_storeu_ps(t, v[0]);
+        _mm512_storeu_ps(t + 16, v[1]);
+        memcpy(p, t, (size_t)left * 2 * sizeof(float));
+    }
+}
+
+LC_INLINE LC_A512 void lc512_body(const int NR, const double *const *g, const int *live, int nl,
+                                  const double *const *xp, Py_ssize_t w,
+                                  char *const *dst, char kd, int pairs, int st, double *sq)
+{
+    __m512d s[4];
+    #pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+        s[r] = _mm512_setzero_pd();
+    for (Py_ssize_t c = 0; c < w; c += 16) {
+        __m512d a[4], b[4];
+        #pragma GCC unroll 4
+        for (int r = 0; r < NR; r++)
+            a[r] = b[r] = _mm512_setzero_pd();
+        for (int q = 0; q < nl; q++) {
+            const int j = live[q];
+            const double *x = xp[j] + c;
+            const __m512d x0 = _mm512_loadu_pd(x), x1 = _mm512_loadu_pd(x + 8);
+            #pragma GCC unroll 4
+            for (int r = 0; r < NR; r++) {
+                const __m512d u = _mm512_set1_pd(g[r][j]);
+                a[r] = _mm512_fmadd_pd(u, x0, a[r]);
+                b[r] = _mm512_fmadd_pd(u, x1, b[r]);
+            }
+        }
+        #pragma GCC unroll 4
+        for (int r = 0; r < NR; r++)
+            s[r] = _mm512_fmadd_pd(b[r], b[r], _mm512_fmadd_pd(a[r], a[r], s[r]));
+        if (pairs)
+            #pragma GCC unroll 4
+            for (int r = 0; r < NR; r += 2)
+                lc512_put_pair(kd, dst[r / 2], c, a[r], b[r], a[r + 1], b[r + 1], w - c, st);
+        else
+            #pragma GCC unroll 4
+            for (int r = 0; r < NR; r++)
+                lc512_put(kd, dst[r], c, a[r], b[r], w - c, st);
+    }
+    #pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+        sq[r] = _mm512_reduce_add_pd(s[r]);
+}
+
+LC_A512 static void lc512_2(const double *const *g, const int *live, int nl, const double *const *xp,
+                            Py_ssize_t w, char *const *dst, char kd, int pairs,
+                            int st, double *sq)
+{
+    lc512_body(2, g, live, nl, xp, w, dst, kd, pairs, st, sq);
+}
+
+LC_A512 static void lc512_4(const double *const *g, const int *live, int nl, const double *const *xp,
+                            Py_ssize_t w, char *const *dst, char kd, int pairs,
+                            int st, double *sq)
+{
+    lc512_body(4, g, live, nl, xp, w, dst, kd, pairs, st, sq);
+}
+
+LC_INLINE LC_A2 void lc2_put(char kd, char *base, Py_ssize_t c, __m256d a, __m256d b,
+                             Py_ssize_t left, int st)
+{
+    if (kd == 'd') {
+        double *p = (double *)base + c;
+        if (left >= 8 && st) {
+            _mm256_stream_pd(p, a);
+            _mm256_stream_pd(p + 4, b);
+        } else if (left >= 8) {
+            _mm256_storeu_pd(p, a);
+            _mm256_storeu_pd(p + 4, b);
+        } else {
+            double t[8];
+            _mm256_storeu_pd(t, a);
+            _mm256_storeu_pd(t + 4, b);
+            memcpy(p, t, (size_t)left * sizeof(double));
+        }
+        return;
+    }
+    float *p = (float *)base + c;
+    const __m256 f = _mm256_set_m128(_mm256_cvtpd_ps(b), _mm256_cvtpd_ps(a));
+    if (left >= 8 && st)
+        _mm256_stream_ps(p, f);
+    else if (left >= 8)
+        _mm256_storeu_ps(p, f);
+    else {
+        float t[8];
+        _mm256_storeu_ps(t, f);
+        memcpy(p, t, (size_t)left * sizeof(float));
+    }
+}
+
+/* 8 complex values: real parts ra (0-3), rb (4-7), imaginary ia, ib, interleaved */
+LC_INLINE LC_A2 void lc2_put_pair(char kd, char *base, Py_ssize_t c, __m256d ra, __m256d rb,
+                                  __m256d ia, __m256d ib, Py_ssize_t left, int st)
+{
+    if (kd == 'd') {
+        const __m256d la = _mm256_unpacklo_pd(ra, ia), ha = _mm256_unpackhi_pd(ra, ia);
+        const __m256d lb = _mm256_unpacklo_pd(rb, ib), hb = _mm256_unpackhi_pd(rb, ib);
+        __m256d v[4] = {_mm256_permute2f128_pd(la, ha, 0x20), _mm256_permute2f128_pd(la, ha, 0x31),
+                        _mm256_permute2f128_pd(lb, hb, 0x20), _mm256_permute2f128_pd(lb, hb, 0x31)};
+        double *p = (double *)base + 2 * c;
+        if (left >= 8) {
+            #pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) {
+                if (st)
+                    _mm256_stream_pd(p + 4 * i, v[i]);
+                else
+                    _mm256_storeu_pd(p + 4 * i, v[i]);
+            }
+        } else {
+            double t[16];
+            #pragma GCC unroll 4
+            for (int i = 0; i < 4; i++)
+                _mm256_storeu_pd(t + 4 * i, v[i]);
+            memcpy(p, t, (size_t)left * 2 * sizeof(double));
+        }
+        return;
+    }
+    const __m128 fra = _mm256_cvtpd_ps(ra), fia = _mm256_cvtpd_ps(ia);
+    const __m128 frb = _mm256_cvtpd_ps(rb), fib = _mm256_cvtpd_ps(ib);
+    __m256 v[2] = {_mm256_set_m128(_mm_unpackhi_ps(fra, fia), _mm_unpacklo_ps(fra, fia)),
+                   _mm256_set_m128(_mm_unpackhi_ps(frb, fib), _mm_unpacklo_ps(frb, fib))};
+    float *p = (float *)base + 2 * c;
+    if (left >= 8) {
+        #pragma GCC unroll 4
+        for (int i = 0; i < 2; i++) {
+            if (st)
+                _mm256_stream_ps(p + 8 * i, v[i]);
+            else
+                _mm256_storeu_ps(p + 8 * i, v[i]);
+        }
+    } else {
+        float t[16];
+        _mm256_storeu_ps(t, v[0]);
+        _mm256_storeu_ps(t + 8, v[1]);
+        memcpy(p, t, (size_t)left * 2 * sizeof(float));
+    }
+}
+
+LC_INLINE LC_A2 void lc2_body(const int NR, const double *const *g, const int *live, int nl,
+                              const double *const *xp, Py_ssize_t w, char *const *dst,
+                              char kd, int pairs, int st, double *sq)
+{
+    __m256d s[4];
+    #pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+        s[r] = _mm256_setzero_pd();
+    for (Py_ssize_t c = 0; c < w; c += 8) {
+        __m256d a[4], b[4];
+        #pragma GCC unroll 4
+        for (int r = 0; r < NR; r++)
+            a[r] = b[r] = _mm256_setzero_pd();
+        for (int q = 0; q < nl; q++) {
+            const int j = live[q];
+            const double *x = xp[j] + c;
+            const __m256d x0 = _mm256_loadu_pd(x), x1 = _mm256_loadu_pd(x + 4);
+            #pragma GCC unroll 4
+            for (int r = 0; r < NR; r++) {
+                const __m256d u = _mm256_set1_pd(g[r][j]);
+                a[r] = _mm256_fmadd_pd(u, x0, a[r]);
+                b[r] = _mm256_fmadd_pd(u, x1, b[r]);
+            }
+        }
+        #pragma GCC unroll 4
+        for (int r = 0; r < NR; r++)
+            s[r] = _mm256_fmadd_pd(b[r], b[r], _mm256_fmadd_pd(a[r], a[r], s[r]));
+        if (pairs)
+            #pragma GCC unroll 4
+            for (int r = 0; r < NR; r += 2)
+                lc2_put_pair(kd, dst[r / 2], c, a[r], b[r], a[r + 1], b[r + 1], w - c, st);
+        else
+            #pragma GCC unroll 4
+            for (int r = 0; r < NR; r++)
+                lc2_put(kd, dst[r], c, a[r], b[r], w - c, st);
+    }
+    #pragma GCC unroll 4
+    for (int r = 0; r < NR; r++) {
+        double t[4];
+        _mm256_storeu_pd(t, s[r]);
+        sq[r] = (t[0] + t[1]) + (t[2] + t[3]);
+    }
+}
+
+LC_A2 static void lc2_2(const double *const *g, const int *live, int nl, const double *const *xp,
+                        Py_ssize_t w, char *const *dst, char kd, int pairs, int st,
+                        double *sq)
+{
+    lc2_body(2, g, live, nl, xp, w, dst, kd, pairs, st, sq);
+}
+
+LC_A2 static void lc2_4(const double *const *g, const int *live, int nl, const double *const *xp,
+                        Py_ssize_t w, char *const *dst, char kd, int pairs, int st,
+                        double *sq)
+{
+    lc2_body(4, g, live, nl, xp, w, dst, kd, pairs, st, sq);
+}
+#else
+#define CODEDML_AVX2 0
+#endif
+
+/* ``n`` values of ``re`` (with ``im``: interleaved with it, 2n values) rounded into ``dst``
+   ('d' float64 or 'f' float32); returns their sum of squares. Streamed where asked and the
+   destination is 16-byte aligned (then every store of this loop is). */
+static double lc_store(char kd, char *dst, const double *re, const double *im, Py_ssize_t n,
+                       int stream)
+{
+    double a = 0.0;
+    Py_ssize_t i = 0;
+#if CODEDML_SSE2
+    const int st = stream && !((uintptr_t)dst & 15);
+    __m128d s0 = _mm_setzero_pd(), s1 = _mm_setzero_pd();
+    if (kd == 'd' && !im) {
+        double *d = (double *)dst;
+        for (; i + 2 <= n; i += 2) {
+            __m128d v = _mm_loadu_pd(re + i);
+            store_pd(d + i, v, st);
+            s0 = _mm_add_pd(s0, _mm_mul_pd(v, v));
+        }
+    } else if (kd == 'd') {
+        double *d = (double *)dst;
+        for (; i + 2 <= n; i += 2) {
+            __m128d u = _mm_loadu_pd(re + i), v = _mm_loadu_pd(im + i);
+            store_pd(d + 2 * i, _mm_unpacklo_pd(u, v), st);
+            store_pd(d + 2 * i + 2, _mm_unpackhi_pd(u, v), st);
+            s0 = _mm_add_pd(s0, _mm_mul_pd(u, u));
+            s1 = _mm_add_pd(s1, _mm_mul_pd(v, v));
+        }
+    } else if (!im) {
+        float *d = (float *)dst;
+        for (; i + 4 <= n; i += 4) {
+            __m128d u = _mm_loadu_pd(re + i), v = _mm_loadu_pd(re + i + 2);
+            store_ps(d + i, _mm_movelh_ps(_mm_cvtpd_ps(u), _mm_cvtpd_ps(v)), st);
+            s0 = _mm_add_pd(s0, _mm_mul_pd(u, u));
+            s1 = _mm_add_pd(s1, _mm_mul_pd(v, v));
+        }
+    } else {
+        float *d = (float *)dst;
+        for (; i + 2 <= n; i += 2) {
+            __m128d u = _mm_loadu_pd(re + i), v = _mm_loadu_pd(im + i);
+            store_ps(d + 2 * i, _mm_unpacklo_ps(_mm_cvtpd_ps(u), _mm_cvtpd_ps(v)), st);
+            s0 = _mm_add_pd(s0, _mm_mul_pd(u, u));
+            s1 = _mm_add_pd(s1, _mm_mul_pd(v, v));
+        }
+    }
+    double t[2];
+    _mm_storeu_pd(t, _mm_add_pd(s0, s1));
+    a = t[0] + t[1];
+#else
+    (void)stream;
+#endif
+    for (; i < n; i++) {
+        const double u = re[i];
+        a += u * u;
+        if (kd == 'd') {
+            double *d = (double *)dst;
+            if (im) {
+                d[2 * i] = u;
+                d[2 * i + 1] = im[i];
+            } else
+                d[i] = u;
+        } else {
+            float *d = (float *)dst;
+            if (im) {
+                d[2 * i] = (float)u;
+                d[2 * i + 1] = (float)im[i];
+            } else
+                d[i] = (float)u;
+        }
+        if (im)
+            a += im[i] * im[i];
+    }
+    return a;
+}
+
+typedef struct {
+    const double *G;
+    Py_ssize_t m, k, R, C, W, item;  /* item: bytes of one destination value */
+    const LcSrc *src;
+    const LcDst *dst;
+    char kd;
+    int pairs, stream, simd;
+    double *tile, *y, *zero, *sq;    /* y: 4 W; zero: k; sq: one per output, or NULL */
+    int *live, *glive;               /* sources with values in the tile; of them, those with a
+                                        coefficient in the rows at hand (k each) */
+    const double **xp;               /* per source: its tile row, or its own row (k) */
+} LcJob;
+
+static void lc_run(const LcJob *J)
+{
+    const Py_ssize_t W = J->W, k = J->k, m = J->m;
+    for (Py_ssize_t r = 0; r < J->R; r++)
+        for (Py_ssize_t c0 = 0; c0 < J->C; c0 += W) {
+            const Py_ssize_t w = J->C - c0 < W ? J->C - c0 : W;
+            const Py_ssize_t wp = (w + LC_GROUP - 1) / LC_GROUP * LC_GROUP;
+            int nl = 0;
+            for (Py_ssize_t j = 0; j < k; j++) {
+                const LcSrc *s = &J->src[j];
+                /* with one pass of at most 4 rows a float64 source whole in this tile of
+                   whole steps is read where it lies (read once, a copy would only add to
+                   it); more passes read the tile again and again, the compact copy */
+                if (m <= 4 && s->k == 'd' && w == wp && r < s->rows && c0 + w <= s->cols) {
+                    J->xp[j] = (const double *)(s->p + r * s->stride) + c0;
+                    J->live[nl++] = (int)j;
+                } else if (lc_load(s, r, c0, w, wp, J->tile + j * W)) {
+                    J->xp[j] = J->tile + j * W;
+                    J->live[nl++] = (int)j;
+                }
+            }
+            for (Py_ssize_t o = 0; o < m; o += 4) {
+                /* rows o .. o + nr - 1 (nr 4, else 2: a zero row of G pads an odd count) */
+                const int nr = m - o < 4 ? (int)(m - o) : 4, nk = nr > 2 ? 4 : 2;
+                const double *g[4];
+                for (int h = 0; h < 4; h++)
+                    g[h] = h < nr ? J->G + (o + h) * k : J->zero;
+                /* the live sources with a coefficient in these rows (a systematic row has
+                   one: the copy costs one term, not k) */
+                int ng = 0;
+                for (int q = 0; q < nl; q++) {
+                    const int j = J->live[q];
+                    int any = 0;
+                    for (int h = 0; h < nr; h++)
+                        any |= g[h][j] != 0.0;
+                    if (any)
+                        J->glive[ng++] = j;
+                }
+#if CODEDML_AVX2
+                if (ng && J->simd) {
+                    /* a padding row (odd counts, never with pairs: 2 rows per output) is
+                       stored into the scratch rows `y` (W doubles, 64-byte aligned) */
+                    char *dp[4] = {(char *)J->y, (char *)J->y, (char *)J->y, (char *)J->y};
+                    double sv[4] = {0.0, 0.0, 0.0, 0.0};
+                    int st = J->stream;
+                    for (int h = 0; h < (J->pairs ? nr / 2 : nr); h++) {
+                        const LcDst *d = &J->dst[J->pairs ? o / 2 + h : o + h];
+                        dp[h] = d->p + r * d->stride + (J->pairs ? 2 : 1) * c0 * J->item;
+                        st &= !((uintptr_t)dp[h] & 63);
+                    }
+                    if (nk == 4)
+                        (J->simd == 2 ? lc512_4 : lc2_4)(g, J->glive, ng, J->xp, w, dp,
+                                                         J->kd, J->pairs, st, sv);
+                    else
+                        (J->simd == 2 ? lc512_2 : lc2_2)(g, J->glive, ng, J->xp, w, dp,
+                                                         J->kd, J->pairs, st, sv);
+                    if (J->sq)
+                        for (int h = 0; h < nr; h++)
+                            J->sq[J->pairs ? (o + h) / 2 : o + h] += sv[h];
+                    continue;
+                }
+#endif
+                double *y[4] = {J->y, J->y + W, J->y + 2 * W, J->y + 3 * W};
+                if (!ng)
+                    for (int h = 0; h < nr; h++)
+                        memset(y[h], 0, (size_t)wp * sizeof(double));
+                else
+                    lc_rows_c(g, nr, J->glive, ng, J->xp, wp, y);
+                if (J->pairs) {   /* rows 2p, 2p + 1 are output p's real and imaginary parts */
+                    for (int h = 0; h < nr; h += 2) {
+                        const LcDst *d = &J->dst[(o + h) / 2];
+                        double s = lc_store(J->kd, d->p + r * d->stride + 2 * c0 * J->item,
+                                            y[h], y[h + 1], w, J->stream);
+                        if (J->sq)
+                            J->sq[(o + h) / 2] += s;
+                    }
+                    continue;
+                }
+                for (int h = 0; h < nr; h++) {
+                    const LcDst *d = &J->dst[o + h];
+                    double s = lc_store(J->kd, d->p + r * d->stride + c0 * J->item, y[h], NULL,
+                                        w, J->stream);
+                    if (J->sq)
+                        J->sq[o + h] += s;
+                }
+            }
+        }
+#if CODEDML_SSE2
+    if (J->stream)
+        _mm_sfence();
+#endif
+}
+
+/* the arrays of ``seq`` (a list or tuple: each its own; else one 2-D array, its rows),
+   buffers taken into ``*bufs`` (``*nb`` of them); returns the item count or -1 */
+static Py_ssize_t lc_buffers(PyObject *seq, int writable, Py_buffer **bufs, Py_ssize_t *nb,
+                             int *matrix)
+{
+    const int flags = PyBUF_STRIDES | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    *matrix = !(PyList_Check(seq) || PyTuple_Check(seq));
+    Py_ssize_t n = *matrix ? 1 : PySequence_Fast_GET_SIZE(seq);
+    *bufs = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Py_buffer));
+    *nb = 0;
+    if (!*bufs) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *o = *matrix ? seq : PySequence_Fast_GET_ITEM(seq, i);
+        if (PyObject_GetBuffer(o, &(*bufs)[i], flags) < 0)
+            return -1;
+        (*nb)++;
+    }
+    return n;
+}
+
+static void lc_release(Py_buffer *bufs, Py_ssize_t nb)
+{
+    if (!bufs)
+        return;
+    for (Py_ssize_t i = nb - 1; i >= 0; i--)
+        PyBuffer_Release(&bufs[i]);
+    PyMem_Free(bufs);
+}
+
+/* 1 when two spans of rows at one positive stride ``s`` (widths ``w1``, ``w2`` bytes, starting
+   at ``p1``, ``p2``) interleave without touching: apart modulo the stride (columns of one
+   matrix side by side, like a task's halves) */
+static int lc_apart(uintptr_t p1, Py_ssize_t w1, uintptr_t p2, Py_ssize_t w2, Py_ssize_t s)
+{
+    if (s <= 0 || w1 > s || w2 > s)
+        return 0;
+    long long d = ((long long)(p2 - p1)) % (long long)s;
+    d = d < 0 ? d + s : d;
+    return d >= w1 && d + w2 <= s;
+}
+
+static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    (void)self;
+    static char *names[] = {"G", "srcs", "dsts", "sq", "stream", "pairs", "simd", NULL};
+    PyObject *oG, *osrc, *odst, *osq = Py_None;
+    int stream = 0, pairs = 0, simd = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|Oppi:lincomb", names, &oG, &osrc, &odst,
+                                     &osq, &stream, &pairs, &simd))
+        return NULL;
+    PyObject *fs = NULL, *fd = NULL, *result = NULL;
+    Py_buffer g, q, *sb = NULL, *db = NULL;
+    Py_ssize_t nsb = 0, ndb = 0;
+    int have_g = 0, have_q = 0, smat, dmat;
+    LcSrc *src = NULL;
+    LcDst *dst = NULL;
+    uintptr_t *lo = NULL, *hi = NULL;
+    LcJob J;
+    memset(&J, 0, sizeof J);
+    if (PyObject_GetBuffer(oG, &g, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return NULL;
+    have_g = 1;
+    if (g.ndim != 2 || kind(&g) != 'd') {
+        PyErr_SetString(PyExc_TypeError, "lincomb: `G` must be a C-contiguous 2-D float64 array");
+        goto done;
+    }
+    const Py_ssize_t m = g.shape[0], k = g.shape[1];
+    if ((PyList_Check(osrc) || PyTuple_Check(osrc)) && !(fs = PySequence_Fast(osrc, "srcs")))
+        goto done;
+    if ((PyList_Check(odst) || PyTuple_Check(odst)) && !(fd = PySequence_Fast(odst, "dsts")))
+        goto done;
+    Py_ssize_t ns = lc_buffers(fs ? fs : osrc, 0, &sb, &nsb, &smat);
+    if (ns < 0)
+        goto done;
+    Py_ssize_t nd = lc_buffers(fd ? fd : odst, 1, &db, &ndb, &dmat);
+    if (nd < 0)
+        goto done;
+    /* the outputs: R x C values each (pairs: C complex values, 2C floats per row) */
+    Py_ssize_t R, C, nout;
+    char kd = kind(&db[0]);
+    if (!nd || !kd) {
+        PyErr_SetString(PyExc_TypeError, "lincomb: `dsts` must be float64 or float32 arrays");
+        goto done;
+    }
+    {
+        Py_ssize_t r0, c0, s0;
+        if (layout(&db[0], "dsts", &r0, &c0, &s0) < 0)
+            goto done;
+        if (dmat) {
+            nout = r0;
+            R = 1;
+            C = c0;
+        } else {
+            nout = nd;
+            R = r0;
+            C = c0;
+        }
+        if (pairs && C % 2) {
+            PyErr_Format(PyExc_ValueError,
+                         "lincomb: with `pairs` the outputs' rows must hold interleaved complex "
+                         "values (an even count), got %zd", C);
+            goto done;
+        }
+        if (pairs)
+            C /= 2;
+    }
+    if (m != (pairs ? 2 * nout : nout)) {
+        PyErr_Format(PyExc_ValueError, "lincomb: `G` has %zd rows for %zd outputs%s", m, nout,
+                     pairs ? " (pairs: 2 rows per output)" : "");
+        goto done;
+    }
+    Py_ssize_t nsrc = smat ? sb[0].ndim == 2 ? sb[0].shape[0] : 1 : ns;
+    if (nsrc != k) {
+        PyErr_Format(PyExc_ValueError, "lincomb: `G` has %zd columns for %zd sources", k, nsrc);
+        goto done;
+    }
+    src = PyMem_Calloc(k ? (size_t)k : 1, sizeof(LcSrc));
+    dst = PyMem_Calloc((size_t)nout, sizeof(LcDst));
+    if (!src || !dst) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < nd; i++) {
+        Py_ssize_t r, c, s;
+        if (kind(&db[i]) != kd) {
+            PyErr_Format(PyExc_TypeError, "lincomb: `dsts[%zd]` is not of `dsts[0]`'s dtype", i);
+            goto done;
+        }
+        if (layout(&db[i], "dsts", &r, &c, &s) < 0)
+            goto done;
+        if (dmat) {
+            for (Py_ssize_t o = 0; o < nout; o++)
+                dst[o] = (LcDst){(char *)db[0].buf + o * s, 0};
+        } else {
+            if (r != R || c != (pairs ? 2 * C : C)) {
+                PyErr_Format(PyExc_ValueError, "lincomb: `dsts[%zd]` is %zd x %zd, `dsts[0]` "
+                             "%zd x %zd", i, r, c, R, pairs ? 2 * C : C);
+                goto done;
+            }
+            dst[i] = (LcDst){(char *)db[i].buf, s};
+        }
+    }
+    for (Py_ssize_t j = 0; j < ns; j++) {
+        Py_ssize_t r, c, s;
+        char ks = kind(&sb[j]);
+        if (!ks) {
+            PyErr_Format(PyExc_TypeError, "lincomb: `srcs[%zd]` must be float64 or float32", j);
+            goto done;
+        }
+        if (layout(&sb[j], "srcs", &r, &c, &s) < 0)
+            goto done;
+        if (smat) {
+            for (Py_ssize_t i = 0; i < k; i++)
+                src[i] = (LcSrc){(const char *)sb[0].buf + i * s, 1, c, 0, ks};
+            if (c > C) {
+                PyErr_Format(PyExc_ValueError, "lincomb: `srcs` has %zd columns, the outputs "
+                             "%zd", c, C);
+                goto done;
+            }
+        } else {
+            if (r > R || c > C) {
+                PyErr_Format(PyExc_ValueError, "lincomb: `srcs[%zd]` is %zd x %zd, larger than "
+                             "the outputs' %zd x %zd", j, r, c, R, C);
+                goto done;
+            }
+            src[j] = (LcSrc){(const char *)sb[j].buf, r, c, s, ks};
+        }
+    }
+    if (osq != Py_None) {
+        if (PyObject_GetBuffer(osq, &q, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0)
+            goto done;
+        have_q = 1;
+        if (q.ndim != 1 || kind(&q) != 'd' || q.shape[0] != nout || q.strides[0] != 8) {
+            PyErr_Format(PyExc_ValueError, "lincomb: `sq` must be a contiguous 1-D float64 "
+                         "array of %zd entries (one per output)", nout);
+            goto done;
+        }
+    }
+    {
+        /* every destination against every other, every source and sq */
+        const Py_ssize_t n = nout + k + 1;
+        const Py_ssize_t item = db[0].itemsize, dc = pairs ? 2 * C : C;
+        lo = PyMem_Calloc((size_t)n * 4, sizeof(uintptr_t));
+        hi = lo ? lo + n : NULL;
+        if (!lo) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        /* per span: its row stride (0: one row) and row width in bytes */
+        Py_ssize_t *rs = (Py_ssize_t *)(lo + 2 * n), *rw = rs + n;
+        for (Py_ssize_t o = 0; o < nout; o++) {
+            extent(dst[o].p, R, dc, dst[o].stride, item, &lo[o], &hi[o]);
+            rs[o] = R > 1 ? dst[o].stride : 0;
+            rw[o] = dc * item;
+        }
+        for (Py_ssize_t j = 0; j < k; j++) {
+            extent(src[j].p, src[j].rows, src[j].cols, src[j].stride,
+                   src[j].k == 'd' ? 8 : 4, &lo[nout + j], &hi[nout + j]);
+            rs[nout + j] = src[j].rows > 1 ? src[j].stride : 0;
+            rw[nout + j] = src[j].cols * (src[j].k == 'd' ? 8 : 4);
+        }
+        if (have_q)
+            extent(q.buf, 1, nout, 0, 8, &lo[n - 1], &hi[n - 1]);
+        for (Py_ssize_t a = 0; a < nout; a++)
+            for (Py_ssize_t b = a + 1; b < n; b++)
+                if (lo[a] < hi[a] && lo[b] < hi[b] && lo[a] < hi[b] && lo[b] < hi[a]
+                    && !(b < n - 1 && rs[a] == rs[b]
+                         && lc_apart(lo[a], rw[a], lo[b], rw[b], rs[a]))) {
+                    char what[48];
+                    if (b < nout)
+                        snprintf(what, sizeof what, "dsts[%zd]", b);
+                    else if (b < n - 1)
+                        snprintf(what, sizeof what, "srcs[%zd]", b - nout);
+                    else
+                        snprintf(what, sizeof what, "sq");
+                    PyErr_Format(PyExc_ValueError,
+                                 "lincomb: `dsts[%zd]` and `%s` overlap in memory", a, what);
+                    goto done;
+                }
+    }
+    {
+        Py_ssize_t W = (LC_TILE_BYTES / (Py_ssize_t)sizeof(double) / (k ? k : 1)) / LC_GROUP * LC_GROUP;
+        W = W < LC_GROUP ? LC_GROUP : W > 1024 ? 1024 : W;
+        Py_ssize_t Cp = (C + LC_GROUP - 1) / LC_GROUP * LC_GROUP;
+        W = W > Cp ? (Cp ? Cp : LC_GROUP) : W;
+        J.G = (const double *)g.buf;
+        J.m = m;
+        J.k = k;
+        J.R = R;
+        J.C = C;
+        J.W = W;
+        J.item = db[0].itemsize;
+        J.src = src;
+        J.dst = dst;
+        J.kd = kd;
+        J.pairs = pairs;
+        J.stream = stream;
+        J.simd = simd < 0 || simd > lc_simd_ok ? lc_simd_ok : simd;
+        J.sq = have_q ? (double *)q.buf : NULL;
+        /* the tile and the two rows, 32-byte aligned (one block) */
+        size_t doubles = (size_t)(k ? k : 1) * (size_t)W + 4 * (size_t)W + (size_t)(k ? k : 1) + 8;
+        char *mem = PyMem_Calloc(doubles * sizeof(double) + 64, 1);
+        J.live = PyMem_Calloc(2 * (k ? (size_t)k : 1), sizeof(int));
+        J.glive = J.live ? J.live + (k ? k : 1) : NULL;
+        J.xp = PyMem_Calloc(k ? (size_t)k : 1, sizeof(double *));
+        if (!mem || !J.live || !J.xp) {
+            PyMem_Free(mem);
+            PyErr_NoMemory();
+            goto done;
+        }
+        double *base = (double *)(((uintptr_t)mem + 63) & ~(uintptr_t)63);
+        J.tile = base;
+        J.y = base + (size_t)(k ? k : 1) * (size_t)W;
+        J.zero = J.y + 4 * W;
+        if (R && C && m) {
+            Py_BEGIN_ALLOW_THREADS
+            lc_run(&J);
+            Py_END_ALLOW_THREADS
+        }
+        PyMem_Free(mem);
+        result = Py_NewRef(Py_None);
+    }
+done:
+    PyMem_Free(J.live);
+    PyMem_Free((void *)J.xp);
+    PyMem_Free(lo);
+    PyMem_Free(src);
+    PyMem_Free(dst);
+    if (have_q)
+        PyBuffer_Release(&q);
+    lc_release(db, ndb);
+    lc_release(sb, nsb);
+    Py_XDECREF(fs);
+    Py_XDECREF(fd);
+    if (have_g)
+        PyBuffer_Release(&g);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"copy_sq", (PyCFunction)(void (*)(void))copy_sq, METH_VARARGS | METH_KEYWORDS,
      "copy_sq(dst, src, sq=None, stream=False, scale=1.0, wide=None, part=0) -> float\n\n"
@@ -861,6 +1701,14 @@ static PyMethodDef methods[] = {
      "mod_store(dst, src, p, stream=False) -> None\n\n"
      "Write float64 src (integers in [0, 2**52)) into int64 dst reduced mod p, in one loop;\n"
      "ValueError naming the row when a value is not such an integer."},
+    {"lincomb", (PyCFunction)(void (*)(void))lincomb, METH_VARARGS | METH_KEYWORDS,
+     "lincomb(G, srcs, dsts, sq=None, stream=False, pairs=False, simd=True) -> None\n\n"
+     "Write sum_j G[o, j] * srcs[j] into each output o (float64 G, m x k; float64 or\n"
+     "float32 sources and outputs, rows contiguous; products and sums in double, rounded\n"
+     "once), a source's missing rows and columns read as zero; srcs / dsts a sequence of\n"
+     "arrays or one 2-D array whose rows they are. pairs: complex outputs as interleaved\n"
+     "floats from G's rows 2o, 2o + 1. sq gets each output's sum of squared magnitudes.\n"
+     "simd: AVX2/FMA where the CPU has them (SIMD)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -870,8 +1718,14 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__kernels(void)
 {
+#if CODEDML_AVX2
+    __builtin_cpu_init();
+    lc_simd_ok = __builtin_cpu_supports("avx512f") ? 2
+                 : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
+#endif
     PyObject *m = PyModule_Create(&module);
-    if (m && PyModule_AddIntConstant(m, "STREAMS", CODEDML_SSE2) < 0) {
+    if (m && (PyModule_AddIntConstant(m, "STREAMS", CODEDML_SSE2) < 0
+              || PyModule_AddIntConstant(m, "SIMD", lc_simd_ok) < 0)) {
         Py_DECREF(m);
         return NULL;
     }
