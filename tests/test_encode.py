@@ -76,22 +76,40 @@ def _codes(n, draw_kind, k_frac):
     }[draw_kind]
 
 
-# the copy loops this install has: numpy's always, the compiled one (through the cache, and
-# streamed as for large tasks) where codedml.codes._kernels was built (CI requires it)
-LOOPS = ["numpy"] + (["compiled", "streamed"] if _encode._K is not None else [])
+# the encode loops this install has: numpy's always; where codedml.codes._kernels was built
+# (CI requires it) the compiled copies with BLAS GEMMs ("blas"), and the compiled generator
+# products (lincomb, where the CPU has AVX2/FMA: through the cache, and streamed as for large
+# tasks; "avx2" where the CPU also has AVX-512, which "compiled" then uses)
+_SIMD = getattr(_encode._K, "SIMD", 0) if _encode._K is not None else 0
+LOOPS = (["numpy"] + (["blas", "compiled", "streamed"] if _encode._K is not None else [])
+         + (["avx2"] if _SIMD >= 2 else []))
 
 @contextlib.contextmanager
 def _encode_loop(loop: str, chunk: int):
     """Encode with ``loop`` (one of :data:`LOOPS`) in chunks of ``chunk`` bytes, restored after."""
-    old = _encode.CHUNK_BYTES, _encode.STREAM_BYTES, _encode._K
+    old = (_encode.CHUNK_BYTES, _encode.STREAM_BYTES, _encode._K, _encode.LINCOMB,
+           _encode.LINCOMB_SIMD)
     _encode.CHUNK_BYTES = chunk
     _encode.STREAM_BYTES = 0 if loop == "streamed" else 1 << 62
     if loop == "numpy":
         _encode._K = None
+    _encode.LINCOMB = loop != "blas"
+    _encode.LINCOMB_SIMD = 1 if loop == "avx2" else -1
     try:
         yield
     finally:
-        _encode.CHUNK_BYTES, _encode.STREAM_BYTES, _encode._K = old
+        (_encode.CHUNK_BYTES, _encode.STREAM_BYTES, _encode._K, _encode.LINCOMB,
+         _encode.LINCOMB_SIMD) = old
+
+
+def _apply_loop(monkeypatch, loop: str) -> None:
+    """:func:`_encode_loop`'s settings for one test, by ``monkeypatch`` (chunks as they are)."""
+    if loop == "numpy":
+        monkeypatch.setattr(_encode, "_K", None)
+    elif loop == "streamed":
+        monkeypatch.setattr(_encode, "STREAM_BYTES", 0)
+    monkeypatch.setattr(_encode, "LINCOMB", loop != "blas")
+    monkeypatch.setattr(_encode, "LINCOMB_SIMD", 1 if loop == "avx2" else -1)
 
 
 KINDS = ("mds", "mds_sys", "mds_equi", "poly", "matdot", "matdot_sys", "matdot_cheb", "polydot",
@@ -343,10 +361,7 @@ def test_empty_operands_encode_and_decode_to_zeros(kind, field, loop, shape, mon
             "matdot": MatDotCode(4, 2, field=field), "polydot": PolyDotCode(5, 2, 2, 1, field=field)}[kind]
     if len(bshape) == 1 and getattr(code, "q", 1) > 1:
         pytest.skip("PolyDot with q > 1 multiplies matrices, not vectors")
-    if loop == "numpy":
-        monkeypatch.setattr(_encode, "_K", None)
-    elif loop == "streamed":
-        monkeypatch.setattr(_encode, "STREAM_BYTES", 0)
+    _apply_loop(monkeypatch, loop)
     dt = np.float64 if field is None else np.int64
     enc = code.encode(np.ones((am, an), dtype=dt), np.ones(bshape, dtype=dt))
     k = code.recovery_threshold
@@ -392,10 +407,7 @@ def test_gradient_partition_norms_equal_numpys(loop, scheme, n, s, N, layout, dt
 
     if scheme == "fractional_repetition" and n % (s + 1):
         pytest.skip("fractional repetition needs (s + 1) | n")
-    if loop == "numpy":
-        monkeypatch.setattr(_encode, "_K", None)
-    elif loop == "streamed":
-        monkeypatch.setattr(_encode, "STREAM_BYTES", 0)
+    _apply_loop(monkeypatch, loop)
     code = GradientCode(n, s, scheme)
     rng = np.random.default_rng(n * 100 + N)
     A = rng.standard_normal((9, 2 * N)).astype(dtype)

@@ -304,14 +304,12 @@ def _combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, lea
         if isinstance(post, ModP):
             post.check()
         return out
-    if post is None and LINCOMB_SYS and _lincomb_ok():
-        # systematic outputs as identity rows of one generator: a row with one coefficient
-        # costs the kernel one term, and every task is written in the same pass
+    if post is None and _lincomb_ok():
+        # the compiled kernel, systematic outputs as identity rows of the generator: a row
+        # with one coefficient costs it one term, and every task is written in one pass
         Gf = G if not nsys else np.vstack([np.eye(nsys, k, dtype=cdt)] + ([] if G is None else [G]))
         if _compiled(Gf, blocks, out, lead, flat, sq):
             return out
-    elif not nsys and post is None and _compiled(G, blocks, out, lead, flat, sq):
-        return out
     if nsys and flat is not None and nsys == k and _systematic(G, blocks, flat, nsys, sq, post, cdt):
         return out
     if isinstance(post, ModP):
@@ -514,14 +512,19 @@ def _systematic(G, blocks, flat, nsys, sq, post, cdt) -> bool:
     return True
 
 
-#: Whether :func:`_compiled` may run the generator products (the compiled ``lincomb``, where
-#: the CPU has AVX2 and FMA); False sends them to BLAS, as where it is not built.
+#: Whether :func:`combine` may run the generator products by the compiled ``lincomb``
+#: (:func:`_compiled`; where the CPU has AVX2 and FMA: ``_kernels.SIMD`` 1, or AVX-512F: 2).
+#: False sends them to BLAS GEMMs per chunk, as where the module is not built or the CPU has
+#: neither.
 LINCOMB = True
-LINCOMB_SYS = True
+
+#: The instruction set ``lincomb`` uses: -1 the best this CPU has, 1 AVX2/FMA (the tests run
+#: both where the CPU has AVX-512).
+LINCOMB_SIMD = -1
 
 
 def _lincomb_ok() -> bool:
-    return LINCOMB and _K is not None and bool(getattr(_K, "SIMD", 0))
+    return LINCOMB and _K is not None and getattr(_K, "SIMD", 0) >= 1
 
 
 def _compiled(G, blocks, out, lead, flat, sq) -> bool:
@@ -569,7 +572,7 @@ def _compiled(G, blocks, out, lead, flat, sq) -> bool:
         return False
     dsts = [v.view(rdt) for v in views] if cplx else list(views)
     acc = sq if sq is None or (sq.dtype == np.float64 and sq.flags.c_contiguous) else np.zeros(len(dsts))
-    _K.lincomb(Gr, srcs, dsts, acc, out.nbytes >= STREAM_BYTES, cplx)
+    _K.lincomb(Gr, srcs, dsts, acc, out.nbytes >= STREAM_BYTES, cplx, LINCOMB_SIMD)
     if acc is not sq:
         sq += acc
     return True

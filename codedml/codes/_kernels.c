@@ -323,12 +323,12 @@ static inline double row_any(char kd, char ks, const char *s, char *d, char *w, 
 }
 
 /* rows and row stride (in bytes) of a 1-D or 2-D buffer whose last axis is contiguous */
-static int layout(Py_buffer *b, const char *name, Py_ssize_t *rows, Py_ssize_t *cols,
-                  Py_ssize_t *stride)
+static int layout(const char *fn, Py_buffer *b, const char *name, Py_ssize_t *rows,
+                  Py_ssize_t *cols, Py_ssize_t *stride)
 {
     if (b->ndim == 1) {
         if (b->strides[0] != b->itemsize && b->shape[0] > 1) {
-            PyErr_Format(PyExc_ValueError, "copy_sq: `%s` must be contiguous", name);
+            PyErr_Format(PyExc_ValueError, "%s: `%s` must be contiguous", fn, name);
             return -1;
         }
         *rows = 1;
@@ -337,12 +337,12 @@ static int layout(Py_buffer *b, const char *name, Py_ssize_t *rows, Py_ssize_t *
         return 0;
     }
     if (b->ndim != 2) {
-        PyErr_Format(PyExc_ValueError, "copy_sq: `%s` must be 1-D or 2-D, got %d-D", name,
+        PyErr_Format(PyExc_ValueError, "%s: `%s` must be 1-D or 2-D, got %d-D", fn, name,
                      b->ndim);
         return -1;
     }
     if (b->strides[1] != b->itemsize && b->shape[1] > 1) {
-        PyErr_Format(PyExc_ValueError, "copy_sq: the rows of `%s` must be contiguous", name);
+        PyErr_Format(PyExc_ValueError, "%s: the rows of `%s` must be contiguous", fn, name);
         return -1;
     }
     *rows = b->shape[0];
@@ -466,7 +466,7 @@ static PyObject *copy_sq(PyObject *self, PyObject *args, PyObject *kwargs)
                         "`dst` float32 and `src` float64");
         goto done;
     }
-    if (layout(&d, "dst", &dr, &dc, &ds) < 0 || layout(&s, "src", &sr, &sc, &ss) < 0)
+    if (layout("copy_sq", &d, "dst", &dr, &dc, &ds) < 0 || layout("copy_sq", &s, "src", &sr, &sc, &ss) < 0)
         goto done;
     if (dr != sr || dc != sc) {
         PyErr_Format(PyExc_ValueError, "copy_sq: `dst` is %zd x %zd but `src` is %zd x %zd",
@@ -480,7 +480,7 @@ static PyObject *copy_sq(PyObject *self, PyObject *args, PyObject *kwargs)
                             "and `src` float32");
             goto done;
         }
-        if (layout(&wb, "wide", &wr, &wc, &ws) < 0)
+        if (layout("copy_sq", &wb, "wide", &wr, &wc, &ws) < 0)
             goto done;
         if (wr != sr || wc != sc) {
             PyErr_Format(PyExc_ValueError,
@@ -580,8 +580,8 @@ static int same_rows(const char *fn, Py_buffer *d, Py_buffer *s, Py_buffer *w,
                      Py_ssize_t *rows, Py_ssize_t *cols, Py_ssize_t st[3])
 {
     Py_ssize_t r[3], c[3];
-    if (layout(d, "dst", &r[0], &c[0], &st[0]) < 0 || layout(s, "src", &r[1], &c[1], &st[1]) < 0
-        || (w && layout(w, "wide", &r[2], &c[2], &st[2]) < 0))
+    if (layout(fn, d, "dst", &r[0], &c[0], &st[0]) < 0 || layout(fn, s, "src", &r[1], &c[1], &st[1]) < 0
+        || (w && layout(fn, w, "wide", &r[2], &c[2], &st[2]) < 0))
         return -1;
     for (int i = 1; i < (w ? 3 : 2); i++)
         if (r[i] != r[0] || c[i] != c[0]) {
@@ -1463,10 +1463,10 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
     uintptr_t *lo = NULL, *hi = NULL;
     LcJob J;
     memset(&J, 0, sizeof J);
-    if (PyObject_GetBuffer(oG, &g, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+    if (PyObject_GetBuffer(oG, &g, PyBUF_STRIDES | PyBUF_FORMAT) < 0)
         return NULL;
     have_g = 1;
-    if (g.ndim != 2 || kind(&g) != 'd') {
+    if (g.ndim != 2 || kind(&g) != 'd' || !PyBuffer_IsContiguous(&g, 'C')) {
         PyErr_SetString(PyExc_TypeError, "lincomb: `G` must be a C-contiguous 2-D float64 array");
         goto done;
     }
@@ -1490,7 +1490,7 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
     }
     {
         Py_ssize_t r0, c0, s0;
-        if (layout(&db[0], "dsts", &r0, &c0, &s0) < 0)
+        if (layout("lincomb", &db[0], dmat ? "dsts" : "dsts[0]", &r0, &c0, &s0) < 0)
             goto done;
         if (dmat) {
             nout = r0;
@@ -1532,7 +1532,9 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
             PyErr_Format(PyExc_TypeError, "lincomb: `dsts[%zd]` is not of `dsts[0]`'s dtype", i);
             goto done;
         }
-        if (layout(&db[i], "dsts", &r, &c, &s) < 0)
+        char nm[40];
+        snprintf(nm, sizeof nm, dmat ? "dsts" : "dsts[%zd]", i);
+        if (layout("lincomb", &db[i], nm, &r, &c, &s) < 0)
             goto done;
         if (dmat) {
             for (Py_ssize_t o = 0; o < nout; o++)
@@ -1553,7 +1555,9 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
             PyErr_Format(PyExc_TypeError, "lincomb: `srcs[%zd]` must be float64 or float32", j);
             goto done;
         }
-        if (layout(&sb[j], "srcs", &r, &c, &s) < 0)
+        char nm[40];
+        snprintf(nm, sizeof nm, smat ? "srcs" : "srcs[%zd]", j);
+        if (layout("lincomb", &sb[j], nm, &r, &c, &s) < 0)
             goto done;
         if (smat) {
             for (Py_ssize_t i = 0; i < k; i++)

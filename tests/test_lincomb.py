@@ -1,0 +1,234 @@
+"""The encode's compiled generator products, ``codedml.codes._kernels.lincomb``.
+
+Output row ``o`` is ``sum_j G[o, j] * srcs[j]`` in double, rounded once into the
+destination; what lies beyond a source's rows and columns reads as zero; with ``pairs`` the
+outputs are complex (rows ``2o``, ``2o + 1``: real and imaginary parts, interleaved); ``sq``
+gets each output's sum of squared magnitudes. Checked against numpy in float64 for every
+instruction set this CPU has (plain C, AVX2/FMA, AVX-512F), through the cache and streamed,
+for any destination alignment and row stride, destinations side by side in one matrix, odd
+row counts, zero coefficients, NaN/Inf; bad arguments refused by name. Where the module was
+not built these tests skip (``REQUIRE_CODEDML_KERNELS=1`` in CI makes that a failure in
+``test_kernels.py``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from codedml.codes import _encode
+
+K = _encode._K
+needs_kernels = pytest.mark.skipif(K is None, reason="codedml.codes._kernels not built (no C compiler at install)")
+LEVELS = list(range(0, (getattr(K, "SIMD", 0) if K is not None else 0) + 1))
+EPS = {np.float64: np.finfo(np.float64).eps, np.float32: np.finfo(np.float32).eps}
+
+
+def _padded(srcs, R, C):
+    """The sources zero-padded to R x C, in float64 (the kernel's view of them)."""
+    X = np.zeros((len(srcs), R, C))
+    for j, s in enumerate(srcs):
+        s2 = s.reshape(1, -1) if s.ndim == 1 else s
+        X[j, :s2.shape[0], :s2.shape[1]] = s2
+    return X
+
+
+def _check(G, X, got, dtype, pairs, sq, sq_before):
+    """``got`` (outputs as computed, complex where ``pairs``) against G X in float64, to the
+    rounding of a k-term sum, then of the cast; ``sq`` to 1e-12 of the double values'."""
+    ref = np.tensordot(G, X, 1)
+    bound = np.tensordot(np.abs(G), np.abs(X), 1) * (X.shape[0] + 2) * EPS[np.float64]
+    if pairs:
+        ref_c = ref[0::2] + 1j * ref[1::2]
+        parts = [(got.real, ref[0::2], bound[0::2]), (got.imag, ref[1::2], bound[1::2])]
+        want_sq = (np.abs(ref_c) ** 2).reshape(len(ref_c), -1).sum(axis=1)
+    else:
+        parts = [(got, ref, bound)]
+        want_sq = (ref ** 2).reshape(len(ref), -1).sum(axis=1)
+    for g, r, b in parts:
+        tol = b + (EPS[np.float32] * np.abs(r) if dtype == np.float32 else 0.0)
+        assert np.all(np.abs(g.astype(np.float64) - r) <= tol), float(np.max(np.abs(g - r) - tol))
+    if sq is not None:
+        np.testing.assert_allclose(sq - sq_before, want_sq, rtol=1e-12, atol=1e-300)
+
+
+@needs_kernels
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(nout=st.integers(1, 9), k=st.integers(0, 7), R=st.integers(1, 4), C=st.integers(0, 70),
+       dtype=st.sampled_from([np.float64, np.float32]), pairs=st.booleans(),
+       simd=st.sampled_from(LEVELS), stream=st.booleans(), off=st.integers(0, 3),
+       row_pad=st.integers(0, 5), zero_rows=st.booleans(), with_sq=st.booleans(), data=st.data())
+def test_lincomb_is_the_float64_product_rounded_once(nout, k, R, C, dtype, pairs, simd, stream,
+                                                     off, row_pad, zero_rows, with_sq, data):
+    """Any shape (tiles cut at every width, rows of one output per pass or four), sources
+    short of the outputs in rows and columns (padding reads as zero) and of either dtype,
+    destinations at any element offset (streamed stores only where aligned) and row stride;
+    the memory around each destination untouched."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 16)))
+    m = 2 * nout if pairs else nout
+    G = rng.standard_normal((m, k))
+    if zero_rows and k:                    # rows with few coefficients (systematic rows)
+        G[rng.random((m, k)) < 0.6] = 0.0
+    srcs = []
+    for _ in range(k):
+        r = data.draw(st.integers(0, R))
+        c = data.draw(st.integers(0, C))
+        sdt = data.draw(st.sampled_from([np.float64, np.float32]))
+        srcs.append(rng.standard_normal((r, c)).astype(sdt))
+    width = (2 * C if pairs else C)
+    stride = width + row_pad
+    big = [rng.standard_normal(off + R * stride + 8).astype(dtype) for _ in range(nout)]
+    before = [b.copy() for b in big]
+    dsts = [np.lib.stride_tricks.as_strided(b[off:], shape=(R, width),
+                                            strides=(stride * b.itemsize, b.itemsize))
+            for b in big]
+    sq = rng.standard_normal(nout) if with_sq else None
+    sq0 = None if sq is None else sq.copy()
+    K.lincomb(G, srcs, dsts, sq, stream, pairs, simd)
+    got = np.array([np.array(d) for d in dsts])
+    if pairs:
+        got = got[..., 0::2] + 1j * got[..., 1::2]
+    _check(G, _padded(srcs, R, C), got, dtype, pairs, sq, sq0)
+    for b, b0, d in zip(big, before, dsts):   # nothing written outside the outputs
+        mask = np.ones(b.size, bool)
+        for r in range(R):
+            mask[off + r * stride: off + r * stride + width] = False
+        np.testing.assert_array_equal(b[mask], b0[mask])
+
+
+@needs_kernels
+@pytest.mark.parametrize("simd", LEVELS)
+@pytest.mark.parametrize("pairs", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("cols", [16, 333, 2048])
+def test_lincomb_matrix_form_equals_the_list_form(simd, pairs, dtype, cols):
+    """One 2-D array whose rows are the sources, one whose rows are the outputs (a chunk of
+    a systematic encode's matrices): the same values as a list of rows, streamed or not."""
+    rng = np.random.default_rng(cols)
+    nout, k = 5, 6
+    m = 2 * nout if pairs else nout
+    G = rng.standard_normal((m, k))
+    S = rng.standard_normal((k, cols)).astype(dtype)
+    w = 2 * cols if pairs else cols
+    D1, D2 = np.empty((nout, w), dtype), np.empty((nout, w), dtype)
+    q1, q2 = np.zeros(nout), np.zeros(nout)
+    K.lincomb(G, S, D1, q1, True, pairs, simd)
+    K.lincomb(G, [S[j:j + 1] for j in range(k)], [D2[o:o + 1] for o in range(nout)], q2, False,
+              pairs, simd)
+    np.testing.assert_array_equal(D1, D2)
+    np.testing.assert_allclose(q1, q2, rtol=1e-13)
+    got = D1[:, 0::2] + 1j * D1[:, 1::2] if pairs else D1
+    _check(G, S.astype(np.float64)[:, None, :], got[:, None, :], dtype, pairs, q1, 0.0)
+
+
+@needs_kernels
+@pytest.mark.parametrize("simd", LEVELS)
+def test_lincomb_simd_levels_agree_to_the_rounding(simd):
+    """Every instruction set gives the same products to the rounding of the sum (fused
+    multiply-adds round once per term, plain C twice)."""
+    rng = np.random.default_rng(7)
+    G = rng.standard_normal((17, 15))
+    S = rng.standard_normal((15, 1000))
+    D, D0 = np.empty((17, 1000)), np.empty((17, 1000))
+    K.lincomb(G, S, D, simd=simd)
+    K.lincomb(G, S, D0, simd=0)
+    np.testing.assert_allclose(D, D0, rtol=0, atol=1e-13 * np.abs(G) .sum(1).max() * np.abs(S).max())
+
+
+@needs_kernels
+@pytest.mark.parametrize("simd", LEVELS)
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("pairs", [False, True])
+def test_lincomb_nan_reaches_every_output_with_a_coefficient_for_it(simd, bad, pairs):
+    """A NaN or Inf in a source makes every output whose coefficient for it is nonzero
+    non-finite, and its sum of squares (the encode's finiteness check reads the norms);
+    outputs with a zero coefficient for it may skip it (it is skipped by the passes of
+    four rows none of which has a coefficient for it)."""
+    rng = np.random.default_rng(3)
+    nout, k, C = 6, 4, 50
+    m = 2 * nout if pairs else nout
+    G = rng.standard_normal((m, k))
+    G[:, 2] = 0.0
+    G[1, 2] = 0.5                           # one row uses source 2
+    S = rng.standard_normal((k, C))
+    S[2, 17] = bad
+    D = np.empty((nout, 2 * C if pairs else C))
+    sq = np.zeros(nout)
+    K.lincomb(G, S, D, sq, False, pairs, simd)
+    hit = 0 if pairs else 1
+    assert not np.isfinite(sq[hit])
+    assert not np.isfinite(D[hit]).all()
+    # rows computed in another pass than the one using source 2 never read it
+    assert np.isfinite(sq[4 if not pairs else 2:]).all()
+
+
+@needs_kernels
+def test_lincomb_writes_destinations_side_by_side_in_one_matrix():
+    """Two outputs as column halves of one matrix (rows interleaved in memory, apart modulo
+    the stride: PolyDot's B tasks) are accepted; overlapping halves are refused."""
+    rng = np.random.default_rng(1)
+    T = np.zeros((7, 20))
+    G = rng.standard_normal((2, 3))
+    S = [rng.standard_normal((7, 10)) for _ in range(3)]
+    K.lincomb(G, S, [T[:, :10], T[:, 10:]])
+    X = np.array(S)
+    np.testing.assert_allclose(T[:, :10], np.tensordot(G[0], X, 1), rtol=1e-13)
+    np.testing.assert_allclose(T[:, 10:], np.tensordot(G[1], X, 1), rtol=1e-13)
+    with pytest.raises(ValueError, match=r"`dsts\[0\]` and `dsts\[1\]` overlap"):
+        K.lincomb(G, S, [T[:, :10], T[:, 9:19]])
+
+
+def _ok():
+    return np.ones((2, 3)), [np.ones((4, 5))] * 3, [np.empty((4, 5)), np.empty((4, 5))]
+
+
+@needs_kernels
+@pytest.mark.parametrize("change, exc, match", [
+    (lambda G, s, d: (G.astype(np.float32), s, d), TypeError, r"`G` must be a C-contiguous 2-D float64"),
+    (lambda G, s, d: (np.ones((2, 4))[:, :3], s, d), TypeError, r"`G` must be a C-contiguous 2-D float64"),
+    (lambda G, s, d: (G[:, :2].copy(), s, d), ValueError, r"`G` has 2 columns for 3 sources"),
+    (lambda G, s, d: (np.ones((3, 3)), s, d), ValueError, r"`G` has 3 rows for 2 outputs"),
+    (lambda G, s, d: (G, s[:2] + [np.ones((5, 5))], d), ValueError, r"`srcs\[2\]` is 5 x 5, larger than the outputs' 4 x 5"),
+    (lambda G, s, d: (G, s[:2] + [np.ones((4, 5), np.int64)], d), TypeError, r"`srcs\[2\]` must be float64 or float32"),
+    (lambda G, s, d: (G, s, [d[0], np.empty((4, 5), np.float32)]), TypeError, r"`dsts\[1\]` is not of `dsts\[0\]`'s dtype"),
+    (lambda G, s, d: (G, s, [d[0], np.empty((3, 5))]), ValueError, r"`dsts\[1\]` is 3 x 5, `dsts\[0\]` 4 x 5"),
+    (lambda G, s, d: (G, s, [np.empty((4, 5), np.int64)] * 2), TypeError, r"`dsts` must be float64 or float32"),
+    (lambda G, s, d: (G, s, [d[0], d[0]]), ValueError, r"`dsts\[0\]` and `dsts\[1\]` overlap in memory"),
+    (lambda G, s, d: (G, s[:2] + [d[1]], d), ValueError, r"`dsts\[1\]` and `srcs\[2\]` overlap in memory"),
+    (lambda G, s, d: (G, s, [d[0], np.empty((4, 10))[:, ::2]]), ValueError, r"lincomb: the rows of `dsts\[1\]` must be contiguous"),
+    (lambda G, s, d: (G, s[:2] + [np.ones((4, 10))[:, ::2]], d), ValueError, r"lincomb: the rows of `srcs\[2\]` must be contiguous"),
+    (lambda G, s, d: (G, s[:2] + [np.ones((1, 4, 5))], d), ValueError, r"lincomb: `srcs\[2\]` must be 1-D or 2-D, got 3-D"),
+])
+def test_lincomb_refuses_bad_arguments_by_name(change, exc, match):
+    G, s, d = change(*_ok())
+    with pytest.raises(exc, match=match):
+        K.lincomb(G, s, d)
+
+
+@needs_kernels
+def test_lincomb_refuses_a_bad_sq_and_odd_pairs_by_name():
+    G, s, d = _ok()
+    with pytest.raises(ValueError, match=r"`sq` must be a contiguous 1-D float64 array of 2 entries"):
+        K.lincomb(G, s, d, np.zeros(3))
+    with pytest.raises(ValueError, match=r"`dsts\[0\]` and `sq` overlap in memory"):
+        K.lincomb(G, s, d, d[0][0, :2])
+    with pytest.raises(ValueError, match=r"with `pairs` the outputs' rows must hold interleaved complex values"):
+        K.lincomb(np.ones((4, 3)), s, d, None, False, True)
+
+
+@needs_kernels
+def test_simd_level_matches_the_cpu_flags():
+    """``SIMD`` (2 AVX-512F, 1 AVX2 and FMA, 0 neither) is what /proc/cpuinfo lists, where
+    Linux on x86-64 has it: the encode uses the kernel exactly where it runs fast."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), None)
+    except OSError:
+        flags = None
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo flags line (not Linux on x86)")
+    want = 2 if "avx512f" in flags else 1 if {"avx2", "fma"} <= set(flags) else 0
+    assert K.SIMD == want
+    assert _encode._lincomb_ok() == (want >= 1)
