@@ -37,6 +37,10 @@ alike:
   reduction mod p; non-temporal stores for large tasks) switched off, numpy's chunked copies,
   BLAS dots and integer ops instead, as where the extension was not built; also into reused
   memory. The JSON's ``parameters.kernels`` says which loops ``encode`` ran;
+* ``BLAS GEMM``: the same encode with the generator products by BLAS GEMMs per chunk
+  (``_encode.LINCOMB`` off, the compiled copies kept), where the compiled generator products
+  (``lincomb``: AVX2/FMA or AVX-512F, ``parameters.lincomb_simd``) ran in ``encode``: the
+  path of a CPU without AVX2. Real codes only (GF(p) products are BLAS GEMMs either way);
 * ``flop bound``: the generator products' multiply-adds (:func:`macs`; a complex one counts
   4, systematic codes compute parity rows only) at the float64 GEMM rate measured in the same
   repeat (a 34 x 30 generator against 2^16 columns). Where it exceeds the copy bound the
@@ -275,6 +279,16 @@ def run_size(size: int, repeats: int, rng: np.random.Generator, case_list: list[
                 finally:
                     _encode._K = saved
                 del enc_np
+            t_blas = None
+            if _encode._lincomb_ok() and c["code"].field is None:
+                # the same encode with the generator products by BLAS GEMMs per chunk (the
+                # compiled copies kept): the path of a CPU without AVX2/FMA
+                _encode.LINCOMB = False
+                try:
+                    t_blas, enc_b = timed(lambda: c["code"].encode(A, B))
+                finally:
+                    _encode.LINCOMB = True
+                del enc_b
             t_ref, ref = timed(lambda: reference_encode(c["code"], A, B))
             if rep == 0:
                 r["diff"] = _rel_diff(c["code"].encode(A, B), ref)
@@ -289,6 +303,7 @@ def run_size(size: int, repeats: int, rng: np.random.Generator, case_list: list[
                 r.setdefault("rate", []).append(rate / 1e9)
                 r["encode"].append(t_enc)
                 r.setdefault("numpy_loop", []).append(t_np)
+                r.setdefault("blas", []).append(t_blas)
                 r["cold"].append(t_cold)
                 r["reused"].append(reused)
                 r["tensordot"].append(t_ref)
@@ -304,6 +319,7 @@ def run_size(size: int, repeats: int, rng: np.random.Generator, case_list: list[
         fl = None if r["flop"][0] is None else statistics.median(r["flop"])
         bound = max(mv, fl or 0.0)
         npl = None if r["numpy_loop"][0] is None else statistics.median(r["numpy_loop"])
+        bl = None if r["blas"][0] is None else statistics.median(r["blas"])
         rows.append({
             "case": c["label"], "dtype": c["dtype"], "operand_dtype": r["operand_dtype"],
             "systematic": bool(getattr(c["code"], "systematic", False)),
@@ -321,8 +337,10 @@ def run_size(size: int, repeats: int, rng: np.random.Generator, case_list: list[
             "max_rel_diff_vs_reference": r["diff"],
             "encode_numpy_loop_s": npl,
             "compiled_over_numpy_loop": None if npl is None else enc / npl,
+            "encode_blas_gemm_s": bl,
+            "encode_over_blas_gemm": None if bl is None else enc / bl,
             "samples": {k: r[k] for k in ("encode", "cold", "copy", "move", "tensordot", "flop",
-                                          "numpy_loop")},
+                                          "numpy_loop", "blas")},
         })
     return rows
 
@@ -331,7 +349,7 @@ def print_table(rows: list[dict]) -> None:
     print(f"{'case':34s} {'dtype':8s} {'size':>5s} {'encode ms':>10s} {'copy-bound ms':>14s} "
           f"{'move-bound ms':>14s} {'flop-bound ms':>14s} {'tensordot ms':>13s} {'enc/copy':>9s} "
           f"{'enc/move':>9s} {'enc/bound':>10s} "
-          f"{'enc/tdot':>9s} {'cold/copy':>10s} {'rel.diff':>9s} {'C/numpy':>8s}")
+          f"{'enc/tdot':>9s} {'cold/copy':>10s} {'rel.diff':>9s} {'C/numpy':>8s} {'enc/blas':>9s}")
     for r in rows:
         fl = "-" if r["flop_bound_s"] is None else f"{1e3 * r['flop_bound_s']:.2f}"
         print(f"{r['case']:34s} {r['dtype']:8s} {r['size']:5d} {1e3 * r['encode_s']:10.2f} "
@@ -340,7 +358,8 @@ def print_table(rows: list[dict]) -> None:
               f"{r['encode_over_move']:9.2f} {r['encode_over_bound']:10.2f} "
               f"{r['encode_over_tensordot']:9.2f} {r['cold_encode_over_copy']:10.2f}"
               f"{'' if r['reused'] else '*'} {r['max_rel_diff_vs_reference']:9.1e} "
-              f"{'-' if r['compiled_over_numpy_loop'] is None else format(r['compiled_over_numpy_loop'], '.2f'):>8s}")
+              f"{'-' if r['compiled_over_numpy_loop'] is None else format(r['compiled_over_numpy_loop'], '.2f'):>8s} "
+              f"{'-' if r.get('encode_over_blas_gemm') is None else format(r['encode_over_blas_gemm'], '.2f'):>9s}")
     if not all(r["reused"] for r in rows):
         print("*: some repeat's tasks did not land in reused memory (encode is then not the steady state)")
 
@@ -406,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
         "parameters": {"sizes": sizes, "repeats": repeats, "threads": args.threads,
                        "quick": args.quick, "prime": PRIME, "clock": args.clock,
                        "kernels": _encode.kernels(),
+                       # the generator products' instruction set (lincomb; 0: BLAS GEMMs)
+                       "lincomb_simd": {0: "BLAS GEMMs", 1: "lincomb AVX2/FMA",
+                                        2: "lincomb AVX-512F"}[
+                           getattr(_encode._K, "SIMD", 0) if _encode._lincomb_ok() else 0],
                        "move_writes": ("numpy fill (through the cache)" if _encode._K is None
                                        else "compiled streamed stores")},
         "load_average_1_5_15min": load,

@@ -389,6 +389,11 @@ def encode(doc: dict[str, Any]) -> str:
     if loop:
         out[0] += (" *numpy loop*: the same encode with the compiled loops "
                    "(`codedml/codes/_kernels.c`) switched off, as where they were not built.")
+    gemm = any(r.get("encode_over_blas_gemm") is not None for r in rows)
+    if gemm:
+        out[0] += (" *BLAS GEMM*: the same encode with the generator products by BLAS GEMMs "
+                   f"instead of the compiled `lincomb` ({par.get('lincomb_simd', 'SIMD')}), as on "
+                   "a CPU without AVX2.")
     sizes = sorted(par["sizes"])
     spread = move and len(sizes) > 1   # the move ratio at every size of the run, as a range
     span_of: dict[tuple[str, str], str] = {}
@@ -403,8 +408,8 @@ def encode(doc: dict[str, Any]) -> str:
     rule = "|---|---|---|---|---|---|---|" + ("---|" if move else "") + ("---|" if spread else "")
     if cold:
         out += [head + "| first encode / copy bound | reused | encode / tensordot | max rel. diff to tensordot |"
-                + (" encode / numpy loop |" if loop else ""),
-                rule + "---|---|---|---|" + ("---|" if loop else "")]
+                + (" encode / numpy loop |" if loop else "") + (" encode / BLAS GEMM |" if gemm else ""),
+                rule + "---|---|---|---|" + ("---|" if loop else "") + ("---|" if gemm else "")]
     else:
         out += [head + "| encode / tensordot | max rel. diff to tensordot |", rule + "---|---|"]
     for r in rows:
@@ -422,7 +427,9 @@ def encode(doc: dict[str, Any]) -> str:
             f"| {r['operand_dtype']} | {copy} | {r['encode_over_bound']:.2f}{extra} | {tdot} "
             f"| {_e(r['max_rel_diff_vs_reference'])} |"
             + ((" - |" if r.get("compiled_over_numpy_loop") is None
-                else f" {r['compiled_over_numpy_loop']:.2f} |") if loop and cold else ""))
+                else f" {r['compiled_over_numpy_loop']:.2f} |") if loop and cold else "")
+            + ((" - |" if r.get("encode_over_blas_gemm") is None
+                else f" {r['encode_over_blas_gemm']:.2f} |") if gemm and cold else ""))
     return "\n".join(out)
 
 
