@@ -900,7 +900,15 @@ static Py_ssize_t lc_load(const LcSrc *s, Py_ssize_t r, Py_ssize_t c0, Py_ssize_
         memcpy(t, (const double *)row + c0, (size_t)n * sizeof(double));
     } else {
         const float *f = (const float *)row + c0;
-        for (Py_ssize_t i = 0; i < n; i++)
+        Py_ssize_t i = 0;
+#if CODEDML_SSE2
+        for (; i + 4 <= n; i += 4) {   /* widened four at a time (t is 16-byte aligned) */
+            const __m128 v = _mm_loadu_ps(f + i);
+            _mm_store_pd(t + i, _mm_cvtps_pd(v));
+            _mm_store_pd(t + i + 2, _mm_cvtps_pd(_mm_movehl_ps(v, v)));
+        }
+#endif
+        for (; i < n; i++)
             t[i] = f[i];
     }
     if (n < wp)
@@ -1306,6 +1314,9 @@ typedef struct {
     int *live, *glive;               /* sources with values in the tile; of them, those with a
                                         coefficient in the rows at hand (k each) */
     const double **xp;               /* per source: its tile row, or its own row (k) */
+    int *gl, *gn;                    /* per pass of 4 rows: the sources with a coefficient
+                                        there (k each), and how many */
+    char *islive;                    /* per source: values in the tile at hand (k) */
 } LcJob;
 
 static void lc_run(const LcJob *J)
@@ -1316,6 +1327,7 @@ static void lc_run(const LcJob *J)
             const Py_ssize_t w = J->C - c0 < W ? J->C - c0 : W;
             const Py_ssize_t wp = (w + LC_GROUP - 1) / LC_GROUP * LC_GROUP;
             int nl = 0;
+            memset(J->islive, 0, (size_t)k);
             for (Py_ssize_t j = 0; j < k; j++) {
                 const LcSrc *s = &J->src[j];
                 /* with one pass of at most 4 rows a float64 source whole in this tile of
@@ -1324,9 +1336,11 @@ static void lc_run(const LcJob *J)
                 if (m <= 4 && s->k == 'd' && w == wp && r < s->rows && c0 + w <= s->cols) {
                     J->xp[j] = (const double *)(s->p + r * s->stride) + c0;
                     J->live[nl++] = (int)j;
+                    J->islive[j] = 1;
                 } else if (lc_load(s, r, c0, w, wp, J->tile + j * W)) {
                     J->xp[j] = J->tile + j * W;
                     J->live[nl++] = (int)j;
+                    J->islive[j] = 1;
                 }
             }
             for (Py_ssize_t o = 0; o < m; o += 4) {
@@ -1338,14 +1352,10 @@ static void lc_run(const LcJob *J)
                 /* the live sources with a coefficient in these rows (a systematic row has
                    one: the copy costs one term, not k) */
                 int ng = 0;
-                for (int q = 0; q < nl; q++) {
-                    const int j = J->live[q];
-                    int any = 0;
-                    for (int h = 0; h < nr; h++)
-                        any |= g[h][j] != 0.0;
-                    if (any)
-                        J->glive[ng++] = j;
-                }
+                const int *used = J->gl + (o / 4) * k;
+                for (int q = 0; q < J->gn[o / 4]; q++)
+                    if (J->islive[used[q]])
+                        J->glive[ng++] = used[q];
 #if CODEDML_AVX2
                 if (ng && J->simd) {
                     /* a padding row (odd counts, never with pairs: 2 rows per output) is
@@ -1653,7 +1663,12 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         J.live = PyMem_Calloc(2 * (k ? (size_t)k : 1), sizeof(int));
         J.glive = J.live ? J.live + (k ? k : 1) : NULL;
         J.xp = PyMem_Calloc(k ? (size_t)k : 1, sizeof(double *));
-        if (!mem || !J.live || !J.xp) {
+        const Py_ssize_t passes = (m + 3) / 4;
+        J.gl = PyMem_Calloc((size_t)(passes ? passes : 1) * (size_t)(k ? k : 1) + (size_t)passes + 1,
+                            sizeof(int));
+        J.gn = J.gl ? J.gl + (passes ? passes : 1) * (k ? k : 1) : NULL;
+        J.islive = PyMem_Calloc(k ? (size_t)k : 1, 1);
+        if (!mem || !J.live || !J.xp || !J.gl || !J.islive) {
             PyMem_Free(mem);
             PyErr_NoMemory();
             goto done;
@@ -1662,6 +1677,17 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         J.tile = base;
         J.y = base + (size_t)(k ? k : 1) * (size_t)W;
         J.zero = J.y + 4 * W;
+        for (Py_ssize_t p = 0; p < passes; p++) {
+            int n = 0;
+            for (Py_ssize_t j = 0; j < k; j++) {
+                int any = 0;
+                for (Py_ssize_t h = 4 * p; h < 4 * p + 4 && h < m; h++)
+                    any |= J.G[h * k + j] != 0.0;
+                if (any)
+                    J.gl[p * k + n++] = (int)j;
+            }
+            J.gn[p] = n;
+        }
         if (R && C && m) {
             Py_BEGIN_ALLOW_THREADS
             lc_run(&J);
@@ -1673,6 +1699,8 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
 done:
     PyMem_Free(J.live);
     PyMem_Free((void *)J.xp);
+    PyMem_Free(J.gl);
+    PyMem_Free(J.islive);
     PyMem_Free(lo);
     PyMem_Free(src);
     PyMem_Free(dst);
