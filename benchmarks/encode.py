@@ -40,7 +40,8 @@ alike:
 * ``BLAS GEMM``: the same encode with the generator products by BLAS GEMMs per chunk
   (``_encode.LINCOMB`` off, the compiled copies kept), where the compiled generator products
   (``lincomb``: AVX2/FMA or AVX-512F, ``parameters.lincomb_simd``) ran in ``encode``: the
-  path of a CPU without AVX2. Real codes only (GF(p) products are BLAS GEMMs either way);
+  path of a CPU without AVX2 (over GF(p): the compiled copy, widening and reduction loops
+  around a BLAS GEMM);
 * ``flop bound``: the generator products' multiply-adds (:func:`macs`; a complex one counts
   4, systematic codes compute parity rows only) at the float64 GEMM rate measured in the same
   repeat (a 34 x 30 generator against 2^16 columns). Where it exceeds the copy bound the
@@ -280,7 +281,7 @@ def run_size(size: int, repeats: int, rng: np.random.Generator, case_list: list[
                     _encode._K = saved
                 del enc_np
             t_blas = None
-            if _encode._lincomb_ok() and c["code"].field is None:
+            if _encode._lincomb_ok():
                 # the same encode with the generator products by BLAS GEMMs per chunk (the
                 # compiled copies kept): the path of a CPU without AVX2/FMA
                 _encode.LINCOMB = False

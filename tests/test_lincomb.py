@@ -232,3 +232,75 @@ def test_simd_level_matches_the_cpu_flags():
     want = 2 if "avx512f" in flags else 1 if {"avx2", "fma"} <= set(flags) else 0
     assert K.SIMD == want
     assert _encode._lincomb_ok() == (want >= 1)
+
+
+GF_PRIMES = [2, 65537, 1048573]   # 1048573 = 2**20 - 3
+
+
+@needs_kernels
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(m=st.integers(1, 9), k=st.integers(0, 7), R=st.integers(1, 4), C=st.integers(0, 60),
+       p=st.sampled_from(GF_PRIMES), simd=st.sampled_from(LEVELS), stream=st.booleans(),
+       off=st.integers(0, 3), data=st.data())
+def test_lincomb_over_gfp_is_the_exact_product_mod_p(m, k, R, C, p, simd, stream, off, data):
+    """With ``p``: int64 residues, integer coefficients in [0, p), the exact sums reduced mod
+    p into int64 outputs (every instruction set, any offset, sources short of the outputs),
+    and the largest residue read is returned (the range check)."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 16)))
+    G = rng.integers(0, p, (m, k)).astype(np.float64)
+    if k:
+        G[:, 0] = p - 1                    # the largest coefficient in every row
+    srcs = [rng.integers(0, p, (data.draw(st.integers(0, R)), data.draw(st.integers(0, C))))
+            for _ in range(k)]
+    if srcs and srcs[0].size:
+        srcs[0].flat[0] = p - 1            # and the largest residue
+    big = [np.full(off + R * C + 4, -7, np.int64) for _ in range(m)]
+    dsts = [b[off:off + R * C].reshape(R, C) for b in big]
+    umax = K.lincomb(G, srcs, dsts, None, stream, False, simd, p)
+    X = np.zeros((k, R, C), np.int64)
+    for j, s in enumerate(srcs):
+        X[j, :s.shape[0], :s.shape[1]] = s
+    want = np.tensordot(G.astype(np.int64), X, 1) % p        # below 2**63: exact
+    np.testing.assert_array_equal(np.array(dsts).reshape(want.shape), want)
+    assert umax == max([int(s.max()) for s in srcs if s.size] + [0])
+    for b in big:                          # nothing written outside the outputs
+        assert (b[:off] == -7).all() and (b[off + R * C:] == -7).all()
+
+
+@needs_kernels
+@pytest.mark.parametrize("simd", LEVELS)
+@pytest.mark.parametrize("bad", [-1, 65537, 2 ** 40, 2 ** 52, 2 ** 62, -2 ** 63])
+@pytest.mark.parametrize("where", [0, 5, 22])
+def test_lincomb_over_gfp_reports_any_value_out_of_the_field(simd, bad, where):
+    """A residue out of [0, p) anywhere makes the returned maximum p or more (negative ones,
+    and any at or past 2**52, the largest uint64): the encode's range check refuses it."""
+    p = 65537
+    S = np.random.default_rng(1).integers(0, p, (3, 23))
+    S[1, where] = bad
+    umax = K.lincomb(np.ones((2, 3)), S, np.empty((2, 23), np.int64), simd=simd, p=p)
+    assert umax >= p
+    if bad < 0 or bad >= 2 ** 52:
+        assert umax == 2 ** 64 - 1
+
+
+@needs_kernels
+@pytest.mark.parametrize("G, srcs, dsts, kw, exc, match", [
+    (np.full((1, 1), 0.5), [np.ones((1, 4), np.int64)], [np.empty((1, 4), np.int64)], {}, ValueError,
+     r"`G` must hold integers in \[0, p\) with `p`; entry 0"),
+    (np.full((1, 1), 7.0), [np.ones((1, 4), np.int64)], [np.empty((1, 4), np.int64)], {}, ValueError,
+     r"`G` must hold integers in \[0, p\)"),
+    (np.ones((1, 3)), [np.ones((1, 4), np.int64)] * 3, [np.empty((1, 4), np.int64)], {"p": 2 ** 26 + 1},
+     ValueError, r"3 sources of GF\(67108865\) can sum past 2\*\*52"),
+    (np.ones((1, 1)), [np.ones((1, 4))], [np.empty((1, 4), np.int64)], {}, TypeError,
+     r"with `p`, `srcs\[0\]` must be int64"),
+    (np.ones((1, 1)), [np.ones((1, 4), np.int64)], [np.empty((1, 4))], {}, TypeError,
+     r"with `p`, `dsts` must be int64"),
+    (np.ones((2, 1)), [np.ones((1, 4), np.int64)], [np.empty((1, 4), np.int64)], {"pairs": True},
+     ValueError, r"with `p` \(GF\(p\)\) neither `pairs` nor `sq` applies"),
+    (np.ones((1, 1)), [np.ones((1, 4), np.int64)], [np.empty((1, 4), np.int64)], {"p": 1},
+     ValueError, r"`p` must be 0 \(real\) or between 2 and 2\*\*31-1, got 1"),
+])
+def test_lincomb_over_gfp_refuses_bad_arguments_by_name(G, srcs, dsts, kw, exc, match):
+    kw = {"p": 5, **kw}
+    with pytest.raises(exc, match=match):
+        K.lincomb(G, srcs, dsts, **kw)

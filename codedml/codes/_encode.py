@@ -304,11 +304,11 @@ def _combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, lea
         if isinstance(post, ModP):
             post.check()
         return out
-    if post is None and _lincomb_ok():
+    if (post is None or isinstance(post, ModP)) and _lincomb_ok():
         # the compiled kernel, systematic outputs as identity rows of the generator: a row
         # with one coefficient costs it one term, and every task is written in one pass
         Gf = G if not nsys else np.vstack([np.eye(nsys, k, dtype=cdt)] + ([] if G is None else [G]))
-        if _compiled(Gf, blocks, out, lead, flat, sq):
+        if _compiled(Gf, blocks, out, lead, flat, sq, post):
             return out
     if nsys and flat is not None and nsys == k and _systematic(G, blocks, flat, nsys, sq, post, cdt):
         return out
@@ -527,7 +527,7 @@ def _lincomb_ok() -> bool:
     return LINCOMB and _K is not None and getattr(_K, "SIMD", 0) >= 1
 
 
-def _compiled(G, blocks, out, lead, flat, sq) -> bool:
+def _compiled(G, blocks, out, lead, flat, sq, post=None) -> bool:
     """Every output by the compiled ``lincomb`` (codedml/codes/_kernels.c): per row and tile
     of columns, the blocks' values in L1, the generator's products in registers (AVX2/FMA),
     each task written once, streamed when large, with its sum of squares. A block cut short
@@ -537,6 +537,8 @@ def _compiled(G, blocks, out, lead, flat, sq) -> bool:
     or layout it does not take; nothing written)."""
     if G is None or not _lincomb_ok():
         return False
+    if isinstance(post, ModP):
+        return _compiled_gfp(G, blocks, out, lead, flat, post)
     R, C = out.shape[lead:]
     cplx = np.iscomplexobj(out)
     rdt = out.real.dtype if cplx else out.dtype
@@ -575,6 +577,37 @@ def _compiled(G, blocks, out, lead, flat, sq) -> bool:
     _K.lincomb(Gr, srcs, dsts, acc, out.nbytes >= STREAM_BYTES, cplx, LINCOMB_SIMD)
     if acc is not sq:
         sq += acc
+    return True
+
+
+def _compiled_gfp(G, blocks, out, lead, flat, post: ModP) -> bool:
+    """GF(p) by ``lincomb``: int64 residues widened to double in the kernel's tile, the
+    products and sums exact in double (every partial sum an integer below 2**52: ``k (p -
+    1)**2 <= 2**52``), reduced mod p into the int64 tasks in the same pass. The kernel
+    returns the largest residue read as unsigned, which is the operand's range check
+    (:meth:`ModP.check`): a value out of [0, p) raises, by name, before any task is handed
+    out. Returns whether it did (False: a layout or size it does not take)."""
+    if out.dtype != np.int64 or np.iscomplexobj(G):
+        return False
+    srcs, cols = [], []
+    for j, b in enumerate(blocks):
+        if (isinstance(b, tuple) or b.ndim != 2 or b.dtype != np.int64
+                or (b.shape[1] > 1 and b.strides[1] != b.itemsize)):
+            return False
+        if b.shape[0] and b.shape[1]:
+            srcs.append(b)
+            cols.append(j)
+    if len(srcs) * (post.p - 1) ** 2 > 2 ** 52:
+        return False
+    views = flat if flat is not None else [out[i] for i in np.ndindex(out.shape[:lead])]
+    if any(v.shape[-1] > 1 and v.strides[-1] != v.itemsize for v in views):
+        return False
+    Gr = np.ascontiguousarray(np.asarray(G)[:, cols], dtype=np.float64)
+    umax = _K.lincomb(Gr, srcs, list(views), None, out.nbytes >= STREAM_BYTES, False,
+                      LINCOMB_SIMD, post.p)
+    post.check(umax)          # raises, naming the operand, where a value is out of range
+    if post.source is not None and sum(s.size for s in srcs) == post.source.size:
+        post.checked = True   # every entry went through the kernel (the blocks tile it)
     return True
 
 

@@ -890,7 +890,7 @@ static int lc_simd_ok = 0;           /* 2: AVX-512F, 1: AVX2 and FMA, 0: neither
 /* Source ``s``'s row ``r``, columns [c0, c0 + w), widened into ``t``, zero up to ``wp``;
    returns how many of its values lie there (0: nothing written, the tile is all zero) */
 static Py_ssize_t lc_load(const LcSrc *s, Py_ssize_t r, Py_ssize_t c0, Py_ssize_t w,
-                          Py_ssize_t wp, double *t)
+                          Py_ssize_t wp, double *t, uint64_t *umax)
 {
     if (r >= s->rows || c0 >= s->cols)
         return 0;
@@ -898,6 +898,42 @@ static Py_ssize_t lc_load(const LcSrc *s, Py_ssize_t r, Py_ssize_t c0, Py_ssize_
     const char *row = s->p + r * s->stride;
     if (s->k == 'd') {
         memcpy(t, (const double *)row + c0, (size_t)n * sizeof(double));
+    } else if (s->k == 'q') {
+        /* int64 residues: converted exactly by the bits of 2**52 + v (v in [0, 2**52)), the
+           largest read as unsigned kept in *umax (the range check); a value with any of the
+           top 12 bits set (negative, or 2**52 or more: out of every field) sets *umax to
+           the largest uint64, and its conversion is not used (the call is refused) */
+        const int64_t *v = (const int64_t *)row + c0;
+        uint64_t big = 0, top = 0;
+        Py_ssize_t i = 0;
+#if CODEDML_SSE2 && defined(__x86_64__)
+        const __m128i high = _mm_set1_epi64x((long long)0xFFF0000000000000ULL);
+        const __m128i bits = _mm_set1_epi64x(0x4330000000000000LL);
+        const __m128d two52 = _mm_set1_pd(4503599627370496.0);
+        __m128i bg = _mm_setzero_si128();
+        __m128d mx = _mm_setzero_pd();
+        for (; i + 2 <= n; i += 2) {
+            const __m128i x = _mm_loadu_si128((const __m128i *)(v + i));
+            bg = _mm_or_si128(bg, _mm_and_si128(x, high));
+            const __m128d d = _mm_sub_pd(_mm_castsi128_pd(_mm_or_si128(x, bits)), two52);
+            _mm_store_pd(t + i, d);
+            mx = _mm_max_pd(mx, d);
+        }
+        int64_t b2[2];
+        double m2[2];
+        _mm_storeu_si128((__m128i *)b2, bg);
+        _mm_storeu_pd(m2, mx);
+        big = (uint64_t)(b2[0] | b2[1]);
+        top = (uint64_t)(m2[0] > m2[1] ? m2[0] : m2[1]);
+#endif
+        for (; i < n; i++) {
+            const uint64_t u = (uint64_t)v[i];
+            big |= u & 0xFFF0000000000000ULL;
+            top = u > top ? u : top;
+            t[i] = (double)v[i];
+        }
+        top = big ? UINT64_MAX : top;
+        *umax = top > *umax ? top : *umax;
     } else {
         const float *f = (const float *)row + c0;
         Py_ssize_t i = 0;
@@ -983,6 +1019,39 @@ LC_INLINE LC_A512 void lc512_put(char kd, char *base, Py_ssize_t c, __m512d a, _
     }
 }
 
+/* GF(p) ('q'): the exact integer sums in [0, 2**52] reduced mod p in double arithmetic
+   (quotient rounded to nearest from a multiply by 1 / p, the remainder by one fused
+   multiply-add, exact, corrected once into [0, p)) and stored as int64 by the bits of
+   2**52 + r; md = {p, 1 / p} */
+LC_INLINE LC_A512 __m512i lc512_mod(__m512d x, const double *md)
+{
+    const __m512d T = _mm512_set1_pd(4503599627370496.0), P = _mm512_set1_pd(md[0]);
+    const __m512d q = _mm512_sub_pd(_mm512_fmadd_pd(x, _mm512_set1_pd(md[1]), T), T);
+    __m512d r = _mm512_fnmadd_pd(q, P, x);
+    r = _mm512_mask_add_pd(r, _mm512_cmp_pd_mask(r, _mm512_setzero_pd(), _CMP_LT_OQ), r, P);
+    r = _mm512_mask_sub_pd(r, _mm512_cmp_pd_mask(r, P, _CMP_GE_OQ), r, P);
+    return _mm512_sub_epi64(_mm512_castpd_si512(_mm512_add_pd(r, T)), _mm512_castpd_si512(T));
+}
+
+LC_INLINE LC_A512 void lc512_put_q(char *base, Py_ssize_t c, __m512d a, __m512d b,
+                                   Py_ssize_t left, int st, const double *md)
+{
+    int64_t *p = (int64_t *)base + c;
+    const __m512i u = lc512_mod(a, md), v = lc512_mod(b, md);
+    if (left >= 16 && st) {
+        _mm512_stream_si512((void *)p, u);
+        _mm512_stream_si512((void *)(p + 8), v);
+    } else if (left >= 16) {
+        _mm512_storeu_si512((void *)p, u);
+        _mm512_storeu_si512((void *)(p + 8), v);
+    } else {
+        int64_t t[16];
+        _mm512_storeu_si512((void *)t, u);
+        _mm512_storeu_si512((void *)(t + 8), v);
+        memcpy(p, t, (size_t)left * sizeof(int64_t));
+    }
+}
+
 /* 16 complex values: real parts ra (0-7), rb (8-15), imaginary ia, ib, interleaved */
 LC_INLINE LC_A512 void lc512_put_pair(char kd, char *base, Py_ssize_t c, __m512d ra, __m512d rb,
                                       __m512d ia, __m512d ib, Py_ssize_t left, int st)
@@ -1035,7 +1104,8 @@ LC_INLINE LC_A512 void lc512_put_pair(char kd, char *base, Py_ssize_t c, __m512d
 
 LC_INLINE LC_A512 void lc512_body(const int NR, const double *const *g, const int *live, int nl,
                                   const double *const *xp, Py_ssize_t w,
-                                  char *const *dst, char kd, int pairs, int st, double *sq)
+                                  char *const *dst, char kd, int pairs, int st, double *sq,
+                                  const double *md)
 {
     __m512d s[4];
     #pragma GCC unroll 4
@@ -1067,7 +1137,10 @@ LC_INLINE LC_A512 void lc512_body(const int NR, const double *const *g, const in
         else
             #pragma GCC unroll 4
             for (int r = 0; r < NR; r++)
-                lc512_put(kd, dst[r], c, a[r], b[r], w - c, st);
+                if (kd == 'q')
+                    lc512_put_q(dst[r], c, a[r], b[r], w - c, st, md);
+                else
+                    lc512_put(kd, dst[r], c, a[r], b[r], w - c, st);
     }
     #pragma GCC unroll 4
     for (int r = 0; r < NR; r++)
@@ -1076,16 +1149,16 @@ LC_INLINE LC_A512 void lc512_body(const int NR, const double *const *g, const in
 
 LC_A512 static void lc512_2(const double *const *g, const int *live, int nl, const double *const *xp,
                             Py_ssize_t w, char *const *dst, char kd, int pairs,
-                            int st, double *sq)
+                            int st, double *sq, const double *md)
 {
-    lc512_body(2, g, live, nl, xp, w, dst, kd, pairs, st, sq);
+    lc512_body(2, g, live, nl, xp, w, dst, kd, pairs, st, sq, md);
 }
 
 LC_A512 static void lc512_4(const double *const *g, const int *live, int nl, const double *const *xp,
                             Py_ssize_t w, char *const *dst, char kd, int pairs,
-                            int st, double *sq)
+                            int st, double *sq, const double *md)
 {
-    lc512_body(4, g, live, nl, xp, w, dst, kd, pairs, st, sq);
+    lc512_body(4, g, live, nl, xp, w, dst, kd, pairs, st, sq, md);
 }
 
 LC_INLINE LC_A2 void lc2_put(char kd, char *base, Py_ssize_t c, __m256d a, __m256d b,
@@ -1117,6 +1190,35 @@ LC_INLINE LC_A2 void lc2_put(char kd, char *base, Py_ssize_t c, __m256d a, __m25
         float t[8];
         _mm256_storeu_ps(t, f);
         memcpy(p, t, (size_t)left * sizeof(float));
+    }
+}
+
+LC_INLINE LC_A2 __m256i lc2_mod(__m256d x, const double *md)
+{
+    const __m256d T = _mm256_set1_pd(4503599627370496.0), P = _mm256_set1_pd(md[0]);
+    const __m256d q = _mm256_sub_pd(_mm256_fmadd_pd(x, _mm256_set1_pd(md[1]), T), T);
+    __m256d r = _mm256_fnmadd_pd(q, P, x);
+    r = _mm256_add_pd(r, _mm256_and_pd(_mm256_cmp_pd(r, _mm256_setzero_pd(), _CMP_LT_OQ), P));
+    r = _mm256_sub_pd(r, _mm256_and_pd(_mm256_cmp_pd(r, P, _CMP_GE_OQ), P));
+    return _mm256_sub_epi64(_mm256_castpd_si256(_mm256_add_pd(r, T)), _mm256_castpd_si256(T));
+}
+
+LC_INLINE LC_A2 void lc2_put_q(char *base, Py_ssize_t c, __m256d a, __m256d b, Py_ssize_t left,
+                               int st, const double *md)
+{
+    int64_t *p = (int64_t *)base + c;
+    const __m256i u = lc2_mod(a, md), v = lc2_mod(b, md);
+    if (left >= 8 && st) {
+        _mm256_stream_si256((__m256i *)p, u);
+        _mm256_stream_si256((__m256i *)(p + 4), v);
+    } else if (left >= 8) {
+        _mm256_storeu_si256((__m256i *)p, u);
+        _mm256_storeu_si256((__m256i *)(p + 4), v);
+    } else {
+        int64_t t[8];
+        _mm256_storeu_si256((__m256i *)t, u);
+        _mm256_storeu_si256((__m256i *)(t + 4), v);
+        memcpy(p, t, (size_t)left * sizeof(int64_t));
     }
 }
 
@@ -1170,7 +1272,7 @@ LC_INLINE LC_A2 void lc2_put_pair(char kd, char *base, Py_ssize_t c, __m256d ra,
 
 LC_INLINE LC_A2 void lc2_body(const int NR, const double *const *g, const int *live, int nl,
                               const double *const *xp, Py_ssize_t w, char *const *dst,
-                              char kd, int pairs, int st, double *sq)
+                              char kd, int pairs, int st, double *sq, const double *md)
 {
     __m256d s[4];
     #pragma GCC unroll 4
@@ -1202,7 +1304,10 @@ LC_INLINE LC_A2 void lc2_body(const int NR, const double *const *g, const int *l
         else
             #pragma GCC unroll 4
             for (int r = 0; r < NR; r++)
-                lc2_put(kd, dst[r], c, a[r], b[r], w - c, st);
+                if (kd == 'q')
+                    lc2_put_q(dst[r], c, a[r], b[r], w - c, st, md);
+                else
+                    lc2_put(kd, dst[r], c, a[r], b[r], w - c, st);
     }
     #pragma GCC unroll 4
     for (int r = 0; r < NR; r++) {
@@ -1214,16 +1319,16 @@ LC_INLINE LC_A2 void lc2_body(const int NR, const double *const *g, const int *l
 
 LC_A2 static void lc2_2(const double *const *g, const int *live, int nl, const double *const *xp,
                         Py_ssize_t w, char *const *dst, char kd, int pairs, int st,
-                        double *sq)
+                        double *sq, const double *md)
 {
-    lc2_body(2, g, live, nl, xp, w, dst, kd, pairs, st, sq);
+    lc2_body(2, g, live, nl, xp, w, dst, kd, pairs, st, sq, md);
 }
 
 LC_A2 static void lc2_4(const double *const *g, const int *live, int nl, const double *const *xp,
                         Py_ssize_t w, char *const *dst, char kd, int pairs, int st,
-                        double *sq)
+                        double *sq, const double *md)
 {
-    lc2_body(4, g, live, nl, xp, w, dst, kd, pairs, st, sq);
+    lc2_body(4, g, live, nl, xp, w, dst, kd, pairs, st, sq, md);
 }
 #else
 #define CODEDML_AVX2 0
@@ -1233,10 +1338,16 @@ LC_A2 static void lc2_4(const double *const *g, const int *live, int nl, const d
    ('d' float64 or 'f' float32); returns their sum of squares. Streamed where asked and the
    destination is 16-byte aligned (then every store of this loop is). */
 static double lc_store(char kd, char *dst, const double *re, const double *im, Py_ssize_t n,
-                       int stream)
+                       int stream, const double *md)
 {
     double a = 0.0;
     Py_ssize_t i = 0;
+    if (kd == 'q') {   /* GF(p): exact sums reduced mod p (no squares) */
+        int bad = 0;
+        for (; i < n; i++)
+            ((int64_t *)dst)[i] = mod_one(re[i], md[1], md[0], &bad);
+        return 0.0;
+    }
 #if CODEDML_SSE2
     const int st = stream && !((uintptr_t)dst & 15);
     __m128d s0 = _mm_setzero_pd(), s1 = _mm_setzero_pd();
@@ -1317,9 +1428,11 @@ typedef struct {
     int *gl, *gn;                    /* per pass of 4 rows: the sources with a coefficient
                                         there (k each), and how many */
     char *islive;                    /* per source: values in the tile at hand (k) */
+    const double *md;                /* GF(p): {p, 1 / p}; else NULL */
+    uint64_t umax;                   /* GF(p): the largest source value read as unsigned */
 } LcJob;
 
-static void lc_run(const LcJob *J)
+static void lc_run(LcJob *J)
 {
     const Py_ssize_t W = J->W, k = J->k, m = J->m;
     for (Py_ssize_t r = 0; r < J->R; r++)
@@ -1337,7 +1450,7 @@ static void lc_run(const LcJob *J)
                     J->xp[j] = (const double *)(s->p + r * s->stride) + c0;
                     J->live[nl++] = (int)j;
                     J->islive[j] = 1;
-                } else if (lc_load(s, r, c0, w, wp, J->tile + j * W)) {
+                } else if (lc_load(s, r, c0, w, wp, J->tile + j * W, &J->umax)) {
                     J->xp[j] = J->tile + j * W;
                     J->live[nl++] = (int)j;
                     J->islive[j] = 1;
@@ -1370,10 +1483,10 @@ static void lc_run(const LcJob *J)
                     }
                     if (nk == 4)
                         (J->simd == 2 ? lc512_4 : lc2_4)(g, J->glive, ng, J->xp, w, dp,
-                                                         J->kd, J->pairs, st, sv);
+                                                         J->kd, J->pairs, st, sv, J->md);
                     else
                         (J->simd == 2 ? lc512_2 : lc2_2)(g, J->glive, ng, J->xp, w, dp,
-                                                         J->kd, J->pairs, st, sv);
+                                                         J->kd, J->pairs, st, sv, J->md);
                     if (J->sq)
                         for (int h = 0; h < nr; h++)
                             J->sq[J->pairs ? (o + h) / 2 : o + h] += sv[h];
@@ -1390,7 +1503,7 @@ static void lc_run(const LcJob *J)
                     for (int h = 0; h < nr; h += 2) {
                         const LcDst *d = &J->dst[(o + h) / 2];
                         double s = lc_store(J->kd, d->p + r * d->stride + 2 * c0 * J->item,
-                                            y[h], y[h + 1], w, J->stream);
+                                            y[h], y[h + 1], w, J->stream, J->md);
                         if (J->sq)
                             J->sq[(o + h) / 2] += s;
                     }
@@ -1399,7 +1512,7 @@ static void lc_run(const LcJob *J)
                 for (int h = 0; h < nr; h++) {
                     const LcDst *d = &J->dst[o + h];
                     double s = lc_store(J->kd, d->p + r * d->stride + c0 * J->item, y[h], NULL,
-                                        w, J->stream);
+                                        w, J->stream, J->md);
                     if (J->sq)
                         J->sq[o + h] += s;
                 }
@@ -1458,12 +1571,24 @@ static int lc_apart(uintptr_t p1, Py_ssize_t w1, uintptr_t p2, Py_ssize_t w2, Py
 static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     (void)self;
-    static char *names[] = {"G", "srcs", "dsts", "sq", "stream", "pairs", "simd", NULL};
+    static char *names[] = {"G", "srcs", "dsts", "sq", "stream", "pairs", "simd", "p", NULL};
     PyObject *oG, *osrc, *odst, *osq = Py_None;
     int stream = 0, pairs = 0, simd = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|Oppi:lincomb", names, &oG, &osrc, &odst,
-                                     &osq, &stream, &pairs, &simd))
+    long long fp = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OppiL:lincomb", names, &oG, &osrc, &odst,
+                                     &osq, &stream, &pairs, &simd, &fp))
         return NULL;
+    if (fp && (fp < 2 || fp > 2147483647LL)) {
+        PyErr_Format(PyExc_ValueError, "lincomb: `p` must be 0 (real) or between 2 and 2**31-1, "
+                     "got %lld", fp);
+        return NULL;
+    }
+    if (fp && (pairs || osq != Py_None)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "lincomb: with `p` (GF(p)) neither `pairs` nor `sq` applies");
+        return NULL;
+    }
+    const double md[2] = {(double)fp, fp ? 1.0 / (double)fp : 0.0};
     PyObject *fs = NULL, *fd = NULL, *result = NULL;
     Py_buffer g, q, *sb = NULL, *db = NULL;
     Py_ssize_t nsb = 0, ndb = 0;
@@ -1493,10 +1618,25 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         goto done;
     /* the outputs: R x C values each (pairs: C complex values, 2C floats per row) */
     Py_ssize_t R, C, nout;
-    char kd = kind(&db[0]);
+    char kd = fp ? (is_i64(&db[0]) ? 'q' : 0) : kind(&db[0]);
     if (!nd || !kd) {
-        PyErr_SetString(PyExc_TypeError, "lincomb: `dsts` must be float64 or float32 arrays");
+        PyErr_SetString(PyExc_TypeError, fp ? "lincomb: with `p`, `dsts` must be int64 arrays"
+                                            : "lincomb: `dsts` must be float64 or float32 arrays");
         goto done;
+    }
+    if (fp) {   /* the coefficients: integers in [0, p), every sum exact in double */
+        const double *gv = (const double *)g.buf;
+        for (Py_ssize_t i = 0; i < g.shape[0] * g.shape[1]; i++)
+            if (!(gv[i] >= 0.0 && gv[i] < md[0] && gv[i] == (double)(int64_t)gv[i])) {
+                PyErr_Format(PyExc_ValueError, "lincomb: `G` must hold integers in [0, p) with "
+                             "`p`; entry %zd is not", i);
+                goto done;
+            }
+        if ((double)g.shape[1] * (md[0] - 1.0) * (md[0] - 1.0) > 4503599627370496.0) {
+            PyErr_Format(PyExc_ValueError, "lincomb: %zd sources of GF(%lld) can sum past 2**52 "
+                         "(k (p - 1)**2 must be at most 2**52)", g.shape[1], fp);
+            goto done;
+        }
     }
     {
         Py_ssize_t r0, c0, s0;
@@ -1538,7 +1678,7 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
     }
     for (Py_ssize_t i = 0; i < nd; i++) {
         Py_ssize_t r, c, s;
-        if (kind(&db[i]) != kd) {
+        if ((fp ? (is_i64(&db[i]) ? 'q' : 0) : kind(&db[i])) != kd) {
             PyErr_Format(PyExc_TypeError, "lincomb: `dsts[%zd]` is not of `dsts[0]`'s dtype", i);
             goto done;
         }
@@ -1560,9 +1700,10 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
     }
     for (Py_ssize_t j = 0; j < ns; j++) {
         Py_ssize_t r, c, s;
-        char ks = kind(&sb[j]);
+        char ks = fp ? (is_i64(&sb[j]) ? 'q' : 0) : kind(&sb[j]);
         if (!ks) {
-            PyErr_Format(PyExc_TypeError, "lincomb: `srcs[%zd]` must be float64 or float32", j);
+            PyErr_Format(PyExc_TypeError, fp ? "lincomb: with `p`, `srcs[%zd]` must be int64"
+                                             : "lincomb: `srcs[%zd]` must be float64 or float32", j);
             goto done;
         }
         char nm[40];
@@ -1615,9 +1756,9 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         }
         for (Py_ssize_t j = 0; j < k; j++) {
             extent(src[j].p, src[j].rows, src[j].cols, src[j].stride,
-                   src[j].k == 'd' ? 8 : 4, &lo[nout + j], &hi[nout + j]);
+                   src[j].k == 'f' ? 4 : 8, &lo[nout + j], &hi[nout + j]);
             rs[nout + j] = src[j].rows > 1 ? src[j].stride : 0;
-            rw[nout + j] = src[j].cols * (src[j].k == 'd' ? 8 : 4);
+            rw[nout + j] = src[j].cols * (src[j].k == 'f' ? 4 : 8);
         }
         if (have_q)
             extent(q.buf, 1, nout, 0, 8, &lo[n - 1], &hi[n - 1]);
@@ -1657,6 +1798,7 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         J.stream = stream;
         J.simd = simd < 0 || simd > lc_simd_ok ? lc_simd_ok : simd;
         J.sq = have_q ? (double *)q.buf : NULL;
+        J.md = fp ? md : NULL;
         /* the tile and the two rows, 32-byte aligned (one block) */
         size_t doubles = (size_t)(k ? k : 1) * (size_t)W + 4 * (size_t)W + (size_t)(k ? k : 1) + 8;
         char *mem = PyMem_Calloc(doubles * sizeof(double) + 64, 1);
@@ -1694,7 +1836,7 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
             Py_END_ALLOW_THREADS
         }
         PyMem_Free(mem);
-        result = Py_NewRef(Py_None);
+        result = fp ? PyLong_FromUnsignedLongLong((unsigned long long)J.umax) : Py_NewRef(Py_None);
     }
 done:
     PyMem_Free(J.live);
