@@ -1425,12 +1425,27 @@ typedef struct {
     int *live, *glive;               /* sources with values in the tile; of them, those with a
                                         coefficient in the rows at hand (k each) */
     const double **xp;               /* per source: its tile row, or its own row (k) */
-    int *gl, *gn;                    /* per pass of 4 rows: the sources with a coefficient
+    int *gl, *gn;                    /* per pass of rows: the sources with a coefficient
                                         there (k each), and how many */
+    int *po, *pr;                    /* per pass: its first row and its row count */
+    Py_ssize_t npass;
     char *islive;                    /* per source: values in the tile at hand (k) */
     const double *md;                /* GF(p): {p, 1 / p}; else NULL */
     uint64_t umax;                   /* GF(p): the largest source value read as unsigned */
 } LcJob;
+
+/* whether rows o .. o + n - 1 of G (m x k) have coefficients for more than half the sources */
+static int lc_dense(const double *G, Py_ssize_t o, Py_ssize_t n, Py_ssize_t k)
+{
+    Py_ssize_t used = 0;
+    for (Py_ssize_t j = 0; j < k; j++) {
+        int any = 0;
+        for (Py_ssize_t h = o; h < o + n; h++)
+            any |= G[h * k + j] != 0.0;
+        used += any;
+    }
+    return 2 * used > k;
+}
 
 static void lc_run(LcJob *J)
 {
@@ -1456,17 +1471,18 @@ static void lc_run(LcJob *J)
                     J->islive[j] = 1;
                 }
             }
-            for (Py_ssize_t o = 0; o < m; o += 4) {
-                /* rows o .. o + nr - 1 (nr 4, else 2: a zero row of G pads an odd count) */
-                const int nr = m - o < 4 ? (int)(m - o) : 4, nk = nr > 2 ? 4 : 2;
+            for (Py_ssize_t ps = 0; ps < J->npass; ps++) {
+                /* rows o .. o + nr - 1 (run as 4, else 2: a zero row of G pads the rest) */
+                const Py_ssize_t o = J->po[ps];
+                const int nr = J->pr[ps], nk = nr > 2 ? 4 : 2;
                 const double *g[4];
                 for (int h = 0; h < 4; h++)
                     g[h] = h < nr ? J->G + (o + h) * k : J->zero;
                 /* the live sources with a coefficient in these rows (a systematic row has
                    one: the copy costs one term, not k) */
                 int ng = 0;
-                const int *used = J->gl + (o / 4) * k;
-                for (int q = 0; q < J->gn[o / 4]; q++)
+                const int *used = J->gl + ps * k;
+                for (int q = 0; q < J->gn[ps]; q++)
                     if (J->islive[used[q]])
                         J->glive[ng++] = used[q];
 #if CODEDML_AVX2
@@ -1805,10 +1821,11 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         J.live = PyMem_Calloc(2 * (k ? (size_t)k : 1), sizeof(int));
         J.glive = J.live ? J.live + (k ? k : 1) : NULL;
         J.xp = PyMem_Calloc(k ? (size_t)k : 1, sizeof(double *));
-        const Py_ssize_t passes = (m + 3) / 4;
-        J.gl = PyMem_Calloc((size_t)(passes ? passes : 1) * (size_t)(k ? k : 1) + (size_t)passes + 1,
-                            sizeof(int));
-        J.gn = J.gl ? J.gl + (passes ? passes : 1) * (k ? k : 1) : NULL;
+        const size_t mm = (size_t)(m ? m : 1), kk = (size_t)(k ? k : 1);
+        J.gl = PyMem_Calloc(mm * kk + 3 * mm, sizeof(int));
+        J.gn = J.gl ? J.gl + mm * kk : NULL;
+        J.po = J.gl ? J.gn + mm : NULL;
+        J.pr = J.gl ? J.po + mm : NULL;
         J.islive = PyMem_Calloc(k ? (size_t)k : 1, 1);
         if (!mem || !J.live || !J.xp || !J.gl || !J.islive) {
             PyMem_Free(mem);
@@ -1819,16 +1836,29 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         J.tile = base;
         J.y = base + (size_t)(k ? k : 1) * (size_t)W;
         J.zero = J.y + 4 * W;
-        for (Py_ssize_t p = 0; p < passes; p++) {
+        /* the passes: up to 4 consecutive rows (pairs: 2 outputs) alike in density, so that
+           a systematic code's identity rows run together (one term each) and its dense
+           parity rows together, not a parity row beside three identity rows that would then
+           take every term; per pass, the sources with a coefficient in its rows */
+        const Py_ssize_t unit = pairs ? 2 : 1;
+        for (Py_ssize_t o = 0; o < m;) {
+            const int dense = lc_dense(J.G, o, unit, k);
+            Py_ssize_t nr = unit;
+            while (nr + unit <= 4 && o + nr < m && lc_dense(J.G, o + nr, unit, k) == dense)
+                nr += unit;
+            const Py_ssize_t p = J.npass++;
             int n = 0;
             for (Py_ssize_t j = 0; j < k; j++) {
                 int any = 0;
-                for (Py_ssize_t h = 4 * p; h < 4 * p + 4 && h < m; h++)
+                for (Py_ssize_t h = o; h < o + nr; h++)
                     any |= J.G[h * k + j] != 0.0;
                 if (any)
                     J.gl[p * k + n++] = (int)j;
             }
             J.gn[p] = n;
+            J.po[p] = (int)o;
+            J.pr[p] = (int)nr;
+            o += nr;
         }
         if (R && C && m) {
             Py_BEGIN_ALLOW_THREADS
