@@ -10,6 +10,12 @@ overhead over that copy bound. :func:`combine` therefore
   (complex packing of two real sub-blocks, float32 to float64, strided or non-contiguous
   blocks) and any temporary (a float64 product cast to float32 operands, a product written to
   a layout BLAS cannot address) stay in cache;
+* where the compiled module is built and the CPU has AVX2/FMA or AVX-512F, runs the whole
+  product in one compiled pass instead (:func:`_compiled`, ``lincomb`` in
+  ``codedml/codes/_kernels.c``: per tile of columns the blocks in L1, the generator's
+  products in registers, every task, systematic ones as identity rows, written once with
+  its norm; over GF(p) reduced mod p in the same pass, the operand's range check from the
+  same reads); the rest of this list is the path of every other case:
 * runs one BLAS GEMM per chunk, the generator against the chunk's blocks viewed as one 2-D
   matrix. Where the blocks are float64 rows at a constant stride in memory (a C-ordered ``A``
   split by rows: MDS and polynomial codes), the GEMM reads them where they lie; where the
