@@ -304,3 +304,44 @@ def test_lincomb_over_gfp_refuses_bad_arguments_by_name(G, srcs, dsts, kw, exc, 
     kw = {"p": 5, **kw}
     with pytest.raises(exc, match=match):
         K.lincomb(G, srcs, dsts, **kw)
+
+
+@needs_kernels
+@pytest.mark.parametrize("simd", LEVELS)
+def test_lincomb_over_gfp_reduces_a_sum_of_exactly_2_pow_52(simd):
+    """The exactness bound is inclusive: (p - 1)**2 = 2**52 for p = 2**26 + 1 reduces to 1
+    on every path (the plain-C one included)."""
+    p = 2 ** 26 + 1
+    out = np.empty((1, 3), np.int64)
+    K.lincomb(np.full((1, 1), p - 1.0), [np.full((1, 3), p - 1)], [out], simd=simd, p=p)
+    np.testing.assert_array_equal(out, [[1, 1, 1]])
+
+
+@needs_kernels
+def test_lincomb_takes_a_one_entry_sq_at_any_stride():
+    """A one-entry ``sq`` is contiguous whatever its stride (numpy's view of it)."""
+    sq = np.zeros(8)[::4][:1]
+    K.lincomb(np.ones((1, 1)), [np.full((2, 3), 2.0)], [np.empty((2, 3))], sq)
+    assert sq[0] == 24.0
+
+
+@needs_kernels
+def test_lincomb_refuses_what_it_writes_overlapping_what_it_reads():
+    """``G`` under an output or ``sq``, ``sq`` under a source, an output whose rows overlap
+    each other, no outputs at all: refused by name before anything is written."""
+    buf = np.zeros(40)
+    G = buf[:4].reshape(2, 2)
+    src = [np.ones((1, 4)), np.ones((1, 4))]
+    with pytest.raises(ValueError, match=r"`G` overlaps an output in memory"):
+        K.lincomb(G, src, [buf[2:6].reshape(1, 4), buf[10:14].reshape(1, 4)])
+    with pytest.raises(ValueError, match=r"`G` and `sq` overlap in memory"):
+        K.lincomb(G, src, [np.empty((1, 4)), np.empty((1, 4))], buf[3:5])
+    S = np.ones((2, 4))
+    with pytest.raises(ValueError, match=r"`sq` and `srcs\[1\]` overlap in memory"):
+        K.lincomb(np.ones((2, 2)), [S[0:1], S[1:2]], [np.empty((1, 4)), np.empty((1, 4))],
+                  S[1, :2])
+    rows = np.lib.stride_tricks.as_strided(np.zeros(10), shape=(3, 4), strides=(16, 8))
+    with pytest.raises(ValueError, match=r"the rows of `dsts\[0\]` overlap each other"):
+        K.lincomb(np.ones((1, 1)), [np.ones((3, 4))], [rows])
+    with pytest.raises(ValueError, match=r"`dsts` is empty"):
+        K.lincomb(np.ones((0, 1)), [np.ones((3, 4))], [])

@@ -845,7 +845,7 @@ done:
 
 /* ------------------------------------------------------------------ linear combinations */
 
-/* lincomb(G, srcs, dsts, sq=None, stream=False, pairs=False, simd=True) -> None
+/* lincomb(G, srcs, dsts, sq=None, stream=False, pairs=False, simd=-1, p=0) -> None or int
 
    The encode's generator products without BLAS: output row ``o`` is ``sum_j G[o, j] *
    srcs[j]`` (``G`` a C-ordered float64 m x k matrix), every product and sum in double,
@@ -859,17 +859,26 @@ done:
    complex, as float arrays of interleaved real and imaginary parts (``z.view(float)``, 2C
    columns): output ``o`` takes G's rows 2o (real part) and 2o + 1 (imaginary part).
    ``sq`` (float64, one entry per output) gets each output's sum of squared magnitudes of
-   the double values (before rounding) added. ``stream``: non-temporal stores where a row
-   is 16-byte aligned.
+   the double values (before rounding) added. ``stream``: non-temporal stores where every
+   destination row of a pass is 64-byte aligned at the tile (ordinary stores elsewhere).
+   ``simd``: -1 the best this CPU has (``SIMD``: 2 AVX-512F, 1 AVX2 and FMA, 0 neither), or
+   at most that level (0: plain C). With ``p`` > 0 (GF(p)): int64 sources and outputs,
+   ``G`` integers in [0, p), every sum exact (k (p - 1)**2 at most 2**52, refused past
+   it), each reduced mod p; returns the largest source value read as unsigned (the range
+   check: a negative value, or one at or past 2**52, returns the largest uint64), else None.
 
    Walk: per row of the outputs, per tile of W columns (the k sources' tile, widened to
-   double, about 32 KiB: in L1), two output rows at a time, 16 columns at a time in
-   registers (AVX2 with FMA where the CPU has both and ``simd`` is true, else plain C),
-   then stored (SSE2, streamed where asked) with the sums of squares. Each source is read
-   from memory once and each output written once: where a BLAS GEMM with k of a few to a
-   few tens runs far below its peak and writes through the cache, this runs at the FMA
-   units' rate or the memory's. The GIL is released during the loop. Destinations must not
-   overlap each other, a source or ``sq`` (ValueError naming the two). */
+   double, about 32 KiB: in L1; with one pass of at most 4 rows a whole float64 source is
+   read where it lies), per pass of up to four consecutive rows alike in density (a
+   systematic code's identity rows together, its parity rows together), the sources with a
+   coefficient in the pass accumulate in registers, 16 columns (AVX-512) or 8 (AVX2) at a
+   time, and each row is rounded, interleaved (pairs) or reduced (GF(p)) and stored with its
+   squares; the plain-C path computes into scratch rows and stores them by SSE2. Each source
+   is read from memory once and each output written once: where a BLAS GEMM with k of a few
+   to a few tens runs far below its peak and writes through the cache, this runs at the FMA
+   units' rate or the memory's. The GIL is released during the loop. A destination may not
+   overlap another, a source, ``G``, ``sq`` or its own rows, nor ``sq`` a source or ``G``
+   (ValueError naming them). */
 
 typedef struct {
     const char *p;
@@ -924,7 +933,8 @@ static Py_ssize_t lc_load(const LcSrc *s, Py_ssize_t r, Py_ssize_t c0, Py_ssize_
         _mm_storeu_si128((__m128i *)b2, bg);
         _mm_storeu_pd(m2, mx);
         big = (uint64_t)(b2[0] | b2[1]);
-        top = (uint64_t)(m2[0] > m2[1] ? m2[0] : m2[1]);
+        if (!big)   /* only then are the doubles the values (below 2**52) */
+            top = (uint64_t)(m2[0] > m2[1] ? m2[0] : m2[1]);
 #endif
         for (; i < n; i++) {
             const uint64_t u = (uint64_t)v[i];
@@ -1342,10 +1352,15 @@ static double lc_store(char kd, char *dst, const double *re, const double *im, P
 {
     double a = 0.0;
     Py_ssize_t i = 0;
-    if (kd == 'q') {   /* GF(p): exact sums reduced mod p (no squares) */
-        int bad = 0;
-        for (; i < n; i++)
-            ((int64_t *)dst)[i] = mod_one(re[i], md[1], md[0], &bad);
+    if (kd == 'q') {   /* GF(p): exact integer sums in [0, 2**52] reduced mod p (no squares) */
+        const double T = 4503599627370496.0;
+        for (; i < n; i++) {
+            const double x = re[i], q = (x * md[1] + T) - T;
+            double r = x - q * md[0];   /* q p and the difference exact: below 2**53 */
+            r += r < 0.0 ? md[0] : 0.0;
+            r -= r >= md[0] ? md[0] : 0.0;
+            ((int64_t *)dst)[i] = (int64_t)r;
+        }
         return 0.0;
     }
 #if CODEDML_SSE2
@@ -1422,8 +1437,8 @@ typedef struct {
     char kd;
     int pairs, stream, simd;
     double *tile, *y, *zero, *sq;    /* y: 4 W; zero: k; sq: one per output, or NULL */
-    int *live, *glive;               /* sources with values in the tile; of them, those with a
-                                        coefficient in the rows at hand (k each) */
+    int *glive;                      /* the sources with values in the tile and a coefficient
+                                        in the rows at hand (k) */
     const double **xp;               /* per source: its tile row, or its own row (k) */
     int *gl, *gn;                    /* per pass of rows: the sources with a coefficient
                                         there (k each), and how many */
@@ -1454,7 +1469,6 @@ static void lc_run(LcJob *J)
         for (Py_ssize_t c0 = 0; c0 < J->C; c0 += W) {
             const Py_ssize_t w = J->C - c0 < W ? J->C - c0 : W;
             const Py_ssize_t wp = (w + LC_GROUP - 1) / LC_GROUP * LC_GROUP;
-            int nl = 0;
             memset(J->islive, 0, (size_t)k);
             for (Py_ssize_t j = 0; j < k; j++) {
                 const LcSrc *s = &J->src[j];
@@ -1463,11 +1477,9 @@ static void lc_run(LcJob *J)
                    it); more passes read the tile again and again, the compact copy */
                 if (m <= 4 && s->k == 'd' && w == wp && r < s->rows && c0 + w <= s->cols) {
                     J->xp[j] = (const double *)(s->p + r * s->stride) + c0;
-                    J->live[nl++] = (int)j;
                     J->islive[j] = 1;
                 } else if (lc_load(s, r, c0, w, wp, J->tile + j * W, &J->umax)) {
                     J->xp[j] = J->tile + j * W;
-                    J->live[nl++] = (int)j;
                     J->islive[j] = 1;
                 }
             }
@@ -1634,8 +1646,12 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         goto done;
     /* the outputs: R x C values each (pairs: C complex values, 2C floats per row) */
     Py_ssize_t R, C, nout;
+    if (!nd) {
+        PyErr_SetString(PyExc_ValueError, "lincomb: `dsts` is empty (no outputs)");
+        goto done;
+    }
     char kd = fp ? (is_i64(&db[0]) ? 'q' : 0) : kind(&db[0]);
-    if (!nd || !kd) {
+    if (!kd) {
         PyErr_SetString(PyExc_TypeError, fp ? "lincomb: with `p`, `dsts` must be int64 arrays"
                                             : "lincomb: `dsts` must be float64 or float32 arrays");
         goto done;
@@ -1711,6 +1727,11 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
                              "%zd x %zd", i, r, c, R, pairs ? 2 * C : C);
                 goto done;
             }
+            if (r > 1 && c > 0 && (s < 0 ? -s : s) < c * db[i].itemsize) {
+                PyErr_Format(PyExc_ValueError, "lincomb: the rows of `dsts[%zd]` overlap each "
+                             "other in memory", i);
+                goto done;
+            }
             dst[i] = (LcDst){(char *)db[i].buf, s};
         }
     }
@@ -1747,7 +1768,8 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         if (PyObject_GetBuffer(osq, &q, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0)
             goto done;
         have_q = 1;
-        if (q.ndim != 1 || kind(&q) != 'd' || q.shape[0] != nout || q.strides[0] != 8) {
+        if (q.ndim != 1 || kind(&q) != 'd' || q.shape[0] != nout
+            || (q.shape[0] > 1 && q.strides[0] != 8)) {
             PyErr_Format(PyExc_ValueError, "lincomb: `sq` must be a contiguous 1-D float64 "
                          "array of %zd entries (one per output)", nout);
             goto done;
@@ -1794,6 +1816,24 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
                                  "lincomb: `dsts[%zd]` and `%s` overlap in memory", a, what);
                     goto done;
                 }
+        /* what is written (the outputs, sq) against G, and sq against the sources */
+        uintptr_t glo, ghi;
+        extent(g.buf, 1, g.shape[0] * g.shape[1], 0, 8, &glo, &ghi);
+        for (Py_ssize_t a = 0; a < n; a++) {
+            const int written = a < nout || a == n - 1;
+            if (written && lo[a] < hi[a] && glo < ghi && lo[a] < ghi && glo < hi[a]) {
+                PyErr_SetString(PyExc_ValueError, a < nout
+                                ? "lincomb: `G` overlaps an output in memory"
+                                : "lincomb: `G` and `sq` overlap in memory");
+                goto done;
+            }
+            if (have_q && a >= nout && a < n - 1 && lo[a] < hi[a] && lo[n - 1] < hi[n - 1]
+                && lo[a] < hi[n - 1] && lo[n - 1] < hi[a]) {
+                PyErr_Format(PyExc_ValueError, "lincomb: `sq` and `srcs[%zd]` overlap in memory",
+                             a - nout);
+                goto done;
+            }
+        }
     }
     {
         Py_ssize_t W = (LC_TILE_BYTES / (Py_ssize_t)sizeof(double) / (k ? k : 1)) / LC_GROUP * LC_GROUP;
@@ -1815,11 +1855,10 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         J.simd = simd < 0 || simd > lc_simd_ok ? lc_simd_ok : simd;
         J.sq = have_q ? (double *)q.buf : NULL;
         J.md = fp ? md : NULL;
-        /* the tile and the two rows, 32-byte aligned (one block) */
+        /* the tile, four scratch rows and G's zero row, 64-byte aligned (one block) */
         size_t doubles = (size_t)(k ? k : 1) * (size_t)W + 4 * (size_t)W + (size_t)(k ? k : 1) + 8;
         char *mem = PyMem_Calloc(doubles * sizeof(double) + 64, 1);
-        J.live = PyMem_Calloc(2 * (k ? (size_t)k : 1), sizeof(int));
-        J.glive = J.live ? J.live + (k ? k : 1) : NULL;
+        J.glive = PyMem_Calloc(k ? (size_t)k : 1, sizeof(int));
         J.xp = PyMem_Calloc(k ? (size_t)k : 1, sizeof(double *));
         const size_t mm = (size_t)(m ? m : 1), kk = (size_t)(k ? k : 1);
         J.gl = PyMem_Calloc(mm * kk + 3 * mm, sizeof(int));
@@ -1827,7 +1866,7 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         J.po = J.gl ? J.gn + mm : NULL;
         J.pr = J.gl ? J.po + mm : NULL;
         J.islive = PyMem_Calloc(k ? (size_t)k : 1, 1);
-        if (!mem || !J.live || !J.xp || !J.gl || !J.islive) {
+        if (!mem || !J.glive || !J.xp || !J.gl || !J.islive) {
             PyMem_Free(mem);
             PyErr_NoMemory();
             goto done;
@@ -1869,7 +1908,7 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         result = fp ? PyLong_FromUnsignedLongLong((unsigned long long)J.umax) : Py_NewRef(Py_None);
     }
 done:
-    PyMem_Free(J.live);
+    PyMem_Free(J.glive);
     PyMem_Free((void *)J.xp);
     PyMem_Free(J.gl);
     PyMem_Free(J.islive);
@@ -1906,13 +1945,15 @@ static PyMethodDef methods[] = {
      "Write float64 src (integers in [0, 2**52)) into int64 dst reduced mod p, in one loop;\n"
      "ValueError naming the row when a value is not such an integer."},
     {"lincomb", (PyCFunction)(void (*)(void))lincomb, METH_VARARGS | METH_KEYWORDS,
-     "lincomb(G, srcs, dsts, sq=None, stream=False, pairs=False, simd=True) -> None\n\n"
+     "lincomb(G, srcs, dsts, sq=None, stream=False, pairs=False, simd=-1, p=0) -> None or int\n\n"
      "Write sum_j G[o, j] * srcs[j] into each output o (float64 G, m x k; float64 or\n"
      "float32 sources and outputs, rows contiguous; products and sums in double, rounded\n"
      "once), a source's missing rows and columns read as zero; srcs / dsts a sequence of\n"
      "arrays or one 2-D array whose rows they are. pairs: complex outputs as interleaved\n"
      "floats from G's rows 2o, 2o + 1. sq gets each output's sum of squared magnitudes.\n"
-     "simd: AVX2/FMA where the CPU has them (SIMD)."},
+     "simd: -1 the best of SIMD (2 AVX-512F, 1 AVX2/FMA, 0 plain C), or at most that.\n"
+     "p > 0: GF(p), int64 sources and outputs, exact sums reduced mod p; returns the\n"
+     "largest source value read as unsigned (the range check)."},
     {NULL, NULL, 0, NULL},
 };
 
