@@ -366,6 +366,12 @@ static void extent(const void *buf, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t
     *hi = (span > 0 ? p + (uintptr_t)span : p) + (uintptr_t)(cols * item);
 }
 
+/* whether spans [lo1, hi1) and [lo2, hi2) share a byte (an empty one shares none) */
+static inline int meet(uintptr_t lo1, uintptr_t hi1, uintptr_t lo2, uintptr_t hi2)
+{
+    return lo1 < hi1 && lo2 < hi2 && lo1 < hi2 && lo2 < hi1;
+}
+
 /* 0 when no two of the ``n`` spans [lo[i], hi[i]) overlap (an empty one overlaps nothing);
    else -1 with ValueError naming the first two that do (``what``), for function ``fn`` */
 static int disjoint(const char *fn, int n, const uintptr_t *lo, const uintptr_t *hi,
@@ -373,7 +379,7 @@ static int disjoint(const char *fn, int n, const uintptr_t *lo, const uintptr_t 
 {
     for (int a = 0; a < n; a++)
         for (int b = a + 1; b < n; b++)
-            if (lo[a] < hi[a] && lo[b] < hi[b] && lo[a] < hi[b] && lo[b] < hi[a]) {
+            if (meet(lo[a], hi[a], lo[b], hi[b])) {
                 PyErr_Format(PyExc_ValueError, "%s: `%s` and `%s` overlap in memory", fn,
                              what[a], what[b]);
                 return -1;
@@ -601,8 +607,9 @@ static int same_rows(const char *fn, Py_buffer *d, Py_buffer *s, Py_buffer *w,
     return 0;
 }
 
-/* One row of copy_i64: ``x`` into ``y`` and, with ``z``, as doubles into ``z``; returns the
-   row's largest value read as unsigned. SSE2: two values per operation, converted exactly by
+/* One row of copy_i64: ``x`` into ``y`` (none where ``y`` is NULL: lincomb's widening into
+   its tile) and, with ``z``, as doubles into ``z``; returns the row's largest value read as
+   unsigned. SSE2: two values per operation, converted exactly by
    the bits of 2**52 + v less 2**52 (for v in [0, 2**52), every residue the GEMM path takes);
    a value outside that range (the bits above 52 are watched in the same loop) sends the row's
    conversion and maximum to the exact scalar loop again, so every value converts as a cast
@@ -613,7 +620,8 @@ static inline void i64_scalar(const int64_t *x, int64_t *y, double *z, Py_ssize_
     (void)stream;
     for (; i < n; i++) {
         int64_t v = x[i];
-        CODEDML_STORE_I64(y + i, v, stream);
+        if (y)
+            CODEDML_STORE_I64(y + i, v, stream);
         if (z)
             z[i] = (double)v;
         *m = (uint64_t)v > *m ? (uint64_t)v : *m;
@@ -636,10 +644,10 @@ static uint64_t i64_row(const int64_t *x, int64_t *y, double *z, Py_ssize_t n, i
     for (; i + 4 <= n; i += 4) {
         __m128i v0 = _mm_loadu_si128((const __m128i *)(x + i));
         __m128i v1 = _mm_loadu_si128((const __m128i *)(x + i + 2));
-        if (stream) {
+        if (y && stream) {
             _mm_stream_si128((__m128i *)(y + i), v0);
             _mm_stream_si128((__m128i *)(y + i + 2), v1);
-        } else {
+        } else if (y) {
             _mm_storeu_si128((__m128i *)(y + i), v0);
             _mm_storeu_si128((__m128i *)(y + i + 2), v1);
         }
@@ -908,41 +916,11 @@ static Py_ssize_t lc_load(const LcSrc *s, Py_ssize_t r, Py_ssize_t c0, Py_ssize_
     if (s->k == 'd') {
         memcpy(t, (const double *)row + c0, (size_t)n * sizeof(double));
     } else if (s->k == 'q') {
-        /* int64 residues: converted exactly by the bits of 2**52 + v (v in [0, 2**52)), the
-           largest read as unsigned kept in *umax (the range check); a value with any of the
-           top 12 bits set (negative, or 2**52 or more: out of every field) sets *umax to
-           the largest uint64, and its conversion is not used (the call is refused) */
-        const int64_t *v = (const int64_t *)row + c0;
-        uint64_t big = 0, top = 0;
-        Py_ssize_t i = 0;
-#if CODEDML_SSE2 && defined(__x86_64__)
-        const __m128i high = _mm_set1_epi64x((long long)0xFFF0000000000000ULL);
-        const __m128i bits = _mm_set1_epi64x(0x4330000000000000LL);
-        const __m128d two52 = _mm_set1_pd(4503599627370496.0);
-        __m128i bg = _mm_setzero_si128();
-        __m128d mx = _mm_setzero_pd();
-        for (; i + 2 <= n; i += 2) {
-            const __m128i x = _mm_loadu_si128((const __m128i *)(v + i));
-            bg = _mm_or_si128(bg, _mm_and_si128(x, high));
-            const __m128d d = _mm_sub_pd(_mm_castsi128_pd(_mm_or_si128(x, bits)), two52);
-            _mm_store_pd(t + i, d);
-            mx = _mm_max_pd(mx, d);
-        }
-        int64_t b2[2];
-        double m2[2];
-        _mm_storeu_si128((__m128i *)b2, bg);
-        _mm_storeu_pd(m2, mx);
-        big = (uint64_t)(b2[0] | b2[1]);
-        if (!big)   /* only then are the doubles the values (below 2**52) */
-            top = (uint64_t)(m2[0] > m2[1] ? m2[0] : m2[1]);
-#endif
-        for (; i < n; i++) {
-            const uint64_t u = (uint64_t)v[i];
-            big |= u & 0xFFF0000000000000ULL;
-            top = u > top ? u : top;
-            t[i] = (double)v[i];
-        }
-        top = big ? UINT64_MAX : top;
+        /* int64 residues, widened exactly by copy_i64's row loop (no int64 copy); the largest
+           read as unsigned kept in *umax (the range check), any value at or past 2**52
+           (negative, or out of every field) reported as the largest uint64 */
+        uint64_t top = i64_row((const int64_t *)row + c0, NULL, t, n, 0);
+        top = top >> 52 ? UINT64_MAX : top;
         *umax = top > *umax ? top : *umax;
     } else {
         const float *f = (const float *)row + c0;
@@ -1345,8 +1323,9 @@ LC_A2 static void lc2_4(const double *const *g, const int *live, int nl, const d
 #endif
 
 /* ``n`` values of ``re`` (with ``im``: interleaved with it, 2n values) rounded into ``dst``
-   ('d' float64 or 'f' float32); returns their sum of squares. Streamed where asked and the
-   destination is 16-byte aligned (then every store of this loop is). */
+   ('d' float64 or 'f' float32; 'q' GF(p): reduced mod p into int64); returns their sum of
+   squares. Streamed where asked (without ``im``: copy_sq's row loop; with it, where the
+   destination is 16-byte aligned, then every store of this loop is). */
 static double lc_store(char kd, char *dst, const double *re, const double *im, Py_ssize_t n,
                        int stream, const double *md)
 {
@@ -1363,30 +1342,17 @@ static double lc_store(char kd, char *dst, const double *re, const double *im, P
         }
         return 0.0;
     }
+    if (!im)   /* one row: copy_sq's loop (float64, or float64 into float32) */
+        return row_any(kd, 'd', (const char *)re, dst, NULL, n, stream, 1.0, 1);
 #if CODEDML_SSE2
     const int st = stream && !((uintptr_t)dst & 15);
     __m128d s0 = _mm_setzero_pd(), s1 = _mm_setzero_pd();
-    if (kd == 'd' && !im) {
-        double *d = (double *)dst;
-        for (; i + 2 <= n; i += 2) {
-            __m128d v = _mm_loadu_pd(re + i);
-            store_pd(d + i, v, st);
-            s0 = _mm_add_pd(s0, _mm_mul_pd(v, v));
-        }
-    } else if (kd == 'd') {
+    if (kd == 'd') {
         double *d = (double *)dst;
         for (; i + 2 <= n; i += 2) {
             __m128d u = _mm_loadu_pd(re + i), v = _mm_loadu_pd(im + i);
             store_pd(d + 2 * i, _mm_unpacklo_pd(u, v), st);
             store_pd(d + 2 * i + 2, _mm_unpackhi_pd(u, v), st);
-            s0 = _mm_add_pd(s0, _mm_mul_pd(u, u));
-            s1 = _mm_add_pd(s1, _mm_mul_pd(v, v));
-        }
-    } else if (!im) {
-        float *d = (float *)dst;
-        for (; i + 4 <= n; i += 4) {
-            __m128d u = _mm_loadu_pd(re + i), v = _mm_loadu_pd(re + i + 2);
-            store_ps(d + i, _mm_movelh_ps(_mm_cvtpd_ps(u), _mm_cvtpd_ps(v)), st);
             s0 = _mm_add_pd(s0, _mm_mul_pd(u, u));
             s1 = _mm_add_pd(s1, _mm_mul_pd(v, v));
         }
@@ -1406,25 +1372,15 @@ static double lc_store(char kd, char *dst, const double *re, const double *im, P
     (void)stream;
 #endif
     for (; i < n; i++) {
-        const double u = re[i];
-        a += u * u;
+        const double u = re[i], v = im[i];
         if (kd == 'd') {
-            double *d = (double *)dst;
-            if (im) {
-                d[2 * i] = u;
-                d[2 * i + 1] = im[i];
-            } else
-                d[i] = u;
+            ((double *)dst)[2 * i] = u;
+            ((double *)dst)[2 * i + 1] = v;
         } else {
-            float *d = (float *)dst;
-            if (im) {
-                d[2 * i] = (float)u;
-                d[2 * i + 1] = (float)im[i];
-            } else
-                d[i] = (float)u;
+            ((float *)dst)[2 * i] = (float)u;
+            ((float *)dst)[2 * i + 1] = (float)v;
         }
-        if (im)
-            a += im[i] * im[i];
+        a += u * u + v * v;
     }
     return a;
 }
@@ -1449,17 +1405,26 @@ typedef struct {
     uint64_t umax;                   /* GF(p): the largest source value read as unsigned */
 } LcJob;
 
-/* whether rows o .. o + n - 1 of G (m x k) have coefficients for more than half the sources */
-static int lc_dense(const double *G, Py_ssize_t o, Py_ssize_t n, Py_ssize_t k)
+/* how many sources rows o .. o + n - 1 of G (m x k) have a coefficient for; with ``list``,
+   those sources in order */
+static int lc_used(const double *G, Py_ssize_t o, Py_ssize_t n, Py_ssize_t k, int *list)
 {
-    Py_ssize_t used = 0;
+    int used = 0;
     for (Py_ssize_t j = 0; j < k; j++) {
         int any = 0;
         for (Py_ssize_t h = o; h < o + n; h++)
             any |= G[h * k + j] != 0.0;
+        if (any && list)
+            list[used] = (int)j;
         used += any;
     }
-    return 2 * used > k;
+    return used;
+}
+
+/* whether those rows have coefficients for more than half the sources */
+static int lc_dense(const double *G, Py_ssize_t o, Py_ssize_t n, Py_ssize_t k)
+{
+    return 2 * lc_used(G, o, n, k, NULL) > k;
 }
 
 static void lc_run(LcJob *J)
@@ -1802,7 +1767,7 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
             extent(q.buf, 1, nout, 0, 8, &lo[n - 1], &hi[n - 1]);
         for (Py_ssize_t a = 0; a < nout; a++)
             for (Py_ssize_t b = a + 1; b < n; b++)
-                if (lo[a] < hi[a] && lo[b] < hi[b] && lo[a] < hi[b] && lo[b] < hi[a]
+                if (meet(lo[a], hi[a], lo[b], hi[b])
                     && !(b < n - 1 && rs[a] == rs[b]
                          && lc_apart(lo[a], rw[a], lo[b], rw[b], rs[a]))) {
                     char what[48];
@@ -1821,14 +1786,13 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         extent(g.buf, 1, g.shape[0] * g.shape[1], 0, 8, &glo, &ghi);
         for (Py_ssize_t a = 0; a < n; a++) {
             const int written = a < nout || a == n - 1;
-            if (written && lo[a] < hi[a] && glo < ghi && lo[a] < ghi && glo < hi[a]) {
+            if (written && meet(lo[a], hi[a], glo, ghi)) {
                 PyErr_SetString(PyExc_ValueError, a < nout
                                 ? "lincomb: `G` overlaps an output in memory"
                                 : "lincomb: `G` and `sq` overlap in memory");
                 goto done;
             }
-            if (have_q && a >= nout && a < n - 1 && lo[a] < hi[a] && lo[n - 1] < hi[n - 1]
-                && lo[a] < hi[n - 1] && lo[n - 1] < hi[a]) {
+            if (a >= nout && a < n - 1 && meet(lo[a], hi[a], lo[n - 1], hi[n - 1])) {
                 PyErr_Format(PyExc_ValueError, "lincomb: `sq` and `srcs[%zd]` overlap in memory",
                              a - nout);
                 goto done;
@@ -1886,15 +1850,7 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
             while (nr + unit <= 4 && o + nr < m && lc_dense(J.G, o + nr, unit, k) == dense)
                 nr += unit;
             const Py_ssize_t p = J.npass++;
-            int n = 0;
-            for (Py_ssize_t j = 0; j < k; j++) {
-                int any = 0;
-                for (Py_ssize_t h = o; h < o + nr; h++)
-                    any |= J.G[h * k + j] != 0.0;
-                if (any)
-                    J.gl[p * k + n++] = (int)j;
-            }
-            J.gn[p] = n;
+            J.gn[p] = lc_used(J.G, o, nr, k, J.gl + p * k);
             J.po[p] = (int)o;
             J.pr[p] = (int)nr;
             o += nr;
