@@ -84,32 +84,36 @@ _SIMD = getattr(_encode._K, "SIMD", 0) if _encode._K is not None else 0
 LOOPS = (["numpy"] + (["blas", "compiled", "streamed"] if _encode._K is not None else [])
          + (["avx2"] if _SIMD >= 2 else []))
 
+def _loop_settings(loop: str) -> dict:
+    """The ``_encode`` attributes that select ``loop`` (one of :data:`LOOPS`); large tasks'
+    streaming (``STREAM_BYTES``) left as it is except for "streamed"."""
+    out = {"LINCOMB": loop != "blas", "LINCOMB_SIMD": 1 if loop == "avx2" else -1}
+    if loop == "numpy":
+        out["_K"] = None
+    elif loop == "streamed":
+        out["STREAM_BYTES"] = 0
+    return out
+
+
 @contextlib.contextmanager
 def _encode_loop(loop: str, chunk: int):
-    """Encode with ``loop`` (one of :data:`LOOPS`) in chunks of ``chunk`` bytes, restored after."""
-    old = (_encode.CHUNK_BYTES, _encode.STREAM_BYTES, _encode._K, _encode.LINCOMB,
-           _encode.LINCOMB_SIMD)
-    _encode.CHUNK_BYTES = chunk
-    _encode.STREAM_BYTES = 0 if loop == "streamed" else 1 << 62
-    if loop == "numpy":
-        _encode._K = None
-    _encode.LINCOMB = loop != "blas"
-    _encode.LINCOMB_SIMD = 1 if loop == "avx2" else -1
+    """Encode with ``loop`` (one of :data:`LOOPS`) in chunks of ``chunk`` bytes, through the
+    cache unless streamed, restored after."""
+    settings = {"CHUNK_BYTES": chunk, "STREAM_BYTES": 1 << 62, **_loop_settings(loop)}
+    old = {name: getattr(_encode, name) for name in settings}
+    for name, value in settings.items():
+        setattr(_encode, name, value)
     try:
         yield
     finally:
-        (_encode.CHUNK_BYTES, _encode.STREAM_BYTES, _encode._K, _encode.LINCOMB,
-         _encode.LINCOMB_SIMD) = old
+        for name, value in old.items():
+            setattr(_encode, name, value)
 
 
 def _apply_loop(monkeypatch, loop: str) -> None:
     """:func:`_encode_loop`'s settings for one test, by ``monkeypatch`` (chunks as they are)."""
-    if loop == "numpy":
-        monkeypatch.setattr(_encode, "_K", None)
-    elif loop == "streamed":
-        monkeypatch.setattr(_encode, "STREAM_BYTES", 0)
-    monkeypatch.setattr(_encode, "LINCOMB", loop != "blas")
-    monkeypatch.setattr(_encode, "LINCOMB_SIMD", 1 if loop == "avx2" else -1)
+    for name, value in _loop_settings(loop).items():
+        monkeypatch.setattr(_encode, name, value)
 
 
 KINDS = ("mds", "mds_sys", "mds_equi", "poly", "matdot", "matdot_sys", "matdot_cheb", "polydot",

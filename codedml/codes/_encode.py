@@ -550,35 +550,28 @@ def _compiled(G, blocks, out, lead, flat, sq, post=None) -> bool:
     rdt = out.real.dtype if cplx else out.dtype
     if rdt not in (np.float64, np.float32) or (np.iscomplexobj(G) and not cplx):
         return False
-    srcs, cols = [], []
+    srcs, cols, scale = [], [], []   # the real sources, their columns of G's real form
     for j, b in enumerate(blocks):
         re, im, sign = _parts(b)
-        for imag, v in ((False, re), (True, im)):
+        for imag, v in ((0, re), (1, im)):
             if v is None:
                 continue
-            if (v.ndim != 2 or v.dtype not in (np.float64, np.float32)
-                    or (v.shape[1] > 1 and v.strides[1] != v.itemsize)):
+            if v.ndim != 2 or v.dtype not in (np.float64, np.float32) or not _rows_contiguous(v):
                 return False
             if v.shape[0] and v.shape[1]:
                 srcs.append(v)
-                cols.append((j, imag, sign))
-    if cplx:
-        Gr = np.zeros((2 * G.shape[0], len(srcs)))
-        for c, (j, imag, sign) in enumerate(cols):
-            g = G[:, j]
-            gr, gi = g.real, (g.imag if np.iscomplexobj(g) else 0.0)
-            if imag:         # (gr + i gi) (i s v) = -s gi v + i s gr v
-                Gr[0::2, c], Gr[1::2, c] = -sign * gi, sign * gr
-            else:
-                Gr[0::2, c], Gr[1::2, c] = gr, gi
+                cols.append(2 * j + imag)
+                scale.append(sign if imag else 1.0)
+    if cplx:   # block j is re + sign i im: real_form's columns 2j and 2j + 1, the latter signed
+        Gr = np.ascontiguousarray(real_form(G)[:, cols] * np.array(scale))
     else:
-        if any(imag for _, imag, _ in cols):
+        if any(c % 2 for c in cols):
             return False     # complex blocks into real tasks: never the case in the codes
-        Gr = np.ascontiguousarray(G[:, [j for j, _, _ in cols]], dtype=np.float64)
-    views = flat if flat is not None else [out[i] for i in np.ndindex(out.shape[:lead])]
-    if any(v.shape[-1] > 1 and v.strides[-1] != v.itemsize for v in views):
+        Gr = np.ascontiguousarray(G[:, [c // 2 for c in cols]], dtype=np.float64)
+    views = _task_views(out, lead, flat)
+    if views is None:
         return False
-    dsts = [v.view(rdt) for v in views] if cplx else list(views)
+    dsts = [v.view(rdt) for v in views] if cplx else views
     acc = sq if sq is None or (sq.dtype == np.float64 and sq.flags.c_contiguous) else np.zeros(len(dsts))
     _K.lincomb(Gr, srcs, dsts, acc, out.nbytes >= STREAM_BYTES, cplx, LINCOMB_SIMD)
     if acc is not sq:
@@ -597,24 +590,30 @@ def _compiled_gfp(G, blocks, out, lead, flat, post: ModP) -> bool:
         return False
     srcs, cols = [], []
     for j, b in enumerate(blocks):
-        if (isinstance(b, tuple) or b.ndim != 2 or b.dtype != np.int64
-                or (b.shape[1] > 1 and b.strides[1] != b.itemsize)):
+        if isinstance(b, tuple) or b.ndim != 2 or b.dtype != np.int64 or not _rows_contiguous(b):
             return False
         if b.shape[0] and b.shape[1]:
             srcs.append(b)
             cols.append(j)
     if len(srcs) * (post.p - 1) ** 2 > 2 ** 52:
         return False
-    views = flat if flat is not None else [out[i] for i in np.ndindex(out.shape[:lead])]
-    if any(v.shape[-1] > 1 and v.strides[-1] != v.itemsize for v in views):
+    views = _task_views(out, lead, flat)
+    if views is None:
         return False
     Gr = np.ascontiguousarray(np.asarray(G)[:, cols], dtype=np.float64)
-    umax = _K.lincomb(Gr, srcs, list(views), None, out.nbytes >= STREAM_BYTES, False,
+    umax = _K.lincomb(Gr, srcs, views, None, out.nbytes >= STREAM_BYTES, False,
                       LINCOMB_SIMD, post.p)
     post.check(umax)          # raises, naming the operand, where a value is out of range
     if post.source is not None and sum(s.size for s in srcs) == post.source.size:
         post.checked = True   # every entry went through the kernel (the blocks tile it)
     return True
+
+
+def _task_views(out: np.ndarray, lead: int, flat: np.ndarray | None) -> list | None:
+    """Each task of ``out`` (``lead`` output axes) as a 2-D view, for the compiled kernel;
+    None where some task's rows are not contiguous."""
+    views = list(flat) if flat is not None else [out[i] for i in np.ndindex(out.shape[:lead])]
+    return views if _rows_contiguous(*views) else None
 
 
 def _place(dst: np.ndarray, D: np.ndarray, lo: int, hi: int) -> None:
