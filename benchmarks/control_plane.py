@@ -16,12 +16,17 @@ Measured side by side, each the median over ``--repeats`` rounds, on the same ra
   that no Python runtime with a request header gets under on these ranks.
 * ``call``: ``cluster.call`` of a registered handler that echoes its input (the typed
   request, the reply header, the future and the progress thread; no decode).
+* every codedml row twice where the compiled per-message path is built: on it (the default,
+  ``transport="compiled"``) and on the Python one (``", Python path"``); their ratio is
+  ``compiled_over_python`` in the JSON.
 * ``job``: ``cluster.submit`` of a tiny product (4x4 @ 4x4, ``MDSCode(n, n - 2)``): the same
   plus encode and decode.
 * ``train step``: ``codedml.train.fit`` under the ``sync`` policy with a gradient handler that
   returns zeros at once (the digits logistic regression's 650 parameters): request, gather,
   the root's SGD step and bookkeeping per step, with no gradient computed.
 
+The rounds run in ``--blocks`` interleaved blocks (bare, floor, then each transport, the order
+of the transports alternating), so slow phases of the shared machine hit every row alike.
 Ratios are to ``bare`` with the same payload. Targets (issue 11): a request at most 3x the
 bare round trip, a training step at most 2 ms at 6 workers. With more ranks than cores the
 absolute times include scheduling; the ratios compare like with like. Writes
@@ -149,17 +154,20 @@ def floor_serve(comm) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=int, default=300)
-    ap.add_argument("--steps", type=int, default=200, help="training steps (default 200)")
-    ap.add_argument("--quick", action="store_true", help="50 repeats, 50 steps")
+    ap.add_argument("--repeats", type=int, default=300, help="requests per row (default 300)")
+    ap.add_argument("--steps", type=int, default=200, help="training steps per transport (default 200)")
+    ap.add_argument("--blocks", type=int, default=3,
+                    help="interleaved blocks (each: bare, floor, then each transport; default 3)")
+    ap.add_argument("--quick", action="store_true", help="60 repeats, 60 steps")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "control_plane.json")
     args = ap.parse_args(argv)
     if args.quick:
-        args.repeats, args.steps = 50, 50
+        args.repeats, args.steps = 60, 60
     from mpi4py import MPI
 
     from codedml import MPICluster
     from codedml.codes import MDSCode
+    from codedml.runtime.mpi import wire_status
     from codedml.train import TrainConfig, digits_task, fit
     from codedml.train.task import HANDLER
 
@@ -171,18 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     task = digits_task("logreg")
     nparams = sum(p.numel() for p in task.model().parameters())  # task.model: a constructor
     sizes = {"tiny (8 doubles)": 8, f"gradient ({nparams + 1} doubles)": nparams + 1}
-
-    bare: dict[str, list[float]] = {}
-    floor: dict[str, list[float]] = {}
-    comm = world.Dup()
-    for label, size in sizes.items():
-        if world.Get_rank() == 0:
-            bare[label] = bare_rounds(comm, args.repeats, size)
-            floor[label] = floor_rounds(comm, args.repeats, size)
-        else:
-            bare_serve(comm, size)
-            floor_serve(comm)
-    comm.Free()
+    compiled, why = wire_status()
+    transports = ["compiled", "python"] if compiled else ["python"]
+    per_block = max(1, args.repeats // args.blocks)
+    steps = max(1, args.steps // args.blocks)
 
     def echo(ctx, x, **_):
         return x
@@ -190,55 +190,92 @@ def main(argv: list[str] | None = None) -> int:
     def zero_grad(ctx, flat, **_):
         return np.zeros(nparams + 1)
 
-    rows: list[dict] = [
-        {"request": FLOOR_ROW, "payload": label, "median_s": float(np.median(ts)),
-         "p90_s": float(np.percentile(ts, 90)), "repeats": len(ts)} for label, ts in floor.items()]
-    with MPICluster(world, handlers={"echo": echo, HANDLER: zero_grad}, timeout=60) as cluster:
-        if cluster is None:
-            return 0
-        info = machine_info()
-
-        def timed(label: str, what: str, size: int | None, fn) -> None:
-            fn()  # warm
-            ts = []
-            for _ in range(args.repeats):
-                t = time.perf_counter()
-                fn()
-                ts.append(time.perf_counter() - t)
-            rows.append({"request": what, "payload": label, "median_s": float(np.median(ts)),
-                         "p90_s": float(np.percentile(ts, 90)), "repeats": len(ts)})
-
+    bare: dict[str, list[float]] = {k: [] for k in sizes}
+    floor: dict[str, list[float]] = {k: [] for k in sizes}
+    samples: dict[tuple[str, str, str], list[float]] = {}
+    fits: dict[str, list[tuple[float, int, float]]] = {t: [] for t in transports}
+    info = machine_info() if world.Get_rank() == 0 else None
+    for block in range(args.blocks):
+        # bare and floor first in every block, then each transport: all side by side in time
+        comm = world.Dup()
         for label, size in sizes.items():
-            x = np.zeros(size)
-            timed(label, "call (echo handler)", size, lambda: cluster.call("echo", x).result())
-        code = MDSCode(n, max(1, n - 2))
-        A = np.ones((4, 4))
-        timed("tiny (8 doubles)", f"job ({code!r}, 4x4 @ 4x4)", None,
-              lambda: cluster.submit(A, A, code=code).result())
+            if world.Get_rank() == 0:
+                bare[label] += bare_rounds(comm, per_block, size)
+                floor[label] += floor_rounds(comm, per_block, size)
+            else:
+                bare_serve(comm, size)
+                floor_serve(comm)
+        comm.Free()
+        for transport in transports if block % 2 == 0 else transports[::-1]:
+            with MPICluster(world, handlers={"echo": echo, HANDLER: zero_grad}, timeout=60,
+                            transport=transport) as cluster:
+                if cluster is None:
+                    continue
 
-        cfg = TrainConfig(policy="sync", steps=args.steps, eval_every=args.steps, batch=16)
-        t = time.perf_counter()
-        res = fit(cluster, task, cfg)
-        wall = time.perf_counter() - t
-        step = res.wall / max(1, res.steps)
-        rows.append({"request": "train step (sync, zero-work gradients)",
-                     "payload": f"gradient ({nparams + 1} doubles)", "median_s": step,
-                     "p90_s": None, "repeats": res.steps, "fit_wall_s": wall})
+                def timed(label: str, what: str, fn) -> None:
+                    fn()  # warm
+                    ts = samples.setdefault((transport, what, label), [])
+                    for _ in range(per_block):
+                        t = time.perf_counter()
+                        fn()
+                        ts.append(time.perf_counter() - t)
+
+                for label, size in sizes.items():
+                    x = np.zeros(size)
+                    timed(label, "call (echo handler)", lambda: cluster.call("echo", x).result())
+                code = MDSCode(n, max(1, n - 2))
+                A = np.ones((4, 4))
+                timed("tiny (8 doubles)", f"job ({code!r}, 4x4 @ 4x4)",
+                      lambda: cluster.submit(A, A, code=code).result())
+                cfg = TrainConfig(policy="sync", steps=steps, eval_every=steps, batch=16)
+                t = time.perf_counter()
+                res = fit(cluster, task, cfg)
+                fits[transport].append((res.wall, res.steps, time.perf_counter() - t))
+        if world.Get_rank() == 0:
+            print(f"block {block + 1}/{args.blocks} done", file=sys.stderr, flush=True)
+    if world.Get_rank() != 0:
+        return 0
+
+    rows: list[dict] = [
+        {"request": FLOOR_ROW, "payload": label, "transport": None, "median_s": float(np.median(ts)),
+         "p90_s": float(np.percentile(ts, 90)), "repeats": len(ts)} for label, ts in floor.items()]
+    for (transport, what, label), ts in samples.items():
+        rows.append({"request": what + ("" if transport == transports[0] else ", Python path"),
+                     "payload": label, "transport": transport, "median_s": float(np.median(ts)),
+                     "p90_s": float(np.percentile(ts, 90)), "repeats": len(ts)})
+    for transport in transports:
+        wall = sum(w for w, _, _ in fits[transport])
+        nsteps = sum(s for _, s, _ in fits[transport])
+        rows.append({"request": "train step (sync, zero-work gradients)"
+                     + ("" if transport == transports[0] else ", Python path"),
+                     "payload": f"gradient ({nparams + 1} doubles)", "transport": transport,
+                     "median_s": wall / max(1, nsteps), "p90_s": None, "repeats": nsteps,
+                     "fit_wall_s": sum(f for _, _, f in fits[transport])})
 
     bare_med = {k: float(np.median(v)) for k, v in bare.items()}
     for r in rows:
         r["bare_median_s"] = bare_med[r["payload"]]
         r["ratio_to_bare"] = r["median_s"] / r["bare_median_s"]
-    print(f"\ncontrol plane, {n} workers (MPI ranks), medians of {args.repeats} rounds\n")
-    print(f"{'request':<58} {'payload':<24} {'median ms':>9} {'bare ms':>8} {'ratio':>6}")
+    speedup = {}
+    if len(transports) == 2:  # the compiled path against the Python one, same run
+        by = {(r["transport"], r["request"].replace(", Python path", ""), r["payload"]): r["median_s"]
+              for r in rows if r["transport"]}
+        speedup = {f"{what} | {label}": by[("compiled", what, label)] / v
+                   for (t, what, label), v in by.items() if t == "python"}
+    print(f"\ncontrol plane, {n} workers (MPI ranks), medians of {per_block * args.blocks} "
+          f"rounds in {args.blocks} interleaved blocks; transport: {transports[0]} ({why})\n")
+    print(f"{'request':<62} {'payload':<24} {'median ms':>9} {'bare ms':>8} {'ratio':>6}")
     for k, v in bare_med.items():
-        print(f"{'bare mpi4py Isend/Irecv round trip':<58} {k:<24} {1e3 * v:>9.3f} {1e3 * v:>8.3f} "
+        print(f"{'bare mpi4py Isend/Irecv round trip':<62} {k:<24} {1e3 * v:>9.3f} {1e3 * v:>8.3f} "
               f"{1.0:>6.2f}")
     for r in rows:
-        print(f"{r['request'][:58]:<58} {r['payload']:<24} {1e3 * r['median_s']:>9.3f} "
+        print(f"{r['request'][:62]:<62} {r['payload']:<24} {1e3 * r['median_s']:>9.3f} "
               f"{1e3 * r['bare_median_s']:>8.3f} {r['ratio_to_bare']:>6.2f}")
-    doc = {"benchmark": "control_plane", "workers": n, "repeats": args.repeats,
-           "bare_median_s": bare_med, "rows": rows,
+    for k, v in speedup.items():
+        print(f"compiled / Python path: {k}: {v:.2f}")
+    doc = {"benchmark": "control_plane", "workers": n, "repeats": per_block * args.blocks,
+           "blocks": args.blocks, "transport": transports[0], "transport_why": why,
+           "bare_median_s": bare_med, "rows": rows, "compiled_over_python": speedup,
            "targets": {"request_ratio_to_bare": 3.0, "train_step_s_at_6_workers": 0.002},
            "machine": info, "argv": sys.argv[1:]}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -795,14 +795,17 @@ def _control(doc: dict[str, Any], name: str) -> str:
         "| request | payload | median (ms) | p90 (ms) | / bare round trip |",
         "|---|---|---|---|---|",
     ]
+    # the targets apply to the transport the runtime uses by default (JSON before the
+    # compiled path existed has one transport and no "transport" field)
+    main = lambda r: r.get("transport", doc.get("transport")) == doc.get("transport")
     for r in doc["rows"]:
         p90 = "-" if r.get("p90_s") is None else f"{1e3 * r['p90_s']:.2f}"
         ratio = f"{r['ratio_to_bare']:.1f}"
-        if r["request"].startswith("call"):
+        if r["request"].startswith("call") and main(r):
             ratio = _bold_if(ratio, r["ratio_to_bare"] > t["request_ratio_to_bare"])
         out.append(f"| {r['request']} | {r['payload']} | {1e3 * r['median_s']:.2f} | {p90} | {ratio} |")
-    step = [r for r in doc["rows"] if r["request"].startswith("train step")]
-    calls = [r["ratio_to_bare"] for r in doc["rows"] if r["request"].startswith("call")]
+    step = [r for r in doc["rows"] if r["request"].startswith("train step") and main(r)]
+    calls = [r["ratio_to_bare"] for r in doc["rows"] if r["request"].startswith("call") and main(r)]
     verdict = []
     if calls:
         verdict.append(f"a call at most {t['request_ratio_to_bare']:g}x the bare round trip: "
@@ -815,11 +818,17 @@ def _control(doc: dict[str, Any], name: str) -> str:
                        f"({1e3 * s:.2f} ms)")
     if verdict:
         out += ["", "Targets: " + "; ".join(verdict) + "."]
+    if doc.get("compiled_over_python"):
+        v = doc["compiled_over_python"].values()
+        out += ["", f"Rows without a suffix ran on the compiled per-message path "
+                    f"(`codedml.runtime._wire`, the default), the \"Python path\" rows on "
+                    f"`transport=\"python\"`, interleaved in {doc.get('blocks', 1)} blocks of the "
+                    f"same run: compiled / Python {min(v):.2f}-{max(v):.2f}."]
     floor = {r["payload"]: r["median_s"] for r in doc["rows"] if r["request"].startswith("python floor")}
     if floor:
         fr = [v / doc["bare_median_s"][k] for k, v in floor.items()]
         over = [r["median_s"] / floor[r["payload"]] for r in doc["rows"]
-                if r["request"].startswith("call") and r["payload"] in floor]
+                if r["request"].startswith("call") and r["payload"] in floor and main(r)]
         out += ["", f"The Python floor (a `struct` header and the payload each way, no checks, "
                     f"no futures, no deadlines: `floor_rounds` in the script) costs "
                     f"{min(fr):.1f}-{max(fr):.1f}x the bare round trip in the same run"

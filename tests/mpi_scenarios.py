@@ -1,7 +1,9 @@
-"""Scenarios run under a real mpiexec by tests/test_mpi.py: `mpiexec -n N python this.py NAME`.
+"""Scenarios run under a real mpiexec by tests/test_mpi.py:
+`mpiexec -n N python this.py NAME [TRANSPORT]` (MPICluster's ``transport``, default "auto").
 
-The root prints one JSON line starting with RESULT: that the test parses. Written to pass at
-any world size >= 3 (the codes are sized from the number of workers).
+The root prints one JSON line starting with RESULT: that the test parses (with the transport
+the cluster used). Written to pass at any world size >= 3 (the codes are sized from the number
+of workers).
 """
 
 import json
@@ -19,6 +21,8 @@ from codedml.faults import (Corruption, Die, FailSilent, Fault, FixedStragglers,
                             SoftErrors)
 
 name = sys.argv[1]
+transport = sys.argv[2] if len(sys.argv) > 2 else "auto"
+used: list[str] = []
 comm = MPI.COMM_WORLD
 n = comm.Get_size() - 1
 rng = np.random.default_rng(0)
@@ -31,7 +35,7 @@ def rel(C, ref):
 
 
 def emit(**kw):
-    print("RESULT:" + json.dumps(kw), flush=True)
+    print("RESULT:" + json.dumps(dict(kw, transport=used[0])), flush=True)
 
 
 faults = None
@@ -52,7 +56,30 @@ elif name == "late":
 elif name == "soak":
     faults = FixedStragglers([1], 0.01) + SoftErrors("exponent", 0.02)
 
-with MPICluster(comm, faults=faults, seed=7, timeout=30) as cluster:
+cm = MPICluster(comm, faults=faults, seed=7, timeout=30, transport=transport)
+used.append(cm.transport_used)
+if name == "rogue" and comm.Get_rank() == 1:
+    # A worker whose reply header is garbage: it reads the request (and its arrays) like a
+    # worker, then answers with a header of the wrong magic and leaves. The root must record
+    # a protocol error, treat the worker as failed and decode without it.
+    from codedml.runtime._exit import skip_finalize_at_exit
+    from codedml.runtime.mpi import TAG_CTRL, TAG_HDR, TAG_TASK
+    from codedml.runtime.protocol import DTYPES, HEADER_LEN, Request
+
+    st = MPI.Status()
+    cm.comm.Probe(source=0, tag=TAG_CTRL, status=st)
+    raw = np.empty(st.Get_count(MPI.BYTE), dtype=np.uint8)
+    cm.comm.Recv([raw, MPI.BYTE], source=0, tag=TAG_CTRL)
+    for shape, code in Request.from_bytes(raw).arrays:
+        buf = np.empty(shape, dtype=DTYPES[code])
+        cm.comm.Recv([buf, MPI.BYTE], source=0, tag=TAG_TASK)
+    bad = np.zeros(HEADER_LEN, dtype=np.int64)
+    bad[0] = 0xBAD
+    cm.comm.Send([bad, MPI.BYTE], dest=0, tag=TAG_HDR)
+    skip_finalize_at_exit()  # a failed rank, as far as the others know
+    print(f"rank {comm.Get_rank()} exit", flush=True)
+    sys.exit(0)
+with cm as cluster:
     if cluster is not None:
         k = max(1, n - 2)
         code = MDSCode(n, k)
@@ -160,6 +187,11 @@ with MPICluster(comm, faults=faults, seed=7, timeout=30) as cluster:
             stop.set()
             th.join()
             emit(**out, outstanding=cluster.outstanding())
+        elif name == "rogue":
+            code = MDSCode(n, max(1, n - 2))
+            C = cluster.matmul(A, B, code=code)
+            emit(err=rel(C, A @ B), protocol_errors=list(cluster.protocol_errors),
+                 dead=sorted(cluster.dead_workers), outstanding=cluster.outstanding())
         elif name == "soak":
             tracemalloc.start()
             code = MDSCode(n, max(1, n - 2))

@@ -18,6 +18,13 @@ pytestmark = needs_mpiexec
 run_mpi = scenario_runner(SCRIPT)
 
 
+def run_mpi_t(scenario: str, np_: int, transport: str, **kw):
+    """A scenario on the given ``transport`` of MPICluster."""
+    from _mpirun import run_mpi as run
+
+    return run(SCRIPT, np_, scenario, transport, **kw)
+
+
 def _all_exited(done: subprocess.CompletedProcess, np_: int, dead: int = 0) -> None:
     exits = [l for l in done.stdout.splitlines() if l.endswith(" exit")]
     assert len(exits) == np_ - dead, done.stdout
@@ -122,3 +129,58 @@ def test_soak_no_growth():
     assert last["header_receives"] <= 4 and last["outgoing"] <= first["outgoing"] + 8
     assert last["jobs"] <= 64
     assert last["mem"] < first["mem"] + 2_000_000, res["marks"]
+
+
+@pytest.mark.parametrize("transport", ["compiled", "python"])
+def test_corrupt_reply_header_fails_only_its_worker(transport):
+    """A worker whose reply header is garbage is recorded (protocol_errors, named by the
+    header's defect) and treated as failed; the job decodes from the others."""
+    from codedml.runtime.mpi import wire_status
+
+    if transport == "compiled" and not wire_status()[0]:
+        pytest.skip(wire_status()[1])
+    if not open_mpi():  # the bad worker leaves early: only ULFM lets the job go on
+        pytest.skip("a rank that leaves early ends the job except under Open MPI ULFM")
+    res, done = run_mpi_t("rogue", 5, transport, ft=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert res["transport"] == transport
+    assert res["err"] < 1e-12
+    assert res["dead"] == [0]
+    assert res["protocol_errors"][0][0] == 0 and "magic" in res["protocol_errors"][0][1]
+    _all_exited(done, 5)
+
+
+@pytest.mark.parametrize("scenario,np_", [("stragglers", 5), ("soft_errors", 5), ("late", 4),
+                                          ("unwaited", 4), ("bad_input", 4), ("die", 5)])
+def test_python_transport_scenarios(scenario, np_):
+    """The Python per-message path (``transport="python"``), which runs where the compiled
+    one is not built: the same scenarios, the same outcomes."""
+    if scenario == "die" and not open_mpi():
+        pytest.skip("real crashes survive only under Open MPI ULFM")
+    res, done = run_mpi_t(scenario, np_, "python", ft=scenario == "die")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert res["transport"] == "python"
+    if scenario == "die":
+        assert all(j["err"] < 1e-12 for j in res["jobs"])
+        assert any(j["status"]["2"] == "crashed" for j in res["jobs"][1:]), res["jobs"]
+        _all_exited(done, np_, dead=1)
+        return
+    if scenario in ("stragglers", "late"):
+        assert all(j["err"] < 1e-12 for j in res["jobs"])
+        assert all(j["wall"] < 3.0 for j in res["jobs"])
+    elif scenario == "soft_errors":
+        assert [j["faulty"] for j in res["jobs"]] == [[1], [2], [1]]
+    elif scenario == "unwaited":
+        assert None not in res["alone"] + res["callback"] + res["beside_driver"]
+        assert max(res["errors"]) < 1e-12
+    else:
+        assert res["err"] < 1e-12 and all(m is not None for m in res["messages"][:2])
+    _all_exited(done, np_)
+
+
+def test_default_transport_is_compiled_where_built():
+    from codedml.runtime.mpi import wire_status
+
+    res, done = run_mpi("soft_errors", 4)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert res["transport"] == ("compiled" if wire_status()[0] else "python")

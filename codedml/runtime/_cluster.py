@@ -155,8 +155,20 @@ class ClusterBase:
     def _send(self, worker: int, req: Request, arrays: list[np.ndarray]) -> None:
         raise NotImplementedError
 
-    def _poll(self) -> list[Arrival]:
+    def _send_many(self, workers: Sequence[int], req: Request, arrays: list[np.ndarray]) -> None:
+        """The same request and arrays to each of ``workers``."""
+        for w in workers:
+            self._send(w, req, arrays)
+
+    def _poll(self, wait: float = 0.0) -> list[Arrival]:
+        """What has arrived; a transport may wait up to ``wait`` seconds for something
+        (under the lock: see :meth:`_poll_wait`)."""
         raise NotImplementedError
+
+    def _poll_wait(self, timeout: float) -> float:
+        """How long a waiting caller's poll may wait for an arrival inside the transport,
+        holding the lock (0: poll and return)."""
+        return 0.0
 
     def _idle(self, timeout: float) -> None:
         """Wait (without the lock) until something may have arrived, at most ``timeout`` s."""
@@ -267,8 +279,11 @@ class ClusterBase:
         table = self._acks if isinstance(r, Ack) else self._pending
         table[r.id] = r
         try:
-            for w in r.sent_to:
-                self._send(w, req, per_worker[w] if per_worker is not None else arrays or [])
+            if per_worker is None:
+                self._send_many(r.sent_to, req, arrays or [])
+            else:
+                for w in r.sent_to:
+                    self._send(w, req, per_worker[w])
         except BaseException as exc:
             r._settle(exc=exc)
             raise
@@ -384,10 +399,10 @@ class ClusterBase:
             with self._lock:
                 self._pump()
 
-    def _pump(self) -> int:
-        """One non-blocking round (under the lock): route arrivals, settle expired requests.
-        Returns the number of arrivals."""
-        arrivals = self._poll()
+    def _pump(self, wait: float = 0.0) -> int:
+        """One round (under the lock): route arrivals (waiting up to ``wait`` seconds for one
+        where the transport can), settle expired requests. Returns the number of arrivals."""
+        arrivals = self._poll(wait)
         now = time.perf_counter()
         for a in arrivals:
             self._route(a, now)
@@ -554,7 +569,7 @@ class ClusterBase:
         ``timeout`` seconds (the transport's polling pause when the caller pumps)."""
         if self._caller_progress:
             try:
-                if self._pump():
+                if self._pump(self._poll_wait(timeout)):
                     return
             except BaseException as exc:
                 self._fail_all(exc)

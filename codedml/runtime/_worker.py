@@ -28,6 +28,9 @@ from .protocol import ACK_OPS, REPLY_OPS, Op, RemoteError, Request
 
 __all__ = ["WorkerContext", "WorkerState", "REPLY_OPS", "ACK_OPS", "remote_error"]
 
+#: How many arrays each operation takes (the others: products take 1 or 2, calls any).
+_ARRAYS = {Op.PUT: 1, Op.UPDATE: 2, Op.SGD: 2, Op.DROP: 0, Op.FETCH: 0, Op.MATMUL_LEFT: 1}
+
 #: Salt of the storage-fault stream: drawn per (rank, update number), apart from job faults.
 _STORAGE_SALT = 0x5707A6E
 
@@ -71,10 +74,12 @@ class WorkerState:
         The master judges rounding noise from its own encoding's norms, so the worker sends
         no noise scale (a corrupt worker could not be trusted to report one anyway)."""
         op, p, hid = req.op, req.field, req.handle
-        want = {Op.PUT: 1, Op.UPDATE: 2, Op.SGD: 2, Op.DROP: 0, Op.FETCH: 0, Op.MATMUL_LEFT: 1}.get(op)
+        if op is Op.CALL:  # the most frequent request first (training steps)
+            return self._call(req, arrays)
+        want = _ARRAYS.get(op)
         if want is not None and len(arrays) != want:
             raise ValueError(f"{op.name} takes {want} arrays, got {len(arrays)}")
-        if op is not Op.CALL and op is not Op.MATMUL and hid is None:
+        if op is not Op.MATMUL and hid is None:
             raise ValueError(f"{op.name} needs a resident handle")
         if op is Op.PUT:
             a = np.array(arrays[0], copy=True)  # this worker's own copy: updates happen in place
@@ -115,14 +120,19 @@ class WorkerState:
         if op is Op.FETCH:
             a = self._stored(hid)
             return np.array(a if isinstance(a, np.ndarray) else self.backend.to_numpy(a), copy=True)
-        if op is Op.CALL:
-            name = req.params["name"]
-            if name not in self.handlers:
-                raise KeyError(f"no handler {name!r} registered on this worker "
-                               f"(registered: {sorted(self.handlers)})")
-            out = self.handlers[name](self._ctx(), *arrays, **req.params.get("params", {}))
-            return np.zeros(0) if out is None else np.asarray(out)
         raise ValueError(f"operation {op.name} is not served by a worker's handle()")
+
+    def _call(self, req: Request, arrays: list[np.ndarray]) -> np.ndarray:
+        name = req.params["name"]
+        fn = self.handlers.get(name)
+        if fn is None:
+            raise KeyError(f"no handler {name!r} registered on this worker "
+                           f"(registered: {sorted(self.handlers)})")
+        ctx = self.context
+        if ctx is None:
+            ctx = self._ctx()
+        out = fn(ctx, *arrays, **req.params.get("params", {}))
+        return np.zeros(0) if out is None else np.asarray(out)
 
     def _stored(self, hid: int) -> Any:
         try:

@@ -515,7 +515,9 @@ class Call(_Request):
         self.results[w] = payload
 
     def _progress(self) -> None:
-        if not self.settled and not self._outstanding():
+        if self.settled or len(self.results) + len(self.failed) < len(self.sent_to):
+            return  # fewer answers and failures than workers asked: one is still owed
+        if not self._outstanding():
             self._settle(dict(self.results))
 
     def _expire(self) -> None:

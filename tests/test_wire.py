@@ -1,0 +1,206 @@
+"""The MPI runtime's compiled per-message path, ``codedml.runtime._wire`` (codedml/runtime/_wire.c).
+
+Its parsers must agree exactly with protocol.py's: every reply header and every request that
+protocol.py accepts, the compiled path accepts with the same fields, and every one it refuses
+the compiled path refuses too (the compiled path hands a refused message back to protocol.py,
+which names the defect). Property tests drive both with valid messages and random damage.
+The engines themselves run under mpiexec (tests/test_mpi.py, both transports). Where the
+module was not built these tests skip; ``REQUIRE_CODEDML_KERNELS=1`` (set by ``.ci/run``)
+makes that a failure.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from codedml.errors import ConfigurationError, ProtocolError
+from codedml.runtime import protocol
+from codedml.runtime.protocol import (DTYPES, HEADER_LEN, MAX_NDIM, Kind, Op, ReplyHeader,
+                                      Request)
+
+try:
+    from mpi4py import MPI  # noqa: F401  # the module links the MPI mpi4py loads
+    from codedml.runtime import _wire
+except ImportError:  # pragma: no cover - depends on the install
+    _wire = None
+
+needs_wire = pytest.mark.skipif(_wire is None, reason="codedml.runtime._wire not built (no mpicc at install)")
+PROPS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_wire_built_and_usable_where_required():
+    from codedml.runtime.mpi import wire_status
+
+    ok, why = wire_status()
+    if os.environ.get("REQUIRE_CODEDML_KERNELS") == "1":
+        assert _wire is not None, "codedml.runtime._wire was not built: see setup.py and launch/setup.sh"
+        assert ok, why
+    else:
+        built = importlib.util.find_spec("codedml.runtime._wire") is not None
+        assert ok == built or not ok, why
+
+
+@needs_wire
+def test_constants_are_protocol_py_s():
+    assert _wire.HEADER_LEN == HEADER_LEN and _wire.MAX_NDIM == MAX_NDIM
+    assert _wire.REPLY_MAGIC == protocol._MAGIC and _wire.REQ_MAGIC == protocol._REQ_MAGIC
+    assert _wire.MAX_ARRAYS == protocol.MAX_ARRAYS and _wire.MAX_BYTES == protocol.MAX_BYTES
+    assert tuple(_wire.ITEMSIZE) == tuple(d.itemsize for d in DTYPES)
+
+
+class _ThreeRanks:  # refused before any MPI call on it
+    def Get_size(self):
+        return 3
+
+
+def test_transport_argument_checked(monkeypatch):
+    from codedml.runtime import mpi
+
+    with pytest.raises(ConfigurationError, match=r"`transport` must be one of \['auto', "
+                                                 r"'compiled', 'python'\], got 'fast'"):
+        mpi.MPICluster(_ThreeRanks(), transport="fast")
+    monkeypatch.setattr(mpi, "_WIRE_STATUS", (False, "codedml.runtime._wire is not built (test)"))
+    with pytest.raises(ConfigurationError, match="transport='compiled' cannot run here: "
+                                                 "codedml.runtime._wire is not built"):
+        mpi.MPICluster(_ThreeRanks(), transport="compiled")
+
+
+# ------------------------------------------------------------------ reply headers
+def _py_header(raw: bytes):
+    try:
+        h = ReplyHeader.from_array(np.frombuffer(raw, dtype=np.int64))
+    except ProtocolError:
+        return None
+    return (h.job, int(h.kind), h.op, h.dtype, h.shape, h.elapsed_ns, h.nbytes)
+
+
+_edge = st.sampled_from([-2, -1, 0, 1, 2, 3, 4, 5, 8, 9, 10, 2**40, 2**62, -2**63, 0xC0DED1])
+
+
+@st.composite
+def headers(draw):
+    code = draw(st.integers(0, len(DTYPES) - 1))
+    ndim = draw(st.integers(0, MAX_NDIM))
+    shape = tuple(draw(st.lists(st.integers(0, 6), min_size=ndim, max_size=ndim)))
+    kind = draw(st.sampled_from(list(Kind)))
+    if kind is Kind.ERROR:
+        code, shape = DTYPES.index(np.dtype(np.uint8)), (draw(st.integers(0, 50)),)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPES[code].itemsize \
+        if kind in (Kind.RESULT, Kind.ERROR) else 0
+    h = ReplyHeader(draw(st.integers(-1, 2**62)), kind, draw(st.integers(0, 9)), code,
+                    shape, draw(st.integers(0, 2**40)), nbytes).to_array()
+    for _ in range(draw(st.integers(0, 3))):  # damage: any field set to an edge value
+        h[draw(st.integers(0, HEADER_LEN - 1))] = draw(_edge)
+    return h.tobytes()
+
+
+@needs_wire
+@PROPS
+@given(headers())
+def test_reply_header_checks_agree(raw):
+    assert _wire.check_header(raw) == _py_header(raw)
+
+
+@needs_wire
+def test_reply_header_edges():
+    ok = ReplyHeader.for_array(3, int(Op.CALL), np.zeros((2, 3)), 0.5).to_array()
+    assert _wire.check_header(ok.tobytes()) == (3, 0, 4, 0, (2, 3), 500_000_000, 48)
+    assert _wire.check_header(ok.tobytes()[:-8]) is None  # short
+    big = ok.copy()
+    big[5], big[6], big[7], big[-1] = 2, 2**20, 2**17, 2**40  # exactly MAX_BYTES: accepted
+    assert _py_header(big.tobytes()) is not None and _wire.check_header(big.tobytes()) is not None
+    big[7] += 1  # one past it
+    assert _py_header(big.tobytes()) is None and _wire.check_header(big.tobytes()) is None
+    huge = ok.copy()  # a product that overflows int64 must be refused, not wrap around
+    huge[5], huge[6], huge[7], huge[8] = 3, 2**40, 2**40, 0
+    huge[-1] = 0
+    assert _wire.check_header(huge.tobytes()) == _py_header(huge.tobytes())
+
+
+# ------------------------------------------------------------------ requests
+def _compiled_request(raw: bytes):
+    """What the compiled worker makes of ``raw``: C's layout checks, then the same
+    Request.from_fields as protocol.py's parser."""
+    p = _wire.parse_request(raw)
+    if p is None:
+        return None
+    op, job, handle, field, flags, params, arrays = p
+    try:
+        return Request.from_fields(op, job, handle, field, flags, params,
+                                   tuple((tuple(s), c) for s, c in arrays), shapes_checked=True)
+    except ProtocolError:
+        return None
+
+
+def _py_request(raw: bytes):
+    try:
+        return Request.from_bytes(np.frombuffer(raw, dtype=np.uint8))
+    except ProtocolError:
+        return None
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=4),
+                     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=3), c, max_size=3),
+                     max_leaves=6)
+
+
+@st.composite
+def requests(draw):
+    op = draw(st.sampled_from(list(Op)))
+    params = {}
+    if op is Op.CALL:
+        params = {"name": draw(st.text(min_size=1, max_size=5)),
+                  "params": draw(st.dictionaries(st.text(max_size=3), _json, max_size=3))}
+    elif op is Op.UPDATE:
+        params = {"seq": draw(st.integers(0, 9))}
+    elif op is Op.CLOSE and draw(st.booleans()):
+        params = {"failures": draw(st.booleans())}
+    arrays = [np.zeros(tuple(draw(st.lists(st.integers(0, 3), max_size=3))),
+                       dtype=draw(st.sampled_from(DTYPES)))
+              for _ in range(draw(st.integers(0, 3)))]
+    req = Request(op, draw(st.integers(-1, 2**62)), draw(st.none() | st.integers(-1, 9)),
+                  draw(st.none() | st.integers(-1, 2**31)), draw(st.booleans()), params)
+    raw = bytearray(req.with_arrays(arrays).to_bytes().tobytes())
+    for _ in range(draw(st.integers(0, 3))):  # damage
+        how = draw(st.integers(0, 4))
+        if how == 0 and raw:
+            raw[draw(st.integers(0, len(raw) - 1))] = draw(st.integers(0, 255))
+        elif how == 1:
+            raw = raw[:draw(st.integers(0, len(raw)))]
+        elif how == 2:
+            raw += bytes(draw(st.lists(st.integers(0, 255), max_size=9)))
+        elif how == 3 and len(raw) >= 36:  # a header field set to an edge value
+            at = draw(st.sampled_from([8, 16, 24]))
+            raw[at:at + 8] = struct.pack("<q", draw(_edge))
+        elif how == 4 and len(raw) >= 36:  # op, flags or array count
+            raw[draw(st.integers(4, 6))] = draw(st.integers(0, 255))
+    return bytes(raw)
+
+
+@needs_wire
+@PROPS
+@given(requests())
+def test_request_parsers_agree(raw):
+    assert _compiled_request(raw) == _py_request(raw)
+
+
+@needs_wire
+def test_request_edges():
+    r = Request(Op.MATMUL, 7, None, None, False).with_arrays([np.zeros((2, 3)), np.zeros((3,), np.int32)])
+    raw = r.to_bytes().tobytes()
+    assert _wire.parse_request(raw) == (1, 7, -1, -1, 0, b"", [((2, 3), 0), ((3,), 7)])
+    assert _compiled_request(raw) == r
+    for cut in (0, 10, 35, 36, len(raw) - 1):
+        assert _wire.parse_request(raw[:cut]) is None
+    assert _wire.parse_request(raw + b"\0") is None
+    tail = b'{"name":"f","params":{"x":NaN}}'
+    nan = protocol._REQ_HEAD.pack(protocol._REQ_MAGIC, int(Op.CALL), 0, 0, 1, -1, -1, len(tail)) + tail
+    assert _wire.parse_request(nan) is not None  # layout fine: the JSON is protocol.py's to refuse
+    assert _compiled_request(nan) is None and _py_request(nan) is None
