@@ -56,7 +56,12 @@ elif name == "late":
 elif name == "soak":
     faults = FixedStragglers([1], 0.01) + SoftErrors("exponent", 0.02)
 
-cm = MPICluster(comm, faults=faults, seed=7, timeout=30, transport=transport)
+if name == "chunked":  # every rank, before the cluster: messages travel in 1000-byte pieces
+    from codedml.runtime import _wire
+
+    _wire.set_chunk(1000)
+cm = MPICluster(comm, faults=faults, seed=7, timeout=30, transport=transport,
+                handlers={"echo": lambda ctx, x, **_: x})
 used.append(cm.transport_used)
 if name == "rogue" and comm.Get_rank() == 1:
     # A worker whose reply header is garbage: it reads the request (and its arrays) like a
@@ -187,6 +192,17 @@ with cm as cluster:
             stop.set()
             th.join()
             emit(**out, outstanding=cluster.outstanding())
+        elif name == "chunked":
+            code = MDSCode(n, max(1, n - 2))
+            C = cluster.matmul(A, B, code=code)
+            h = cluster.put(A, code=code)
+            x = rng.standard_normal(60)
+            e2 = rel(cluster.matmul(h, x), A @ x)
+            big = rng.standard_normal(3001)  # 24 KB: 25 pieces each way
+            echoed = cluster.call("echo", big).result()
+            emit(err=[rel(C, A @ B), e2], echo=len(echoed) == n and all(
+                np.array_equal(v, big) for v in echoed.values()), outstanding=cluster.outstanding(),
+                split=_wire.split_messages())
         elif name == "rogue":
             code = MDSCode(n, max(1, n - 2))
             C = cluster.matmul(A, B, code=code)

@@ -223,3 +223,29 @@ def test_call_parameter_check_matches_the_plain_recursive_check() -> None:
         assert _outcome(_check_json, value) == _outcome(_check_json_reference, value)
 
     same()
+
+
+def test_repeated_call_parameters_are_fresh_objects_and_bounded() -> None:
+    """A call's parameters seen before skip the parse (protocol._CALL_MEMO), but every request
+    gets its own dicts (a handler may change its kwargs), nested ones are never shared, and
+    the memo stays bounded."""
+    from codedml.runtime import protocol
+
+    protocol._CALL_MEMO.clear()
+    req = Request(Op.CALL, 3, params={"name": "f", "params": {"a": 1, "b": 2.5, "c": None}})
+    raw = req.to_bytes()
+    first, second = Request.from_bytes(raw), Request.from_bytes(raw)
+    assert first == second == req
+    assert first.params is not second.params
+    assert first.params["params"] is not second.params["params"]
+    assert len(protocol._CALL_MEMO) == 1
+    nested = Request(Op.CALL, 4, params={"name": "f", "params": {"a": [1, 2]}}).to_bytes()
+    x, y = Request.from_bytes(nested), Request.from_bytes(nested)
+    assert x.params["params"]["a"] is not y.params["params"]["a"]
+    assert len(protocol._CALL_MEMO) == 1  # not kept
+    for i in range(3 * protocol._MEMO_MAX):
+        Request.from_bytes(Request(Op.CALL, i, params={"name": "f", "params": {"i": i}}).to_bytes())
+    assert len(protocol._CALL_MEMO) <= protocol._MEMO_MAX
+    bad = bytearray(raw.tobytes()).replace(b'"b":2.5', b'"b":NaN')  # same length as before
+    with pytest.raises(ProtocolError, match="finite"):
+        _parse(bad)

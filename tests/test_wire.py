@@ -49,27 +49,53 @@ def test_wire_built_and_usable_where_required():
 
 @needs_wire
 def test_constants_are_protocol_py_s():
+    from codedml.runtime.mpi import _protocol_constants, _wire_constants
+
+    assert _wire_constants(_wire) == _protocol_constants()
     assert _wire.HEADER_LEN == HEADER_LEN and _wire.MAX_NDIM == MAX_NDIM
-    assert _wire.REPLY_MAGIC == protocol._MAGIC and _wire.REQ_MAGIC == protocol._REQ_MAGIC
-    assert _wire.MAX_ARRAYS == protocol.MAX_ARRAYS and _wire.MAX_BYTES == protocol.MAX_BYTES
     assert tuple(_wire.ITEMSIZE) == tuple(d.itemsize for d in DTYPES)
 
 
-class _ThreeRanks:  # refused before any MPI call on it
+class _FakeComm:
+    """Three ranks; the others answer the transport agreement as ``others`` say (rows of
+    [asked: 0 auto, 1 compiled, 2 python; can run the compiled path])."""
+
+    def __init__(self, others):
+        self.others = others
+
     def Get_size(self):
         return 3
 
+    def Dup(self):
+        return self
 
-def test_transport_argument_checked(monkeypatch):
+    def Set_errhandler(self, h):
+        pass
+
+    def Get_rank(self):
+        return 0
+
+    def Allgather(self, send, recv):
+        recv[0] = send
+        recv[1:] = self.others
+
+
+def test_transport_argument_checked_and_agreed(monkeypatch):
     from codedml.runtime import mpi
 
     with pytest.raises(ConfigurationError, match=r"`transport` must be one of \['auto', "
                                                  r"'compiled', 'python'\], got 'fast'"):
-        mpi.MPICluster(_ThreeRanks(), transport="fast")
+        mpi.MPICluster(_FakeComm([]), transport="fast", threads=None)
+    monkeypatch.setattr(mpi, "_WIRE_STATUS", (True, "compiled (test)"))
+    with pytest.raises(ConfigurationError, match=r"`transport` must be the same on every rank, "
+                                                 r"got 'auto' on ranks \[0, 2\], 'python' on ranks \[1\]"):
+        mpi.MPICluster(_FakeComm([[2, 0], [0, 1]]), transport="auto", threads=None)
+    with pytest.raises(ConfigurationError, match=r"transport='compiled' cannot run on ranks \[2\]; "):
+        mpi.MPICluster(_FakeComm([[1, 1], [1, 0]]), transport="compiled", threads=None)
     monkeypatch.setattr(mpi, "_WIRE_STATUS", (False, "codedml.runtime._wire is not built (test)"))
-    with pytest.raises(ConfigurationError, match="transport='compiled' cannot run here: "
-                                                 "codedml.runtime._wire is not built"):
-        mpi.MPICluster(_ThreeRanks(), transport="compiled")
+    with pytest.raises(ConfigurationError, match=r"cannot run on ranks \[0\] \(here: "
+                                                 r"codedml.runtime._wire is not built \(test\)\)"):
+        mpi.MPICluster(_FakeComm([[1, 1], [1, 1]]), transport="compiled", threads=None)
 
 
 # ------------------------------------------------------------------ reply headers

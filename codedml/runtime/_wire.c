@@ -38,7 +38,6 @@
 #define NDTYPES 9
 #define MAX_BYTES ((int64_t)1 << 40)
 #define NOPS 9                        /* Op: 1..9 */
-#define OP_CLOSE 9
 #define KIND_RESULT 0
 #define KIND_ERROR 1
 #define KIND_BYE 2
@@ -71,14 +70,16 @@ static void nap(double s)
 static PyObject *mpi_fail(int rc, const char *what)
 {
     int cls = rc, len = 0;
-    char text[MPI_MAX_ERROR_STRING];
+    char text[MPI_MAX_ERROR_STRING + 1];
     MPI_Error_class(rc, &cls);
-    if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS)
+    if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS || len < 0 || len > MPI_MAX_ERROR_STRING)
         len = 0;
     text[len] = 0;
     PyObject *v = Py_BuildValue("(is)", cls, "");
     if (v) {
-        PyObject *msg = PyUnicode_FromFormat("%s failed: %s (MPI error class %d)", what, text, cls);
+        PyObject *t = PyUnicode_DecodeUTF8(text, len, "replace");
+        PyObject *msg = t ? PyUnicode_FromFormat("%s failed: %U (MPI error class %d)", what, t, cls) : NULL;
+        Py_XDECREF(t);
         if (msg) {
             PyTuple_SetItem(v, 1, msg);   /* steals msg, replaces "" */
             PyErr_SetObject(WireError, v);
@@ -104,13 +105,28 @@ typedef struct {
     MPI_Status *st;
     Py_ssize_t n, cap;
     Py_ssize_t done;          /* requests found complete (set null) since the last compact */
+    int err;                  /* the first MPI error code a send completed with (0: none) */
 } Sends;
 
-static int sends_grow(Sends *s)
+/* Messages longer than this many bytes travel as consecutive pieces of at most this size on
+ * the same tag (MPI keeps their order): MPI counts are C ints, and MPI_BYTE counts bytes.
+ * Both ends must use the same size: set_chunk() changes it for tests only. */
+static Py_ssize_t CHUNK = (Py_ssize_t)1 << 30;
+static long long SPLIT = 0;   /* messages sent in more than one piece (split_messages()) */
+
+static Py_ssize_t pieces(Py_ssize_t len)
 {
-    if (s->n < s->cap)
+    return len <= CHUNK ? 1 : (len + CHUNK - 1) / CHUNK;
+}
+
+/* Room for k more sends, so that a message is never half posted for want of memory. */
+static int sends_reserve(Sends *s, Py_ssize_t k)
+{
+    if (s->n + k <= s->cap)
         return 0;
     Py_ssize_t cap = s->cap ? 2 * s->cap : 16;
+    while (cap < s->n + k)
+        cap *= 2;
     MPI_Request *r = PyMem_Realloc(s->req, cap * sizeof *r);
     if (!r) goto oom;
     s->req = r;
@@ -131,8 +147,8 @@ oom:
 }
 
 /* Test the sends in flight (no GIL needed): completed ones become MPI_REQUEST_NULL. A send
- * that failed counts as done (the Python path dropped sends to a failed process the same
- * way; the failure itself shows in that worker's header receive). */
+ * that failed counts as done, its error kept in s->err for the owner to judge (a failed
+ * process's is expected under ULFM; the failure also shows in that worker's receive). */
 static void sends_test(Sends *s)
 {
     if (s->n == 0 || s->done == s->n)
@@ -144,14 +160,20 @@ static void sends_test(Sends *s)
             s->done += out;
         return;
     }
-    for (Py_ssize_t i = 0; i < s->n; i++) {   /* an error among them: one by one */
-        if (s->req[i] == MPI_REQUEST_NULL)
+    s->done = 0;   /* an error among them: count again, one by one */
+    for (Py_ssize_t i = 0; i < s->n; i++) {
+        if (s->req[i] == MPI_REQUEST_NULL) {
+            s->done++;
             continue;
+        }
         int flag = 0;
-        if (MPI_Test(&s->req[i], &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS) {
+        int r1 = MPI_Test(&s->req[i], &flag, MPI_STATUS_IGNORE);
+        if (r1 != MPI_SUCCESS) {
             if (s->req[i] != MPI_REQUEST_NULL)
                 MPI_Request_free(&s->req[i]);
             s->req[i] = MPI_REQUEST_NULL;
+            if (!s->err)
+                s->err = r1;
             flag = 1;
         }
         if (flag)
@@ -168,15 +190,21 @@ static void hold_release(Hold *h)
     h->own = NULL;
 }
 
-/* Drop the completed sends (with the GIL: releases their buffers). */
+/* Drop the completed sends (with the GIL). The buffers are released after the arrays are
+ * consistent again: a release may run Python code (a buffer's owner freed) that re-enters. */
 static void sends_compact(Sends *s)
 {
     if (s->done == 0)
         return;
+    Hold gone[64];
+    int ngone = 0;
     Py_ssize_t k = 0;
     for (Py_ssize_t i = 0; i < s->n; i++) {
         if (s->req[i] == MPI_REQUEST_NULL) {
-            hold_release(&s->hold[i]);
+            if (ngone < 64)
+                gone[ngone++] = s->hold[i];
+            else
+                hold_release(&s->hold[i]);
             continue;
         }
         s->req[k] = s->req[i];
@@ -185,47 +213,76 @@ static void sends_compact(Sends *s)
     }
     s->n = k;
     s->done = 0;
+    for (int i = 0; i < ngone; i++)
+        hold_release(&gone[i]);
 }
 
-/* Post one MPI_BYTE send of `buf` (a Python buffer: held) or `own` (owned memory, freed when
- * done) of `len` bytes. Returns NULL with WireError set on failure. */
-static int sends_post(Sends *s, MPI_Comm comm, int dest, int tag, PyObject *buf, void *own,
-                      Py_ssize_t len)
+/* Post the MPI_BYTE send of one message, in pieces of at most CHUNK bytes: `view` (a Python
+ * buffer's view, owned from here on: held until the send completes, each further piece
+ * holding a view of its own of `obj`) or `own` (owned memory of `len` bytes, freed when
+ * done). Room must have been reserved (sends_reserve: pieces(len)). Returns -1 with an
+ * exception set on failure (pieces already posted stay posted and held). */
+static int sends_post(Sends *s, MPI_Comm comm, int dest, int tag, Py_buffer *view,
+                      PyObject *obj, void *own, Py_ssize_t len)
 {
-    if (sends_grow(s) < 0) {
-        PyMem_Free(own);
-        return -1;
+    const char *ptr = own;
+    if (view != NULL) {
+        ptr = view->buf;
+        len = view->len;
     }
-    Hold *h = &s->hold[s->n];
-    h->has_view = 0;
-    h->own = own;
-    const void *ptr = own;
-    if (buf != NULL) {
-        if (PyObject_GetBuffer(buf, &h->view, PyBUF_C_CONTIGUOUS) < 0)
+    Py_ssize_t k = pieces(len);
+    SPLIT += k > 1;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        Hold *h = &s->hold[s->n];
+        h->has_view = 0;
+        h->own = NULL;
+        if (i == 0) {
+            if (view != NULL) {
+                h->view = *view;
+                h->has_view = 1;
+            } else {
+                h->own = own;
+            }
+        } else if (PyObject_GetBuffer(obj, &h->view, PyBUF_C_CONTIGUOUS) < 0) {
             return -1;
-        h->has_view = 1;
-        ptr = h->view.buf;
-        len = h->view.len;
+        } else {
+            h->has_view = 1;
+        }
+        Py_ssize_t at = i * CHUNK, m = len - at < CHUNK ? len - at : CHUNK;
+        int rc = MPI_Isend(ptr + at, (int)m, MPI_BYTE, dest, tag, comm, &s->req[s->n]);
+        if (rc != MPI_SUCCESS) {
+            hold_release(h);
+            mpi_fail(rc, "MPI_Isend");
+            return -1;
+        }
+        s->n++;
     }
-    if (len > INT_MAX) {
-        hold_release(h);
-        PyErr_Format(PyExc_ValueError, "a message of %zd bytes exceeds MPI's int count", len);
-        return -1;
-    }
-    int rc = MPI_Isend(ptr, (int)len, MPI_BYTE, dest, tag, comm, &s->req[s->n]);
-    if (rc != MPI_SUCCESS) {
-        hold_release(h);
-        mpi_fail(rc, "MPI_Isend");
-        return -1;
-    }
-    s->n++;
     return 0;
+}
+
+/* Receive one message sent by sends_post (no GIL needed): its pieces into p[0:len].
+ * *got: the bytes received (short when the sender's message was shorter). */
+static int recv_bytes(MPI_Comm comm, int src, int tag, char *p, Py_ssize_t len, Py_ssize_t *got)
+{
+    *got = 0;
+    Py_ssize_t k = pieces(len);
+    for (Py_ssize_t i = 0; i < k; i++) {
+        Py_ssize_t at = i * CHUNK, m = len - at < CHUNK ? len - at : CHUNK;
+        MPI_Status st;
+        int count = 0;
+        int rc = MPI_Recv(p + at, (int)m, MPI_BYTE, src, tag, comm, &st);
+        if (rc != MPI_SUCCESS)
+            return rc;
+        MPI_Get_count(&st, MPI_BYTE, &count);
+        *got += count;
+        if (count < m)
+            break;
+    }
+    return MPI_SUCCESS;
 }
 
 static void sends_free(Sends *s)
 {
-    int live = 0;
-    MPI_Finalized(&live);
     for (Py_ssize_t i = 0; i < s->n; i++) {
         if (s->req[i] != MPI_REQUEST_NULL) {
             /* still in flight at the engine's end: leave the request and its buffer alone
@@ -239,7 +296,6 @@ static void sends_free(Sends *s)
     PyMem_Free(s->idx);
     PyMem_Free(s->st);
     memset(s, 0, sizeof *s);
-    (void)live;
 }
 
 /* The header of a reply as int64[HEADER_LEN]. */
@@ -277,6 +333,8 @@ typedef struct {
     MPI_Status *hst;
     int *failed;               /* MPI error classes that mean "a process failed" */
     int nfailed;
+    int busy;                  /* a method runs with the GIL released: no other may start */
+    int pinned;                /* an active header receive was let go: hdr must outlive us */
     Sends out;
 } Root;
 
@@ -318,6 +376,10 @@ static int comm_from(PyObject *fcomm, MPI_Comm *comm)
     long f = PyLong_AsLong(fcomm);
     if (f == -1 && PyErr_Occurred())
         return -1;
+    if (f < INT_MIN || f > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "`fcomm` must be a Fortran communicator handle, got %ld", f);
+        return -1;
+    }
     *comm = MPI_Comm_f2c((MPI_Fint)f);
     if (*comm == MPI_COMM_NULL) {
         PyErr_SetString(PyExc_ValueError, "`fcomm` is the null communicator");
@@ -326,68 +388,96 @@ static int comm_from(PyObject *fcomm, MPI_Comm *comm)
     return 0;
 }
 
+static PyObject *Root_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    Root *self = (Root *)PyType_GenericNew(type, args, kw);
+    if (self)
+        self->comm = MPI_COMM_NULL;
+    return (PyObject *)self;
+}
+
 static int Root_init(Root *self, PyObject *args, PyObject *kw)
 {
     static char *names[] = {"fcomm", "ranks", "tags", "failed", NULL};
     PyObject *fcomm, *ranks, *failed;
     int tags[5];
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO(iiiii)O", names, &fcomm, &ranks, &tags[0],
-                                     &tags[1], &tags[2], &tags[3], &tags[4], &failed))
-        return -1;
     if (self->ranks) {
         PyErr_SetString(PyExc_RuntimeError, "Root is initialised once");
         return -1;
     }
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO(iiiii)O", names, &fcomm, &ranks, &tags[0],
+                                     &tags[1], &tags[2], &tags[3], &tags[4], &failed))
+        return -1;
     if (comm_from(fcomm, &self->comm) < 0)
         return -1;
+    int size = 0;
+    MPI_Comm_size(self->comm, &size);
     PyObject *r = PySequence_Fast(ranks, "`ranks` must be a sequence of ints");
     if (!r)
         return -1;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(r);
-    if (n < 1 || n > 1 << 20) {
+    if (n < 1 || n >= size) {
         Py_DECREF(r);
-        PyErr_Format(PyExc_ValueError, "`ranks` must list 1 to 2**20 workers, got %zd", n);
+        PyErr_Format(PyExc_ValueError, "`ranks` must list 1 to %d workers, got %zd", size - 1, n);
         return -1;
     }
-    self->n = (int)n;
-    self->ranks = PyMem_Calloc(n, sizeof(int));
-    self->hdr = PyMem_Calloc(n * HEADER_LEN, sizeof(int64_t));
-    self->hreq = PyMem_Calloc(n, sizeof(MPI_Request));
-    self->hidx = PyMem_Calloc(n, sizeof(int));
-    self->hst = PyMem_Calloc(n, sizeof(MPI_Status));
-    if (!self->ranks || !self->hdr || !self->hreq || !self->hidx || !self->hst) {
+    int *rk = PyMem_Calloc(n, sizeof(int));
+    int64_t *hdr = PyMem_Calloc(n * HEADER_LEN, sizeof(int64_t));
+    MPI_Request *hreq = PyMem_Calloc(n, sizeof(MPI_Request));
+    int *hidx = PyMem_Calloc(n, sizeof(int));
+    MPI_Status *hst = PyMem_Calloc(n, sizeof(MPI_Status));
+    if (!rk || !hdr || !hreq || !hidx || !hst) {
+        PyMem_Free(rk), PyMem_Free(hdr), PyMem_Free(hreq), PyMem_Free(hidx), PyMem_Free(hst);
         Py_DECREF(r);
         PyErr_NoMemory();
         return -1;
     }
+    for (Py_ssize_t i = 0; i < n; i++)
+        hreq[i] = MPI_REQUEST_NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
         long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(r, i));
-        if (v == -1 && PyErr_Occurred()) {
+        if ((v == -1 && PyErr_Occurred()) || v < 0 || v >= size) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError, "`ranks[%zd]` must be a rank from 0 to %d, got %ld",
+                             i, size - 1, v);
+            PyMem_Free(rk), PyMem_Free(hdr), PyMem_Free(hreq), PyMem_Free(hidx), PyMem_Free(hst);
             Py_DECREF(r);
             return -1;
         }
-        self->ranks[i] = (int)v;
-        self->hreq[i] = MPI_REQUEST_NULL;
+        rk[i] = (int)v;
     }
     Py_DECREF(r);
+    int *fc = NULL, nf = 0;
+    if (read_classes(failed, &fc, &nf) < 0) {
+        PyMem_Free(rk), PyMem_Free(hdr), PyMem_Free(hreq), PyMem_Free(hidx), PyMem_Free(hst);
+        PyMem_Free(fc);
+        return -1;
+    }
+    self->n = (int)n;
+    self->ranks = rk;
+    self->hdr = hdr;
+    self->hreq = hreq;
+    self->hidx = hidx;
+    self->hst = hst;
+    self->failed = fc;
+    self->nfailed = nf;
     self->tag_ctrl = tags[0];
     self->tag_task = tags[1];
     self->tag_hdr = tags[2];
     self->tag_res = tags[3];
     self->tag_cancel = tags[4];
-    return read_classes(failed, &self->failed, &self->nfailed);
+    return 0;
 }
 
 static void Root_dealloc(Root *self)
 {
     int fin = 0;
     MPI_Finalized(&fin);
-    if (self->hreq && !fin) {
-        /* a posted header receive writes into self->hdr: never free the buffer under it */
-        for (int i = 0; i < self->n; i++)
-            if (self->hreq[i] != MPI_REQUEST_NULL)
-                self->hdr = NULL;   /* leaked on purpose: MPI may still write into it */
-    }
+    int live = self->pinned;
+    for (int i = 0; self->hreq && i < self->n; i++)
+        live |= self->hreq[i] != MPI_REQUEST_NULL;
+    if (live && !fin)
+        self->hdr = NULL;   /* leaked on purpose: a receive may still write into it */
     sends_free(&self->out);
     PyMem_Free(self->ranks);
     PyMem_Free(self->hdr);
@@ -398,84 +488,145 @@ static void Root_dealloc(Root *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static int check_worker(Root *self, int w)
+/* Every method starts here: initialised, and not in use by another thread (a method that
+ * releases the GIL sets busy; the cluster's lock should make this impossible). */
+static int root_ready(Root *self)
 {
-    if (w < 0 || w >= self->n) {
-        PyErr_Format(PyExc_IndexError, "worker %d is not between 0 and %d", w, self->n - 1);
+    if (!self->ranks) {
+        PyErr_SetString(PyExc_RuntimeError, "Root is not initialised");
+        return -1;
+    }
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "Root is in use by another thread (use it under the cluster's lock)");
         return -1;
     }
     return 0;
 }
 
+static int worker_index(Root *self, PyObject *arg, int *w)
+{
+    long v = PyLong_AsLong(arg);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v < 0 || v >= self->n) {
+        PyErr_Format(PyExc_IndexError, "worker %ld is not between 0 and %d", v, self->n - 1);
+        return -1;
+    }
+    *w = (int)v;
+    return 0;
+}
+
+static int repost(Root *self, int w)
+{
+    return MPI_Irecv(self->hdr + (size_t)w * HEADER_LEN, HEADER_BYTES, MPI_BYTE, self->ranks[w],
+                     self->tag_hdr, self->comm, &self->hreq[w]);
+}
+
 static PyObject *Root_post(Root *self, PyObject *arg)
 {
-    int w = (int)PyLong_AsLong(arg);
-    if (PyErr_Occurred() || check_worker(self, w) < 0)
+    int w;
+    if (root_ready(self) < 0 || worker_index(self, arg, &w) < 0)
         return NULL;
     if (self->hreq[w] != MPI_REQUEST_NULL) {
         PyErr_Format(PyExc_RuntimeError, "worker %d already has a posted header receive", w);
         return NULL;
     }
-    int rc = MPI_Irecv(self->hdr + (size_t)w * HEADER_LEN, HEADER_BYTES, MPI_BYTE,
-                       self->ranks[w], self->tag_hdr, self->comm, &self->hreq[w]);
+    int rc = repost(self, w);
     if (rc != MPI_SUCCESS)
         return mpi_fail(rc, "MPI_Irecv (reply header)");
     Py_RETURN_NONE;
 }
 
-/* Forget worker w's header receive: it is dead, or said goodbye. A posted one is cancelled
- * (a 128-byte receive: nothing can be stuck behind it) when `cancel`, else just freed. */
+/* drop(w, cancel=False): forget worker w's header receive (it is dead, or said goodbye). A
+ * posted one is cancelled first when asked (a 128-byte receive: nothing can be stuck behind
+ * it); else it is let go while still active, and the header buffers are kept for good. */
 static PyObject *Root_drop(Root *self, PyObject *args)
 {
+    PyObject *wo;
     int w, cancel = 0;
-    if (!PyArg_ParseTuple(args, "i|p", &w, &cancel) || check_worker(self, w) < 0)
+    if (root_ready(self) < 0 || !PyArg_ParseTuple(args, "O|p", &wo, &cancel) ||
+        worker_index(self, wo, &w) < 0)
         return NULL;
     if (self->hreq[w] != MPI_REQUEST_NULL) {
-        if (cancel)
+        if (cancel) {
             MPI_Cancel(&self->hreq[w]);
-        if (self->hreq[w] != MPI_REQUEST_NULL)
+            MPI_Wait(&self->hreq[w], MPI_STATUS_IGNORE);
+        } else {
+            self->pinned = 1;
             MPI_Request_free(&self->hreq[w]);
+        }
         self->hreq[w] = MPI_REQUEST_NULL;
     }
     Py_RETURN_NONE;
 }
 
-/* send(w, tag_kind, buffer): one MPI_BYTE send of a contiguous buffer to worker w; kinds 0
- * control, 1 task. */
+/* request(w, ctrl, arrays): a request's control bytes (tag CTRL) and each of its arrays (tag
+ * TASK) to worker w. Every buffer is checked and room for every send reserved before the
+ * first is posted. */
 static PyObject *Root_request(Root *self, PyObject *args)
 {
+    PyObject *wo, *ctrl, *arrays;
     int w;
-    PyObject *ctrl, *arrays;
-    if (!PyArg_ParseTuple(args, "iOO", &w, &ctrl, &arrays) || check_worker(self, w) < 0)
+    if (root_ready(self) < 0 || !PyArg_ParseTuple(args, "OOO", &wo, &ctrl, &arrays) ||
+        worker_index(self, wo, &w) < 0)
         return NULL;
     PyObject *a = PySequence_Fast(arrays, "`arrays` must be a sequence of buffers");
     if (!a)
         return NULL;
-    int dest = self->ranks[w];
-    if (sends_post(&self->out, self->comm, dest, self->tag_ctrl, ctrl, NULL, 0) < 0)
-        goto fail;
-    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(a); i++)
-        if (sends_post(&self->out, self->comm, dest, self->tag_task,
-                       PySequence_Fast_GET_ITEM(a, i), NULL, 0) < 0)
+    Py_ssize_t m = PySequence_Fast_GET_SIZE(a);
+    if (m > MAX_ARRAYS) {
+        Py_DECREF(a);
+        PyErr_Format(PyExc_ValueError, "a request carries at most %d arrays, got %zd", MAX_ARRAYS, m);
+        return NULL;
+    }
+    Py_buffer views[1 + MAX_ARRAYS];
+    PyObject *objs[1 + MAX_ARRAYS];
+    Py_ssize_t got = 0, k = 0;
+    for (Py_ssize_t i = 0; i <= m; i++, got++) {
+        objs[i] = i == 0 ? ctrl : PySequence_Fast_GET_ITEM(a, i - 1);
+        if (PyObject_GetBuffer(objs[i], &views[i], PyBUF_C_CONTIGUOUS) < 0)
             goto fail;
+        k += pieces(views[i].len);
+    }
+    if (sends_reserve(&self->out, k) < 0)
+        goto fail;
+    int dest = self->ranks[w];
+    for (Py_ssize_t i = 0; i <= m; i++) {
+        Py_buffer v = views[i];
+        got = i + 1;   /* views[i] is the sends' from here on */
+        if (sends_post(&self->out, self->comm, dest, i == 0 ? self->tag_ctrl : self->tag_task,
+                       &v, objs[i], NULL, 0) < 0)
+            goto fail_from;
+    }
     Py_DECREF(a);
     Py_RETURN_NONE;
+fail_from:
+    for (Py_ssize_t i = got; i <= m; i++)
+        PyBuffer_Release(&views[i]);
+    Py_DECREF(a);
+    return NULL;
 fail:
+    for (Py_ssize_t i = 0; i < got; i++)
+        PyBuffer_Release(&views[i]);
     Py_DECREF(a);
     return NULL;
 }
 
 static PyObject *Root_cancel(Root *self, PyObject *args)
 {
+    PyObject *wo;
     int w;
     long long job;
-    if (!PyArg_ParseTuple(args, "iL", &w, &job) || check_worker(self, w) < 0)
+    if (root_ready(self) < 0 || !PyArg_ParseTuple(args, "OL", &wo, &job) ||
+        worker_index(self, wo, &w) < 0)
+        return NULL;
+    if (sends_reserve(&self->out, 1) < 0)
         return NULL;
     int64_t *b = PyMem_Malloc(sizeof(int64_t));
     if (!b)
         return PyErr_NoMemory();
     *b = (int64_t)job;
-    if (sends_post(&self->out, self->comm, self->ranks[w], self->tag_cancel, NULL, b, 8) < 0)
+    if (sends_post(&self->out, self->comm, self->ranks[w], self->tag_cancel, NULL, NULL, b, 8) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -562,18 +713,21 @@ static int failed_event(Root *self, PyObject *res, int w, int err)
  *   (w, 2, error class)                                         its receive failed
  * Tests the posted header receives and the sends in flight until something arrives or
  * `deadline` (perf_counter seconds) passes, with the GIL released: yielding the core between
- * tests until `spin_until`, then sleeping from min_pause growing 1.5x to max_pause. A valid
- * header that is not a goodbye has its worker's receive posted again at once (its payload,
- * on another tag, is received next by recv()). */
+ * tests until `spin_until`, then sleeping from min_pause growing 1.5x to max_pause. An
+ * acknowledgement's header has its worker's receive posted again at once; one that announces
+ * a payload gets it posted again by recv(), once the payload is in, so that a payload is never
+ * paired with a later header; a goodbye's and a refused header's never. */
 static PyObject *Root_poll(Root *self, PyObject *args)
 {
     double deadline, spin_until, pause, max_pause;
-    if (!PyArg_ParseTuple(args, "dddd", &deadline, &spin_until, &pause, &max_pause))
+    if (root_ready(self) < 0 ||
+        !PyArg_ParseTuple(args, "dddd", &deadline, &spin_until, &pause, &max_pause))
         return NULL;
     int out = 0, rc = MPI_SUCCESS, any_posted = 0;
     for (int i = 0; i < self->n; i++)
         any_posted |= self->hreq[i] != MPI_REQUEST_NULL;
     double next_signals = mono() + 0.01;
+    self->busy = 1;
     PyThreadState *ts = PyEval_SaveThread();
     for (;;) {
         sends_test(&self->out);
@@ -597,14 +751,25 @@ static PyObject *Root_poll(Root *self, PyObject *args)
         }
         if (now >= next_signals) {   /* let a Ctrl-C through a long wait */
             PyEval_RestoreThread(ts);
-            if (PyErr_CheckSignals() < 0)
+            if (PyErr_CheckSignals() < 0) {
+                self->busy = 0;
                 return NULL;
+            }
             ts = PyEval_SaveThread();
             next_signals = now + 0.01;
         }
     }
     PyEval_RestoreThread(ts);
+    self->busy = 0;
     sends_compact(&self->out);
+    if (self->out.err) {
+        int cls = self->out.err;
+        MPI_Error_class(self->out.err, &cls);
+        int err = self->out.err;
+        self->out.err = 0;
+        if (!is_failed(self->failed, self->nfailed, cls))
+            return mpi_fail(err, "a send to a worker");
+    }
     PyObject *res = PyList_New(0);
     if (!res)
         return NULL;
@@ -656,9 +821,8 @@ static PyObject *Root_poll(Root *self, PyObject *args)
         if (count == HEADER_BYTES && header_ok(v)) {
             PyObject *h = parsed_header(v);
             ev = h ? Py_BuildValue("(iiN)", w, 0, h) : NULL;
-            if (ev && v[2] != KIND_BYE) {
-                int r2 = MPI_Irecv(self->hdr + (size_t)w * HEADER_LEN, HEADER_BYTES, MPI_BYTE,
-                                   self->ranks[w], self->tag_hdr, self->comm, &self->hreq[w]);
+            if (ev && v[2] == KIND_ACK) {
+                int r2 = repost(self, w);
                 if (r2 != MPI_SUCCESS) {
                     Py_DECREF(ev);
                     Py_DECREF(res);
@@ -679,34 +843,42 @@ static PyObject *Root_poll(Root *self, PyObject *args)
 }
 
 /* recv(w, buffer): receive worker w's reply payload (tag RES) into a writable contiguous
- * buffer, GIL released; returns the bytes received (the caller compares). */
+ * buffer, GIL released; returns the bytes received (the caller compares them with the
+ * header's). Once the whole payload is in, w's header receive is posted again. */
 static PyObject *Root_recv(Root *self, PyObject *args)
 {
+    PyObject *wo;
     int w;
     Py_buffer view;
-    if (!PyArg_ParseTuple(args, "iw*", &w, &view))
+    if (root_ready(self) < 0 || !PyArg_ParseTuple(args, "Ow*", &wo, &view))
         return NULL;
-    if (check_worker(self, w) < 0 || view.len > INT_MAX) {
-        if (!PyErr_Occurred())
-            PyErr_Format(PyExc_ValueError, "a payload of %zd bytes exceeds MPI's int count", view.len);
+    if (worker_index(self, wo, &w) < 0) {
         PyBuffer_Release(&view);
         return NULL;
     }
-    MPI_Status st;
-    int rc, count = 0;
+    int rc;
+    Py_ssize_t got = 0;
+    self->busy = 1;
     Py_BEGIN_ALLOW_THREADS
-    rc = MPI_Recv(view.buf, (int)view.len, MPI_BYTE, self->ranks[w], self->tag_res, self->comm, &st);
-    if (rc == MPI_SUCCESS)
-        MPI_Get_count(&st, MPI_BYTE, &count);
+    rc = recv_bytes(self->comm, self->ranks[w], self->tag_res, view.buf, view.len, &got);
     Py_END_ALLOW_THREADS
+    self->busy = 0;
+    Py_ssize_t want = view.len;
     PyBuffer_Release(&view);
     if (rc != MPI_SUCCESS)
         return mpi_fail(rc, "MPI_Recv (reply payload)");
-    return PyLong_FromLong(count);
+    if (got == want && self->hreq[w] == MPI_REQUEST_NULL) {
+        int r2 = repost(self, w);
+        if (r2 != MPI_SUCCESS)
+            return mpi_fail(r2, "MPI_Irecv (reply header)");
+    }
+    return PyLong_FromSsize_t(got);
 }
 
 static PyObject *Root_counts(Root *self, PyObject *Py_UNUSED(ignored))
 {
+    if (root_ready(self) < 0)
+        return NULL;
     sends_test(&self->out);
     sends_compact(&self->out);
     int posted = 0;
@@ -717,8 +889,8 @@ static PyObject *Root_counts(Root *self, PyObject *Py_UNUSED(ignored))
 
 static PyObject *Root_posted(Root *self, PyObject *arg)
 {
-    int w = (int)PyLong_AsLong(arg);
-    if (PyErr_Occurred() || check_worker(self, w) < 0)
+    int w;
+    if (root_ready(self) < 0 || worker_index(self, arg, &w) < 0)
         return NULL;
     return PyBool_FromLong(self->hreq[w] != MPI_REQUEST_NULL);
 }
@@ -742,7 +914,7 @@ static PyTypeObject RootType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "codedml.runtime._wire.Root",
     .tp_basicsize = sizeof(Root),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_new = PyType_GenericNew,
+    .tp_new = Root_new,
     .tp_init = (initproc)Root_init,
     .tp_dealloc = (destructor)Root_dealloc,
     .tp_methods = Root_methods,
@@ -764,30 +936,48 @@ typedef struct {
     Py_ssize_t rawcap;
     Sends out;
     int started;
+    int busy;                  /* a method runs with the GIL released */
 } Worker;
+
+static PyObject *Worker_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    Worker *self = (Worker *)PyType_GenericNew(type, args, kw);
+    if (self) {
+        self->comm = MPI_COMM_NULL;
+        self->creq = MPI_REQUEST_NULL;   /* not 0: Open MPI's null request is an address */
+    }
+    return (PyObject *)self;
+}
 
 static int Worker_init(Worker *self, PyObject *args, PyObject *kw)
 {
     static char *names[] = {"fcomm", "root", "tags", NULL};
     PyObject *fcomm;
-    int tags[5];
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oi(iiiii)", names, &fcomm, &self->root,
-                                     &tags[0], &tags[1], &tags[2], &tags[3], &tags[4]))
-        return -1;
+    int tags[5], root;
     if (self->started) {
         PyErr_SetString(PyExc_RuntimeError, "Worker is initialised once");
         return -1;
     }
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oi(iiiii)", names, &fcomm, &root,
+                                     &tags[0], &tags[1], &tags[2], &tags[3], &tags[4]))
+        return -1;
     if (comm_from(fcomm, &self->comm) < 0)
         return -1;
+    int size = 0;
+    MPI_Comm_size(self->comm, &size);
+    if (root < 0 || root >= size) {
+        PyErr_Format(PyExc_ValueError, "`root` must be a rank from 0 to %d, got %d", size - 1, root);
+        return -1;
+    }
+    self->root = root;
     self->tag_ctrl = tags[0];
     self->tag_task = tags[1];
     self->tag_hdr = tags[2];
     self->tag_res = tags[3];
     self->tag_cancel = tags[4];
-    self->creq = MPI_REQUEST_NULL;
     int rc = MPI_Irecv(&self->cbuf, 8, MPI_BYTE, self->root, self->tag_cancel, self->comm, &self->creq);
     if (rc != MPI_SUCCESS) {
+        self->creq = MPI_REQUEST_NULL;
         mpi_fail(rc, "MPI_Irecv (cancels)");
         return -1;
     }
@@ -809,19 +999,27 @@ static void Worker_dealloc(Worker *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* Read every cancel that has arrived (no GIL needed, no allocation past the set's growth,
- * which is done with PyMem_RawRealloc: safe without the GIL). Returns an MPI code. */
+static int worker_ready(Worker *self)
+{
+    if (!self->started) {
+        PyErr_SetString(PyExc_RuntimeError, "Worker is not initialised");
+        return -1;
+    }
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "Worker is in use by another thread");
+        return -1;
+    }
+    return 0;
+}
+
+/* Read every cancel that has arrived (no GIL needed: the set grows with PyMem_RawRealloc,
+ * before a cancel is taken, so none is lost for want of memory). Returns an MPI code. */
 static int read_cancels(Worker *self)
 {
     self->last_look = mono();
     for (;;) {
         int flag = 0;
         if (self->creq == MPI_REQUEST_NULL)
-            return MPI_SUCCESS;
-        int rc = MPI_Test(&self->creq, &flag, MPI_STATUS_IGNORE);
-        if (rc != MPI_SUCCESS)
-            return rc;
-        if (!flag)
             return MPI_SUCCESS;
         if (self->ncan == self->capcan) {
             Py_ssize_t cap = self->capcan ? 2 * self->capcan : 16;
@@ -831,10 +1029,17 @@ static int read_cancels(Worker *self)
             self->cancelled = c;
             self->capcan = cap;
         }
-        self->cancelled[self->ncan++] = self->cbuf;
-        rc = MPI_Irecv(&self->cbuf, 8, MPI_BYTE, self->root, self->tag_cancel, self->comm, &self->creq);
+        int rc = MPI_Test(&self->creq, &flag, MPI_STATUS_IGNORE);
         if (rc != MPI_SUCCESS)
             return rc;
+        if (!flag)
+            return MPI_SUCCESS;
+        self->cancelled[self->ncan++] = self->cbuf;
+        rc = MPI_Irecv(&self->cbuf, 8, MPI_BYTE, self->root, self->tag_cancel, self->comm, &self->creq);
+        if (rc != MPI_SUCCESS) {
+            self->creq = MPI_REQUEST_NULL;
+            return rc;
+        }
     }
 }
 
@@ -961,47 +1166,59 @@ static int wait_request(Worker *self, double spin, int *count, int *waited, PyTh
     }
 }
 
+/* Receive the request's arrays (tag TASK) into fresh bytearrays: a list of (shape, code,
+ * bytearray), or, when !keep (a skipped request), receive and drop them (Py_None, borrowed). */
 static PyObject *arrays_of(Worker *self, const Parsed *q, int keep)
 {
     PyObject *list = keep ? PyList_New(q->narr) : NULL;
     if (keep && !list)
         return NULL;
     for (int a = 0; a < q->narr; a++) {
-        if (q->nbytes[a] > INT_MAX) {
-            Py_XDECREF(list);
-            PyErr_Format(PyExc_ValueError, "an array of %lld bytes exceeds MPI's int count",
-                         (long long)q->nbytes[a]);
-            return NULL;
-        }
         PyObject *ba = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)q->nbytes[a]);
         if (!ba) {
             Py_XDECREF(list);
             return NULL;
         }
         int rc;
-        void *p = PyByteArray_AS_STRING(ba);
+        Py_ssize_t got = 0, want = (Py_ssize_t)q->nbytes[a];
+        char *p = PyByteArray_AS_STRING(ba);
+        self->busy = 1;
         Py_BEGIN_ALLOW_THREADS
-        rc = MPI_Recv(p, (int)q->nbytes[a], MPI_BYTE, self->root, self->tag_task, self->comm,
-                      MPI_STATUS_IGNORE);
+        rc = recv_bytes(self->comm, self->root, self->tag_task, p, want, &got);
         Py_END_ALLOW_THREADS
-        if (rc != MPI_SUCCESS) {
+        self->busy = 0;
+        if (rc != MPI_SUCCESS || got != want) {
             Py_DECREF(ba);
             Py_XDECREF(list);
-            return mpi_fail(rc, "MPI_Recv (request array)");
+            if (rc != MPI_SUCCESS)
+                return mpi_fail(rc, "MPI_Recv (request array)");
+            return PyErr_Format(PyExc_ValueError, "request array %d: %zd bytes arrived, its "
+                                "record announced %zd", a, got, want);
         }
         if (!keep) {
             Py_DECREF(ba);
             continue;
         }
-        PyObject *shape = PyTuple_New(q->ndim[a]);
-        if (!shape) {
+        PyObject *shape = PyTuple_New(q->ndim[a]), *item = NULL;
+        if (shape) {
+            for (int i = 0; i < q->ndim[a]; i++) {
+                PyObject *d = PyLong_FromLongLong(q->dims[a][i]);
+                if (!d) {
+                    Py_CLEAR(shape);
+                    break;
+                }
+                PyTuple_SET_ITEM(shape, i, d);
+            }
+        }
+        if (shape)
+            item = Py_BuildValue("(NiN)", shape, q->code[a], ba);   /* steals both */
+        else
             Py_DECREF(ba);
+        if (!item) {
             Py_DECREF(list);
             return NULL;
         }
-        for (int i = 0; i < q->ndim[a]; i++)
-            PyTuple_SET_ITEM(shape, i, PyLong_FromLongLong(q->dims[a][i]));
-        PyList_SET_ITEM(list, a, Py_BuildValue("(NiN)", shape, q->code[a], ba));
+        PyList_SET_ITEM(list, a, item);
     }
     return keep ? list : Py_None;
 }
@@ -1010,35 +1227,41 @@ static PyObject *arrays_of(Worker *self, const Parsed *q, int keep)
  * bytearray)]) for the next request not cancelled, or (1, raw bytes) for one refused here.
  * Waits with the GIL released: yielding the core for `spin` seconds, then sleeping from
  * 50 us doubling to 1 ms; cancels and finished sends are looked at every millisecond while
- * spinning and at every poll while sleeping. A request that was already waiting, or found
- * more than `stale` seconds after the last look at the cancels, looks at them first; a
- * cancelled result request (ops 1-4) is received and skipped. */
+ * spinning and at every poll while sleeping (and finished sends before every request, so a
+ * worker that always has one waiting frees its results too). A request that was already
+ * waiting, or found more than `stale` seconds after the last look at the cancels, looks at
+ * them first; a cancelled result request (ops 1-4) is received and skipped. */
 static PyObject *Worker_next(Worker *self, PyObject *args)
 {
     double spin, stale;
-    if (!PyArg_ParseTuple(args, "dd", &spin, &stale))
+    if (worker_ready(self) < 0 || !PyArg_ParseTuple(args, "dd", &spin, &stale))
         return NULL;
     for (;;) {
+        sends_test(&self->out);
         sends_compact(&self->out);
         int count = 0, waited = 0, rc;
+        self->busy = 1;
         PyThreadState *ts = PyEval_SaveThread();
         rc = wait_request(self, spin, &count, &waited, &ts);
         PyEval_RestoreThread(ts);
+        self->busy = 0;
         if (rc == -1)
             return NULL;   /* a signal's exception */
         if (rc != MPI_SUCCESS)
             return mpi_fail(rc, "waiting for a request");
-        if (count > self->rawcap) {
-            unsigned char *r = PyMem_Realloc(self->raw, count);
+        if (count > self->rawcap || !self->raw) {
+            unsigned char *r = PyMem_Realloc(self->raw, count ? count : 1);
             if (!r)
                 return PyErr_NoMemory();
             self->raw = r;
-            self->rawcap = count;
+            self->rawcap = count ? count : 1;
         }
+        self->busy = 1;
         Py_BEGIN_ALLOW_THREADS
         rc = MPI_Recv(self->raw, count, MPI_BYTE, self->root, self->tag_ctrl, self->comm,
                       MPI_STATUS_IGNORE);
         Py_END_ALLOW_THREADS
+        self->busy = 0;
         if (rc != MPI_SUCCESS)
             return mpi_fail(rc, "MPI_Recv (request)");
         Parsed q;
@@ -1076,6 +1299,8 @@ static PyObject *Worker_next(Worker *self, PyObject *args)
 /* cancelled(job) -> whether job was cancelled (reads the cancels first; forgets it). */
 static PyObject *Worker_cancelled(Worker *self, PyObject *arg)
 {
+    if (worker_ready(self) < 0)
+        return NULL;
     long long job = PyLong_AsLongLong(arg);
     if (job == -1 && PyErr_Occurred())
         return NULL;
@@ -1086,22 +1311,32 @@ static PyObject *Worker_cancelled(Worker *self, PyObject *arg)
 }
 
 /* reply(job, kind, op, dtype code, payload or None, elapsed_ns): a reply header, and the
- * payload's bytes when there is one; both sends held until they complete. */
+ * payload's bytes when there is one; both held until their sends complete. Everything is
+ * checked, and room reserved, before the header is posted: a header is never sent without
+ * its payload. */
 static PyObject *Worker_reply(Worker *self, PyObject *args)
 {
     long long job, elapsed;
     int kind, op, code;
     PyObject *payload;
-    if (!PyArg_ParseTuple(args, "LiiiOL", &job, &kind, &op, &code, &payload, &elapsed))
+    if (worker_ready(self) < 0 ||
+        !PyArg_ParseTuple(args, "LiiiOL", &job, &kind, &op, &code, &payload, &elapsed))
         return NULL;
     if (code < 0 || code >= NDTYPES) {
         PyErr_Format(PyExc_ValueError, "dtype code must be between 0 and %d, got %d", NDTYPES - 1, code);
         return NULL;
     }
+    if (self->out.n >= 64) {   /* a worker that never waits still frees its sends */
+        sends_test(&self->out);
+        sends_compact(&self->out);
+    }
     int64_t *h;
     if (payload == Py_None) {
+        if (sends_reserve(&self->out, 1) < 0)
+            return NULL;
         h = reply_header(job, kind, op, 0, 0, NULL, 0, 0);
-        if (!h || sends_post(&self->out, self->comm, self->root, self->tag_hdr, NULL, h, HEADER_BYTES) < 0)
+        if (!h || sends_post(&self->out, self->comm, self->root, self->tag_hdr, NULL, NULL, h,
+                             HEADER_BYTES) < 0)
             return NULL;
         Py_RETURN_NONE;
     }
@@ -1120,13 +1355,22 @@ static PyObject *Worker_reply(Worker *self, PyObject *args)
         PyBuffer_Release(&v);
         return NULL;
     }
+    if (sends_reserve(&self->out, 1 + pieces(v.len)) < 0) {
+        PyBuffer_Release(&v);
+        return NULL;
+    }
     Py_ssize_t one = v.len / (v.itemsize ? v.itemsize : 1);
     h = reply_header(job, kind, op, code, v.ndim, v.ndim ? v.shape : &one, elapsed, v.len);
-    PyBuffer_Release(&v);
-    if (!h || sends_post(&self->out, self->comm, self->root, self->tag_hdr, NULL, h, HEADER_BYTES) < 0)
+    if (!h) {
+        PyBuffer_Release(&v);
         return NULL;
-    if (sends_post(&self->out, self->comm, self->root, self->tag_res, payload, NULL, 0) < 0)
+    }
+    if (sends_post(&self->out, self->comm, self->root, self->tag_hdr, NULL, NULL, h, HEADER_BYTES) < 0) {
+        PyBuffer_Release(&v);
         return NULL;
+    }
+    if (sends_post(&self->out, self->comm, self->root, self->tag_res, &v, payload, NULL, 0) < 0)
+        return NULL;   /* v is the sends' from here on */
     Py_RETURN_NONE;
 }
 
@@ -1134,11 +1378,17 @@ static PyObject *Worker_reply(Worker *self, PyObject *args)
  * receive (a worker's goodbye). */
 static PyObject *Worker_finish(Worker *self, PyObject *Py_UNUSED(ignored))
 {
+    if (worker_ready(self) < 0)
+        return NULL;
     int rc = MPI_SUCCESS;
+    self->busy = 1;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < self->out.n && rc == MPI_SUCCESS; i++)
-        if (self->out.req[i] != MPI_REQUEST_NULL)
+        if (self->out.req[i] != MPI_REQUEST_NULL) {
             rc = MPI_Wait(&self->out.req[i], MPI_STATUS_IGNORE);
+            if (rc == MPI_SUCCESS)
+                self->out.done++;
+        }
     if (rc == MPI_SUCCESS)
         rc = read_cancels(self);
     if (rc == MPI_SUCCESS && self->creq != MPI_REQUEST_NULL) {
@@ -1146,7 +1396,7 @@ static PyObject *Worker_finish(Worker *self, PyObject *Py_UNUSED(ignored))
         rc = MPI_Wait(&self->creq, MPI_STATUS_IGNORE);
     }
     Py_END_ALLOW_THREADS
-    self->out.done = self->out.n;
+    self->busy = 0;
     sends_compact(&self->out);
     if (rc != MPI_SUCCESS)
         return mpi_fail(rc, "finishing the worker's sends");
@@ -1155,6 +1405,8 @@ static PyObject *Worker_finish(Worker *self, PyObject *Py_UNUSED(ignored))
 
 static PyObject *Worker_pending(Worker *self, PyObject *Py_UNUSED(ignored))
 {
+    if (worker_ready(self) < 0)
+        return NULL;
     sends_test(&self->out);
     sends_compact(&self->out);
     return Py_BuildValue("(nn)", self->out.n, self->ncan);
@@ -1176,7 +1428,7 @@ static PyTypeObject WorkerType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "codedml.runtime._wire.Worker",
     .tp_basicsize = sizeof(Worker),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_new = PyType_GenericNew,
+    .tp_new = Worker_new,
     .tp_init = (initproc)Worker_init,
     .tp_dealloc = (destructor)Worker_dealloc,
     .tp_methods = Worker_methods,
@@ -1239,7 +1491,31 @@ static PyObject *py_library_version(PyObject *m, PyObject *Py_UNUSED(ignored))
     return PyUnicode_DecodeUTF8(text, len, "replace");
 }
 
+static PyObject *py_set_chunk(PyObject *m, PyObject *arg)
+{
+    Py_ssize_t c = PyLong_AsSsize_t(arg);
+    if (c == -1 && PyErr_Occurred())
+        return NULL;
+    if (c < 1 || c > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "`chunk` must be from 1 to %d bytes, got %zd", INT_MAX, c);
+        return NULL;
+    }
+    Py_ssize_t old = CHUNK;
+    CHUNK = c;
+    return PyLong_FromSsize_t(old);
+}
+
+static PyObject *py_split_messages(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLongLong(SPLIT);
+}
+
 static PyMethodDef module_methods[] = {
+    {"split_messages", py_split_messages, METH_NOARGS,
+     "how many messages this process sent in more than one piece"},
+    {"set_chunk", py_set_chunk, METH_O,
+     "set_chunk(bytes) -> the previous size: the largest piece a message travels in (for tests; "
+     "every rank must use the same)"},
     {"check_header", py_check_header, METH_O,
      "check_header(bytes) -> the parsed reply header, or None where it is refused"},
     {"parse_request", py_parse_request, METH_O,
@@ -1290,6 +1566,9 @@ PyMODINIT_FUNC PyInit__wire(void)
         PyModule_AddIntConstant(m, "REPLY_MAGIC", REPLY_MAGIC) < 0 ||
         add(m, "REQ_MAGIC", PyLong_FromUnsignedLong(REQ_MAGIC)) < 0 ||
         PyModule_AddIntConstant(m, "MAX_ARRAYS", MAX_ARRAYS) < 0 ||
+        PyModule_AddIntConstant(m, "UINT8_CODE", UINT8_CODE) < 0 ||
+        PyModule_AddIntConstant(m, "NOPS", NOPS) < 0 ||
+        PyModule_AddIntConstant(m, "NKINDS", KIND_ACK + 1) < 0 ||
         add(m, "MAX_BYTES", PyLong_FromLongLong(MAX_BYTES)) < 0 ||
         add(m, "ITEMSIZE", itemsizes) < 0)
         return NULL;

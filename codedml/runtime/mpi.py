@@ -87,6 +87,14 @@ def _proc_failed(exc: Exception) -> bool:
     return cls in _failed_classes()
 
 
+def _truncated(exc: Exception) -> bool:
+    """A compiled-path receive refused a message longer than its buffer (MPI_ERR_TRUNCATE)."""
+    from mpi4py import MPI
+
+    wire = _wire_module()
+    return wire is not None and isinstance(exc, wire.WireError) and exc.args[0] == MPI.ERR_TRUNCATE
+
+
 _WIRE_STATUS: tuple[bool, str] | None = None
 
 
@@ -96,6 +104,20 @@ def _wire_module() -> Any:
     except ImportError:
         return None
     return _wire
+
+
+def _wire_constants(wire: Any) -> tuple:
+    return (wire.HEADER_LEN, wire.MAX_NDIM, wire.REPLY_MAGIC, wire.REQ_MAGIC, wire.MAX_ARRAYS,
+            wire.MAX_BYTES, tuple(wire.ITEMSIZE), wire.UINT8_CODE, wire.NOPS, wire.NKINDS)
+
+
+def _protocol_constants() -> tuple:
+    """What the compiled module hard-codes of protocol.py (compared before it is used)."""
+    from . import protocol
+
+    return (HEADER_LEN, protocol.MAX_NDIM, protocol._MAGIC, protocol._REQ_MAGIC,
+            protocol.MAX_ARRAYS, protocol.MAX_BYTES, tuple(d.itemsize for d in DTYPES),
+            DTYPES.index(np.dtype(np.uint8)), max(int(o) for o in Op), len(Kind))
 
 
 def wire_status() -> tuple[bool, str]:
@@ -125,10 +147,7 @@ def wire_status() -> tuple[bool, str]:
     elif wire.library_version() != MPI.Get_library_version():
         _WIRE_STATUS = (False, "codedml.runtime._wire calls another MPI library than mpi4py "
                                f"({wire.library_version()[:60]!r})")
-    elif (wire.HEADER_LEN, wire.MAX_NDIM, wire.REPLY_MAGIC, wire.REQ_MAGIC, wire.MAX_ARRAYS,
-          wire.MAX_BYTES, tuple(wire.ITEMSIZE)) != (
-            HEADER_LEN, protocol.MAX_NDIM, protocol._MAGIC, protocol._REQ_MAGIC,
-            protocol.MAX_ARRAYS, protocol.MAX_BYTES, tuple(d.itemsize for d in DTYPES)):
+    elif _wire_constants(wire) != _protocol_constants():
         _WIRE_STATUS = (False, "codedml.runtime._wire was built for another wire protocol "
                                "(rebuild: pip install -e .)")
     else:
@@ -225,9 +244,7 @@ class MPICluster(ClusterBase):
         handlers = check_handlers(handlers)
         if transport not in _TRANSPORTS:
             raise ConfigurationError(f"`transport` must be one of {list(_TRANSPORTS)}, got {transport!r}")
-        compiled, why = wire_status() if transport != "python" else (False, "transport='python'")
-        if transport == "compiled" and not compiled:
-            raise ConfigurationError(f"transport='compiled' cannot run here: {why}")
+        avail, why = wire_status() if transport != "python" else (False, "transport='python'")
         self.root = int(root)
         self._ranks = [r for r in range(size) if r != self.root]
         super().__init__(len(self._ranks), timeout)
@@ -249,15 +266,27 @@ class MPICluster(ClusterBase):
         self._MPI = MPI
         #: Replies that failed validation (newest last): (worker, message).
         self.protocol_errors: deque[tuple[int, str]] = deque(maxlen=100)
-        # Every rank must take the same path (the compiled one sends raw bytes): agree first.
-        mine = np.array([1 if compiled else 0], dtype=np.int8)
-        every = np.empty(size, dtype=np.int8)
+        # Every rank must take the same path (the compiled one sends raw bytes): each tells
+        # what it was asked for and whether it can run the compiled path, then all decide
+        # alike (a refusal is raised on every rank, none is left waiting).
+        mine = np.array([_TRANSPORTS.index(transport), 1 if avail else 0], dtype=np.int8)
+        every = np.empty((size, 2), dtype=np.int8)
         self.comm.Allgather(mine, every)
-        if len(set(every.tolist())) != 1:
-            comp = [r for r in range(size) if every[r]]
+        asked = {_TRANSPORTS[int(a)] for a in every[:, 0]}
+        lacking = [r for r in range(size) if not every[r, 1]]
+        if len(asked) > 1:
             raise ConfigurationError(
-                f"ranks disagree on the transport: compiled on ranks {comp}, python on the others "
-                f"(this rank: {why}); pass the same `transport` and install alike on every rank")
+                "`transport` must be the same on every rank, got "
+                + ", ".join(f"{t!r} on ranks {[r for r in range(size) if _TRANSPORTS[int(every[r, 0])] == t]}"
+                            for t in sorted(asked)))
+        if transport == "compiled" and lacking:
+            raise ConfigurationError(
+                f"transport='compiled' cannot run on ranks {lacking}"
+                + (f" (here: {why})" if not avail else "")
+                + "; install codedml alike on every rank, or pass transport='auto'")
+        compiled = transport != "python" and not lacking
+        if transport == "auto" and lacking and avail:
+            why = f"the compiled path cannot run on ranks {lacking}: every rank takes the Python one"
         #: The per-message path in use: "compiled" or "python" (see ``transport``).
         self.transport_used = "compiled" if compiled else "python"
         self._why_transport = why
@@ -455,8 +484,12 @@ class MPICluster(ClusterBase):
                 out.append(a)
         out.extend(self._notices)
         self._notices = []
+        now = time.perf_counter()
         if out:
-            self._hot_until = time.perf_counter() + _SPIN
+            self._hot_until = now + _SPIN
+        # the progress thread's pause between polls (_idle), as on the Python path
+        self._pause = 0.0 if now < self._hot_until else \
+            min(max(self._pause * 1.5, _MIN_PAUSE), _MAX_PAUSE)
         return out
 
     def _arrival_compiled(self, w: int, what: int, v: Any) -> Arrival | None:
@@ -481,6 +514,11 @@ class MPICluster(ClusterBase):
                 got = self._eng.recv(w, payload)
             except Exception as exc:
                 if _proc_failed(exc):
+                    self._mark_dead(w)
+                    return None
+                if _truncated(exc):  # more bytes than its header announced
+                    self.protocol_errors.append(
+                        (w, f"reply payload longer than the {nbytes} bytes its header announced"))
                     self._mark_dead(w)
                     return None
                 raise

@@ -273,7 +273,11 @@ class Request:
         ``codedml.runtime._wire`` (which checks the array records itself:
         ``shapes_checked``)."""
         doc: Any = {}
-        if params:
+        seen = _CALL_MEMO.get(params) if op == _CALL and params else None
+        if seen is not None:  # the same call's parameters as a recent request: checked then
+            doc = {"name": seen[0], "params": dict(seen[1])}
+            params = b""  # nothing left to check
+        elif params:
             try:
                 doc = json.loads(params.decode())
             except (ValueError, UnicodeDecodeError) as exc:
@@ -295,10 +299,12 @@ class Request:
         if flags & ~7:
             raise ProtocolError(f"request flags must be a subset of 0b111, got {flags:#b}")
         try:
-            if doc:
+            if params:
                 _check_params(op_, doc)
         except ConfigurationError as exc:  # e.g. a non-finite parameter: a defect on receipt
             raise ProtocolError(f"request parameters cannot travel: {exc}") from exc
+        if params and op_ is Op.CALL:
+            _remember_call(params, doc)
         if not shapes_checked:
             for shape, code in arrays:
                 _check_shape(shape, code)
@@ -308,6 +314,27 @@ class Request:
                             field=field if flags & 4 else None, compensated=bool(flags & 1),
                             params=doc, arrays=arrays)
         return out
+
+
+#: A worker's recent calls' parameters (JSON bytes -> name and the handler's parameters),
+#: checked once: a handler called again with the same parameters (an echo, a fixed
+#: configuration) skips the JSON parse and the checks. Only flat parameters (no list or dict
+#: inside) of at most _MEMO_BYTES are kept, so every request gets its own objects; at most
+#: _MEMO_MAX entries.
+_CALL_MEMO: dict[bytes, tuple[str, dict[str, Any]]] = {}
+_MEMO_MAX = 64
+_MEMO_BYTES = 1024  # longer parameters are parsed every time (the memo stays small)
+_CALL = 4  # Op.CALL's wire code
+_FLAT = frozenset({str, int, float, bool, type(None)})
+
+
+def _remember_call(raw: bytes, doc: dict[str, Any]) -> None:
+    inner = doc.get("params", {})
+    if len(raw) > _MEMO_BYTES or len(doc) != 2 or not isinstance(inner, dict) or any(type(v) not in _FLAT for v in inner.values()):
+        return
+    if len(_CALL_MEMO) >= _MEMO_MAX:
+        _CALL_MEMO.clear()
+    _CALL_MEMO[raw] = (doc["name"], dict(inner))
 
 
 def _check_params(op: Op, params: dict[str, Any]) -> None:
