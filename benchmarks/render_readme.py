@@ -504,7 +504,9 @@ def scale(doc: dict[str, Any]) -> str:
         "(`time.thread_time` inside the code's encode, the transport's send of each task and "
         "receive of each reply, and the code's decode: waiting and preemption by the other "
         f"ranks left out). *job*: `submit` of {A[0]}x{A[1]} @ {B[0]}x{B[1]} with "
-        f"`{doc['code']}`; *call*: a handler returning 64 doubles (control plane only). Fit "
+        f"`{doc['code']}`; *call*: a handler returning 64 doubles (control plane only)"
+        + (f"; per-message path: {', '.join(doc['transport'])}" if doc.get("transport") else "")
+        + ". Fit "
         "`time = a + b N` and the log-log exponent `d log time / d log N`; issue 11 asks for "
         "at most linear growth (exponent <= 1.1).",
         "",

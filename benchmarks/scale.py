@@ -8,7 +8,8 @@ with ``--child``) and fits how the master's time per job grows with ``N``::
 With 65 ranks on a 2-core machine the wall time of a job says how fast the operating system
 hands the cores around, not what the master costs. So the figure is the master's *work* per
 job: the CPU time of the root's threads inside what it does for a job: the code's ``encode``,
-the transport's ``_send`` of each task, ``_receive`` of each reply, and the code's
+the transport's send of each task (``_send``, ``_send_many``), receive of each reply
+(``_receive``, or ``_arrival_compiled`` on the compiled per-message path), and the code's
 ``decode`` (``time.thread_time``, so preemption by the other ranks is not counted). Waiting and polling are left out:
 on dedicated nodes the master waits for the slowest needed worker, which no master code can
 shorten. Two requests are measured:
@@ -54,17 +55,27 @@ def child(jobs: int, out: Path) -> int:
     # wall-clock timer around a few microseconds of work mostly measures preemption.
     spent = {"encode": 0.0, "send": 0.0, "receive": 0.0, "decode": 0.0}
 
+    depth = [0]  # a timed method calling another (the Python path's _send_many -> _send) counts once
+
     def timed(name, fn):
         def wrapper(self, *a, **k):
+            if depth[0]:
+                return fn(self, *a, **k)
+            depth[0] += 1
             t = time.thread_time()
             try:
                 return fn(self, *a, **k)
             finally:
                 spent[name] += time.thread_time() - t
+                depth[0] -= 1
         return wrapper
 
+    # both transports: the Python path receives in _receive, the compiled one in
+    # _arrival_compiled; a call's arrays go to every worker through _send_many
     MPICluster._send = timed("send", MPICluster._send)
+    MPICluster._send_many = timed("send", MPICluster._send_many)
     MPICluster._receive = timed("receive", MPICluster._receive)
+    MPICluster._arrival_compiled = timed("receive", MPICluster._arrival_compiled)
     # on the class the jobs use, wrapping what it resolves to (MDSCode's decode is
     # PolyDotCode's, not LinearCode's: a wrapper on LinearCode.decode never ran, and the
     # decode column read 0 before this)
@@ -102,10 +113,14 @@ def child(jobs: int, out: Path) -> int:
             if what == "job" and not any(p["encode"] > 0 and p["decode"] > 0 for p in per):
                 raise AssertionError("the encode or decode timer never ran: the job's figure "
                                      "would leave that work out")
+            if not any(p["send"] > 0 and p["receive"] > 0 for p in per):
+                raise AssertionError(f"the send or receive timer never ran ({what}, transport "
+                                     f"{cl.transport_used}): the figure would leave that work out")
             tot = [sum(p.values()) for p in per]
             rows[what] = {"median_s": float(np.median(tot)),
                           **{f"{k}_median_s": float(np.median([p[k] for p in per])) for k in per[0]}}
-        out.write_text(json.dumps({"workers": n, "jobs": jobs, "rows": rows}))
+        out.write_text(json.dumps({"workers": n, "jobs": jobs, "rows": rows,
+                                   "transport": cl.transport_used}))
     return 0
 
 
@@ -168,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{1e3 * f['intercept_s']:.3f} ms), log-log exponent {f['loglog_exponent']:.2f} "
               f"({'at most linear' if f['at_most_linear'] else 'SUPERLINEAR'})")
     out = {"benchmark": "scale", "workers": args.workers, "jobs": args.jobs,
+           "transport": sorted({p.get("transport", "python") for p in points}),
            "code": "MDSCode(n, n - 2)", "sizes": {"A": [2048, 64], "B": [64, 64]},
            "points": points, "fits": fits, "machine": info, "argv": sys.argv[1:]}
     args.out.parent.mkdir(parents=True, exist_ok=True)

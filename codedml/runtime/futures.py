@@ -541,8 +541,9 @@ class Call(_Request):
         end = self.deadline if timeout is None else min(self.deadline, time.perf_counter() + timeout)
         cl = self.cluster
         cl._ensure_progress()
+        drives = 1 if cl._caller_progress else 0  # a waiter that pumps arrivals itself
         with cl._changed:
-            cl._drivers += 1
+            cl._drivers += drives
             try:
                 while len(self.results) < need:
                     if not self._outstanding() or (self.settled and self.cancelled()):
@@ -564,7 +565,7 @@ class Call(_Request):
                     cl._wait_step(min(0.05, end - now))
                 return dict(self.results)
             finally:
-                cl._drivers -= 1
+                cl._drivers -= drives
 
 
 class Ack(_Request):
