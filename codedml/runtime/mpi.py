@@ -354,13 +354,7 @@ class MPICluster(ClusterBase):
             self._ctrl_memo = (req, meta, ctrl)
         self._hot_until = time.perf_counter() + _SPIN  # a reply is due: poll without sleeping
         if self._eng is not None:
-            try:
-                self._eng.request(worker, ctrl, arrays)
-            except Exception as exc:
-                if _proc_failed(exc):
-                    self._mark_dead(worker)
-                    return
-                raise
+            self._to_worker(worker, self._eng.request, worker, ctrl, arrays)
             return
         dest = self._ranks[worker]
         try:
@@ -381,27 +375,26 @@ class MPICluster(ClusterBase):
         self._hot_until = time.perf_counter() + _SPIN
         request, dead = self._eng.request, self._dead
         for w in workers:
-            if w in dead:
-                continue
-            try:
-                request(w, ctrl, arrays)
-            except Exception as exc:
-                if _proc_failed(exc):
-                    self._mark_dead(w)
-                    continue
-                raise
+            if w not in dead:
+                self._to_worker(w, request, w, ctrl, arrays)
+
+    def _to_worker(self, worker: int, send: Any, *args: Any) -> bool:
+        """``send(*args)``, a compiled-path send to ``worker``: a failed process (ULFM) marks
+        the worker dead (False); any other error propagates."""
+        try:
+            send(*args)
+            return True
+        except Exception as exc:
+            if _proc_failed(exc):
+                self._mark_dead(worker)
+                return False
+            raise
 
     def _cancel(self, worker: int, job: int) -> None:
         if worker in self._dead or worker in self._bye:
             return
         if self._eng is not None:
-            try:
-                self._eng.cancel(worker, job)
-            except Exception as exc:
-                if _proc_failed(exc):
-                    self._mark_dead(worker)
-                    return
-                raise
+            self._to_worker(worker, self._eng.cancel, worker, job)
             return
         buf = np.array([job], dtype=np.int64)
         try:
@@ -527,7 +520,12 @@ class MPICluster(ClusterBase):
                     (w, f"reply payload of {got} bytes, its header announced {nbytes}"))
                 self._mark_dead(w)
                 return None
-        ack = op in _ACK_CODES
+        return self._arrival(w, job, kind, op, payload, elapsed_ns)
+
+    def _arrival(self, w: int, job: int, kind: int, op: int, payload: Any,
+                 elapsed_ns: int) -> Arrival | None:
+        """A checked reply (either path) as the core's Arrival; an error reply that cannot be
+        read, or one for a request the worker could not read, fails its worker."""
         if kind == Kind.ACK:
             return Arrival(w, job, "ack", ack=True)
         if kind == Kind.ERROR:
@@ -541,7 +539,7 @@ class MPICluster(ClusterBase):
                 self.protocol_errors.append((w, err.message))
                 self._mark_dead(w)
                 return None
-            return Arrival(w, job, "error", err.exception(), ack=ack)
+            return Arrival(w, job, "error", err.exception(), ack=op in _ACK_CODES)
         return Arrival(w, job, "result", payload, elapsed=elapsed_ns * 1e-9)
 
     _caller_progress = True
@@ -583,22 +581,7 @@ class MPICluster(ClusterBase):
                     return None
                 raise
         self._post_header(w)
-        ack = h.op in _ACK_CODES
-        if h.kind is Kind.ACK:
-            return Arrival(w, h.job, "ack", ack=True)
-        if h.kind is Kind.ERROR:
-            try:
-                err = RemoteError.from_bytes(payload)
-            except ProtocolError as exc:
-                self.protocol_errors.append((w, str(exc)))
-                self._mark_dead(w)
-                return None
-            if h.job < 0:  # a request the worker could not read: its stream is broken
-                self.protocol_errors.append((w, err.message))
-                self._mark_dead(w)
-                return None
-            return Arrival(w, h.job, "error", err.exception(), ack=ack)
-        return Arrival(w, h.job, "result", payload, elapsed=h.elapsed_ns * 1e-9)
+        return self._arrival(w, h.job, h.kind, h.op, payload, h.elapsed_ns)
 
     def _transport_counts(self) -> dict[str, int]:
         if self._eng is not None:
