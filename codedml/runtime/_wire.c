@@ -668,20 +668,28 @@ static int header_ok(const int64_t *v)
     return 1;
 }
 
-static PyObject *parsed_header(const int64_t *v)
+/* A tuple of ndim dimensions (a new reference, NULL with an exception set). */
+static PyObject *shape_tuple(int ndim, const int64_t *dims)
 {
-    int ndim = (int)v[5];
     PyObject *shape = PyTuple_New(ndim);
     if (!shape)
         return NULL;
     for (int i = 0; i < ndim; i++) {
-        PyObject *d = PyLong_FromLongLong(v[6 + i]);
+        PyObject *d = PyLong_FromLongLong(dims[i]);
         if (!d) {
             Py_DECREF(shape);
             return NULL;
         }
         PyTuple_SET_ITEM(shape, i, d);
     }
+    return shape;
+}
+
+static PyObject *parsed_header(const int64_t *v)
+{
+    PyObject *shape = shape_tuple((int)v[5], v + 6);
+    if (!shape)
+        return NULL;
     return Py_BuildValue("(LiiiNLL)", (long long)v[1], (int)v[2], (int)v[3], (int)v[4], shape,
                          (long long)v[6 + MAX_NDIM], (long long)v[7 + MAX_NDIM]);
 }
@@ -1199,17 +1207,7 @@ static PyObject *arrays_of(Worker *self, const Parsed *q, int keep)
             Py_DECREF(ba);
             continue;
         }
-        PyObject *shape = PyTuple_New(q->ndim[a]), *item = NULL;
-        if (shape) {
-            for (int i = 0; i < q->ndim[a]; i++) {
-                PyObject *d = PyLong_FromLongLong(q->dims[a][i]);
-                if (!d) {
-                    Py_CLEAR(shape);
-                    break;
-                }
-                PyTuple_SET_ITEM(shape, i, d);
-            }
-        }
+        PyObject *shape = shape_tuple(q->ndim[a], q->dims[a]), *item = NULL;
         if (shape)
             item = Py_BuildValue("(NiN)", shape, q->code[a], ba);   /* steals both */
         else
@@ -1465,14 +1463,13 @@ static PyObject *py_parse_request(PyObject *m, PyObject *arg)
     if (!arrays)
         goto done;
     for (int a = 0; a < q.narr; a++) {
-        PyObject *shape = PyTuple_New(q.ndim[a]);
-        if (!shape) {
+        PyObject *shape = shape_tuple(q.ndim[a], q.dims[a]);
+        PyObject *item = shape ? Py_BuildValue("(Ni)", shape, q.code[a]) : NULL;
+        if (!item) {
             Py_DECREF(arrays);
             goto done;
         }
-        for (int i = 0; i < q.ndim[a]; i++)
-            PyTuple_SET_ITEM(shape, i, PyLong_FromLongLong(q.dims[a][i]));
-        PyList_SET_ITEM(arrays, a, Py_BuildValue("(Ni)", shape, q.code[a]));
+        PyList_SET_ITEM(arrays, a, item);
     }
     r = Py_BuildValue("(iLLLiy#N)", q.op, (long long)q.job, (long long)q.handle,
                       (long long)q.field, q.flags, (const char *)v.buf + q.params_at,
