@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <sched.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -346,28 +347,37 @@ static int is_failed(const int *failed, int nfailed, int cls)
     return 0;
 }
 
-static int read_classes(PyObject *seq, int **out, int *n)
+/* A sequence of ints from lo to hi into a new PyMem array (*out, *n items); -1 with an
+ * exception naming `what`[i] otherwise (nothing left allocated). */
+static int read_ints(PyObject *seq, const char *what, long lo, long hi, int **out, Py_ssize_t *n)
 {
-    PyObject *f = PySequence_Fast(seq, "`failed` must be a sequence of MPI error classes");
+    char msg[64];
+    snprintf(msg, sizeof msg, "`%s` must be a sequence of ints", what);
+    PyObject *f = PySequence_Fast(seq, msg);
     if (!f)
         return -1;
     Py_ssize_t m = PySequence_Fast_GET_SIZE(f);
-    *out = PyMem_Calloc(m ? m : 1, sizeof(int));
-    if (!*out) {
+    int *v = PyMem_Calloc(m ? m : 1, sizeof(int));
+    if (!v) {
         Py_DECREF(f);
         PyErr_NoMemory();
         return -1;
     }
     for (Py_ssize_t i = 0; i < m; i++) {
-        long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(f, i));
-        if (v == -1 && PyErr_Occurred()) {
+        long x = PyLong_AsLong(PySequence_Fast_GET_ITEM(f, i));
+        if ((x == -1 && PyErr_Occurred()) || x < lo || x > hi) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError, "`%s[%zd]` must be from %ld to %ld, got %ld", what,
+                             i, lo, hi, x);
+            PyMem_Free(v);
             Py_DECREF(f);
             return -1;
         }
-        (*out)[i] = (int)v;
+        v[i] = (int)x;
     }
-    *n = (int)m;
     Py_DECREF(f);
+    *out = v;
+    *n = m;
     return 0;
 }
 
@@ -412,47 +422,28 @@ static int Root_init(Root *self, PyObject *args, PyObject *kw)
         return -1;
     int size = 0;
     MPI_Comm_size(self->comm, &size);
-    PyObject *r = PySequence_Fast(ranks, "`ranks` must be a sequence of ints");
-    if (!r)
-        return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(r);
+    int *rk = NULL, *fc = NULL, *hidx = NULL;
+    int64_t *hdr = NULL;
+    MPI_Request *hreq = NULL;
+    MPI_Status *hst = NULL;
+    Py_ssize_t n = 0, nf = 0;
+    if (read_ints(ranks, "ranks", 0, size - 1, &rk, &n) < 0 ||
+        read_ints(failed, "failed", INT_MIN, INT_MAX, &fc, &nf) < 0)
+        goto fail;
     if (n < 1 || n >= size) {
-        Py_DECREF(r);
         PyErr_Format(PyExc_ValueError, "`ranks` must list 1 to %d workers, got %zd", size - 1, n);
-        return -1;
+        goto fail;
     }
-    int *rk = PyMem_Calloc(n, sizeof(int));
-    int64_t *hdr = PyMem_Calloc(n * HEADER_LEN, sizeof(int64_t));
-    MPI_Request *hreq = PyMem_Calloc(n, sizeof(MPI_Request));
-    int *hidx = PyMem_Calloc(n, sizeof(int));
-    MPI_Status *hst = PyMem_Calloc(n, sizeof(MPI_Status));
-    if (!rk || !hdr || !hreq || !hidx || !hst) {
-        PyMem_Free(rk), PyMem_Free(hdr), PyMem_Free(hreq), PyMem_Free(hidx), PyMem_Free(hst);
-        Py_DECREF(r);
+    hdr = PyMem_Calloc(n * HEADER_LEN, sizeof(int64_t));
+    hreq = PyMem_Calloc(n, sizeof(MPI_Request));
+    hidx = PyMem_Calloc(n, sizeof(int));
+    hst = PyMem_Calloc(n, sizeof(MPI_Status));
+    if (!hdr || !hreq || !hidx || !hst) {
         PyErr_NoMemory();
-        return -1;
+        goto fail;
     }
     for (Py_ssize_t i = 0; i < n; i++)
         hreq[i] = MPI_REQUEST_NULL;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(r, i));
-        if ((v == -1 && PyErr_Occurred()) || v < 0 || v >= size) {
-            if (!PyErr_Occurred())
-                PyErr_Format(PyExc_ValueError, "`ranks[%zd]` must be a rank from 0 to %d, got %ld",
-                             i, size - 1, v);
-            PyMem_Free(rk), PyMem_Free(hdr), PyMem_Free(hreq), PyMem_Free(hidx), PyMem_Free(hst);
-            Py_DECREF(r);
-            return -1;
-        }
-        rk[i] = (int)v;
-    }
-    Py_DECREF(r);
-    int *fc = NULL, nf = 0;
-    if (read_classes(failed, &fc, &nf) < 0) {
-        PyMem_Free(rk), PyMem_Free(hdr), PyMem_Free(hreq), PyMem_Free(hidx), PyMem_Free(hst);
-        PyMem_Free(fc);
-        return -1;
-    }
     self->n = (int)n;
     self->ranks = rk;
     self->hdr = hdr;
@@ -460,13 +451,17 @@ static int Root_init(Root *self, PyObject *args, PyObject *kw)
     self->hidx = hidx;
     self->hst = hst;
     self->failed = fc;
-    self->nfailed = nf;
+    self->nfailed = (int)nf;
     self->tag_ctrl = tags[0];
     self->tag_task = tags[1];
     self->tag_hdr = tags[2];
     self->tag_res = tags[3];
     self->tag_cancel = tags[4];
     return 0;
+fail:
+    PyMem_Free(rk), PyMem_Free(fc), PyMem_Free(hdr), PyMem_Free(hreq), PyMem_Free(hidx);
+    PyMem_Free(hst);
+    return -1;
 }
 
 static void Root_dealloc(Root *self)
@@ -488,19 +483,25 @@ static void Root_dealloc(Root *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* Every method starts here: initialised, and not in use by another thread (a method that
- * releases the GIL sets busy; the cluster's lock should make this impossible). */
-static int root_ready(Root *self)
+/* Every method of an engine starts here: initialised, and not in use by another thread (a
+ * method that releases the GIL sets busy; the cluster's lock should make this impossible). */
+static int engine_ready(int initialised, int busy, const char *name)
 {
-    if (!self->ranks) {
-        PyErr_SetString(PyExc_RuntimeError, "Root is not initialised");
+    if (!initialised) {
+        PyErr_Format(PyExc_RuntimeError, "%s is not initialised", name);
         return -1;
     }
-    if (self->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "Root is in use by another thread (use it under the cluster's lock)");
+    if (busy) {
+        PyErr_Format(PyExc_RuntimeError, "%s is in use by another thread (use it under the "
+                     "cluster's lock)", name);
         return -1;
     }
     return 0;
+}
+
+static int root_ready(Root *self)
+{
+    return engine_ready(self->ranks != NULL, self->busy, "Root");
 }
 
 static int worker_index(Root *self, PyObject *arg, int *w)
@@ -694,10 +695,14 @@ static PyObject *parsed_header(const int64_t *v)
                          (long long)v[6 + MAX_NDIM], (long long)v[7 + MAX_NDIM]);
 }
 
-/* A header receive that failed: a (w, 2, class) event when the class says a process failed;
- * anything else raises WireError (and drops `res`). Returns -1 after raising. */
+/* Worker w's header receive failed: it is freed (Open MPI leaves a failed request
+ * allocated), then a (w, 2, class) event when the class says a process failed; anything
+ * else raises WireError (and drops `res`). Returns -1 after raising. */
 static int failed_event(Root *self, PyObject *res, int w, int err)
 {
+    if (self->hreq[w] != MPI_REQUEST_NULL)
+        MPI_Request_free(&self->hreq[w]);
+    self->hreq[w] = MPI_REQUEST_NULL;
     int cls = err;
     MPI_Error_class(err, &cls);
     if (!is_failed(self->failed, self->nfailed, cls)) {
@@ -792,9 +797,6 @@ static PyObject *Root_poll(Root *self, PyObject *args)
                 self->hst[k++] = self->hst[i];
                 continue;
             }
-            if (self->hreq[w] != MPI_REQUEST_NULL)
-                MPI_Request_free(&self->hreq[w]);
-            self->hreq[w] = MPI_REQUEST_NULL;
             if (failed_event(self, res, w, err) < 0)
                 return NULL;
         }
@@ -809,9 +811,6 @@ static PyObject *Root_poll(Root *self, PyObject *args)
             MPI_Status st;
             int r1 = MPI_Test(&self->hreq[w], &flag, &st);
             if (r1 != MPI_SUCCESS) {
-                if (self->hreq[w] != MPI_REQUEST_NULL)
-                    MPI_Request_free(&self->hreq[w]);
-                self->hreq[w] = MPI_REQUEST_NULL;
                 if (failed_event(self, res, w, r1) < 0)
                     return NULL;
             } else if (flag) {
@@ -1009,15 +1008,7 @@ static void Worker_dealloc(Worker *self)
 
 static int worker_ready(Worker *self)
 {
-    if (!self->started) {
-        PyErr_SetString(PyExc_RuntimeError, "Worker is not initialised");
-        return -1;
-    }
-    if (self->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "Worker is in use by another thread");
-        return -1;
-    }
-    return 0;
+    return engine_ready(self->started, self->busy, "Worker");
 }
 
 /* Read every cancel that has arrived (no GIL needed: the set grows with PyMem_RawRealloc,

@@ -129,15 +129,10 @@ def wire_status() -> tuple[bool, str]:
         return _WIRE_STATUS
     from mpi4py import MPI
 
-    from . import protocol
-
-    wire = _wire_module()
-    if wire is None:
-        try:
-            from . import _wire  # noqa: F401  # the import error, for the reason
-        except ImportError as exc:
-            why = f"codedml.runtime._wire is not built ({exc})"
-        _WIRE_STATUS = (False, why)
+    try:
+        from . import _wire as wire
+    except ImportError as exc:
+        _WIRE_STATUS = (False, f"codedml.runtime._wire is not built ({exc})")
         return _WIRE_STATUS
     vendor, version = MPI.get_vendor()
     built = tuple(wire.VENDOR)
@@ -309,10 +304,7 @@ class MPICluster(ClusterBase):
         if self.is_root:
             with self._lock:
                 for w in range(self.workers):
-                    if self._eng is not None:
-                        self._eng.post(w)
-                    else:
-                        self._post_header(w)
+                    self._post_header(w)
             return self
         self.serve()
         return None
@@ -327,6 +319,9 @@ class MPICluster(ClusterBase):
 
     # ------------------------------------------------------------------ root side
     def _post_header(self, w: int) -> None:
+        if self._eng is not None:  # its header buffers are the engine's
+            self._eng.post(w)
+            return
         # One header buffer per worker for the cluster's life: a header is parsed (into
         # Python ints) before its receive is posted again.
         buf = self._hdr_bufs.get(w)
@@ -352,34 +347,32 @@ class MPICluster(ClusterBase):
         else:
             ctrl = req.with_arrays(arrays).to_bytes()
             self._ctrl_memo = (req, meta, ctrl)
+        self._post(worker, ctrl, arrays)
+
+    def _send_many(self, workers: Any, req: Request, arrays: list[np.ndarray]) -> None:
+        arrays = [np.ascontiguousarray(a) for a in arrays]
+        ctrl = req.with_arrays(arrays).to_bytes()  # encoded once (sends only read it)
+        for w in workers:
+            if w not in self._dead:
+                self._post(w, ctrl, arrays)
+
+    def _post(self, worker: int, ctrl: np.ndarray, arrays: list[np.ndarray]) -> None:
+        """A request's control bytes and its (contiguous) arrays to ``worker``."""
         self._hot_until = time.perf_counter() + _SPIN  # a reply is due: poll without sleeping
         if self._eng is not None:
             self._to_worker(worker, self._eng.request, worker, ctrl, arrays)
             return
         dest = self._ranks[worker]
-        try:
+
+        def isends() -> None:
             self._outgoing.append((self.comm.Isend(ctrl, dest=dest, tag=TAG_CTRL), ctrl))
             for a in arrays:
                 self._outgoing.append((self.comm.Isend(a, dest=dest, tag=TAG_TASK), a))
-        except Exception as exc:
-            if _proc_failed(exc):
-                self._mark_dead(worker)
-                return
-            raise
 
-    def _send_many(self, workers: Any, req: Request, arrays: list[np.ndarray]) -> None:
-        if self._eng is None:
-            return super()._send_many(workers, req, arrays)
-        arrays = [np.ascontiguousarray(a) for a in arrays]
-        ctrl = req.with_arrays(arrays).to_bytes()  # encoded once (sends only read it)
-        self._hot_until = time.perf_counter() + _SPIN
-        request, dead = self._eng.request, self._dead
-        for w in workers:
-            if w not in dead:
-                self._to_worker(w, request, w, ctrl, arrays)
+        self._to_worker(worker, isends)
 
     def _to_worker(self, worker: int, send: Any, *args: Any) -> bool:
-        """``send(*args)``, a compiled-path send to ``worker``: a failed process (ULFM) marks
+        """``send(*args)``, a send to ``worker`` (either path): a failed process (ULFM) marks
         the worker dead (False); any other error propagates."""
         try:
             send(*args)
@@ -397,13 +390,8 @@ class MPICluster(ClusterBase):
             self._to_worker(worker, self._eng.cancel, worker, job)
             return
         buf = np.array([job], dtype=np.int64)
-        try:
-            self._outgoing.append((self.comm.Isend(buf, dest=self._ranks[worker], tag=TAG_CANCEL), buf))
-        except Exception as exc:
-            if _proc_failed(exc):
-                self._mark_dead(worker)
-                return
-            raise
+        self._to_worker(worker, lambda: self._outgoing.append(
+            (self.comm.Isend(buf, dest=self._ranks[worker], tag=TAG_CANCEL), buf)))
 
     def _prune_outgoing(self) -> None:
         if not self._outgoing:
@@ -454,11 +442,17 @@ class MPICluster(ClusterBase):
                 a = self._receive(w, self._hdr[w][1])
                 if a is not None:
                     out.append(a)
+        return self._polled(out)
+
+    def _polled(self, out: list[Arrival]) -> list[Arrival]:
+        """The end of a poll (either path): the notices raised meanwhile join the arrivals;
+        an arrival keeps polling hot for _SPIN, else the pause between polls grows."""
         out.extend(self._notices)
         self._notices = []
+        now = time.perf_counter()
         if out:
-            self._hot_until = time.perf_counter() + _SPIN
-        self._pause = 0.0 if time.perf_counter() < self._hot_until else \
+            self._hot_until = now + _SPIN
+        self._pause = 0.0 if now < self._hot_until else \
             min(max(self._pause * 1.5, _MIN_PAUSE), _MAX_PAUSE)
         return out
 
@@ -475,15 +469,7 @@ class MPICluster(ClusterBase):
             a = self._arrival_compiled(w, what, v)
             if a is not None:
                 out.append(a)
-        out.extend(self._notices)
-        self._notices = []
-        now = time.perf_counter()
-        if out:
-            self._hot_until = now + _SPIN
-        # the progress thread's pause between polls (_idle), as on the Python path
-        self._pause = 0.0 if now < self._hot_until else \
-            min(max(self._pause * 1.5, _MIN_PAUSE), _MAX_PAUSE)
-        return out
+        return self._polled(out)
 
     def _arrival_compiled(self, w: int, what: int, v: Any) -> Arrival | None:
         if what == 1:  # a header the compiled check refused: protocol.py names the defect

@@ -324,13 +324,14 @@ class Request:
 _CALL_MEMO: dict[bytes, tuple[str, dict[str, Any]]] = {}
 _MEMO_MAX = 64
 _MEMO_BYTES = 1024  # longer parameters are parsed every time (the memo stays small)
-_CALL = 4  # Op.CALL's wire code
+_CALL = int(Op.CALL)  # its wire code, compared with the int from the wire
 _FLAT = frozenset({str, int, float, bool, type(None)})
 
 
 def _remember_call(raw: bytes, doc: dict[str, Any]) -> None:
     inner = doc.get("params", {})
-    if len(raw) > _MEMO_BYTES or len(doc) != 2 or not isinstance(inner, dict) or any(type(v) not in _FLAT for v in inner.values()):
+    if (len(raw) > _MEMO_BYTES or len(doc) != 2 or not isinstance(inner, dict)
+            or any(type(v) not in _FLAT for v in inner.values())):
         return
     if len(_CALL_MEMO) >= _MEMO_MAX:
         _CALL_MEMO.clear()
