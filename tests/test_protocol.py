@@ -249,3 +249,66 @@ def test_repeated_call_parameters_are_fresh_objects_and_bounded() -> None:
     bad = bytearray(raw.tobytes()).replace(b'"b":2.5', b'"b":NaN')  # same length as before
     with pytest.raises(ProtocolError, match="finite"):
         _parse(bad)
+
+
+def test_call_request_encodes_as_the_checked_request_and_refuses_the_same() -> None:
+    """``call_request(...).encode(arrays)`` (reusing a recent call's wire form) gives the bytes
+    of the fully checked ``Request(...).with_arrays(arrays).to_bytes()`` for any parameters:
+    values that compare equal but encode differently (1, 1.0, True; 0.0 and -0.0) never share
+    a wire form; parameters that are not flat plain data take the checked path and are refused
+    with its message; the memo stays bounded."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from codedml.runtime import protocol
+    from codedml.runtime.protocol import call_request
+
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
+                        st.sampled_from([0.0, -0.0, 1.0, 1, True, 0, False]),
+                        st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=3),
+                        st.sampled_from([np.float64(1.0), np.int64(1), [1], {"a": 1}]))
+    params = st.one_of(st.none(), st.dictionaries(st.sampled_from("abc"), scalars, max_size=3))
+    arrays = st.lists(st.tuples(st.sampled_from([np.float64, np.float32, np.int64]),
+                                st.lists(st.integers(0, 3), max_size=2)), max_size=2)
+
+    def outcome(fn, *args):
+        try:
+            return fn(*args)
+        except (ConfigurationError, ProtocolError) as exc:
+            return type(exc).__name__, str(exc)
+
+    def reference(job, name, prm, arrs):
+        return Request(Op.CALL, job, params={"name": name, "params": dict(prm or {})}) \
+            .with_arrays(arrs).to_bytes()
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.integers(0, 2**63 - 1), st.sampled_from(["f", "g"]), params, arrays)
+    def same(job, name, prm, specs):
+        arrs = [np.zeros(shape, dtype=dt) for dt, shape in specs]
+        want = outcome(reference, job, name, prm, arrs)
+        for _ in range(2):  # the second from the memo where the parameters are flat
+            got = outcome(lambda: call_request(job, name, prm).encode(arrs))
+            if isinstance(want, np.ndarray):
+                assert isinstance(got, np.ndarray) and got.tobytes() == want.tobytes(), (prm, specs)
+            else:
+                assert got == want
+
+    same()
+    assert len(protocol._WIRE_MEMO) <= protocol._MEMO_MAX
+    x = np.zeros(2)
+    one, flt = call_request(7, "f", {"a": 1}).encode([x]), call_request(7, "f", {"a": 1.0}).encode([x])
+    assert b'"a":1}' in one.tobytes() and b'"a":1.0}' in flt.tobytes()
+    assert b'"a":-0.0' in call_request(8, "f", {"a": -0.0}).encode([]).tobytes()
+
+
+def test_recent_call_gives_the_checked_parameters_only() -> None:
+    from codedml.runtime import protocol
+    from codedml.runtime.protocol import recent_call
+
+    protocol._CALL_MEMO.clear()
+    raw = Request(Op.CALL, 3, params={"name": "f", "params": {"a": 1}}).to_bytes()
+    tail = raw.tobytes()[-len(b'{"name":"f","params":{"a":1}}'):]
+    assert recent_call(tail) is None  # never received: not checked
+    Request.from_bytes(raw)
+    assert recent_call(tail) == ("f", {"a": 1})
+    assert recent_call(b"") is None

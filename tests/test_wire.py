@@ -144,6 +144,10 @@ def test_reply_header_edges():
     assert _py_header(big.tobytes()) is not None and _wire.check_header(big.tobytes()) is not None
     big[7] += 1  # one past it
     assert _py_header(big.tobytes()) is None and _wire.check_header(big.tobytes()) is None
+    bye = ReplyHeader(5, Kind.BYE, int(Op.CLOSE)).to_array()
+    assert _wire.check_header(bye.tobytes()) == _py_header(bye.tobytes()) == (5, 2, 9, 0, (), 0, 0)
+    bye[3] = 2**40  # a BYE's op is checked too (the compiled check once cut it to an int: 0)
+    assert _py_header(bye.tobytes()) is None and _wire.check_header(bye.tobytes()) is None
     huge = ok.copy()  # a product that overflows int64 must be refused, not wrap around
     huge[5], huge[6], huge[7], huge[8] = 3, 2**40, 2**40, 0
     huge[-1] = 0

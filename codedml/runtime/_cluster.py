@@ -33,7 +33,7 @@ from ..codes import Encoding, LinearCode
 from ..codes._validate import check_int
 from ..errors import (ClusterClosedError, ConfigurationError, CorruptResultError, FaultError)
 from .futures import (Ack, Arrival, Call, Job, JobReport, _Request, check_deadline, check_wait)
-from .protocol import Op, Request
+from .protocol import Op, Request, call_request
 
 __all__ = ["ClusterBase", "retry_on_corrupt", "check_handlers", "DEFAULT_TIMEOUT"]
 
@@ -322,7 +322,7 @@ class ClusterBase:
             timeout = self._deadline(timeout)
             jid = self._next_job
             self._next_job += 1
-            req = Request(Op.CALL, jid, params={"name": name, "params": dict(params or {})})
+            req = call_request(jid, name, params)
             call = Call(self, jid, name, [w for w in rows if w not in self._dead], timeout,
                         time.perf_counter())
             for w in rows:

@@ -123,7 +123,11 @@ class WorkerState:
         raise ValueError(f"operation {op.name} is not served by a worker's handle()")
 
     def _call(self, req: Request, arrays: list[np.ndarray]) -> np.ndarray:
-        name = req.params["name"]
+        return self.call(req.params["name"], arrays, req.params.get("params", {}))
+
+    def call(self, name: str, arrays: list[np.ndarray], params: Mapping[str, Any]) -> np.ndarray:
+        """Run the handler registered as ``name`` (a ``CALL`` request's work); its result
+        as an array (empty for ``None``)."""
         fn = self.handlers.get(name)
         if fn is None:
             raise KeyError(f"no handler {name!r} registered on this worker "
@@ -131,7 +135,7 @@ class WorkerState:
         ctx = self.context
         if ctx is None:
             ctx = self._ctx()
-        out = fn(ctx, *arrays, **req.params.get("params", {}))
+        out = fn(ctx, *arrays, **params)
         return np.zeros(0) if out is None else np.asarray(out)
 
     def _stored(self, hid: int) -> Any:

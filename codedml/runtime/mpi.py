@@ -60,7 +60,7 @@ from ._exit import skip_finalize_at_exit
 from ._worker import WorkerContext, WorkerState, remote_error
 from .futures import Arrival, check_wait
 from .protocol import (ACK_OPS, DTYPES, HEADER_LEN, REPLY_OPS, Kind, Op, RemoteError, ReplyHeader,
-                       Request, dtype_code)
+                       Request, dtype_code, recent_call)
 
 __all__ = ["MPICluster", "wire_status"]
 
@@ -345,13 +345,13 @@ class MPICluster(ClusterBase):
         if memo is not None and memo[0] is req and memo[1] == meta:
             ctrl = memo[2]  # the same request to the next worker: encoded once (sends only read it)
         else:
-            ctrl = req.with_arrays(arrays).to_bytes()
+            ctrl = req.encode(arrays)
             self._ctrl_memo = (req, meta, ctrl)
         self._post(worker, ctrl, arrays)
 
     def _send_many(self, workers: Any, req: Request, arrays: list[np.ndarray]) -> None:
         arrays = [np.ascontiguousarray(a) for a in arrays]
-        ctrl = req.with_arrays(arrays).to_bytes()  # encoded once (sends only read it)
+        ctrl = req.encode(arrays)  # encoded once (sends only read it)
         for w in workers:
             if w not in self._dead:
                 self._post(w, ctrl, arrays)
@@ -743,7 +743,7 @@ class MPICluster(ClusterBase):
         ack_ops, reply_ops = ACK_OPS, REPLY_OPS
         uint8 = dtype_code(np.uint8)
         codes = {dt: dtype_code(dt) for dt in DTYPES}
-        k_result, k_ack, k_bye = int(Kind.RESULT), int(Kind.ACK), int(Kind.BYE)
+        k_result, k_ack, k_bye, k_call = int(Kind.RESULT), int(Kind.ACK), int(Kind.BYE), int(Op.CALL)
         perf, frombuffer, contiguous = time.perf_counter, np.frombuffer, np.ascontiguousarray
 
         def reply_error(exc: BaseException, job: int, op: Op | None) -> None:
@@ -763,14 +763,21 @@ class MPICluster(ClusterBase):
                 reply_error(exc, -1, None)
                 continue
             _, op_code, job, handle, fld, flags, params, raw_arrays = ev
-            try:
-                req = Request.from_fields(op_code, job, handle, fld, flags, params,
-                                          tuple([(shape, code) for shape, code, _ in raw_arrays]),
-                                          shapes_checked=True)
-            except ProtocolError as exc:
-                reply_error(exc, -1, None)
-                continue
-            op = req.op
+            # A call whose parameters a recent one had (checked then): no Request is built
+            seen = (recent_call(params) if op_code == k_call and not flags and job >= 0
+                    and handle == -1 and fld == -1 else None)
+            if seen is None:
+                try:
+                    req = Request.from_fields(
+                        op_code, job, handle, fld, flags, params,
+                        tuple([(shape, code) for shape, code, _ in raw_arrays]),
+                        shapes_checked=True)
+                except ProtocolError as exc:
+                    reply_error(exc, -1, None)
+                    continue
+                op = req.op
+            else:
+                op = Op.CALL
             arrays = [frombuffer(b, dtype=DTYPES[code]).reshape(shape)
                       for shape, code, b in raw_arrays]
             if op is Op.CLOSE:
@@ -781,12 +788,16 @@ class MPICluster(ClusterBase):
                 return
             t = perf()
             try:
-                result = state.handle(req, arrays)
-                if op in ack_ops:
-                    if state.acks():
-                        eng.reply(job, k_ack, op_code, 0, None, 0)
-                    continue
-                result = state.inject(job, result, req.field)
+                if seen is not None:
+                    result = state.call(seen[0], arrays, seen[1])
+                    result = state.inject(job, result, None)
+                else:
+                    result = state.handle(req, arrays)
+                    if op in ack_ops:
+                        if state.acks():
+                            eng.reply(job, k_ack, op_code, 0, None, 0)
+                        continue
+                    result = state.inject(job, result, req.field)
                 if result is None:  # silent
                     continue
                 took = perf() - t

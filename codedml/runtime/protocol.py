@@ -209,6 +209,26 @@ class Request:
             object.__setattr__(out, name, v)
         return out
 
+    def encode(self, arrays: list[np.ndarray]) -> np.ndarray:
+        """``with_arrays(arrays).to_bytes()``, for a request built by :func:`call_request`
+        from a recent call's encoded form where one differs only in its job id (a training
+        step's call, the same handler with the same parameters): validated and JSON-encoded
+        then, so only the job is written now. ``arrays`` must be contiguous."""
+        key = self.__dict__.get("_wire_key")
+        if key is None:
+            return self.with_arrays(arrays).to_bytes()
+        key = (key, tuple([(a.shape, a.dtype) for a in arrays]))
+        tpl = _WIRE_MEMO.get(key)
+        if tpl is None:
+            out = self.with_arrays(arrays).to_bytes()
+            if len(_WIRE_MEMO) >= _MEMO_MAX:
+                _WIRE_MEMO.clear()
+            _WIRE_MEMO[key] = out.tobytes()
+            return out
+        buf = bytearray(tpl)
+        _JOB.pack_into(buf, _JOB_AT, self.job)
+        return np.frombuffer(buf, dtype=np.uint8)
+
     def to_bytes(self) -> np.ndarray:
         """The binary wire form in a uint8 buffer: a fixed little-endian header
         (:data:`_REQ_HEAD`: magic, op, flags, array count, job, handle, field, parameter
@@ -316,6 +336,48 @@ class Request:
         return out
 
 
+def call_request(job: int, name: str, params: dict[str, Any] | None) -> Request:
+    """``Request(Op.CALL, job, params={"name": name, "params": dict(params or {})})``; when
+    the parameters are flat (str keys; exact str, int, bool, None or finite float values), it
+    is built without the dataclass's checks (they pass by construction) and remembers a key
+    that decides its wire form, so :meth:`Request.encode` reuses a recent call's."""
+    inner = {} if params is None else params
+    flat = _flat_key(inner) if type(inner) is dict and type(name) is str and name else None
+    if flat is None or type(job) is not int or not -1 <= job < _I64:
+        return Request(Op.CALL, job, params={"name": name, "params": dict(params or {})})
+    out = object.__new__(Request)
+    out.__dict__.update(op=Op.CALL, job=job, handle=None, field=None, compensated=False,
+                        params={"name": name, "params": dict(inner)}, arrays=(),
+                        _wire_key=(name, flat))
+    return out
+
+
+def _flat_key(d: dict[Any, Any]) -> tuple | None:
+    """A hashable key that decides the JSON of ``d`` (keys in order, each value's exact type
+    and value: 1, 1.0 and True differ, floats by their hex form, so -0.0 is not 0.0), or
+    ``None`` where ``d`` is not flat plain data (the full checks then name any defect)."""
+    items = []
+    for k, v in d.items():
+        t = type(v)
+        if type(k) is not str:
+            return None
+        if t is float:
+            if not math.isfinite(v):
+                return None
+            v = v.hex()
+        elif t is not str and t is not int and t is not bool and v is not None:
+            return None
+        items.append((k, t, v))
+    return tuple(items)
+
+
+#: Recent calls' wire forms (job 0) by their key: see :meth:`Request.encode`; at most
+#: _MEMO_MAX entries (cleared when full).
+_WIRE_MEMO: dict[tuple, bytes] = {}
+_JOB = struct.Struct("<q")
+_JOB_AT = struct.calcsize("<IBBBx")  # the job's offset in _REQ_HEAD
+
+
 #: A worker's recent calls' parameters (JSON bytes -> name and the handler's parameters),
 #: checked once: a handler called again with the same parameters (an echo, a fixed
 #: configuration) skips the JSON parse and the checks. Only flat parameters (no list or dict
@@ -326,6 +388,13 @@ _MEMO_MAX = 64
 _MEMO_BYTES = 1024  # longer parameters are parsed every time (the memo stays small)
 _CALL = int(Op.CALL)  # its wire code, compared with the int from the wire
 _FLAT = frozenset({str, int, float, bool, type(None)})
+
+
+def recent_call(params: bytes) -> tuple[str, dict[str, Any]] | None:
+    """A call's handler name and parameters when a recent request carried these very
+    parameter bytes (checked then: see :data:`_CALL_MEMO`), else ``None``. The parameters'
+    dict is shared: pass it on unpacked (``**params``), never to be changed."""
+    return _CALL_MEMO.get(params) if params else None
 
 
 def _remember_call(raw: bytes, doc: dict[str, Any]) -> None:
@@ -416,7 +485,7 @@ class ReplyHeader:
             raise ProtocolError(f"reply kind must be one of {[k.value for k in Kind]}, got {kind}")
         if job < -1:
             raise ProtocolError(f"reply job id must be >= -1, got {job}")
-        if kind_ is not Kind.BYE and op not in _REPLY_OPS:
+        if op not in _REPLY_OPS:  # a BYE's too (it answers CLOSE): every field is checked
             raise ProtocolError(f"reply op must be 0 (a request that could not be read) or one "
                                 f"of {[o.value for o in Op]}, got {op}")
         if not 0 <= ndim <= MAX_NDIM:
