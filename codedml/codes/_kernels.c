@@ -1149,6 +1149,13 @@ LC_A512 static void lc512_4(const double *const *g, const int *live, int nl, con
     lc512_body(4, g, live, nl, xp, w, dst, kd, pairs, st, sq, md);
 }
 
+LC_A512 static void lc512_1(const double *const *g, const int *live, int nl, const double *const *xp,
+                        Py_ssize_t w, char *const *dst, char kd, int pairs, int st,
+                        double *sq, const double *md)
+{
+    lc512_body(1, g, live, nl, xp, w, dst, kd, pairs, st, sq, md);
+}
+
 LC_INLINE LC_A2 void lc2_put(char kd, char *base, Py_ssize_t c, __m256d a, __m256d b,
                              Py_ssize_t left, int st)
 {
@@ -1318,6 +1325,13 @@ LC_A2 static void lc2_4(const double *const *g, const int *live, int nl, const d
 {
     lc2_body(4, g, live, nl, xp, w, dst, kd, pairs, st, sq, md);
 }
+
+LC_A2 static void lc2_1(const double *const *g, const int *live, int nl, const double *const *xp,
+                        Py_ssize_t w, char *const *dst, char kd, int pairs, int st,
+                        double *sq, const double *md)
+{
+    lc2_body(1, g, live, nl, xp, w, dst, kd, pairs, st, sq, md);
+}
 #else
 #define CODEDML_AVX2 0
 #endif
@@ -1399,6 +1413,8 @@ typedef struct {
     int *gl, *gn;                    /* per pass of rows: the sources with a coefficient
                                         there (k each), and how many */
     int *po, *pr;                    /* per pass: its first row and its row count */
+    int *dj;                         /* per row: its one source where its pass is diagonal
+                                        (each row one coefficient), else -1 (m) */
     Py_ssize_t npass;
     char *islive;                    /* per source: values in the tile at hand (k) */
     const double *md;                /* GF(p): {p, 1 / p}; else NULL */
@@ -1463,6 +1479,22 @@ static void lc_run(LcJob *J)
                     if (J->islive[used[q]])
                         J->glive[ng++] = used[q];
 #if CODEDML_AVX2
+                if (J->simd && J->dj[o] >= 0) {
+                    /* diagonal: row by row, its one source (or none: zeros) */
+                    for (int h = 0; h < nr; h++) {
+                        const int j = J->dj[o + h];
+                        const LcDst *d = &J->dst[o + h];
+                        char *dp[4] = {d->p + r * d->stride + c0 * J->item};
+                        const double *g1[4] = {J->G + (o + h) * k};
+                        double sv[4] = {0.0};
+                        (J->simd == 2 ? lc512_1 : lc2_1)(g1, &j, J->islive[j], J->xp, w, dp,
+                                                         J->kd, 0, J->stream && !((uintptr_t)dp[0] & 63),
+                                                         sv, J->md);
+                        if (J->sq)
+                            J->sq[o + h] += sv[0];
+                    }
+                    continue;
+                }
                 if (ng && J->simd) {
                     /* a padding row (odd counts, never with pairs: 2 rows per output) is
                        stored into the scratch rows `y` (W doubles, 64-byte aligned) */
@@ -1490,6 +1522,11 @@ static void lc_run(LcJob *J)
                 if (!ng)
                     for (int h = 0; h < nr; h++)
                         memset(y[h], 0, (size_t)wp * sizeof(double));
+                else if (J->dj[o] >= 0)   /* diagonal: each row its one source alone */
+                    for (int h = 0; h < nr; h++) {
+                        const int j = J->dj[o + h];
+                        lc_rows_c(g + h, 1, &j, J->islive[j], J->xp, wp, y + h);
+                    }
                 else
                     lc_rows_c(g, nr, J->glive, ng, J->xp, wp, y);
                 if (J->pairs) {   /* rows 2p, 2p + 1 are output p's real and imaginary parts */
@@ -1825,10 +1862,11 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         J.glive = PyMem_Calloc(k ? (size_t)k : 1, sizeof(int));
         J.xp = PyMem_Calloc(k ? (size_t)k : 1, sizeof(double *));
         const size_t mm = (size_t)(m ? m : 1), kk = (size_t)(k ? k : 1);
-        J.gl = PyMem_Calloc(mm * kk + 3 * mm, sizeof(int));
+        J.gl = PyMem_Calloc(mm * kk + 4 * mm, sizeof(int));
         J.gn = J.gl ? J.gl + mm * kk : NULL;
         J.po = J.gl ? J.gn + mm : NULL;
         J.pr = J.gl ? J.po + mm : NULL;
+        J.dj = J.gl ? J.pr + mm : NULL;
         J.islive = PyMem_Calloc(k ? (size_t)k : 1, 1);
         if (!mem || !J.glive || !J.xp || !J.gl || !J.islive) {
             PyMem_Free(mem);
@@ -1853,6 +1891,21 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
             J.gn[p] = lc_used(J.G, o, nr, k, J.gl + p * k);
             J.po[p] = (int)o;
             J.pr[p] = (int)nr;
+            /* diagonal (a systematic code's identity rows): each row one coefficient, so
+               each row runs alone with its one source, not with every source of the pass */
+            int diag = !pairs;
+            for (Py_ssize_t h = o; h < o + nr; h++) {
+                int one = -1;
+                for (Py_ssize_t j = 0; j < k && diag; j++)
+                    if (J.G[h * k + j] != 0.0) {
+                        diag = one < 0;
+                        one = (int)j;
+                    }
+                diag &= one >= 0;
+                J.dj[h] = one;
+            }
+            for (Py_ssize_t h = o; h < o + nr; h++)
+                J.dj[h] = diag ? J.dj[h] : -1;
             o += nr;
         }
         if (R && C && m) {
