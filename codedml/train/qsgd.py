@@ -11,7 +11,8 @@ With ``s`` levels, coordinate ``i`` of ``v`` (``d`` entries) is sent as
 
 so :math:`E[Q_s(v)] = v` and :math:`\\mathrm{Var}[Q_s(v)_i] \\le \\lVert v\\rVert^2 / (4 s^2)`.
 
-Bit accounting (what :func:`encode` really puts on the wire): the norm as a float32 (32 bits),
+Bit accounting (what :func:`encode` really puts on the wire): the norm as a float32 (32 bits;
+rounded up, and the levels drawn against that value, so the message stays unbiased),
 then per coordinate one sign bit and the level :math:`\\xi_i \\in \\{0..s\\}` in
 :math:`b = \\lceil \\log_2(s + 1) \\rceil` bits, packed into bytes, so
 
@@ -63,17 +64,30 @@ def encode(v: np.ndarray, levels: int, rng: np.random.Generator) -> np.ndarray:
     b = level_bits(levels)
     v = np.asarray(v, dtype=np.float64).ravel()
     norm = float(np.linalg.norm(v))
-    if norm == 0.0 or not math.isfinite(norm):
+    # The norm travels as a float32: rounded up to one (never below the norm, so each level
+    # stays within 0..levels), and the levels are drawn against that very value, so the
+    # decoded vector stays unbiased whatever the rounding (a subnormal float32 norm keeps only
+    # a few bits: drawn against the float64 norm, Q's mean was off by up to half of it)
+    with np.errstate(over="ignore"):
+        n32 = np.float32(norm)
+    if float(n32) < norm:
+        n32 = np.nextafter(n32, np.float32(np.inf))
+    scale = float(n32)
+    if math.isfinite(norm) and not math.isfinite(scale):
+        raise ValueError(f"qsgd: the norm of `v` ({norm:.6g}) is past float32's largest value "
+                         f"({float(np.finfo(np.float32).max):.6g}), the type the message "
+                         f"carries it in")
+    if scale == 0.0 or not math.isfinite(scale):
         lev = np.zeros(v.size, dtype=np.int64)
     else:
-        r = np.abs(v) * (levels / norm)
+        r = np.abs(v) * (levels / scale)
         low = np.floor(r)
-        lev = (low + (rng.random(v.size) < (r - low))).astype(np.int64)
+        lev = np.minimum(low + (rng.random(v.size) < (r - low)), levels).astype(np.int64)
     sign = (v < 0).astype(np.uint8)
     bits = np.empty((v.size, 1 + b), dtype=np.uint8)
     bits[:, 0] = sign
     bits[:, 1:] = (lev[:, None] >> np.arange(b)) & 1
-    head = np.frombuffer(np.float32(norm).tobytes(), dtype=np.uint8)
+    head = np.frombuffer(n32.tobytes(), dtype=np.uint8)
     return np.concatenate([head, np.packbits(bits.ravel())])
 
 
