@@ -106,6 +106,8 @@ typedef struct {
     Py_ssize_t n, cap;
     Py_ssize_t done;          /* requests found complete (set null) since the last compact */
     int err;                  /* the first MPI error code a send completed with (0: none) */
+    char *failed;             /* per slot: the send failed (its request and buffer are left
+                                 to MPI: see sends_test) */
 } Sends;
 
 /* Messages longer than this many bytes travel as consecutive pieces of at most this size on
@@ -139,6 +141,9 @@ static int sends_reserve(Sends *s, Py_ssize_t k)
     MPI_Status *st = PyMem_Realloc(s->st, cap * sizeof *st);
     if (!st) goto oom;
     s->st = st;
+    char *f = PyMem_Realloc(s->failed, (size_t)cap);
+    if (!f) goto oom;
+    s->failed = f;
     s->cap = cap;
     return 0;
 oom:
@@ -148,7 +153,11 @@ oom:
 
 /* Test the sends in flight (no GIL needed): completed ones become MPI_REQUEST_NULL. A send
  * that failed counts as done, its error kept in s->err for the owner to judge (a failed
- * process's is expected under ULFM; the failure also shows in that worker's receive). */
+ * process's is expected under ULFM; the failure also shows in that worker's receive). A
+ * failed send's request is not freed and its buffer is never released (sends_compact): Open
+ * MPI's ob1 may still hold fragments of it, and one that fails after MPI_Request_free aborts
+ * the whole job ("Send error after request freed", seen in a soak when a worker died). What
+ * is left so is bounded: the sends in flight to a worker when it failed, once per worker. */
 static void sends_test(Sends *s)
 {
     if (s->n == 0 || s->done == s->n)
@@ -169,9 +178,8 @@ static void sends_test(Sends *s)
         int flag = 0;
         int r1 = MPI_Test(&s->req[i], &flag, MPI_STATUS_IGNORE);
         if (r1 != MPI_SUCCESS) {
-            if (s->req[i] != MPI_REQUEST_NULL)
-                MPI_Request_free(&s->req[i]);
-            s->req[i] = MPI_REQUEST_NULL;
+            s->failed[i] = 1;
+            s->req[i] = MPI_REQUEST_NULL;   /* left to MPI, not freed */
             if (!s->err)
                 s->err = r1;
             flag = 1;
@@ -201,6 +209,8 @@ static void sends_compact(Sends *s)
     Py_ssize_t k = 0;
     for (Py_ssize_t i = 0; i < s->n; i++) {
         if (s->req[i] == MPI_REQUEST_NULL) {
+            if (s->failed[i])   /* MPI may still read its buffer: never released */
+                continue;
             if (ngone < 64)
                 gone[ngone++] = s->hold[i];
             else
@@ -209,6 +219,7 @@ static void sends_compact(Sends *s)
         }
         s->req[k] = s->req[i];
         s->hold[k] = s->hold[i];
+        s->failed[k] = 0;
         k++;
     }
     s->n = k;
@@ -249,6 +260,7 @@ static int sends_post(Sends *s, MPI_Comm comm, int dest, int tag, Py_buffer *vie
             h->has_view = 1;
         }
         Py_ssize_t at = i * CHUNK, m = len - at < CHUNK ? len - at : CHUNK;
+        s->failed[s->n] = 0;
         int rc = MPI_Isend(ptr + at, (int)m, MPI_BYTE, dest, tag, comm, &s->req[s->n]);
         if (rc != MPI_SUCCESS) {
             hold_release(h);
@@ -284,9 +296,9 @@ static int recv_bytes(MPI_Comm comm, int src, int tag, char *p, Py_ssize_t len, 
 static void sends_free(Sends *s)
 {
     for (Py_ssize_t i = 0; i < s->n; i++) {
-        if (s->req[i] != MPI_REQUEST_NULL) {
-            /* still in flight at the engine's end: leave the request and its buffer alone
-             * (MPI may still read it); only a finished one is released */
+        if (s->req[i] != MPI_REQUEST_NULL || s->failed[i]) {
+            /* still in flight at the engine's end, or failed: leave the request and its
+             * buffer alone (MPI may still read it); only a finished one is released */
             continue;
         }
         hold_release(&s->hold[i]);
@@ -295,6 +307,7 @@ static void sends_free(Sends *s)
     PyMem_Free(s->hold);
     PyMem_Free(s->idx);
     PyMem_Free(s->st);
+    PyMem_Free(s->failed);
     memset(s, 0, sizeof *s);
 }
 
@@ -552,8 +565,10 @@ static PyObject *Root_drop(Root *self, PyObject *args)
             MPI_Cancel(&self->hreq[w]);
             MPI_Wait(&self->hreq[w], MPI_STATUS_IGNORE);
         } else {
+            /* left to MPI, not freed: under ULFM a receive from a failed process may still
+             * complete in error, and one freed by then aborts the job ("Recv error after
+             * request freed"); its header buffer stays (pinned). One per dropped worker. */
             self->pinned = 1;
-            MPI_Request_free(&self->hreq[w]);
         }
         self->hreq[w] = MPI_REQUEST_NULL;
     }
@@ -694,13 +709,14 @@ static PyObject *parsed_header(const int64_t *v)
                          (long long)v[6 + MAX_NDIM], (long long)v[7 + MAX_NDIM]);
 }
 
-/* Worker w's header receive failed: it is freed (Open MPI leaves a failed request
- * allocated), then a (w, 2, class) event when the class says a process failed; anything
- * else raises WireError (and drops `res`). Returns -1 after raising. */
+/* Worker w's header receive failed: it is let go (Open MPI leaves a failed request
+ * allocated; it is not freed, as in sends_test, and its header buffer stays: pinned), then
+ * a (w, 2, class) event when the class says a process failed; anything else raises WireError
+ * (and drops `res`). Returns -1 after raising. */
 static int failed_event(Root *self, PyObject *res, int w, int err)
 {
     if (self->hreq[w] != MPI_REQUEST_NULL)
-        MPI_Request_free(&self->hreq[w]);
+        self->pinned = 1;
     self->hreq[w] = MPI_REQUEST_NULL;
     int cls = err;
     MPI_Error_class(err, &cls);
