@@ -361,12 +361,12 @@ def _flat_key(d: dict[Any, Any]) -> tuple | None:
         t = type(v)
         if type(k) is not str:
             return None
+        if t not in _FLAT:  # the worker's memo keeps the same exact types (_remember_call)
+            return None
         if t is float:
             if not math.isfinite(v):
                 return None
             v = v.hex()
-        elif t is not str and t is not int and t is not bool and v is not None:
-            return None
         items.append((k, t, v))
     return tuple(items)
 
