@@ -63,9 +63,11 @@ def _check(G, X, got, dtype, pairs, sq, sq_before):
 @given(nout=st.integers(1, 9), k=st.integers(0, 7), R=st.integers(1, 4), C=st.integers(0, 70),
        dtype=st.sampled_from([np.float64, np.float32]), pairs=st.booleans(),
        simd=st.sampled_from(LEVELS), stream=st.booleans(), off=st.integers(0, 3),
-       row_pad=st.integers(0, 5), zero_rows=st.booleans(), with_sq=st.booleans(), data=st.data())
+       row_pad=st.integers(0, 5), zero_rows=st.booleans(), unit_rows=st.booleans(),
+       with_sq=st.booleans(), data=st.data())
 def test_lincomb_is_the_float64_product_rounded_once(nout, k, R, C, dtype, pairs, simd, stream,
-                                                     off, row_pad, zero_rows, with_sq, data):
+                                                     off, row_pad, zero_rows, unit_rows, with_sq,
+                                                     data):
     """Any shape (tiles cut at every width, rows of one output per pass or four), sources
     short of the outputs in rows and columns (padding reads as zero) and of either dtype,
     destinations at any element offset (streamed stores only where aligned) and row stride;
@@ -75,6 +77,10 @@ def test_lincomb_is_the_float64_product_rounded_once(nout, k, R, C, dtype, pairs
     G = rng.standard_normal((m, k))
     if zero_rows and k:                    # rows with few coefficients (systematic rows)
         G[rng.random((m, k)) < 0.6] = 0.0
+    if unit_rows and k:                    # identity rows (written as their source is loaded
+        for h in range(0, m, 2):           # where its dtype is the outputs'), some twice
+            G[h] = 0.0
+            G[h, rng.integers(k)] = 1.0
     srcs = []
     for _ in range(k):
         r = data.draw(st.integers(0, R))
@@ -275,13 +281,16 @@ def test_lincomb_over_gfp_is_the_exact_product_mod_p(m, k, R, C, p, simd, stream
 @pytest.mark.parametrize("simd", LEVELS)
 @pytest.mark.parametrize("bad", [-1, 65537, 2 ** 40, 2 ** 52, 2 ** 62, -2 ** 63])
 @pytest.mark.parametrize("where", [0, 5, 22])
-def test_lincomb_over_gfp_reports_any_value_out_of_the_field(simd, bad, where):
+@pytest.mark.parametrize("systematic", [False, True])
+def test_lincomb_over_gfp_reports_any_value_out_of_the_field(simd, bad, where, systematic):
     """A residue out of [0, p) anywhere makes the returned maximum p or more (negative ones,
-    and any at or past 2**52, the largest uint64): the encode's range check refuses it."""
+    and any at or past 2**52, the largest uint64): the encode's range check refuses it. Also
+    where the source feeds identity rows only (``systematic``: copied as it is loaded)."""
     p = 65537
     S = np.random.default_rng(1).integers(0, p, (3, 23))
     S[1, where] = bad
-    umax = K.lincomb(np.ones((2, 3)), S, np.empty((2, 23), np.int64), simd=simd, p=p)
+    G = np.eye(3) if systematic else np.ones((2, 3))
+    umax = K.lincomb(G, S, np.empty((len(G), 23), np.int64), simd=simd, p=p)
     assert umax >= p
     if bad < 0 or bad >= 2 ** 52:
         assert umax == 2 ** 64 - 1
@@ -354,7 +363,7 @@ def test_lincomb_refuses_what_it_writes_overlapping_what_it_reads():
 @needs_kernels
 @pytest.mark.parametrize("simd", LEVELS)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("cols", [5, 16, 333, 2048])
+@pytest.mark.parametrize("cols", [5, 16, 333, 2048, 12000])
 def test_lincomb_systematic_rows_are_their_sources(simd, dtype, cols):
     """A systematic generator ``[I; P]`` (and rows of one scaled coefficient): each such row
     runs alone with its one source, so its output is that source bit for bit (``c x`` rounded
@@ -402,3 +411,29 @@ def test_lincomb_systematic_rows_over_gfp(simd):
     np.testing.assert_array_equal(D[:k], S)
     want = np.tensordot(G[k:].astype(np.int64), S, 1) % p
     np.testing.assert_array_equal(D[k:], want)
+
+
+@needs_kernels
+@pytest.mark.parametrize("simd", LEVELS)
+@pytest.mark.parametrize("cols", [7, 64, 40000])
+def test_lincomb_identity_rows_of_float64_sources_read_where_they_lie(simd, cols):
+    """At most four rows in one pass read float64 sources in place (no tile); an identity row
+    there is written by the same loop: its source bit for bit (signed zeros, NaN and
+    infinities included), its squares those of the source, every tile (40000 columns: several,
+    the last cut short) and a short source (zeros past it) alike; the parity row is the
+    float64 sum."""
+    rng = np.random.default_rng(cols)
+    S = [rng.standard_normal((3, cols)) for _ in range(2)]
+    S[0][0, :3] = [-0.0, np.inf, -np.inf]
+    S[1] = S[1][:2, : max(1, cols // 2)].copy()
+    G = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, -2.0]])
+    D = [np.full((3, cols), np.nan) for _ in range(3)]
+    q = np.zeros(3)
+    K.lincomb(G, S, D, q, True, False, simd)
+    X = _padded(S, 3, cols)
+    for j in range(2):
+        np.testing.assert_array_equal(D[j].view(np.int64), X[j].view(np.int64))
+    assert np.isinf(q[0])
+    assert q[1] == pytest.approx(float(np.sum(X[1] ** 2)), rel=1e-13)
+    want = 0.5 * X[0] - 2.0 * X[1]
+    np.testing.assert_allclose(D[2][:, 3:], want[:, 3:], rtol=1e-15, atol=1e-15)

@@ -12,9 +12,10 @@ overhead over that copy bound. :func:`combine` therefore
   a layout BLAS cannot address) stay in cache;
 * where the compiled module is built and the CPU has AVX2/FMA or AVX-512F, runs the whole
   product in one compiled pass instead (:func:`_compiled`, ``lincomb`` in
-  ``codedml/codes/_kernels.c``: per tile of columns the blocks in L1, the generator's
-  products in registers, every task, systematic ones as identity rows, written once with
-  its norm; over GF(p) reduced mod p in the same pass, the operand's range check from the
+  ``codedml/codes/_kernels.c``: per tile of columns the blocks in cache (L1 for dense
+  generators, half of L2 for systematic ones, whose identity rows are written by the loop
+  that loads their blocks), the generator's products in registers, every task written once
+  with its norm; over GF(p) reduced mod p in the same pass, the operand's range check from the
   same reads); the rest of this list is the path of every other case:
 * runs one BLAS GEMM per chunk, the generator against the chunk's blocks viewed as one 2-D
   matrix. Where the blocks are float64 rows at a constant stride in memory (a C-ordered ``A``
@@ -311,8 +312,8 @@ def _combine(G: np.ndarray | None, blocks: Sequence[Block], out: np.ndarray, lea
             post.check()
         return out
     if (post is None or isinstance(post, ModP)) and _lincomb_ok():
-        # the compiled kernel, systematic outputs as identity rows of the generator: a row
-        # with one coefficient costs it one term, and every task is written in one pass
+        # the compiled kernel, systematic outputs as identity rows of the generator: each
+        # written as its block is loaded, and every task is written in one pass
         Gf = G if not nsys else np.vstack([np.eye(nsys, k, dtype=cdt)] + ([] if G is None else [G]))
         if _compiled(Gf, blocks, out, lead, flat, sq, post):
             return out
@@ -535,7 +536,7 @@ def _lincomb_ok() -> bool:
 
 def _compiled(G, blocks, out, lead, flat, sq, post=None) -> bool:
     """Every output by the compiled ``lincomb`` (codedml/codes/_kernels.c): per row and tile
-    of columns, the blocks' values in L1, the generator's products in registers (AVX2/FMA),
+    of columns, the blocks' values in cache, the generator's products in registers (AVX2/FMA),
     each task written once, streamed when large, with its sum of squares. A block cut short
     by padding reads as zero there; a complex block ``(re, im, sign)`` is its two real views
     against the generator's real form (complex tasks: interleaved real and imaginary parts

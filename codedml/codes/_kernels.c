@@ -49,6 +49,12 @@
 #define CODEDML_SSE2 0
 #endif
 
+/* Bytes ahead of a row loop's reads that it asks the cache for (SSE prefetch): where several
+   rows are read side by side (a systematic code's sources loaded into lincomb's tile) the
+   hardware prefetchers fell behind; measured on a 2-core AMD EPYC (systematic MDS(17, 15)
+   float64 at 4096, minimum of 9 interleaved encodes): 0.80-0.91x the time without, and the
+   plain streamed copy of a 128 MiB matrix 0.85-0.90x. 2048 to 17408 bytes measured alike. */
+#define PFD 2048
 #if CODEDML_SSE2
 /* a streamed store needs its destination 16-byte aligned (the row loops' scalar heads see to it) */
 static inline void store_pd(double *p, __m128d v, int stream)
@@ -173,16 +179,16 @@ static Py_ssize_t plain_f(const float *s, float *d, Py_ssize_t i, Py_ssize_t n, 
 }
 #endif
 
-static double row_d(const double *s, double *d, Py_ssize_t n, int stream, double c,
-                    int squares)
+static double row_d(const double *s, double *d, double *w, Py_ssize_t n, int stream,
+                    double c, int squares)
 {
     double a[4] = {0.0, 0.0, 0.0, 0.0};
     Py_ssize_t i = 0;
 #if CODEDML_SSE2
     {
         i = head(d, sizeof(double), n, stream);
-        scalar_d(s, d, NULL, 0, i, c, a);
-        if (!squares) {
+        scalar_d(s, d, w, 0, i, c, a);
+        if (!squares && !w) {
             scalar_d(s, d, NULL, plain_d(s, d, i, n, stream, c), n, c, a);
             return 0.0;
         }
@@ -190,12 +196,19 @@ static double row_d(const double *s, double *d, Py_ssize_t n, int stream, double
         __m128d x0 = _mm_setzero_pd(), x1 = _mm_setzero_pd();
         __m128d x2 = _mm_setzero_pd(), x3 = _mm_setzero_pd();
         for (; i + 8 <= n; i += 8) {
+            _mm_prefetch((const char *)(s + i) + PFD, _MM_HINT_T0);
             __m128d v0 = _mm_loadu_pd(s + i), v1 = _mm_loadu_pd(s + i + 2);
             __m128d v2 = _mm_loadu_pd(s + i + 4), v3 = _mm_loadu_pd(s + i + 6);
             store_pd(d + i, _mm_mul_pd(v0, cc), stream);
             store_pd(d + i + 2, _mm_mul_pd(v1, cc), stream);
             store_pd(d + i + 4, _mm_mul_pd(v2, cc), stream);
             store_pd(d + i + 6, _mm_mul_pd(v3, cc), stream);
+            if (w) {            /* the values as read, ordinary stores (read soon, from cache) */
+                _mm_storeu_pd(w + i, v0);
+                _mm_storeu_pd(w + i + 2, v1);
+                _mm_storeu_pd(w + i + 4, v2);
+                _mm_storeu_pd(w + i + 6, v3);
+            }
             x0 = _mm_add_pd(x0, _mm_mul_pd(v0, v0));
             x1 = _mm_add_pd(x1, _mm_mul_pd(v1, v1));
             x2 = _mm_add_pd(x2, _mm_mul_pd(v2, v2));
@@ -209,7 +222,7 @@ static double row_d(const double *s, double *d, Py_ssize_t n, int stream, double
 #else
     (void)stream;
 #endif
-    scalar_d(s, d, NULL, i, n, c, a);
+    scalar_d(s, d, w, i, n, c, a);
     if (!squares)
         return 0.0;
     return (a[0] + a[1]) + (a[2] + a[3]);
@@ -236,6 +249,8 @@ static double row_f(const float *s, float *d, double *w, Py_ssize_t n, int strea
         __m128d x0 = _mm_setzero_pd(), x1 = _mm_setzero_pd();
         __m128d x2 = _mm_setzero_pd(), x3 = _mm_setzero_pd();
         for (; i + 8 <= n; i += 8) {
+            if (!(i & 15))   /* one a cache line */
+                _mm_prefetch((const char *)(s + i) + PFD, _MM_HINT_T0);
             __m128 v0 = _mm_loadu_ps(s + i), v1 = _mm_loadu_ps(s + i + 4);
             /* in double: the low and high pairs of each quadruple */
             __m128d l0 = _mm_cvtps_pd(v0), h0 = _mm_cvtps_pd(_mm_movehl_ps(v0, v0));
@@ -316,7 +331,7 @@ static inline double row_any(char kd, char ks, const char *s, char *d, char *w, 
                              int stream, double c, int squares)
 {
     if (kd == 'd')
-        return row_d((const double *)s, (double *)d, n, stream, c, squares);
+        return row_d((const double *)s, (double *)d, (double *)w, n, stream, c, squares);
     if (ks == 'd')   /* the products' conversion dominates: squares or not, one loop */
         return row_df((const double *)s, (float *)d, n, stream, c);
     return row_f((const float *)s, (float *)d, (double *)w, n, stream, c, squares);
@@ -876,12 +891,17 @@ done:
    check: a negative value, or one at or past 2**52, returns the largest uint64), else None.
 
    Walk: per row of the outputs, per tile of W columns (the k sources' tile, widened to
-   double, about 32 KiB: in L1; with one pass of at most 4 rows a whole float64 source is
-   read where it lies), per pass of up to four consecutive rows alike in density (a
-   systematic code's identity rows together, its parity rows together), the sources with a
-   coefficient in the pass accumulate in registers, 16 columns (AVX-512) or 8 (AVX2) at a
-   time, and each row is rounded, interleaved (pairs) or reduced (GF(p)) and stored with its
-   squares; the plain-C path computes into scratch rows and stores them by SSE2. Each source
+   double: about 32 KiB, in L1, where several passes read it; about 256 KiB where at most one
+   does; with one pass of at most 4 rows a whole float64 source is read where it lies), per
+   pass of up to four consecutive rows alike in density (a systematic code's identity rows
+   together, its parity rows together), the sources with a coefficient in the pass
+   accumulate in registers, 16 columns (AVX-512) or 8 (AVX2) at a time, and each row is
+   rounded, interleaved (pairs) or reduced (GF(p)) and stored with its squares; the plain-C
+   path computes into scratch rows and stores them by SSE2. An identity row (coefficient
+   exactly 1, the source's own element type, not ``pairs``) is instead written by the loop
+   that loads its source into the tile, with its squares (GF(p): the residues as they are,
+   their range checked in the same loop), wherever the source covers the tile; bit for bit
+   what its pass would store. Each source
    is read from memory once and each output written once: where a BLAS GEMM with k of a few
    to a few tens runs far below its peak and writes through the cache, this runs at the FMA
    units' rate or the memory's. The GIL is released during the loop. A destination may not
@@ -891,7 +911,7 @@ done:
 typedef struct {
     const char *p;
     Py_ssize_t rows, cols, stride;   /* stride in bytes */
-    char k;                          /* 'd' or 'f' */
+    char k;                          /* 'd', 'f' or 'q' (GF(p): int64 residues) */
 } LcSrc;
 
 typedef struct {
@@ -899,7 +919,19 @@ typedef struct {
     Py_ssize_t stride;
 } LcDst;
 
+/* The tile: the k sources' rows of W columns widened to double. Where several passes read it
+   (dense generators) it is about LC_TILE_BYTES, in L1. Where at most one pass does (a
+   systematic code: identity rows, written as their sources are loaded, and one pass of
+   parity rows) it is about LC_TILE_BIG, half of a 512 KiB L2 (W at most LC_MAX_W): each
+   source is then read from memory in runs of W values, where 32 KiB shared by 15 sources
+   made runs of about 2 KiB from 15 places at once, which memory served far below its
+   streaming rate. There each source's tile row starts LC_PAD doubles (a cache line) after
+   the previous one ends, so that rows a multiple of 4 KiB long do not all fall into the same
+   sets of the L1 cache. */
 #define LC_TILE_BYTES 32768
+#define LC_TILE_BIG 262144
+#define LC_MAX_W 8192
+#define LC_PAD 8
 #define LC_GROUP 16                  /* columns per register block */
 
 static int lc_simd_ok = 0;           /* 2: AVX-512F, 1: AVX2 and FMA, 0: neither (at import) */
@@ -1402,6 +1434,7 @@ static double lc_store(char kd, char *dst, const double *re, const double *im, P
 typedef struct {
     const double *G;
     Py_ssize_t m, k, R, C, W, item;  /* item: bytes of one destination value */
+    Py_ssize_t ts;                   /* doubles from one source's tile row to the next */
     const LcSrc *src;
     const LcDst *dst;
     char kd;
@@ -1415,6 +1448,10 @@ typedef struct {
     int *po, *pr;                    /* per pass: its first row and its row count */
     int *dj;                         /* per row: its one source where its pass is diagonal
                                         (each row one coefficient), else -1 (m) */
+    int *fj;                         /* per source: the identity row (coefficient 1, the
+                                        source's own element type) written by the loop that
+                                        loads the source, else -1 (k) */
+    char *done;                      /* per row: written in the tile at hand by that loop (m) */
     Py_ssize_t npass;
     char *islive;                    /* per source: values in the tile at hand (k) */
     const double *md;                /* GF(p): {p, 1 / p}; else NULL */
@@ -1453,14 +1490,43 @@ static void lc_run(LcJob *J)
             memset(J->islive, 0, (size_t)k);
             for (Py_ssize_t j = 0; j < k; j++) {
                 const LcSrc *s = &J->src[j];
+                const int h = J->fj[j];
+                if (h >= 0 && r < s->rows && c0 + w <= s->cols) {
+                    /* a systematic code's identity row for this source: the loop that loads
+                       the source into the tile (or reads it where it lies) also writes it
+                       into its task with its squares, so that the row needs no pass of its
+                       own over the tile */
+                    const char *sp = s->p + r * s->stride + c0 * (s->k == 'f' ? 4 : 8);
+                    char *dp = J->dst[h].p + r * J->dst[h].stride + c0 * J->item;
+                    const int here = m <= 4 && s->k == 'd' && w == wp;
+                    double *t = here ? NULL : J->tile + j * J->ts;
+                    double q = 0.0;
+                    if (s->k == 'q') {   /* GF(p): the residues as they are, range-checked */
+                        uint64_t top = i64_row((const int64_t *)sp, (int64_t *)dp, t, w, J->stream);
+                        top = top >> 52 ? UINT64_MAX : top;
+                        J->umax = top > J->umax ? top : J->umax;
+                    } else if (s->k == 'd') {
+                        q = row_d((const double *)sp, (double *)dp, t, w, J->stream, 1.0, 1);
+                    } else {
+                        q = row_f((const float *)sp, (float *)dp, t, w, J->stream, 1.0, 1);
+                    }
+                    if (t && w < wp)
+                        memset(t + w, 0, (size_t)(wp - w) * sizeof(double));
+                    J->xp[j] = here ? (const double *)sp : t;
+                    J->islive[j] = 1;
+                    if (J->sq)
+                        J->sq[h] += q;
+                    J->done[h] = 1;
+                    continue;
+                }
                 /* with one pass of at most 4 rows a float64 source whole in this tile of
                    whole steps is read where it lies (read once, a copy would only add to
                    it); more passes read the tile again and again, the compact copy */
                 if (m <= 4 && s->k == 'd' && w == wp && r < s->rows && c0 + w <= s->cols) {
                     J->xp[j] = (const double *)(s->p + r * s->stride) + c0;
                     J->islive[j] = 1;
-                } else if (lc_load(s, r, c0, w, wp, J->tile + j * W, &J->umax)) {
-                    J->xp[j] = J->tile + j * W;
+                } else if (lc_load(s, r, c0, w, wp, J->tile + j * J->ts, &J->umax)) {
+                    J->xp[j] = J->tile + j * J->ts;
                     J->islive[j] = 1;
                 }
             }
@@ -1484,6 +1550,10 @@ static void lc_run(LcJob *J)
                     for (int h = 0; h < nr; h++) {
                         const int j = J->dj[o + h];
                         const LcDst *d = &J->dst[o + h];
+                        if (J->done[o + h]) {   /* written as its source was loaded */
+                            J->done[o + h] = 0;
+                            continue;
+                        }
                         char *dp[4] = {d->p + r * d->stride + c0 * J->item};
                         const double *g1[4] = {J->G + (o + h) * k};
                         double sv[4] = {0.0};
@@ -1525,7 +1595,8 @@ static void lc_run(LcJob *J)
                 else if (J->dj[o] >= 0)   /* diagonal: each row its one source alone */
                     for (int h = 0; h < nr; h++) {
                         const int j = J->dj[o + h];
-                        lc_rows_c(g + h, 1, &j, J->islive[j], J->xp, wp, y + h);
+                        if (!J->done[o + h])
+                            lc_rows_c(g + h, 1, &j, J->islive[j], J->xp, wp, y + h);
                     }
                 else
                     lc_rows_c(g, nr, J->glive, ng, J->xp, wp, y);
@@ -1541,6 +1612,10 @@ static void lc_run(LcJob *J)
                 }
                 for (int h = 0; h < nr; h++) {
                     const LcDst *d = &J->dst[o + h];
+                    if (J->done[o + h]) {   /* written as its source was loaded */
+                        J->done[o + h] = 0;
+                        continue;
+                    }
                     double s = lc_store(J->kd, d->p + r * d->stride + c0 * J->item, y[h], NULL,
                                         w, J->stream, J->md);
                     if (J->sq)
@@ -1837,16 +1912,11 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         }
     }
     {
-        Py_ssize_t W = (LC_TILE_BYTES / (Py_ssize_t)sizeof(double) / (k ? k : 1)) / LC_GROUP * LC_GROUP;
-        W = W < LC_GROUP ? LC_GROUP : W > 1024 ? 1024 : W;
-        Py_ssize_t Cp = (C + LC_GROUP - 1) / LC_GROUP * LC_GROUP;
-        W = W > Cp ? (Cp ? Cp : LC_GROUP) : W;
         J.G = (const double *)g.buf;
         J.m = m;
         J.k = k;
         J.R = R;
         J.C = C;
-        J.W = W;
         J.item = db[0].itemsize;
         J.src = src;
         J.dst = dst;
@@ -1856,9 +1926,6 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         J.simd = simd < 0 || simd > lc_simd_ok ? lc_simd_ok : simd;
         J.sq = have_q ? (double *)q.buf : NULL;
         J.md = fp ? md : NULL;
-        /* the tile, four scratch rows and G's zero row, 64-byte aligned (one block) */
-        size_t doubles = (size_t)(k ? k : 1) * (size_t)W + 4 * (size_t)W + (size_t)(k ? k : 1) + 8;
-        char *mem = PyMem_Calloc(doubles * sizeof(double) + 64, 1);
         J.glive = PyMem_Calloc(k ? (size_t)k : 1, sizeof(int));
         J.xp = PyMem_Calloc(k ? (size_t)k : 1, sizeof(double *));
         const size_t mm = (size_t)(m ? m : 1), kk = (size_t)(k ? k : 1);
@@ -1868,20 +1935,18 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         J.pr = J.gl ? J.po + mm : NULL;
         J.dj = J.gl ? J.pr + mm : NULL;
         J.islive = PyMem_Calloc(k ? (size_t)k : 1, 1);
-        if (!mem || !J.glive || !J.xp || !J.gl || !J.islive) {
-            PyMem_Free(mem);
+        J.fj = PyMem_Calloc(kk, sizeof(int));
+        J.done = PyMem_Calloc(mm, 1);
+        if (!J.glive || !J.xp || !J.gl || !J.islive || !J.fj || !J.done) {
             PyErr_NoMemory();
             goto done;
         }
-        double *base = (double *)(((uintptr_t)mem + 63) & ~(uintptr_t)63);
-        J.tile = base;
-        J.y = base + (size_t)(k ? k : 1) * (size_t)W;
-        J.zero = J.y + 4 * W;
         /* the passes: up to 4 consecutive rows (pairs: 2 outputs) alike in density, so that
            a systematic code's identity rows run together (one term each) and its dense
            parity rows together, not a parity row beside three identity rows that would then
            take every term; per pass, the sources with a coefficient in its rows */
         const Py_ssize_t unit = pairs ? 2 : 1;
+        int dense_passes = 0;
         for (Py_ssize_t o = 0; o < m;) {
             const int dense = lc_dense(J.G, o, unit, k);
             Py_ssize_t nr = unit;
@@ -1906,8 +1971,40 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
             }
             for (Py_ssize_t h = o; h < o + nr; h++)
                 J.dj[h] = diag ? J.dj[h] : -1;
+            dense_passes += !diag;
             o += nr;
         }
+        /* identity rows written by the loop that loads their source (the first such row of
+           each source): a coefficient of exactly 1 into the source's own element type, so
+           the copy is the value as it is, as the pass would have stored it */
+        for (Py_ssize_t j = 0; j < k; j++)
+            J.fj[j] = -1;
+        for (Py_ssize_t h = 0; h < m; h++) {
+            const int j = J.dj[h];
+            if (j >= 0 && J.G[h * k + j] == 1.0 && J.fj[j] < 0 && src[j].k == kd)
+                J.fj[j] = (int)h;
+        }
+        /* the tile: large where at most one pass reads it (the sources in long runs), in L1
+           where several passes read it again and again (LC_TILE_BYTES) */
+        const Py_ssize_t tb = dense_passes <= 1 ? LC_TILE_BIG : LC_TILE_BYTES;
+        Py_ssize_t W = (tb / (Py_ssize_t)sizeof(double) / (k ? k : 1)) / LC_GROUP * LC_GROUP;
+        W = W < LC_GROUP ? LC_GROUP : W > LC_MAX_W ? LC_MAX_W : W;
+        Py_ssize_t Cp = (C + LC_GROUP - 1) / LC_GROUP * LC_GROUP;
+        W = W > Cp ? (Cp ? Cp : LC_GROUP) : W;
+        J.W = W;
+        J.ts = W + (tb == LC_TILE_BIG ? LC_PAD : 0);
+        /* the tile, four scratch rows and G's zero row, 64-byte aligned (one block) */
+        size_t doubles = (size_t)(k ? k : 1) * (size_t)J.ts + 4 * (size_t)W + (size_t)(k ? k : 1) + 8;
+        char *mem = PyMem_Malloc(doubles * sizeof(double) + 64);
+        if (!mem) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        double *base = (double *)(((uintptr_t)mem + 63) & ~(uintptr_t)63);
+        J.tile = base;
+        J.y = base + (size_t)(k ? k : 1) * (size_t)J.ts;
+        J.zero = J.y + 4 * W;
+        memset(J.zero, 0, ((size_t)(k ? k : 1) + 8) * sizeof(double));
         if (R && C && m) {
             Py_BEGIN_ALLOW_THREADS
             lc_run(&J);
@@ -1921,6 +2018,8 @@ done:
     PyMem_Free((void *)J.xp);
     PyMem_Free(J.gl);
     PyMem_Free(J.islive);
+    PyMem_Free(J.fj);
+    PyMem_Free(J.done);
     PyMem_Free(lo);
     PyMem_Free(src);
     PyMem_Free(dst);
