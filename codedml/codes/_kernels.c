@@ -1451,7 +1451,6 @@ typedef struct {
     int *fj;                         /* per source: the identity row (coefficient 1, the
                                         source's own element type) written by the loop that
                                         loads the source, else -1 (k) */
-    char *done;                      /* per row: written in the tile at hand by that loop (m) */
     Py_ssize_t npass;
     char *islive;                    /* per source: values in the tile at hand (k) */
     const double *md;                /* GF(p): {p, 1 / p}; else NULL */
@@ -1480,6 +1479,20 @@ static int lc_dense(const double *G, Py_ssize_t o, Py_ssize_t n, Py_ssize_t k)
     return 2 * lc_used(G, o, n, k, NULL) > k;
 }
 
+/* whether source j lies whole in tile (r, c0, w) */
+static inline int lc_whole(const LcJob *J, Py_ssize_t j, Py_ssize_t r, Py_ssize_t c0, Py_ssize_t w)
+{
+    return r < J->src[j].rows && c0 + w <= J->src[j].cols;
+}
+
+/* whether row h was written in tile (r, c0, w) by the loop that loaded its source (its
+   source's identity row, the source whole there): its pass skips it */
+static inline int lc_fused(const LcJob *J, Py_ssize_t h, Py_ssize_t r, Py_ssize_t c0, Py_ssize_t w)
+{
+    const int j = J->dj[h];
+    return j >= 0 && J->fj[j] == (int)h && lc_whole(J, j, r, c0, w);
+}
+
 static void lc_run(LcJob *J)
 {
     const Py_ssize_t W = J->W, k = J->k, m = J->m;
@@ -1491,14 +1504,18 @@ static void lc_run(LcJob *J)
             for (Py_ssize_t j = 0; j < k; j++) {
                 const LcSrc *s = &J->src[j];
                 const int h = J->fj[j];
-                if (h >= 0 && r < s->rows && c0 + w <= s->cols) {
+                const int whole = lc_whole(J, j, r, c0, w);
+                /* with one pass of at most 4 rows a float64 source whole in this tile of
+                   whole steps is read where it lies (read once, a copy would only add to
+                   it); more passes read the tile again and again, the compact copy */
+                const int here = m <= 4 && s->k == 'd' && w == wp && whole;
+                if (h >= 0 && whole) {
                     /* a systematic code's identity row for this source: the loop that loads
                        the source into the tile (or reads it where it lies) also writes it
                        into its task with its squares, so that the row needs no pass of its
                        own over the tile */
                     const char *sp = s->p + r * s->stride + c0 * (s->k == 'f' ? 4 : 8);
                     char *dp = J->dst[h].p + r * J->dst[h].stride + c0 * J->item;
-                    const int here = m <= 4 && s->k == 'd' && w == wp;
                     double *t = here ? NULL : J->tile + j * J->ts;
                     double q = 0.0;
                     if (s->k == 'q') {   /* GF(p): the residues as they are, range-checked */
@@ -1516,13 +1533,9 @@ static void lc_run(LcJob *J)
                     J->islive[j] = 1;
                     if (J->sq)
                         J->sq[h] += q;
-                    J->done[h] = 1;
                     continue;
                 }
-                /* with one pass of at most 4 rows a float64 source whole in this tile of
-                   whole steps is read where it lies (read once, a copy would only add to
-                   it); more passes read the tile again and again, the compact copy */
-                if (m <= 4 && s->k == 'd' && w == wp && r < s->rows && c0 + w <= s->cols) {
+                if (here) {
                     J->xp[j] = (const double *)(s->p + r * s->stride) + c0;
                     J->islive[j] = 1;
                 } else if (lc_load(s, r, c0, w, wp, J->tile + j * J->ts, &J->umax)) {
@@ -1550,10 +1563,8 @@ static void lc_run(LcJob *J)
                     for (int h = 0; h < nr; h++) {
                         const int j = J->dj[o + h];
                         const LcDst *d = &J->dst[o + h];
-                        if (J->done[o + h]) {   /* written as its source was loaded */
-                            J->done[o + h] = 0;
+                        if (lc_fused(J, o + h, r, c0, w))   /* written as its source was loaded */
                             continue;
-                        }
                         char *dp[4] = {d->p + r * d->stride + c0 * J->item};
                         const double *g1[4] = {J->G + (o + h) * k};
                         double sv[4] = {0.0};
@@ -1595,7 +1606,7 @@ static void lc_run(LcJob *J)
                 else if (J->dj[o] >= 0)   /* diagonal: each row its one source alone */
                     for (int h = 0; h < nr; h++) {
                         const int j = J->dj[o + h];
-                        if (!J->done[o + h])
+                        if (!lc_fused(J, o + h, r, c0, w))
                             lc_rows_c(g + h, 1, &j, J->islive[j], J->xp, wp, y + h);
                     }
                 else
@@ -1612,10 +1623,8 @@ static void lc_run(LcJob *J)
                 }
                 for (int h = 0; h < nr; h++) {
                     const LcDst *d = &J->dst[o + h];
-                    if (J->done[o + h]) {   /* written as its source was loaded */
-                        J->done[o + h] = 0;
+                    if (lc_fused(J, o + h, r, c0, w))   /* written as its source was loaded */
                         continue;
-                    }
                     double s = lc_store(J->kd, d->p + r * d->stride + c0 * J->item, y[h], NULL,
                                         w, J->stream, J->md);
                     if (J->sq)
@@ -1936,8 +1945,7 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         J.dj = J.gl ? J.pr + mm : NULL;
         J.islive = PyMem_Calloc(k ? (size_t)k : 1, 1);
         J.fj = PyMem_Calloc(kk, sizeof(int));
-        J.done = PyMem_Calloc(mm, 1);
-        if (!J.glive || !J.xp || !J.gl || !J.islive || !J.fj || !J.done) {
+        if (!J.glive || !J.xp || !J.gl || !J.islive || !J.fj) {
             PyErr_NoMemory();
             goto done;
         }
@@ -2019,7 +2027,6 @@ done:
     PyMem_Free(J.gl);
     PyMem_Free(J.islive);
     PyMem_Free(J.fj);
-    PyMem_Free(J.done);
     PyMem_Free(lo);
     PyMem_Free(src);
     PyMem_Free(dst);
