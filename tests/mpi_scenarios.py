@@ -60,8 +60,27 @@ if name == "chunked":  # every rank, before the cluster: messages travel in 1000
     from codedml.runtime import _wire
 
     _wire.set_chunk(1000)
+
+
+def _boom(ctx, x, k=0, **_):
+    raise ValueError(f"boom {k}")
+
+
+# handlers of the "calls" scenario: every kind of return a handler may give
+HANDLERS = {
+    "echo": lambda ctx, x, **_: x,
+    "scaled": lambda ctx, x, scale=1.0, **_: x * scale,
+    "none": lambda ctx, x, **_: None,
+    "scalar": lambda ctx, x, **_: np.float64(x.sum()),
+    "listy": lambda ctx, x, **_: [float(ctx.worker), 2.0],
+    "strided": lambda ctx, x, **_: x[::2],
+    "int16": lambda ctx, x, **_: x.astype(np.int16),
+    "boom": _boom,
+    # 1 where Python's WorkerState.call ran the handler, 2 where the compiled loop did
+    "path": lambda ctx, x, **_: np.array([1.0 if sys._getframe(1).f_code.co_name == "call" else 2.0]),
+}
 cm = MPICluster(comm, faults=faults, seed=7, timeout=30, transport=transport,
-                handlers={"echo": lambda ctx, x, **_: x})
+                handlers=HANDLERS)
 used.append(cm.transport_used)
 if name == "rogue" and comm.Get_rank() == 1:
     # A worker whose reply header is garbage: it reads the request (and its arrays) like a
@@ -203,6 +222,37 @@ with cm as cluster:
             emit(err=[rel(C, A @ B), e2], echo=len(echoed) == n and all(
                 np.array_equal(v, big) for v in echoed.values()), outstanding=cluster.outstanding(),
                 split=_wire.split_messages())
+        elif name == "calls":
+            # each call three times with the same parameters: the first is read by Python
+            # (which remembers its parameters), the others, on the compiled path, run in C
+            # (_wire.Worker.serve): every repetition must give what the first gave
+            cases = [("echo", np.arange(5.0), {}), ("echo", np.arange(6, dtype=np.float32), {}),
+                     ("echo", np.arange(4).reshape(2, 2), {}), ("echo", np.array([1 + 2j]), {}),
+                     ("echo", np.array([True, False]), {}), ("echo", np.zeros((0, 3)), {}),
+                     ("scaled", np.ones(3), {"scale": 2.5}), ("none", np.ones(2), {}),
+                     ("scalar", np.arange(3.0), {}), ("listy", np.ones(1), {}),
+                     ("strided", np.arange(7.0), {}), ("int16", np.ones(2), {}),
+                     ("boom", np.ones(2), {"k": 3}), ("path", np.ones(1), {}),
+                     ("path", np.ones(1), {"x1": 1})]
+            out = []
+            for h, x, prm in cases:
+                if h == "path":   # who ran it: recorded per repetition, not compared
+                    out.append({"handler": h, "paths": [sorted({float(v[0]) for v in cluster.call(
+                        h, x, params=prm or None).wait().values()}) for _ in range(3)]})
+                    continue
+                reps = []
+                for _ in range(3):
+                    try:
+                        got = cluster.call(h, x, params=prm or None).wait()
+                        reps.append({str(w): [str(v.dtype), list(v.shape), np.asarray(v).tolist()
+                                              if v.dtype.kind != "c" else [str(c) for c in v.ravel()]]
+                                     for w, v in sorted(got.items())})
+                    except CodedMLError as exc:
+                        reps.append({"error": type(exc).__name__, "exc_type": getattr(exc, "exc_type", None),
+                                     "message": str(exc).split(" raised ", 1)[-1].split(" (rank")[0],
+                                     "traceback_names_handler": "_boom" in (getattr(exc, "remote_traceback", "") or "")})
+                out.append({"handler": h, "reps": reps})
+            emit(calls=out, outstanding=cluster.outstanding())
         elif name == "rogue":
             code = MDSCode(n, max(1, n - 2))
             C = cluster.matmul(A, B, code=code)

@@ -178,6 +178,48 @@ def test_python_transport_scenarios(scenario, np_):
     _all_exited(done, np_)
 
 
+@pytest.mark.parametrize("transport", ["compiled", "python"])
+def test_repeated_calls_answer_as_the_first(transport):
+    """A call repeated with the same parameters (on the compiled path run from arrival to reply
+    in C, ``_wire.Worker.serve``) answers exactly as the first, which Python read: arrays of
+    every wire dtype and shape, ``None`` (an empty float64 array), a 0-d result (1-d), a list,
+    a strided view, a dtype that cannot travel (a named error) and a handler's exception
+    (``WorkerFailure`` naming the exception, with the handler in its remote traceback)."""
+    from codedml.runtime.mpi import wire_status
+
+    if transport == "compiled" and not wire_status()[0]:
+        pytest.skip(wire_status()[1])
+    res, done = run_mpi_t("calls", 4, transport)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert res["transport"] == transport
+    # who ran each repetition: Python for the first (and always on the Python path), then
+    # the compiled loop, with parameters or without
+    paths = [c["paths"] for c in res["calls"] if c["handler"] == "path"]
+    assert paths == [[[1.0], [2.0], [2.0]] if transport == "compiled" else [[1.0]] * 3] * 2, paths
+    got = {c["handler"] + str(i): c["reps"] for i, c in enumerate(res["calls"])
+           if c["handler"] != "path"}
+    for key, reps in got.items():
+        assert reps[1] == reps[0] and reps[2] == reps[0], (key, reps)
+    first = {k: v[0] for k, v in got.items()}
+    assert first["echo0"]["0"] == ["float64", [5], [0.0, 1.0, 2.0, 3.0, 4.0]]
+    assert first["echo1"]["1"][:2] == ["float32", [6]]
+    assert first["echo2"]["2"] == ["int64", [2, 2], [[0, 1], [2, 3]]]
+    assert first["echo3"]["0"] == ["complex128", [1], ["(1+2j)"]]
+    assert first["echo4"]["0"] == ["bool", [2], [True, False]]
+    assert first["echo5"]["0"] == ["float64", [0, 3], []]
+    assert first["scaled6"]["1"] == ["float64", [3], [2.5, 2.5, 2.5]]
+    assert first["none7"]["0"] == ["float64", [0], []]
+    assert first["scalar8"]["0"] == ["float64", [1], [3.0]]
+    assert first["listy9"]["2"] == ["float64", [2], [2.0, 2.0]]
+    assert first["strided10"]["0"] == ["float64", [4], [0.0, 2.0, 4.0, 6.0]]
+    assert first["int1611"]["error"] == "WorkerFailure" and "int16" in first["int1611"]["message"]
+    boom = first["boom12"]
+    assert boom["error"] == "WorkerFailure" and boom["exc_type"] == "ValueError"
+    assert boom["message"] == "ValueError: boom 3" and boom["traceback_names_handler"]
+    assert res["outstanding"]["jobs"] == 0
+    _all_exited(done, 4)
+
+
 def test_default_transport_is_compiled_where_built():
     from codedml.runtime.mpi import wire_status
 

@@ -959,6 +959,11 @@ typedef struct {
     Sends out;
     int started;
     int busy;                  /* a method runs with the GIL released */
+    /* serve()'s calls (set by calls()): the handlers by name, protocol's memo of checked
+       call parameters (bytes -> (name, params)), the handlers' context, protocol.DTYPES,
+       numpy.frombuffer, Op.CALL and Kind.RESULT */
+    PyObject *handlers, *memo, *ctx, *dtypes, *frombuffer;
+    int op_call, kind_result;
 } Worker;
 
 static PyObject *Worker_new(PyTypeObject *type, PyObject *args, PyObject *kw)
@@ -1018,6 +1023,11 @@ static void Worker_dealloc(Worker *self)
     sends_free(&self->out);
     PyMem_RawFree(self->cancelled);
     PyMem_Free(self->raw);
+    Py_XDECREF(self->handlers);
+    Py_XDECREF(self->memo);
+    Py_XDECREF(self->ctx);
+    Py_XDECREF(self->dtypes);
+    Py_XDECREF(self->frombuffer);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1227,6 +1237,87 @@ static PyObject *arrays_of(Worker *self, const Parsed *q, int keep)
     return keep ? list : Py_None;
 }
 
+/* The next request not cancelled into *q, with its arrays (arrays_of's list) into *arrays:
+ * 0; a request refused by the parser: 1 (its bytes in self->raw, *count long); -1 with an
+ * exception set. */
+static int next_request(Worker *self, double spin, double stale, Parsed *q, PyObject **arrays,
+                        int *count_out)
+{
+    for (;;) {
+        sends_test(&self->out);
+        sends_compact(&self->out);
+        int count = 0, waited = 0, rc;
+        self->busy = 1;
+        PyThreadState *ts = PyEval_SaveThread();
+        rc = wait_request(self, spin, &count, &waited, &ts);
+        PyEval_RestoreThread(ts);
+        self->busy = 0;
+        if (rc == -1)
+            return -1;   /* a signal's exception */
+        if (rc != MPI_SUCCESS) {
+            mpi_fail(rc, "waiting for a request");
+            return -1;
+        }
+        if (count > self->rawcap || !self->raw) {
+            unsigned char *r = PyMem_Realloc(self->raw, count ? count : 1);
+            if (!r) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            self->raw = r;
+            self->rawcap = count ? count : 1;
+        }
+        self->busy = 1;
+        Py_BEGIN_ALLOW_THREADS
+        rc = MPI_Recv(self->raw, count, MPI_BYTE, self->root, self->tag_ctrl, self->comm,
+                      MPI_STATUS_IGNORE);
+        Py_END_ALLOW_THREADS
+        self->busy = 0;
+        if (rc != MPI_SUCCESS) {
+            mpi_fail(rc, "MPI_Recv (request)");
+            return -1;
+        }
+        *count_out = count;
+        if (!parse_request(self->raw, count, q))
+            return 1;
+        if (!waited || mono() - self->last_look > stale) {
+            rc = read_cancels(self);
+            if (rc != MPI_SUCCESS) {
+                mpi_fail(rc, "reading cancels");
+                return -1;
+            }
+        }
+        int skip = 0;
+        if (q->op >= 1 && q->op <= 4) {   /* ops answered by a result */
+            skip = take_cancel(self, q->job);
+            Py_ssize_t k = 0;             /* in order: cancels of earlier jobs are moot */
+            for (Py_ssize_t i = 0; i < self->ncan; i++)
+                if (self->cancelled[i] > q->job)
+                    self->cancelled[k++] = self->cancelled[i];
+            self->ncan = k;
+        }
+        *arrays = arrays_of(self, q, !skip);
+        if (!*arrays)
+            return -1;
+        if (!skip)
+            return 0;
+    }
+}
+
+/* next()'s event for a request next_request returned (0) or refused (1); steals arrays */
+static PyObject *request_event(Worker *self, int got, const Parsed *q, PyObject *arrays, int count)
+{
+    if (got == 1)
+        return Py_BuildValue("(iy#)", 1, (const char *)self->raw, (Py_ssize_t)count);
+    PyObject *params = PyBytes_FromStringAndSize((const char *)self->raw + q->params_at, q->plen);
+    if (!params) {
+        Py_DECREF(arrays);
+        return NULL;
+    }
+    return Py_BuildValue("(iiLLLiNN)", 0, q->op, (long long)q->job, (long long)q->handle,
+                         (long long)q->field, q->flags, params, arrays);
+}
+
 /* next(spin, stale) -> (0, op, job, handle, field, flags, params bytes, [(shape, code,
  * bytearray)]) for the next request not cancelled, or (1, raw bytes) for one refused here.
  * Waits with the GIL released: yielding the core for `spin` seconds, then sleeping from
@@ -1240,64 +1331,11 @@ static PyObject *Worker_next(Worker *self, PyObject *args)
     double spin, stale;
     if (worker_ready(self) < 0 || !PyArg_ParseTuple(args, "dd", &spin, &stale))
         return NULL;
-    for (;;) {
-        sends_test(&self->out);
-        sends_compact(&self->out);
-        int count = 0, waited = 0, rc;
-        self->busy = 1;
-        PyThreadState *ts = PyEval_SaveThread();
-        rc = wait_request(self, spin, &count, &waited, &ts);
-        PyEval_RestoreThread(ts);
-        self->busy = 0;
-        if (rc == -1)
-            return NULL;   /* a signal's exception */
-        if (rc != MPI_SUCCESS)
-            return mpi_fail(rc, "waiting for a request");
-        if (count > self->rawcap || !self->raw) {
-            unsigned char *r = PyMem_Realloc(self->raw, count ? count : 1);
-            if (!r)
-                return PyErr_NoMemory();
-            self->raw = r;
-            self->rawcap = count ? count : 1;
-        }
-        self->busy = 1;
-        Py_BEGIN_ALLOW_THREADS
-        rc = MPI_Recv(self->raw, count, MPI_BYTE, self->root, self->tag_ctrl, self->comm,
-                      MPI_STATUS_IGNORE);
-        Py_END_ALLOW_THREADS
-        self->busy = 0;
-        if (rc != MPI_SUCCESS)
-            return mpi_fail(rc, "MPI_Recv (request)");
-        Parsed q;
-        if (!parse_request(self->raw, count, &q))
-            return Py_BuildValue("(iy#)", 1, (const char *)self->raw, (Py_ssize_t)count);
-        if (!waited || mono() - self->last_look > stale) {
-            rc = read_cancels(self);
-            if (rc != MPI_SUCCESS)
-                return mpi_fail(rc, "reading cancels");
-        }
-        int skip = 0;
-        if (q.op >= 1 && q.op <= 4) {   /* ops answered by a result */
-            skip = take_cancel(self, q.job);
-            Py_ssize_t k = 0;           /* in order: cancels of earlier jobs are moot */
-            for (Py_ssize_t i = 0; i < self->ncan; i++)
-                if (self->cancelled[i] > q.job)
-                    self->cancelled[k++] = self->cancelled[i];
-            self->ncan = k;
-        }
-        PyObject *arrays = arrays_of(self, &q, !skip);
-        if (!arrays)
-            return NULL;
-        if (skip)
-            continue;
-        PyObject *params = PyBytes_FromStringAndSize((const char *)self->raw + q.params_at, q.plen);
-        if (!params) {
-            Py_DECREF(arrays);
-            return NULL;
-        }
-        return Py_BuildValue("(iiLLLiNN)", 0, q.op, (long long)q.job, (long long)q.handle,
-                             (long long)q.field, q.flags, params, arrays);
-    }
+    Parsed q;
+    PyObject *arrays = NULL;
+    int count = 0;
+    const int got = next_request(self, spin, stale, &q, &arrays, &count);
+    return got < 0 ? NULL : request_event(self, got, &q, arrays, count);
 }
 
 /* cancelled(job) -> whether job was cancelled (reads the cancels first; forgets it). */
@@ -1318,17 +1356,12 @@ static PyObject *Worker_cancelled(Worker *self, PyObject *arg)
  * payload's bytes when there is one; both held until their sends complete. Everything is
  * checked, and room reserved, before the header is posted: a header is never sent without
  * its payload. */
-static PyObject *Worker_reply(Worker *self, PyObject *args)
+static int post_reply(Worker *self, long long job, int kind, int op, int code, PyObject *payload,
+                      long long elapsed)
 {
-    long long job, elapsed;
-    int kind, op, code;
-    PyObject *payload;
-    if (worker_ready(self) < 0 ||
-        !PyArg_ParseTuple(args, "LiiiOL", &job, &kind, &op, &code, &payload, &elapsed))
-        return NULL;
     if (code < 0 || code >= NDTYPES) {
         PyErr_Format(PyExc_ValueError, "dtype code must be between 0 and %d, got %d", NDTYPES - 1, code);
-        return NULL;
+        return -1;
     }
     if (self->out.n >= 64) {   /* a worker that never waits still frees its sends */
         sends_test(&self->out);
@@ -1337,45 +1370,236 @@ static PyObject *Worker_reply(Worker *self, PyObject *args)
     int64_t *h;
     if (payload == Py_None) {
         if (sends_reserve(&self->out, 1) < 0)
-            return NULL;
+            return -1;
         h = reply_header(job, kind, op, 0, 0, NULL, 0, 0);
         if (!h || sends_post(&self->out, self->comm, self->root, self->tag_hdr, NULL, NULL, h,
                              HEADER_BYTES) < 0)
-            return NULL;
-        Py_RETURN_NONE;
+            return -1;
+        return 0;
     }
     Py_buffer v;
     if (PyObject_GetBuffer(payload, &v, PyBUF_ND | PyBUF_C_CONTIGUOUS) < 0)
-        return NULL;
+        return -1;
     if (v.ndim > MAX_NDIM) {
         PyErr_Format(PyExc_ValueError, "arrays may have at most %d dimensions, got %d", MAX_NDIM, v.ndim);
         PyBuffer_Release(&v);
-        return NULL;
+        return -1;
     }
     if (v.len > MAX_BYTES || v.itemsize != ITEMSIZE[code]) {
         PyErr_Format(PyExc_ValueError, "a reply payload of %zd bytes (item size %zd) does not "
                      "fit dtype code %d's item size %lld or exceeds %lld bytes", v.len, v.itemsize,
                      code, (long long)ITEMSIZE[code], (long long)MAX_BYTES);
         PyBuffer_Release(&v);
-        return NULL;
+        return -1;
     }
     if (sends_reserve(&self->out, 1 + pieces(v.len)) < 0) {
         PyBuffer_Release(&v);
-        return NULL;
+        return -1;
     }
     Py_ssize_t one = v.len / (v.itemsize ? v.itemsize : 1);
     h = reply_header(job, kind, op, code, v.ndim, v.ndim ? v.shape : &one, elapsed, v.len);
     if (!h) {
         PyBuffer_Release(&v);
-        return NULL;
+        return -1;
     }
     if (sends_post(&self->out, self->comm, self->root, self->tag_hdr, NULL, NULL, h, HEADER_BYTES) < 0) {
         PyBuffer_Release(&v);
-        return NULL;
+        return -1;
     }
     if (sends_post(&self->out, self->comm, self->root, self->tag_res, &v, payload, NULL, 0) < 0)
-        return NULL;   /* v is the sends' from here on */
+        return -1;   /* v is the sends' from here on */
+    return 0;
+}
+
+static PyObject *Worker_reply(Worker *self, PyObject *args)
+{
+    long long job, elapsed;
+    int kind, op, code;
+    PyObject *payload;
+    if (worker_ready(self) < 0 ||
+        !PyArg_ParseTuple(args, "LiiiOL", &job, &kind, &op, &code, &payload, &elapsed))
+        return NULL;
+    if (post_reply(self, job, kind, op, code, payload, elapsed) < 0)
+        return NULL;
     Py_RETURN_NONE;
+}
+
+/* calls(handlers, memo, ctx, dtypes, frombuffer, op_call, kind_result): what serve() runs
+ * calls with (see Worker's fields); handlers and memo dicts, dtypes protocol.DTYPES. */
+static PyObject *Worker_calls(Worker *self, PyObject *args)
+{
+    PyObject *h, *m, *c, *d, *f;
+    int oc, kr;
+    if (worker_ready(self) < 0 ||
+        !PyArg_ParseTuple(args, "O!O!OO!Oii", &PyDict_Type, &h, &PyDict_Type, &m, &c,
+                          &PyTuple_Type, &d, &f, &oc, &kr))
+        return NULL;
+    if (PyTuple_GET_SIZE(d) != NDTYPES || !PyCallable_Check(f)) {
+        PyErr_Format(PyExc_ValueError, "calls: `dtypes` must be a tuple of the %d wire dtypes "
+                     "and `frombuffer` callable", NDTYPES);
+        return NULL;
+    }
+    Py_XSETREF(self->handlers, Py_NewRef(h));
+    Py_XSETREF(self->memo, Py_NewRef(m));
+    Py_XSETREF(self->ctx, Py_NewRef(c));
+    Py_XSETREF(self->dtypes, Py_NewRef(d));
+    Py_XSETREF(self->frombuffer, Py_NewRef(f));
+    self->op_call = oc;
+    self->kind_result = kr;
+    Py_RETURN_NONE;
+}
+
+/* The wire code (protocol.DTYPES' order) of a buffer's format and item size; -1: none (a
+ * byte order other than this machine's, or a type the wire does not carry). */
+static int format_code(const Py_buffer *v)
+{
+    static const char *const fmt[NDTYPES] = {"d", "f", "Zd", "Zf", "q", "B", "e", "i", "?"};
+    const char *f = v->format ? v->format : "B";
+    const uint16_t probe = 1;
+    if (*f == '@' || *f == '=' || (*f == '<' && *(const unsigned char *)&probe == 1))
+        f++;
+    for (int c = 0; c < NDTYPES; c++) {
+        const int same = !strcmp(f, fmt[c]) || (c == 4 && !strcmp(f, "l"))
+                         || (c == 7 && !strcmp(f, "l"));
+        if (same && v->itemsize == ITEMSIZE[c])
+            return c;
+    }
+    return -1;
+}
+
+/* The current exception, if an Exception (not KeyboardInterrupt, SystemExit...), taken as
+ * an event (2, job, op, exception with its traceback); NULL otherwise (still raised). */
+static PyObject *handler_error(long long job, int op)
+{
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        return NULL;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb && value)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    if (!value)
+        return NULL;
+    return Py_BuildValue("(iLiN)", 2, job, op, value);
+}
+
+/* serve(spin, stale, long) -> an event for Python. A call (op_call, no handle, field or
+ * flags) whose parameter bytes protocol's memo holds, checked by a request before, is run
+ * here: its arrays made by frombuffer (and reshaped), the handler called with (ctx, *arrays,
+ * **params), and a result that exposes a C-contiguous buffer of a wire dtype with at least
+ * one dimension replied with its time, as the Python loop would; one that took past `long`
+ * seconds and was cancelled meanwhile is dropped. Then the next request. Returned to Python:
+ * next()'s events for every other request (or call not in the memo); (2, job, op,
+ * exception) for a handler's exception (an Exception); (3, job, op, result, elapsed_ns)
+ * for a result to be made an array and sent by Python. The Python loop runs this only for a
+ * worker without a failure model (nothing to inject). */
+static PyObject *Worker_serve(Worker *self, PyObject *args)
+{
+    double spin, stale, longs;
+    if (worker_ready(self) < 0 || !PyArg_ParseTuple(args, "ddd", &spin, &stale, &longs))
+        return NULL;
+    if (!self->handlers) {
+        PyErr_SetString(PyExc_RuntimeError, "Worker.serve needs calls() first");
+        return NULL;
+    }
+    for (;;) {
+        Parsed q;
+        PyObject *arrays = NULL;
+        int count = 0;
+        const int got = next_request(self, spin, stale, &q, &arrays, &count);
+        if (got < 0)
+            return NULL;
+        if (got == 1 || q.op != self->op_call || q.flags || q.job < 0 || q.handle != -1
+            || q.field != -1 || !q.plen)
+            return request_event(self, got, &q, arrays, count);
+        PyObject *key = PyBytes_FromStringAndSize((const char *)self->raw + q.params_at, q.plen);
+        if (!key) {
+            Py_DECREF(arrays);
+            return NULL;
+        }
+        PyObject *seen = PyDict_GetItemWithError(self->memo, key), *fn = NULL, *kw = NULL;
+        Py_DECREF(key);
+        if (seen && PyTuple_Check(seen) && PyTuple_GET_SIZE(seen) == 2
+            && PyDict_Check(PyTuple_GET_ITEM(seen, 1))) {
+            fn = PyDict_GetItemWithError(self->handlers, PyTuple_GET_ITEM(seen, 0));
+            kw = PyTuple_GET_ITEM(seen, 1);
+        }
+        if (!fn) {
+            if (PyErr_Occurred()) {
+                Py_DECREF(arrays);
+                return NULL;
+            }
+            return request_event(self, 0, &q, arrays, count);   /* Python names the defect */
+        }
+        Py_INCREF(fn);   /* the handler may change the memo or the handlers */
+        Py_INCREF(kw);
+        const Py_ssize_t na = PyList_GET_SIZE(arrays);
+        PyObject *targs = PyTuple_New(1 + na), *res = NULL;
+        if (targs) {
+            PyTuple_SET_ITEM(targs, 0, Py_NewRef(self->ctx));
+            for (Py_ssize_t i = 0; i < na; i++) {
+                PyObject *it = PyList_GET_ITEM(arrays, i);   /* (shape, code, bytearray) */
+                PyObject *shape = PyTuple_GET_ITEM(it, 0);
+                const long code = PyLong_AsLong(PyTuple_GET_ITEM(it, 1));
+                PyObject *a = PyObject_CallFunctionObjArgs(self->frombuffer, PyTuple_GET_ITEM(it, 2),
+                                                           PyTuple_GET_ITEM(self->dtypes, code), NULL);
+                if (a && !(q.ndim[i] == 1 && q.dims[i][0] > 0)) {
+                    PyObject *r = PyObject_CallMethod(a, "reshape", "(O)", shape);
+                    Py_DECREF(a);
+                    a = r;
+                }
+                if (!a) {
+                    Py_CLEAR(targs);
+                    break;
+                }
+                PyTuple_SET_ITEM(targs, 1 + i, a);
+            }
+        }
+        Py_DECREF(arrays);
+        if (!targs) {
+            Py_DECREF(fn);
+            Py_DECREF(kw);
+            return NULL;
+        }
+        const double t0 = mono();
+        res = PyObject_Call(fn, targs, PyDict_GET_SIZE(kw) ? kw : NULL);
+        const double took = mono() - t0;
+        Py_DECREF(targs);
+        Py_DECREF(fn);
+        Py_DECREF(kw);
+        if (!res)
+            return handler_error(q.job, q.op);
+        const long long ns = (long long)(took * 1e9);
+        Py_buffer v;
+        int code = -1;
+        if (res != Py_None) {
+            if (PyObject_GetBuffer(res, &v, PyBUF_ND | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) == 0) {
+                code = v.ndim >= 1 ? format_code(&v) : -1;   /* 0-d: Python makes it 1-d */
+                PyBuffer_Release(&v);
+            } else {
+                PyErr_Clear();
+            }
+        }
+        if (code < 0)
+            return Py_BuildValue("(iLiNL)", 3, (long long)q.job, q.op, res, ns);
+        if (took > longs) {   /* a cancel may have come meanwhile: decoded, nobody waits */
+            int rc = read_cancels(self);
+            if (rc != MPI_SUCCESS) {
+                Py_DECREF(res);
+                return mpi_fail(rc, "reading cancels");
+            }
+            if (take_cancel(self, q.job)) {
+                Py_DECREF(res);
+                continue;
+            }
+        }
+        const int bad = post_reply(self, q.job, self->kind_result, q.op, code, res, ns);
+        Py_DECREF(res);
+        if (bad)
+            return handler_error(q.job, q.op);   /* Python sends it as an error reply */
+    }
 }
 
 /* finish(): wait for every send in flight, read the last cancels and cancel the cancel
@@ -1419,6 +1643,10 @@ static PyObject *Worker_pending(Worker *self, PyObject *Py_UNUSED(ignored))
 static PyMethodDef Worker_methods[] = {
     {"next", (PyCFunction)Worker_next, METH_VARARGS,
      "next(spin, stale) -> the next request not cancelled (see the C source)"},
+    {"calls", (PyCFunction)Worker_calls, METH_VARARGS,
+     "calls(handlers, memo, ctx, dtypes, frombuffer, op_call, kind_result): serve()'s calls"},
+    {"serve", (PyCFunction)Worker_serve, METH_VARARGS,
+     "serve(spin, stale, long) -> an event for Python; runs memoised calls itself (see the C source)"},
     {"cancelled", (PyCFunction)Worker_cancelled, METH_O,
      "cancelled(job) -> whether the root cancelled job (read now)"},
     {"reply", (PyCFunction)Worker_reply, METH_VARARGS,
@@ -1440,6 +1668,18 @@ static PyTypeObject WorkerType = {
 };
 
 /* ------------------------------------------------------------------ parsers, for tests */
+/* format_code(obj) -> the wire dtype code serve() would send obj's buffer with, or -1 */
+static PyObject *py_format_code(PyObject *m, PyObject *arg)
+{
+    (void)m;
+    Py_buffer v;
+    if (PyObject_GetBuffer(arg, &v, PyBUF_ND | PyBUF_FORMAT) < 0)
+        return NULL;
+    const int c = format_code(&v);
+    PyBuffer_Release(&v);
+    return PyLong_FromLong(c);
+}
+
 static PyObject *py_check_header(PyObject *m, PyObject *arg)
 {
     Py_buffer v;
@@ -1523,6 +1763,8 @@ static PyMethodDef module_methods[] = {
      "check_header(bytes) -> the parsed reply header, or None where it is refused"},
     {"parse_request", py_parse_request, METH_O,
      "parse_request(bytes) -> (op, job, handle, field, flags, params, [(shape, code)]) or None"},
+    {"format_code", py_format_code, METH_O,
+     "format_code(obj) -> the wire dtype code of obj's buffer (Worker.serve's), or -1"},
     {"library_version", py_library_version, METH_NOARGS,
      "the MPI library this module calls (MPI_Get_library_version)"},
     {NULL}};

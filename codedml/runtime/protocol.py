@@ -397,6 +397,12 @@ def recent_call(params: bytes) -> tuple[str, dict[str, Any]] | None:
     return _CALL_MEMO.get(params) if params else None
 
 
+def call_memo() -> dict[bytes, tuple[str, dict[str, Any]]]:
+    """The memo :func:`recent_call` reads, itself (the compiled worker loop looks calls up
+    in it): kept by this module, only ever cleared, never replaced."""
+    return _CALL_MEMO
+
+
 def _remember_call(raw: bytes, doc: dict[str, Any]) -> None:
     inner = doc.get("params", {})
     if (len(raw) > _MEMO_BYTES or len(doc) != 2 or not isinstance(inner, dict)
