@@ -76,6 +76,10 @@ HANDLERS = {
     "strided": lambda ctx, x, **_: x[::2],
     "int16": lambda ctx, x, **_: x.astype(np.int16),
     "boom": _boom,
+    # worker 1 dies in it (SIGKILL: the "call_die" scenario, under ULFM); the others answer,
+    # the last a moment later, so that a wait for several replies sees some, then the death
+    "die_on_1": lambda ctx, x, **_: (__import__("os").kill(__import__("os").getpid(), 9)
+                                     if ctx.worker == 1 else time.sleep(0.02 * ctx.worker) or x),
     # 1 where Python's WorkerState.call ran the handler, 2 where the compiled loop did
     "path": lambda ctx, x, **_: np.array([1.0 if sys._getframe(1).f_code.co_name == "call" else 2.0]),
 }
@@ -253,6 +257,15 @@ with cm as cluster:
                                      "traceback_names_handler": "_boom" in (getattr(exc, "remote_traceback", "") or "")})
                 out.append({"handler": h, "reps": reps})
             emit(calls=out, outstanding=cluster.outstanding())
+        elif name == "call_die":
+            x = np.arange(3.0)
+            warm = cluster.call("echo", x).wait()   # every worker alive and answering
+            call = cluster.call("die_on_1", x)
+            got = call.result()
+            after = cluster.call("echo", x).result()
+            emit(warm=sorted(warm), answered=sorted(got), failed=dict(call.failed),
+                 exact=all(np.array_equal(v, x) for v in got.values()), after=sorted(after),
+                 dead=sorted(cluster.dead_workers))
         elif name == "rogue":
             code = MDSCode(n, max(1, n - 2))
             C = cluster.matmul(A, B, code=code)

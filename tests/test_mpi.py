@@ -59,6 +59,26 @@ def test_real_crash_survives_under_ulfm():
     _all_exited(done, 5, dead=1)
 
 
+@pytest.mark.parametrize("transport", ["compiled", "python"])
+def test_call_survives_a_worker_dying_in_it(transport):
+    """A worker SIGKILLed inside a call's handler (ULFM) while the root waits for the call's
+    replies (on the compiled path gathering several per poll): the call settles with the
+    others' results and the dead worker named "crashed"; the next call goes to the living."""
+    from codedml.runtime.mpi import wire_status
+
+    if transport == "compiled" and not wire_status()[0]:
+        pytest.skip(wire_status()[1])
+    if not open_mpi():
+        pytest.skip("real crashes survive only under Open MPI ULFM")
+    res, done = run_mpi_t("call_die", 5, transport, ft=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert res["warm"] == [0, 1, 2, 3]
+    assert res["answered"] == [0, 2, 3] and res["exact"], res
+    assert res["failed"] == {"1": "crashed"}, res
+    assert res["after"] == [0, 2, 3] and res["dead"] == [1]
+    _all_exited(done, 5, dead=1)
+
+
 @pytest.mark.parametrize("np_", [5, 8])
 def test_soft_errors_located(np_):
     res, done = run_mpi("soft_errors", np_)

@@ -162,9 +162,9 @@ class ClusterBase:
         for w in workers:
             self._send(w, req, arrays)
 
-    def _poll(self, wait: float = 0.0) -> list[Arrival]:
+    def _poll(self, wait: float = 0.0, want: int = 1) -> list[Arrival]:
         """What has arrived; a transport may wait up to ``wait`` seconds for something
-        (under the lock: see :meth:`_poll_wait`)."""
+        (under the lock: see :meth:`_poll_wait`), or for ``want`` replies where it can."""
         raise NotImplementedError
 
     def _poll_wait(self, timeout: float) -> float:
@@ -414,10 +414,11 @@ class ClusterBase:
             with self._lock:
                 self._pump()
 
-    def _pump(self, wait: float = 0.0) -> int:
-        """One round (under the lock): route arrivals (waiting up to ``wait`` seconds for one
-        where the transport can), settle expired requests. Returns the number of arrivals."""
-        arrivals = self._poll(wait)
+    def _pump(self, wait: float = 0.0, want: int = 1) -> int:
+        """One round (under the lock): route arrivals (waiting up to ``wait`` seconds for one,
+        or ``want``, where the transport can), settle expired requests. Returns the number of
+        arrivals."""
+        arrivals = self._poll(wait, want)
         now = time.perf_counter()
         for a in arrivals:
             self._route(a, now)
@@ -590,14 +591,15 @@ class ClusterBase:
                 for r in list(table.values()):
                     r._settle(exc=FaultError(f"the cluster's progress thread failed: {exc!r}"))
 
-    def _wait_step(self, timeout: float) -> None:
+    def _wait_step(self, timeout: float, want: int = 1) -> None:
         """One step of a caller's wait, called holding the lock: with a transport that asks
         for it (``_caller_progress``, MPI) the caller pumps arrivals itself, so a reply is
-        routed without a hand-over between threads; then it waits for a change, at most
-        ``timeout`` seconds (the transport's polling pause when the caller pumps)."""
+        routed without a hand-over between threads (``want``: the replies its request still
+        needs, which the compiled poll gathers in one return); then it waits for a change, at
+        most ``timeout`` seconds (the transport's polling pause when the caller pumps)."""
         if self._caller_progress:
             try:
-                if self._pump(self._poll_wait(timeout)):
+                if self._pump(self._poll_wait(timeout), want):
                     return
             except BaseException as exc:
                 self._fail_all(exc)

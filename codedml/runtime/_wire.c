@@ -735,12 +735,14 @@ static int failed_event(Root *self, PyObject *res, int w, int err)
     return 0;
 }
 
-/* poll(deadline, spin_until, min_pause, max_pause) -> list of events, each
+/* poll(deadline, spin_until, min_pause, max_pause, want=1) -> list of events, each
  *   (w, 0, (job, kind, op, dtype, shape, elapsed_ns, nbytes))   a valid header
  *   (w, 1, bytes)                                               a header refused here (raw)
  *   (w, 2, error class)                                         its receive failed
- * Tests the posted header receives and the sends in flight until something arrives or
- * `deadline` (perf_counter seconds) passes, with the GIL released: yielding the core between
+ * Tests the posted header receives and the sends in flight until `want` headers arrived (or
+ * every posted one, or one with an error), or `deadline` (perf_counter seconds) passes with
+ * fewer (none, or what came): a caller that waits for several replies (a call's) takes them
+ * in one return, not one Python round each. With the GIL released: yielding the core between
  * tests until `spin_until`, then sleeping from min_pause growing 1.5x to max_pause. An
  * acknowledgement's header has its worker's receive posted again at once; one that announces
  * a payload gets it posted again by recv(), once the payload is in, so that a payload is never
@@ -748,23 +750,29 @@ static int failed_event(Root *self, PyObject *res, int w, int err)
 static PyObject *Root_poll(Root *self, PyObject *args)
 {
     double deadline, spin_until, pause, max_pause;
+    int want = 1;
     if (root_ready(self) < 0 ||
-        !PyArg_ParseTuple(args, "dddd", &deadline, &spin_until, &pause, &max_pause))
+        !PyArg_ParseTuple(args, "dddd|i", &deadline, &spin_until, &pause, &max_pause, &want))
         return NULL;
-    int out = 0, rc = MPI_SUCCESS, any_posted = 0;
+    /* out: headers completed so far (hidx/hst[0:out]); base: where the last test's began
+       (only its statuses carry an error field) */
+    int out = 0, base = 0, rc = MPI_SUCCESS, posted = 0;
     for (int i = 0; i < self->n; i++)
-        any_posted |= self->hreq[i] != MPI_REQUEST_NULL;
+        posted += self->hreq[i] != MPI_REQUEST_NULL;
     double next_signals = mono() + 0.01;
     self->busy = 1;
     PyThreadState *ts = PyEval_SaveThread();
     for (;;) {
         sends_test(&self->out);
-        out = 0;
-        if (any_posted) {
-            rc = MPI_Testsome(self->n, self->hreq, &out, self->hidx, self->hst);
-            if (out == MPI_UNDEFINED)
-                out = 0;
-            if (rc != MPI_SUCCESS || out > 0)
+        if (posted > out) {
+            /* completed receives become MPI_REQUEST_NULL: later tests add to hidx/hst */
+            int more = 0;
+            base = out;
+            rc = MPI_Testsome(self->n, self->hreq, &more, self->hidx + out, self->hst + out);
+            if (more == MPI_UNDEFINED)
+                more = 0;
+            out += more;
+            if (rc != MPI_SUCCESS || out >= want || (out > 0 && out >= posted))
                 break;
         }
         double now = mono();
@@ -804,8 +812,8 @@ static PyObject *Root_poll(Root *self, PyObject *args)
     if (rc == MPI_ERR_IN_STATUS) {
         /* some completed with an error (e.g. a failed process under ULFM): keep the good
          * ones, name the failed workers */
-        int k = 0;
-        for (int i = 0; i < out; i++) {
+        int k = base;
+        for (int i = base; i < out; i++) {
             int w = self->hidx[i], err = self->hst[i].MPI_ERROR;
             if (err == MPI_SUCCESS) {
                 self->hidx[k] = w;
@@ -817,8 +825,9 @@ static PyObject *Root_poll(Root *self, PyObject *args)
         }
         out = k;
     } else if (rc != MPI_SUCCESS) {
-        /* another error: test them one by one, which names each failed worker */
-        out = 0;
+        /* another error: test the rest one by one, which names each failed worker (those
+           completed by earlier tests are kept) */
+        out = base;
         for (int w = 0; w < self->n; w++) {
             if (self->hreq[w] == MPI_REQUEST_NULL)
                 continue;

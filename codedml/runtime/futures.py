@@ -208,6 +208,11 @@ class _Request(Future):
     def _progress(self) -> None:
         """Settle if what arrived decides the request (under the lock)."""
 
+    def _want(self) -> int:
+        """How many replies a wait for this request may gather before it looks (a transport
+        that can wait for several hands them over in one round)."""
+        return 1
+
     def _settle(self, value: Any = None, exc: BaseException | None = None) -> None:
         """The one way to a terminal state: free, cancel the rest, then set the Future."""
         if self.settled:
@@ -277,7 +282,7 @@ class _Request(Future):
                     left = end - time.perf_counter()
                     if left <= 0:
                         break
-                    cl._wait_step(min(left, 0.05))
+                    cl._wait_step(min(left, 0.05), self._want())
             finally:
                 cl._drivers -= 1
         return max(0.0, end - time.perf_counter())
@@ -514,6 +519,10 @@ class Call(_Request):
     def _on_result(self, w: int, payload: Any) -> None:
         self.results[w] = payload
 
+    def _want(self) -> int:
+        # every worker asked owes a reply: gather them in one round where the transport can
+        return max(1, len(self.sent_to) - len(self.results) - len(self.failed))
+
     def _progress(self) -> None:
         if self.settled or len(self.results) + len(self.failed) < len(self.sent_to):
             return  # fewer answers and failures than workers asked: one is still owed
@@ -562,7 +571,7 @@ class Call(_Request):
                     if now >= end:
                         raise self._deadline_error(f"call {self.name!r} (job {self.id})",
                                                    len(self.results), need)
-                    cl._wait_step(min(0.05, end - now))
+                    cl._wait_step(min(0.05, end - now), need - len(self.results))
                 return dict(self.results)
             finally:
                 cl._drivers -= drives

@@ -415,9 +415,9 @@ class MPICluster(ClusterBase):
                     raise
         self._outgoing = keep
 
-    def _poll(self, wait: float = 0.0) -> list[Arrival]:
+    def _poll(self, wait: float = 0.0, want: int = 1) -> list[Arrival]:
         if self._eng is not None:
-            return self._poll_compiled(wait)
+            return self._poll_compiled(wait, want)
         out, self._notices = self._notices, []
         self._prune_outgoing()
         ws = list(self._hdr)
@@ -456,11 +456,12 @@ class MPICluster(ClusterBase):
             min(max(self._pause * 1.5, _MIN_PAUSE), _MAX_PAUSE)
         return out
 
-    def _poll_compiled(self, wait: float) -> list[Arrival]:
-        """The compiled path's poll: waits up to ``wait`` seconds in C (GIL released) for a
-        reply header; yields the core while replies are due (``_hot_until``), then sleeps."""
+    def _poll_compiled(self, wait: float, want: int = 1) -> list[Arrival]:
+        """The compiled path's poll: waits up to ``wait`` seconds in C (GIL released) for
+        ``want`` reply headers (fewer at the end of the wait); yields the core while replies
+        are due (``_hot_until``), then sleeps."""
         now = time.perf_counter()
-        events = self._eng.poll(now + wait, self._hot_until, _MIN_PAUSE, _MAX_PAUSE)
+        events = self._eng.poll(now + wait, self._hot_until, _MIN_PAUSE, _MAX_PAUSE, want)
         out, self._notices = self._notices, []
         for w, what, v in events:
             if what == 2:  # its header receive failed: the process failed (ULFM)
