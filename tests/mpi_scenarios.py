@@ -75,6 +75,8 @@ HANDLERS = {
     "listy": lambda ctx, x, **_: [float(ctx.worker), 2.0],
     "strided": lambda ctx, x, **_: x[::2],
     "int16": lambda ctx, x, **_: x.astype(np.int16),
+    "bytes": lambda ctx, x, **_: b"\x01\x02",   # a buffer, but not an array: numpy's rules
+    "matrix": lambda ctx, x, **_: np.asmatrix(x),  # an ndarray subclass
     "boom": _boom,
     # worker 1 dies in it (SIGKILL: the "call_die" scenario, under ULFM); the others answer,
     # the last a moment later, so that a wait for several replies sees some, then the death
@@ -236,6 +238,7 @@ with cm as cluster:
                      ("scaled", np.ones(3), {"scale": 2.5}), ("none", np.ones(2), {}),
                      ("scalar", np.arange(3.0), {}), ("listy", np.ones(1), {}),
                      ("strided", np.arange(7.0), {}), ("int16", np.ones(2), {}),
+                     ("bytes", np.ones(1), {}), ("matrix", np.arange(3.0), {}),
                      ("boom", np.ones(2), {"k": 3}), ("path", np.ones(1), {}),
                      ("path", np.ones(1), {"x1": 1})]
             out = []

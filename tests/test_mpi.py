@@ -203,7 +203,8 @@ def test_repeated_calls_answer_as_the_first(transport):
     """A call repeated with the same parameters (on the compiled path run from arrival to reply
     in C, ``_wire.Worker.serve``) answers exactly as the first, which Python read: arrays of
     every wire dtype and shape, ``None`` (an empty float64 array), a 0-d result (1-d), a list,
-    a strided view, a dtype that cannot travel (a named error) and a handler's exception
+    a strided view, bytes and a dtype that cannot travel (named errors), an ndarray subclass
+    and a handler's exception
     (``WorkerFailure`` naming the exception, with the handler in its remote traceback)."""
     from codedml.runtime.mpi import wire_status
 
@@ -233,7 +234,9 @@ def test_repeated_calls_answer_as_the_first(transport):
     assert first["listy9"]["2"] == ["float64", [2], [2.0, 2.0]]
     assert first["strided10"]["0"] == ["float64", [4], [0.0, 2.0, 4.0, 6.0]]
     assert first["int1611"]["error"] == "WorkerFailure" and "int16" in first["int1611"]["message"]
-    boom = first["boom12"]
+    assert first["bytes12"]["error"] == "WorkerFailure" and "cannot travel" in first["bytes12"]["message"]
+    assert first["matrix13"]["1"] == ["float64", [1, 3], [[0.0, 1.0, 2.0]]]
+    boom = first["boom14"]
     assert boom["error"] == "WorkerFailure" and boom["exc_type"] == "ValueError"
     assert boom["message"] == "ValueError: boom 3" and boom["traceback_names_handler"]
     assert res["outstanding"]["jobs"] == 0

@@ -786,6 +786,9 @@ static PyObject *Root_poll(Root *self, PyObject *args)
             pause = pause * 1.5 < max_pause ? pause * 1.5 : max_pause;
         }
         if (now >= next_signals) {   /* let a Ctrl-C through a long wait */
+            if (out > 0)
+                break;   /* headers in hand are returned first: a signal must not drop them
+                            (their receives are posted again only as they are handled) */
             PyEval_RestoreThread(ts);
             if (PyErr_CheckSignals() < 0) {
                 self->busy = 0;
@@ -971,7 +974,7 @@ typedef struct {
     /* serve()'s calls (set by calls()): the handlers by name, protocol's memo of checked
        call parameters (bytes -> (name, params)), the handlers' context, protocol.DTYPES,
        numpy.frombuffer, Op.CALL and Kind.RESULT */
-    PyObject *handlers, *memo, *ctx, *dtypes, *frombuffer;
+    PyObject *handlers, *memo, *ctx, *dtypes, *frombuffer, *ndarray;
     int op_call, kind_result;
 } Worker;
 
@@ -1037,6 +1040,7 @@ static void Worker_dealloc(Worker *self)
     Py_XDECREF(self->ctx);
     Py_XDECREF(self->dtypes);
     Py_XDECREF(self->frombuffer);
+    Py_XDECREF(self->ndarray);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1433,15 +1437,17 @@ static PyObject *Worker_reply(Worker *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* calls(handlers, memo, ctx, dtypes, frombuffer, op_call, kind_result): what serve() runs
- * calls with (see Worker's fields); handlers and memo dicts, dtypes protocol.DTYPES. */
+/* calls(handlers, memo, ctx, dtypes, frombuffer, ndarray, op_call, kind_result): what
+ * serve() runs calls with (see Worker's fields); handlers and memo dicts, dtypes
+ * protocol.DTYPES, ndarray numpy's array type (only a result of exactly that type is sent
+ * from C: any other goes through numpy.asarray in Python, as before). */
 static PyObject *Worker_calls(Worker *self, PyObject *args)
 {
-    PyObject *h, *m, *c, *d, *f;
+    PyObject *h, *m, *c, *d, *f, *nd;
     int oc, kr;
     if (worker_ready(self) < 0 ||
-        !PyArg_ParseTuple(args, "O!O!OO!Oii", &PyDict_Type, &h, &PyDict_Type, &m, &c,
-                          &PyTuple_Type, &d, &f, &oc, &kr))
+        !PyArg_ParseTuple(args, "O!O!OO!OO!ii", &PyDict_Type, &h, &PyDict_Type, &m, &c,
+                          &PyTuple_Type, &d, &f, &PyType_Type, &nd, &oc, &kr))
         return NULL;
     if (PyTuple_GET_SIZE(d) != NDTYPES || !PyCallable_Check(f)) {
         PyErr_Format(PyExc_ValueError, "calls: `dtypes` must be a tuple of the %d wire dtypes "
@@ -1453,6 +1459,7 @@ static PyObject *Worker_calls(Worker *self, PyObject *args)
     Py_XSETREF(self->ctx, Py_NewRef(c));
     Py_XSETREF(self->dtypes, Py_NewRef(d));
     Py_XSETREF(self->frombuffer, Py_NewRef(f));
+    Py_XSETREF(self->ndarray, Py_NewRef(nd));
     self->op_call = oc;
     self->kind_result = kr;
     Py_RETURN_NONE;
@@ -1497,8 +1504,9 @@ static PyObject *handler_error(long long job, int op)
 /* serve(spin, stale, long) -> an event for Python. A call (op_call, no handle, field or
  * flags) whose parameter bytes protocol's memo holds, checked by a request before, is run
  * here: its arrays made by frombuffer (and reshaped), the handler called with (ctx, *arrays,
- * **params), and a result that exposes a C-contiguous buffer of a wire dtype with at least
- * one dimension replied with its time, as the Python loop would; one that took past `long`
+ * **params), and a result that is a numpy array exactly (not a subclass, bytes or another
+ * buffer), C-contiguous, of a wire dtype and with at least one dimension, replied with its
+ * time, as the Python loop would; one that took past `long`
  * seconds and was cancelled meanwhile is dropped. Then the next request. Returned to Python:
  * next()'s events for every other request (or call not in the memo); (2, job, op,
  * exception) for a handler's exception (an Exception); (3, job, op, result, elapsed_ns)
@@ -1583,7 +1591,7 @@ static PyObject *Worker_serve(Worker *self, PyObject *args)
         const long long ns = (long long)(took * 1e9);
         Py_buffer v;
         int code = -1;
-        if (res != Py_None) {
+        if ((PyObject *)Py_TYPE(res) == self->ndarray) {   /* bytes, lists...: numpy in Python */
             if (PyObject_GetBuffer(res, &v, PyBUF_ND | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) == 0) {
                 code = v.ndim >= 1 ? format_code(&v) : -1;   /* 0-d: Python makes it 1-d */
                 PyBuffer_Release(&v);
@@ -1635,6 +1643,12 @@ static PyObject *Worker_finish(Worker *self, PyObject *Py_UNUSED(ignored))
     Py_END_ALLOW_THREADS
     self->busy = 0;
     sends_compact(&self->out);
+    Py_CLEAR(self->handlers);   /* serve() is over: no cycle through the handlers is kept */
+    Py_CLEAR(self->memo);
+    Py_CLEAR(self->ctx);
+    Py_CLEAR(self->dtypes);
+    Py_CLEAR(self->frombuffer);
+    Py_CLEAR(self->ndarray);
     if (rc != MPI_SUCCESS)
         return mpi_fail(rc, "finishing the worker's sends");
     Py_RETURN_NONE;
@@ -1653,7 +1667,7 @@ static PyMethodDef Worker_methods[] = {
     {"next", (PyCFunction)Worker_next, METH_VARARGS,
      "next(spin, stale) -> the next request not cancelled (see the C source)"},
     {"calls", (PyCFunction)Worker_calls, METH_VARARGS,
-     "calls(handlers, memo, ctx, dtypes, frombuffer, op_call, kind_result): serve()'s calls"},
+     "calls(handlers, memo, ctx, dtypes, frombuffer, ndarray, op_call, kind_result): serve()'s calls"},
     {"serve", (PyCFunction)Worker_serve, METH_VARARGS,
      "serve(spin, stale, long) -> an event for Python; runs memoised calls itself (see the C source)"},
     {"cancelled", (PyCFunction)Worker_cancelled, METH_O,

@@ -571,7 +571,10 @@ class Call(_Request):
                     if now >= end:
                         raise self._deadline_error(f"call {self.name!r} (job {self.id})",
                                                    len(self.results), need)
-                    cl._wait_step(min(0.05, end - now), need - len(self.results))
+                    # the replies still needed, at most those still owed (errors and
+                    # crashes answer no more): the poll returns as soon as they are in
+                    cl._wait_step(min(0.05, end - now),
+                                  max(1, min(need - len(self.results), len(self._outstanding()))))
                 return dict(self.results)
             finally:
                 cl._drivers -= drives

@@ -758,7 +758,7 @@ class MPICluster(ClusterBase):
         fast = state.faults is None and type(state.handlers) is dict
         if fast:
             eng.calls(state.handlers, call_memo(), state._ctx(), DTYPES, np.frombuffer,
-                      k_call, k_result)
+                      np.ndarray, k_call, k_result)
         while True:
             ev = eng.serve(_SPIN, _STALE, _LONG) if fast else eng.next(_SPIN, _STALE)
             if ev[0] == 2:  # a handler's exception (serve)
