@@ -1024,6 +1024,17 @@ static int Worker_init(Worker *self, PyObject *args, PyObject *kw)
     return 0;
 }
 
+/* Drop what calls() gave serve() (at finish() and in dealloc). */
+static void drop_calls(Worker *self)
+{
+    Py_CLEAR(self->handlers);
+    Py_CLEAR(self->memo);
+    Py_CLEAR(self->ctx);
+    Py_CLEAR(self->dtypes);
+    Py_CLEAR(self->frombuffer);
+    Py_CLEAR(self->ndarray);
+}
+
 static void Worker_dealloc(Worker *self)
 {
     int fin = 0;
@@ -1035,12 +1046,7 @@ static void Worker_dealloc(Worker *self)
     sends_free(&self->out);
     PyMem_RawFree(self->cancelled);
     PyMem_Free(self->raw);
-    Py_XDECREF(self->handlers);
-    Py_XDECREF(self->memo);
-    Py_XDECREF(self->ctx);
-    Py_XDECREF(self->dtypes);
-    Py_XDECREF(self->frombuffer);
-    Py_XDECREF(self->ndarray);
+    drop_calls(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1643,12 +1649,7 @@ static PyObject *Worker_finish(Worker *self, PyObject *Py_UNUSED(ignored))
     Py_END_ALLOW_THREADS
     self->busy = 0;
     sends_compact(&self->out);
-    Py_CLEAR(self->handlers);   /* serve() is over: no cycle through the handlers is kept */
-    Py_CLEAR(self->memo);
-    Py_CLEAR(self->ctx);
-    Py_CLEAR(self->dtypes);
-    Py_CLEAR(self->frombuffer);
-    Py_CLEAR(self->ndarray);
+    drop_calls(self);   /* serve() is over: no cycle through the handlers is kept */
     if (rc != MPI_SUCCESS)
         return mpi_fail(rc, "finishing the worker's sends");
     Py_RETURN_NONE;

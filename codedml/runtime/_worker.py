@@ -135,8 +135,7 @@ class WorkerState:
         ctx = self.context
         if ctx is None:
             ctx = self._ctx()
-        out = fn(ctx, *arrays, **params)
-        return np.zeros(0) if out is None else np.asarray(out)
+        return call_result(fn(ctx, *arrays, **params))
 
     def _stored(self, hid: int) -> Any:
         try:
@@ -233,6 +232,11 @@ class WorkerState:
     def acks(self) -> bool:
         """Whether this worker still answers (a fail-silent worker sends no reply at all)."""
         return not self.silent
+
+
+def call_result(out: Any) -> np.ndarray:
+    """What a handler returned as the array its reply carries (empty for ``None``)."""
+    return np.zeros(0) if out is None else np.asarray(out)
 
 
 def remote_error(exc: BaseException, rank: int, job: int, op: Any, host: str | None = None) -> RemoteError:

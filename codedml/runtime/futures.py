@@ -574,7 +574,7 @@ class Call(_Request):
                     # the replies still needed, at most those still owed (errors and
                     # crashes answer no more): the poll returns as soon as they are in
                     cl._wait_step(min(0.05, end - now),
-                                  max(1, min(need - len(self.results), len(self._outstanding()))))
+                                  max(1, min(need - len(self.results), self._want())))
                 return dict(self.results)
             finally:
                 cl._drivers -= drives

@@ -57,7 +57,7 @@ from ..errors import ConfigurationError, ProtocolError
 from ..faults import FaultModel
 from ._cluster import ClusterBase
 from ._exit import skip_finalize_at_exit
-from ._worker import WorkerContext, WorkerState, remote_error
+from ._worker import WorkerContext, WorkerState, call_result, remote_error
 from .futures import Arrival, check_wait
 from .protocol import (ACK_OPS, DTYPES, HEADER_LEN, REPLY_OPS, Kind, Op, RemoteError, ReplyHeader,
                        Request, call_memo, dtype_code, recent_call)
@@ -741,7 +741,7 @@ class MPICluster(ClusterBase):
         looks for cancels, skips cancelled requests and receives the next one with its
         arrays; Python runs it (the same :class:`WorkerState`) and replies through C."""
         eng = self._weng
-        ack_ops, reply_ops = ACK_OPS, REPLY_OPS
+        ack_ops, reply_ops = ACK_OPS, REPLY_OPS   # ints are members too (IntEnum)
         uint8 = dtype_code(np.uint8)
         codes = {dt: dtype_code(dt) for dt in DTYPES}
         k_result, k_ack, k_bye, k_call = int(Kind.RESULT), int(Kind.ACK), int(Kind.BYE), int(Op.CALL)
@@ -751,6 +751,15 @@ class MPICluster(ClusterBase):
             err = remote_error(exc, self.rank, job, op if op is not None else "unreadable request",
                                host).to_bytes()
             eng.reply(job, int(Kind.ERROR), int(op) if op is not None else 0, uint8, err, 0)
+
+        def reply_result(job: int, op_code: int, result: np.ndarray, took: float) -> None:
+            """A result's reply; none where it took long and was cancelled meanwhile."""
+            if took > _LONG and op_code in reply_ops and eng.cancelled(job):
+                return  # decoded meanwhile: nobody waits for it
+            result = contiguous(result)
+            code = codes.get(result.dtype)
+            eng.reply(job, k_result, op_code, dtype_code(result.dtype) if code is None else code,
+                      result, int(took * 1e9))
 
         # Without a failure model (nothing to inject) a call whose parameters a recent request
         # carried runs in C from its arrival to its reply (``_wire.Worker.serve``): the same
@@ -770,10 +779,7 @@ class MPICluster(ClusterBase):
             if ev[0] == 3:  # a handler's result that is not yet a sendable array (serve)
                 _, job, _, result, took_ns = ev
                 try:
-                    result = contiguous(np.zeros(0) if result is None else np.asarray(result))
-                    code = codes.get(result.dtype)
-                    eng.reply(job, k_result, k_call, dtype_code(result.dtype) if code is None else code,
-                              result, took_ns)
+                    reply_result(job, k_call, call_result(result), took_ns * 1e-9)
                 except Exception as exc:
                     reply_error(exc, job, Op.CALL)
                 continue
@@ -824,13 +830,7 @@ class MPICluster(ClusterBase):
                     result = state.inject(job, result, req.field)
                 if result is None:  # silent
                     continue
-                took = perf() - t
-                if took > _LONG and op in reply_ops and eng.cancelled(job):
-                    continue  # decoded meanwhile: nobody waits for it
-                result = contiguous(result)
-                code = codes.get(result.dtype)
-                eng.reply(job, k_result, op_code, dtype_code(result.dtype) if code is None else code,
-                          result, int(took * 1e9))
+                reply_result(job, op_code, result, perf() - t)
             except Exception as exc:
                 if state.acks():
                     reply_error(exc, job, op)
