@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=0,
                     help="also time a sync training step with zero-work gradients (the digits "
                          "logistic regression, as control_plane.py), this many steps per block")
+    ap.add_argument("--size", type=int, default=8,
+                    help="float64 values a call and a bare round trip carry each way (default 8)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     sys.path.insert(0, str(args.base))
@@ -60,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     world = MPI.COMM_WORLD
     n = world.Get_size() - 1
     root = world.Get_rank() == 0
-    x = np.zeros(8)
+    if args.size < 1:
+        ap.error(f"--size must be at least 1, got {args.size}")
+    x = np.zeros(args.size)
     A = np.ones((4, 4))
     times: dict[str, list[float]] = {}
 
@@ -74,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.blocks):
         comm = world.Dup()
         if root:
-            times.setdefault("bare", []).extend(bare_rounds(comm, args.block, 8))
+            times.setdefault("bare", []).extend(bare_rounds(comm, args.block, args.size))
         else:
-            bare_serve(comm, 8)
+            bare_serve(comm, args.size)
         comm.Free()
         for name, pkg in variants.items():
             code = importlib.import_module(f"{pkg}.codes").MDSCode(n, max(1, n - 2))
@@ -116,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or HERE / "results" / (
         "control_plane_ab.json" if n == 6 else f"control_plane_ab_{n}workers.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "control_plane_ab", "workers": n, "rows": rows,
-                               "base": str(args.base), "machine": machine_info(),
+    out.write_text(json.dumps({"benchmark": "control_plane_ab", "workers": n, "size": args.size,
+                               "rows": rows, "base": str(args.base), "machine": machine_info(),
                                "argv": sys.argv[1:]}, indent=1))
     print(f"wrote {out}")
     return 0

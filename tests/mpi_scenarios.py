@@ -78,6 +78,7 @@ HANDLERS = {
     "bytes": lambda ctx, x, **_: b"\x01\x02",   # a buffer, but not an array: numpy's rules
     "matrix": lambda ctx, x, **_: np.asmatrix(x),  # an ndarray subclass
     "boom": _boom,
+    "cat": lambda ctx, *xs, **_: np.concatenate(xs),
     # worker 1 dies in it (SIGKILL: the "call_die" scenario, under ULFM); the others answer,
     # the last a moment later, so that a wait for several replies sees some, then the death
     "die_on_1": lambda ctx, x, **_: (__import__("os").kill(__import__("os").getpid(), 9)
@@ -100,7 +101,7 @@ if name == "rogue" and comm.Get_rank() == 1:
     cm.comm.Probe(source=0, tag=TAG_CTRL, status=st)
     raw = np.empty(st.Get_count(MPI.BYTE), dtype=np.uint8)
     cm.comm.Recv([raw, MPI.BYTE], source=0, tag=TAG_CTRL)
-    for shape, code in Request.from_bytes(raw).arrays:
+    for shape, code in Request.from_bytes(raw).arrays if not raw[5] & 8 else ():  # 8: inline
         buf = np.empty(shape, dtype=DTYPES[code])
         cm.comm.Recv([buf, MPI.BYTE], source=0, tag=TAG_TASK)
     bad = np.zeros(HEADER_LEN, dtype=np.int64)
@@ -260,6 +261,33 @@ with cm as cluster:
                                      "traceback_names_handler": "_boom" in (getattr(exc, "remote_traceback", "") or "")})
                 out.append({"handler": h, "reps": reps})
             emit(calls=out, outstanding=cluster.outstanding())
+        elif name == "inline":
+            # payloads at and past the inline bound, both ways: a request's arrays ride in
+            # its control message when they hold at most INLINE_MAX bytes in all, a reply's
+            # in its header's message when it holds at most INLINE_MAX bytes
+            from codedml.runtime import _wire
+            from codedml.runtime.protocol import INLINE_MAX
+
+            per = INLINE_MAX // 8
+            level = MPI.Query_thread()
+            yields = _wire.mpi_yields()   # asks the MPI tool interface: must not lower the level
+            before = _wire.inline_messages()
+            sizes = {"empty": [0], "one": [1], "at": [per], "past": [per + 1],
+                     "split_at": [per // 2, per - per // 2], "split_past": [per // 2, per // 2 + 1]}
+            exact, counts = {}, {}
+            for key, parts in sizes.items():
+                xs = [rng.standard_normal(m) for m in parts]
+                b0 = _wire.inline_messages()
+                got = cluster.call("cat", *xs).result()
+                b1 = _wire.inline_messages()
+                exact[key] = len(got) == n and all(np.array_equal(v, np.concatenate(xs))
+                                                   for v in got.values())
+                counts[key] = [b1[0] - b0[0], b1[1] - b0[1]]
+            C = cluster.matmul(A[:8], B[:, :4], code=MDSCode(n, max(1, n - 2)))  # small tasks
+            emit(exact=exact, counts=counts, err=rel(C, A[:8] @ B[:, :4]),
+                 total=[a - b for a, b in zip(_wire.inline_messages(), before)],
+                 outstanding=cluster.outstanding(), level=[level, MPI.Query_thread()],
+                 yields=yields, spin_yield=cluster.spin_yield)
         elif name == "call_die":
             x = np.arange(3.0)
             warm = cluster.call("echo", x).wait()   # every worker alive and answering

@@ -3,6 +3,7 @@ group with a timeout; nothing may hang). Needs mpi4py and Open MPI from PyPI."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -240,6 +241,34 @@ def test_repeated_calls_answer_as_the_first(transport):
     assert boom["error"] == "WorkerFailure" and boom["exc_type"] == "ValueError"
     assert boom["message"] == "ValueError: boom 3" and boom["traceback_names_handler"]
     assert res["outstanding"]["jobs"] == 0
+    _all_exited(done, 4)
+
+
+def test_small_payloads_travel_inline():
+    """On the compiled path a request's arrays of at most INLINE_MAX bytes in all travel in
+    its control message, and a reply's payload of at most INLINE_MAX bytes in its header's
+    message: at the bound and past it, in one array or two, each way, calls come back exact,
+    and the root's counters show which went inline (a reply of 0 bytes never does). The
+    engines yield the core in their polls only where MPI does not (read without changing
+    MPI's thread level)."""
+    from codedml.runtime.mpi import wire_status
+
+    if not wire_status()[0]:
+        pytest.skip(wire_status()[1])
+    res, done = run_mpi_t("inline", 4, "compiled")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert all(res["exact"].values()), res["exact"]
+    n = 3  # workers: [requests sent inline, replies received inline] at the root, per call
+    assert res["counts"] == {"empty": [n, 0], "one": [n, n], "at": [n, n], "past": [0, 0],
+                             "split_at": [n, n], "split_past": [0, 0]}, res["counts"]
+    assert res["err"] < 1e-12 and res["total"][0] >= 4 * n + n  # the product's tasks too
+    assert res["outstanding"]["jobs"] == 0
+    # 4 ranks on this machine's cores: Open MPI yields in its own polls when oversubscribed,
+    # and the engines then do not yield again; reading that left MPI's thread level alone
+    assert res["level"][1] == res["level"][0], res["level"]
+    assert res["spin_yield"] is (res["yields"] is not True)
+    if open_mpi() and len(os.sched_getaffinity(0)) < 4:
+        assert res["yields"] is True
     _all_exited(done, 4)
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from codedml.errors import ConfigurationError, ProtocolError
-from codedml.runtime.protocol import (HEADER_LEN, MAX_NDIM, Kind, Op, ReplyHeader, Request,
-                                      _REQ_HEAD, _REQ_MAGIC)
+from codedml.runtime.protocol import (HEADER_LEN, INLINE_MAX, MAX_NDIM, Kind, Op, ReplyHeader,
+                                      Request, _REQ_HEAD, _REQ_MAGIC)
 
 SGD = {"seq": 3, "lr": 0.1, "momentum": 0.9, "dampening": 0.0, "weight_decay": 1e-4,
        "nesterov": False, "buffer": 7, "first": True}
@@ -59,7 +59,7 @@ def test_request_defects_are_protocol_errors() -> None:
     with pytest.raises(ProtocolError, match="unknown operation"):
         _parse(bad_op)
     bad_flags = bytearray(raw)
-    bad_flags[5] = 8
+    bad_flags[5] = 16
     with pytest.raises(ProtocolError, match="flags"):
         _parse(bad_flags)
     bad_code = bytearray(raw)
@@ -76,6 +76,31 @@ def test_request_defects_are_protocol_errors() -> None:
         _parse(neg)
     with pytest.raises(ProtocolError, match="flat byte buffer"):
         Request.from_bytes(np.zeros((2, 40), np.uint8))
+
+
+def _inline(req: Request, arrays: list[np.ndarray]) -> bytearray:
+    """``req``'s wire form with its arrays inline (flag bit 3), as the compiled root sends it."""
+    raw = _raw(req.with_arrays(arrays))
+    raw[5] |= 8
+    return raw + b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)
+
+
+def test_inline_arrays_are_part_of_the_request_layout() -> None:
+    arrays = [np.arange(6.0).reshape(2, 3), np.ones(4, np.float32)]
+    call = Request(Op.CALL, 7, params={"name": "f", "params": {"k": 1}})
+    back = _parse(_inline(call, arrays))
+    assert back == call.with_arrays(arrays)  # the inline bit is the transport's, not a field
+    assert not back.compensated and back.handle is None
+    raw = _inline(call, arrays)
+    with pytest.raises(ProtocolError, match="inline arrays"):
+        _parse(raw[:-1])  # one byte of the arrays short
+    with pytest.raises(ProtocolError, match="inline arrays"):
+        _parse(raw + b"\0")
+    with pytest.raises(ProtocolError, match="inline only"):
+        _parse(_inline(Request(Op.FETCH, 1, 0), []))  # nothing to carry
+    big = np.zeros(INLINE_MAX // 8 + 1)
+    with pytest.raises(ProtocolError, match=f"at most {INLINE_MAX} bytes"):
+        _parse(_inline(Request(Op.MATMUL, 1, 0), [big]))
 
 
 def _with_params(op: Op, params: bytes, handle: int = -1, flags: int = 0) -> bytes:

@@ -198,6 +198,9 @@ def requests(draw):
     req = Request(op, draw(st.integers(-1, 2**62)), draw(st.none() | st.integers(-1, 9)),
                   draw(st.none() | st.integers(-1, 2**31)), draw(st.booleans()), params)
     raw = bytearray(req.with_arrays(arrays).to_bytes().tobytes())
+    if arrays and draw(st.booleans()):  # the arrays inline, as the compiled root sends small ones
+        raw[5] |= 8
+        raw += b"".join(a.tobytes() for a in arrays)
     for _ in range(draw(st.integers(0, 3))):  # damage
         how = draw(st.integers(0, 4))
         if how == 0 and raw:
@@ -234,3 +237,30 @@ def test_request_edges():
     nan = protocol._REQ_HEAD.pack(protocol._REQ_MAGIC, int(Op.CALL), 0, 0, 1, -1, -1, len(tail)) + tail
     assert _wire.parse_request(nan) is not None  # layout fine: the JSON is protocol.py's to refuse
     assert _compiled_request(nan) is None and _py_request(nan) is None
+    inl = bytearray(raw)
+    inl[5] |= 8  # the same request with its 60 bytes of arrays inline
+    inl += bytes(range(60))
+    assert _wire.parse_request(bytes(inl)) == (1, 7, -1, -1, 0, b"", [((2, 3), 0), ((3,), 7)])
+    assert _compiled_request(bytes(inl)) == r == _py_request(bytes(inl))
+    for bad in (inl[:-1], inl + b"\0", raw[:5] + bytes([8]) + raw[6:]):
+        assert _wire.parse_request(bytes(bad)) is None and _py_request(bytes(bad)) is None
+
+
+@needs_wire
+def test_inline_reply_edges():
+    """A reply's payload may ride in its header's message: whole, of a result or an error,
+    1 to INLINE_MAX bytes; check_header hands it back with the header's fields."""
+    x = np.arange(6.0).reshape(2, 3)
+    h = ReplyHeader.for_array(3, int(Op.CALL), x, 0.5).to_array().tobytes()
+    got = _wire.check_header(h + x.tobytes())
+    assert got[:7] == (3, 0, 4, 0, (2, 3), 500_000_000, 48)
+    assert bytes(got[7]) == x.tobytes() and isinstance(got[7], bytearray)
+    assert _wire.check_header(h + x.tobytes()[:-1]) is None  # short of what the header says
+    assert _wire.check_header(h + x.tobytes() + b"\0") is None
+    ack = ReplyHeader(4, Kind.ACK, int(Op.PUT)).to_array().tobytes()
+    assert _wire.check_header(ack + b"\0" * 8) is None  # an ack carries nothing
+    big = np.zeros(protocol.INLINE_MAX // 8 + 1)
+    hb = ReplyHeader.for_array(3, int(Op.CALL), big, 0.0).to_array().tobytes()
+    assert _wire.check_header(hb) is not None  # alone: its payload follows as a message
+    assert _wire.check_header(hb + big.tobytes()) is None  # too big to ride inline
+    assert _wire.INLINE_MAX == protocol.INLINE_MAX

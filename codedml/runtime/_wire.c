@@ -32,6 +32,12 @@
 #define MAX_NDIM 8
 #define HEADER_LEN (8 + MAX_NDIM)
 #define HEADER_BYTES (HEADER_LEN * 8)
+/* A payload of at most this many bytes travels inside the message before or after it: a
+ * reply's after its header (one message on tag HDR), a request's arrays after its control
+ * bytes (one message on tag CTRL, flag bit 3). Larger ones travel as messages of their own.
+ * The root's header receives are HEADER_BYTES + INLINE_MAX long. */
+#define INLINE_MAX 16384
+#define SLOT_LEN (HEADER_LEN + INLINE_MAX / 8)   /* int64 per worker at the root */
 #define REPLY_MAGIC 0xC0DED1
 #define REQ_MAGIC 0xC0DE0002u
 #define REQ_HEAD 36                   /* struct "<IBBBxqqqI" */
@@ -115,6 +121,8 @@ typedef struct {
  * Both ends must use the same size: set_chunk() changes it for tests only. */
 static Py_ssize_t CHUNK = (Py_ssize_t)1 << 30;
 static long long SPLIT = 0;   /* messages sent in more than one piece (split_messages()) */
+/* messages this process sent and received with their payload inline (inline_messages()) */
+static long long INLINE_OUT = 0, INLINE_IN = 0;
 
 static Py_ssize_t pieces(Py_ssize_t len)
 {
@@ -311,11 +319,12 @@ static void sends_free(Sends *s)
     memset(s, 0, sizeof *s);
 }
 
-/* The header of a reply as int64[HEADER_LEN]. */
+/* The header of a reply as int64[HEADER_LEN], with `room` bytes after it (an inline payload's). */
 static int64_t *reply_header(int64_t job, int kind, int op, int code, int ndim,
-                             const Py_ssize_t *shape, int64_t elapsed_ns, int64_t nbytes)
+                             const Py_ssize_t *shape, int64_t elapsed_ns, int64_t nbytes,
+                             Py_ssize_t room)
 {
-    int64_t *h = PyMem_Calloc(HEADER_LEN, sizeof(int64_t));
+    int64_t *h = PyMem_Calloc(1, HEADER_BYTES + room);
     if (!h) {
         PyErr_NoMemory();
         return NULL;
@@ -340,7 +349,7 @@ typedef struct {
     int n;
     int *ranks;
     int tag_ctrl, tag_task, tag_hdr, tag_res, tag_cancel;
-    int64_t *hdr;              /* n * HEADER_LEN, one header buffer per worker */
+    int64_t *hdr;              /* n * SLOT_LEN: one header (and inline payload) buffer per worker */
     MPI_Request *hreq;         /* the posted header receives (null: none posted) */
     int *hidx;
     MPI_Status *hst;
@@ -348,6 +357,7 @@ typedef struct {
     int nfailed;
     int busy;                  /* a method runs with the GIL released: no other may start */
     int pinned;                /* an active header receive was let go: hdr must outlive us */
+    int spin_yield;            /* yield the core between tests while spinning (see mpi_yields) */
     Sends out;
 } Root;
 
@@ -420,16 +430,18 @@ static PyObject *Root_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 
 static int Root_init(Root *self, PyObject *args, PyObject *kw)
 {
-    static char *names[] = {"fcomm", "ranks", "tags", "failed", NULL};
+    static char *names[] = {"fcomm", "ranks", "tags", "failed", "spin_yield", NULL};
     PyObject *fcomm, *ranks, *failed;
-    int tags[5];
+    int tags[5], spin_yield = 1;
     if (self->ranks) {
         PyErr_SetString(PyExc_RuntimeError, "Root is initialised once");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO(iiiii)O", names, &fcomm, &ranks, &tags[0],
-                                     &tags[1], &tags[2], &tags[3], &tags[4], &failed))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO(iiiii)O|p", names, &fcomm, &ranks, &tags[0],
+                                     &tags[1], &tags[2], &tags[3], &tags[4], &failed,
+                                     &spin_yield))
         return -1;
+    self->spin_yield = spin_yield;
     if (comm_from(fcomm, &self->comm) < 0)
         return -1;
     int size = 0;
@@ -446,7 +458,7 @@ static int Root_init(Root *self, PyObject *args, PyObject *kw)
         PyErr_Format(PyExc_ValueError, "`ranks` must list 1 to %d workers, got %zd", size - 1, n);
         goto fail;
     }
-    hdr = PyMem_Calloc(n * HEADER_LEN, sizeof(int64_t));
+    hdr = PyMem_Calloc(n * SLOT_LEN, sizeof(int64_t));
     hreq = PyMem_Calloc(n, sizeof(MPI_Request));
     hidx = PyMem_Calloc(n, sizeof(int));
     hst = PyMem_Calloc(n, sizeof(MPI_Status));
@@ -531,7 +543,7 @@ static int worker_index(Root *self, PyObject *arg, int *w)
 
 static int repost(Root *self, int w)
 {
-    return MPI_Irecv(self->hdr + (size_t)w * HEADER_LEN, HEADER_BYTES, MPI_BYTE, self->ranks[w],
+    return MPI_Irecv(self->hdr + (size_t)w * SLOT_LEN, SLOT_LEN * 8, MPI_BYTE, self->ranks[w],
                      self->tag_hdr, self->comm, &self->hreq[w]);
 }
 
@@ -575,25 +587,12 @@ static PyObject *Root_drop(Root *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* request(w, ctrl, arrays): a request's control bytes (tag CTRL) and each of its arrays (tag
- * TASK) to worker w. Every buffer is checked and room for every send reserved before the
- * first is posted. */
-static PyObject *Root_request(Root *self, PyObject *args)
+/* A request's control bytes (tag CTRL) and each of its arrays (tag TASK) to worker w; arrays
+ * of at most INLINE_MAX bytes in all ride in the control message instead (flag bit 3), one
+ * message. `a` is a PySequence_Fast of m buffers. Every buffer is checked and room for every
+ * send reserved before the first is posted. -1 with an exception set on failure. */
+static int request_one(Root *self, int w, PyObject *ctrl, PyObject *a, Py_ssize_t m)
 {
-    PyObject *wo, *ctrl, *arrays;
-    int w;
-    if (root_ready(self) < 0 || !PyArg_ParseTuple(args, "OOO", &wo, &ctrl, &arrays) ||
-        worker_index(self, wo, &w) < 0)
-        return NULL;
-    PyObject *a = PySequence_Fast(arrays, "`arrays` must be a sequence of buffers");
-    if (!a)
-        return NULL;
-    Py_ssize_t m = PySequence_Fast_GET_SIZE(a);
-    if (m > MAX_ARRAYS) {
-        Py_DECREF(a);
-        PyErr_Format(PyExc_ValueError, "a request carries at most %d arrays, got %zd", MAX_ARRAYS, m);
-        return NULL;
-    }
     Py_buffer views[1 + MAX_ARRAYS];
     PyObject *objs[1 + MAX_ARRAYS];
     Py_ssize_t got = 0, k = 0;
@@ -603,9 +602,32 @@ static PyObject *Root_request(Root *self, PyObject *args)
             goto fail;
         k += pieces(views[i].len);
     }
+    int dest = self->ranks[w];
+    Py_ssize_t total = views[0].len;
+    for (Py_ssize_t i = 1; i <= m; i++)
+        total += views[i].len;
+    if (m > 0 && total - views[0].len <= INLINE_MAX && total <= CHUNK &&
+        views[0].len >= REQ_HEAD && !(((const unsigned char *)views[0].buf)[5] & 8)) {
+        /* small arrays ride inline: one message, flag bit 3 set in its copy of the header */
+        if (sends_reserve(&self->out, 1) < 0)
+            goto fail;
+        char *b = PyMem_Malloc(total);
+        if (!b) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        Py_ssize_t at = 0;
+        for (Py_ssize_t i = 0; i <= m; i++) {
+            memcpy(b + at, views[i].buf, views[i].len);
+            at += views[i].len;
+            PyBuffer_Release(&views[i]);
+        }
+        b[5] |= 8;
+        INLINE_OUT++;
+        return sends_post(&self->out, self->comm, dest, self->tag_ctrl, NULL, NULL, b, total);
+    }
     if (sends_reserve(&self->out, k) < 0)
         goto fail;
-    int dest = self->ranks[w];
     for (Py_ssize_t i = 0; i <= m; i++) {
         Py_buffer v = views[i];
         got = i + 1;   /* views[i] is the sends' from here on */
@@ -613,17 +635,100 @@ static PyObject *Root_request(Root *self, PyObject *args)
                        &v, objs[i], NULL, 0) < 0)
             goto fail_from;
     }
-    Py_DECREF(a);
-    Py_RETURN_NONE;
+    return 0;
 fail_from:
     for (Py_ssize_t i = got; i <= m; i++)
         PyBuffer_Release(&views[i]);
-    Py_DECREF(a);
-    return NULL;
+    return -1;
 fail:
     for (Py_ssize_t i = 0; i < got; i++)
         PyBuffer_Release(&views[i]);
+    return -1;
+}
+
+static PyObject *fast_arrays(PyObject *arrays, Py_ssize_t *m)
+{
+    PyObject *a = PySequence_Fast(arrays, "`arrays` must be a sequence of buffers");
+    if (!a)
+        return NULL;
+    *m = PySequence_Fast_GET_SIZE(a);
+    if (*m > MAX_ARRAYS) {
+        Py_DECREF(a);
+        PyErr_Format(PyExc_ValueError, "a request carries at most %d arrays, got %zd", MAX_ARRAYS, *m);
+        return NULL;
+    }
+    return a;
+}
+
+/* request(w, ctrl, arrays): request_one to worker w. */
+static PyObject *Root_request(Root *self, PyObject *args)
+{
+    PyObject *wo, *ctrl, *arrays;
+    int w;
+    Py_ssize_t m;
+    if (root_ready(self) < 0 || !PyArg_ParseTuple(args, "OOO", &wo, &ctrl, &arrays) ||
+        worker_index(self, wo, &w) < 0)
+        return NULL;
+    PyObject *a = fast_arrays(arrays, &m);
+    if (!a)
+        return NULL;
+    int rc = request_one(self, w, ctrl, a, m);
     Py_DECREF(a);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* request_many(workers, ctrl, arrays) -> [w, ...]: request_one to each worker listed, in
+ * order; a worker whose send failed with an error class that means "a process failed" is
+ * listed in the result (and the others still get theirs); any other error raises. */
+static PyObject *Root_request_many(Root *self, PyObject *args)
+{
+    PyObject *ws, *ctrl, *arrays;
+    Py_ssize_t m;
+    if (root_ready(self) < 0 || !PyArg_ParseTuple(args, "OOO", &ws, &ctrl, &arrays))
+        return NULL;
+    PyObject *wl = PySequence_Fast(ws, "`workers` must be a sequence of worker indices");
+    if (!wl)
+        return NULL;
+    PyObject *a = fast_arrays(arrays, &m), *dead = a ? PyList_New(0) : NULL;
+    if (!dead)
+        goto fail;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(wl); i++) {
+        PyObject *wo = PySequence_Fast_GET_ITEM(wl, i);
+        int w;
+        if (worker_index(self, wo, &w) < 0)
+            goto fail;
+        if (request_one(self, w, ctrl, a, m) == 0)
+            continue;
+        /* a WireError whose class says a process failed: that worker is dead, go on */
+        if (!PyErr_ExceptionMatches(WireError))
+            goto fail;
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        PyErr_NormalizeException(&et, &ev, &tb);
+        PyObject *eargs = ev ? PyObject_GetAttrString(ev, "args") : NULL;
+        long cls = -1;
+        if (eargs && PyTuple_Check(eargs) && PyTuple_GET_SIZE(eargs) >= 1)
+            cls = PyLong_AsLong(PyTuple_GET_ITEM(eargs, 0));
+        Py_XDECREF(eargs);
+        PyErr_Clear();
+        if (cls != -1 && is_failed(self->failed, self->nfailed, (int)cls)) {
+            Py_XDECREF(et), Py_XDECREF(ev), Py_XDECREF(tb);
+            if (PyList_Append(dead, wo) < 0)
+                goto fail;
+            continue;
+        }
+        PyErr_Restore(et, ev, tb);
+        goto fail;
+    }
+    Py_DECREF(wl);
+    Py_DECREF(a);
+    return dead;
+fail:
+    Py_DECREF(wl);
+    Py_XDECREF(a);
+    Py_XDECREF(dead);
     return NULL;
 }
 
@@ -700,13 +805,32 @@ static PyObject *shape_tuple(int ndim, const int64_t *dims)
     return shape;
 }
 
-static PyObject *parsed_header(const int64_t *v)
+/* A valid header as a tuple; `inline_payload` (None, or a bytearray of the payload that
+ * came in the same message) is its last item, stolen. */
+static PyObject *parsed_header(const int64_t *v, PyObject *inline_payload)
 {
     PyObject *shape = shape_tuple((int)v[5], v + 6);
-    if (!shape)
+    if (!shape) {
+        Py_DECREF(inline_payload);
         return NULL;
-    return Py_BuildValue("(LiiiNLL)", (long long)v[1], (int)v[2], (int)v[3], (int)v[4], shape,
-                         (long long)v[6 + MAX_NDIM], (long long)v[7 + MAX_NDIM]);
+    }
+    return Py_BuildValue("(LiiiNLLN)", (long long)v[1], (int)v[2], (int)v[3], (int)v[4], shape,
+                         (long long)v[6 + MAX_NDIM], (long long)v[7 + MAX_NDIM], inline_payload);
+}
+
+/* How a reply message of `count` bytes is laid out: 1, a header alone (any payload follows
+ * as its own message); 2, a header and its whole payload; 0, neither (refused). */
+static int reply_layout(const int64_t *v, int count)
+{
+    if (count < HEADER_BYTES || !header_ok(v))
+        return 0;
+    if (count == HEADER_BYTES)
+        return 1;
+    int64_t kind = v[2], nbytes = v[7 + MAX_NDIM];
+    if ((kind == KIND_RESULT || kind == KIND_ERROR) && nbytes > 0 && nbytes <= INLINE_MAX &&
+        count == HEADER_BYTES + nbytes)
+        return 2;
+    return 0;
 }
 
 /* Worker w's header receive failed: it is let go (Open MPI leaves a failed request
@@ -736,7 +860,8 @@ static int failed_event(Root *self, PyObject *res, int w, int err)
 }
 
 /* poll(deadline, spin_until, min_pause, max_pause, want=1) -> list of events, each
- *   (w, 0, (job, kind, op, dtype, shape, elapsed_ns, nbytes))   a valid header
+ *   (w, 0, (job, kind, op, dtype, shape, elapsed_ns, nbytes, inline))   a valid header;
+ *        inline: its payload as a bytearray when it came in the same message, else None
  *   (w, 1, bytes)                                               a header refused here (raw)
  *   (w, 2, error class)                                         its receive failed
  * Tests the posted header receives and the sends in flight until `want` headers arrived (or
@@ -744,9 +869,10 @@ static int failed_event(Root *self, PyObject *res, int w, int err)
  * fewer (none, or what came): a caller that waits for several replies (a call's) takes them
  * in one return, not one Python round each. With the GIL released: yielding the core between
  * tests until `spin_until`, then sleeping from min_pause growing 1.5x to max_pause. An
- * acknowledgement's header has its worker's receive posted again at once; one that announces
- * a payload gets it posted again by recv(), once the payload is in, so that a payload is never
- * paired with a later header; a goodbye's and a refused header's never. */
+ * acknowledgement's header, and one with its payload inline, has its worker's receive posted
+ * again at once; one that announces a payload to follow gets it posted again by recv(), once
+ * the payload is in, so that a payload is never paired with a later header; a goodbye's and
+ * a refused header's never. */
 static PyObject *Root_poll(Root *self, PyObject *args)
 {
     double deadline, spin_until, pause, max_pause;
@@ -779,7 +905,8 @@ static PyObject *Root_poll(Root *self, PyObject *args)
         if (now >= deadline)
             break;
         if (now < spin_until) {
-            sched_yield();
+            if (self->spin_yield)
+                sched_yield();
         } else {
             double left = deadline - now;
             nap(pause < left ? pause : left);
@@ -848,14 +975,24 @@ static PyObject *Root_poll(Root *self, PyObject *args)
     }
     for (int k = 0; k < out; k++) {
         int w = self->hidx[k];
-        const int64_t *v = self->hdr + (size_t)w * HEADER_LEN;
+        const int64_t *v = self->hdr + (size_t)w * SLOT_LEN;
         int count = 0;
         MPI_Get_count(&self->hst[k], MPI_BYTE, &count);
         PyObject *ev;
-        if (count == HEADER_BYTES && header_ok(v)) {
-            PyObject *h = parsed_header(v);
+        int layout = reply_layout(v, count);
+        if (layout) {
+            PyObject *pay = Py_None;
+            if (layout == 2) {
+                pay = PyByteArray_FromStringAndSize((const char *)(v + HEADER_LEN),
+                                                    count - HEADER_BYTES);
+                INLINE_IN++;
+            }
+            else
+                Py_INCREF(pay);
+            PyObject *h = pay ? parsed_header(v, pay) : NULL;
             ev = h ? Py_BuildValue("(iiN)", w, 0, h) : NULL;
-            if (ev && v[2] == KIND_ACK) {
+            /* nothing more to receive from w for this reply: its next header may come */
+            if (ev && (v[2] == KIND_ACK || layout == 2)) {
                 int r2 = repost(self, w);
                 if (r2 != MPI_SUCCESS) {
                     Py_DECREF(ev);
@@ -935,6 +1072,8 @@ static PyMethodDef Root_methods[] = {
      "drop(w, cancel=False): forget worker w's header receive (cancel it first if asked)"},
     {"request", (PyCFunction)Root_request, METH_VARARGS,
      "request(w, ctrl, arrays): send a request's control bytes and its arrays to worker w"},
+    {"request_many", (PyCFunction)Root_request_many, METH_VARARGS,
+     "request_many(workers, ctrl, arrays) -> the workers whose process failed: request() to each"},
     {"cancel", (PyCFunction)Root_cancel, METH_VARARGS, "cancel(w, job): tell worker w job settled"},
     {"poll", (PyCFunction)Root_poll, METH_VARARGS,
      "poll(deadline, spin_until, min_pause, max_pause) -> events"},
@@ -971,6 +1110,7 @@ typedef struct {
     Sends out;
     int started;
     int busy;                  /* a method runs with the GIL released */
+    int spin_yield;            /* yield the core between probes while spinning */
     /* serve()'s calls (set by calls()): the handlers by name, protocol's memo of checked
        call parameters (bytes -> (name, params)), the handlers' context, protocol.DTYPES,
        numpy.frombuffer, Op.CALL and Kind.RESULT */
@@ -990,16 +1130,18 @@ static PyObject *Worker_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 
 static int Worker_init(Worker *self, PyObject *args, PyObject *kw)
 {
-    static char *names[] = {"fcomm", "root", "tags", NULL};
+    static char *names[] = {"fcomm", "root", "tags", "spin_yield", NULL};
     PyObject *fcomm;
-    int tags[5], root;
+    int tags[5], root, spin_yield = 1;
     if (self->started) {
         PyErr_SetString(PyExc_RuntimeError, "Worker is initialised once");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oi(iiiii)", names, &fcomm, &root,
-                                     &tags[0], &tags[1], &tags[2], &tags[3], &tags[4]))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oi(iiiii)|p", names, &fcomm, &root,
+                                     &tags[0], &tags[1], &tags[2], &tags[3], &tags[4],
+                                     &spin_yield))
         return -1;
+    self->spin_yield = spin_yield;
     if (comm_from(fcomm, &self->comm) < 0)
         return -1;
     int size = 0;
@@ -1103,6 +1245,7 @@ typedef struct {
     int64_t job, handle, field;
     uint32_t plen;
     Py_ssize_t params_at;
+    Py_ssize_t inline_at;      /* where the arrays start in the message (flag 8), else -1 */
     int code[MAX_ARRAYS], ndim[MAX_ARRAYS];
     int64_t dims[MAX_ARRAYS][MAX_NDIM];
     int64_t nbytes[MAX_ARRAYS];
@@ -1130,7 +1273,7 @@ static int parse_request(const unsigned char *b, Py_ssize_t n, Parsed *q)
     q->handle = le64(b + 16);
     q->field = le64(b + 24);
     q->plen = (uint32_t)b[32] | (uint32_t)b[33] << 8 | (uint32_t)b[34] << 16 | (uint32_t)b[35] << 24;
-    if (q->op < 1 || q->op > NOPS || q->flags & ~7 || q->narr > MAX_ARRAYS)
+    if (q->op < 1 || q->op > NOPS || q->flags & ~15 || q->narr > MAX_ARRAYS)
         return 0;
     if (q->job < -1 || (q->flags & 2 ? q->handle < -1 : q->handle != -1) ||
         (q->flags & 4 ? q->field < -1 : q->field != -1))
@@ -1162,10 +1305,18 @@ static int parse_request(const unsigned char *b, Py_ssize_t n, Parsed *q)
         q->nbytes[a] = count * ITEMSIZE[code];
         pos += 2 + 8 * (Py_ssize_t)nd;
     }
-    if (pos + (Py_ssize_t)q->plen != n)
-        return 0;
     q->params_at = pos;
-    return 1;
+    q->inline_at = -1;
+    if (q->flags & 8) {   /* the arrays follow the parameters, in this message */
+        int64_t all = 0;
+        for (int a = 0; a < q->narr; a++)
+            all += q->nbytes[a];
+        if (q->narr == 0 || all > INLINE_MAX)
+            return 0;
+        q->inline_at = pos + (Py_ssize_t)q->plen;
+        return q->inline_at + all == n;
+    }
+    return pos + (Py_ssize_t)q->plen == n;
 }
 
 /* Wait (GIL released) until a request is waiting; returns an MPI code, *count its bytes. */
@@ -1201,7 +1352,8 @@ static int wait_request(Worker *self, double spin, int *count, int *waited, PyTh
             next_signals = now + 0.01;
         }
         if (spinning) {
-            sched_yield();
+            if (self->spin_yield)
+                sched_yield();
             continue;
         }
         nap(pause);
@@ -1213,23 +1365,36 @@ static int wait_request(Worker *self, double spin, int *count, int *waited, PyTh
  * bytearray), or, when !keep (a skipped request), receive and drop them (Py_None, borrowed). */
 static PyObject *arrays_of(Worker *self, const Parsed *q, int keep)
 {
+    INLINE_IN += q->inline_at >= 0;
+    if (q->inline_at >= 0 && !keep)
+        return Py_None;   /* nothing more to receive */
     PyObject *list = keep ? PyList_New(q->narr) : NULL;
     if (keep && !list)
         return NULL;
+    Py_ssize_t at = q->inline_at;
     for (int a = 0; a < q->narr; a++) {
-        PyObject *ba = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)q->nbytes[a]);
+        Py_ssize_t want = (Py_ssize_t)q->nbytes[a];
+        PyObject *ba;
+        if (at >= 0) {   /* inline: parse_request checked that the bytes are all there */
+            ba = PyByteArray_FromStringAndSize((const char *)self->raw + at, want);
+            at += want;
+        } else {
+            ba = PyByteArray_FromStringAndSize(NULL, want);
+        }
         if (!ba) {
             Py_XDECREF(list);
             return NULL;
         }
-        int rc;
-        Py_ssize_t got = 0, want = (Py_ssize_t)q->nbytes[a];
+        int rc = MPI_SUCCESS;
+        Py_ssize_t got = want;
         char *p = PyByteArray_AS_STRING(ba);
-        self->busy = 1;
-        Py_BEGIN_ALLOW_THREADS
-        rc = recv_bytes(self->comm, self->root, self->tag_task, p, want, &got);
-        Py_END_ALLOW_THREADS
-        self->busy = 0;
+        if (q->inline_at < 0) {
+            self->busy = 1;
+            Py_BEGIN_ALLOW_THREADS
+            rc = recv_bytes(self->comm, self->root, self->tag_task, p, want, &got);
+            Py_END_ALLOW_THREADS
+            self->busy = 0;
+        }
         if (rc != MPI_SUCCESS || got != want) {
             Py_DECREF(ba);
             Py_XDECREF(list);
@@ -1334,7 +1499,7 @@ static PyObject *request_event(Worker *self, int got, const Parsed *q, PyObject 
         return NULL;
     }
     return Py_BuildValue("(iiLLLiNN)", 0, q->op, (long long)q->job, (long long)q->handle,
-                         (long long)q->field, q->flags, params, arrays);
+                         (long long)q->field, q->flags & 7, params, arrays);   /* 8: transport's */
 }
 
 /* next(spin, stale) -> (0, op, job, handle, field, flags, params bytes, [(shape, code,
@@ -1390,7 +1555,7 @@ static int post_reply(Worker *self, long long job, int kind, int op, int code, P
     if (payload == Py_None) {
         if (sends_reserve(&self->out, 1) < 0)
             return -1;
-        h = reply_header(job, kind, op, 0, 0, NULL, 0, 0);
+        h = reply_header(job, kind, op, 0, 0, NULL, 0, 0, 0);
         if (!h || sends_post(&self->out, self->comm, self->root, self->tag_hdr, NULL, NULL, h,
                              HEADER_BYTES) < 0)
             return -1;
@@ -1411,15 +1576,26 @@ static int post_reply(Worker *self, long long job, int kind, int op, int code, P
         PyBuffer_Release(&v);
         return -1;
     }
-    if (sends_reserve(&self->out, 1 + pieces(v.len)) < 0) {
+    /* one message, never split: header, payload */
+    const int inl = v.len > 0 && v.len <= INLINE_MAX && HEADER_BYTES + v.len <= CHUNK;
+    if (sends_reserve(&self->out, inl ? 1 : 1 + pieces(v.len)) < 0) {
         PyBuffer_Release(&v);
         return -1;
     }
     Py_ssize_t one = v.len / (v.itemsize ? v.itemsize : 1);
-    h = reply_header(job, kind, op, code, v.ndim, v.ndim ? v.shape : &one, elapsed, v.len);
+    h = reply_header(job, kind, op, code, v.ndim, v.ndim ? v.shape : &one, elapsed, v.len,
+                     inl ? v.len : 0);
     if (!h) {
         PyBuffer_Release(&v);
         return -1;
+    }
+    if (inl) {
+        const Py_ssize_t len = v.len;
+        memcpy(h + HEADER_LEN, v.buf, len);
+        INLINE_OUT++;
+        PyBuffer_Release(&v);
+        return sends_post(&self->out, self->comm, self->root, self->tag_hdr, NULL, NULL, h,
+                          HEADER_BYTES + len) < 0 ? -1 : 0;
     }
     if (sends_post(&self->out, self->comm, self->root, self->tag_hdr, NULL, NULL, h, HEADER_BYTES) < 0) {
         PyBuffer_Release(&v);
@@ -1508,7 +1684,7 @@ static PyObject *handler_error(long long job, int op)
 }
 
 /* serve(spin, stale, long) -> an event for Python. A call (op_call, no handle, field or
- * flags) whose parameter bytes protocol's memo holds, checked by a request before, is run
+ * flags but the inline one) whose parameter bytes protocol's memo holds, checked by a request before, is run
  * here: its arrays made by frombuffer (and reshaped), the handler called with (ctx, *arrays,
  * **params), and a result that is a numpy array exactly (not a subclass, bytes or another
  * buffer), C-contiguous, of a wire dtype and with at least one dimension, replied with its
@@ -1534,7 +1710,7 @@ static PyObject *Worker_serve(Worker *self, PyObject *args)
         const int got = next_request(self, spin, stale, &q, &arrays, &count);
         if (got < 0)
             return NULL;
-        if (got == 1 || q.op != self->op_call || q.flags || q.job < 0 || q.handle != -1
+        if (got == 1 || q.op != self->op_call || (q.flags & 7) || q.job < 0 || q.handle != -1
             || q.field != -1 || !q.plen)
             return request_event(self, got, &q, arrays, count);
         PyObject *key = PyBytes_FromStringAndSize((const char *)self->raw + q.params_at, q.plen);
@@ -1710,10 +1886,18 @@ static PyObject *py_check_header(PyObject *m, PyObject *arg)
     if (PyObject_GetBuffer(arg, &v, PyBUF_SIMPLE) < 0)
         return NULL;
     PyObject *r;
-    if (v.len == HEADER_BYTES && header_ok((const int64_t *)v.buf))
-        r = parsed_header((const int64_t *)v.buf);
-    else
+    const int64_t *h = (const int64_t *)v.buf;
+    int layout = v.len <= SLOT_LEN * 8 ? reply_layout(h, (int)v.len) : 0;
+    if (!layout) {
         r = Py_NewRef(Py_None);
+    } else {
+        PyObject *pay = layout == 2 ?
+            PyByteArray_FromStringAndSize((const char *)(h + HEADER_LEN), v.len - HEADER_BYTES) :
+            Py_NewRef(Py_None);
+        r = pay ? parsed_header(h, pay) : NULL;
+        if (r && layout == 1)   /* a header alone: its seven fields */
+            Py_SETREF(r, PyTuple_GetSlice(r, 0, 7));
+    }
     PyBuffer_Release(&v);
     return r;
 }
@@ -1742,7 +1926,7 @@ static PyObject *py_parse_request(PyObject *m, PyObject *arg)
         PyList_SET_ITEM(arrays, a, item);
     }
     r = Py_BuildValue("(iLLLiy#N)", q.op, (long long)q.job, (long long)q.handle,
-                      (long long)q.field, q.flags, (const char *)v.buf + q.params_at,
+                      (long long)q.field, q.flags & 7, (const char *)v.buf + q.params_at,
                       (Py_ssize_t)q.plen, arrays);
 done:
     PyBuffer_Release(&v);
@@ -1772,6 +1956,54 @@ static PyObject *py_set_chunk(PyObject *m, PyObject *arg)
     return PyLong_FromSsize_t(old);
 }
 
+/* mpi_yields() -> whether the MPI library yields the core itself while it waits (True or
+ * False), or None where it does not say. Open MPI has a control variable for it,
+ * mpi_yield_when_idle, which it turns on when the node is oversubscribed: its progress loop
+ * (inside every MPI_Iprobe and MPI_Testsome) then calls sched_yield when it found nothing,
+ * and a yield of ours after that call is a second hand-over of the core per poll. Read
+ * through the MPI tool interface, after MPI_Init. */
+static PyObject *py_mpi_yields(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    (void)m;
+    int provided = 0, idx = -1, result = -1, level = MPI_THREAD_SINGLE;
+    /* the tool interface at the thread level MPI runs at: Open MPI lowers the library's
+       own level (MPI_Query_thread) to the one asked for here */
+    if (MPI_Query_thread(&level) != MPI_SUCCESS ||
+        MPI_T_init_thread(level, &provided) != MPI_SUCCESS)
+        Py_RETURN_NONE;
+    if (MPI_T_cvar_get_index("mpi_yield_when_idle", &idx) == MPI_SUCCESS) {
+        char name[256], desc[256];
+        int nlen = sizeof name, dlen = sizeof desc, verb = 0, bind = 0, scope = 0;
+        MPI_Datatype dt = MPI_DATATYPE_NULL;
+        MPI_T_enum en;
+        MPI_T_cvar_handle h;
+        int count = 0;
+        if (MPI_T_cvar_get_info(idx, name, &nlen, &verb, &dt, &en, desc, &dlen, &bind,
+                                &scope) == MPI_SUCCESS && bind == MPI_T_BIND_NO_OBJECT &&
+            MPI_T_cvar_handle_alloc(idx, NULL, &h, &count) == MPI_SUCCESS) {
+            union { unsigned char b[64]; int i; unsigned u; } v;   /* room for any scalar */
+            memset(&v, 0, sizeof v);
+            if (count == 1 && MPI_T_cvar_read(h, &v) == MPI_SUCCESS) {
+                if (dt == MPI_C_BOOL || dt == MPI_CHAR || dt == MPI_UNSIGNED_CHAR)
+                    result = v.b[0] != 0;
+                else if (dt == MPI_INT || dt == MPI_UNSIGNED)
+                    result = v.i != 0;
+            }
+            MPI_T_cvar_handle_free(&h);
+        }
+    }
+    MPI_T_finalize();
+    if (result < 0)
+        Py_RETURN_NONE;
+    return PyBool_FromLong(result);
+}
+
+static PyObject *py_inline_messages(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    (void)m;
+    return Py_BuildValue("(LL)", INLINE_OUT, INLINE_IN);
+}
+
 static PyObject *py_split_messages(PyObject *m, PyObject *Py_UNUSED(ignored))
 {
     return PyLong_FromLongLong(SPLIT);
@@ -1780,11 +2012,16 @@ static PyObject *py_split_messages(PyObject *m, PyObject *Py_UNUSED(ignored))
 static PyMethodDef module_methods[] = {
     {"split_messages", py_split_messages, METH_NOARGS,
      "how many messages this process sent in more than one piece"},
+    {"mpi_yields", py_mpi_yields, METH_NOARGS,
+     "whether the MPI library yields the core itself while it waits (None: it does not say)"},
+    {"inline_messages", py_inline_messages, METH_NOARGS,
+     "(sent, received): messages of this process that carried their payload inline"},
     {"set_chunk", py_set_chunk, METH_O,
      "set_chunk(bytes) -> the previous size: the largest piece a message travels in (for tests; "
      "every rank must use the same)"},
     {"check_header", py_check_header, METH_O,
-     "check_header(bytes) -> the parsed reply header, or None where it is refused"},
+     "check_header(bytes) -> the parsed reply header (and its inline payload, when the message "
+     "carries one), or None where it is refused"},
     {"parse_request", py_parse_request, METH_O,
      "parse_request(bytes) -> (op, job, handle, field, flags, params, [(shape, code)]) or None"},
     {"format_code", py_format_code, METH_O,
@@ -1832,6 +2069,7 @@ PyMODINIT_FUNC PyInit__wire(void)
     if (add(m, "VENDOR", Py_BuildValue("(si)", vendor, major)) < 0 ||
         PyModule_AddIntConstant(m, "MAX_NDIM", MAX_NDIM) < 0 ||
         PyModule_AddIntConstant(m, "HEADER_LEN", HEADER_LEN) < 0 ||
+        PyModule_AddIntConstant(m, "INLINE_MAX", INLINE_MAX) < 0 ||
         PyModule_AddIntConstant(m, "REPLY_MAGIC", REPLY_MAGIC) < 0 ||
         add(m, "REQ_MAGIC", PyLong_FromUnsignedLong(REQ_MAGIC)) < 0 ||
         PyModule_AddIntConstant(m, "MAX_ARRAYS", MAX_ARRAYS) < 0 ||

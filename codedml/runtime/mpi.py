@@ -59,8 +59,8 @@ from ._cluster import ClusterBase
 from ._exit import skip_finalize_at_exit
 from ._worker import WorkerContext, WorkerState, call_result, remote_error
 from .futures import Arrival, check_wait
-from .protocol import (ACK_OPS, DTYPES, HEADER_LEN, REPLY_OPS, Kind, Op, RemoteError, ReplyHeader,
-                       Request, call_memo, dtype_code, recent_call)
+from .protocol import (ACK_OPS, DTYPES, HEADER_LEN, INLINE_MAX, REPLY_OPS, Kind, Op, RemoteError,
+                       ReplyHeader, Request, call_memo, dtype_code, recent_call)
 
 __all__ = ["MPICluster", "wire_status"]
 
@@ -108,7 +108,8 @@ def _wire_module() -> Any:
 
 def _wire_constants(wire: Any) -> tuple:
     return (wire.HEADER_LEN, wire.MAX_NDIM, wire.REPLY_MAGIC, wire.REQ_MAGIC, wire.MAX_ARRAYS,
-            wire.MAX_BYTES, tuple(wire.ITEMSIZE), wire.UINT8_CODE, wire.NOPS, wire.NKINDS)
+            wire.MAX_BYTES, tuple(wire.ITEMSIZE), wire.UINT8_CODE, wire.NOPS, wire.NKINDS,
+            wire.INLINE_MAX)
 
 
 def _protocol_constants() -> tuple:
@@ -117,7 +118,8 @@ def _protocol_constants() -> tuple:
 
     return (HEADER_LEN, protocol.MAX_NDIM, protocol._MAGIC, protocol._REQ_MAGIC,
             protocol.MAX_ARRAYS, protocol.MAX_BYTES, tuple(d.itemsize for d in DTYPES),
-            DTYPES.index(np.dtype(np.uint8)), max(int(o) for o in Op), len(Kind))
+            DTYPES.index(np.dtype(np.uint8)), max(int(o) for o in Op), len(Kind),
+            protocol.INLINE_MAX)
 
 
 def wire_status() -> tuple[bool, str]:
@@ -287,13 +289,21 @@ class MPICluster(ClusterBase):
         self._why_transport = why
         self._eng: Any = None
         self._weng: Any = None
+        #: Whether the engines' polls yield the core between polls while they spin (the
+        #: Python path's always do).
+        self.spin_yield = True
         if compiled:
             wire = _wire_module()
             tags = (TAG_CTRL, TAG_TASK, TAG_HDR, TAG_RES, TAG_CANCEL)
+            # Where the MPI library yields the core in its own polls (Open MPI on an
+            # oversubscribed node), the engines' polls do not yield again: two yields a poll
+            # doubled the hand-overs between ranks that share cores (docs/runtime.md)
+            self.spin_yield = wire.mpi_yields() is not True
             if self.rank == self.root:
-                self._eng = wire.Root(self.comm.py2f(), self._ranks, tags, _failed_classes())
+                self._eng = wire.Root(self.comm.py2f(), self._ranks, tags, _failed_classes(),
+                                      self.spin_yield)
             else:
-                self._weng = wire.Worker(self.comm.py2f(), self.root, tags)
+                self._weng = wire.Worker(self.comm.py2f(), self.root, tags, self.spin_yield)
 
     # ------------------------------------------------------------------ roles
     @property
@@ -352,6 +362,12 @@ class MPICluster(ClusterBase):
     def _send_many(self, workers: Any, req: Request, arrays: list[np.ndarray]) -> None:
         arrays = [np.ascontiguousarray(a) for a in arrays]
         ctrl = req.encode(arrays)  # encoded once (sends only read it)
+        if self._eng is not None:  # one compiled call posts every worker's
+            self._hot_until = time.perf_counter() + _SPIN
+            for w in self._eng.request_many([w for w in workers if w not in self._dead], ctrl,
+                                            arrays):
+                self._mark_dead(w)  # its process failed (ULFM)
+            return
         for w in workers:
             if w not in self._dead:
                 self._post(w, ctrl, arrays)
@@ -474,21 +490,30 @@ class MPICluster(ClusterBase):
 
     def _arrival_compiled(self, w: int, what: int, v: Any) -> Arrival | None:
         if what == 1:  # a header the compiled check refused: protocol.py names the defect
+            head = v[:HEADER_LEN * 8] if len(v) > HEADER_LEN * 8 else v
             try:
-                ReplyHeader.from_array(np.frombuffer(v, dtype=np.int64))
-                msg = (f"the compiled check refused a reply header protocol.py accepts: "
-                       f"{np.frombuffer(v, dtype=np.int64).tolist()}")
+                h = ReplyHeader.from_array(np.frombuffer(head, dtype=np.int64))
+                if len(v) > len(head):  # a valid header, with bytes after it that do not fit
+                    msg = (f"a reply of {len(v)} bytes: its header (kind {h.kind.name}) "
+                           f"announces {h.nbytes} payload bytes, and a payload travels in the "
+                           f"header's message only whole, of a result or an error, at most "
+                           f"{INLINE_MAX} bytes")
+                else:
+                    msg = (f"the compiled check refused a reply header protocol.py accepts: "
+                           f"{np.frombuffer(v, dtype=np.int64).tolist()}")
             except (ProtocolError, ValueError) as exc:
                 msg = str(exc)
             self.protocol_errors.append((w, msg))
             self._mark_dead(w)
             return None
-        job, kind, op, code, shape, elapsed_ns, nbytes = v
+        job, kind, op, code, shape, elapsed_ns, nbytes, inline = v
         if kind == Kind.BYE:
             self._bye.add(w)
             return None
         payload = None
-        if kind == Kind.RESULT or kind == Kind.ERROR:
+        if inline is not None:  # the payload came in the header's message (a bytearray)
+            payload = np.frombuffer(inline, dtype=DTYPES[code]).reshape(shape)
+        elif kind == Kind.RESULT or kind == Kind.ERROR:
             payload = np.empty(shape, dtype=DTYPES[code])
             try:
                 got = self._eng.recv(w, payload)

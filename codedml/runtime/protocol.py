@@ -61,6 +61,10 @@ _CODE = {dt: i for i, dt in enumerate(DTYPES)}
 MAX_BYTES = 1 << 40
 #: The most arrays one request may carry.
 MAX_ARRAYS = 16
+#: The compiled transport sends a payload of at most this many bytes inside the message
+#: before it: a reply's after its header (one message on ``TAG_HDR``), a request's arrays
+#: after its parameters (flag bit 3, one message on ``TAG_CTRL``).
+INLINE_MAX = 16384
 #: A request's fixed binary header (little-endian): magic, op, flags (bit 0 compensated, bit 1
 #: handle present, bit 2 field present), array count, job, handle, field (-1 when absent),
 #: bytes of JSON parameters that follow the array records.
@@ -262,8 +266,8 @@ class Request:
         magic, op, flags, narr, job, handle, field, plen = _REQ_HEAD.unpack_from(raw)
         if magic != _REQ_MAGIC:
             raise ProtocolError(f"request magic must be {_REQ_MAGIC:#x}, got {magic:#x}")
-        if flags & ~7:
-            raise ProtocolError(f"request flags must be a subset of 0b111, got {flags:#b}")
+        if flags & ~15:
+            raise ProtocolError(f"request flags must be a subset of 0b1111, got {flags:#b}")
         if narr > MAX_ARRAYS:
             raise ProtocolError(f"a request carries at most {MAX_ARRAYS} arrays, got {narr}")
         pos = _REQ_HEAD.size
@@ -279,10 +283,21 @@ class Request:
                 raise ProtocolError(f"request truncated in its array records ({n} bytes)")
             arrays.append((struct.unpack_from(f"<{ndim}q", raw, pos + 2), code))
             pos = end
-        if pos + plen != n:
+        inline = 0
+        if flags & 8:  # the arrays' bytes follow the parameters in this message
+            for shape, code in arrays:
+                _check_shape(shape, code)
+            inline = sum(math.prod(s) * DTYPES[c].itemsize for s, c in arrays)
+            if not arrays or inline > INLINE_MAX:
+                raise ProtocolError(f"a request's arrays travel inline only when there are some "
+                                    f"and they hold at most {INLINE_MAX} bytes, got {len(arrays)} "
+                                    f"array(s) of {inline} bytes")
+        if pos + plen + inline != n:
             raise ProtocolError(f"request length {n} does not match its header ({pos} bytes of "
-                                f"header and array records + {plen} of parameters)")
-        return cls.from_fields(op, job, handle, field, flags, raw[pos:], tuple(arrays))
+                                f"header and array records + {plen} of parameters"
+                                + (f" + {inline} of inline arrays)" if flags & 8 else ")"))
+        return cls.from_fields(op, job, handle, field, flags & 7, raw[pos:pos + plen],
+                               tuple(arrays))
 
     @classmethod
     def from_fields(cls, op: int, job: int, handle: int, field: int, flags: int, params: bytes,
