@@ -435,6 +435,23 @@ class ClusterBase:
         return len(arrivals)
 
     def _route(self, a: Arrival, now: float) -> None:
+        w = a.worker
+        if a.kind == "result":  # the common case first
+            if a.job > self._last_answer.get(w, -1):
+                self._last_answer[w] = a.job
+            r = self._pending.get(a.job) or self._finished.get(a.job)
+            if r is None:
+                return
+            if (self._stale and isinstance(r, Job) and r.handle is not None
+                    and w in self._stale.get(r.handle, ())):
+                # Its block missed an update that failed there (the error arrived first:
+                # replies of one worker arrive in order): an erasure, never a "soft error".
+                if not r.settled and w in r._outstanding():
+                    r.failed[w] = "stale"
+                    r._progress()
+                return
+            r._accept(a, now)
+            return
         if a.kind == "dead":
             if a.worker in self._dead:
                 return
@@ -453,19 +470,10 @@ class ClusterBase:
             if r is not None:
                 r._accept(a, now)
             return
-        self._last_answer[a.worker] = max(a.job, self._last_answer.get(a.worker, -1))
+        self._last_answer[w] = max(a.job, self._last_answer.get(w, -1))
         r = self._pending.get(a.job) or self._finished.get(a.job)
-        if r is None:
-            return
-        if (a.kind == "result" and isinstance(r, Job) and r.handle is not None
-                and a.worker in self._stale.get(r.handle, ())):
-            # Its block missed an update that failed there (the error arrived first: replies
-            # of one worker arrive in order): an erasure, never a "soft error".
-            if not r.settled and a.worker in r._outstanding():
-                r.failed[a.worker] = "stale"
-                r._progress()
-            return
-        r._accept(a, now)
+        if r is not None:
+            r._accept(a, now)
 
     @property
     def systematic_grace(self) -> float:

@@ -72,7 +72,7 @@ def check_wait(name: str, value: Any) -> float | None:
     return v
 
 
-@dataclass
+@dataclass(slots=True)
 class Arrival:
     """One message from a worker, as the transport hands it to the root: a result, an
     acknowledgement, an error (``payload`` a :class:`~codedml.errors.WorkerFailure`) or a
@@ -189,7 +189,17 @@ class _Request(Future):
     def _accept(self, a: Arrival, now: float) -> None:
         """Book a death, an error, an acknowledgement or a result."""
         w = a.worker
-        if a.kind == "dead":
+        kind = a.kind
+        if kind == "result":  # the common case first
+            if w not in self.latency:
+                self.latency[w] = now - self.t0
+            if self.settled:
+                self.late.add(w)
+                return
+            self._on_result(w, a.payload)
+            self._progress()
+            return
+        if kind == "dead":
             if w in self._outstanding():
                 self.failed[w] = "crashed"
             self._progress()
@@ -518,6 +528,22 @@ class Call(_Request):
 
     def _on_result(self, w: int, payload: Any) -> None:
         self.results[w] = payload
+
+    def _accept(self, a: Arrival, now: float) -> None:
+        # _Request._accept with a result's bookkeeping inlined: a call's replies come in
+        # bursts of one per worker, and this runs once for each (docs/runtime.md)
+        if a.kind != "result":
+            _Request._accept(self, a, now)
+            return
+        w = a.worker
+        if w not in self.latency:
+            self.latency[w] = now - self.t0
+        if self.settled:
+            self.late.add(w)
+            return
+        self.results[w] = a.payload
+        if len(self.results) + len(self.failed) >= len(self.sent_to):
+            self._progress()
 
     def _want(self) -> int:
         # every worker asked owes a reply: gather them in one round where the transport can
