@@ -480,13 +480,6 @@ class MPICluster(ClusterBase):
         events = self._eng.poll(now + wait, self._hot_until, _MIN_PAUSE, _MAX_PAUSE, want)
         out, self._notices = self._notices, []
         for w, what, v in events:
-            if what == 0 and v[1] == 0 and v[7] is not None:
-                # a result whose payload came in its header's message (the common reply of
-                # a call): its array and Arrival at once (_arrival_compiled's result case)
-                out.append(Arrival(w, v[0], "result",
-                                   np.frombuffer(v[7], dtype=DTYPES[v[3]]).reshape(v[4]),
-                                   v[5] * 1e-9))
-                continue
             if what == 2:  # its header receive failed: the process failed (ULFM)
                 self._mark_dead(w)
                 continue
@@ -496,6 +489,11 @@ class MPICluster(ClusterBase):
         return self._polled(out)
 
     def _arrival_compiled(self, w: int, what: int, v: Any) -> Arrival | None:
+        if what == 0 and v[1] == 0 and v[7] is not None:
+            # a result whose payload came in its header's message (the common reply of a
+            # call): its array and Arrival at once
+            return Arrival(w, v[0], "result",
+                           np.frombuffer(v[7], dtype=DTYPES[v[3]]).reshape(v[4]), v[5] * 1e-9)
         if what == 1:  # a header the compiled check refused: protocol.py names the defect
             head = v[:HEADER_LEN * 8] if len(v) > HEADER_LEN * 8 else v
             try:

@@ -9,7 +9,9 @@ Requests (root -> worker)
     shape and dtype of every array that follows. On the wire it is a fixed little-endian
     binary header, one ``(dtype, ndim, dims)`` record per array and, only for the ops that
     have parameters, those parameters as UTF-8 JSON, in one byte buffer (``TAG_CTRL``),
-    followed by one buffer per array (``TAG_TASK``). The binary header replaced a JSON
+    followed by one buffer per array (``TAG_TASK``); or, when the arrays hold at most
+    :data:`INLINE_MAX` bytes in all, the arrays' bytes after the parameters in that same
+    buffer (flag bit 3; the compiled transport's form). The binary header replaced a JSON
     document (protocol version 1): parsing and validating a request fell from about 20 us to
     about 5 us, which is paid once per worker per request.
 Request ids: products, fetches and calls are numbered by one counter (the ``job`` a failure
@@ -21,10 +23,12 @@ Replies (worker -> root)
     acknowledgement (``Kind.ACK``: ``put``, ``update``, ``sgd``, ``drop``; no array) or an
     error (``Kind.ERROR``: a :class:`RemoteError` as JSON bytes). A reply is a fixed header of
     :data:`HEADER_LEN` int64 (:class:`ReplyHeader`, ``TAG_HDR``) and, when it carries bytes, one
-    buffer (``TAG_RES``). The header holds the full n-dimensional shape (up to :data:`MAX_NDIM`
-    dimensions), the dtype code and the byte count, and is checked on receipt: a header that
-    fails any check raises :class:`~codedml.errors.ProtocolError`. ``Kind.BYE`` closes a
-    worker's stream after ``close``.
+    buffer (``TAG_RES``), or those bytes after the header in its message when they are 1 to
+    :data:`INLINE_MAX` (the compiled transport's form). The header holds the full
+    n-dimensional shape (up to :data:`MAX_NDIM` dimensions), the dtype code and the byte
+    count, and is checked on receipt: a header that fails any check raises
+    :class:`~codedml.errors.ProtocolError`. ``Kind.BYE`` closes a worker's stream after
+    ``close``.
 Cancels (root -> worker)
     One int64, the id of a request that no longer needs an answer (``TAG_CANCEL``): a worker
     skips a cancelled request it has not started and sends nothing for it; the root has already
