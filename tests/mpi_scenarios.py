@@ -24,6 +24,7 @@ name = sys.argv[1]
 transport = sys.argv[2] if len(sys.argv) > 2 else "auto"
 used: list[str] = []
 comm = MPI.COMM_WORLD
+LEVEL = MPI.Query_thread()  # before the cluster reads MPI's tool interface (mpi_yields)
 n = comm.Get_size() - 1
 rng = np.random.default_rng(0)
 A = rng.standard_normal((120, 60))
@@ -79,6 +80,9 @@ HANDLERS = {
     "matrix": lambda ctx, x, **_: np.asmatrix(x),  # an ndarray subclass
     "boom": _boom,
     "cat": lambda ctx, *xs, **_: np.concatenate(xs),
+    # what arrived: each array's total, dtype code and shape, flattened
+    "shapes": lambda ctx, *xs, **_: np.array([v for x in xs for v in (
+        float(x.sum()), float(len(x.shape)), *map(float, x.shape), float(x.dtype.itemsize))]),
     # worker 1 dies in it (SIGKILL: the "call_die" scenario, under ULFM); the others answer,
     # the last a moment later, so that a wait for several replies sees some, then the death
     "die_on_1": lambda ctx, x, **_: (__import__("os").kill(__import__("os").getpid(), 9)
@@ -269,8 +273,7 @@ with cm as cluster:
             from codedml.runtime.protocol import INLINE_MAX
 
             per = INLINE_MAX // 8
-            level = MPI.Query_thread()
-            yields = _wire.mpi_yields()   # asks the MPI tool interface: must not lower the level
+            yields = _wire.mpi_yields()   # asked by the cluster already: must not lower the level
             before = _wire.inline_messages()
             sizes = {"empty": [0], "one": [1], "at": [per], "past": [per + 1],
                      "split_at": [per // 2, per - per // 2], "split_past": [per // 2, per // 2 + 1]}
@@ -286,8 +289,30 @@ with cm as cluster:
             C = cluster.matmul(A[:8], B[:, :4], code=MDSCode(n, max(1, n - 2)))  # small tasks
             emit(exact=exact, counts=counts, err=rel(C, A[:8] @ B[:, :4]),
                  total=[a - b for a, b in zip(_wire.inline_messages(), before)],
-                 outstanding=cluster.outstanding(), level=[level, MPI.Query_thread()],
+                 outstanding=cluster.outstanding(), level=[LEVEL, MPI.Query_thread()],
                  yields=yields, spin_yield=cluster.spin_yield)
+        elif name == "python_inline":
+            # The Python worker loop reads a request whose arrays came inline (the compiled
+            # root's form; never sent to it in a normal run, where every rank takes one path)
+            from codedml.runtime.mpi import TAG_CTRL
+
+            def inline_post(worker, ctrl, arrays):
+                if not arrays:  # nothing to carry inline
+                    return type(cluster)._post(cluster, worker, ctrl, arrays)
+                raw = bytearray(ctrl.tobytes())
+                raw[5] |= 8
+                raw += b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)
+                buf = np.frombuffer(bytes(raw), dtype=np.uint8)
+                cluster._outgoing.append((cluster.comm.Isend(buf, dest=cluster._ranks[worker],
+                                                             tag=TAG_CTRL), buf))
+
+            cluster._post = inline_post
+            xs = [np.arange(5.0), np.arange(6, dtype=np.float32).reshape(2, 3), np.zeros((0, 2)),
+                  np.array([7], dtype=np.int64)]
+            got = cluster.call("shapes", *xs).result()
+            del cluster._post  # the class's again, for close
+            emit(got={str(w): v.tolist() for w, v in sorted(got.items())},
+                 outstanding=cluster.outstanding())
         elif name == "call_die":
             x = np.arange(3.0)
             warm = cluster.call("echo", x).wait()   # every worker alive and answering

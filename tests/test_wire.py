@@ -244,6 +244,15 @@ def test_request_edges():
     assert _compiled_request(bytes(inl)) == r == _py_request(bytes(inl))
     for bad in (inl[:-1], inl + b"\0", raw[:5] + bytes([8]) + raw[6:]):
         assert _wire.parse_request(bytes(bad)) is None and _py_request(bytes(bad)) is None
+    # inline with nothing to carry, and past INLINE_MAX with a length that adds up: refused
+    fetch = bytearray(Request(Op.FETCH, 1, 0).to_bytes().tobytes())
+    fetch[5] |= 8
+    big = np.zeros(protocol.INLINE_MAX // 8 + 1)
+    over = bytearray(Request(Op.MATMUL, 1, 0).with_arrays([big]).to_bytes().tobytes())
+    over[5] |= 8
+    over += big.tobytes()
+    for bad in (fetch, over):
+        assert _wire.parse_request(bytes(bad)) is None and _py_request(bytes(bad)) is None
 
 
 @needs_wire

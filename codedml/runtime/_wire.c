@@ -38,6 +38,7 @@
  * The root's header receives are HEADER_BYTES + INLINE_MAX long. */
 #define INLINE_MAX 16384
 #define SLOT_LEN (HEADER_LEN + INLINE_MAX / 8)   /* int64 per worker at the root */
+_Static_assert(INLINE_MAX % 8 == 0, "a slot is whole int64s");
 #define REPLY_MAGIC 0xC0DED1
 #define REQ_MAGIC 0xC0DE0002u
 #define REQ_HEAD 36                   /* struct "<IBBBxqqqI" */
@@ -166,16 +167,17 @@ oom:
  * MPI's ob1 may still hold fragments of it, and one that fails after MPI_Request_free aborts
  * the whole job ("Send error after request freed", seen in a soak when a worker died). What
  * is left so is bounded: the sends in flight to a worker when it failed, once per worker. */
-static void sends_test(Sends *s)
+/* Test the sends in flight; returns whether it called MPI (none in flight: no call). */
+static int sends_test(Sends *s)
 {
     if (s->n == 0 || s->done == s->n)
-        return;
+        return 0;
     int out = 0;
     int rc = MPI_Testsome((int)s->n, s->req, &out, s->idx, s->st);
     if (rc == MPI_SUCCESS) {
         if (out != MPI_UNDEFINED)
             s->done += out;
-        return;
+        return 1;
     }
     s->done = 0;   /* an error among them: count again, one by one */
     for (Py_ssize_t i = 0; i < s->n; i++) {
@@ -195,6 +197,7 @@ static void sends_test(Sends *s)
         if (flag)
             s->done++;
     }
+    return 1;
 }
 
 static void hold_release(Hold *h)
@@ -563,8 +566,9 @@ static PyObject *Root_post(Root *self, PyObject *arg)
 }
 
 /* drop(w, cancel=False): forget worker w's header receive (it is dead, or said goodbye). A
- * posted one is cancelled first when asked (a 128-byte receive: nothing can be stuck behind
- * it); else it is let go while still active, and the header buffers are kept for good. */
+ * posted one is cancelled first when asked, and waited for 10 ms at most; one not done by
+ * then, or not cancelled, is let go while still active, and the header buffers are kept for
+ * good. */
 static PyObject *Root_drop(Root *self, PyObject *args)
 {
     PyObject *wo;
@@ -573,10 +577,18 @@ static PyObject *Root_drop(Root *self, PyObject *args)
         worker_index(self, wo, &w) < 0)
         return NULL;
     if (self->hreq[w] != MPI_REQUEST_NULL) {
+        int done = 0;
         if (cancel) {
+            /* a receive already matched by a reply with an inline payload (past MPI's eager
+               size) cannot be cancelled and completes only with the sender's progress: wait
+               10 ms at most, then let it go as below */
             MPI_Cancel(&self->hreq[w]);
-            MPI_Wait(&self->hreq[w], MPI_STATUS_IGNORE);
-        } else {
+            double until = mono() + 0.01;
+            while (!done && MPI_Test(&self->hreq[w], &done, MPI_STATUS_IGNORE) == MPI_SUCCESS &&
+                   mono() < until)
+                ;
+        }
+        if (!done) {
             /* left to MPI, not freed: under ULFM a receive from a failed process may still
              * complete in error, and one freed by then aborts the job ("Recv error after
              * request freed"); its header buffer stays (pinned). One per dropped worker. */
@@ -606,8 +618,12 @@ static int request_one(Root *self, int w, PyObject *ctrl, PyObject *a, Py_ssize_
     Py_ssize_t total = views[0].len;
     for (Py_ssize_t i = 1; i <= m; i++)
         total += views[i].len;
-    if (m > 0 && total - views[0].len <= INLINE_MAX && total <= CHUNK &&
-        views[0].len >= REQ_HEAD && !(((const unsigned char *)views[0].buf)[5] & 8)) {
+    if (views[0].len >= REQ_HEAD && ((const unsigned char *)views[0].buf)[5] & 8) {
+        PyErr_SetString(PyExc_ValueError, "a request's control bytes must not set flag bit 3 "
+                        "(inline arrays): this engine sets it where the arrays travel inline");
+        goto fail;
+    }
+    if (m > 0 && total - views[0].len <= INLINE_MAX && total <= CHUNK && views[0].len >= REQ_HEAD) {
         /* small arrays ride inline: one message, flag bit 3 set in its copy of the header */
         if (sends_reserve(&self->out, 1) < 0)
             goto fail;
@@ -618,7 +634,8 @@ static int request_one(Root *self, int w, PyObject *ctrl, PyObject *a, Py_ssize_
         }
         Py_ssize_t at = 0;
         for (Py_ssize_t i = 0; i <= m; i++) {
-            memcpy(b + at, views[i].buf, views[i].len);
+            if (views[i].len)
+                memcpy(b + at, views[i].buf, views[i].len);
             at += views[i].len;
             PyBuffer_Release(&views[i]);
         }
@@ -680,8 +697,9 @@ static PyObject *Root_request(Root *self, PyObject *args)
 }
 
 /* request_many(workers, ctrl, arrays) -> [w, ...]: request_one to each worker listed, in
- * order; a worker whose send failed with an error class that means "a process failed" is
- * listed in the result (and the others still get theirs); any other error raises. */
+ * order (every index checked first); a worker whose send failed with an error class that
+ * means "a process failed" is listed in the result (and the others still get theirs); any
+ * other error raises, the workers listed dead before it in the exception's `dead`. */
 static PyObject *Root_request_many(Root *self, PyObject *args)
 {
     PyObject *ws, *ctrl, *arrays;
@@ -694,7 +712,13 @@ static PyObject *Root_request_many(Root *self, PyObject *args)
     PyObject *a = fast_arrays(arrays, &m), *dead = a ? PyList_New(0) : NULL;
     if (!dead)
         goto fail;
-    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(wl); i++) {
+    const Py_ssize_t nw = PySequence_Fast_GET_SIZE(wl);
+    for (Py_ssize_t i = 0; i < nw; i++) {   /* every index checked before the first send */
+        int w;
+        if (worker_index(self, PySequence_Fast_GET_ITEM(wl, i), &w) < 0)
+            goto fail;
+    }
+    for (Py_ssize_t i = 0; i < nw; i++) {
         PyObject *wo = PySequence_Fast_GET_ITEM(wl, i);
         int w;
         if (worker_index(self, wo, &w) < 0)
@@ -719,6 +743,9 @@ static PyObject *Root_request_many(Root *self, PyObject *args)
                 goto fail;
             continue;
         }
+        /* another error: raised, with the workers found dead before it as its `dead` */
+        if (ev && PyList_GET_SIZE(dead) && PyObject_SetAttrString(ev, "dead", dead) < 0)
+            PyErr_Clear();
         PyErr_Restore(et, ev, tb);
         goto fail;
     }
@@ -889,9 +916,10 @@ static PyObject *Root_poll(Root *self, PyObject *args)
     self->busy = 1;
     PyThreadState *ts = PyEval_SaveThread();
     for (;;) {
-        sends_test(&self->out);
+        int called = sends_test(&self->out);
         if (posted > out) {
             /* completed receives become MPI_REQUEST_NULL: later tests add to hidx/hst */
+            called = 1;
             int more = 0;
             base = out;
             rc = MPI_Testsome(self->n, self->hreq, &more, self->hidx + out, self->hst + out);
@@ -905,7 +933,7 @@ static PyObject *Root_poll(Root *self, PyObject *args)
         if (now >= deadline)
             break;
         if (now < spin_until) {
-            if (self->spin_yield)
+            if (self->spin_yield || !called)   /* no MPI call this round: none yielded */
                 sched_yield();
         } else {
             double left = deadline - now;
@@ -985,7 +1013,7 @@ static PyObject *Root_poll(Root *self, PyObject *args)
             if (layout == 2) {
                 pay = PyByteArray_FromStringAndSize((const char *)(v + HEADER_LEN),
                                                     count - HEADER_BYTES);
-                INLINE_IN++;
+                INLINE_IN += pay != NULL;
             }
             else
                 Py_INCREF(pay);
@@ -1965,6 +1993,19 @@ static PyObject *py_set_chunk(PyObject *m, PyObject *arg)
 static PyObject *py_mpi_yields(PyObject *m, PyObject *Py_UNUSED(ignored))
 {
     (void)m;
+    static int cached = -2;   /* -2: not asked yet; -1: MPI does not say; 0, 1 */
+    int initialised = 0, finalised = 0;
+    MPI_Initialized(&initialised);
+    MPI_Finalized(&finalised);
+    if (!initialised || finalised) {
+        PyErr_SetString(PyExc_RuntimeError, "mpi_yields() needs MPI initialised and not finalised");
+        return NULL;
+    }
+    if (cached != -2) {
+        if (cached < 0)
+            Py_RETURN_NONE;
+        return PyBool_FromLong(cached);
+    }
     int provided = 0, idx = -1, result = -1, level = MPI_THREAD_SINGLE;
     /* the tool interface at the thread level MPI runs at: Open MPI lowers the library's
        own level (MPI_Query_thread) to the one asked for here */
@@ -1993,6 +2034,7 @@ static PyObject *py_mpi_yields(PyObject *m, PyObject *Py_UNUSED(ignored))
         }
     }
     MPI_T_finalize();
+    cached = result;   /* asked once a process: the answer does not change */
     if (result < 0)
         Py_RETURN_NONE;
     return PyBool_FromLong(result);

@@ -44,6 +44,7 @@ and ``MPIR_CVAR_NO_COLLECTIVE_FINALIZE=1``).
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -364,8 +365,14 @@ class MPICluster(ClusterBase):
         ctrl = req.encode(arrays)  # encoded once (sends only read it)
         if self._eng is not None:  # one compiled call posts every worker's
             self._hot_until = time.perf_counter() + _SPIN
-            for w in self._eng.request_many([w for w in workers if w not in self._dead], ctrl,
-                                            arrays):
+            try:
+                dead = self._eng.request_many([w for w in workers if w not in self._dead], ctrl,
+                                              arrays)
+            except Exception as exc:  # another error: the workers found dead before it too
+                for w in getattr(exc, "dead", ()):
+                    self._mark_dead(w)
+                raise
+            for w in dead:
                 self._mark_dead(w)  # its process failed (ULFM)
             return
         for w in workers:
@@ -716,10 +723,17 @@ class MPICluster(ClusterBase):
                 reply_error(exc, -1, None)
                 continue
             arrays = []
-            for shape, code in req.arrays:
-                buf = np.empty(shape, dtype=DTYPES[code])
-                comm.Recv(buf, source=root, tag=TAG_TASK)
-                arrays.append(buf)
+            if raw[5] & 8:  # the arrays came inline (the compiled root's form), at the end
+                at = len(raw) - sum(math.prod(s) * DTYPES[c].itemsize for s, c in req.arrays)
+                for shape, code in req.arrays:
+                    n = math.prod(shape) * DTYPES[code].itemsize
+                    arrays.append(raw[at:at + n].view(DTYPES[code]).reshape(shape).copy())
+                    at += n
+            else:
+                for shape, code in req.arrays:
+                    buf = np.empty(shape, dtype=DTYPES[code])
+                    comm.Recv(buf, source=root, tag=TAG_TASK)
+                    arrays.append(buf)
             op, job = req.op, req.job
             # A request that was already waiting (a backlog: a straggler's) may have been
             # cancelled meanwhile: look; so does one found long after the last look (this
