@@ -639,7 +639,7 @@ class MPICluster(ClusterBase):
             while live() and time.perf_counter() < end:
                 self._pump()
                 time.sleep(min(0.005, max(0.0, end - time.perf_counter())))
-            for w in live():  # hung past the timeout: cancel the small header receive and move on
+            for w in live():  # hung past the timeout: cancel its header receive and move on
                 req, _ = self._hdr.pop(w, (None, None))
                 if req is not None:
                     req.Cancel()
