@@ -134,6 +134,50 @@ def test_reply_header_checks_agree(raw):
     assert _wire.check_header(raw) == _py_header(raw)
 
 
+def _py_reply(raw: bytes):
+    """The layout rule of a reply message, in Python: a valid header alone, or a valid
+    header of a result or error followed by exactly the 1 to INLINE_MAX bytes it announces."""
+    n = HEADER_LEN * 8
+    h = _py_header(raw[:n]) if len(raw) >= n else None
+    if h is None or len(raw) == n:
+        return h
+    kind, nbytes = h[1], h[6]
+    if kind in (Kind.RESULT, Kind.ERROR) and 0 < nbytes <= protocol.INLINE_MAX \
+            and len(raw) == n + nbytes:
+        return h + (raw[n:],)
+    return None
+
+
+@st.composite
+def replies(draw):
+    """A reply header (maybe damaged) and what follows it in its message: nothing, the
+    payload it announces, or that payload a few bytes short or long."""
+    if draw(st.booleans()):  # a valid result header of a small array: the inline case
+        code = draw(st.integers(0, len(DTYPES) - 1))
+        shape = tuple(draw(st.lists(st.integers(0, 9), max_size=3)))
+        size = int(np.prod(shape, dtype=np.int64)) * DTYPES[code].itemsize
+        raw = ReplyHeader(draw(st.integers(-1, 2**62)), Kind.RESULT, draw(st.integers(1, 9)),
+                          code, shape, 0, size).to_array().tobytes()
+    else:
+        raw = draw(headers())
+    nbytes = int(np.frombuffer(raw, dtype=np.int64)[-1])
+    tail = draw(st.sampled_from(["none", "exact", "short", "long"]))
+    if tail == "none" or not 0 < nbytes <= protocol.INLINE_MAX + 64:
+        return raw
+    size = nbytes + {"exact": 0, "short": -draw(st.integers(1, 8)),
+                     "long": draw(st.integers(1, 8))}[tail]
+    return raw + bytes(draw(st.binary(min_size=max(0, size), max_size=max(0, size))))
+
+
+@needs_wire
+@PROPS
+@given(replies())
+def test_reply_layouts_agree(raw):
+    got = _wire.check_header(raw)
+    want = _py_reply(raw)
+    assert (got if got is None or len(got) == 7 else got[:7] + (bytes(got[7]),)) == want
+
+
 @needs_wire
 def test_reply_header_edges():
     ok = ReplyHeader.for_array(3, int(Op.CALL), np.zeros((2, 3)), 0.5).to_array()
