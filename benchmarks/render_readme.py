@@ -812,7 +812,7 @@ def _control(doc: dict[str, Any], name: str) -> str:
     if calls:
         verdict.append(f"a call at most {t['request_ratio_to_bare']:g}x the bare round trip: "
                        f"{'met' if max(calls) <= t['request_ratio_to_bare'] else 'NOT met'} "
-                       f"({min(calls):.0f}-{max(calls):.0f}x)")
+                       f"({min(calls):.1f}-{max(calls):.1f}x in this run)")
     if step and doc["workers"] == 6:
         s = step[0]["median_s"]
         verdict.append(f"a training step at most {1e3 * t['train_step_s_at_6_workers']:g} ms at 6 "
