@@ -436,22 +436,6 @@ class ClusterBase:
 
     def _route(self, a: Arrival, now: float) -> None:
         w = a.worker
-        if a.kind == "result":  # the common case first
-            if a.job > self._last_answer.get(w, -1):
-                self._last_answer[w] = a.job
-            r = self._pending.get(a.job) or self._finished.get(a.job)
-            if r is None:
-                return
-            if (self._stale and isinstance(r, Job) and r.handle is not None
-                    and w in self._stale.get(r.handle, ())):
-                # Its block missed an update that failed there (the error arrived first:
-                # replies of one worker arrive in order): an erasure, never a "soft error".
-                if not r.settled and w in r._outstanding():
-                    r.failed[w] = "stale"
-                    r._progress()
-                return
-            r._accept(a, now)
-            return
         if a.kind == "dead":
             if a.worker in self._dead:
                 return
@@ -470,10 +454,20 @@ class ClusterBase:
             if r is not None:
                 r._accept(a, now)
             return
-        self._last_answer[w] = max(a.job, self._last_answer.get(w, -1))
+        if a.job > self._last_answer.get(w, -1):
+            self._last_answer[w] = a.job
         r = self._pending.get(a.job) or self._finished.get(a.job)
-        if r is not None:
-            r._accept(a, now)
+        if r is None:
+            return
+        if (a.kind == "result" and self._stale and isinstance(r, Job) and r.handle is not None
+                and w in self._stale.get(r.handle, ())):
+            # Its block missed an update that failed there (the error arrived first: replies
+            # of one worker arrive in order): an erasure, never a "soft error".
+            if not r.settled and w in r._outstanding():
+                r.failed[w] = "stale"
+                r._progress()
+            return
+        r._accept(a, now)
 
     @property
     def systematic_grace(self) -> float:

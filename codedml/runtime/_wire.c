@@ -74,11 +74,14 @@ static void nap(double s)
 }
 
 /* Raise WireError(error class, text) for an MPI return code; returns NULL. */
+static int LAST_FAIL_CLASS = -1;   /* the error class of the last WireError raised */
+
 static PyObject *mpi_fail(int rc, const char *what)
 {
     int cls = rc, len = 0;
     char text[MPI_MAX_ERROR_STRING + 1];
     MPI_Error_class(rc, &cls);
+    LAST_FAIL_CLASS = cls;
     if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS || len < 0 || len > MPI_MAX_ERROR_STRING)
         len = 0;
     text[len] = 0;
@@ -725,28 +728,22 @@ static PyObject *Root_request_many(Root *self, PyObject *args)
             goto fail;
         if (request_one(self, w, ctrl, a, m) == 0)
             continue;
-        /* a WireError whose class says a process failed: that worker is dead, go on */
-        if (!PyErr_ExceptionMatches(WireError))
-            goto fail;
-        PyObject *et, *ev, *tb;
-        PyErr_Fetch(&et, &ev, &tb);
-        PyErr_NormalizeException(&et, &ev, &tb);
-        PyObject *eargs = ev ? PyObject_GetAttrString(ev, "args") : NULL;
-        long cls = -1;
-        if (eargs && PyTuple_Check(eargs) && PyTuple_GET_SIZE(eargs) >= 1)
-            cls = PyLong_AsLong(PyTuple_GET_ITEM(eargs, 0));
-        Py_XDECREF(eargs);
-        PyErr_Clear();
-        if (cls != -1 && is_failed(self->failed, self->nfailed, (int)cls)) {
-            Py_XDECREF(et), Py_XDECREF(ev), Py_XDECREF(tb);
+        /* a WireError (mpi_fail's) whose class says a process failed: that worker is dead */
+        if (PyErr_ExceptionMatches(WireError) &&
+            is_failed(self->failed, self->nfailed, LAST_FAIL_CLASS)) {
+            PyErr_Clear();
             if (PyList_Append(dead, wo) < 0)
                 goto fail;
             continue;
         }
-        /* another error: raised, with the workers found dead before it as its `dead` */
-        if (ev && PyList_GET_SIZE(dead) && PyObject_SetAttrString(ev, "dead", dead) < 0)
-            PyErr_Clear();
-        PyErr_Restore(et, ev, tb);
+        if (PyList_GET_SIZE(dead)) {   /* another error: raised, the dead as its `dead` */
+            PyObject *et, *ev, *tb;
+            PyErr_Fetch(&et, &ev, &tb);
+            PyErr_NormalizeException(&et, &ev, &tb);
+            if (ev && PyObject_SetAttrString(ev, "dead", dead) < 0)
+                PyErr_Clear();
+            PyErr_Restore(et, ev, tb);
+        }
         goto fail;
     }
     Py_DECREF(wl);
@@ -832,17 +829,20 @@ static PyObject *shape_tuple(int ndim, const int64_t *dims)
     return shape;
 }
 
-/* A valid header as a tuple; `inline_payload` (None, or a bytearray of the payload that
- * came in the same message) is its last item, stolen. */
-static PyObject *parsed_header(const int64_t *v, PyObject *inline_payload)
+/* The header of a reply message of `count` bytes that reply_layout accepted, as a tuple
+ * whose last item is its payload when it came in the same message (a bytearray), else None. */
+static PyObject *parsed_header(const int64_t *v, Py_ssize_t count)
 {
-    PyObject *shape = shape_tuple((int)v[5], v + 6);
+    PyObject *pay = count > HEADER_BYTES ?
+        PyByteArray_FromStringAndSize((const char *)(v + HEADER_LEN), count - HEADER_BYTES) :
+        Py_NewRef(Py_None);
+    PyObject *shape = pay ? shape_tuple((int)v[5], v + 6) : NULL;
     if (!shape) {
-        Py_DECREF(inline_payload);
+        Py_XDECREF(pay);
         return NULL;
     }
     return Py_BuildValue("(LiiiNLLN)", (long long)v[1], (int)v[2], (int)v[3], (int)v[4], shape,
-                         (long long)v[6 + MAX_NDIM], (long long)v[7 + MAX_NDIM], inline_payload);
+                         (long long)v[6 + MAX_NDIM], (long long)v[7 + MAX_NDIM], pay);
 }
 
 /* How a reply message of `count` bytes is laid out: 1, a header alone (any payload follows
@@ -1009,16 +1009,9 @@ static PyObject *Root_poll(Root *self, PyObject *args)
         PyObject *ev;
         int layout = reply_layout(v, count);
         if (layout) {
-            PyObject *pay = Py_None;
-            if (layout == 2) {
-                pay = PyByteArray_FromStringAndSize((const char *)(v + HEADER_LEN),
-                                                    count - HEADER_BYTES);
-                INLINE_IN += pay != NULL;
-            }
-            else
-                Py_INCREF(pay);
-            PyObject *h = pay ? parsed_header(v, pay) : NULL;
+            PyObject *h = parsed_header(v, count);
             ev = h ? Py_BuildValue("(iiN)", w, 0, h) : NULL;
+            INLINE_IN += ev && layout == 2;
             /* nothing more to receive from w for this reply: its next header may come */
             if (ev && (v[2] == KIND_ACK || layout == 2)) {
                 int r2 = repost(self, w);
@@ -1919,10 +1912,7 @@ static PyObject *py_check_header(PyObject *m, PyObject *arg)
     if (!layout) {
         r = Py_NewRef(Py_None);
     } else {
-        PyObject *pay = layout == 2 ?
-            PyByteArray_FromStringAndSize((const char *)(h + HEADER_LEN), v.len - HEADER_BYTES) :
-            Py_NewRef(Py_None);
-        r = pay ? parsed_header(h, pay) : NULL;
+        r = parsed_header(h, v.len);
         if (r && layout == 1)   /* a header alone: its seven fields */
             Py_SETREF(r, PyTuple_GetSlice(r, 0, 7));
     }

@@ -529,22 +529,6 @@ class Call(_Request):
     def _on_result(self, w: int, payload: Any) -> None:
         self.results[w] = payload
 
-    def _accept(self, a: Arrival, now: float) -> None:
-        # _Request._accept with a result's bookkeeping inlined: a call's replies come in
-        # bursts of one per worker, and this runs once for each (docs/runtime.md)
-        if a.kind != "result":
-            _Request._accept(self, a, now)
-            return
-        w = a.worker
-        if w not in self.latency:
-            self.latency[w] = now - self.t0
-        if self.settled:
-            self.late.add(w)
-            return
-        self.results[w] = a.payload
-        if len(self.results) + len(self.failed) >= len(self.sent_to):
-            self._progress()
-
     def _want(self) -> int:
         # every worker asked owes a reply: gather them in one round where the transport can
         return max(1, len(self.sent_to) - len(self.results) - len(self.failed))

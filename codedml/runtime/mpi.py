@@ -496,11 +496,11 @@ class MPICluster(ClusterBase):
         return self._polled(out)
 
     def _arrival_compiled(self, w: int, what: int, v: Any) -> Arrival | None:
-        if what == 0 and v[1] == 0 and v[7] is not None:
-            # a result whose payload came in its header's message (the common reply of a
-            # call): its array and Arrival at once
-            return Arrival(w, v[0], "result",
-                           np.frombuffer(v[7], dtype=DTYPES[v[3]]).reshape(v[4]), v[5] * 1e-9)
+        if what == 0 and v[7] is not None:  # the payload came in its header's message
+            payload = np.frombuffer(v[7], dtype=DTYPES[v[3]]).reshape(v[4])
+            if v[1] == Kind.RESULT:  # the common reply of a call: its Arrival at once
+                return Arrival(w, v[0], "result", payload, v[5] * 1e-9)
+            return self._arrival(w, v[0], v[1], v[2], payload, v[5])
         if what == 1:  # a header the compiled check refused: protocol.py names the defect
             head = v[:HEADER_LEN * 8] if len(v) > HEADER_LEN * 8 else v
             try:
@@ -518,14 +518,12 @@ class MPICluster(ClusterBase):
             self.protocol_errors.append((w, msg))
             self._mark_dead(w)
             return None
-        job, kind, op, code, shape, elapsed_ns, nbytes, inline = v
+        job, kind, op, code, shape, elapsed_ns, nbytes, _ = v  # no inline payload
         if kind == Kind.BYE:
             self._bye.add(w)
             return None
         payload = None
-        if inline is not None:  # the payload came in the header's message (a bytearray)
-            payload = np.frombuffer(inline, dtype=DTYPES[code]).reshape(shape)
-        elif kind == Kind.RESULT or kind == Kind.ERROR:
+        if kind == Kind.RESULT or kind == Kind.ERROR:
             payload = np.empty(shape, dtype=DTYPES[code])
             try:
                 got = self._eng.recv(w, payload)
@@ -724,9 +722,9 @@ class MPICluster(ClusterBase):
                 continue
             arrays = []
             if raw[5] & 8:  # the arrays came inline (the compiled root's form), at the end
-                at = len(raw) - sum(math.prod(s) * DTYPES[c].itemsize for s, c in req.arrays)
-                for shape, code in req.arrays:
-                    n = math.prod(shape) * DTYPES[code].itemsize
+                sizes = [math.prod(s) * DTYPES[c].itemsize for s, c in req.arrays]
+                at = len(raw) - sum(sizes)
+                for (shape, code), n in zip(req.arrays, sizes):
                     arrays.append(raw[at:at + n].view(DTYPES[code]).reshape(shape).copy())
                     at += n
             else:

@@ -301,7 +301,7 @@ class Request:
                                 f"header and array records + {plen} of parameters"
                                 + (f" + {inline} of inline arrays)" if flags & 8 else ")"))
         return cls.from_fields(op, job, handle, field, flags & 7, raw[pos:pos + plen],
-                               tuple(arrays))
+                               tuple(arrays), shapes_checked=bool(flags & 8))
 
     @classmethod
     def from_fields(cls, op: int, job: int, handle: int, field: int, flags: int, params: bytes,
