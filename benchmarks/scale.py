@@ -71,9 +71,11 @@ def child(jobs: int, out: Path) -> int:
         return wrapper
 
     # both transports: the Python path receives in _receive, the compiled one in
-    # _arrival_compiled; a call's arrays go to every worker through _send_many
+    # _arrival_compiled; a call's arrays go to every worker through _send_many, a job's
+    # tasks through _send_each
     MPICluster._send = timed("send", MPICluster._send)
     MPICluster._send_many = timed("send", MPICluster._send_many)
+    MPICluster._send_each = timed("send", MPICluster._send_each)
     MPICluster._receive = timed("receive", MPICluster._receive)
     MPICluster._arrival_compiled = timed("receive", MPICluster._arrival_compiled)
     # on the class the jobs use, wrapping what it resolves to (MDSCode's decode is

@@ -287,10 +287,32 @@ with cm as cluster:
                                                    for v in got.values())
                 counts[key] = [b1[0] - b0[0], b1[1] - b0[1]]
             C = cluster.matmul(A[:8], B[:, :4], code=MDSCode(n, max(1, n - 2)))  # small tasks
-            emit(exact=exact, counts=counts, err=rel(C, A[:8] @ B[:, :4]),
-                 total=[a - b for a, b in zip(_wire.inline_messages(), before)],
+            total = [a - b for a, b in zip(_wire.inline_messages(), before)]
+            # per-worker arrays (a job's tasks, a call's per_worker): of one layout, one control
+            # message for all and one compiled call (request_many each=True); of different
+            # shapes, a control message each
+            from codedml.runtime.protocol import call_request
+
+            each = {}
+            for key, per in (("same", [[np.full(3, float(w))] for w in range(n)]),
+                             ("shapes", [[np.arange(w + 1.0)] for w in range(n)])):
+                got = cluster.call("cat", per_worker=per).result()
+                each[key] = len(got) == n and all(np.array_equal(got[w], per[w][0]) for w in got)
+            # refused before any send, by name: a list per worker listed, as many arrays each
+            ctrl = call_request(10 ** 9, "cat", None).encode([np.zeros(2)])
+            refusals = []
+            for arrays in ([[np.zeros(2)]], [[np.zeros(2)], [np.zeros(2), np.zeros(2)]]):
+                try:
+                    cluster._eng.request_many([0, 1], ctrl, arrays, True)
+                    refusals.append(None)
+                except ValueError as exc:
+                    refusals.append(str(exc))
+            after = cluster.call("cat", np.ones(2)).result()   # nothing half-sent: answers as before
+            each["after"] = all(np.array_equal(v, np.ones(2)) for v in after.values())
+            emit(exact=exact, counts=counts, err=rel(C, A[:8] @ B[:, :4]), total=total,
                  outstanding=cluster.outstanding(), level=[LEVEL, MPI.Query_thread()],
-                 yields=yields, spin_yield=cluster.spin_yield)
+                 yields=yields, spin_yield=cluster.spin_yield, each=each, refusals=refusals,
+                 protocol_errors=len(cluster.protocol_errors))
         elif name == "python_inline":
             # The Python worker loop reads a request whose arrays came inline (the compiled
             # root's form; never sent to it in a normal run, where every rank takes one path)

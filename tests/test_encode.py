@@ -81,13 +81,16 @@ def _codes(n, draw_kind, k_frac):
 # products (lincomb, where the CPU has AVX2/FMA: through the cache, and streamed as for large
 # tasks; "avx2" where the CPU also has AVX-512, which "compiled" then uses)
 _SIMD = getattr(_encode._K, "SIMD", 0) if _encode._K is not None else 0
-LOOPS = (["numpy"] + (["blas", "compiled", "streamed"] if _encode._K is not None else [])
+# "tiny": the small-encode path (:func:`codedml.codes._encode.tiny`, numpy calls on the
+# generator's cached real form) at every size; every other loop with that path turned off
+LOOPS = (["numpy", "tiny"] + (["blas", "compiled", "streamed"] if _encode._K is not None else [])
          + (["avx2"] if _SIMD >= 2 else []))
 
 def _loop_settings(loop: str) -> dict:
     """The ``_encode`` attributes that select ``loop`` (one of :data:`LOOPS`); large tasks'
     streaming (``STREAM_BYTES``) left as it is except for "streamed"."""
-    out = {"LINCOMB": loop != "blas", "LINCOMB_SIMD": 1 if loop == "avx2" else -1}
+    out = {"LINCOMB": loop != "blas", "LINCOMB_SIMD": 1 if loop == "avx2" else -1,
+           "TINY_BYTES": 1 << 62 if loop == "tiny" else 0}
     if loop == "numpy":
         out["_K"] = None
     elif loop == "streamed":

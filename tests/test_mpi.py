@@ -248,7 +248,10 @@ def test_small_payloads_travel_inline():
     """On the compiled path a request's arrays of at most INLINE_MAX bytes in all travel in
     its control message, and a reply's payload of at most INLINE_MAX bytes in its header's
     message: at the bound and past it, in one array or two, each way, calls come back exact,
-    and the root's counters show which went inline (a reply of 0 bytes never does). The
+    and the root's counters show which went inline (a reply of 0 bytes never does).
+    Per-worker arrays (``per_worker``, a job's tasks) reach their own workers whether they
+    share a layout (one compiled call for all) or not, and the engine refuses a wrong
+    number of lists or of arrays by name before sending anything. The
     engines yield the core in their polls only where MPI does not (read without changing
     MPI's thread level)."""
     from codedml.runtime.mpi import wire_status
@@ -262,6 +265,11 @@ def test_small_payloads_travel_inline():
     assert res["counts"] == {"empty": [n, 0], "one": [n, n], "at": [n, n], "past": [0, 0],
                              "split_at": [n, n], "split_past": [0, 0]}, res["counts"]
     assert res["err"] < 1e-12 and res["total"][0] >= 4 * n + n  # the product's tasks too
+    # per-worker arrays reach their own workers, of one layout (one compiled call) or not
+    assert res["each"] == {"same": True, "shapes": True, "after": True}, res["each"]
+    assert "one list per worker listed (2), got 1" in res["refusals"][0], res["refusals"]
+    assert "as many arrays" in res["refusals"][1] and "1 and 2" in res["refusals"][1], res["refusals"]
+    assert res["protocol_errors"] == 0
     assert res["outstanding"]["jobs"] == 0
     # 4 ranks on this machine's cores: Open MPI yields in its own polls when oversubscribed,
     # and the engines then do not yield again; reading that left MPI's thread level alone

@@ -7,7 +7,7 @@ Properties checked (hypothesis, random n, thresholds, unaligned shapes, vector B
   ``1e-10 * ||A||_F ||B||_F`` for float64 inputs (``1e-4`` for float32), exactly over GF(p);
   systematic MatDot also from its ``m`` systematic workers alone;
 * when every systematic worker answers, decode is pure assembly: no solver runs (the real
-  solver ``_lstsq`` and the GF(p) solvers are patched to fail) and the decoded product is
+  solvers ``_lstsq`` and ``polydot._solve_missing`` and the GF(p) solvers are patched to fail) and the decoded product is
   bit for bit the systematic workers' results (MDS-type: stacked; MatDot: summed);
 * with ``s`` systematic blocks missing, exactly one solve runs and it has ``s`` unknowns;
   the present blocks are copied unchanged;
@@ -20,6 +20,8 @@ Properties checked (hypothesis, random n, thresholds, unaligned shapes, vector B
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -27,6 +29,7 @@ from hypothesis import strategies as st
 
 import codedml.codes._base as base
 import codedml.codes._gfp as gfp
+import codedml.codes.polydot as polydot
 from codedml.codes import CONSTRUCTIONS, MatDotCode, MDSCode, PolyDotCode, PolynomialCode
 from codedml.errors import ConfigurationError, CorruptResultError
 
@@ -139,6 +142,7 @@ def test_every_systematic_result_means_assembly_without_a_solve(field, data):
     results = {w: tasks[w].compute() for w in S}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(base, "_lstsq", _no_solve)
+        mp.setattr(polydot, "_solve_missing", _no_solve)
         mp.setattr(gfp, "solve_mod", _no_solve)
         mp.setattr(gfp, "inv_mod", _no_solve)
         mp.setattr(type(code), "_solve_real", _no_solve)
@@ -181,12 +185,12 @@ def test_missing_systematic_blocks_are_the_only_unknowns(field, data):
     results = {w: tasks[w].compute() for w in S}
     calls = []
     if field is None:
-        real = base._lstsq
+        real = polydot._solve_missing
 
-        def spy(M, E, *args, **kwargs):
-            calls.append(M.shape)
-            return real(M, E, *args, **kwargs)
-        target = (base, "_lstsq", spy)
+        def spy(plan, rhs):  # the system solved: parity results x missing blocks
+            calls.append(plan.Gm.shape)
+            return real(plan, rhs)
+        target = (polydot, "_solve_missing", spy)
     else:
         real = gfp.solve_mod
 
@@ -531,6 +535,63 @@ def test_spare_results_take_the_packed_fast_path_with_the_general_paths_answer(d
         np.testing.assert_array_equal(out, code.decode({w: res[w] for w in range(k)}, encoding=tasks))
 
 
+@PROPS
+@given(data=st.data())
+def test_real_form_solve_agrees_with_the_complex_solve(data):
+    """A packed (circle) systematic code missing some data blocks solves for them in real
+    form where the system is well conditioned (``polydot.REAL_FORM_SOLVE``): the product
+    agrees with the complex solve's to ``1e-12 ||A|| ||B||`` and both with ``A @ B``, for
+    float64 and float32 workers, the same condition number reported."""
+    n = data.draw(st.integers(2, 12))
+    k = data.draw(st.integers(1, n - 1))
+    kind = data.draw(st.sampled_from(["MDS", "Polynomial"]))
+    code = (MDSCode(n, k, systematic=True) if kind == "MDS"
+            else PolynomialCode(n, k, 1, systematic=True))
+    A, B = data.draw(operands(None))
+    tasks = code.encode(A, B)
+    res = {w: tasks[w].compute() for w in range(n)}
+    miss = data.draw(st.sets(st.integers(0, k - 1), min_size=1, max_size=min(k, n - k)))
+    par = data.draw(st.sets(st.integers(k, n - 1), min_size=len(miss), max_size=len(miss)))
+    sub = {w: res[w] for w in (set(range(k)) - miss) | par}
+    got = {}
+    for real_form in (True, False):
+        code.__dict__.pop("_plans", None)        # plans are built with the flag as it is
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(polydot, "REAL_FORM_SOLVE", real_form)
+            got[real_form] = code.decode(sub, encoding=tasks, return_info=True)
+            plan = next(iter(code._plans.values()))
+            assert (plan.RF is not None) == (real_form and not plan.F.refine)
+    (a, ia), (b, ib) = got[True], got[False]
+    check_product(a, A, B, None)
+    check_product(b, A, B, None)
+    scale = np.linalg.norm(A.astype(np.float64)) * np.linalg.norm(B.astype(np.float64))
+    assert np.linalg.norm(a - b) <= 1e-12 * scale + np.finfo(float).tiny
+    assert ia.condition == ib.condition and ia.used == ib.used
+
+
+def test_assembly_plans_are_reused_and_bounded():
+    """A code keeps one assembly plan per worker subset it decoded from, reuses it for the
+    next decode from that subset, and keeps at most ``polydot.ASSEMBLY_PLANS`` of them (the
+    oldest dropped first): a long run over many subsets does not grow the cache."""
+    code = MDSCode(12, 6, systematic=True)
+    rng = np.random.default_rng(3)
+    A, B = rng.standard_normal((24, 5)), rng.standard_normal((5, 4))
+    tasks = code.encode(A, B)
+    res = {w: tasks[w].compute() for w in range(12)}
+    first = (0, 1, 2, 3, 6, 7)
+    code.decode({w: res[w] for w in first}, encoding=tasks)
+    plan = next(iter(code._plans.values()))
+    code.decode({w: res[w] for w in first}, encoding=tasks)
+    assert len(code._plans) == 1 and next(iter(code._plans.values())) is plan
+    subsets = list(itertools.combinations(range(12), 6))[:polydot.ASSEMBLY_PLANS + 30]
+    for rows in subsets:
+        out = code.decode({w: res[w] for w in rows}, encoding=tasks)
+        np.testing.assert_allclose(out, A @ B, atol=1e-12 * np.linalg.norm(A) * np.linalg.norm(B))
+        assert len(code._plans) <= polydot.ASSEMBLY_PLANS
+    assert len(code._plans) == polydot.ASSEMBLY_PLANS
+    assert plan not in code._plans.values()          # the oldest went first
+
+
 def test_spare_results_are_checked_without_unpacking_or_a_solve():
     """Every systematic result in, plus parity ones: the parity results are checked on
     projections (no complex unpacking of any result, which with all results stacked and
@@ -549,6 +610,7 @@ def test_spare_results_are_checked_without_unpacking_or_a_solve():
     for have, errors in [(range(7), 0), (range(8), 0), (range(8), 1)]:
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(base, "_lstsq", _no_solve)
+            mp.setattr(polydot, "_solve_missing", _no_solve)
             mp.setattr(MDSCode, "_unpack", no_unpack)
             out, info = code.decode({w: res[w] for w in have}, errors, encoding=tasks,
                                     return_info=True)
@@ -558,6 +620,7 @@ def test_spare_results_are_checked_without_unpacking_or_a_solve():
     bad[7] = bad[7] * (1 + 1e-6)                      # a parity result off by far more than rounding
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(base, "_lstsq", _no_solve)
+        mp.setattr(polydot, "_solve_missing", _no_solve)
         out, info = code.decode(bad, 1, encoding=tasks, return_info=True)
     assert info.faulty == (7,)
     np.testing.assert_array_equal(out, assembly)

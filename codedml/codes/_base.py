@@ -609,14 +609,19 @@ class LinearCode(abc.ABC):
             raise ConfigurationError(
                 f"`results` must map worker index to that worker's product, got {type(results).__name__}")
         checked: dict[int, Any] = {}
+        n = self.workers
         for key in results:
-            w = check_int("results key (worker index)", key, 0, self.workers - 1)
+            # plain ints in range (the runtime's keys) need no further look
+            w = key if type(key) is int and 0 <= key < n else check_int(
+                "results key (worker index)", key, 0, n - 1)
             if w in checked:  # e.g. 1 and np.int64(1) both present
                 raise ConfigurationError(f"`results` has worker index {w} more than once")
             checked[w] = results[key]
         rows, raw = sorted(checked), []
         for w in rows:
-            r = np.asarray(checked[w])  # plain ndarray, also for galois FieldArrays
+            r = checked[w]
+            if type(r) is not np.ndarray:
+                r = np.asarray(r)  # plain ndarray, also for galois FieldArrays
             if self.field is not None and r.dtype.kind not in "iu":
                 raise ConfigurationError(
                     f"`results` over GF({self.field}) must hold integers, worker {w} gave dtype {r.dtype}")
@@ -1094,7 +1099,7 @@ def _factors(M: np.ndarray) -> _Factors:
 
 
 def _lstsq(M: np.ndarray, E: np.ndarray, rows: np.ndarray | None = None,
-           functional: np.ndarray | None = None) -> np.ndarray:
+           functional: np.ndarray | None = None, factors: "_Factors | None" = None) -> np.ndarray:
     """Solve ``M X = E`` in float64/complex128 and return ``X`` (or only ``X[rows]``).
 
     ``M`` is small (results x unknowns); ``E`` has one column per entry of a result block.
@@ -1121,12 +1126,15 @@ def _lstsq(M: np.ndarray, E: np.ndarray, rows: np.ndarray | None = None,
     Rank-deficient systems (gradient codes) get the least-norm solution from the SVD, whose
     image is all decoding needs.
 
+    ``factors``: ``_factors(M)`` where the caller keeps it (a plan cached per worker subset),
+    which skips the lookup by ``M``'s bytes.
+
     ``functional`` (d x w), instead of ``rows``: return ``functional^T X`` (systematic MatDot
     wants the sum of the product polynomial's values at its systematic points), by the same
     decoding vectors with ``M^H y_j = conj(functional[:, j])``.
     """
     block = E.shape[1:]
-    F = _factors(M)
+    F = _factors(M) if factors is None else factors
     wide = F.Mw.dtype
     d = M.shape[1]
     want = np.arange(d) if rows is None else np.asarray(rows)

@@ -45,6 +45,8 @@ Over GF(p) (``field=p``): points ``1..n``, exact integer arithmetic, Reed-Solomo
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -52,7 +54,9 @@ import numpy as np
 from ..errors import ConfigurationError
 from . import _gfp
 from . import _encode, _pool
-from ._base import COMPENSATE_MAX_CONDITION, LinearCode
+from . import _base
+from ._base import (COMPENSATE_MAX_CONDITION, DecodeInfo, LinearCode, _factors, _independent_rows,
+                    _Packed, _Rows)
 from ._encode import real_form
 from ._validate import check_field, check_int, in_field, real_matrix, residues
 
@@ -516,14 +520,12 @@ class PolyDotCode(LinearCode):
         M, N = A.shape
         h = _ceil_to(M, 2 * p) // (2 * p)
         ta = _pool.empty((n, 2 * h, N), dtype=dtype)
-        halves = [A[r * h:min((r + 1) * h, M)] for r in range(2 * p)]
         sa = np.zeros(2 * n)
-        if self.systematic:
-            G = real_form(self._generator()[p:])
-            _encode.combine(G, halves, ta.reshape(2 * n, h, N), nsys=2 * p, sq=sa)
-        else:
-            G = real_form(self._powers(np.arange(p)))          # exponent i (m = 1)
-            _encode.combine(G, halves, ta.reshape(2 * n, h, N), sq=sa)
+        G = self._outer_form()
+        nsys = 2 * p if self.systematic else 0
+        if not _encode.tiny(G, A, ta.reshape(2 * n, h * N), nsys, 2 * p * h, sa):
+            halves = [A[r * h:min((r + 1) * h, M)] for r in range(2 * p)]
+            _encode.combine(G, halves, ta.reshape(2 * n, h, N), nsys=nsys, sq=sa)
         sa = sa.reshape(n, 2).sum(axis=1)
         if B.ndim == 1 or q == 1:
             tb = _pool.empty(B.shape, dtype=dtype)
@@ -537,6 +539,18 @@ class PolyDotCode(LinearCode):
         sb = np.zeros(2 * n)
         _encode.combine(real_form(self._powers(p * np.arange(q))), halves_b, view, lead=2, sq=sb)
         return [(ta[w], tb[w]) for w in range(n)], N, sa, sb.reshape(n, 2).sum(axis=1)
+
+    def _outer_form(self) -> np.ndarray:
+        """The real form of what :meth:`_encode_outer` multiplies the half-blocks by (its
+        parity rows where systematic; exponents ``0 .. p-1`` otherwise), built once per code
+        (read-only)."""
+        G = self.__dict__.get("_G_outer")
+        if G is None:
+            src = self._generator()[self.p:] if self.systematic else self._powers(np.arange(self.p))
+            G = np.ascontiguousarray(real_form(src))
+            G.setflags(write=False)
+            self.__dict__["_G_outer"] = G
+        return G
 
     def _encode_inner(self, A, B, dtype):
         """m > 1 on the circle: pack inner-dimension pairs ``A_i,2j + i A_i,2j+1``; complex tasks."""
@@ -598,8 +612,6 @@ class PolyDotCode(LinearCode):
         decoding vector for the sum (MatDot: as costly as the plain MatDot decode)."""
         if not self.systematic:
             return self._solve_real(M, E, want)
-        from ._base import _lstsq
-
         s = self._n_systematic()
         workers = np.asarray(workers)
         sys_pos = np.flatnonzero(workers < s)
@@ -609,7 +621,7 @@ class PolyDotCode(LinearCode):
                 for i in sys_pos[1:]:
                     out += E[int(i)]
                 return out[None]
-            return _lstsq(M, E, functional=self._sum_functional()[:, None])
+            return _base._lstsq(M, E, functional=self._sum_functional()[:, None])
         block = E.shape[1:]
         dt = np.result_type(M.dtype, E.dtype, np.float64)
         X = np.empty((s,) + block, dtype=dt)
@@ -623,7 +635,7 @@ class PolyDotCode(LinearCode):
             rhs = E[par].stack().reshape(len(par), -1).astype(dt, copy=True)
             if len(present):
                 rhs -= Mp[:, present] @ X[present].reshape(len(present), -1)
-            X[missing] = _lstsq(Mp[:, missing], rhs).reshape((len(missing),) + block)
+            X[missing] = _base._lstsq(Mp[:, missing], rhs).reshape((len(missing),) + block)
         return X
 
     def _solve_exact(self, keep: np.ndarray, E: list[np.ndarray], Ms: list[np.ndarray],
@@ -633,8 +645,6 @@ class PolyDotCode(LinearCode):
         if not self.systematic:
             return super()._solve_exact(keep, E, Ms, rows)
         from ..errors import CorruptResultError
-        from ._base import _independent_rows
-
         P = self.field
         s = self._n_systematic()
         Ef = E[0]
@@ -702,8 +712,6 @@ class PolyDotCode(LinearCode):
             # the results' dtype, not C's float64: float32 rounding left in solved padding rows
             # must not pass for data (the general path passes raw[0].dtype too)
             self._refuse_if_padded(C, rdtype, cond)
-        from ._base import DecodeInfo
-
         info = DecodeInfo(tuple(faulty), tuple(int(w) for w in rows), cond, checked)
         if return_info:
             return C, info
@@ -731,16 +739,19 @@ class PolyDotCode(LinearCode):
             rows, raw = self._check_results(results)
         except ConfigurationError:
             return None
-        for r in raw:
-            ok = np.isfinite(r).all() if P is None else bool(((r >= 0) & (r < P)).all())
-            if not ok:
+        if P is None and sum(r.size for r in raw) <= 1 << 16:
+            # small results: one check over all of them (a copy of at most 512 KiB)
+            if not np.isfinite(np.concatenate([r.reshape(-1) for r in raw])).all():
                 return None
+        else:
+            for r in raw:
+                ok = np.isfinite(r).all() if P is None else bool(((r >= 0) & (r < P)).all())
+                if not ok:
+                    return None
         faulty: list[int] = []
         checked = False
         if len(rows) > k:
             # spare results: the general path's check on projections of the packed halves
-            from ._base import _Packed, _Rows
-
             E = [_Packed(raw)] if self._packed else [_Rows(raw)]
             with np.errstate(over="ignore", invalid="ignore"):
                 keep, bad, checked = self._locate_real(rows, raw, E, self._families(rows),
@@ -757,41 +768,64 @@ class PolyDotCode(LinearCode):
         rb = raw[0].shape[0]
         C = np.empty((k * rb,) + raw[0].shape[1:], dtype=dt)
         Cb = C.reshape(k, -1)                                  # block i: rows i*rb .. (i+1)*rb
-        present = [int(w) for w in rows if w < k]
-        par = [j for j, w in enumerate(rows) if w >= k]
-        for j, w in enumerate(rows):
-            if w < k:
-                Cb[w] = np.asarray(raw[j], dtype=dt).reshape(-1)
-        missing = sorted(set(range(k)) - set(present))
-        if not par:
+        plan = self._assembly_plan(rows)
+        for j, w in plan.present:
+            Cb[w] = np.asarray(raw[j], dtype=dt).reshape(-1)
+        if not plan.par:
             return C, 1.0
-        from ._base import _factors, _lstsq
-
-        G = self._generator()
-        # cached per subset, as the general path's
-        cond = 1.0 if P is not None else _factors(G[np.asarray(rows)]).cond
+        missing, par = plan.missing, plan.par
         if not missing:  # every systematic result kept; the parity ones only checked them
-            return C, cond
-        Gp = G[np.asarray(rows)[par]]                          # s x k, parity rows
+            return C, plan.cond
         Cb[missing] = 0                                        # so Gp @ Cb sums the present
         Rp = np.stack([np.asarray(raw[j], dtype=dt).reshape(-1) for j in par])
         if P is not None:
-            rhs = (Rp - _gfp.matmul_mod(Gp % P, Cb, P)) % P
-            Cb[missing] = _gfp.solve_mod(Gp[:, missing] % P, rhs, P)
-            return C, cond
+            rhs = (Rp - _gfp.matmul_mod(plan.Gp % P, Cb, P)) % P
+            Cb[missing] = _gfp.solve_mod(plan.Gp[:, missing] % P, rhs, P)
+            return C, plan.cond
         if not self._packed:
-            rhs = Rp - Gp.real @ Cb
-            Cb[missing] = _lstsq(Gp[:, missing].real, rhs).real
-            return C, cond
+            rhs = Rp - plan.Gr @ Cb
+            Cb[missing] = _solve_missing(plan, rhs).real
+            return C, plan.cond
         # packed: a result is [Re y; Im y] with y = sum_i G[w, i] z_i, z_i = top_i + 1j bot_i
+        if plan.RF is not None:
+            # in real form: block i's halves are rows 2i, 2i + 1 of C2 (Re z_i, Im z_i), a
+            # parity result's its rows (Re y, Im y); Q^H and R^{-1} of the missing columns'
+            # QR as real forms, the same products the complex solve forms
+            L = Cb.shape[1] // 2
+            C2 = Cb.reshape(2 * k, L)
+            rhs = Rp.reshape(2 * len(par), L) - plan.RF @ C2
+            C2[plan.miss2] = _solve_missing(plan, rhs)
+            return C, plan.cond
         h = Cb.shape[1] // 2
         top, bot = Cb[:, :h], Cb[:, h:]                        # row-strided views, no copy
-        Gr, Gi = Gp.real.copy(), Gp.imag.copy()
+        Gr, Gi = plan.Gr, plan.Gi
         rhs = (Rp[:, :h] - Gr @ top + Gi @ bot) + 1j * (Rp[:, h:] - Gi @ top - Gr @ bot)
-        X = _lstsq(Gp[:, missing], rhs)
+        X = _solve_missing(plan, rhs)
         Cb[missing, :h] = X.real
         Cb[missing, h:] = X.imag
-        return C, cond
+        return C, plan.cond
+
+    def _assembly_plan(self, rows: np.ndarray) -> "_AssemblyPlan":
+        """What :meth:`_systematic_assemble` needs for the worker subset ``rows`` (sorted),
+        computed once per subset and kept per code (at most :data:`ASSEMBLY_PLANS` subsets,
+        the oldest dropped first): a job stream decodes from the same few subsets again and
+        again, and for small products this bookkeeping (the subset's parity rows of the
+        generator, their real and imaginary parts, the factors of the missing blocks'
+        columns, the condition number) cost more than the arithmetic."""
+        key = np.asarray(rows, dtype=np.int64).tobytes()
+        plans = self.__dict__.get("_plans")
+        if plans is None:
+            plans = self.__dict__.setdefault("_plans", OrderedDict())
+        with _PLANS_LOCK:
+            hit = plans.get(key)
+        if hit is not None:
+            return hit
+        plan = _AssemblyPlan(self, np.asarray(rows, dtype=int))
+        with _PLANS_LOCK:
+            plans[key] = plan
+            while len(plans) > ASSEMBLY_PLANS:
+                plans.popitem(last=False)
+        return plan
 
     def _wanted_unknowns(self) -> list[np.ndarray | None]:
         if self.systematic and self.m > 1:
@@ -972,3 +1006,67 @@ def _packed_rows(B: np.ndarray, m: int, q: int, nb: int, cb: int) -> list[tuple]
 
 def _ceil_to(x: int, d: int) -> int:
     return max(d, math.ceil(x / d) * d)
+
+
+#: Worker subsets whose assembly plan a systematic code keeps (see
+#: :meth:`PolyDotCode._assembly_plan`); beyond it the oldest is dropped.
+ASSEMBLY_PLANS = 64
+
+#: Whether a packed (circle) systematic assembly solves for its missing blocks in real form
+#: (:func:`_solve_missing`) where the system is well conditioned; False: always the complex
+#: solve of :func:`~codedml.codes._base._lstsq` (the tests compare the two).
+REAL_FORM_SOLVE = True
+_PLANS_LOCK = threading.Lock()
+
+
+class _AssemblyPlan:
+    """The per-subset constants of a systematic assembly (read-only once built)."""
+
+    __slots__ = ("present", "par", "missing", "cond", "Gp", "Gr", "Gi", "Gm", "F", "RF", "RQh",
+                 "RRinv", "miss2")
+
+    def __init__(self, code: "PolyDotCode", rows: np.ndarray) -> None:
+        k, P = code.p, code.field
+        self.present = [(j, int(w)) for j, w in enumerate(rows) if w < k]
+        self.par = [j for j, w in enumerate(rows) if w >= k]
+        self.missing = sorted(set(range(k)) - {w for _, w in self.present})
+        self.cond = 1.0
+        self.Gp = self.Gr = self.Gi = self.Gm = self.F = self.RF = self.RQh = self.RRinv = None
+        if not self.par:
+            return
+        G = code._generator()
+        if P is None:
+            self.cond = _factors(G[rows]).cond                 # cached per subset (LRU)
+        if not self.missing:
+            return
+        self.Gp = G[rows[self.par]]                            # s x k, parity rows
+        if P is not None:
+            return
+        if not code._packed:
+            self.Gr = self.Gp.real
+            self.Gm = self.Gp[:, self.missing].real
+        else:
+            self.Gr, self.Gi = self.Gp.real.copy(), self.Gp.imag.copy()
+            self.Gm = self.Gp[:, self.missing]
+        self.F = _factors(self.Gm)
+        if (REAL_FORM_SOLVE and code._packed and self.F.rank == len(self.missing)
+                and not self.F.refine):
+            # well conditioned: the solve as real GEMMs (see _systematic_assemble); above
+            # FAST_DECODE_MAX_CONDITION the refined complex solve of _lstsq instead
+            self.RF = real_form(self.Gp)
+            self.RQh = real_form(self.F.Qh)
+            self.RRinv = real_form(self.F.Rinv)
+            self.miss2 = [2 * i + t for i in self.missing for t in (0, 1)]
+            for x in (self.RF, self.RQh, self.RRinv):
+                x.setflags(write=False)
+
+
+def _solve_missing(plan: _AssemblyPlan, rhs: np.ndarray) -> np.ndarray:
+    """The missing data blocks of a systematic assembly: ``plan.Gm X = rhs`` (the parity
+    results less the present blocks' share), by the factors kept in ``plan``; in real form
+    (``rhs`` and ``X`` with a row each for the real and the imaginary halves) where the plan
+    has it (``plan.RF``), else by :func:`~codedml.codes._base._lstsq`. The one solve of an
+    assembly (the tests count its calls)."""
+    if plan.RF is not None:
+        return plan.RRinv @ (plan.RQh @ rhs)
+    return _base._lstsq(plan.Gm, rhs, factors=plan.F)

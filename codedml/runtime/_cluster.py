@@ -162,6 +162,13 @@ class ClusterBase:
         for w in workers:
             self._send(w, req, arrays)
 
+    def _send_each(self, workers: Sequence[int], req: Request,
+                   per_worker: Sequence[list[np.ndarray]]) -> None:
+        """The same request to each of ``workers``, each with its own arrays
+        (``per_worker[w]``)."""
+        for w in workers:
+            self._send(w, req, per_worker[w])
+
     def _poll(self, wait: float = 0.0, want: int = 1) -> list[Arrival]:
         """What has arrived; a transport may wait up to ``wait`` seconds for something
         (under the lock: see :meth:`_poll_wait`), or for ``want`` replies where it can."""
@@ -284,8 +291,7 @@ class ClusterBase:
             if per_worker is None:
                 self._send_many(r.sent_to, req, arrays or [])
             else:
-                for w in r.sent_to:
-                    self._send(w, req, per_worker[w])
+                self._send_each(r.sent_to, req, per_worker)
         except BaseException as exc:
             r._settle(exc=exc)
             raise

@@ -699,23 +699,65 @@ static PyObject *Root_request(Root *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* request_many(workers, ctrl, arrays) -> [w, ...]: request_one to each worker listed, in
- * order (every index checked first); a worker whose send failed with an error class that
- * means "a process failed" is listed in the result (and the others still get theirs); any
- * other error raises, the workers listed dead before it in the exception's `dead`. */
+/* request_many(workers, ctrl, arrays, each=False) -> [w, ...]: request_one to each worker
+ * listed, in order, with `arrays` (each true: `arrays[i]`, the arrays of the i-th worker
+ * listed, every one announced by the same `ctrl`). Every index and every array list is
+ * checked first; a worker whose send failed with an error class that means "a process
+ * failed" is listed in the result (and the others still get theirs); any other error
+ * raises, the workers listed dead before it in the exception's `dead`. */
 static PyObject *Root_request_many(Root *self, PyObject *args)
 {
-    PyObject *ws, *ctrl, *arrays;
+    PyObject *ws, *ctrl, *arrays, *per = NULL;
+    int each = 0;
     Py_ssize_t m;
-    if (root_ready(self) < 0 || !PyArg_ParseTuple(args, "OOO", &ws, &ctrl, &arrays))
+    if (root_ready(self) < 0 || !PyArg_ParseTuple(args, "OOO|p", &ws, &ctrl, &arrays, &each))
         return NULL;
     PyObject *wl = PySequence_Fast(ws, "`workers` must be a sequence of worker indices");
     if (!wl)
         return NULL;
-    PyObject *a = fast_arrays(arrays, &m), *dead = a ? PyList_New(0) : NULL;
+    const Py_ssize_t nw = PySequence_Fast_GET_SIZE(wl);
+    PyObject *a = NULL, *dead = NULL;
+    if (each) {   /* one list of arrays per worker listed, each as a fast sequence */
+        PyObject *pl = PySequence_Fast(arrays, "`arrays` must be a sequence of array lists");
+        if (!pl)
+            goto fail;
+        if (PySequence_Fast_GET_SIZE(pl) != nw) {
+            PyErr_Format(PyExc_ValueError, "`arrays` must have one list per worker listed (%zd), "
+                         "got %zd", nw, PySequence_Fast_GET_SIZE(pl));
+            Py_DECREF(pl);
+            goto fail;
+        }
+        per = PyList_New(nw);
+        if (!per) {
+            Py_DECREF(pl);
+            goto fail;
+        }
+        Py_ssize_t m0 = -1;
+        for (Py_ssize_t i = 0; i < nw; i++) {
+            Py_ssize_t mi;
+            PyObject *ai = fast_arrays(PySequence_Fast_GET_ITEM(pl, i), &mi);
+            if (!ai) {
+                Py_DECREF(pl);
+                goto fail;
+            }
+            PyList_SET_ITEM(per, i, ai);
+            if (m0 >= 0 && mi != m0) {
+                PyErr_Format(PyExc_ValueError, "every worker's request must carry as many arrays "
+                             "(one control message announces them): %zd and %zd", m0, mi);
+                Py_DECREF(pl);
+                goto fail;
+            }
+            m0 = mi;
+        }
+        Py_DECREF(pl);
+    } else {
+        a = fast_arrays(arrays, &m);
+        if (!a)
+            goto fail;
+    }
+    dead = PyList_New(0);
     if (!dead)
         goto fail;
-    const Py_ssize_t nw = PySequence_Fast_GET_SIZE(wl);
     for (Py_ssize_t i = 0; i < nw; i++) {   /* every index checked before the first send */
         int w;
         if (worker_index(self, PySequence_Fast_GET_ITEM(wl, i), &w) < 0)
@@ -726,7 +768,10 @@ static PyObject *Root_request_many(Root *self, PyObject *args)
         int w;
         if (worker_index(self, wo, &w) < 0)
             goto fail;
-        if (request_one(self, w, ctrl, a, m) == 0)
+        PyObject *ai = each ? PyList_GET_ITEM(per, i) : a;
+        if (each)
+            m = PySequence_Fast_GET_SIZE(ai);
+        if (request_one(self, w, ctrl, ai, m) == 0)
             continue;
         /* a WireError (mpi_fail's) whose class says a process failed: that worker is dead */
         if (PyErr_ExceptionMatches(WireError) &&
@@ -747,11 +792,13 @@ static PyObject *Root_request_many(Root *self, PyObject *args)
         goto fail;
     }
     Py_DECREF(wl);
-    Py_DECREF(a);
+    Py_XDECREF(a);
+    Py_XDECREF(per);
     return dead;
 fail:
     Py_DECREF(wl);
     Py_XDECREF(a);
+    Py_XDECREF(per);
     Py_XDECREF(dead);
     return NULL;
 }
@@ -1094,7 +1141,8 @@ static PyMethodDef Root_methods[] = {
     {"request", (PyCFunction)Root_request, METH_VARARGS,
      "request(w, ctrl, arrays): send a request's control bytes and its arrays to worker w"},
     {"request_many", (PyCFunction)Root_request_many, METH_VARARGS,
-     "request_many(workers, ctrl, arrays) -> the workers whose process failed: request() to each"},
+     "request_many(workers, ctrl, arrays, each=False) -> the workers whose process failed: "
+     "request() to each (each: arrays[i] to the i-th worker listed)"},
     {"cancel", (PyCFunction)Root_cancel, METH_VARARGS, "cancel(w, job): tell worker w job settled"},
     {"poll", (PyCFunction)Root_poll, METH_VARARGS,
      "poll(deadline, spin_until, min_pause, max_pause) -> events"},

@@ -360,8 +360,9 @@ class Job(_Request):
     def _try(self) -> None:
         have = len(self.arrived)
         pending = self._outstanding()
-        rows = sorted(self.arrived)
-        decodable = have > 0 and self.code.decodable(rows)
+        # the arrived keys are worker indices the transport checked: the code's own test on
+        # them, without decodable()'s validation of arbitrary input (on every arrival)
+        decodable = have > 0 and self.code._recovers(np.array(sorted(self.arrived), dtype=int))
         early = (self.errors == 0 and not self._retrying and decodable and not self.wait_all)
         if have < self.needed and pending and not early:
             return

@@ -360,6 +360,29 @@ class MPICluster(ClusterBase):
             self._ctrl_memo = (req, meta, ctrl)
         self._post(worker, ctrl, arrays)
 
+    def _send_each(self, workers: Any, req: Request, per_worker: Any) -> None:
+        if self._eng is None:
+            return super()._send_each(workers, req, per_worker)
+        live = [w for w in workers if w not in self._dead]
+        if not live:
+            return
+        arrays = [[np.ascontiguousarray(a) for a in per_worker[w]] for w in live]
+        meta = [(a.shape, a.dtype) for a in arrays[0]]
+        if any([(a.shape, a.dtype) for a in x] != meta for x in arrays):
+            for w, x in zip(live, arrays):  # tasks of different shapes: one control message each
+                self._send(w, req, x)
+            return
+        ctrl = req.encode(arrays[0])  # one control message announces every worker's arrays
+        self._hot_until = time.perf_counter() + _SPIN  # replies are due: poll without sleeping
+        try:
+            dead = self._eng.request_many(live, ctrl, arrays, True)
+        except Exception as exc:  # another error: the workers found dead before it too
+            for w in getattr(exc, "dead", ()):
+                self._mark_dead(w)
+            raise
+        for w in dead:
+            self._mark_dead(w)  # its process failed (ULFM)
+
     def _send_many(self, workers: Any, req: Request, arrays: list[np.ndarray]) -> None:
         arrays = [np.ascontiguousarray(a) for a in arrays]
         ctrl = req.encode(arrays)  # encoded once (sends only read it)
