@@ -8,7 +8,7 @@ with ``--child``) and fits how the master's time per job grows with ``N``::
 With 65 ranks on a 2-core machine the wall time of a job says how fast the operating system
 hands the cores around, not what the master costs. So the figure is the master's *work* per
 job: the CPU time of the root's threads inside what it does for a job: the code's ``encode``,
-the transport's send of each task (``_send``, ``_send_many``), receive of each reply
+the transport's send of each task (``_send``, ``_send_many``, ``_send_each``), receive of each reply
 (``_receive``, or ``_arrival_compiled`` on the compiled per-message path), and the code's
 ``decode`` (``time.thread_time``, so preemption by the other ranks is not counted). Waiting and polling are left out:
 on dedicated nodes the master waits for the slowest needed worker, which no master code can
