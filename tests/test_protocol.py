@@ -326,6 +326,36 @@ def test_call_request_encodes_as_the_checked_request_and_refuses_the_same() -> N
     assert b'"a":-0.0' in call_request(8, "f", {"a": -0.0}).encode([]).tobytes()
 
 
+def test_requests_without_parameters_encode_as_the_checked_request() -> None:
+    """A request without parameters (a product's tasks, a stored operand's operations) reuses
+    a recent wire form of the same fields and array layout: the bytes are those of
+    ``with_arrays(arrays).to_bytes()`` for every op, job, handle, field, compensated flag and
+    array list, first and from the memo, and a memo entry never serves another job's fields."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from codedml.runtime import protocol
+
+    arrays = st.lists(st.tuples(st.sampled_from([np.float64, np.float32, np.int64]),
+                                st.lists(st.integers(0, 3), max_size=2)), max_size=2)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.sampled_from([Op.MATMUL, Op.MATMUL_LEFT, Op.PUT, Op.DROP, Op.FETCH]),
+           st.integers(0, 2**63 - 1), st.one_of(st.none(), st.integers(0, 5)),
+           st.one_of(st.none(), st.sampled_from([65537, 2**31 - 1])), st.booleans(), arrays)
+    def same(op, job, handle, field, comp, specs):
+        arrs = [np.zeros(shape, dtype=dt) for dt, shape in specs]
+        req = Request(op, job, handle, field, comp)
+        want = req.with_arrays(arrs).to_bytes().tobytes()
+        for j in (job, job ^ 1):   # the second from the memo, for another job too
+            r = Request(op, j, handle, field, comp)
+            assert r.encode(arrs).tobytes() == r.with_arrays(arrs).to_bytes().tobytes()
+        assert req.encode(arrs).tobytes() == want
+
+    same()
+    assert len(protocol._WIRE_MEMO) <= protocol._MEMO_MAX
+
+
 def test_recent_call_gives_the_checked_parameters_only() -> None:
     from codedml.runtime import protocol
     from codedml.runtime.protocol import recent_call

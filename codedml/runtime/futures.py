@@ -347,7 +347,8 @@ class Job(_Request):
     def _outstanding(self) -> list[int]:
         if self._timed_out:
             return []
-        return super()._outstanding()
+        arrived, failed = self.arrived, self.failed  # _Request._outstanding, without a set
+        return [w for w in self.sent_to if w not in arrived and w not in failed]
 
     def _progress(self) -> None:
         if self.settled:

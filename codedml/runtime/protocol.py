@@ -219,12 +219,17 @@ class Request:
 
     def encode(self, arrays: list[np.ndarray]) -> np.ndarray:
         """``with_arrays(arrays).to_bytes()``, for a request built by :func:`call_request`
-        from a recent call's encoded form where one differs only in its job id (a training
-        step's call, the same handler with the same parameters): validated and JSON-encoded
-        then, so only the job is written now. ``arrays`` must be contiguous."""
+        (or one without parameters: a product, an operation on a stored operand) from a
+        recent request's encoded form where one differs only in its job id (a training
+        step's call, the same handler with the same parameters; a job's tasks of the same
+        layout): validated and JSON-encoded then, so only the job is written now. ``arrays``
+        must be contiguous."""
         key = self.__dict__.get("_wire_key")
         if key is None:
-            return self.with_arrays(arrays).to_bytes()
+            if self.params:
+                return self.with_arrays(arrays).to_bytes()
+            # no parameters (a product, a stored operand's op): the fields decide the form
+            key = (int(self.op), self.handle, self.field, self.compensated)
         key = (key, tuple([(a.shape, a.dtype) for a in arrays]))
         tpl = _WIRE_MEMO.get(key)
         if tpl is None:
