@@ -415,3 +415,57 @@ def test_padded_decode_needs_encoding_or_shape(field, data):
             check_product(out, A, B, field, tol)
         else:
             check_product(code.decode(res), A, B, field, tol)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_replication_with_one_copy_of_each_block_assembles_as_the_general_path(data):
+    """ReplicationCode given exactly one result per block (the uncoded baseline's every
+    job) stacks them without the general path's checks: bitwise the general path's product,
+    dtype and report (nothing checked, no faults, condition 1), for float64, float32 and
+    GF(p) results, with ``encoding=``, ``shape=`` or neither; a non-finite (out-of-range)
+    result or a spare replica takes the general path, which names the fault or checks it."""
+    from codedml.codes._base import LinearCode
+
+    field = data.draw(st.sampled_from([None, 65537]))
+    n = data.draw(st.integers(1, 9))
+    k = data.draw(st.integers(1, n))
+    code = ReplicationCode(n, k, field=field)
+    M, N = data.draw(st.integers(1, 12)), data.draw(st.integers(1, 6))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    if field is None:
+        dt = data.draw(st.sampled_from([np.float64, np.float32]))
+        A, B = rng.standard_normal((M, N)).astype(dt), rng.standard_normal((N, 3)).astype(dt)
+    else:
+        A, B = rng.integers(0, field, (M, N)), rng.integers(0, field, (N, 3))
+    enc = code.encode(A, B)
+    res = {t.worker: t.compute() for t in enc}
+    # one worker per block, any of its replicas
+    pick = {j: data.draw(st.sampled_from([w for w in range(n) if w % k == j])) for j in range(k)}
+    sub = {w: res[w] for w in pick.values()}
+    how = data.draw(st.sampled_from(["encoding", "shape", "neither"]))
+    kw = {"encoding": {"encoding": enc}, "shape": {"shape": (M, 3)}, "neither": {}}[how]
+    try:
+        want, want_info = LinearCode.decode(code, sub, **kw, return_info=True)
+    except ConfigurationError as exc:   # neither: refused where padding may hide the shape
+        with pytest.raises(ConfigurationError, match="cannot tell the product's shape"):
+            code.decode(sub, **kw)
+        assert "cannot tell" in str(exc)
+        return
+    got, info = code.decode(sub, **kw, return_info=True)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    assert (info.faulty, info.used, info.checked) == (want_info.faulty, want_info.used, want_info.checked)
+    assert info.condition == pytest.approx(want_info.condition, rel=1e-12)
+    w0 = next(iter(sub))
+    bad = dict(sub)
+    bad[w0] = (np.full_like(sub[w0], np.nan) if field is None
+               else np.full_like(sub[w0], field))
+    with pytest.raises(CorruptResultError):     # erased by the general path: a block is gone
+        code.decode(bad, encoding=enc)
+    spare = [w for w in range(n) if w not in sub]
+    if spare:   # a spare replica: the general path checks it against its block's copy
+        w = spare[0]
+        more = {**sub, w: res[w]}
+        np.testing.assert_array_equal(code.decode(more, encoding=enc),
+                                      LinearCode.decode(code, more, encoding=enc))

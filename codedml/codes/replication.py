@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigurationError
-from ._base import LinearCode
+from ._base import DecodeInfo, LinearCode
 from ._validate import check_field, check_int, real_matrix, residues
 
 __all__ = ["ReplicationCode"]
@@ -94,6 +94,56 @@ class ReplicationCode(LinearCode):
 
     def _output_multiples(self, ndim: int) -> tuple[int, ...]:
         return (self.k,) + (1,) * (ndim - 1)
+
+    def decode(self, results, errors: int = 0, *, encoding=None, shape=None, rtol=None,
+               return_faulty: bool = False, return_info: bool = False):
+        """See :meth:`LinearCode.decode`. Results that hold each block exactly once (no
+        replica to spare, so nothing to check or vote on: the uncoded baseline's every job)
+        and are finite (over GF(p): in ``[0, p)``) are stacked in block order, which is
+        bitwise what the general path returns, without its projections and stacked copies.
+        Anything else (spare replicas, a non-finite or out-of-range value, a bad argument)
+        takes the general path."""
+        fast = self._one_copy_each(results, errors)
+        if fast is None:
+            return super().decode(results, errors, encoding=encoding, shape=shape, rtol=rtol,
+                                  return_faulty=return_faulty, return_info=return_info)
+        rows, X = fast
+        if shape is not None:
+            C = self._cut(self._assemble([X], None), shape)
+        elif encoding is not None:
+            C = self._assemble([X], encoding.shape)
+        else:
+            C = self._assemble([X], None)
+            self._refuse_if_padded(C, X.dtype, 1.0)
+        info = DecodeInfo((), tuple(int(w) for w in rows), 1.0, False)
+        if return_info:
+            return C, info
+        if return_faulty:
+            return C, info.faulty
+        return C
+
+    def _one_copy_each(self, results: Any, errors: Any):
+        """``(rows, blocks stacked in block order)`` when ``results`` hold each block exactly
+        once, all finite (in range over GF(p)); else None (the general path decides)."""
+        try:
+            if not hasattr(results, "keys") or len(results) != self.k:
+                return None
+            check_int("errors", errors, 0, self.workers)
+            rows, raw = self._check_results(results)
+        except (ConfigurationError, TypeError, ValueError):
+            return None
+        order = [-1] * self.k
+        for j, w in enumerate(rows):
+            b = int(w) % self.k
+            if order[b] >= 0:
+                return None
+            order[b] = j
+        P = self.field
+        for r in raw:
+            ok = np.isfinite(r).all() if P is None else bool(((r >= 0) & (r < P)).all())
+            if not ok:
+                return None
+        return rows, np.stack([raw[j] for j in order])
 
     def _recovers(self, rows: np.ndarray) -> bool:
         return len(set((np.asarray(rows) % self.k).tolist())) == self.k
