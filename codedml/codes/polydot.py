@@ -766,7 +766,8 @@ class PolyDotCode(LinearCode):
         k, P = self.p, self.field
         dt = np.int64 if P is not None else np.float64
         rb = raw[0].shape[0]
-        C = np.empty((k * rb,) + raw[0].shape[1:], dtype=dt)
+        # reused memory where large (no first-touch page faults: _pool), as the tasks'
+        C = _pool.empty((k * rb,) + raw[0].shape[1:], dtype=dt)
         Cb = C.reshape(k, -1)                                  # block i: rows i*rb .. (i+1)*rb
         plan = self._assembly_plan(rows)
         for j, w in plan.present:
@@ -777,6 +778,20 @@ class PolyDotCode(LinearCode):
         if not missing:  # every systematic result kept; the parity ones only checked them
             return C, plan.cond
         Cb[missing] = 0                                        # so Gp @ Cb sums the present
+        if P is None and self._packed and plan.RF is not None:
+            # in real form: block i's halves are rows 2i, 2i + 1 of C2 (Re z_i, Im z_i), a
+            # parity result's its rows (Re y, Im y); the right-hand side formed in the
+            # product's own memory (each parity result subtracted into its rows, no stacked
+            # copy of them), then Q^H and R^{-1} of the missing columns' QR as real forms,
+            # the same products the complex solve forms
+            L = Cb.shape[1] // 2
+            C2 = Cb.reshape(2 * k, L)
+            rhs = np.matmul(plan.RF, C2, out=_pool.empty((2 * len(par), L), dtype=dt))
+            for i, j in enumerate(par):
+                np.subtract(np.asarray(raw[j], dtype=dt).reshape(2, L), rhs[2 * i:2 * i + 2],
+                            out=rhs[2 * i:2 * i + 2])
+            C2[plan.miss2] = _solve_missing(plan, rhs)
+            return C, plan.cond
         Rp = np.stack([np.asarray(raw[j], dtype=dt).reshape(-1) for j in par])
         if P is not None:
             rhs = (Rp - _gfp.matmul_mod(plan.Gp % P, Cb, P)) % P
@@ -787,15 +802,6 @@ class PolyDotCode(LinearCode):
             Cb[missing] = _solve_missing(plan, rhs).real
             return C, plan.cond
         # packed: a result is [Re y; Im y] with y = sum_i G[w, i] z_i, z_i = top_i + 1j bot_i
-        if plan.RF is not None:
-            # in real form: block i's halves are rows 2i, 2i + 1 of C2 (Re z_i, Im z_i), a
-            # parity result's its rows (Re y, Im y); Q^H and R^{-1} of the missing columns'
-            # QR as real forms, the same products the complex solve forms
-            L = Cb.shape[1] // 2
-            C2 = Cb.reshape(2 * k, L)
-            rhs = Rp.reshape(2 * len(par), L) - plan.RF @ C2
-            C2[plan.miss2] = _solve_missing(plan, rhs)
-            return C, plan.cond
         h = Cb.shape[1] // 2
         top, bot = Cb[:, :h], Cb[:, h:]                        # row-strided views, no copy
         Gr, Gi = plan.Gr, plan.Gi
@@ -1068,5 +1074,7 @@ def _solve_missing(plan: _AssemblyPlan, rhs: np.ndarray) -> np.ndarray:
     has it (``plan.RF``), else by :func:`~codedml.codes._base._lstsq`. The one solve of an
     assembly (the tests count its calls)."""
     if plan.RF is not None:
-        return plan.RRinv @ (plan.RQh @ rhs)
+        shape = (plan.RQh.shape[0], rhs.shape[1])
+        Y = np.matmul(plan.RQh, rhs, out=_pool.empty(shape, dtype=np.float64))
+        return np.matmul(plan.RRinv, Y, out=_pool.empty(shape, dtype=np.float64))
     return _base._lstsq(plan.Gm, rhs, factors=plan.F)

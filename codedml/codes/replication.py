@@ -9,11 +9,13 @@ With ``2e + 1`` replicas of each block present, ``e`` corrupt results are outvot
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigurationError
+from . import _pool
 from ._base import DecodeInfo, LinearCode
 from ._validate import check_field, check_int, real_matrix, residues
 
@@ -143,7 +145,10 @@ class ReplicationCode(LinearCode):
             ok = np.isfinite(r).all() if P is None else bool(((r >= 0) & (r < P)).all())
             if not ok:
                 return None
-        return rows, np.stack([raw[j] for j in order])
+        first = raw[order[0]]
+        dt = functools.reduce(np.promote_types, [r.dtype for r in raw])  # np.stack's dtype
+        X = _pool.empty((self.k,) + first.shape, dt)                      # reused memory
+        return rows, np.stack([raw[j] for j in order], out=X)
 
     def _recovers(self, rows: np.ndarray) -> bool:
         return len(set((np.asarray(rows) % self.k).tolist())) == self.k
