@@ -293,11 +293,18 @@ with cm as cluster:
             # shapes, a control message each
             from codedml.runtime.protocol import call_request
 
-            each = {}
+            each, singles = {}, {}
             for key, per in (("same", [[np.full(3, float(w))] for w in range(n)]),
                              ("shapes", [[np.arange(w + 1.0)] for w in range(n)])):
-                got = cluster.call("cat", per_worker=per).result()
+                sent = []   # requests posted one worker at a time (the fallback's _send)
+                cluster._send = lambda w, req, arrays, sent=sent: (
+                    sent.append(w), type(cluster)._send(cluster, w, req, arrays))[1]
+                try:
+                    got = cluster.call("cat", per_worker=per).result()
+                finally:
+                    del cluster._send
                 each[key] = len(got) == n and all(np.array_equal(got[w], per[w][0]) for w in got)
+                singles[key] = len(sent)
             # refused before any send, by name: a list per worker listed, as many arrays each
             ctrl = call_request(10 ** 9, "cat", None).encode([np.zeros(2)])
             refusals = []
@@ -311,7 +318,8 @@ with cm as cluster:
             each["after"] = all(np.array_equal(v, np.ones(2)) for v in after.values())
             emit(exact=exact, counts=counts, err=rel(C, A[:8] @ B[:, :4]), total=total,
                  outstanding=cluster.outstanding(), level=[LEVEL, MPI.Query_thread()],
-                 yields=yields, spin_yield=cluster.spin_yield, each=each, refusals=refusals,
+                 yields=yields, spin_yield=cluster.spin_yield, each=each, singles=singles,
+                 refusals=refusals,
                  protocol_errors=len(cluster.protocol_errors))
         elif name == "python_inline":
             # The Python worker loop reads a request whose arrays came inline (the compiled

@@ -265,6 +265,32 @@ def test_systematic_tasks_are_the_data_blocks_exactly():
         np.testing.assert_array_equal(np.asarray(enc[j].a), want)
 
 
+@pytest.mark.parametrize("scale", [1.0, 1e39])
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_tiny_encode_norms_are_the_kernels(monkeypatch, scale, precision):
+    """The small-encode path takes the tasks' norms from the float64 values before they are
+    rounded to the tasks' dtype, as the kernel does: the same scales (relative 1e-12) with the
+    path on and off, also where float32 tasks overflow (values past float32's range, which
+    then raise no warning), and the same tasks."""
+    import warnings
+
+    rng = np.random.default_rng(5)
+    A, B = scale * rng.standard_normal((7, 5)), rng.standard_normal((5, 3))
+    code = MDSCode(8, 4, systematic=True)
+    got = {}
+    for tiny in (True, False):
+        monkeypatch.setattr(_encode, "TINY_BYTES", 1 << 62 if tiny else 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got[tiny] = code.encode(A, B, precision=precision)
+    (a, b) = got[True], got[False]
+    np.testing.assert_allclose(a.scales, b.scales, rtol=1e-12)
+    assert np.isfinite(a.scales).all()
+    for ta, tb in zip(a, b):
+        np.testing.assert_allclose(np.asarray(ta.a, dtype=np.float64),
+                                   np.asarray(tb.a, dtype=np.float64), rtol=2.0 ** -22)
+
+
 def test_tasks_never_alias_the_inputs():
     rng = np.random.default_rng(6)
     A, B = _real_inputs(rng, 30, 30, 30, np.float64, False)

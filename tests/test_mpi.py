@@ -267,6 +267,8 @@ def test_small_payloads_travel_inline():
     assert res["err"] < 1e-12 and res["total"][0] >= 4 * n + n  # the product's tasks too
     # per-worker arrays reach their own workers, of one layout (one compiled call) or not
     assert res["each"] == {"same": True, "shapes": True, "after": True}, res["each"]
+    # one layout: one compiled call for all, no single sends; shapes that differ: one each
+    assert res["singles"] == {"same": 0, "shapes": n}, res["singles"]
     assert "one list per worker listed (2), got 1" in res["refusals"][0], res["refusals"]
     assert "as many arrays" in res["refusals"][1] and "1 and 2" in res["refusals"][1], res["refusals"]
     assert res["protocol_errors"] == 0

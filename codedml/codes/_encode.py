@@ -199,8 +199,8 @@ def _mod_store(post: Any, dst: np.ndarray | None, t: np.ndarray, stream: bool = 
 #: the data blocks copied, every other task by one GEMM against the generator's cached real
 #: form) instead of through :func:`combine`, whose setup (block views, the generator's real
 #: form, the per-source lists of the compiled kernel) costs more than such an encode's
-#: arithmetic: a systematic MDS(6, 4) encode of 4x4 @ 4x4 took 146 us before and about a
-#: third of that after (``benchmarks/control_plane.py``'s job).
+#: arithmetic: a systematic MDS(6, 4) encode of 4x4 @ 4x4 took 146 us before and about 85 us
+#: after (``benchmarks/control_plane.py``'s job), in one process.
 TINY_BYTES = 32 * 1024
 
 
@@ -209,10 +209,11 @@ def tiny(G: np.ndarray, A: np.ndarray, out: np.ndarray, nsys: int, rows: int,
     """``out[o] = S[o]`` for ``o < nsys`` and ``out[o] = sum_i G[o - nsys, i] S[i]`` for the
     rest, where ``S`` is ``A`` zero-padded to ``rows`` rows and viewed as ``G.shape[1]`` equal
     row blocks, each flattened (``out`` is ``(n_out, rows * A.shape[1] / G.shape[1])``); adds
-    each output's sum of squares (float64) into ``sq``. The arithmetic of :func:`combine`
-    (float64 products of the float64 values, rounded once to ``out``'s dtype; data blocks
-    copied as they are), for small encodes only: returns False (nothing written) where ``out``
-    is larger than :data:`TINY_BYTES` or a dtype is not float32/float64."""
+    each output's sum of squares into ``sq``, taken on the float64 values before they are
+    rounded to ``out``'s dtype. The arithmetic of :func:`combine` (float64 products of the
+    float64 values, rounded once to ``out``'s dtype; data blocks copied as they are; the
+    norms from the float64 values), for small encodes only: returns False (nothing written)
+    where ``out`` is larger than :data:`TINY_BYTES` or a dtype is not float32/float64."""
     if (out.nbytes > TINY_BYTES or out.ndim != 2 or not out.flags.c_contiguous
             or A.dtype not in (np.float64, np.float32) or out.dtype not in (np.float64, np.float32)
             or A.ndim != 2 or A.shape[0] > rows):
@@ -224,15 +225,18 @@ def tiny(G: np.ndarray, A: np.ndarray, out: np.ndarray, nsys: int, rows: int,
         S = np.zeros((rows, A.shape[1]))
         S[:A.shape[0]] = A
         S = S.reshape(k, -1)
-    if nsys:
-        np.copyto(out[:nsys], S[:nsys], casting="unsafe")
-    with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf inputs: refused after, by name
+    # NaN/Inf inputs, or float64 values beyond float32's range: refused after, by name
+    with np.errstate(invalid="ignore", over="ignore"):
+        if nsys:
+            np.copyto(out[:nsys], S[:nsys], casting="unsafe")
+            sq[:nsys] += _rowsq(S[:nsys])
         if nsys < out.shape[0]:
             if out.dtype == np.float64:
-                np.matmul(G, S, out=out[nsys:])
+                P = np.matmul(G, S, out=out[nsys:])
             else:
-                np.copyto(out[nsys:], G @ S, casting="unsafe")
-        sq += _rowsq(out)
+                P = G @ S
+                np.copyto(out[nsys:], P, casting="unsafe")
+            sq[nsys:] += _rowsq(P)
     return True
 
 

@@ -62,8 +62,9 @@ DEFAULT_LIMIT = 256 << 20
 #: Alignment of a pooled array's data (bytes): a cache line, as numpy's own allocations.
 _ALIGN = 64
 
-#: Backing buffers are sized in these steps, so that requests that differ slightly (another
-#: padding) share them.
+#: Backing buffers are sized in these steps (a sixteenth of it below 16 steps, so that a
+#: request just past :data:`MIN_BYTES` does not take twice its size), so that requests that
+#: differ slightly (another padding) share them.
 _GRAIN = 1 << 16
 
 #: A free buffer serves a request when it is at most this factor larger (memory not wasted on
@@ -147,7 +148,8 @@ class TaskPool:
         nbytes = math.prod(shape) * dtype.itemsize
         if nbytes < MIN_BYTES or self._limit <= 0 or dtype.hasobject:
             return np.empty(shape, dtype)
-        need = -(-(nbytes + _ALIGN) // _GRAIN) * _GRAIN
+        grain = _GRAIN if nbytes >= 16 * _GRAIN else _GRAIN // 16   # small: 4 KiB steps
+        need = -(-(nbytes + _ALIGN) // grain) * grain
         with self._lock:
             self._settle()
             backing = self._take(need)

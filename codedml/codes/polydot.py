@@ -814,7 +814,7 @@ class PolyDotCode(LinearCode):
     def _assembly_plan(self, rows: np.ndarray) -> "_AssemblyPlan":
         """What :meth:`_systematic_assemble` needs for the worker subset ``rows`` (sorted),
         computed once per subset and kept per code (at most :data:`ASSEMBLY_PLANS` subsets,
-        the oldest dropped first): a job stream decodes from the same few subsets again and
+        the least recently used dropped first): a job stream decodes from the same few subsets again and
         again, and for small products this bookkeeping (the subset's parity rows of the
         generator, their real and imaginary parts, the factors of the missing blocks'
         columns, the condition number) cost more than the arithmetic."""
@@ -824,6 +824,8 @@ class PolyDotCode(LinearCode):
             plans = self.__dict__.setdefault("_plans", OrderedDict())
         with _PLANS_LOCK:
             hit = plans.get(key)
+            if hit is not None:
+                plans.move_to_end(key)                         # least recently used out first
         if hit is not None:
             return hit
         plan = _AssemblyPlan(self, np.asarray(rows, dtype=int))
@@ -1015,12 +1017,13 @@ def _ceil_to(x: int, d: int) -> int:
 
 
 #: Worker subsets whose assembly plan a systematic code keeps (see
-#: :meth:`PolyDotCode._assembly_plan`); beyond it the oldest is dropped.
+#: :meth:`PolyDotCode._assembly_plan`); beyond it the least recently used is dropped.
 ASSEMBLY_PLANS = 64
 
 #: Whether a packed (circle) systematic assembly solves for its missing blocks in real form
 #: (:func:`_solve_missing`) where the system is well conditioned; False: always the complex
-#: solve of :func:`~codedml.codes._base._lstsq` (the tests compare the two).
+#: solve of :func:`~codedml.codes._base._lstsq` (the tests compare the two). Read when a
+#: subset's plan is built: plans a code already holds keep the choice they were built with.
 REAL_FORM_SOLVE = True
 _PLANS_LOCK = threading.Lock()
 

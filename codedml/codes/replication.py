@@ -109,14 +109,14 @@ class ReplicationCode(LinearCode):
         if fast is None:
             return super().decode(results, errors, encoding=encoding, shape=shape, rtol=rtol,
                                   return_faulty=return_faulty, return_info=return_info)
-        rows, X = fast
+        rows, X, rdtype = fast
         if shape is not None:
             C = self._cut(self._assemble([X], None), shape)
         elif encoding is not None:
             C = self._assemble([X], encoding.shape)
         else:
             C = self._assemble([X], None)
-            self._refuse_if_padded(C, X.dtype, 1.0)
+            self._refuse_if_padded(C, rdtype, 1.0)   # the general path's: the first result's
         info = DecodeInfo((), tuple(int(w) for w in rows), 1.0, False)
         if return_info:
             return C, info
@@ -125,8 +125,9 @@ class ReplicationCode(LinearCode):
         return C
 
     def _one_copy_each(self, results: Any, errors: Any):
-        """``(rows, blocks stacked in block order)`` when ``results`` hold each block exactly
-        once, all finite (in range over GF(p)); else None (the general path decides)."""
+        """``(rows, blocks stacked in block order, the first result's dtype)`` when
+        ``results`` hold each block exactly once, all finite (in range over GF(p)); else None
+        (the general path decides)."""
         try:
             if not hasattr(results, "keys") or len(results) != self.k:
                 return None
@@ -148,7 +149,7 @@ class ReplicationCode(LinearCode):
         first = raw[order[0]]
         dt = functools.reduce(np.promote_types, [r.dtype for r in raw])  # np.stack's dtype
         X = _pool.empty((self.k,) + first.shape, dt)                      # reused memory
-        return rows, np.stack([raw[j] for j in order], out=X)
+        return rows, np.stack([raw[j] for j in order], out=X), raw[0].dtype
 
     def _recovers(self, rows: np.ndarray) -> bool:
         return len(set((np.asarray(rows) % self.k).tolist())) == self.k

@@ -699,12 +699,14 @@ static PyObject *Root_request(Root *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* request_many(workers, ctrl, arrays, each=False) -> [w, ...]: request_one to each worker
- * listed, in order, with `arrays` (each true: `arrays[i]`, the arrays of the i-th worker
- * listed, every one announced by the same `ctrl`). Every index and every array list is
- * checked first; a worker whose send failed with an error class that means "a process
- * failed" is listed in the result (and the others still get theirs); any other error
- * raises, the workers listed dead before it in the exception's `dead`. */
+/* request_many(workers, ctrl, arrays[, each]) -> [w, ...]: request_one to each worker
+ * listed, in order, with `arrays` (each, a positional flag, true: `arrays[i]`, the arrays
+ * of the i-th worker listed, every one announced by the same `ctrl`). Checked before the
+ * first send: every index, the number of lists and that each holds as many arrays; each
+ * worker's buffers are taken when its request is posted (the callers pass contiguous
+ * arrays). A worker whose send failed with an error class that means "a process failed"
+ * is listed in the result (and the others still get theirs); any other error raises, the
+ * workers listed dead before it in the exception's `dead`. */
 static PyObject *Root_request_many(Root *self, PyObject *args)
 {
     PyObject *ws, *ctrl, *arrays, *per = NULL;
@@ -1141,8 +1143,8 @@ static PyMethodDef Root_methods[] = {
     {"request", (PyCFunction)Root_request, METH_VARARGS,
      "request(w, ctrl, arrays): send a request's control bytes and its arrays to worker w"},
     {"request_many", (PyCFunction)Root_request_many, METH_VARARGS,
-     "request_many(workers, ctrl, arrays, each=False) -> the workers whose process failed: "
-     "request() to each (each: arrays[i] to the i-th worker listed)"},
+     "request_many(workers, ctrl, arrays[, each]) -> the workers whose process failed: "
+     "request() to each (each, positional: arrays[i] to the i-th worker listed)"},
     {"cancel", (PyCFunction)Root_cancel, METH_VARARGS, "cancel(w, job): tell worker w job settled"},
     {"poll", (PyCFunction)Root_poll, METH_VARARGS,
      "poll(deadline, spin_until, min_pause, max_pause) -> events"},
