@@ -579,6 +579,26 @@ class LinearCode(abc.ABC):
                     f"{have}, got {x}")
         return np.ascontiguousarray(C[tuple(slice(0, x) for x in want)])
 
+    def _finish_fast(self, C: np.ndarray, info: DecodeInfo, rdtype: np.dtype, encoding: Any,
+                     shape: Any, return_faulty: bool, return_info: bool) -> Any:
+        """What a code's fast decode path returns, from its padded product ``C``: cut to
+        ``shape`` or to ``encoding``'s shape, or, with neither, refused where padding may hide
+        the shape (judged in the results' dtype ``rdtype``, as the general path does); then
+        ``C``, ``(C, info.faulty)`` or ``(C, info)``, as :meth:`decode` is asked."""
+        if shape is not None:
+            C = self._cut(C, shape)
+        elif encoding is not None:
+            C = np.ascontiguousarray(C[tuple(slice(0, x) for x in encoding.shape)])
+        else:
+            # the results' dtype, not C's float64: float32 rounding left in solved padding rows
+            # must not pass for data (the general path passes raw[0].dtype too)
+            self._refuse_if_padded(C, rdtype, info.condition)
+        if return_info:
+            return C, info
+        if return_faulty:
+            return C, info.faulty
+        return C
+
     def _refuse_if_padded(self, C: np.ndarray, dtype: np.dtype, cond: float) -> None:
         """Without ``encoding=``/``shape=`` the decode cannot know the product's shape: refuse
         when the split may have padded it, i.e. when the last row (column) along a padded axis
@@ -879,6 +899,20 @@ class _Rows:
 #: run on one stacked copy instead: for small jobs the loops' per-call overhead (tens of us
 #: per result) outweighs the copy, for larger ones the copy costs more than it saves.
 _SMALL_STACK = 1 << 15
+
+
+def _valid_results(raw: list[np.ndarray], p: int | None) -> bool:
+    """Whether every result is finite (over GF(p): every entry in ``[0, p)``), the condition
+    of the codes' fast decode paths (anything else goes to the general path, which erases
+    and names it). Small real results are checked in one pass over a copy of them all."""
+    if p is None and sum(r.size for r in raw) <= 1 << 16:
+        # small results: one check over all of them (a copy of at most 512 KiB)
+        return bool(np.isfinite(np.concatenate([r.reshape(-1) for r in raw])).all())
+    for r in raw:
+        ok = np.isfinite(r).all() if p is None else bool(((r >= 0) & (r < p)).all())
+        if not ok:
+            return False
+    return True
 
 
 def _norms(raw: list[np.ndarray]) -> np.ndarray:

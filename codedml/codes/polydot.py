@@ -56,7 +56,7 @@ from . import _gfp
 from . import _encode, _pool
 from . import _base
 from ._base import (COMPENSATE_MAX_CONDITION, DecodeInfo, LinearCode, _factors, _independent_rows,
-                    _Packed, _Rows)
+                    _Packed, _Rows, _valid_results)
 from ._encode import real_form
 from ._validate import check_field, check_int, in_field, real_matrix, residues
 
@@ -704,20 +704,8 @@ class PolyDotCode(LinearCode):
             return super().decode(results, errors, encoding=encoding, shape=shape, rtol=rtol,
                                   return_faulty=return_faulty, return_info=return_info)
         rows, C, cond, faulty, checked, rdtype = fast
-        if shape is not None:
-            C = self._cut(C, shape)
-        elif encoding is not None:
-            C = np.ascontiguousarray(C[tuple(slice(0, x) for x in encoding.shape)])
-        else:
-            # the results' dtype, not C's float64: float32 rounding left in solved padding rows
-            # must not pass for data (the general path passes raw[0].dtype too)
-            self._refuse_if_padded(C, rdtype, cond)
         info = DecodeInfo(tuple(faulty), tuple(int(w) for w in rows), cond, checked)
-        if return_info:
-            return C, info
-        if return_faulty:
-            return C, info.faulty
-        return C
+        return self._finish_fast(C, info, rdtype, encoding, shape, return_faulty, return_info)
 
     def _systematic_fast_path(self, results: Any, errors: Any, encoding: Any = None,
                               rtol: Any = None):
@@ -739,15 +727,8 @@ class PolyDotCode(LinearCode):
             rows, raw = self._check_results(results)
         except ConfigurationError:
             return None
-        if P is None and sum(r.size for r in raw) <= 1 << 16:
-            # small results: one check over all of them (a copy of at most 512 KiB)
-            if not np.isfinite(np.concatenate([r.reshape(-1) for r in raw])).all():
-                return None
-        else:
-            for r in raw:
-                ok = np.isfinite(r).all() if P is None else bool(((r >= 0) & (r < P)).all())
-                if not ok:
-                    return None
+        if not _valid_results(raw, P):
+            return None
         faulty: list[int] = []
         checked = False
         if len(rows) > k:

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ConfigurationError
 from . import _pool
-from ._base import DecodeInfo, LinearCode
+from ._base import DecodeInfo, LinearCode, _valid_results
 from ._validate import check_field, check_int, real_matrix, residues
 
 __all__ = ["ReplicationCode"]
@@ -110,19 +110,9 @@ class ReplicationCode(LinearCode):
             return super().decode(results, errors, encoding=encoding, shape=shape, rtol=rtol,
                                   return_faulty=return_faulty, return_info=return_info)
         rows, X, rdtype = fast
-        if shape is not None:
-            C = self._cut(self._assemble([X], None), shape)
-        elif encoding is not None:
-            C = self._assemble([X], encoding.shape)
-        else:
-            C = self._assemble([X], None)
-            self._refuse_if_padded(C, rdtype, 1.0)   # the general path's: the first result's
         info = DecodeInfo((), tuple(int(w) for w in rows), 1.0, False)
-        if return_info:
-            return C, info
-        if return_faulty:
-            return C, info.faulty
-        return C
+        return self._finish_fast(self._assemble([X], None), info, rdtype, encoding, shape,
+                                 return_faulty, return_info)
 
     def _one_copy_each(self, results: Any, errors: Any):
         """``(rows, blocks stacked in block order, the first result's dtype)`` when
@@ -141,11 +131,8 @@ class ReplicationCode(LinearCode):
             if order[b] >= 0:
                 return None
             order[b] = j
-        P = self.field
-        for r in raw:
-            ok = np.isfinite(r).all() if P is None else bool(((r >= 0) & (r < P)).all())
-            if not ok:
-                return None
+        if not _valid_results(raw, self.field):
+            return None
         first = raw[order[0]]
         dt = functools.reduce(np.promote_types, [r.dtype for r in raw])  # np.stack's dtype
         X = _pool.empty((self.k,) + first.shape, dt)                      # reused memory

@@ -372,35 +372,32 @@ class MPICluster(ClusterBase):
             for w, x in zip(live, arrays):  # tasks of different shapes: one control message each
                 self._send(w, req, x)
             return
-        ctrl = req.encode(arrays[0])  # one control message announces every worker's arrays
+        # one control message announces every worker's arrays
+        self._request_many(live, req.encode(arrays[0]), arrays, True)
+
+    def _send_many(self, workers: Any, req: Request, arrays: list[np.ndarray]) -> None:
+        arrays = [np.ascontiguousarray(a) for a in arrays]
+        ctrl = req.encode(arrays)  # encoded once (sends only read it)
+        if self._eng is not None:  # one compiled call posts every worker's
+            self._request_many([w for w in workers if w not in self._dead], ctrl, arrays, False)
+            return
+        for w in workers:
+            if w not in self._dead:
+                self._post(w, ctrl, arrays)
+
+    def _request_many(self, live: list[int], ctrl: np.ndarray, arrays: Any, each: bool) -> None:
+        """The engine's ``request_many`` to the ``live`` workers (``each``: ``arrays[i]`` to
+        the i-th): the workers whose process failed (ULFM) are marked dead, also those
+        found before another error, which propagates."""
         self._hot_until = time.perf_counter() + _SPIN  # replies are due: poll without sleeping
         try:
-            dead = self._eng.request_many(live, ctrl, arrays, True)
+            dead = self._eng.request_many(live, ctrl, arrays, each)
         except Exception as exc:  # another error: the workers found dead before it too
             for w in getattr(exc, "dead", ()):
                 self._mark_dead(w)
             raise
         for w in dead:
             self._mark_dead(w)  # its process failed (ULFM)
-
-    def _send_many(self, workers: Any, req: Request, arrays: list[np.ndarray]) -> None:
-        arrays = [np.ascontiguousarray(a) for a in arrays]
-        ctrl = req.encode(arrays)  # encoded once (sends only read it)
-        if self._eng is not None:  # one compiled call posts every worker's
-            self._hot_until = time.perf_counter() + _SPIN
-            try:
-                dead = self._eng.request_many([w for w in workers if w not in self._dead], ctrl,
-                                              arrays)
-            except Exception as exc:  # another error: the workers found dead before it too
-                for w in getattr(exc, "dead", ()):
-                    self._mark_dead(w)
-                raise
-            for w in dead:
-                self._mark_dead(w)  # its process failed (ULFM)
-            return
-        for w in workers:
-            if w not in self._dead:
-                self._post(w, ctrl, arrays)
 
     def _post(self, worker: int, ctrl: np.ndarray, arrays: list[np.ndarray]) -> None:
         """A request's control bytes and its (contiguous) arrays to ``worker``."""
