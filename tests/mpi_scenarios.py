@@ -355,6 +355,11 @@ with cm as cluster:
         elif name == "rogue":
             code = MDSCode(n, max(1, n - 2))
             C = cluster.matmul(A, B, code=code)
+            # the job may decode from the others before the garbage header is routed: receive
+            # until it is (bounded), so what the root then records is what is checked
+            end = time.perf_counter() + 10.0
+            while not cluster.protocol_errors and time.perf_counter() < end:
+                cluster.drain(0.05)
             emit(err=rel(C, A @ B), protocol_errors=list(cluster.protocol_errors),
                  dead=sorted(cluster.dead_workers), outstanding=cluster.outstanding())
         elif name == "soak":
