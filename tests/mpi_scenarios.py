@@ -57,6 +57,24 @@ elif name == "late":
 elif name == "soak":
     faults = FixedStragglers([1], 0.01) + SoftErrors("exponent", 0.02)
 
+# every rank, before the cluster: who ran each product (the "products" scenario): WorkerState's
+# plain_product, called from C by the compiled loop or from handle() by the Python one
+PATHS = {"plain": 0, "handle": 0}
+if name == "products":
+    from codedml.runtime._worker import WorkerState
+
+    _plain, _handle = WorkerState.plain_product, WorkerState.handle
+
+    def _count_plain(self, a, b):
+        PATHS["plain"] += 1
+        return _plain(self, a, b)
+
+    def _count_handle(self, req, arrays):
+        PATHS["handle"] += req.op.name == "MATMUL"
+        return _handle(self, req, arrays)
+
+    WorkerState.plain_product, WorkerState.handle = _count_plain, _count_handle
+
 if name == "chunked":  # every rank, before the cluster: messages travel in 1000-byte pieces
     from codedml.runtime import _wire
 
@@ -89,6 +107,8 @@ HANDLERS = {
                                      if ctx.worker == 1 else time.sleep(0.02 * ctx.worker) or x),
     # 1 where Python's WorkerState.call ran the handler, 2 where the compiled loop did
     "path": lambda ctx, x, **_: np.array([1.0 if sys._getframe(1).f_code.co_name == "call" else 2.0]),
+    # the "products" scenario's counts on this worker
+    "paths": lambda ctx, x, **_: np.array([float(PATHS["plain"]), float(PATHS["handle"])]),
 }
 cm = MPICluster(comm, faults=faults, seed=7, timeout=30, transport=transport,
                 handlers=HANDLERS)
@@ -233,6 +253,40 @@ with cm as cluster:
             emit(err=[rel(C, A @ B), e2], echo=len(echoed) == n and all(
                 np.array_equal(v, big) for v in echoed.values()), outstanding=cluster.outstanding(),
                 split=_wire.split_messages())
+        elif name == "products":
+            # products of two sent arrays, which the compiled loop runs from C (plain_product):
+            # every decoded product bitwise the decode of the tasks' np.matmul products (codes
+            # that need every worker's result, so the decode is the same), then a product
+            # that fails on the workers (inner dimensions that disagree), named
+            from codedml.codes import MatDotCode, ReplicationCode
+            from codedml.runtime.protocol import Op, Request
+
+            rep, mat = ReplicationCode(n, n), MatDotCode(n, (n + 1) // 2)
+            cases = {"float64": (rep, A, B, "auto"), "float32": (rep, A, B, "float32"),
+                     "vector": (rep, A, B[:, 0], "auto"), "complex (MatDot)": (mat, A, B, "auto"),
+                     "empty": (rep, A[:0], B, "auto")}
+            same = {}
+            for key, (c, X, Y, prec) in cases.items():
+                for _ in range(2):
+                    got = cluster.submit(X, Y, code=c, precision=prec).result()
+                    enc = c.encode(X, Y, precision=prec)
+                    ref = c.decode({w: np.matmul(t.a, t.b) for w, t in enumerate(enc)},
+                                   encoding=enc)
+                    same[key] = bool(got.dtype == ref.dtype and got.shape == ref.shape
+                                     and np.array_equal(got, ref))
+            enc = rep.encode(A, B)
+            with cluster._lock:
+                bad = cluster._start(rep, enc, Request(Op.MATMUL, 0),
+                                     [[t.a, t.b[:-1]] for t in enc], 0, 10.0, time.perf_counter())
+            try:
+                bad.result()
+                failure = None
+            except CodedMLError as exc:
+                failure = {"error": type(exc).__name__, "op": getattr(exc, "op", None),
+                           "exc_type": getattr(exc, "exc_type", None)}
+            counts = {str(w): v.tolist() for w, v in cluster.call("paths", np.ones(1)).result().items()}
+            emit(same=same, failure=failure, counts=counts, products=2 * len(cases) + 1,
+                 outstanding=cluster.outstanding())
         elif name == "calls":
             # each call three times with the same parameters: the first is read by Python
             # (which remembers its parameters), the others, on the compiled path, run in C

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from codedml.codes import GradientCode, MatDotCode, MDSCode, PolyDotCode, PolynomialCode
+from codedml.codes import GradientCode, MatDotCode, MDSCode, PolyDotCode, PolynomialCode, ReplicationCode
 from codedml.codes import _encode
 from codedml.codes._encode import combine, real_form
 from codedml.codes._reference import reference_encode
@@ -382,16 +382,23 @@ def test_chunk_size_follows_the_caches(tmp_path, sizes, expected):
 
 @pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("field", [None, 65537])
-@pytest.mark.parametrize("kind", ["gradient", "mds", "mds_sys", "matdot", "polydot"])
-@pytest.mark.parametrize("shape", [((3, 0), (0, 2)), ((0, 4), (4, 2)), ((3, 0), (0,))])
+@pytest.mark.parametrize("kind", ["gradient", "mds", "mds_sys", "mds_plain", "matdot", "polydot",
+                                  "polynomial", "replication", "uncoded"])
+@pytest.mark.parametrize("shape", [((3, 0), (0, 2)), ((0, 4), (4, 2)), ((3, 0), (0,)),
+                                   ((3, 4), (4, 0))])
 def test_empty_operands_encode_and_decode_to_zeros(kind, field, loop, shape, monkeypatch):
     """An empty inner dimension (A (3, 0) @ B (0, 2): the zero matrix; every task is empty,
-    the partition width 0, not a divisor) or no rows of A: every code encodes, with each copy
-    loop, and decodes to the zero product of the right shape."""
+    the partition width 0, not a divisor), no rows of A or no columns of B: every code
+    encodes, with each copy loop, and decodes to the zero product of the right shape
+    (replication and non-systematic MDS once failed on numpy's -1 beside a 0)."""
     (am, an), bshape = shape
     code = {"gradient": GradientCode(4, 1, field=field), "mds": MDSCode(4, 2, field=field),
             "mds_sys": MDSCode(4, 2, systematic=True, field=field),
-            "matdot": MatDotCode(4, 2, field=field), "polydot": PolyDotCode(5, 2, 2, 1, field=field)}[kind]
+            "mds_plain": MDSCode(4, 2, systematic=False, field=field),
+            "matdot": MatDotCode(4, 2, field=field), "polydot": PolyDotCode(5, 2, 2, 1, field=field),
+            "polynomial": PolynomialCode(5, 2, 2, field=field),
+            "replication": ReplicationCode(4, 2, field=field),
+            "uncoded": ReplicationCode(3, 3, field=field)}[kind]
     if len(bshape) == 1 and getattr(code, "q", 1) > 1:
         pytest.skip("PolyDot with q > 1 multiplies matrices, not vectors")
     _apply_loop(monkeypatch, loop)

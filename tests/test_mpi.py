@@ -200,6 +200,32 @@ def test_python_transport_scenarios(scenario, np_):
 
 
 @pytest.mark.parametrize("transport", ["compiled", "python"])
+def test_products_answer_alike_on_either_worker_loop(transport):
+    """A product of two sent arrays, which the compiled worker loop runs from C without a
+    failure model (``WorkerState.plain_product``), decodes bitwise as the tasks' own
+    ``np.matmul`` products do (float64, float32, a vector, MatDot's complex tasks, an empty
+    product); a product that fails on the workers is a ``WorkerFailure`` naming the operation
+    and the exception. The workers' counts say who ran the products: C alone (``handle`` never
+    called) on the compiled path, ``handle`` on the Python one."""
+    from codedml.runtime.mpi import wire_status
+
+    if transport == "compiled" and not wire_status()[0]:
+        pytest.skip(wire_status()[1])
+    res, done = run_mpi_t("products", 4, transport)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert res["transport"] == transport
+    assert res["same"] and all(res["same"].values()), res["same"]
+    assert res["failure"] == {"error": "WorkerFailure", "op": "matmul",
+                              "exc_type": "ValueError"}, res["failure"]
+    # every worker ran every product (each code needs all three workers' results)
+    for w, (plain, handle) in res["counts"].items():
+        assert plain == res["products"], (w, plain)
+        assert handle == (0 if transport == "compiled" else res["products"]), (w, handle)
+    assert res["outstanding"]["jobs"] == 0
+    _all_exited(done, 4)
+
+
+@pytest.mark.parametrize("transport", ["compiled", "python"])
 def test_repeated_calls_answer_as_the_first(transport):
     """A call repeated with the same parameters (on the compiled path run from arrival to reply
     in C, ``_wire.Worker.serve``) answers exactly as the first, which Python read: arrays of

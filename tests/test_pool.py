@@ -268,3 +268,24 @@ def test_public_pool_is_the_encoders_and_limit_zero_turns_reuse_off():
         assert isinstance(np.asarray(enc[0].a).base.base, _pool._Lease)
     finally:
         p.limit = old
+
+
+def test_numpy_worker_products_pool_only_large_results():
+    """A numpy worker's product takes pooled memory from the pool's bound up (fresh pages there
+    would be faulted in job after job) and allocates as usual below it, where the pool would
+    cost more than it saves; the backend's copy of the bound is the pool's."""
+    from codedml import backends
+    from codedml.backends import NumpyBackend
+
+    assert backends._POOL_MIN == _pool.MIN_BYTES
+    be, p = NumpyBackend(), _pool.task_pool()
+    rng = np.random.default_rng(3)
+    small = (rng.standard_normal((4, 4)), rng.standard_normal((4, 4)))
+    large = (rng.standard_normal((128, 16)), rng.standard_normal((16, 64)))  # 64 KiB result
+    for a, b in (small, large):
+        hits, misses = p.hits, p.misses
+        out = be.matmul(a, b)
+        np.testing.assert_array_equal(out, a @ b)
+        pooled = (p.hits, p.misses) != (hits, misses)
+        assert pooled == (out.nbytes >= _pool.MIN_BYTES), (out.shape, pooled)
+        assert (out.base is not None) == pooled

@@ -558,3 +558,55 @@ def test_every_error_is_a_codedml_error():
     res[0] = corrupt(results[0], ("set", 1e6))
     with pytest.raises(CodedMLError):
         code.decode(res, errors=0, encoding=enc)
+
+
+# --------------------------------------------------------------------------- the check's parts
+def test_projection_draws_cached_are_the_seeded_generators():
+    """The consistency check's random unit vectors come from a generator seeded with 0x5EED,
+    drawn in family order (reproducible decodes): the cached ones are exactly those numbers,
+    read-only, and the cache stays bounded; draws too large to keep are drawn afresh alike."""
+    from codedml.codes import _base
+
+    dims = ((3, 5), (2, 7))
+    fresh = np.random.default_rng(0x5EED)
+    want = [_base._unit_draws(fresh, 4, x, y) for x, y in dims]
+    for _ in range(2):   # drawn, then from the cache
+        got = _base._draws(dims, 4)
+        for (u, v), (u0, v0) in zip(got, want):
+            np.testing.assert_array_equal(u, u0)
+            np.testing.assert_array_equal(v, v0)
+            assert not u.flags.writeable and not v.flags.writeable
+    assert _base._draws(dims, 4) is _base._draws(dims, 4)
+    big = ((_base._DRAWS_MAX, 1),)
+    assert _base._draws(big, 4) is not _base._draws(big, 4)
+    np.testing.assert_array_equal(_base._draws(big, 4)[0][0],
+                                  _base._unit_draws(np.random.default_rng(0x5EED), 4, *big[0])[0])
+    for x in range(2 * _base._DRAWS_SIZE):
+        _base._draws(((x + 1, 1),), 2)
+    assert len(_base._DRAWS) <= _base._DRAWS_SIZE
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(3, 9), spread=st.floats(0.0, 6.0),
+       cplx=st.booleans(), bad=st.booleans())
+def test_property_one_candidate_residual_is_the_batched_ones(seed, n, spread, cplx, bad):
+    """The check's shortcut for the candidate that keeps every result (nothing wrong, the
+    common case) gives the batched residual of that one candidate, for weights spread over
+    ``10**spread``, complex or real projections, consistent or not, full rank or not."""
+    from codedml.codes import _base
+
+    rng = np.random.default_rng(seed)
+    d = int(rng.integers(1, n))
+    M = rng.standard_normal((n, d)) + (1j * rng.standard_normal((n, d)) if cplx else 0)
+    if rng.random() < 0.2:
+        M[:, -1] = M[:, 0]          # rank deficient: the shortcut hands over to the batch
+    X = rng.standard_normal((d, 4)) + (1j * rng.standard_normal((d, 4)) if cplx else 0)
+    y = M @ X + 1e-9 * rng.standard_normal((n, 4))
+    if bad:
+        y[int(rng.integers(n))] += 1.0
+    W = 10.0 ** rng.uniform(0, spread, n) * 1e8
+    keep = np.arange(n)
+    one = _base._residual_all(M, y, W, keep, d)
+    batch = float(_base._residuals(M, y, W, keep[None], d)[0])
+    assert one == pytest.approx(batch, rel=1e-9, abs=1e-12)
+    assert (one <= 1.0) == (batch <= 1.0) or abs(batch - 1.0) < 1e-9

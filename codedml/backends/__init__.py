@@ -64,13 +64,26 @@ class NumpyBackend(Backend):
         and a fresh result of 64 KiB or more is otherwise fresh pages, faulted in on first
         touch (measured on this project's VM: more than the product itself at 512)."""
         if (type(a) is np.ndarray and type(b) is np.ndarray and a.ndim == 2 and b.ndim in (1, 2)
-                and a.shape[1] == b.shape[0]):
+                and a.shape[1] == b.shape[0]
+                # small products (under the pool's bound even as complex128) allocate as usual
+                and 16 * a.shape[0] * (b.shape[1] if b.ndim == 2 else 1) >= _POOL_MIN):
             dt = np.result_type(a.dtype, b.dtype)
             if dt.kind in "fc":
-                from ..codes import _pool
-
-                return np.matmul(a, b, out=_pool.empty((a.shape[0],) + b.shape[1:], dt))
+                return np.matmul(a, b, out=_pool().empty((a.shape[0],) + b.shape[1:], dt))
         return a @ b
+
+
+#: ``codedml.codes._pool.MIN_BYTES``: a product smaller than this never takes pooled memory
+#: (kept here so that the check needs no import; tests/test_pool.py checks they agree).
+_POOL_MIN = 1 << 16
+
+
+def _pool() -> Any:
+    """``codedml.codes._pool``, imported on first use (importing it here at module level would
+    make ``codedml.backends`` import the codes package)."""
+    from ..codes import _pool as mod
+
+    return mod
 
 
 class TorchBackend(Backend):

@@ -663,12 +663,17 @@ class LinearCode(abc.ABC):
     def _locate_real(self, rows, raw, E, Ms, errors, encoding, rtol):
         """Find the rows to keep: erase non-finite results, then search for corrupt ones."""
         r = len(rows)
-        rng = np.random.default_rng(0x5EED)  # reproducible decodes
-        # Random projections: two per family reduce each result to a few numbers per worker.
-        Y = [_project(Ef, rng, 4) for Ef in E]
-        finite = np.all([np.isfinite(y).all(axis=1) for y in Y], axis=0)
-        erased = [i for i in range(r) if not finite[i]]
-        good = [i for i in range(r) if finite[i]]
+        # Random projections: four per family reduce each result to a few numbers per worker,
+        # drawn from one seeded generator in family order (reproducible decodes; cached)
+        draws = _draws(tuple(_dims(Ef) for Ef in E), 4)
+        Y = [_project(Ef, u, v) for Ef, (u, v) in zip(E, draws)]
+        finite = (np.isfinite(Y[0]).all(axis=1) if len(Y) == 1
+                  else np.all([np.isfinite(y).all(axis=1) for y in Y], axis=0))
+        if finite.all():
+            erased, good = [], list(range(r))
+        else:
+            erased = [i for i in range(r) if not finite[i]]
+            good = [i for i in range(r) if finite[i]]
         if not self._recovers(rows[good]):
             raise CorruptResultError(
                 f"{len(erased)} results are non-finite (workers {[int(rows[i]) for i in erased]}); "
@@ -686,8 +691,13 @@ class LinearCode(abc.ABC):
                 f"`errors`={errors} with {len(good)} results needs {total} consistency checks, "
                 f"more than {MAX_CANDIDATES}; ask for fewer errors")
         W = 1.0 / tau
-        for f in range(fmax + 1):
-            cands = np.array(list(itertools.combinations(good, f)), dtype=int).reshape(-1, f) if f else np.zeros((1, 0), dtype=int)
+        # Nothing wrong (the common case): every good result kept, the one candidate with f = 0,
+        # which the loop below would test the same way (its workers recover, as checked above)
+        keep = np.array(good, dtype=int)
+        if all(_residual_all(M, y, W, keep, d) <= 1.0 for M, y in zip(Ms, Y)):
+            return keep, erased, True
+        for f in range(1, fmax + 1):
+            cands = np.array(list(itertools.combinations(good, f)), dtype=int).reshape(-1, f)
             keeps = np.array([[g for g in good if g not in c] for c in cands], dtype=int)
             if keeps.shape[1] <= d:  # nothing left over to check against
                 return keeps[0], sorted(erased + list(cands[0])), False
@@ -734,18 +744,17 @@ class LinearCode(abc.ABC):
             ratio = ratio[np.isfinite(ratio) & (scale > 0)]
             lo = 1.0 / math.sqrt(max(inner, 1))
             # statistics.median: the same value as np.median, without its overhead on ~10 numbers
-            rho = float(np.clip(statistics.median(ratio.tolist()), lo, 1.0)) if ratio.size else 1.0
+            rho = min(max(statistics.median(ratio.tolist()), lo), 1.0) if ratio.size else 1.0
             expected = rho * scale
         else:
             med = np.nanmedian(norms) if np.isfinite(norms).any() else 1.0
             expected = np.full(len(rows), med)
             dt, inner = raw[0].dtype if raw[0].dtype.kind in "fc" else np.dtype(np.float64), 1024
-        eps = float(np.finfo(dt).eps)
         if rtol is None:
-            rtol = 16.0 * eps
+            rtol = 16.0 * _eps(dt)
         if not rtol > 0:
             raise ConfigurationError(f"`rtol` must be positive, got {rtol}")
-        entries = max(1, int(np.prod(raw[0].shape)))
+        entries = max(1, math.prod(raw[0].shape))
         tau = rtol * math.sqrt(max(inner, 1)) * np.asarray(expected, dtype=np.float64) / math.sqrt(entries)
         # A worker whose operands are all zero (split padding, zero blocks) computes an exact 0:
         # give it a tenth of the typical tolerance of the *nonzero* workers instead of 0, which
@@ -952,15 +961,68 @@ def _unit_draws(rng: np.random.Generator, k: int, x: int, y: int) -> tuple[np.nd
     return u, v
 
 
-def _project(E: Any, rng: np.random.Generator, k: int) -> np.ndarray:
-    """Reduce each worker's evaluation block to ``k`` numbers by random Gaussian projections."""
-    if isinstance(E, _Packed):
-        # the same draws as for the unpacked complex blocks (h, ...): u over the h rows, v
-        # over the rest; u (top + 1j bot) v = u top v + 1j u bot v
+def _dims(E: Any) -> tuple[int, int]:
+    """``(x, y)`` of a family's projections: ``u`` spans the rows (x) of each worker's
+    evaluation block, ``v`` the rest (y). A packed block's rows are its complex rows, half
+    of its real ones."""
+    if isinstance(E, (_Packed, _Rows)):
         shape = E.arrays[0].shape
-        h = shape[0] // 2
-        y = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-        u, v = _unit_draws(rng, k, h, y)
+        if isinstance(E, _Packed):
+            return shape[0] // 2, math.prod(shape[1:])
+        return (shape[0] if shape else 1), math.prod(shape[1:])  # 0-d: a scalar gradient
+    if E.ndim > 2:
+        return E.shape[1], math.prod(E.shape[2:])
+    return math.prod(E.shape[1:]), 1
+
+
+#: The random unit vectors of the consistency check, per sequence of families' ``(x, y)``:
+#: drawn from a generator seeded with 0x5EED in family order (so a decode is reproducible), and
+#: kept where small (at most :data:`_DRAWS_MAX` numbers), since a job decodes the same shapes
+#: again and again and the generator's construction and draws cost more than a small check's
+#: arithmetic. Bounded: :data:`_DRAWS_SIZE` entries, least recently used dropped first.
+_DRAWS: OrderedDict[Any, tuple[tuple[np.ndarray, np.ndarray], ...]] = OrderedDict()
+_DRAWS_SIZE = 64
+_DRAWS_MAX = 1 << 15
+_DRAWS_LOCK = threading.Lock()
+
+
+def _draws(dims: tuple[tuple[int, int], ...], k: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    key = (k, dims)
+    with _DRAWS_LOCK:
+        hit = _DRAWS.get(key)
+        if hit is not None:
+            _DRAWS.move_to_end(key)
+            return hit
+    rng = np.random.default_rng(0x5EED)
+    hit = tuple(_unit_draws(rng, k, x, y) for x, y in dims)
+    if k * sum(x + y for x, y in dims) <= _DRAWS_MAX:
+        for u, v in hit:
+            u.setflags(write=False)
+            v.setflags(write=False)
+        with _DRAWS_LOCK:
+            _DRAWS[key] = hit
+            while len(_DRAWS) > _DRAWS_SIZE:
+                _DRAWS.popitem(last=False)
+    return hit
+
+
+def _project(E: Any, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Reduce each worker's evaluation block to ``k`` numbers by random projections: ``u``
+    (k x rows) and ``v`` (k x the rest) from :func:`_draws` for :func:`_dims` of ``E``;
+    number ``j`` of a block ``X`` is ``u_j X v_j``."""
+    k = u.shape[0]
+    if isinstance(E, _Packed):
+        # the same projections as of the unpacked complex blocks (h, ...): u over the h rows,
+        # v over the rest; u (top + 1j bot) v = u top v + 1j u bot v
+        h, y = u.shape[1], v.shape[1]
+        if len(E) * E.arrays[0].size <= _SMALL_STACK:
+            # small results: one batched product over both halves of all of them
+            S = np.stack(E.arrays).reshape(len(E), 2, h, y)
+            with np.errstate(invalid="ignore", over="ignore"):
+                t = (np.matmul(u, S) * v).sum(axis=3)      # (r, 2, k)
+            out = np.empty((len(E), k), dtype=np.complex128)
+            out.real, out.imag = t[:, 0], t[:, 1]
+            return out
         out = np.empty((len(E), k), dtype=np.complex128)
         with np.errstate(invalid="ignore", over="ignore"):
             for i, a in enumerate(E.arrays):
@@ -971,10 +1033,7 @@ def _project(E: Any, rng: np.random.Generator, k: int) -> np.ndarray:
     if isinstance(E, _Rows) and len(E) * E.arrays[0].size <= _SMALL_STACK:
         E = E.stack()  # small results: one batched product beats a Python loop over them
     if isinstance(E, _Rows):
-        shape = E.arrays[0].shape
-        x = shape[0] if shape else 1                     # 0-d results (a scalar gradient)
-        y = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-        u, v = _unit_draws(rng, k, x, y)
+        x, y = u.shape[1], v.shape[1]
         out = np.empty((len(E), k), dtype=np.result_type(E.dtype, np.float64))
         with np.errstate(invalid="ignore", over="ignore"):
             for i, a in enumerate(E.arrays):
@@ -982,9 +1041,7 @@ def _project(E: Any, rng: np.random.Generator, k: int) -> np.ndarray:
         return out
     r = E.shape[0]
     # explicit widths: numpy cannot infer -1 beside a 0 (empty results: A with no rows)
-    flat = (E.reshape(r, E.shape[1], math.prod(E.shape[2:])) if E.ndim > 2
-            else E.reshape(r, math.prod(E.shape[1:]), 1))
-    u, v = _unit_draws(rng, k, flat.shape[1], flat.shape[2])
+    flat = E.reshape(r, u.shape[1], v.shape[1])
     with np.errstate(invalid="ignore", over="ignore"):
         t = np.matmul(u, flat)                    # (r, k, y): BLAS, not einsum
         return (t * v[None]).sum(axis=2)
@@ -1023,6 +1080,31 @@ def _residuals(M: np.ndarray, y: np.ndarray, W: np.ndarray, keeps: np.ndarray, d
     # candidate leaves float64 rounding of its own size in the fit: allow for that too.
     floor = 1.0 + 1e3 * np.finfo(np.float64).eps * np.abs(Yk).max(axis=(1, 2))
     return np.abs(res).max(axis=(1, 2)) / floor
+
+
+def _residual_all(M: np.ndarray, y: np.ndarray, W: np.ndarray, keep: np.ndarray, d: int) -> float:
+    """:func:`_residuals` of the one candidate that keeps every row in ``keep``: the same
+    arithmetic on 2-D arrays, without the candidate axis."""
+    F = _factors(M[keep]) if M.shape[1] == d else None
+    if F is None or F.rank != d or not F.S[d - 1] > F.S[0] * 1e-10:
+        return float(_residuals(M, y, W, keep[None], d)[0])
+    w = W[keep][:, None]
+    Q, _ = np.linalg.qr(F.Q * w)
+    Yk = y[keep] * w
+    res = Yk - Q @ (np.conj(Q.T) @ Yk)
+    floor = 1.0 + 1e3 * _EPS64 * float(np.abs(Yk).max())
+    return float(np.abs(res).max()) / floor
+
+
+_EPS64 = float(np.finfo(np.float64).eps)
+_EPS = {np.dtype(t): float(np.finfo(t).eps) for t in (np.float16, np.float32, np.float64,
+                                                       np.complex64, np.complex128)}
+
+
+def _eps(dt: Any) -> float:
+    """``np.finfo(dt).eps`` as a float, without finfo's cost for the usual dtypes."""
+    hit = _EPS.get(np.dtype(dt))
+    return hit if hit is not None else float(np.finfo(dt).eps)
 
 
 def _equivalent(Ms, Y, W, keeps, good, best) -> bool:

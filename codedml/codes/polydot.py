@@ -840,7 +840,8 @@ class PolyDotCode(LinearCode):
             if q == 1:
                 Z = X[0]                                             # (p, h, ...)
                 top, bot = Z.real, Z.imag
-                C = np.stack([top, bot], axis=1).reshape((-1,) + Z.shape[2:])
+                # explicit row count: numpy cannot infer -1 beside a 0 (B without columns)
+                C = np.stack([top, bot], axis=1).reshape((2 * p * Z.shape[1],) + Z.shape[2:])
             else:
                 U = X[0].reshape(p, q, *X[0].shape[1:])
                 V = X[1].reshape(p, q, *X[1].shape[1:])

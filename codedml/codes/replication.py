@@ -84,7 +84,7 @@ class ReplicationCode(LinearCode):
         rb = -(-M // self.k)
         Ap = np.zeros((rb * self.k, A.shape[1]), dtype=A.dtype)
         Ap[:M] = A
-        blocks = Ap.reshape(self.k, rb, -1)
+        blocks = Ap.reshape(self.k, rb, A.shape[1])   # explicit: -1 fails where A is empty
         shape = (M,) + B.shape[1:]
         pairs = [(blocks[w % self.k], B) for w in range(self.workers)]
         dtype = np.result_type(A.dtype, B.dtype) if self.field is None else np.dtype(np.int64)
@@ -155,7 +155,8 @@ class ReplicationCode(LinearCode):
         return [result]
 
     def _assemble(self, X: list[np.ndarray], shape: tuple[int, ...] | None) -> np.ndarray:
-        C = X[0].reshape((-1,) + X[0].shape[2:])
+        # explicit row count: numpy cannot infer -1 beside a 0 (B without columns)
+        C = X[0].reshape((X[0].shape[0] * X[0].shape[1],) + X[0].shape[2:])
         if shape is not None:
             C = C[tuple(slice(0, s) for s in shape)]
         return np.ascontiguousarray(C.astype(np.int64) if self.field is not None else C)

@@ -1184,9 +1184,10 @@ typedef struct {
     int spin_yield;            /* yield the core between probes while spinning */
     /* serve()'s calls (set by calls()): the handlers by name, protocol's memo of checked
        call parameters (bytes -> (name, params)), the handlers' context, protocol.DTYPES,
-       numpy.frombuffer, Op.CALL and Kind.RESULT */
-    PyObject *handlers, *memo, *ctx, *dtypes, *frombuffer, *ndarray;
-    int op_call, kind_result;
+       numpy.frombuffer, Op.CALL and Kind.RESULT; the worker's plain product (a, b) -> array and
+       Op.MATMUL, or NULL and -1 */
+    PyObject *handlers, *memo, *ctx, *dtypes, *frombuffer, *ndarray, *product;
+    int op_call, kind_result, op_matmul;
 } Worker;
 
 static PyObject *Worker_new(PyTypeObject *type, PyObject *args, PyObject *kw)
@@ -1246,6 +1247,7 @@ static void drop_calls(Worker *self)
     Py_CLEAR(self->dtypes);
     Py_CLEAR(self->frombuffer);
     Py_CLEAR(self->ndarray);
+    Py_CLEAR(self->product);
 }
 
 static void Worker_dealloc(Worker *self)
@@ -1690,23 +1692,29 @@ static PyObject *Worker_reply(Worker *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* calls(handlers, memo, ctx, dtypes, frombuffer, ndarray, op_call, kind_result): what
- * serve() runs calls with (see Worker's fields); handlers and memo dicts, dtypes
- * protocol.DTYPES, ndarray numpy's array type (only a result of exactly that type is sent
- * from C: any other goes through numpy.asarray in Python, as before). */
+/* calls(handlers, memo, ctx, dtypes, frombuffer, ndarray, op_call, kind_result[, product,
+ * op_matmul]): what serve() runs calls with (see Worker's fields); handlers and memo dicts,
+ * dtypes protocol.DTYPES, ndarray numpy's array type (only a result of exactly that type is
+ * sent from C: any other goes through numpy.asarray in Python, as before); product, when
+ * given and not None, the worker's plain product (WorkerState.plain_product), which serve()
+ * then runs for Op.MATMUL (op_matmul) requests of two sent arrays and no flags. */
 static PyObject *Worker_calls(Worker *self, PyObject *args)
 {
-    PyObject *h, *m, *c, *d, *f, *nd;
-    int oc, kr;
+    PyObject *h, *m, *c, *d, *f, *nd, *pr = Py_None;
+    int oc, kr, om = -1;
     if (worker_ready(self) < 0 ||
-        !PyArg_ParseTuple(args, "O!O!OO!OO!ii", &PyDict_Type, &h, &PyDict_Type, &m, &c,
-                          &PyTuple_Type, &d, &f, &PyType_Type, &nd, &oc, &kr))
+        !PyArg_ParseTuple(args, "O!O!OO!OO!ii|Oi", &PyDict_Type, &h, &PyDict_Type, &m, &c,
+                          &PyTuple_Type, &d, &f, &PyType_Type, &nd, &oc, &kr, &pr, &om))
         return NULL;
-    if (PyTuple_GET_SIZE(d) != NDTYPES || !PyCallable_Check(f)) {
-        PyErr_Format(PyExc_ValueError, "calls: `dtypes` must be a tuple of the %d wire dtypes "
-                     "and `frombuffer` callable", NDTYPES);
+    if (PyTuple_GET_SIZE(d) != NDTYPES || !PyCallable_Check(f)
+        || (pr != Py_None && (!PyCallable_Check(pr) || om < 0))) {
+        PyErr_Format(PyExc_ValueError, "calls: `dtypes` must be a tuple of the %d wire dtypes, "
+                     "`frombuffer` callable, and `product` None or callable with `op_matmul` "
+                     "given", NDTYPES);
         return NULL;
     }
+    Py_XSETREF(self->product, pr == Py_None ? NULL : Py_NewRef(pr));
+    self->op_matmul = pr == Py_None ? -1 : om;
     Py_XSETREF(self->handlers, Py_NewRef(h));
     Py_XSETREF(self->memo, Py_NewRef(m));
     Py_XSETREF(self->ctx, Py_NewRef(c));
@@ -1763,8 +1771,10 @@ static PyObject *handler_error(long long job, int op)
  * seconds and was cancelled meanwhile is dropped. Then the next request. Returned to Python:
  * next()'s events for every other request (or call not in the memo); (2, job, op,
  * exception) for a handler's exception (an Exception); (3, job, op, result, elapsed_ns)
- * for a result to be made an array and sent by Python. The Python loop runs this only for a
- * worker without a failure model (nothing to inject). */
+ * for a result to be made an array and sent by Python. A plain product (op_matmul: two
+ * sent arrays, no handle, field, flags or parameters) is run the same way when calls() gave
+ * the worker's product: product(a, b), its result replied as a call's. The Python loop runs
+ * this only for a worker without a failure model (nothing to inject). */
 static PyObject *Worker_serve(Worker *self, PyObject *args)
 {
     double spin, stale, longs;
@@ -1781,34 +1791,45 @@ static PyObject *Worker_serve(Worker *self, PyObject *args)
         const int got = next_request(self, spin, stale, &q, &arrays, &count);
         if (got < 0)
             return NULL;
-        if (got == 1 || q.op != self->op_call || (q.flags & 7) || q.job < 0 || q.handle != -1
-            || q.field != -1 || !q.plen)
+        /* a plain product of two sent arrays (no stored operand, field, compensation or
+           parameters): the worker's product, without a context */
+        const int prod = got == 0 && self->product && q.op == self->op_matmul
+                         && !(q.flags & 7) && q.job >= 0 && q.handle == -1 && q.field == -1
+                         && !q.plen && PyList_GET_SIZE(arrays) == 2;
+        if (!prod && (got == 1 || q.op != self->op_call || (q.flags & 7) || q.job < 0
+                      || q.handle != -1 || q.field != -1 || !q.plen))
             return request_event(self, got, &q, arrays, count);
-        PyObject *key = PyBytes_FromStringAndSize((const char *)self->raw + q.params_at, q.plen);
-        if (!key) {
-            Py_DECREF(arrays);
-            return NULL;
-        }
-        PyObject *seen = PyDict_GetItemWithError(self->memo, key), *fn = NULL, *kw = NULL;
-        Py_DECREF(key);
-        if (seen && PyTuple_Check(seen) && PyTuple_GET_SIZE(seen) == 2
-            && PyDict_Check(PyTuple_GET_ITEM(seen, 1))) {
-            fn = PyDict_GetItemWithError(self->handlers, PyTuple_GET_ITEM(seen, 0));
-            kw = PyTuple_GET_ITEM(seen, 1);
-        }
-        if (!fn) {
-            if (PyErr_Occurred()) {
+        PyObject *fn = NULL, *kw = NULL;
+        if (prod) {
+            fn = self->product;
+        } else {
+            PyObject *key = PyBytes_FromStringAndSize((const char *)self->raw + q.params_at, q.plen);
+            if (!key) {
                 Py_DECREF(arrays);
                 return NULL;
             }
-            return request_event(self, 0, &q, arrays, count);   /* Python names the defect */
+            PyObject *seen = PyDict_GetItemWithError(self->memo, key);
+            Py_DECREF(key);
+            if (seen && PyTuple_Check(seen) && PyTuple_GET_SIZE(seen) == 2
+                && PyDict_Check(PyTuple_GET_ITEM(seen, 1))) {
+                fn = PyDict_GetItemWithError(self->handlers, PyTuple_GET_ITEM(seen, 0));
+                kw = PyTuple_GET_ITEM(seen, 1);
+            }
+            if (!fn) {
+                if (PyErr_Occurred()) {
+                    Py_DECREF(arrays);
+                    return NULL;
+                }
+                return request_event(self, 0, &q, arrays, count);   /* Python names the defect */
+            }
         }
         Py_INCREF(fn);   /* the handler may change the memo or the handlers */
-        Py_INCREF(kw);
-        const Py_ssize_t na = PyList_GET_SIZE(arrays);
-        PyObject *targs = PyTuple_New(1 + na), *res = NULL;
+        Py_XINCREF(kw);
+        const Py_ssize_t na = PyList_GET_SIZE(arrays), first = prod ? 0 : 1;
+        PyObject *targs = PyTuple_New(first + na), *res = NULL;
         if (targs) {
-            PyTuple_SET_ITEM(targs, 0, Py_NewRef(self->ctx));
+            if (!prod)
+                PyTuple_SET_ITEM(targs, 0, Py_NewRef(self->ctx));
             for (Py_ssize_t i = 0; i < na; i++) {
                 PyObject *it = PyList_GET_ITEM(arrays, i);   /* (shape, code, bytearray) */
                 PyObject *shape = PyTuple_GET_ITEM(it, 0);
@@ -1824,21 +1845,21 @@ static PyObject *Worker_serve(Worker *self, PyObject *args)
                     Py_CLEAR(targs);
                     break;
                 }
-                PyTuple_SET_ITEM(targs, 1 + i, a);
+                PyTuple_SET_ITEM(targs, first + i, a);
             }
         }
         Py_DECREF(arrays);
         if (!targs) {
             Py_DECREF(fn);
-            Py_DECREF(kw);
+            Py_XDECREF(kw);
             return NULL;
         }
         const double t0 = mono();
-        res = PyObject_Call(fn, targs, PyDict_GET_SIZE(kw) ? kw : NULL);
+        res = PyObject_Call(fn, targs, kw && PyDict_GET_SIZE(kw) ? kw : NULL);
         const double took = mono() - t0;
         Py_DECREF(targs);
         Py_DECREF(fn);
-        Py_DECREF(kw);
+        Py_XDECREF(kw);
         if (!res)
             return handler_error(q.job, q.op);
         const long long ns = (long long)(took * 1e9);

@@ -111,6 +111,8 @@ class WorkerState:
             if p is not None:
                 a_np = a if isinstance(a, np.ndarray) else self.backend.to_numpy(a)
                 return _gfp.matmul_mod(a_np, b, p)
+            if not req.compensated:
+                return self.plain_product(a, b)
             return np.ascontiguousarray(self.backend.to_numpy(self._matmul(req)(a, b)))
         if op is Op.MATMUL_LEFT:  # l @ stored block: the inner dimension is the stored rows
             a, l = self._stored(hid), arrays[0]
@@ -156,6 +158,16 @@ class WorkerState:
                 return mm(a, b)
 
         return product
+
+    def plain_product(self, a: Any, b: Any) -> np.ndarray:
+        """``a @ b`` by the backend, as the contiguous numpy array a reply carries: a real
+        product's work (not compensated, not over GF(p)). Overflow stays quiet, as in
+        :meth:`_matmul`. The compiled worker loop calls this directly for a product of two
+        sent arrays when there is no failure model (``_wire.Worker.serve``)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = self.backend.matmul(a, b)
+        return out if type(out) is np.ndarray and out.ndim and out.flags.c_contiguous else \
+            np.ascontiguousarray(self.backend.to_numpy(out))
 
     def _add_outer(self, a: Any, hid: int, u: np.ndarray, v: np.ndarray, p: int | None) -> None:
         """Stored block ``a`` (``resident[hid]``) ``+= u v^T`` in place."""

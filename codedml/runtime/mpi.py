@@ -826,24 +826,26 @@ class MPICluster(ClusterBase):
         # Without a failure model (nothing to inject) a call whose parameters a recent request
         # carried runs in C from its arrival to its reply (``_wire.Worker.serve``): the same
         # handler, arrays and reply as below, without this loop's Python per request.
+        # Products of two sent arrays run there too: WorkerState.plain_product, what handle()
+        # runs for them.
         fast = state.faults is None and type(state.handlers) is dict
         if fast:
             eng.calls(state.handlers, call_memo(), state._ctx(), DTYPES, np.frombuffer,
-                      np.ndarray, k_call, k_result)
+                      np.ndarray, k_call, k_result, state.plain_product, int(Op.MATMUL))
         while True:
             ev = eng.serve(_SPIN, _STALE, _LONG) if fast else eng.next(_SPIN, _STALE)
-            if ev[0] == 2:  # a handler's exception (serve)
+            if ev[0] == 2:  # a handler's (or a product's) exception (serve)
                 try:
                     raise ev[3]
                 except Exception as exc:   # with the handler's traceback
-                    reply_error(exc, ev[1], Op.CALL)
+                    reply_error(exc, ev[1], Op(ev[2]))
                 continue
             if ev[0] == 3:  # a handler's result that is not yet a sendable array (serve)
-                _, job, _, result, took_ns = ev
+                _, job, op_code, result, took_ns = ev
                 try:
-                    reply_result(job, k_call, call_result(result), took_ns * 1e-9)
+                    reply_result(job, op_code, call_result(result), took_ns * 1e-9)
                 except Exception as exc:
-                    reply_error(exc, job, Op.CALL)
+                    reply_error(exc, job, Op(op_code))
                 continue
             if ev[0] == 1:  # refused by the compiled parser: protocol.py names the defect
                 try:
