@@ -126,6 +126,28 @@ def test_closed_cluster_refuses_work(data):
 
 
 # --------------------------------------------------------------------------- stragglers
+def test_a_code_overriding_decodable_is_asked_through_it(data):
+    """A job decides when its results suffice through the code's ``decodable``: a subclass
+    that overrides it (here: every worker's result, so a straggler is waited for) is asked
+    through its override, not only through the hook the library's codes implement."""
+    A, B = data["A"], data["B"]
+
+    class EveryWorker(MDSCode):
+        def decodable(self, workers):
+            return len(set(workers)) == self.workers
+
+    c = LocalCluster(N, faults=FixedStragglers([1], 0.3), timeout=20)
+    try:
+        for code, waits in ((MDSCode(N, 3), False), (EveryWorker(N, 3), True)):
+            job = c.submit(A, B, code=code)
+            np.testing.assert_allclose(job.result(), A @ B, rtol=1e-10, atol=1e-10)
+            assert _statuses(job)[1] in (("used", "spare", "corrupt") if waits else ("late", "missing"))
+            assert (job.report.wall >= 0.3) == waits, job.report.wall
+            c.drain(1.0)
+    finally:
+        c.close()
+
+
 def test_stragglers_are_not_waited_for(data):
     A, B = data["A"], data["B"]
     c = LocalCluster(N, faults=FixedStragglers([1, 2], 2.0), timeout=20)

@@ -362,8 +362,13 @@ class Job(_Request):
         have = len(self.arrived)
         pending = self._outstanding()
         # the arrived keys are worker indices the transport checked: the code's own test on
-        # them, without decodable()'s validation of arbitrary input (on every arrival)
-        decodable = have > 0 and self.code._recovers(np.array(sorted(self.arrived), dtype=int))
+        # them, without decodable()'s validation of arbitrary input (on every arrival); a code
+        # class that overrides decodable() itself is asked through it
+        code = self.code
+        if type(code).decodable is LinearCode.decodable:
+            decodable = have > 0 and code._recovers(np.array(sorted(self.arrived), dtype=int))
+        else:
+            decodable = have > 0 and bool(code.decodable(self.arrived))
         early = (self.errors == 0 and not self._retrying and decodable and not self.wait_all)
         if have < self.needed and pending and not early:
             return
