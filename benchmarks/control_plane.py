@@ -20,7 +20,10 @@ Measured side by side, each the median over ``--repeats`` rounds, on the same ra
   ``transport="compiled"``) and on the Python one (``", Python path"``); their ratio is
   ``compiled_over_python`` in the JSON.
 * ``job``: ``cluster.submit`` of a tiny product (4x4 @ 4x4, ``MDSCode(n, n - 2)``): the same
-  plus encode and decode.
+  plus encode and decode. Its row also splits each job into the codes' part (the job's own
+  ``encode_time``, from submission through the encode and the checks before it, and
+  ``t_decode``) and the rest (``runtime_*``: the requests, the workers' products, the replies
+  and the job's bookkeeping), medians over the same jobs.
 * ``train step``: ``codedml.train.fit`` under the ``sync`` policy with a gradient handler that
   returns zeros at once (the digits logistic regression's 650 parameters): request, gather,
   the root's SGD step and bookkeeping per step, with no gradient computed.
@@ -193,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     bare: dict[str, list[float]] = {k: [] for k in sizes}
     floor: dict[str, list[float]] = {k: [] for k in sizes}
     samples: dict[tuple[str, str, str], list[float]] = {}
+    parts: dict[tuple[str, str, str], list[tuple[float, float]]] = {}  # jobs: (encode, decode)
     fits: dict[str, list[tuple[float, int, float]]] = {t: [] for t in transports}
     info = machine_info() if world.Get_rank() == 0 else None
     for block in range(args.blocks):
@@ -225,8 +229,16 @@ def main(argv: list[str] | None = None) -> int:
                     timed(label, "call (echo handler)", lambda: cluster.call("echo", x).result())
                 code = MDSCode(n, max(1, n - 2))
                 A = np.ones((4, 4))
-                timed("tiny (8 doubles)", f"job ({code!r}, 4x4 @ 4x4)",
-                      lambda: cluster.submit(A, A, code=code).result())
+                what = f"job ({code!r}, 4x4 @ 4x4)"
+                jobs = parts.setdefault((transport, what, "tiny (8 doubles)"), [])
+
+                def job() -> None:
+                    j = cluster.submit(A, A, code=code)
+                    j.result()
+                    jobs.append((j.encode_time, j.t_decode))
+
+                timed("tiny (8 doubles)", what, job)
+                del jobs[0]   # the warm-up's
                 cfg = TrainConfig(policy="sync", steps=steps, eval_every=steps, batch=16)
                 t = time.perf_counter()
                 res = fit(cluster, task, cfg)
@@ -243,6 +255,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"request": what + ("" if transport == transports[0] else ", Python path"),
                      "payload": label, "transport": transport, "median_s": float(np.median(ts)),
                      "p90_s": float(np.percentile(ts, 90)), "repeats": len(ts)})
+        jp = parts.get((transport, what, label))
+        if jp:   # a job: the codes' part and the rest, per job
+            enc, dec = np.array(jp).T
+            rows[-1].update(encode_median_s=float(np.median(enc)),
+                            decode_median_s=float(np.median(dec)),
+                            runtime_median_s=float(np.median(np.array(ts) - enc - dec)))
     for transport in transports:
         wall = sum(w for w, _, _ in fits[transport])
         nsteps = sum(s for _, s, _ in fits[transport])
@@ -256,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         r["bare_median_s"] = bare_med[r["payload"]]
         r["ratio_to_bare"] = r["median_s"] / r["bare_median_s"]
+        if "runtime_median_s" in r:
+            r["runtime_ratio_to_bare"] = r["runtime_median_s"] / r["bare_median_s"]
     speedup = {}
     if len(transports) == 2:  # the compiled path against the Python one, same run
         by = {(r["transport"], r["request"].replace(", Python path", ""), r["payload"]): r["median_s"]
@@ -271,6 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r['request'][:62]:<62} {r['payload']:<24} {1e3 * r['median_s']:>9.3f} "
               f"{1e3 * r['bare_median_s']:>8.3f} {r['ratio_to_bare']:>6.2f}")
+    for r in rows:
+        if "runtime_median_s" in r:
+            print(f"  {r['request'][:60]}: encode {1e3 * r['encode_median_s']:.3f} ms, decode "
+                  f"{1e3 * r['decode_median_s']:.3f} ms, the rest {1e3 * r['runtime_median_s']:.3f} "
+                  f"ms ({r['runtime_ratio_to_bare']:.2f}x bare)")
     for k, v in speedup.items():
         print(f"compiled / Python path: {k}: {v:.2f}")
     doc = {"benchmark": "control_plane", "workers": n, "repeats": per_block * args.blocks,

@@ -813,6 +813,15 @@ def _control(doc: dict[str, Any], name: str) -> str:
         verdict.append(f"a call at most {t['request_ratio_to_bare']:g}x the bare round trip: "
                        f"{'met' if max(calls) <= t['request_ratio_to_bare'] else 'NOT met'} "
                        f"({min(calls):.1f}-{max(calls):.1f}x in this run)")
+    jobs = [r for r in doc["rows"] if r["request"].startswith("job") and main(r)]
+    if jobs and "runtime_median_s" in jobs[0]:
+        j = jobs[0]
+        verdict.append(f"a coded job at most {t['request_ratio_to_bare']:g}x: "
+                       f"{'met' if j['ratio_to_bare'] <= t['request_ratio_to_bare'] else 'NOT met'} "
+                       f"({j['ratio_to_bare']:.1f}x: its encode {1e3 * j['encode_median_s']:.2f} ms "
+                       f"and decode {1e3 * j['decode_median_s']:.2f} ms, the rest "
+                       f"{1e3 * j['runtime_median_s']:.2f} ms = {j['runtime_ratio_to_bare']:.1f}x "
+                       f"the bare round trip)")
     if step and doc["workers"] == 6:
         s = step[0]["median_s"]
         verdict.append(f"a training step at most {1e3 * t['train_step_s_at_6_workers']:g} ms at 6 "
