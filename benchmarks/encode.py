@@ -43,8 +43,10 @@ alike:
   path of a CPU without AVX2 (over GF(p): the compiled copy, widening and reduction loops
   around a BLAS GEMM);
 * ``flop bound``: the generator products' multiply-adds (:func:`macs`; a complex one counts
-  4, systematic codes compute parity rows only) at the float64 GEMM rate measured in the same
-  repeat (a 34 x 30 generator against 2^16 columns). Where it exceeds the copy bound the
+  4, systematic codes compute parity rows only; over GF(65537) the same count, which the
+  compiled kernel runs as exact float64 multiply-adds, its reductions mod p not counted) at
+  the float64 GEMM rate measured in the same repeat (a 34 x 30 generator against 2^16
+  columns). Where it exceeds the copy bound the
   encode is compute-bound: no kernel can reach the copy bound there (MDS(17, 15)
   non-systematic does 2 x 2 x 15 real multiply-adds per task entry).
 
@@ -141,9 +143,13 @@ def _operands(enc) -> list[np.ndarray]:
 def macs(code, size: int) -> int | None:
     """Real multiply-adds of the generator products in ``code.encode`` of two ``size x size``
     matrices (a complex one counts 4; systematic codes compute parity rows only): what no
-    encode can do faster than BLAS runs them. None over GF(p); 0 for gradient codes (they
+    encode can do faster than BLAS runs them. Over GF(p) the same count where the compiled
+    kernel runs them as float64 multiply-adds of exact integers (``k (p - 1)**2 <= 2**52``:
+    the float64 GEMM rate is then their bound too; the reductions mod p and the int64
+    conversions come on top and are not counted), else None; 0 for gradient codes (they
     scale and place partitions; no products)."""
-    if code.field is not None:
+    if code.field is not None and (max(code.p * code.m, code.m * code.q)
+                                   * (code.field - 1) ** 2 > 2 ** 52):
         return None
     if isinstance(code, GradientCode):
         return 0

@@ -370,8 +370,12 @@ def encode(doc: dict[str, Any]) -> str:
         f"repeats{' (`--quick`)' if par.get('quick') else ''}, {clock}, BLAS threads "
         f"{par['threads']}. *copy bound*: reading A and B once and writing every task once at "
         "the copy bandwidth measured in the same run; *flop bound*: the generator products' "
-        "multiply-adds at the float64 GEMM rate measured in the same run (- over GF(p)); "
-        "*tensordot*: the plain encode (`codedml/codes/_reference.py`). "
+        "multiply-adds at the float64 GEMM rate measured in the same run "
+        + ("(over GF(p) the same count, which the compiled kernel runs as exact float64 "
+           "multiply-adds; its reductions mod p are not counted); "
+           if any(r.get("field") and r.get("flop_bound_s") is not None for r in rows)
+           else "(- over GF(p)); ")
+        + "*tensordot*: the plain encode (`codedml/codes/_reference.py`). "
         + ("*move bound*: reading A and B once and writing every task once, timed directly in "
            "the same run (a copy of the smaller byte count, then the rest of the writes "
            "streamed, or the rest of the reads): the copy bound charges a byte read as much as "
