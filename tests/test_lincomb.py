@@ -331,6 +331,28 @@ def test_lincomb_over_gfp_reduces_a_sum_of_exactly_2_pow_52(simd):
 
 
 @needs_kernels
+@pytest.mark.parametrize("simd", LEVELS)
+@pytest.mark.parametrize("p", [2, 3, 5, 65537, 2 ** 26 + 1])
+def test_lincomb_over_gfp_reduces_every_residue_across_the_range(p, simd):
+    """The reduction mod p (one correction of the remainder from the rounded quotient) is
+    exact across the whole range of sums, [0, (p - 1)**2]: every pair of a coefficient and a
+    residue for small primes, and for the largest primes the extremes and random values
+    times coefficients spread over [0, p) (sums up to 2**52 for p = 2**26 + 1)."""
+    rng = np.random.default_rng(p)
+    if p < 100:
+        gs, vals = np.arange(p), np.arange(p)
+    else:
+        gs = np.unique(np.r_[0, 1, 2, (p - 1) // 2, p - 2, p - 1, rng.integers(0, p, 10)])
+        vals = np.r_[0, 1, 2, (p - 1) // 2, (p + 1) // 2, p - 2, p - 1, rng.integers(0, p, 4000)]
+    src = vals.reshape(1, -1).astype(np.int64)
+    G = gs.reshape(-1, 1).astype(np.float64)
+    outs = [np.empty_like(src) for _ in gs]
+    K.lincomb(G, [src], outs, None, False, False, simd, p)
+    want = (gs.astype(object)[:, None] * vals.astype(object)[None, :]) % p
+    np.testing.assert_array_equal(np.array(outs).reshape(want.shape), want.astype(np.int64))
+
+
+@needs_kernels
 def test_lincomb_takes_a_one_entry_sq_at_any_stride():
     """A one-entry ``sq`` is contiguous whatever its stride (numpy's view of it)."""
     sq = np.zeros(8)[::4][:1]

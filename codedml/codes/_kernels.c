@@ -657,6 +657,8 @@ static uint64_t i64_row(const int64_t *x, int64_t *y, double *z, Py_ssize_t n, i
     __m128i big = _mm_setzero_si128();
     __m128d mx = _mm_setzero_pd();
     for (; i + 4 <= n; i += 4) {
+        if (!((i - start) & 7))   /* one a cache line, as row_d (PFD) */
+            _mm_prefetch((const char *)(x + i) + PFD, _MM_HINT_T0);
         __m128i v0 = _mm_loadu_si128((const __m128i *)(x + i));
         __m128i v1 = _mm_loadu_si128((const __m128i *)(x + i + 2));
         if (y && stream) {
@@ -1227,8 +1229,11 @@ LC_INLINE LC_A2 __m256i lc2_mod(__m256d x, const double *md)
     const __m256d T = _mm256_set1_pd(4503599627370496.0), P = _mm256_set1_pd(md[0]);
     const __m256d q = _mm256_sub_pd(_mm256_fmadd_pd(x, _mm256_set1_pd(md[1]), T), T);
     __m256d r = _mm256_fnmadd_pd(q, P, x);
+    /* one correction suffices: fl(1 / p) is within 2**-53 of 1 / p relatively, so for x in
+       [0, 2**52] the product x fl(1 / p) is within 1 / (2 p) of x / p, q is the nearest
+       integer to it, and r = x - q p (exact) lies within (p + 1) / 2 of 0: in (-p, p), and
+       in [0, p) once p is added where it is negative */
     r = _mm256_add_pd(r, _mm256_and_pd(_mm256_cmp_pd(r, _mm256_setzero_pd(), _CMP_LT_OQ), P));
-    r = _mm256_sub_pd(r, _mm256_and_pd(_mm256_cmp_pd(r, P, _CMP_GE_OQ), P));
     return _mm256_sub_epi64(_mm256_castpd_si256(_mm256_add_pd(r, T)), _mm256_castpd_si256(T));
 }
 
@@ -1323,9 +1328,10 @@ LC_INLINE LC_A2 void lc2_body(const int NR, const double *const *g, const int *l
                 b[r] = _mm256_fmadd_pd(u, x1, b[r]);
             }
         }
-        #pragma GCC unroll 4
-        for (int r = 0; r < NR; r++)
-            s[r] = _mm256_fmadd_pd(b[r], b[r], _mm256_fmadd_pd(a[r], a[r], s[r]));
+        if (kd != 'q')   /* GF(p): no sums of squares */
+            #pragma GCC unroll 4
+            for (int r = 0; r < NR; r++)
+                s[r] = _mm256_fmadd_pd(b[r], b[r], _mm256_fmadd_pd(a[r], a[r], s[r]));
         if (pairs)
             #pragma GCC unroll 4
             for (int r = 0; r < NR; r += 2)
