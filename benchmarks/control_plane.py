@@ -237,8 +237,9 @@ def main(argv: list[str] | None = None) -> int:
                     j.result()
                     jobs.append((j.encode_time, j.t_decode))
 
+                n0 = len(jobs)   # (one list for every block)
                 timed("tiny (8 doubles)", what, job)
-                del jobs[0]   # the warm-up's
+                del jobs[n0]   # this block's warm-up
                 cfg = TrainConfig(policy="sync", steps=steps, eval_every=steps, batch=16)
                 t = time.perf_counter()
                 res = fit(cluster, task, cfg)

@@ -148,11 +148,11 @@ def macs(code, size: int) -> int | None:
     the float64 GEMM rate is then their bound too; the reductions mod p and the int64
     conversions come on top and are not counted), else None; 0 for gradient codes (they
     scale and place partitions; no products)."""
+    if isinstance(code, GradientCode):
+        return 0
     if code.field is not None and (max(code.p * code.m, code.m * code.q)
                                    * (code.field - 1) ** 2 > 2 ** 52):
         return None
-    if isinstance(code, GradientCode):
-        return 0
     p, m, q, n = code.p, code.m, code.q, code.workers
     M = N = K = size
     s = code._n_systematic()

@@ -272,8 +272,9 @@ with cm as cluster:
                     enc = c.encode(X, Y, precision=prec)
                     ref = c.decode({w: np.matmul(t.a, t.b) for w, t in enumerate(enc)},
                                    encoding=enc)
-                    same[key] = bool(got.dtype == ref.dtype and got.shape == ref.shape
-                                     and np.array_equal(got, ref))
+                    same[key] = same.get(key, True) and bool(
+                        got.dtype == ref.dtype and got.shape == ref.shape
+                        and np.array_equal(got, ref))
             enc = rep.encode(A, B)
             with cluster._lock:
                 bad = cluster._start(rep, enc, Request(Op.MATMUL, 0),

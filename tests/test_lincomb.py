@@ -353,6 +353,28 @@ def test_lincomb_over_gfp_reduces_every_residue_across_the_range(p, simd):
 
 
 @needs_kernels
+@pytest.mark.parametrize("simd", LEVELS)
+def test_lincomb_over_gfp_reduces_sums_up_to_2_pow_52_of_many_terms(simd):
+    """Sums of 1024 terms up to the exactness bound k (p - 1)**2 <= 2**52 (p = 2**21 - 9,
+    a prime): every coefficient and residue p - 1 (the largest sum), random ones, and rows
+    of mixed extremes, reduced exactly."""
+    p, k, C = 2 ** 21 - 9, 1024, 40
+    assert k * (p - 1) ** 2 <= 2 ** 52
+    rng = np.random.default_rng(7)
+    G = np.full((3, k), p - 1.0)
+    G[1] = rng.integers(0, p, k)
+    G[2, ::2] = 0
+    srcs = [np.full((1, C), p - 1, np.int64) for _ in range(k)]
+    for s_ in srcs[::3]:
+        s_[0, ::2] = rng.integers(0, p, (C + 1) // 2)
+    outs = [np.empty((1, C), np.int64) for _ in range(3)]
+    K.lincomb(G, srcs, outs, None, False, False, simd, p)
+    X = np.array([s_[0] for s_ in srcs], dtype=object)
+    want = (G.astype(np.int64).astype(object) @ X) % p
+    np.testing.assert_array_equal(np.array(outs)[:, 0], want.astype(np.int64))
+
+
+@needs_kernels
 def test_lincomb_takes_a_one_entry_sq_at_any_stride():
     """A one-entry ``sq`` is contiguous whatever its stride (numpy's view of it)."""
     sq = np.zeros(8)[::4][:1]

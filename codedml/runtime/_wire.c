@@ -1936,7 +1936,8 @@ static PyMethodDef Worker_methods[] = {
     {"next", (PyCFunction)Worker_next, METH_VARARGS,
      "next(spin, stale) -> the next request not cancelled (see the C source)"},
     {"calls", (PyCFunction)Worker_calls, METH_VARARGS,
-     "calls(handlers, memo, ctx, dtypes, frombuffer, ndarray, op_call, kind_result): serve()'s calls"},
+     "calls(handlers, memo, ctx, dtypes, frombuffer, ndarray, op_call, kind_result[, product, "
+     "op_matmul]): serve()'s calls and plain products"},
     {"serve", (PyCFunction)Worker_serve, METH_VARARGS,
      "serve(spin, stale, long) -> an event for Python; runs memoised calls itself (see the C source)"},
     {"cancelled", (PyCFunction)Worker_cancelled, METH_O,
