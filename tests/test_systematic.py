@@ -143,6 +143,7 @@ def test_every_systematic_result_means_assembly_without_a_solve(field, data):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(base, "_lstsq", _no_solve)
         mp.setattr(polydot, "_solve_missing", _no_solve)
+        mp.setattr(polydot, "_solve_missing_into", _no_solve)
         mp.setattr(gfp, "solve_mod", _no_solve)
         mp.setattr(gfp, "inv_mod", _no_solve)
         mp.setattr(type(code), "_solve_real", _no_solve)
@@ -184,22 +185,28 @@ def test_missing_systematic_blocks_are_the_only_unknowns(field, data):
     S = (set(range(s)) - miss) | par
     results = {w: tasks[w].compute() for w in S}
     calls = []
+    targets = []
     if field is None:
-        real = polydot._solve_missing
+        real, fused = polydot._solve_missing, polydot._solve_missing_into
 
         def spy(plan, rhs):  # the system solved: parity results x missing blocks
             calls.append(plan.Gm.shape)
             return real(plan, rhs)
-        target = (polydot, "_solve_missing", spy)
+
+        def spy_fused(plan, raw, C2):  # the same system, folded into one pass
+            calls.append(plan.Gm.shape)
+            return fused(plan, raw, C2)
+        targets = [(polydot, "_solve_missing", spy), (polydot, "_solve_missing_into", spy_fused)]
     else:
         real = gfp.solve_mod
 
         def spy(a, b, p):
             calls.append(np.shape(a))
             return real(a, b, p)
-        target = (gfp, "solve_mod", spy)
+        targets = [(gfp, "solve_mod", spy)]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(*target)
+        for target in targets:
+            mp.setattr(*target)
         out = code.decode(results, encoding=tasks)
     check_product(out, A, B, field)
     assert len(calls) == 1, calls
@@ -569,6 +576,47 @@ def test_real_form_solve_agrees_with_the_complex_solve(data):
     assert ia.condition == ib.condition and ia.used == ib.used
 
 
+@PROPS
+@given(data=st.data())
+def test_one_pass_assembly_agrees_with_the_solve_it_folds(data):
+    """Where the compiled kernel runs (``lincomb``), a packed systematic assembly missing
+    some blocks is one pass over the results (``polydot._solve_missing_into``): the present
+    blocks bit for bit the results, the product within ``1e-12 ||A|| ||B||`` of the
+    right-hand side and solve formed apart (the path without the kernel), for float64 and
+    float32 workers and spare parity results (a least-squares solve)."""
+    from codedml.codes import _encode
+
+    if not _encode._lincomb_ok():
+        pytest.skip("the compiled lincomb kernel is not available here")
+    n = data.draw(st.integers(2, 12))
+    k = data.draw(st.integers(1, n - 1))
+    kind = data.draw(st.sampled_from(["MDS", "Polynomial"]))
+    code = (MDSCode(n, k, systematic=True) if kind == "MDS"
+            else PolynomialCode(n, k, 1, systematic=True))
+    A, B = data.draw(operands(None))
+    tasks = code.encode(A, B)
+    res = {w: tasks[w].compute() for w in range(n)}
+    miss = data.draw(st.sets(st.integers(0, k - 1), min_size=1, max_size=min(k, n - k)))
+    par = data.draw(st.sets(st.integers(k, n - 1), min_size=len(miss), max_size=n - k))
+    sub = {w: res[w] for w in (set(range(k)) - miss) | par}
+    got, calls = {}, []
+    fused = polydot._solve_missing_into
+    for one_pass in (True, False):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_encode, "LINCOMB", one_pass)
+            mp.setattr(polydot, "_solve_missing_into",
+                       lambda *a: calls.append(1) or fused(*a))
+            got[one_pass] = code.decode(sub, encoding=tasks, shape=code.padded_shape(tasks.shape))
+    plan = next(iter(code._plans.values()))
+    assert len(calls) == (plan.GF is not None)
+    a, b = got[True], got[False]
+    scale = np.linalg.norm(A.astype(np.float64)) * np.linalg.norm(B.astype(np.float64))
+    assert np.linalg.norm(a - b) <= 1e-12 * scale + np.finfo(float).tiny
+    for w in set(range(k)) - miss:
+        rb = np.shape(res[w])[0]
+        np.testing.assert_array_equal(a[w * rb:(w + 1) * rb], res[w])
+
+
 def test_assembly_plans_are_reused_and_bounded():
     """A code keeps one assembly plan per worker subset it decoded from, reuses it for the
     next decode from that subset, and keeps at most ``polydot.ASSEMBLY_PLANS`` of them (the
@@ -611,6 +659,7 @@ def test_spare_results_are_checked_without_unpacking_or_a_solve():
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(base, "_lstsq", _no_solve)
             mp.setattr(polydot, "_solve_missing", _no_solve)
+            mp.setattr(polydot, "_solve_missing_into", _no_solve)
             mp.setattr(MDSCode, "_unpack", no_unpack)
             out, info = code.decode({w: res[w] for w in have}, errors, encoding=tasks,
                                     return_info=True)
@@ -621,6 +670,7 @@ def test_spare_results_are_checked_without_unpacking_or_a_solve():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(base, "_lstsq", _no_solve)
         mp.setattr(polydot, "_solve_missing", _no_solve)
+        mp.setattr(polydot, "_solve_missing_into", _no_solve)
         out, info = code.decode(bad, 1, encoding=tasks, return_info=True)
     assert info.faulty == (7,)
     np.testing.assert_array_equal(out, assembly)
