@@ -617,6 +617,41 @@ def test_one_pass_assembly_agrees_with_the_solve_it_folds(data):
         np.testing.assert_array_equal(a[w * rb:(w + 1) * rb], res[w])
 
 
+def test_one_pass_assembly_at_a_size_that_takes_pooled_memory_and_several_tiles():
+    """The one-pass assembly at a size whose product comes from the task pool (filled with
+    NaN beforehand: every entry must be written) and whose rows span several of the
+    kernel's column tiles: MDS(8, 6) with one and with two blocks missing, a spare parity
+    result included, against the path without the kernel (1e-12 relative), the present
+    blocks bit for bit."""
+    from codedml.codes import _encode, _pool
+
+    if not _encode._lincomb_ok():
+        pytest.skip("the compiled lincomb kernel is not available here")
+    rng = np.random.default_rng(11)
+    A, B = rng.standard_normal((600, 200)), rng.standard_normal((200, 150))
+    code = MDSCode(8, 6, systematic=True)
+    tasks = code.encode(A, B)
+    res = {w: tasks[w].compute() for w in range(8)}
+    for have in ((0, 1, 2, 3, 4, 6), (0, 1, 2, 3, 6, 7), (0, 1, 2, 3, 4, 6, 7)):
+        sub = {w: res[w] for w in have}
+        got = {}
+        for one_pass in (True, False):
+            junk = _pool.empty((600, 150), dtype=np.float64)   # the buffer the decode takes
+            junk.fill(np.nan)
+            del junk
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(_encode, "LINCOMB", one_pass)
+                got[one_pass] = code.decode(sub, encoding=tasks)
+        assert np.isfinite(got[True]).all()
+        scale = np.linalg.norm(A) * np.linalg.norm(B)
+        assert np.linalg.norm(got[True] - got[False]) <= 1e-12 * scale
+        assert np.linalg.norm(got[True] - A @ B) <= 1e-12 * scale
+        rb = res[0].shape[0]
+        for w in have:
+            if w < 6:
+                np.testing.assert_array_equal(got[True][w * rb:(w + 1) * rb], res[w])
+
+
 def test_assembly_plans_are_reused_and_bounded():
     """A code keeps one assembly plan per worker subset it decoded from, reuses it for the
     next decode from that subset, and keeps at most ``polydot.ASSEMBLY_PLANS`` of them (the
