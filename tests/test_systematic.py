@@ -542,13 +542,11 @@ def test_spare_results_take_the_packed_fast_path_with_the_general_paths_answer(d
         np.testing.assert_array_equal(out, code.decode({w: res[w] for w in range(k)}, encoding=tasks))
 
 
-@PROPS
-@given(data=st.data())
-def test_real_form_solve_agrees_with_the_complex_solve(data):
-    """A packed (circle) systematic code missing some data blocks solves for them in real
-    form where the system is well conditioned (``polydot.REAL_FORM_SOLVE``): the product
-    agrees with the complex solve's to ``1e-12 ||A|| ||B||`` and both with ``A @ B``, for
-    float64 and float32 workers, the same condition number reported."""
+def _packed_subset_missing_blocks(data, spare: bool):
+    """A packed (circle) systematic MDS or polynomial code of 2-12 workers, operands, their
+    encoding and every worker's result, a nonempty set of missing data blocks, and a subset
+    of results without them: as many parity results as blocks missing, or (``spare``) up to
+    every parity result (a least-squares solve)."""
     n = data.draw(st.integers(2, 12))
     k = data.draw(st.integers(1, n - 1))
     kind = data.draw(st.sampled_from(["MDS", "Polynomial"]))
@@ -558,8 +556,20 @@ def test_real_form_solve_agrees_with_the_complex_solve(data):
     tasks = code.encode(A, B)
     res = {w: tasks[w].compute() for w in range(n)}
     miss = data.draw(st.sets(st.integers(0, k - 1), min_size=1, max_size=min(k, n - k)))
-    par = data.draw(st.sets(st.integers(k, n - 1), min_size=len(miss), max_size=len(miss)))
+    par = data.draw(st.sets(st.integers(k, n - 1), min_size=len(miss),
+                            max_size=n - k if spare else len(miss)))
     sub = {w: res[w] for w in (set(range(k)) - miss) | par}
+    return code, A, B, tasks, res, miss, sub
+
+
+@PROPS
+@given(data=st.data())
+def test_real_form_solve_agrees_with_the_complex_solve(data):
+    """A packed (circle) systematic code missing some data blocks solves for them in real
+    form where the system is well conditioned (``polydot.REAL_FORM_SOLVE``): the product
+    agrees with the complex solve's to ``1e-12 ||A|| ||B||`` and both with ``A @ B``, for
+    float64 and float32 workers, the same condition number reported."""
+    code, A, B, tasks, res, miss, sub = _packed_subset_missing_blocks(data, spare=False)
     got = {}
     for real_form in (True, False):
         code.__dict__.pop("_plans", None)        # plans are built with the flag as it is
@@ -588,17 +598,8 @@ def test_one_pass_assembly_agrees_with_the_solve_it_folds(data):
 
     if not _encode._lincomb_ok():
         pytest.skip("the compiled lincomb kernel is not available here")
-    n = data.draw(st.integers(2, 12))
-    k = data.draw(st.integers(1, n - 1))
-    kind = data.draw(st.sampled_from(["MDS", "Polynomial"]))
-    code = (MDSCode(n, k, systematic=True) if kind == "MDS"
-            else PolynomialCode(n, k, 1, systematic=True))
-    A, B = data.draw(operands(None))
-    tasks = code.encode(A, B)
-    res = {w: tasks[w].compute() for w in range(n)}
-    miss = data.draw(st.sets(st.integers(0, k - 1), min_size=1, max_size=min(k, n - k)))
-    par = data.draw(st.sets(st.integers(k, n - 1), min_size=len(miss), max_size=n - k))
-    sub = {w: res[w] for w in (set(range(k)) - miss) | par}
+    code, A, B, tasks, res, miss, sub = _packed_subset_missing_blocks(data, spare=True)
+    k = code.p
     got, calls = {}, []
     fused = polydot._solve_missing_into
     for one_pass in (True, False):

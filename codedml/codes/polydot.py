@@ -751,7 +751,7 @@ class PolyDotCode(LinearCode):
         C = _pool.empty((k * rb,) + raw[0].shape[1:], dtype=dt)
         Cb = C.reshape(k, -1)                                  # block i: rows i*rb .. (i+1)*rb
         plan = self._assembly_plan(rows)
-        if plan.GF is not None and P is None and _encode._lincomb_ok():
+        if plan.GF is not None and _encode._lincomb_ok():   # (GF: real codes only)
             # the whole assembly in one pass of the compiled kernel: the present blocks
             # copied as their halves load, the missing ones from the same loads
             _solve_missing_into(plan, raw, Cb.reshape(2 * k, Cb.shape[1] // 2))
