@@ -545,6 +545,51 @@ def test_public_decodability_check_validates_workers():
         assert message in str(exc.value)
 
 
+@pytest.mark.parametrize("code", [
+    MDSCode(6, 4), MDSCode(6, 4, systematic=False), MDSCode(5, 3, field=P),
+    PolynomialCode(7, 2, 2), MatDotCode(7, 3), MatDotCode(7, 3, systematic=False),
+    MatDotCode(5, 2, field=P), PolyDotCode(8, 2, 2, 1), ReplicationCode(6, 3),
+    ReplicationCode(5, 2), GradientCode(6, 2), GradientCode(4, 1, "fractional_repetition")],
+    ids=repr)
+def test_fewest_decodable_bounds_every_decodable_set(code):
+    """``_fewest_decodable()`` (how many replies a job gathers in one poll before it looks,
+    and below which it skips the decodability test) is at most the size of every decodable
+    set of workers, checked over all subsets; tight for the codes whose bound is not 1."""
+    fewest = code._fewest_decodable()
+    sizes = [r for r in range(code.workers + 1)
+             for S in itertools.combinations(range(code.workers), r) if code.decodable(S)]
+    assert 1 <= fewest <= min(sizes)
+    if fewest > 1:
+        assert fewest == min(sizes)
+    # systematic MatDot: its m data workers alone; replication: one worker per block
+    expect = {"MatDotCode(workers=7, m=3, construction='circle', systematic=True)": 3,
+              "ReplicationCode(workers=6, k=3)": 3, "MDSCode(workers=6, k=4, "
+              "construction='circle', systematic=True)": 4}
+    if repr(code) in expect:
+        assert fewest == expect[repr(code)]
+
+
+def test_fewest_decodable_is_1_where_a_subclass_decides():
+    """A code class that overrides ``decodable`` or ``_recovers`` may decode from any
+    number of results as far as the library can tell: the bound falls back to 1."""
+    class Every(MDSCode):
+        def decodable(self, workers):
+            return len(set(workers)) == self.workers
+
+    class Lucky(ReplicationCode):
+        def _recovers(self, rows):
+            return len(rows) > 0
+
+    class Plain(PolynomialCode):
+        def _recovers(self, rows):
+            return len(rows) >= 1
+
+    assert MDSCode(6, 4)._fewest_decodable() == 4
+    assert Every(6, 4)._fewest_decodable() == 1
+    assert Lucky(6, 3)._fewest_decodable() == 1
+    assert Plain(7, 2, 2)._fewest_decodable() == 1
+
+
 def test_public_compensation_check_agrees_with_encode():
     A, B = np.ones((8, 3)), np.ones((3, 2))
     for code in (MDSCode(6, 4), ReplicationCode(4, 2), GradientCode(5, 1)):

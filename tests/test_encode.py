@@ -291,6 +291,74 @@ def test_tiny_encode_norms_are_the_kernels(monkeypatch, scale, precision):
                                    np.asarray(tb.a, dtype=np.float64), rtol=2.0 ** -22)
 
 
+@pytest.mark.parametrize("shape", [(5, 3), (7,), (1, 9), (0, 4)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("norm", [True, False])
+def test_copy_rows_of_a_whole_operand_is_the_general_copy(shape, dtype, norm, monkeypatch):
+    """``copy_rows`` hands a contiguous source of the destination's shape and dtype straight
+    to the compiled loop: the same values and the same sum of squares (bit for bit) as the
+    path through ``fast_copy``'s row views, and numpy's where the module is not built."""
+    rng = np.random.default_rng(11)
+    src = rng.standard_normal(shape).astype(dtype)
+    got = {}
+    for path in ("direct", "views", "numpy"):
+        if path != "direct":   # a strided source leaves the direct path to the others
+            src_in = np.empty(shape + (2,), dtype)[..., 0]
+            src_in[...] = src
+        else:
+            src_in = src
+        if path == "numpy":
+            monkeypatch.setattr(_encode, "_K", None)
+        dst = np.full(shape, np.nan, dtype)
+        got[path] = (dst, _encode.copy_rows(src_in, dst, norm=norm))
+    want = float(np.sum(src.astype(np.float64) ** 2)) if norm else 0.0
+    rel = 1e-12 if dtype == np.float64 else 1e-6   # (numpy's chunked copy: float32 dot products)
+    for path, (dst, total) in got.items():
+        np.testing.assert_array_equal(dst, src)
+        assert total == pytest.approx(want, rel=rel, abs=0.0), path
+    if _encode._K is not None:
+        assert got["direct"][1] == got["views"][1]
+
+
+def test_fast_task_constructor_is_the_dataclass():
+    """``Task._of`` (the encodes' constructor without the frozen dataclass's ``__init__``)
+    gives a Task equal field for field to ``Task(...)``, still frozen."""
+    import dataclasses
+
+    from codedml.codes import Task
+
+    a, b = np.ones((2, 3)), np.ones((3, 1))
+    for field, comp in ((None, False), (None, True), (65537, False)):
+        t, u = Task._of(4, a, b, field, comp), Task(4, a, b, field, comp)
+        assert type(t) is Task
+        for f in dataclasses.fields(Task):
+            assert getattr(t, f.name) is getattr(u, f.name)
+        assert repr(t) == repr(u)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            t.worker = 1
+
+
+def test_real_matrix_passes_float_matrices_through_and_still_checks():
+    """``real_matrix``'s common case (a float64/float32 matrix, or a vector where allowed)
+    is the array itself; every other input is converted or refused by name as before."""
+    from codedml.codes._validate import real_matrix
+
+    for x in (np.ones((3, 2)), np.ones((3, 2), np.float32)):
+        assert real_matrix("A", x) is x
+    v = np.ones(4)
+    assert real_matrix("B", v, allow_vector=True) is v
+    with pytest.raises(ConfigurationError, match="`A` must be a 2-D array, got shape"):
+        real_matrix("A", v)
+    with pytest.raises(ConfigurationError, match="`A` contains NaN or Inf"):
+        real_matrix("A", np.array([[1.0, np.nan]]))
+    assert real_matrix("A", np.array([[1.0, np.inf]]), finite=False).shape == (1, 2)
+    assert real_matrix("A", np.ones((2, 2), np.int32)).dtype == np.float64
+    assert real_matrix("A", np.ones((2, 2), np.float16)).dtype == np.float64
+    assert real_matrix("A", np.ones((2, 2), ">f8")).dtype == np.float64
+    with pytest.raises(ConfigurationError, match="must be real"):
+        real_matrix("A", np.ones((2, 2), complex))
+
+
 def test_tasks_never_alias_the_inputs():
     rng = np.random.default_rng(6)
     A, B = _real_inputs(rng, 30, 30, 30, np.float64, False)

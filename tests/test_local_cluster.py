@@ -148,6 +148,49 @@ def test_a_code_overriding_decodable_is_asked_through_it(data):
         c.close()
 
 
+def test_a_job_gathers_the_replies_it_cannot_decide_without():
+    """``Job._want()``: how many replies a waiting caller gathers in one poll (the compiled
+    MPI path waits for that many in C) is what the job cannot decide without: the code's
+    fewest decodable results less those in, capped by the workers still owing one; the
+    ``needed`` count where errors must be corrected or every worker heard; one at a time
+    in the systematic wait and once settled. Below the bound ``_try`` returns before the
+    decodability test (which would find nothing decodable)."""
+    from codedml.runtime.futures import Job
+
+    def job(code, errors=0, wait_all=False):
+        return Job(None, 0, code, None, errors, 10.0, range(code.workers), time.perf_counter(),
+                   wait_all)
+
+    j = job(MDSCode(6, 4))
+    assert j._want() == 4
+    j.arrived = {0: None, 5: None}
+    assert j._want() == 2
+    j.failed = {1: "crashed", 2: "crashed", 3: "crashed"}
+    assert j._want() == 1                                  # only worker 4 still owes one
+    assert job(MatDotCode(7, 3))._want() == 3              # its 3 data workers suffice
+    assert job(MatDotCode(7, 3, systematic=False))._want() == 5
+    assert job(MDSCode(6, 2), errors=1)._want() == 4       # threshold + 2 errors
+    assert job(MDSCode(6, 4), wait_all=True)._want() == 6
+    assert job(GradientCode(6, 2))._want() == 1            # no count decides it
+    j = job(MDSCode(6, 4))
+    j._grace_end = time.perf_counter() + 1.0               # waiting for a systematic result
+    assert j._want() == 1
+    j = job(MDSCode(6, 4))
+    j.settled = True
+    assert j._want() == 1
+
+    def boom(rows):
+        raise AssertionError("decodability tested")
+
+    j = job(MDSCode(6, 4))
+    j.code._recovers = boom
+    j.arrived = {0: None, 1: None, 2: None}
+    j._try()                                               # 3 < 4 and workers owe: nothing asked
+    j.arrived[3] = None
+    with pytest.raises(AssertionError, match="decodability tested"):
+        j._try()
+
+
 def test_stragglers_are_not_waited_for(data):
     A, B = data["A"], data["B"]
     c = LocalCluster(N, faults=FixedStragglers([1, 2], 2.0), timeout=20)

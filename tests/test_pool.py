@@ -69,6 +69,24 @@ def test_small_requests_bypass_the_pool():
     assert x.flags.owndata and p.hits == p.misses == 0
 
 
+def test_module_empty_takes_small_requests_straight_to_numpy(monkeypatch):
+    """``_pool.empty`` answers a small request (a tuple shape under ``MIN_BYTES``, any
+    dtype-like) with ``np.empty`` before the pool looks; larger ones, and every request where
+    ``MIN_BYTES`` is 0, go to the pool."""
+    p = _pool.TaskPool(limit=1 << 30)
+    monkeypatch.setattr(_pool, "_POOL", p)
+    for dtype in (np.float64, "float32", np.dtype(np.complex128), np.int64):
+        x = _pool.empty((8, 8), dtype)
+        assert x.shape == (8, 8) and x.dtype == np.dtype(dtype) and x.flags.owndata
+    assert p.hits == p.misses == 0
+    big = _pool.empty((128, 128), np.float64)            # 128 KiB: pooled
+    assert big.shape == (128, 128) and not big.flags.owndata and p.misses == 1
+    monkeypatch.setattr(_pool, "MIN_BYTES", 0)
+    assert not _pool.empty((2, 2), np.float64).flags.owndata and p.misses == 2
+    with pytest.raises(ValueError):
+        _pool.empty((-1, 2), np.float64)                  # as np.empty refuses it
+
+
 @pytest.mark.parametrize("code", CODES, ids=repr)
 def test_reused_memory_gives_the_reference_tasks(pool, code):
     rng = np.random.default_rng(0)

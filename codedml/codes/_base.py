@@ -89,6 +89,14 @@ class Task:
     of a plain GEMM's error; see
     :func:`~codedml.codes._eft.compensated_matmul`) rather than by one float64 GEMM."""
 
+    @classmethod
+    def _of(cls, worker: int, a: Any, b: Any, field: int | None, compensated: bool) -> "Task":
+        """``Task(worker, a, b, field, compensated)`` without the frozen dataclass's
+        ``__init__`` (one ``object.__setattr__`` per field): the encodes' tasks, per job."""
+        t = object.__new__(cls)
+        t.__dict__.update(worker=worker, a=a, b=b, field=field, compensated=compensated)
+        return t
+
     def compute(self) -> np.ndarray:
         """The worker's product ``a @ b`` (exact mod p over GF(p); compensated when asked)."""
         if self.field is None:
@@ -204,7 +212,10 @@ def _cache_key(code: Any) -> Any:
 
 def _input_dtype(A: Any, B: Any) -> np.dtype:
     """The precision the inputs arrived in: float32 (or narrower) or float64 (integers too)."""
-    dt = np.result_type(*(np.asarray(X).dtype for X in (A, B)))
+    if type(A) is np.ndarray and type(B) is np.ndarray:
+        dt = np.result_type(A.dtype, B.dtype)
+    else:
+        dt = np.result_type(*(np.asarray(X).dtype for X in (A, B)))
     return np.dtype(np.float32) if dt in (np.float16, np.float32) else np.dtype(np.float64)
 
 
@@ -414,6 +425,15 @@ class LinearCode(abc.ABC):
         """:meth:`decodable` on validated, sorted indices (default: enough of them)."""
         return len(rows) >= self.recovery_threshold
 
+    def _fewest_decodable(self) -> int:
+        """A lower bound on the size of every decodable set of workers: a job gathers that
+        many replies in one poll before it looks (``recovery_threshold`` where decodability
+        is the count test, else 1, which is always a bound)."""
+        cls = type(self)
+        if cls._recovers is LinearCode._recovers and cls.decodable is LinearCode.decodable:
+            return self.recovery_threshold
+        return 1
+
     def _output_multiples(self, ndim: int) -> tuple[int, ...]:
         """Per axis of the decoded product, the multiple the split pads it to (1: no padding).
 
@@ -464,8 +484,16 @@ class LinearCode(abc.ABC):
         pairs, shape, inner, dtype = out[:4]
         scales = out[4] if len(out) > 4 else None   # a hook may know them without a pass
         if self.field is None:
-            comp = self.compensates(_input_dtype(A, B), dtype, precision)
-            tasks = [Task(w, a, b, None, comp) for w, (a, b) in enumerate(pairs)]
+            # the decision per (input dtype, operand dtype, precision), kept per code (at
+            # most 4 precisions of a few dtypes): it asks for the condition number
+            key = (_input_dtype(A, B), np.dtype(dtype), precision)
+            memo = self.__dict__.get("_comp_memo")
+            if memo is None:
+                memo = self.__dict__["_comp_memo"] = {}
+            comp = memo.get(key)
+            if comp is None:
+                comp = memo[key] = self.compensates(*key)
+            tasks = [Task._of(w, a, b, None, comp) for w, (a, b) in enumerate(pairs)]
             enc = Encoding(self, tasks, shape, inner, dtype, comp, scales)
             if self._finite_from_norms and not np.isfinite(enc.scales).all():
                 # a NaN/Inf input reaches some task's norm; a finite one whose norm
@@ -588,7 +616,8 @@ class LinearCode(abc.ABC):
         if shape is not None:
             C = self._cut(C, shape)
         elif encoding is not None:
-            C = np.ascontiguousarray(C[tuple(slice(0, x) for x in encoding.shape)])
+            C = np.ascontiguousarray(C if C.shape == encoding.shape else   # no padding to cut
+                                     C[tuple(slice(0, x) for x in encoding.shape)])
         else:
             # the results' dtype, not C's float64: float32 rounding left in solved padding rows
             # must not pass for data (the general path passes raw[0].dtype too)

@@ -227,15 +227,20 @@ def tiny(G: np.ndarray, A: np.ndarray, out: np.ndarray, nsys: int, rows: int,
         S = S.reshape(k, -1)
     # NaN/Inf inputs, or float64 values beyond float32's range: refused after, by name
     with np.errstate(invalid="ignore", over="ignore"):
+        if out.dtype == np.float64:
+            # every output row holds its float64 values as they are: one pass of norms
+            if nsys:
+                np.copyto(out[:nsys], S[:nsys])
+            if nsys < out.shape[0]:
+                np.matmul(G, S, out=out[nsys:])
+            sq += _rowsq(out)
+            return True
         if nsys:
             np.copyto(out[:nsys], S[:nsys], casting="unsafe")
             sq[:nsys] += _rowsq(S[:nsys])
         if nsys < out.shape[0]:
-            if out.dtype == np.float64:
-                P = np.matmul(G, S, out=out[nsys:])
-            else:
-                P = G @ S
-                np.copyto(out[nsys:], P, casting="unsafe")
+            P = G @ S
+            np.copyto(out[nsys:], P, casting="unsafe")
             sq[nsys:] += _rowsq(P)
     return True
 
@@ -771,6 +776,15 @@ def copy_rows(src: np.ndarray, dst: np.ndarray, norm: bool = True) -> float:
     """``dst[:len(src)] = src`` (cast), zero below, by cache-sized row chunks; returns the sum
     of squares of what was written, taken on each chunk while it is in cache (0.0 when
     ``norm`` is false)."""
+    if (_K is not None and dst.nbytes < STREAM_BYTES and src.shape == dst.shape
+            and src.dtype == dst.dtype and 0 < src.ndim <= 2 and src.size and src.flags.c_contiguous
+            and dst.flags.c_contiguous and (dst.dtype == np.float64 or dst.dtype == np.float32)):
+        # the common case (a whole operand of the tasks' dtype, e.g. the B every MDS task
+        # shares) straight to the compiled loop, which fast_copy reaches through views
+        if not norm:
+            _K.copy_sq(dst, src, None, False, 1.0, squares=False)
+            return 0.0
+        return _K.copy_sq(dst, src, None, False, 1.0)
     rows = _rows_2d(src, dst)
     if rows is not None:
         # fast_copy declines (None, nothing written) a dtype or a layout it does not take,

@@ -215,4 +215,13 @@ def task_pool() -> TaskPool:
 def empty(shape: Any, dtype: Any) -> np.ndarray:
     """``np.empty(shape, dtype)`` for task arrays, in reused memory where possible
     (:class:`TaskPool`)."""
+    if type(shape) is tuple:
+        # a small request (most of a small job's) without the pool's normalisation
+        dt = np.dtype(dtype)
+        try:
+            small = math.prod(shape) * dt.itemsize < MIN_BYTES and not dt.hasobject
+        except TypeError:
+            small = False
+        if small:
+            return np.empty(shape, dt)
     return _POOL.empty(shape, dtype)

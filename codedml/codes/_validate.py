@@ -21,6 +21,9 @@ def check_int(name: str, value: Any, low: int, high: int | None = None, *, what:
     return value
 
 
+_F64, _F32 = np.dtype(np.float64), np.dtype(np.float32)
+
+
 def real_matrix(name: str, x: Any, *, allow_vector: bool = False, finite: bool = True) -> np.ndarray:
     """Validate a real input operand: 2-D (or 1-D if allowed), finite, float32/float64.
 
@@ -31,6 +34,12 @@ def real_matrix(name: str, x: Any, *, allow_vector: bool = False, finite: bool =
     and calls :func:`check_finite` on the inputs only when a norm is not finite).
     """
     arr = np.asarray(x)
+    dt = arr.dtype
+    if (dt is _F64 or dt is _F32) and (arr.ndim == 2 or (allow_vector and arr.ndim == 1)):
+        # the common case (a float64/float32 matrix) without the checks below, which it passes
+        if finite:
+            check_finite(name, arr)
+        return arr
     dims = (1, 2) if allow_vector else (2,)
     if arr.ndim not in dims:
         want = "1-D or 2-D" if allow_vector else "2-D"

@@ -599,6 +599,14 @@ class PolyDotCode(LinearCode):
             return True
         return len(rows) >= self.recovery_threshold
 
+    def _fewest_decodable(self) -> int:
+        cls = type(self)
+        if cls.decodable is not LinearCode.decodable or cls._recovers is not PolyDotCode._recovers:
+            return 1
+        if self.systematic and self.m > 1:
+            return min(self.m, self.recovery_threshold)
+        return self.recovery_threshold
+
     def _sum_functional(self) -> np.ndarray:
         """Systematic MatDot: ``c`` with ``c^T coef = sum_i p_C(alpha_i) = C`` for the
         monomial coefficients ``coef`` of the product polynomial (``c_t = sum_i alpha_i^t``)."""
@@ -704,7 +712,7 @@ class PolyDotCode(LinearCode):
             return super().decode(results, errors, encoding=encoding, shape=shape, rtol=rtol,
                                   return_faulty=return_faulty, return_info=return_info)
         rows, C, cond, faulty, checked, rdtype = fast
-        info = DecodeInfo(tuple(faulty), tuple(int(w) for w in rows), cond, checked)
+        info = DecodeInfo(tuple(faulty), tuple(np.asarray(rows).tolist()), cond, checked)
         return self._finish_fast(C, info, rdtype, encoding, shape, return_faulty, return_info)
 
     def _systematic_fast_path(self, results: Any, errors: Any, encoding: Any = None,

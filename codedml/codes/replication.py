@@ -141,6 +141,12 @@ class ReplicationCode(LinearCode):
     def _recovers(self, rows: np.ndarray) -> bool:
         return len(set((np.asarray(rows) % self.k).tolist())) == self.k
 
+    def _fewest_decodable(self) -> int:
+        # one copy of each of the k blocks
+        cls = type(self)
+        ok = cls.decodable is LinearCode.decodable and cls._recovers is ReplicationCode._recovers
+        return self.k if ok else 1
+
     def _solve_real(self, M: np.ndarray, E: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
         """Each block is one of its (consistent) copies: no solve needed."""
         first = {int(np.flatnonzero(M[i])[0]): i for i in range(M.shape[0] - 1, -1, -1)}

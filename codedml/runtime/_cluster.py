@@ -32,6 +32,7 @@ import numpy as np
 from ..codes import Encoding, LinearCode
 from ..codes._validate import check_int
 from ..errors import (ClusterClosedError, ConfigurationError, CorruptResultError, FaultError)
+from ._resident import ResidentHandle
 from .futures import (Ack, Arrival, Call, Job, JobReport, _Request, check_deadline, check_wait)
 from .protocol import Op, Request, call_request
 
@@ -83,6 +84,8 @@ def retry_on_corrupt(run: Callable[[], Any], retries: int,
 
 def _np(x: Any) -> np.ndarray:
     """Plain ndarray view (galois FieldArrays become their int64 residues)."""
+    if type(x) is np.ndarray and x.flags.c_contiguous:   # the encodes' tasks
+        return x
     if x is None:
         return x
     return np.ascontiguousarray(np.asarray(x.view(np.ndarray)) if hasattr(x, "view") and type(x) is not np.ndarray else x)
@@ -237,8 +240,6 @@ class ClusterBase:
         always uses the full correction power of the results it has. ``timeout`` is the job's
         deadline from now (default: the cluster's).
         """
-        from ._resident import ResidentHandle
-
         with self._lock:
             self._check_open()
             errors = check_int("errors", errors, 0, self.workers)

@@ -304,6 +304,15 @@ class _Request(Future):
         return bound if timeout is None else min(timeout, bound)
 
 
+def _systematic_set(code: LinearCode) -> frozenset[int]:
+    """``frozenset(code.systematic_workers)``, kept on the code (a job per step asks)."""
+    got = code.__dict__.get("_systematic_set")
+    if got is None:
+        got = frozenset(getattr(code, "systematic_workers", ()))
+        code.__dict__["_systematic_set"] = got
+    return got
+
+
 class Job(_Request):
     """A submitted product (or fetch). ``result(timeout)`` gives the decoded array; ``report``
     tells what each worker did. A :class:`concurrent.futures.Future`."""
@@ -329,12 +338,25 @@ class Job(_Request):
         self._timed_out = False
         # Waiting for systematic results (see _hold_for_systematic): the workers whose results
         # make the decode an assembly, and the end of the grace once one is granted.
-        self._sys = frozenset(getattr(code, "systematic_workers", ()))
+        self._sys = _systematic_set(code)
+        self._fewest = code._fewest_decodable()
         self._grace_end: float | None = None
         self.t_grace = 0.0
 
     def _answered(self) -> set[int]:
         return set(self.arrived)
+
+    def _want(self) -> int:
+        # The replies the job cannot decide without, gathered in one poll where the transport
+        # can: no set of fewer than the code's fewest decodable results decodes early, and
+        # otherwise the job waits for ``needed``. One at a time while it waits for systematic
+        # results (each may end the wait) or once settled.
+        if self.settled or self._grace_end is not None:
+            return 1
+        early = self.errors == 0 and not self._retrying and not self.wait_all
+        target = self._fewest if early else self.needed
+        owed = len(self.sent_to) - len(self.arrived) - len(self.failed)
+        return max(1, min(owed, target - len(self.arrived)))
 
     def _on_result(self, w: int, payload: Any) -> None:
         # The noise scale comes from the root's own encoding, never from the worker's message.
@@ -361,6 +383,10 @@ class Job(_Request):
     def _try(self) -> None:
         have = len(self.arrived)
         pending = self._outstanding()
+        if have < self._fewest and pending:
+            # fewer results than any decodable set has, and some still owed: nothing to decide
+            # (what follows would find the same, at the cost of a decodability test)
+            return
         # the arrived keys are worker indices the transport checked: the code's own test on
         # them, without decodable()'s validation of arbitrary input (on every arrival); a code
         # class that overrides decodable() itself is asked through it
