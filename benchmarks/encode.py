@@ -65,7 +65,7 @@ default, so the systematic rows are what a job gets without asking.
 
 Usage::
 
-    python benchmarks/encode.py            # sizes 1024 2048 4096, 3 repeats: ~8-15 min, peak ~8 GB
+    python benchmarks/encode.py            # sizes 1024 2048 4096, 5 repeats: ~12-20 min, peak ~8 GB
     python benchmarks/encode.py --quick    # size 512, 2 repeats: ~30 s
     python benchmarks/encode.py --quick --clock cpu   # CPU time: for a machine others load
 
@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="size 512, 2 repeats (~30 s)")
     ap.add_argument("--sizes", type=int, nargs="+", default=None)
-    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=None, help="timed repeats per case (default 5; quick 2)")
     ap.add_argument("--threads", type=int, default=1, help="BLAS threads (0: leave as is)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall: perf_counter; cpu: process_time (robust on a loaded machine)")
@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     sizes = args.sizes or ([512] if args.quick else [1024, 2048, 4096])
-    repeats = args.repeats or (2 if args.quick else 3)
+    repeats = args.repeats or (2 if args.quick else 5)
     limit = contextlib.nullcontext()
     if args.threads:
         from threadpoolctl import threadpool_limits

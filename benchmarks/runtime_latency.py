@@ -7,8 +7,9 @@ expected)::
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \\
     mpiexec --oversubscribe -n 9 python benchmarks/runtime_latency.py [--quick] [--repeats R]
 
-(full: 330 measured jobs, most of them waiting out a 1 s straggler delay, plus 240 empty
-jobs: about 5-6 min; ``--quick``: about 40 s)
+(full: 30 repeats, 660 measured jobs, most of them waiting out a 1 s straggler delay, plus
+240 empty jobs: about 10-11 min; ``--quick``: about 40 s. 30 repeats by default: with 15 the
+median moved by more than the end-to-end targets' margin between runs of the same commit)
 
 Codes, side by side, each with 0 stragglers, 1 straggler and as many as it tolerates:
 
@@ -137,7 +138,7 @@ def tolerable(code) -> int:
 def parse(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller matrices, 3 repeats, shorter delay")
-    ap.add_argument("--repeats", type=int, default=None, help="repeats per configuration (default 15; quick 3)")
+    ap.add_argument("--repeats", type=int, default=None, help="repeats per configuration (default 30; quick 3)")
     ap.add_argument("--size", type=int, default=None, help="A and B are size x size (default 512; quick 384)")
     ap.add_argument("--delay", type=float, default=None, help="straggler delay in s (default 1.0; quick 0.5)")
     ap.add_argument("--empty-repeats", type=int, default=None,
@@ -151,7 +152,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                          "is rendered from the JSON by benchmarks/render_readme.py instead)")
     args = ap.parse_args(argv)
     if args.repeats is None:
-        args.repeats = 3 if args.quick else 15
+        args.repeats = 3 if args.quick else 30
     if args.size is None:
         args.size = 384 if args.quick else 512
     if args.delay is None:

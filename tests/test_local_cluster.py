@@ -191,6 +191,46 @@ def test_a_job_gathers_the_replies_it_cannot_decide_without():
         j._try()
 
 
+@pytest.mark.parametrize("direct", [True, False], ids=["context variable", "np.errstate"])
+def test_a_workers_plain_product_is_quiet_exactly_as_errstate(direct, monkeypatch):
+    """``WorkerState.plain_product`` sets numpy's quiet error state for overflow and invalid
+    values directly (numpy's context variable; ``np.errstate`` where numpy has none): the
+    product is ``a @ b`` bit for bit, an overflowing or 0 * inf product raises no warning even
+    where warnings are errors, the caller's other settings hold inside (underflow set to
+    raise still raises, as under ``np.errstate``), and the caller's state is back after."""
+    import warnings
+
+    from codedml.runtime import _worker
+
+    if not direct:
+        monkeypatch.setattr(_worker, "_ERR_VAR", None)
+    elif _worker._ERR_VAR is None:
+        pytest.skip("this numpy has no error-state context variable (numpy 1.x)")
+    state = _worker.WorkerState(1, NumpyBackend())
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((5, 7)), rng.standard_normal((7, 3))
+    assert np.array_equal(state.plain_product(a, b), a @ b)
+    big = np.full((2, 2), 1e308)
+    inf0 = (np.full((2, 2), np.inf), np.zeros((2, 2)))
+    tiny = np.full((2, 2), 1e-200)
+    for outer in ({}, {"under": "raise"}, {"divide": "raise"}):
+        with warnings.catch_warnings(), np.errstate(**outer):
+            warnings.simplefilter("error")
+            before = np.geterr()
+            assert np.isinf(state.plain_product(big, big)).all()
+            assert np.isnan(state.plain_product(*inf0)).all()
+            if outer.get("under") == "raise":
+                with pytest.raises(FloatingPointError, match="underflow"):
+                    state.plain_product(tiny, tiny)
+            else:
+                assert (state.plain_product(tiny, tiny) == 0).all()
+            assert np.geterr() == before
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeWarning, match="overflow"):
+            big @ big                                # outside: numpy's own state, untouched
+
+
 def test_stragglers_are_not_waited_for(data):
     A, B = data["A"], data["B"]
     c = LocalCluster(N, faults=FixedStragglers([1, 2], 2.0), timeout=20)
