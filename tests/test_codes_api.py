@@ -588,6 +588,13 @@ def test_fewest_decodable_is_1_where_a_subclass_decides():
     assert Every(6, 4)._fewest_decodable() == 1
     assert Lucky(6, 3)._fewest_decodable() == 1
     assert Plain(7, 2, 2)._fewest_decodable() == 1
+    # the same set on an instance
+    for code in (MDSCode(6, 4), ReplicationCode(6, 3), GradientCode(6, 2, field=P)):
+        code._recovers = lambda rows: len(rows) > 0
+        assert code._fewest_decodable() == 1
+    code = MatDotCode(7, 3)
+    code.decodable = lambda workers: True
+    assert code._fewest_decodable() == 1
 
 
 def test_public_compensation_check_agrees_with_encode():

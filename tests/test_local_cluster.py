@@ -153,12 +153,18 @@ def test_a_job_gathers_the_replies_it_cannot_decide_without():
     MPI path waits for that many in C) is what the job cannot decide without: the code's
     fewest decodable results less those in, capped by the workers still owing one; the
     ``needed`` count where errors must be corrected or every worker heard; one at a time
-    in the systematic wait and once settled. Below the bound ``_try`` returns before the
-    decodability test (which would find nothing decodable)."""
+    in the systematic wait, wherever the cluster may grant one (its length comes from the gaps
+    between arrivals, which replies gathered together would share), and once settled. Below
+    the bound ``_try`` returns before the decodability test (which would find nothing
+    decodable)."""
+    import types
+
     from codedml.runtime.futures import Job
 
-    def job(code, errors=0, wait_all=False):
-        return Job(None, 0, code, None, errors, 10.0, range(code.workers), time.perf_counter(),
+    def job(code, errors=0, wait_all=False, grace=0.0, sent_to=None):
+        cluster = types.SimpleNamespace(systematic_grace=grace)
+        return Job(cluster, 0, code, None, errors, 10.0,
+                   range(code.workers) if sent_to is None else sent_to, time.perf_counter(),
                    wait_all)
 
     j = job(MDSCode(6, 4))
@@ -167,6 +173,16 @@ def test_a_job_gathers_the_replies_it_cannot_decide_without():
     assert j._want() == 2
     j.failed = {1: "crashed", 2: "crashed", 3: "crashed"}
     assert j._want() == 1                                  # only worker 4 still owes one
+    # workers outside the request (dead or stale when it was sent) owe nothing and take
+    # nothing from those that do
+    j = job(MDSCode(6, 3), sent_to=[0, 1, 2, 3])
+    j.failed = {4: "crashed", 5: "stale"}
+    assert j._want() == 3
+    j.arrived = {0: None}
+    j.failed[0] = "error"                                  # in both: counted once
+    assert j._want() == 2
+    assert job(MDSCode(6, 4), grace=1.0)._want() == 1      # a systematic wait may be granted
+    assert job(MDSCode(6, 4, systematic=False), grace=1.0)._want() == 4
     assert job(MatDotCode(7, 3))._want() == 3              # its 3 data workers suffice
     assert job(MatDotCode(7, 3, systematic=False))._want() == 5
     assert job(MDSCode(6, 2), errors=1)._want() == 4       # threshold + 2 errors

@@ -202,6 +202,13 @@ DECODER_CACHE_SIZE = 256
 _COND_CACHE: dict[Any, float] = {}
 
 
+def _decides_itself(code: Any) -> bool:
+    """Whether ``code`` carries its own ``decodable`` or ``_recovers`` (set on the instance):
+    then no count bounds its decodable sets (``_fewest_decodable`` is 1)."""
+    d = getattr(code, "__dict__", {})
+    return "decodable" in d or "_recovers" in d
+
+
 def _cache_key(code: Any) -> Any:
     try:
         hash(code)
@@ -430,7 +437,8 @@ class LinearCode(abc.ABC):
         many replies in one poll before it looks (``recovery_threshold`` where decodability
         is the count test, else 1, which is always a bound)."""
         cls = type(self)
-        if cls._recovers is LinearCode._recovers and cls.decodable is LinearCode.decodable:
+        if (cls._recovers is LinearCode._recovers and cls.decodable is LinearCode.decodable
+                and not _decides_itself(self)):
             return self.recovery_threshold
         return 1
 
@@ -486,13 +494,16 @@ class LinearCode(abc.ABC):
         if self.field is None:
             # the decision per (input dtype, operand dtype, precision), kept per code (at
             # most 4 precisions of a few dtypes): it asks for the condition number
-            key = (_input_dtype(A, B), np.dtype(dtype), precision)
+            key = (_input_dtype(A, B), np.dtype(dtype), precision,
+                   COMPENSATE_MIN_CONDITION, COMPENSATE_MAX_CONDITION)   # what it depends on
             memo = self.__dict__.get("_comp_memo")
             if memo is None:
                 memo = self.__dict__["_comp_memo"] = {}
             comp = memo.get(key)
             if comp is None:
-                comp = memo[key] = self.compensates(*key)
+                if len(memo) >= 64:   # (bounded: the thresholds could be changed again and again)
+                    memo.clear()
+                comp = memo[key] = self.compensates(*key[:3])
             tasks = [Task._of(w, a, b, None, comp) for w, (a, b) in enumerate(pairs)]
             enc = Encoding(self, tasks, shape, inner, dtype, comp, scales)
             if self._finite_from_norms and not np.isfinite(enc.scales).all():

@@ -601,7 +601,8 @@ class PolyDotCode(LinearCode):
 
     def _fewest_decodable(self) -> int:
         cls = type(self)
-        if cls.decodable is not LinearCode.decodable or cls._recovers is not PolyDotCode._recovers:
+        if (cls.decodable is not LinearCode.decodable or cls._recovers is not PolyDotCode._recovers
+                or _base._decides_itself(self)):
             return 1
         if self.systematic and self.m > 1:
             return min(self.m, self.recovery_threshold)

@@ -349,14 +349,17 @@ class Job(_Request):
     def _want(self) -> int:
         # The replies the job cannot decide without, gathered in one poll where the transport
         # can: no set of fewer than the code's fewest decodable results decodes early, and
-        # otherwise the job waits for ``needed``. One at a time while it waits for systematic
-        # results (each may end the wait) or once settled.
+        # otherwise the job waits for ``needed``. One at a time once settled, and wherever
+        # the job may wait for systematic results: that wait is sized by the gaps between
+        # arrivals, which replies gathered in one poll would all share (a gap of 0: no wait).
         if self.settled or self._grace_end is not None:
+            return 1
+        if (self._sys and not self.wait_all and not self._retrying
+                and self.cluster.systematic_grace > 0):
             return 1
         early = self.errors == 0 and not self._retrying and not self.wait_all
         target = self._fewest if early else self.needed
-        owed = len(self.sent_to) - len(self.arrived) - len(self.failed)
-        return max(1, min(owed, target - len(self.arrived)))
+        return max(1, min(len(self._outstanding()), target - len(self.arrived)))
 
     def _on_result(self, w: int, payload: Any) -> None:
         # The noise scale comes from the root's own encoding, never from the worker's message.
