@@ -202,13 +202,6 @@ DECODER_CACHE_SIZE = 256
 _COND_CACHE: dict[Any, float] = {}
 
 
-def _decides_itself(code: Any) -> bool:
-    """Whether ``code`` carries its own ``decodable`` or ``_recovers`` (set on the instance):
-    then no count bounds its decodable sets (``_fewest_decodable`` is 1)."""
-    d = getattr(code, "__dict__", {})
-    return "decodable" in d or "_recovers" in d
-
-
 def _cache_key(code: Any) -> Any:
     try:
         hash(code)
@@ -311,11 +304,26 @@ class LinearCode(abc.ABC):
         if precision not in PRECISIONS:
             raise ConfigurationError(
                 f"`precision` must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
-        if self.field is not None or np.dtype(operand_dtype) not in (np.float64, np.complex128):
+        # the decision per (input dtype, operand dtype, precision) and the thresholds it reads,
+        # kept per code (every encode asks; it needs the condition number)
+        key = (np.dtype(input_dtype), np.dtype(operand_dtype), precision,
+               COMPENSATE_MIN_CONDITION, COMPENSATE_MAX_CONDITION)
+        memo = self.__dict__.get("_comp_memo")
+        if memo is None:
+            memo = self.__dict__["_comp_memo"] = {}
+        got = memo.get(key)
+        if got is None:
+            if len(memo) >= 64:   # (bounded: the thresholds could be changed again and again)
+                memo.clear()
+            got = memo[key] = self._compensates(*key[:3])
+        return got
+
+    def _compensates(self, input_dtype: np.dtype, operand_dtype: np.dtype, precision: str) -> bool:
+        if self.field is not None or operand_dtype not in (np.float64, np.complex128):
             return False
         if precision == "compensated":
             return True
-        return (precision == "auto" and np.dtype(input_dtype) not in (np.float32, np.float16)
+        return (precision == "auto" and input_dtype not in (np.float32, np.float16)
                 and self._amplifies_worker_rounding()
                 and COMPENSATE_MIN_CONDITION < self.condition_bound() <= COMPENSATE_MAX_CONDITION)
 
@@ -432,15 +440,23 @@ class LinearCode(abc.ABC):
         """:meth:`decodable` on validated, sorted indices (default: enough of them)."""
         return len(rows) >= self.recovery_threshold
 
+    def _recovers_bound(self) -> int:
+        """The fewest workers :meth:`_recovers` of the same class accepts (here: the count
+        test's threshold). A class that overrides ``_recovers`` declares its own beside it,
+        or :meth:`_fewest_decodable` takes 1."""
+        return self.recovery_threshold
+
     def _fewest_decodable(self) -> int:
         """A lower bound on the size of every decodable set of workers: a job gathers that
-        many replies in one poll before it looks (``recovery_threshold`` where decodability
-        is the count test, else 1, which is always a bound)."""
+        many replies in one poll before it looks. The ``_recovers_bound`` of the class that
+        defines the ``_recovers`` in use; 1 (always a bound) where that class declares none,
+        or where ``decodable`` is overridden or either is set on the instance."""
         cls = type(self)
-        if (cls._recovers is LinearCode._recovers and cls.decodable is LinearCode.decodable
-                and not _decides_itself(self)):
-            return self.recovery_threshold
-        return 1
+        if (cls.decodable is not LinearCode.decodable
+                or "decodable" in self.__dict__ or "_recovers" in self.__dict__):
+            return 1
+        owner = next(c for c in cls.__mro__ if "_recovers" in c.__dict__)
+        return owner._recovers_bound(self) if "_recovers_bound" in owner.__dict__ else 1
 
     def _output_multiples(self, ndim: int) -> tuple[int, ...]:
         """Per axis of the decoded product, the multiple the split pads it to (1: no padding).
@@ -492,18 +508,7 @@ class LinearCode(abc.ABC):
         pairs, shape, inner, dtype = out[:4]
         scales = out[4] if len(out) > 4 else None   # a hook may know them without a pass
         if self.field is None:
-            # the decision per (input dtype, operand dtype, precision), kept per code (at
-            # most 4 precisions of a few dtypes): it asks for the condition number
-            key = (_input_dtype(A, B), np.dtype(dtype), precision,
-                   COMPENSATE_MIN_CONDITION, COMPENSATE_MAX_CONDITION)   # what it depends on
-            memo = self.__dict__.get("_comp_memo")
-            if memo is None:
-                memo = self.__dict__["_comp_memo"] = {}
-            comp = memo.get(key)
-            if comp is None:
-                if len(memo) >= 64:   # (bounded: the thresholds could be changed again and again)
-                    memo.clear()
-                comp = memo[key] = self.compensates(*key[:3])
+            comp = self.compensates(_input_dtype(A, B), dtype, precision)
             tasks = [Task._of(w, a, b, None, comp) for w, (a, b) in enumerate(pairs)]
             enc = Encoding(self, tasks, shape, inner, dtype, comp, scales)
             if self._finite_from_norms and not np.isfinite(enc.scales).all():

@@ -776,15 +776,11 @@ def copy_rows(src: np.ndarray, dst: np.ndarray, norm: bool = True) -> float:
     """``dst[:len(src)] = src`` (cast), zero below, by cache-sized row chunks; returns the sum
     of squares of what was written, taken on each chunk while it is in cache (0.0 when
     ``norm`` is false)."""
-    if (_K is not None and dst.nbytes < STREAM_BYTES and src.shape == dst.shape
-            and src.dtype == dst.dtype and 0 < src.ndim <= 2 and src.size and src.flags.c_contiguous
-            and dst.flags.c_contiguous and (dst.dtype == np.float64 or dst.dtype == np.float32)):
-        # the common case (a whole operand of the tasks' dtype, e.g. the B every MDS task
-        # shares) straight to the compiled loop, which fast_copy reaches through views
-        if not norm:
-            _K.copy_sq(dst, src, None, False, 1.0, squares=False)
-            return 0.0
-        return _K.copy_sq(dst, src, None, False, 1.0)
+    if src.shape == dst.shape and src.size and src.flags.c_contiguous and dst.flags.c_contiguous:
+        # a whole operand (e.g. the B every MDS task shares): no row views to take
+        total = fast_copy(dst, src, dst.nbytes >= STREAM_BYTES, squares=norm)
+        if total is not None:
+            return total
     rows = _rows_2d(src, dst)
     if rows is not None:
         # fast_copy declines (None, nothing written) a dtype or a layout it does not take,

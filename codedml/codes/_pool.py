@@ -144,7 +144,8 @@ class TaskPool:
         """An uninitialised C-ordered array, like ``np.empty(shape, dtype)``, in reused memory
         where a returned buffer fits."""
         dtype = np.dtype(dtype)
-        shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+        if type(shape) is not tuple or not all(type(s) is int for s in shape):
+            shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
         nbytes = math.prod(shape) * dtype.itemsize
         if nbytes < MIN_BYTES or self._limit <= 0 or dtype.hasobject:
             return np.empty(shape, dtype)
@@ -215,13 +216,4 @@ def task_pool() -> TaskPool:
 def empty(shape: Any, dtype: Any) -> np.ndarray:
     """``np.empty(shape, dtype)`` for task arrays, in reused memory where possible
     (:class:`TaskPool`)."""
-    if type(shape) is tuple:
-        # a small request (most of a small job's) without the pool's normalisation
-        dt = np.dtype(dtype)
-        try:
-            small = math.prod(shape) * dt.itemsize < MIN_BYTES and not dt.hasobject
-        except TypeError:
-            small = False
-        if small:
-            return np.empty(shape, dt)
     return _POOL.empty(shape, dtype)

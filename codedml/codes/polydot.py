@@ -599,11 +599,7 @@ class PolyDotCode(LinearCode):
             return True
         return len(rows) >= self.recovery_threshold
 
-    def _fewest_decodable(self) -> int:
-        cls = type(self)
-        if (cls.decodable is not LinearCode.decodable or cls._recovers is not PolyDotCode._recovers
-                or _base._decides_itself(self)):
-            return 1
+    def _recovers_bound(self) -> int:
         if self.systematic and self.m > 1:
             return min(self.m, self.recovery_threshold)
         return self.recovery_threshold

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ConfigurationError
 from . import _pool
-from ._base import DecodeInfo, LinearCode, _decides_itself, _valid_results
+from ._base import DecodeInfo, LinearCode, _valid_results
 from ._validate import check_field, check_int, real_matrix, residues
 
 __all__ = ["ReplicationCode"]
@@ -141,12 +141,8 @@ class ReplicationCode(LinearCode):
     def _recovers(self, rows: np.ndarray) -> bool:
         return len(set((np.asarray(rows) % self.k).tolist())) == self.k
 
-    def _fewest_decodable(self) -> int:
-        # one copy of each of the k blocks
-        cls = type(self)
-        ok = (cls.decodable is LinearCode.decodable and cls._recovers is ReplicationCode._recovers
-              and not _decides_itself(self))
-        return self.k if ok else 1
+    def _recovers_bound(self) -> int:
+        return self.k   # one copy of each of the k blocks
 
     def _solve_real(self, M: np.ndarray, E: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
         """Each block is one of its (consistent) copies: no solve needed."""

@@ -354,8 +354,7 @@ class Job(_Request):
         # arrivals, which replies gathered in one poll would all share (a gap of 0: no wait).
         if self.settled or self._grace_end is not None:
             return 1
-        if (self._sys and not self.wait_all and not self._retrying
-                and self.cluster.systematic_grace > 0):
+        if self._may_hold() and self.cluster.systematic_grace > 0:
             return 1
         early = self.errors == 0 and not self._retrying and not self.wait_all
         target = self._fewest if early else self.needed
@@ -429,6 +428,11 @@ class Job(_Request):
             self.cluster._note_solve(self.code, self.t_decode)
         self._settle(C)
 
+    def _may_hold(self) -> bool:
+        """Whether this job may wait for systematic results at all (a systematic code, not a
+        job that hears every worker, not retrying); the cluster's grace decides the rest."""
+        return bool(self._sys) and not self.wait_all and not self._retrying
+
     def _hold_for_systematic(self, pending: list[int]) -> bool:
         """Whether to wait a little longer for outstanding systematic results before decoding.
 
@@ -442,7 +446,7 @@ class Job(_Request):
         come within about a gap each; a straggler costs at most the grace (one gap per
         missing result), after which the job decodes as it would have. Granted once per job;
         ``systematic_grace = 0`` (the default) turns it off."""
-        if not self._sys or self.wait_all or self._retrying:
+        if not self._may_hold():
             return False
         factor = self.cluster.systematic_grace
         if self._grace_end is None and not factor > 0:
