@@ -535,3 +535,91 @@ def test_gradient_partition_norms_equal_numpys(loop, scheme, n, s, N, layout, dt
     got = gradient._write_tasks(A, B, a_all, b_all, parts, code.coefficients, nb, None)[0]
     want = np.array([float((A[:, j * nb:(j + 1) * nb].astype(np.float64) ** 2).sum()) for j in range(n)])
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("scheme", ["cyclic", "fractional_repetition"])
+@pytest.mark.parametrize("n, s, N", [(16, 2, 1024), (6, 2, 37), (6, 1, 36), (8, 3, 5), (4, 1, 1), (5, 4, 12)])
+def test_gradient_layout_sums_every_partition_once_where_runs_tile(scheme, n, s, N):
+    """Every partition with columns has an owner run that holds it (its squares come from that
+    copy), and owners are chosen among runs no other owner overlaps first: for the cyclic
+    code's runs of s + 1 (and fractional repetition's groups) the owning runs' columns add up
+    to A's width, each column squared once (the first-come choice summed up to s + 1 times as
+    many)."""
+    from codedml.codes import gradient
+
+    if scheme == "fractional_repetition" and n % (s + 1):
+        pytest.skip("fractional repetition needs (s + 1) | n")
+    code = GradientCode(n, s, scheme)
+    nb = -(-N // n)
+    parts = [code.partitions(w) for w in range(n)]
+    lay = gradient._layout(parts, code.coefficients, N, nb, True)
+    for j, i in lay.owner.items():
+        w, lo, hi, _, _ = lay.plan[i]
+        assert lo <= j * nb < hi and j in parts[w]
+    assert set(lay.owner) == {j for j in range(n) if j * nb < N}
+    owned = sum(lay.plan[i][2] - lay.plan[i][1] for i in set(lay.owner.values()))
+    if (n, s, N) == (16, 2, 1024) or scheme == "fractional_repetition":
+        assert owned == N
+    else:
+        assert owned <= (s + 1) * N
+    # every holder of every partition, with its coefficient
+    for j in range(n):
+        assert sorted((w, t) for w, t, _ in lay.holders[j]) == sorted(
+            (w, parts[w].index(j)) for w in range(n) if j in parts[w])
+        for w, t, c in lay.holders[j]:
+            assert c == float(code.coefficients[w][j])
+
+
+def test_gradient_code_keeps_a_bounded_layout_per_width():
+    """The layout is computed once per width of A and reused (the same object), and the code
+    keeps at most ``_LAYOUTS`` widths however many it saw."""
+    from codedml.codes import gradient
+
+    code = GradientCode(6, 2)
+    a = code._layout_for(37, 7)
+    assert code._layout_for(37, 7) is a
+    for N in range(1, 3 * gradient._LAYOUTS):
+        code._layout_for(N, -(-N // 6))
+    assert len(code._layouts) == gradient._LAYOUTS
+    rng = np.random.default_rng(0)
+    A, B = rng.standard_normal((5, 37)), rng.standard_normal((37, 3))
+    want = GradientCode(6, 2).encode(A, B)
+    got = code.encode(A, B)     # with the kept layouts: the same tasks
+    for x, y in zip(got, want):
+        np.testing.assert_array_equal(x.a, y.a)
+        np.testing.assert_array_equal(x.b, y.b)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n, s, N, K", [(16, 2, 1024, 64), (6, 2, 37, 3), (4, 1, 9, 1), (5, 2, 11, 0)])
+def test_gradient_b_side_one_row_per_chunk_equals_the_row_by_row_path(dtype, n, s, N, K):
+    """B's partitions written as one contiguous row per chunk and holder (a C-ordered B in the
+    tasks' dtype) give bitwise the tasks that the row-by-row path gives for the same B in
+    Fortran order, and partition sums of squares equal to rounding (and to the partitions'
+    own)."""
+    from codedml.codes import gradient
+
+    code = GradientCode(n, s)
+    rng = np.random.default_rng(N + K)
+    A = rng.standard_normal((7, N)).astype(dtype)
+    Bc = rng.standard_normal((N, K)).astype(dtype)
+    Bf = np.asfortranarray(Bc)
+    nb = -(-N // n)
+    parts = [code.partitions(w) for w in range(n)]
+    outs = []
+    for B in (Bc, Bf):
+        a_all = np.full((n, 7, (s + 1) * nb), 9, dtype=dtype)
+        b_all = np.full((n, (s + 1) * nb, K), 9, dtype=dtype)
+        sq = gradient._write_tasks(A, B, a_all, b_all, parts, code.coefficients, nb, None)
+        outs.append((b_all, sq[1]))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=1e-12, atol=0)
+    want = np.array([float((Bc[j * nb:(j + 1) * nb].astype(np.float64) ** 2).sum()) for j in range(n)])
+    np.testing.assert_allclose(outs[0][1], want, rtol=1e-12, atol=0)
+    for w in range(n):       # each slot holds its partition times its coefficient
+        for t, j in enumerate(parts[w]):
+            rows = Bc[j * nb:min((j + 1) * nb, N)]
+            c = code.coefficients[w][j]
+            np.testing.assert_array_equal(outs[0][0][w, t * nb:t * nb + len(rows)],
+                                          (rows.astype(np.float64) * c).astype(dtype))
+            assert not outs[0][0][w, t * nb + len(rows):(t + 1) * nb].any()

@@ -47,22 +47,24 @@ def _unchanged_outside(big: np.ndarray, before: np.ndarray, off: int, cols: int,
 
 @needs_kernels
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(rows=st.integers(0, 9), cols=st.integers(0, 70), dtype=st.sampled_from([np.float64, np.float32]),
+@given(rows=st.integers(0, 9), cols=st.integers(0, 150), dtype=st.sampled_from([np.float64, np.float32]),
        scale=st.sampled_from([1.0, -1.0, 0.5, 1 / 3, 3.0, 1e-30, 2.0 ** 60]),
        stream=st.booleans(), src_pad=st.integers(0, 5), dst_pad=st.integers(0, 5),
        src_off=st.integers(0, 3), dst_off=st.integers(0, 3), with_sq=st.booleans(),
        one_d=st.booleans(), mode=st.sampled_from(["same", "narrow", "wide"]),
        wide_off=st.integers(0, 3), flip=st.booleans(), part=st.sampled_from([0, 0, 1, 3, 8, 64]),
-       squares=st.booleans(), seed=st.integers(0, 2 ** 16))
+       squares=st.booleans(), simd=st.sampled_from([0, -1]), seed=st.integers(0, 2 ** 16))
 def test_copy_sq_is_numpys_product_and_its_sum_of_squares(rows, cols, dtype, scale, stream, src_pad,
                                                           dst_pad, src_off, dst_off, with_sq, one_d,
-                                                          mode, wide_off, flip, part, squares, seed):
+                                                          mode, wide_off, flip, part, squares, simd,
+                                                          seed):
     """``mode``: ``dst`` and ``src`` of one dtype; float64 ``src`` into float32 ``dst``
     (``narrow``: the encode's float32 parity tasks from their float64 products); float32 with
     the values also widened into a float64 ``wide`` (the parity GEMM's operand). ``part``:
     ``sq`` per block of that many columns (the gradient code's partition norms). Without
     ``squares`` (and so without ``sq``) the loop forms no sum: the same values written, None
-    returned."""
+    returned. ``simd`` 0: the SSE2 loops; -1: the AVX2 ones where the CPU has them
+    (``COPY_SIMD``)."""
     rng = np.random.default_rng(seed)
     one_d = one_d and rows > 0
     sdt, ddt = {"same": (dtype, dtype), "narrow": (np.float64, np.float32),
@@ -85,7 +87,7 @@ def test_copy_sq_is_numpys_product_and_its_sum_of_squares(rows, cols, dtype, sca
     sq = np.full(nblk if part else (1 if one_d else rows), 0.25) if with_sq else None
     before, wide_before = big_dst.copy(), big_wide.copy()
     squares = squares or with_sq
-    total = K.copy_sq(dst, src, sq, stream, scale, wide, part, squares)
+    total = K.copy_sq(dst, src, sq, stream, scale, wide, part, squares, simd=simd)
     want = (src.astype(np.float64) * scale).astype(ddt)
     np.testing.assert_array_equal(dst, want)
     if not squares:
@@ -115,23 +117,49 @@ def test_copy_sq_is_numpys_product_and_its_sum_of_squares(rows, cols, dtype, sca
 @pytest.mark.parametrize("cols", [12, 50, 53])
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
 @pytest.mark.parametrize("off", [0, 1, 3])
-def test_copy_sq_sum_is_not_finite_when_src_is_not(dtype, stream, bad, cols, where, off):
+@pytest.mark.parametrize("simd", [0, -1])
+def test_copy_sq_sum_is_not_finite_when_src_is_not(dtype, stream, bad, cols, where, off, simd):
     """Wherever the bad value lies: in the streamed stores' head loop (``off``: the
-    destination off its 16-byte boundary), the SIMD body, the 4-wide or the scalar tail."""
+    destination off its 16-byte boundary), the SIMD body, the 4-wide or the scalar tail; in
+    the SSE2 loops and the AVX2 ones."""
     src = np.ones((2, cols), dtype=dtype)
     i = {"first": 0, "middle": cols + cols // 2, "last": 2 * cols - 1}[where]
     src.reshape(-1)[i] = bad
     dst = np.empty((2, cols + off), dtype=dtype)[:, off:]
-    total = K.copy_sq(dst, src, None, stream)
+    total = K.copy_sq(dst, src, None, stream, simd=simd)
     assert not np.isfinite(total)
     np.testing.assert_array_equal(dst, src)
     if dtype == np.float64:   # into float32 (the parity tasks' cast): the sum is of src
         d32 = np.empty((2, cols + off), np.float32)[:, off:]
-        assert not np.isfinite(K.copy_sq(d32, src, None, stream))
+        assert not np.isfinite(K.copy_sq(d32, src, None, stream, simd=simd))
     else:                     # with the widened copy
         wide = np.empty(src.shape)
-        assert not np.isfinite(K.copy_sq(dst, src, None, stream, 1.0, wide))
+        assert not np.isfinite(K.copy_sq(dst, src, None, stream, 1.0, wide, simd=simd))
+        # per block of columns too (the gradient code's partitions)
+        blk = np.zeros(-(-cols // 8))
+        assert not np.isfinite(K.copy_sq(dst, src, blk, stream, 1.0, None, 8, simd=simd))
+        assert not np.isfinite(blk).all()
         np.testing.assert_array_equal(wide, src.astype(np.float64))
+
+
+@needs_kernels
+def test_copy_simd_says_what_the_cpu_allows():
+    """``COPY_SIMD`` is 1 exactly where lincomb may use AVX2 and FMA (``SIMD`` >= 1: the same
+    CPU check), and the two loops write the same values into a large streamed destination
+    (the AVX2 loop's streamed 16-byte halves), with sums that agree to rounding."""
+    assert K.COPY_SIMD in (0, 1)
+    assert K.COPY_SIMD == (1 if K.SIMD >= 1 else 0)
+    rng = np.random.default_rng(3)
+    for dtype in (np.float64, np.float32):
+        src = rng.standard_normal((33, 1001)).astype(dtype)
+        outs, sums = [], []
+        for simd in (0, -1):
+            dst = np.empty((33, 1003), dtype)[:, 1:1002]
+            sums.append(K.copy_sq(dst, src, None, True, 0.3, simd=simd))
+            outs.append(dst.copy())
+        np.testing.assert_array_equal(outs[0], outs[1])
+        np.testing.assert_array_equal(outs[0], (src.astype(np.float64) * 0.3).astype(dtype))
+        assert sums[0] == pytest.approx(sums[1], rel=1e-12)
 
 
 @needs_kernels

@@ -1,7 +1,7 @@
 /* codedml.codes._kernels: the encode's compiled loops, optional.
 
-   copy_sq(dst, src, sq=None, stream=False, scale=1.0, wide=None, part=0, squares=True)
-       -> float or None
+   copy_sq(dst, src, sq=None, stream=False, scale=1.0, wide=None, part=0, squares=True,
+           simd=-1) -> float or None
    copy_i64(dst, src, wide=None, stream=False) -> int, mod_store(dst, src, p, stream=False):
    the GF(p) encode's copy of int64 residues (widened for its GEMM and range-checked in the
    same loop) and its reduction of the GEMM's exact products into int64 residues (see their
@@ -21,7 +21,10 @@
    may be short) and gets each block's sum of squares over all rows: the norms of column
    partitions (the gradient code's partitions of A) from the copy itself. With ``squares``
    false the sum is not formed (for a copy whose sum nobody reads: a source's second and later
-   copies) and None is returned; ``sq`` then must not be given. ``dst``,
+   copies) and None is returned; ``sq`` then must not be given. Where the sum or ``wide`` is
+   formed and the CPU has AVX2 and FMA (``COPY_SIMD`` 1), rows of one element type run an
+   AVX2 loop (the values written are the same; the sums may differ in their last bits);
+   ``simd`` 0 keeps the SSE2 loops. ``dst``,
    ``sq`` and ``wide`` must not overlap each other or ``src``: a call where the spans of
    their memory do is refused (ValueError naming the two). A 1-D array is one row: it pairs
    with a 1-D or a one-row 2-D array of as many columns.
@@ -195,8 +198,10 @@ static double row_d(const double *s, double *d, double *w, Py_ssize_t n, int str
         __m128d cc = _mm_set1_pd(c);
         __m128d x0 = _mm_setzero_pd(), x1 = _mm_setzero_pd();
         __m128d x2 = _mm_setzero_pd(), x3 = _mm_setzero_pd();
+        const int pf = (size_t)n * sizeof(*s) > 2 * PFD;   /* see row_f_avx2 */
         for (; i + 8 <= n; i += 8) {
-            _mm_prefetch((const char *)(s + i) + PFD, _MM_HINT_T0);
+            if (pf)
+                _mm_prefetch((const char *)(s + i) + PFD, _MM_HINT_T0);
             __m128d v0 = _mm_loadu_pd(s + i), v1 = _mm_loadu_pd(s + i + 2);
             __m128d v2 = _mm_loadu_pd(s + i + 4), v3 = _mm_loadu_pd(s + i + 6);
             store_pd(d + i, _mm_mul_pd(v0, cc), stream);
@@ -248,8 +253,9 @@ static double row_f(const float *s, float *d, double *w, Py_ssize_t n, int strea
         const int one = c == 1.0;
         __m128d x0 = _mm_setzero_pd(), x1 = _mm_setzero_pd();
         __m128d x2 = _mm_setzero_pd(), x3 = _mm_setzero_pd();
+        const int pf = (size_t)n * sizeof(*s) > 2 * PFD;   /* see row_f_avx2 */
         for (; i + 8 <= n; i += 8) {
-            if (!(i & 15))   /* one a cache line */
+            if (pf && !(i & 15))   /* one a cache line */
                 _mm_prefetch((const char *)(s + i) + PFD, _MM_HINT_T0);
             __m128 v0 = _mm_loadu_ps(s + i), v1 = _mm_loadu_ps(s + i + 4);
             /* in double: the low and high pairs of each quadruple */
@@ -326,10 +332,201 @@ static double row_df(const double *s, float *d, Py_ssize_t n, int stream, double
     return (a[0] + a[1]) + (a[2] + a[3]);
 }
 
+#if CODEDML_SSE2 && defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define CODEDML_ROW_AVX2 1
+#define ROW_A2 __attribute__((target("avx2,fma")))
+/* whether copy_sq's row loops may use AVX2 and FMA (set at import where the CPU has both) */
+static int row_avx2_ok = 0;
+
+/* 8 floats or 4 doubles stored; streamed as two 16-byte halves, so that a destination
+   aligned to 16 bytes (head()'s boundary, the SSE2 loops' own) needs no scalar head or tail
+   beside the streamed stores (ordinary stores into lines being streamed measured 20x
+   slower: the write-combining buffers flushed) */
+ROW_A2 static inline void store8_ps(float *p, __m256 v, int stream)
+{
+    if (stream) {
+        _mm_stream_ps(p, _mm256_castps256_ps128(v));
+        _mm_stream_ps(p + 4, _mm256_extractf128_ps(v, 1));
+    } else {
+        _mm256_storeu_ps(p, v);
+    }
+}
+
+ROW_A2 static inline void store4_ps(float *p, __m128 v, int stream)
+{
+    if (stream)
+        _mm_stream_ps(p, v);
+    else
+        _mm_storeu_ps(p, v);
+}
+
+ROW_A2 static inline void store4_pd(double *p, __m256d v, int stream)
+{
+    if (stream) {
+        _mm_stream_pd(p, _mm256_castpd256_pd128(v));
+        _mm_stream_pd(p + 2, _mm256_extractf128_pd(v, 1));
+    } else {
+        _mm256_storeu_pd(p, v);
+    }
+}
+
+/* row_f with squares (or ``w``) on AVX2: 16 values a step, widened by halves of 8, each
+   product formed in double and cast as there (with c 1 the values as loaded), the squares
+   by fused multiply-adds into four accumulators of four (row_f: pairs, separate multiply
+   and add; the sums may differ in their last bits, never the values written). Measured on
+   the 2-core AMD EPYC: the gradient code's owned copies of A (blocks of 64 columns) and
+   float32 copies with squares about 2x the SSE2 loop's rate. */
+ROW_A2 static inline __attribute__((always_inline)) double row_f_avx2(const float *s, float *d, double *w, Py_ssize_t n, int stream,
+                                double c)
+{
+    double a[4] = {0.0, 0.0, 0.0, 0.0};
+    Py_ssize_t i = head(d, sizeof(float), n, stream);
+    scalar_f(s, d, w, 0, i, c, a);
+    const __m256d cc = _mm256_set1_pd(c);
+    const int one = c == 1.0;
+    /* prefetch only in rows longer than its distance: a short row (a column segment of a
+       wider matrix) would ask for lines past its end that it never reads */
+    const int pf = (size_t)n * sizeof(*s) > 2 * PFD;
+    __m256d x0 = _mm256_setzero_pd(), x1 = _mm256_setzero_pd();
+    __m256d x2 = _mm256_setzero_pd(), x3 = _mm256_setzero_pd();
+    for (; i + 16 <= n; i += 16) {
+        if (pf)
+            _mm_prefetch((const char *)(s + i) + PFD, _MM_HINT_T0);
+        /* 16-byte loads: numpy's data is 16-byte aligned, and 32-byte loads from it split
+           cache lines every other time (measured 1.05-1.08x the SSE2 loop's encode time
+           from memory, where 16-byte loads ran at 0.92-0.94x in cache) */
+        __m128 q0 = _mm_loadu_ps(s + i), q1 = _mm_loadu_ps(s + i + 4);
+        __m128 q2 = _mm_loadu_ps(s + i + 8), q3 = _mm_loadu_ps(s + i + 12);
+        __m256d l0 = _mm256_cvtps_pd(q0), h0 = _mm256_cvtps_pd(q1);
+        __m256d l1 = _mm256_cvtps_pd(q2), h1 = _mm256_cvtps_pd(q3);
+        if (w) {            /* the values widened, ordinary stores (read soon, from cache) */
+            _mm256_storeu_pd(w + i, l0);
+            _mm256_storeu_pd(w + i + 4, h0);
+            _mm256_storeu_pd(w + i + 8, l1);
+            _mm256_storeu_pd(w + i + 12, h1);
+        }
+        if (one) {
+            store4_ps(d + i, q0, stream);
+            store4_ps(d + i + 4, q1, stream);
+            store4_ps(d + i + 8, q2, stream);
+            store4_ps(d + i + 12, q3, stream);
+        } else {
+            store8_ps(d + i, _mm256_set_m128(_mm256_cvtpd_ps(_mm256_mul_pd(h0, cc)),
+                                             _mm256_cvtpd_ps(_mm256_mul_pd(l0, cc))), stream);
+            store8_ps(d + i + 8, _mm256_set_m128(_mm256_cvtpd_ps(_mm256_mul_pd(h1, cc)),
+                                                 _mm256_cvtpd_ps(_mm256_mul_pd(l1, cc))), stream);
+        }
+        x0 = _mm256_fmadd_pd(l0, l0, x0);
+        x1 = _mm256_fmadd_pd(h0, h0, x1);
+        x2 = _mm256_fmadd_pd(l1, l1, x2);
+        x3 = _mm256_fmadd_pd(h1, h1, x3);
+    }
+    double t[4];
+    _mm256_storeu_pd(t, _mm256_add_pd(_mm256_add_pd(x0, x1), _mm256_add_pd(x2, x3)));
+    a[0] += t[0];
+    a[1] += t[1];
+    a[2] += t[2];
+    a[3] += t[3];
+    scalar_f(s, d, w, i, n, c, a);
+    return (a[0] + a[1]) + (a[2] + a[3]);
+}
+
+/* row_d with squares (or ``w``) on AVX2: 16 values a step, the products by ``c`` exactly as
+   row_d's (one multiply each), the squares by fused multiply-adds */
+ROW_A2 static inline __attribute__((always_inline)) double row_d_avx2(const double *s, double *d, double *w, Py_ssize_t n,
+                                int stream, double c)
+{
+    double a[4] = {0.0, 0.0, 0.0, 0.0};
+    Py_ssize_t i = head(d, sizeof(double), n, stream);
+    scalar_d(s, d, w, 0, i, c, a);
+    const __m256d cc = _mm256_set1_pd(c);
+    const int one = c == 1.0;
+    /* prefetch only in rows longer than its distance: a short row (a column segment of a
+       wider matrix) would ask for lines past its end that it never reads */
+    const int pf = (size_t)n * sizeof(*s) > 2 * PFD;
+    __m256d x0 = _mm256_setzero_pd(), x1 = _mm256_setzero_pd();
+    __m256d x2 = _mm256_setzero_pd(), x3 = _mm256_setzero_pd();
+    for (; i + 16 <= n; i += 16) {
+        if (pf) {
+            _mm_prefetch((const char *)(s + i) + PFD, _MM_HINT_T0);
+            _mm_prefetch((const char *)(s + i + 8) + PFD, _MM_HINT_T0);
+        }
+        /* two 16-byte loads each (see row_f_avx2) */
+        __m256d v0 = _mm256_loadu2_m128d(s + i + 2, s + i);
+        __m256d v1 = _mm256_loadu2_m128d(s + i + 6, s + i + 4);
+        __m256d v2 = _mm256_loadu2_m128d(s + i + 10, s + i + 8);
+        __m256d v3 = _mm256_loadu2_m128d(s + i + 14, s + i + 12);
+        if (w) {
+            _mm256_storeu_pd(w + i, v0);
+            _mm256_storeu_pd(w + i + 4, v1);
+            _mm256_storeu_pd(w + i + 8, v2);
+            _mm256_storeu_pd(w + i + 12, v3);
+        }
+        if (one) {
+            store4_pd(d + i, v0, stream);
+            store4_pd(d + i + 4, v1, stream);
+            store4_pd(d + i + 8, v2, stream);
+            store4_pd(d + i + 12, v3, stream);
+        } else {
+            store4_pd(d + i, _mm256_mul_pd(v0, cc), stream);
+            store4_pd(d + i + 4, _mm256_mul_pd(v1, cc), stream);
+            store4_pd(d + i + 8, _mm256_mul_pd(v2, cc), stream);
+            store4_pd(d + i + 12, _mm256_mul_pd(v3, cc), stream);
+        }
+        x0 = _mm256_fmadd_pd(v0, v0, x0);
+        x1 = _mm256_fmadd_pd(v1, v1, x1);
+        x2 = _mm256_fmadd_pd(v2, v2, x2);
+        x3 = _mm256_fmadd_pd(v3, v3, x3);
+    }
+    double t[4];
+    _mm256_storeu_pd(t, _mm256_add_pd(_mm256_add_pd(x0, x1), _mm256_add_pd(x2, x3)));
+    a[0] += t[0];
+    a[1] += t[1];
+    a[2] += t[2];
+    a[3] += t[3];
+    scalar_d(s, d, w, i, n, c, a);
+    return (a[0] + a[1]) + (a[2] + a[3]);
+}
+/* One row (or, with ``part`` > 0, a row by blocks of ``part`` columns, block b's sum added
+   to ``*(pq + b * qs)``) on AVX2, the loops above inlined: one call per row, not per block
+   (a gradient code's A is copied in blocks of its partitions' widths, often 64 columns) */
+ROW_A2 static double rows_avx2(char kd, const char *s, char *d, char *w, Py_ssize_t n,
+                               int stream, double c, Py_ssize_t part, char *pq, Py_ssize_t qs)
+{
+    if (part <= 0) {
+        if (kd == 'd')
+            return row_d_avx2((const double *)s, (double *)d, (double *)w, n, stream, c);
+        return row_f_avx2((const float *)s, (float *)d, (double *)w, n, stream, c);
+    }
+    double total = 0.0;
+    const Py_ssize_t size = kd == 'd' ? 8 : 4;
+    for (Py_ssize_t b = 0, c0 = 0; c0 < n; b++, c0 += part) {
+        Py_ssize_t m = n - c0 < part ? n - c0 : part;
+        double *wb = w ? (double *)w + c0 : NULL;
+        double v = kd == 'd'
+            ? row_d_avx2((const double *)(s + c0 * size), (double *)(d + c0 * size), wb, m,
+                         stream, c)
+            : row_f_avx2((const float *)(s + c0 * size), (float *)(d + c0 * size), wb, m,
+                         stream, c);
+        total += v;
+        *(double *)(pq + b * qs) += v;
+    }
+    return total;
+}
+#else
+#define CODEDML_ROW_AVX2 0
+static int row_avx2_ok = 0;
+#endif
+
 /* one row (or one column block of it) of any accepted pair of element types */
 static inline double row_any(char kd, char ks, const char *s, char *d, char *w, Py_ssize_t n,
-                             int stream, double c, int squares)
+                             int stream, double c, int squares, int avx2)
 {
+#if CODEDML_ROW_AVX2
+    if (avx2 && (squares || w) && ks == kd)
+        return rows_avx2(kd, s, d, w, n, stream, c, 0, NULL, 0);
+#endif
     if (kd == 'd')
         return row_d((const double *)s, (double *)d, (double *)w, n, stream, c, squares);
     if (ks == 'd')   /* the products' conversion dominates: squares or not, one loop */
@@ -452,14 +649,15 @@ static void release_buffers(int n, Py_buffer *const *b, const int *have)
 static PyObject *copy_sq(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *names[] = {"dst", "src", "sq", "stream", "scale", "wide", "part", "squares",
-                            NULL};
+                            "simd", NULL};
     PyObject *odst, *osrc, *osq = Py_None, *owide = Py_None;
-    int stream = 0, squares = 1;
+    int stream = 0, squares = 1, simd = -1;
     double c = 1.0;
     Py_ssize_t part = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OpdOnp:copy_sq", names, &odst, &osrc, &osq,
-                                     &stream, &c, &owide, &part, &squares))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OpdOnpi:copy_sq", names, &odst, &osrc, &osq,
+                                     &stream, &c, &owide, &part, &squares, &simd))
         return NULL;
+    const int avx2 = simd != 0 && row_avx2_ok;   /* simd 0: the SSE2 loops */
     if (!squares && osq != Py_None) {
         PyErr_SetString(PyExc_ValueError,
                         "copy_sq: `sq` (the rows' sums of squares) needs `squares` true");
@@ -546,18 +744,27 @@ static PyObject *copy_sq(PyObject *self, PyObject *args, PyObject *kwargs)
         for (Py_ssize_t r = 0; r < dr; r++) {
             const char *rs = ps + r * ss;
             char *rd = pd + r * ds, *rw = pw ? pw + r * ws : NULL;
+#if CODEDML_ROW_AVX2
+            if (avx2 && (squares || rw) && ks == kd) {
+                double v = rows_avx2(kd, rs, rd, rw, dc, stream, c, part, pq, qs);
+                total += v;
+                if (pq && part <= 0)
+                    *(double *)(pq + r * qs) += v;
+                continue;
+            }
+#endif
             if (part > 0) {   /* the row by blocks of `part` columns, each block's sum apart */
                 for (Py_ssize_t b = 0, c0 = 0; c0 < dc; b++, c0 += part) {
                     Py_ssize_t m = dc - c0 < part ? dc - c0 : part;
                     double v = row_any(kd, ks, rs + c0 * si, rd + c0 * di,
                                        rw ? rw + c0 * (Py_ssize_t)sizeof(double) : NULL, m,
-                                       stream, c, squares);
+                                       stream, c, squares, avx2);
                     total += v;
                     *(double *)(pq + b * qs) += v;
                 }
                 continue;
             }
-            double v = row_any(kd, ks, rs, rd, rw, dc, stream, c, squares);
+            double v = row_any(kd, ks, rs, rd, rw, dc, stream, c, squares, avx2);
             total += v;
             if (pq)
                 *(double *)(pq + r * qs) += v;
@@ -1398,7 +1605,7 @@ static double lc_store(char kd, char *dst, const double *re, const double *im, P
         return 0.0;
     }
     if (!im)   /* one row: copy_sq's loop (float64, or float64 into float32) */
-        return row_any(kd, 'd', (const char *)re, dst, NULL, n, stream, 1.0, 1);
+        return row_any(kd, 'd', (const char *)re, dst, NULL, n, stream, 1.0, 1, 0);
 #if CODEDML_SSE2
     const int st = stream && !((uintptr_t)dst & 15);
     __m128d s0 = _mm_setzero_pd(), s1 = _mm_setzero_pd();
@@ -1531,10 +1738,9 @@ static void lc_run(LcJob *J)
                         uint64_t top = i64_row((const int64_t *)sp, (int64_t *)dp, t, w, J->stream);
                         top = top >> 52 ? UINT64_MAX : top;
                         J->umax = top > J->umax ? top : J->umax;
-                    } else if (s->k == 'd') {
-                        q = row_d((const double *)sp, (double *)dp, t, w, J->stream, 1.0, 1);
-                    } else {
-                        q = row_f((const float *)sp, (float *)dp, t, w, J->stream, 1.0, 1);
+                    } else {   /* copy_sq's row loop (AVX2 where lincomb may use it) */
+                        q = row_any(s->k, s->k, sp, dp, (char *)t, w, J->stream, 1.0, 1,
+                                    J->simd >= 1 && row_avx2_ok);
                     }
                     if (t && w < wp)
                         memset(t + w, 0, (size_t)(wp - w) * sizeof(double));
@@ -2056,13 +2262,15 @@ done:
 
 static PyMethodDef methods[] = {
     {"copy_sq", (PyCFunction)(void (*)(void))copy_sq, METH_VARARGS | METH_KEYWORDS,
-     "copy_sq(dst, src, sq=None, stream=False, scale=1.0, wide=None, part=0) -> float\n\n"
+     "copy_sq(dst, src, sq=None, stream=False, scale=1.0, wide=None, part=0, squares=True,\n"
+     "        simd=-1) -> float or None\n\n"
      "Write scale * src into dst (same shape; both float64, both float32, or float64\n"
      "into float32; rows contiguous; products in double, cast to dst's type) and return\n"
      "the sum of squares of src's values; sq (float64, one entry per row) gets each row's\n"
      "sum added. stream: non-temporal stores (x86-64). wide (float64, src's shape; float32\n"
      "src): also gets src's values in double. part > 0: sq has one entry per block of\n"
-     "part columns, summed over the rows."},
+     "part columns, summed over the rows. squares false: no sum (None returned). simd 0:\n"
+     "the SSE2 loops even where the CPU has AVX2 and FMA (COPY_SIMD 1: those are used).\n"},
     {"copy_i64", (PyCFunction)(void (*)(void))copy_i64, METH_VARARGS | METH_KEYWORDS,
      "copy_i64(dst, src, wide=None, stream=False) -> int\n\n"
      "Copy int64 src into int64 dst (same shape, rows contiguous) and, with wide\n"
@@ -2096,9 +2304,14 @@ PyMODINIT_FUNC PyInit__kernels(void)
     lc_simd_ok = __builtin_cpu_supports("avx512f") ? 2
                  : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
 #endif
+#if CODEDML_ROW_AVX2
+    __builtin_cpu_init();
+    row_avx2_ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
     PyObject *m = PyModule_Create(&module);
     if (m && (PyModule_AddIntConstant(m, "STREAMS", CODEDML_SSE2) < 0
-              || PyModule_AddIntConstant(m, "SIMD", lc_simd_ok) < 0)) {
+              || PyModule_AddIntConstant(m, "SIMD", lc_simd_ok) < 0
+              || PyModule_AddIntConstant(m, "COPY_SIMD", row_avx2_ok) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -219,8 +219,8 @@ class GradientCode(LinearCode):
         # One allocation per side (reused memory from the task pool, codes/_pool.py).
         a_all = _pool.empty((n, M, s1 * nb), dtype=dtype)
         b_all = _pool.empty((n, s1 * nb) + B.shape[1:], dtype=dtype)
-        sq = _write_tasks(A, B, a_all, b_all, [self.partitions(w) for w in range(n)],
-                          self.coefficients, nb, P)
+        parts, layout = self._layout_for(N, nb)
+        sq = _write_tasks(A, B, a_all, b_all, parts, self.coefficients, nb, P, layout)
         pairs = [(a_all[w], b_all[w]) for w in range(n)]
         shape = (A.shape[0],) + B.shape[1:]
         if P is not None:
@@ -238,6 +238,19 @@ class GradientCode(LinearCode):
 
     #: Real inputs are checked for NaN/Inf through the partitions' norms (LinearCode.encode).
     _finite_from_norms = True
+
+    def _layout_for(self, N: int, nb: int) -> tuple[list[tuple[int, ...]], _Layout]:
+        """Every worker's partitions and :func:`_layout` for A's width ``N``, kept between
+        encodes (at most :data:`_LAYOUTS` widths; the code's coefficients never change)."""
+        cache = self.__dict__.setdefault("_layouts", {})
+        got = cache.get((N, nb))
+        if got is None:
+            parts = [self.partitions(w) for w in range(self.workers)]
+            got = (parts, _layout(parts, self.coefficients, N, nb, self.field is None))
+            if len(cache) >= _LAYOUTS:
+                cache.pop(next(iter(cache)))
+            cache[(N, nb)] = got
+        return got
 
     def _families(self, rows: np.ndarray) -> list[np.ndarray]:
         return [self.coefficients[np.asarray(rows)]]
@@ -303,6 +316,10 @@ class GradientCode(LinearCode):
         return np.ascontiguousarray(C)
 
 
+#: Widths of A whose task layout a gradient code keeps (GradientCode._layout_for).
+_LAYOUTS = 8
+
+
 def _runs(parts: tuple[int, ...]) -> list[tuple[int, int, int]]:
     """Consecutive partitions of a worker as ``(first, stop, slot)`` runs: partitions
     ``first .. stop - 1`` sit side by side in the task from slot ``slot`` on."""
@@ -315,9 +332,58 @@ def _runs(parts: tuple[int, ...]) -> list[tuple[int, int, int]]:
     return runs
 
 
+class _Layout(NamedTuple):
+    """Where every partition goes, for one code and one width of A (:func:`_layout`)."""
+    #: per worker and run of consecutive partitions: (worker, first column of A, stop, first
+    #: column in the task, stop of the run's slots in the task)
+    plan: tuple[tuple[int, int, int, int, int], ...]
+    #: partition -> index in ``plan`` of the run whose copy sums its squares
+    owner: dict[int, int]
+    #: per partition of B's rows: (worker, slot, coefficient) of every task that holds it
+    holders: tuple[tuple[tuple[int, int, Any], ...], ...]
+
+
+def _layout(parts: list[tuple[int, ...]], coef: np.ndarray, N: int, nb: int,
+            real: bool) -> _Layout:
+    """The plan of :func:`_write_tasks` (it depends on the code and on A's width only, so a
+    code keeps it between encodes: GradientCode._layout_for)."""
+    plan = []
+    for w, p in enumerate(parts):
+        for j0, j1, t in _runs(p):
+            lo, hi = min(j0 * nb, N), min(j1 * nb, N)
+            plan.append((w, lo, hi, t * nb, (t + j1 - j0) * nb))
+
+    def span(i: int) -> range:
+        lo, hi = plan[i][1], plan[i][2]
+        return range(lo // nb, (hi + nb - 1) // nb) if hi > lo and nb > 0 else range(0)
+
+    # A run that owns a partition sums the squares of all its columns (the compiled copy
+    # takes them block by block), so owners are runs whose partitions nobody owns yet, the
+    # longest first (the cyclic code's runs of s + 1 tile the partitions: each column's
+    # squares are taken once, where first-come owners summed up to s + 1 times as many);
+    # then, for a partition left, the first run that holds it.
+    owner: dict[int, int] = {}
+    for i in sorted(range(len(plan)), key=lambda i: plan[i][1] - plan[i][2]):
+        js = span(i)
+        if js and not any(j in owner for j in js):
+            owner.update((j, i) for j in js)
+    for i in range(len(plan)):
+        for j in span(i):
+            owner.setdefault(j, i)
+    # coefficients as numpy float64 (not Python floats): the numpy path's exactness test
+    # ``d.dtype.type(c) == c`` must compare in float64, which a Python float (weak under
+    # NEP 50) would not make it do
+    holders: list[list[tuple[int, int, Any]]] = [[] for _ in parts]
+    for w, p in enumerate(parts):
+        for t, j in enumerate(p):
+            c = coef[w][j]
+            holders[j].append((w, t, np.float64(c) if real else int(c)))
+    return _Layout(tuple(plan), owner, tuple(tuple(h) for h in holders))
+
+
 def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndarray,
                  parts: list[tuple[int, ...]], coef: np.ndarray, nb: int,
-                 P: int | None) -> tuple[np.ndarray, np.ndarray] | None:
+                 P: int | None, layout: _Layout | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """Every worker's ``a`` (its partitions of A's columns side by side) and ``b`` (its
     partitions of B's rows, each scaled by the worker's coefficient for it, stacked), reading A
     and B from memory once: A by chunks of whole rows and B by chunks of a partition's rows,
@@ -326,33 +392,28 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
     its partitions' sums of squares taken there. The coefficients sit on B's side because a
     scalar times contiguous rows runs at copy speed, where A's side would need a per-column
     broadcast over short strided rows (measured 1.9x a plain copy of the same segments). Returns the sums of
-    squares (float64, one per partition; None over GF(p))."""
+    squares (float64, one per partition; None over GF(p)). ``layout``: :func:`_layout` of
+    these arguments, computed here when not given."""
     from ._encode import _K, CHUNK_BYTES, STREAM_BYTES, _rowsq, fast_copy, view_as
 
     n = len(parts)
     M, N = A.shape
-    runs = [_runs(p) for p in parts]
     real = P is None
+    if layout is None:
+        layout = _layout(parts, coef, N, nb, real)
+    plan, owner, holders = layout
     sq_a = np.zeros(n) if real else None   # per partition of A's columns
-    plan = []   # per worker and run of partitions: the columns of A it copies, and where to
-    for w in range(n):
-        for j0, j1, t in runs[w]:
-            lo, hi = min(j0 * nb, N), min(j1 * nb, N)
-            plan.append((w, lo, hi, t * nb, (t + j1 - j0) * nb))
     step = max(1, CHUNK_BYTES // max(1, N * A.itemsize))
     full = N // nb if nb else 0   # partitions whole in A's columns (the next one, if any, short)
     # Compiled (codes/_kernels.c): each partition's sum of squares comes from one of the
-    # copies of it, the first run that holds it (its "owner"), block by block of nb columns
-    # in the copy's own loop: no second pass over A. Where A's rows are not contiguous or
-    # its dtype is not the tasks', numpy copies and BLAS dots as below.
+    # copies of it (its owner run, see _layout), block by block of nb columns in the copy's
+    # own loop: no second pass over A. Where A's rows are not contiguous or its dtype is not
+    # the tasks', numpy copies and BLAS dots as below. The compiled copies are called
+    # directly where their arguments are known to suit them (no fast_copy checks per call).
     fused = (real and _K is not None and nb > 0 and A.dtype == a_all.dtype
              and A.dtype in (np.float64, np.float32) and (N <= 1 or A.strides[1] == A.itemsize))
-    owner: dict[int, int] = {}              # partition -> index of its owning run in plan
     blocks: dict[int, np.ndarray] = {}      # owning run -> its partitions' sums (blocks of nb)
     if fused:
-        for i, (w, lo, hi, c0, c1) in enumerate(plan):
-            for j in range(lo // nb, (hi + nb - 1) // nb) if hi > lo else ():
-                owner.setdefault(j, i)
         for i in set(owner.values()):
             lo, hi = plan[i][1], plan[i][2]
             blocks[i] = np.zeros((hi - lo + nb - 1) // nb)
@@ -370,8 +431,11 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
             for i, (w, lo, hi, c0, _) in enumerate(plan):
                 if hi > lo:
                     d = a_all[w, r0:r1, c0:c0 + hi - lo]
-                    if i in blocks:
-                        _K.copy_sq(d, X[:, lo:hi], blocks[i], stream_a, 1.0, None, nb)
+                    if fused:
+                        if i in blocks:
+                            _K.copy_sq(d, X[:, lo:hi], blocks[i], stream_a, 1.0, None, nb)
+                        else:
+                            _K.copy_sq(d, X[:, lo:hi], None, stream_a, 1.0, None, 0, False)
                     elif not real or fast_copy(d, X[:, lo:hi], stream_a, squares=False) is None:
                         np.copyto(d, X[:, lo:hi], casting="unsafe")
             if real and X.size and not fused:
@@ -383,24 +447,36 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
                 if full * nb < N:
                     sq_a[full] += float(_rowsq(np.ascontiguousarray(X[:, full * nb:])).sum())
         for j, i in owner.items():
-            sq_a[j] = blocks[i][j - plan[i][1] // nb]
-        # B: per partition, the workers (and slots) that hold it, and their coefficients
-        holders: list[list[tuple[int, int, Any]]] = [[] for _ in range(n)]
-        for w in range(n):
-            for t, j in enumerate(parts[w]):
-                c = coef[w][j]
-                holders[j].append((w, t, np.float64(c) if real else int(c)))
+            if i in blocks:
+                sq_a[j] = blocks[i][j - plan[i][1] // nb]
         sq_b = np.zeros(n) if real else None   # per partition of B's rows
         width = math.prod(B.shape[1:])
         bstep = max(1, CHUNK_BYTES // max(1, width * B.itemsize))
         stream_b = b_all.nbytes >= STREAM_BYTES
+        # B's chunks and the tasks' rows as one contiguous row each (one compiled call per
+        # chunk and holder, straight to the loop) where B is C-ordered in the tasks' dtype
+        flat = (real and _K is not None and B.dtype == b_all.dtype
+                and B.dtype in (np.float64, np.float32) and B.flags.c_contiguous
+                and b_all.flags.c_contiguous)
         for j in range(n):
             lo, hi = min(j * nb, N), min((j + 1) * nb, N)
-            for w, t, _ in holders[j]:            # rows past the padding: zero
-                b_all[w, t * nb + hi - lo:(t + 1) * nb] = 0
+            if hi - lo < nb:
+                for w, t, _ in holders[j]:            # rows past the padding: zero
+                    b_all[w, t * nb + hi - lo:(t + 1) * nb] = 0
             for r0 in range(lo, hi, bstep):
                 r1 = min(hi, r0 + bstep)
                 Y = B[r0:r1]
+                if flat and holders[j]:
+                    Yf = Y.reshape(-1)
+                    first = True
+                    for w, t, c in holders[j]:
+                        d = b_all[w, t * nb + r0 - lo:t * nb + r1 - lo].reshape(-1)
+                        if first:
+                            sq_b[j] += _K.copy_sq(d, Yf, None, stream_b, c)
+                            first = False
+                        else:
+                            _K.copy_sq(d, Yf, None, stream_b, c, None, 0, False)
+                    continue
                 # rows as one 2-D matrix (a vector: one row), where that is a view
                 Y2 = Y if Y.ndim < 3 else view_as(Y, (r1 - r0, -1))
                 Y64 = None
@@ -408,7 +484,7 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
                 for w, t, c in holders[j]:
                     d = b_all[w, t * nb + r0 - lo:t * nb + r1 - lo]
                     if real and Y2 is not None:
-                        got = fast_copy(d.reshape(Y2.shape), Y2, stream_b, float(c),
+                        got = fast_copy(d.reshape(Y2.shape), Y2, stream_b, c,
                                         squares=sq_y is None)
                         if got is not None:
                             sq_y = got if sq_y is None else sq_y
@@ -427,11 +503,11 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
                             else:
                                 np.multiply(Y, d.dtype.type(c), out=d)
                         elif Y.dtype == np.float64:
-                            np.multiply(Y, c, out=d, casting="unsafe")
+                            np.multiply(Y, np.float64(c), out=d, casting="unsafe")
                         else:
                             if Y64 is None:
                                 Y64 = Y.astype(np.float64)
-                            np.multiply(Y64, c, out=d, casting="unsafe")
+                            np.multiply(Y64, np.float64(c), out=d, casting="unsafe")
                     else:
                         np.multiply(Y, c, out=d)
                         np.remainder(d, P, out=d)
