@@ -578,9 +578,13 @@ def test_gradient_code_keeps_a_bounded_layout_per_width():
     code = GradientCode(6, 2)
     a = code._layout_for(37, 7)
     assert code._layout_for(37, 7) is a
+    sizes = []
     for N in range(1, 3 * gradient._LAYOUTS):
         code._layout_for(N, -(-N // 6))
-    assert len(code._layouts) == gradient._LAYOUTS
+        sizes.append(len(code._layouts))
+    assert max(sizes) == gradient._LAYOUTS
+    last = 3 * gradient._LAYOUTS - 1
+    assert code._layout_for(last, -(-last // 6)) is code._layouts[(last, -(-last // 6))]
     rng = np.random.default_rng(0)
     A, B = rng.standard_normal((5, 37)), rng.standard_normal((37, 3))
     want = GradientCode(6, 2).encode(A, B)

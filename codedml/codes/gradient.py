@@ -241,14 +241,16 @@ class GradientCode(LinearCode):
 
     def _layout_for(self, N: int, nb: int) -> tuple[list[tuple[int, ...]], _Layout]:
         """Every worker's partitions and :func:`_layout` for A's width ``N``, kept between
-        encodes (at most :data:`_LAYOUTS` widths; the code's coefficients never change)."""
+        encodes (at most :data:`_LAYOUTS` widths, all dropped when a new one would pass that:
+        a clear is one step, safe while another thread encodes; the code's coefficients never
+        change)."""
         cache = self.__dict__.setdefault("_layouts", {})
         got = cache.get((N, nb))
         if got is None:
             parts = [self.partitions(w) for w in range(self.workers)]
             got = (parts, _layout(parts, self.coefficients, N, nb, self.field is None))
             if len(cache) >= _LAYOUTS:
-                cache.pop(next(iter(cache)))
+                cache.clear()
             cache[(N, nb)] = got
         return got
 
