@@ -340,7 +340,8 @@ static double row_df(const double *s, float *d, Py_ssize_t n, int stream, double
 static int row_avx2_ok = 0;
 
 /* 8 floats or 4 doubles stored; streamed as two 16-byte halves, so that a destination
-   aligned to 16 bytes (head()'s boundary, the SSE2 loops' own) needs no scalar head or tail
+   aligned to 16 bytes (head()'s boundary, the SSE2 loops' own) needs no longer scalar head,
+   nor (with the loops' eight-wide last step) a longer scalar tail, than the SSE2 loops
    beside the streamed stores (ordinary stores into lines being streamed measured 20x
    slower: the write-combining buffers flushed) */
 ROW_A2 static inline void store8_ps(float *p, __m256 v, int stream)
@@ -351,6 +352,12 @@ ROW_A2 static inline void store8_ps(float *p, __m256 v, int stream)
     } else {
         _mm256_storeu_ps(p, v);
     }
+}
+
+/* 4 doubles by two 16-byte loads (as _mm256_loadu2_m128d, which GCC has only from 10 on) */
+ROW_A2 static inline __m256d load4_pd(const double *p)
+{
+    return _mm256_insertf128_pd(_mm256_castpd128_pd256(_mm_loadu_pd(p)), _mm_loadu_pd(p + 2), 1);
 }
 
 ROW_A2 static inline void store4_ps(float *p, __m128 v, int stream)
@@ -422,6 +429,25 @@ ROW_A2 static inline __attribute__((always_inline)) double row_f_avx2(const floa
         x2 = _mm256_fmadd_pd(l1, l1, x2);
         x3 = _mm256_fmadd_pd(h1, h1, x3);
     }
+    if (i + 8 <= n) {   /* eight more, so that at most 7 go to the scalar tail, as in row_f
+                           (ordinary stores beside streamed ones in a line are slow) */
+        __m128 q0 = _mm_loadu_ps(s + i), q1 = _mm_loadu_ps(s + i + 4);
+        __m256d l0 = _mm256_cvtps_pd(q0), h0 = _mm256_cvtps_pd(q1);
+        if (w) {
+            _mm256_storeu_pd(w + i, l0);
+            _mm256_storeu_pd(w + i + 4, h0);
+        }
+        if (one) {
+            store4_ps(d + i, q0, stream);
+            store4_ps(d + i + 4, q1, stream);
+        } else {
+            store8_ps(d + i, _mm256_set_m128(_mm256_cvtpd_ps(_mm256_mul_pd(h0, cc)),
+                                             _mm256_cvtpd_ps(_mm256_mul_pd(l0, cc))), stream);
+        }
+        x0 = _mm256_fmadd_pd(l0, l0, x0);
+        x1 = _mm256_fmadd_pd(h0, h0, x1);
+        i += 8;
+    }
     double t[4];
     _mm256_storeu_pd(t, _mm256_add_pd(_mm256_add_pd(x0, x1), _mm256_add_pd(x2, x3)));
     a[0] += t[0];
@@ -453,10 +479,8 @@ ROW_A2 static inline __attribute__((always_inline)) double row_d_avx2(const doub
             _mm_prefetch((const char *)(s + i + 8) + PFD, _MM_HINT_T0);
         }
         /* two 16-byte loads each (see row_f_avx2) */
-        __m256d v0 = _mm256_loadu2_m128d(s + i + 2, s + i);
-        __m256d v1 = _mm256_loadu2_m128d(s + i + 6, s + i + 4);
-        __m256d v2 = _mm256_loadu2_m128d(s + i + 10, s + i + 8);
-        __m256d v3 = _mm256_loadu2_m128d(s + i + 14, s + i + 12);
+        __m256d v0 = load4_pd(s + i), v1 = load4_pd(s + i + 4);
+        __m256d v2 = load4_pd(s + i + 8), v3 = load4_pd(s + i + 12);
         if (w) {
             _mm256_storeu_pd(w + i, v0);
             _mm256_storeu_pd(w + i + 4, v1);
@@ -478,6 +502,18 @@ ROW_A2 static inline __attribute__((always_inline)) double row_d_avx2(const doub
         x1 = _mm256_fmadd_pd(v1, v1, x1);
         x2 = _mm256_fmadd_pd(v2, v2, x2);
         x3 = _mm256_fmadd_pd(v3, v3, x3);
+    }
+    if (i + 8 <= n) {   /* eight more: at most 7 to the scalar tail, as in row_d */
+        __m256d v0 = load4_pd(s + i), v1 = load4_pd(s + i + 4);
+        if (w) {
+            _mm256_storeu_pd(w + i, v0);
+            _mm256_storeu_pd(w + i + 4, v1);
+        }
+        store4_pd(d + i, one ? v0 : _mm256_mul_pd(v0, cc), stream);
+        store4_pd(d + i + 4, one ? v1 : _mm256_mul_pd(v1, cc), stream);
+        x0 = _mm256_fmadd_pd(v0, v0, x0);
+        x1 = _mm256_fmadd_pd(v1, v1, x1);
+        i += 8;
     }
     double t[4];
     _mm256_storeu_pd(t, _mm256_add_pd(_mm256_add_pd(x0, x1), _mm256_add_pd(x2, x3)));
