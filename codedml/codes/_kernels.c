@@ -336,6 +336,7 @@ static double row_df(const double *s, float *d, Py_ssize_t n, int stream, double
 #include <immintrin.h>
 #define CODEDML_ROW_AVX2 1
 #define ROW_A2 __attribute__((target("avx2,fma")))
+#define ROW_INLINE ROW_A2 static inline __attribute__((always_inline))
 /* whether copy_sq's row loops may use AVX2 and FMA (set at import where the CPU has both) */
 static int row_avx2_ok = 0;
 
@@ -378,14 +379,23 @@ ROW_A2 static inline void store4_pd(double *p, __m256d v, int stream)
     }
 }
 
+/* the four accumulators' sums into a[0..3], lane by lane */
+ROW_A2 static inline void fold4(__m256d x0, __m256d x1, __m256d x2, __m256d x3, double a[4])
+{
+    double t[4];
+    _mm256_storeu_pd(t, _mm256_add_pd(_mm256_add_pd(x0, x1), _mm256_add_pd(x2, x3)));
+    for (int k = 0; k < 4; k++)
+        a[k] += t[k];
+}
+
 /* row_f with squares (or ``w``) on AVX2: 16 values a step, widened by halves of 8, each
    product formed in double and cast as there (with c 1 the values as loaded), the squares
    by fused multiply-adds into four accumulators of four (row_f: pairs, separate multiply
    and add; the sums may differ in their last bits, never the values written). Measured on
    the 2-core AMD EPYC: the gradient code's owned copies of A (blocks of 64 columns) and
    float32 copies with squares about 2x the SSE2 loop's rate. */
-ROW_A2 static inline __attribute__((always_inline)) double row_f_avx2(const float *s, float *d, double *w, Py_ssize_t n, int stream,
-                                double c)
+ROW_INLINE double row_f_avx2(const float *s, float *d, double *w, Py_ssize_t n, int stream,
+                              double c)
 {
     double a[4] = {0.0, 0.0, 0.0, 0.0};
     Py_ssize_t i = head(d, sizeof(float), n, stream);
@@ -448,28 +458,22 @@ ROW_A2 static inline __attribute__((always_inline)) double row_f_avx2(const floa
         x1 = _mm256_fmadd_pd(h0, h0, x1);
         i += 8;
     }
-    double t[4];
-    _mm256_storeu_pd(t, _mm256_add_pd(_mm256_add_pd(x0, x1), _mm256_add_pd(x2, x3)));
-    a[0] += t[0];
-    a[1] += t[1];
-    a[2] += t[2];
-    a[3] += t[3];
+    fold4(x0, x1, x2, x3, a);
     scalar_f(s, d, w, i, n, c, a);
     return (a[0] + a[1]) + (a[2] + a[3]);
 }
 
 /* row_d with squares (or ``w``) on AVX2: 16 values a step, the products by ``c`` exactly as
    row_d's (one multiply each), the squares by fused multiply-adds */
-ROW_A2 static inline __attribute__((always_inline)) double row_d_avx2(const double *s, double *d, double *w, Py_ssize_t n,
-                                int stream, double c)
+ROW_INLINE double row_d_avx2(const double *s, double *d, double *w, Py_ssize_t n,
+                              int stream, double c)
 {
     double a[4] = {0.0, 0.0, 0.0, 0.0};
     Py_ssize_t i = head(d, sizeof(double), n, stream);
     scalar_d(s, d, w, 0, i, c, a);
     const __m256d cc = _mm256_set1_pd(c);
     const int one = c == 1.0;
-    /* prefetch only in rows longer than its distance: a short row (a column segment of a
-       wider matrix) would ask for lines past its end that it never reads */
+    /* prefetch only in long rows (see row_f_avx2) */
     const int pf = (size_t)n * sizeof(*s) > 2 * PFD;
     __m256d x0 = _mm256_setzero_pd(), x1 = _mm256_setzero_pd();
     __m256d x2 = _mm256_setzero_pd(), x3 = _mm256_setzero_pd();
@@ -515,12 +519,7 @@ ROW_A2 static inline __attribute__((always_inline)) double row_d_avx2(const doub
         x1 = _mm256_fmadd_pd(v1, v1, x1);
         i += 8;
     }
-    double t[4];
-    _mm256_storeu_pd(t, _mm256_add_pd(_mm256_add_pd(x0, x1), _mm256_add_pd(x2, x3)));
-    a[0] += t[0];
-    a[1] += t[1];
-    a[2] += t[2];
-    a[3] += t[3];
+    fold4(x0, x1, x2, x3, a);
     scalar_d(s, d, w, i, n, c, a);
     return (a[0] + a[1]) + (a[2] + a[3]);
 }
