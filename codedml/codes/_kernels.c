@@ -554,19 +554,42 @@ ROW_A2 static double rows_avx2(char kd, const char *s, char *d, char *w, Py_ssiz
 static int row_avx2_ok = 0;
 #endif
 
-/* one row (or one column block of it) of any accepted pair of element types */
-static inline double row_any(char kd, char ks, const char *s, char *d, char *w, Py_ssize_t n,
-                             int stream, double c, int squares, int avx2)
+/* one row (or one column block of it) of any accepted pair of element types, SSE2 */
+static inline double row_one(char kd, char ks, const char *s, char *d, char *w, Py_ssize_t n,
+                             int stream, double c, int squares)
 {
-#if CODEDML_ROW_AVX2
-    if (avx2 && (squares || w) && ks == kd)
-        return rows_avx2(kd, s, d, w, n, stream, c, 0, NULL, 0);
-#endif
     if (kd == 'd')
         return row_d((const double *)s, (double *)d, (double *)w, n, stream, c, squares);
     if (ks == 'd')   /* the products' conversion dominates: squares or not, one loop */
         return row_df((const double *)s, (float *)d, n, stream, c);
     return row_f((const float *)s, (float *)d, (double *)w, n, stream, c, squares);
+}
+
+/* One row of any accepted pair of element types: whole (``part`` <= 0), or by blocks of
+   ``part`` columns, block b's sum added to ``*(pq + b * qs)``; returns the row's sum. With
+   ``avx2`` the AVX2 loops where they apply (a sum or ``w`` formed, one element type) */
+static inline double row_any(char kd, char ks, const char *s, char *d, char *w, Py_ssize_t n,
+                             int stream, double c, int squares, int avx2, Py_ssize_t part,
+                             char *pq, Py_ssize_t qs)
+{
+#if CODEDML_ROW_AVX2
+    if (avx2 && (squares || w) && ks == kd)
+        return rows_avx2(kd, s, d, w, n, stream, c, part, pq, qs);
+#else
+    (void)avx2;
+#endif
+    if (part <= 0)
+        return row_one(kd, ks, s, d, w, n, stream, c, squares);
+    const Py_ssize_t si = ks == 'd' ? 8 : 4, di = kd == 'd' ? 8 : 4;
+    double total = 0.0;
+    for (Py_ssize_t b = 0, c0 = 0; c0 < n; b++, c0 += part) {
+        Py_ssize_t m = n - c0 < part ? n - c0 : part;
+        double v = row_one(kd, ks, s + c0 * si, d + c0 * di,
+                           w ? w + c0 * (Py_ssize_t)sizeof(double) : NULL, m, stream, c, squares);
+        total += v;
+        *(double *)(pq + b * qs) += v;
+    }
+    return total;
 }
 
 /* rows and row stride (in bytes) of a 1-D or 2-D buffer whose last axis is contiguous */
@@ -775,33 +798,12 @@ static PyObject *copy_sq(PyObject *self, PyObject *args, PyObject *kwargs)
         char *pw = have_w ? (char *)wb.buf : NULL;
         Py_ssize_t qs = have_q ? q.strides[0] : 0;
         Py_BEGIN_ALLOW_THREADS
-        const Py_ssize_t si = s.itemsize, di = d.itemsize;
         for (Py_ssize_t r = 0; r < dr; r++) {
-            const char *rs = ps + r * ss;
-            char *rd = pd + r * ds, *rw = pw ? pw + r * ws : NULL;
-#if CODEDML_ROW_AVX2
-            if (avx2 && (squares || rw) && ks == kd) {
-                double v = rows_avx2(kd, rs, rd, rw, dc, stream, c, part, pq, qs);
-                total += v;
-                if (pq && part <= 0)
-                    *(double *)(pq + r * qs) += v;
-                continue;
-            }
-#endif
-            if (part > 0) {   /* the row by blocks of `part` columns, each block's sum apart */
-                for (Py_ssize_t b = 0, c0 = 0; c0 < dc; b++, c0 += part) {
-                    Py_ssize_t m = dc - c0 < part ? dc - c0 : part;
-                    double v = row_any(kd, ks, rs + c0 * si, rd + c0 * di,
-                                       rw ? rw + c0 * (Py_ssize_t)sizeof(double) : NULL, m,
-                                       stream, c, squares, avx2);
-                    total += v;
-                    *(double *)(pq + b * qs) += v;
-                }
-                continue;
-            }
-            double v = row_any(kd, ks, rs, rd, rw, dc, stream, c, squares, avx2);
+            char *rw = pw ? pw + r * ws : NULL;
+            double v = row_any(kd, ks, ps + r * ss, pd + r * ds, rw, dc, stream, c, squares,
+                               avx2, part, pq, qs);
             total += v;
-            if (pq)
+            if (pq && part <= 0)
                 *(double *)(pq + r * qs) += v;
         }
 #if CODEDML_SSE2
@@ -1640,7 +1642,7 @@ static double lc_store(char kd, char *dst, const double *re, const double *im, P
         return 0.0;
     }
     if (!im)   /* one row: copy_sq's loop (float64, or float64 into float32) */
-        return row_any(kd, 'd', (const char *)re, dst, NULL, n, stream, 1.0, 1, 0);
+        return row_any(kd, 'd', (const char *)re, dst, NULL, n, stream, 1.0, 1, 0, 0, NULL, 0);
 #if CODEDML_SSE2
     const int st = stream && !((uintptr_t)dst & 15);
     __m128d s0 = _mm_setzero_pd(), s1 = _mm_setzero_pd();
@@ -1775,7 +1777,7 @@ static void lc_run(LcJob *J)
                         J->umax = top > J->umax ? top : J->umax;
                     } else {   /* copy_sq's row loop (AVX2 where lincomb may use it) */
                         q = row_any(s->k, s->k, sp, dp, (char *)t, w, J->stream, 1.0, 1,
-                                    J->simd >= 1 && row_avx2_ok);
+                                    J->simd >= 1 && row_avx2_ok, 0, NULL, 0);
                     }
                     if (t && w < wp)
                         memset(t + w, 0, (size_t)(wp - w) * sizeof(double));
@@ -2340,8 +2342,7 @@ PyMODINIT_FUNC PyInit__kernels(void)
                  : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
 #endif
 #if CODEDML_ROW_AVX2
-    __builtin_cpu_init();
-    row_avx2_ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    row_avx2_ok = lc_simd_ok >= 1;   /* the same AVX2 and FMA check */
 #endif
     PyObject *m = PyModule_Create(&module);
     if (m && (PyModule_AddIntConstant(m, "STREAMS", CODEDML_SSE2) < 0

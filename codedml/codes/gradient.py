@@ -468,23 +468,19 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
             for r0 in range(lo, hi, bstep):
                 r1 = min(hi, r0 + bstep)
                 Y = B[r0:r1]
-                if flat and holders[j]:
-                    Yf = Y.reshape(-1)
-                    first = True
-                    for w, t, c in holders[j]:
-                        d = b_all[w, t * nb + r0 - lo:t * nb + r1 - lo].reshape(-1)
-                        if first:
-                            sq_b[j] += _K.copy_sq(d, Yf, None, stream_b, c)
-                            first = False
-                        else:
-                            _K.copy_sq(d, Yf, None, stream_b, c, None, 0, False)
-                    continue
-                # rows as one 2-D matrix (a vector: one row), where that is a view
-                Y2 = Y if Y.ndim < 3 else view_as(Y, (r1 - r0, -1))
+                # rows as one 2-D matrix (a vector: one row), where that is a view; one
+                # contiguous row on the flat path
+                Y2 = Y.reshape(-1) if flat else Y if Y.ndim < 3 else view_as(Y, (r1 - r0, -1))
                 Y64 = None
                 sq_y = None    # Y's sum of squares, from the first compiled copy
                 for w, t, c in holders[j]:
                     d = b_all[w, t * nb + r0 - lo:t * nb + r1 - lo]
+                    if flat:
+                        if sq_y is None:
+                            sq_y = _K.copy_sq(d.reshape(-1), Y2, None, stream_b, c)
+                        else:
+                            _K.copy_sq(d.reshape(-1), Y2, None, stream_b, c, None, 0, False)
+                        continue
                     if real and Y2 is not None:
                         got = fast_copy(d.reshape(Y2.shape), Y2, stream_b, c,
                                         squares=sq_y is None)
