@@ -641,7 +641,7 @@ def runtime_latency(doc: dict[str, Any]) -> str:
         f"- Decode share of a coded job's wall time (median per configuration): "
         f"{100 * min(shares):.0f}-{100 * max(shares):.0f}%.",
     ]
-    out += latency_targets(summ)
+    out += latency_targets(summ, meta.get("parity_nice"))
     models = {name: s["model"] for name, s in summ.items() if "model" in s}
     if models:
         dom = {name: m["fault_free"]["dominant"] for name, m in models.items()}
@@ -709,8 +709,9 @@ def latency_model_table(summ: dict[str, Any]) -> list[str]:
     return out
 
 
-def latency_targets(summ: dict[str, Any]) -> list[str]:
-    """Issue 11's targets for the systematic codes, measured and modelled (one line each)."""
+def latency_targets(summ: dict[str, Any], nice: int | None = None) -> list[str]:
+    """Issue 11's targets for the systematic codes, measured and modelled (one line each);
+    ``nice``: the run's default ``cluster.parity_nice`` (None where the JSON predates it)."""
     out = []
     for name in _SYSTEMATIC_LATENCY:
         s = summ.get(name)
@@ -742,6 +743,16 @@ def latency_targets(summ: dict[str, Any]) -> list[str]:
         out.append("- Waiting for systematic results (`cluster.systematic_grace = 1`, "
                    "`MDS sys, wait` against the default `MDS sys` in the same run): "
                    + "; ".join(cells) + ".")
+    mn = summ.get("MDS sys, no yield")
+    if mn is not None and ms is not None:
+        cells = []
+        for lvl, what in (("0", "fault-free"), ("tolerable", f"{ms['tolerates']} stragglers")):
+            a, b = ms["levels"][lvl], mn["levels"][lvl]
+            cells.append(f"{what} {a['ratio_vs_uncoded0']:.2f}x yielding, "
+                         f"{b['ratio_vs_uncoded0']:.2f}x without")
+        out.append("- Parity products that yield the shared cores (the default `MDS sys`, "
+                   f"`cluster.parity_nice = {nice}`, against `MDS sys, no yield` with "
+                   "`parity_nice = 0` in the same run): " + "; ".join(cells) + ".")
     return out
 
 
@@ -778,7 +789,7 @@ def runtime_summary(doc: dict[str, Any]) -> str:
             "= measured minus model (operand transfer and the contention of the oversubscribed "
             "ranks).", ""]
     out += latency_model_table(summ)
-    out += ["", "Targets for the systematic codes (issue 11):", ""] + latency_targets(summ)
+    out += ["", "Targets for the systematic codes (issue 11):", ""] + latency_targets(summ, meta.get("parity_nice"))
     out += [
         "",
         f"uncoded without stragglers: {1e3 * summ['uncoded']['levels']['0']['median_e2e_s']:.1f} ms "

@@ -7,8 +7,8 @@ expected)::
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \\
     mpiexec --oversubscribe -n 9 python benchmarks/runtime_latency.py [--quick] [--repeats R]
 
-(full: 30 repeats, 660 measured jobs, most of them waiting out a 1 s straggler delay, plus
-240 empty jobs: about 10-11 min; ``--quick``: about 40 s. 30 repeats by default: with 15 the
+(full: 30 repeats, 750 measured jobs, most of them waiting out a 1 s straggler delay, plus
+270 empty jobs: about 12 min; ``--quick``: about 40 s. 30 repeats by default: with 15 the
 median moved by more than the end-to-end targets' margin between runs of the same commit)
 
 Codes, side by side, each with 0 stragglers, 1 straggler and as many as it tolerates:
@@ -19,6 +19,9 @@ Codes, side by side, each with 0 stragglers, 1 straggler and as many as it toler
 * ``MDS sys``      ``MDSCode(n, n - 2, systematic=True)``    tolerates 2 (the default code)
 * ``MDS sys, wait``  the same code with ``cluster.systematic_grace = 1`` (waits about one
   arrival gap per outstanding systematic result before it solves; the default decodes at once)
+* ``MDS sys, no yield``  the same code with ``cluster.parity_nice = 0``: the parity products
+  run at the data products' priority (the default where ranks share cores, as here, runs
+  them 10 nice values lower; docs/runtime.md, "Parity products that yield")
 * ``polynomial``   ``PolynomialCode(n, 2, 3)``      threshold 6, tolerates n - 6 (no
   systematic form with col_blocks > 1; ``PolynomialCode(n, k, 1)`` is ``MDS sys``)
 * ``MatDot``       ``MatDotCode(n, 3, systematic=False)``    threshold 5, tolerates n - 5
@@ -113,6 +116,7 @@ def make_codes(n: int) -> list[tuple[str, object]]:
         ("MDS", MDSCode(n, n - 2, systematic=False)),
         ("MDS sys", MDSCode(n, n - 2, systematic=True)),
         ("MDS sys, wait", MDSCode(n, n - 2, systematic=True)),
+        ("MDS sys, no yield", MDSCode(n, n - 2, systematic=True)),
         ("polynomial", PolynomialCode(n, 2, 3)),
         ("MatDot", MatDotCode(n, 3, systematic=False)),
         ("MatDot sys", MatDotCode(n, 3, systematic=True)),
@@ -128,6 +132,9 @@ SYSTEMATIC = ("MDS sys", "MatDot sys")
 #: decodes at once; docs/runtime.md); side by side with "MDS sys" to show what the wait buys
 #: or costs
 WAIT = ("MDS sys, wait",)
+#: run with ``cluster.parity_nice = 0``: parity products at the data products' priority
+#: (the cluster's default here, with ranks sharing cores, lowers theirs by 10 nice values)
+NO_YIELD = ("MDS sys, no yield",)
 TERMS = ("encode", "slowest worker", "decode", "control plane")
 
 
@@ -206,16 +213,23 @@ def machine_info() -> dict:
     return info
 
 
+def configure(cluster: MPICluster, name: str, grace: float, nice: int) -> None:
+    """The cluster's settings for a job of the code row ``name``: the defaults (``grace``,
+    ``nice``) except where the row changes one (WAIT, NO_YIELD)."""
+    cluster.systematic_grace = 1.0 if name in WAIT else grace
+    cluster.parity_nice = 0 if name in NO_YIELD else nice
+
+
 def run_master(cluster: MPICluster, args, codes, jobs, A, B, C_ref) -> tuple[list[dict], dict]:
     code_of = dict(codes)
     ff_wall: dict[str, float] = {}
     records = []
     nref = float(np.linalg.norm(C_ref))
-    grace = cluster.systematic_grace
+    grace, nice = cluster.systematic_grace, cluster.parity_nice
     t_run = time.perf_counter()
     for j in jobs:
         code = code_of[j["code"]]
-        cluster.systematic_grace = 1.0 if j["code"] in WAIT else grace
+        configure(cluster, j["code"], grace, nice)
         t0 = time.perf_counter()
         job = cluster.submit(A, B, code=code, timeout=args.timeout)
         if job.id != j["id"]:
@@ -250,6 +264,7 @@ def run_master(cluster: MPICluster, args, codes, jobs, A, B, C_ref) -> tuple[lis
                             rel_error=err, ok=(exc is None and err < TOL), error=exc,
                             straggler_status=status,
                             used=rep.count("used"), late=rep.count("late"), missing=rep.count("missing")))
+    configure(cluster, "", grace, nice)
     return records, {"run_s": time.perf_counter() - t_run, "warmup_wall_s": ff_wall}
 
 
@@ -259,7 +274,9 @@ def empty_jobs(cluster: MPICluster, codes, repeats: int, timeout: float) -> dict
     planned jobs: their ids lie past the Schedule's, so no delay is injected."""
     rng = np.random.default_rng(7)
     out = {}
+    grace, nice = cluster.systematic_grace, cluster.parity_nice
     for name, code in codes:
+        configure(cluster, name, grace, nice)
         A = rng.standard_normal((2 * code.recovery_threshold * 2, 2))
         B = rng.standard_normal((2, 2))
         ts = []
@@ -269,6 +286,7 @@ def empty_jobs(cluster: MPICluster, codes, repeats: int, timeout: float) -> dict
             ts.append(time.perf_counter() - t0)
             cluster.drain(0.002)
         out[name] = float(np.median(ts))
+    configure(cluster, "", grace, nice)
     return out
 
 
@@ -427,6 +445,9 @@ def main() -> int:
         B = rng.standard_normal((args.size, args.size))
         C_ref = A @ B
         info = machine_info()
+        parity_nice, crowded = cluster.parity_nice, len(cluster.crowded_workers)
+        print(f"[runtime_latency] parity products {parity_nice} nice values lower by default "
+              f"({crowded} of {n} workers on nodes with more ranks than CPUs)", flush=True)
         print(f"[runtime_latency] {n} workers, {len(jobs)} jobs ({len(configs)} configurations x "
               f"{args.repeats} repeats + {len(codes)} warm-up), size {args.size}, delay {args.delay} s",
               flush=True)
@@ -439,6 +460,7 @@ def main() -> int:
     t_total = time.perf_counter() - t_start  # includes close()
     summary = summarise(codes, configs, records, args.delay)
     meta = {"workers": n, "size": args.size, "delay_s": args.delay, "repeats": args.repeats,
+            "parity_nice": parity_nice, "crowded_workers": crowded,
             "seed": args.seed, "timeout_s": args.timeout, "quick": args.quick, "tolerance": TOL,
             "dtype": "float64", "machine": info,
             "wall_time_s": t_total, "measure_time_s": extra["run_s"],
@@ -456,7 +478,7 @@ def main() -> int:
     print(tab)
     print("\nPer-component model for n dedicated nodes (this run's measurements; see the docstring):")
     print("\n".join(latency_model_table(summary)))
-    print("\n".join(latency_targets(summary)))
+    print("\n".join(latency_targets(summary, parity_nice)))
     print(f"\nuncoded/0 median e2e {1e3 * summary['uncoded']['levels']['0']['median_e2e_s']:.1f} ms; "
           f"jobs {len(records)}, failed or inaccurate (rel. error >= {TOL:g}): {fails}; "
           f"max rel. error {max(r['rel_error'] for r in records):.2e}; total {t_total:.1f} s")

@@ -75,6 +75,26 @@ if name == "products":
 
     WorkerState.plain_product, WorkerState.handle = _count_plain, _count_handle
 
+# every rank, before the cluster: at what nice value, on which thread, each product ran (the
+# "yield" scenario: parity products on a thread of their own, lower by cluster.parity_nice)
+NICES: list[float] = []
+if name == "yield":
+    import os
+    import threading
+
+    from codedml.runtime._worker import WorkerState
+
+    _plain_y = WorkerState.plain_product
+    _base = os.getpriority(os.PRIO_PROCESS, 0)
+
+    def _record(self, a, b):
+        mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        NICES.extend([float(mine - _base),
+                      1.0 if threading.current_thread() is threading.main_thread() else 0.0])
+        return _plain_y(self, a, b)
+
+    WorkerState.plain_product = _record
+
 if name == "chunked":  # every rank, before the cluster: messages travel in 1000-byte pieces
     from codedml.runtime import _wire
 
@@ -109,6 +129,8 @@ HANDLERS = {
     "path": lambda ctx, x, **_: np.array([1.0 if sys._getframe(1).f_code.co_name == "call" else 2.0]),
     # the "products" scenario's counts on this worker
     "paths": lambda ctx, x, **_: np.array([float(PATHS["plain"]), float(PATHS["handle"])]),
+    # the "yield" scenario's records on this worker: (nice above the process's, main thread?)
+    "nices": lambda ctx, x, **_: np.array(NICES, dtype=float),
 }
 cm = MPICluster(comm, faults=faults, seed=7, timeout=30, transport=transport,
                 handlers=HANDLERS)
@@ -262,6 +284,9 @@ with cm as cluster:
             from codedml.runtime.protocol import Op, Request
 
             rep, mat = ReplicationCode(n, n), MatDotCode(n, (n + 1) // 2)
+            # parity products alike (the default lowers them where ranks share cores, as here,
+            # and their requests then carry a parameter the compiled loop leaves to Python)
+            cluster.parity_nice = 0
             cases = {"float64": (rep, A, B, "auto"), "float32": (rep, A, B, "float32"),
                      "vector": (rep, A, B[:, 0], "auto"), "complex (MatDot)": (mat, A, B, "auto"),
                      "empty": (rep, A[:0], B, "auto")}
@@ -288,6 +313,28 @@ with cm as cluster:
             counts = {str(w): v.tolist() for w, v in cluster.call("paths", np.ones(1)).result().items()}
             emit(same=same, failure=failure, counts=counts, products=2 * len(cases) + 1,
                  outstanding=cluster.outstanding())
+        elif name == "yield":
+            # ranks that outnumber the cores: parity products yield by default (10 nice values
+            # on a thread of their own); data products run as before (on the compiled path
+            # from C). Two jobs at the default, one with parity_nice = 0, one at 19.
+            code = MDSCode(n, n - 1, systematic=True)
+            default = cluster.parity_nice
+            # Worker 0 is left out of each job (as a stale worker would be), so the others'
+            # products are all needed: none is cancelled before it starts.
+            from codedml.runtime.protocol import Op, Request
+
+            errs = []
+            for nice in (default, default, 0, 19):
+                cluster.parity_nice = nice
+                enc = code.encode(A, B)
+                with cluster._lock:
+                    job = cluster._start(code, enc, Request(Op.MATMUL, 0),
+                                         [[t.a, t.b] for t in enc], 0, 10.0, time.perf_counter(),
+                                         skip=[0])
+                errs.append(rel(job.result(), A @ B))
+            nices = {str(w): v.tolist() for w, v in cluster.call("nices", np.ones(1)).result().items()}
+            emit(default=default, crowded=sorted(cluster.crowded_workers), errs=errs, nices=nices,
+                 data=list(code.systematic_workers))
         elif name == "calls":
             # each call three times with the same parameters: the first is read by Python
             # (which remembers its parameters), the others, on the compiled path, run in C

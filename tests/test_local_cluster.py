@@ -13,7 +13,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from codedml.errors import ClusterClosedError
+from codedml.errors import ClusterClosedError, DeadlineError
 from codedml import (ConfigurationError, CorruptResultError, LocalCluster, NotEnoughResultsError,
                      WorkerFailure)
 from codedml.backends import NumpyBackend, available_backends
@@ -889,3 +889,97 @@ def test_call_handlers_own_their_inputs(x):
     for w in range(3):
         np.testing.assert_array_equal(got[w], before + 1.0)
     np.testing.assert_array_equal(np.asarray(x), before)
+
+
+@pytest.mark.parametrize("bad", [-1, 20, 1.5, np.float64(3), "10", None, True])
+def test_parity_nice_is_checked_when_set(bad):
+    with LocalCluster(2) as c:
+        assert c.parity_nice == 0                   # off in-process (docs/runtime.md)
+        with pytest.raises(ConfigurationError, match=r"`parity_nice` must be an int from 0 to 19.*got"):
+            c.parity_nice = bad
+        assert c.parity_nice == 0
+        c.parity_nice = np.int64(7)
+        assert c.parity_nice == 7 and type(c.parity_nice) is int
+
+
+def _record_products(monkeypatch) -> dict[int, list[tuple[int, str]]]:
+    """Every product's (nice value above the process's, thread name), per worker rank."""
+    import os
+
+    from codedml.runtime._worker import WorkerState
+
+    seen: dict[int, list[tuple[int, str]]] = {}
+    base, plain = os.getpriority(os.PRIO_PROCESS, 0), WorkerState.plain_product
+
+    def record(self, a, b):
+        nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) - base
+        seen.setdefault(self.rank, []).append((nice, threading.current_thread().name))
+        return plain(self, a, b)
+
+    monkeypatch.setattr(WorkerState, "plain_product", record)
+    return seen
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_parity_products_yield_on_a_thread_of_their_own(monkeypatch):
+    """``parity_nice = 7``: the parity workers' products run on a thread of their own 7 nice
+    values lower, the data workers' where they ran before (the worker's thread, unchanged).
+    Data worker 0 straggles, so the job needs a parity product and decodes from it; the next
+    job, with ``parity_nice = 0``, runs every product on the worker threads again."""
+    seen = _record_products(monkeypatch)
+    code = MDSCode(5, 3, systematic=True)
+    rng = np.random.default_rng(3)
+    A, B = rng.standard_normal((30, 8)), rng.standard_normal((8, 5))
+    with LocalCluster(5, faults=Schedule({0: {1: Fault(delay=0.5)}})) as c:
+        c.parity_nice = 7
+        job = c.submit(A, B, code=code)
+        np.testing.assert_allclose(job.result(timeout=10), A @ B, rtol=1e-12, atol=1e-12)
+        assert job.report.workers[0].status in ("late", "missing")
+        assert sum(w.status == "used" for w in job.report.workers[3:]) == 1, job.report.workers
+        c.drain(2.0)
+        c.parity_nice = 0
+        np.testing.assert_allclose(c.matmul(A, B, code=code), A @ B, rtol=1e-12, atol=1e-12)
+        c.drain(2.0)
+    for rank, got in seen.items():
+        first, second = got[0], got[-1]
+        if rank - 1 in code.systematic_workers:
+            assert first[0] == 0 and first[1] != "codedml-parity-product", (rank, got)
+        else:
+            assert first == (7, "codedml-parity-product"), (rank, got)
+        assert second[0] == 0 and second[1] != "codedml-parity-product", (rank, got)
+    assert sorted(seen) == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_a_parity_product_that_cannot_yield_is_a_named_error(monkeypatch):
+    """Where the product's thread cannot lower its priority (``os.setpriority`` refused), the
+    parity worker answers with an error that says so, not with a product at the wrong
+    priority; the job decodes from the data workers, and fails, naming it, when it needed the
+    parity product: data worker 0 silent (a deadline error that names the rank that raised
+    and why), then dead (the parity worker's error itself)."""
+    import os
+
+    def refuse(*_):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "setpriority", refuse)
+    code = MDSCode(4, 3, systematic=True)
+    rng = np.random.default_rng(4)
+    A, B = rng.standard_normal((12, 4)), rng.standard_normal((4, 3))
+    with LocalCluster(4, faults=FailSilent([1], start=1)) as c:
+        c.parity_nice = 5
+        job = c.submit(A, B, code=code)
+        np.testing.assert_allclose(job.result(timeout=10), A @ B, rtol=1e-12, atol=1e-12)
+        job = c.submit(A, B, code=code, timeout=1)
+        with pytest.raises(DeadlineError, match=r"no answer from ranks \[1\].*; worker rank 4 raised "
+                           r"OSError: could not lower the priority of this worker's product thread by 5 "
+                           r"\(os\.setpriority\)") as ei:
+            job.result(timeout=10)
+        assert job.report.workers[3].status == "error", job.report.workers
+    with LocalCluster(4, faults=Die([1], at=1)) as c:
+        c.parity_nice = 5
+        c.matmul(A, B, code=code)
+        with pytest.raises(WorkerFailure, match=r"could not lower the priority.*os\.setpriority.*"
+                           r"Operation not permitted.*rank=4") as ei:
+            c.matmul(A, B, code=code, timeout=5)
+        assert ei.value.exc_type == "OSError"

@@ -226,6 +226,33 @@ def test_products_answer_alike_on_either_worker_loop(transport):
 
 
 @pytest.mark.parametrize("transport", ["compiled", "python"])
+def test_parity_products_yield_where_ranks_share_cores(transport):
+    """4 ranks on this machine's 2 cores: every worker's node has more ranks than CPUs, so
+    the cluster's parity products yield by default (``parity_nice`` 10). Each product
+    records the nice value it ran at, above its process's, and whether on the worker's main
+    thread: the parity worker's ran on a thread of their own at +10 (then at +19 when asked;
+    at +0 on the main thread with ``parity_nice = 0``), the data workers' always on the main
+    thread at +0; every product decodes right. Worker 0 is left out of every job, so the
+    other two products are needed (none cancelled before it starts)."""
+    from codedml.runtime.mpi import wire_status
+
+    if transport == "compiled" and not wire_status()[0]:
+        pytest.skip(wire_status()[1])
+    if (os.cpu_count() or 1) >= 4:
+        pytest.skip(f"4 ranks do not outnumber this machine's {os.cpu_count()} CPUs")
+    res, done = run_mpi_t("yield", 4, transport)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert res["default"] == 10 and res["crowded"] == [0, 1, 2], res
+    assert max(res["errs"]) < 1e-12, res["errs"]
+    assert res["data"] == [0, 1]
+    pairs = {w: [tuple(rec[i:i + 2]) for i in range(0, len(rec), 2)]
+             for w, rec in res["nices"].items()}       # per product: nice, on the main thread
+    assert pairs == {"0": [], "1": [(0.0, 1.0)] * 4,
+                     "2": [(10.0, 0.0), (10.0, 0.0), (0.0, 1.0), (19.0, 0.0)]}, pairs
+    _all_exited(done, 4)
+
+
+@pytest.mark.parametrize("transport", ["compiled", "python"])
 def test_repeated_calls_answer_as_the_first(transport):
     """A call repeated with the same parameters (on the compiled path run from arrival to reply
     in C, ``_wire.Worker.serve``) answers exactly as the first, which Python read: arrays of

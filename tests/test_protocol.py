@@ -126,6 +126,24 @@ def test_request_parameters_are_typed_on_receipt() -> None:
         _parse(_with_params(Op.CALL, b'{"name":"f","params":{"x":NaN}}'))
 
 
+def test_a_products_nice_is_checked_when_built_and_on_receipt() -> None:
+    """A product's ``nice`` (how much lower a parity product runs: cluster.parity_nice) is an
+    int from 1 to 19, built or received; it travels unchanged."""
+    req = Request(Op.MATMUL, 3, params={"nice": 19})
+    assert _parse(bytes(req.to_bytes())).params == {"nice": 19}
+    assert _parse(_with_params(Op.MATMUL, b'{"nice":1}')).params == {"nice": 1}
+    for bad in (0, 20, -3):
+        with pytest.raises(ProtocolError, match=rf"`nice`.*from 1 to 19, got {bad}"):
+            Request(Op.MATMUL, 3, params={"nice": bad})
+        with pytest.raises(ProtocolError, match=rf"`nice`.*from 1 to 19, got {bad}"):
+            _parse(_with_params(Op.MATMUL, b'{"nice":%d}' % bad))
+    for bad in (b"true", b"1.0", b'"5"', b"null"):
+        with pytest.raises(ProtocolError, match="parameter `nice` must be int"):
+            _parse(_with_params(Op.MATMUL, b'{"nice":' + bad + b"}"))
+    with pytest.raises(ProtocolError, match=r"MATMUL_LEFT takes parameters \[\], got .nice."):
+        Request(Op.MATMUL_LEFT, 3, 0, params={"nice": 5})
+
+
 def test_request_fields_validated_when_built() -> None:
     with pytest.raises(ProtocolError, match="unknown operation"):
         Request(42, 0)

@@ -58,10 +58,15 @@ def test_constants_are_protocol_py_s():
 
 class _FakeComm:
     """Three ranks; the others answer the transport agreement as ``others`` say (rows of
-    [asked: 0 auto, 1 compiled, 2 python; can run the compiled path])."""
+    [asked: 0 auto, 1 compiled, 2 python; can run the compiled path; node has more ranks
+    than CPUs]). This rank's node holds ``node`` ranks."""
 
-    def __init__(self, others):
-        self.others = others
+    def __init__(self, others, node=1):
+        self.others, self.node = others, node
+
+    def Split_type(self, kind):
+        node = self.node
+        return type("Node", (), {"Get_size": lambda self: node, "Free": lambda self: None})()
 
     def Get_size(self):
         return 3
@@ -89,13 +94,30 @@ def test_transport_argument_checked_and_agreed(monkeypatch):
     monkeypatch.setattr(mpi, "_WIRE_STATUS", (True, "compiled (test)"))
     with pytest.raises(ConfigurationError, match=r"`transport` must be the same on every rank, "
                                                  r"got 'auto' on ranks \[0, 2\], 'python' on ranks \[1\]"):
-        mpi.MPICluster(_FakeComm([[2, 0], [0, 1]]), transport="auto", threads=None)
+        mpi.MPICluster(_FakeComm([[2, 0, 0], [0, 1, 0]]), transport="auto", threads=None)
     with pytest.raises(ConfigurationError, match=r"transport='compiled' cannot run on ranks \[2\]; "):
-        mpi.MPICluster(_FakeComm([[1, 1], [1, 0]]), transport="compiled", threads=None)
+        mpi.MPICluster(_FakeComm([[1, 1, 0], [1, 0, 0]]), transport="compiled", threads=None)
     monkeypatch.setattr(mpi, "_WIRE_STATUS", (False, "codedml.runtime._wire is not built (test)"))
     with pytest.raises(ConfigurationError, match=r"cannot run on ranks \[0\] \(here: "
                                                  r"codedml.runtime._wire is not built \(test\)\)"):
-        mpi.MPICluster(_FakeComm([[1, 1], [1, 1]]), transport="compiled", threads=None)
+        mpi.MPICluster(_FakeComm([[1, 1, 0], [1, 1, 0]]), transport="compiled", threads=None)
+
+
+def test_parity_products_yield_by_default_where_a_workers_node_is_crowded():
+    """The ranks tell, with the transport agreement, whether their node has more ranks than
+    CPUs; the root lowers parity products by default (``PARITY_NICE_CROWDED``) when any
+    worker's node does, and not otherwise (the root's own node does not count)."""
+    import os
+
+    from codedml.runtime import mpi
+
+    cases = [([[2, 0, 0], [2, 0, 1]], 1, [1], 10), ([[2, 0, 1], [2, 0, 1]], 1, [0, 1], 10),
+             ([[2, 0, 0], [2, 0, 0]], 1, [], 0), ([[2, 0, 0], [2, 0, 0]], 1000, [], 0)]
+    for others, node, crowded, nice in cases:
+        c = mpi.MPICluster(_FakeComm(others, node), transport="python", threads=None)
+        assert sorted(c.crowded_workers) == crowded and c.parity_nice == nice, (others, node)
+        assert mpi.MPICluster.PARITY_NICE_CROWDED == 10
+    assert (os.cpu_count() or 1) < 1000  # the root's node crowded (last case) counts for nothing
 
 
 # ------------------------------------------------------------------ reply headers

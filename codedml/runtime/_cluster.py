@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
 import time
 import weakref
@@ -33,8 +34,10 @@ from ..codes import Encoding, LinearCode
 from ..codes._validate import check_int
 from ..errors import (ClusterClosedError, ConfigurationError, CorruptResultError, FaultError)
 from ._resident import ResidentHandle
-from .futures import (Ack, Arrival, Call, Job, JobReport, _Request, check_deadline, check_wait)
-from .protocol import Op, Request, call_request
+from .futures import (Ack, Arrival, Call, Job, JobReport, _Request, _systematic_set, check_deadline,
+                      check_wait)
+from ._worker import PER_THREAD_NICE
+from .protocol import MAX_NICE, Op, Request, call_request
 
 __all__ = ["ClusterBase", "retry_on_corrupt", "check_handlers", "DEFAULT_TIMEOUT"]
 
@@ -122,6 +125,12 @@ class ClusterBase:
     #: stragglers: the fast path's solve for a missing block costs less than waiting, and a
     #: wait lets spare results in, which the decode then checks.
     SYSTEMATIC_GRACE = 0.0
+    #: The default of :attr:`parity_nice`: off (parity products run like data products)...
+    PARITY_NICE = 0
+    #: ... except on an :class:`MPICluster` with a worker on a node that has more ranks than
+    #: CPUs, where the data products then finish first. Measured side by side
+    #: (``benchmarks/runtime_latency.py``, "MDS sys" against "MDS sys, no yield").
+    PARITY_NICE_CROWDED = 10
     #: Codes whose measured solve time is kept (least recently used dropped beyond this).
     _SOLVE_COSTS = 64
     #: Whether a waiting caller pumps arrivals itself (see :meth:`_wait_step`).
@@ -133,6 +142,7 @@ class ClusterBase:
         self.workers = workers
         self.default_timeout = DEFAULT_TIMEOUT if timeout is None else check_deadline("timeout", timeout)
         self._systematic_grace = self.SYSTEMATIC_GRACE
+        self._parity_nice = self.PARITY_NICE
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)  # notified on every arrival
         self._next_job = 0
@@ -279,20 +289,33 @@ class ClusterBase:
                 job.failed[w] = "crashed"
             elif w in skip:
                 job.failed[w] = "stale"
+        nice = self._parity_nice
+        data = _systematic_set(code) if nice and req.op is Op.MATMUL and not wait_all else None
         self._register(job, Request(req.op, jid, req.handle, req.field, req.compensated,
-                                    req.params), per_worker)
+                                    req.params), per_worker,
+                       yielding=(data, nice) if data else None)
         job._progress()  # e.g. every worker dead or stale: settles at once, named
         return job
 
     def _register(self, r: _Request, req: Request, per_worker: list[list[np.ndarray]] | None,
-                  arrays: list[np.ndarray] | None = None) -> None:
+                  arrays: list[np.ndarray] | None = None,
+                  yielding: tuple[frozenset[int], int] | None = None) -> None:
+        """Track ``r`` and send its requests. ``yielding``: (the code's data workers, nice):
+        the data workers' requests go first, then the others' with ``nice`` (their products
+        yield the cores: :attr:`parity_nice`)."""
         table = self._acks if isinstance(r, Ack) else self._pending
         table[r.id] = r
         try:
             if per_worker is None:
                 self._send_many(r.sent_to, req, arrays or [])
-            else:
+            elif yielding is None:
                 self._send_each(r.sent_to, req, per_worker)
+            else:
+                data, nice = yielding
+                self._send_each([w for w in r.sent_to if w in data], req, per_worker)
+                self._send_each([w for w in r.sent_to if w not in data],
+                                Request(req.op, req.job, req.handle, req.field, req.compensated,
+                                        {**req.params, "nice": nice}), per_worker)
         except BaseException as exc:
             r._settle(exc=exc)
             raise
@@ -492,6 +515,26 @@ class ClusterBase:
                 f"`systematic_grace` must be a finite number >= 0 (arrival gaps to wait per "
                 f"missing systematic result; 0 turns the wait off), got {value!r}")
         self._systematic_grace = float(value)
+
+    @property
+    def parity_nice(self) -> int:
+        """How much lower (in nice values, 0-19) the workers run the products of a
+        systematic code's parity tasks than those of its data tasks, so that on cores that
+        ranks share the products a fault-free job decodes from finish first (docs/runtime.md,
+        "Parity products that yield"); 0 (the default) runs them alike. Linux only."""
+        return self._parity_nice
+
+    @parity_nice.setter
+    def parity_nice(self, value: Any) -> None:
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) \
+                or not 0 <= int(value) <= MAX_NICE:
+            raise ConfigurationError(
+                f"`parity_nice` must be an int from 0 to {MAX_NICE} (how many nice values "
+                f"lower parity products run; 0 turns it off), got {value!r}")
+        if value and not PER_THREAD_NICE:
+            raise ConfigurationError(
+                f"`parity_nice` needs per-thread nice values (Linux); this is {sys.platform!r}")
+        self._parity_nice = int(value)
 
     def _wake_at(self, r: _Request, when: float) -> None:
         """Call ``r._progress()`` again at ``when`` (perf_counter seconds) unless it settled

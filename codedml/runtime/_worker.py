@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -129,20 +131,10 @@ class WorkerState:
                 self._storage_faults(req, req.params["buffer"], p, block=1)
             return None
         if op is Op.MATMUL:
-            if hid is not None:
-                if len(arrays) != 1:
-                    raise ValueError(f"a product with a stored block takes 1 array, got {len(arrays)}")
-                a, b = self._stored(hid), arrays[0]
-            else:
-                if len(arrays) != 2:
-                    raise ValueError(f"a product takes 2 arrays, got {len(arrays)}")
-                a, b = arrays
-            if p is not None:
-                a_np = a if isinstance(a, np.ndarray) else self.backend.to_numpy(a)
-                return _gfp.matmul_mod(a_np, b, p)
-            if not req.compensated:
-                return self.plain_product(a, b)
-            return np.ascontiguousarray(self.backend.to_numpy(self._matmul(req)(a, b)))
+            nice = req.params.get("nice")
+            if nice is not None:  # a parity product that yields the cores (cluster.parity_nice)
+                return run_yielding(nice, self._product, req, arrays)
+            return self._product(req, arrays)
         if op is Op.MATMUL_LEFT:  # l @ stored block: the inner dimension is the stored rows
             a, l = self._stored(hid), arrays[0]
             if p is not None:
@@ -152,6 +144,25 @@ class WorkerState:
             a = self._stored(hid)
             return np.array(a if isinstance(a, np.ndarray) else self.backend.to_numpy(a), copy=True)
         raise ValueError(f"operation {op.name} is not served by a worker's handle()")
+
+    def _product(self, req: Request, arrays: list[np.ndarray]) -> np.ndarray:
+        """A ``MATMUL`` request's product: of its two arrays, or of a stored block and its
+        array; over GF(p), compensated or plain as the request says."""
+        p, hid = req.field, req.handle
+        if hid is not None:
+            if len(arrays) != 1:
+                raise ValueError(f"a product with a stored block takes 1 array, got {len(arrays)}")
+            a, b = self._stored(hid), arrays[0]
+        else:
+            if len(arrays) != 2:
+                raise ValueError(f"a product takes 2 arrays, got {len(arrays)}")
+            a, b = arrays
+        if p is not None:
+            a_np = a if isinstance(a, np.ndarray) else self.backend.to_numpy(a)
+            return _gfp.matmul_mod(a_np, b, p)
+        if not req.compensated:
+            return self.plain_product(a, b)
+        return np.ascontiguousarray(self.backend.to_numpy(self._matmul(req)(a, b)))
 
     def _call(self, req: Request, arrays: list[np.ndarray]) -> np.ndarray:
         return self.call(req.params["name"], arrays, req.params.get("params", {}))
@@ -281,6 +292,43 @@ class WorkerState:
     def acks(self) -> bool:
         """Whether this worker still answers (a fail-silent worker sends no reply at all)."""
         return not self.silent
+
+
+#: Whether a thread's nice value is its own (Linux: ``setpriority`` with a thread id changes
+#: that thread only). Elsewhere it would change the whole process, so products do not yield.
+PER_THREAD_NICE = sys.platform.startswith("linux")
+
+
+def run_yielding(nice: int, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` on a thread of its own whose nice value is ``nice`` above the caller's
+    (at most 19), the caller waiting: the product of a parity task yields the cores it
+    shares to the products of the data tasks (``cluster.parity_nice``, docs/runtime.md).
+    A thread per product: nothing outlives it, and the calling thread keeps its priority
+    (an unprivileged thread can lower its own but never raise it back)."""
+    if not PER_THREAD_NICE:
+        raise OSError(f"a product that yields (nice {nice}) needs per-thread nice values "
+                      f"(Linux); this worker runs on {sys.platform!r}")
+    out: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            tid = threading.get_native_id()
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+            except OSError as exc:
+                raise OSError(f"could not lower the priority of this worker's product thread by "
+                              f"{nice} (os.setpriority): {exc}") from exc
+            out.append((True, fn(*args)))
+        except BaseException as exc:  # raised again on the calling thread
+            out.append((False, exc))
+
+    t = threading.Thread(target=run, name="codedml-parity-product", daemon=True)
+    t.start()
+    t.join()
+    ok, value = out[0]
+    if not ok:
+        raise value
+    return value
 
 
 def call_result(out: Any) -> np.ndarray:

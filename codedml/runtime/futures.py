@@ -248,10 +248,13 @@ class _Request(Future):
     def _deadline_error(self, what: str, received: int, needed: int) -> DeadlineError:
         crashed = [w for w, s in self.failed.items() if s == "crashed"]
         silent = set(self._outstanding()) | {w for w, s in self.failed.items() if s == "missing"}
+        # the workers that raised instead of answering (each WorkerFailure names its rank)
+        raised = "".join(f"; {(str(e) or type(e).__name__).splitlines()[0]}"
+                         for _, e in sorted(self.errors_seen.items()))
         return DeadlineError(
             f"{what}: deadline of {self.timeout:g} s (from submission) passed with {received} "
             f"answers, {needed} needed; no answer from ranks {self._ranks(silent)}, "
-            f"crashed ranks {self._ranks(crashed)}", received=received, needed=needed)
+            f"crashed ranks {self._ranks(crashed)}{raised}", received=received, needed=needed)
 
     # -------------------------------------------------------------- Future API
     def cancel(self) -> bool:

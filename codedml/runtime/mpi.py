@@ -58,7 +58,7 @@ from ..errors import ConfigurationError, ProtocolError
 from ..faults import FaultModel
 from ._cluster import ClusterBase
 from ._exit import skip_finalize_at_exit
-from ._worker import WorkerContext, WorkerState, call_result, remote_error
+from ._worker import PER_THREAD_NICE, WorkerContext, WorkerState, call_result, remote_error
 from .futures import Arrival, check_wait
 from .protocol import (ACK_OPS, DTYPES, HEADER_LEN, INLINE_MAX, REPLY_OPS, Kind, Op, RemoteError,
                        ReplyHeader, Request, call_memo, dtype_code, recent_call)
@@ -267,9 +267,21 @@ class MPICluster(ClusterBase):
         # Every rank must take the same path (the compiled one sends raw bytes): each tells
         # what it was asked for and whether it can run the compiled path, then all decide
         # alike (a refusal is raised on every rank, none is left waiting).
-        mine = np.array([_TRANSPORTS.index(transport), 1 if avail else 0], dtype=np.int8)
-        every = np.empty((size, 2), dtype=np.int8)
+        # Each rank also tells whether its node has more ranks than CPUs (the ranks share cores
+        # there): where a worker's does, parity products yield by default (parity_nice).
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        try:
+            crowded = node.Get_size() > (os.cpu_count() or 1)
+        finally:
+            node.Free()
+        mine = np.array([_TRANSPORTS.index(transport), 1 if avail else 0, 1 if crowded else 0],
+                        dtype=np.int8)
+        every = np.empty((size, 3), dtype=np.int8)
         self.comm.Allgather(mine, every)
+        #: The workers whose node has more ranks than CPUs (their ranks share cores).
+        self.crowded_workers = frozenset(w for w, r in enumerate(self._ranks) if every[r, 2])
+        if self.crowded_workers and PER_THREAD_NICE:
+            self._parity_nice = self.PARITY_NICE_CROWDED
         asked = {_TRANSPORTS[int(a)] for a in every[:, 0]}
         lacking = [r for r in range(size) if not every[r, 1]]
         if len(asked) > 1:

@@ -107,13 +107,16 @@ ACK_OPS = frozenset({Op.PUT, Op.UPDATE, Op.SGD, Op.DROP})
 # The parameters each op may carry, with their JSON types (checked on both ends).
 _NUM = (int, float)
 _PARAMS: dict[Op, dict[str, tuple[type, ...]]] = {
-    Op.MATMUL: {}, Op.MATMUL_LEFT: {}, Op.FETCH: {}, Op.PUT: {}, Op.DROP: {},
+    Op.MATMUL: {"nice": (int,)}, Op.MATMUL_LEFT: {}, Op.FETCH: {}, Op.PUT: {}, Op.DROP: {},
     Op.UPDATE: {"seq": (int,)},
     Op.SGD: {"seq": (int,), "lr": _NUM, "momentum": _NUM, "dampening": _NUM, "weight_decay": _NUM,
              "nesterov": (bool,), "buffer": (int, type(None)), "first": (bool,)},
     Op.CALL: {"name": (str,), "params": (dict,)},
     Op.CLOSE: {"failures": (bool,)},
 }
+#: The largest nice increment a product may ask for (a parity product that yields its cores:
+#: ``cluster.parity_nice``; Linux's nice values run from -20 to 19).
+MAX_NICE = 19
 _JSON_SCALARS = (str, int, float, bool, type(None))
 _OPS = {o.value: o for o in Op}
 _I64 = 1 << 63
@@ -450,6 +453,9 @@ def _check_params(op: Op, params: dict[str, Any]) -> None:
                                 f"{'/'.join(t.__name__ for t in kinds)}, got {v!r}")
     if op is Op.CALL:
         _check_json("params", params.get("params", {}))
+    elif op is Op.MATMUL and "nice" in params and not 1 <= params["nice"] <= MAX_NICE:
+        raise ProtocolError(f"MATMUL parameter `nice` (how much lower the product's thread "
+                            f"runs) must be from 1 to {MAX_NICE}, got {params['nice']!r}")
 
 
 def _check_shape(shape: tuple[int, ...], code: int) -> None:
