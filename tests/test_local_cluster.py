@@ -902,52 +902,80 @@ def test_parity_nice_is_checked_when_set(bad):
         assert c.parity_nice == 7 and type(c.parity_nice) is int
 
 
-def _record_products(monkeypatch) -> dict[int, list[tuple[int, str]]]:
-    """Every product's (nice value above the process's, thread name), per worker rank."""
+def _record_products(monkeypatch) -> dict[int, list[tuple[int, str, int]]]:
+    """Every product's (nice value above the process's, thread name, thread id), per rank."""
     import os
 
     from codedml.runtime._worker import WorkerState
 
-    seen: dict[int, list[tuple[int, str]]] = {}
+    seen: dict[int, list[tuple[int, str, int]]] = {}
     base, plain = os.getpriority(os.PRIO_PROCESS, 0), WorkerState.plain_product
 
     def record(self, a, b):
-        nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) - base
-        seen.setdefault(self.rank, []).append((nice, threading.current_thread().name))
+        tid = threading.get_native_id()
+        nice = os.getpriority(os.PRIO_PROCESS, tid) - base
+        seen.setdefault(self.rank, []).append((nice, threading.current_thread().name, tid))
         return plain(self, a, b)
 
     monkeypatch.setattr(WorkerState, "plain_product", record)
     return seen
 
 
+_PARITY_THREAD = "codedml-parity-product"
+
+
 @pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="per-thread nice is Linux's")
 def test_parity_products_yield_on_a_thread_of_their_own(monkeypatch):
     """``parity_nice = 7``: the parity workers' products run on a thread of their own 7 nice
     values lower, the data workers' where they ran before (the worker's thread, unchanged).
-    Data worker 0 straggles, so the job needs a parity product and decodes from it; the next
-    job, with ``parity_nice = 0``, runs every product on the worker threads again."""
+    Each job corrects one soft error (``errors=1``), so it uses all 5 results, the yielded
+    parity products too (none is cancelled). Then ``parity_nice`` 12 (the same thread,
+    lowered further), 3 (a fresh thread: none can raise its priority back) and 0 (the
+    worker's thread). Closing the cluster ends the threads."""
     seen = _record_products(monkeypatch)
     code = MDSCode(5, 3, systematic=True)
     rng = np.random.default_rng(3)
     A, B = rng.standard_normal((30, 8)), rng.standard_normal((8, 5))
-    with LocalCluster(5, faults=Schedule({0: {1: Fault(delay=0.5)}})) as c:
-        c.parity_nice = 7
-        job = c.submit(A, B, code=code)
-        np.testing.assert_allclose(job.result(timeout=10), A @ B, rtol=1e-12, atol=1e-12)
-        assert job.report.workers[0].status in ("late", "missing")
-        assert sum(w.status == "used" for w in job.report.workers[3:]) == 1, job.report.workers
-        c.drain(2.0)
-        c.parity_nice = 0
-        np.testing.assert_allclose(c.matmul(A, B, code=code), A @ B, rtol=1e-12, atol=1e-12)
-        c.drain(2.0)
-    for rank, got in seen.items():
-        first, second = got[0], got[-1]
-        if rank - 1 in code.systematic_workers:
-            assert first[0] == 0 and first[1] != "codedml-parity-product", (rank, got)
-        else:
-            assert first == (7, "codedml-parity-product"), (rank, got)
-        assert second[0] == 0 and second[1] != "codedml-parity-product", (rank, got)
+    with LocalCluster(5) as c:
+        for nice in (7, 12, 3, 0):
+            c.parity_nice = nice
+            job = c.submit(A, B, code=code, errors=1)
+            np.testing.assert_allclose(job.result(timeout=10), A @ B, rtol=1e-12, atol=1e-12)
+            assert job.report.count("used") == 5, job.report.workers
+    assert not [t for t in threading.enumerate() if t.name == _PARITY_THREAD]
     assert sorted(seen) == [1, 2, 3, 4, 5]
+    for rank, got in seen.items():
+        assert len(got) == 4, (rank, got)
+        if rank - 1 in code.systematic_workers:
+            assert all(n == 0 and name != _PARITY_THREAD for n, name, _ in got), (rank, got)
+            assert len({tid for *_, tid in got}) == 1, (rank, got)  # the worker's own thread
+        else:
+            assert [(n, name) for n, name, _ in got] == [
+                (7, _PARITY_THREAD), (12, _PARITY_THREAD), (3, _PARITY_THREAD), (0, got[3][1])]
+            assert got[3][1] != _PARITY_THREAD, (rank, got)
+            tids = [tid for *_, tid in got]
+            assert tids[0] == tids[1] and len(set(tids)) == 3, (rank, got)
+
+
+def test_the_yielding_thread_hands_results_and_errors_back():
+    """:class:`YieldingThread` directly: the caller gets ``fn``'s value or its exception; the
+    thread is reused while the lowering grows, replaced when it shrinks, ended by close."""
+    from codedml.runtime._worker import PER_THREAD_NICE, YieldingThread
+
+    if not PER_THREAD_NICE:
+        with pytest.raises(OSError, match="needs per-thread nice values"):
+            YieldingThread().run(5, max, 1, 2)
+        return
+    y = YieldingThread()
+    ids = [y.run(n, lambda: threading.get_native_id()) for n in (2, 2, 6, 1)]
+    assert ids[0] == ids[1] == ids[2] != ids[3] != threading.get_native_id()
+    assert y.run(1, np.add, 2, 3) == 5
+    with pytest.raises(ZeroDivisionError):
+        y.run(1, lambda: 1 / 0)
+    assert y.run(1, max, 4, 9) == 9                   # an exception leaves the thread serving
+    y.close()
+    assert not [t for t in threading.enumerate() if t.name == _PARITY_THREAD]
+    y.close()                                         # a second close: nothing to end
 
 
 @pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="per-thread nice is Linux's")

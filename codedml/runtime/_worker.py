@@ -11,6 +11,7 @@ hit a stored block when it is updated. A fail-silent worker sends no reply of an
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import socket
 import sys
@@ -93,6 +94,7 @@ class WorkerState:
     silent: bool = False
     handlers: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
     context: WorkerContext | None = None
+    yielding: "YieldingThread" = field(default_factory=lambda: YieldingThread())
 
     def _ctx(self) -> WorkerContext:
         if self.context is None:
@@ -133,7 +135,7 @@ class WorkerState:
         if op is Op.MATMUL:
             nice = req.params.get("nice")
             if nice is not None:  # a parity product that yields the cores (cluster.parity_nice)
-                return run_yielding(nice, self._product, req, arrays)
+                return self.yielding.run(nice, self._product, req, arrays)
             return self._product(req, arrays)
         if op is Op.MATMUL_LEFT:  # l @ stored block: the inner dimension is the stored rows
             a, l = self._stored(hid), arrays[0]
@@ -299,36 +301,65 @@ class WorkerState:
 PER_THREAD_NICE = sys.platform.startswith("linux")
 
 
-def run_yielding(nice: int, fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)`` on a thread of its own whose nice value is ``nice`` above the caller's
-    (at most 19), the caller waiting: the product of a parity task yields the cores it
-    shares to the products of the data tasks (``cluster.parity_nice``, docs/runtime.md).
-    A thread per product: nothing outlives it, and the calling thread keeps its priority
-    (an unprivileged thread can lower its own but never raise it back)."""
-    if not PER_THREAD_NICE:
-        raise OSError(f"a product that yields (nice {nice}) needs per-thread nice values "
-                      f"(Linux); this worker runs on {sys.platform!r}")
-    out: list[tuple[bool, Any]] = []
+class YieldingThread:
+    """Where a worker runs the products that yield (``cluster.parity_nice``, docs/runtime.md):
+    one thread of its own, started by the first such product, whose nice value is raised
+    above the worker's by what the request asks, while the worker's thread waits. The
+    worker's own thread keeps its priority: an unprivileged thread can lower its priority but
+    never raise it back, so a request for less than the thread's lowering starts a fresh
+    thread (the old one ends). Handing a product over costs a fraction of starting a thread.
+    :meth:`close` ends the thread (the in-process cluster's workers on close)."""
 
-    def run() -> None:
-        try:
-            tid = threading.get_native_id()
+    def __init__(self) -> None:
+        self._todo: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._nice = 0  # how much the thread's nice value is above its creator's
+
+    def run(self, nice: int, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the thread, ``nice`` values lower than the calling thread."""
+        if not PER_THREAD_NICE:
+            raise OSError(f"a product that yields (nice {nice}) needs per-thread nice values "
+                          f"(Linux); this worker runs on {sys.platform!r}")
+        if self._thread is not None and nice < self._nice:
+            self.close()  # it cannot raise its priority back: a fresh one
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="codedml-parity-product",
+                                            daemon=True)
+            self._nice = 0
+            self._thread.start()
+        self._todo.put((nice, fn, args))
+        ok, value = self._done.get()
+        if not ok:
+            raise value
+        return value
+
+    def _serve(self) -> None:
+        tid = threading.get_native_id()
+        base = os.getpriority(os.PRIO_PROCESS, tid)  # inherited from the creating thread
+        while True:
+            item = self._todo.get()
+            if item is None:
+                return
+            nice, fn, args = item
             try:
-                os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
-            except OSError as exc:
-                raise OSError(f"could not lower the priority of this worker's product thread by "
-                              f"{nice} (os.setpriority): {exc}") from exc
-            out.append((True, fn(*args)))
-        except BaseException as exc:  # raised again on the calling thread
-            out.append((False, exc))
+                if nice != self._nice:
+                    try:
+                        os.setpriority(os.PRIO_PROCESS, tid, min(19, base + nice))
+                    except OSError as exc:
+                        raise OSError(f"could not lower the priority of this worker's product "
+                                      f"thread by {nice} (os.setpriority): {exc}") from exc
+                    self._nice = nice
+                self._done.put((True, fn(*args)))
+            except BaseException as exc:  # raised again on the calling thread
+                self._done.put((False, exc))
 
-    t = threading.Thread(target=run, name="codedml-parity-product", daemon=True)
-    t.start()
-    t.join()
-    ok, value = out[0]
-    if not ok:
-        raise value
-    return value
+    def close(self) -> None:
+        """End the thread (if one was started); the next product starts another."""
+        t, self._thread = self._thread, None
+        if t is not None:
+            self._todo.put(None)
+            t.join()
 
 
 def call_result(out: Any) -> np.ndarray:

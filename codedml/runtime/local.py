@@ -142,7 +142,12 @@ class LocalCluster(ClusterBase):
     # ------------------------------------------------------------------ worker threads
     def _serve(self, w: int) -> None:
         state = self._states[w]
+        try:
+            self._serve_requests(w, state)
+        finally:
+            state.yielding.close()  # its product thread, if one yielded
 
+    def _serve_requests(self, w: int, state: WorkerState) -> None:
         def die() -> None:
             raise _Died
 

@@ -783,6 +783,7 @@ class MPICluster(ClusterBase):
             if op is Op.CLOSE:
                 if req.params.get("failures"):
                     skip_finalize_at_exit()
+                state.yielding.close()
                 reply(ReplyHeader(job, Kind.BYE, int(Op.CLOSE)), None)
                 for r, _ in pending:
                     r.Wait()
@@ -889,6 +890,7 @@ class MPICluster(ClusterBase):
             if op is Op.CLOSE:
                 if req.params.get("failures"):
                     skip_finalize_at_exit()
+                state.yielding.close()
                 eng.reply(job, k_bye, op_code, 0, None, 0)
                 eng.finish()
                 return
