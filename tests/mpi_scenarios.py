@@ -89,7 +89,7 @@ if name == "yield":
 
     def _record(self, a, b):
         mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-        NICES.extend([float(mine - _base),
+        NICES.extend([float(mine - _base), float(_base),
                       1.0 if threading.current_thread() is threading.main_thread() else 0.0])
         return _plain_y(self, a, b)
 
@@ -129,7 +129,8 @@ HANDLERS = {
     "path": lambda ctx, x, **_: np.array([1.0 if sys._getframe(1).f_code.co_name == "call" else 2.0]),
     # the "products" scenario's counts on this worker
     "paths": lambda ctx, x, **_: np.array([float(PATHS["plain"]), float(PATHS["handle"])]),
-    # the "yield" scenario's records on this worker: (nice above the process's, main thread?)
+    # the "yield" scenario's records on this worker: (nice above the process's, the
+    # process's nice, main thread?)
     "nices": lambda ctx, x, **_: np.array(NICES, dtype=float),
 }
 cm = MPICluster(comm, faults=faults, seed=7, timeout=30, transport=transport,

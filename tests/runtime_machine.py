@@ -442,6 +442,17 @@ class RuntimeMachine(RuleBasedStateMachine):
                 raise AssertionError("a dropped handle was accepted")
         self.dropped = []
 
+    @rule(nice=st.sampled_from([0, 2, 5]))
+    def set_parity_nice(self, nice: int) -> None:
+        """Parity products yield (or stop yielding) from the next request on: on a thread of
+        each worker's own, raised or replaced as the lowering changes. Modest values: the
+        contract (every request answered or named by its deadline, decodes right) must hold
+        with them as without; a large lowering on a busy machine may starve a needed parity
+        product by design (docs/runtime.md)."""
+        self._step("set_parity_nice")
+        self.cluster.parity_nice = nice
+        assert self.cluster.parity_nice == nice
+
     # ------------------------------------------------------------------ close
     @precondition(lambda self: self.steps >= self.next_close)
     @rule()

@@ -924,37 +924,59 @@ def _record_products(monkeypatch) -> dict[int, list[tuple[int, str, int]]]:
 _PARITY_THREAD = "codedml-parity-product"
 
 
+def _lowered(n: int) -> int:
+    """What lowering a thread by ``n`` from this process's nice value gives (capped at 19)."""
+    import os
+
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    return min(19, base + n) - base
+
+
+def _parity_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == _PARITY_THREAD}
+
+
 @pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="per-thread nice is Linux's")
 def test_parity_products_yield_on_a_thread_of_their_own(monkeypatch):
-    """``parity_nice = 7``: the parity workers' products run on a thread of their own 7 nice
+    """``parity_nice = 7``: the parity worker's products run on a thread of their own 7 nice
     values lower, the data workers' where they ran before (the worker's thread, unchanged).
-    Each job corrects one soft error (``errors=1``), so it uses all 5 results, the yielded
-    parity products too (none is cancelled). Then ``parity_nice`` 12 (the same thread,
-    lowered further), 3 (a fresh thread: none can raise its priority back) and 0 (the
-    worker's thread). Closing the cluster ends the threads."""
+    Data worker 0 is silent, so every job needs the other two data products and the parity
+    product (none is cancelled) and decodes from the yielded one. Then ``parity_nice`` 12
+    (the same thread, lowered further), 3 (a fresh thread: none can raise its priority back)
+    and 0 (the worker's thread). Closing the cluster ends the threads. A job that corrects
+    an error (``errors=1``: it needs every result) does not yield."""
     seen = _record_products(monkeypatch)
-    code = MDSCode(5, 3, systematic=True)
+    before = _parity_threads()
+    code = MDSCode(4, 3, systematic=True)
     rng = np.random.default_rng(3)
     A, B = rng.standard_normal((30, 8)), rng.standard_normal((8, 5))
-    with LocalCluster(5) as c:
+    with LocalCluster(4, faults=FailSilent([1])) as c:
         for nice in (7, 12, 3, 0):
             c.parity_nice = nice
-            job = c.submit(A, B, code=code, errors=1)
+            job = c.submit(A, B, code=code)
             np.testing.assert_allclose(job.result(timeout=10), A @ B, rtol=1e-12, atol=1e-12)
-            assert job.report.count("used") == 5, job.report.workers
-    assert not [t for t in threading.enumerate() if t.name == _PARITY_THREAD]
+            assert [w.status for w in job.report.workers][1:] == ["used"] * 3, job.report.workers
+    assert _parity_threads() <= before
+    first = {rank: list(got) for rank, got in seen.items()}
+    seen.clear()
+    with LocalCluster(5) as c:
+        c.parity_nice = 9
+        job = c.submit(A, B, code=MDSCode(5, 3, systematic=True), errors=1)  # needs all 5
+        np.testing.assert_allclose(job.result(timeout=10), A @ B, rtol=1e-12, atol=1e-12)
     assert sorted(seen) == [1, 2, 3, 4, 5]
-    for rank, got in seen.items():
+    assert all(n == 0 and name != _PARITY_THREAD for got in seen.values() for n, name, _ in got), seen
+    for rank in (2, 3, 4):
+        got = first[rank]
         assert len(got) == 4, (rank, got)
         if rank - 1 in code.systematic_workers:
             assert all(n == 0 and name != _PARITY_THREAD for n, name, _ in got), (rank, got)
-            assert len({tid for *_, tid in got}) == 1, (rank, got)  # the worker's own thread
         else:
-            assert [(n, name) for n, name, _ in got] == [
-                (7, _PARITY_THREAD), (12, _PARITY_THREAD), (3, _PARITY_THREAD), (0, got[3][1])]
-            assert got[3][1] != _PARITY_THREAD, (rank, got)
-            tids = [tid for *_, tid in got]
-            assert tids[0] == tids[1] and len(set(tids)) == 3, (rank, got)
+            assert [(n, name) for n, name, _ in got[:3]] == [
+                (_lowered(7), _PARITY_THREAD), (_lowered(12), _PARITY_THREAD),
+                (_lowered(3), _PARITY_THREAD)], (rank, got)
+            assert got[3][0] == 0 and got[3][1] != _PARITY_THREAD, (rank, got)  # parity_nice 0
+            tids = [tid for *_, tid in got[:3]]
+            assert tids[0] == tids[1] != tids[2], (rank, got)
 
 
 def test_the_yielding_thread_hands_results_and_errors_back():
@@ -966,16 +988,53 @@ def test_the_yielding_thread_hands_results_and_errors_back():
         with pytest.raises(OSError, match="needs per-thread nice values"):
             YieldingThread().run(5, max, 1, 2)
         return
+    before = _parity_threads()
     y = YieldingThread()
-    ids = [y.run(n, lambda: threading.get_native_id()) for n in (2, 2, 6, 1)]
+    ids = [y.run(n, threading.get_native_id) for n in (2, 2, 6, 1)]
     assert ids[0] == ids[1] == ids[2] != ids[3] != threading.get_native_id()
     assert y.run(1, np.add, 2, 3) == 5
     with pytest.raises(ZeroDivisionError):
         y.run(1, lambda: 1 / 0)
     assert y.run(1, max, 4, 9) == 9                   # an exception leaves the thread serving
+    mine = _parity_threads() - before
     y.close()
-    assert not [t for t in threading.enumerate() if t.name == _PARITY_THREAD]
+    assert len(mine) >= 1 and not mine & _parity_threads()
     y.close()                                         # a second close: nothing to end
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_the_yielding_thread_survives_a_refused_start_and_a_refused_priority(monkeypatch):
+    """A thread that cannot start (a process limit) fails that product by name and leaves
+    nothing waiting: the next product starts one; a thread that cannot read its priority
+    answers each product with an error that says so instead of dying silently."""
+    import os
+
+    from codedml.runtime._worker import YieldingThread
+
+    y, start, tries = YieldingThread(), threading.Thread.start, []
+
+    def refuse_once(self):
+        if not tries:
+            tries.append(1)
+            raise RuntimeError("can't start new thread")
+        return start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse_once)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        y.run(3, max, 1, 2)
+    assert y.run(3, max, 1, 2) == 2
+    y.close()
+    monkeypatch.setattr(threading.Thread, "start", start)
+
+    def refuse(*_):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "getpriority", refuse)
+    y = YieldingThread()
+    for _ in range(2):
+        with pytest.raises(OSError, match=r"could not read the priority.*os\.getpriority.*not permitted"):
+            y.run(3, max, 1, 2)
+    y.close()
 
 
 @pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="per-thread nice is Linux's")
@@ -998,7 +1057,7 @@ def test_a_parity_product_that_cannot_yield_is_a_named_error(monkeypatch):
         c.parity_nice = 5
         job = c.submit(A, B, code=code)
         np.testing.assert_allclose(job.result(timeout=10), A @ B, rtol=1e-12, atol=1e-12)
-        job = c.submit(A, B, code=code, timeout=1)
+        job = c.submit(A, B, code=code, timeout=3)
         with pytest.raises(DeadlineError, match=r"no answer from ranks \[1\].*; worker rank 4 raised "
                            r"OSError: could not lower the priority of this worker's product thread by 5 "
                            r"\(os\.setpriority\)") as ei:

@@ -66,7 +66,8 @@ class _FakeComm:
 
     def Split_type(self, kind):
         node = self.node
-        return type("Node", (), {"Get_size": lambda self: node, "Free": lambda self: None})()
+        return type("Node", (), {"Get_size": lambda self: node, "Free": lambda self: None,
+                                 "Allreduce": lambda self, send, recv, op: None})()
 
     def Get_size(self):
         return 3
@@ -105,18 +106,20 @@ def test_transport_argument_checked_and_agreed(monkeypatch):
 
 def test_parity_products_yield_by_default_where_a_workers_node_is_crowded():
     """The ranks tell, with the transport agreement, whether their node has more ranks than
-    CPUs; the root lowers parity products by default (``PARITY_NICE_CROWDED``) when any
-    worker's node does, and not otherwise (the root's own node does not count)."""
+    CPUs; the root lowers parity products by default (10) when any worker's node does and
+    each rank runs one BLAS thread, and not otherwise (the root's own node does not count)."""
     import os
 
     from codedml.runtime import mpi
+    from codedml.runtime._worker import PER_THREAD_NICE
 
-    cases = [([[2, 0, 0], [2, 0, 1]], 1, [1], 10), ([[2, 0, 1], [2, 0, 1]], 1, [0, 1], 10),
-             ([[2, 0, 0], [2, 0, 0]], 1, [], 0), ([[2, 0, 0], [2, 0, 0]], 1000, [], 0)]
-    for others, node, crowded, nice in cases:
-        c = mpi.MPICluster(_FakeComm(others, node), transport="python", threads=None)
-        assert sorted(c.crowded_workers) == crowded and c.parity_nice == nice, (others, node)
-        assert mpi.MPICluster.PARITY_NICE_CROWDED == 10
+    cases = [([[2, 0, 0], [2, 0, 1]], 1, 1, [1], 10), ([[2, 0, 1], [2, 0, 1]], 1, 1, [0, 1], 10),
+             ([[2, 0, 1], [2, 0, 1]], 1, None, [0, 1], 0), ([[2, 0, 1], [2, 0, 1]], 1, 2, [0, 1], 0),
+             ([[2, 0, 0], [2, 0, 0]], 1, 1, [], 0), ([[2, 0, 0], [2, 0, 0]], 1000, 1, [], 0)]
+    for others, node, threads, crowded, nice in cases:
+        c = mpi.MPICluster(_FakeComm(others, node), transport="python", threads=threads)
+        assert sorted(c.crowded_workers) == crowded, (others, node)
+        assert c.parity_nice == (nice if PER_THREAD_NICE else 0), (others, node, threads)
     assert (os.cpu_count() or 1) < 1000  # the root's node crowded (last case) counts for nothing
 
 

@@ -289,8 +289,11 @@ class ClusterBase:
                 job.failed[w] = "crashed"
             elif w in skip:
                 job.failed[w] = "stale"
+        # parity products yield only where a fault-free job can do without them: not in a
+        # job that waits for every result (a scrub) or corrects errors (needs more than k)
         nice = self._parity_nice
-        data = _systematic_set(code) if nice and req.op is Op.MATMUL and not wait_all else None
+        data = (_systematic_set(code) if nice and req.op is Op.MATMUL and not wait_all
+                and not errors else None)
         self._register(job, Request(req.op, jid, req.handle, req.field, req.compensated,
                                     req.params), per_worker,
                        yielding=(data, nice) if data else None)

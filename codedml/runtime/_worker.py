@@ -312,9 +312,10 @@ class YieldingThread:
 
     def __init__(self) -> None:
         self._todo: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._done: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[tuple[int, bool, Any]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._nice = 0  # how much the thread's nice value is above its creator's
+        self._seq = 0   # products handed over: each answer names the one it answers
 
     def run(self, nice: int, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` on the thread, ``nice`` values lower than the calling thread."""
@@ -324,35 +325,45 @@ class YieldingThread:
         if self._thread is not None and nice < self._nice:
             self.close()  # it cannot raise its priority back: a fresh one
         if self._thread is None:
-            self._thread = threading.Thread(target=self._serve, name="codedml-parity-product",
-                                            daemon=True)
-            self._nice = 0
-            self._thread.start()
-        self._todo.put((nice, fn, args))
-        ok, value = self._done.get()
+            t = threading.Thread(target=self._serve, name="codedml-parity-product", daemon=True)
+            t.start()  # where it cannot start, this raises and nothing waits on a thread
+            self._thread, self._nice = t, 0
+        self._seq += 1
+        seq = self._seq
+        self._todo.put((seq, nice, fn, args))
+        while True:  # an answer to an earlier product whose caller was interrupted: dropped
+            got, ok, value = self._done.get()
+            if got == seq:
+                break
         if not ok:
             raise value
         return value
 
     def _serve(self) -> None:
         tid = threading.get_native_id()
-        base = os.getpriority(os.PRIO_PROCESS, tid)  # inherited from the creating thread
+        try:
+            base, why = os.getpriority(os.PRIO_PROCESS, tid), None  # the creator's, inherited
+        except OSError as exc:
+            base, why = 0, exc
         while True:
             item = self._todo.get()
             if item is None:
                 return
-            nice, fn, args = item
+            seq, nice, fn, args = item
             try:
                 if nice != self._nice:
+                    if why is not None:
+                        raise OSError(f"could not read the priority of this worker's product "
+                                      f"thread (os.getpriority): {why}") from why
                     try:
                         os.setpriority(os.PRIO_PROCESS, tid, min(19, base + nice))
                     except OSError as exc:
                         raise OSError(f"could not lower the priority of this worker's product "
                                       f"thread by {nice} (os.setpriority): {exc}") from exc
                     self._nice = nice
-                self._done.put((True, fn(*args)))
+                self._done.put((seq, True, fn(*args)))
             except BaseException as exc:  # raised again on the calling thread
-                self._done.put((False, exc))
+                self._done.put((seq, False, exc))
 
     def close(self) -> None:
         """End the thread (if one was started); the next product starts another."""

