@@ -320,6 +320,7 @@ with cm as cluster:
             # from C). Two jobs at the default, one with parity_nice = 0, one at 19.
             code = MDSCode(n, n - 1, systematic=True)
             default = cluster.parity_nice
+            cluster.YIELD_MIN_MACS = 0  # these small products yield too
             # Worker 0 is left out of each job (as a stale worker would be), so the others'
             # products are all needed: none is cancelled before it starts.
             from codedml.runtime.protocol import Op, Request

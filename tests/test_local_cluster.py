@@ -951,6 +951,7 @@ def test_parity_products_yield_on_a_thread_of_their_own(monkeypatch):
     rng = np.random.default_rng(3)
     A, B = rng.standard_normal((30, 8)), rng.standard_normal((8, 5))
     with LocalCluster(4, faults=FailSilent([1])) as c:
+        c.YIELD_MIN_MACS = 0            # these small products yield too
         for nice in (7, 12, 3, 0):
             c.parity_nice = nice
             job = c.submit(A, B, code=code)
@@ -960,7 +961,7 @@ def test_parity_products_yield_on_a_thread_of_their_own(monkeypatch):
     first = {rank: list(got) for rank, got in seen.items()}
     seen.clear()
     with LocalCluster(5) as c:
-        c.parity_nice = 9
+        c.parity_nice, c.YIELD_MIN_MACS = 9, 0
         job = c.submit(A, B, code=MDSCode(5, 3, systematic=True), errors=1)  # needs all 5
         np.testing.assert_allclose(job.result(timeout=10), A @ B, rtol=1e-12, atol=1e-12)
     assert sorted(seen) == [1, 2, 3, 4, 5]
@@ -977,6 +978,34 @@ def test_parity_products_yield_on_a_thread_of_their_own(monkeypatch):
             assert got[3][0] == 0 and got[3][1] != _PARITY_THREAD, (rank, got)  # parity_nice 0
             tids = [tid for *_, tid in got[:3]]
             assert tids[0] == tids[1] != tids[2], (rank, got)
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_only_products_large_enough_yield(monkeypatch):
+    """With the default threshold (``YIELD_MIN_MACS``, 2**22 multiply-adds) a parity product
+    yields when it is at least that large: sent operands (a 400 x 1000 task times 1000 x 20:
+    8M, yes; times 1000 x 5: 2M, no) and a stored block (1000 x 200 times 200 x 30: 6M,
+    yes; times a vector, no). Every product decodes right either way."""
+    seen = _record_products(monkeypatch)
+    code = MDSCode(4, 3, systematic=True)
+    rng = np.random.default_rng(8)
+    A = rng.standard_normal((1200, 1000))
+    S = rng.standard_normal((3000, 200))
+    with LocalCluster(4, faults=FailSilent([1])) as c:   # every job needs the parity product
+        assert c.YIELD_MIN_MACS == 1 << 22
+        c.parity_nice = 4
+        h = c.put(S, code=code)
+        h.ack.result(timeout=10)
+        for X, B, big in ((A, rng.standard_normal((1000, 20)), True),
+                          (A, rng.standard_normal((1000, 5)), False),
+                          (h, rng.standard_normal((200, 30)), True),
+                          (h, rng.standard_normal(200), False)):
+            ref = (S if X is h else X) @ B
+            got = c.submit(X, B, code=None if X is h else code).result(timeout=20)
+            np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10 * np.abs(ref).max())
+            parity = seen[4][-1]
+            assert (parity[1] == _PARITY_THREAD) is big and parity[0] == (_lowered(4) if big else 0), \
+                (B.shape, parity)
 
 
 def test_the_yielding_thread_hands_results_and_errors_back():
@@ -1054,7 +1083,7 @@ def test_a_parity_product_that_cannot_yield_is_a_named_error(monkeypatch):
     rng = np.random.default_rng(4)
     A, B = rng.standard_normal((12, 4)), rng.standard_normal((4, 3))
     with LocalCluster(4, faults=FailSilent([1], start=1)) as c:
-        c.parity_nice = 5
+        c.parity_nice, c.YIELD_MIN_MACS = 5, 0
         job = c.submit(A, B, code=code)
         np.testing.assert_allclose(job.result(timeout=10), A @ B, rtol=1e-12, atol=1e-12)
         job = c.submit(A, B, code=code, timeout=3)
@@ -1064,7 +1093,7 @@ def test_a_parity_product_that_cannot_yield_is_a_named_error(monkeypatch):
             job.result(timeout=10)
         assert job.report.workers[3].status == "error", job.report.workers
     with LocalCluster(4, faults=Die([1], at=1)) as c:
-        c.parity_nice = 5
+        c.parity_nice, c.YIELD_MIN_MACS = 5, 0
         c.matmul(A, B, code=code)
         with pytest.raises(WorkerFailure, match=r"could not lower the priority.*os\.setpriority.*"
                            r"Operation not permitted.*rank=4") as ei:

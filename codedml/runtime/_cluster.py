@@ -275,8 +275,10 @@ class ClusterBase:
     def _start(self, code: LinearCode, enc: Encoding, req: Request,
                per_worker: list[list[np.ndarray]], errors: int, timeout: float, t0: float,
                wait_all: bool = False, handle: int | None = None,
-               skip: Sequence[int] = ()) -> Job:
-        """Register a job and send its requests (under the lock)."""
+               skip: Sequence[int] = (), stored_rows: int = 0) -> Job:
+        """Register a job and send its requests (under the lock). ``stored_rows``: the rows
+        of each worker's stored block, for a product with one (its size, for
+        :meth:`_may_yield`)."""
         t_enc = time.perf_counter() - t0
         jid = self._next_job
         self._next_job += 1
@@ -289,16 +291,35 @@ class ClusterBase:
                 job.failed[w] = "crashed"
             elif w in skip:
                 job.failed[w] = "stale"
-        # parity products yield only where a fault-free job can do without them: not in a
-        # job that waits for every result (a scrub) or corrects errors (needs more than k)
         nice = self._parity_nice
         data = (_systematic_set(code) if nice and req.op is Op.MATMUL and not wait_all
-                and not errors else None)
+                and not errors and self._may_yield(per_worker, stored_rows) else None)
         self._register(job, Request(req.op, jid, req.handle, req.field, req.compensated,
                                     req.params), per_worker,
                        yielding=(data, nice) if data else None)
         job._progress()  # e.g. every worker dead or stale: settles at once, named
         return job
+
+    #: The smallest product (multiply-adds) whose parity tasks yield: a smaller one is over
+    #: soon anyway, and reading its request in Python (it carries a parameter) and handing
+    #: it to another thread would cost the shared cores more than lowering it gives back.
+    YIELD_MIN_MACS = 1 << 22
+
+    def _may_yield(self, per_worker: list[list[np.ndarray]], stored_rows: int) -> bool:
+        """Whether a job's parity products may yield (with :attr:`parity_nice` set): only a
+        job that can do without them (not one that waits for every result, a scrub, or
+        corrects errors, which needs more than k: the caller checks those) and whose
+        products are large enough to matter (:attr:`YIELD_MIN_MACS`)."""
+        task = per_worker[-1] if per_worker else []
+        if len(task) == 2:          # a of (rows, inner), b of (inner[, cols])
+            a, b = task
+            macs = a.size * (b.shape[-1] if b.ndim > 1 else 1)
+        elif len(task) == 1:        # a stored block of stored_rows x inner, b sent
+            b = task[0]
+            macs = stored_rows * b.size
+        else:
+            return False
+        return macs >= self.YIELD_MIN_MACS
 
     def _register(self, r: _Request, req: Request, per_worker: list[list[np.ndarray]] | None,
                   arrays: list[np.ndarray] | None = None,

@@ -338,8 +338,10 @@ class ResidentService:
         core._check_errors(h.code, errors)
         enc, per_worker = self._encode_b(h, B)
         req = Request(Op.MATMUL, 0, h.id, h.code.field, h.compensated)
+        # each stored block has about rows / k of A's rows (MDS-type: k = the threshold)
         return core._start(h.code, enc, req, per_worker, errors, timeout, t0, handle=h.id,
-                           skip=core._stale.get(h.id, ()))
+                           skip=core._stale.get(h.id, ()),
+                           stored_rows=-(-h.shape[0] // h.code.recovery_threshold))
 
     def submit_left(self, L: Any, handle: ResidentHandle, *, errors: int = 0,
                     timeout: float | None = None) -> Job:
