@@ -278,7 +278,7 @@ class ClusterBase:
                skip: Sequence[int] = (), stored_rows: int = 0) -> Job:
         """Register a job and send its requests (under the lock). ``stored_rows``: the rows
         of each worker's stored block, for a product with one (its size, for
-        :meth:`_may_yield`)."""
+        :meth:`_yielding`)."""
         t_enc = time.perf_counter() - t0
         jid = self._next_job
         self._next_job += 1
@@ -291,12 +291,10 @@ class ClusterBase:
                 job.failed[w] = "crashed"
             elif w in skip:
                 job.failed[w] = "stale"
-        nice = self._parity_nice
-        data = (_systematic_set(code) if nice and req.op is Op.MATMUL and not wait_all
-                and not errors and self._may_yield(per_worker, stored_rows) else None)
         self._register(job, Request(req.op, jid, req.handle, req.field, req.compensated,
                                     req.params), per_worker,
-                       yielding=(data, nice) if data else None)
+                       yielding=self._yielding(code, req, errors, wait_all, per_worker,
+                                               stored_rows))
         job._progress()  # e.g. every worker dead or stale: settles at once, named
         return job
 
@@ -305,21 +303,27 @@ class ClusterBase:
     #: it to another thread would cost the shared cores more than lowering it gives back.
     YIELD_MIN_MACS = 1 << 22
 
-    def _may_yield(self, per_worker: list[list[np.ndarray]], stored_rows: int) -> bool:
-        """Whether a job's parity products may yield (with :attr:`parity_nice` set): only a
-        job that can do without them (not one that waits for every result, a scrub, or
-        corrects errors, which needs more than k: the caller checks those) and whose
-        products are large enough to matter (:attr:`YIELD_MIN_MACS`)."""
+    def _yielding(self, code: LinearCode, req: Request, errors: int, wait_all: bool,
+                  per_worker: list[list[np.ndarray]], stored_rows: int
+                  ) -> tuple[frozenset[int], int] | None:
+        """(the code's data workers, :attr:`parity_nice`) where a job's parity products
+        yield, else None: with ``parity_nice`` set, for a product of a systematic code, in a
+        job that can do without its parity results (not one that waits for every result, a
+        scrub, or corrects errors, which needs more than k), whose products are large enough
+        to matter (:attr:`YIELD_MIN_MACS`)."""
+        nice = self._parity_nice
+        if not nice or req.op is not Op.MATMUL or wait_all or errors:
+            return None
         task = per_worker[-1] if per_worker else []
         if len(task) == 2:          # a of (rows, inner), b of (inner[, cols])
             a, b = task
             macs = a.size * (b.shape[-1] if b.ndim > 1 else 1)
         elif len(task) == 1:        # a stored block of stored_rows x inner, b sent
-            b = task[0]
-            macs = stored_rows * b.size
+            macs = stored_rows * task[0].size
         else:
-            return False
-        return macs >= self.YIELD_MIN_MACS
+            return None
+        data = _systematic_set(code) if macs >= self.YIELD_MIN_MACS else None
+        return (data, nice) if data else None
 
     def _register(self, r: _Request, req: Request, per_worker: list[list[np.ndarray]] | None,
                   arrays: list[np.ndarray] | None = None,

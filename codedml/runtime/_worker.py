@@ -27,7 +27,7 @@ import numpy as np
 from ..backends import Backend
 from ..codes import _gfp
 from ..faults import FaultModel, corrupt, fault_for
-from .protocol import ACK_OPS, REPLY_OPS, Op, RemoteError, Request
+from .protocol import ACK_OPS, MAX_NICE, REPLY_OPS, Op, RemoteError, Request
 
 __all__ = ["WorkerContext", "WorkerState", "REPLY_OPS", "ACK_OPS", "remote_error"]
 
@@ -356,7 +356,7 @@ class YieldingThread:
                         raise OSError(f"could not read the priority of this worker's product "
                                       f"thread (os.getpriority): {why}") from why
                     try:
-                        os.setpriority(os.PRIO_PROCESS, tid, min(19, base + nice))
+                        os.setpriority(os.PRIO_PROCESS, tid, min(MAX_NICE, base + nice))
                     except OSError as exc:
                         raise OSError(f"could not lower the priority of this worker's product "
                                       f"thread by {nice} (os.setpriority): {exc}") from exc
