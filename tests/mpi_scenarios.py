@@ -118,6 +118,7 @@ HANDLERS = {
     "matrix": lambda ctx, x, **_: np.asmatrix(x),  # an ndarray subclass
     "boom": _boom,
     "cat": lambda ctx, *xs, **_: np.concatenate(xs),
+    "nap": lambda ctx, x, **_: (time.sleep(float(x[0])), x)[1],
     # what arrived: each array's total, dtype code and shape, flattened
     "shapes": lambda ctx, *xs, **_: np.array([v for x in xs for v in (
         float(x.sum()), float(len(x.shape)), *map(float, x.shape), float(x.dtype.itemsize))]),
@@ -337,6 +338,37 @@ with cm as cluster:
             nices = {str(w): v.tolist() for w, v in cluster.call("nices", np.ones(1)).result().items()}
             emit(default=default, crowded=sorted(cluster.crowded_workers), errs=errs, nices=nices,
                  data=list(code.systematic_workers))
+        elif name == "mutate":
+            # every worker naps 0.5 s on an earlier call while the root starts requests whose
+            # arrays (512 KiB and more: not inlined, sent as the receiver asks) the caller then
+            # overwrites: the workers must compute with what was passed
+            from codedml.codes import ReplicationCode
+
+            W = rng.standard_normal((256, 256))
+            hm = cluster.put(W, code=MDSCode(n, k))
+            hr = cluster.put(W, code=ReplicationCode(n, 2))
+            hm.ack.result(), hr.ack.result()
+            held = cluster.call("nap", np.array([0.5]))
+            A2, B2, x = (rng.standard_normal((256, 256)), rng.standard_normal((256, 256)),
+                         rng.standard_normal((256, 256)))
+            xs = [rng.standard_normal(65536) for _ in range(n)]
+            U, V = rng.standard_normal((256, 2)), rng.standard_normal((256, 2))
+            ref = {"replication": A2 @ B2, "resident mds": W @ x, "resident rep": W @ x}
+            keep = [v.copy() for v in (x, U, V, *xs)]
+            jobs = {"replication": cluster.submit(A2, B2, code=ReplicationCode(n, 2)),
+                    "resident mds": cluster.submit(hm, x), "resident rep": cluster.submit(hr, x)}
+            call = cluster.call("echo", x)
+            per = cluster.call("echo", per_worker=[[v] for v in xs])
+            hm2 = cluster.update(hm, U, V)
+            for arr in (A2, B2, x, U, V, *xs):
+                arr[...] = np.nan
+            held.result()
+            errs = {name: rel(job.result(), ref[name]) for name, job in jobs.items()}
+            same_call = all(np.array_equal(v, keep[0]) for v in call.result().values())
+            same_per = all(np.array_equal(v, keep[3 + w]) for w, v in per.result().items())
+            acked = list(hm2.ack.result().acked)
+            errs["update"] = rel(cluster.fetch(hm2), W + keep[1] @ keep[2].T)
+            emit(errs=errs, same_call=same_call, same_per=same_per, acked=acked)
         elif name == "calls":
             # each call three times with the same parameters: the first is read by Python
             # (which remembers its parameters), the others, on the compiled path, run in C

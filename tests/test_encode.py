@@ -365,14 +365,28 @@ def test_real_matrix_passes_float_matrices_through_and_still_checks():
         real_matrix("A", np.ones((2, 2), complex))
 
 
-def test_tasks_never_alias_the_inputs():
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, "gf"])
+def test_tasks_never_alias_the_inputs(dtype):
+    """A request's tasks are read until their sends complete, possibly after ``submit`` has
+    returned: none may be (a view of) the caller's A or B, for any code, dtype or field,
+    also where a task keeps an input as it is (the B every ReplicationCode worker gets)."""
     rng = np.random.default_rng(6)
-    A, B = _real_inputs(rng, 30, 30, 30, np.float64, False)
-    for code in (MDSCode(6, 3), MDSCode(6, 3, systematic=True), PolynomialCode(9, 2, 2),
-                 MatDotCode(7, 3), GradientCode(6, 2)):
-        for t in code.encode(A, B):
-            assert not np.shares_memory(np.asarray(t.a), A)
-            assert not np.shares_memory(np.asarray(t.b), B)
+    f = 65537 if dtype == "gf" else None
+    if f:
+        A, B = rng.integers(0, f, (30, 30)), rng.integers(0, f, (30, 30))
+    else:
+        A, B = _real_inputs(rng, 30, 30, 30, dtype, False)
+    codes = [MDSCode(6, 3, field=f), MDSCode(6, 3, systematic=True, field=f),
+             PolynomialCode(9, 2, 2, field=f), ReplicationCode(6, 3, field=f),
+             ReplicationCode(6, 6, field=f)]
+    if not f:
+        codes += [MatDotCode(7, 3), GradientCode(6, 2)]
+    for code in codes:
+        vector = not isinstance(code, PolynomialCode) or code.q == 1
+        for Bv in (B, B[:, :20]) + ((B[:, 0],) if vector else ()):   # whole, a view, a vector
+            for t in code.encode(A, Bv):
+                assert not np.shares_memory(np.asarray(t.a), A), code
+                assert not np.shares_memory(np.asarray(t.b), B), code
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

@@ -1099,3 +1099,81 @@ def test_a_parity_product_that_cannot_yield_is_a_named_error(monkeypatch):
                            r"Operation not permitted.*rank=4") as ei:
             c.matmul(A, B, code=code, timeout=5)
         assert ei.value.exc_type == "OSError"
+
+
+# ------------------------------------------------------------------ the caller's arrays
+@pytest.mark.parametrize("field", [None, 65537])
+def test_writes_to_the_callers_arrays_after_a_request_returns_do_not_reach_the_workers(field):
+    """A request may be read by its workers after ``submit`` / ``call`` / ``update`` returned
+    (here: every worker is held by an earlier call until the caller has overwritten its
+    arrays). What the workers compute is what the caller passed, for every path that ships a
+    caller's array as it is: a ReplicationCode's B, a resident product's operand, a call's
+    arrays (shared and per worker) and an update's V."""
+    rng = np.random.default_rng(11)
+    go = threading.Event()
+
+    def hold(ctx, x, **_):
+        assert go.wait(30)
+        return x
+
+    def echo(ctx, x, **_):
+        return x
+
+    def draw(*shape):
+        return (rng.integers(0, 65537, shape) if field else rng.standard_normal(shape))
+
+    def mod(X):
+        return X % field if field else X
+
+    def close(got, ref):
+        if field:
+            return np.array_equal(got, ref)
+        return np.allclose(got, ref, rtol=1e-12, atol=1e-12)
+
+    n = 4
+    with LocalCluster(n, handlers={"hold": hold, "echo": echo}, timeout=60) as c:
+        W = draw(8, 6)
+        handles = {name: c.put(W, code=code) for name, code in
+                   (("mds", MDSCode(n, 2, field=field)), ("rep", ReplicationCode(n, 2, field=field)))}
+        for h in handles.values():
+            h.ack.result()
+        held = c.call("hold", np.ones(1))
+        A, B, x, xs, U, V = (draw(8, 6), draw(6, 5), draw(6, 3), [draw(7) for _ in range(n)],
+                             draw(8, 2), draw(6, 2))
+        refs = [a.copy() for a in (A, B, x, U, V)] + [[v.copy() for v in xs]]
+        jobs = {"replication B": (c.submit(A, B, code=ReplicationCode(n, 2, field=field)),
+                                  mod(refs[0] @ refs[1]))}
+        for name, h in handles.items():
+            jobs[f"resident {name}"] = (c.submit(h, x), mod(W @ refs[2]))
+        call, per = c.call("echo", x), c.call("echo", per_worker=[[v] for v in xs])
+        updated = c.update(handles["mds"], U, V)
+        for arr in (A, B, x, U, V, *xs):   # the caller reuses its buffers at once
+            arr[...] = 3 if field else np.nan
+        go.set()
+        held.result()
+        for name, (job, ref) in jobs.items():
+            assert close(job.result(), ref), name
+        assert all(np.array_equal(v, refs[2]) for v in call.result().values())
+        assert all(np.array_equal(v, refs[5][w]) for w, v in per.result().items())
+        assert updated.ack.result().acked == tuple(range(n))
+        assert close(c.fetch(updated), mod(W + refs[3] @ refs[4].T))
+
+
+def test_a_gf_update_checks_v_before_sending():
+    """An update's V over GF(p) is checked at the root, as U is by its encode: out of range or
+    not integers, it is refused by name and no block goes stale."""
+    p = 65537
+    rng = np.random.default_rng(12)
+    W, U, V = rng.integers(0, p, (8, 6)), rng.integers(0, p, (8, 2)), rng.integers(0, p, (6, 2))
+    with LocalCluster(4) as c:
+        h = c.put(W, code=MDSCode(4, 2, field=p))
+        bad = V.copy()
+        bad[1, 1] = p
+        with pytest.raises(ConfigurationError, match=r"`V` entries must be between 0 and 65536 for GF\(65537\), got 65537"):
+            c.update(h, U, bad)
+        with pytest.raises(ConfigurationError, match=r"`V` must hold integers for the field GF\(65537\), got dtype float64"):
+            c.update(h, U, V.astype(float))
+        assert c.stale_workers(h) == frozenset()
+        h = c.update(h, U, V)
+        assert h.ack.result().acked == (0, 1, 2, 3)
+        assert np.array_equal(c.fetch(h), (W + U @ V.T) % p)

@@ -226,6 +226,25 @@ def test_products_answer_alike_on_either_worker_loop(transport):
 
 
 @pytest.mark.parametrize("transport", ["compiled", "python"])
+def test_writes_to_the_callers_arrays_after_a_request_returns_do_not_reach_the_workers(transport):
+    """Real mpiexec, both transports: every worker naps on an earlier call while the root
+    starts a ReplicationCode product, resident products (MDS and replication), a call
+    (shared and per-worker arrays) and an update, all with arrays that are not inlined; the
+    caller then overwrites every array with NaN. The workers must compute with what was
+    passed: each request's sends read their own copies (or new memory from the encode)."""
+    from codedml.runtime.mpi import wire_status
+
+    if transport == "compiled" and not wire_status()[0]:
+        pytest.skip(wire_status()[1])
+    res, done = run_mpi_t("mutate", 4, transport)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert max(res["errs"].values()) < 1e-12, res["errs"]
+    assert res["same_call"] and res["same_per"], res
+    assert res["acked"] == [0, 1, 2], res
+    _all_exited(done, 4)
+
+
+@pytest.mark.parametrize("transport", ["compiled", "python"])
 def test_parity_products_yield_where_ranks_share_cores(transport):
     """4 ranks on this machine's 2 cores: every worker's node has more ranks than CPUs, so
     the cluster's parity products yield by default (``parity_nice`` 10). Each product

@@ -57,6 +57,24 @@ def real_matrix(name: str, x: Any, *, allow_vector: bool = False, finite: bool =
     return arr
 
 
+def owned(x: np.ndarray, given: Any) -> np.ndarray:
+    """``x`` as memory of its own: a C-ordered copy where it may share memory with ``given``
+    (the caller's argument it was made from: an ndarray, a view of one, or anything whose
+    ``__array__`` or buffer numpy reads without copying, such as a CPU torch tensor), else
+    ``x`` itself (a conversion already made it new memory). What a request sends is read
+    until its send completes, which may be after ``submit`` or ``call`` has returned: a
+    caller that writes to its array in the meantime must not change what the workers get."""
+    if isinstance(given, (list, tuple)) or given is None or np.isscalar(given):
+        return x   # numpy builds new memory from these
+    try:
+        seen = np.asarray(given)
+    except Exception:   # pragma: no cover - it was converted once already
+        return np.array(x, order="C", copy=True)
+    if np.may_share_memory(x, seen):
+        return np.array(x, order="C", copy=True)
+    return x
+
+
 def check_finite(name: str, arr: np.ndarray) -> None:
     """Raise :class:`ConfigurationError` naming ``name`` if ``arr`` holds a NaN or an Inf."""
     if not np.isfinite(arr).all():

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import ConfigurationError
 from . import _pool
 from ._base import DecodeInfo, LinearCode, _valid_results
-from ._validate import check_field, check_int, real_matrix, residues
+from ._validate import check_field, check_int, owned, real_matrix, residues
 
 __all__ = ["ReplicationCode"]
 
@@ -71,6 +71,7 @@ class ReplicationCode(LinearCode):
         return check_int("worker", worker, 0, self.workers - 1) % self.k
 
     def _encode(self, A: Any, B: Any, precision: str = "auto"):
+        given = B
         if self.field is not None:
             A = residues("A", A, self.field)
             B = residues("B", B, self.field, allow_vector=True)
@@ -86,12 +87,15 @@ class ReplicationCode(LinearCode):
         Ap[:M] = A
         blocks = Ap.reshape(self.k, rb, A.shape[1])   # explicit: -1 fails where A is empty
         shape = (M,) + B.shape[1:]
-        pairs = [(blocks[w % self.k], B) for w in range(self.workers)]
         dtype = np.result_type(A.dtype, B.dtype) if self.field is None else np.dtype(np.int64)
         if self.field is None and precision != "auto":
             dtype = np.dtype(np.float64 if precision == "compensated" else precision)
         if self.field is None:
-            pairs = [(a.astype(dtype, copy=False), b.astype(dtype, copy=False)) for a, b in pairs]
+            blocks = blocks.astype(dtype, copy=False)
+            B = B.astype(dtype, copy=False)
+        # every worker's B is one array, the caller's never (A's blocks are Ap's, new memory)
+        B = owned(B, given)
+        pairs = [(blocks[w % self.k], B) for w in range(self.workers)]
         return pairs, shape, A.shape[1], dtype
 
     def _output_multiples(self, ndim: int) -> tuple[int, ...]:

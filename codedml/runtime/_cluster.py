@@ -386,12 +386,14 @@ class ClusterBase:
             for w in rows:
                 if w in self._dead:
                     call.failed[w] = "crashed"
+            # copies of the caller's arrays: they are read until their sends complete, which
+            # may be after this returns, and the caller may write to its own meanwhile
             if per_worker is not None:
-                per = [[np.ascontiguousarray(np.asarray(a)) for a in per_worker[w]]
+                per = [[np.array(a, order="C", copy=True) for a in per_worker[w]]
                        for w in range(self.workers)]
                 self._register(call, req, per)
-            else:  # the same arrays to every worker: converted once
-                self._register(call, req, None, [np.ascontiguousarray(np.asarray(a)) for a in arrays])
+            else:  # the same arrays to every worker: copied once
+                self._register(call, req, None, [np.array(a, order="C", copy=True) for a in arrays])
             call._progress()
             return call
 

@@ -272,6 +272,9 @@ class ResidentService:
             return new, buf
 
     def _encode_update(self, handle: ResidentHandle, U: Any, V: Any) -> tuple[list[np.ndarray], np.ndarray]:
+        from ..codes._validate import owned, residues
+
+        given_v = V
         U = np.asarray(U)
         V = np.asarray(V)
         if U.ndim != 2 or V.ndim != 2 or U.shape[1] != V.shape[1] or U.shape[0] != handle.shape[0] \
@@ -291,7 +294,10 @@ class ResidentService:
         out = [_np(t.a) for t in encU]
         if code.field is None:
             out = [np.ascontiguousarray(u.astype(handle.dtype, copy=False)) for u in out]
-            V = np.ascontiguousarray(V.astype(handle.dtype))
+            V = np.ascontiguousarray(V.astype(handle.dtype))   # a copy: the caller's V stays its own
+        else:   # checked here, as U is by the encode: a worker refusing it would leave
+            # every block stale
+            V = owned(np.ascontiguousarray(residues("V", V, code.field)), given_v)
         return out, V
 
     def drop(self, handle: ResidentHandle, *, timeout: float | None = None) -> Ack:
@@ -315,8 +321,9 @@ class ResidentService:
                         h.compensated, scales=np.array([n * bnorm for n in h.norms]))
 
     def _encode_b(self, h: ResidentHandle, B: Any) -> tuple[Encoding, list[list[np.ndarray]]]:
-        from ..codes._validate import real_matrix, residues
+        from ..codes._validate import owned, real_matrix, residues
 
+        given = B
         B = np.asarray(B)
         if B.ndim not in (1, 2) or B.shape[0] != h.shape[1]:
             raise ConfigurationError(
@@ -325,6 +332,7 @@ class ResidentService:
             B = residues("B", B, h.code.field, allow_vector=True)
         else:
             B = real_matrix("B", B, allow_vector=True).astype(h.dtype, copy=False)
+        B = owned(B, given)   # sent to every worker, read until the sends complete
         enc = self._resident_encoding(h, B.shape[1:], float(np.linalg.norm(B.ravel())))
         return enc, [[B] for _ in range(self.core.workers)]
 
