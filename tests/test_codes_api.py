@@ -680,3 +680,91 @@ def test_gf_decoders_cached_per_subset_and_bounded(monkeypatch):
     assert keys[-1] == subsets[-1]
     with pytest.raises(ValueError):                # cached inverses are read-only
         next(iter(_base._DECODERS.values()))[1][0, 0] = 1
+
+
+# ------------------------------------------------------------------ magnitudes and arguments
+@pytest.mark.parametrize("code", [MDSCode(6, 2, systematic=False), MDSCode(6, 2),
+                                  PolynomialCode(8, 2, 2), MatDotCode(7, 2)], ids=repr)
+@pytest.mark.parametrize("scale", [1.0, 1e160, 1e-120, 1e-300])
+def test_a_corrupt_result_is_located_at_any_magnitude_or_refused(code, scale):
+    """Entries from about 1e154 square to inf, below about 1e-154 to 0: the encode's noise
+    scales and the results' norms are then taken without either, so one corrupt result
+    among spare ones is still located (an infinite scale had switched the check off: a 15%
+    error passed, faulty=()). Results so small that their rounding noise is below what
+    float64 can weigh (1e-300 inputs) are refused by name, not passed."""
+    rng = np.random.default_rng(3)
+    A, B = rng.standard_normal((8, 6)) * scale, rng.standard_normal((6, 5))
+    enc = code.encode(A, B)
+    assert np.isfinite(enc.scales).all() and (enc.scales > 0).all()
+    res = {t.worker: t.compute() for t in enc}
+    res[3] = res[3] * 1.5
+    ref = A @ B
+    if scale < 1e-200:
+        with pytest.raises(ConfigurationError, match=r"too small for the decoder's corruption check"):
+            code.decode(res, errors=1, encoding=enc)
+        return
+    for e in (enc, None):   # the scales from the encoding, or from the results' norms
+        C, faulty = code.decode(res, errors=1, encoding=e, shape=ref.shape, return_faulty=True)
+        assert faulty == (3,)
+        assert np.abs(C - ref).max() <= 1e-12 * np.abs(ref).max()
+
+
+def test_inputs_whose_norms_overflow_even_scaled_are_refused_by_name():
+    A = np.full((4, 4), 1e200)
+    B = np.full((4, 4), 1e200)
+    with pytest.raises(ConfigurationError, match=r"too large for the decoder's noise model: `A` up to 1e\+200 and `B` up to 1e\+200"):
+        MDSCode(6, 2).encode(A, B)
+    enc = GradientCode(4, 1).encode(np.full((4, 4), 1e160), np.ones((4, 3)))   # finite: kept
+    assert np.isfinite(enc.scales).all()
+
+
+@pytest.mark.parametrize("rtol", [np.inf, 1e300, 1.0, 0.0, -1.0, np.nan, "1e-3", True])
+def test_decode_rtol_is_checked_on_every_path(rtol):
+    """A tolerance of the product's own size or more would pass any corrupt result: refused,
+    on the general path and on the fast paths (exactly k results)."""
+    rng = np.random.default_rng(4)
+    A, B = rng.standard_normal((8, 6)), rng.standard_normal((6, 5))
+    for code in (MDSCode(6, 2), MDSCode(6, 2, systematic=False), ReplicationCode(4, 2)):
+        enc = code.encode(A, B)
+        res = {t.worker: t.compute() for t in enc}
+        for part in (res, {w: res[w] for w in list(res)[:code.recovery_threshold]}):
+            with pytest.raises(ConfigurationError, match=r"`rtol` must be a number between 0 and 1"):
+                code.decode(part, errors=0, encoding=enc, rtol=rtol)
+
+
+def test_results_are_checked_against_the_encoding():
+    """With ``encoding=``, results of another shape than the tasks' products, or complex
+    results of real operands, are refused by name instead of decoded into a wrong shape or
+    cut to their real part."""
+    rng = np.random.default_rng(5)
+    A, B = rng.standard_normal((8, 6)), rng.standard_normal((6, 5))
+    for code in (MDSCode(5, 2), MDSCode(5, 2, systematic=False), ReplicationCode(4, 2),
+                 PolynomialCode(6, 2, 2)):
+        enc = code.encode(A, B)
+        res = {t.worker: t.compute() for t in enc}
+        shape = res[0].shape
+        for bad in ({w: r[:, :-1] for w, r in res.items()}, {w: r[:-1] for w, r in res.items()},
+                    {w: r.ravel() for w, r in res.items()}, {w: r[..., None] for w, r in res.items()}):
+            with pytest.raises(ConfigurationError, match=rf"must have the shape of each worker's product a @ b, \({shape[0]}, {shape[1]}\)"):
+                code.decode(bad, encoding=enc)
+        with pytest.raises(ConfigurationError, match=r"`results` must be real for this encoding"):
+            code.decode({w: r.astype(complex) for w, r in res.items()}, encoding=enc)
+        assert np.allclose(code.decode(res, encoding=enc), A @ B, rtol=0, atol=1e-12)
+    enc = MatDotCode(5, 2).encode(A, B)   # complex operands: complex results are right
+    res = {t.worker: t.compute() for t in enc}
+    assert np.iscomplexobj(res[0])
+    assert np.allclose(MatDotCode(5, 2).decode(res, encoding=enc), A @ B, rtol=0, atol=1e-12)
+
+
+def test_gradient_combine_checks_its_partials():
+    code = GradientCode(4, 1)
+    j0, j1 = code.partitions(0)
+    with pytest.raises(ConfigurationError, match=rf"one shape, partition {j0} has \(3,\) and partition {j1} has \(1,\)"):
+        code.combine(0, {j0: np.ones(3), j1: np.ones(1)})
+    with pytest.raises(ConfigurationError, match=rf"`partials\[{j0}\]` must hold real numbers, got dtype complex128"):
+        code.combine(0, {j0: np.ones(3) + 1j, j1: np.ones(3)})
+    gf = GradientCode(4, 1, field=65537)
+    with pytest.raises(ConfigurationError, match=r"one shape"):
+        gf.combine(0, {j0: np.ones(3, dtype=np.int64), j1: np.ones((3, 1), dtype=np.int64)})
+    assert np.allclose(code.combine(0, {j0: np.ones(3), j1: 2 * np.ones(3)}),
+                       code.coefficients[0][j0] + 2 * code.coefficients[0][j1])

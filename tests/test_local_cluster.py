@@ -1177,3 +1177,31 @@ def test_a_gf_update_checks_v_before_sending():
         h = c.update(h, U, V)
         assert h.ack.result().acked == (0, 1, 2, 3)
         assert np.array_equal(c.fetch(h), (W + U @ V.T) % p)
+
+
+def test_call_results_are_the_callers_own_arrays():
+    """In-process, as over MPI, a call's results are copies: a handler that returns its
+    worker's state (``ctx.store``) and changes it later does not change earlier results, and
+    writing into a result does not reach the worker."""
+    def count(ctx, x, **_):
+        w = ctx.store.setdefault("w", np.zeros(3))
+        w += 1.0
+        return w
+
+    with LocalCluster(2, handlers={"count": count}) as c:
+        first = c.call("count", np.ones(1)).result()
+        second = c.call("count", np.ones(1)).result()
+        assert all(v.tolist() == [1.0] * 3 for v in first.values())
+        second[0][...] = -1.0
+        third = c.call("count", np.ones(1)).result()
+        assert all(v.tolist() == [3.0] * 3 for v in third.values())
+
+
+@pytest.mark.parametrize("model, name", [(Die([7]), "Die"), (SoftErrors(prob=0.5, ranks={9}), "SoftErrors"),
+                                         (FixedStragglers([5], 1.0), "FixedStragglers"),
+                                         (FixedStragglers([1], 1.0) + FailSilent([5]), "FailSilent")])
+def test_a_fault_model_naming_ranks_the_cluster_lacks_is_refused(model, name):
+    """A model that names a rank no worker has would never fire: the run would measure a
+    fault-free job as a faulty one. Refused by name (rank 0 is the root)."""
+    with pytest.raises(ConfigurationError, match=rf"`faults` \({name}\) ranks must be between 1 and workers=4 \(rank 0 is the root\), got"):
+        LocalCluster(4, faults=model)

@@ -544,3 +544,17 @@ def test_coded_mlp_trains_under_mpiexec(np_):
     assert res["reencodes"] == 3, res
     assert res["stats"]["corrected"] > 0 and res["stats"]["repaired"] > 0, res
     assert len([l for l in done.stdout.splitlines() if l.endswith(" exit")]) == np_
+
+
+def test_a_complex_weight_or_momentum_buffer_is_refused_by_name(cluster):
+    """A cast to float64 would drop the imaginary part (torch only warns): refused, and the
+    stored weight is unchanged."""
+    layer = CodedLinear(5, 4, cluster=cluster, dtype=torch.float64)
+    before = layer.weight.detach().clone()
+    with pytest.raises(ConfigurationError, match=r"`W` must be real, got dtype torch.complex128"):
+        layer.set_weight(torch.ones(4, 5, dtype=torch.complex128))
+    with pytest.raises(ConfigurationError, match=r"`momentum_buffer` must be real, got dtype torch.complex64"):
+        layer.set_momentum_buffer(torch.ones(4, 5, dtype=torch.complex64))
+    assert torch.equal(layer.weight.detach(), before)
+    assert np.allclose(cluster.fetch(layer._handle), before.numpy(), rtol=0, atol=1e-13)
+    layer.release()

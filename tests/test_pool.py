@@ -176,6 +176,8 @@ def test_pool_stays_within_its_limit(pool):
     for bad in (-1, 1.5, "1", None, True):
         with pytest.raises(ConfigurationError, match=r"`limit` must be an integer number of bytes >= 0.*got"):
             pool.limit = bad
+        with pytest.raises(ConfigurationError, match=r"`limit` must be an integer number of bytes >= 0.*got"):
+            _pool.TaskPool(bad)   # the constructor checks it as the setter does
 
 
 def test_pool_reuses_best_fit_only(pool):

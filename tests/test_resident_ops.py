@@ -281,13 +281,47 @@ def test_call_returns_raw_results_from_the_first_workers():
         assert {w: r.tolist() for w, r in per.wait().items()} == {0: [0.0, 0.0], 3: [6.0, 6.0]}
 
 
+def _boom_on_1(ctx, x):
+    if ctx.worker == 1:
+        raise ValueError("bad shard on worker 1")
+    return x
+
+
 def test_call_handler_errors_and_missing_handlers_reach_the_root():
-    with LocalCluster(3, handlers={"boom": _boom}, timeout=10) as c:
+    """A handler's exception reaches the caller (``wait`` and ``result`` raise the
+    WorkerFailure, with the remote traceback), also where the other workers answered; a name
+    no handler is registered under is refused when the call is made."""
+    with LocalCluster(3, handlers={"boom": _boom, "boom_on_1": _boom_on_1}, timeout=10) as c:
         with pytest.raises(WorkerFailure, match="bad shard on worker") as exc:
             c.call("boom", np.ones(1)).wait()
         assert exc.value.rank in (1, 2, 3) and "RuntimeError" in exc.value.remote_traceback
-        with pytest.raises(WorkerFailure, match="no handler 'nope' registered"):
-            c.call("nope").wait()
+        call = c.call("boom_on_1", np.ones(1))
+        with pytest.raises(WorkerFailure, match="rank 2 raised ValueError: bad shard on worker 1"):
+            call.result()
+        assert sorted(call.results) == [0, 2] and list(call.errors_seen) == [1]
+        with pytest.raises(ConfigurationError, match=r"`name` must be a handler registered .*\['boom', 'boom_on_1'\], got 'nope'"):
+            c.call("nope")
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"workers": [0, 0]}, r"`workers` must not repeat a worker"),
+    ({"workers": []}, r"`workers` must name at least one worker"),
+    ({"workers": "01"}, r"`workers` must be a sequence of worker indices, got '01'"),
+    ({"workers": [3]}, r"`workers\[i\]` must be between 0 and 2, got 3"),
+    ({"per_worker": [np.ones(1)] * 3}, r"`per_worker\[0\]` must be a list of the arrays"),
+    ({"per_worker": [[np.ones(1)]] * 2}, r"`per_worker` must have one entry per worker \(3\), got 2"),
+    ({"arrays": (np.ones(1),), "per_worker": [[np.ones(1)]] * 3}, r"not both"),
+    ({"arrays": (np.array(["a"]),)}, r"`arrays\[0\]` must be an array of one of .* got dtype <U1"),
+    ({"per_worker": [[np.ones(1)], [np.array([object()])], [np.ones(1)]]},
+     r"`per_worker\[1\]\[0\]` must be an array of one of .* got dtype object"),
+])
+def test_call_arguments_are_checked_before_anything_is_sent(kw, msg):
+    with LocalCluster(3, handlers={"f": _scaled}, timeout=10) as c:
+        arrays = kw.pop("arrays", ())
+        with pytest.raises(ConfigurationError, match=msg):
+            c.call("f", *arrays, **kw)
+        assert c.outstanding()["jobs"] == 0   # nothing was registered or sent
+        assert c.call("f", np.ones(1), workers=np.array([2])).result()[2].tolist() == [3.0]
 
 
 def test_call_wait_times_out_naming_the_silent_ranks():
@@ -338,3 +372,53 @@ def test_left_product_of_a_systematic_resident_operand():
         np.testing.assert_allclose(cl.matmul(h, np.eye(5)), A, rtol=1e-12, atol=1e-12)
         out = cl.submit_left(L, h).result()
         np.testing.assert_allclose(out, L @ A, rtol=0, atol=1e-12 * np.abs(L @ A).max())
+
+
+def test_sgd_step_refuses_a_buffer_that_is_not_one(W):
+    """The momentum buffer is scaled and added to in place: the weight itself as its buffer
+    gave a wrong step, an operand of another shape made every worker fail the step and left
+    both operands stale. Both are refused before anything is sent."""
+    rng = np.random.default_rng(13)
+    U, V = rng.standard_normal((10, 1)), rng.standard_normal((6, 1))
+    with LocalCluster(4) as c:
+        h = c.put(W, code=MDSCode(4, 2))
+        other = c.put(rng.standard_normal((5, 6)), code=MDSCode(4, 2))
+        with pytest.raises(ConfigurationError, match=r"`buffer` must be a momentum buffer, not the weight itself"):
+            c.sgd_step(h, U, V, lr=0.1, momentum=0.9, buffer=h)
+        with pytest.raises(ConfigurationError, match=r"`buffer` must be stored like the weight .*\(\(10, 6\).*got \(\(5, 6\)"):
+            c.sgd_step(h, U, V, lr=0.1, momentum=0.9, buffer=other)
+        assert c.stale_workers(h) == frozenset() and c.stale_workers(other) == frozenset()
+        h, buf = c.sgd_step(h, U, V, lr=0.1, momentum=0.9)
+        put_buf = c.put(c.fetch(buf), code=MDSCode(4, 2))   # a buffer stored anew (state_dict)
+        h, _ = c.sgd_step(h, U, V, lr=0.1, momentum=0.9, buffer=put_buf)
+        g = U @ V.T
+        assert np.allclose(c.fetch(h), W - 0.1 * g - 0.1 * (0.9 * g + g), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("field", [None, P])
+def test_update_factors_must_be_real_numbers_named(W, field):
+    rng = np.random.default_rng(14)
+    Wf = rng.integers(0, P, W.shape) if field else W
+    ok_u = rng.integers(0, P, (10, 1)) if field else rng.standard_normal((10, 1))
+    ok_v = rng.integers(0, P, (6, 1)) if field else rng.standard_normal((6, 1))
+    with LocalCluster(4) as c:
+        h = c.put(Wf, code=MDSCode(4, 2, field=field))
+        for name, U, V in (("V", ok_u, ok_v + 1j), ("U", ok_u + 1j, ok_v),
+                           ("V", ok_u, np.array([["a"]] * 6))):
+            with pytest.raises(ConfigurationError, match=rf"`{name}` \(a factor of the update U V\^T\) must hold real numbers"):
+                c.update(h, U, V)
+        if field:
+            with pytest.raises(ConfigurationError, match=rf"`U` entries must be between 0 and {P - 1}"):
+                c.update(h, ok_u + P, ok_v)
+        assert c.stale_workers(h) == frozenset()
+
+
+@pytest.mark.parametrize("seed, msg", [(-1, r"`seed` must be at least 0, got -1"),
+                                       ("abc", r"`seed` must be an integer, got 'abc'"),
+                                       (True, r"`seed` must be an integer, got True")])
+def test_scrub_seed_is_checked(W, seed, msg):
+    with LocalCluster(4) as c:
+        h = c.put(W, code=MDSCode(4, 2))
+        with pytest.raises(ConfigurationError, match=msg):
+            c.scrub(h, seed=seed)
+        assert c.scrub(h, seed=3).faulty == ()

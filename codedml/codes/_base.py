@@ -226,6 +226,25 @@ def _fro(x: Any) -> float:
     return float(np.linalg.norm(v))
 
 
+def _scaled_fro(x: Any) -> float:
+    """The Frobenius norm of ``x`` without its squares overflowing: ``m ||x / m||`` with ``m``
+    the largest magnitude (finite for any finite ``x`` whose norm is; ``_fro``'s sum of squares
+    overflows from entries of about 1e154). NaN where an entry is not finite."""
+    v = np.asarray(x).ravel()
+    if np.iscomplexobj(v):
+        v = np.ascontiguousarray(v).view(v.real.dtype)
+    if v.size == 0:
+        return 0.0
+    v = v.astype(np.float64, copy=False)
+    if not np.isfinite(v).all():
+        return float("nan")
+    m = float(np.abs(v).max())
+    if m == 0.0:
+        return 0.0
+    with np.errstate(over="ignore"):
+        return m * float(np.linalg.norm(v / m))
+
+
 @dataclass(frozen=True)
 class DecodeInfo:
     """What a decode found: workers located as faulty, workers used, and the condition number."""
@@ -511,12 +530,18 @@ class LinearCode(abc.ABC):
             comp = self.compensates(_input_dtype(A, B), dtype, precision)
             tasks = [Task._of(w, a, b, None, comp) for w, (a, b) in enumerate(pairs)]
             enc = Encoding(self, tasks, shape, inner, dtype, comp, scales)
-            if self._finite_from_norms and not np.isfinite(enc.scales).all():
-                # a NaN/Inf input reaches some task's norm; a finite one whose norm
-                # overflowed passes this exact check, as it passed before encoding
-                from ._validate import check_finite
-                check_finite("A", np.asarray(A))
-                check_finite("B", np.asarray(B))
+            if not (np.isfinite(enc.scales).all() and (enc.scales > _TINY_SCALE).all()):
+                if self._finite_from_norms and not np.isfinite(enc.scales).all():
+                    # a NaN/Inf input reaches some task's norm: named here
+                    from ._validate import check_finite
+                    check_finite("A", np.asarray(A))
+                    check_finite("B", np.asarray(B))
+                # finite inputs whose squares overflowed (entries from about 1e154) or
+                # underflowed (below about 1e-154; or operands that are all zero, whose scale
+                # stays 0): the scales again without either, or a named refusal where even
+                # they do not fit (an infinite noise scale switched the corruption check off,
+                # a zero one left a floor far above the results)
+                enc.scales = _robust_scales(tasks, A, B)
             return enc
         # int64 residues whose ``@`` is exact mod p: no galois (see _field.py)
         tasks = [Task(w, residues_of(a, self.field), residues_of(b, self.field), self.field)
@@ -560,7 +585,8 @@ class LinearCode(abc.ABC):
             Return ``(C, DecodeInfo)``.
         """
         errors = check_int("errors", errors, 0, self.workers)
-        rows, raw = self._check_results(results)
+        check_rtol(rtol)
+        rows, raw = self._check_results(results, encoding)
         if not self._recovers(rows):
             needed = self.recovery_threshold
             raise NotEnoughResultsError(
@@ -669,7 +695,8 @@ class LinearCode(abc.ABC):
                     "`encoding=` (what encode returned) or `shape=` (the product's true shape)")
 
     # ----------------------------------------------------------------- validation
-    def _check_results(self, results: Mapping[int, Any]) -> tuple[np.ndarray, list[np.ndarray]]:
+    def _check_results(self, results: Mapping[int, Any],
+                       encoding: "Encoding | None" = None) -> tuple[np.ndarray, list[np.ndarray]]:
         if not isinstance(results, Mapping):
             raise ConfigurationError(
                 f"`results` must map worker index to that worker's product, got {type(results).__name__}")
@@ -702,6 +729,8 @@ class LinearCode(abc.ABC):
             raise NotEnoughResultsError(
                 f"0 results arrived, {self.recovery_threshold} are needed", received=0,
                 needed=self.recovery_threshold)
+        if encoding is not None:
+            _check_against(encoding, rows, raw)
         return np.array(rows), raw
 
     # ----------------------------------------------------------------- real field
@@ -778,8 +807,8 @@ class LinearCode(abc.ABC):
         ``sqrt(entries)``. The tolerance is ``rtol`` (default ``16 eps``) times ``sqrt(inner)``
         times that.
         """
-        # one pass per result: a norm is finite exactly when every entry is (or it overflowed,
-        # which only a corrupt result does; either way it does not count)
+        # one pass per result: a norm is finite exactly when every entry is (a finite result
+        # whose squares overflow gets its norm without overflow, _norms); NaN does not count
         norms = _norms(raw)
         if encoding is not None and encoding.scales is not None:
             scale = np.asarray(encoding.scales[rows], dtype=np.float64)
@@ -797,8 +826,6 @@ class LinearCode(abc.ABC):
             dt, inner = raw[0].dtype if raw[0].dtype.kind in "fc" else np.dtype(np.float64), 1024
         if rtol is None:
             rtol = 16.0 * _eps(dt)
-        if not rtol > 0:
-            raise ConfigurationError(f"`rtol` must be positive, got {rtol}")
         entries = max(1, math.prod(raw[0].shape))
         tau = rtol * math.sqrt(max(inner, 1)) * np.asarray(expected, dtype=np.float64) / math.sqrt(entries)
         # A worker whose operands are all zero (split padding, zero blocks) computes an exact 0:
@@ -810,7 +837,14 @@ class LinearCode(abc.ABC):
         nonzero = tau[tau > 0]
         # statistics.median: the same value as np.median, without its overhead on ~10 numbers
         typical = float(statistics.median(nonzero.tolist())) if nonzero.size else 0.0
-        return np.maximum(tau, max(0.1 * typical, 1e-250))
+        if 0.0 < typical < _TAU_FLOOR:
+            # the floor below would stand for the tolerance: a corrupt result this small
+            # would pass as rounding (1e-300 inputs: a 50% error was not located)
+            raise ConfigurationError(
+                f"the results are too small for the decoder's corruption check: their rounding "
+                f"noise (about {typical:.2g}) lies below {_TAU_FLOOR:g}, where float64 cannot "
+                f"weigh it; scale A or B up (the product scales with them)")
+        return np.maximum(tau, max(0.1 * typical, _TAU_FLOOR))
 
     # ----------------------------------------------------------------- GF(p)
     def _locate_exact(self, rows, E, Ms, errors):
@@ -969,6 +1003,70 @@ def _valid_results(raw: list[np.ndarray], p: int | None) -> bool:
     return True
 
 
+#: The least tolerance the corruption check uses (1 / tau must stay finite); results whose
+#: typical tolerance is smaller are refused by name (see ``_noise_scale``).
+_TAU_FLOOR = 1e-250
+#: Scales (||a|| ||b||) below this may come from squares that underflowed (entries below
+#: about 1e-154 square into subnormals or 0): they are taken again by scaled norms.
+_TINY_SCALE = 1e-280
+
+
+def check_rtol(rtol: Any) -> None:
+    """``decode``'s ``rtol``: None (the default) or a real number in (0, 1). A tolerance of the
+    product's own size or more (inf included) would pass any corrupt result as rounding."""
+    if rtol is None:
+        return
+    if isinstance(rtol, (bool, np.bool_)) or not isinstance(rtol, (int, float, np.integer, np.floating)) \
+            or not 0.0 < float(rtol) < 1.0:
+        raise ConfigurationError(
+            f"`rtol` must be a number between 0 and 1 (exclusive; None for the default "
+            f"16 eps of the operands' dtype), got {rtol!r}")
+
+
+def _check_against(encoding: "Encoding", rows: list[int], raw: list[np.ndarray]) -> None:
+    """The results (one shape, checked) against what ``encoding``'s tasks compute: ``a @ b``'s
+    shape, and complex only where a task's operands are. Skipped where a task does not hold
+    both operands (resident and left products: the worker holds one)."""
+    t = encoding[rows[0]] if rows[0] < len(encoding) else None
+    a, b = (t.a, t.b) if t is not None else (None, None)
+    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) or a.ndim != 2:
+        return
+    want = (a.shape[0],) + b.shape[1:]
+    if raw[0].shape != want:
+        raise ConfigurationError(
+            f"`results` must have the shape of each worker's product a @ b, {want} (worker "
+            f"{rows[0]}: a {a.shape} @ b {b.shape}), got {raw[0].shape}")
+    if a.dtype.kind != "c" and b.dtype.kind != "c":
+        for w, r in zip(rows, raw):
+            if r.dtype.kind == "c":
+                raise ConfigurationError(
+                    f"`results` must be real for this encoding (its operands are real), worker "
+                    f"{w} gave dtype {r.dtype}")
+
+
+def _robust_scales(tasks: list[Task], A: Any, B: Any) -> np.ndarray:
+    """Per task ``||a|| ||b||`` by :func:`_scaled_fro` (one norm per distinct operand), for
+    finite inputs whose plain norms overflowed. Raises :class:`ConfigurationError` naming the
+    inputs' magnitudes where a product of norms still overflows: no noise scale for the
+    decoder's corruption check can be formed (and the products would overflow as well)."""
+    norms: dict[int, float] = {}
+
+    def fro(x: Any) -> float:
+        if id(x) not in norms:
+            norms[id(x)] = _scaled_fro(x)
+        return norms[id(x)]
+
+    with np.errstate(over="ignore"):
+        scales = np.array([fro(t.a) * fro(t.b) for t in tasks])
+    if not np.isfinite(scales).all():
+        big = [f"`{name}` up to {float(np.abs(np.asarray(X)).max()):.3g}" for name, X in (("A", A), ("B", B))]
+        raise ConfigurationError(
+            f"the inputs are too large for the decoder's noise model: {' and '.join(big)} in "
+            f"magnitude, so a worker's ||a|| ||b|| overflows float64 (about 1.8e308); scale A "
+            f"or B down (the product scales with them)")
+    return scales
+
+
 def _norms(raw: list[np.ndarray]) -> np.ndarray:
     """Frobenius norm of each result (NaN where it is not finite), in one pass over each."""
     with np.errstate(over="ignore", invalid="ignore"):
@@ -980,7 +1078,10 @@ def _norms(raw: list[np.ndarray]) -> np.ndarray:
             norms = np.sqrt(np.einsum("ij,ij->i", S, S))
         else:
             norms = np.array([_fro(r) for r in raw])
-    norms[~np.isfinite(norms)] = np.nan
+    # overflowed or underflowed squares of a finite result (or a zero one): its norm scaled
+    # (NaN where an entry is not finite)
+    for i in np.flatnonzero(~(norms > _TINY_SCALE)):
+        norms[i] = _scaled_fro(raw[i])
     return norms
 
 

@@ -87,6 +87,16 @@ class _Lease:
             "descr": dtype.descr, "version": 3}
 
 
+def _check_limit(value: Any) -> int:
+    """A pool's ``limit``: an integer number of bytes >= 0 (not a bool), else a named error."""
+    from ..errors import ConfigurationError
+
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ConfigurationError(
+            f"`limit` must be an integer number of bytes >= 0 (0 turns reuse off), got {value!r}")
+    return int(value)
+
+
 class TaskPool:
     """Free task buffers, reused by :func:`empty` once no array reaches them (module docstring).
 
@@ -100,7 +110,7 @@ class TaskPool:
         self._free: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
         self._free_bytes = 0
         self._returned: collections.deque[np.ndarray] = collections.deque()
-        self._limit = int(limit)
+        self._limit = _check_limit(limit)
         self.hits = 0
         """Requests served from returned memory."""
         self.misses = 0
@@ -115,12 +125,7 @@ class TaskPool:
 
     @limit.setter
     def limit(self, value: int) -> None:
-        from ..errors import ConfigurationError
-
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ConfigurationError(
-                f"`limit` must be an integer number of bytes >= 0 (0 turns reuse off), got {value!r}")
-        value = int(value)
+        value = _check_limit(value)
         with self._lock:
             self._limit = value
             self._settle()

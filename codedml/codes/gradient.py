@@ -173,10 +173,27 @@ class GradientCode(LinearCode):
                 f"`partials` for worker {worker} must hold partitions {parts}, missing {missing}")
         coef = self.coefficients[worker]
         if self.field is None:
-            return sum(coef[j] * np.asarray(partials[j], dtype=np.float64) for j in parts)
+            # one shape and real numbers: a sum would broadcast mismatched partials, and a cast
+            # would drop an imaginary part or parse strings
+            got = [np.asarray(partials[j]) for j in parts]
+            for j, g in zip(parts, got):
+                if g.dtype.kind not in "fiub":
+                    raise ConfigurationError(
+                        f"`partials[{j}]` must hold real numbers, got dtype {g.dtype}")
+                if g.shape != got[0].shape:
+                    raise ConfigurationError(
+                        f"`partials` must all have one shape, partition {parts[0]} has "
+                        f"{got[0].shape} and partition {j} has {g.shape}")
+            return sum(coef[j] * g.astype(np.float64, copy=False) for j, g in zip(parts, got))
         acc = 0
+        shape = None
         for j in parts:
             g = residues(f"partials[{j}]", partials[j], self.field, ndims=(0, 1, 2, 3))
+            if shape is not None and g.shape != shape:
+                raise ConfigurationError(
+                    f"`partials` must all have one shape, partition {parts[0]} has {shape} and "
+                    f"partition {j} has {g.shape}")
+            shape = g.shape
             acc = (acc + int(coef[j]) * g) % self.field
         return np.asarray(acc, dtype=np.int64)
 

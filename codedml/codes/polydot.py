@@ -55,7 +55,7 @@ from ..errors import ConfigurationError
 from . import _gfp
 from . import _encode, _pool
 from . import _base
-from ._base import (COMPENSATE_MAX_CONDITION, DecodeInfo, LinearCode, _factors, _independent_rows,
+from ._base import (COMPENSATE_MAX_CONDITION, DecodeInfo, LinearCode, _factors, _independent_rows, check_rtol,
                     _Packed, _Rows, _valid_results)
 from ._encode import real_form
 from ._validate import check_field, check_int, in_field, real_matrix, residues
@@ -704,6 +704,7 @@ class PolyDotCode(LinearCode):
         copy, bitwise what the general path assembles. Over GF(p) the same holds for exactly
         ``k`` results. Anything else (spare results over GF(p), a non-finite or out-of-range
         value, a bad argument) takes the general path."""
+        check_rtol(rtol)
         fast = self._systematic_fast_path(results, errors, encoding, rtol)
         if fast is None:
             return super().decode(results, errors, encoding=encoding, shape=shape, rtol=rtol,
@@ -729,7 +730,7 @@ class PolyDotCode(LinearCode):
             return None
         try:
             errors = check_int("errors", errors, 0, self.workers)
-            rows, raw = self._check_results(results)
+            rows, raw = self._check_results(results, encoding)
         except ConfigurationError:
             return None
         if not _valid_results(raw, P):

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ConfigurationError
 from . import _pool
-from ._base import DecodeInfo, LinearCode, _valid_results
+from ._base import DecodeInfo, LinearCode, _valid_results, check_rtol
 from ._validate import check_field, check_int, owned, real_matrix, residues
 
 __all__ = ["ReplicationCode"]
@@ -109,7 +109,8 @@ class ReplicationCode(LinearCode):
         bitwise what the general path returns, without its projections and stacked copies.
         Anything else (spare replicas, a non-finite or out-of-range value, a bad argument)
         takes the general path."""
-        fast = self._one_copy_each(results, errors)
+        check_rtol(rtol)
+        fast = self._one_copy_each(results, errors, encoding)
         if fast is None:
             return super().decode(results, errors, encoding=encoding, shape=shape, rtol=rtol,
                                   return_faulty=return_faulty, return_info=return_info)
@@ -118,7 +119,7 @@ class ReplicationCode(LinearCode):
         return self._finish_fast(self._assemble([X], None), info, rdtype, encoding, shape,
                                  return_faulty, return_info)
 
-    def _one_copy_each(self, results: Any, errors: Any):
+    def _one_copy_each(self, results: Any, errors: Any, encoding: Any = None):
         """``(rows, blocks stacked in block order, the first result's dtype)`` when
         ``results`` hold each block exactly once, all finite (in range over GF(p)); else None
         (the general path decides)."""
@@ -126,7 +127,7 @@ class ReplicationCode(LinearCode):
             if not hasattr(results, "keys") or len(results) != self.k:
                 return None
             check_int("errors", errors, 0, self.workers)
-            rows, raw = self._check_results(results)
+            rows, raw = self._check_results(results, encoding)
         except (ConfigurationError, TypeError, ValueError):
             return None
         order = [-1] * self.k

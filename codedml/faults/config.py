@@ -120,24 +120,31 @@ _RANK_SOURCE = {"Die": "--die", "FailSilent": "--fail-silent", "FixedStragglers"
                 "SoftErrors": "[faults] soft_errors", "StorageErrors": "StorageErrors"}
 
 
-def check_fault_ranks(model: FaultModel, workers: int) -> None:
+def check_fault_ranks(model: FaultModel, workers: int, *, arg: str | None = None,
+                      ranks: Any = None) -> None:
     """Every rank a failure model names must be a worker: between 1 and ``workers`` (rank 0
-    is the root). Raises :class:`ConfigurationError` naming the flag, the range and the rank."""
+    is the root), or one of ``ranks`` where given (an MPI job whose root is another rank).
+    Raises :class:`ConfigurationError` naming the flag (``arg``: the argument, for a
+    cluster's ``faults=``), the valid ranks and the rank. A model that names none (every
+    rank) or a custom callable passes."""
     from .models import Compose, Schedule
 
+    valid = set(range(1, workers + 1)) if ranks is None else {int(r) for r in ranks}
     parts = model.models if isinstance(model, Compose) else (model,)
     for m in parts:
         if isinstance(m, Compose):
-            check_fault_ranks(m, workers)
+            check_fault_ranks(m, workers, arg=arg, ranks=ranks)
             continue
-        ranks = set(getattr(m, "ranks", None) or ())
+        named = set(getattr(m, "ranks", None) or ())
         if isinstance(m, Schedule):
-            ranks = {int(r) for row in m.table.values() for r in row}
-        bad = sorted(r for r in ranks if not 1 <= r <= workers)
+            named = {int(r) for row in m.table.values() for r in row}
+        bad = sorted(r for r in named if r not in valid)
         if bad:
-            src = _RANK_SOURCE.get(type(m).__name__, type(m).__name__)
-            raise ConfigurationError(
-                f"`{src}` ranks must be between 1 and workers={workers} (rank 0 is the root), got {bad[0]}")
+            src = (f"`{arg}` ({type(m).__name__})" if arg else
+                   f"`{_RANK_SOURCE.get(type(m).__name__, type(m).__name__)}`")
+            where = (f"between 1 and workers={workers} (rank 0 is the root)"
+                     if valid == set(range(1, workers + 1)) else f"worker ranks {sorted(valid)}")
+            raise ConfigurationError(f"{src} ranks must be {where}, got {bad[0]}")
 
 
 def add_fault_flags(ap: argparse.ArgumentParser) -> None:

@@ -293,9 +293,13 @@ class CodedLinear(nn.Module):
         in_features)`` (:meth:`_as_matrix`), the parameter reshaped."""
         return (self.out_features, self.in_features)
 
-    def _as_matrix(self, t: Any) -> np.ndarray:
-        """``t`` (the weight's shape or the matrix's) as a float64 C-ordered ``out x in`` copy."""
-        t = torch.as_tensor(t).detach().to(torch.float64).cpu()
+    def _as_matrix(self, t: Any, name: str = "weight") -> np.ndarray:
+        """``t`` (the weight's shape or the matrix's) as a float64 C-ordered ``out x in`` copy;
+        a complex ``t`` is refused by ``name`` (a cast would drop its imaginary part)."""
+        t = torch.as_tensor(t).detach()
+        if t.is_complex():
+            raise ConfigurationError(f"`{name}` must be real, got dtype {t.dtype}")
+        t = t.to(torch.float64).cpu()
         return np.array(t.reshape(self.out_features, self.in_features).numpy(), dtype=np.float64, order="C")
 
     @staticmethod
@@ -397,7 +401,7 @@ class CodedLinear(nn.Module):
         if tuple(W.shape) != self._weight_shape():
             raise ConfigurationError(
                 f"`W` must have shape {self._weight_shape()}, got {tuple(W.shape)}")
-        self._store(self._as_matrix(W))
+        self._store(self._as_matrix(W, "W"))
 
     def release(self) -> None:
         """Free the stored weight and momentum on the workers (the layer is unusable after)."""
@@ -607,7 +611,7 @@ class CodedLinear(nn.Module):
                     f"`momentum_buffer` must have shape "
                     f"{' or '.join(str(s) for s in sorted(shapes, key=len, reverse=True))}, "
                     f"got {tuple(B.shape)}")
-            B = self._as_matrix(B)
+            B = self._as_matrix(B, "momentum_buffer")
             self._buffer = self.cluster.put(B, code=self.code, precision=self._precision)
             self._b64 = B
         if old is not None:
@@ -703,7 +707,7 @@ class CodedLinear(nn.Module):
     def _forward_product(self, X: np.ndarray) -> np.ndarray:
         """``W X^T`` (``out x B``), decoded from the first ``k + 2 errors`` workers."""
         self.stats["forward"] += 1
-        Xt = np.ascontiguousarray(X.T)
+        Xt = X.T   # a view: the cluster makes the one contiguous copy it sends (its own)
         return self._coded(lambda: self.cluster.matmul(self._handle, Xt, errors=self.errors,
                                                        timeout=self.timeout))
 
@@ -853,7 +857,7 @@ class _FunctionalFn(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None,
                 cluster: Any, code: MDSCode, errors: int, retries: int) -> torch.Tensor:
         X, Wn = x.detach().cpu().numpy(), W.detach().cpu().numpy()
-        Xt = np.ascontiguousarray(X.T)
+        Xt = X.T   # a view: the encode copies it into the tasks
         Yt = retry_on_corrupt(lambda: cluster.matmul(Wn, Xt, code=code, errors=errors), retries)
         y = torch.from_numpy(np.ascontiguousarray(Yt.T)).to(x.dtype)
         if bias is not None:

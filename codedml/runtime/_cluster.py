@@ -37,7 +37,7 @@ from ._resident import ResidentHandle
 from .futures import (Ack, Arrival, Call, Job, JobReport, _Request, _systematic_set, check_deadline,
                       check_wait)
 from ._worker import PER_THREAD_NICE
-from .protocol import MAX_NICE, Op, Request, call_request
+from .protocol import DTYPES, MAX_NICE, Op, Request, call_request
 
 __all__ = ["ClusterBase", "retry_on_corrupt", "check_handlers", "DEFAULT_TIMEOUT"]
 
@@ -83,6 +83,21 @@ def retry_on_corrupt(run: Callable[[], Any], retries: int,
             if before_retry is not None:
                 before_retry(attempt)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _call_arrays(arrays: Any, where: str) -> list[np.ndarray]:
+    """A call's arrays as C-ordered copies of their own (see ``call``), each of a dtype that
+    can travel (the protocol's; the same in-process, so a call behaves alike on both
+    transports), refused by name otherwise."""
+    out = []
+    for i, a in enumerate(arrays):
+        x = np.array(a, order="C", copy=True)
+        if x.dtype not in DTYPES:
+            raise ConfigurationError(
+                f"`{where}[{i}]` must be an array of one of {[str(d) for d in DTYPES]} to "
+                f"travel, got dtype {x.dtype}")
+        out.append(x)
+    return out
 
 
 def _np(x: Any) -> np.ndarray:
@@ -142,6 +157,7 @@ class ClusterBase:
         self.workers = workers
         self.default_timeout = DEFAULT_TIMEOUT if timeout is None else check_deadline("timeout", timeout)
         self._systematic_grace = self.SYSTEMATIC_GRACE
+        self._handler_names: frozenset[str] = frozenset()   # set by the transports
         self._parity_nice = self.PARITY_NICE
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)  # notified on every arrival
@@ -372,11 +388,37 @@ class ClusterBase:
             self._check_open()
             if not isinstance(name, str) or not name:
                 raise ConfigurationError(f"`name` must be a handler name, got {name!r}")
-            rows = list(range(self.workers)) if workers is None else [
-                check_int("workers[i]", w, 0, self.workers - 1) for w in workers]
-            if per_worker is not None and len(per_worker) != self.workers:
+            if name not in self._handler_names:
                 raise ConfigurationError(
-                    f"`per_worker` must have one entry per worker ({self.workers}), got {len(per_worker)}")
+                    f"`name` must be a handler registered with the cluster's `handlers=` (the "
+                    f"same on every rank): {sorted(self._handler_names)}, got {name!r}")
+            if workers is None:
+                rows = list(range(self.workers))
+            else:
+                if isinstance(workers, np.ndarray) and workers.ndim == 1:
+                    workers = workers.tolist()
+                if isinstance(workers, (str, bytes)) or not isinstance(workers, Sequence):
+                    raise ConfigurationError(
+                        f"`workers` must be a sequence of worker indices, got {workers!r}")
+                rows = [check_int("workers[i]", w, 0, self.workers - 1) for w in workers]
+                if not rows:
+                    raise ConfigurationError("`workers` must name at least one worker, got none")
+                if len(set(rows)) != len(rows):
+                    raise ConfigurationError(
+                        f"`workers` must not repeat a worker (each is asked once), got {list(workers)}")
+            if per_worker is not None:
+                if arrays:
+                    raise ConfigurationError(
+                        "give the arrays either to every worker (positional) or per worker "
+                        "(`per_worker`), not both")
+                if len(per_worker) != self.workers:
+                    raise ConfigurationError(
+                        f"`per_worker` must have one entry per worker ({self.workers}), got {len(per_worker)}")
+                for w in rows:
+                    if not isinstance(per_worker[w], (list, tuple)):
+                        raise ConfigurationError(
+                            f"`per_worker[{w}]` must be a list of the arrays worker {w}'s handler "
+                            f"gets, got {type(per_worker[w]).__name__}")
             timeout = self._deadline(timeout)
             jid = self._next_job
             self._next_job += 1
@@ -389,11 +431,11 @@ class ClusterBase:
             # copies of the caller's arrays: they are read until their sends complete, which
             # may be after this returns, and the caller may write to its own meanwhile
             if per_worker is not None:
-                per = [[np.array(a, order="C", copy=True) for a in per_worker[w]]
+                per = [_call_arrays(per_worker[w], f"per_worker[{w}]") if w in rows else []
                        for w in range(self.workers)]
                 self._register(call, req, per)
             else:  # the same arrays to every worker: copied once
-                self._register(call, req, None, [np.array(a, order="C", copy=True) for a in arrays])
+                self._register(call, req, None, _call_arrays(arrays, "arrays"))
             call._progress()
             return call
 

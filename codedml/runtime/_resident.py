@@ -239,6 +239,19 @@ class ResidentService:
                     f"dampening={dampening}")
             if buffer is not None:
                 buffer = self._handle(buffer, "buffer")
+                # another operand as the buffer would be scaled and added to in place (the
+                # weight itself: a wrong step; another shape: every worker fails the step and
+                # both operands go stale)
+                if buffer.id == handle.id:
+                    raise ConfigurationError(
+                        f"`buffer` must be a momentum buffer, not the weight itself (handle "
+                        f"{handle.id}): pass None on the first step, then the buffer it returns")
+                ours = (handle.shape, handle.code, handle.dtype)
+                theirs = (buffer.shape, buffer.code, buffer.dtype)
+                if theirs != ours:
+                    raise ConfigurationError(
+                        f"`buffer` must be stored like the weight (shape, code, dtype) {ours}, "
+                        f"got {theirs} (handle {buffer.id})")
             encU, V = self._encode_update(handle, U, V)
             nv = float(np.linalg.norm(V))
             first = buffer is None
@@ -282,6 +295,12 @@ class ResidentService:
             raise ConfigurationError(
                 f"`U` and `V` must be ({handle.shape[0]}, r) and ({handle.shape[1]}, r), "
                 f"got {U.shape} and {V.shape}")
+        for name, X in (("U", U), ("V", V)):   # a cast to the stored dtype would drop an
+            # imaginary part, or parse strings
+            if X.dtype.kind not in "fiub":
+                raise ConfigurationError(
+                    f"`{name}` (a factor of the update U V^T) must hold real numbers, got dtype "
+                    f"{X.dtype}")
         if handle.code.field is None:
             for name, X in (("U", U), ("V", V)):
                 if X.dtype.kind in "fc" and not np.isfinite(X).all():
@@ -290,6 +309,8 @@ class ResidentService:
                         f"(e.g. a gradient) is not finite, and applying it would corrupt every "
                         f"stored block; nothing was sent")
         code = handle.code
+        if code.field is not None:
+            U = residues("U", U, code.field)   # named here, not as the encode's `A`
         encU = code.encode(U, np.zeros(U.shape[1], dtype=U.dtype))
         out = [_np(t.a) for t in encU]
         if code.field is None:
@@ -438,6 +459,8 @@ class ResidentService:
         from ._cluster import retry_on_corrupt
 
         handle = self._handle(handle)
+        if seed is not None:
+            seed = check_int("seed", seed, 0)
         rng = np.random.default_rng(seed)
         return retry_on_corrupt(lambda: self._scrub_once(handle, timeout, rng), retries)
 

@@ -552,10 +552,12 @@ class Call(_Request):
     ``results`` maps worker index to the array its handler returned, in arrival order, and
     grows as answers come; ``wait(count)`` blocks until ``count`` results are in; ``cancel()``
     tells the workers that have not answered that they may skip the request. As a Future it
-    settles with ``dict(results)`` once every worker asked has answered or failed, or with a
-    :class:`~codedml.errors.DeadlineError` at its deadline. Faults are injected at the workers
-    as for products: a straggler's result is late, a fail-silent or crashed worker's never
-    comes.
+    settles once every worker asked has answered or failed: with ``dict(results)`` (crashed
+    workers are absent from it and listed in ``failed``), or with the
+    :class:`~codedml.errors.WorkerFailure` of the lowest worker whose handler raised (every
+    such failure is in ``errors_seen``); or with a :class:`~codedml.errors.DeadlineError` at
+    its deadline. Faults are injected at the workers as for products: a straggler's result is
+    late, a fail-silent or crashed worker's never comes.
     """
 
     what = "call"
@@ -580,7 +582,10 @@ class Call(_Request):
         if self.settled or len(self.results) + len(self.failed) < len(self.sent_to):
             return  # fewer answers and failures than workers asked: one is still owed
         if not self._outstanding():
-            self._settle(dict(self.results))
+            if self.errors_seen:   # a handler raised: a bug to show, not a fault to ride out
+                self._settle(exc=self.errors_seen[min(self.errors_seen)])
+            else:
+                self._settle(dict(self.results))
 
     def _expire(self) -> None:
         if self.settled:

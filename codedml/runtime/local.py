@@ -68,12 +68,16 @@ class LocalCluster(ClusterBase):
                  timeout: float | None = None,
                  handlers: dict[str, Any] | None = None) -> None:
         from ..faults.models import check_model_arg
+        from ..faults.config import check_fault_ranks
         from ._cluster import check_handlers
 
         n = check_int("workers", workers, 1)
         check_model_arg(faults, seed)
         handlers = check_handlers(handlers)
         super().__init__(n, timeout)
+        self._handler_names = frozenset(handlers or {})
+        if faults is not None:
+            check_fault_ranks(faults, n, arg="faults", ranks=range(1, n + 1))
         self.backend = get_backend(backend)
         self._out: queue.Queue[Arrival] = queue.Queue()
         self._arrived = threading.Event()
@@ -171,6 +175,10 @@ class LocalCluster(ClusterBase):
             t = time.perf_counter()
             try:
                 result = state.handle(req, arrays)
+                if req.op is Op.CALL:
+                    # the caller gets its own array, as from an MPI reply: a handler may return
+                    # its worker's state (ctx.store), which later calls change in place
+                    result = np.array(result, copy=True)
                 if ack:
                     if state.acks():
                         self._reply(Arrival(w, job, "ack", ack=True))

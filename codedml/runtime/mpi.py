@@ -261,7 +261,12 @@ class MPICluster(ClusterBase):
         avail, why = wire_status() if transport != "python" else (False, "transport='python'")
         self.root = int(root)
         self._ranks = [r for r in range(size) if r != self.root]
+        if faults is not None:   # every rank refuses alike, before any collective call
+            from ..faults.config import check_fault_ranks
+
+            check_fault_ranks(faults, len(self._ranks), arg="faults", ranks=self._ranks)
         super().__init__(len(self._ranks), timeout)
+        self._handler_names = frozenset(handlers or {})
         self.comm = comm.Dup()
         self.comm.Set_errhandler(MPI.ERRORS_RETURN)
         self.rank = self.comm.Get_rank()
