@@ -248,10 +248,10 @@ def test_bad_errors(real_results, errors, text):
         REAL.decode(res, errors=errors, encoding=enc)
 
 
-@pytest.mark.parametrize("rtol", [0, -1.0, float("nan")])
+@pytest.mark.parametrize("rtol", [0, -1.0, float("nan"), float("inf"), 1.0, "1e-3", True])
 def test_bad_rtol(real_results, rtol):
     enc, res = real_results
-    with pytest.raises(ConfigurationError, match=esc("`rtol` must be positive, got")):
+    with pytest.raises(ConfigurationError, match=esc("`rtol` must be a number between 0 and 1 (exclusive; None for the default 16 eps of the operands' dtype), got")):
         REAL.decode(res, rtol=rtol, encoding=enc)
 
 

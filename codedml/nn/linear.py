@@ -327,12 +327,13 @@ class CodedLinear(nn.Module):
 
     # ------------------------------------------------------------------ torch API
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ConfigurationError(
                 f"input must have last dimension in_features={self.in_features}, got shape {tuple(x.shape)}")
         if x.dtype != self._dtype:
             raise ConfigurationError(
                 f"input dtype must be the layer's dtype {self._dtype} (as for nn.Linear), got {x.dtype}")
+        _check_finite_input(x)
         self._push()  # an optimizer step or in-place change of `weight` reaches the workers
         lead = x.shape[:-1]
         y = _CodedLinearFn.apply(x.reshape(-1, self.in_features), self._parameters["weight"],
@@ -888,6 +889,14 @@ class _FunctionalFn(torch.autograd.Function):
         return gx, gW, gb, None, None, None, None
 
 
+def _check_finite_input(x: torch.Tensor, name: str = "input") -> None:
+    """A NaN or Inf input refused by its own name (the encode would refuse it as its `B`)."""
+    if not bool(torch.isfinite(x).all()):
+        raise ConfigurationError(
+            f"`{name}` contains NaN or Inf; codedml rejects non-finite inputs because a "
+            f"non-finite result is how a corrupt worker is recognised")
+
+
 def coded_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
                  cluster: Any, code: MDSCode | None = None, errors: int = 0,
                  retries: int = 2) -> torch.Tensor:
@@ -905,6 +914,7 @@ def coded_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if x.ndim != 2 or weight.ndim != 2 or x.shape[1] != weight.shape[1]:
         raise ConfigurationError(
             f"`x` (B, in) and `weight` (out, in) must agree, got {tuple(x.shape)} and {tuple(weight.shape)}")
+    _check_finite_input(x, "x")
     return _FunctionalFn.apply(x, weight, bias, cluster, code, errors, check_int("retries", retries, 0))
 
 
