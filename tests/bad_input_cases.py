@@ -643,6 +643,13 @@ for v in (0, -1, math.nan, math.inf):
 api("LocalCluster(timeout='1')", lambda: _local(2, timeout="1"), must=("`timeout`", "seconds > 0", "'1'"))
 api("LocalCluster(handlers=5)", lambda: _local(2, handlers=5), must=("`handlers`", "mapping", "got 5"))
 api("LocalCluster(handlers={'f': 1})", lambda: _local(2, handlers={"f": 1}), must=("`handlers`", "callable", "1"))
+api("LocalCluster(faults=Die([7]))", lambda: _local(4, faults=_f().Die([7])),
+    must=("`faults` (Die)", "between 1 and workers=4", "got 7"))
+api("LocalCluster(faults=FixedStragglers([1])+SoftErrors(ranks={9}))",
+    lambda: _local(4, faults=_f().FixedStragglers([1], 0.1) + _f().SoftErrors(prob=0.1, ranks={9})),
+    must=("`faults` (SoftErrors)", "between 1 and workers=4", "got 9"))
+api("TaskPool(-5)", lambda: __import__("codedml.codes._pool", fromlist=["TaskPool"]).TaskPool(-5),
+    must=("`limit`", "integer number of bytes >= 0", "-5"))
 api("LocalCluster(seed=2**32-1)", lambda: _local(2, seed=FAULT_SEED),
     reason="the largest fault seed, as --fault-seed accepts")
 
@@ -679,6 +686,8 @@ api("MPICluster(timeout=nan)", lambda: _mpi(_FakeComm(3), timeout=math.nan),
     must=("`timeout`", "seconds > 0", "nan"), own_process=True)
 api("MPICluster(faults='x')", lambda: _mpi(_FakeComm(3), faults="x"), must=("`faults`", "FaultModel", "'x'"),
     own_process=True)
+api("MPICluster(faults=Die([5]))", lambda: _mpi(_FakeComm(3), faults=_f().Die([5])),
+    must=("`faults` (Die)", "between 1 and workers=2", "got 5"), own_process=True)
 
 
 # ------------------------------------------------------------------ coded layers

@@ -402,12 +402,17 @@ def test_non_finite_inputs_still_rejected_by_name(bad, where):
             code.encode(A, B)
 
 
-def test_huge_finite_inputs_pass_as_before():
-    """Entries whose squares overflow make a norm infinite; the exact check lets them through."""
+def test_huge_finite_inputs_pass_with_finite_scales():
+    """Entries whose squares overflow made a norm infinite, which switched the decoder's
+    corruption check off; the exact check lets them through and the scales are taken again
+    without overflow (||a|| ||b|| of each task, as for ordinary inputs)."""
     A = np.full((8, 6), 1e200)
     B = np.ones((6, 3))
     enc = MDSCode(5, 2).encode(A, B)
-    assert not np.isfinite(enc.scales).all()
+    assert np.isfinite(enc.scales).all()
+    for t, s in zip(enc, enc.scales):
+        a, b = np.asarray(t.a) / 1e200, np.asarray(t.b)
+        assert np.isclose(s, 1e200 * np.linalg.norm(a) * np.linalg.norm(b), rtol=1e-12)
 
 
 def test_combine_writes_float32_tasks_rounded_once_and_pads_with_zeros():
