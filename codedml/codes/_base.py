@@ -541,7 +541,7 @@ class LinearCode(abc.ABC):
                 # stays 0): the scales again without either, or a named refusal where even
                 # they do not fit (an infinite noise scale switched the corruption check off,
                 # a zero one left a floor far above the results)
-                enc.scales = _robust_scales(tasks, A, B)
+                enc.scales = _robust_scales(tasks, enc.scales, A, B)
             return enc
         # int64 residues whose ``@`` is exact mod p: no galois (see _field.py)
         tasks = [Task(w, residues_of(a, self.field), residues_of(b, self.field), self.field)
@@ -1044,11 +1044,14 @@ def _check_against(encoding: "Encoding", rows: list[int], raw: list[np.ndarray])
                     f"{w} gave dtype {r.dtype}")
 
 
-def _robust_scales(tasks: list[Task], A: Any, B: Any) -> np.ndarray:
-    """Per task ``||a|| ||b||`` by :func:`_scaled_fro` (one norm per distinct operand), for
-    finite inputs whose plain norms overflowed. Raises :class:`ConfigurationError` naming the
-    inputs' magnitudes where a product of norms still overflows: no noise scale for the
-    decoder's corruption check can be formed (and the products would overflow as well)."""
+def _robust_scales(tasks: list[Task], plain: np.ndarray, A: Any, B: Any) -> np.ndarray:
+    """``plain`` (per task ``||a|| ||b||`` from sums of squares) with each entry that is not
+    finite or below :data:`_TINY_SCALE` taken again by :func:`_scaled_fro` (one norm per
+    distinct operand; a task whose ``b`` is zero, as the zero B of a ``put`` or ``update``
+    encode, costs no pass over its ``a``), for finite inputs whose squares overflowed or
+    underflowed. Raises :class:`ConfigurationError` naming the inputs' magnitudes where a
+    product of norms still overflows: no noise scale for the decoder's corruption check can
+    be formed (and the products would overflow as well)."""
     norms: dict[int, float] = {}
 
     def fro(x: Any) -> float:
@@ -1056,8 +1059,11 @@ def _robust_scales(tasks: list[Task], A: Any, B: Any) -> np.ndarray:
             norms[id(x)] = _scaled_fro(x)
         return norms[id(x)]
 
+    scales = np.array(plain, dtype=np.float64, copy=True)
     with np.errstate(over="ignore"):
-        scales = np.array([fro(t.a) * fro(t.b) for t in tasks])
+        for i in np.flatnonzero(~(np.isfinite(scales) & (scales > _TINY_SCALE))):
+            nb = fro(tasks[i].b)
+            scales[i] = 0.0 if nb == 0.0 else fro(tasks[i].a) * nb
     if not np.isfinite(scales).all():
         big = [f"`{name}` up to {float(np.abs(np.asarray(X)).max()):.3g}" for name, X in (("A", A), ("B", B))]
         raise ConfigurationError(
