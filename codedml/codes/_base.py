@@ -530,17 +530,18 @@ class LinearCode(abc.ABC):
             comp = self.compensates(_input_dtype(A, B), dtype, precision)
             tasks = [Task._of(w, a, b, None, comp) for w, (a, b) in enumerate(pairs)]
             enc = Encoding(self, tasks, shape, inner, dtype, comp, scales)
-            if not (np.isfinite(enc.scales).all() and (enc.scales > _TINY_SCALE).all()):
+            if _scales_suspect(enc.scales):
+                # (a scale of exactly 0 beside normal ones is a task of zero operands: kept)
                 if self._finite_from_norms and not np.isfinite(enc.scales).all():
                     # a NaN/Inf input reaches some task's norm: named here
                     from ._validate import check_finite
                     check_finite("A", np.asarray(A))
                     check_finite("B", np.asarray(B))
                 # finite inputs whose squares overflowed (entries from about 1e154) or
-                # underflowed (below about 1e-154; or operands that are all zero, whose scale
-                # stays 0): the scales again without either, or a named refusal where even
-                # they do not fit (an infinite noise scale switched the corruption check off,
-                # a zero one left a floor far above the results)
+                # underflowed (below about 1e-154: subnormal scales, or every scale 0, which
+                # zero inputs also give): the scales again without either, or a named refusal
+                # where even they do not fit (an infinite noise scale switched the corruption
+                # check off, a zero one left a floor far above the results)
                 enc.scales = _robust_scales(tasks, enc.scales, A, B)
             return enc
         # int64 residues whose ``@`` is exact mod p: no galois (see _field.py)
@@ -1011,6 +1012,23 @@ _TAU_FLOOR = 1e-250
 _TINY_SCALE = 1e-280
 
 
+def _scales_suspect(scales: np.ndarray) -> bool:
+    """Whether the plain scales need :func:`_robust_scales`: one is not finite, or positive
+    but below :data:`_TINY_SCALE` (squares in the subnormal range), or every one is 0 (zero
+    inputs, or squares that all underflowed). A 0 beside normal scales is a task of zero
+    operands and is kept. In Python: numpy's reductions over a handful of workers cost
+    several microseconds each on a small job's path."""
+    positive = False
+    for v in scales.tolist():
+        if v > 0.0:
+            if not _TINY_SCALE <= v < math.inf:
+                return True
+            positive = True
+        elif v != 0.0:   # NaN (or negative: never a product of norms)
+            return True
+    return not positive
+
+
 def check_rtol(rtol: Any) -> None:
     """``decode``'s ``rtol``: None (the default) or a real number in (0, 1). A tolerance of the
     product's own size or more (inf included) would pass any corrupt result as rounding."""
@@ -1026,22 +1044,27 @@ def check_rtol(rtol: Any) -> None:
 def _check_against(encoding: "Encoding", rows: list[int], raw: list[np.ndarray]) -> None:
     """The results (one shape, checked) against what ``encoding``'s tasks compute: ``a @ b``'s
     shape, and complex only where a task's operands are. Skipped where a task does not hold
-    both operands (resident and left products: the worker holds one)."""
-    t = encoding[rows[0]] if rows[0] < len(encoding) else None
-    a, b = (t.a, t.b) if t is not None else (None, None)
+    both operands (resident and left products: the worker holds one). On every decode of a
+    small job: plain attribute reads, about a microsecond."""
+    tasks = encoding._tasks
+    w = rows[0]
+    if w >= len(tasks):
+        return
+    t = tasks[w]
+    a, b = t.a, t.b
     if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) or a.ndim != 2:
         return
-    want = (a.shape[0],) + b.shape[1:]
-    if raw[0].shape != want:
+    got = raw[0].shape
+    if not got or got[0] != a.shape[0] or got[1:] != b.shape[1:]:
         raise ConfigurationError(
-            f"`results` must have the shape of each worker's product a @ b, {want} (worker "
-            f"{rows[0]}: a {a.shape} @ b {b.shape}), got {raw[0].shape}")
+            f"`results` must have the shape of each worker's product a @ b, "
+            f"{(a.shape[0],) + b.shape[1:]} (worker {w}: a {a.shape} @ b {b.shape}), got {got}")
     if a.dtype.kind != "c" and b.dtype.kind != "c":
-        for w, r in zip(rows, raw):
+        for v, r in zip(rows, raw):
             if r.dtype.kind == "c":
                 raise ConfigurationError(
                     f"`results` must be real for this encoding (its operands are real), worker "
-                    f"{w} gave dtype {r.dtype}")
+                    f"{v} gave dtype {r.dtype}")
 
 
 def _robust_scales(tasks: list[Task], plain: np.ndarray, A: Any, B: Any) -> np.ndarray:
@@ -1084,10 +1107,14 @@ def _norms(raw: list[np.ndarray]) -> np.ndarray:
             norms = np.sqrt(np.einsum("ij,ij->i", S, S))
         else:
             norms = np.array([_fro(r) for r in raw])
-    # overflowed or underflowed squares of a finite result (or a zero one): its norm scaled
-    # (NaN where an entry is not finite)
-    for i in np.flatnonzero(~(norms > _TINY_SCALE)):
-        norms[i] = _scaled_fro(raw[i])
+    # overflowed squares of a finite result, or underflowed ones (a norm in the subnormal
+    # range, or every norm 0): that norm scaled (NaN where an entry is not finite). A 0 beside
+    # normal norms is a zero result, kept (see _scales_suspect).
+    vals = norms.tolist()
+    every_zero = not any(v > 0.0 for v in vals)
+    for i, v in enumerate(vals):
+        if not (v == 0.0 and not every_zero or _TINY_SCALE <= v < math.inf):
+            norms[i] = _scaled_fro(raw[i])
     return norms
 
 
