@@ -685,7 +685,7 @@ def test_gf_decoders_cached_per_subset_and_bounded(monkeypatch):
 # ------------------------------------------------------------------ magnitudes and arguments
 @pytest.mark.parametrize("code", [MDSCode(6, 2, systematic=False), MDSCode(6, 2),
                                   PolynomialCode(8, 2, 2), MatDotCode(7, 2)], ids=repr)
-@pytest.mark.parametrize("scale", [1.0, 1e160, 1e-120, 1e-300])
+@pytest.mark.parametrize("scale", [1.0, 1e160, 1e-120, 1e-240, 1e-300])
 def test_a_corrupt_result_is_located_at_any_magnitude_or_refused(code, scale):
     """Entries from about 1e154 square to inf, below about 1e-154 to 0: the encode's noise
     scales and the results' norms are then taken without either, so one corrupt result
@@ -699,7 +699,7 @@ def test_a_corrupt_result_is_located_at_any_magnitude_or_refused(code, scale):
     res = {t.worker: t.compute() for t in enc}
     res[3] = res[3] * 1.5
     ref = A @ B
-    if scale < 1e-200:
+    if scale < 1e-280:
         with pytest.raises(ConfigurationError, match=r"too small for the decoder's corruption check"):
             code.decode(res, errors=1, encoding=enc)
         return
@@ -768,3 +768,16 @@ def test_gradient_combine_checks_its_partials():
         gf.combine(0, {j0: np.ones(3, dtype=np.int64), j1: np.ones((3, 1), dtype=np.int64)})
     assert np.allclose(code.combine(0, {j0: np.ones(3), j1: 2 * np.ones(3)}),
                        code.coefficients[0][j0] + 2 * code.coefficients[0][j1])
+
+
+def test_products_of_tiny_normal_magnitude_decode_with_spare_results():
+    """A product of about 1e-240 (entries well inside float64's normal range) decodes, with
+    spare results and errors=0 as with errors=1 (a floor of 1e-250 had refused it)."""
+    rng = np.random.default_rng(9)
+    A, B = 1e-140 * rng.standard_normal((8, 8)), 1e-100 * rng.standard_normal((8, 4))
+    for code in (ReplicationCode(4, 2), MDSCode(6, 2), MatDotCode(7, 2)):
+        enc = code.encode(A, B)
+        res = {t.worker: t.compute() for t in enc}
+        for errors in (0, 1):
+            C = code.decode(res, errors=errors, encoding=enc)
+            assert np.abs(C - A @ B).max() <= 1e-12 * np.abs(A @ B).max()

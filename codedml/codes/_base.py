@@ -840,7 +840,8 @@ class LinearCode(abc.ABC):
         typical = float(statistics.median(nonzero.tolist())) if nonzero.size else 0.0
         if 0.0 < typical < _TAU_FLOOR:
             # the floor below would stand for the tolerance: a corrupt result this small
-            # would pass as rounding (1e-300 inputs: a 50% error was not located)
+            # would pass as rounding (1e-300 inputs under the old floor of 1e-250: a 50%
+            # error was not located)
             raise ConfigurationError(
                 f"the results are too small for the decoder's corruption check: their rounding "
                 f"noise (about {typical:.2g}) lies below {_TAU_FLOOR:g}, where float64 cannot "
@@ -1004,9 +1005,10 @@ def _valid_results(raw: list[np.ndarray], p: int | None) -> bool:
     return True
 
 
-#: The least tolerance the corruption check uses (1 / tau must stay finite); results whose
-#: typical tolerance is smaller are refused by name (see ``_noise_scale``).
-_TAU_FLOOR = 1e-250
+#: The least tolerance the corruption check uses (1 / tau must stay finite, about 1e300 at
+#: most); results whose typical tolerance is smaller (entries below about 1e-286) are
+#: refused by name (see ``_noise_scale``). Products of 1e-240 are checked as any other.
+_TAU_FLOOR = 1e-300
 #: Scales (||a|| ||b||) below this may come from squares that underflowed (entries below
 #: about 1e-154 square into subnormals or 0): they are taken again by scaled norms.
 _TINY_SCALE = 1e-280
