@@ -530,7 +530,7 @@ class LinearCode(abc.ABC):
             comp = self.compensates(_input_dtype(A, B), dtype, precision)
             tasks = [Task._of(w, a, b, None, comp) for w, (a, b) in enumerate(pairs)]
             enc = Encoding(self, tasks, shape, inner, dtype, comp, scales)
-            if _scales_suspect(enc.scales):
+            if _redo(enc.scales.tolist()):
                 # (a scale of exactly 0 beside normal ones is a task of zero operands: kept)
                 if self._finite_from_norms and not np.isfinite(enc.scales).all():
                     # a NaN/Inf input reaches some task's norm: named here
@@ -1014,21 +1014,16 @@ _TAU_FLOOR = 1e-300
 _TINY_SCALE = 1e-280
 
 
-def _scales_suspect(scales: np.ndarray) -> bool:
-    """Whether the plain scales need :func:`_robust_scales`: one is not finite, or positive
-    but below :data:`_TINY_SCALE` (squares in the subnormal range), or every one is 0 (zero
-    inputs, or squares that all underflowed). A 0 beside normal scales is a task of zero
-    operands and is kept. In Python: numpy's reductions over a handful of workers cost
+def _redo(values: list[float]) -> list[int]:
+    """Indices of the norms (or scales) that sums of squares may have got wrong, to be taken
+    again by :func:`_scaled_fro`: not finite (overflow, or NaN), positive but below
+    :data:`_TINY_SCALE` (squares in the subnormal range), or 0 where every one is 0 (zero
+    inputs, or squares that all underflowed). A 0 beside normal values is a task or result of
+    zero operands and is kept. In Python: numpy's reductions over a handful of workers cost
     several microseconds each on a small job's path."""
-    positive = False
-    for v in scales.tolist():
-        if v > 0.0:
-            if not _TINY_SCALE <= v < math.inf:
-                return True
-            positive = True
-        elif v != 0.0:   # NaN (or negative: never a product of norms)
-            return True
-    return not positive
+    every_zero = not any(v > 0.0 for v in values)
+    return [i for i, v in enumerate(values)
+            if not (_TINY_SCALE <= v < math.inf or (v == 0.0 and not every_zero))]
 
 
 def check_rtol(rtol: Any) -> None:
@@ -1070,8 +1065,8 @@ def _check_against(encoding: "Encoding", rows: list[int], raw: list[np.ndarray])
 
 
 def _robust_scales(tasks: list[Task], plain: np.ndarray, A: Any, B: Any) -> np.ndarray:
-    """``plain`` (per task ``||a|| ||b||`` from sums of squares) with each entry that is not
-    finite or below :data:`_TINY_SCALE` taken again by :func:`_scaled_fro` (one norm per
+    """``plain`` (per task ``||a|| ||b||`` from sums of squares) with each entry :func:`_redo`
+    names taken again by :func:`_scaled_fro` (one norm per
     distinct operand; a task whose ``b`` is zero, as the zero B of a ``put`` or ``update``
     encode, costs no pass over its ``a``), for finite inputs whose squares overflowed or
     underflowed. Raises :class:`ConfigurationError` naming the inputs' magnitudes where a
@@ -1086,7 +1081,7 @@ def _robust_scales(tasks: list[Task], plain: np.ndarray, A: Any, B: Any) -> np.n
 
     scales = np.array(plain, dtype=np.float64, copy=True)
     with np.errstate(over="ignore"):
-        for i in np.flatnonzero(~(np.isfinite(scales) & (scales > _TINY_SCALE))):
+        for i in _redo(scales.tolist()):
             nb = fro(tasks[i].b)
             scales[i] = 0.0 if nb == 0.0 else fro(tasks[i].a) * nb
     if not np.isfinite(scales).all():
@@ -1109,14 +1104,10 @@ def _norms(raw: list[np.ndarray]) -> np.ndarray:
             norms = np.sqrt(np.einsum("ij,ij->i", S, S))
         else:
             norms = np.array([_fro(r) for r in raw])
-    # overflowed squares of a finite result, or underflowed ones (a norm in the subnormal
-    # range, or every norm 0): that norm scaled (NaN where an entry is not finite). A 0 beside
-    # normal norms is a zero result, kept (see _scales_suspect).
-    vals = norms.tolist()
-    every_zero = not any(v > 0.0 for v in vals)
-    for i, v in enumerate(vals):
-        if not (v == 0.0 and not every_zero or _TINY_SCALE <= v < math.inf):
-            norms[i] = _scaled_fro(raw[i])
+    # overflowed or underflowed squares of a finite result (_redo): that norm scaled (NaN
+    # where an entry is not finite)
+    for i in _redo(norms.tolist()):
+        norms[i] = _scaled_fro(raw[i])
     return norms
 
 

@@ -151,13 +151,14 @@ class ClusterBase:
     #: Whether a waiting caller pumps arrivals itself (see :meth:`_wait_step`).
     _caller_progress = False
 
-    def __init__(self, workers: int, timeout: float | None) -> None:
+    def __init__(self, workers: int, timeout: float | None,
+                 handlers: dict[str, Any] | None = None) -> None:
         from ._resident import ResidentService
 
         self.workers = workers
         self.default_timeout = DEFAULT_TIMEOUT if timeout is None else check_deadline("timeout", timeout)
         self._systematic_grace = self.SYSTEMATIC_GRACE
-        self._handler_names: frozenset[str] = frozenset()   # set by the transports
+        self._handler_names = frozenset(handlers or {})   # what `call` may name
         self._parity_nice = self.PARITY_NICE
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)  # notified on every arrival
@@ -419,6 +420,14 @@ class ClusterBase:
                         raise ConfigurationError(
                             f"`per_worker[{w}]` must be a list of the arrays worker {w}'s handler "
                             f"gets, got {type(per_worker[w]).__name__}")
+            # copies of the caller's arrays, checked before a job id is taken: they are read
+            # until their sends complete, which may be after this returns, and the caller may
+            # write to its own meanwhile
+            if per_worker is not None:
+                per = [_call_arrays(per_worker[w], f"per_worker[{w}]") if w in rows else []
+                       for w in range(self.workers)]
+            else:  # the same arrays to every worker: copied once
+                shared = _call_arrays(arrays, "arrays")
             timeout = self._deadline(timeout)
             jid = self._next_job
             self._next_job += 1
@@ -428,14 +437,10 @@ class ClusterBase:
             for w in rows:
                 if w in self._dead:
                     call.failed[w] = "crashed"
-            # copies of the caller's arrays: they are read until their sends complete, which
-            # may be after this returns, and the caller may write to its own meanwhile
             if per_worker is not None:
-                per = [_call_arrays(per_worker[w], f"per_worker[{w}]") if w in rows else []
-                       for w in range(self.workers)]
                 self._register(call, req, per)
-            else:  # the same arrays to every worker: copied once
-                self._register(call, req, None, _call_arrays(arrays, "arrays"))
+            else:
+                self._register(call, req, None, shared)
             call._progress()
             return call
 

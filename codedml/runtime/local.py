@@ -74,10 +74,9 @@ class LocalCluster(ClusterBase):
         n = check_int("workers", workers, 1)
         check_model_arg(faults, seed)
         handlers = check_handlers(handlers)
-        super().__init__(n, timeout)
-        self._handler_names = frozenset(handlers or {})
+        super().__init__(n, timeout, handlers)
         if faults is not None:
-            check_fault_ranks(faults, n, arg="faults", ranks=range(1, n + 1))
+            check_fault_ranks(faults, n, arg="faults")
         self.backend = get_backend(backend)
         self._out: queue.Queue[Arrival] = queue.Queue()
         self._arrived = threading.Event()

@@ -265,8 +265,7 @@ class MPICluster(ClusterBase):
             from ..faults.config import check_fault_ranks
 
             check_fault_ranks(faults, len(self._ranks), arg="faults", ranks=self._ranks)
-        super().__init__(len(self._ranks), timeout)
-        self._handler_names = frozenset(handlers or {})
+        super().__init__(len(self._ranks), timeout, handlers)
         self.comm = comm.Dup()
         self.comm.Set_errhandler(MPI.ERRORS_RETURN)
         self.rank = self.comm.Get_rank()
