@@ -1750,8 +1750,9 @@ typedef struct {
     uint64_t umax;                   /* GF(p): the largest source value read as unsigned */
     const char **pfp;                /* the next tile's runs (LcPf, k each), or NULL */
     Py_ssize_t *pfn;
-    Py_ssize_t bodies;               /* passes per tile that run a SIMD body (the dense
-                                        ones; where none is, every pass) */
+    Py_ssize_t bodies;               /* the dense passes per tile (rows with several
+                                        coefficients): where there are several, the small
+                                        tile, whose passes ask for the next tile's rows */
 } LcJob;
 
 /* how many sources rows o .. o + n - 1 of G (m x k) have a coefficient for; with ``list``,
@@ -1864,6 +1865,7 @@ static void lc_run(LcJob *J)
                 const Py_ssize_t steps = J->bodies * ((w + step - 1) / step);
                 pf.per = steps ? (int)((lines + steps - 1) / steps) : 0;
             }
+            LcPf *const pfa = pf.per ? &pf : NULL;   /* nothing asked: one test a step */
             for (Py_ssize_t ps = 0; ps < J->npass; ps++) {
                 /* rows o .. o + nr - 1 (run as 4, else 2: a zero row of G pads the rest) */
                 const Py_ssize_t o = J->po[ps];
@@ -1891,7 +1893,7 @@ static void lc_run(LcJob *J)
                         double sv[4] = {0.0};
                         (J->simd == 2 ? lc512_1 : lc2_1)(g1, &j, J->islive[j], J->xp, w, dp,
                                                          J->kd, 0, J->stream && !((uintptr_t)dp[0] & 63),
-                                                         sv, J->md, &pf);
+                                                         sv, J->md, pfa);
                         if (J->sq)
                             J->sq[o + h] += sv[0];
                     }
@@ -1914,10 +1916,10 @@ static void lc_run(LcJob *J)
                     }
                     if (nk == 4)
                         (J->simd == 2 ? lc512_4 : lc2_4)(g, J->glive, ng, J->xp, w, dp,
-                                                         J->kd, J->pairs, st, sv, J->md, &pf);
+                                                         J->kd, J->pairs, st, sv, J->md, pfa);
                     else
                         (J->simd == 2 ? lc512_2 : lc2_2)(g, J->glive, ng, J->xp, w, dp,
-                                                         J->kd, J->pairs, st, sv, J->md, &pf);
+                                                         J->kd, J->pairs, st, sv, J->md, pfa);
                     if (J->sq)
                         for (int h = 0; h < nr; h++)
                             J->sq[J->pairs ? (o + h) / 2 : o + h] += sv[h];
@@ -2321,7 +2323,7 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         }
         /* the tile: large where at most one pass reads it (the sources in long runs), in L1
            where several passes read it again and again (LC_TILE_BYTES) */
-        J.bodies = dense_passes ? dense_passes : J.npass;
+        J.bodies = dense_passes;
         const Py_ssize_t tb = dense_passes <= 1 ? LC_TILE_BIG : LC_TILE_BYTES;
         Py_ssize_t W = (tb / (Py_ssize_t)sizeof(double) / (k ? k : 1)) / LC_GROUP * LC_GROUP;
         W = W < LC_GROUP ? LC_GROUP : W > LC_MAX_W ? LC_MAX_W : W;
