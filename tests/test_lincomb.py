@@ -135,6 +135,33 @@ def test_lincomb_matrix_form_equals_the_list_form(simd, pairs, dtype, cols):
 
 @needs_kernels
 @pytest.mark.parametrize("simd", LEVELS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_lincomb_dense_passes_across_many_tiles(simd, dtype):
+    """Several dense passes over the small tile, with many tiles of columns and rows, and
+    sources short of the outputs in both: where each pass also asks for the next tile's
+    rows (prefetch, a tile ahead across columns and into the next row), the products,
+    their norms and the memory around them are as everywhere else."""
+    rng = np.random.default_rng(11)
+    k, m, R, C = 7, 9, 3, 5000                   # W is 585 for 7 sources: 9 tiles a row
+    G = rng.standard_normal((m, k))
+    srcs = [rng.standard_normal((R - (j % 2), C - 37 * j)).astype(dtype) for j in range(k)]
+    big = rng.standard_normal((m, R * (C + 3) + 8)).astype(dtype)
+    before = big.copy()
+    dsts = [np.lib.stride_tricks.as_strided(big[o, 1:], shape=(R, C),
+                                            strides=((C + 3) * big.itemsize, big.itemsize))
+            for o in range(m)]
+    sq = np.zeros(m)
+    K.lincomb(G, srcs, dsts, sq, True, False, simd)
+    got = np.array([np.array(d) for d in dsts])
+    _check(G, _padded(srcs, R, C), got, dtype, False, sq, np.zeros(m))
+    mask = np.ones(big.shape[1], bool)
+    for r in range(R):
+        mask[1 + r * (C + 3): 1 + r * (C + 3) + C] = False
+    np.testing.assert_array_equal(big[:, mask], before[:, mask])
+
+
+@needs_kernels
+@pytest.mark.parametrize("simd", LEVELS)
 def test_lincomb_simd_levels_agree_to_the_rounding(simd):
     """Every instruction set gives the same products to the rounding of the sum (fused
     multiply-adds round once per term, plain C twice)."""
