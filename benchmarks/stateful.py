@@ -9,6 +9,13 @@ with hypothesis's shrunk counterexample::
 
     OMP_NUM_THREADS=1 python benchmarks/stateful.py            # about 10,000+ steps
     OMP_NUM_THREADS=1 python benchmarks/stateful.py --quick    # a few hundred
+    OMP_NUM_THREADS=1 python benchmarks/stateful.py --seed 7   # other draws
+
+``--seed`` (default 0, recorded in the JSON) fixes hypothesis's draws, as its pytest
+option ``--hypothesis-seed`` does: the same seed runs the same fault configurations and rule
+sequences, so two commits' counts compare draw for draw. Which worker answers first still
+depends on thread timing, so the products checked and the named errors of beyond-tolerance
+runs can differ by a few between runs of one seed; another seed explores other draws.
 
 Writes ``benchmarks/results/stateful.json`` and ``stateful.png``.
 """
@@ -26,6 +33,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))   # this checkout's codedml
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+import hypothesis.core  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 from hypothesis.stateful import run_state_machine_as_test  # noqa: E402
 
@@ -40,17 +48,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="20 runs of 20 steps")
     ap.add_argument("--min-steps", type=int, default=10_000,
                     help="fail unless at least this many steps ran (default 10000; 0 with --quick)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="hypothesis's seed: the same seed, the same draws (default 0)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "stateful.json")
     args = ap.parse_args(argv)
     for name in ("examples", "steps"):
         if getattr(args, name) < 1:
             ap.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.seed < 0:
+        ap.error(f"--seed must be >= 0, got {args.seed}")
     if args.quick:
         args.examples, args.steps, args.min_steps = 20, 20, 0
     info = machine_info()
     cfg = settings(max_examples=args.examples, stateful_step_count=args.steps, deadline=None,
                    derandomize=False, database=None,
                    suppress_health_check=list(HealthCheck))
+    # what hypothesis's pytest plugin sets for --hypothesis-seed: every draw from this seed
+    hypothesis.core.global_force_seed = args.seed
     rm.STATS.clear()
     t0 = time.perf_counter()
     last = [t0]
@@ -92,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
            "products_ok": stats.get("products_ok", 0), "acks_ok": stats.get("acks_ok", 0),
            "rules": rules, "configs": configs, "named_errors": errors,
            "harness_gc_deadlines": stats.get("deadline:harness_gc", 0),
-           "settings": {"examples": args.examples, "steps": args.steps}, "machine": info}
+           "settings": {"examples": args.examples, "steps": args.steps, "seed": args.seed},
+           "machine": info}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1))
     plot(doc, args.out.with_suffix(".png"))
