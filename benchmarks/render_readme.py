@@ -147,10 +147,10 @@ def _stateful(st: dict[str, Any]) -> str:
                                                   key=lambda kv: -kv[1])) or "none"
     return (
         f"**State machine** (`benchmarks/stateful.py`, {_commit(st)}): {st['steps']:,} steps "
-        f"in {st['runs']} hypothesis runs of `tests/runtime_machine.py` on `LocalCluster`"
-        + (f" (seed {st['settings']['seed']})" if "seed" in st.get("settings", {}) else "")
-        + " "
-        f"(numpy and torch backends; fault configurations "
+        f"in {st['runs']} hypothesis runs of `tests/runtime_machine.py` on `LocalCluster` "
+        f"(numpy and torch backends; "
+        + (f"hypothesis seed {st['settings']['seed']}; " if "seed" in st.get("settings", {}) else "")
+        + f"fault configurations "
         f"{', '.join(f'`{k}`' for k in st['configs'])}); {st['products_ok']:,} products "
         f"checked correct (rtol {st['rtol']:g}), {st['acks_ok']:,} acknowledgements; "
         f"invariant violations: **{'none' if st['ok'] else st['failure']}**. Named errors "
