@@ -63,8 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     cfg = settings(max_examples=args.examples, stateful_step_count=args.steps, deadline=None,
                    derandomize=False, database=None,
                    suppress_health_check=list(HealthCheck))
-    # what hypothesis's pytest plugin sets for --hypothesis-seed: every draw from this seed
-    hypothesis.core.global_force_seed = args.seed
     rm.STATS.clear()
     t0 = time.perf_counter()
     last = [t0]
@@ -79,10 +77,16 @@ def main(argv: list[str] | None = None) -> int:
                       f"{now - t0:.0f} s", flush=True)
 
     failure = None
+    # what hypothesis's pytest plugin sets for --hypothesis-seed: every draw from this seed
+    # (put back after, for a caller in the same process: a test)
+    before = hypothesis.core.global_force_seed
+    hypothesis.core.global_force_seed = args.seed
     try:
         run_state_machine_as_test(Machine, settings=cfg)
     except Exception as exc:  # noqa: BLE001 - recorded, then the exit status says it
         failure = " | ".join(_describe(exc))
+    finally:
+        hypothesis.core.global_force_seed = before
     wall = time.perf_counter() - t0
     stats = dict(sorted(rm.STATS.items()))
     steps = stats.get("steps", 0)
