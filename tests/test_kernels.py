@@ -400,6 +400,48 @@ def test_mod_store_and_copy_i64_are_numpys(rows, cols, off, stream, p, wide, spr
         np.testing.assert_array_equal(w, a.astype(np.float64))
 
 
+def _at_distance(src_len: int, dst_len: int, rel: int, dtype=np.int64):
+    """Two arrays, ``dst`` starting ``rel`` bytes after ``src`` modulo 4 KiB, in one buffer
+    with guard values around ``dst``."""
+    it = np.dtype(dtype).itemsize
+    raw = np.zeros(3 * 4096 + it * (src_len + dst_len + 16), np.uint8)
+    base = raw.__array_interface__["data"][0]
+    s0 = (-base) % 4096 + 16
+    src = raw[s0:s0 + it * src_len].view(dtype)
+    end = s0 + it * src_len + 8 * it
+    d0 = end + ((s0 + rel - end) % 4096)
+    dst = raw[d0:d0 + it * dst_len].view(dtype)
+    return src, dst, raw, d0
+
+
+@needs_kernels
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cols=st.integers(0, 90), rel=st.sampled_from([8, 16, 24, 32, 40, 48, 56, 64, 0, 4088]),
+       stream=st.booleans(), wide=st.booleans(),
+       odd=st.sampled_from([None, -1, 2**52, 2**63 - 1]), at=st.integers(0, 89),
+       seed=st.integers(0, 2**32 - 1))
+def test_copy_i64_where_the_destination_lies_just_after_the_source(cols, rel, stream, wide, odd,
+                                                                   at, seed):
+    """copy_i64's loop that loads eight values ahead (a destination 8-56 bytes after its
+    source modulo 4 KiB) copies, widens and range-checks as the other one does: every length
+    (the lead loop's last group, the tail), an out-of-range value anywhere (the exact
+    fallback), nothing written outside ``dst``."""
+    rng = np.random.default_rng(seed)
+    src, dst, raw, d0 = _at_distance(cols, cols, rel)
+    src[:] = rng.integers(0, 65537, cols)
+    if odd is not None and cols:
+        src[at % cols] = odd
+    before = raw.copy()
+    w = np.zeros(cols) if wide else None
+    umax = K.copy_i64(dst, src, w, stream)
+    assert umax == (int(src.view(np.uint64).max()) if cols else 0)
+    np.testing.assert_array_equal(dst, src)
+    if wide:
+        np.testing.assert_array_equal(w, src.astype(np.float64))
+    np.testing.assert_array_equal(raw[:d0], before[:d0])
+    np.testing.assert_array_equal(raw[d0 + 8 * cols:], before[d0 + 8 * cols:])
+
+
 @needs_kernels
 @pytest.mark.parametrize("bad", [0.5, -1.0, 2.0**52, np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("where", [0, 1, 6])

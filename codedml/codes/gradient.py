@@ -234,8 +234,8 @@ class GradientCode(LinearCode):
         # dtype (computed in float32 where that gives the same value: see _write_tasks);
         # zero columns/rows where a partition runs past the padding.
         # One allocation per side (reused memory from the task pool, codes/_pool.py).
-        a_all = _pool.empty((n, M, s1 * nb), dtype=dtype)
-        b_all = _pool.empty((n, s1 * nb) + B.shape[1:], dtype=dtype)
+        a_all = _pool.empty((n, M, s1 * nb), dtype=dtype, near=A)
+        b_all = _pool.empty((n, s1 * nb) + B.shape[1:], dtype=dtype, near=B)
         parts, layout = self._layout_for(N, nb)
         sq = _write_tasks(A, B, a_all, b_all, parts, self.coefficients, nb, P, layout)
         pairs = [(a_all[w], b_all[w]) for w in range(n)]

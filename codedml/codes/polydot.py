@@ -401,7 +401,7 @@ class PolyDotCode(LinearCode):
         p, m, q, n = self.p, self.m, self.q, self.workers
         M, N = A.shape
         rb, nb = _ceil_to(M, p) // p, _ceil_to(N, m) // m
-        a = _pool.empty((n, rb, nb), dtype=dtype)
+        a = _pool.empty((n, rb, nb), dtype=dtype, near=A)
         s = self._n_systematic()
         GA = (self._generator() if s else self._powers(self._exp_a())).real
         sa = np.zeros(n)
@@ -417,7 +417,7 @@ class PolyDotCode(LinearCode):
         m, q, n = self.m, self.q, self.workers
         s = self._n_systematic() if m > 1 else 0
         if m == 1 and q == 1:
-            tb = _pool.empty((nb,) + B.shape[1:], dtype=dtype)
+            tb = _pool.empty((nb,) + B.shape[1:], dtype=dtype, near=B)
             return [tb] * n, _encode.copy_rows(B, tb)
         vec = B.ndim == 1
         B2 = B[:, None] if vec else B
@@ -429,7 +429,7 @@ class PolyDotCode(LinearCode):
         else:
             blocks = _packed_rows(B2, m, q, nb, cb)
             G = self._generator() if s else self._powers(self._exp_b())
-        out = _pool.empty((n, nb, cb), dtype=dtype)
+        out = _pool.empty((n, nb, cb), dtype=dtype, near=B)
         sb = np.zeros(n)
         _encode.combine(G[s:] if s else G, blocks, out, nsys=s, sq=sb)
         return ([t[:, 0] for t in out] if vec else list(out)), sb
@@ -469,11 +469,11 @@ class PolyDotCode(LinearCode):
             # ModP also owns its operand's range check, made in the copy where it can be
             reduce = _encode.ModP(P, "A", A)
             GA = (self._generator() if s else self._powers(self._exp_a())) % P
-            a = _pool.empty((n, rb, nb), dtype=np.int64)
+            a = _pool.empty((n, rb, nb), dtype=np.int64, near=A)
             _encode.combine(GA[s:] if s else GA, _grid(A, p, m, rb, nb), a, nsys=s, post=reduce)
             reduce.check()   # a no-op where the copies covered A
             if m == 1 and q == 1:
-                tb = _pool.empty((nb,) + B.shape[1:], dtype=np.int64)
+                tb = _pool.empty((nb,) + B.shape[1:], dtype=np.int64, near=B)
                 _encode.copy_residues(B, tb, P, "B")
                 return [(a[w], tb) for w in range(n)], nb, np.dtype(np.int64)
             sb = self._n_systematic() if m > 1 else 0
@@ -481,7 +481,7 @@ class PolyDotCode(LinearCode):
             B2 = B[:, None] if vec else B
             cb = _ceil_to(B2.shape[1], q) // q
             GB = (self._generator() if sb else self._powers(self._exp_b())) % P
-            b = _pool.empty((n, nb, cb), dtype=np.int64)
+            b = _pool.empty((n, nb, cb), dtype=np.int64, near=B)
             reduce = _encode.ModP(P, "B", B2)
             _encode.combine(GB[sb:] if sb else GB, _grid(B2, m, q, nb, cb), b, nsys=sb, post=reduce)
             reduce.check()
@@ -519,7 +519,7 @@ class PolyDotCode(LinearCode):
         p, q, n = self.p, self.q, self.workers
         M, N = A.shape
         h = _ceil_to(M, 2 * p) // (2 * p)
-        ta = _pool.empty((n, 2 * h, N), dtype=dtype)
+        ta = _pool.empty((n, 2 * h, N), dtype=dtype, near=A)
         sa = np.zeros(2 * n)
         G = self._outer_form()
         nsys = 2 * p if self.systematic else 0
@@ -528,11 +528,11 @@ class PolyDotCode(LinearCode):
             _encode.combine(G, halves, ta.reshape(2 * n, h, N), nsys=nsys, sq=sa)
         sa = sa.reshape(n, 2).sum(axis=1)
         if B.ndim == 1 or q == 1:
-            tb = _pool.empty(B.shape, dtype=dtype)
+            tb = _pool.empty(B.shape, dtype=dtype, near=B)
             return [(ta[w], tb) for w in range(n)], N, sa, _encode.copy_rows(B, tb)
         K = B.shape[1]
         hb = _ceil_to(K, 2 * q) // (2 * q)
-        tb = _pool.empty((n, N, 2 * hb), dtype=dtype)
+        tb = _pool.empty((n, N, 2 * hb), dtype=dtype, near=B)
         halves_b = [B[:, r * hb:min((r + 1) * hb, K)] for r in range(2 * q)]
         # output (w, c) is tb[w, :, c*hb:(c+1)*hb]: lead axes (n, 2) of a strided view
         view = tb.reshape(n, N, 2, hb).transpose(0, 2, 1, 3)
@@ -558,7 +558,7 @@ class PolyDotCode(LinearCode):
         M, N = A.shape
         rb, nb = _ceil_to(M, p) // p, _ceil_to(N, 2 * m) // (2 * m)
         cdt = np.dtype(np.complex64 if dtype == np.float32 else np.complex128)
-        a = _pool.empty((n, rb, nb), dtype=cdt)
+        a = _pool.empty((n, rb, nb), dtype=cdt, near=A)
         s = self._n_systematic()
         GA = self._generator() if s else self._powers(self._exp_a())
         blocks = [(re, im, 1.0) for re, im in _pairs(_grid(A, p, 2 * m, rb, nb))]
