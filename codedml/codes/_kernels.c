@@ -1262,6 +1262,12 @@ static inline void lc_pf(LcPf *f)
 
 static int lc_simd_ok = 0;           /* 2: AVX-512F, 1: AVX2 and FMA, 0: neither (at import) */
 
+/* bytes per element of a source of kind ``k`` ('f' float32; 'd' float64, 'q' int64) */
+static inline Py_ssize_t lc_size(char k)
+{
+    return k == 'f' ? 4 : 8;
+}
+
 /* Source ``s``'s row ``r``, columns [c0, c0 + w), widened into ``t``, zero up to ``wp``;
    returns how many of its values lie there (0: nothing written, the tile is all zero) */
 static Py_ssize_t lc_load(const LcSrc *s, Py_ssize_t r, Py_ssize_t c0, Py_ssize_t w,
@@ -1789,7 +1795,8 @@ typedef struct {
     char *islive;                    /* per source: values in the tile at hand (k) */
     const double *md;                /* GF(p): {p, 1 / p}; else NULL */
     uint64_t umax;                   /* GF(p): the largest source value read as unsigned */
-    const char **pfp;                /* the next tile's runs (LcPf, k each), or NULL */
+    const char **pfp;                /* the next tile's runs (LcPf, k each), or NULL where no
+                                        pass asks for them (decided once, at setup) */
     Py_ssize_t *pfn;
     Py_ssize_t bodies;               /* the dense passes per tile (rows with several
                                         coefficients): where there are several, the small
@@ -1853,7 +1860,7 @@ static void lc_run(LcJob *J)
                        the source into the tile (or reads it where it lies) also writes it
                        into its task with its squares, so that the row needs no pass of its
                        own over the tile */
-                    const char *sp = s->p + r * s->stride + c0 * (s->k == 'f' ? 4 : 8);
+                    const char *sp = s->p + r * s->stride + c0 * lc_size(s->k);
                     char *dp = J->dst[h].p + r * J->dst[h].stride + c0 * J->item;
                     double *t = here ? NULL : J->tile + j * J->ts;
                     double q = 0.0;
@@ -1883,7 +1890,7 @@ static void lc_run(LcJob *J)
             }
             /* the next tile's sources: asked for while this tile's passes compute */
             LcPf pf = {J->pfp, J->pfn, 0, 0, 0, 0};
-            if (J->pfp && J->simd && J->bodies > 1 && !J->md) {
+            if (J->pfp) {
                 Py_ssize_t r1 = r, c1 = c0 + W, lines = 0;
                 if (c1 >= J->C) {
                     r1 = r + 1;
@@ -1893,7 +1900,7 @@ static void lc_run(LcJob *J)
                     const LcSrc *s = &J->src[j];
                     if (r1 >= s->rows || c1 >= s->cols)
                         continue;
-                    const Py_ssize_t size = s->k == 'f' ? 4 : 8;
+                    const Py_ssize_t size = lc_size(s->k);
                     const Py_ssize_t cols = s->cols - c1 < W ? s->cols - c1 : W;
                     const uintptr_t a = (uintptr_t)(s->p + r1 * s->stride + c1 * size);
                     const uintptr_t a0 = a & ~(uintptr_t)63;
@@ -2248,9 +2255,9 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         }
         for (Py_ssize_t j = 0; j < k; j++) {
             extent(src[j].p, src[j].rows, src[j].cols, src[j].stride,
-                   src[j].k == 'f' ? 4 : 8, &lo[nout + j], &hi[nout + j]);
+                   lc_size(src[j].k), &lo[nout + j], &hi[nout + j]);
             rs[nout + j] = src[j].rows > 1 ? src[j].stride : 0;
-            rw[nout + j] = src[j].cols * (src[j].k == 'f' ? 4 : 8);
+            rw[nout + j] = src[j].cols * lc_size(src[j].k);
         }
         if (have_q)
             extent(q.buf, 1, nout, 0, 8, &lo[n - 1], &hi[n - 1]);
@@ -2313,9 +2320,7 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         J.dj = J.gl ? J.pr + mm : NULL;
         J.islive = PyMem_Calloc(k ? (size_t)k : 1, 1);
         J.fj = PyMem_Calloc(kk, sizeof(int));
-        J.pfp = PyMem_Calloc(kk, sizeof(char *));
-        J.pfn = PyMem_Calloc(kk, sizeof(Py_ssize_t));
-        if (!J.glive || !J.xp || !J.gl || !J.islive || !J.fj || !J.pfp || !J.pfn) {
+        if (!J.glive || !J.xp || !J.gl || !J.islive || !J.fj) {
             PyErr_NoMemory();
             goto done;
         }
@@ -2365,6 +2370,14 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         /* the tile: large where at most one pass reads it (the sources in long runs), in L1
            where several passes read it again and again (LC_TILE_BYTES) */
         J.bodies = dense_passes;
+        if (J.simd && J.bodies > 1 && !J.md) {   /* the passes that ask for the next tile */
+            J.pfp = PyMem_Calloc(kk, sizeof(char *));
+            J.pfn = PyMem_Calloc(kk, sizeof(Py_ssize_t));
+            if (!J.pfp || !J.pfn) {
+                PyErr_NoMemory();
+                goto done;
+            }
+        }
         const Py_ssize_t tb = dense_passes <= 1 ? LC_TILE_BIG : LC_TILE_BYTES;
         Py_ssize_t W = (tb / (Py_ssize_t)sizeof(double) / (k ? k : 1)) / LC_GROUP * LC_GROUP;
         W = W < LC_GROUP ? LC_GROUP : W > LC_MAX_W ? LC_MAX_W : W;
