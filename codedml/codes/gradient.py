@@ -180,20 +180,13 @@ class GradientCode(LinearCode):
                 if g.dtype.kind not in "fiub":
                     raise ConfigurationError(
                         f"`partials[{j}]` must hold real numbers, got dtype {g.dtype}")
-                if g.shape != got[0].shape:
-                    raise ConfigurationError(
-                        f"`partials` must all have one shape, partition {parts[0]} has "
-                        f"{got[0].shape} and partition {j} has {g.shape}")
+            _one_shape(parts, got)
             return sum(coef[j] * g.astype(np.float64, copy=False) for j, g in zip(parts, got))
+        got = [residues(f"partials[{j}]", partials[j], self.field, ndims=(0, 1, 2, 3))
+               for j in parts]
+        _one_shape(parts, got)
         acc = 0
-        shape = None
-        for j in parts:
-            g = residues(f"partials[{j}]", partials[j], self.field, ndims=(0, 1, 2, 3))
-            if shape is not None and g.shape != shape:
-                raise ConfigurationError(
-                    f"`partials` must all have one shape, partition {parts[0]} has {shape} and "
-                    f"partition {j} has {g.shape}")
-            shape = g.shape
+        for j, g in zip(parts, got):
             acc = (acc + int(coef[j]) * g) % self.field
         return np.asarray(acc, dtype=np.int64)
 
@@ -398,6 +391,16 @@ def _layout(parts: list[tuple[int, ...]], coef: np.ndarray, N: int, nb: int,
             c = coef[w][j]
             holders[j].append((w, t, np.float64(c) if real else int(c)))
     return _Layout(tuple(plan), owner, tuple(tuple(h) for h in holders))
+
+
+def _one_shape(parts: list[int], got: list[np.ndarray]) -> None:
+    """A named error unless every partial (``got[i]`` for partition ``parts[i]``) has the
+    first one's shape: a sum would broadcast mismatched partials."""
+    for j, g in zip(parts, got):
+        if g.shape != got[0].shape:
+            raise ConfigurationError(
+                f"`partials` must all have one shape, partition {parts[0]} has "
+                f"{got[0].shape} and partition {j} has {g.shape}")
 
 
 def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndarray,

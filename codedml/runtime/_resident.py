@@ -301,13 +301,11 @@ class ResidentService:
                 raise ConfigurationError(
                     f"`{name}` (a factor of the update U V^T) must hold real numbers, got dtype "
                     f"{X.dtype}")
-        if handle.code.field is None:
-            for name, X in (("U", U), ("V", V)):
-                if X.dtype.kind in "fc" and not np.isfinite(X).all():
-                    raise NonFiniteUpdateError(
-                        f"`{name}` (a factor of the update U V^T) contains NaN or Inf: the update "
-                        f"(e.g. a gradient) is not finite, and applying it would corrupt every "
-                        f"stored block; nothing was sent")
+            if handle.code.field is None and X.dtype.kind == "f" and not np.isfinite(X).all():
+                raise NonFiniteUpdateError(
+                    f"`{name}` (a factor of the update U V^T) contains NaN or Inf: the update "
+                    f"(e.g. a gradient) is not finite, and applying it would corrupt every "
+                    f"stored block; nothing was sent")
         code = handle.code
         if code.field is not None:
             U = residues("U", U, code.field)   # named here, not as the encode's `A`
