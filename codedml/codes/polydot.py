@@ -331,7 +331,21 @@ class PolyDotCode(LinearCode):
         many ulps at large exponents, and the decoder must see the coefficients the encoder used.
         """
         e = np.asarray(exps).ravel()
-        w = self._order if rows is None else self._order[np.asarray(rows, dtype=int)]
+        if rows is None:   # every worker's: kept per exponent list (an encode asks each time)
+            memo = self.__dict__.setdefault("_powers_memo", {})
+            key = (e.dtype.str, e.tobytes())
+            got = memo.get(key)
+            if got is None:
+                got = self._powers_of(e, self._order)
+                got.setflags(write=False)
+                if len(memo) >= 16:   # a few exponent lists per code; bounded all the same
+                    memo.clear()
+                memo[key] = got
+            return got
+        return self._powers_of(e, self._order[np.asarray(rows, dtype=int)])
+
+    def _powers_of(self, e: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """:meth:`_powers` for flat exponents ``e`` and the points of workers ``w``."""
         if self.field is not None:
             return np.array([[pow(int(self._points[v]), int(t), self.field) for t in e] for v in w],
                             dtype=np.int64).reshape(len(w), len(e))
