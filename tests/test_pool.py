@@ -68,7 +68,7 @@ def test_pooled_array_starts_where_its_source_does_in_its_page(pool, shift):
     """``near``: the data starts at the source's offset in its 4 KiB page, rounded down to 16
     bytes, so that a copy's stores never land just after its loads modulo 4 KiB (the loads
     would wait for them; _pool._AT), whatever memory the request reuses."""
-    raw = np.empty(4096 + 8 * 600, np.uint8)
+    raw = np.empty(8192 + 8 * 500, np.uint8)
     base = raw.__array_interface__["data"][0]
     start = (-base) % 4096 + shift
     src = raw[start:start + 8 * 500].view(np.float64)
@@ -78,6 +78,9 @@ def test_pooled_array_starts_where_its_source_does_in_its_page(pool, shift):
         x = pool.empty(shape, np.float64, near=src)
         ptr = x.__array_interface__["data"][0]
         assert ptr % 4096 == want and x.flags.aligned and x.shape == shape
+        backing = x.base._backing                          # the data lies inside its buffer
+        lo = backing.__array_interface__["data"][0]
+        assert lo <= ptr and ptr + x.nbytes <= lo + backing.nbytes
         x[...] = 2.0
         held.append(x)
         if len(held) == 2:

@@ -25,7 +25,7 @@ The same code computes ``C = A @ B`` by splitting the *inner* dimension into ``n
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -393,7 +393,7 @@ def _layout(parts: list[tuple[int, ...]], coef: np.ndarray, N: int, nb: int,
     return _Layout(tuple(plan), owner, tuple(tuple(h) for h in holders))
 
 
-def _one_shape(parts: list[int], got: list[np.ndarray]) -> None:
+def _one_shape(parts: Sequence[int], got: list[np.ndarray]) -> None:
     """A named error unless every partial (``got[i]`` for partition ``parts[i]``) has the
     first one's shape: a sum would broadcast mismatched partials."""
     for j, g in zip(parts, got):
