@@ -63,10 +63,10 @@ DEFAULT_LIMIT = 256 << 20
 #: source (``near``): 16 bytes in, where numpy's large arrays start (glibc's ``mmap`` ed
 #: blocks keep a 16-byte header), so that a task copied from such an array starts a multiple
 #: of 4 KiB from it (its later rows keep that distance where task and source rows have one
-#: length; a gradient code's tasks, whose rows are shorter than A's, drift). Why it matters: where a destination starts 16-112 bytes after its source
-#: modulo 4 KiB, each load of a forward copy loop shares its address's low 12 bits with a
-#: store just issued, which the CPU cannot tell from a true overlap until that store is done,
-#: so the load waits. Measured on the 2-core AMD EPYC (AVX2), 1024 x 1024: a float32 copy
+#: length; a gradient code's tasks, whose rows are shorter than A's, drift). Why it matters:
+#: where a destination starts 16-112 bytes after its source modulo 4 KiB, each load of a
+#: forward copy loop shares its address's low 12 bits with a store just issued, which the
+#: CPU cannot tell from a true overlap until that store is done, so the load waits. Measured on the 2-core AMD EPYC (AVX2), 1024 x 1024: a float32 copy
 #: (``copy_sq``) took 2.5-7.5x as long at 16-48 bytes, float64 1.6-1.7x, the systematic
 #: encode kernel's pass 1.2-1.5x, an int64 copy 1.7-2.2x. Until then the pool placed data on
 #: a cache line, 48 bytes after numpy's arrays: in that band for every input numpy allocated.
@@ -78,8 +78,7 @@ def _offset(ptr: int, near: int | None) -> int:
     """Bytes from ``ptr`` (a backing buffer) to the data: the first address at or after it
     whose offset in its page is ``near``'s rounded down to 16 bytes (the source's, so that
     the array's first element lies 0-15 bytes before the source's modulo 4 KiB, never just
-    after it), or
-    :data:`_AT` without ``near``. 16-byte aligned either way."""
+    after it), or :data:`_AT` without ``near``. 16-byte aligned either way."""
     want = (_AT if near is None else int(near) % _PAGE) & ~15
     return (want - ptr) % _PAGE
 
