@@ -5,6 +5,7 @@ the move bound reads and writes the byte counts it is given."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -54,3 +55,25 @@ def test_move_time_writes_what_it_is_asked(bytes_in, bytes_out):
     w = (bytes_out - 8 * m) // 8
     assert not np.isnan(dst[:m + w]).any()           # every byte asked for was written
     assert np.isnan(dst[m + w:]).all()                # and nothing past them
+
+
+@pytest.mark.skipif(_encode._K is None, reason="the compiled kernels are not built here")
+def test_kernel_ab_compares_two_distinct_builds(tmp_path):
+    """``benchmarks/kernel_ab.py`` builds the base revision's kernel and the work tree's,
+    loads them as two modules (never one module twice) and finds their tasks identical."""
+    import kernel_ab
+
+    assert kernel_ab.main(["--sizes", "64", "--rounds", "1", "--cases", "gf-poly", "f32-sys",
+                           "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "kernel_ab.json").read_text())
+    assert [r["key"] for r in doc["rows"]] == ["gf-poly", "f32-sys"]
+    assert all(r["tasks_identical"] and r["work_over_base"] > 0 for r in doc["rows"])
+    assert len(doc["parameters"]["base_commit"]) == 40
+    assert doc["machine"]["commit"]
+
+
+def test_kernel_ab_refuses_a_revision_it_cannot_read(tmp_path):
+    import kernel_ab
+
+    with pytest.raises(SystemExit, match="--base 'no-such-rev'"):
+        kernel_ab.main(["--base", "no-such-rev", "--out", str(tmp_path)])

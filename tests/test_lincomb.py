@@ -402,6 +402,37 @@ def test_lincomb_over_gfp_reduces_sums_up_to_2_pow_52_of_many_terms(simd):
 
 
 @needs_kernels
+@pytest.mark.parametrize("simd", LEVELS)
+@pytest.mark.parametrize("k, p", [(2, 33554393), (8, 16777213), (512, 2097143)])
+def test_lincomb_over_gfp_reduces_exactly_where_every_sum_is_at_most_2_pow_51(k, p, simd):
+    """Where every sum is at most 2**51 (k (p - 1)**2 <= 2**51) the AVX2 passes take the
+    quotient as the floor of x times 1/p rounded up: exact at the largest sum, at exact
+    multiples of p (remainder 0, where a quotient from 1/p rounded down would come out one
+    short) and just below and above them. The primes put the largest sum within 1e-5 of
+    2**51."""
+    assert 0.99999 * 2 ** 51 < k * (p - 1) ** 2 <= 2 ** 51
+    rng = np.random.default_rng(k)
+    C = 64
+    srcs = [rng.integers(0, p, (1, C)) for _ in range(k)]
+    srcs[0][0, :8] = p - 1
+    G = rng.integers(0, p, (4, k)).astype(np.float64)
+    G[0] = p - 1                                   # row 0, columns 0-7: the largest sum
+    # row 1: sums c s_0 + s_1 + (s_1 of rows 2..) chosen as multiples of p, then +-1
+    G[1] = 0.0
+    G[1, :2] = [int(rng.integers(1, p)), 1.0]
+    target = (-(int(G[1, 0]) * srcs[0][0].astype(object))) % p
+    srcs[1][0] = np.array(target, dtype=np.int64)
+    srcs[1][0, 40:48] = (srcs[1][0, 40:48] + 1) % p   # one above a multiple
+    srcs[1][0, 48:56] = (srcs[1][0, 48:56] - 1) % p   # one below
+    outs = [np.empty((1, C), np.int64) for _ in range(4)]
+    K.lincomb(G, srcs, outs, None, False, False, simd, p)
+    X = np.array([s_[0] for s_ in srcs], dtype=object)
+    want = (G.astype(np.int64).astype(object) @ X) % p
+    np.testing.assert_array_equal(np.array(outs)[:, 0], want.astype(np.int64))
+    assert (np.array(outs)[1, 0, :40] == 0).all()
+
+
+@needs_kernels
 def test_lincomb_takes_a_one_entry_sq_at_any_stride():
     """A one-entry ``sq`` is contiguous whatever its stride (numpy's view of it)."""
     sq = np.zeros(8)[::4][:1]
