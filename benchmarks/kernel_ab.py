@@ -21,6 +21,7 @@ kernels' arithmetic is fixed).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.machinery
 import importlib.util
 import json
@@ -57,14 +58,28 @@ CASES = {
 }
 
 
+COMPILER = (sysconfig.get_config_var("CC") or "cc").split()[0]
+FLAGS = ["-shared", "-fPIC", "-O2", "-fwrapv"]
+
+
 def build(source: Path, out: Path) -> None:
     """Compile one ``_kernels.c`` into an extension module (the same command for both
     builds: ``-O2``, as setup.py asks)."""
-    cmd = [(sysconfig.get_config_var("CC") or "cc").split()[0], "-shared", "-fPIC", "-O2",
-           "-fwrapv", f"-I{sysconfig.get_paths()['include']}", str(source), "-o", str(out)]
-    got = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = [COMPILER, *FLAGS, f"-I{sysconfig.get_paths()['include']}", str(source), "-o", str(out)]
+    try:
+        got = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as exc:
+        raise SystemExit(f"cannot run the compiler {COMPILER!r}: {exc}")
     if got.returncode != 0:
         raise SystemExit(f"compiling {source} failed:\n{got.stderr}")
+
+
+def compiler_version() -> str | None:
+    try:
+        return subprocess.run([COMPILER, "--version"], capture_output=True, text=True,
+                              check=True).stdout.splitlines()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        return None
 
 
 def load(path: Path, tag: str):
@@ -116,7 +131,8 @@ def run(kernels: dict, cases: list[str], sizes: list[int], rounds: int,
                         if r == 1:
                             tasks[which] = [x.copy() for x in operands(enc)]
                         del enc
-                same = all(np.array_equal(a, b) for a, b in zip(tasks["base"], tasks["work"]))
+                same = len(tasks["base"]) == len(tasks["work"]) and all(
+                    np.array_equal(a, b) for a, b in zip(tasks["base"], tasks["work"]))
                 mb, mw = statistics.median(times["base"]), statistics.median(times["work"])
                 rows.append({"case": label, "key": key, "dtype": dtype, "size": size,
                              "rounds": rounds, "base_s": mb, "work_s": mw, "work_over_base": mw / mb,
@@ -170,11 +186,19 @@ def main(argv: list[str] | None = None) -> int:
                                   text=True, check=True).stdout.strip()
     except subprocess.CalledProcessError as exc:
         raise SystemExit(f"--base {args.base!r}: not a revision with {SOURCE} ({exc.stderr.strip()})")
+    except OSError as exc:
+        raise SystemExit(f"--base {args.base!r} needs git, which did not run: {exc}")
+    work_src = (REPO / SOURCE).read_text()
+    sha = {"base": hashlib.sha256(base_src.encode()).hexdigest(),
+           "work": hashlib.sha256(work_src.encode()).hexdigest()}
+    if sha["base"] == sha["work"]:
+        print(f"note: {SOURCE} is the same at --base {args.base} and in the work tree: the two "
+              "builds are of one source, and the ratios measure only the noise", file=sys.stderr)
     pool = task_pool()
     pool.limit = max(pool.limit, 2 << 30)   # every case's tasks reused between its encodes
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        (tmp / "base.c").write_text(base_src)
+        (tmp / "base.c").write_text(base_src)   # (the work tree's is compiled where it lies)
         build(tmp / "base.c", tmp / "base.so")
         build(REPO / SOURCE, tmp / "work.so")
         kernels = {"base": load(tmp / "base.so", "base"), "work": load(tmp / "work.so", "work")}
@@ -183,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"machine": _machine.machine_info(),
            "parameters": {"base": args.base, "base_commit": base_rev, "sizes": args.sizes,
                           "rounds": args.rounds, "cases": args.cases,
-                          "build": "cc -shared -fPIC -O2 -fwrapv (both builds)"},
+                          "build": " ".join([COMPILER, *FLAGS]),
+                          "compiler": compiler_version(),
+                          "source_sha256": sha, "same_source": sha["base"] == sha["work"]},
            "rows": rows}
     (args.out / "kernel_ab.json").write_text(json.dumps(doc, indent=1, default=float) + "\n")
     plot(rows, args.out / "kernel_ab.png")

@@ -465,7 +465,9 @@ def kernel_ab(doc: dict[str, Any]) -> str:
     base = str(par.get("base_commit") or par["base"])[:8]
     out = [
         f"Source: {_source('kernel_ab', doc)}; the encode kernel `_kernels.c` at {base} (*base*) "
-        f"and at the measured commit (*work*), both built with `{par['build']}` and loaded as "
+        f"and at the measured commit (*work*)"
+        + (" (**the same source**: the ratios are noise)" if par.get("same_source") else "")
+        + f", both built with `{par['build']}` and loaded as "
         f"two modules into one process; `code.encode(A, B)` alternated between them, the order "
         f"swapped every round, median of {par['rounds']} rounds each, A and B size x size. "
         "*work / base* below 1: the measured commit's kernel is faster. *tasks*: whether the "

@@ -6,6 +6,7 @@ the move bound reads and writes the byte counts it is given."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -40,6 +41,29 @@ def test_copy_time_without_the_compiled_loops_is_numpys(monkeypatch):
     assert list(ways) == ["numpy"] and t == ways["numpy"]
 
 
+def test_every_timed_copy_and_step_starts_after_an_eviction(monkeypatch):
+    """The bounds' copies and the timed steps each start with the caches cleared of their
+    inputs (``evict``), and the move bound's copy is ``copy_time``'s (the faster copy)."""
+    calls = []
+    monkeypatch.setattr(bench, "evict", lambda: calls.append("evict"))
+    real = bench.copy_time
+
+    def spy(dst, src):
+        calls.append("copy_time")
+        return real(dst, src)
+
+    src = np.arange(4096, dtype=np.float64)
+    dst = np.zeros_like(src)
+    bench.copy_time(dst, src)
+    assert calls == ["evict"] * (2 if _encode._K is not None else 1)
+    calls.clear()
+    assert bench.timed(lambda: 7)[1] == 7 and calls == ["evict"]
+    calls.clear()
+    monkeypatch.setattr(bench, "copy_time", spy)
+    bench.move_time(src, dst, np.ones(64), 8 * 1000, 8 * 3000)
+    assert calls[0] == "copy_time"
+
+
 @pytest.mark.parametrize("bytes_in, bytes_out", [(8 * 3000, 8 * 9000), (8 * 9000, 8 * 3000),
                                                  (8 * 5000, 8 * 5000)])
 def test_move_time_writes_what_it_is_asked(bytes_in, bytes_out):
@@ -70,6 +94,11 @@ def test_kernel_ab_compares_two_distinct_builds(tmp_path):
     assert all(r["tasks_identical"] and r["work_over_base"] > 0 for r in doc["rows"])
     assert len(doc["parameters"]["base_commit"]) == 40
     assert doc["machine"]["commit"]
+    # the same source at HEAD and in the work tree is said, not hidden
+    head = subprocess.run(["git", "show", "HEAD:codedml/codes/_kernels.c"], cwd=BENCH.parent,
+                          capture_output=True, text=True, check=True).stdout
+    work = (BENCH.parent / "codedml" / "codes" / "_kernels.c").read_text()
+    assert doc["parameters"]["same_source"] == (head == work)
 
 
 def test_kernel_ab_refuses_a_revision_it_cannot_read(tmp_path):

@@ -403,33 +403,41 @@ def test_lincomb_over_gfp_reduces_sums_up_to_2_pow_52_of_many_terms(simd):
 
 @needs_kernels
 @pytest.mark.parametrize("simd", LEVELS)
-@pytest.mark.parametrize("k, p", [(2, 33554393), (8, 16777213), (512, 2097143)])
-def test_lincomb_over_gfp_reduces_exactly_where_every_sum_is_at_most_2_pow_51(k, p, simd):
-    """Where every sum is at most 2**51 (k (p - 1)**2 <= 2**51) the AVX2 passes take the
-    quotient as the floor of x times 1/p rounded up: exact at the largest sum, at exact
-    multiples of p (remainder 0, where a quotient from 1/p rounded down would come out one
-    short) and just below and above them. The primes put the largest sum within 1e-5 of
-    2**51."""
-    assert 0.99999 * 2 ** 51 < k * (p - 1) ** 2 <= 2 ** 51
+@pytest.mark.parametrize("k, p, E", [(2, 23726551, 24), (8, 11863067, 26), (128, 2965783, 28),
+                                     (512, 1482647, 29)])
+def test_lincomb_over_gfp_reduces_exactly_where_every_sum_is_at_most_2_pow_50(k, p, E, simd):
+    """Where every sum is at most 2**50 (k (p - 1)**2 <= 2**50, here within 0.04% of it) the
+    AVX2 passes take the quotient as the floor of x times the double above fl(1/p), with no
+    correction. Exact at the largest sum k (p - 1)**2, and at x = 2**E p: for these primes
+    fl(x fl(1/p)) < 2**E, so a quotient from fl(1/p) itself would come out one short there
+    (remainder p instead of 0); also one either side of it, remainder p - 1, the largest
+    multiple of p reachable, and random sums."""
+    assert 0.9995 * 2 ** 50 < k * (p - 1) ** 2 <= 2 ** 50
+    Q = 2 ** E
+    assert (Q * p) * (1.0 / p) < Q            # the case the rounded-up 1/p is there for
+    hi = (k - 1) * (p - 1) ** 2 + p - 2       # the largest sum row 1 can form
     rng = np.random.default_rng(k)
-    C = 64
-    srcs = [rng.integers(0, p, (1, C)) for _ in range(k)]
-    srcs[0][0, :8] = p - 1
-    G = rng.integers(0, p, (4, k)).astype(np.float64)
-    G[0] = p - 1                                   # row 0, columns 0-7: the largest sum
-    # row 1: sums c s_0 + s_1 + (s_1 of rows 2..) chosen as multiples of p, then +-1
-    G[1] = 0.0
-    G[1, :2] = [int(rng.integers(1, p)), 1.0]
-    target = (-(int(G[1, 0]) * srcs[0][0].astype(object))) % p
-    srcs[1][0] = np.array(target, dtype=np.int64)
-    srcs[1][0, 40:48] = (srcs[1][0, 40:48] + 1) % p   # one above a multiple
-    srcs[1][0, 48:56] = (srcs[1][0, 48:56] - 1) % p   # one below
-    outs = [np.empty((1, C), np.int64) for _ in range(4)]
-    K.lincomb(G, srcs, outs, None, False, False, simd, p)
-    X = np.array([s_[0] for s_ in srcs], dtype=object)
-    want = (G.astype(np.int64).astype(object) @ X) % p
-    np.testing.assert_array_equal(np.array(outs)[:, 0], want.astype(np.int64))
-    assert (np.array(outs)[1, 0, :40] == 0).all()
+    targets = [Q * p, Q * p + 1, Q * p - 1, Q * p + p - 1, (hi // p) * p, (hi // p) * p - 1, hi]
+    targets += [int(v) for v in rng.integers(0, hi, 9)]
+    C = 8 + len(targets)
+    X = np.full((k, C), p - 1, np.int64)      # columns 0-7: every source p - 1
+    for c, x in enumerate(targets, start=8):  # row 1: (p - 1)(sources 0..k-2) + source k-1 = x
+        S, last = divmod(x, p - 1)
+        full, part = divmod(S, p - 1)
+        X[:, c] = 0
+        X[:full, c] = p - 1
+        if full < k - 1:
+            X[full, c] = part
+        X[k - 1, c] = last
+    G = np.full((3, k), p - 1.0)              # row 0: the largest sum at columns 0-7
+    G[1, -1] = 1.0
+    G[2] = rng.integers(0, p, k)
+    outs = [np.empty((1, C), np.int64) for _ in range(3)]
+    K.lincomb(G, [X[j:j + 1] for j in range(k)], outs, None, False, False, simd, p)
+    sums = G.astype(np.int64).astype(object) @ X.astype(object)
+    assert [int(v) for v in sums[1, 8:]] == targets
+    assert int(sums[0, 0]) == k * (p - 1) ** 2
+    np.testing.assert_array_equal(np.array(outs)[:, 0], (sums % p).astype(np.int64))
 
 
 @needs_kernels

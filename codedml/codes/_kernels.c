@@ -1560,17 +1560,21 @@ LC_INLINE LC_A2 void lc2_put(char kd, char *base, Py_ssize_t c, __m256d a, __m25
 /* GF(p) ('q'): a pass's exact integer sums x in [0, 2**52] reduced mod p into int64 tasks,
    p and the constants held in registers, md = {p, 1 / p, u} (lincomb's setup). Stored as
    the bits of 2**52 + r less those of 2**52. Two quotients:
-   - FL (u > 0, every sum at most 2**51): q = floor(fl(x u)) with u = 1 / p rounded up.
-     x u lies in [x / p, x / p (1 + 2**-52)], so fl(x u) is at least floor(x / p) (an
-     integer, representable) and, as x / p is at most floor(x / p) + (p - 1) / p and
-     x 2**-52 / p < 1 / (2 p) while x + p < 2**52, below floor(x / p) + 1: q is floor(x / p)
-     and r = x - q p, exact by the fused multiply-add, lies in [0, p). Five operations.
+   - FL (u > 0, every sum at most 2**50): q = floor(fl(x u)), u the double just above
+     fl(1 / p). fl(1 / p) is within half an ulp of 1 / p and an ulp of 1 / p is at most
+     2**-52 / p, so u = (1 / p)(1 + d) with 0 < d <= 1.5 2**-52. Let x = Q p + r0, 0 <= r0
+     < p. Then x u >= x / p >= Q, an integer below 2**53 (a double), so fl(x u) >= Q.
+     And x u <= Q + (p - 1) / p + x d / p <= Q + 1 - 0.625 / p (x d <= 0.375), while the
+     doubles below Q + 1 are at most (Q + 1) 2**-52 <= (x + p) 2**-52 / p < 0.26 / p
+     apart: only a value within 0.13 / p of Q + 1 rounds up to it, so fl(x u) < Q + 1. Hence q = Q, and r = x - q p = r0, exact by the fused
+     multiply-add, already lies in [0, p). Five operations.
    - else: q = x fl(1 / p) rounded to the nearest integer. fl(1 / p) is within 2**-53 of
      1 / p relatively, so for x in [0, 2**52] x fl(1 / p) is within 1 / (2 p) of x / p, q
      is the nearest integer to it, and r = x - q p (exact) lies within (p + 1) / 2 of 0:
      in (-p, p), and in [0, p) once p is added where it is negative. Eight operations.
-   Side by side (2-core AMD EPYC, AVX2), against the generic pass with the second form:
-   the GF(65537) polynomial code's encode 0.83-0.87x the time, MDS(17, 15) 0.91-0.96x. */
+   Side by side (2-core AMD EPYC, AVX2; benchmarks/kernel_ab.py), against the generic pass
+   with the second form: the GF(65537) polynomial code's encode 0.84-0.87x the time,
+   MDS(17, 15) 0.94-0.98x. */
 #define LC2Q_MOD(x, out)                                                                   \
     do {                                                                                  \
         if (FL) {                                                                         \
@@ -1981,7 +1985,7 @@ static void lc_run(LcJob *J)
             }
             LcPf *const pfa = pf.per ? &pf : NULL;   /* nothing asked: one test a step */
             for (Py_ssize_t ps = 0; ps < J->npass; ps++) {
-                /* rows o .. o + nr - 1 (run as 4, else 2: a zero row of G pads the rest) */
+                /* rows o .. o + nr - 1 (run as 4, 2 or 1: a zero row of G pads a pass of 3) */
                 const Py_ssize_t o = J->po[ps];
                 const int nr = J->pr[ps], nk = nr > 2 ? 4 : nr;
                 const double *g[4];
@@ -2014,8 +2018,8 @@ static void lc_run(LcJob *J)
                     continue;
                 }
                 if (ng && J->simd) {
-                    /* a padding row (odd counts, never with pairs: 2 rows per output) is
-                       stored into the scratch rows `y` (W doubles, 64-byte aligned) */
+                    /* a padding row (a pass of 3 rows; never with pairs: 2 rows per output)
+                       is stored into the scratch rows `y` (W doubles, 64-byte aligned) */
                     char *dp[4] = {(char *)J->y, (char *)J->y, (char *)J->y, (char *)J->y};
                     double sv[4] = {0.0, 0.0, 0.0, 0.0};
                     /* ordinary stores, never streamed: a pass writes its rows side by side,
@@ -2146,8 +2150,8 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
                         "lincomb: with `p` (GF(p)) neither `pairs` nor `sq` applies");
         return NULL;
     }
-    /* GF(p): {p, 1 / p, 1 / p rounded up where every sum is at most 2**51 (else 0): the
-       quotient's two forms in lc2q_body} */
+    /* GF(p): {p, 1 / p, the double above fl(1 / p) where every sum is at most 2**50, else
+       0}: the quotient's two forms in lc2q_body */
     double md[3] = {(double)fp, fp ? 1.0 / (double)fp : 0.0, 0.0};
     PyObject *fs = NULL, *fd = NULL, *result = NULL;
     Py_buffer g, q, *sb = NULL, *db = NULL;
@@ -2201,7 +2205,7 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
                          "(k (p - 1)**2 must be at most 2**52)", g.shape[1], fp);
             goto done;
         }
-        if ((double)g.shape[1] * (md[0] - 1.0) * (md[0] - 1.0) <= 2251799813685248.0)
+        if ((double)g.shape[1] * (md[0] - 1.0) * (md[0] - 1.0) <= 1125899906842624.0)   /* 2**50 */
             md[2] = nextafter(1.0 / md[0], INFINITY);
     }
     {
