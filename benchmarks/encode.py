@@ -238,16 +238,11 @@ def copy_time(dst: np.ndarray, src: np.ndarray) -> tuple[float, dict[str, float]
     256 MiB (three quarters of the 256 MiB L3 glibc reads there; sysfs shows 16 MiB), and
     below it ``np.copyto`` wrote through the cache (15-16 GB/s read plus written against 25-29
     GB/s streamed, 32-128 MiB), so a bound timed by it alone was about 1.5x lenient at 1024
-    and 2048 and strict only at 4096. Each copy starts after :func:`evict`."""
-    evict()
-    t0 = CLOCK()
-    np.copyto(dst, src)
-    got = {"numpy": CLOCK() - t0}
+    and 2048 and strict only at 4096. Each copy is :func:`timed` (after :func:`evict`)."""
+    got = {"numpy": timed(lambda: np.copyto(dst, src))[0]}
     if _encode._K is not None:
-        evict()
-        t0 = CLOCK()
-        _encode._K.copy_sq(dst, src, None, True, 1.0, squares=False)
-        got["streamed"] = CLOCK() - t0
+        got["streamed"] = timed(
+            lambda: _encode._K.copy_sq(dst, src, None, True, 1.0, squares=False))[0]
     return min(got.values()), got
 
 

@@ -36,25 +36,27 @@ from pathlib import Path
 import numpy as np
 
 import _machine  # noqa: E402  (benchmarks/_machine.py, next to this script)
+from encode import PRIME, _operands  # noqa: E402  (benchmarks/encode.py: its cases and tasks)
+from encode import cases as encode_cases  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from codedml.codes import MDSCode, PolynomialCode, _encode  # noqa: E402
+from codedml.codes import _encode  # noqa: E402
 from codedml.codes._pool import task_pool  # noqa: E402
 
 SOURCE = "codedml/codes/_kernels.c"
-PRIME = 65537
 
+#: Short names for cases of ``benchmarks/encode.py`` (its label, input dtype).
 CASES = {
-    "gf-poly": ("Polynomial (17) 4x4 GF(65537)", lambda: PolynomialCode(17, 4, 4, field=PRIME), "int64"),
-    "gf-mds": ("MDS (17,15) GF(65537)", lambda: MDSCode(17, 15, field=PRIME, systematic=False), "int64"),
-    "gf-sys": ("MDS (17,15) sys GF(65537)", lambda: MDSCode(17, 15, field=PRIME, systematic=True), "int64"),
-    "f64-sys": ("MDS (17,15) sys", lambda: MDSCode(17, 15, systematic=True), "float64"),
-    "f32-sys": ("MDS (17,15) sys", lambda: MDSCode(17, 15, systematic=True), "float32"),
-    "f64-mds": ("MDS (17,15)", lambda: MDSCode(17, 15, systematic=False), "float64"),
-    "f32-mds": ("MDS (17,15)", lambda: MDSCode(17, 15, systematic=False), "float32"),
-    "f64-poly": ("Polynomial (17) 4x4", lambda: PolynomialCode(17, 4, 4), "float64"),
+    "gf-poly": (f"Polynomial (17) 4x4 GF({PRIME})", "int64"),
+    "gf-mds": (f"MDS (17,15) GF({PRIME})", "int64"),
+    "gf-sys": (f"MDS (17,15) sys GF({PRIME})", "int64"),
+    "f64-sys": ("MDS (17,15) sys", "float64"),
+    "f32-sys": ("MDS (17,15) sys", "float32"),
+    "f64-mds": ("MDS (17,15)", "float64"),
+    "f32-mds": ("MDS (17,15)", "float32"),
+    "f64-poly": ("Polynomial (17) 4x4", "float64"),
 }
 
 
@@ -95,19 +97,10 @@ def load(path: Path, tag: str):
     return mod
 
 
-def operands(enc) -> list[np.ndarray]:
-    seen, out = set(), []
-    for t in enc._tasks:
-        for x in (t.a, t.b):
-            if id(x) not in seen:
-                seen.add(id(x))
-                out.append(np.asarray(x))
-    return out
-
-
 def run(kernels: dict, cases: list[str], sizes: list[int], rounds: int,
         rng: np.random.Generator) -> list[dict]:
     rows = []
+    codes = {(c["label"], c["dtype"]): c["code"] for c in encode_cases()}
     saved = _encode._K
     try:
         for size in sizes:
@@ -115,8 +108,8 @@ def run(kernels: dict, cases: list[str], sizes: list[int], rounds: int,
                     "int64": (rng.integers(0, PRIME, (size, size)), rng.integers(0, PRIME, (size, size)))}
             data["float32"] = tuple(x.astype(np.float32) for x in data["float64"])
             for key in cases:
-                label, make, dtype = CASES[key]
-                code = make()
+                label, dtype = CASES[key]
+                code = codes[(label, dtype)]
                 A, B = data[dtype]
                 times: dict[str, list[float]] = {"base": [], "work": []}
                 tasks = {}
@@ -129,7 +122,7 @@ def run(kernels: dict, cases: list[str], sizes: list[int], rounds: int,
                         if r >= 2:
                             times[which].append(dt)
                         if r == 1:
-                            tasks[which] = [x.copy() for x in operands(enc)]
+                            tasks[which] = [x.copy() for x in _operands(enc)]
                         del enc
                 same = len(tasks["base"]) == len(tasks["work"]) and all(
                     np.array_equal(a, b) for a, b in zip(tasks["base"], tasks["work"]))
