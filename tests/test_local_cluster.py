@@ -1205,3 +1205,82 @@ def test_a_fault_model_naming_ranks_the_cluster_lacks_is_refused(model, name):
     fault-free job as a faulty one. Refused by name (rank 0 is the root)."""
     with pytest.raises(ConfigurationError, match=rf"`faults` \({name}\) ranks must be between 1 and workers=4 \(rank 0 is the root\), got"):
         LocalCluster(4, faults=model)
+
+
+def test_a_later_request_with_an_earlier_deadline_expires_at_its_own():
+    """The progress loop scans for expired requests only from the nearest deadline on
+    (``_next_deadline``): a request registered after a long one, with a shorter deadline,
+    must still settle with its DeadlineError near its own deadline, and the long one stay
+    pending until its own."""
+    def echo(ctx, x, **_):
+        return x
+
+    with LocalCluster(3, handlers={"echo": echo}, faults=FailSilent([1]), timeout=60) as c:
+        long = c.call("echo", np.ones(2), timeout=30.0)
+        t = time.perf_counter()
+        short = c.call("echo", np.ones(2), timeout=0.3)
+        with pytest.raises(DeadlineError, match=r"call 'echo' \(job 1\): deadline of 0.3 s"):
+            short.result()
+        assert time.perf_counter() - t < 5.0   # not the long request's 30 s
+        assert not long.done()
+        again = c.call("echo", np.ones(2), timeout=0.2)   # a nearer deadline once more
+        with pytest.raises(DeadlineError, match=r"deadline of 0.2 s"):
+            again.result()
+        assert not long.done()
+        long.cancel()
+
+
+def test_futures_state_is_read_alike_by_done_result_and_concurrent_futures():
+    """``done()`` and ``result()`` read the Future's state without its condition; what they
+    say must match what ``concurrent.futures`` sees: a value, a raised error, a cancel."""
+    import concurrent.futures as cf
+
+    def echo(ctx, x, **_):
+        return x
+
+    def boom(ctx, x, **_):
+        raise RuntimeError("boom")
+
+    with LocalCluster(2, handlers={"echo": echo, "boom": boom}, faults=FailSilent([2]),
+                      timeout=60) as c:
+        ok = c.call("echo", np.arange(3.0), workers=[0])
+        bad = c.call("boom", np.ones(1), workers=[0])
+        hung = c.call("echo", np.ones(1), workers=[1])   # rank 2 is silent
+        done, pending = cf.wait([ok, bad, hung], timeout=10, return_when=cf.ALL_COMPLETED)
+        assert done == {ok, bad} and pending == {hung}
+        assert ok.done() and bad.done() and not hung.done()
+        assert ok.result()[0].tolist() == [0.0, 1.0, 2.0]
+        assert ok.result() is ok.result()                 # the value, not a copy per call
+        with pytest.raises(WorkerFailure, match="boom"):
+            bad.result()
+        assert isinstance(bad.exception(), WorkerFailure)
+        assert hung.cancel() and hung.done() and hung.cancelled()
+        with pytest.raises(cf.CancelledError):
+            hung.result()
+        assert set(cf.as_completed([ok, bad], timeout=1)) == {ok, bad}
+
+
+def test_a_waiter_on_the_cluster_is_woken_by_a_settlement_not_its_timeout():
+    """Arrivals and settlements notify the cluster's condition only while a thread waits on
+    it (``_wait_changed`` counts them): a thread waiting there with a long timeout must be
+    woken when a request settles."""
+    def echo(ctx, x, **_):
+        time.sleep(0.2)
+        return x
+
+    with LocalCluster(2, handlers={"echo": echo}, timeout=60) as c:
+        call = c.call("echo", np.ones(1))
+        woke = []
+
+        def wait() -> None:
+            with c._lock:
+                t = time.perf_counter()
+                while not call.settled and time.perf_counter() - t < 30:
+                    c._wait_changed(30.0)
+                woke.append(time.perf_counter() - t)
+
+        th = threading.Thread(target=wait)
+        th.start()
+        th.join(35)
+        assert woke and woke[0] < 10.0, woke   # woken by the settlement, not after 30 s
+        assert call.result()[0].tolist() == [1.0]

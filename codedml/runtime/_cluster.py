@@ -162,6 +162,10 @@ class ClusterBase:
         self._parity_nice = self.PARITY_NICE
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)  # notified on every arrival
+        self._waiting = 0  # threads in self._changed.wait (no notify without one)
+        # no pending request's deadline is earlier (a pump scans for expired requests only
+        # from then on; a settled request's stale value only costs one scan)
+        self._next_deadline = math.inf
         self._next_job = 0
         self._next_ack = 0
         self._pending: dict[int, _Request] = {}
@@ -350,6 +354,8 @@ class ClusterBase:
         yield the cores: :attr:`parity_nice`)."""
         table = self._acks if isinstance(r, Ack) else self._pending
         table[r.id] = r
+        if r.deadline < self._next_deadline:
+            self._next_deadline = r.deadline
         try:
             if per_worker is None:
                 self._send_many(r.sent_to, req, arrays or [])
@@ -432,10 +438,11 @@ class ClusterBase:
             jid = self._next_job
             self._next_job += 1
             req = call_request(jid, name, params)
-            call = Call(self, jid, name, [w for w in rows if w not in self._dead], timeout,
-                        time.perf_counter())
-            for w in rows:
-                if w in self._dead:
+            dead = self._dead
+            call = Call(self, jid, name, [w for w in rows if w not in dead] if dead else rows,
+                        timeout, time.perf_counter())
+            for w in rows if dead else ():
+                if w in dead:
                     call.failed[w] = "crashed"
             if per_worker is not None:
                 self._register(call, req, per)
@@ -529,17 +536,25 @@ class ClusterBase:
         now = time.perf_counter()
         for a in arrivals:
             self._route(a, now)
-        for table in (self._pending, self._acks):
-            for r in [r for r in table.values() if now >= r.deadline]:
-                r._expire()
+        if now >= self._next_deadline:
+            self._expire_due(now)
         if self._wakes:  # requests that asked to be looked at again (a systematic wait)
             for r in [r for r in self._wakes if now >= r.wake_at]:
                 self._wakes.remove(r)
                 r.wake_at = None
                 r._progress()
-        if arrivals:
+        if arrivals and self._waiting:
             self._changed.notify_all()
         return len(arrivals)
+
+    def _expire_due(self, now: float) -> None:
+        """Settle the requests whose deadline has passed (under the lock), and note the
+        nearest deadline of those left."""
+        for table in (self._pending, self._acks):
+            for r in [r for r in table.values() if now >= r.deadline]:
+                r._expire()
+        self._next_deadline = min((r.deadline for t in (self._pending, self._acks)
+                                   for r in t.values()), default=math.inf)
 
     def _route(self, a: Arrival, now: float) -> None:
         w = a.worker
@@ -633,8 +648,9 @@ class ClusterBase:
     def _solve_cost(self, code: Any) -> float | None:
         return self._solve_costs.get(_code_key(code))
 
-    def _retire(self, r: _Request) -> None:
-        """A request settled: out of the pending tables; kept weakly while workers owe it."""
+    def _retire(self, r: _Request, owed: list[int] | None = None) -> None:
+        """A request settled: out of the pending tables; kept weakly while workers owe it
+        (``owed``: its outstanding workers where the caller has them)."""
         if isinstance(r, Ack):
             self._acks.pop(r.id, None)
             return
@@ -642,9 +658,10 @@ class ClusterBase:
         if r.wake_at is not None:  # settled before its wake-up: nothing to look at again
             r.wake_at = None
             self._wakes.remove(r)
-        if r._outstanding():
+        if r._outstanding() if owed is None else owed:
             self._finished[r.id] = r
-        self._changed.notify_all()
+        if self._waiting:
+            self._changed.notify_all()
 
     def _cancel_at(self, worker: int, r: _Request) -> None:
         if not isinstance(r, Ack) and worker not in self._dead:
@@ -735,11 +752,20 @@ class ClusterBase:
                 raise FaultError(f"the cluster's progress failed: {exc!r}") from exc
             pause = self._poll_pause()
             if pause <= 0.0:  # a reply is due any moment: let others run, then poll again
-                self._changed.wait(0)
+                self._wait_changed(0)
                 os.sched_yield()
                 return
             timeout = min(timeout, pause)
-        self._changed.wait(timeout)
+        self._wait_changed(timeout)
+
+    def _wait_changed(self, timeout: float) -> None:
+        """``self._changed.wait(timeout)``, counted: arrivals and settlements notify only
+        while someone waits (a notify is a few microseconds of Python)."""
+        self._waiting += 1
+        try:
+            self._changed.wait(timeout)
+        finally:
+            self._waiting -= 1
 
     def _poll_pause(self) -> float:
         """How long a caller pumping by itself waits between polls (seconds)."""

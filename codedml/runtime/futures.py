@@ -26,6 +26,7 @@ import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,9 @@ from ..errors import (ConfigurationError, CorruptResultError, DeadlineError,
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._cluster import ClusterBase
+
+_DONE = frozenset((CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED))
+_CANCELLED = frozenset((CANCELLED, CANCELLED_AND_NOTIFIED))
 
 __all__ = ["Arrival", "WorkerStatus", "JobReport", "AckReport", "Job", "Call", "Ack",
            "check_deadline", "check_wait"]
@@ -229,13 +233,15 @@ class _Request(Future):
             return
         self.settled = True
         self.t_done = time.perf_counter()
+        owed = None
         try:
             self._free()
-            for w in self._outstanding():
+            owed = self._outstanding()
+            for w in owed:
                 self.cluster._cancel_at(w, self)
         finally:
-            self.cluster._retire(self)
-            if self.cancelled():
+            self.cluster._retire(self, owed)
+            if self._state in _CANCELLED:   # cancelled(), without the Future's condition
                 return
             if exc is not None:
                 self.set_exception(exc.with_traceback(None))
@@ -268,12 +274,21 @@ class _Request(Future):
             self._settle()
             return True
 
+    def done(self) -> bool:
+        # The Future's state without its condition: it only moves forward, one attribute
+        # written under the GIL (set_result writes the result before the state).
+        return self._state in _DONE
+
     def result(self, timeout: float | None = None) -> Any:
         """The result, waiting at most ``timeout`` seconds (``None``: until the request settles,
         which its deadline bounds); raises what the request settled with, or
         :class:`TimeoutError` if ``timeout`` passes first (the request goes on)."""
-        timeout = check_wait("timeout", timeout)
-        return super().result(self._await(timeout))
+        if timeout is not None:
+            timeout = check_wait("timeout", timeout)
+        left = self._await(timeout)
+        if self._state == FINISHED and self._exception is None:
+            return self._result   # settled with a value (what Future.result returns)
+        return super().result(left)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         timeout = check_wait("timeout", timeout)
@@ -285,13 +300,13 @@ class _Request(Future):
         cl = self.cluster
         cl._ensure_progress()
         bound = self._bounded(timeout)
-        if not cl._caller_progress or self.done():
+        if not cl._caller_progress or self._state in _DONE:
             return bound
         end = time.perf_counter() + bound
         with cl._changed:
             cl._drivers += 1
             try:
-                while not self.done():
+                while self._state not in _DONE:
                     left = end - time.perf_counter()
                     if left <= 0:
                         break

@@ -180,6 +180,7 @@ _TRANSPORTS = ("auto", "compiled", "python")
 _MIN_PAUSE = 2e-5
 _MAX_PAUSE = 1e-3
 _SPIN = 2e-3
+_RESULT = int(Kind.RESULT)  # a reply's kind, as the compiled poll gives it
 #: A worker looks for cancels again before replying only when serving took longer than this
 #: (seconds): the root cancels a request it no longer needs, which a quick one gives it no
 #: time to do (the cancels are read before the next request in any case).
@@ -410,10 +411,12 @@ class MPICluster(ClusterBase):
         self._request_many(live, req.encode(arrays[0]), arrays, True)
 
     def _send_many(self, workers: Any, req: Request, arrays: list[np.ndarray]) -> None:
-        arrays = [np.ascontiguousarray(a) for a in arrays]
+        arrays = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in arrays]
         ctrl = req.encode(arrays)  # encoded once (sends only read it)
         if self._eng is not None:  # one compiled call posts every worker's
-            self._request_many([w for w in workers if w not in self._dead], ctrl, arrays, False)
+            dead = self._dead
+            self._request_many([w for w in workers if w not in dead] if dead else workers,
+                               ctrl, arrays, False)
             return
         for w in workers:
             if w not in self._dead:
@@ -541,6 +544,12 @@ class MPICluster(ClusterBase):
         events = self._eng.poll(now + wait, self._hot_until, _MIN_PAUSE, _MAX_PAUSE, want)
         out, self._notices = self._notices, []
         for w, what, v in events:
+            if what == 0 and v[1] == _RESULT and v[7] is not None:
+                # the common reply of a call: a result with its payload in the header's
+                # message, whose size the compiled check matched to its shape and dtype
+                out.append(Arrival(w, v[0], "result", np.ndarray(v[4], DTYPES[v[3]], v[7]),
+                                   v[5] * 1e-9))
+                continue
             if what == 2:  # its header receive failed: the process failed (ULFM)
                 self._mark_dead(w)
                 continue
@@ -550,10 +559,9 @@ class MPICluster(ClusterBase):
         return self._polled(out)
 
     def _arrival_compiled(self, w: int, what: int, v: Any) -> Arrival | None:
-        if what == 0 and v[7] is not None:  # the payload came in its header's message
+        if what == 0 and v[7] is not None:  # the payload came in its header's message (an
+            # error's: a result's is handled in _poll_compiled)
             payload = np.frombuffer(v[7], dtype=DTYPES[v[3]]).reshape(v[4])
-            if v[1] == Kind.RESULT:  # the common reply of a call: its Arrival at once
-                return Arrival(w, v[0], "result", payload, v[5] * 1e-9)
             return self._arrival(w, v[0], v[1], v[2], payload, v[5])
         if what == 1:  # a header the compiled check refused: protocol.py names the defect
             head = v[:HEADER_LEN * 8] if len(v) > HEADER_LEN * 8 else v
