@@ -333,6 +333,8 @@ def test_call_request_encodes_as_the_checked_request_and_refuses_the_same() -> N
             got = outcome(lambda: call_request(job, name, prm).encode(arrs))
             if isinstance(want, np.ndarray):
                 assert isinstance(got, np.ndarray) and got.tobytes() == want.tobytes(), (prm, specs)
+                # what the compiled engine sends: the same bytes, in any buffer
+                assert bytes(call_request(job, name, prm).wire(arrs)) == want.tobytes()
             else:
                 assert got == want
 
@@ -368,6 +370,7 @@ def test_requests_without_parameters_encode_as_the_checked_request() -> None:
         for j in (job, job ^ 1):   # the second from the memo, for another job too
             r = Request(op, j, handle, field, comp)
             assert r.encode(arrs).tobytes() == r.with_arrays(arrs).to_bytes().tobytes()
+            assert bytes(r.wire(arrs)) == r.with_arrays(arrs).to_bytes().tobytes()
         assert req.encode(arrs).tobytes() == want
 
     same()

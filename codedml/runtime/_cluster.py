@@ -163,6 +163,8 @@ class ClusterBase:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)  # notified on every arrival
         self._waiting = 0  # threads in self._changed.wait (no notify without one)
+        # calls whose results the transport's poll booked itself (see _pump)
+        self._booked: list[_Request] = []
         # no pending request's deadline is earlier (a pump scans for expired requests only
         # from then on; a settled request's stale value only costs one scan)
         self._next_deadline = math.inf
@@ -536,6 +538,14 @@ class ClusterBase:
         now = time.perf_counter()
         for a in arrivals:
             self._route(a, now)
+        got = len(arrivals)
+        if self._booked:
+            # a transport's poll may book a pending call's results itself, as _route and
+            # _accept would (MPICluster._poll_compiled): each such call looks at them now
+            booked, self._booked = self._booked, []
+            got += len(booked)
+            for r in booked:
+                r._progress()
         if now >= self._next_deadline:
             self._expire_due(now)
         if self._wakes:  # requests that asked to be looked at again (a systematic wait)
@@ -543,9 +553,9 @@ class ClusterBase:
                 self._wakes.remove(r)
                 r.wake_at = None
                 r._progress()
-        if arrivals and self._waiting:
+        if got and self._waiting:
             self._changed.notify_all()
-        return len(arrivals)
+        return got
 
     def _expire_due(self, now: float) -> None:
         """Settle the requests whose deadline has passed (under the lock), and note the

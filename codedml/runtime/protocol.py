@@ -227,6 +227,13 @@ class Request:
         step's call, the same handler with the same parameters; a job's tasks of the same
         layout): validated and JSON-encoded then, so only the job is written now. ``arrays``
         must be contiguous."""
+        out = self.wire(arrays)
+        return out if type(out) is np.ndarray else np.frombuffer(out, dtype=np.uint8)
+
+    def wire(self, arrays: list[np.ndarray]) -> np.ndarray | bytearray:
+        """:meth:`encode`'s bytes, as a ``bytearray`` where they come from a recent request's
+        form (a sender that takes any buffer, the compiled engine, saves the array around it),
+        else as :meth:`encode` gives them."""
         key = self.__dict__.get("_wire_key")
         if key is None:
             if self.params:
@@ -243,7 +250,7 @@ class Request:
             return out
         buf = bytearray(tpl)
         _JOB.pack_into(buf, _JOB_AT, self.job)
-        return np.frombuffer(buf, dtype=np.uint8)
+        return buf
 
     def to_bytes(self) -> np.ndarray:
         """The binary wire form in a uint8 buffer: a fixed little-endian header
@@ -368,6 +375,12 @@ def call_request(job: int, name: str, params: dict[str, Any] | None) -> Request:
     the parameters are flat (str keys; exact str, int, bool, None or finite float values), it
     is built without the dataclass's checks (they pass by construction) and remembers a key
     that decides its wire form, so :meth:`Request.encode` reuses a recent call's."""
+    if params is None and type(name) is str and name and type(job) is int and -1 <= job < _I64:
+        out = object.__new__(Request)   # no parameters: the common call, its key at once
+        out.__dict__.update(op=Op.CALL, job=job, handle=None, field=None, compensated=False,
+                            params={"name": name, "params": {}}, arrays=(),
+                            _wire_key=(name, ()))
+        return out
     inner = {} if params is None else params
     flat = _flat_key(inner) if type(inner) is dict and type(name) is str and name else None
     if flat is None or type(job) is not int or not -1 <= job < _I64:
