@@ -163,7 +163,7 @@ class ClusterBase:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)  # notified on every arrival
         self._waiting = 0  # threads in self._changed.wait (no notify without one)
-        # calls whose results the transport's poll booked itself (see _pump)
+        # calls whose results the transport's poll booked itself (_book; see _pump)
         self._booked: list[_Request] = []
         # no pending request's deadline is earlier (a pump scans for expired requests only
         # from then on; a settled request's stale value only costs one scan)
@@ -443,7 +443,7 @@ class ClusterBase:
             dead = self._dead
             call = Call(self, jid, name, [w for w in rows if w not in dead] if dead else rows,
                         timeout, time.perf_counter())
-            for w in rows if dead else ():
+            for w in rows:
                 if w in dead:
                     call.failed[w] = "crashed"
             if per_worker is not None:
@@ -565,6 +565,23 @@ class ClusterBase:
                 r._expire()
         self._next_deadline = min((r.deadline for t in (self._pending, self._acks)
                                    for r in t.values()), default=math.inf)
+
+    def _book(self, w: int, job: int, payload: Any, now: float) -> bool:
+        """A transport's shortcut for the common reply, a result of a pending call that
+        still owes it: booked as :meth:`_route` and ``_accept`` would, without an
+        :class:`Arrival`; the call looks at it at the end of the pump (:meth:`_pump`).
+        False, nothing done, for anything else (it takes the general path)."""
+        r = self._pending.get(job)
+        if (type(r) is not Call or r.settled or w in r.results
+                or len(r.results) + len(r.failed) >= len(r.sent_to)):
+            return False
+        if job > self._last_answer.get(w, -1):
+            self._last_answer[w] = job
+        if w not in r.latency:
+            r.latency[w] = now - r.t0
+        r.results[w] = payload
+        self._booked.append(r)
+        return True
 
     def _route(self, a: Arrival, now: float) -> None:
         w = a.worker

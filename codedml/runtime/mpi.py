@@ -59,7 +59,7 @@ from ..faults import FaultModel
 from ._cluster import ClusterBase
 from ._exit import skip_finalize_at_exit
 from ._worker import PER_THREAD_NICE, WorkerContext, WorkerState, call_result, remote_error
-from .futures import Arrival, Call, check_wait
+from .futures import Arrival, check_wait
 from .protocol import (ACK_OPS, DTYPES, HEADER_LEN, INLINE_MAX, REPLY_OPS, Kind, Op, RemoteError,
                        ReplyHeader, Request, call_memo, dtype_code, recent_call)
 
@@ -525,13 +525,15 @@ class MPICluster(ClusterBase):
                     out.append(a)
         return self._polled(out)
 
-    def _polled(self, out: list[Arrival]) -> list[Arrival]:
+    def _polled(self, out: list[Arrival], booked: bool = False) -> list[Arrival]:
         """The end of a poll (either path): the notices raised meanwhile join the arrivals;
-        an arrival keeps polling hot for _SPIN, else the pause between polls grows."""
-        out.extend(self._notices)
-        self._notices = []
+        an arrival (or a result the poll ``booked`` itself) keeps polling hot for _SPIN, else
+        the pause between polls grows."""
+        if self._notices:
+            out.extend(self._notices)
+            self._notices = []
         now = time.perf_counter()
-        if out:
+        if out or booked:
             self._hot_until = now + _SPIN
         self._pause = 0.0 if now < self._hot_until else \
             min(max(self._pause * 1.5, _MIN_PAUSE), _MAX_PAUSE)
@@ -545,27 +547,17 @@ class MPICluster(ClusterBase):
         events = self._eng.poll(now + wait, self._hot_until, _MIN_PAUSE, _MAX_PAUSE, want)
         out, self._notices = self._notices, []
         now = time.perf_counter()
-        pending, last, booked = self._pending, self._last_answer, self._booked
+        booked = False
         for w, what, v in events:
             if what == 0 and v[1] == _RESULT and v[7] is not None:
                 # the common reply of a call: a result with its payload in the header's
                 # message, whose size the compiled check matched to its shape and dtype
                 job = v[0]
                 payload = np.ndarray(v[4], DTYPES[v[3]], v[7])
-                r = pending.get(job)
-                if (type(r) is Call and not r.settled and w not in r.results
-                        and len(r.results) + len(r.failed) < len(r.sent_to)):
-                    # booked here as _route and _accept would (ClusterBase._pump looks at
-                    # the call afterwards): no Arrival, no dispatch; anything unusual (a
-                    # second answer, one past those owed) takes the general path
-                    if job > last.get(w, -1):
-                        last[w] = job
-                    if w not in r.latency:
-                        r.latency[w] = now - r.t0
-                    r.results[w] = payload
-                    booked.append(r)
-                    continue
-                out.append(Arrival(w, job, "result", payload, v[5] * 1e-9))
+                if self._book(w, job, payload, now):
+                    booked = True
+                else:
+                    out.append(Arrival(w, job, "result", payload, v[5] * 1e-9))
                 continue
             if what == 2:  # its header receive failed: the process failed (ULFM)
                 self._mark_dead(w)
@@ -573,15 +565,7 @@ class MPICluster(ClusterBase):
             a = self._arrival_compiled(w, what, v)
             if a is not None:
                 out.append(a)
-        # _polled, written out (the common round)
-        if self._notices:
-            out.extend(self._notices)
-            self._notices = []
-        if out or booked:
-            self._hot_until = now + _SPIN
-        self._pause = 0.0 if now < self._hot_until else \
-            min(max(self._pause * 1.5, _MIN_PAUSE), _MAX_PAUSE)
-        return out
+        return self._polled(out, booked)
 
     def _arrival_compiled(self, w: int, what: int, v: Any) -> Arrival | None:
         if what == 0 and v[7] is not None:  # the payload came in its header's message (an

@@ -375,14 +375,13 @@ def call_request(job: int, name: str, params: dict[str, Any] | None) -> Request:
     the parameters are flat (str keys; exact str, int, bool, None or finite float values), it
     is built without the dataclass's checks (they pass by construction) and remembers a key
     that decides its wire form, so :meth:`Request.encode` reuses a recent call's."""
-    if params is None and type(name) is str and name and type(job) is int and -1 <= job < _I64:
-        out = object.__new__(Request)   # no parameters: the common call, its key at once
-        out.__dict__.update(op=Op.CALL, job=job, handle=None, field=None, compensated=False,
-                            params={"name": name, "params": {}}, arrays=(),
-                            _wire_key=(name, ()))
-        return out
     inner = {} if params is None else params
-    flat = _flat_key(inner) if type(inner) is dict and type(name) is str and name else None
+    if type(name) is not str or not name:
+        flat = None
+    elif params is None:
+        flat = ()   # no parameters, the common call: the key without walking them
+    else:
+        flat = _flat_key(inner) if type(inner) is dict else None
     if flat is None or type(job) is not int or not -1 <= job < _I64:
         return Request(Op.CALL, job, params={"name": name, "params": dict(params or {})})
     out = object.__new__(Request)
