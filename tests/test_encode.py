@@ -647,3 +647,107 @@ def test_gradient_b_side_one_row_per_chunk_equals_the_row_by_row_path(dtype, n, 
             np.testing.assert_array_equal(outs[0][0][w, t * nb:t * nb + len(rows)],
                                           (rows.astype(np.float64) * c).astype(dtype))
             assert not outs[0][0][w, t * nb + len(rows):(t + 1) * nb].any()
+
+
+def _laid_out(X: np.ndarray, order: str) -> np.ndarray:
+    if order == "F":
+        return np.asfortranarray(X)
+    if order == "strided":   # every other row and column of a larger array
+        big = np.zeros(tuple(2 * s for s in X.shape))
+        big[tuple(slice(None, None, 2) for _ in X.shape)] = X
+        return big[tuple(slice(None, None, 2) for _ in X.shape)]
+    return X
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 12), k_frac=st.floats(0.1, 1.0), systematic=st.booleans(),
+       M=st.integers(1, 13), N=st.integers(1, 9), K=st.integers(0, 5),
+       order=st.sampled_from(["C", "F", "strided"]), seed=st.integers(0, 2**32 - 1))
+def test_small_encode_is_the_general_encode(n, k_frac, systematic, M, N, K, order, seed):
+    """A small float64 product of an MDS code on the circle takes ``_encode_small`` (its plan
+    is kept): the same tasks bit for bit as the general path (``LinearCode.encode``), the
+    same shapes, dtype and flags, the noise scales within 1e-13 (their sums of squares are
+    added in another order), and a decode of the first k tasks' products gives ``A @ B``."""
+    from codedml.codes._base import LinearCode
+
+    k = max(1, min(n, round(k_frac * n)))
+    code = MDSCode(n, k, systematic=systematic, construction="circle")
+    rng = np.random.default_rng(seed)
+    A = _laid_out(rng.standard_normal((M, N)), order)
+    B = _laid_out(rng.standard_normal((N, K)) if K else rng.standard_normal(N), order)
+    small = code.encode(A, B)
+    general = LinearCode.encode(code, A, B)
+    plan = code.__dict__["_small_plans"][(A.shape, B.shape, "auto")]
+    f64 = np.dtype(np.float64)
+    assert (plan is not None) == (not code.compensates(f64, f64, "auto"))
+    if plan is None:
+        return
+    assert len(small) == len(general) == n
+    for s, g in zip(small, general):
+        for x, y in ((s.a, g.a), (s.b, g.b)):
+            assert x.dtype == y.dtype == f64 and x.shape == y.shape
+            np.testing.assert_array_equal(x, y)
+        assert s.compensated is g.compensated is False and s.field is g.field is None
+    assert (small.shape, small.inner, small.dtype) == (general.shape, general.inner, general.dtype)
+    np.testing.assert_allclose(small.scales, general.scales, rtol=1e-13, atol=0)
+    out = code.decode({w: small[w].compute() for w in range(k)}, encoding=small)
+    np.testing.assert_allclose(out, A @ B, rtol=1e-9, atol=1e-9 * np.linalg.norm(A) * np.linalg.norm(B))
+
+
+@pytest.mark.parametrize("where", ["A", "B"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_small_encode_refuses_nan_and_inf_by_name(where, value):
+    """NaN/Inf inputs to the small path are refused as the general path refuses them: a
+    ConfigurationError naming the argument, and no RuntimeWarning first."""
+    import warnings
+
+    rng = np.random.default_rng(1)
+    ops = {"A": rng.standard_normal((4, 4)), "B": rng.standard_normal((4, 2))}
+    ops[where][1, 1] = value
+    code = MDSCode(6, 4, systematic=True, construction="circle")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ConfigurationError, match=f"`{where}`"):
+            code.encode(ops["A"], ops["B"])
+    assert code.__dict__["_small_plans"][((4, 4), (4, 2), "auto")] is not None   # it went there
+
+
+@pytest.mark.parametrize("scale", [1e200, 1e-200, 0.0])
+def test_small_encode_scales_of_extreme_inputs_are_the_general_paths(scale):
+    """Entries whose squares overflow or underflow (and zero inputs) give the small path's
+    scales the general path's remedy: the same scales (relative 1e-12), finite."""
+    from codedml.codes._base import LinearCode
+
+    rng = np.random.default_rng(2)
+    A, B = scale * rng.standard_normal((5, 3)), rng.standard_normal((3, 4))
+    code = MDSCode(7, 4, systematic=True, construction="circle")
+    small, general = code.encode(A, B), LinearCode.encode(code, A, B)
+    assert code.__dict__["_small_plans"][(A.shape, B.shape, "auto")] is not None
+    np.testing.assert_allclose(small.scales, general.scales, rtol=1e-12)
+    assert np.isfinite(small.scales).all()
+
+
+def test_small_encode_follows_tiny_bytes(monkeypatch):
+    """The small path is taken only up to ``TINY_BYTES`` (read on every encode: a plan kept
+    from before does not outlive a lower limit), and never for float32 inputs or other
+    precisions."""
+    from codedml.codes import polydot
+
+    code = MDSCode(6, 4, systematic=True, construction="circle")
+    A, B = np.ones((4, 4)), np.ones((4, 4))
+    calls = []
+    real = polydot.PolyDotCode._encode_small
+    monkeypatch.setattr(polydot.PolyDotCode, "_encode_small",
+                        lambda self, *a: calls.append(1) or real(self, *a))
+    code.encode(A, B)
+    assert calls == [1]
+    monkeypatch.setattr(_encode, "TINY_BYTES", 0)
+    code.encode(A, B)
+    assert calls == [1]
+    monkeypatch.setattr(_encode, "TINY_BYTES", 32 * 1024)
+    code.encode(A.astype(np.float32), B.astype(np.float32))
+    code.encode(A, B, precision="float32")
+    code.encode(A, B, precision="compensated")
+    assert calls == [1]
+    code.encode(A, B, precision="float64")
+    assert calls == [1, 1]

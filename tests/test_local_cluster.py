@@ -1284,3 +1284,48 @@ def test_a_waiter_on_the_cluster_is_woken_by_a_settlement_not_its_timeout():
         th.join(35)
         assert woke and woke[0] < 10.0, woke   # woken by the settlement, not after 30 s
         assert call.result()[0].tolist() == [1.0]
+
+
+def test_a_booked_job_result_is_a_routed_one():
+    """``ClusterBase._book`` (the compiled MPI poll's shortcut for a job's result) leaves a
+    job as ``_route`` of the same results does: the same arrivals, latencies and last
+    answers, the same decode at the same arrival, the same report; a result for a job that
+    nobody holds any more only notes the worker's last answer."""
+    from codedml.runtime.futures import Arrival
+
+    rng = np.random.default_rng(5)
+    A, B = rng.standard_normal((8, 5)), rng.standard_normal((5, 3))
+    code = MDSCode(N, 4)
+    c = LocalCluster(N, faults=FailSilent(range(1, N + 1)), timeout=20)  # nobody answers
+    try:
+        jobs = [c.submit(A, B, code=code) for _ in range(2)]
+        tasks = code.encode(A, B)
+        order = [5, 1, 0, 4, 2, 3]   # a parity result first; decodable at the fourth
+        with c._lock:
+            for i, w in enumerate(order):
+                now = time.perf_counter()
+                res = tasks[w].compute()
+                # booked while the job is pending; after its decode the general path takes
+                # the late results (the job is still held: they go into its report)
+                booked = c._book(w, jobs[0].id, res, now)
+                assert booked is (i < 4), i
+                if not booked:
+                    c._route(Arrival(w, jobs[0].id, "result", res), now)
+                c._route(Arrival(w, jobs[1].id, "result", res.copy()), now)
+                for job in jobs:
+                    assert job.done() == (i >= 3), (i, job.id)
+                assert sorted(jobs[0].arrived) == sorted(jobs[1].arrived)
+                assert set(jobs[0].latency) == set(jobs[1].latency)
+        for job in jobs:
+            np.testing.assert_allclose(job.result(), A @ B, rtol=1e-12, atol=1e-12)
+        assert jobs[0].info.used == jobs[1].info.used == (0, 1, 4, 5)
+        assert _statuses(jobs[0]) == _statuses(jobs[1])
+        # the decode came at the fourth arrival: the last two were late for both
+        assert jobs[0].late == jobs[1].late == {2, 3}
+        # a job id nobody holds: booked (dropped), the worker's last answer noted
+        gone = c._next_job + 100
+        with c._lock:
+            assert c._book(2, gone, np.zeros(1), time.perf_counter()) is True
+            assert c._last_answer[2] == gone
+    finally:
+        _close_fast(c)

@@ -732,3 +732,31 @@ def test_float32_results_with_a_solved_block_still_refuse_a_padded_shape(constru
         base.LinearCode.decode(code, res)
     out = code.decode(res, encoding=tasks)
     check_product(out, A, B, None)
+
+
+@pytest.mark.parametrize("rows", [(0, 1, 2, 3), (0, 1, 2, 4), (1, 2, 4, 5)])
+@pytest.mark.parametrize("bad_at", [0, -1])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_exactly_k_results_with_a_non_finite_one_get_the_general_paths_answer(rows, bad_at, value):
+    """Exactly k real results (the data ones: stacked; with parity ones: the one-pass solve)
+    are looked at for NaN/Inf on the assembled product rather than before: a non-finite
+    result, data or parity, still gets the general path's answer (the same error, named), and
+    finite ones the general path's product."""
+    code = MDSCode(6, 4, systematic=True, construction="circle")
+    rng = np.random.default_rng(3)
+    A, B = rng.standard_normal((8, 5)), rng.standard_normal((5, 3))
+    tasks = code.encode(A, B)
+    res = {w: tasks[w].compute() for w in rows}
+    fine = code.decode(res, encoding=tasks)
+    np.testing.assert_allclose(fine, base.LinearCode.decode(code, res, encoding=tasks),
+                               rtol=1e-12, atol=1e-12)
+    res[rows[bad_at]] = res[rows[bad_at]].copy()
+    res[rows[bad_at]][0, 1] = value
+    try:
+        want = base.LinearCode.decode(code, res, encoding=tasks)
+    except Exception as exc:    # the general path's refusal, e.g. CorruptResultError
+        with pytest.raises(type(exc)) as got:
+            code.decode(res, encoding=tasks)
+        assert str(got.value) == str(exc)
+    else:
+        np.testing.assert_array_equal(code.decode(res, encoding=tasks), want)

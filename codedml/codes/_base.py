@@ -94,7 +94,12 @@ class Task:
         """``Task(worker, a, b, field, compensated)`` without the frozen dataclass's
         ``__init__`` (one ``object.__setattr__`` per field): the encodes' tasks, per job."""
         t = object.__new__(cls)
-        t.__dict__.update(worker=worker, a=a, b=b, field=field, compensated=compensated)
+        d = t.__dict__
+        d["worker"] = worker
+        d["a"] = a
+        d["b"] = b
+        d["field"] = field
+        d["compensated"] = compensated
         return t
 
     def compute(self) -> np.ndarray:
@@ -529,25 +534,29 @@ class LinearCode(abc.ABC):
         if self.field is None:
             comp = self.compensates(_input_dtype(A, B), dtype, precision)
             tasks = [Task._of(w, a, b, None, comp) for w, (a, b) in enumerate(pairs)]
-            enc = Encoding(self, tasks, shape, inner, dtype, comp, scales)
-            if _redo(enc.scales.tolist()):
-                # (a scale of exactly 0 beside normal ones is a task of zero operands: kept)
-                if self._finite_from_norms and not np.isfinite(enc.scales).all():
-                    # a NaN/Inf input reaches some task's norm: named here
-                    from ._validate import check_finite
-                    check_finite("A", np.asarray(A))
-                    check_finite("B", np.asarray(B))
-                # finite inputs whose squares overflowed (entries from about 1e154) or
-                # underflowed (below about 1e-154: subnormal scales, or every scale 0, which
-                # zero inputs also give): the scales again without either, or a named refusal
-                # where even they do not fit (an infinite noise scale switched the corruption
-                # check off, a zero one left a floor far above the results)
-                enc.scales = _robust_scales(tasks, enc.scales, A, B)
-            return enc
+            return self._checked_scales(Encoding(self, tasks, shape, inner, dtype, comp, scales), A, B)
         # int64 residues whose ``@`` is exact mod p: no galois (see _field.py)
         tasks = [Task(w, residues_of(a, self.field), residues_of(b, self.field), self.field)
                  for w, (a, b) in enumerate(pairs)]
         return Encoding(self, tasks, shape, inner, dtype)
+
+    def _checked_scales(self, enc: Encoding, A: Any, B: Any) -> Encoding:
+        """``enc`` once its noise scales are known good: a NaN/Inf input that reached a
+        task's norm refused by name, scales that sums of squares got wrong taken again."""
+        if _redo(enc.scales.tolist()):
+            # (a scale of exactly 0 beside normal ones is a task of zero operands: kept)
+            if self._finite_from_norms and not np.isfinite(enc.scales).all():
+                # a NaN/Inf input reaches some task's norm: named here
+                from ._validate import check_finite
+                check_finite("A", np.asarray(A))
+                check_finite("B", np.asarray(B))
+            # finite inputs whose squares overflowed (entries from about 1e154) or
+            # underflowed (below about 1e-154: subnormal scales, or every scale 0, which
+            # zero inputs also give): the scales again without either, or a named refusal
+            # where even they do not fit (an infinite noise scale switched the corruption
+            # check off, a zero one left a floor far above the results)
+            enc.scales = _robust_scales(enc._tasks, enc.scales, A, B)
+        return enc
 
     def decode(self, results: Mapping[int, Any], errors: int = 0, *,
                encoding: Encoding | None = None, shape: Sequence[int] | None = None,

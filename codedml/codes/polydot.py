@@ -60,6 +60,10 @@ from ._base import (COMPENSATE_MAX_CONDITION, DecodeInfo, LinearCode, _factors, 
 from ._encode import real_form
 from ._validate import check_field, check_int, in_field, real_matrix, residues
 
+_F64 = np.dtype(np.float64)
+#: Input shapes per code whose small-encode plan (:meth:`PolyDotCode._small_plan`) is kept.
+SMALL_PLANS = 16
+
 __all__ = ["PolyDotCode", "MDSCode", "PolynomialCode", "MatDotCode", "CONSTRUCTIONS"]
 
 CONSTRUCTIONS = ("circle", "equispaced", "chebyshev")
@@ -355,6 +359,82 @@ class PolyDotCode(LinearCode):
         return self._points[w][:, None] ** e[None, :]
 
     # ------------------------------------------------------------------ encode
+    def encode(self, A: Any, B: Any, *, precision: str = "auto") -> _base.Encoding:
+        """See :meth:`LinearCode.encode`. A small float64 product of an MDS-type code on the
+        circle (at most :data:`~._encode.TINY_BYTES` of tasks, the size of a control-plane
+        job or a small layer's step) takes :meth:`_encode_small`: the same tasks, without
+        the general path's per-call derivations."""
+        if type(A) is np.ndarray and type(B) is np.ndarray and type(precision) is str:
+            plan = self._small_plan(A, B, precision)
+            if (plan is not None and plan[-1] <= _encode.TINY_BYTES and A.dtype == _F64
+                    and B.dtype == _F64):
+                return self._encode_small(A, B, plan)
+        return super().encode(A, B, precision=precision)
+
+    def _small_plan(self, A: np.ndarray, B: np.ndarray, precision: str) -> tuple | None:
+        """What :meth:`_encode_small` needs for float64 inputs of these shapes under
+        ``precision``, kept per code (at most :data:`SMALL_PLANS` shapes); None where the
+        general path encodes (another code or field, compensated or float32 operands, an
+        empty product, inputs the general path refuses by name). Its last entry is the
+        size that decides (the tasks' bytes, or B's), compared with
+        :data:`~._encode.TINY_BYTES` on every encode."""
+        key = (A.shape, B.shape, precision)
+        plans = self.__dict__.get("_small_plans")
+        if plans is None:
+            plans = self.__dict__.setdefault("_small_plans", {})
+        try:
+            return plans[key]
+        except KeyError:
+            pass
+        plan = None
+        if (self.field is None and self.construction == "circle" and self.m == 1 and self.q == 1
+                and precision in ("auto", "float64") and A.ndim == 2 and B.ndim in (1, 2)
+                and A.size and B.size and A.shape[1] == B.shape[0]
+                and not self.compensates(_F64, _F64, precision)):
+            n, p = self.workers, self.p
+            M, N = A.shape
+            h = _ceil_to(M, 2 * p) // (2 * p)
+            shape = (M, B.shape[1]) if B.ndim == 2 else (M,)
+            plan = (n, h, N, 2 * p * h, 2 * p, self._outer_form(),
+                    2 * p if self.systematic else 0, shape, max(n * 2 * h * N * 8, B.nbytes))
+        if len(plans) >= SMALL_PLANS:
+            plans.clear()
+        plans[key] = plan
+        return plan
+
+    def _encode_small(self, A: np.ndarray, B: np.ndarray, plan: tuple) -> _base.Encoding:
+        """The encode of :meth:`_encode_outer` for a small float64 product (``plan``: from
+        :meth:`_small_plan`): the same tasks, bitwise (data half-blocks copied, parity rows
+        by one GEMM against the generator's cached real form), and the same noise scales
+        up to the rounding of their sums of squares."""
+        n, h, N, rows, k, G, nsys, shape, _ = plan
+        if A.shape[0] == rows and A.flags.c_contiguous:
+            S = A.reshape(k, -1)
+        else:   # zero-padded to whole half-blocks
+            S = np.zeros((rows, N))
+            S[:A.shape[0]] = A
+            S = S.reshape(k, -1)
+        if plan[-1] < _pool.MIN_BYTES:   # what _pool.empty would answer, without its checks
+            ta = np.empty((n, 2 * h, N))
+            tb = np.array(B, order="C")
+        else:
+            ta = _pool.empty((n, 2 * h, N), dtype=np.float64, near=A)
+            tb = _pool.empty(B.shape, dtype=np.float64, near=B)
+            np.copyto(tb, B)
+        t2 = ta.reshape(2 * n, h * N)
+        flat = tb.reshape(-1)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf inputs: refused by name
+            if nsys:
+                t2[:nsys] = S[:nsys]
+            if nsys < 2 * n:
+                np.matmul(G, S, out=t2[nsys:])
+            per = ta.reshape(n, -1)
+            sa = np.einsum("ij,ij->i", per, per)   # each task's sum of squares, one pass
+            scales = np.sqrt(sa) * math.sqrt(float(flat @ flat))
+        Task = _base.Task
+        tasks = [Task._of(w, ta[w], tb, None, False) for w in range(n)]
+        return self._checked_scales(_base.Encoding(self, tasks, shape, N, _F64, False, scales), A, B)
+
     def _encode(self, A: Any, B: Any, precision: str = "auto"):
         if self.field is not None:
             # the range of the entries: checked by _encode_exact, in its copies where it can
@@ -734,19 +814,35 @@ class PolyDotCode(LinearCode):
         if not (self.systematic and self.m == 1 and self.q == 1):
             return None
         k, P = self.p, self.field
-        try:
-            keys = sorted(int(w) for w in results) if hasattr(results, "keys") else None
-        except (TypeError, ValueError):
-            return None
-        if keys is None or len(keys) < k or len(set(keys)) != len(keys):
-            return None
-        if P is not None and len(keys) != k:
+        if not hasattr(results, "keys") or len(results) < k or (P is not None and len(results) != k):
             return None
         try:
-            errors = check_int("errors", errors, 0, self.workers)
+            if type(errors) is not int or not 0 <= errors <= self.workers:
+                errors = check_int("errors", errors, 0, self.workers)
+            # (keys that are not worker indices, or one index twice: refused here, named by
+            # the general path)
             rows, raw = self._check_results(results, encoding)
         except ConfigurationError:
             return None
+        if len(rows) < k:   # (1 and np.int64(1) would be one key twice: refused above)
+            return None
+        if len(rows) == k and P is None and all(r.dtype.kind == "f" for r in raw):
+            # exactly k real results: C holds every one of them (a copy, or for a parity
+            # result the solve it enters with a nonzero coefficient), so NaN/Inf are looked
+            # for on C itself (one pass, not two); a product that overflowed goes to the
+            # general path too
+            if rows[-1] == k - 1:
+                # the k data results (workers 0 .. k-1): C is their blocks one after the other
+                shape = (k * raw[0].shape[0],) + raw[0].shape[1:]
+                C = np.empty(shape) if raw[0].size * k * 8 < _pool.MIN_BYTES else _pool.empty(shape, dtype=np.float64)
+                np.concatenate(raw, axis=0, out=C)
+                cond = 1.0
+            elif _encode._lincomb_ok():   # (numpy's products would warn on NaN/Inf first)
+                C, cond = self._systematic_assemble(rows, raw)
+            else:
+                C = None
+            if C is not None:
+                return (rows, C, cond, [], False, raw[0].dtype) if np.isfinite(C).all() else None
         if not _valid_results(raw, P):
             return None
         faulty: list[int] = []
@@ -768,7 +864,9 @@ class PolyDotCode(LinearCode):
         dt = np.int64 if P is not None else np.float64
         rb = raw[0].shape[0]
         # reused memory where large (no first-touch page faults: _pool), as the tasks'
-        C = _pool.empty((k * rb,) + raw[0].shape[1:], dtype=dt)
+        shape = (k * rb,) + raw[0].shape[1:]
+        # (small: what _pool.empty would answer, without its checks)
+        C = np.empty(shape, dt) if raw[0].size * k * 8 < _pool.MIN_BYTES else _pool.empty(shape, dtype=dt)
         Cb = C.reshape(k, -1)                                  # block i: rows i*rb .. (i+1)*rb
         plan = self._assembly_plan(rows)
         if plan.GF is not None and _encode._lincomb_ok():   # (GF: real codes only)
@@ -1038,13 +1136,15 @@ _PLANS_LOCK = threading.Lock()
 class _AssemblyPlan:
     """The per-subset constants of a systematic assembly (read-only once built)."""
 
-    __slots__ = ("present", "par", "missing", "cond", "Gp", "Gr", "Gi", "Gm", "F", "RF", "RQh",
+    __slots__ = ("present", "par", "sources", "missing", "cond", "Gp", "Gr", "Gi", "Gm", "F", "RF", "RQh",
                  "RRinv", "miss2", "GF")
 
     def __init__(self, code: "PolyDotCode", rows: np.ndarray) -> None:
         k, P = code.p, code.field
         self.present = [(j, int(w)) for j, w in enumerate(rows) if w < k]
         self.par = [j for j, w in enumerate(rows) if w >= k]
+        # the results in the order _solve_missing_into hands their halves to the kernel
+        self.sources = self.par + [j for j, _ in self.present]
         self.missing = sorted(set(range(k)) - {w for _, w in self.present})
         self.cond = 1.0
         self.Gp = self.Gr = self.Gi = self.Gm = self.F = self.RF = self.RQh = self.RRinv = None
@@ -1105,13 +1205,13 @@ def _solve_missing_into(plan: _AssemblyPlan, raw: list[np.ndarray], C2: np.ndarr
     decode at 512 with one block missing: 1.47 against 0.32 ms in one process). The one
     solve of such an assembly (the tests count its calls, as of :func:`_solve_missing`)."""
     L = C2.shape[1]
-    halves = []
-    for j in plan.par + [j for j, _ in plan.present]:
+    halves: list[np.ndarray] = []
+    for j in plan.sources:
         r = raw[j]
         if r.dtype not in (np.float64, np.float32) or not r.flags.c_contiguous:
             r = np.ascontiguousarray(r, dtype=np.float64)
         r2 = r.reshape(2, L)
-        halves += [r2[0], r2[1]]
+        halves += (r2[0], r2[1])
     _encode._K.lincomb(plan.GF, halves, C2, None, False, False, _encode.LINCOMB_SIMD)
 
 

@@ -109,6 +109,21 @@ def _np(x: Any) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x.view(np.ndarray)) if hasattr(x, "view") and type(x) is not np.ndarray else x)
 
 
+_MATMUL_REQUESTS: dict[tuple[int | None, bool], Request] = {}
+
+
+def _matmul_request(field: int | None, compensated: bool) -> Request:
+    """The checked ``Request(Op.MATMUL, 0, None, field, compensated)``, kept per (field,
+    compensated) (at most a few dozen primes in a process; a request is immutable)."""
+    key = (field, compensated)
+    req = _MATMUL_REQUESTS.get(key)
+    if req is None:
+        req = Request(Op.MATMUL, 0, None, field, compensated)
+        if len(_MATMUL_REQUESTS) < 64:
+            _MATMUL_REQUESTS[key] = req
+    return req
+
+
 def _code_key(code: Any) -> Any:
     """A dict key for a code: the code (equal codes share their statistics), or its id where
     a user's code class is not hashable."""
@@ -275,7 +290,8 @@ class ClusterBase:
         """
         with self._lock:
             self._check_open()
-            errors = check_int("errors", errors, 0, self.workers)
+            if type(errors) is not int or not 0 <= errors <= self.workers:
+                errors = check_int("errors", errors, 0, self.workers)
             timeout = self._deadline(timeout)
             t0 = time.perf_counter()
             if isinstance(A, ResidentHandle):
@@ -286,8 +302,8 @@ class ClusterBase:
             self._check_errors(code, errors)
             enc = code.encode(A, B, precision=precision)
             per_worker = [[_np(t.a), _np(t.b)] for t in enc]
-            req = Request(Op.MATMUL, 0, None, code.field, bool(enc.compensated))
-            return self._start(code, enc, req, per_worker, errors, timeout, t0)
+            return self._start(code, enc, _matmul_request(code.field, bool(enc.compensated)),
+                               per_worker, errors, timeout, t0)
 
     def matmul(self, A: Any, B: Any, *, code: LinearCode | None = None, errors: int = 0,
                timeout: float | None = None, precision: str = "auto") -> np.ndarray:
@@ -314,8 +330,7 @@ class ClusterBase:
                 job.failed[w] = "crashed"
             elif w in skip:
                 job.failed[w] = "stale"
-        self._register(job, Request(req.op, jid, req.handle, req.field, req.compensated,
-                                    req.params), per_worker,
+        self._register(job, req.with_job(jid), per_worker,
                        yielding=self._yielding(code, req, errors, wait_all, per_worker,
                                                stored_rows))
         job._progress()  # e.g. every worker dead or stale: settles at once, named
@@ -567,11 +582,30 @@ class ClusterBase:
                                    for r in t.values()), default=math.inf)
 
     def _book(self, w: int, job: int, payload: Any, now: float) -> bool:
-        """A transport's shortcut for the common reply, a result of a pending call that
-        still owes it: booked as :meth:`_route` and ``_accept`` would, without an
-        :class:`Arrival`; the call looks at it at the end of the pump (:meth:`_pump`).
-        False, nothing done, for anything else (it takes the general path)."""
+        """A transport's shortcut for the common replies, a result of a pending call that
+        still owes it or of a pending job: booked as :meth:`_route` and ``_accept`` would,
+        without an :class:`Arrival`; the call looks at it at the end of the pump
+        (:meth:`_pump`), the job at once. False, nothing done, for anything else (it takes
+        the general path)."""
         r = self._pending.get(job)
+        if r is None and job not in self._finished:
+            # a result nobody holds a request for any more (e.g. a job's spare result after
+            # its decode): _route would only note the worker's last answer
+            if job > self._last_answer.get(w, -1):
+                self._last_answer[w] = job
+            return True
+        if type(r) is Job:
+            if r.settled or (self._stale and r.handle is not None):
+                return False
+            # a pending job's result: booked and looked at now, in arrival order, as
+            # _route and _accept would (a job decides per arrival: _try)
+            if job > self._last_answer.get(w, -1):
+                self._last_answer[w] = job
+            if w not in r.latency:
+                r.latency[w] = now - r.t0
+            r.arrived[w] = payload
+            r._progress()
+            return True
         if (type(r) is not Call or r.settled or w in r.results
                 or len(r.results) + len(r.failed) >= len(r.sent_to)):
             return False

@@ -322,6 +322,18 @@ class _Request(Future):
         return bound if timeout is None else min(timeout, bound)
 
 
+def _fewest_decodable(code: LinearCode) -> int:
+    """``code._fewest_decodable()``, kept on the code (a job per step asks) unless the
+    instance overrides its decodability test (then asked every time)."""
+    d = code.__dict__
+    got = d.get("_fewest_kept")
+    if got is None or "decodable" in d or "_recovers" in d:
+        got = code._fewest_decodable()
+        if "decodable" not in d and "_recovers" not in d:
+            d["_fewest_kept"] = got
+    return got
+
+
 def _systematic_set(code: LinearCode) -> frozenset[int]:
     """``frozenset(code.systematic_workers)``, kept on the code (a job per step asks)."""
     got = code.__dict__.get("_systematic_set")
@@ -357,7 +369,7 @@ class Job(_Request):
         # Waiting for systematic results (see _hold_for_systematic): the workers whose results
         # make the decode an assembly, and the end of the grace once one is granted.
         self._sys = _systematic_set(code)
-        self._fewest = code._fewest_decodable()
+        self._fewest = _fewest_decodable(code)
         self._grace_end: float | None = None
         self.t_grace = 0.0
 
@@ -402,6 +414,11 @@ class Job(_Request):
 
     def _try(self) -> None:
         have = len(self.arrived)
+        if have < self._fewest and have + len(self.failed) < len(self.sent_to) \
+                and not self._timed_out:
+            # (the results come from workers asked, so one asked is still owed: the test
+            # below without building the list of them)
+            return
         pending = self._outstanding()
         if have < self._fewest and pending:
             # fewer results than any decodable set has, and some still owed: nothing to decide

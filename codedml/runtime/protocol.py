@@ -205,6 +205,17 @@ class Request:
         for shape, code in self.arrays:
             _check_shape(shape, code)
 
+    def with_job(self, job: int) -> "Request":
+        """This request under job id ``job`` (the other fields were validated when it was
+        built; only the id is checked here)."""
+        if not (type(job) is int and -1 <= job < _I64):
+            raise ProtocolError(f"request field `job` must be int (ints from -1 to 2**63 - 1), "
+                                f"got {job!r}")
+        out = object.__new__(Request)
+        out.__dict__.update(self.__dict__)
+        out.__dict__["job"] = job
+        return out
+
     def with_arrays(self, arrays: list[np.ndarray]) -> "Request":
         """This request announcing ``arrays`` (their shapes and dtypes). The fields were
         validated when this request was built; only the array metadata is checked here."""
