@@ -670,23 +670,30 @@ def test_small_encode_is_the_general_encode(n, k_frac, systematic, M, N, K, orde
     added in another order), and a decode of the first k tasks' products gives ``A @ B``."""
     from codedml.codes._base import LinearCode
 
+    from codedml.codes import polydot
+
     k = max(1, min(n, round(k_frac * n)))
     code = MDSCode(n, k, systematic=systematic, construction="circle")
     rng = np.random.default_rng(seed)
     A = _laid_out(rng.standard_normal((M, N)), order)
     B = _laid_out(rng.standard_normal((N, K)) if K else rng.standard_normal(N), order)
-    small = code.encode(A, B)
+    ran = []
+    real = polydot.PolyDotCode._encode_small
+    polydot.PolyDotCode._encode_small = lambda self, *a: ran.append(1) or real(self, *a)
+    try:
+        small = code.encode(A, B)
+    finally:
+        polydot.PolyDotCode._encode_small = real
     general = LinearCode.encode(code, A, B)
-    plan = code.__dict__["_small_plans"][(A.shape, B.shape, "auto")]
     f64 = np.dtype(np.float64)
-    assert (plan is not None) == (not code.compensates(f64, f64, "auto"))
-    if plan is None:
+    assert ran == ([] if code.compensates(f64, f64, "auto") else [1])
+    if not ran:
         return
     assert len(small) == len(general) == n
     for s, g in zip(small, general):
         for x, y in ((s.a, g.a), (s.b, g.b)):
             assert x.dtype == y.dtype == f64 and x.shape == y.shape
-            np.testing.assert_array_equal(x, y)
+            assert x.tobytes() == y.tobytes()         # bit for bit, -0.0 included
         assert s.compensated is g.compensated is False and s.field is g.field is None
     assert (small.shape, small.inner, small.dtype) == (general.shape, general.inner, general.dtype)
     np.testing.assert_allclose(small.scales, general.scales, rtol=1e-13, atol=0)
@@ -709,7 +716,7 @@ def test_small_encode_refuses_nan_and_inf_by_name(where, value):
         warnings.simplefilter("error")
         with pytest.raises(ConfigurationError, match=f"`{where}`"):
             code.encode(ops["A"], ops["B"])
-    assert code.__dict__["_small_plans"][((4, 4), (4, 2), "auto")] is not None   # it went there
+    assert code._small_plan(ops["A"], ops["B"], "auto") is not None   # it went there
 
 
 @pytest.mark.parametrize("scale", [1e200, 1e-200, 0.0])
@@ -722,7 +729,7 @@ def test_small_encode_scales_of_extreme_inputs_are_the_general_paths(scale):
     A, B = scale * rng.standard_normal((5, 3)), rng.standard_normal((3, 4))
     code = MDSCode(7, 4, systematic=True, construction="circle")
     small, general = code.encode(A, B), LinearCode.encode(code, A, B)
-    assert code.__dict__["_small_plans"][(A.shape, B.shape, "auto")] is not None
+    assert code._small_plan(A, B, "auto") is not None
     np.testing.assert_allclose(small.scales, general.scales, rtol=1e-12)
     assert np.isfinite(small.scales).all()
 
@@ -751,3 +758,30 @@ def test_small_encode_follows_tiny_bytes(monkeypatch):
     assert calls == [1]
     code.encode(A, B, precision="float64")
     assert calls == [1, 1]
+
+
+def test_small_encode_asks_the_compensation_thresholds_and_subclass_hooks(monkeypatch):
+    """The small path's kept plan does not outlive a change of the compensation thresholds
+    (the encode then compensates, as the general path and a fresh code do), and a subclass
+    with its own encode hook gets its hook, not the small path."""
+    from codedml.codes import _base
+    from codedml.codes._base import LinearCode
+
+    code = MDSCode(6, 4, systematic=True, construction="circle")
+    A, B = np.ones((4, 4)), np.ones((4, 4))
+    assert not code.encode(A, B).compensated
+    monkeypatch.setattr(_base, "COMPENSATE_MIN_CONDITION", 1.0)
+    got = code.encode(A, B)
+    assert got.compensated == LinearCode.encode(code, A, B).compensated
+    assert got.compensated == MDSCode(6, 4, systematic=True, construction="circle").encode(A, B).compensated
+    assert got.compensated   # cond >= 1 lies above the lowered threshold
+    monkeypatch.undo()
+
+    class Mine(MDSCode):
+        def _encode_outer(self, A, B, dtype):
+            self.seen = True
+            return super()._encode_outer(A, B, dtype)
+
+    mine = Mine(6, 4, systematic=True, construction="circle")
+    mine.encode(A, B)
+    assert getattr(mine, "seen", False)

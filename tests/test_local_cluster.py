@@ -1286,11 +1286,32 @@ def test_a_waiter_on_the_cluster_is_woken_by_a_settlement_not_its_timeout():
         assert call.result()[0].tolist() == [1.0]
 
 
+def _compiled_poll(c, events):
+    """Make ``c``'s next polls hand over ``events`` as the compiled MPI poll does: each poll
+    takes the next list of (worker, job, kind, payload, ack) and passes an inline result to
+    ``_inline_result`` (booked unless something earlier in the poll waits), anything else
+    as an :class:`Arrival`."""
+    from codedml.runtime.futures import Arrival
+
+    def poll(wait=0.0, want=1):
+        out = []
+        for w, job, kind, payload, ack in events.pop(0) if events else ():
+            if kind == "result" and not ack:
+                c._inline_result(out, w, job, payload, 0.0, time.perf_counter())
+            else:
+                out.append(Arrival(w, job, kind, payload, ack=ack))
+        return out
+
+    c._poll = poll
+
+
 def test_a_booked_job_result_is_a_routed_one():
-    """``ClusterBase._book`` (the compiled MPI poll's shortcut for a job's result) leaves a
-    job as ``_route`` of the same results does: the same arrivals, latencies and last
-    answers, the same decode at the same arrival, the same report; a result for a job that
-    nobody holds any more only notes the worker's last answer."""
+    """Job results booked by the compiled poll's shortcut (``_inline_result``, one
+    reply a poll, handed over by ``_pump``) leave a job as ``_route`` of the same results
+    leaves its twin: the same arrivals and latencies after every reply, the decode at the
+    same reply, the same used and late workers and report; every booked reply counts as an
+    arrival for ``_pump``; a result for a job that nobody holds any more only notes the
+    worker's last answer."""
     from codedml.runtime.futures import Arrival
 
     rng = np.random.default_rng(5)
@@ -1298,34 +1319,62 @@ def test_a_booked_job_result_is_a_routed_one():
     code = MDSCode(N, 4)
     c = LocalCluster(N, faults=FailSilent(range(1, N + 1)), timeout=20)  # nobody answers
     try:
-        jobs = [c.submit(A, B, code=code) for _ in range(2)]
-        tasks = code.encode(A, B)
-        order = [5, 1, 0, 4, 2, 3]   # a parity result first; decodable at the fourth
         with c._lock:
+            jobs = [c.submit(A, B, code=code) for _ in range(2)]
+            tasks = code.encode(A, B)
+            order = [5, 1, 0, 4, 2, 3]   # a parity result first; decodable at the fourth
+            events = [[(w, jobs[0].id, "result", tasks[w].compute(), False)] for w in order]
+            _compiled_poll(c, events)
             for i, w in enumerate(order):
-                now = time.perf_counter()
-                res = tasks[w].compute()
-                # booked while the job is pending; after its decode the general path takes
-                # the late results (the job is still held: they go into its report)
-                booked = c._book(w, jobs[0].id, res, now)
-                assert booked is (i < 4), i
-                if not booked:
-                    c._route(Arrival(w, jobs[0].id, "result", res), now)
-                c._route(Arrival(w, jobs[1].id, "result", res.copy()), now)
+                assert c._pump() == 1, i     # the booked reply counts
+                c._route(Arrival(w, jobs[1].id, "result", tasks[w].compute()), time.perf_counter())
                 for job in jobs:
                     assert job.done() == (i >= 3), (i, job.id)
                 assert sorted(jobs[0].arrived) == sorted(jobs[1].arrived)
-                assert set(jobs[0].latency) == set(jobs[1].latency)
+                assert jobs[0].latency.keys() == jobs[1].latency.keys()
+                assert jobs[0].late == jobs[1].late
+                assert c._last_answer[w] == jobs[1].id
         for job in jobs:
             np.testing.assert_allclose(job.result(), A @ B, rtol=1e-12, atol=1e-12)
         assert jobs[0].info.used == jobs[1].info.used == (0, 1, 4, 5)
         assert _statuses(jobs[0]) == _statuses(jobs[1])
-        # the decode came at the fourth arrival: the last two were late for both
+        # the decode came at the fourth reply: the last two were late for both
         assert jobs[0].late == jobs[1].late == {2, 3}
         # a job id nobody holds: booked (dropped), the worker's last answer noted
         gone = c._next_job + 100
         with c._lock:
-            assert c._book(2, gone, np.zeros(1), time.perf_counter()) is True
+            _compiled_poll(c, [[(2, gone, "result", np.zeros(1), False)]])
+            assert c._pump() == 1
             assert c._last_answer[2] == gone
+    finally:
+        _close_fast(c)
+
+
+def test_a_result_behind_another_reply_in_the_same_poll_keeps_its_order():
+    """A worker's failed update (its error marks the stored block stale) and that block's
+    result for a product, in one poll: the result is not booked ahead of the error (the
+    shortcut books only while nothing earlier in the poll waits), so the product treats the
+    block as stale (an erasure), never as a result to decode from; on its own the same
+    result is booked."""
+    from codedml.errors import WorkerFailure
+
+    rng = np.random.default_rng(6)
+    W = rng.standard_normal((8, 6))
+    c = LocalCluster(4, faults=FailSilent(range(1, 5)), timeout=20)  # nobody answers
+    try:
+        with c._lock:
+            h = c.put(W, code=MDSCode(4, 2))
+            h = c.update(h, np.ones((8, 1)), np.ones((6, 1)))
+            job = c.submit(h, np.ones(6))
+            res = np.zeros(4)
+            out = []
+            assert c._inline_result(out, 1, job.id, res, 0.0, time.perf_counter()) is True
+            assert out == [] and c._booked[-1][:2] == (job, 1)
+            c._booked.clear()
+            err = WorkerFailure("update failed", rank=2, job=h.ack.id)
+            _compiled_poll(c, [[(1, h.ack.id, "error", err, True), (1, job.id, "result", res, False)]])
+            assert c._pump() == 2
+            assert 1 in c._stale[h.id]
+            assert job.failed.get(1) == "stale" and 1 not in job.arrived
     finally:
         _close_fast(c)

@@ -734,29 +734,41 @@ def test_float32_results_with_a_solved_block_still_refuse_a_padded_shape(constru
     check_product(out, A, B, None)
 
 
-@pytest.mark.parametrize("rows", [(0, 1, 2, 3), (0, 1, 2, 4), (1, 2, 4, 5)])
+_K_CASES = [(MDSCode(6, 4, systematic=True, construction=c), rows)
+            for c in ("circle", "equispaced", "chebyshev")
+            for rows in ((0, 1, 2, 3), (0, 1, 2, 4), (1, 2, 4, 5))]
+# an ill-conditioned circle subset (condition about 2.5e4): its solve is not the compiled one
+_K_CASES.append((MDSCode(30, 20, systematic=True, construction="circle"),
+                 tuple(range(10)) + tuple(range(20, 30))))
+
+
+@pytest.mark.parametrize("code,rows", _K_CASES, ids=lambda x: repr(x) if isinstance(x, MDSCode) else "")
 @pytest.mark.parametrize("bad_at", [0, -1])
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
-def test_exactly_k_results_with_a_non_finite_one_get_the_general_paths_answer(rows, bad_at, value):
+def test_exactly_k_results_with_a_non_finite_one_get_the_general_paths_answer(code, rows, bad_at, value):
     """Exactly k real results (the data ones: stacked; with parity ones: the one-pass solve)
-    are looked at for NaN/Inf on the assembled product rather than before: a non-finite
-    result, data or parity, still gets the general path's answer (the same error, named), and
-    finite ones the general path's product."""
-    code = MDSCode(6, 4, systematic=True, construction="circle")
+    are looked at for NaN/Inf on the assembled product rather than before, where the solve is
+    the compiled one; a non-finite result, data or parity, still gets the general path's
+    answer (the same error, named) and no warning first, on every construction; finite ones
+    the general path's product."""
+    import warnings
+
     rng = np.random.default_rng(3)
-    A, B = rng.standard_normal((8, 5)), rng.standard_normal((5, 3))
+    A, B = rng.standard_normal((8 * code.p, 5)), rng.standard_normal((5, 3))
     tasks = code.encode(A, B)
     res = {w: tasks[w].compute() for w in rows}
     fine = code.decode(res, encoding=tasks)
     np.testing.assert_allclose(fine, base.LinearCode.decode(code, res, encoding=tasks),
-                               rtol=1e-12, atol=1e-12)
+                               rtol=1e-9, atol=1e-9 * np.linalg.norm(A) * np.linalg.norm(B))
     res[rows[bad_at]] = res[rows[bad_at]].copy()
     res[rows[bad_at]][0, 1] = value
     try:
         want = base.LinearCode.decode(code, res, encoding=tasks)
     except Exception as exc:    # the general path's refusal, e.g. CorruptResultError
-        with pytest.raises(type(exc)) as got:
-            code.decode(res, encoding=tasks)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(type(exc)) as got:
+                code.decode(res, encoding=tasks)
         assert str(got.value) == str(exc)
     else:
         np.testing.assert_array_equal(code.decode(res, encoding=tasks), want)

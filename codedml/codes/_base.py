@@ -475,12 +475,15 @@ class LinearCode(abc.ABC):
         many replies in one poll before it looks. The ``_recovers_bound`` of the class that
         defines the ``_recovers`` in use; 1 (always a bound) where that class declares none,
         or where ``decodable`` is overridden or either is set on the instance."""
-        cls = type(self)
-        if (cls.decodable is not LinearCode.decodable
-                or "decodable" in self.__dict__ or "_recovers" in self.__dict__):
+        cls, d = type(self), self.__dict__
+        if cls.decodable is not LinearCode.decodable or "decodable" in d or "_recovers" in d:
             return 1
-        owner = next(c for c in cls.__mro__ if "_recovers" in c.__dict__)
-        return owner._recovers_bound(self) if "_recovers_bound" in owner.__dict__ else 1
+        got = d.get("_fewest_kept")   # kept on the code: a job asks on every submission
+        if got is None:
+            owner = next(c for c in cls.__mro__ if "_recovers" in c.__dict__)
+            got = d["_fewest_kept"] = (owner._recovers_bound(self)
+                                       if "_recovers_bound" in owner.__dict__ else 1)
+        return got
 
     def _output_multiples(self, ndim: int) -> tuple[int, ...]:
         """Per axis of the decoded product, the multiple the split pads it to (1: no padding).

@@ -218,21 +218,12 @@ def tiny(G: np.ndarray, A: np.ndarray, out: np.ndarray, nsys: int, rows: int,
             or A.dtype not in (np.float64, np.float32) or out.dtype not in (np.float64, np.float32)
             or A.ndim != 2 or A.shape[0] > rows):
         return False
-    k = G.shape[1]
-    if A.shape[0] == rows and A.dtype == np.float64 and A.flags.c_contiguous:
-        S = A.reshape(k, -1)
-    else:
-        S = np.zeros((rows, A.shape[1]))
-        S[:A.shape[0]] = A
-        S = S.reshape(k, -1)
+    S = small_source(A, rows, G.shape[1])
     # NaN/Inf inputs, or float64 values beyond float32's range: refused after, by name
     with np.errstate(invalid="ignore", over="ignore"):
         if out.dtype == np.float64:
             # every output row holds its float64 values as they are: one pass of norms
-            if nsys:
-                np.copyto(out[:nsys], S[:nsys])
-            if nsys < out.shape[0]:
-                np.matmul(G, S, out=out[nsys:])
+            small_products(G, S, out, nsys)
             sq += _rowsq(out)
             return True
         if nsys:
@@ -243,6 +234,27 @@ def tiny(G: np.ndarray, A: np.ndarray, out: np.ndarray, nsys: int, rows: int,
             np.copyto(out[nsys:], P, casting="unsafe")
             sq[nsys:] += _rowsq(P)
     return True
+
+
+def small_source(A: np.ndarray, rows: int, k: int) -> np.ndarray:
+    """``A`` (2-D, at most ``rows`` rows) zero-padded to ``rows`` rows in float64 and viewed
+    as ``k`` equal row blocks, each flattened: ``A`` itself where it needs neither (a
+    C-ordered float64 matrix of ``rows`` rows), else a small copy."""
+    if A.shape[0] == rows and A.dtype == np.float64 and A.flags.c_contiguous:
+        return A.reshape(k, -1)
+    S = np.zeros((rows, A.shape[1]))
+    S[:A.shape[0]] = A
+    return S.reshape(k, -1)
+
+
+def small_products(G: np.ndarray, S: np.ndarray, out: np.ndarray, nsys: int) -> None:
+    """The float64 small encode's arithmetic: ``out[:nsys]`` the first ``nsys`` blocks of
+    ``S`` as they are, every later row ``G @ S`` (one GEMM). The caller holds the
+    ``errstate`` for NaN/Inf inputs."""
+    if nsys:
+        np.copyto(out[:nsys], S[:nsys])
+    if nsys < out.shape[0]:
+        np.matmul(G, S, out=out[nsys:])
 
 
 def real_form(G: np.ndarray) -> np.ndarray:

@@ -242,6 +242,13 @@ def task_pool() -> TaskPool:
     return _POOL
 
 
+def empty_small(shape: tuple[int, ...], nbytes: int, near: np.ndarray | None = None) -> np.ndarray:
+    """:func:`empty` of float64 for a caller that knows the size (``nbytes``): below
+    :data:`MIN_BYTES` the plain ``np.empty`` that :func:`empty` would answer, without its
+    argument handling (a small job's encode and decode ask several times each)."""
+    return np.empty(shape) if nbytes < MIN_BYTES else _POOL.empty(shape, np.float64, near)
+
+
 def empty(shape: Any, dtype: Any, near: np.ndarray | None = None) -> np.ndarray:
     """``np.empty(shape, dtype)`` for task arrays, in reused memory where possible
     (:class:`TaskPool`); ``near``: the array they are copied from (:meth:`TaskPool.empty`)."""

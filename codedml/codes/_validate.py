@@ -12,6 +12,8 @@ from ..errors import ConfigurationError
 
 def check_int(name: str, value: Any, low: int, high: int | None = None, *, what: str = "") -> int:
     """Return ``value`` as an int in ``[low, high]`` or raise :class:`ConfigurationError`."""
+    if type(value) is int and value >= low and (high is None or value <= high):
+        return value    # the common case (every job's `errors`), without the ABC checks
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ConfigurationError(f"`{name}` must be an integer, got {value!r} ({type(value).__name__})")
     value = int(value)

@@ -374,11 +374,13 @@ class PolyDotCode(LinearCode):
     def _small_plan(self, A: np.ndarray, B: np.ndarray, precision: str) -> tuple | None:
         """What :meth:`_encode_small` needs for float64 inputs of these shapes under
         ``precision``, kept per code (at most :data:`SMALL_PLANS` shapes); None where the
-        general path encodes (another code or field, compensated or float32 operands, an
-        empty product, inputs the general path refuses by name). Its last entry is the
-        size that decides (the tasks' bytes, or B's), compared with
-        :data:`~._encode.TINY_BYTES` on every encode."""
-        key = (A.shape, B.shape, precision)
+        general path encodes (another code or field, a subclass with its own encode hooks,
+        compensated or float32 operands, an empty product, inputs the general path refuses
+        by name). Its last entry is the size that decides (the tasks' bytes, or B's),
+        compared with :data:`~._encode.TINY_BYTES` on every encode. The key holds the
+        compensation thresholds too (:meth:`LinearCode.compensates` reads them)."""
+        key = (A.shape, B.shape, precision, _base.COMPENSATE_MIN_CONDITION,
+               _base.COMPENSATE_MAX_CONDITION)
         plans = self.__dict__.get("_small_plans")
         if plans is None:
             plans = self.__dict__.setdefault("_small_plans", {})
@@ -387,7 +389,9 @@ class PolyDotCode(LinearCode):
         except KeyError:
             pass
         plan = None
-        if (self.field is None and self.construction == "circle" and self.m == 1 and self.q == 1
+        cls = type(self)
+        if (cls._encode is PolyDotCode._encode and cls._encode_outer is PolyDotCode._encode_outer
+                and self.field is None and self.construction == "circle" and self.m == 1 and self.q == 1
                 and precision in ("auto", "float64") and A.ndim == 2 and B.ndim in (1, 2)
                 and A.size and B.size and A.shape[1] == B.shape[0]
                 and not self.compensates(_F64, _F64, precision)):
@@ -408,26 +412,13 @@ class PolyDotCode(LinearCode):
         by one GEMM against the generator's cached real form), and the same noise scales
         up to the rounding of their sums of squares."""
         n, h, N, rows, k, G, nsys, shape, _ = plan
-        if A.shape[0] == rows and A.flags.c_contiguous:
-            S = A.reshape(k, -1)
-        else:   # zero-padded to whole half-blocks
-            S = np.zeros((rows, N))
-            S[:A.shape[0]] = A
-            S = S.reshape(k, -1)
-        if plan[-1] < _pool.MIN_BYTES:   # what _pool.empty would answer, without its checks
-            ta = np.empty((n, 2 * h, N))
-            tb = np.array(B, order="C")
-        else:
-            ta = _pool.empty((n, 2 * h, N), dtype=np.float64, near=A)
-            tb = _pool.empty(B.shape, dtype=np.float64, near=B)
-            np.copyto(tb, B)
-        t2 = ta.reshape(2 * n, h * N)
+        S = _encode.small_source(A, rows, k)     # zero-padded to whole half-blocks
+        ta = _pool.empty_small((n, 2 * h, N), n * 2 * h * N * 8, A)
+        tb = _pool.empty_small(B.shape, B.nbytes, B)
+        np.copyto(tb, B)
         flat = tb.reshape(-1)
         with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf inputs: refused by name
-            if nsys:
-                t2[:nsys] = S[:nsys]
-            if nsys < 2 * n:
-                np.matmul(G, S, out=t2[nsys:])
+            _encode.small_products(G, S, ta.reshape(2 * n, h * N), nsys)
             per = ta.reshape(n, -1)
             sa = np.einsum("ij,ij->i", per, per)   # each task's sum of squares, one pass
             scales = np.sqrt(sa) * math.sqrt(float(flat @ flat))
@@ -814,11 +805,14 @@ class PolyDotCode(LinearCode):
         if not (self.systematic and self.m == 1 and self.q == 1):
             return None
         k, P = self.p, self.field
-        if not hasattr(results, "keys") or len(results) < k or (P is not None and len(results) != k):
+        try:
+            have = len(results) if hasattr(results, "keys") else -1
+        except TypeError:     # (not a Mapping: the general path names it)
+            return None
+        if have < k or (P is not None and have != k):
             return None
         try:
-            if type(errors) is not int or not 0 <= errors <= self.workers:
-                errors = check_int("errors", errors, 0, self.workers)
+            errors = check_int("errors", errors, 0, self.workers)
             # (keys that are not worker indices, or one index twice: refused here, named by
             # the general path)
             rows, raw = self._check_results(results, encoding)
@@ -831,16 +825,19 @@ class PolyDotCode(LinearCode):
             # result the solve it enters with a nonzero coefficient), so NaN/Inf are looked
             # for on C itself (one pass, not two); a product that overflowed goes to the
             # general path too
+            C = None
             if rows[-1] == k - 1:
                 # the k data results (workers 0 .. k-1): C is their blocks one after the other
-                shape = (k * raw[0].shape[0],) + raw[0].shape[1:]
-                C = np.empty(shape) if raw[0].size * k * 8 < _pool.MIN_BYTES else _pool.empty(shape, dtype=np.float64)
+                C = _pool.empty_small((k * raw[0].shape[0],) + raw[0].shape[1:],
+                                      raw[0].size * k * 8)
                 np.concatenate(raw, axis=0, out=C)
                 cond = 1.0
-            elif _encode._lincomb_ok():   # (numpy's products would warn on NaN/Inf first)
-                C, cond = self._systematic_assemble(rows, raw)
             else:
-                C = None
+                plan = self._assembly_plan(rows)
+                if plan.GF is not None and _encode._lincomb_ok():
+                    # the compiled one-pass solve (numpy's products, which the other solves
+                    # use, would warn on NaN/Inf first: those check the results before)
+                    C, cond = self._systematic_assemble(rows, raw, plan)
             if C is not None:
                 return (rows, C, cond, [], False, raw[0].dtype) if np.isfinite(C).all() else None
         if not _valid_results(raw, P):
@@ -858,17 +855,20 @@ class PolyDotCode(LinearCode):
         C, cond = self._systematic_assemble(rows, raw)
         return rows, C, cond, faulty, checked, raw[0].dtype
 
-    def _systematic_assemble(self, rows: np.ndarray, raw: list[np.ndarray]):
-        """``(C, cond)`` from consistent results ``raw`` of workers ``rows`` (fast path)."""
+    def _systematic_assemble(self, rows: np.ndarray, raw: list[np.ndarray],
+                             plan: "_AssemblyPlan | None" = None):
+        """``(C, cond)`` from consistent results ``raw`` of workers ``rows`` (fast path;
+        ``plan``: the subset's :meth:`_assembly_plan`, where the caller has it)."""
         k, P = self.p, self.field
         dt = np.int64 if P is not None else np.float64
         rb = raw[0].shape[0]
         # reused memory where large (no first-touch page faults: _pool), as the tasks'
         shape = (k * rb,) + raw[0].shape[1:]
-        # (small: what _pool.empty would answer, without its checks)
-        C = np.empty(shape, dt) if raw[0].size * k * 8 < _pool.MIN_BYTES else _pool.empty(shape, dtype=dt)
+        C = (_pool.empty_small(shape, raw[0].size * k * 8) if P is None
+             else _pool.empty(shape, dtype=dt))
         Cb = C.reshape(k, -1)                                  # block i: rows i*rb .. (i+1)*rb
-        plan = self._assembly_plan(rows)
+        if plan is None:
+            plan = self._assembly_plan(rows)
         if plan.GF is not None and _encode._lincomb_ok():   # (GF: real codes only)
             # the whole assembly in one pass of the compiled kernel: the present blocks
             # copied as their halves load, the missing ones from the same loads

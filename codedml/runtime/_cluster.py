@@ -178,8 +178,9 @@ class ClusterBase:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)  # notified on every arrival
         self._waiting = 0  # threads in self._changed.wait (no notify without one)
-        # calls whose results the transport's poll booked itself (_book; see _pump)
-        self._booked: list[_Request] = []
+        # results the transport's poll booked itself (_inline_result; see _pump), in
+        # arrival order: (request, worker, payload, time); a call's is in its table already
+        self._booked: list[tuple[_Request | None, int, Any, float]] = []
         # no pending request's deadline is earlier (a pump scans for expired requests only
         # from then on; a settled request's stale value only costs one scan)
         self._next_deadline = math.inf
@@ -290,8 +291,7 @@ class ClusterBase:
         """
         with self._lock:
             self._check_open()
-            if type(errors) is not int or not 0 <= errors <= self.workers:
-                errors = check_int("errors", errors, 0, self.workers)
+            errors = check_int("errors", errors, 0, self.workers)
             timeout = self._deadline(timeout)
             t0 = time.perf_counter()
             if isinstance(A, ResidentHandle):
@@ -551,16 +551,19 @@ class ClusterBase:
         arrivals."""
         arrivals = self._poll(wait, want)
         now = time.perf_counter()
-        for a in arrivals:
-            self._route(a, now)
         got = len(arrivals)
         if self._booked:
-            # a transport's poll may book a pending call's results itself, as _route and
-            # _accept would (MPICluster._poll_compiled): each such call looks at them now
+            # results the transport's poll booked itself (_inline_result):
+            # they came before every arrival it handed over, so they go first, in order
             booked, self._booked = self._booked, []
             got += len(booked)
-            for r in booked:
-                r._progress()
+            for r, w, payload, t in booked:
+                if type(r) is Call:
+                    r._progress()       # its result is in its table already
+                elif r is not None:     # (None: nobody's any more, the last answer noted)
+                    r._accept_result(w, payload, t)
+        for a in arrivals:
+            self._route(a, now)
         if now >= self._next_deadline:
             self._expire_due(now)
         if self._wakes:  # requests that asked to be looked at again (a systematic wait)
@@ -581,41 +584,49 @@ class ClusterBase:
         self._next_deadline = min((r.deadline for t in (self._pending, self._acks)
                                    for r in t.values()), default=math.inf)
 
-    def _book(self, w: int, job: int, payload: Any, now: float) -> bool:
-        """A transport's shortcut for the common replies, a result of a pending call that
-        still owes it or of a pending job: booked as :meth:`_route` and ``_accept`` would,
-        without an :class:`Arrival`; the call looks at it at the end of the pump
-        (:meth:`_pump`), the job at once. False, nothing done, for anything else (it takes
-        the general path)."""
-        r = self._pending.get(job)
-        if r is None and job not in self._finished:
-            # a result nobody holds a request for any more (e.g. a job's spare result after
-            # its decode): _route would only note the worker's last answer
-            if job > self._last_answer.get(w, -1):
-                self._last_answer[w] = job
-            return True
-        if type(r) is Job:
-            if r.settled or (self._stale and r.handle is not None):
-                return False
-            # a pending job's result: booked and looked at now, in arrival order, as
-            # _route and _accept would (a job decides per arrival: _try)
-            if job > self._last_answer.get(w, -1):
-                self._last_answer[w] = job
-            if w not in r.latency:
-                r.latency[w] = now - r.t0
-            r.arrived[w] = payload
-            r._progress()
-            return True
-        if (type(r) is not Call or r.settled or w in r.results
-                or len(r.results) + len(r.failed) >= len(r.sent_to)):
-            return False
+    def _inline_result(self, out: list[Arrival], w: int, job: int, payload: Any,
+                       elapsed: float, now: float) -> bool:
+        """A result whose payload came with its header, from a transport's poll: booked
+        where it is one of the common replies, else appended to ``out`` as an
+        :class:`Arrival`. Returns whether it was booked.
+
+        Booked: a result of a pending call that still owes it (put into the call's table
+        now), of a job (a pending one, or one settled that is still held: late) or of a
+        request nobody holds any more; kept in :attr:`_booked` for the end of the poll,
+        where :meth:`_pump` hands each to its request as :meth:`_route` would, without an
+        :class:`Arrival`. Only while nothing earlier in the same poll waits in ``out``, so
+        that every reply keeps its order (a worker's error that marks its stored block
+        stale must come before that block's result)."""
+        if not out:
+            r = self._pending.get(job)
+            kind = type(r)
+            if kind is Call:                  # the commonest (a training step's)
+                ok = not (r.settled or w in r.results
+                          or len(r.results) + len(r.failed) >= len(r.sent_to))
+                if ok:
+                    if w not in r.latency:
+                        r.latency[w] = now - r.t0
+                    r.results[w] = payload
+            elif kind is Job:                 # (_route's rule for stale stored blocks)
+                ok = not (self._stale and r.handle is not None)
+            elif r is None:
+                r = self._finished.get(job)
+                ok = r is None or (type(r) is Job and not (self._stale and r.handle is not None))
+            else:
+                ok = False
+            if ok:
+                if job > self._last_answer.get(w, -1):   # (_note_answer, inline: every reply)
+                    self._last_answer[w] = job
+                self._booked.append((r, w, payload, now))
+                return True
+        out.append(Arrival(w, job, "result", payload, elapsed))
+        return False
+
+    def _note_answer(self, w: int, job: int) -> None:
+        """Worker ``w`` answered request ``job``: the requests after its last answer are
+        those a death notice without a job concerns."""
         if job > self._last_answer.get(w, -1):
             self._last_answer[w] = job
-        if w not in r.latency:
-            r.latency[w] = now - r.t0
-        r.results[w] = payload
-        self._booked.append(r)
-        return True
 
     def _route(self, a: Arrival, now: float) -> None:
         w = a.worker
@@ -637,8 +648,7 @@ class ClusterBase:
             if r is not None:
                 r._accept(a, now)
             return
-        if a.job > self._last_answer.get(w, -1):
-            self._last_answer[w] = a.job
+        self._note_answer(w, a.job)
         r = self._pending.get(a.job) or self._finished.get(a.job)
         if r is None:
             return

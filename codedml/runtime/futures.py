@@ -195,13 +195,7 @@ class _Request(Future):
         w = a.worker
         kind = a.kind
         if kind == "result":  # the common case first
-            if w not in self.latency:
-                self.latency[w] = now - self.t0
-            if self.settled:
-                self.late.add(w)
-                return
-            self._on_result(w, a.payload)
-            self._progress()
+            self._accept_result(w, a.payload, now)
             return
         if kind == "dead":
             if w in self._outstanding():
@@ -217,6 +211,16 @@ class _Request(Future):
             return
         else:
             self._on_result(w, a.payload)
+        self._progress()
+
+    def _accept_result(self, w: int, payload: Any, now: float) -> None:
+        """Book worker ``w``'s result (late once settled), then look whether it decides."""
+        if w not in self.latency:
+            self.latency[w] = now - self.t0
+        if self.settled:
+            self.late.add(w)
+            return
+        self._on_result(w, payload)
         self._progress()
 
     def _progress(self) -> None:
@@ -322,18 +326,6 @@ class _Request(Future):
         return bound if timeout is None else min(timeout, bound)
 
 
-def _fewest_decodable(code: LinearCode) -> int:
-    """``code._fewest_decodable()``, kept on the code (a job per step asks) unless the
-    instance overrides its decodability test (then asked every time)."""
-    d = code.__dict__
-    got = d.get("_fewest_kept")
-    if got is None or "decodable" in d or "_recovers" in d:
-        got = code._fewest_decodable()
-        if "decodable" not in d and "_recovers" not in d:
-            d["_fewest_kept"] = got
-    return got
-
-
 def _systematic_set(code: LinearCode) -> frozenset[int]:
     """``frozenset(code.systematic_workers)``, kept on the code (a job per step asks)."""
     got = code.__dict__.get("_systematic_set")
@@ -369,7 +361,7 @@ class Job(_Request):
         # Waiting for systematic results (see _hold_for_systematic): the workers whose results
         # make the decode an assembly, and the end of the grace once one is granted.
         self._sys = _systematic_set(code)
-        self._fewest = _fewest_decodable(code)
+        self._fewest = code._fewest_decodable()
         self._grace_end: float | None = None
         self.t_grace = 0.0
 

@@ -550,14 +550,11 @@ class MPICluster(ClusterBase):
         booked = False
         for w, what, v in events:
             if what == 0 and v[1] == _RESULT and v[7] is not None:
-                # the common reply of a call: a result with its payload in the header's
-                # message, whose size the compiled check matched to its shape and dtype
-                job = v[0]
-                payload = np.ndarray(v[4], DTYPES[v[3]], v[7])
-                if self._book(w, job, payload, now):
+                # the common reply: a result with its payload in the header's message, whose
+                # size the compiled check matched to its shape and dtype
+                if self._inline_result(out, w, v[0], np.ndarray(v[4], DTYPES[v[3]], v[7]),
+                                       v[5] * 1e-9, now):
                     booked = True
-                else:
-                    out.append(Arrival(w, job, "result", payload, v[5] * 1e-9))
                 continue
             if what == 2:  # its header receive failed: the process failed (ULFM)
                 self._mark_dead(w)
