@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
                          "logistic regression, as control_plane.py), this many steps per block")
     ap.add_argument("--size", type=int, default=8,
                     help="float64 values a call and a bare round trip carry each way (default 8)")
+    ap.add_argument("--base-rev", default=None,
+                    help="the commit the base tree was exported from (recorded in the JSON)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     sys.path.insert(0, str(args.base))
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "control_plane_ab.json" if n == 6 else f"control_plane_ab_{n}workers.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"benchmark": "control_plane_ab", "workers": n, "size": args.size,
-                               "rows": rows, "base": str(args.base), "machine": machine_info(),
+                               "rows": rows, "base": str(args.base), "base_rev": args.base_rev, "machine": machine_info(),
                                "argv": sys.argv[1:]}, indent=1))
     print(f"wrote {out}")
     return 0

@@ -649,6 +649,20 @@ def test_gradient_b_side_one_row_per_chunk_equals_the_row_by_row_path(dtype, n, 
             assert not outs[0][0][w, t * nb + len(rows):(t + 1) * nb].any()
 
 
+@contextlib.contextmanager
+def _small_spy():
+    """A list that gets a 1 for every encode that takes ``PolyDotCode._encode_small``."""
+    from codedml.codes import polydot
+
+    ran: list[int] = []
+    real = polydot.PolyDotCode._encode_small
+    polydot.PolyDotCode._encode_small = lambda self, *a: ran.append(1) or real(self, *a)
+    try:
+        yield ran
+    finally:
+        polydot.PolyDotCode._encode_small = real
+
+
 def _laid_out(X: np.ndarray, order: str) -> np.ndarray:
     if order == "F":
         return np.asfortranarray(X)
@@ -677,13 +691,8 @@ def test_small_encode_is_the_general_encode(n, k_frac, systematic, M, N, K, orde
     rng = np.random.default_rng(seed)
     A = _laid_out(rng.standard_normal((M, N)), order)
     B = _laid_out(rng.standard_normal((N, K)) if K else rng.standard_normal(N), order)
-    ran = []
-    real = polydot.PolyDotCode._encode_small
-    polydot.PolyDotCode._encode_small = lambda self, *a: ran.append(1) or real(self, *a)
-    try:
+    with _small_spy() as ran:
         small = code.encode(A, B)
-    finally:
-        polydot.PolyDotCode._encode_small = real
     general = LinearCode.encode(code, A, B)
     f64 = np.dtype(np.float64)
     assert ran == ([] if code.compensates(f64, f64, "auto") else [1])
@@ -712,11 +721,11 @@ def test_small_encode_refuses_nan_and_inf_by_name(where, value):
     ops = {"A": rng.standard_normal((4, 4)), "B": rng.standard_normal((4, 2))}
     ops[where][1, 1] = value
     code = MDSCode(6, 4, systematic=True, construction="circle")
-    with warnings.catch_warnings():
+    with _small_spy() as ran, warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(ConfigurationError, match=f"`{where}`"):
             code.encode(ops["A"], ops["B"])
-    assert code._small_plan(ops["A"], ops["B"], "auto") is not None   # it went there
+    assert ran == [1]   # it went there
 
 
 @pytest.mark.parametrize("scale", [1e200, 1e-200, 0.0])
@@ -728,8 +737,10 @@ def test_small_encode_scales_of_extreme_inputs_are_the_general_paths(scale):
     rng = np.random.default_rng(2)
     A, B = scale * rng.standard_normal((5, 3)), rng.standard_normal((3, 4))
     code = MDSCode(7, 4, systematic=True, construction="circle")
-    small, general = code.encode(A, B), LinearCode.encode(code, A, B)
-    assert code._small_plan(A, B, "auto") is not None
+    with _small_spy() as ran:
+        small = code.encode(A, B)
+    general = LinearCode.encode(code, A, B)
+    assert ran == [1]
     np.testing.assert_allclose(small.scales, general.scales, rtol=1e-12)
     assert np.isfinite(small.scales).all()
 
@@ -782,6 +793,17 @@ def test_small_encode_asks_the_compensation_thresholds_and_subclass_hooks(monkey
             self.seen = True
             return super()._encode_outer(A, B, dtype)
 
+    class F32(MDSCode):        # a hook the small path does not ask: the operand dtype
+        def _operand_dtype(self, input_dtype, precision):
+            return np.dtype(np.float32)
+
     mine = Mine(6, 4, systematic=True, construction="circle")
-    mine.encode(A, B)
+    with _small_spy() as ran:
+        mine.encode(A, B)
+        assert F32(6, 4, systematic=True, construction="circle").encode(A, B).dtype == np.float32
+        inst = MDSCode(6, 4, systematic=True, construction="circle")
+        inst.encode(A, B)                        # (a plan kept for these shapes)
+        inst._operand_dtype = lambda input_dtype, precision: np.dtype(np.float32)
+        assert inst.encode(A, B).dtype == np.float32
     assert getattr(mine, "seen", False)
+    assert ran == [1]                            # only the plain instance's first encode

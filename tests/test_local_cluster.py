@@ -1327,6 +1327,7 @@ def test_a_booked_job_result_is_a_routed_one():
             _compiled_poll(c, events)
             for i, w in enumerate(order):
                 assert c._pump() == 1, i     # the booked reply counts
+                assert c._last_answer[w] == jobs[0].id
                 c._route(Arrival(w, jobs[1].id, "result", tasks[w].compute()), time.perf_counter())
                 for job in jobs:
                     assert job.done() == (i >= 3), (i, job.id)
@@ -1376,5 +1377,58 @@ def test_a_result_behind_another_reply_in_the_same_poll_keeps_its_order():
             assert c._pump() == 2
             assert 1 in c._stale[h.id]
             assert job.failed.get(1) == "stale" and 1 not in job.arrived
+    finally:
+        _close_fast(c)
+
+
+def test_booked_replies_go_before_the_polls_other_arrivals_and_stale_blocks_stay_erasures():
+    """What the compiled poll books is handed over before the arrivals it could not book
+    (which came later in the same poll), so replies keep their order; a stale stored block's
+    result is never booked (alone in its poll, after the error that marked it): the product
+    treats it as an erasure while pending and ignores it once settled, as ``_route`` does;
+    a call's results booked the same way settle it with them."""
+    from codedml.errors import WorkerFailure
+
+    rng = np.random.default_rng(7)
+    A, B = rng.standard_normal((8, 5)), rng.standard_normal((5, 3))
+    c = LocalCluster(4, faults=FailSilent(range(1, 5)), timeout=20,
+                     handlers={"echo": lambda ctx, x: x})
+    try:
+        with c._lock:
+            code = MDSCode(4, 2)
+            job = c.submit(A, B, code=code)
+            tasks = code.encode(A, B)
+            other = WorkerFailure("not a request of this test", rank=4, job=10 ** 6)
+            _compiled_poll(c, [[(3, job.id, "result", tasks[3].compute(), False),
+                                (2, 10 ** 6, "error", other, False),
+                                (1, job.id, "result", tasks[1].compute(), False)]])
+            assert c._pump() == 3
+            assert list(job.latency) == [3, 1]           # the booked one first
+            np.testing.assert_allclose(job.result(), A @ B, rtol=1e-12, atol=1e-12)
+
+            W = rng.standard_normal((8, 6))
+            h = c.put(W, code=MDSCode(4, 2))
+            h = c.update(h, np.ones((8, 1)), np.ones((6, 1)))
+            prod = c.submit(h, np.ones(6))
+            err = WorkerFailure("update failed", rank=2, job=h.ack.id)
+            res = np.zeros(4)
+            _compiled_poll(c, [[(1, h.ack.id, "error", err, True)],           # marks 1 stale
+                               [(1, prod.id, "result", res, False)],         # alone: not booked
+                               [(0, prod.id, "result", res, False)],
+                               [(2, prod.id, "result", res, False)],         # decodes
+                               [(1, prod.id, "result", res, False)]])        # settled, stale
+            for _ in range(5):
+                assert c._pump() == 1
+            assert prod.done() and prod.failed.get(1) == "stale"
+            assert 1 not in prod.arrived and 1 not in prod.late
+
+            x = np.arange(3.0)
+            call = c.call("echo", x)
+            _compiled_poll(c, [[(w, call.id, "result", x + w, False) for w in range(4)]])
+            assert c._pump() == 4
+            got = call.result()
+            assert sorted(got) == [0, 1, 2, 3]
+            for w in range(4):
+                np.testing.assert_array_equal(got[w], x + w)
     finally:
         _close_fast(c)

@@ -63,6 +63,9 @@ from ._validate import check_field, check_int, in_field, real_matrix, residues
 _F64 = np.dtype(np.float64)
 #: Input shapes per code whose small-encode plan (:meth:`PolyDotCode._small_plan`) is kept.
 SMALL_PLANS = 16
+#: Methods of the general encode that an instance may override (then it encodes generally).
+_HOOKS = frozenset({"encode", "_encode", "_encode_outer", "_operand_dtype", "compensates",
+                    "_compensates", "_outer_form", "_generator", "_powers"})
 
 __all__ = ["PolyDotCode", "MDSCode", "PolynomialCode", "MatDotCode", "CONSTRUCTIONS"]
 
@@ -364,7 +367,8 @@ class PolyDotCode(LinearCode):
         circle (at most :data:`~._encode.TINY_BYTES` of tasks, the size of a control-plane
         job or a small layer's step) takes :meth:`_encode_small`: the same tasks, without
         the general path's per-call derivations."""
-        if type(A) is np.ndarray and type(B) is np.ndarray and type(precision) is str:
+        if (type(A) is np.ndarray and type(B) is np.ndarray and type(precision) is str
+                and not _HOOKS.intersection(self.__dict__)):
             plan = self._small_plan(A, B, precision)
             if (plan is not None and plan[-1] <= _encode.TINY_BYTES and A.dtype == _F64
                     and B.dtype == _F64):
@@ -374,7 +378,7 @@ class PolyDotCode(LinearCode):
     def _small_plan(self, A: np.ndarray, B: np.ndarray, precision: str) -> tuple | None:
         """What :meth:`_encode_small` needs for float64 inputs of these shapes under
         ``precision``, kept per code (at most :data:`SMALL_PLANS` shapes); None where the
-        general path encodes (another code or field, a subclass with its own encode hooks,
+        general path encodes (another code or field, a subclass of the library's codes,
         compensated or float32 operands, an empty product, inputs the general path refuses
         by name). Its last entry is the size that decides (the tasks' bytes, or B's),
         compared with :data:`~._encode.TINY_BYTES` on every encode. The key holds the
@@ -389,9 +393,10 @@ class PolyDotCode(LinearCode):
         except KeyError:
             pass
         plan = None
-        cls = type(self)
-        if (cls._encode is PolyDotCode._encode and cls._encode_outer is PolyDotCode._encode_outer
-                and self.field is None and self.construction == "circle" and self.m == 1 and self.q == 1
+        # (the library's own classes only: a subclass may override a hook of the general
+        # path, e.g. the operand dtype, that this path does not ask; encode() looks for
+        # such an override on the instance)
+        if (type(self).__module__ == __name__ and self.field is None and self.construction == "circle" and self.m == 1 and self.q == 1
                 and precision in ("auto", "float64") and A.ndim == 2 and B.ndim in (1, 2)
                 and A.size and B.size and A.shape[1] == B.shape[0]
                 and not self.compensates(_F64, _F64, precision)):

@@ -179,7 +179,7 @@ class ClusterBase:
         self._changed = threading.Condition(self._lock)  # notified on every arrival
         self._waiting = 0  # threads in self._changed.wait (no notify without one)
         # results the transport's poll booked itself (_inline_result; see _pump), in
-        # arrival order: (request, worker, payload, time); a call's is in its table already
+        # arrival order: (request, worker, payload, time)
         self._booked: list[tuple[_Request | None, int, Any, float]] = []
         # no pending request's deadline is earlier (a pump scans for expired requests only
         # from then on; a settled request's stale value only costs one scan)
@@ -558,9 +558,7 @@ class ClusterBase:
             booked, self._booked = self._booked, []
             got += len(booked)
             for r, w, payload, t in booked:
-                if type(r) is Call:
-                    r._progress()       # its result is in its table already
-                elif r is not None:     # (None: nobody's any more, the last answer noted)
+                if r is not None:       # (None: nobody's any more, the last answer noted)
                     r._accept_result(w, payload, t)
         for a in arrivals:
             self._route(a, now)
@@ -590,9 +588,9 @@ class ClusterBase:
         where it is one of the common replies, else appended to ``out`` as an
         :class:`Arrival`. Returns whether it was booked.
 
-        Booked: a result of a pending call that still owes it (put into the call's table
-        now), of a job (a pending one, or one settled that is still held: late) or of a
-        request nobody holds any more; kept in :attr:`_booked` for the end of the poll,
+        Booked: a result of a pending call that still owes it, of a job (a pending one, or
+        one settled that is still held: late) or of a request nobody holds any more; kept
+        in :attr:`_booked` for the end of the poll,
         where :meth:`_pump` hands each to its request as :meth:`_route` would, without an
         :class:`Arrival`. Only while nothing earlier in the same poll waits in ``out``, so
         that every reply keeps its order (a worker's error that marks its stored block
@@ -603,10 +601,6 @@ class ClusterBase:
             if kind is Call:                  # the commonest (a training step's)
                 ok = not (r.settled or w in r.results
                           or len(r.results) + len(r.failed) >= len(r.sent_to))
-                if ok:
-                    if w not in r.latency:
-                        r.latency[w] = now - r.t0
-                    r.results[w] = payload
             elif kind is Job:                 # (_route's rule for stale stored blocks)
                 ok = not (self._stale and r.handle is not None)
             elif r is None:
