@@ -590,8 +590,8 @@ class ClusterBase:
 
         Booked: a result of a pending call that still owes it, of a job (a pending one, or
         one settled that is still held: late) or of a request nobody holds any more; kept
-        in :attr:`_booked` for the end of the poll,
-        where :meth:`_pump` hands each to its request as :meth:`_route` would, without an
+        in :attr:`_booked` for the end of the poll, where :meth:`_pump` hands each to its
+        request as :meth:`_route` would, without an
         :class:`Arrival`. Only while nothing earlier in the same poll waits in ``out``, so
         that every reply keeps its order (a worker's error that marks its stored block
         stale must come before that block's result)."""
@@ -609,8 +609,7 @@ class ClusterBase:
             else:
                 ok = False
             if ok:
-                if job > self._last_answer.get(w, -1):   # (_note_answer, inline: every reply)
-                    self._last_answer[w] = job
+                self._note_answer(w, job)
                 self._booked.append((r, w, payload, now))
                 return True
         out.append(Arrival(w, job, "result", payload, elapsed))

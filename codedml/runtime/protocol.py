@@ -172,6 +172,14 @@ def _check_json(name: str, value: Any, depth: int = 0) -> None:
 _PLAIN = frozenset({str, int, bool, type(None)})
 
 
+def _check_id(name: str, v: Any, none_ok: bool) -> None:
+    """A request's id field (``job``, ``handle``, ``field``): an int from -1 to 2**63 - 1,
+    or None where ``none_ok``."""
+    if not ((v is None and none_ok) or (type(v) is int and -1 <= v < _I64)):
+        raise ProtocolError(f"request field `{name}` must be int{' or NoneType' if none_ok else ''}"
+                            f" (ints from -1 to 2**63 - 1), got {v!r}")
+
+
 @dataclass(frozen=True)
 class Request:
     """One request to a worker. ``arrays`` lists the ``(shape, dtype code)`` of the arrays that
@@ -195,9 +203,7 @@ class Request:
         object.__setattr__(self, "op", op)
         for name, v, none_ok in (("job", self.job, False), ("handle", self.handle, True),
                                  ("field", self.field, True)):
-            if not ((v is None and none_ok) or (type(v) is int and -1 <= v < _I64)):
-                raise ProtocolError(f"request field `{name}` must be int{' or NoneType' if none_ok else ''}"
-                                    f" (ints from -1 to 2**63 - 1), got {v!r}")
+            _check_id(name, v, none_ok)
         if type(self.compensated) is not bool:
             raise ProtocolError(f"request field `compensated` must be bool, got {self.compensated!r}")
         if self.params:
@@ -208,9 +214,7 @@ class Request:
     def with_job(self, job: int) -> "Request":
         """This request under job id ``job`` (the other fields were validated when it was
         built; only the id is checked here)."""
-        if not (type(job) is int and -1 <= job < _I64):
-            raise ProtocolError(f"request field `job` must be int (ints from -1 to 2**63 - 1), "
-                                f"got {job!r}")
+        _check_id("job", job, False)
         out = object.__new__(Request)
         out.__dict__.update(self.__dict__)
         out.__dict__["job"] = job
