@@ -358,6 +358,35 @@ def cost_2048(doc: dict[str, Any]) -> str:
     return _cost(doc, 2048)
 
 
+# ------------------------------------------------------------------ decode_check.json
+@_from("decode_check")
+def decode_check(doc: dict[str, Any]) -> str:
+    load = doc.get("load_average_1_5_15min", {})
+    out = [
+        f"Source: {_source('decode_check', doc)}; medians, the compiled and the numpy check "
+        f"alternated per repeat in one process; BLAS threads {doc['parameters']['threads']}"
+        + (f"; 1-min load {load['before'][0]:.1f} before, {load['after'][0]:.1f} after"
+           if load.get("before") else "")
+        + ". Every worker's result, `errors=1`: the spare results checked (*compiled*: "
+        "`proj_sq`, one pass over each result; *numpy*: the same check by numpy's products and "
+        "norms, the rest of the decode the same); *from k*: the first k results, nothing to check "
+        "(the systematic codes assemble their data blocks, the others solve). *same answer*: the same "
+        "faulty workers (none) and the same product bit for bit.",
+        "",
+        "| code | n | k | size | compiled (ms) | numpy (ms) | compiled / numpy | from k (ms) "
+        "| compiled / from k | same answer |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["rows"]:
+        out.append(
+            f"| {r['case']} | {r['workers']} | {r['recovery_threshold']} | {r['size']} "
+            f"| {1e3 * r['compiled_s']:.3f} | {1e3 * r['numpy_s']:.3f} "
+            f"| {r['compiled_over_numpy']:.2f} "
+            f"| {1e3 * r['from_k_s']:.3f} | {r['compiled_over_from_k']:.2f} "
+            f"| {'yes' if r['same_faulty_and_product'] else '**NO**'} |")
+    return "\n".join(out)
+
+
 # ------------------------------------------------------------------ encode.json
 @_from("encode")
 def encode(doc: dict[str, Any]) -> str:
@@ -1178,6 +1207,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "inner": inner,
     "cost": cost,
     "cost_2048": cost_2048,
+    "decode_check": decode_check,
     "kernel_ab": kernel_ab,
     "encode": encode,
     "gfp_matmul": gfp_matmul,
@@ -1199,7 +1229,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
 }
 
 DOCS: tuple[Doc, ...] = (
-    Doc("README.md", ("coded_cnn", "accuracy", "inner", "systematic", "cost", "encode", "gfp_matmul",
+    Doc("README.md", ("coded_cnn", "accuracy", "inner", "systematic", "cost", "decode_check", "encode",
+                      "gfp_matmul",
                       "cold_start", "cuda_backend", "runtime_latency", "control_plane",
                       "control_plane_2workers", "scale", "reliability", "coded_layers", "coded_layers_step",
                       "coded_layers_optimizers", "train_policies", "communication")),

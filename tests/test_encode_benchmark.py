@@ -106,3 +106,43 @@ def test_kernel_ab_refuses_a_revision_it_cannot_read(tmp_path):
 
     with pytest.raises(SystemExit, match="--base 'no-such-rev'"):
         kernel_ab.main(["--base", "no-such-rev", "--out", str(tmp_path)])
+
+
+@pytest.mark.skipif(_encode._K is None, reason="the compiled kernels are not built here")
+def test_decode_check_compares_the_two_checks_on_the_same_results(tmp_path):
+    """``benchmarks/decode_check.py`` decodes the same results with the compiled check and
+    numpy's, records that they answered alike, the commit it measured, and a README block
+    renders from its JSON."""
+    import decode_check
+    import render_readme
+
+    out = tmp_path / "decode_check.json"
+    assert decode_check.main(["--sizes", "16", "32", "--repeats", "2", "--out", str(out),
+                              "--plot", str(tmp_path / "decode_check.png")]) == 0
+    doc = json.loads(out.read_text())
+    assert [(r["case"], r["size"]) for r in doc["rows"]] == [
+        (c, s) for s in (16, 32) for c in ("MDS (6,4) sys", "MDS (17,15) sys", "MDS (8,6)", "MatDot (9,4)")]
+    for r in doc["rows"]:
+        assert r["same_faulty_and_product"] and r["rel_error"] < 1e-12
+        assert len(r["samples_s"]["compiled"]) == len(r["samples_s"]["numpy"]) == 2
+        assert r["compiled_over_numpy"] == pytest.approx(r["compiled_s"] / r["numpy_s"])
+    assert doc["machine"]["commit"] and (tmp_path / "decode_check.png").stat().st_size > 0
+    from codedml.codes import _base
+    assert _base.PROJ_SQ is True                      # the run left the switch as it was
+    old = render_readme.RESULTS
+    render_readme.RESULTS = tmp_path
+    try:
+        block = render_readme.decode_check()
+    finally:
+        render_readme.RESULTS = old
+    assert "| MDS (17,15) sys | 17 | 15 | 32 |" in block and "**NO**" not in block
+
+
+def test_decode_check_refuses_bad_arguments_by_name(tmp_path, capsys):
+    import decode_check
+
+    for argv, match in [(["--sizes", "8"], "--sizes must be at least 16"),
+                        (["--repeats", "0"], "--repeats must be at least 1, got 0")]:
+        with pytest.raises(SystemExit):
+            decode_check.main(argv + ["--out", str(tmp_path / "x.json")])
+        assert match in capsys.readouterr().err

@@ -481,3 +481,132 @@ def test_gfp_loops_refuse_overlap():
         K.copy_i64(np.empty((2, 8), np.int64), w[:16].view(np.int64).reshape(2, 8), w[8:24].reshape(2, 8))
     with pytest.raises(ValueError, match="`dst` and `src` overlap in memory"):
         K.mod_store(w[:8].view(np.int64), w[4:12], 7)
+
+
+# --------------------------------------------------------------------------- proj_sq
+# The decoder's consistency check (codedml/codes/_base.py, _project_sq): for each source X
+# the k projections u_j X v_j and the sum of the squares of X's values, in double, from one
+# pass. They must agree with numpy's to the rounding of a float64 sum of that many terms
+# (the order of the sums differs), for any row stride, float64 and float32, with and without
+# AVX2; NaN/Inf must reach every number of its source (the check erases such a result on
+# them); bad arguments must be refused by name before anything is written.
+
+def _proj_reference(srcs, u, v):
+    P = np.array([[u[j] @ (s.astype(np.float64) @ v[j]) for j in range(u.shape[0])]
+                  for s in srcs]).reshape(len(srcs), u.shape[0])
+    Q = np.array([float(np.sum(s.astype(np.float64) ** 2)) for s in srcs])
+    # what each number may differ by: the float64 rounding of its sums of |terms|
+    bound = np.array([[np.abs(u[j]) @ (np.abs(s.astype(np.float64)) @ np.abs(v[j]))
+                       for j in range(u.shape[0])] for s in srcs]).reshape(P.shape)
+    return P, Q, bound
+
+
+@needs_kernels
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(m=st.integers(0, 7), x=st.integers(0, 9), y=st.integers(0, 70), k=st.integers(1, 8),
+       dtype=st.sampled_from([np.float64, np.float32]), pad=st.integers(0, 5),
+       off=st.integers(0, 3), simd=st.sampled_from([0, -1]), seed=st.integers(0, 2 ** 16))
+def test_proj_sq_is_numpys_projections_and_sums_of_squares(m, x, y, k, dtype, pad, off, simd, seed):
+    rng = np.random.default_rng(seed)
+    big = rng.standard_normal((m, x, y + pad + off)).astype(dtype)
+    srcs = [big[i, :, off:off + y] for i in range(m)]            # rows at a stride, any offset
+    u, v = rng.standard_normal((k, x)), rng.standard_normal((k, y))
+    P, Q = np.full((m, k), 7.0), np.full(m, 7.0)
+    assert K.proj_sq(srcs, u, v, P, Q, simd=simd) is None
+    want, want_q, bound = _proj_reference(srcs, u, v)
+    eps = np.finfo(np.float64).eps
+    assert (np.abs(P - want) <= 4 * (x + y + 2) * eps * bound + 1e-300).all()
+    assert (np.abs(Q - want_q) <= 4 * (x * y + 2) * eps * want_q + 1e-300).all()
+
+
+@needs_kernels
+def test_proj_sq_takes_a_row_per_call_of_any_length_and_wide_matrices():
+    """The AVX2 loop's two steps of four, its single step and its scalar tail, on rows of
+    every length up to 40, and a large source (1024 x 1024, as a decode's)."""
+    rng = np.random.default_rng(5)
+    for y in list(range(41)) + [1024]:
+        x = 3 if y < 1024 else 1024
+        srcs = [rng.standard_normal((x, y)) for _ in range(2)]
+        u, v = rng.standard_normal((4, x)), rng.standard_normal((4, y))
+        for simd in (0, -1):
+            P, Q = np.empty((2, 4)), np.empty(2)
+            K.proj_sq(srcs, u, v, P, Q, simd=simd)
+            want, want_q, bound = _proj_reference(srcs, u, v)
+            eps = np.finfo(np.float64).eps
+            assert (np.abs(P - want) <= 4 * (x + y + 2) * eps * bound + 1e-300).all(), (y, simd)
+            np.testing.assert_allclose(Q, want_q, rtol=1e-12)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [(0, 0), (2, 5), (4, 12), (1, 9)])
+@pytest.mark.parametrize("simd", [0, -1])
+def test_proj_sq_numbers_are_not_finite_when_their_source_is_not(dtype, bad, where, simd):
+    """A NaN or Inf anywhere in a source (in the AVX2 steps or the scalar tail) makes its sum
+    of squares and every one of its projections non-finite; the other sources' stay finite."""
+    rng = np.random.default_rng(1)
+    srcs = [rng.standard_normal((5, 13)).astype(dtype) for _ in range(3)]
+    srcs[1][where] = bad
+    u, v = rng.standard_normal((4, 5)), rng.standard_normal((4, 13))
+    P, Q = np.empty((3, 4)), np.empty(3)
+    K.proj_sq(srcs, u, v, P, Q, simd=simd)
+    assert not np.isfinite(P[1]).any() and not np.isfinite(Q[1])
+    assert np.isfinite(P[[0, 2]]).all() and np.isfinite(Q[[0, 2]]).all()
+
+
+@needs_kernels
+@pytest.mark.parametrize("srcs, u, v, P, Q, match", [
+    ([np.ones((2, 3))], np.ones((4, 2), np.float32), np.ones((4, 3)), np.empty((1, 4)), np.empty(1),
+     "`u`, `v`, `proj` and `sq` must be float64"),
+    ([np.ones((2, 3))], np.ones((4, 2)), np.ones((4, 3)), np.empty((1, 4), np.float32), np.empty(1),
+     "`u`, `v`, `proj` and `sq` must be float64"),
+    ([np.ones((2, 3))], np.ones((4, 4))[:, :2], np.ones((4, 3)), np.empty((1, 4)), np.empty(1),
+     "`u` and `v` must be 2-D and C-contiguous"),
+    ([np.ones((2, 3))], np.ones((4, 2)), np.ones((3, 3)), np.empty((1, 4)), np.empty(1),
+     "same number of rows, 1 to 8; got 4 and 3"),
+    ([np.ones((2, 3))], np.ones((9, 2)), np.ones((9, 3)), np.empty((1, 9)), np.empty(1),
+     "same number of rows, 1 to 8; got 9 and 9"),
+    ([np.ones((2, 3))], np.ones((4, 2)), np.ones((4, 3)), np.empty((2, 4)), np.empty(1),
+     "`proj` must be a C-contiguous 1 x 4 float64 array"),
+    ([np.ones((2, 3))], np.ones((4, 2)), np.ones((4, 3)), np.empty((1, 4)), np.empty(2),
+     "`sq` must be a contiguous float64 array of 1"),
+    ([np.ones((2, 3)), np.ones((2, 3), np.float32)], np.ones((4, 2)), np.ones((4, 3)),
+     np.empty((2, 4)), np.empty(2), r"must all be float64 or all float32 \(source 1\)"),
+    ([np.ones((2, 3), np.int64)], np.ones((4, 2)), np.ones((4, 3)), np.empty((1, 4)), np.empty(1),
+     r"must all be float64 or all float32 \(source 0\)"),
+    ([np.ones((2, 4))], np.ones((4, 2)), np.ones((4, 3)), np.empty((1, 4)), np.empty(1),
+     r"source 0 is 2 x 4, but `u` and `v` are for 2 x 3"),
+    ([np.ones((2, 6))[:, ::2]], np.ones((4, 2)), np.ones((4, 3)), np.empty((1, 4)), np.empty(1),
+     "rows of `srcs\\[i\\]` must be contiguous"),
+    (np.ones((2, 3)), np.ones((4, 3)), np.ones((4, 1)), np.empty((2, 4)), np.empty(2),
+     r"source 0 is 1 x 3, but `u` and `v` are for 3 x 1"),      # a 2-D array: its rows are 1-D sources
+    (5, np.ones((4, 2)), np.ones((4, 3)), np.empty((1, 4)), np.empty(1), "`srcs` must be a sequence"),
+])
+def test_proj_sq_refuses_bad_arguments_by_name(srcs, u, v, P, Q, match):
+    before = P.copy()
+    with pytest.raises((ValueError, TypeError), match=match):
+        K.proj_sq(srcs, u, v, P, Q)
+    np.testing.assert_array_equal(P, before)
+
+
+@needs_kernels
+def test_proj_sq_refuses_outputs_that_overlap_what_it_reads_or_each_other():
+    rng = np.random.default_rng(0)
+    buf = rng.standard_normal(64)
+    src, u, v = buf[:12].reshape(2, 6), rng.standard_normal((4, 2)), rng.standard_normal((4, 6))
+    cases = [
+        (buf[8:12].reshape(1, 4), np.empty(1), "`proj` overlaps a source"),
+        (np.empty((1, 4)), buf[11:12], "`sq` overlaps a source"),
+        (u.reshape(-1)[:4].reshape(1, 4), np.empty(1), "`proj` overlaps `u`"),
+        (np.empty((1, 4)), v.reshape(-1)[5:6], "`sq` overlaps `v`"),
+    ]
+    P2 = np.empty(8)
+    cases.append((P2[:4].reshape(1, 4), P2[3:4], "`proj` and `sq` overlap in memory"))
+    for P, Q, match in cases:
+        with pytest.raises(ValueError, match=match):
+            K.proj_sq([src], u, v, P, Q)
+    P, Q = buf[20:24].reshape(1, 4), buf[24:25]         # disjoint views of one array: fine
+    K.proj_sq([src], u, v, P, Q)
+    want, want_q, _ = _proj_reference([src], u, v)
+    np.testing.assert_allclose(P, want, rtol=1e-12)

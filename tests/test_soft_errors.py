@@ -631,3 +631,36 @@ def test_property_batched_packed_projection_is_the_per_result_one(seed, r, h, y,
     with mock.patch.object(_base, "_SMALL_STACK", -1):   # the per-result loop
         loop = _base._project(E, u, v)
     np.testing.assert_array_equal(small, loop)   # bit for bit (NaN where NaN)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(6, 5), (8,), (4, 1), (2, 300)])
+def test_compiled_pass_gives_the_projections_and_norms_numpy_does(packed, dtype, shape):
+    """``_base._project_sq`` (one compiled pass) against ``_project`` and ``_norms`` apart: the
+    same projections (to rounding) for results kept as rows or as packed halves, each result's
+    whole sum of squares, and the noise scale computed from those sums equal to the one
+    computed from the results (no ``encoding=``: nothing clamps the norms' ratio there)."""
+    from codedml.codes import _base as base
+
+    if base._K is None:
+        pytest.skip("codedml.codes._kernels not built (no C compiler at install)")
+    rng = np.random.default_rng(7)
+    raw = [(10.0 ** rng.integers(-3, 4)) * rng.standard_normal(shape).astype(dtype) for _ in range(5)]
+    E = base._Packed(raw) if packed else base._Rows(raw)
+    u, v = base._draws((base._dims(E),), 4)[0]
+    got = base._project_sq(E, u, v, raw)
+    assert got is not None
+    Y, sq = got
+    want = base._project(E, u, v)
+    assert Y.dtype == want.dtype
+    np.testing.assert_allclose(Y, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+    np.testing.assert_allclose(np.sqrt(sq), base._norms(raw), rtol=1e-6 if dtype == np.float32 else 1e-13)
+    code = MDSCode(5, 3)
+    rows = np.arange(5)
+    np.testing.assert_allclose(code._noise_scale(rows, raw, None, None, sq),
+                               code._noise_scale(rows, raw, None, None), rtol=1e-6)
+    # not the results themselves, or complex: declined (numpy's path, not a wrong number)
+    assert base._project_sq(E, u, v, [r.copy() for r in raw]) is None
+    craw = [r.astype(np.complex128) for r in raw]
+    assert base._project_sq(base._Rows(craw), u, v, craw) is None

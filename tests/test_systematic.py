@@ -772,3 +772,133 @@ def test_exactly_k_results_with_a_non_finite_one_get_the_general_paths_answer(co
         assert str(got.value) == str(exc)
     else:
         np.testing.assert_array_equal(code.decode(res, encoding=tasks), want)
+
+
+# --------------------------------------------------------------------------- compiled check
+@PROPS
+@given(data=st.data())
+def test_compiled_consistency_check_decides_as_numpys(data):
+    """The consistency check's projections and the results' norms from one compiled pass
+    (``_kernels.proj_sq``, ``base.PROJ_SQ``) against numpy's products and norms: the same kept
+    and faulty workers, the same ``checked``, the same product bit for bit (the solve does not
+    depend on them), the same named error; for systematic and non-systematic MDS, polynomial
+    and MatDot codes on every construction, float64 and float32 results, clean, one corrupt
+    result (grossly or slightly) and a non-finite one among spare results."""
+    if base._K is None:
+        pytest.skip("codedml.codes._kernels not built (no C compiler at install)")
+    kind = data.draw(st.sampled_from(["MDS", "Polynomial", "MatDot"]))
+    n = data.draw(st.integers(3, 9))
+    sysm = data.draw(st.booleans())
+    kw = {"construction": data.draw(st.sampled_from(CONSTRUCTIONS)), "systematic": sysm}
+    if kind == "MDS":
+        code = MDSCode(n, data.draw(st.integers(1, n - 1)), **kw)
+    elif kind == "Polynomial":
+        code = PolynomialCode(n, data.draw(st.integers(1, n - 1)), 1, **kw)
+    else:
+        code = MatDotCode(n, data.draw(st.integers(1, (n - 1) // 2 + 1)), **kw)
+    A, B = data.draw(operands(None))
+    tasks = code.encode(A, B)
+    res = {w: tasks[w].compute() for w in range(n)}
+    t = code.recovery_threshold
+    if t >= n:
+        return
+    have = data.draw(st.lists(st.sampled_from(range(n)), min_size=t + 1, max_size=n, unique=True))
+    sub = {w: res[w].copy() for w in have}
+    fault = data.draw(st.sampled_from([None, "gross", "slight", "nan", "inf"]))
+    if fault is not None:
+        w = data.draw(st.sampled_from(sorted(have)))
+        x = sub[w]
+        flat = x.reshape(-1)
+        i = data.draw(st.integers(0, flat.size - 1))
+        if fault == "gross":
+            flat[i] += 1e3 * (1.0 + np.abs(flat).max())
+        elif fault == "slight":
+            flat[i] += 1e-3 * (1.0 + np.abs(flat).max())
+        else:
+            flat[i] = np.nan if fault == "nan" else np.inf
+    errors = data.draw(st.integers(0, 2))
+    outs = []
+    for on in (True, False):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(base, "PROJ_SQ", on)
+            try:
+                with np.errstate(all="raise"):   # no warning on either path
+                    outs.append(code.decode(sub, errors, encoding=tasks, return_info=True))
+            except CorruptResultError as exc:
+                outs.append(exc)
+    got, want = outs
+    if isinstance(want, CorruptResultError):
+        assert isinstance(got, CorruptResultError) and str(got) == str(want)
+        return
+    assert not isinstance(got, Exception), got
+    (out, info), (ref, ref_info) = got, want
+    assert (info.faulty, info.used, info.checked) == (ref_info.faulty, ref_info.used, ref_info.checked)
+    np.testing.assert_array_equal(out, ref)
+    if fault in ("gross", "nan", "inf") and errors >= 1 and len(have) >= t + 2:
+        assert info.faulty == (w,)
+
+
+@pytest.mark.parametrize("bad_at", [0, 5])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_spare_results_with_a_non_finite_one_stay_on_the_fast_path(bad_at, value):
+    """Spare results of a systematic MDS code, one of them (data or parity) not finite: the
+    check erases it on its projections and the fast path assembles or solves from the rest
+    (it went to the general path before): the general path's kept and faulty workers and its
+    product to rounding, no complex unpacking, no warning."""
+    import warnings
+
+    code = MDSCode(6, 4, systematic=True)
+    rng = np.random.default_rng(2)
+    A, B = rng.standard_normal((16, 5)), rng.standard_normal((5, 3))
+    tasks = code.encode(A, B)
+    res = {w: tasks[w].compute() for w in range(6)}
+    res[bad_at] = res[bad_at].copy()
+    res[bad_at][1, 1] = value
+    want, want_info = base.LinearCode.decode(code, res, 1, encoding=tasks, return_info=True)
+
+    def no_unpack(*a, **k):
+        raise AssertionError("the fast path unpacked a result into complex blocks")
+
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mp.setattr(MDSCode, "_unpack", no_unpack)
+        out, info = code.decode(res, 1, encoding=tasks, return_info=True)
+    assert info.faulty == want_info.faulty == (bad_at,)
+    assert info.used == want_info.used
+    check_product(out, A, B, None)
+    np.testing.assert_allclose(out, want, rtol=0, atol=1e-12 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("systematic", [False, True])
+@pytest.mark.parametrize("bad", [1, 4])
+def test_complex_results_are_checked_on_their_imaginary_parts_too(systematic, bad):
+    """No worker of a real code sends complex results, but a caller may pass them (without
+    ``encoding=`` nothing refuses them): a corruption in an imaginary part must still be
+    located. The packed halves' projections would drop it (their numbers become the real and
+    imaginary parts of one projection), so complex results are projected unpacked, on the
+    general path (the systematic fast path had sent them to the halves and warned)."""
+    import warnings
+
+    code = MDSCode(6, 3, systematic=systematic)
+    rng = np.random.default_rng(0)
+    A, B = rng.standard_normal((12, 5)), rng.standard_normal((5, 4))
+    tasks = code.encode(A, B)
+    res = {w: tasks[w].compute().astype(complex) for w in range(6)}
+    res[bad] = res[bad] + 5j
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, info = code.decode(res, 1, return_info=True)
+    assert info.faulty == (bad,)
+    np.testing.assert_allclose(out, A @ B, rtol=0, atol=1e-12 * np.abs(A @ B).max())
+
+
+@pytest.mark.parametrize("systematic", [False, True])
+def test_results_without_halves_get_the_named_error_on_both_paths(systematic):
+    """Results of an odd number of rows (no packed halves; no ``encoding=`` to refuse their
+    shape) get the general path's named error, not a reshape's ValueError."""
+    code = MDSCode(6, 3, systematic=systematic)
+    rng = np.random.default_rng(0)
+    tasks = code.encode(rng.standard_normal((12, 5)), rng.standard_normal((5, 4)))
+    res = {w: tasks[w].compute()[:-1] for w in range(6)}
+    with pytest.raises(CorruptResultError, match="inconsistent"):
+        code.decode(res, 1)

@@ -40,6 +40,17 @@ from ._eft import _residual, _Split, compensated_matmul
 from ._field import residues_of
 from ._validate import check_int
 
+# the compiled loops (codedml/codes/_kernels.c), built where a C compiler was found: the
+# decoder's consistency check takes its projections and sums of squares from `proj_sq`
+try:
+    from . import _kernels as _K
+except ImportError:  # pragma: no cover - exercised by the fresh-clone check without gcc
+    _K = None
+
+#: Whether the consistency check may run the compiled ``proj_sq`` (False: numpy's products
+#: and norms, as where the module is not built; the tests run both).
+PROJ_SQ = True
+
 __all__ = ["Task", "Encoding", "DecodeInfo", "LinearCode"]
 
 #: Upper bound on the candidate supports tried by the exhaustive locator.
@@ -616,7 +627,8 @@ class LinearCode(abc.ABC):
         Ms = self._families(rows)
         if self.field is None:
             with np.errstate(over="ignore", invalid="ignore"):  # corrupt values may be huge
-                keep, faulty, checked = self._locate_real(rows, raw, E, Ms, errors, encoding, rtol)
+                keep, faulty, checked = self._locate_real(rows, raw, self._check_rows(raw, E), Ms,
+                                                          errors, encoding, rtol)
             wanted = self._wanted_unknowns()
             X = [self._solve_family(M[keep], Ef[keep], wanted[f], rows[keep])
                  for f, (M, Ef) in enumerate(zip(Ms, E))]
@@ -747,13 +759,26 @@ class LinearCode(abc.ABC):
         return np.array(rows), raw
 
     # ----------------------------------------------------------------- real field
+    def _check_rows(self, raw: list[np.ndarray], E: list[Any]) -> list[Any]:
+        """What the consistency check projects for the families ``E`` of the results
+        ``raw``: ``E`` itself; a code whose one family is its results in a packed form
+        gives that form instead (the same projections, without the unpacked copies)."""
+        return E
+
     def _locate_real(self, rows, raw, E, Ms, errors, encoding, rtol):
         """Find the rows to keep: erase non-finite results, then search for corrupt ones."""
         r = len(rows)
         # Random projections: four per family reduce each result to a few numbers per worker,
         # drawn from one seeded generator in family order (reproducible decodes; cached)
         draws = _draws(tuple(_dims(Ef) for Ef in E), 4)
-        Y = [_project(Ef, u, v) for Ef, (u, v) in zip(E, draws)]
+        # one family whose rows are the results themselves (or their packed halves): the
+        # projections and the results' sums of squares (the noise scale's norms) in one
+        # compiled pass over them
+        both = _project_sq(E[0], *draws[0], raw) if len(E) == 1 else None
+        if both is not None:
+            Y, sq = [both[0]], both[1]
+        else:
+            Y, sq = [_project(Ef, u, v) for Ef, (u, v) in zip(E, draws)], None
         finite = (np.isfinite(Y[0]).all(axis=1) if len(Y) == 1
                   else np.all([np.isfinite(y).all(axis=1) for y in Y], axis=0))
         if finite.all():
@@ -769,7 +794,7 @@ class LinearCode(abc.ABC):
         d = max(_factors(M).rank for M in Ms)  # the SVD is cached per subset
         if len(good) <= d:  # nothing left over to check against: no noise scale needed
             return np.array(good, dtype=int), erased, False
-        tau = self._noise_scale(rows, raw, encoding, rtol)
+        tau = self._noise_scale(rows, raw, encoding, rtol, sq)
         budget = max(0, errors - len(erased))
         fmax = min(budget, (len(good) - d) // 2)
         total = sum(math.comb(len(good), f) for f in range(fmax + 1))
@@ -808,7 +833,7 @@ class LinearCode(abc.ABC):
             f"{fmax} of them are corrupt (errors={errors} asked for, {spare} spare results allow "
             f"correcting {spare // 2} and detecting {spare})", suspects=[])
 
-    def _noise_scale(self, rows, raw, encoding, rtol):
+    def _noise_scale(self, rows, raw, encoding, rtol, sq=None):
         """Per worker, the size a random unit projection of its rounding noise may reach.
 
         Rounding noise of a product is about ``eps * sqrt(inner)`` times the product's own
@@ -821,8 +846,9 @@ class LinearCode(abc.ABC):
         times that.
         """
         # one pass per result: a norm is finite exactly when every entry is (a finite result
-        # whose squares overflow gets its norm without overflow, _norms); NaN does not count
-        norms = _norms(raw)
+        # whose squares overflow gets its norm without overflow, _norms); NaN does not count.
+        # ``sq``: the results' sums of squares, where the consistency check's pass took them
+        norms = _norms(raw, sq)
         if encoding is not None and encoding.scales is not None:
             scale = np.asarray(encoding.scales[rows], dtype=np.float64)
             dt, inner = encoding.dtype, encoding.inner
@@ -1105,10 +1131,13 @@ def _robust_scales(tasks: list[Task], plain: np.ndarray, A: Any, B: Any) -> np.n
     return scales
 
 
-def _norms(raw: list[np.ndarray]) -> np.ndarray:
-    """Frobenius norm of each result (NaN where it is not finite), in one pass over each."""
+def _norms(raw: list[np.ndarray], sq: np.ndarray | None = None) -> np.ndarray:
+    """Frobenius norm of each result (NaN where it is not finite), in one pass over each;
+    from ``sq``, the results' sums of squares in float64, where a caller has them."""
     with np.errstate(over="ignore", invalid="ignore"):
-        if sum(r.size for r in raw) <= _SMALL_STACK and raw[0].dtype.kind in "fc":
+        if sq is not None:
+            norms = np.sqrt(sq)
+        elif sum(r.size for r in raw) <= _SMALL_STACK and raw[0].dtype.kind in "fc":
             S = np.stack(raw).reshape(len(raw), -1)
             if S.dtype.kind == "c":
                 S = S.view(S.real.dtype)  # |z|^2 = re^2 + im^2: the real view's sum of squares
@@ -1126,13 +1155,21 @@ def _norms(raw: list[np.ndarray]) -> np.ndarray:
 class _Packed:
     """Complex evaluations ``top_w + 1j * bot_w`` kept as the workers' packed real results
     ``[top_w; bot_w]`` (a circle code's real form): :func:`_project` projects the halves, so
-    the check needs no complex copy of any result."""
+    the check needs no complex copy of any result. Only for results :meth:`takes` (real:
+    the halves' projections are taken as the real and imaginary parts)."""
 
     def __init__(self, arrays: list[np.ndarray]) -> None:
         self.arrays = list(arrays)
 
     def __len__(self) -> int:
         return len(self.arrays)
+
+    @staticmethod
+    def takes(raw: list[np.ndarray]) -> bool:
+        """Whether results ``raw`` can stand for complex blocks as packed real halves: real
+        (a complex result's imaginary part would be dropped by the halves' projections) and
+        of an even number of rows."""
+        return all(r.dtype.kind in "fiub" and r.ndim >= 1 and r.shape[0] % 2 == 0 for r in raw)
 
 
 def _unit_draws(rng: np.random.Generator, k: int, x: int, y: int) -> tuple[np.ndarray, np.ndarray]:
@@ -1229,6 +1266,45 @@ def _project(E: Any, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", over="ignore"):
         t = np.matmul(u, flat)                    # (r, k, y): BLAS, not einsum
         return (t * v[None]).sum(axis=2)
+
+
+_PROJ_KINDS = (np.dtype(np.float64), np.dtype(np.float32))
+
+
+def _project_sq(E: Any, u: np.ndarray, v: np.ndarray,
+                raw: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(_project(E, u, v), sums of squares of the results)`` from one compiled pass over
+    them (``_kernels.proj_sq``), for a family whose arrays are the results ``raw`` themselves
+    (:class:`_Rows`) or their packed halves (:class:`_Packed`), float64 or float32; else None
+    (the caller projects by numpy and takes the norms apart). The projections are the same
+    numbers as :func:`_project`'s up to the order of their sums."""
+    if _K is None or not PROJ_SQ or not isinstance(E, (_Packed, _Rows)):
+        return None
+    arrays = E.arrays
+    if len(arrays) != len(raw) or any(a is not b for a, b in zip(arrays, raw)):
+        return None
+    dt = arrays[0].dtype
+    if dt not in _PROJ_KINDS or any(a.dtype != dt for a in arrays):
+        return None
+    k, x, y = u.shape[0], u.shape[1], v.shape[1]
+    packed = isinstance(E, _Packed)
+    srcs = []
+    for a in arrays:
+        a2 = a.reshape(2 * x if packed else x, y)
+        if y > 1 and a2.strides[1] != a2.itemsize:   # rows must be contiguous
+            a2 = np.ascontiguousarray(a2)
+        if packed:
+            srcs += (a2[:x], a2[x:])
+        else:
+            srcs.append(a2)
+    P = np.empty((len(srcs), k))
+    Q = np.empty(len(srcs))
+    _K.proj_sq(srcs, u, v, P, Q)
+    if not packed:
+        return P, Q
+    Y = np.empty((len(arrays), k), dtype=np.complex128)   # u (top + 1j bot) v
+    Y.real, Y.imag = P[0::2], P[1::2]
+    return Y, Q[0::2] + Q[1::2]
 
 
 def _project_mod(E: np.ndarray, rng: np.random.Generator, p: int, k: int = 2) -> np.ndarray:

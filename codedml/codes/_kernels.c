@@ -2504,6 +2504,287 @@ done:
     return result;
 }
 
+/* proj_sq(srcs, u, v, proj, sq, simd=-1) -> None: the decoder's consistency check in one
+   pass over the results (codedml/codes/_base.py, ``_project_sq``). ``srcs``: a sequence of
+   m arrays of one shape x by y (1-D: one row), float64 or float32, rows contiguous (at any
+   stride); ``u`` (k x x) and ``v`` (k x y): float64, C-contiguous, 1 <= k <= PS_KMAX. Writes
+   ``proj[s, j] = u_j . (src_s v_j)`` (the random projections: ``u_j X v_j``) and ``sq[s]`` =
+   the sum of the squares of src_s's values, all in double; ``proj`` (m x k) and ``sq`` (m)
+   float64, C-contiguous, written. Per row, the k dot products with the rows of ``v`` and the
+   row's squares are summed from one load of each value (AVX2 and FMA where the CPU has both
+   and ``simd`` is not 0: four lanes, two steps a turn), then the row's sums weighted by
+   ``u``. A NaN or Inf in a source makes its squares' sum and every projection NaN or Inf
+   (``u`` and ``v`` without zeros: the decoder's draws), as numpy's products would. The sums'
+   order differs from numpy's GEMM: the values agree to rounding, not bit for bit. The GIL
+   is released during the loop. */
+#define PS_KMAX 8
+
+/* one row of n values (float64 or float32) against the k rows of v (row stride y): its k
+   dot products into t, its squares added to *q; plain C, four lanes */
+#define PS_ROW_C(NAME, ST)                                                                    \
+    static void NAME(const ST *x, Py_ssize_t n, const double *v, Py_ssize_t y, int k,         \
+                     double *t, double *q)                                                    \
+    {                                                                                         \
+        double a[PS_KMAX][4] = {{0.0}}, s[4] = {0.0, 0.0, 0.0, 0.0};                          \
+        Py_ssize_t b = 0;                                                                     \
+        for (; b + 4 <= n; b += 4) {                                                          \
+            double x0 = x[b], x1 = x[b + 1], x2 = x[b + 2], x3 = x[b + 3];                    \
+            s[0] += x0 * x0;                                                                  \
+            s[1] += x1 * x1;                                                                  \
+            s[2] += x2 * x2;                                                                  \
+            s[3] += x3 * x3;                                                                  \
+            for (int j = 0; j < k; j++) {                                                     \
+                const double *vj = v + j * y + b;                                             \
+                a[j][0] += x0 * vj[0];                                                        \
+                a[j][1] += x1 * vj[1];                                                        \
+                a[j][2] += x2 * vj[2];                                                        \
+                a[j][3] += x3 * vj[3];                                                        \
+            }                                                                                 \
+        }                                                                                     \
+        for (; b < n; b++) {                                                                  \
+            double xb = x[b];                                                                 \
+            s[0] += xb * xb;                                                                  \
+            for (int j = 0; j < k; j++)                                                       \
+                a[j][0] += xb * v[j * y + b];                                                 \
+        }                                                                                     \
+        for (int j = 0; j < k; j++)                                                           \
+            t[j] = (a[j][0] + a[j][1]) + (a[j][2] + a[j][3]);                                 \
+        *q += (s[0] + s[1]) + (s[2] + s[3]);                                                  \
+    }
+
+PS_ROW_C(ps_row_d, double)
+PS_ROW_C(ps_row_f, float)
+
+#if CODEDML_ROW_AVX2
+ROW_A2 static inline double ps_hsum(__m256d a)
+{
+    __m128d lo = _mm256_castpd256_pd128(a), hi = _mm256_extractf128_pd(a, 1);
+    __m128d s = _mm_add_pd(lo, hi);
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+}
+
+/* ps_row_c for k == 4 in AVX2: ten accumulators (two steps of four values a turn) */
+#define PS_ROW_A2(NAME, ST, LOAD)                                                             \
+    ROW_A2 static void NAME(const ST *x, Py_ssize_t n, const double *v, Py_ssize_t y,         \
+                            double *t, double *q)                                             \
+    {                                                                                         \
+        const double *v0 = v, *v1 = v + y, *v2 = v + 2 * y, *v3 = v + 3 * y;                  \
+        __m256d s0 = _mm256_setzero_pd(), s1 = s0, a0 = s0, a1 = s0, a2 = s0, a3 = s0;        \
+        __m256d b0 = s0, b1 = s0, b2 = s0, b3 = s0;                                           \
+        Py_ssize_t b = 0;                                                                     \
+        for (; b + 8 <= n; b += 8) {                                                          \
+            __m256d x0 = LOAD(x + b), x1 = LOAD(x + b + 4);                                   \
+            s0 = _mm256_fmadd_pd(x0, x0, s0);                                                 \
+            s1 = _mm256_fmadd_pd(x1, x1, s1);                                                 \
+            a0 = _mm256_fmadd_pd(x0, _mm256_loadu_pd(v0 + b), a0);                            \
+            a1 = _mm256_fmadd_pd(x0, _mm256_loadu_pd(v1 + b), a1);                            \
+            a2 = _mm256_fmadd_pd(x0, _mm256_loadu_pd(v2 + b), a2);                            \
+            a3 = _mm256_fmadd_pd(x0, _mm256_loadu_pd(v3 + b), a3);                            \
+            b0 = _mm256_fmadd_pd(x1, _mm256_loadu_pd(v0 + b + 4), b0);                        \
+            b1 = _mm256_fmadd_pd(x1, _mm256_loadu_pd(v1 + b + 4), b1);                        \
+            b2 = _mm256_fmadd_pd(x1, _mm256_loadu_pd(v2 + b + 4), b2);                        \
+            b3 = _mm256_fmadd_pd(x1, _mm256_loadu_pd(v3 + b + 4), b3);                        \
+        }                                                                                     \
+        if (b + 4 <= n) {                                                                     \
+            __m256d x0 = LOAD(x + b);                                                         \
+            s0 = _mm256_fmadd_pd(x0, x0, s0);                                                 \
+            a0 = _mm256_fmadd_pd(x0, _mm256_loadu_pd(v0 + b), a0);                            \
+            a1 = _mm256_fmadd_pd(x0, _mm256_loadu_pd(v1 + b), a1);                            \
+            a2 = _mm256_fmadd_pd(x0, _mm256_loadu_pd(v2 + b), a2);                            \
+            a3 = _mm256_fmadd_pd(x0, _mm256_loadu_pd(v3 + b), a3);                            \
+            b += 4;                                                                           \
+        }                                                                                     \
+        double r0 = ps_hsum(_mm256_add_pd(a0, b0)), r1 = ps_hsum(_mm256_add_pd(a1, b1));      \
+        double r2 = ps_hsum(_mm256_add_pd(a2, b2)), r3 = ps_hsum(_mm256_add_pd(a3, b3));      \
+        double sq = ps_hsum(_mm256_add_pd(s0, s1));                                           \
+        for (; b < n; b++) {                                                                  \
+            double xb = x[b];                                                                 \
+            sq += xb * xb;                                                                    \
+            r0 += xb * v0[b];                                                                 \
+            r1 += xb * v1[b];                                                                 \
+            r2 += xb * v2[b];                                                                 \
+            r3 += xb * v3[b];                                                                 \
+        }                                                                                     \
+        t[0] = r0;                                                                            \
+        t[1] = r1;                                                                            \
+        t[2] = r2;                                                                            \
+        t[3] = r3;                                                                            \
+        *q += sq;                                                                             \
+    }
+
+#define PS_LOAD_D(p) _mm256_loadu_pd(p)
+#define PS_LOAD_F(p) _mm256_cvtps_pd(_mm_loadu_ps(p))
+PS_ROW_A2(ps_row_d_a2, double, PS_LOAD_D)
+PS_ROW_A2(ps_row_f_a2, float, PS_LOAD_F)
+#endif
+
+static PyObject *proj_sq(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"srcs", "u", "v", "proj", "sq", "simd", NULL};
+    PyObject *osrcs, *ou, *ov, *oproj, *osq;
+    int simd = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO|i:proj_sq", names, &osrcs, &ou, &ov,
+                                     &oproj, &osq, &simd))
+        return NULL;
+    /* a tuple of its own: nothing a buffer export runs can change the sources' count */
+    PyObject *seq = PySequence_Check(osrcs) ? PySequence_Tuple(osrcs) : NULL;
+    if (!seq) {
+        if (!PyErr_Occurred() || PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_TypeError, "proj_sq: `srcs` must be a sequence of arrays");
+        }
+        return NULL;
+    }
+    const Py_ssize_t m = PyTuple_GET_SIZE(seq);
+    Py_buffer u, v, p, q;
+    PyObject *const objs[4] = {ou, ov, oproj, osq};
+    Py_buffer *const bufs[4] = {&u, &v, &p, &q};
+    int have[4];
+    if (get_buffers(4, objs, bufs, "rrww", have) < 0) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_buffer *sb = PyMem_Calloc(m > 0 ? (size_t)m : 1, sizeof(Py_buffer));
+    Py_ssize_t got = 0;
+    if (!sb) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t ur, uc, us, vr, vc, vs;
+    if (kind(&u) != 'd' || kind(&v) != 'd' || kind(&p) != 'd' || kind(&q) != 'd') {
+        PyErr_SetString(PyExc_TypeError, "proj_sq: `u`, `v`, `proj` and `sq` must be float64");
+        goto done;
+    }
+    if (u.ndim != 2 || v.ndim != 2 || !PyBuffer_IsContiguous(&u, 'C')
+        || !PyBuffer_IsContiguous(&v, 'C')) {
+        PyErr_SetString(PyExc_ValueError, "proj_sq: `u` and `v` must be 2-D and C-contiguous");
+        goto done;
+    }
+    ur = u.shape[0], uc = u.shape[1], us = uc;
+    vr = v.shape[0], vc = v.shape[1], vs = vc;
+    (void)us;
+    (void)vs;
+    if (ur != vr || ur < 1 || ur > PS_KMAX) {
+        PyErr_Format(PyExc_ValueError,
+                     "proj_sq: `u` and `v` must have the same number of rows, 1 to %d; got %zd "
+                     "and %zd", PS_KMAX, ur, vr);
+        goto done;
+    }
+    const int k = (int)ur;
+    if (p.ndim != 2 || p.shape[0] != m || p.shape[1] != k || !PyBuffer_IsContiguous(&p, 'C')) {
+        PyErr_Format(PyExc_ValueError,
+                     "proj_sq: `proj` must be a C-contiguous %zd x %d float64 array", m, k);
+        goto done;
+    }
+    if (q.ndim != 1 || q.shape[0] != m || (m > 1 && q.strides[0] != 8)) {
+        PyErr_Format(PyExc_ValueError, "proj_sq: `sq` must be a contiguous float64 array of %zd", m);
+        goto done;
+    }
+    for (; got < m; got++) {
+        PyObject *o = PyTuple_GET_ITEM(seq, got);
+        if (PyObject_GetBuffer(o, &sb[got], PyBUF_STRIDES | PyBUF_FORMAT) < 0)
+            goto done;
+    }
+    const char ks = m > 0 ? kind(&sb[0]) : 'd';
+    Py_ssize_t *stride = PyMem_Malloc((m > 0 ? (size_t)m : 1) * sizeof(Py_ssize_t));
+    if (!stride) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t s = 0; s < m; s++) {
+        Py_ssize_t r, c, st;
+        if (kind(&sb[s]) != ks || !ks) {
+            PyErr_Format(PyExc_TypeError,
+                         "proj_sq: `srcs` must all be float64 or all float32 (source %zd)", s);
+            PyMem_Free(stride);
+            goto done;
+        }
+        if (layout("proj_sq", &sb[s], "srcs[i]", &r, &c, &st) < 0) {
+            PyMem_Free(stride);
+            goto done;
+        }
+        if (r != uc || c != vc) {
+            PyErr_Format(PyExc_ValueError,
+                         "proj_sq: source %zd is %zd x %zd, but `u` and `v` are for %zd x %zd",
+                         s, r, c, uc, vc);
+            PyMem_Free(stride);
+            goto done;
+        }
+        stride[s] = st;
+    }
+    {
+        /* nothing written may overlap anything read or written (the spans of their memory) */
+        uintptr_t wlo[2], whi[2], lo, hi;
+        extent(p.buf, m, k, (Py_ssize_t)k * 8, 8, &wlo[0], &whi[0]);
+        extent(q.buf, 1, m, 0, 8, &wlo[1], &whi[1]);
+        static const char *const what[2] = {"proj", "sq"};
+        if (disjoint("proj_sq", 2, wlo, whi, what) < 0) {
+            PyMem_Free(stride);
+            goto done;
+        }
+        for (Py_ssize_t s = -2; s < m; s++) {
+            if (s == -2)
+                extent(u.buf, 1, ur * uc, 0, 8, &lo, &hi);
+            else if (s == -1)
+                extent(v.buf, 1, vr * vc, 0, 8, &lo, &hi);
+            else
+                extent(sb[s].buf, uc, vc, stride[s], sb[s].itemsize, &lo, &hi);
+            for (int w = 0; w < 2; w++)
+                if (meet(lo, hi, wlo[w], whi[w])) {
+                    PyErr_Format(PyExc_ValueError, "proj_sq: `%s` overlaps %s in memory",
+                                 what[w], s == -2 ? "`u`" : s == -1 ? "`v`" : "a source");
+                    PyMem_Free(stride);
+                    goto done;
+                }
+        }
+    }
+    {
+        const double *U = (const double *)u.buf, *V = (const double *)v.buf;
+        double *P = (double *)p.buf, *Q = (double *)q.buf;
+        const Py_ssize_t x = uc, y = vc;
+#if CODEDML_ROW_AVX2
+        const int a2 = simd != 0 && row_avx2_ok && k == 4;
+#else
+        (void)simd;
+#endif
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t s = 0; s < m; s++) {
+            double acc[PS_KMAX] = {0.0}, t[PS_KMAX], sq = 0.0;
+            const char *row = (const char *)sb[s].buf;
+            for (Py_ssize_t a = 0; a < x; a++, row += stride[s]) {
+#if CODEDML_ROW_AVX2
+                if (a2 && ks == 'd')
+                    ps_row_d_a2((const double *)row, y, V, y, t, &sq);
+                else if (a2)
+                    ps_row_f_a2((const float *)row, y, V, y, t, &sq);
+                else
+#endif
+                if (ks == 'd')
+                    ps_row_d((const double *)row, y, V, y, k, t, &sq);
+                else
+                    ps_row_f((const float *)row, y, V, y, k, t, &sq);
+                for (int j = 0; j < k; j++)
+                    acc[j] += U[j * x + a] * t[j];
+            }
+            for (int j = 0; j < k; j++)
+                P[s * k + j] = acc[j];
+            Q[s] = sq;
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyMem_Free(stride);
+    Py_INCREF(Py_None);
+    result = Py_None;
+done:
+    for (Py_ssize_t s = got - 1; s >= 0; s--)
+        PyBuffer_Release(&sb[s]);
+    PyMem_Free(sb);
+    release_buffers(4, bufs, have);
+    Py_DECREF(seq);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"copy_sq", (PyCFunction)(void (*)(void))copy_sq, METH_VARARGS | METH_KEYWORDS,
      "copy_sq(dst, src, sq=None, stream=False, scale=1.0, wide=None, part=0, squares=True,\n"
@@ -2534,6 +2815,13 @@ static PyMethodDef methods[] = {
      "simd: -1 the best of SIMD (2 AVX-512F, 1 AVX2/FMA, 0 plain C), or at most that.\n"
      "p > 0: GF(p), int64 sources and outputs, exact sums reduced mod p; returns the\n"
      "largest source value read as unsigned (the range check)."},
+    {"proj_sq", (PyCFunction)(void (*)(void))proj_sq, METH_VARARGS | METH_KEYWORDS,
+     "proj_sq(srcs, u, v, proj, sq, simd=-1) -> None\n\n"
+     "The decoder's consistency check in one pass: for each of the m sources (float64 or\n"
+     "float32, x by y, rows contiguous) proj[s, j] = u_j . (src_s v_j) and sq[s] = the sum\n"
+     "of the squares of its values, in double (u: k x x, v: k x y, float64, C-contiguous,\n"
+     "1 <= k <= 8; proj: m x k, sq: m, float64, written). simd 0: plain C even where the\n"
+     "CPU has AVX2 and FMA (k 4 uses them there)."},
     {NULL, NULL, 0, NULL},
 };
 

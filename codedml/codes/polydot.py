@@ -803,6 +803,17 @@ class PolyDotCode(LinearCode):
         info = DecodeInfo(tuple(faulty), tuple(np.asarray(rows).tolist()), cond, checked)
         return self._finish_fast(C, info, rdtype, encoding, shape, return_faulty, return_info)
 
+    def _check_rows(self, raw, E):
+        # one family of complex blocks top + 1j bot packed as [top; bot] in each real result:
+        # the check projects the halves where they lie (the same numbers, no unpacked copy
+        # read again), which the compiled pass serves (_base._project_sq). Complex results
+        # (no worker of a real code sends them) and results of an odd number of rows (no
+        # halves) are projected as unpacked, as before
+        if (self._packed and self.m == 1 and self.q == 1 and len(E) == 1
+                and _Packed.takes(raw)):
+            return [_Packed(raw)]
+        return E
+
     def _systematic_fast_path(self, results: Any, errors: Any, encoding: Any = None,
                               rtol: Any = None):
         """``(rows, C, cond, faulty, checked, result dtype)`` for finite (in-range) results of a systematic
@@ -845,8 +856,12 @@ class PolyDotCode(LinearCode):
                     C, cond = self._systematic_assemble(rows, raw, plan)
             if C is not None:
                 return (rows, C, cond, [], False, raw[0].dtype) if np.isfinite(C).all() else None
-        if not _valid_results(raw, P):
+        if len(rows) == k and not _valid_results(raw, P):
             return None
+        if len(rows) > k and not _Packed.takes(raw) and self._packed:
+            return None   # complex results, or no halves to pack: the general path's answer
+        # (spare results: one that is not finite is erased by the check below, as the
+        # general path's check does)
         faulty: list[int] = []
         checked = False
         if len(rows) > k:
