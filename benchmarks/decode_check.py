@@ -140,13 +140,15 @@ def plot(rows: list[dict], path: Path, note: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for label in dict.fromkeys(r["case"] for r in rows):
+    for i, label in enumerate(dict.fromkeys(r["case"] for r in rows)):
         rs = [r for r in rows if r["case"] == label]
         sizes = [r["size"] for r in rs]
-        axes[0].plot(sizes, [r["compiled_over_numpy"] for r in rs], marker="o", label=label)
-        axes[1].plot(sizes, [r["compiled_over_from_k"] for r in rs], marker="o", label=f"{label}, compiled")
+        color = f"C{i}"
+        axes[0].plot(sizes, [r["compiled_over_numpy"] for r in rs], marker="o", color=color, label=label)
+        axes[1].plot(sizes, [r["compiled_over_from_k"] for r in rs], marker="o", color=color,
+                     label=f"{label}, compiled")
         axes[1].plot(sizes, [r["numpy_over_from_k"] for r in rs], marker="x", ls="--", alpha=0.6,
-                     label=f"{label}, numpy")
+                     color=color, label=f"{label}, numpy")
     for ax in axes:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("size (A and B size x size)")
@@ -178,7 +180,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/decode_check.json")
     ap.add_argument("--plot", default="benchmarks/results/decode_check.png")
+    ap.add_argument("--replot", action="store_true",
+                    help="measure nothing: redraw --plot and reprint the table from the --out JSON")
     args = ap.parse_args(argv)
+    if args.replot:
+        old = json.loads(Path(args.out).read_text())
+        print(table(old["rows"]))
+        plot(old["rows"], Path(args.plot), f" ({old['machine'].get('cpu_count')} CPUs"
+             f"{', quick' if old['parameters']['quick'] else ''})")
+        print(f"wrote {args.plot}")
+        return 0
     if _base._K is None:
         print("decode_check: codedml.codes._kernels is not built here, so there is no compiled "
               "check to compare (see setup.py)", file=sys.stderr)

@@ -127,6 +127,9 @@ def test_decode_check_compares_the_two_checks_on_the_same_results(tmp_path):
         assert len(r["samples_s"]["compiled"]) == len(r["samples_s"]["numpy"]) == 2
         assert r["compiled_over_numpy"] == pytest.approx(r["compiled_s"] / r["numpy_s"])
     assert doc["machine"]["commit"] and (tmp_path / "decode_check.png").stat().st_size > 0
+    (tmp_path / "decode_check.png").unlink()               # --replot redraws it from the JSON alone
+    assert decode_check.main(["--replot", "--out", str(out), "--plot", str(tmp_path / "decode_check.png")]) == 0
+    assert (tmp_path / "decode_check.png").stat().st_size > 0
     from codedml.codes import _base
     assert _base.PROJ_SQ is True                      # the run left the switch as it was
     old = render_readme.RESULTS
