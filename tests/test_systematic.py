@@ -902,3 +902,92 @@ def test_results_without_halves_get_the_named_error_on_both_paths(systematic):
     res = {w: tasks[w].compute()[:-1] for w in range(6)}
     with pytest.raises(CorruptResultError, match="inconsistent"):
         code.decode(res, 1)
+
+
+# --------------------------------------------------------------------------- compiled assembly
+@PROPS
+@given(data=st.data())
+def test_compiled_block_copies_assemble_bit_for_bit(data):
+    """Every systematic result in (exactly k, or with spare ones checked): the blocks copied
+    into C by the compiled loop (``polydot._copy_blocks``, here from any size:
+    ``COPY_BLOCKS_MIN`` 0; streamed where C reaches ``_encode.STREAM_BYTES``) are the results
+    stacked, bit for bit, as numpy's copies make them; results of other dtypes (float32
+    workers) and the numpy path (``COPY_BLOCKS_MIN`` huge) agree."""
+    from codedml.codes import _encode
+
+    if _encode._K is None:
+        pytest.skip("codedml.codes._kernels not built (no C compiler at install)")
+    n = data.draw(st.integers(2, 9))
+    k = data.draw(st.integers(1, n - 1))
+    code = MDSCode(n, k, systematic=True, construction=data.draw(st.sampled_from(CONSTRUCTIONS)))
+    A, B = data.draw(operands(None))
+    tasks = code.encode(A, B)
+    res = {w: tasks[w].compute() for w in range(n)}
+    spare = data.draw(st.lists(st.sampled_from(range(k, n)), unique=True, max_size=n - k))
+    # some data blocks missing (solved from the parity results; the present ones copied into
+    # their own rows of C, not the first ones)
+    gone = data.draw(st.lists(st.sampled_from(range(k)), unique=True, max_size=len(spare)))
+    sub = {w: res[w] for w in [w for w in range(k) if w not in gone] + spare}
+    outs = []
+    for lo in (0, 1 << 62):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(polydot, "COPY_BLOCKS_MIN", lo)
+            if not gone:
+                mp.setattr(base, "_lstsq", _no_solve)
+                mp.setattr(polydot, "_solve_missing", _no_solve)
+                mp.setattr(polydot, "_solve_missing_into", _no_solve)
+            outs.append(code.decode(sub, 0, encoding=tasks, return_info=True))
+    (out, info), (ref, ref_info) = outs
+    np.testing.assert_array_equal(out, ref)
+    assert (info.used, info.faulty) == (ref_info.used, ref_info.faulty)
+    stacked = np.concatenate([np.asarray(res[w], dtype=np.float64) for w in range(k)], axis=0)
+    if not gone:
+        np.testing.assert_array_equal(out, stacked[tuple(slice(0, s) for s in out.shape)])
+    else:
+        check_product(out, A, B, None)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf, 1e200])
+@pytest.mark.parametrize("bad_at", [0, 3])
+@pytest.mark.parametrize("size", [16, 512])
+def test_compiled_block_copies_see_non_finite_values_and_only_those(value, bad_at, size):
+    """The k data results copied by the compiled loop, whose sums of squares stand for the
+    NaN/Inf look at C: a NaN or Inf still gets the general path's answer (named, no
+    warning); a finite value whose square overflows (1e200) is not taken for one: it is
+    decoded, the product bit for bit the stacked results. At 512 x 512 C is 2 MiB: the
+    copies stream (the default threshold); at 16 the threshold is lowered to reach them."""
+    import warnings
+
+    from codedml.codes import _encode
+
+    if _encode._K is None:
+        pytest.skip("codedml.codes._kernels not built (no C compiler at install)")
+    code = MDSCode(6, 4, systematic=True)
+    rng = np.random.default_rng(5)
+    A, B = rng.standard_normal((size, size)), rng.standard_normal((size, size))
+    tasks = code.encode(A, B)
+    res = {w: tasks[w].compute() for w in range(4)}
+    res[bad_at] = res[bad_at].copy()
+    res[bad_at][1, 2] = value
+    calls = []
+    real = _encode.fast_copy
+    try:
+        want = base.LinearCode.decode(code, res, encoding=tasks)
+    except Exception as exc:    # the general path's refusal, e.g. CorruptResultError
+        want = exc
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        if size < 512:
+            mp.setattr(polydot, "COPY_BLOCKS_MIN", 0)
+        mp.setattr(_encode, "fast_copy", lambda *a, **kw: calls.append(a[2]) or real(*a, **kw))
+        if isinstance(want, Exception):
+            with pytest.raises(type(want)) as got:
+                code.decode(res, encoding=tasks)
+            assert str(got.value) == str(want)
+        else:
+            out = code.decode(res, encoding=tasks)
+    assert len(calls) == 4 and all(calls) == (size == 512)    # copied compiled; streamed at 2 MiB
+    if value == 1e200:
+        assert not isinstance(want, Exception)
+        np.testing.assert_array_equal(out, np.concatenate([res[w] for w in range(4)]))
+        np.testing.assert_array_equal(out, want)
