@@ -928,16 +928,26 @@ def test_compiled_block_copies_assemble_bit_for_bit(data):
     # their own rows of C, not the first ones)
     gone = data.draw(st.lists(st.sampled_from(range(k)), unique=True, max_size=len(spare)))
     sub = {w: res[w] for w in [w for w in range(k) if w not in gone] + spare}
-    outs = []
+    outs, copied = [], []
+    real = _encode.fast_copy
     for lo in (0, 1 << 62):
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(polydot, "COPY_BLOCKS_MIN", lo)
+            mp.setattr(_encode, "fast_copy", lambda *a, **kw: copied.append(lo) or real(*a, **kw))
             if not gone:
                 mp.setattr(base, "_lstsq", _no_solve)
                 mp.setattr(polydot, "_solve_missing", _no_solve)
                 mp.setattr(polydot, "_solve_missing_into", _no_solve)
             outs.append(code.decode(sub, 0, encoding=tasks, return_info=True))
     (out, info), (ref, ref_info) = outs
+    # the compiled copies ran, one per data block present, where no one-pass kernel took
+    # the whole assembly (float64 results; not with the threshold out of reach)
+    assert 1 << 62 not in copied
+    one_pass = bool(gone) and len(sub) > 0 and code._assembly_plan(
+        np.array(sorted(sub))).GF is not None and polydot._encode._lincomb_ok()
+    if np.result_type(A.dtype, B.dtype) == np.float64 and tasks[0].a.dtype == np.float64 \
+            and not one_pass:
+        assert len(copied) == k - len(gone)
     np.testing.assert_array_equal(out, ref)
     assert (info.used, info.faulty) == (ref_info.used, ref_info.faulty)
     stacked = np.concatenate([np.asarray(res[w], dtype=np.float64) for w in range(k)], axis=0)
@@ -991,3 +1001,45 @@ def test_compiled_block_copies_see_non_finite_values_and_only_those(value, bad_a
         assert not isinstance(want, Exception)
         np.testing.assert_array_equal(out, np.concatenate([res[w] for w in range(4)]))
         np.testing.assert_array_equal(out, want)
+        # and it was the fast path that answered (its look at C), not the general one
+        with pytest.MonkeyPatch.context() as mp:
+            if size < 512:
+                mp.setattr(polydot, "COPY_BLOCKS_MIN", 0)
+
+            def general(*a, **kw):
+                raise AssertionError("the general path decoded")
+
+            mp.setattr(base.LinearCode, "decode", general)
+            np.testing.assert_array_equal(code.decode(res, encoding=tasks), want)
+
+
+@pytest.mark.parametrize("construction", ["equispaced", "circle"])
+def test_compiled_block_copies_feed_a_solve_for_a_missing_block(construction):
+    """At 2 MiB of C with a data block missing, where the one-pass kernel does not take the
+    assembly (equispaced: not packed), the present blocks are copied by the compiled loop,
+    not streamed (the solve reads C at once), and the product is numpy's copies' bit for bit
+    (circle: the one-pass kernel, no such copies)."""
+    from codedml.codes import _encode
+
+    if _encode._K is None:
+        pytest.skip("codedml.codes._kernels not built (no C compiler at install)")
+    code = MDSCode(6, 4, systematic=True, construction=construction)
+    rng = np.random.default_rng(8)
+    A, B = rng.standard_normal((512, 64)), rng.standard_normal((64, 512))
+    tasks = code.encode(A, B)
+    sub = {w: tasks[w].compute() for w in (0, 1, 3, 4, 5)}
+    calls = []
+    real = _encode.fast_copy
+    outs = []
+    for lo in (polydot.COPY_BLOCKS_MIN, 1 << 62):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(polydot, "COPY_BLOCKS_MIN", lo)
+            mp.setattr(_encode, "fast_copy", lambda *a, **kw: calls.append((lo, a[2])) or real(*a, **kw))
+            outs.append(code.decode(sub, 0, encoding=tasks))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    check_product(outs[0], A, B, None)
+    one_pass = code._assembly_plan(np.array([0, 1, 3, 4, 5])).GF is not None and _encode._lincomb_ok()
+    if one_pass:
+        assert calls == []
+    else:
+        assert calls == [(polydot.COPY_BLOCKS_MIN, False)] * 3

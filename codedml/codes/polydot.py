@@ -899,7 +899,9 @@ class PolyDotCode(LinearCode):
             _solve_missing_into(plan, raw, Cb.reshape(2 * k, Cb.shape[1] // 2))
             return C, plan.cond
         present = plan.present
-        if _copy_blocks(Cb, [raw[j] for j, _ in present], False, [w for _, w in present]) is None:
+        # (streamed only where nothing reads C next: a solve for missing blocks does)
+        if _copy_blocks(Cb, [raw[j] for j, _ in present], False, [w for _, w in present],
+                        stream=not plan.missing) is None:
             for j, w in present:
                 Cb[w] = np.asarray(raw[j], dtype=dt).reshape(-1)
         if not plan.par:
@@ -1164,15 +1166,16 @@ _PLANS_LOCK = threading.Lock()
 #: caches, the blocks' sums of squares taken in the same pass where NaN/Inf is looked for);
 #: smaller ones by numpy, in fewer calls (side by side at 256 x 256, 512 KiB, the compiled
 #: copy without streaming gained nothing: 0.98-1.05x).
-COPY_BLOCKS_MIN = 2 << 20
+COPY_BLOCKS_MIN = _encode.STREAM_BYTES
 
 
 def _copy_blocks(Cb: np.ndarray, blocks: list[np.ndarray], squares: bool,
-                 at: list[int] | None = None) -> float | None:
+                 at: list[int] | None = None, stream: bool = True) -> float | None:
     """``Cb[at[i]] = blocks[i]`` (``at``: 0, 1, ... by default) by the compiled copy, each
-    block a whole row of ``Cb`` (the product's blocks as rows); returns the sum of the
-    blocks' sums of squares (0.0 without ``squares``: not formed), or None, with nothing
-    written, where that loop does not apply (not built, ``Cb`` under
+    block a whole row of ``Cb`` (the product's blocks as rows), with streamed stores where
+    ``stream`` (C is read back at once otherwise: a solve for missing blocks reads it);
+    returns the sum of the blocks' sums of squares (0.0 without ``squares``: not formed), or
+    None, with nothing written, where that loop does not apply (not built, ``Cb`` under
     :data:`COPY_BLOCKS_MIN`, a block not float64 or not contiguous): the caller copies with
     numpy. Measured on the AMD EPYC: a 4-block assembly 0.63-0.72x ``np.concatenate``'s
     time at 512-4096, its sums of squares included; the decode from the k data results of
@@ -1181,7 +1184,7 @@ def _copy_blocks(Cb: np.ndarray, blocks: list[np.ndarray], squares: bool,
             or any(b.dtype != _F64 or not b.flags.c_contiguous or b.size != Cb.shape[1]
                    for b in blocks)):
         return None
-    stream = Cb.nbytes >= _encode.STREAM_BYTES
+    stream = stream and Cb.nbytes >= _encode.STREAM_BYTES
     total = 0.0
     for i, b in enumerate(blocks):
         row = Cb[i if at is None else at[i]]
