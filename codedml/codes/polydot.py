@@ -792,8 +792,11 @@ class PolyDotCode(LinearCode):
         blocks are solved for from the kept parity results (``P_miss X_miss = R_par -
         P_present X_present``, BLAS on the packed halves). Every systematic result kept: one
         copy, bitwise what the general path assembles. Over GF(p) the same holds for exactly
-        ``k`` results. Anything else (spare results over GF(p), a non-finite or out-of-range
-        value, a bad argument) takes the general path."""
+        ``k`` results. A non-finite result among spare ones is erased by the check (as on
+        the general path) and the rest decode here. Anything else (spare results over GF(p),
+        a non-finite or out-of-range value among exactly ``k``, complex results or results
+        without packed halves given with spare ones, a bad argument) takes the general
+        path."""
         check_rtol(rtol)
         fast = self._systematic_fast_path(results, errors, encoding, rtol)
         if fast is None:
