@@ -2646,12 +2646,13 @@ static PyObject *proj_sq(PyObject *self, PyObject *args, PyObject *kwargs)
     }
     PyObject *result = NULL;
     Py_buffer *sb = PyMem_Calloc(m > 0 ? (size_t)m : 1, sizeof(Py_buffer));
+    Py_ssize_t *stride = PyMem_Malloc((m > 0 ? (size_t)m : 1) * sizeof(Py_ssize_t));
     Py_ssize_t got = 0;
-    if (!sb) {
+    if (!sb || !stride) {
         PyErr_NoMemory();
         goto done;
     }
-    Py_ssize_t ur, uc, us, vr, vc, vs;
+    Py_ssize_t ur, uc, vr, vc;
     if (kind(&u) != 'd' || kind(&v) != 'd' || kind(&p) != 'd' || kind(&q) != 'd') {
         PyErr_SetString(PyExc_TypeError, "proj_sq: `u`, `v`, `proj` and `sq` must be float64");
         goto done;
@@ -2661,10 +2662,8 @@ static PyObject *proj_sq(PyObject *self, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_ValueError, "proj_sq: `u` and `v` must be 2-D and C-contiguous");
         goto done;
     }
-    ur = u.shape[0], uc = u.shape[1], us = uc;
-    vr = v.shape[0], vc = v.shape[1], vs = vc;
-    (void)us;
-    (void)vs;
+    ur = u.shape[0], uc = u.shape[1];
+    vr = v.shape[0], vc = v.shape[1];
     if (ur != vr || ur < 1 || ur > PS_KMAX) {
         PyErr_Format(PyExc_ValueError,
                      "proj_sq: `u` and `v` must have the same number of rows, 1 to %d; got %zd "
@@ -2687,28 +2686,20 @@ static PyObject *proj_sq(PyObject *self, PyObject *args, PyObject *kwargs)
             goto done;
     }
     const char ks = m > 0 ? kind(&sb[0]) : 'd';
-    Py_ssize_t *stride = PyMem_Malloc((m > 0 ? (size_t)m : 1) * sizeof(Py_ssize_t));
-    if (!stride) {
-        PyErr_NoMemory();
-        goto done;
-    }
     for (Py_ssize_t s = 0; s < m; s++) {
         Py_ssize_t r, c, st;
         if (kind(&sb[s]) != ks || !ks) {
             PyErr_Format(PyExc_TypeError,
                          "proj_sq: `srcs` must all be float64 or all float32 (source %zd)", s);
-            PyMem_Free(stride);
             goto done;
         }
         if (layout("proj_sq", &sb[s], "srcs[i]", &r, &c, &st) < 0) {
-            PyMem_Free(stride);
             goto done;
         }
         if (r != uc || c != vc) {
             PyErr_Format(PyExc_ValueError,
                          "proj_sq: source %zd is %zd x %zd, but `u` and `v` are for %zd x %zd",
                          s, r, c, uc, vc);
-            PyMem_Free(stride);
             goto done;
         }
         stride[s] = st;
@@ -2720,7 +2711,6 @@ static PyObject *proj_sq(PyObject *self, PyObject *args, PyObject *kwargs)
         extent(q.buf, 1, m, 0, 8, &wlo[1], &whi[1]);
         static const char *const what[2] = {"proj", "sq"};
         if (disjoint("proj_sq", 2, wlo, whi, what) < 0) {
-            PyMem_Free(stride);
             goto done;
         }
         for (Py_ssize_t s = -2; s < m; s++) {
@@ -2734,7 +2724,6 @@ static PyObject *proj_sq(PyObject *self, PyObject *args, PyObject *kwargs)
                 if (meet(lo, hi, wlo[w], whi[w])) {
                     PyErr_Format(PyExc_ValueError, "proj_sq: `%s` overlaps %s in memory",
                                  what[w], s == -2 ? "`u`" : s == -1 ? "`v`" : "a source");
-                    PyMem_Free(stride);
                     goto done;
                 }
         }
@@ -2773,13 +2762,13 @@ static PyObject *proj_sq(PyObject *self, PyObject *args, PyObject *kwargs)
         }
         Py_END_ALLOW_THREADS
     }
-    PyMem_Free(stride);
     Py_INCREF(Py_None);
     result = Py_None;
 done:
     for (Py_ssize_t s = got - 1; s >= 0; s--)
         PyBuffer_Release(&sb[s]);
     PyMem_Free(sb);
+    PyMem_Free(stride);
     release_buffers(4, bufs, have);
     Py_DECREF(seq);
     return result;
