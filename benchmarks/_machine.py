@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import json
 import os
 import platform
 import subprocess
@@ -10,6 +12,29 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+
+def blas_limit(threads: int) -> contextlib.AbstractContextManager:
+    """A context limiting BLAS to ``threads`` threads at run time (threadpoolctl); 0 leaves
+    them as they are, and so does a missing threadpoolctl (said on stderr)."""
+    if not threads:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        print("threadpoolctl missing: BLAS threads left as they are; set "
+              "OPENBLAS_NUM_THREADS=1 in the environment instead", file=sys.stderr)
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=threads, user_api="blas")
+
+
+def write_json(path: str | Path, doc: dict) -> Path:
+    """``doc`` as JSON at ``path`` (its folder made), said on stdout; returns the path."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1))
+    print(f"wrote {out}")
+    return out
 
 
 def cpu_model() -> str | None:

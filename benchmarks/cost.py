@@ -56,7 +56,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -82,6 +81,7 @@ from codedml.codes import (  # noqa: E402
 
 
 machine_info = _machine.machine_info
+blas_limit, write_json = _machine.blas_limit, _machine.write_json
 
 
 def cases() -> list[dict]:
@@ -285,15 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             return 5
         return 11 if size < 1024 else 7 if size < 2048 else 3
 
-    limit = contextlib.nullcontext()
-    if args.threads:
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:  # pragma: no cover
-            print("threadpoolctl missing: BLAS threads left as they are; set "
-                  "OPENBLAS_NUM_THREADS=1 in the environment instead", file=sys.stderr)
-        else:
-            limit = threadpool_limits(limits=args.threads, user_api="blas")
+    limit = blas_limit(args.threads)
     t_start = time.perf_counter()
     rows: list[dict] = []
     rng = np.random.default_rng(args.seed)
@@ -343,10 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
         "rows": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
+    write_json(args.out, result)
     if args.plot:
         note = f" ({machine['cpu_count']} CPUs{', quick' if args.quick else ''})"
         plot(rows, Path(args.plot), sizes, note)

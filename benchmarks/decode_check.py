@@ -36,7 +36,6 @@ from the JSON by ``benchmarks/render_readme.py``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -50,7 +49,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from _machine import machine_info  # noqa: E402
+from _machine import blas_limit, machine_info, write_json  # noqa: E402
 
 from codedml.codes import MatDotCode, MDSCode  # noqa: E402
 from codedml.codes import _base  # noqa: E402
@@ -200,14 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--sizes must be at least 16 (every worker needs a block), got {s}")
     if args.repeats is not None and args.repeats < 1:
         ap.error(f"--repeats must be at least 1, got {args.repeats}")
-    limit = contextlib.nullcontext()
-    if args.threads:
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:  # pragma: no cover
-            print("threadpoolctl missing: BLAS threads left as they are", file=sys.stderr)
-        else:
-            limit = threadpool_limits(limits=args.threads, user_api="blas")
+    limit = blas_limit(args.threads)
     rng = np.random.default_rng(args.seed)
     rows: list[dict] = []
     t0 = time.perf_counter()
@@ -240,10 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
         "rows": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
+    write_json(args.out, result)
     if args.plot:
         plot(rows, Path(args.plot), f" ({machine.get('cpu_count')} CPUs{', quick' if args.quick else ''})")
         print(f"wrote {args.plot}")
