@@ -203,6 +203,89 @@ def test_copy_sq_without_squares_writes_numpys_values(dtype, stream, scale, off,
     _unchanged_outside(big, before, off, cols, False)
 
 
+class _FlushDenormals:
+    """Flush-to-zero and denormals-are-zero on for this thread (``torch.set_flush_denormal``,
+    as a torch user may set it, or as a library built with -ffast-math does), off again on
+    leaving. Skips where torch cannot set them or they do not take effect on numpy here."""
+
+    def __enter__(self):
+        torch = pytest.importorskip("torch")
+        if not torch.set_flush_denormal(True):
+            pytest.skip("torch cannot set flush-to-zero on this CPU")
+        self._torch = torch
+        if (np.array([5e-324]) * 1.0)[0] != 0.0:
+            torch.set_flush_denormal(False)
+            pytest.skip("denormals-are-zero did not reach numpy's arithmetic in this thread")
+        return self
+
+    def __exit__(self, *exc):
+        self._torch.set_flush_denormal(False)
+        return False
+
+
+def _bits(x: np.ndarray) -> np.ndarray:
+    return x.view(np.uint64 if x.dtype == np.float64 else np.uint32)
+
+
+@needs_kernels
+@pytest.mark.parametrize("simd", [0, -1])
+@pytest.mark.parametrize("squares", [True, False])
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_copy_keeps_subnormal_values_under_flush_to_zero(dtype, stream, squares, simd):
+    """A copy (scale 1, one dtype) stores each value as loaded: with denormals-are-zero on,
+    a product by 1.0 (or a widening) would store a subnormal value as 0 where
+    ``np.concatenate`` keeps its bits. Every destination offset from a 16-byte boundary, so
+    that the scalar head, the vector loop and the scalar tail each meet subnormals."""
+    tiny = [5e-324, -1e-310, 2e-308] if dtype == np.float64 else [1e-45, -1e-39, 5e-39]
+    src = np.array((tiny + [1.0, -3.5]) * 9, dtype=dtype)
+    with _FlushDenormals():
+        for off in range(4):
+            big = np.zeros(src.size + 6, dtype)
+            dst = big[off:off + src.size]
+            K.copy_sq(dst, src, None, stream, 1.0, simd=simd, squares=squares)
+            np.testing.assert_array_equal(_bits(dst), _bits(src))
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_systematic_tasks_and_assembly_keep_subnormal_values_under_flush_to_zero(dtype):
+    """End to end with denormals-are-zero on: a systematic code's data tasks and the shared
+    B are A's and B's values bit for bit (the encode's compiled copies), and so is the
+    assembly of a product from the data results (the decode's compiled copies)."""
+    from codedml.codes import MDSCode, polydot
+
+    rng = np.random.default_rng(5)
+    # 68 rows: tasks of 18 rows (two half-blocks of 9), so that a result of 18 x 43, copied
+    # as one row of 774 values, ends in a scalar tail too
+    A = rng.standard_normal((68, 300)).astype(dtype)
+    B = rng.standard_normal((300, 43)).astype(dtype)
+    sub = dtype(5e-324 if dtype == np.float64 else 1e-45)
+    A[::7, ::3] = sub
+    A[:, -3:] = sub          # the rows' scalar tails too (300 = 18 x 16 + 12 columns)
+    B[::3, ::11] = -sub
+    B[:, -3:] = -sub
+    code = MDSCode(6, 4, systematic=True)
+    with _FlushDenormals():
+        enc = code.encode(A, B)
+    S = np.concatenate([enc[w].a for w in range(4)])[:68]
+    np.testing.assert_array_equal(_bits(S), _bits(A))
+    np.testing.assert_array_equal(_bits(enc[0].b), _bits(B))
+    # float64 results holding subnormals (the products' shape, 18 x 43), assembled by the
+    # compiled copy (COPY_BLOCKS_MIN lowered so that this small product takes it)
+    R = rng.standard_normal((4, 18, 43))
+    R[:, ::4, ::3] = 5e-324
+    R[:, :, -3:] = -5e-324
+    old = polydot.COPY_BLOCKS_MIN
+    polydot.COPY_BLOCKS_MIN = 0
+    try:
+        with _FlushDenormals():
+            C = code.decode({w: R[w] for w in range(4)}, encoding=enc)
+    finally:
+        polydot.COPY_BLOCKS_MIN = old
+    np.testing.assert_array_equal(_bits(C), _bits(R.reshape(72, 43)[:68]))
+
+
 @needs_kernels
 @pytest.mark.parametrize("stream", [False, True])
 def test_loops_handle_destinations_misaligned_below_an_element(stream):
