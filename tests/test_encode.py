@@ -807,3 +807,21 @@ def test_small_encode_asks_the_compensation_thresholds_and_subclass_hooks(monkey
         assert inst.encode(A, B).dtype == np.float32
     assert getattr(mine, "seen", False)
     assert ran == [1]                            # only the plain instance's first encode
+
+
+def test_real_sources_takes_what_lincomb_takes_and_declines_the_rest():
+    """The compiled path's check of real blocks (one pass of cheap checks,
+    ``_encode._real_sources``): float64 and float32 blocks of contiguous rows at any row
+    stride are taken, empty ones left out with their indices kept; a block of another dtype
+    or byte order, not 2-D, or with strided columns makes it decline (None), so that the
+    encode takes a path that handles it."""
+    A = np.arange(60.0).reshape(6, 10)
+    blocks = [A[0:2], A[2:4, :7], A[4:4], A[::2, :5].astype(np.float32), A[:, 0:0]]
+    srcs, live = _encode._real_sources(blocks)
+    assert live == [0, 1, 3]
+    assert [s is b for s, b in zip(srcs, [blocks[i] for i in live])] == [True] * 3
+    for bad in (A.astype(">f8"), A[:, ::2], A[0], A.astype(np.int64), A.astype(np.complex128),
+                np.asfortranarray(A)):
+        assert _encode._real_sources([A[0:2], bad]) is None
+    # one column: any column stride is contiguous rows
+    assert _encode._real_sources([A[:, 3:4]])[1] == [0]
