@@ -825,3 +825,62 @@ def test_real_sources_takes_what_lincomb_takes_and_declines_the_rest():
         assert _encode._real_sources([A[0:2], bad]) is None
     # one column: any column stride is contiguous rows
     assert _encode._real_sources([A[:, 3:4]])[1] == [0]
+
+
+@pytest.mark.skipif(not _encode._lincomb_ok(), reason="the compiled lincomb is not built or the CPU lacks AVX2/FMA")
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(2, 18), k_frac=st.floats(0.2, 1.0), M=st.integers(1, 90), N=st.integers(1, 70),
+       dtype=st.sampled_from([np.float64, np.float32]), systematic=st.booleans(),
+       stream=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_combine_runs_writes_combines_tasks_bit_for_bit(n, k_frac, M, N, dtype, systematic, stream,
+                                                        seed):
+    """``_encode.combine_runs`` (a C-ordered A's half-blocks as runs of ``h * N`` values, the
+    tasks as rows) against :func:`combine` on the same half-blocks as ``(h, N)`` matrices:
+    the same tasks bit for bit and the same sums of squares to rounding, for every split
+    (half-blocks cut short by padding, or absent where A has few rows), float64 and float32,
+    systematic or not, streamed or not."""
+    k = max(1, min(n - 1, round(k_frac * n))) if n > 1 else 1
+    code = MDSCode(n, k, systematic=systematic)
+    A = np.random.default_rng(seed).standard_normal((M, N)).astype(dtype)
+    p = code.p
+    h = -(-M // (2 * p))
+    G = code._outer_form()
+    nsys = 2 * p if systematic else 0
+    ref = np.full((2 * n, h, N), np.nan, dtype)
+    sq_ref = np.zeros(2 * n)
+    halves = [A[r * h:min((r + 1) * h, M)] for r in range(2 * p)]
+    old = _encode.STREAM_BYTES
+    _encode.STREAM_BYTES = 0 if stream else 1 << 62
+    try:
+        _encode.combine(G, halves, ref, nsys=nsys, sq=sq_ref)
+        out = np.full((2 * n, h * N), np.nan, dtype)
+        sq = np.zeros(2 * n)
+        assert _encode.combine_runs(code._outer_full(), A, h, out, sq)
+    finally:
+        _encode.STREAM_BYTES = old
+    np.testing.assert_array_equal(out.reshape(ref.shape), ref)
+    np.testing.assert_allclose(sq, sq_ref, rtol=1e-12, atol=0)
+
+
+def test_combine_runs_declines_what_it_does_not_take():
+    """Where the runs form does not apply, ``combine_runs`` writes nothing and says so: an A
+    not C-ordered, of another dtype or byte order, tasks of the wrong shape, or more rows
+    than the blocks hold (the caller then encodes by :func:`combine`)."""
+    code = MDSCode(6, 4, systematic=True)
+    G = code._outer_full()
+    A = np.arange(40 * 12, dtype=np.float64).reshape(40, 12)
+    h = 5                                    # 8 half-blocks of 5 rows
+    def fresh():
+        return np.full((12, h * 12), -1.0), np.zeros(12)
+    out, sq = fresh()
+    if _encode._lincomb_ok():
+        assert _encode.combine_runs(G, A, h, out, sq)
+    for bad_A in (np.asfortranarray(A), A.astype(">f8"), A.astype(np.int64), A[:, ::2], A[::2]):
+        out, sq = fresh()
+        assert not _encode.combine_runs(G, bad_A, h, out, sq)
+        assert (out == -1.0).all() and (sq == 0).all()
+    out, sq = fresh()
+    assert not _encode.combine_runs(G, A, 4, out, sq)            # 8 x 4 rows < 40: too few
+    assert not _encode.combine_runs(G, A, h, out[:, :-1], sq)    # tasks of the wrong width
+    assert not _encode.combine_runs(G, A, h, out, sq[:-1])       # a sum per task
+    assert (out == -1.0).all() and (sq == 0).all()

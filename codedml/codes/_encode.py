@@ -657,6 +657,38 @@ def _compiled(G, blocks, out, lead, flat, sq, post=None) -> bool:
     return True
 
 
+def combine_runs(G: np.ndarray, A: np.ndarray, h: int, out: np.ndarray,
+                 sq: np.ndarray) -> bool:
+    """``out[o] = sum_j G[o, j] S_j`` by the compiled ``lincomb``, where ``S_j`` is rows
+    ``j h .. (j + 1) h`` of a C-ordered ``A`` (the last blocks cut short by the split's
+    padding, or absent) taken as one run of ``h * N`` values, and ``out`` is
+    ``(G.shape[0], h * N)``, C-ordered: each task one row of that length. ``G`` is the whole
+    generator, float64, a systematic code's identity rows included (written as their
+    sources load). Each output's sum of squares is added into ``sq`` (float64, one entry per
+    output). The values are :func:`combine`'s with the blocks as ``(h, N)`` matrices, bit
+    for bit (the same sums in the same order per entry); the tile walk runs over each
+    block's ``h * N`` values at once instead of ``h`` rows of ``N``, which side by side in
+    one process took 0.80-0.98x the time of the kernel on the row-by-row blocks for the
+    systematic MDS codes (1.00x for the dense ones), and the per-block views and checks of
+    the general path are not built. Returns False (nothing written) where the kernel or
+    this layout does not apply; the caller then takes :func:`combine`."""
+    if (not _lincomb_ok() or A.ndim != 2 or A.dtype not in _REAL or not A.flags.c_contiguous
+            or out.ndim != 2 or out.dtype not in _REAL or not out.flags.c_contiguous
+            or G.dtype != np.float64 or G.ndim != 2 or not G.flags.c_contiguous
+            or sq.dtype != np.float64 or not sq.flags.c_contiguous or sq.shape != (out.shape[0],)):
+        return False
+    M, N = A.shape
+    L = h * N
+    k = G.shape[1]
+    if L <= 0 or M == 0 or M > k * h or out.shape != (G.shape[0], L):
+        return False
+    flat = A.reshape(M * N)
+    srcs = [flat[j * L:(j + 1) * L] for j in range(-(-(M * N) // L))]   # the blocks present
+    Gr = G if len(srcs) == k else np.ascontiguousarray(G[:, :len(srcs)])
+    _K.lincomb(Gr, srcs, out, sq, out.nbytes >= STREAM_BYTES, False, LINCOMB_SIMD)
+    return True
+
+
 def _compiled_gfp(G, blocks, out, lead, flat, post: ModP) -> bool:
     """GF(p) by ``lincomb``: int64 residues widened to double in the kernel's tile, the
     products and sums exact in double (every partial sum an integer below 2**52: ``k (p -

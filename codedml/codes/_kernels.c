@@ -1213,8 +1213,10 @@ done:
    path computes into scratch rows and stores them by SSE2. An identity row (coefficient
    exactly 1, the source's own element type, not ``pairs``) is instead written by the loop
    that loads its source into the tile, with its squares (GF(p): the residues as they are,
-   their range checked in the same loop), wherever the source covers the tile; bit for bit
-   what its pass would store. Each source
+   their range checked in the same loop), wherever the source has values in the tile (one
+   cut short within it: copied as far as it goes, the row zeroed after); each value stored
+   as loaded, which is what its pass would store (a product by 1.0), except that no
+   denormals-are-zero mode can flush it. Each source
    is read from memory once and each output written once: where a BLAS GEMM with k of a few
    to a few tens runs far below its peak and writes through the cache, this runs at the FMA
    units' rate or the memory's. The GIL is released during the loop. A destination may not
@@ -1923,12 +1925,19 @@ static inline int lc_whole(const LcJob *J, Py_ssize_t j, Py_ssize_t r, Py_ssize_
     return r < J->src[j].rows && c0 + w <= J->src[j].cols;
 }
 
+/* whether source j has values in tile (r, c0, ...): whole there, or cut short within it */
+static inline int lc_present(const LcJob *J, Py_ssize_t j, Py_ssize_t r, Py_ssize_t c0)
+{
+    return r < J->src[j].rows && c0 < J->src[j].cols;
+}
+
 /* whether row h was written in tile (r, c0, w) by the loop that loaded its source (its
-   source's identity row, the source whole there): its pass skips it */
+   source's identity row, the source present there): its pass skips it */
 static inline int lc_fused(const LcJob *J, Py_ssize_t h, Py_ssize_t r, Py_ssize_t c0, Py_ssize_t w)
 {
+    (void)w;
     const int j = J->dj[h];
-    return j >= 0 && J->fj[j] == (int)h && lc_whole(J, j, r, c0, w);
+    return j >= 0 && J->fj[j] == (int)h && lc_present(J, j, r, c0);
 }
 
 static void lc_run(LcJob *J)
@@ -1947,25 +1956,32 @@ static void lc_run(LcJob *J)
                    whole steps is read where it lies (read once, a copy would only add to
                    it); more passes read the tile again and again, the compact copy */
                 const int here = m <= 4 && s->k == 'd' && w == wp && whole;
-                if (h >= 0 && whole) {
+                if (h >= 0 && lc_present(J, j, r, c0)) {
                     /* a systematic code's identity row for this source: the loop that loads
                        the source into the tile (or reads it where it lies) also writes it
                        into its task with its squares, so that the row needs no pass of its
-                       own over the tile */
+                       own over the tile. A source cut short within the tile (the last
+                       block of a split with padding, as a run of values) is copied as far
+                       as it goes and its row zeroed after: each value stored as loaded
+                       (a pass would multiply it by 1.0, which flushes a subnormal value
+                       under denormals-are-zero) */
+                    const Py_ssize_t nv = whole ? w : s->cols - c0;   /* its values here */
                     const char *sp = s->p + r * s->stride + c0 * lc_size(s->k);
                     char *dp = J->dst[h].p + r * J->dst[h].stride + c0 * J->item;
                     double *t = here ? NULL : J->tile + j * J->ts;
                     double q = 0.0;
                     if (s->k == 'q') {   /* GF(p): the residues as they are, range-checked */
-                        uint64_t top = i64_row((const int64_t *)sp, (int64_t *)dp, t, w, J->stream);
+                        uint64_t top = i64_row((const int64_t *)sp, (int64_t *)dp, t, nv, J->stream);
                         top = top >> 52 ? UINT64_MAX : top;
                         J->umax = top > J->umax ? top : J->umax;
                     } else {   /* copy_sq's row loop (AVX2 where lincomb may use it) */
-                        q = row_any(s->k, s->k, sp, dp, (char *)t, w, J->stream, 1.0, 1,
+                        q = row_any(s->k, s->k, sp, dp, (char *)t, nv, J->stream, 1.0, 1,
                                     J->simd >= 1 && row_avx2_ok, 0, NULL, 0);
                     }
-                    if (t && w < wp)
-                        memset(t + w, 0, (size_t)(wp - w) * sizeof(double));
+                    if (nv < w)   /* the task's row past its block: zeros, as a pass writes */
+                        memset(dp + nv * J->item, 0, (size_t)(w - nv) * (size_t)J->item);
+                    if (t && nv < wp)
+                        memset(t + nv, 0, (size_t)(wp - nv) * sizeof(double));
                     J->xp[j] = here ? (const double *)sp : t;
                     J->islive[j] = 1;
                     if (J->sq)

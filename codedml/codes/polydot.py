@@ -613,7 +613,8 @@ class PolyDotCode(LinearCode):
         sa = np.zeros(2 * n)
         G = self._outer_form()
         nsys = 2 * p if self.systematic else 0
-        if not _encode.tiny(G, A, ta.reshape(2 * n, h * N), nsys, 2 * p * h, sa):
+        if (not _encode.tiny(G, A, ta.reshape(2 * n, h * N), nsys, 2 * p * h, sa)
+                and not _encode.combine_runs(self._outer_full(), A, h, ta.reshape(2 * n, h * N), sa)):
             halves = [A[r * h:min((r + 1) * h, M)] for r in range(2 * p)]
             _encode.combine(G, halves, ta.reshape(2 * n, h, N), nsys=nsys, sq=sa)
         sa = sa.reshape(n, 2).sum(axis=1)
@@ -640,6 +641,20 @@ class PolyDotCode(LinearCode):
             G = np.ascontiguousarray(real_form(src))
             G.setflags(write=False)
             self.__dict__["_G_outer"] = G
+        return G
+
+    def _outer_full(self) -> np.ndarray:
+        """:meth:`_outer_form` with a systematic code's identity rows above it (the data
+        half-blocks copied as they are), for :func:`~._encode.combine_runs`; built once per
+        code (read-only)."""
+        G = self.__dict__.get("_G_outer_full")
+        if G is None:
+            G = self._outer_form()
+            if self.systematic:
+                k = G.shape[1]
+                G = np.ascontiguousarray(np.vstack([np.eye(k), G]))
+                G.setflags(write=False)
+            self.__dict__["_G_outer_full"] = G
         return G
 
     def _encode_inner(self, A, B, dtype):
