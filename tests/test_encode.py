@@ -812,19 +812,50 @@ def test_small_encode_asks_the_compensation_thresholds_and_subclass_hooks(monkey
 def test_real_sources_takes_what_lincomb_takes_and_declines_the_rest():
     """The compiled path's check of real blocks (one pass of cheap checks,
     ``_encode._real_sources``): float64 and float32 blocks of contiguous rows at any row
-    stride are taken, empty ones left out with their indices kept; a block of another dtype
-    or byte order, not 2-D, or with strided columns makes it decline (None), so that the
+    stride are taken, empty ones too (the kernel reads them as zeros); a block of another
+    dtype or byte order, not 2-D, or with strided columns makes it decline, so that the
     encode takes a path that handles it."""
     A = np.arange(60.0).reshape(6, 10)
-    blocks = [A[0:2], A[2:4, :7], A[4:4], A[::2, :5].astype(np.float32), A[:, 0:0]]
-    srcs, live = _encode._real_sources(blocks)
-    assert live == [0, 1, 3]
-    assert [s is b for s, b in zip(srcs, [blocks[i] for i in live])] == [True] * 3
+    assert _encode._real_sources([A[0:2], A[2:4, :7], A[4:4], A[::2, :5].astype(np.float32), A[:, 0:0]])
     for bad in (A.astype(">f8"), A[:, ::2], A[0], A.astype(np.int64), A.astype(np.complex128),
                 np.asfortranarray(A)):
-        assert _encode._real_sources([A[0:2], bad]) is None
-    # one column: any column stride is contiguous rows
-    assert _encode._real_sources([A[:, 3:4]])[1] == [0]
+        assert not _encode._real_sources([A[0:2], bad])
+    assert _encode._real_sources([A[:, 3:4]])   # one column: any column stride is contiguous rows
+
+
+def _zeros_signed(A: np.ndarray, seed: int) -> np.ndarray:
+    """``A`` with about a fifth of its entries -0.0, its last column among them (a value
+    whose bits a copy keeps and ``1.0 * x + 0`` does not)."""
+    A = A.copy()
+    A[np.random.default_rng(seed).random(A.shape) < 0.2] = -0.0
+    A[:, -1] = -0.0
+    return A
+
+
+def _bits(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x).view(np.uint64 if x.dtype == np.float64 else np.uint32)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("M", [17, 30, 68, 300])
+@pytest.mark.parametrize("loop", LOOPS)
+def test_systematic_tasks_are_the_blocks_bit_for_bit(loop, M, order, dtype, monkeypatch):
+    """A systematic code's data tasks are A's blocks bit for bit, -0.0 included, on every
+    encode loop and layout: with 17 rows MDS(6, 4)'s last two half-blocks lie wholly in the
+    padding (3 rows each, 17 < 21), with 68 and 300 the last is cut short (as a run of
+    values, it ends inside a tile). Before, a pass computed such identity rows as 1.0 times
+    each value added to +0, and -0.0 came out +0.0."""
+    _apply_loop(monkeypatch, loop)
+    A = _zeros_signed(np.random.default_rng(M).standard_normal((M, 33)).astype(dtype), M)
+    A = np.asfortranarray(A) if order == "F" else A
+    B = np.random.default_rng(1).standard_normal((33, 5)).astype(dtype)
+    code = MDSCode(6, 4, systematic=True)
+    enc = code.encode(A, B)
+    S = np.concatenate([enc[w].a for w in range(4)])
+    assert S.dtype == dtype
+    np.testing.assert_array_equal(_bits(S[:M]), _bits(np.ascontiguousarray(A)))
+    assert not S[M:].any() and not np.signbit(S[M:]).any()   # the padding: +0.0
 
 
 @pytest.mark.skipif(not _encode._lincomb_ok(), reason="the compiled lincomb is not built or the CPU lacks AVX2/FMA")
@@ -841,7 +872,7 @@ def test_combine_runs_writes_combines_tasks_bit_for_bit(n, k_frac, M, N, dtype, 
     systematic or not, streamed or not."""
     k = max(1, min(n - 1, round(k_frac * n))) if n > 1 else 1
     code = MDSCode(n, k, systematic=systematic)
-    A = np.random.default_rng(seed).standard_normal((M, N)).astype(dtype)
+    A = _zeros_signed(np.random.default_rng(seed).standard_normal((M, N)).astype(dtype), seed)
     p = code.p
     h = -(-M // (2 * p))
     G = code._outer_form()
@@ -855,32 +886,63 @@ def test_combine_runs_writes_combines_tasks_bit_for_bit(n, k_frac, M, N, dtype, 
         _encode.combine(G, halves, ref, nsys=nsys, sq=sq_ref)
         out = np.full((2 * n, h * N), np.nan, dtype)
         sq = np.zeros(2 * n)
-        assert _encode.combine_runs(code._outer_full(), A, h, out, sq)
+        assert _encode.combine_runs(code._outer_full(G), A, h, out, sq)
     finally:
         _encode.STREAM_BYTES = old
-    np.testing.assert_array_equal(out.reshape(ref.shape), ref)
+    np.testing.assert_array_equal(_bits(out.reshape(ref.shape)), _bits(ref))   # -0.0 too
+    if systematic:   # the data tasks: A's values as they are (the padding +0.0)
+        S = out[:nsys].reshape(-1)
+        np.testing.assert_array_equal(_bits(S[:M * N]), _bits(A.reshape(-1)))
+        assert not S[M * N:].any() and not np.signbit(S[M * N:]).any()
     np.testing.assert_allclose(sq, sq_ref, rtol=1e-12, atol=0)
 
 
 def test_combine_runs_declines_what_it_does_not_take():
     """Where the runs form does not apply, ``combine_runs`` writes nothing and says so: an A
-    not C-ordered, of another dtype or byte order, tasks of the wrong shape, or more rows
-    than the blocks hold (the caller then encodes by :func:`combine`)."""
+    not C-ordered, of another dtype or byte order; a generator not float64 or not C-ordered;
+    sums of squares not float64, strided, or not one per task; tasks of the wrong shape; or
+    more rows than the blocks hold (the caller then encodes by :func:`combine`)."""
     code = MDSCode(6, 4, systematic=True)
-    G = code._outer_full()
+    G = code._outer_full(code._outer_form())
     A = np.arange(40 * 12, dtype=np.float64).reshape(40, 12)
     h = 5                                    # 8 half-blocks of 5 rows
     def fresh():
         return np.full((12, h * 12), -1.0), np.zeros(12)
+    def declines(*args):
+        ok = _encode.combine_runs(*args)
+        return not ok and (args[3] == -1.0).all() and (args[4] == 0).all()
     out, sq = fresh()
     if _encode._lincomb_ok():
         assert _encode.combine_runs(G, A, h, out, sq)
     for bad_A in (np.asfortranarray(A), A.astype(">f8"), A.astype(np.int64), A[:, ::2], A[::2]):
-        out, sq = fresh()
-        assert not _encode.combine_runs(G, bad_A, h, out, sq)
-        assert (out == -1.0).all() and (sq == 0).all()
+        assert declines(G, bad_A, h, *fresh())
+    assert declines(G.astype(np.float32), A, h, *fresh())
+    assert declines(np.asfortranarray(G), A, h, *fresh())
     out, sq = fresh()
-    assert not _encode.combine_runs(G, A, 4, out, sq)            # 8 x 4 rows < 40: too few
-    assert not _encode.combine_runs(G, A, h, out[:, :-1], sq)    # tasks of the wrong width
-    assert not _encode.combine_runs(G, A, h, out, sq[:-1])       # a sum per task
-    assert (out == -1.0).all() and (sq == 0).all()
+    assert declines(G, A, h, out, sq.astype(np.float32))
+    assert declines(G, A, h, out, np.zeros(24)[::2])
+    assert declines(G, A, h, out, sq[:-1])
+    assert declines(G, A, h, out[:, :-1], sq)                   # tasks of the wrong width
+    # 41 rows: more than 8 blocks of 5 hold, the tasks' width right for h
+    assert declines(G, np.vstack([A, A[:1]]), h, *fresh())
+
+
+@pytest.mark.skipif(not _encode._lincomb_ok(), reason="the compiled lincomb is not built or the CPU lacks AVX2/FMA")
+def test_an_outer_form_set_after_an_encode_is_honoured_in_every_layout():
+    """An ``_outer_form`` set on the instance after an encode (a hook, see
+    ``polydot._HOOKS``) gives the generator for the next encode whatever A's layout: the
+    runs form (C-ordered A) builds its rows from the hook's matrix, not from the
+    generator it kept for the library's own form."""
+    code = MDSCode(6, 4, systematic=True)
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((400, 300))
+    B = rng.standard_normal((300, 20))
+    first = code.encode(A, B)
+    G0 = code._outer_form()
+    code._outer_form = lambda: 2.0 * G0
+    C_order = code.encode(A, B)
+    F_order = code.encode(np.asfortranarray(A), B)
+    for w in range(6):
+        np.testing.assert_array_equal(C_order[w].a, F_order[w].a)
+    for w in (4, 5):   # parity tasks: twice the first encode's
+        np.testing.assert_allclose(C_order[w].a, 2.0 * first[w].a, rtol=1e-14, atol=1e-14)

@@ -324,6 +324,27 @@ def test_lincomb_over_gfp_reports_any_value_out_of_the_field(simd, bad, where, s
 
 
 @needs_kernels
+@pytest.mark.parametrize("simd", LEVELS)
+@pytest.mark.parametrize("bad", [-1, 65537, 2 ** 52])
+@pytest.mark.parametrize("n", [1, 7, 10])
+def test_lincomb_over_gfp_checks_an_identity_source_cut_short_within_a_tile(simd, bad, n):
+    """An identity row whose source ends inside the tile (``n`` of 23 columns) is copied as
+    far as the source goes, its range checked there (a bad value at the source's last index
+    is reported), and zeroed after; the source is read no further than its own end."""
+    p = 65537
+    rng = np.random.default_rng(n)
+    src = rng.integers(0, p, (1, n))
+    S = [src, rng.integers(0, p, (1, 23))]
+    G = np.eye(2)
+    out = np.full((2, 23), -7, np.int64)
+    assert K.lincomb(G, S, out, simd=simd, p=p) < p
+    np.testing.assert_array_equal(out[0], np.concatenate([src[0], np.zeros(23 - n, np.int64)]))
+    np.testing.assert_array_equal(out[1], S[1][0])
+    src[0, n - 1] = bad
+    assert K.lincomb(G, S, out, simd=simd, p=p) >= p
+
+
+@needs_kernels
 @pytest.mark.parametrize("G, srcs, dsts, kw, exc, match", [
     (np.full((1, 1), 0.5), [np.ones((1, 4), np.int64)], [np.empty((1, 4), np.int64)], {}, ValueError,
      r"`G` must hold integers in \[0, p\) with `p`; entry 0"),

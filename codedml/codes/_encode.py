@@ -619,14 +619,18 @@ def _compiled(G, blocks, out, lead, flat, sq, post=None) -> bool:
     rdt = out.real.dtype if cplx else out.dtype
     if rdt not in (np.float64, np.float32) or (np.iscomplexobj(G) and not cplx):
         return False
-    if not cplx and not any(type(b) is tuple for b in blocks):
+    if not cplx and not any(isinstance(b, tuple) for b in blocks):
         # real blocks into real tasks (MDS and polynomial codes, gradient codes): the
-        # sources are the blocks, G's columns as they are where none is empty
-        got = _real_sources(blocks)
-        if got is None:
+        # sources are the blocks, empty ones included (lincomb reads them as zeros), so
+        # that G's columns are used as they are and a systematic code's identity rows stay
+        # identity rows where some blocks lie wholly in the padding (with those blocks'
+        # columns dropped, the identity rows of absent blocks became zero rows, which took
+        # the present ones' pass off the diagonal: computed as 1.0 times each value added
+        # to +0, -0.0 came out +0.0)
+        if not _real_sources(blocks):
             return False
-        srcs, live = got
-        Gr = np.ascontiguousarray(G if len(live) == len(blocks) else G[:, live], dtype=np.float64)
+        srcs = list(blocks)
+        Gr = np.ascontiguousarray(G, dtype=np.float64)
     else:
         srcs, cols, scale = [], [], []   # the real sources, their columns of G's real form
         for j, b in enumerate(blocks):
@@ -661,17 +665,18 @@ def combine_runs(G: np.ndarray, A: np.ndarray, h: int, out: np.ndarray,
                  sq: np.ndarray) -> bool:
     """``out[o] = sum_j G[o, j] S_j`` by the compiled ``lincomb``, where ``S_j`` is rows
     ``j h .. (j + 1) h`` of a C-ordered ``A`` (the last blocks cut short by the split's
-    padding, or absent) taken as one run of ``h * N`` values, and ``out`` is
-    ``(G.shape[0], h * N)``, C-ordered: each task one row of that length. ``G`` is the whole
-    generator, float64, a systematic code's identity rows included (written as their
-    sources load). Each output's sum of squares is added into ``sq`` (float64, one entry per
-    output). The values are :func:`combine`'s with the blocks as ``(h, N)`` matrices, bit
-    for bit (the same sums in the same order per entry); the tile walk runs over each
-    block's ``h * N`` values at once instead of ``h`` rows of ``N``, which side by side in
-    one process took 0.80-0.98x the time of the kernel on the row-by-row blocks for the
-    systematic MDS codes (1.00x for the dense ones), and the per-block views and checks of
-    the general path are not built. Returns False (nothing written) where the kernel or
-    this layout does not apply; the caller then takes :func:`combine`."""
+    padding, or wholly in it: empty runs, read as zeros) taken as one run of ``h * N``
+    values, and ``out`` is ``(G.shape[0], h * N)``, C-ordered: each task one row of that
+    length. ``G`` is the whole generator, float64, a systematic code's identity rows
+    included (each written as its block loads, the values as they are). Each output's sum of
+    squares is added into ``sq`` (float64, one entry per output). The values are
+    :func:`combine`'s with the blocks as ``(h, N)`` matrices, bit for bit (the same sums in
+    the same order per entry); the tile walk runs over each block's ``h * N`` values at
+    once instead of ``h`` rows of ``N``, and the per-block views and checks of the general
+    path are not built: the kernel alone, side by side in one process, took 0.80-0.99x the
+    time for systematic MDS codes and 0.95-1.00x for dense ones. Returns False (nothing
+    written) where the kernel or this layout does not apply; the caller then takes
+    :func:`combine`."""
     if (not _lincomb_ok() or A.ndim != 2 or A.dtype not in _REAL or not A.flags.c_contiguous
             or out.ndim != 2 or out.dtype not in _REAL or not out.flags.c_contiguous
             or G.dtype != np.float64 or G.ndim != 2 or not G.flags.c_contiguous
@@ -683,9 +688,10 @@ def combine_runs(G: np.ndarray, A: np.ndarray, h: int, out: np.ndarray,
     if L <= 0 or M == 0 or M > k * h or out.shape != (G.shape[0], L):
         return False
     flat = A.reshape(M * N)
-    srcs = [flat[j * L:(j + 1) * L] for j in range(-(-(M * N) // L))]   # the blocks present
-    Gr = G if len(srcs) == k else np.ascontiguousarray(G[:, :len(srcs)])
-    _K.lincomb(Gr, srcs, out, sq, out.nbytes >= STREAM_BYTES, False, LINCOMB_SIMD)
+    # every block, those wholly in the padding as empty runs (read as zeros): G's identity
+    # rows stay identity rows, each written as its block loads (see _compiled)
+    srcs = [flat[j * L:(j + 1) * L] for j in range(k)]
+    _K.lincomb(G, srcs, out, sq, out.nbytes >= STREAM_BYTES, False, LINCOMB_SIMD)
     return True
 
 
@@ -719,23 +725,18 @@ def _compiled_gfp(G, blocks, out, lead, flat, post: ModP) -> bool:
     return True
 
 
-def _real_sources(blocks: Sequence[np.ndarray]) -> tuple[list, list[int]] | None:
-    """The real 2-D blocks that hold something, and their indices, for ``lincomb``; None
-    where one is not float64 or float32 in this host's byte order, not 2-D, or its rows are
-    not contiguous (the kernel does not take it). One pass of cheap checks per block: an
-    encode's 30 half-blocks went through :func:`_parts` and :func:`_rows_contiguous` one by
-    one at about 3 us each."""
-    srcs, live = [], []
-    for j, v in enumerate(blocks):
+def _real_sources(blocks: Sequence[np.ndarray]) -> bool:
+    """Whether every block is one the compiled ``lincomb`` takes as a real source: float64
+    or float32 in this host's byte order, 2-D, its rows contiguous (empty blocks included:
+    the kernel reads them as zeros). One pass of cheap checks per block: an encode's 30
+    half-blocks went through :func:`_parts` and :func:`_rows_contiguous` one by one at about
+    3 us each."""
+    for v in blocks:
         if v.ndim != 2 or v.dtype not in _REAL:
-            return None
-        r, c = v.shape
-        if c > 1 and v.strides[1] != v.itemsize:
-            return None
-        if r and c:
-            srcs.append(v)
-            live.append(j)
-    return srcs, live
+            return False
+        if v.shape[1] > 1 and v.strides[1] != v.itemsize:
+            return False
+    return True
 
 
 def _task_views(out: np.ndarray, lead: int, flat: np.ndarray | None) -> list | None:

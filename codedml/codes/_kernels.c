@@ -1215,8 +1215,9 @@ done:
    that loads its source into the tile, with its squares (GF(p): the residues as they are,
    their range checked in the same loop), wherever the source has values in the tile (one
    cut short within it: copied as far as it goes, the row zeroed after); each value stored
-   as loaded, which is what its pass would store (a product by 1.0), except that no
-   denormals-are-zero mode can flush it. Each source
+   as loaded, as numpy's copy of the block stores it (a pass would add 1.0 times it to +0,
+   which turns -0.0 into +0.0 and, under denormals-are-zero, a subnormal value into 0).
+   Each source
    is read from memory once and each output written once: where a BLAS GEMM with k of a few
    to a few tens runs far below its peak and writes through the cache, this runs at the FMA
    units' rate or the memory's. The GIL is released during the loop. A destination may not
@@ -1961,9 +1962,10 @@ static void lc_run(LcJob *J)
                        the source into the tile (or reads it where it lies) also writes it
                        into its task with its squares, so that the row needs no pass of its
                        own over the tile. A source cut short within the tile (the last
-                       block of a split with padding, as a run of values) is copied as far
-                       as it goes and its row zeroed after: each value stored as loaded
-                       (a pass would multiply it by 1.0, which flushes a subnormal value
+                       block of a split with padding taken as a run of values, or a block
+                       cut short in its columns) is copied as far as it goes and its row
+                       zeroed after: each value stored as loaded (a pass would add 1.0
+                       times it to +0: -0.0 would come out +0.0, and a subnormal value 0
                        under denormals-are-zero) */
                     const Py_ssize_t nv = whole ? w : s->cols - c0;   /* its values here */
                     const char *sp = s->p + r * s->stride + c0 * lc_size(s->k);

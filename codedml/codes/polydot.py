@@ -614,7 +614,7 @@ class PolyDotCode(LinearCode):
         G = self._outer_form()
         nsys = 2 * p if self.systematic else 0
         if (not _encode.tiny(G, A, ta.reshape(2 * n, h * N), nsys, 2 * p * h, sa)
-                and not _encode.combine_runs(self._outer_full(), A, h, ta.reshape(2 * n, h * N), sa)):
+                and not _encode.combine_runs(self._outer_full(G), A, h, ta.reshape(2 * n, h * N), sa)):
             halves = [A[r * h:min((r + 1) * h, M)] for r in range(2 * p)]
             _encode.combine(G, halves, ta.reshape(2 * n, h, N), nsys=nsys, sq=sa)
         sa = sa.reshape(n, 2).sum(axis=1)
@@ -643,19 +643,24 @@ class PolyDotCode(LinearCode):
             self.__dict__["_G_outer"] = G
         return G
 
-    def _outer_full(self) -> np.ndarray:
-        """:meth:`_outer_form` with a systematic code's identity rows above it (the data
-        half-blocks copied as they are), for :func:`~._encode.combine_runs`; built once per
-        code (read-only)."""
-        G = self.__dict__.get("_G_outer_full")
-        if G is None:
-            G = self._outer_form()
-            if self.systematic:
-                k = G.shape[1]
-                G = np.ascontiguousarray(np.vstack([np.eye(k), G]))
-                G.setflags(write=False)
-            self.__dict__["_G_outer_full"] = G
-        return G
+    def _outer_full(self, G: np.ndarray) -> np.ndarray:
+        """``G`` (what :meth:`_outer_form` gave) with a systematic code's identity rows
+        above it (the data half-blocks copied as they are), float64 and C-ordered, for
+        :func:`~._encode.combine_runs`. Kept per code only for the library's own read-only
+        form (``_G_outer``): an overriding ``_outer_form`` (a subclass's, or one set on the
+        instance after an encode) gets its own generator's rows every time."""
+        own = G is self.__dict__.get("_G_outer")
+        if own:
+            full = self.__dict__.get("_G_outer_full")
+            if full is not None:
+                return full
+        full = np.ascontiguousarray(G, dtype=np.float64)
+        if self.systematic:
+            full = np.ascontiguousarray(np.vstack([np.eye(full.shape[1]), full]))
+        if own:
+            full.setflags(write=False)
+            self.__dict__["_G_outer_full"] = full
+        return full
 
     def _encode_inner(self, A, B, dtype):
         """m > 1 on the circle: pack inner-dimension pairs ``A_i,2j + i A_i,2j+1``; complex tasks."""
