@@ -837,22 +837,30 @@ def _bits(x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("layout", ["C", "F", "rows strided", "equispaced"])
 @pytest.mark.parametrize("M", [17, 30, 68, 300])
 @pytest.mark.parametrize("loop", LOOPS)
-def test_systematic_tasks_are_the_blocks_bit_for_bit(loop, M, order, dtype, monkeypatch):
+def test_systematic_tasks_are_the_blocks_bit_for_bit(loop, M, layout, dtype, monkeypatch):
     """A systematic code's data tasks are A's blocks bit for bit, -0.0 included, on every
-    encode loop and layout: with 17 rows MDS(6, 4)'s last two half-blocks lie wholly in the
-    padding (3 rows each, 17 < 21), with 68 and 300 the last is cut short (as a run of
-    values, it ends inside a tile). Before, a pass computed such identity rows as 1.0 times
-    each value added to +0, and -0.0 came out +0.0."""
+    encode loop and layout. With 17 rows MDS(6, 4)'s last two half-blocks (3 rows each) lie
+    wholly in the padding (17 <= 18); with 68 and 300 the last is cut short (as a run of
+    values, it ends inside a tile). A C-ordered A takes the runs (``combine_runs``), one with
+    strided rows or the equispaced construction's blocks the compiled path on the blocks
+    (``_compiled``), an F-ordered one numpy's copies. Before, a pass computed such identity
+    rows as 1.0 times each value added to +0, and -0.0 came out +0.0."""
     _apply_loop(monkeypatch, loop)
     A = _zeros_signed(np.random.default_rng(M).standard_normal((M, 33)).astype(dtype), M)
-    A = np.asfortranarray(A) if order == "F" else A
+    if layout == "F":
+        A = np.asfortranarray(A)
+    elif layout == "rows strided":
+        big = np.zeros((M, 40), dtype)
+        big[:, :33] = A
+        A = big[:, :33]
     B = np.random.default_rng(1).standard_normal((33, 5)).astype(dtype)
-    code = MDSCode(6, 4, systematic=True)
+    construction = "equispaced" if layout == "equispaced" else "circle"
+    code = MDSCode(6, 4, systematic=True, construction=construction)
     enc = code.encode(A, B)
-    S = np.concatenate([enc[w].a for w in range(4)])
+    S = np.concatenate([np.asarray(enc[w].a).reshape(-1, 33) for w in range(4)])
     assert S.dtype == dtype
     np.testing.assert_array_equal(_bits(S[:M]), _bits(np.ascontiguousarray(A)))
     assert not S[M:].any() and not np.signbit(S[M:]).any()   # the padding: +0.0
@@ -901,7 +909,8 @@ def test_combine_runs_declines_what_it_does_not_take():
     """Where the runs form does not apply, ``combine_runs`` writes nothing and says so: an A
     not C-ordered, of another dtype or byte order; a generator not float64 or not C-ordered;
     sums of squares not float64, strided, or not one per task; tasks of the wrong shape; or
-    more rows than the blocks hold (the caller then encodes by :func:`combine`)."""
+    more rows than the blocks hold (the caller then encodes by :func:`combine`). Where
+    ``lincomb`` is not available every call declines."""
     code = MDSCode(6, 4, systematic=True)
     G = code._outer_full(code._outer_form())
     A = np.arange(40 * 12, dtype=np.float64).reshape(40, 12)
@@ -922,7 +931,10 @@ def test_combine_runs_declines_what_it_does_not_take():
     assert declines(G, A, h, out, sq.astype(np.float32))
     assert declines(G, A, h, out, np.zeros(24)[::2])
     assert declines(G, A, h, out, sq[:-1])
-    assert declines(G, A, h, out[:, :-1], sq)                   # tasks of the wrong width
+    assert declines(G, A, h, out[:, :-1], sq)                   # tasks not C-ordered
+    assert declines(G, A, h, np.full((12, h * 12 - 1), -1.0), sq)   # C-ordered, too narrow
+    assert declines(G, A, h, np.full((11, h * 12), -1.0), np.zeros(11))   # a task short
+    assert declines(G, A, 0, np.full((12, 0), -1.0), sq)        # no rows per block
     # 41 rows: more than 8 blocks of 5 hold, the tasks' width right for h
     assert declines(G, np.vstack([A, A[:1]]), h, *fresh())
 
@@ -939,10 +951,11 @@ def test_an_outer_form_set_after_an_encode_is_honoured_in_every_layout():
     B = rng.standard_normal((300, 20))
     first = code.encode(A, B)
     G0 = code._outer_form()
+    assert "_G_outer_full" in code.__dict__      # kept by the first encode (the runs form)
     code._outer_form = lambda: 2.0 * G0
     C_order = code.encode(A, B)
     F_order = code.encode(np.asfortranarray(A), B)
-    for w in range(6):
-        np.testing.assert_array_equal(C_order[w].a, F_order[w].a)
+    for w in range(6):   # lincomb against BLAS: equal to rounding
+        np.testing.assert_allclose(C_order[w].a, F_order[w].a, rtol=1e-14, atol=1e-14)
     for w in (4, 5):   # parity tasks: twice the first encode's
         np.testing.assert_allclose(C_order[w].a, 2.0 * first[w].a, rtol=1e-14, atol=1e-14)

@@ -330,7 +330,7 @@ def test_lincomb_over_gfp_reports_any_value_out_of_the_field(simd, bad, where, s
 def test_lincomb_over_gfp_checks_an_identity_source_cut_short_within_a_tile(simd, bad, n):
     """An identity row whose source ends inside the tile (``n`` of 23 columns) is copied as
     far as the source goes, its range checked there (a bad value at the source's last index
-    is reported), and zeroed after; the source is read no further than its own end."""
+    is reported), and zeroed after."""
     p = 65537
     rng = np.random.default_rng(n)
     src = rng.integers(0, p, (1, n))

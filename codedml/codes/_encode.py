@@ -4,8 +4,9 @@ An encode reads the data blocks once and writes every task once; everything else
 overhead over that copy bound. :func:`combine` therefore
 
 * takes the data blocks as *views* of the caller's arrays (no padded copy: a block cut short by
-  the split's zero padding is a smaller view, the missing part reads as zero; an empty block is
-  dropped from the product);
+  the split's zero padding is a smaller view, the missing part reads as zero; an empty block
+  reads as zero: the GEMM path drops it from the product, the compiled path passes it as an
+  empty source so that a systematic code's identity rows keep their form);
 * walks the block rows in cache-sized chunks (:data:`CHUNK_BYTES`), so that any gathering
   (complex packing of two real sub-blocks, float32 to float64, strided or non-contiguous
   blocks) and any temporary (a float64 product cast to float32 operands, a product written to
@@ -620,7 +621,8 @@ def _compiled(G, blocks, out, lead, flat, sq, post=None) -> bool:
     if rdt not in (np.float64, np.float32) or (np.iscomplexobj(G) and not cplx):
         return False
     if not cplx and not any(isinstance(b, tuple) for b in blocks):
-        # real blocks into real tasks (MDS and polynomial codes, gradient codes): the
+        # real blocks into real tasks (MDS and polynomial codes' A and B sides, the real
+        # constructions' grids): the
         # sources are the blocks, empty ones included (lincomb reads them as zeros), so
         # that G's columns are used as they are and a systematic code's identity rows stay
         # identity rows where some blocks lie wholly in the padding (with those blocks'
@@ -674,7 +676,7 @@ def combine_runs(G: np.ndarray, A: np.ndarray, h: int, out: np.ndarray,
     the same order per entry); the tile walk runs over each block's ``h * N`` values at
     once instead of ``h`` rows of ``N``, and the per-block views and checks of the general
     path are not built: the kernel alone, side by side in one process, took 0.80-0.99x the
-    time for systematic MDS codes and 0.95-1.00x for dense ones. Returns False (nothing
+    time for systematic MDS codes and 0.95-1.02x (the noise) for dense ones. Returns False (nothing
     written) where the kernel or this layout does not apply; the caller then takes
     :func:`combine`."""
     if (not _lincomb_ok() or A.ndim != 2 or A.dtype not in _REAL or not A.flags.c_contiguous
