@@ -37,6 +37,7 @@ import numpy as np
 from ..errors import ConfigurationError, CorruptResultError, NotEnoughResultsError
 from . import _gfp
 from ._eft import _residual, _Split, compensated_matmul
+from ._encode import _REAL
 from ._field import residues_of
 from ._validate import check_int
 
@@ -1268,9 +1269,6 @@ def _project(E: Any, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return (t * v[None]).sum(axis=2)
 
 
-_PROJ_KINDS = (np.dtype(np.float64), np.dtype(np.float32))
-
-
 def _project_sq(E: Any, u: np.ndarray, v: np.ndarray,
                 raw: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
     """``(_project(E, u, v), sums of squares of the results)`` from one compiled pass over
@@ -1284,7 +1282,7 @@ def _project_sq(E: Any, u: np.ndarray, v: np.ndarray,
     if len(arrays) != len(raw) or any(a is not b for a, b in zip(arrays, raw)):
         return None
     dt = arrays[0].dtype
-    if dt not in _PROJ_KINDS or any(a.dtype != dt for a in arrays):
+    if dt not in _REAL or any(a.dtype != dt for a in arrays):
         return None
     k, x, y = u.shape[0], u.shape[1], v.shape[1]
     packed = isinstance(E, _Packed)

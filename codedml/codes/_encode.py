@@ -622,13 +622,12 @@ def _compiled(G, blocks, out, lead, flat, sq, post=None) -> bool:
         return False
     if not cplx and not any(isinstance(b, tuple) for b in blocks):
         # real blocks into real tasks (MDS and polynomial codes' A and B sides, the real
-        # constructions' grids): the
-        # sources are the blocks, empty ones included (lincomb reads them as zeros), so
-        # that G's columns are used as they are and a systematic code's identity rows stay
-        # identity rows where some blocks lie wholly in the padding (with those blocks'
-        # columns dropped, the identity rows of absent blocks became zero rows, which took
-        # the present ones' pass off the diagonal: computed as 1.0 times each value added
-        # to +0, -0.0 came out +0.0)
+        # constructions' grids): the sources are the blocks, empty ones included (lincomb
+        # reads them as zeros), so that G's columns are used as they are and a systematic
+        # code's identity rows stay identity rows where some blocks lie wholly in the
+        # padding (with those blocks' columns dropped, the identity rows of absent blocks
+        # became zero rows, which took the present ones' pass off the diagonal: computed
+        # as 1.0 times each value added to +0, -0.0 came out +0.0)
         if not _real_sources(blocks):
             return False
         srcs = list(blocks)

@@ -1932,11 +1932,10 @@ static inline int lc_present(const LcJob *J, Py_ssize_t j, Py_ssize_t r, Py_ssiz
     return r < J->src[j].rows && c0 < J->src[j].cols;
 }
 
-/* whether row h was written in tile (r, c0, w) by the loop that loaded its source (its
+/* whether row h was written in the tile at (r, c0) by the loop that loaded its source (its
    source's identity row, the source present there): its pass skips it */
-static inline int lc_fused(const LcJob *J, Py_ssize_t h, Py_ssize_t r, Py_ssize_t c0, Py_ssize_t w)
+static inline int lc_fused(const LcJob *J, Py_ssize_t h, Py_ssize_t r, Py_ssize_t c0)
 {
-    (void)w;
     const int j = J->dj[h];
     return j >= 0 && J->fj[j] == (int)h && lc_present(J, j, r, c0);
 }
@@ -2044,7 +2043,7 @@ static void lc_run(LcJob *J)
                     for (int h = 0; h < nr; h++) {
                         const int j = J->dj[o + h];
                         const LcDst *d = &J->dst[o + h];
-                        if (lc_fused(J, o + h, r, c0, w))   /* written as its source was loaded */
+                        if (lc_fused(J, o + h, r, c0))   /* written as its source was loaded */
                             continue;
                         char *dp[4] = {d->p + r * d->stride + c0 * J->item};
                         const double *g1[4] = {J->G + (o + h) * k};
@@ -2094,7 +2093,7 @@ static void lc_run(LcJob *J)
                 else if (J->dj[o] >= 0)   /* diagonal: each row its one source alone */
                     for (int h = 0; h < nr; h++) {
                         const int j = J->dj[o + h];
-                        if (!lc_fused(J, o + h, r, c0, w))
+                        if (!lc_fused(J, o + h, r, c0))
                             lc_rows_c(g + h, 1, &j, J->islive[j], J->xp, wp, y + h);
                     }
                 else
@@ -2111,7 +2110,7 @@ static void lc_run(LcJob *J)
                 }
                 for (int h = 0; h < nr; h++) {
                     const LcDst *d = &J->dst[o + h];
-                    if (lc_fused(J, o + h, r, c0, w))   /* written as its source was loaded */
+                    if (lc_fused(J, o + h, r, c0))   /* written as its source was loaded */
                         continue;
                     double s = lc_store(J->kd, d->p + r * d->stride + c0 * J->item, y[h], NULL,
                                         w, J->stream, J->md);

@@ -613,8 +613,9 @@ class PolyDotCode(LinearCode):
         sa = np.zeros(2 * n)
         G = self._outer_form()
         nsys = 2 * p if self.systematic else 0
-        if (not _encode.tiny(G, A, ta.reshape(2 * n, h * N), nsys, 2 * p * h, sa)
-                and not _encode.combine_runs(self._outer_full(G), A, h, ta.reshape(2 * n, h * N), sa)):
+        runs = ta.reshape(2 * n, h * N)   # each task one row (its half-blocks' values)
+        if (not _encode.tiny(G, A, runs, nsys, 2 * p * h, sa)
+                and not _encode.combine_runs(self._outer_full(G), A, h, runs, sa)):
             halves = [A[r * h:min((r + 1) * h, M)] for r in range(2 * p)]
             _encode.combine(G, halves, ta.reshape(2 * n, h, N), nsys=nsys, sq=sa)
         sa = sa.reshape(n, 2).sum(axis=1)
