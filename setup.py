@@ -45,6 +45,9 @@ ext = [Extension("codedml.codes._kernels", ["codedml/codes/_kernels.c"],
 flags = mpi_flags()
 if flags is not None:
     ext.append(Extension("codedml.runtime._wire", ["codedml/runtime/_wire.c"],
-                         extra_compile_args=["-O2", *flags[0]], extra_link_args=flags[1],
+                         # (no fused multiply-adds: a small product's entries are sums of
+                         # rounded products, in order, whatever the CFLAGS; see _wire.c)
+                         extra_compile_args=["-O2", "-ffp-contract=off", *flags[0]],
+                         extra_link_args=flags[1],
                          optional=True))
 setup(ext_modules=ext)

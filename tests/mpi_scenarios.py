@@ -60,7 +60,7 @@ elif name == "soak":
 # every rank, before the cluster: who ran each product (the "products" scenario): WorkerState's
 # plain_product, called from C by the compiled loop or from handle() by the Python one
 PATHS = {"plain": 0, "handle": 0}
-if name == "products":
+if name in ("products", "small_products"):
     from codedml.runtime._worker import WorkerState
 
     _plain, _handle = WorkerState.plain_product, WorkerState.handle
@@ -314,6 +314,53 @@ with cm as cluster:
                            "exc_type": getattr(exc, "exc_type", None)}
             counts = {str(w): v.tolist() for w, v in cluster.call("paths", np.ones(1)).result().items()}
             emit(same=same, failure=failure, counts=counts, products=2 * len(cases) + 1,
+                 outstanding=cluster.outstanding())
+        elif name == "small_products":
+            # plain float64 products of at most SMALL_PRODUCT_MACS multiply-adds, which a
+            # compiled numpy-backend worker computes in C (no plain_product call): every entry
+            # the sum of its rounded products in order from 0, bit for bit; larger ones,
+            # float32 ones and those of the Python loop by numpy (plain_product). A systematic
+            # code of k = n: every result a data result, so the decode is their assembly and
+            # shows each worker's bits.
+            from codedml.runtime.mpi import SMALL_PRODUCT_MACS
+
+            code = MDSCode(n, n, systematic=True)
+            cluster.parity_nice = 0
+            M = 4 * n        # each task's a: 4 x N (two rows per half-block)
+            N = 32
+            K = SMALL_PRODUCT_MACS // (4 * N)   # 4 x N @ N x K: exactly the limit
+            cases = {"4x4": (4, 4, 4, np.float64, True), "vector": (M, 4, None, np.float64, True),
+                     "limit": (M, N, K, np.float64, True),
+                     "above": (M, N, K + 1, np.float64, False),
+                     # under the limit, but the arrays (32 KiB) do not ride in the message
+                     "not inline": (2 * n, 1024, SMALL_PRODUCT_MACS // 2048, np.float64, False),
+                     "float32": (M, 4, 4, np.float32, False),
+                     "one row": (1, 3, 2, np.float64, True)}
+
+            def ordered(a, b):   # the C loop's arithmetic, in numpy: rounded products, in order
+                acc = np.zeros((a.shape[0],) + b.shape[1:])
+                for l in range(a.shape[1]):
+                    acc = acc + (a[:, l:l + 1] * b[l] if b.ndim == 2 else a[:, l] * b[l])
+                return acc
+
+            same, err, expect_plain = {}, {}, 0
+            for key, (m_, k_, n_, dt, small) in cases.items():
+                X = rng.standard_normal((m_, k_)).astype(dt)
+                Y = (rng.standard_normal((k_, n_)) if n_ else rng.standard_normal(k_)).astype(dt)
+                got = cluster.submit(X, Y, code=code).result()
+                enc = code.encode(X, Y)
+                if small:
+                    ref = code.decode({w: ordered(t.a, t.b) for w, t in enumerate(enc)},
+                                      encoding=enc)
+                else:
+                    ref = code.decode({w: np.matmul(t.a, t.b) for w, t in enumerate(enc)},
+                                      encoding=enc)
+                    expect_plain += 1
+                same[key] = bool(got.dtype == ref.dtype and got.shape == ref.shape
+                                 and np.array_equal(got, ref))
+                err[key] = rel(got, X.astype(np.float64) @ Y.astype(np.float64))
+            counts = {str(w): v.tolist() for w, v in cluster.call("paths", np.ones(1)).result().items()}
+            emit(same=same, err=err, counts=counts, expect_plain=expect_plain,
                  outstanding=cluster.outstanding())
         elif name == "yield":
             # ranks that outnumber the cores: parity products yield by default (10 nice values

@@ -710,6 +710,24 @@ def test_small_encode_is_the_general_encode(n, k_frac, systematic, M, N, K, orde
     np.testing.assert_allclose(out, A @ B, rtol=1e-9, atol=1e-9 * np.linalg.norm(A) * np.linalg.norm(B))
 
 
+@pytest.mark.skipif(not _encode._lincomb_ok(), reason="the compiled lincomb (AVX2/FMA) is not there")
+def test_small_into_is_the_gemm_with_norms():
+    """``_encode.small_into`` (both small encode paths' arithmetic where the compiled loops
+    run): the data rows copied bit for bit (-0.0 and subnormals kept), the other rows ``G @
+    S`` within float64 rounding of numpy's GEMM, and each row's sum of squares added into
+    ``sq`` (not written over it)."""
+    rng = np.random.default_rng(11)
+    G = rng.standard_normal((4, 6))
+    S = rng.standard_normal((6, 10))
+    S[0, 0], S[1, 1] = -0.0, 5e-320
+    out = np.full((8, 10), np.nan)
+    sq = np.ones(8)
+    assert _encode.small_into(G, S, out, 4, sq) is True
+    assert out[:4].tobytes() == S[:4].tobytes()
+    np.testing.assert_allclose(out[4:], G @ S, rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(sq, 1.0 + (out * out).sum(axis=1), rtol=1e-14)
+
+
 @pytest.mark.parametrize("where", ["A", "B"])
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
 def test_small_encode_refuses_nan_and_inf_by_name(where, value):

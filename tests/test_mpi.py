@@ -200,6 +200,32 @@ def test_python_transport_scenarios(scenario, np_):
 
 
 @pytest.mark.parametrize("transport", ["compiled", "python"])
+def test_small_products_are_computed_in_c_on_the_compiled_worker_loop(transport):
+    """A compiled numpy-backend worker computes a plain float64 product of at most
+    ``SMALL_PRODUCT_MACS`` multiply-adds itself (``_wire``'s ``small_product``): every entry
+    the sum of its rounded products in order from 0, bit for bit (a matrix, a vector, the
+    limit, a single row), without calling ``plain_product``; a product past the limit and a
+    float32 one go to numpy as before, and on the Python loop every product does. Each decoded
+    product is ``A @ B`` within 1e-14 (float32: 1e-6)."""
+    from codedml.runtime.mpi import wire_status
+
+    if transport == "compiled" and not wire_status()[0]:
+        pytest.skip(wire_status()[1])
+    res, done = run_mpi_t("small_products", 4, transport)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert res["transport"] == transport
+    if transport == "compiled":
+        assert all(res["same"].values()), res["same"]
+    assert max(v for k, v in res["err"].items() if k != "float32") < 1e-14, res["err"]
+    assert res["err"]["float32"] < 1e-6, res["err"]
+    plain = res["expect_plain"] if transport == "compiled" else len(res["same"])
+    for w, (n_plain, _) in res["counts"].items():
+        assert n_plain == plain, (w, n_plain, plain, res["counts"])
+    assert res["outstanding"]["jobs"] == 0
+    _all_exited(done, 4)
+
+
+@pytest.mark.parametrize("transport", ["compiled", "python"])
 def test_products_answer_alike_on_either_worker_loop(transport):
     """A product of two sent arrays, which the compiled worker loop runs from C without a
     failure model (``WorkerState.plain_product``), decodes bitwise as the tasks' own

@@ -224,8 +224,9 @@ def tiny(G: np.ndarray, A: np.ndarray, out: np.ndarray, nsys: int, rows: int,
     with np.errstate(invalid="ignore", over="ignore"):
         if out.dtype == np.float64:
             # every output row holds its float64 values as they are: one pass of norms
-            small_products(G, S, out, nsys)
-            sq += _rowsq(out)
+            if not small_into(G, S, out, nsys, sq):
+                small_products(G, S, out, nsys)
+                sq += _rowsq(out)
             return True
         if nsys:
             np.copyto(out[:nsys], S[:nsys], casting="unsafe")
@@ -246,6 +247,25 @@ def small_source(A: np.ndarray, rows: int, k: int) -> np.ndarray:
     S = np.zeros((rows, A.shape[1]))
     S[:A.shape[0]] = A
     return S.reshape(k, -1)
+
+
+def small_into(G: np.ndarray, S: np.ndarray, out: np.ndarray, nsys: int,
+               sq: np.ndarray) -> bool:
+    """:func:`small_products` with each output row's sum of squares added into ``sq`` (one
+    float64 entry per row of ``out``), by the compiled loops where :func:`lincomb <_lincomb_ok>`
+    runs: the data rows by ``copy_sq`` (stored as loaded), the others by ``lincomb`` (float64
+    products and sums, the norms taken as each row is written). Two calls into C, where
+    numpy's GEMM and a pass of norms cost about three times as long for a control-plane
+    job's 4 x 4. Returns False (nothing written) where the loops are not there; the caller
+    then takes :func:`small_products`. Both small paths (:func:`tiny` and
+    ``PolyDotCode._encode_small``) call this, so they write the same bits."""
+    if not _lincomb_ok():
+        return False
+    if nsys:
+        _K.copy_sq(out[:nsys], S[:nsys], sq[:nsys])
+    if nsys < out.shape[0]:
+        _K.lincomb(G, S, out[nsys:], sq[nsys:])
+    return True
 
 
 def small_products(G: np.ndarray, S: np.ndarray, out: np.ndarray, nsys: int) -> None:

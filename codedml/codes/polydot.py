@@ -413,22 +413,38 @@ class PolyDotCode(LinearCode):
 
     def _encode_small(self, A: np.ndarray, B: np.ndarray, plan: tuple) -> _base.Encoding:
         """The encode of :meth:`_encode_outer` for a small float64 product (``plan``: from
-        :meth:`_small_plan`): the same tasks, bitwise (data half-blocks copied, parity rows
-        by one GEMM against the generator's cached real form), and the same noise scales
-        up to the rounding of their sums of squares."""
+        :meth:`_small_plan`): the same tasks, bitwise (:func:`~._encode.small_into`, which
+        the general path's :func:`~._encode.tiny` calls too: data half-blocks copied, parity
+        rows against the generator's cached real form), and the same noise scales up to the
+        rounding of their sums of squares."""
         n, h, N, rows, k, G, nsys, shape, _ = plan
         S = _encode.small_source(A, rows, k)     # zero-padded to whole half-blocks
         ta = _pool.empty_small((n, 2 * h, N), n * 2 * h * N * 8, A)
         tb = _pool.empty_small(B.shape, B.nbytes, B)
-        np.copyto(tb, B)
-        flat = tb.reshape(-1)
-        with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf inputs: refused by name
-            _encode.small_products(G, S, ta.reshape(2 * n, h * N), nsys)
-            per = ta.reshape(n, -1)
-            sa = np.einsum("ij,ij->i", per, per)   # each task's sum of squares, one pass
-            scales = np.sqrt(sa) * math.sqrt(float(flat @ flat))
+        t2 = ta.reshape(2 * n, h * N)
+        sq = np.zeros(2 * n)
+        # The compiled loops raise no warnings (NaN/Inf inputs are refused by name after,
+        # from the scales); numpy's run under errstate. The scales in Python floats: an
+        # overflow gives inf, and inf * 0 NaN, without a warning, as numpy's do under it.
+        if _encode.small_into(G, S, t2, nsys, sq):
+            v = sq.tolist()   # each task's sum of squares: its two half-blocks' (rows written)
+            sa = [v[i] + v[i + 1] for i in range(0, 2 * n, 2)]
+        else:
+            with np.errstate(invalid="ignore", over="ignore"):
+                _encode.small_products(G, S, t2, nsys)
+                per = ta.reshape(n, -1)
+                sa = np.einsum("ij,ij->i", per, per).tolist()   # one pass
+        if B.flags.c_contiguous and _encode._K is not None:
+            sb = _encode._K.copy_sq(tb, B)         # B's copy and its sum of squares
+        else:
+            np.copyto(tb, B)
+            flat = tb.reshape(-1)
+            with np.errstate(invalid="ignore", over="ignore"):
+                sb = float(flat @ flat)
+        rb = math.sqrt(sb)
+        scales = np.array([math.sqrt(x) * rb for x in sa])
         Task = _base.Task
-        tasks = [Task._of(w, ta[w], tb, None, False) for w in range(n)]
+        tasks = [Task._of(w, t, tb, None, False) for w, t in enumerate(ta)]
         return self._checked_scales(_base.Encoding(self, tasks, shape, N, _F64, False, scales), A, B)
 
     def _encode(self, A: Any, B: Any, precision: str = "auto"):

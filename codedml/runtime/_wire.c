@@ -1188,6 +1188,9 @@ typedef struct {
        Op.MATMUL, or NULL and -1 */
     PyObject *handlers, *memo, *ctx, *dtypes, *frombuffer, *ndarray, *product;
     int op_call, kind_result, op_matmul;
+    /* the largest plain float64 product (multiply-adds) serve() computes itself (0: none;
+       set by calls(), for the numpy backend) */
+    long long small_macs;
 } Worker;
 
 static PyObject *Worker_new(PyTypeObject *type, PyObject *args, PyObject *kw)
@@ -1693,28 +1696,33 @@ static PyObject *Worker_reply(Worker *self, PyObject *args)
 }
 
 /* calls(handlers, memo, ctx, dtypes, frombuffer, ndarray, op_call, kind_result[, product,
- * op_matmul]): what serve() runs calls with (see Worker's fields); handlers and memo dicts,
- * dtypes protocol.DTYPES, ndarray numpy's array type (only a result of exactly that type is
- * sent from C: any other goes through numpy.asarray in Python, as before); product, when
- * given and not None, the worker's plain product (WorkerState.plain_product), which serve()
- * then runs for Op.MATMUL (op_matmul) requests of two sent arrays and no flags. */
+ * op_matmul, small]): what serve() runs calls with (see Worker's fields); handlers and memo
+ * dicts, dtypes protocol.DTYPES, ndarray numpy's array type (only a result of exactly that
+ * type is sent from C: any other goes through numpy.asarray in Python, as before); product,
+ * when given and not None, the worker's plain product (WorkerState.plain_product), which
+ * serve() then runs for Op.MATMUL (op_matmul) requests of two sent arrays and no flags;
+ * small > 0: such a product of float64 arrays that came inline, of at most `small`
+ * multiply-adds, serve() computes itself (small_product). */
 static PyObject *Worker_calls(Worker *self, PyObject *args)
 {
     PyObject *h, *m, *c, *d, *f, *nd, *pr = Py_None;
     int oc, kr, om = -1;
+    long long small = 0;
     if (worker_ready(self) < 0 ||
-        !PyArg_ParseTuple(args, "O!O!OO!OO!ii|Oi", &PyDict_Type, &h, &PyDict_Type, &m, &c,
-                          &PyTuple_Type, &d, &f, &PyType_Type, &nd, &oc, &kr, &pr, &om))
+        !PyArg_ParseTuple(args, "O!O!OO!OO!ii|OiL", &PyDict_Type, &h, &PyDict_Type, &m, &c,
+                          &PyTuple_Type, &d, &f, &PyType_Type, &nd, &oc, &kr, &pr, &om, &small))
         return NULL;
     if (PyTuple_GET_SIZE(d) != NDTYPES || !PyCallable_Check(f)
-        || (pr != Py_None && (!PyCallable_Check(pr) || om < 0))) {
+        || (pr != Py_None && (!PyCallable_Check(pr) || om < 0)) || small < 0
+        || (small > 0 && pr == Py_None)) {
         PyErr_Format(PyExc_ValueError, "calls: `dtypes` must be a tuple of the %d wire dtypes, "
-                     "`frombuffer` callable, and `product` None or callable with `op_matmul` "
-                     "given", NDTYPES);
+                     "`frombuffer` callable, `product` None or callable with `op_matmul` "
+                     "given, and `small` 0 or, with `product`, positive", NDTYPES);
         return NULL;
     }
     Py_XSETREF(self->product, pr == Py_None ? NULL : Py_NewRef(pr));
     self->op_matmul = pr == Py_None ? -1 : om;
+    self->small_macs = small;
     Py_XSETREF(self->handlers, Py_NewRef(h));
     Py_XSETREF(self->memo, Py_NewRef(m));
     Py_XSETREF(self->ctx, Py_NewRef(c));
@@ -1762,6 +1770,60 @@ static PyObject *handler_error(long long job, int op)
     return Py_BuildValue("(iLiN)", 2, job, op, value);
 }
 
+/* A plain product of two float64 arrays sent inline, a (m x k) @ b (k x n, or k), computed
+ * here and replied, without numpy or Python: each entry the sum of its k products in order,
+ * from 0, each product and each sum rounded (setup.py builds this file without fused
+ * multiply-adds): the bits may differ from BLAS's, whose kernels may order or fuse the sums
+ * otherwise; both are float64 products within the same rounding bound. Overflow and
+ * NaN stay quiet, as plain_product's. 1: replied; 0: not such a product (serve() goes on
+ * as before); -1: an exception is set (the reply could not be posted). */
+static int small_product(Worker *self, const Parsed *q, PyObject *arrays)
+{
+    if (q->inline_at < 0 || q->code[0] != 0 || q->code[1] != 0 || q->ndim[0] != 2
+        || (q->ndim[1] != 1 && q->ndim[1] != 2))
+        return 0;
+    const int64_t m = q->dims[0][0], k = q->dims[0][1];
+    const int64_t n = q->ndim[1] == 2 ? q->dims[1][1] : 1;
+    if (q->dims[1][0] != k || m < 1 || k < 1 || n < 1 || m > self->small_macs
+        || k > self->small_macs / m || n > self->small_macs / (m * k))
+        return 0;
+    const Py_ssize_t len = (Py_ssize_t)(m * n * 8);
+    if (len > INLINE_MAX || HEADER_BYTES + len > CHUNK)
+        return 0;
+    const double t0 = mono();
+    if (self->out.n >= 64) {   /* as post_reply: a worker that never waits frees its sends */
+        sends_test(&self->out);
+        sends_compact(&self->out);
+    }
+    if (sends_reserve(&self->out, 1) < 0)
+        return -1;
+    const Py_ssize_t shape[2] = {(Py_ssize_t)m, (Py_ssize_t)n};
+    int64_t *h = reply_header(q->job, self->kind_result, q->op, 0, q->ndim[1], shape, 0, len, len);
+    if (!h)
+        return -1;
+    const double *a = (const double *)PyByteArray_AS_STRING(
+        PyTuple_GET_ITEM(PyList_GET_ITEM(arrays, 0), 2));
+    const double *b = (const double *)PyByteArray_AS_STRING(
+        PyTuple_GET_ITEM(PyList_GET_ITEM(arrays, 1), 2));
+    double *c = (double *)(h + HEADER_LEN);
+    for (int64_t i = 0; i < m; i++) {
+        double *ci = c + i * n;
+        const double *ai = a + i * k;
+        for (int64_t j = 0; j < n; j++)
+            ci[j] = 0.0;
+        for (int64_t l = 0; l < k; l++) {
+            const double x = ai[l];
+            const double *bl = b + l * n;
+            for (int64_t j = 0; j < n; j++)
+                ci[j] += x * bl[j];
+        }
+    }
+    h[6 + MAX_NDIM] = (int64_t)((mono() - t0) * 1e9);
+    INLINE_OUT++;
+    return sends_post(&self->out, self->comm, self->root, self->tag_hdr, NULL, NULL, h,
+                      HEADER_BYTES + len) < 0 ? -1 : 1;
+}
+
 /* serve(spin, stale, long) -> an event for Python. A call (op_call, no handle, field or
  * flags but the inline one) whose parameter bytes protocol's memo holds, checked by a request before, is run
  * here: its arrays made by frombuffer (and reshaped), the handler called with (ctx, *arrays,
@@ -1799,6 +1861,15 @@ static PyObject *Worker_serve(Worker *self, PyObject *args)
         if (!prod && (got == 1 || q.op != self->op_call || (q.flags & 7) || q.job < 0
                       || q.handle != -1 || q.field != -1 || !q.plen))
             return request_event(self, got, &q, arrays, count);
+        if (prod && self->small_macs > 0) {
+            const int done = small_product(self, &q, arrays);
+            if (done) {
+                Py_DECREF(arrays);
+                if (done < 0)
+                    return handler_error(q.job, q.op);   /* Python sends it as an error reply */
+                continue;
+            }
+        }
         PyObject *fn = NULL, *kw = NULL;
         if (prod) {
             fn = self->product;

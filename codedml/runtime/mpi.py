@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import Backend, get_backend, set_threads
+from ..backends import Backend, NumpyBackend, get_backend, set_threads
 from ..errors import ConfigurationError, ProtocolError
 from ..faults import FaultModel
 from ._cluster import ClusterBase
@@ -189,6 +189,14 @@ _LONG = 1e-3
 #: its last look is older than this (seconds): it polls them every millisecond while it
 #: spins, so an older look means it was off its core meanwhile.
 _STALE = 2e-3
+#: A worker of the numpy backend computes a plain float64 product of two arrays that came in
+#: the request's message (``_wire``'s ``small_product``) itself, in C, up to this many
+#: multiply-adds: a control-plane job's 2 x 4 @ 4 x 4, or a small layer's step, whose
+#: numpy product (the arrays made, the call into Python, numpy's dispatch to BLAS, on caches
+#: the other ranks sharing the core left cold) took several times the arithmetic. Each entry
+#: is the sum of its products in order: a float64 product within the same rounding bound
+#: as BLAS's, not always its bits. 0 turns it off.
+SMALL_PRODUCT_MACS = 4096
 
 
 class MPICluster(ClusterBase):
@@ -879,8 +887,9 @@ class MPICluster(ClusterBase):
         # runs for them.
         fast = state.faults is None and type(state.handlers) is dict
         if fast:
+            small = SMALL_PRODUCT_MACS if type(state.backend) is NumpyBackend else 0
             eng.calls(state.handlers, call_memo(), state._ctx(), DTYPES, np.frombuffer,
-                      np.ndarray, k_call, k_result, state.plain_product, int(Op.MATMUL))
+                      np.ndarray, k_call, k_result, state.plain_product, int(Op.MATMUL), small)
         while True:
             ev = eng.serve(_SPIN, _STALE, _LONG) if fast else eng.next(_SPIN, _STALE)
             if ev[0] == 2:  # a handler's (or a product's) exception (serve)
