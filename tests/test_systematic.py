@@ -1043,3 +1043,86 @@ def test_compiled_block_copies_feed_a_solve_for_a_missing_block(construction):
         assert calls == []
     else:
         assert calls == [(polydot.COPY_BLOCKS_MIN, False)] * 3
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_small_decode_is_the_fast_paths(data):
+    """A runtime job's decode (exactly k results in a dict of plain int keys, ``encoding=``)
+    takes ``_decode_small`` where its results are small float64 arrays, and gives bit for bit
+    the C and the info the fast path gives (``_decode_small`` off), every subset of k, with
+    and without ``return_info``; anything else (other results or arguments) is left to the
+    fast path, which gives the same as before."""
+    n = data.draw(st.integers(2, 9))
+    k = data.draw(st.integers(1, n - 1))
+    code = MDSCode(n, k, systematic=True, construction=data.draw(st.sampled_from(CONSTRUCTIONS)))
+    A, B = data.draw(operands(None))
+    enc = code.encode(A, B)
+    res = {w: enc[w].compute() for w in range(n)}
+    rows = sorted(data.draw(st.lists(st.sampled_from(range(n)), min_size=k, max_size=k,
+                                     unique=True)))
+    variant = data.draw(st.sampled_from(["plain", "int64 keys", "strided", "shape=", "info"]))
+    sub = {w: res[w] for w in rows}
+    kw = {"encoding": enc, "return_info": variant != "plain"}
+    if variant == "int64 keys":
+        sub = {np.int64(w): v for w, v in sub.items()}
+    elif variant == "strided":
+        sub = {w: np.asfortranarray(np.repeat(v, 2, axis=0)[::2]) for w, v in sub.items()}
+    elif variant == "shape=":
+        kw = {"shape": enc.shape, "return_info": True}
+    ran = []
+    real = polydot.PolyDotCode._decode_small
+
+    def spy(self, *a):
+        out = real(self, *a)
+        ran.append(out is not None and out is not False)
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(polydot.PolyDotCode, "_decode_small", spy)
+        got = code.decode(sub, **kw)
+        mp.setattr(polydot.PolyDotCode, "_decode_small", lambda self, *a: None)
+        want = code.decode(sub, **kw)
+    small = (variant in ("plain", "info") and res[rows[0]].dtype == np.float64
+             and (rows[-1] == k - 1 or (code._assembly_plan(np.array(rows)).GF is not None
+                                        and polydot._encode._lincomb_ok())))
+    assert ran == ([] if variant == "shape=" else [small])
+    if kw.get("return_info"):
+        (C, info), (C0, info0) = got, want
+        assert info == info0
+    else:
+        C, C0 = got, want
+    assert C.dtype == C0.dtype and C.shape == C0.shape and C.tobytes() == C0.tobytes()
+    assert C.flags.c_contiguous
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+@pytest.mark.parametrize("missing", [False, True])
+def test_small_decode_leaves_non_finite_results_to_the_general_path(value, missing):
+    """A NaN or Inf among a small job's k results: the general path's answer (the same
+    result or the same named error), the fast path not run after ``_decode_small``, no
+    warning."""
+    import warnings
+
+    code = MDSCode(6, 4, systematic=True)
+    rng = np.random.default_rng(3)
+    A, B = rng.standard_normal((8, 5)), rng.standard_normal((5, 3))
+    enc = code.encode(A, B)
+    rows = [0, 1, 2, 4] if missing else [0, 1, 2, 3]
+    res = {w: enc[w].compute() for w in rows}
+    res[1][0, 0] = value
+    try:
+        want = base.LinearCode.decode(code, res, encoding=enc)
+    except Exception as exc:
+        want = exc
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mp.setattr(polydot.PolyDotCode, "_systematic_fast_path",
+                   lambda *a, **kw: pytest.fail("the fast path ran after _decode_small"))
+        if isinstance(want, Exception):
+            with pytest.raises(type(want)) as got:
+                code.decode(res, encoding=enc)
+            assert str(got.value) == str(want)
+        else:
+            got = code.decode(res, encoding=enc)
+            assert np.array_equal(got, want, equal_nan=True)
