@@ -165,6 +165,11 @@ class Encoding(Sequence[Task]):
         Whether the workers compute compensated products (see :attr:`Task.compensated`).
     """
 
+    #: Every task's ``a`` a C-ordered ndarray of one shape and dtype, every ``b`` one shared
+    #: C-ordered ndarray: set by the encodes that build them so (the small encode), so that
+    #: the runtime sends them without looking at each (internal).
+    _uniform = False
+
     def __init__(self, code: LinearCode, tasks: list[Task], shape: tuple[int, ...],
                  inner: int, dtype: np.dtype, compensated: bool = False,
                  scales: np.ndarray | None = None) -> None:

@@ -445,7 +445,9 @@ class PolyDotCode(LinearCode):
         scales = np.array([math.sqrt(x) * rb for x in sa])
         Task = _base.Task
         tasks = [Task._of(w, t, tb, None, False) for w, t in enumerate(ta)]
-        return self._checked_scales(_base.Encoding(self, tasks, shape, N, _F64, False, scales), A, B)
+        enc = _base.Encoding(self, tasks, shape, N, _F64, False, scales)
+        enc._uniform = True   # (rows of one C-ordered ta, one tb)
+        return self._checked_scales(enc, A, B)
 
     def _encode(self, A: Any, B: Any, precision: str = "auto"):
         if self.field is not None:
@@ -897,7 +899,7 @@ class PolyDotCode(LinearCode):
             plan = self._assembly_plan(rows)
             if plan.GF is None or not _encode._lincomb_ok():
                 return None
-            _solve_missing_into(plan, raw, C.reshape(2 * k, -1))
+            _solve_missing_into(plan, raw, C.reshape(2 * k, -1), True)
             cond = plan.cond
         # (finite sums of squares: every value finite; an infinite one may be a finite value
         # whose square overflowed, so C is looked at)
@@ -1364,7 +1366,8 @@ class _AssemblyPlan:
             self.GF = GF
 
 
-def _solve_missing_into(plan: _AssemblyPlan, raw: list[np.ndarray], C2: np.ndarray) -> None:
+def _solve_missing_into(plan: _AssemblyPlan, raw: list[np.ndarray], C2: np.ndarray,
+                        small: bool = False) -> None:
     """A packed systematic assembly in one pass of the compiled kernel (``lincomb``), where
     the missing blocks' system is solved in real form (``plan.GF``): the real halves of the
     parity results and of the present blocks are the sources; each present block's two rows
@@ -1374,12 +1377,20 @@ def _solve_missing_into(plan: _AssemblyPlan, raw: list[np.ndarray], C2: np.ndarr
     double from the same loads: one read of every result, where copies, a product for the
     right-hand side and two for the solve read them four times (a systematic MDS(8, 6)
     decode at 512 with one block missing: 1.47 against 0.32 ms in one process). The one
-    solve of such an assembly (the tests count its calls, as of :func:`_solve_missing`)."""
+    solve of such an assembly (the tests count its calls, as of :func:`_solve_missing`).
+    ``small``: the results are C-ordered float64 arrays of at most
+    :data:`SMALL_DECODE_BYTES` in all (:meth:`PolyDotCode._decode_small` checked them)."""
     L = C2.shape[1]
+    srcs = [raw[j] for j in plan.sources]
+    if small:
+        # the halves as the rows of one stacked copy (one call, where a view per half cost
+        # more than the arithmetic): the same values
+        _encode._K.lincomb(plan.GF, np.concatenate(srcs, axis=0).reshape(-1, L), C2, None,
+                           False, False, _encode.LINCOMB_SIMD)
+        return
     halves: list[np.ndarray] = []
     real = _encode._REAL   # (dtype objects: compared several times faster than scalar types)
-    for j in plan.sources:
-        r = raw[j]
+    for r in srcs:
         if r.dtype not in real or not r.flags.c_contiguous:
             r = np.ascontiguousarray(r, dtype=np.float64)
         halves.extend(r.reshape(2, L))   # its two rows

@@ -100,6 +100,14 @@ def _call_arrays(arrays: Any, where: str) -> list[np.ndarray]:
     return out
 
 
+class _Uniform(list):
+    """Per-worker arrays (a list of ``[a, b]``) known to be C-ordered ndarrays of one layout
+    (an :class:`~codedml.codes.Encoding` whose ``_uniform`` is set): a transport sends them
+    without looking at each."""
+
+    __slots__ = ()
+
+
 def _np(x: Any) -> np.ndarray:
     """Plain ndarray view (galois FieldArrays become their int64 residues)."""
     if type(x) is np.ndarray and x.flags.c_contiguous:   # the encodes' tasks
@@ -301,7 +309,10 @@ class ClusterBase:
             self._check_code(code)
             self._check_errors(code, errors)
             enc = code.encode(A, B, precision=precision)
-            per_worker = [[_np(t.a), _np(t.b)] for t in enc]
+            if enc._uniform:   # C-ordered ndarrays of one layout already (the small encode)
+                per_worker: list[list[np.ndarray]] = _Uniform([t.a, t.b] for t in enc._tasks)
+            else:
+                per_worker = [[_np(t.a), _np(t.b)] for t in enc]
             return self._start(code, enc, _matmul_request(code.field, bool(enc.compensated)),
                                per_worker, errors, timeout, t0)
 

@@ -56,7 +56,7 @@ import numpy as np
 from ..backends import Backend, NumpyBackend, get_backend, set_threads
 from ..errors import ConfigurationError, ProtocolError
 from ..faults import FaultModel
-from ._cluster import ClusterBase
+from ._cluster import ClusterBase, _Uniform
 from ._exit import skip_finalize_at_exit
 from ._worker import PER_THREAD_NICE, WorkerContext, WorkerState, call_result, remote_error
 from .futures import Arrival, check_wait
@@ -406,8 +406,13 @@ class MPICluster(ClusterBase):
     def _send_each(self, workers: Any, req: Request, per_worker: Any) -> None:
         if self._eng is None:
             return super()._send_each(workers, req, per_worker)
-        live = [w for w in workers if w not in self._dead]
+        dead = self._dead
+        live = [w for w in workers if w not in dead] if dead else workers
         if not live:
+            return
+        if type(per_worker) is _Uniform:   # contiguous, one layout: as they are
+            arrays = [per_worker[w] for w in live]
+            self._request_many(live, req.wire(arrays[0]), arrays, True)
             return
         arrays = [[np.ascontiguousarray(a) for a in per_worker[w]] for w in live]
         meta = [(a.shape, a.dtype) for a in arrays[0]]
