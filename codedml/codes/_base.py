@@ -23,6 +23,7 @@ from the consistent results, by least squares in the reals and exactly in GF(p).
 from __future__ import annotations
 
 import abc
+import functools
 import itertools
 import math
 import statistics
@@ -165,16 +166,19 @@ class Encoding(Sequence[Task]):
         Whether the workers compute compensated products (see :attr:`Task.compensated`).
     """
 
-    #: Every task's ``a`` a C-ordered ndarray of one shape and dtype, every ``b`` one shared
-    #: C-ordered ndarray: set by the encodes that build them so (the small encode), so that
-    #: the runtime sends them without looking at each (internal).
-    _uniform = False
+    #: ``(ta, tb)`` where every task's ``a`` is a row ``ta[w]`` of one C-ordered float64
+    #: array and every ``b`` the one C-ordered array ``tb`` (real tasks, not compensated):
+    #: set by the encodes that build them so (the small encode, which passes ``tasks=None``),
+    #: whose Task objects are then built on first use; the runtime sends and checks the
+    #: arrays themselves (internal).
+    _stack: tuple[np.ndarray, np.ndarray] | None = None
 
-    def __init__(self, code: LinearCode, tasks: list[Task], shape: tuple[int, ...],
+    def __init__(self, code: LinearCode, tasks: list[Task] | None, shape: tuple[int, ...],
                  inner: int, dtype: np.dtype, compensated: bool = False,
                  scales: np.ndarray | None = None) -> None:
         self.code = code
-        self._tasks = tasks
+        if tasks is not None:
+            self._tasks = tasks   # (else _stack's, built by the property below on first use)
         self.shape = tuple(shape)
         self.inner = int(inner)
         self.dtype = np.dtype(dtype)
@@ -195,6 +199,13 @@ class Encoding(Sequence[Task]):
 
             with np.errstate(over="ignore", invalid="ignore"):  # huge or non-finite inputs
                 self.scales = np.array([fro(t.a) * fro(t.b) for t in tasks])
+
+    @functools.cached_property
+    def _tasks(self) -> list[Task]:
+        """The tasks of an encoding given as :attr:`_stack` (an encoding given its tasks holds
+        them in its ``__dict__``, which this non-data descriptor leaves alone)."""
+        ta, tb = self._stack
+        return [Task._of(w, a, tb, None, False) for w, a in enumerate(ta)]
 
     @property
     def padded_shape(self) -> tuple[int, ...]:
@@ -1087,12 +1098,18 @@ def _check_against(encoding: "Encoding", rows: list[int], raw: list[np.ndarray])
     shape, and complex only where a task's operands are. Skipped where a task does not hold
     both operands (resident and left products: the worker holds one). On every decode of a
     small job: plain attribute reads, about a microsecond."""
-    tasks = encoding._tasks
     w = rows[0]
-    if w >= len(tasks):
-        return
-    t = tasks[w]
-    a, b = t.a, t.b
+    stack = encoding._stack
+    if stack is not None:       # (the tasks' arrays, without building the Task objects)
+        if w >= len(stack[0]):
+            return
+        a, b = stack[0][w], stack[1]
+    else:
+        tasks = encoding._tasks
+        if w >= len(tasks):
+            return
+        t = tasks[w]
+        a, b = t.a, t.b
     if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) or a.ndim != 2:
         return
     got = raw[0].shape

@@ -242,7 +242,7 @@ def small_source(A: np.ndarray, rows: int, k: int) -> np.ndarray:
     """``A`` (2-D, at most ``rows`` rows) zero-padded to ``rows`` rows in float64 and viewed
     as ``k`` equal row blocks, each flattened: ``A`` itself where it needs neither (a
     C-ordered float64 matrix of ``rows`` rows), else a small copy."""
-    if A.shape[0] == rows and A.dtype == np.float64 and A.flags.c_contiguous:
+    if A.shape[0] == rows and A.dtype == _REAL[0] and A.flags.c_contiguous:
         return A.reshape(k, -1)
     S = np.zeros((rows, A.shape[1]))
     S[:A.shape[0]] = A

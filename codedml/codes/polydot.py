@@ -443,10 +443,8 @@ class PolyDotCode(LinearCode):
                 sb = float(flat @ flat)
         rb = math.sqrt(sb)
         scales = np.array([math.sqrt(x) * rb for x in sa])
-        Task = _base.Task
-        tasks = [Task._of(w, t, tb, None, False) for w, t in enumerate(ta)]
-        enc = _base.Encoding(self, tasks, shape, N, _F64, False, scales)
-        enc._uniform = True   # (rows of one C-ordered ta, one tb)
+        enc = _base.Encoding(self, None, shape, N, _F64, False, scales)
+        enc._stack = (ta, tb)   # (its Task objects built where asked for)
         return self._checked_scales(enc, A, B)
 
     def _encode(self, A: Any, B: Any, precision: str = "auto"):

@@ -102,7 +102,7 @@ def _call_arrays(arrays: Any, where: str) -> list[np.ndarray]:
 
 class _Uniform(list):
     """Per-worker arrays (a list of ``[a, b]``) known to be C-ordered ndarrays of one layout
-    (an :class:`~codedml.codes.Encoding` whose ``_uniform`` is set): a transport sends them
+    (an :class:`~codedml.codes.Encoding` given as its ``_stack``): a transport sends them
     without looking at each."""
 
     __slots__ = ()
@@ -309,8 +309,10 @@ class ClusterBase:
             self._check_code(code)
             self._check_errors(code, errors)
             enc = code.encode(A, B, precision=precision)
-            if enc._uniform:   # C-ordered ndarrays of one layout already (the small encode)
-                per_worker: list[list[np.ndarray]] = _Uniform([t.a, t.b] for t in enc._tasks)
+            stack = enc._stack
+            if stack is not None:   # C-ordered ndarrays of one layout already (small encodes)
+                tb = stack[1]
+                per_worker: list[list[np.ndarray]] = _Uniform([a, tb] for a in stack[0])
             else:
                 per_worker = [[_np(t.a), _np(t.b)] for t in enc]
             return self._start(code, enc, _matmul_request(code.field, bool(enc.compensated)),
