@@ -288,6 +288,16 @@ class DecodeInfo:
     checked: bool = dc_field(default=True)
     """False when no result was left over to check consistency with (no redundancy used)."""
 
+    @classmethod
+    def _of(cls, faulty: tuple[int, ...], used: tuple[int, ...], condition: float,
+            checked: bool) -> "DecodeInfo":
+        """``DecodeInfo(faulty, used, condition, checked)`` without the frozen dataclass's
+        ``__init__`` (one ``object.__setattr__`` per field): a small job's decode."""
+        out = object.__new__(cls)
+        d = out.__dict__
+        d["faulty"], d["used"], d["condition"], d["checked"] = faulty, used, condition, checked
+        return out
+
 
 class LinearCode(abc.ABC):
     """Base of all codes for ``C = A @ B``: ``n`` workers, any ``recovery_threshold`` results suffice.

@@ -897,7 +897,9 @@ class PolyDotCode(LinearCode):
             plan = self._assembly_plan(rows)
             if plan.GF is None or not _encode._lincomb_ok():
                 return None
-            _solve_missing_into(plan, raw, C.reshape(2 * k, -1), True)
+            rs = np.zeros(2 * k)   # C's sums of squares, from the kernel (the NaN/Inf look)
+            _solve_missing_into(plan, raw, C.reshape(2 * k, -1), True, rs)
+            sq = math.fsum(rs.tolist())
             cond = plan.cond
         # (finite sums of squares: every value finite; an infinite one may be a finite value
         # whose square overflowed, so C is looked at)
@@ -906,7 +908,7 @@ class PolyDotCode(LinearCode):
         want = encoding.shape
         if C.shape != want:
             C = np.ascontiguousarray(C[tuple(slice(0, x) for x in want)])
-        return C, DecodeInfo((), tuple(rows), cond, False)
+        return C, DecodeInfo._of((), tuple(rows), cond, False)
 
     def _check_rows(self, raw, E):
         # one family of complex blocks top + 1j bot packed as [top; bot] in each real result:
@@ -1365,7 +1367,7 @@ class _AssemblyPlan:
 
 
 def _solve_missing_into(plan: _AssemblyPlan, raw: list[np.ndarray], C2: np.ndarray,
-                        small: bool = False) -> None:
+                        small: bool = False, sq: np.ndarray | None = None) -> None:
     """A packed systematic assembly in one pass of the compiled kernel (``lincomb``), where
     the missing blocks' system is solved in real form (``plan.GF``): the real halves of the
     parity results and of the present blocks are the sources; each present block's two rows
@@ -1377,13 +1379,14 @@ def _solve_missing_into(plan: _AssemblyPlan, raw: list[np.ndarray], C2: np.ndarr
     decode at 512 with one block missing: 1.47 against 0.32 ms in one process). The one
     solve of such an assembly (the tests count its calls, as of :func:`_solve_missing`).
     ``small``: the results are C-ordered float64 arrays of at most
-    :data:`SMALL_DECODE_BYTES` in all (:meth:`PolyDotCode._decode_small` checked them)."""
+    :data:`SMALL_DECODE_BYTES` in all (:meth:`PolyDotCode._decode_small` checked them);
+    ``sq`` (with ``small``): gets each row of ``C2``'s sum of squares added."""
     L = C2.shape[1]
     srcs = [raw[j] for j in plan.sources]
     if small:
         # the halves as the rows of one stacked copy (one call, where a view per half cost
         # more than the arithmetic): the same values
-        _encode._K.lincomb(plan.GF, np.concatenate(srcs, axis=0).reshape(-1, L), C2, None,
+        _encode._K.lincomb(plan.GF, np.concatenate(srcs, axis=0).reshape(-1, L), C2, sq,
                            False, False, _encode.LINCOMB_SIMD)
         return
     halves: list[np.ndarray] = []

@@ -376,7 +376,7 @@ class Job(_Request):
         # arrivals, which replies gathered in one poll would all share (a gap of 0: no wait).
         if self.settled or self._grace_end is not None:
             return 1
-        if self._may_hold() and self.cluster.systematic_grace > 0:
+        if self.cluster.systematic_grace > 0 and self._may_hold():
             return 1
         early = self.errors == 0 and not self._retrying and not self.wait_all
         target = self._fewest if early else self.needed
@@ -385,6 +385,22 @@ class Job(_Request):
     def _on_result(self, w: int, payload: Any) -> None:
         # The noise scale comes from the root's own encoding, never from the worker's message.
         self.arrived[w] = payload
+
+    def _accept_result(self, w: int, payload: Any, now: float) -> None:
+        """:meth:`_Request._accept_result` for a job, in fewer calls: a result that leaves
+        fewer than any decodable set (with some still owed) only books it, as ``_try``
+        would find (a small job's first replies)."""
+        if w not in self.latency:
+            self.latency[w] = now - self.t0
+        if self.settled:
+            self.late.add(w)
+            return
+        arrived = self.arrived
+        arrived[w] = payload
+        if (len(arrived) < self._fewest and not self._timed_out
+                and len(arrived) + len(self.failed) < len(self.sent_to)):
+            return
+        self._progress()
 
     def _free(self) -> None:
         self.encoding = None
