@@ -676,12 +676,16 @@ def _laid_out(X: np.ndarray, order: str) -> np.ndarray:
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(n=st.integers(1, 12), k_frac=st.floats(0.1, 1.0), systematic=st.booleans(),
        M=st.integers(1, 13), N=st.integers(1, 9), K=st.integers(0, 5),
-       order=st.sampled_from(["C", "F", "strided"]), seed=st.integers(0, 2**32 - 1))
-def test_small_encode_is_the_general_encode(n, k_frac, systematic, M, N, K, order, seed):
+       order=st.sampled_from(["C", "F", "strided"]), seed=st.integers(0, 2**32 - 1),
+       rows_loop=st.booleans())
+def test_small_encode_is_the_general_encode(n, k_frac, systematic, M, N, K, order, seed,
+                                            rows_loop):
     """A small float64 product of an MDS code on the circle takes ``_encode_small`` (its plan
     is kept): the same tasks bit for bit as the general path (``LinearCode.encode``), the
     same shapes, dtype and flags, the noise scales within 1e-13 (their sums of squares are
-    added in another order), and a decode of the first k tasks' products gives ``A @ B``."""
+    added in another order), and a decode of the first k tasks' products gives ``A @ B``;
+    with the rows computed by the plain C loop (``small_rows``) or, past
+    ``SMALL_ROWS_MACS`` (here 0), by the SIMD kernels."""
     from codedml.codes._base import LinearCode
 
     from codedml.codes import polydot
@@ -691,9 +695,10 @@ def test_small_encode_is_the_general_encode(n, k_frac, systematic, M, N, K, orde
     rng = np.random.default_rng(seed)
     A = _laid_out(rng.standard_normal((M, N)), order)
     B = _laid_out(rng.standard_normal((N, K)) if K else rng.standard_normal(N), order)
-    with _small_spy() as ran:
+    with _small_spy() as ran, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_encode, "SMALL_ROWS_MACS", 1 << 62 if rows_loop else 0)
         small = code.encode(A, B)
-    general = LinearCode.encode(code, A, B)
+        general = LinearCode.encode(code, A, B)
     f64 = np.dtype(np.float64)
     assert ran == ([] if code.compensates(f64, f64, "auto") else [1])
     if not ran:
@@ -710,22 +715,54 @@ def test_small_encode_is_the_general_encode(n, k_frac, systematic, M, N, K, orde
     np.testing.assert_allclose(out, A @ B, rtol=1e-9, atol=1e-9 * np.linalg.norm(A) * np.linalg.norm(B))
 
 
-@pytest.mark.skipif(not _encode._lincomb_ok(), reason="the compiled lincomb (AVX2/FMA) is not there")
-def test_small_into_is_the_gemm_with_norms():
-    """``_encode.small_into`` (both small encode paths' arithmetic where the compiled loops
-    run): the data rows copied bit for bit (-0.0 and subnormals kept), the other rows ``G @
-    S`` within float64 rounding of numpy's GEMM, and each row's sum of squares added into
-    ``sq`` (not written over it)."""
+@pytest.mark.skipif(_encode._K is None, reason="codedml.codes._kernels is not built")
+@pytest.mark.parametrize("per", [1, 2])
+@pytest.mark.parametrize("short", [0, 3, 10])
+def test_small_rows_copies_sums_in_order_and_takes_norms(per, short):
+    """``_kernels.small_rows`` (both small encode paths' arithmetic): the data rows copied
+    bit for bit (-0.0 and subnormals kept, also under flush-to-zero), every other entry the
+    sum of its rounded products in order from 0 (numpy's elementwise arithmetic in that
+    order, bit for bit), the source's missing values read as zeros (a short A: its padding),
+    and each group of ``per`` rows' sum of squares added into ``sq`` (not written over)."""
+    from test_kernels import _FlushDenormals
+
     rng = np.random.default_rng(11)
     G = rng.standard_normal((4, 6))
-    S = rng.standard_normal((6, 10))
-    S[0, 0], S[1, 1] = -0.0, 5e-320
+    src = rng.standard_normal((6, 10))
+    src[0, 0], src[1, 1] = -0.0, 5e-320
+    flat = src.reshape(-1)[:src.size - short]          # values past the end: zeros
+    S = np.zeros(60)
+    S[:flat.size] = flat
+    S = S.reshape(6, 10)
     out = np.full((8, 10), np.nan)
-    sq = np.ones(8)
-    assert _encode.small_into(G, S, out, 4, sq) is True
+    sq = np.ones(8 // per)
+    with _FlushDenormals():
+        _encode._K.small_rows(G, flat, out, 4, sq, per)
     assert out[:4].tobytes() == S[:4].tobytes()
-    np.testing.assert_allclose(out[4:], G @ S, rtol=1e-14, atol=1e-14)
-    np.testing.assert_allclose(sq, 1.0 + (out * out).sum(axis=1), rtol=1e-14)
+    want = np.zeros((4, 10))
+    for j in range(6):
+        want = want + G[:, j:j + 1] * S[j]
+    assert out[4:].tobytes() == want.tobytes()
+    rows = (out * out).sum(axis=1)
+    np.testing.assert_allclose(sq, 1.0 + rows.reshape(-1, per).sum(axis=1), rtol=1e-14)
+
+
+@pytest.mark.skipif(_encode._K is None, reason="codedml.codes._kernels is not built")
+def test_small_rows_refuses_what_does_not_fit_by_name():
+    """Shapes that disagree, a dtype other than float64, outputs that overlap an input:
+    ValueError naming what, before anything is written."""
+    G, src, out, sq = np.ones((2, 3)), np.ones(12), np.zeros((4, 4)), np.zeros(4)
+    with pytest.raises(ValueError, match="shapes do not agree"):
+        _encode._K.small_rows(G, src, out, 1, sq)          # G has 2 rows, out 3 to compute
+    with pytest.raises(ValueError, match="shapes do not agree"):
+        _encode._K.small_rows(G, np.ones(13), out, 2, sq)   # more values than 3 rows of 4
+    with pytest.raises(ValueError, match="`src` must be float64"):
+        _encode._K.small_rows(G, src.astype(np.float32), out, 2, sq)
+    with pytest.raises(ValueError, match="`src` and `out` overlap"):
+        _encode._K.small_rows(G, out.reshape(-1)[:12], out, 2, sq)
+    with pytest.raises(ValueError, match="`G` and `sq` overlap"):
+        _encode._K.small_rows(G, src, out, 2, G.reshape(-1)[:4])
+    assert not out.any() and not sq.any()
 
 
 @pytest.mark.parametrize("where", ["A", "B"])

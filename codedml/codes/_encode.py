@@ -250,22 +250,48 @@ def small_source(A: np.ndarray, rows: int, k: int) -> np.ndarray:
 
 
 def small_into(G: np.ndarray, S: np.ndarray, out: np.ndarray, nsys: int,
-               sq: np.ndarray) -> bool:
-    """:func:`small_products` with each output row's sum of squares added into ``sq`` (one
-    float64 entry per row of ``out``), by the compiled loops where :func:`lincomb <_lincomb_ok>`
-    runs: the data rows by ``copy_sq`` (stored as loaded), the others by ``lincomb`` (float64
-    products and sums, the norms taken as each row is written). Two calls into C, where
-    numpy's GEMM and a pass of norms cost about three times as long for a control-plane
-    job's 4 x 4. Returns False (nothing written) where the loops are not there; the caller
-    then takes :func:`small_products`. Both small paths (:func:`tiny` and
-    ``PolyDotCode._encode_small``) call this, so they write the same bits."""
+               sq: np.ndarray, per: int = 1) -> bool:
+    """:func:`small_products` with the sums of squares of each group of ``per`` rows of
+    ``out`` added into ``sq``, in one call into C (``_kernels.small_rows``) where the kernels
+    were built: the data rows copied as they are, the others each entry's products rounded
+    and summed in order from 0; ``S`` may be any C-ordered float64 array whose values, in
+    rows of ``out``'s width, are the source rows (a short one's missing rows read as zeros:
+    A itself, without a padded copy). numpy's GEMM and a pass of norms took about three
+    times as long for a control-plane job's 4 x 4. Returns False (nothing written) where
+    the kernels are not there; the caller then takes :func:`small_products`. Both small
+    paths (:func:`tiny` and ``PolyDotCode._encode_small``) call this, so they write the
+    same bits."""
+    if _K is None:
+        return False
+    R, L = out.shape
+    K = G.shape[1]
+    if (R - nsys) * K * L <= SMALL_ROWS_MACS:
+        _K.small_rows(G, S, out, nsys, sq, per)
+        return True
     if not _lincomb_ok():
         return False
+    # past that, the SIMD kernels: the data rows by copy_sq, the others by lincomb
+    if S.size != K * L or S.ndim != 2 or S.shape[0] != K:   # a short or flat source: whole rows
+        full = np.zeros((K, L))
+        full.reshape(-1)[:S.size] = S.reshape(-1)
+        S = full
+    rs = sq if per == 1 else np.zeros(R)
     if nsys:
-        _K.copy_sq(out[:nsys], S[:nsys], sq[:nsys])
-    if nsys < out.shape[0]:
-        _K.lincomb(G, S, out[nsys:], sq[nsys:])
+        _K.copy_sq(out[:nsys], S[:nsys], rs[:nsys])
+    if nsys < R:
+        _K.lincomb(G, S, out[nsys:], rs[nsys:])
+    if per != 1:
+        sq += rs.reshape(-1, per).sum(axis=1)
     return True
+
+
+#: :func:`small_into` computes the rows in one plain C loop (``_kernels.small_rows``) up to
+#: this many multiply-adds, past it by the SIMD kernels (``copy_sq`` and ``lincomb``), whose
+#: setup costs more than a small encode's arithmetic: measured on the 2-core AMD EPYC, MDS
+#: encodes of tasks of 8-32 KiB in one process (systematic MDS(17, 15) at 60 x 60, 14 K
+#: multiply-adds: 29 against 53 us before; its non-systematic form, 122 K: 111 us in the
+#: plain loop against 58).
+SMALL_ROWS_MACS = 16384
 
 
 def small_products(G: np.ndarray, S: np.ndarray, out: np.ndarray, nsys: int) -> None:

@@ -2813,6 +2813,108 @@ done:
     return result;
 }
 
+/* small_rows(G, src, out, nsys, sq, per=1) -> None: a small encode's task rows in one call
+   (codedml/codes/_encode.py's small_into, which both small encode paths call). ``src``: any
+   C-contiguous float64 buffer, read as rows of L values (L: ``out``'s columns; values past
+   its end read as zero: a short A's zero padding, without a padded copy); ``out`` (R x L,
+   C-contiguous float64): rows o < nsys are source rows o as they are (copied, bits kept),
+   rows o >= nsys are sum_j G[o - nsys, j] * row j, each product rounded and summed in order
+   from 0 (this file is built without fused multiply-adds on x86-64: no FMA target here);
+   ``sq`` (float64, R / per entries, C-contiguous) gets each group of ``per`` rows' sum of
+   squares added. ``G``: (R - nsys) x K float64, C-contiguous (K source rows; the rows
+   written as copies come from the first nsys). Outputs must not overlap the inputs or each
+   other (ValueError naming them). For outputs of at most a few pages: the GIL is held. */
+static PyObject *small_rows(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    (void)self;
+    static char *names[] = {"G", "src", "out", "nsys", "sq", "per", NULL};
+    PyObject *o[4];
+    Py_ssize_t nsys, per = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOnO|n:small_rows", names, &o[0], &o[1],
+                                     &o[2], &nsys, &o[3], &per))
+        return NULL;
+    static const char *const what[4] = {"G", "src", "out", "sq"};
+    Py_buffer b[4];
+    int got = 0;
+    PyObject *result = NULL;
+    for (; got < 4; got++) {
+        const int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (got >= 2 ? PyBUF_WRITABLE : 0);
+        if (PyObject_GetBuffer(o[got], &b[got], flags) < 0)
+            goto done;
+        if (native(&b[got]) != 'd' || b[got].itemsize != 8) {
+            PyErr_Format(PyExc_ValueError, "small_rows: `%s` must be float64", what[got]);
+            got++;
+            goto done;
+        }
+    }
+    if (b[0].ndim != 2 || b[2].ndim != 2 || b[3].ndim != 1) {
+        PyErr_SetString(PyExc_ValueError, "small_rows: `G` and `out` must be 2-D, `sq` 1-D");
+        goto done;
+    }
+    const Py_ssize_t R = b[2].shape[0], L = b[2].shape[1], K = b[0].shape[1];
+    const Py_ssize_t nv = b[1].len / 8;
+    if (nsys < 0 || nsys > R || b[0].shape[0] != R - nsys || per < 1 || R % per
+        || b[3].shape[0] != R / per || (R > nsys && nv > K * L) || nv > (nsys > K ? nsys : K) * L) {
+        PyErr_Format(PyExc_ValueError, "small_rows: shapes do not agree (G %zd x %zd, %zd source "
+                     "values, out %zd x %zd, nsys %zd, sq %zd, per %zd)", b[0].shape[0], K, nv,
+                     R, L, nsys, b[3].shape[0], per);
+        goto done;
+    }
+    {
+        uintptr_t lo[4], hi[4];
+        for (int i = 0; i < 4; i++) {
+            lo[i] = (uintptr_t)b[i].buf;
+            hi[i] = lo[i] + (uintptr_t)b[i].len;
+        }
+        for (int a = 2; a < 4; a++)          /* what is written against everything else */
+            for (int c = 0; c < 4; c++)
+                if (c != a && (c < a || c >= 2) && meet(lo[a], hi[a], lo[c], hi[c])) {
+                    PyErr_Format(PyExc_ValueError, "small_rows: `%s` and `%s` overlap in memory",
+                                 what[c < a ? c : a], what[c < a ? a : c]);
+                    goto done;
+                }
+    }
+    {
+        const double *G = b[0].buf, *src = b[1].buf;
+        double *out = b[2].buf, *sq = b[3].buf;
+        for (Py_ssize_t r = 0; r < R; r++) {
+            double *d = out + r * L, acc = 0.0;
+            if (r < nsys) {
+                const Py_ssize_t at = r * L;
+                for (Py_ssize_t c = 0; c < L; c++) {
+                    const double v = at + c < nv ? src[at + c] : 0.0;
+                    d[c] = v;
+                    acc += v * v;
+                }
+            } else {
+                const double *g = G + (r - nsys) * K;
+                for (Py_ssize_t c = 0; c < L; c++)
+                    d[c] = 0.0;
+                for (Py_ssize_t j = 0; j < K; j++) {
+                    const double x = g[j];
+                    const Py_ssize_t at = j * L;
+                    if (at + L <= nv) {
+                        const double *row = src + at;
+                        for (Py_ssize_t c = 0; c < L; c++)
+                            d[c] += x * row[c];
+                    } else {
+                        for (Py_ssize_t c = 0; c < L; c++)
+                            d[c] += x * (at + c < nv ? src[at + c] : 0.0);
+                    }
+                }
+                for (Py_ssize_t c = 0; c < L; c++)
+                    acc += d[c] * d[c];
+            }
+            sq[r / per] += acc;
+        }
+    }
+    result = Py_NewRef(Py_None);
+done:
+    for (int i = 0; i < got && i < 4; i++)
+        PyBuffer_Release(&b[i]);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"copy_sq", (PyCFunction)(void (*)(void))copy_sq, METH_VARARGS | METH_KEYWORDS,
      "copy_sq(dst, src, sq=None, stream=False, scale=1.0, wide=None, part=0, squares=True,\n"
@@ -2843,6 +2945,12 @@ static PyMethodDef methods[] = {
      "simd: -1 the best of SIMD (2 AVX-512F, 1 AVX2/FMA, 0 plain C), or at most that.\n"
      "p > 0: GF(p), int64 sources and outputs, exact sums reduced mod p; returns the\n"
      "largest source value read as unsigned (the range check)."},
+    {"small_rows", (PyCFunction)(void (*)(void))small_rows, METH_VARARGS | METH_KEYWORDS,
+     "small_rows(G, src, out, nsys, sq, per=1) -> None\n\n"
+     "A small encode's rows: out[o] = source row o (o < nsys, copied) or\n"
+     "sum_j G[o - nsys, j] * source row j (each product rounded, summed in order from 0),\n"
+     "the source rows being src's float64 values in rows of out's width (zeros past its\n"
+     "end); sq gets each group of per rows' sum of squares added. All float64, C-contiguous."},
     {"proj_sq", (PyCFunction)(void (*)(void))proj_sq, METH_VARARGS | METH_KEYWORDS,
      "proj_sq(srcs, u, v, proj, sq, simd=-1) -> None\n\n"
      "The decoder's consistency check in one pass: for each of the m sources (float64 or\n"

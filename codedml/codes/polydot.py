@@ -418,18 +418,19 @@ class PolyDotCode(LinearCode):
         rows against the generator's cached real form), and the same noise scales up to the
         rounding of their sums of squares."""
         n, h, N, rows, k, G, nsys, shape, _ = plan
-        S = _encode.small_source(A, rows, k)     # zero-padded to whole half-blocks
         ta = _pool.empty_small((n, 2 * h, N), n * 2 * h * N * 8, A)
         tb = _pool.empty_small(B.shape, B.nbytes, B)
         t2 = ta.reshape(2 * n, h * N)
-        sq = np.zeros(2 * n)
+        sq = np.zeros(n)
         # The compiled loops raise no warnings (NaN/Inf inputs are refused by name after,
         # from the scales); numpy's run under errstate. The scales in Python floats: an
         # overflow gives inf, and inf * 0 NaN, without a warning, as numpy's do under it.
-        if _encode.small_into(G, S, t2, nsys, sq):
-            v = sq.tolist()   # each task's sum of squares: its two half-blocks' (rows written)
-            sa = [v[i] + v[i + 1] for i in range(0, 2 * n, 2)]
+        # (A C-ordered A is read as it is: its missing rows, the padding, read as zeros.)
+        if _encode.small_into(G, A if A.flags.c_contiguous else _encode.small_source(A, rows, k),
+                              t2, nsys, sq, 2):
+            sa = sq.tolist()   # each task's sum of squares (its two half-blocks')
         else:
+            S = _encode.small_source(A, rows, k)     # zero-padded to whole half-blocks
             with np.errstate(invalid="ignore", over="ignore"):
                 _encode.small_products(G, S, t2, nsys)
                 per = ta.reshape(n, -1)

@@ -334,15 +334,20 @@ class ClusterBase:
         t_enc = time.perf_counter() - t0
         jid = self._next_job
         self._next_job += 1
-        skip = set(skip)
-        rows = [w for w in range(self.workers) if w not in self._dead and w not in skip]
-        job = Job(self, jid, code, enc, errors, timeout, rows, t0, wait_all, handle)
+        dead = self._dead
+        if not dead and not skip:   # the common case: every worker asked
+            job = Job(self, jid, code, enc, errors, timeout, range(self.workers), t0, wait_all,
+                      handle)
+        else:
+            skip = set(skip)
+            rows = [w for w in range(self.workers) if w not in dead and w not in skip]
+            job = Job(self, jid, code, enc, errors, timeout, rows, t0, wait_all, handle)
+            for w in range(self.workers):
+                if w in dead:
+                    job.failed[w] = "crashed"
+                elif w in skip:
+                    job.failed[w] = "stale"
         job.encode_time = t_enc
-        for w in range(self.workers):
-            if w in self._dead:
-                job.failed[w] = "crashed"
-            elif w in skip:
-                job.failed[w] = "stale"
         self._register(job, req.with_job(jid), per_worker,
                        yielding=self._yielding(code, req, errors, wait_all, per_worker,
                                                stored_rows))
