@@ -719,7 +719,8 @@ class ClusterBase:
 
     def _note_solve(self, code: Any, seconds: float) -> None:
         """Keep a running average of how long a decode that solved (not just assembled) took
-        for ``code``: the cap on a job's wait for systematic results."""
+        for ``code``: the cap on a job's wait for systematic results (noted while
+        :attr:`systematic_grace` is above 0, the only time a job waits)."""
         costs = self._solve_costs
         key = _code_key(code)
         old = costs.pop(key, None)
@@ -748,6 +749,11 @@ class ClusterBase:
     def _cancel_at(self, worker: int, r: _Request) -> None:
         if not isinstance(r, Ack) and worker not in self._dead:
             self._cancel(worker, r.id)
+
+    def _cancel_all(self, workers: list[int], r: _Request) -> None:
+        """:meth:`_cancel_at` for each of ``workers`` (a settled request's outstanding ones)."""
+        for w in workers:
+            self._cancel_at(w, r)
 
     def _mark_stale(self, handle: int, worker: int) -> None:
         self._stale.setdefault(handle, set()).add(worker)

@@ -241,8 +241,8 @@ class _Request(Future):
         try:
             self._free()
             owed = self._outstanding()
-            for w in owed:
-                self.cluster._cancel_at(w, self)
+            if owed:
+                self.cluster._cancel_all(owed, self)
         finally:
             self.cluster._retire(self, owed)
             if self._state in _CANCELLED:   # cancelled(), without the Future's condition
@@ -467,7 +467,8 @@ class Job(_Request):
             raise exc.with_traceback(None) from None
         self.t_decode = time.perf_counter() - t
         self.info = info
-        if self._sys and not self._sys.issubset(info.used):
+        if self._sys and self.cluster.systematic_grace > 0 and not self._sys.issubset(info.used):
+            # (the cap on the systematic wait, which only a grace above 0 grants)
             self.cluster._note_solve(self.code, self.t_decode)
         self._settle(C)
 
