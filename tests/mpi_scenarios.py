@@ -322,6 +322,7 @@ with cm as cluster:
             # float32 ones and those of the Python loop by numpy (plain_product). A systematic
             # code of k = n: every result a data result, so the decode is their assembly and
             # shows each worker's bits.
+            from codedml.codes import ReplicationCode
             from codedml.runtime.mpi import SMALL_PRODUCT_MACS
 
             code = MDSCode(n, n, systematic=True)
@@ -335,7 +336,9 @@ with cm as cluster:
                      # under the limit, but the arrays (32 KiB) do not ride in the message
                      "not inline": (2 * n, 1024, SMALL_PRODUCT_MACS // 2048, np.float64, False),
                      "float32": (M, 4, 4, np.float32, False),
-                     "one row": (1, 3, 2, np.float64, True)}
+                     # each worker a single row of A (replication of n blocks: uncoded)
+                     "one row": (n, 3, 2, np.float64, True)}
+            rep = ReplicationCode(n, n)
 
             def ordered(a, b):   # the C loop's arithmetic, in numpy: rounded products, in order
                 acc = np.zeros((a.shape[0],) + b.shape[1:])
@@ -345,16 +348,19 @@ with cm as cluster:
 
             same, err, expect_plain = {}, {}, 0
             for key, (m_, k_, n_, dt, small) in cases.items():
+                c = rep if key == "one row" else code
                 X = rng.standard_normal((m_, k_)).astype(dt)
                 Y = (rng.standard_normal((k_, n_)) if n_ else rng.standard_normal(k_)).astype(dt)
-                got = cluster.submit(X, Y, code=code).result()
-                enc = code.encode(X, Y)
+                got = cluster.submit(X, Y, code=c).result()
+                enc = c.encode(X, Y)
+                if key == "one row":
+                    assert all(t.a.shape[0] == 1 for t in enc), [t.a.shape for t in enc]
                 if small:
-                    ref = code.decode({w: ordered(t.a, t.b) for w, t in enumerate(enc)},
-                                      encoding=enc)
+                    ref = c.decode({w: ordered(t.a, t.b) for w, t in enumerate(enc)},
+                                   encoding=enc)
                 else:
-                    ref = code.decode({w: np.matmul(t.a, t.b) for w, t in enumerate(enc)},
-                                      encoding=enc)
+                    ref = c.decode({w: np.matmul(t.a, t.b) for w, t in enumerate(enc)},
+                                   encoding=enc)
                     expect_plain += 1
                 same[key] = bool(got.dtype == ref.dtype and got.shape == ref.shape
                                  and np.array_equal(got, ref))

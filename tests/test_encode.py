@@ -1014,3 +1014,48 @@ def test_an_outer_form_set_after_an_encode_is_honoured_in_every_layout():
         np.testing.assert_allclose(C_order[w].a, F_order[w].a, rtol=1e-14, atol=1e-14)
     for w in (4, 5):   # parity tasks: twice the first encode's
         np.testing.assert_allclose(C_order[w].a, 2.0 * first[w].a, rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("form", ["F-ordered", "float32"])
+@pytest.mark.parametrize("rows_loop", [True, False])
+def test_a_small_encode_takes_an_overriding_outer_form_of_any_layout(form, rows_loop):
+    """A small encode (the general path's ``tiny``: an instance hook turns ``_encode_small``
+    off) with an ``_outer_form`` that gives the generator F-ordered or in float32: the tasks
+    as with the library's own form (the compiled rows take a C-ordered float64 copy of it;
+    numpy's GEMM took any layout), in the plain C loop and past ``SMALL_ROWS_MACS``."""
+    code = MDSCode(6, 4, systematic=True)
+    rng = np.random.default_rng(1)
+    A, B = rng.standard_normal((8, 5)), rng.standard_normal((5, 3))
+    want = code.encode(A, B)
+    G0 = code._outer_form()
+    G1 = np.asfortranarray(G0) if form == "F-ordered" else G0.astype(np.float32)
+    code._outer_form = lambda: G1
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_encode, "SMALL_ROWS_MACS", 1 << 62 if rows_loop else 0)
+        got = code.encode(A, B)
+    tol = 1e-14 if form == "F-ordered" else 1e-6
+    for w in range(6):
+        np.testing.assert_allclose(got[w].a, want[w].a, rtol=tol, atol=tol)
+
+
+@pytest.mark.skipif(not _encode._lincomb_ok(), reason="the compiled lincomb (AVX2/FMA) is not there")
+def test_a_small_encode_past_the_plain_loop_warns_of_nothing_for_huge_inputs():
+    """Entries near 1e153 whose squares overflow, in the SIMD branch of ``small_into``
+    (``SMALL_ROWS_MACS`` 0) where each task's sum of squares adds two rows': no warning
+    (the scales are then taken again without overflow, as on the general path) and the same
+    scales as the plain C loop's."""
+    import warnings
+
+    code = MDSCode(6, 4, systematic=True)
+    rng = np.random.default_rng(2)
+    # each half-block row (5 values) sums its squares to about 1e308, finite; a task's two
+    # rows together overflow
+    A, B = 4.4e153 * (1 + 1e-3 * rng.standard_normal((8, 5))), rng.standard_normal((5, 3))
+    got = {}
+    for macs in (0, 1 << 62):
+        with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
+            warnings.simplefilter("error")
+            mp.setattr(_encode, "SMALL_ROWS_MACS", macs)
+            got[macs] = code.encode(A, B)
+    np.testing.assert_allclose(got[0].scales, got[1 << 62].scales, rtol=1e-12)
+    assert np.isfinite(got[0].scales).all()

@@ -263,6 +263,8 @@ def small_into(G: np.ndarray, S: np.ndarray, out: np.ndarray, nsys: int,
     same bits."""
     if _K is None:
         return False
+    if G.dtype != _REAL[0] or not G.flags.c_contiguous:   # (an overriding _outer_form's)
+        G = np.ascontiguousarray(G, dtype=np.float64)
     R, L = out.shape
     K = G.shape[1]
     if (R - nsys) * K * L <= SMALL_ROWS_MACS:
@@ -279,9 +281,10 @@ def small_into(G: np.ndarray, S: np.ndarray, out: np.ndarray, nsys: int,
     if nsys:
         _K.copy_sq(out[:nsys], S[:nsys], rs[:nsys])
     if nsys < R:
-        _K.lincomb(G, S, out[nsys:], rs[nsys:])
+        _K.lincomb(G, S, out[nsys:], rs[nsys:], False, False, LINCOMB_SIMD)
     if per != 1:
-        sq += rs.reshape(-1, per).sum(axis=1)
+        with np.errstate(over="ignore", invalid="ignore"):   # (squares past float64: inf)
+            sq += rs.reshape(-1, per).sum(axis=1)
     return True
 
 

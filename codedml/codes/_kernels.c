@@ -2819,13 +2819,25 @@ done:
    its end read as zero: a short A's zero padding, without a padded copy); ``out`` (R x L,
    C-contiguous float64): rows o < nsys are source rows o as they are (copied, bits kept),
    rows o >= nsys are sum_j G[o - nsys, j] * row j, each product rounded and summed in order
-   from 0 (this file is built without fused multiply-adds on x86-64: no FMA target here);
+   from 0 (no fused multiply-add: see NO_CONTRACT);
    ``sq`` (float64, R / per entries, C-contiguous) gets each group of ``per`` rows' sum of
    squares added. ``G``: (R - nsys) x K float64, C-contiguous (K source rows; the rows
    written as copies come from the first nsys). Outputs must not overlap the inputs or each
    other (ValueError naming them). For outputs of at most a few pages: the GIL is held. */
-static PyObject *small_rows(PyObject *self, PyObject *args, PyObject *kwargs)
+/* (no fused multiply-adds here whatever the build flags: -march=native or another target
+   with FMA would otherwise let the compiler contract d[c] += x * row[c]) */
+#if defined(__clang__)
+#define NO_CONTRACT
+#elif defined(__GNUC__)
+#define NO_CONTRACT __attribute__((optimize("fp-contract=off")))
+#else
+#define NO_CONTRACT
+#endif
+NO_CONTRACT static PyObject *small_rows(PyObject *self, PyObject *args, PyObject *kwargs)
 {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
     (void)self;
     static char *names[] = {"G", "src", "out", "nsys", "sq", "per", NULL};
     PyObject *o[4];

@@ -858,7 +858,8 @@ class PolyDotCode(LinearCode):
         """``(C, info)`` for what the runtime asks of a small job's decode, in few Python
         steps: exactly ``k`` float64 results (a dict of plain int keys to C-ordered arrays of
         one shape, at most :data:`SMALL_DECODE_BYTES` in all) of a systematic MDS-type code
-        over the reals, with its ``encoding``; the same assembly, bits and info as
+        over the reals (the library's own classes), with its ``encoding``; the same
+        assembly, bits and info as
         :meth:`_systematic_fast_path` (the ``k`` data results one after the other, or the
         compiled one-pass solve). None wherever anything else holds (the fast path or the
         general path then decodes, or names what is wrong); False where a result is not
@@ -866,6 +867,8 @@ class PolyDotCode(LinearCode):
         k = self.p
         if (type(results) is not dict or len(results) != k or type(errors) is not int
                 or type(encoding) is not _base.Encoding or not self.systematic
+                # (the library's own classes: a subclass may override a step it skips)
+                or type(self).__module__ != __name__
                 or self.field is not None or self.m != 1 or self.q != 1
                 or not 0 <= errors <= self.workers):
             return None
@@ -900,7 +903,7 @@ class PolyDotCode(LinearCode):
                 return None
             rs = np.zeros(2 * k)   # C's sums of squares, from the kernel (the NaN/Inf look)
             _solve_missing_into(plan, raw, C.reshape(2 * k, -1), True, rs)
-            sq = math.fsum(rs.tolist())
+            sq = sum(rs.tolist())   # (Python floats: an overflow gives inf, not an error)
             cond = plan.cond
         # (finite sums of squares: every value finite; an infinite one may be a finite value
         # whose square overflowed, so C is looked at)
