@@ -196,12 +196,13 @@ def _mod_store(post: Any, dst: np.ndarray | None, t: np.ndarray, stream: bool = 
     return True
 
 
-#: Encodes whose tasks take at most this many bytes in all run as plain numpy calls (:func:`tiny`:
-#: the data blocks copied, every other task by one GEMM against the generator's cached real
-#: form) instead of through :func:`combine`, whose setup (block views, the generator's real
-#: form, the per-source lists of the compiled kernel) costs more than such an encode's
-#: arithmetic: a systematic MDS(6, 4) encode of 4x4 @ 4x4 took 146 us before and about 85 us
-#: after (``benchmarks/control_plane.py``'s job), in one process.
+#: Encodes whose tasks take at most this many bytes in all run as a few calls (:func:`tiny`:
+#: the data blocks copied, every other task against the generator's cached real form, by
+#: :func:`small_into`, or numpy's GEMM where the kernels were not built) instead of through
+#: :func:`combine`, whose setup (block views, the generator's real form, the per-source lists
+#: of the compiled kernel) costs more than such an encode's arithmetic: a systematic MDS(6, 4)
+#: encode of 4x4 @ 4x4 took 146 us before this path and about 85 us with it, in one process
+#: (12 us since the twenty-third session's C rows and ``PolyDotCode._encode_small``).
 TINY_BYTES = 32 * 1024
 
 
