@@ -542,6 +542,17 @@ def test_spare_results_take_the_packed_fast_path_with_the_general_paths_answer(d
         np.testing.assert_array_equal(out, code.decode({w: res[w] for w in range(k)}, encoding=tasks))
 
 
+def _systematic_mds_results(data):
+    """A systematic MDS code of 2-9 workers on any construction, operands, their encoding
+    and every worker's result."""
+    n = data.draw(st.integers(2, 9))
+    k = data.draw(st.integers(1, n - 1))
+    code = MDSCode(n, k, systematic=True, construction=data.draw(st.sampled_from(CONSTRUCTIONS)))
+    A, B = data.draw(operands(None))
+    enc = code.encode(A, B)
+    return code, A, B, enc, {w: enc[w].compute() for w in range(n)}
+
+
 def _packed_subset_missing_blocks(data, spare: bool):
     """A packed (circle) systematic MDS or polynomial code of 2-12 workers, operands, their
     encoding and every worker's result, a nonempty set of missing data blocks, and a subset
@@ -917,12 +928,8 @@ def test_compiled_block_copies_assemble_bit_for_bit(data):
 
     if _encode._K is None:
         pytest.skip("codedml.codes._kernels not built (no C compiler at install)")
-    n = data.draw(st.integers(2, 9))
-    k = data.draw(st.integers(1, n - 1))
-    code = MDSCode(n, k, systematic=True, construction=data.draw(st.sampled_from(CONSTRUCTIONS)))
-    A, B = data.draw(operands(None))
-    tasks = code.encode(A, B)
-    res = {w: tasks[w].compute() for w in range(n)}
+    code, A, B, tasks, res = _systematic_mds_results(data)
+    n, k = code.workers, code.p
     spare = data.draw(st.lists(st.sampled_from(range(k, n)), unique=True, max_size=n - k))
     # some data blocks missing (solved from the parity results; the present ones copied into
     # their own rows of C, not the first ones)
@@ -1053,12 +1060,8 @@ def test_small_decode_is_the_fast_paths(data):
     the C and the info the fast path gives (``_decode_small`` off), every subset of k, with
     and without ``return_info``; anything else (other results or arguments) is left to the
     fast path, which gives the same as before."""
-    n = data.draw(st.integers(2, 9))
-    k = data.draw(st.integers(1, n - 1))
-    code = MDSCode(n, k, systematic=True, construction=data.draw(st.sampled_from(CONSTRUCTIONS)))
-    A, B = data.draw(operands(None))
-    enc = code.encode(A, B)
-    res = {w: enc[w].compute() for w in range(n)}
+    code, A, B, enc, res = _systematic_mds_results(data)
+    n, k = code.workers, code.p
     rows = sorted(data.draw(st.lists(st.sampled_from(range(n)), min_size=k, max_size=k,
                                      unique=True)))
     variant = data.draw(st.sampled_from(["plain", "int64 keys", "strided", "shape=", "info"]))

@@ -225,9 +225,7 @@ def tiny(G: np.ndarray, A: np.ndarray, out: np.ndarray, nsys: int, rows: int,
     with np.errstate(invalid="ignore", over="ignore"):
         if out.dtype == np.float64:
             # every output row holds its float64 values as they are: one pass of norms
-            if not small_into(G, S, out, nsys, sq):
-                small_products(G, S, out, nsys)
-                sq += _rowsq(out)
+            small_into(G, S, out, nsys, sq)
             return True
         if nsys:
             np.copyto(out[:nsys], S[:nsys], casting="unsafe")
@@ -251,42 +249,41 @@ def small_source(A: np.ndarray, rows: int, k: int) -> np.ndarray:
 
 
 def small_into(G: np.ndarray, S: np.ndarray, out: np.ndarray, nsys: int,
-               sq: np.ndarray, per: int = 1) -> bool:
+               sq: np.ndarray, per: int = 1) -> None:
     """:func:`small_products` with the sums of squares of each group of ``per`` rows of
-    ``out`` added into ``sq``, in one call into C (``_kernels.small_rows``) where the kernels
-    were built: the data rows copied as they are, the others each entry's products rounded
-    and summed in order from 0; ``S`` may be any C-ordered float64 array whose values, in
-    rows of ``out``'s width, are the source rows (a short one's missing rows read as zeros:
-    A itself, without a padded copy). numpy's GEMM and a pass of norms took about three
-    times as long for a control-plane job's 4 x 4. Returns False (nothing written) where
-    the kernels are not there; the caller then takes :func:`small_products`. Both small
-    paths (:func:`tiny` and ``PolyDotCode._encode_small``) call this, so they write the
-    same bits."""
-    if _K is None:
-        return False
-    if G.dtype != _REAL[0] or not G.flags.c_contiguous:   # (an overriding _outer_form's)
-        G = np.ascontiguousarray(G, dtype=np.float64)
+    ``out`` added into ``sq``: in one call into C (``_kernels.small_rows``) where the kernels
+    were built, the data rows copied as they are and the others each entry's products
+    rounded and summed in order from 0; past :data:`SMALL_ROWS_MACS` by the SIMD kernels;
+    where neither runs, by numpy (one GEMM, a pass of norms). ``S`` may be any C-ordered
+    float64 array whose values, in rows of ``out``'s width, are the source rows (a short
+    one's missing rows read as zeros: A itself, without a padded copy). numpy's GEMM and a
+    pass of norms took about three times as long for a control-plane job's 4 x 4. Both small
+    paths (:func:`tiny` and ``PolyDotCode._encode_small``) call this, so they write the same
+    bits. No warning for NaN/Inf inputs or squares past float64's range."""
     R, L = out.shape
+    if _K is not None:
+        if G.dtype != _REAL[0] or not G.flags.c_contiguous:   # (an overriding _outer_form's)
+            G = np.ascontiguousarray(G, dtype=np.float64)
+        if (R - nsys) * G.shape[1] * L <= SMALL_ROWS_MACS:
+            _K.small_rows(G, S, out, nsys, sq, per)
+            return
     K = G.shape[1]
-    if (R - nsys) * K * L <= SMALL_ROWS_MACS:
-        _K.small_rows(G, S, out, nsys, sq, per)
-        return True
-    if not _lincomb_ok():
-        return False
-    # past that, the SIMD kernels: the data rows by copy_sq, the others by lincomb
     if S.size != K * L or S.ndim != 2 or S.shape[0] != K:   # a short or flat source: whole rows
         full = np.zeros((K, L))
         full.reshape(-1)[:S.size] = S.reshape(-1)
         S = full
     rs = sq if per == 1 else np.zeros(R)
-    if nsys:
-        _K.copy_sq(out[:nsys], S[:nsys], rs[:nsys])
-    if nsys < R:
-        _K.lincomb(G, S, out[nsys:], rs[nsys:], False, False, LINCOMB_SIMD)
-    if per != 1:
-        with np.errstate(over="ignore", invalid="ignore"):   # (squares past float64: inf)
+    with np.errstate(over="ignore", invalid="ignore"):   # (NaN/Inf; squares past float64)
+        if _lincomb_ok():   # the SIMD kernels: the data rows by copy_sq, the others by lincomb
+            if nsys:
+                _K.copy_sq(out[:nsys], S[:nsys], rs[:nsys])
+            if nsys < R:
+                _K.lincomb(G, S, out[nsys:], rs[nsys:], False, False, LINCOMB_SIMD)
+        else:
+            small_products(G, S, out, nsys)
+            rs += _rowsq(out)
+        if per != 1:
             sq += rs.reshape(-1, per).sum(axis=1)
-    return True
 
 
 #: :func:`small_into` computes the rows in one plain C loop (``_kernels.small_rows``) up to
@@ -779,22 +776,17 @@ def _compiled_gfp(G, blocks, out, lead, flat, post: ModP) -> bool:
 def _real_sources(blocks: Sequence[np.ndarray]) -> bool:
     """Whether every block is one the compiled ``lincomb`` takes as a real source: float64
     or float32 in this host's byte order, 2-D, its rows contiguous (empty blocks included:
-    the kernel reads them as zeros). One pass of cheap checks per block: an encode's 30
-    half-blocks went through :func:`_parts` and :func:`_rows_contiguous` one by one at about
-    3 us each."""
-    for v in blocks:
-        if v.ndim != 2 or v.dtype not in _REAL:
-            return False
-        if v.shape[1] > 1 and v.strides[1] != v.itemsize:
-            return False
-    return True
+    the kernel reads them as zeros). One pass of cheap checks over the blocks: an encode's 30
+    half-blocks went through :func:`_parts` and :func:`_rows_contiguous` one call each, at
+    about 3 us each."""
+    return all(v.ndim == 2 and v.dtype in _REAL for v in blocks) and _rows_contiguous(*blocks)
 
 
 def _task_views(out: np.ndarray, lead: int, flat: np.ndarray | None) -> list | None:
     """Each task of ``out`` (``lead`` output axes) as a 2-D view, for the compiled kernel;
     None where some task's rows are not contiguous."""
     if flat is not None:   # the tasks share their last axis: one look at it
-        return list(flat) if flat.shape[-1] <= 1 or flat.strides[-1] == flat.itemsize else None
+        return list(flat) if _rows_contiguous(flat) else None
     views = [out[i] for i in np.ndindex(out.shape[:lead])]
     return views if _rows_contiguous(*views) else None
 

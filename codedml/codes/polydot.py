@@ -420,21 +420,14 @@ class PolyDotCode(LinearCode):
         n, h, N, rows, k, G, nsys, shape, _ = plan
         ta = _pool.empty_small((n, 2 * h, N), n * 2 * h * N * 8, A)
         tb = _pool.empty_small(B.shape, B.nbytes, B)
-        t2 = ta.reshape(2 * n, h * N)
-        sq = np.zeros(n)
-        # The compiled loops raise no warnings (NaN/Inf inputs are refused by name after,
-        # from the scales); numpy's run under errstate. The scales in Python floats: an
-        # overflow gives inf, and inf * 0 NaN, without a warning, as numpy's do under it.
-        # (A C-ordered A is read as it is: its missing rows, the padding, read as zeros.)
-        if _encode.small_into(G, A if A.flags.c_contiguous else _encode.small_source(A, rows, k),
-                              t2, nsys, sq, 2):
-            sa = sq.tolist()   # each task's sum of squares (its two half-blocks')
-        else:
-            S = _encode.small_source(A, rows, k)     # zero-padded to whole half-blocks
-            with np.errstate(invalid="ignore", over="ignore"):
-                _encode.small_products(G, S, t2, nsys)
-                per = ta.reshape(n, -1)
-                sa = np.einsum("ij,ij->i", per, per).tolist()   # one pass
+        sq = np.zeros(n)   # each task's sum of squares (its two half-blocks')
+        # (no warnings: NaN/Inf inputs are refused by name after, from the scales; a C-ordered
+        # A is read as it is, its missing rows, the padding, as zeros)
+        _encode.small_into(G, A if A.flags.c_contiguous else _encode.small_source(A, rows, k),
+                           ta.reshape(2 * n, h * N), nsys, sq, 2)
+        sa = sq.tolist()
+        # The scales in Python floats: an overflow gives inf, and inf * 0 NaN, without a
+        # warning, as numpy's do under errstate.
         if B.flags.c_contiguous and _encode._K is not None:
             sb = _encode._K.copy_sq(tb, B)         # B's copy and its sum of squares
         else:
@@ -836,17 +829,18 @@ class PolyDotCode(LinearCode):
         without packed halves given with spare ones, a bad argument) takes the general
         path. A small decode from exactly ``k`` float64 results with ``encoding=`` (a
         runtime job's) takes :meth:`_decode_small` first: the same result in fewer steps."""
-        fast = None
+        small = None
         if shape is None and rtol is None:
             small = self._decode_small(results, errors, encoding)
-            if small is not None and small is not False:
+            if small:
                 C, info = small
-                return (C, info) if return_info else (C, info.faulty) if return_faulty else C
-            fast = small   # (False: a result not finite, which the general path answers)
+                return self._finish_fast(C, info, _F64, encoding, None, return_faulty,
+                                         return_info)
         check_rtol(rtol)
+        # (False: a result not finite, which the general path answers)
+        fast = None if small is False else self._systematic_fast_path(results, errors,
+                                                                        encoding, rtol)
         if fast is None:
-            fast = self._systematic_fast_path(results, errors, encoding, rtol)
-        if not fast:
             return super().decode(results, errors, encoding=encoding, shape=shape, rtol=rtol,
                                   return_faulty=return_faulty, return_info=return_info)
         rows, C, cond, faulty, checked, rdtype = fast
@@ -855,7 +849,8 @@ class PolyDotCode(LinearCode):
 
     def _decode_small(self, results: Any, errors: Any, encoding: Any
                       ) -> "tuple[np.ndarray, DecodeInfo] | None":
-        """``(C, info)`` for what the runtime asks of a small job's decode, in few Python
+        """``(C, info)`` (C padded, as the fast path's) for what the runtime asks of a small
+        job's decode, in few Python
         steps: exactly ``k`` float64 results (a dict of plain int keys to C-ordered arrays of
         one shape, at most :data:`SMALL_DECODE_BYTES` in all) of a systematic MDS-type code
         over the reals (the library's own classes), with its ``encoding``; the same
@@ -909,10 +904,7 @@ class PolyDotCode(LinearCode):
         # whose square overflowed, so C is looked at)
         if not (sq is not None and math.isfinite(sq)) and not np.isfinite(C).all():
             return False
-        want = encoding.shape
-        if C.shape != want:
-            C = np.ascontiguousarray(C[tuple(slice(0, x) for x in want)])
-        return C, DecodeInfo._of((), tuple(rows), cond, False)
+        return C, DecodeInfo._of((), tuple(rows), cond, False)   # (C cut by _finish_fast)
 
     def _check_rows(self, raw, E):
         # one family of complex blocks top + 1j bot packed as [top; bot] in each real result:

@@ -334,20 +334,15 @@ class ClusterBase:
         t_enc = time.perf_counter() - t0
         jid = self._next_job
         self._next_job += 1
-        dead = self._dead
-        if not dead and not skip:   # the common case: every worker asked
-            job = Job(self, jid, code, enc, errors, timeout, range(self.workers), t0, wait_all,
-                      handle)
-        else:
-            skip = set(skip)
-            rows = [w for w in range(self.workers) if w not in dead and w not in skip]
-            job = Job(self, jid, code, enc, errors, timeout, rows, t0, wait_all, handle)
-            for w in range(self.workers):
-                if w in dead:
-                    job.failed[w] = "crashed"
-                elif w in skip:
-                    job.failed[w] = "stale"
+        skip = set(skip)
+        rows = [w for w in range(self.workers) if w not in self._dead and w not in skip]
+        job = Job(self, jid, code, enc, errors, timeout, rows, t0, wait_all, handle)
         job.encode_time = t_enc
+        for w in range(self.workers):
+            if w in self._dead:
+                job.failed[w] = "crashed"
+            elif w in skip:
+                job.failed[w] = "stale"
         self._register(job, req.with_job(jid), per_worker,
                        yielding=self._yielding(code, req, errors, wait_all, per_worker,
                                                stored_rows))
@@ -746,14 +741,15 @@ class ClusterBase:
         if self._waiting:
             self._changed.notify_all()
 
-    def _cancel_at(self, worker: int, r: _Request) -> None:
-        if not isinstance(r, Ack) and worker not in self._dead:
-            self._cancel(worker, r.id)
-
     def _cancel_all(self, workers: list[int], r: _Request) -> None:
-        """:meth:`_cancel_at` for each of ``workers`` (a settled request's outstanding ones)."""
+        """Cancel ``r`` at each of ``workers`` still alive (a settled request's outstanding
+        ones); an acknowledged operation is not cancelled."""
+        if isinstance(r, Ack):
+            return
+        dead, rid = self._dead, r.id
         for w in workers:
-            self._cancel_at(w, r)
+            if w not in dead:
+                self._cancel(w, rid)
 
     def _mark_stale(self, handle: int, worker: int) -> None:
         self._stale.setdefault(handle, set()).add(worker)

@@ -386,22 +386,6 @@ class Job(_Request):
         # The noise scale comes from the root's own encoding, never from the worker's message.
         self.arrived[w] = payload
 
-    def _accept_result(self, w: int, payload: Any, now: float) -> None:
-        """:meth:`_Request._accept_result` for a job, in fewer calls: a result that leaves
-        fewer than any decodable set (with some still owed) only books it, as ``_try``
-        would find (a small job's first replies)."""
-        if w not in self.latency:
-            self.latency[w] = now - self.t0
-        if self.settled:
-            self.late.add(w)
-            return
-        arrived = self.arrived
-        arrived[w] = payload
-        if (len(arrived) < self._fewest and not self._timed_out
-                and len(arrived) + len(self.failed) < len(self.sent_to)):
-            return
-        self._progress()
-
     def _free(self) -> None:
         self.encoding = None
         self.arrived = dict.fromkeys(self.arrived)

@@ -59,7 +59,7 @@ from ..faults import FaultModel
 from ._cluster import ClusterBase, _Uniform
 from ._exit import skip_finalize_at_exit
 from ._worker import PER_THREAD_NICE, WorkerContext, WorkerState, call_result, remote_error
-from .futures import Arrival, Job, check_wait
+from .futures import Arrival, check_wait
 from .protocol import (ACK_OPS, DTYPES, HEADER_LEN, INLINE_MAX, REPLY_OPS, Kind, Op, RemoteError,
                        ReplyHeader, Request, call_memo, dtype_code, recent_call)
 
@@ -476,15 +476,6 @@ class MPICluster(ClusterBase):
                 self._mark_dead(worker)
                 return False
             raise
-
-    def _cancel_all(self, workers: list[int], r: Any) -> None:
-        eng = self._eng
-        if eng is None or type(r) is not Job:
-            return super()._cancel_all(workers, r)
-        dead, bye, job = self._dead, self._bye, r.id
-        for w in workers:   # (_cancel_at and _cancel, in one frame)
-            if w not in dead and w not in bye:
-                self._to_worker(w, eng.cancel, w, job)
 
     def _cancel(self, worker: int, job: int) -> None:
         if worker in self._dead or worker in self._bye:
