@@ -362,20 +362,28 @@ def cost_2048(doc: dict[str, Any]) -> str:
 @_from("decode_check")
 def decode_check(doc: dict[str, Any]) -> str:
     load = doc.get("load_average_1_5_15min", {})
+    vs = bool(doc["rows"]) and all("base_s" in r for r in doc["rows"])   # run with --base
     out = [
         f"Source: {_source('decode_check', doc)}; medians, the compiled and the numpy check "
         f"alternated per repeat in one process; BLAS threads {doc['parameters']['threads']}"
         + (f"; 1-min load {load['before'][0]:.1f} before, {load['after'][0]:.1f} after"
            if load.get("before") else "")
         + ". Every worker's result, `errors=1`: the spare results checked (*compiled*: "
-        "`proj_sq`, one pass over each result; *numpy*: the same check by numpy's products and "
-        "norms, the rest of the decode the same); *from k*: the first k results, nothing to check "
-        "(the systematic codes assemble their data blocks, the others solve). *same answer*: the same "
-        "faulty workers (none) and the same product bit for bit.",
+        "`proj_sq`, one pass over each result" + (", and the weighted residual by `wresid`"
+                                                  if "wresid" in doc["parameters"].get("compiled", ())
+                                                  else "")
+        + "; *numpy*: the same check by numpy's products, norms and QR, the rest of the decode "
+        "the same); *from k*: the first k results, nothing to check (the systematic codes "
+        "assemble their data blocks, the others solve)."
+        + (f" *base*: the decode of commit {str(doc['parameters'].get('base_rev') or '?')[:8]} "
+           "(the base tree's package, imported beside this one), alternated with the others in "
+           "the same run." if vs else "")
+        + " *same answer*: the same faulty workers (none) and the same product bit for bit"
+        + (" (the base's too)." if vs else "."),
         "",
         "| code | n | k | size | compiled (ms) | numpy (ms) | compiled / numpy | from k (ms) "
-        "| compiled / from k | same answer |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| compiled / from k |" + (" base (ms) | compiled / base |" if vs else "") + " same answer |",
+        "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if vs else "") + "---|",
     ]
     for r in doc["rows"]:
         out.append(
@@ -383,7 +391,8 @@ def decode_check(doc: dict[str, Any]) -> str:
             f"| {1e3 * r['compiled_s']:.3f} | {1e3 * r['numpy_s']:.3f} "
             f"| {r['compiled_over_numpy']:.2f} "
             f"| {1e3 * r['from_k_s']:.3f} | {r['compiled_over_from_k']:.2f} "
-            f"| {'yes' if r['same_faulty_and_product'] else '**NO**'} |")
+            + (f"| {1e3 * r['base_s']:.3f} | {r['compiled_over_base']:.2f} " if vs else "")
+            + f"| {'yes' if r['same_faulty_and_product'] else '**NO**'} |")
     return "\n".join(out)
 
 

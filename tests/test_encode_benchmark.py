@@ -108,6 +108,18 @@ def test_kernel_ab_refuses_a_revision_it_cannot_read(tmp_path):
         kernel_ab.main(["--base", "no-such-rev", "--out", str(tmp_path)])
 
 
+def _rendered(results: Path, block) -> str:
+    """``block()`` (a render_readme block) rendered from the JSON files in ``results``."""
+    import render_readme
+
+    old = render_readme.RESULTS
+    render_readme.RESULTS = results
+    try:
+        return block()
+    finally:
+        render_readme.RESULTS = old
+
+
 @pytest.mark.skipif(_encode._K is None, reason="the compiled kernels are not built here")
 def test_decode_check_compares_the_two_checks_on_the_same_results(tmp_path):
     """``benchmarks/decode_check.py`` decodes the same results with the compiled check and
@@ -131,14 +143,36 @@ def test_decode_check_compares_the_two_checks_on_the_same_results(tmp_path):
     assert decode_check.main(["--replot", "--out", str(out), "--plot", str(tmp_path / "decode_check.png")]) == 0
     assert (tmp_path / "decode_check.png").stat().st_size > 0
     from codedml.codes import _base
-    assert _base.PROJ_SQ is True                      # the run left the switch as it was
-    old = render_readme.RESULTS
-    render_readme.RESULTS = tmp_path
-    try:
-        block = render_readme.decode_check()
-    finally:
-        render_readme.RESULTS = old
+    assert _base.PROJ_SQ is True and _base.WRESID is True   # the run left the switches as they were
+    block = _rendered(tmp_path, render_readme.decode_check)
     assert "| MDS (17,15) sys | 17 | 15 | 32 |" in block and "**NO**" not in block
+
+
+@pytest.mark.skipif(_encode._K is None, reason="the compiled kernels are not built here")
+def test_decode_check_times_a_base_tree_side_by_side(tmp_path):
+    """``--base``: a base tree's package (here a copy of this one, as ``codedml_base``) is
+    decoded side by side; its rows carry the base's time and the ratio, its product must be
+    this tree's bit for bit, and the README block shows both."""
+    import shutil
+
+    import decode_check
+    import render_readme
+
+    import codedml
+    base = tmp_path / "base"
+    shutil.copytree(Path(codedml.__file__).parent, base / "codedml_base",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path / "decode_check.json"
+    assert decode_check.main(["--sizes", "16", "--repeats", "2", "--base", str(base),
+                              "--base-rev", "0123456789abcdef", "--out", str(out),
+                              "--plot", str(tmp_path / "decode_check.png")]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["parameters"]["base_rev"] == "0123456789abcdef"
+    for r in doc["rows"]:
+        assert r["same_faulty_and_product"] and len(r["samples_s"]["base"]) == 2
+        assert r["compiled_over_base"] == pytest.approx(r["compiled_s"] / r["base_s"])
+    block = _rendered(tmp_path, render_readme.decode_check)
+    assert "| compiled / base |" in block and "commit 01234567" in block and "**NO**" not in block
 
 
 def test_decode_check_refuses_bad_arguments_by_name(tmp_path, capsys):

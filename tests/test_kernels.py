@@ -674,6 +674,43 @@ def test_proj_sq_refuses_bad_arguments_by_name(srcs, u, v, P, Q, match):
 
 
 @needs_kernels
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(m=st.integers(0, 6), x=st.integers(0, 7), y=st.integers(0, 40), k=st.integers(1, 8),
+       dtype=st.sampled_from([np.float64, np.float32]), pad=st.integers(0, 3),
+       simd=st.sampled_from([0, -1]), seed=st.integers(0, 2 ** 16))
+def test_proj_sq_halves_are_the_two_halves_projected_apart(m, x, y, k, dtype, pad, simd, seed):
+    """``halves=True`` (packed complex results: the top x rows real parts, the rest imaginary
+    parts) gives, bit for bit, the projections of each half taken as a source of its own,
+    interleaved (top, bottom) as a complex128 array's values, and the two halves' sums of
+    squares added."""
+    rng = np.random.default_rng(seed)
+    big = rng.standard_normal((m, 2 * x, y + pad)).astype(dtype)
+    srcs = [big[i, :, :y] for i in range(m)]                     # rows at a stride
+    u, v = rng.standard_normal((k, x)), rng.standard_normal((k, y))
+    P, Q = np.full((m, 2 * k), 7.0), np.full(m, 7.0)
+    assert K.proj_sq(srcs, u, v, P, Q, simd=simd, halves=True) is None
+    parts = [h for s in srcs for h in (s[:x], s[x:])]
+    P2, Q2 = np.empty((2 * m, k)), np.empty(2 * m)
+    K.proj_sq(parts, u, v, P2, Q2, simd=simd)
+    np.testing.assert_array_equal(P[:, 0::2], P2[0::2])
+    np.testing.assert_array_equal(P[:, 1::2], P2[1::2])
+    np.testing.assert_array_equal(Q, Q2[0::2] + Q2[1::2])
+
+
+@needs_kernels
+@pytest.mark.parametrize("srcs, P, match", [
+    ([np.ones((3, 3))], np.empty((1, 8)), r"source 0 is 3 x 3, but `u` and `v` are for 4 x 3 \(two halves of rows\)"),
+    ([np.ones((4, 3))], np.empty((1, 4)), "`proj` must be a C-contiguous 1 x 8 float64 array"),
+    ([np.ones(6)], np.empty((1, 8)), r"source 0 is 1 x 6, but `u` and `v` are for 4 x 3"),
+])
+def test_proj_sq_halves_refuses_sources_and_outputs_of_other_shapes(srcs, P, match):
+    before = P.copy()
+    with pytest.raises(ValueError, match=match):
+        K.proj_sq(srcs, np.ones((4, 2)), np.ones((4, 3)), P, np.empty(1), halves=True)
+    np.testing.assert_array_equal(P, before)
+
+
+@needs_kernels
 def test_proj_sq_refuses_outputs_that_overlap_what_it_reads_or_each_other():
     rng = np.random.default_rng(0)
     buf = rng.standard_normal(64)
@@ -693,3 +730,97 @@ def test_proj_sq_refuses_outputs_that_overlap_what_it_reads_or_each_other():
     K.proj_sq([src], u, v, P, Q)
     want, want_q, _ = _proj_reference([src], u, v)
     np.testing.assert_allclose(P, want, rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- wresid
+# The consistency check's weighted residual (codedml/codes/_base.py, _residual_all): with
+# B = diag(w) q0 and Z = diag(w) y, the largest |Z - P Z| (P the projector onto range(B))
+# and the largest |Z|. It must agree with numpy's QR formula to the rounding of the
+# products of that size, for complex and real bases, weights spread over many decades,
+# bases of any rank (a zero column adds nothing to the range), NaN where anything is not
+# finite, and refuse bad arguments by name.
+
+def _wresid_reference(q0, w, y):
+    Q, _ = np.linalg.qr(q0 * w[:, None])
+    Z = y * w[:, None]
+    return float(np.abs(Z - Q @ (np.conj(Q.T) @ Z)).max()), float(np.abs(Z).max())
+
+
+def _wr(q0, w, y):
+    c = lambda a: np.ascontiguousarray(a, dtype=np.complex128).view(np.float64)
+    return K.wresid(c(q0), np.ascontiguousarray(w, dtype=np.float64), c(y))
+
+
+@needs_kernels
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(r=st.integers(1, 24), dd=st.integers(0, 23), k=st.integers(1, 6), cplx=st.booleans(),
+       spread=st.floats(0.0, 25.0), near=st.booleans(), seed=st.integers(0, 2 ** 32 - 1))
+def test_wresid_is_numpys_weighted_residual(r, dd, k, cplx, spread, near, seed):
+    rng = np.random.default_rng(seed)
+    d = 1 + dd % r
+    M = rng.standard_normal((r, d)) + (1j * rng.standard_normal((r, d)) if cplx else 0)
+    q0, _ = np.linalg.qr(M)                                  # orthonormal, as _Factors' Q
+    y = rng.standard_normal((r, k)) + (1j * rng.standard_normal((r, k)) if cplx else 0)
+    if near:                                                 # consistent up to a little noise
+        y = q0 @ rng.standard_normal((d, k)) + 1e-9 * y
+    w = 10.0 ** rng.uniform(-spread, spread, r)
+    res, big = _wr(q0, w, y)
+    want, want_big = _wresid_reference(q0, w, y)
+    eps = np.finfo(np.float64).eps
+    assert abs(big - want_big) <= 2 * eps * want_big
+    if np.isnan(res):   # declined (numpy's path then): only for a weighted basis near rank loss
+        assert np.linalg.cond(q0 * w[:, None]) > 1e9
+        return
+    # both are the residual to the rounding of products of |Z|'s size
+    assert abs(res - want) <= 64 * (r + 2) * eps * want_big, (res, want, want_big)
+
+
+@needs_kernels
+def test_wresid_of_a_full_basis_is_zero_and_a_basis_of_lower_rank_is_nan():
+    rng = np.random.default_rng(3)
+    q0, _ = np.linalg.qr(rng.standard_normal((6, 6)) + 1j * rng.standard_normal((6, 6)))
+    y = rng.standard_normal((6, 3)) + 1j * rng.standard_normal((6, 3))
+    w = 10.0 ** rng.uniform(-8, 8, 6)
+    res, big = _wr(q0, w, y)
+    assert res <= 64 * 8 * np.finfo(np.float64).eps * big
+    part = q0[:, :3].copy()
+    for low in (np.concatenate([part, np.zeros((6, 1))], axis=1),     # a zero column
+                np.concatenate([part, part[:, :1] * 2j], axis=1)):    # one twice
+        res, big = _wr(low, w, y)
+        assert np.isnan(res) and big == _wr(part, w, y)[1]
+
+
+@needs_kernels
+def test_wresid_is_nan_where_anything_is_not_finite():
+    q0 = np.linalg.qr(np.random.default_rng(0).standard_normal((5, 2)))[0]
+    y, w = np.ones((5, 4)), np.ones(5)
+    for bad_w, bad_y, want_big in [(np.inf, None, np.inf), (None, np.nan, np.nan),
+                                   (None, np.inf, np.inf)]:
+        ww, yy = w.copy(), y.copy()
+        if bad_w is not None:
+            ww[2] = bad_w
+        if bad_y is not None:
+            yy[3, 1] = bad_y
+        res, big = _wr(q0, ww, yy)
+        assert np.isnan(res)
+        assert (np.isnan(big) if np.isnan(want_big) else big == want_big)
+    q_bad = q0.copy()
+    q_bad[1, 0] = np.nan
+    assert np.isnan(_wr(q_bad, w, y)[0])
+
+
+@needs_kernels
+@pytest.mark.parametrize("q0, w, y, match", [
+    (np.ones((3, 2), np.complex128), np.ones(3), np.ones((3, 2)), "`q0`, `w` and `y` must be float64"),
+    (np.ones((3, 4)), np.ones(3, np.float32), np.ones((3, 2)), "`q0`, `w` and `y` must be float64"),
+    (np.ones((3, 3)), np.ones(3), np.ones((3, 2)), r"even widths .* got 3 x 3, 3 and 3 x 2"),
+    (np.ones((3, 4)), np.ones(2), np.ones((3, 2)), r"agree in r, .* got 3 x 4, 2 and 3 x 2"),
+    (np.ones((3, 4)), np.ones(3), np.ones((2, 2)), r"agree in r, .* got 3 x 4, 3 and 2 x 2"),
+    (np.ones((2, 6)), np.ones(2), np.ones((2, 2)), r"1 <= d <= r <= 4096 .* got r 2, d 3, k 1"),
+    (np.ones((3, 0)), np.ones(3), np.ones((3, 2)), r"got r 3, d 0, k 1"),
+    (np.ones((3, 8))[:, ::2], np.ones(3), np.ones((3, 2)), "must be 2-D and `w` 1-D, all C-contiguous"),
+    (np.ones(4), np.ones(3), np.ones((3, 2)), "must be 2-D and `w` 1-D, all C-contiguous"),
+])
+def test_wresid_refuses_bad_arguments_by_name(q0, w, y, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        K.wresid(q0, w, y)

@@ -10,6 +10,7 @@ Reed-Solomon capacity ``floor((r - k) / 2)``.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from codedml.codes import (
     PolynomialCode,
     ReplicationCode,
 )
-from codedml.errors import CodedMLError, CorruptResultError
+from codedml.errors import CodedMLError, ConfigurationError, CorruptResultError
 
 F64_TOL = 1e-10
 F32_TOL = 1e-4
@@ -586,14 +587,20 @@ def test_projection_draws_cached_are_the_seeded_generators():
     assert len(_base._DRAWS) <= _base._DRAWS_SIZE
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(3, 9), spread=st.floats(0.0, 6.0),
-       cplx=st.booleans(), bad=st.booleans())
-def test_property_one_candidate_residual_is_the_batched_ones(seed, n, spread, cplx, bad):
+       cplx=st.booleans(), bad=st.booleans(), compiled=st.booleans())
+def test_property_one_candidate_residual_is_the_batched_ones(seed, n, spread, cplx, bad, compiled):
     """The check's shortcut for the candidate that keeps every result (nothing wrong, the
     common case) gives the batched residual of that one candidate, for weights spread over
-    ``10**spread``, complex or real projections, consistent or not, full rank or not."""
+    ``10**spread``, complex or real projections, consistent or not, full rank or not: bit
+    for bit by numpy's QR (``WRESID`` off), to the rounding of the weighted projections'
+    size by the compiled reflections (``_kernels.wresid``, which the decoder takes where
+    built)."""
     from codedml.codes import _base
+
+    if compiled and _base._K is None:
+        pytest.skip("codedml.codes._kernels not built (no C compiler at install)")
 
     rng = np.random.default_rng(seed)
     d = int(rng.integers(1, n))
@@ -606,9 +613,87 @@ def test_property_one_candidate_residual_is_the_batched_ones(seed, n, spread, cp
         y[int(rng.integers(n))] += 1.0
     W = 10.0 ** rng.uniform(0, spread, n) * 1e8
     keep = np.arange(n)
-    one = _base._residual_all(M, y, W, keep, d)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_base, "WRESID", compiled)
+        one = _base._residual_all(M, y, W, keep, d)
     batch = float(_base._residuals(M, y, W, keep[None], d)[0])
-    assert one == batch or (np.isnan(one) and np.isnan(batch))
+    if not compiled:
+        assert one == batch or (np.isnan(one) and np.isnan(batch))
+        return
+    # (the residual divided by 1 + 1e3 eps max|Yk|: rounding of max|Yk|'s size, relative)
+    big = float(np.abs(y * W[:, None]).max())
+    assert abs(one - batch) <= 256 * n * np.finfo(np.float64).eps * big, (one, batch, big)
+
+
+def test_one_candidate_residual_takes_numpys_where_the_compiled_one_declines(monkeypatch):
+    """Where ``_kernels.wresid`` declines (NaN: something not finite, or a weighted basis
+    near rank loss) the residual is numpy's, bit for bit, not NaN."""
+    from codedml.codes import _base
+
+    if _base._K is None:
+        pytest.skip("codedml.codes._kernels not built (no C compiler at install)")
+    rng = np.random.default_rng(2)
+    M = rng.standard_normal((6, 4)) + 1j * rng.standard_normal((6, 4))
+    y = M @ rng.standard_normal((4, 4)) + 1e-9 * rng.standard_normal((6, 4))
+    W, keep = 10.0 ** rng.uniform(8, 10, 6), np.arange(6)
+    calls = []
+    monkeypatch.setattr(_base._K, "wresid", lambda *a: calls.append(a) or (float("nan"), 1.0))
+    got = _base._residual_all(M, y, W, keep, 4)
+    monkeypatch.setattr(_base, "WRESID", False)
+    assert calls and got == _base._residual_all(M, y, W, keep, 4)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 9), mags=st.integers(-200, 200),
+       zeros=st.integers(0, 3), nan=st.booleans(), enc=st.booleans())
+def test_property_noise_scale_is_numpys_elementwise_formula(seed, n, mags, zeros, nan, enc):
+    """The noise scale, taken in Python floats (a handful of workers), is the numpy
+    elementwise formula it replaced, bit for bit: norms from the sums of squares, the
+    ratios to the tasks' scales and their median, each worker's tolerance, the floor."""
+    import statistics as stats
+
+    from codedml.codes import _base
+
+    rng = np.random.default_rng(seed)
+    code = MDSCode(n + 2, n)
+    A = rng.standard_normal((2 * n, 3)) * 10.0 ** (mags // 2)
+    A[:min(zeros, n - 1)] = 0.0
+    tasks = code.encode(A, rng.standard_normal((3, 2)))
+    raw = [t.compute() for t in tasks]
+    if nan:
+        raw[int(rng.integers(len(raw)))][0, 0] = np.nan
+    rows = np.arange(len(raw))
+    sq = np.array([float(np.sum(r * r)) for r in raw])
+    encoding = tasks if enc else None
+    try:
+        got = code._noise_scale(rows, raw, encoding, None, sq)
+    except ConfigurationError as exc:
+        got = exc
+    # the formula as numpy arrays (what the decoder computed before the Python floats)
+    with np.errstate(all="ignore"):
+        norms = np.sqrt(sq)
+        for i in _base._redo(norms.tolist()):
+            norms[i] = _base._scaled_fro(raw[i])
+        if encoding is not None:
+            scale = np.asarray(encoding.scales[rows], dtype=np.float64)
+            ratio = norms / scale
+            ratio = ratio[np.isfinite(ratio) & (scale > 0)]
+            lo = 1.0 / math.sqrt(max(encoding.inner, 1))
+            rho = min(max(stats.median(ratio.tolist()), lo), 1.0) if ratio.size else 1.0
+            expected, dt, inner = rho * scale, encoding.dtype, encoding.inner
+        else:
+            med = np.nanmedian(norms) if np.isfinite(norms).any() else 1.0
+            expected, dt, inner = np.full(len(rows), med), raw[0].dtype, 1024
+        tau = 16.0 * float(np.finfo(dt).eps) * math.sqrt(max(inner, 1)) * expected \
+            / math.sqrt(max(1, math.prod(raw[0].shape)))
+        nonzero = tau[tau > 0]
+        typical = float(stats.median(nonzero.tolist())) if nonzero.size else 0.0
+    if 0.0 < typical < _base._TAU_FLOOR:
+        assert isinstance(got, ConfigurationError) and "too small" in str(got)
+        return
+    want = np.maximum(tau, max(0.1 * typical, _base._TAU_FLOOR))
+    assert not isinstance(got, Exception), got
+    np.testing.assert_array_equal(got, want)   # bit for bit, NaN where NaN
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

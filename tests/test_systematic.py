@@ -790,7 +790,9 @@ def test_exactly_k_results_with_a_non_finite_one_get_the_general_paths_answer(co
 @given(data=st.data())
 def test_compiled_consistency_check_decides_as_numpys(data):
     """The consistency check's projections and the results' norms from one compiled pass
-    (``_kernels.proj_sq``, ``base.PROJ_SQ``) against numpy's products and norms: the same kept
+    (``_kernels.proj_sq``, ``base.PROJ_SQ``) and its weighted residual by compiled
+    reflections (``_kernels.wresid``, ``base.WRESID``) against numpy's products, norms and
+    QR: the same kept
     and faulty workers, the same ``checked``, the same product bit for bit (the solve does not
     depend on them), the same named error; for systematic and non-systematic MDS, polynomial
     and MatDot codes on every construction, float64 and float32 results, clean, one corrupt
@@ -832,6 +834,7 @@ def test_compiled_consistency_check_decides_as_numpys(data):
     for on in (True, False):
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(base, "PROJ_SQ", on)
+            mp.setattr(base, "WRESID", on)
             try:
                 with np.errstate(all="raise"):   # no warning on either path
                     outs.append(code.decode(sub, errors, encoding=tasks, return_info=True))

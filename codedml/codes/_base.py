@@ -52,6 +52,10 @@ except ImportError:  # pragma: no cover - exercised by the fresh-clone check wit
 #: Whether the consistency check may run the compiled ``proj_sq`` (False: numpy's products
 #: and norms, as where the module is not built; the tests run both).
 PROJ_SQ = True
+#: Whether the consistency check may take its weighted residual (the common case: every
+#: result kept) from the compiled ``wresid`` (False: numpy's QR and products, as where the
+#: module is not built; the tests run both).
+WRESID = True
 
 __all__ = ["Task", "Encoding", "DecodeInfo", "LinearCode"]
 
@@ -806,11 +810,10 @@ class LinearCode(abc.ABC):
             Y, sq = [both[0]], both[1]
         else:
             Y, sq = [_project(Ef, u, v) for Ef, (u, v) in zip(E, draws)], None
-        finite = (np.isfinite(Y[0]).all(axis=1) if len(Y) == 1
-                  else np.all([np.isfinite(y).all(axis=1) for y in Y], axis=0))
-        if finite.all():
+        if all(np.isfinite(y).all() for y in Y):   # (the common case: one look per family)
             erased, good = [], list(range(r))
         else:
+            finite = np.all([np.isfinite(y).all(axis=1) for y in Y], axis=0)
             erased = [i for i in range(r) if not finite[i]]
             good = [i for i in range(r) if finite[i]]
         if not self._recovers(rows[good]):
@@ -818,7 +821,8 @@ class LinearCode(abc.ABC):
                 f"{len(erased)} results are non-finite (workers {[int(rows[i]) for i in erased]}); "
                 f"the remaining {len(good)} cannot determine the product",
                 suspects=[int(rows[i]) for i in erased])
-        d = max(_factors(M).rank for M in Ms)  # the SVD is cached per subset
+        Fs = [_factors(M) for M in Ms]  # the SVD is cached per subset
+        d = max(F.rank for F in Fs)
         if len(good) <= d:  # nothing left over to check against: no noise scale needed
             return np.array(good, dtype=int), erased, False
         tau = self._noise_scale(rows, raw, encoding, rtol, sq)
@@ -833,7 +837,9 @@ class LinearCode(abc.ABC):
         # Nothing wrong (the common case): every good result kept, the one candidate with f = 0,
         # which the loop below would test the same way (its workers recover, as checked above)
         keep = np.array(good, dtype=int)
-        if all(_residual_all(M, y, W, keep, d) <= 1.0 for M, y in zip(Ms, Y)):
+        # (nothing erased: keep is every row of each M, whose factors are at hand)
+        if all(_residual_all(M, y, W, keep, d, None if erased else F) <= 1.0
+               for M, y, F in zip(Ms, Y, Fs)):
             return keep, erased, True
         for f in range(1, fmax + 1):
             cands = np.array(list(itertools.combinations(good, f)), dtype=int).reshape(-1, f)
@@ -875,34 +881,38 @@ class LinearCode(abc.ABC):
         # one pass per result: a norm is finite exactly when every entry is (a finite result
         # whose squares overflow gets its norm without overflow, _norms); NaN does not count.
         # ``sq``: the results' sums of squares, where the consistency check's pass took them
+        # In Python floats: a handful of workers, where each numpy call on their few numbers
+        # costs more than the arithmetic (the same operations in the same order: the same
+        # values as numpy's elementwise ones, bit for bit)
         norms = _norms(raw, sq)
         if encoding is not None and encoding.scales is not None:
-            scale = np.asarray(encoding.scales[rows], dtype=np.float64)
+            scale = np.asarray(encoding.scales[rows], dtype=np.float64).tolist()
             dt, inner = encoding.dtype, encoding.inner
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = norms / scale
-            ratio = ratio[np.isfinite(ratio) & (scale > 0)]
+            # (a scale of 0 or NaN, and a norm not finite, give no ratio)
+            ratio = [x for x in (n / s for n, s in zip(norms, scale) if s > 0.0)
+                     if math.isfinite(x)]
             lo = 1.0 / math.sqrt(max(inner, 1))
             # statistics.median: the same value as np.median, without its overhead on ~10 numbers
-            rho = min(max(statistics.median(ratio.tolist()), lo), 1.0) if ratio.size else 1.0
-            expected = rho * scale
+            rho = min(max(statistics.median(ratio), lo), 1.0) if ratio else 1.0
+            expected = [rho * s for s in scale]
         else:
-            med = np.nanmedian(norms) if np.isfinite(norms).any() else 1.0
-            expected = np.full(len(rows), med)
+            fin = [n for n in norms if math.isfinite(n)]
+            med = float(np.nanmedian(norms)) if fin else 1.0
+            expected = [med] * len(rows)
             dt, inner = raw[0].dtype if raw[0].dtype.kind in "fc" else np.dtype(np.float64), 1024
         if rtol is None:
             rtol = 16.0 * _eps(dt)
         entries = max(1, math.prod(raw[0].shape))
-        tau = rtol * math.sqrt(max(inner, 1)) * np.asarray(expected, dtype=np.float64) / math.sqrt(entries)
+        c, e = float(rtol) * math.sqrt(max(inner, 1)), math.sqrt(entries)
+        tau = [c * x / e for x in expected]
         # A worker whose operands are all zero (split padding, zero blocks) computes an exact 0:
         # give it a tenth of the typical tolerance of the *nonzero* workers instead of 0, which
         # would overflow 1/tau and make the weighted consistency check ill-conditioned. (A
         # systematic code's data workers are zero wherever a whole block is padding, often a
         # majority for small A: a median over all workers was then 0, weights of 1e250 swamped
         # the others in the QR of the weighted basis and consistent results read as corrupt.)
-        nonzero = tau[tau > 0]
-        # statistics.median: the same value as np.median, without its overhead on ~10 numbers
-        typical = float(statistics.median(nonzero.tolist())) if nonzero.size else 0.0
+        nonzero = [x for x in tau if x > 0.0]
+        typical = float(statistics.median(nonzero)) if nonzero else 0.0
         if 0.0 < typical < _TAU_FLOOR:
             # the floor below would stand for the tolerance: a corrupt result this small
             # would pass as rounding (1e-300 inputs under the old floor of 1e-250: a 50%
@@ -911,7 +921,9 @@ class LinearCode(abc.ABC):
                 f"the results are too small for the decoder's corruption check: their rounding "
                 f"noise (about {typical:.2g}) lies below {_TAU_FLOOR:g}, where float64 cannot "
                 f"weigh it; scale A or B up (the product scales with them)")
-        return np.maximum(tau, max(0.1 * typical, _TAU_FLOOR))
+        floor = max(0.1 * typical, _TAU_FLOOR)
+        # (np.maximum's rule: NaN stays NaN)
+        return np.array([x if not x < floor else floor for x in tau])
 
     # ----------------------------------------------------------------- GF(p)
     def _locate_exact(self, rows, E, Ms, errors):
@@ -1164,24 +1176,26 @@ def _robust_scales(tasks: list[Task], plain: np.ndarray, A: Any, B: Any) -> np.n
     return scales
 
 
-def _norms(raw: list[np.ndarray], sq: np.ndarray | None = None) -> np.ndarray:
+def _norms(raw: list[np.ndarray], sq: np.ndarray | None = None) -> list[float]:
     """Frobenius norm of each result (NaN where it is not finite), in one pass over each;
-    from ``sq``, the results' sums of squares in float64, where a caller has them."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        if sq is not None:
-            norms = np.sqrt(sq)
-        elif sum(r.size for r in raw) <= _SMALL_STACK and raw[0].dtype.kind in "fc":
-            S = np.stack(raw).reshape(len(raw), -1)
-            if S.dtype.kind == "c":
-                S = S.view(S.real.dtype)  # |z|^2 = re^2 + im^2: the real view's sum of squares
-            S = S.astype(np.float64, copy=False)
-            norms = np.sqrt(np.einsum("ij,ij->i", S, S))
-        else:
-            norms = np.array([_fro(r) for r in raw])
+    from ``sq``, the results' sums of squares in float64, where a caller has them (their
+    square roots in Python floats: the same correctly rounded values as ``np.sqrt``'s)."""
+    if sq is not None:
+        norms = [math.sqrt(x) for x in sq.tolist()]   # (sums of squares: never below 0)
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            if sum(r.size for r in raw) <= _SMALL_STACK and raw[0].dtype.kind in "fc":
+                S = np.stack(raw).reshape(len(raw), -1)
+                if S.dtype.kind == "c":
+                    S = S.view(S.real.dtype)  # |z|^2 = re^2 + im^2: the real view's squares
+                S = S.astype(np.float64, copy=False)
+                norms = np.sqrt(np.einsum("ij,ij->i", S, S)).tolist()
+            else:
+                norms = [float(_fro(r)) for r in raw]
     # overflowed or underflowed squares of a finite result (_redo): that norm scaled (NaN
     # where an entry is not finite)
-    for i in _redo(norms.tolist()):
-        norms[i] = _scaled_fro(raw[i])
+    for i in _redo(norms):
+        norms[i] = float(_scaled_fro(raw[i]))
     return norms
 
 
@@ -1318,23 +1332,26 @@ def _project_sq(E: Any, u: np.ndarray, v: np.ndarray,
         return None
     k, x, y = u.shape[0], u.shape[1], v.shape[1]
     packed = isinstance(E, _Packed)
-    srcs = []
-    for a in arrays:
-        a2 = a.reshape(2 * x if packed else x, y)
-        if y > 1 and a2.strides[1] != a2.itemsize:   # rows must be contiguous
-            a2 = np.ascontiguousarray(a2)
-        if packed:
-            srcs += (a2[:x], a2[x:])
-        else:
-            srcs.append(a2)
-    P = np.empty((len(srcs), k))
-    Q = np.empty(len(srcs))
-    _K.proj_sq(srcs, u, v, P, Q)
+    shape = (2 * x if packed else x, y)
+    srcs = arrays
+    for i, a in enumerate(arrays):
+        if a.shape != shape or (y > 1 and a.strides[1] != a.itemsize):
+            # (reshaped where they are not 2-D already; rows must be contiguous)
+            srcs = [a.reshape(shape) for a in arrays]
+            srcs = [a if y <= 1 or a.strides[1] == a.itemsize else np.ascontiguousarray(a)
+                    for a in srcs]
+            break
+    m = len(arrays)
+    Q = np.empty(m)
     if not packed:
+        P = np.empty((m, k))
+        _K.proj_sq(srcs, u, v, P, Q)
         return P, Q
-    Y = np.empty((len(arrays), k), dtype=np.complex128)   # u (top + 1j bot) v
-    Y.real, Y.imag = P[0::2], P[1::2]
-    return Y, Q[0::2] + Q[1::2]
+    # the halves projected apart, into the interleaved values of u (top + 1j bot) v; the
+    # squares' sums of the two halves added
+    Y = np.empty((m, k), dtype=np.complex128)
+    _K.proj_sq(srcs, u, v, Y.view(np.float64), Q, halves=True)
+    return Y, Q
 
 
 def _project_mod(E: np.ndarray, rng: np.random.Generator, p: int, k: int = 2) -> np.ndarray:
@@ -1372,18 +1389,38 @@ def _residuals(M: np.ndarray, y: np.ndarray, W: np.ndarray, keeps: np.ndarray, d
     return np.abs(res).max(axis=(1, 2)) / floor
 
 
-def _residual_all(M: np.ndarray, y: np.ndarray, W: np.ndarray, keep: np.ndarray, d: int) -> float:
+def _residual_all(M: np.ndarray, y: np.ndarray, W: np.ndarray, keep: np.ndarray, d: int,
+                  F: "_Factors | None" = None) -> float:
     """:func:`_residuals` of the one candidate that keeps every row in ``keep``: the same
-    arithmetic on 2-D arrays, without the candidate axis."""
-    F = _factors(M[keep]) if M.shape[1] == d else None
+    arithmetic on 2-D arrays, without the candidate axis. ``F``: :func:`_factors` of ``M``
+    where ``keep`` is every row of ``M`` in order (the caller has them), else None."""
+    if M.shape[1] != d:
+        F = None
+    elif F is None:
+        F = _factors(M[keep])
     if F is None or F.rank != d or not F.S[d - 1] > F.S[0] * 1e-10:
         return float(_residuals(M, y, W, keep[None], d)[0])
-    w = W[keep][:, None]
-    Q, _ = np.linalg.qr(F.Q * w)
-    Yk = y[keep] * w
-    res = Yk - Q @ (np.conj(Q.T) @ Yk)
-    floor = 1.0 + 1e3 * _EPS64 * float(np.abs(Yk).max())
-    return float(np.abs(res).max()) / floor
+    res = math.nan
+    if _K is not None and WRESID and len(keep) <= _WRESID_MAX and 0 < y.shape[1] <= _WRESID_MAX:
+        # the compiled reflections (_kernels.wresid): the same weighted residual without
+        # numpy's QR and products, which cost tens of microseconds on a handful of rows
+        res, big = _K.wresid(F.qview(), W[keep], _complex_view(y[keep]))
+    if res != res:   # (NaN: not taken, or something not finite or of lower rank: numpy's)
+        w = W[keep][:, None]
+        Q, _ = np.linalg.qr(F.Q * w)
+        Yk = y[keep] * w
+        res = float(np.abs(Yk - Q @ (np.conj(Q.T) @ Yk)).max())
+        big = float(np.abs(Yk).max())
+    return res / (1.0 + 1e3 * _EPS64 * big)
+
+
+#: The most rows (and projections) the compiled residual takes (``_kernels.wresid``).
+_WRESID_MAX = 4096
+
+
+def _complex_view(a: np.ndarray) -> np.ndarray:
+    """``a`` (2-D, real or complex) as the float64 view of a C-contiguous complex128 copy."""
+    return np.ascontiguousarray(a, dtype=np.complex128).view(np.float64)
 
 
 _EPS64 = float(np.finfo(np.float64).eps)
@@ -1462,9 +1499,19 @@ class _Factors:
         self.Rinv = np.linalg.solve(R, np.eye(d, dtype=wide))
         self.refine = bool(S[0] / S[-1] > FAST_DECODE_MAX_CONDITION)
         self._split: _Split | None = None
+        self._qv: np.ndarray | None = None
         self._coefs: dict[bytes, np.ndarray] = {}
         for x in (self.Mw, self.S, self.Q, self.Qh, self.R, self.Rinv):
             x.setflags(write=False)  # shared by every decode from this subset
+
+    def qview(self) -> np.ndarray:
+        """``Q`` as ``_kernels.wresid`` takes it (the float64 view of a complex128 copy),
+        made once."""
+        qv = self._qv
+        if qv is None:
+            qv = self._qv = _complex_view(self.Q)
+            qv.setflags(write=False)
+        return qv
 
     def split(self) -> _Split:
         if self._split is None:

@@ -2543,7 +2543,7 @@ done:
     return result;
 }
 
-/* proj_sq(srcs, u, v, proj, sq, simd=-1) -> None: the decoder's consistency check in one
+/* proj_sq(srcs, u, v, proj, sq, simd=-1, halves=False) -> None: the decoder's consistency check in one
    pass over the results (codedml/codes/_base.py, ``_project_sq``). ``srcs``: a sequence of
    m arrays of one shape x by y (1-D: one row), float64 or float32, rows contiguous (at any
    stride); ``u`` (k x x) and ``v`` (k x y): float64, C-contiguous, 1 <= k <= PS_KMAX. Writes
@@ -2555,7 +2555,11 @@ done:
    ``u``. A NaN or Inf in a source makes its squares' sum and every projection NaN or Inf
    (``u`` and ``v`` without zeros: the decoder's draws), as numpy's products would. The sums'
    order differs from numpy's GEMM: the values agree to rounding, not bit for bit. The GIL
-   is released during the loop. */
+   is released during the loop. With ``halves`` each source is 2x by y, packed complex
+   values (the top x rows their real parts, the rest their imaginary parts): each half is
+   projected as a source of its own, ``proj`` (m x 2k) gets ``proj[s, 2j]`` from the top
+   and ``proj[s, 2j + 1]`` from the bottom (the complex projections, interleaved as a
+   complex128 array's values) and ``sq[s]`` the top's sum of squares plus the bottom's. */
 #define PS_KMAX 8
 
 /* one row of n values (float64 or float32) against the k rows of v (row stride y): its k
@@ -2659,12 +2663,13 @@ PS_ROW_A2(ps_row_f_a2, float, PS_LOAD_F)
 
 static PyObject *proj_sq(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *names[] = {"srcs", "u", "v", "proj", "sq", "simd", NULL};
+    static char *names[] = {"srcs", "u", "v", "proj", "sq", "simd", "halves", NULL};
     PyObject *osrcs, *ou, *ov, *oproj, *osq;
-    int simd = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO|i:proj_sq", names, &osrcs, &ou, &ov,
-                                     &oproj, &osq, &simd))
+    int simd = -1, halves = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO|ip:proj_sq", names, &osrcs, &ou, &ov,
+                                     &oproj, &osq, &simd, &halves))
         return NULL;
+    const Py_ssize_t nh = halves ? 2 : 1;   /* projected parts per source */
     /* a tuple of its own: nothing a buffer export runs can change the sources' count */
     PyObject *seq = PySequence_Check(osrcs) ? PySequence_Tuple(osrcs) : NULL;
     if (!seq) {
@@ -2710,9 +2715,9 @@ static PyObject *proj_sq(PyObject *self, PyObject *args, PyObject *kwargs)
         goto done;
     }
     const int k = (int)ur;
-    if (p.ndim != 2 || p.shape[0] != m || p.shape[1] != k || !PyBuffer_IsContiguous(&p, 'C')) {
+    if (p.ndim != 2 || p.shape[0] != m || p.shape[1] != nh * k || !PyBuffer_IsContiguous(&p, 'C')) {
         PyErr_Format(PyExc_ValueError,
-                     "proj_sq: `proj` must be a C-contiguous %zd x %d float64 array", m, k);
+                     "proj_sq: `proj` must be a C-contiguous %zd x %zd float64 array", m, nh * k);
         goto done;
     }
     if (q.ndim != 1 || q.shape[0] != m || (m > 1 && q.strides[0] != 8)) {
@@ -2735,10 +2740,10 @@ static PyObject *proj_sq(PyObject *self, PyObject *args, PyObject *kwargs)
         if (layout("proj_sq", &sb[s], "srcs[i]", &r, &c, &st) < 0) {
             goto done;
         }
-        if (r != uc || c != vc) {
+        if (r != nh * uc || c != vc) {
             PyErr_Format(PyExc_ValueError,
-                         "proj_sq: source %zd is %zd x %zd, but `u` and `v` are for %zd x %zd",
-                         s, r, c, uc, vc);
+                         "proj_sq: source %zd is %zd x %zd, but `u` and `v` are for %zd x %zd%s",
+                         s, r, c, nh * uc, vc, halves ? " (two halves of rows)" : "");
             goto done;
         }
         stride[s] = st;
@@ -2746,7 +2751,7 @@ static PyObject *proj_sq(PyObject *self, PyObject *args, PyObject *kwargs)
     {
         /* nothing written may overlap anything read or written (the spans of their memory) */
         uintptr_t wlo[2], whi[2], lo, hi;
-        extent(p.buf, m, k, (Py_ssize_t)k * 8, 8, &wlo[0], &whi[0]);
+        extent(p.buf, m, nh * k, nh * k * 8, 8, &wlo[0], &whi[0]);
         extent(q.buf, 1, m, 0, 8, &wlo[1], &whi[1]);
         static const char *const what[2] = {"proj", "sq"};
         if (disjoint("proj_sq", 2, wlo, whi, what) < 0) {
@@ -2758,7 +2763,7 @@ static PyObject *proj_sq(PyObject *self, PyObject *args, PyObject *kwargs)
             else if (s == -1)
                 extent(v.buf, 1, vr * vc, 0, 8, &lo, &hi);
             else
-                extent(sb[s].buf, uc, vc, stride[s], sb[s].itemsize, &lo, &hi);
+                extent(sb[s].buf, nh * uc, vc, stride[s], sb[s].itemsize, &lo, &hi);
             for (int w = 0; w < 2; w++)
                 if (meet(lo, hi, wlo[w], whi[w])) {
                     PyErr_Format(PyExc_ValueError, "proj_sq: `%s` overlaps %s in memory",
@@ -2778,8 +2783,10 @@ static PyObject *proj_sq(PyObject *self, PyObject *args, PyObject *kwargs)
 #endif
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t s = 0; s < m; s++) {
+          double tot = 0.0;
+          for (Py_ssize_t h = 0; h < nh; h++) {   /* (halves: the top x rows, then the rest) */
             double acc[PS_KMAX] = {0.0}, t[PS_KMAX], sq = 0.0;
-            const char *row = (const char *)sb[s].buf;
+            const char *row = (const char *)sb[s].buf + h * x * stride[s];
             for (Py_ssize_t a = 0; a < x; a++, row += stride[s]) {
 #if CODEDML_ROW_AVX2
                 if (a2 && ks == 'd')
@@ -2796,8 +2803,10 @@ static PyObject *proj_sq(PyObject *self, PyObject *args, PyObject *kwargs)
                     acc[j] += U[j * x + a] * t[j];
             }
             for (int j = 0; j < k; j++)
-                P[s * k + j] = acc[j];
-            Q[s] = sq;
+                P[(s * k + j) * nh + h] = acc[j];
+            tot = h ? tot + sq : sq;
+          }
+          Q[s] = tot;
         }
         Py_END_ALLOW_THREADS
     }
@@ -2810,6 +2819,193 @@ done:
     PyMem_Free(stride);
     release_buffers(4, bufs, have);
     Py_DECREF(seq);
+    return result;
+}
+
+/* wresid(q0, w, y) -> (resmax, ykmax): the consistency check's weighted residual for one
+   candidate set of results (codedml/codes/_base.py, ``_residual_all``), where numpy's
+   ``np.linalg.qr`` and four small products cost tens of microseconds on a handful of rows.
+   ``q0``: the r x d basis of the kept workers' evaluation rows (orthonormal columns), ``y``:
+   their r x k projections, both complex and given as float64 arrays of r x 2d and r x 2k
+   (the complex arrays' interleaved real views), C-contiguous; ``w``: the r weights (float64,
+   contiguous). With ``B = diag(w) q0`` and ``Z = diag(w) y``: ``ykmax`` = max |Z_ij| and
+   ``resmax`` = max |(Z - P Z)_ij| with P the orthogonal projector onto range(B), found by
+   Householder reflections of B (each column scaled by its largest modulus first: the same
+   range, no overflow in the reflections' norms) applied to Z, the first d rotated rows
+   zeroed, then the reflections undone. The numbers are numpy's formula's up to rounding (a
+   different QR of the same range). ``resmax`` is NaN where anything is not finite (numpy's
+   products give NaN or Inf there) and where a column of B has no more than 1e-10 of its
+   norm outside the columns before it (B of lower rank, or close to it: no pivoting here,
+   and numpy's QR would count a direction of rounding noise into the range); the caller
+   then takes numpy's path. */
+#define WR_MAX_ROWS 4096
+#define WR_RANK_TOL 1e-10
+
+typedef struct { double re, im; } wr_c;
+
+static inline double wr_abs(wr_c z) { return hypot(z.re, z.im); }
+
+/* max of a and b where a NaN (in either) wins */
+static inline double wr_max(double a, double b)
+{
+    if (a != a || b != b)
+        return NAN;
+    return a > b ? a : b;
+}
+
+/* the reflection of column vectors: col[0..n) -= 2 (u^H col) u, u unit-norm, rows ``ld``
+   apart (in wr_c) */
+static void wr_reflect(const wr_c *u, Py_ssize_t n, wr_c *col, Py_ssize_t ld)
+{
+    double tr = 0.0, ti = 0.0;
+    for (Py_ssize_t i = 0; i < n; i++) {   /* t = u^H col */
+        wr_c a = u[i], b = col[i * ld];
+        tr += a.re * b.re + a.im * b.im;
+        ti += a.re * b.im - a.im * b.re;
+    }
+    tr *= 2.0;
+    ti *= 2.0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        wr_c a = u[i];
+        col[i * ld].re -= tr * a.re - ti * a.im;
+        col[i * ld].im -= tr * a.im + ti * a.re;
+    }
+}
+
+/* the 2-norm of n values (rows ``ld`` apart) without overflow or underflow of its squares */
+static double wr_norm(const wr_c *x, Py_ssize_t n, Py_ssize_t ld)
+{
+    double s = 0.0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        s = wr_max(s, wr_abs(x[i * ld]));
+    if (!(s > 0.0) || !isfinite(s))
+        return s;
+    double t = 0.0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double a = x[i * ld].re / s, b = x[i * ld].im / s;
+        t += a * a + b * b;
+    }
+    return s * sqrt(t);
+}
+
+static PyObject *wresid(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *oq, *ow, *oy;
+    if (!PyArg_ParseTuple(args, "OOO:wresid", &oq, &ow, &oy))
+        return NULL;
+    Py_buffer q, w, y;
+    PyObject *const objs[3] = {oq, ow, oy};
+    Py_buffer *const bufs[3] = {&q, &w, &y};
+    int have[3];
+    if (get_buffers(3, objs, bufs, "rrr", have) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    wr_c *B = NULL, *Z = NULL, *U = NULL;
+    if (kind(&q) != 'd' || kind(&w) != 'd' || kind(&y) != 'd') {
+        PyErr_SetString(PyExc_TypeError, "wresid: `q0`, `w` and `y` must be float64");
+        goto done;
+    }
+    if (q.ndim != 2 || y.ndim != 2 || w.ndim != 1 || !PyBuffer_IsContiguous(&q, 'C')
+        || !PyBuffer_IsContiguous(&y, 'C') || !PyBuffer_IsContiguous(&w, 'C')) {
+        PyErr_SetString(PyExc_ValueError,
+                        "wresid: `q0` and `y` must be 2-D and `w` 1-D, all C-contiguous");
+        goto done;
+    }
+    const Py_ssize_t r = q.shape[0], d = q.shape[1] / 2, k = y.shape[1] / 2;
+    if (q.shape[1] % 2 || y.shape[1] % 2 || y.shape[0] != r || w.shape[0] != r) {
+        PyErr_Format(PyExc_ValueError,
+                     "wresid: `q0` (r x 2d), `w` (r) and `y` (r x 2k) must agree in r, with "
+                     "even widths (complex values as pairs); got %zd x %zd, %zd and %zd x %zd",
+                     q.shape[0], q.shape[1], w.shape[0], y.shape[0], y.shape[1]);
+        goto done;
+    }
+    if (r < 1 || r > WR_MAX_ROWS || d < 1 || d > r || k < 1 || k > WR_MAX_ROWS) {
+        PyErr_Format(PyExc_ValueError,
+                     "wresid: needs 1 <= d <= r <= %d and 1 <= k <= %d; got r %zd, d %zd, k %zd",
+                     WR_MAX_ROWS, WR_MAX_ROWS, r, d, k);
+        goto done;
+    }
+    B = PyMem_Malloc((size_t)(r * d) * sizeof(wr_c));
+    Z = PyMem_Malloc((size_t)(r * k) * sizeof(wr_c));
+    U = PyMem_Malloc((size_t)(r * d) * sizeof(wr_c));   /* reflection j: U + j * r, r - j long */
+    if (!B || !Z || !U) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const double *qv = q.buf, *wv = w.buf, *yv = y.buf;
+    double ykmax = 0.0, resmax = 0.0;
+    int ok = 1;
+    for (Py_ssize_t i = 0; i < r; i++) {
+        const double wi = wv[i];
+        for (Py_ssize_t j = 0; j < d; j++)
+            B[i * d + j] = (wr_c){wi * qv[2 * (i * d + j)], wi * qv[2 * (i * d + j) + 1]};
+        for (Py_ssize_t c = 0; c < k; c++) {
+            wr_c z = {wi * yv[2 * (i * k + c)], wi * yv[2 * (i * k + c) + 1]};
+            Z[i * k + c] = z;
+            ykmax = wr_max(ykmax, wr_abs(z));
+        }
+    }
+    for (Py_ssize_t j = 0; j < d && ok; j++) {   /* each column at its largest modulus 1 */
+        double s = 0.0;
+        for (Py_ssize_t i = 0; i < r; i++)
+            s = wr_max(s, wr_abs(B[i * d + j]));
+        if (!(s > 0.0) || !isfinite(s)) {   /* a zero column: not of full rank */
+            ok = 0;
+            break;
+        }
+        for (Py_ssize_t i = 0; i < r; i++) {
+            B[i * d + j].re /= s;
+            B[i * d + j].im /= s;
+        }
+    }
+    Py_ssize_t used = 0;   /* reflections made */
+    for (Py_ssize_t j = 0; j < d && ok; j++) {
+        wr_c *x = B + j * d + j, *u = U + j * r;
+        const Py_ssize_t n = r - j;
+        double nx = wr_norm(x, n, d);
+        if (!isfinite(nx)) {
+            ok = 0;
+            break;
+        }
+        if (!(nx > WR_RANK_TOL)) {
+            /* (almost) nothing of this column outside the ones before it (each column's
+               norm is at least 1 here, its largest modulus 1): B has not full column
+               rank, as the decoder judges rank (1e-10 of the largest singular value) */
+            ok = 0;
+            break;
+        }
+        double a0 = wr_abs(x[0]);
+        wr_c ph = a0 > 0.0 ? (wr_c){x[0].re / a0, x[0].im / a0} : (wr_c){1.0, 0.0};
+        u[0] = (wr_c){x[0].re + ph.re * nx, x[0].im + ph.im * nx};   /* no cancellation */
+        for (Py_ssize_t i = 1; i < n; i++)
+            u[i] = x[i * d];
+        double nu = wr_norm(u, n, 1);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            u[i].re /= nu;
+            u[i].im /= nu;
+        }
+        for (Py_ssize_t c = j + 1; c < d; c++)
+            wr_reflect(u, n, B + j * d + c, d);
+        for (Py_ssize_t c = 0; c < k; c++)
+            wr_reflect(u, n, Z + j * k + c, k);
+        used = j + 1;
+    }
+    if (ok) {
+        for (Py_ssize_t i = 0; i < d * k; i++)   /* the component in range(B), rotated */
+            Z[i] = (wr_c){0.0, 0.0};
+        for (Py_ssize_t j = used - 1; j >= 0; j--)
+            for (Py_ssize_t c = 0; c < k; c++)
+                wr_reflect(U + j * r, r - j, Z + j * k + c, k);
+        for (Py_ssize_t i = 0; i < r * k; i++)
+            resmax = wr_max(resmax, wr_abs(Z[i]));
+    }
+    result = Py_BuildValue("(dd)", ok ? resmax : NAN, ykmax);
+done:
+    PyMem_Free(B);
+    PyMem_Free(Z);
+    PyMem_Free(U);
+    release_buffers(3, bufs, have);
     return result;
 }
 
@@ -2964,12 +3160,21 @@ static PyMethodDef methods[] = {
      "the source rows being src's float64 values in rows of out's width (zeros past its\n"
      "end); sq gets each group of per rows' sum of squares added. All float64, C-contiguous."},
     {"proj_sq", (PyCFunction)(void (*)(void))proj_sq, METH_VARARGS | METH_KEYWORDS,
-     "proj_sq(srcs, u, v, proj, sq, simd=-1) -> None\n\n"
+     "proj_sq(srcs, u, v, proj, sq, simd=-1, halves=False) -> None\n\n"
      "The decoder's consistency check in one pass: for each of the m sources (float64 or\n"
      "float32, x by y, rows contiguous) proj[s, j] = u_j . (src_s v_j) and sq[s] = the sum\n"
      "of the squares of its values, in double (u: k x x, v: k x y, float64, C-contiguous,\n"
      "1 <= k <= 8; proj: m x k, sq: m, float64, written). simd 0: plain C even where the\n"
-     "CPU has AVX2 and FMA (k 4 uses them there)."},
+     "CPU has AVX2 and FMA (k 4 uses them there). halves: each source 2x by y, its top and\n"
+     "bottom x rows projected apart into proj[s, 2j] and proj[s, 2j + 1] (proj: m x 2k),\n"
+     "sq[s] their two sums added."},
+    {"wresid", (PyCFunction)wresid, METH_VARARGS,
+     "wresid(q0, w, y) -> (resmax, ykmax)\n\n"
+     "The consistency check's weighted residual: with B = diag(w) q0 (r x d) and\n"
+     "Z = diag(w) y (r x k), ykmax = max |Z| and resmax = max |Z - P Z|, P the orthogonal\n"
+     "projector onto range(B) (Householder reflections). q0 and y complex, given as the\n"
+     "float64 views r x 2d and r x 2k; w float64; all C-contiguous. resmax NaN where\n"
+     "anything is not finite or B has not full column rank."},
     {NULL, NULL, 0, NULL},
 };
 

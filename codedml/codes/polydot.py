@@ -1003,10 +1003,15 @@ class PolyDotCode(LinearCode):
             return C, plan.cond
         present = plan.present
         # (streamed only where nothing reads C next: a solve for missing blocks does)
-        if _copy_blocks(Cb, [raw[j] for j, _ in present], False, [w for _, w in present],
+        blocks = [raw[j] for j, _ in present]
+        if _copy_blocks(Cb, blocks, False, [w for _, w in present],
                         stream=not plan.missing) is None:
-            for j, w in present:
-                Cb[w] = np.asarray(raw[j], dtype=dt).reshape(-1)
+            if not plan.missing and all(x.dtype == dt for x in blocks):
+                # every data block, in order (rows sorted): one concatenation (small results)
+                np.concatenate(blocks, axis=0, out=C)
+            else:
+                for j, w in present:
+                    Cb[w] = np.asarray(raw[j], dtype=dt).reshape(-1)
         if not plan.par:
             return C, 1.0
         missing, par = plan.missing, plan.par
