@@ -78,6 +78,13 @@ def repeats_for(size: int, quick: bool) -> int:
     return 200 if size <= 64 else 41 if size <= 256 else 11 if size <= 1024 else 5
 
 
+def turn(kinds: list[str], i: int) -> list[str]:
+    """The order of repeat ``i``: ``kinds`` rotated by ``i``, so that each goes first (and,
+    of two, each goes second) equally often."""
+    j = i % len(kinds)
+    return kinds[j:] + kinds[:j]
+
+
 def run_case(label: str, code, size: int, repeats: int, rng: np.random.Generator,
              base_code=None) -> dict:
     A, B = rng.standard_normal((size, size)), rng.standard_normal((size, size))
@@ -112,8 +119,7 @@ def run_case(label: str, code, size: int, repeats: int, rng: np.random.Generator
         kinds.append("base")
     same = True
     for i in range(repeats + 1):              # the first round warms the caches: discarded
-        order = kinds[i % len(kinds):] + kinds[:i % len(kinds)]   # each first in turn
-        order = order if i % 2 == 0 else order[::-1]
+        order = turn(kinds, i)
         got = {}
         for which in order:
             t, C, faulty = decode_base() if which == "base" else decode(which == "compiled", res)
@@ -239,8 +245,16 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--repeats must be at least 1, got {args.repeats}")
     base_cases = None
     if args.base is not None:
+        if not (args.base / "codedml_base" / "codes").is_dir():
+            ap.error(f"--base must be a folder holding a base tree's package as codedml_base "
+                     f"(see the module docstring); {args.base} has no codedml_base/codes")
         sys.path.insert(0, str(args.base))
         import codedml_base.codes as base_codes
+        from codedml_base.codes import _base as base_base
+        if base_base._K is None:   # a fair comparison needs the base's compiled loops too
+            ap.error(f"--base: {args.base}/codedml_base has no compiled codes/_kernels module: "
+                     "build it (gcc -O2 -shared -fPIC with Python's include folder, "
+                     "codes/_kernels.c into codes/_kernels<EXT_SUFFIX>) before timing it")
         base_cases = dict(cases(base_codes))
     limit = blas_limit(args.threads)
     rng = np.random.default_rng(args.seed)

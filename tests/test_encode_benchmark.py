@@ -175,11 +175,23 @@ def test_decode_check_times_a_base_tree_side_by_side(tmp_path):
     assert "| compiled / base |" in block and "commit 01234567" in block and "**NO**" not in block
 
 
+def test_decode_check_turns_the_order_of_its_decodes_every_repeat():
+    """Each kind of decode goes first equally often (two alternate; three take turns), so a
+    slow phase of the machine, or caches left warm by the one before, hit all alike."""
+    import decode_check
+
+    two = [decode_check.turn(["compiled", "numpy"], i) for i in range(4)]
+    assert two == [["compiled", "numpy"], ["numpy", "compiled"]] * 2
+    three = [decode_check.turn(["compiled", "numpy", "base"], i)[0] for i in range(6)]
+    assert three == ["compiled", "numpy", "base"] * 2
+
+
 def test_decode_check_refuses_bad_arguments_by_name(tmp_path, capsys):
     import decode_check
 
     for argv, match in [(["--sizes", "8"], "--sizes must be at least 16"),
-                        (["--repeats", "0"], "--repeats must be at least 1, got 0")]:
+                        (["--repeats", "0"], "--repeats must be at least 1, got 0"),
+                        (["--base", str(tmp_path)], "--base must be a folder holding a base tree")]:
         with pytest.raises(SystemExit):
             decode_check.main(argv + ["--out", str(tmp_path / "x.json")])
         assert match in capsys.readouterr().err

@@ -903,7 +903,9 @@ class LinearCode(abc.ABC):
         if rtol is None:
             rtol = 16.0 * _eps(dt)
         entries = max(1, math.prod(raw[0].shape))
-        c, e = float(rtol) * math.sqrt(max(inner, 1)), math.sqrt(entries)
+        # (rtol times sqrt(inner) in rtol's own type, a numpy float32 one included, as the
+        # elementwise formula took it)
+        c, e = float(rtol * math.sqrt(max(inner, 1))), math.sqrt(entries)
         tau = [c * x / e for x in expected]
         # A worker whose operands are all zero (split padding, zero blocks) computes an exact 0:
         # give it a tenth of the typical tolerance of the *nonzero* workers instead of 0, which
@@ -1419,7 +1421,8 @@ _WRESID_MAX = 4096
 
 
 def _complex_view(a: np.ndarray) -> np.ndarray:
-    """``a`` (2-D, real or complex) as the float64 view of a C-contiguous complex128 copy."""
+    """``a`` (2-D, real or complex) as the float64 view of C-contiguous complex128 values (a
+    copy where ``a`` is not already such an array; read, never written)."""
     return np.ascontiguousarray(a, dtype=np.complex128).view(np.float64)
 
 

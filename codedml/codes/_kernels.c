@@ -2830,14 +2830,15 @@ done:
    (the complex arrays' interleaved real views), C-contiguous; ``w``: the r weights (float64,
    contiguous). With ``B = diag(w) q0`` and ``Z = diag(w) y``: ``ykmax`` = max |Z_ij| and
    ``resmax`` = max |(Z - P Z)_ij| with P the orthogonal projector onto range(B), found by
-   Householder reflections of B (each column scaled by its largest modulus first: the same
-   range, no overflow in the reflections' norms) applied to Z, the first d rotated rows
-   zeroed, then the reflections undone. The numbers are numpy's formula's up to rounding (a
-   different QR of the same range). ``resmax`` is NaN where anything is not finite (numpy's
-   products give NaN or Inf there) and where a column of B has no more than 1e-10 of its
-   norm outside the columns before it (B of lower rank, or close to it: no pivoting here,
-   and numpy's QR would count a direction of rounding noise into the range); the caller
-   then takes numpy's path. */
+   Householder reflections of B (each column first scaled by a power of two to a largest
+   modulus in [0.5, 1): the same range, exactly, and no overflow in the reflections'
+   norms) applied to Z, the first d rotated rows zeroed, then the reflections undone. The
+   numbers are numpy's formula's up to rounding (a different QR of the same range; both
+   err by a few eps max|Z| cond(B)), so a decision right at the check's threshold may
+   differ. ``resmax`` is NaN where anything is not finite (numpy's products give NaN or
+   Inf there) and where a scaled column keeps at most 1e-10 (absolute) outside the columns
+   before it (B of lower rank, or close to it: no pivoting here, and numpy's QR would count
+   a direction of rounding noise into the range); the caller then takes numpy's path. */
 #define WR_MAX_ROWS 4096
 #define WR_RANK_TOL 1e-10
 
@@ -2946,7 +2947,8 @@ static PyObject *wresid(PyObject *self, PyObject *args)
             ykmax = wr_max(ykmax, wr_abs(z));
         }
     }
-    for (Py_ssize_t j = 0; j < d && ok; j++) {   /* each column at its largest modulus 1 */
+    for (Py_ssize_t j = 0; j < d && ok; j++) {
+        /* each column scaled by a power of two (exact) to a largest modulus in [0.5, 1) */
         double s = 0.0;
         for (Py_ssize_t i = 0; i < r; i++)
             s = wr_max(s, wr_abs(B[i * d + j]));
@@ -2954,9 +2956,12 @@ static PyObject *wresid(PyObject *self, PyObject *args)
             ok = 0;
             break;
         }
+        int e;
+        (void)frexp(s, &e);
+        const double f = ldexp(1.0, -e);
         for (Py_ssize_t i = 0; i < r; i++) {
-            B[i * d + j].re /= s;
-            B[i * d + j].im /= s;
+            B[i * d + j].re *= f;
+            B[i * d + j].im *= f;
         }
     }
     Py_ssize_t used = 0;   /* reflections made */
@@ -2969,9 +2974,9 @@ static PyObject *wresid(PyObject *self, PyObject *args)
             break;
         }
         if (!(nx > WR_RANK_TOL)) {
-            /* (almost) nothing of this column outside the ones before it (each column's
-               norm is at least 1 here, its largest modulus 1): B has not full column
-               rank, as the decoder judges rank (1e-10 of the largest singular value) */
+            /* (almost) nothing of this column outside the ones before it: its part there
+               is at most 1e-10, where the column's largest modulus is at least 0.5 (its
+               norm 0.5 to sqrt(r)); declined, numpy's path then */
             ok = 0;
             break;
         }
