@@ -24,6 +24,12 @@ Measured side by side, each the median over ``--repeats`` rounds, on the same ra
   ``encode_time``, from submission through the encode and the checks before it, and
   ``t_decode``) and the rest (``runtime_*``: the requests, the workers' products, the replies
   and the job's bookkeeping), medians over the same jobs.
+* ``floor job`` (the compiled path only): the same 4x4 job's essential steps alone, on the
+  cluster's own engine under its lock (:func:`floor_job`): the code's encode, one
+  ``request_many``, ``poll`` until k results of this job have come, the code's decode, a
+  cancel to each worker not heard; no Future, no Job object, no booking of replies, no
+  settle, no deadline. What the job would cost if the runtime's bookkeeping were free: the
+  ``job`` row over this one is that bookkeeping's share.
 * ``train step``: ``codedml.train.fit`` under the ``sync`` policy with a gradient handler that
   returns zeros at once (the digits logistic regression's 650 parameters): request, gather,
   the root's SGD step and bookkeeping per step, with no gradient computed.
@@ -155,6 +161,52 @@ def floor_serve(comm) -> None:
         pending.append((comm.Isend(y, dest=0, tag=TAG + 4), y))
 
 
+FLOOR_JOB_ROW = ("floor job (the 4x4 job's essential steps: encode, one request_many, poll "
+                 "for k results, decode, cancels; no Future or bookkeeping)")
+
+
+def floor_job(cluster, code, A: np.ndarray, own: set[int]) -> np.ndarray:
+    """One coded job's essential steps on ``cluster``'s compiled engine, under its lock (see
+    the module docstring); returns the decoded product. Its job id comes from the cluster's
+    own sequence, so the replies it does not wait for are, to the cluster, results of a
+    request nobody holds (dropped as such); ``own`` collects those ids, and a reply the loop
+    meets that is neither its own nor an earlier floor job's result stops the benchmark
+    rather than being swallowed."""
+    from codedml.runtime import mpi
+    from codedml.runtime._cluster import _matmul_request
+    from codedml.runtime.protocol import DTYPES
+
+    n, k = code.workers, code.recovery_threshold
+    eng = cluster._eng
+    with cluster._lock:
+        enc = code.encode(A, A)
+        ta, tb = enc._stack
+        jid = cluster._next_job
+        cluster._next_job += 1
+        own.add(jid)
+        arrays = [[a, tb] for a in ta]
+        eng.request_many(list(range(n)), _matmul_request(code.field, False).with_job(jid)
+                         .wire(arrays[0]), arrays, True)
+        got: dict[int, np.ndarray] = {}
+        end = time.perf_counter() + 10.0
+        while len(got) < k:
+            if time.perf_counter() > end:
+                raise RuntimeError(f"floor job {jid}: {len(got)} of {k} results in 10 s")
+            now = time.perf_counter()
+            for w, what, v in eng.poll(now + 0.05, now + 0.002, mpi._MIN_PAUSE, mpi._MAX_PAUSE,
+                                       k - len(got)):
+                if what != 0 or v[1] != mpi._RESULT or v[7] is None or v[0] not in own:
+                    raise RuntimeError(f"floor job {jid}: an unexpected reply from worker {w}: "
+                                       f"{what}, {v[:3]}")
+                if v[0] == jid and len(got) < k:
+                    got[w] = np.ndarray(v[4], DTYPES[v[3]], v[7])
+        C = code.decode(got, 0, encoding=enc)
+        for w in range(n):
+            if w not in got:
+                eng.cancel(w, jid)
+    return C
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=300, help="requests per row (default 300)")
@@ -240,6 +292,15 @@ def main(argv: list[str] | None = None) -> int:
                 n0 = len(jobs)   # (one list for every block)
                 timed("tiny (8 doubles)", what, job)
                 del jobs[n0]   # this block's warm-up
+                if transport == "compiled" and getattr(cluster, "_eng", None) is not None:
+                    cluster.drain(0.01)   # the jobs' late replies, routed by the cluster
+                    own: set[int] = set()
+                    err = np.abs(floor_job(cluster, code, A, own) - A @ A).max()
+                    if not err <= 1e-12 * np.abs(A @ A).max():   # (a solve rounds)
+                        raise RuntimeError(f"the floor job decoded a wrong product (error {err})")
+                    timed("tiny (8 doubles)", FLOOR_JOB_ROW,
+                          lambda: floor_job(cluster, code, A, own))
+                    cluster.drain(0.01)   # its own late replies, before anything else
                 cfg = TrainConfig(policy="sync", steps=steps, eval_every=steps, batch=16)
                 t = time.perf_counter()
                 res = fit(cluster, task, cfg)
@@ -332,4 +393,17 @@ def plot(doc: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        status = main()
+    except BaseException:
+        # an error on one rank must end the whole job (the others would wait for it in the
+        # next block's collectives forever), with a status that says so
+        import traceback
+
+        traceback.print_exc()
+        sys.stderr.flush()
+        from mpi4py import MPI
+
+        MPI.COMM_WORLD.Abort(1)
+        raise
+    sys.exit(status)

@@ -923,6 +923,13 @@ def _control(doc: dict[str, Any], name: str) -> str:
                        f"and decode {1e3 * j['decode_median_s']:.2f} ms, the rest "
                        f"{1e3 * j['runtime_median_s']:.2f} ms = {j['runtime_ratio_to_bare']:.1f}x "
                        f"the bare round trip)")
+    floor_job = [r for r in doc["rows"] if r["request"].startswith("floor job") and main(r)]
+    if jobs and floor_job:
+        f, j = floor_job[0], jobs[0]
+        verdict.append(f"the job's essential steps alone (the floor job row: no Future, no "
+                       f"bookkeeping) {f['ratio_to_bare']:.1f}x, so the runtime's bookkeeping is "
+                       f"{1e3 * (j['median_s'] - f['median_s']):.2f} ms of the job's "
+                       f"{1e3 * j['median_s']:.2f}")
     if step and doc["workers"] == 6:
         s = step[0]["median_s"]
         verdict.append(f"a training step at most {1e3 * t['train_step_s_at_6_workers']:g} ms at 6 "
