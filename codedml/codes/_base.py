@@ -896,8 +896,7 @@ class LinearCode(abc.ABC):
             rho = min(max(statistics.median(ratio), lo), 1.0) if ratio else 1.0
             expected = [rho * s for s in scale]
         else:
-            fin = [n for n in norms if math.isfinite(n)]
-            med = float(np.nanmedian(norms)) if fin else 1.0
+            med = float(np.nanmedian(norms)) if any(map(math.isfinite, norms)) else 1.0
             expected = [med] * len(rows)
             dt, inner = raw[0].dtype if raw[0].dtype.kind in "fc" else np.dtype(np.float64), 1024
         if rtol is None:
@@ -1336,13 +1335,11 @@ def _project_sq(E: Any, u: np.ndarray, v: np.ndarray,
     packed = isinstance(E, _Packed)
     shape = (2 * x if packed else x, y)
     srcs = arrays
-    for i, a in enumerate(arrays):
-        if a.shape != shape or (y > 1 and a.strides[1] != a.itemsize):
-            # (reshaped where they are not 2-D already; rows must be contiguous)
-            srcs = [a.reshape(shape) for a in arrays]
-            srcs = [a if y <= 1 or a.strides[1] == a.itemsize else np.ascontiguousarray(a)
-                    for a in srcs]
-            break
+    if any(a.shape != shape or (y > 1 and a.strides[1] != a.itemsize) for a in arrays):
+        # (reshaped where they are not 2-D already; rows must be contiguous)
+        srcs = [a.reshape(shape) for a in arrays]
+        srcs = [a if y <= 1 or a.strides[1] == a.itemsize else np.ascontiguousarray(a)
+                for a in srcs]
     m = len(arrays)
     Q = np.empty(m)
     if not packed:
