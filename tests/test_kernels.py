@@ -824,3 +824,55 @@ def test_wresid_is_nan_where_anything_is_not_finite():
 def test_wresid_refuses_bad_arguments_by_name(q0, w, y, match):
     with pytest.raises((ValueError, TypeError), match=match):
         K.wresid(q0, w, y)
+
+
+@needs_kernels
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(0, 40), min_size=1, max_size=12), seed=st.integers(0, 2**32 - 1),
+       squares=st.booleans(), bad=st.sampled_from([None, np.nan, np.inf, -np.inf, 1e200]))
+def test_cat_sq_is_the_concatenation_and_its_sum_of_squares(sizes, seed, squares, bad):
+    """``cat_sq`` (the small decode's assembly): the sources' values one after the other, bit
+    for bit, and the sum of their squares within a float64 sum's rounding; NaN/Inf in a
+    source, or a square past float64's range (1e200), make the sum not finite."""
+    rng = np.random.default_rng(seed)
+    srcs = [rng.standard_normal(s) * 10.0 ** rng.integers(-3, 4) for s in sizes]
+    if bad is not None and sum(sizes):
+        i = next(j for j, s in enumerate(sizes) if s)
+        srcs[i][rng.integers(sizes[i])] = bad
+    dst = np.full(sum(sizes), 7.0)
+    got = K.cat_sq(dst, srcs, squares)
+    np.testing.assert_array_equal(dst, np.concatenate(srcs))
+    if not squares:
+        assert got == 0.0
+    elif bad is not None and sum(sizes):
+        assert not np.isfinite(got)
+    else:
+        want = sum(float(x) * float(x) for s in srcs for x in s)
+        assert got == pytest.approx(want, rel=1e-13 * max(1, sum(sizes)), abs=0.0)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dst, srcs, err, match", [
+    (np.zeros(4, np.float32), [np.zeros(4)], TypeError, r"`dst` must be a C-contiguous float64"),
+    (np.zeros((4, 2))[:, :1], [np.zeros(4)], TypeError, r"`dst` must be a C-contiguous float64"),
+    (np.zeros(4), [np.zeros(2), np.zeros(2, np.float32)], TypeError, r"`srcs\[1\]` must be a C-contiguous float64"),
+    (np.zeros(4), [np.zeros((4, 2))[:, 0]], TypeError, r"`srcs\[0\]` must be a C-contiguous float64"),
+    (np.zeros(4), [np.zeros(3)], ValueError, r"the sources hold 3 values, `dst` 4"),
+    (np.zeros(4), 5, TypeError, r"`srcs` must be a sequence of arrays"),
+    (np.zeros(4), [np.zeros(1)] * 300, ValueError, r"at most 256 sources, got 300"),
+])
+def test_cat_sq_refuses_bad_arguments_by_name(dst, srcs, err, match):
+    with pytest.raises(err, match=match):
+        K.cat_sq(dst, srcs)
+
+
+@needs_kernels
+def test_cat_sq_refuses_a_source_that_overlaps_the_destination_and_a_read_only_one():
+    buf = np.zeros(8)
+    with pytest.raises(ValueError, match=r"`srcs\[1\]` and `dst` overlap in memory"):
+        K.cat_sq(buf[:4], [np.zeros(2), buf[3:5]])
+    ro = np.zeros(4)
+    ro.setflags(write=False)
+    with pytest.raises((ValueError, BufferError), match="read-only|not writable|writable"):
+        K.cat_sq(ro, [np.zeros(4)])
+    assert not ro.any()

@@ -1260,6 +1260,57 @@ def test_futures_state_is_read_alike_by_done_result_and_concurrent_futures():
         assert set(cf.as_completed([ok, bad], timeout=1)) == {ok, bad}
 
 
+def test_futures_condition_is_made_on_first_use_and_waiters_on_it_are_woken():
+    """A request's Future condition is made only where something waits on it through the
+    Future's own methods: a settled job read with ``result()`` and ``report`` never makes one
+    (on MPI a caller pumps the arrivals itself and waits on no condition), while
+    threads blocked in ``concurrent.futures.wait`` / ``Future.result`` on a pending request
+    (which make it) are woken by its settle, callbacks added before and after the settle each
+    run once, and a second settle is refused as Future refuses it."""
+    import concurrent.futures as cf
+
+    def slow(ctx, x, **_):
+        time.sleep(0.3)
+        return x
+
+    with LocalCluster(4, handlers={"slow": slow}, timeout=60) as c:
+        code = MDSCode(4, 2)
+        A = np.arange(16.0).reshape(4, 4)
+        job = c.submit(A, A, code=code)
+        end = time.monotonic() + 20
+        while not job.done() and time.monotonic() < end:   # (no wait on its condition)
+            time.sleep(0.001)
+        np.testing.assert_allclose(job.result(), A @ A, rtol=1e-12)
+        assert job.report.outcome == "ok"
+        assert not {"_cond", "_condition"} & set(job.__dict__)   # nobody waited on it: none made
+        with pytest.raises(cf.InvalidStateError):      # a second settle, without a condition
+            job.set_result(None)
+        seen = []
+        job.add_done_callback(lambda f: seen.append(("after", f is job)))
+        assert seen == [("after", True)]               # settled: run at once, once
+        call = c.call("slow", np.ones(2))
+        call.add_done_callback(lambda f: seen.append(("before", f.done())))
+        got: dict[str, object] = {}
+
+        def wait_cf():
+            got["wait"] = cf.wait([call], timeout=20)
+
+        def wait_result():
+            got["result"] = cf.Future.result(call, timeout=20)   # blocks in the condition
+
+        threads = [threading.Thread(target=wait_cf), threading.Thread(target=wait_result)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not any(t.is_alive() for t in threads)
+        assert got["wait"][0] == {call} and set(got["result"]) == {0, 1, 2, 3}
+        assert seen == [("after", True), ("before", True)]
+        assert "_cond" in call.__dict__                # made by the waiters
+        with pytest.raises(cf.InvalidStateError):
+            call.set_exception(RuntimeError("twice"))
+
+
 def test_a_waiter_on_the_cluster_is_woken_by_a_settlement_not_its_timeout():
     """Arrivals and settlements notify the cluster's condition only while a thread waits on
     it (``_wait_changed`` counts them): a thread waiting there with a long timeout must be
@@ -1432,3 +1483,29 @@ def test_booked_replies_go_before_the_polls_other_arrivals_and_stale_blocks_stay
                 np.testing.assert_array_equal(got[w], x + w)
     finally:
         _close_fast(c)
+
+
+def test_a_code_says_whether_the_count_alone_decides_decodability():
+    """``_decided_by_count()`` (a job then tests decodability without an array of the arrived
+    workers): true only where ``decodable`` of every subset is its size against the
+    threshold; false for systematic MatDot (its data workers suffice alone), gradient codes
+    (fractional repetition decodes from one worker per group), and a code whose test is
+    replaced on the instance."""
+    import itertools
+
+    count = [MDSCode(6, 4), MDSCode(6, 4, systematic=False), MDSCode(5, 3, field=65537),
+             PolynomialCode(7, 2, 2), MatDotCode(7, 3, systematic=False)]
+    other = [MatDotCode(7, 3), GradientCode(6, 2, scheme="fractional_repetition"),
+             GradientCode(6, 2)]
+    for code in count + other:
+        n, t = code.workers, code.recovery_threshold
+        by_size = all(code.decodable(list(S)) == (len(S) >= t)
+                      for r in range(n + 1) for S in itertools.combinations(range(n), r))
+        assert code._decided_by_count() == (code in count), code
+        if code in count:
+            assert by_size, code
+        elif code is other[1]:   # one worker of each group decodes, below the threshold
+            assert not by_size
+    c = MDSCode(6, 4)
+    c._recovers = lambda rows: True
+    assert not c._decided_by_count()

@@ -938,12 +938,13 @@ def test_compiled_block_copies_assemble_bit_for_bit(data):
     # their own rows of C, not the first ones)
     gone = data.draw(st.lists(st.sampled_from(range(k)), unique=True, max_size=len(spare)))
     sub = {w: res[w] for w in [w for w in range(k) if w not in gone] + spare}
-    outs, copied = [], []
-    real = _encode.fast_copy
+    outs, copied, cats = [], [], []
+    real, real_cat = _encode.fast_copy, _encode._K.cat_sq
     for lo in (0, 1 << 62):
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(polydot, "COPY_BLOCKS_MIN", lo)
             mp.setattr(_encode, "fast_copy", lambda *a, **kw: copied.append(lo) or real(*a, **kw))
+            mp.setattr(_encode._K, "cat_sq", lambda *a, **kw: cats.append(lo) or real_cat(*a, **kw))
             if not gone:
                 mp.setattr(base, "_lstsq", _no_solve)
                 mp.setattr(polydot, "_solve_missing", _no_solve)
@@ -955,9 +956,17 @@ def test_compiled_block_copies_assemble_bit_for_bit(data):
     assert 1 << 62 not in copied
     one_pass = bool(gone) and len(sub) > 0 and code._assembly_plan(
         np.array(sorted(sub))).GF is not None and polydot._encode._lincomb_ok()
+    # exactly the k data results, small float64 ones: the small decode copies them all in
+    # one compiled call (cat_sq), whatever COPY_BLOCKS_MIN says
+    small = (not gone and len(sub) == k
+             and sum(r.nbytes for r in sub.values()) <= polydot.SMALL_DECODE_BYTES
+             and all(r.dtype == np.float64 and r.flags.c_contiguous for r in sub.values()))
     if np.result_type(A.dtype, B.dtype) == np.float64 and tasks[0].a.dtype == np.float64 \
             and not one_pass:
-        assert len(copied) == k - len(gone)
+        if small:
+            assert (copied, cats) == ([], [0, 1 << 62])
+        else:
+            assert len(copied) == k - len(gone)
     np.testing.assert_array_equal(out, ref)
     assert (info.used, info.faulty) == (ref_info.used, ref_info.faulty)
     stacked = np.concatenate([np.asarray(res[w], dtype=np.float64) for w in range(k)], axis=0)
@@ -975,7 +984,8 @@ def test_compiled_block_copies_see_non_finite_values_and_only_those(value, bad_a
     NaN/Inf look at C: a NaN or Inf still gets the general path's answer (named, no
     warning); a finite value whose square overflows (1e200) is not taken for one: it is
     decoded, the product bit for bit the stacked results. At 512 x 512 C is 2 MiB: the
-    copies stream (the default threshold); at 16 the threshold is lowered to reach them."""
+    copies stream (the default threshold); at 16 the small decode copies the four results
+    in one compiled call (``cat_sq``), its sum of squares the look."""
     import warnings
 
     from codedml.codes import _encode
@@ -989,24 +999,26 @@ def test_compiled_block_copies_see_non_finite_values_and_only_those(value, bad_a
     res = {w: tasks[w].compute() for w in range(4)}
     res[bad_at] = res[bad_at].copy()
     res[bad_at][1, 2] = value
-    calls = []
-    real = _encode.fast_copy
+    calls, cats = [], []
+    real, real_cat = _encode.fast_copy, _encode._K.cat_sq
     try:
         want = base.LinearCode.decode(code, res, encoding=tasks)
     except Exception as exc:    # the general path's refusal, e.g. CorruptResultError
         want = exc
     with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
         warnings.simplefilter("error")
-        if size < 512:
-            mp.setattr(polydot, "COPY_BLOCKS_MIN", 0)
         mp.setattr(_encode, "fast_copy", lambda *a, **kw: calls.append(a[2]) or real(*a, **kw))
+        mp.setattr(_encode._K, "cat_sq", lambda *a, **kw: cats.append(1) or real_cat(*a, **kw))
         if isinstance(want, Exception):
             with pytest.raises(type(want)) as got:
                 code.decode(res, encoding=tasks)
             assert str(got.value) == str(want)
         else:
             out = code.decode(res, encoding=tasks)
-    assert len(calls) == 4 and all(calls) == (size == 512)    # copied compiled; streamed at 2 MiB
+    if size == 512:   # copied compiled, streamed at 2 MiB
+        assert len(calls) == 4 and all(calls) and not cats
+    else:             # the small decode's one call
+        assert not calls and cats == [1]
     if value == 1e200:
         assert not isinstance(want, Exception)
         np.testing.assert_array_equal(out, np.concatenate([res[w] for w in range(4)]))

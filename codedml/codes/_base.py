@@ -42,6 +42,8 @@ from ._encode import _REAL
 from ._field import residues_of
 from ._validate import check_int
 
+_F64_DTYPE = np.dtype(np.float64)
+
 # the compiled loops (codedml/codes/_kernels.c), built where a C compiler was found: the
 # decoder's consistency check takes its projections and sums of squares from `proj_sq`
 try:
@@ -203,6 +205,18 @@ class Encoding(Sequence[Task]):
 
             with np.errstate(over="ignore", invalid="ignore"):  # huge or non-finite inputs
                 self.scales = np.array([fro(t.a) * fro(t.b) for t in tasks])
+
+    @classmethod
+    def _of_small(cls, code: LinearCode, shape: tuple[int, ...], inner: int,
+                  scales: list[float]) -> "Encoding":
+        """``Encoding(code, None, shape, inner, float64, False, scales)`` without the
+        argument handling of ``__init__`` (a small job's encode, per job): ``shape`` a tuple
+        of ints, ``inner`` an int, ``scales`` Python floats, of a real code."""
+        out = object.__new__(cls)
+        d = out.__dict__
+        d["code"], d["shape"], d["inner"], d["dtype"] = code, shape, inner, _F64_DTYPE
+        d["compensated"], d["scales"] = False, np.array(scales)
+        return out
 
     @functools.cached_property
     def _tasks(self) -> list[Task]:
@@ -506,6 +520,12 @@ class LinearCode(abc.ABC):
         """:meth:`decodable` on validated, sorted indices (default: enough of them)."""
         return len(rows) >= self.recovery_threshold
 
+    def _decided_by_count(self) -> bool:
+        """Whether :meth:`_recovers` answers from the number of rows alone (whichever they
+        are), so that a caller with the count need not build the array: true of this
+        class's test, unless a subclass overrides it or it is set on the instance."""
+        return type(self)._recovers is LinearCode._recovers and "_recovers" not in self.__dict__
+
     def _recovers_bound(self) -> int:
         """The fewest workers :meth:`_recovers` of the same class accepts (here: the count
         test's threshold). A class that overrides ``_recovers`` declares its own beside it,
@@ -714,8 +734,13 @@ class LinearCode(abc.ABC):
         if shape is not None:
             C = self._cut(C, shape)
         elif encoding is not None:
-            C = np.ascontiguousarray(C if C.shape == encoding.shape else   # no padding to cut
-                                     C[tuple(slice(0, x) for x in encoding.shape)])
+            want = encoding.shape
+            if C.shape == want:            # no padding to cut
+                C = np.ascontiguousarray(C)
+            elif C.shape[1:] == want[1:]:  # padding rows only (an MDS-type code's)
+                C = np.ascontiguousarray(C[:want[0]])
+            else:
+                C = np.ascontiguousarray(C[tuple(slice(0, x) for x in want)])
         else:
             # the results' dtype, not C's float64: float32 rounding left in solved padding rows
             # must not pass for data (the general path passes raw[0].dtype too)
@@ -1116,7 +1141,8 @@ def check_rtol(rtol: Any) -> None:
             f"16 eps of the operands' dtype), got {rtol!r}")
 
 
-def _check_against(encoding: "Encoding", rows: list[int], raw: list[np.ndarray]) -> None:
+def _check_against(encoding: "Encoding", rows: list[int], raw: list[np.ndarray],
+                   real: bool = False) -> None:
     """The results (one shape, checked) against what ``encoding``'s tasks compute: ``a @ b``'s
     shape, and complex only where a task's operands are. Skipped where a task does not hold
     both operands (resident and left products: the worker holds one). On every decode of a
@@ -1140,7 +1166,9 @@ def _check_against(encoding: "Encoding", rows: list[int], raw: list[np.ndarray])
         raise ConfigurationError(
             f"`results` must have the shape of each worker's product a @ b, "
             f"{(a.shape[0],) + b.shape[1:]} (worker {w}: a {a.shape} @ b {b.shape}), got {got}")
-    if a.dtype.kind != "c" and b.dtype.kind != "c":
+    if not real and a.dtype.kind != "c" and b.dtype.kind != "c":
+        # (``real``: the caller refuses complex results itself, as a small decode's float64
+        # copy does)
         for v, r in zip(rows, raw):
             if r.dtype.kind == "c":
                 raise ConfigurationError(

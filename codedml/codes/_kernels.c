@@ -3128,6 +3128,90 @@ done:
     return result;
 }
 
+/* cat_sq(dst, srcs, squares=True): srcs' values one after the other into dst (all float64,
+ * C-contiguous, srcs' sizes adding up to dst's) and the sum of their squares (a decode's
+ * screen for NaN/Inf: not finite where a value is not, or a square overflowed), in one call:
+ * a small decode's assembly and its solve's sources, where a copy per block, or
+ * np.concatenate and then np.isfinite, cost more than the values. At most CAT_MAX sources. */
+#define CAT_MAX 256
+static PyObject *cat_sq(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    (void)self;
+    static char *names[] = {"dst", "srcs", "squares", NULL};
+    PyObject *odst, *osrcs;
+    int squares = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|p:cat_sq", names, &odst, &osrcs,
+                                     &squares))
+        return NULL;
+    PyObject *fs = PySequence_Fast(osrcs, "cat_sq: `srcs` must be a sequence of arrays");
+    if (!fs)
+        return NULL;
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(fs);
+    if (n > CAT_MAX) {
+        PyErr_Format(PyExc_ValueError, "cat_sq: at most %d sources, got %zd", CAT_MAX, n);
+        Py_DECREF(fs);
+        return NULL;
+    }
+    Py_buffer d, sb[CAT_MAX];
+    Py_ssize_t got = 0, total = 0;
+    PyObject *result = NULL;
+    if (PyObject_GetBuffer(odst, &d, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
+        Py_DECREF(fs);
+        return NULL;
+    }
+    if (native(&d) != 'd' || !PyBuffer_IsContiguous(&d, 'C')) {
+        PyErr_SetString(PyExc_TypeError, "cat_sq: `dst` must be a C-contiguous float64 array");
+        goto done;
+    }
+    const uintptr_t dlo = (uintptr_t)d.buf, dhi = dlo + (uintptr_t)d.len;
+    for (; got < n; got++) {
+        Py_buffer *b = &sb[got];
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fs, got), b,
+                               PyBUF_STRIDES | PyBUF_FORMAT) < 0)
+            goto done;
+        if (native(b) != 'd' || !PyBuffer_IsContiguous(b, 'C')) {
+            PyBuffer_Release(b);
+            PyErr_Format(PyExc_TypeError, "cat_sq: `srcs[%zd]` must be a C-contiguous float64 "
+                         "array", got);
+            goto done;
+        }
+        const uintptr_t lo = (uintptr_t)b->buf, hi = lo + (uintptr_t)b->len;
+        if (meet(lo, hi, dlo, dhi)) {
+            PyBuffer_Release(b);
+            PyErr_Format(PyExc_ValueError, "cat_sq: `srcs[%zd]` and `dst` overlap in memory", got);
+            goto done;
+        }
+        total += b->len;
+    }
+    if (total != d.len) {
+        PyErr_Format(PyExc_ValueError, "cat_sq: the sources hold %zd values, `dst` %zd",
+                     total / 8, d.len / 8);
+        goto done;
+    }
+    {
+        double acc = 0.0;
+        char *at = (char *)d.buf;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            const Py_ssize_t len = sb[i].len;
+            if (len)
+                memcpy(at, sb[i].buf, (size_t)len);
+            if (squares) {
+                const double *v = (const double *)at;
+                for (Py_ssize_t j = 0; j < len / 8; j++)
+                    acc += v[j] * v[j];
+            }
+            at += len;
+        }
+        result = PyFloat_FromDouble(acc);
+    }
+done:
+    for (Py_ssize_t i = 0; i < got; i++)
+        PyBuffer_Release(&sb[i]);
+    PyBuffer_Release(&d);
+    Py_DECREF(fs);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"copy_sq", (PyCFunction)(void (*)(void))copy_sq, METH_VARARGS | METH_KEYWORDS,
      "copy_sq(dst, src, sq=None, stream=False, scale=1.0, wide=None, part=0, squares=True,\n"
@@ -3173,6 +3257,12 @@ static PyMethodDef methods[] = {
      "CPU has AVX2 and FMA (k 4 uses them there). halves: each source 2x by y, its top and\n"
      "bottom x rows projected apart into proj[s, 2j] and proj[s, 2j + 1] (proj: m x 2k),\n"
      "sq[s] their two sums added."},
+    {"cat_sq", (PyCFunction)(void (*)(void))cat_sq, METH_VARARGS | METH_KEYWORDS,
+     "cat_sq(dst, srcs, squares=True) -> float\n\n"
+     "Copy the sources' values one after the other into dst (float64, C-contiguous, their\n"
+     "sizes adding up to dst's; at most 256 sources, none overlapping dst) and return the\n"
+     "sum of their squares (0.0 without squares): finite only where every value is and no\n"
+     "square overflowed."},
     {"wresid", (PyCFunction)wresid, METH_VARARGS,
      "wresid(q0, w, y) -> (resmax, ykmax)\n\n"
      "The consistency check's weighted residual: with B = diag(w) q0 (r x d) and\n"

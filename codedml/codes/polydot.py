@@ -436,10 +436,12 @@ class PolyDotCode(LinearCode):
             with np.errstate(invalid="ignore", over="ignore"):
                 sb = float(flat @ flat)
         rb = math.sqrt(sb)
-        scales = np.array([math.sqrt(x) * rb for x in sa])
-        enc = _base.Encoding(self, None, shape, N, _F64, False, scales)
+        scales = [math.sqrt(x) * rb for x in sa]
+        enc = _base.Encoding._of_small(self, shape, N, scales)
         enc._stack = (ta, tb)   # (its Task objects built where asked for)
-        return self._checked_scales(enc, A, B)
+        # (the scales looked at as Python floats: the check of _checked_scales, which takes
+        # them again, or names a NaN/Inf input, only where one may be wrong)
+        return self._checked_scales(enc, A, B) if _base._redo(scales) else enc
 
     def _encode(self, A: Any, B: Any, precision: str = "auto"):
         if self.field is not None:
@@ -720,6 +722,11 @@ class PolyDotCode(LinearCode):
             return True
         return len(rows) >= self.recovery_threshold
 
+    def _decided_by_count(self) -> bool:
+        # the count decides but for systematic MatDot (its m data workers suffice alone)
+        return (type(self)._recovers is PolyDotCode._recovers and "_recovers" not in self.__dict__
+                and not (self.systematic and self.m > 1))
+
     def _recovers_bound(self) -> int:
         if self.systematic and self.m > 1:
             return min(self.m, self.recovery_threshold)
@@ -875,34 +882,49 @@ class PolyDotCode(LinearCode):
         raw = [results[w] for w in rows]
         r0 = raw[0]
         shp = r0.shape
+        K = _encode._K
         for r in raw:
-            if (type(r) is not np.ndarray or r.dtype != _F64 or r.shape != shp
-                    or not r.flags.c_contiguous):
+            # (with the kernels, dtype and layout are checked by the copy, below)
+            if type(r) is not np.ndarray or r.shape != shp or (
+                    K is None and (r.dtype != _F64 or not r.flags.c_contiguous)):
                 return None
         if not shp or r0.nbytes * k > SMALL_DECODE_BYTES:
             return None
         try:
-            _base._check_against(encoding, rows, raw)
+            _base._check_against(encoding, rows, raw, real=True)
         except ConfigurationError:
             return None   # (named by the general path)
         C = _pool.empty_small((k * shp[0],) + shp[1:], r0.nbytes * k)
-        sq = None
         if rows[-1] == k - 1:                  # the k data results: one after the other
-            sq = _copy_blocks(C.reshape(k, -1), raw, squares=True)   # (None: small)
-            if sq is None:
+            if K is not None:   # the copy and its sum of squares (the NaN/Inf look) in one call
+                try:
+                    sq = K.cat_sq(C, raw)
+                except TypeError:   # a result not float64, or not C-ordered
+                    return None
+            else:
                 np.concatenate(raw, axis=0, out=C)
+                sq = math.nan
             cond = 1.0
         else:
             plan = self._assembly_plan(rows)
             if plan.GF is None or not _encode._lincomb_ok():
                 return None
             rs = np.zeros(2 * k)   # C's sums of squares, from the kernel (the NaN/Inf look)
-            _solve_missing_into(plan, raw, C.reshape(2 * k, -1), True, rs)
+            C2 = C.reshape(2 * k, -1)
+            # the sources' halves as the rows of one stacked copy (one call, where a view per
+            # half cost more than the arithmetic), made here where a result that is not
+            # float64 or not C-ordered declines before the solve
+            stacked = np.empty((2 * len(plan.sources), C2.shape[1]))
+            try:
+                K.cat_sq(stacked, [raw[j] for j in plan.sources], False)
+            except TypeError:   # (as above)
+                return None
+            _solve_missing_into(plan, raw, C2, True, rs, stacked)
             sq = sum(rs.tolist())   # (Python floats: an overflow gives inf, not an error)
             cond = plan.cond
         # (finite sums of squares: every value finite; an infinite one may be a finite value
         # whose square overflowed, so C is looked at)
-        if not (sq is not None and math.isfinite(sq)) and not np.isfinite(C).all():
+        if not math.isfinite(sq) and not np.isfinite(C).all():
             return False
         return C, DecodeInfo._of((), tuple(rows), cond, False)   # (C cut by _finish_fast)
 
@@ -1058,7 +1080,9 @@ class PolyDotCode(LinearCode):
         again, and for small products this bookkeeping (the subset's parity rows of the
         generator, their real and imaginary parts, the factors of the missing blocks'
         columns, the condition number) cost more than the arithmetic."""
-        key = np.asarray(rows, dtype=np.int64).tobytes()
+        # (a tuple of Python ints: from a list, as a small job's decode has its rows, in a
+        # tenth of the time of an array's bytes)
+        key = tuple(rows) if type(rows) is list else tuple(np.asarray(rows).tolist())
         plans = self.__dict__.get("_plans")
         if plans is None:
             plans = self.__dict__.setdefault("_plans", OrderedDict())
@@ -1368,7 +1392,8 @@ class _AssemblyPlan:
 
 
 def _solve_missing_into(plan: _AssemblyPlan, raw: list[np.ndarray], C2: np.ndarray,
-                        small: bool = False, sq: np.ndarray | None = None) -> None:
+                        small: bool = False, sq: np.ndarray | None = None,
+                        stacked: np.ndarray | None = None) -> None:
     """A packed systematic assembly in one pass of the compiled kernel (``lincomb``), where
     the missing blocks' system is solved in real form (``plan.GF``): the real halves of the
     parity results and of the present blocks are the sources; each present block's two rows
@@ -1381,14 +1406,18 @@ def _solve_missing_into(plan: _AssemblyPlan, raw: list[np.ndarray], C2: np.ndarr
     solve of such an assembly (the tests count its calls, as of :func:`_solve_missing`).
     ``small``: the results are C-ordered float64 arrays of at most
     :data:`SMALL_DECODE_BYTES` in all (:meth:`PolyDotCode._decode_small` checked them);
-    ``sq`` (with ``small``): gets each row of ``C2``'s sum of squares added."""
+    ``sq`` (with ``small``): gets each row of ``C2``'s sum of squares added; ``stacked``
+    (with ``small``): the sources' halves as rows, ``plan.sources``' results one after the
+    other, where the caller made them (else made here)."""
     L = C2.shape[1]
     srcs = [raw[j] for j in plan.sources]
     if small:
         # the halves as the rows of one stacked copy (one call, where a view per half cost
         # more than the arithmetic): the same values
-        _encode._K.lincomb(plan.GF, np.concatenate(srcs, axis=0).reshape(-1, L), C2, sq,
-                           False, False, _encode.LINCOMB_SIMD)
+        if stacked is None:
+            stacked = np.empty((2 * len(srcs), L))
+            _encode._K.cat_sq(stacked, srcs, False)
+        _encode._K.lincomb(plan.GF, stacked, C2, sq, False, False, _encode.LINCOMB_SIMD)
         return
     halves: list[np.ndarray] = []
     real = _encode._REAL   # (dtype objects: compared several times faster than scalar types)

@@ -334,15 +334,20 @@ class ClusterBase:
         t_enc = time.perf_counter() - t0
         jid = self._next_job
         self._next_job += 1
-        skip = set(skip)
-        rows = [w for w in range(self.workers) if w not in self._dead and w not in skip]
+        dead = self._dead
+        if dead or skip:
+            skip = set(skip)
+            rows = [w for w in range(self.workers) if w not in dead and w not in skip]
+        else:   # (the common case: every worker asked)
+            rows = range(self.workers)
         job = Job(self, jid, code, enc, errors, timeout, rows, t0, wait_all, handle)
         job.encode_time = t_enc
-        for w in range(self.workers):
-            if w in self._dead:
-                job.failed[w] = "crashed"
-            elif w in skip:
-                job.failed[w] = "stale"
+        if dead or skip:
+            for w in range(self.workers):
+                if w in dead:
+                    job.failed[w] = "crashed"
+                elif w in skip:
+                    job.failed[w] = "stale"
         self._register(job, req.with_job(jid), per_worker,
                        yielding=self._yielding(code, req, errors, wait_all, per_worker,
                                                stored_rows))
@@ -622,7 +627,9 @@ class ClusterBase:
             else:
                 ok = False
             if ok:
-                self._note_answer(w, job)
+                last = self._last_answer   # (_note_answer, inlined: every result passes here)
+                if job > last.get(w, -1):
+                    last[w] = job
                 self._booked.append((r, w, payload, now))
                 return True
         out.append(Arrival(w, job, "result", payload, elapsed))

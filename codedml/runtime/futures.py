@@ -23,10 +23,11 @@ that settles the request (usually the progress thread) and must not block on oth
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future
-from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
+from concurrent.futures import Future, InvalidStateError
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,8 +41,19 @@ from ..errors import (ConfigurationError, CorruptResultError, DeadlineError,
 if TYPE_CHECKING:  # pragma: no cover
     from ._cluster import ClusterBase
 
+_NAN = float("nan")
 _DONE = frozenset((CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED))
 _CANCELLED = frozenset((CANCELLED, CANCELLED_AND_NOTIFIED))
+
+# A request's Future condition is made on first use (see _Request._condition): most requests
+# settle with nobody waiting on their condition (the caller pumps and reads the state), and a
+# Condition made and notified for each cost about 1.2 us of a job's few dozen. This lock
+# orders the condition's making against a settle that finds none (nobody can be waiting).
+_COND_LOCK = threading.Lock()
+# The attributes Future.__init__ sets (CPython 3.8-3.13); where they differ, every request
+# makes its condition at once, as Future does
+_LAZY_CONDITION = set(Future().__dict__) == {"_condition", "_state", "_result", "_exception",
+                                             "_waiters", "_done_callbacks"}
 
 __all__ = ["Arrival", "WorkerStatus", "JobReport", "AckReport", "Job", "Call", "Ack",
            "check_deadline", "check_wait"]
@@ -155,10 +167,24 @@ class _Request(Future):
     """Bookkeeping common to the three kinds; every method runs under the cluster's lock."""
 
     what = "request"
+    # Immutable starting values as class attributes (a request per job or call sets them
+    # on the instance only when they change): Future's fields, then the request's own.
+    _state = PENDING
+    _result: Any = None
+    _exception: BaseException | None = None
+    t_done = _NAN
+    settled = False  # terminal inside the cluster (the Future may settle a moment later)
+    wake_at: float | None = None  # when the cluster must call _progress again
 
     def __init__(self, cluster: "ClusterBase", rid: int, sent_to: Sequence[int], timeout: float,
                  t0: float) -> None:
-        super().__init__()
+        # Future.__init__ without its condition, made on first use (see _condition)
+        self._waiters, self._done_callbacks = [], []
+        if not _LAZY_CONDITION:  # pragma: no cover - another Future layout: all of its
+            # fields as Future.__init__ makes them, the condition at once
+            fields = dict(Future().__dict__)
+            self.__dict__["_cond"] = fields.pop("_condition")
+            self.__dict__.update(fields)
         self.cluster, self.id, self.t0 = cluster, rid, t0
         self.timeout = timeout
         self.deadline = t0 + timeout
@@ -167,9 +193,6 @@ class _Request(Future):
         self.failed: dict[int, str] = {}
         self.errors_seen: dict[int, WorkerFailure] = {}
         self.late: set[int] = set()
-        self.t_done = float("nan")
-        self.settled = False  # terminal inside the cluster (the Future may settle a moment later)
-        self.wake_at: float | None = None  # when the cluster must call _progress again
 
     # -------------------------------------------------------------- overridden by the kinds
     def _answered(self) -> set[int]:
@@ -215,13 +238,20 @@ class _Request(Future):
 
     def _accept_result(self, w: int, payload: Any, now: float) -> None:
         """Book worker ``w``'s result (late once settled), then look whether it decides."""
+        if self._late(w, now):
+            return
+        self._on_result(w, payload)
+        self._progress()
+
+    def _late(self, w: int, now: float) -> bool:
+        """Note worker ``w``'s latency (its first answer's); True, with ``w`` noted late,
+        where the request has settled."""
         if w not in self.latency:
             self.latency[w] = now - self.t0
         if self.settled:
             self.late.add(w)
-            return
-        self._on_result(w, payload)
-        self._progress()
+            return True
+        return False
 
     def _progress(self) -> None:
         """Settle if what arrived decides the request (under the lock)."""
@@ -267,6 +297,46 @@ class _Request(Future):
             f"crashed ranks {self._ranks(crashed)}{raised}", received=received, needed=needed)
 
     # -------------------------------------------------------------- Future API
+    @property
+    def _condition(self) -> threading.Condition:   # type: ignore[override]
+        """The Future's condition, made on first use: by a thread that waits through the
+        Future's own methods (``concurrent.futures.wait``, ``as_completed``,
+        ``add_done_callback``, a ``result`` that blocks in it), never by a settle that finds
+        none (see :meth:`set_result`)."""
+        c = self.__dict__.get("_cond")
+        if c is None:
+            with _COND_LOCK:
+                c = self.__dict__.get("_cond")
+                if c is None:
+                    c = self.__dict__["_cond"] = threading.Condition()
+        return c
+
+    def set_result(self, result: Any) -> None:
+        if not self._set_without_condition("_result", result):
+            Future.set_result(self, result)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        if not self._set_without_condition("_exception", exception):
+            Future.set_exception(self, exception)
+
+    def _set_without_condition(self, field: str, value: Any) -> bool:
+        """Future's settle where no condition was made (True): nobody waits on one, no waiter
+        or callback was added (each is added under it), and one made after this sees the
+        state settled. False where one exists (Future's own settle then runs). A second
+        settle raises InvalidStateError, as Future's does."""
+        if self.__dict__.get("_cond") is not None:
+            return False
+        with _COND_LOCK:
+            if self.__dict__.get("_cond") is not None:
+                return False
+            state = self._state
+            if state not in _DONE:
+                setattr(self, field, value)
+                self._state = FINISHED
+                return True
+        # (named outside the lock: the repr reads the condition, which takes the lock)
+        raise InvalidStateError(f"{state}: {self!r}")
+
     def cancel(self) -> bool:
         """Cancel a pending request: it settles as cancelled, its workers may skip it, and its
         operands are freed. ``False`` when it has already settled."""
@@ -307,7 +377,7 @@ class _Request(Future):
         if not cl._caller_progress or self._state in _DONE:
             return bound
         end = time.perf_counter() + bound
-        with cl._changed:
+        with cl._lock:   # (cl._changed's lock, entered without the Condition's Python call)
             cl._drivers += 1
             try:
                 while self._state not in _DONE:
@@ -340,30 +410,32 @@ class Job(_Request):
     tells what each worker did. A :class:`concurrent.futures.Future`."""
 
     what = "job"
+    # starting values (as _Request's): set on the instance when they change
+    info: Any = None
+    t_decode = _NAN
+    encode_time = _NAN
+    _retrying = False
+    _last_decode: str | None = None  # why the last decode attempt failed, for the deadline error
+    _timed_out = False
+    # Waiting for systematic results (see _hold_for_systematic): the end of the grace once
+    # one is granted, and how long the job waited.
+    _grace_end: float | None = None
+    t_grace = 0.0
 
     def __init__(self, cluster: "ClusterBase", jid: int, code: LinearCode, encoding: Encoding,
                  errors: int, timeout: float, rows: Sequence[int], t0: float,
                  wait_all: bool = False, handle: int | None = None) -> None:
-        super().__init__(cluster, jid, rows, timeout, t0)
+        _Request.__init__(self, cluster, jid, rows, timeout, t0)
         self.code, self.encoding, self.errors = code, encoding, errors
         self.handle = handle
         self.wait_all = wait_all
-        self.needed = min(code.workers, code.recovery_threshold + 2 * errors)
-        if wait_all:  # every live worker is heard (a scrub checks them all), or the deadline
-            self.needed = code.workers
+        # every live worker is heard when wait_all (a scrub checks them all), or the deadline
+        self.needed = code.workers if wait_all else \
+            min(code.workers, code.recovery_threshold + 2 * errors)
         self.arrived: dict[int, Any] = {}
-        self.info: Any = None
-        self.t_decode = float("nan")
-        self.encode_time = float("nan")
-        self._retrying = False
-        self._last_decode: str | None = None  # why the last decode attempt failed, for the deadline error
-        self._timed_out = False
-        # Waiting for systematic results (see _hold_for_systematic): the workers whose results
-        # make the decode an assembly, and the end of the grace once one is granted.
+        # the workers whose results make the decode an assembly (_hold_for_systematic)
         self._sys = _systematic_set(code)
         self._fewest = code._fewest_decodable()
-        self._grace_end: float | None = None
-        self.t_grace = 0.0
 
     def _answered(self) -> set[int]:
         return set(self.arrived)
@@ -385,6 +457,19 @@ class Job(_Request):
     def _on_result(self, w: int, payload: Any) -> None:
         # The noise scale comes from the root's own encoding, never from the worker's message.
         self.arrived[w] = payload
+
+    def _accept_result(self, w: int, payload: Any, now: float) -> None:
+        # _Request._accept_result with _on_result inlined, and with _try's first test made
+        # here: a result that leaves fewer than any decodable set while workers asked still
+        # owe theirs decides nothing (most of a job's arrivals), so no _progress/_try calls
+        if self._late(w, now):
+            return
+        arrived = self.arrived
+        arrived[w] = payload
+        if (len(arrived) < self._fewest and len(arrived) + len(self.failed) < len(self.sent_to)
+                and not self._timed_out):
+            return
+        self._progress()
 
     def _free(self) -> None:
         self.encoding = None
@@ -421,7 +506,10 @@ class Job(_Request):
         # class that overrides decodable() itself is asked through it
         code = self.code
         if type(code).decodable is LinearCode.decodable:
-            decodable = have > 0 and code._recovers(np.array(sorted(self.arrived), dtype=int))
+            if code._decided_by_count():   # (enough results, whichever: no array to build)
+                decodable = have > 0 and have >= code.recovery_threshold
+            else:
+                decodable = have > 0 and code._recovers(np.array(sorted(self.arrived), dtype=int))
         else:
             decodable = have > 0 and bool(code.decodable(self.arrived))
         early = (self.errors == 0 and not self._retrying and decodable and not self.wait_all)
@@ -564,8 +652,9 @@ class Job(_Request):
                 st = "missing"
             rows.append(WorkerStatus(w, self.cluster.rank_of(w), st, self.latency.get(w)))
         cond = self.info.condition if self.info is not None else float("nan")
-        outcome = ("pending" if not self.done() else "cancelled" if self.cancelled()
-                   else "failed" if Future.exception(self, 0) is not None else "ok")
+        state = self._state   # (read as done() does, without the Future's condition)
+        outcome = ("pending" if state not in _DONE else "cancelled" if state in _CANCELLED
+                   else "failed" if self._exception is not None else "ok")
         return JobReport(self.id, repr(self.code), self.needed, self.errors, rows,
                          tuple(sorted(faulty)), cond, self.t_done - self.t0, self.t_decode,
                          self.encode_time, outcome, self.t_grace)

@@ -59,7 +59,7 @@ from ..faults import FaultModel
 from ._cluster import ClusterBase, _Uniform
 from ._exit import skip_finalize_at_exit
 from ._worker import PER_THREAD_NICE, WorkerContext, WorkerState, call_result, remote_error
-from .futures import Arrival, check_wait
+from .futures import Ack, Arrival, check_wait
 from .protocol import (ACK_OPS, DTYPES, HEADER_LEN, INLINE_MAX, REPLY_OPS, Kind, Op, RemoteError,
                        ReplyHeader, Request, call_memo, dtype_code, recent_call)
 
@@ -411,7 +411,8 @@ class MPICluster(ClusterBase):
         if not live:
             return
         if type(per_worker) is _Uniform:   # contiguous, one layout: as they are
-            arrays = [per_worker[w] for w in live]
+            # (the workers listed are distinct indices, so as many as per_worker's are all)
+            arrays = per_worker if len(live) == len(per_worker) else [per_worker[w] for w in live]
             self._request_many(live, req.wire(arrays[0]), arrays, True)
             return
         arrays = [[np.ascontiguousarray(a) for a in per_worker[w]] for w in live]
@@ -486,6 +487,24 @@ class MPICluster(ClusterBase):
         buf = np.array([job], dtype=np.int64)
         self._to_worker(worker, lambda: self._outgoing.append(
             (self.comm.Isend(buf, dest=self._ranks[worker], tag=TAG_CANCEL), buf)))
+
+    def _cancel_all(self, workers: list[int], r: Any) -> None:
+        # the compiled engine's cancels in one loop (what _cancel does for each, without
+        # its two calls per worker: every settled job with results still owed passes here)
+        eng = self._eng
+        if eng is None or isinstance(r, Ack):
+            super()._cancel_all(workers, r)
+            return
+        dead, bye, rid = self._dead, self._bye, r.id
+        for w in workers:
+            if w in dead or w in bye:
+                continue
+            try:
+                eng.cancel(w, rid)
+            except Exception as exc:
+                if not _proc_failed(exc):
+                    raise
+                self._mark_dead(w)
 
     def _prune_outgoing(self) -> None:
         if not self._outgoing:
