@@ -6,6 +6,7 @@ reaching the master, several jobs in flight, resident operands, backends, and a 
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 import time
 import tracemalloc
@@ -1509,3 +1510,138 @@ def test_a_code_says_whether_the_count_alone_decides_decodability():
     c = MDSCode(6, 4)
     c._recovers = lambda rows: True
     assert not c._decided_by_count()
+
+
+def test_settled_requests_are_held_weakly_and_their_table_stays_bounded():
+    """The table of settled requests still owed results (``_WeakTable``): a request is found
+    while someone holds it and gone once nobody does; ``len`` and ``values`` count live
+    requests only, and the entries of dead ones are swept so that the table stays within
+    about twice the live ones over any number of settles."""
+    from codedml.runtime._cluster import _WeakTable
+
+    class R:
+        pass
+
+    t = _WeakTable()
+    held = [R() for _ in range(10)]
+    for i, r in enumerate(held):
+        t[i] = r
+    for i in range(10, 100_000):
+        t[i] = R()                  # settled and dropped at once
+        assert len(t._d) <= max(64, 2 * len(held)) + 1
+    assert len(t) == 10 and set(map(id, t.values())) == set(map(id, held))
+    assert t.get(3) is held[3] and t.get(50_000) is None and t.get(-1) is None
+    del held[3]
+    gc.collect()
+    assert t.get(3) is None and len(t) == 9
+
+
+class _OnePollTransport:
+    """A minimal transport over the request core (``ClusterBase``) whose poll hands over
+    every worker's result of a job at once, booked as the MPI poll books inline results
+    (``_inline_result``), and which records the cancels it is asked to send."""
+
+    @staticmethod
+    def make(n):
+        from codedml.runtime._cluster import ClusterBase
+
+        class T(ClusterBase):
+            _caller_progress = True
+
+            def __init__(self):
+                super().__init__(n, 60.0, None)
+                self.queue, self.cancels = [], []
+
+            def _send(self, worker, req, arrays):
+                a, b = arrays
+                self.queue.append((worker, req.job, np.asarray(a) @ np.asarray(b)))
+
+            def _poll(self, wait=0.0, want=1):
+                out, now = [], time.perf_counter()
+                got, self.queue = self.queue, []
+                for w, job, payload in got:
+                    self._inline_result(out, w, job, payload, 0.0, now)
+                return out
+
+            def _cancel(self, worker, job):
+                self.cancels.append((worker, job))
+
+            def _idle(self, timeout):
+                time.sleep(min(timeout, 0.001))
+
+            def close(self):
+                with self._lock:
+                    self._closed = True
+                self._stop_progress()
+
+        return T()
+
+
+def test_no_cancel_goes_to_a_worker_whose_result_came_in_the_same_poll():
+    """A job that decides on its k-th result while the rest of its results are already in
+    the same poll books those as late and sends them no cancel (each would be a message for
+    the worker to read, after it has answered); a worker whose result has not come is still
+    sent one."""
+    t = _OnePollTransport.make(6)
+    try:
+        code = MDSCode(6, 4)
+        A = np.arange(16.0).reshape(4, 4)
+        job = t.submit(A, A, code=code)
+        np.testing.assert_allclose(job.result(), A @ A, rtol=1e-12)
+        rep = job.report
+        assert sorted(s.status for s in rep.workers) == ["late", "late", "used", "used", "used",
+                                                         "used"]
+        assert t.cancels == []                       # every worker had answered
+        job = t.submit(A, A, code=code)
+        t.queue.pop(5)                                # worker 5's result never comes
+        np.testing.assert_allclose(job.result(), A @ A, rtol=1e-12)
+        assert t.cancels == [(5, job.id)]             # the one still owed
+        assert job.report.workers[4].status == "late"
+    finally:
+        t.close()
+
+
+def test_a_finalizer_that_reads_a_request_while_its_condition_is_made_does_not_deadlock():
+    """The Future condition is made outside the module lock that orders it against a
+    settle: a garbage collection that runs during the making (an allocation) may run a
+    finalizer that reads another request (its repr makes that one's condition), which must
+    not block on the lock its own thread holds. Run in a thread, so a deadlock fails the
+    test instead of hanging the suite."""
+    import traceback
+
+    def scenario(out):
+        with LocalCluster(4, timeout=60) as c:
+            code = MDSCode(4, 2)
+            A = np.arange(16.0).reshape(4, 4)
+            ran = []
+
+            class Reader:
+                def __init__(self, job):
+                    self.job, self.me = job, self   # a cycle: freed by the collector
+
+                def __del__(self):
+                    ran.append(repr(self.job))
+
+            for n in range(1, 40):
+                target, other = c.submit(A, A, code=code), c.submit(A, A, code=code)
+                end = time.monotonic() + 20
+                while not (target.done() and other.done()) and time.monotonic() < end:
+                    time.sleep(0.001)
+                gc.collect()
+                gc.disable()
+                Reader(other)
+                gc.set_threshold(n)   # a collection during the next allocations
+                gc.enable()
+                repr(target)          # makes target's condition
+                gc.set_threshold(700)
+            out.append(len(ran))
+
+    out: list[int] = []
+    t = threading.Thread(target=scenario, args=(out,), daemon=True)
+    t.start()
+    t.join(60)
+    gc.set_threshold(700)
+    gc.enable()
+    assert not t.is_alive(), "deadlock: " + "".join(traceback.format_stack(
+        sys._current_frames()[t.ident]))
+    assert out and out[0] > 0   # the finalizers ran (during the makings, for some n)

@@ -1149,6 +1149,42 @@ def test_small_decode_leaves_non_finite_results_to_the_general_path(value, missi
             assert np.array_equal(got, want, equal_nan=True)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "complex128", "datetime64[s]", "timedelta64[s]",
+                                   "object", "S8", ">f8", "int64"])
+@pytest.mark.parametrize("missing", [False, True])
+@pytest.mark.parametrize("where", [0, 3])
+def test_small_decode_leaves_results_of_other_dtypes_to_the_general_path(dtype, missing, where):
+    """A result of another dtype among a small job's k float64 ones (the small decode's
+    compiled copy takes float64 only, and numpy exports no buffer of some dtypes at all):
+    the answer of the decode without ``_decode_small`` (the fast or the general path), the
+    same bits or the same named error, never an error of the copy's own."""
+    code = MDSCode(6, 4, systematic=True)
+    rng = np.random.default_rng(4)
+    A, B = rng.standard_normal((8, 5)), rng.standard_normal((5, 3))
+    enc = code.encode(A, B)
+    rows = [0, 1, 2, 4] if missing else [0, 1, 2, 3]
+    res = {w: enc[w].compute() for w in rows}
+    w = rows[where]
+    if dtype.startswith(("datetime", "timedelta", "S")):
+        res[w] = np.zeros(res[w].shape, dtype)
+    else:
+        res[w] = res[w].astype(dtype)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(polydot.PolyDotCode, "_decode_small", lambda self, *a: None)
+        try:
+            want = code.decode(res, encoding=enc)
+        except Exception as exc:
+            want = exc
+    if isinstance(want, Exception):
+        assert isinstance(want, ConfigurationError), want   # (named by the general path)
+        with pytest.raises(type(want)) as got:
+            code.decode(res, encoding=enc)
+        assert str(got.value) == str(want)
+    else:
+        got = code.decode(res, encoding=enc)
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+
+
 @pytest.mark.skipif(not polydot._encode._lincomb_ok(), reason="needs the compiled lincomb")
 def test_small_decode_of_huge_finite_results_is_the_fast_paths():
     """Finite results near 1e154, whose squares summed over the product overflow, decoded

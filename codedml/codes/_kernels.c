@@ -3181,6 +3181,11 @@ static PyObject *cat_sq(PyObject *self, PyObject *args, PyObject *kwargs)
             PyErr_Format(PyExc_ValueError, "cat_sq: `srcs[%zd]` and `dst` overlap in memory", got);
             goto done;
         }
+        if (b->len > PY_SSIZE_T_MAX - total) {   /* (only strided fakes can be that large) */
+            PyBuffer_Release(b);
+            PyErr_SetString(PyExc_ValueError, "cat_sq: the sources' sizes overflow");
+            goto done;
+        }
         total += b->len;
     }
     if (total != d.len) {

@@ -899,7 +899,9 @@ class PolyDotCode(LinearCode):
             if K is not None:   # the copy and its sum of squares (the NaN/Inf look) in one call
                 try:
                     sq = K.cat_sq(C, raw)
-                except TypeError:   # a result not float64, or not C-ordered
+                except (TypeError, ValueError, BufferError):
+                    # a result not float64, not C-ordered, or one numpy exports no buffer of
+                    # (datetime64): the general path names it
                     return None
             else:
                 np.concatenate(raw, axis=0, out=C)
@@ -917,7 +919,7 @@ class PolyDotCode(LinearCode):
             stacked = np.empty((2 * len(plan.sources), C2.shape[1]))
             try:
                 K.cat_sq(stacked, [raw[j] for j in plan.sources], False)
-            except TypeError:   # (as above)
+            except (TypeError, ValueError, BufferError):   # (as above)
                 return None
             _solve_missing_into(plan, raw, C2, True, rs, stacked)
             sq = sum(rs.tolist())   # (Python floats: an overflow gives inf, not an error)

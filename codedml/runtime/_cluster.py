@@ -108,6 +108,40 @@ class _Uniform(list):
     __slots__ = ()
 
 
+class _WeakTable:
+    """Request id -> a settled request still owed results, held weakly (``get``, item
+    assignment, ``values``, ``len``, as the cluster uses them). A plain dict of
+    ``weakref.ref``: a ``WeakValueDictionary`` entry, with its keyed callback reference
+    built in Python, cost about 0.6 us of every settle. The entries of requests that are gone
+    are swept out once the table has doubled since the last sweep, so it holds at most
+    about twice the live entries (and 64); ``get``, ``values`` and ``len`` see live
+    requests only."""
+
+    __slots__ = ("_d", "_sweep_at")
+
+    def __init__(self) -> None:
+        self._d: dict[int, weakref.ref] = {}
+        self._sweep_at = 64
+
+    def __setitem__(self, key: int, r: Any) -> None:
+        d = self._d
+        d[key] = weakref.ref(r)
+        if len(d) > self._sweep_at:
+            for k in [k for k, ref in d.items() if ref() is None]:
+                del d[k]
+            self._sweep_at = max(64, 2 * len(d))
+
+    def get(self, key: int) -> Any:
+        ref = self._d.get(key)
+        return None if ref is None else ref()
+
+    def values(self) -> list[Any]:
+        return [r for r in (ref() for ref in self._d.values()) if r is not None]
+
+    def __len__(self) -> int:
+        return sum(1 for ref in self._d.values() if ref() is not None)
+
+
 def _np(x: Any) -> np.ndarray:
     """Plain ndarray view (galois FieldArrays become their int64 residues)."""
     if type(x) is np.ndarray and x.flags.c_contiguous:   # the encodes' tasks
@@ -189,6 +223,8 @@ class ClusterBase:
         # results the transport's poll booked itself (_inline_result; see _pump), in
         # arrival order: (request, worker, payload, time)
         self._booked: list[tuple[_Request | None, int, Any, float]] = []
+        # cancels held while _pump books a poll's results (see _cancel_all), else None
+        self._held_cancels: list[tuple[_Request, list[int]]] | None = None
         # no pending request's deadline is earlier (a pump scans for expired requests only
         # from then on; a settled request's stale value only costs one scan)
         self._next_deadline = math.inf
@@ -198,7 +234,7 @@ class ClusterBase:
         self._acks: dict[int, Ack] = {}
         # Settled requests are tracked weakly: late results update the report of a request
         # someone still holds, and one nobody holds (with its product) is freed at once.
-        self._finished: weakref.WeakValueDictionary[int, _Request] = weakref.WeakValueDictionary()
+        self._finished = _WeakTable()
         self._dead: set[int] = set()
         self._stale: dict[int, set[int]] = {}
         self._wakes: list[_Request] = []  # exactly the requests whose wake_at is set
@@ -349,9 +385,10 @@ class ClusterBase:
                 elif w in skip:
                     job.failed[w] = "stale"
         self._register(job, req.with_job(jid), per_worker,
-                       yielding=self._yielding(code, req, errors, wait_all, per_worker,
-                                               stored_rows))
-        job._progress()  # e.g. every worker dead or stale: settles at once, named
+                       yielding=self._parity_nice and self._yielding(
+                           code, req, errors, wait_all, per_worker, stored_rows) or None)
+        if dead or skip or not rows:
+            job._progress()  # e.g. every worker dead or stale: settles at once, named
         return job
 
     #: The smallest product (multiply-adds) whose parity tasks yield: a smaller one is over
@@ -575,9 +612,18 @@ class ClusterBase:
             # they came before every arrival it handed over, so they go first, in order
             booked, self._booked = self._booked, []
             got += len(booked)
-            for r, w, payload, t in booked:
-                if r is not None:       # (None: nobody's any more, the last answer noted)
-                    r._accept_result(w, payload, t)
+            self._held_cancels = []   # (see _cancel_all)
+            try:
+                for r, w, payload, t in booked:
+                    if r is not None:       # (None: nobody's any more, the last answer noted)
+                        r._accept_result(w, payload, t)
+            finally:
+                held, self._held_cancels = self._held_cancels, None
+                for r, owed in held:
+                    # a result of this poll that came after its request settled is in hand
+                    # (noted late): its worker has nothing left to skip
+                    late = r.late
+                    self._send_cancels([w for w in owed if w not in late] if late else owed, r)
         for a in arrivals:
             self._route(a, now)
         if now >= self._next_deadline:
@@ -750,9 +796,19 @@ class ClusterBase:
 
     def _cancel_all(self, workers: list[int], r: _Request) -> None:
         """Cancel ``r`` at each of ``workers`` still alive (a settled request's outstanding
-        ones); an acknowledged operation is not cancelled."""
+        ones); an acknowledged operation is not cancelled. While :meth:`_pump` books the
+        results of one poll, the cancels wait for the end of it: a worker whose result came
+        in the same poll, after the request settled, is not sent one."""
         if isinstance(r, Ack):
             return
+        held = self._held_cancels
+        if held is not None:
+            held.append((r, workers))
+            return
+        self._send_cancels(workers, r)
+
+    def _send_cancels(self, workers: list[int], r: _Request) -> None:
+        """The cancels of :meth:`_cancel_all`, sent."""
         dead, rid = self._dead, r.id
         for w in workers:
             if w not in dead:

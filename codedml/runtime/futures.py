@@ -23,6 +23,7 @@ that settles the request (usually the progress thread) and must not block on oth
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -50,6 +51,15 @@ _CANCELLED = frozenset((CANCELLED, CANCELLED_AND_NOTIFIED))
 # Condition made and notified for each cost about 1.2 us of a job's few dozen. This lock
 # orders the condition's making against a settle that finds none (nobody can be waiting).
 _COND_LOCK = threading.Lock()
+
+
+def _new_cond_lock() -> None:   # a child process after fork: the lock as nobody holds it
+    global _COND_LOCK
+    _COND_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_cond_lock)
 # The attributes Future.__init__ sets (CPython 3.8-3.13); where they differ, every request
 # makes its condition at once, as Future does
 _LAZY_CONDITION = set(Future().__dict__) == {"_condition", "_state", "_result", "_exception",
@@ -305,10 +315,11 @@ class _Request(Future):
         none (see :meth:`set_result`)."""
         c = self.__dict__.get("_cond")
         if c is None:
+            # made outside the lock (an allocation may run the garbage collector, and with
+            # it finalizers that could come back here), published under it
+            made = threading.Condition()
             with _COND_LOCK:
-                c = self.__dict__.get("_cond")
-                if c is None:
-                    c = self.__dict__["_cond"] = threading.Condition()
+                c = self.__dict__.setdefault("_cond", made)
         return c
 
     def set_result(self, result: Any) -> None:
@@ -452,7 +463,11 @@ class Job(_Request):
             return 1
         early = self.errors == 0 and not self._retrying and not self.wait_all
         target = self._fewest if early else self.needed
-        return max(1, min(len(self._outstanding()), target - len(self.arrived)))
+        # the workers still owing a result: every one asked but those in, where none failed
+        # (a failed worker may be one never asked: then the list decides)
+        owing = len(self.sent_to) - len(self.arrived) if not self.failed and not self._timed_out \
+            else len(self._outstanding())
+        return max(1, min(owing, target - len(self.arrived)))
 
     def _on_result(self, w: int, payload: Any) -> None:
         # The noise scale comes from the root's own encoding, never from the worker's message.

@@ -59,7 +59,7 @@ from ..faults import FaultModel
 from ._cluster import ClusterBase, _Uniform
 from ._exit import skip_finalize_at_exit
 from ._worker import PER_THREAD_NICE, WorkerContext, WorkerState, call_result, remote_error
-from .futures import Ack, Arrival, check_wait
+from .futures import Arrival, check_wait
 from .protocol import (ACK_OPS, DTYPES, HEADER_LEN, INLINE_MAX, REPLY_OPS, Kind, Op, RemoteError,
                        ReplyHeader, Request, call_memo, dtype_code, recent_call)
 
@@ -488,12 +488,12 @@ class MPICluster(ClusterBase):
         self._to_worker(worker, lambda: self._outgoing.append(
             (self.comm.Isend(buf, dest=self._ranks[worker], tag=TAG_CANCEL), buf)))
 
-    def _cancel_all(self, workers: list[int], r: Any) -> None:
+    def _send_cancels(self, workers: list[int], r: Any) -> None:
         # the compiled engine's cancels in one loop (what _cancel does for each, without
         # its two calls per worker: every settled job with results still owed passes here)
         eng = self._eng
-        if eng is None or isinstance(r, Ack):
-            super()._cancel_all(workers, r)
+        if eng is None:
+            super()._send_cancels(workers, r)
             return
         dead, bye, rid = self._dead, self._bye, r.id
         for w in workers:
