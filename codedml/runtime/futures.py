@@ -60,8 +60,9 @@ def _new_cond_lock() -> None:   # a child process after fork: the lock as nobody
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_cond_lock)
-# The attributes Future.__init__ sets (CPython 3.8-3.13); where they differ, every request
-# makes its condition at once, as Future does
+
+# The attributes Future.__init__ sets (those of CPython 3.11, checked here at import); where
+# they differ, every request makes its condition at once, as Future does
 _LAZY_CONDITION = set(Future().__dict__) == {"_condition", "_state", "_result", "_exception",
                                              "_waiters", "_done_callbacks"}
 
