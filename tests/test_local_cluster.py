@@ -1645,3 +1645,31 @@ def test_a_finalizer_that_reads_a_request_while_its_condition_is_made_does_not_d
     assert not t.is_alive(), "deadlock: " + "".join(traceback.format_stack(
         sys._current_frames()[t.ident]))
     assert out and out[0] > 0   # the finalizers ran (during the makings, for some n)
+
+
+def test_cancels_held_during_a_poll_survive_a_done_callback_that_pumps_again():
+    """A done-callback runs inside the booking of a poll (the settle calls it); one that
+    submits and pumps again (``progress()``) nests a booking: the cancels held by both go out
+    once, from the outermost, and the cluster goes on (a flag instead of a depth had lost
+    them, then failed every request with a TypeError)."""
+    t = _OnePollTransport.make(6)
+    try:
+        code = MDSCode(6, 4)
+        A = np.arange(16.0).reshape(4, 4)
+        inner = []
+
+        def again(_):
+            inner.append(t.submit(A, A, code=code))
+            t.progress()
+
+        with t._lock:
+            job = t.submit(A, A, code=code)
+            t.queue.pop(5)                      # worker 5 owes its result: a cancel is due
+            job.add_done_callback(again)
+        np.testing.assert_allclose(job.result(), A @ A, rtol=1e-12)
+        np.testing.assert_allclose(inner[0].result(), A @ A, rtol=1e-12)
+        np.testing.assert_allclose(t.submit(A, A, code=code).result(), A @ A, rtol=1e-12)
+        assert t.cancels.count((5, job.id)) == 1 and len(t.cancels) == 1
+        assert t._hold_depth == 0 and t._held_cancels == []
+    finally:
+        t.close()

@@ -223,8 +223,10 @@ class ClusterBase:
         # results the transport's poll booked itself (_inline_result; see _pump), in
         # arrival order: (request, worker, payload, time)
         self._booked: list[tuple[_Request | None, int, Any, float]] = []
-        # cancels held while _pump books a poll's results (see _cancel_all), else None
-        self._held_cancels: list[tuple[_Request, list[int]]] | None = None
+        # cancels held while _pump books a poll's results (see _cancel_all): how many pumps
+        # are booking (a done-callback may pump again), and the cancels they hold
+        self._hold_depth = 0
+        self._held_cancels: list[tuple[_Request, list[int]]] = []
         # no pending request's deadline is earlier (a pump scans for expired requests only
         # from then on; a settled request's stale value only costs one scan)
         self._next_deadline = math.inf
@@ -612,18 +614,23 @@ class ClusterBase:
             # they came before every arrival it handed over, so they go first, in order
             booked, self._booked = self._booked, []
             got += len(booked)
-            self._held_cancels = []   # (see _cancel_all)
+            # (see _cancel_all; a depth, not a flag: a done-callback run by a settle here may
+            # pump again, and the cancels held meanwhile go out once, from the outermost)
+            self._hold_depth += 1
             try:
                 for r, w, payload, t in booked:
                     if r is not None:       # (None: nobody's any more, the last answer noted)
                         r._accept_result(w, payload, t)
             finally:
-                held, self._held_cancels = self._held_cancels, None
-                for r, owed in held:
-                    # a result of this poll that came after its request settled is in hand
-                    # (noted late): its worker has nothing left to skip
-                    late = r.late
-                    self._send_cancels([w for w in owed if w not in late] if late else owed, r)
+                self._hold_depth -= 1
+                if not self._hold_depth and self._held_cancels:
+                    held, self._held_cancels = self._held_cancels, []
+                    for r, owed in held if not self._closed else ():
+                        # a result of this poll that came after its request settled is in
+                        # hand (noted late): its worker has nothing left to skip
+                        late = r.late
+                        self._send_cancels([w for w in owed if w not in late] if late else owed,
+                                           r)
         for a in arrivals:
             self._route(a, now)
         if now >= self._next_deadline:
@@ -801,9 +808,8 @@ class ClusterBase:
         in the same poll, after the request settled, is not sent one."""
         if isinstance(r, Ack):
             return
-        held = self._held_cancels
-        if held is not None:
-            held.append((r, workers))
+        if self._hold_depth:
+            self._held_cancels.append((r, workers))
             return
         self._send_cancels(workers, r)
 
