@@ -876,3 +876,30 @@ def test_cat_sq_refuses_a_source_that_overlaps_the_destination_and_a_read_only_o
     with pytest.raises((ValueError, BufferError), match="read-only|not writable|writable"):
         K.cat_sq(ro, [np.zeros(4)])
     assert not ro.any()
+
+
+_RO = np.zeros(4)
+_RO.setflags(write=False)
+
+
+@needs_kernels
+@pytest.mark.parametrize("call, err, match", [
+    (lambda: K.copy_sq([1.0], np.zeros(1)), TypeError, r"copy_sq: `dst` must be an array, got list"),
+    (lambda: K.copy_sq(np.zeros(2), "ab"), TypeError, r"copy_sq: `src` must be an array, got str"),
+    (lambda: K.copy_sq(np.zeros(1), np.zeros(1), sq=[0.0]), TypeError, r"copy_sq: `sq` must be an array"),
+    (lambda: K.copy_sq(_RO, np.zeros(4)), ValueError, r"copy_sq: `dst` must be a writable array"),
+    (lambda: K.copy_i64(np.zeros(1, np.int64), np.zeros(1, np.int64), wide=[1.0]), TypeError,
+     r"copy_i64: `wide` must be an array, got list"),
+    (lambda: K.mod_store(np.zeros(1, np.int64), [1.0], 7), TypeError,
+     r"mod_store: `src` must be an array, got list"),
+    (lambda: K.proj_sq([np.zeros((2, 2))], np.zeros((1, 2)), np.zeros((1, 2)), _RO[:1].reshape(1, 1),
+                       np.zeros(1)), ValueError, r"proj_sq: `proj` must be a writable array"),
+    (lambda: K.wresid(np.zeros((2, 2)), [1.0, 1.0], np.zeros((2, 2))), TypeError,
+     r"wresid: `w` must be an array, got list"),
+])
+def test_kernels_name_the_argument_that_is_not_an_array_or_not_writable(call, err, match):
+    """An argument that exports no buffer (a list, a str) or a read-only destination: the
+    error names the kernel and the argument, where the exporter's own message ("a
+    bytes-like object is required") named neither."""
+    with pytest.raises(err, match=match):
+        call()

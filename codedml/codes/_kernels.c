@@ -704,12 +704,25 @@ static char kind(Py_buffer *b)
 /* The buffers of a call: ``mode[i]`` 'w' (written), 'r' (read) or 'o' (written, optional:
    Py_None leaves it out, have[i] 0). On failure the ones already taken are released and -1
    returned with the exception set; else release them with release_buffers. */
-static int get_buffers(int n, PyObject *const *o, Py_buffer *const *b, const char *mode, int *have)
+static int get_buffers(const char *fn, int n, PyObject *const *o, Py_buffer *const *b,
+                       const char *mode, const char *const *names, int *have)
 {
     for (int i = 0; i < n; i++) {
         have[i] = !(mode[i] == 'o' && o[i] == Py_None);
         int flags = PyBUF_STRIDES | PyBUF_FORMAT | (mode[i] == 'r' ? 0 : PyBUF_WRITABLE);
         if (have[i] && PyObject_GetBuffer(o[i], b[i], flags) < 0) {
+            /* named: which argument, and what it must be (the exporter's own message, e.g.
+               "a bytes-like object is required", names neither) */
+            if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+                PyErr_Clear();
+                PyErr_Format(PyExc_TypeError, "%s: `%s` must be an array, got %s", fn,
+                             names[i], Py_TYPE(o[i])->tp_name);
+            } else if (mode[i] != 'r' && (PyErr_ExceptionMatches(PyExc_BufferError)
+                                          || PyErr_ExceptionMatches(PyExc_ValueError))) {
+                PyErr_Clear();
+                PyErr_Format(PyExc_ValueError, "%s: `%s` must be a writable array", fn,
+                             names[i]);
+            }
             have[i] = 0;
             while (--i >= 0)
                 if (have[i])
@@ -754,7 +767,8 @@ static PyObject *copy_sq(PyObject *self, PyObject *args, PyObject *kwargs)
     PyObject *const objs[4] = {odst, osrc, osq, owide};
     Py_buffer *const bufs[4] = {&d, &s, &q, &wb};
     int have[4];
-    if (get_buffers(4, objs, bufs, "wroo", have) < 0)
+    static const char *const nm[4] = {"dst", "src", "sq", "wide"};
+    if (get_buffers("copy_sq", 4, objs, bufs, "wroo", nm, have) < 0)
         return NULL;
     const int have_q = have[2], have_w = have[3];
     PyObject *result = NULL;
@@ -1025,7 +1039,8 @@ static PyObject *copy_i64(PyObject *self, PyObject *args, PyObject *kwargs)
     PyObject *const objs[3] = {odst, osrc, owide};
     Py_buffer *const bufs[3] = {&d, &s, &w};
     int have[3];
-    if (get_buffers(3, objs, bufs, "wro", have) < 0)
+    static const char *const nm[3] = {"dst", "src", "wide"};
+    if (get_buffers("copy_i64", 3, objs, bufs, "wro", nm, have) < 0)
         return NULL;
     const int have_w = have[2];
     PyObject *result = NULL;
@@ -1135,7 +1150,8 @@ static PyObject *mod_store(PyObject *self, PyObject *args, PyObject *kwargs)
     PyObject *const objs[2] = {odst, osrc};
     Py_buffer *const bufs[2] = {&d, &s};
     int have[2];
-    if (get_buffers(2, objs, bufs, "wr", have) < 0)
+    static const char *const nm[2] = {"dst", "src"};
+    if (get_buffers("mod_store", 2, objs, bufs, "wr", nm, have) < 0)
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t rows, cols, st[3] = {0, 0, 0};
@@ -2684,7 +2700,8 @@ static PyObject *proj_sq(PyObject *self, PyObject *args, PyObject *kwargs)
     PyObject *const objs[4] = {ou, ov, oproj, osq};
     Py_buffer *const bufs[4] = {&u, &v, &p, &q};
     int have[4];
-    if (get_buffers(4, objs, bufs, "rrww", have) < 0) {
+    static const char *const nm[4] = {"u", "v", "proj", "sq"};
+    if (get_buffers("proj_sq", 4, objs, bufs, "rrww", nm, have) < 0) {
         Py_DECREF(seq);
         return NULL;
     }
@@ -2899,7 +2916,8 @@ static PyObject *wresid(PyObject *self, PyObject *args)
     PyObject *const objs[3] = {oq, ow, oy};
     Py_buffer *const bufs[3] = {&q, &w, &y};
     int have[3];
-    if (get_buffers(3, objs, bufs, "rrr", have) < 0)
+    static const char *const nm[3] = {"q0", "w", "y"};
+    if (get_buffers("wresid", 3, objs, bufs, "rrr", nm, have) < 0)
         return NULL;
     PyObject *result = NULL;
     wr_c *B = NULL, *Z = NULL, *U = NULL;
