@@ -921,7 +921,7 @@ class PolyDotCode(LinearCode):
                 K.cat_sq(stacked, [raw[j] for j in plan.sources], False)
             except (TypeError, ValueError, BufferError):   # (as above)
                 return None
-            _solve_missing_into(plan, raw, C2, True, rs, stacked)
+            _solve_missing_into(plan, raw, C2, rs, stacked)
             sq = sum(rs.tolist())   # (Python floats: an overflow gives inf, not an error)
             cond = plan.cond
         # (finite sums of squares: every value finite; an infinite one may be a finite value
@@ -1394,8 +1394,7 @@ class _AssemblyPlan:
 
 
 def _solve_missing_into(plan: _AssemblyPlan, raw: list[np.ndarray], C2: np.ndarray,
-                        small: bool = False, sq: np.ndarray | None = None,
-                        stacked: np.ndarray | None = None) -> None:
+                        sq: np.ndarray | None = None, stacked: np.ndarray | None = None) -> None:
     """A packed systematic assembly in one pass of the compiled kernel (``lincomb``), where
     the missing blocks' system is solved in real form (``plan.GF``): the real halves of the
     parity results and of the present blocks are the sources; each present block's two rows
@@ -1406,21 +1405,15 @@ def _solve_missing_into(plan: _AssemblyPlan, raw: list[np.ndarray], C2: np.ndarr
     right-hand side and two for the solve read them four times (a systematic MDS(8, 6)
     decode at 512 with one block missing: 1.47 against 0.32 ms in one process). The one
     solve of such an assembly (the tests count its calls, as of :func:`_solve_missing`).
-    ``small``: the results are C-ordered float64 arrays of at most
-    :data:`SMALL_DECODE_BYTES` in all (:meth:`PolyDotCode._decode_small` checked them);
-    ``sq`` (with ``small``): gets each row of ``C2``'s sum of squares added; ``stacked``
-    (with ``small``): the sources' halves as rows, ``plan.sources``' results one after the
-    other, where the caller made them (else made here)."""
-    L = C2.shape[1]
-    srcs = [raw[j] for j in plan.sources]
-    if small:
-        # the halves as the rows of one stacked copy (one call, where a view per half cost
-        # more than the arithmetic): the same values
-        if stacked is None:
-            stacked = np.empty((2 * len(srcs), L))
-            _encode._K.cat_sq(stacked, srcs, False)
+    ``stacked`` (a small decode's, :meth:`PolyDotCode._decode_small`): the sources' halves
+    as the rows of one float64 array, ``plan.sources``' results one after the other (one
+    copy, where a view per half cost more than the arithmetic); ``sq`` (with ``stacked``):
+    gets each row of ``C2``'s sum of squares added."""
+    if stacked is not None:
         _encode._K.lincomb(plan.GF, stacked, C2, sq, False, False, _encode.LINCOMB_SIMD)
         return
+    L = C2.shape[1]
+    srcs = [raw[j] for j in plan.sources]
     halves: list[np.ndarray] = []
     real = _encode._REAL   # (dtype objects: compared several times faster than scalar types)
     for r in srcs:

@@ -680,9 +680,7 @@ class ClusterBase:
             else:
                 ok = False
             if ok:
-                last = self._last_answer   # (_note_answer, inlined: every result passes here)
-                if job > last.get(w, -1):
-                    last[w] = job
+                self._note_answer(w, job)
                 self._booked.append((r, w, payload, now))
                 return True
         out.append(Arrival(w, job, "result", payload, elapsed))

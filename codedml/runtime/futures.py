@@ -475,17 +475,20 @@ class Job(_Request):
         self.arrived[w] = payload
 
     def _accept_result(self, w: int, payload: Any, now: float) -> None:
-        # _Request._accept_result with _on_result inlined, and with _try's first test made
-        # here: a result that leaves fewer than any decodable set while workers asked still
-        # owe theirs decides nothing (most of a job's arrivals), so no _progress/_try calls
+        # _Request._accept_result with _on_result inlined, and with _try's first test
+        # (_too_few) made here: most of a job's arrivals decide nothing, and skip the
+        # _progress/_try calls
         if self._late(w, now):
             return
-        arrived = self.arrived
-        arrived[w] = payload
-        if (len(arrived) < self._fewest and len(arrived) + len(self.failed) < len(self.sent_to)
-                and not self._timed_out):
-            return
-        self._progress()
+        self.arrived[w] = payload
+        if not self._too_few(len(self.arrived)):
+            self._progress()
+
+    def _too_few(self, have: int) -> bool:
+        """Whether ``have`` results decide nothing yet: fewer than any decodable set, while
+        some worker asked still owes its result (``_try``'s first test)."""
+        return (have < self._fewest and have + len(self.failed) < len(self.sent_to)
+                and not self._timed_out)
 
     def _free(self) -> None:
         self.encoding = None
@@ -507,8 +510,7 @@ class Job(_Request):
 
     def _try(self) -> None:
         have = len(self.arrived)
-        if have < self._fewest and have + len(self.failed) < len(self.sent_to) \
-                and not self._timed_out:
+        if self._too_few(have):
             # (the results come from workers asked, so one asked is still owed: the test
             # below without building the list of them)
             return

@@ -488,24 +488,6 @@ class MPICluster(ClusterBase):
         self._to_worker(worker, lambda: self._outgoing.append(
             (self.comm.Isend(buf, dest=self._ranks[worker], tag=TAG_CANCEL), buf)))
 
-    def _send_cancels(self, workers: list[int], r: Any) -> None:
-        # the compiled engine's cancels in one loop (what _cancel does for each, without
-        # its two calls per worker: every settled job with results still owed passes here)
-        eng = self._eng
-        if eng is None:
-            super()._send_cancels(workers, r)
-            return
-        dead, bye, rid = self._dead, self._bye, r.id
-        for w in workers:
-            if w in dead or w in bye:
-                continue
-            try:
-                eng.cancel(w, rid)
-            except Exception as exc:
-                if not _proc_failed(exc):
-                    raise
-                self._mark_dead(w)
-
     def _prune_outgoing(self) -> None:
         if not self._outgoing:
             return
