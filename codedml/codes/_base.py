@@ -40,9 +40,7 @@ from . import _gfp
 from ._eft import _residual, _Split, compensated_matmul
 from ._encode import _REAL
 from ._field import residues_of
-from ._validate import check_int
-
-_F64_DTYPE = np.dtype(np.float64)
+from ._validate import _F64, check_int
 
 # the compiled loops (codedml/codes/_kernels.c), built where a C compiler was found: the
 # decoder's consistency check takes its projections and sums of squares from `proj_sq`
@@ -214,7 +212,7 @@ class Encoding(Sequence[Task]):
         of ints, ``inner`` an int, ``scales`` Python floats, of a real code."""
         out = object.__new__(cls)
         d = out.__dict__
-        d["code"], d["shape"], d["inner"], d["dtype"] = code, shape, inner, _F64_DTYPE
+        d["code"], d["shape"], d["inner"], d["dtype"] = code, shape, inner, _F64
         d["compensated"], d["scales"] = False, np.array(scales)
         return out
 
