@@ -510,6 +510,89 @@ with cm as cluster:
                  yields=yields, spin_yield=cluster.spin_yield, each=each, singles=singles,
                  refusals=refusals,
                  protocol_errors=len(cluster.protocol_errors))
+        elif name == "landing":
+            # A small job's request goes out in one compiled call (request_stack: each
+            # worker's task and B inline, the job id written by the engine), and the results
+            # of the job a caller waits for land in its buffers in C (poll's `hot`), once
+            # per worker and only where they fit the slot; the rest stay events. Driven on the engine itself (replies that the
+            # cluster's Python never sees), then through the cluster.
+            from codedml.runtime.protocol import Op, Request
+
+            eng = cluster._eng
+            ws = list(range(n))
+            tasks = rng.standard_normal((n, 3, 5))
+            b = rng.standard_normal((5, 2))
+            ctrl = Request(Op.MATMUL, 0).with_arrays([tasks[0], b]).to_bytes().tobytes()
+
+            def post(job, workers, t=tasks):
+                dead = eng.request_stack(workers, ctrl, job, t, b)
+                assert dead == [], dead
+                time.sleep(0.5)   # every reply queued before the poll looks
+
+            def poll(hot, want):
+                return eng.poll(time.perf_counter() + 5.0, time.perf_counter() + 5.0, 1e-4,
+                                1e-3, want, hot)
+
+            def hot_of(job, slot=(3, 2)):
+                return (job, np.full((n, *slot), np.nan), np.zeros(n + 1, np.int64))
+
+            J = 10 ** 9
+            out = {}
+            post(J, ws)
+            hot = hot_of(J)
+            ev = poll(hot, n)
+            out["all"] = {"events": len(ev), "got": int(hot[2][0]),
+                          "workers": sorted(hot[2][1:1 + n].tolist()),
+                          "err": max(rel(hot[1][w], tasks[w] @ b) for w in ws)}
+            # another job's reply first in the poll (worker 0's): an event, the rest land
+            post(J + 2, [0])
+            post(J + 1, ws[1:])
+            hot = hot_of(J + 1)
+            ev = poll(hot, n)
+            out["behind"] = {"events": sorted((e[0], e[2][0]) for e in ev), "got": int(hot[2][0])}
+            # a worker landed already (in got): its reply is an event; a slot of another
+            # shape: every reply an event
+            post(J + 3, ws)
+            hot = hot_of(J + 3)
+            hot[2][0], hot[2][1] = 1, 0
+            ev = poll(hot, n)
+            out["again"] = {"events": [e[0] for e in ev], "got": int(hot[2][0])}
+            post(J + 4, ws)
+            hot = hot_of(J + 4, (2, 3))
+            ev = poll(hot, n)
+            out["shape"] = {"events": len(ev), "got": int(hot[2][0])}
+            # refused by name, before any send or wait
+            bad = {}
+            frozen = np.zeros((n, 3, 2))
+            frozen.setflags(write=False)
+            for key, call in {
+                    "short ctrl": lambda: eng.request_stack(ws, ctrl[:8], J, tasks, b),
+                    "past inline": lambda: eng.request_stack(ws, ctrl, J, np.zeros((n, 2048, 2)), b),
+                    "no task": lambda: eng.request_stack([n - 1], ctrl, J, tasks[:n - 1], b),
+                    "not a buffer": lambda: eng.request_stack(ws, ctrl, J, [1.0], b),
+                    "job": lambda: eng.request_stack(ws, ctrl, -2, tasks, b),
+                    "landing dtype": lambda: poll((J, np.zeros((n, 3, 2), np.float32),
+                                                   np.zeros(n + 1, np.int64)), 1),
+                    "got short": lambda: poll((J, np.zeros((n, 3, 2)), np.zeros(n, np.int64)), 1),
+                    "got count": lambda: poll((J, np.zeros((n, 3, 2)),
+                                               np.full(n + 1, n + 1, np.int64)), 1),
+                    "landing read-only": lambda: poll((J, frozen, np.zeros(n + 1, np.int64)), 1),
+            }.items():
+                try:
+                    call()
+                    bad[key] = None
+                except (TypeError, ValueError, IndexError) as exc:
+                    bad[key] = f"{type(exc).__name__}: {exc}"
+            # through the cluster: small jobs decode right, their results landed in C
+            code = MDSCode(n, max(1, n - 2))
+            errs, landed = [], []
+            for i in range(20):
+                X, Y = rng.standard_normal((8, 6)), rng.standard_normal((6, 4))
+                job = cluster.submit(X, Y, code=code)
+                errs.append(rel(job.result(), X @ Y))
+                landed.append(job._land_taken)   # (its landing is dropped once settled)
+            emit(out=out, bad=bad, errs=max(errs), landed=landed,
+                 outstanding=cluster.outstanding(), protocol_errors=len(cluster.protocol_errors))
         elif name == "python_inline":
             # The Python worker loop reads a request whose arrays came inline (the compiled
             # root's form; never sent to it in a normal run, where every rank takes one path)

@@ -1345,7 +1345,7 @@ def _compiled_poll(c, events):
     as an :class:`Arrival`."""
     from codedml.runtime.futures import Arrival
 
-    def poll(wait=0.0, want=1):
+    def poll(wait=0.0, want=1, job=None):
         out = []
         for w, job, kind, payload, ack in events.pop(0) if events else ():
             if kind == "result" and not ack:
@@ -1399,6 +1399,73 @@ def test_a_booked_job_result_is_a_routed_one():
             _compiled_poll(c, [[(2, gone, "result", np.zeros(1), False)]])
             assert c._pump() == 1
             assert c._last_answer[2] == gone
+    finally:
+        _close_fast(c)
+
+
+def test_a_landed_job_result_is_a_routed_one():
+    """Job results landed by the compiled poll (copied into the waited-for job's slots in C,
+    handed over by ``_pump`` through ``Job._take_landed``) leave a job as ``_route`` of the
+    same results leaves its twin: the same arrivals and latencies after every poll, the
+    decode at the same result, the same used and late workers and report; landed results
+    count as arrivals for ``_pump``, go before the poll's other replies, note their workers'
+    last answers; several landed in one poll are booked one at a time (the job settles at
+    the fourth, the rest are late), and the landing is dropped once the job settles."""
+    from codedml.runtime.futures import Arrival
+
+    rng = np.random.default_rng(8)
+    A, B = rng.standard_normal((8, 5)), rng.standard_normal((5, 3))
+    code = MDSCode(N, 4)
+    c = LocalCluster(N, faults=FailSilent(range(1, N + 1)), timeout=20)  # nobody answers
+    c._lands = True   # (as an MPICluster root with the compiled engine)
+    other = []
+
+    def poll(wait=0.0, want=1, job=None):
+        # the compiled poll's landing, for the results queued for this poll: the hot job's
+        # land (once per worker), another request's reply is an Arrival
+        out = []
+        for w, jid, payload in events.pop(0) if events else ():
+            _, land, got = job._land if job is not None and job._land is not None else (0, 0, 0)
+            if job is not None and jid == job.id and w not in got[1:1 + got[0]]:
+                land[w] = payload
+                got[1 + got[0]] = w
+                got[0] += 1
+                c._landed = job
+            else:
+                out.append(Arrival(w, jid, "result", payload))
+                other.append((w, jid))
+        return out
+
+    try:
+        with c._lock:
+            jobs = [c.submit(A, B, code=code) for _ in range(2)]
+            assert jobs[0]._land is not None and jobs[0]._land[1].shape == (N, 2, 3)
+            tasks = code.encode(A, B)
+            # a parity result first, then one poll with two results and another request's
+            # reply ahead of them, then the three last together (decodable at the fourth)
+            gone = c._next_job + 100
+            polls = [[5], [1, 0], [4, 2, 3]]
+            events = [[(w, jobs[0].id, tasks[w].compute()) for w in ws] for ws in polls]
+            events[1].insert(0, (3, gone, np.zeros(1)))
+            c._poll = poll
+            for i, ws in enumerate(polls):
+                assert c._pump(0.0, 1, jobs[0]) == len(ws) + (i == 1), i
+                for w in ws:   # (worker 3's answer to `gone`, a later id, stays its last)
+                    assert c._last_answer[w] == (gone if w == 3 else jobs[0].id)
+                    c._route(Arrival(w, jobs[1].id, "result", tasks[w].compute()),
+                             time.perf_counter())
+                for job in jobs:
+                    assert job.done() == (i == 2), (i, job.id)
+                assert sorted(jobs[0].arrived) == sorted(jobs[1].arrived)
+                assert jobs[0].latency.keys() == jobs[1].latency.keys()
+                assert jobs[0].late == jobs[1].late
+            assert other == [(3, gone)] and c._last_answer[3] == gone
+        for job in jobs:
+            np.testing.assert_allclose(job.result(), A @ B, rtol=1e-12, atol=1e-12)
+        assert jobs[0].info.used == jobs[1].info.used == (0, 1, 4, 5)
+        assert _statuses(jobs[0]) == _statuses(jobs[1])
+        assert jobs[0].late == jobs[1].late == {2, 3}
+        assert jobs[0]._land is None and jobs[0]._land_taken == N
     finally:
         _close_fast(c)
 
@@ -1556,7 +1623,7 @@ class _OnePollTransport:
                 a, b = arrays
                 self.queue.append((worker, req.job, np.asarray(a) @ np.asarray(b)))
 
-            def _poll(self, wait=0.0, want=1):
+            def _poll(self, wait=0.0, want=1, job=None):
                 out, now = [], time.perf_counter()
                 got, self.queue = self.queue, []
                 for w, job, payload in got:

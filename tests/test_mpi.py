@@ -385,6 +385,51 @@ def test_small_payloads_travel_inline():
     _all_exited(done, 4)
 
 
+def test_small_jobs_go_out_stacked_and_land_in_c():
+    """A small job's tasks go out in one compiled call (``request_stack``: each worker's task
+    and B inline after control bytes whose job id the engine writes), and the compiled poll
+    lands the results of the job a caller waits for in its buffers (``hot``): every result
+    exact in its worker's slot, also behind another request's reply in the same poll (a
+    poll takes one reply a worker: that reply is another worker's); none from a worker
+    landed already, none of another shape (each an event instead); bad arguments refused by
+    name before any send or wait; small jobs through the cluster decode right with their
+    results landed."""
+    from codedml.runtime.mpi import wire_status
+
+    if not wire_status()[0]:
+        pytest.skip(wire_status()[1])
+    np_ = 5
+    n = np_ - 1
+    res, done = run_mpi_t("landing", np_, "compiled")
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = res["out"]
+    assert out["all"]["err"] < 1e-14, out   # each result in its own worker's slot
+    assert {k: out["all"][k] for k in ("events", "got", "workers")} == \
+        {"events": 0, "got": n, "workers": list(range(n))}, out
+    # worker 0's reply to another job comes first in the poll (index order): an event, and
+    # the other workers' results of the job land all the same
+    assert out["behind"] == {"events": [[0, 10 ** 9 + 2]], "got": n - 1}, out
+    # a worker in got already: its reply an event, the others land
+    assert out["again"] == {"events": [0], "got": n}, out
+    assert out["shape"] == {"events": n, "got": 0}, out
+    bad = res["bad"]
+    assert "`ctrl` must be a request's control bytes" in bad["short ctrl"], bad
+    assert "must fit inline" in bad["past inline"], bad
+    assert "no task for worker" in bad["no task"], bad
+    assert "`tasks` must be a C-contiguous array" in bad["not a buffer"], bad
+    assert "`job` must be at least -1, got -2" in bad["job"], bad
+    assert "`landing` must be a float64 array" in bad["landing dtype"], bad
+    assert "`got` must be an int64 array of at least" in bad["got short"], bad
+    assert "`got[0]` must be from 0 to" in bad["got count"], bad
+    assert "`landing` must be a C-contiguous writable array" in bad["landing read-only"], bad
+    assert res["errs"] < 1e-12
+    # each job waited for its results: some landed (how many came before the job decided
+    # varies), never more than its workers
+    assert all(0 <= k <= n for k in res["landed"]) and sum(res["landed"]) > 0, res["landed"]
+    assert res["protocol_errors"] == 0 and res["outstanding"]["jobs"] == 0
+    _all_exited(done, np_)
+
+
 def test_python_worker_reads_inline_arrays():
     """The Python worker loop takes a request whose arrays ride in its control message (the
     compiled root's form) as it takes one with arrays of their own: every array exact, of its

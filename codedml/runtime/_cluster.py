@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..codes import Encoding, LinearCode
-from ..codes._validate import check_int
+from ..codes._validate import _F64, check_int
 from ..errors import (ClusterClosedError, ConfigurationError, CorruptResultError, FaultError)
 from ._resident import ResidentHandle
 from .futures import (Ack, Arrival, Call, Job, JobReport, _Request, _systematic_set, check_deadline,
@@ -100,12 +100,22 @@ def _call_arrays(arrays: Any, where: str) -> list[np.ndarray]:
     return out
 
 
-class _Uniform(list):
-    """Per-worker arrays (a list of ``[a, b]``) known to be C-ordered ndarrays of one layout
-    (an :class:`~codedml.codes.Encoding` given as its ``_stack``): a transport sends them
-    without looking at each."""
+class _Stacked:
+    """Per-worker arrays of a small encode (an :class:`~codedml.codes.Encoding` given as its
+    ``_stack``): worker ``w``'s are ``[tasks[w], b]``, C-ordered ndarrays of one layout, so a
+    transport sends them without looking at each (MPI: one compiled call, no list per
+    worker). Indexed like the list of per-worker lists it stands for."""
 
-    __slots__ = ()
+    __slots__ = ("tasks", "b")
+
+    def __init__(self, tasks: np.ndarray, b: np.ndarray) -> None:
+        self.tasks, self.b = tasks, b
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __getitem__(self, w: int) -> list[np.ndarray]:
+        return [self.tasks[w], self.b]
 
 
 class _WeakTable:
@@ -267,10 +277,29 @@ class ClusterBase:
         for w in workers:
             self._send(w, req, per_worker[w])
 
-    def _poll(self, wait: float = 0.0, want: int = 1) -> list[Arrival]:
+    def _poll(self, wait: float = 0.0, want: int = 1, job: Any = None) -> list[Arrival]:
         """What has arrived; a transport may wait up to ``wait`` seconds for something
-        (under the lock: see :meth:`_poll_wait`), or for ``want`` replies where it can."""
+        (under the lock: see :meth:`_poll_wait`), or for ``want`` replies where it can.
+        ``job``: the request the caller waits for, whose results a transport that lands
+        them (:attr:`_lands`) may book without an :class:`Arrival` each."""
         raise NotImplementedError
+
+    #: Whether the transport's poll lands a waited-for small job's results in its
+    #: ``_land`` buffers (:meth:`_landing`; MPI's compiled poll) and sets :attr:`_landed`.
+    _lands = False
+    #: The job whose results the last poll landed (taken by :meth:`_pump`), or None.
+    _landed: Any = None
+
+    def _landing(self, jid: int, per_worker: _Stacked) -> tuple | None:
+        """Where a poll may land the results of stacked job ``jid``: ``(jid, landing, got)``,
+        ``landing`` one float64 slot per worker of the result's shape (``tasks[w] @ b``),
+        ``got`` its count and workers (see ``_wire.Root.poll``); None where the tasks are not
+        float64 (their results are not either)."""
+        tasks, b = per_worker.tasks, per_worker.b
+        if tasks.dtype != _F64 or b.dtype != _F64:
+            return None
+        n = len(tasks)
+        return (jid, np.empty((n, *tasks.shape[1:-1], *b.shape[1:])), np.zeros(n + 1, np.int64))
 
     def _poll_wait(self, timeout: float) -> float:
         """How long a waiting caller's poll may wait for an arrival inside the transport,
@@ -349,8 +378,7 @@ class ClusterBase:
             enc = code.encode(A, B, precision=precision)
             stack = enc._stack
             if stack is not None:   # C-ordered ndarrays of one layout already (small encodes)
-                tb = stack[1]
-                per_worker: list[list[np.ndarray]] = _Uniform([a, tb] for a in stack[0])
+                per_worker: Any = _Stacked(*stack)
             else:
                 per_worker = [[_np(t.a), _np(t.b)] for t in enc]
             return self._start(code, enc, _matmul_request(code.field, bool(enc.compensated)),
@@ -380,6 +408,9 @@ class ClusterBase:
             rows = range(self.workers)
         job = Job(self, jid, code, enc, errors, timeout, rows, t0, wait_all, handle)
         job.encode_time = t_enc
+        if type(per_worker) is _Stacked and self._lands and req.field is None \
+                and not req.compensated:
+            job._land = self._landing(jid, per_worker)
         if dead or skip:
             for w in range(self.workers):
                 if w in dead:
@@ -602,22 +633,27 @@ class ClusterBase:
             with self._lock:
                 self._pump()
 
-    def _pump(self, wait: float = 0.0, want: int = 1) -> int:
+    def _pump(self, wait: float = 0.0, want: int = 1, job: Any = None) -> int:
         """One round (under the lock): route arrivals (waiting up to ``wait`` seconds for one,
-        or ``want``, where the transport can), settle expired requests. Returns the number of
-        arrivals."""
-        arrivals = self._poll(wait, want)
+        or ``want``, where the transport can; ``job``: the request the caller waits for, see
+        :meth:`_poll`), settle expired requests. Returns the number of arrivals."""
+        arrivals = self._poll(wait, want, job)
         now = time.perf_counter()
         got = len(arrivals)
-        if self._booked:
-            # results the transport's poll booked itself (_inline_result):
-            # they came before every arrival it handed over, so they go first, in order
+        landed = self._landed
+        if self._booked or landed is not None:
+            # results the transport's poll landed (the waited-for job's, first) or booked
+            # itself (_inline_result): they came before every arrival it handed over, so
+            # they go first, in order
             booked, self._booked = self._booked, []
+            self._landed = None
             got += len(booked)
             # (see _cancel_all; a depth, not a flag: a done-callback run by a settle here may
             # pump again, and the cancels held meanwhile go out once, from the outermost)
             self._hold_depth += 1
             try:
+                if landed is not None:
+                    got += landed._take_landed(now)
                 for r, w, payload, t in booked:
                     if r is not None:       # (None: nobody's any more, the last answer noted)
                         r._accept_result(w, payload, t)
@@ -888,15 +924,16 @@ class ClusterBase:
                 for r in list(table.values()):
                     r._settle(exc=FaultError(f"the cluster's progress thread failed: {exc!r}"))
 
-    def _wait_step(self, timeout: float, want: int = 1) -> None:
+    def _wait_step(self, timeout: float, want: int = 1, job: Any = None) -> None:
         """One step of a caller's wait, called holding the lock: with a transport that asks
         for it (``_caller_progress``, MPI) the caller pumps arrivals itself, so a reply is
         routed without a hand-over between threads (``want``: the replies its request still
-        needs, which the compiled poll gathers in one return); then it waits for a change, at
-        most ``timeout`` seconds (the transport's polling pause when the caller pumps)."""
+        needs, which the compiled poll gathers in one return; ``job``: that request, see
+        :meth:`_poll`); then it waits for a change, at most ``timeout`` seconds (the
+        transport's polling pause when the caller pumps)."""
         if self._caller_progress:
             try:
-                if self._pump(self._poll_wait(timeout), want):
+                if self._pump(self._poll_wait(timeout), want, job):
                     return
             except BaseException as exc:
                 self._fail_all(exc)

@@ -42,6 +42,7 @@ _Static_assert(INLINE_MAX % 8 == 0, "a slot is whole int64s");
 #define REPLY_MAGIC 0xC0DED1
 #define REQ_MAGIC 0xC0DE0002u
 #define REQ_HEAD 36                   /* struct "<IBBBxqqqI" */
+#define JOB_AT 8                      /* the job's offset in it ("<IBBBx" before it) */
 #define MAX_ARRAYS 16
 #define NDTYPES 9
 #define MAX_BYTES ((int64_t)1 << 40)
@@ -602,6 +603,39 @@ static PyObject *Root_drop(Root *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* One message on tag CTRL to worker w: the `parts` pieces (ptr[i], len[i]) copied one after
+ * another (the first a request's control bytes, at least REQ_HEAD of them, the rest its
+ * arrays), flag bit 3 (inline arrays) set in the copy and, where `job` is given, that job id
+ * written over the copy's. -1 with an exception set on failure (nothing posted). */
+static int post_inline(Root *self, int w, const void *const *ptr, const Py_ssize_t *len,
+                       int parts, const int64_t *job)
+{
+    Py_ssize_t total = 0;
+    for (int i = 0; i < parts; i++)
+        total += len[i];
+    if (sends_reserve(&self->out, 1) < 0)
+        return -1;
+    char *b = PyMem_Malloc(total);
+    if (!b) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t at = 0;
+    for (int i = 0; i < parts; i++) {
+        if (len[i])
+            memcpy(b + at, ptr[i], len[i]);
+        at += len[i];
+    }
+    b[5] |= 8;
+    if (job) {   /* little-endian, as protocol.py packs it */
+        uint64_t j = (uint64_t)*job;
+        for (int i = 0; i < 8; i++)
+            b[JOB_AT + i] = (char)(unsigned char)(j >> (8 * i));
+    }
+    INLINE_OUT++;
+    return sends_post(&self->out, self->comm, self->ranks[w], self->tag_ctrl, NULL, NULL, b, total);
+}
+
 /* A request's control bytes (tag CTRL) and each of its arrays (tag TASK) to worker w; arrays
  * of at most INLINE_MAX bytes in all ride in the control message instead (flag bit 3), one
  * message. `a` is a PySequence_Fast of m buffers. Every buffer is checked and room for every
@@ -628,23 +662,16 @@ static int request_one(Root *self, int w, PyObject *ctrl, PyObject *a, Py_ssize_
     }
     if (m > 0 && total - views[0].len <= INLINE_MAX && total <= CHUNK && views[0].len >= REQ_HEAD) {
         /* small arrays ride inline: one message, flag bit 3 set in its copy of the header */
-        if (sends_reserve(&self->out, 1) < 0)
-            goto fail;
-        char *b = PyMem_Malloc(total);
-        if (!b) {
-            PyErr_NoMemory();
-            goto fail;
-        }
-        Py_ssize_t at = 0;
+        const void *ptr[1 + MAX_ARRAYS];
+        Py_ssize_t len[1 + MAX_ARRAYS];
         for (Py_ssize_t i = 0; i <= m; i++) {
-            if (views[i].len)
-                memcpy(b + at, views[i].buf, views[i].len);
-            at += views[i].len;
-            PyBuffer_Release(&views[i]);
+            ptr[i] = views[i].buf;
+            len[i] = views[i].len;
         }
-        b[5] |= 8;
-        INLINE_OUT++;
-        return sends_post(&self->out, self->comm, dest, self->tag_ctrl, NULL, NULL, b, total);
+        int rc = post_inline(self, w, ptr, len, (int)m + 1, NULL);
+        for (Py_ssize_t i = 0; i <= m; i++)
+            PyBuffer_Release(&views[i]);
+        return rc;
     }
     if (sends_reserve(&self->out, k) < 0)
         goto fail;
@@ -697,6 +724,28 @@ static PyObject *Root_request(Root *self, PyObject *args)
     if (rc < 0)
         return NULL;
     Py_RETURN_NONE;
+}
+
+/* After a failed post to worker `wo` (request_many's, request_stack's): a WireError (mpi_fail's)
+ * whose class says a process failed lists the worker in `dead` and is cleared (0: the others
+ * still get theirs); any other error stays raised, with the workers listed dead before it as
+ * the exception's `dead` (-1). */
+static int dead_or_raise(Root *self, PyObject *dead, PyObject *wo)
+{
+    if (PyErr_ExceptionMatches(WireError) &&
+        is_failed(self->failed, self->nfailed, LAST_FAIL_CLASS)) {
+        PyErr_Clear();
+        return PyList_Append(dead, wo);
+    }
+    if (PyList_GET_SIZE(dead)) {
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        PyErr_NormalizeException(&et, &ev, &tb);
+        if (ev && PyObject_SetAttrString(ev, "dead", dead) < 0)
+            PyErr_Clear();
+        PyErr_Restore(et, ev, tb);
+    }
+    return -1;
 }
 
 /* request_many(workers, ctrl, arrays[, each]) -> [w, ...]: request_one to each worker
@@ -773,25 +822,8 @@ static PyObject *Root_request_many(Root *self, PyObject *args)
         PyObject *ai = each ? PyList_GET_ITEM(per, i) : a;
         if (each)
             m = PySequence_Fast_GET_SIZE(ai);
-        if (request_one(self, w, ctrl, ai, m) == 0)
-            continue;
-        /* a WireError (mpi_fail's) whose class says a process failed: that worker is dead */
-        if (PyErr_ExceptionMatches(WireError) &&
-            is_failed(self->failed, self->nfailed, LAST_FAIL_CLASS)) {
-            PyErr_Clear();
-            if (PyList_Append(dead, wo) < 0)
-                goto fail;
-            continue;
-        }
-        if (PyList_GET_SIZE(dead)) {   /* another error: raised, the dead as its `dead` */
-            PyObject *et, *ev, *tb;
-            PyErr_Fetch(&et, &ev, &tb);
-            PyErr_NormalizeException(&et, &ev, &tb);
-            if (ev && PyObject_SetAttrString(ev, "dead", dead) < 0)
-                PyErr_Clear();
-            PyErr_Restore(et, ev, tb);
-        }
-        goto fail;
+        if (request_one(self, w, ctrl, ai, m) < 0 && dead_or_raise(self, dead, wo) < 0)
+            goto fail;
     }
     Py_DECREF(wl);
     Py_XDECREF(a);
@@ -803,6 +835,105 @@ fail:
     Py_XDECREF(per);
     Py_XDECREF(dead);
     return NULL;
+}
+
+/* obj's buffer with `flags` into *v; a TypeError naming the argument (`fn`: `name` must be
+ * a C-contiguous array (writable where asked), got ...) where it has none (-1). */
+static int take_buffer(const char *fn, const char *name, PyObject *obj, Py_buffer *v, int flags)
+{
+    if (PyObject_GetBuffer(obj, v, flags) == 0)
+        return 0;
+    PyErr_Clear();
+    PyErr_Format(PyExc_TypeError, "%s: `%s` must be a C-contiguous %sarray, got %s", fn, name,
+                 flags & PyBUF_WRITABLE ? "writable " : "", Py_TYPE(obj)->tp_name);
+    return -1;
+}
+
+/* request_stack(workers, ctrl, job, tasks, b) -> [w, ...]: to each worker w listed, in order,
+ * one message: `ctrl` (a request's control bytes announcing two arrays, its job id left to
+ * this call) with `job` written over its id, then tasks[w] and `b` inline (flag bit 3).
+ * `tasks` is a C-contiguous stack of one task per worker (its first axis indexed by worker),
+ * and one task with `b` must fit inline (INLINE_MAX bytes): a small encode's, sent without a
+ * list of arrays per worker or a control message per job. Checked before the first send:
+ * the buffers, the sizes, every index (and that `tasks` has a task for it). The dead and an
+ * error as request_many's. */
+static PyObject *Root_request_stack(Root *self, PyObject *args)
+{
+    PyObject *ws, *ctrl, *tasks, *b;
+    long long job;
+    if (root_ready(self) < 0 ||
+        !PyArg_ParseTuple(args, "OOLOO", &ws, &ctrl, &job, &tasks, &b))
+        return NULL;
+    if (job < -1) {
+        PyErr_Format(PyExc_ValueError, "`job` must be at least -1, got %lld", job);
+        return NULL;
+    }
+    Py_buffer vc, vt, vb;
+    if (take_buffer("request_stack", "ctrl", ctrl, &vc, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (take_buffer("request_stack", "tasks", tasks, &vt, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&vc);
+        return NULL;
+    }
+    if (take_buffer("request_stack", "b", b, &vb, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&vc);
+        PyBuffer_Release(&vt);
+        return NULL;
+    }
+    PyObject *wl = NULL, *dead = NULL;
+    Py_ssize_t per = 0, count = vt.ndim >= 1 ? vt.shape[0] : 0;
+    if (vt.ndim < 2 || count < 1) {
+        PyErr_Format(PyExc_ValueError, "request_stack: `tasks` must stack one task per worker "
+                     "(2 dimensions or more), got %d dimension(s)", vt.ndim);
+        goto done;
+    }
+    per = vt.len / count;
+    if (vc.len < REQ_HEAD || ((const unsigned char *)vc.buf)[5] & 8) {
+        PyErr_Format(PyExc_ValueError, "request_stack: `ctrl` must be a request's control bytes "
+                     "(%d or more, flag bit 3 clear), got %zd bytes", REQ_HEAD, vc.len);
+        goto done;
+    }
+    if (per + vb.len > INLINE_MAX || vc.len + per + vb.len > CHUNK) {
+        PyErr_Format(PyExc_ValueError, "request_stack: a task (%zd bytes) and `b` (%zd bytes) "
+                     "must fit inline, at most %d bytes", per, vb.len, INLINE_MAX);
+        goto done;
+    }
+    wl = PySequence_Fast(ws, "`workers` must be a sequence of worker indices");
+    if (!wl)
+        goto done;
+    const Py_ssize_t nw = PySequence_Fast_GET_SIZE(wl);
+    for (Py_ssize_t i = 0; i < nw; i++) {   /* every index checked before the first send */
+        int w;
+        if (worker_index(self, PySequence_Fast_GET_ITEM(wl, i), &w) < 0)
+            goto done;
+        if (w >= count) {
+            PyErr_Format(PyExc_IndexError, "request_stack: `tasks` holds %zd tasks, no task "
+                         "for worker %d", count, w);
+            goto done;
+        }
+    }
+    dead = PyList_New(0);
+    if (!dead)
+        goto done;
+    const int64_t j = (int64_t)job;
+    for (Py_ssize_t i = 0; i < nw; i++) {
+        PyObject *wo = PySequence_Fast_GET_ITEM(wl, i);
+        int w = (int)PyLong_AsLong(wo);
+        const void *ptr[3] = {vc.buf, (const char *)vt.buf + (Py_ssize_t)w * per, vb.buf};
+        const Py_ssize_t len[3] = {vc.len, per, vb.len};
+        if (post_inline(self, w, ptr, len, 3, &j) < 0 && dead_or_raise(self, dead, wo) < 0) {
+            Py_CLEAR(dead);
+            goto done;
+        }
+    }
+done:
+    Py_XDECREF(wl);
+    PyBuffer_Release(&vc);
+    PyBuffer_Release(&vt);
+    PyBuffer_Release(&vb);
+    if (!dead && !PyErr_Occurred())
+        PyErr_SetString(PyExc_SystemError, "request_stack: no result");
+    return dead;
 }
 
 static PyObject *Root_cancel(Root *self, PyObject *args)
@@ -935,6 +1066,102 @@ static int failed_event(Root *self, PyObject *res, int w, int err)
     return 0;
 }
 
+/* Where poll lands the inline results of the job a caller waits for (see Root_poll). */
+typedef struct {
+    int64_t job;
+    char *land;            /* one slot of `slot` bytes per worker */
+    Py_ssize_t slot, count;
+    int ndim;              /* of a slot: the result's dimensions */
+    const Py_ssize_t *dims;
+    int64_t *got;          /* got[0]: results landed; got[1:]: their workers, in order */
+} Hot;
+
+/* Whether the reply header v (whose payload came inline) is a float64 result of the hot job
+ * that fits its slot, from a worker not landed yet. */
+static int lands(const Hot *hot, const int64_t *v, int w)
+{
+    if (v[1] != hot->job || v[2] != KIND_RESULT || v[4] != 0 || v[5] != hot->ndim ||
+        w >= hot->count || v[7 + MAX_NDIM] != hot->slot)
+        return 0;
+    for (int i = 0; i < hot->ndim; i++)
+        if (v[6 + i] != hot->dims[i])
+            return 0;
+    for (int64_t i = 1; i <= hot->got[0]; i++)
+        if (hot->got[i] == w)
+            return 0;
+    return 1;
+}
+
+static PyObject *poll_headers(Root *self, double deadline, double spin_until, double pause,
+                              double max_pause, int want, Hot *hot);
+
+/* poll(..., want, hot): `hot`, where given, is (job, landing, got): the inline float64
+ * results of that job that this poll receives are copied into landing[w] (a C-contiguous
+ * float64 array, one slot per worker, of the result's shape) instead of becoming events,
+ * their workers appended to got[1:] and counted in got[0] (an int64 array of 1 + landing's
+ * first dimension; got[0] as the caller left it): the results of the job a caller waits
+ * for, without a Python object each. A poll completes at most one header receive per
+ * worker, so a landed result overtakes only other workers' replies, never its own
+ * worker's. Any other reply, one from a worker already in got (a worker lands once per
+ * job), or one that does not fit the slot, is an event as before. */
+static PyObject *Root_poll(Root *self, PyObject *args)
+{
+    double deadline, spin_until, pause, max_pause;
+    int want = 1;
+    PyObject *hot_arg = Py_None;
+    if (root_ready(self) < 0 ||
+        !PyArg_ParseTuple(args, "dddd|iO", &deadline, &spin_until, &pause, &max_pause, &want,
+                          &hot_arg))
+        return NULL;
+    if (hot_arg == Py_None)
+        return poll_headers(self, deadline, spin_until, pause, max_pause, want, NULL);
+    PyObject *landing, *got;
+    long long job;
+    if (!PyArg_ParseTuple(hot_arg, "LOO;poll: `hot` must be (job, landing, got)", &job, &landing,
+                          &got))
+        return NULL;
+    Py_buffer vl, vg;
+    if (take_buffer("poll", "landing", landing, &vl,
+                    PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return NULL;
+    if (take_buffer("poll", "got", got, &vg,
+                    PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        PyBuffer_Release(&vl);
+        return NULL;
+    }
+    PyObject *res = NULL;
+    Hot hot;
+    if (vl.ndim < 1 || vl.shape[0] < 1 || vl.itemsize != 8 || !vl.format ||
+        strcmp(vl.format, "d") != 0) {
+        PyErr_SetString(PyExc_TypeError, "poll: `landing` must be a float64 array of one "
+                        "slot per worker (1 dimension or more)");
+        goto done;
+    }
+    hot.count = vl.shape[0];
+    if (vg.itemsize != 8 || !vg.format || !strchr("ql", vg.format[0]) ||
+        vg.len < 8 * (1 + hot.count)) {
+        PyErr_Format(PyExc_TypeError, "poll: `got` must be an int64 array of at least %zd "
+                     "items (1 + landing's first dimension)", 1 + hot.count);
+        goto done;
+    }
+    hot.job = (int64_t)job;
+    hot.land = vl.buf;
+    hot.slot = vl.len / hot.count;
+    hot.ndim = vl.ndim - 1;
+    hot.dims = vl.shape + 1;
+    hot.got = vg.buf;
+    if (hot.got[0] < 0 || hot.got[0] > hot.count) {
+        PyErr_Format(PyExc_ValueError, "poll: `got[0]` must be from 0 to %zd (results landed), "
+                     "got %lld", hot.count, (long long)hot.got[0]);
+        goto done;
+    }
+    res = poll_headers(self, deadline, spin_until, pause, max_pause, want, &hot);
+done:
+    PyBuffer_Release(&vl);
+    PyBuffer_Release(&vg);
+    return res;
+}
+
 /* poll(deadline, spin_until, min_pause, max_pause, want=1) -> list of events, each
  *   (w, 0, (job, kind, op, dtype, shape, elapsed_ns, nbytes, inline))   a valid header;
  *        inline: its payload as a bytearray when it came in the same message, else None
@@ -949,13 +1176,9 @@ static int failed_event(Root *self, PyObject *res, int w, int err)
  * again at once; one that announces a payload to follow gets it posted again by recv(), once
  * the payload is in, so that a payload is never paired with a later header; a goodbye's and
  * a refused header's never. */
-static PyObject *Root_poll(Root *self, PyObject *args)
+static PyObject *poll_headers(Root *self, double deadline, double spin_until, double pause,
+                              double max_pause, int want, Hot *hot)
 {
-    double deadline, spin_until, pause, max_pause;
-    int want = 1;
-    if (root_ready(self) < 0 ||
-        !PyArg_ParseTuple(args, "dddd|i", &deadline, &spin_until, &pause, &max_pause, &want))
-        return NULL;
     /* out: headers completed so far (hidx/hst[0:out]); base: where the last test's began
        (only its statuses carry an error field) */
     int out = 0, base = 0, rc = MPI_SUCCESS, posted = 0;
@@ -1057,6 +1280,20 @@ static PyObject *Root_poll(Root *self, PyObject *args)
         MPI_Get_count(&self->hst[k], MPI_BYTE, &count);
         PyObject *ev;
         int layout = reply_layout(v, count);
+        if (layout == 2 && hot && lands(hot, v, w)) {
+            /* the waited-for job's result: into its slot, no event. (Where events came before
+               it in this poll they are other workers' (a poll completes one header receive
+               a worker), so no reply of its worker is overtaken.) */
+            memcpy(hot->land + (Py_ssize_t)w * hot->slot, v + HEADER_LEN, hot->slot);
+            hot->got[1 + hot->got[0]++] = w;
+            INLINE_IN++;
+            int r2 = repost(self, w);
+            if (r2 != MPI_SUCCESS) {
+                Py_DECREF(res);
+                return mpi_fail(r2, "MPI_Irecv (reply header)");
+            }
+            continue;
+        }
         if (layout) {
             PyObject *h = parsed_header(v, count);
             ev = h ? Py_BuildValue("(iiN)", w, 0, h) : NULL;
@@ -1145,9 +1382,11 @@ static PyMethodDef Root_methods[] = {
     {"request_many", (PyCFunction)Root_request_many, METH_VARARGS,
      "request_many(workers, ctrl, arrays[, each]) -> the workers whose process failed: "
      "request() to each (each, positional: arrays[i] to the i-th worker listed)"},
+    {"request_stack", (PyCFunction)Root_request_stack, METH_VARARGS,
+     "request_stack(workers, ctrl, job, tasks, b) -> failed workers: tasks[w] and b inline to each"},
     {"cancel", (PyCFunction)Root_cancel, METH_VARARGS, "cancel(w, job): tell worker w job settled"},
     {"poll", (PyCFunction)Root_poll, METH_VARARGS,
-     "poll(deadline, spin_until, min_pause, max_pause) -> events"},
+     "poll(deadline, spin_until, min_pause, max_pause[, want, hot]) -> events"},
     {"recv", (PyCFunction)Root_recv, METH_VARARGS, "recv(w, buffer) -> bytes received"},
     {"counts", (PyCFunction)Root_counts, METH_NOARGS,
      "counts() -> (posted header receives, sends in flight)"},
@@ -2245,6 +2484,7 @@ PyMODINIT_FUNC PyInit__wire(void)
         PyModule_AddIntConstant(m, "MAX_NDIM", MAX_NDIM) < 0 ||
         PyModule_AddIntConstant(m, "HEADER_LEN", HEADER_LEN) < 0 ||
         PyModule_AddIntConstant(m, "INLINE_MAX", INLINE_MAX) < 0 ||
+        PyModule_AddIntConstant(m, "JOB_AT", JOB_AT) < 0 ||
         PyModule_AddIntConstant(m, "REPLY_MAGIC", REPLY_MAGIC) < 0 ||
         add(m, "REQ_MAGIC", PyLong_FromUnsignedLong(REQ_MAGIC)) < 0 ||
         PyModule_AddIntConstant(m, "MAX_ARRAYS", MAX_ARRAYS) < 0 ||

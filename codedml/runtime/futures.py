@@ -186,6 +186,9 @@ class _Request(Future):
     t_done = _NAN
     settled = False  # terminal inside the cluster (the Future may settle a moment later)
     wake_at: float | None = None  # when the cluster must call _progress again
+    # where the transport's poll lands this request's results, (id, landing, got), or None
+    # (ClusterBase._landing; a small job's on MPI)
+    _land: tuple | None = None
 
     def __init__(self, cluster: "ClusterBase", rid: int, sent_to: Sequence[int], timeout: float,
                  t0: float) -> None:
@@ -396,7 +399,7 @@ class _Request(Future):
                     left = end - time.perf_counter()
                     if left <= 0:
                         break
-                    cl._wait_step(min(left, 0.05), self._want())
+                    cl._wait_step(min(left, 0.05), self._want(), self)
             finally:
                 cl._drivers -= 1
         return max(0.0, end - time.perf_counter())
@@ -433,6 +436,7 @@ class Job(_Request):
     # one is granted, and how long the job waited.
     _grace_end: float | None = None
     t_grace = 0.0
+    _land_taken = 0   # how many of _land's results _take_landed booked
 
     def __init__(self, cluster: "ClusterBase", jid: int, code: LinearCode, encoding: Encoding,
                  errors: int, timeout: float, rows: Sequence[int], t0: float,
@@ -484,6 +488,32 @@ class Job(_Request):
         if not self._too_few(len(self.arrived)):
             self._progress()
 
+    def _take_landed(self, now: float) -> int:
+        """Book the results a poll landed in :attr:`_land` since the last call, in arrival
+        order, each as a routed one (its worker's answer noted; late once the job settled);
+        returns how many. ``got[0]`` keeps counting (a worker landed once per job: a slot
+        the job has taken is never written again)."""
+        jid, land, got = self._land
+        taken = self._land_taken
+        m = int(got[0])
+        self._land_taken = m
+        # (_accept_result and the cluster's _note_answer, in one loop: a small job's results
+        # are most of what a caller's poll hands over)
+        last, arrived, latency = self.cluster._last_answer, self.arrived, self.latency
+        t = now - self.t0
+        for w in got[1 + taken:1 + m].tolist():
+            if jid > last.get(w, -1):
+                last[w] = jid
+            if w not in latency:
+                latency[w] = t
+            if self.settled:
+                self.late.add(w)
+                continue
+            arrived[w] = land[w]
+            if not self._too_few(len(arrived)):
+                self._progress()
+        return m - taken
+
     def _too_few(self, have: int) -> bool:
         """Whether ``have`` results decide nothing yet: fewer than any decodable set, while
         some worker asked still owes its result (``_try``'s first test)."""
@@ -493,6 +523,7 @@ class Job(_Request):
     def _free(self) -> None:
         self.encoding = None
         self.arrived = dict.fromkeys(self.arrived)
+        self._land = None   # (the landed results' buffers: a settled job lands no more)
 
     def _outstanding(self) -> list[int]:
         if self._timed_out:
@@ -537,7 +568,8 @@ class Job(_Request):
             if not pending:
                 self._fail_all()
             return
-        if pending and self._hold_for_systematic(pending):
+        if pending and (self._grace_end is not None or self.cluster._systematic_grace > 0) \
+                and self._hold_for_systematic(pending):
             return
         t = time.perf_counter()
         if self._grace_end is not None:
@@ -557,7 +589,7 @@ class Job(_Request):
             raise exc.with_traceback(None) from None
         self.t_decode = time.perf_counter() - t
         self.info = info
-        if self._sys and self.cluster.systematic_grace > 0 and not self._sys.issubset(info.used):
+        if self._sys and self.cluster._systematic_grace > 0 and not self._sys.issubset(info.used):
             # (the cap on the systematic wait, which only a grace above 0 grants)
             self.cluster._note_solve(self.code, self.t_decode)
         self._settle(C)

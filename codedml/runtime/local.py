@@ -125,7 +125,7 @@ class LocalCluster(ClusterBase):
         with self._cancel_lock:
             self._cancelled[worker].add(job)
 
-    def _poll(self, wait: float = 0.0, want: int = 1) -> list[Arrival]:
+    def _poll(self, wait: float = 0.0, want: int = 1, job: object = None) -> list[Arrival]:
         out = []
         try:
             while True:

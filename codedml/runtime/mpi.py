@@ -56,7 +56,7 @@ import numpy as np
 from ..backends import Backend, NumpyBackend, get_backend, set_threads
 from ..errors import ConfigurationError, ProtocolError
 from ..faults import FaultModel
-from ._cluster import ClusterBase, _Uniform
+from ._cluster import ClusterBase, _Stacked
 from ._exit import skip_finalize_at_exit
 from ._worker import PER_THREAD_NICE, WorkerContext, WorkerState, call_result, remote_error
 from .futures import Arrival, check_wait
@@ -110,7 +110,7 @@ def _wire_module() -> Any:
 def _wire_constants(wire: Any) -> tuple:
     return (wire.HEADER_LEN, wire.MAX_NDIM, wire.REPLY_MAGIC, wire.REQ_MAGIC, wire.MAX_ARRAYS,
             wire.MAX_BYTES, tuple(wire.ITEMSIZE), wire.UINT8_CODE, wire.NOPS, wire.NKINDS,
-            wire.INLINE_MAX)
+            wire.INLINE_MAX, wire.JOB_AT)
 
 
 def _protocol_constants() -> tuple:
@@ -120,7 +120,7 @@ def _protocol_constants() -> tuple:
     return (HEADER_LEN, protocol.MAX_NDIM, protocol._MAGIC, protocol._REQ_MAGIC,
             protocol.MAX_ARRAYS, protocol.MAX_BYTES, tuple(d.itemsize for d in DTYPES),
             DTYPES.index(np.dtype(np.uint8)), max(int(o) for o in Op), len(Kind),
-            protocol.INLINE_MAX)
+            protocol.INLINE_MAX, protocol._JOB_AT)
 
 
 def _node_cpus(node: Any, MPI: Any) -> int:
@@ -290,6 +290,8 @@ class MPICluster(ClusterBase):
         self._pause = 1e-4
         self._hot_until = 0.0
         self._ctrl_memo: tuple[Any, Any, np.ndarray] | None = None
+        # a stacked job's control bytes per layout (the job written by the engine)
+        self._stack_ctrl: dict[tuple, bytes] = {}
         self._MPI = MPI
         #: Replies that failed validation (newest last): (worker, message).
         self.protocol_errors: deque[tuple[int, str]] = deque(maxlen=100)
@@ -346,6 +348,7 @@ class MPICluster(ClusterBase):
             if self.rank == self.root:
                 self._eng = wire.Root(self.comm.py2f(), self._ranks, tags, _failed_classes(),
                                       self.spin_yield)
+                self._lands = True   # a waited-for small job's results land in C (see _poll)
             else:
                 self._weng = wire.Worker(self.comm.py2f(), self.root, tags, self.spin_yield)
 
@@ -410,9 +413,22 @@ class MPICluster(ClusterBase):
         live = [w for w in workers if w not in dead] if dead else workers
         if not live:
             return
-        if type(per_worker) is _Uniform:   # contiguous, one layout: as they are
-            # (the workers listed are distinct indices, so as many as per_worker's are all)
-            arrays = per_worker if len(live) == len(per_worker) else [per_worker[w] for w in live]
+        if type(per_worker) is _Stacked:   # contiguous, one layout: as they are
+            tasks, b = per_worker.tasks, per_worker.b
+            if tasks[0].nbytes + b.nbytes <= INLINE_MAX:
+                # one compiled call: each worker's task and b inline after the control bytes,
+                # the job written into the engine's copy of a form kept per layout
+                key = (req.op, req.field, req.compensated, tasks.shape, tasks.dtype, b.shape,
+                       b.dtype)
+                ctrl = self._stack_ctrl.get(key)
+                if ctrl is None:
+                    ctrl = req.with_arrays([tasks[0], b]).to_bytes().tobytes()
+                    if len(self._stack_ctrl) >= 64:
+                        self._stack_ctrl.clear()
+                    self._stack_ctrl[key] = ctrl
+                self._request_many(live, (ctrl, req.job, tasks, b), None, False)
+                return
+            arrays = [per_worker[w] for w in live]
             self._request_many(live, req.wire(arrays[0]), arrays, True)
             return
         arrays = [[np.ascontiguousarray(a) for a in per_worker[w]] for w in live]
@@ -437,13 +453,17 @@ class MPICluster(ClusterBase):
             if w not in self._dead:
                 self._post(w, ctrl, arrays)
 
-    def _request_many(self, live: list[int], ctrl: np.ndarray, arrays: Any, each: bool) -> None:
+    def _request_many(self, live: list[int], ctrl: Any, arrays: Any, each: bool) -> None:
         """The engine's ``request_many`` to the ``live`` workers (``each``: ``arrays[i]`` to
-        the i-th): the workers whose process failed (ULFM) are marked dead, also those
-        found before another error, which propagates."""
+        the i-th), or, where ``ctrl`` is a tuple ``(form, job, tasks, b)``, its
+        ``request_stack``: the workers whose process failed (ULFM) are marked dead, also
+        those found before another error, which propagates."""
         self._hot_until = time.perf_counter() + _SPIN  # replies are due: poll without sleeping
         try:
-            dead = self._eng.request_many(live, ctrl, arrays, each)
+            if type(ctrl) is tuple:
+                dead = self._eng.request_stack(live, *ctrl)
+            else:
+                dead = self._eng.request_many(live, ctrl, arrays, each)
         except Exception as exc:  # another error: the workers found dead before it too
             for w in getattr(exc, "dead", ()):
                 self._mark_dead(w)
@@ -510,9 +530,9 @@ class MPICluster(ClusterBase):
                     raise
         self._outgoing = keep
 
-    def _poll(self, wait: float = 0.0, want: int = 1) -> list[Arrival]:
+    def _poll(self, wait: float = 0.0, want: int = 1, job: Any = None) -> list[Arrival]:
         if self._eng is not None:
-            return self._poll_compiled(wait, want)
+            return self._poll_compiled(wait, want, job)
         out, self._notices = self._notices, []
         self._prune_outgoing()
         ws = list(self._hdr)
@@ -553,15 +573,29 @@ class MPICluster(ClusterBase):
             min(max(self._pause * 1.5, _MIN_PAUSE), _MAX_PAUSE)
         return out
 
-    def _poll_compiled(self, wait: float, want: int = 1) -> list[Arrival]:
+    def _poll_compiled(self, wait: float, want: int = 1, job: Any = None) -> list[Arrival]:
         """The compiled path's poll: waits up to ``wait`` seconds in C (GIL released) for
         ``want`` reply headers (fewer at the end of the wait); yields the core while replies
-        are due (``_hot_until``), then sleeps."""
+        are due (``_hot_until``), then sleeps. The results of ``job`` (the request a caller
+        waits for, where it has a landing: a small job) land in its buffers in C, no event
+        each; :meth:`_pump` books them first (:attr:`_landed`): a poll receives one reply a
+        worker, so they overtake only other workers' replies, whose order against them
+        decides nothing (each request's replies from one worker keep theirs). Not while
+        notices wait (a worker's death the transport found before this poll)."""
+        land = job._land if job is not None and not self._notices else None
         now = time.perf_counter()
-        events = self._eng.poll(now + wait, self._hot_until, _MIN_PAUSE, _MAX_PAUSE, want)
+        if land is not None:
+            n0 = land[2][0]
+            events = self._eng.poll(now + wait, self._hot_until, _MIN_PAUSE, _MAX_PAUSE, want,
+                                    land)
+            booked = land[2][0] != n0
+            if booked:
+                self._landed = job
+        else:
+            events = self._eng.poll(now + wait, self._hot_until, _MIN_PAUSE, _MAX_PAUSE, want)
+            booked = False
         out, self._notices = self._notices, []
         now = time.perf_counter()
-        booked = False
         for w, what, v in events:
             if what == 0 and v[1] == _RESULT and v[7] is not None:
                 # the common reply: a result with its payload in the header's message, whose
