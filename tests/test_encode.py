@@ -12,6 +12,7 @@ values straddle a rounding boundary).
 from __future__ import annotations
 
 import contextlib
+import math
 
 import numpy as np
 import pytest
@@ -763,6 +764,63 @@ def test_small_rows_refuses_what_does_not_fit_by_name():
     with pytest.raises(ValueError, match="`G` and `sq` overlap"):
         _encode._K.small_rows(G, src, out, 2, G.reshape(-1)[:4])
     assert not out.any() and not sq.any()
+
+
+@pytest.mark.skipif(_encode._K is None, reason="codedml.codes._kernels is not built")
+@settings(max_examples=60, deadline=None)
+@given(R2=st.integers(1, 6), nsys_half=st.integers(0, 6), K=st.integers(1, 6),
+       L=st.integers(1, 12), short=st.integers(0, 8), bshape=st.sampled_from(["vector", "matrix"]),
+       bcols=st.integers(1, 5), seed=st.integers(0, 2**32 - 1),
+       bad=st.sampled_from([None, np.nan, np.inf, 1e200]))
+def test_small_encode_is_small_rows_copy_sq_and_the_scales_bit_for_bit(
+        R2, nsys_half, K, L, short, bshape, bcols, seed, bad):
+    """``_kernels.small_encode`` (the small encode in one call): the task rows of
+    ``small_rows``, B's copy of ``copy_sq``, and each task's scale ``sqrt(its sum of
+    squares) * sqrt(B's)`` as Python floats, all bit for bit what the three steps give apart
+    (NaN, Inf and squares past float64's range too)."""
+    rng = np.random.default_rng(seed)
+    R = 2 * R2
+    nsys = min(2 * nsys_half, R, K)
+    G = rng.standard_normal((R - nsys, K))
+    flat = rng.standard_normal(K * L)[:max(0, K * L - short)]
+    b = rng.standard_normal(bcols * 3) if bshape == "vector" else rng.standard_normal((3, bcols))
+    if bad is not None:
+        b.reshape(-1)[rng.integers(b.size)] = bad
+    out1, out2 = np.full((R, L), 7.0), np.full((R, L), 7.0)
+    bo1, bo2 = np.full_like(b, 7.0), np.full_like(b, 7.0)
+    got = _encode._K.small_encode(G, flat, out1, nsys, 2, b, bo1)
+    sq = np.zeros(R // 2)
+    _encode._K.small_rows(G, flat, out2, nsys, sq, 2)
+    sb = _encode._K.copy_sq(bo2, b)
+    want = [math.sqrt(x) * math.sqrt(sb) for x in sq.tolist()]
+    assert out1.tobytes() == out2.tobytes() and bo1.tobytes() == bo2.tobytes()
+    assert type(got) is list and all(type(v) is float for v in got)
+    assert np.array(got).tobytes() == np.array(want).tobytes(), (got, want)
+
+
+@pytest.mark.skipif(_encode._K is None, reason="codedml.codes._kernels is not built")
+def test_small_encode_refuses_what_does_not_fit_by_name():
+    """small_rows' refusals, and B's: a dtype other than float64, shapes that disagree, an
+    output that overlaps what the call reads or writes; each named, before anything is
+    written."""
+    G, src, out = np.ones((2, 3)), np.ones(12), np.zeros((4, 4))
+    b, bo = np.ones((2, 3)), np.zeros((2, 3))
+    cases = [
+        ((G, src, out, 1, 2, b, bo), "shapes do not agree"),
+        ((G, src, out, 2, 3, b, bo), "shapes do not agree"),      # 4 rows in groups of 3
+        ((G, src, out, 2, 0, b, bo), "shapes do not agree"),
+        ((G, src.astype(np.float32), out, 2, 2, b, bo), "`src` must be a C-contiguous float64"),
+        ((G, src, out, 2, 2, b, np.zeros((3, 2))), "`b` and `bout` of one shape"),
+        ((G, src, out, 2, 2, b, np.zeros((2, 6))[:, ::2]), "`bout` must be a C-contiguous"),
+        ((G, out.reshape(-1)[:12], out, 2, 2, b, bo), "`src` and `out` overlap"),
+        ((G, src, out, 2, 2, b, b), "`b` and `bout` overlap"),
+        ((G, src, out, 2, 2, b, out.reshape(-1)[:6].reshape(2, 3)), "`out` and `bout` overlap"),
+        ((G, src, out, 2, 2, [1.0], bo), "`b` must be an array, got list"),
+    ]
+    for args, match in cases:
+        with pytest.raises((ValueError, TypeError), match=match):
+            _encode._K.small_encode(*args)
+    assert not out.any() and not bo.any()
 
 
 @pytest.mark.parametrize("where", ["A", "B"])

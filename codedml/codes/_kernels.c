@@ -3052,6 +3052,63 @@ done:
 #else
 #define NO_CONTRACT
 #endif
+/* small_rows' loop (and small_encode's): out (R x L) from G ((R - nsys) x K) and src (nv
+   values), each group of `per` rows' sum of squares added into sq; the arguments checked. */
+NO_CONTRACT static void small_rows_run(const double *G, const double *src, Py_ssize_t nv,
+                                       double *out, Py_ssize_t R, Py_ssize_t L, Py_ssize_t K,
+                                       Py_ssize_t nsys, double *sq, Py_ssize_t per)
+{
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    for (Py_ssize_t r = 0; r < R; r++) {
+        double *d = out + r * L, acc = 0.0;
+        if (r < nsys) {
+            const Py_ssize_t at = r * L;
+            for (Py_ssize_t c = 0; c < L; c++) {
+                const double v = at + c < nv ? src[at + c] : 0.0;
+                d[c] = v;
+                acc += v * v;
+            }
+        } else {
+            const double *g = G + (r - nsys) * K;
+            for (Py_ssize_t c = 0; c < L; c++)
+                d[c] = 0.0;
+            for (Py_ssize_t j = 0; j < K; j++) {
+                const double x = g[j];
+                const Py_ssize_t at = j * L;
+                if (at + L <= nv) {
+                    const double *row = src + at;
+                    for (Py_ssize_t c = 0; c < L; c++)
+                        d[c] += x * row[c];
+                } else {
+                    for (Py_ssize_t c = 0; c < L; c++)
+                        d[c] += x * (at + c < nv ? src[at + c] : 0.0);
+                }
+            }
+            for (Py_ssize_t c = 0; c < L; c++)
+                acc += d[c] * d[c];
+        }
+        sq[r / per] += acc;
+    }
+}
+
+/* Whether small_rows' shapes agree (R x L out, G of (R - nsys) x K, nv source values, sq of
+   nq entries, groups of per rows); else a ValueError naming them (`fn`'s). */
+static int small_shapes_ok(const char *fn, Py_ssize_t Gr, Py_ssize_t K, Py_ssize_t nv,
+                           Py_ssize_t R, Py_ssize_t L, Py_ssize_t nsys, Py_ssize_t nq,
+                           Py_ssize_t per)
+{
+    if (nsys < 0 || nsys > R || Gr != R - nsys || per < 1 || R % per || nq != R / per
+        || (R > nsys && nv > K * L) || nv > (nsys > K ? nsys : K) * L) {
+        PyErr_Format(PyExc_ValueError, "%s: shapes do not agree (G %zd x %zd, %zd source "
+                     "values, out %zd x %zd, nsys %zd, sq %zd, per %zd)", fn, Gr, K, nv, R, L,
+                     nsys, nq, per);
+        return 0;
+    }
+    return 1;
+}
+
 NO_CONTRACT static PyObject *small_rows(PyObject *self, PyObject *args, PyObject *kwargs)
 {
 #if defined(__clang__)
@@ -3084,13 +3141,8 @@ NO_CONTRACT static PyObject *small_rows(PyObject *self, PyObject *args, PyObject
     }
     const Py_ssize_t R = b[2].shape[0], L = b[2].shape[1], K = b[0].shape[1];
     const Py_ssize_t nv = b[1].len / 8;
-    if (nsys < 0 || nsys > R || b[0].shape[0] != R - nsys || per < 1 || R % per
-        || b[3].shape[0] != R / per || (R > nsys && nv > K * L) || nv > (nsys > K ? nsys : K) * L) {
-        PyErr_Format(PyExc_ValueError, "small_rows: shapes do not agree (G %zd x %zd, %zd source "
-                     "values, out %zd x %zd, nsys %zd, sq %zd, per %zd)", b[0].shape[0], K, nv,
-                     R, L, nsys, b[3].shape[0], per);
+    if (!small_shapes_ok("small_rows", b[0].shape[0], K, nv, R, L, nsys, b[3].shape[0], per))
         goto done;
-    }
     {
         uintptr_t lo[4], hi[4];
         for (int i = 0; i < 4; i++) {
@@ -3105,44 +3157,102 @@ NO_CONTRACT static PyObject *small_rows(PyObject *self, PyObject *args, PyObject
                     goto done;
                 }
     }
-    {
-        const double *G = b[0].buf, *src = b[1].buf;
-        double *out = b[2].buf, *sq = b[3].buf;
-        for (Py_ssize_t r = 0; r < R; r++) {
-            double *d = out + r * L, acc = 0.0;
-            if (r < nsys) {
-                const Py_ssize_t at = r * L;
-                for (Py_ssize_t c = 0; c < L; c++) {
-                    const double v = at + c < nv ? src[at + c] : 0.0;
-                    d[c] = v;
-                    acc += v * v;
-                }
-            } else {
-                const double *g = G + (r - nsys) * K;
-                for (Py_ssize_t c = 0; c < L; c++)
-                    d[c] = 0.0;
-                for (Py_ssize_t j = 0; j < K; j++) {
-                    const double x = g[j];
-                    const Py_ssize_t at = j * L;
-                    if (at + L <= nv) {
-                        const double *row = src + at;
-                        for (Py_ssize_t c = 0; c < L; c++)
-                            d[c] += x * row[c];
-                    } else {
-                        for (Py_ssize_t c = 0; c < L; c++)
-                            d[c] += x * (at + c < nv ? src[at + c] : 0.0);
-                    }
-                }
-                for (Py_ssize_t c = 0; c < L; c++)
-                    acc += d[c] * d[c];
-            }
-            sq[r / per] += acc;
-        }
-    }
+    small_rows_run(b[0].buf, b[1].buf, nv, b[2].buf, R, L, K, nsys, b[3].buf, per);
     result = Py_NewRef(Py_None);
 done:
     for (int i = 0; i < got && i < 4; i++)
         PyBuffer_Release(&b[i]);
+    return result;
+}
+
+/* small_encode(G, src, out, nsys, per, b, bout) -> [scale, ...]: a small float64 encode in
+   one call (PolyDotCode._encode_small): out's rows as small_rows(G, src, out, nsys, sq, per)
+   writes them, b copied into bout as copy_sq(bout, b) copies it, and each of the R / per
+   tasks' noise scale, sqrt(the sum of squares of its rows) * sqrt(b's), as Python floats:
+   bit for bit the numbers small_rows, copy_sq and math.sqrt gave apart. Every buffer
+   float64 and C-contiguous (G and out 2-D, b and bout of one shape, 1-D or 2-D), the
+   shapes as small_rows', and what is written (out, bout) overlapping nothing else
+   (ValueError naming them). The GIL is held (a few pages at most). */
+NO_CONTRACT static PyObject *small_encode(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *o[5];
+    Py_ssize_t nsys, per;
+    if (!PyArg_ParseTuple(args, "OOOnnOO:small_encode", &o[0], &o[1], &o[2], &nsys, &per, &o[3],
+                          &o[4]))
+        return NULL;
+    static const char *const nm[5] = {"G", "src", "out", "b", "bout"};
+    Py_buffer b[5];
+    Py_buffer *const bufs[5] = {&b[0], &b[1], &b[2], &b[3], &b[4]};
+    int have[5];
+    if (get_buffers("small_encode", 5, o, bufs, "rrwrw", nm, have) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    double *sq = NULL;
+    for (int i = 0; i < 5; i++)
+        if (kind(&b[i]) != 'd' || !PyBuffer_IsContiguous(&b[i], 'C')) {
+            PyErr_Format(PyExc_ValueError, "small_encode: `%s` must be a C-contiguous float64 "
+                         "array", nm[i]);
+            goto done;
+        }
+    if (b[0].ndim != 2 || b[2].ndim != 2 || b[3].ndim < 1 || b[3].ndim > 2 ||
+        b[4].ndim != b[3].ndim || b[4].shape[0] != b[3].shape[0] ||
+        (b[3].ndim == 2 && b[4].shape[1] != b[3].shape[1])) {
+        PyErr_SetString(PyExc_ValueError, "small_encode: `G` and `out` must be 2-D, `b` and "
+                        "`bout` of one shape, 1-D or 2-D");
+        goto done;
+    }
+    const Py_ssize_t R = b[2].shape[0], L = b[2].shape[1], K = b[0].shape[1];
+    const Py_ssize_t nv = b[1].len / 8;
+    if (!small_shapes_ok("small_encode", b[0].shape[0], K, nv, R, L, nsys, per ? R / per : -1,
+                         per))
+        goto done;
+    {
+        uintptr_t lo[5], hi[5];
+        for (int i = 0; i < 5; i++) {
+            lo[i] = (uintptr_t)b[i].buf;
+            hi[i] = lo[i] + (uintptr_t)b[i].len;
+        }
+        for (int a = 0; a < 5; a++)          /* what is written (out, bout) against the rest */
+            for (int c = a + 1; c < 5; c++)
+                if ((a == 2 || a == 4 || c == 2 || c == 4) && meet(lo[a], hi[a], lo[c], hi[c])) {
+                    PyErr_Format(PyExc_ValueError, "small_encode: `%s` and `%s` overlap in "
+                                 "memory", nm[a], nm[c]);
+                    goto done;
+                }
+    }
+    sq = PyMem_Calloc(R / per ? R / per : 1, sizeof(double));
+    if (!sq) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    small_rows_run(b[0].buf, b[1].buf, nv, b[2].buf, R, L, K, nsys, sq, per);
+    {
+        /* b's copy and its sum of squares: copy_sq's rows, in its order */
+        Py_ssize_t br, bc, bs, orr, oc, os;
+        if (layout("small_encode", &b[3], "b", &br, &bc, &bs) < 0 ||
+            layout("small_encode", &b[4], "bout", &orr, &oc, &os) < 0)
+            goto done;
+        double total = 0.0;
+        for (Py_ssize_t r = 0; r < br; r++)
+            total += row_any('d', 'd', (const char *)b[3].buf + r * bs, (char *)b[4].buf + r * os,
+                             NULL, bc, 0, 1.0, 1, row_avx2_ok, 0, NULL, 0);
+        const double rb = sqrt(total);
+        result = PyList_New(R / per);
+        if (!result)
+            goto done;
+        for (Py_ssize_t t = 0; t < R / per; t++) {
+            PyObject *v = PyFloat_FromDouble(sqrt(sq[t]) * rb);
+            if (!v) {
+                Py_CLEAR(result);
+                goto done;
+            }
+            PyList_SET_ITEM(result, t, v);
+        }
+    }
+done:
+    PyMem_Free(sq);
+    release_buffers(5, bufs, have);
     return result;
 }
 
@@ -3265,6 +3375,11 @@ static PyMethodDef methods[] = {
      "simd: -1 the best of SIMD (2 AVX-512F, 1 AVX2/FMA, 0 plain C), or at most that.\n"
      "p > 0: GF(p), int64 sources and outputs, exact sums reduced mod p; returns the\n"
      "largest source value read as unsigned (the range check)."},
+    {"small_encode", (PyCFunction)small_encode, METH_VARARGS,
+     "small_encode(G, src, out, nsys, per, b, bout) -> scales\n\n"
+     "A small float64 encode in one call: small_rows' rows into out, b copied into bout as "
+     "copy_sq does, each of the R / per tasks' noise scale (sqrt of its sum of squares times "
+     "sqrt of b's) as Python floats."},
     {"small_rows", (PyCFunction)(void (*)(void))small_rows, METH_VARARGS | METH_KEYWORDS,
      "small_rows(G, src, out, nsys, sq, per=1) -> None\n\n"
      "A small encode's rows: out[o] = source row o (o < nsys, copied) or\n"

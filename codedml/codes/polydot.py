@@ -404,8 +404,14 @@ class PolyDotCode(LinearCode):
             M, N = A.shape
             h = _ceil_to(M, 2 * p) // (2 * p)
             shape = (M, B.shape[1]) if B.ndim == 2 else (M,)
-            plan = (n, h, N, 2 * p * h, 2 * p, self._outer_form(),
-                    2 * p if self.systematic else 0, shape, max(n * 2 * h * N * 8, B.nbytes))
+            G = self._outer_form()
+            nsys = 2 * p if self.systematic else 0
+            # whether _kernels.small_encode runs it (small_into's plain C loop: a float64
+            # generator, few enough multiply-adds)
+            fused = (G.dtype == _F64 and G.flags.c_contiguous
+                     and (2 * n - nsys) * G.shape[1] * h * N <= _encode.SMALL_ROWS_MACS)
+            plan = (n, h, N, 2 * p * h, 2 * p, G, nsys, fused, shape,
+                    max(n * 2 * h * N * 8, B.nbytes))
         if len(plans) >= SMALL_PLANS:
             plans.clear()
         plans[key] = plan
@@ -417,26 +423,32 @@ class PolyDotCode(LinearCode):
         the general path's :func:`~._encode.tiny` calls too: data half-blocks copied, parity
         rows against the generator's cached real form), and the same noise scales up to the
         rounding of their sums of squares."""
-        n, h, N, rows, k, G, nsys, shape, _ = plan
+        n, h, N, rows, k, G, nsys, fused, shape, _ = plan
         ta = _pool.empty_small((n, 2 * h, N), n * 2 * h * N * 8, A)
         tb = _pool.empty_small(B.shape, B.nbytes, B)
-        sq = np.zeros(n)   # each task's sum of squares (its two half-blocks')
         # (no warnings: NaN/Inf inputs are refused by name after, from the scales; a C-ordered
         # A is read as it is, its missing rows, the padding, as zeros)
-        _encode.small_into(G, A if A.flags.c_contiguous else _encode.small_source(A, rows, k),
-                           ta.reshape(2 * n, h * N), nsys, sq, 2)
-        sa = sq.tolist()
-        # The scales in Python floats: an overflow gives inf, and inf * 0 NaN, without a
-        # warning, as numpy's do under errstate.
-        if B.flags.c_contiguous and _encode._K is not None:
-            sb = _encode._K.copy_sq(tb, B)         # B's copy and its sum of squares
+        src = A if A.flags.c_contiguous else _encode.small_source(A, rows, k)
+        K = _encode._K
+        if fused and K is not None and B.flags.c_contiguous:
+            # the rows, B's copy and the scales in one compiled call: the numbers of the
+            # three steps below, bit for bit
+            scales = K.small_encode(G, src, ta.reshape(2 * n, h * N), nsys, 2, B, tb)
         else:
-            np.copyto(tb, B)
-            flat = tb.reshape(-1)
-            with np.errstate(invalid="ignore", over="ignore"):
-                sb = float(flat @ flat)
-        rb = math.sqrt(sb)
-        scales = [math.sqrt(x) * rb for x in sa]
+            sq = np.zeros(n)   # each task's sum of squares (its two half-blocks')
+            _encode.small_into(G, src, ta.reshape(2 * n, h * N), nsys, sq, 2)
+            sa = sq.tolist()
+            # The scales in Python floats: an overflow gives inf, and inf * 0 NaN, without a
+            # warning, as numpy's do under errstate.
+            if B.flags.c_contiguous and K is not None:
+                sb = K.copy_sq(tb, B)         # B's copy and its sum of squares
+            else:
+                np.copyto(tb, B)
+                flat = tb.reshape(-1)
+                with np.errstate(invalid="ignore", over="ignore"):
+                    sb = float(flat @ flat)
+            rb = math.sqrt(sb)
+            scales = [math.sqrt(x) * rb for x in sa]
         enc = _base.Encoding._of_small(self, shape, N, scales)
         enc._stack = (ta, tb)   # (its Task objects built where asked for)
         # (the scales looked at as Python floats: the check of _checked_scales, which takes
