@@ -26,9 +26,9 @@ Measured side by side, each the median over ``--repeats`` rounds, on the same ra
   and the job's bookkeeping), medians over the same jobs.
 * ``floor job`` (the compiled path only): the same 4x4 job's essential steps alone, on the
   cluster's own engine under its lock (:func:`floor_job`): the code's encode, one
-  ``request_many``, ``poll`` until k results of this job have come, the code's decode, a
-  cancel to each worker not heard; no Future, no Job object, no booking of replies, no
-  settle, no deadline. What the job would cost if the runtime's bookkeeping were free: the
+  ``request_stack``, ``poll`` with the job's landing until k of its results have landed,
+  the code's decode, a cancel to each worker not heard (the engine calls the job itself
+  makes); no Future, no Job object, no booking of replies, no settle, no deadline. What the job would cost if the runtime's bookkeeping were free: the
   ``job`` row over this one is that bookkeeping's share.
 * ``train step``: ``codedml.train.fit`` under the ``sync`` policy with a gradient handler that
   returns zeros at once (the digits logistic regression's 650 parameters): request, gather,
@@ -161,8 +161,8 @@ def floor_serve(comm) -> None:
         pending.append((comm.Isend(y, dest=0, tag=TAG + 4), y))
 
 
-FLOOR_JOB_ROW = ("floor job (the 4x4 job's essential steps: encode, one request_many, poll "
-                 "for k results, decode, cancels; no Future or bookkeeping)")
+FLOOR_JOB_ROW = ("floor job (the 4x4 job's essential steps: encode, one request_stack, poll "
+                 "landing k results, decode, cancels; no Future or bookkeeping)")
 
 
 def floor_job(cluster, code, A: np.ndarray):
@@ -175,11 +175,12 @@ def floor_job(cluster, code, A: np.ndarray):
     job's result stops the benchmark rather than being swallowed."""
     from codedml.runtime import mpi
     from codedml.runtime._cluster import _matmul_request
-    from codedml.runtime.protocol import DTYPES
 
     n, k = code.workers, code.recovery_threshold
     eng, workers, req = cluster._eng, list(range(n)), _matmul_request(code.field, False)
     own: set[int] = set()   # the ids of this function's jobs
+    ta, tb = code.encode(A, A)._stack
+    ctrl = req.with_arrays([ta[0], tb]).to_bytes().tobytes()   # (the cluster keeps it per layout)
 
     def one() -> np.ndarray:
         with cluster._lock:
@@ -188,24 +189,24 @@ def floor_job(cluster, code, A: np.ndarray):
             jid = cluster._next_job
             cluster._next_job += 1
             own.add(jid)
-            arrays = [[a, tb] for a in ta]
-            eng.request_many(workers, req.with_job(jid).wire(arrays[0]), arrays, True)
-            got: dict[int, np.ndarray] = {}
+            eng.request_stack(workers, ctrl, jid, ta, tb)
+            land = np.empty((n, *ta.shape[1:-1], *tb.shape[1:]))
+            have = np.zeros(n + 1, np.int64)
             end = time.perf_counter() + 10.0
-            while len(got) < k:
+            while have[0] < k:
                 if time.perf_counter() > end:
-                    raise RuntimeError(f"floor job {jid}: {len(got)} of {k} results in 10 s")
+                    raise RuntimeError(f"floor job {jid}: {have[0]} of {k} results in 10 s")
                 now = time.perf_counter()
+                # (every event: an earlier floor job's late result; this job's land)
                 for w, what, v in eng.poll(now + 0.05, now + 0.002, mpi._MIN_PAUSE,
-                                           mpi._MAX_PAUSE, k - len(got)):
-                    if what != 0 or v[1] != mpi._RESULT or v[7] is None or v[0] not in own:
+                                           mpi._MAX_PAUSE, k - int(have[0]), (jid, land, have)):
+                    if what != 0 or v[1] != mpi._RESULT or v[0] not in own or v[0] == jid:
                         raise RuntimeError(f"floor job {jid}: an unexpected reply from worker "
                                            f"{w}: {what}, {v[:3]}")
-                    if v[0] == jid and len(got) < k:
-                        got[w] = np.ndarray(v[4], DTYPES[v[3]], v[7])
-            C = code.decode(got, 0, encoding=enc)
+            heard = have[1:1 + int(have[0])].tolist()
+            C = code.decode({w: land[w] for w in heard[:k]}, 0, encoding=enc)
             for w in workers:
-                if w not in got:
+                if w not in heard:
                     eng.cancel(w, jid)
         return C
 
