@@ -561,13 +561,19 @@ with cm as cluster:
             hot = hot_of(J + 4, (2, 3))
             ev = poll(hot, n)
             out["shape"] = {"events": len(ev), "got": int(hot[2][0])}
+            # a count left at the limit (its workers not listed): nothing lands past got's end
+            post(J + 5, ws)
+            hot = hot_of(J + 5)
+            hot[2][0], hot[2][1:] = n, -1
+            ev = poll(hot, n)
+            out["full"] = {"events": len(ev), "got": int(hot[2][0]),
+                           "untouched": bool(np.isnan(hot[1]).all())}
             # refused by name, before any send or wait
             bad = {}
             frozen = np.zeros((n, 3, 2))
             frozen.setflags(write=False)
             for key, call in {
                     "short ctrl": lambda: eng.request_stack(ws, ctrl[:8], J, tasks, b),
-                    "past inline": lambda: eng.request_stack(ws, ctrl, J, np.zeros((n, 2048, 2)), b),
                     "no task": lambda: eng.request_stack([n - 1], ctrl, J, tasks[:n - 1], b),
                     "not a buffer": lambda: eng.request_stack(ws, ctrl, J, [1.0], b),
                     "job": lambda: eng.request_stack(ws, ctrl, -2, tasks, b),
@@ -577,12 +583,39 @@ with cm as cluster:
                     "got count": lambda: poll((J, np.zeros((n, 3, 2)),
                                                np.full(n + 1, n + 1, np.int64)), 1),
                     "landing read-only": lambda: poll((J, frozen, np.zeros(n + 1, np.int64)), 1),
+                    "hot list": lambda: poll([J, np.zeros((n, 3, 2)), np.zeros(n + 1, np.int64)], 1),
+                    "ctrl inline flag": lambda: eng.request_stack(
+                        ws, ctrl[:5] + bytes([ctrl[5] | 8]) + ctrl[6:], J, tasks, b),
             }.items():
                 try:
                     call()
                     bad[key] = None
                 except (TypeError, ValueError, IndexError) as exc:
                     bad[key] = f"{type(exc).__name__}: {exc}"
+            # declined, nothing sent (None): a task and b past INLINE_MAX, or the control
+            # bytes and they past the engine's piece size; a job then goes out as before
+            from codedml.runtime import _wire
+
+            declined = [eng.request_stack(ws, ctrl, J, np.zeros((n, 2048, 2)), b)]
+            old_chunk = _wire.set_chunk(100)   # (this rank's only: nothing is sent under it)
+            try:
+                declined.append(eng.request_stack(ws, ctrl, J, tasks, b))
+            finally:
+                _wire.set_chunk(old_chunk)
+
+            class Declining:   # the engine, its request_stack declining every job
+                def __getattr__(self, name):
+                    return getattr(eng, name)
+
+                def request_stack(self, *args):
+                    return None
+
+            cluster._eng = Declining()
+            try:
+                X, Y = rng.standard_normal((8, 6)), rng.standard_normal((6, 4))
+                chunked = rel(cluster.matmul(X, Y, code=MDSCode(n, max(1, n - 2))), X @ Y)
+            finally:
+                cluster._eng = eng
             # through the cluster: small jobs decode right, their results landed in C
             code = MDSCode(n, max(1, n - 2))
             errs, landed = [], []
@@ -591,7 +624,8 @@ with cm as cluster:
                 job = cluster.submit(X, Y, code=code)
                 errs.append(rel(job.result(), X @ Y))
                 landed.append(job._land_taken)   # (its landing is dropped once settled)
-            emit(out=out, bad=bad, errs=max(errs), landed=landed,
+            emit(out=out, bad=bad, errs=max(errs), landed=landed, declined=declined,
+                 chunked=chunked,
                  outstanding=cluster.outstanding(), protocol_errors=len(cluster.protocol_errors))
         elif name == "python_inline":
             # The Python worker loop reads a request whose arrays came inline (the compiled

@@ -14,7 +14,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from codedml.errors import ClusterClosedError, DeadlineError
+from codedml.errors import ClusterClosedError, DeadlineError, FaultError
 from codedml import (ConfigurationError, CorruptResultError, LocalCluster, NotEnoughResultsError,
                      WorkerFailure)
 from codedml.backends import NumpyBackend, available_backends
@@ -1466,6 +1466,46 @@ def test_a_landed_job_result_is_a_routed_one():
         assert _statuses(jobs[0]) == _statuses(jobs[1])
         assert jobs[0].late == jobs[1].late == {2, 3}
         assert jobs[0]._land is None and jobs[0]._land_taken == N
+    finally:
+        _close_fast(c)
+
+
+def test_landing_only_where_results_can_land_and_a_failed_poll_leaves_no_stale_landing():
+    """A stacked job gets a landing only where its results come inline (at most INLINE_MAX
+    bytes each: a larger one never lands, so none is allocated); a poll that landed results
+    and then failed (its transport error settles every request) leaves the next pump, and
+    ``close``, working: the settled job's landing is gone and its noted landing books
+    nothing."""
+    from codedml.runtime._cluster import _Stacked
+    from codedml.runtime.protocol import INLINE_MAX
+
+    c = LocalCluster(3, faults=FailSilent(range(1, 4)), timeout=20)  # nobody answers
+    c._lands = True
+    try:
+        small = _Stacked(np.zeros((3, 2, 4)), np.zeros((4, 5)))
+        land = c._landing(7, small)
+        assert land[0] == 7 and land[1].shape == (3, 2, 5) and land[2].tolist() == [0] * 4
+        cols = INLINE_MAX // 8 // 2 + 1     # a (2, cols) result: past INLINE_MAX
+        assert c._landing(7, _Stacked(np.zeros((3, 2, 1)), np.zeros((1, cols)))) is None
+        assert c._landing(7, _Stacked(np.zeros((3, 2, 4), np.float32),
+                                      np.zeros((4, 5), np.float32))) is None
+        with c._lock:
+            job = c.submit(np.ones((4, 3)), np.ones((3, 2)), code=MDSCode(3, 2))
+            assert job._land is not None
+
+            def poll(wait=0.0, want=1, job=None):
+                jid, landing, got = job._land
+                landing[0], got[0], got[1] = 1.0, 1, 0
+                c._landed = job
+                raise RuntimeError("a transport error after landing")
+
+            c._poll = poll
+            c._caller_progress = True   # (the caller pumps, as on MPI)
+            with pytest.raises(FaultError, match="a transport error after landing"):
+                c._wait_step(0.0, 1, job)
+            assert job.done() and job._land is None and c._landed is job
+            del c._poll
+            assert c._pump() == 0 and c._landed is None   # nothing booked, nothing raised
     finally:
         _close_fast(c)
 

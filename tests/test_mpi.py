@@ -391,9 +391,10 @@ def test_small_jobs_go_out_stacked_and_land_in_c():
     lands the results of the job a caller waits for in its buffers (``hot``): every result
     exact in its worker's slot, also behind another request's reply in the same poll (a
     poll takes one reply a worker: that reply is another worker's); none from a worker
-    landed already, none of another shape (each an event instead); bad arguments refused by
-    name before any send or wait; small jobs through the cluster decode right with their
-    results landed."""
+    landed already, none of another shape, none once got is full (each an event instead);
+    bad arguments refused by name before any send or wait; a task and B that do not fit one
+    message declined (nothing sent, the job sent as before); small jobs through the cluster
+    decode right with their results landed."""
     from codedml.runtime.mpi import wire_status
 
     if not wire_status()[0]:
@@ -412,17 +413,24 @@ def test_small_jobs_go_out_stacked_and_land_in_c():
     # a worker in got already: its reply an event, the others land
     assert out["again"] == {"events": [0], "got": n}, out
     assert out["shape"] == {"events": n, "got": 0}, out
+    assert out["full"] == {"events": n, "got": n, "untouched": True}, out
     bad = res["bad"]
     assert "`ctrl` must be a request's control bytes" in bad["short ctrl"], bad
-    assert "must fit inline" in bad["past inline"], bad
+    assert "`ctrl` must leave flag bit 3 (inline arrays) clear, got flags 0x8" in \
+        bad["ctrl inline flag"], bad
+    assert "`hot` must be a tuple (job, landing, got), got list" in bad["hot list"], bad
     assert "no task for worker" in bad["no task"], bad
     assert "`tasks` must be a C-contiguous array" in bad["not a buffer"], bad
     assert "`job` must be at least -1, got -2" in bad["job"], bad
     assert "`landing` must be a float64 array" in bad["landing dtype"], bad
+    assert "got format 'f' with 3 dimension(s)" in bad["landing dtype"], bad
     assert "`got` must be an int64 array of at least" in bad["got short"], bad
+    assert f"got format 'l', {8 * n} bytes" in bad["got short"], bad
     assert "`got[0]` must be from 0 to" in bad["got count"], bad
     assert "`landing` must be a C-contiguous writable array" in bad["landing read-only"], bad
     assert res["errs"] < 1e-12
+    # past INLINE_MAX or the engine's piece size: declined (None), and a job goes out as before
+    assert res["declined"] == [None, None] and res["chunked"] < 1e-12, res
     # each job waited for its results: some landed (how many came before the job decided
     # varies), never more than its workers
     assert all(0 <= k <= n for k in res["landed"]) and sum(res["landed"]) > 0, res["landed"]

@@ -3192,14 +3192,17 @@ NO_CONTRACT static PyObject *small_encode(PyObject *self, PyObject *args)
     for (int i = 0; i < 5; i++)
         if (kind(&b[i]) != 'd' || !PyBuffer_IsContiguous(&b[i], 'C')) {
             PyErr_Format(PyExc_ValueError, "small_encode: `%s` must be a C-contiguous float64 "
-                         "array", nm[i]);
+                         "array, got format '%s'%s", nm[i], b[i].format ? b[i].format : "B",
+                         PyBuffer_IsContiguous(&b[i], 'C') ? "" : ", not C-contiguous");
             goto done;
         }
     if (b[0].ndim != 2 || b[2].ndim != 2 || b[3].ndim < 1 || b[3].ndim > 2 ||
         b[4].ndim != b[3].ndim || b[4].shape[0] != b[3].shape[0] ||
         (b[3].ndim == 2 && b[4].shape[1] != b[3].shape[1])) {
-        PyErr_SetString(PyExc_ValueError, "small_encode: `G` and `out` must be 2-D, `b` and "
-                        "`bout` of one shape, 1-D or 2-D");
+        PyErr_Format(PyExc_ValueError, "small_encode: `G` and `out` must be 2-D, `b` and "
+                     "`bout` of one shape, 1-D or 2-D; got G %d-D, out %d-D, b %d-D and bout "
+                     "%d-D of %zd and %zd values", b[0].ndim, b[2].ndim, b[3].ndim, b[4].ndim,
+                     b[3].len / 8, b[4].len / 8);
         goto done;
     }
     const Py_ssize_t R = b[2].shape[0], L = b[2].shape[1], K = b[0].shape[1];

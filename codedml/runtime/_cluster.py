@@ -37,7 +37,7 @@ from ._resident import ResidentHandle
 from .futures import (Ack, Arrival, Call, Job, JobReport, _Request, _systematic_set, check_deadline,
                       check_wait)
 from ._worker import PER_THREAD_NICE
-from .protocol import DTYPES, MAX_NICE, Op, Request, call_request
+from .protocol import DTYPES, INLINE_MAX, MAX_NICE, Op, Request, call_request
 
 __all__ = ["ClusterBase", "retry_on_corrupt", "check_handlers", "DEFAULT_TIMEOUT"]
 
@@ -294,12 +294,16 @@ class ClusterBase:
         """Where a poll may land the results of stacked job ``jid``: ``(jid, landing, got)``,
         ``landing`` one float64 slot per worker of the result's shape (``tasks[w] @ b``),
         ``got`` its count and workers (see ``_wire.Root.poll``); None where the tasks are not
-        float64 (their results are not either)."""
+        float64 (their results are not either) or a result is too large to come inline with
+        its header (it never lands)."""
         tasks, b = per_worker.tasks, per_worker.b
         if tasks.dtype != _F64 or b.dtype != _F64:
             return None
+        slot = (*tasks.shape[1:-1], *b.shape[1:])
+        if math.prod(slot) * 8 > INLINE_MAX:
+            return None
         n = len(tasks)
-        return (jid, np.empty((n, *tasks.shape[1:-1], *b.shape[1:])), np.zeros(n + 1, np.int64))
+        return (jid, np.empty((n, *slot)), np.zeros(n + 1, np.int64))
 
     def _poll_wait(self, timeout: float) -> float:
         """How long a waiting caller's poll may wait for an arrival inside the transport,
@@ -642,9 +646,11 @@ class ClusterBase:
         got = len(arrivals)
         landed = self._landed
         if self._booked or landed is not None:
-            # results the transport's poll landed (the waited-for job's, first) or booked
-            # itself (_inline_result): they came before every arrival it handed over, so
-            # they go first, in order
+            # results the transport's poll landed (the waited-for job's) or booked itself
+            # (_inline_result), first: a booked one came before every arrival the poll
+            # handed over; a landed one may have come after other workers' replies, whose
+            # order against it decides nothing (a poll takes one reply a worker), and goes
+            # first, then the booked ones in order
             booked, self._booked = self._booked, []
             self._landed = None
             got += len(booked)

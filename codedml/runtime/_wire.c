@@ -849,14 +849,15 @@ static int take_buffer(const char *fn, const char *name, PyObject *obj, Py_buffe
     return -1;
 }
 
-/* request_stack(workers, ctrl, job, tasks, b) -> [w, ...]: to each worker w listed, in order,
- * one message: `ctrl` (a request's control bytes announcing two arrays, its job id left to
- * this call) with `job` written over its id, then tasks[w] and `b` inline (flag bit 3).
- * `tasks` is a C-contiguous stack of one task per worker (its first axis indexed by worker),
- * and one task with `b` must fit inline (INLINE_MAX bytes): a small encode's, sent without a
- * list of arrays per worker or a control message per job. Checked before the first send:
- * the buffers, the sizes, every index (and that `tasks` has a task for it). The dead and an
- * error as request_many's. */
+/* request_stack(workers, ctrl, job, tasks, b) -> [w, ...] or None: to each worker w listed,
+ * in order, one message: `ctrl` (a request's control bytes announcing two arrays, its job id
+ * left to this call) with `job` written over its id, then tasks[w] and `b` inline (flag bit
+ * 3). `tasks` is a C-contiguous stack of one task per worker (its first axis indexed by
+ * worker): a small encode's, sent without a list of arrays per worker or a control message
+ * per job. None, nothing sent, where a task and `b` do not fit one message (more than
+ * INLINE_MAX bytes, or the control bytes and they past the piece size): the caller sends
+ * them another way. Checked before the first send: the buffers, the sizes, every index
+ * (and that `tasks` has a task for it). The dead and an error as request_many's. */
 static PyObject *Root_request_stack(Root *self, PyObject *args)
 {
     PyObject *ws, *ctrl, *tasks, *b;
@@ -865,7 +866,7 @@ static PyObject *Root_request_stack(Root *self, PyObject *args)
         !PyArg_ParseTuple(args, "OOLOO", &ws, &ctrl, &job, &tasks, &b))
         return NULL;
     if (job < -1) {
-        PyErr_Format(PyExc_ValueError, "`job` must be at least -1, got %lld", job);
+        PyErr_Format(PyExc_ValueError, "request_stack: `job` must be at least -1, got %lld", job);
         return NULL;
     }
     Py_buffer vc, vt, vb;
@@ -881,6 +882,7 @@ static PyObject *Root_request_stack(Root *self, PyObject *args)
         return NULL;
     }
     PyObject *wl = NULL, *dead = NULL;
+    int declined = 0;
     Py_ssize_t per = 0, count = vt.ndim >= 1 ? vt.shape[0] : 0;
     if (vt.ndim < 2 || count < 1) {
         PyErr_Format(PyExc_ValueError, "request_stack: `tasks` must stack one task per worker "
@@ -888,14 +890,18 @@ static PyObject *Root_request_stack(Root *self, PyObject *args)
         goto done;
     }
     per = vt.len / count;
-    if (vc.len < REQ_HEAD || ((const unsigned char *)vc.buf)[5] & 8) {
+    if (vc.len < REQ_HEAD) {
         PyErr_Format(PyExc_ValueError, "request_stack: `ctrl` must be a request's control bytes "
-                     "(%d or more, flag bit 3 clear), got %zd bytes", REQ_HEAD, vc.len);
+                     "(%d or more), got %zd bytes", REQ_HEAD, vc.len);
+        goto done;
+    }
+    if (((const unsigned char *)vc.buf)[5] & 8) {
+        PyErr_Format(PyExc_ValueError, "request_stack: `ctrl` must leave flag bit 3 (inline "
+                     "arrays) clear, got flags 0x%x", (int)((const unsigned char *)vc.buf)[5]);
         goto done;
     }
     if (per + vb.len > INLINE_MAX || vc.len + per + vb.len > CHUNK) {
-        PyErr_Format(PyExc_ValueError, "request_stack: a task (%zd bytes) and `b` (%zd bytes) "
-                     "must fit inline, at most %d bytes", per, vb.len, INLINE_MAX);
+        declined = 1;   /* not one message: the caller's way, nothing sent */
         goto done;
     }
     wl = PySequence_Fast(ws, "`workers` must be a sequence of worker indices");
@@ -931,6 +937,8 @@ done:
     PyBuffer_Release(&vc);
     PyBuffer_Release(&vt);
     PyBuffer_Release(&vb);
+    if (declined)
+        return Py_NewRef(Py_None);
     if (!dead && !PyErr_Occurred())
         PyErr_SetString(PyExc_SystemError, "request_stack: no result");
     return dead;
@@ -1081,8 +1089,8 @@ typedef struct {
 static int lands(const Hot *hot, const int64_t *v, int w)
 {
     if (v[1] != hot->job || v[2] != KIND_RESULT || v[4] != 0 || v[5] != hot->ndim ||
-        w >= hot->count || v[7 + MAX_NDIM] != hot->slot)
-        return 0;
+        w >= hot->count || v[7 + MAX_NDIM] != hot->slot || hot->got[0] >= hot->count)
+        return 0;   /* (got full: a count the caller left at the limit lands nothing more) */
     for (int i = 0; i < hot->ndim; i++)
         if (v[6 + i] != hot->dims[i])
             return 0;
@@ -1117,6 +1125,11 @@ static PyObject *Root_poll(Root *self, PyObject *args)
         return poll_headers(self, deadline, spin_until, pause, max_pause, want, NULL);
     PyObject *landing, *got;
     long long job;
+    if (!PyTuple_Check(hot_arg) || PyTuple_GET_SIZE(hot_arg) != 3) {
+        PyErr_Format(PyExc_TypeError, "poll: `hot` must be a tuple (job, landing, got), got %s",
+                     Py_TYPE(hot_arg)->tp_name);
+        return NULL;
+    }
     if (!PyArg_ParseTuple(hot_arg, "LOO;poll: `hot` must be (job, landing, got)", &job, &landing,
                           &got))
         return NULL;
@@ -1133,15 +1146,17 @@ static PyObject *Root_poll(Root *self, PyObject *args)
     Hot hot;
     if (vl.ndim < 1 || vl.shape[0] < 1 || vl.itemsize != 8 || !vl.format ||
         strcmp(vl.format, "d") != 0) {
-        PyErr_SetString(PyExc_TypeError, "poll: `landing` must be a float64 array of one "
-                        "slot per worker (1 dimension or more)");
+        PyErr_Format(PyExc_TypeError, "poll: `landing` must be a float64 array of one slot per "
+                     "worker (1 dimension or more, format 'd'), got format '%s' with %d "
+                     "dimension(s)", vl.format ? vl.format : "B", vl.ndim);
         goto done;
     }
     hot.count = vl.shape[0];
-    if (vg.itemsize != 8 || !vg.format || !strchr("ql", vg.format[0]) ||
+    if (vg.itemsize != 8 || !vg.format || !vg.format[0] || !strchr("ql", vg.format[0]) ||
         vg.len < 8 * (1 + hot.count)) {
         PyErr_Format(PyExc_TypeError, "poll: `got` must be an int64 array of at least %zd "
-                     "items (1 + landing's first dimension)", 1 + hot.count);
+                     "items (1 + landing's first dimension), got format '%s', %zd bytes",
+                     1 + hot.count, vg.format ? vg.format : "B", vg.len);
         goto done;
     }
     hot.job = (int64_t)job;

@@ -415,9 +415,11 @@ class MPICluster(ClusterBase):
             return
         if type(per_worker) is _Stacked:   # contiguous, one layout: as they are
             tasks, b = per_worker.tasks, per_worker.b
-            if tasks[0].nbytes + b.nbytes <= INLINE_MAX:
+            if tasks[0].nbytes + b.nbytes <= INLINE_MAX and not req.params \
+                    and req.handle is None:
                 # one compiled call: each worker's task and b inline after the control bytes,
-                # the job written into the engine's copy of a form kept per layout
+                # the job written into the engine's copy of a form kept per layout (of a
+                # request without parameters or a stored operand: its fields are the key's)
                 key = (req.op, req.field, req.compensated, tasks.shape, tasks.dtype, b.shape,
                        b.dtype)
                 ctrl = self._stack_ctrl.get(key)
@@ -426,8 +428,9 @@ class MPICluster(ClusterBase):
                     if len(self._stack_ctrl) >= 64:
                         self._stack_ctrl.clear()
                     self._stack_ctrl[key] = ctrl
-                self._request_many(live, (ctrl, req.job, tasks, b), None, False)
-                return
+                if self._request_many(live, (ctrl, req.job, tasks, b), None, False):
+                    return
+                # (declined, nothing sent: not one message under the engine's piece size)
             arrays = [per_worker[w] for w in live]
             self._request_many(live, req.wire(arrays[0]), arrays, True)
             return
@@ -453,15 +456,18 @@ class MPICluster(ClusterBase):
             if w not in self._dead:
                 self._post(w, ctrl, arrays)
 
-    def _request_many(self, live: list[int], ctrl: Any, arrays: Any, each: bool) -> None:
+    def _request_many(self, live: list[int], ctrl: Any, arrays: Any, each: bool) -> bool:
         """The engine's ``request_many`` to the ``live`` workers (``each``: ``arrays[i]`` to
         the i-th), or, where ``ctrl`` is a tuple ``(form, job, tasks, b)``, its
         ``request_stack``: the workers whose process failed (ULFM) are marked dead, also
-        those found before another error, which propagates."""
+        those found before another error, which propagates. False where ``request_stack``
+        declined (nothing sent: a task and b do not fit one message)."""
         self._hot_until = time.perf_counter() + _SPIN  # replies are due: poll without sleeping
         try:
             if type(ctrl) is tuple:
                 dead = self._eng.request_stack(live, *ctrl)
+                if dead is None:
+                    return False
             else:
                 dead = self._eng.request_many(live, ctrl, arrays, each)
         except Exception as exc:  # another error: the workers found dead before it too
@@ -470,6 +476,7 @@ class MPICluster(ClusterBase):
             raise
         for w in dead:
             self._mark_dead(w)  # its process failed (ULFM)
+        return True
 
     def _post(self, worker: int, ctrl: np.ndarray, arrays: list[np.ndarray]) -> None:
         """A request's control bytes and its (contiguous) arrays to ``worker``."""
