@@ -616,6 +616,35 @@ with cm as cluster:
                 chunked = rel(cluster.matmul(X, Y, code=MDSCode(n, max(1, n - 2))), X @ Y)
             finally:
                 cluster._eng = eng
+            # a job whose parity products yield (parity_nice; YIELD_MIN_MACS lowered so that a
+            # small one does): its data workers' requests stacked, its parity workers' with
+            # their `nice` parameter, which the stacked path's kept form does not carry
+            sends = []
+
+            def params(ctrl_):
+                return Request.from_bytes(np.frombuffer(bytes(ctrl_), np.uint8)).params
+
+            class Recording:   # the engine, its requests' parameters noted
+                def __getattr__(self, name):
+                    return getattr(eng, name)
+
+                def request_stack(self, ws_, ctrl_, job_, tasks_, b_):
+                    sends.append(["stack", list(ws_), params(ctrl_)])
+                    return eng.request_stack(ws_, ctrl_, job_, tasks_, b_)
+
+                def request_many(self, ws_, ctrl_, arrays_, each_=False):
+                    sends.append(["many", list(ws_), params(ctrl_)])
+                    return eng.request_many(ws_, ctrl_, arrays_, each_)
+
+            saved = cluster.parity_nice, cluster.YIELD_MIN_MACS
+            cluster._eng, cluster.parity_nice, cluster.YIELD_MIN_MACS = Recording(), 10, 0
+            try:
+                X, Y = rng.standard_normal((8, 6)), rng.standard_normal((6, 4))
+                yielded = rel(cluster.matmul(X, Y, code=MDSCode(n, n - 1, systematic=True)),
+                              X @ Y)
+            finally:
+                cluster._eng = eng
+                cluster.parity_nice, cluster.YIELD_MIN_MACS = saved
             # through the cluster: small jobs decode right, their results landed in C
             code = MDSCode(n, max(1, n - 2))
             errs, landed = [], []
@@ -625,7 +654,7 @@ with cm as cluster:
                 errs.append(rel(job.result(), X @ Y))
                 landed.append(job._land_taken)   # (its landing is dropped once settled)
             emit(out=out, bad=bad, errs=max(errs), landed=landed, declined=declined,
-                 chunked=chunked,
+                 chunked=chunked, yielded=yielded, sends=sends,
                  outstanding=cluster.outstanding(), protocol_errors=len(cluster.protocol_errors))
         elif name == "python_inline":
             # The Python worker loop reads a request whose arrays came inline (the compiled

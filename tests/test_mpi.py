@@ -418,7 +418,7 @@ def test_small_jobs_go_out_stacked_and_land_in_c():
     assert "`ctrl` must be a request's control bytes" in bad["short ctrl"], bad
     assert "`ctrl` must leave flag bit 3 (inline arrays) clear, got flags 0x8" in \
         bad["ctrl inline flag"], bad
-    assert "`hot` must be a tuple (job, landing, got), got list" in bad["hot list"], bad
+    assert "`hot` must be a tuple (job, landing, got), got list of 3 items" in bad["hot list"], bad
     assert "no task for worker" in bad["no task"], bad
     assert "`tasks` must be a C-contiguous array" in bad["not a buffer"], bad
     assert "`job` must be at least -1, got -2" in bad["job"], bad
@@ -431,6 +431,10 @@ def test_small_jobs_go_out_stacked_and_land_in_c():
     assert res["errs"] < 1e-12
     # past INLINE_MAX or the engine's piece size: declined (None), and a job goes out as before
     assert res["declined"] == [None, None] and res["chunked"] < 1e-12, res
+    # parity products that yield: the data workers' requests stacked, the parity worker's
+    # request with its `nice` parameter (not the stacked path's kept form without it)
+    assert res["yielded"] < 1e-12 and res["sends"] == [
+        ["stack", list(range(n - 1)), {}], ["many", [n - 1], {"nice": 10}]], res["sends"]
     # each job waited for its results: some landed (how many came before the job decided
     # varies), never more than its workers
     assert all(0 <= k <= n for k in res["landed"]) and sum(res["landed"]) > 0, res["landed"]

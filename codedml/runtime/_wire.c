@@ -1089,8 +1089,9 @@ typedef struct {
 static int lands(const Hot *hot, const int64_t *v, int w)
 {
     if (v[1] != hot->job || v[2] != KIND_RESULT || v[4] != 0 || v[5] != hot->ndim ||
-        w >= hot->count || v[7 + MAX_NDIM] != hot->slot || hot->got[0] >= hot->count)
-        return 0;   /* (got full: a count the caller left at the limit lands nothing more) */
+        w >= hot->count || v[7 + MAX_NDIM] != hot->slot || hot->got[0] < 0 ||
+        hot->got[0] >= hot->count)
+        return 0;   /* (got full, or its count not one: nothing lands outside it) */
     for (int i = 0; i < hot->ndim; i++)
         if (v[6 + i] != hot->dims[i])
             return 0;
@@ -1126,8 +1127,9 @@ static PyObject *Root_poll(Root *self, PyObject *args)
     PyObject *landing, *got;
     long long job;
     if (!PyTuple_Check(hot_arg) || PyTuple_GET_SIZE(hot_arg) != 3) {
-        PyErr_Format(PyExc_TypeError, "poll: `hot` must be a tuple (job, landing, got), got %s",
-                     Py_TYPE(hot_arg)->tp_name);
+        PyErr_Format(PyExc_TypeError, "poll: `hot` must be a tuple (job, landing, got), got %s"
+                     " of %zd items", Py_TYPE(hot_arg)->tp_name,
+                     PyTuple_Check(hot_arg) ? PyTuple_GET_SIZE(hot_arg) : PyObject_Length(hot_arg));
         return NULL;
     }
     if (!PyArg_ParseTuple(hot_arg, "LOO;poll: `hot` must be (job, landing, got)", &job, &landing,
