@@ -665,19 +665,28 @@ static inline int meet(uintptr_t lo1, uintptr_t hi1, uintptr_t lo2, uintptr_t hi
     return lo1 < hi1 && lo2 < hi2 && lo1 < hi2 && lo2 < hi1;
 }
 
-/* 0 when no two of the ``n`` spans [lo[i], hi[i]) overlap (an empty one overlaps nothing);
-   else -1 with ValueError naming the first two that do (``what``), for function ``fn`` */
-static int disjoint(const char *fn, int n, const uintptr_t *lo, const uintptr_t *hi,
-                    const char *const *what)
+/* 0 when no two of the ``n`` spans [lo[i], hi[i]) overlap (an empty one overlaps nothing),
+   where at least one of the two is written (``written[i]``; NULL: every span is); else -1
+   with ValueError naming the first two that do (``what``), for function ``fn``. Spans that
+   are only read may share memory (A @ A reads one array twice). */
+static int apart(const char *fn, int n, const uintptr_t *lo, const uintptr_t *hi,
+                 const int *written, const char *const *what)
 {
     for (int a = 0; a < n; a++)
         for (int b = a + 1; b < n; b++)
-            if (meet(lo[a], hi[a], lo[b], hi[b])) {
+            if ((!written || written[a] || written[b]) && meet(lo[a], hi[a], lo[b], hi[b])) {
                 PyErr_Format(PyExc_ValueError, "%s: `%s` and `%s` overlap in memory", fn,
                              what[a], what[b]);
                 return -1;
             }
     return 0;
+}
+
+/* apart() of every pair */
+static int disjoint(const char *fn, int n, const uintptr_t *lo, const uintptr_t *hi,
+                    const char *const *what)
+{
+    return apart(fn, n, lo, hi, NULL, what);
 }
 
 /* The one-character struct format of a buffer in this host's byte order, else 0: a
@@ -3149,13 +3158,9 @@ NO_CONTRACT static PyObject *small_rows(PyObject *self, PyObject *args, PyObject
             lo[i] = (uintptr_t)b[i].buf;
             hi[i] = lo[i] + (uintptr_t)b[i].len;
         }
-        for (int a = 2; a < 4; a++)          /* what is written against everything else */
-            for (int c = 0; c < 4; c++)
-                if (c != a && (c < a || c >= 2) && meet(lo[a], hi[a], lo[c], hi[c])) {
-                    PyErr_Format(PyExc_ValueError, "small_rows: `%s` and `%s` overlap in memory",
-                                 what[c < a ? c : a], what[c < a ? a : c]);
-                    goto done;
-                }
+        static const int written[4] = {0, 0, 1, 1};   /* out, sq */
+        if (apart("small_rows", 4, lo, hi, written, what) < 0)
+            goto done;
     }
     small_rows_run(b[0].buf, b[1].buf, nv, b[2].buf, R, L, K, nsys, b[3].buf, per);
     result = Py_NewRef(Py_None);
@@ -3216,13 +3221,9 @@ NO_CONTRACT static PyObject *small_encode(PyObject *self, PyObject *args)
             lo[i] = (uintptr_t)b[i].buf;
             hi[i] = lo[i] + (uintptr_t)b[i].len;
         }
-        for (int a = 0; a < 5; a++)          /* what is written (out, bout) against the rest */
-            for (int c = a + 1; c < 5; c++)
-                if ((a == 2 || a == 4 || c == 2 || c == 4) && meet(lo[a], hi[a], lo[c], hi[c])) {
-                    PyErr_Format(PyExc_ValueError, "small_encode: `%s` and `%s` overlap in "
-                                 "memory", nm[a], nm[c]);
-                    goto done;
-                }
+        static const int written[5] = {0, 0, 1, 0, 1};   /* out, bout */
+        if (apart("small_encode", 5, lo, hi, written, nm) < 0)
+            goto done;
     }
     sq = PyMem_Calloc(R / per ? R / per : 1, sizeof(double));
     if (!sq) {
