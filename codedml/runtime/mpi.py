@@ -428,11 +428,12 @@ class MPICluster(ClusterBase):
                     if len(self._stack_ctrl) >= 64:
                         self._stack_ctrl.clear()
                     self._stack_ctrl[key] = ctrl
-                if self._request_many(live, (ctrl, req.job, tasks, b), None, False):
+                if self._engine_request(self._eng.request_stack, live, ctrl, req.job, tasks,
+                                        b) is not None:
                     return
                 # (declined, nothing sent: not one message under the engine's piece size)
             arrays = [per_worker[w] for w in live]
-            self._request_many(live, req.wire(arrays[0]), arrays, True)
+            self._engine_request(self._eng.request_many, live, req.wire(arrays[0]), arrays, True)
             return
         arrays = [[np.ascontiguousarray(a) for a in per_worker[w]] for w in live]
         meta = [(a.shape, a.dtype) for a in arrays[0]]
@@ -441,42 +442,37 @@ class MPICluster(ClusterBase):
                 self._send(w, req, x)
             return
         # one control message announces every worker's arrays
-        self._request_many(live, req.wire(arrays[0]), arrays, True)
+        self._engine_request(self._eng.request_many, live, req.wire(arrays[0]), arrays, True)
 
     def _send_many(self, workers: Any, req: Request, arrays: list[np.ndarray]) -> None:
         arrays = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in arrays]
         if self._eng is not None:  # one compiled call posts every worker's
             ctrl = req.wire(arrays)  # encoded once (sends only read it; any buffer)
             dead = self._dead
-            self._request_many([w for w in workers if w not in dead] if dead else workers,
-                               ctrl, arrays, False)
+            self._engine_request(self._eng.request_many,
+                                 [w for w in workers if w not in dead] if dead else workers,
+                                 ctrl, arrays, False)
             return
         ctrl = req.encode(arrays)
         for w in workers:
             if w not in self._dead:
                 self._post(w, ctrl, arrays)
 
-    def _request_many(self, live: list[int], ctrl: Any, arrays: Any, each: bool) -> bool:
-        """The engine's ``request_many`` to the ``live`` workers (``each``: ``arrays[i]`` to
-        the i-th), or, where ``ctrl`` is a tuple ``(form, job, tasks, b)``, its
-        ``request_stack``: the workers whose process failed (ULFM) are marked dead, also
-        those found before another error, which propagates. False where ``request_stack``
-        declined (nothing sent: a task and b do not fit one message)."""
+    def _engine_request(self, send: Any, live: list[int], *args: Any) -> list[int] | None:
+        """``send(live, *args)``, the engine's ``request_many`` or ``request_stack``: the
+        workers whose process failed (ULFM) are marked dead, also those found before another
+        error, which propagates. Returns what ``send`` did: the dead workers, or None where
+        ``request_stack`` declined (nothing sent: a task and b do not fit one message)."""
         self._hot_until = time.perf_counter() + _SPIN  # replies are due: poll without sleeping
         try:
-            if type(ctrl) is tuple:
-                dead = self._eng.request_stack(live, *ctrl)
-                if dead is None:
-                    return False
-            else:
-                dead = self._eng.request_many(live, ctrl, arrays, each)
+            dead = send(live, *args)
         except Exception as exc:  # another error: the workers found dead before it too
             for w in getattr(exc, "dead", ()):
                 self._mark_dead(w)
             raise
-        for w in dead:
+        for w in dead or ():
             self._mark_dead(w)  # its process failed (ULFM)
-        return True
+        return dead
 
     def _post(self, worker: int, ctrl: np.ndarray, arrays: list[np.ndarray]) -> None:
         """A request's control bytes and its (contiguous) arrays to ``worker``."""
