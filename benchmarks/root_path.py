@@ -70,46 +70,50 @@ class StandInEngine:
         self.turn = 0
         self.spent = 0.0   # seconds in the stand-in's own methods (see _timed)
 
-    @_timed
-    def request_many(self, live, ctrl, arrays, each):
-        job = ctrl[0] if type(ctrl) is tuple else \
-            struct.unpack_from("<q", bytes(ctrl[:self.job_at + 8]), self.job_at)[0]
-        out = []
-        for i, w in enumerate(live):
-            a, b = arrays[i] if each else arrays
-            out.append((w, job, a @ b))
+    def _answer(self, job, live, pairs):
+        """Every listed worker's ``a @ b`` queued as its reply to ``job``."""
+        out = [(w, job, a @ b) for w, (a, b) in zip(live, pairs)]
         self.turn = (self.turn + 1) % len(out)
         # the order turns: worker t first, then the rest in order
         self.queue.extend(out[self.turn:] + out[:self.turn])
+
+    @_timed
+    def request_many(self, live, ctrl, arrays, each):
+        job = struct.unpack_from("<q", bytes(ctrl[:self.job_at + 8]), self.job_at)[0]
+        self._answer(job, live, arrays if each else [arrays] * len(live))
         return []
 
     @_timed
     def request_stack(self, live, ctrl, job, tasks, b):
-        return self.request_many(live, (job,), [[tasks[w], b] for w in live], True)
+        self._answer(job, live, [(tasks[w], b) for w in live])
+        return []
 
     @_timed
     def poll(self, deadline, spin_until, pause, max_pause, want=1, hot=None):
         got, self.queue = self.queue, []
-        landed = 0
+        events = got
         if hot is not None:
             # the compiled poll's landing: the hot job's float64 results that fit its slots,
-            # before any other event, copied into them and counted in `have` (no event each)
+            # each worker's once, copied into them and counted in `have` (no event each);
+            # the other replies stay events
             job, land, have = hot
             n0 = int(have[0])
             seen = set(have[1:1 + n0].tolist())
-            ws = []
+            ws, ps, events = [], [], []
             for w, j, p in got:
-                if j != job or p.dtype != np.float64 or p.shape != land.shape[1:] or w in seen:
-                    break
-                ws.append(w)
-                seen.add(w)
-            landed = len(ws)
-            if landed:
-                land[ws] = [p for _, _, p in got[:landed]]
-                have[1 + n0:1 + n0 + landed] = ws
-                have[0] = n0 + landed
+                if (j == job and p.dtype == np.float64 and p.shape == land.shape[1:]
+                        and w not in seen and n0 + len(ws) < len(land)):
+                    ws.append(w)
+                    ps.append(p)
+                    seen.add(w)
+                else:
+                    events.append((w, j, p))
+            if ws:
+                land[ws] = ps
+                have[1 + n0:1 + n0 + len(ws)] = ws
+                have[0] = n0 + len(ws)
         return [(w, 0, (j, self.result_code, 0, 0, p.shape, 1000, p.nbytes,
-                        bytearray(p.tobytes()))) for w, j, p in got[landed:]]
+                        bytearray(p.tobytes()))) for w, j, p in events]
 
     @_timed
     def cancel(self, w, job):
