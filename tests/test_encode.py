@@ -1117,3 +1117,23 @@ def test_a_small_encode_past_the_plain_loop_warns_of_nothing_for_huge_inputs():
             got[macs] = code.encode(A, B)
     np.testing.assert_allclose(got[0].scales, got[1 << 62].scales, rtol=1e-12)
     assert np.isfinite(got[0].scales).all()
+
+
+_SCALE_VALUES = st.sampled_from([0.0, -0.0, 5e-324, 1e-300, 1e-281, 1e-279, 1.0, 3.5, 1e154,
+                                 1e308, math.inf, math.nan, -1.0])
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.one_of(_SCALE_VALUES, st.floats(allow_nan=True, allow_infinity=True)),
+                max_size=9))
+def test_redo_names_exactly_the_scales_its_definition_names(values):
+    """``_redo``'s shortcut for lists (every value normal or 0, not all 0: nothing to take
+    again) answers as its definition does, element by element: not finite, below the tiny
+    scale but positive, negative, or 0 where every value is 0."""
+    from codedml.codes import _base
+
+    every_zero = not any(v > 0.0 for v in values)
+    want = [i for i, v in enumerate(values)
+            if not (_base._TINY_SCALE <= v < math.inf or (v == 0.0 and not every_zero))]
+    assert _base._redo(list(values)) == want
+    assert _base._redo(tuple(values)) == want   # (not a list: the definition itself)

@@ -1409,8 +1409,9 @@ def test_a_landed_job_result_is_a_routed_one():
     same results leaves its twin: the same arrivals and latencies after every poll, the
     decode at the same result, the same used and late workers and report; landed results
     count as arrivals for ``_pump``, go before the poll's other replies, note their workers'
-    last answers; several landed in one poll are booked one at a time (the job settles at
-    the fourth, the rest are late), and the landing is dropped once the job settles."""
+    last answers; several landed in one poll are booked one at a time, the code's data
+    workers' first (their order within a poll says nothing about the wire's; the job settles
+    at the fourth, the rest are late), and the landing is dropped once the job settles."""
     from codedml.runtime.futures import Arrival
 
     rng = np.random.default_rng(8)
@@ -1450,7 +1451,9 @@ def test_a_landed_job_result_is_a_routed_one():
             c._poll = poll
             for i, ws in enumerate(polls):
                 assert c._pump(0.0, 1, jobs[0]) == len(ws) + (i == 1), i
-                for w in ws:   # (worker 3's answer to `gone`, a later id, stays its last)
+                # the twin's routed in the order the landing books them: data workers first
+                for w in sorted(ws, key=lambda w: w not in code.systematic_workers):
+                    # (worker 3's answer to `gone`, a later id, stays its last)
                     assert c._last_answer[w] == (gone if w == 3 else jobs[0].id)
                     c._route(Arrival(w, jobs[1].id, "result", tasks[w].compute()),
                              time.perf_counter())
@@ -1462,9 +1465,10 @@ def test_a_landed_job_result_is_a_routed_one():
             assert other == [(3, gone)] and c._last_answer[3] == gone
         for job in jobs:
             np.testing.assert_allclose(job.result(), A @ B, rtol=1e-12, atol=1e-12)
-        assert jobs[0].info.used == jobs[1].info.used == (0, 1, 4, 5)
+        # the last poll landed 4, 2, 3: 2 booked first, so 3 and 4 came late
+        assert jobs[0].info.used == jobs[1].info.used == (0, 1, 2, 5)
         assert _statuses(jobs[0]) == _statuses(jobs[1])
-        assert jobs[0].late == jobs[1].late == {2, 3}
+        assert jobs[0].late == jobs[1].late == {3, 4}
         assert jobs[0]._land is None and jobs[0]._land_taken == N
     finally:
         _close_fast(c)

@@ -37,8 +37,9 @@ def test_root_path_times_this_tree_against_a_base_tree(tmp_path):
 
 def test_root_path_stand_in_answers_as_the_engine_does_and_a_job_decodes():
     """The stand-in cluster runs real jobs: the decoded product is numpy's, each job's
-    first results turn (so the decode takes its solve as well as its assembly), and the
-    late results are booked into the reports."""
+    first results turn (so the decode takes its solve as well as its assembly), a job's
+    poll returns with the k it waits for (the rest come at the next poll), and the late
+    results are booked into the reports."""
     import root_path
 
     from codedml.codes import MDSCode
@@ -46,11 +47,16 @@ def test_root_path_stand_in_answers_as_the_engine_does_and_a_job_decodes():
     cl = root_path.stand_in_cluster("codedml", 6)
     code = MDSCode(6, 4)
     A = np.random.default_rng(1).standard_normal((4, 4))
-    used = set()
+    used, jobs = set(), []
     for _ in range(6):
         job = cl.submit(A, A, code=code)
         np.testing.assert_allclose(job.result(), A @ A, rtol=1e-12, atol=1e-12)
         used.add(tuple(sorted(job.info.used)))
+        assert len(cl._eng.queue) == 2   # (its two last replies: not yet polled)
+        jobs.append(job)
+    while cl._eng.queue:
+        cl.progress()
+    for job in jobs:
         assert sorted(s.status for s in job.report.workers) == ["late"] * 2 + ["used"] * 4
     assert (0, 1, 2, 3) in used and len(used) > 1
 

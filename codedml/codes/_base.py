@@ -1122,6 +1122,12 @@ def _redo(values: list[float]) -> list[int]:
     inputs, or squares that all underflowed). A 0 beside normal values is a task or result of
     zero operands and is kept. In Python: numpy's reductions over a handful of workers cost
     several microseconds each on a small job's path."""
+    if type(values) is list:   # the common case first, by C-level calls: no NaN or Inf (the
+        # sum would be one), and the least value that is not 0 normal, with some not 0
+        z = values.count(0.0)
+        if z < len(values) and sum(values) < math.inf and \
+                (sorted(values)[z] if z else min(values)) >= _TINY_SCALE:
+            return []
     every_zero = not any(v > 0.0 for v in values)
     return [i for i, v in enumerate(values)
             if not (_TINY_SCALE <= v < math.inf or (v == 0.0 and not every_zero))]

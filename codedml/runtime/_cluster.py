@@ -247,6 +247,9 @@ class ClusterBase:
         # Settled requests are tracked weakly: late results update the report of a request
         # someone still holds, and one nobody holds (with its product) is freed at once.
         self._finished = _WeakTable()
+        # a landing's shape per layout of a small job's tasks, None where none lands (see
+        # _landing; at most 64 layouts)
+        self._land_shapes: dict[tuple, tuple[int, ...] | None] = {}
         self._dead: set[int] = set()
         self._stale: dict[int, set[int]] = {}
         self._wakes: list[_Request] = []  # exactly the requests whose wake_at is set
@@ -297,13 +300,22 @@ class ClusterBase:
         float64 (their results are not either) or a result is too large to come inline with
         its header (it never lands)."""
         tasks, b = per_worker.tasks, per_worker.b
-        if tasks.dtype != _F64 or b.dtype != _F64:
+        key = (tasks.shape, b.shape, tasks.dtype, b.dtype)
+        shape = self._land_shapes.get(key, False)
+        if shape is False:   # (kept per layout: a job stream has one or a few)
+            slot = (*tasks.shape[1:-1], *b.shape[1:])
+            shape = (len(tasks), *slot) if (tasks.dtype == _F64 and b.dtype == _F64
+                                            and math.prod(slot) * 8 <= INLINE_MAX) else None
+            if len(self._land_shapes) >= 64:
+                self._land_shapes.clear()
+            self._land_shapes[key] = shape
+        if shape is None:
             return None
-        slot = (*tasks.shape[1:-1], *b.shape[1:])
-        if math.prod(slot) * 8 > INLINE_MAX:
-            return None
-        n = len(tasks)
-        return (jid, np.empty((n, *slot)), np.zeros(n + 1, np.int64))
+        return (jid, np.empty(shape), np.zeros(shape[0] + 1, np.int64))
+
+    def _wait_landed(self, job: Any, end: float) -> None:
+        """A caller's wait for a small job whose results land, where the transport has a
+        shorter loop for it than ``_await``'s (MPI); here nothing: the general loop waits."""
 
     def _poll_wait(self, timeout: float) -> float:
         """How long a waiting caller's poll may wait for an arrival inside the transport,
@@ -641,7 +653,12 @@ class ClusterBase:
         """One round (under the lock): route arrivals (waiting up to ``wait`` seconds for one,
         or ``want``, where the transport can; ``job``: the request the caller waits for, see
         :meth:`_poll`), settle expired requests. Returns the number of arrivals."""
-        arrivals = self._poll(wait, want, job)
+        return self._book(self._poll(wait, want, job))
+
+    def _book(self, arrivals: list[Arrival]) -> int:
+        """The rest of :meth:`_pump` once its poll returned (under the lock): the results the
+        poll landed or booked, then ``arrivals``, each to its request; the expired requests
+        and the wake-ups that are due; returns the number of arrivals."""
         now = time.perf_counter()
         got = len(arrivals)
         landed = self._landed

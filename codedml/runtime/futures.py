@@ -275,16 +275,19 @@ class _Request(Future):
         that can wait for several hands them over in one round)."""
         return 1
 
-    def _settle(self, value: Any = None, exc: BaseException | None = None) -> None:
-        """The one way to a terminal state: free, cancel the rest, then set the Future."""
+    def _settle(self, value: Any = None, exc: BaseException | None = None,
+                owed: list[int] | None = None) -> None:
+        """The one way to a terminal state: free, cancel the rest, then set the Future.
+        ``owed``: the outstanding workers where the caller has just listed them (nothing
+        arrived or failed since), else listed here."""
         if self.settled:
             return
         self.settled = True
         self.t_done = time.perf_counter()
-        owed = None
         try:
             self._free()
-            owed = self._outstanding()
+            if owed is None:
+                owed = self._outstanding()
             if owed:
                 self.cluster._cancel_all(owed, self)
         finally:
@@ -395,6 +398,8 @@ class _Request(Future):
         with cl._lock:   # (cl._changed's lock, entered without the Condition's Python call)
             cl._drivers += 1
             try:
+                if self._land is not None:   # a small job whose results land (MPI)
+                    cl._wait_landed(self, end)
                 while self._state not in _DONE:
                     left = end - time.perf_counter()
                     if left <= 0:
@@ -489,9 +494,9 @@ class Job(_Request):
             self._progress()
 
     def _take_landed(self, now: float) -> int:
-        """Book the results a poll landed in :attr:`_land` since the last call, in arrival
-        order, each as a routed one (its worker's answer noted; late once the job settled);
-        returns how many. ``got[0]`` keeps counting (a worker landed once per job: a slot
+        """Book the results a poll landed in :attr:`_land` since the last call, each as a
+        routed one (its worker's answer noted; late once the job settled), those of the
+        code's data workers first and otherwise in arrival order; returns how many. ``got[0]`` keeps counting (a worker landed once per job: a slot
         the job has taken is never written again). 0 where the job has settled and
         dropped its landing since (a poll that failed after landing left it noted)."""
         if self._land is None:
@@ -504,7 +509,14 @@ class Job(_Request):
         # are most of what a caller's poll hands over)
         last, arrived, latency = self.cluster._last_answer, self.arrived, self.latency
         t = now - self.t0
-        for w in got[1 + taken:1 + m].tolist():
+        new = got[1 + taken:1 + m].tolist()
+        if m - taken > 1 and self._sys:
+            # systematic results first: one poll takes one reply a worker, so their order in
+            # it says nothing about which came first on the wire, and a decode from the
+            # data workers' results is an assembly where one with a parity result solves
+            new.sort(key=self._sys.__contains__, reverse=True)   # (stable: False after True)
+        fewest, asked = self._fewest, len(self.sent_to)
+        for w in new:
             if jid > last.get(w, -1):
                 last[w] = jid
             if w not in latency:
@@ -513,8 +525,9 @@ class Job(_Request):
                 self.late.add(w)
                 continue
             arrived[w] = land[w]
-            if not self._too_few(len(arrived)):
-                self._progress()
+            have = len(arrived)
+            if have >= fewest or have + len(self.failed) >= asked or self._timed_out:
+                self._progress()   # (not _too_few(have), inlined)
         return m - taken
 
     def _too_few(self, have: int) -> bool:
@@ -595,7 +608,7 @@ class Job(_Request):
         if self._sys and self.cluster._systematic_grace > 0 and not self._sys.issubset(info.used):
             # (the cap on the systematic wait, which only a grace above 0 grants)
             self.cluster._note_solve(self.code, self.t_decode)
-        self._settle(C)
+        self._settle(C, owed=pending)
 
     def _may_hold(self) -> bool:
         """Whether this job may wait for systematic results at all (a systematic code, not a

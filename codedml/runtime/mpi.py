@@ -54,12 +54,12 @@ from typing import Any
 import numpy as np
 
 from ..backends import Backend, NumpyBackend, get_backend, set_threads
-from ..errors import ConfigurationError, ProtocolError
+from ..errors import ConfigurationError, FaultError, ProtocolError
 from ..faults import FaultModel
 from ._cluster import ClusterBase, _Stacked
 from ._exit import skip_finalize_at_exit
 from ._worker import PER_THREAD_NICE, WorkerContext, WorkerState, call_result, remote_error
-from .futures import Arrival, check_wait
+from .futures import _DONE, Arrival, check_wait
 from .protocol import (ACK_OPS, DTYPES, HEADER_LEN, INLINE_MAX, REPLY_OPS, Kind, Op, RemoteError,
                        ReplyHeader, Request, call_memo, dtype_code, recent_call)
 
@@ -511,6 +511,23 @@ class MPICluster(ClusterBase):
         self._to_worker(worker, lambda: self._outgoing.append(
             (self.comm.Isend(buf, dest=self._ranks[worker], tag=TAG_CANCEL), buf)))
 
+    def _send_cancels(self, workers: list[int], r: Any) -> None:
+        """:meth:`_cancel` of each of ``workers`` for ``r``, in one loop on the compiled
+        path (a settled small job cancels its outstanding workers on every job)."""
+        eng = self._eng
+        if eng is None:
+            super()._send_cancels(workers, r)
+            return
+        dead, bye, rid = self._dead, self._bye, r.id
+        for w in workers:
+            if w not in dead and w not in bye:
+                try:
+                    eng.cancel(w, rid)
+                except Exception as exc:   # (_to_worker's rule)
+                    if not _proc_failed(exc):
+                        raise
+                    self._mark_dead(w)
+
     def _prune_outgoing(self) -> None:
         if not self._outgoing:
             return
@@ -597,6 +614,50 @@ class MPICluster(ClusterBase):
         else:
             events = self._eng.poll(now + wait, self._hot_until, _MIN_PAUSE, _MAX_PAUSE, want)
             booked = False
+        return self._events(events, booked)
+
+    def _wait_landed(self, job: Any, end: float) -> None:
+        """A caller's wait for ``job``, a small job whose results land (see
+        :meth:`_poll_compiled`), until it settles, ``end`` (perf_counter seconds) passes, or
+        its landing goes (under the lock, the caller counted as a driver; the general loop of
+        ``_await`` goes on from there): each round is :meth:`_wait_step`'s on this transport,
+        without its layers of calls where the poll only landed results (the common round).
+        A poll with any other reply, or notices waiting, takes the general steps."""
+        eng = self._eng
+        while job._state not in _DONE:
+            now = time.perf_counter()
+            left = end - now
+            land = job._land
+            if left <= 0.0 or land is None or self._notices:
+                return
+            got = land[2]
+            n0 = int(got[0])
+            try:
+                events = eng.poll(now + min(left, 0.05, 1e-3), self._hot_until, _MIN_PAUSE,
+                                  _MAX_PAUSE, job._want(), land)
+                booked = got[0] != n0
+                if booked:
+                    self._landed = job
+                if events or self._notices:
+                    n = self._book(self._events(events, booked))
+                else:   # (_events and _polled, for a poll that only landed results or none)
+                    t = time.perf_counter()
+                    if booked:
+                        self._hot_until = t + _SPIN
+                    self._pause = 0.0 if t < self._hot_until else \
+                        min(max(self._pause * 1.5, _MIN_PAUSE), _MAX_PAUSE)
+                    n = self._book([])
+            except BaseException as exc:
+                self._fail_all(exc)
+                raise FaultError(f"the cluster's progress failed: {exc!r}") from exc
+            if not n:
+                self._wait_changed(0)
+                os.sched_yield()
+
+    def _events(self, events: list, booked: bool) -> list[Arrival]:
+        """The compiled poll's ``events`` as arrivals (the common results booked, see
+        :meth:`_inline_result`), with the notices raised meanwhile; ``booked``: whether the
+        poll landed results already (see :meth:`_polled`)."""
         out, self._notices = self._notices, []
         now = time.perf_counter()
         for w, what, v in events:
