@@ -62,11 +62,12 @@ def _timed(fn):
 class StandInEngine:
     """The compiled engine's calls a job makes at the root, answered in process: each request
     is answered by every worker it went to, with ``a @ b`` as an inline result, in an order
-    that turns per job (so that which k results arrive first varies). A poll returns once it
-    has ``want`` replies of the job it waits for (any reply where it waits for none), with
-    the replies queued ahead of them, as the engine's poll returns once ``want`` headers are
-    in: the rest of a job's replies come at the next poll, late (so a job decodes from the
-    k results that came first, not the best k of all n)."""
+    that turns per job (so that which k results arrive first varies). A poll takes the
+    queued replies in order, one a worker (a worker's next reply waits for the next poll, as
+    the engine completes one header receive a worker per poll), and returns once it has
+    ``want`` of them, as the engine's poll returns once ``want`` headers are in: the rest of
+    a job's replies come at later polls, late ones as events (so a job decodes from the k
+    results that came first, not the best k of all n)."""
 
     def __init__(self, result_code: int, job_at: int) -> None:
         self.queue: list = []
@@ -94,14 +95,14 @@ class StandInEngine:
 
     @_timed
     def poll(self, deadline, spin_until, pause, max_pause, want=1, hot=None):
-        job = hot[0] if hot is not None else None
-        cut, mine = len(self.queue), 0
-        for i, (_, j, _) in enumerate(self.queue):
-            mine += job is None or j == job
-            if mine >= want:
-                cut = i + 1
-                break
-        got, self.queue = self.queue[:cut], self.queue[cut:]
+        got, rest, workers = [], [], set()
+        for item in self.queue:
+            if len(got) < want and item[0] not in workers:
+                got.append(item)
+                workers.add(item[0])
+            else:
+                rest.append(item)
+        self.queue = rest
         events = got
         if hot is not None:
             # the compiled poll's landing: the hot job's float64 results that fit its slots,

@@ -50,6 +50,7 @@ def child(jobs: int, out: Path) -> int:
     from mpi4py import MPI
 
     from codedml import MPICluster
+    from codedml.runtime._cluster import ClusterBase
     from codedml.codes import MDSCode
 
     # CPU time of the thread doing the work (time.thread_time): 65 ranks share 2 cores, and a
@@ -80,6 +81,9 @@ def child(jobs: int, out: Path) -> int:
     MPICluster._send_each = timed("send", MPICluster._send_each)
     MPICluster._receive = timed("receive", MPICluster._receive)
     MPICluster._poll_compiled = timed("receive", MPICluster._poll_compiled)
+    # (a landing job's wait goes through the general loop, so through _poll_compiled: its
+    # shortcut, _wait_landed, calls the engine's poll itself and would decode inside it)
+    MPICluster._wait_landed = ClusterBase._wait_landed
 
     class Engine:
         """The compiled engine, its poll's CPU time taken out of the receive: the poll spins

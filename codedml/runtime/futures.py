@@ -496,7 +496,8 @@ class Job(_Request):
     def _take_landed(self, now: float) -> int:
         """Book the results a poll landed in :attr:`_land` since the last call, each as a
         routed one (its worker's answer noted; late once the job settled), those of the
-        code's data workers first and otherwise in arrival order; returns how many. ``got[0]`` keeps counting (a worker landed once per job: a slot
+        code's data workers first (a policy: all were in when the root looked) and
+        otherwise in arrival order; returns how many. ``got[0]`` keeps counting (a worker landed once per job: a slot
         the job has taken is never written again). 0 where the job has settled and
         dropped its landing since (a poll that failed after landing left it noted)."""
         if self._land is None:
@@ -511,9 +512,11 @@ class Job(_Request):
         t = now - self.t0
         new = got[1 + taken:1 + m].tolist()
         if m - taken > 1 and self._sys:
-            # systematic results first: one poll takes one reply a worker, so their order in
-            # it says nothing about which came first on the wire, and a decode from the
-            # data workers' results is an assembly where one with a parity result solves
+            # the data workers' results first: all of a poll's results are in when the root
+            # looks (they get one time stamp), so which of them decide is the root's choice,
+            # and a decode from the data workers' results is an assembly where one with a
+            # parity result solves (those of one MPI_Testsome come in worker order already;
+            # this reorders results of the poll's earlier tests behind later ones)
             new.sort(key=self._sys.__contains__, reverse=True)   # (stable: False after True)
         fewest, asked = self._fewest, len(self.sent_to)
         for w in new:

@@ -513,9 +513,10 @@ class MPICluster(ClusterBase):
 
     def _send_cancels(self, workers: list[int], r: Any) -> None:
         """:meth:`_cancel` of each of ``workers`` for ``r``, in one loop on the compiled
-        path (a settled small job cancels its outstanding workers on every job)."""
+        path (a settled small job cancels its outstanding workers on every job); through
+        :meth:`_cancel` itself on the Python path or where a subclass overrides it."""
         eng = self._eng
-        if eng is None:
+        if eng is None or type(self)._cancel is not MPICluster._cancel:
             super()._send_cancels(workers, r)
             return
         dead, bye, rid = self._dead, self._bye, r.id
