@@ -1410,8 +1410,11 @@ def test_a_landed_job_result_is_a_routed_one():
     decode at the same result, the same used and late workers and report; landed results
     count as arrivals for ``_pump``, go before the poll's other replies, note their workers'
     last answers; several landed in one poll are booked one at a time, the code's data
-    workers' first (their order within a poll says nothing about the wire's; the job settles
-    at the fourth, the rest are late), and the landing is dropped once the job settles."""
+    workers' first (all of a poll's were in when the root looked; the job settles at the
+    fourth, the rest are late); the landed job decodes from its landing
+    (``_decode_landed``), bit for bit its twin's decode, and the landing is dropped once the
+    job settles."""
+    from codedml.codes import polydot
     from codedml.runtime.futures import Arrival
 
     rng = np.random.default_rng(8)
@@ -1437,8 +1440,17 @@ def test_a_landed_job_result_is_a_routed_one():
                 other.append((w, jid))
         return out
 
+    landed = []
+    real = polydot.PolyDotCode._decode_landed
+
+    def spy(self, land, rows, encoding):
+        out = real(self, land, rows, encoding)
+        landed.append((rows, out is not None))
+        return out
+
     try:
-        with c._lock:
+        with c._lock, pytest.MonkeyPatch.context() as mp:
+            mp.setattr(polydot.PolyDotCode, "_decode_landed", spy)
             jobs = [c.submit(A, B, code=code) for _ in range(2)]
             assert jobs[0]._land is not None and jobs[0]._land[1].shape == (N, 2, 3)
             tasks = code.encode(A, B)
@@ -1465,6 +1477,8 @@ def test_a_landed_job_result_is_a_routed_one():
             assert other == [(3, gone)] and c._last_answer[3] == gone
         for job in jobs:
             np.testing.assert_allclose(job.result(), A @ B, rtol=1e-12, atol=1e-12)
+        assert landed == [([0, 1, 2, 5], True)]   # the landed job's decode, not its twin's
+        assert jobs[0].result().tobytes() == jobs[1].result().tobytes()
         # the last poll landed 4, 2, 3: 2 booked first, so 3 and 4 came late
         assert jobs[0].info.used == jobs[1].info.used == (0, 1, 2, 5)
         assert _statuses(jobs[0]) == _statuses(jobs[1])

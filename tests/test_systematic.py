@@ -1115,6 +1115,43 @@ def test_small_decode_is_the_fast_paths(data):
     assert C.flags.c_contiguous
 
 
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_landed_decode_is_the_decode_of_its_results(data):
+    """A runtime job's decode from its landing (``_decode_landed``: every worker's result in
+    one float64 slot of the product's shape, k of them decoding) gives bit for bit the C and
+    the info ``decode`` gives for the same results, every subset of k; where ``decode`` would
+    not take its small path (a result not finite, a code of another field, ...) it declines
+    (None) and leaves the answer to ``decode``."""
+    code, A, B, enc, res = _systematic_mds_results(data)
+    n, k = code.workers, code.p
+    rows = sorted(data.draw(st.lists(st.sampled_from(range(n)), min_size=k, max_size=k,
+                                     unique=True)))
+    if res[0].dtype != np.float64:
+        assert code._decode_landed(np.stack([res[w] for w in range(n)]), rows, enc) is None
+        return
+    land = np.empty((n, *res[0].shape))
+    for w in rows:
+        land[w] = res[w]
+    bad = data.draw(st.sampled_from([None, np.nan, np.inf]))
+    if bad is not None:
+        land[data.draw(st.sampled_from(rows))].flat[0] = bad
+    got = code._decode_landed(land, rows, enc)
+    small = (res[0].nbytes * k <= polydot.SMALL_DECODE_BYTES
+             and (rows[-1] == k - 1 or (code._assembly_plan(np.array(rows)).GF is not None
+                                        and polydot._encode._lincomb_ok())))
+    if bad is not None or not small:
+        assert got is None
+        return
+    C0, info0 = code.decode({w: land[w] for w in rows}, encoding=enc, return_info=True)
+    C, info = got
+    assert info == info0
+    assert C.dtype == C0.dtype and C.shape == C0.shape and C.tobytes() == C0.tobytes()
+    assert C.flags.c_contiguous
+    # the base class's, and a code the runtime does not know: always the general decode
+    assert base.LinearCode._decode_landed(code, land, rows, enc) is None
+
+
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 @pytest.mark.parametrize("missing", [False, True])
 def test_small_decode_leaves_non_finite_results_to_the_general_path(value, missing):

@@ -518,6 +518,13 @@ class LinearCode(abc.ABC):
         """:meth:`decodable` on validated, sorted indices (default: enough of them)."""
         return len(rows) >= self.recovery_threshold
 
+    def _decode_landed(self, land: np.ndarray, rows: list[int], encoding: Any) -> Any:
+        """``decode(results, encoding=encoding, return_info=True)`` for the ``k`` results of
+        workers ``rows`` that a runtime job's poll landed in ``land`` (``land[w]`` worker
+        ``w``'s), where a code has a shorter way to it than :meth:`decode`; None (here:
+        always) where the caller is to ask :meth:`decode`."""
+        return None
+
     def _decided_by_count(self) -> bool:
         """Whether :meth:`_recovers` answers from the number of rows alone (whichever they
         are), so that a caller with the count need not build the array: true of this

@@ -906,7 +906,40 @@ class PolyDotCode(LinearCode):
             _base._check_against(encoding, rows, raw, real=True)
         except ConfigurationError:
             return None   # (named by the general path)
-        C = _pool.empty_small((k * shp[0],) + shp[1:], r0.nbytes * k)
+        return self._small_rows(rows, raw, shp, r0.nbytes)
+
+    def _decode_landed(self, land: np.ndarray, rows: list[int], encoding: Any
+                       ) -> "tuple[np.ndarray, DecodeInfo] | None":
+        """``decode(results, encoding=encoding, return_info=True)`` for the ``k`` results
+        (workers ``rows``, sorted) that a runtime job's poll landed: ``land[w]`` is worker
+        ``w``'s, in a float64 C-ordered slot of the tasks' product shape that the engine
+        matched each result to (``ClusterBase._landing``). :meth:`_decode_small`'s steps
+        without its checks of arbitrary results, so the same bits and info; None wherever
+        it would not decode them (the caller then asks :meth:`decode`, which names what is
+        wrong)."""
+        k = self.p
+        if (len(rows) != k or type(encoding) is not _base.Encoding or not self.systematic
+                or type(self).__module__ != __name__
+                or self.field is not None or self.m != 1 or self.q != 1
+                or land.dtype != _F64 or land.ndim < 2 or not land.flags.c_contiguous):
+            return None
+        r0 = land[rows[0]]
+        if r0.nbytes * k > SMALL_DECODE_BYTES:
+            return None
+        small = self._small_rows(rows, [land[w] for w in rows], r0.shape, r0.nbytes)
+        if not small:
+            return None
+        C, info = small
+        return self._finish_fast(C, info, _F64, encoding, None, False, True)
+
+    def _small_rows(self, rows: list[int], raw: list[np.ndarray], shp: tuple[int, ...],
+                    nbytes: int) -> "tuple[np.ndarray, DecodeInfo] | bool | None":
+        """:meth:`_decode_small`'s decode of ``raw`` (the results of workers ``rows``, sorted,
+        each of shape ``shp`` and ``nbytes``), once its checks passed: ``(C, info)``, None
+        where the general path decodes, False where a value is not finite."""
+        k = self.p
+        K = _encode._K
+        C = _pool.empty_small((k * shp[0],) + shp[1:], nbytes * k)
         if rows[-1] == k - 1:                  # the k data results: one after the other
             if K is not None:   # the copy and its sum of squares (the NaN/Inf look) in one call
                 try:

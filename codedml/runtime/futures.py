@@ -442,6 +442,7 @@ class Job(_Request):
     _grace_end: float | None = None
     t_grace = 0.0
     _land_taken = 0   # how many of _land's results _take_landed booked
+    _routed = False   # whether a result came other than through _land (see _try's decode)
 
     def __init__(self, cluster: "ClusterBase", jid: int, code: LinearCode, encoding: Encoding,
                  errors: int, timeout: float, rows: Sequence[int], t0: float,
@@ -482,6 +483,7 @@ class Job(_Request):
     def _on_result(self, w: int, payload: Any) -> None:
         # The noise scale comes from the root's own encoding, never from the worker's message.
         self.arrived[w] = payload
+        self._routed = True
 
     def _accept_result(self, w: int, payload: Any, now: float) -> None:
         # _Request._accept_result with _on_result inlined, and with _try's first test
@@ -490,6 +492,7 @@ class Job(_Request):
         if self._late(w, now):
             return
         self.arrived[w] = payload
+        self._routed = True
         if not self._too_few(len(self.arrived)):
             self._progress()
 
@@ -596,9 +599,16 @@ class Job(_Request):
         # Use the full correction power of the results at hand (issue 10: 7 results with 2
         # corrupt and errors=1 must decode when they all arrived before the first attempt).
         budget = max(self.errors, (have - self.code.recovery_threshold) // 2)
+        landed = None
+        if self._land is not None and not budget and not self._routed \
+                and have == code.recovery_threshold:
+            # every result in the landing, whose slots the engine matched them to: the
+            # code's decode of them without its checks of arbitrary results (same bits)
+            landed = code._decode_landed(self._land[1], sorted(self.arrived), self.encoding)
         try:
-            C, info = self.code.decode(self.arrived, errors=budget, encoding=self.encoding,
-                                       return_info=True)
+            C, info = landed if landed is not None else \
+                code.decode(self.arrived, errors=budget, encoding=self.encoding,
+                            return_info=True)
         except (CorruptResultError, NotEnoughResultsError) as exc:
             if pending:  # wait for one more result, then try again with a larger budget
                 self._last_decode = f"{type(exc).__name__}: {exc}"
