@@ -1488,6 +1488,69 @@ def test_a_landed_job_result_is_a_routed_one():
         _close_fast(c)
 
 
+def test_a_landed_job_asks_a_replaced_decode():
+    """A job whose k results all landed decodes by ``_decode_landed`` (no ``decode`` call),
+    unless the code's ``decode`` was replaced on its instance or class (a timer, a wrapper,
+    as ``benchmarks/scale.py`` sets one): then the replacement decodes, as for a routed
+    job."""
+    from codedml.codes import polydot
+
+    rng = np.random.default_rng(9)
+    A, B = rng.standard_normal((8, 5)), rng.standard_normal((5, 3))
+
+    def run(code):
+        c = LocalCluster(N, faults=FailSilent(range(1, N + 1)), timeout=20)   # nobody answers
+        c._lands = True   # (as an MPICluster root with the compiled engine)
+        try:
+            with c._lock:
+                job = c.submit(A, B, code=code)
+                tasks = code.encode(A, B)
+                queued = [(w, tasks[w].compute()) for w in range(4)]
+
+                def poll(wait=0.0, want=1, job_=None):   # the four data results land at once
+                    if not queued or job._land is None:   # (the progress thread's polls too)
+                        return []
+                    _, land, got = job._land
+                    for w, payload in queued:
+                        land[w] = payload
+                        got[1 + got[0]] = w
+                        got[0] += 1
+                    queued.clear()
+                    c._landed = job
+                    return []
+
+                c._poll = poll
+                c._pump(0.0, 1, job)
+            np.testing.assert_allclose(job.result(), A @ B, rtol=1e-12, atol=1e-12)
+            assert job.info.used == (0, 1, 2, 3)
+        finally:
+            _close_fast(c)
+
+    calls, landed = [], []
+    real, real_landed = polydot.PolyDotCode.decode, polydot.PolyDotCode._decode_landed
+
+    def timed(self, *a, **kw):
+        calls.append(type(self).__name__)
+        return real(self, *a, **kw)
+
+    def spy(self, *a):
+        out = real_landed(self, *a)
+        landed.append(out is not None)
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(polydot.PolyDotCode, "_decode_landed", spy)
+        run(MDSCode(N, 4))
+        assert landed == [True] and calls == []   # nothing replaced: the landing's decode
+        code = MDSCode(N, 4)
+        code.decode = lambda *a, **kw: timed(code, *a, **kw)   # on the instance
+        run(code)
+        assert landed == [True, False] and calls == ["MDSCode"]
+        mp.setattr(MDSCode, "decode", timed)   # on the class
+        run(MDSCode(N, 4))
+        assert landed == [True, False, False] and calls == ["MDSCode"] * 2
+
+
 def test_landing_only_where_results_can_land_and_a_failed_poll_leaves_no_stale_landing():
     """A stacked job gets a landing only where its results come inline (at most INLINE_MAX
     bytes each: a larger one never lands, so none is allocated); a poll that landed results

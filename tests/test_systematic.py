@@ -1120,9 +1120,10 @@ def test_small_decode_is_the_fast_paths(data):
 def test_a_landed_decode_is_the_decode_of_its_results(data):
     """A runtime job's decode from its landing (``_decode_landed``: every worker's result in
     one float64 slot of the product's shape, k of them decoding) gives bit for bit the C and
-    the info ``decode`` gives for the same results, every subset of k; where ``decode`` would
-    not take its small path (a result not finite, a code of another field, ...) it declines
-    (None) and leaves the answer to ``decode``."""
+    the info ``decode`` gives for the same results, for drawn codes, operands and subsets of
+    k; where ``decode`` would not take its small path (a result not finite, a code of another
+    field, ...), or where ``decode`` or ``_decode_small`` was replaced on the class or the
+    instance, it declines (None) and leaves the answer to ``decode``."""
     code, A, B, enc, res = _systematic_mds_results(data)
     n, k = code.workers, code.p
     rows = sorted(data.draw(st.lists(st.sampled_from(range(n)), min_size=k, max_size=k,
@@ -1150,6 +1151,18 @@ def test_a_landed_decode_is_the_decode_of_its_results(data):
     assert C.flags.c_contiguous
     # the base class's, and a code the runtime does not know: always the general decode
     assert base.LinearCode._decode_landed(code, land, rows, enc) is None
+    # a decode replaced (a timer, a wrapper) is asked, not passed by
+    for owner, name in [(code, "decode"), (code, "_decode_small"), (MDSCode, "decode"),
+                        (polydot.PolyDotCode, "decode"),
+                        (polydot.PolyDotCode, "_decode_small")]:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(owner, name, getattr(owner, name), raising=True)
+            if owner is code:   # (on the instance: a bound method in its __dict__)
+                assert name in code.__dict__
+            else:
+                mp.setattr(owner, name, lambda *a, **kw: None)
+            assert code._decode_landed(land, rows, enc) is None, (owner, name)
+    assert code._decode_landed(land, rows, enc) is not None   # (all undone)
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])

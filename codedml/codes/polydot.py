@@ -915,11 +915,16 @@ class PolyDotCode(LinearCode):
         ``w``'s, in a float64 C-ordered slot of the tasks' product shape that the engine
         matched each result to (``ClusterBase._landing``). :meth:`_decode_small`'s steps
         without its checks of arbitrary results, so the same bits and info; None wherever
-        it would not decode them (the caller then asks :meth:`decode`, which names what is
-        wrong)."""
+        it would not decode them, and where :meth:`decode` or :meth:`_decode_small` was
+        replaced on the class or the instance (the caller then asks :meth:`decode`, which
+        names what is wrong, or runs the replacement)."""
         k = self.p
+        cls, d = type(self), self.__dict__
         if (len(rows) != k or type(encoding) is not _base.Encoding or not self.systematic
-                or type(self).__module__ != __name__
+                or cls.__module__ != __name__
+                # (a decode set on the class or the instance, a wrapper or a timer, is asked)
+                or cls.decode is not _DECODE or cls._decode_small is not _DECODE_SMALL
+                or "decode" in d or "_decode_small" in d
                 or self.field is not None or self.m != 1 or self.q != 1
                 or land.dtype != _F64 or land.ndim < 2 or not land.flags.c_contiguous):
             return None
@@ -1197,6 +1202,11 @@ class PolyDotCode(LinearCode):
         if self.field is not None:
             C = C.astype(np.int64)
         return np.ascontiguousarray(C)
+
+
+#: PolyDotCode's own decode steps, as defined: :meth:`PolyDotCode._decode_landed` runs only
+#: where the class's are these (not a replacement set on the class or a subclass since)
+_DECODE, _DECODE_SMALL = PolyDotCode.decode, PolyDotCode._decode_small
 
 
 class MDSCode(PolyDotCode):
