@@ -1551,6 +1551,53 @@ def test_a_landed_job_asks_a_replaced_decode():
         assert landed == [True, False, False] and calls == ["MDSCode"] * 2
 
 
+def test_a_job_with_a_routed_result_decodes_by_decode():
+    """A job with a landing whose k results came partly by routing (a reply the poll made
+    an event of: a notice waiting, a second reply) decodes by ``decode`` of its results, not
+    from its landing, whose slot for that worker holds nothing: the product is right and
+    ``_decode_landed`` is not asked."""
+    from codedml.codes import polydot
+    from codedml.runtime.futures import Arrival
+
+    rng = np.random.default_rng(10)
+    A, B = rng.standard_normal((8, 5)), rng.standard_normal((5, 3))
+    code = MDSCode(N, 4)
+    asked = []
+    real = polydot.PolyDotCode._decode_landed
+    c = LocalCluster(N, faults=FailSilent(range(1, N + 1)), timeout=20)   # nobody answers
+    c._lands = True   # (as an MPICluster root with the compiled engine)
+    try:
+        with c._lock, pytest.MonkeyPatch.context() as mp:
+            mp.setattr(polydot.PolyDotCode, "_decode_landed",
+                       lambda self, *a: asked.append(a[1]) or real(self, *a))
+            job = c.submit(A, B, code=code)
+            tasks = code.encode(A, B)
+            queued = [(w, tasks[w].compute()) for w in (1, 2, 3)]
+
+            def poll(wait=0.0, want=1, job_=None):   # workers 1-3 land at once
+                if not queued or job._land is None:   # (the progress thread's polls too)
+                    return []
+                _, land, got = job._land
+                for w, payload in queued:
+                    land[w] = payload
+                    got[1 + got[0]] = w
+                    got[0] += 1
+                queued.clear()
+                c._landed = job
+                return []
+
+            # worker 0's result routed first (its landing slot stays empty)
+            c._route(Arrival(0, job.id, "result", tasks[0].compute()), time.perf_counter())
+            assert job._routed and not job.done()
+            c._poll = poll
+            c._pump(0.0, 1, job)
+            assert job.done() and asked == []
+        np.testing.assert_allclose(job.result(), A @ B, rtol=1e-12, atol=1e-12)
+        assert job.info.used == (0, 1, 2, 3)
+    finally:
+        _close_fast(c)
+
+
 def test_landing_only_where_results_can_land_and_a_failed_poll_leaves_no_stale_landing():
     """A stacked job gets a landing only where its results come inline (at most INLINE_MAX
     bytes each: a larger one never lands, so none is allocated); a poll that landed results

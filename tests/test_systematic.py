@@ -24,7 +24,7 @@ import itertools
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import codedml.codes._base as base
@@ -1163,6 +1163,60 @@ def test_a_landed_decode_is_the_decode_of_its_results(data):
                 mp.setattr(owner, name, lambda *a, **kw: None)
             assert code._decode_landed(land, rows, enc) is None, (owner, name)
     assert code._decode_landed(land, rows, enc) is not None   # (all undone)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_landed_decode_of_other_codes_is_theirs_or_declines(data):
+    """``_decode_landed`` on the other codes of the polydot family (non-systematic MDS,
+    polynomial codes with one or more column blocks, MatDot, PolyDot, systematic or not, any
+    construction): the decode of the same results bit for bit where it answers, and it
+    declines (None) wherever ``_decode_small`` would not run (not systematic, more than one
+    column or inner block)."""
+    n = data.draw(st.integers(2, 8))
+    kind = data.draw(st.sampled_from(["MDS", "Polynomial", "MatDot", "PolyDot"]))
+    sysm = data.draw(st.sampled_from([True, False, None]))
+    cons = data.draw(st.sampled_from(CONSTRUCTIONS))
+    try:
+        if kind == "MDS":
+            code = MDSCode(n, data.draw(st.integers(1, n)), systematic=sysm, construction=cons)
+        elif kind == "Polynomial":
+            code = PolynomialCode(n, data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2)),
+                                  systematic=sysm, construction=cons)
+        elif kind == "MatDot":
+            code = MatDotCode(n, data.draw(st.integers(1, 2)), systematic=sysm,
+                              construction=cons)
+        else:
+            code = PolyDotCode(n, 1, 2, 1, systematic=sysm, construction=cons)
+    except ConfigurationError:   # (too few workers for its threshold, or no such form)
+        return
+    A, B = data.draw(operands(None, f32=False))
+    try:
+        enc = code.encode(A, B)
+    except ConfigurationError:   # (shapes the code cannot split)
+        return
+    res = {w: enc[w].compute() for w in range(n)}
+    k = code.recovery_threshold
+    rows = sorted(data.draw(st.lists(st.sampled_from(range(n)), min_size=k, max_size=k,
+                                     unique=True)))
+    if res[0].dtype != np.float64:
+        return
+    land = np.empty((n, *res[0].shape))
+    for w in rows:
+        land[w] = res[w]
+    got = code._decode_landed(land, rows, enc)
+    if not (code.systematic and code.m == 1 and code.q == 1):
+        event("declined: not the small path's code")
+        assert got is None
+        return
+    if got is None:
+        event("declined: a subset the small path leaves")
+        return   # (a subset the small path leaves to the others: the test above)
+    event(f"answered: {kind}")
+    C0, info0 = code.decode({w: land[w] for w in rows}, encoding=enc, return_info=True)
+    C, info = got
+    assert info == info0
+    assert C.dtype == C0.dtype and C.shape == C0.shape and C.tobytes() == C0.tobytes()
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])
