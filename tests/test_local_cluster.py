@@ -1488,6 +1488,25 @@ def test_a_landed_job_result_is_a_routed_one():
         _close_fast(c)
 
 
+def _land_at_once(c, job, queued):
+    """``c``'s poll, as the compiled one lands results: the ``queued`` (worker, result)
+    pairs in ``job``'s landing, all in the next poll, none after (nor in the progress
+    thread's polls once they are in, or once the job dropped its landing)."""
+    def poll(wait=0.0, want=1, job_=None):
+        if not queued or job._land is None:
+            return []
+        _, land, got = job._land
+        for w, payload in queued:
+            land[w] = payload
+            got[1 + got[0]] = w
+            got[0] += 1
+        queued.clear()
+        c._landed = job
+        return []
+
+    c._poll = poll
+
+
 def test_a_landed_job_asks_a_replaced_decode():
     """A job whose k results all landed decodes by ``_decode_landed`` (no ``decode`` call),
     unless the code's ``decode`` was replaced on its instance or class (a timer, a wrapper,
@@ -1505,21 +1524,7 @@ def test_a_landed_job_asks_a_replaced_decode():
             with c._lock:
                 job = c.submit(A, B, code=code)
                 tasks = code.encode(A, B)
-                queued = [(w, tasks[w].compute()) for w in range(4)]
-
-                def poll(wait=0.0, want=1, job_=None):   # the four data results land at once
-                    if not queued or job._land is None:   # (the progress thread's polls too)
-                        return []
-                    _, land, got = job._land
-                    for w, payload in queued:
-                        land[w] = payload
-                        got[1 + got[0]] = w
-                        got[0] += 1
-                    queued.clear()
-                    c._landed = job
-                    return []
-
-                c._poll = poll
+                _land_at_once(c, job, [(w, tasks[w].compute()) for w in range(4)])
                 c._pump(0.0, 1, job)
             np.testing.assert_allclose(job.result(), A @ B, rtol=1e-12, atol=1e-12)
             assert job.info.used == (0, 1, 2, 3)
@@ -1572,24 +1577,10 @@ def test_a_job_with_a_routed_result_decodes_by_decode():
                        lambda self, *a: asked.append(a[1]) or real(self, *a))
             job = c.submit(A, B, code=code)
             tasks = code.encode(A, B)
-            queued = [(w, tasks[w].compute()) for w in (1, 2, 3)]
-
-            def poll(wait=0.0, want=1, job_=None):   # workers 1-3 land at once
-                if not queued or job._land is None:   # (the progress thread's polls too)
-                    return []
-                _, land, got = job._land
-                for w, payload in queued:
-                    land[w] = payload
-                    got[1 + got[0]] = w
-                    got[0] += 1
-                queued.clear()
-                c._landed = job
-                return []
-
             # worker 0's result routed first (its landing slot stays empty)
             c._route(Arrival(0, job.id, "result", tasks[0].compute()), time.perf_counter())
             assert job._routed and not job.done()
-            c._poll = poll
+            _land_at_once(c, job, [(w, tasks[w].compute()) for w in (1, 2, 3)])
             c._pump(0.0, 1, job)
             assert job.done() and asked == []
         np.testing.assert_allclose(job.result(), A @ B, rtol=1e-12, atol=1e-12)

@@ -880,10 +880,7 @@ class PolyDotCode(LinearCode):
         finite (the general path's answer, as the fast path would give it)."""
         k = self.p
         if (type(results) is not dict or len(results) != k or type(errors) is not int
-                or type(encoding) is not _base.Encoding or not self.systematic
-                # (the library's own classes: a subclass may override a step it skips)
-                or type(self).__module__ != __name__
-                or self.field is not None or self.m != 1 or self.q != 1
+                or type(encoding) is not _base.Encoding or not self._small_decodes()
                 or not 0 <= errors <= self.workers):
             return None
         n = self.workers
@@ -908,6 +905,13 @@ class PolyDotCode(LinearCode):
             return None   # (named by the general path)
         return self._small_rows(rows, raw, shp, r0.nbytes)
 
+    def _small_decodes(self) -> bool:
+        """Whether this code is one :meth:`_decode_small` and :meth:`_decode_landed` decode
+        for: systematic, MDS-type (one inner and one column block), over the reals, of the
+        library's own classes (a subclass may override a step they skip)."""
+        return (self.systematic and type(self).__module__ == __name__ and self.field is None
+                and self.m == 1 and self.q == 1)
+
     def _decode_landed(self, land: np.ndarray, rows: list[int], encoding: Any
                        ) -> "tuple[np.ndarray, DecodeInfo] | None":
         """``decode(results, encoding=encoding, return_info=True)`` for the ``k`` results
@@ -920,12 +924,10 @@ class PolyDotCode(LinearCode):
         names what is wrong, or runs the replacement)."""
         k = self.p
         cls, d = type(self), self.__dict__
-        if (len(rows) != k or type(encoding) is not _base.Encoding or not self.systematic
-                or cls.__module__ != __name__
+        if (len(rows) != k or type(encoding) is not _base.Encoding or not self._small_decodes()
                 # (a decode set on the class or the instance, a wrapper or a timer, is asked)
                 or cls.decode is not _DECODE or cls._decode_small is not _DECODE_SMALL
                 or "decode" in d or "_decode_small" in d
-                or self.field is not None or self.m != 1 or self.q != 1
                 or land.dtype != _F64 or land.ndim < 2 or not land.flags.c_contiguous):
             return None
         r0 = land[rows[0]]

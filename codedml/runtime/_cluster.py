@@ -959,8 +959,7 @@ class ClusterBase:
                 if self._pump(self._poll_wait(timeout), want, job):
                     return
             except BaseException as exc:
-                self._fail_all(exc)
-                raise FaultError(f"the cluster's progress failed: {exc!r}") from exc
+                raise self._progress_failed(exc) from exc
             pause = self._poll_pause()
             if pause <= 0.0:  # a reply is due any moment: let others run, then poll again
                 self._wait_changed(0)
@@ -968,6 +967,12 @@ class ClusterBase:
                 return
             timeout = min(timeout, pause)
         self._wait_changed(timeout)
+
+    def _progress_failed(self, exc: BaseException) -> FaultError:
+        """A caller's pump raised ``exc``: every request fails (see :meth:`_fail_all`), and
+        the caller raises the error returned."""
+        self._fail_all(exc)
+        return FaultError(f"the cluster's progress failed: {exc!r}")
 
     def _wait_changed(self, timeout: float) -> None:
         """``self._changed.wait(timeout)``, counted: arrivals and settlements notify only

@@ -500,9 +500,10 @@ class Job(_Request):
         """Book the results a poll landed in :attr:`_land` since the last call, each as a
         routed one (its worker's answer noted; late once the job settled), those of the
         code's data workers first (a policy: all were in when the root looked) and
-        otherwise in arrival order; returns how many. ``got[0]`` keeps counting (a worker landed once per job: a slot
-        the job has taken is never written again). 0 where the job has settled and
-        dropped its landing since (a poll that failed after landing left it noted)."""
+        otherwise in arrival order; returns how many. ``got[0]`` keeps counting (a worker
+        landed once per job: a slot the job has taken is never written again). 0 where the
+        job has settled and dropped its landing since (a poll that failed after landing
+        left it noted)."""
         if self._land is None:
             return 0
         jid, land, got = self._land

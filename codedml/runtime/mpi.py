@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from ..backends import Backend, NumpyBackend, get_backend, set_threads
-from ..errors import ConfigurationError, FaultError, ProtocolError
+from ..errors import ConfigurationError, ProtocolError
 from ..faults import FaultModel
 from ._cluster import ClusterBase, _Stacked
 from ._exit import skip_finalize_at_exit
@@ -522,12 +522,7 @@ class MPICluster(ClusterBase):
         dead, bye, rid = self._dead, self._bye, r.id
         for w in workers:
             if w not in dead and w not in bye:
-                try:
-                    eng.cancel(w, rid)
-                except Exception as exc:   # (_to_worker's rule)
-                    if not _proc_failed(exc):
-                        raise
-                    self._mark_dead(w)
+                self._to_worker(w, eng.cancel, w, rid)
 
     def _prune_outgoing(self) -> None:
         if not self._outgoing:
@@ -621,9 +616,9 @@ class MPICluster(ClusterBase):
         """A caller's wait for ``job``, a small job whose results land (see
         :meth:`_poll_compiled`), until it settles, ``end`` (perf_counter seconds) passes, or
         its landing goes (under the lock, the caller counted as a driver; the general loop of
-        ``_await`` goes on from there): each round is :meth:`_wait_step`'s on this transport,
-        without its layers of calls where the poll only landed results (the common round).
-        A poll with any other reply, or notices waiting, takes the general steps."""
+        ``_await`` goes on from there): each round is :meth:`_wait_step`'s on this transport
+        (the engine's poll, :meth:`_events`, :meth:`_book`), without its layers of calls
+        between; notices waiting hand the wait back to the general steps."""
         eng = self._eng
         while job._state not in _DONE:
             now = time.perf_counter()
@@ -634,23 +629,14 @@ class MPICluster(ClusterBase):
             got = land[2]
             n0 = int(got[0])
             try:
-                events = eng.poll(now + min(left, 0.05, 1e-3), self._hot_until, _MIN_PAUSE,
+                events = eng.poll(now + self._poll_wait(left), self._hot_until, _MIN_PAUSE,
                                   _MAX_PAUSE, job._want(), land)
                 booked = got[0] != n0
                 if booked:
                     self._landed = job
-                if events or self._notices:
-                    n = self._book(self._events(events, booked))
-                else:   # (_events and _polled, for a poll that only landed results or none)
-                    t = time.perf_counter()
-                    if booked:
-                        self._hot_until = t + _SPIN
-                    self._pause = 0.0 if t < self._hot_until else \
-                        min(max(self._pause * 1.5, _MIN_PAUSE), _MAX_PAUSE)
-                    n = self._book([])
+                n = self._book(self._events(events, booked))
             except BaseException as exc:
-                self._fail_all(exc)
-                raise FaultError(f"the cluster's progress failed: {exc!r}") from exc
+                raise self._progress_failed(exc) from exc
             if not n:
                 self._wait_changed(0)
                 os.sched_yield()
