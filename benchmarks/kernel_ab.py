@@ -7,7 +7,8 @@ revision, default ``HEAD``) and as it is in the work tree, with the same compile
 loads each under a module name of its own (CPython caches extension modules: two builds
 loaded under the package's own name can come back as one module, and a comparison would
 then time a build against itself), and alternates ``code.encode(A, B)`` between them, the
-order swapped every round, for each case and size. It prints a table and writes
+order swapped every round, each encode after ``encode.py``'s ``evict`` (its inputs in
+memory, not left in cache by the encode before), for each case and size. It prints a table and writes
 ``benchmarks/results/kernel_ab.json`` (and ``.png``)::
 
     python benchmarks/kernel_ab.py --base HEAD~1 --sizes 1024 2048 --cases gf-poly gf-mds
@@ -36,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 import _machine  # noqa: E402  (benchmarks/_machine.py, next to this script)
-from encode import PRIME, _operands  # noqa: E402  (benchmarks/encode.py: its cases and tasks)
+from encode import PRIME, _operands, evict  # noqa: E402  (benchmarks/encode.py: its cases, tasks, evict)
 from encode import cases as encode_cases  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,6 +55,8 @@ CASES = {
     "gf-sys": (f"MDS (17,15) sys GF({PRIME})", "int64"),
     "f64-sys": ("MDS (17,15) sys", "float64"),
     "f32-sys": ("MDS (17,15) sys", "float32"),
+    "f64-sys8": ("MDS (8,6) sys", "float64"),
+    "f32-sys8": ("MDS (8,6) sys", "float32"),
     "f64-mds": ("MDS (17,15)", "float64"),
     "f32-mds": ("MDS (17,15)", "float32"),
     "f64-poly": ("Polynomial (17) 4x4", "float64"),
@@ -116,6 +119,7 @@ def run(kernels: dict, cases: list[str], sizes: list[int], rounds: int,
                 for r in range(rounds + 2):   # two warm rounds (pool, generators), not timed
                     for which in (("base", "work") if r % 2 else ("work", "base")):
                         _encode._K = kernels[which]
+                        evict()   # (each encode from memory, as encode.py times it)
                         t0 = time.perf_counter()
                         enc = code.encode(A, B)
                         dt = time.perf_counter() - t0

@@ -201,6 +201,59 @@ def test_lincomb_nan_reaches_every_output_with_a_coefficient_for_it(simd, bad, p
     assert np.isfinite(sq[4 if not pairs else 2:]).all()
 
 
+def _bits(x):
+    return np.ascontiguousarray(x).view(np.int64 if x.dtype == np.float64 else np.int32)
+
+
+@needs_kernels
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(k=st.integers(1, 9), nr=st.integers(1, 4), R=st.integers(1, 3),
+       C=st.sampled_from([1, 7, 16, 33, 100, 4095, 8193, 9000, 20000]),
+       dtype=st.sampled_from([np.float64, np.float32]), simd=st.sampled_from(LEVELS[1:] or [0]),
+       stream=st.booleans(), where=st.integers(0, 9), special=st.booleans(), data=st.data())
+def test_lincomb_accumulating_walk_is_the_pass_bit_for_bit(k, nr, R, C, dtype, simd, stream,
+                                                           where, special, data):
+    """A systematic generator (an identity row for every source, one dense pass of 1-4 parity
+    rows, anywhere among them) takes the accumulating walk on AVX-512 (the sources in long
+    runs, the parity sums kept in cache; the tile walk on AVX2): its parity rows are, bit
+    for bit, what the same rows compute alone (the pass over the sources, no identity rows),
+    its identity rows the sources as they are (-0.0 included), zeros where a source is cut
+    short or absent, across tiles (C past the walk's 8192-32768 columns), with NaN, Inf and
+    -0.0 among the values; the sums of squares as the reference's."""
+    if not LEVELS[1:]:
+        pytest.skip("no SIMD level on this CPU: the pass's fused multiply-adds need AVX2 or "
+                    "AVX-512F (plain C rounds each product)")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 16)))
+    P = rng.standard_normal((nr, k))
+    for row in P:   # some sources absent from some parity rows, each row dense (more than
+        # half the sources: a sparser row would run in one pass with identity rows)
+        row[rng.permutation(k)[:(k - 1) // 2]] *= rng.random((k - 1) // 2) < 0.5
+    at = min(where, k)                            # the parity rows' place among the others
+    G = np.concatenate([np.eye(k)[:at], P, np.eye(k)[at:]])
+    srcs = []
+    for _ in range(k):
+        r = data.draw(st.integers(0, R))          # cut short in rows (0: absent) ...
+        c = data.draw(st.sampled_from([C, C, max(0, C - data.draw(st.integers(0, 40))), 0]))
+        x = rng.standard_normal((r, c)).astype(dtype)
+        if special and x.size:
+            flat = x.reshape(-1)
+            flat[rng.integers(flat.size, size=3)] = rng.choice([np.nan, np.inf, -np.inf, -0.0], 3)
+        srcs.append(x)
+    dsts = [np.full((R, C), 7.0, dtype) for _ in range(G.shape[0])]
+    sq = np.zeros(G.shape[0])
+    K.lincomb(G, srcs, dsts, sq, stream, False, simd)
+    alone = [np.full((R, C), 7.0, dtype) for _ in range(nr)]
+    K.lincomb(np.ascontiguousarray(P), srcs, alone, None, stream, False, simd)
+    X = _padded(srcs, R, C).astype(dtype)
+    rows = list(range(at)) + list(range(at + nr, k + nr))
+    for j, h in enumerate(rows):
+        np.testing.assert_array_equal(_bits(dsts[h]), _bits(X[j]))
+    for i in range(nr):
+        np.testing.assert_array_equal(_bits(dsts[at + i]), _bits(alone[i]))
+    if not special:
+        _check(G, _padded(srcs, R, C), np.array(dsts), dtype, False, sq, np.zeros(G.shape[0]))
+
+
 @needs_kernels
 def test_lincomb_writes_destinations_side_by_side_in_one_matrix():
     """Two outputs as column halves of one matrix (rows interleaved in memory, apart modulo
