@@ -255,6 +255,43 @@ def test_lincomb_accumulating_walk_is_the_pass_bit_for_bit(k, nr, R, C, dtype, s
 
 
 @needs_kernels
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(k=st.integers(1, 9), nr=st.integers(1, 4), R=st.integers(1, 2),
+       C=st.sampled_from([1, 9, 100, 8193, 20000]), p=st.sampled_from([2, 65537, 2 ** 21 - 9]),
+       simd=st.sampled_from(LEVELS), stream=st.booleans(), where=st.integers(0, 9),
+       data=st.data())
+def test_lincomb_over_gfp_systematic_rows_are_exact(k, nr, R, C, p, simd, stream, where, data):
+    """A systematic generator over GF(p) (an identity row for every source, one pass of 1-4
+    parity rows among them; the accumulating walk on AVX-512): the parity rows are the exact
+    products mod p and bit for bit what the rows compute alone, the identity rows the
+    residues as they are, zeros where a source is cut short or absent, across tiles; the
+    largest residue is returned."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 16)))
+    P = rng.integers(0, p, (nr, k)).astype(np.float64)
+    P[:, 0] = p - 1
+    at = min(where, k)
+    G = np.concatenate([np.eye(k)[:at], P, np.eye(k)[at:]])
+    srcs = [rng.integers(0, p, (data.draw(st.integers(0, R)),
+                                data.draw(st.sampled_from([C, max(0, C - 5), 0]))))
+            for _ in range(k)]
+    dsts = [np.full((R, C), -7, np.int64) for _ in range(G.shape[0])]
+    umax = K.lincomb(G, srcs, dsts, None, stream, False, simd, p)
+    alone = [np.full((R, C), -7, np.int64) for _ in range(nr)]
+    K.lincomb(np.ascontiguousarray(P), srcs, alone, None, stream, False, simd, p)
+    X = np.zeros((k, R, C), np.int64)
+    for j, s in enumerate(srcs):
+        X[j, :s.shape[0], :s.shape[1]] = s
+    want = np.tensordot(P.astype(np.int64), X, 1) % p
+    rows = list(range(at)) + list(range(at + nr, k + nr))
+    for j, h in enumerate(rows):
+        np.testing.assert_array_equal(dsts[h], X[j])
+    for i in range(nr):
+        np.testing.assert_array_equal(dsts[at + i], want[i])
+        np.testing.assert_array_equal(dsts[at + i], alone[i])
+    assert umax == max([int(s.max()) for s in srcs if s.size] + [0])
+
+
+@needs_kernels
 def test_lincomb_writes_destinations_side_by_side_in_one_matrix():
     """Two outputs as column halves of one matrix (rows interleaved in memory, apart modulo
     the stride: PolyDot's B tasks) are accepted; overlapping halves are refused."""
@@ -361,15 +398,17 @@ def test_lincomb_over_gfp_is_the_exact_product_mod_p(m, k, R, C, p, simd, stream
 @pytest.mark.parametrize("simd", LEVELS)
 @pytest.mark.parametrize("bad", [-1, 65537, 2 ** 40, 2 ** 52, 2 ** 62, -2 ** 63])
 @pytest.mark.parametrize("where", [0, 5, 22])
-@pytest.mark.parametrize("systematic", [False, True])
+@pytest.mark.parametrize("systematic", [False, True, "with parity rows"])
 def test_lincomb_over_gfp_reports_any_value_out_of_the_field(simd, bad, where, systematic):
     """A residue out of [0, p) anywhere makes the returned maximum p or more (negative ones,
     and any at or past 2**52, the largest uint64): the encode's range check refuses it. Also
-    where the source feeds identity rows only (``systematic``: copied as it is loaded)."""
+    where the source feeds identity rows only (``systematic``: copied as it is loaded), and
+    identity rows with parity rows (the accumulating walk on AVX-512)."""
     p = 65537
     S = np.random.default_rng(1).integers(0, p, (3, 23))
     S[1, where] = bad
-    G = np.eye(3) if systematic else np.ones((2, 3))
+    G = {False: np.ones((2, 3)), True: np.eye(3),
+         "with parity rows": np.concatenate([np.eye(3), np.full((2, 3), 5.0)])}[systematic]
     umax = K.lincomb(G, S, np.empty((len(G), 23), np.int64), simd=simd, p=p)
     assert umax >= p
     if bad < 0 or bad >= 2 ** 52:
