@@ -208,7 +208,7 @@ def _bits(x):
 @needs_kernels
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(k=st.integers(1, 9), nr=st.integers(1, 4), R=st.integers(1, 3),
-       C=st.sampled_from([1, 7, 16, 33, 100, 4095, 8193, 9000, 20000]),
+       C=st.sampled_from([1, 7, 16, 33, 100, 4095, 8193, 9000, 20000, 33000]),
        dtype=st.sampled_from([np.float64, np.float32]), simd=st.sampled_from(LEVELS[1:] or [0]),
        stream=st.booleans(), where=st.integers(0, 9), special=st.booleans(), data=st.data())
 def test_lincomb_accumulating_walk_is_the_pass_bit_for_bit(k, nr, R, C, dtype, simd, stream,
@@ -219,7 +219,8 @@ def test_lincomb_accumulating_walk_is_the_pass_bit_for_bit(k, nr, R, C, dtype, s
     for bit, what the same rows compute alone (the pass over the sources, no identity rows),
     its identity rows the sources as they are (-0.0 included), zeros where a source is cut
     short or absent, across tiles (C past the walk's 8192-32768 columns), with NaN, Inf and
-    -0.0 among the values; the sums of squares as the reference's."""
+    -0.0 among the values; the sums of squares as the reference's (the next test: sums that
+    come out -0.0, and an infinite coefficient past a source's end)."""
     if not LEVELS[1:]:
         pytest.skip("no SIMD level on this CPU: the pass's fused multiply-adds need AVX2 or "
                     "AVX-512F (plain C rounds each product)")
@@ -233,7 +234,8 @@ def test_lincomb_accumulating_walk_is_the_pass_bit_for_bit(k, nr, R, C, dtype, s
     srcs = []
     for _ in range(k):
         r = data.draw(st.integers(0, R))          # cut short in rows (0: absent) ...
-        c = data.draw(st.sampled_from([C, C, max(0, C - data.draw(st.integers(0, 40))), 0]))
+        c = data.draw(st.sampled_from([C, C, max(0, C - data.draw(st.integers(0, 40))), 0,
+                                       data.draw(st.integers(0, C))]))   # (ending in any tile)
         x = rng.standard_normal((r, c)).astype(dtype)
         if special and x.size:
             flat = x.reshape(-1)
@@ -252,6 +254,38 @@ def test_lincomb_accumulating_walk_is_the_pass_bit_for_bit(k, nr, R, C, dtype, s
         np.testing.assert_array_equal(_bits(dsts[at + i]), _bits(alone[i]))
     if not special:
         _check(G, _padded(srcs, R, C), np.array(dsts), dtype, False, sq, np.zeros(G.shape[0]))
+
+
+@needs_kernels
+@pytest.mark.parametrize("simd", LEVELS)
+@pytest.mark.parametrize("case", ["underflow float64", "underflow float32", "inf coefficient"])
+def test_lincomb_systematic_rows_keep_the_pass_signed_zeros_and_nans(simd, case):
+    """Sums the accumulating walk must store as the pass does: a parity entry that underflows
+    to -0.0 stays -0.0 (its store does no arithmetic), and a source cut short within the
+    tile adds the pass's zero terms past its end (an infinite coefficient's NaN there)."""
+    eye = np.eye(2)
+    if case == "underflow float64":
+        G = np.vstack([eye, [[-1e-200, 1.0]]])
+        S = [np.full((1, 16), 1e-200), np.full((1, 16), -0.0)]
+        dt = np.float64
+    elif case == "underflow float32":
+        G = np.vstack([eye, [[-1e-300, 1.0]]])
+        S = [np.full((1, 16), 1e-30, np.float32), np.full((1, 16), -0.0, np.float32)]
+        dt = np.float32
+    else:
+        G = np.vstack([eye, [[np.inf, 1.0]]])
+        S = [np.ones((1, 10)), np.ones((1, 16))]
+        dt = np.float64
+    out = [np.full((1, 16), 7.0, dt) for _ in range(3)]
+    alone = [np.full((1, 16), 7.0, dt)]
+    K.lincomb(G, S, out, None, False, False, simd)
+    K.lincomb(np.ascontiguousarray(G[2:]), S, alone, None, False, False, simd)
+    np.testing.assert_array_equal(_bits(out[2]), _bits(alone[0]))
+    if case == "inf coefficient":
+        assert np.isnan(out[2][0, 10:]).all() and (out[2][0, :10] == np.inf).all()
+    elif simd:   # (a fused multiply-add from +0 rounds the tiny product to -0.0; plain C's
+        # separate product and sum give +0.0, its rows alone too)
+        assert (out[2] == 0).all() and np.signbit(out[2]).all()
 
 
 @needs_kernels

@@ -1317,7 +1317,8 @@ typedef struct {
 /* The tile: the k sources' rows of W columns widened to double. Where several passes read it
    (dense generators) it is about LC_TILE_BYTES, in L1. Where at most one pass does (a
    systematic code: identity rows, written as their sources are loaded, and one pass of
-   parity rows) it is about LC_TILE_BIG, half of a 512 KiB L2 (W at most LC_MAX_W): each
+   parity rows) it is about LC_TILE_BIG, half of a 512 KiB L2 (W at most LC_MAX_W; the
+   accumulating walk, which has no tile, sizes W by its sums instead, LC_ACC_BYTES): each
    source is then read from memory in runs of W values, where 32 KiB shared by 15 sources
    made runs of about 2 KiB from 15 places at once, which memory served far below its
    streaming rate. There each source's tile row starts LC_PAD doubles (a cache line) after
@@ -1906,7 +1907,7 @@ LC_INLINE LC_A512 __m512d lc512_widen_q(__m512i v)
 
 LC_INLINE LC_A512 void lc512_acc_body(const int NR, const int G, const double *g,
                                       const char *const *x, char ks, Py_ssize_t n,
-                                      double *const *acc)
+                                      Py_ssize_t nz, double *const *acc)
 {
     __m512d u[4][4];
     #pragma GCC unroll 4
@@ -1952,6 +1953,27 @@ LC_INLINE LC_A512 void lc512_acc_body(const int NR, const int G, const double *g
         #pragma GCC unroll 4
         for (int r = 0; r < NR; r++)
             _mm512_mask_storeu_pd(acc[r] + c, m, a[r]);
+        c += 8;   /* (columns n .. c: their zero terms added with the masked-off lanes' 0) */
+        if (n < nz) {   /* the lanes past n got no term: add those zero terms */
+            const __mmask8 z = (__mmask8)~m;
+            #pragma GCC unroll 4
+            for (int q = 0; q < G; q++)
+                #pragma GCC unroll 4
+                for (int r = 0; r < NR; r++)
+                    _mm512_mask_storeu_pd(acc[r] + c - 8, z, _mm512_fmadd_pd(u[q][r],
+                                          _mm512_setzero_pd(), _mm512_loadu_pd(acc[r] + c - 8)));
+        }
+    }
+    /* columns n .. nz of a source cut short within the tile: the pass reads zeros there
+       (the tile's padding) and adds g * 0, which turns a -0.0 sum into +0.0 and an infinite
+       or NaN coefficient's column into NaN: the same terms here */
+    for (; c < nz; c += 8) {
+        #pragma GCC unroll 4
+        for (int q = 0; q < G; q++)
+            #pragma GCC unroll 4
+            for (int r = 0; r < NR; r++)
+                _mm512_storeu_pd(acc[r] + c, _mm512_fmadd_pd(u[q][r], _mm512_setzero_pd(),
+                                                             _mm512_loadu_pd(acc[r] + c)));
     }
 }
 
@@ -1972,9 +1994,28 @@ LC_INLINE LC_A512 void lc512_acc_body(const int NR, const int G, const double *g
 
 /* lc512_acc_body for nr rows (1-4) and G sources (1-4) */
 LC_A512 static void lc512_acc(int nr, int G, const double *g, const char *const *x, char ks,
-                              Py_ssize_t n, double *const *acc)
+                              Py_ssize_t n, Py_ssize_t nz, double *const *acc)
 {
-    LC_ACC_DISPATCH(lc512_acc_body, nr, G, g, x, ks, n, acc);
+    LC_ACC_DISPATCH(lc512_acc_body, nr, G, g, x, ks, n, nz, acc);
+}
+
+/* One sum row of the accumulating walk stored as the pass stores its row: the values as
+   they are (no arithmetic: a -0.0 sum stays -0.0, a subnormal one is kept under
+   denormals-are-zero), rounded into float32 or reduced mod p (``md``), and their squares
+   summed in the pass's order (16 columns a step, ``acc`` zero up to the step past ``w``) */
+LC_A512 static double lc512_acc_store(const double *acc, Py_ssize_t w, char *dst, char kd,
+                                      const double *md)
+{
+    __m512d s = _mm512_setzero_pd();
+    for (Py_ssize_t c = 0; c < w; c += 16) {
+        const __m512d a = _mm512_loadu_pd(acc + c), b = _mm512_loadu_pd(acc + c + 8);
+        s = _mm512_fmadd_pd(b, b, _mm512_fmadd_pd(a, a, s));
+        if (kd == 'q')
+            lc512_put_q(dst, c, a, b, w - c, 0, md);
+        else
+            lc512_put(kd, dst, c, a, b, w - c, 0);
+    }
+    return _mm512_reduce_add_pd(s);
 }
 
 #else
@@ -2126,14 +2167,15 @@ static inline int lc_fused(const LcJob *J, Py_ssize_t h, Py_ssize_t r, Py_ssize_
    rows), real, not ``pairs``, on AVX-512 (J->acc, decided at setup; on AVX2, with 16
    registers for two sources' coefficients a step, the same walk measured 0.84-1.13x the tile
    walk's time on the Zen 4 host, slower for MDS(8, 6) and float32: not taken there). Per
-   tile of W columns
-   each source is read once, in one run of W values: copied into its identity row with its
-   squares by copy_sq's row loop (no tile), then, while that run is in cache, its terms are
-   added into the pass rows' sums (``J->y``: nr rows of W doubles, from +0), the same
-   fused multiply-adds in the same order as the pass's over the tile, so the sums are the
-   pass's bit for bit; then each sum row is rounded and stored with its squares by the pass
-   body itself, as a row of one source with coefficient 1 (fma(1, s, +0) is s: a sum of the
-   pass is never -0.0). The tile walk reads the k sources' runs side by side into a tile in
+   tile of W columns each source is read once, in one run of W values: copied into its
+   identity row with its squares by copy_sq's row loop (no tile; GF(p): copy_i64's, with
+   the range check), then, while that run is in cache, its terms are added into the pass
+   rows' sums (``J->y``: nr rows of W doubles, from +0), the same fused multiply-adds in
+   the same order as the pass's over the tile, with the zero terms the pass adds from a
+   source cut short within the tile (its padding) and up to the tile's last step, so the
+   sums are the pass's bit for bit (a -0.0 from an underflow included); then each sum row
+   is stored as it is, rounded into float32 or reduced mod p, with its squares in the
+   pass's order (lc512_acc_store). The tile walk reads the k sources' runs side by side into a tile in
    L2, in runs of about 256 KiB / k (8.7 KiB at k = 30), which memory served at about half its
    streaming rate (2-core AMD EPYC, Zen 4: a copy of 30 interleaved runs of 8 KiB took 2.1x
    a straight copy, of 64 KiB 1.04x); here the sums, not the sources, stay in cache. An
@@ -2152,9 +2194,6 @@ __attribute__((noinline)) static void lc_run_acc(LcJob *J)
        12 address bits alike) */
     const Py_ssize_t as = W + LC_ACC_PAD;
     double *acc[4] = {J->y, J->y + as, J->y + 2 * as, J->y + 3 * as};
-    static const double one = 1.0;
-    const double *g1[1] = {&one};
-    const int z = 0;
     const int avx2_rows = J->simd >= 1 && row_avx2_ok;
     for (Py_ssize_t r = 0; r < J->R; r++)
         for (Py_ssize_t c0 = 0; c0 < J->C; c0 += W) {
@@ -2199,24 +2238,21 @@ __attribute__((noinline)) static void lc_run_acc(LcJob *J)
                     if (ng == LC_ACC_GROUP || nv < w) {
                         const int last = nv < w;
                         if (ng > last)
-                            lc512_acc(nr, ng - last, g, xs, s->k, w, acc);
-                        if (last)
-                            lc512_acc(nr, 1, g + 4 * (ng - 1),
-                                                                  xs + ng - 1, s->k, nv, acc);
+                            lc512_acc(nr, ng - last, g, xs, s->k, w, w, acc);
+                        if (last)   /* (its zero terms up to the tile's last step, as the pass) */
+                            lc512_acc(nr, 1, g + 4 * (ng - 1), xs + ng - 1, s->k, nv, wp, acc);
                         ng = 0;
                     }
                 }
             }
             if (ng)
-                lc512_acc(nr, ng, g, xs, J->kd, w, acc);
+                lc512_acc(nr, ng, g, xs, J->kd, w, w, acc);
             for (int hh = 0; hh < nr; hh++) {
                 const LcDst *d = &J->dst[o + hh];
-                char *dp[4] = {d->p + r * d->stride + c0 * J->item};
-                const double *xa[1] = {acc[hh]};
-                double sv[4] = {0.0};
-                lc512_1(g1, &z, 1, xa, w, dp, J->kd, 0, 0, sv, J->md, NULL);
+                const double sv = lc512_acc_store(acc[hh], w, d->p + r * d->stride + c0 * J->item,
+                                                  J->kd, J->md);
                 if (J->sq)
-                    J->sq[o + hh] += sv[0];
+                    J->sq[o + hh] += sv;
             }
         }
 #if CODEDML_SSE2
@@ -2806,8 +2842,10 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         const Py_ssize_t tb = dense_passes <= 1 ? LC_TILE_BIG : LC_TILE_BYTES;
         Py_ssize_t W = (tb / (Py_ssize_t)sizeof(double) / (k ? k : 1)) / LC_GROUP * LC_GROUP;
         W = W < LC_GROUP ? LC_GROUP : W > LC_MAX_W ? LC_MAX_W : W;
-        if (J.acc)   /* the pass rows' sums in cache, the sources in runs of W */
+        if (J.acc) {   /* the pass rows' sums in cache, the sources in runs of W */
             W = LC_ACC_BYTES / (Py_ssize_t)sizeof(double) / J.pr[J.acc - 1] / LC_GROUP * LC_GROUP;
+            W = W < LC_GROUP ? LC_GROUP : W;
+        }
         Py_ssize_t Cp = (C + LC_GROUP - 1) / LC_GROUP * LC_GROUP;
         W = W > Cp ? (Cp ? Cp : LC_GROUP) : W;
         J.W = W;
