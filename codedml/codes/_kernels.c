@@ -1888,14 +1888,6 @@ LC_A2 static void lc2_1(const double *const *g, const int *live, int nl, const d
         lc2_body(1, g, live, nl, xp, w, dst, kd, pairs, st, sq, pf);
 }
 
-/* The accumulating walk's step (see lc_run_acc): ``acc[r][c] = fma(g[q][r], x_q[c],
-   acc[r][c])`` for the NR rows, the G sources ``x_q`` in order (each float64, or float32 or
-   GF(p)'s int64 residues widened to double in registers; all of kind ``ks``) and the first
-   ``n`` columns: the
-   terms the pass would add for these sources, in its order, so that the sums come out as
-   the pass's. The G sources' terms are added with each sum loaded and stored once (the sums
-   live in L2: loaded and stored per source they cost about three times the multiply-adds).
-   ``g`` holds 4 coefficients a source (``g[4 q + r]``). */
 /* int64 residues in [0, 2^52) as doubles, exactly: the bits of 2^52 + v less 2^52 (a value
    outside that range, which the identity row's copy reports, converts to garbage, never
    used: the call raises before any task is handed out) */
@@ -1905,6 +1897,14 @@ LC_INLINE LC_A512 __m512d lc512_widen_q(__m512i v)
     return _mm512_sub_pd(_mm512_castsi512_pd(_mm512_or_si512(v, _mm512_castpd_si512(two52))), two52);
 }
 
+/* The accumulating walk's step (see lc_run_acc): ``acc[r][c] = fma(g[q][r], x_q[c],
+   acc[r][c])`` for the NR rows, the G sources ``x_q`` in order (each float64, or float32 or
+   GF(p)'s int64 residues widened to double in registers; all of kind ``ks``) and the first
+   ``n`` columns, and ``fma(g[q][r], 0, acc[r][c])`` for columns ``n .. nz`` (the pass's
+   zero padding): the terms the pass would add for these sources, in its order, so that the
+   sums come out as the pass's. The G sources' terms are added with each sum loaded and stored once (the sums
+   live in L2: loaded and stored per source they cost about three times the multiply-adds).
+   ``g`` holds 4 coefficients a source (``g[4 q + r]``). */
 LC_INLINE LC_A512 void lc512_acc_body(const int NR, const int G, const double *g,
                                       const char *const *x, char ks, Py_ssize_t n,
                                       Py_ssize_t nz, double *const *acc)
@@ -1953,8 +1953,8 @@ LC_INLINE LC_A512 void lc512_acc_body(const int NR, const int G, const double *g
         #pragma GCC unroll 4
         for (int r = 0; r < NR; r++)
             _mm512_mask_storeu_pd(acc[r] + c, m, a[r]);
-        c += 8;   /* (columns n .. c: their zero terms added with the masked-off lanes' 0) */
-        if (n < nz) {   /* the lanes past n got no term: add those zero terms */
+        c += 8;
+        if (n < nz) {   /* the lanes past n (not stored above): their zero terms */
             const __mmask8 z = (__mmask8)~m;
             #pragma GCC unroll 4
             for (int q = 0; q < G; q++)
