@@ -258,11 +258,14 @@ def test_lincomb_accumulating_walk_is_the_pass_bit_for_bit(k, nr, R, C, dtype, s
 
 @needs_kernels
 @pytest.mark.parametrize("simd", LEVELS)
-@pytest.mark.parametrize("case", ["underflow float64", "underflow float32", "inf coefficient"])
+@pytest.mark.parametrize("case", ["underflow float64", "underflow float32", "inf coefficient",
+                                  "inf coefficient, 10 columns"])
 def test_lincomb_systematic_rows_keep_the_pass_signed_zeros_and_nans(simd, case):
     """Sums the accumulating walk must store as the pass does: a parity entry that underflows
-    to -0.0 stays -0.0 (its store does no arithmetic), and a source cut short within the
-    tile adds the pass's zero terms past its end (an infinite coefficient's NaN there)."""
+    to -0.0 stays -0.0 (its store does no arithmetic); a source cut short within the tile
+    adds the pass's zero terms past its end (an infinite coefficient's NaN there), and every
+    source its zero terms up to the tile's last register step, whose squares the pass sums
+    (10 columns of 16: an infinite coefficient's NaN in the sum of squares)."""
     eye = np.eye(2)
     if case == "underflow float64":
         G = np.vstack([eye, [[-1e-200, 1.0]]])
@@ -272,16 +275,25 @@ def test_lincomb_systematic_rows_keep_the_pass_signed_zeros_and_nans(simd, case)
         G = np.vstack([eye, [[-1e-300, 1.0]]])
         S = [np.full((1, 16), 1e-30, np.float32), np.full((1, 16), -0.0, np.float32)]
         dt = np.float32
-    else:
+    elif case == "inf coefficient":
         G = np.vstack([eye, [[np.inf, 1.0]]])
         S = [np.ones((1, 10)), np.ones((1, 16))]
         dt = np.float64
-    out = [np.full((1, 16), 7.0, dt) for _ in range(3)]
-    alone = [np.full((1, 16), 7.0, dt)]
-    K.lincomb(G, S, out, None, False, False, simd)
-    K.lincomb(np.ascontiguousarray(G[2:]), S, alone, None, False, False, simd)
+    else:
+        G = np.vstack([eye, [[np.inf, 1.0]]])
+        S = [np.ones((1, 10)), np.ones((1, 10))]
+        dt = np.float64
+    C = S[1].shape[1]
+    out = [np.full((1, C), 7.0, dt) for _ in range(3)]
+    alone = [np.full((1, C), 7.0, dt)]
+    sq, sq_alone = np.zeros(3), np.zeros(1)
+    K.lincomb(G, S, out, sq, False, False, simd)
+    K.lincomb(np.ascontiguousarray(G[2:]), S, alone, sq_alone, False, False, simd)
     np.testing.assert_array_equal(_bits(out[2]), _bits(alone[0]))
-    if case == "inf coefficient":
+    np.testing.assert_array_equal(_bits(sq[2:]), _bits(sq_alone))
+    if case == "inf coefficient, 10 columns":   # (plain C sums the squares of w columns)
+        assert (out[2] == np.inf).all() and np.isnan(sq[2]) == bool(simd)
+    elif case == "inf coefficient":
         assert np.isnan(out[2][0, 10:]).all() and (out[2][0, :10] == np.inf).all()
     elif simd:   # (a fused multiply-add from +0 rounds the tiny product to -0.0; plain C's
         # separate product and sum give +0.0, its rows alone too)

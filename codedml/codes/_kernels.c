@@ -2238,7 +2238,7 @@ __attribute__((noinline)) static void lc_run_acc(LcJob *J)
                     if (ng == LC_ACC_GROUP || nv < w) {
                         const int last = nv < w;
                         if (ng > last)
-                            lc512_acc(nr, ng - last, g, xs, s->k, w, w, acc);
+                            lc512_acc(nr, ng - last, g, xs, s->k, w, wp, acc);
                         if (last)   /* (its zero terms up to the tile's last step, as the pass) */
                             lc512_acc(nr, 1, g + 4 * (ng - 1), xs + ng - 1, s->k, nv, wp, acc);
                         ng = 0;
@@ -2246,7 +2246,7 @@ __attribute__((noinline)) static void lc_run_acc(LcJob *J)
                 }
             }
             if (ng)
-                lc512_acc(nr, ng, g, xs, J->kd, w, w, acc);
+                lc512_acc(nr, ng, g, xs, J->kd, w, wp, acc);
             for (int hh = 0; hh < nr; hh++) {
                 const LcDst *d = &J->dst[o + hh];
                 const double sv = lc512_acc_store(acc[hh], w, d->p + r * d->stride + c0 * J->item,
