@@ -7,7 +7,12 @@ each repeat so that drift hits every case alike:
 * ``uncoded``: ``A @ B`` itself (``A @ x`` for the matrix-vector case) - the yardstick, timed
   right before every case in every repeat, so its median pools many samples;
 * ``encode``: ``code.encode(A, B)`` (splitting, padding, the generator combinations, the
-  per-worker noise scales);
+  per-worker noise scales), its tasks in memory a previous encoding of the case left (the
+  task pool, ``codedml.codes.task_pool()``, whose limit is raised here to hold every case's:
+  a job stream's encode reuses its last tasks' memory; with the default 256 MiB the other
+  cases' tasks pushed a case's out between its repeats at 2048, and that encode paid the
+  kernel's zeroing of fresh pages: Polynomial(10, 4x2) 0.48 s against 0.02 s on the Zen 4
+  host. ``benchmarks/encode.py`` times the first encode into fresh pages apart);
 * ``worker``: each worker's ``task.compute()``, timed one by one; reported as the slowest
   worker's median (and the sum over workers: the total compute the cluster spends);
 * ``decode k``: ``code.decode`` from exactly ``recovery_threshold`` results (the first
@@ -286,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
         return 11 if size < 1024 else 7 if size < 2048 else 3
 
     limit = blas_limit(args.threads)
+    from codedml.codes import task_pool
+
+    pool = task_pool()
+    pool.limit = max(pool.limit, 4 << 30)   # every case's tasks kept for its next repeat
     t_start = time.perf_counter()
     rows: list[dict] = []
     rng = np.random.default_rng(args.seed)
