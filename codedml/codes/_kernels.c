@@ -2161,6 +2161,28 @@ static inline int lc_fused(const LcJob *J, Py_ssize_t h, Py_ssize_t r, Py_ssize_
     return j >= 0 && J->fj[j] == (int)h && lc_present(J, j, r, c0);
 }
 
+/* Source s's values in tile (r, c0) that lie there (``nv`` of the tile's ``w`` columns, from
+   ``sp``) copied into its identity row h (from ``dp``), each value as it is, and, with ``t``,
+   widened into its tile row (the tile walk); the row's sum of squares added into sq[h]
+   (GF(p): the residues range-checked into umax instead); the row past them zeroed, as a pass
+   writes it. Both walks' loop that loads a source with an identity row. */
+static inline void lc_identity(LcJob *J, const LcSrc *s, const char *sp, char *dp, double *t,
+                               Py_ssize_t nv, Py_ssize_t w, int h)
+{
+    if (s->k == 'q') {   /* GF(p): the residues as they are, range-checked */
+        uint64_t top = i64_row((const int64_t *)sp, (int64_t *)dp, t, nv, J->stream);
+        top = top >> 52 ? UINT64_MAX : top;
+        J->umax = top > J->umax ? top : J->umax;
+    } else {   /* copy_sq's row loop (AVX2 where lincomb may use it) */
+        const double q = row_any(s->k, s->k, sp, dp, (char *)t, nv, J->stream, 1.0, 1,
+                                 J->simd >= 1 && row_avx2_ok, 0, NULL, 0);
+        if (J->sq)
+            J->sq[h] += q;
+    }
+    if (nv < w)   /* the task's row past its block: zeros, as a pass writes */
+        memset(dp + nv * J->item, 0, (size_t)(w - nv) * (size_t)J->item);
+}
+
 #if CODEDML_AVX2
 /* The accumulating walk, for a generator whose rows are identity rows fused to their sources
    (every source has one) and one dense pass of at most 4 rows (a systematic code's parity
@@ -2194,7 +2216,6 @@ __attribute__((noinline)) static void lc_run_acc(LcJob *J)
        12 address bits alike) */
     const Py_ssize_t as = W + LC_ACC_PAD;
     double *acc[4] = {J->y, J->y + as, J->y + 2 * as, J->y + 3 * as};
-    const int avx2_rows = J->simd >= 1 && row_avx2_ok;
     for (Py_ssize_t r = 0; r < J->R; r++)
         for (Py_ssize_t c0 = 0; c0 < J->C; c0 += W) {
             const Py_ssize_t w = J->C - c0 < W ? J->C - c0 : W;
@@ -2215,18 +2236,7 @@ __attribute__((noinline)) static void lc_run_acc(LcJob *J)
                 }
                 const Py_ssize_t nv = lc_whole(J, j, r, c0, w) ? w : s->cols - c0;
                 const char *sp = s->p + r * s->stride + c0 * lc_size(s->k);
-                if (s->k == 'q') {   /* GF(p): the residues as they are, range-checked */
-                    uint64_t top = i64_row((const int64_t *)sp, (int64_t *)dp, NULL, nv, J->stream);
-                    top = top >> 52 ? UINT64_MAX : top;
-                    J->umax = top > J->umax ? top : J->umax;
-                } else {
-                    const double sq = row_any(s->k, s->k, sp, dp, NULL, nv, J->stream, 1.0, 1,
-                                              avx2_rows, 0, NULL, 0);
-                    if (J->sq)
-                        J->sq[h] += sq;
-                }
-                if (nv < w)
-                    memset(dp + nv * J->item, 0, (size_t)(w - nv) * (size_t)J->item);
+                lc_identity(J, s, sp, dp, NULL, nv, w, h);
                 while (q < nu && used[q] < j)
                     q++;
                 if (q < nu && used[q] == j) {
@@ -2298,23 +2308,11 @@ static void lc_run(LcJob *J)
                     const char *sp = s->p + r * s->stride + c0 * lc_size(s->k);
                     char *dp = J->dst[h].p + r * J->dst[h].stride + c0 * J->item;
                     double *t = here ? NULL : J->tile + j * J->ts;
-                    double q = 0.0;
-                    if (s->k == 'q') {   /* GF(p): the residues as they are, range-checked */
-                        uint64_t top = i64_row((const int64_t *)sp, (int64_t *)dp, t, nv, J->stream);
-                        top = top >> 52 ? UINT64_MAX : top;
-                        J->umax = top > J->umax ? top : J->umax;
-                    } else {   /* copy_sq's row loop (AVX2 where lincomb may use it) */
-                        q = row_any(s->k, s->k, sp, dp, (char *)t, nv, J->stream, 1.0, 1,
-                                    J->simd >= 1 && row_avx2_ok, 0, NULL, 0);
-                    }
-                    if (nv < w)   /* the task's row past its block: zeros, as a pass writes */
-                        memset(dp + nv * J->item, 0, (size_t)(w - nv) * (size_t)J->item);
+                    lc_identity(J, s, sp, dp, t, nv, w, h);
                     if (t && nv < wp)
                         memset(t + nv, 0, (size_t)(wp - nv) * sizeof(double));
                     J->xp[j] = here ? (const double *)sp : t;
                     J->islive[j] = 1;
-                    if (J->sq)
-                        J->sq[h] += q;
                     continue;
                 }
                 if (here) {
