@@ -147,7 +147,7 @@ def stand_in_cluster(pkg: str, workers: int):
     cl.root, cl._ranks, cl.rank = 0, list(range(1, workers + 1)), 0
     cl._outgoing, cl._hdr, cl._hdr_bufs, cl._notices = [], {}, {}, []
     cl._bye, cl._pause, cl._hot_until, cl._ctrl_memo = set(), 1e-4, 0.0, None
-    cl._stack_ctrl = {}
+    cl._stack_ctrl, cl._stack_layouts = {}, {}
     if hasattr(base, "_lands"):
         cl._lands = True   # (as MPICluster sets it on a root with the compiled engine)
     cl.protocol_errors = deque(maxlen=100)

@@ -35,6 +35,10 @@ def rel(C, ref):
     return float(np.linalg.norm(C - ref) / np.linalg.norm(ref))
 
 
+def _statuses_of(job) -> dict[int, str]:
+    return {w.worker: w.status for w in job.report.workers}
+
+
 def emit(**kw):
     print("RESULT:" + json.dumps(dict(kw, transport=used[0])), flush=True)
 
@@ -647,13 +651,31 @@ with cm as cluster:
                 cluster.parity_nice, cluster.YIELD_MIN_MACS = saved
             # through the cluster: small jobs decode right, their results landed in C
             code = MDSCode(n, max(1, n - 2))
-            errs, landed = [], []
-            for i in range(20):
-                X, Y = rng.standard_normal((8, 6)), rng.standard_normal((6, 4))
-                job = cluster.submit(X, Y, code=code)
-                errs.append(rel(job.result(), X @ Y))
-                landed.append(job._land_taken)   # (its landing is dropped once settled)
+            errs, landed, decided, reports = [], [], [], []
+            from codedml.runtime.futures import Job
+            one_step = Job._decide_landed
+
+            def spy(job, now):
+                out_ = one_step(job, now)
+                decided.append(out_)
+                return out_
+
+            Job._decide_landed = spy
+            try:
+                for i in range(40):
+                    X, Y = rng.standard_normal((8, 6)), rng.standard_normal((6, 4))
+                    job = cluster.submit(X, Y, code=code)
+                    errs.append(rel(job.result(), X @ Y))
+                    landed.append(job._land_taken)   # (its landing is dropped once settled)
+                    st_ = _statuses_of(job)
+                    # the k used are those its info names; the rest late, spare or missing
+                    reports.append(sorted(w for w, s in st_.items() if s == "used")
+                                   == list(job.info.used)
+                                   and all(s in ("used", "late", "missing") for s in st_.values()))
+            finally:
+                Job._decide_landed = one_step
             emit(out=out, bad=bad, errs=max(errs), landed=landed, declined=declined,
+                 decided=sum(decided), reports=all(reports),
                  chunked=chunked, yielded=yielded, sends=sends,
                  outstanding=cluster.outstanding(), protocol_errors=len(cluster.protocol_errors))
         elif name == "python_inline":

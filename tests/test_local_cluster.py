@@ -13,6 +13,8 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from codedml.errors import ClusterClosedError, DeadlineError, FaultError
 from codedml import (ConfigurationError, CorruptResultError, LocalCluster, NotEnoughResultsError,
@@ -163,7 +165,7 @@ def test_a_job_gathers_the_replies_it_cannot_decide_without():
     from codedml.runtime.futures import Job
 
     def job(code, errors=0, wait_all=False, grace=0.0, sent_to=None):
-        cluster = types.SimpleNamespace(systematic_grace=grace)
+        cluster = types.SimpleNamespace(_systematic_grace=grace)
         return Job(cluster, 0, code, None, errors, 10.0,
                    range(code.workers) if sent_to is None else sent_to, time.perf_counter(),
                    wait_all)
@@ -1595,19 +1597,17 @@ def test_landing_only_where_results_can_land_and_a_failed_poll_leaves_no_stale_l
     and then failed (its transport error settles every request) leaves the next pump, and
     ``close``, working: the settled job's landing is gone and its noted landing books
     nothing."""
-    from codedml.runtime._cluster import _Stacked
     from codedml.runtime.protocol import INLINE_MAX
 
     c = LocalCluster(3, faults=FailSilent(range(1, 4)), timeout=20)  # nobody answers
     c._lands = True
     try:
-        small = _Stacked(np.zeros((3, 2, 4)), np.zeros((4, 5)))
-        land = c._landing(7, small)
+        land = c._landing(7, np.zeros((3, 2, 4)), np.zeros((4, 5)))
         assert land[0] == 7 and land[1].shape == (3, 2, 5) and land[2].tolist() == [0] * 4
         cols = INLINE_MAX // 8 // 2 + 1     # a (2, cols) result: past INLINE_MAX
-        assert c._landing(7, _Stacked(np.zeros((3, 2, 1)), np.zeros((1, cols)))) is None
-        assert c._landing(7, _Stacked(np.zeros((3, 2, 4), np.float32),
-                                      np.zeros((4, 5), np.float32))) is None
+        assert c._landing(7, np.zeros((3, 2, 1)), np.zeros((1, cols))) is None
+        assert c._landing(7, np.zeros((3, 2, 4), np.float32),
+                          np.zeros((4, 5), np.float32)) is None
         with c._lock:
             job = c.submit(np.ones((4, 3)), np.ones((3, 2)), code=MDSCode(3, 2))
             assert job._land is not None
@@ -1899,3 +1899,120 @@ def test_cancels_held_during_a_poll_survive_a_done_callback_that_pumps_again():
         assert t._hold_depth == 0 and t._held_cancels == []
     finally:
         t.close()
+
+
+def _decide_twins(c, code, A, B, order, m, *, errors=0):
+    """Two jobs of ``code`` on ``c`` whose landings both hold the first ``m`` results of
+    ``order``: the first settled (or not) by ``Job._decide_landed``, the second by the
+    pump's general booking (``_take_landed``, a ``_progress`` per result). Returns the jobs,
+    what the decision returned and the cancels each sent (the engine's, recorded)."""
+    cancels: list[tuple[int, int]] = []
+    c._cancel = lambda w, jid: cancels.append((w, jid))
+    tasks = code.encode(A, B)
+    jobs = [c.submit(A, B, code=code, errors=errors) for _ in range(2)]
+    for job in jobs:
+        _, land, got = job._land
+        for w in order[:m]:
+            land[w] = tasks[w].compute()
+            got[1 + got[0]] = w
+            got[0] += 1
+    decided = jobs[0]._decide_landed(time.perf_counter())
+    mine = {jid for _, jid in cancels}
+    c._landed = jobs[1]
+    c._poll = lambda wait=0.0, want=1, job=None: []
+    c._pump()
+    split = ([(w, j) for w, j in cancels if j == jobs[0].id],
+             [(w, j) for w, j in cancels if j == jobs[1].id])
+    assert mine <= {jobs[0].id}
+    return jobs, decided, split
+
+
+@settings(max_examples=60, deadline=None)
+@given(k=st.integers(1, N - 1), data=st.data())
+def test_a_landing_decided_in_one_step_is_the_general_booking(k, data):
+    """``Job._decide_landed`` (MPI's caller books a landing that decides its job in one
+    step) leaves a job exactly as the pump's general booking of the same landing leaves its
+    twin: the same product bit for bit, the same arrived, late and answered workers, the
+    same decode info and report, the same cancels (to the workers not heard, none to one
+    whose result came in the same poll), the landing dropped, the job retired. Fewer than
+    k results: nothing done, nothing changed. Landings of any size and order, data workers
+    among them or not."""
+    order = data.draw(st.permutations(range(N)))
+    m = data.draw(st.integers(1, N))
+    rng = np.random.default_rng(k * 100 + m)
+    A, B = rng.standard_normal((2 * k + 1, 5)), rng.standard_normal((5, 3))
+    code = MDSCode(N, k)
+    c = LocalCluster(N, faults=FailSilent(range(1, N + 1)), timeout=20)  # nobody answers
+    c._lands = True   # (as an MPICluster root with the compiled engine)
+    try:
+        with c._lock:
+            jobs, decided, (cancel0, cancel1) = _decide_twins(c, code, A, B, order, m)
+            assert decided == (m >= k)
+            if m < k:   # nothing decided, nothing booked: the first job as it was
+                assert not jobs[0].done() and not jobs[0].arrived and jobs[0]._land_taken == 0
+                assert not jobs[0].latency and not cancel0
+                return
+            a, b = jobs
+            assert a.done() and b.done()
+            assert a.result().tobytes() == b.result().tobytes()
+            np.testing.assert_allclose(a.result(), A @ B, rtol=1e-10, atol=1e-10)
+            assert sorted(a.arrived) == sorted(b.arrived) and a.late == b.late
+            assert a.latency.keys() == b.latency.keys()
+            assert a.info.used == b.info.used and a.info.condition == b.info.condition
+            assert _statuses(a) == _statuses(b)
+            assert sorted(w for w, _ in cancel0) == sorted(w for w, _ in cancel1) == \
+                sorted(set(range(N)) - set(order[:m]))
+            assert a._land is None and a._land_taken == b._land_taken == m
+            assert a.id not in c._pending and b.id not in c._pending
+            assert c._last_answer == {w: b.id for w in order[:m]}
+    finally:
+        _close_fast(c)
+
+
+def test_a_landing_that_needs_more_than_its_count_is_left_to_the_general_booking():
+    """``Job._decide_landed`` declines, changing nothing, wherever the count of landed
+    results does not decide alone: a job with an error budget (it waits for k + 2 errors
+    and checks them), one with a failed worker, one waiting for systematic results (a
+    grace above 0), and a landing whose decode declines (a NaN result: the general decode
+    refuses it and waits for one more); each is left to the general booking."""
+    rng = np.random.default_rng(12)
+    A, B = rng.standard_normal((8, 5)), rng.standard_normal((5, 3))
+    code = MDSCode(N, 4)
+    c = LocalCluster(N, faults=FailSilent(range(1, N + 1)), timeout=20)  # nobody answers
+    c._lands = True
+    try:
+        with c._lock:
+            jobs, decided, _ = _decide_twins(c, code, A, B, list(range(N)), N, errors=1)
+            assert not decided and jobs[1].done() and not jobs[0].done()
+            assert not jobs[0].arrived and jobs[0]._land_taken == 0
+
+            job = c.submit(A, B, code=code)
+            job.failed[5] = "crashed"
+            _, land, got = job._land
+            for w in range(4):
+                land[w], got[1 + w] = code.encode(A, B)[w].compute(), w
+            got[0] = 4
+            assert not job._decide_landed(time.perf_counter()) and not job.arrived
+            job.failed.clear()
+            c.systematic_grace = 1.0
+            assert not job._decide_landed(time.perf_counter()) and not job.arrived
+            c.systematic_grace = 0.0
+            assert job._decide_landed(time.perf_counter()) and job.done()
+            np.testing.assert_allclose(job.result(), A @ B, rtol=1e-12, atol=1e-12)
+
+            job = c.submit(A, B, code=code)
+            _, land, got = job._land
+            tasks = code.encode(A, B)
+            for w in range(4):
+                land[w], got[1 + w] = tasks[w].compute(), w
+            got[0] = 4
+            land[2][0, 0] = np.nan
+            assert not job._decide_landed(time.perf_counter()) and not job.done()
+            assert not job.arrived and job._land_taken == 0 and not job.latency
+            c._landed = job
+            c._poll = lambda wait=0.0, want=1, job=None: []
+            c._pump()   # the general booking: its decode refuses the NaN, it waits for more
+            assert sorted(job.arrived) == [0, 1, 2, 3] and job._retrying and not job.done()
+            assert "non-finite (workers [2])" in job._last_decode, job._last_decode
+    finally:
+        _close_fast(c)

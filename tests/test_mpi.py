@@ -394,7 +394,7 @@ def test_small_jobs_go_out_stacked_and_land_in_c():
     landed already, none of another shape, none once got is full (each an event instead);
     bad arguments refused by name before any send or wait; a task and B that do not fit one
     message declined (nothing sent, the job sent as before); small jobs through the cluster
-    decode right with their results landed."""
+    decode right with their results landed, most of them decided in one step."""
     from codedml.runtime.mpi import wire_status
 
     if not wire_status()[0]:
@@ -438,6 +438,10 @@ def test_small_jobs_go_out_stacked_and_land_in_c():
     # each job waited for its results: some landed (how many came before the job decided
     # varies), never more than its workers
     assert all(0 <= k <= n for k in res["landed"]) and sum(res["landed"]) > 0, res["landed"]
+    # most of them decided in one step where their results landed (Job._decide_landed: a
+    # caller's poll that brought only those and other jobs' late replies), every report
+    # naming the k used workers its decode info names
+    assert res["decided"] > 0 and res["reports"], res
     assert res["protocol_errors"] == 0 and res["outstanding"]["jobs"] == 0
     _all_exited(done, np_)
 

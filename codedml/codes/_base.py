@@ -213,8 +213,15 @@ class Encoding(Sequence[Task]):
         out = object.__new__(cls)
         d = out.__dict__
         d["code"], d["shape"], d["inner"], d["dtype"] = code, shape, inner, _F64
-        d["compensated"], d["scales"] = False, np.array(scales)
+        d["compensated"], d["_scale_list"] = False, scales   # (the array on first use)
         return out
+
+    @functools.cached_property
+    def scales(self) -> np.ndarray:   # type: ignore[override]
+        """The noise scales of an encoding made by :meth:`_of_small`, as an array on first
+        use (a small job's decode from its data results never asks); every other encoding
+        sets its own in ``__init__``."""
+        return np.array(self.__dict__["_scale_list"], dtype=np.float64)
 
     @functools.cached_property
     def _tasks(self) -> list[Task]:

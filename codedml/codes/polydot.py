@@ -937,6 +937,8 @@ class PolyDotCode(LinearCode):
         if not small:
             return None
         C, info = small
+        if C.shape == encoding.shape:   # (no padding: _finish_fast's first case)
+            return C, info
         return self._finish_fast(C, info, _F64, encoding, None, False, True)
 
     def _small_rows(self, rows: list[int], raw: list[np.ndarray], shp: tuple[int, ...],

@@ -161,6 +161,16 @@ def _np(x: Any) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x.view(np.ndarray)) if hasattr(x, "view") and type(x) is not np.ndarray else x)
 
 
+def _land_shape(tasks: np.ndarray, b: np.ndarray) -> tuple[int, ...] | None:
+    """The shape of a stacked job's landing (``ClusterBase._landing``): one float64 slot per
+    worker of the result's shape (``tasks[w] @ b``); None where the tasks are not float64
+    (their results are not either) or a result is too large to come inline with its header
+    (it never lands)."""
+    slot = (*tasks.shape[1:-1], *b.shape[1:])
+    return (len(tasks), *slot) if (tasks.dtype == _F64 and b.dtype == _F64
+                                   and math.prod(slot) * 8 <= INLINE_MAX) else None
+
+
 _MATMUL_REQUESTS: dict[tuple[int | None, bool], Request] = {}
 
 
@@ -293,19 +303,17 @@ class ClusterBase:
     #: The job whose results the last poll landed (taken by :meth:`_pump`), or None.
     _landed: Any = None
 
-    def _landing(self, jid: int, per_worker: _Stacked) -> tuple | None:
-        """Where a poll may land the results of stacked job ``jid``: ``(jid, landing, got)``,
+    def _landing(self, jid: int, tasks: np.ndarray, b: np.ndarray) -> tuple | None:
+        """Where a poll may land the results of stacked job ``jid`` (its ``tasks`` and ``b``,
+        see :class:`_Stacked`): ``(jid, landing, got)``,
         ``landing`` one float64 slot per worker of the result's shape (``tasks[w] @ b``),
         ``got`` its count and workers (see ``_wire.Root.poll``); None where the tasks are not
         float64 (their results are not either) or a result is too large to come inline with
         its header (it never lands)."""
-        tasks, b = per_worker.tasks, per_worker.b
         key = (tasks.shape, b.shape, tasks.dtype, b.dtype)
         shape = self._land_shapes.get(key, False)
         if shape is False:   # (kept per layout: a job stream has one or a few)
-            slot = (*tasks.shape[1:-1], *b.shape[1:])
-            shape = (len(tasks), *slot) if (tasks.dtype == _F64 and b.dtype == _F64
-                                            and math.prod(slot) * 8 <= INLINE_MAX) else None
+            shape = _land_shape(tasks, b)
             if len(self._land_shapes) >= 64:
                 self._land_shapes.clear()
             self._land_shapes[key] = shape
@@ -394,11 +402,17 @@ class ClusterBase:
             enc = code.encode(A, B, precision=precision)
             stack = enc._stack
             if stack is not None:   # C-ordered ndarrays of one layout already (small encodes)
-                per_worker: Any = _Stacked(*stack)
-            else:
-                per_worker = [[_np(t.a), _np(t.b)] for t in enc]
+                return self._start_stacked(code, enc, stack, errors, timeout, t0)
             return self._start(code, enc, _matmul_request(code.field, bool(enc.compensated)),
-                               per_worker, errors, timeout, t0)
+                               [[_np(t.a), _np(t.b)] for t in enc], errors, timeout, t0)
+
+    def _start_stacked(self, code: LinearCode, enc: Encoding, stack: tuple, errors: int,
+                       timeout: float, t0: float) -> Job:
+        """:meth:`_start` of a product whose encode gave its tasks as one stack (``enc._stack``:
+        ``(tasks, b)``, a small encode's); a transport with a shorter way for them overrides
+        it (MPI's compiled path)."""
+        return self._start(code, enc, _matmul_request(code.field, bool(enc.compensated)),
+                           _Stacked(*stack), errors, timeout, t0)
 
     def matmul(self, A: Any, B: Any, *, code: LinearCode | None = None, errors: int = 0,
                timeout: float | None = None, precision: str = "auto") -> np.ndarray:
@@ -426,7 +440,7 @@ class ClusterBase:
         job.encode_time = t_enc
         if type(per_worker) is _Stacked and self._lands and req.field is None \
                 and not req.compensated:
-            job._land = self._landing(jid, per_worker)
+            job._land = self._landing(jid, per_worker.tasks, per_worker.b)
         if dead or skip:
             for w in range(self.workers):
                 if w in dead:

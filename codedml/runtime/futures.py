@@ -470,7 +470,7 @@ class Job(_Request):
         # arrivals, which replies gathered in one poll would all share (a gap of 0: no wait).
         if self.settled or self._grace_end is not None:
             return 1
-        if self.cluster.systematic_grace > 0 and self._may_hold():
+        if self.cluster._systematic_grace > 0 and self._may_hold():
             return 1
         early = self.errors == 0 and not self._retrying and not self.wait_all
         target = self._fewest if early else self.needed
@@ -536,6 +536,60 @@ class Job(_Request):
             if have >= fewest or have + len(self.failed) >= asked or self._timed_out:
                 self._progress()   # (not _too_few(have), inlined)
         return m - taken
+
+    def _decide_landed(self, now: float) -> bool:
+        """The whole of a landing in one step, where nothing but its count decides: a job
+        with nothing booked yet, no error budget, no retry, no failed worker, no systematic
+        wait (grace 0), of a code decided by the count of its results, whose poll landed at
+        least ``k`` results. Books them as :meth:`_take_landed` does (the data workers'
+        first, each worker's answer noted; those past the first ``k`` late), decodes the
+        first ``k`` by the code's ``_decode_landed`` and settles, as :meth:`_try` would on
+        the ``k``-th (the same rows, the same decode, the same bits): what the booking's
+        layers (a ``_progress`` and ``_try`` per result, the pump's held cancels) find in
+        this case, without them. Returns False, having changed nothing, wherever another
+        case holds or that decode declines (the general booking then runs)."""
+        land, code = self._land, self.code
+        if (land is None or self.settled or self._land_taken or self.arrived or self.failed
+                or self.errors or self._retrying or self.wait_all or self._timed_out
+                or self._grace_end is not None or self.cluster._systematic_grace > 0
+                or type(code).decodable is not LinearCode.decodable
+                or not code._decided_by_count()):
+            return False
+        jid, buf, got = land
+        m = int(got[0])
+        k = code.recovery_threshold
+        if m < k or k < 1:
+            return False
+        new = got[1:1 + m].tolist()
+        if m > 1 and self._sys:   # (as _take_landed: the data workers' results first)
+            new.sort(key=self._sys.__contains__, reverse=True)
+        use = new[:k]
+        t = time.perf_counter()
+        try:
+            got_C = code._decode_landed(buf, sorted(use), self.encoding)
+        except Exception:   # (the general path's decode names it, or settles with it)
+            return False
+        if got_C is None:
+            return False
+        C, info = got_C
+        self.t_decode = time.perf_counter() - t
+        self._land_taken = m
+        last, arrived, latency, late = self.cluster._last_answer, self.arrived, self.latency, \
+            self.late
+        since = now - self.t0
+        for i, w in enumerate(new):
+            if jid > last.get(w, -1):
+                last[w] = jid
+            if w not in latency:
+                latency[w] = since
+            if i < k:
+                arrived[w] = buf[w]
+            else:
+                late.add(w)
+        self.info = info
+        # owed: those not heard in this poll (one heard after the k-th is late, not owed)
+        self._settle(C, owed=[w for w in self.sent_to if w not in arrived and w not in late])
+        return True
 
     def _too_few(self, have: int) -> bool:
         """Whether ``have`` results decide nothing yet: fewer than any decodable set, while

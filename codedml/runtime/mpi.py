@@ -56,10 +56,11 @@ import numpy as np
 from ..backends import Backend, NumpyBackend, get_backend, set_threads
 from ..errors import ConfigurationError, ProtocolError
 from ..faults import FaultModel
-from ._cluster import ClusterBase, _Stacked
+from ..codes._validate import _F64
+from ._cluster import ClusterBase, _land_shape, _matmul_request, _Stacked
 from ._exit import skip_finalize_at_exit
 from ._worker import PER_THREAD_NICE, WorkerContext, WorkerState, call_result, remote_error
-from .futures import _DONE, Arrival, check_wait
+from .futures import _DONE, Arrival, Job, check_wait
 from .protocol import (ACK_OPS, DTYPES, HEADER_LEN, INLINE_MAX, REPLY_OPS, Kind, Op, RemoteError,
                        ReplyHeader, Request, call_memo, dtype_code, recent_call)
 
@@ -292,6 +293,10 @@ class MPICluster(ClusterBase):
         self._ctrl_memo: tuple[Any, Any, np.ndarray] | None = None
         # a stacked job's control bytes per layout (the job written by the engine)
         self._stack_ctrl: dict[tuple, bytes] = {}
+        # per (tasks.shape, b.shape) of a float64 stacked product (_start_stacked): whether
+        # a task and b travel inline, the multiply-adds a task, its control bytes, its
+        # landing's shape (or None)
+        self._stack_layouts: dict[tuple, tuple] = {}
         self._MPI = MPI
         #: Replies that failed validation (newest last): (worker, message).
         self.protocol_errors: deque[tuple[int, str]] = deque(maxlen=100)
@@ -418,17 +423,9 @@ class MPICluster(ClusterBase):
             if tasks[0].nbytes + b.nbytes <= INLINE_MAX and not req.params \
                     and req.handle is None:
                 # one compiled call: each worker's task and b inline after the control bytes,
-                # the job written into the engine's copy of a form kept per layout (of a
-                # request without parameters or a stored operand: its fields are the key's)
-                key = (req.op, req.field, req.compensated, tasks.shape, tasks.dtype, b.shape,
-                       b.dtype)
-                ctrl = self._stack_ctrl.get(key)
-                if ctrl is None:
-                    ctrl = req.with_arrays([tasks[0], b]).to_bytes().tobytes()
-                    if len(self._stack_ctrl) >= 64:
-                        self._stack_ctrl.clear()
-                    self._stack_ctrl[key] = ctrl
-                if self._engine_request(self._eng.request_stack, live, ctrl, req.job, tasks,
+                # the job written into the engine's copy of a form kept per layout
+                if self._engine_request(self._eng.request_stack, live,
+                                        self._stack_form(req, tasks, b), req.job, tasks,
                                         b) is not None:
                     return
                 # (declined, nothing sent: not one message under the engine's piece size)
@@ -443,6 +440,66 @@ class MPICluster(ClusterBase):
             return
         # one control message announces every worker's arrays
         self._engine_request(self._eng.request_many, live, req.wire(arrays[0]), arrays, True)
+
+    def _stack_form(self, req: Request, tasks: np.ndarray, b: np.ndarray) -> bytes:
+        """The control bytes announcing a stacked task and ``b`` under ``req`` (a request
+        without parameters or a stored operand: its fields are the key's), kept per layout
+        (at most 64); ``request_stack`` writes each job's id into its own copy."""
+        key = (req.op, req.field, req.compensated, tasks.shape, tasks.dtype, b.shape, b.dtype)
+        ctrl = self._stack_ctrl.get(key)
+        if ctrl is None:
+            ctrl = req.with_arrays([tasks[0], b]).to_bytes().tobytes()
+            if len(self._stack_ctrl) >= 64:
+                self._stack_ctrl.clear()
+            self._stack_ctrl[key] = ctrl
+        return ctrl
+
+    def _start_stacked(self, code: Any, enc: Any, stack: tuple, errors: int, timeout: float,
+                       t0: float) -> Job:
+        """:meth:`ClusterBase._start` of a small stacked product on the compiled path, in one
+        step: what ``_start``, ``_register`` and ``_send_each`` do for it (its ``Job``, its
+        landing, the pending table, one ``request_stack``), without their tests of the cases
+        it is not (dead or skipped workers, a stored operand, a request with parameters,
+        parity products that yield, tasks too large to travel inline), which take the
+        general path."""
+        tasks, b = stack
+        if (self._eng is None or self._dead or enc.compensated or code.field is not None
+                or tasks.dtype is not _F64 or b.dtype is not _F64):
+            return super()._start_stacked(code, enc, stack, errors, timeout, t0)
+        layout = self._stack_layouts.get((tasks.shape, b.shape))
+        if layout is None:   # (kept per layout, at most 64: a job stream has one or a few)
+            n = len(tasks)
+            layout = (tasks.nbytes // n + b.nbytes <= INLINE_MAX,
+                      (tasks.size // n) * (b.shape[-1] if b.ndim > 1 else 1),
+                      self._stack_form(_matmul_request(None, False), tasks, b),
+                      _land_shape(tasks, b))
+            if len(self._stack_layouts) >= 64:
+                self._stack_layouts.clear()
+            self._stack_layouts[(tasks.shape, b.shape)] = layout
+        inline, macs, ctrl, land = layout
+        if not inline or (self._parity_nice and not errors and macs >= self.YIELD_MIN_MACS):
+            return super()._start_stacked(code, enc, stack, errors, timeout, t0)
+        t_enc = time.perf_counter() - t0
+        jid = self._next_job
+        self._next_job += 1
+        job = Job(self, jid, code, enc, errors, timeout, range(self.workers), t0)
+        job.encode_time = t_enc
+        if land is not None and self._lands:
+            job._land = (jid, np.empty(land), np.zeros(land[0] + 1, np.int64))
+        self._pending[jid] = job
+        if job.deadline < self._next_deadline:
+            self._next_deadline = job.deadline
+        try:
+            if self._engine_request(self._eng.request_stack, job.sent_to, ctrl, jid, tasks,
+                                    b) is None:
+                # declined (not one message under the engine's piece size): nothing sent
+                self._send_each(job.sent_to, _matmul_request(None, False).with_job(jid),
+                                _Stacked(tasks, b))
+        except BaseException as exc:
+            job._settle(exc=exc)
+            raise
+        self._ensure_progress()
+        return job
 
     def _send_many(self, workers: Any, req: Request, arrays: list[np.ndarray]) -> None:
         arrays = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in arrays]
@@ -633,6 +690,22 @@ class MPICluster(ClusterBase):
                                   _MAX_PAUSE, job._want(), land)
                 booked = got[0] != n0
                 if booked:
+                    jid = job.id
+                    if (not self._notices and not self._booked and not self._wakes
+                            and all(what == 0 and v[0] != jid for _, what, v in events)):
+                        # the poll landed this job's results, and brought at most replies to
+                        # other requests (an earlier job's late results): where the landed
+                        # ones decide the job at once (Job._decide_landed), the pump's
+                        # booking of them first is done; the other replies follow in order
+                        # (unless another request's deadline is due: the pump expires it)
+                        now = time.perf_counter()
+                        if now < self._next_deadline and job._decide_landed(now):
+                            if events:
+                                self._book(self._events(events, True))
+                            else:
+                                self._hot_until = now + _SPIN   # (as _polled, landed)
+                                self._pause = 0.0
+                            continue
                     self._landed = job
                 n = self._book(self._events(events, booked))
             except BaseException as exc:
