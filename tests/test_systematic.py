@@ -584,6 +584,7 @@ def test_real_form_solve_agrees_with_the_complex_solve(data):
     got = {}
     for real_form in (True, False):
         code.__dict__.pop("_plans", None)        # plans are built with the flag as it is
+        code.__dict__.pop("_plan_last", None)
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(polydot, "REAL_FORM_SOLVE", real_form)
             got[real_form] = code.decode(sub, encoding=tasks, return_info=True)
@@ -667,7 +668,8 @@ def test_one_pass_assembly_at_a_size_that_takes_pooled_memory_and_several_tiles(
 def test_assembly_plans_are_reused_and_bounded():
     """A code keeps one assembly plan per worker subset it decoded from, reuses it for the
     next decode from that subset, and keeps at most ``polydot.ASSEMBLY_PLANS`` of them (the
-    oldest dropped first): a long run over many subsets does not grow the cache."""
+    oldest dropped first): a long run over many subsets does not grow the cache. The
+    subset asked last is kept beside them and served without a lookup."""
     code = MDSCode(12, 6, systematic=True)
     rng = np.random.default_rng(3)
     A, B = rng.standard_normal((24, 5)), rng.standard_normal((5, 4))
@@ -685,6 +687,10 @@ def test_assembly_plans_are_reused_and_bounded():
         assert len(code._plans) <= polydot.ASSEMBLY_PLANS
     assert len(code._plans) == polydot.ASSEMBLY_PLANS
     assert plan not in code._plans.values()          # the oldest went first
+    # the subset asked last is served as it was kept (no lookup), and is the kept one
+    last = list(subsets[-1])
+    assert code._assembly_plan(last) is code._plans[tuple(last)] is code._plan_last[1]
+    assert code._assembly_plan(list(first)) is not plan   # (dropped: built anew)
 
 
 def test_spare_results_are_checked_without_unpacking_or_a_solve():

@@ -1139,21 +1139,25 @@ class PolyDotCode(LinearCode):
         # (a tuple of Python ints: from a list, as a small job's decode has its rows, in a
         # tenth of the time of an array's bytes)
         key = tuple(rows) if type(rows) is list else tuple(np.asarray(rows).tolist())
-        plans = self.__dict__.get("_plans")
+        d = self.__dict__
+        last = d.get("_plan_last")   # (the last subset asked: a stream's next is often it)
+        if last is not None and last[0] == key:
+            return last[1]
+        plans = d.get("_plans")
         if plans is None:
-            plans = self.__dict__.setdefault("_plans", OrderedDict())
+            plans = d.setdefault("_plans", OrderedDict())
         with _PLANS_LOCK:
             hit = plans.get(key)
             if hit is not None:
                 plans.move_to_end(key)                         # least recently used out first
-        if hit is not None:
-            return hit
-        plan = _AssemblyPlan(self, np.asarray(rows, dtype=int))
-        with _PLANS_LOCK:
-            plans[key] = plan
-            while len(plans) > ASSEMBLY_PLANS:
-                plans.popitem(last=False)
-        return plan
+        if hit is None:
+            hit = _AssemblyPlan(self, np.asarray(rows, dtype=int))
+            with _PLANS_LOCK:
+                plans[key] = hit
+                while len(plans) > ASSEMBLY_PLANS:
+                    plans.popitem(last=False)
+        d["_plan_last"] = (key, hit)   # (one tuple, written whole: no lock)
+        return hit
 
     def _wanted_unknowns(self) -> list[np.ndarray | None]:
         if self.systematic and self.m > 1:
