@@ -900,11 +900,11 @@ def _control(doc: dict[str, Any], name: str) -> str:
     # compiled path existed has one transport and no "transport" field)
     main = lambda r: r.get("transport", doc.get("transport")) == doc.get("transport")
     for r in doc["rows"]:
-        p90 = "-" if r.get("p90_s") is None else f"{1e3 * r['p90_s']:.2f}"
+        p90 = "-" if r.get("p90_s") is None else f"{1e3 * r['p90_s']:.3f}"
         ratio = f"{r['ratio_to_bare']:.1f}"
         if r["request"].startswith("call") and main(r):
             ratio = _bold_if(ratio, r["ratio_to_bare"] > t["request_ratio_to_bare"])
-        out.append(f"| {r['request']} | {r['payload']} | {1e3 * r['median_s']:.2f} | {p90} | {ratio} |")
+        out.append(f"| {r['request']} | {r['payload']} | {1e3 * r['median_s']:.3f} | {p90} | {ratio} |")
     step = [r for r in doc["rows"] if r["request"].startswith("train step") and main(r)]
     calls = [r["ratio_to_bare"] for r in doc["rows"] if r["request"].startswith("call") and main(r)]
     verdict = []
@@ -919,17 +919,17 @@ def _control(doc: dict[str, Any], name: str) -> str:
         j = jobs[0]
         verdict.append(f"a coded job at most {t['request_ratio_to_bare']:g}x: "
                        f"{'met' if j['ratio_to_bare'] <= t['request_ratio_to_bare'] else 'NOT met'} "
-                       f"({j['ratio_to_bare']:.1f}x: its encode {1e3 * j['encode_median_s']:.2f} ms "
-                       f"and decode {1e3 * j['decode_median_s']:.2f} ms, the rest "
-                       f"{1e3 * j['runtime_median_s']:.2f} ms = {j['runtime_ratio_to_bare']:.1f}x "
+                       f"({j['ratio_to_bare']:.1f}x: its encode {1e3 * j['encode_median_s']:.3f} ms "
+                       f"and decode {1e3 * j['decode_median_s']:.3f} ms, the rest "
+                       f"{1e3 * j['runtime_median_s']:.3f} ms = {j['runtime_ratio_to_bare']:.1f}x "
                        f"the bare round trip)")
     floor_job = [r for r in doc["rows"] if r["request"].startswith("floor job") and main(r)]
     if jobs and floor_job:
         f, j = floor_job[0], jobs[0]
         verdict.append(f"the job's essential steps alone (the floor job row: no Future, no "
                        f"bookkeeping) {f['ratio_to_bare']:.1f}x, so the runtime's bookkeeping is "
-                       f"{1e3 * (j['median_s'] - f['median_s']):.2f} ms of the job's "
-                       f"{1e3 * j['median_s']:.2f}")
+                       f"{1e3 * (j['median_s'] - f['median_s']):.3f} ms of the job's "
+                       f"{1e3 * j['median_s']:.3f}")
     if step and doc["workers"] == 6:
         s = step[0]["median_s"]
         verdict.append(f"a training step at most {1e3 * t['train_step_s_at_6_workers']:g} ms at 6 "
