@@ -60,6 +60,9 @@ CASES = {
     "f64-mds": ("MDS (17,15)", "float64"),
     "f32-mds": ("MDS (17,15)", "float32"),
     "f64-poly": ("Polynomial (17) 4x4", "float64"),
+    "f64-mds8": ("MDS (8,6)", "float64"),
+    "f64-matdot-sys": ("MatDot (17) m=8 sys", "float64"),
+    "f64-matdot": ("MatDot (17) m=8", "float64"),
 }
 
 

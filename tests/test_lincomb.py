@@ -175,16 +175,52 @@ def test_lincomb_simd_levels_agree_to_the_rounding(simd):
 
 
 @needs_kernels
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(m=st.integers(5, 17), k=st.integers(1, 12), C=st.sampled_from([1, 15, 16, 17, 100, 1000]),
+       dtype=st.sampled_from([np.float64, np.float32]), gf=st.booleans(), data=st.data())
+def test_lincomb_rows_are_bit_for_bit_their_own_whatever_the_pass(m, k, C, dtype, gf, data):
+    """A dense row's output does not depend on the rows it shares a pass with (on AVX-512 up
+    to eight dense rows a pass, padded with zero rows; four elsewhere): every row of a dense
+    generator is, bit for bit, that row computed alone, at every SIMD level, for float64 and
+    float32 outputs and over GF(p); its sum of squares to the rounding (summed per tile, and
+    the tile's width follows the number of passes)."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 16)))
+    simd = data.draw(st.sampled_from(LEVELS))
+    if gf:
+        p = 65537
+        G = rng.integers(1, p, (m, k)).astype(np.float64)
+        S = rng.integers(0, p, (k, C))
+        D = np.empty((m, C), np.int64)
+        K.lincomb(G, S, D, None, False, False, simd, p)
+        for h in range(m):
+            one = np.empty((1, C), np.int64)
+            K.lincomb(G[h:h + 1].copy(), S, one, None, False, False, simd, p)
+            assert one.tobytes() == D[h:h + 1].tobytes(), h
+        return
+    G = rng.standard_normal((m, k))
+    S = rng.standard_normal((k, C))
+    D = np.empty((m, C), dtype)
+    sq = np.zeros(m)
+    K.lincomb(G, S, D, sq, False, False, simd)
+    for h in range(m):
+        one, sq1 = np.empty((1, C), dtype), np.zeros(1)
+        K.lincomb(G[h:h + 1].copy(), S, one, sq1, False, False, simd)
+        assert _bits(one).tobytes() == _bits(D[h:h + 1]).tobytes(), h
+        assert abs(sq1[0] - sq[h]) <= 1e-13 * sq[h], h
+
+
+@needs_kernels
 @pytest.mark.parametrize("simd", LEVELS)
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 @pytest.mark.parametrize("pairs", [False, True])
 def test_lincomb_nan_reaches_every_output_with_a_coefficient_for_it(simd, bad, pairs):
     """A NaN or Inf in a source makes every output whose coefficient for it is nonzero
     non-finite, and its sum of squares (the encode's finiteness check reads the norms);
-    outputs with a zero coefficient for it may skip it (it is skipped by the passes of
-    four rows none of which has a coefficient for it)."""
+    outputs with a zero coefficient for it may skip it (it is skipped by the passes none of
+    whose rows has a coefficient for it: four rows a pass, eight dense rows on AVX-512)."""
     rng = np.random.default_rng(3)
-    nout, k, C = 6, 4, 50
+    width = 8 if simd == 2 else 4           # rows a dense pass takes at this level
+    nout, k, C = 2 * width // (2 if pairs else 1) + 2, 4, 50
     m = 2 * nout if pairs else nout
     G = rng.standard_normal((m, k))
     G[:, 2] = 0.0
@@ -198,7 +234,8 @@ def test_lincomb_nan_reaches_every_output_with_a_coefficient_for_it(simd, bad, p
     assert not np.isfinite(sq[hit])
     assert not np.isfinite(D[hit]).all()
     # rows computed in another pass than the one using source 2 never read it
-    assert np.isfinite(sq[4 if not pairs else 2:]).all()
+    first = width // 2 if pairs else width
+    assert np.isfinite(sq[first:]).all() and np.isfinite(D[first:]).all()
 
 
 def _bits(x):
