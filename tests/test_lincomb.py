@@ -176,11 +176,12 @@ def test_lincomb_simd_levels_agree_to_the_rounding(simd):
 
 @needs_kernels
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(m=st.integers(5, 17), k=st.integers(1, 12), C=st.sampled_from([1, 15, 16, 17, 100, 1000]),
+@given(m=st.integers(5, 17), k=st.integers(1, 24), C=st.sampled_from([1, 15, 16, 17, 100, 1000]),
        dtype=st.sampled_from([np.float64, np.float32]), gf=st.booleans(), data=st.data())
 def test_lincomb_rows_are_bit_for_bit_their_own_whatever_the_pass(m, k, C, dtype, gf, data):
     """A dense row's output does not depend on the rows it shares a pass with (on AVX-512 up
-    to eight dense rows a pass, padded with zero rows; four elsewhere): every row of a dense
+    to eight dense rows a pass where there are 16 sources or more, padded with zero rows;
+    four elsewhere): every row of a dense
     generator is, bit for bit, that row computed alone, at every SIMD level, for float64 and
     float32 outputs and over GF(p); its sum of squares to the rounding (summed per tile, and
     the tile's width follows the number of passes)."""
@@ -217,10 +218,11 @@ def test_lincomb_nan_reaches_every_output_with_a_coefficient_for_it(simd, bad, p
     """A NaN or Inf in a source makes every output whose coefficient for it is nonzero
     non-finite, and its sum of squares (the encode's finiteness check reads the norms);
     outputs with a zero coefficient for it may skip it (it is skipped by the passes none of
-    whose rows has a coefficient for it: four rows a pass, eight dense rows on AVX-512)."""
+    whose rows has a coefficient for it: four rows a pass, eight dense rows on AVX-512 with
+    16 sources or more, as here)."""
     rng = np.random.default_rng(3)
     width = 8 if simd == 2 else 4           # rows a dense pass takes at this level
-    nout, k, C = 2 * width // (2 if pairs else 1) + 2, 4, 50
+    nout, k, C = 2 * width // (2 if pairs else 1) + 2, 16, 50
     m = 2 * nout if pairs else nout
     G = rng.standard_normal((m, k))
     G[:, 2] = 0.0

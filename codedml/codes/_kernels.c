@@ -1285,8 +1285,9 @@ done:
    Walk: per row of the outputs, per tile of W columns (the k sources' tile, widened to
    double: about 32 KiB, in L1, where several passes read it; about 256 KiB where at most one
    does; with one pass of at most 4 rows a whole float64 source is read where it lies), per
-   pass of up to four consecutive rows alike in density (eight dense rows on AVX-512, not
-   ``pairs``; a systematic code's identity rows together, its parity rows together), the
+   pass of up to four consecutive rows alike in density (eight dense rows on AVX-512 with
+   16 sources or more; a systematic code's identity rows together, its parity rows
+   together), the
    sources with a coefficient in the pass
    accumulate in registers, 16 columns (AVX-512) or 8 (AVX2) at a time, and each row is
    rounded, interleaved (pairs) or reduced (GF(p)) and stored with its squares; the plain-C
@@ -1330,6 +1331,7 @@ typedef struct {
 #define LC_MAX_W 8192
 #define LC_PAD 8
 #define LC_GROUP 16                  /* columns per register block */
+#define LC_WIDE_K 16                 /* the fewest sources for passes of 8 dense rows */
 /* the accumulating walk's sums (lc_run_acc): at most 4 rows of W doubles, in L2 */
 #ifndef LC_ACC_BYTES
 #define LC_ACC_BYTES 262144
@@ -2783,7 +2785,7 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
             goto done;
         }
         /* the passes: up to 4 consecutive rows (pairs: 2 outputs; 8 dense rows on AVX-512
-           without pairs) alike in density, so that
+           with at least LC_WIDE_K sources) alike in density, so that
            a systematic code's identity rows run together (one term each) and its dense
            parity rows together, not a parity row beside three identity rows that would then
            take every term; per pass, the sources with a coefficient in its rows */
@@ -2791,11 +2793,11 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         int dense_passes = 0;
         for (Py_ssize_t o = 0; o < m;) {
             const int dense = lc_dense(J.G, o, unit, k);
-            /* dense rows on AVX-512 up to 8 a pass (lc512_8: 16 sums in registers), so that
-               the tile is read by half as many passes: side by side, dense codes 0.87-0.98x
-               the time (MatDot, MDS(17, 15), GF(p)); not with pairs, where 8 rows (4
-               interleaved outputs) ran 1.01-1.04x (MDS(8, 6), 2 passes instead of 4) */
-            const Py_ssize_t most = dense && J.simd == 2 && !pairs ? 8 : 4;
+            /* dense rows on AVX-512 up to 8 a pass (lc512_8: 16 sums in registers) where
+               there are many sources, so that the tile is read by half as many passes; with
+               few sources a pass's stores weigh more than its reads of the tile, and 8 rows
+               a pass ran 1.00-1.07x the time (MDS(8, 6): 12 sources, Polynomial(17, 4x4): 8) */
+            const Py_ssize_t most = dense && J.simd == 2 && k >= LC_WIDE_K ? 8 : 4;
             Py_ssize_t nr = unit;
             while (nr + unit <= most && o + nr < m && lc_dense(J.G, o + nr, unit, k) == dense)
                 nr += unit;
