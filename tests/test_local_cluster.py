@@ -1918,6 +1918,7 @@ def _decide_twins(c, code, A, B, order, m, *, errors=0):
             got[0] += 1
     decided = jobs[0]._decide_landed(time.perf_counter())
     mine = {jid for _, jid in cancels}
+    c._answers_after_decision = dict(c._last_answer)   # (before the twin's pump overwrites)
     c._landed = jobs[1]
     c._poll = lambda wait=0.0, want=1, job=None: []
     c._pump()
@@ -1964,6 +1965,7 @@ def test_a_landing_decided_in_one_step_is_the_general_booking(k, data):
                 sorted(set(range(N)) - set(order[:m]))
             assert a._land is None and a._land_taken == b._land_taken == m
             assert a.id not in c._pending and b.id not in c._pending
+            assert c._answers_after_decision == {w: a.id for w in order[:m]}
             assert c._last_answer == {w: b.id for w in order[:m]}
     finally:
         _close_fast(c)
@@ -2014,5 +2016,39 @@ def test_a_landing_that_needs_more_than_its_count_is_left_to_the_general_booking
             c._pump()   # the general booking: its decode refuses the NaN, it waits for more
             assert sorted(job.arrived) == [0, 1, 2, 3] and job._retrying and not job.done()
             assert "non-finite (workers [2])" in job._last_decode, job._last_decode
+    finally:
+        _close_fast(c)
+
+
+def test_a_landing_decided_in_one_step_holds_its_cancels_past_a_done_callback_that_pumps():
+    """The one-step decision holds its cancels until the settle's done-callbacks have run,
+    as the pump's booking does: a callback that pumps and books another of the job's
+    results (late) leaves that worker without a cancel; the others owed get theirs once."""
+    rng = np.random.default_rng(13)
+    A, B = rng.standard_normal((4, 5)), rng.standard_normal((5, 3))
+    code = MDSCode(N, 2)
+    tasks = code.encode(A, B)
+    c = LocalCluster(N, faults=FailSilent(range(1, N + 1)), timeout=20)   # nobody answers
+    c._lands = True
+    cancels: list[tuple[int, int]] = []
+    c._cancel = lambda w, jid: cancels.append((w, jid))
+    try:
+        with c._lock:
+            job = c.submit(A, B, code=code)
+            _, land, got = job._land
+            for w in (0, 1):
+                land[w], got[1 + w] = tasks[w].compute(), w
+            got[0] = 2
+
+            def pumps(f):   # a done-callback whose pump books worker 2's result
+                c._booked.append((f, 2, tasks[2].compute(), time.perf_counter()))
+                c._poll = lambda wait=0.0, want=1, job=None: []
+                c._pump()
+
+            job.add_done_callback(pumps)
+            assert job._decide_landed(time.perf_counter())
+            assert job.late == {2}
+            assert sorted(w for w, j in cancels if j == job.id) == [3, 4, 5]
+        np.testing.assert_allclose(job.result(), A @ B, rtol=1e-12, atol=1e-12)
     finally:
         _close_fast(c)

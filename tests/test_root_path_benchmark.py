@@ -66,3 +66,78 @@ def test_root_path_refuses_too_few_workers():
 
     with pytest.raises(SystemExit):
         root_path.main(["--workers", "2", "--quick"])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_callers_one_step_decision_matches_the_general_booking_on_a_stand_in_engine(seed):
+    """``MPICluster._wait_landed`` on the stand-in engine (no MPI), its polls taking a drawn
+    number of replies in a drawn order, so that a job's results land together, one by one,
+    or behind other jobs' late replies: 120 small jobs with the one-step decision
+    (``Job._decide_landed``) and 120 with it turned off give the same products bit for
+    bit, the same decode rows, the same per-worker reports (status, latency known), the
+    same cancels and the same last answer of every worker; most jobs decide in one step,
+    and some with other jobs' replies in the same poll (booked after the decision)."""
+    import random
+
+    import root_path
+    from codedml.codes import MDSCode
+    from codedml.runtime import mpi, protocol
+    from codedml.runtime.futures import Job
+
+    class Drawn(root_path.StandInEngine):
+        def __init__(self, draw: random.Random) -> None:
+            super().__init__(mpi._RESULT, protocol._JOB_AT)
+            self.draw = draw
+            self.with_events = 0
+
+        def _answer(self, job, live, pairs):
+            out = [(w, job, a @ b) for w, (a, b) in zip(live, pairs)]
+            self.draw.shuffle(out)
+            self.queue.extend(out)
+
+        def poll(self, deadline, spin_until, pause, max_pause, want=1, hot=None):
+            events = super().poll(deadline, spin_until, pause, max_pause,
+                                  self.draw.randint(1, 8), hot)
+            self.with_events += bool(events) and hot is not None and int(hot[2][0]) > 0
+            return events
+
+        def counts(self):   # (the transport's counters, asked by outstanding())
+            return (0, 0)
+
+    real = Job._decide_landed
+
+    def run(one_step: bool):
+        decided = []
+
+        def spy(job, now):
+            out = real(job, now) if one_step else False
+            decided.append(out)
+            return out
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(Job, "_decide_landed", spy)
+            cl = root_path.stand_in_cluster("codedml", 6)
+            cl._eng = eng = Drawn(random.Random(seed))
+            cancels = []
+            eng.cancel = lambda w, jid: cancels.append((w, jid))
+            code, rng = MDSCode(6, 3), np.random.default_rng(seed)
+            jobs, out = [], []
+            for _ in range(120):
+                A, B = rng.standard_normal((9, 5)), rng.standard_normal((5, 4))
+                job = cl.submit(A, B, code=code)
+                C = job.result(timeout=10)
+                np.testing.assert_allclose(C, A @ B, rtol=1e-10, atol=1e-10)
+                jobs.append(job)
+                out.append((C.tobytes(), job.info.used))
+            cl._pump()
+            reports = [[(w.worker, w.status, w.latency is not None) for w in j.report.workers]
+                       for j in jobs]
+            assert cl.outstanding()["jobs"] == 0
+            return dict(out=out, reports=reports, cancels=sorted(cancels),
+                        last=dict(cl._last_answer)), sum(decided), eng.with_events
+
+    fast, decided, mixed = run(True)
+    general, none, _ = run(False)
+    assert none == 0 and decided >= 60 and mixed > 0, (decided, mixed)
+    for key in fast:
+        assert fast[key] == general[key], key

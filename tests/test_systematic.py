@@ -687,10 +687,25 @@ def test_assembly_plans_are_reused_and_bounded():
         assert len(code._plans) <= polydot.ASSEMBLY_PLANS
     assert len(code._plans) == polydot.ASSEMBLY_PLANS
     assert plan not in code._plans.values()          # the oldest went first
-    # the subset asked last is served as it was kept (no lookup), and is the kept one
+    # the subset asked last is served as it was kept, without the table's lock, and is the
+    # kept one; another subset takes the lock
     last = list(subsets[-1])
-    assert code._assembly_plan(last) is code._plans[tuple(last)] is code._plan_last[1]
-    assert code._assembly_plan(list(first)) is not plan   # (dropped: built anew)
+
+    class Counted:
+        taken = 0
+
+        def __enter__(self):
+            Counted.taken += 1
+
+        def __exit__(self, *exc):
+            return False
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(polydot, "_PLANS_LOCK", Counted())
+        assert code._assembly_plan(last) is code._plans[tuple(last)] is code._plan_last[1]
+        assert Counted.taken == 0
+        assert code._assembly_plan(list(first)) is not plan   # (dropped: built anew)
+        assert Counted.taken == 2 and code._plan_last[0] == tuple(first)
 
 
 def test_spare_results_are_checked_without_unpacking_or_a_solve():

@@ -696,14 +696,7 @@ class ClusterBase:
                         r._accept_result(w, payload, t)
             finally:
                 self._hold_depth -= 1
-                if not self._hold_depth and self._held_cancels:
-                    held, self._held_cancels = self._held_cancels, []
-                    for r, owed in held if not self._closed else ():
-                        # a result of this poll that came after its request settled is in
-                        # hand (noted late): its worker has nothing left to skip
-                        late = r.late
-                        self._send_cancels([w for w in owed if w not in late] if late else owed,
-                                           r)
+                self._release_held()
         for a in arrivals:
             self._route(a, now)
         if now >= self._next_deadline:
@@ -716,6 +709,16 @@ class ClusterBase:
         if got and self._waiting:
             self._changed.notify_all()
         return got
+
+    def _release_held(self) -> None:
+        """The cancels held while results were booked (see :meth:`_cancel_all`), sent once
+        the outermost booking is done: none to a worker whose result came meanwhile (in hand,
+        noted late: it has nothing left to skip)."""
+        if not self._hold_depth and self._held_cancels:
+            held, self._held_cancels = self._held_cancels, []
+            for r, owed in held if not self._closed else ():
+                late = r.late
+                self._send_cancels([w for w in owed if w not in late] if late else owed, r)
 
     def _expire_due(self, now: float) -> None:
         """Settle the requests whose deadline has passed (under the lock), and note the

@@ -544,10 +544,14 @@ class Job(_Request):
         least ``k`` results. Books them as :meth:`_take_landed` does (the data workers'
         first, each worker's answer noted; those past the first ``k`` late), decodes the
         first ``k`` by the code's ``_decode_landed`` and settles, as :meth:`_try` would on
-        the ``k``-th (the same rows, the same decode, the same bits): what the booking's
-        layers (a ``_progress`` and ``_try`` per result, the pump's held cancels) find in
-        this case, without them. Returns False, having changed nothing, wherever another
-        case holds or that decode declines (the general booking then runs)."""
+        the ``k``-th (the same rows, the same decode, the same bits, the cancels held past
+        the settle's done-callbacks as the pump holds them): what the booking's layers (a
+        ``_progress`` and ``_try`` per result) find in this case, without them. Two
+        differences, neither in what the job settles with or reports: the workers past the
+        k-th are noted late before its done-callbacks run (the general booking notes them
+        after), and a job that heard every worker is not kept for late results (nothing more
+        can come). Returns False, having changed nothing, wherever another case holds or
+        that decode declines (the general booking then runs)."""
         land, code = self._land, self.code
         if (land is None or self.settled or self._land_taken or self.arrived or self.failed
                 or self.errors or self._retrying or self.wait_all or self._timed_out
@@ -587,8 +591,16 @@ class Job(_Request):
             else:
                 late.add(w)
         self.info = info
-        # owed: those not heard in this poll (one heard after the k-th is late, not owed)
-        self._settle(C, owed=[w for w in self.sent_to if w not in arrived and w not in late])
+        # owed: those not heard in this poll (one heard after the k-th is late, not owed);
+        # their cancels held to the end, as _book holds them, since a done-callback run by
+        # the settle may pump and book more of this job's results as late
+        cl = self.cluster
+        cl._hold_depth += 1
+        try:
+            self._settle(C, owed=[w for w in self.sent_to if w not in arrived and w not in late])
+        finally:
+            cl._hold_depth -= 1
+            cl._release_held()
         return True
 
     def _too_few(self, have: int) -> bool:
