@@ -1422,7 +1422,8 @@ static Py_ssize_t lc_load(const LcSrc *s, Py_ssize_t r, Py_ssize_t c0, Py_ssize_
     return n;
 }
 
-/* output rows of one tile in plain C: y[r] = sum_j g[r][j] x_j for r < nr (at most 4) */
+/* output rows of one tile in plain C: y[r] = sum_j g[r][j] x_j for r < nr (at most 4: the
+   plain-C level never groups more) */
 static void lc_rows_c(const double *const *g, int nr, const int *live, int nl,
                       const double *const *xp, Py_ssize_t wp, double *const *y)
 {
@@ -2103,7 +2104,8 @@ typedef struct {
     const LcDst *dst;
     char kd;
     int pairs, stream, simd;
-    double *tile, *y, *zero, *sq;    /* y: 4 W; zero: k; sq: one per output, or NULL */
+    double *tile, *y, *zero, *sq;    /* y: 4 W (8 W with a pass of more than 4 rows);
+                                        zero: k; sq: one per output, or NULL */
     int *glive;                      /* the sources with values in the tile and a coefficient
                                         in the rows at hand (k) */
     const double **xp;               /* per source: its tile row, or its own row (k) */
@@ -2394,8 +2396,9 @@ static void lc_run(LcJob *J)
                     continue;
                 }
                 if (ng && J->simd) {
-                    /* a padding row (a pass of 3 rows; never with pairs: 2 rows per output)
-                       is stored into the scratch rows `y` (W doubles, 64-byte aligned) */
+                    /* a padding row (a pass of 3 rows, or of 5-7; with pairs a pass of 6
+                       rows pads one output) is stored into the scratch rows `y` (W doubles,
+                       64-byte aligned) */
                     char *dp[8];
                     for (int h = 0; h < 8; h++)
                         dp[h] = (char *)J->y;
@@ -2429,7 +2432,7 @@ static void lc_run(LcJob *J)
                 }
 #endif
                 double *y[8];
-                for (int h = 0; h < 8; h++)
+                for (int h = 0; h < nr; h++)   /* (nr rows of the ny allocated) */
                     y[h] = J->y + h * W;
                 if (!ng)
                     for (int h = 0; h < nr; h++)
@@ -2794,7 +2797,9 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         for (Py_ssize_t o = 0; o < m;) {
             const int dense = lc_dense(J.G, o, unit, k);
             /* dense rows on AVX-512 up to 8 a pass (lc512_8: 16 sums in registers) where
-               there are many sources, so that the tile is read by half as many passes; with
+               there are many sources, so that the tile is read by half as many passes (each
+               row the same multiply-adds as alone, but for the 0 x terms of a zero
+               coefficient, which change only a -0.0 sum or an Inf source's row); with
                few sources a pass's stores weigh more than its reads of the tile, and 8 rows
                a pass ran 1.00-1.07x the time (MDS(8, 6): 12 sources, Polynomial(17, 4x4): 8) */
             const Py_ssize_t most = dense && J.simd == 2 && k >= LC_WIDE_K ? 8 : 4;
@@ -2873,8 +2878,12 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         W = W > Cp ? (Cp ? Cp : LC_GROUP) : W;
         J.W = W;
         J.ts = W + (tb == LC_TILE_BIG ? LC_PAD : 0);
-        /* the tile, four scratch rows and G's zero row, 64-byte aligned (one block) */
-        size_t doubles = (size_t)(J.acc ? 0 : k ? k : 1) * (size_t)J.ts + 8 * (size_t)W
+        /* the tile, four scratch rows (eight where a pass has more than four rows) and G's
+           zero row, 64-byte aligned (one block) */
+        Py_ssize_t ny = 4;
+        for (Py_ssize_t p = 0; p < J.npass; p++)
+            ny = J.pr[p] > 4 ? 8 : ny;
+        size_t doubles = (size_t)(J.acc ? 0 : k ? k : 1) * (size_t)J.ts + (size_t)ny * (size_t)W
                          + (J.acc ? 4 * LC_ACC_PAD : 0) + (size_t)(k ? k : 1) + 8;
         char *mem = PyMem_Malloc(doubles * sizeof(double) + 64);
         if (!mem) {
@@ -2884,7 +2893,7 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         double *base = (double *)(((uintptr_t)mem + 63) & ~(uintptr_t)63);
         J.tile = base;
         J.y = base + (size_t)(J.acc ? 0 : k ? k : 1) * (size_t)J.ts;
-        J.zero = J.y + 8 * W + (J.acc ? 4 * LC_ACC_PAD : 0);
+        J.zero = J.y + ny * W + (J.acc ? 4 * LC_ACC_PAD : 0);
         memset(J.zero, 0, ((size_t)(k ? k : 1) + 8) * sizeof(double));
         if (R && C && m) {
             Py_BEGIN_ALLOW_THREADS
