@@ -1905,7 +1905,8 @@ def _decide_twins(c, code, A, B, order, m, *, errors=0):
     """Two jobs of ``code`` on ``c`` whose landings both hold the first ``m`` results of
     ``order``: the first settled (or not) by ``Job._decide_landed``, the second by the
     pump's general booking (``_take_landed``, a ``_progress`` per result). Returns the jobs,
-    what the decision returned and the cancels each sent (the engine's, recorded)."""
+    what the decision returned, the cancels each sent (the engine's, recorded) and the
+    workers' last answers right after the decision (before the twin's pump moves them on)."""
     cancels: list[tuple[int, int]] = []
     c._cancel = lambda w, jid: cancels.append((w, jid))
     tasks = code.encode(A, B)
@@ -1918,14 +1919,14 @@ def _decide_twins(c, code, A, B, order, m, *, errors=0):
             got[0] += 1
     decided = jobs[0]._decide_landed(time.perf_counter())
     mine = {jid for _, jid in cancels}
-    c._answers_after_decision = dict(c._last_answer)   # (before the twin's pump overwrites)
+    answers = dict(c._last_answer)
     c._landed = jobs[1]
     c._poll = lambda wait=0.0, want=1, job=None: []
     c._pump()
     split = ([(w, j) for w, j in cancels if j == jobs[0].id],
              [(w, j) for w, j in cancels if j == jobs[1].id])
     assert mine <= {jobs[0].id}
-    return jobs, decided, split
+    return jobs, decided, split, answers
 
 
 @settings(max_examples=60, deadline=None)
@@ -1947,7 +1948,7 @@ def test_a_landing_decided_in_one_step_is_the_general_booking(k, data):
     c._lands = True   # (as an MPICluster root with the compiled engine)
     try:
         with c._lock:
-            jobs, decided, (cancel0, cancel1) = _decide_twins(c, code, A, B, order, m)
+            jobs, decided, (cancel0, cancel1), answers = _decide_twins(c, code, A, B, order, m)
             assert decided == (m >= k)
             if m < k:   # nothing decided, nothing booked: the first job as it was
                 assert not jobs[0].done() and not jobs[0].arrived and jobs[0]._land_taken == 0
@@ -1965,7 +1966,7 @@ def test_a_landing_decided_in_one_step_is_the_general_booking(k, data):
                 sorted(set(range(N)) - set(order[:m]))
             assert a._land is None and a._land_taken == b._land_taken == m
             assert a.id not in c._pending and b.id not in c._pending
-            assert c._answers_after_decision == {w: a.id for w in order[:m]}
+            assert answers == {w: a.id for w in order[:m]}
             assert c._last_answer == {w: b.id for w in order[:m]}
     finally:
         _close_fast(c)
@@ -1984,7 +1985,7 @@ def test_a_landing_that_needs_more_than_its_count_is_left_to_the_general_booking
     c._lands = True
     try:
         with c._lock:
-            jobs, decided, _ = _decide_twins(c, code, A, B, list(range(N)), N, errors=1)
+            jobs, decided, _, _ = _decide_twins(c, code, A, B, list(range(N)), N, errors=1)
             assert not decided and jobs[1].done() and not jobs[0].done()
             assert not jobs[0].arrived and jobs[0]._land_taken == 0
 

@@ -1287,9 +1287,7 @@ done:
    does; with one pass of at most 4 rows a whole float64 source is read where it lies), per
    pass of up to four consecutive rows alike in density (eight dense rows on AVX-512 with
    16 sources or more; a systematic code's identity rows together, its parity rows
-   together), the
-   sources with a coefficient in the pass
-   accumulate in registers, 16 columns (AVX-512) or 8 (AVX2) at a time, and each row is
+   together), the sources with a coefficient in the pass accumulate in registers, 16 columns (AVX-512) or 8 (AVX2) at a time, and each row is
    rounded, interleaved (pairs) or reduced (GF(p)) and stored with its squares; the plain-C
    path computes into scratch rows and stores them by SSE2. An identity row (coefficient
    exactly 1, the source's own element type, not ``pairs``) is instead written by the loop

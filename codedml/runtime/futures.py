@@ -514,14 +514,7 @@ class Job(_Request):
         # are most of what a caller's poll hands over)
         last, arrived, latency = self.cluster._last_answer, self.arrived, self.latency
         t = now - self.t0
-        new = got[1 + taken:1 + m].tolist()
-        if m - taken > 1 and self._sys:
-            # the data workers' results first: all of a poll's results are in when the root
-            # looks (they get one time stamp), so which of them decide is the root's choice,
-            # and a decode from the data workers' results is an assembly where one with a
-            # parity result solves (those of one MPI_Testsome come in worker order already;
-            # this reorders results of the poll's earlier tests behind later ones)
-            new.sort(key=self._sys.__contains__, reverse=True)   # (stable: False after True)
+        new = self._booking_order(got[1 + taken:1 + m].tolist())
         fewest, asked = self._fewest, len(self.sent_to)
         for w in new:
             if jid > last.get(w, -1):
@@ -536,6 +529,17 @@ class Job(_Request):
             if have >= fewest or have + len(self.failed) >= asked or self._timed_out:
                 self._progress()   # (not _too_few(have), inlined)
         return m - taken
+
+    def _booking_order(self, ws: list[int]) -> list[int]:
+        """``ws``, workers whose results one poll landed, in the order they are booked: the
+        code's data workers' first. All of a poll's results are in when the root looks
+        (they get one time stamp), so which of them decide is the root's choice, and a
+        decode from the data workers' results is an assembly where one with a parity result
+        solves (those of one MPI_Testsome come in worker order already; this reorders
+        results of the poll's earlier tests behind later ones)."""
+        if len(ws) > 1 and self._sys:
+            ws.sort(key=self._sys.__contains__, reverse=True)   # (stable: False after True)
+        return ws
 
     def _decide_landed(self, now: float) -> bool:
         """The whole of a landing in one step, where nothing but its count decides: a job
@@ -564,9 +568,7 @@ class Job(_Request):
         k = code.recovery_threshold
         if m < k or k < 1:
             return False
-        new = got[1:1 + m].tolist()
-        if m > 1 and self._sys:   # (as _take_landed: the data workers' results first)
-            new.sort(key=self._sys.__contains__, reverse=True)
+        new = self._booking_order(got[1:1 + m].tolist())
         use = new[:k]
         t = time.perf_counter()
         try:

@@ -703,8 +703,7 @@ class MPICluster(ClusterBase):
                             if events:
                                 self._book(self._events(events, True))
                             else:
-                                self._hot_until = now + _SPIN   # (as _polled, landed)
-                                self._pause = 0.0
+                                self._polled([], True)   # (no notices: checked above)
                             continue
                     self._landed = job
                 n = self._book(self._events(events, booked))
