@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from codedml.codes import GradientCode, MatDotCode, MDSCode, PolyDotCode, PolynomialCode, ReplicationCode
@@ -130,6 +130,10 @@ KINDS = ("mds", "mds_sys", "mds_equi", "poly", "matdot", "matdot_sys", "matdot_c
        dtype=st.sampled_from([np.float64, np.float32]), vec=st.booleans(),
        order=st.sampled_from(["C", "F", "strided"]), b_order=st.sampled_from(["C", "F", "strided"]),
        seed=st.integers(0, 2 ** 16))
+# found by this test (thirtieth session): an F-ordered B of 8 rows, whose packed pairs'
+# imaginary parts np.negative wrote wrong (see test_fill_negates_any_layout)
+@example(kind="matdot", n=7, k_frac=1.0, M=1, N=8, K=2, dtype=np.float64, vec=False, order="C",
+         b_order="F", seed=0)
 def test_real_encode_equals_reference(kind, n, k_frac, M, N, K, dtype, vec, order, b_order, seed):
     code = _codes(n, kind, k_frac)
     if vec and getattr(code, "q", 1) > 1:
@@ -145,6 +149,30 @@ def test_real_encode_equals_reference(kind, n, k_frac, M, N, K, dtype, vec, orde
     elif b_order == "strided":             # columns (a vector: elements) every other one
         B = np.repeat(B, 2, axis=-1)[..., ::2]
     _check(code, A, B)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int64])
+@pytest.mark.parametrize("src_step", [1, 2, 4, 7, 8, 9, 16])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_fill_negates_any_layout(dtype, src_step, sign, rows):
+    """``_fill`` (a packed block's real or imaginary half into the gather buffer) writes
+    ``sign * src`` whatever the strides: numpy 2.4.6's ``np.negative`` read a source whose
+    elements lie 64 bytes apart as if adjacent when its output was strided too (the
+    imaginary parts of a complex buffer), which an F-ordered B of 8 rows handed MatDot's
+    packed B side (blocks of one row: numpy's 1-D loop). The source's columns here lie
+    ``src_step`` elements apart (8: 64 bytes for 8-byte types), the destination is the
+    imaginary part of a complex array."""
+    from codedml.codes._encode import _fill
+    cols = 6
+    base = np.arange(1, rows * cols * src_step + 1).astype(dtype).reshape(rows, cols * src_step)
+    src = base[:, ::src_step]
+    assert src.strides[1] == src_step * base.itemsize
+    out = np.zeros((rows, cols + 2), np.complex128)
+    _fill(out.imag, src, 0, rows, cols + 2, sign)
+    np.testing.assert_array_equal(out.imag[:, :cols], sign * src.astype(np.float64))
+    np.testing.assert_array_equal(out.imag[:, cols:], 0.0)
+    np.testing.assert_array_equal(out.real, 0.0)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

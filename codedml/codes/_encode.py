@@ -993,7 +993,12 @@ def _fill(dst: np.ndarray, src: np.ndarray, r0: int, r1: int, C: int, sign: floa
         if sign == 1.0:
             np.copyto(dst[:rows, :cols], src[r0:r0 + rows], casting="unsafe")
         else:
-            np.negative(src[r0:r0 + rows], out=dst[:rows, :cols], casting="unsafe")
+            # multiply by -1, exact (a NaN's sign aside), not np.negative: numpy 2.4.6's
+            # negative loop reads a source whose elements lie exactly 64 bytes apart (a
+            # column of an F-ordered 8-row matrix) as if they were adjacent when the output
+            # is strided too (the imaginary parts of a complex task): wrong values, no error
+            # (tests/test_encode.py::test_fill_negates_any_layout)
+            np.multiply(src[r0:r0 + rows], -1.0, out=dst[:rows, :cols], casting="unsafe")
         if cols < C:
             dst[:rows, cols:] = 0
     if rows < dst.shape[0]:
