@@ -195,11 +195,34 @@ def _bad_inputs(bad: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+@_from("fuzz")
+def _fuzz(fz: dict[str, Any]) -> str:
+    s, st = fz["summary"], fz["settings"]
+    seeds = st["seeds"]
+    out = [
+        "",
+        f"**Fuzz** (`benchmarks/fuzz.py`, {_commit(fz)}): the property-based suites "
+        f"({len(st['files'])} test files) under {len(seeds)} hypothesis seeds "
+        f"({seeds[0]}-{seeds[-1]}), each seed its own pytest run (CI's run draws one random "
+        f"seed).",
+        "",
+        "| seeds | tests a seed | failing seeds | median s a seed | slowest seed (s) |",
+        "|---|---|---|---|---|",
+        f"| {s['seeds']} | {s['tests_per_seed']} "
+        f"| {_bold_if(', '.join(map(str, s['failed_seeds'])), bool(s['failed_seeds'])) or 'none'} "
+        f"| {s['median_seconds']:.0f} | {max(r['seconds'] for r in fz['runs']):.0f} |",
+    ]
+    for r in fz["runs"]:
+        if r["status"] != "passed":
+            out.append(f"- seed {r['seed']} {r['status']}: `{'; '.join(r['failures'])[:300]}`")
+    return "\n".join(out)
+
+
 def reliability() -> str:
-    return "\n".join([_soak(), _stateful(), _bad_inputs()])
+    return "\n".join([_soak(), _stateful(), _bad_inputs(), _fuzz()])
 
 
-reliability.sources = ("soak", "stateful", "bad_inputs")  # type: ignore[attr-defined]
+reliability.sources = ("soak", "stateful", "bad_inputs", "fuzz")  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------------ numerics.json
