@@ -1,12 +1,20 @@
 """Fuzz: the property-based test suites under many hypothesis seeds, long form.
 
 The tests' hypothesis settings fix how many examples each test draws; which examples it
-draws comes from a seed, random in every pytest run (CI's included). One run explores one
-draw of each test; a latent bug that only some draws reach can pass many runs and then fail
-one (the thirtieth session's MatDot bug: an F-ordered B of 8 rows, found by CI's draw of
-``test_real_encode_equals_reference``). This runs the suites once per seed, ``--seeds``
-seeds from ``--first`` (fixed, so that a failing seed can be run again with
-``pytest --hypothesis-seed=S``), each in its own pytest process::
+draws comes from a seed, random in a plain pytest run, fixed where a suite asks for
+``derandomize`` (the codes' property suites, so that CI draws the same examples every time)
+and everywhere hypothesis sees a CI environment variable (its "ci" profile). One run
+explores one draw of each test; a latent bug that only some draws reach can pass many runs
+and then fail one (the thirtieth session's MatDot bug: an F-ordered B of 8 rows, found by a
+local run's draw of ``test_real_encode_equals_reference``). This runs the suites once per
+seed, ``--seeds`` seeds from ``--first``, each in its own pytest process with
+``--hypothesis-seed``, hypothesis's default profile and ``FUZZ_RANDOMIZE=1``, which turns the
+suites' own ``derandomize`` off; a failing seed runs again by hand the same way::
+
+    FUZZ_RANDOMIZE=1 python -m pytest --hypothesis-seed=S --hypothesis-profile=default <file>
+
+
+Runs::
 
     OMP_NUM_THREADS=1 python benchmarks/fuzz.py                # 20 seeds, about 30 min
     OMP_NUM_THREADS=1 python benchmarks/fuzz.py --quick        # 2 seeds, the codes' suites
@@ -23,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -68,11 +77,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         ap.error(f"--timeout must be a positive number of seconds, got {args.timeout}")
     if args.quick:
         args.seeds = min(args.seeds, 2)
-        args.files = args.files or list(QUICK_SUITES)
-    args.files = args.files or list(SUITES)
-    for f in args.files:
-        if not (ROOT / f).is_file() and not Path(f).is_file():
+        args.files = args.files or [str(ROOT / f) for f in QUICK_SUITES]
+    files = []
+    for f in args.files or SUITES:
+        path = Path(f) if Path(f).is_absolute() or Path(f).is_file() else ROOT / f
+        if not path.is_file():
             ap.error(f"--files: no test file {f!r}")
+        files.append(str(path.resolve()))
+    args.files = files
     return args
 
 
@@ -86,8 +98,11 @@ def counts(summary: str) -> dict[str, int]:
     return out
 
 
-#: How hypothesis introduces the example it shrank to (the wording changed between versions).
-_EXAMPLE = ("Falsifying example:", "Failing test case:")
+#: How hypothesis introduces a failing example (the wording changed between versions; an
+#: ``@example`` that fails is an explicit one), and the draws of a ``st.data()`` test.
+_EXAMPLE = ("Falsifying example:", "Failing test case:", "Falsifying explicit example:",
+            "Failing explicit example:")
+_DRAW = re.compile(r"^Draw \d+")
 
 
 def failures(text: str, limit: int = 4000) -> list[str]:
@@ -107,6 +122,10 @@ def failures(text: str, limit: int = 4000) -> list[str]:
                 body = re.sub(r"^E\s+", "", lines[i]).strip()
                 block.append(body)
                 i += 1
+            # a st.data() test's draws follow its call
+            while i < len(lines) and _DRAW.match(re.sub(r"^E\s+", "", lines[i]).strip()):
+                block.append(re.sub(r"^E\s+", "", lines[i]).strip())
+                i += 1
             found.append(" ".join(block))
             continue
         i += 1
@@ -122,19 +141,30 @@ def failures(text: str, limit: int = 4000) -> list[str]:
 def run_seed(seed: int, files: list[str], timeout: float) -> dict:
     """One pytest process over ``files`` with ``--hypothesis-seed=seed``."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-           f"--hypothesis-seed={seed}", *files]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+           f"--hypothesis-seed={seed}", "--hypothesis-profile=default", *files]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+           "FUZZ_RANDOMIZE": "1"}
     t0 = time.perf_counter()
+    # its own session: on a timeout the whole group goes (a test's worker processes too)
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=env, start_new_session=True)
     try:
-        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired as exc:
-        out = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        out_b, err_b = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        out_b, _ = p.communicate()
+        out = out_b.decode(errors="replace")
         return {"seed": seed, "status": "timeout", "returncode": None,
                 "seconds": time.perf_counter() - t0, **counts(""),
                 "failures": [f"no result within {timeout:g} s"] + failures(out)}
     secs = time.perf_counter() - t0
-    text = p.stdout + p.stderr
-    last = next((ln for ln in reversed(text.strip().splitlines()) if _COUNT.search(ln)), "")
+    stdout, stderr = out_b.decode(errors="replace"), err_b.decode(errors="replace")
+    text = stdout + stderr
+    # pytest's summary is its last line on stdout (a test's stderr may say anything)
+    last = next((ln for ln in reversed(stdout.strip().splitlines()) if _COUNT.search(ln)), "")
     c = counts(last)
     # pytest: 0 all passed, 1 some failed; anything else (usage, internal error, no tests
     # collected) is a failed seed too, named by its return code

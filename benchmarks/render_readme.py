@@ -203,8 +203,8 @@ def _fuzz(fz: dict[str, Any]) -> str:
         "",
         f"**Fuzz** (`benchmarks/fuzz.py`, {_commit(fz)}): the property-based suites "
         f"({len(st['files'])} test files) under {len(seeds)} hypothesis seeds "
-        f"({seeds[0]}-{seeds[-1]}), each seed its own pytest run (CI's run draws one random "
-        f"seed).",
+        f"({seeds[0]}-{seeds[-1]}), each seed its own pytest run with the suites' fixed "
+        f"draws (`derandomize`, which keeps CI's runs alike) turned off.",
         "",
         "| seeds | tests a seed | failing seeds | median s a seed | slowest seed (s) |",
         "|---|---|---|---|---|",
@@ -214,7 +214,8 @@ def _fuzz(fz: dict[str, Any]) -> str:
     ]
     for r in fz["runs"]:
         if r["status"] != "passed":
-            out.append(f"- seed {r['seed']} {r['status']}: `{'; '.join(r['failures'])[:300]}`")
+            text = "; ".join(r["failures"]).replace("`", "'")
+            out.append(f"- seed {r['seed']} {r['status']}: `{text[:300]}`")
     return "\n".join(out)
 
 

@@ -31,12 +31,50 @@ def test_half(x):
 """
 
 
-def _run(tmp_path: Path, body: str, seeds: int) -> tuple[int, dict]:
+DERANDOMIZED = """
+import os
+from hypothesis import given, settings, strategies as st
+
+# as the codes' property suites ask: the same draws every run, unless fuzzed
+@settings(max_examples=5, deadline=None,
+          derandomize=os.environ.get("FUZZ_RANDOMIZE") != "1")
+@given(st.integers(0, 10**12))
+def test_draw(x):
+    with open(os.environ["PROBE_OUT"] + ".suite", "a") as f:
+        f.write(f"{x}\\n")
+
+
+# no setting of its own: hypothesis's profile decides (its "ci" profile derandomizes)
+@settings(max_examples=5, deadline=None)
+@given(st.integers(0, 10**12))
+def test_plain(x):
+    with open(os.environ["PROBE_OUT"] + ".plain", "a") as f:
+        f.write(f"{x}\\n")
+"""
+
+EXPLICIT = """
+from hypothesis import example, given, strategies as st
+
+@example(x=-3)
+@given(st.integers(0, 10))
+def test_explicit(x):
+    assert x >= 0
+"""
+
+SLOW = """
+import time
+
+def test_sleeps():
+    time.sleep(60)
+"""
+
+
+def _run(tmp_path: Path, body: str, seeds: int, timeout: float = 120) -> tuple[int, dict]:
     f = tmp_path / "test_probe.py"
     f.write_text(body)
     out = tmp_path / "fuzz.json"
     status = fuzz.main(["--files", str(f), "--seeds", str(seeds), "--first", "7",
-                        "--timeout", "120", "--out", str(out)])
+                        "--timeout", str(timeout), "--out", str(out)])
     return status, json.loads(out.read_text())
 
 
@@ -78,3 +116,32 @@ def test_bad_arguments_are_refused_by_name(argv, word, capsys):
         fuzz.parse(argv)
     assert exc.value.code == 2
     assert word in capsys.readouterr().err
+
+
+def test_seeds_draw_differently_even_where_a_suite_derandomizes(tmp_path, monkeypatch):
+    """The codes' suites fix their draws (``derandomize``), and hypothesis fixes every draw
+    where it sees a CI variable: the fuzz run turns both off, so that its seeds differ."""
+    probe = tmp_path / "draws.txt"
+    monkeypatch.setenv("PROBE_OUT", str(probe))
+    monkeypatch.setenv("CI", "true")
+    status, doc = _run(tmp_path, DERANDOMIZED, 2)
+    assert status == 0, doc["runs"]
+    for kind in ("suite", "plain"):
+        draws = Path(f"{probe}.{kind}").read_text().split()
+        assert len(draws) == 2 * 5, (kind, draws)
+        assert draws[:5] != draws[5:], (kind, draws)
+
+
+def test_a_failing_explicit_example_is_recorded(tmp_path):
+    status, doc = _run(tmp_path, EXPLICIT, 1)
+    assert status == 3
+    text = "\n".join(doc["runs"][0]["failures"])
+    assert "test_explicit(" in text and "x=-3" in text, text
+
+
+def test_a_seed_past_its_timeout_is_stopped_and_fails_the_run(tmp_path):
+    status, doc = _run(tmp_path, SLOW, 1, timeout=3)
+    assert status == 3
+    (r,) = doc["runs"]
+    assert r["status"] == "timeout" and r["seconds"] < 30
+    assert "no result within 3 s" in r["failures"][0]

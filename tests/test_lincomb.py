@@ -746,3 +746,22 @@ def test_lincomb_identity_rows_of_float64_sources_read_where_they_lie(simd, cols
     assert q[1] == pytest.approx(float(np.sum(X[1] ** 2)), rel=1e-13)
     want = 0.5 * X[0] - 2.0 * X[1]
     np.testing.assert_allclose(D[2][:, 3:], want[:, 3:], rtol=1e-15, atol=1e-15)
+
+
+@needs_kernels
+@pytest.mark.parametrize("simd", LEVELS)
+@pytest.mark.parametrize("nr", [1, 2, 4, 5, 8])
+def test_lincomb_over_gfp_takes_the_floor_quotient_only_up_to_2_pow_50(simd, nr):
+    """Two quotients reduce a sum mod p (docs/codes.md): the floor of x times the double
+    above 1/p, exact for sums up to 2**50, and the rounded one with a correction beyond. A
+    sum congruent to -1 above 2**51 is where the floor form would go wrong (it returns -2
+    for this one): p = 67108859 (a prime just below 2**26, so k (p - 1)**2 is past 2**50 for
+    one source) must take the other form on every path, for passes of every width (the
+    sum 63012908 * 60843248 = 2**51.77, -1 mod p)."""
+    p, g, v = 67108859, 63012908, 60843248
+    assert (g * v) % p == p - 1 and 2 ** 51 < g * v <= 2 ** 52
+    G = np.full((nr, 1), float(g))
+    src = np.full((1, 37), v, np.int64)
+    outs = [np.empty((1, 37), np.int64) for _ in range(nr)]
+    K.lincomb(G, [src], outs, None, False, False, simd, p)
+    np.testing.assert_array_equal(np.array(outs)[:, 0], np.full((nr, 37), p - 1))
