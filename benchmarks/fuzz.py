@@ -77,7 +77,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         ap.error(f"--timeout must be a positive number of seconds, got {args.timeout}")
     if args.quick:
         args.seeds = min(args.seeds, 2)
-        args.files = args.files or [str(ROOT / f) for f in QUICK_SUITES]
+        args.files = args.files or list(QUICK_SUITES)
     files = []
     for f in args.files or SUITES:
         path = Path(f) if Path(f).is_absolute() or Path(f).is_file() else ROOT / f
@@ -112,19 +112,20 @@ def failures(text: str, limit: int = 4000) -> list[str]:
     characters in all."""
     lines = text.splitlines()
     found = [ln.strip() for ln in lines if ln.startswith(("FAILED ", "ERROR "))]
+    said = [re.sub(r"^E\s+", "", ln).strip() for ln in lines]   # (without pytest's "E")
     i = 0
     while i < len(lines):
-        body = re.sub(r"^E\s+", "", lines[i]).strip()
+        body = said[i]
         if body.startswith(_EXAMPLE):
             block = [body]
             i += 1
             while i < len(lines) and lines[i].startswith("E") and not body.endswith(")"):
-                body = re.sub(r"^E\s+", "", lines[i]).strip()
+                body = said[i]
                 block.append(body)
                 i += 1
             # a st.data() test's draws follow its call
-            while i < len(lines) and _DRAW.match(re.sub(r"^E\s+", "", lines[i]).strip()):
-                block.append(re.sub(r"^E\s+", "", lines[i]).strip())
+            while i < len(lines) and _DRAW.match(said[i]):
+                block.append(said[i])
                 i += 1
             found.append(" ".join(block))
             continue

@@ -1581,10 +1581,32 @@ LC_INLINE LC_A512 void lc512_put_pair(char kd, char *base, Py_ssize_t c, __m512d
     }
 }
 
+/* A pass's NR sums over the live sources for the 16 columns from c (a: the first 8, b: the
+   rest), the sources in order, one fused multiply-add per term: the real and GF(p) bodies'
+   common step */
+LC_INLINE LC_A512 void lc512_sums(const int NR, const double *const *g, const int *live, int nl,
+                                  const double *const *xp, Py_ssize_t c, __m512d *a, __m512d *b)
+{
+    #pragma GCC unroll 8
+    for (int r = 0; r < NR; r++)
+        a[r] = b[r] = _mm512_setzero_pd();
+    for (int q = 0; q < nl; q++) {
+        const int j = live[q];
+        const double *x = xp[j] + c;
+        const __m512d x0 = _mm512_loadu_pd(x), x1 = _mm512_loadu_pd(x + 8);
+        #pragma GCC unroll 8
+        for (int r = 0; r < NR; r++) {
+            const __m512d u = _mm512_set1_pd(g[r][j]);
+            a[r] = _mm512_fmadd_pd(u, x0, a[r]);
+            b[r] = _mm512_fmadd_pd(u, x1, b[r]);
+        }
+    }
+}
+
 LC_INLINE LC_A512 void lc512_body(const int NR, const double *const *g, const int *live, int nl,
                                   const double *const *xp, Py_ssize_t w,
                                   char *const *dst, char kd, int pairs, int st, double *sq,
-                                  const double *md, LcPf *pf)
+                                  LcPf *pf)
 {
     __m512d s[8];
     #pragma GCC unroll 8
@@ -1593,20 +1615,7 @@ LC_INLINE LC_A512 void lc512_body(const int NR, const double *const *g, const in
     for (Py_ssize_t c = 0; c < w; c += 16) {
         lc_pf(pf);
         __m512d a[8], b[8];
-        #pragma GCC unroll 8
-        for (int r = 0; r < NR; r++)
-            a[r] = b[r] = _mm512_setzero_pd();
-        for (int q = 0; q < nl; q++) {
-            const int j = live[q];
-            const double *x = xp[j] + c;
-            const __m512d x0 = _mm512_loadu_pd(x), x1 = _mm512_loadu_pd(x + 8);
-            #pragma GCC unroll 8
-            for (int r = 0; r < NR; r++) {
-                const __m512d u = _mm512_set1_pd(g[r][j]);
-                a[r] = _mm512_fmadd_pd(u, x0, a[r]);
-                b[r] = _mm512_fmadd_pd(u, x1, b[r]);
-            }
-        }
+        lc512_sums(NR, g, live, nl, xp, c, a, b);
         #pragma GCC unroll 8
         for (int r = 0; r < NR; r++)
             s[r] = _mm512_fmadd_pd(b[r], b[r], _mm512_fmadd_pd(a[r], a[r], s[r]));
@@ -1634,20 +1643,7 @@ LC_INLINE LC_A512 void lc512q_body(const int NR, const int FL, const double *con
     const __m512d I = _mm512_set1_pd(FL ? md[2] : md[1]);
     for (Py_ssize_t c = 0; c < w; c += 16) {
         __m512d a[8], b[8];
-        #pragma GCC unroll 8
-        for (int r = 0; r < NR; r++)
-            a[r] = b[r] = _mm512_setzero_pd();
-        for (int q = 0; q < nl; q++) {
-            const int j = live[q];
-            const double *x = xp[j] + c;
-            const __m512d x0 = _mm512_loadu_pd(x), x1 = _mm512_loadu_pd(x + 8);
-            #pragma GCC unroll 8
-            for (int r = 0; r < NR; r++) {
-                const __m512d u = _mm512_set1_pd(g[r][j]);
-                a[r] = _mm512_fmadd_pd(u, x0, a[r]);
-                b[r] = _mm512_fmadd_pd(u, x1, b[r]);
-            }
-        }
+        lc512_sums(NR, g, live, nl, xp, c, a, b);
         #pragma GCC unroll 8
         for (int r = 0; r < NR; r++)
             lc512_put_q(FL, dst[r], c, a[r], b[r], w - c, st, P, I, T);
@@ -1674,7 +1670,7 @@ LC_A512 static void lc512_2(const double *const *g, const int *live, int nl, con
     if (kd == 'q')
         lc512q(2, g, live, nl, xp, w, dst, st, sq, md);
     else
-        lc512_body(2, g, live, nl, xp, w, dst, kd, pairs, st, sq, md, pf);
+        lc512_body(2, g, live, nl, xp, w, dst, kd, pairs, st, sq, pf);
 }
 
 LC_A512 static void lc512_4(const double *const *g, const int *live, int nl, const double *const *xp,
@@ -1684,7 +1680,7 @@ LC_A512 static void lc512_4(const double *const *g, const int *live, int nl, con
     if (kd == 'q')
         lc512q(4, g, live, nl, xp, w, dst, st, sq, md);
     else
-        lc512_body(4, g, live, nl, xp, w, dst, kd, pairs, st, sq, md, pf);
+        lc512_body(4, g, live, nl, xp, w, dst, kd, pairs, st, sq, pf);
 }
 
 LC_A512 static void lc512_8(const double *const *g, const int *live, int nl, const double *const *xp,
@@ -1694,7 +1690,7 @@ LC_A512 static void lc512_8(const double *const *g, const int *live, int nl, con
     if (kd == 'q')
         lc512q(8, g, live, nl, xp, w, dst, st, sq, md);
     else
-        lc512_body(8, g, live, nl, xp, w, dst, kd, pairs, st, sq, md, pf);
+        lc512_body(8, g, live, nl, xp, w, dst, kd, pairs, st, sq, pf);
 }
 
 LC_A512 static void lc512_1(const double *const *g, const int *live, int nl, const double *const *xp,
@@ -1704,7 +1700,7 @@ LC_A512 static void lc512_1(const double *const *g, const int *live, int nl, con
     if (kd == 'q')
         lc512q(1, g, live, nl, xp, w, dst, st, sq, md);
     else
-        lc512_body(1, g, live, nl, xp, w, dst, kd, pairs, st, sq, md, pf);
+        lc512_body(1, g, live, nl, xp, w, dst, kd, pairs, st, sq, pf);
 }
 
 LC_INLINE LC_A2 void lc2_put(char kd, char *base, Py_ssize_t c, __m256d a, __m256d b,
