@@ -432,6 +432,104 @@ def test_copy_sq_refuses_overlapping_buffers_by_name():
     np.testing.assert_array_equal(fw[8:24], np.arange(32, 48))
 
 
+@needs_kernels
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.integers(0, 6), cols=st.integers(0, 90), tasks=st.integers(1, 4),
+       width=st.integers(0, 70), dtype=st.sampled_from([np.float64, np.float32]),
+       stream=st.booleans(), part=st.sampled_from([0, 1, 5, 16, 64]), scaled=st.booleans(),
+       src_pad=st.integers(0, 3), dst_pad=st.integers(0, 3), off=st.integers(0, 3),
+       seed=st.integers(0, 2 ** 16))
+def test_copy_runs_is_copy_sq_run_by_run(rows, cols, tasks, width, dtype, stream, part, scaled,
+                                         src_pad, dst_pad, off, seed):
+    """``copy_runs`` writes what ``copy_sq`` writes for each run (its window of every row,
+    the run's scale), bit for bit, nothing outside the runs' windows, and adds the same sums
+    of squares (per block of ``part`` columns, or per run) in the same order: the gradient
+    code's tasks and noise scales do not depend on which of the two wrote them."""
+    rng = np.random.default_rng(seed)
+    src_big = rng.standard_normal((rows, cols + src_pad + off)).astype(dtype)
+    src = src_big[:, off:off + cols]
+    dst = rng.standard_normal((tasks, rows, width + dst_pad)).astype(dtype)[:, :, :width]
+    runs, scales = [], []
+    nq = 0
+    for _ in range(int(rng.integers(0, 6))):
+        lo = int(rng.integers(0, cols + 1))
+        length = int(rng.integers(0, min(cols - lo, width) + 1))
+        c0 = int(rng.integers(0, width - length + 1))
+        nb = 0 if rng.random() < 0.4 else (-(-length // part) if part else 1)
+        q = nq if nb else -1
+        nq += nb
+        runs.append((int(rng.integers(0, tasks)), lo, lo + length, c0, q))
+        scales.append(float(rng.choice([1.0, -0.5, 1 / 3, 3.0])) if scaled else 1.0)
+    runs_a = np.array(runs, dtype=np.int64).reshape(-1, 5)
+    want, got = dst.copy(), dst.copy()
+    sq_want, sq_got = np.zeros(nq + 2), np.zeros(nq + 2)
+    for r in range(rows):
+        for (w, lo, hi, c0, q), c in zip(runs, scales):
+            if hi <= lo:
+                continue
+            d, x = want[w, r:r + 1, c0:c0 + hi - lo], src[r:r + 1, lo:hi]
+            if q < 0:
+                K.copy_sq(d, x, None, stream, c, None, 0, False)
+            elif part:
+                K.copy_sq(d, x, sq_want[q:q + -(-(hi - lo) // part)], stream, c, None, part)
+            else:
+                sq_want[q] += K.copy_sq(d, x, None, stream, c)
+    K.copy_runs(got, src, runs_a, sq_got, part, stream, np.array(scales) if scaled else None)
+    np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+    np.testing.assert_array_equal(sq_got, sq_want)
+
+
+@needs_kernels
+def test_copy_runs_refuses_bad_arguments_by_name():
+    """Every run is checked against the buffers before anything is written; dtypes, shapes
+    and overlaps are refused naming the argument."""
+    src = np.arange(24.0).reshape(3, 8)
+    dst = np.zeros((2, 3, 10))
+    sq = np.zeros(4)
+    ok = (0, 0, 8, 2, 0)
+    cases = [
+        ([ok, (2, 0, 4, 0, -1)], {}, ValueError, r"run 1 \(w=2, lo=0, hi=4"),
+        ([ok, (1, 4, 9, 0, -1)], {}, ValueError, "run 1 .* lies outside"),
+        ([ok, (1, 5, 4, 0, -1)], {}, ValueError, "run 1 "),
+        ([ok, (1, 0, 8, 3, -1)], {}, ValueError, "run 1 "),
+        ([ok, (1, 0, 8, -1, -1)], {}, ValueError, "run 1 "),
+        ([(0, 0, 8, 0, 3)], {"part": 2}, ValueError, r"run 0 .*`sq` \(4 entries\)"),
+        ([(0, 0, 8, 0, 4)], {}, ValueError, "run 0 "),
+        ([ok], {"part": -1}, ValueError, "`part` must be >= 0"),
+        ([ok], {"scales": np.ones(2)}, ValueError, "`scales` must be .* of 1 entries"),
+    ]
+    for runs, kw, exc, match in cases:
+        before = dst.copy()
+        with pytest.raises(exc, match=match):
+            K.copy_runs(dst, src, np.array(runs, dtype=np.int64), sq, **kw)
+        np.testing.assert_array_equal(dst, before)
+        np.testing.assert_array_equal(sq, 0)
+    runs = np.array([ok], dtype=np.int64)
+    with pytest.raises(TypeError, match="`dst` and `src` must both be float64 or both float32"):
+        K.copy_runs(dst.astype(np.float32), src, runs)
+    with pytest.raises(TypeError, match="`runs` must be an int64 array"):
+        K.copy_runs(dst, src, runs.astype(np.int32))
+    with pytest.raises(ValueError, match="`runs` must be a C-contiguous nr x 5"):
+        K.copy_runs(dst, src, runs[:, :4])
+    with pytest.raises(ValueError, match="`dst` must be 3-D"):
+        K.copy_runs(dst[0], src, runs)
+    with pytest.raises(ValueError, match="`dst` has 2 rows per task but `src` 3"):
+        K.copy_runs(dst[:, :2], src, runs)
+    with pytest.raises(ValueError, match=r"run 0 .*`sq` \(0 entries\)"):
+        K.copy_runs(dst, src, runs)        # a run with squares, and no sq
+    plain = np.array([(0, 0, 8, 0, -1)], dtype=np.int64)
+    big = np.zeros(64)
+    with pytest.raises(ValueError, match="`dst` and `src` overlap in memory"):
+        K.copy_runs(big[:48].reshape(2, 3, 8), big[40:64].reshape(3, 8), plain)
+    with pytest.raises(ValueError, match="`dst` and `sq` overlap in memory"):
+        K.copy_runs(big[:60].reshape(2, 3, 10), src, plain, big[58:62])
+    np.testing.assert_array_equal(big, 0)
+    big[40:] = np.arange(24)
+    K.copy_runs(big[:40].reshape(5, 1, 8), big[40:48].reshape(1, 8), plain)   # adjacent: copied
+    np.testing.assert_array_equal(big[:8], np.arange(8))
+    np.testing.assert_array_equal(big[8:40], 0)
+
+
 def test_fast_copy_declines_what_it_does_not_handle():
     """None (the caller copies with numpy) where the loop does not apply: mixed dtypes,
     integers, strided rows, shapes that differ."""

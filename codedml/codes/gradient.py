@@ -353,6 +353,8 @@ class _Layout(NamedTuple):
     owner: dict[int, int]
     #: per partition of B's rows: (worker, slot, coefficient) of every task that holds it
     holders: tuple[tuple[tuple[int, int, Any], ...], ...]
+    #: the compiled copies' runs, built on first use (:func:`_runs_a`, :func:`_runs_b`)
+    cache: dict
 
 
 def _layout(parts: list[tuple[int, ...]], coef: np.ndarray, N: int, nb: int,
@@ -390,7 +392,7 @@ def _layout(parts: list[tuple[int, ...]], coef: np.ndarray, N: int, nb: int,
         for t, j in enumerate(p):
             c = coef[w][j]
             holders[j].append((w, t, np.float64(c) if real else int(c)))
-    return _Layout(tuple(plan), owner, tuple(tuple(h) for h in holders))
+    return _Layout(tuple(plan), owner, tuple(tuple(h) for h in holders), {})
 
 
 def _one_shape(parts: Sequence[int], got: list[np.ndarray]) -> None:
@@ -401,6 +403,48 @@ def _one_shape(parts: Sequence[int], got: list[np.ndarray]) -> None:
             raise ConfigurationError(
                 f"`partials` must all have one shape, partition {parts[0]} has "
                 f"{got[0].shape} and partition {j} has {g.shape}")
+
+
+def _runs_a(layout: _Layout, nb: int) -> tuple[np.ndarray, int, dict[int, int]]:
+    """The A side of :func:`_write_tasks` as ``copy_runs``' runs (kept on the layout): per run
+    of the plan ``(w, lo, hi, c0, q)``, where ``q`` is, for a run that owns a partition (it
+    sums the squares of all its blocks of ``nb`` columns), the first of its entries in the
+    sums array, else -1; that array's length; and each owning run's first entry."""
+    got = layout.cache.get(("a", nb))
+    if got is None:
+        owning = set(layout.owner.values())
+        rows, first, at = [], {}, 0
+        for i, (w, lo, hi, c0, _) in enumerate(layout.plan):
+            q = -1
+            if i in owning:
+                q = first[i] = at
+                at += (hi - lo + nb - 1) // nb
+            rows.append((w, lo, hi, c0, q))
+        got = (np.array(rows, dtype=np.int64).reshape(-1, 5), at, first)
+        layout.cache[("a", nb)] = got
+    return got
+
+
+def _runs_b(layout: _Layout, N: int, nb: int, width: int, bstep: int) -> tuple[np.ndarray, np.ndarray]:
+    """The B side of :func:`_write_tasks` on its flat path as ``copy_runs``' runs over B's
+    values as one row (kept on the layout per row width and chunk): per partition ``j``, per
+    chunk of ``bstep`` of its rows, per holder ``(w, t, c)``: its values into task ``w``'s
+    slot ``t``, scaled by ``c``, the first holder's squares added into entry ``j``."""
+    key = ("b", N, nb, width, bstep)
+    got = layout.cache.get(key)
+    if got is None:
+        rows, scales = [], []
+        for j, hold in enumerate(layout.holders):
+            lo, hi = min(j * nb, N), min((j + 1) * nb, N)
+            for r0 in range(lo, hi, bstep):
+                r1 = min(hi, r0 + bstep)
+                for h, (w, t, c) in enumerate(hold):
+                    rows.append((w, r0 * width, r1 * width, (t * nb + r0 - lo) * width,
+                                 j if h == 0 else -1))
+                    scales.append(float(c))
+        got = (np.array(rows, dtype=np.int64).reshape(-1, 5), np.array(scales, dtype=np.float64))
+        layout.cache[key] = got
+    return got
 
 
 def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndarray,
@@ -423,7 +467,7 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
     real = P is None
     if layout is None:
         layout = _layout(parts, coef, N, nb, real)
-    plan, owner, holders = layout
+    plan, owner, holders, _ = layout
     sq_a = np.zeros(n) if real else None   # per partition of A's columns
     step = max(1, CHUNK_BYTES // max(1, N * A.itemsize))
     full = N // nb if nb else 0   # partitions whole in A's columns (the next one, if any, short)
@@ -435,10 +479,6 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
     fused = (real and _K is not None and nb > 0 and A.dtype == a_all.dtype
              and A.dtype in (np.float64, np.float32) and (N <= 1 or A.strides[1] == A.itemsize))
     blocks: dict[int, np.ndarray] = {}      # owning run -> its partitions' sums (blocks of nb)
-    if fused:
-        for i in set(owner.values()):
-            lo, hi = plan[i][1], plan[i][2]
-            blocks[i] = np.zeros((hi - lo + nb - 1) // nb)
     with np.errstate(invalid="ignore", over="ignore"):
         for w, lo, hi, c0, c1 in plan:            # columns past the padding: zero
             if c0 + hi - lo < c1:
@@ -447,20 +487,23 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
         # (measured side by side on the Intel Xeon, 1024-4096: streaming every segment of A,
         # 512 B ones included, encoded in 0.79-0.93x the time of not streaming A's side)
         stream_a = a_all.nbytes >= STREAM_BYTES
-        for r0 in range(0, M, step):
+        if fused:
+            # one compiled call, row by row of A (every run of a row written while the row
+            # is in L1; A read from memory once, in order), the owners' squares by blocks
+            runs_a, n_sq, first = _runs_a(layout, nb)
+            sq_blocks = np.zeros(n_sq)
+            _K.copy_runs(a_all, A, runs_a, sq_blocks, nb, stream_a)
+            for i, at in first.items():
+                blocks[i] = sq_blocks[at:]
+        for r0 in range(0, 0 if fused else M, step):
             r1 = min(M, r0 + step)
             X = A[r0:r1]
-            for i, (w, lo, hi, c0, _) in enumerate(plan):
+            for w, lo, hi, c0, _ in plan:
                 if hi > lo:
                     d = a_all[w, r0:r1, c0:c0 + hi - lo]
-                    if fused:
-                        if i in blocks:
-                            _K.copy_sq(d, X[:, lo:hi], blocks[i], stream_a, 1.0, None, nb)
-                        else:
-                            _K.copy_sq(d, X[:, lo:hi], None, stream_a, 1.0, None, 0, False)
-                    elif not real or fast_copy(d, X[:, lo:hi], stream_a, squares=False) is None:
+                    if not real or fast_copy(d, X[:, lo:hi], stream_a, squares=False) is None:
                         np.copyto(d, X[:, lo:hi], casting="unsafe")
-            if real and X.size and not fused:
+            if real and X.size:
                 # the partitions' sums of squares: one BLAS dot per row of every partition
                 # (X's rows as (rows x partitions) segments of nb), summed over the rows
                 if full:   # (a view where X's rows are contiguous, else reshape copies)
@@ -475,8 +518,8 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
         width = math.prod(B.shape[1:])
         bstep = max(1, CHUNK_BYTES // max(1, width * B.itemsize))
         stream_b = b_all.nbytes >= STREAM_BYTES
-        # B's chunks and the tasks' rows as one contiguous row each (one compiled call per
-        # chunk and holder, straight to the loop) where B is C-ordered in the tasks' dtype
+        # B's chunks and the tasks' rows as one contiguous row each (one compiled call for
+        # every chunk and holder) where B is C-ordered in the tasks' dtype
         flat = (real and _K is not None and B.dtype == b_all.dtype
                 and B.dtype in (np.float64, np.float32) and B.flags.c_contiguous
                 and b_all.flags.c_contiguous)
@@ -485,22 +528,23 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
             if hi - lo < nb:
                 for w, t, _ in holders[j]:            # rows past the padding: zero
                     b_all[w, t * nb + hi - lo:(t + 1) * nb] = 0
+        if flat and n:
+            # one compiled call: per partition and chunk of its rows, every holder's scaled
+            # copy (the first one's sum of squares into sq_b), in the loops' order below
+            runs_b, scales_b = _runs_b(layout, N, nb, width, bstep)
+            _K.copy_runs(b_all.reshape(n, 1, -1), B.reshape(1, -1), runs_b, sq_b, 0,
+                         stream_b, scales_b)
+        for j in range(0 if flat else n):
+            lo, hi = min(j * nb, N), min((j + 1) * nb, N)
             for r0 in range(lo, hi, bstep):
                 r1 = min(hi, r0 + bstep)
                 Y = B[r0:r1]
-                # rows as one 2-D matrix (a vector: one row), where that is a view; one
-                # contiguous row on the flat path
-                Y2 = Y.reshape(-1) if flat else Y if Y.ndim < 3 else view_as(Y, (r1 - r0, -1))
+                # rows as one 2-D matrix (a vector: one row), where that is a view
+                Y2 = Y if Y.ndim < 3 else view_as(Y, (r1 - r0, -1))
                 Y64 = None
                 sq_y = None    # Y's sum of squares, from the first compiled copy
                 for w, t, c in holders[j]:
                     d = b_all[w, t * nb + r0 - lo:t * nb + r1 - lo]
-                    if flat:
-                        if sq_y is None:
-                            sq_y = _K.copy_sq(d.reshape(-1), Y2, None, stream_b, c)
-                        else:
-                            _K.copy_sq(d.reshape(-1), Y2, None, stream_b, c, None, 0, False)
-                        continue
                     if real and Y2 is not None:
                         got = fast_copy(d.reshape(Y2.shape), Y2, stream_b, c,
                                         squares=sq_y is None)
