@@ -63,6 +63,10 @@ CASES = {
     "f64-mds8": ("MDS (8,6)", "float64"),
     "f64-matdot-sys": ("MatDot (17) m=8 sys", "float64"),
     "f64-matdot": ("MatDot (17) m=8", "float64"),
+    "f64-polydot": ("PolyDot (17) 2x2x3", "float64"),
+    "f32-poly": ("Polynomial (17) 4x4", "float32"),
+    "f32-matdot-sys": ("MatDot (17) m=8 sys", "float32"),
+    "f32-mds8": ("MDS (8,6)", "float32"),
 }
 
 

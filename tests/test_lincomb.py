@@ -765,3 +765,68 @@ def test_lincomb_over_gfp_takes_the_floor_quotient_only_up_to_2_pow_50(simd, nr)
     outs = [np.empty((1, 37), np.int64) for _ in range(nr)]
     K.lincomb(G, [src], outs, None, False, False, simd, p)
     np.testing.assert_array_equal(np.array(outs)[:, 0], np.full((nr, 37), p - 1))
+
+
+def _lines(rows: int, cols: int, dtype, pad: int, shift: int) -> tuple[np.ndarray, np.ndarray]:
+    """A ``rows x cols`` view whose rows start ``shift`` bytes past a cache line (stride:
+    ``cols + pad`` elements), and the buffer around it (sentinels)."""
+    item = np.dtype(dtype).itemsize
+    stride = cols + pad
+    raw = np.empty(rows * stride * item + 256, np.uint8)
+    at = (-raw.__array_interface__["data"][0]) % 64 + shift
+    buf = raw[at:at + rows * stride * item].view(dtype)
+    buf[...] = -7 if np.dtype(dtype).kind == "i" else np.nan
+    return np.lib.stride_tricks.as_strided(buf, (rows, cols), (stride * item, item)), buf
+
+
+@needs_kernels
+@pytest.mark.parametrize("simd", LEVELS)
+@pytest.mark.parametrize("kind", ["float64", "float32", "pairs64", "pairs32", "gf"])
+@pytest.mark.parametrize("nr", [1, 2, 3, 5, 8, 9])
+@pytest.mark.parametrize("layout", ["lines", "line_stride_off", "shifted"])
+def test_lincomb_streamed_passes_write_what_ordinary_ones_do(simd, kind, nr, layout):
+    """The dense passes stream their rows (AVX-512) where every row of a pass starts on a
+    cache line: the outputs are those of the same call through the cache, bit for bit
+    (tails past the last whole step included), whatever the row stride, and nothing around
+    the outputs is written; rows off the lines take the ordinary stores, with the same
+    values."""
+    rng = np.random.default_rng(nr * 7 + LEVELS.index(simd))
+    pairs = kind.startswith("pairs")
+    gf = kind == "gf"
+    dtype = {"float64": np.float64, "float32": np.float32, "pairs64": np.float64,
+             "pairs32": np.float32, "gf": np.int64}[kind]
+    k, R, C = 17, 3, 75                      # 4 steps of 16 columns and a tail of 11
+    m = 2 * nr if pairs else nr
+    p = 65537
+    G = (rng.integers(0, p, (m, k)).astype(np.float64) if gf
+         else rng.standard_normal((m, k)))
+    srcs = ([rng.integers(0, p, (R, C)) for _ in range(k)] if gf
+            else [rng.standard_normal((R, C)) for _ in range(k)])
+    width = 2 * C if pairs else C
+    pad = {"lines": 64 // np.dtype(dtype).itemsize * 3 - width % (64 // np.dtype(dtype).itemsize),
+           "line_stride_off": 1, "shifted": 0}[layout]
+    shift = 16 if layout == "shifted" else 0
+    got = []
+    for stream in (False, True):
+        outs = [_lines(R, width, dtype, pad, shift) for _ in range(nr)]
+        args = (G, srcs, [o for o, _ in outs], None, stream, pairs, simd) + ((p,) if gf else ())
+        K.lincomb(*args)
+        got.append([b.copy() for _, b in outs])
+    for plain, streamed in zip(*got):
+        np.testing.assert_array_equal(streamed.view(np.uint8), plain.view(np.uint8))
+    # the values themselves against numpy (pairs: the property test above covers them)
+    X = np.array(srcs, dtype=np.float64)
+    for h, b in enumerate(got[1]):
+        rows = np.lib.stride_tricks.as_strided(b, (R, width), (b.strides[0] * (width + pad), b.strides[0]))
+        if gf:
+            want = np.tensordot(G[h].astype(np.int64), X.astype(np.int64), 1) % p
+            np.testing.assert_array_equal(rows, want)
+        elif not pairs:
+            ref = np.tensordot(G[h], X, 1)
+            np.testing.assert_allclose(rows.astype(np.float64), ref, rtol=1e-5 if dtype == np.float32 else 1e-12,
+                                       atol=1e-5 if dtype == np.float32 else 1e-12)
+        sentinel = np.ones(b.size, bool)
+        for r in range(R):
+            sentinel[r * (width + pad):r * (width + pad) + width] = False
+        tail = b[sentinel]
+        assert (tail == -7).all() if gf else np.isnan(tail).all()

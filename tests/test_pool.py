@@ -57,27 +57,28 @@ def test_pooled_array_behaves_like_np_empty(pool):
         x = pool.empty((3, 5, 7), dtype)
         assert x.shape == (3, 5, 7) and x.dtype == dtype
         assert x.flags.c_contiguous and x.flags.writeable and x.flags.aligned
-        assert x.__array_interface__["data"][0] % _pool._PAGE == _pool._AT   # as numpy's large arrays
+        assert x.__array_interface__["data"][0] % _pool._PAGE == _pool._AT   # on a cache line
         x[...] = 1
         assert (x == 1).all()
     assert isinstance(pool.empty(4, np.float64), np.ndarray)
 
 
-@pytest.mark.parametrize("shift", [0, 8, 16, 24, 48, 4088])
+@pytest.mark.parametrize("shift", [0, 8, 16, 24, 48, 64, 72, 4088])
 def test_pooled_array_starts_where_its_source_does_in_its_page(pool, shift):
-    """``near``: the data starts at the source's offset in its 4 KiB page, rounded down to 16
-    bytes, so that a copy's stores never land just after its loads modulo 4 KiB (the loads
-    would wait for them; _pool._AT), whatever memory the request reuses."""
+    """``near``: the data starts at the source's offset in its 4 KiB page, rounded down to a
+    cache line (64 bytes), so that a copy's stores never land just after its loads modulo 4
+    KiB (the loads would wait for them; _pool._AT) and the kernel's streamed passes find
+    their rows on cache lines, whatever memory the request reuses."""
     raw = np.empty(8192 + 8 * 500, np.uint8)
     base = raw.__array_interface__["data"][0]
     start = (-base) % 4096 + shift
     src = raw[start:start + 8 * 500].view(np.float64)
-    want = (src.__array_interface__["data"][0] % 4096) & ~15
+    want = (src.__array_interface__["data"][0] % 4096) & ~63
     held = []
     for shape in [(500,), (7, 60), (500,), (3, 2, 80)]:   # fresh, then reused, backings
         x = pool.empty(shape, np.float64, near=src)
         ptr = x.__array_interface__["data"][0]
-        assert ptr % 4096 == want and x.flags.aligned and x.shape == shape
+        assert ptr % 4096 == want and ptr % 64 == 0 and x.flags.aligned and x.shape == shape
         backing = x.base._backing                          # the data lies inside its buffer
         lo = backing.__array_interface__["data"][0]
         assert lo <= ptr and ptr + x.nbytes <= lo + backing.nbytes

@@ -1274,8 +1274,9 @@ done:
    ``sq`` (float64, one entry per output) gets each output's sum of squared magnitudes of
    the double values (before rounding) added. ``stream``: non-temporal stores for the rows
    written one at a time (identity rows as their sources load, a diagonal pass, the plain-C
-   path's rows; 64-byte aligned at the tile), ordinary ones for the AVX2 and AVX-512 passes,
-   which write several rows side by side.
+   path's rows; 64-byte aligned at the tile), and for the AVX-512 passes, which write
+   several rows side by side, where each row of the pass starts on a cache line (ordinary
+   stores otherwise, and for the AVX2 passes).
    ``simd``: -1 the best this CPU has (``SIMD``: 2 AVX-512F, 1 AVX2 and FMA, 0 neither), or
    at most that level (0: plain C). With ``p`` > 0 (GF(p)): int64 sources and outputs,
    ``G`` integers in [0, p), every sum exact (k (p - 1)**2 at most 2**52, refused past
@@ -2467,15 +2468,26 @@ static void lc_run(LcJob *J)
                     for (int h = 0; h < 8; h++)
                         dp[h] = (char *)J->y;
                     double sv[8] = {0.0};
-                    /* ordinary stores, never streamed: a pass writes its rows side by side,
-                       a part of a cache line of each per step, and streamed stores into
-                       several rows at once ran far below ordinary ones (2-core AMD EPYC,
-                       AVX2, side by side: encodes 0.58-0.96x the time with ordinary pass
-                       stores, float32 the most; the AVX-512 path follows, unmeasured) */
-                    const int st = 0;
+                    /* Streamed stores on AVX-512 only, and only where every row of the pass
+                       starts on a cache line here (64-byte aligned: the task pool places
+                       tasks so, codedml/codes/_pool.py): each step then writes whole lines
+                       of every row (16 values: a float64 or int64 row's 128 bytes, a float32
+                       row's 64, a pair's 256 or 128), which the write-combining buffers pass
+                       on whole, and the outputs skip the read for ownership that an ordinary
+                       store of a line not in cache pays. Measured side by side in one
+                       process (2-core AMD EPYC, Zen 4, 7 alternated encodes, with the pool's
+                       alignment): float64 Polynomial(17, 4x4) 0.60-0.68x the time at 1024-
+                       2048, systematic MatDot(17, 8) 0.64-0.68x, MatDot 0.75-0.80x, PolyDot
+                       0.79-0.81x, MDS(8, 6) 0.75-0.82x, GF(65537) polynomial 0.65-0.67x;
+                       float32 0.85-0.96x (one case 1.06x, within the runs' noise). On AVX2,
+                       whose 32-byte stores fill a line in two steps, streamed stores into
+                       several rows at once ran far below ordinary ones (encodes 0.58-0.96x
+                       the time with ordinary pass stores, float32 the most): ordinary there. */
+                    int st = J->simd == 2 && J->stream;
                     for (int h = 0; h < (J->pairs ? nr / 2 : nr); h++) {
                         const LcDst *d = &J->dst[J->pairs ? o / 2 + h : o + h];
                         dp[h] = d->p + r * d->stride + (J->pairs ? 2 : 1) * c0 * J->item;
+                        st &= !((uintptr_t)dp[h] & 63);
                     }
                     if (nk == 8)   /* (AVX-512 only: the passes are grouped so) */
                         lc512_8(g, J->glive, ng, J->xp, w, dp, J->kd, J->pairs, st, sv, J->md,

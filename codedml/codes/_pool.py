@@ -60,26 +60,34 @@ MIN_BYTES = 1 << 16
 DEFAULT_LIMIT = 256 << 20
 
 #: Where a pooled array's data starts within its 4 KiB page (bytes) when the caller names no
-#: source (``near``): 16 bytes in, where numpy's large arrays start (glibc's ``mmap`` ed
-#: blocks keep a 16-byte header), so that a task copied from such an array starts a multiple
-#: of 4 KiB from it (its later rows keep that distance where task and source rows have one
-#: length; a gradient code's tasks, whose rows are shorter than A's, drift). Why it matters:
-#: where a destination starts 16-112 bytes after its source modulo 4 KiB, each load of a
-#: forward copy loop shares its address's low 12 bits with a store just issued, which the
-#: CPU cannot tell from a true overlap until that store is done, so the load waits. Measured on the 2-core AMD EPYC (AVX2), 1024 x 1024: a float32 copy
-#: (``copy_sq``) took 2.5-7.5x as long at 16-48 bytes, float64 1.6-1.7x, the systematic
+#: source (``near``): on a cache line. With a source the data starts on the cache line at or
+#: before the source's offset in its page: 0-63 bytes before it modulo 4 KiB (numpy's large
+#: arrays start 16 bytes into a page, glibc's ``mmap`` ed blocks keeping a 16-byte header),
+#: never just after it. Why not after: where a destination starts 16-112 bytes after its
+#: source modulo 4 KiB, each load of a forward copy loop shares its address's low 12 bits
+#: with a store just issued, which the CPU cannot tell from a true overlap until that store is
+#: done, so the load waits (a destination before its source is only ever stored to after the
+#: loads of those low bits). Measured on the 2-core AMD EPYC (AVX2), 1024 x 1024: a float32
+#: copy (``copy_sq``) took 2.5-7.5x as long at 16-48 bytes, float64 1.6-1.7x, the systematic
 #: encode kernel's pass 1.2-1.5x, an int64 copy 1.7-2.2x. Until then the pool placed data on
 #: a cache line, 48 bytes after numpy's arrays: in that band for every input numpy allocated.
+#: Why on a cache line: the encode kernel's AVX-512 passes stream their rows, whole lines at a
+#: time, only where every row starts on one (``_kernels.c``, ``lc_run``); until the
+#: thirty-first session the data started at the source's offset rounded down to 16 bytes, on
+#: no line for numpy's arrays. Side by side in one process (Zen 4, 1024 and 2048, without the
+#: streamed passes) the placement alone took the dense float64 encodes 0.89-0.94x the time
+#: (whole lines written by the ordinary stores), the others 0.95-1.05x.
 _PAGE = 4096
-_AT = 16
+_AT = 0
 
 
 def _offset(ptr: int, near: int | None) -> int:
     """Bytes from ``ptr`` (a backing buffer) to the data: the first address at or after it
-    whose offset in its page is ``near``'s rounded down to 16 bytes (the source's, so that
-    the array's first element lies 0-15 bytes before the source's modulo 4 KiB, never just
-    after it), or :data:`_AT` without ``near``. 16-byte aligned either way."""
-    want = (_AT if near is None else int(near) % _PAGE) & ~15
+    whose offset in its page is ``near``'s rounded down to 64 bytes (the cache line at or
+    before the source's, so that the array's first element lies 0-63 bytes before the
+    source's modulo 4 KiB, never just after it), or :data:`_AT` without ``near``. 64-byte
+    aligned either way (``ptr``, from numpy, is 16-byte aligned: the offset is below 4 KiB)."""
+    want = (_AT if near is None else int(near) % _PAGE) & ~63
     return (want - ptr) % _PAGE
 
 #: Backing buffers are sized in these steps (a sixteenth of it below 16 steps, so that a
