@@ -784,24 +784,34 @@ def _lines(rows: int, cols: int, dtype, pad: int, shift: int) -> tuple[np.ndarra
 @pytest.mark.parametrize("kind", ["float64", "float32", "pairs64", "pairs32", "gf"])
 @pytest.mark.parametrize("nr", [1, 2, 3, 5, 8, 9])
 @pytest.mark.parametrize("layout", ["lines", "line_stride_off", "shifted"])
-def test_lincomb_streamed_passes_write_what_ordinary_ones_do(simd, kind, nr, layout):
-    """The dense passes stream their rows (AVX-512) where every row of a pass starts on a
-    cache line: the outputs are those of the same call through the cache, bit for bit
-    (tails past the last whole step included), whatever the row stride, and nothing around
-    the outputs is written; rows off the lines take the ordinary stores, with the same
-    values."""
+@pytest.mark.parametrize("systematic", [False, True])
+def test_lincomb_streamed_passes_write_what_ordinary_ones_do(simd, kind, nr, layout, systematic):
+    """The dense passes, and the accumulating walk's sum rows (a systematic generator: the
+    identity rows above up to 4 parity rows), stream their rows (AVX-512) where each row
+    starts on a cache line: the outputs are those of the same call through the cache, bit
+    for bit (tails past the last whole step included), whatever the row stride, and nothing
+    around the outputs is written; rows off the lines take the ordinary stores, with the
+    same values."""
     rng = np.random.default_rng(nr * 7 + LEVELS.index(simd))
     pairs = kind.startswith("pairs")
     gf = kind == "gf"
     dtype = {"float64": np.float64, "float32": np.float32, "pairs64": np.float64,
              "pairs32": np.float32, "gf": np.int64}[kind]
     k, R, C = 17, 3, 75                      # 4 steps of 16 columns and a tail of 11
+    if systematic:
+        if pairs or nr > 4:
+            pytest.skip("the accumulating walk: real rows, at most 4 sum rows")
+        k = 6
     m = 2 * nr if pairs else nr
     p = 65537
     G = (rng.integers(0, p, (m, k)).astype(np.float64) if gf
          else rng.standard_normal((m, k)))
     srcs = ([rng.integers(0, p, (R, C)) for _ in range(k)] if gf
-            else [rng.standard_normal((R, C)) for _ in range(k)])
+            else [rng.standard_normal((R, C)).astype(dtype if systematic else np.float64)
+                  for _ in range(k)])
+    if systematic:                           # identity rows fused to their sources' loads
+        G = np.vstack([np.eye(k), G])
+        nr, m = nr + k, m + k
     width = 2 * C if pairs else C
     pad = {"lines": 64 // np.dtype(dtype).itemsize * 3 - width % (64 // np.dtype(dtype).itemsize),
            "line_stride_off": 1, "shifted": 0}[layout]
@@ -819,12 +829,12 @@ def test_lincomb_streamed_passes_write_what_ordinary_ones_do(simd, kind, nr, lay
     for h, b in enumerate(got[1]):
         rows = np.lib.stride_tricks.as_strided(b, (R, width), (b.strides[0] * (width + pad), b.strides[0]))
         if gf:
-            want = np.tensordot(G[h].astype(np.int64), X.astype(np.int64), 1) % p
+            want = np.tensordot(G[h].astype(np.int64) % p, X.astype(np.int64), 1) % p
             np.testing.assert_array_equal(rows, want)
         elif not pairs:
             ref = np.tensordot(G[h], X, 1)
-            np.testing.assert_allclose(rows.astype(np.float64), ref, rtol=1e-5 if dtype == np.float32 else 1e-12,
-                                       atol=1e-5 if dtype == np.float32 else 1e-12)
+            tol = 1e-5 if dtype == np.float32 else 1e-12
+            np.testing.assert_allclose(rows.astype(np.float64), ref, rtol=tol, atol=tol)
         sentinel = np.ones(b.size, bool)
         for r in range(R):
             sentinel[r * (width + pad):r * (width + pad) + width] = False

@@ -2070,7 +2070,7 @@ LC_A512 static void lc512_acc(int nr, int G, const double *g, const char *const 
    denormals-are-zero), rounded into float32 or reduced mod p (``md``), and their squares
    summed in the pass's order (16 columns a step, ``acc`` zero up to the step past ``w``) */
 LC_A512 static double lc512_acc_store(const double *acc, Py_ssize_t w, char *dst, char kd,
-                                      const double *md)
+                                      const double *md, int st)
 {
     if (kd == 'q') {   /* GF(p): reduced, no squares (as lc512q) */
         const __m512d T = _mm512_set1_pd(4503599627370496.0), P = _mm512_set1_pd(md[0]);
@@ -2079,9 +2079,9 @@ LC_A512 static double lc512_acc_store(const double *acc, Py_ssize_t w, char *dst
         for (Py_ssize_t c = 0; c < w; c += 16) {
             const __m512d a = _mm512_loadu_pd(acc + c), b = _mm512_loadu_pd(acc + c + 8);
             if (FL)
-                lc512_put_q(1, dst, c, a, b, w - c, 0, P, I, T);
+                lc512_put_q(1, dst, c, a, b, w - c, st, P, I, T);
             else
-                lc512_put_q(0, dst, c, a, b, w - c, 0, P, I, T);
+                lc512_put_q(0, dst, c, a, b, w - c, st, P, I, T);
         }
         return 0.0;
     }
@@ -2089,7 +2089,7 @@ LC_A512 static double lc512_acc_store(const double *acc, Py_ssize_t w, char *dst
     for (Py_ssize_t c = 0; c < w; c += 16) {
         const __m512d a = _mm512_loadu_pd(acc + c), b = _mm512_loadu_pd(acc + c + 8);
         s = _mm512_fmadd_pd(b, b, _mm512_fmadd_pd(a, a, s));
-        lc512_put(kd, dst, c, a, b, w - c, 0);
+        lc512_put(kd, dst, c, a, b, w - c, st);
     }
     return _mm512_reduce_add_pd(s);
 }
@@ -2336,8 +2336,9 @@ __attribute__((noinline)) static void lc_run_acc(LcJob *J)
                 lc512_acc(nr, ng, g, xs, J->kd, w, wp, acc);
             for (int hh = 0; hh < nr; hh++) {
                 const LcDst *d = &J->dst[o + hh];
-                const double sv = lc512_acc_store(acc[hh], w, d->p + r * d->stride + c0 * J->item,
-                                                  J->kd, J->md);
+                char *dp = d->p + r * d->stride + c0 * J->item;
+                const double sv = lc512_acc_store(acc[hh], w, dp, J->kd, J->md,
+                                                  J->stream && !((uintptr_t)dp & 63));
                 if (J->sq)
                     J->sq[o + hh] += sv;
             }
