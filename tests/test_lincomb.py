@@ -176,12 +176,13 @@ def test_lincomb_simd_levels_agree_to_the_rounding(simd):
 
 @needs_kernels
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(m=st.integers(5, 17), k=st.integers(1, 24), C=st.sampled_from([1, 15, 16, 17, 100, 1000]),
+@given(m=st.integers(5, 34), k=st.integers(1, 24), C=st.sampled_from([1, 15, 16, 17, 100, 1000]),
        dtype=st.sampled_from([np.float64, np.float32]), gf=st.booleans(), data=st.data())
 def test_lincomb_rows_are_bit_for_bit_their_own_whatever_the_pass(m, k, C, dtype, gf, data):
     """A row without zero coefficients does not depend on the rows it shares a pass with (on
-    AVX-512 up to eight dense rows a pass where there are 16 sources or more, padded with
-    zero rows; four elsewhere; a zero coefficient adds 0 x for a source another row of its
+    AVX-512 up to eight dense rows a pass where there are 16 sources or more, or 8 or more
+    and 24 rows or more, padded with zero rows; four elsewhere; a zero coefficient adds 0 x
+    for a source another row of its
     pass uses, which only -0.0 and Inf can tell): every row of a dense
     generator is, bit for bit, that row computed alone, at every SIMD level, for float64 and
     float32 outputs and over GF(p); its sum of squares to the rounding (summed per tile, and

@@ -1287,7 +1287,7 @@ done:
    double: about 32 KiB, in L1, where several passes read it; about 256 KiB where at most one
    does; with one pass of at most 4 rows a whole float64 source is read where it lies), per
    pass of up to four consecutive rows alike in density (eight dense rows on AVX-512 with
-   16 sources or more; a systematic code's identity rows together, its parity rows
+   16 sources or more, or 8 or more and 24 rows or more; a systematic code's identity rows together, its parity rows
    together), the sources with a coefficient in the pass accumulate in registers, 16 columns (AVX-512) or 8 (AVX2) at a time, and each row is
    rounded, interleaved (pairs) or reduced (GF(p)) and stored with its squares; the plain-C
    path computes into scratch rows and stores them by SSE2. An identity row (coefficient
@@ -2867,7 +2867,7 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
             goto done;
         }
         /* the passes: up to 4 consecutive rows (pairs: 2 outputs; 8 dense rows on AVX-512
-           with at least LC_WIDE_K sources) alike in density, so that
+           with at least LC_WIDE_K sources, or 8 and 24 rows) alike in density, so that
            a systematic code's identity rows run together (one term each) and its dense
            parity rows together, not a parity row beside three identity rows that would then
            take every term; per pass, the sources with a coefficient in its rows */
@@ -2880,8 +2880,13 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
                row the same multiply-adds as alone, but for the 0 x terms of a zero
                coefficient, which change only a -0.0 sum or an Inf source's row); with
                few sources a pass's stores weigh more than its reads of the tile, and 8 rows
-               a pass ran 1.00-1.07x the time (MDS(8, 6): 12 sources, Polynomial(17, 4x4): 8) */
-            const Py_ssize_t most = dense && J.simd == 2 && k >= LC_WIDE_K ? 8 : 4;
+               a pass ran 1.00-1.07x the time (MDS(8, 6): 12 sources, Polynomial(17, 4x4): 8).
+               Since the passes stream their rows (thirty-first session), 8 rows a pass with
+               8-15 sources took Polynomial(17, 4x4) float64 0.74-0.81x the time, float32
+               0.92x, PolyDot(17, 2x2x3) 0.94-0.97x (their 34 rows: 5 passes, not 9), but
+               MDS(8, 6) 1.03-1.13x (16 rows: 2 passes, not 4): with fewer than 16 sources,
+               8 rows where there are 24 or more */
+            const Py_ssize_t most = dense && J.simd == 2 && (k >= LC_WIDE_K || (k >= 8 && m >= 24)) ? 8 : 4;
             Py_ssize_t nr = unit;
             while (nr + unit <= most && o + nr < m && lc_dense(J.G, o + nr, unit, k) == dense)
                 nr += unit;
