@@ -743,6 +743,33 @@ def combine_runs(G: np.ndarray, A: np.ndarray, h: int, out: np.ndarray,
     return True
 
 
+def combine_runs_gfp(G: np.ndarray, A: np.ndarray, h: int, out: np.ndarray,
+                     post: ModP) -> bool:
+    """:func:`combine_runs` over GF(p) (``post``: the field and ``A``'s range check): int64
+    residues, ``G`` integers in ``[0, p)`` (float64, C-ordered, a systematic code's identity
+    rows included), every sum exact (``k (p - 1)**2 <= 2**52``) and reduced mod p into the
+    int64 tasks, ``A``'s range checked by the kernel as it reads each value (raising by name
+    before any task is handed out); the values are :func:`combine`'s. Returns False (nothing
+    written) where the kernel or this layout does not apply."""
+    if (not _lincomb_ok() or A.ndim != 2 or A.dtype != np.int64 or not A.flags.c_contiguous
+            or out.ndim != 2 or out.dtype != np.int64 or not out.flags.c_contiguous
+            or G.dtype != np.float64 or G.ndim != 2 or not G.flags.c_contiguous):
+        return False
+    M, N = A.shape
+    L = h * N
+    k = G.shape[1]
+    if (L <= 0 or M == 0 or M > k * h or out.shape != (G.shape[0], L)
+            or k * (post.p - 1) ** 2 > 2 ** 52):
+        return False
+    flat = A.reshape(M * N)
+    srcs = [flat[j * L:(j + 1) * L] for j in range(k)]
+    umax = _K.lincomb(G, srcs, out, None, out.nbytes >= STREAM_BYTES, False, LINCOMB_SIMD,
+                      post.p)
+    post.check(umax)          # raises, naming the operand, where a value is out of range
+    post.checked = True       # every entry of A went through the kernel
+    return True
+
+
 def _compiled_gfp(G, blocks, out, lead, flat, post: ModP) -> bool:
     """GF(p) by ``lincomb``: int64 residues widened to double in the kernel's tile, the
     products and sums exact in double (every partial sum an integer below 2**52: ``k (p -

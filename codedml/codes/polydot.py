@@ -582,9 +582,14 @@ class PolyDotCode(LinearCode):
             # the products reduced into the tasks (compiled where built, else numpy); each
             # ModP also owns its operand's range check, made in the copy where it can be
             reduce = _encode.ModP(P, "A", A)
-            GA = (self._generator() if s else self._powers(self._exp_a())) % P
             a = _pool.empty((n, rb, nb), dtype=np.int64, near=A)
-            _encode.combine(GA[s:] if s else GA, _grid(A, p, m, rb, nb), a, nsys=s, post=reduce)
+            # m = 1: A's blocks are runs of its rows (C-ordered), each task one run: the
+            # whole generator (identity rows included) in one call, no per-block views
+            if not (m == 1 and _encode.combine_runs_gfp(self._gf_full(), A, rb,
+                                                          a.reshape(n, rb * nb), reduce)):
+                GA = (self._generator() if s else self._powers(self._exp_a())) % P
+                _encode.combine(GA[s:] if s else GA, _grid(A, p, m, rb, nb), a, nsys=s,
+                                post=reduce)
             reduce.check()   # a no-op where the copies covered A
             if m == 1 and q == 1:
                 tb = _pool.empty((nb,) + B.shape[1:], dtype=np.int64, near=B)
@@ -655,6 +660,20 @@ class PolyDotCode(LinearCode):
         sb = np.zeros(2 * n)
         _encode.combine(real_form(self._powers(p * np.arange(q))), halves_b, view, lead=2, sq=sb)
         return [(ta[w], tb[w]) for w in range(n)], N, sa, sb.reshape(n, 2).sum(axis=1)
+
+    def _gf_full(self) -> np.ndarray:
+        """Over GF(p), A's side of the generator as float64 integers in ``[0, p)``, C-ordered,
+        a systematic code's identity rows included (what :func:`~._encode.combine_runs_gfp`
+        multiplies A's blocks by), built once per code (read-only)."""
+        own = type(self).__module__ == __name__ and not _HOOKS.intersection(self.__dict__)
+        G = self.__dict__.get("_G_gf_full") if own else None
+        if G is None:
+            src = self._generator() if self._n_systematic() else self._powers(self._exp_a())
+            G = np.ascontiguousarray(np.asarray(src) % self.field, dtype=np.float64)
+            G.setflags(write=False)
+            if own:   # (a subclass's or an instance's own hooks: their rows every time)
+                self.__dict__["_G_gf_full"] = G
+        return G
 
     def _outer_form(self) -> np.ndarray:
         """The real form of what :meth:`_encode_outer` multiplies the half-blocks by (its
