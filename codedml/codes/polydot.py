@@ -585,9 +585,9 @@ class PolyDotCode(LinearCode):
             a = _pool.empty((n, rb, nb), dtype=np.int64, near=A)
             # m = 1: A's blocks are runs of its rows (C-ordered), each task one run: the
             # whole generator (identity rows included) in one call, no per-block views
-            if not (m == 1 and _encode.combine_runs_gfp(self._gf_full(), A, rb,
+            if not (m == 1 and _encode.combine_runs_gfp(self._gf_full("a"), A, rb,
                                                           a.reshape(n, rb * nb), reduce)):
-                GA = (self._generator() if s else self._powers(self._exp_a())) % P
+                GA = self._gf_full("a")
                 _encode.combine(GA[s:] if s else GA, _grid(A, p, m, rb, nb), a, nsys=s,
                                 post=reduce)
             reduce.check()   # a no-op where the copies covered A
@@ -599,7 +599,7 @@ class PolyDotCode(LinearCode):
             vec = B.ndim == 1
             B2 = B[:, None] if vec else B
             cb = _ceil_to(B2.shape[1], q) // q
-            GB = (self._generator() if sb else self._powers(self._exp_b())) % P
+            GB = self._gf_full("b")
             b = _pool.empty((n, nb, cb), dtype=np.int64, near=B)
             reduce = _encode.ModP(P, "B", B2)
             _encode.combine(GB[sb:] if sb else GB, _grid(B2, m, q, nb, cb), b, nsys=sb, post=reduce)
@@ -661,18 +661,23 @@ class PolyDotCode(LinearCode):
         _encode.combine(real_form(self._powers(p * np.arange(q))), halves_b, view, lead=2, sq=sb)
         return [(ta[w], tb[w]) for w in range(n)], N, sa, sb.reshape(n, 2).sum(axis=1)
 
-    def _gf_full(self) -> np.ndarray:
-        """Over GF(p), A's side of the generator as float64 integers in ``[0, p)``, C-ordered,
-        a systematic code's identity rows included (what :func:`~._encode.combine_runs_gfp`
-        multiplies A's blocks by), built once per code (read-only)."""
+    def _gf_full(self, side: str) -> np.ndarray:
+        """Over GF(p), ``side`` ``"a"``'s or ``"b"``'s generator as float64 integers in
+        ``[0, p)``, C-ordered: :meth:`_generator` where that side is systematic (its identity
+        rows included: what :func:`~._encode.combine_runs_gfp` multiplies A's blocks by; the
+        general path takes the rows past them), else the powers of that side's exponents;
+        built once per code (read-only) for the library's own classes."""
         own = type(self).__module__ == __name__ and not _HOOKS.intersection(self.__dict__)
-        G = self.__dict__.get("_G_gf_full") if own else None
+        key = "_G_gf_" + side
+        G = self.__dict__.get(key) if own else None
         if G is None:
-            src = self._generator() if self._n_systematic() else self._powers(self._exp_a())
+            sys_ = self._n_systematic() if side == "a" or self.m > 1 else 0
+            src = (self._generator() if sys_ else
+                   self._powers(self._exp_a() if side == "a" else self._exp_b()))
             G = np.ascontiguousarray(np.asarray(src) % self.field, dtype=np.float64)
             G.setflags(write=False)
             if own:   # (a subclass's or an instance's own hooks: their rows every time)
-                self.__dict__["_G_gf_full"] = G
+                self.__dict__[key] = G
         return G
 
     def _outer_form(self) -> np.ndarray:
