@@ -176,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048])
     ap.add_argument("--rounds", type=int, default=9, help="timed encodes per build (default 9)")
     ap.add_argument("--quick", action="store_true", help="size 512, 5 rounds")
+    ap.add_argument("--simd", type=int, default=-1, choices=(-1, 0, 1, 2),
+                    help="lincomb's instruction set for both builds: -1 the best this CPU has "
+                         "(default), 2 AVX-512F, 1 AVX2/FMA, 0 plain C (at most what the CPU has)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args(argv)
     if args.quick:
@@ -198,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     if sha["base"] == sha["work"]:
         print(f"note: {SOURCE} is the same at --base {args.base} and in the work tree: the two "
               "builds are of one source, and the ratios measure only the noise", file=sys.stderr)
+    _encode.LINCOMB_SIMD = args.simd
     pool = task_pool()
     pool.limit = max(pool.limit, 2 << 30)   # every case's tasks reused between its encodes
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     doc = {"machine": _machine.machine_info(),
            "parameters": {"base": args.base, "base_commit": base_rev, "sizes": args.sizes,
-                          "rounds": args.rounds, "cases": args.cases,
+                          "rounds": args.rounds, "cases": args.cases, "simd": args.simd,
                           "build": " ".join([COMPILER, *FLAGS]),
                           "compiler": compiler_version(),
                           "source_sha256": sha, "same_source": sha["base"] == sha["work"]},

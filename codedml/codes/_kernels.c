@@ -1769,6 +1769,28 @@ LC_INLINE LC_A2 void lc2_put(char kd, char *base, Py_ssize_t c, __m256d a, __m25
         }                                                                                 \
     } while (0)
 
+/* The NR rows' sums over the live sources at columns c .. c + 7 (a: the first four, b: the
+   next four), each source's terms added in order: the one step of the AVX2 pass bodies, real
+   (lc2_body) and GF(p) (lc2q_body), as lc512_sums is of the AVX-512 ones */
+LC_INLINE LC_A2 void lc2_sums(const int NR, const double *const *g, const int *live, int nl,
+                              const double *const *xp, Py_ssize_t c, __m256d *a, __m256d *b)
+{
+    #pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+        a[r] = b[r] = _mm256_setzero_pd();
+    for (int q = 0; q < nl; q++) {
+        const int j = live[q];
+        const double *x = xp[j] + c;
+        const __m256d x0 = _mm256_loadu_pd(x), x1 = _mm256_loadu_pd(x + 4);
+        #pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) {
+            const __m256d u = _mm256_broadcast_sd(g[r] + j);
+            a[r] = _mm256_fmadd_pd(u, x0, a[r]);
+            b[r] = _mm256_fmadd_pd(u, x1, b[r]);
+        }
+    }
+}
+
 /* lc2_body for GF(p): the NR rows' sums over the live sources, reduced and stored (no sums
    of squares; no prefetch: lincomb asks for none over GF(p)) */
 LC_INLINE LC_A2 void lc2q_body(const int NR, const int FL, const double *const *g,
@@ -1780,20 +1802,7 @@ LC_INLINE LC_A2 void lc2q_body(const int NR, const int FL, const double *const *
     const __m256i Ti = _mm256_castpd_si256(T);
     for (Py_ssize_t c = 0; c < w; c += 8) {
         __m256d a[4], b[4];
-        #pragma GCC unroll 4
-        for (int r = 0; r < NR; r++)
-            a[r] = b[r] = _mm256_setzero_pd();
-        for (int q = 0; q < nl; q++) {
-            const int j = live[q];
-            const double *x = xp[j] + c;
-            const __m256d x0 = _mm256_loadu_pd(x), x1 = _mm256_loadu_pd(x + 4);
-            #pragma GCC unroll 4
-            for (int r = 0; r < NR; r++) {
-                const __m256d u = _mm256_broadcast_sd(g[r] + j);
-                a[r] = _mm256_fmadd_pd(u, x0, a[r]);
-                b[r] = _mm256_fmadd_pd(u, x1, b[r]);
-            }
-        }
+        lc2_sums(NR, g, live, nl, xp, c, a, b);
         const Py_ssize_t left = w - c;
         #pragma GCC unroll 4
         for (int r = 0; r < NR; r++) {
@@ -1890,20 +1899,7 @@ LC_INLINE LC_A2 void lc2_body(const int NR, const double *const *g, const int *l
     for (Py_ssize_t c = 0; c < w; c += 8) {
         lc_pf(pf);
         __m256d a[4], b[4];
-        #pragma GCC unroll 4
-        for (int r = 0; r < NR; r++)
-            a[r] = b[r] = _mm256_setzero_pd();
-        for (int q = 0; q < nl; q++) {
-            const int j = live[q];
-            const double *x = xp[j] + c;
-            const __m256d x0 = _mm256_loadu_pd(x), x1 = _mm256_loadu_pd(x + 4);
-            #pragma GCC unroll 4
-            for (int r = 0; r < NR; r++) {
-                const __m256d u = _mm256_set1_pd(g[r][j]);
-                a[r] = _mm256_fmadd_pd(u, x0, a[r]);
-                b[r] = _mm256_fmadd_pd(u, x1, b[r]);
-            }
-        }
+        lc2_sums(NR, g, live, nl, xp, c, a, b);
         #pragma GCC unroll 4
         for (int r = 0; r < NR; r++)
             s[r] = _mm256_fmadd_pd(b[r], b[r], _mm256_fmadd_pd(a[r], a[r], s[r]));
