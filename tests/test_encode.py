@@ -1165,3 +1165,44 @@ def test_redo_names_exactly_the_scales_its_definition_names(values):
             if not (_base._TINY_SCALE <= v < math.inf or (v == 0.0 and not every_zero))]
     assert _base._redo(list(values)) == want
     assert _base._redo(tuple(values)) == want   # (not a list: the definition itself)
+
+
+@pytest.mark.parametrize("hook", ["_exp_a", "_n_systematic"])
+def test_gf_encode_follows_an_instance_hook_set_after_an_encode(hook):
+    """Over GF(p) A's generator is kept per code after the first encode (``_gf_full``); a
+    hook set on the instance afterwards (here the exponents of A's blocks, or whether the
+    code is systematic) is followed as it was before the generator was kept: the tasks are
+    those of a fresh instance given the same hook (found by review: the kept generator
+    ignored ``_exp_a``)."""
+    rng = np.random.default_rng(3)
+    A, B = rng.integers(0, 65537, (9, 5)), rng.integers(0, 65537, (5, 4))
+    make = lambda: MDSCode(6, 4, field=65537, systematic=hook == "_n_systematic")  # noqa: E731
+    code = make()
+    before = code.encode(A, B)
+    value = ((lambda: np.arange(code.p)[::-1].reshape(code.p, 1)) if hook == "_exp_a"
+             else (lambda: 0))
+    setattr(code, hook, value)
+    fresh = make()
+    setattr(fresh, hook, value)
+    got, want = code.encode(A, B), fresh.encode(A, B)
+    for t, u in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(t.a), np.asarray(u.a))
+    assert any(not np.array_equal(np.asarray(t.a), np.asarray(u.a)) for t, u in zip(got, before))
+
+
+def test_gradient_code_keeps_a_bounded_number_of_b_layouts():
+    """The compiled B side's runs are kept per width of B on the code's layout, at most
+    ``gradient._LAYOUTS`` of them: a job whose B width changes every step (batch sizes)
+    does not grow the code's memory (found by review)."""
+    from codedml.codes import gradient
+
+    code = GradientCode(4, 1)
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((6, 8))
+    for width in range(1, 3 * gradient._LAYOUTS):
+        B = rng.standard_normal((8, width))
+        enc = code.encode(A, B)
+        np.testing.assert_allclose(code.decode({w: enc[w].compute() for w in range(4)},
+                                               encoding=enc), A @ B, atol=1e-12)
+        for _, layout in code.__dict__.get("_layouts", {}).values():
+            assert sum(1 for k in layout.cache if k[0] == "b") <= gradient._LAYOUTS

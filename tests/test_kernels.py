@@ -530,6 +530,41 @@ def test_copy_runs_refuses_bad_arguments_by_name():
     np.testing.assert_array_equal(big[8:40], 0)
 
 
+@needs_kernels
+def test_copy_runs_checks_runs_it_cannot_be_made_to_change_or_overflow():
+    """Found by review: a 0-d ``sq`` (numpy exports no shape) is refused, not read; a
+    ``part`` near ``sys.maxsize`` cannot wrap the block count past ``sq``'s end; a ``runs``
+    that aliases ``dst`` cannot rewrite a checked run through the copies (the runs are
+    copied before they are checked); a read-only ``scales`` is taken."""
+    import sys
+
+    with pytest.raises(ValueError, match="`sq` must be a contiguous 1-D float64 array"):
+        K.copy_runs(np.zeros((1, 1, 4)), np.zeros(4), np.zeros((0, 5), np.int64), np.zeros(()))
+    big = np.zeros(5)
+    with pytest.raises(ValueError, match=r"run 0 .*`sq` \(4 entries\)"):
+        K.copy_runs(np.zeros((1, 1, 8)), np.arange(1.0, 9.0), np.array([[0, 0, 4, 0, 4]], np.int64),
+                    big[:4], sys.maxsize)
+    assert not big.any()                   # nothing past sq (nor in it) written
+    sq = np.zeros(1)                       # the same part, in range: one block, one sum
+    K.copy_runs(np.zeros((1, 1, 8)), np.arange(1.0, 9.0), np.array([[0, 0, 4, 0, 0]], np.int64),
+                sq, sys.maxsize)
+    assert sq[0] == 1 + 4 + 9 + 16
+    raw = np.zeros(1 << 12)
+    dst = raw[:32].reshape(1, 2, 16)
+    runs = raw[5:10].view(np.int64).reshape(1, 5)   # the run lies inside dst's first row
+    runs[0] = (0, 0, 5, 5, -1)
+    src = np.full((2, 8), 7.0)
+    src[0, :5] = np.array([0, 0, 5, 2000, -1], np.int64).view(np.float64)   # row 0 rewrites it
+    K.copy_runs(dst, src, runs)
+    assert not raw[32:].any()              # row 1 went where the checked run said
+    np.testing.assert_array_equal(raw[16 + 5:16 + 10], 7.0)
+    scales = np.array([2.0])
+    scales.flags.writeable = False
+    out = np.zeros((1, 1, 4))
+    K.copy_runs(out, np.ones(4), np.array([[0, 0, 4, 0, -1]], np.int64), None, 0, False, scales)
+    np.testing.assert_array_equal(out, 2.0)
+
+
 def test_fast_copy_declines_what_it_does_not_handle():
     """None (the caller copies with numpy) where the loop does not apply: mixed dtypes,
     integers, strided rows, shapes that differ."""

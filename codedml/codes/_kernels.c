@@ -710,15 +710,16 @@ static char kind(Py_buffer *b)
     return f == 'd' || f == 'f' ? f : 0;
 }
 
-/* The buffers of a call: ``mode[i]`` 'w' (written), 'r' (read) or 'o' (written, optional:
-   Py_None leaves it out, have[i] 0). On failure the ones already taken are released and -1
+/* The buffers of a call: ``mode[i]`` 'w' (written), 'r' (read), 'o' (written, optional:
+   Py_None leaves it out, have[i] 0) or 'p' (read, optional). On failure the ones already taken are released and -1
    returned with the exception set; else release them with release_buffers. */
 static int get_buffers(const char *fn, int n, PyObject *const *o, Py_buffer *const *b,
                        const char *mode, const char *const *names, int *have)
 {
     for (int i = 0; i < n; i++) {
-        have[i] = !(mode[i] == 'o' && o[i] == Py_None);
-        int flags = PyBUF_STRIDES | PyBUF_FORMAT | (mode[i] == 'r' ? 0 : PyBUF_WRITABLE);
+        have[i] = !((mode[i] == 'o' || mode[i] == 'p') && o[i] == Py_None);
+        const int ro = mode[i] == 'r' || mode[i] == 'p';
+        int flags = PyBUF_STRIDES | PyBUF_FORMAT | (ro ? 0 : PyBUF_WRITABLE);
         if (have[i] && PyObject_GetBuffer(o[i], b[i], flags) < 0) {
             /* named: which argument, and what it must be (the exporter's own message, e.g.
                "a bytes-like object is required", names neither) */
@@ -726,7 +727,7 @@ static int get_buffers(const char *fn, int n, PyObject *const *o, Py_buffer *con
                 PyErr_Clear();
                 PyErr_Format(PyExc_TypeError, "%s: `%s` must be an array, got %s", fn,
                              names[i], Py_TYPE(o[i])->tp_name);
-            } else if (mode[i] != 'r' && (PyErr_ExceptionMatches(PyExc_BufferError)
+            } else if (!ro && (PyErr_ExceptionMatches(PyExc_BufferError)
                                           || PyErr_ExceptionMatches(PyExc_ValueError))) {
                 PyErr_Clear();
                 PyErr_Format(PyExc_ValueError, "%s: `%s` must be a writable array", fn,
@@ -3708,9 +3709,11 @@ done:
    Row-major: the source is read from memory once, in order, every run of a row written from
    it while it is in L1 (for the A side of a cyclic gradient code, 16 workers, blocks of 64
    columns, the task rows' runs from a 4 MiB chunk of rows run by run took about 2x the time
-   on the 2-core AMD EPYC: each run read its 768-byte pieces of 4 KiB rows from L3). Each
-   run's bounds are checked before anything is written (ValueError naming the run); dst may
-   not overlap src or sq. The GIL is released during the loop. */
+   on the 2-core AMD EPYC: each run read its 768-byte pieces of 4 KiB rows from L3). The
+   runs and scales are copied first, and each run's bounds are checked on the copy before
+   anything is written (ValueError naming the run): what the loop writes cannot change a
+   run (a `runs` aliasing `dst`), nor can another thread while the GIL is released during
+   the loop; dst may not overlap src or sq. */
 static PyObject *copy_runs(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *names[] = {"dst", "src", "runs", "sq", "part", "stream", "scales", NULL};
@@ -3725,9 +3728,11 @@ static PyObject *copy_runs(PyObject *self, PyObject *args, PyObject *kwargs)
     Py_buffer *const bufs[5] = {&d, &s, &ru, &q, &sc};
     int have[5];
     static const char *const nm[5] = {"dst", "src", "runs", "sq", "scales"};
-    if (get_buffers("copy_runs", 5, objs, bufs, "wrroo", nm, have) < 0)
+    if (get_buffers("copy_runs", 5, objs, bufs, "wrrop", nm, have) < 0)
         return NULL;
     PyObject *result = NULL;
+    int64_t *rn = NULL;     /* the runs and scales as checked: private copies (below) */
+    double *scl = NULL;
     Py_ssize_t sr, sn, ss;
     const char kd = kind(&d), ks = kind(&s);
     if (!kd || kd != ks) {
@@ -3755,12 +3760,12 @@ static PyObject *copy_runs(PyObject *self, PyObject *args, PyObject *kwargs)
                         "copy_runs: `runs` must be a C-contiguous nr x 5 int64 array");
         goto done;
     }
-    const Py_ssize_t nr = ru.shape[0], nq = have[3] ? q.shape[0] : 0;
-    const int64_t *rn = (const int64_t *)ru.buf;
+    const Py_ssize_t nr = ru.shape[0];
     if (have[3] && (q.ndim != 1 || kind(&q) != 'd' || (q.shape[0] > 1 && q.strides[0] != 8))) {
         PyErr_SetString(PyExc_ValueError, "copy_runs: `sq` must be a contiguous 1-D float64 array");
         goto done;
     }
+    const Py_ssize_t nq = have[3] ? q.shape[0] : 0;
     if (have[4] && (sc.ndim != 1 || kind(&sc) != 'd' || sc.shape[0] != nr
                     || (nr > 1 && sc.strides[0] != 8))) {
         PyErr_Format(PyExc_ValueError,
@@ -3772,13 +3777,31 @@ static PyObject *copy_runs(PyObject *self, PyObject *args, PyObject *kwargs)
         PyErr_Format(PyExc_ValueError, "copy_runs: `part` must be >= 0, got %zd", part);
         goto done;
     }
+    /* the runs (and scales) copied before they are checked, and only the copies read after:
+       a `runs` that aliases what the loop writes, or that another thread changes while the
+       GIL is released, cannot change a run once checked */
+    rn = PyMem_Malloc((size_t)(nr ? nr : 1) * 5 * sizeof(int64_t));
+    scl = have[4] ? PyMem_Malloc((size_t)(nr ? nr : 1) * sizeof(double)) : NULL;
+    if (!rn || (have[4] && !scl)) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(rn, ru.buf, (size_t)nr * 5 * sizeof(int64_t));
+    if (scl)
+        memcpy(scl, sc.buf, (size_t)nr * sizeof(double));
     for (Py_ssize_t i = 0; i < nr; i++) {
         const int64_t w = rn[5 * i], lo = rn[5 * i + 1], hi = rn[5 * i + 2], c0 = rn[5 * i + 3],
                       qq = rn[5 * i + 4];
-        const int64_t len = hi - lo;
-        const int64_t nb = qq < 0 ? 0 : part > 0 ? (len + part - 1) / part : 1;
-        if (w < 0 || w >= d.shape[0] || lo < 0 || hi < lo || hi > sn || c0 < 0
-            || len > d.shape[2] - c0 || (qq >= 0 && (qq > nq || nb > nq - qq))) {
+        /* (each difference formed only once its terms are known in range: no overflow) */
+        int bad = w < 0 || w >= d.shape[0] || lo < 0 || hi < lo || hi > sn || c0 < 0
+                  || c0 > d.shape[2] || hi - lo > d.shape[2] - c0;
+        if (!bad && qq >= 0) {
+            const int64_t len = hi - lo;
+            /* blocks of part columns, rounded up, written so that no part can overflow */
+            const int64_t nb = part > 0 ? (len == 0 ? 0 : 1 + (len - 1) / part) : 1;
+            bad = qq > nq || nb > nq - qq;
+        }
+        if (bad) {
             PyErr_Format(PyExc_ValueError,
                          "copy_runs: run %zd (w=%lld, lo=%lld, hi=%lld, c0=%lld, q=%lld) lies "
                          "outside `dst` (%zd tasks of %zd columns), `src` (%zd columns) or "
@@ -3817,7 +3840,6 @@ static PyObject *copy_runs(PyObject *self, PyObject *args, PyObject *kwargs)
         const Py_ssize_t item = d.itemsize, d0 = d.strides[0], d1 = d.strides[1];
         char *pd = (char *)d.buf, *pq = have[3] ? (char *)q.buf : NULL;
         const char *ps = (const char *)s.buf;
-        const double *scl = have[4] ? (const double *)sc.buf : NULL;
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t r = 0; r < sr; r++)
             for (Py_ssize_t i = 0; i < nr; i++) {
@@ -3847,6 +3869,8 @@ static PyObject *copy_runs(PyObject *self, PyObject *args, PyObject *kwargs)
         result = Py_NewRef(Py_None);
     }
 done:
+    PyMem_Free(rn);
+    PyMem_Free(scl);
     release_buffers(5, bufs, have);
     return result;
 }

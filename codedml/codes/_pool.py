@@ -86,7 +86,8 @@ def _offset(ptr: int, near: int | None) -> int:
     whose offset in its page is ``near``'s rounded down to 64 bytes (the cache line at or
     before the source's, so that the array's first element lies 0-63 bytes before the
     source's modulo 4 KiB, never just after it), or :data:`_AT` without ``near``. 64-byte
-    aligned either way (``ptr``, from numpy, is 16-byte aligned: the offset is below 4 KiB)."""
+    aligned either way: the data's address is ``want`` modulo 4 KiB, a multiple of 64 (the
+    offset is below 4 KiB, and the backing has 4 KiB to spare)."""
     want = (_AT if near is None else int(near) % _PAGE) & ~63
     return (want - ptr) % _PAGE
 
@@ -176,9 +177,9 @@ class TaskPool:
 
     def empty(self, shape: Any, dtype: Any, near: np.ndarray | None = None) -> np.ndarray:
         """An uninitialised C-ordered array, like ``np.empty(shape, dtype)``, in reused memory
-        where a returned buffer fits. ``near``: the array it will be copied from, if any; the
-        data then starts at the same offset in its page, rounded down to 16 bytes (see
-        :data:`_AT`)."""
+        where a returned buffer fits, starting on a cache line. ``near``: the array it will be
+        copied from, if any; the data then starts at the same offset in its page, rounded
+        down to 64 bytes (see :data:`_AT`)."""
         dtype = np.dtype(dtype)
         if type(shape) is not tuple or not all(type(s) is int for s in shape):
             shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)

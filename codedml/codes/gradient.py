@@ -427,12 +427,17 @@ def _runs_a(layout: _Layout, nb: int) -> tuple[np.ndarray, int, dict[int, int]]:
 
 def _runs_b(layout: _Layout, N: int, nb: int, width: int, bstep: int) -> tuple[np.ndarray, np.ndarray]:
     """The B side of :func:`_write_tasks` on its flat path as ``copy_runs``' runs over B's
-    values as one row (kept on the layout per row width and chunk): per partition ``j``, per
+    values as one row (kept on the layout per row width and chunk, at most :data:`_LAYOUTS`
+    of them): per partition ``j``, per
     chunk of ``bstep`` of its rows, per holder ``(w, t, c)``: its values into task ``w``'s
     slot ``t``, scaled by ``c``, the first holder's squares added into entry ``j``."""
     key = ("b", N, nb, width, bstep)
     got = layout.cache.get(key)
     if got is None:
+        if sum(1 for k in layout.cache if k[0] == "b") >= _LAYOUTS:
+            # at most _LAYOUTS widths of B kept (a job whose B width varies would grow it):
+            # all dropped at once, as _layout_for does (safe while another thread encodes)
+            layout.cache.clear()
         rows, scales = [], []
         for j, hold in enumerate(layout.holders):
             lo, hi = min(j * nb, N), min((j + 1) * nb, N)

@@ -67,6 +67,10 @@ SMALL_PLANS = 16
 _HOOKS = frozenset({"encode", "_encode", "_encode_outer", "_operand_dtype", "compensates",
                     "_compensates", "_outer_form", "_generator", "_powers"})
 
+#: What :meth:`PolyDotCode._gf_full` reads besides :data:`_HOOKS`: set on an instance, the
+#: generator is built from them on every encode instead of kept.
+_GF_HOOKS = frozenset({"_exp_a", "_exp_b", "_n_systematic"})
+
 __all__ = ["PolyDotCode", "MDSCode", "PolynomialCode", "MatDotCode", "CONSTRUCTIONS"]
 
 CONSTRUCTIONS = ("circle", "equispaced", "chebyshev")
@@ -667,7 +671,8 @@ class PolyDotCode(LinearCode):
         rows included: what :func:`~._encode.combine_runs_gfp` multiplies A's blocks by; the
         general path takes the rows past them), else the powers of that side's exponents;
         built once per code (read-only) for the library's own classes."""
-        own = type(self).__module__ == __name__ and not _HOOKS.intersection(self.__dict__)
+        own = (type(self).__module__ == __name__
+               and not (_HOOKS | _GF_HOOKS).intersection(self.__dict__))
         key = "_G_gf_" + side
         G = self.__dict__.get(key) if own else None
         if G is None:
