@@ -841,3 +841,28 @@ def test_lincomb_streamed_passes_write_what_ordinary_ones_do(simd, kind, nr, lay
             sentinel[r * (width + pad):r * (width + pad) + width] = False
         tail = b[sentinel]
         assert (tail == -7).all() if gf else np.isnan(tail).all()
+
+
+@needs_kernels
+@pytest.mark.parametrize("simd", LEVELS)
+@pytest.mark.parametrize("k", [9, 15])
+def test_lincomb_over_gfp_many_sources_across_large_tiles(simd, k):
+    """Over GF(p) with more than 8 sources the dense passes read the large tile (about 256
+    KiB, W = 2176 columns at 15 sources) and prefetch the next one: the exact product mod p
+    across three tiles and a ragged end, sources cut short in rows and columns, and a value
+    out of the field in the last tile reported (the range check)."""
+    rng = np.random.default_rng(k + 10 * LEVELS.index(simd))
+    p, m, R = 65537, 17, 2
+    C = 2 * (262144 // 8 // k // 16 * 16) + 37
+    G = rng.integers(0, p, (m, k)).astype(np.float64)
+    srcs = [rng.integers(0, p, (R - (j % 2 == 1 and j > 5), C - 3 * (j == 4)))
+            for j in range(k)]
+    dsts = np.full((m, R, C), -7, np.int64)
+    umax = K.lincomb(G, srcs, list(dsts), None, True, False, simd, p)
+    X = np.zeros((k, R, C), np.int64)
+    for j, s in enumerate(srcs):
+        X[j, :s.shape[0], :s.shape[1]] = s
+    np.testing.assert_array_equal(dsts, np.tensordot(G.astype(np.int64), X, 1) % p)
+    assert umax == max(int(s.max()) for s in srcs)
+    srcs[3][0, C - 5] = p                  # out of the field, in the last tile
+    assert K.lincomb(G, srcs, list(dsts), None, True, False, simd, p) >= p

@@ -1344,13 +1344,14 @@ typedef struct {
 /* The next tile's source rows, asked for (prefetched into L2) a few cache lines per step of
    this tile's passes, so that memory serves them while the passes compute instead of after:
    a tile's loads otherwise wait for memory with the FMA units idle, then its passes compute
-   with the memory idle. Only where several dense passes read the tile (the small L1 tile):
-   measured side by side in one process on the 2-core AMD EPYC (AVX2), 1024 and 2048, real
+   with the memory idle. Only where several dense passes read the tile: measured side by side in one process on the 2-core AMD EPYC (AVX2), 1024 and 2048, real
    MDS(8, 6) and MDS(17, 15) non-systematic and systematic MatDot(17, 8) float64 encoded in
    0.89-0.97x the time, float32 0.90-1.0x; with one pass (a systematic code's parity rows
    beside the copies of its sources, which already keep the memory busy) the systematic MDS
-   encodes took 1.08-1.09x, and over GF(p) (the residues' widening and the reductions
-   dominate) 1.02x, so neither asks. ``p[i]``, ``n[i]``: the i-th run's first line and its
+   encodes took 1.08-1.09x, so it does not ask. Over GF(p) it asked for none either until
+   the thirty-first session (1.02x then, the L1 tile's 2 KiB runs at 15 sources); with the
+   large tile for more than 8 sources (lincomb) and the passes' rows streamed, it does (the
+   AVX-512 passes; the AVX2 ones take no prefetch). ``p[i]``, ``n[i]``: the i-th run's first line and its
    bytes; ``per``: lines per step (0: none). */
 typedef struct {
     const char **p;
@@ -1636,14 +1637,15 @@ LC_INLINE LC_A512 void lc512_body(const int NR, const double *const *g, const in
 }
 
 /* lc512_body for GF(p) (as lc2q_body): the NR rows' sums over the live sources reduced and
-   stored, no sums of squares, no prefetch (lincomb asks for none over GF(p)) */
+   stored, no sums of squares; the next tile prefetched as lc512_body does */
 LC_INLINE LC_A512 void lc512q_body(const int NR, const int FL, const double *const *g,
                                    const int *live, int nl, const double *const *xp,
-                                   Py_ssize_t w, char *const *dst, int st, const double *md)
+                                   Py_ssize_t w, char *const *dst, int st, const double *md, LcPf *pf)
 {
     const __m512d T = _mm512_set1_pd(4503599627370496.0), P = _mm512_set1_pd(md[0]);
     const __m512d I = _mm512_set1_pd(FL ? md[2] : md[1]);
     for (Py_ssize_t c = 0; c < w; c += 16) {
+        lc_pf(pf);
         __m512d a[8], b[8];
         lc512_sums(NR, g, live, nl, xp, c, a, b);
         #pragma GCC unroll 8
@@ -1655,12 +1657,12 @@ LC_INLINE LC_A512 void lc512q_body(const int NR, const int FL, const double *con
 /* a GF(p) pass of NR rows (its sums of squares: none) */
 LC_INLINE LC_A512 void lc512q(const int NR, const double *const *g, const int *live, int nl,
                               const double *const *xp, Py_ssize_t w, char *const *dst, int st,
-                              double *sq, const double *md)
+                              double *sq, const double *md, LcPf *pf)
 {
     if (md[2] > 0.0)
-        lc512q_body(NR, 1, g, live, nl, xp, w, dst, st, md);
+        lc512q_body(NR, 1, g, live, nl, xp, w, dst, st, md, pf);
     else
-        lc512q_body(NR, 0, g, live, nl, xp, w, dst, st, md);
+        lc512q_body(NR, 0, g, live, nl, xp, w, dst, st, md, pf);
     for (int r = 0; r < NR; r++)
         sq[r] = 0.0;
 }
@@ -1670,7 +1672,7 @@ LC_A512 static void lc512_2(const double *const *g, const int *live, int nl, con
                             int st, double *sq, const double *md, LcPf *pf)
 {
     if (kd == 'q')
-        lc512q(2, g, live, nl, xp, w, dst, st, sq, md);
+        lc512q(2, g, live, nl, xp, w, dst, st, sq, md, pf);
     else
         lc512_body(2, g, live, nl, xp, w, dst, kd, pairs, st, sq, pf);
 }
@@ -1680,7 +1682,7 @@ LC_A512 static void lc512_4(const double *const *g, const int *live, int nl, con
                             int st, double *sq, const double *md, LcPf *pf)
 {
     if (kd == 'q')
-        lc512q(4, g, live, nl, xp, w, dst, st, sq, md);
+        lc512q(4, g, live, nl, xp, w, dst, st, sq, md, pf);
     else
         lc512_body(4, g, live, nl, xp, w, dst, kd, pairs, st, sq, pf);
 }
@@ -1690,7 +1692,7 @@ LC_A512 static void lc512_8(const double *const *g, const int *live, int nl, con
                             int st, double *sq, const double *md, LcPf *pf)
 {
     if (kd == 'q')
-        lc512q(8, g, live, nl, xp, w, dst, st, sq, md);
+        lc512q(8, g, live, nl, xp, w, dst, st, sq, md, pf);
     else
         lc512_body(8, g, live, nl, xp, w, dst, kd, pairs, st, sq, pf);
 }
@@ -1700,7 +1702,7 @@ LC_A512 static void lc512_1(const double *const *g, const int *live, int nl, con
                         double *sq, const double *md, LcPf *pf)
 {
     if (kd == 'q')
-        lc512q(1, g, live, nl, xp, w, dst, st, sq, md);
+        lc512q(1, g, live, nl, xp, w, dst, st, sq, md, pf);
     else
         lc512_body(1, g, live, nl, xp, w, dst, kd, pairs, st, sq, pf);
 }
@@ -1793,7 +1795,7 @@ LC_INLINE LC_A2 void lc2_sums(const int NR, const double *const *g, const int *l
 }
 
 /* lc2_body for GF(p): the NR rows' sums over the live sources, reduced and stored (no sums
-   of squares; no prefetch: lincomb asks for none over GF(p)) */
+   of squares; no prefetch) */
 LC_INLINE LC_A2 void lc2q_body(const int NR, const int FL, const double *const *g,
                                const int *live, int nl, const double *const *xp, Py_ssize_t w,
                                char *const *dst, int st, const double *md)
@@ -2940,7 +2942,7 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         /* the tile: large where at most one pass reads it (the sources in long runs), in L1
            where several passes read it again and again (LC_TILE_BYTES) */
         J.bodies = dense_passes;
-        if (J.simd && J.bodies > 1 && !J.md) {   /* the passes that ask for the next tile */
+        if (J.simd && J.bodies > 1) {   /* the passes that ask for the next tile */
             J.pfp = PyMem_Calloc(kk, sizeof(char *));
             J.pfn = PyMem_Calloc(kk, sizeof(Py_ssize_t));
             if (!J.pfp || !J.pfn) {
@@ -2948,7 +2950,13 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
                 goto done;
             }
         }
-        const Py_ssize_t tb = dense_passes <= 1 ? LC_TILE_BIG : LC_TILE_BYTES;
+        /* GF(p) with several dense passes and more than 8 sources takes the large tile too
+           (in L1 its sources' runs would be under 4 KiB; the passes then read the tile from
+           L2, while the next tile's runs are prefetched): GF(65537) MDS(17, 15), 15 sources,
+           0.85-0.91x the encode time at 1024-4096 side by side (AVX2 0.89-0.94x); with
+           its 4 sources the polynomial code's runs are 8 KiB in L1 already, and the large
+           tile measured 0.95-1.04x there (the prefetch alone 0.94-0.99x) */
+        const Py_ssize_t tb = dense_passes <= 1 || (J.md && k > 8) ? LC_TILE_BIG : LC_TILE_BYTES;
         Py_ssize_t W = (tb / (Py_ssize_t)sizeof(double) / (k ? k : 1)) / LC_GROUP * LC_GROUP;
         W = W < LC_GROUP ? LC_GROUP : W > LC_MAX_W ? LC_MAX_W : W;
         if (J.acc) {   /* the pass rows' sums in cache, the sources in runs of W */
