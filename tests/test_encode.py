@@ -1206,3 +1206,42 @@ def test_gradient_code_keeps_a_bounded_number_of_b_layouts():
                                                encoding=enc), A @ B, atol=1e-12)
         for _, layout in code.__dict__.get("_layouts", {}).values():
             assert sum(1 for k in layout.cache if k[0] == "b") <= gradient._LAYOUTS
+
+
+def test_gradient_code_encodes_from_several_threads_while_b_widths_change():
+    """One code encoding from four threads at once, B's width changing every call, the
+    thread switches forced often: the kept B-side runs are added and dropped in single
+    steps, so no encode fails (found by review: counting them by a walk over the shared
+    dict raised "dictionary changed size during iteration" when another thread changed it)
+    and every task is right."""
+    import sys
+    import threading
+
+    code = GradientCode(4, 1)
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((5, 8))
+    Bs = [rng.standard_normal((8, w)) for w in range(1, 40)]
+    errors: list[BaseException] = []
+
+    def work(seed: int) -> None:
+        try:
+            for i in range(400):
+                B = Bs[(seed * 7 + i) % len(Bs)]
+                enc = code.encode(A, B)
+                if i % 50 == 0:
+                    got = code.decode({w: enc[w].compute() for w in range(4)}, encoding=enc)
+                    np.testing.assert_allclose(got, A @ B, atol=1e-12)
+        except BaseException as exc:   # noqa: BLE001 (reported below, whatever it is)
+            errors.append(exc)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors, errors[:1]

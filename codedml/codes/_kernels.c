@@ -1344,15 +1344,17 @@ typedef struct {
 /* The next tile's source rows, asked for (prefetched into L2) a few cache lines per step of
    this tile's passes, so that memory serves them while the passes compute instead of after:
    a tile's loads otherwise wait for memory with the FMA units idle, then its passes compute
-   with the memory idle. Only where several dense passes read the tile: measured side by side in one process on the 2-core AMD EPYC (AVX2), 1024 and 2048, real
-   MDS(8, 6) and MDS(17, 15) non-systematic and systematic MatDot(17, 8) float64 encoded in
-   0.89-0.97x the time, float32 0.90-1.0x; with one pass (a systematic code's parity rows
-   beside the copies of its sources, which already keep the memory busy) the systematic MDS
-   encodes took 1.08-1.09x, so it does not ask. Over GF(p) it asked for none either until
-   the thirty-first session (1.02x then, the L1 tile's 2 KiB runs at 15 sources); with the
+   with the memory idle. Only where several dense passes read the tile: measured side by
+   side in one process on the 2-core AMD EPYC (AVX2), 1024 and 2048, real MDS(8, 6) and
+   MDS(17, 15) non-systematic and systematic MatDot(17, 8) float64 encoded in 0.89-0.97x the
+   time, float32 0.90-1.0x; with one pass (a systematic code's parity rows beside the copies
+   of its sources, which already keep the memory busy) the systematic MDS encodes took
+   1.08-1.09x, so it does not ask. Over GF(p) it asked for none either until the
+   thirty-first session (1.02x then, the L1 tile's 2 KiB runs at 15 sources); with the
    large tile for more than 8 sources (lincomb) and the passes' rows streamed, it does (the
-   AVX-512 passes; the AVX2 ones take no prefetch). ``p[i]``, ``n[i]``: the i-th run's first line and its
-   bytes; ``per``: lines per step (0: none). */
+   AVX-512 passes; the AVX2 ones take no prefetch, and lincomb sets none up for them).
+   ``p[i]``, ``n[i]``: the i-th run's first line and its bytes; ``per``: lines per step
+   (0: none). */
 typedef struct {
     const char **p;
     Py_ssize_t *n;
@@ -2942,7 +2944,8 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         /* the tile: large where at most one pass reads it (the sources in long runs), in L1
            where several passes read it again and again (LC_TILE_BYTES) */
         J.bodies = dense_passes;
-        if (J.simd && J.bodies > 1) {   /* the passes that ask for the next tile */
+        /* the passes that ask for the next tile (the AVX2 GF(p) passes take none) */
+        if (J.simd && J.bodies > 1 && (J.simd == 2 || !J.md)) {
             J.pfp = PyMem_Calloc(kk, sizeof(char *));
             J.pfn = PyMem_Calloc(kk, sizeof(Py_ssize_t));
             if (!J.pfp || !J.pfn) {
@@ -2955,8 +2958,11 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
            L2, while the next tile's runs are prefetched): GF(65537) MDS(17, 15), 15 sources,
            0.85-0.91x the encode time at 1024-4096 side by side (AVX2 0.89-0.94x); with
            its 4 sources the polynomial code's runs are 8 KiB in L1 already, and the large
-           tile measured 0.95-1.04x there (the prefetch alone 0.94-0.99x) */
-        const Py_ssize_t tb = dense_passes <= 1 || (J.md && k > 8) ? LC_TILE_BIG : LC_TILE_BYTES;
+           tile measured 0.95-1.04x there (the prefetch alone 0.94-0.99x); not past 1024
+           sources, where its rows would be under 32 columns: no longer runs, only padding) */
+        const Py_ssize_t tb = dense_passes <= 1 || (J.md && k > 8
+                                                    && k * 2 * LC_GROUP * 8 <= LC_TILE_BIG)
+                              ? LC_TILE_BIG : LC_TILE_BYTES;
         Py_ssize_t W = (tb / (Py_ssize_t)sizeof(double) / (k ? k : 1)) / LC_GROUP * LC_GROUP;
         W = W < LC_GROUP ? LC_GROUP : W > LC_MAX_W ? LC_MAX_W : W;
         if (J.acc) {   /* the pass rows' sums in cache, the sources in runs of W */

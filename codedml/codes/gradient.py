@@ -434,9 +434,11 @@ def _runs_b(layout: _Layout, N: int, nb: int, width: int, bstep: int) -> tuple[n
     key = ("b", N, nb, width, bstep)
     got = layout.cache.get(key)
     if got is None:
-        if sum(1 for k in layout.cache if k[0] == "b") >= _LAYOUTS:
-            # at most _LAYOUTS widths of B kept (a job whose B width varies would grow it):
-            # all dropped at once, as _layout_for does (safe while another thread encodes)
+        if len(layout.cache) > _LAYOUTS:
+            # at most _LAYOUTS widths of B kept besides A's one entry (a job whose B width
+            # varies would grow it): all dropped at once, one step each (len, clear), as in
+            # _layout_for, safe while another thread encodes (counting the keys by a walk
+            # over the dict raised there when another thread changed it meanwhile)
             layout.cache.clear()
         rows, scales = [], []
         for j, hold in enumerate(layout.holders):
