@@ -710,61 +710,53 @@ def _compiled(G, blocks, out, lead, flat, sq, post=None) -> bool:
 
 
 def combine_runs(G: np.ndarray, A: np.ndarray, h: int, out: np.ndarray,
-                 sq: np.ndarray) -> bool:
+                 sq: np.ndarray | None = None, post: ModP | None = None) -> bool:
     """``out[o] = sum_j G[o, j] S_j`` by the compiled ``lincomb``, where ``S_j`` is rows
     ``j h .. (j + 1) h`` of a C-ordered ``A`` (the last blocks cut short by the split's
     padding, or wholly in it: empty runs, read as zeros) taken as one run of ``h * N``
     values, and ``out`` is ``(G.shape[0], h * N)``, C-ordered: each task one row of that
     length. ``G`` is the whole generator, float64, a systematic code's identity rows
-    included (each written as its block loads, the values as they are). Each output's sum of
-    squares is added into ``sq`` (float64, one entry per output). The values are
+    included (each written as its block loads, the values as they are). The values are
     :func:`combine`'s with the blocks as ``(h, N)`` matrices, bit for bit (the same sums in
     the same order per entry); the tile walk runs over each block's ``h * N`` values at
     once instead of ``h`` rows of ``N``, and the per-block views and checks of the general
     path are not built: the kernel alone, side by side in one process, took 0.80-0.99x the
-    time for systematic MDS codes and 0.95-1.02x (the noise) for dense ones. Returns False (nothing
-    written) where the kernel or this layout does not apply; the caller then takes
-    :func:`combine`."""
-    if (not _lincomb_ok() or A.ndim != 2 or A.dtype not in _REAL or not A.flags.c_contiguous
-            or out.ndim != 2 or out.dtype not in _REAL or not out.flags.c_contiguous
-            or G.dtype != np.float64 or G.ndim != 2 or not G.flags.c_contiguous
-            or sq.dtype != np.float64 or not sq.flags.c_contiguous or sq.shape != (out.shape[0],)):
-        return False
-    M, N = A.shape
-    L = h * N
-    k = G.shape[1]
-    if L <= 0 or M == 0 or M > k * h or out.shape != (G.shape[0], L):
-        return False
-    flat = A.reshape(M * N)
-    # every block, those wholly in the padding as empty runs (read as zeros): G's identity
-    # rows stay identity rows, each written as its block loads (see _compiled)
-    srcs = [flat[j * L:(j + 1) * L] for j in range(k)]
-    _K.lincomb(G, srcs, out, sq, out.nbytes >= STREAM_BYTES, False, LINCOMB_SIMD)
-    return True
+    time for systematic MDS codes and 0.95-1.02x (the noise) for dense ones.
 
+    Real (``post`` None): float32/float64 ``A`` and ``out``; each output's sum of squares is
+    added into ``sq`` (float64, one entry per output). GF(p) (``post``: the field and
+    ``A``'s range check): int64 residues, ``G`` integers in ``[0, p)``, every sum exact
+    (``k (p - 1)**2 <= 2**52``) and reduced mod p into the int64 tasks, ``A``'s range
+    checked by the kernel as it reads each value (raising by name before any task is handed
+    out; the systematic GF(65537) MDS encode 0.78-0.86x the per-block path's time).
 
-def combine_runs_gfp(G: np.ndarray, A: np.ndarray, h: int, out: np.ndarray,
-                     post: ModP) -> bool:
-    """:func:`combine_runs` over GF(p) (``post``: the field and ``A``'s range check): int64
-    residues, ``G`` integers in ``[0, p)`` (float64, C-ordered, a systematic code's identity
-    rows included), every sum exact (``k (p - 1)**2 <= 2**52``) and reduced mod p into the
-    int64 tasks, ``A``'s range checked by the kernel as it reads each value (raising by name
-    before any task is handed out); the values are :func:`combine`'s. Returns False (nothing
-    written) where the kernel or this layout does not apply."""
-    if (not _lincomb_ok() or A.ndim != 2 or A.dtype != np.int64 or not A.flags.c_contiguous
-            or out.ndim != 2 or out.dtype != np.int64 or not out.flags.c_contiguous
+    Returns False (nothing written) where the kernel or this layout does not apply; the
+    caller then takes :func:`combine`."""
+    if post is None:
+        ok = (A.dtype in _REAL and out.dtype in _REAL and sq is not None
+              and sq.dtype == np.float64 and sq.flags.c_contiguous
+              and sq.shape == (out.shape[0],))
+    else:
+        ok = A.dtype == np.int64 and out.dtype == np.int64
+    if (not ok or not _lincomb_ok() or A.ndim != 2 or not A.flags.c_contiguous
+            or out.ndim != 2 or not out.flags.c_contiguous
             or G.dtype != np.float64 or G.ndim != 2 or not G.flags.c_contiguous):
         return False
     M, N = A.shape
     L = h * N
     k = G.shape[1]
     if (L <= 0 or M == 0 or M > k * h or out.shape != (G.shape[0], L)
-            or k * (post.p - 1) ** 2 > 2 ** 52):
+            or (post is not None and k * (post.p - 1) ** 2 > 2 ** 52)):
         return False
     flat = A.reshape(M * N)
+    # every block, those wholly in the padding as empty runs (read as zeros): G's identity
+    # rows stay identity rows, each written as its block loads (see _compiled)
     srcs = [flat[j * L:(j + 1) * L] for j in range(k)]
-    umax = _K.lincomb(G, srcs, out, None, out.nbytes >= STREAM_BYTES, False, LINCOMB_SIMD,
-                      post.p)
+    stream = out.nbytes >= STREAM_BYTES
+    if post is None:
+        _K.lincomb(G, srcs, out, sq, stream, False, LINCOMB_SIMD)
+        return True
+    umax = _K.lincomb(G, srcs, out, None, stream, False, LINCOMB_SIMD, post.p)
     post.check(umax)          # raises, naming the operand, where a value is out of range
     post.checked = True       # every entry of A went through the kernel
     return True

@@ -478,14 +478,12 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
     sq_a = np.zeros(n) if real else None   # per partition of A's columns
     step = max(1, CHUNK_BYTES // max(1, N * A.itemsize))
     full = N // nb if nb else 0   # partitions whole in A's columns (the next one, if any, short)
-    # Compiled (codes/_kernels.c): each partition's sum of squares comes from one of the
-    # copies of it (its owner run, see _layout), block by block of nb columns in the copy's
-    # own loop: no second pass over A. Where A's rows are not contiguous or its dtype is not
-    # the tasks', numpy copies and BLAS dots as below. The compiled copies are called
-    # directly where their arguments are known to suit them (no fast_copy checks per call).
+    # Compiled (codes/_kernels.c, copy_runs): each partition's sum of squares comes from one
+    # of the copies of it (its owner run, see _layout), block by block of nb columns in the
+    # copy's own loop: no second pass over A. Where A's rows are not contiguous or its dtype
+    # is not the tasks', numpy copies and BLAS dots as below.
     fused = (real and _K is not None and nb > 0 and A.dtype == a_all.dtype
              and A.dtype in (np.float64, np.float32) and (N <= 1 or A.strides[1] == A.itemsize))
-    blocks: dict[int, np.ndarray] = {}      # owning run -> its partitions' sums (blocks of nb)
     with np.errstate(invalid="ignore", over="ignore"):
         for w, lo, hi, c0, c1 in plan:            # columns past the padding: zero
             if c0 + hi - lo < c1:
@@ -496,31 +494,30 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
         stream_a = a_all.nbytes >= STREAM_BYTES
         if fused:
             # one compiled call, row by row of A (every run of a row written while the row
-            # is in L1; A read from memory once, in order), the owners' squares by blocks
+            # is in L1; A read from memory once, in order), each owning run's squares by
+            # blocks of nb columns from its first entry on
             runs_a, n_sq, first = _runs_a(layout, nb)
             sq_blocks = np.zeros(n_sq)
             _K.copy_runs(a_all, A, runs_a, sq_blocks, nb, stream_a)
-            for i, at in first.items():
-                blocks[i] = sq_blocks[at:]
-        for r0 in range(0, 0 if fused else M, step):
-            r1 = min(M, r0 + step)
-            X = A[r0:r1]
-            for w, lo, hi, c0, _ in plan:
-                if hi > lo:
-                    d = a_all[w, r0:r1, c0:c0 + hi - lo]
-                    if not real or fast_copy(d, X[:, lo:hi], stream_a, squares=False) is None:
-                        np.copyto(d, X[:, lo:hi], casting="unsafe")
-            if real and X.size:
-                # the partitions' sums of squares: one BLAS dot per row of every partition
-                # (X's rows as (rows x partitions) segments of nb), summed over the rows
-                if full:   # (a view where X's rows are contiguous, else reshape copies)
-                    seg = X[:, :full * nb].reshape(-1, nb)
-                    sq_a[:full] += _rowsq(seg).reshape(r1 - r0, full).sum(axis=0)
-                if full * nb < N:
-                    sq_a[full] += float(_rowsq(np.ascontiguousarray(X[:, full * nb:])).sum())
-        for j, i in owner.items():
-            if i in blocks:
-                sq_a[j] = blocks[i][j - plan[i][1] // nb]
+            for j, i in owner.items():
+                sq_a[j] = sq_blocks[first[i] + j - plan[i][1] // nb]
+        else:
+            for r0 in range(0, M, step):
+                r1 = min(M, r0 + step)
+                X = A[r0:r1]
+                for w, lo, hi, c0, _ in plan:
+                    if hi > lo:
+                        d = a_all[w, r0:r1, c0:c0 + hi - lo]
+                        if not real or fast_copy(d, X[:, lo:hi], stream_a, squares=False) is None:
+                            np.copyto(d, X[:, lo:hi], casting="unsafe")
+                if real and X.size:
+                    # the partitions' sums of squares: one BLAS dot per row of every partition
+                    # (X's rows as (rows x partitions) segments of nb), summed over the rows
+                    if full:   # (a view where X's rows are contiguous, else reshape copies)
+                        seg = X[:, :full * nb].reshape(-1, nb)
+                        sq_a[:full] += _rowsq(seg).reshape(r1 - r0, full).sum(axis=0)
+                    if full * nb < N:
+                        sq_a[full] += float(_rowsq(np.ascontiguousarray(X[:, full * nb:])).sum())
         sq_b = np.zeros(n) if real else None   # per partition of B's rows
         width = math.prod(B.shape[1:])
         bstep = max(1, CHUNK_BYTES // max(1, width * B.itemsize))
@@ -535,53 +532,54 @@ def _write_tasks(A: np.ndarray, B: np.ndarray, a_all: np.ndarray, b_all: np.ndar
             if hi - lo < nb:
                 for w, t, _ in holders[j]:            # rows past the padding: zero
                     b_all[w, t * nb + hi - lo:(t + 1) * nb] = 0
-        if flat and n:
+        if flat:
             # one compiled call: per partition and chunk of its rows, every holder's scaled
             # copy (the first one's sum of squares into sq_b), in the loops' order below
             runs_b, scales_b = _runs_b(layout, N, nb, width, bstep)
             _K.copy_runs(b_all.reshape(n, 1, -1), B.reshape(1, -1), runs_b, sq_b, 0,
                          stream_b, scales_b)
-        for j in range(0 if flat else n):
-            lo, hi = min(j * nb, N), min((j + 1) * nb, N)
-            for r0 in range(lo, hi, bstep):
-                r1 = min(hi, r0 + bstep)
-                Y = B[r0:r1]
-                # rows as one 2-D matrix (a vector: one row), where that is a view
-                Y2 = Y if Y.ndim < 3 else view_as(Y, (r1 - r0, -1))
-                Y64 = None
-                sq_y = None    # Y's sum of squares, from the first compiled copy
-                for w, t, c in holders[j]:
-                    d = b_all[w, t * nb + r0 - lo:t * nb + r1 - lo]
-                    if real and Y2 is not None:
-                        got = fast_copy(d.reshape(Y2.shape), Y2, stream_b, c,
-                                        squares=sq_y is None)
-                        if got is not None:
-                            sq_y = got if sq_y is None else sq_y
-                            continue
-                    if real:
-                        # the product in float64, rounded once into the task's dtype. Where
-                        # B already has that dtype and c is exact in it (1 on the diagonal,
-                        # every fractional-repetition coefficient), the product in that
-                        # dtype is the same correctly rounded value (a float32 product is
-                        # exact in float64): no float64 pass. Otherwise B's chunk is cast
-                        # to float64 once for all its holders (numpy's buffered mixed-type
-                        # multiply measured 1.5x slower).
-                        if Y.dtype == d.dtype and d.dtype.type(c) == c:
-                            if c == 1:
-                                np.copyto(d, Y)
+        else:
+            for j in range(n):
+                lo, hi = min(j * nb, N), min((j + 1) * nb, N)
+                for r0 in range(lo, hi, bstep):
+                    r1 = min(hi, r0 + bstep)
+                    Y = B[r0:r1]
+                    # rows as one 2-D matrix (a vector: one row), where that is a view
+                    Y2 = Y if Y.ndim < 3 else view_as(Y, (r1 - r0, -1))
+                    Y64 = None
+                    sq_y = None    # Y's sum of squares, from the first compiled copy
+                    for w, t, c in holders[j]:
+                        d = b_all[w, t * nb + r0 - lo:t * nb + r1 - lo]
+                        if real and Y2 is not None:
+                            got = fast_copy(d.reshape(Y2.shape), Y2, stream_b, c,
+                                            squares=sq_y is None)
+                            if got is not None:
+                                sq_y = got if sq_y is None else sq_y
+                                continue
+                        if real:
+                            # the product in float64, rounded once into the task's dtype. Where
+                            # B already has that dtype and c is exact in it (1 on the diagonal,
+                            # every fractional-repetition coefficient), the product in that
+                            # dtype is the same correctly rounded value (a float32 product is
+                            # exact in float64): no float64 pass. Otherwise B's chunk is cast
+                            # to float64 once for all its holders (numpy's buffered mixed-type
+                            # multiply measured 1.5x slower).
+                            if Y.dtype == d.dtype and d.dtype.type(c) == c:
+                                if c == 1:
+                                    np.copyto(d, Y)
+                                else:
+                                    np.multiply(Y, d.dtype.type(c), out=d)
+                            elif Y.dtype == np.float64:
+                                np.multiply(Y, np.float64(c), out=d, casting="unsafe")
                             else:
-                                np.multiply(Y, d.dtype.type(c), out=d)
-                        elif Y.dtype == np.float64:
-                            np.multiply(Y, np.float64(c), out=d, casting="unsafe")
+                                if Y64 is None:
+                                    Y64 = Y.astype(np.float64)
+                                np.multiply(Y64, np.float64(c), out=d, casting="unsafe")
                         else:
-                            if Y64 is None:
-                                Y64 = Y.astype(np.float64)
-                            np.multiply(Y64, np.float64(c), out=d, casting="unsafe")
-                    else:
-                        np.multiply(Y, c, out=d)
-                        np.remainder(d, P, out=d)
-                if real:
-                    sq_b[j] += sq_y if sq_y is not None else float(_rowsq(Y.reshape(1, -1))[0])
+                            np.multiply(Y, c, out=d)
+                            np.remainder(d, P, out=d)
+                    if real:
+                        sq_b[j] += sq_y if sq_y is not None else float(_rowsq(Y.reshape(1, -1))[0])
     if not real:
         return None
     return sq_a, sq_b

@@ -587,11 +587,11 @@ class PolyDotCode(LinearCode):
             # ModP also owns its operand's range check, made in the copy where it can be
             reduce = _encode.ModP(P, "A", A)
             a = _pool.empty((n, rb, nb), dtype=np.int64, near=A)
+            GA = self._gf_full("a")
             # m = 1: A's blocks are runs of its rows (C-ordered), each task one run: the
             # whole generator (identity rows included) in one call, no per-block views
-            if not (m == 1 and _encode.combine_runs_gfp(self._gf_full("a"), A, rb,
-                                                          a.reshape(n, rb * nb), reduce)):
-                GA = self._gf_full("a")
+            if not (m == 1 and _encode.combine_runs(GA, A, rb, a.reshape(n, rb * nb),
+                                                     post=reduce)):
                 _encode.combine(GA[s:] if s else GA, _grid(A, p, m, rb, nb), a, nsys=s,
                                 post=reduce)
             reduce.check()   # a no-op where the copies covered A
@@ -668,7 +668,7 @@ class PolyDotCode(LinearCode):
     def _gf_full(self, side: str) -> np.ndarray:
         """Over GF(p), ``side`` ``"a"``'s or ``"b"``'s generator as float64 integers in
         ``[0, p)``, C-ordered: :meth:`_generator` where that side is systematic (its identity
-        rows included: what :func:`~._encode.combine_runs_gfp` multiplies A's blocks by; the
+        rows included: what :func:`~._encode.combine_runs` multiplies A's blocks by; the
         general path takes the rows past them), else the powers of that side's exponents;
         built once per code (read-only) for the library's own classes."""
         own = (type(self).__module__ == __name__
