@@ -1245,3 +1245,112 @@ def test_gradient_code_encodes_from_several_threads_while_b_widths_change():
     finally:
         sys.setswitchinterval(old)
     assert not errors, errors[:1]
+
+
+@contextlib.contextmanager
+def _runs_spy():
+    """A list that gets a 1 for every encode that ``PolyDotCode._encode_runs`` completes."""
+    from codedml.codes import polydot
+
+    ran: list[int] = []
+    real = polydot.PolyDotCode._encode_runs
+
+    def spy(self, *a):
+        out = real(self, *a)
+        if out is not None:
+            ran.append(1)
+        return out
+
+    polydot.PolyDotCode._encode_runs = spy
+    try:
+        yield ran
+    finally:
+        polydot.PolyDotCode._encode_runs = real
+
+
+@pytest.mark.skipif(not _encode._lincomb_ok(), reason="the compiled lincomb is not built or the CPU lacks AVX2/FMA")
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(2, 18), k_frac=st.floats(0.1, 1.0), systematic=st.booleans(),
+       M=st.integers(1, 300), N=st.integers(1, 90), K=st.integers(0, 40),
+       kind=st.sampled_from(["float64", "float32", "gf"]), seed=st.integers(0, 2**32 - 1))
+def test_runs_encode_is_the_general_encode(n, k_frac, systematic, M, N, K, kind, seed):
+    """An MDS-type code's encode of C-ordered inputs too large for ``_encode_small`` takes
+    ``_encode_runs`` (its plan kept per shape and dtype): the same tasks bit for bit as the
+    general path (``LinearCode.encode``), Task objects of the same types built on first use
+    (GF(p): residues of the code's field, one view of the shared B), the same shapes, dtype,
+    flags and noise scales (bit for bit: the same sums of squares), and a decode of the
+    first k tasks' products gives ``A @ B``."""
+    from codedml.codes._base import LinearCode
+    from codedml.codes._field import Residues
+
+    k = max(1, min(n - 1, round(k_frac * n)))
+    rng = np.random.default_rng(seed)
+    if kind == "gf":
+        code = MDSCode(n, k, field=65537, systematic=systematic)
+        A = rng.integers(0, 65537, (M, N))
+        B = rng.integers(0, 65537, (N, K) if K else N)
+    else:
+        code = MDSCode(n, k, systematic=systematic)
+        A = rng.standard_normal((M, N)).astype(kind)
+        B = rng.standard_normal((N, K) if K else N).astype(kind)
+    with _runs_spy() as ran:
+        fast = code.encode(A, B)
+        general = LinearCode.encode(code, A, B)
+    itemsize = 8 if kind == "gf" else np.dtype(kind).itemsize
+    h = -(-M // (code.p if kind == "gf" else 2 * code.p))
+    small = (kind != "gf" and (2 * n * h * N * itemsize <= _encode.TINY_BYTES
+                               or np.dtype(kind) != fast.dtype
+                               or code.compensates(np.dtype(kind), np.dtype(kind), "auto")))
+    assert ran == ([] if small else [1])
+    assert (fast._stack is None) == (small and kind == "float32")   # (small float64: _encode_small)
+    assert len(fast) == len(general) == n
+    for f, g in zip(fast, general):
+        assert type(f.a) is type(g.a) and type(f.b) is type(g.b)
+        for x, y in ((f.a, g.a), (f.b, g.b)):
+            assert x.dtype == y.dtype and x.shape == y.shape
+            assert x.tobytes() == y.tobytes()           # bit for bit, -0.0 included
+        assert (f.worker, f.field, f.compensated) == (g.worker, g.field, g.compensated)
+        if kind == "gf":
+            assert isinstance(f.a, Residues) and f.a.modulus == f.b.modulus == 65537
+    assert (fast.shape, fast.inner, fast.dtype, fast.compensated) == (
+        general.shape, general.inner, general.dtype, general.compensated)
+    if kind == "gf":
+        assert fast.scales is None and general.scales is None
+        assert fast[0].b is fast[n - 1].b               # one view of the shared B
+        want = (A @ B) % 65537
+        got = code.decode({w: fast[w].compute() for w in range(k)}, encoding=fast)
+        np.testing.assert_array_equal(got, want)
+        return
+    if not small:
+        assert fast.scales.tobytes() == general.scales.tobytes()
+    got = code.decode({w: fast[w].compute() for w in range(k)}, encoding=fast)
+    ref = A.astype(np.float64) @ B.astype(np.float64)
+    tol = 1e-4 if kind == "float32" else 1e-9
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * max(1.0, np.abs(ref).max()))
+
+
+@pytest.mark.skipif(not _encode._lincomb_ok(), reason="the compiled lincomb is not built or the CPU lacks AVX2/FMA")
+def test_runs_encode_refuses_what_the_general_encode_refuses_by_name():
+    """The runs path checks what the general path checks, naming the operand: GF(p) entries
+    out of the field in A or in B, a NaN in a real A; and a GF(p) hook set on the instance
+    after a plan was kept sends the encode the general way (its generator the hook's)."""
+    rng = np.random.default_rng(3)
+    code = MDSCode(17, 15, field=65537)
+    A = rng.integers(0, 65537, (256, 128))
+    B = rng.integers(0, 65537, (128, 64))
+    with _runs_spy() as ran:
+        code.encode(A, B)
+        bad = A.copy()
+        bad[100, 7] = 65537
+        with pytest.raises(ConfigurationError, match=r"`A` entries must be between 0 and 65536 for GF\(65537\), got 65537"):
+            code.encode(bad, B)
+        bad = B.copy()
+        bad[3, 3] = -1
+        with pytest.raises(ConfigurationError, match=r"`B` entries must be between 0 and 65536 for GF\(65537\), got -1"):
+            code.encode(A, bad)
+    assert ran == [1]
+    real = MDSCode(17, 15)
+    X = rng.standard_normal((256, 128))
+    X[5, 5] = np.nan
+    with pytest.raises(ConfigurationError, match=r"`A` contains NaN or Inf"):
+        real.encode(X, rng.standard_normal((128, 64)))

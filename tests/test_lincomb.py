@@ -866,3 +866,84 @@ def test_lincomb_over_gfp_many_sources_across_large_tiles(simd, k):
     assert umax == max(int(s.max()) for s in srcs)
     srcs[3][0, C - 5] = p                  # out of the field, in the last tile
     assert K.lincomb(G, srcs, list(dsts), None, True, False, simd, p) >= p
+
+
+@needs_kernels
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(k=st.integers(1, 12), run=st.integers(1, 300), short=st.integers(0, 400),
+       dtype=st.sampled_from([np.float64, np.float32, np.int64]), extra=st.integers(0, 3),
+       seed=st.integers(0, 2 ** 16))
+def test_lincomb_run_cuts_one_array_as_the_list_of_its_runs_does(k, run, short, dtype, extra,
+                                                                  seed):
+    """``run=L``: one 1-D array read as the sources ``x[j L:(j + 1) L]`` (the last ones cut
+    short or empty where it ends) gives, bit for bit, what the list of those slices gives:
+    outputs, sums of squares (real) and the GF(p) range check's largest value."""
+    rng = np.random.default_rng(seed)
+    size = max(0, k * run - short)
+    m = k + extra
+    if dtype == np.int64:
+        p = 65537
+        x = rng.integers(0, p, size)
+        G = np.vstack([np.eye(k), rng.integers(0, p, (extra, k))]).astype(np.float64)
+        outs = [np.zeros((m, run), np.int64) for _ in range(2)]
+        got = [K.lincomb(G, x, outs[0], None, True, False, -1, p, run=run),
+               K.lincomb(G, [x[j * run:(j + 1) * run] for j in range(k)], outs[1], None, True,
+                         False, -1, p)]
+        assert got[0] == got[1]
+    else:
+        x = rng.standard_normal(size).astype(dtype)
+        G = np.vstack([np.eye(k), rng.standard_normal((extra, k))])
+        outs = [np.zeros((m, run), dtype) for _ in range(2)]
+        sqs = [np.zeros(m), np.zeros(m)]
+        K.lincomb(G, x, outs[0], sqs[0], True, False, -1, run=run)
+        K.lincomb(G, [x[j * run:(j + 1) * run] for j in range(k)], outs[1], sqs[1], True,
+                  False, -1)
+        assert sqs[0].tobytes() == sqs[1].tobytes()
+    assert outs[0].tobytes() == outs[1].tobytes()
+
+
+@needs_kernels
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda G, x, d: K.lincomb(G, x, d, run=-1), ValueError, r"`run` must be 0 \(sources as given\) or a positive count of values, got -1"),
+    (lambda G, x, d: K.lincomb(G, [x], d, run=4), TypeError, r"with `run`, `srcs` must be one 1-D array"),
+    (lambda G, x, d: K.lincomb(G, x.reshape(3, 4), d, run=4), ValueError, r"with `run`, `srcs` must be one contiguous 1-D array"),
+    (lambda G, x, d: K.lincomb(G, x[::2], d, run=2), ValueError, r"with `run`, `srcs` must be one contiguous 1-D array"),
+    (lambda G, x, d: K.lincomb(G, x, d, run=5), ValueError, r"`run` \(5\) is longer than the outputs' rows \(4\)"),
+    (lambda G, x, d: K.lincomb(G, x, d, run=3), ValueError, r"`srcs` holds 12 values, more than 3 sources of `run` 3"),
+])
+def test_lincomb_run_refuses_bad_arguments_by_name(call, exc, match):
+    G = np.vstack([np.eye(3), np.ones((1, 3))])
+    with pytest.raises(exc, match=match):
+        call(G, np.ones(12), np.zeros((4, 4)))
+
+
+@needs_kernels
+@pytest.mark.parametrize("C", [16, 40, 100, 1000, 4095, 8000])
+@pytest.mark.parametrize("k", [1, 3, 4, 5, 9])
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_lincomb_accumulating_walk_squares_are_the_row_loops(C, k, stream, dtype):
+    """In one tile (R = 1, C at most the walk's W) each identity row's sum of squares is, bit
+    for bit, the row loop's (``copy_sq``'s): float64 sources are copied and added in one
+    loop (lc512_fused), which hands its four accumulators to that loop's, float32 ones by
+    the loop itself; the parity rows are the pass's alone."""
+    if getattr(K, "SIMD", 0) < 2:
+        pytest.skip("the accumulating walk runs on AVX-512 only")
+    rng = np.random.default_rng(C * 31 + k)
+    srcs = [rng.standard_normal(C).astype(dtype) for _ in range(k)]
+    srcs[0][: C // 3] = -0.0
+    P = rng.standard_normal((2, k))
+    G = np.vstack([np.eye(k), P])
+    out = np.zeros((k + 2, C), dtype)
+    sq = np.zeros(k + 2)
+    K.lincomb(G, srcs, out, sq, stream, False, -1)
+    again = np.zeros_like(out)   # (each row where out's lies modulo 16 bytes: a streamed row
+    # loop starts with the elements before a 16-byte boundary)
+    assert again.ctypes.data % 16 == out.ctypes.data % 16
+    for j in range(k):
+        want = K.copy_sq(again[j], srcs[j], None, stream, 1.0)
+        assert np.float64(want).tobytes() == sq[j].tobytes(), j
+        assert out[j].tobytes() == srcs[j].tobytes()
+    alone = np.zeros((2, C), dtype)
+    K.lincomb(P, srcs, alone, None, stream, False, -1)
+    assert out[k:].tobytes() == alone.tobytes()

@@ -336,3 +336,20 @@ def test_numpy_worker_products_pool_only_large_results():
         pooled = (p.hits, p.misses) != (hits, misses)
         assert pooled == (out.nbytes >= _pool.MIN_BYTES), (out.shape, pooled)
         assert (out.base is not None) == pooled
+
+
+def test_leases_are_forgotten_when_their_arrays_die(pool):
+    """The pool's weak references to live leases (what returns their memory) go as the
+    arrays die, views included: over many encodes the table holds the live ones only."""
+    A = np.ones((64, 8))
+    held = []
+    for i in range(200):
+        enc = MDSCode(6, 4).encode(A, np.ones((8, 3)))
+        if i % 50 == 0:
+            held.append(enc[1].a[2:])     # a view keeps its lease alive
+        del enc
+    assert 0 < len(pool._leases) <= 2 * len(held)
+    del held
+    gc.collect()
+    assert len(pool._leases) == 0
+    assert pool.free_bytes > 0

@@ -170,11 +170,11 @@ class Encoding(Sequence[Task]):
         Whether the workers compute compensated products (see :attr:`Task.compensated`).
     """
 
-    #: ``(ta, tb)`` where every task's ``a`` is a row ``ta[w]`` of one C-ordered float64
-    #: array and every ``b`` the one C-ordered array ``tb`` (real tasks, not compensated):
-    #: set by the encodes that build them so (the small encode, which passes ``tasks=None``),
-    #: whose Task objects are then built on first use; the runtime sends and checks the
-    #: arrays themselves (internal).
+    #: ``(ta, tb)`` where every task's ``a`` is a row ``ta[w]`` of one C-ordered array and
+    #: every ``b`` the one C-ordered array ``tb`` (not compensated; float64 for the small
+    #: encode, float32, float64 or GF(p)'s int64 residues for ``PolyDotCode._encode_runs``):
+    #: set by the encodes that build them so, whose Task objects are then built on first
+    #: use; the runtime sends and checks the arrays themselves (internal).
     _stack: tuple[np.ndarray, np.ndarray] | None = None
 
     def __init__(self, code: LinearCode, tasks: list[Task] | None, shape: tuple[int, ...],
@@ -216,6 +216,23 @@ class Encoding(Sequence[Task]):
         d["compensated"], d["_scale_list"] = False, scales   # (the array on first use)
         return out
 
+    @classmethod
+    def _of_stack(cls, code: LinearCode, shape: tuple[int, ...], inner: int, dtype: np.dtype,
+                  scales: list[float] | None, ta: np.ndarray, tb: np.ndarray) -> "Encoding":
+        """An encoding given as :attr:`_stack` ``(ta, tb)``: worker ``w``'s task is ``ta[w] @
+        tb`` (operands of ``dtype``, not compensated), its Task objects built on first use;
+        ``scales`` Python floats (a real code's) or None (GF(p)). A large encode's with
+        ``inner_blocks = col_blocks = 1`` (``PolyDotCode._encode_runs``), per job."""
+        out = object.__new__(cls)
+        d = out.__dict__
+        d["code"], d["shape"], d["inner"], d["dtype"] = code, shape, inner, dtype
+        d["compensated"], d["_stack"] = False, (ta, tb)
+        if scales is None:
+            d["scales"] = None
+        else:
+            d["_scale_list"] = scales   # (the array on first use)
+        return out
+
     @functools.cached_property
     def scales(self) -> np.ndarray:   # type: ignore[override]
         """The noise scales of an encoding made by :meth:`_of_small`, as an array on first
@@ -228,7 +245,11 @@ class Encoding(Sequence[Task]):
         """The tasks of an encoding given as :attr:`_stack` (an encoding given its tasks holds
         them in its ``__dict__``, which this non-data descriptor leaves alone)."""
         ta, tb = self._stack
-        return [Task._of(w, a, tb, None, False) for w, a in enumerate(ta)]
+        p = self.code.field
+        if p is None:
+            return [Task._of(w, a, tb, None, False) for w, a in enumerate(ta)]
+        rb = residues_of(tb, p)   # (one view of the shared B, as the real tasks share it)
+        return [Task._of(w, residues_of(a, p), rb, p, False) for w, a in enumerate(ta)]
 
     @property
     def padded_shape(self) -> tuple[int, ...]:

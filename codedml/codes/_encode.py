@@ -748,15 +748,19 @@ def combine_runs(G: np.ndarray, A: np.ndarray, h: int, out: np.ndarray,
     if (L <= 0 or M == 0 or M > k * h or out.shape != (G.shape[0], L)
             or (post is not None and k * (post.p - 1) ** 2 > 2 ** 52)):
         return False
+    # every block a run of L values of A (the kernel cuts them: ``run``), those wholly in
+    # the padding empty (read as zeros): G's identity rows stay identity rows, each written
+    # as its block loads (see _compiled)
     flat = A.reshape(M * N)
-    # every block, those wholly in the padding as empty runs (read as zeros): G's identity
-    # rows stay identity rows, each written as its block loads (see _compiled)
-    srcs = [flat[j * L:(j + 1) * L] for j in range(k)]
     stream = out.nbytes >= STREAM_BYTES
+    p = 0 if post is None else post.p
+    if getattr(_K, "LINCOMB_RUN", 0):
+        umax = _K.lincomb(G, flat, out, sq, stream, False, LINCOMB_SIMD, p, L)
+    else:   # (a build before ``run``, as benchmarks/kernel_ab.py may load: the runs as slices)
+        umax = _K.lincomb(G, [flat[j * L:(j + 1) * L] for j in range(k)], out, sq, stream,
+                          False, LINCOMB_SIMD, p)
     if post is None:
-        _K.lincomb(G, srcs, out, sq, stream, False, LINCOMB_SIMD)
         return True
-    umax = _K.lincomb(G, srcs, out, None, stream, False, LINCOMB_SIMD, post.p)
     post.check(umax)          # raises, naming the operand, where a value is out of range
     post.checked = True       # every entry of A went through the kernel
     return True

@@ -59,6 +59,7 @@
    float64 at 4096, minimum of 9 interleaved encodes): 0.80-0.91x the time without, and the
    plain streamed copy of a 128 MiB matrix 0.85-0.90x. 2048 to 17408 bytes measured alike. */
 #define PFD 2048
+
 #if CODEDML_SSE2
 /* a streamed store needs its destination 16-byte aligned (the row loops' scalar heads see to it) */
 static inline void store_pd(double *p, __m128d v, int stream)
@@ -417,22 +418,24 @@ ROW_A2 static inline void fold4(__m256d x0, __m256d x1, __m256d x2, __m256d x3, 
    and add; the sums may differ in their last bits, never the values written). Measured on
    the 2-core AMD EPYC: the gradient code's owned copies of A (blocks of 64 columns) and
    float32 copies with squares about 2x the SSE2 loop's rate. */
-ROW_INLINE double row_f_avx2(const float *s, float *d, double *w, Py_ssize_t n, int stream,
-                              double c)
+/* row_f_avx2 from element ``i`` on, its four accumulators' sums so far in ``x`` and the
+   scalar ones in ``a`` (the accumulating walk's fused step hands a row over here after its
+   whole steps of 16: the same sums in the same order as one call of row_f_avx2) */
+ROW_INLINE double row_f_avx2_from(const float *s, float *d, double *w, Py_ssize_t n,
+                                  int stream, double c, const char *nx, Py_ssize_t i,
+                                  const __m256d *x, double a[4])
 {
-    double a[4] = {0.0, 0.0, 0.0, 0.0};
-    Py_ssize_t i = head(d, sizeof(float), n, stream);
-    scalar_f(s, d, w, 0, i, c, a);
     const __m256d cc = _mm256_set1_pd(c);
     const int one = c == 1.0;
     /* prefetch only in rows longer than its distance: a short row (a column segment of a
        wider matrix) would ask for lines past its end that it never reads */
     const int pf = (size_t)n * sizeof(*s) > 2 * PFD;
-    __m256d x0 = _mm256_setzero_pd(), x1 = _mm256_setzero_pd();
-    __m256d x2 = _mm256_setzero_pd(), x3 = _mm256_setzero_pd();
+    __m256d x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3];
     for (; i + 16 <= n; i += 16) {
         if (pf)
             _mm_prefetch((const char *)(s + i) + PFD, _MM_HINT_T0);
+        if (nx)   /* the next run a walk copies, a line a step (into L2) */
+            _mm_prefetch(nx + i * (Py_ssize_t)sizeof(float), _MM_HINT_T1);
         /* 16-byte loads: numpy's data is 16-byte aligned, and 32-byte loads from it split
            cache lines every other time (measured 1.05-1.08x the SSE2 loop's encode time
            from memory, where 16-byte loads ran at 0.92-0.94x in cache) */
@@ -486,24 +489,37 @@ ROW_INLINE double row_f_avx2(const float *s, float *d, double *w, Py_ssize_t n, 
     return (a[0] + a[1]) + (a[2] + a[3]);
 }
 
-/* row_d with squares (or ``w``) on AVX2: 16 values a step, the products by ``c`` exactly as
-   row_d's (one multiply each), the squares by fused multiply-adds */
-ROW_INLINE double row_d_avx2(const double *s, double *d, double *w, Py_ssize_t n,
-                              int stream, double c)
+ROW_INLINE double row_f_avx2(const float *s, float *d, double *w, Py_ssize_t n, int stream,
+                              double c, const char *nx)
 {
     double a[4] = {0.0, 0.0, 0.0, 0.0};
-    Py_ssize_t i = head(d, sizeof(double), n, stream);
-    scalar_d(s, d, w, 0, i, c, a);
+    Py_ssize_t i = head(d, sizeof(float), n, stream);
+    scalar_f(s, d, w, 0, i, c, a);
+    const __m256d x[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(),
+                          _mm256_setzero_pd()};
+    return row_f_avx2_from(s, d, w, n, stream, c, nx, i, x, a);
+}
+
+/* row_d with squares (or ``w``) on AVX2: 16 values a step, the products by ``c`` exactly as
+   row_d's (one multiply each), the squares by fused multiply-adds */
+/* row_d_avx2 from element ``i`` on (see row_f_avx2_from) */
+ROW_INLINE double row_d_avx2_from(const double *s, double *d, double *w, Py_ssize_t n,
+                                  int stream, double c, const char *nx, Py_ssize_t i,
+                                  const __m256d *x, double a[4])
+{
     const __m256d cc = _mm256_set1_pd(c);
     const int one = c == 1.0;
     /* prefetch only in long rows (see row_f_avx2) */
     const int pf = (size_t)n * sizeof(*s) > 2 * PFD;
-    __m256d x0 = _mm256_setzero_pd(), x1 = _mm256_setzero_pd();
-    __m256d x2 = _mm256_setzero_pd(), x3 = _mm256_setzero_pd();
+    __m256d x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3];
     for (; i + 16 <= n; i += 16) {
         if (pf) {
             _mm_prefetch((const char *)(s + i) + PFD, _MM_HINT_T0);
             _mm_prefetch((const char *)(s + i + 8) + PFD, _MM_HINT_T0);
+        }
+        if (nx) {   /* the next run a walk copies (see row_f_avx2_from) */
+            _mm_prefetch(nx + i * (Py_ssize_t)sizeof(double), _MM_HINT_T1);
+            _mm_prefetch(nx + (i + 8) * (Py_ssize_t)sizeof(double), _MM_HINT_T1);
         }
         /* two 16-byte loads each (see row_f_avx2) */
         __m256d v0 = load4_pd(s + i), v1 = load4_pd(s + i + 4);
@@ -546,16 +562,28 @@ ROW_INLINE double row_d_avx2(const double *s, double *d, double *w, Py_ssize_t n
     scalar_d(s, d, w, i, n, c, a);
     return (a[0] + a[1]) + (a[2] + a[3]);
 }
+
+ROW_INLINE double row_d_avx2(const double *s, double *d, double *w, Py_ssize_t n,
+                              int stream, double c, const char *nx)
+{
+    double a[4] = {0.0, 0.0, 0.0, 0.0};
+    Py_ssize_t i = head(d, sizeof(double), n, stream);
+    scalar_d(s, d, w, 0, i, c, a);
+    const __m256d x[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(),
+                          _mm256_setzero_pd()};
+    return row_d_avx2_from(s, d, w, n, stream, c, nx, i, x, a);
+}
 /* One row (or, with ``part`` > 0, a row by blocks of ``part`` columns, block b's sum added
    to ``*(pq + b * qs)``) on AVX2, the loops above inlined: one call per row, not per block
    (a gradient code's A is copied in blocks of its partitions' widths, often 64 columns) */
 ROW_A2 static double rows_avx2(char kd, const char *s, char *d, char *w, Py_ssize_t n,
-                               int stream, double c, Py_ssize_t part, char *pq, Py_ssize_t qs)
+                               int stream, double c, Py_ssize_t part, char *pq, Py_ssize_t qs,
+                               const char *nx)
 {
     if (part <= 0) {
         if (kd == 'd')
-            return row_d_avx2((const double *)s, (double *)d, (double *)w, n, stream, c);
-        return row_f_avx2((const float *)s, (float *)d, (double *)w, n, stream, c);
+            return row_d_avx2((const double *)s, (double *)d, (double *)w, n, stream, c, nx);
+        return row_f_avx2((const float *)s, (float *)d, (double *)w, n, stream, c, nx);
     }
     double total = 0.0;
     const Py_ssize_t size = kd == 'd' ? 8 : 4;
@@ -564,13 +592,26 @@ ROW_A2 static double rows_avx2(char kd, const char *s, char *d, char *w, Py_ssiz
         double *wb = w ? (double *)w + c0 : NULL;
         double v = kd == 'd'
             ? row_d_avx2((const double *)(s + c0 * size), (double *)(d + c0 * size), wb, m,
-                         stream, c)
+                         stream, c, NULL)
             : row_f_avx2((const float *)(s + c0 * size), (float *)(d + c0 * size), wb, m,
-                         stream, c);
+                         stream, c, NULL);
         total += v;
         *(double *)(pq + b * qs) += v;
     }
     return total;
+}
+
+/* A row's copy with its squares (c 1, no ``w``) from element ``i`` on, its four AVX2
+   accumulators' sums so far in ``x`` (the accumulating walk's fused step hands its rows
+   over here after their whole steps of 16) */
+ROW_A2 static double rows_avx2_from(char kd, const char *s, char *d, Py_ssize_t n, int stream,
+                                    Py_ssize_t i, const __m256d *x)
+{
+    double a[4] = {0.0, 0.0, 0.0, 0.0};
+    if (kd == 'd')
+        return row_d_avx2_from((const double *)s, (double *)d, NULL, n, stream, 1.0, NULL, i,
+                               x, a);
+    return row_f_avx2_from((const float *)s, (float *)d, NULL, n, stream, 1.0, NULL, i, x, a);
 }
 #else
 #define CODEDML_ROW_AVX2 0
@@ -597,7 +638,7 @@ static inline double row_any(char kd, char ks, const char *s, char *d, char *w, 
 {
 #if CODEDML_ROW_AVX2
     if (avx2 && (squares || w) && ks == kd)
-        return rows_avx2(kd, s, d, w, n, stream, c, part, pq, qs);
+        return rows_avx2(kd, s, d, w, n, stream, c, part, pq, qs, NULL);
 #else
     (void)avx2;
 #endif
@@ -1259,7 +1300,7 @@ done:
 
 /* ------------------------------------------------------------------ linear combinations */
 
-/* lincomb(G, srcs, dsts, sq=None, stream=False, pairs=False, simd=-1, p=0) -> None or int
+/* lincomb(G, srcs, dsts, sq=None, stream=False, pairs=False, simd=-1, p=0, run=0) -> None or int
 
    The encode's generator products without BLAS: output row ``o`` is ``sum_j G[o, j] *
    srcs[j]`` (``G`` a C-ordered float64 m x k matrix), every product and sum in double,
@@ -1283,6 +1324,9 @@ done:
    ``G`` integers in [0, p), every sum exact (k (p - 1)**2 at most 2**52, refused past
    it), each reduced mod p; returns the largest source value read as unsigned (the range
    check: a negative value, or one at or past 2**52, returns the largest uint64), else None.
+   ``run`` > 0: ``srcs`` is one contiguous 1-D array whose values ``j run .. (j + 1) run``
+   are source j (one row of at most ``run`` values, the last ones cut short or empty where
+   the array ends: a C-ordered matrix split into blocks of rows, without a view per block).
 
    Walk: per row of the outputs, per tile of W columns (the k sources' tile, widened to
    double: about 32 KiB, in L1, where several passes read it; about 256 KiB where at most one
@@ -2066,6 +2110,109 @@ LC_A512 static void lc512_acc(int nr, int G, const double *g, const char *const 
     LC_ACC_DISPATCH(lc512_acc_body, nr, G, g, x, ks, n, nz, acc);
 }
 
+/* The accumulating walk's fused step (see lc_run_acc): G whole sources (1-4) of one kind,
+   float64 or float32 (``ks``), each copied into its identity row ``d[q]`` (``st``: ordinary
+   stores 0, streamed 1 (16-byte aligned rows) or 2 (rows on cache lines)) with its squares, and their terms added into the NR sum rows, over the
+   first ``F`` columns (a multiple of 16), in one loop: each value is loaded once, stored
+   and added while in registers. The squares go into ``x[4 q] .. x[4 q + 3]`` as row_f_avx2's
+   (row_d_avx2's) four accumulators would hold them after F values (lanes 0-3 and 4-7 of a
+   step's first 8 values, of its last 8), so that row_*_avx2_from finishes each row with the
+   sums one call of those loops gives; the sums' terms are lc512_acc_body's, in its order. */
+LC_INLINE LC_A512 void lc512_fused_body(const int NR, const int G, const double *g,
+                                        const char *const *x, char *const *d, char ks,
+                                        Py_ssize_t F, double *const *acc, int st,
+                                        int pf, __m256d *sqx)
+{
+    __m512d sq[4][2];
+    #pragma GCC unroll 4
+    for (int q = 0; q < G; q++)
+        sq[q][0] = sq[q][1] = _mm512_setzero_pd();
+    for (Py_ssize_t c = 0; c < F; c += 16) {
+        __m512d v[4][2];
+        #pragma GCC unroll 4
+        for (int q = 0; q < G; q++) {
+            if (ks == 'f') {
+                const float *s = (const float *)x[q] + c;
+                float *o = (float *)d[q] + c;
+                if (pf)
+                    _mm_prefetch((const char *)s + PFD, _MM_HINT_T0);
+                /* 16-byte loads: numpy's data lies 16 bytes into a page, where a 64-byte
+                   load would span two lines every time (as row_f_avx2) */
+                const __m128 q0 = _mm_loadu_ps(s), q1 = _mm_loadu_ps(s + 4);
+                const __m128 q2 = _mm_loadu_ps(s + 8), q3 = _mm_loadu_ps(s + 12);
+                if (st) {
+                    _mm_stream_ps(o, q0);
+                    _mm_stream_ps(o + 4, q1);
+                    _mm_stream_ps(o + 8, q2);
+                    _mm_stream_ps(o + 12, q3);
+                } else {
+                    _mm_storeu_ps(o, q0);
+                    _mm_storeu_ps(o + 4, q1);
+                    _mm_storeu_ps(o + 8, q2);
+                    _mm_storeu_ps(o + 12, q3);
+                }
+                v[q][0] = _mm512_cvtps_pd(_mm256_set_m128(q1, q0));
+                v[q][1] = _mm512_cvtps_pd(_mm256_set_m128(q3, q2));
+            } else {
+                const double *s = (const double *)x[q] + c;
+                double *o = (double *)d[q] + c;
+                if (pf) {
+                    _mm_prefetch((const char *)s + PFD, _MM_HINT_T0);
+                    _mm_prefetch((const char *)(s + 8) + PFD, _MM_HINT_T0);
+                }
+                v[q][0] = _mm512_loadu_pd(s);
+                v[q][1] = _mm512_loadu_pd(s + 8);
+                if (st == 2) {
+                    _mm512_stream_pd(o, v[q][0]);
+                    _mm512_stream_pd(o + 8, v[q][1]);
+                } else if (st == 1) {
+                    #pragma GCC unroll 2
+                    for (int e = 0; e < 2; e++)
+                        #pragma GCC unroll 4
+                        for (int m = 0; m < 4; m++)
+                            _mm_stream_pd(o + 8 * e + 2 * m, _mm_castps_pd(_mm512_extractf32x4_ps(
+                                _mm512_castpd_ps(v[q][e]), m)));
+                } else {
+                    _mm512_storeu_pd(o, v[q][0]);
+                    _mm512_storeu_pd(o + 8, v[q][1]);
+                }
+            }
+            sq[q][0] = _mm512_fmadd_pd(v[q][0], v[q][0], sq[q][0]);
+            sq[q][1] = _mm512_fmadd_pd(v[q][1], v[q][1], sq[q][1]);
+        }
+        #pragma GCC unroll 2
+        for (int hh = 0; hh < 2; hh++) {
+            __m512d a[4];
+            #pragma GCC unroll 4
+            for (int r = 0; r < NR; r++)
+                a[r] = _mm512_loadu_pd(acc[r] + c + 8 * hh);
+            #pragma GCC unroll 4
+            for (int q = 0; q < G; q++)
+                #pragma GCC unroll 4
+                for (int r = 0; r < NR; r++)
+                    a[r] = _mm512_fmadd_pd(_mm512_set1_pd(g[4 * q + r]), v[q][hh], a[r]);
+            #pragma GCC unroll 4
+            for (int r = 0; r < NR; r++)
+                _mm512_storeu_pd(acc[r] + c + 8 * hh, a[r]);
+        }
+    }
+    #pragma GCC unroll 4
+    for (int q = 0; q < G; q++) {
+        sqx[4 * q] = _mm512_castpd512_pd256(sq[q][0]);
+        sqx[4 * q + 1] = _mm512_extractf64x4_pd(sq[q][0], 1);
+        sqx[4 * q + 2] = _mm512_castpd512_pd256(sq[q][1]);
+        sqx[4 * q + 3] = _mm512_extractf64x4_pd(sq[q][1], 1);
+    }
+}
+
+/* lc512_fused_body for nr rows (1-4) and G sources (1-4) */
+LC_A512 static void lc512_fused(int nr, int G, const double *g, const char *const *x,
+                                char *const *d, char ks, Py_ssize_t F, double *const *acc,
+                                int st, int pf, __m256d *sqx)
+{
+    LC_ACC_DISPATCH(lc512_fused_body, nr, G, g, x, d, ks, F, acc, st, pf, sqx);
+}
+
 /* One sum row of the accumulating walk stored as the pass stores its row: the values as
    they are (no arithmetic: a -0.0 sum stays -0.0, a subnormal one is kept under
    denormals-are-zero), rounded into float32 or reduced mod p (``md``), and their squares
@@ -2245,15 +2392,22 @@ static inline int lc_fused(const LcJob *J, Py_ssize_t h, Py_ssize_t r, Py_ssize_
    (GF(p): the residues range-checked into umax instead); the row past them zeroed, as a pass
    writes it. Both walks' loop that loads a source with an identity row. */
 static inline void lc_identity(LcJob *J, const LcSrc *s, const char *sp, char *dp, double *t,
-                               Py_ssize_t nv, Py_ssize_t w, int h)
+                               Py_ssize_t nv, Py_ssize_t w, int h, const char *nx)
 {
     if (s->k == 'q') {   /* GF(p): the residues as they are, range-checked */
         uint64_t top = i64_row((const int64_t *)sp, (int64_t *)dp, t, nv, J->stream);
         top = top >> 52 ? UINT64_MAX : top;
         J->umax = top > J->umax ? top : J->umax;
     } else {   /* copy_sq's row loop (AVX2 where lincomb may use it) */
-        const double q = row_any(s->k, s->k, sp, dp, (char *)t, nv, J->stream, 1.0, 1,
-                                 J->simd >= 1 && row_avx2_ok, 0, NULL, 0);
+#if CODEDML_ROW_AVX2
+        const double q = J->simd >= 1 && row_avx2_ok
+            ? rows_avx2(s->k, sp, dp, (char *)t, nv, J->stream, 1.0, 0, NULL, 0, nx)
+            : row_any(s->k, s->k, sp, dp, (char *)t, nv, J->stream, 1.0, 1, 0, 0, NULL, 0);
+#else
+        (void)nx;
+        const double q = row_any(s->k, s->k, sp, dp, (char *)t, nv, J->stream, 1.0, 1, 0, 0,
+                                 NULL, 0);
+#endif
         if (J->sq)
             J->sq[h] += q;
     }
@@ -2282,7 +2436,24 @@ static inline void lc_identity(LcJob *J, const LcSrc *s, const char *sp, char *d
    streaming rate (2-core AMD EPYC, Zen 4: a copy of 30 interleaved runs of 8 KiB took 2.1x
    a straight copy, of 64 KiB 1.04x); here the sums, not the sources, stay in cache. An
    identity row whose source has no values in the tile (a block wholly in the split's
-   padding) is zeros there, as the diagonal pass writes it. */
+   padding) is zeros there, as the diagonal pass writes it.
+   Two changes of the thirty-second session, each side by side against the walk before it in
+   one process (the raw lincomb call after ``encode.py``'s evict, MDS(17, 15) and MDS(8, 6)
+   parity rows, 2-core AMD EPYC Zen 4):
+   - each run's copy asks for the next run the walk reads (the next source's, or the next
+     tile's first), a line per step into L2: where a run starts, memory's prefetchers had
+     to find the new stream first, 30 times a tile. float32 0.86-0.93x the call's time at
+     1024-4096, float64 0.96-1.01x;
+   - float64 sources are copied and added in one loop (lc512_fused: up to 4 sources whole
+     in the tile, each with a term in the pass, their rows 16-byte aligned where streamed),
+     each value loaded once; run by run the copies waited on memory with the FMA units idle,
+     then the sums ran from L2 with memory idle (a standalone test: 1.95x a straight copy,
+     the two halves added; fused 1.2-1.4x). 0.89-0.94x the time of the walk with the
+     prefetch above. The same loop for float32 (16-byte loads, as row_f_avx2, or 64-byte
+     ones, which span two lines at numpy's 16-byte offset; 16-byte or whole-line streamed
+     stores) took 1.06-1.17x: float32 keeps the copies run by run. Rows, sums and squares
+     are the run-by-run walk's bit for bit: the copy's squares in row_d_avx2's four
+     accumulators (rows_avx2_from finishes each row), the terms in the pass's order. */
 /* (kept out of line: inlined into lincomb, with the tile walk, it changed that walk's
    generated code, and the dense float32 encodes measured 1.02-1.035x in two runs) */
 __attribute__((noinline)) static void lc_run_acc(LcJob *J)
@@ -2306,17 +2477,100 @@ __attribute__((noinline)) static void lc_run_acc(LcJob *J)
             int ng = 0;  /* the sources whose terms wait (whole in the tile), in order */
             double g[4 * LC_ACC_GROUP];
             const char *xs[LC_ACC_GROUP];
-            for (Py_ssize_t j = 0; j < k; j++) {
+            /* the fused step: real sources whose rows the AVX2 loops copy, a tile of at
+               least one step */
+            const int fz = J->kd == 'd' && J->simd >= 1 && row_avx2_ok && w >= 16;
+            const Py_ssize_t F = w / 16 * 16;
+            const int pf = (size_t)w * (size_t)J->item > 2 * PFD;
+            for (Py_ssize_t j = 0; j < k;) {
+                /* up to LC_ACC_GROUP sources from j on that the fused step takes: present
+                   and whole in the tile, each with a term in the pass, their identity rows
+                   16-byte aligned where streamed */
+                int nf = 0;
+                if (fz) {
+                    int q1 = q;
+                    while (nf < LC_ACC_GROUP && j + nf < k) {
+                        const Py_ssize_t j1 = j + nf;
+                        const LcDst *d1 = &J->dst[J->fj[j1]];
+                        if (J->src[j1].k != J->kd || !lc_present(J, j1, r, c0)
+                            || !lc_whole(J, j1, r, c0, w))
+                            break;
+                        while (q1 < nu && used[q1] < j1)
+                            q1++;
+                        if (!(q1 < nu && used[q1] == j1))
+                            break;
+                        if (J->stream
+                            && ((uintptr_t)(d1->p + r * d1->stride + c0 * J->item) & 15))
+                            break;
+                        nf++;
+                    }
+                }
+                if (nf) {
+                    if (ng) {   /* the terms waiting first: every sum adds its terms in order */
+                        lc512_acc(nr, ng, g, xs, J->kd, w, wp, acc);
+                        ng = 0;
+                    }
+                    double gf[4 * LC_ACC_GROUP];
+                    const char *xf[LC_ACC_GROUP];
+                    char *df[LC_ACC_GROUP];
+                    for (int t = 0; t < nf; t++) {
+                        const LcSrc *s1 = &J->src[j + t];
+                        const LcDst *d1 = &J->dst[J->fj[j + t]];
+                        xf[t] = s1->p + r * s1->stride + c0 * J->item;
+                        df[t] = d1->p + r * d1->stride + c0 * J->item;
+                        for (int hh = 0; hh < nr; hh++)
+                            gf[4 * t + hh] = J->G[(o + hh) * k + j + t];
+                    }
+                    /* stores: ordinary, or streamed by 16 bytes, or by whole lines where
+                       every row starts on one */
+                    int st = J->stream ? 2 : 0;
+                    for (int t = 0; t < nf; t++)
+                        st = st == 2 && ((uintptr_t)df[t] & 63) ? 1 : st;
+                    __m256d sqx[4 * LC_ACC_GROUP];
+                    lc512_fused(nr, nf, gf, xf, df, J->kd, F, acc, st, pf, sqx);
+                    for (int t = 0; t < nf; t++) {   /* each row's last values, its squares */
+                        const double sv = rows_avx2_from(J->kd, xf[t], df[t], w, J->stream, F,
+                                                         sqx + 4 * t);
+                        if (J->sq)
+                            J->sq[J->fj[j + t]] += sv;
+                    }
+                    if (F < wp) {   /* their terms past F, and the zero terms up to wp */
+                        const char *xt[LC_ACC_GROUP];
+                        double *at[4] = {acc[0] + F, acc[1] + F, acc[2] + F, acc[3] + F};
+                        for (int t = 0; t < nf; t++)
+                            xt[t] = xf[t] + F * J->item;
+                        lc512_acc(nr, nf, gf, xt, J->kd, w - F, wp - F, at);
+                    }
+                    j += nf;
+                    continue;
+                }
                 const LcSrc *s = &J->src[j];
                 const int h = J->fj[j];
                 char *dp = J->dst[h].p + r * J->dst[h].stride + c0 * J->item;
                 if (!lc_present(J, j, r, c0)) {
                     memset(dp, 0, (size_t)w * (size_t)J->item);
+                    j++;
                     continue;
                 }
                 const Py_ssize_t nv = lc_whole(J, j, r, c0, w) ? w : s->cols - c0;
                 const char *sp = s->p + r * s->stride + c0 * lc_size(s->k);
-                lc_identity(J, s, sp, dp, NULL, nv, w, h);
+                /* the next run this walk reads: asked for (into L2) as this one is copied */
+                const char *nx = NULL;
+                {
+                    Py_ssize_t j1 = j + 1, r1 = r, t1 = c0;
+                    if (j1 >= k) {
+                        j1 = 0;
+                        t1 = c0 + W;
+                        if (t1 >= J->C) {
+                            t1 = 0;
+                            r1 = r + 1;
+                        }
+                    }
+                    const LcSrc *s1 = &J->src[j1];
+                    if (r1 < J->R && r1 < s1->rows && t1 < s1->cols)
+                        nx = s1->p + r1 * s1->stride + t1 * lc_size(s1->k);
+                }
+                lc_identity(J, s, sp, dp, NULL, nv, w, h, nx);
                 while (q < nu && used[q] < j)
                     q++;
                 if (q < nu && used[q] == j) {
@@ -2334,6 +2588,7 @@ __attribute__((noinline)) static void lc_run_acc(LcJob *J)
                         ng = 0;
                     }
                 }
+                j++;
             }
             if (ng)
                 lc512_acc(nr, ng, g, xs, J->kd, w, wp, acc);
@@ -2389,7 +2644,7 @@ static void lc_run(LcJob *J)
                     const char *sp = s->p + r * s->stride + c0 * lc_size(s->k);
                     char *dp = J->dst[h].p + r * J->dst[h].stride + c0 * J->item;
                     double *t = here ? NULL : J->tile + j * J->ts;
-                    lc_identity(J, s, sp, dp, t, nv, w, h);
+                    lc_identity(J, s, sp, dp, t, nv, w, h, NULL);
                     if (t && nv < wp)
                         memset(t + nv, 0, (size_t)(wp - nv) * sizeof(double));
                     J->xp[j] = here ? (const double *)sp : t;
@@ -2599,13 +2854,20 @@ static int lc_apart(uintptr_t p1, Py_ssize_t w1, uintptr_t p2, Py_ssize_t w2, Py
 static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     (void)self;
-    static char *names[] = {"G", "srcs", "dsts", "sq", "stream", "pairs", "simd", "p", NULL};
+    static char *names[] = {"G", "srcs", "dsts", "sq", "stream", "pairs", "simd", "p", "run",
+                            NULL};
     PyObject *oG, *osrc, *odst, *osq = Py_None;
     int stream = 0, pairs = 0, simd = -1;
     long long fp = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OppiL:lincomb", names, &oG, &osrc, &odst,
-                                     &osq, &stream, &pairs, &simd, &fp))
+    Py_ssize_t run = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OppiLn:lincomb", names, &oG, &osrc,
+                                     &odst, &osq, &stream, &pairs, &simd, &fp, &run))
         return NULL;
+    if (run < 0) {
+        PyErr_Format(PyExc_ValueError, "lincomb: `run` must be 0 (sources as given) or a "
+                     "positive count of values, got %zd", run);
+        return NULL;
+    }
     if (fp && (fp < 2 || fp > 2147483647LL)) {
         PyErr_Format(PyExc_ValueError, "lincomb: `p` must be 0 (real) or between 2 and 2**31-1, "
                      "got %lld", fp);
@@ -2636,6 +2898,10 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         goto done;
     }
     const Py_ssize_t m = g.shape[0], k = g.shape[1];
+    if (run && (PyList_Check(osrc) || PyTuple_Check(osrc))) {
+        PyErr_SetString(PyExc_TypeError, "lincomb: with `run`, `srcs` must be one 1-D array");
+        goto done;
+    }
     if ((PyList_Check(osrc) || PyTuple_Check(osrc)) && !(fs = PySequence_Fast(osrc, "srcs")))
         goto done;
     if ((PyList_Check(odst) || PyTuple_Check(odst)) && !(fd = PySequence_Fast(odst, "dsts")))
@@ -2701,7 +2967,22 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
                      pairs ? " (pairs: 2 rows per output)" : "");
         goto done;
     }
-    Py_ssize_t nsrc = smat ? sb[0].ndim == 2 ? sb[0].shape[0] : 1 : ns;
+    if (run && (sb[0].ndim != 1 || (sb[0].shape[0] > 1 && sb[0].strides[0] != sb[0].itemsize))) {
+        PyErr_SetString(PyExc_ValueError, "lincomb: with `run`, `srcs` must be one contiguous "
+                        "1-D array");
+        goto done;
+    }
+    if (run && run > C) {
+        PyErr_Format(PyExc_ValueError, "lincomb: `run` (%zd) is longer than the outputs' rows "
+                     "(%zd)", run, C);
+        goto done;
+    }
+    if (run && sb[0].shape[0] / run + (sb[0].shape[0] % run != 0) > k) {
+        PyErr_Format(PyExc_ValueError, "lincomb: `srcs` holds %zd values, more than %zd "
+                     "sources of `run` %zd", sb[0].shape[0], k, run);
+        goto done;
+    }
+    Py_ssize_t nsrc = run ? k : smat ? sb[0].ndim == 2 ? sb[0].shape[0] : 1 : ns;
     if (nsrc != k) {
         PyErr_Format(PyExc_ValueError, "lincomb: `G` has %zd columns for %zd sources", k, nsrc);
         goto done;
@@ -2751,7 +3032,14 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
         snprintf(nm, sizeof nm, smat ? "srcs" : "srcs[%zd]", j);
         if (layout("lincomb", &sb[j], nm, &r, &c, &s) < 0)
             goto done;
-        if (smat) {
+        if (run) {   /* source i: values i run .. (i + 1) run, as far as the array goes */
+            const Py_ssize_t full = c / run, rest = c % run;   /* whole sources; the last */
+            for (Py_ssize_t i = 0; i < k; i++) {
+                const Py_ssize_t a = i <= full ? i * run : c;
+                const Py_ssize_t n = i < full ? run : i == full ? rest : 0;
+                src[i] = (LcSrc){(const char *)sb[0].buf + a * sb[0].itemsize, 1, n, 0, ks};
+            }
+        } else if (smat) {
             for (Py_ssize_t i = 0; i < k; i++)
                 src[i] = (LcSrc){(const char *)sb[0].buf + i * s, 1, c, 0, ks};
             if (c > C) {
@@ -3999,7 +4287,7 @@ static PyMethodDef methods[] = {
      "Write float64 src (integers in [0, 2**52)) into int64 dst reduced mod p, in one loop;\n"
      "ValueError naming the row when a value is not such an integer."},
     {"lincomb", (PyCFunction)(void (*)(void))lincomb, METH_VARARGS | METH_KEYWORDS,
-     "lincomb(G, srcs, dsts, sq=None, stream=False, pairs=False, simd=-1, p=0) -> None or int\n\n"
+     "lincomb(G, srcs, dsts, sq=None, stream=False, pairs=False, simd=-1, p=0, run=0) -> None or int\n\n"
      "Write sum_j G[o, j] * srcs[j] into each output o (float64 G, m x k; float64 or\n"
      "float32 sources and outputs, rows contiguous; products and sums in double, rounded\n"
      "once), a source's missing rows and columns read as zero; srcs / dsts a sequence of\n"
@@ -4071,7 +4359,9 @@ PyMODINIT_FUNC PyInit__kernels(void)
     PyObject *m = PyModule_Create(&module);
     if (m && (PyModule_AddIntConstant(m, "STREAMS", CODEDML_SSE2) < 0
               || PyModule_AddIntConstant(m, "SIMD", lc_simd_ok) < 0
-              || PyModule_AddIntConstant(m, "COPY_SIMD", row_avx2_ok) < 0)) {
+              || PyModule_AddIntConstant(m, "COPY_SIMD", row_avx2_ok) < 0
+              /* lincomb takes ``run`` (a build before it: the caller passes slices) */
+              || PyModule_AddIntConstant(m, "LINCOMB_RUN", 1) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -12,9 +12,11 @@ array is made by numpy from a small exporter object (:class:`_Lease`, through
 ``__array_interface__``), which numpy keeps as the array's ``base``; every view, reshape,
 slice, ``memoryview``, ``np.frombuffer`` of a memoryview or ``torch.from_numpy`` of the array
 keeps the array, hence the exporter, alive (numpy collapses a view's base chain only through
-ndarrays, and stops at the exporter). A ``weakref.finalize`` on the exporter puts the
-backing memory back into the pool when the exporter dies, which Python does only once the
-last reference to it, direct or through any view, is gone. What escapes this is what numpy's
+ndarrays, and stops at the exporter). A weak reference to the exporter, held by the pool,
+puts the backing memory back into the pool by its callback (the "finalizer" below) when the
+exporter dies, which Python does only once the last reference to it, direct or through any
+view, is gone (a ``weakref.finalize`` did this until the thirty-second session: its
+bookkeeping made up about a sixth of a pooled array's cost from cold caches). What escapes this is what numpy's
 own memory management cannot see either: a raw address (``arr.ctypes.data``) kept past the
 array's life.
 
@@ -103,18 +105,35 @@ _FIT = 1.25
 
 class _Lease:
     """The exporter numpy keeps as a pooled array's ``base``: while it lives, its backing
-    buffer is in use; when it dies, a finalizer returns the buffer to the pool."""
+    buffer is in use; when it dies, a weak reference's callback returns the buffer to the
+    pool."""
 
     __slots__ = ("__array_interface__", "_backing", "__weakref__")
 
-    def __init__(self, backing: np.ndarray, shape: tuple[int, ...], dtype: np.dtype,
-                 near: int | None = None) -> None:
-        ptr = backing.__array_interface__["data"][0]
-        off = _offset(ptr, near)
+    def __init__(self, backing: np.ndarray, data: int, shape: tuple[int, ...],
+                 form: tuple[str, Any]) -> None:
         self._backing = backing          # the memory stays valid at least as long as this
-        self.__array_interface__ = {
-            "data": (ptr + off, False), "shape": shape, "typestr": dtype.str,
-            "descr": dtype.descr, "version": 3}
+        iface = {"data": (data, False), "shape": shape, "typestr": form[0], "version": 3}
+        if form[1] is not None:
+            iface["descr"] = form[1]
+        self.__array_interface__ = iface
+
+
+#: Per dtype, its ``__array_interface__`` ``typestr`` and, where that does not say it all (a
+#: structured dtype), its ``descr`` (bounded: :func:`_form`).
+_FORMS: dict[np.dtype, tuple[str, Any]] = {}
+
+
+def _form(dtype: np.dtype) -> tuple[str, Any]:
+    """``dtype``'s interface entries, kept (a lease per pooled array: ``dtype.descr`` builds a
+    list each time it is read)."""
+    form = _FORMS.get(dtype)
+    if form is None:
+        form = (dtype.str, None if dtype.fields is None else dtype.descr)
+        if len(_FORMS) >= 64:
+            _FORMS.clear()
+        _FORMS[dtype] = form
+    return form
 
 
 def _check_limit(value: Any) -> int:
@@ -137,9 +156,13 @@ class TaskPool:
 
     def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
         self._lock = threading.Lock()
-        self._free: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        # free buffers by id, each with its address: (buffer, address)
+        self._free: collections.OrderedDict[int, tuple[np.ndarray, int]] = collections.OrderedDict()
         self._free_bytes = 0
-        self._returned: collections.deque[np.ndarray] = collections.deque()
+        self._returned: collections.deque[tuple[np.ndarray, int]] = collections.deque()
+        # the live leases' weak references (by id), each with its buffer and address: the
+        # references must outlive their leases for their callbacks to run
+        self._leases: dict[int, tuple[weakref.ref, np.ndarray, int]] = {}
         self._limit = _check_limit(limit)
         self.hits = 0
         """Requests served from returned memory."""
@@ -180,62 +203,78 @@ class TaskPool:
         where a returned buffer fits, starting on a cache line. ``near``: the array it will be
         copied from, if any; the data then starts at the same offset in its page, rounded
         down to 64 bytes (see :data:`_AT`)."""
-        dtype = np.dtype(dtype)
-        if type(shape) is not tuple or not all(type(s) is int for s in shape):
+        if not isinstance(dtype, np.dtype):
+            dtype = np.dtype(dtype)
+        if type(shape) is not tuple:
             shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+        elif not all(type(s) is int for s in shape):
+            shape = tuple(int(s) for s in shape)
         nbytes = math.prod(shape) * dtype.itemsize
         if nbytes < MIN_BYTES or self._limit <= 0 or dtype.hasobject:
             return np.empty(shape, dtype)
         grain = _GRAIN if nbytes >= 16 * _GRAIN else _GRAIN // 16   # small: 4 KiB steps
         need = -(-(nbytes + _PAGE) // grain) * grain
         with self._lock:
-            self._settle()
-            backing = self._take(need)
-            if backing is None:
+            if self._returned:
+                self._settle()
+            got = self._take(need)
+            if got is None:
                 self.misses += 1
             else:
                 self.hits += 1
-        if backing is None:
+        if got is None:
             backing = np.empty(need, np.uint8)
-        lease = _Lease(backing, shape, dtype,
-                       None if near is None else near.__array_interface__["data"][0])
-        fin = weakref.finalize(lease, self._give_back, backing)
-        fin.atexit = False
+            ptr = backing.__array_interface__["data"][0]
+        else:
+            backing, ptr = got
+        off = _offset(ptr, None if near is None else near.__array_interface__["data"][0])
+        lease = _Lease(backing, ptr + off, shape, _form(dtype))
+        ref = weakref.ref(lease, self._died)
+        self._leases[id(ref)] = (ref, backing, ptr)
         return np.asarray(lease)
 
+    def _died(self, ref: weakref.ref) -> None:
+        """A lease's weak reference's callback: its buffer back to the pool (:meth:`_give_back`)."""
+        got = self._leases.pop(id(ref), None)
+        if got is not None:
+            self._give_back(got[1], got[2])
+
     # ------------------------------------------------------------------ internals
-    def _take(self, need: int) -> np.ndarray | None:
+    def _take(self, need: int) -> tuple[np.ndarray, int] | None:
         """The smallest free buffer of at least ``need`` bytes and at most ``_FIT`` times it,
-        removed from the free list; None if there is none. Lock held."""
+        with its address, removed from the free list; None if there is none. Lock held."""
         best = None
-        for key, buf in self._free.items():
-            if need <= buf.nbytes <= need * _FIT and (best is None or buf.nbytes < self._free[best].nbytes):
-                best = key
+        size = 0
+        for key, (buf, _) in self._free.items():
+            nb = buf.nbytes
+            if need <= nb <= need * _FIT and (best is None or nb < size):
+                best, size = key, nb
         if best is None:
             return None
-        buf = self._free.pop(best)
-        self._free_bytes -= buf.nbytes
-        return buf
+        got = self._free.pop(best)
+        self._free_bytes -= size
+        return got
 
     def _settle(self) -> None:
         """Move the buffers finalizers returned into the free list (most recent last) and
         drop the least recently returned beyond the limit. Lock held."""
         while True:
             try:
-                buf = self._returned.popleft()
+                got = self._returned.popleft()
             except IndexError:
                 break
-            self._free[id(buf)] = buf
-            self._free_bytes += buf.nbytes
+            self._free[id(got[0])] = got
+            self._free_bytes += got[0].nbytes
         while self._free_bytes > self._limit and self._free:
-            _, buf = self._free.popitem(last=False)
+            _, (buf, _) = self._free.popitem(last=False)
             self._free_bytes -= buf.nbytes
             self.evicted += 1
 
-    def _give_back(self, backing: np.ndarray) -> None:
-        """Finalizer of a lease: any thread, possibly inside the garbage collector while the
-        lock is held by this very thread, so it never waits for the lock."""
-        self._returned.append(backing)
+    def _give_back(self, backing: np.ndarray, ptr: int) -> None:
+        """A lease's buffer returned (``ptr`` its address): from any thread, possibly inside
+        the garbage collector while the lock is held by this very thread, so it never waits
+        for the lock."""
+        self._returned.append((backing, ptr))
         if self._lock.acquire(blocking=False):
             try:
                 self._settle()
