@@ -1354,3 +1354,46 @@ def test_runs_encode_refuses_what_the_general_encode_refuses_by_name():
     X[5, 5] = np.nan
     with pytest.raises(ConfigurationError, match=r"`A` contains NaN or Inf"):
         real.encode(X, rng.standard_normal((128, 64)))
+
+
+@pytest.mark.skipif(not _encode._lincomb_ok(), reason="the compiled lincomb is not built or the CPU lacks AVX2/FMA")
+def test_runs_encode_yields_to_instance_hooks_and_a_changed_tiny_limit(monkeypatch):
+    """What the general path honours, the runs path does too: an instance's own
+    ``_encode_exact`` (asked), ``_outer_full`` or ``_gf_full`` set after a plan was kept (their
+    tasks, not the kept generator's), and ``TINY_BYTES`` raised after a plan was kept (tasks
+    within it take ``tiny``: the general path's scales bit for bit)."""
+    from codedml.codes._base import LinearCode
+
+    rng = np.random.default_rng(5)
+    code = MDSCode(10, 7, field=65537)
+    A, B = rng.integers(0, 65537, (200, 64)), rng.integers(0, 65537, (64, 8))
+    code.encode(A, B)
+    calls = []
+    real_exact = code._encode_exact
+    code._encode_exact = lambda *a: calls.append(1) or real_exact(*a)
+    code.encode(A, B)
+    assert calls == [1]
+    del code._encode_exact
+    real_gf = code._gf_full
+    code._gf_full = lambda side: (real_gf(side) * 2) % 65537
+    got = code.encode(A, B)
+    want = LinearCode.encode(code, A, B)
+    assert all(x.a.tobytes() == y.a.tobytes() for x, y in zip(got, want))
+    assert any(x.a.tobytes() != y.a.tobytes()
+               for x, y in zip(got, LinearCode.encode(MDSCode(10, 7, field=65537), A, B)))
+    real = MDSCode(10, 7)
+    X, Y = rng.standard_normal((300, 64)), rng.standard_normal((64, 8))
+    real.encode(X, Y)
+    full = real._outer_full
+    real._outer_full = lambda G: 2.0 * full(G)
+    assert all(x.a.tobytes() == y.a.tobytes()
+               for x, y in zip(real.encode(X, Y), LinearCode.encode(real, X, Y)))
+    small = MDSCode(6, 4, systematic=True)
+    A32 = rng.standard_normal((40, 30)).astype(np.float32)
+    B32 = rng.standard_normal((30, 5)).astype(np.float32)
+    monkeypatch.setattr(_encode, "TINY_BYTES", 0)
+    small.encode(A32, B32)                          # the plan kept while every encode is large
+    monkeypatch.setattr(_encode, "TINY_BYTES", 1 << 62)
+    got, want = small.encode(A32, B32), LinearCode.encode(small, A32, B32)
+    assert got._stack is None                        # tiny() encoded it, as the general path
+    assert got.scales.tobytes() == want.scales.tobytes()

@@ -922,15 +922,27 @@ def test_lincomb_run_refuses_bad_arguments_by_name(call, exc, match):
 @pytest.mark.parametrize("k", [1, 3, 4, 5, 9])
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_lincomb_accumulating_walk_squares_are_the_row_loops(C, k, stream, dtype):
+@pytest.mark.parametrize("at", [None, 0, 1, 3, 7])
+def test_lincomb_accumulating_walk_squares_are_the_row_loops(C, k, stream, dtype, at):
     """In one tile (R = 1, C at most the walk's W) each identity row's sum of squares is, bit
-    for bit, the row loop's (``copy_sq``'s): float64 sources are copied and added in one
-    loop (lc512_fused), which hands its four accumulators to that loop's, float32 ones by
-    the loop itself; the parity rows are the pass's alone."""
+    for bit, the row loop's (``copy_sq``'s): the sources are copied and added in one loop
+    (lc512_fused, its loads whole aligned lines, each value permuted out of the two it
+    spans), which hands its four accumulators to that loop's; the identity rows are the
+    sources, the parity rows the pass's alone. ``at``: the sources as runs of one array
+    starting that many elements past a cache line (None: arrays of their own)."""
     if getattr(K, "SIMD", 0) < 2:
         pytest.skip("the accumulating walk runs on AVX-512 only")
     rng = np.random.default_rng(C * 31 + k)
-    srcs = [rng.standard_normal(C).astype(dtype) for _ in range(k)]
+    if at is None:
+        srcs = [rng.standard_normal(C).astype(dtype) for _ in range(k)]
+    else:
+        item = np.dtype(dtype).itemsize
+        buf = np.empty(k * C + 64 // item + at, dtype)
+        first = (-buf.ctypes.data % 64) // item + at
+        flat = buf[first:first + k * C]
+        flat[...] = rng.standard_normal(k * C)
+        assert flat.ctypes.data % 64 == at * item % 64
+        srcs = [flat[j * C:(j + 1) * C] for j in range(k)]
     srcs[0][: C // 3] = -0.0
     P = rng.standard_normal((2, k))
     G = np.vstack([np.eye(k), P])

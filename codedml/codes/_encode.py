@@ -754,6 +754,7 @@ def combine_runs(G: np.ndarray, A: np.ndarray, h: int, out: np.ndarray,
     flat = A.reshape(M * N)
     stream = out.nbytes >= STREAM_BYTES
     p = 0 if post is None else post.p
+    sq = sq if post is None else None   # (over GF(p) no squares: the kernel refuses them)
     if getattr(_K, "LINCOMB_RUN", 0):
         umax = _K.lincomb(G, flat, out, sq, stream, False, LINCOMB_SIMD, p, L)
     else:   # (a build before ``run``, as benchmarks/kernel_ab.py may load: the runs as slices)

@@ -434,8 +434,10 @@ ROW_INLINE double row_f_avx2_from(const float *s, float *d, double *w, Py_ssize_
     for (; i + 16 <= n; i += 16) {
         if (pf)
             _mm_prefetch((const char *)(s + i) + PFD, _MM_HINT_T0);
-        if (nx)   /* the next run a walk copies, a line a step (into L2) */
-            _mm_prefetch(nx + i * (Py_ssize_t)sizeof(float), _MM_HINT_T1);
+        if (nx)   /* the next run a walk copies, a line a step (into L2; the address in
+                     integers: the next run may be shorter, and a prefetch never faults) */
+            _mm_prefetch((const char *)((uintptr_t)nx + (uintptr_t)i * sizeof(float)),
+                         _MM_HINT_T1);
         /* 16-byte loads: numpy's data is 16-byte aligned, and 32-byte loads from it split
            cache lines every other time (measured 1.05-1.08x the SSE2 loop's encode time
            from memory, where 16-byte loads ran at 0.92-0.94x in cache) */
@@ -518,8 +520,10 @@ ROW_INLINE double row_d_avx2_from(const double *s, double *d, double *w, Py_ssiz
             _mm_prefetch((const char *)(s + i + 8) + PFD, _MM_HINT_T0);
         }
         if (nx) {   /* the next run a walk copies (see row_f_avx2_from) */
-            _mm_prefetch(nx + i * (Py_ssize_t)sizeof(double), _MM_HINT_T1);
-            _mm_prefetch(nx + (i + 8) * (Py_ssize_t)sizeof(double), _MM_HINT_T1);
+            _mm_prefetch((const char *)((uintptr_t)nx + (uintptr_t)i * sizeof(double)),
+                         _MM_HINT_T1);
+            _mm_prefetch((const char *)((uintptr_t)nx + (uintptr_t)(i + 8) * sizeof(double)),
+                         _MM_HINT_T1);
         }
         /* two 16-byte loads each (see row_f_avx2) */
         __m256d v0 = load4_pd(s + i), v1 = load4_pd(s + i + 4);
@@ -2127,54 +2131,84 @@ LC_INLINE LC_A512 void lc512_fused_body(const int NR, const int G, const double 
     #pragma GCC unroll 4
     for (int q = 0; q < G; q++)
         sq[q][0] = sq[q][1] = _mm512_setzero_pd();
+    /* the sources' offset in their cache line, in elements (one for all: lc_run_acc), the
+       permute's indices (0-15 the first line's, 16-31 the second's; float64 0-7 and 8-15),
+       and each source's first line */
+    const int o = (int)(((uintptr_t)x[0] & 63) / (ks == 'f' ? 4 : 8));
+    const __m512i idx = ks == 'f'
+        ? _mm512_add_epi32(_mm512_set1_epi32(o), _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9,
+                                                                  8, 7, 6, 5, 4, 3, 2, 1, 0))
+        : _mm512_add_epi64(_mm512_set1_epi64(o), _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
+    __m512d pv[4];
+    #pragma GCC unroll 4
+    for (int q = 0; q < G; q++)
+        pv[q] = !o ? _mm512_setzero_pd()
+                   : ks == 'f' ? _mm512_castps_pd(_mm512_load_ps((const float *)x[q] - o))
+                               : _mm512_load_pd((const double *)x[q] - o);
     for (Py_ssize_t c = 0; c < F; c += 16) {
         __m512d v[4][2];
         #pragma GCC unroll 4
         for (int q = 0; q < G; q++) {
+            /* whole aligned lines, each value taken from the two lines it spans by one
+               permute: at numpy's offset (16 bytes into a page) a 64-byte load spans two
+               lines every time, which took this loop 1.06-1.17x the run-by-run walk for
+               float32 */
             if (ks == 'f') {
                 const float *s = (const float *)x[q] + c;
-                float *o = (float *)d[q] + c;
+                float *od = (float *)d[q] + c;
                 if (pf)
                     _mm_prefetch((const char *)s + PFD, _MM_HINT_T0);
-                /* 16-byte loads: numpy's data lies 16 bytes into a page, where a 64-byte
-                   load would span two lines every time (as row_f_avx2) */
-                const __m128 q0 = _mm_loadu_ps(s), q1 = _mm_loadu_ps(s + 4);
-                const __m128 q2 = _mm_loadu_ps(s + 8), q3 = _mm_loadu_ps(s + 12);
-                if (st) {
-                    _mm_stream_ps(o, q0);
-                    _mm_stream_ps(o + 4, q1);
-                    _mm_stream_ps(o + 8, q2);
-                    _mm_stream_ps(o + 12, q3);
+                __m512 raw;
+                if (!o) {
+                    raw = _mm512_load_ps(s);
                 } else {
-                    _mm_storeu_ps(o, q0);
-                    _mm_storeu_ps(o + 4, q1);
-                    _mm_storeu_ps(o + 8, q2);
-                    _mm_storeu_ps(o + 12, q3);
+                    const __m512 nx = _mm512_load_ps(s - o + 16);
+                    raw = _mm512_permutex2var_ps(_mm512_castpd_ps(pv[q]), idx, nx);
+                    pv[q] = _mm512_castps_pd(nx);
                 }
-                v[q][0] = _mm512_cvtps_pd(_mm256_set_m128(q1, q0));
-                v[q][1] = _mm512_cvtps_pd(_mm256_set_m128(q3, q2));
+                if (st == 2) {
+                    _mm512_stream_ps(od, raw);
+                } else if (st == 1) {
+                    _mm_stream_ps(od, _mm512_castps512_ps128(raw));
+                    _mm_stream_ps(od + 4, _mm512_extractf32x4_ps(raw, 1));
+                    _mm_stream_ps(od + 8, _mm512_extractf32x4_ps(raw, 2));
+                    _mm_stream_ps(od + 12, _mm512_extractf32x4_ps(raw, 3));
+                } else {
+                    _mm512_storeu_ps(od, raw);
+                }
+                v[q][0] = _mm512_cvtps_pd(_mm512_castps512_ps256(raw));
+                v[q][1] = _mm512_cvtps_pd(_mm256_castpd_ps(
+                    _mm512_extractf64x4_pd(_mm512_castps_pd(raw), 1)));
             } else {
                 const double *s = (const double *)x[q] + c;
-                double *o = (double *)d[q] + c;
+                double *od = (double *)d[q] + c;
                 if (pf) {
                     _mm_prefetch((const char *)s + PFD, _MM_HINT_T0);
                     _mm_prefetch((const char *)(s + 8) + PFD, _MM_HINT_T0);
                 }
-                v[q][0] = _mm512_loadu_pd(s);
-                v[q][1] = _mm512_loadu_pd(s + 8);
+                if (!o) {
+                    v[q][0] = _mm512_load_pd(s);
+                    v[q][1] = _mm512_load_pd(s + 8);
+                } else {
+                    const __m512d n0 = _mm512_load_pd(s - o + 8);
+                    const __m512d n1 = _mm512_load_pd(s - o + 16);
+                    v[q][0] = _mm512_permutex2var_pd(pv[q], idx, n0);
+                    v[q][1] = _mm512_permutex2var_pd(n0, idx, n1);
+                    pv[q] = n1;
+                }
                 if (st == 2) {
-                    _mm512_stream_pd(o, v[q][0]);
-                    _mm512_stream_pd(o + 8, v[q][1]);
+                    _mm512_stream_pd(od, v[q][0]);
+                    _mm512_stream_pd(od + 8, v[q][1]);
                 } else if (st == 1) {
                     #pragma GCC unroll 2
                     for (int e = 0; e < 2; e++)
                         #pragma GCC unroll 4
                         for (int m = 0; m < 4; m++)
-                            _mm_stream_pd(o + 8 * e + 2 * m, _mm_castps_pd(_mm512_extractf32x4_ps(
+                            _mm_stream_pd(od + 8 * e + 2 * m, _mm_castps_pd(_mm512_extractf32x4_ps(
                                 _mm512_castpd_ps(v[q][e]), m)));
                 } else {
-                    _mm512_storeu_pd(o, v[q][0]);
-                    _mm512_storeu_pd(o + 8, v[q][1]);
+                    _mm512_storeu_pd(od, v[q][0]);
+                    _mm512_storeu_pd(od + 8, v[q][1]);
                 }
             }
             sq[q][0] = _mm512_fmadd_pd(v[q][0], v[q][0], sq[q][0]);
@@ -2444,16 +2478,19 @@ static inline void lc_identity(LcJob *J, const LcSrc *s, const char *sp, char *d
      tile's first), a line per step into L2: where a run starts, memory's prefetchers had
      to find the new stream first, 30 times a tile. float32 0.86-0.93x the call's time at
      1024-4096, float64 0.96-1.01x;
-   - float64 sources are copied and added in one loop (lc512_fused: up to 4 sources whole
-     in the tile, each with a term in the pass, their rows 16-byte aligned where streamed),
-     each value loaded once; run by run the copies waited on memory with the FMA units idle,
-     then the sums ran from L2 with memory idle (a standalone test: 1.95x a straight copy,
-     the two halves added; fused 1.2-1.4x). 0.89-0.94x the time of the walk with the
-     prefetch above. The same loop for float32 (16-byte loads, as row_f_avx2, or 64-byte
-     ones, which span two lines at numpy's 16-byte offset; 16-byte or whole-line streamed
-     stores) took 1.06-1.17x: float32 keeps the copies run by run. Rows, sums and squares
-     are the run-by-run walk's bit for bit: the copy's squares in row_d_avx2's four
-     accumulators (rows_avx2_from finishes each row), the terms in the pass's order. */
+   - sources are copied and added in one loop (lc512_fused: up to 4 sources whole in the
+     tile, each with a term in the pass, at one offset in their cache lines, their rows
+     16-byte aligned where streamed), each value loaded once; run by run the copies waited
+     on memory with the FMA units idle, then the sums ran from L2 with memory idle (a
+     standalone test: 1.95x a straight copy, the two halves added; fused 1.2-1.4x). float64
+     0.89-0.94x the time of the walk with the prefetch above. For float32 the loop first
+     took 1.06-1.17x: its 64-byte loads at numpy's offset (16 bytes into a page) spanned
+     two lines every time, and 16-byte loads cost as much in instructions; it now loads
+     whole aligned lines and takes each value from the two it spans by one permute:
+     float32 0.83-0.96x the run-by-run walk with the prefetch, float64 0.98-1.04x the
+     fused loop's unaligned loads (kept alike). Rows, sums and squares are the run-by-run
+     walk's bit for bit: the copy's squares in row_*_avx2's four accumulators
+     (rows_avx2_from finishes each row), the terms in the pass's order. */
 /* (kept out of line: inlined into lincomb, with the tile walk, it changed that walk's
    generated code, and the dense float32 encodes measured 1.02-1.035x in two runs) */
 __attribute__((noinline)) static void lc_run_acc(LcJob *J)
@@ -2479,7 +2516,7 @@ __attribute__((noinline)) static void lc_run_acc(LcJob *J)
             const char *xs[LC_ACC_GROUP];
             /* the fused step: real sources whose rows the AVX2 loops copy, a tile of at
                least one step */
-            const int fz = J->kd == 'd' && J->simd >= 1 && row_avx2_ok && w >= 16;
+            const int fz = J->kd != 'q' && J->simd >= 1 && row_avx2_ok && w >= 16;
             const Py_ssize_t F = w / 16 * 16;
             const int pf = (size_t)w * (size_t)J->item > 2 * PFD;
             for (Py_ssize_t j = 0; j < k;) {
@@ -2501,6 +2538,14 @@ __attribute__((noinline)) static void lc_run_acc(LcJob *J)
                             break;
                         if (J->stream
                             && ((uintptr_t)(d1->p + r * d1->stride + c0 * J->item) & 15))
+                            break;
+                        /* one offset in the cache line for every source of the step, each
+                           on its element's size */
+                        const uintptr_t a1 = (uintptr_t)(J->src[j1].p + r * J->src[j1].stride
+                                                         + c0 * J->item);
+                        const uintptr_t a0 = (uintptr_t)(J->src[j].p + r * J->src[j].stride
+                                                         + c0 * J->item);
+                        if ((a1 & (uintptr_t)(J->item - 1)) || (a1 & 63) != (a0 & 63))
                             break;
                         nf++;
                     }

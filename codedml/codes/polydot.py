@@ -66,7 +66,8 @@ _I64 = np.dtype(np.int64)
 SMALL_PLANS = 16
 #: Methods of the general encode that an instance may override (then it encodes generally).
 _HOOKS = frozenset({"encode", "_encode", "_encode_outer", "_operand_dtype", "compensates",
-                    "_compensates", "_outer_form", "_generator", "_powers"})
+                    "_compensates", "_outer_form", "_generator", "_powers", "_encode_exact",
+                    "_gf_full", "_outer_full"})
 
 #: What :meth:`PolyDotCode._gf_full` reads besides :data:`_HOOKS`: set on an instance, the
 #: generator is built from them on every encode instead of kept.
@@ -397,9 +398,13 @@ class PolyDotCode(LinearCode):
                 return self._encode_small(A, B, plan)
             if A.flags.c_contiguous and B.flags.c_contiguous and _encode._lincomb_ok():
                 runs = self._runs_plan(A, B, precision)
-                # (over GF(p) the plan holds the generator _gf_full kept: hooks it reads, set
-                # on the instance since, send the encode the general way, as _gf_full does)
-                if runs is not None and not (runs[0] and _GF_HOOKS.intersection(self.__dict__)):
+                # real tasks up to TINY_BYTES take tiny() (the limit read on every encode, as
+                # the small path reads it, so a changed one is never outlived by a kept
+                # plan); over GF(p) the plan holds the generator _gf_full kept: hooks it
+                # reads, set on the instance since, send the encode the general way
+                if runs is not None and (
+                        runs[-1] > _encode.TINY_BYTES if not runs[0]
+                        else not _GF_HOOKS.intersection(self.__dict__)):
                     enc = self._encode_runs(A, B, runs)
                     if enc is not None:
                         return enc
@@ -485,9 +490,11 @@ class PolyDotCode(LinearCode):
         under ``precision``, kept per code (at most :data:`SMALL_PLANS` keys); None where the
         general path encodes: another code (``inner_blocks`` or ``col_blocks`` above 1, the
         naive real constructions, a subclass of the library's codes), inputs of mixed or other
-        dtypes, real operands of another dtype than the inputs or compensated ones, tasks
-        small enough for :func:`~._encode.tiny`, an empty product, inputs the general path
-        refuses by name, or a generator whose GF(p) sums are not exact in float64."""
+        dtypes, real operands of another dtype than the inputs or compensated ones, an
+        empty product, inputs the general path refuses by name, or a generator whose GF(p)
+        sums are not exact in float64. Its last entry is the real tasks' bytes, compared
+        with :data:`~._encode.TINY_BYTES` on every encode (at most that, :func:`~._encode.tiny`
+        encodes them)."""
         key = (A.shape, B.shape, A.dtype, B.dtype, precision, _base.COMPENSATE_MIN_CONDITION,
                _base.COMPENSATE_MAX_CONDITION, _base.FLOAT32_MAX_CONDITION)
         plans = _plan_table(self, "_runs_plans")
@@ -508,13 +515,13 @@ class PolyDotCode(LinearCode):
             if P is not None:
                 if A.dtype == np.int64 and p * (P - 1) ** 2 <= 2 ** 52:
                     rb = _ceil_to(M, p) // p
-                    plan = (True, n, rb, N, self._gf_full("a"), _I64, shape)
+                    plan = (True, n, rb, N, self._gf_full("a"), _I64, shape, 0)
             elif (self.construction == "circle" and A.dtype in _encode._REAL
                     and self._operand_dtype(A.dtype, precision) == A.dtype
                     and not self.compensates(A.dtype, A.dtype, precision)):
                 h = _ceil_to(M, 2 * p) // (2 * p)
-                if 2 * n * h * N * A.dtype.itemsize > _encode.TINY_BYTES:
-                    plan = (False, n, h, N, self._outer_full(self._outer_form()), A.dtype, shape)
+                plan = (False, n, h, N, self._outer_full(self._outer_form()), A.dtype, shape,
+                        2 * n * h * N * A.dtype.itemsize)
         return _keep_plan(plans, key, plan)
 
     def _encode_runs(self, A: np.ndarray, B: np.ndarray, plan: tuple) -> _base.Encoding | None:
@@ -527,7 +534,7 @@ class PolyDotCode(LinearCode):
         them, those derivations cost about a tenth of a systematic MDS(17, 15) encode at
         1024 x 1024 (0.10-0.16 ms of 0.9-1.4 ms, side by side). None where the kernel
         declined (the general path then encodes)."""
-        exact, n, h, N, G, dt, shape = plan
+        exact, n, h, N, G, dt, shape, _ = plan
         if exact:   # GF(p): h is the rows of a block
             P = self.field
             reduce = _encode.ModP(P, "A", A)
