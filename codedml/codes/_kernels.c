@@ -59,7 +59,6 @@
    float64 at 4096, minimum of 9 interleaved encodes): 0.80-0.91x the time without, and the
    plain streamed copy of a 128 MiB matrix 0.85-0.90x. 2048 to 17408 bytes measured alike. */
 #define PFD 2048
-
 #if CODEDML_SSE2
 /* a streamed store needs its destination 16-byte aligned (the row loops' scalar heads see to it) */
 static inline void store_pd(double *p, __m128d v, int stream)
@@ -2116,8 +2115,9 @@ LC_A512 static void lc512_acc(int nr, int G, const double *g, const char *const 
 
 /* The accumulating walk's fused step (see lc_run_acc): G whole sources (1-4) of one kind,
    float64 or float32 (``ks``), each copied into its identity row ``d[q]`` (``st``: ordinary
-   stores 0, streamed 1 (16-byte aligned rows) or 2 (rows on cache lines)) with its squares, and their terms added into the NR sum rows, over the
-   first ``F`` columns (a multiple of 16), in one loop: each value is loaded once, stored
+   stores 0, streamed 1 (16-byte aligned rows) or 2 (rows on cache lines)) with its
+   squares, and their terms added into the NR sum rows, over the first ``F`` columns (a
+   multiple of 16), in one loop: each value is loaded once, stored
    and added while in registers. The squares go into ``x[4 q] .. x[4 q + 3]`` as row_f_avx2's
    (row_d_avx2's) four accumulators would hold them after F values (lanes 0-3 and 4-7 of a
    step's first 8 values, of its last 8), so that row_*_avx2_from finishes each row with the
@@ -2400,6 +2400,17 @@ static int lc_dense(const double *G, Py_ssize_t o, Py_ssize_t n, Py_ssize_t k)
     return 2 * lc_used(G, o, n, k, NULL) > k;
 }
 
+/* source ``s``'s element (r, c), and output h's */
+static inline const char *lc_src_at(const LcSrc *s, Py_ssize_t r, Py_ssize_t c)
+{
+    return s->p + r * s->stride + c * lc_size(s->k);
+}
+
+static inline char *lc_dst_at(const LcJob *J, Py_ssize_t h, Py_ssize_t r, Py_ssize_t c)
+{
+    return J->dst[h].p + r * J->dst[h].stride + c * J->item;
+}
+
 /* whether source j lies whole in tile (r, c0, w) */
 static inline int lc_whole(const LcJob *J, Py_ssize_t j, Py_ssize_t r, Py_ssize_t c0, Py_ssize_t w)
 {
@@ -2433,15 +2444,14 @@ static inline void lc_identity(LcJob *J, const LcSrc *s, const char *sp, char *d
         top = top >> 52 ? UINT64_MAX : top;
         J->umax = top > J->umax ? top : J->umax;
     } else {   /* copy_sq's row loop (AVX2 where lincomb may use it) */
+        double q;
 #if CODEDML_ROW_AVX2
-        const double q = J->simd >= 1 && row_avx2_ok
-            ? rows_avx2(s->k, sp, dp, (char *)t, nv, J->stream, 1.0, 0, NULL, 0, nx)
-            : row_any(s->k, s->k, sp, dp, (char *)t, nv, J->stream, 1.0, 1, 0, 0, NULL, 0);
-#else
-        (void)nx;
-        const double q = row_any(s->k, s->k, sp, dp, (char *)t, nv, J->stream, 1.0, 1, 0, 0,
-                                 NULL, 0);
+        if (J->simd >= 1 && row_avx2_ok)   /* (row_any's AVX2 loop, the next run asked for) */
+            q = rows_avx2(s->k, sp, dp, (char *)t, nv, J->stream, 1.0, 0, NULL, 0, nx);
+        else
 #endif
+            q = row_any(s->k, s->k, sp, dp, (char *)t, nv, J->stream, 1.0, 1, 0, 0, NULL, 0);
+        (void)nx;
         if (J->sq)
             J->sq[h] += q;
     }
@@ -2524,30 +2534,30 @@ __attribute__((noinline)) static void lc_run_acc(LcJob *J)
                    and whole in the tile, each with a term in the pass, their identity rows
                    16-byte aligned where streamed */
                 int nf = 0;
+                const char *xf[LC_ACC_GROUP];
+                char *df[LC_ACC_GROUP];
                 if (fz) {
                     int q1 = q;
                     while (nf < LC_ACC_GROUP && j + nf < k) {
                         const Py_ssize_t j1 = j + nf;
-                        const LcDst *d1 = &J->dst[J->fj[j1]];
-                        if (J->src[j1].k != J->kd || !lc_present(J, j1, r, c0)
+                        const LcSrc *s1 = &J->src[j1];
+                        if (s1->k != J->kd || !lc_present(J, j1, r, c0)
                             || !lc_whole(J, j1, r, c0, w))
                             break;
                         while (q1 < nu && used[q1] < j1)
                             q1++;
                         if (!(q1 < nu && used[q1] == j1))
                             break;
-                        if (J->stream
-                            && ((uintptr_t)(d1->p + r * d1->stride + c0 * J->item) & 15))
+                        /* the rows 16-byte aligned where streamed; one offset in the cache
+                           line for every source of the step, each on its element's size */
+                        const char *xp = lc_src_at(s1, r, c0);
+                        char *dp = lc_dst_at(J, J->fj[j1], r, c0);
+                        if ((J->stream && ((uintptr_t)dp & 15))
+                            || ((uintptr_t)xp & (uintptr_t)(J->item - 1))
+                            || (nf && ((uintptr_t)xp & 63) != ((uintptr_t)xf[0] & 63)))
                             break;
-                        /* one offset in the cache line for every source of the step, each
-                           on its element's size */
-                        const uintptr_t a1 = (uintptr_t)(J->src[j1].p + r * J->src[j1].stride
-                                                         + c0 * J->item);
-                        const uintptr_t a0 = (uintptr_t)(J->src[j].p + r * J->src[j].stride
-                                                         + c0 * J->item);
-                        if ((a1 & (uintptr_t)(J->item - 1)) || (a1 & 63) != (a0 & 63))
-                            break;
-                        nf++;
+                        xf[nf] = xp;
+                        df[nf++] = dp;
                     }
                 }
                 if (nf) {
@@ -2556,16 +2566,9 @@ __attribute__((noinline)) static void lc_run_acc(LcJob *J)
                         ng = 0;
                     }
                     double gf[4 * LC_ACC_GROUP];
-                    const char *xf[LC_ACC_GROUP];
-                    char *df[LC_ACC_GROUP];
-                    for (int t = 0; t < nf; t++) {
-                        const LcSrc *s1 = &J->src[j + t];
-                        const LcDst *d1 = &J->dst[J->fj[j + t]];
-                        xf[t] = s1->p + r * s1->stride + c0 * J->item;
-                        df[t] = d1->p + r * d1->stride + c0 * J->item;
+                    for (int t = 0; t < nf; t++)
                         for (int hh = 0; hh < nr; hh++)
                             gf[4 * t + hh] = J->G[(o + hh) * k + j + t];
-                    }
                     /* stores: ordinary, or streamed by 16 bytes, or by whole lines where
                        every row starts on one */
                     int st = J->stream ? 2 : 0;
@@ -2591,14 +2594,14 @@ __attribute__((noinline)) static void lc_run_acc(LcJob *J)
                 }
                 const LcSrc *s = &J->src[j];
                 const int h = J->fj[j];
-                char *dp = J->dst[h].p + r * J->dst[h].stride + c0 * J->item;
+                char *dp = lc_dst_at(J, h, r, c0);
                 if (!lc_present(J, j, r, c0)) {
                     memset(dp, 0, (size_t)w * (size_t)J->item);
                     j++;
                     continue;
                 }
                 const Py_ssize_t nv = lc_whole(J, j, r, c0, w) ? w : s->cols - c0;
-                const char *sp = s->p + r * s->stride + c0 * lc_size(s->k);
+                const char *sp = lc_src_at(s, r, c0);
                 /* the next run this walk reads: asked for (into L2) as this one is copied */
                 const char *nx = NULL;
                 {
@@ -2613,7 +2616,7 @@ __attribute__((noinline)) static void lc_run_acc(LcJob *J)
                     }
                     const LcSrc *s1 = &J->src[j1];
                     if (r1 < J->R && r1 < s1->rows && t1 < s1->cols)
-                        nx = s1->p + r1 * s1->stride + t1 * lc_size(s1->k);
+                        nx = lc_src_at(s1, r1, t1);
                 }
                 lc_identity(J, s, sp, dp, NULL, nv, w, h, nx);
                 while (q < nu && used[q] < j)
@@ -2638,8 +2641,7 @@ __attribute__((noinline)) static void lc_run_acc(LcJob *J)
             if (ng)
                 lc512_acc(nr, ng, g, xs, J->kd, w, wp, acc);
             for (int hh = 0; hh < nr; hh++) {
-                const LcDst *d = &J->dst[o + hh];
-                char *dp = d->p + r * d->stride + c0 * J->item;
+                char *dp = lc_dst_at(J, o + hh, r, c0);
                 const double sv = lc512_acc_store(acc[hh], w, dp, J->kd, J->md,
                                                   J->stream && !((uintptr_t)dp & 63));
                 if (J->sq)
@@ -2686,8 +2688,8 @@ static void lc_run(LcJob *J)
                        times it to +0: -0.0 would come out +0.0, and a subnormal value 0
                        under denormals-are-zero) */
                     const Py_ssize_t nv = whole ? w : s->cols - c0;   /* its values here */
-                    const char *sp = s->p + r * s->stride + c0 * lc_size(s->k);
-                    char *dp = J->dst[h].p + r * J->dst[h].stride + c0 * J->item;
+                    const char *sp = lc_src_at(s, r, c0);
+                    char *dp = lc_dst_at(J, h, r, c0);
                     double *t = here ? NULL : J->tile + j * J->ts;
                     lc_identity(J, s, sp, dp, t, nv, w, h, NULL);
                     if (t && nv < wp)
@@ -2750,10 +2752,9 @@ static void lc_run(LcJob *J)
                     /* diagonal: row by row, its one source (or none: zeros) */
                     for (int h = 0; h < nr; h++) {
                         const int j = J->dj[o + h];
-                        const LcDst *d = &J->dst[o + h];
                         if (lc_fused(J, o + h, r, c0))   /* written as its source was loaded */
                             continue;
-                        char *dp[4] = {d->p + r * d->stride + c0 * J->item};
+                        char *dp[4] = {lc_dst_at(J, o + h, r, c0)};
                         const double *g1[4] = {J->G + (o + h) * k};
                         double sv[4] = {0.0};
                         (J->simd == 2 ? lc512_1 : lc2_1)(g1, &j, J->islive[j], J->xp, w, dp,
@@ -2836,11 +2837,10 @@ static void lc_run(LcJob *J)
                     continue;
                 }
                 for (int h = 0; h < nr; h++) {
-                    const LcDst *d = &J->dst[o + h];
                     if (lc_fused(J, o + h, r, c0))   /* written as its source was loaded */
                         continue;
-                    double s = lc_store(J->kd, d->p + r * d->stride + c0 * J->item, y[h], NULL,
-                                        w, J->stream, J->md);
+                    double s = lc_store(J->kd, lc_dst_at(J, o + h, r, c0), y[h], NULL, w,
+                                        J->stream, J->md);
                     if (J->sq)
                         J->sq[o + h] += s;
                 }

@@ -73,6 +73,7 @@ _HOOKS = frozenset({"encode", "_encode", "_encode_outer", "_operand_dtype", "com
 #: generator is built from them on every encode instead of kept.
 _GF_HOOKS = frozenset({"_exp_a", "_exp_b", "_n_systematic"})
 
+
 def _plan_table(code: Any, name: str) -> dict:
     """The code's table ``name`` of kept encode plans (made on first use)."""
     plans = code.__dict__.get(name)
@@ -396,15 +397,14 @@ class PolyDotCode(LinearCode):
             if (plan is not None and plan[-1] <= _encode.TINY_BYTES and A.dtype == _F64
                     and B.dtype == _F64):
                 return self._encode_small(A, B, plan)
-            if A.flags.c_contiguous and B.flags.c_contiguous and _encode._lincomb_ok():
+            # (over GF(p) the runs plan keeps the generator _gf_full kept: hooks that
+            # _gf_full reads, set on the instance, send the encode the general way)
+            if (A.flags.c_contiguous and B.flags.c_contiguous and _encode._lincomb_ok()
+                    and not (self.field is not None and _GF_HOOKS.intersection(self.__dict__))):
                 runs = self._runs_plan(A, B, precision)
                 # real tasks up to TINY_BYTES take tiny() (the limit read on every encode, as
-                # the small path reads it, so a changed one is never outlived by a kept
-                # plan); over GF(p) the plan holds the generator _gf_full kept: hooks it
-                # reads, set on the instance since, send the encode the general way
-                if runs is not None and (
-                        runs[-1] > _encode.TINY_BYTES if not runs[0]
-                        else not _GF_HOOKS.intersection(self.__dict__)):
+                # the small path reads it, so a changed one is never outlived by a kept plan)
+                if runs is not None and (runs[0] or runs[-1] > _encode.TINY_BYTES):
                     enc = self._encode_runs(A, B, runs)
                     if enc is not None:
                         return enc
@@ -494,7 +494,9 @@ class PolyDotCode(LinearCode):
         empty product, inputs the general path refuses by name, or a generator whose GF(p)
         sums are not exact in float64. Its last entry is the real tasks' bytes, compared
         with :data:`~._encode.TINY_BYTES` on every encode (at most that, :func:`~._encode.tiny`
-        encodes them)."""
+        encodes them; 0 over GF(p), which has no such path). Over GF(p) it is asked only
+        without an instance hook of :data:`_GF_HOOKS` (:meth:`encode` sees to it): the plan
+        keeps :meth:`_gf_full`'s generator."""
         key = (A.shape, B.shape, A.dtype, B.dtype, precision, _base.COMPENSATE_MIN_CONDITION,
                _base.COMPENSATE_MAX_CONDITION, _base.FLOAT32_MAX_CONDITION)
         plans = _plan_table(self, "_runs_plans")
@@ -504,8 +506,6 @@ class PolyDotCode(LinearCode):
             pass
         plan = None
         P = self.field
-        if P is not None and _GF_HOOKS.intersection(self.__dict__):
-            return None   # (not kept: the generator would be the hooks', see _gf_full)
         if (type(self).__module__ == __name__ and self.m == 1 and self.q == 1
                 and precision in _base.PRECISIONS and A.ndim == 2 and B.ndim in (1, 2)
                 and A.size and B.size and A.shape[1] == B.shape[0] and A.dtype == B.dtype):
@@ -544,8 +544,7 @@ class PolyDotCode(LinearCode):
             reduce.check()   # (a no-op: the kernel read every entry)
             tb = _pool.empty(B.shape, dt, B)
             _encode.copy_residues(B, tb, P, "B")
-            enc = _base.Encoding._of_stack(self, shape, N, dt, None, ta, tb)
-            return enc
+            return _base.Encoding._of_stack(self, shape, N, dt, None, ta, tb)
         # real: h is the rows of a half-block; each task's two half-blocks are two runs
         ta = _pool.empty((n, 2 * h, N), dt, A)
         sa = np.zeros(2 * n)
