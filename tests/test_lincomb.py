@@ -869,6 +869,52 @@ def test_lincomb_over_gfp_many_sources_across_large_tiles(simd, k):
 
 
 @needs_kernels
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(m=st.integers(6, 26), k=st.integers(0, 17), R=st.integers(1, 3), C=st.integers(1, 90),
+       p=st.sampled_from(GF_PRIMES), stream=st.booleans(), off=st.integers(0, 9),
+       seed=st.integers(0, 2 ** 16))
+def test_lincomb_over_gfp_dense_rows_are_the_same_on_every_instruction_set(m, k, R, C, p, stream,
+                                                                         off, seed):
+    """Over GF(p) a generator of 8 to 24 dense rows takes the direct walk on AVX-512 (no tile:
+    each source's residues loaded where they lie, 8 columns a step, every row's sum in a
+    register): its outputs are the exact product mod p and the same as every other
+    instruction set's (plain C, AVX2: the tile walk), bit for bit, around its edges (7 and 25
+    rows), for sources cut short in rows and columns, columns not a multiple of 8, outputs
+    at any offset (streamed or not); and its range check reads every source value and none
+    past a source's columns (the row beyond them holds -1 here)."""
+    rng = np.random.default_rng(seed)
+    G = rng.integers(1, p, (m, k)).astype(np.float64) if p > 2 else np.ones((m, k))
+    if k:
+        G[:, 0] = p - 1
+    shapes = [(int(rng.integers(0, R + 1)), int(rng.integers(0, C + 1))) for _ in range(k)]
+    walls = [np.full((r, c + 3), -1, np.int64) for r, c in shapes]
+    srcs = []
+    for w, (r, c) in zip(walls, shapes):
+        w[:, :c] = rng.integers(0, p, (r, c))
+        srcs.append(w[:, :c])                # rows at a stride, -1 just past each row
+    X = np.zeros((k, R, C), np.int64)
+    for j, s in enumerate(srcs):
+        X[j, :s.shape[0], :s.shape[1]] = s
+    want = np.tensordot(G.astype(np.int64), X, 1) % p
+    top = max([int(s.max()) for s in srcs if s.size] + [0])
+    for simd in LEVELS:
+        big = np.full((m, off + R * C + 5), -7, np.int64)
+        dsts = [b[off:off + R * C].reshape(R, C) for b in big]
+        assert K.lincomb(G, srcs, dsts, None, stream, False, simd, p) == top
+        np.testing.assert_array_equal(np.array(dsts), want)
+        assert (big[:, :off] == -7).all() and (big[:, off + R * C:] == -7).all()
+    hit = [j for j, s in enumerate(srcs) if s.size]
+    if hit:                                  # a value out of the field, at a source's end
+        j = hit[int(rng.integers(0, len(hit)))]
+        for bad in (p, -1, 2 ** 52):
+            srcs[j][-1, -1] = bad
+            for simd in LEVELS:
+                got = K.lincomb(G, srcs, [np.empty((R, C), np.int64) for _ in range(m)], None,
+                                stream, False, simd, p)
+                assert got >= p and (bad == p or got == 2 ** 64 - 1)
+
+
+@needs_kernels
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(k=st.integers(1, 12), run=st.integers(1, 300), short=st.integers(0, 400),
        dtype=st.sampled_from([np.float64, np.float32, np.int64]), extra=st.integers(0, 3),
