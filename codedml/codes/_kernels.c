@@ -59,6 +59,9 @@
    float64 at 4096, minimum of 9 interleaved encodes): 0.80-0.91x the time without, and the
    plain streamed copy of a 128 MiB matrix 0.85-0.90x. 2048 to 17408 bytes measured alike. */
 #define PFD 2048
+/* asks for the line PFD bytes past ``p`` (into L1), its address formed in integers: near a
+   row's end it lies past the row, where pointer arithmetic would be undefined */
+#define PF_AHEAD(p) _mm_prefetch((const char *)((uintptr_t)(p) + PFD), _MM_HINT_T0)
 #if CODEDML_SSE2
 /* a streamed store needs its destination 16-byte aligned (the row loops' scalar heads see to it) */
 static inline void store_pd(double *p, __m128d v, int stream)
@@ -222,7 +225,7 @@ static double row_d(const double *s, double *d, double *w, Py_ssize_t n, int str
         const int pf = (size_t)n * sizeof(*s) > 2 * PFD;   /* see row_f_avx2 */
         for (; i + 8 <= n; i += 8) {
             if (pf)
-                _mm_prefetch((const char *)(s + i) + PFD, _MM_HINT_T0);
+                PF_AHEAD(s + i);
             __m128d v0 = _mm_loadu_pd(s + i), v1 = _mm_loadu_pd(s + i + 2);
             __m128d v2 = _mm_loadu_pd(s + i + 4), v3 = _mm_loadu_pd(s + i + 6);
             /* with c 1 the values as loaded (a product by 1.0 would flush a subnormal
@@ -279,7 +282,7 @@ static double row_f(const float *s, float *d, double *w, Py_ssize_t n, int strea
         const int pf = (size_t)n * sizeof(*s) > 2 * PFD;   /* see row_f_avx2 */
         for (; i + 8 <= n; i += 8) {
             if (pf && !(i & 15))   /* one a cache line */
-                _mm_prefetch((const char *)(s + i) + PFD, _MM_HINT_T0);
+                PF_AHEAD(s + i);
             __m128 v0 = _mm_loadu_ps(s + i), v1 = _mm_loadu_ps(s + i + 4);
             /* in double: the low and high pairs of each quadruple */
             __m128d l0 = _mm_cvtps_pd(v0), h0 = _mm_cvtps_pd(_mm_movehl_ps(v0, v0));
@@ -432,7 +435,7 @@ ROW_INLINE double row_f_avx2_from(const float *s, float *d, double *w, Py_ssize_
     __m256d x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3];
     for (; i + 16 <= n; i += 16) {
         if (pf)
-            _mm_prefetch((const char *)(s + i) + PFD, _MM_HINT_T0);
+            PF_AHEAD(s + i);
         if (nx)   /* the next run a walk copies, a line a step (into L2; the address in
                      integers: the next run may be shorter, and a prefetch never faults) */
             _mm_prefetch((const char *)((uintptr_t)nx + (uintptr_t)i * sizeof(float)),
@@ -515,8 +518,8 @@ ROW_INLINE double row_d_avx2_from(const double *s, double *d, double *w, Py_ssiz
     __m256d x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3];
     for (; i + 16 <= n; i += 16) {
         if (pf) {
-            _mm_prefetch((const char *)(s + i) + PFD, _MM_HINT_T0);
-            _mm_prefetch((const char *)(s + i + 8) + PFD, _MM_HINT_T0);
+            PF_AHEAD(s + i);
+            PF_AHEAD(s + i + 8);
         }
         if (nx) {   /* the next run a walk copies (see row_f_avx2_from) */
             _mm_prefetch((const char *)((uintptr_t)nx + (uintptr_t)i * sizeof(double)),
@@ -1040,7 +1043,7 @@ __attribute__((target("avx512f"))) static uint64_t i64_row512(const int64_t *x, 
     if (n - i >= 16) {
         __m512i c = _mm512_loadu_si512((const void *)(x + i));
         for (; i + 16 <= n; i += 8) {
-            _mm_prefetch((const char *)(x + i) + PFD, _MM_HINT_T0);
+            PF_AHEAD(x + i);
             const __m512i nx = _mm512_loadu_si512((const void *)(x + i + 8));
             if (stream)
                 _mm512_stream_si512((void *)(y + i), c);
@@ -1088,7 +1091,7 @@ static uint64_t i64_row(const int64_t *x, int64_t *y, double *z, Py_ssize_t n, i
                 c2 = _mm_loadu_si128((const __m128i *)(x + i + 4)),
                 c3 = _mm_loadu_si128((const __m128i *)(x + i + 6));
         for (; i + 16 <= n; i += 8) {
-            _mm_prefetch((const char *)(x + i) + PFD, _MM_HINT_T0);
+            PF_AHEAD(x + i);
             const __m128i n0 = _mm_loadu_si128((const __m128i *)(x + i + 8)),
                           n1 = _mm_loadu_si128((const __m128i *)(x + i + 10)),
                           n2 = _mm_loadu_si128((const __m128i *)(x + i + 12)),
@@ -1103,7 +1106,7 @@ static uint64_t i64_row(const int64_t *x, int64_t *y, double *z, Py_ssize_t n, i
     }
     for (; i + 4 <= n; i += 4) {
         if (!((i - start) & 7))   /* one a cache line, as row_d (PFD) */
-            _mm_prefetch((const char *)(x + i) + PFD, _MM_HINT_T0);
+            PF_AHEAD(x + i);
         i64_four(_mm_loadu_si128((const __m128i *)(x + i)),
                  _mm_loadu_si128((const __m128i *)(x + i + 2)), y ? y + i : NULL,
                  z ? z + i : NULL, stream, &big, &mx);
@@ -2161,7 +2164,7 @@ LC_INLINE LC_A512 void lc512_fused_body(const int NR, const int G, const double 
                 const float *s = (const float *)x[q] + c;
                 float *od = (float *)d[q] + c;
                 if (pf)
-                    _mm_prefetch((const char *)s + PFD, _MM_HINT_T0);
+                    PF_AHEAD(s);
                 __m512 raw;
                 if (!o) {
                     raw = _mm512_load_ps(s);
@@ -2187,8 +2190,8 @@ LC_INLINE LC_A512 void lc512_fused_body(const int NR, const int G, const double 
                 const double *s = (const double *)x[q] + c;
                 double *od = (double *)d[q] + c;
                 if (pf) {
-                    _mm_prefetch((const char *)s + PFD, _MM_HINT_T0);
-                    _mm_prefetch((const char *)(s + 8) + PFD, _MM_HINT_T0);
+                    PF_AHEAD(s);
+                    PF_AHEAD(s + 8);
                 }
                 if (!o) {
                     v[q][0] = _mm512_load_pd(s);
@@ -2700,7 +2703,7 @@ LC_INLINE LC_A512 void lcq_direct_body(const int NR, const double *Gt, Py_ssize_
             if (left >= 8) {
                 v = _mm512_loadu_si512((const void *)x);
                 /* the line PFD bytes on, in integers (it may lie past the source) */
-                _mm_prefetch((const char *)((uintptr_t)x + PFD), _MM_HINT_T0);
+                PF_AHEAD(x);
             } else {
                 v = _mm512_maskz_loadu_epi64((__mmask8)((1u << left) - 1), (const void *)x);
             }
