@@ -868,50 +868,82 @@ def test_lincomb_over_gfp_many_sources_across_large_tiles(simd, k):
     assert K.lincomb(G, srcs, list(dsts), None, True, False, simd, p) >= p
 
 
+def _aligned_int64(shape, off):
+    """An int64 array of ``shape`` starting ``off`` values past a cache line, -7 around it
+    (the buffer it lies in, and the slice of it that is the array)."""
+    n = int(np.prod(shape))
+    raw = np.full(n + off + 16, -7, np.int64)
+    lead = (-raw.ctypes.data % 64) // 8
+    return raw, raw[lead + off:lead + off + n].reshape(shape)
+
+
 @needs_kernels
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(m=st.integers(6, 26), k=st.integers(0, 17), R=st.integers(1, 3), C=st.integers(1, 90),
        p=st.sampled_from(GF_PRIMES), stream=st.booleans(), off=st.integers(0, 9),
+       zeros=st.booleans(), layout=st.sampled_from(["list", "matrix", "run"]),
        seed=st.integers(0, 2 ** 16))
 def test_lincomb_over_gfp_dense_rows_are_the_same_on_every_instruction_set(m, k, R, C, p, stream,
-                                                                         off, seed):
-    """Over GF(p) a generator of 8 to 24 dense rows takes the direct walk on AVX-512 (no tile:
-    each source's residues loaded where they lie, 8 columns a step, every row's sum in a
-    register): its outputs are the exact product mod p and the same as every other
-    instruction set's (plain C, AVX2: the tile walk), bit for bit, around its edges (7 and 25
-    rows), for sources cut short in rows and columns, columns not a multiple of 8, outputs
-    at any offset (streamed or not); and its range check reads every source value and none
-    past a source's columns (the row beyond them holds -1 here)."""
+                                                                         off, zeros, layout,
+                                                                         seed):
+    """Over GF(p) a generator of 8 to 24 rows without a diagonal pass takes the direct walk on
+    AVX-512 (no tile: each source's residues loaded where they lie, 8 columns a step, every
+    row's sum in a register): its outputs are the exact product mod p and the same as every
+    other instruction set's (plain C, AVX2: the tile walk), bit for bit, around its edges (7
+    and 25 rows), with zero coefficients, for sources cut short in rows and columns (a list
+    of sources), one 2-D array of sources, or one array cut into runs (``run``), columns not
+    a multiple of 8, outputs on a cache line (``off`` 0: streamed rows) or off it; and its
+    range check reads every source value and none past a source's columns (the row beyond
+    them holds -1 in a list of sources)."""
     rng = np.random.default_rng(seed)
     G = rng.integers(1, p, (m, k)).astype(np.float64) if p > 2 else np.ones((m, k))
+    if zeros and k:
+        G[rng.random((m, k)) < 0.3] = 0.0
     if k:
         G[:, 0] = p - 1
-    shapes = [(int(rng.integers(0, R + 1)), int(rng.integers(0, C + 1))) for _ in range(k)]
-    walls = [np.full((r, c + 3), -1, np.int64) for r, c in shapes]
-    srcs = []
-    for w, (r, c) in zip(walls, shapes):
-        w[:, :c] = rng.integers(0, p, (r, c))
-        srcs.append(w[:, :c])                # rows at a stride, -1 just past each row
-    X = np.zeros((k, R, C), np.int64)
-    for j, s in enumerate(srcs):
-        X[j, :s.shape[0], :s.shape[1]] = s
+    if layout == "list":
+        shapes = [(int(rng.integers(0, R + 1)), int(rng.integers(0, C + 1))) for _ in range(k)]
+        srcs = []
+        for r, c in shapes:
+            w = np.full((r, c + 3), -1, np.int64)
+            w[:, :c] = rng.integers(0, p, (r, c))
+            srcs.append(w[:, :c])            # rows at a stride, -1 just past each row
+        X = np.zeros((k, R, C), np.int64)
+        for j, s in enumerate(srcs):
+            X[j, :s.shape[0], :s.shape[1]] = s
+        call = {}
+    elif layout == "matrix":                 # one 2-D array: its rows are the sources
+        R = 1
+        srcs = rng.integers(0, p, (k, C))
+        X = srcs.reshape(k, 1, C).copy()
+        call = {}
+    else:                                    # one 1-D array cut into runs of C values
+        R = 1
+        size = max(0, k * C - int(rng.integers(0, C + 1)))
+        srcs = rng.integers(0, p, size)
+        X = np.zeros((k, 1, C), np.int64)
+        for j in range(k):
+            part = srcs[j * C:(j + 1) * C]
+            X[j, 0, :part.size] = part
+        call = {"run": C}
     want = np.tensordot(G.astype(np.int64), X, 1) % p
-    top = max([int(s.max()) for s in srcs if s.size] + [0])
+    top = int(X.max()) if X.size else 0
     for simd in LEVELS:
-        big = np.full((m, off + R * C + 5), -7, np.int64)
-        dsts = [b[off:off + R * C].reshape(R, C) for b in big]
-        assert K.lincomb(G, srcs, dsts, None, stream, False, simd, p) == top
-        np.testing.assert_array_equal(np.array(dsts), want)
-        assert (big[:, :off] == -7).all() and (big[:, off + R * C:] == -7).all()
-    hit = [j for j, s in enumerate(srcs) if s.size]
-    if hit:                                  # a value out of the field, at a source's end
-        j = hit[int(rng.integers(0, len(hit)))]
-        for bad in (p, -1, 2 ** 52):
-            srcs[j][-1, -1] = bad
-            for simd in LEVELS:
-                got = K.lincomb(G, srcs, [np.empty((R, C), np.int64) for _ in range(m)], None,
-                                stream, False, simd, p)
-                assert got >= p and (bad == p or got == 2 ** 64 - 1)
+        raw, out = _aligned_int64((m, R, C), off)
+        got = K.lincomb(G, srcs, list(out), None, stream, False, simd, p, **call)
+        assert got == top
+        np.testing.assert_array_equal(out, want)
+        assert (raw == -7).sum() == raw.size - out.size   # nothing written outside
+    if layout == "list":
+        hit = [j for j, s in enumerate(srcs) if s.size]
+        if hit:                              # a value out of the field, at a source's end
+            j = hit[int(rng.integers(0, len(hit)))]
+            for bad in (p, -1, 2 ** 52):
+                srcs[j][-1, -1] = bad
+                for simd in LEVELS:
+                    got = K.lincomb(G, srcs, [np.empty((R, C), np.int64) for _ in range(m)],
+                                    None, stream, False, simd, p)
+                    assert got >= p and (bad == p or got == 2 ** 64 - 1)
 
 
 @needs_kernels

@@ -1353,11 +1353,13 @@ done:
    to a few tens runs far below its peak and writes through the cache, this runs at the FMA
    units' rate or the memory's. The GIL is released during the loop. A destination may not
    overlap another, a source, ``G``, ``sq`` or its own rows, nor ``sq`` a source or ``G``
-   (ValueError naming them). Over GF(p) on AVX-512, where every row is dense (none an
-   identity or diagonal row), there are 8 to 24 of them and every sum is at most 2**50, the
-   walk has no tile and no passes (lc_run_direct): per step of 8 columns each source's
-   residues are loaded where they lie and their terms added into every row's sum in
-   registers; the same exact sums, the same outputs and range check. */
+   (ValueError naming them). Over GF(p) on AVX-512, where no pass is diagonal (a systematic
+   code's identity rows, each alone with its source, keep the walks above), there are 8 to
+   24 rows and every sum is at most 2**50, the walk has no tile and no passes
+   (lc_run_direct): per step of 8 columns each source's residues are loaded where they lie
+   and their terms added into every row's sum in registers; the same exact sums, so the
+   same outputs for residues in [0, p), and the same range check (with a value out of the
+   field the outputs are not defined, on any walk: the caller raises before using them). */
 
 typedef struct {
     const char *p;
@@ -2383,7 +2385,7 @@ typedef struct {
                                         tile, whose passes ask for the next tile's rows */
     int acc;                         /* the accumulating walk (lc_run_acc): its dense pass + 1,
                                         else 0 */
-    int direct;                      /* GF(p), few dense rows: lc_run_direct */
+    int direct;                      /* GF(p), 8-24 rows, no diagonal pass: lc_run_direct */
 } LcJob;
 
 /* how many sources rows o .. o + n - 1 of G (m x k) have a coefficient for; with ``list``,
@@ -2664,15 +2666,17 @@ __attribute__((noinline)) static void lc_run_acc(LcJob *J)
 #endif
 
 #if CODEDML_AVX2
-/* GF(p) where every output row is dense and they are few (J->direct, decided at setup:
-   AVX-512, 8 to LC_DIRECT_MAX rows, every sum at most 2**50): no tile and no passes. Per row of the
+/* GF(p) with few rows and no diagonal pass (J->direct, decided at setup: AVX-512, 8 to
+   LC_DIRECT_MAX rows, every sum at most 2**50): no tile and no passes. Per row of the
    outputs, per step of 8 columns, each source's 8 residues are loaded from where they lie
    (a source cut short, masked: zeros past its end), their largest as unsigned kept (the
    range check), widened to double in a register (the bits of 2**52 + v less 2**52, exact
    for v in [0, 2**52)), and their terms added into all NR rows' sums at once (NR
    accumulators: one load of a value serves every row), then each row reduced mod p and
    stored. Every sum is an exact integer below 2**53 (lincomb refuses larger), so the order
-   of the terms cannot change it: the outputs are the tile walk's, bit for bit. The tile
+   of the terms cannot change it: for residues in [0, p) the outputs are the tile walk's, bit
+   for bit (a value out of the field gives other outputs than the tile walk's, as the plain-C
+   and AVX2 walks differ there too: undefined, the range check reports it). The tile
    walk widens each tile's sources first (SSE2, two values a step), then reads the tile from
    L2 once per pass of 4 rows (17 rows: 5 passes). For GF(65537) MDS(17, 15) at 1024 (the
    raw call from cold caches, thirty-third session) its widening alone took 0.70 ms, its
@@ -3405,7 +3409,7 @@ static PyObject *lincomb(PyObject *self, PyObject *args, PyObject *kwargs)
                 ok &= J.fj[j] >= 0;
             J.acc = ok && pd >= 0 ? pd + 1 : 0;
         }
-        /* GF(p), no identity or diagonal row, 8 to LC_DIRECT_MAX rows, every sum at most
+        /* GF(p), no diagonal pass, 8 to LC_DIRECT_MAX rows, every sum at most
            2**50 (md[2]: the floor quotient, lc512_mod's FL form): the direct walk
            (lc_run_direct; every source is int64 with p) */
 #if CODEDML_AVX2
