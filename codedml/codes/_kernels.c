@@ -2691,7 +2691,6 @@ LC_INLINE LC_A512 void lcq_direct_body(const int NR, const double *Gt, Py_ssize_
 {
     const __m512d T = _mm512_set1_pd(4503599627370496.0), P = _mm512_set1_pd(md[0]);
     const __m512d I = _mm512_set1_pd(md[2]);
-    const __m512i Ti = _mm512_castpd_si512(T);
     __m512i top = *mx;
     for (Py_ssize_t c = 0; c < C; c += 8) {
         __m512d a[LC_DIRECT_MAX];
@@ -2712,7 +2711,7 @@ LC_INLINE LC_A512 void lcq_direct_body(const int NR, const double *Gt, Py_ssize_
                 v = _mm512_maskz_loadu_epi64((__mmask8)((1u << left) - 1), (const void *)x);
             }
             top = _mm512_max_epu64(top, v);
-            const __m512d u = _mm512_sub_pd(_mm512_castsi512_pd(_mm512_or_si512(v, Ti)), T);
+            const __m512d u = lc512_widen_q(v);
             const double *g = Gt + j * NR;   /* source j's coefficients, row by row */
             #pragma GCC unroll 24
             for (int o = 0; o < NR; o++)
