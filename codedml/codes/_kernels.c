@@ -637,16 +637,18 @@ static inline double row_one(char kd, char ks, const char *s, char *d, char *w, 
 
 /* One row of any accepted pair of element types: whole (``part`` <= 0), or by blocks of
    ``part`` columns, block b's sum added to ``*(pq + b * qs)``; returns the row's sum. With
-   ``avx2`` the AVX2 loops where they apply (a sum or ``w`` formed, one element type) */
+   ``avx2`` the AVX2 loops where they apply (a sum or ``w`` formed, one element type), which
+   ask for ``nx`` (the next run a walk copies; NULL: none) as they go */
 static inline double row_any(char kd, char ks, const char *s, char *d, char *w, Py_ssize_t n,
                              int stream, double c, int squares, int avx2, Py_ssize_t part,
-                             char *pq, Py_ssize_t qs)
+                             char *pq, Py_ssize_t qs, const char *nx)
 {
 #if CODEDML_ROW_AVX2
     if (avx2 && (squares || w) && ks == kd)
-        return rows_avx2(kd, s, d, w, n, stream, c, part, pq, qs, NULL);
+        return rows_avx2(kd, s, d, w, n, stream, c, part, pq, qs, nx);
 #else
     (void)avx2;
+    (void)nx;
 #endif
     if (part <= 0)
         return row_one(kd, ks, s, d, w, n, stream, c, squares);
@@ -895,7 +897,7 @@ static PyObject *copy_sq(PyObject *self, PyObject *args, PyObject *kwargs)
         for (Py_ssize_t r = 0; r < dr; r++) {
             char *rw = pw ? pw + r * ws : NULL;
             double v = row_any(kd, ks, ps + r * ss, pd + r * ds, rw, dc, stream, c, squares,
-                               avx2, part, pq, qs);
+                               avx2, part, pq, qs, NULL);
             total += v;
             if (pq && part <= 0)
                 *(double *)(pq + r * qs) += v;
@@ -1445,6 +1447,15 @@ static inline Py_ssize_t lc_size(char k)
     return k == 'f' ? 4 : 8;
 }
 
+/* the range check's running largest value ``*umax`` with ``top`` (a row's largest read as
+   unsigned) taken in: any value at or past 2**52 (negative, or out of every field) counts
+   as the largest uint64 */
+static inline void lc_top(uint64_t *umax, uint64_t top)
+{
+    top = top >> 52 ? UINT64_MAX : top;
+    *umax = top > *umax ? top : *umax;
+}
+
 /* Source ``s``'s row ``r``, columns [c0, c0 + w), widened into ``t``, zero up to ``wp``;
    returns how many of its values lie there (0: nothing written, the tile is all zero) */
 static Py_ssize_t lc_load(const LcSrc *s, Py_ssize_t r, Py_ssize_t c0, Py_ssize_t w,
@@ -1460,9 +1471,7 @@ static Py_ssize_t lc_load(const LcSrc *s, Py_ssize_t r, Py_ssize_t c0, Py_ssize_
         /* int64 residues, widened exactly by copy_i64's row loop (no int64 copy); the largest
            read as unsigned kept in *umax (the range check), any value at or past 2**52
            (negative, or out of every field) reported as the largest uint64 */
-        uint64_t top = i64_row((const int64_t *)row + c0, NULL, t, n, 0);
-        top = top >> 52 ? UINT64_MAX : top;
-        *umax = top > *umax ? top : *umax;
+        lc_top(umax, i64_row((const int64_t *)row + c0, NULL, t, n, 0));
     } else {
         const float *f = (const float *)row + c0;
         Py_ssize_t i = 0;
@@ -2310,7 +2319,8 @@ static double lc_store(char kd, char *dst, const double *re, const double *im, P
         return 0.0;
     }
     if (!im)   /* one row: copy_sq's loop (float64, or float64 into float32) */
-        return row_any(kd, 'd', (const char *)re, dst, NULL, n, stream, 1.0, 1, 0, 0, NULL, 0);
+        return row_any(kd, 'd', (const char *)re, dst, NULL, n, stream, 1.0, 1, 0, 0, NULL, 0,
+                       NULL);
 #if CODEDML_SSE2
     const int st = stream && !((uintptr_t)dst & 15);
     __m128d s0 = _mm_setzero_pd(), s1 = _mm_setzero_pd();
@@ -2450,18 +2460,10 @@ static inline void lc_identity(LcJob *J, const LcSrc *s, const char *sp, char *d
                                Py_ssize_t nv, Py_ssize_t w, int h, const char *nx)
 {
     if (s->k == 'q') {   /* GF(p): the residues as they are, range-checked */
-        uint64_t top = i64_row((const int64_t *)sp, (int64_t *)dp, t, nv, J->stream);
-        top = top >> 52 ? UINT64_MAX : top;
-        J->umax = top > J->umax ? top : J->umax;
+        lc_top(&J->umax, i64_row((const int64_t *)sp, (int64_t *)dp, t, nv, J->stream));
     } else {   /* copy_sq's row loop (AVX2 where lincomb may use it) */
-        double q;
-#if CODEDML_ROW_AVX2
-        if (J->simd >= 1 && row_avx2_ok)   /* (row_any's AVX2 loop, the next run asked for) */
-            q = rows_avx2(s->k, sp, dp, (char *)t, nv, J->stream, 1.0, 0, NULL, 0, nx);
-        else
-#endif
-            q = row_any(s->k, s->k, sp, dp, (char *)t, nv, J->stream, 1.0, 1, 0, 0, NULL, 0);
-        (void)nx;
+        const double q = row_any(s->k, s->k, sp, dp, (char *)t, nv, J->stream, 1.0, 1,
+                                 J->simd >= 1 && row_avx2_ok, 0, NULL, 0, nx);
         if (J->sq)
             J->sq[h] += q;
     }
@@ -2767,7 +2769,7 @@ LC_A512 static void lc_run_direct(LcJob *J)
         for (Py_ssize_t j = 0; j < k; j++) {
             const LcSrc *s = &J->src[j];
             const int here = r < s->rows;
-            xs[j] = (const int64_t *)(s->p + (here ? r * s->stride : 0));
+            xs[j] = (const int64_t *)(here ? lc_src_at(s, r, 0) : s->p);
             nv[j] = here ? (s->cols < J->C ? s->cols : J->C) : 0;
         }
         int st = J->stream;
@@ -2779,9 +2781,7 @@ LC_A512 static void lc_run_direct(LcJob *J)
     }
     if (J->stream)
         _mm_sfence();
-    uint64_t top = _mm512_reduce_max_epu64(mx);
-    top = top >> 52 ? UINT64_MAX : top;
-    J->umax = top > J->umax ? top : J->umax;
+    lc_top(&J->umax, _mm512_reduce_max_epu64(mx));
 }
 #endif
 
@@ -4171,7 +4171,7 @@ NO_CONTRACT static PyObject *small_encode(PyObject *self, PyObject *args)
         double total = 0.0;
         for (Py_ssize_t r = 0; r < br; r++)
             total += row_any('d', 'd', (const char *)b[3].buf + r * bs, (char *)b[4].buf + r * os,
-                             NULL, bc, 0, 1.0, 1, row_avx2_ok, 0, NULL, 0);
+                             NULL, bc, 0, 1.0, 1, row_avx2_ok, 0, NULL, 0, NULL);
         const double rb = sqrt(total);
         result = PyList_New(R / per);
         if (!result)
@@ -4344,13 +4344,13 @@ static PyObject *copy_runs(PyObject *self, PyObject *args, PyObject *kwargs)
                 char *dst = pd + (Py_ssize_t)t[0] * d0 + r * d1 + (Py_ssize_t)t[3] * item;
                 const double c = scl ? scl[i] : 1.0;
                 if (t[4] < 0) {
-                    row_any(kd, kd, src, dst, NULL, len, stream, c, 0, avx2, 0, NULL, 0);
+                    row_any(kd, kd, src, dst, NULL, len, stream, c, 0, avx2, 0, NULL, 0, NULL);
                 } else if (part > 0) {
                     row_any(kd, kd, src, dst, NULL, len, stream, c, 1, avx2, part,
-                            pq + t[4] * 8, 8);
+                            pq + t[4] * 8, 8, NULL);
                 } else {
                     const double v = row_any(kd, kd, src, dst, NULL, len, stream, c, 1, avx2, 0,
-                                             NULL, 0);
+                                             NULL, 0, NULL);
                     *(double *)(pq + t[4] * 8) += v;
                 }
             }
