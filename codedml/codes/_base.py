@@ -205,24 +205,14 @@ class Encoding(Sequence[Task]):
                 self.scales = np.array([fro(t.a) * fro(t.b) for t in tasks])
 
     @classmethod
-    def _of_small(cls, code: LinearCode, shape: tuple[int, ...], inner: int,
-                  scales: list[float]) -> "Encoding":
-        """``Encoding(code, None, shape, inner, float64, False, scales)`` without the
-        argument handling of ``__init__`` (a small job's encode, per job): ``shape`` a tuple
-        of ints, ``inner`` an int, ``scales`` Python floats, of a real code."""
-        out = object.__new__(cls)
-        d = out.__dict__
-        d["code"], d["shape"], d["inner"], d["dtype"] = code, shape, inner, _F64
-        d["compensated"], d["_scale_list"] = False, scales   # (the array on first use)
-        return out
-
-    @classmethod
     def _of_stack(cls, code: LinearCode, shape: tuple[int, ...], inner: int, dtype: np.dtype,
                   scales: list[float] | None, ta: np.ndarray, tb: np.ndarray) -> "Encoding":
         """An encoding given as :attr:`_stack` ``(ta, tb)``: worker ``w``'s task is ``ta[w] @
         tb`` (operands of ``dtype``, not compensated), its Task objects built on first use;
-        ``scales`` Python floats (a real code's) or None (GF(p)). A large encode's with
-        ``inner_blocks = col_blocks = 1`` (``PolyDotCode._encode_runs``), per job."""
+        ``scales`` Python floats (a real code's) or None (GF(p)). ``Encoding(code, None,
+        shape, inner, dtype, False, scales)`` without the argument handling of ``__init__``,
+        per job: a small encode's (``PolyDotCode._encode_small``) and a large one's with
+        ``inner_blocks = col_blocks = 1`` (``PolyDotCode._encode_runs``)."""
         out = object.__new__(cls)
         d = out.__dict__
         d["code"], d["shape"], d["inner"], d["dtype"] = code, shape, inner, dtype
@@ -235,9 +225,9 @@ class Encoding(Sequence[Task]):
 
     @functools.cached_property
     def scales(self) -> np.ndarray:   # type: ignore[override]
-        """The noise scales of an encoding made by :meth:`_of_small`, as an array on first
-        use (a small job's decode from its data results never asks); every other encoding
-        sets its own in ``__init__``."""
+        """The noise scales of a real encoding made by :meth:`_of_stack`, as an array on
+        first use (a small job's decode from its data results never asks); every other
+        encoding sets its own (in ``__init__``, or None over GF(p))."""
         return np.array(self.__dict__["_scale_list"], dtype=np.float64)
 
     @functools.cached_property

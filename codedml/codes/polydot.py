@@ -479,8 +479,8 @@ class PolyDotCode(LinearCode):
                     sb = float(flat @ flat)
             rb = math.sqrt(sb)
             scales = [math.sqrt(x) * rb for x in sa]
-        enc = _base.Encoding._of_small(self, shape, N, scales)
-        enc._stack = (ta, tb)   # (its Task objects built where asked for)
+        # (its Task objects built where asked for)
+        enc = _base.Encoding._of_stack(self, shape, N, _F64, scales, ta, tb)
         # (the scales looked at as Python floats: the check of _checked_scales, which takes
         # them again, or names a NaN/Inf input, only where one may be wrong)
         return self._checked_scales(enc, A, B) if _base._redo(scales) else enc
