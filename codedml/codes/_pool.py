@@ -62,35 +62,51 @@ MIN_BYTES = 1 << 16
 DEFAULT_LIMIT = 256 << 20
 
 #: Where a pooled array's data starts within its 4 KiB page (bytes) when the caller names no
-#: source (``near``): on a cache line. With a source the data starts on the cache line at or
-#: before the source's offset in its page: 0-63 bytes before it modulo 4 KiB (numpy's large
-#: arrays start 16 bytes into a page, glibc's ``mmap`` ed blocks keeping a 16-byte header),
-#: never just after it. Why not after: where a destination starts 16-112 bytes after its
-#: source modulo 4 KiB, each load of a forward copy loop shares its address's low 12 bits
-#: with a store just issued, which the CPU cannot tell from a true overlap until that store is
-#: done, so the load waits (a destination before its source is only ever stored to after the
-#: loads of those low bits). Measured on the 2-core AMD EPYC (AVX2), 1024 x 1024: a float32
-#: copy (``copy_sq``) took 2.5-7.5x as long at 16-48 bytes, float64 1.6-1.7x, the systematic
-#: encode kernel's pass 1.2-1.5x, an int64 copy 1.7-2.2x. Until then the pool placed data on
-#: a cache line, 48 bytes after numpy's arrays: in that band for every input numpy allocated.
+#: source (``near``): on a cache line. With a source it starts :data:`_GAP` bytes before the
+#: cache line that holds the source's first byte, modulo 4 KiB: on a line, never just after
+#: the source and never at its offset.
+#:
+#: Why not just after: where a destination starts 16-112 bytes after its source modulo 4 KiB,
+#: each load of a forward copy loop shares its address's low 12 bits with a store just
+#: issued, which the CPU cannot tell from a true overlap until that store is done, so the
+#: load waits. Measured on the 2-core AMD EPYC (AVX2), 1024 x 1024: a float32 copy
+#: (``copy_sq``) took 2.5-7.5x as long at 16-48 bytes, float64 1.6-1.7x, the systematic
+#: encode kernel's pass 1.2-1.5x, an int64 copy 1.7-2.2x (the pool then placed data on a
+#: cache line, 48 bytes after numpy's arrays: in that band for every input numpy allocated).
+#:
+#: Why not at the source's offset: the kernel's fused systematic walk (``_kernels.c``,
+#: ``lc_run``) loads several sources and stores their copies in each step, and the sources
+#: (the blocks of ``A``, whole pages apart at 1024-4096) share their low 12 bits, so a store
+#: to one copy is followed by a load from the next source at the same low bits. Until the
+#: thirty-fourth session the data started on the source's line (0-63 bytes before it:
+#: exactly the source's offset for an input that starts on a line, as arrays from glibc's
+#: heap often do). Measured on Zen 4 (``lincomb`` alone, MDS(17, 15), sources on a line, 1024
+#: and 2048), that walk took 1.11-1.19x (float32) and 1.01-1.08x (float64) the time it took
+#: with the data on any other line 64-2112 bytes before the source, which all measured alike;
+#: whole systematic MDS float32 encodes of such inputs took 0.82-0.97x the time with
+#: :data:`_GAP` than with the old rule, the polynomial code float64 0.85-0.91x (inputs on a
+#: line or 16 bytes into one), the others 0.93-1.06x (the noise).
+#:
 #: Why on a cache line: the encode kernel's AVX-512 passes stream their rows, whole lines at a
-#: time, only where every row starts on one (``_kernels.c``, ``lc_run``); until the
-#: thirty-first session the data started at the source's offset rounded down to 16 bytes, on
-#: no line for numpy's arrays. Side by side in one process (Zen 4, 1024 and 2048, without the
-#: streamed passes) the placement alone took the dense float64 encodes 0.89-0.94x the time
-#: (whole lines written by the ordinary stores), the others 0.95-1.05x.
-_PAGE = 4096
+#: time, only where every row starts on one (``lc_run``); side by side in one process (Zen 4,
+#: 1024 and 2048, without the streamed passes) that alone took the dense float64 encodes
+#: 0.89-0.94x the time (whole lines written by the ordinary stores), the others 0.95-1.05x.
 _AT = 0
+#: Bytes between a pooled array's data and the cache line of its source, modulo 4 KiB (see
+#: :data:`_AT`): a line away from the source's own, in the middle of the range that measured
+#: alike.
+_GAP = 512
+_PAGE = 4096
 
 
 def _offset(ptr: int, near: int | None) -> int:
     """Bytes from ``ptr`` (a backing buffer) to the data: the first address at or after it
-    whose offset in its page is ``near``'s rounded down to 64 bytes (the cache line at or
-    before the source's, so that the array's first element lies 0-63 bytes before the
-    source's modulo 4 KiB, never just after it), or :data:`_AT` without ``near``. 64-byte
-    aligned either way: the data's address is ``want`` modulo 4 KiB, a multiple of 64 (the
-    offset is below 4 KiB, and the backing has 4 KiB to spare)."""
-    want = (_AT if near is None else int(near) % _PAGE) & ~63
+    whose offset in its page is that of the cache line holding ``near``, less :data:`_GAP`
+    (so that the array's first element lies ``_GAP`` to ``_GAP + 63`` bytes before the
+    source's modulo 4 KiB: see :data:`_AT`), or :data:`_AT` without ``near``. 64-byte aligned
+    either way: the data's address is ``want`` modulo 4 KiB, a multiple of 64 (the offset is
+    below 4 KiB, and the backing has 4 KiB to spare)."""
+    want = _AT if near is None else ((int(near) & ~63) - _GAP) % _PAGE
     return (want - ptr) % _PAGE
 
 #: Backing buffers are sized in these steps (a sixteenth of it below 16 steps, so that a
@@ -201,8 +217,8 @@ class TaskPool:
     def empty(self, shape: Any, dtype: Any, near: np.ndarray | None = None) -> np.ndarray:
         """An uninitialised C-ordered array, like ``np.empty(shape, dtype)``, in reused memory
         where a returned buffer fits, starting on a cache line. ``near``: the array it will be
-        copied from, if any; the data then starts at the same offset in its page, rounded
-        down to 64 bytes (see :data:`_AT`)."""
+        copied from, if any; the data then starts :data:`_GAP` bytes before the source's
+        cache line modulo 4 KiB (see :data:`_AT`)."""
         if not isinstance(dtype, np.dtype):
             dtype = np.dtype(dtype)
         if type(shape) is not tuple:
