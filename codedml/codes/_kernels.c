@@ -2131,38 +2131,23 @@ LC_A512 static void lc512_acc(int nr, int G, const double *g, const char *const 
     LC_ACC_DISPATCH(lc512_acc_body, nr, G, g, x, ks, n, nz, acc);
 }
 
-/* The accumulating walk's fused step (see lc_run_acc): G whole sources (1-4) of one kind,
-   float64 or float32 (``ks``), each copied into its identity row ``d[q]`` (``st``: ordinary
-   stores 0, streamed 1 (16-byte aligned rows) or 2 (rows on cache lines)) with its
-   squares, and their terms added into the NR sum rows, over the first ``F`` columns (a
-   multiple of 16), in one loop: each value is loaded once, stored
-   and added while in registers. The squares go into ``x[4 q] .. x[4 q + 3]`` as row_f_avx2's
-   (row_d_avx2's) four accumulators would hold them after F values (lanes 0-3 and 4-7 of a
-   step's first 8 values, of its last 8), so that row_*_avx2_from finishes each row with the
-   sums one call of those loops gives; the sums' terms are lc512_acc_body's, in its order. */
-LC_INLINE LC_A512 void lc512_fused_body(const int NR, const int G, const double *g,
-                                        const char *const *x, char *const *d, char ks,
-                                        Py_ssize_t F, double *const *acc, int st,
-                                        int pf, __m256d *sqx)
+/* lc512_fused_body's loop over the columns, its flags (``ks``, ``st``, ``pf``, and ``sh``:
+   whether the sources start ``o`` values past their cache line) as lc512_fused_body passes
+   them: constants where they are the large encode's (see there). The sum rows' addresses
+   are read into locals once: the intrinsics' vector types may alias any memory, so read
+   through ``acc`` they were loaded again after every store (the sources' and the copies'
+   too, but held in locals those took more registers than there are, and the loop 1.10x
+   the time). */
+LC_INLINE LC_A512 void lc512_fused_loop(const int NR, const int G, const double *g,
+                                        const char *const *x, char *const *d, const char ks,
+                                        const Py_ssize_t F, double *const *acc, const int st,
+                                        const int pf, const int sh, const int o,
+                                        const __m512i idx, __m512d *pv, __m512d (*sq)[2])
 {
-    __m512d sq[4][2];
+    double *as[4];
     #pragma GCC unroll 4
-    for (int q = 0; q < G; q++)
-        sq[q][0] = sq[q][1] = _mm512_setzero_pd();
-    /* the sources' offset in their cache line, in elements (one for all: lc_run_acc), the
-       permute's indices (0-15 the first line's, 16-31 the second's; float64 0-7 and 8-15),
-       and each source's first line */
-    const int o = (int)(((uintptr_t)x[0] & 63) / (ks == 'f' ? 4 : 8));
-    const __m512i idx = ks == 'f'
-        ? _mm512_add_epi32(_mm512_set1_epi32(o), _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9,
-                                                                  8, 7, 6, 5, 4, 3, 2, 1, 0))
-        : _mm512_add_epi64(_mm512_set1_epi64(o), _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
-    __m512d pv[4];
-    #pragma GCC unroll 4
-    for (int q = 0; q < G; q++)
-        pv[q] = !o ? _mm512_setzero_pd()
-                   : ks == 'f' ? _mm512_castps_pd(_mm512_load_ps((const float *)x[q] - o))
-                               : _mm512_load_pd((const double *)x[q] - o);
+    for (int r = 0; r < NR; r++)
+        as[r] = acc[r];
     for (Py_ssize_t c = 0; c < F; c += 16) {
         __m512d v[4][2];
         #pragma GCC unroll 4
@@ -2177,7 +2162,7 @@ LC_INLINE LC_A512 void lc512_fused_body(const int NR, const int G, const double 
                 if (pf)
                     PF_AHEAD(s);
                 __m512 raw;
-                if (!o) {
+                if (!sh) {
                     raw = _mm512_load_ps(s);
                 } else {
                     const __m512 nx = _mm512_load_ps(s - o + 16);
@@ -2204,7 +2189,7 @@ LC_INLINE LC_A512 void lc512_fused_body(const int NR, const int G, const double 
                     PF_AHEAD(s);
                     PF_AHEAD(s + 8);
                 }
-                if (!o) {
+                if (!sh) {
                     v[q][0] = _mm512_load_pd(s);
                     v[q][1] = _mm512_load_pd(s + 8);
                 } else {
@@ -2237,7 +2222,7 @@ LC_INLINE LC_A512 void lc512_fused_body(const int NR, const int G, const double 
             __m512d a[4];
             #pragma GCC unroll 4
             for (int r = 0; r < NR; r++)
-                a[r] = _mm512_loadu_pd(acc[r] + c + 8 * hh);
+                a[r] = _mm512_loadu_pd(as[r] + c + 8 * hh);
             #pragma GCC unroll 4
             for (int q = 0; q < G; q++)
                 #pragma GCC unroll 4
@@ -2245,8 +2230,58 @@ LC_INLINE LC_A512 void lc512_fused_body(const int NR, const int G, const double 
                     a[r] = _mm512_fmadd_pd(_mm512_set1_pd(g[4 * q + r]), v[q][hh], a[r]);
             #pragma GCC unroll 4
             for (int r = 0; r < NR; r++)
-                _mm512_storeu_pd(acc[r] + c + 8 * hh, a[r]);
+                _mm512_storeu_pd(as[r] + c + 8 * hh, a[r]);
         }
+    }
+}
+
+/* The accumulating walk's fused step (see lc_run_acc): G whole sources (1-4) of one kind,
+   float64 or float32 (``ks``), each copied into its identity row ``d[q]`` (``st``: ordinary
+   stores 0, streamed 1 (16-byte aligned rows) or 2 (rows on cache lines)) with its
+   squares, and their terms added into the NR sum rows, over the first ``F`` columns (a
+   multiple of 16), in one loop: each value is loaded once, stored
+   and added while in registers. The squares go into ``x[4 q] .. x[4 q + 3]`` as row_f_avx2's
+   (row_d_avx2's) four accumulators would hold them after F values (lanes 0-3 and 4-7 of a
+   step's first 8 values, of its last 8), so that row_*_avx2_from finishes each row with the
+   sums one call of those loops gives; the sums' terms are lc512_acc_body's, in its order. */
+LC_INLINE LC_A512 void lc512_fused_body(const int NR, const int G, const double *g,
+                                        const char *const *x, char *const *d, char ks,
+                                        Py_ssize_t F, double *const *acc, int st,
+                                        int pf, __m256d *sqx)
+{
+    __m512d sq[4][2];
+    #pragma GCC unroll 4
+    for (int q = 0; q < G; q++)
+        sq[q][0] = sq[q][1] = _mm512_setzero_pd();
+    /* the sources' offset in their cache line, in elements (one for all: lc_run_acc), the
+       permute's indices (0-15 the first line's, 16-31 the second's; float64 0-7 and 8-15),
+       and each source's first line */
+    const int o = (int)(((uintptr_t)x[0] & 63) / (ks == 'f' ? 4 : 8));
+    const __m512i idx = ks == 'f'
+        ? _mm512_add_epi32(_mm512_set1_epi32(o), _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9,
+                                                                  8, 7, 6, 5, 4, 3, 2, 1, 0))
+        : _mm512_add_epi64(_mm512_set1_epi64(o), _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
+    __m512d pv[4];
+    #pragma GCC unroll 4
+    for (int q = 0; q < G; q++)
+        pv[q] = !o ? _mm512_setzero_pd()
+                   : ks == 'f' ? _mm512_castps_pd(_mm512_load_ps((const float *)x[q] - o))
+                               : _mm512_load_pd((const double *)x[q] - o);
+    /* The loop with its flags as constants for the large encode's cases (rows on cache
+       lines, streamed, prefetched; the sources on their line's start or past it), else as
+       variables: with them all variables the compiler kept the permute and the streamed
+       store out of line, two taken jumps per source and step. Side by side on Zen 4
+       (lincomb alone, systematic MDS(17, 15), against the loop before): float32
+       0.87-0.93x at 512-2048, float64 0.94-1.01x, the tasks identical */
+    if (st == 2 && pf) {
+        if (ks == 'f')
+            o ? lc512_fused_loop(NR, G, g, x, d, 'f', F, acc, 2, 1, 1, o, idx, pv, sq)
+              : lc512_fused_loop(NR, G, g, x, d, 'f', F, acc, 2, 1, 0, o, idx, pv, sq);
+        else
+            o ? lc512_fused_loop(NR, G, g, x, d, 'd', F, acc, 2, 1, 1, o, idx, pv, sq)
+              : lc512_fused_loop(NR, G, g, x, d, 'd', F, acc, 2, 1, 0, o, idx, pv, sq);
+    } else {
+        lc512_fused_loop(NR, G, g, x, d, ks, F, acc, st, pf, o != 0, o, idx, pv, sq);
     }
     #pragma GCC unroll 4
     for (int q = 0; q < G; q++) {
