@@ -107,6 +107,15 @@ def load(path: Path, tag: str):
     return mod
 
 
+def inputs(size: int, rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``A`` and ``B`` (``size x size``) per input dtype of :data:`CASES`: standard normal
+    float64 (float32: the same values rounded), GF(65537) residues as int64."""
+    data = {"float64": (rng.standard_normal((size, size)), rng.standard_normal((size, size))),
+            "int64": (rng.integers(0, PRIME, (size, size)), rng.integers(0, PRIME, (size, size)))}
+    data["float32"] = tuple(x.astype(np.float32) for x in data["float64"])
+    return data
+
+
 def run(kernels: dict, cases: list[str], sizes: list[int], rounds: int,
         rng: np.random.Generator) -> list[dict]:
     rows = []
@@ -114,9 +123,7 @@ def run(kernels: dict, cases: list[str], sizes: list[int], rounds: int,
     saved = _encode._K
     try:
         for size in sizes:
-            data = {"float64": (rng.standard_normal((size, size)), rng.standard_normal((size, size))),
-                    "int64": (rng.integers(0, PRIME, (size, size)), rng.integers(0, PRIME, (size, size)))}
-            data["float32"] = tuple(x.astype(np.float32) for x in data["float64"])
+            data = inputs(size, rng)
             for key in cases:
                 label, dtype = CASES[key]
                 code = codes[(label, dtype)]
