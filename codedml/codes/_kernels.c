@@ -2271,8 +2271,9 @@ LC_INLINE LC_A512 void lc512_fused_body(const int NR, const int G, const double 
        lines, streamed, prefetched; the sources on their line's start or past it), else as
        variables: with them all variables the compiler kept the permute and the streamed
        store out of line, two taken jumps per source and step. Side by side on Zen 4
-       (lincomb alone, systematic MDS(17, 15), against the loop before): float32
-       0.87-0.93x at 512-2048, float64 0.94-1.01x, the tasks identical */
+       against the loop before: lincomb alone (systematic MDS(17, 15)) float32 0.87-0.93x
+       at 512-2048, float64 0.94-1.01x; whole systematic encodes float32 0.92-0.95x at
+       1024-4096 (benchmarks/results/kernel_ab_fused_loop.json); the tasks identical */
     if (st == 2 && pf) {
         if (ks == 'f')
             o ? lc512_fused_loop(NR, G, g, x, d, 'f', F, acc, 2, 1, 1, o, idx, pv, sq)

@@ -82,10 +82,11 @@ DEFAULT_LIMIT = 256 << 20
 #: exactly the source's offset for an input that starts on a line, as arrays from glibc's
 #: heap often do). Measured on Zen 4 (``lincomb`` alone, MDS(17, 15), sources on a line, 1024
 #: and 2048), that walk took 1.11-1.19x (float32) and 1.01-1.08x (float64) the time it took
-#: with the data on any other line 64-2112 bytes before the source, which all measured alike;
-#: whole systematic MDS float32 encodes of such inputs took 0.82-0.97x the time with
-#: :data:`_GAP` than with the old rule, the polynomial code float64 0.85-0.91x (inputs on a
-#: line or 16 bytes into one), the others 0.93-1.06x (the noise).
+#: with the data on any other line 64-2112 bytes before the source, which all measured alike.
+#: Whole encodes side by side, :data:`_GAP` against the old rule (``benchmarks/placement_ab.py``,
+#: ``benchmarks/results/placement_ab.json``, 1024 and 2048): systematic MDS float32 of inputs on
+#: a line 0.80-0.84x the time, of inputs 16 bytes into a page 0.94-1.02x, the other cases
+#: (systematic MDS float64 and GF(65537), the polynomial code) 0.97-1.06x, the noise.
 #:
 #: Why on a cache line: the encode kernel's AVX-512 passes stream their rows, whole lines at a
 #: time, only where every row starts on one (``lc_run``); side by side in one process (Zen 4,
