@@ -2,10 +2,10 @@
 
 The pool (``codedml/codes/_pool.py``) starts a task that is copied from a source ``_GAP``
 bytes before the cache line holding the source's first byte, modulo 4 KiB. This script
-alternates ``code.encode(A, B)`` between two values of ``_GAP`` (default: 0, the rule until
-the thirty-fourth session, the task on its source's own line, against the library's value),
-the order swapped every round, each encode after ``encode.py``'s ``evict`` and into the
-memory of the encode just before (the steady state of a job that encodes again and again),
+alternates ``code.encode(A, B)`` between two or more values of ``_GAP`` (default: 0, the rule
+until the thirty-fourth session, the task on its source's own line, against the library's
+value), the order swapped every round, each encode after ``encode.py``'s ``evict`` and into
+the memory of the encode just before (the steady state of a job that encodes again and again),
 for each case, size and placement of the inputs in their page: 16 bytes into one (where
 numpy's large arrays start: glibc's ``mmap`` ed blocks keep a 16-byte header) and on a
 cache line (as arrays from glibc's heap or another allocator often start). It prints a table
@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     for g in args.gaps:
         if not (0 <= g < 4096 and g % 64 == 0):
             raise SystemExit(f"--gaps: each must be a multiple of 64 in [0, 4096), got {g}")
-    if len(args.gaps) < 2:
-        raise SystemExit(f"--gaps: at least two to compare, got {args.gaps}")
+    if len(set(args.gaps)) != len(args.gaps) or len(args.gaps) < 2:
+        raise SystemExit(f"--gaps: at least two distinct values to compare, got {args.gaps}")
     for name, v in (("--rounds", args.rounds), *(("--sizes", s) for s in args.sizes)):
         if v < 1:
             raise SystemExit(f"{name} must be at least 1, got {v}")

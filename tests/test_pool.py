@@ -64,7 +64,7 @@ def test_pooled_array_behaves_like_np_empty(pool):
 
 
 @pytest.mark.parametrize("shift", [0, 8, 16, 24, 48, 64, 72, 4088])
-def test_pooled_array_starts_where_its_source_does_in_its_page(pool, shift):
+def test_pooled_array_starts_the_gap_before_its_sources_line(pool, shift):
     """``near``: the data starts ``_GAP`` (512) bytes before the cache line holding the
     source's first byte, modulo 4 KiB, so that a copy's stores never land just after its
     loads or at their own low 12 bits (the loads would wait for them; _pool._AT) and the
@@ -75,7 +75,8 @@ def test_pooled_array_starts_where_its_source_does_in_its_page(pool, shift):
     start = (-base) % 4096 + shift
     src = raw[start:start + 8 * 500].view(np.float64)
     want = ((src.__array_interface__["data"][0] % 4096) // 64 * 64 - 512) % 4096
-    assert _pool._GAP == 512
+    # (the rule's constants: whole cache lines within a page, so every placement is on one)
+    assert _pool._GAP == 512 and _pool._AT % 64 == 0 and 0 <= _pool._AT < _pool._PAGE
     held = []
     for shape in [(500,), (7, 60), (500,), (3, 2, 80)]:   # fresh, then reused, backings
         x = pool.empty(shape, np.float64, near=src)

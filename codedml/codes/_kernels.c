@@ -2239,8 +2239,8 @@ LC_INLINE LC_A512 void lc512_fused_loop(const int NR, const int G, const double 
    float64 or float32 (``ks``), each copied into its identity row ``d[q]`` (``st``: ordinary
    stores 0, streamed 1 (16-byte aligned rows) or 2 (rows on cache lines)) with its
    squares, and their terms added into the NR sum rows, over the first ``F`` columns (a
-   multiple of 16), in one loop: each value is loaded once, stored
-   and added while in registers. The squares go into ``x[4 q] .. x[4 q + 3]`` as row_f_avx2's
+   multiple of 16), in one loop: each value is loaded once, stored and added while in
+   registers. The squares go into ``sqx[4 q] .. sqx[4 q + 3]`` as row_f_avx2's
    (row_d_avx2's) four accumulators would hold them after F values (lanes 0-3 and 4-7 of a
    step's first 8 values, of its last 8), so that row_*_avx2_from finishes each row with the
    sums one call of those loops gives; the sums' terms are lc512_acc_body's, in its order. */

@@ -94,8 +94,8 @@ DEFAULT_LIMIT = 256 << 20
 #: 0.89-0.94x the time (whole lines written by the ordinary stores), the others 0.95-1.05x.
 _AT = 0
 #: Bytes between a pooled array's data and the cache line of its source, modulo 4 KiB (see
-#: :data:`_AT`): a line away from the source's own, in the middle of the range that measured
-#: alike.
+#: :data:`_AT`): 8 lines before the source's own, inside the 64-2112 bytes that measured
+#: alike and clear of the prefetch distance. A multiple of 64 in [0, 4096) (tests/test_pool.py).
 _GAP = 512
 _PAGE = 4096
 
@@ -108,7 +108,7 @@ def _offset(ptr: int, near: int | None) -> int:
     either way: the data's address is ``want`` modulo 4 KiB, a multiple of 64 (the offset is
     below 4 KiB, and the backing has 4 KiB to spare)."""
     want = _AT if near is None else ((int(near) & ~63) - _GAP) % _PAGE
-    return (want - ptr) % _PAGE
+    return ((want & ~63) - ptr) % _PAGE
 
 #: Backing buffers are sized in these steps (a sixteenth of it below 16 steps, so that a
 #: request just past :data:`MIN_BYTES` does not take twice its size), so that requests that
