@@ -107,6 +107,12 @@ def load(path: Path, tag: str):
     return mod
 
 
+def keyed_cases() -> dict[str, tuple[str, str, object]]:
+    """Each :data:`CASES` key's label, input dtype and code (``encode.py``'s cases)."""
+    codes = {(c["label"], c["dtype"]): c["code"] for c in encode_cases()}
+    return {key: (label, dtype, codes[(label, dtype)]) for key, (label, dtype) in CASES.items()}
+
+
 def inputs(size: int, rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``A`` and ``B`` (``size x size``) per input dtype of :data:`CASES`: standard normal
     float64 (float32: the same values rounded), GF(65537) residues as int64."""
@@ -119,14 +125,13 @@ def inputs(size: int, rng: np.random.Generator) -> dict[str, tuple[np.ndarray, n
 def run(kernels: dict, cases: list[str], sizes: list[int], rounds: int,
         rng: np.random.Generator) -> list[dict]:
     rows = []
-    codes = {(c["label"], c["dtype"]): c["code"] for c in encode_cases()}
+    codes = keyed_cases()
     saved = _encode._K
     try:
         for size in sizes:
             data = inputs(size, rng)
             for key in cases:
-                label, dtype = CASES[key]
-                code = codes[(label, dtype)]
+                label, dtype, code = codes[key]
                 A, B = data[dtype]
                 times: dict[str, list[float]] = {"base": [], "work": []}
                 tasks = {}

@@ -31,9 +31,8 @@ from pathlib import Path
 import numpy as np
 
 import _machine  # noqa: E402  (benchmarks/_machine.py, next to this script)
-from encode import cases as encode_cases  # noqa: E402  (benchmarks/encode.py: its cases)
-from encode import evict  # noqa: E402
-from kernel_ab import CASES, inputs  # noqa: E402  (the same short names, the same inputs)
+from encode import evict  # noqa: E402  (benchmarks/encode.py)
+from kernel_ab import CASES, inputs, keyed_cases  # noqa: E402  (the same cases and inputs)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -59,15 +58,14 @@ def tasks_of(enc) -> list[np.ndarray]:
 
 def run(keys: list[str], sizes: list[int], gaps: list[int], rounds: int,
         rng: np.random.Generator) -> list[dict]:
-    codes = {(c["label"], c["dtype"]): c["code"] for c in encode_cases()}
+    codes = keyed_cases()
     saved = _pool._GAP
     rows = []
     try:
         for size in sizes:
             data = inputs(size, rng)
             for key in keys:
-                label, dtype = CASES[key]
-                code = codes[(label, dtype)]
+                label, dtype, code = codes[key]
                 for offset in OFFSETS:
                     A, B = (placed(x, offset) for x in data[dtype])
                     times: dict[int, list[float]] = {g: [] for g in gaps}
