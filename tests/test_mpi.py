@@ -243,10 +243,17 @@ def test_products_answer_alike_on_either_worker_loop(transport):
     assert res["same"] and all(res["same"].values()), res["same"]
     assert res["failure"] == {"error": "WorkerFailure", "op": "matmul",
                               "exc_type": "ValueError"}, res["failure"]
-    # every worker ran every product (each code needs all three workers' results)
+    # every worker ran every product that decoded (each code needs all three workers'
+    # results); the failing product ends its job at the first WorkerFailure, and the root then
+    # cancels it on the other workers, which may drop it before they start it (seen in CI:
+    # one worker's count one short). So the last product ran on at least one worker.
+    ok = res["products"] - 1
+    ran_bad = {}
     for w, (plain, handle) in res["counts"].items():
-        assert plain == res["products"], (w, plain)
-        assert handle == (0 if transport == "compiled" else res["products"]), (w, handle)
+        assert plain in (ok, ok + 1), (w, plain, ok)
+        ran_bad[w] = plain - ok
+        assert handle == (0 if transport == "compiled" else plain), (w, handle, plain)
+    assert sum(ran_bad.values()) >= 1, res["counts"]
     assert res["outstanding"]["jobs"] == 0
     _all_exited(done, 4)
 
