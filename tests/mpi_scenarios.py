@@ -285,11 +285,16 @@ with cm as cluster:
             # products of two sent arrays, which the compiled loop runs from C (plain_product):
             # every decoded product bitwise the decode of the tasks' np.matmul products (codes
             # that need every worker's result, so the decode is the same), then a product
-            # that fails on the workers (inner dimensions that disagree), named
+            # that fails on the workers (inner dimensions that disagree), named. MatDot is
+            # the non-systematic form: systematic MatDot (the default) decodes from its m data
+            # workers alone, and the root then cancels the parity worker's task, which that
+            # worker may skip (seen: one worker's count one short)
             from codedml.codes import MatDotCode, ReplicationCode
             from codedml.runtime.protocol import Op, Request
 
-            rep, mat = ReplicationCode(n, n), MatDotCode(n, (n + 1) // 2)
+            rep = ReplicationCode(n, n)
+            mat = MatDotCode(n, (n + 1) // 2, systematic=False)
+            assert mat.recovery_threshold == n, (mat.recovery_threshold, n)
             # parity products alike (the default lowers them where ranks share cores, as here,
             # and their requests then carry a parameter the compiled loop leaves to Python)
             cluster.parity_nice = 0

@@ -244,9 +244,9 @@ def test_products_answer_alike_on_either_worker_loop(transport):
     assert res["failure"] == {"error": "WorkerFailure", "op": "matmul",
                               "exc_type": "ValueError"}, res["failure"]
     # every worker ran every product that decoded (each code needs all three workers'
-    # results); the failing product ends its job at the first WorkerFailure, and the root then
-    # cancels it on the other workers, which may drop it before they start it (seen in CI:
-    # one worker's count one short). So the last product ran on at least one worker.
+    # results: non-systematic MatDot, whose threshold is n); the failing product ends its job
+    # at the first WorkerFailure, and the root then cancels it on the other workers, which may
+    # drop it before they start it. So the last product ran on at least one worker.
     ok = res["products"] - 1
     ran_bad = {}
     for w, (plain, handle) in res["counts"].items():
