@@ -98,10 +98,23 @@ static inline void store_ps(float *p, __m128 v, int stream)
 #else
 #define SCALAR_INLINE static inline
 #endif
+/* numpy arrays may lie at any byte offset: the scalar loop, which takes such rows to their
+   end, reads and writes them through types of alignment 1 (a plain pointer to a misaligned
+   double is undefined behaviour in C, which UndefinedBehaviorSanitizer reported here; on
+   x86 the same moves). */
+#if defined(__GNUC__)
+#define CODEDML_UNALIGNED __attribute__((aligned(1)))
+#else
+#define CODEDML_UNALIGNED
+#endif
 #define CODEDML_SCALAR(NAME, ST, DT)                                                         \
-    SCALAR_INLINE void NAME(const ST *s, DT *d, double *w, Py_ssize_t i, Py_ssize_t n,       \
+    SCALAR_INLINE void NAME(const void *sv, void *dv, double *w, Py_ssize_t i, Py_ssize_t n, \
                             double c, double a[4])                                           \
     {                                                                                        \
+        typedef ST s_u CODEDML_UNALIGNED;                                                    \
+        typedef DT d_u CODEDML_UNALIGNED;                                                    \
+        const s_u *s = (const s_u *)sv;                                                      \
+        d_u *d = (d_u *)dv;                                                                  \
         const int mv = c == 1.0 && sizeof(ST) == sizeof(DT);                                 \
         for (; i + 4 <= n; i += 4) {                                                         \
             double v0 = s[i], v1 = s[i + 1], v2 = s[i + 2], v3 = s[i + 3];                   \
@@ -923,16 +936,17 @@ static int is_i64(Py_buffer *b)
     return b->itemsize == 8 && (f == 'q' || (f == 'l' && sizeof(long) == 8));
 }
 
+typedef int64_t i64_u CODEDML_UNALIGNED;   /* (see CODEDML_SCALAR) */
 #if defined(__x86_64__) && CODEDML_SSE2
 #define CODEDML_STORE_I64(p, v, stream)                                                    \
     do {                                                                                    \
         if (stream)                                                                         \
             _mm_stream_si64((long long *)(p), (long long)(v));                              \
         else                                                                                \
-            *(p) = (v);                                                                     \
+            *(i64_u *)(p) = (v);                                                            \
     } while (0)
 #else
-#define CODEDML_STORE_I64(p, v, stream) (*(p) = (v))
+#define CODEDML_STORE_I64(p, v, stream) (*(i64_u *)(p) = (v))
 #endif
 
 /* The buffers of one call: dst written, src read, wide (optional) written; all 2-D or 1-D
@@ -974,7 +988,7 @@ static inline void i64_scalar(const int64_t *x, int64_t *y, double *z, Py_ssize_
 {
     (void)stream;
     for (; i < n; i++) {
-        int64_t v = x[i];
+        int64_t v = ((const i64_u *)x)[i];
         if (y)
             CODEDML_STORE_I64(y + i, v, stream);
         if (z)
@@ -1527,7 +1541,7 @@ static void lc_rows_c(const double *const *g, int nr, const int *live, int nl,
    a line's start, the line after a step's last value. Each such line holds at least one
    value of the source (the step's last line begins before the step's end), so it lies in a
    page the source uses: the load cannot fault, and the values outside the source are
-   permuted away, never used. AddressSanitizer (launch/asan.sh) reports such reads all the
+   permuted away, never used. AddressSanitizer (launch/sanitize.sh) reports such reads all the
    same; these functions are left out of its checks, and every other one is checked. */
 #define LC_NO_ASAN __attribute__((no_sanitize_address))
 
