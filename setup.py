@@ -40,14 +40,26 @@ def mpi_flags():
     return None
 
 
-ext = [Extension("codedml.codes._kernels", ["codedml/codes/_kernels.c"],
-                 extra_compile_args=["-O2"], optional=True)]
-flags = mpi_flags()
-if flags is not None:
-    ext.append(Extension("codedml.runtime._wire", ["codedml/runtime/_wire.c"],
-                         # (no fused multiply-adds: a small product's entries are sums of
-                         # rounded products, in order, whatever the CFLAGS; see _wire.c)
-                         extra_compile_args=["-O2", "-ffp-contract=off", *flags[0]],
-                         extra_link_args=flags[1],
-                         optional=True))
-setup(ext_modules=ext)
+def extensions(want=("kernels", "wire"), compile_args=(), link_args=(), optional=True):
+    """The compiled modules named in ``want``, with ``compile_args`` and ``link_args`` after
+    their own (launch/sanitize.sh builds them this way with the sanitizers' flags, not
+    optional: a module that does not build fails it)."""
+    ext = []
+    if "kernels" in want:
+        ext.append(Extension("codedml.codes._kernels", ["codedml/codes/_kernels.c"],
+                             extra_compile_args=["-O2", *compile_args],
+                             extra_link_args=[*link_args], optional=optional))
+    flags = mpi_flags() if "wire" in want else None
+    if flags is not None:
+        ext.append(Extension("codedml.runtime._wire", ["codedml/runtime/_wire.c"],
+                             # (no fused multiply-adds: a small product's entries are sums of
+                             # rounded products, in order, whatever the CFLAGS; see _wire.c)
+                             extra_compile_args=["-O2", "-ffp-contract=off", *flags[0],
+                                                 *compile_args],
+                             extra_link_args=[*flags[1], *link_args],
+                             optional=optional))
+    return ext
+
+
+if __name__ == "__main__":   # (pip's build runs this file as __main__)
+    setup(ext_modules=extensions())

@@ -65,31 +65,19 @@ mkdir -p "$work/reports"
 
 echo "sanitize.sh: building $modules with -fsanitize=address,undefined in $work" >&2
 (cd "$work" && SANITIZE_MODULES="$modules" "$python" - >"$work/build.log" 2>&1 <<'PY'
-import os, shlex, shutil, subprocess, sys
-from setuptools import Extension, setup
+import os, sys
+from setuptools import setup
+
+sys.path.insert(0, ".")
+from setup import extensions   # the package's own module definitions, sanitized flags after
 
 want = os.environ["SANITIZE_MODULES"].split(",")
-san = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
-       "-fno-omit-frame-pointer"]
-link_san = ["-fsanitize=address,undefined"]
-ext = []
-if "kernels" in want:
-    ext.append(Extension("codedml.codes._kernels", ["codedml/codes/_kernels.c"],
-                         extra_compile_args=san, extra_link_args=link_san))
-if "wire" in want:
-    cc = (os.environ.get("MPICC") or shutil.which("mpicc", path=os.path.dirname(sys.executable))
-          or shutil.which("mpicc"))
-    if not cc:
-        sys.exit("sanitize.sh: no mpicc found: codedml.runtime._wire cannot be built")
-    comp = shlex.split(subprocess.run([cc, "--showme:compile"], capture_output=True, text=True,
-                                      check=True).stdout)
-    link = shlex.split(subprocess.run([cc, "--showme:link"], capture_output=True, text=True,
-                                      check=True).stdout)
-    ext.append(Extension("codedml.runtime._wire", ["codedml/runtime/_wire.c"],
-                         extra_compile_args=[*san, "-ffp-contract=off", *comp],
-                         extra_link_args=[*link_san, *link]))
-sys.argv = ["setup.py", "build_ext", "--inplace"]
-setup(name="codedml-sanitize", ext_modules=ext, script_args=sys.argv[1:])
+ext = extensions(want, ["-O1", "-g", "-fsanitize=address,undefined",
+                        "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"],
+                 ["-fsanitize=address,undefined"], optional=False)
+if len(ext) != len(want):
+    sys.exit("sanitize.sh: no mpicc found: codedml.runtime._wire cannot be built")
+setup(name="codedml-sanitize", ext_modules=ext, script_args=["build_ext", "--inplace"])
 PY
 ) || { tail -n 30 "$work/build.log" >&2; echo "sanitize.sh: the sanitized build FAILED" >&2; exit 1; }
 

@@ -248,12 +248,10 @@ def test_products_answer_alike_on_either_worker_loop(transport):
     # at the first WorkerFailure, and the root then cancels it on the other workers, which may
     # drop it before they start it. So the last product ran on at least one worker.
     ok = res["products"] - 1
-    ran_bad = {}
     for w, (plain, handle) in res["counts"].items():
         assert plain in (ok, ok + 1), (w, plain, ok)
-        ran_bad[w] = plain - ok
         assert handle == (0 if transport == "compiled" else plain), (w, handle, plain)
-    assert sum(ran_bad.values()) >= 1, res["counts"]
+    assert sum(plain for plain, _ in res["counts"].values()) > ok * len(res["counts"]), res["counts"]
     assert res["outstanding"]["jobs"] == 0
     _all_exited(done, 4)
 

@@ -26,6 +26,15 @@ def _sanitize(tmp: Path, *args: str, timeout: float = 900) -> subprocess.Complet
     return done
 
 
+def _needs_wire() -> None:
+    """Skip where the wire module is not built: its sanitized build is the cheap one that the
+    checks of the check make."""
+    from codedml.runtime.mpi import wire_status
+
+    if not wire_status()[0]:
+        pytest.skip(f"the wire module is not built here ({wire_status()[1]})")
+
+
 def test_kernels_and_wire_run_clean_under_the_sanitizers(tmp_path):
     """The kernel, pool and lincomb suites (every SIMD level this CPU has) and the wire's
     tests, against sanitized builds of both modules: no report, every test passed. The
@@ -48,11 +57,7 @@ def test_the_check_fails_on_an_asan_report(tmp_path):
     """A test that reads 800 bytes past an array (``ctypes.memmove``, which ASan checks)
     fails the check: exit 1, the report printed (a heap-buffer-overflow), whatever pytest
     says (it is killed with the process)."""
-    from codedml.runtime.mpi import wire_status
-
-    if not wire_status()[0]:
-        pytest.skip(f"the wire module is not built here ({wire_status()[1]}): it is the "
-                    "cheap sanitized build this test makes")
+    _needs_wire()
     bad = tmp_path / "test_overflow.py"
     bad.write_text(
         "import ctypes\nimport numpy as np\n\n\n"
@@ -67,16 +72,13 @@ def test_the_check_fails_on_an_asan_report(tmp_path):
 
 
 def test_the_check_fails_on_a_ubsan_report(tmp_path):
-    """A library built as the script builds (-fsanitize=address,undefined) that loads a double from an address 4 bytes
-    off (undefined behaviour, as the kernels' scalar loop had before it read such rows
-    through types of alignment 1) fails the check: exit 1, UBSan's report printed."""
+    """A library built as the script builds (-fsanitize=address,undefined) that loads a
+    double from an address 4 bytes off (undefined behaviour, as the kernels' scalar loop had
+    before it read such rows through types of alignment 1) fails the check: exit 1, UBSan's
+    report printed."""
     import shutil
 
-    from codedml.runtime.mpi import wire_status
-
-    if not wire_status()[0]:
-        pytest.skip(f"the wire module is not built here ({wire_status()[1]}): it is the "
-                    "cheap sanitized build this test makes")
+    _needs_wire()
     cc = os.environ.get("CC", "gcc")
     if shutil.which(cc) is None:
         pytest.skip(f"no C compiler ({cc})")
